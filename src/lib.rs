@@ -1,1 +1,20 @@
-//! vsm-daemon
+//! vsm-daemon: an edge agent that keeps MCP servers alive and useful on small Linux hosts.
+//!
+//! One thread runs one `mio` event loop ([`reactor`]) that drives timers, connections,
+//! signals and (later) child processes; one worker thread takes the blocking work. Every way
+//! in (REST, WebSocket, CLI) becomes an [`api::Request`] handled by [`daemon::Daemon`].
+//! `main.rs` only parses argv ([`cli`]) and either runs the daemon or acts as a client.
+
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod diagnostics;
+pub mod logs;
+pub mod net;
+pub mod reactor;
+pub mod state;
+pub mod sys;

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Build the fully static release binary of vsm-daemon and verify it is static.
+#
+# Usage: packaging/build-static.sh          (from any directory)
+# Progress and the size report go to stderr; stdout gets exactly one line,
+# the absolute path of the binary, so both of these work:
+#   bin=$(packaging/build-static.sh)
+#   bin=$(packaging/build-static.sh | tail -n 1)
+# Exits non-zero with a message if the build fails or the result is dynamic.
+set -euo pipefail
+
+die() {
+	printf 'build-static.sh: error: %s\n' "$*" >&2
+	exit 1
+}
+
+# Work from the repository root, wherever the script is called from.
+script_dir=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+repo_root=$(cd -- "$script_dir/.." && pwd)
+cd "$repo_root"
+
+command -v cargo >/dev/null 2>&1 || die "cargo not found on PATH"
+command -v rustc >/dev/null 2>&1 || die "rustc not found on PATH"
+command -v ldd >/dev/null 2>&1 || die "ldd not found on PATH (Debian package: libc-bin)"
+
+host=$(rustc -vV | sed -n 's/^host: //p')
+[ -n "$host" ] || die "could not read the host triple from 'rustc -vV'"
+
+# +crt-static links the C runtime statically. The explicit --target (even
+# though it equals the host) makes cargo apply RUSTFLAGS to target artifacts
+# only: proc-macros and build scripts are then built without crt-static and
+# stay dynamic, which they must be for rustc to load them.
+# Any RUSTFLAGS already in the environment are kept.
+printf 'build-static.sh: building %s release for %s\n' "vsm-daemon" "$host" >&2
+RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
+	cargo build --release --locked --target "$host" >&2 \
+	|| die "cargo build failed"
+
+target_dir=${CARGO_TARGET_DIR:-$repo_root/target}
+case $target_dir in
+	/*) ;;
+	*) target_dir=$repo_root/$target_dir ;;
+esac
+bin=$target_dir/$host/release/vsm-daemon
+[ -f "$bin" ] || die "build succeeded but $bin does not exist"
+
+# glibc's ldd prints "not a dynamic executable" (and exits 1) for a static
+# non-PIE binary and "statically linked" for a static-pie one; anything else
+# (a list of shared libraries) means the link is dynamic.
+ldd_out=$(ldd "$bin" 2>&1) || true
+case $ldd_out in
+	*"not a dynamic executable"* | *"statically linked"*) ;;
+	*)
+		printf '%s\n' "$ldd_out" >&2
+		die "$bin is dynamically linked (see ldd output above)"
+		;;
+esac
+
+size=$(wc -c <"$bin" | tr -d '[:space:]')
+printf 'build-static.sh: ok: static binary, %s bytes: %s\n' "$size" "$bin" >&2
+printf '%s\n' "$bin"

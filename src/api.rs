@@ -1,0 +1,296 @@
+//! The one command layer: every way into the daemon (REST over TCP or the control socket,
+//! WebSocket commands, the CLI) becomes a [`Request`] and is answered with a `Result` of JSON
+//! data or an [`ApiError`]. Transports only translate; the daemon implements each request once.
+//!
+//! Each [`ErrorCode`] maps to exactly one HTTP status and one CLI exit code.
+
+use serde_json::{json, Value};
+use std::fmt;
+
+/// What a client asks of the daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Daemon status; `detailed` adds event-loop statistics.
+    Status {
+        /// Include loop statistics.
+        detailed: bool,
+    },
+    /// Run the health checks (all, or one component).
+    Health {
+        /// Only this component.
+        component: Option<String>,
+    },
+    /// Start one stopped component, or every stopped one.
+    ControlStart {
+        /// The component; all when `None`.
+        service: Option<String>,
+    },
+    /// Stop components, or (with `shutdown`) the whole daemon.
+    ControlStop {
+        /// The component; all but the control socket when `None`.
+        service: Option<String>,
+        /// End the process.
+        shutdown: bool,
+        /// Stop children gracefully (the default) instead of killing them.
+        graceful: bool,
+    },
+    /// Restart one component, or reload the config and restart every component.
+    ControlRestart {
+        /// The component; everything when `None`.
+        service: Option<String>,
+    },
+    /// The effective configuration, or one section of it.
+    ConfigShow {
+        /// Section name such as `monitoring`.
+        section: Option<String>,
+    },
+    /// Apply a JSON merge patch to the runtime overrides.
+    ConfigUpdate {
+        /// RFC 7386 merge patch in the shape of the config.
+        patch: Value,
+    },
+    /// Re-read the config file.
+    ConfigReload,
+    /// JSON Schema of the configuration.
+    ConfigSchema,
+    /// Recent log records, or a live stream of new ones.
+    Logs {
+        /// Filter and size of the answer.
+        query: LogQuery,
+        /// Keep the stream open and send new records as they come.
+        follow: bool,
+    },
+    /// Self-diagnostics.
+    Diagnostics {
+        /// Also run the slower checks.
+        full: bool,
+    },
+}
+
+/// Filter for log records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogQuery {
+    /// Most severe level to include down to this one (`warn` = warn and error).
+    pub level: log::LevelFilter,
+    /// At most this many of the newest records.
+    pub lines: usize,
+    /// Only records whose target starts with this.
+    pub component: Option<String>,
+    /// Only records with a sequence number greater than this.
+    pub since: Option<u64>,
+}
+
+impl Default for LogQuery {
+    fn default() -> Self {
+        LogQuery {
+            level: log::LevelFilter::Trace,
+            lines: 100,
+            component: None,
+            since: None,
+        }
+    }
+}
+
+/// Stable error codes of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Malformed request (bad JSON, bad HTTP).
+    BadRequest,
+    /// A parameter or body field has a wrong value.
+    InvalidParameter,
+    /// No such route.
+    NotFound,
+    /// Route exists, method does not.
+    MethodNotAllowed,
+    /// Caller may not use the daemon.
+    Forbidden,
+    /// Request head too large.
+    HeaderTooLarge,
+    /// Request body too large.
+    PayloadTooLarge,
+    /// Body without Content-Length (chunked uploads are not accepted).
+    LengthRequired,
+    /// Unknown component name.
+    ComponentNotFound,
+    /// A configuration change or file was refused.
+    ConfigInvalid,
+    /// Unknown configuration key or section.
+    ConfigKeyNotFound,
+    /// The request is valid but not possible in the current state.
+    Conflict,
+    /// One or more components are unhealthy.
+    Unhealthy,
+    /// A bounded queue is full; try again.
+    Busy,
+    /// The daemon is shutting down.
+    ShuttingDown,
+    /// The work did not finish before its deadline.
+    Timeout,
+    /// A bug or an OS error on the daemon's side.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::InvalidParameter => "invalid_parameter",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::HeaderTooLarge => "header_too_large",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::LengthRequired => "length_required",
+            ErrorCode::ComponentNotFound => "component_not_found",
+            ErrorCode::ConfigInvalid => "config_invalid",
+            ErrorCode::ConfigKeyNotFound => "config_key_not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Unhealthy => "unhealthy",
+            ErrorCode::Busy => "busy",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Internal => "internal_error",
+        }
+    }
+
+    /// The HTTP status this code is answered with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::InvalidParameter | ErrorCode::ConfigInvalid => 400,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound | ErrorCode::ComponentNotFound | ErrorCode::ConfigKeyNotFound => {
+                404
+            }
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Conflict => 409,
+            ErrorCode::LengthRequired => 411,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::HeaderTooLarge => 431,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unhealthy | ErrorCode::Busy | ErrorCode::ShuttingDown => 503,
+            ErrorCode::Timeout => 504,
+        }
+    }
+}
+
+/// An error answer: a stable code, a message for people, and the offending field if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// What went wrong, for people.
+    pub message: String,
+    /// The parameter, body field or config key at fault.
+    pub field: Option<String>,
+    /// Data that still goes with the error (e.g. the health results behind `unhealthy`).
+    pub data: Option<Value>,
+}
+
+impl ApiError {
+    /// An error without a field.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            field: None,
+            data: None,
+        }
+    }
+
+    /// An error naming the field at fault.
+    pub fn field(code: ErrorCode, field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            field: Some(field.into()),
+            data: None,
+        }
+    }
+
+    /// Attaches data to the error reply.
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// What a request handler produced: an answer now, or a promise to answer through its
+/// reply slot later (tool calls, worker jobs), or a stream.
+pub type Answer = Result<Value, ApiError>;
+
+/// The JSON envelope every reply is wrapped in.
+pub fn envelope(answer: &Answer, request_id: u64, processing_ms: f64, timestamp: &str) -> Value {
+    let metadata = json!({
+        "request_id": format!("req_{request_id}"),
+        "processing_time_ms": (processing_ms * 1000.0).round() / 1000.0,
+        "version": "v1",
+    });
+    match answer {
+        Ok(data) => json!({
+            "status": "success",
+            "timestamp": timestamp,
+            "data": data,
+            "metadata": metadata,
+            "errors": [],
+        }),
+        Err(e) => json!({
+            "status": "error",
+            "timestamp": timestamp,
+            "data": e.data.clone().unwrap_or(Value::Null),
+            "metadata": metadata,
+            "errors": [{"code": e.code.as_str(), "message": e.message, "field": e.field}],
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_shapes() {
+        let ok = envelope(&Ok(json!({"a": 1})), 7, 0.1234, "2026-01-01T00:00:00Z");
+        assert_eq!(ok["status"], "success");
+        assert_eq!(ok["metadata"]["request_id"], "req_7");
+        assert_eq!(ok["data"]["a"], 1);
+        let err = envelope(
+            &Err(ApiError::field(
+                ErrorCode::InvalidParameter,
+                "lines",
+                "must be a number",
+            )),
+            8,
+            0.0,
+            "2026-01-01T00:00:00Z",
+        );
+        assert_eq!(err["status"], "error");
+        assert_eq!(err["errors"][0]["code"], "invalid_parameter");
+        assert_eq!(err["errors"][0]["field"], "lines");
+    }
+
+    #[test]
+    fn every_code_has_a_4xx_or_5xx_status() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::NotFound,
+            ErrorCode::Unhealthy,
+            ErrorCode::Internal,
+            ErrorCode::Timeout,
+        ] {
+            assert!(
+                (400..600).contains(&code.http_status()),
+                "{}",
+                code.as_str()
+            );
+        }
+    }
+}

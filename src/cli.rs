@@ -1,0 +1,961 @@
+//! The command line: lexopt turns argv into [`RawArgs`], which [`parse`] validates into an
+//! [`Invocation`]; [`run`] executes it (start the daemon, or call it over the control socket)
+//! and prints for people or, with `--json`, for programs.
+//!
+//! Exit codes: 0 ok, 1 refused by the daemon, 2 usage, 3 daemon unreachable.
+
+use crate::client::{self, Client, ClientError};
+use crate::daemon::{self, StartOptions};
+use serde_json::{json, Value};
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Process exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success.
+    Ok = 0,
+    /// The daemon refused the request (or a check failed).
+    Refused = 1,
+    /// Bad command line.
+    Usage = 2,
+    /// The daemon is not reachable.
+    Unreachable = 3,
+}
+
+/// Options every command accepts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Global {
+    /// `--socket PATH` (falls back to `VSM_DAEMON_SOCKET`, then the default).
+    pub socket: Option<PathBuf>,
+    /// `--json`: machine-readable output.
+    pub json: bool,
+}
+
+/// A validated command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Run the daemon in the foreground.
+    Start {
+        /// `--config PATH`.
+        config: Option<PathBuf>,
+        /// `--state-dir DIR`.
+        state_dir: Option<PathBuf>,
+    },
+    /// Show status.
+    Status {
+        /// Include loop statistics.
+        detailed: bool,
+    },
+    /// Show the configuration.
+    ConfigShow {
+        /// One section.
+        section: Option<String>,
+    },
+    /// Change one key at run time.
+    ConfigSet {
+        /// Dotted key.
+        key: String,
+        /// Value text.
+        value: String,
+    },
+    /// Re-read the config file.
+    ConfigReload,
+    /// Print the JSON Schema.
+    ConfigSchema,
+    /// Show or follow logs.
+    Logs {
+        /// Minimum level.
+        level: Option<String>,
+        /// How many recent records.
+        lines: Option<u64>,
+        /// Only this component/target.
+        component: Option<String>,
+        /// Keep streaming.
+        follow: bool,
+    },
+    /// Run health checks.
+    HealthCheck {
+        /// One component.
+        component: Option<String>,
+    },
+    /// Run diagnostics.
+    DiagnosticsRun {
+        /// Include the slow checks.
+        full: bool,
+    },
+    /// Restart components in-process.
+    Restart {
+        /// One component.
+        service: Option<String>,
+    },
+    /// Stop the daemon.
+    Stop {
+        /// Graceful (default) or immediate.
+        graceful: bool,
+    },
+}
+
+/// What argv asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Invocation {
+    /// Run a command.
+    Run(Global, Command),
+    /// Print help text.
+    Help(String),
+    /// Print the version.
+    Version,
+}
+
+/// A command-line mistake, printed with a usage hint; exit code 2.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageError(pub String);
+
+/// Step one: argv as lexopt sees it, before deciding what it means.
+#[derive(Debug, Default)]
+pub struct RawArgs {
+    positionals: Vec<String>,
+    options: Vec<(&'static str, Option<String>)>,
+    help: bool,
+    version: bool,
+}
+
+/// Options that take a value, and those that do not.
+const VALUE_OPTIONS: &[&str] = &[
+    "socket",
+    "config",
+    "state-dir",
+    "section",
+    "level",
+    "lines",
+    "component",
+    "service",
+];
+const FLAG_OPTIONS: &[&str] = &["json", "detailed", "follow", "full", "graceful", "now"];
+
+/// Reads argv with lexopt.
+///
+/// # Errors
+/// Unknown options, missing values, non-UTF-8 arguments.
+pub fn read_args(mut parser: lexopt::Parser) -> Result<RawArgs, UsageError> {
+    use lexopt::prelude::*;
+    let mut raw = RawArgs::default();
+    let text = |v: OsString| {
+        v.into_string().map_err(|v| {
+            UsageError(format!(
+                "argument is not valid UTF-8: {}",
+                v.to_string_lossy()
+            ))
+        })
+    };
+    while let Some(arg) = parser.next().map_err(|e| UsageError(e.to_string()))? {
+        match arg {
+            Short('h') | Long("help") => raw.help = true,
+            Short('V') | Long("version") => raw.version = true,
+            Short('f') => raw.options.push(("follow", None)),
+            Short('n') => {
+                let v = parser.value().map_err(|e| UsageError(e.to_string()))?;
+                raw.options.push(("lines", Some(text(v)?)));
+            }
+            Long(name) => {
+                if let Some(known) = VALUE_OPTIONS.iter().find(|o| **o == name) {
+                    let v = parser.value().map_err(|e| UsageError(e.to_string()))?;
+                    raw.options.push((known, Some(text(v)?)));
+                } else if let Some(known) = FLAG_OPTIONS.iter().find(|o| **o == name) {
+                    raw.options.push((known, None));
+                } else {
+                    return Err(UsageError(format!("unknown option '--{name}'")));
+                }
+            }
+            Value(v) => raw.positionals.push(text(v)?),
+            Short(c) => return Err(UsageError(format!("unknown option '-{c}'"))),
+        }
+    }
+    Ok(raw)
+}
+
+/// Step two: decides what the raw arguments mean.
+///
+/// # Errors
+/// A command that does not exist, an option it does not take, a missing or extra argument.
+pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
+    let words: Vec<&str> = raw.positionals.iter().map(String::as_str).collect();
+    let (name, allowed, args): (&str, &[&str], &[&str]) = match words.as_slice() {
+        [] if raw.version => return Ok(Invocation::Version),
+        [] if raw.help => return Ok(Invocation::Help(help(None))),
+        [] => return Err(UsageError("missing command".into())),
+        ["start", rest @ ..] => ("start", &["config", "state-dir"], rest),
+        ["status", rest @ ..] => ("status", &["detailed"], rest),
+        ["config", "show", rest @ ..] => ("config show", &["section"], rest),
+        ["config", "set", rest @ ..] => ("config set", &[], rest),
+        ["config", "reload", rest @ ..] => ("config reload", &[], rest),
+        ["config", "schema", rest @ ..] => ("config schema", &[], rest),
+        ["config", ..] if raw.help => return Ok(Invocation::Help(help(Some("config")))),
+        ["config", ..] => return Err(UsageError("use: config show|set|reload|schema".into())),
+        ["logs", rest @ ..] => ("logs", &["level", "lines", "component", "follow"], rest),
+        ["health", "check", rest @ ..] => ("health check", &["component"], rest),
+        ["health", ..] if raw.help => return Ok(Invocation::Help(help(Some("health check")))),
+        ["health", ..] => return Err(UsageError("use: health check [--component NAME]".into())),
+        ["diagnostics", "run", rest @ ..] => ("diagnostics run", &["full"], rest),
+        ["diagnostics", ..] if raw.help => {
+            return Ok(Invocation::Help(help(Some("diagnostics run"))))
+        }
+        ["diagnostics", ..] => return Err(UsageError("use: diagnostics run [--full]".into())),
+        ["restart", rest @ ..] => ("restart", &["service"], rest),
+        ["stop", rest @ ..] => ("stop", &["graceful", "now"], rest),
+        ["help", rest @ ..] => return Ok(Invocation::Help(help(Some(&rest.join(" "))))),
+        [other, ..] => return Err(UsageError(format!("unknown command '{other}'"))),
+    };
+    if raw.help {
+        return Ok(Invocation::Help(help(Some(name))));
+    }
+    let mut global = Global::default();
+    let mut get = std::collections::HashMap::new();
+    for (opt, value) in raw.options {
+        match opt {
+            "socket" => global.socket = value.map(PathBuf::from),
+            "json" => global.json = true,
+            o if allowed.contains(&o) => {
+                get.insert(o, value);
+            }
+            o => return Err(UsageError(format!("'{name}' does not take --{o}"))),
+        }
+    }
+    let value = |k: &str| get.get(k).cloned().flatten();
+    let flag = |k: &str| get.contains_key(k);
+    let no_args = |args: &[&str]| match args {
+        [] => Ok(()),
+        [extra, ..] => Err(UsageError(format!(
+            "unexpected argument '{extra}' for '{name}'"
+        ))),
+    };
+    let command = match name {
+        "start" => {
+            no_args(args)?;
+            Command::Start {
+                config: value("config").map(PathBuf::from),
+                state_dir: value("state-dir").map(PathBuf::from),
+            }
+        }
+        "status" => {
+            no_args(args)?;
+            Command::Status {
+                detailed: flag("detailed"),
+            }
+        }
+        "config show" => match args {
+            [] => Command::ConfigShow {
+                section: value("section"),
+            },
+            [section] if value("section").is_none() => Command::ConfigShow {
+                section: Some(section.to_string()),
+            },
+            _ => return Err(UsageError("use: config show [--section NAME]".into())),
+        },
+        "config set" => match args {
+            [key, value] => Command::ConfigSet {
+                key: key.to_string(),
+                value: value.to_string(),
+            },
+            _ => return Err(UsageError("use: config set KEY VALUE".into())),
+        },
+        "config reload" => {
+            no_args(args)?;
+            Command::ConfigReload
+        }
+        "config schema" => {
+            no_args(args)?;
+            Command::ConfigSchema
+        }
+        "logs" => {
+            no_args(args)?;
+            let lines = value("lines")
+                .map(|l| {
+                    l.parse::<u64>()
+                        .map_err(|_| UsageError(format!("--lines needs a number, not '{l}'")))
+                })
+                .transpose()?;
+            if let Some(level) = value("level") {
+                if level.parse::<log::LevelFilter>().is_err() {
+                    return Err(UsageError(format!(
+                        "unknown level '{level}': use error, warn, info, debug or trace"
+                    )));
+                }
+            }
+            Command::Logs {
+                level: value("level"),
+                lines,
+                component: value("component"),
+                follow: flag("follow"),
+            }
+        }
+        "health check" => {
+            no_args(args)?;
+            Command::HealthCheck {
+                component: value("component"),
+            }
+        }
+        "diagnostics run" => {
+            no_args(args)?;
+            Command::DiagnosticsRun { full: flag("full") }
+        }
+        "restart" => {
+            no_args(args)?;
+            Command::Restart {
+                service: value("service"),
+            }
+        }
+        "stop" => {
+            no_args(args)?;
+            if flag("graceful") && flag("now") {
+                return Err(UsageError("--graceful and --now exclude each other".into()));
+            }
+            Command::Stop {
+                graceful: !flag("now"),
+            }
+        }
+        _ => return Err(UsageError(format!("unknown command '{name}'"))),
+    };
+    Ok(Invocation::Run(global, command))
+}
+
+const GLOBAL_HELP: &str = "\
+Global options (every command):
+  --socket PATH   control socket (env VSM_DAEMON_SOCKET; default /run/vsm-daemon/control.sock
+                  as root, else $XDG_RUNTIME_DIR/vsm-daemon/control.sock)
+  --json          machine-readable output (the reply's data as JSON)
+  -h, --help      this help
+Exit codes: 0 ok, 1 refused by the daemon or a check failed, 2 usage, 3 daemon unreachable.";
+
+/// Help text for a command (or the overview).
+pub fn help(command: Option<&str>) -> String {
+    let body = match command.unwrap_or("") {
+        "start" => "vsm-daemon start [--config PATH] [--state-dir DIR] [--socket PATH] [--json]\n\n\
+            Runs the daemon in the foreground (it never forks; run it under systemd or OpenRC).\n\
+            Without --config it uses the embedded defaults.\n\
+              --config PATH     TOML configuration file\n\
+              --state-dir DIR   state directory (env VSM_DAEMON_STATE_DIR)\n\
+              --json            print one JSON line on stdout when ready",
+        "status" => "vsm-daemon status [--detailed] [--json]\n\n\
+            Uptime, version, pid, config source, state dir, socket and components.\n\
+              --detailed        add event-loop statistics (wake-ups, timers, connections, RSS)",
+        "config" => "vsm-daemon config show [--section NAME] | set KEY VALUE | reload | schema\n\n\
+              show     the effective configuration (or one section)\n\
+              set      change one key now; validated, applied live, persisted in the state dir\n\
+              reload   re-read the config file; an invalid file is refused, the old config stays\n\
+              schema   JSON Schema of the whole configuration",
+        "config show" => "vsm-daemon config show [--section NAME]\n\nThe effective configuration as dotted keys (JSON values).",
+        "config set" => "vsm-daemon config set KEY VALUE\n\n\
+            Changes KEY (e.g. monitoring.health_check_interval_ms) at run time. The value is typed\n\
+            by the key; lists take a JSON array or a comma-separated list; 'default' removes the\n\
+            override. The change is validated, applied live and persisted in the state directory.",
+        "config reload" => "vsm-daemon config reload\n\nRe-reads the config file (also on SIGHUP). An invalid file is refused with line and column.",
+        "config schema" => "vsm-daemon config schema\n\nPrints the JSON Schema of the configuration.",
+        "logs" => "vsm-daemon logs [--level LEVEL] [-n|--lines N] [--component NAME] [-f|--follow]\n\n\
+            Recent log records kept in memory; --follow streams new ones until interrupted.\n\
+              --level LEVEL     error, warn, info, debug or trace (that level and more severe)\n\
+              --lines N         how many recent records (default 100)",
+        "health check" => "vsm-daemon health check [--component NAME]\n\nRuns the health checks now. Exit code 1 when a component is unhealthy.",
+        "diagnostics run" => "vsm-daemon diagnostics run [--full]\n\n\
+            Checks config, state dir, socket permissions, kernel features (pidfd, Landlock,\n\
+            cgroup v2), node/npm/python3 and limits. --full also times fsync in the state dir.\n\
+            Exit code 1 when a check fails.",
+        "restart" => "vsm-daemon restart [--service NAME]\n\n\
+            In-process restart: reloads the config and restarts every component, or only NAME\n\
+            (control, worker, monitor). The process and its pid stay.",
+        "stop" => "vsm-daemon stop [--graceful | --now]\n\n\
+            Stops the daemon and waits until it has exited. Graceful (default): children are\n\
+            stopped and state flushed within daemon.shutdown_timeout_ms.",
+        _ => "vsm-daemon: keeps MCP servers alive and useful on small Linux hosts.\n\n\
+            Usage: vsm-daemon COMMAND [OPTIONS]\n\n\
+            Commands:\n\
+              start                 run the daemon in the foreground\n\
+              status                daemon status\n\
+              config show|set|reload|schema\n\
+              logs                  recent or live log records\n\
+              health check          run health checks\n\
+              diagnostics run       self-diagnostics\n\
+              restart               restart components in-process\n\
+              stop                  stop the daemon\n\n\
+            `vsm-daemon COMMAND --help` tells more; --version prints the version.",
+    };
+    format!("{body}\n\n{GLOBAL_HELP}")
+}
+
+/// Parses argv and runs; returns the exit code.
+pub fn main_with(parser: lexopt::Parser) -> Exit {
+    let invocation = read_args(parser).and_then(parse);
+    match invocation {
+        Ok(Invocation::Help(text)) => {
+            println!("{text}");
+            Exit::Ok
+        }
+        Ok(Invocation::Version) => {
+            println!("vsm-daemon {}", env!("CARGO_PKG_VERSION"));
+            Exit::Ok
+        }
+        Ok(Invocation::Run(global, command)) => run(&global, command),
+        Err(UsageError(msg)) => {
+            eprintln!(
+                "error: {msg}\nUsage: vsm-daemon COMMAND [OPTIONS]   (try 'vsm-daemon --help')"
+            );
+            Exit::Usage
+        }
+    }
+}
+
+fn socket_path(global: &Global) -> PathBuf {
+    global
+        .socket
+        .clone()
+        .or_else(|| std::env::var_os("VSM_DAEMON_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(daemon::default_socket_path)
+}
+
+/// Executes a command.
+pub fn run(global: &Global, command: Command) -> Exit {
+    if let Command::Start { config, state_dir } = command {
+        let options = StartOptions {
+            config,
+            state_dir: state_dir
+                .or_else(|| std::env::var_os("VSM_DAEMON_STATE_DIR").map(PathBuf::from)),
+            socket: global
+                .socket
+                .clone()
+                .or_else(|| std::env::var_os("VSM_DAEMON_SOCKET").map(PathBuf::from)),
+            ready_json: global.json,
+        };
+        return match daemon::run(options) {
+            Ok(()) => Exit::Ok,
+            Err(e) => {
+                eprintln!("error: {e}");
+                Exit::Refused
+            }
+        };
+    }
+    let client = Client::new(&socket_path(global));
+    let result = match command {
+        Command::Logs {
+            follow: true,
+            level,
+            component,
+            lines,
+        } => {
+            return follow_logs(&client, global, level, component, lines);
+        }
+        Command::Stop { graceful } => return stop(&client, global, graceful),
+        other => {
+            let (method, path, body) = request_for(&other);
+            client
+                .call(method, &path, body.as_ref())
+                .map(|r| (other, r))
+        }
+    };
+    let (command, reply) = match result {
+        Ok(ok) => ok,
+        Err(e) => return client_failure(&e),
+    };
+    let envelope = &reply.body;
+    let ok = envelope["status"] == "success";
+    if global.json {
+        let shown = if ok { &envelope["data"] } else { envelope };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(shown).unwrap_or_default()
+        );
+    } else {
+        let data = &envelope["data"];
+        if ok || !data.is_null() {
+            print!("{}", human(&command, data));
+        }
+    }
+    if ok {
+        Exit::Ok
+    } else {
+        eprintln!("error: {}", client::error_message(envelope));
+        Exit::Refused
+    }
+}
+
+fn client_failure(e: &ClientError) -> Exit {
+    eprintln!("error: {e}");
+    match e {
+        ClientError::Unreachable { .. } => Exit::Unreachable,
+        _ => Exit::Refused,
+    }
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The HTTP request a command sends.
+fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
+    match command {
+        Command::Status { detailed } => (
+            "GET",
+            format!(
+                "/api/v1/status{}",
+                query(&[("detailed", detailed.then(|| "true".into()))])
+            ),
+            None,
+        ),
+        Command::ConfigShow { section } => (
+            "GET",
+            format!("/api/v1/config{}", query(&[("section", section.clone())])),
+            None,
+        ),
+        Command::ConfigSet { key, value } => {
+            // Typed by the key's schema; an unknown key is still sent so the daemon names it.
+            let patch = crate::config::patch_for_set(key, value).unwrap_or_else(|_| {
+                let mut v = json!(value);
+                for part in key.rsplit('.') {
+                    v = json!({ part: v });
+                }
+                v
+            });
+            ("PUT", "/api/v1/config".into(), Some(patch))
+        }
+        Command::ConfigReload => ("POST", "/api/v1/config/reload".into(), None),
+        Command::ConfigSchema => ("GET", "/api/v1/config/schema".into(), None),
+        Command::Logs {
+            level,
+            lines,
+            component,
+            ..
+        } => (
+            "GET",
+            format!(
+                "/api/v1/logs{}",
+                query(&[
+                    ("level", level.clone()),
+                    ("lines", lines.map(|l| l.to_string())),
+                    ("component", component.clone()),
+                ])
+            ),
+            None,
+        ),
+        Command::HealthCheck { component } => (
+            "GET",
+            format!(
+                "/api/v1/health{}",
+                query(&[("component", component.clone())])
+            ),
+            None,
+        ),
+        Command::DiagnosticsRun { full } => (
+            "POST",
+            "/api/v1/diagnostics/run".into(),
+            Some(json!({"full": full})),
+        ),
+        Command::Restart { service } => (
+            "POST",
+            "/api/v1/control/restart".into(),
+            Some(json!({"service": service})),
+        ),
+        Command::Stop { graceful } => (
+            "POST",
+            "/api/v1/control/stop".into(),
+            Some(json!({"shutdown": true, "graceful": graceful})),
+        ),
+        Command::Start { .. } => ("GET", "/api/v1/status".into(), None),
+    }
+}
+
+fn stop(client: &Client, global: &Global, graceful: bool) -> Exit {
+    let (method, path, body) = request_for(&Command::Stop { graceful });
+    let reply = match client.call(method, &path, body.as_ref()) {
+        Ok(r) => r,
+        Err(e) => return client_failure(&e),
+    };
+    if reply.body["status"] != "success" {
+        eprintln!("error: {}", client::error_message(&reply.body));
+        return Exit::Refused;
+    }
+    let pid = reply.body["data"]["pid"].as_u64();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The daemon removes its socket when it stops listening and its pid is gone once it exits.
+    while Instant::now() < deadline {
+        let gone =
+            pid.is_none_or(|p| !crate::sys::process_exists(p as i32)) && !client.is_reachable();
+        if gone {
+            if global.json {
+                println!("{}", json!({"stopped": true, "pid": pid}));
+            } else {
+                println!(
+                    "vsm-daemon stopped{}",
+                    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                );
+            }
+            return Exit::Ok;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("error: vsm-daemon accepted the stop request but is still running after 60 s");
+    Exit::Refused
+}
+
+fn follow_logs(
+    client: &Client,
+    global: &Global,
+    level: Option<String>,
+    component: Option<String>,
+    lines: Option<u64>,
+) -> Exit {
+    let path = format!(
+        "/api/v1/logs{}",
+        query(&[
+            ("level", level),
+            ("lines", lines.map(|l| l.to_string())),
+            ("component", component),
+        ])
+    );
+    let result = client.stream(&path, |event, data| {
+        let Ok(value) = serde_json::from_str::<Value>(data) else {
+            return true;
+        };
+        let line = match event {
+            "log" if global.json => value.to_string(),
+            "log" => format_log_record(&value),
+            "dropped" => format!(
+                "-- {} record(s) dropped: the reader fell behind --",
+                value["count"]
+            ),
+            _ => return true,
+        };
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        // A closed stdout (e.g. `| head`) ends the stream.
+        writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+    });
+    match result {
+        Ok(()) => Exit::Ok,
+        Err(e) => client_failure(&e),
+    }
+}
+
+fn format_log_record(r: &Value) -> String {
+    format!(
+        "{} {:<5} {}: {}",
+        r["timestamp"].as_str().unwrap_or(""),
+        r["level"].as_str().unwrap_or("").to_ascii_uppercase(),
+        r["target"].as_str().unwrap_or(""),
+        r["message"].as_str().unwrap_or("")
+    )
+}
+
+fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m {s}s"),
+        _ => format!("{d}d {h}h {m}m"),
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Human rendering of a reply's data.
+fn human(command: &Command, data: &Value) -> String {
+    let mut out = String::new();
+    match command {
+        Command::Status { .. } => {
+            let d = &data["daemon"];
+            let _ = writeln!(
+                out,
+                "vsm-daemon {}  {}  pid {}  up {}",
+                text(&d["version"]),
+                text(&d["status"]),
+                text(&d["pid"]),
+                duration(d["uptime_seconds"].as_u64().unwrap_or(0))
+            );
+            for (label, key) in [
+                ("config", "config_source"),
+                ("state dir", "state_dir"),
+                ("socket", "socket"),
+                ("pid file", "pid_file"),
+            ] {
+                let _ = writeln!(out, "{label:<10} {}", text(&d[key]));
+            }
+            if let Some(w) = d["config_warning"].as_str() {
+                let _ = writeln!(out, "warning    {w}");
+            }
+            let _ = writeln!(
+                out,
+                "\n{:<10} {:<8} {:<10} {:<8} SINCE",
+                "COMPONENT", "STATUS", "HEALTH", "RESTARTS"
+            );
+            if let Some(components) = data["components"].as_object() {
+                for (name, c) in components {
+                    let health = match c["healthy"].as_bool() {
+                        Some(true) => "healthy",
+                        Some(false) => "unhealthy",
+                        None => "unchecked",
+                    };
+                    let _ = writeln!(
+                        out,
+                        "{name:<10} {:<8} {health:<10} {:<8} {}",
+                        text(&c["status"]),
+                        text(&c["restarts"]),
+                        text(&c["since"])
+                    );
+                }
+            }
+            if let Some(stats) = data["loop"].as_object() {
+                let _ = writeln!(out, "\nevent loop:");
+                for (k, v) in stats {
+                    let _ = writeln!(out, "  {k:<28} {}", text(v));
+                }
+            }
+        }
+        Command::ConfigShow { .. } => {
+            let mut rows = Vec::new();
+            flatten(
+                data["section"].as_str().unwrap_or(""),
+                &data["config"],
+                &mut rows,
+            );
+            let _ = writeln!(out, "# source: {}", text(&data["source"]));
+            if let Some(w) = data["overrides_warning"].as_str() {
+                let _ = writeln!(out, "# warning: {w}");
+            }
+            for (k, v) in rows {
+                let _ = writeln!(out, "{k} = {v}");
+            }
+        }
+        Command::ConfigSet { key, .. } => {
+            let pending = data["restart_required"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty());
+            let changed = data["changed"].as_array().map_or(0, Vec::len);
+            let _ = writeln!(
+                out,
+                "{key}: {}",
+                match (changed, pending) {
+                    (0, _) => "unchanged (already that value)",
+                    (_, true) => "saved; takes effect after the daemon restarts",
+                    _ => "applied and saved",
+                }
+            );
+        }
+        Command::ConfigReload | Command::Restart { .. } => {
+            let report = if data["config"].is_object() {
+                &data["config"]
+            } else {
+                data
+            };
+            if let Some(r) = data["restarted"].as_array() {
+                let names: Vec<String> = r.iter().map(text).collect();
+                let _ = writeln!(out, "restarted: {}", names.join(", "));
+            }
+            if let Some(changed) = report["changed"].as_array() {
+                let names: Vec<String> = changed.iter().map(text).collect();
+                let _ = writeln!(
+                    out,
+                    "configuration: {}",
+                    if names.is_empty() {
+                        "no changes".to_string()
+                    } else {
+                        format!("changed {}", names.join(", "))
+                    }
+                );
+            }
+            if let Some(w) = report["warning"].as_str() {
+                let _ = writeln!(out, "warning: {w}");
+            }
+        }
+        Command::ConfigSchema => {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(data).unwrap_or_default()
+            );
+        }
+        Command::Logs { .. } => {
+            for r in data["records"].as_array().into_iter().flatten() {
+                let _ = writeln!(out, "{}", format_log_record(r));
+            }
+        }
+        Command::HealthCheck { .. } => {
+            let _ = writeln!(
+                out,
+                "{:<10} {:<10} {:<8} MESSAGE",
+                "COMPONENT", "HEALTH", "STATUS"
+            );
+            for (name, c) in data["components"].as_object().into_iter().flatten() {
+                let health = if c["healthy"] == true {
+                    "healthy"
+                } else {
+                    "UNHEALTHY"
+                };
+                let _ = writeln!(
+                    out,
+                    "{name:<10} {health:<10} {:<8} {}",
+                    text(&c["status"]),
+                    text(&c["message"])
+                );
+            }
+        }
+        Command::DiagnosticsRun { .. } => {
+            for c in data["checks"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "{:<5} {:<22} {}",
+                    text(&c["status"]).to_ascii_uppercase(),
+                    text(&c["name"]),
+                    text(&c["detail"])
+                );
+            }
+            let s = &data["summary"];
+            let _ = writeln!(
+                out,
+                "\n{} ok, {} warn, {} fail",
+                s["ok"], s["warn"], s["fail"]
+            );
+        }
+        Command::Start { .. } | Command::Stop { .. } => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_argv(args: &[&str]) -> Result<Invocation, UsageError> {
+        read_args(lexopt::Parser::from_args(args.iter().copied())).and_then(parse)
+    }
+
+    #[test]
+    fn commands_parse() {
+        assert_eq!(
+            parse_argv(&["status", "--json", "--detailed"]),
+            Ok(Invocation::Run(
+                Global {
+                    socket: None,
+                    json: true
+                },
+                Command::Status { detailed: true }
+            ))
+        );
+        assert_eq!(
+            parse_argv(&["--socket", "/s", "config", "set", "a.b", "5"]),
+            Ok(Invocation::Run(
+                Global {
+                    socket: Some("/s".into()),
+                    json: false
+                },
+                Command::ConfigSet {
+                    key: "a.b".into(),
+                    value: "5".into()
+                }
+            ))
+        );
+        assert!(matches!(
+            parse_argv(&["logs", "-f", "-n", "5", "--level=warn"]),
+            Ok(Invocation::Run(
+                _,
+                Command::Logs {
+                    follow: true,
+                    lines: Some(5),
+                    ..
+                }
+            ))
+        ));
+        assert!(matches!(
+            parse_argv(&["stop"]),
+            Ok(Invocation::Run(_, Command::Stop { graceful: true }))
+        ));
+        assert!(matches!(
+            parse_argv(&["stop", "--now"]),
+            Ok(Invocation::Run(_, Command::Stop { graceful: false }))
+        ));
+        assert!(matches!(parse_argv(&["mcp", "--help"]), Err(_)));
+        assert!(matches!(
+            parse_argv(&["config", "show", "--help"]),
+            Ok(Invocation::Help(_))
+        ));
+        assert_eq!(parse_argv(&["--version"]), Ok(Invocation::Version));
+    }
+
+    #[test]
+    fn mistakes_are_usage_errors() {
+        for argv in [
+            vec![],
+            vec!["frobnicate"],
+            vec!["status", "--bogus"],
+            vec!["status", "extra"],
+            vec!["status", "--full"],
+            vec!["config", "set", "only-key"],
+            vec!["logs", "--lines", "many"],
+            vec!["logs", "--level", "loud"],
+            vec!["stop", "--now", "--graceful"],
+            vec!["status", "--socket"],
+        ] {
+            assert!(parse_argv(&argv).is_err(), "{argv:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn every_command_has_help() {
+        for cmd in [
+            "start",
+            "status",
+            "config",
+            "logs",
+            "health",
+            "diagnostics",
+            "restart",
+            "stop",
+        ] {
+            match parse_argv(&[cmd, "--help"]) {
+                Ok(Invocation::Help(text)) => assert!(text.contains("vsm-daemon"), "{cmd}"),
+                other => panic!("{cmd}: {other:?}"),
+            }
+        }
+    }
+}

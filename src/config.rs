@@ -1,0 +1,1289 @@
+//! Daemon configuration: TOML file layer, JSON merge-patch overrides, validation and metadata.
+//!
+//! The effective configuration is `defaults ⊕ file ⊕ overrides`. Every key is described once in
+//! [`KEYS`]; that table drives validation, [`schema`], [`example_toml`] and [`requires_restart`].
+//! To add a section: declare its struct with `section!`, add it as a field of [`Config`] and add
+//! its rows to [`KEYS`]; the `table_matches_struct` test fails until struct and table agree.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The dotted key of the API token, which is never printed.
+const SECRET_KEY: &str = "security.api_token";
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[daemon]`: process-level settings.
+    pub daemon: DaemonConfig,
+    /// `[http]`: limits of the REST + WebSocket listener.
+    pub http: HttpConfig,
+    /// `[monitoring]`: check intervals and alert thresholds.
+    pub monitoring: MonitoringConfig,
+    /// `[mcp_servers]`: discovery and supervision of MCP servers.
+    pub mcp_servers: McpServersConfig,
+    /// `[security]`: sandboxing, capabilities and API authentication.
+    pub security: SecurityConfig,
+    /// `[consciousness]`: reflection and learning.
+    pub consciousness: ConsciousnessConfig,
+}
+
+/// Declares a section struct (`#[serde(default, deny_unknown_fields)]`) and its `Default` impl
+/// from `field: Type = default` lines. Meanings and limits of the fields are in [`KEYS`].
+macro_rules! section {
+    ($(#[$meta:meta])* pub struct $name:ident {
+        $($(#[doc = $doc:literal])* pub $field:ident: $ty:ty = $default:expr,)*
+    }) => {
+        $(#[$meta])*
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name { $($(#[doc = $doc])* pub $field: $ty,)* }
+        impl Default for $name {
+            fn default() -> Self { Self { $($field: $default,)* } }
+        }
+    };
+}
+
+section! {
+    /// `[daemon]` section.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct DaemonConfig {
+        /// REST + WebSocket listener address (`IP:port`).
+        pub http_listen: String = "127.0.0.1:4000".into(),
+        /// Control socket path; empty means the built-in default.
+        pub socket: String = String::new(),
+        /// PID file path; empty means beside the control socket.
+        pub pid_file: String = String::new(),
+        /// State directory; empty means the built-in default.
+        pub state_dir: String = String::new(),
+        /// One of `error`, `warn`, `info`, `debug`, `trace`.
+        pub log_level: String = "info".into(),
+        /// Log records kept in memory.
+        pub log_buffer_lines: usize = 1000,
+        /// Start components when the daemon starts.
+        pub auto_start_services: bool = true,
+        /// Graceful stop deadline in milliseconds.
+        pub shutdown_timeout_ms: u64 = 10_000,
+    }
+}
+
+section! {
+    /// `[http]` section.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct HttpConfig {
+        /// Largest request line + headers in bytes.
+        pub max_head_bytes: usize = 16_384,
+        /// Largest request body in bytes.
+        pub max_body_bytes: usize = 1_048_576,
+        /// Open connections per listener.
+        pub max_connections: u32 = 256,
+        /// Time allowed to receive a request head, in milliseconds.
+        pub head_timeout_ms: u64 = 10_000,
+        /// Keep-alive idle close, in milliseconds.
+        pub idle_timeout_ms: u64 = 30_000,
+        /// Extra Host/Origin names accepted.
+        pub allowed_hosts: Vec<String> = Vec::new(),
+    }
+}
+
+section! {
+    /// `[monitoring]` section.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct MonitoringConfig {
+        /// Milliseconds between variety checks.
+        pub variety_check_interval_ms: u64 = 60_000,
+        /// Milliseconds between performance checks.
+        pub performance_check_interval_ms: u64 = 30_000,
+        /// Milliseconds between health checks.
+        pub health_check_interval_ms: u64 = 15_000,
+        /// Milliseconds between security checks.
+        pub security_check_interval_ms: u64 = 30_000,
+        /// `[monitoring.alert_thresholds]`.
+        pub alert_thresholds: AlertThresholds = AlertThresholds::default(),
+    }
+}
+
+section! {
+    /// `[monitoring.alert_thresholds]` section.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct AlertThresholds {
+        /// Alert below this variety ratio.
+        pub variety_ratio_min: f64 = 0.7,
+        /// Alert above this response time in milliseconds.
+        pub response_time_max_ms: u64 = 2000,
+        /// Alert above this error rate (percent).
+        pub error_rate_max_percent: f64 = 5.0,
+        /// Alert above this memory usage (percent).
+        pub memory_usage_max_percent: f64 = 80.0,
+    }
+}
+
+section! {
+    /// `[mcp_servers]` section.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct McpServersConfig {
+        /// Where to discover servers.
+        pub discovery_sources: Vec<String> = strings(&["npm", "github", "registry"]),
+        /// Milliseconds between discovery runs.
+        pub auto_discovery_interval_ms: u64 = 300_000,
+        /// Time limit of a sandboxed trial, in milliseconds.
+        pub sandbox_timeout_ms: u64 = 30_000,
+        /// Servers allowed to run at once.
+        pub max_concurrent_servers: u32 = 10,
+        /// Health-check running servers.
+        pub health_check_enabled: bool = true,
+    }
+}
+
+section! {
+    /// `[security]` section. Its `Debug` output redacts `api_token`.
+    #[derive(Clone, PartialEq, Serialize, Deserialize)]
+    pub struct SecurityConfig {
+        /// Run untrusted servers in a sandbox.
+        pub sandbox_enabled: bool = true,
+        /// Scan servers before installing them.
+        pub security_scan_enabled: bool = true,
+        /// Lowest acceptable security score.
+        pub min_security_score: u8 = 70,
+        /// Capabilities servers may offer.
+        pub allowed_capabilities: Vec<String> = strings(&["document", "analysis", "web", "api"]),
+        /// Capabilities that disqualify a server.
+        pub blocked_capabilities: Vec<String> = strings(&["system", "network", "file_system"]),
+        /// Bearer token for the TCP API; empty means none.
+        pub api_token: String = String::new(),
+        /// File whose first line is the token; empty means none.
+        pub api_token_file: String = String::new(),
+    }
+}
+
+impl fmt::Debug for SecurityConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecurityConfig")
+            .field("sandbox_enabled", &self.sandbox_enabled)
+            .field("security_scan_enabled", &self.security_scan_enabled)
+            .field("min_security_score", &self.min_security_score)
+            .field("allowed_capabilities", &self.allowed_capabilities)
+            .field("blocked_capabilities", &self.blocked_capabilities)
+            .field("api_token", &redact(&self.api_token))
+            .field("api_token_file", &self.api_token_file)
+            .finish()
+    }
+}
+
+section! {
+    /// `[consciousness]` section.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct ConsciousnessConfig {
+        /// Milliseconds between reflection runs.
+        pub reflection_interval_ms: u64 = 300_000,
+        /// Weight of new observations (0..=1).
+        pub learning_rate: f64 = 0.1,
+        /// Items kept in memory.
+        pub memory_limit: usize = 1000,
+        /// Generate insights automatically.
+        pub auto_insight_generation: bool = true,
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn redact(token: &str) -> &'static str {
+    if token.is_empty() {
+        ""
+    } else {
+        "***"
+    }
+}
+
+/// What values a key accepts. The value's JSON type comes from its default in [`Config::default`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Constraint {
+    /// A number in `min..=max` (or `min < x <= max` when `min_exclusive`).
+    Range {
+        /// Lower bound.
+        min: f64,
+        /// Upper bound (inclusive).
+        max: f64,
+        /// Whether `min` itself is rejected.
+        min_exclusive: bool,
+    },
+    /// One of these strings.
+    OneOf(&'static [&'static str]),
+    /// A string that parses as [`SocketAddr`].
+    Address,
+    /// Empty, or an absolute path of at most `max_bytes` bytes.
+    AbsolutePathOrEmpty {
+        /// Longest accepted path in bytes.
+        max_bytes: usize,
+    },
+    /// A list of distinct non-empty strings, each in `allowed` when given.
+    StringList {
+        /// The accepted items, or `None` for any.
+        allowed: Option<&'static [&'static str]>,
+    },
+    /// `true` or `false`.
+    Bool,
+    /// Any value of the key's type.
+    Any,
+}
+
+/// Metadata for one configuration key.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyInfo {
+    /// Dotted key, e.g. `monitoring.health_check_interval_ms`.
+    pub key: &'static str,
+    /// One-line meaning.
+    pub description: &'static str,
+    /// Accepted values.
+    pub constraint: Constraint,
+    /// Whether a change applies without restarting the daemon.
+    pub live: bool,
+}
+
+const fn live(key: &'static str, description: &'static str, constraint: Constraint) -> KeyInfo {
+    KeyInfo {
+        key,
+        description,
+        constraint,
+        live: true,
+    }
+}
+
+const fn restart(key: &'static str, description: &'static str, constraint: Constraint) -> KeyInfo {
+    KeyInfo {
+        key,
+        description,
+        constraint,
+        live: false,
+    }
+}
+
+const fn range(min: f64, max: f64) -> Constraint {
+    Constraint::Range {
+        min,
+        max,
+        min_exclusive: false,
+    }
+}
+
+const INTERVAL: Constraint = range(100.0, 86_400_000.0);
+const PATH: Constraint = Constraint::AbsolutePathOrEmpty { max_bytes: 4096 };
+const ANY_LIST: Constraint = Constraint::StringList { allowed: None };
+const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+const DISCOVERY_SOURCES: &[&str] = &["npm", "github", "registry", "pypi", "local"];
+
+/// Every configuration key, in file order. Sections are the key prefixes.
+#[rustfmt::skip]
+pub const KEYS: &[KeyInfo] = &[
+    restart("daemon.http_listen", "REST + WebSocket listener address; port 0 picks a free port", Constraint::Address),
+    restart("daemon.socket", "control socket path; empty = /run/vsm-daemon/control.sock as root, else $XDG_RUNTIME_DIR/vsm-daemon/control.sock, else /tmp/vsm-daemon-<uid>/control.sock", Constraint::AbsolutePathOrEmpty { max_bytes: 107 }),
+    restart("daemon.pid_file", "PID file; empty = vsm-daemon.pid beside the control socket", PATH),
+    restart("daemon.state_dir", "state directory; empty = /var/lib/vsm-daemon as root, else $XDG_STATE_HOME/vsm-daemon", PATH),
+    live("daemon.log_level", "lowest level of log records kept", Constraint::OneOf(LOG_LEVELS)),
+    live("daemon.log_buffer_lines", "log records kept in memory for `vsm-daemon logs`", range(10.0, 100_000.0)),
+    live("daemon.auto_start_services", "start components and autostart MCP servers when the daemon starts", Constraint::Bool),
+    live("daemon.shutdown_timeout_ms", "graceful stop deadline in milliseconds", range(100.0, 300_000.0)),
+    live("http.max_head_bytes", "largest request line + headers, in bytes", range(1024.0, 1_048_576.0)),
+    live("http.max_body_bytes", "largest request body, in bytes", range(0.0, 67_108_864.0)),
+    live("http.max_connections", "open connections allowed per listener", range(1.0, 65_536.0)),
+    live("http.head_timeout_ms", "time allowed to receive a request head, in milliseconds", range(100.0, 600_000.0)),
+    live("http.idle_timeout_ms", "idle keep-alive connections close after this many milliseconds", range(100.0, 3_600_000.0)),
+    live("http.allowed_hosts", "extra Host/Origin names accepted besides loopback names and the bound address", ANY_LIST),
+    live("monitoring.variety_check_interval_ms", "milliseconds between variety checks", INTERVAL),
+    live("monitoring.performance_check_interval_ms", "milliseconds between performance checks", INTERVAL),
+    live("monitoring.health_check_interval_ms", "milliseconds between health checks", INTERVAL),
+    live("monitoring.security_check_interval_ms", "milliseconds between security checks", INTERVAL),
+    live("monitoring.alert_thresholds.variety_ratio_min", "alert when the variety ratio falls below this", range(0.0, 1.0)),
+    live("monitoring.alert_thresholds.response_time_max_ms", "alert when a response takes longer than this many milliseconds", range(1.0, 3_600_000.0)),
+    live("monitoring.alert_thresholds.error_rate_max_percent", "alert when the error rate exceeds this percentage", range(0.0, 100.0)),
+    live("monitoring.alert_thresholds.memory_usage_max_percent", "alert when memory usage exceeds this percentage", Constraint::Range { min: 0.0, max: 100.0, min_exclusive: true }),
+    live("mcp_servers.discovery_sources", "where to look for MCP servers", Constraint::StringList { allowed: Some(DISCOVERY_SOURCES) }),
+    live("mcp_servers.auto_discovery_interval_ms", "milliseconds between automatic discovery runs", INTERVAL),
+    live("mcp_servers.sandbox_timeout_ms", "time limit of a sandboxed trial of a server, in milliseconds", range(100.0, 3_600_000.0)),
+    live("mcp_servers.max_concurrent_servers", "MCP servers allowed to run at once", range(1.0, 1000.0)),
+    live("mcp_servers.health_check_enabled", "health-check running MCP servers", Constraint::Bool),
+    live("security.sandbox_enabled", "run untrusted MCP servers in a sandbox", Constraint::Bool),
+    live("security.security_scan_enabled", "scan MCP servers before installing them", Constraint::Bool),
+    live("security.min_security_score", "lowest security score a server may have", range(0.0, 100.0)),
+    live("security.allowed_capabilities", "capabilities servers may offer", ANY_LIST),
+    live("security.blocked_capabilities", "capabilities that disqualify a server; must not overlap allowed_capabilities", ANY_LIST),
+    live(SECRET_KEY, "bearer token required on the TCP API; empty = none; never printed", Constraint::Any),
+    live("security.api_token_file", "file whose first line is the API token; not together with api_token", PATH),
+    live("consciousness.reflection_interval_ms", "milliseconds between reflection runs", INTERVAL),
+    live("consciousness.learning_rate", "weight of new observations when updating learned values", range(0.0, 1.0)),
+    live("consciousness.memory_limit", "insights and observations kept in memory", range(10.0, 100_000.0)),
+    live("consciousness.auto_insight_generation", "generate insights automatically", Constraint::Bool),
+];
+
+/// The table entry of a dotted key.
+pub fn key_info(key: &str) -> Option<&'static KeyInfo> {
+    KEYS.iter().find(|info| info.key == key)
+}
+
+/// Whether dotted `key` lies inside section `section`.
+fn under(key: &str, section: &str) -> bool {
+    key.strip_prefix(section)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// A configuration error.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigError {
+    /// TOML syntax or type error, or unknown key, in a file (or in a string when `path` is None).
+    /// `line` and `column` are 1-based (0 when the parser gave no position).
+    Parse {
+        /// The file, if any.
+        path: Option<PathBuf>,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column (in characters).
+        column: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value outside its constraint; `key` is the dotted path (empty for the whole document).
+    Invalid {
+        /// Dotted key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A dotted key that does not exist.
+    UnknownKey {
+        /// The full dotted key.
+        key: String,
+    },
+    /// The file could not be read.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The dotted key this error is about, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { key, .. } | Self::UnknownKey { key } if !key.is_empty() => Some(key),
+            _ => None,
+        }
+    }
+
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Parse {
+                path,
+                line,
+                column,
+                message,
+            } => {
+                let name = path
+                    .as_ref()
+                    .map_or("<config>".into(), |p| p.display().to_string());
+                if *line == 0 {
+                    write!(f, "{name}: {message}")
+                } else {
+                    write!(f, "{name}:{line}:{column}: {message}")
+                }
+            }
+            Self::Invalid { key, message } if key.is_empty() => f.write_str(message),
+            Self::Invalid { key, message } => write!(f, "{key}: {message}"),
+            Self::UnknownKey { key } => write!(f, "unknown configuration key '{key}'"),
+            Self::Io { path, message } => write!(f, "{}: {message}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let (mut line, mut column) = (1, 1);
+    for (_, c) in text.char_indices().take_while(|(i, _)| *i < offset) {
+        if c == '\n' {
+            (line, column) = (line + 1, 1);
+        } else {
+            column += 1;
+        }
+    }
+    (line, column)
+}
+
+impl Config {
+    /// Parse TOML text (defaults fill what is missing), then validate.
+    pub fn from_toml_str(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+            let message = e.message().trim_end().to_owned();
+            ConfigError::Parse {
+                path: path.map(Path::to_path_buf),
+                line,
+                column,
+                message,
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Read and parse a file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let config = Self::from_toml_str(&text, Some(path))?;
+        log::debug!("loaded configuration from {}", path.display());
+        Ok(config)
+    }
+
+    /// Apply a merge-patch of overrides on top of `self` (the file+defaults layer) and validate.
+    ///
+    /// `null` members mean "no override" (the value of `self` stays). Unknown keys give
+    /// [`ConfigError::UnknownKey`] with the full dotted key; wrong JSON types give
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn with_overrides(&self, overrides: &Value) -> Result<Config, ConfigError> {
+        let defaults = flatten(&Config::default().json());
+        let mut merged = self.json();
+        apply_overrides(&mut merged, overrides, "", &defaults)?;
+        let config: Config =
+            serde_json::from_value(merged).map_err(|e| ConfigError::invalid("", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check every key against its [`KEYS`] constraint, then the cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let flat = flatten(&self.json());
+        for info in KEYS {
+            let value = flat.get(info.key).unwrap_or(&Value::Null);
+            check_constraint(info, value).map_err(|m| ConfigError::invalid(info.key, m))?;
+        }
+        let s = &self.security;
+        if let Some(both) = s
+            .blocked_capabilities
+            .iter()
+            .find(|c| s.allowed_capabilities.contains(c))
+        {
+            return Err(ConfigError::invalid(
+                "security.blocked_capabilities",
+                format!("must not overlap security.allowed_capabilities (both contain \"{both}\")"),
+            ));
+        }
+        if !s.api_token.is_empty() && !s.api_token_file.is_empty() {
+            return Err(ConfigError::invalid(
+                "security.api_token_file",
+                "cannot be set together with security.api_token",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configuration as JSON with `security.api_token` shown as `"***"` when set.
+    pub fn to_json_redacted(&self) -> Value {
+        let mut value = self.json();
+        if let Some(token) = value.pointer_mut("/security/api_token") {
+            *token = Value::from(redact(&self.security.api_token));
+        }
+        value
+    }
+
+    /// One section (dotted, e.g. `monitoring.alert_thresholds`) of [`Self::to_json_redacted`].
+    pub fn section_json(&self, section: &str) -> Option<Value> {
+        let pointer = format!("/{}", section.replace('.', "/"));
+        self.to_json_redacted()
+            .pointer(&pointer)
+            .filter(|v| v.is_object())
+            .cloned()
+    }
+
+    /// Dotted keys whose value differs between two configs (sorted).
+    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
+        let (a, b) = (flatten(&self.json()), flatten(&other.json()));
+        let mut keys: Vec<String> = KEYS
+            .iter()
+            .filter(|i| a.get(i.key) != b.get(i.key))
+            .map(|i| i.key.to_owned())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    fn json(&self) -> Value {
+        // Serializing plain structs of strings, numbers and lists cannot fail.
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+/// Dotted key → leaf value (arrays are leaves).
+fn flatten(value: &Value) -> BTreeMap<String, Value> {
+    fn walk(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    walk(&join(prefix, k), v, out);
+                }
+            }
+            leaf => {
+                out.insert(prefix.to_owned(), leaf.clone());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", value, &mut out);
+    out
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+fn apply_overrides(
+    target: &mut Value,
+    patch: &Value,
+    prefix: &str,
+    defaults: &BTreeMap<String, Value>,
+) -> Result<(), ConfigError> {
+    let map = match patch {
+        Value::Null => return Ok(()),
+        Value::Object(map) => map,
+        _ if prefix.is_empty() => {
+            return Err(ConfigError::invalid(
+                "",
+                "configuration overrides must be a JSON object",
+            ))
+        }
+        _ => {
+            return Err(ConfigError::invalid(
+                prefix,
+                "must be an object of settings",
+            ))
+        }
+    };
+    for (name, value) in map {
+        let key = join(prefix, name);
+        let Some(target) = target.as_object_mut() else {
+            continue;
+        };
+        if let Some(info) = key_info(&key) {
+            if value.is_null() {
+                continue;
+            }
+            let default = defaults.get(&key).unwrap_or(&Value::Null);
+            check_type(default, value)
+                .and_then(|()| check_constraint(info, value))
+                .map_err(|m| ConfigError::invalid(&key, m))?;
+            target.insert(name.clone(), value.clone());
+        } else if KEYS.iter().any(|i| under(i.key, &key)) {
+            let section = target.entry(name.clone()).or_insert_with(|| json!({}));
+            apply_overrides(section, value, &key, defaults)?;
+        } else {
+            return Err(ConfigError::UnknownKey { key });
+        }
+    }
+    Ok(())
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "true or false",
+        Value::Number(n) if n.is_f64() => "a number",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list of strings",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Whether `value` has the JSON type of `default`. The message never echoes the value.
+fn check_type(default: &Value, value: &Value) -> Result<(), String> {
+    let ok = match default {
+        Value::Number(n) if n.is_f64() => value.is_number(),
+        Value::Number(_) => value.is_i64() || value.is_u64(),
+        Value::Array(_) => value
+            .as_array()
+            .is_some_and(|a| a.iter().all(Value::is_string)),
+        d => std::mem::discriminant(d) == std::mem::discriminant(value),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("expected {} (got {})", kind(default), kind(value)))
+    }
+}
+
+fn check_constraint(info: &KeyInfo, value: &Value) -> Result<(), String> {
+    let text = value.as_str().unwrap_or_default();
+    match info.constraint {
+        Constraint::Range {
+            min,
+            max,
+            min_exclusive,
+        } => {
+            let x = value
+                .as_f64()
+                .ok_or_else(|| format!("must be a finite number (got {value})"))?;
+            if min_exclusive && !(x > min && x <= max) {
+                return Err(format!(
+                    "must be greater than {min} and at most {max} (got {value})"
+                ));
+            }
+            if !(min..=max).contains(&x) {
+                return Err(format!("must be between {min} and {max} (got {value})"));
+            }
+        }
+        Constraint::OneOf(allowed) if !allowed.contains(&text) => {
+            return Err(format!(
+                "must be one of {} (got {value})",
+                allowed.join(", ")
+            ));
+        }
+        Constraint::Address if text.parse::<SocketAddr>().is_err() => {
+            return Err(format!(
+                "must be an IP address and port such as 127.0.0.1:4000 (got {value})"
+            ));
+        }
+        Constraint::AbsolutePathOrEmpty { max_bytes } if !text.is_empty() => {
+            if !Path::new(text).is_absolute() || text.contains('\0') {
+                return Err(format!("must be an absolute path or empty (got {value})"));
+            }
+            if text.len() > max_bytes {
+                return Err(format!(
+                    "must be at most {max_bytes} bytes long (got {})",
+                    text.len()
+                ));
+            }
+        }
+        Constraint::StringList { allowed } => {
+            let items = value.as_array().map(Vec::as_slice).unwrap_or_default();
+            for (i, item) in items.iter().enumerate() {
+                let s = item.as_str().unwrap_or_default();
+                if s.is_empty() {
+                    return Err("items must be non-empty strings".into());
+                }
+                if allowed.is_some_and(|a| !a.contains(&s)) {
+                    let list = allowed.unwrap_or_default().join(", ");
+                    return Err(format!("items must be among {list} (got {item})"));
+                }
+                if items[..i].contains(item) {
+                    return Err(format!("duplicate item {item}"));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// RFC 7386 merge patch: objects merge recursively, `null` removes a member, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(target) = target {
+        for (k, v) in patch {
+            if v.is_null() {
+                target.remove(k);
+            } else {
+                merge_patch(target.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+/// `{"a": {"b": value}}` for key `a.b`.
+fn nest(key: &str, value: Value) -> Value {
+    key.rsplit('.').fold(value, |inner, part| {
+        let mut map = Map::new();
+        map.insert(part.to_owned(), inner);
+        Value::Object(map)
+    })
+}
+
+/// A JSON string literal (`"..."`) decoded, else the text as is.
+fn unquote(text: &str) -> String {
+    serde_json::from_str::<String>(text).unwrap_or_else(|_| text.to_owned())
+}
+
+/// Turn `config set KEY VALUE` text into a merge-patch object, typed by the key's default:
+/// numbers and booleans are parsed (error naming the key if the text is not one), strings stay
+/// strings even when they look numeric (a JSON string literal is decoded), lists accept a JSON
+/// array or a comma-separated list, and `null`/`default` give `null` (remove the override).
+/// Constraints are checked later by [`Config::with_overrides`].
+pub fn patch_for_set(key: &str, value: &str) -> Result<Value, ConfigError> {
+    if key_info(key).is_none() {
+        return Err(ConfigError::UnknownKey {
+            key: key.to_owned(),
+        });
+    }
+    let defaults = flatten(&Config::default().json());
+    let t = value.trim();
+    let bad = |what: &str| ConfigError::invalid(key, format!("expected {what} (got '{t}')"));
+    let typed = match defaults.get(key).unwrap_or(&Value::Null) {
+        _ if t == "null" || t == "default" => Value::Null,
+        Value::Bool(_) => Value::Bool(t.parse().map_err(|_| bad("true or false"))?),
+        Value::Number(n) if n.is_f64() => t
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number)
+            .ok_or_else(|| bad("a number"))?,
+        Value::Number(_) => match (t.parse::<u64>(), t.parse::<i64>()) {
+            (Ok(u), _) => Value::from(u),
+            (_, Ok(i)) => Value::from(i),
+            _ => return Err(bad("an integer")),
+        },
+        Value::Array(_) if t.starts_with('[') => serde_json::from_str::<Vec<String>>(t)
+            .map(Value::from)
+            .map_err(|_| bad("a JSON array of strings or a comma-separated list"))?,
+        Value::Array(_) => {
+            let items = unquote(t);
+            Value::from(
+                items
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>(),
+            )
+        }
+        _ => Value::String(unquote(value)),
+    };
+    Ok(nest(key, typed))
+}
+
+/// Whether changing this key (or, for a section, any key in it) takes effect only after restart.
+/// Unknown keys give `false`.
+pub fn requires_restart(key: &str) -> bool {
+    KEYS.iter()
+        .any(|i| !i.live && (i.key == key || under(i.key, key)))
+}
+
+fn bound(x: f64, integer: bool) -> Value {
+    if integer {
+        Value::from(x as i64)
+    } else {
+        Value::from(x)
+    }
+}
+
+fn leaf_schema(info: &KeyInfo, default: &Value) -> Value {
+    let ty = match default {
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_f64() => "number",
+        Value::Number(_) => "integer",
+        Value::Array(_) => "array",
+        _ => "string",
+    };
+    let mut s = json!({ "description": info.description, "type": ty, "default": default });
+    match info.constraint {
+        Constraint::Range {
+            min,
+            max,
+            min_exclusive,
+        } => {
+            let bound_key = if min_exclusive {
+                "exclusiveMinimum"
+            } else {
+                "minimum"
+            };
+            s[bound_key] = bound(min, ty == "integer");
+            s["maximum"] = bound(max, ty == "integer");
+        }
+        Constraint::OneOf(values) => s["enum"] = json!(values),
+        Constraint::AbsolutePathOrEmpty { max_bytes } => {
+            s["pattern"] = json!("^(/.*)?$");
+            s["maxLength"] = json!(max_bytes);
+        }
+        Constraint::StringList { allowed } => {
+            s["items"] = json!({ "type": "string", "minLength": 1 });
+            if let Some(values) = allowed {
+                s["items"]["enum"] = json!(values);
+            }
+            s["uniqueItems"] = json!(true);
+        }
+        Constraint::Address | Constraint::Bool | Constraint::Any => {}
+    }
+    if !info.live {
+        s["x-requires-restart"] = json!(true);
+    }
+    s
+}
+
+/// JSON Schema (draft 2020-12) of the whole configuration, generated from [`KEYS`] with defaults
+/// from [`Config::default`]. `x-requires-restart` marks keys that are not applied live.
+pub fn schema() -> Value {
+    fn node(prefix: &str, default: &Value) -> Value {
+        match (default, key_info(prefix)) {
+            (Value::Object(map), _) => {
+                let properties: Map<String, Value> = map
+                    .iter()
+                    .map(|(k, v)| (k.clone(), node(&join(prefix, k), v)))
+                    .collect();
+                json!({ "type": "object", "additionalProperties": false, "properties": properties })
+            }
+            (_, Some(info)) => leaf_schema(info, default),
+            _ => json!({}),
+        }
+    }
+    let mut root = node("", &Config::default().json());
+    root["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
+    root["title"] = json!("vsm-daemon configuration");
+    root
+}
+
+fn constraint_text(info: &KeyInfo, default: &Value) -> String {
+    let float = default.as_number().is_some_and(serde_json::Number::is_f64);
+    let num = |x: f64| {
+        if float {
+            format!("{x:?}")
+        } else {
+            format!("{x}")
+        }
+    };
+    let text = match info.constraint {
+        Constraint::Range {
+            min,
+            max,
+            min_exclusive: false,
+        } => format!("{}..={}", num(min), num(max)),
+        Constraint::Range { min, max, .. } => {
+            format!("greater than {}, at most {}", num(min), num(max))
+        }
+        Constraint::OneOf(values) => format!("one of {}", values.join(", ")),
+        Constraint::Address => "IP:port".into(),
+        Constraint::AbsolutePathOrEmpty { max_bytes } => {
+            format!("absolute path or empty, at most {max_bytes} bytes")
+        }
+        Constraint::StringList {
+            allowed: Some(values),
+        } => format!("list of distinct {}", values.join(", ")),
+        Constraint::StringList { allowed: None } => "list of distinct strings".into(),
+        Constraint::Bool => "true or false".into(),
+        Constraint::Any => kind(default).trim_start_matches("a ").into(),
+    };
+    if info.live {
+        text
+    } else {
+        text + "; restart required"
+    }
+}
+
+fn toml_value(value: &Value) -> String {
+    match value {
+        // A JSON string literal is a valid TOML basic string.
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(toml_value).collect::<Vec<_>>().join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// The example configuration: every key with its default value, each preceded by a
+/// `# description (constraint)` comment, sections in [`KEYS`] order.
+/// `packaging/config.example.toml` is this text.
+pub fn example_toml() -> String {
+    let defaults = flatten(&Config::default().json());
+    let mut out = String::from(
+        "# vsm-daemon configuration. Every key is shown with its default value.\n\
+         # Generated by vsm_daemon::config::example_toml(); do not edit by hand.\n",
+    );
+    let mut section = "";
+    for info in KEYS {
+        let (sec, name) = info.key.rsplit_once('.').unwrap_or(("", info.key));
+        if sec != section {
+            out.push_str(&format!("\n[{sec}]\n"));
+            section = sec;
+        }
+        let default = defaults.get(info.key).unwrap_or(&Value::Null);
+        out.push_str(&format!(
+            "# {} ({})\n",
+            info.description,
+            constraint_text(info, default)
+        ));
+        out.push_str(&format!("{name} = {}\n", toml_value(default)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn parse_err(text: &str) -> ConfigError {
+        Config::from_toml_str(text, Some(Path::new("config.toml"))).expect_err(text)
+    }
+
+    /// The key named by the error of a failed call.
+    fn err_key<T: fmt::Debug>(result: Result<T, ConfigError>) -> String {
+        result
+            .expect_err("should fail")
+            .key()
+            .unwrap_or("-")
+            .to_owned()
+    }
+
+    #[test]
+    fn table_matches_struct() {
+        let flat: BTreeSet<String> = flatten(&Config::default().json()).into_keys().collect();
+        let table: BTreeSet<String> = KEYS.iter().map(|i| i.key.to_owned()).collect();
+        assert_eq!(flat, table);
+        assert_eq!(table.len(), KEYS.len(), "duplicate key in KEYS");
+    }
+
+    #[test]
+    fn defaults_validate() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert_eq!(Config::from_toml_str("", None), Ok(Config::default()));
+    }
+
+    #[test]
+    fn unknown_key_reports_position() {
+        let err = parse_err("[daemon]\nfoo = 1\n");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Parse {
+                    line: 2,
+                    column: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("config.toml:2:1: unknown field `foo`, expected one of"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn type_error_reports_line() {
+        let err = parse_err("# c\n[daemon]\nlog_buffer_lines = \"x\"\n");
+        assert!(matches!(err, ConfigError::Parse { line: 3, .. }), "{err:?}");
+        let err = parse_err("[daemon]\nhttp_listen = \n");
+        assert!(matches!(err, ConfigError::Parse { line: 2, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn unknown_section_reported() {
+        let err = parse_err("[daemon]\nlog_level = \"debug\"\n[nope]\nx = 1\n");
+        let ConfigError::Parse { line, message, .. } = err else {
+            panic!("{err:?}")
+        };
+        assert!(line == 3 && message.contains("nope"), "{line}: {message}");
+    }
+
+    #[test]
+    fn out_of_range_in_file_names_key() {
+        let err = parse_err("[monitoring]\nhealth_check_interval_ms = 5\n");
+        let text = "monitoring.health_check_interval_ms: must be between 100 and 86400000 (got 5)";
+        assert_eq!(err.to_string(), text);
+        assert_eq!(err.key(), Some("monitoring.health_check_interval_ms"));
+        assert_eq!(
+            parse_err("[daemon]\nlog_level = \"loud\"\n").key(),
+            Some("daemon.log_level")
+        );
+        let err = parse_err("[monitoring.alert_thresholds]\nerror_rate_max_percent = nan\n");
+        assert_eq!(
+            err.key(),
+            Some("monitoring.alert_thresholds.error_rate_max_percent")
+        );
+    }
+
+    #[test]
+    fn every_range_violation_found() {
+        let (base, defaults) = (Config::default(), flatten(&Config::default().json()));
+        for info in KEYS {
+            let Constraint::Range {
+                min,
+                max,
+                min_exclusive,
+            } = info.constraint
+            else {
+                continue;
+            };
+            let float = defaults[info.key].is_f64();
+            let set = |x: f64| {
+                base.with_overrides(&nest(
+                    info.key,
+                    if float { json!(x) } else { json!(x as i64) },
+                ))
+            };
+            for bad in [min - 1.0, max + 1.0]
+                .into_iter()
+                .chain(min_exclusive.then_some(min))
+            {
+                assert_eq!(err_key(set(bad)), info.key, "{bad}");
+            }
+            for good in [max].into_iter().chain((!min_exclusive).then_some(min)) {
+                assert!(set(good).is_ok(), "{}: {good}", info.key);
+            }
+        }
+    }
+
+    #[test]
+    fn other_constraints() {
+        let cases = [
+            ("daemon.http_listen", json!("localhost:80")),
+            ("daemon.socket", json!("relative.sock")),
+            ("daemon.socket", json!(format!("/{}", "s".repeat(107)))),
+            ("daemon.pid_file", json!("pid")),
+            ("mcp_servers.discovery_sources", json!(["npm", "cpan"])),
+            ("mcp_servers.discovery_sources", json!(["npm", "npm"])),
+            ("http.allowed_hosts", json!([""])),
+            ("security.blocked_capabilities", json!(["web"])),
+            ("security.api_token_file", json!("/etc/token")),
+        ];
+        let base = Config::default().with_overrides(&json!({"security": {"api_token": "t"}}));
+        let base = base.expect("token");
+        for (key, value) in cases {
+            assert_eq!(err_key(base.with_overrides(&nest(key, value))), key);
+        }
+        assert!(base
+            .with_overrides(&nest("daemon.http_listen", json!("[::1]:0")))
+            .is_ok());
+    }
+
+    #[test]
+    fn overrides_reject_unknown_keys_and_types() {
+        let base = Config::default();
+        let err = base
+            .with_overrides(&json!({"daemon": {"nope": 1}}))
+            .expect_err("unknown");
+        assert_eq!(
+            err,
+            ConfigError::UnknownKey {
+                key: "daemon.nope".into()
+            }
+        );
+        assert_eq!(err.to_string(), "unknown configuration key 'daemon.nope'");
+        let cases = [
+            (
+                json!({"monitoring": {"alert_thresholds": {"x": 1}}}),
+                "monitoring.alert_thresholds.x",
+            ),
+            (json!({"nope": {}}), "nope"),
+            (
+                json!({"http": {"max_connections": "many"}}),
+                "http.max_connections",
+            ),
+            (
+                json!({"http": {"max_connections": 1.5}}),
+                "http.max_connections",
+            ),
+            (
+                json!({"http": {"allowed_hosts": "a"}}),
+                "http.allowed_hosts",
+            ),
+            (json!({"daemon": 3}), "daemon"),
+        ];
+        for (patch, key) in cases {
+            assert_eq!(err_key(base.with_overrides(&patch)), key);
+        }
+        let err = base
+            .with_overrides(&json!({"security": {"api_token": 12345}}))
+            .expect_err("t");
+        assert!(!err.to_string().contains("12345"), "{err}");
+        assert_eq!(base.with_overrides(&Value::Null), Ok(base.clone()));
+        let ok = base.with_overrides(&json!({"consciousness": {"learning_rate": 1}}));
+        assert_eq!(ok.expect("int for float").consciousness.learning_rate, 1.0);
+    }
+
+    #[test]
+    fn merge_patch_null_removes() {
+        let mut doc = json!({"a": {"b": 1, "c": 2}, "d": [1], "e": "x"});
+        merge_patch(
+            &mut doc,
+            &json!({"a": {"b": null, "z": {"y": 1}}, "d": {"k": 1}, "e": null}),
+        );
+        assert_eq!(doc, json!({"a": {"c": 2, "z": {"y": 1}}, "d": {"k": 1}}));
+        merge_patch(&mut doc, &json!(["whole"]));
+        assert_eq!(doc, json!(["whole"]));
+    }
+
+    #[test]
+    fn override_layers_and_reset() {
+        let file = Config::from_toml_str("[daemon]\nlog_level = \"debug\"\n", None).expect("file");
+        let level =
+            |overrides: &Value| file.with_overrides(overrides).expect("ok").daemon.log_level;
+        let mut stored = json!({});
+        merge_patch(
+            &mut stored,
+            &patch_for_set("daemon.log_level", "trace").expect("set"),
+        );
+        assert_eq!(level(&stored), "trace");
+        merge_patch(
+            &mut stored,
+            &patch_for_set("daemon.log_level", "default").expect("reset"),
+        );
+        assert_eq!(level(&stored), "debug");
+        // A null left inside the overrides document also means "no override".
+        assert_eq!(level(&json!({"daemon": {"log_level": null}})), "debug");
+    }
+
+    #[test]
+    fn patch_for_set_typing() {
+        let cases = [
+            ("monitoring.health_check_interval_ms", "5000", json!(5000)),
+            ("daemon.log_level", "debug", json!("debug")),
+            (
+                "security.allowed_capabilities",
+                "\"a,b\"",
+                json!(["a", "b"]),
+            ),
+            ("security.allowed_capabilities", "a, b", json!(["a", "b"])),
+            ("http.allowed_hosts", r#"["x.lan"]"#, json!(["x.lan"])),
+            ("http.allowed_hosts", "", json!([])),
+            ("security.api_token", "12345", json!("12345")),
+            ("consciousness.learning_rate", "0.5", json!(0.5)),
+            ("daemon.auto_start_services", "false", json!(false)),
+            (
+                "monitoring.alert_thresholds.variety_ratio_min",
+                "null",
+                Value::Null,
+            ),
+            ("daemon.log_level", "default", Value::Null),
+        ];
+        for (key, text, leaf) in cases {
+            assert_eq!(
+                patch_for_set(key, text),
+                Ok(nest(key, leaf)),
+                "{key} {text}"
+            );
+        }
+        assert_eq!(
+            patch_for_set("monitoring.health_check_interval_ms", "5000"),
+            Ok(json!({"monitoring": {"health_check_interval_ms": 5000}}))
+        );
+        for (key, text) in [
+            ("http.max_connections", "lots"),
+            ("daemon.auto_start_services", "yes"),
+            ("consciousness.learning_rate", "inf"),
+            ("http.allowed_hosts", "[1]"),
+        ] {
+            assert_eq!(err_key(patch_for_set(key, text)), key);
+        }
+        assert_eq!(
+            patch_for_set("x.y", "1"),
+            Err(ConfigError::UnknownKey { key: "x.y".into() })
+        );
+        assert_eq!(err_key(patch_for_set("daemon", "1")), "daemon");
+    }
+
+    #[test]
+    fn schema_has_every_key_with_default() {
+        let schema = schema();
+        assert_eq!(
+            schema["$schema"],
+            "https://json-schema.org/draft/2020-12/schema"
+        );
+        for (key, default) in flatten(&Config::default().json()) {
+            let mut node = &schema;
+            for part in key.split('.') {
+                assert_eq!(node["additionalProperties"], false, "{key}");
+                node = &node["properties"][part];
+            }
+            assert_eq!(node["default"], default, "{key}");
+            assert!(
+                node["description"].is_string() && node["type"].is_string(),
+                "{key}"
+            );
+        }
+        let daemon = &schema["properties"]["daemon"]["properties"];
+        assert_eq!(daemon["shutdown_timeout_ms"]["minimum"], json!(100));
+        assert_eq!(daemon["shutdown_timeout_ms"]["maximum"], json!(300_000));
+        assert_eq!(daemon["log_level"]["enum"], json!(LOG_LEVELS));
+    }
+
+    #[test]
+    fn redaction() {
+        let mut c = Config::default();
+        assert_eq!(c.to_json_redacted()["security"]["api_token"], "");
+        c.security.api_token = "s3cret".into();
+        assert_eq!(c.to_json_redacted()["security"]["api_token"], "***");
+        assert_eq!(
+            c.section_json("security").expect("section")["api_token"],
+            "***"
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(c.section_json("monitoring.alert_thresholds").is_some());
+        assert_eq!(c.section_json("nope"), None);
+        assert_eq!(c.section_json("daemon.log_level"), None);
+    }
+
+    #[test]
+    fn changed_keys_and_restart() {
+        let a = Config::default();
+        let b = a.with_overrides(
+            &json!({"daemon": {"socket": "/x.sock"}, "http": {"max_connections": 9}}),
+        );
+        assert_eq!(
+            a.changed_keys(&b.expect("b")),
+            ["daemon.socket", "http.max_connections"]
+        );
+        assert!(a.changed_keys(&a).is_empty());
+        assert!(requires_restart("daemon.socket") && requires_restart("daemon"));
+        assert!(!requires_restart("http.max_connections") && !requires_restart("http"));
+        assert!(!requires_restart("x.y"));
+    }
+
+    #[test]
+    fn example_parses_to_defaults() {
+        let text = example_toml();
+        assert_eq!(Config::from_toml_str(&text, None), Ok(Config::default()));
+        for info in KEYS {
+            assert!(text.contains(info.description), "{}", info.key);
+        }
+    }
+
+    /// `packaging/config.example.toml` is `example_toml()`; `VSM_BLESS=1 cargo test` rewrites it.
+    #[test]
+    fn committed_example_is_current() {
+        let committed = include_str!("../packaging/config.example.toml");
+        let current = example_toml();
+        if committed != current && std::env::var_os("VSM_BLESS").is_some() {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/config.example.toml");
+            std::fs::write(path, &current).expect("write packaging/config.example.toml");
+            return;
+        }
+        assert_eq!(
+            committed, current,
+            "stale example: run `VSM_BLESS=1 cargo test`"
+        );
+    }
+
+    #[test]
+    fn io_error() {
+        let err = Config::from_file(Path::new("/nonexistent/vsm.toml")).expect_err("missing");
+        assert!(matches!(err, ConfigError::Io { .. }), "{err:?}");
+    }
+}

@@ -1,0 +1,1568 @@
+//! The daemon: owns every component and answers every [`api::Request`]. It is the only place
+//! where components meet; the reactor drives it, the transports feed it.
+//!
+//! Components (each can be stopped, started and restarted in-process):
+//! - `control`: the Unix control socket listener;
+//! - `worker`: the blocking-work thread;
+//! - `monitor`: the periodic health check on `monitoring.health_check_interval_ms`.
+//!
+//! Health checks report per component; one place ([`Daemon::finish_health_round`]) decides
+//! what to do about a failure (restart the control socket or the worker).
+
+use crate::api::{self, Answer, ApiError, ErrorCode, LogQuery, Request};
+use crate::config::{self, Config, ConfigError};
+use crate::diagnostics;
+use crate::logs::{LogRecord, Logging};
+use crate::net::listener::{self, ControlListener};
+use crate::net::{self, http, routes, ConnId, ConnPolicy, Incoming, Peer, Server};
+use crate::reactor::timer::TimerId;
+use crate::reactor::worker::{SubmitError, Worker};
+use crate::reactor::{Cx, Handler, LoopStats, Reactor};
+use crate::state::{self, StateDir, StateError};
+use crate::sys;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Name of the overrides document in the state directory.
+const OVERRIDES_FILE: &str = "overrides.json";
+/// How long a health round waits for the worker's answer.
+const WORKER_PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `diagnostics run --full` may take on the worker.
+const DIAGNOSTICS_TIMEOUT: Duration = Duration::from_secs(20);
+/// Stream back-pressure: a follower with more than this unsent is skipped until it drains.
+const STREAM_BACKLOG_LIMIT: usize = 1024 * 1024;
+/// Component names, in display order.
+pub const COMPONENTS: [&str; 3] = ["control", "worker", "monitor"];
+
+/// How `start` was asked to run.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// `--config PATH`.
+    pub config: Option<PathBuf>,
+    /// `--state-dir DIR` (or `VSM_DAEMON_STATE_DIR`).
+    pub state_dir: Option<PathBuf>,
+    /// `--socket PATH` (or `VSM_DAEMON_SOCKET`).
+    pub socket: Option<PathBuf>,
+    /// Print one JSON line on stdout once ready (`start --json`).
+    pub ready_json: bool,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The config file is invalid.
+    Config(ConfigError),
+    /// The state directory is unusable or locked.
+    State(StateError),
+    /// The control socket could not be bound.
+    Bind(listener::BindError),
+    /// Another OS error, with what we were doing.
+    Io(String, std::io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "invalid configuration: {e}"),
+            StartError::State(e) => write!(f, "state directory: {e}"),
+            StartError::Bind(e) => write!(f, "{e}"),
+            StartError::Io(what, e) => write!(f, "{what}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Timers of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// A connection's head or idle deadline.
+    Conn(ConnId),
+    /// The periodic health check.
+    HealthCheck,
+    /// Time to tell systemd we are alive.
+    Watchdog,
+    /// A worker job's deadline.
+    Job(u64),
+    /// Graceful shutdown took too long.
+    ShutdownDeadline,
+}
+
+/// Results of blocking jobs.
+#[derive(Debug)]
+pub enum WorkResult {
+    /// The worker answered a health ping.
+    Pong,
+    /// fsync timings of the state directory.
+    FsyncLatency(Result<Vec<Duration>, String>),
+}
+
+/// Where an answer goes.
+#[derive(Debug, Clone, Copy)]
+pub enum ReplyTo {
+    /// An HTTP request on a connection.
+    Http {
+        /// Connection.
+        conn: ConnId,
+        /// Request slot on it.
+        seq: u64,
+        /// When handling began.
+        started: Instant,
+        /// Request id for the envelope.
+        request_id: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct ComponentState {
+    running: bool,
+    since: SystemTime,
+    restarts: u32,
+    last_error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct HealthResult {
+    healthy: bool,
+    status: &'static str,
+    message: String,
+    checked_at: SystemTime,
+}
+
+struct HealthRound {
+    results: BTreeMap<String, HealthResult>,
+    worker_job: Option<(u64, Instant)>,
+    waiting: Vec<(ReplyTo, Option<String>)>,
+}
+
+enum PendingJob {
+    HealthPing,
+    Diagnostics { reply: ReplyTo, checks: Vec<Value> },
+}
+
+struct Follower {
+    conn: ConnId,
+    query: LogQuery,
+    cursor: u64,
+}
+
+/// Where the daemon's configuration comes from and what overrides it.
+struct ConfigLayers {
+    file: Option<PathBuf>,
+    base: Config,
+    overrides: Value,
+    overrides_problem: Option<String>,
+    effective: Config,
+}
+
+/// The daemon.
+pub struct Daemon {
+    config: ConfigLayers,
+    state: StateDir,
+    logging: Logging,
+    socket_path: PathBuf,
+    pid_file: PathBuf,
+    control: Option<ControlListener>,
+    server: Server,
+    incoming: VecDeque<Incoming>,
+    worker: Option<Worker<WorkResult>>,
+    waker: Arc<mio::Waker>,
+    components: BTreeMap<&'static str, ComponentState>,
+    health_timer: Option<TimerId>,
+    health: BTreeMap<String, HealthResult>,
+    round: Option<HealthRound>,
+    jobs: HashMap<u64, (PendingJob, TimerId)>,
+    followers: Vec<Follower>,
+    started_at: SystemTime,
+    started: Instant,
+    next_request_id: u64,
+    stopping: Option<Instant>,
+    shutdown_deadline_passed: bool,
+    watchdog: Option<Duration>,
+    notify_socket: Option<std::ffi::OsString>,
+    reaped: u64,
+}
+
+/// Default control socket: `/run/vsm-daemon/control.sock` as root, else under
+/// `$XDG_RUNTIME_DIR`, else a per-uid directory in /tmp.
+pub fn default_socket_path() -> PathBuf {
+    if sys::euid() == 0 {
+        return PathBuf::from("/run/vsm-daemon/control.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir.join("vsm-daemon/control.sock"),
+        _ => PathBuf::from(format!("/tmp/vsm-daemon-{}/control.sock", sys::euid())),
+    }
+}
+
+fn non_empty(s: &str) -> Option<PathBuf> {
+    (!s.is_empty()).then(|| PathBuf::from(s))
+}
+
+fn level_of(config: &Config) -> log::LevelFilter {
+    config
+        .daemon
+        .log_level
+        .parse()
+        .unwrap_or(log::LevelFilter::Info)
+}
+
+fn conn_policy(config: &Config) -> ConnPolicy {
+    ConnPolicy {
+        limits: http::Limits {
+            max_head_bytes: config.http.max_head_bytes,
+            max_body_bytes: config.http.max_body_bytes,
+            max_pipeline: 32,
+        },
+        max_connections: config.http.max_connections as usize,
+        head_timeout: Duration::from_millis(config.http.head_timeout_ms),
+        idle_timeout: Duration::from_millis(config.http.idle_timeout_ms),
+    }
+}
+
+fn now_string() -> String {
+    state::rfc3339_utc_millis(SystemTime::now())
+}
+
+/// Runs the daemon in the foreground until it is stopped.
+///
+/// # Errors
+/// [`StartError`] when it cannot start; once running, it only returns on a failing `poll`.
+pub fn run(options: StartOptions) -> Result<(), StartError> {
+    let base = match &options.config {
+        Some(path) => Config::from_file(path).map_err(StartError::Config)?,
+        None => Config::default(),
+    };
+    let logging = Logging::init(level_of(&base), base.daemon.log_buffer_lines);
+    let state_path = options
+        .state_dir
+        .clone()
+        .or_else(|| non_empty(&base.daemon.state_dir))
+        .unwrap_or_else(state::default_state_dir);
+    let state = StateDir::open(&state_path).map_err(StartError::State)?;
+    let (overrides, overrides_problem, effective) = load_overrides(&state, &base);
+    logging.set_level(level_of(&effective));
+    logging.ring.set_capacity(effective.daemon.log_buffer_lines);
+    let socket_path = options
+        .socket
+        .clone()
+        .or_else(|| non_empty(&effective.daemon.socket))
+        .unwrap_or_else(default_socket_path);
+    let pid_file = non_empty(&effective.daemon.pid_file).unwrap_or_else(|| {
+        socket_path
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join("vsm-daemon.pid")
+    });
+
+    let mut reactor: Reactor<Timer> =
+        Reactor::new().map_err(|e| StartError::Io("event loop".into(), e))?;
+    let waker = reactor.waker();
+    logging.set_waker(waker.clone());
+    if let Err(e) = sys::set_child_subreaper() {
+        log::warn!("cannot become a child subreaper: {e}");
+    }
+    let control = ControlListener::bind(&socket_path).map_err(StartError::Bind)?;
+    if let Err(e) = write_pid_file(&pid_file) {
+        control.remove_file();
+        return Err(StartError::Io(
+            format!("pid file {}", pid_file.display()),
+            e,
+        ));
+    }
+    let now = SystemTime::now();
+    let components = COMPONENTS
+        .iter()
+        .map(|&name| {
+            (
+                name,
+                ComponentState {
+                    running: false,
+                    since: now,
+                    restarts: 0,
+                    last_error: None,
+                },
+            )
+        })
+        .collect();
+    let server = Server::new(conn_policy(&effective));
+    let mut daemon = Daemon {
+        config: ConfigLayers {
+            file: options.config.clone(),
+            base,
+            overrides,
+            overrides_problem,
+            effective,
+        },
+        state,
+        logging,
+        socket_path,
+        pid_file,
+        control: Some(control),
+        server,
+        incoming: VecDeque::new(),
+        worker: None,
+        waker,
+        components,
+        health_timer: None,
+        health: BTreeMap::new(),
+        round: None,
+        jobs: HashMap::new(),
+        followers: Vec::new(),
+        started_at: now,
+        started: Instant::now(),
+        next_request_id: 1,
+        stopping: None,
+        shutdown_deadline_passed: false,
+        watchdog: None,
+        notify_socket: std::env::var_os("NOTIFY_SOCKET"),
+        reaped: 0,
+    };
+    // Children must not talk to our service manager.
+    std::env::remove_var("NOTIFY_SOCKET");
+    let mut cx = reactor.cx();
+    daemon
+        .start_control(&mut cx)
+        .map_err(|e| StartError::Io("control socket".into(), e))?;
+    if daemon.config.effective.daemon.auto_start_services {
+        for name in ["worker", "monitor"] {
+            if let Err(e) = daemon.start_component(&mut cx, name) {
+                log::error!("cannot start {name}: {e}");
+            }
+        }
+    }
+    daemon.setup_watchdog(&mut cx);
+    log::info!(
+        "vsm-daemon {} started (pid {}, config {}, state {}, socket {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        daemon.config_source(),
+        daemon.state.path().display(),
+        daemon.socket_path.display()
+    );
+    daemon.notify("READY=1\nSTATUS=running");
+    if options.ready_json {
+        println!(
+            "{}",
+            json!({"event": "ready", "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"),
+                   "socket": daemon.socket_path, "state_dir": daemon.state.path(), "pid_file": daemon.pid_file})
+        );
+    }
+    let result = reactor.run(&mut daemon);
+    let mut cx = reactor.cx();
+    daemon.server.close_all(&mut cx);
+    if let Some(control) = daemon.control.take() {
+        control.remove_file();
+    }
+    let _ = std::fs::remove_file(&daemon.pid_file);
+    log::info!("vsm-daemon stopped");
+    result.map_err(|e| StartError::Io("event loop".into(), e))
+}
+
+fn load_overrides(state: &StateDir, base: &Config) -> (Value, Option<String>, Config) {
+    let overrides = match state.read::<Value>(OVERRIDES_FILE) {
+        Ok(Some(v)) => v,
+        Ok(None) => return (json!({}), None, base.clone()),
+        Err(e) => {
+            let msg = format!("stored overrides not applied: {e}");
+            log::error!("{msg}");
+            return (json!({}), Some(msg), base.clone());
+        }
+    };
+    match base.with_overrides(&overrides) {
+        Ok(effective) => {
+            log::info!("applied stored configuration overrides from {OVERRIDES_FILE}");
+            (overrides, None, effective)
+        }
+        Err(e) => {
+            // Keep the file untouched so nothing is lost; run on the file's values.
+            let msg =
+                format!("stored overrides not applied (they conflict with the config file): {e}");
+            log::error!("{msg}");
+            (overrides, Some(msg), base.clone())
+        }
+    }
+}
+
+fn write_pid_file(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("pid.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{}", std::process::id())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Drops `{}` left behind by merge-patch deletions so the stored overrides stay minimal.
+fn prune_empty(value: &mut Value) {
+    if let Value::Object(map) = value {
+        for v in map.values_mut() {
+            prune_empty(v);
+        }
+        map.retain(|_, v| !matches!(v, Value::Object(m) if m.is_empty()) && !v.is_null());
+    }
+}
+
+fn config_error(e: &ConfigError) -> ApiError {
+    match e {
+        ConfigError::UnknownKey { key } => {
+            ApiError::field(ErrorCode::ConfigKeyNotFound, key.clone(), e.to_string())
+        }
+        _ => ApiError {
+            code: ErrorCode::ConfigInvalid,
+            message: e.to_string(),
+            field: e.key().map(str::to_string),
+            data: None,
+        },
+    }
+}
+
+impl Daemon {
+    fn config_source(&self) -> String {
+        match &self.config.file {
+            Some(p) => p.display().to_string(),
+            None => "embedded defaults".to_string(),
+        }
+    }
+
+    fn notify(&self, message: &str) {
+        let Some(target) = &self.notify_socket else {
+            return;
+        };
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::ffi::OsStrExt;
+        let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|sock| {
+            let bytes = target.as_bytes();
+            let addr = if let Some(name) = bytes.strip_prefix(b"@") {
+                std::os::unix::net::SocketAddr::from_abstract_name(name)?
+            } else {
+                std::os::unix::net::SocketAddr::from_pathname(Path::new(target))?
+            };
+            sock.send_to_addr(message.as_bytes(), &addr)
+        });
+        if let Err(e) = sent {
+            log::warn!("cannot notify the service manager: {e}");
+        }
+    }
+
+    fn setup_watchdog(&mut self, cx: &mut Cx<'_, Timer>) {
+        let usec = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok());
+        let pid_ok = std::env::var("WATCHDOG_PID")
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_none_or(|p| p == std::process::id());
+        if let (Some(usec), true, true) = (usec, pid_ok, self.notify_socket.is_some()) {
+            let period = Duration::from_micros(usec / 2).max(Duration::from_millis(10));
+            self.watchdog = Some(period);
+            cx.timers.insert(Instant::now() + period, Timer::Watchdog);
+            log::info!("systemd watchdog every {} ms", period.as_millis());
+        }
+    }
+
+    // ----- components -----
+
+    fn start_control(&mut self, cx: &mut Cx<'_, Timer>) -> std::io::Result<()> {
+        if self.control.is_none() {
+            let bound = ControlListener::bind(&self.socket_path)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            self.control = Some(bound);
+        }
+        if let Some(control) = &mut self.control {
+            cx.registry.register(
+                &mut control.listener,
+                net::CONTROL_LISTENER,
+                mio::Interest::READABLE,
+            )?;
+        }
+        self.mark(cx, "control", true);
+        Ok(())
+    }
+
+    fn stop_control(&mut self, cx: &mut Cx<'_, Timer>) {
+        if let Some(mut control) = self.control.take() {
+            let _ = cx.registry.deregister(&mut control.listener);
+            control.remove_file();
+        }
+        self.mark(cx, "control", false);
+    }
+
+    fn mark(&mut self, _cx: &mut Cx<'_, Timer>, name: &'static str, running: bool) {
+        if let Some(c) = self.components.get_mut(name) {
+            if c.running != running {
+                c.since = SystemTime::now();
+            }
+            c.running = running;
+            if running {
+                c.last_error = None;
+            }
+        }
+    }
+
+    fn start_component(&mut self, cx: &mut Cx<'_, Timer>, name: &str) -> Result<(), ApiError> {
+        match name {
+            "control" => self
+                .start_control(cx)
+                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("control socket: {e}"))),
+            "worker" => {
+                if self.worker.as_ref().is_some_and(Worker::is_alive) {
+                    return Ok(());
+                }
+                let worker = Worker::spawn(self.waker.clone(), 16).map_err(|e| {
+                    ApiError::new(ErrorCode::Internal, format!("worker thread: {e}"))
+                })?;
+                self.worker = Some(worker);
+                self.mark(cx, "worker", true);
+                Ok(())
+            }
+            "monitor" => {
+                if self.health_timer.is_none() {
+                    let every = Duration::from_millis(
+                        self.config.effective.monitoring.health_check_interval_ms,
+                    );
+                    self.health_timer =
+                        Some(cx.timers.insert(Instant::now() + every, Timer::HealthCheck));
+                }
+                self.mark(cx, "monitor", true);
+                Ok(())
+            }
+            other => Err(unknown_component(other)),
+        }
+    }
+
+    fn stop_component(&mut self, cx: &mut Cx<'_, Timer>, name: &str) -> Result<(), ApiError> {
+        match name {
+            "control" => {
+                self.stop_control(cx);
+                Ok(())
+            }
+            "worker" => {
+                // Dropping the handle closes the job queue; the thread ends after its current job.
+                self.worker = None;
+                self.fail_pending_jobs(cx, "the worker was stopped");
+                self.mark(cx, "worker", false);
+                Ok(())
+            }
+            "monitor" => {
+                if let Some(t) = self.health_timer.take() {
+                    cx.timers.cancel(t);
+                }
+                self.mark(cx, "monitor", false);
+                Ok(())
+            }
+            other => Err(unknown_component(other)),
+        }
+    }
+
+    fn restart_component(&mut self, cx: &mut Cx<'_, Timer>, name: &str) -> Result<(), ApiError> {
+        if !COMPONENTS.contains(&name) {
+            return Err(unknown_component(name));
+        }
+        if name == "control" {
+            // Rebind in place: the listener is replaced, open connections (this one too) stay.
+            if let Some(mut old) = self.control.take() {
+                let _ = cx.registry.deregister(&mut old.listener);
+                old.remove_file();
+            }
+        } else {
+            self.stop_component(cx, name)?;
+        }
+        self.start_component(cx, name)?;
+        if let Some(c) = self.components.get_mut(name) {
+            c.restarts += 1;
+        }
+        log::info!("component {name} restarted");
+        Ok(())
+    }
+
+    fn fail_pending_jobs(&mut self, cx: &mut Cx<'_, Timer>, why: &str) {
+        let ids: Vec<u64> = self.jobs.keys().copied().collect();
+        for id in ids {
+            if let Some((job, timer)) = self.jobs.remove(&id) {
+                cx.timers.cancel(timer);
+                self.job_failed(cx, job, why);
+            }
+        }
+    }
+
+    // ----- requests -----
+
+    fn handle_incoming(&mut self, cx: &mut Cx<'_, Timer>, incoming: Incoming) {
+        let reply = ReplyTo::Http {
+            conn: incoming.conn,
+            seq: incoming.seq,
+            started: Instant::now(),
+            request_id: self.next_request_id,
+        };
+        self.next_request_id += 1;
+        let request = match incoming.request {
+            Ok(r) => r,
+            Err(e) => {
+                let code = match e.status {
+                    431 => ErrorCode::HeaderTooLarge,
+                    413 => ErrorCode::PayloadTooLarge,
+                    411 => ErrorCode::LengthRequired,
+                    _ => ErrorCode::BadRequest,
+                };
+                self.answer_with(cx, reply, Err(ApiError::new(code, e.message)), None, true);
+                return;
+            }
+        };
+        if !incoming.peer.authorized {
+            let err = ApiError::new(
+                ErrorCode::Forbidden,
+                "this user may not use the control socket",
+            );
+            self.answer_with(cx, reply, Err(err), None, true);
+            return;
+        }
+        match routes::route(&request) {
+            Ok(req) => self.handle(cx, req, reply),
+            Err(e) => {
+                let allow = e.allow.map(|a| ("Allow", a));
+                self.answer_with(cx, reply, Err(e.error), allow, false);
+            }
+        }
+    }
+
+    /// Handles one API request; the answer goes to `reply` now or later.
+    pub fn handle(&mut self, cx: &mut Cx<'_, Timer>, request: Request, reply: ReplyTo) {
+        if self.stopping.is_some() {
+            let err = ApiError::new(ErrorCode::ShuttingDown, "vsm-daemon is shutting down");
+            self.answer(cx, reply, Err(err));
+            return;
+        }
+        let answer = match request {
+            Request::Status { detailed } => Ok(self.status(cx, detailed)),
+            Request::Health { component } => {
+                if let Some(c) = &component {
+                    if !self.health_component_names().contains(&c.as_str()) {
+                        self.answer(cx, reply, Err(unknown_health_component(c)));
+                        return;
+                    }
+                }
+                self.start_health_round(cx, Some((reply, component)));
+                return;
+            }
+            Request::ControlStart { service } => self.control_start(cx, service),
+            Request::ControlStop {
+                service,
+                shutdown,
+                graceful,
+            } => self.control_stop(cx, service, shutdown, graceful),
+            Request::ControlRestart { service } => self.control_restart(cx, service),
+            Request::ConfigShow { section } => self.config_show(section.as_deref()),
+            Request::ConfigUpdate { patch } => self.config_update(cx, &patch),
+            Request::ConfigReload => self.config_reload(cx),
+            Request::ConfigSchema => Ok(config::schema()),
+            Request::Logs { query, follow } => {
+                if follow {
+                    self.follow_logs(cx, reply, query);
+                    return;
+                }
+                Ok(self.logs(&query))
+            }
+            Request::Diagnostics { full } => {
+                self.diagnostics(cx, reply, full);
+                return;
+            }
+        };
+        self.answer(cx, reply, answer);
+    }
+
+    fn answer(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, answer: Answer) {
+        self.answer_with(cx, reply, answer, None, false);
+    }
+
+    fn answer_with(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        reply: ReplyTo,
+        answer: Answer,
+        header: Option<(&'static str, String)>,
+        close: bool,
+    ) {
+        match reply {
+            ReplyTo::Http {
+                conn,
+                seq,
+                started,
+                request_id,
+            } => {
+                if !self.server.is_open(conn) {
+                    return;
+                }
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                let body = api::envelope(&answer, request_id, ms, &now_string());
+                let status = match &answer {
+                    Ok(_) => 200,
+                    Err(e) => e.code.http_status(),
+                };
+                let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+                bytes.push(b'\n');
+                let mut response = http::Response::json(status, bytes);
+                response.headers.extend(header);
+                self.server
+                    .respond(cx, conn, seq, &response, close, &mut self.incoming);
+            }
+        }
+    }
+
+    fn status(&self, cx: &Cx<'_, Timer>, detailed: bool) -> Value {
+        let mut components = Map::new();
+        for (name, c) in &self.components {
+            let health = self.health.get(*name);
+            components.insert(
+                name.to_string(),
+                json!({
+                    "status": if c.running { "running" } else { "stopped" },
+                    "since": state::rfc3339_utc(c.since),
+                    "restarts": c.restarts,
+                    "last_error": c.last_error,
+                    "healthy": health.map(|h| h.healthy),
+                    "health_message": health.map(|h| h.message.clone()),
+                }),
+            );
+        }
+        let mut data = json!({
+            "daemon": {
+                "status": if self.stopping.is_some() { "stopping" } else { "running" },
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "started_at": state::rfc3339_utc(self.started_at),
+                "uptime_seconds": self.started.elapsed().as_secs(),
+                "config_source": self.config_source(),
+                "config_warning": self.config.overrides_problem,
+                "state_dir": self.state.path().display().to_string(),
+                "socket": self.socket_path.display().to_string(),
+                "pid_file": self.pid_file.display().to_string(),
+            },
+            "components": components,
+        });
+        if detailed {
+            data["loop"] = self.loop_stats(cx.stats, cx.timers.len());
+        }
+        data
+    }
+
+    fn loop_stats(&self, stats: &LoopStats, timers: usize) -> Value {
+        let me = procfs::process::Process::myself().ok();
+        let rss = me
+            .as_ref()
+            .and_then(|p| p.statm().ok())
+            .map(|s| s.resident * procfs::page_size());
+        let status = me.as_ref().and_then(|p| p.status().ok());
+        let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).ok();
+        json!({
+            "wakeups": stats.wakeups,
+            "events": stats.events,
+            "timers_fired": stats.timers_fired,
+            "timers_armed": timers,
+            "signals": stats.signals,
+            "wakes": stats.wakes,
+            "connections": self.server.open_connections(),
+            "connections_accepted": self.server.accepted,
+            "connections_refused_over_limit": self.server.refused_over_limit,
+            "log_followers": self.followers.len(),
+            "pending_jobs": self.jobs.len(),
+            "children_reaped": self.reaped,
+            "rss_bytes": rss,
+            "open_fds": fds,
+            "voluntary_ctxt_switches": status.as_ref().and_then(|s| s.voluntary_ctxt_switches),
+            "nonvoluntary_ctxt_switches": status.as_ref().and_then(|s| s.nonvoluntary_ctxt_switches),
+        })
+    }
+
+    fn control_start(&mut self, cx: &mut Cx<'_, Timer>, service: Option<String>) -> Answer {
+        let names: Vec<&'static str> = match &service {
+            Some(s) => vec![component_name(s)?],
+            None => COMPONENTS.to_vec(),
+        };
+        let mut started = Vec::new();
+        for name in names {
+            if !self.components[name].running {
+                self.start_component(cx, name)?;
+                log::info!("component {name} started");
+                started.push(name);
+            }
+        }
+        Ok(json!({"started": started}))
+    }
+
+    fn control_stop(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        service: Option<String>,
+        shutdown: bool,
+        graceful: bool,
+    ) -> Answer {
+        if shutdown {
+            log::info!(
+                "shutdown requested over the API ({})",
+                if graceful { "graceful" } else { "immediate" }
+            );
+            self.begin_shutdown(cx, graceful);
+            return Ok(json!({"shutdown": true, "graceful": graceful, "pid": std::process::id()}));
+        }
+        let names: Vec<&'static str> = match &service {
+            Some(s) => vec![component_name(s)?],
+            None => COMPONENTS
+                .iter()
+                .copied()
+                .filter(|c| *c != "control")
+                .collect(),
+        };
+        if names.contains(&"control") {
+            return Err(ApiError::field(
+                ErrorCode::Conflict,
+                "service",
+                "refusing to stop the control socket: it is the only way to reach the daemon (use `restart --service control`)",
+            ));
+        }
+        let mut stopped = Vec::new();
+        for name in names {
+            if self.components[name].running {
+                self.stop_component(cx, name)?;
+                log::info!("component {name} stopped");
+                stopped.push(name);
+            }
+        }
+        Ok(json!({"stopped": stopped}))
+    }
+
+    fn control_restart(&mut self, cx: &mut Cx<'_, Timer>, service: Option<String>) -> Answer {
+        match service {
+            Some(s) => {
+                let name = component_name(&s)?;
+                self.restart_component(cx, name)?;
+                Ok(json!({"restarted": [name]}))
+            }
+            None => {
+                let reload = self.config_reload(cx)?;
+                for name in COMPONENTS {
+                    self.restart_component(cx, name)?;
+                }
+                Ok(json!({"restarted": COMPONENTS, "config": reload}))
+            }
+        }
+    }
+
+    // ----- configuration -----
+
+    fn config_show(&self, section: Option<&str>) -> Answer {
+        let effective = &self.config.effective;
+        let config = match section {
+            None => effective.to_json_redacted(),
+            Some(s) => effective.section_json(s).ok_or_else(|| {
+                ApiError::field(
+                    ErrorCode::ConfigKeyNotFound,
+                    "section",
+                    format!("no configuration section '{s}'"),
+                )
+            })?,
+        };
+        Ok(json!({
+            "source": self.config_source(),
+            "section": section,
+            "config": config,
+            "overrides": self.config.overrides,
+            "overrides_warning": self.config.overrides_problem,
+        }))
+    }
+
+    fn config_update(&mut self, cx: &mut Cx<'_, Timer>, patch: &Value) -> Answer {
+        let mut overrides = self.config.overrides.clone();
+        config::merge_patch(&mut overrides, patch);
+        prune_empty(&mut overrides);
+        let effective = self
+            .config
+            .base
+            .with_overrides(&overrides)
+            .map_err(|e| config_error(&e))?;
+        self.state.write(OVERRIDES_FILE, &overrides).map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("cannot persist the change: {e}"),
+            )
+        })?;
+        self.config.overrides = overrides;
+        self.config.overrides_problem = None;
+        let report = self.apply_config(cx, effective);
+        log::info!("configuration updated over the API: {}", report["changed"]);
+        Ok(report)
+    }
+
+    fn config_reload(&mut self, cx: &mut Cx<'_, Timer>) -> Answer {
+        let base = match &self.config.file {
+            Some(path) => Config::from_file(path).map_err(|e| config_error(&e))?,
+            None => Config::default(),
+        };
+        let (effective, problem) = match base.with_overrides(&self.config.overrides) {
+            Ok(c) => (c, None),
+            Err(e) => {
+                let msg = format!(
+                    "stored overrides not applied (they conflict with the config file): {e}"
+                );
+                log::error!("{msg}");
+                (base.clone(), Some(msg))
+            }
+        };
+        self.config.base = base;
+        self.config.overrides_problem = problem;
+        let report = self.apply_config(cx, effective);
+        log::info!(
+            "configuration reloaded from {}: {}",
+            self.config_source(),
+            report["changed"]
+        );
+        Ok(report)
+    }
+
+    /// Makes `new` the effective config, applying what can change live.
+    fn apply_config(&mut self, cx: &mut Cx<'_, Timer>, new: Config) -> Value {
+        let changed = self.config.effective.changed_keys(&new);
+        let restart_required: Vec<&String> = changed
+            .iter()
+            .filter(|k| config::requires_restart(k))
+            .collect();
+        for key in &changed {
+            match key.as_str() {
+                "daemon.log_level" => self.logging.set_level(level_of(&new)),
+                "daemon.log_buffer_lines" => {
+                    self.logging.ring.set_capacity(new.daemon.log_buffer_lines)
+                }
+                "monitoring.health_check_interval_ms" => {
+                    if let Some(t) = self.health_timer.take() {
+                        cx.timers.cancel(t);
+                        let every = Duration::from_millis(new.monitoring.health_check_interval_ms);
+                        self.health_timer =
+                            Some(cx.timers.insert(Instant::now() + every, Timer::HealthCheck));
+                    }
+                }
+                k if k.starts_with("http.") => self.server.policy = conn_policy(&new),
+                _ => {}
+            }
+        }
+        let report = json!({
+            "changed": changed,
+            "restart_required": restart_required,
+            "warning": self.config.overrides_problem,
+        });
+        self.config.effective = new;
+        report
+    }
+
+    // ----- logs -----
+
+    fn log_filter(query: &LogQuery) -> impl Fn(&LogRecord) -> bool + '_ {
+        move |r: &LogRecord| {
+            r.level <= query.level
+                && query
+                    .component
+                    .as_deref()
+                    .is_none_or(|c| r.target.starts_with(c) || r.target.contains(&format!("::{c}")))
+        }
+    }
+
+    fn logs(&self, query: &LogQuery) -> Value {
+        let ring = &self.logging.ring;
+        let records: Vec<Value> = ring
+            .query(
+                query.since.unwrap_or(0),
+                query.lines,
+                Self::log_filter(query),
+            )
+            .iter()
+            .map(LogRecord::to_json)
+            .collect();
+        json!({"records": records, "first_seq": ring.first_seq(), "last_seq": ring.last_seq()})
+    }
+
+    fn follow_logs(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, query: LogQuery) {
+        let ReplyTo::Http { conn, seq, .. } = reply;
+        // Start with the newest `lines` records, like `tail -f`.
+        let backlog = self.logging.ring.query(
+            query.since.unwrap_or(0),
+            query.lines,
+            Self::log_filter(&query),
+        );
+        let cursor = backlog
+            .first()
+            .map_or(self.logging.ring.last_seq(), |r| r.seq - 1);
+        self.server.start_stream(cx, conn, seq, &mut self.incoming);
+        self.followers.push(Follower {
+            conn,
+            query,
+            cursor,
+        });
+        self.logging.set_followers(self.followers.len());
+    }
+
+    fn flush_followers(&mut self, cx: &mut Cx<'_, Timer>) {
+        if self.followers.is_empty() {
+            return;
+        }
+        let last = self.logging.ring.last_seq();
+        let first = self.logging.ring.first_seq();
+        let mut followers = std::mem::take(&mut self.followers);
+        followers.retain(|f| self.server.is_open(f.conn));
+        for f in &mut followers {
+            if f.cursor >= last || !self.server.is_streaming(f.conn) {
+                continue;
+            }
+            if self.server.backlog(f.conn).unwrap_or(0) > STREAM_BACKLOG_LIMIT {
+                continue;
+            }
+            let mut out = Vec::new();
+            if f.cursor + 1 < first {
+                let missed = first - f.cursor - 1;
+                out.extend_from_slice(
+                    format!("event: dropped\ndata: {{\"count\":{missed}}}\n\n").as_bytes(),
+                );
+            }
+            for r in self
+                .logging
+                .ring
+                .query(f.cursor, usize::MAX, Self::log_filter(&f.query))
+            {
+                out.extend_from_slice(
+                    format!("id: {}\nevent: log\ndata: {}\n\n", r.seq, r.to_json()).as_bytes(),
+                );
+            }
+            f.cursor = last;
+            if !out.is_empty() {
+                self.server
+                    .push_stream(cx, f.conn, &out, &mut self.incoming);
+            }
+        }
+        followers.retain(|f| self.server.is_open(f.conn));
+        self.followers = followers;
+        self.logging.set_followers(self.followers.len());
+    }
+
+    // ----- health -----
+
+    fn health_component_names(&self) -> Vec<&'static str> {
+        let mut names = COMPONENTS.to_vec();
+        names.push("state");
+        names
+    }
+
+    fn start_health_round(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        waiter: Option<(ReplyTo, Option<String>)>,
+    ) {
+        if let Some(round) = &mut self.round {
+            round.waiting.extend(waiter);
+            return;
+        }
+        let now = SystemTime::now();
+        let mut results = BTreeMap::new();
+        let result = |healthy: bool, status: &'static str, message: String| HealthResult {
+            healthy,
+            status,
+            message,
+            checked_at: now,
+        };
+        let control = match &self.control {
+            Some(c) if c.still_ours() => result(
+                true,
+                "running",
+                format!("listening on {}", c.path.display()),
+            ),
+            Some(c) => result(
+                false,
+                "running",
+                format!("socket file {} was removed or replaced", c.path.display()),
+            ),
+            None => result(false, "stopped", "control socket is not listening".into()),
+        };
+        results.insert("control".to_string(), control);
+        let state = match self.state.probe() {
+            Ok(t) => result(
+                true,
+                "ok",
+                format!("writable, probe took {:.1} ms", t.as_secs_f64() * 1000.0),
+            ),
+            Err(e) => result(false, "failing", e.to_string()),
+        };
+        results.insert("state".to_string(), state);
+        let monitor = if self.health_timer.is_some() {
+            result(
+                true,
+                "running",
+                format!(
+                    "every {} ms",
+                    self.config.effective.monitoring.health_check_interval_ms
+                ),
+            )
+        } else {
+            result(true, "stopped", "stopped by the operator".into())
+        };
+        results.insert("monitor".to_string(), monitor);
+        let mut worker_job = None;
+        match self.worker.as_mut() {
+            None => {
+                results.insert(
+                    "worker".to_string(),
+                    result(true, "stopped", "stopped by the operator".into()),
+                );
+            }
+            Some(w) if !w.is_alive() => {
+                results.insert(
+                    "worker".to_string(),
+                    result(false, "failing", "worker thread has died".into()),
+                );
+            }
+            Some(w) => match w.submit(Box::new(|| WorkResult::Pong)) {
+                Ok(id) => {
+                    let timer = cx
+                        .timers
+                        .insert(Instant::now() + WORKER_PING_TIMEOUT, Timer::Job(id));
+                    self.jobs.insert(id, (PendingJob::HealthPing, timer));
+                    worker_job = Some((id, Instant::now()));
+                }
+                Err(e) => {
+                    let msg = match e {
+                        SubmitError::Busy => "worker queue is full",
+                        SubmitError::Gone => "worker thread has died",
+                    };
+                    results.insert("worker".to_string(), result(false, "failing", msg.into()));
+                }
+            },
+        }
+        self.round = Some(HealthRound {
+            results,
+            worker_job,
+            waiting: waiter.into_iter().collect(),
+        });
+        if worker_job.is_none() {
+            self.finish_health_round(cx);
+        }
+    }
+
+    /// Records a round's results, answers whoever asked, and decides on repairs.
+    fn finish_health_round(&mut self, cx: &mut Cx<'_, Timer>) {
+        let Some(round) = self.round.take() else {
+            return;
+        };
+        for (name, result) in &round.results {
+            let was = self.health.get(name).map(|h| h.healthy);
+            if was != Some(result.healthy) && (was.is_some() || !result.healthy) {
+                if result.healthy {
+                    log::info!("component {name} is healthy again: {}", result.message);
+                } else {
+                    log::warn!("component {name} is unhealthy: {}", result.message);
+                }
+            }
+        }
+        self.health = round.results.clone();
+        for (reply, filter) in round.waiting {
+            let answer = self.health_answer(filter.as_deref());
+            self.answer(cx, reply, answer);
+        }
+        // Repairs: the one place that turns check results into actions.
+        for name in ["control", "worker"] {
+            let broken = self.health.get(name).is_some_and(|h| !h.healthy);
+            if broken && self.stopping.is_none() {
+                if let Some(c) = self.components.get_mut(name) {
+                    c.last_error = self.health.get(name).map(|h| h.message.clone());
+                }
+                log::warn!("restarting component {name} after a failed health check");
+                if let Err(e) = self.restart_component(cx, name) {
+                    log::error!("cannot restart {name}: {e}");
+                }
+            }
+        }
+    }
+
+    fn health_answer(&self, filter: Option<&str>) -> Answer {
+        let mut components = Map::new();
+        let mut failing = Vec::new();
+        for (name, h) in &self.health {
+            if filter.is_some_and(|f| f != name) {
+                continue;
+            }
+            if !h.healthy {
+                failing.push(name.clone());
+            }
+            components.insert(
+                name.clone(),
+                json!({
+                    "healthy": h.healthy,
+                    "status": h.status,
+                    "message": h.message,
+                    "checked_at": state::rfc3339_utc_millis(h.checked_at),
+                }),
+            );
+        }
+        let data = json!({
+            "status": if failing.is_empty() { "healthy" } else { "unhealthy" },
+            "components": components,
+            "failing": failing,
+        });
+        if failing.is_empty() {
+            Ok(data)
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Unhealthy,
+                format!("unhealthy: {}", failing.join(", ")),
+            )
+            .with_data(data))
+        }
+    }
+
+    fn on_job_done(&mut self, cx: &mut Cx<'_, Timer>, id: u64, result: WorkResult) {
+        let Some((job, timer)) = self.jobs.remove(&id) else {
+            return; // its deadline already fired; the late result is dropped
+        };
+        cx.timers.cancel(timer);
+        match (job, result) {
+            (PendingJob::HealthPing, WorkResult::Pong) => {
+                if let Some(round) = &mut self.round {
+                    let took = round
+                        .worker_job
+                        .map_or(Duration::ZERO, |(_, t)| t.elapsed());
+                    round.results.insert(
+                        "worker".into(),
+                        HealthResult {
+                            healthy: true,
+                            status: "running",
+                            message: format!(
+                                "answered a ping in {:.2} ms",
+                                took.as_secs_f64() * 1000.0
+                            ),
+                            checked_at: SystemTime::now(),
+                        },
+                    );
+                    self.finish_health_round(cx);
+                }
+            }
+            (PendingJob::Diagnostics { reply, mut checks }, WorkResult::FsyncLatency(r)) => {
+                checks.push(match r {
+                    Ok(times) => {
+                        let ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1000.0).collect();
+                        let worst = ms.iter().copied().fold(0.0, f64::max);
+                        let verdict = if worst > 500.0 { "warn" } else { "ok" };
+                        json!({"name": "state.fsync_latency", "status": verdict,
+                               "detail": format!("{} write+fsync+rename cycles, worst {:.1} ms", ms.len(), worst),
+                               "samples_ms": ms})
+                    }
+                    Err(e) => json!({"name": "state.fsync_latency", "status": "fail", "detail": e}),
+                });
+                let answer = diagnostics_answer(checks);
+                self.answer(cx, reply, answer);
+            }
+            (job, _) => self.job_failed(cx, job, "unexpected worker result"),
+        }
+    }
+
+    fn job_failed(&mut self, cx: &mut Cx<'_, Timer>, job: PendingJob, why: &str) {
+        match job {
+            PendingJob::HealthPing => {
+                if let Some(round) = &mut self.round {
+                    round.results.insert(
+                        "worker".into(),
+                        HealthResult {
+                            healthy: false,
+                            status: "failing",
+                            message: why.to_string(),
+                            checked_at: SystemTime::now(),
+                        },
+                    );
+                    self.finish_health_round(cx);
+                }
+            }
+            PendingJob::Diagnostics { reply, mut checks } => {
+                checks
+                    .push(json!({"name": "state.fsync_latency", "status": "fail", "detail": why}));
+                let answer = diagnostics_answer(checks);
+                self.answer(cx, reply, answer);
+            }
+        }
+    }
+
+    // ----- diagnostics -----
+
+    fn diagnostics(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, full: bool) {
+        let mut checks: Vec<diagnostics::Check> = Vec::new();
+        let config_check = match &self.config.overrides_problem {
+            None => diagnostics::Check {
+                name: "config".into(),
+                verdict: diagnostics::Verdict::Ok,
+                detail: format!("valid ({})", self.config_source()),
+            },
+            Some(p) => diagnostics::Check {
+                name: "config".into(),
+                verdict: diagnostics::Verdict::Warn,
+                detail: p.clone(),
+            },
+        };
+        checks.push(config_check);
+        checks.push(match self.state.probe() {
+            Ok(t) => diagnostics::Check {
+                name: "state.writable".into(),
+                verdict: diagnostics::Verdict::Ok,
+                detail: format!(
+                    "{} (probe {:.1} ms)",
+                    self.state.path().display(),
+                    t.as_secs_f64() * 1000.0
+                ),
+            },
+            Err(e) => diagnostics::Check {
+                name: "state.writable".into(),
+                verdict: diagnostics::Verdict::Fail,
+                detail: e.to_string(),
+            },
+        });
+        checks.extend(diagnostics::file_checks(&diagnostics::Paths {
+            socket: &self.socket_path,
+            pid_file: &self.pid_file,
+        }));
+        checks.extend(diagnostics::kernel_checks());
+        checks.extend(diagnostics::tool_checks());
+        checks.extend(diagnostics::limit_checks());
+        let checks: Vec<Value> = checks.iter().map(diagnostics::Check::to_json).collect();
+        if !full {
+            let answer = diagnostics_answer(checks);
+            self.answer(cx, reply, answer);
+            return;
+        }
+        let dir = self.state.path().to_path_buf();
+        let submitted = match self.worker.as_mut() {
+            Some(w) => w.submit(Box::new(move || {
+                WorkResult::FsyncLatency(diagnostics::fsync_latency(&dir, 5))
+            })),
+            None => Err(SubmitError::Gone),
+        };
+        match submitted {
+            Ok(id) => {
+                let timer = cx
+                    .timers
+                    .insert(Instant::now() + DIAGNOSTICS_TIMEOUT, Timer::Job(id));
+                self.jobs
+                    .insert(id, (PendingJob::Diagnostics { reply, checks }, timer));
+            }
+            Err(e) => {
+                let why = match e {
+                    SubmitError::Busy => "worker queue is full",
+                    SubmitError::Gone => "worker is not running",
+                };
+                self.job_failed(cx, PendingJob::Diagnostics { reply, checks }, why);
+            }
+        }
+    }
+
+    // ----- shutdown -----
+
+    fn begin_shutdown(&mut self, cx: &mut Cx<'_, Timer>, graceful: bool) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.notify("STOPPING=1");
+        // New connections are refused at once; open ones get their answers.
+        self.stop_control(cx);
+        let _ = self.stop_component(cx, "monitor");
+        let _ = self.stop_component(cx, "worker");
+        let timeout = if graceful {
+            Duration::from_millis(self.config.effective.daemon.shutdown_timeout_ms)
+        } else {
+            Duration::from_millis(500)
+        };
+        self.stopping = Some(Instant::now());
+        cx.timers
+            .insert(Instant::now() + timeout, Timer::ShutdownDeadline);
+    }
+}
+
+fn diagnostics_answer(checks: Vec<Value>) -> Answer {
+    let failed = checks.iter().filter(|c| c["status"] == "fail").count();
+    let warned = checks.iter().filter(|c| c["status"] == "warn").count();
+    let data = json!({
+        "checks": checks,
+        "summary": {"ok": checks.len() - failed - warned, "warn": warned, "fail": failed},
+    });
+    if failed == 0 {
+        Ok(data)
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Unhealthy,
+            format!("{failed} diagnostic check(s) failed"),
+        )
+        .with_data(data))
+    }
+}
+
+fn component_name(name: &str) -> Result<&'static str, ApiError> {
+    COMPONENTS
+        .iter()
+        .copied()
+        .find(|c| *c == name)
+        .ok_or_else(|| unknown_component(name))
+}
+
+fn unknown_component(name: &str) -> ApiError {
+    ApiError::field(
+        ErrorCode::ComponentNotFound,
+        "service",
+        format!(
+            "no component '{name}' (components: {})",
+            COMPONENTS.join(", ")
+        ),
+    )
+}
+
+fn unknown_health_component(name: &str) -> ApiError {
+    ApiError::field(
+        ErrorCode::ComponentNotFound,
+        "component",
+        format!(
+            "no component '{name}' (components: {}, state)",
+            COMPONENTS.join(", ")
+        ),
+    )
+}
+
+impl Handler for Daemon {
+    type Timer = Timer;
+
+    fn on_event(&mut self, cx: &mut Cx<'_, Timer>, event: &mio::event::Event) {
+        let token = event.token();
+        if token == net::CONTROL_LISTENER {
+            self.accept_control(cx);
+        } else if Server::owns(token) {
+            self.server.on_ready(cx, token, &mut self.incoming);
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<'_, Timer>, timer: Timer) {
+        match timer {
+            Timer::Conn(id) => self.server.on_deadline(cx, id),
+            Timer::HealthCheck => {
+                let every = Duration::from_millis(
+                    self.config.effective.monitoring.health_check_interval_ms,
+                );
+                self.health_timer =
+                    Some(cx.timers.insert(Instant::now() + every, Timer::HealthCheck));
+                self.start_health_round(cx, None);
+            }
+            Timer::Watchdog => {
+                self.notify("WATCHDOG=1");
+                if let Some(period) = self.watchdog {
+                    cx.timers.insert(Instant::now() + period, Timer::Watchdog);
+                }
+            }
+            Timer::Job(id) => {
+                if let Some((job, _)) = self.jobs.remove(&id) {
+                    log::warn!("worker job {id} missed its deadline");
+                    self.job_failed(cx, job, "the worker did not answer in time");
+                }
+            }
+            Timer::ShutdownDeadline => {
+                if self.stopping.is_some() {
+                    log::warn!("shutdown deadline reached; closing remaining connections");
+                    self.shutdown_deadline_passed = true;
+                }
+            }
+        }
+    }
+
+    fn on_signal(&mut self, cx: &mut Cx<'_, Timer>, signal: i32) {
+        match signal {
+            libc::SIGTERM | libc::SIGINT => {
+                log::info!(
+                    "received {}, stopping",
+                    if signal == libc::SIGTERM {
+                        "SIGTERM"
+                    } else {
+                        "SIGINT"
+                    }
+                );
+                self.begin_shutdown(cx, true);
+            }
+            libc::SIGHUP => {
+                log::info!("received SIGHUP, reloading configuration");
+                if let Err(e) = self.config_reload(cx) {
+                    log::error!("reload refused, keeping the running configuration: {e}");
+                }
+            }
+            libc::SIGCHLD => {
+                while let Some(reaped) = sys::reap_any() {
+                    self.reaped += 1;
+                    log::debug!("reaped process {} (status {})", reaped.pid, reaped.status);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_wake(&mut self, cx: &mut Cx<'_, Timer>) {
+        let mut results = Vec::new();
+        if let Some(w) = &self.worker {
+            while let Some(r) = w.try_result() {
+                results.push(r);
+            }
+        }
+        for (id, result) in results {
+            self.on_job_done(cx, id, result);
+        }
+    }
+
+    fn after_dispatch(&mut self, cx: &mut Cx<'_, Timer>) {
+        while let Some(incoming) = self.incoming.pop_front() {
+            self.handle_incoming(cx, incoming);
+        }
+        self.flush_followers(cx);
+        while let Some(incoming) = self.incoming.pop_front() {
+            self.handle_incoming(cx, incoming);
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.stopping.is_some()
+            && (self.shutdown_deadline_passed || !self.server.has_pending_output())
+    }
+}
+
+impl Daemon {
+    fn accept_control(&mut self, cx: &mut Cx<'_, Timer>) {
+        loop {
+            let accepted = match &self.control {
+                Some(c) => c.listener.accept(),
+                None => return,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let (allowed, cred) = listener::unix_peer_allowed(&stream);
+                    if !allowed {
+                        log::warn!(
+                            "refused control connection from uid {} pid {}: only uid {} and root may use the daemon",
+                            cred.map_or(-1, |c| c.uid as i64),
+                            cred.map_or(-1, |c| c.pid as i64),
+                            sys::euid()
+                        );
+                    }
+                    let peer = Peer {
+                        uid: cred.map(|c| c.uid),
+                        pid: cred.map(|c| c.pid),
+                        authorized: allowed,
+                    };
+                    self.server.adopt_unix(cx, stream, peer);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: log and wait for the next readiness event.
+                    log::warn!("accept on the control socket failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Logging: `log` records go to stderr through `env_logger` (journald-friendly when stderr
+//! is the journal) and into a bounded in-memory ring that `vsm-daemon logs` reads.
+//!
+//! Invariants: the ring holds at most `capacity` records of at most [`MAX_MESSAGE_BYTES`]
+//! each; every record gets a sequence number, so a reader that fell behind can tell how many
+//! it missed. The ring is the one piece of state shared with other threads (the worker logs
+//! too), so it sits behind a `Mutex`; holders never block on anything else.
+
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::ThreadId;
+use std::time::SystemTime;
+
+/// Longest message kept in the ring; longer ones are cut with a marker.
+pub const MAX_MESSAGE_BYTES: usize = 2048;
+
+/// One log record as kept in the ring.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRecord {
+    /// Sequence number, strictly increasing.
+    pub seq: u64,
+    /// When it was logged.
+    pub time: SystemTime,
+    /// Severity.
+    pub level: log::Level,
+    /// Module or component (`vsm_daemon::daemon`, `mcp:time`).
+    pub target: String,
+    /// The message, possibly truncated.
+    pub message: String,
+}
+
+impl LogRecord {
+    /// JSON form used by the API.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "seq": self.seq,
+            "timestamp": crate::state::rfc3339_utc_millis(self.time),
+            "level": self.level.as_str().to_ascii_lowercase(),
+            "target": self.target,
+            "message": self.message,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Ring {
+    records: VecDeque<LogRecord>,
+    capacity: usize,
+    next_seq: u64,
+}
+
+/// Bounded ring of recent records.
+#[derive(Debug)]
+pub struct LogRing {
+    inner: Mutex<Ring>,
+}
+
+impl LogRing {
+    /// An empty ring holding at most `capacity` records.
+    pub fn new(capacity: usize) -> Self {
+        LogRing {
+            inner: Mutex::new(Ring {
+                records: VecDeque::with_capacity(capacity.min(1024)),
+                capacity: capacity.max(1),
+                next_seq: 1,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
+        // A panic while holding the lock cannot leave the ring inconsistent (push is one step).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a record, evicting the oldest when full.
+    pub fn push(&self, time: SystemTime, level: log::Level, target: &str, message: String) {
+        let mut ring = self.lock();
+        let seq = ring.next_seq;
+        ring.next_seq += 1;
+        if ring.records.len() >= ring.capacity {
+            ring.records.pop_front();
+        }
+        ring.records.push_back(LogRecord {
+            seq,
+            time,
+            level,
+            target: target.to_string(),
+            message: truncate(message),
+        });
+    }
+
+    /// Changes the capacity, dropping the oldest records if it shrinks.
+    pub fn set_capacity(&self, capacity: usize) {
+        let mut ring = self.lock();
+        ring.capacity = capacity.max(1);
+        while ring.records.len() > ring.capacity {
+            ring.records.pop_front();
+        }
+    }
+
+    /// Sequence number of the newest record (0 when none yet).
+    pub fn last_seq(&self) -> u64 {
+        self.lock().next_seq - 1
+    }
+
+    /// Records with `seq > after` that pass `keep`, newest `limit` of them, oldest first.
+    pub fn query(
+        &self,
+        after: u64,
+        limit: usize,
+        keep: impl Fn(&LogRecord) -> bool,
+    ) -> Vec<LogRecord> {
+        let ring = self.lock();
+        let mut out: Vec<LogRecord> = ring
+            .records
+            .iter()
+            .rev()
+            .take_while(|r| r.seq > after)
+            .filter(|r| keep(r))
+            .take(limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// Sequence number of the oldest record still held.
+    pub fn first_seq(&self) -> u64 {
+        let ring = self.lock();
+        ring.records.front().map_or(ring.next_seq, |r| r.seq)
+    }
+}
+
+fn truncate(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(" …[truncated]");
+    }
+    message
+}
+
+/// The process-wide logger: env_logger for stderr, plus the ring.
+struct TeeLogger {
+    stderr: env_logger::Logger,
+    ring: Arc<LogRing>,
+    followers: Arc<AtomicUsize>,
+    waker: OnceLock<(ThreadId, Arc<mio::Waker>)>,
+}
+
+impl log::Log for TeeLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        if self.stderr.matches(record) {
+            self.stderr.log(record);
+        }
+        self.ring.push(
+            SystemTime::now(),
+            record.level(),
+            record.target(),
+            record.args().to_string(),
+        );
+        // Records from other threads must wake the loop so followers see them; records from
+        // the loop thread are flushed at the end of the current iteration anyway.
+        if self.followers.load(Ordering::Relaxed) > 0 {
+            if let Some((loop_thread, waker)) = self.waker.get() {
+                if *loop_thread != std::thread::current().id() {
+                    let _ = waker.wake();
+                }
+            }
+        }
+    }
+
+    fn flush(&self) {
+        self.stderr.flush();
+    }
+}
+
+/// Handle kept by the daemon to steer logging at run time.
+#[derive(Clone)]
+pub struct Logging {
+    /// The ring of recent records.
+    pub ring: Arc<LogRing>,
+    followers: Arc<AtomicUsize>,
+    logger: Option<&'static TeeLogger>,
+}
+
+impl Logging {
+    /// Installs the global logger (once per process; later calls return a detached handle
+    /// whose ring still works, which is what unit tests need).
+    pub fn init(level: log::LevelFilter, capacity: usize) -> Logging {
+        let ring = Arc::new(LogRing::new(capacity));
+        let followers = Arc::new(AtomicUsize::new(0));
+        let mut builder = env_logger::Builder::new();
+        builder.filter_level(log::LevelFilter::Trace);
+        if let Ok(filters) = std::env::var("RUST_LOG") {
+            builder.parse_filters(&filters);
+        }
+        let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+        builder.format(move |buf, record| {
+            if journal {
+                // sd-daemon(3) priority prefixes; the journal adds its own timestamps.
+                let prio = match record.level() {
+                    log::Level::Error => 3,
+                    log::Level::Warn => 4,
+                    log::Level::Info => 6,
+                    log::Level::Debug | log::Level::Trace => 7,
+                };
+                writeln!(buf, "<{prio}>{}: {}", record.target(), record.args())
+            } else {
+                writeln!(
+                    buf,
+                    "{} {:<5} {}: {}",
+                    crate::state::rfc3339_utc_millis(SystemTime::now()),
+                    record.level(),
+                    record.target(),
+                    record.args()
+                )
+            }
+        });
+        let logger: &'static TeeLogger = Box::leak(Box::new(TeeLogger {
+            stderr: builder.build(),
+            ring: ring.clone(),
+            followers: followers.clone(),
+            waker: OnceLock::new(),
+        }));
+        let installed = log::set_logger(logger).is_ok();
+        if installed {
+            log::set_max_level(level);
+        }
+        Logging {
+            ring,
+            followers,
+            logger: installed.then_some(logger),
+        }
+    }
+
+    /// Lets records from other threads wake the loop (the calling thread is the loop).
+    pub fn set_waker(&self, waker: Arc<mio::Waker>) {
+        if let Some(logger) = self.logger {
+            let _ = logger.waker.set((std::thread::current().id(), waker));
+        }
+    }
+
+    /// Changes the level live.
+    pub fn set_level(&self, level: log::LevelFilter) {
+        if self.logger.is_some() {
+            log::set_max_level(level);
+        }
+    }
+
+    /// Records how many streams follow the log (they need cross-thread wake-ups).
+    pub fn set_followers(&self, n: usize) {
+        self.followers.store(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_is_bounded_and_sequenced() {
+        let ring = LogRing::new(3);
+        for i in 0..5 {
+            ring.push(SystemTime::now(), log::Level::Info, "t", format!("m{i}"));
+        }
+        assert_eq!(ring.last_seq(), 5);
+        assert_eq!(ring.first_seq(), 3);
+        let all = ring.query(0, 10, |_| true);
+        assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        let newest = ring.query(0, 2, |_| true);
+        assert_eq!(newest.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(ring.query(4, 10, |_| true).len(), 1);
+        ring.set_capacity(1);
+        assert_eq!(ring.query(0, 10, |_| true).len(), 1);
+    }
+
+    #[test]
+    fn long_messages_are_truncated_on_a_char_boundary() {
+        let ring = LogRing::new(2);
+        ring.push(SystemTime::now(), log::Level::Warn, "t", "é".repeat(5000));
+        let rec = &ring.query(0, 1, |_| true)[0];
+        assert!(rec.message.len() <= MAX_MESSAGE_BYTES + 20);
+        assert!(rec.message.ends_with("[truncated]"));
+    }
+}

@@ -1,0 +1,566 @@
+//! HTTP/1.1 server connection as a state machine without I/O: bytes in, requests out;
+//! responses in, bytes out. The transport (Unix or TCP stream on the loop) feeds it.
+//!
+//! Invariants:
+//! - Input held is bounded by `max_head_bytes + max_body_bytes`; the transport stops reading
+//!   when [`Conn::wants_read`] is false.
+//! - Responses leave in request order (pipelining) even when they are produced out of order:
+//!   each request gets a sequence number and [`Conn::respond`] parks early answers.
+//! - After an error, a `Connection: close`, or a stream, no further request is parsed.
+
+use std::collections::BTreeMap;
+
+/// Size limits for one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Request line plus headers.
+    pub max_head_bytes: usize,
+    /// Request body.
+    pub max_body_bytes: usize,
+    /// Requests parsed but not yet answered.
+    pub max_pipeline: usize,
+}
+
+/// One parsed request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Method as sent (`GET`).
+    pub method: String,
+    /// Path without the query string.
+    pub path: String,
+    /// Raw query string after `?`, or empty.
+    pub query: String,
+    /// Header names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes (Content-Length delimited).
+    pub body: Vec<u8>,
+    /// Whether the connection stays open after the answer.
+    pub keep_alive: bool,
+}
+
+impl Request {
+    /// First value of a header (name is matched case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the client asked for a Server-Sent Events stream.
+    pub fn accepts_event_stream(&self) -> bool {
+        self.header("accept")
+            .is_some_and(|a| a.contains("text/event-stream"))
+    }
+}
+
+/// A protocol error detected while parsing; answered with `status` and the connection closes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpError {
+    /// HTTP status to answer with.
+    pub status: u16,
+    /// What was wrong.
+    pub message: String,
+}
+
+/// What the parser produced.
+#[derive(Debug, PartialEq)]
+pub enum Parsed {
+    /// A complete request with its sequence number.
+    Request(u64, Request),
+    /// A malformed or over-limit request; answer it under this sequence number, then close.
+    Error(u64, HttpError),
+}
+
+/// A response to serialize.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type` value.
+    pub content_type: &'static str,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A JSON response.
+    pub fn json(status: u16, body: Vec<u8>) -> Self {
+        Response {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body,
+        }
+    }
+}
+
+/// Reason phrase for the statuses we send.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
+    }
+}
+
+/// One server-side HTTP/1.1 connection.
+#[derive(Debug, Default)]
+pub struct Conn {
+    input: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+    next_seq: u64,
+    write_seq: u64,
+    parked: BTreeMap<u64, (Vec<u8>, bool)>,
+    /// Sequence number after which nothing more is answered (close or stream).
+    last_seq: Option<u64>,
+    streaming: bool,
+    streaming_pending: Option<u64>,
+    close_when_flushed: bool,
+    continue_sent_for: Option<u64>,
+}
+
+impl Conn {
+    /// A fresh connection.
+    pub fn new() -> Self {
+        Conn::default()
+    }
+
+    /// Appends received bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.input.extend_from_slice(bytes);
+    }
+
+    /// Whether the transport should read more: input below its bound and requests still accepted.
+    pub fn wants_read(&self, limits: &Limits) -> bool {
+        self.last_seq.is_none()
+            && self.input.len() < limits.max_head_bytes + limits.max_body_bytes
+            && self.in_flight() < limits.max_pipeline as u64
+    }
+
+    /// Whether part of a request has arrived but not all of it.
+    pub fn has_partial_input(&self) -> bool {
+        !self.input.is_empty() && self.last_seq.is_none()
+    }
+
+    /// Requests parsed and not yet answered.
+    pub fn in_flight(&self) -> u64 {
+        self.next_seq - self.write_seq
+    }
+
+    /// Whether the connection has turned into an event stream.
+    pub fn is_streaming(&self) -> bool {
+        self.streaming
+    }
+
+    /// Parses the next complete request, if any.
+    pub fn next_request(&mut self, limits: &Limits) -> Option<Parsed> {
+        if self.last_seq.is_some() || self.in_flight() >= limits.max_pipeline as u64 {
+            return None;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        let head_len = match req.parse(&self.input) {
+            Ok(httparse::Status::Complete(n)) if n <= limits.max_head_bytes => n,
+            Ok(httparse::Status::Complete(_)) => {
+                return Some(self.error(431, "request head too large"))
+            }
+            Ok(httparse::Status::Partial) if self.input.len() > limits.max_head_bytes => {
+                return Some(self.error(431, "request head too large"))
+            }
+            Ok(httparse::Status::Partial) => return None,
+            Err(httparse::Error::TooManyHeaders) => {
+                return Some(self.error(431, "too many headers"))
+            }
+            Err(e) => return Some(self.error(400, &format!("malformed request: {e}"))),
+        };
+        let http11 = req.version == Some(1);
+        let method = req.method.unwrap_or("").to_string();
+        let target = req.path.unwrap_or("");
+        let headers: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        if !target.starts_with('/') {
+            return Some(self.error(400, "request target must be an absolute path"));
+        }
+        if headers.iter().any(|(n, _)| n == "transfer-encoding") {
+            return Some(self.error(
+                411,
+                "chunked request bodies are not accepted: send Content-Length",
+            ));
+        }
+        let mut length: Option<usize> = None;
+        for (_, v) in headers.iter().filter(|(n, _)| n == "content-length") {
+            match v.trim().parse::<usize>() {
+                Ok(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                _ => return Some(self.error(400, "invalid Content-Length")),
+            }
+        }
+        let length = length.unwrap_or(0);
+        if length > limits.max_body_bytes {
+            return Some(self.error(
+                413,
+                &format!(
+                    "request body of {length} bytes exceeds the limit of {} bytes",
+                    limits.max_body_bytes
+                ),
+            ));
+        }
+        if self.input.len() < head_len + length {
+            let expects_continue = headers
+                .iter()
+                .any(|(n, v)| n == "expect" && v.eq_ignore_ascii_case("100-continue"));
+            if expects_continue
+                && self.in_flight() == 0
+                && self.continue_sent_for != Some(self.next_seq)
+            {
+                self.continue_sent_for = Some(self.next_seq);
+                self.output
+                    .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            }
+            return None;
+        }
+        let connection = headers
+            .iter()
+            .find(|(n, _)| n == "connection")
+            .map(|(_, v)| v.to_ascii_lowercase());
+        let keep_alive = match connection.as_deref() {
+            Some(c) if c.contains("close") => false,
+            Some(c) if c.contains("keep-alive") => true,
+            _ => http11,
+        };
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_string(), q.to_string()),
+            None => (target.to_string(), String::new()),
+        };
+        let body = self.input[head_len..head_len + length].to_vec();
+        self.input.drain(..head_len + length);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if !keep_alive {
+            self.last_seq = Some(seq);
+        }
+        Some(Parsed::Request(
+            seq,
+            Request {
+                method,
+                path,
+                query,
+                headers,
+                body,
+                keep_alive,
+            },
+        ))
+    }
+
+    fn error(&mut self, status: u16, message: &str) -> Parsed {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.last_seq = Some(seq);
+        self.input.clear();
+        Parsed::Error(
+            seq,
+            HttpError {
+                status,
+                message: message.to_string(),
+            },
+        )
+    }
+
+    /// Queues the answer to request `seq`; it goes out once every earlier answer has.
+    /// `close` ends the connection after it (also implied for the last accepted request).
+    pub fn respond(&mut self, seq: u64, response: &Response, close: bool) {
+        let close = close || self.last_seq == Some(seq);
+        let bytes = serialize(response, close, false);
+        self.enqueue(seq, bytes, close);
+    }
+
+    /// Answers request `seq` with a stream head (`text/event-stream`); later bytes go through
+    /// [`Conn::push_stream`]. No further request is parsed on this connection.
+    pub fn start_stream(&mut self, seq: u64) {
+        self.last_seq = Some(seq);
+        let head = Response {
+            status: 200,
+            content_type: "text/event-stream",
+            headers: vec![("Cache-Control", "no-cache".to_string())],
+            body: Vec::new(),
+        };
+        let bytes = serialize(&head, true, true);
+        self.enqueue(seq, bytes, false);
+        self.streaming_pending = Some(seq);
+    }
+
+    fn enqueue(&mut self, seq: u64, bytes: Vec<u8>, close: bool) {
+        if seq < self.write_seq || self.close_when_flushed {
+            return;
+        }
+        self.parked.insert(seq, (bytes, close));
+        while let Some((bytes, close)) = self.parked.remove(&self.write_seq) {
+            self.output.extend_from_slice(&bytes);
+            if self.streaming_pending == Some(self.write_seq) {
+                self.streaming = true;
+            }
+            self.write_seq += 1;
+            if close {
+                self.close_when_flushed = true;
+                self.parked.clear();
+                break;
+            }
+        }
+    }
+
+    /// Appends stream bytes; ignored until the stream head has been queued.
+    pub fn push_stream(&mut self, bytes: &[u8]) {
+        if self.streaming {
+            self.output.extend_from_slice(bytes);
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending_output(&self) -> &[u8] {
+        &self.output[self.written..]
+    }
+
+    /// Marks `n` bytes of the pending output as written.
+    pub fn consume_output(&mut self, n: usize) {
+        self.written += n;
+        if self.written == self.output.len() {
+            self.output.clear();
+            self.written = 0;
+        } else if self.written > 64 * 1024 && self.written * 2 > self.output.len() {
+            self.output.drain(..self.written);
+            self.written = 0;
+        }
+    }
+
+    /// Whether everything is written and the connection should now close.
+    pub fn finished(&self) -> bool {
+        self.close_when_flushed && self.pending_output().is_empty()
+    }
+
+    /// Whether the connection has nothing in flight, nothing to write and no partial input.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight() == 0 && self.pending_output().is_empty() && self.input.is_empty()
+    }
+}
+
+/// Serializes a response head and body.
+fn serialize(response: &Response, close: bool, stream: bool) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(160 + response.body.len());
+    // Writes to a Vec cannot fail.
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n",
+        response.status,
+        reason(response.status),
+        response.content_type
+    );
+    if !stream {
+        let _ = write!(out, "Content-Length: {}\r\n", response.body.len());
+    }
+    for (name, value) in &response.headers {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&response.body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_head_bytes: 1024,
+        max_body_bytes: 64,
+        max_pipeline: 4,
+    };
+
+    fn parse_one(conn: &mut Conn) -> Request {
+        match conn.next_request(&LIMITS) {
+            Some(Parsed::Request(_, r)) => r,
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+
+    fn text(conn: &Conn) -> String {
+        String::from_utf8_lossy(conn.pending_output()).into_owned()
+    }
+
+    #[test]
+    fn parses_byte_by_byte() {
+        let raw = b"POST /api/v1/config?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}";
+        let mut conn = Conn::new();
+        for (i, b) in raw.iter().enumerate() {
+            conn.feed(&[*b]);
+            if i + 1 < raw.len() {
+                assert_eq!(conn.next_request(&LIMITS), None, "at byte {i}");
+            }
+        }
+        let req = parse_one(&mut conn);
+        assert_eq!(req.method, "POST");
+        assert_eq!(req.path, "/api/v1/config");
+        assert_eq!(req.query, "x=1");
+        assert_eq!(req.body, b"{}");
+        assert!(req.keep_alive);
+        assert_eq!(req.header("HOST"), Some("a"));
+    }
+
+    #[test]
+    fn pipelined_answers_leave_in_order() {
+        let mut conn = Conn::new();
+        conn.feed(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n");
+        let mut seqs = Vec::new();
+        while let Some(Parsed::Request(seq, _)) = conn.next_request(&LIMITS) {
+            seqs.push(seq);
+        }
+        assert_eq!(seqs, vec![0, 1, 2]);
+        conn.respond(2, &Response::json(200, b"c".to_vec()), false);
+        conn.respond(1, &Response::json(200, b"b".to_vec()), false);
+        assert!(conn.pending_output().is_empty());
+        conn.respond(0, &Response::json(200, b"a".to_vec()), false);
+        let out = text(&conn);
+        let (a, b, c) = (
+            out.find("\r\n\r\na"),
+            out.find("\r\n\r\nb"),
+            out.find("\r\n\r\nc"),
+        );
+        assert!(a < b && b < c, "{out}");
+        assert!(conn.is_idle() || !conn.pending_output().is_empty());
+    }
+
+    #[test]
+    fn pipeline_depth_is_bounded() {
+        let mut conn = Conn::new();
+        for _ in 0..10 {
+            conn.feed(b"GET / HTTP/1.1\r\n\r\n");
+        }
+        let mut n = 0;
+        while conn.next_request(&LIMITS).is_some() {
+            n += 1;
+        }
+        assert_eq!(n, LIMITS.max_pipeline);
+        assert!(!conn.wants_read(&LIMITS));
+    }
+
+    #[test]
+    fn limits_give_431_413_411() {
+        let mut conn = Conn::new();
+        conn.feed(&vec![b'a'; 2000]);
+        assert!(matches!(
+            conn.next_request(&LIMITS),
+            Some(Parsed::Error(0, HttpError { status: 431, .. }))
+        ));
+        assert_eq!(
+            conn.next_request(&LIMITS),
+            None,
+            "nothing parsed after an error"
+        );
+
+        let mut conn = Conn::new();
+        conn.feed(b"POST / HTTP/1.1\r\nContent-Length: 65\r\n\r\n");
+        assert!(matches!(
+            conn.next_request(&LIMITS),
+            Some(Parsed::Error(_, HttpError { status: 413, .. }))
+        ));
+
+        let mut conn = Conn::new();
+        conn.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(matches!(
+            conn.next_request(&LIMITS),
+            Some(Parsed::Error(_, HttpError { status: 411, .. }))
+        ));
+
+        let mut conn = Conn::new();
+        conn.feed(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+        assert!(matches!(
+            conn.next_request(&LIMITS),
+            Some(Parsed::Error(_, HttpError { status: 400, .. }))
+        ));
+
+        let mut conn = Conn::new();
+        conn.feed(b"\x00\x01garbage\r\n\r\n");
+        assert!(matches!(
+            conn.next_request(&LIMITS),
+            Some(Parsed::Error(_, HttpError { status: 400, .. }))
+        ));
+    }
+
+    #[test]
+    fn connection_close_and_http10() {
+        let mut conn = Conn::new();
+        conn.feed(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\nGET /x HTTP/1.1\r\n\r\n");
+        let req = parse_one(&mut conn);
+        assert!(!req.keep_alive);
+        assert_eq!(conn.next_request(&LIMITS), None);
+        conn.respond(0, &Response::json(200, b"{}".to_vec()), false);
+        assert!(text(&conn).contains("Connection: close"));
+        let n = conn.pending_output().len();
+        conn.consume_output(n);
+        assert!(conn.finished());
+
+        let mut conn = Conn::new();
+        conn.feed(b"GET / HTTP/1.0\r\n\r\n");
+        assert!(!parse_one(&mut conn).keep_alive);
+    }
+
+    #[test]
+    fn expect_continue_is_answered_once() {
+        let mut conn = Conn::new();
+        conn.feed(b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
+        assert_eq!(conn.next_request(&LIMITS), None);
+        assert_eq!(conn.next_request(&LIMITS), None);
+        assert_eq!(text(&conn), "HTTP/1.1 100 Continue\r\n\r\n");
+        conn.feed(b"abcd");
+        assert_eq!(parse_one(&mut conn).body, b"abcd");
+    }
+
+    #[test]
+    fn stream_waits_for_earlier_answers() {
+        let mut conn = Conn::new();
+        conn.feed(
+            b"GET /a HTTP/1.1\r\n\r\nGET /logs HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n",
+        );
+        parse_one(&mut conn);
+        let req = parse_one(&mut conn);
+        assert!(req.accepts_event_stream());
+        conn.start_stream(1);
+        conn.push_stream(b"data: early\n\n");
+        assert!(!conn.is_streaming());
+        conn.respond(0, &Response::json(200, b"{}".to_vec()), false);
+        assert!(conn.is_streaming());
+        conn.push_stream(b"data: x\n\n");
+        let out = text(&conn);
+        assert!(out.contains("text/event-stream") && out.ends_with("data: x\n\n"));
+        assert!(!out.contains("early"));
+        assert!(!conn.finished());
+    }
+}

@@ -1,0 +1,334 @@
+//! REST routes: method + path + query + JSON body -> [`api::Request`]. The same router serves
+//! the control socket and (later) the TCP listener.
+//!
+//! A path that exists with another method is a 405 naming the allowed methods; an unknown
+//! path is a 404; a bad parameter or body is a 400 naming the field.
+
+use crate::api::{ApiError, ErrorCode, LogQuery, Request};
+use crate::net::http;
+use serde_json::Value;
+
+/// Every route: path and the methods it answers. Also the source of the `Allow` header.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/api/v1/status", &["GET"]),
+    ("/api/v1/health", &["GET"]),
+    ("/api/v1/control/start", &["POST"]),
+    ("/api/v1/control/stop", &["POST"]),
+    ("/api/v1/control/restart", &["POST"]),
+    ("/api/v1/config", &["GET", "PUT"]),
+    ("/api/v1/config/reload", &["POST"]),
+    ("/api/v1/config/schema", &["GET"]),
+    ("/api/v1/logs", &["GET"]),
+    ("/api/v1/diagnostics/run", &["POST"]),
+];
+
+/// A routing failure: the error and, for 405, the methods to list in `Allow`.
+#[derive(Debug)]
+pub struct RouteError {
+    /// The error answer.
+    pub error: ApiError,
+    /// Allowed methods (405 only).
+    pub allow: Option<String>,
+}
+
+impl From<ApiError> for RouteError {
+    fn from(error: ApiError) -> Self {
+        RouteError { error, allow: None }
+    }
+}
+
+/// Maps an HTTP request to an API request.
+///
+/// # Errors
+/// 404 for unknown paths, 405 (with `allow`) for a wrong method, 400 for bad input.
+pub fn route(req: &http::Request) -> Result<Request, RouteError> {
+    let path = req.path.trim_end_matches('/');
+    let Some((_, methods)) = ROUTES.iter().find(|(p, _)| *p == path) else {
+        return Err(
+            ApiError::new(ErrorCode::NotFound, format!("no route for {}", req.path)).into(),
+        );
+    };
+    let method = if req.method == "HEAD" {
+        "GET"
+    } else {
+        req.method.as_str()
+    };
+    if !methods.contains(&method) {
+        return Err(RouteError {
+            error: ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                format!("{} does not accept {}", req.path, req.method),
+            ),
+            allow: Some(methods.join(", ")),
+        });
+    }
+    let q = Query::parse(&req.query)?;
+    let body = Body::parse(&req.body)?;
+    let request = match (method, path) {
+        ("GET", "/api/v1/status") => Request::Status {
+            detailed: q.flag("detailed")?,
+        },
+        ("GET", "/api/v1/health") => Request::Health {
+            component: q.text("component"),
+        },
+        ("POST", "/api/v1/control/start") => Request::ControlStart {
+            service: body.text("service")?,
+        },
+        ("POST", "/api/v1/control/stop") => Request::ControlStop {
+            service: body.text("service")?,
+            shutdown: body.flag("shutdown")?.unwrap_or(false),
+            graceful: body.flag("graceful")?.unwrap_or(true),
+        },
+        ("POST", "/api/v1/control/restart") => Request::ControlRestart {
+            service: body.text("service")?,
+        },
+        ("GET", "/api/v1/config") => Request::ConfigShow {
+            section: q.text("section"),
+        },
+        ("PUT", "/api/v1/config") => {
+            match body.0 {
+                Some(patch @ Value::Object(_)) => Request::ConfigUpdate { patch },
+                _ => return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    "body must be a JSON object in the shape of the configuration (a merge patch)",
+                )
+                .into()),
+            }
+        }
+        ("POST", "/api/v1/config/reload") => Request::ConfigReload,
+        ("GET", "/api/v1/config/schema") => Request::ConfigSchema,
+        ("GET", "/api/v1/logs") => Request::Logs {
+            query: LogQuery {
+                level: match q.text("level") {
+                    Some(l) => parse_level(&l)?,
+                    None => log::LevelFilter::Trace,
+                },
+                lines: q.number("lines")?.unwrap_or(100).min(100_000) as usize,
+                component: q.text("component"),
+                since: q.number("since")?,
+            },
+            follow: req.accepts_event_stream() || q.flag("follow")?,
+        },
+        ("POST", "/api/v1/diagnostics/run") => Request::Diagnostics {
+            full: q.flag("full")? || body.flag("full")?.unwrap_or(false),
+        },
+        _ => {
+            return Err(
+                ApiError::new(ErrorCode::NotFound, format!("no route for {}", req.path)).into(),
+            )
+        }
+    };
+    Ok(request)
+}
+
+/// Parses a log level name.
+///
+/// # Errors
+/// `invalid_parameter` naming `level`.
+pub fn parse_level(text: &str) -> Result<log::LevelFilter, ApiError> {
+    text.parse::<log::LevelFilter>().map_err(|_| {
+        ApiError::field(
+            ErrorCode::InvalidParameter,
+            "level",
+            format!("unknown level '{text}': use error, warn, info, debug or trace"),
+        )
+    })
+}
+
+/// Decoded query parameters.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(raw: &str) -> Result<Query, ApiError> {
+        let mut pairs = Vec::new();
+        for part in raw.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            let key = percent_decode(k)
+                .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "malformed query string"))?;
+            let value = percent_decode(v).ok_or_else(|| {
+                ApiError::field(
+                    ErrorCode::InvalidParameter,
+                    key.clone(),
+                    "malformed percent-encoding",
+                )
+            })?;
+            pairs.push((key, value));
+        }
+        Ok(Query(pairs))
+    }
+
+    fn text(&self, key: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn flag(&self, key: &str) -> Result<bool, ApiError> {
+        match self.text(key).as_deref() {
+            None => Ok(false),
+            Some("" | "true" | "1" | "yes") => Ok(true),
+            Some("false" | "0" | "no") => Ok(false),
+            Some(other) => Err(ApiError::field(
+                ErrorCode::InvalidParameter,
+                key,
+                format!("'{other}' is not a boolean"),
+            )),
+        }
+    }
+
+    fn number(&self, key: &str) -> Result<Option<u64>, ApiError> {
+        self.text(key)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::field(
+                        ErrorCode::InvalidParameter,
+                        key,
+                        format!("'{v}' is not a non-negative integer"),
+                    )
+                })
+            })
+            .transpose()
+    }
+}
+
+/// A JSON object body (or none).
+struct Body(Option<Value>);
+
+impl Body {
+    fn parse(raw: &[u8]) -> Result<Body, ApiError> {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Body(None));
+        }
+        serde_json::from_slice(raw)
+            .map(|v| Body(Some(v)))
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.0
+            .as_ref()
+            .and_then(|v| v.get(key))
+            .filter(|v| !v.is_null())
+    }
+
+    fn text(&self, key: &str) -> Result<Option<String>, ApiError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::field(
+                ErrorCode::InvalidParameter,
+                key,
+                "must be a string",
+            )),
+        }
+    }
+
+    fn flag(&self, key: &str) -> Result<Option<bool>, ApiError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(ApiError::field(
+                ErrorCode::InvalidParameter,
+                key,
+                "must be a boolean",
+            )),
+        }
+    }
+}
+
+/// Decodes `%XX` escapes and `+` (as space); `None` for a broken escape or invalid UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, target: &str, body: &str) -> http::Request {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        http::Request {
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            headers: vec![],
+            body: body.as_bytes().to_vec(),
+            keep_alive: true,
+        }
+    }
+
+    #[test]
+    fn routes_map_to_requests() {
+        assert_eq!(
+            route(&req("GET", "/api/v1/status?detailed=true", "")).ok(),
+            Some(Request::Status { detailed: true })
+        );
+        assert_eq!(
+            route(&req(
+                "POST",
+                "/api/v1/control/stop",
+                r#"{"shutdown": true}"#
+            ))
+            .ok(),
+            Some(Request::ControlStop {
+                service: None,
+                shutdown: true,
+                graceful: true
+            })
+        );
+        assert_eq!(
+            route(&req("GET", "/api/v1/config?section=mon%69toring", "")).ok(),
+            Some(Request::ConfigShow {
+                section: Some("monitoring".into())
+            })
+        );
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = route(&req("DELETE", "/api/v1/status", "")).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::MethodNotAllowed);
+        assert_eq!(e.allow.as_deref(), Some("GET"));
+        let e = route(&req("GET", "/nope", "")).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::NotFound);
+        let e = route(&req("GET", "/api/v1/logs?lines=ten", "")).unwrap_err();
+        assert_eq!(e.error.field.as_deref(), Some("lines"));
+        let e = route(&req("GET", "/api/v1/logs?level=loud", "")).unwrap_err();
+        assert_eq!(e.error.field.as_deref(), Some("level"));
+        let e = route(&req("POST", "/api/v1/control/restart", "{")).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::BadRequest);
+        let e = route(&req("PUT", "/api/v1/config", "[1]")).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::BadRequest);
+        let e = route(&req("POST", "/api/v1/control/restart", r#"{"service": 3}"#)).unwrap_err();
+        assert_eq!(e.error.field.as_deref(), Some("service"));
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b c"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+    }
+}

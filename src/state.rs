@@ -1,0 +1,600 @@
+//! Crash-safe persistence of the daemon's small JSON state documents (config overrides,
+//! registered MCP servers, capability records, the decision log).
+//!
+//! Invariants:
+//! - `<dir>/<name>` is never modified in place. It is only replaced by `rename(2)` of a fully
+//!   written and fsynced `<name>.tmp`, and the directory is fsynced afterwards, so at every
+//!   instant (including after SIGKILL) it holds either the complete old or the complete new
+//!   document.
+//! - Before the replacement the previous version is hard-linked (or copied) to `<name>.bak.tmp`
+//!   and renamed to `<name>.bak`: there is never a moment without `<name>` or without `<name>.bak`.
+//! - Every document is wrapped as `{"version", "written_at", "data"}`. A file that does not parse
+//!   is never deleted: it is renamed to `<name>.corrupt-<unix seconds>[-n]`, logged, and the
+//!   `.bak` is restored in its place if it parses. A file from a newer format version is left
+//!   untouched, so a downgrade cannot destroy a newer daemon's data.
+//! - Leftover `*.tmp` files from a crash are never read; the next write truncates them.
+//! - One process at a time: [`StateDir`] holds an exclusive `flock` on `<dir>/lock` for its whole
+//!   life. The lock file is opened close-on-exec, so spawned children never inherit the lock.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::fmt;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Version written into every envelope; files with a larger version are refused, not touched.
+pub const STATE_FORMAT_VERSION: u32 = 1;
+
+/// Where the state lives when not configured: root -> /var/lib/vsm-daemon, else
+/// $XDG_STATE_HOME/vsm-daemon, else $HOME/.local/state/vsm-daemon. Relative values of those
+/// variables are ignored (XDG spec); with neither usable, /var/lib/vsm-daemon is returned.
+pub fn default_state_dir() -> PathBuf {
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    if is_root() {
+        PathBuf::from("/var/lib/vsm-daemon")
+    } else if let Some(xdg) = absolute("XDG_STATE_HOME") {
+        xdg.join("vsm-daemon")
+    } else if let Some(home) = absolute("HOME") {
+        home.join(".local/state/vsm-daemon")
+    } else {
+        PathBuf::from("/var/lib/vsm-daemon")
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Ok(false) when another open file description holds the lock.
+fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    loop {
+        // SAFETY: the fd is owned by `file`, which is borrowed (hence open) for the whole call;
+        // flock only changes kernel lock state and touches no user memory.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Errors of the state store; every variant names the path it concerns.
+#[derive(Debug)]
+pub enum StateError {
+    /// An I/O operation failed (`InvalidInput` for a bad file name, `InvalidData` for a value
+    /// that cannot be serialized).
+    Io {
+        /// File or directory the operation was on.
+        path: PathBuf,
+        /// Underlying error.
+        source: io::Error,
+    },
+    /// Another process (or another open in this one) holds the state directory lock.
+    Locked {
+        /// The state directory.
+        path: PathBuf,
+    },
+    /// The file did not parse and no usable `.bak` existed; the file was moved aside.
+    Corrupt {
+        /// Where the file was.
+        path: PathBuf,
+        /// Where the corrupt file now is.
+        moved_to: PathBuf,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The file was written by a newer daemon; it was left untouched.
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// Version found in the file.
+        found: u32,
+        /// Highest version this build understands.
+        supported: u32,
+    },
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io { path, source } => write!(f, "state file {}: {source}", path.display()),
+            Self::Locked { path } => write!(f, "state dir {} is locked elsewhere", path.display()),
+            Self::Corrupt {
+                path,
+                moved_to,
+                reason,
+            } => write!(
+                f,
+                "state file {} is corrupt ({reason}) and has no usable backup; moved to {}",
+                path.display(),
+                moved_to.display()
+            ),
+            Self::UnsupportedVersion {
+                path,
+                found,
+                supported,
+            } => write!(
+                f,
+                "state file {} has format version {found}, newer than supported {supported}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StateError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError {
+    let path = path.to_path_buf();
+    move |source| StateError::Io { path, source }
+}
+
+/// An open, exclusively locked state directory.
+#[derive(Debug)]
+pub struct StateDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, T> {
+    version: u32,
+    written_at: String,
+    data: &'a T,
+}
+
+impl StateDir {
+    /// Creates the directory (mode 0700, parents as needed) and takes an exclusive non-blocking
+    /// flock on `<dir>/lock`, held for the life of the value. A second open of the same directory
+    /// (from another process, or another open in this one) fails with [`StateError::Locked`].
+    pub fn open(path: &Path) -> Result<StateDir, StateError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(io_err(path))?;
+        let lock_path = path.join("lock");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        if !try_lock_exclusive(&lock).map_err(io_err(&lock_path))? {
+            return Err(StateError::Locked { path: path.into() });
+        }
+        Ok(StateDir {
+            path: path.into(),
+            _lock: lock,
+        })
+    }
+
+    /// The state directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Atomically replaces `<dir>/<name>` with the pretty JSON envelope
+    /// `{"version": STATE_FORMAT_VERSION, "written_at": <RFC 3339 UTC, ms>, "data": value}`:
+    /// write and fsync `<name>.tmp` (mode 0600), make `<name>.bak` a copy of the current
+    /// `<name>` (hard link + rename), rename the tmp over `<name>`, fsync the directory.
+    pub fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        let path = self.file(name)?;
+        let written_at = rfc3339_utc_millis(SystemTime::now());
+        let envelope = Envelope {
+            version: STATE_FORMAT_VERSION,
+            written_at,
+            data: value,
+        };
+        let mut bytes = serde_json::to_vec_pretty(&envelope)
+            .map_err(|e| io_err(&path)(io::Error::new(ErrorKind::InvalidData, e)))?;
+        bytes.push(b'\n');
+        let tmp = sibling(&path, ".tmp");
+        write_synced(&tmp, &bytes)?;
+        replicate(&path, &sibling(&path, ".bak.tmp"), &sibling(&path, ".bak"))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        self.sync_dir()
+    }
+
+    /// Reads `<dir>/<name>`; missing -> `Ok(None)`. Unparsable JSON, a wrong envelope or `data`
+    /// not matching `T` -> the file is moved to `<name>.corrupt-<unix seconds>[-n]` (logged) and
+    /// `<name>.bak` is tried: if it parses it is restored as `<name>` and returned, otherwise
+    /// [`StateError::Corrupt`]. A newer format version -> [`StateError::UnsupportedVersion`]
+    /// with the file left untouched.
+    pub fn read<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
+        let path = self.file(name)?;
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let reason = match parse(&path, &bytes)? {
+            Ok(value) => return Ok(Some(value)),
+            Err(reason) => reason,
+        };
+        let moved_to = self.move_aside(&path)?;
+        let (from, to) = (path.display(), moved_to.display());
+        log::error!("state file {from} is corrupt ({reason}); moved it to {to}");
+        let bak = sibling(&path, ".bak");
+        if let Some(value) = fs::read(&bak).ok().and_then(|b| parse(&bak, &b).ok()?.ok()) {
+            replicate(&bak, &sibling(&path, ".tmp"), &path)?;
+            self.sync_dir()?;
+            log::warn!("recovered state file {from} from {}", bak.display());
+            return Ok(Some(value));
+        }
+        Err(StateError::Corrupt {
+            path,
+            moved_to,
+            reason,
+        })
+    }
+
+    /// Removes `<name>`; missing is Ok. The removed document is kept as `<name>.bak` (one atomic
+    /// rename), so a removal can be undone by hand like any other write.
+    pub fn remove(&self, name: &str) -> Result<(), StateError> {
+        let path = self.file(name)?;
+        match fs::rename(&path, sibling(&path, ".bak")) {
+            Ok(()) => self.sync_dir(),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Writability probe for health checks: writes, fsyncs and removes `<dir>/.probe`, fsyncs the
+    /// directory, and returns the elapsed time.
+    pub fn probe(&self) -> Result<Duration, StateError> {
+        let start = Instant::now();
+        let path = self.path.join(".probe");
+        write_synced(&path, b"probe\n")?;
+        fs::remove_file(&path).map_err(io_err(&path))?;
+        self.sync_dir()?;
+        Ok(start.elapsed())
+    }
+
+    /// `<dir>/<name>` if `name` is a plain, non-reserved file name.
+    fn file(&self, name: &str) -> Result<PathBuf, StateError> {
+        let valid = !name.is_empty()
+            && name.len() <= 200
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            && name != "lock"
+            && !name.ends_with(".tmp")
+            && !name.ends_with(".bak")
+            && !name.contains(".corrupt-");
+        let path = self.path.join(name);
+        if valid {
+            return Ok(path);
+        }
+        let msg = format!("invalid state file name {name:?}");
+        Err(io_err(&path)(io::Error::new(ErrorKind::InvalidInput, msg)))
+    }
+
+    fn move_aside(&self, path: &Path) -> Result<PathBuf, StateError> {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let base = sibling(path, &format!(".corrupt-{secs}"));
+        let mut target = base.clone();
+        for n in 1.. {
+            if !target.try_exists().map_err(io_err(&target))? {
+                break;
+            }
+            target = sibling(&base, &format!("-{n}"));
+        }
+        fs::rename(path, &target).map_err(io_err(path))?;
+        self.sync_dir()?;
+        Ok(target)
+    }
+
+    fn sync_dir(&self) -> Result<(), StateError> {
+        File::open(&self.path)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.path))
+    }
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(path))
+}
+
+/// Atomically makes `to` a copy of `from` (hard link, or copy if links are unsupported, to `via`,
+/// then rename). Does nothing if `from` does not exist.
+fn replicate(from: &Path, via: &Path, to: &Path) -> Result<(), StateError> {
+    match fs::remove_file(via) {
+        Err(e) if e.kind() != ErrorKind::NotFound => return Err(io_err(via)(e)),
+        _ => {}
+    }
+    match fs::hard_link(from, via) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(_) => match fs::read(from) {
+            Ok(bytes) => write_synced(via, &bytes)?,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(from)(e)),
+        },
+    }
+    fs::rename(via, to).map_err(io_err(to))?;
+    // rename(2) is a no-op when `via` and `to` already name the same inode (after a restore).
+    match fs::remove_file(via) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err(via)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Outer error: newer version (leave the file alone); inner error: corrupt, with the reason.
+fn parse<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<Result<T, String>, StateError> {
+    let mut doc: Value = match serde_json::from_slice(bytes) {
+        Ok(doc) => doc,
+        Err(e) => return Ok(Err(format!("invalid JSON: {e}"))),
+    };
+    let Some(version) = doc.get("version").and_then(Value::as_u64) else {
+        return Ok(Err("no integer \"version\" field".into()));
+    };
+    if version > u64::from(STATE_FORMAT_VERSION) {
+        let found = u32::try_from(version).unwrap_or(u32::MAX);
+        let (path, supported) = (path.to_path_buf(), STATE_FORMAT_VERSION);
+        return Err(StateError::UnsupportedVersion {
+            path,
+            found,
+            supported,
+        });
+    }
+    match doc.get_mut("data").map(Value::take) {
+        _ if version == 0 => Ok(Err("version 0".into())),
+        None => Ok(Err("no \"data\" field".into())),
+        Some(data) => Ok(serde_json::from_value(data).map_err(|e| format!("bad \"data\": {e}"))),
+    }
+}
+
+/// `t` as RFC 3339 UTC with whole seconds, e.g. `2026-11-25T15:49:51Z` (floor for sub-seconds).
+pub fn rfc3339_utc(t: SystemTime) -> String {
+    format!("{}Z", civil(unix_millis(t).div_euclid(1000)))
+}
+
+/// `t` as RFC 3339 UTC with milliseconds, e.g. `2026-11-25T15:49:51.123Z`.
+pub fn rfc3339_utc_millis(t: SystemTime) -> String {
+    let ms = unix_millis(t);
+    format!("{}.{:03}Z", civil(ms.div_euclid(1000)), ms.rem_euclid(1000))
+}
+
+fn unix_millis(t: SystemTime) -> i128 {
+    let nanos = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    };
+    nanos.div_euclid(1_000_000)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` for Unix seconds, via Howard Hinnant's days-to-civil algorithm.
+fn civil(secs: i128) -> String {
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097; // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11], March-based
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i128::from(m <= 2);
+    let (hh, mm, ss) = (sod / 3600, sod / 60 % 60, sod % 60);
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    struct TempDir(PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn setup() -> (TempDir, StateDir) {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let t = TempDir(std::env::temp_dir().join(format!("vsm-state-{}-{n}", std::process::id())));
+        let _ = fs::remove_dir_all(&t.0);
+        let d = StateDir::open(&t.0.join("a/b")).unwrap();
+        (t, d)
+    }
+
+    fn names(d: &StateDir) -> Vec<String> {
+        let entries = fs::read_dir(d.path()).unwrap();
+        let mut v: Vec<_> = entries
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn raw(d: &StateDir, name: &str) -> Value {
+        serde_json::from_slice(&fs::read(d.path().join(name)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn round_trip_modes_remove_probe() {
+        let (_t, d) = setup();
+        let v = json!({"a": [1, 2]});
+        assert_eq!(d.read::<Value>("x.json").unwrap(), None);
+        d.write("x.json", &v).unwrap();
+        assert_eq!(d.read::<Value>("x.json").unwrap(), Some(v));
+        let raw = raw(&d, "x.json");
+        assert!(raw["version"] == 1 && raw["written_at"].as_str().unwrap().ends_with('Z'));
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            [mode(d.path()), mode(&d.path().join("x.json"))],
+            [0o700, 0o600]
+        );
+        assert!(d.probe().unwrap() < Duration::from_secs(10));
+        d.remove("x.json").unwrap();
+        d.remove("x.json").unwrap();
+        assert_eq!(d.read::<Value>("x.json").unwrap(), None);
+        assert_eq!(names(&d), ["lock", "x.json.bak"]);
+    }
+
+    #[test]
+    fn bak_holds_previous_version() {
+        let (_t, d) = setup();
+        for v in 1..=3 {
+            d.write("s.json", &v).unwrap();
+        }
+        assert_eq!(d.read::<u32>("s.json").unwrap(), Some(3));
+        assert_eq!(raw(&d, "s.json.bak")["data"], 2);
+        assert_eq!(names(&d), ["lock", "s.json", "s.json.bak"]);
+    }
+
+    #[test]
+    fn corrupt_is_moved_aside_and_bak_recovered() {
+        let (_t, d) = setup();
+        d.write("s.json", &1).unwrap();
+        d.write("s.json", &2).unwrap();
+        fs::write(d.path().join("s.json"), b"{\"version\": 1, \"da").unwrap();
+        assert_eq!(d.read::<u32>("s.json").unwrap(), Some(1));
+        assert_eq!(
+            d.read::<u32>("s.json").unwrap(),
+            Some(1),
+            "backup restored in place"
+        );
+        let n = names(&d);
+        assert!(n[3].starts_with("s.json.corrupt-"), "{n:?}");
+        assert_eq!(
+            fs::read(d.path().join(&n[3])).unwrap(),
+            b"{\"version\": 1, \"da"
+        );
+        d.write("s.json", &4).unwrap();
+        assert_eq!(raw(&d, "s.json.bak")["data"], 1);
+        assert_eq!(names(&d).len(), 4, "no .tmp leftovers: {:?}", names(&d));
+    }
+
+    #[test]
+    fn corrupt_without_bak_is_error_and_kept() {
+        let (_t, d) = setup();
+        let junk: [&[u8]; 4] = [
+            b"",
+            b"[1]",
+            b"{\"data\": 1}",
+            br#"{"version": 1, "data": "s"}"#,
+        ];
+        for junk in junk {
+            fs::write(d.path().join("s.json"), junk).unwrap();
+            match d.read::<u32>("s.json") {
+                Err(StateError::Corrupt { path, moved_to, .. }) => {
+                    assert!(!path.exists() && moved_to.to_str().unwrap().contains(".corrupt-"));
+                    assert_eq!(fs::read(&moved_to).unwrap(), junk);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            names(&d).len(),
+            5,
+            "every corrupt file kept under its own name"
+        );
+    }
+
+    #[test]
+    fn newer_version_is_refused_and_untouched() {
+        let (_t, d) = setup();
+        let doc = br#"{"version": 2, "written_at": "2030-01-01T00:00:00Z", "data": {"x": 1}}"#;
+        fs::write(d.path().join("s.json"), doc).unwrap();
+        let err = d.read::<Value>("s.json").unwrap_err();
+        assert!(
+            matches!(err, StateError::UnsupportedVersion { found: 2, .. }),
+            "{err}"
+        );
+        assert_eq!(fs::read(d.path().join("s.json")).unwrap(), doc);
+        assert_eq!(names(&d), ["lock", "s.json"]);
+    }
+
+    #[test]
+    fn second_open_is_locked_even_in_same_process() {
+        let (t, d) = setup();
+        let err = StateDir::open(&t.0.join("a/b")).unwrap_err();
+        assert!(matches!(err, StateError::Locked { .. }), "{err}");
+        drop(d);
+        StateDir::open(&t.0.join("a/b")).unwrap();
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        let (_t, d) = setup();
+        for bad in "|.hidden|a/b|../x|lock|x.tmp|x.bak|x.corrupt-1|sp ace|é".split('|') {
+            match d.write(bad, &1) {
+                Err(StateError::Io { source, .. }) => {
+                    assert_eq!(source.kind(), ErrorKind::InvalidInput)
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+            assert!(d.read::<u32>(bad).is_err() && d.remove(bad).is_err());
+        }
+        assert_eq!(names(&d), ["lock"]);
+        assert!(default_state_dir().is_absolute() && default_state_dir().ends_with("vsm-daemon"));
+    }
+
+    #[test]
+    fn rfc3339_known_values() {
+        let at = |s: i64, ms: u64| {
+            let (d, t) = (
+                Duration::from_secs(s.unsigned_abs()),
+                UNIX_EPOCH + Duration::from_millis(ms),
+            );
+            let t = if s < 0 { t - d } else { t + d };
+            (rfc3339_utc(t), rfc3339_utc_millis(t))
+        };
+        assert_eq!(at(0, 0).0, "1970-01-01T00:00:00Z");
+        assert_eq!(at(1_709_164_800, 0).0, "2024-02-29T00:00:00Z");
+        assert_eq!(at(951_868_800, 0).0, "2000-03-01T00:00:00Z");
+        assert_eq!(at(951_868_799, 0).0, "2000-02-29T23:59:59Z");
+        assert_eq!(at(4_102_444_800, 0).0, "2100-01-01T00:00:00Z");
+        assert_eq!(at(253_402_300_799, 999).1, "9999-12-31T23:59:59.999Z");
+        assert_eq!(at(1_795_621_791, 123).0, "2026-11-25T15:49:51Z");
+        assert_eq!(at(1_795_621_791, 123).1, "2026-11-25T15:49:51.123Z");
+        assert_eq!(at(-1, 500).1, "1969-12-31T23:59:59.500Z");
+    }
+}

@@ -599,10 +599,21 @@ fn apply_overrides(
             let section = target.entry(name.clone()).or_insert_with(|| json!({}));
             apply_overrides(section, value, &key, defaults)?;
         } else {
-            return Err(ConfigError::UnknownKey { key });
+            return Err(ConfigError::UnknownKey {
+                key: first_leaf(key, value),
+            });
         }
     }
     Ok(())
+}
+
+/// The full dotted key of the first leaf of `value` under `key` (`{"no": {"such": 1}}` names
+/// `no.such`), so an unknown key is reported as the operator typed it.
+fn first_leaf(key: String, value: &Value) -> String {
+    match value.as_object().and_then(|m| m.iter().next()) {
+        Some((name, inner)) => first_leaf(join(&key, name), inner),
+        None => key,
+    }
 }
 
 fn kind(value: &Value) -> &'static str {

@@ -82,6 +82,22 @@ pub fn process_exists(pid: i32) -> bool {
     }
 }
 
+/// Whether a process exists and is not a zombie (a zombie has exited; only its parent's
+/// `wait` is missing).
+pub fn process_running(pid: i32) -> bool {
+    if !process_exists(pid) {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
 /// One reaped child: its pid and raw wait status.
 #[derive(Debug, Clone, Copy)]
 pub struct Reaped {
@@ -158,6 +174,8 @@ pub fn rlimit(resource: libc::__rlimit_resource_t) -> io::Result<(u64, u64)> {
     };
     // SAFETY: lim is a valid out-pointer.
     if unsafe { libc::getrlimit(resource, &mut lim) } == 0 {
+        // rlim_t is narrower than u64 on some 32-bit targets.
+        #[allow(clippy::unnecessary_cast)]
         Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
     } else {
         Err(io::Error::last_os_error())

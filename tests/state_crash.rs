@@ -138,7 +138,7 @@ fn sigkill_during_writes_never_corrupts() {
             Ok(Some(v)) => {
                 let seq = check(&v);
                 assert!(
-                    last.map_or(true, |l| seq >= l),
+                    last.is_none_or(|l| seq >= l),
                     "round {rounds}: seq {seq} < {last:?}"
                 );
                 advanced += u32::from(last != Some(seq));

@@ -155,6 +155,12 @@ impl Conn {
             && self.in_flight() < limits.max_pipeline as u64
     }
 
+    /// Whether no further request will be parsed (after an error, a close or a stream); the
+    /// transport still reads, discarding, to notice the peer hanging up.
+    pub fn input_closed(&self) -> bool {
+        self.last_seq.is_some()
+    }
+
     /// Whether part of a request has arrived but not all of it.
     pub fn has_partial_input(&self) -> bool {
         !self.input.is_empty() && self.last_seq.is_none()
@@ -310,8 +316,8 @@ impl Conn {
             body: Vec::new(),
         };
         let bytes = serialize(&head, true, true);
-        self.enqueue(seq, bytes, false);
         self.streaming_pending = Some(seq);
+        self.enqueue(seq, bytes, false);
     }
 
     fn enqueue(&mut self, seq: u64, bytes: Vec<u8>, close: bool) {
@@ -541,6 +547,17 @@ mod tests {
         assert_eq!(text(&conn), "HTTP/1.1 100 Continue\r\n\r\n");
         conn.feed(b"abcd");
         assert_eq!(parse_one(&mut conn).body, b"abcd");
+    }
+
+    #[test]
+    fn stream_starts_at_once_when_nothing_is_pending() {
+        let mut conn = Conn::new();
+        conn.feed(b"GET /logs HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n");
+        parse_one(&mut conn);
+        conn.start_stream(0);
+        assert!(conn.is_streaming());
+        conn.push_stream(b"data: x\n\n");
+        assert!(text(&conn).ends_with("data: x\n\n"));
     }
 
     #[test]

@@ -239,9 +239,14 @@ impl Server {
         let Some(conn) = self.get(id) else { return };
         let mut broken = false;
         let mut buf = [0u8; 16 * 1024];
-        while !conn.peer_closed && conn.http.wants_read(&limits) {
+        while !conn.peer_closed {
+            let accept = conn.http.wants_read(&limits);
+            if !accept && !conn.http.input_closed() {
+                break; // back-pressure: read again once answers have gone out
+            }
             match conn.stream.read(&mut buf) {
                 Ok(0) => conn.peer_closed = true,
+                Ok(_) if !accept => {} // nothing more is parsed; only a hang-up matters now
                 Ok(n) => {
                     if conn.head_started.is_none() {
                         conn.head_started = Some(Instant::now());

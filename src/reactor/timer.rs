@@ -381,7 +381,7 @@ mod tests {
                 assert!(d <= now, "fired early: {d} > {now}");
                 fired.push((d, s));
             }
-            assert!(w.next_deadline().map_or(true, |n| n > at(epoch, now)));
+            assert!(w.next_deadline().is_none_or(|n| n > at(epoch, now)));
         }
         w.expire(at(epoch, now + (1 << 31)), &mut out);
         fired.extend(out.drain(..).map(|(_, v)| v));

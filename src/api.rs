@@ -65,6 +65,82 @@ pub enum Request {
         /// Also run the slower checks.
         full: bool,
     },
+    /// Event history, or a live stream of new events.
+    Events {
+        /// Filter and size.
+        query: EventQuery,
+        /// Keep streaming.
+        follow: bool,
+    },
+    /// MCP servers, filtered by `active`, `inactive` or `all`.
+    McpList {
+        /// The filter.
+        status: &'static str,
+    },
+    /// Register an MCP server.
+    McpRegister {
+        /// Its spec.
+        spec: crate::mcp::registry::ServerSpec,
+    },
+    /// One server in detail.
+    McpShow {
+        /// Server id.
+        id: String,
+    },
+    /// Unregister a server.
+    McpUnregister {
+        /// Server id.
+        id: String,
+    },
+    /// Start a server.
+    McpStart {
+        /// Server id.
+        id: String,
+    },
+    /// Stop a server.
+    McpStop {
+        /// Server id.
+        id: String,
+    },
+    /// Restart a server.
+    McpRestart {
+        /// Server id.
+        id: String,
+    },
+    /// Close a server's open circuit breaker.
+    McpReset {
+        /// Server id.
+        id: String,
+    },
+    /// A server's tools.
+    McpTools {
+        /// Server id.
+        id: String,
+    },
+    /// Call a tool.
+    McpCall {
+        /// Server id.
+        id: String,
+        /// Tool name.
+        name: String,
+        /// Arguments object.
+        arguments: Value,
+        /// Deadline override.
+        timeout_ms: Option<u64>,
+    },
+}
+
+/// Filter for events.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EventQuery {
+    /// Only this event type.
+    pub kind: Option<String>,
+    /// Only this channel.
+    pub channel: Option<String>,
+    /// Only events with a larger sequence number.
+    pub since: Option<u64>,
+    /// At most this many of the newest.
+    pub limit: usize,
 }
 
 /// Filter for log records.
@@ -122,6 +198,18 @@ pub enum ErrorCode {
     Unhealthy,
     /// A bounded queue is full; try again.
     Busy,
+    /// No MCP server with that id.
+    ServerNotFound,
+    /// The server has no tool with that name.
+    ToolNotFound,
+    /// Something with that id already exists.
+    AlreadyExists,
+    /// The tool ran and reported an error (`isError`); its content is in `data`.
+    ToolError,
+    /// The MCP server answered with a JSON-RPC error.
+    McpError,
+    /// The MCP server exited while the request was in flight.
+    ServerExited,
     /// The daemon is shutting down.
     ShuttingDown,
     /// The work did not finish before its deadline.
@@ -148,6 +236,12 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::Unhealthy => "unhealthy",
             ErrorCode::Busy => "busy",
+            ErrorCode::ServerNotFound => "server_not_found",
+            ErrorCode::ToolNotFound => "tool_not_found",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::ToolError => "tool_error",
+            ErrorCode::McpError => "mcp_error",
+            ErrorCode::ServerExited => "server_exited",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal_error",
@@ -159,9 +253,14 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest | ErrorCode::InvalidParameter | ErrorCode::ConfigInvalid => 400,
             ErrorCode::Forbidden => 403,
-            ErrorCode::NotFound | ErrorCode::ComponentNotFound | ErrorCode::ConfigKeyNotFound => {
-                404
-            }
+            ErrorCode::NotFound
+            | ErrorCode::ComponentNotFound
+            | ErrorCode::ConfigKeyNotFound
+            | ErrorCode::ServerNotFound
+            | ErrorCode::ToolNotFound => 404,
+            ErrorCode::AlreadyExists => 409,
+            ErrorCode::ToolError => 422,
+            ErrorCode::McpError | ErrorCode::ServerExited => 502,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::LengthRequired => 411,

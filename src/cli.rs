@@ -96,6 +96,34 @@ pub enum Command {
         /// Graceful (default) or immediate.
         graceful: bool,
     },
+    /// Register an MCP server (the spec as sent to the API).
+    McpRegister {
+        /// Server spec.
+        spec: Value,
+    },
+    /// List MCP servers.
+    McpList {
+        /// active, inactive or all.
+        status: String,
+    },
+    /// Call a tool.
+    McpCall {
+        /// Server id.
+        id: String,
+        /// Tool name.
+        tool: String,
+        /// Arguments object.
+        arguments: Value,
+        /// Deadline override.
+        timeout_ms: Option<u64>,
+    },
+    /// show, tools, start, stop, restart, reset or unregister one server.
+    Mcp {
+        /// The action.
+        action: String,
+        /// Server id.
+        id: String,
+    },
 }
 
 /// What argv asks for.
@@ -122,8 +150,50 @@ pub struct RawArgs {
     version: bool,
 }
 
+const MCP_REGISTER_OPTIONS: &[&str] = &[
+    "capability",
+    "env",
+    "cwd",
+    "call-timeout-ms",
+    "no-autostart",
+    "backoff-initial-ms",
+    "backoff-max-ms",
+    "max-failures",
+    "max-open-files",
+    "max-cpu-seconds",
+    "max-memory-mb",
+    "uid",
+    "gid",
+];
+
+fn mcp_command_name(sub: &str) -> &'static str {
+    match sub {
+        "show" => "mcp show",
+        "tools" => "mcp tools",
+        "start" => "mcp start",
+        "stop" => "mcp stop",
+        "restart" => "mcp restart",
+        "reset" => "mcp reset",
+        _ => "mcp unregister",
+    }
+}
+
 /// Options that take a value, and those that do not.
 const VALUE_OPTIONS: &[&str] = &[
+    "status",
+    "capability",
+    "env",
+    "cwd",
+    "call-timeout-ms",
+    "backoff-initial-ms",
+    "backoff-max-ms",
+    "max-failures",
+    "max-open-files",
+    "max-cpu-seconds",
+    "max-memory-mb",
+    "uid",
+    "gid",
+    "timeout-ms",
     "socket",
     "config",
     "state-dir",
@@ -133,7 +203,15 @@ const VALUE_OPTIONS: &[&str] = &[
     "component",
     "service",
 ];
-const FLAG_OPTIONS: &[&str] = &["json", "detailed", "follow", "full", "graceful", "now"];
+const FLAG_OPTIONS: &[&str] = &[
+    "json",
+    "detailed",
+    "follow",
+    "full",
+    "graceful",
+    "now",
+    "no-autostart",
+];
 
 /// Reads argv with lexopt.
 ///
@@ -205,6 +283,18 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         ["diagnostics", ..] => return Err(UsageError("use: diagnostics run [--full]".into())),
         ["restart", rest @ ..] => ("restart", &["service"], rest),
         ["stop", rest @ ..] => ("stop", &["graceful", "now"], rest),
+        ["mcp", "register", rest @ ..] => ("mcp register", MCP_REGISTER_OPTIONS, rest),
+        ["mcp", "list", rest @ ..] => ("mcp list", &["status"], rest),
+        ["mcp", "call", rest @ ..] => ("mcp call", &["timeout-ms"], rest),
+        ["mcp", sub @ ("show" | "tools" | "start" | "stop" | "restart" | "reset" | "unregister"), rest @ ..] => {
+            (mcp_command_name(sub), &[], rest)
+        }
+        ["mcp", ..] if raw.help => return Ok(Invocation::Help(help(Some("mcp")))),
+        ["mcp", ..] => {
+            return Err(UsageError(
+                "use: mcp register|list|show|tools|call|start|stop|restart|reset|unregister".into(),
+            ))
+        }
         ["help", rest @ ..] => return Ok(Invocation::Help(help(Some(&rest.join(" "))))),
         [other, ..] => return Err(UsageError(format!("unknown command '{other}'"))),
     };
@@ -213,10 +303,12 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
     }
     let mut global = Global::default();
     let mut get = std::collections::HashMap::new();
+    let mut envs = Vec::new();
     for (opt, value) in raw.options {
         match opt {
             "socket" => global.socket = value.map(PathBuf::from),
             "json" => global.json = true,
+            "env" if allowed.contains(&"env") => envs.extend(value),
             o if allowed.contains(&o) => {
                 get.insert(o, value);
             }
@@ -316,6 +408,121 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 graceful: !flag("now"),
             }
         }
+        "mcp register" => {
+            let [id, command, rest @ ..] = args else {
+                return Err(UsageError(
+                    "use: mcp register ID [OPTIONS] -- COMMAND [ARGS...]".into(),
+                ));
+            };
+            let number = |k: &str| -> Result<Option<u64>, UsageError> {
+                value(k)
+                    .map(|v| {
+                        v.parse::<u64>()
+                            .map_err(|_| UsageError(format!("--{k} needs a number, not '{v}'")))
+                    })
+                    .transpose()
+            };
+            let mut env = serde_json::Map::new();
+            for pair in &envs {
+                let Some((k, v)) = pair.split_once('=') else {
+                    return Err(UsageError(format!("--env takes KEY=VALUE, not '{pair}'")));
+                };
+                env.insert(k.to_string(), Value::String(v.to_string()));
+            }
+            let capabilities: Vec<String> = value("capability")
+                .map(|c| {
+                    c.split(',')
+                        .map(str::trim)
+                        .filter(|c| !c.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut spec = json!({
+                "id": id,
+                "command": command,
+                "args": rest,
+                "env": env,
+                "capabilities": capabilities,
+                "autostart": !flag("no-autostart"),
+            });
+            for key in [
+                "call-timeout-ms",
+                "backoff-initial-ms",
+                "backoff-max-ms",
+                "max-failures",
+            ] {
+                if let Some(n) = number(key)? {
+                    spec[key.replace('-', "_")] = json!(n);
+                }
+            }
+            let mut limits = serde_json::Map::new();
+            for key in [
+                "max-open-files",
+                "max-cpu-seconds",
+                "max-memory-mb",
+                "uid",
+                "gid",
+            ] {
+                if let Some(n) = number(key)? {
+                    limits.insert(key.replace('-', "_"), json!(n));
+                }
+            }
+            spec["limits"] = Value::Object(limits);
+            if let Some(cwd) = value("cwd") {
+                spec["cwd"] = json!(cwd);
+            }
+            Command::McpRegister { spec }
+        }
+        "mcp list" => {
+            no_args(args)?;
+            let status = value("status").unwrap_or_else(|| "all".into());
+            if !["active", "inactive", "all"].contains(&status.as_str()) {
+                return Err(UsageError(format!(
+                    "--status takes active, inactive or all, not '{status}'"
+                )));
+            }
+            Command::McpList { status }
+        }
+        "mcp call" => {
+            let (id, tool, arguments) = match args {
+                [id, tool] => (id, tool, json!({})),
+                [id, tool, json] => match serde_json::from_str::<Value>(json) {
+                    Ok(v @ Value::Object(_)) => (id, tool, v),
+                    _ => {
+                        return Err(UsageError(format!(
+                            "the arguments must be a JSON object, not '{json}'"
+                        )))
+                    }
+                },
+                _ => {
+                    return Err(UsageError(
+                        "use: mcp call ID TOOL ['{\"arg\": value}'] [--timeout-ms N]".into(),
+                    ))
+                }
+            };
+            let timeout_ms = value("timeout-ms")
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| UsageError(format!("--timeout-ms needs a number, not '{v}'")))
+                })
+                .transpose()?;
+            Command::McpCall {
+                id: id.to_string(),
+                tool: tool.to_string(),
+                arguments,
+                timeout_ms,
+            }
+        }
+        n if n.starts_with("mcp ") => {
+            let [id] = args else {
+                return Err(UsageError(format!("use: {n} ID")));
+            };
+            Command::Mcp {
+                action: n.trim_start_matches("mcp ").to_string(),
+                id: id.to_string(),
+            }
+        }
         _ => return Err(UsageError(format!("unknown command '{name}'"))),
     };
     Ok(Invocation::Run(global, command))
@@ -368,6 +575,33 @@ pub fn help(command: Option<&str>) -> String {
         "stop" => "vsm-daemon stop [--graceful | --now]\n\n\
             Stops the daemon and waits until it has exited. Graceful (default): children are\n\
             stopped and state flushed within daemon.shutdown_timeout_ms.",
+        "mcp" => "vsm-daemon mcp COMMAND\n\n\
+              register ID [OPTIONS] -- COMMAND [ARGS...]   add a server (started at once unless --no-autostart)\n\
+              list [--status active|inactive|all]          id, state, pid, uptime, restarts, tools, capabilities\n\
+              show ID                                      spec, state history, tools, last errors, stderr tail\n\
+              tools ID                                     the server's tools\n\
+              call ID TOOL ['{\"arg\": 1}'] [--timeout-ms N]  call a tool; a tool error exits 1\n\
+              start|stop|restart ID                        lifecycle (stop is graceful: stdin closed, SIGTERM, SIGKILL)\n\
+              reset ID                                     close an open circuit breaker and start again\n\
+              unregister ID                                stop and forget a server",
+        "mcp register" => "vsm-daemon mcp register ID [OPTIONS] -- COMMAND [ARGS...]\n\n\
+            Registers an MCP server that speaks JSON-RPC over stdio; it is persisted and restarted\n\
+            with the daemon. Options (unset ones take the [mcp_servers] defaults):\n\
+              --capability a,b          capabilities it provides\n\
+              --env K=V                 environment (repeatable; PATH, HOME, LANG, TERM, USER pass through)\n\
+              --cwd DIR                 working directory (absolute)\n\
+              --no-autostart            register only\n\
+              --call-timeout-ms N       default tool-call deadline\n\
+              --backoff-initial-ms N    first restart delay (doubles up to --backoff-max-ms N)\n\
+              --max-failures N          failed starts within the window that open the circuit breaker\n\
+              --max-open-files N, --max-cpu-seconds N, --max-memory-mb N, --uid N, --gid N   sandbox limits",
+        "mcp list" => "vsm-daemon mcp list [--status active|inactive|all]",
+        "mcp call" => "vsm-daemon mcp call ID TOOL ['{JSON arguments}'] [--timeout-ms N]\n\n\
+            Prints the tool's text content (--json: the whole result). Exit 1 when the tool reports an\n\
+            error (isError), the call times out or the server is not active.",
+        "mcp show" | "mcp tools" | "mcp start" | "mcp stop" | "mcp restart" | "mcp reset" | "mcp unregister" => {
+            "vsm-daemon mcp show|tools|start|stop|restart|reset|unregister ID"
+        }
         _ => "vsm-daemon: keeps MCP servers alive and useful on small Linux hosts.\n\n\
             Usage: vsm-daemon COMMAND [OPTIONS]\n\n\
             Commands:\n\
@@ -378,7 +612,8 @@ pub fn help(command: Option<&str>) -> String {
               health check          run health checks\n\
               diagnostics run       self-diagnostics\n\
               restart               restart components in-process\n\
-              stop                  stop the daemon\n\n\
+              stop                  stop the daemon\n\
+              mcp register|list|show|tools|call|start|stop|restart|reset|unregister\n\n\
             `vsm-daemon COMMAND --help` tells more; --version prints the version.",
     };
     format!("{body}\n\n{GLOBAL_HELP}")
@@ -580,6 +815,37 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             Some(json!({"shutdown": true, "graceful": graceful})),
         ),
         Command::Start { .. } => ("GET", "/api/v1/status".into(), None),
+        Command::McpRegister { spec } => ("POST", "/api/v1/mcp/servers".into(), Some(spec.clone())),
+        Command::McpList { status } => (
+            "GET",
+            format!("/api/v1/mcp/servers?status={}", encode(status)),
+            None,
+        ),
+        Command::McpCall {
+            id,
+            tool,
+            arguments,
+            timeout_ms,
+        } => {
+            let mut body = json!({"name": tool, "arguments": arguments});
+            if let Some(t) = timeout_ms {
+                body["timeout_ms"] = json!(t);
+            }
+            (
+                "POST",
+                format!("/api/v1/mcp/servers/{}/tools/call", encode(id)),
+                Some(body),
+            )
+        }
+        Command::Mcp { action, id } => {
+            let path = format!("/api/v1/mcp/servers/{}", encode(id));
+            match action.as_str() {
+                "show" => ("GET", path, None),
+                "tools" => ("GET", format!("{path}/tools"), None),
+                "unregister" => ("DELETE", path, None),
+                other => ("POST", format!("{path}/{other}"), None),
+            }
+        }
     }
 }
 
@@ -697,6 +963,58 @@ fn text(v: &Value) -> String {
         Value::Null => "-".into(),
         other => other.to_string(),
     }
+}
+
+fn show_server(d: &Value) -> String {
+    let mut out = String::new();
+    let spec = &d["spec"];
+    let mut command = vec![text(&spec["command"])];
+    command.extend(spec["args"].as_array().into_iter().flatten().map(text));
+    let _ = writeln!(
+        out,
+        "{}  {}  pid {}  restarts {}",
+        text(&d["id"]),
+        text(&d["status"]),
+        text(&d["pid"]),
+        text(&d["restarts"])
+    );
+    let _ = writeln!(out, "command    {}", command.join(" "));
+    let _ = writeln!(
+        out,
+        "protocol   {}  server {}",
+        text(&d["protocol_version"]),
+        text(&d["server_info"])
+    );
+    let _ = writeln!(out, "landlock   {}", text(&d["landlock"]));
+    let _ = writeln!(out, "calls      {}", d["calls"]);
+    let _ = writeln!(out, "breaker    {}", d["circuit_breaker"]);
+    let _ = writeln!(out, "\nhistory:");
+    for h in d["history"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  {} {:<12} {}",
+            text(&h["at"]),
+            text(&h["status"]),
+            text(&h["reason"])
+        );
+    }
+    let _ = writeln!(out, "\ntools:");
+    for t in d["tools"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  {:<28} {}", text(&t["name"]), t["inputSchema"]);
+    }
+    if let Some(errors) = d["last_errors"].as_array().filter(|e| !e.is_empty()) {
+        let _ = writeln!(out, "\nlast errors:");
+        for e in errors {
+            let _ = writeln!(out, "  {} {}", text(&e["at"]), text(&e["error"]));
+        }
+    }
+    if let Some(tail) = d["stderr_tail"].as_array().filter(|e| !e.is_empty()) {
+        let _ = writeln!(out, "\nstderr (last lines):");
+        for l in tail {
+            let _ = writeln!(out, "  {}", text(l));
+        }
+    }
+    out
 }
 
 /// Human rendering of a reply's data.
@@ -858,6 +1176,98 @@ fn human(command: &Command, data: &Value) -> String {
             );
         }
         Command::Start { .. } | Command::Stop { .. } => {}
+        Command::McpRegister { .. } => {
+            let _ = writeln!(
+                out,
+                "registered {} ({})",
+                text(&data["id"]),
+                text(&data["status"])
+            );
+        }
+        Command::McpList { .. } => {
+            let _ = writeln!(
+                out,
+                "{:<16} {:<12} {:>7} {:>9} {:>8} {:>5}  CAPABILITIES",
+                "ID", "STATUS", "PID", "UPTIME", "RESTARTS", "TOOLS"
+            );
+            for s in data["servers"].as_array().into_iter().flatten() {
+                let caps: Vec<String> = s["capabilities"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(text)
+                    .collect();
+                let up = s["uptime_seconds"]
+                    .as_u64()
+                    .map(duration)
+                    .unwrap_or_else(|| "-".into());
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<12} {:>7} {:>9} {:>8} {:>5}  {}",
+                    text(&s["id"]),
+                    text(&s["status"]),
+                    text(&s["pid"]),
+                    up,
+                    text(&s["restarts"]),
+                    text(&s["tools"]),
+                    caps.join(",")
+                );
+            }
+        }
+        Command::McpCall { .. } => {
+            let result = &data["result"];
+            let mut printed = false;
+            for item in result["content"].as_array().into_iter().flatten() {
+                printed = true;
+                match item["text"].as_str() {
+                    Some(t) if item["type"] == "text" => {
+                        let _ = writeln!(out, "{t}");
+                    }
+                    _ => {
+                        let _ = writeln!(out, "{item}");
+                    }
+                }
+            }
+            if !printed {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(result).unwrap_or_default()
+                );
+            }
+        }
+        Command::Mcp { action, .. } => match action.as_str() {
+            "show" => out.push_str(&show_server(data)),
+            "tools" => {
+                for t in data["tools"].as_array().into_iter().flatten() {
+                    let required: Vec<String> = t["inputSchema"]["required"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(text)
+                        .collect();
+                    let desc = t["description"]
+                        .as_str()
+                        .unwrap_or("")
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    let _ = writeln!(
+                        out,
+                        "{:<28} ({}) {desc}",
+                        text(&t["name"]),
+                        required.join(", ")
+                    );
+                }
+            }
+            "unregister" => {
+                let _ = writeln!(out, "unregistered {}", text(&data["unregistered"]));
+            }
+            _ => {
+                let _ = writeln!(out, "{}: {}", text(&data["server"]), text(&data["status"]));
+            }
+        },
     }
     out
 }

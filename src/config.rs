@@ -31,6 +31,9 @@ pub struct Config {
     pub security: SecurityConfig,
     /// `[consciousness]`: reflection and learning.
     pub consciousness: ConsciousnessConfig,
+    /// `[[servers]]`: MCP servers declared in the file (not settable by overrides).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<crate::mcp::registry::ServerSpec>,
 }
 
 /// Declares a section struct (`#[serde(default, deny_unknown_fields)]`) and its `Default` impl
@@ -136,6 +139,42 @@ section! {
         pub max_concurrent_servers: u32 = 10,
         /// Health-check running servers.
         pub health_check_enabled: bool = true,
+        /// Default tool-call deadline, ms.
+        pub call_timeout_ms: u64 = 60_000,
+        /// Deadline for the initialize handshake and tool listing, ms.
+        pub init_timeout_ms: u64 = 30_000,
+        /// Wait after closing stdin before SIGTERM, ms.
+        pub stop_grace_ms: u64 = 2_000,
+        /// Wait after SIGTERM before SIGKILL, ms.
+        pub term_timeout_ms: u64 = 5_000,
+        /// First restart delay, ms.
+        pub backoff_initial_ms: u64 = 1_000,
+        /// Largest restart delay, ms.
+        pub backoff_max_ms: u64 = 300_000,
+        /// Stable running time that resets the backoff, ms.
+        pub backoff_reset_after_ms: u64 = 600_000,
+        /// Failed starts within the failure window that open the circuit breaker.
+        pub max_failures: u32 = 5,
+        /// Window for counting failed starts, ms.
+        pub failure_window_ms: u64 = 600_000,
+        /// Uptime a start needs (with a completed handshake) to count as good, ms.
+        pub min_uptime_ms: u64 = 1_000,
+        /// Missed health pings before a restart.
+        pub ping_misses: u32 = 3,
+        /// Longest stdout line accepted from a server, bytes.
+        pub max_line_bytes: usize = 4_194_304,
+        /// Tool calls in flight per server.
+        pub max_in_flight_calls: u32 = 64,
+        /// RLIMIT_NOFILE of servers.
+        pub max_open_files: u64 = 1024,
+        /// RLIMIT_CPU of servers in seconds; 0 = unlimited.
+        pub max_cpu_seconds: u64 = 0,
+        /// RLIMIT_DATA of servers in MiB; 0 = unlimited.
+        pub max_memory_mb: u64 = 0,
+        /// Confine servers' writes with Landlock where the kernel has it.
+        pub landlock: bool = true,
+        /// stderr lines per second per server passed to the log.
+        pub stderr_lines_per_second: u32 = 20,
     }
 }
 
@@ -308,6 +347,24 @@ pub const KEYS: &[KeyInfo] = &[
     live("mcp_servers.sandbox_timeout_ms", "time limit of a sandboxed trial of a server, in milliseconds", range(100.0, 3_600_000.0)),
     live("mcp_servers.max_concurrent_servers", "MCP servers allowed to run at once", range(1.0, 1000.0)),
     live("mcp_servers.health_check_enabled", "health-check running MCP servers", Constraint::Bool),
+    live("mcp_servers.call_timeout_ms", "default tool-call deadline in milliseconds (per server: call_timeout_ms)", range(10.0, 3_600_000.0)),
+    live("mcp_servers.init_timeout_ms", "deadline for a server's initialize handshake and tool listing, in milliseconds", range(100.0, 600_000.0)),
+    live("mcp_servers.stop_grace_ms", "graceful stop: wait after closing stdin before SIGTERM, in milliseconds", range(0.0, 600_000.0)),
+    live("mcp_servers.term_timeout_ms", "graceful stop: wait after SIGTERM before SIGKILL, in milliseconds", range(0.0, 600_000.0)),
+    live("mcp_servers.backoff_initial_ms", "first restart delay in milliseconds; doubles per failed start", range(10.0, 3_600_000.0)),
+    live("mcp_servers.backoff_max_ms", "largest restart delay in milliseconds", range(10.0, 86_400_000.0)),
+    live("mcp_servers.backoff_reset_after_ms", "stable running time that resets the backoff, in milliseconds", INTERVAL),
+    live("mcp_servers.max_failures", "failed starts within failure_window_ms that open the circuit breaker", range(1.0, 1000.0)),
+    live("mcp_servers.failure_window_ms", "window for counting failed starts, in milliseconds", INTERVAL),
+    live("mcp_servers.min_uptime_ms", "uptime (after a completed handshake) for a start to count as good, in milliseconds", range(0.0, 3_600_000.0)),
+    live("mcp_servers.ping_misses", "missed health pings before a server is restarted", range(1.0, 100.0)),
+    live("mcp_servers.max_line_bytes", "longest stdout line accepted from a server; longer kills and restarts it", range(1024.0, 268_435_456.0)),
+    live("mcp_servers.max_in_flight_calls", "tool calls in flight per server", range(1.0, 10_000.0)),
+    live("mcp_servers.max_open_files", "RLIMIT_NOFILE of servers", range(16.0, 1_048_576.0)),
+    live("mcp_servers.max_cpu_seconds", "RLIMIT_CPU of servers in seconds; 0 = unlimited", range(0.0, 31_536_000.0)),
+    live("mcp_servers.max_memory_mb", "RLIMIT_DATA of servers in MiB; 0 = unlimited", range(0.0, 1_048_576.0)),
+    live("mcp_servers.landlock", "confine servers' file writes (state dir, /tmp, their cwd and HOME) with Landlock when the kernel has it", Constraint::Bool),
+    live("mcp_servers.stderr_lines_per_second", "stderr lines per second per server passed to the log; the rest are counted", range(1.0, 10_000.0)),
     live("security.sandbox_enabled", "run untrusted MCP servers in a sandbox", Constraint::Bool),
     live("security.security_scan_enabled", "scan MCP servers before installing them", Constraint::Bool),
     live("security.min_security_score", "lowest security score a server may have", range(0.0, 100.0)),
@@ -492,6 +549,17 @@ impl Config {
                 "security.api_token_file",
                 "cannot be set together with security.api_token",
             ));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for (i, spec) in self.servers.iter().enumerate() {
+            spec.validate()
+                .map_err(|(field, m)| ConfigError::invalid(&format!("servers[{i}].{field}"), m))?;
+            if !ids.insert(spec.id.as_str()) {
+                return Err(ConfigError::invalid(
+                    &format!("servers[{i}].id"),
+                    format!("duplicate server id '{}'", spec.id),
+                ));
+            }
         }
         Ok(())
     }
@@ -863,9 +931,48 @@ pub fn schema() -> Value {
         }
     }
     let mut root = node("", &Config::default().json());
+    root["properties"]["servers"] = servers_schema();
     root["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
     root["title"] = json!("vsm-daemon configuration");
     root
+}
+
+/// Schema of `[[servers]]` entries (see `mcp::registry::ServerSpec`).
+fn servers_schema() -> Value {
+    let ms = |d: &str| json!({"type": "integer", "minimum": 10, "description": d});
+    json!({
+        "type": "array",
+        "description": "MCP servers declared in the file; servers registered over the API live in the state directory",
+        "items": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["id", "command"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$"},
+                "command": {"type": "string", "minLength": 1, "description": "program, looked up on PATH"},
+                "args": {"type": "array", "items": {"type": "string"}, "default": []},
+                "env": {"type": "object", "additionalProperties": {"type": "string"}, "default": {}},
+                "cwd": {"type": "string", "description": "absolute working directory"},
+                "capabilities": {"type": "array", "items": {"type": "string"}, "default": []},
+                "autostart": {"type": "boolean", "default": true},
+                "call_timeout_ms": ms("tool-call deadline"),
+                "backoff_initial_ms": ms("first restart delay"),
+                "backoff_max_ms": ms("largest restart delay"),
+                "max_failures": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "limits": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "max_open_files": {"type": "integer", "minimum": 0},
+                        "max_cpu_seconds": {"type": "integer", "minimum": 0},
+                        "max_memory_mb": {"type": "integer", "minimum": 0},
+                        "uid": {"type": "integer", "minimum": 0},
+                        "gid": {"type": "integer", "minimum": 0}
+                    }
+                }
+            }
+        }
+    })
 }
 
 fn constraint_text(info: &KeyInfo, default: &Value) -> String {
@@ -940,8 +1047,24 @@ pub fn example_toml() -> String {
         ));
         out.push_str(&format!("{name} = {}\n", toml_value(default)));
     }
+    out.push_str(SERVERS_EXAMPLE);
     out
 }
+
+/// The commented `[[servers]]` example at the end of the example file.
+const SERVERS_EXAMPLE: &str = r#"
+# MCP servers declared here are started by the daemon (autostart) and cannot be unregistered
+# over the API; servers registered with `vsm-daemon mcp register` are kept in the state dir.
+# Per server: args, env (table), cwd (absolute), capabilities, autostart, call_timeout_ms,
+# backoff_initial_ms, backoff_max_ms, max_failures, and [servers.limits] max_open_files,
+# max_cpu_seconds, max_memory_mb, uid, gid. Unset values take the [mcp_servers] defaults.
+#
+# [[servers]]
+# id = "time"
+# command = "python3"
+# args = ["-m", "mcp_server_time", "--local-timezone", "UTC"]
+# capabilities = ["time"]
+"#;
 
 #[cfg(test)]
 mod tests {

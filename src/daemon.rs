@@ -9,10 +9,13 @@
 //! Health checks report per component; one place ([`Daemon::finish_health_round`]) decides
 //! what to do about a failure (restart the control socket or the worker).
 
-use crate::api::{self, Answer, ApiError, ErrorCode, LogQuery, Request};
+use crate::api::{self, Answer, ApiError, ErrorCode, EventQuery, LogQuery, Request};
 use crate::config::{self, Config, ConfigError};
 use crate::diagnostics;
+use crate::events::{Event, EventLog};
 use crate::logs::{LogRecord, Logging};
+use crate::mcp::registry::{ServerSpec, REGISTRY_FILE};
+use crate::mcp::{self, Mcp, Output, Source};
 use crate::net::listener::{self, ControlListener};
 use crate::net::{self, http, routes, ConnId, ConnPolicy, Incoming, Peer, Server};
 use crate::reactor::timer::TimerId;
@@ -35,6 +38,8 @@ const WORKER_PING_TIMEOUT: Duration = Duration::from_secs(5);
 const DIAGNOSTICS_TIMEOUT: Duration = Duration::from_secs(20);
 /// Stream back-pressure: a follower with more than this unsent is skipped until it drains.
 const STREAM_BACKLOG_LIMIT: usize = 1024 * 1024;
+/// Events kept in the history ring.
+const EVENT_HISTORY: usize = 1000;
 /// Component names, in display order.
 pub const COMPONENTS: [&str; 3] = ["control", "worker", "monitor"];
 
@@ -90,6 +95,8 @@ pub enum Timer {
     Job(u64),
     /// Graceful shutdown took too long.
     ShutdownDeadline,
+    /// A timer of an MCP server.
+    Mcp(mcp::McpTimer),
 }
 
 /// Results of blocking jobs.
@@ -144,9 +151,15 @@ enum PendingJob {
     Diagnostics { reply: ReplyTo, checks: Vec<Value> },
 }
 
+/// What a stream follows.
+enum Feed {
+    Logs(LogQuery),
+    Events(EventQuery),
+}
+
 struct Follower {
     conn: ConnId,
-    query: LogQuery,
+    feed: Feed,
     cursor: u64,
 }
 
@@ -177,6 +190,9 @@ pub struct Daemon {
     round: Option<HealthRound>,
     jobs: HashMap<u64, (PendingJob, TimerId)>,
     followers: Vec<Follower>,
+    mcp: Mcp,
+    events: EventLog,
+    outputs: Vec<Output>,
     started_at: SystemTime,
     started: Instant,
     next_request_id: u64,
@@ -290,6 +306,18 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         })
         .collect();
     let server = Server::new(conn_policy(&effective));
+    let mcp = Mcp::new(mcp::Settings {
+        config: effective.mcp_servers.clone(),
+        sandbox_enabled: effective.security.sandbox_enabled,
+        state_dir: state.path().to_path_buf(),
+    });
+    let registered = match state.read::<Vec<ServerSpec>>(REGISTRY_FILE) {
+        Ok(specs) => specs.unwrap_or_default(),
+        Err(e) => {
+            log::error!("registered MCP servers not loaded: {e}");
+            Vec::new()
+        }
+    };
     let mut daemon = Daemon {
         config: ConfigLayers {
             file: options.config.clone(),
@@ -313,6 +341,9 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         round: None,
         jobs: HashMap::new(),
         followers: Vec::new(),
+        mcp,
+        events: EventLog::new(EVENT_HISTORY),
+        outputs: Vec::new(),
         started_at: now,
         started: Instant::now(),
         next_request_id: 1,
@@ -333,6 +364,21 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             if let Err(e) = daemon.start_component(&mut cx, name) {
                 log::error!("cannot start {name}: {e}");
             }
+        }
+    }
+    let autostart = daemon.config.effective.daemon.auto_start_services;
+    let from_config = daemon.config.effective.servers.clone();
+    for (spec, source) in registered
+        .into_iter()
+        .map(|s| (s, Source::Api))
+        .chain(from_config.into_iter().map(|s| (s, Source::Config)))
+    {
+        let id = spec.id.clone();
+        if let Err(e) = daemon
+            .mcp
+            .register(&mut cx, spec, source, autostart, &mut daemon.outputs)
+        {
+            log::error!("MCP server {id} not registered: {e}");
         }
     }
     daemon.setup_watchdog(&mut cx);
@@ -671,8 +717,97 @@ impl Daemon {
                 self.diagnostics(cx, reply, full);
                 return;
             }
+            Request::Events { query, follow } => {
+                if follow {
+                    self.follow(cx, reply, Feed::Events(query));
+                    return;
+                }
+                Ok(self.event_history(&query))
+            }
+            Request::McpList { status } => Ok(self.mcp.list(status)),
+            Request::McpShow { id } => self.mcp.show(&id),
+            Request::McpTools { id } => self.mcp.tools(&id),
+            Request::McpRegister { spec } => {
+                let autostart = spec.autostart;
+                let result = self
+                    .mcp
+                    .register(cx, spec, Source::Api, autostart, &mut self.outputs);
+                if result.is_ok() {
+                    self.persist_registry();
+                }
+                result
+            }
+            Request::McpUnregister { id } => {
+                let result = self.mcp.unregister(cx, &id, &mut self.outputs);
+                if result.is_ok() {
+                    self.persist_registry();
+                }
+                result
+            }
+            Request::McpStart { id } => self.mcp.start(cx, &id, &mut self.outputs),
+            Request::McpStop { id } => self.mcp.stop(cx, &id, &mut self.outputs),
+            Request::McpRestart { id } => self.mcp.restart(cx, &id, &mut self.outputs),
+            Request::McpReset { id } => self.mcp.reset(cx, &id, &mut self.outputs),
+            Request::McpCall {
+                id,
+                name,
+                arguments,
+                timeout_ms,
+            } => match self.mcp.call(
+                cx,
+                &id,
+                &name,
+                arguments,
+                timeout_ms,
+                reply,
+                &mut self.outputs,
+            ) {
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
         };
         self.answer(cx, reply, answer);
+    }
+
+    fn persist_registry(&self) {
+        if let Err(e) = self.state.write(REGISTRY_FILE, &self.mcp.api_specs()) {
+            log::error!("cannot save registered MCP servers: {e}");
+        }
+    }
+
+    /// Delivers what the MCP layer produced: answers and events.
+    fn deliver(&mut self, cx: &mut Cx<'_, Timer>) {
+        while !self.outputs.is_empty() {
+            for output in std::mem::take(&mut self.outputs) {
+                match output {
+                    Output::Reply(reply, answer) => self.answer(cx, reply, answer),
+                    Output::Event(channel, kind, data) => {
+                        self.events.publish(channel, kind, data);
+                    }
+                }
+            }
+        }
+    }
+
+    fn event_filter(query: &EventQuery) -> impl Fn(&Event) -> bool + '_ {
+        move |e: &Event| {
+            query.kind.as_deref().is_none_or(|k| k == e.kind)
+                && query.channel.as_deref().is_none_or(|c| c == e.channel)
+        }
+    }
+
+    fn event_history(&self, query: &EventQuery) -> Value {
+        let events: Vec<Value> = self
+            .events
+            .query(
+                query.since.unwrap_or(0),
+                query.limit,
+                Self::event_filter(query),
+            )
+            .into_iter()
+            .map(Event::to_json)
+            .collect();
+        json!({"events": events, "last_seq": self.events.last_seq()})
     }
 
     fn answer(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, answer: Answer) {
@@ -743,6 +878,10 @@ impl Daemon {
                 "pid_file": self.pid_file.display().to_string(),
             },
             "components": components,
+            "mcp_servers": {
+                "active_count": self.mcp.counts().0,
+                "total_registered": self.mcp.counts().1,
+            },
         });
         if detailed {
             data["loop"] = self.loop_stats(cx.stats, cx.timers.len());
@@ -948,6 +1087,12 @@ impl Daemon {
                 _ => {}
             }
         }
+        self.mcp.settings.config = new.mcp_servers.clone();
+        self.mcp.settings.sandbox_enabled = new.security.sandbox_enabled;
+        if self.config.effective.servers != new.servers {
+            self.mcp
+                .sync_config_servers(cx, &new.servers, &mut self.outputs);
+        }
         let report = json!({
             "changed": changed,
             "restart_required": restart_required,
@@ -984,34 +1129,51 @@ impl Daemon {
     }
 
     fn follow_logs(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, query: LogQuery) {
-        let ReplyTo::Http { conn, seq, .. } = reply;
-        // Start with the newest `lines` records, like `tail -f`.
-        let backlog = self.logging.ring.query(
-            query.since.unwrap_or(0),
-            query.lines,
-            Self::log_filter(&query),
-        );
-        let cursor = backlog
-            .first()
-            .map_or(self.logging.ring.last_seq(), |r| r.seq - 1);
-        self.server.start_stream(cx, conn, seq, &mut self.incoming);
-        self.followers.push(Follower {
-            conn,
-            query,
-            cursor,
-        });
-        self.logging.set_followers(self.followers.len());
+        self.follow(cx, reply, Feed::Logs(query));
     }
 
+    /// Turns a request into a stream that starts with the newest backlog (like `tail -f`).
+    fn follow(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, feed: Feed) {
+        let ReplyTo::Http { conn, seq, .. } = reply;
+        let cursor = match &feed {
+            Feed::Logs(q) => self
+                .logging
+                .ring
+                .query(q.since.unwrap_or(0), q.lines, Self::log_filter(q))
+                .first()
+                .map_or(self.logging.ring.last_seq(), |r| r.seq - 1),
+            Feed::Events(q) => self
+                .events
+                .query(q.since.unwrap_or(0), q.limit, Self::event_filter(q))
+                .first()
+                .map_or(self.events.last_seq(), |e| e.seq - 1),
+        };
+        self.server.start_stream(cx, conn, seq, &mut self.incoming);
+        self.followers.push(Follower { conn, feed, cursor });
+        self.update_follower_count();
+    }
+
+    fn update_follower_count(&self) {
+        let logs = self
+            .followers
+            .iter()
+            .filter(|f| matches!(f.feed, Feed::Logs(_)))
+            .count();
+        self.logging.set_followers(logs);
+    }
+
+    /// Sends new records and events to the streams that follow them.
     fn flush_followers(&mut self, cx: &mut Cx<'_, Timer>) {
         if self.followers.is_empty() {
             return;
         }
-        let last = self.logging.ring.last_seq();
-        let first = self.logging.ring.first_seq();
         let mut followers = std::mem::take(&mut self.followers);
         followers.retain(|f| self.server.is_open(f.conn));
         for f in &mut followers {
+            let (first, last) = match f.feed {
+                Feed::Logs(_) => (self.logging.ring.first_seq(), self.logging.ring.last_seq()),
+                Feed::Events(_) => (self.events.first_seq(), self.events.last_seq()),
+            };
             if f.cursor >= last || !self.server.is_streaming(f.conn) {
                 continue;
             }
@@ -1025,14 +1187,35 @@ impl Daemon {
                     format!("event: dropped\ndata: {{\"count\":{missed}}}\n\n").as_bytes(),
                 );
             }
-            for r in self
-                .logging
-                .ring
-                .query(f.cursor, usize::MAX, Self::log_filter(&f.query))
-            {
-                out.extend_from_slice(
-                    format!("id: {}\nevent: log\ndata: {}\n\n", r.seq, r.to_json()).as_bytes(),
-                );
+            match &f.feed {
+                Feed::Logs(q) => {
+                    for r in self
+                        .logging
+                        .ring
+                        .query(f.cursor, usize::MAX, Self::log_filter(q))
+                    {
+                        out.extend_from_slice(
+                            format!("id: {}\nevent: log\ndata: {}\n\n", r.seq, r.to_json())
+                                .as_bytes(),
+                        );
+                    }
+                }
+                Feed::Events(q) => {
+                    for e in self
+                        .events
+                        .query(f.cursor, usize::MAX, Self::event_filter(q))
+                    {
+                        out.extend_from_slice(
+                            format!(
+                                "id: {}\nevent: {}\ndata: {}\n\n",
+                                e.seq,
+                                e.kind,
+                                e.to_json()
+                            )
+                            .as_bytes(),
+                        );
+                    }
+                }
             }
             f.cursor = last;
             if !out.is_empty() {
@@ -1042,7 +1225,7 @@ impl Daemon {
         }
         followers.retain(|f| self.server.is_open(f.conn));
         self.followers = followers;
-        self.logging.set_followers(self.followers.len());
+        self.update_follower_count();
     }
 
     // ----- health -----
@@ -1368,6 +1551,7 @@ impl Daemon {
         self.notify("STOPPING=1");
         // New connections are refused at once; open ones get their answers.
         self.stop_control(cx);
+        self.mcp.stop_all(cx, graceful, &mut self.outputs);
         let _ = self.stop_component(cx, "monitor");
         let _ = self.stop_component(cx, "worker");
         let timeout = if graceful {
@@ -1436,6 +1620,8 @@ impl Handler for Daemon {
         let token = event.token();
         if token == net::CONTROL_LISTENER {
             self.accept_control(cx);
+        } else if Mcp::owns(token) {
+            self.mcp.on_ready(cx, token, &mut self.outputs);
         } else if Server::owns(token) {
             self.server.on_ready(cx, token, &mut self.incoming);
         }
@@ -1451,7 +1637,9 @@ impl Handler for Daemon {
                 self.health_timer =
                     Some(cx.timers.insert(Instant::now() + every, Timer::HealthCheck));
                 self.start_health_round(cx, None);
+                self.mcp.ping_all(cx, &mut self.outputs);
             }
+            Timer::Mcp(t) => self.mcp.on_timer(cx, t, &mut self.outputs),
             Timer::Watchdog => {
                 self.notify("WATCHDOG=1");
                 if let Some(period) = self.watchdog {
@@ -1467,6 +1655,7 @@ impl Handler for Daemon {
             Timer::ShutdownDeadline => {
                 if self.stopping.is_some() {
                     log::warn!("shutdown deadline reached; closing remaining connections");
+                    self.mcp.kill_all();
                     self.shutdown_deadline_passed = true;
                 }
             }
@@ -1495,7 +1684,12 @@ impl Handler for Daemon {
             libc::SIGCHLD => {
                 while let Some(reaped) = sys::reap_any() {
                     self.reaped += 1;
-                    log::debug!("reaped process {} (status {})", reaped.pid, reaped.status);
+                    if !self
+                        .mcp
+                        .on_child_exit(cx, reaped.pid, reaped.status, &mut self.outputs)
+                    {
+                        log::debug!("reaped orphan {} (status {})", reaped.pid, reaped.status);
+                    }
                 }
             }
             _ => {}
@@ -1515,18 +1709,22 @@ impl Handler for Daemon {
     }
 
     fn after_dispatch(&mut self, cx: &mut Cx<'_, Timer>) {
-        while let Some(incoming) = self.incoming.pop_front() {
-            self.handle_incoming(cx, incoming);
-        }
-        self.flush_followers(cx);
-        while let Some(incoming) = self.incoming.pop_front() {
-            self.handle_incoming(cx, incoming);
+        loop {
+            while let Some(incoming) = self.incoming.pop_front() {
+                self.handle_incoming(cx, incoming);
+            }
+            self.deliver(cx);
+            self.flush_followers(cx);
+            if self.incoming.is_empty() && self.outputs.is_empty() {
+                break;
+            }
         }
     }
 
     fn finished(&self) -> bool {
         self.stopping.is_some()
-            && (self.shutdown_deadline_passed || !self.server.has_pending_output())
+            && (self.shutdown_deadline_passed
+                || (!self.server.has_pending_output() && self.mcp.all_exited()))
     }
 }
 

@@ -195,6 +195,228 @@ pub fn kernel_release() -> String {
     release.to_string_lossy().into_owned()
 }
 
+/// What a child process does to itself between fork and exec. Everything here runs in the
+/// forked child, so it uses raw system calls only (async-signal-safe, no allocation).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChildSandbox {
+    /// The daemon's pid, to detect that it died before PDEATHSIG was armed.
+    pub parent: i32,
+    /// RLIMIT_NOFILE (clamped to the hard limit).
+    pub max_open_files: Option<u64>,
+    /// RLIMIT_CPU in seconds.
+    pub max_cpu_seconds: Option<u64>,
+    /// RLIMIT_DATA in bytes.
+    pub max_data_bytes: Option<u64>,
+    /// setgid to this (root only).
+    pub gid: Option<u32>,
+    /// setuid to this (root only).
+    pub uid: Option<u32>,
+    /// A Landlock ruleset to enforce (made by [`landlock_write_ruleset`] in the parent).
+    pub landlock_fd: Option<RawFd>,
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets soft and hard limits, never above the current hard limit (raising it needs privileges).
+fn set_limit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid out-pointer.
+    check(unsafe { libc::getrlimit(resource, &mut lim) })?;
+    let cap = |v: u64| {
+        let v = v as libc::rlim_t;
+        if lim.rlim_max == libc::RLIM_INFINITY || v < lim.rlim_max {
+            v
+        } else {
+            lim.rlim_max
+        }
+    };
+    let new = libc::rlimit {
+        rlim_cur: cap(soft),
+        rlim_max: cap(hard),
+    };
+    // SAFETY: new is a valid, initialised rlimit.
+    check(unsafe { libc::setrlimit(resource, &new) })
+}
+
+/// Applies the sandbox in a forked child (call from `pre_exec` only).
+///
+/// # Errors
+/// The failing system call's error; the spawn then fails with it.
+pub fn enter_child_sandbox(s: &ChildSandbox) -> io::Result<()> {
+    // SAFETY: setsid has no preconditions; in a fresh child it cannot fail except EPERM
+    // when already a group leader, which a forked child is not.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })?;
+    // The daemon may have died between fork and prctl: then nobody would ever kill us.
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != s.parent {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) })?;
+    set_limit(libc::RLIMIT_CORE, 0, 0)?;
+    if let Some(n) = s.max_open_files {
+        set_limit(libc::RLIMIT_NOFILE, n, n)?;
+    }
+    if let Some(n) = s.max_cpu_seconds.filter(|&n| n > 0) {
+        // SIGXCPU at the soft limit, SIGKILL a little later at the hard one.
+        set_limit(libc::RLIMIT_CPU, n, n + 5)?;
+    }
+    if let Some(n) = s.max_data_bytes.filter(|&n| n > 0) {
+        set_limit(libc::RLIMIT_DATA, n, n)?;
+    }
+    if let Some(gid) = s.gid {
+        // SAFETY: an empty group list is a valid argument.
+        check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+        // SAFETY: plain integer argument.
+        check(unsafe { libc::setgid(gid) })?;
+    }
+    if let Some(uid) = s.uid {
+        // SAFETY: plain integer argument.
+        check(unsafe { libc::setuid(uid) })?;
+    }
+    if let Some(fd) = s.landlock_fd {
+        // SAFETY: fd is a Landlock ruleset fd inherited from the parent; flags 0.
+        if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the ruleset fd is ours in this child and no longer needed.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+/// Builds a Landlock ruleset that lets a process read and execute anything but write, create
+/// or remove files only beneath `writable` directories. Returns the ruleset fd and the ABI.
+///
+/// # Errors
+/// Landlock unavailable, or a path that cannot be opened.
+pub fn landlock_write_ruleset(
+    writable: &[&std::path::Path],
+) -> io::Result<(std::os::fd::OwnedFd, i64)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let abi = landlock_abi()?;
+    // WRITE_FILE, REMOVE_DIR, REMOVE_FILE, MAKE_{CHAR,DIR,REG,SOCK,FIFO,BLOCK,SYM}
+    let mut handled: u64 = (1 << 1) | (0x1ff << 4);
+    if abi >= 2 {
+        handled |= 1 << 13; // REFER
+    }
+    if abi >= 3 {
+        handled |= 1 << 14; // TRUNCATE
+    }
+    let attr: u64 = handled;
+    // SAFETY: attr is a valid landlock_ruleset_attr prefix of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            &attr as *const u64,
+            std::mem::size_of::<u64>(),
+            0u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us.
+    let ruleset = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    #[repr(C, packed)]
+    struct PathBeneath {
+        allowed_access: u64,
+        parent_fd: i32,
+    }
+    for dir in writable {
+        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+            continue;
+        };
+        // SAFETY: c is a valid NUL-terminated path.
+        let pfd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_CLOEXEC | libc::O_DIRECTORY,
+            )
+        };
+        if pfd < 0 {
+            continue; // a missing directory simply gets no rule
+        }
+        let rule = PathBeneath {
+            allowed_access: handled,
+            parent_fd: pfd,
+        };
+        // SAFETY: rule is a valid landlock_path_beneath_attr; both fds are open.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_landlock_add_rule,
+                std::os::fd::AsRawFd::as_raw_fd(&ruleset),
+                1u32, // LANDLOCK_RULE_PATH_BENEATH
+                &rule as *const PathBeneath,
+                0u32,
+            )
+        };
+        let err = io::Error::last_os_error();
+        // SAFETY: pfd was opened above and is not used after this.
+        unsafe { libc::close(pfd) };
+        if rc != 0 {
+            return Err(err);
+        }
+    }
+    Ok((ruleset, abi))
+}
+
+/// Sends `signal` to every process of the group `pgid`.
+///
+/// # Errors
+/// ESRCH when the group is empty.
+pub fn kill_group(pgid: i32, signal: i32) -> io::Result<()> {
+    if pgid <= 1 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    kill(-pgid, signal)
+}
+
+/// Pids whose parent is this process (orphans re-parented to us as subreaper included).
+pub fn own_children() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')').and_then(|(_, rest)| {
+                        rest.split_whitespace()
+                            .nth(1)
+                            .and_then(|p| p.parse::<i32>().ok())
+                    })
+                })
+                == Some(me)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

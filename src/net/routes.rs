@@ -4,7 +4,8 @@
 //! A path that exists with another method is a 405 naming the allowed methods; an unknown
 //! path is a 404; a bad parameter or body is a 400 naming the field.
 
-use crate::api::{ApiError, ErrorCode, LogQuery, Request};
+use crate::api::{ApiError, ErrorCode, EventQuery, LogQuery, Request};
+use crate::mcp::registry::ServerSpec;
 use crate::net::http;
 use serde_json::Value;
 
@@ -20,7 +21,31 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/config/schema", &["GET"]),
     ("/api/v1/logs", &["GET"]),
     ("/api/v1/diagnostics/run", &["POST"]),
+    ("/api/v1/events", &["GET"]),
+    ("/api/v1/mcp/servers", &["GET", "POST"]),
+    ("/api/v1/mcp/servers/{id}", &["GET", "DELETE"]),
+    ("/api/v1/mcp/servers/{id}/start", &["POST"]),
+    ("/api/v1/mcp/servers/{id}/stop", &["POST"]),
+    ("/api/v1/mcp/servers/{id}/restart", &["POST"]),
+    ("/api/v1/mcp/servers/{id}/reset", &["POST"]),
+    ("/api/v1/mcp/servers/{id}/tools", &["GET"]),
+    ("/api/v1/mcp/servers/{id}/tools/call", &["POST"]),
 ];
+
+/// Matches a path against a route pattern; returns the `{id}` segment (decoded) if any.
+fn matches(pattern: &str, path: &str) -> Option<Option<String>> {
+    let mut id = None;
+    let mut p = pattern.split('/');
+    let mut q = path.split('/');
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return Some(id),
+            (Some("{id}"), Some(seg)) if !seg.is_empty() => id = Some(percent_decode(seg)?),
+            (Some(a), Some(b)) if a == b => {}
+            _ => return None,
+        }
+    }
+}
 
 /// A routing failure: the error and, for 405, the methods to list in `Allow`.
 #[derive(Debug)]
@@ -43,11 +68,15 @@ impl From<ApiError> for RouteError {
 /// 404 for unknown paths, 405 (with `allow`) for a wrong method, 400 for bad input.
 pub fn route(req: &http::Request) -> Result<Request, RouteError> {
     let path = req.path.trim_end_matches('/');
-    let Some((_, methods)) = ROUTES.iter().find(|(p, _)| *p == path) else {
+    let Some((pattern, methods, id)) = ROUTES
+        .iter()
+        .find_map(|(p, m)| matches(p, path).map(|id| (*p, *m, id)))
+    else {
         return Err(
             ApiError::new(ErrorCode::NotFound, format!("no route for {}", req.path)).into(),
         );
     };
+    let id = id.unwrap_or_default();
     let method = if req.method == "HEAD" {
         "GET"
     } else {
@@ -64,7 +93,7 @@ pub fn route(req: &http::Request) -> Result<Request, RouteError> {
     }
     let q = Query::parse(&req.query)?;
     let body = Body::parse(&req.body)?;
-    let request = match (method, path) {
+    let request = match (method, pattern) {
         ("GET", "/api/v1/status") => Request::Status {
             detailed: q.flag("detailed")?,
         },
@@ -112,6 +141,94 @@ pub fn route(req: &http::Request) -> Result<Request, RouteError> {
         ("POST", "/api/v1/diagnostics/run") => Request::Diagnostics {
             full: q.flag("full")? || body.flag("full")?.unwrap_or(false),
         },
+        ("GET", "/api/v1/events") => Request::Events {
+            query: EventQuery {
+                kind: q.text("type"),
+                channel: q.text("channel"),
+                since: q.number("since")?,
+                limit: q.number("limit")?.unwrap_or(100).min(10_000) as usize,
+            },
+            follow: req.accepts_event_stream() || q.flag("follow")?,
+        },
+        ("GET", "/api/v1/mcp/servers") => Request::McpList {
+            status: match q.text("status").as_deref() {
+                None | Some("all") => "all",
+                Some("active") => "active",
+                Some("inactive") => "inactive",
+                Some(other) => {
+                    return Err(ApiError::field(
+                        ErrorCode::InvalidParameter,
+                        "status",
+                        format!("'{other}' is not one of active, inactive, all"),
+                    )
+                    .into())
+                }
+            },
+        },
+        ("POST", "/api/v1/mcp/servers") => {
+            let Some(spec) = body.0 else {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    "body must be a server spec object",
+                )
+                .into());
+            };
+            let spec: ServerSpec = serde_json::from_value(spec).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    format!("invalid server spec: {e}"),
+                )
+            })?;
+            Request::McpRegister { spec }
+        }
+        ("GET", "/api/v1/mcp/servers/{id}") => Request::McpShow { id },
+        ("DELETE", "/api/v1/mcp/servers/{id}") => Request::McpUnregister { id },
+        ("POST", "/api/v1/mcp/servers/{id}/start") => Request::McpStart { id },
+        ("POST", "/api/v1/mcp/servers/{id}/stop") => Request::McpStop { id },
+        ("POST", "/api/v1/mcp/servers/{id}/restart") => Request::McpRestart { id },
+        ("POST", "/api/v1/mcp/servers/{id}/reset") => Request::McpReset { id },
+        ("GET", "/api/v1/mcp/servers/{id}/tools") => Request::McpTools { id },
+        ("POST", "/api/v1/mcp/servers/{id}/tools/call") => {
+            let name = body.text("name")?.ok_or_else(|| {
+                ApiError::field(
+                    ErrorCode::InvalidParameter,
+                    "name",
+                    "the tool name is required",
+                )
+            })?;
+            let arguments = match body.get("arguments") {
+                None => Value::Object(Default::default()),
+                Some(v @ Value::Object(_)) => v.clone(),
+                Some(_) => {
+                    return Err(ApiError::field(
+                        ErrorCode::InvalidParameter,
+                        "arguments",
+                        "must be an object",
+                    )
+                    .into())
+                }
+            };
+            let timeout_ms = match body.get("timeout_ms") {
+                None => None,
+                Some(v) => match v.as_u64() {
+                    Some(n) if (1..=3_600_000).contains(&n) => Some(n),
+                    _ => {
+                        return Err(ApiError::field(
+                            ErrorCode::InvalidParameter,
+                            "timeout_ms",
+                            "must be an integer between 1 and 3600000",
+                        )
+                        .into())
+                    }
+                },
+            };
+            Request::McpCall {
+                id,
+                name,
+                arguments,
+                timeout_ms,
+            }
+        }
         _ => {
             return Err(
                 ApiError::new(ErrorCode::NotFound, format!("no route for {}", req.path)).into(),

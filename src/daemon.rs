@@ -366,6 +366,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             }
         }
     }
+    daemon.mcp.start_reaper();
     let autostart = daemon.config.effective.daemon.auto_start_services;
     let from_config = daemon.config.effective.servers.clone();
     for (spec, source) in registered

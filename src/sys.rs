@@ -394,6 +394,43 @@ pub fn kill_group(pgid: i32, signal: i32) -> io::Result<()> {
     kill(-pgid, signal)
 }
 
+/// Starts a new session (call from `pre_exec`).
+///
+/// # Errors
+/// EPERM when already a group leader.
+pub fn new_session() -> io::Result<()> {
+    // SAFETY: setsid has no memory-safety preconditions.
+    if unsafe { libc::setsid() } < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Ignores a signal (SIG_IGN).
+pub fn ignore_signal(signal: i32) {
+    // SAFETY: installing SIG_IGN is always sound.
+    unsafe { libc::signal(signal, libc::SIG_IGN) };
+}
+
+/// Puts a file descriptor in non-blocking mode.
+///
+/// # Errors
+/// The fcntl error.
+pub fn set_nonblocking(fd: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on an fd we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Pids whose parent is this process (orphans re-parented to us as subreaper included).
 pub fn own_children() -> Vec<i32> {
     let me = std::process::id() as i32;

@@ -12,6 +12,7 @@
 
 pub mod jsonrpc;
 pub mod process;
+pub mod reaper;
 pub mod registry;
 pub mod server;
 pub mod supervisor;
@@ -86,6 +87,7 @@ pub struct Mcp {
     /// Settings, updated on config changes.
     pub settings: Settings,
     jitter: Jitter,
+    reaper: Option<reaper::Reaper>,
 }
 
 fn tokens(slot: usize) -> PipeTokens {
@@ -124,6 +126,17 @@ impl Mcp {
             pids: HashMap::new(),
             settings,
             jitter: Jitter::new(),
+            reaper: None,
+        }
+    }
+
+    /// Starts the companion that kills server process groups if the daemon dies.
+    pub fn start_reaper(&mut self) {
+        match reaper::Reaper::spawn() {
+            Ok(r) => self.reaper = Some(r),
+            Err(e) => log::warn!(
+                "no reaper process ({e}): grandchildren of MCP servers may outlive a killed daemon"
+            ),
         }
     }
 
@@ -643,6 +656,9 @@ impl Mcp {
         match launched {
             Ok((process, landlock)) => {
                 self.pids.insert(process.pid, id.to_string());
+                if let Some(r) = self.reaper.as_mut() {
+                    r.track(process.pid, true);
+                }
                 server.last_pid = Some(process.pid);
                 server.landlock = landlock;
                 server.process = Some(process);
@@ -1332,6 +1348,9 @@ impl Mcp {
         process.exit_status = Some(status);
         // Grandchildren left in its group die with it.
         process.signal_group(libc::SIGKILL);
+        if let Some(r) = self.reaper.as_mut() {
+            r.track(process.pid, false);
+        }
         process.close_all(cx.registry);
         if let Some(t) = server.timer.take() {
             cx.timers.cancel(t);
@@ -1444,8 +1463,9 @@ impl Mcp {
     /// Kills processes re-parented to us (we are a subreaper) that no server owns: the
     /// double-forked leftovers of servers that are gone.
     fn sweep_orphans(&self) {
+        let reaper = self.reaper.as_ref().map(reaper::Reaper::pid);
         for pid in sys::own_children() {
-            if !self.pids.contains_key(&pid) && sys::process_running(pid) {
+            if !self.pids.contains_key(&pid) && Some(pid) != reaper && sys::process_running(pid) {
                 log::warn!("killing orphaned process {pid} left behind by an MCP server");
                 let _ = sys::kill(pid, libc::SIGKILL);
             }

@@ -180,6 +180,10 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// Caller may not use the daemon.
     Forbidden,
+    /// A bearer token is required and was missing or wrong.
+    Unauthorized,
+    /// A WebSocket endpoint was called without an upgrade.
+    UpgradeRequired,
     /// Request head too large.
     HeaderTooLarge,
     /// Request body too large.
@@ -227,6 +231,8 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::UpgradeRequired => "upgrade_required",
             ErrorCode::HeaderTooLarge => "header_too_large",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::LengthRequired => "length_required",
@@ -252,7 +258,9 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::BadRequest | ErrorCode::InvalidParameter | ErrorCode::ConfigInvalid => 400,
+            ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
+            ErrorCode::UpgradeRequired => 426,
             ErrorCode::NotFound
             | ErrorCode::ComponentNotFound
             | ErrorCode::ConfigKeyNotFound

@@ -43,6 +43,8 @@ pub enum Command {
         config: Option<PathBuf>,
         /// `--state-dir DIR`.
         state_dir: Option<PathBuf>,
+        /// `--listen ADDR`.
+        listen: Option<std::net::SocketAddr>,
     },
     /// Show status.
     Status {
@@ -197,6 +199,7 @@ const VALUE_OPTIONS: &[&str] = &[
     "socket",
     "config",
     "state-dir",
+    "listen",
     "section",
     "level",
     "lines",
@@ -264,7 +267,7 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         [] if raw.version => return Ok(Invocation::Version),
         [] if raw.help => return Ok(Invocation::Help(help(None))),
         [] => return Err(UsageError("missing command".into())),
-        ["start", rest @ ..] => ("start", &["config", "state-dir"], rest),
+        ["start", rest @ ..] => ("start", &["config", "state-dir", "listen"], rest),
         ["status", rest @ ..] => ("status", &["detailed"], rest),
         ["config", "show", rest @ ..] => ("config show", &["section"], rest),
         ["config", "set", rest @ ..] => ("config set", &[], rest),
@@ -329,6 +332,12 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
             Command::Start {
                 config: value("config").map(PathBuf::from),
                 state_dir: value("state-dir").map(PathBuf::from),
+                listen: value("listen")
+                    .map(|a| {
+                        a.parse()
+                            .map_err(|_| UsageError(format!("--listen takes IP:PORT, not '{a}'")))
+                    })
+                    .transpose()?,
             }
         }
         "status" => {
@@ -539,11 +548,12 @@ Exit codes: 0 ok, 1 refused by the daemon or a check failed, 2 usage, 3 daemon u
 /// Help text for a command (or the overview).
 pub fn help(command: Option<&str>) -> String {
     let body = match command.unwrap_or("") {
-        "start" => "vsm-daemon start [--config PATH] [--state-dir DIR] [--socket PATH] [--json]\n\n\
+        "start" => "vsm-daemon start [--config PATH] [--state-dir DIR] [--listen ADDR] [--socket PATH] [--json]\n\n\
             Runs the daemon in the foreground (it never forks; run it under systemd or OpenRC).\n\
             Without --config it uses the embedded defaults.\n\
               --config PATH     TOML configuration file\n\
               --state-dir DIR   state directory (env VSM_DAEMON_STATE_DIR)\n\
+              --listen ADDR     REST/WebSocket address, overrides daemon.http_listen (port 0: any free port)\n\
               --json            print one JSON line on stdout when ready",
         "status" => "vsm-daemon status [--detailed] [--json]\n\n\
             Uptime, version, pid, config source, state dir, socket and components.\n\
@@ -651,7 +661,12 @@ fn socket_path(global: &Global) -> PathBuf {
 
 /// Executes a command.
 pub fn run(global: &Global, command: Command) -> Exit {
-    if let Command::Start { config, state_dir } = command {
+    if let Command::Start {
+        config,
+        state_dir,
+        listen,
+    } = command
+    {
         let options = StartOptions {
             config,
             state_dir: state_dir
@@ -661,6 +676,7 @@ pub fn run(global: &Global, command: Command) -> Exit {
                 .clone()
                 .or_else(|| std::env::var_os("VSM_DAEMON_SOCKET").map(PathBuf::from)),
             ready_json: global.json,
+            listen,
         };
         return match daemon::run(options) {
             Ok(()) => Exit::Ok,

@@ -38,6 +38,26 @@ const WORKER_PING_TIMEOUT: Duration = Duration::from_secs(5);
 const DIAGNOSTICS_TIMEOUT: Duration = Duration::from_secs(20);
 /// Stream back-pressure: a follower with more than this unsent is skipped until it drains.
 const STREAM_BACKLOG_LIMIT: usize = 1024 * 1024;
+/// The API token from `security.api_token` or the first line of `security.api_token_file`.
+fn api_token(config: &Config) -> Result<Option<String>, String> {
+    let s = &config.security;
+    if !s.api_token.is_empty() {
+        return Ok(Some(s.api_token.clone()));
+    }
+    if s.api_token_file.is_empty() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&s.api_token_file)
+        .map_err(|e| format!("security.api_token_file {}: {e}", s.api_token_file))?;
+    match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => Ok(Some(t.to_string())),
+        None => Err(format!(
+            "security.api_token_file {} is empty",
+            s.api_token_file
+        )),
+    }
+}
+
 /// Events kept in the history ring.
 const EVENT_HISTORY: usize = 1000;
 /// Component names, in display order.
@@ -54,6 +74,8 @@ pub struct StartOptions {
     pub socket: Option<PathBuf>,
     /// Print one JSON line on stdout once ready (`start --json`).
     pub ready_json: bool,
+    /// `--listen ADDR`: overrides `daemon.http_listen`.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Why the daemon could not start.
@@ -67,6 +89,8 @@ pub enum StartError {
     Bind(listener::BindError),
     /// Another OS error, with what we were doing.
     Io(String, std::io::Error),
+    /// The API token is unusable or missing where it is required.
+    Token(String),
 }
 
 impl fmt::Display for StartError {
@@ -76,6 +100,7 @@ impl fmt::Display for StartError {
             StartError::State(e) => write!(f, "state directory: {e}"),
             StartError::Bind(e) => write!(f, "{e}"),
             StartError::Io(what, e) => write!(f, "{what}: {e}"),
+            StartError::Token(m) => f.write_str(m),
         }
     }
 }
@@ -117,6 +142,17 @@ pub enum ReplyTo {
         conn: ConnId,
         /// Request slot on it.
         seq: u64,
+        /// When handling began.
+        started: Instant,
+        /// Request id for the envelope.
+        request_id: u64,
+    },
+    /// A command from a WebSocket client.
+    Ws {
+        /// Connection.
+        conn: ConnId,
+        /// Local id standing for the client's own id.
+        local: u64,
         /// When handling began.
         started: Instant,
         /// Request id for the envelope.
@@ -180,6 +216,9 @@ pub struct Daemon {
     socket_path: PathBuf,
     pid_file: PathBuf,
     control: Option<ControlListener>,
+    tcp: Option<mio::net::TcpListener>,
+    tcp_addr: Option<std::net::SocketAddr>,
+    access: listener::TcpAccess,
     server: Server,
     incoming: VecDeque<Incoming>,
     worker: Option<Worker<WorkResult>>,
@@ -282,7 +321,36 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     if let Err(e) = sys::set_child_subreaper() {
         log::warn!("cannot become a child subreaper: {e}");
     }
+    let listen = match options.listen {
+        Some(a) => a,
+        None => effective.daemon.http_listen.parse().map_err(|_| {
+            StartError::Io(
+                "daemon.http_listen".into(),
+                std::io::ErrorKind::InvalidInput.into(),
+            )
+        })?,
+    };
+    let token = api_token(&effective).map_err(StartError::Token)?;
+    if !listen.ip().is_loopback() && token.is_none() {
+        return Err(StartError::Token(format!(
+            "refusing to listen on {listen} without an API token: set security.api_token or security.api_token_file, or bind a loopback address"
+        )));
+    }
     let control = ControlListener::bind(&socket_path).map_err(StartError::Bind)?;
+    let mut tcp = match listener::bind_tcp(listen) {
+        Ok(l) => l,
+        Err(e) => {
+            control.remove_file();
+            return Err(StartError::Io(format!("cannot listen on {listen}"), e));
+        }
+    };
+    let tcp_addr = tcp.local_addr().unwrap_or(listen);
+    let access = listener::TcpAccess::new(token, tcp_addr, &effective.http.allowed_hosts);
+    reactor
+        .cx()
+        .registry
+        .register(&mut tcp, net::TCP_LISTENER, mio::Interest::READABLE)
+        .map_err(|e| StartError::Io("TCP listener".into(), e))?;
     if let Err(e) = write_pid_file(&pid_file) {
         control.remove_file();
         return Err(StartError::Io(
@@ -331,6 +399,9 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         socket_path,
         pid_file,
         control: Some(control),
+        tcp: Some(tcp),
+        tcp_addr: Some(tcp_addr),
+        access,
         server,
         incoming: VecDeque::new(),
         worker: None,
@@ -383,6 +454,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         }
     }
     daemon.setup_watchdog(&mut cx);
+    log::info!("REST API and WebSocket monitor listening on http://{tcp_addr}");
     log::info!(
         "vsm-daemon {} started (pid {}, config {}, state {}, socket {})",
         env!("CARGO_PKG_VERSION"),
@@ -396,7 +468,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         println!(
             "{}",
             json!({"event": "ready", "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"),
-                   "socket": daemon.socket_path, "state_dir": daemon.state.path(), "pid_file": daemon.pid_file})
+                   "socket": daemon.socket_path, "state_dir": daemon.state.path(), "pid_file": daemon.pid_file,
+                   "http": daemon.tcp_addr.map(|a| a.to_string())})
         );
     }
     let result = reactor.run(&mut daemon);
@@ -640,14 +713,26 @@ impl Daemon {
     // ----- requests -----
 
     fn handle_incoming(&mut self, cx: &mut Cx<'_, Timer>, incoming: Incoming) {
+        let (conn, seq, request, peer) = match incoming {
+            Incoming::Http {
+                conn,
+                seq,
+                request,
+                peer,
+            } => (conn, seq, request, peer),
+            Incoming::WsText { conn, text } => {
+                self.handle_ws_text(cx, conn, &text);
+                return;
+            }
+        };
         let reply = ReplyTo::Http {
-            conn: incoming.conn,
-            seq: incoming.seq,
+            conn,
+            seq,
             started: Instant::now(),
             request_id: self.next_request_id,
         };
         self.next_request_id += 1;
-        let request = match incoming.request {
+        let request = match request {
             Ok(r) => r,
             Err(e) => {
                 let code = match e.status {
@@ -660,7 +745,7 @@ impl Daemon {
                 return;
             }
         };
-        if !incoming.peer.authorized {
+        if !peer.authorized {
             let err = ApiError::new(
                 ErrorCode::Forbidden,
                 "this user may not use the control socket",
@@ -668,11 +753,184 @@ impl Daemon {
             self.answer_with(cx, reply, Err(err), None, true);
             return;
         }
+        if peer.via == net::Via::Tcp {
+            if let Err(e) = self.check_tcp_access(&request) {
+                let header = (e.code == ErrorCode::Unauthorized)
+                    .then(|| ("WWW-Authenticate", "Bearer".to_string()));
+                self.answer_with(cx, reply, Err(e), header, false);
+                return;
+            }
+        }
+        if request.path == "/ws/monitor" {
+            self.upgrade_ws(cx, conn, seq, &request, reply);
+            return;
+        }
         match routes::route(&request) {
             Ok(req) => self.handle(cx, req, reply),
             Err(e) => {
                 let allow = e.allow.map(|a| ("Allow", a));
                 self.answer_with(cx, reply, Err(e.error), allow, false);
+            }
+        }
+    }
+
+    /// Host allow-list, then the bearer token (everything but `GET /api/v1/health`).
+    fn check_tcp_access(&mut self, request: &http::Request) -> Result<(), ApiError> {
+        if !self.access.host_allowed(request.header("host")) {
+            log::warn!(
+                "refused a request for Host {:?} (not an allowed name)",
+                request.header("host").unwrap_or("")
+            );
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "Host not allowed: add it to http.allowed_hosts to reach the API by that name",
+            ));
+        }
+        if request.path == "/ws/monitor" && !self.access.origin_allowed(request.header("origin")) {
+            log::warn!(
+                "refused a WebSocket from Origin {:?}",
+                request.header("origin").unwrap_or("")
+            );
+            return Err(ApiError::new(ErrorCode::Forbidden, "Origin not allowed"));
+        }
+        let exempt =
+            request.method == "GET" && request.path.trim_end_matches('/') == "/api/v1/health";
+        let query_token = (request.path == "/ws/monitor")
+            .then(|| {
+                request
+                    .query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("token="))
+            })
+            .flatten();
+        if !exempt
+            && !self
+                .access
+                .token_ok(request.header("authorization"), query_token)
+        {
+            log::warn!("refused an unauthenticated request for {}", request.path);
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "a valid bearer token is required",
+            ));
+        }
+        Ok(())
+    }
+
+    fn upgrade_ws(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        conn: ConnId,
+        seq: u64,
+        request: &http::Request,
+        reply: ReplyTo,
+    ) {
+        if request.method != "GET" {
+            let e = ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "/ws/monitor takes GET with Upgrade: websocket",
+            );
+            self.answer_with(cx, reply, Err(e), Some(("Allow", "GET".into())), false);
+            return;
+        }
+        let response = match net::ws::handshake_response(request) {
+            Ok(r) => r,
+            Err((status, message)) => {
+                let code = if status == 426 {
+                    ErrorCode::UpgradeRequired
+                } else {
+                    ErrorCode::BadRequest
+                };
+                let header = (status == 426).then(|| ("Upgrade", "websocket".to_string()));
+                self.answer_with(cx, reply, Err(ApiError::new(code, message)), header, true);
+                return;
+            }
+        };
+        let cursor = self.logging.ring.last_seq();
+        if let Err(message) = self.server.upgrade(cx, conn, seq, &response, cursor) {
+            self.answer_with(
+                cx,
+                reply,
+                Err(ApiError::new(ErrorCode::BadRequest, message)),
+                None,
+                true,
+            );
+            return;
+        }
+        log::debug!("WebSocket client connected");
+        let hello = json!({"type": "connected", "timestamp": now_string(),
+                           "data": {"version": env!("CARGO_PKG_VERSION"), "channels": net::ws::CHANNELS}});
+        self.server.ws_send(cx, conn, hello.to_string().into());
+    }
+
+    fn handle_ws_text(&mut self, cx: &mut Cx<'_, Timer>, conn: ConnId, text: &str) {
+        let started = Instant::now();
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let reply_direct =
+            |server: &mut Server, cx: &mut Cx<'_, Timer>, id: Option<Value>, answer: Answer| {
+                let mut body = api::envelope(
+                    &answer,
+                    request_id,
+                    started.elapsed().as_secs_f64() * 1000.0,
+                    &now_string(),
+                );
+                body["type"] = json!("response");
+                body["id"] = id.unwrap_or(Value::Null);
+                server.ws_send(cx, conn, body.to_string().into());
+            };
+        match net::ws::parse_command(text) {
+            Err((id, e)) => reply_direct(&mut self.server, cx, id, Err(e)),
+            Ok(net::ws::Command::Subscribe(id, channels))
+            | Ok(net::ws::Command::Unsubscribe(id, channels))
+                if self.server.ws_mut(conn).is_none() =>
+            {
+                let _ = (id, channels);
+            }
+            Ok(net::ws::Command::Subscribe(id, channels)) => {
+                let now = self.server.ws_mut(conn).map(|w| {
+                    w.channels.extend(channels);
+                    w.channels.iter().cloned().collect::<Vec<_>>()
+                });
+                reply_direct(&mut self.server, cx, id, Ok(json!({"subscribed": now})));
+            }
+            Ok(net::ws::Command::Unsubscribe(id, channels)) => {
+                let now = self.server.ws_mut(conn).map(|w| {
+                    for c in &channels {
+                        w.channels.remove(c);
+                    }
+                    w.channels.iter().cloned().collect::<Vec<_>>()
+                });
+                reply_direct(&mut self.server, cx, id, Ok(json!({"subscribed": now})));
+            }
+            Ok(net::ws::Command::Api(id, request)) => {
+                let Some(local) = self
+                    .server
+                    .ws_mut(conn)
+                    .map(|w| w.remember_id(id.clone().unwrap_or(Value::Null)))
+                else {
+                    return;
+                };
+                let reply = ReplyTo::Ws {
+                    conn,
+                    local,
+                    started,
+                    request_id,
+                };
+                if (request.path == "/api/v1/logs" || request.path == "/api/v1/events")
+                    && request.query.contains("follow=true")
+                {
+                    let e = ApiError::new(
+                        ErrorCode::BadRequest,
+                        "subscribe to the logs channel or an event channel instead of following",
+                    );
+                    self.answer(cx, reply, Err(e));
+                    return;
+                }
+                match routes::route(&request) {
+                    Ok(req) => self.handle(cx, req, reply),
+                    Err(e) => self.answer(cx, reply, Err(e.error)),
+                }
             }
         }
     }
@@ -770,6 +1028,21 @@ impl Daemon {
         self.answer(cx, reply, answer);
     }
 
+    /// Sends a just-published event to the WebSocket clients subscribed to its channel.
+    fn broadcast_event(&mut self, cx: &mut Cx<'_, Timer>, seq: u64) {
+        let Some(event) = self
+            .events
+            .query(seq - 1, 1, |e| e.seq == seq)
+            .into_iter()
+            .next()
+        else {
+            return;
+        };
+        let channel = event.channel;
+        let text: tungstenite::protocol::frame::Utf8Bytes = event.to_json().to_string().into();
+        self.server.ws_broadcast(cx, channel, &text);
+    }
+
     fn persist_registry(&self) {
         if let Err(e) = self.state.write(REGISTRY_FILE, &self.mcp.api_specs()) {
             log::error!("cannot save registered MCP servers: {e}");
@@ -783,7 +1056,8 @@ impl Daemon {
                 match output {
                     Output::Reply(reply, answer) => self.answer(cx, reply, answer),
                     Output::Event(channel, kind, data) => {
-                        self.events.publish(channel, kind, data);
+                        let seq = self.events.publish(channel, kind, data);
+                        self.broadcast_event(cx, seq);
                     }
                 }
             }
@@ -846,6 +1120,21 @@ impl Daemon {
                 self.server
                     .respond(cx, conn, seq, &response, close, &mut self.incoming);
             }
+            ReplyTo::Ws {
+                conn,
+                local,
+                started,
+                request_id,
+            } => {
+                let Some(id) = self.server.ws_mut(conn).and_then(|w| w.take_id(local)) else {
+                    return;
+                };
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                let mut body = api::envelope(&answer, request_id, ms, &now_string());
+                body["type"] = json!("response");
+                body["id"] = id;
+                self.server.ws_send(cx, conn, body.to_string().into());
+            }
         }
     }
 
@@ -877,6 +1166,8 @@ impl Daemon {
                 "state_dir": self.state.path().display().to_string(),
                 "socket": self.socket_path.display().to_string(),
                 "pid_file": self.pid_file.display().to_string(),
+                "http_listen": self.tcp_addr.map(|a| a.to_string()),
+                "auth": if self.access.token.is_some() { "bearer token" } else { "none" },
             },
             "components": components,
             "mcp_servers": {
@@ -1135,7 +1426,14 @@ impl Daemon {
 
     /// Turns a request into a stream that starts with the newest backlog (like `tail -f`).
     fn follow(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, feed: Feed) {
-        let ReplyTo::Http { conn, seq, .. } = reply;
+        let ReplyTo::Http { conn, seq, .. } = reply else {
+            let e = ApiError::new(
+                ErrorCode::BadRequest,
+                "streams are HTTP only: subscribe to a channel instead",
+            );
+            self.answer(cx, reply, Err(e));
+            return;
+        };
         let cursor = match &feed {
             Feed::Logs(q) => self
                 .logging
@@ -1621,6 +1919,8 @@ impl Handler for Daemon {
         let token = event.token();
         if token == net::CONTROL_LISTENER {
             self.accept_control(cx);
+        } else if token == net::TCP_LISTENER {
+            self.accept_tcp(cx);
         } else if Mcp::owns(token) {
             self.mcp.on_ready(cx, token, &mut self.outputs);
         } else if Server::owns(token) {
@@ -1730,6 +2030,34 @@ impl Handler for Daemon {
 }
 
 impl Daemon {
+    fn accept_tcp(&mut self, cx: &mut Cx<'_, Timer>) {
+        loop {
+            let accepted = match &self.tcp {
+                Some(l) => l.accept(),
+                None => return,
+            };
+            match accepted {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    let peer = Peer {
+                        via: net::Via::Tcp,
+                        uid: None,
+                        pid: None,
+                        addr: Some(addr),
+                        authorized: true,
+                    };
+                    self.server.adopt(cx, net::Stream::Tcp(stream), peer);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("accept on the TCP listener failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
     fn accept_control(&mut self, cx: &mut Cx<'_, Timer>) {
         loop {
             let accepted = match &self.control {
@@ -1748,11 +2076,13 @@ impl Daemon {
                         );
                     }
                     let peer = Peer {
+                        via: net::Via::Unix,
                         uid: cred.map(|c| c.uid),
                         pid: cred.map(|c| c.pid),
+                        addr: None,
                         authorized: allowed,
                     };
-                    self.server.adopt_unix(cx, stream, peer);
+                    self.server.adopt(cx, net::Stream::Unix(stream), peer);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

@@ -1,7 +1,9 @@
 //! The one integration test binary: everything here drives the real `vsm-daemon` binary or
 //! the library's public API, never internals.
 
+mod api;
 mod control;
+mod mcp;
 mod packaging;
 mod state_crash;
 mod util;

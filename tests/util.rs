@@ -63,6 +63,8 @@ pub struct Setup {
     pub env: Vec<(String, String)>,
     pub socket: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// `--listen` (default `127.0.0.1:0`).
+    pub listen: Option<String>,
 }
 
 /// A running daemon.
@@ -73,6 +75,8 @@ pub struct Daemon {
     pub state_dir: PathBuf,
     pub config_path: Option<PathBuf>,
     pub pid: u32,
+    /// The TCP address the REST API listens on.
+    pub http: Option<std::net::SocketAddr>,
     stderr_path: PathBuf,
 }
 
@@ -102,6 +106,8 @@ impl Daemon {
         let mut cmd = Command::new(bin());
         cmd.arg("start")
             .arg("--json")
+            .arg("--listen")
+            .arg(setup.listen.as_deref().unwrap_or("127.0.0.1:0"))
             .arg("--socket")
             .arg(&socket)
             .arg("--state-dir")
@@ -144,7 +150,9 @@ impl Daemon {
             return Err(format!("exit code {code:?}, stderr:\n{err}"));
         }
         let pid = child.id();
+        let http = ready["http"].as_str().and_then(|a| a.parse().ok());
         Ok(Daemon {
+            http,
             child,
             dir,
             socket,
@@ -279,4 +287,25 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Polls `probe` until `done` accepts what it returned, and returns that value; on timeout the
+/// panic names `what` and adds `explain(last value seen)`.
+pub fn wait_until<T>(
+    what: &str,
+    mut probe: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+    explain: impl FnOnce(&T) -> String,
+) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let value = probe();
+        if done(&value) {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out waiting for {what}\n{}", explain(&value));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

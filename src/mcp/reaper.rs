@@ -65,7 +65,7 @@ impl Reaper {
             .current_dir("/");
         // SAFETY: setsid is async-signal-safe.
         unsafe {
-            cmd.pre_exec(|| sys::new_session());
+            cmd.pre_exec(sys::new_session);
         }
         let mut child = cmd.spawn()?;
         let stdin = child

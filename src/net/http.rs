@@ -104,6 +104,7 @@ pub fn reason(status: u16) -> &'static str {
         101 => "Switching Protocols",
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -111,6 +112,7 @@ pub fn reason(status: u16) -> &'static str {
         409 => "Conflict",
         411 => "Length Required",
         413 => "Content Too Large",
+        426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -159,6 +161,23 @@ impl Conn {
     /// transport still reads, discarding, to notice the peer hanging up.
     pub fn input_closed(&self) -> bool {
         self.last_seq.is_some()
+    }
+
+    /// Sequence number the next parsed request will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Takes the unparsed input (bytes that followed an upgrade request).
+    pub fn take_input(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.input)
+    }
+
+    /// The last request was answered by switching protocols: nothing more is parsed here.
+    pub fn finish_upgrade(&mut self) {
+        self.last_seq = Some(self.write_seq);
+        self.write_seq = self.next_seq;
+        self.parked.clear();
     }
 
     /// Whether part of a request has arrived but not all of it.

@@ -140,6 +140,97 @@ impl ControlListener {
     }
 }
 
+/// Binds the TCP listener.
+///
+/// # Errors
+/// The bind error (address in use, permission).
+pub fn bind_tcp(addr: std::net::SocketAddr) -> io::Result<mio::net::TcpListener> {
+    mio::net::TcpListener::bind(addr)
+}
+
+/// Who may call over TCP: the bearer token (when set) and the Host/Origin allow-list.
+#[derive(Debug, Clone, Default)]
+pub struct TcpAccess {
+    /// The API token; `None` means no authentication.
+    pub token: Option<String>,
+    /// Accepted host names (lowercase, without port): loopback names, the bound IP, and the
+    /// configured `http.allowed_hosts`.
+    pub hosts: Vec<String>,
+}
+
+impl TcpAccess {
+    /// The policy for a listener bound to `bound` with extra allowed names.
+    pub fn new(token: Option<String>, bound: std::net::SocketAddr, extra: &[String]) -> Self {
+        let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1", "[::1]"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if !bound.ip().is_unspecified() {
+            hosts.push(bound.ip().to_string());
+            if bound.is_ipv6() {
+                hosts.push(format!("[{}]", bound.ip()));
+            }
+        }
+        hosts.extend(extra.iter().map(|h| h.to_ascii_lowercase()));
+        TcpAccess { token, hosts }
+    }
+
+    fn name_allowed(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        // Strip a port: "[::1]:4000" -> "[::1]", "localhost:4000" -> "localhost".
+        let name = if host.starts_with('[') {
+            host.split_once(']')
+                .map_or(host.clone(), |(h, _)| format!("{h}]"))
+        } else if host.matches(':').count() == 1 {
+            host.split(':').next().unwrap_or("").to_string()
+        } else {
+            host
+        };
+        self.hosts.contains(&name)
+    }
+
+    /// Whether the `Host` header names us (DNS-rebinding defence). A missing Host is refused.
+    pub fn host_allowed(&self, host: Option<&str>) -> bool {
+        host.is_some_and(|h| self.name_allowed(h))
+    }
+
+    /// Whether a WebSocket `Origin` is acceptable: absent (not a browser) or one of our names.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match origin {
+            None => true,
+            Some(o) => {
+                let rest = o.split_once("://").map_or(o, |(_, r)| r);
+                self.name_allowed(rest.split('/').next().unwrap_or(""))
+            }
+        }
+    }
+
+    /// Whether the request carries the token (`Authorization: Bearer T`, or `?token=T` for
+    /// WebSocket clients that cannot set headers). Constant-time comparison.
+    pub fn token_ok(&self, authorization: Option<&str>, query_token: Option<&str>) -> bool {
+        let Some(expected) = &self.token else {
+            return true;
+        };
+        let given = authorization
+            .and_then(|a| {
+                a.strip_prefix("Bearer ")
+                    .or_else(|| a.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .or(query_token);
+        given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()))
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a token matched.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
+    }
+    diff == 0
+}
+
 /// Decides whether a Unix peer may use the daemon: same uid as the daemon, or root.
 pub fn unix_peer_allowed(stream: &mio::net::UnixStream) -> (bool, Option<sys::PeerCred>) {
     match sys::peer_cred(stream.as_raw_fd()) {
@@ -154,6 +245,36 @@ pub fn unix_peer_allowed(stream: &mio::net::UnixStream) -> (bool, Option<sys::Pe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_access_checks_host_origin_and_token() {
+        let bound: std::net::SocketAddr = "127.0.0.1:4000".parse().expect("addr");
+        let a = TcpAccess::new(Some("s3cret".into()), bound, &["edge.example".into()]);
+        for ok in [
+            "localhost",
+            "localhost:4000",
+            "127.0.0.1:4000",
+            "[::1]:4000",
+            "EDGE.example",
+        ] {
+            assert!(a.host_allowed(Some(ok)), "{ok}");
+        }
+        for bad in ["evil.example", "evil.example:4000", "127.0.0.2"] {
+            assert!(!a.host_allowed(Some(bad)), "{bad}");
+        }
+        assert!(!a.host_allowed(None));
+        assert!(a.origin_allowed(None));
+        assert!(a.origin_allowed(Some("http://localhost:3000")));
+        assert!(!a.origin_allowed(Some("https://evil.example")));
+        assert!(a.token_ok(Some("Bearer s3cret"), None));
+        assert!(a.token_ok(None, Some("s3cret")));
+        assert!(!a.token_ok(Some("Bearer s3cre"), None));
+        assert!(!a.token_ok(Some("Bearer s3cret2"), None));
+        assert!(!a.token_ok(None, None));
+        assert!(TcpAccess::new(None, bound, &[]).token_ok(None, None));
+        assert!(constant_time_eq(b"", b""));
+        assert!(!constant_time_eq(b"a", b""));
+    }
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("vsm-listener-{}-{name}", std::process::id()));

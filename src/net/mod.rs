@@ -1,28 +1,35 @@
-//! Network side of the loop: listeners and HTTP connections (I/O only; the protocol
-//! state machine is [`http::Conn`], the routes are [`routes`], the decisions are the daemon's).
+//! Network side of the loop: listeners, HTTP connections and WebSocket clients (I/O only;
+//! the protocol state machines are [`http::Conn`] and tungstenite, the routes are [`routes`],
+//! the decisions are the daemon's).
 //!
-//! Invariants: every connection's buffers are bounded (see [`http::Limits`]); a connection
-//! that needs a deadline (head not complete, or idle keep-alive) has exactly one timer armed;
-//! a [`ConnId`] names one connection for its whole life, so an answer that arrives after the
-//! connection closed (and its slot was reused) is dropped, never misdelivered.
+//! Invariants: every connection's buffers are bounded (see [`http::Limits`] and [`ws`]); a
+//! connection that needs a deadline (head not complete, idle keep-alive, WebSocket ping) has
+//! exactly one timer armed; a [`ConnId`] names one connection for its whole life, so an answer
+//! that arrives after the connection closed (and its slot was reused) is dropped, never
+//! misdelivered.
 
 pub mod http;
 pub mod listener;
 pub mod routes;
+pub mod ws;
 
 use crate::daemon::Timer;
 use crate::reactor::timer::TimerId;
 use crate::reactor::Cx;
-use mio::net::UnixStream;
+use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Token};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tungstenite::protocol::frame::Utf8Bytes;
 
 /// Tokens below this belong to listeners.
 pub const CONN_TOKEN_BASE: usize = 16;
 /// Token of the control socket listener.
 pub const CONTROL_LISTENER: Token = Token(0);
+/// Token of the TCP listener.
+pub const TCP_LISTENER: Token = Token(1);
 
 /// Names one connection for its whole life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,28 +38,51 @@ pub struct ConnId {
     generation: u32,
 }
 
+/// Which listener a connection came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The Unix control socket.
+    Unix,
+    /// The TCP listener.
+    Tcp,
+}
+
 /// Who is on the other end.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Peer {
-    /// uid and pid from SO_PEERCRED (Unix socket peers).
+    /// Listener.
+    pub via: Via,
+    /// uid from SO_PEERCRED (Unix socket peers).
     pub uid: Option<u32>,
-    /// Process id of the peer.
+    /// Process id of the peer (Unix socket peers).
     pub pid: Option<i32>,
-    /// Whether the listener's policy lets this peer in; refused peers get 403.
+    /// Address (TCP peers).
+    pub addr: Option<SocketAddr>,
+    /// Whether the listener's own policy lets this peer in (SO_PEERCRED); refused peers get 403.
     pub authorized: bool,
 }
 
-/// A request that arrived on a connection.
+/// Something that arrived on a connection.
 #[derive(Debug)]
-pub struct Incoming {
-    /// The connection.
-    pub conn: ConnId,
-    /// Its sequence number on that connection (answers go out in this order).
-    pub seq: u64,
-    /// The request, or the protocol error to answer.
-    pub request: Result<http::Request, http::HttpError>,
-    /// The caller.
-    pub peer: Peer,
+pub enum Incoming {
+    /// An HTTP request (or the protocol error to answer).
+    Http {
+        /// The connection.
+        conn: ConnId,
+        /// Its sequence number on that connection (answers go out in this order).
+        seq: u64,
+        /// The request, or the protocol error to answer.
+        request: Result<http::Request, http::HttpError>,
+        /// The caller.
+        peer: Peer,
+    },
+    /// A text message from a WebSocket client.
+    WsText {
+        /// The connection.
+        conn: ConnId,
+        /// The message.
+        text: String,
+    },
 }
 
 /// Limits and timeouts for connections, from the `[http]` config section.
@@ -60,7 +90,7 @@ pub struct Incoming {
 pub struct ConnPolicy {
     /// Buffer limits.
     pub limits: http::Limits,
-    /// Open connections allowed.
+    /// Open connections allowed per listener.
     pub max_connections: usize,
     /// Time to receive a complete request head.
     pub head_timeout: Duration,
@@ -68,14 +98,19 @@ pub struct ConnPolicy {
     pub idle_timeout: Duration,
 }
 
-enum Stream {
+/// A connected stream of either listener.
+pub enum Stream {
+    /// Control socket peer.
     Unix(UnixStream),
+    /// TCP peer.
+    Tcp(TcpStream),
 }
 
 impl Stream {
     fn source(&mut self) -> &mut dyn mio::event::Source {
         match self {
             Stream::Unix(s) => s,
+            Stream::Tcp(s) => s,
         }
     }
 }
@@ -84,6 +119,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
         }
     }
 }
@@ -92,6 +128,7 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -99,8 +136,15 @@ impl Write for Stream {
     }
 }
 
+enum Transport {
+    Http(Stream),
+    Ws(Box<ws::WsConn>),
+    /// Only while the stream moves from HTTP into the WebSocket.
+    Moving,
+}
+
 struct Connection {
-    stream: Stream,
+    transport: Transport,
     http: http::Conn,
     generation: u32,
     peer: Peer,
@@ -109,18 +153,35 @@ struct Connection {
     peer_closed: bool,
 }
 
+impl Connection {
+    fn source(&mut self) -> Option<&mut dyn mio::event::Source> {
+        match &mut self.transport {
+            Transport::Http(s) => Some(s.source()),
+            Transport::Ws(w) => Some(w.stream_mut().source()),
+            Transport::Moving => None,
+        }
+    }
+}
+
 /// All connections and the listeners they come from.
 pub struct Server {
     conns: Vec<Option<Connection>>,
     free: Vec<usize>,
     generations: Vec<u32>,
-    open: usize,
+    open: [usize; 2],
     /// Connections refused because the limit was reached.
     pub refused_over_limit: u64,
     /// Connections accepted in total.
     pub accepted: u64,
     /// Policy applied to new and existing connections.
     pub policy: ConnPolicy,
+}
+
+fn via_index(via: Via) -> usize {
+    match via {
+        Via::Unix => 0,
+        Via::Tcp => 1,
+    }
 }
 
 impl Server {
@@ -130,28 +191,37 @@ impl Server {
             conns: Vec::new(),
             free: Vec::new(),
             generations: Vec::new(),
-            open: 0,
+            open: [0, 0],
             refused_over_limit: 0,
             accepted: 0,
             policy,
         }
     }
 
-    /// Open connections.
+    /// Open connections (both listeners).
     pub fn open_connections(&self) -> usize {
-        self.open
+        self.open[0] + self.open[1]
     }
 
-    /// Adopts an accepted Unix stream.
-    pub fn adopt_unix(&mut self, cx: &mut Cx<'_, Timer>, mut stream: UnixStream, peer: Peer) {
-        if self.open >= self.policy.max_connections {
+    /// WebSocket clients.
+    pub fn ws_clients(&self) -> usize {
+        self.conns
+            .iter()
+            .flatten()
+            .filter(|c| matches!(c.transport, Transport::Ws(_)))
+            .count()
+    }
+
+    /// Adopts an accepted stream.
+    pub fn adopt(&mut self, cx: &mut Cx<'_, Timer>, mut stream: Stream, peer: Peer) {
+        if self.open[via_index(peer.via)] >= self.policy.max_connections {
             self.refused_over_limit += 1;
-            let body = br#"{"status":"error","errors":[{"code":"busy","message":"too many connections","field":null}]}"#;
+            let body = br#"{"status":"error","data":null,"errors":[{"code":"busy","message":"too many connections","field":null}]}"#;
             let head = format!(
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            // Best effort on a fresh socket buffer; the connection is dropped either way.
+            // Best effort into a fresh socket buffer; the connection is dropped either way.
             let _ = stream.write_all(head.as_bytes());
             let _ = stream.write_all(body);
             return;
@@ -165,17 +235,19 @@ impl Server {
             }
         };
         let token = Token(CONN_TOKEN_BASE + slot);
-        if let Err(e) =
-            cx.registry
-                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-        {
+        if let Err(e) = cx.registry.register(
+            stream.source(),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             log::warn!("cannot register connection: {e}");
             self.free.push(slot);
             return;
         }
         self.generations[slot] = self.generations[slot].wrapping_add(1);
+        self.open[via_index(peer.via)] += 1;
         self.conns[slot] = Some(Connection {
-            stream: Stream::Unix(stream),
+            transport: Transport::Http(stream),
             http: http::Conn::new(),
             generation: self.generations[slot],
             peer,
@@ -183,7 +255,6 @@ impl Server {
             head_started: None,
             peer_closed: false,
         });
-        self.open += 1;
         self.accepted += 1;
         let id = ConnId {
             slot: slot as u32,
@@ -194,7 +265,7 @@ impl Server {
 
     /// Whether `token` belongs to a connection.
     pub fn owns(token: Token) -> bool {
-        token.0 >= CONN_TOKEN_BASE && token.0 < usize::MAX - 16
+        token.0 >= CONN_TOKEN_BASE && token.0 < crate::mcp::TOKEN_BASE
     }
 
     fn id_for_token(&self, token: Token) -> Option<ConnId> {
@@ -213,15 +284,19 @@ impl Server {
             .filter(|c| c.generation == id.generation)
     }
 
-    /// Whether the connection is still open.
-    pub fn is_open(&self, id: ConnId) -> bool {
+    fn get_ref(&self, id: ConnId) -> Option<&Connection> {
         self.conns
-            .get(id.slot as usize)
-            .and_then(|c| c.as_ref())
-            .is_some_and(|c| c.generation == id.generation)
+            .get(id.slot as usize)?
+            .as_ref()
+            .filter(|c| c.generation == id.generation)
     }
 
-    /// Handles readiness on a connection token; parsed requests are appended to `incoming`.
+    /// Whether the connection is still open.
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.get_ref(id).is_some()
+    }
+
+    /// Handles readiness on a connection token.
     pub fn on_ready(
         &mut self,
         cx: &mut Cx<'_, Timer>,
@@ -237,6 +312,24 @@ impl Server {
     pub fn drive(&mut self, cx: &mut Cx<'_, Timer>, id: ConnId, incoming: &mut VecDeque<Incoming>) {
         let limits = self.policy.limits;
         let Some(conn) = self.get(id) else { return };
+        if let Transport::Ws(w) = &mut conn.transport {
+            let mut texts = Vec::new();
+            let ok = w.read_texts(&mut texts).and_then(|()| w.pump());
+            incoming.extend(
+                texts
+                    .into_iter()
+                    .map(|text| Incoming::WsText { conn: id, text }),
+            );
+            if ok.is_err() {
+                self.close(cx, id);
+            } else {
+                self.update_timer(cx, id);
+            }
+            return;
+        }
+        let Transport::Http(stream) = &mut conn.transport else {
+            return;
+        };
         let mut broken = false;
         let mut buf = [0u8; 16 * 1024];
         while !conn.peer_closed {
@@ -244,7 +337,7 @@ impl Server {
             if !accept && !conn.http.input_closed() {
                 break; // back-pressure: read again once answers have gone out
             }
-            match conn.stream.read(&mut buf) {
+            match stream.read(&mut buf) {
                 Ok(0) => conn.peer_closed = true,
                 Ok(_) if !accept => {} // nothing more is parsed; only a hang-up matters now
                 Ok(n) => {
@@ -267,7 +360,7 @@ impl Server {
                 http::Parsed::Request(seq, r) => (seq, Ok(r)),
                 http::Parsed::Error(seq, e) => (seq, Err(e)),
             };
-            incoming.push_back(Incoming {
+            incoming.push_back(Incoming::Http {
                 conn: id,
                 seq,
                 request,
@@ -275,16 +368,11 @@ impl Server {
             });
         }
         if !broken {
-            broken = Self::flush(conn).is_err();
+            broken = Self::flush_http(stream, &mut conn.http).is_err();
         }
         let done = broken
             || conn.http.finished()
-            || (conn.peer_closed && conn.http.in_flight() == 0 && !conn.http.is_streaming());
-        // A peer that half-closed after sending requests still gets its answers.
-        if conn.peer_closed && conn.http.is_streaming() {
-            self.close(cx, id);
-            return;
-        }
+            || (conn.peer_closed && (conn.http.in_flight() == 0 || conn.http.is_streaming()));
         if done {
             self.close(cx, id);
         } else {
@@ -292,15 +380,15 @@ impl Server {
         }
     }
 
-    fn flush(conn: &mut Connection) -> io::Result<()> {
+    fn flush_http(stream: &mut Stream, http: &mut http::Conn) -> io::Result<()> {
         loop {
-            let out = conn.http.pending_output();
+            let out = http.pending_output();
             if out.is_empty() {
                 return Ok(());
             }
-            match conn.stream.write(out) {
+            match stream.write(out) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => conn.http.consume_output(n),
+                Ok(n) => http.consume_output(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -338,21 +426,125 @@ impl Server {
         }
     }
 
+    /// Upgrades the connection to a WebSocket after request `seq` (answered with `response`,
+    /// the 101). Only the sole request in flight may upgrade.
+    ///
+    /// # Errors
+    /// The reason when the upgrade is not possible (the caller answers with 400).
+    pub fn upgrade(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: ConnId,
+        seq: u64,
+        response: &[u8],
+        log_cursor: u64,
+    ) -> Result<(), String> {
+        let Some(conn) = self.get(id) else {
+            return Err("connection closed".into());
+        };
+        if conn.http.in_flight() != 1
+            || !conn.http.pending_output().is_empty()
+            || seq + 1 != conn.http.next_seq()
+        {
+            return Err("a WebSocket upgrade must not be pipelined behind other requests".into());
+        }
+        let tail = conn.http.take_input();
+        let Transport::Http(mut stream) = std::mem::replace(&mut conn.transport, Transport::Moving)
+        else {
+            return Err("already upgraded".into());
+        };
+        // The 101 is small and nothing else is queued: a fresh socket buffer takes it whole.
+        if let Err(e) = stream.write_all(response) {
+            conn.transport = Transport::Http(stream);
+            return Err(format!("cannot answer the upgrade: {e}"));
+        }
+        conn.transport = Transport::Ws(Box::new(ws::WsConn::new(stream, tail, log_cursor)));
+        conn.http.finish_upgrade();
+        self.update_timer(cx, id);
+        Ok(())
+    }
+
+    /// Subscribes a WebSocket client; returns its channels.
+    pub fn ws_mut(&mut self, id: ConnId) -> Option<&mut ws::WsConn> {
+        match &mut self.get(id)?.transport {
+            Transport::Ws(w) => Some(w),
+            Transport::Http(_) | Transport::Moving => None,
+        }
+    }
+
+    /// Sends a text message to one WebSocket client.
+    pub fn ws_send(&mut self, cx: &mut Cx<'_, Timer>, id: ConnId, text: Utf8Bytes) {
+        let Some(w) = self.ws_mut(id) else { return };
+        w.enqueue(text);
+        if w.pump().is_err() {
+            self.close(cx, id);
+        }
+    }
+
+    /// Sends a text message to every WebSocket client subscribed to `channel`; closes the
+    /// clients that have not drained for too long. Returns how many got it.
+    pub fn ws_broadcast(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        channel: &str,
+        text: &Utf8Bytes,
+    ) -> usize {
+        let now = Instant::now();
+        let mut sent = 0;
+        let mut dead = Vec::new();
+        for (slot, c) in self.conns.iter_mut().enumerate() {
+            let Some(c) = c else { continue };
+            let Transport::Ws(w) = &mut c.transport else {
+                continue;
+            };
+            if !w.channels.contains(channel) || w.is_closing() {
+                continue;
+            }
+            w.enqueue(text.clone());
+            if w.stalled(now) {
+                log::warn!("closing a WebSocket client that does not read its events (1008)");
+                w.close_stalled();
+            }
+            sent += 1;
+            if w.pump().is_err() {
+                dead.push(ConnId {
+                    slot: slot as u32,
+                    generation: c.generation,
+                });
+            }
+        }
+        for id in dead {
+            self.close(cx, id);
+        }
+        sent
+    }
+
+    /// WebSocket clients subscribed to `channel`.
+    pub fn ws_subscribers(&self, channel: &str) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, c)| {
+                let c = c.as_ref()?;
+                match &c.transport {
+                    Transport::Ws(w) if w.channels.contains(channel) => Some(ConnId {
+                        slot: slot as u32,
+                        generation: c.generation,
+                    }),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
     /// Bytes waiting on a connection (for stream back-pressure); `None` when closed.
     pub fn backlog(&self, id: ConnId) -> Option<usize> {
-        self.conns
-            .get(id.slot as usize)
-            .and_then(|c| c.as_ref())
-            .filter(|c| c.generation == id.generation)
-            .map(|c| c.http.pending_output().len())
+        self.get_ref(id).map(|c| c.http.pending_output().len())
     }
 
     /// Whether the stream head of this connection went out (stream bytes are accepted).
     pub fn is_streaming(&self, id: ConnId) -> bool {
-        self.conns
-            .get(id.slot as usize)
-            .and_then(|c| c.as_ref())
-            .is_some_and(|c| c.generation == id.generation && c.http.is_streaming())
+        self.get_ref(id).is_some_and(|c| c.http.is_streaming())
     }
 
     /// Appends bytes to a stream and writes them.
@@ -369,37 +561,54 @@ impl Server {
         }
     }
 
-    /// A connection's deadline fired: close it if it is still overdue.
+    /// A connection's deadline fired.
     pub fn on_deadline(&mut self, cx: &mut Cx<'_, Timer>, id: ConnId) {
         let now = Instant::now();
         let Some(conn) = self.get(id) else { return };
-        match conn.timer {
-            Some((_, due)) if due <= now => {
-                conn.timer = None;
-                log::debug!("closing connection: head or idle timeout");
-                self.close(cx, id);
-            }
-            _ => self.update_timer(cx, id),
+        let overdue = conn.timer.is_some_and(|(_, due)| due <= now);
+        if !overdue {
+            self.update_timer(cx, id);
+            return;
         }
+        conn.timer = None;
+        if let Transport::Ws(w) = &mut conn.transport {
+            if w.stalled(now) {
+                w.close_stalled();
+            }
+            if w.on_keepalive(now).is_ok() && !w.is_closing() {
+                self.update_timer(cx, id);
+                return;
+            }
+            if w.is_closing() && w.on_keepalive(now).is_ok() {
+                self.update_timer(cx, id);
+                return;
+            }
+        } else {
+            log::debug!("closing connection: head or idle timeout");
+        }
+        self.close(cx, id);
     }
 
     fn update_timer(&mut self, cx: &mut Cx<'_, Timer>, id: ConnId) {
         let policy = self.policy;
         let Some(conn) = self.get(id) else { return };
-        let want = if conn.http.is_streaming() || conn.http.in_flight() > 0 {
-            None
-        } else if let Some(started) = conn.head_started.filter(|_| conn.http.has_partial_input()) {
-            Some(started + policy.head_timeout)
-        } else if conn.http.is_idle() {
-            Some(Instant::now() + policy.idle_timeout)
-        } else {
-            None
+        let want = match &conn.transport {
+            Transport::Ws(w) => Some(w.keepalive_due()),
+            Transport::Http(_) if conn.http.is_streaming() || conn.http.in_flight() > 0 => None,
+            Transport::Moving => None,
+            Transport::Http(_) => match conn.head_started.filter(|_| conn.http.has_partial_input())
+            {
+                Some(started) => Some(started + policy.head_timeout),
+                None if conn.http.is_idle() => Some(Instant::now() + policy.idle_timeout),
+                None => None,
+            },
         };
+        // Re-arm only when the deadline moves by more than a little: idle deadlines slide with
+        // every request and a cancel+insert per request would be wasted work.
+        let close_enough =
+            |a: Instant, b: Instant| a.max(b).duration_since(a.min(b)) < Duration::from_millis(250);
         match (conn.timer, want) {
-            (Some((_, due)), Some(w)) if conn.http.has_partial_input() && due == w => {}
-            (Some((_, due)), Some(w))
-                if !conn.http.has_partial_input()
-                    && w.saturating_duration_since(due) < Duration::from_secs(1) => {}
+            (Some((_, due)), Some(w)) if close_enough(due, w) => {}
             (old, want) => {
                 if let Some((t, _)) = old {
                     cx.timers.cancel(t);
@@ -418,9 +627,11 @@ impl Server {
             if let Some((t, _)) = conn.timer {
                 cx.timers.cancel(t);
             }
-            let _ = cx.registry.deregister(conn.stream.source());
+            if let Some(source) = conn.source() {
+                let _ = cx.registry.deregister(source);
+            }
             self.free.push(id.slot as usize);
-            self.open -= 1;
+            self.open[via_index(conn.peer.via)] -= 1;
         }
     }
 

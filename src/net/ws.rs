@@ -1,0 +1,582 @@
+//! WebSocket clients of `/ws/monitor`: tungstenite framing over the same non-blocking
+//! stream, channel subscriptions, a bounded outgoing queue, and commands that are API
+//! requests in another envelope.
+//!
+//! Invariants: a client's queue holds at most [`MAX_QUEUE_MESSAGES`] messages and
+//! [`MAX_QUEUE_BYTES`] bytes; when full, the oldest event is dropped and counted, and the
+//! client is told (`events_dropped`) once it drains; a client whose queue stays full for
+//! [`STALL_LIMIT`] is closed with 1008. tungstenite's own buffers are capped by the config.
+
+use super::{http, Stream};
+use crate::api::{ApiError, ErrorCode};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::{Message, WebSocket};
+
+/// Messages queued per client.
+pub const MAX_QUEUE_MESSAGES: usize = 1024;
+/// Bytes queued per client.
+pub const MAX_QUEUE_BYTES: usize = 1024 * 1024;
+/// A client whose queue stays full this long is closed (1008).
+pub const STALL_LIMIT: Duration = Duration::from_secs(10);
+/// Idle time before we ping; a ping unanswered this long closes the client.
+pub const KEEPALIVE: Duration = Duration::from_secs(30);
+/// The channels a client may subscribe to.
+pub const CHANNELS: [&str; 7] = [
+    "mcp_servers",
+    "performance",
+    "health",
+    "security",
+    "variety_monitoring",
+    "logs",
+    "consciousness",
+];
+
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(Some(1024 * 1024))
+        .max_frame_size(Some(64 * 1024))
+}
+
+/// The answer to the upgrade request, or why it is refused.
+///
+/// # Errors
+/// 400 for a malformed upgrade, 426 for a plain GET.
+pub fn handshake_response(req: &http::Request) -> Result<Vec<u8>, (u16, String)> {
+    let upgrade = req
+        .header("upgrade")
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return Err((
+            426,
+            "this endpoint speaks WebSocket: send an Upgrade: websocket request".into(),
+        ));
+    }
+    if req.header("sec-websocket-version") != Some("13") {
+        return Err((400, "Sec-WebSocket-Version must be 13".into()));
+    }
+    let Some(key) = req
+        .header("sec-websocket-key")
+        .filter(|k| !k.trim().is_empty())
+    else {
+        return Err((400, "Sec-WebSocket-Key is missing".into()));
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
+    Ok(format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes())
+}
+
+/// Why a client is finished.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closed;
+
+/// One WebSocket client.
+pub struct WsConn {
+    socket: WebSocket<Stream>,
+    /// Subscribed channels.
+    pub channels: BTreeSet<String>,
+    queue: VecDeque<Utf8Bytes>,
+    queued_bytes: usize,
+    dropped_pending: u64,
+    /// Events dropped for this client so far.
+    pub dropped_total: u64,
+    full_since: Option<Instant>,
+    /// Last frame received.
+    pub last_seen: Instant,
+    ping_sent: Option<Instant>,
+    closing: bool,
+    /// Log records sent so far (for the `logs` channel).
+    pub log_cursor: u64,
+    ids: HashMap<u64, Value>,
+    next_local: u64,
+}
+
+impl WsConn {
+    /// Wraps an upgraded stream; `tail` holds bytes read after the upgrade request.
+    pub fn new(stream: Stream, tail: Vec<u8>, log_cursor: u64) -> Self {
+        WsConn {
+            socket: WebSocket::from_partially_read(stream, tail, Role::Server, Some(config())),
+            channels: BTreeSet::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            dropped_pending: 0,
+            dropped_total: 0,
+            full_since: None,
+            last_seen: Instant::now(),
+            ping_sent: None,
+            closing: false,
+            log_cursor,
+            ids: HashMap::new(),
+            next_local: 1,
+        }
+    }
+
+    /// The underlying stream (for (de)registration).
+    pub fn stream_mut(&mut self) -> &mut Stream {
+        self.socket.get_mut()
+    }
+
+    /// Remembers a client's request id; returns the local id that travels in `ReplyTo`.
+    pub fn remember_id(&mut self, id: Value) -> u64 {
+        let local = self.next_local;
+        self.next_local += 1;
+        // Bounded: ids of requests that never finish are pruned beyond 4096.
+        if self.ids.len() >= 4096 {
+            if let Some(oldest) = self.ids.keys().min().copied() {
+                self.ids.remove(&oldest);
+            }
+        }
+        self.ids.insert(local, id);
+        local
+    }
+
+    /// The client's id for a local id (removed).
+    pub fn take_id(&mut self, local: u64) -> Option<Value> {
+        self.ids.remove(&local)
+    }
+
+    /// Queues a message; when the queue is full the oldest one is dropped and counted.
+    pub fn enqueue(&mut self, text: Utf8Bytes) {
+        if self.closing {
+            return;
+        }
+        while !self.queue.is_empty()
+            && (self.queue.len() >= MAX_QUEUE_MESSAGES
+                || self.queued_bytes + text.len() > MAX_QUEUE_BYTES)
+        {
+            if let Some(old) = self.queue.pop_front() {
+                self.queued_bytes -= old.len();
+                self.dropped_pending += 1;
+                self.dropped_total += 1;
+            }
+            self.full_since.get_or_insert_with(Instant::now);
+        }
+        self.queued_bytes += text.len();
+        self.queue.push_back(text);
+    }
+
+    /// Whether the client has been stalled (queue full) for longer than [`STALL_LIMIT`].
+    pub fn stalled(&self, now: Instant) -> bool {
+        self.full_since
+            .is_some_and(|t| now.duration_since(t) > STALL_LIMIT)
+    }
+
+    /// Writes what the socket takes now.
+    ///
+    /// # Errors
+    /// [`Closed`] when the connection is finished.
+    pub fn pump(&mut self) -> Result<(), Closed> {
+        if self.dropped_pending > 0 && !self.closing {
+            let notice = json!({"type": "events_dropped", "timestamp": crate::state::rfc3339_utc_millis(std::time::SystemTime::now()), "data": {"count": self.dropped_pending}});
+            match self.socket.write(Message::text(notice.to_string())) {
+                Ok(()) => self.dropped_pending = 0,
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.dropped_pending = 0;
+                    return self.flush();
+                }
+                Err(tungstenite::Error::WriteBufferFull(_)) => return self.flush(),
+                Err(_) => return Err(Closed),
+            }
+        }
+        while let Some(text) = self.queue.front().cloned() {
+            match self.socket.write(Message::Text(text)) {
+                Ok(()) => self.pop(),
+                // The frame went into tungstenite's buffer: it is sent on a later flush.
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.pop();
+                    break;
+                }
+                Err(tungstenite::Error::WriteBufferFull(_)) => break,
+                Err(_) => return Err(Closed),
+            }
+        }
+        if self.queue.len() < MAX_QUEUE_MESSAGES / 2 && self.queued_bytes < MAX_QUEUE_BYTES / 2 {
+            self.full_since = None;
+        }
+        self.flush()
+    }
+
+    fn pop(&mut self) {
+        if let Some(t) = self.queue.pop_front() {
+            self.queued_bytes -= t.len();
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), Closed> {
+        match self.socket.flush() {
+            Ok(()) => Ok(()),
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(_) => Err(Closed),
+        }
+    }
+
+    /// Reads every complete text message available.
+    ///
+    /// # Errors
+    /// [`Closed`] when the peer closed, broke the protocol or exceeded a limit.
+    pub fn read_texts(&mut self, out: &mut Vec<String>) -> Result<(), Closed> {
+        loop {
+            match self.socket.read() {
+                Ok(msg) => {
+                    self.last_seen = Instant::now();
+                    self.ping_sent = None;
+                    match msg {
+                        Message::Text(t) => out.push(t.as_str().to_string()),
+                        Message::Binary(_) => {
+                            self.close(CloseCode::Unsupported, "only text messages are understood");
+                        }
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                        Message::Close(_) => self.closing = true,
+                    }
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return self.flush()
+                }
+                Err(tungstenite::Error::Capacity(_)) => {
+                    self.close(CloseCode::Size, "message too large");
+                    return Ok(());
+                }
+                Err(_) => return Err(Closed),
+            }
+        }
+    }
+
+    /// Starts the closing handshake with a code and reason.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        self.queue.clear();
+        self.queued_bytes = 0;
+        let _ = self.socket.close(Some(CloseFrame {
+            code,
+            reason: reason.to_string().into(),
+        }));
+        let _ = self.flush();
+    }
+
+    /// Closes a client that never drains (policy violation, 1008).
+    pub fn close_stalled(&mut self) {
+        self.close(CloseCode::Policy, "the client does not read its events");
+    }
+
+    /// Keep-alive: the next deadline, and what to do when it passes.
+    pub fn keepalive_due(&self) -> Instant {
+        match self.ping_sent {
+            Some(t) => t + KEEPALIVE,
+            None => self.last_seen + KEEPALIVE,
+        }
+    }
+
+    /// At the keep-alive deadline: ping, or give up when the last ping went unanswered.
+    ///
+    /// # Errors
+    /// [`Closed`] when the peer stopped answering.
+    pub fn on_keepalive(&mut self, now: Instant) -> Result<(), Closed> {
+        if now < self.keepalive_due() {
+            return Ok(());
+        }
+        if self.ping_sent.is_some() || self.closing {
+            return Err(Closed);
+        }
+        self.ping_sent = Some(now);
+        match self.socket.write(Message::Ping(Vec::new().into())) {
+            Ok(()) | Err(tungstenite::Error::WriteBufferFull(_)) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Err(Closed),
+        }
+        self.flush()
+    }
+
+    /// Whether the closing handshake has begun.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+}
+
+/// A parsed client message.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    /// Add channels.
+    Subscribe(Option<Value>, Vec<String>),
+    /// Remove channels.
+    Unsubscribe(Option<Value>, Vec<String>),
+    /// An API request in HTTP form, routed like any other.
+    Api(Option<Value>, http::Request),
+}
+
+/// Named commands and the HTTP request each one is: (command, method, path template).
+/// `{id}` comes from `parameters.id` (or `server`); GET parameters become the query string,
+/// other methods send `parameters` as the body.
+pub const COMMANDS: &[(&str, &str, &str)] = &[
+    ("status", "GET", "/api/v1/status"),
+    ("health", "GET", "/api/v1/health"),
+    ("control_start", "POST", "/api/v1/control/start"),
+    ("control_stop", "POST", "/api/v1/control/stop"),
+    ("control_restart", "POST", "/api/v1/control/restart"),
+    ("get_config", "GET", "/api/v1/config"),
+    ("update_config", "PUT", "/api/v1/config"),
+    ("reload_config", "POST", "/api/v1/config/reload"),
+    ("get_config_schema", "GET", "/api/v1/config/schema"),
+    ("get_logs", "GET", "/api/v1/logs"),
+    ("get_events", "GET", "/api/v1/events"),
+    ("run_diagnostics", "POST", "/api/v1/diagnostics/run"),
+    ("get_metrics", "GET", "/api/v1/metrics"),
+    (
+        "get_performance_metrics",
+        "GET",
+        "/api/v1/metrics/performance",
+    ),
+    ("get_health_metrics", "GET", "/api/v1/metrics/health"),
+    ("mcp_list_servers", "GET", "/api/v1/mcp/servers"),
+    ("mcp_register_server", "POST", "/api/v1/mcp/servers"),
+    ("mcp_get_server", "GET", "/api/v1/mcp/servers/{id}"),
+    (
+        "mcp_unregister_server",
+        "DELETE",
+        "/api/v1/mcp/servers/{id}",
+    ),
+    ("mcp_start_server", "POST", "/api/v1/mcp/servers/{id}/start"),
+    ("mcp_stop_server", "POST", "/api/v1/mcp/servers/{id}/stop"),
+    (
+        "mcp_restart_server",
+        "POST",
+        "/api/v1/mcp/servers/{id}/restart",
+    ),
+    ("mcp_reset_server", "POST", "/api/v1/mcp/servers/{id}/reset"),
+    ("mcp_list_tools", "GET", "/api/v1/mcp/servers/{id}/tools"),
+    (
+        "mcp_call_tool",
+        "POST",
+        "/api/v1/mcp/servers/{id}/tools/call",
+    ),
+];
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Parses one text message from a client.
+///
+/// # Errors
+/// The client's id (if it sent one) and what is wrong.
+pub fn parse_command(text: &str) -> Result<Command, (Option<Value>, ApiError)> {
+    let v: Value = serde_json::from_str(text).map_err(|e| {
+        (
+            None,
+            ApiError::new(ErrorCode::BadRequest, format!("message is not JSON: {e}")),
+        )
+    })?;
+    let id = v.get("id").cloned().filter(|i| !i.is_null());
+    let bad = |m: String| (id.clone(), ApiError::new(ErrorCode::BadRequest, m));
+    let Some(command) = v.get("command").and_then(Value::as_str) else {
+        return Err(bad("a message needs a \"command\"".into()));
+    };
+    let channels = || -> Result<Vec<String>, (Option<Value>, ApiError)> {
+        let list = v
+            .get("channels")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("\"channels\" must be a list".into()))?;
+        list.iter()
+            .map(|c| match c.as_str() {
+                Some(c) if CHANNELS.contains(&c) => Ok(c.to_string()),
+                _ => Err((
+                    id.clone(),
+                    ApiError::field(
+                        ErrorCode::InvalidParameter,
+                        "channels",
+                        format!("unknown channel {c}: use {}", CHANNELS.join(", ")),
+                    ),
+                )),
+            })
+            .collect()
+    };
+    match command {
+        "subscribe" => return Ok(Command::Subscribe(id.clone(), channels()?)),
+        "unsubscribe" => return Ok(Command::Unsubscribe(id.clone(), channels()?)),
+        _ => {}
+    }
+    let params = v
+        .get("parameters")
+        .cloned()
+        .unwrap_or(Value::Object(Map::new()));
+    let (method, path, body) = if command == "request" {
+        let method = params["method"]
+            .as_str()
+            .unwrap_or("GET")
+            .to_ascii_uppercase();
+        let Some(path) = params["path"].as_str() else {
+            return Err(bad("\"request\" needs parameters.path".into()));
+        };
+        let body = params.get("body").cloned();
+        (method, path.to_string(), body)
+    } else {
+        let Some((_, method, template)) = COMMANDS.iter().find(|(c, _, _)| *c == command) else {
+            return Err((
+                id,
+                ApiError::field(
+                    ErrorCode::NotFound,
+                    "command",
+                    format!("unknown command '{command}'"),
+                ),
+            ));
+        };
+        let mut path = template.to_string();
+        if path.contains("{id}") {
+            let Some(server) = params
+                .get("id")
+                .or_else(|| params.get("server"))
+                .or_else(|| params.get("server_id"))
+                .and_then(Value::as_str)
+            else {
+                return Err((
+                    id,
+                    ApiError::field(
+                        ErrorCode::InvalidParameter,
+                        "parameters.id",
+                        "the server id is required",
+                    ),
+                ));
+            };
+            path = path.replace("{id}", &encode(server));
+        }
+        let mut body = params.clone();
+        if command == "mcp_call_tool" {
+            if let Some(tool) = params.get("tool").filter(|_| params.get("name").is_none()) {
+                body["name"] = tool.clone();
+            }
+            if let Some(obj) = body.as_object_mut() {
+                obj.remove("id");
+                obj.remove("server");
+                obj.remove("server_id");
+                obj.remove("tool");
+            }
+        }
+        if *method == "GET" {
+            let query: Vec<String> = params
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| k.as_str() != "id" || !template.contains("{id}"))
+                .map(|(k, v)| {
+                    let text = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    format!("{}={}", encode(k), encode(&text))
+                })
+                .collect();
+            if !query.is_empty() {
+                path = format!("{path}?{}", query.join("&"));
+            }
+            (method.to_string(), path, None)
+        } else {
+            (method.to_string(), path, Some(body))
+        }
+    };
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (path, String::new()),
+    };
+    let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    Ok(Command::Api(
+        id,
+        http::Request {
+            method,
+            path,
+            query,
+            headers: Vec::new(),
+            body,
+            keep_alive: true,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_become_requests() {
+        let c = parse_command(r#"{"command":"subscribe","channels":["mcp_servers","logs"]}"#)
+            .expect("ok");
+        assert_eq!(
+            c,
+            Command::Subscribe(None, vec!["mcp_servers".into(), "logs".into()])
+        );
+        assert!(parse_command(r#"{"command":"subscribe","channels":["nope"]}"#).is_err());
+        let Command::Api(id, req) =
+            parse_command(r#"{"id":7,"command":"mcp_call_tool","parameters":{"server":"t x","tool":"echo","arguments":{"a":1}}}"#).expect("ok")
+        else {
+            panic!("api")
+        };
+        assert_eq!(id, Some(json!(7)));
+        assert_eq!(req.method, "POST");
+        assert_eq!(req.path, "/api/v1/mcp/servers/t%20x/tools/call");
+        let body: Value = serde_json::from_slice(&req.body).expect("json");
+        assert_eq!(body, json!({"name": "echo", "arguments": {"a": 1}}));
+        let Command::Api(_, req) =
+            parse_command(r#"{"command":"status","parameters":{"detailed":true}}"#).expect("ok")
+        else {
+            panic!("api")
+        };
+        assert_eq!(
+            (req.method.as_str(), req.path.as_str(), req.query.as_str()),
+            ("GET", "/api/v1/status", "detailed=true")
+        );
+        let Command::Api(_, req) =
+            parse_command(r#"{"command":"request","parameters":{"method":"get","path":"/api/v1/health?component=worker"}}"#).expect("ok")
+        else {
+            panic!("api")
+        };
+        assert_eq!(req.query, "component=worker");
+        let (id, e) = parse_command(r#"{"id":"x","command":"fly"}"#).expect_err("unknown");
+        assert_eq!((id, e.code), (Some(json!("x")), ErrorCode::NotFound));
+        assert!(parse_command("not json").is_err());
+    }
+
+    #[test]
+    fn handshake_answers_with_the_accept_key() {
+        let req = http::Request {
+            method: "GET".into(),
+            path: "/ws/monitor".into(),
+            query: String::new(),
+            headers: vec![
+                ("upgrade".into(), "websocket".into()),
+                ("sec-websocket-version".into(), "13".into()),
+                (
+                    "sec-websocket-key".into(),
+                    "dGhlIHNhbXBsZSBub25jZQ==".into(),
+                ),
+            ],
+            body: Vec::new(),
+            keep_alive: true,
+        };
+        let resp = String::from_utf8(handshake_response(&req).expect("101")).expect("utf8");
+        // RFC 6455 section 1.3 example.
+        assert!(
+            resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "{resp}"
+        );
+        let mut plain = req.clone();
+        plain.headers.clear();
+        assert_eq!(handshake_response(&plain).map_err(|e| e.0), Err(426));
+    }
+}

@@ -117,6 +117,15 @@ pub enum Request {
         /// Server id.
         id: String,
     },
+    /// Metrics as JSON: everything, `performance` or `health`.
+    Metrics {
+        /// Which view.
+        view: &'static str,
+    },
+    /// Prometheus text exposition (not wrapped in the envelope).
+    Prometheus,
+    /// The OpenAPI document (not wrapped in the envelope).
+    OpenApi,
     /// Call a tool.
     McpCall {
         /// Server id.

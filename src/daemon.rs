@@ -16,6 +16,7 @@ use crate::events::{Event, EventLog};
 use crate::logs::{LogRecord, Logging};
 use crate::mcp::registry::{ServerSpec, REGISTRY_FILE};
 use crate::mcp::{self, Mcp, Output, Source};
+use crate::monitor;
 use crate::net::listener::{self, ControlListener};
 use crate::net::{self, http, routes, ConnId, ConnPolicy, Incoming, Peer, Server};
 use crate::reactor::timer::TimerId;
@@ -146,6 +147,10 @@ pub enum ReplyTo {
         started: Instant,
         /// Request id for the envelope.
         request_id: u64,
+        /// Route pattern (metrics label).
+        route: &'static str,
+        /// Method (metrics label).
+        method: &'static str,
     },
     /// A command from a WebSocket client.
     Ws {
@@ -232,6 +237,7 @@ pub struct Daemon {
     mcp: Mcp,
     events: EventLog,
     outputs: Vec<Output>,
+    telemetry: crate::telemetry::Telemetry,
     started_at: SystemTime,
     started: Instant,
     next_request_id: u64,
@@ -415,6 +421,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         mcp,
         events: EventLog::new(EVENT_HISTORY),
         outputs: Vec::new(),
+        telemetry: crate::telemetry::Telemetry::new(),
         started_at: now,
         started: Instant::now(),
         next_request_id: 1,
@@ -725,11 +732,17 @@ impl Daemon {
                 return;
             }
         };
+        let (route, method) = match &request {
+            Ok(r) => (routes::pattern(&r.path), routes::method_label(&r.method)),
+            Err(_) => ("invalid", "OTHER"),
+        };
         let reply = ReplyTo::Http {
             conn,
             seq,
             started: Instant::now(),
             request_id: self.next_request_id,
+            route,
+            method,
         };
         self.next_request_id += 1;
         let request = match request {
@@ -746,6 +759,7 @@ impl Daemon {
             }
         };
         if !peer.authorized {
+            self.telemetry.auth_failure("peer_uid");
             let err = ApiError::new(
                 ErrorCode::Forbidden,
                 "this user may not use the control socket",
@@ -777,6 +791,7 @@ impl Daemon {
     /// Host allow-list, then the bearer token (everything but `GET /api/v1/health`).
     fn check_tcp_access(&mut self, request: &http::Request) -> Result<(), ApiError> {
         if !self.access.host_allowed(request.header("host")) {
+            self.telemetry.auth_failure("host");
             log::warn!(
                 "refused a request for Host {:?} (not an allowed name)",
                 request.header("host").unwrap_or("")
@@ -787,6 +802,7 @@ impl Daemon {
             ));
         }
         if request.path == "/ws/monitor" && !self.access.origin_allowed(request.header("origin")) {
+            self.telemetry.auth_failure("origin");
             log::warn!(
                 "refused a WebSocket from Origin {:?}",
                 request.header("origin").unwrap_or("")
@@ -808,6 +824,7 @@ impl Daemon {
                 .access
                 .token_ok(request.header("authorization"), query_token)
         {
+            self.telemetry.auth_failure("token");
             log::warn!("refused an unauthenticated request for {}", request.path);
             return Err(ApiError::new(
                 ErrorCode::Unauthorized,
@@ -983,6 +1000,23 @@ impl Daemon {
                 }
                 Ok(self.event_history(&query))
             }
+            Request::Metrics { view } => Ok(self.metrics(cx, view)),
+            Request::Prometheus => {
+                let text = self.prometheus(cx);
+                self.answer_raw(
+                    cx,
+                    reply,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text.into_bytes(),
+                );
+                return;
+            }
+            Request::OpenApi => {
+                let doc = crate::openapi::document(env!("CARGO_PKG_VERSION"));
+                let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+                self.answer_raw(cx, reply, "application/json", bytes);
+                return;
+            }
             Request::McpList { status } => Ok(self.mcp.list(status)),
             Request::McpShow { id } => self.mcp.show(&id),
             Request::McpTools { id } => self.mcp.tools(&id),
@@ -1055,7 +1089,12 @@ impl Daemon {
             for output in std::mem::take(&mut self.outputs) {
                 match output {
                     Output::Reply(reply, answer) => self.answer(cx, reply, answer),
+                    Output::ToolCall(server, outcome, seconds) => {
+                        self.telemetry.tool_call(&server, outcome, seconds)
+                    }
+                    Output::Restart(server) => self.telemetry.server_restart(&server),
                     Output::Event(channel, kind, data) => {
+                        self.telemetry.event(kind);
                         let seq = self.events.publish(channel, kind, data);
                         self.broadcast_event(cx, seq);
                     }
@@ -1103,16 +1142,20 @@ impl Daemon {
                 seq,
                 started,
                 request_id,
+                route,
+                method,
             } => {
+                let status = match &answer {
+                    Ok(_) => 200,
+                    Err(e) => e.code.http_status(),
+                };
+                self.telemetry
+                    .http_request(route, method, status, started.elapsed().as_secs_f64());
                 if !self.server.is_open(conn) {
                     return;
                 }
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
                 let body = api::envelope(&answer, request_id, ms, &now_string());
-                let status = match &answer {
-                    Ok(_) => 200,
-                    Err(e) => e.code.http_status(),
-                };
                 let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
                 bytes.push(b'\n');
                 let mut response = http::Response::json(status, bytes);
@@ -1179,6 +1222,202 @@ impl Daemon {
             data["loop"] = self.loop_stats(cx.stats, cx.timers.len());
         }
         data
+    }
+
+    /// A reply that is not wrapped in the envelope (Prometheus text, the OpenAPI document).
+    fn answer_raw(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        reply: ReplyTo,
+        content_type: &'static str,
+        body: Vec<u8>,
+    ) {
+        match reply {
+            ReplyTo::Http {
+                conn,
+                seq,
+                started,
+                route,
+                method,
+                ..
+            } => {
+                self.telemetry
+                    .http_request(route, method, 200, started.elapsed().as_secs_f64());
+                let response = http::Response {
+                    status: 200,
+                    content_type,
+                    headers: Vec::new(),
+                    body,
+                };
+                self.server
+                    .respond(cx, conn, seq, &response, false, &mut self.incoming);
+            }
+            ReplyTo::Ws { .. } => {
+                let text = String::from_utf8_lossy(&body).into_owned();
+                let data = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                self.answer(cx, reply, Ok(data));
+            }
+        }
+    }
+
+    /// `GET /api/v1/metrics[/performance|/health]`.
+    fn metrics(&self, cx: &Cx<'_, Timer>, view: &str) -> Value {
+        let process = monitor::performance::own_process();
+        let host = monitor::performance::host();
+        let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
+        let servers = self.mcp.list("all");
+        for s in servers["servers"].as_array().into_iter().flatten() {
+            *by_status
+                .entry(s["status"].as_str().unwrap_or("unknown").to_string())
+                .or_default() += 1;
+        }
+        let performance = json!({
+            "process": process.to_json(),
+            "host": host.to_json(),
+            "requests": self.telemetry.performance_json(),
+            "event_loop": {"wakeups": cx.stats.wakeups, "events": cx.stats.events, "timers_armed": cx.timers.len()},
+        });
+        let health = json!({
+            "components": self.health_answer(None).unwrap_or_else(|e| e.data.unwrap_or(Value::Null)),
+            "mcp_servers": {"by_status": by_status, "servers": servers["servers"]},
+        });
+        match view {
+            "performance" => performance,
+            "health" => health,
+            _ => json!({
+                "uptime_seconds": self.started.elapsed().as_secs(),
+                "performance": performance,
+                "health": health,
+                "connections": {"open": self.server.open_connections(), "websocket_clients": self.server.ws_clients()},
+                "events": {"last_seq": self.events.last_seq()},
+            }),
+        }
+    }
+
+    /// `GET /metrics`: Prometheus text exposition.
+    fn prometheus(&self, cx: &Cx<'_, Timer>) -> String {
+        use crate::telemetry::Exposition;
+        let process = monitor::performance::own_process();
+        let host = monitor::performance::host();
+        let mut e = Exposition::new();
+        let none: &[(&str, &str)] = &[];
+        e.gauge("vsm_up", "1 while the daemon runs.", &[(none, 1.0)]);
+        e.gauge(
+            "vsm_uptime_seconds",
+            "Seconds since the daemon started.",
+            &[(none, self.started.elapsed().as_secs_f64())],
+        );
+        e.gauge(
+            "vsm_process_resident_memory_bytes",
+            "Resident memory of the daemon.",
+            &[(none, process.rss_bytes as f64)],
+        );
+        e.counter(
+            "vsm_process_cpu_seconds_total",
+            "CPU time of the daemon (user + system).",
+            &[(none, process.cpu_seconds)],
+        );
+        e.gauge(
+            "vsm_process_open_fds",
+            "Open file descriptors of the daemon.",
+            &[(none, process.open_fds as f64)],
+        );
+        e.gauge(
+            "vsm_host_load1",
+            "Host 1-minute load average.",
+            &[(none, host.load[0])],
+        );
+        e.gauge(
+            "vsm_host_memory_available_bytes",
+            "Host available memory.",
+            &[(none, host.mem_available_bytes as f64)],
+        );
+        e.gauge(
+            "vsm_host_memory_total_bytes",
+            "Host total memory.",
+            &[(none, host.mem_total_bytes as f64)],
+        );
+        e.counter(
+            "vsm_event_loop_wakeups_total",
+            "Returns from the event loop's poll.",
+            &[(none, cx.stats.wakeups as f64)],
+        );
+        e.gauge(
+            "vsm_timers_armed",
+            "Timers armed on the timer wheel.",
+            &[(none, cx.timers.len() as f64)],
+        );
+        e.gauge(
+            "vsm_connections",
+            "Open HTTP and WebSocket connections.",
+            &[(none, self.server.open_connections() as f64)],
+        );
+        e.gauge(
+            "vsm_ws_clients",
+            "Connected WebSocket clients.",
+            &[(none, self.server.ws_clients() as f64)],
+        );
+        let components: Vec<(String, f64)> = self
+            .components
+            .iter()
+            .map(|(name, c)| (name.to_string(), if c.running { 1.0 } else { 0.0 }))
+            .collect();
+        let labels: Vec<[(&str, &str); 1]> = components
+            .iter()
+            .map(|(n, _)| [("component", n.as_str())])
+            .collect();
+        let samples: Vec<(&[(&str, &str)], f64)> = labels
+            .iter()
+            .zip(&components)
+            .map(|(l, (_, v))| (&l[..], *v))
+            .collect();
+        e.gauge(
+            "vsm_component_up",
+            "1 when a daemon component runs.",
+            &samples,
+        );
+        let servers = self.mcp.list("all");
+        let rows: Vec<(String, String, f64)> = servers["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                let status = s["status"].as_str().unwrap_or("unknown").to_string();
+                let up = if status == "active" || status == "degraded" {
+                    1.0
+                } else {
+                    0.0
+                };
+                (s["id"].as_str().unwrap_or("").to_string(), status, up)
+            })
+            .collect();
+        let labels: Vec<[(&str, &str); 2]> = rows
+            .iter()
+            .map(|(id, st, _)| [("server", id.as_str()), ("status", st.as_str())])
+            .collect();
+        let samples: Vec<(&[(&str, &str)], f64)> = labels
+            .iter()
+            .zip(&rows)
+            .map(|(l, (_, _, up))| (&l[..], *up))
+            .collect();
+        e.gauge(
+            "vsm_mcp_server_up",
+            "1 when an MCP server serves tool calls (active or degraded), by server and status.",
+            &samples,
+        );
+        let (active, total) = self.mcp.counts();
+        e.gauge(
+            "vsm_mcp_servers_registered",
+            "MCP servers registered.",
+            &[(none, total as f64)],
+        );
+        e.gauge(
+            "vsm_mcp_servers_active",
+            "MCP servers serving tool calls.",
+            &[(none, active as f64)],
+        );
+        self.telemetry.write_prometheus(&mut e);
+        e.finish()
     }
 
     fn loop_stats(&self, stats: &LoopStats, timers: usize) -> Value {
@@ -1458,11 +1697,38 @@ impl Daemon {
             .iter()
             .filter(|f| matches!(f.feed, Feed::Logs(_)))
             .count();
-        self.logging.set_followers(logs);
+        self.logging
+            .set_followers(logs + self.server.ws_subscribers("logs").len());
+    }
+
+    /// Sends new log records to WebSocket clients subscribed to the `logs` channel.
+    fn flush_ws_logs(&mut self, cx: &mut Cx<'_, Timer>) {
+        let subscribers = self.server.ws_subscribers("logs");
+        if subscribers.is_empty() {
+            return;
+        }
+        let last = self.logging.ring.last_seq();
+        for conn in subscribers {
+            let Some(cursor) = self.server.ws_mut(conn).map(|w| w.log_cursor) else {
+                continue;
+            };
+            if cursor >= last {
+                continue;
+            }
+            for r in self.logging.ring.query(cursor, 1000, |_| true) {
+                let msg = json!({"type": "log", "channel": "logs", "timestamp": state::rfc3339_utc_millis(r.time), "data": r.to_json()});
+                self.server.ws_send(cx, conn, msg.to_string().into());
+            }
+            if let Some(w) = self.server.ws_mut(conn) {
+                w.log_cursor = last;
+            }
+        }
+        self.update_follower_count();
     }
 
     /// Sends new records and events to the streams that follow them.
     fn flush_followers(&mut self, cx: &mut Cx<'_, Timer>) {
+        self.flush_ws_logs(cx);
         if self.followers.is_empty() {
             return;
         }

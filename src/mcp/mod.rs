@@ -66,6 +66,10 @@ pub enum Output {
     Reply(ReplyTo, Answer),
     /// An event for the event log and subscribers: (channel, type, data).
     Event(&'static str, &'static str, Value),
+    /// A tool call finished: (server, outcome, seconds) for the metrics.
+    ToolCall(String, &'static str, f64),
+    /// A server was restarted automatically.
+    Restart(String),
 }
 
 /// Defaults and limits from `[mcp_servers]` plus where the daemon keeps its state.
@@ -1005,6 +1009,13 @@ impl Mcp {
                     return;
                 };
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
+                let seconds = started.elapsed().as_secs_f64();
+                let outcome = match &result {
+                    Ok(v) if v["isError"] == true => "tool_error",
+                    Ok(_) => "ok",
+                    Err(_) => "mcp_error",
+                };
+                out.push(Output::ToolCall(id.to_string(), outcome, seconds));
                 let answer = match result {
                     Ok(v) if v["isError"] == true => {
                         server.calls.1 += 1;
@@ -1261,6 +1272,7 @@ impl Mcp {
                 server.timer = None;
                 if server.status == Status::Backoff {
                     server.restarts += 1;
+                    out.push(Output::Restart(id.clone()));
                     self.spawn_run(cx, &id, out);
                 }
             }
@@ -1307,6 +1319,11 @@ impl Mcp {
                 }) = server.pending.remove(&rpc)
                 {
                     server.calls.2 += 1;
+                    out.push(Output::ToolCall(
+                        id.clone(),
+                        "timeout",
+                        started.elapsed().as_secs_f64(),
+                    ));
                     let ms = started.elapsed().as_millis();
                     out.push(Output::Reply(
                         reply,
@@ -1363,11 +1380,19 @@ impl Mcp {
         };
         for (_, p) in server.pending.drain() {
             if let Pending::Call {
-                reply, timer, tool, ..
+                reply,
+                timer,
+                tool,
+                started,
             } = p
             {
                 cx.timers.cancel(timer);
                 server.calls.1 += 1;
+                out.push(Output::ToolCall(
+                    id.clone(),
+                    "server_exited",
+                    started.elapsed().as_secs_f64(),
+                ));
                 out.push(Output::Reply(
                     reply,
                     Err(ApiError::new(

@@ -22,6 +22,11 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/logs", &["GET"]),
     ("/api/v1/diagnostics/run", &["POST"]),
     ("/api/v1/events", &["GET"]),
+    ("/api/v1/metrics", &["GET"]),
+    ("/api/v1/metrics/performance", &["GET"]),
+    ("/api/v1/metrics/health", &["GET"]),
+    ("/metrics", &["GET"]),
+    ("/api/v1/openapi.json", &["GET"]),
     ("/api/v1/mcp/servers", &["GET", "POST"]),
     ("/api/v1/mcp/servers/{id}", &["GET", "DELETE"]),
     ("/api/v1/mcp/servers/{id}/start", &["POST"]),
@@ -31,6 +36,29 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/mcp/servers/{id}/tools", &["GET"]),
     ("/api/v1/mcp/servers/{id}/tools/call", &["POST"]),
 ];
+
+/// The route pattern a path falls under (for metrics labels), or `"unmatched"`.
+pub fn pattern(path: &str) -> &'static str {
+    let path = path.trim_end_matches('/');
+    ROUTES
+        .iter()
+        .find(|(p, _)| matches(p, path).is_some())
+        .map_or("unmatched", |(p, _)| p)
+}
+
+/// A method name for metrics labels (client-chosen strings are folded into `OTHER`).
+pub fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    }
+}
 
 /// Matches a path against a route pattern; returns the `{id}` segment (decoded) if any.
 fn matches(pattern: &str, path: &str) -> Option<Option<String>> {
@@ -132,7 +160,11 @@ pub fn route(req: &http::Request) -> Result<Request, RouteError> {
                     Some(l) => parse_level(&l)?,
                     None => log::LevelFilter::Trace,
                 },
-                lines: q.number("lines")?.unwrap_or(100).min(100_000) as usize,
+                lines: q
+                    .number("lines")?
+                    .or(q.number("limit")?)
+                    .unwrap_or(100)
+                    .min(100_000) as usize,
                 component: q.text("component"),
                 since: q.number("since")?,
             },
@@ -141,6 +173,13 @@ pub fn route(req: &http::Request) -> Result<Request, RouteError> {
         ("POST", "/api/v1/diagnostics/run") => Request::Diagnostics {
             full: q.flag("full")? || body.flag("full")?.unwrap_or(false),
         },
+        ("GET", "/api/v1/metrics") => Request::Metrics { view: "all" },
+        ("GET", "/api/v1/metrics/performance") => Request::Metrics {
+            view: "performance",
+        },
+        ("GET", "/api/v1/metrics/health") => Request::Metrics { view: "health" },
+        ("GET", "/metrics") => Request::Prometheus,
+        ("GET", "/api/v1/openapi.json") => Request::OpenApi,
         ("GET", "/api/v1/events") => Request::Events {
             query: EventQuery {
                 kind: q.text("type"),

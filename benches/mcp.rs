@@ -2,7 +2,8 @@
 //! how fast a dead child gets its restart scheduled, and what 1,000 spawn/kill cycles leave
 //! behind (zombies, file descriptors, memory).
 //!
-//! Run with `cargo bench --bench mcp`. Environment:
+//! Run with `cargo bench --bench mcp` (`-- WORD..` runs only the sections whose name contains
+//! a WORD, e.g. `-- tool` or `-- spawn`). Environment:
 //! - `VSM_BENCH_BIN`: binary under test (default: the one cargo built for this bench).
 //! - `VSM_BENCH_STATIC_BIN`: a static build (`packaging/build-static.sh`); when set, every
 //!   metric is measured with it (that is what ships).
@@ -1237,7 +1238,7 @@ fn measure_flap(bin: &Path, notes: &mut Vec<String>) -> Result<Vec<Row>> {
 // ---------------------------------------------------------------------------------------
 
 fn main() -> ExitCode {
-    // `cargo bench` passes `--bench` (and maybe a filter); nothing here takes options.
+    // `cargo bench` passes `--bench`; other arguments are section filters (see `run`).
     let env_path = |k: &str| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
@@ -1279,9 +1280,17 @@ fn main() -> ExitCode {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     let mut failed = false;
+    // `cargo bench --bench mcp -- WORD..` runs only the sections whose name contains a WORD.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let mut run = |name: &str,
                    notes: &mut Vec<String>,
                    f: &mut dyn FnMut(&mut Vec<String>) -> Result<Vec<Row>>| {
+        if !filters.is_empty() && !filters.iter().any(|w| name.contains(w.as_str())) {
+            return;
+        }
         let t0 = Instant::now();
         match f(notes) {
             Ok(r) => rows.extend(r),

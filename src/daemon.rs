@@ -35,6 +35,8 @@ use std::time::{Duration, Instant, SystemTime};
 const OVERRIDES_FILE: &str = "overrides.json";
 /// How long a health round waits for the worker's answer.
 const WORKER_PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Health results younger than this answer `GET /api/v1/health` without a new round.
+const HEALTH_CACHE: Duration = Duration::from_secs(1);
 /// How long `diagnostics run --full` may take on the worker.
 const DIAGNOSTICS_TIMEOUT: Duration = Duration::from_secs(20);
 /// Stream back-pressure: a follower with more than this unsent is skipped until it drains.
@@ -128,8 +130,8 @@ pub enum Timer {
 /// Results of blocking jobs.
 #[derive(Debug)]
 pub enum WorkResult {
-    /// The worker answered a health ping.
-    Pong,
+    /// The worker probed the state directory (write, fsync, rename, fsync dir).
+    Probe(Result<Vec<Duration>, String>),
     /// fsync timings of the state directory.
     FsyncLatency(Result<Vec<Duration>, String>),
 }
@@ -231,6 +233,7 @@ pub struct Daemon {
     components: BTreeMap<&'static str, ComponentState>,
     health_timer: Option<TimerId>,
     health: BTreeMap<String, HealthResult>,
+    health_at: Option<Instant>,
     round: Option<HealthRound>,
     jobs: HashMap<u64, (PendingJob, TimerId)>,
     followers: Vec<Follower>,
@@ -415,6 +418,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         components,
         health_timer: None,
         health: BTreeMap::new(),
+        health_at: None,
         round: None,
         jobs: HashMap::new(),
         followers: Vec::new(),
@@ -968,7 +972,16 @@ impl Daemon {
                         return;
                     }
                 }
-                self.start_health_round(cx, Some((reply, component)));
+                // A round younger than a second answers at once: a scraper hammering
+                // /api/v1/health must not turn into a stream of fsyncs.
+                let fresh = self.round.is_none()
+                    && self.health_at.is_some_and(|t| t.elapsed() < HEALTH_CACHE);
+                if fresh {
+                    let answer = self.health_answer(component.as_deref());
+                    self.answer(cx, reply, answer);
+                } else {
+                    self.start_health_round(cx, Some((reply, component)));
+                }
                 return;
             }
             Request::ControlStart { service } => self.control_start(cx, service),
@@ -1832,15 +1845,16 @@ impl Daemon {
             None => result(false, "stopped", "control socket is not listening".into()),
         };
         results.insert("control".to_string(), control);
-        let state = match self.state.probe() {
-            Ok(t) => result(
+        // The state directory is probed (write, fsync, rename) on the worker: an fsync on a
+        // slow SD card must never stall the loop. Until the worker answers, it is unchecked.
+        results.insert(
+            "state".to_string(),
+            result(
                 true,
-                "ok",
-                format!("writable, probe took {:.1} ms", t.as_secs_f64() * 1000.0),
+                "unchecked",
+                "not checked: the worker is not running".into(),
             ),
-            Err(e) => result(false, "failing", e.to_string()),
-        };
-        results.insert("state".to_string(), state);
+        );
         let monitor = if self.health_timer.is_some() {
             result(
                 true,
@@ -1868,7 +1882,10 @@ impl Daemon {
                     result(false, "failing", "worker thread has died".into()),
                 );
             }
-            Some(w) => match w.submit(Box::new(|| WorkResult::Pong)) {
+            Some(w) => match w.submit({
+                let dir = self.state.path().to_path_buf();
+                Box::new(move || WorkResult::Probe(diagnostics::fsync_latency(&dir, 1)))
+            }) {
                 Ok(id) => {
                     let timer = cx
                         .timers
@@ -1911,6 +1928,7 @@ impl Daemon {
             }
         }
         self.health = round.results.clone();
+        self.health_at = Some(Instant::now());
         for (reply, filter) in round.waiting {
             let answer = self.health_answer(filter.as_deref());
             self.answer(cx, reply, answer);
@@ -1972,23 +1990,39 @@ impl Daemon {
         };
         cx.timers.cancel(timer);
         match (job, result) {
-            (PendingJob::HealthPing, WorkResult::Pong) => {
+            (PendingJob::HealthPing, WorkResult::Probe(probe)) => {
                 if let Some(round) = &mut self.round {
                     let took = round
                         .worker_job
                         .map_or(Duration::ZERO, |(_, t)| t.elapsed());
+                    let now = SystemTime::now();
                     round.results.insert(
                         "worker".into(),
                         HealthResult {
                             healthy: true,
                             status: "running",
-                            message: format!(
-                                "answered a ping in {:.2} ms",
-                                took.as_secs_f64() * 1000.0
-                            ),
-                            checked_at: SystemTime::now(),
+                            message: format!("answered in {:.2} ms", took.as_secs_f64() * 1000.0),
+                            checked_at: now,
                         },
                     );
+                    let state = match probe {
+                        Ok(t) => HealthResult {
+                            healthy: true,
+                            status: "ok",
+                            message: format!(
+                                "writable, write+fsync took {:.1} ms",
+                                t.first().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+                            ),
+                            checked_at: now,
+                        },
+                        Err(e) => HealthResult {
+                            healthy: false,
+                            status: "failing",
+                            message: e,
+                            checked_at: now,
+                        },
+                    };
+                    round.results.insert("state".into(), state);
                     self.finish_health_round(cx);
                 }
             }
@@ -2053,21 +2087,21 @@ impl Daemon {
             },
         };
         checks.push(config_check);
-        checks.push(match self.state.probe() {
-            Ok(t) => diagnostics::Check {
-                name: "state.writable".into(),
-                verdict: diagnostics::Verdict::Ok,
-                detail: format!(
-                    "{} (probe {:.1} ms)",
-                    self.state.path().display(),
-                    t.as_secs_f64() * 1000.0
-                ),
+        // No write here: an fsync can stall on slow storage; `--full` times it on the worker.
+        let dir = self.state.path();
+        let writable = sys::writable(dir);
+        checks.push(diagnostics::Check {
+            name: "state.writable".into(),
+            verdict: if writable {
+                diagnostics::Verdict::Ok
+            } else {
+                diagnostics::Verdict::Fail
             },
-            Err(e) => diagnostics::Check {
-                name: "state.writable".into(),
-                verdict: diagnostics::Verdict::Fail,
-                detail: e.to_string(),
-            },
+            detail: format!(
+                "{} ({})",
+                dir.display(),
+                if writable { "writable" } else { "not writable" }
+            ),
         });
         checks.extend(diagnostics::file_checks(&diagnostics::Paths {
             socket: &self.socket_path,

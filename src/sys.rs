@@ -394,6 +394,23 @@ pub fn kill_group(pgid: i32, signal: i32) -> io::Result<()> {
     kill(-pgid, signal)
 }
 
+/// Whether this process may write into `path` (effective ids, like the kernel will check).
+pub fn writable(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: c is a valid NUL-terminated path; faccessat only reads it.
+    unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        ) == 0
+    }
+}
+
 /// Starts a new session (call from `pre_exec`).
 ///
 /// # Errors

@@ -575,11 +575,8 @@ impl Server {
             if w.stalled(now) {
                 w.close_stalled();
             }
-            if w.on_keepalive(now).is_ok() && !w.is_closing() {
-                self.update_timer(cx, id);
-                return;
-            }
-            if w.is_closing() && w.on_keepalive(now).is_ok() {
+            // A client that is closing gets until this deadline to finish; otherwise ping it.
+            if !w.is_closing() && w.on_keepalive(now).is_ok() {
                 self.update_timer(cx, id);
                 return;
             }

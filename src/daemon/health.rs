@@ -1,0 +1,182 @@
+//! Health checks of the daemon's own components: one round at a time, results cached
+//! for a second, and one place that turns failed checks into repairs.
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn health_component_names(&self) -> Vec<&'static str> {
+        let mut names = COMPONENTS.to_vec();
+        names.push("state");
+        names
+    }
+
+    pub(super) fn start_health_round(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        waiter: Option<(ReplyTo, Option<String>)>,
+    ) {
+        if let Some(round) = &mut self.round {
+            round.waiting.extend(waiter);
+            return;
+        }
+        let now = SystemTime::now();
+        let mut results = BTreeMap::new();
+        let result = |healthy: bool, status: &'static str, message: String| HealthResult {
+            healthy,
+            status,
+            message,
+            checked_at: now,
+        };
+        let control = match &self.control {
+            Some(c) if c.still_ours() => result(
+                true,
+                "running",
+                format!("listening on {}", c.path.display()),
+            ),
+            Some(c) => result(
+                false,
+                "running",
+                format!("socket file {} was removed or replaced", c.path.display()),
+            ),
+            None => result(false, "stopped", "control socket is not listening".into()),
+        };
+        results.insert("control".to_string(), control);
+        // The state directory is probed (write, fsync, rename) on the worker: an fsync on a
+        // slow SD card must never stall the loop. Until the worker answers, it is unchecked.
+        results.insert(
+            "state".to_string(),
+            result(
+                true,
+                "unchecked",
+                "not checked: the worker is not running".into(),
+            ),
+        );
+        let monitor = if self.health_timer.is_some() {
+            result(
+                true,
+                "running",
+                format!(
+                    "every {} ms",
+                    self.config.effective.monitoring.health_check_interval_ms
+                ),
+            )
+        } else {
+            result(true, "stopped", "stopped by the operator".into())
+        };
+        results.insert("monitor".to_string(), monitor);
+        let mut worker_job = None;
+        match self.worker.as_mut() {
+            None => {
+                results.insert(
+                    "worker".to_string(),
+                    result(true, "stopped", "stopped by the operator".into()),
+                );
+            }
+            Some(w) if !w.is_alive() => {
+                results.insert(
+                    "worker".to_string(),
+                    result(false, "failing", "worker thread has died".into()),
+                );
+            }
+            Some(w) => match w.submit({
+                let dir = self.state.path().to_path_buf();
+                Box::new(move || WorkResult::Probe(diagnostics::fsync_latency(&dir, 1)))
+            }) {
+                Ok(id) => {
+                    let timer = cx
+                        .timers
+                        .insert(Instant::now() + WORKER_PING_TIMEOUT, Timer::Job(id));
+                    self.jobs.insert(id, (PendingJob::HealthPing, timer));
+                    worker_job = Some((id, Instant::now()));
+                }
+                Err(e) => {
+                    let msg = match e {
+                        SubmitError::Busy => "worker queue is full",
+                        SubmitError::Gone => "worker thread has died",
+                    };
+                    results.insert("worker".to_string(), result(false, "failing", msg.into()));
+                }
+            },
+        }
+        self.round = Some(HealthRound {
+            results,
+            worker_job,
+            waiting: waiter.into_iter().collect(),
+        });
+        if worker_job.is_none() {
+            self.finish_health_round(cx);
+        }
+    }
+
+    /// Records a round's results, answers whoever asked, and decides on repairs.
+    pub(super) fn finish_health_round(&mut self, cx: &mut Cx<'_, Timer>) {
+        let Some(round) = self.round.take() else {
+            return;
+        };
+        for (name, result) in &round.results {
+            let was = self.health.get(name).map(|h| h.healthy);
+            if was != Some(result.healthy) && (was.is_some() || !result.healthy) {
+                if result.healthy {
+                    log::info!("component {name} is healthy again: {}", result.message);
+                } else {
+                    log::warn!("component {name} is unhealthy: {}", result.message);
+                }
+            }
+        }
+        self.health = round.results.clone();
+        self.health_at = Some(Instant::now());
+        for (reply, filter) in round.waiting {
+            let answer = self.health_answer(filter.as_deref());
+            self.answer(cx, reply, answer);
+        }
+        // Repairs: the one place that turns check results into actions.
+        for name in ["control", "worker"] {
+            let broken = self.health.get(name).is_some_and(|h| !h.healthy);
+            if broken && self.stopping.is_none() {
+                if let Some(c) = self.components.get_mut(name) {
+                    c.last_error = self.health.get(name).map(|h| h.message.clone());
+                }
+                log::warn!("restarting component {name} after a failed health check");
+                if let Err(e) = self.restart_component(cx, name) {
+                    log::error!("cannot restart {name}: {e}");
+                }
+            }
+        }
+    }
+
+    pub(super) fn health_answer(&self, filter: Option<&str>) -> Answer {
+        let mut components = Map::new();
+        let mut failing = Vec::new();
+        for (name, h) in &self.health {
+            if filter.is_some_and(|f| f != name) {
+                continue;
+            }
+            if !h.healthy {
+                failing.push(name.clone());
+            }
+            components.insert(
+                name.clone(),
+                json!({
+                    "healthy": h.healthy,
+                    "status": h.status,
+                    "message": h.message,
+                    "checked_at": state::rfc3339_utc_millis(h.checked_at),
+                }),
+            );
+        }
+        let data = json!({
+            "status": if failing.is_empty() { "healthy" } else { "unhealthy" },
+            "components": components,
+            "failing": failing,
+        });
+        if failing.is_empty() {
+            Ok(data)
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Unhealthy,
+                format!("unhealthy: {}", failing.join(", ")),
+            )
+            .with_data(data))
+        }
+    }
+}

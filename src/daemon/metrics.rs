@@ -1,0 +1,194 @@
+//! Metrics: loop statistics, the JSON views and the Prometheus exposition, built from the
+//! daemon's state at request time.
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn loop_stats(&self, stats: &LoopStats, timers: usize) -> Value {
+        let me = procfs::process::Process::myself().ok();
+        let rss = me
+            .as_ref()
+            .and_then(|p| p.statm().ok())
+            .map(|s| s.resident * procfs::page_size());
+        let status = me.as_ref().and_then(|p| p.status().ok());
+        let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).ok();
+        json!({
+            "wakeups": stats.wakeups,
+            "events": stats.events,
+            "timers_fired": stats.timers_fired,
+            "timers_armed": timers,
+            "signals": stats.signals,
+            "wakes": stats.wakes,
+            "connections": self.server.open_connections(),
+            "connections_accepted": self.server.accepted,
+            "connections_refused_over_limit": self.server.refused_over_limit,
+            "log_followers": self.followers.len(),
+            "pending_jobs": self.jobs.len(),
+            "children_reaped": self.reaped,
+            "rss_bytes": rss,
+            "open_fds": fds,
+            "voluntary_ctxt_switches": status.as_ref().and_then(|s| s.voluntary_ctxt_switches),
+            "nonvoluntary_ctxt_switches": status.as_ref().and_then(|s| s.nonvoluntary_ctxt_switches),
+        })
+    }
+
+    /// `GET /api/v1/metrics[/performance|/health]`.
+    pub(super) fn metrics(&self, cx: &Cx<'_, Timer>, view: &str) -> Value {
+        let process = monitor::performance::own_process();
+        let host = monitor::performance::host();
+        let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
+        let servers = self.mcp.list("all");
+        for s in servers["servers"].as_array().into_iter().flatten() {
+            *by_status
+                .entry(s["status"].as_str().unwrap_or("unknown").to_string())
+                .or_default() += 1;
+        }
+        let performance = json!({
+            "process": process.to_json(),
+            "host": host.to_json(),
+            "requests": self.telemetry.performance_json(),
+            "event_loop": {"wakeups": cx.stats.wakeups, "events": cx.stats.events, "timers_armed": cx.timers.len()},
+        });
+        let health = json!({
+            "components": self.health_answer(None).unwrap_or_else(|e| e.data.unwrap_or(Value::Null)),
+            "mcp_servers": {"by_status": by_status, "servers": servers["servers"]},
+        });
+        match view {
+            "performance" => performance,
+            "health" => health,
+            _ => json!({
+                "uptime_seconds": self.started.elapsed().as_secs(),
+                "performance": performance,
+                "health": health,
+                "connections": {"open": self.server.open_connections(), "websocket_clients": self.server.ws_clients()},
+                "events": {"last_seq": self.events.last_seq()},
+            }),
+        }
+    }
+
+    /// `GET /metrics`: Prometheus text exposition.
+    pub(super) fn prometheus(&self, cx: &Cx<'_, Timer>) -> String {
+        use crate::telemetry::Exposition;
+        let process = monitor::performance::own_process();
+        let host = monitor::performance::host();
+        let mut e = Exposition::new();
+        let none: &[(&str, &str)] = &[];
+        e.gauge("vsm_up", "1 while the daemon runs.", &[(none, 1.0)]);
+        e.gauge(
+            "vsm_uptime_seconds",
+            "Seconds since the daemon started.",
+            &[(none, self.started.elapsed().as_secs_f64())],
+        );
+        e.gauge(
+            "vsm_process_resident_memory_bytes",
+            "Resident memory of the daemon.",
+            &[(none, process.rss_bytes as f64)],
+        );
+        e.counter(
+            "vsm_process_cpu_seconds_total",
+            "CPU time of the daemon (user + system).",
+            &[(none, process.cpu_seconds)],
+        );
+        e.gauge(
+            "vsm_process_open_fds",
+            "Open file descriptors of the daemon.",
+            &[(none, process.open_fds as f64)],
+        );
+        e.gauge(
+            "vsm_host_load1",
+            "Host 1-minute load average.",
+            &[(none, host.load[0])],
+        );
+        e.gauge(
+            "vsm_host_memory_available_bytes",
+            "Host available memory.",
+            &[(none, host.mem_available_bytes as f64)],
+        );
+        e.gauge(
+            "vsm_host_memory_total_bytes",
+            "Host total memory.",
+            &[(none, host.mem_total_bytes as f64)],
+        );
+        e.counter(
+            "vsm_event_loop_wakeups_total",
+            "Returns from the event loop's poll.",
+            &[(none, cx.stats.wakeups as f64)],
+        );
+        e.gauge(
+            "vsm_timers_armed",
+            "Timers armed on the timer wheel.",
+            &[(none, cx.timers.len() as f64)],
+        );
+        e.gauge(
+            "vsm_connections",
+            "Open HTTP and WebSocket connections.",
+            &[(none, self.server.open_connections() as f64)],
+        );
+        e.gauge(
+            "vsm_ws_clients",
+            "Connected WebSocket clients.",
+            &[(none, self.server.ws_clients() as f64)],
+        );
+        let components: Vec<(String, f64)> = self
+            .components
+            .iter()
+            .map(|(name, c)| (name.to_string(), if c.running { 1.0 } else { 0.0 }))
+            .collect();
+        let labels: Vec<[(&str, &str); 1]> = components
+            .iter()
+            .map(|(n, _)| [("component", n.as_str())])
+            .collect();
+        let samples: Vec<(&[(&str, &str)], f64)> = labels
+            .iter()
+            .zip(&components)
+            .map(|(l, (_, v))| (&l[..], *v))
+            .collect();
+        e.gauge(
+            "vsm_component_up",
+            "1 when a daemon component runs.",
+            &samples,
+        );
+        let servers = self.mcp.list("all");
+        let rows: Vec<(String, String, f64)> = servers["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                let status = s["status"].as_str().unwrap_or("unknown").to_string();
+                let up = if status == "active" || status == "degraded" {
+                    1.0
+                } else {
+                    0.0
+                };
+                (s["id"].as_str().unwrap_or("").to_string(), status, up)
+            })
+            .collect();
+        let labels: Vec<[(&str, &str); 2]> = rows
+            .iter()
+            .map(|(id, st, _)| [("server", id.as_str()), ("status", st.as_str())])
+            .collect();
+        let samples: Vec<(&[(&str, &str)], f64)> = labels
+            .iter()
+            .zip(&rows)
+            .map(|(l, (_, _, up))| (&l[..], *up))
+            .collect();
+        e.gauge(
+            "vsm_mcp_server_up",
+            "1 when an MCP server serves tool calls (active or degraded), by server and status.",
+            &samples,
+        );
+        let (active, total) = self.mcp.counts();
+        e.gauge(
+            "vsm_mcp_servers_registered",
+            "MCP servers registered.",
+            &[(none, total as f64)],
+        );
+        e.gauge(
+            "vsm_mcp_servers_active",
+            "MCP servers serving tool calls.",
+            &[(none, active as f64)],
+        );
+        self.telemetry.write_prometheus(&mut e);
+        e.finish()
+    }
+}

@@ -1,0 +1,115 @@
+//! Configuration at run time: show, update (persisted overrides), reload, and applying
+//! what can change live.
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn config_show(&self, section: Option<&str>) -> Answer {
+        let effective = &self.config.effective;
+        let config = match section {
+            None => effective.to_json_redacted(),
+            Some(s) => effective.section_json(s).ok_or_else(|| {
+                ApiError::field(
+                    ErrorCode::ConfigKeyNotFound,
+                    "section",
+                    format!("no configuration section '{s}'"),
+                )
+            })?,
+        };
+        Ok(json!({
+            "source": self.config_source(),
+            "section": section,
+            "config": config,
+            "overrides": self.config.overrides,
+            "overrides_warning": self.config.overrides_problem,
+        }))
+    }
+
+    pub(super) fn config_update(&mut self, cx: &mut Cx<'_, Timer>, patch: &Value) -> Answer {
+        let mut overrides = self.config.overrides.clone();
+        config::merge_patch(&mut overrides, patch);
+        prune_empty(&mut overrides);
+        let effective = self
+            .config
+            .base
+            .with_overrides(&overrides)
+            .map_err(|e| config_error(&e))?;
+        self.state.write(OVERRIDES_FILE, &overrides).map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("cannot persist the change: {e}"),
+            )
+        })?;
+        self.config.overrides = overrides;
+        self.config.overrides_problem = None;
+        let report = self.apply_config(cx, effective);
+        log::info!("configuration updated over the API: {}", report["changed"]);
+        Ok(report)
+    }
+
+    pub(super) fn config_reload(&mut self, cx: &mut Cx<'_, Timer>) -> Answer {
+        let base = match &self.config.file {
+            Some(path) => Config::from_file(path).map_err(|e| config_error(&e))?,
+            None => Config::default(),
+        };
+        let (effective, problem) = match base.with_overrides(&self.config.overrides) {
+            Ok(c) => (c, None),
+            Err(e) => {
+                let msg = format!(
+                    "stored overrides not applied (they conflict with the config file): {e}"
+                );
+                log::error!("{msg}");
+                (base.clone(), Some(msg))
+            }
+        };
+        self.config.base = base;
+        self.config.overrides_problem = problem;
+        let report = self.apply_config(cx, effective);
+        log::info!(
+            "configuration reloaded from {}: {}",
+            self.config_source(),
+            report["changed"]
+        );
+        Ok(report)
+    }
+
+    /// Makes `new` the effective config, applying what can change live.
+    pub(super) fn apply_config(&mut self, cx: &mut Cx<'_, Timer>, new: Config) -> Value {
+        let changed = self.config.effective.changed_keys(&new);
+        let restart_required: Vec<&String> = changed
+            .iter()
+            .filter(|k| config::requires_restart(k))
+            .collect();
+        for key in &changed {
+            match key.as_str() {
+                "daemon.log_level" => self.logging.set_level(level_of(&new)),
+                "daemon.log_buffer_lines" => {
+                    self.logging.ring.set_capacity(new.daemon.log_buffer_lines)
+                }
+                "monitoring.health_check_interval_ms" => {
+                    if let Some(t) = self.health_timer.take() {
+                        cx.timers.cancel(t);
+                        let every = Duration::from_millis(new.monitoring.health_check_interval_ms);
+                        self.health_timer =
+                            Some(cx.timers.insert(Instant::now() + every, Timer::HealthCheck));
+                    }
+                }
+                k if k.starts_with("http.") => self.server.policy = conn_policy(&new),
+                _ => {}
+            }
+        }
+        self.mcp.settings.config = new.mcp_servers.clone();
+        self.mcp.settings.sandbox_enabled = new.security.sandbox_enabled;
+        if self.config.effective.servers != new.servers {
+            self.mcp
+                .sync_config_servers(cx, &new.servers, &mut self.outputs);
+        }
+        let report = json!({
+            "changed": changed,
+            "restart_required": restart_required,
+            "warning": self.config.overrides_problem,
+        });
+        self.config.effective = new;
+        report
+    }
+}

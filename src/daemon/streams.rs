@@ -1,0 +1,200 @@
+//! Streams: log records and events to SSE followers and WebSocket subscribers, with
+//! per-reader cursors so a slow reader learns how many it missed.
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn logs(&self, query: &LogQuery) -> Value {
+        let ring = &self.logging.ring;
+        let records: Vec<Value> = ring
+            .query(
+                query.since.unwrap_or(0),
+                query.lines,
+                Self::log_filter(query),
+            )
+            .iter()
+            .map(LogRecord::to_json)
+            .collect();
+        json!({"records": records, "first_seq": ring.first_seq(), "last_seq": ring.last_seq()})
+    }
+
+    pub(super) fn event_filter(query: &EventQuery) -> impl Fn(&Event) -> bool + '_ {
+        move |e: &Event| {
+            query.kind.as_deref().is_none_or(|k| k == e.kind)
+                && query.channel.as_deref().is_none_or(|c| c == e.channel)
+        }
+    }
+
+    pub(super) fn event_history(&self, query: &EventQuery) -> Value {
+        let events: Vec<Value> = self
+            .events
+            .query(
+                query.since.unwrap_or(0),
+                query.limit,
+                Self::event_filter(query),
+            )
+            .into_iter()
+            .map(Event::to_json)
+            .collect();
+        json!({"events": events, "last_seq": self.events.last_seq()})
+    }
+
+    pub(super) fn log_filter(query: &LogQuery) -> impl Fn(&LogRecord) -> bool + '_ {
+        move |r: &LogRecord| {
+            r.level <= query.level
+                && query
+                    .component
+                    .as_deref()
+                    .is_none_or(|c| r.target.starts_with(c) || r.target.contains(&format!("::{c}")))
+        }
+    }
+
+    pub(super) fn follow_logs(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, query: LogQuery) {
+        self.follow(cx, reply, Feed::Logs(query));
+    }
+
+    /// Turns a request into a stream that starts with the newest backlog (like `tail -f`).
+    pub(super) fn follow(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, feed: Feed) {
+        let ReplyTo::Http { conn, seq, .. } = reply else {
+            let e = ApiError::new(
+                ErrorCode::BadRequest,
+                "streams are HTTP only: subscribe to a channel instead",
+            );
+            self.answer(cx, reply, Err(e));
+            return;
+        };
+        let cursor = match &feed {
+            Feed::Logs(q) => self
+                .logging
+                .ring
+                .query(q.since.unwrap_or(0), q.lines, Self::log_filter(q))
+                .first()
+                .map_or(self.logging.ring.last_seq(), |r| r.seq - 1),
+            Feed::Events(q) => self
+                .events
+                .query(q.since.unwrap_or(0), q.limit, Self::event_filter(q))
+                .first()
+                .map_or(self.events.last_seq(), |e| e.seq - 1),
+        };
+        self.server.start_stream(cx, conn, seq, &mut self.incoming);
+        self.followers.push(Follower { conn, feed, cursor });
+        self.update_follower_count();
+    }
+
+    pub(super) fn update_follower_count(&self) {
+        let logs = self
+            .followers
+            .iter()
+            .filter(|f| matches!(f.feed, Feed::Logs(_)))
+            .count();
+        self.logging
+            .set_followers(logs + self.server.ws_subscribers("logs").len());
+    }
+
+    /// Sends new log records to WebSocket clients subscribed to the `logs` channel.
+    pub(super) fn flush_ws_logs(&mut self, cx: &mut Cx<'_, Timer>) {
+        let subscribers = self.server.ws_subscribers("logs");
+        if subscribers.is_empty() {
+            return;
+        }
+        let last = self.logging.ring.last_seq();
+        for conn in subscribers {
+            let Some(cursor) = self.server.ws_mut(conn).map(|w| w.log_cursor) else {
+                continue;
+            };
+            if cursor >= last {
+                continue;
+            }
+            for r in self.logging.ring.query(cursor, 1000, |_| true) {
+                let msg = json!({"type": "log", "channel": "logs", "timestamp": state::rfc3339_utc_millis(r.time), "data": r.to_json()});
+                self.server.ws_send(cx, conn, msg.to_string().into());
+            }
+            if let Some(w) = self.server.ws_mut(conn) {
+                w.log_cursor = last;
+            }
+        }
+        self.update_follower_count();
+    }
+
+    /// Sends new records and events to the streams that follow them.
+    pub(super) fn flush_followers(&mut self, cx: &mut Cx<'_, Timer>) {
+        self.flush_ws_logs(cx);
+        if self.followers.is_empty() {
+            return;
+        }
+        let mut followers = std::mem::take(&mut self.followers);
+        followers.retain(|f| self.server.is_open(f.conn));
+        for f in &mut followers {
+            let (first, last) = match f.feed {
+                Feed::Logs(_) => (self.logging.ring.first_seq(), self.logging.ring.last_seq()),
+                Feed::Events(_) => (self.events.first_seq(), self.events.last_seq()),
+            };
+            if f.cursor >= last || !self.server.is_streaming(f.conn) {
+                continue;
+            }
+            if self.server.backlog(f.conn).unwrap_or(0) > STREAM_BACKLOG_LIMIT {
+                continue;
+            }
+            let mut out = Vec::new();
+            if f.cursor + 1 < first {
+                let missed = first - f.cursor - 1;
+                out.extend_from_slice(
+                    format!("event: dropped\ndata: {{\"count\":{missed}}}\n\n").as_bytes(),
+                );
+            }
+            match &f.feed {
+                Feed::Logs(q) => {
+                    for r in self
+                        .logging
+                        .ring
+                        .query(f.cursor, usize::MAX, Self::log_filter(q))
+                    {
+                        out.extend_from_slice(
+                            format!("id: {}\nevent: log\ndata: {}\n\n", r.seq, r.to_json())
+                                .as_bytes(),
+                        );
+                    }
+                }
+                Feed::Events(q) => {
+                    for e in self
+                        .events
+                        .query(f.cursor, usize::MAX, Self::event_filter(q))
+                    {
+                        out.extend_from_slice(
+                            format!(
+                                "id: {}\nevent: {}\ndata: {}\n\n",
+                                e.seq,
+                                e.kind,
+                                e.to_json()
+                            )
+                            .as_bytes(),
+                        );
+                    }
+                }
+            }
+            f.cursor = last;
+            if !out.is_empty() {
+                self.server
+                    .push_stream(cx, f.conn, &out, &mut self.incoming);
+            }
+        }
+        followers.retain(|f| self.server.is_open(f.conn));
+        self.followers = followers;
+        self.update_follower_count();
+    }
+
+    /// Sends a just-published event to the WebSocket clients subscribed to its channel.
+    pub(super) fn broadcast_event(&mut self, cx: &mut Cx<'_, Timer>, seq: u64) {
+        let Some(event) = self
+            .events
+            .query(seq - 1, 1, |e| e.seq == seq)
+            .into_iter()
+            .next()
+        else {
+            return;
+        };
+        let channel = event.channel;
+        let text: tungstenite::protocol::frame::Utf8Bytes = event.to_json().to_string().into();
+        self.server.ws_broadcast(cx, channel, &text);
+    }
+}

@@ -1,0 +1,541 @@
+//! The JSON-RPC session with a running server: pipes, handshake, tool listing, tool calls,
+//! health pings, and the server's own requests and notifications.
+
+use super::*;
+
+impl Mcp {
+    pub(super) fn send(
+        &mut self,
+        _cx: &mut Cx<'_, Timer>,
+        id: &str,
+        bytes: &[u8],
+        _out: &mut Vec<Output>,
+    ) {
+        let Some(server) = self.servers.get_mut(id) else {
+            return;
+        };
+        let Some(p) = server.process.as_mut() else {
+            return;
+        };
+        if let Err(e) = p.send(bytes) {
+            // The process is gone or stuck: end the run; SIGCHLD does the rest.
+            let reason = format!("cannot write to the server: {e}");
+            log::warn!("MCP server {id}: {reason}");
+            server.ending.get_or_insert(reason);
+            p.signal_group(libc::SIGKILL);
+        }
+    }
+
+    /// Readiness on a pipe token.
+    pub fn on_ready(&mut self, cx: &mut Cx<'_, Timer>, token: mio::Token, out: &mut Vec<Output>) {
+        let n = token.0 - TOKEN_BASE;
+        let (slot, pipe) = (n / 3, [Pipe::Stdin, Pipe::Stdout, Pipe::Stderr][n % 3]);
+        let Some(id) = self.slots.get(slot).cloned().flatten() else {
+            return;
+        };
+        match pipe {
+            Pipe::Stdin => {
+                if let Some(p) = self.servers.get_mut(&id).and_then(|s| s.process.as_mut()) {
+                    if p.flush().is_err() {
+                        p.close_stdin(cx.registry);
+                    }
+                }
+            }
+            Pipe::Stdout | Pipe::Stderr => self.drain(cx, &id, pipe, out),
+        }
+    }
+
+    pub(super) fn drain(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        pipe: Pipe,
+        out: &mut Vec<Output>,
+    ) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut lines = Vec::new();
+        loop {
+            let Some(server) = self.servers.get_mut(id) else {
+                return;
+            };
+            let Some(p) = server.process.as_mut() else {
+                return;
+            };
+            let n = match p.read_chunk(pipe, cx.registry, &mut buf) {
+                Chunk::Data(n) => n,
+                Chunk::Empty | Chunk::Eof => return,
+            };
+            let splitter = if pipe == Pipe::Stdout {
+                &mut server.stdout_lines
+            } else {
+                &mut server.stderr_lines
+            };
+            splitter.push(&buf[..n], &mut lines);
+            for line in lines.drain(..) {
+                if pipe == Pipe::Stdout {
+                    self.on_stdout_line(cx, id, line, out);
+                } else {
+                    self.on_stderr_line(id, line);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_stderr_line(&mut self, id: &str, line: Line) {
+        let Some(server) = self.servers.get_mut(id) else {
+            return;
+        };
+        let text = match line {
+            Line::Complete(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Line::TooLong { len } => format!("[stderr line of {len}+ bytes truncated]"),
+        };
+        server.note_stderr(text.clone());
+        let rate = f64::from(self.settings.config.stderr_lines_per_second);
+        let (tokens, last) = server.stderr_bucket;
+        let now = Instant::now();
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate * 5.0);
+        if tokens >= 1.0 {
+            server.stderr_bucket = (tokens - 1.0, now);
+            if server.stderr_suppressed > 0 {
+                log::warn!(target: "mcp", "[{id}] {} stderr lines suppressed by the rate limit", server.stderr_suppressed);
+                server.stderr_suppressed = 0;
+            }
+            log::info!(target: "mcp", "[{id}] {text}");
+        } else {
+            server.stderr_bucket = (tokens, now);
+            server.stderr_suppressed += 1;
+        }
+    }
+
+    pub(super) fn on_stdout_line(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        line: Line,
+        out: &mut Vec<Output>,
+    ) {
+        let max = self.settings.config.max_line_bytes;
+        let bytes = match line {
+            Line::TooLong { len } => {
+                self.kill_run(
+                    id,
+                    format!("stdout line of more than {max} bytes (saw {len})"),
+                );
+                return;
+            }
+            Line::Complete(b) if b.iter().all(u8::is_ascii_whitespace) => return,
+            Line::Complete(b) => b,
+        };
+        match jsonrpc::parse(&bytes) {
+            Ok(messages) => {
+                for m in messages {
+                    self.on_message(cx, id, m, out);
+                }
+            }
+            Err(e) => {
+                let Some(server) = self.servers.get_mut(id) else {
+                    return;
+                };
+                server.protocol_errors += 1;
+                let now = Instant::now();
+                server.recent_protocol_errors.push_back(now);
+                while server
+                    .recent_protocol_errors
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+                {
+                    server.recent_protocol_errors.pop_front();
+                }
+                let shown: String =
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+                let what = format!("protocol error: {e}: {shown}");
+                if server.protocol_errors <= 10 {
+                    log::warn!("MCP server {id}: {what}");
+                } else {
+                    log::debug!("MCP server {id}: {what}");
+                }
+                server.note_error(what);
+                if server.recent_protocol_errors.len() > PERSISTENT_PROTOCOL_ERRORS {
+                    self.kill_run(id, format!("more than {PERSISTENT_PROTOCOL_ERRORS} protocol errors within a minute"));
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_message(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        message: Message,
+        out: &mut Vec<Output>,
+    ) {
+        match message {
+            Message::Response { id: rpc, result } => {
+                let Some(server) = self.servers.get_mut(id) else {
+                    return;
+                };
+                let pending = rpc.as_u64().and_then(|n| server.pending.remove(&n));
+                match pending {
+                    Some(p) => self.on_response(cx, id, p, result, out),
+                    None => {
+                        log::debug!("MCP server {id}: dropped a late or unknown response {rpc}")
+                    }
+                }
+            }
+            Message::Request {
+                id: rpc, method, ..
+            } => {
+                let answer = if method == "ping" {
+                    jsonrpc::response(&rpc, json!({}))
+                } else {
+                    jsonrpc::error_response(
+                        &rpc,
+                        -32601,
+                        &format!("method not found: {method} (vsm-daemon declares no client capabilities)"),
+                    )
+                };
+                self.send(cx, id, &answer, out);
+            }
+            Message::Notification { method, params } => match method.as_str() {
+                "notifications/tools/list_changed" => self.relist(cx, id, out),
+                "notifications/progress" => out.push(Output::Event(
+                    "mcp_servers",
+                    "mcp_tool_progress",
+                    json!({
+                        "server_id": id,
+                        "progress_token": params["progressToken"],
+                        "progress": params["progress"],
+                        "total": params["total"],
+                        "message": params["message"],
+                    }),
+                )),
+                "notifications/message" => {
+                    log::info!(target: "mcp", "[{id}] {}: {}", params["level"].as_str().unwrap_or("info"), params["data"]);
+                }
+                _ => log::debug!("MCP server {id}: notification {method}"),
+            },
+        }
+    }
+
+    pub(super) fn on_response(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        pending: Pending,
+        result: Result<Value, jsonrpc::RpcError>,
+        out: &mut Vec<Output>,
+    ) {
+        match pending {
+            Pending::Initialize => match result {
+                Ok(v) => {
+                    let version = v["protocolVersion"].as_str().unwrap_or("").to_string();
+                    if !PROTOCOL_VERSIONS.contains(&version.as_str()) {
+                        self.kill_run(
+                            id,
+                            format!("server chose protocol version '{version}', which vsm-daemon does not speak ({})", PROTOCOL_VERSIONS.join(", ")),
+                        );
+                        return;
+                    }
+                    let Some(server) = self.servers.get_mut(id) else {
+                        return;
+                    };
+                    server.protocol_version = Some(version.clone());
+                    server.server_info = v["serverInfo"].clone();
+                    server.server_capabilities = v["capabilities"].clone();
+                    server.instructions = v["instructions"].as_str().map(str::to_string);
+                    let initialized =
+                        jsonrpc::notification("notifications/initialized", Value::Null);
+                    self.send(cx, id, &initialized, out);
+                    self.transition(
+                        id,
+                        Status::Initializing,
+                        &format!("protocol {version}"),
+                        out,
+                    );
+                    self.list_tools(cx, id, None, Vec::new(), out);
+                }
+                Err(e) => {
+                    self.kill_run(id, format!("initialize failed: {} ({})", e.message, e.code))
+                }
+            },
+            Pending::ToolsList(mut acc) => {
+                match result {
+                    Ok(v) => {
+                        acc.extend(v["tools"].as_array().cloned().unwrap_or_default());
+                        if let Some(cursor) = v["nextCursor"].as_str().filter(|c| !c.is_empty()) {
+                            if acc.len() > 10_000 {
+                                self.kill_run(id, "more than 10000 tools listed".into());
+                            } else {
+                                let cursor = cursor.to_string();
+                                self.list_tools(cx, id, Some(cursor), acc, out);
+                            }
+                            return;
+                        }
+                    }
+                    // A server without tools may refuse tools/list: it simply has none.
+                    Err(e) => log::debug!("MCP server {id}: tools/list failed: {}", e.message),
+                }
+                self.finish_listing(cx, id, acc, out);
+            }
+            Pending::Ping(_) => {
+                let Some(server) = self.servers.get_mut(id) else {
+                    return;
+                };
+                server.missed_pings = 0;
+                if server.status == Status::Degraded {
+                    self.transition(id, Status::Active, "answered a health ping", out);
+                }
+            }
+            Pending::Call {
+                reply,
+                timer,
+                started,
+                tool,
+            } => {
+                cx.timers.cancel(timer);
+                let Some(server) = self.servers.get_mut(id) else {
+                    return;
+                };
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                let seconds = started.elapsed().as_secs_f64();
+                let outcome = match &result {
+                    Ok(v) if v["isError"] == true => "tool_error",
+                    Ok(_) => "ok",
+                    Err(_) => "mcp_error",
+                };
+                out.push(Output::ToolCall(id.to_string(), outcome, seconds));
+                let answer = match result {
+                    Ok(v) if v["isError"] == true => {
+                        server.calls.1 += 1;
+                        Err(ApiError::new(
+                            ErrorCode::ToolError,
+                            format!("tool {tool} on {id} reported an error: {}", first_text(&v)),
+                        )
+                        .with_data(
+                            json!({"server": id, "tool": tool, "result": v, "duration_ms": ms}),
+                        ))
+                    }
+                    Ok(v) => {
+                        server.calls.0 += 1;
+                        Ok(json!({"server": id, "tool": tool, "result": v, "duration_ms": ms}))
+                    }
+                    Err(e) => {
+                        server.calls.1 += 1;
+                        Err(ApiError::new(
+                            ErrorCode::McpError,
+                            format!(
+                                "{id} refused the call to {tool}: {} ({})",
+                                e.message, e.code
+                            ),
+                        )
+                        .with_data(
+                            json!({"server": id, "tool": tool, "code": e.code, "data": e.data}),
+                        ))
+                    }
+                };
+                out.push(Output::Reply(reply, answer));
+            }
+        }
+    }
+
+    pub(super) fn list_tools(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        cursor: Option<String>,
+        acc: Vec<Value>,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(server) = self.servers.get_mut(id) else {
+            return;
+        };
+        let rpc = server.take_id();
+        server.pending.insert(rpc, Pending::ToolsList(acc));
+        let params = match cursor {
+            Some(c) => json!({"cursor": c}),
+            None => json!({}),
+        };
+        let bytes = jsonrpc::request(rpc, "tools/list", params);
+        self.send(cx, id, &bytes, out);
+    }
+
+    pub(super) fn relist(&mut self, cx: &mut Cx<'_, Timer>, id: &str, out: &mut Vec<Output>) {
+        let Some(server) = self.servers.get_mut(id) else {
+            return;
+        };
+        if server
+            .pending
+            .values()
+            .any(|p| matches!(p, Pending::ToolsList(_)))
+        {
+            server.relist_wanted = true;
+        } else if matches!(server.status, Status::Active | Status::Degraded) {
+            self.list_tools(cx, id, None, Vec::new(), out);
+        }
+    }
+
+    pub(super) fn finish_listing(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        tools: Vec<Value>,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(server) = self.servers.get_mut(id) else {
+            return;
+        };
+        let count = tools.len();
+        let changed = server.tools != tools;
+        server.tools = tools;
+        if server.status == Status::Initializing {
+            server.initialized = true;
+            if let Some(t) = server.timer.take() {
+                cx.timers.cancel(t);
+            }
+            self.transition(
+                id,
+                Status::Active,
+                &format!("ready with {count} tools"),
+                out,
+            );
+        } else if changed {
+            log::info!("MCP server {id}: tool list changed ({count} tools)");
+            out.push(Output::Event(
+                "mcp_servers",
+                "mcp_server_tools_changed",
+                json!({"server_id": id, "tools": self.servers[id].tool_names()}),
+            ));
+        }
+        let Some(server) = self.servers.get_mut(id) else {
+            return;
+        };
+        if std::mem::take(&mut server.relist_wanted) {
+            self.list_tools(cx, id, None, Vec::new(), out);
+        }
+    }
+
+    /// Forwards a tool call; the answer arrives later as an [`Output::Reply`].
+    ///
+    /// # Errors
+    /// Unknown server or tool, server not active, too many calls in flight.
+    #[allow(clippy::too_many_arguments)]
+    pub fn call(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        tool: &str,
+        arguments: Value,
+        timeout_ms: Option<u64>,
+        reply: ReplyTo,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ApiError> {
+        let max_in_flight = self.settings.config.max_in_flight_calls as usize;
+        let default_timeout = self.settings.config.call_timeout_ms;
+        let server = self.servers.get_mut(id).ok_or_else(|| not_found(id))?;
+        if !server.status.serves() {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "MCP server '{id}' is not active (status {})",
+                    server.status.as_str()
+                ),
+            ));
+        }
+        if !server.tools.is_empty() && !server.tool_names().contains(&tool) {
+            return Err(ApiError::field(
+                ErrorCode::ToolNotFound,
+                "name",
+                format!(
+                    "MCP server '{id}' has no tool '{tool}' (tools: {})",
+                    server.tool_names().join(", ")
+                ),
+            ));
+        }
+        if server.calls_in_flight() >= max_in_flight {
+            return Err(ApiError::new(
+                ErrorCode::Busy,
+                format!("{max_in_flight} calls already in flight on '{id}'"),
+            ));
+        }
+        let timeout = Duration::from_millis(
+            timeout_ms
+                .or(server.spec.call_timeout_ms)
+                .unwrap_or(default_timeout),
+        );
+        let rpc = server.take_id();
+        let (slot, run) = (server.slot, server.run);
+        let timer = cx.timers.insert(
+            Instant::now() + timeout,
+            Timer::Mcp(McpTimer {
+                slot,
+                run,
+                kind: TimerKind::Call(rpc),
+            }),
+        );
+        server.pending.insert(
+            rpc,
+            Pending::Call {
+                reply,
+                timer,
+                started: Instant::now(),
+                tool: tool.to_string(),
+            },
+        );
+        let bytes = jsonrpc::request(
+            rpc,
+            "tools/call",
+            json!({"name": tool, "arguments": arguments, "_meta": {"progressToken": format!("{id}:{rpc}")}}),
+        );
+        self.send(cx, id, &bytes, out);
+        Ok(())
+    }
+
+    /// One health round: every serving server gets a ping; unanswered ones count as missed.
+    pub fn ping_all(&mut self, cx: &mut Cx<'_, Timer>, out: &mut Vec<Output>) {
+        if !self.settings.config.health_check_enabled {
+            return;
+        }
+        let misses_allowed = self.settings.config.ping_misses;
+        let ids: Vec<String> = self
+            .servers
+            .iter()
+            .filter(|(_, s)| s.status.serves())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in ids {
+            let Some(server) = self.servers.get_mut(&id) else {
+                continue;
+            };
+            let outstanding: Vec<u64> = server
+                .pending
+                .iter()
+                .filter(|(_, p)| matches!(p, Pending::Ping(_)))
+                .map(|(k, _)| *k)
+                .collect();
+            if !outstanding.is_empty() {
+                for k in outstanding {
+                    server.pending.remove(&k);
+                }
+                server.missed_pings += 1;
+                let missed = server.missed_pings;
+                if missed >= misses_allowed {
+                    self.kill_run(&id, format!("missed {missed} health pings"));
+                    continue;
+                }
+                self.transition(
+                    &id,
+                    Status::Degraded,
+                    &format!("missed {missed} health ping(s)"),
+                    out,
+                );
+            }
+            let Some(server) = self.servers.get_mut(&id) else {
+                continue;
+            };
+            let rpc = server.take_id();
+            server.pending.insert(rpc, Pending::Ping(Instant::now()));
+            let bytes = jsonrpc::request(rpc, "ping", json!({}));
+            self.send(cx, &id, &bytes, out);
+        }
+    }
+}

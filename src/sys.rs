@@ -449,10 +449,29 @@ pub fn set_nonblocking(fd: &impl std::os::fd::AsRawFd) -> io::Result<()> {
 }
 
 /// Pids whose parent is this process (orphans re-parented to us as subreaper included).
+///
+/// Reads `/proc/self/task/*/children` (a few short files); falls back to scanning every
+/// `/proc/*/stat` only on kernels built without CONFIG_PROC_CHILDREN.
 pub fn own_children() -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut found = false;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+                found = true;
+                out.extend(
+                    list.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    if found {
+        return out;
+    }
     let me = std::process::id() as i32;
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
+        return out;
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
@@ -489,6 +508,18 @@ mod tests {
     fn process_exists_for_self_not_for_unused_pid() {
         assert!(process_exists(std::process::id() as i32));
         assert!(!process_exists(i32::MAX));
+    }
+
+    #[test]
+    fn own_children_lists_a_spawned_child() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .expect("spawn");
+        let pid = child.id() as i32;
+        assert!(own_children().contains(&pid));
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]

@@ -17,12 +17,19 @@ impl Mcp {
         let Some(p) = server.process.as_mut() else {
             return;
         };
-        if let Err(e) = p.send(bytes) {
-            // The process is gone or stuck: end the run; SIGCHLD does the rest.
-            let reason = format!("cannot write to the server: {e}");
-            log::warn!("MCP server {id}: {reason}");
-            server.ending.get_or_insert(reason);
-            p.signal_group(libc::SIGKILL);
+        match p.send(bytes) {
+            Ok(()) => {}
+            // It closed stdin or exited: the exit status (on SIGCHLD) tells the story.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                log::debug!("MCP server {id}: stdin closed: {e}");
+            }
+            Err(e) => {
+                // Stuck (not reading its stdin) or broken otherwise: end the run.
+                let reason = format!("cannot write to the server: {e}");
+                log::warn!("MCP server {id}: {reason}");
+                server.ending.get_or_insert(reason);
+                p.signal_group(libc::SIGKILL);
+            }
         }
     }
 

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
@@ -47,8 +47,10 @@ const DEADLINE: Duration = Duration::from_secs(10);
 const SERVERS_UP_DEADLINE: Duration = Duration::from_secs(60);
 const FLAP_DEADLINE: Duration = Duration::from_secs(120);
 
-/// No health round (and so no ping) during the measurements.
-const BASE_CONFIG: &str = "[monitoring]\nhealth_check_interval_ms = 3600000\n";
+/// No health round (and so no ping) during the measurements; the TCP listener on a free
+/// port, so that no daemon of this bench clashes with anything on the default port.
+const BASE_CONFIG: &str =
+    "[daemon]\nhttp_listen = \"127.0.0.1:0\"\n[monitoring]\nhealth_check_interval_ms = 3600000\n";
 const CALL_BODY: &[u8] = br#"{"name":"echo","arguments":{"message":"m"}}"#;
 
 type Result<T> = std::result::Result<T, String>;
@@ -229,6 +231,61 @@ fn on_path(name: &str) -> Option<PathBuf> {
     })
 }
 
+/// The interpreter behind `python3` (`sys.executable`): version-manager shims (pyenv) are
+/// shell scripts that would add their own start-up to every spawn.
+fn real_python(python3: &Path) -> Result<PathBuf> {
+    let mut child = Command::new(python3)
+        .args(["-c", "import sys; print(sys.executable)"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("run {}: {e}", python3.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = BufReader::new(stdout).read_to_string(&mut out);
+        let _ = tx.send(out);
+    });
+    let out = rx.recv_timeout(DEADLINE);
+    let _ = child.kill();
+    let _ = child.wait();
+    let path = PathBuf::from(
+        out.map_err(|_| format!("{} -c ... gave no answer within 10 s", python3.display()))?
+            .trim(),
+    );
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("sys.executable {} is not a file", path.display()))
+    }
+}
+
+/// `(on-CPU ns, run-queue wait ns)` from a `schedstat` file (`/proc/PID/schedstat`).
+fn schedstat(path: &str) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut f = text.split_whitespace();
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// `(busy, total, steal)` clock ticks of all CPUs together, from the first line of /proc/stat.
+fn cpu_times() -> Option<(u64, u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = text
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let total: u64 = f.iter().sum();
+    let idle = f.get(3)? + f.get(4)?;
+    Some((total - idle, total, *f.get(7)?))
+}
+
 fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     text.lines()
@@ -285,6 +342,14 @@ fn children_of(parent: u32) -> Vec<(u32, char)> {
             (ppid == parent).then_some((pid, state))
         })
         .collect()
+}
+
+/// The CPU a task last ran on (field 39 of a `stat` file such as `/proc/PID/stat`).
+fn last_cpu(stat_path: &str) -> Option<u32> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // Field 3 (state) is the first after the comm.
+    rest.split_whitespace().nth(39 - 3)?.parse().ok()
 }
 
 /// utime + stime of a process in clock ticks.
@@ -700,7 +765,7 @@ fn wait_readable(fd: i32, deadline: Instant) -> Result<()> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err("the fixture did not answer within 10 s".into());
+            return Err("not readable within 10 s".into());
         }
         let mut p = libc::pollfd {
             fd,
@@ -813,8 +878,11 @@ fn measure_tool_calls(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Resu
     let mut daemon = Daemon::start_ready(bin, BASE_CONFIG, "tool-calls")?;
     let mut http = Http::connect(&daemon.socket)?;
     http.post("/api/v1/mcp/servers", &f.spec("fx", json!({})))?;
-    wait_for("fx active", DEADLINE, Duration::from_millis(10), || {
-        Ok((http.get("/api/v1/mcp/servers/fx")?["status"] == "active").then_some(()))
+    let fx_pid = wait_for("fx active", DEADLINE, Duration::from_millis(10), || {
+        let s = http.get("/api/v1/mcp/servers/fx")?;
+        Ok((s["status"] == "active")
+            .then(|| s["pid"].as_u64())
+            .flatten())
     })?;
 
     let mut next_id: u64 = 1;
@@ -867,6 +935,28 @@ fn measure_tool_calls(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Resu
     }
     let mut direct = Vec::with_capacity(CALLS);
     let mut mediated = Vec::with_capacity(CALLS);
+    // Where the time goes: on-CPU time and run-queue wait of the processes serving the calls
+    // (direct fixture, daemon's fixture, daemon) and of this thread. The series alternate
+    // and each process serves one series only, so each delta belongs to one series.
+    let sched_paths = [
+        format!("/proc/{}/schedstat", fx.child.id()),
+        format!("/proc/{fx_pid}/schedstat"),
+        format!("/proc/{}/schedstat", daemon.pid()),
+    ];
+    let sched = || {
+        let mut v: Vec<_> = sched_paths.iter().map(|p| schedstat(p)).collect();
+        v.push(schedstat("/proc/thread-self/schedstat"));
+        v
+    };
+    let sched0 = sched();
+    let cpu0 = cpu_times();
+    // Placement: after each daemon block, where the daemon, its fixture and this thread
+    // last ran (cross-CPU wake-ups are much dearer than same-CPU ones in a VM).
+    let (d_stat, f_stat) = (
+        format!("/proc/{}/stat", daemon.pid()),
+        format!("/proc/{fx_pid}/stat"),
+    );
+    let (mut blocks, mut fx_with_daemon, mut me_with_daemon) = (0, 0, 0);
     let t_all = Instant::now();
     while direct.len() < CALLS {
         for _ in 0..CALL_BLOCK.min(CALLS - direct.len()) {
@@ -875,8 +965,14 @@ fn measure_tool_calls(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Resu
         for _ in 0..CALL_BLOCK.min(CALLS - mediated.len()) {
             mediated.push(daemon_call(&mut http, true)?);
         }
+        let d = last_cpu(&d_stat);
+        blocks += 1;
+        fx_with_daemon += usize::from(d.is_some() && last_cpu(&f_stat) == d);
+        me_with_daemon += usize::from(d.is_some() && last_cpu("/proc/thread-self/stat") == d);
     }
     let elapsed = t_all.elapsed();
+    let sched1 = sched();
+    let cpu1 = cpu_times();
     let stats = http.get("/api/v1/mcp/servers/fx")?;
     drop(http);
     daemon.check_alive()?;
@@ -922,6 +1018,55 @@ fn measure_tool_calls(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Resu
             ),
         ));
     }
+    // Per call, µs: (on-CPU, run-queue wait) of direct fixture, daemon's fixture, daemon.
+    let per_call: Vec<Option<(f64, f64)>> = sched0
+        .iter()
+        .zip(&sched1)
+        .map(|(a, b)| {
+            let ((c0, w0), (c1, w1)) = ((*a)?, (*b)?);
+            let n = CALLS as f64 * 1e3;
+            Some((
+                c1.saturating_sub(c0) as f64 / n,
+                w1.saturating_sub(w0) as f64 / n,
+            ))
+        })
+        .collect();
+    if let [Some(a), Some(f), Some(d), Some(me)] = per_call[..] {
+        rows.push(Row::info(
+            "  on-CPU per call (schedstat): fixture (a) | fixture (b) + daemon (b)",
+            format!("{} | {} + {}", us_f(a.0), us_f(f.0), us_f(d.0)),
+        ));
+        rows.push(Row::info(
+            "  run-queue wait per call (CPU contention): same three",
+            format!("{} | {} + {}", us_f(a.1), us_f(f.1), us_f(d.1)),
+        ));
+        if let (Some(c0), Some(c1)) = (cpu0, cpu1) {
+            let total = c1.1.saturating_sub(c0.1).max(1) as f64;
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+            // Our four processes' on-CPU time as a share of all CPUs over the series.
+            let ours =
+                (a.0 + f.0 + d.0 + me.0) * CALLS as f64 / 1e6 / (elapsed.as_secs_f64() * cpus)
+                    * 100.0;
+            let busy = c1.0.saturating_sub(c0.0) as f64 / total * 100.0;
+            let steal = c1.2.saturating_sub(c0.2) as f64 / total * 100.0;
+            // Ticks are 10 ms: only a clear excess over our own share means other load.
+            let verdict = if busy > ours + 15.0 {
+                "other work competed"
+            } else {
+                "no other load to speak of"
+            };
+            rows.push(Row::info(
+                "  all CPUs busy during the series (/proc/stat) | ours | steal",
+                format!("{busy:.0} % | {ours:.0} % | {steal:.0} % ({verdict})"),
+            ));
+        }
+    }
+    rows.push(Row::info(
+        "  blocks ending with the daemon on the CPU of its fixture | of this client",
+        format!(
+            "{fx_with_daemon}/{blocks} | {me_with_daemon}/{blocks} (cross-CPU hops cost most here)"
+        ),
+    ));
     rows.push(Row::info(
         "(b) daemon after the calls",
         format!(
@@ -1051,6 +1196,8 @@ fn measure_restart(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
     let mut observed: Vec<Duration> = Vec::with_capacity(KILLS);
     let mut last_pid = 0u64;
     let mut sample_reason = String::new();
+    let mut to_exit: Vec<Duration> = Vec::with_capacity(KILLS);
+    let mut exit_to_backoff: Vec<i64> = Vec::with_capacity(KILLS);
     for _ in 0..KILLS {
         let pid = wait_for("fx active", DEADLINE, Duration::from_millis(5), || {
             let s = http.get("/api/v1/mcp/servers/fx")?;
@@ -1061,6 +1208,12 @@ fn measure_restart(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
             Ok((s["status"] == "active" && pid != 0 && pid != last_pid).then_some(pid))
         })?;
         last_pid = pid;
+        // A pidfd turns readable when the process has exited: that splits the latency into
+        // the kernel's part (kill -> exit) and the daemon's (exit -> backoff recorded).
+        // SAFETY: pidfd_open(2) with a pid and no flags; the result is checked.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        // SAFETY: a non-negative result is a new fd that nothing else owns.
+        let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as i32) });
         let wall = SystemTime::now();
         let mono = Instant::now();
         // SAFETY: kill(2) on the daemon's child, active (not reaped) as just reported.
@@ -1068,6 +1221,14 @@ fn measure_restart(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
             return Err(format!("kill {pid}: {}", std::io::Error::last_os_error()));
         }
         let kill_ms = unix_ms(wall);
+        let exited = match &pidfd {
+            Some(fd) => {
+                wait_readable(fd.as_raw_fd(), mono + DEADLINE)
+                    .map_err(|e| format!("pidfd of {pid} after SIGKILL: {e}"))?;
+                Some((mono.elapsed(), unix_ms(SystemTime::now())))
+            }
+            None => None,
+        };
         let (at_ms, seen, reason) = wait_for(
             "backoff after the kill",
             DEADLINE,
@@ -1086,6 +1247,10 @@ fn measure_restart(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
         )?;
         stamped.push(at_ms - kill_ms);
         observed.push(seen);
+        if let Some((t, exit_ms)) = exited {
+            to_exit.push(t);
+            exit_to_backoff.push(at_ms - exit_ms);
+        }
         sample_reason = reason;
     }
     let restarts = http.get("/api/v1/mcp/servers/fx")?["restarts"].clone();
@@ -1103,7 +1268,7 @@ fn measure_restart(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
             format!("{ms} ms")
         }
     };
-    Ok(vec![
+    let mut rows = vec![
         Row::new(
             format!("SIGKILL -> `backoff` in history (its `at`), median of {KILLS}"),
             show(med),
@@ -1124,11 +1289,32 @@ fn measure_restart(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
                 us(observed[observed.len() - 1])
             ),
         ),
-        Row::info(
-            "  last backoff reason; restarts counted",
-            format!("\"{sample_reason}\"; {restarts}"),
-        ),
-    ])
+    ];
+    if !to_exit.is_empty() {
+        to_exit.sort();
+        exit_to_backoff.sort_unstable();
+        rows.push(Row::info(
+            "  split: SIGKILL -> process exited (pidfd), median / max",
+            format!(
+                "{} / {}",
+                us(percentile(&to_exit, 50.0)),
+                us(to_exit[to_exit.len() - 1])
+            ),
+        ));
+        rows.push(Row::info(
+            "  split: exited -> `backoff` `at` (ms, signed), median / max",
+            format!(
+                "{} ms / {} ms (<= 0: within the ms the bench saw the exit)",
+                percentile(&exit_to_backoff, 50.0),
+                exit_to_backoff[exit_to_backoff.len() - 1]
+            ),
+        ));
+    }
+    rows.push(Row::info(
+        "  last backoff reason; restarts counted",
+        format!("\"{sample_reason}\"; {restarts}"),
+    ));
+    Ok(rows)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1194,6 +1380,23 @@ fn measure_flap(bin: &Path, notes: &mut Vec<String>) -> Result<Vec<Row>> {
     drop(http);
     daemon.finish(notes);
 
+    // What the daemon's orphan sweep does on every child exit: read every /proc/*/stat.
+    let scans = 20;
+    let t_scan = Instant::now();
+    let mut procs = 0;
+    for _ in 0..scans {
+        procs = std::fs::read_dir("/proc").map_or(0, |d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                })
+                .count()
+        });
+        let _ = children_of(std::process::id());
+    }
+    let scan = t_scan.elapsed() / scans;
     let growth = fds1 as i64 - fds0 as i64;
     let cps = restarts as f64 / elapsed.as_secs_f64();
     let cpu_ms = (cpu1.saturating_sub(cpu0)) as f64 * 1000.0 / ticks_per_sec() as f64;
@@ -1206,6 +1409,10 @@ fn measure_flap(bin: &Path, notes: &mut Vec<String>) -> Result<Vec<Row>> {
                 cpu_ms,
                 cpu_ms / restarts as f64
             ),
+        ),
+        Row::info(
+            "  one full /proc scan here (the daemon sweeps /proc per child exit)",
+            format!("{} over {procs} processes (incl. a readdir to count them)", us(scan)),
         ),
         Row::new(
             "zombies among the daemon's children after stop",
@@ -1249,7 +1456,7 @@ fn main() -> ExitCode {
     let static_bin = env_path("VSM_BENCH_STATIC_BIN");
     let measured = static_bin.clone().unwrap_or_else(|| under_test.clone());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_fixture.py");
-    let python = on_path("python3");
+    let python = on_path("python3").map(|p| real_python(&p));
 
     println!("# vsm-daemon MCP benchmark");
     println!("binary under test: {}", under_test.display());
@@ -1263,9 +1470,11 @@ fn main() -> ExitCode {
     println!("measured:          {}", measured.display());
     println!(
         "fixture:           {} {}",
-        python
-            .as_deref()
-            .map_or("python3 (NOT FOUND)".into(), |p| p.display().to_string()),
+        match &python {
+            Some(Ok(p)) => p.display().to_string(),
+            Some(Err(e)) => format!("python3 unusable: {e}"),
+            None => "python3 (NOT FOUND)".into(),
+        },
         script.display()
     );
     println!("kernel:            {}", kernel());
@@ -1306,8 +1515,9 @@ fn main() -> ExitCode {
         ));
     };
     let fixtures = match python {
-        Some(python) if script.is_file() => Ok(Fixtures { python, script }),
-        Some(_) => Err(format!("{} not found", script.display())),
+        Some(Ok(python)) if script.is_file() => Ok(Fixtures { python, script }),
+        Some(Ok(_)) => Err(format!("{} not found", script.display())),
+        Some(Err(e)) => Err(e),
         None => Err("python3 is not on PATH".to_string()),
     };
     match &fixtures {

@@ -61,17 +61,22 @@ pub fn method_label(method: &str) -> &'static str {
 }
 
 /// Matches a path against a route pattern; returns the `{id}` segment (decoded) if any.
+/// No allocation unless the pattern matches and has an `{id}`.
 fn matches(pattern: &str, path: &str) -> Option<Option<String>> {
-    let mut id = None;
+    let mut raw_id = None;
     let mut p = pattern.split('/');
     let mut q = path.split('/');
     loop {
         match (p.next(), q.next()) {
-            (None, None) => return Some(id),
-            (Some("{id}"), Some(seg)) if !seg.is_empty() => id = Some(percent_decode(seg)?),
+            (None, None) => break,
+            (Some("{id}"), Some(seg)) if !seg.is_empty() => raw_id = Some(seg),
             (Some(a), Some(b)) if a == b => {}
             _ => return None,
         }
+    }
+    match raw_id {
+        Some(seg) => percent_decode(seg).map(Some),
+        None => Some(None),
     }
 }
 

@@ -343,38 +343,70 @@ impl std::error::Error for ApiError {}
 /// reply slot later (tool calls, worker jobs), or a stream.
 pub type Answer = Result<Value, ApiError>;
 
-/// The JSON envelope every reply is wrapped in.
-pub fn envelope(answer: &Answer, request_id: u64, processing_ms: f64, timestamp: &str) -> Value {
-    let metadata = json!({
-        "request_id": format!("req_{request_id}"),
-        "processing_time_ms": (processing_ms * 1000.0).round() / 1000.0,
-        "version": "v1",
-    });
+/// Writes the JSON envelope every reply is wrapped in, straight into `out` (the data is
+/// serialized in place, never copied into a second tree). `ws_id` adds the WebSocket
+/// reply fields `"type": "response"` and the client's `"id"`.
+pub fn write_envelope(
+    out: &mut Vec<u8>,
+    answer: &Answer,
+    request_id: u64,
+    processing_ms: f64,
+    timestamp: &str,
+    ws_id: Option<&Value>,
+) {
+    use std::io::Write;
+    let ms = (processing_ms * 1000.0).round() / 1000.0;
+    let status = if answer.is_ok() { "success" } else { "error" };
+    // Writes into a Vec cannot fail; serializing a Value cannot fail either.
+    let _ = write!(
+        out,
+        "{{\"status\":\"{status}\",\"timestamp\":\"{timestamp}\",\"data\":"
+    );
+    let null = Value::Null;
+    let data = match answer {
+        Ok(d) => d,
+        Err(e) => e.data.as_ref().unwrap_or(&null),
+    };
+    let _ = serde_json::to_writer(&mut *out, data);
+    let _ = write!(
+        out,
+        ",\"metadata\":{{\"request_id\":\"req_{request_id}\",\"processing_time_ms\":{ms},\"version\":\"v1\"}},\"errors\":"
+    );
     match answer {
-        Ok(data) => json!({
-            "status": "success",
-            "timestamp": timestamp,
-            "data": data,
-            "metadata": metadata,
-            "errors": [],
-        }),
-        Err(e) => json!({
-            "status": "error",
-            "timestamp": timestamp,
-            "data": e.data.clone().unwrap_or(Value::Null),
-            "metadata": metadata,
-            "errors": [{"code": e.code.as_str(), "message": e.message, "field": e.field}],
-        }),
+        Ok(_) => out.extend_from_slice(b"[]"),
+        Err(e) => {
+            let errors = json!([{"code": e.code.as_str(), "message": e.message, "field": e.field}]);
+            let _ = serde_json::to_writer(&mut *out, &errors);
+        }
     }
+    if let Some(id) = ws_id {
+        out.extend_from_slice(b",\"type\":\"response\",\"id\":");
+        let _ = serde_json::to_writer(&mut *out, id);
+    }
+    out.push(b'}');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn envelope(answer: &Answer, id: u64, ms: f64, ts: &str) -> Value {
+        let mut out = Vec::new();
+        write_envelope(&mut out, answer, id, ms, ts, None);
+        serde_json::from_slice(&out).expect("the envelope is JSON")
+    }
+
     #[test]
     fn envelope_shapes() {
         let ok = envelope(&Ok(json!({"a": 1})), 7, 0.1234, "2026-01-01T00:00:00Z");
+        assert_eq!(ok["metadata"]["processing_time_ms"], 0.123);
+        let mut ws = Vec::new();
+        write_envelope(&mut ws, &Ok(json!(1)), 1, 0.0, "t", Some(&json!("x")));
+        let ws: Value = serde_json::from_slice(&ws).expect("json");
+        assert_eq!(
+            (ws["type"].as_str(), ws["id"].as_str()),
+            (Some("response"), Some("x"))
+        );
         assert_eq!(ok["status"], "success");
         assert_eq!(ok["metadata"]["request_id"], "req_7");
         assert_eq!(ok["data"]["a"], 1);

@@ -101,15 +101,19 @@ impl Daemon {
         self.next_request_id += 1;
         let reply_direct =
             |server: &mut Server, cx: &mut Cx<'_, Timer>, id: Option<Value>, answer: Answer| {
-                let mut body = api::envelope(
+                let mut bytes = Vec::with_capacity(512);
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                let id = id.unwrap_or(Value::Null);
+                api::write_envelope(
+                    &mut bytes,
                     &answer,
                     request_id,
-                    started.elapsed().as_secs_f64() * 1000.0,
+                    ms,
                     &now_string(),
+                    Some(&id),
                 );
-                body["type"] = json!("response");
-                body["id"] = id.unwrap_or(Value::Null);
-                server.ws_send(cx, conn, body.to_string().into());
+                let text = String::from_utf8(bytes).unwrap_or_default();
+                server.ws_send(cx, conn, text.into());
             };
         match net::ws::parse_command(text) {
             Err((id, e)) => reply_direct(&mut self.server, cx, id, Err(e)),

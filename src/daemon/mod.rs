@@ -974,8 +974,8 @@ impl Daemon {
                     return;
                 }
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
-                let body = api::envelope(&answer, request_id, ms, &now_string());
-                let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+                let mut bytes = Vec::with_capacity(512);
+                api::write_envelope(&mut bytes, &answer, request_id, ms, &now_string(), None);
                 bytes.push(b'\n');
                 let mut response = http::Response::json(status, bytes);
                 response.headers.extend(header);
@@ -992,10 +992,17 @@ impl Daemon {
                     return;
                 };
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
-                let mut body = api::envelope(&answer, request_id, ms, &now_string());
-                body["type"] = json!("response");
-                body["id"] = id;
-                self.server.ws_send(cx, conn, body.to_string().into());
+                let mut bytes = Vec::with_capacity(512);
+                api::write_envelope(
+                    &mut bytes,
+                    &answer,
+                    request_id,
+                    ms,
+                    &now_string(),
+                    Some(&id),
+                );
+                let text = String::from_utf8(bytes).unwrap_or_default();
+                self.server.ws_send(cx, conn, text.into());
             }
         }
     }

@@ -151,6 +151,8 @@ struct Connection {
     timer: Option<(TimerId, Instant)>,
     head_started: Option<Instant>,
     peer_closed: bool,
+    /// Reading stopped for back-pressure; read again once answers have gone out.
+    read_paused: bool,
 }
 
 impl Connection {
@@ -254,6 +256,7 @@ impl Server {
             timer: None,
             head_started: None,
             peer_closed: false,
+            read_paused: false,
         });
         self.accepted += 1;
         let id = ConnId {
@@ -304,12 +307,19 @@ impl Server {
         incoming: &mut VecDeque<Incoming>,
     ) {
         if let Some(id) = self.id_for_token(token) {
-            self.drive(cx, id, incoming);
+            self.drive(cx, id, true, incoming);
         }
     }
 
-    /// Reads, parses, writes and closes as needed. Safe to call at any time.
-    pub fn drive(&mut self, cx: &mut Cx<'_, Timer>, id: ConnId, incoming: &mut VecDeque<Incoming>) {
+    /// Reads (on readiness, or when reading was paused), parses, writes and closes as needed.
+    /// Safe to call at any time.
+    pub fn drive(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: ConnId,
+        readable: bool,
+        incoming: &mut VecDeque<Incoming>,
+    ) {
         let limits = self.policy.limits;
         let Some(conn) = self.get(id) else { return };
         if let Transport::Ws(w) = &mut conn.transport {
@@ -332,10 +342,15 @@ impl Server {
         };
         let mut broken = false;
         let mut buf = [0u8; 16 * 1024];
-        while !conn.peer_closed {
+        // After an answer, the socket is only read again if reading had been paused: an
+        // edge-triggered poll reports new bytes by itself, and a read here would be a wasted
+        // EAGAIN per request.
+        let mut read = readable || std::mem::take(&mut conn.read_paused);
+        while read && !conn.peer_closed {
             let accept = conn.http.wants_read(&limits);
             if !accept && !conn.http.input_closed() {
-                break; // back-pressure: read again once answers have gone out
+                conn.read_paused = true; // back-pressure: read again once answers have gone out
+                break;
             }
             match stream.read(&mut buf) {
                 Ok(0) => conn.peer_closed = true,
@@ -346,7 +361,7 @@ impl Server {
                     }
                     conn.http.feed(&buf[..n]);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => read = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     broken = true;
@@ -408,7 +423,7 @@ impl Server {
     ) {
         if let Some(conn) = self.get(id) {
             conn.http.respond(seq, response, close);
-            self.drive(cx, id, incoming);
+            self.drive(cx, id, false, incoming);
         }
     }
 
@@ -422,7 +437,7 @@ impl Server {
     ) {
         if let Some(conn) = self.get(id) {
             conn.http.start_stream(seq);
-            self.drive(cx, id, incoming);
+            self.drive(cx, id, false, incoming);
         }
     }
 
@@ -557,7 +572,7 @@ impl Server {
     ) {
         if let Some(conn) = self.get(id) {
             conn.http.push_stream(bytes);
-            self.drive(cx, id, incoming);
+            self.drive(cx, id, false, incoming);
         }
     }
 

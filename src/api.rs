@@ -354,27 +354,50 @@ pub fn write_envelope(
     timestamp: &str,
     ws_id: Option<&Value>,
 ) {
+    let null = Value::Null;
+    let (data, error) = match answer {
+        Ok(d) => (d, None),
+        Err(e) => (e.data.as_ref().unwrap_or(&null), Some(e)),
+    };
+    // Serializing a Value into a Vec cannot fail.
+    let raw = serde_json::to_vec(data).unwrap_or_default();
+    write_envelope_raw(
+        out,
+        error,
+        &raw,
+        request_id,
+        processing_ms,
+        timestamp,
+        ws_id,
+    );
+}
+
+/// [`write_envelope`] with the data already serialized (a cached answer).
+pub fn write_envelope_raw(
+    out: &mut Vec<u8>,
+    error: Option<&ApiError>,
+    data: &[u8],
+    request_id: u64,
+    processing_ms: f64,
+    timestamp: &str,
+    ws_id: Option<&Value>,
+) {
     use std::io::Write;
     let ms = (processing_ms * 1000.0).round() / 1000.0;
-    let status = if answer.is_ok() { "success" } else { "error" };
-    // Writes into a Vec cannot fail; serializing a Value cannot fail either.
+    let status = if error.is_none() { "success" } else { "error" };
+    // Writes into a Vec cannot fail.
     let _ = write!(
         out,
         "{{\"status\":\"{status}\",\"timestamp\":\"{timestamp}\",\"data\":"
     );
-    let null = Value::Null;
-    let data = match answer {
-        Ok(d) => d,
-        Err(e) => e.data.as_ref().unwrap_or(&null),
-    };
-    let _ = serde_json::to_writer(&mut *out, data);
+    out.extend_from_slice(data);
     let _ = write!(
         out,
         ",\"metadata\":{{\"request_id\":\"req_{request_id}\",\"processing_time_ms\":{ms},\"version\":\"v1\"}},\"errors\":"
     );
-    match answer {
-        Ok(_) => out.extend_from_slice(b"[]"),
-        Err(e) => {
+    match error {
+        None => out.extend_from_slice(b"[]"),
+        Some(e) => {
             let errors = json!([{"code": e.code.as_str(), "message": e.message, "field": e.field}]);
             let _ = serde_json::to_writer(&mut *out, &errors);
         }

@@ -152,6 +152,16 @@ impl<T> Family<T> {
     /// The value for these label values, created with `make` when new; a new set beyond
     /// [`MAX_LABEL_SETS`] is folded into the all-`"other"` set.
     fn slot(&mut self, values: &[&str], make: impl FnOnce() -> T) -> &mut T {
+        let same = |k: &Vec<String>| k.iter().map(String::as_str).eq(values.iter().copied());
+        // Known label sets are found without allocating (this runs once per request).
+        if self.sets.keys().any(same) {
+            return self
+                .sets
+                .iter_mut()
+                .find(|(k, _)| same(k))
+                .map(|(_, v)| v)
+                .expect("the label set was found just above");
+        }
         let mut key: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
         if self.sets.len() >= MAX_LABEL_SETS && !self.sets.contains_key(&key) {
             key = vec![OTHER.to_owned(); values.len()];
@@ -214,8 +224,13 @@ impl Telemetry {
     /// One answered HTTP request: route pattern (e.g. "/api/v1/mcp/servers/{id}"), method,
     /// status, duration.
     pub fn http_request(&mut self, route: &str, method: &str, status: u16, seconds: f64) {
-        self.http_requests
-            .add(&[route, method, &status.to_string()], 1);
+        let digits = [
+            b'0' + (status / 100 % 10) as u8,
+            b'0' + (status / 10 % 10) as u8,
+            b'0' + (status % 10) as u8,
+        ];
+        let status = std::str::from_utf8(&digits).unwrap_or("000");
+        self.http_requests.add(&[route, method, status], 1);
         self.http_duration
             .slot(&[route], || Histogram::new(LATENCY_BUCKETS))
             .observe(seconds);

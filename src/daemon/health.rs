@@ -125,6 +125,7 @@ impl Daemon {
         }
         self.health = round.results.clone();
         self.health_at = Some(Instant::now());
+        self.health_cache = None;
         for (reply, filter) in round.waiting {
             let answer = self.health_answer(filter.as_deref());
             self.answer(cx, reply, answer);
@@ -142,6 +143,57 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Answers `GET /api/v1/health` from the serialized answer of the last round (a monitor
+    /// polling health costs an envelope, not a rebuilt report).
+    pub(super) fn answer_cached_health(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo) {
+        let ReplyTo::Http {
+            conn,
+            seq,
+            started,
+            request_id,
+            route,
+            method,
+        } = reply
+        else {
+            let answer = self.health_answer(None);
+            self.answer(cx, reply, answer);
+            return;
+        };
+        if self.health_cache.is_none() {
+            self.health_cache = Some(match self.health_answer(None) {
+                Ok(v) => (None, serde_json::to_vec(&v).unwrap_or_default()),
+                Err(mut e) => {
+                    let data = e
+                        .data
+                        .take()
+                        .map(|d| serde_json::to_vec(&d).unwrap_or_default());
+                    (Some(e), data.unwrap_or_else(|| b"null".to_vec()))
+                }
+            });
+        }
+        let Some((error, data)) = &self.health_cache else {
+            return;
+        };
+        let status = error.as_ref().map_or(200, |e| e.code.http_status());
+        let mut bytes = Vec::with_capacity(data.len() + 200);
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        api::write_envelope_raw(
+            &mut bytes,
+            error.as_ref(),
+            data,
+            request_id,
+            ms,
+            &now_string(),
+            None,
+        );
+        bytes.push(b'\n');
+        self.telemetry
+            .http_request(route, method, status, started.elapsed().as_secs_f64());
+        let response = http::Response::json(status, bytes);
+        self.server
+            .respond(cx, conn, seq, &response, false, &mut self.incoming);
     }
 
     pub(super) fn health_answer(&self, filter: Option<&str>) -> Answer {

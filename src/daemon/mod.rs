@@ -240,6 +240,8 @@ pub struct Daemon {
     health_timer: Option<TimerId>,
     health: BTreeMap<String, HealthResult>,
     health_at: Option<Instant>,
+    /// The last round's unfiltered answer, serialized: (error without its data, data JSON).
+    health_cache: Option<(Option<ApiError>, Vec<u8>)>,
     round: Option<HealthRound>,
     jobs: HashMap<u64, (PendingJob, TimerId)>,
     followers: Vec<Follower>,
@@ -425,6 +427,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         health_timer: None,
         health: BTreeMap::new(),
         health_at: None,
+        health_cache: None,
         round: None,
         jobs: HashMap::new(),
         followers: Vec::new(),
@@ -818,7 +821,9 @@ impl Daemon {
                 // /api/v1/health must not turn into a stream of fsyncs.
                 let fresh = self.round.is_none()
                     && self.health_at.is_some_and(|t| t.elapsed() < HEALTH_CACHE);
-                if fresh {
+                if fresh && component.is_none() {
+                    self.answer_cached_health(cx, reply);
+                } else if fresh {
                     let answer = self.health_answer(component.as_deref());
                     self.answer(cx, reply, answer);
                 } else {

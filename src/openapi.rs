@@ -632,7 +632,17 @@ fn responses(o: &Op) -> Value {
         ),
         Kind::JsonOrSse => {
             let mut content = envelope(None);
-            content["text/event-stream"] = json!({"schema": {"type": "string"}});
+            // The schema of one event (what OpenAPI 3.2 calls itemSchema; schemathesis reads
+            // a 3.1 stream schema the same way).
+            content["text/event-stream"] = json!({"schema": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "event": {"type": "string"},
+                    "data": {"type": "string"},
+                    "retry": {"type": "integer"}
+                }
+            }});
             (
                 "200",
                 json!({

@@ -880,8 +880,6 @@ fn errors_are_envelopes_with_the_right_status() {
 }
 
 #[test]
-#[ignore = "daemon bug: a JSON body that is not an object (e.g. `[null, null]`) is taken as an \
-            empty one by POST control/start, control/restart and diagnostics/run (found by schemathesis)"]
 fn a_body_that_is_not_an_object_is_refused() {
     let d = Daemon::start();
     for path in [
@@ -897,8 +895,6 @@ fn a_body_that_is_not_an_object_is_refused() {
 }
 
 #[test]
-#[ignore = "daemon bug: timeout_ms 3056.0 is an integer for the document's JSON Schema but the \
-            daemon answers 400 (serde's as_u64 refuses floats; found by schemathesis)"]
 fn an_integral_float_timeout_is_accepted() {
     let d = start(QUICK_STOP);
     register_fixture(&d, "fx", &[], json!({}));
@@ -1097,8 +1093,6 @@ fn a_non_loopback_listener_needs_a_token() {
 }
 
 #[test]
-#[ignore = "daemon bug: apply_config does not rebuild the TCP access policy, so live changes of \
-            security.api_token(_file) and http.allowed_hosts have no effect until a restart"]
 fn token_and_allowed_hosts_changes_apply_live() {
     // Both keys are documented as live (no restart): the TCP listener must follow them.
     let d = Daemon::start();
@@ -1652,8 +1646,6 @@ fn websocket_channels_commands_and_limits() {
 }
 
 #[test]
-#[ignore = "daemon bug: after a frame over the 64 KiB limit the daemon keeps reading the socket, \
-            which trips tungstenite's debug assertion (frame/mod.rs:236) and kills a debug build"]
 fn a_websocket_message_over_1_mib_is_refused_with_1009() {
     let d = Daemon::start();
     let mut bystander = ws_connected(&d);
@@ -1805,7 +1797,6 @@ fn a_slow_websocket_consumer_is_told_how_many_events_it_lost() {
 }
 
 #[test]
-#[ignore = "daemon bug: vsm_ws_events_dropped_total is never incremented (Telemetry::ws_dropped has no caller)"]
 fn dropped_websocket_events_are_counted_in_the_metrics() {
     let d = start(QUICK_STOP);
     let mut slow = small_buffer_subscriber(&d);
@@ -1868,8 +1859,6 @@ fn a_websocket_client_that_never_reads_is_closed_after_the_stall_limit() {
 }
 
 #[test]
-#[ignore = "daemon bug: the 1008 close frame of a stalled client is lost when tungstenite's write \
-            buffer is full (WriteBufferFull), and the socket stays open until the keep-alive"]
 fn a_stalled_websocket_client_gets_a_1008_close_frame() {
     let d = start(QUICK_STOP);
     let end = stall_a_client(&d);

@@ -1507,6 +1507,13 @@ impl Handler for Daemon {
                 break;
             }
         }
+        let dropped = std::mem::take(&mut self.server.ws_dropped);
+        if dropped > 0 {
+            self.telemetry.ws_dropped(dropped);
+        }
+        for _ in 0..std::mem::take(&mut self.server.ws_closed_slow) {
+            self.telemetry.ws_closed_slow();
+        }
     }
 
     fn finished(&self) -> bool {

@@ -34,6 +34,7 @@ impl Daemon {
             .base
             .with_overrides(&overrides)
             .map_err(|e| config_error(&e))?;
+        let access = self.access_for(&effective)?;
         self.state.write(OVERRIDES_FILE, &overrides).map_err(|e| {
             ApiError::new(
                 ErrorCode::Internal,
@@ -42,7 +43,7 @@ impl Daemon {
         })?;
         self.config.overrides = overrides;
         self.config.overrides_problem = None;
-        let report = self.apply_config(cx, effective);
+        let report = self.apply_config(cx, effective, access);
         log::info!("configuration updated over the API: {}", report["changed"]);
         Ok(report)
     }
@@ -62,9 +63,10 @@ impl Daemon {
                 (base.clone(), Some(msg))
             }
         };
+        let access = self.access_for(&effective)?;
         self.config.base = base;
         self.config.overrides_problem = problem;
-        let report = self.apply_config(cx, effective);
+        let report = self.apply_config(cx, effective, access);
         log::info!(
             "configuration reloaded from {}: {}",
             self.config_source(),
@@ -74,7 +76,36 @@ impl Daemon {
     }
 
     /// Makes `new` the effective config, applying what can change live.
-    pub(super) fn apply_config(&mut self, cx: &mut Cx<'_, Timer>, new: Config) -> Value {
+    /// The TCP access policy a config asks for; refused when the token file is unreadable or
+    /// when it would leave a non-loopback listener without a token.
+    pub(super) fn access_for(&self, config: &Config) -> Result<listener::TcpAccess, ApiError> {
+        let token = api_token(config)
+            .map_err(|m| ApiError::field(ErrorCode::ConfigInvalid, "security.api_token_file", m))?;
+        let Some(bound) = self.tcp_addr else {
+            return Ok(listener::TcpAccess::default());
+        };
+        if token.is_none() && !bound.ip().is_loopback() {
+            return Err(ApiError::field(
+                ErrorCode::ConfigInvalid,
+                "security.api_token",
+                format!("the API listens on {bound}, not a loopback address: it cannot run without a token"),
+            ));
+        }
+        Ok(listener::TcpAccess::new(
+            token,
+            bound,
+            &config.http.allowed_hosts,
+        ))
+    }
+
+    pub(super) fn apply_config(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        new: Config,
+        access: listener::TcpAccess,
+    ) -> Value {
+        // Token and allowed hosts apply to the next request.
+        self.access = access;
         let changed = self.config.effective.changed_keys(&new);
         let restart_required: Vec<&String> = changed
             .iter()

@@ -175,6 +175,10 @@ pub struct Server {
     pub refused_over_limit: u64,
     /// Connections accepted in total.
     pub accepted: u64,
+    /// Events dropped for slow WebSocket clients, in total.
+    pub ws_dropped: u64,
+    /// WebSocket clients closed for not draining, in total.
+    pub ws_closed_slow: u64,
     /// Policy applied to new and existing connections.
     pub policy: ConnPolicy,
 }
@@ -196,6 +200,8 @@ impl Server {
             open: [0, 0],
             refused_over_limit: 0,
             accepted: 0,
+            ws_dropped: 0,
+            ws_closed_slow: 0,
             policy,
         }
     }
@@ -490,8 +496,10 @@ impl Server {
     /// Sends a text message to one WebSocket client.
     pub fn ws_send(&mut self, cx: &mut Cx<'_, Timer>, id: ConnId, text: Utf8Bytes) {
         let Some(w) = self.ws_mut(id) else { return };
-        w.enqueue(text);
-        if w.pump().is_err() {
+        let dropped = w.enqueue(text);
+        let broken = w.pump().is_err();
+        self.ws_dropped += dropped;
+        if broken {
             self.close(cx, id);
         }
     }
@@ -507,6 +515,7 @@ impl Server {
         let now = Instant::now();
         let mut sent = 0;
         let mut dead = Vec::new();
+        let mut closing = Vec::new();
         for (slot, c) in self.conns.iter_mut().enumerate() {
             let Some(c) = c else { continue };
             let Transport::Ws(w) = &mut c.transport else {
@@ -515,10 +524,15 @@ impl Server {
             if !w.channels.contains(channel) || w.is_closing() {
                 continue;
             }
-            w.enqueue(text.clone());
+            self.ws_dropped += w.enqueue(text.clone());
             if w.stalled(now) {
                 log::warn!("closing a WebSocket client that does not read its events (1008)");
                 w.close_stalled();
+                self.ws_closed_slow += 1;
+                closing.push(ConnId {
+                    slot: slot as u32,
+                    generation: c.generation,
+                });
             }
             sent += 1;
             if w.pump().is_err() {
@@ -530,6 +544,10 @@ impl Server {
         }
         for id in dead {
             self.close(cx, id);
+        }
+        // Their deadline is now the close grace, not the next keep-alive.
+        for id in closing {
+            self.update_timer(cx, id);
         }
         sent
     }
@@ -587,11 +605,16 @@ impl Server {
         }
         conn.timer = None;
         if let Transport::Ws(w) = &mut conn.transport {
-            if w.stalled(now) {
+            let stalled = w.stalled(now);
+            if stalled {
                 w.close_stalled();
             }
             // A client that is closing gets until this deadline to finish; otherwise ping it.
-            if !w.is_closing() && w.on_keepalive(now).is_ok() {
+            let alive = !w.is_closing() && w.on_keepalive(now).is_ok();
+            if stalled {
+                self.ws_closed_slow += 1;
+            }
+            if alive {
                 self.update_timer(cx, id);
                 return;
             }

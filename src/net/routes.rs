@@ -254,7 +254,12 @@ pub fn route(req: &http::Request) -> Result<Request, RouteError> {
             };
             let timeout_ms = match body.get("timeout_ms") {
                 None => None,
-                Some(v) => match v.as_u64() {
+                // JSON Schema's integer includes 3056.0.
+                Some(v) => match v.as_u64().or_else(|| {
+                    v.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                        .map(|f| f as u64)
+                }) {
                     Some(n) if (1..=3_600_000).contains(&n) => Some(n),
                     _ => {
                         return Err(ApiError::field(
@@ -361,9 +366,17 @@ impl Body {
         if raw.iter().all(u8::is_ascii_whitespace) {
             return Ok(Body(None));
         }
-        serde_json::from_slice(raw)
-            .map(|v| Body(Some(v)))
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
+        match serde_json::from_slice(raw) {
+            Ok(v @ Value::Object(_)) => Ok(Body(Some(v))),
+            Ok(_) => Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "the body must be a JSON object",
+            )),
+            Err(e) => Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("invalid JSON body: {e}"),
+            )),
+        }
     }
 
     fn get(&self, key: &str) -> Option<&Value> {

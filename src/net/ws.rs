@@ -23,6 +23,9 @@ pub const MAX_QUEUE_MESSAGES: usize = 1024;
 pub const MAX_QUEUE_BYTES: usize = 1024 * 1024;
 /// A client whose queue stays full this long is closed (1008).
 pub const STALL_LIMIT: Duration = Duration::from_secs(10);
+/// Time a closing client gets to read what is queued and the close frame before the socket
+/// is dropped (a stalled client may start reading again late).
+pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// Idle time before we ping; a ping unanswered this long closes the client.
 pub const KEEPALIVE: Duration = Duration::from_secs(30);
 /// The channels a client may subscribe to.
@@ -94,6 +97,8 @@ pub struct WsConn {
     pub last_seen: Instant,
     ping_sent: Option<Instant>,
     closing: bool,
+    closing_since: Option<Instant>,
+    read_failed: bool,
     /// Log records sent so far (for the `logs` channel).
     pub log_cursor: u64,
     ids: HashMap<u64, Value>,
@@ -114,6 +119,8 @@ impl WsConn {
             last_seen: Instant::now(),
             ping_sent: None,
             closing: false,
+            closing_since: None,
+            read_failed: false,
             log_cursor,
             ids: HashMap::new(),
             next_local: 1,
@@ -144,11 +151,13 @@ impl WsConn {
         self.ids.remove(&local)
     }
 
-    /// Queues a message; when the queue is full the oldest one is dropped and counted.
-    pub fn enqueue(&mut self, text: Utf8Bytes) {
+    /// Queues a message; when the queue is full the oldest ones are dropped and counted.
+    /// Returns how many were dropped.
+    pub fn enqueue(&mut self, text: Utf8Bytes) -> u64 {
         if self.closing {
-            return;
+            return 0;
         }
+        let before = self.dropped_total;
         while !self.queue.is_empty()
             && (self.queue.len() >= MAX_QUEUE_MESSAGES
                 || self.queued_bytes + text.len() > MAX_QUEUE_BYTES)
@@ -162,6 +171,7 @@ impl WsConn {
         }
         self.queued_bytes += text.len();
         self.queue.push_back(text);
+        self.dropped_total - before
     }
 
     /// Whether the client has been stalled (queue full) for longer than [`STALL_LIMIT`].
@@ -170,20 +180,32 @@ impl WsConn {
             .is_some_and(|t| now.duration_since(t) > STALL_LIMIT)
     }
 
-    /// Writes what the socket takes now.
+    /// Writes what the socket takes now. Nothing new is handed to tungstenite until its
+    /// buffer has gone out: a stalled client then accumulates drops and gets ONE
+    /// `events_dropped` notice, placed where the gap is, once it reads again.
     ///
     /// # Errors
     /// [`Closed`] when the connection is finished.
     pub fn pump(&mut self) -> Result<(), Closed> {
-        if self.dropped_pending > 0 && !self.closing {
+        match self.socket.flush() {
+            Ok(()) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Ok(())
+            }
+            Err(_) => return Err(Closed),
+        }
+        if self.closing {
+            return Ok(());
+        }
+        if self.dropped_pending > 0 {
             let notice = json!({"type": "events_dropped", "timestamp": crate::state::rfc3339_utc_millis(std::time::SystemTime::now()), "data": {"count": self.dropped_pending}});
             match self.socket.write(Message::text(notice.to_string())) {
                 Ok(()) => self.dropped_pending = 0,
                 Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     self.dropped_pending = 0;
-                    return self.flush();
+                    return Ok(());
                 }
-                Err(tungstenite::Error::WriteBufferFull(_)) => return self.flush(),
+                Err(tungstenite::Error::WriteBufferFull(_)) => return Ok(()),
                 Err(_) => return Err(Closed),
             }
         }
@@ -224,6 +246,10 @@ impl WsConn {
     /// # Errors
     /// [`Closed`] when the peer closed, broke the protocol or exceeded a limit.
     pub fn read_texts(&mut self, out: &mut Vec<String>) -> Result<(), Closed> {
+        if self.read_failed {
+            // After a protocol or size error tungstenite must not be read again.
+            return Err(Closed);
+        }
         loop {
             match self.socket.read() {
                 Ok(msg) => {
@@ -242,6 +268,7 @@ impl WsConn {
                     return self.flush()
                 }
                 Err(tungstenite::Error::Capacity(_)) => {
+                    self.read_failed = true;
                     self.close(CloseCode::Size, "message too large");
                     return Ok(());
                 }
@@ -256,6 +283,7 @@ impl WsConn {
             return;
         }
         self.closing = true;
+        self.closing_since = Some(Instant::now());
         self.queue.clear();
         self.queued_bytes = 0;
         let _ = self.socket.close(Some(CloseFrame {
@@ -272,6 +300,11 @@ impl WsConn {
 
     /// Keep-alive: the next deadline, and what to do when it passes.
     pub fn keepalive_due(&self) -> Instant {
+        if let Some(t) = self.closing_since {
+            // A closing client gets a moment for the close frame; one that does not read
+            // would otherwise hold the socket until the next keep-alive.
+            return t + CLOSE_GRACE;
+        }
         match self.ping_sent {
             Some(t) => t + KEEPALIVE,
             None => self.last_seen + KEEPALIVE,

@@ -25,7 +25,7 @@ use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Version written into every envelope; files with a larger version are refused, not touched.
 pub const STATE_FORMAT_VERSION: u32 = 1;
@@ -263,17 +263,6 @@ impl StateDir {
         }
     }
 
-    /// Writability probe for health checks: writes, fsyncs and removes `<dir>/.probe`, fsyncs the
-    /// directory, and returns the elapsed time.
-    pub fn probe(&self) -> Result<Duration, StateError> {
-        let start = Instant::now();
-        let path = self.path.join(".probe");
-        write_synced(&path, b"probe\n")?;
-        fs::remove_file(&path).map_err(io_err(&path))?;
-        self.sync_dir()?;
-        Ok(start.elapsed())
-    }
-
     /// `<dir>/<name>` if `name` is a plain, non-reserved file name.
     fn file(&self, name: &str) -> Result<PathBuf, StateError> {
         let valid = !name.is_empty()
@@ -427,6 +416,7 @@ mod tests {
     use serde_json::json;
     use std::os::unix::fs::PermissionsExt;
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
 
     struct TempDir(PathBuf);
     impl Drop for TempDir {
@@ -458,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_modes_remove_probe() {
+    fn round_trip_modes_and_remove() {
         let (_t, d) = setup();
         let v = json!({"a": [1, 2]});
         assert_eq!(d.read::<Value>("x.json").unwrap(), None);
@@ -471,7 +461,6 @@ mod tests {
             [mode(d.path()), mode(&d.path().join("x.json"))],
             [0o700, 0o600]
         );
-        assert!(d.probe().unwrap() < Duration::from_secs(10));
         d.remove("x.json").unwrap();
         d.remove("x.json").unwrap();
         assert_eq!(d.read::<Value>("x.json").unwrap(), None);

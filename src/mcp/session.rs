@@ -318,13 +318,11 @@ impl Mcp {
                             ErrorCode::ToolError,
                             format!("tool {tool} on {id} reported an error: {}", first_text(&v)),
                         )
-                        .with_data(
-                            json!({"server": id, "tool": tool, "result": v, "duration_ms": ms}),
-                        ))
+                        .with_data(call_result(id, tool, v, ms)))
                     }
                     Ok(v) => {
                         server.calls.0 += 1;
-                        Ok(json!({"server": id, "tool": tool, "result": v, "duration_ms": ms}))
+                        Ok(call_result(id, tool, v, ms))
                     }
                     Err(e) => {
                         server.calls.1 += 1;
@@ -545,4 +543,15 @@ impl Mcp {
             self.send(cx, &id, &bytes, out);
         }
     }
+}
+
+/// The answer data of a tool call. The result is moved in, not copied: a tool may return
+/// megabytes, and `json!` would clone them.
+fn call_result(server: &str, tool: String, result: Value, ms: f64) -> Value {
+    let mut map = serde_json::Map::with_capacity(4);
+    map.insert("server".into(), Value::String(server.to_string()));
+    map.insert("tool".into(), Value::String(tool));
+    map.insert("result".into(), result);
+    map.insert("duration_ms".into(), json!(ms));
+    Value::Object(map)
 }

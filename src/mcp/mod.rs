@@ -41,6 +41,8 @@ pub const TOKEN_BASE: usize = 1 << 20;
 pub const ENV_ALLOW: [&str; 5] = ["PATH", "HOME", "LANG", "TERM", "USER"];
 /// Protocol errors within a minute that count as persistent (the server is restarted).
 const PERSISTENT_PROTOCOL_ERRORS: usize = 50;
+/// Registered servers at most (each costs its spec, history and tool list in memory).
+pub const MAX_REGISTERED: usize = 1000;
 /// Longest stderr line kept.
 const STDERR_LINE_MAX: usize = 1024;
 
@@ -209,6 +211,14 @@ impl Mcp {
     ) -> Result<Value, ApiError> {
         spec.validate()
             .map_err(|(field, m)| ApiError::field(ErrorCode::InvalidParameter, field, m))?;
+        if self.servers.len() >= MAX_REGISTERED {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "{MAX_REGISTERED} MCP servers are registered already: unregister one first"
+                ),
+            ));
+        }
         if self.servers.contains_key(&spec.id) {
             return Err(ApiError::field(
                 ErrorCode::AlreadyExists,

@@ -20,18 +20,22 @@
 //! `MISSED`, never a panic; the process exits non-zero only when something could not be
 //! measured (a daemon failed to start, a request failed, a deadline passed, ...).
 
+mod common;
+
+use common::{
+    child_pids, cpu_ticks, cpus, envelope, find_tool, fmt_kb, kernel, open_fds, percentile,
+    rollup_kb, tcp, ticks_per_sec, unix, us, utc_now, vm_rss_kb, wait_for, Binaries, DaemonGuard,
+    DaemonSetup, Fixtures, Http, Result, Row, Sections, TempDir, DEADLINE,
+};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tungstenite::{Message, WebSocket};
 
 const RATIO_TARGET: f64 = 0.9;
@@ -49,182 +53,17 @@ const CALL_WARMUP: usize = 100;
 /// TCP and Unix calls alternate in blocks of this many (drift hits both alike).
 const CALL_BLOCK: usize = 100;
 
-/// Bound on every single wait (daemon ready, one response, one event, a server coming up).
-const DEADLINE: Duration = Duration::from_secs(10);
-
 /// No periodic health round during the measurements (each one pings the worker).
 const QUIET: &str = "[monitoring]\nhealth_check_interval_ms = 3600000\n";
 const CALL_BODY: &[u8] = br#"{"name":"echo","arguments":{"message":"x"}}"#;
 /// The static file nginx serves: exactly 100 bytes.
 const STATIC_FILE: &str = "100b.txt";
 
-type Result<T> = std::result::Result<T, String>;
-
-// ---------------------------------------------------------------------------------------
-// The table.
-
-struct Row {
-    metric: String,
-    value: String,
-    target: String,
-    verdict: &'static str,
-}
-
-impl Row {
-    fn new(metric: impl Into<String>, value: impl Into<String>, target: &str, ok: bool) -> Row {
-        Row {
-            metric: metric.into(),
-            value: value.into(),
-            target: target.into(),
-            verdict: if ok { "ok" } else { "MISSED" },
-        }
-    }
-
-    /// A figure reported for information only, without a target.
-    fn info(metric: impl Into<String>, value: impl Into<String>) -> Row {
-        Row {
-            metric: metric.into(),
-            value: value.into(),
-            target: "-".into(),
-            verdict: "info",
-        }
-    }
-
-    /// A metric that was not measured because a tool is missing (not an error).
-    fn skipped(metric: impl Into<String>, why: &str, target: &str) -> Row {
-        Row {
-            metric: metric.into(),
-            value: why.into(),
-            target: target.into(),
-            verdict: "n/a",
-        }
-    }
-
-    fn error(metric: &str, err: &str) -> Row {
-        Row {
-            metric: metric.into(),
-            value: format!("could not measure: {err}"),
-            target: "-".into(),
-            verdict: "ERROR",
-        }
-    }
-}
-
-fn print_table(rows: &[Row]) {
-    let header = ["metric", "value", "target", "verdict"];
-    let cells: Vec<[&str; 4]> = rows
-        .iter()
-        .map(|r| [&*r.metric, &*r.value, &*r.target, r.verdict])
-        .collect();
-    let mut widths = header.map(|h| h.chars().count());
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |row: [&str; 4]| {
-        let mut s = String::from("|");
-        for (c, w) in row.iter().zip(widths) {
-            let _ = write!(s, " {c:<w$} |");
-        }
-        s
-    };
-    println!("{}", line(header));
-    let mut sep = String::from("|");
-    for w in widths {
-        let _ = write!(sep, "{}|", "-".repeat(w + 2));
-    }
-    println!("{sep}");
-    for row in cells {
-        println!("{}", line(row));
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Small helpers.
 
-fn fmt_kb(kb: u64) -> String {
-    format!("{kb} kB ({:.2} MiB)", kb as f64 / 1024.0)
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-/// Nearest-rank percentile of an already sorted slice.
-fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
-    let n = sorted.len();
-    let rank = ((p / 100.0) * n as f64).ceil() as usize;
-    sorted[rank.clamp(1, n) - 1]
-}
-
-fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-fn kernel() -> String {
-    let read = |f: &str| {
-        std::fs::read_to_string(format!("/proc/sys/kernel/{f}"))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "?".into())
-    };
-    format!(
-        "{} {} ({})",
-        read("ostype"),
-        read("osrelease"),
-        read("version")
-    )
-}
-
-/// `name` on PATH, or in the sbin directories (nginx lives in /usr/sbin, often not on PATH).
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
-}
-
-fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-fn vm_rss_kb(pid: u32) -> Result<u64> {
-    proc_status_kb(pid, "VmRSS").ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
-}
-
-/// A `/proc/PID/smaps_rollup` field in kB.
-fn rollup_kb(pid: u32, name: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 fn rss_split(pid: u32) -> String {
@@ -234,29 +73,6 @@ fn rss_split(pid: u32) -> String {
             rss.saturating_sub(anon)
         ),
         _ => "smaps_rollup unreadable".into(),
-    }
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
-}
-
-/// utime + stime of a process (all its threads) in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the comm: state is field 3, utime 14, stime 15 (1-based) -> 0-based 11, 12 here.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn ticks_per_sec() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
     }
 }
 
@@ -273,25 +89,6 @@ fn schedstat(pid: u32) -> Option<(Duration, Duration, u64)> {
         Duration::from_nanos(wait),
         slices,
     ))
-}
-
-/// Pids of the processes whose parent is `parent`.
-fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let (_, rest) = s.rsplit_once(')')?;
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(parent)
-        })
-        .collect()
 }
 
 /// CPU time used by the terminated, reaped children of this process so far.
@@ -324,25 +121,6 @@ fn raise_fd_limit(want: u64) -> (u64, u64) {
     }
 }
 
-/// Polls `f` every `every` until it yields a value or `within` has passed.
-fn wait_for<T>(
-    what: &str,
-    within: Duration,
-    every: Duration,
-    mut f: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if t0.elapsed() > within {
-            return Err(format!("{what}: not within {} s", within.as_secs()));
-        }
-        std::thread::sleep(every);
-    }
-}
-
 /// A free loopback port (bound, then released; the small race is acceptable here).
 fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
@@ -354,211 +132,23 @@ fn free_port() -> Result<u16> {
 // ---------------------------------------------------------------------------------------
 // A daemon under test: its own temp dir, killed and cleaned up on drop.
 
-static RUN: AtomicUsize = AtomicUsize::new(0);
-
-fn temp_dir(kind: &str) -> Result<PathBuf> {
-    let n = RUN.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("vsm-bench-{kind}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    Ok(dir)
-}
-
-struct Daemon {
-    child: Option<Child>,
-    dir: PathBuf,
-    socket: PathBuf,
-    http: SocketAddr,
-    label: &'static str,
-}
-
-impl Daemon {
-    /// Spawns `start --listen 127.0.0.1:0 --json` in a fresh temp dir and waits (bounded)
-    /// for the ready line on stdout, which names the TCP address.
-    fn start_ready(bin: &Path, config: &str, label: &'static str) -> Result<Daemon> {
-        let dir = temp_dir("api")?;
-        let mut daemon = Daemon {
-            child: None,
-            socket: dir.join("sock"),
-            dir,
-            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+/// Spawns `start --listen 127.0.0.1:0 --json` with `config` in a fresh
+/// `temp_dir()/vsm-bench-api-<pid>-<n>` and waits (bounded) for the ready line on stdout;
+/// the daemon and the TCP address the ready line names. `label` tags its notes and names its
+/// kept log (`VSM_BENCH_KEEP_LOGS/api-<label>.log`).
+fn start_daemon(bin: &Path, config: &str, label: &str) -> Result<(DaemonGuard, SocketAddr)> {
+    let daemon = DaemonGuard::start_ready(
+        bin,
+        &DaemonSetup {
+            dir_name: "vsm-bench-api",
             label,
-        };
-        let file = daemon.dir.join("config.toml");
-        std::fs::write(&file, config).map_err(|e| format!("write {}: {e}", file.display()))?;
-        let log = std::fs::File::create(daemon.dir.join("daemon.log"))
-            .map_err(|e| format!("create daemon.log: {e}"))?;
-        let mut child = Command::new(bin)
-            .arg("start")
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--socket")
-            .arg(&daemon.socket)
-            .arg("--state-dir")
-            .arg(daemon.dir.join("state"))
-            .arg("--config")
-            .arg(&file)
-            .arg("--json")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .env_remove("NOTIFY_SOCKET")
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
-        let stdout = child.stdout.take();
-        daemon.child = Some(child);
-        let stdout = stdout.ok_or("no stdout pipe")?;
-        // A blocking read can't time out: read on a helper thread, wait with a deadline.
-        // The thread ends at EOF, i.e. when the daemon exits.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(DEADLINE) {
-            Ok(Some(Ok(line))) => line,
-            Ok(_) => return Err(daemon.failure("daemon closed stdout before the ready line")),
-            Err(_) => return Err(daemon.failure("no ready line within 10 s")),
-        };
-        let ready: Value = serde_json::from_str(&line)
-            .map_err(|e| daemon.failure(&format!("ready line is not JSON ({e}): {line}")))?;
-        if ready["event"] != "ready" || ready["pid"].as_u64() != Some(u64::from(daemon.pid())) {
-            return Err(daemon.failure(&format!("unexpected ready line: {line}")));
-        }
-        daemon.http = ready["http"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| daemon.failure(&format!("no \"http\" address in: {line}")))?;
-        Ok(daemon)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    fn check_alive(&mut self) -> Result<()> {
-        let exited = match self.child.as_mut().map(Child::try_wait) {
-            Some(Ok(Some(status))) => Some(status.to_string()),
-            Some(Ok(None)) => None,
-            Some(Err(e)) => Some(format!("wait failed: {e}")),
-            None => Some("not running".into()),
-        };
-        match exited {
-            Some(how) => Err(self.failure(&format!("daemon exited early ({how})"))),
-            None => Ok(()),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-    }
-
-    /// An error message with the tail of the daemon's log.
-    fn failure(&self, what: &str) -> String {
-        let log = self.log();
-        let tail: Vec<&str> = log.lines().rev().take(5).collect();
-        if tail.is_empty() {
-            what.to_string()
-        } else {
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            format!("{what}; daemon log tail: {}", tail.join(" / "))
-        }
-    }
-
-    /// Lines per level, and the WARN/ERROR lines grouped by shape (digits folded), most
-    /// frequent first, with one example each.
-    fn log_summary(&self) -> Vec<String> {
-        let log = self.log();
-        let mut levels: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut shapes: BTreeMap<String, (usize, &str)> = BTreeMap::new();
-        for line in log.lines() {
-            let mut parts = line.splitn(3, char::is_whitespace);
-            let _ts = parts.next();
-            let level = parts.next().unwrap_or("?");
-            let level = if level.is_empty() { "?" } else { level };
-            *levels.entry(level).or_default() += 1;
-            if level == "WARN" || level == "ERROR" {
-                let mut shape = String::new();
-                for c in parts.next().unwrap_or("").trim_start().chars() {
-                    if c.is_ascii_digit() {
-                        if !shape.ends_with('#') {
-                            shape.push('#');
-                        }
-                    } else {
-                        shape.push(c);
-                    }
-                }
-                shapes.entry(shape).or_insert((0, line)).0 += 1;
-            }
-        }
-        let mut out = vec![format!(
-            "[{}] daemon log: {} lines ({})",
-            self.label,
-            log.lines().count(),
-            levels
-                .iter()
-                .map(|(l, n)| format!("{l} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )];
-        let mut shapes: Vec<(usize, &str)> = shapes.into_values().collect();
-        shapes.sort_by_key(|s| std::cmp::Reverse(s.0));
-        for (n, example) in shapes.into_iter().take(6) {
-            out.push(format!("[{}]   {n} x like: {example}", self.label));
-        }
-        out
-    }
-
-    /// Graceful stop: SIGTERM, then wait (bounded) for the exit.
-    fn stop(&mut self) -> Result<()> {
-        let Some(child) = self.child.as_mut() else {
-            return Ok(());
-        };
-        // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let t0 = Instant::now();
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => {
-                    self.child = None;
-                    return Ok(());
-                }
-                Ok(None) if t0.elapsed() < DEADLINE => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Ok(None) => return Err(self.failure("daemon did not exit within 10 s of SIGTERM")),
-                Err(e) => return Err(format!("wait: {e}")),
-            }
-        }
-    }
-
-    /// Stops the daemon at the end of a section; a failure to stop becomes a note (the
-    /// measurements are taken by then, and Drop SIGKILLs it).
-    fn finish(mut self, notes: &mut Vec<String>) {
-        if let Err(e) = self.stop() {
-            notes.push(format!("[{}] {e}", self.label));
-        }
-        notes.extend(self.log_summary());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
-            let _ = child.wait();
-        }
-        if let Some(keep) = std::env::var_os("VSM_BENCH_KEEP_LOGS").filter(|v| !v.is_empty()) {
-            let keep = PathBuf::from(keep);
-            let _ = std::fs::create_dir_all(&keep);
-            let _ = std::fs::copy(
-                self.dir.join("daemon.log"),
-                keep.join(format!("api-{}.log", self.label)),
-            );
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+            config: Some(config),
+            args: &["--listen", "127.0.0.1:0"],
+            keep_log_as: Some(format!("api-{label}.log")),
+        },
+    )?;
+    let addr = daemon.http_addr()?;
+    Ok((daemon, addr))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -566,14 +156,14 @@ impl Drop for Daemon {
 
 struct Nginx {
     child: Option<Child>,
-    dir: PathBuf,
+    dir: TempDir,
     port: u16,
     workers: u32,
 }
 
 impl Nginx {
     fn start(bin: &Path, workers: u32) -> Result<Nginx> {
-        let dir = temp_dir("nginx")?;
+        let dir = TempDir::new("vsm-bench-nginx")?;
         let port = free_port()?;
         let mut nginx = Nginx {
             child: None,
@@ -581,7 +171,7 @@ impl Nginx {
             port,
             workers,
         };
-        let d = nginx.dir.display().to_string();
+        let d = nginx.dir.path().display().to_string();
         let www = nginx.dir.join("www");
         std::fs::create_dir_all(&www).map_err(|e| format!("create {}: {e}", www.display()))?;
         std::fs::write(www.join(STATIC_FILE), [b'x'; 100])
@@ -598,7 +188,7 @@ impl Nginx {
             .arg("-c")
             .arg(&conf)
             .arg("-p")
-            .arg(&nginx.dir)
+            .arg(nginx.dir.path())
             .arg("-e")
             .arg(nginx.dir.join("error.log"))
             .stdin(Stdio::null())
@@ -631,7 +221,7 @@ impl Nginx {
                         r.body.len()
                     ));
                 }
-                let up = children_of(nginx.pid()).len() as u32 >= workers;
+                let up = child_pids(nginx.pid()).len() as u32 >= workers;
                 Ok(up.then_some(()))
             },
         )?;
@@ -646,7 +236,7 @@ impl Nginx {
     fn pids(&self) -> Vec<u32> {
         let master = self.pid();
         let mut pids = vec![master];
-        pids.extend(children_of(master));
+        pids.extend(child_pids(master));
         pids
     }
 
@@ -667,7 +257,7 @@ impl Nginx {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let workers = children_of(child.id());
+        let workers = child_pids(child.id());
         // SAFETY: kill(2) on our own unreaped child.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let t0 = Instant::now();
@@ -699,183 +289,8 @@ impl Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // `self.dir` is removed right after this, when the fields drop.
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// HTTP/1.1 over one keep-alive connection (TCP or Unix).
-
-struct Response {
-    status: u16,
-    body: Vec<u8>,
-    /// Head + body bytes on the wire.
-    wire: usize,
-}
-
-struct Http<S: Read + Write> {
-    stream: S,
-    host: String,
-    buf: Vec<u8>,
-    scratch: Vec<u8>,
-    closed: bool,
-}
-
-fn tcp(addr: SocketAddr) -> Result<Http<TcpStream>> {
-    let s = TcpStream::connect_timeout(&addr, DEADLINE).map_err(|e| format!("connect: {e}"))?;
-    s.set_nodelay(true)
-        .map_err(|e| format!("set_nodelay: {e}"))?;
-    Http::new(s, &addr.to_string())
-}
-
-fn unix(socket: &Path) -> Result<Http<UnixStream>> {
-    let s = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(DEADLINE))
-        .and_then(|()| s.set_write_timeout(Some(DEADLINE)))
-        .map_err(|e| format!("socket timeouts: {e}"))?;
-    Ok(Http::raw(s, "localhost"))
-}
-
-impl Http<TcpStream> {
-    fn new(stream: TcpStream, host: &str) -> Result<Self> {
-        stream
-            .set_read_timeout(Some(DEADLINE))
-            .and_then(|()| stream.set_write_timeout(Some(DEADLINE)))
-            .map_err(|e| format!("socket timeouts: {e}"))?;
-        Ok(Http::raw(stream, host))
-    }
-}
-
-impl<S: Read + Write> Http<S> {
-    fn raw(stream: S, host: &str) -> Self {
-        Http {
-            stream,
-            host: host.to_string(),
-            buf: Vec::with_capacity(64 * 1024),
-            scratch: vec![0; 64 * 1024],
-            closed: false,
-        }
-    }
-
-    fn build(&self, method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
-        let mut r = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host).into_bytes();
-        if let Some(b) = body {
-            let _ = write!(
-                r,
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                b.len()
-            );
-        }
-        r.extend_from_slice(b"\r\n");
-        if let Some(b) = body {
-            r.extend_from_slice(b);
-        }
-        r
-    }
-
-    fn fill(&mut self, t0: Instant) -> Result<()> {
-        if t0.elapsed() > DEADLINE {
-            return Err("no complete response within 10 s".into());
-        }
-        match self.stream.read(&mut self.scratch) {
-            Ok(0) => Err("the server closed the connection".into()),
-            Ok(n) => {
-                self.buf.extend_from_slice(&self.scratch[..n]);
-                Ok(())
-            }
-            Err(e) => Err(format!("read: {e}")),
-        }
-    }
-
-    /// Reads one response, delimited by its Content-Length.
-    fn read_response(&mut self) -> Result<Response> {
-        let t0 = Instant::now();
-        let head_end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            self.fill(t0)?;
-        };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| format!("bad status line in {head:?}"))?;
-        let mut len = None;
-        for l in lines {
-            if let Some((k, v)) = l.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse::<usize>().ok();
-                } else if k.eq_ignore_ascii_case("connection")
-                    && v.trim().eq_ignore_ascii_case("close")
-                {
-                    self.closed = true;
-                }
-            }
-        }
-        let len = len.ok_or_else(|| format!("response without Content-Length: {head:?}"))?;
-        while self.buf.len() < head_end + len {
-            self.fill(t0)?;
-        }
-        let body = self.buf[head_end..head_end + len].to_vec();
-        self.buf.drain(..head_end + len);
-        Ok(Response {
-            status,
-            body,
-            wire: head_end + len,
-        })
-    }
-
-    fn send_raw(&mut self, request: &[u8]) -> Result<()> {
-        if self.closed {
-            return Err(
-                "the server answered `Connection: close` on the keep-alive connection".into(),
-            );
-        }
-        self.stream
-            .write_all(request)
-            .map_err(|e| format!("write: {e}"))
-    }
-
-    fn request(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response> {
-        let req = self.build(method, path, body);
-        self.send_raw(&req)?;
-        self.read_response()
-    }
-
-    /// A request whose envelope must say `success`; the whole envelope.
-    fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
-        let bytes = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
-        let r = self.request(method, path, bytes.as_deref())?;
-        envelope(method, path, &r)
-    }
-
-    fn get(&mut self, path: &str) -> Result<Value> {
-        Ok(self.call("GET", path, None)?["data"].take())
-    }
-
-    fn post(&mut self, path: &str, body: &Value) -> Result<Value> {
-        Ok(self.call("POST", path, Some(body))?["data"].take())
-    }
-}
-
-fn envelope(method: &str, path: &str, r: &Response) -> Result<Value> {
-    let v: Value = serde_json::from_slice(&r.body).map_err(|e| {
-        format!(
-            "{method} {path}: HTTP {}: body is not JSON ({e}): {}",
-            r.status,
-            String::from_utf8_lossy(&r.body[..r.body.len().min(300)])
-        )
-    })?;
-    if !(200..300).contains(&r.status) || v["status"] != "success" {
-        return Err(format!(
-            "{method} {path}: HTTP {}: {}",
-            r.status, v["errors"]
-        ));
-    }
-    Ok(v)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1078,8 +493,7 @@ fn measure_throughput(
         ]);
     };
     let mut rows = Vec::new();
-    let daemon = Daemon::start_ready(bin, QUIET, "throughput")?;
-    let addr = daemon.http;
+    let (daemon, addr) = start_daemon(bin, QUIET, "throughput")?;
     let pid = daemon.pid();
     // What one answer costs on the wire, for context.
     let sizes = {
@@ -1208,17 +622,17 @@ fn measure_throughput(
 // 2. RSS with 256 idle keep-alive connections.
 
 fn measure_idle_conns(bin: &Path, notes: &mut Vec<String>) -> Result<Vec<Row>> {
-    let mut daemon = Daemon::start_ready(bin, QUIET, "idle-conns")?;
+    let (mut daemon, addr) = start_daemon(bin, QUIET, "idle-conns")?;
     let pid = daemon.pid();
     // Warm the request path over the Unix socket: the TCP limit (256 per listener by
     // default) stays free for the 256 connections.
     unix(&daemon.socket)?.get("/api/v1/status")?;
     std::thread::sleep(Duration::from_millis(500));
     let rss0 = vm_rss_kb(pid)?;
-    let fds0 = open_fds(pid);
+    let fds0 = open_fds(pid).unwrap_or(0);
     let mut conns = Vec::with_capacity(IDLE_CONNS);
     for _ in 0..IDLE_CONNS {
-        conns.push(tcp(daemon.http)?);
+        conns.push(tcp(addr)?);
     }
     for c in &mut conns {
         let req = c.build("GET", "/api/v1/status", None);
@@ -1237,7 +651,7 @@ fn measure_idle_conns(bin: &Path, notes: &mut Vec<String>) -> Result<Vec<Row>> {
     daemon.check_alive()?;
     let rss1 = vm_rss_kb(pid)?;
     let split = rss_split(pid);
-    let fds1 = open_fds(pid);
+    let fds1 = open_fds(pid).unwrap_or(0);
     // Still open? A peek that would block means the daemon has not closed it.
     let mut still_open = 0;
     for c in &conns {
@@ -1436,9 +850,8 @@ fn ws_reader(
 
 fn measure_fanout(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<Vec<Row>> {
     let config = format!("{QUIET}[http]\nmax_connections = 2000\n");
-    let mut daemon = Daemon::start_ready(bin, &config, "fan-out")?;
+    let (mut daemon, addr) = start_daemon(bin, &config, "fan-out")?;
     let pid = daemon.pid();
-    let addr = daemon.http;
     let rss0 = vm_rss_kb(pid)?;
     let t_setup = Instant::now();
     let mut clients = Vec::with_capacity(WS_CLIENTS);
@@ -1662,25 +1075,6 @@ fn measure_fanout(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<V
 // ---------------------------------------------------------------------------------------
 // 4. A tool call over TCP vs over the Unix socket.
 
-struct Fixtures {
-    python: PathBuf,
-    script: PathBuf,
-}
-
-impl Fixtures {
-    fn spec(&self, id: &str, extra: Value) -> Value {
-        let mut spec = json!({
-            "id": id,
-            "command": self.python.display().to_string(),
-            "args": [self.script.display().to_string()],
-        });
-        if let (Some(s), Value::Object(extra)) = (spec.as_object_mut(), extra) {
-            s.extend(extra);
-        }
-        spec
-    }
-}
-
 fn tool_call<S: Read + Write>(http: &mut Http<S>, request: &[u8]) -> Result<Duration> {
     let t0 = Instant::now();
     http.send_raw(request)?;
@@ -1694,9 +1088,9 @@ fn tool_call<S: Read + Write>(http: &mut Http<S>, request: &[u8]) -> Result<Dura
 }
 
 fn measure_tool_calls(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<Vec<Row>> {
-    let mut daemon = Daemon::start_ready(bin, QUIET, "tool-calls")?;
+    let (mut daemon, addr) = start_daemon(bin, QUIET, "tool-calls")?;
     let mut ux = unix(&daemon.socket)?;
-    let mut tc = tcp(daemon.http)?;
+    let mut tc = tcp(addr)?;
     ux.post("/api/v1/mcp/servers", &f.spec("fx", json!({})))?;
     wait_for("fx active", DEADLINE, Duration::from_millis(10), || {
         let s = ux.get("/api/v1/mcp/servers/fx")?;
@@ -1756,15 +1150,8 @@ fn measure_tool_calls(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Resu
 
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench` (and maybe a filter); nothing here takes options.
-    let env_path = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let under_test = env_path("VSM_BENCH_BIN")
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vsm-daemon")));
-    let static_bin = env_path("VSM_BENCH_STATIC_BIN");
-    let measured = static_bin.clone().unwrap_or_else(|| under_test.clone());
+    let bins = Binaries::from_env();
+    let measured = &bins.measured;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_fixture.py");
     let python = find_tool("python3");
     let wrk = find_tool("wrk");
@@ -1778,63 +1165,23 @@ fn main() -> ExitCode {
     };
 
     println!("# vsm-daemon HTTP/WebSocket benchmark");
-    println!("binary under test: {}", under_test.display());
-    match &static_bin {
-        Some(p) => println!(
-            "static binary:     {} (all metrics use this one)",
-            p.display()
-        ),
-        None => println!("static binary:     none (set VSM_BENCH_STATIC_BIN to measure one)"),
-    }
-    println!("measured:          {}", measured.display());
+    bins.print("all metrics use this one");
     println!("wrk:               {}", show(&wrk));
     println!("nginx:             {}", show(&nginx));
     println!("fixture:           {} {}", show(&python), script.display());
     println!("fd limit:          soft {soft}, hard {hard}");
     println!("kernel:            {}", kernel());
-    println!(
-        "cpus:              {}",
-        std::thread::available_parallelism().map_or(0, usize::from)
-    );
+    println!("cpus:              {}", cpus());
     println!("date:              {}", utc_now());
     println!();
 
-    // `cargo bench --bench api -- WORD..`: only the sections whose name contains a WORD
-    // (cargo itself passes `--bench`, which is not a filter).
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    // `cargo bench --bench api -- WORD..`: only the sections whose name contains a WORD.
+    let mut sections = Sections::new("api", Sections::filters_from_args());
     let started = Instant::now();
-    let mut rows = Vec::new();
-    let mut notes = Vec::new();
-    let mut failed = false;
-    let mut run = |name: &str,
-                   notes: &mut Vec<String>,
-                   f: &mut dyn FnMut(&mut Vec<String>) -> Result<Vec<Row>>| {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            return;
-        }
-        let t0 = Instant::now();
-        match f(notes) {
-            Ok(r) => rows.extend(r),
-            Err(e) => {
-                eprintln!("api bench: {name}: {e}");
-                rows.push(Row::error(name, &e));
-                failed = true;
-            }
-        }
-        notes.push(format!(
-            "[{name}] section took {:.1} s",
-            t0.elapsed().as_secs_f64()
-        ));
-    };
-    run("keep-alive throughput", &mut notes, &mut |n| {
-        measure_throughput(&measured, wrk.as_deref(), nginx.as_deref(), n)
+    sections.run("keep-alive throughput", |n| {
+        measure_throughput(measured, wrk.as_deref(), nginx.as_deref(), n)
     });
-    run("256 idle connections", &mut notes, &mut |n| {
-        measure_idle_conns(&measured, n)
-    });
+    sections.run("256 idle connections", |n| measure_idle_conns(measured, n));
     let fixtures = match python {
         Some(python) if script.is_file() => Ok(Fixtures { python, script }),
         Some(_) => Err(format!("{} not found", script.display())),
@@ -1842,21 +1189,19 @@ fn main() -> ExitCode {
     };
     match &fixtures {
         Ok(fx) => {
-            run("WebSocket fan-out", &mut notes, &mut |n| {
-                measure_fanout(&measured, fx, n)
-            });
-            run("tool call TCP vs Unix", &mut notes, &mut |n| {
-                measure_tool_calls(&measured, fx, n)
+            sections.run("WebSocket fan-out", |n| measure_fanout(measured, fx, n));
+            sections.run("tool call TCP vs Unix", |n| {
+                measure_tool_calls(measured, fx, n)
             });
         }
         Err(e) => {
             for name in ["WebSocket fan-out", "tool call TCP vs Unix"] {
-                run(name, &mut notes, &mut |_| Err(e.clone()));
+                sections.run(name, |_| Err(e.clone()));
             }
         }
     }
 
-    print_table(&rows);
+    sections.table.print();
     println!();
     println!(
         "note: wrk runs `wrk {} URL`; server CPU is utime+stime of the server's processes over \
@@ -1873,14 +1218,9 @@ fn main() -> ExitCode {
          alternate in blocks of {CALL_BLOCK}; percentiles are nearest-rank"
     );
     println!("note: health_check_interval_ms = 3600000 in every daemon (no periodic rounds)");
-    for n in &notes {
+    for n in &sections.notes {
         println!("note: {n}");
     }
     println!("total time: {:.1} s", started.elapsed().as_secs_f64());
-    if failed {
-        eprintln!("api bench: some metrics could not be measured");
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    sections.exit_code()
 }

@@ -10,16 +10,18 @@
 //! `MISSED`, never a panic; the process exits non-zero only when something could not be
 //! measured (the daemon failed to start, a request failed, a deadline passed, ...).
 
-use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod common;
 
-const MB: u64 = 1024 * 1024;
+use common::{
+    kernel, median, on_path, percentile, proc_status_kb, rollup_kb, status_field, us, utc_now,
+    Binaries, DaemonGuard, DaemonSetup, Result, Row, Sections, DEADLINE, MB,
+};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
 const SIZE_TARGET: u64 = 2 * MB;
 const RSS_TARGET: u64 = 3 * MB;
 const READY_TARGET: Duration = Duration::from_millis(10);
@@ -31,84 +33,9 @@ const RAW_WARMUP: usize = 20;
 const CLI_RUNS: usize = 50;
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
-/// Bound on every wait for the daemon (ready, exit, a request).
-const DEADLINE: Duration = Duration::from_secs(10);
-
 const NO_CHECK_DUE_CONFIG: &str = "[monitoring]\nhealth_check_interval_ms = 3600000\n";
 const STATUS_REQUEST: &[u8] =
     b"GET /api/v1/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-
-type Result<T> = std::result::Result<T, String>;
-
-// ---------------------------------------------------------------------------------------
-// The table.
-
-struct Row {
-    metric: String,
-    value: String,
-    target: String,
-    verdict: &'static str,
-}
-
-impl Row {
-    fn new(metric: impl Into<String>, value: impl Into<String>, target: &str, ok: bool) -> Row {
-        Row {
-            metric: metric.into(),
-            value: value.into(),
-            target: target.into(),
-            verdict: if ok { "ok" } else { "MISSED" },
-        }
-    }
-
-    /// A figure reported for information only, without a target.
-    fn info(metric: impl Into<String>, value: impl Into<String>) -> Row {
-        Row {
-            metric: metric.into(),
-            value: value.into(),
-            target: "-".into(),
-            verdict: "info",
-        }
-    }
-
-    fn error(metric: &str, err: &str) -> Row {
-        Row {
-            metric: metric.into(),
-            value: format!("could not measure: {err}"),
-            target: "-".into(),
-            verdict: "ERROR",
-        }
-    }
-}
-
-fn print_table(rows: &[Row]) {
-    let header = ["metric", "value", "target", "verdict"];
-    let cells: Vec<[&str; 4]> = rows
-        .iter()
-        .map(|r| [&*r.metric, &*r.value, &*r.target, r.verdict])
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let line = |row: [&str; 4]| {
-        let mut s = String::from("|");
-        for (c, w) in row.iter().zip(widths) {
-            let _ = write!(s, " {c:<w$} |");
-        }
-        s
-    };
-    println!("{}", line(header));
-    let mut sep = String::from("|");
-    for w in widths {
-        let _ = write!(sep, "{}|", "-".repeat(w + 2));
-    }
-    println!("{sep}");
-    for row in cells {
-        println!("{}", line(row));
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Small helpers.
@@ -121,268 +48,46 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-fn us(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
-}
-
-/// Nearest-rank percentile of an already sorted slice.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let n = sorted.len();
-    let rank = ((p / 100.0) * n as f64).ceil() as usize;
-    sorted[rank.clamp(1, n) - 1]
-}
-
-/// Median of a sorted slice (mean of the two middle values for an even count).
-fn median(sorted: &[Duration]) -> Duration {
-    let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2
-    }
-}
-
-/// `YYYY-MM-DD HH:MM:SS UTC` without a date crate (Howard Hinnant's civil-from-days).
-fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-fn kernel() -> String {
-    let read = |f: &str| {
-        std::fs::read_to_string(format!("/proc/sys/kernel/{f}"))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "?".into())
-    };
-    format!(
-        "{} {} ({})",
-        read("ostype"),
-        read("osrelease"),
-        read("version")
-    )
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
 // ---------------------------------------------------------------------------------------
 // A daemon under test: its own temp dir, killed and cleaned up on drop.
 
-static RUN: AtomicUsize = AtomicUsize::new(0);
-
-struct Daemon {
-    child: Option<Child>,
-    dir: PathBuf,
-    socket: PathBuf,
-    /// The `{"event":"ready",...}` line, when started with [`Daemon::start_ready`].
-    ready: Option<serde_json::Value>,
-}
-
-impl Daemon {
-    /// A fresh `temp_dir()/vsm-bench-<pid>-<n>` holding the socket, state dir and config.
-    fn fresh_dir(config: Option<&str>) -> Result<(PathBuf, Vec<String>)> {
-        let n = RUN.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("vsm-bench-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let mut args = vec![
-            "start".to_string(),
-            "--socket".into(),
-            dir.join("sock").display().to_string(),
-            "--state-dir".into(),
-            dir.join("state").display().to_string(),
-            "--json".into(),
-        ];
-        if let Some(text) = config {
-            let file = dir.join("config.toml");
-            if let Err(e) = std::fs::write(&file, text) {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(format!("write {}: {e}", file.display()));
-            }
-            args.push("--config".into());
-            args.push(file.display().to_string());
-        }
-        Ok((dir, args))
-    }
-
-    fn command(bin: &Path, args: &[String], dir: &Path, stdout: Stdio) -> Result<Command> {
-        let log = std::fs::File::create(dir.join("daemon.log"))
-            .map_err(|e| format!("create daemon.log: {e}"))?;
-        let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(log)
-            .env_remove("NOTIFY_SOCKET");
-        Ok(cmd)
-    }
-
-    /// Spawns and times exec until the first successful `connect` on the control socket.
-    fn start_timed(bin: &Path) -> Result<(Daemon, Duration)> {
-        let (dir, args) = Self::fresh_dir(None)?;
-        let socket = dir.join("sock");
-        let mut daemon = Daemon {
-            child: None,
-            dir,
-            socket,
-            ready: None,
-        };
-        let mut cmd = Self::command(bin, &args, &daemon.dir, Stdio::null())?;
-        let t0 = Instant::now();
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
-        daemon.child = Some(child);
-        let mut spins: u32 = 0;
-        loop {
-            if UnixStream::connect(&daemon.socket).is_ok() {
-                let elapsed = t0.elapsed();
-                return Ok((daemon, elapsed));
-            }
-            spins = spins.wrapping_add(1);
-            // Checking for an early exit costs a syscall: do it only now and then.
-            if spins % 256 == 0 {
-                daemon.check_alive()?;
-                if t0.elapsed() > DEADLINE {
-                    return Err(daemon.failure("socket not connectable within 10 s"));
-                }
-            }
-            std::thread::yield_now();
-        }
-    }
-
-    /// Spawns and waits (bounded) for the ready line on stdout.
-    fn start_ready(bin: &Path, config: Option<&str>) -> Result<Daemon> {
-        let (dir, args) = Self::fresh_dir(config)?;
-        let socket = dir.join("sock");
-        let mut daemon = Daemon {
-            child: None,
-            dir,
-            socket,
-            ready: None,
-        };
-        let mut cmd = Self::command(bin, &args, &daemon.dir, Stdio::piped())?;
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
-        let stdout = child.stdout.take();
-        daemon.child = Some(child);
-        let stdout = stdout.ok_or("no stdout pipe")?;
-        // A blocking read can't time out: read on a helper thread, wait with a deadline.
-        // The thread ends at EOF, i.e. when the daemon exits.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let first = lines.next();
-            let _ = tx.send(first);
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(DEADLINE) {
-            Ok(Some(Ok(line))) => line,
-            Ok(_) => return Err(daemon.failure("daemon closed stdout before the ready line")),
-            Err(_) => return Err(daemon.failure("no ready line within 10 s")),
-        };
-        let ready: serde_json::Value = serde_json::from_str(&line)
-            .map_err(|e| daemon.failure(&format!("ready line is not JSON ({e}): {line}")))?;
-        if ready["event"] != "ready" {
-            return Err(daemon.failure(&format!("unexpected first line: {line}")));
-        }
-        let pid = ready["pid"].as_u64();
-        if pid != Some(u64::from(daemon.pid())) {
-            return Err(daemon.failure(&format!(
-                "ready pid {pid:?} is not the spawned pid {}",
-                daemon.pid()
-            )));
-        }
-        daemon.ready = Some(ready);
-        Ok(daemon)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    fn check_alive(&mut self) -> Result<()> {
-        let exited = match self.child.as_mut().map(Child::try_wait) {
-            Some(Ok(Some(status))) => Some(status.to_string()),
-            Some(Ok(None)) => None,
-            Some(Err(e)) => Some(format!("wait failed: {e}")),
-            None => Some("not running".into()),
-        };
-        match exited {
-            Some(how) => Err(self.failure(&format!("daemon exited early ({how})"))),
-            None => Ok(()),
-        }
-    }
-
-    /// An error message with the tail of the daemon's log.
-    fn failure(&self, what: &str) -> String {
-        let log = std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(5).collect();
-        if tail.is_empty() {
-            what.to_string()
-        } else {
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            format!("{what}; daemon log tail: {}", tail.join(" / "))
-        }
-    }
-
-    /// Graceful stop: SIGTERM, then wait (bounded) for the exit.
-    fn stop(&mut self) -> Result<()> {
-        let Some(child) = self.child.as_mut() else {
-            return Ok(());
-        };
-        // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let t0 = Instant::now();
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => {
-                    self.child = None;
-                    return Ok(());
-                }
-                Ok(None) if t0.elapsed() < DEADLINE => {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Ok(None) => return Err(self.failure("daemon did not exit within 10 s of SIGTERM")),
-                Err(e) => return Err(format!("wait: {e}")),
-            }
-        }
+/// A daemon in a fresh `temp_dir()/vsm-bench-<pid>-<n>`; its log is never kept.
+fn setup(config: Option<&str>) -> DaemonSetup<'_> {
+    DaemonSetup {
+        dir_name: "vsm-bench",
+        label: "foundation",
+        config,
+        args: &[],
+        keep_log_as: None,
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
-            let _ = child.wait();
+/// Spawns and times exec until the first successful `connect` on the control socket.
+fn start_timed(bin: &Path) -> Result<(DaemonGuard, Duration)> {
+    let (mut daemon, mut cmd) = DaemonGuard::prepare(bin, &setup(None), Stdio::null())?;
+    let t0 = Instant::now();
+    daemon.spawn(&mut cmd)?;
+    let mut spins: u32 = 0;
+    loop {
+        if UnixStream::connect(&daemon.socket).is_ok() {
+            let elapsed = t0.elapsed();
+            return Ok((daemon, elapsed));
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        spins = spins.wrapping_add(1);
+        // Checking for an early exit costs a syscall: do it only now and then.
+        if spins % 256 == 0 {
+            daemon.check_alive()?;
+            if t0.elapsed() > DEADLINE {
+                return Err(daemon.failure("socket not connectable within 10 s"));
+            }
+        }
+        std::thread::yield_now();
     }
+}
+
+/// Spawns and waits (bounded) for the ready line on stdout.
+fn start_ready(bin: &Path, config: Option<&str>) -> Result<DaemonGuard> {
+    DaemonGuard::start_ready(bin, &setup(config))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -424,13 +129,6 @@ fn cli_status(bin: &Path, socket: &Path, extra: &[&str]) -> Result<serde_json::V
     serde_json::from_slice(&out.stdout).map_err(|e| format!("status output is not JSON: {e}"))
 }
 
-fn proc_status_field(path: &Path, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
 /// (voluntary, nonvoluntary, threads) summed over `/proc/PID/task/*/status`.
 fn ctxt_switches(pid: u32) -> Result<(u64, u64, usize)> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -440,8 +138,8 @@ fn ctxt_switches(pid: u32) -> Result<(u64, u64, usize)> {
         let status = task.path().join("status");
         // A thread may exit between readdir and read; skip it.
         if let (Some(v), Some(n)) = (
-            proc_status_field(&status, "voluntary_ctxt_switches"),
-            proc_status_field(&status, "nonvoluntary_ctxt_switches"),
+            status_field(&status, "voluntary_ctxt_switches"),
+            status_field(&status, "nonvoluntary_ctxt_switches"),
         ) {
             vol += v;
             nonvol += n;
@@ -468,12 +166,11 @@ fn measure_sizes(under_test: &Path, static_bin: Option<&Path>) -> Result<Vec<Row
         fmt_bytes(size(under_test)?),
     )];
     match static_bin {
-        None => rows.push(Row {
-            metric: "binary size (static)".into(),
-            value: "not measured: VSM_BENCH_STATIC_BIN unset".into(),
-            target: "<= 2 MiB".into(),
-            verdict: "n/a",
-        }),
+        None => rows.push(Row::skipped(
+            "binary size (static)",
+            "not measured: VSM_BENCH_STATIC_BIN unset",
+            "<= 2 MiB",
+        )),
         Some(p) => {
             let bytes = size(p)?;
             rows.push(Row::new(
@@ -518,7 +215,7 @@ fn measure_sizes(under_test: &Path, static_bin: Option<&Path>) -> Result<Vec<Row
 fn measure_ready(bin: &Path) -> Result<Vec<Row>> {
     let mut times = Vec::with_capacity(READY_RUNS);
     for _ in 0..READY_RUNS {
-        let (mut daemon, t) = Daemon::start_timed(bin)?;
+        let (mut daemon, t) = start_timed(bin)?;
         times.push(t);
         daemon.stop()?;
     }
@@ -539,21 +236,12 @@ fn measure_ready(bin: &Path) -> Result<Vec<Row>> {
 }
 
 fn measure_rss(bin: &Path) -> Result<Vec<Row>> {
-    let mut daemon = Daemon::start_ready(bin, None)?;
+    let mut daemon = start_ready(bin, None)?;
     raw_request(&daemon.socket, STATUS_REQUEST)?;
     std::thread::sleep(Duration::from_secs(1));
     daemon.check_alive()?;
     let pid = daemon.pid();
-    let rss_kb = proc_status_field(Path::new(&format!("/proc/{pid}/status")), "VmRSS")
-        .ok_or("no VmRSS in /proc/PID/status")?;
-    // Where the resident memory is, for the diagnosis of a miss.
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let field = |name: &str| {
-        rollup
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-    };
+    let rss_kb = proc_status_kb(pid, "VmRSS").ok_or("no VmRSS in /proc/PID/status")?;
     let rss = rss_kb * 1024;
     let mut rows = vec![Row::new(
         "idle RSS (VmRSS, 1 s after one status)",
@@ -561,7 +249,8 @@ fn measure_rss(bin: &Path) -> Result<Vec<Row>> {
         "<= 3 MiB",
         rss <= RSS_TARGET,
     )];
-    if let (Some(anon), Some(file)) = (field("Anonymous"), field("Rss")) {
+    // Where the resident memory is, for the diagnosis of a miss.
+    if let (Some(anon), Some(file)) = (rollup_kb(pid, "Anonymous"), rollup_kb(pid, "Rss")) {
         rows.push(Row::info(
             "idle RSS split (smaps_rollup)",
             format!(
@@ -576,9 +265,9 @@ fn measure_rss(bin: &Path) -> Result<Vec<Row>> {
 }
 
 fn measure_idle(bin: &Path) -> Result<Vec<Row>> {
-    let mut daemon = Daemon::start_ready(bin, Some(NO_CHECK_DUE_CONFIG))?;
+    let mut daemon = start_ready(bin, Some(NO_CHECK_DUE_CONFIG))?;
     let pid = daemon.pid();
-    let wakeups = |d: &Daemon| -> Result<u64> {
+    let wakeups = |d: &DaemonGuard| -> Result<u64> {
         cli_status(bin, &d.socket, &["--detailed"])?["loop"]["wakeups"]
             .as_u64()
             .ok_or_else(|| "status --detailed has no loop.wakeups".to_string())
@@ -633,7 +322,7 @@ fn measure_idle(bin: &Path) -> Result<Vec<Row>> {
 }
 
 fn measure_round_trip(bin: &Path) -> Result<Vec<Row>> {
-    let mut daemon = Daemon::start_ready(bin, None)?;
+    let mut daemon = start_ready(bin, None)?;
     for _ in 0..RAW_WARMUP {
         raw_request(&daemon.socket, STATUS_REQUEST)?;
     }
@@ -690,49 +379,26 @@ fn measure_round_trip(bin: &Path) -> Result<Vec<Row>> {
 
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench` (and maybe a filter); nothing here takes options.
-    let env_path = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let under_test = env_path("VSM_BENCH_BIN")
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vsm-daemon")));
-    let static_bin = env_path("VSM_BENCH_STATIC_BIN");
-    let measured = static_bin.clone().unwrap_or_else(|| under_test.clone());
+    let bins = Binaries::from_env();
+    let measured = &bins.measured;
 
     println!("# vsm-daemon foundation benchmark");
-    println!("binary under test: {}", under_test.display());
-    match &static_bin {
-        Some(p) => println!(
-            "static binary:     {} (run-time metrics use this one)",
-            p.display()
-        ),
-        None => println!("static binary:     none (set VSM_BENCH_STATIC_BIN to measure one)"),
-    }
-    println!("measured:          {}", measured.display());
+    bins.print("run-time metrics use this one");
     println!("kernel:            {}", kernel());
     println!("date:              {}", utc_now());
     println!();
 
-    let mut rows = Vec::new();
-    let mut failed = false;
-    let mut run = |name: &str, f: &dyn Fn() -> Result<Vec<Row>>| match f() {
-        Ok(r) => rows.extend(r),
-        Err(e) => {
-            eprintln!("foundation bench: {name}: {e}");
-            rows.push(Row::error(name, &e));
-            failed = true;
-        }
-    };
-    run("binary size", &|| {
-        measure_sizes(&under_test, static_bin.as_deref())
+    // No section filters; the sections' notes (their durations) are not printed here.
+    let mut sections = Sections::new("foundation", Vec::new());
+    sections.run("binary size", |_| {
+        measure_sizes(&bins.under_test, bins.static_bin.as_deref())
     });
-    run("exec to socket ready", &|| measure_ready(&measured));
-    run("idle RSS", &|| measure_rss(&measured));
-    run("idle context switches", &|| measure_idle(&measured));
-    run("status round trip", &|| measure_round_trip(&measured));
+    sections.run("exec to socket ready", |_| measure_ready(measured));
+    sections.run("idle RSS", |_| measure_rss(measured));
+    sections.run("idle context switches", |_| measure_idle(measured));
+    sections.run("status round trip", |_| measure_round_trip(measured));
 
-    print_table(&rows);
+    sections.table.print();
     println!();
     match on_path("supervisorctl") {
         Some(p) => println!(
@@ -747,10 +413,5 @@ fn main() -> ExitCode {
         "note: raw round trips are preceded by {RAW_WARMUP} unmeasured warm-up requests; \
          percentiles are nearest-rank"
     );
-    if failed {
-        eprintln!("foundation bench: some metrics could not be measured");
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    sections.exit_code()
 }

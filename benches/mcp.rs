@@ -16,19 +16,22 @@
 //! `MISSED`, never a panic; the process exits non-zero only when something could not be
 //! measured (a daemon failed to start, a request failed, a deadline passed, ...).
 
+mod common;
+
+use common::{
+    children_of, cpu_ticks, cpus, days_from_civil, fmt_kb, kernel, on_path, open_fds, percentile,
+    proc_status_kb, rollup_kb, ticks_per_sec, unix, unix_ms, us, utc_now, vm_rss_kb, wait_for,
+    Binaries, DaemonGuard, DaemonSetup, Fixtures, Http, Result, Row, Sections, DEADLINE, MB,
+};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-const MB: u64 = 1024 * 1024;
 const OVERHEAD_P50_TARGET_US: f64 = 100.0;
 const RSS_20_TARGET: u64 = 6 * MB;
 const RESTART_TARGET_MS: i64 = 10;
@@ -41,8 +44,6 @@ const SERVERS: usize = 20;
 const KILLS: usize = 20;
 const FLAP_CYCLES: u64 = 1_000;
 
-/// Bound on every single wait (daemon ready, one response, one line from a fixture).
-const DEADLINE: Duration = Duration::from_secs(10);
 /// Bound on 20 python fixtures coming up together (slow hosts start python in ~250 ms).
 const SERVERS_UP_DEADLINE: Duration = Duration::from_secs(60);
 const FLAP_DEADLINE: Duration = Duration::from_secs(120);
@@ -53,122 +54,11 @@ const BASE_CONFIG: &str =
     "[daemon]\nhttp_listen = \"127.0.0.1:0\"\n[monitoring]\nhealth_check_interval_ms = 3600000\n";
 const CALL_BODY: &[u8] = br#"{"name":"echo","arguments":{"message":"m"}}"#;
 
-type Result<T> = std::result::Result<T, String>;
-
-// ---------------------------------------------------------------------------------------
-// The table.
-
-struct Row {
-    metric: String,
-    value: String,
-    target: String,
-    verdict: &'static str,
-}
-
-impl Row {
-    fn new(metric: impl Into<String>, value: impl Into<String>, target: &str, ok: bool) -> Row {
-        Row {
-            metric: metric.into(),
-            value: value.into(),
-            target: target.into(),
-            verdict: if ok { "ok" } else { "MISSED" },
-        }
-    }
-
-    /// A figure reported for information only, without a target.
-    fn info(metric: impl Into<String>, value: impl Into<String>) -> Row {
-        Row {
-            metric: metric.into(),
-            value: value.into(),
-            target: "-".into(),
-            verdict: "info",
-        }
-    }
-
-    fn error(metric: &str, err: &str) -> Row {
-        Row {
-            metric: metric.into(),
-            value: format!("could not measure: {err}"),
-            target: "-".into(),
-            verdict: "ERROR",
-        }
-    }
-}
-
-fn print_table(rows: &[Row]) {
-    let header = ["metric", "value", "target", "verdict"];
-    let cells: Vec<[&str; 4]> = rows
-        .iter()
-        .map(|r| [&*r.metric, &*r.value, &*r.target, r.verdict])
-        .collect();
-    let mut widths = header.map(|h| h.chars().count());
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |row: [&str; 4]| {
-        let mut s = String::from("|");
-        for (c, w) in row.iter().zip(widths) {
-            let _ = write!(s, " {c:<w$} |");
-        }
-        s
-    };
-    println!("{}", line(header));
-    let mut sep = String::from("|");
-    for w in widths {
-        let _ = write!(sep, "{}|", "-".repeat(w + 2));
-    }
-    println!("{sep}");
-    for row in cells {
-        println!("{}", line(row));
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Small helpers.
 
-fn fmt_kb(kb: u64) -> String {
-    format!("{kb} kB ({:.2} MiB)", kb as f64 / 1024.0)
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
-}
-
 fn us_f(v: f64) -> String {
     format!("{v:.1} µs")
-}
-
-/// Nearest-rank percentile of an already sorted slice.
-fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
-    let n = sorted.len();
-    let rank = ((p / 100.0) * n as f64).ceil() as usize;
-    sorted[rank.clamp(1, n) - 1]
-}
-
-/// `(year, month, day)` to days since 1970-01-01 (Howard Hinnant's days-from-civil).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Days since 1970-01-01 to `(year, month, day)` (civil-from-days).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` (what the daemon writes) to Unix milliseconds.
@@ -189,46 +79,6 @@ fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     let days = days_from_civil(num(0, 4)?, num(5, 7)?, num(8, 10)?);
     let secs = ((days * 24 + num(11, 13)?) * 60 + num(14, 16)?) * 60 + num(17, 19)?;
     Some(secs * 1000 + num(20, 23)?)
-}
-
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn utc_now() -> String {
-    let secs = unix_ms(SystemTime::now()).div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-fn kernel() -> String {
-    let read = |f: &str| {
-        std::fs::read_to_string(format!("/proc/sys/kernel/{f}"))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "?".into())
-    };
-    format!(
-        "{} {} ({})",
-        read("ostype"),
-        read("osrelease"),
-        read("version")
-    )
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
 }
 
 /// The interpreter behind `python3` (`sys.executable`): version-manager shims (pyenv) are
@@ -286,25 +136,6 @@ fn cpu_times() -> Option<(u64, u64, u64)> {
     Some((total - idle, total, *f.get(7)?))
 }
 
-fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-fn vm_rss_kb(pid: u32) -> Result<u64> {
-    proc_status_kb(pid, "VmRSS").ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
-}
-
-/// A `/proc/PID/smaps_rollup` field in kB.
-fn rollup_kb(pid: u32, name: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
 fn rss_split(pid: u32) -> String {
     match (
         rollup_kb(pid, "Rss"),
@@ -320,55 +151,12 @@ fn rss_split(pid: u32) -> String {
     }
 }
 
-fn open_fds(pid: u32) -> Result<usize> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(Iterator::count)
-        .map_err(|e| format!("read /proc/{pid}/fd: {e}"))
-}
-
-/// `(pid, state)` of every process whose parent is `parent`.
-fn children_of(parent: u32) -> Vec<(u32, char)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (_, rest) = stat.rsplit_once(')')?;
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?.chars().next()?;
-            let ppid: u32 = fields.next()?.parse().ok()?;
-            (ppid == parent).then_some((pid, state))
-        })
-        .collect()
-}
-
 /// The CPU a task last ran on (field 39 of a `stat` file such as `/proc/PID/stat`).
 fn last_cpu(stat_path: &str) -> Option<u32> {
     let stat = std::fs::read_to_string(stat_path).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
     // Field 3 (state) is the first after the comm.
     rest.split_whitespace().nth(39 - 3)?.parse().ok()
-}
-
-/// utime + stime of a process in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the comm: state is field 3, utime 14, stime 15 (1-based) -> 0-based 11, 12 here.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn ticks_per_sec() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
-    }
 }
 
 fn alive(pid: u32) -> bool {
@@ -381,384 +169,27 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Polls `f` every `every` until it yields a value or `within` has passed.
-fn wait_for<T>(
-    what: &str,
-    within: Duration,
-    every: Duration,
-    mut f: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if t0.elapsed() > within {
-            return Err(format!("{what}: not within {} s", within.as_secs()));
-        }
-        std::thread::sleep(every);
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // A daemon under test: its own temp dir, killed and cleaned up on drop.
 
-static RUN: AtomicUsize = AtomicUsize::new(0);
-
-struct Daemon {
-    child: Option<Child>,
-    dir: PathBuf,
-    socket: PathBuf,
-    label: &'static str,
-}
-
-impl Daemon {
-    /// Spawns `start --json` in a fresh `temp_dir()/vsm-bench-mcp-<pid>-<n>` and waits
-    /// (bounded) for the ready line on stdout.
-    fn start_ready(bin: &Path, config: &str, label: &'static str) -> Result<Daemon> {
-        let n = RUN.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("vsm-bench-mcp-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let mut daemon = Daemon {
-            child: None,
-            socket: dir.join("sock"),
-            dir,
+/// Spawns `start --json` with `config` in a fresh `temp_dir()/vsm-bench-mcp-<pid>-<n>` and
+/// waits (bounded) for the ready line on stdout. `label` tags its notes and names its kept
+/// log (`VSM_BENCH_KEEP_LOGS/<label>.log`).
+fn start_daemon(bin: &Path, config: &str, label: &str) -> Result<DaemonGuard> {
+    DaemonGuard::start_ready(
+        bin,
+        &DaemonSetup {
+            dir_name: "vsm-bench-mcp",
             label,
-        };
-        let file = daemon.dir.join("config.toml");
-        std::fs::write(&file, config).map_err(|e| format!("write {}: {e}", file.display()))?;
-        let log = std::fs::File::create(daemon.dir.join("daemon.log"))
-            .map_err(|e| format!("create daemon.log: {e}"))?;
-        let mut child = Command::new(bin)
-            .arg("start")
-            .arg("--socket")
-            .arg(&daemon.socket)
-            .arg("--state-dir")
-            .arg(daemon.dir.join("state"))
-            .arg("--config")
-            .arg(&file)
-            .arg("--json")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .env_remove("NOTIFY_SOCKET")
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
-        let stdout = child.stdout.take();
-        daemon.child = Some(child);
-        let stdout = stdout.ok_or("no stdout pipe")?;
-        // A blocking read can't time out: read on a helper thread, wait with a deadline.
-        // The thread ends at EOF, i.e. when the daemon exits.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(DEADLINE) {
-            Ok(Some(Ok(line))) => line,
-            Ok(_) => return Err(daemon.failure("daemon closed stdout before the ready line")),
-            Err(_) => return Err(daemon.failure("no ready line within 10 s")),
-        };
-        let ready: Value = serde_json::from_str(&line)
-            .map_err(|e| daemon.failure(&format!("ready line is not JSON ({e}): {line}")))?;
-        if ready["event"] != "ready" || ready["pid"].as_u64() != Some(u64::from(daemon.pid())) {
-            return Err(daemon.failure(&format!("unexpected ready line: {line}")));
-        }
-        Ok(daemon)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    fn check_alive(&mut self) -> Result<()> {
-        let exited = match self.child.as_mut().map(Child::try_wait) {
-            Some(Ok(Some(status))) => Some(status.to_string()),
-            Some(Ok(None)) => None,
-            Some(Err(e)) => Some(format!("wait failed: {e}")),
-            None => Some("not running".into()),
-        };
-        match exited {
-            Some(how) => Err(self.failure(&format!("daemon exited early ({how})"))),
-            None => Ok(()),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-    }
-
-    /// An error message with the tail of the daemon's log.
-    fn failure(&self, what: &str) -> String {
-        let log = self.log();
-        let tail: Vec<&str> = log.lines().rev().take(5).collect();
-        if tail.is_empty() {
-            what.to_string()
-        } else {
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            format!("{what}; daemon log tail: {}", tail.join(" / "))
-        }
-    }
-
-    /// Lines per level, and the WARN/ERROR lines grouped by shape (digits folded), most
-    /// frequent first, with one example each.
-    fn log_summary(&self) -> Vec<String> {
-        let log = self.log();
-        let mut levels: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut shapes: BTreeMap<String, (usize, &str)> = BTreeMap::new();
-        for line in log.lines() {
-            let mut parts = line.splitn(3, char::is_whitespace);
-            let _ts = parts.next();
-            let level = parts.next().unwrap_or("?");
-            let level = if level.is_empty() { "?" } else { level };
-            *levels.entry(level).or_default() += 1;
-            if level == "WARN" || level == "ERROR" {
-                let mut shape = String::new();
-                let msg = parts.next().unwrap_or("").trim_start();
-                for c in msg.chars() {
-                    if c.is_ascii_digit() {
-                        if !shape.ends_with('#') {
-                            shape.push('#');
-                        }
-                    } else {
-                        shape.push(c);
-                    }
-                }
-                let e = shapes.entry(shape).or_insert((0, line));
-                e.0 += 1;
-            }
-        }
-        let mut out = vec![format!(
-            "[{}] daemon log: {} lines ({})",
-            self.label,
-            log.lines().count(),
-            levels
-                .iter()
-                .map(|(l, n)| format!("{l} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )];
-        let mut shapes: Vec<(usize, &str)> = shapes.into_values().collect();
-        shapes.sort_by_key(|s| std::cmp::Reverse(s.0));
-        for (n, example) in shapes.into_iter().take(6) {
-            out.push(format!("[{}]   {n} x like: {example}", self.label));
-        }
-        out
-    }
-
-    /// Graceful stop: SIGTERM, then wait (bounded) for the exit.
-    fn stop(&mut self) -> Result<()> {
-        let Some(child) = self.child.as_mut() else {
-            return Ok(());
-        };
-        // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let t0 = Instant::now();
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => {
-                    self.child = None;
-                    return Ok(());
-                }
-                Ok(None) if t0.elapsed() < DEADLINE => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Ok(None) => return Err(self.failure("daemon did not exit within 10 s of SIGTERM")),
-                Err(e) => return Err(format!("wait: {e}")),
-            }
-        }
-    }
-
-    /// Stops the daemon at the end of a section; a failure to stop becomes a note (the
-    /// measurements are taken by then, and Drop SIGKILLs it).
-    fn finish(mut self, notes: &mut Vec<String>) {
-        if let Err(e) = self.stop() {
-            notes.push(format!("[{}] {e}", self.label));
-        }
-        notes.extend(self.log_summary());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
-            let _ = child.wait();
-        }
-        if let Some(keep) = std::env::var_os("VSM_BENCH_KEEP_LOGS").filter(|v| !v.is_empty()) {
-            let keep = PathBuf::from(keep);
-            let _ = std::fs::create_dir_all(&keep);
-            let _ = std::fs::copy(
-                self.dir.join("daemon.log"),
-                keep.join(format!("{}.log", self.label)),
-            );
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// HTTP/1.1 over the control socket, one keep-alive connection.
-
-struct Response {
-    status: u16,
-    body: Vec<u8>,
-}
-
-struct Http {
-    stream: UnixStream,
-    buf: Vec<u8>,
-    scratch: Vec<u8>,
-    closed: bool,
-}
-
-fn build_request(method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
-    let mut r = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n").into_bytes();
-    if let Some(b) = body {
-        let _ = write!(
-            r,
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        );
-    }
-    r.extend_from_slice(b"\r\n");
-    if let Some(b) = body {
-        r.extend_from_slice(b);
-    }
-    r
-}
-
-impl Http {
-    fn connect(socket: &Path) -> Result<Http> {
-        let stream = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
-        stream
-            .set_read_timeout(Some(DEADLINE))
-            .and_then(|()| stream.set_write_timeout(Some(DEADLINE)))
-            .map_err(|e| format!("socket timeouts: {e}"))?;
-        Ok(Http {
-            stream,
-            buf: Vec::with_capacity(64 * 1024),
-            scratch: vec![0; 64 * 1024],
-            closed: false,
-        })
-    }
-
-    fn fill(&mut self, t0: Instant) -> Result<()> {
-        if t0.elapsed() > DEADLINE {
-            return Err("no complete response within 10 s".into());
-        }
-        match self.stream.read(&mut self.scratch) {
-            Ok(0) => Err("the daemon closed the connection".into()),
-            Ok(n) => {
-                self.buf.extend_from_slice(&self.scratch[..n]);
-                Ok(())
-            }
-            Err(e) => Err(format!("read: {e}")),
-        }
-    }
-
-    /// Reads one response, delimited by its Content-Length.
-    fn read_response(&mut self) -> Result<Response> {
-        let t0 = Instant::now();
-        let head_end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            self.fill(t0)?;
-        };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| format!("bad status line in {head:?}"))?;
-        let mut len = None;
-        for l in lines {
-            if let Some((k, v)) = l.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse::<usize>().ok();
-                } else if k.eq_ignore_ascii_case("connection")
-                    && v.trim().eq_ignore_ascii_case("close")
-                {
-                    self.closed = true;
-                }
-            }
-        }
-        let len = len.ok_or_else(|| format!("response without Content-Length: {head:?}"))?;
-        while self.buf.len() < head_end + len {
-            self.fill(t0)?;
-        }
-        let body = self.buf[head_end..head_end + len].to_vec();
-        self.buf.drain(..head_end + len);
-        Ok(Response { status, body })
-    }
-
-    fn send_raw(&mut self, request: &[u8]) -> Result<()> {
-        if self.closed {
-            return Err(
-                "the daemon answered `Connection: close` on the keep-alive connection".into(),
-            );
-        }
-        self.stream
-            .write_all(request)
-            .map_err(|e| format!("write: {e}"))
-    }
-
-    /// A request whose envelope must say `success`; its `data`.
-    fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
-        let bytes = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
-        self.send_raw(&build_request(method, path, bytes.as_deref()))?;
-        let r = self.read_response()?;
-        let v: Value = serde_json::from_slice(&r.body).map_err(|e| {
-            format!(
-                "{method} {path}: HTTP {}: body is not JSON ({e}): {}",
-                r.status,
-                String::from_utf8_lossy(&r.body[..r.body.len().min(300)])
-            )
-        })?;
-        if !(200..300).contains(&r.status) || v["status"] != "success" {
-            return Err(format!(
-                "{method} {path}: HTTP {}: {}",
-                r.status, v["errors"]
-            ));
-        }
-        Ok(v["data"].clone())
-    }
-
-    fn get(&mut self, path: &str) -> Result<Value> {
-        self.call("GET", path, None)
-    }
-
-    fn post(&mut self, path: &str, body: &Value) -> Result<Value> {
-        self.call("POST", path, Some(body))
-    }
+            config: Some(config),
+            args: &[],
+            keep_log_as: Some(format!("{label}.log")),
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------
 // The fixture, spawned directly (no daemon) with pipes.
-
-struct Fixtures {
-    python: PathBuf,
-    script: PathBuf,
-}
-
-impl Fixtures {
-    fn spec(&self, id: &str, extra: Value) -> Value {
-        let mut spec = json!({
-            "id": id,
-            "command": self.python.display().to_string(),
-            "args": [self.script.display().to_string()],
-        });
-        if let (Some(s), Value::Object(extra)) = (spec.as_object_mut(), extra) {
-            s.extend(extra);
-        }
-        spec
-    }
-}
 
 /// Waits until `fd` is readable, at most until `deadline`.
 fn wait_readable(fd: i32, deadline: Instant) -> Result<()> {
@@ -875,8 +306,8 @@ fn echo_text(result: &Value) -> Option<&str> {
 
 fn measure_tool_calls(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<Vec<Row>> {
     let mut fx = DirectFixture::spawn(f)?;
-    let mut daemon = Daemon::start_ready(bin, BASE_CONFIG, "tool-calls")?;
-    let mut http = Http::connect(&daemon.socket)?;
+    let mut daemon = start_daemon(bin, BASE_CONFIG, "tool-calls")?;
+    let mut http = unix(&daemon.socket)?;
     http.post("/api/v1/mcp/servers", &f.spec("fx", json!({})))?;
     let fx_pid = wait_for("fx active", DEADLINE, Duration::from_millis(10), || {
         let s = http.get("/api/v1/mcp/servers/fx")?;
@@ -907,10 +338,10 @@ fn measure_tool_calls(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Resu
         }
         Ok(t)
     };
-    let request = build_request("POST", "/api/v1/mcp/servers/fx/tools/call", Some(CALL_BODY));
+    let request = http.build("POST", "/api/v1/mcp/servers/fx/tools/call", Some(CALL_BODY));
     let mut inner_ms = Vec::with_capacity(CALLS);
     // One call through the daemon: request written -> whole response read.
-    let mut daemon_call = |http: &mut Http, keep: bool| -> Result<Duration> {
+    let mut daemon_call = |http: &mut Http<UnixStream>, keep: bool| -> Result<Duration> {
         let t0 = Instant::now();
         http.send_raw(&request)?;
         let r = http.read_response()?;
@@ -1084,9 +515,9 @@ fn measure_tool_calls(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Resu
 
 fn measure_rss_20(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<Vec<Row>> {
     let config = format!("{BASE_CONFIG}[mcp_servers]\nmax_concurrent_servers = 25\n");
-    let mut daemon = Daemon::start_ready(bin, &config, "rss-20")?;
+    let mut daemon = start_daemon(bin, &config, "rss-20")?;
     let pid = daemon.pid();
-    let mut http = Http::connect(&daemon.socket)?;
+    let mut http = unix(&daemon.socket)?;
     http.get("/api/v1/status")?;
     std::thread::sleep(Duration::from_millis(500));
     let rss0 = vm_rss_kb(pid)?;
@@ -1181,8 +612,8 @@ fn measure_rss_20(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<V
 // 3. Child death -> restart scheduled.
 
 fn measure_restart(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<Vec<Row>> {
-    let mut daemon = Daemon::start_ready(bin, BASE_CONFIG, "child-death")?;
-    let mut http = Http::connect(&daemon.socket)?;
+    let mut daemon = start_daemon(bin, BASE_CONFIG, "child-death")?;
+    let mut http = unix(&daemon.socket)?;
     // backoff_max_ms and max_failures keep the 20 restarts at 100 ms each: otherwise the
     // delay doubles per failed start and the breaker opens after 5 (default policy).
     http.post(
@@ -1322,9 +753,9 @@ fn measure_restart(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
 
 fn measure_flap(bin: &Path, notes: &mut Vec<String>) -> Result<Vec<Row>> {
     let config = format!("{BASE_CONFIG}[mcp_servers]\nfailure_window_ms = 1000\n");
-    let mut daemon = Daemon::start_ready(bin, &config, "flap")?;
+    let mut daemon = start_daemon(bin, &config, "flap")?;
     let pid = daemon.pid();
-    let mut http = Http::connect(&daemon.socket)?;
+    let mut http = unix(&daemon.socket)?;
     http.get("/api/v1/status")?;
     std::thread::sleep(Duration::from_millis(300));
     // Our keep-alive connection is open in both counts.
@@ -1399,7 +830,7 @@ fn measure_flap(bin: &Path, notes: &mut Vec<String>) -> Result<Vec<Row>> {
     let scan = t_scan.elapsed() / scans;
     let growth = fds1 as i64 - fds0 as i64;
     let cps = restarts as f64 / elapsed.as_secs_f64();
-    let cpu_ms = (cpu1.saturating_sub(cpu0)) as f64 * 1000.0 / ticks_per_sec() as f64;
+    let cpu_ms = (cpu1.saturating_sub(cpu0)) as f64 * 1000.0 / ticks_per_sec();
     Ok(vec![
         Row::info(
             "spawn/kill cycles (`restarts` >= 1000)",
@@ -1445,29 +876,14 @@ fn measure_flap(bin: &Path, notes: &mut Vec<String>) -> Result<Vec<Row>> {
 // ---------------------------------------------------------------------------------------
 
 fn main() -> ExitCode {
-    // `cargo bench` passes `--bench`; other arguments are section filters (see `run`).
-    let env_path = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let under_test = env_path("VSM_BENCH_BIN")
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vsm-daemon")));
-    let static_bin = env_path("VSM_BENCH_STATIC_BIN");
-    let measured = static_bin.clone().unwrap_or_else(|| under_test.clone());
+    // `cargo bench` passes `--bench`; other arguments are section filters (see `Sections`).
+    let bins = Binaries::from_env();
+    let measured = &bins.measured;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_fixture.py");
     let python = on_path("python3").map(|p| real_python(&p));
 
     println!("# vsm-daemon MCP benchmark");
-    println!("binary under test: {}", under_test.display());
-    match &static_bin {
-        Some(p) => println!(
-            "static binary:     {} (all metrics use this one)",
-            p.display()
-        ),
-        None => println!("static binary:     none (set VSM_BENCH_STATIC_BIN to measure one)"),
-    }
-    println!("measured:          {}", measured.display());
+    bins.print("all metrics use this one");
     println!(
         "fixture:           {} {}",
         match &python {
@@ -1478,42 +894,13 @@ fn main() -> ExitCode {
         script.display()
     );
     println!("kernel:            {}", kernel());
-    println!(
-        "cpus:              {}",
-        std::thread::available_parallelism().map_or(0, usize::from)
-    );
+    println!("cpus:              {}", cpus());
     println!("date:              {}", utc_now());
     println!();
 
     let started = Instant::now();
-    let mut rows = Vec::new();
-    let mut notes = Vec::new();
-    let mut failed = false;
     // `cargo bench --bench mcp -- WORD..` runs only the sections whose name contains a WORD.
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let mut run = |name: &str,
-                   notes: &mut Vec<String>,
-                   f: &mut dyn FnMut(&mut Vec<String>) -> Result<Vec<Row>>| {
-        if !filters.is_empty() && !filters.iter().any(|w| name.contains(w.as_str())) {
-            return;
-        }
-        let t0 = Instant::now();
-        match f(notes) {
-            Ok(r) => rows.extend(r),
-            Err(e) => {
-                eprintln!("mcp bench: {name}: {e}");
-                rows.push(Row::error(name, &e));
-                failed = true;
-            }
-        }
-        notes.push(format!(
-            "[{name}] section took {:.1} s",
-            t0.elapsed().as_secs_f64()
-        ));
-    };
+    let mut sections = Sections::new("mcp", Sections::filters_from_args());
     let fixtures = match python {
         Some(Ok(python)) if script.is_file() => Ok(Fixtures { python, script }),
         Some(Ok(_)) => Err(format!("{} not found", script.display())),
@@ -1522,14 +909,12 @@ fn main() -> ExitCode {
     };
     match &fixtures {
         Ok(fx) => {
-            run("tool-call overhead", &mut notes, &mut |n| {
-                measure_tool_calls(&measured, fx, n)
+            sections.run("tool-call overhead", |n| {
+                measure_tool_calls(measured, fx, n)
             });
-            run("RSS with 20 servers", &mut notes, &mut |n| {
-                measure_rss_20(&measured, fx, n)
-            });
-            run("child death -> restart", &mut notes, &mut |n| {
-                measure_restart(&measured, fx, n)
+            sections.run("RSS with 20 servers", |n| measure_rss_20(measured, fx, n));
+            sections.run("child death -> restart", |n| {
+                measure_restart(measured, fx, n)
             });
         }
         Err(e) => {
@@ -1538,15 +923,13 @@ fn main() -> ExitCode {
                 "RSS with 20 servers",
                 "child death -> restart",
             ] {
-                run(name, &mut notes, &mut |_| Err(e.clone()));
+                sections.run(name, |_| Err(e.clone()));
             }
         }
     }
-    run("1000 spawn/kill cycles", &mut notes, &mut |n| {
-        measure_flap(&measured, n)
-    });
+    sections.run("1000 spawn/kill cycles", |n| measure_flap(measured, n));
 
-    print_table(&rows);
+    sections.table.print();
     println!();
     println!(
         "note: tool calls: {CALL_WARMUP} unmeasured warm-up calls each, then (a) and (b) alternate \
@@ -1559,14 +942,9 @@ fn main() -> ExitCode {
          20 kills neither slow down (doubling) nor open the breaker"
     );
     println!("note: health_check_interval_ms = 3600000 in every daemon (no pings during the runs)");
-    for n in &notes {
+    for n in &sections.notes {
         println!("note: {n}");
     }
     println!("total time: {:.1} s", started.elapsed().as_secs_f64());
-    if failed {
-        eprintln!("mcp bench: some metrics could not be measured");
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    sections.exit_code()
 }

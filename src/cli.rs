@@ -1055,6 +1055,21 @@ fn human(command: &Command, data: &Value) -> String {
             ] {
                 let _ = writeln!(out, "{label:<10} {}", text(&d[key]));
             }
+            let _ = writeln!(
+                out,
+                "{:<10} http://{} (auth: {})",
+                "api",
+                text(&d["http_listen"]),
+                text(&d["auth"])
+            );
+            let m = &data["mcp_servers"];
+            let _ = writeln!(
+                out,
+                "{:<10} {} active of {} registered",
+                "mcp",
+                text(&m["active_count"]),
+                text(&m["total_registered"])
+            );
             if let Some(w) = d["config_warning"].as_str() {
                 let _ = writeln!(out, "warning    {w}");
             }

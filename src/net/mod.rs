@@ -175,6 +175,8 @@ pub struct Server {
     pub refused_over_limit: u64,
     /// Connections accepted in total.
     pub accepted: u64,
+    /// WebSocket clients open (kept so the loop skips WebSocket work when there are none).
+    ws_open: usize,
     /// Events dropped for slow WebSocket clients, in total.
     pub ws_dropped: u64,
     /// WebSocket clients closed for not draining, in total.
@@ -200,6 +202,7 @@ impl Server {
             open: [0, 0],
             refused_over_limit: 0,
             accepted: 0,
+            ws_open: 0,
             ws_dropped: 0,
             ws_closed_slow: 0,
             policy,
@@ -213,11 +216,7 @@ impl Server {
 
     /// WebSocket clients.
     pub fn ws_clients(&self) -> usize {
-        self.conns
-            .iter()
-            .flatten()
-            .filter(|c| matches!(c.transport, Transport::Ws(_)))
-            .count()
+        self.ws_open
     }
 
     /// Adopts an accepted stream.
@@ -481,11 +480,12 @@ impl Server {
         }
         conn.transport = Transport::Ws(Box::new(ws::WsConn::new(stream, tail, log_cursor)));
         conn.http.finish_upgrade();
+        self.ws_open += 1;
         self.update_timer(cx, id);
         Ok(())
     }
 
-    /// Subscribes a WebSocket client; returns its channels.
+    /// The WebSocket client on a connection, if it is one.
     pub fn ws_mut(&mut self, id: ConnId) -> Option<&mut ws::WsConn> {
         match &mut self.get(id)?.transport {
             Transport::Ws(w) => Some(w),
@@ -512,6 +512,9 @@ impl Server {
         channel: &str,
         text: &Utf8Bytes,
     ) -> usize {
+        if self.ws_open == 0 {
+            return 0;
+        }
         let now = Instant::now();
         let mut sent = 0;
         let mut dead = Vec::new();
@@ -554,6 +557,9 @@ impl Server {
 
     /// WebSocket clients subscribed to `channel`.
     pub fn ws_subscribers(&self, channel: &str) -> Vec<ConnId> {
+        if self.ws_open == 0 {
+            return Vec::new();
+        }
         self.conns
             .iter()
             .enumerate()
@@ -667,6 +673,9 @@ impl Server {
             }
             self.free.push(id.slot as usize);
             self.open[via_index(conn.peer.via)] -= 1;
+            if matches!(conn.transport, Transport::Ws(_)) {
+                self.ws_open -= 1;
+            }
         }
     }
 

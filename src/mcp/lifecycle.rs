@@ -261,7 +261,13 @@ impl Mcp {
             drop(ruleset);
             result.map(|p| (p, landlock))
         });
-        let server = self.servers.get_mut(id).expect("present");
+        let Some(server) = self.servers.get_mut(id) else {
+            // Cannot happen (checked above, nothing removes it in between); never leak a child.
+            if let Ok((p, _)) = launched {
+                p.signal_group(libc::SIGKILL);
+            }
+            return;
+        };
         server.run += 1;
         match launched {
             Ok((process, landlock)) => {

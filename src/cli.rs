@@ -551,18 +551,18 @@ pub fn help(command: Option<&str>) -> String {
         "start" => "vsm-daemon start [--config PATH] [--state-dir DIR] [--listen ADDR] [--socket PATH] [--json]\n\n\
             Runs the daemon in the foreground (it never forks; run it under systemd or OpenRC).\n\
             Without --config it uses the embedded defaults.\n\
-              --config PATH     TOML configuration file\n\
-              --state-dir DIR   state directory (env VSM_DAEMON_STATE_DIR)\n\
-              --listen ADDR     REST/WebSocket address, overrides daemon.http_listen (port 0: any free port)\n\
-              --json            print one JSON line on stdout when ready",
+            \x20\x20--config PATH     TOML configuration file\n\
+            \x20\x20--state-dir DIR   state directory (env VSM_DAEMON_STATE_DIR)\n\
+            \x20\x20--listen ADDR     REST/WebSocket address, overrides daemon.http_listen (port 0: any free port)\n\
+            \x20\x20--json            print one JSON line on stdout when ready",
         "status" => "vsm-daemon status [--detailed] [--json]\n\n\
             Uptime, version, pid, config source, state dir, socket and components.\n\
-              --detailed        add event-loop statistics (wake-ups, timers, connections, RSS)",
+            \x20\x20--detailed        add event-loop statistics (wake-ups, timers, connections, RSS)",
         "config" => "vsm-daemon config show [--section NAME] | set KEY VALUE | reload | schema\n\n\
-              show     the effective configuration (or one section)\n\
-              set      change one key now; validated, applied live, persisted in the state dir\n\
-              reload   re-read the config file; an invalid file is refused, the old config stays\n\
-              schema   JSON Schema of the whole configuration",
+            \x20\x20show     the effective configuration (or one section)\n\
+            \x20\x20set      change one key now; validated, applied live, persisted in the state dir\n\
+            \x20\x20reload   re-read the config file; an invalid file is refused, the old config stays\n\
+            \x20\x20schema   JSON Schema of the whole configuration",
         "config show" => "vsm-daemon config show [--section NAME]\n\nThe effective configuration as dotted keys (JSON values).",
         "config set" => "vsm-daemon config set KEY VALUE\n\n\
             Changes KEY (e.g. monitoring.health_check_interval_ms) at run time. The value is typed\n\
@@ -572,8 +572,8 @@ pub fn help(command: Option<&str>) -> String {
         "config schema" => "vsm-daemon config schema\n\nPrints the JSON Schema of the configuration.",
         "logs" => "vsm-daemon logs [--level LEVEL] [-n|--lines N] [--component NAME] [-f|--follow]\n\n\
             Recent log records kept in memory; --follow streams new ones until interrupted.\n\
-              --level LEVEL     error, warn, info, debug or trace (that level and more severe)\n\
-              --lines N         how many recent records (default 100)",
+            \x20\x20--level LEVEL     error, warn, info, debug or trace (that level and more severe)\n\
+            \x20\x20--lines N         how many recent records (default 100)",
         "health check" => "vsm-daemon health check [--component NAME]\n\nRuns the health checks now. Exit code 1 when a component is unhealthy.",
         "diagnostics run" => "vsm-daemon diagnostics run [--full]\n\n\
             Checks config, state dir, socket permissions, kernel features (pidfd, Landlock,\n\
@@ -586,25 +586,25 @@ pub fn help(command: Option<&str>) -> String {
             Stops the daemon and waits until it has exited. Graceful (default): children are\n\
             stopped and state flushed within daemon.shutdown_timeout_ms.",
         "mcp" => "vsm-daemon mcp COMMAND\n\n\
-              register ID [OPTIONS] -- COMMAND [ARGS...]   add a server (started at once unless --no-autostart)\n\
-              list [--status active|inactive|all]          id, state, pid, uptime, restarts, tools, capabilities\n\
-              show ID                                      spec, state history, tools, last errors, stderr tail\n\
-              tools ID                                     the server's tools\n\
-              call ID TOOL ['{\"arg\": 1}'] [--timeout-ms N]  call a tool; a tool error exits 1\n\
-              start|stop|restart ID                        lifecycle (stop is graceful: stdin closed, SIGTERM, SIGKILL)\n\
-              reset ID                                     close an open circuit breaker and start again\n\
-              unregister ID                                stop and forget a server",
+            \x20\x20register ID [OPTIONS] -- COMMAND [ARGS...]   add a server (started at once unless --no-autostart)\n\
+            \x20\x20list [--status active|inactive|all]          id, state, pid, uptime, restarts, tools, capabilities\n\
+            \x20\x20show ID                                      spec, state history, tools, last errors, stderr tail\n\
+            \x20\x20tools ID                                     the server's tools\n\
+            \x20\x20call ID TOOL ['{\"arg\": 1}'] [--timeout-ms N]  call a tool; a tool error exits 1\n\
+            \x20\x20start|stop|restart ID                        lifecycle (stop is graceful: stdin closed, SIGTERM, SIGKILL)\n\
+            \x20\x20reset ID                                     close an open circuit breaker and start again\n\
+            \x20\x20unregister ID                                stop and forget a server",
         "mcp register" => "vsm-daemon mcp register ID [OPTIONS] -- COMMAND [ARGS...]\n\n\
             Registers an MCP server that speaks JSON-RPC over stdio; it is persisted and restarted\n\
             with the daemon. Options (unset ones take the [mcp_servers] defaults):\n\
-              --capability a,b          capabilities it provides\n\
-              --env K=V                 environment (repeatable; PATH, HOME, LANG, TERM, USER pass through)\n\
-              --cwd DIR                 working directory (absolute)\n\
-              --no-autostart            register only\n\
-              --call-timeout-ms N       default tool-call deadline\n\
-              --backoff-initial-ms N    first restart delay (doubles up to --backoff-max-ms N)\n\
-              --max-failures N          failed starts within the window that open the circuit breaker\n\
-              --max-open-files N, --max-cpu-seconds N, --max-memory-mb N, --uid N, --gid N   sandbox limits",
+            \x20\x20--capability a,b          capabilities it provides\n\
+            \x20\x20--env K=V                 environment (repeatable; PATH, HOME, LANG, TERM, USER pass through)\n\
+            \x20\x20--cwd DIR                 working directory (absolute)\n\
+            \x20\x20--no-autostart            register only\n\
+            \x20\x20--call-timeout-ms N       default tool-call deadline\n\
+            \x20\x20--backoff-initial-ms N    first restart delay (doubles up to --backoff-max-ms N)\n\
+            \x20\x20--max-failures N          failed starts within the window that open the circuit breaker\n\
+            \x20\x20--max-open-files N, --max-cpu-seconds N, --max-memory-mb N, --uid N, --gid N   sandbox limits",
         "mcp list" => "vsm-daemon mcp list [--status active|inactive|all]",
         "mcp call" => "vsm-daemon mcp call ID TOOL ['{JSON arguments}'] [--timeout-ms N]\n\n\
             Prints the tool's text content (--json: the whole result). Exit 1 when the tool reports an\n\
@@ -615,15 +615,15 @@ pub fn help(command: Option<&str>) -> String {
         _ => "vsm-daemon: keeps MCP servers alive and useful on small Linux hosts.\n\n\
             Usage: vsm-daemon COMMAND [OPTIONS]\n\n\
             Commands:\n\
-              start                 run the daemon in the foreground\n\
-              status                daemon status\n\
-              config show|set|reload|schema\n\
-              logs                  recent or live log records\n\
-              health check          run health checks\n\
-              diagnostics run       self-diagnostics\n\
-              restart               restart components in-process\n\
-              stop                  stop the daemon\n\
-              mcp register|list|show|tools|call|start|stop|restart|reset|unregister\n\n\
+            \x20\x20start                 run the daemon in the foreground\n\
+            \x20\x20status                daemon status\n\
+            \x20\x20config show|set|reload|schema\n\
+            \x20\x20logs                  recent or live log records\n\
+            \x20\x20health check          run health checks\n\
+            \x20\x20diagnostics run       self-diagnostics\n\
+            \x20\x20restart               restart components in-process\n\
+            \x20\x20stop                  stop the daemon\n\
+            \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister\n\n\
             `vsm-daemon COMMAND --help` tells more; --version prints the version.",
     };
     format!("{body}\n\n{GLOBAL_HELP}")

@@ -745,8 +745,12 @@ impl Daemon {
                 return;
             }
         };
+        let resolved = request.as_ref().ok().and_then(|r| routes::resolve(&r.path));
         let (route, method) = match &request {
-            Ok(r) => (routes::pattern(&r.path), routes::method_label(&r.method)),
+            Ok(r) => (
+                routes::label(resolved.as_ref()),
+                routes::method_label(&r.method),
+            ),
             Err(_) => ("invalid", "OTHER"),
         };
         let reply = ReplyTo::Http {
@@ -792,7 +796,7 @@ impl Daemon {
             self.upgrade_ws(cx, conn, seq, &request, reply);
             return;
         }
-        match routes::route(&request) {
+        match routes::route_resolved(&request, resolved) {
             Ok(req) => self.handle(cx, req, reply),
             Err(e) => {
                 let allow = e.allow.map(|a| ("Allow", a));

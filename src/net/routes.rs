@@ -37,13 +37,30 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/mcp/servers/{id}/tools/call", &["POST"]),
 ];
 
-/// The route pattern a path falls under (for metrics labels), or `"unmatched"`.
-pub fn pattern(path: &str) -> &'static str {
+/// A path matched against the route table (cheap: no body is looked at yet).
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The route pattern (also the metrics label).
+    pub pattern: &'static str,
+    methods: &'static [&'static str],
+    id: Option<String>,
+}
+
+/// Finds the route of a path; `None` for an unknown path.
+pub fn resolve(path: &str) -> Option<Resolved> {
     let path = path.trim_end_matches('/');
-    ROUTES
-        .iter()
-        .find(|(p, _)| matches(p, path).is_some())
-        .map_or("unmatched", |(p, _)| p)
+    ROUTES.iter().find_map(|(p, m)| {
+        matches(p, path).map(|id| Resolved {
+            pattern: p,
+            methods: m,
+            id,
+        })
+    })
+}
+
+/// The metrics label of a resolved path: its pattern, or `"unmatched"`.
+pub fn label(resolved: Option<&Resolved>) -> &'static str {
+    resolved.map_or("unmatched", |r| r.pattern)
 }
 
 /// A method name for metrics labels (client-chosen strings are folded into `OTHER`).
@@ -100,10 +117,22 @@ impl From<ApiError> for RouteError {
 /// # Errors
 /// 404 for unknown paths, 405 (with `allow`) for a wrong method, 400 for bad input.
 pub fn route(req: &http::Request) -> Result<Request, RouteError> {
-    let path = req.path.trim_end_matches('/');
-    let Some((pattern, methods, id)) = ROUTES
-        .iter()
-        .find_map(|(p, m)| matches(p, path).map(|id| (*p, *m, id)))
+    route_resolved(req, resolve(&req.path))
+}
+
+/// [`route`] for a path already resolved (the daemon resolves once, for its metrics label too).
+///
+/// # Errors
+/// As [`route`].
+pub fn route_resolved(
+    req: &http::Request,
+    resolved: Option<Resolved>,
+) -> Result<Request, RouteError> {
+    let Some(Resolved {
+        pattern,
+        methods,
+        id,
+    }) = resolved
     else {
         return Err(
             ApiError::new(ErrorCode::NotFound, format!("no route for {}", req.path)).into(),

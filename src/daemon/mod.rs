@@ -910,15 +910,7 @@ impl Daemon {
                 name,
                 arguments,
                 timeout_ms,
-            } => match self.mcp.call(
-                cx,
-                &id,
-                &name,
-                arguments,
-                timeout_ms,
-                reply,
-                &mut self.outputs,
-            ) {
+            } => match self.mcp.call(cx, &id, &name, arguments, timeout_ms, reply) {
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
@@ -1429,7 +1421,7 @@ impl Handler for Daemon {
                 self.health_timer =
                     Some(cx.timers.insert(Instant::now() + every, Timer::HealthCheck));
                 self.start_health_round(cx, None);
-                self.mcp.ping_all(cx, &mut self.outputs);
+                self.mcp.ping_all(&mut self.outputs);
             }
             Timer::Mcp(t) => self.mcp.on_timer(cx, t, &mut self.outputs),
             Timer::Watchdog => {

@@ -315,7 +315,7 @@ impl Mcp {
                     &format!("spawned pid {}", pid.unwrap_or(0)),
                     out,
                 );
-                self.send(cx, id, &init, out);
+                self.send(id, &init);
             }
             Err(e) => {
                 log::warn!("MCP server {id}: {e}");
@@ -419,7 +419,7 @@ impl Mcp {
                         "notifications/cancelled",
                         json!({"requestId": rpc, "reason": "timed out"}),
                     );
-                    self.send(cx, &id, &cancel, out);
+                    self.send(&id, &cancel);
                 }
             }
         }

@@ -4,13 +4,8 @@
 use super::*;
 
 impl Mcp {
-    pub(super) fn send(
-        &mut self,
-        _cx: &mut Cx<'_, Timer>,
-        id: &str,
-        bytes: &[u8],
-        _out: &mut Vec<Output>,
-    ) {
+    /// Writes to a server's stdin; a stuck server's run is ended.
+    pub(super) fn send(&mut self, id: &str, bytes: &[u8]) {
         let Some(server) = self.servers.get_mut(id) else {
             return;
         };
@@ -201,10 +196,10 @@ impl Mcp {
                         &format!("method not found: {method} (vsm-daemon declares no client capabilities)"),
                     )
                 };
-                self.send(cx, id, &answer, out);
+                self.send(id, &answer);
             }
             Message::Notification { method, params } => match method.as_str() {
-                "notifications/tools/list_changed" => self.relist(cx, id, out),
+                "notifications/tools/list_changed" => self.relist(id),
                 "notifications/progress" => out.push(Output::Event(
                     "mcp_servers",
                     "mcp_tool_progress",
@@ -252,14 +247,14 @@ impl Mcp {
                     server.instructions = v["instructions"].as_str().map(str::to_string);
                     let initialized =
                         jsonrpc::notification("notifications/initialized", Value::Null);
-                    self.send(cx, id, &initialized, out);
+                    self.send(id, &initialized);
                     self.transition(
                         id,
                         Status::Initializing,
                         &format!("protocol {version}"),
                         out,
                     );
-                    self.list_tools(cx, id, None, Vec::new(), out);
+                    self.list_tools(id, None, Vec::new());
                 }
                 Err(e) => {
                     self.kill_run(id, format!("initialize failed: {} ({})", e.message, e.code))
@@ -274,7 +269,7 @@ impl Mcp {
                                 self.kill_run(id, "more than 10000 tools listed".into());
                             } else {
                                 let cursor = cursor.to_string();
-                                self.list_tools(cx, id, Some(cursor), acc, out);
+                                self.list_tools(id, Some(cursor), acc);
                             }
                             return;
                         }
@@ -343,14 +338,7 @@ impl Mcp {
         }
     }
 
-    pub(super) fn list_tools(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        id: &str,
-        cursor: Option<String>,
-        acc: Vec<Value>,
-        out: &mut Vec<Output>,
-    ) {
+    pub(super) fn list_tools(&mut self, id: &str, cursor: Option<String>, acc: Vec<Value>) {
         let Some(server) = self.servers.get_mut(id) else {
             return;
         };
@@ -361,10 +349,10 @@ impl Mcp {
             None => json!({}),
         };
         let bytes = jsonrpc::request(rpc, "tools/list", params);
-        self.send(cx, id, &bytes, out);
+        self.send(id, &bytes);
     }
 
-    pub(super) fn relist(&mut self, cx: &mut Cx<'_, Timer>, id: &str, out: &mut Vec<Output>) {
+    pub(super) fn relist(&mut self, id: &str) {
         let Some(server) = self.servers.get_mut(id) else {
             return;
         };
@@ -375,7 +363,7 @@ impl Mcp {
         {
             server.relist_wanted = true;
         } else if matches!(server.status, Status::Active | Status::Degraded) {
-            self.list_tools(cx, id, None, Vec::new(), out);
+            self.list_tools(id, None, Vec::new());
         }
     }
 
@@ -415,7 +403,7 @@ impl Mcp {
             return;
         };
         if std::mem::take(&mut server.relist_wanted) {
-            self.list_tools(cx, id, None, Vec::new(), out);
+            self.list_tools(id, None, Vec::new());
         }
     }
 
@@ -423,7 +411,6 @@ impl Mcp {
     ///
     /// # Errors
     /// Unknown server or tool, server not active, too many calls in flight.
-    #[allow(clippy::too_many_arguments)]
     pub fn call(
         &mut self,
         cx: &mut Cx<'_, Timer>,
@@ -432,7 +419,6 @@ impl Mcp {
         arguments: Value,
         timeout_ms: Option<u64>,
         reply: ReplyTo,
-        out: &mut Vec<Output>,
     ) -> Result<(), ApiError> {
         let max_in_flight = self.settings.config.max_in_flight_calls as usize;
         let default_timeout = self.settings.config.call_timeout_ms;
@@ -491,12 +477,12 @@ impl Mcp {
             "tools/call",
             json!({"name": tool, "arguments": arguments, "_meta": {"progressToken": format!("{id}:{rpc}")}}),
         );
-        self.send(cx, id, &bytes, out);
+        self.send(id, &bytes);
         Ok(())
     }
 
     /// One health round: every serving server gets a ping; unanswered ones count as missed.
-    pub fn ping_all(&mut self, cx: &mut Cx<'_, Timer>, out: &mut Vec<Output>) {
+    pub fn ping_all(&mut self, out: &mut Vec<Output>) {
         if !self.settings.config.health_check_enabled {
             return;
         }
@@ -540,7 +526,7 @@ impl Mcp {
             let rpc = server.take_id();
             server.pending.insert(rpc, Pending::Ping(Instant::now()));
             let bytes = jsonrpc::request(rpc, "ping", json!({}));
-            self.send(cx, &id, &bytes, out);
+            self.send(&id, &bytes);
         }
     }
 }

@@ -27,6 +27,44 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Reads a small file named by configuration (a token file, the config file) without ever
+/// blocking the caller on something that is not a regular file: it is opened with `O_NONBLOCK`
+/// (a FIFO cannot hang the open), must be a regular file (`/dev/zero`, a FIFO or a directory
+/// is refused with `InvalidInput`), and may hold at most `cap` bytes (`FileTooLarge`
+/// otherwise, and never more than `cap + 1` bytes are read).
+///
+/// # Errors
+/// The open, stat or read error, or one of the refusals above, with a message naming why.
+pub fn read_small_file(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > cap {
+        return Err(io::Error::new(
+            ErrorKind::InvalidData,
+            format!("{} bytes, more than the {cap} allowed", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(cap + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Err(io::Error::new(
+            ErrorKind::InvalidData,
+            format!("more than the {cap} bytes allowed"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Version written into every envelope; files with a larger version are refused, not touched.
 pub const STATE_FORMAT_VERSION: u32 = 1;
 
@@ -585,5 +623,40 @@ mod tests {
         assert_eq!(at(1_795_621_791, 123).0, "2026-11-25T15:49:51Z");
         assert_eq!(at(1_795_621_791, 123).1, "2026-11-25T15:49:51.123Z");
         assert_eq!(at(-1, 500).1, "1969-12-31T23:59:59.500Z");
+    }
+
+    #[test]
+    fn read_small_file_refuses_what_is_not_a_small_regular_file() {
+        let dir = std::env::temp_dir().join(format!("vsm-small-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let ok = dir.join("ok");
+        fs::write(&ok, b"secret\n").unwrap();
+        assert_eq!(read_small_file(&ok, 7).unwrap(), b"secret\n");
+        assert_eq!(
+            read_small_file(&ok, 6).unwrap_err().kind(),
+            ErrorKind::InvalidData
+        );
+        assert_eq!(
+            read_small_file(&dir, 100).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            read_small_file(Path::new("/dev/zero"), 100)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::InvalidInput
+        );
+        let fifo = dir.join("fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(
+            read_small_file(&fifo, 100).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

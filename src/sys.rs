@@ -490,6 +490,35 @@ pub fn own_children() -> Vec<i32> {
         .collect()
 }
 
+/// Whether our child `pid` has exited (a zombie not yet reaped, or already gone), without
+/// reaping it: the reaping stays with the SIGCHLD handler.
+pub fn child_has_exited(pid: i32) -> bool {
+    // SAFETY: `info` is a zeroed siginfo_t owned by this frame; WNOWAIT leaves the child
+    // waitable, WNOHANG never blocks; si_pid is read only after waitid filled `info`.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let r = libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        r != 0 || info.si_pid() != 0
+    }
+}
+
+/// Returns freed heap memory to the system. glibc keeps freed chunks in its arenas (and
+/// raises its mmap threshold after large frees, so the next large buffers land on the heap
+/// too): after a server's megabytes of tools or results are dropped, RSS would stay at its
+/// peak. Cost: one walk over the free lists, done when a run ends or a server goes.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only touches the allocator's own free lists; 0 = keep no padding.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,7 +56,8 @@ impl LineSplitter {
                         out.push(Line::TooLong {
                             len: self.buf.len() + head.len(),
                         });
-                        self.buf.clear();
+                        // Not clear(): that would keep up to max_line of capacity.
+                        self.buf = Vec::new();
                         continue;
                     }
                     self.buf.extend_from_slice(head);

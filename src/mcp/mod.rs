@@ -18,6 +18,7 @@ pub mod registry;
 pub mod server;
 mod session;
 pub mod supervisor;
+pub mod tools;
 
 use crate::api::{Answer, ApiError, ErrorCode};
 use crate::config::McpServersConfig;
@@ -28,7 +29,7 @@ use jsonrpc::{Line, LineSplitter, Message};
 use process::{Chunk, Launch, Pipe, PipeTokens, Process};
 use registry::ServerSpec;
 use serde_json::{json, Value};
-use server::{Pending, PROTOCOL_VERSIONS};
+use server::{bounded_value, truncate, Pending, HANDSHAKE_ITEM_MAX, PROTOCOL_VERSIONS};
 pub use server::{Server, Source, Status};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -60,6 +61,7 @@ enum TimerKind {
     InitDeadline,
     StopTerm,
     StopKill,
+    Relist,
     Call(u64),
 }
 
@@ -291,6 +293,9 @@ impl Mcp {
                 cx.timers.cancel(t);
             }
             self.slots[server.slot] = None;
+            drop(server);
+            // Its tool list, buffers and history are freed: hand the pages back to the system.
+            sys::release_free_memory();
             log::info!("MCP server {id} unregistered");
             out.push(Output::Event(
                 "mcp_servers",
@@ -388,6 +393,9 @@ impl Mcp {
         let Some(s) = self.servers.get_mut(id) else {
             return;
         };
+        // Reasons may quote the server: the event and the log get the bounded text.
+        let reason = truncate(reason.to_string(), server::TEXT_MAX);
+        let reason = reason.as_str();
         let old = s.set_status(status, reason);
         if old == status {
             return;

@@ -1023,7 +1023,21 @@ fn a_huge_tool_list_fails_the_server_and_the_memory_comes_back() {
     // Endless pages of one tool with a 3 MB description each: over the 4 MiB default by the
     // second page.
     register_fixture(&d, "hoarder", &options, &["--huge-tools", "3000000"]);
-    let v = wait_status(&d, "hoarder", "failed");
+    let v = settle(
+        &d,
+        "hoarder",
+        "failed, with the daemon's RSS bounded",
+        |v| {
+            let now = rss_bytes(d.pid).unwrap_or(0);
+            assert!(
+                now < 64 * MIB,
+                "daemon VmRSS {:.1} MiB while the server was listing (baseline {:.1} MiB)",
+                mib(now),
+                mib(baseline)
+            );
+            v["status"] == "failed"
+        },
+    );
     let peak = rss.finish();
     eprintln!(
         "huge tool list: daemon VmRSS baseline {:.1} MiB, peak {:.1} MiB",

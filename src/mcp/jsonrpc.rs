@@ -252,6 +252,26 @@ mod tests {
     }
 
     #[test]
+    fn an_over_long_line_leaves_no_capacity_behind() {
+        let mut s = LineSplitter::new(1000);
+        let mut out = Vec::new();
+        s.push(&[b'x'; 900], &mut out);
+        s.push(&[b'x'; 200], &mut out);
+        assert!(matches!(out[..], [Line::TooLong { len: 1100 }]));
+        assert_eq!(s.buf.capacity(), 0);
+        s.push(b"xx\n", &mut out); // the end of the over-long line
+        out.clear();
+        s.push(&[b'y'; 900], &mut out);
+        let mut tail = vec![b'y'; 200];
+        tail.push(b'\n');
+        s.push(&tail, &mut out);
+        assert!(matches!(out[..], [Line::TooLong { .. }]));
+        assert_eq!(s.buf.capacity(), 0);
+        s.push(b"ok\n", &mut out);
+        assert_eq!(out.last(), Some(&Line::Complete(b"ok".to_vec())));
+    }
+
+    #[test]
     fn classifies_messages() {
         let m = parse(br#"{"jsonrpc":"2.0","id":1,"result":{"a":1}}"#).expect("ok");
         assert_eq!(

@@ -1,5 +1,7 @@
-//! Lifecycle of a server run: spawn in the sandbox, graceful stop, the end of a run and
-//! the restart decision, orphan sweeping.
+//! Lifecycle of a server run: spawn in the sandbox (after checking its working directory),
+//! graceful stop, the end of a run (its exit, or its stdout closing while it lives on) and
+//! the restart decision, orphan sweeping. Memory a run held is handed back to the system
+//! when it ends.
 
 use super::*;
 

@@ -8,7 +8,10 @@
 //!
 //! Invariants: a server owns its slot (and so its three pipe tokens) for its whole
 //! registration; every timer carries the run it belongs to, so a timer of an earlier run
-//! is ignored; a pid is signalled only until it is reaped.
+//! is ignored; a pid is signalled only until it is reaped. Everything kept from a child is
+//! bounded (lines by `max_line_bytes`, the tool list by [`tools::Listing`], texts and
+//! handshake data in [`server`]); breaking a bound ends the run as misbehaviour, which the
+//! [`supervisor`] counts as a failed start. The session ends with the child's stdout.
 
 pub mod jsonrpc;
 mod lifecycle;

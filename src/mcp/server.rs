@@ -1,7 +1,8 @@
 //! One managed MCP server: its spec, lifecycle status with history, the JSON-RPC session
 //! (handshake, tool listing, pending requests), its tools, and what went wrong lately.
 //!
-//! Invariants: every history, tail and error list here is bounded; a pending request is in
+//! Invariants: every history, tail and error list here is bounded, and so is every text in
+//! them ([`TEXT_MAX`]) and every handshake item ([`HANDSHAKE_ITEM_MAX`]); a pending request is in
 //! `pending` exactly until its answer, its deadline, or the end of the run that sent it.
 
 use super::jsonrpc::LineSplitter;
@@ -376,5 +377,33 @@ impl Server {
         v["landlock"] = json!(self.landlock);
         v["last_pid"] = json!(self.last_pid);
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_and_handshake_items_are_bounded() {
+        assert_eq!(truncate("short".into(), 10), "short");
+        let cut = truncate("é".repeat(100), 11);
+        assert!(cut.starts_with(&"é".repeat(5)), "{cut}");
+        assert!(cut.ends_with("... [200 bytes]"), "{cut}");
+        let small = json!({"name": "x"});
+        assert_eq!(bounded_value(small.clone()), small);
+        let big = json!({"name": "x".repeat(HANDSHAKE_ITEM_MAX)});
+        assert!(bounded_value(big)["omitted"].is_string());
+        let spec: ServerSpec =
+            serde_json::from_value(json!({"id": "t", "command": "x"})).expect("spec");
+        let mut s = Server::new(spec, Source::Api, 0);
+        for _ in 0..100 {
+            s.note_error("e".repeat(1 << 20));
+            s.set_status(Status::Backoff, &"r".repeat(1 << 20));
+        }
+        assert_eq!(s.last_errors.len(), ERRORS);
+        assert_eq!(s.history.len(), HISTORY);
+        assert!(s.last_errors.iter().all(|(_, e)| e.len() < TEXT_MAX + 32));
+        assert!(s.history.iter().all(|(_, _, r)| r.len() < TEXT_MAX + 32));
     }
 }

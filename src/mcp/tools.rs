@@ -3,7 +3,9 @@
 //! those notifications from a flood.
 //!
 //! Invariants: a [`Listing`] never holds more than `max_bytes` of tools (counted as their
-//! JSON size) nor more than `max_tools` tools or pages; the page that would cross a bound is
+//! JSON size), more than one JSON value per [`BYTES_PER_VALUE`] of `max_bytes` (a parsed value
+//! takes 32 bytes or more, so `[0,0,...]` would otherwise hold 16 times its JSON size), nor
+//! more than `max_tools` tools or pages; the page that would cross a bound is
 //! refused whole and the caller fails the server with the reason (never a silent
 //! truncation). [`Relist`] keeps at most one listing in flight per server and starts
 //! re-listings at most once per [`RELIST_INTERVAL`]. [`Flood`] holds at most `limit + 1`
@@ -19,6 +21,11 @@ pub const RELIST_INTERVAL: Duration = Duration::from_secs(1);
 /// counts as a protocol error.
 pub const LIST_CHANGED_PER_MINUTE: usize = 100;
 
+/// JSON bytes of the bound per JSON value allowed. The real servers in `.test-peers/` spend
+/// 21-26 bytes per value (`"type":"string"`), so this only stops lists made of tiny values,
+/// whose parsed form would be many times larger than their text.
+pub const BYTES_PER_VALUE: usize = 8;
+
 /// Bounds of one server's tool list (`[mcp_servers]` `max_tool_list_bytes`, `max_tools`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -33,6 +40,7 @@ pub struct Limits {
 pub struct Listing {
     tools: Vec<Value>,
     bytes: usize,
+    values: usize,
     pages: usize,
 }
 
@@ -63,8 +71,16 @@ impl Listing {
                 limits.max_bytes
             ));
         }
+        let values = self.values + page.iter().map(json_values).sum::<usize>();
+        let max_values = limits.max_bytes / BYTES_PER_VALUE;
+        if values > max_values {
+            return Err(format!(
+                "tool list of more than {max_values} JSON values (one per {BYTES_PER_VALUE} bytes of mcp_servers.max_tool_list_bytes): {values} in {count} tools after {pages} pages"
+            ));
+        }
         self.tools.extend(page);
         self.bytes = bytes;
+        self.values = values;
         self.pages = pages;
         Ok(())
     }
@@ -105,6 +121,22 @@ pub fn json_size(value: &Value) -> usize {
     // Writing a Value to a writer that never fails cannot fail.
     let _ = serde_json::to_writer(&mut count, value);
     count.0
+}
+
+/// Number of JSON values in a value (itself included), without recursion: nesting depth
+/// is the peer's choice.
+pub fn json_values(value: &Value) -> usize {
+    let mut stack = vec![value];
+    let mut n = 0;
+    while let Some(v) = stack.pop() {
+        n += 1;
+        match v {
+            Value::Array(items) => stack.extend(items.iter()),
+            Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    n
 }
 
 /// What to do about listing, as [`Relist`] decides.
@@ -237,6 +269,25 @@ mod tests {
         ] {
             assert_eq!(json_size(&v), serde_json::to_vec(&v).map_or(0, |b| b.len()));
         }
+    }
+
+    #[test]
+    fn lists_of_tiny_values_are_refused_before_they_cost_many_times_their_size() {
+        assert_eq!(json_values(&json!({"a": [1, 2, {"b": null}], "c": "x"})), 7);
+        // Within the bytes (about 2 bytes per value), far beyond one value per 8 bytes.
+        let zeros = json!({"name": "z", "inputSchema": {"enum": vec![0; 300]}});
+        assert!(json_size(&zeros) < L.max_bytes);
+        let e = Listing::default()
+            .add_page(vec![zeros], L)
+            .expect_err("too many values");
+        assert!(e.contains("JSON values"), "{e}");
+        // An ordinary schema passes.
+        let tool = json!({"name": "echo", "description": "Echoes.", "inputSchema": {
+            "type": "object", "properties": {"message": {"type": "string"}},
+            "required": ["message"]}});
+        Listing::default()
+            .add_page(vec![tool], L)
+            .expect("ordinary tool");
     }
 
     #[test]

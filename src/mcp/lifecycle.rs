@@ -612,8 +612,11 @@ impl Mcp {
             self.after_run_ended(cx, &id, end, reason, out);
         }
         self.sweep_orphans();
-        // What the run held (a page of tools, a large result) is freed: return it.
-        sys::release_free_memory();
+        // What the run held (pages of tools, large results) is freed: return it.
+        if self.read_since_trim >= TRIM_AFTER_BYTES {
+            self.read_since_trim = 0;
+            sys::release_free_memory();
+        }
         true
     }
 

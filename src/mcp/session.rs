@@ -75,7 +75,10 @@ impl Mcp {
                 return;
             };
             let n = match p.read_chunk(pipe, cx.registry, &mut buf) {
-                Chunk::Data(n) => n,
+                Chunk::Data(n) => {
+                    self.read_since_trim = self.read_since_trim.saturating_add(n);
+                    n
+                }
                 Chunk::Empty => return,
                 Chunk::Eof => {
                     if pipe == Pipe::Stdout {

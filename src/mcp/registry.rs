@@ -79,7 +79,7 @@ const MAX_ARG_BYTES: usize = 128 * 1024 - 1;
 /// Most arguments, environment entries and capabilities in one spec.
 const MAX_ARGS: usize = 1024;
 const MAX_ENV: usize = 256;
-const MAX_CAPABILITIES: usize = 64;
+const MAX_CAPABILITIES: usize = 1024;
 /// Largest spec as JSON: specs are kept in memory, in `servers.json` and in every `mcp show`.
 pub const MAX_SPEC_BYTES: usize = 256 * 1024;
 

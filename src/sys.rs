@@ -553,6 +553,24 @@ mod tests {
     }
 
     #[test]
+    fn child_has_exited_peeks_without_reaping() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .expect("spawn");
+        let pid = child.id() as i32;
+        assert!(!child_has_exited(pid));
+        let _ = child.kill();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !child_has_exited(pid) {
+            assert!(std::time::Instant::now() < deadline, "never seen exited");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // Still waitable: the peek left the reaping to us.
+        assert!(child.try_wait().expect("wait").is_some());
+    }
+
+    #[test]
     fn nofile_limit_is_readable() {
         let (soft, hard) = rlimit(libc::RLIMIT_NOFILE).expect("getrlimit");
         assert!(soft <= hard);

@@ -206,6 +206,7 @@ impl Mcp {
                 match pending {
                     Some(p) => self.on_response(cx, id, p, result, out),
                     None => {
+                        let rpc = truncate(rpc.to_string(), 64);
                         log::debug!("MCP server {id}: dropped a late or unknown response {rpc}")
                     }
                 }
@@ -219,7 +220,10 @@ impl Mcp {
                     jsonrpc::error_response(
                         &rpc,
                         -32601,
-                        &format!("method not found: {method} (vsm-daemon declares no client capabilities)"),
+                        &format!(
+                            "method not found: {} (vsm-daemon declares no client capabilities)",
+                            truncate(method, 128)
+                        ),
                     )
                 };
                 self.send(id, &answer);
@@ -236,7 +240,10 @@ impl Mcp {
                     let data = super::server::truncate(params["data"].to_string(), STDERR_LINE_MAX);
                     log::info!(target: "mcp", "[{id}] {}: {data}", level.chars().take(16).collect::<String>());
                 }
-                _ => log::debug!("MCP server {id}: notification {method}"),
+                _ => {
+                    let method = truncate(method, 128);
+                    log::debug!("MCP server {id}: notification {method}")
+                }
             },
         }
     }
@@ -305,7 +312,10 @@ impl Mcp {
                         }
                     }
                     // A server without tools may refuse tools/list: it simply has none.
-                    Err(e) => log::debug!("MCP server {id}: tools/list failed: {}", e.message),
+                    Err(e) => {
+                        let why = truncate(e.message, server::TEXT_MAX);
+                        log::debug!("MCP server {id}: tools/list failed: {why}")
+                    }
                 }
                 self.finish_listing(cx, id, listing.into_tools(), out);
             }

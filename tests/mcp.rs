@@ -1314,3 +1314,36 @@ fn a_missing_cwd_or_command_is_named() {
         "{v}"
     );
 }
+
+#[test]
+fn what_a_server_says_at_the_handshake_is_kept_bounded() {
+    let d = Daemon::start_with(quick());
+    // 1 MiB each in serverInfo and instructions (within the 4 MiB line limit).
+    register_fixture(&d, "chatty", &[], &["--huge-handshake", "1048576"]);
+    let v = wait_status(&d, "chatty", "active");
+    let info = &v["server_info"];
+    assert!(
+        info["omitted"]
+            .as_str()
+            .is_some_and(|m| m.contains("bytes")),
+        "serverInfo kept whole: {} bytes",
+        info.to_string().len()
+    );
+    let instructions = v["instructions"].as_str().expect("instructions");
+    assert!(
+        instructions.starts_with("fixture for tests"),
+        "{}",
+        &instructions[..40]
+    );
+    assert!(
+        instructions.len() <= 16 * 1024 + 64,
+        "instructions kept: {} bytes",
+        instructions.len()
+    );
+    assert_eq!(
+        v["server_capabilities"]["tools"]["listChanged"], true,
+        "{v}"
+    );
+    let r = call_ok(&d, "chatty", "echo", json!({"message": "still fine"}));
+    assert_eq!(first_text(&r), "still fine");
+}

@@ -163,6 +163,10 @@ section! {
         pub ping_misses: u32 = 3,
         /// Longest stdout line accepted from a server, bytes.
         pub max_line_bytes: usize = 4_194_304,
+        /// Largest tool list kept per server (sum of the tools' JSON sizes), bytes.
+        pub max_tool_list_bytes: usize = 4_194_304,
+        /// Most tools (and `tools/list` pages) per server.
+        pub max_tools: usize = 1000,
         /// Tool calls in flight per server.
         pub max_in_flight_calls: u32 = 64,
         /// RLIMIT_NOFILE of servers.
@@ -359,6 +363,8 @@ pub const KEYS: &[KeyInfo] = &[
     live("mcp_servers.min_uptime_ms", "uptime (after a completed handshake) for a start to count as good, in milliseconds", range(0.0, 3_600_000.0)),
     live("mcp_servers.ping_misses", "missed health pings before a server is restarted", range(1.0, 100.0)),
     live("mcp_servers.max_line_bytes", "longest stdout line accepted from a server; longer kills and restarts it", range(1024.0, 268_435_456.0)),
+    live("mcp_servers.max_tool_list_bytes", "largest tool list kept per server (sum of the tools' JSON sizes over all tools/list pages, and at most one JSON value per 8 bytes of it), in bytes; a larger one ends the run, counted as a failed start", range(65_536.0, 268_435_456.0)),
+    live("mcp_servers.max_tools", "most tools, and most tools/list pages, per server; more ends the run, counted as a failed start", range(1.0, 100_000.0)),
     live("mcp_servers.max_in_flight_calls", "tool calls in flight per server", range(1.0, 10_000.0)),
     live("mcp_servers.max_open_files", "RLIMIT_NOFILE of servers", range(16.0, 1_048_576.0)),
     live("mcp_servers.max_cpu_seconds", "RLIMIT_CPU of servers in seconds; 0 = unlimited", range(0.0, 31_536_000.0)),

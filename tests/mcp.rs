@@ -396,17 +396,17 @@ fn paginated_tools_are_all_listed_and_list_changed_relists() {
         .iter()
         .filter_map(|t| t["name"].as_str())
         .collect();
-    assert_eq!(names.len(), 14, "all three pages: {names:?}");
+    assert_eq!(names.len(), 15, "all three pages: {names:?}");
     names.sort_unstable();
     names.dedup();
-    assert_eq!(names.len(), 14, "no page listed twice");
+    assert_eq!(names.len(), 15, "no page listed twice");
 
     let r = call_ok(&d, "paged", "change_tools", json!({}));
     assert_eq!(first_text(&r), "changed");
     wait_until(
-        "15 tools including 'extra'",
+        "16 tools including 'extra'",
         || tool_names(&d, "paged"),
-        |t| t.len() == 15 && t.iter().any(|n| n == "extra"),
+        |t| t.len() == 16 && t.iter().any(|n| n == "extra"),
         |t| format!("{t:?}\n{}", log_tail(&d)),
     );
     let changed = events(&d, "mcp_server_tools_changed", "paged");
@@ -992,4 +992,358 @@ fn mcp_usage_errors_and_refusals() {
     let (code, v) = d.cli_json(&["mcp", "list"]);
     assert_eq!(code, 0);
     assert_eq!(ids(&v), Vec::<String>::new(), "nothing was registered");
+}
+
+/// CPU time (user + system) of a process so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let (_, rest) = stat.rsplit_once(')').expect("comm");
+    // Fields after the comm: state is field 3, utime 14, stime 15.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f[11].parse().expect("utime");
+    let stime: u64 = f[12].parse().expect("stime");
+    utime + stime
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(n).unwrap_or(100).max(1)
+}
+
+#[test]
+fn a_huge_tool_list_fails_the_server_and_the_memory_comes_back() {
+    let d = Daemon::start_with(quick());
+    // Let the daemon settle (reaper spawned, first health round) before the baseline.
+    std::thread::sleep(Duration::from_millis(300));
+    let baseline = rss_bytes(d.pid).expect("baseline RSS");
+    let rss = RssWatch::start(d.pid);
+    let mut options = FAST.to_vec();
+    options.extend(["--max-failures", "3"]);
+    // Endless pages of one tool with a 3 MB description each: over the 4 MiB default by the
+    // second page.
+    register_fixture(&d, "hoarder", &options, &["--huge-tools", "3000000"]);
+    let v = settle(
+        &d,
+        "hoarder",
+        "failed, with the daemon's RSS bounded",
+        |v| {
+            let now = rss_bytes(d.pid).unwrap_or(0);
+            assert!(
+                now < 64 * MIB,
+                "daemon VmRSS {:.1} MiB while the server was listing (baseline {:.1} MiB)",
+                mib(now),
+                mib(baseline)
+            );
+            v["status"] == "failed"
+        },
+    );
+    let peak = rss.finish();
+    eprintln!(
+        "huge tool list: daemon VmRSS baseline {:.1} MiB, peak {:.1} MiB",
+        baseline as f64 / MIB as f64,
+        peak as f64 / MIB as f64
+    );
+    let h = history(&v);
+    assert!(
+        h.iter()
+            .any(|(s, r)| s == "backoff" && r.contains("max_tool_list_bytes")),
+        "{h:?}"
+    );
+    assert!(h.iter().all(|(s, _)| s != "active"), "{h:?}");
+    assert!(
+        last_errors(&v)
+            .iter()
+            .any(|e| e.contains("tool list larger than 4194304 bytes")),
+        "{v}"
+    );
+    assert_eq!(v["circuit_breaker"]["open"], true, "{v}");
+    let changes = events(&d, "mcp_server_status_change", "hoarder");
+    assert!(
+        changes.iter().any(|e| e["data"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("max_tool_list_bytes"))),
+        "{changes:?}"
+    );
+    assert!(
+        peak < 64 * MIB,
+        "daemon VmRSS peaked at {:.1} MiB (baseline {:.1} MiB)",
+        peak as f64 / MIB as f64,
+        baseline as f64 / MIB as f64
+    );
+    assert_eq!(
+        d.cli(&["mcp", "unregister", "hoarder"]).status.code(),
+        Some(0)
+    );
+    let bound = 2 * baseline + 8 * MIB;
+    let after = memory_back(&d, bound, baseline, peak);
+    eprintln!(
+        "huge tool list: VmRSS after unregistering {:.1} MiB",
+        mib(after)
+    );
+
+    // With the bound raised to 32 MiB the daemon holds much more before refusing: all of it
+    // must come back too (glibc keeps freed heap unless trimmed).
+    let out = d.cli(&[
+        "config",
+        "set",
+        "mcp_servers.max_tool_list_bytes",
+        "33554432",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rss = RssWatch::start(d.pid);
+    let once = ["--max-failures", "1"];
+    register_fixture(&d, "hoarder2", &once, &["--huge-tools", "3000000"]);
+    let v = wait_status(&d, "hoarder2", "failed");
+    let peak = rss.finish();
+    assert!(
+        last_errors(&v)
+            .iter()
+            .any(|e| e.contains("tool list larger than 33554432 bytes")),
+        "{v}"
+    );
+    assert_eq!(
+        d.cli(&["mcp", "unregister", "hoarder2"]).status.code(),
+        Some(0)
+    );
+    let after = memory_back(&d, bound, baseline, peak);
+    eprintln!(
+        "huge tool list, 32 MiB bound: peak {:.1} MiB, after unregistering {:.1} MiB",
+        mib(peak),
+        mib(after)
+    );
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / MIB as f64
+}
+
+/// Waits until the daemon's RSS is under `bound`; returns it.
+fn memory_back(d: &Daemon, bound: u64, baseline: u64, peak: u64) -> u64 {
+    wait_until(
+        "the daemon's RSS to come back after unregistering",
+        || rss_bytes(d.pid).unwrap_or(u64::MAX),
+        |&now| now < bound,
+        |now| {
+            format!(
+                "VmRSS {:.1} MiB, bound {:.1} MiB (baseline {:.1}, peak {:.1})",
+                mib(*now),
+                mib(bound),
+                mib(baseline),
+                mib(peak)
+            )
+        },
+    )
+}
+
+#[test]
+fn a_server_that_closes_stdout_fails_its_calls_at_once_and_is_replaced() {
+    let d = Daemon::start_with(quick());
+    register_fixture(&d, "mute", &FAST, &[]);
+    let old_pid = pid_of(&wait_status(&d, "mute", "active"));
+    // Old behaviour: the call waited for its deadline; 15 s is longer than noticing takes.
+    let (code, v) = d.cli_json(&[
+        "mcp",
+        "call",
+        "mute",
+        "close_stdout",
+        "--timeout-ms",
+        "15000",
+    ]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(error_code(&v), "server_exited", "{v}");
+    let message = v["errors"][0]["message"].as_str().unwrap_or("");
+    assert!(message.contains("closed its stdout"), "{v}");
+    let v = settle(&d, "mute", "a new process, active", |v| {
+        v["status"] == "active" && v["pid"].as_i64().is_some_and(|p| p != old_pid)
+    });
+    assert!(
+        history(&v)
+            .iter()
+            .any(|(s, r)| s == "backoff" && r.contains("closed its stdout")),
+        "{v}"
+    );
+    wait_until(
+        "the half-dead process to be gone",
+        || proc_stat(old_pid),
+        |_| gone(old_pid),
+        |s| format!("{s:?}\n{}", log_tail(&d)),
+    );
+    let r = call_ok(&d, "mute", "echo", json!({"message": "new voice"}));
+    assert_eq!(first_text(&r), "new voice");
+}
+
+#[test]
+fn a_list_changed_flood_costs_little_cpu_and_restarts_the_server() {
+    let d = Daemon::start_with(quick());
+    let dir = TempDir::new("flood");
+    let rec = dir.path().join("record.jsonl");
+    let rec_s = rec.display().to_string();
+    register_fixture(
+        &d,
+        "flood",
+        &FAST,
+        &["--list-changed-flood", "--record", &rec_s],
+    );
+    wait_until(
+        "the flood to start",
+        || records(&rec),
+        |r| r.iter().any(|e| e["event"] == "initialized"),
+        |r| format!("{r:?}\n{}", log_tail(&d)),
+    );
+    let ticks = clock_ticks_per_second();
+    let before = cpu_ticks(d.pid);
+    std::thread::sleep(Duration::from_secs(5));
+    let used = cpu_ticks(d.pid) - before;
+    eprintln!("list_changed flood: daemon CPU {used} ticks ({ticks}/s) in 5 s");
+    // A resource bound, not a latency: under 1 s of CPU in 5 s (old code: most of a core).
+    assert!(
+        used < ticks,
+        "daemon used {used} ticks of CPU ({ticks}/s) in 5 s of flood\n{}",
+        log_tail(&d)
+    );
+    let v = settle(&d, "flood", "restarted for the flood", |v| {
+        history(v)
+            .iter()
+            .any(|(s, r)| s == "backoff" && r.contains("protocol errors"))
+    });
+    assert!(
+        last_errors(&v)
+            .iter()
+            .any(|e| e.contains("notifications/tools/list_changed")),
+        "{v}"
+    );
+    assert!(v["protocol_errors"].as_u64().is_some_and(|n| n > 50), "{v}");
+    // Coalesced and rate-limited: a listing at start, at most one re-list a second after.
+    let rec = records(&rec);
+    let count = |what: &str| rec.iter().filter(|e| e["event"] == what).count();
+    let (runs, lists) = (count("initialized"), count("tools_list"));
+    eprintln!("list_changed flood: {runs} runs, {lists} tools/list requests");
+    assert!(
+        runs >= 1 && lists <= 3 * runs,
+        "{runs} runs, {lists} listings"
+    );
+}
+
+#[test]
+fn nul_bytes_and_bad_env_names_are_refused_at_registration() {
+    let d = Daemon::start_with(quick());
+    for (spec, field) in [
+        (
+            json!({"id": "n1", "command": "python3", "args": ["a", "b", "c\u{0}d"]}),
+            "args[2]",
+        ),
+        (json!({"id": "n2", "command": "pyth\u{0}on3"}), "command"),
+        (
+            json!({"id": "n3", "command": "python3", "cwd": "/tmp\u{0}/x"}),
+            "cwd",
+        ),
+        (
+            json!({"id": "n4", "command": "python3", "env": {"K": "v\u{0}"}}),
+            "env.K",
+        ),
+        (
+            json!({"id": "n5", "command": "python3", "env": {"K\u{0}": "v"}}),
+            "env",
+        ),
+        (
+            json!({"id": "n6", "command": "python3", "env": {"A=B": "v"}}),
+            "env",
+        ),
+        (
+            json!({"id": "n7", "command": "python3", "env": {"": "v"}}),
+            "env",
+        ),
+    ] {
+        let (code, v) = d.http("POST", "/api/v1/mcp/servers", Some(&spec.to_string()));
+        assert_eq!(code, 400, "{spec}: {v}");
+        assert_eq!(error_code(&v), "invalid_parameter", "{spec}: {v}");
+        assert_eq!(v["errors"][0]["field"], field, "{spec}: {v}");
+    }
+    // The CLI: an empty variable name.
+    let out = d.cli(&["mcp", "register", "n8", "--env", "=v", "--", "python3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("variable name"), "{}", stderr(&out));
+    let (code, v) = d.cli_json(&["mcp", "list"]);
+    assert_eq!(code, 0);
+    assert_eq!(ids(&v), Vec::<String>::new(), "nothing was registered");
+
+    // The config file: a clear error at start, naming the entry.
+    let dir = TempDir::new("nul-config");
+    let err = match Daemon::start_in(
+        dir,
+        Setup {
+            config: Some(format!(
+                "{QUICK_STOP}\n[[servers]]\nid = \"declared\"\ncommand = \"python3\"\nargs = [\"{}\", \"a\\u0000b\"]\n",
+                fixture()
+            )),
+            ..Setup::default()
+        },
+    ) {
+        Ok(_) => panic!("a NUL byte in [[servers]] args was accepted"),
+        Err(e) => e,
+    };
+    assert!(err.contains("servers[0].args[1]"), "{err}");
+    assert!(err.contains("NUL"), "{err}");
+}
+
+#[test]
+fn a_missing_cwd_or_command_is_named() {
+    let d = Daemon::start_with(quick());
+    let mut options = FAST.to_vec();
+    options.extend(["--max-failures", "2", "--cwd", "/nonexistent-vsm-cwd/work"]);
+    register_fixture(&d, "nocwd", &options, &[]);
+    let v = wait_status(&d, "nocwd", "failed");
+    assert!(
+        last_errors(&v)
+            .iter()
+            .any(|e| e == "working directory /nonexistent-vsm-cwd/work does not exist"),
+        "{v}"
+    );
+    register(
+        &d,
+        "nocmd",
+        &["--backoff-initial-ms", "100", "--max-failures", "2"],
+        &["vsm-no-such-command-xyz", "--flag"],
+    );
+    let v = wait_status(&d, "nocmd", "failed");
+    assert!(
+        last_errors(&v)
+            .iter()
+            .any(|e| e.starts_with("command 'vsm-no-such-command-xyz' not found in PATH")),
+        "{v}"
+    );
+}
+
+#[test]
+fn what_a_server_says_at_the_handshake_is_kept_bounded() {
+    let d = Daemon::start_with(quick());
+    // 1 MiB each in serverInfo and instructions (within the 4 MiB line limit).
+    register_fixture(&d, "chatty", &[], &["--huge-handshake", "1048576"]);
+    let v = wait_status(&d, "chatty", "active");
+    let info = &v["server_info"];
+    assert!(
+        info["omitted"]
+            .as_str()
+            .is_some_and(|m| m.contains("bytes")),
+        "serverInfo kept whole: {} bytes",
+        info.to_string().len()
+    );
+    let instructions = v["instructions"].as_str().expect("instructions");
+    assert!(
+        instructions.starts_with("fixture for tests"),
+        "{}",
+        &instructions[..40]
+    );
+    assert!(
+        instructions.len() <= 16 * 1024 + 64,
+        "instructions kept: {} bytes",
+        instructions.len()
+    );
+    assert_eq!(
+        v["server_capabilities"]["tools"]["listChanged"], true,
+        "{v}"
+    );
+    let r = call_ok(&d, "chatty", "echo", json!({"message": "still fine"}));
+    assert_eq!(first_text(&r), "still fine");
 }

@@ -56,7 +56,8 @@ impl LineSplitter {
                         out.push(Line::TooLong {
                             len: self.buf.len() + head.len(),
                         });
-                        self.buf.clear();
+                        // Not clear(): that would keep up to max_line of capacity.
+                        self.buf = Vec::new();
                         continue;
                     }
                     self.buf.extend_from_slice(head);
@@ -248,6 +249,26 @@ mod tests {
             out,
             vec![Line::TooLong { len: 6 }, Line::Complete(b"ab".to_vec())]
         );
+    }
+
+    #[test]
+    fn an_over_long_line_leaves_no_capacity_behind() {
+        let mut s = LineSplitter::new(1000);
+        let mut out = Vec::new();
+        s.push(&[b'x'; 900], &mut out);
+        s.push(&[b'x'; 200], &mut out);
+        assert!(matches!(out[..], [Line::TooLong { len: 1100 }]));
+        assert_eq!(s.buf.capacity(), 0);
+        s.push(b"xx\n", &mut out); // the end of the over-long line
+        out.clear();
+        s.push(&[b'y'; 900], &mut out);
+        let mut tail = vec![b'y'; 200];
+        tail.push(b'\n');
+        s.push(&tail, &mut out);
+        assert!(matches!(out[..], [Line::TooLong { .. }]));
+        assert_eq!(s.buf.capacity(), 0);
+        s.push(b"ok\n", &mut out);
+        assert_eq!(out.last(), Some(&Line::Complete(b"ok".to_vec())));
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Lifecycle of a server run: spawn in the sandbox, graceful stop, the end of a run and
-//! the restart decision, orphan sweeping.
+//! Lifecycle of a server run: spawn in the sandbox (after checking its working directory),
+//! graceful stop, the end of a run (its exit, or its stdout closing while it lives on) and
+//! the restart decision, orphan sweeping. Memory a run held is handed back to the system
+//! when it ends.
 
 use super::*;
 
@@ -189,6 +191,9 @@ impl Mcp {
         spec: &ServerSpec,
     ) -> Result<(Launch, Option<std::os::fd::OwnedFd>, String), String> {
         let c = &self.settings.config;
+        if let Some(cwd) = &spec.cwd {
+            process::check_cwd(std::path::Path::new(cwd))?;
+        }
         let mut env: Vec<(String, String)> = ENV_ALLOW
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
@@ -257,7 +262,7 @@ impl Mcp {
         let launched = self.launch(&spec).and_then(|(launch, ruleset, landlock)| {
             let slot = self.servers[id].slot;
             let result = Process::spawn(&launch, cx.registry, tokens(slot))
-                .map_err(|e| format!("cannot start '{}': {e}", spec.command));
+                .map_err(|e| process::describe_spawn_error(&launch, &e));
             drop(ruleset);
             result.map(|p| (p, landlock))
         });
@@ -280,6 +285,10 @@ impl Mcp {
                 server.process = Some(process);
                 server.pending.clear();
                 server.initialized = false;
+                server.misbehaved = false;
+                server.relist = tools::Relist::default();
+                server.list_changed = tools::Flood::default();
+                server.recent_protocol_errors = tools::Flood::default();
                 server.missed_pings = 0;
                 server.protocol_version = None;
                 server.stdout_lines = LineSplitter::new(max_line);
@@ -320,7 +329,104 @@ impl Mcp {
             Err(e) => {
                 log::warn!("MCP server {id}: {e}");
                 server.note_error(e.clone());
-                self.after_run_ended(cx, id, Duration::ZERO, false, e, out);
+                let end = RunEnd {
+                    uptime: Duration::ZERO,
+                    initialized: false,
+                    requested: false,
+                    misbehaved: false,
+                };
+                self.after_run_ended(cx, id, end, e, out);
+            }
+        }
+    }
+
+    /// Kills the current run because the server broke the daemon's bounds: the end counts
+    /// as a failed start (see [`supervisor`]).
+    pub(super) fn kill_misbehaving(&mut self, id: &str, reason: String) {
+        if let Some(server) = self.servers.get_mut(id) {
+            server.misbehaved = true;
+        }
+        self.kill_run(id, reason);
+    }
+
+    /// The server closed its stdout: the session is over, whatever the process does.
+    /// Pending calls fail now; the process is stopped without the stdin grace (SIGTERM to
+    /// its group, SIGKILL after `term_timeout_ms`), and its exit goes through the restart
+    /// policy like a crash.
+    pub(super) fn on_stdout_eof(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        out: &mut Vec<Output>,
+    ) {
+        let term_timeout = Duration::from_millis(self.settings.config.term_timeout_ms);
+        let Some(server) = self.servers.get_mut(id) else {
+            return;
+        };
+        let Some(p) = server.process.as_ref() else {
+            return;
+        };
+        // An exit closes stdout too: then SIGCHLD tells the story, not this.
+        if p.exit_status.is_some()
+            || server.status == Status::Stopping
+            || server.ending.is_some()
+            || sys::child_has_exited(p.pid)
+        {
+            return;
+        }
+        p.signal_group(libc::SIGTERM);
+        let reason = "closed its stdout".to_string();
+        log::warn!("MCP server {id} {reason} but is still running; stopping it");
+        server.note_error(reason.clone());
+        server.ending = Some(reason.clone());
+        if let Some(t) = server.timer.take() {
+            cx.timers.cancel(t);
+        }
+        let (slot, run) = (server.slot, server.run);
+        server.timer = Some(cx.timers.insert(
+            Instant::now() + term_timeout,
+            Timer::Mcp(McpTimer {
+                slot,
+                run,
+                kind: TimerKind::StopKill,
+            }),
+        ));
+        self.fail_pending(cx, id, &reason, out);
+    }
+
+    /// Ends every request in flight: calls get a `server_exited` error naming `reason`.
+    pub(super) fn fail_pending(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        reason: &str,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(server) = self.servers.get_mut(id) else {
+            return;
+        };
+        for (_, p) in server.pending.drain() {
+            if let Pending::Call {
+                reply,
+                timer,
+                tool,
+                started,
+            } = p
+            {
+                cx.timers.cancel(timer);
+                server.calls.1 += 1;
+                out.push(Output::ToolCall(
+                    id.to_string(),
+                    "server_exited",
+                    started.elapsed().as_secs_f64(),
+                ));
+                out.push(Output::Reply(
+                    reply,
+                    Err(ApiError::new(
+                        ErrorCode::ServerExited,
+                        format!("MCP server {id} {reason} during the call to {tool}"),
+                    )),
+                ));
             }
         }
     }
@@ -330,6 +436,7 @@ impl Mcp {
         let Some(server) = self.servers.get_mut(id) else {
             return;
         };
+        let reason = truncate(reason, server::TEXT_MAX);
         log::warn!("MCP server {id}: {reason}; killing it");
         server.note_error(reason.clone());
         server.ending.get_or_insert(reason);
@@ -388,10 +495,15 @@ impl Mcp {
             }
             TimerKind::StopKill => {
                 server.timer = None;
-                if let (Status::Stopping, Some(p)) = (server.status, &server.process) {
+                let ending = server.status == Status::Stopping || server.ending.is_some();
+                if let (true, Some(p)) = (ending, &server.process) {
                     log::warn!("MCP server {id} ignored SIGTERM; sending SIGKILL");
                     p.signal_group(libc::SIGKILL);
                 }
+            }
+            TimerKind::Relist => {
+                let next = server.relist.timer_fired();
+                self.relist_next(cx, &id, next);
             }
             TimerKind::Call(rpc) => {
                 if let Some(Pending::Call {
@@ -436,6 +548,10 @@ impl Mcp {
         let Some(id) = self.pids.remove(&pid) else {
             return false;
         };
+        // Reaped: from now on its stdout EOF is the exit's, and its pid is not signalled.
+        if let Some(p) = self.servers.get_mut(&id).and_then(|s| s.process.as_mut()) {
+            p.exit_status = Some(status);
+        }
         // Read what it wrote before dying (its last answers), then close the pipes.
         self.drain(cx, &id, Pipe::Stdout, out);
         self.drain(cx, &id, Pipe::Stderr, out);
@@ -445,7 +561,6 @@ impl Mcp {
         let Some(mut process) = server.process.take() else {
             return true;
         };
-        process.exit_status = Some(status);
         // Grandchildren left in its group die with it.
         process.signal_group(libc::SIGKILL);
         if let Some(r) = self.reaper.as_mut() {
@@ -456,35 +571,18 @@ impl Mcp {
             cx.timers.cancel(t);
         }
         let uptime = process.started.elapsed();
+        drop(process);
         let exit = describe_exit(status);
         let reason = match server.ending.take() {
             Some(r) => format!("{r} ({exit})"),
             None => exit,
         };
-        for (_, p) in server.pending.drain() {
-            if let Pending::Call {
-                reply,
-                timer,
-                tool,
-                started,
-            } = p
-            {
-                cx.timers.cancel(timer);
-                server.calls.1 += 1;
-                out.push(Output::ToolCall(
-                    id.clone(),
-                    "server_exited",
-                    started.elapsed().as_secs_f64(),
-                ));
-                out.push(Output::Reply(
-                    reply,
-                    Err(ApiError::new(
-                        ErrorCode::ServerExited,
-                        format!("MCP server {id} {reason} during the call to {tool}"),
-                    )),
-                ));
-            }
-        }
+        let misbehaved = std::mem::take(&mut server.misbehaved);
+        server.release_run_memory();
+        self.fail_pending(cx, &id, &reason, out);
+        let Some(server) = self.servers.get_mut(&id) else {
+            return true;
+        };
         let initialized = server.initialized;
         if server.status == Status::Stopping {
             if server.remove_when_stopped {
@@ -505,9 +603,20 @@ impl Mcp {
                 uptime.as_secs_f64()
             );
             server.note_error(reason.clone());
-            self.after_run_ended(cx, &id, uptime, initialized, reason, out);
+            let end = RunEnd {
+                uptime,
+                initialized,
+                requested: false,
+                misbehaved,
+            };
+            self.after_run_ended(cx, &id, end, reason, out);
         }
         self.sweep_orphans();
+        // What the run held (pages of tools, large results) is freed: return it.
+        if self.read_since_trim >= TRIM_AFTER_BYTES {
+            self.read_since_trim = 0;
+            sys::release_free_memory();
+        }
         true
     }
 
@@ -515,8 +624,7 @@ impl Mcp {
         &mut self,
         cx: &mut Cx<'_, Timer>,
         id: &str,
-        uptime: Duration,
-        initialized: bool,
+        end: RunEnd,
         reason: String,
         out: &mut Vec<Output>,
     ) {
@@ -527,11 +635,6 @@ impl Mcp {
         let unit = self.jitter.unit();
         let Some(server) = self.servers.get_mut(id) else {
             return;
-        };
-        let end = RunEnd {
-            uptime,
-            initialized,
-            requested: false,
         };
         let (decision, attempt) = after_run(
             end,

@@ -8,7 +8,10 @@
 //!
 //! Invariants: a server owns its slot (and so its three pipe tokens) for its whole
 //! registration; every timer carries the run it belongs to, so a timer of an earlier run
-//! is ignored; a pid is signalled only until it is reaped.
+//! is ignored; a pid is signalled only until it is reaped. Everything kept from a child is
+//! bounded (lines by `max_line_bytes`, the tool list by [`tools::Listing`], texts and
+//! handshake data in [`server`]); breaking a bound ends the run as misbehaviour, which the
+//! [`supervisor`] counts as a failed start. The session ends with the child's stdout.
 
 pub mod jsonrpc;
 mod lifecycle;
@@ -18,6 +21,7 @@ pub mod registry;
 pub mod server;
 mod session;
 pub mod supervisor;
+pub mod tools;
 
 use crate::api::{Answer, ApiError, ErrorCode};
 use crate::config::McpServersConfig;
@@ -28,7 +32,7 @@ use jsonrpc::{Line, LineSplitter, Message};
 use process::{Chunk, Launch, Pipe, PipeTokens, Process};
 use registry::ServerSpec;
 use serde_json::{json, Value};
-use server::{Pending, PROTOCOL_VERSIONS};
+use server::{bounded_value, truncate, Pending, HANDSHAKE_ITEM_MAX, PROTOCOL_VERSIONS};
 pub use server::{Server, Source, Status};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -43,6 +47,10 @@ pub const ENV_ALLOW: [&str; 5] = ["PATH", "HOME", "LANG", "TERM", "USER"];
 const PERSISTENT_PROTOCOL_ERRORS: usize = 50;
 /// Registered servers at most (each costs its spec, history and tool list in memory).
 pub const MAX_REGISTERED: usize = 1000;
+/// Bytes read from children after which the end of a run hands freed memory back
+/// ([`sys::release_free_memory`] walks the free lists: up to ~0.2 ms on a fragmented heap,
+/// not worth it after a run that only said hello).
+const TRIM_AFTER_BYTES: usize = 1 << 20;
 /// Longest stderr line kept.
 const STDERR_LINE_MAX: usize = 1024;
 
@@ -60,6 +68,7 @@ enum TimerKind {
     InitDeadline,
     StopTerm,
     StopKill,
+    Relist,
     Call(u64),
 }
 
@@ -96,6 +105,8 @@ pub struct Mcp {
     pub settings: Settings,
     jitter: Jitter,
     reaper: Option<reaper::Reaper>,
+    /// Bytes read from children since freed memory was last handed back to the system.
+    read_since_trim: usize,
 }
 
 fn tokens(slot: usize) -> PipeTokens {
@@ -135,6 +146,7 @@ impl Mcp {
             settings,
             jitter: Jitter::new(),
             reaper: None,
+            read_since_trim: 0,
         }
     }
 
@@ -291,6 +303,11 @@ impl Mcp {
                 cx.timers.cancel(t);
             }
             self.slots[server.slot] = None;
+            drop(server);
+            // Its tool list, buffers and history are freed: hand the pages back to the system
+            // (unregistering is rare; the walk is not worth skipping here).
+            self.read_since_trim = 0;
+            sys::release_free_memory();
             log::info!("MCP server {id} unregistered");
             out.push(Output::Event(
                 "mcp_servers",
@@ -388,6 +405,9 @@ impl Mcp {
         let Some(s) = self.servers.get_mut(id) else {
             return;
         };
+        // Reasons may quote the server: the event and the log get the bounded text.
+        let reason = truncate(reason.to_string(), server::TEXT_MAX);
+        let reason = reason.as_str();
         let old = s.set_status(status, reason);
         if old == status {
             return;

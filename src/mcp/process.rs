@@ -10,12 +10,71 @@ use mio::unix::pipe::{Receiver, Sender};
 use mio::{Interest, Registry, Token};
 use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 /// Bytes queued for a child's stdin before it counts as stuck.
 pub const MAX_STDIN_QUEUE: usize = 16 * 1024 * 1024;
+
+/// Checks a working directory before a spawn (one `stat`), so that a missing one is
+/// reported as such and not as the `chdir` error the exec leaves behind.
+///
+/// # Errors
+/// What is wrong with it, naming it.
+pub fn check_cwd(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!(
+            "working directory {} is not a directory",
+            dir.display()
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!(
+            "working directory {} does not exist",
+            dir.display()
+        )),
+        Err(e) => Err(format!(
+            "cannot use working directory {}: {e}",
+            dir.display()
+        )),
+    }
+}
+
+/// Where a command without a `/` is found on `path` (the child's `PATH`), if anywhere.
+pub fn find_in_path(command: &str, path: &str) -> Option<PathBuf> {
+    path.split(':')
+        .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(command))
+        .find(|p| p.is_file())
+}
+
+/// Says why a spawn failed. "No such file or directory" from exec means a missing program,
+/// or a program whose interpreter or loader is missing: the first is told apart by looking
+/// (only after the failure, so a start costs nothing more).
+pub fn describe_spawn_error(launch: &Launch, err: &io::Error) -> String {
+    let command = &launch.command;
+    if err.kind() != io::ErrorKind::NotFound {
+        return format!("cannot start '{command}': {err}");
+    }
+    if command.contains('/') {
+        let path = match &launch.cwd {
+            Some(cwd) => cwd.join(command),
+            None => PathBuf::from(command),
+        };
+        if !path.exists() {
+            return format!("command '{command}' does not exist");
+        }
+    } else {
+        let path = launch
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map_or("", |(_, v)| v.as_str());
+        if find_in_path(command, path).is_none() {
+            return format!("command '{command}' not found in PATH ({path})");
+        }
+    }
+    format!("cannot start '{command}': {err} (is its interpreter or loader missing?)")
+}
 
 /// What to run and how.
 #[derive(Debug, Clone)]
@@ -164,7 +223,12 @@ impl Process {
             }
         }
         if self.queued_from == self.queue.len() {
-            self.queue.clear();
+            // Drop the capacity of a large burst (a big tool call): it is not needed again.
+            if self.queue.capacity() > 64 * 1024 {
+                self.queue = Vec::new();
+            } else {
+                self.queue.clear();
+            }
             self.queued_from = 0;
         } else if self.queued_from > 1024 * 1024 {
             self.queue.drain(..self.queued_from);
@@ -213,7 +277,7 @@ impl Process {
         if let Some(mut tx) = self.stdin.take() {
             let _ = registry.deregister(&mut tx);
         }
-        self.queue.clear();
+        self.queue = Vec::new();
         self.queued_from = 0;
     }
 
@@ -237,5 +301,56 @@ impl Process {
                 log::warn!("cannot signal process group {}: {e}", self.pid);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(command: &str, path: &str, cwd: Option<&str>) -> Launch {
+        Launch {
+            command: command.into(),
+            args: Vec::new(),
+            env: vec![("PATH".into(), path.into())],
+            cwd: cwd.map(PathBuf::from),
+            sandbox: ChildSandbox {
+                parent: 1,
+                max_open_files: None,
+                max_cpu_seconds: None,
+                max_data_bytes: None,
+                uid: None,
+                gid: None,
+                landlock_fd: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_missing_or_wrong_cwd_is_named() {
+        assert_eq!(check_cwd(Path::new("/")), Ok(()));
+        let e = check_cwd(Path::new("/nonexistent-vsm-dir/x")).expect_err("missing");
+        assert_eq!(e, "working directory /nonexistent-vsm-dir/x does not exist");
+        let e = check_cwd(Path::new("/proc/self/status")).expect_err("file");
+        assert!(e.contains("is not a directory"), "{e}");
+    }
+
+    #[test]
+    fn spawn_errors_say_what_is_missing() {
+        let enoent = io::Error::from(io::ErrorKind::NotFound);
+        let e = describe_spawn_error(&launch("vsm-no-such-cmd", "/usr/bin:/bin", None), &enoent);
+        assert_eq!(
+            e,
+            "command 'vsm-no-such-cmd' not found in PATH (/usr/bin:/bin)"
+        );
+        let e = describe_spawn_error(&launch("/nonexistent/tool", "/bin", None), &enoent);
+        assert_eq!(e, "command '/nonexistent/tool' does not exist");
+        // Found, yet ENOENT: its interpreter is missing.
+        let e = describe_spawn_error(&launch("sh", "/usr/bin:/bin", None), &enoent);
+        assert!(e.contains("interpreter"), "{e}");
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        let e = describe_spawn_error(&launch("sh", "/bin", None), &denied);
+        assert!(e.starts_with("cannot start 'sh': "), "{e}");
+        assert!(find_in_path("sh", "/nonexistent::/bin").is_some());
     }
 }

@@ -72,12 +72,37 @@ fn yes() -> bool {
     true
 }
 
+/// Longest `command`, `cwd` and single argument or environment value, in bytes: the
+/// kernel refuses longer arguments (`MAX_ARG_STRLEN` is 128 KiB) and paths (`PATH_MAX`).
+const MAX_PATH_BYTES: usize = 4096;
+const MAX_ARG_BYTES: usize = 128 * 1024 - 1;
+/// Most arguments, environment entries and capabilities in one spec.
+const MAX_ARGS: usize = 1024;
+const MAX_ENV: usize = 256;
+const MAX_CAPABILITIES: usize = 1024;
+/// Largest spec as JSON: specs are kept in memory, in `servers.json` and in every `mcp show`.
+pub const MAX_SPEC_BYTES: usize = 256 * 1024;
+
+/// Why a string cannot be handed to `execve`/`chdir`, if it cannot: a NUL byte ends a C
+/// string early (the start would fail every time), and the kernel caps lengths.
+fn c_string_problem(value: &str, max: usize) -> Option<String> {
+    if let Some(at) = value.bytes().position(|b| b == 0) {
+        return Some(format!("contains a NUL byte (at byte {at})"));
+    }
+    if value.len() > max {
+        return Some(format!("is {} bytes long (at most {max})", value.len()));
+    }
+    None
+}
+
 impl ServerSpec {
-    /// Checks the spec.
+    /// Checks the spec: everything a start needs is well-formed, so a spec that passes can
+    /// only fail to start for reasons of the host (a missing program or directory).
     ///
     /// # Errors
-    /// `(field, message)` for the first problem.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    /// `(field, message)` for the first problem; `field` names the element (`args[2]`,
+    /// `env.KEY`) where it can.
+    pub fn validate(&self) -> Result<(), (String, String)> {
         let id_ok = !self.id.is_empty()
             && self.id.len() <= 64
             && self.id.as_bytes()[0].is_ascii_alphanumeric()
@@ -86,22 +111,60 @@ impl ServerSpec {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
         if !id_ok {
+            let shown: String = self.id.chars().take(80).collect();
             return Err((
-                "id",
-                format!("'{}' is not a valid id: use lowercase letters, digits, '_', '.', '-' (at most 64)", self.id),
+                "id".into(),
+                format!("'{}' is not a valid id: use lowercase letters, digits, '_', '.', '-' (at most 64)", shown.escape_default()),
             ));
         }
         if self.command.trim().is_empty() {
-            return Err(("command", "must not be empty".into()));
+            return Err(("command".into(), "must not be empty".into()));
         }
-        if let Some(cwd) = &self.cwd {
-            if !std::path::Path::new(cwd).is_absolute() {
-                return Err(("cwd", format!("'{cwd}' must be an absolute path")));
+        if let Some(p) = c_string_problem(&self.command, MAX_PATH_BYTES) {
+            return Err(("command".into(), p));
+        }
+        if self.args.len() > MAX_ARGS {
+            return Err((
+                "args".into(),
+                format!("{} arguments (at most {MAX_ARGS})", self.args.len()),
+            ));
+        }
+        for (i, arg) in self.args.iter().enumerate() {
+            if let Some(p) = c_string_problem(arg, MAX_ARG_BYTES) {
+                return Err((format!("args[{i}]"), p));
             }
         }
-        for key in self.env.keys() {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(("env", format!("'{key}' is not a valid variable name")));
+        if self.env.len() > MAX_ENV {
+            return Err((
+                "env".into(),
+                format!("{} variables (at most {MAX_ENV})", self.env.len()),
+            ));
+        }
+        for (key, value) in &self.env {
+            if key.is_empty() {
+                return Err(("env".into(), "a variable name is empty".into()));
+            }
+            let shown: String = key.chars().take(80).collect();
+            let shown = shown.escape_default();
+            if key.contains('=') {
+                return Err((
+                    "env".into(),
+                    format!("'{shown}' is not a valid variable name: it contains '='"),
+                ));
+            }
+            if let Some(p) = c_string_problem(key, 256) {
+                return Err(("env".into(), format!("variable name '{shown}' {p}")));
+            }
+            if let Some(p) = c_string_problem(value, MAX_ARG_BYTES) {
+                return Err((format!("env.{shown}"), p));
+            }
+        }
+        if let Some(cwd) = &self.cwd {
+            if let Some(p) = c_string_problem(cwd, MAX_PATH_BYTES) {
+                return Err(("cwd".into(), p));
+            }
+            if !std::path::Path::new(cwd).is_absolute() {
+                return Err(("cwd".into(), format!("'{cwd}' must be an absolute path")));
             }
         }
         for (field, value, min, max) in [
@@ -112,25 +175,52 @@ impl ServerSpec {
         ] {
             if let Some(v) = value {
                 if !(min..=max).contains(&v) {
-                    return Err((field, format!("must be between {min} and {max} (got {v})")));
+                    return Err((
+                        field.into(),
+                        format!("must be between {min} and {max} (got {v})"),
+                    ));
                 }
             }
         }
         if let (Some(a), Some(b)) = (self.backoff_initial_ms, self.backoff_max_ms) {
             if a > b {
                 return Err((
-                    "backoff_initial_ms",
+                    "backoff_initial_ms".into(),
                     "must not exceed backoff_max_ms".into(),
                 ));
             }
         }
-        for cap in &self.capabilities {
-            if cap.is_empty() || cap.len() > 64 || cap.contains(char::is_whitespace) {
+        if self.capabilities.len() > MAX_CAPABILITIES {
+            return Err((
+                "capabilities".into(),
+                format!(
+                    "{} capabilities (at most {MAX_CAPABILITIES})",
+                    self.capabilities.len()
+                ),
+            ));
+        }
+        for (i, cap) in self.capabilities.iter().enumerate() {
+            if cap.is_empty()
+                || cap.len() > 64
+                || cap.contains(|c: char| c.is_whitespace() || c.is_control())
+            {
+                let shown: String = cap.chars().take(80).collect();
                 return Err((
-                    "capabilities",
-                    format!("'{cap}' is not a valid capability name"),
+                    format!("capabilities[{i}]"),
+                    format!(
+                        "'{}' is not a valid capability name",
+                        shown.escape_default()
+                    ),
                 ));
             }
+        }
+        // Each part is bounded above; this bounds their sum (what every `mcp show` copies).
+        let size = serde_json::to_vec(self).map_or(usize::MAX, |v| v.len());
+        if size > MAX_SPEC_BYTES {
+            return Err((
+                "spec".into(),
+                format!("is {size} bytes as JSON (at most {MAX_SPEC_BYTES})"),
+            ));
         }
         Ok(())
     }
@@ -144,17 +234,69 @@ mod tests {
         serde_json::from_value(serde_json::json!({"id": id, "command": "python3"})).expect("spec")
     }
 
+    fn field(s: &ServerSpec) -> Option<String> {
+        s.validate().err().map(|e| e.0)
+    }
+
+    #[test]
+    fn nul_bytes_and_bad_env_names_are_refused_naming_the_field() {
+        let with = |f: &dyn Fn(&mut ServerSpec)| {
+            let mut s = spec("t");
+            f(&mut s);
+            field(&s)
+        };
+        let args = |s: &mut ServerSpec| s.args = vec!["a".into(), "b".into(), "c\0d".into()];
+        assert_eq!(with(&args).as_deref(), Some("args[2]"));
+        assert_eq!(
+            with(&|s| s.command = "py\0thon".into()).as_deref(),
+            Some("command")
+        );
+        assert_eq!(
+            with(&|s| s.cwd = Some("/tmp\0/x".into())).as_deref(),
+            Some("cwd")
+        );
+        let env = |k: &str, v: &str| {
+            let (k, v) = (k.to_string(), v.to_string());
+            with(&move |s: &mut ServerSpec| {
+                s.env.insert(k.clone(), v.clone());
+            })
+        };
+        assert_eq!(env("K", "v\0").as_deref(), Some("env.K"));
+        for bad_key in ["", "A=B", "A\0"] {
+            assert_eq!(env(bad_key, "v").as_deref(), Some("env"), "{bad_key:?}");
+        }
+        assert_eq!(env("GOOD_1", "any value = fine").as_deref(), None);
+        assert_eq!(
+            with(&|s| s.capabilities = vec!["ok".into(), "a\u{7}".into()]).as_deref(),
+            Some("capabilities[1]")
+        );
+        assert_eq!(
+            with(&|s| s.args = vec!["x".repeat(128 * 1024)]).as_deref(),
+            Some("args[0]")
+        );
+        assert_eq!(
+            with(&|s| s.args = vec!["x".repeat(100_000); 3]).as_deref(),
+            Some("spec")
+        );
+        let msg = {
+            let mut s = spec("t");
+            s.args = vec!["a\0".into()];
+            s.validate().err().map(|e| e.1).unwrap_or_default()
+        };
+        assert!(msg.contains("NUL"), "{msg}");
+    }
+
     #[test]
     fn defaults_and_validation() {
         let s = spec("time");
         assert!(s.autostart);
         assert!(s.validate().is_ok());
-        for bad in ["", "Time", "-x", "a b", &"x".repeat(65)] {
-            assert_eq!(spec(bad).validate().map_err(|e| e.0), Err("id"), "{bad}");
+        for bad in ["", "Time", "-x", "a b", &"x".repeat(65), "a\0"] {
+            assert_eq!(field(&spec(bad)).as_deref(), Some("id"), "{bad}");
         }
         let mut s = spec("t");
         s.cwd = Some("relative".into());
-        assert_eq!(s.validate().map_err(|e| e.0), Err("cwd"));
+        assert_eq!(field(&s).as_deref(), Some("cwd"));
         let mut s = spec("t");
         s.backoff_initial_ms = Some(5000);
         s.backoff_max_ms = Some(1000);

@@ -1,13 +1,15 @@
 //! One managed MCP server: its spec, lifecycle status with history, the JSON-RPC session
 //! (handshake, tool listing, pending requests), its tools, and what went wrong lately.
 //!
-//! Invariants: every history, tail and error list here is bounded; a pending request is in
+//! Invariants: every history, tail and error list here is bounded, and so is every text in
+//! them ([`TEXT_MAX`]) and every handshake item ([`HANDSHAKE_ITEM_MAX`]); a pending request is in
 //! `pending` exactly until its answer, its deadline, or the end of the run that sent it.
 
 use super::jsonrpc::LineSplitter;
 use super::process::Process;
 use super::registry::ServerSpec;
 use super::supervisor::CircuitBreaker;
+use super::tools::{Flood, Listing, Relist};
 use crate::daemon::ReplyTo;
 use crate::reactor::timer::TimerId;
 use serde_json::{json, Value};
@@ -20,6 +22,34 @@ pub const PROTOCOL_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-2
 const HISTORY: usize = 32;
 const ERRORS: usize = 16;
 const STDERR_TAIL: usize = 20;
+/// Longest reason or error text kept (they may quote what the server sent).
+pub const TEXT_MAX: usize = 1024;
+/// Largest handshake item kept (`serverInfo`, `capabilities`, `instructions`), as JSON.
+pub const HANDSHAKE_ITEM_MAX: usize = 16 * 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
+pub fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let total = text.len();
+        text.truncate(end);
+        text.push_str(&format!("... [{total} bytes]"));
+    }
+    text
+}
+
+/// A handshake value kept only when small: a server may send megabytes there.
+pub fn bounded_value(value: Value) -> Value {
+    let size = super::tools::json_size(&value);
+    if size > HANDSHAKE_ITEM_MAX {
+        json!({"omitted": format!("{size} bytes, more than the {HANDSHAKE_ITEM_MAX} kept")})
+    } else {
+        value
+    }
+}
 
 /// Lifecycle states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +123,7 @@ pub enum Pending {
     /// The handshake.
     Initialize,
     /// A page of `tools/list`; tools gathered so far.
-    ToolsList(Vec<Value>),
+    ToolsList(Listing),
     /// A health ping.
     Ping(Instant),
     /// A tool call for a client.
@@ -140,8 +170,12 @@ pub struct Server {
     pub instructions: Option<String>,
     /// Tools from the last complete listing.
     pub tools: Vec<Value>,
-    /// A re-list was asked for while one was in flight.
-    pub relist_wanted: bool,
+    /// When to list the tools again after `list_changed`.
+    pub relist: Relist,
+    /// Recent `list_changed` notifications (a flood counts as protocol errors).
+    pub list_changed: Flood,
+    /// The current run is being ended for breaking the daemon's bounds.
+    pub misbehaved: bool,
     /// Whether this run completed the handshake.
     pub initialized: bool,
     /// Consecutive failed starts (drives the backoff).
@@ -161,7 +195,7 @@ pub struct Server {
     /// Lines on stdout that were not JSON-RPC.
     pub protocol_errors: u64,
     /// Recent protocol errors (for the "persistent" rule).
-    pub recent_protocol_errors: VecDeque<Instant>,
+    pub recent_protocol_errors: Flood,
     /// Recent errors: (when, what).
     pub last_errors: VecDeque<(SystemTime, String)>,
     /// Last stderr lines.
@@ -202,7 +236,9 @@ impl Server {
             server_capabilities: Value::Null,
             instructions: None,
             tools: Vec::new(),
-            relist_wanted: false,
+            relist: Relist::default(),
+            list_changed: Flood::default(),
+            misbehaved: false,
             initialized: false,
             attempt: 0,
             breaker: CircuitBreaker::default(),
@@ -212,7 +248,7 @@ impl Server {
             ending: None,
             missed_pings: 0,
             protocol_errors: 0,
-            recent_protocol_errors: VecDeque::new(),
+            recent_protocol_errors: Flood::default(),
             last_errors: VecDeque::new(),
             stderr_tail: VecDeque::new(),
             stderr_suppressed: 0,
@@ -236,8 +272,8 @@ impl Server {
         if self.history.len() >= HISTORY {
             self.history.pop_front();
         }
-        self.history
-            .push_back((SystemTime::now(), status, reason.to_string()));
+        let reason = truncate(reason.to_string(), TEXT_MAX);
+        self.history.push_back((SystemTime::now(), status, reason));
         old
     }
 
@@ -246,7 +282,16 @@ impl Server {
         if self.last_errors.len() >= ERRORS {
             self.last_errors.pop_front();
         }
-        self.last_errors.push_back((SystemTime::now(), what));
+        self.last_errors
+            .push_back((SystemTime::now(), truncate(what, TEXT_MAX)));
+    }
+
+    /// Releases what a finished run left behind: capacity of the line buffers and a tool
+    /// list so large it is better rebuilt by the next run than kept.
+    pub fn release_run_memory(&mut self) {
+        self.stdout_lines = LineSplitter::new(1);
+        self.stderr_lines = LineSplitter::new(1);
+        self.pending.shrink_to_fit();
     }
 
     /// Keeps a stderr line in the tail.
@@ -332,5 +377,33 @@ impl Server {
         v["landlock"] = json!(self.landlock);
         v["last_pid"] = json!(self.last_pid);
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_and_handshake_items_are_bounded() {
+        assert_eq!(truncate("short".into(), 10), "short");
+        let cut = truncate("é".repeat(100), 11);
+        assert!(cut.starts_with(&"é".repeat(5)), "{cut}");
+        assert!(cut.ends_with("... [200 bytes]"), "{cut}");
+        let small = json!({"name": "x"});
+        assert_eq!(bounded_value(small.clone()), small);
+        let big = json!({"name": "x".repeat(HANDSHAKE_ITEM_MAX)});
+        assert!(bounded_value(big)["omitted"].is_string());
+        let spec: ServerSpec =
+            serde_json::from_value(json!({"id": "t", "command": "x"})).expect("spec");
+        let mut s = Server::new(spec, Source::Api, 0);
+        for _ in 0..100 {
+            s.note_error("e".repeat(1 << 20));
+            s.set_status(Status::Backoff, &"r".repeat(1 << 20));
+        }
+        assert_eq!(s.last_errors.len(), ERRORS);
+        assert_eq!(s.history.len(), HISTORY);
+        assert!(s.last_errors.iter().all(|(_, e)| e.len() < TEXT_MAX + 32));
+        assert!(s.history.iter().all(|(_, _, r)| r.len() < TEXT_MAX + 32));
     }
 }

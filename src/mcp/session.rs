@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Tool names an `mcp_server_tools_changed` event carries at most (`count` has them all).
+const EVENT_TOOL_NAMES: usize = 100;
+
 impl Mcp {
     /// Writes to a server's stdin; a stuck server's run is ended.
     pub(super) fn send(&mut self, id: &str, bytes: &[u8]) {
@@ -54,6 +57,14 @@ impl Mcp {
         pipe: Pipe,
         out: &mut Vec<Output>,
     ) {
+        let open = self
+            .servers
+            .get(id)
+            .and_then(|s| s.process.as_ref())
+            .is_some_and(|p| p.is_open(pipe));
+        if !open {
+            return;
+        }
         let mut buf = vec![0u8; 64 * 1024];
         let mut lines = Vec::new();
         loop {
@@ -64,8 +75,17 @@ impl Mcp {
                 return;
             };
             let n = match p.read_chunk(pipe, cx.registry, &mut buf) {
-                Chunk::Data(n) => n,
-                Chunk::Empty | Chunk::Eof => return,
+                Chunk::Data(n) => {
+                    self.read_since_trim = self.read_since_trim.saturating_add(n);
+                    n
+                }
+                Chunk::Empty => return,
+                Chunk::Eof => {
+                    if pipe == Pipe::Stdout {
+                        self.on_stdout_eof(cx, id, out);
+                    }
+                    return;
+                }
             };
             let splitter = if pipe == Pipe::Stdout {
                 &mut server.stdout_lines
@@ -119,7 +139,7 @@ impl Mcp {
         let max = self.settings.config.max_line_bytes;
         let bytes = match line {
             Line::TooLong { len } => {
-                self.kill_run(
+                self.kill_misbehaving(
                     id,
                     format!("stdout line of more than {max} bytes (saw {len})"),
                 );
@@ -130,37 +150,43 @@ impl Mcp {
         };
         match jsonrpc::parse(&bytes) {
             Ok(messages) => {
+                // The raw line is not needed once parsed: a tool result of megabytes is held
+                // once (as the parsed value), not twice while it is answered.
+                drop(bytes);
                 for m in messages {
                     self.on_message(cx, id, m, out);
                 }
             }
             Err(e) => {
-                let Some(server) = self.servers.get_mut(id) else {
-                    return;
-                };
-                server.protocol_errors += 1;
-                let now = Instant::now();
-                server.recent_protocol_errors.push_back(now);
-                while server
-                    .recent_protocol_errors
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
-                {
-                    server.recent_protocol_errors.pop_front();
-                }
-                let shown: String =
-                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+                let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
                 let what = format!("protocol error: {e}: {shown}");
-                if server.protocol_errors <= 10 {
-                    log::warn!("MCP server {id}: {what}");
-                } else {
-                    log::debug!("MCP server {id}: {what}");
-                }
-                server.note_error(what);
-                if server.recent_protocol_errors.len() > PERSISTENT_PROTOCOL_ERRORS {
-                    self.kill_run(id, format!("more than {PERSISTENT_PROTOCOL_ERRORS} protocol errors within a minute"));
-                }
+                drop(bytes);
+                self.protocol_error(id, what);
             }
+        }
+    }
+
+    /// Counts a protocol error; more than [`PERSISTENT_PROTOCOL_ERRORS`] within a minute end
+    /// the run as misbehaviour.
+    pub(super) fn protocol_error(&mut self, id: &str, what: String) {
+        let Some(server) = self.servers.get_mut(id) else {
+            return;
+        };
+        server.protocol_errors += 1;
+        let persistent = server
+            .recent_protocol_errors
+            .hit(Instant::now(), PERSISTENT_PROTOCOL_ERRORS);
+        if server.protocol_errors <= 10 {
+            log::warn!("MCP server {id}: {what}");
+        } else {
+            log::debug!("MCP server {id}: {what}");
+        }
+        server.note_error(what);
+        if persistent && server.ending.is_none() {
+            self.kill_misbehaving(
+                id,
+                format!("more than {PERSISTENT_PROTOCOL_ERRORS} protocol errors within a minute"),
+            );
         }
     }
 
@@ -180,6 +206,7 @@ impl Mcp {
                 match pending {
                     Some(p) => self.on_response(cx, id, p, result, out),
                     None => {
+                        let rpc = truncate(rpc.to_string(), 64);
                         log::debug!("MCP server {id}: dropped a late or unknown response {rpc}")
                     }
                 }
@@ -193,28 +220,30 @@ impl Mcp {
                     jsonrpc::error_response(
                         &rpc,
                         -32601,
-                        &format!("method not found: {method} (vsm-daemon declares no client capabilities)"),
+                        &format!(
+                            "method not found: {} (vsm-daemon declares no client capabilities)",
+                            truncate(method, 128)
+                        ),
                     )
                 };
                 self.send(id, &answer);
             }
             Message::Notification { method, params } => match method.as_str() {
-                "notifications/tools/list_changed" => self.relist(id),
-                "notifications/progress" => out.push(Output::Event(
-                    "mcp_servers",
-                    "mcp_tool_progress",
-                    json!({
-                        "server_id": id,
-                        "progress_token": params["progressToken"],
-                        "progress": params["progress"],
-                        "total": params["total"],
-                        "message": params["message"],
-                    }),
-                )),
-                "notifications/message" => {
-                    log::info!(target: "mcp", "[{id}] {}: {}", params["level"].as_str().unwrap_or("info"), params["data"]);
+                "notifications/tools/list_changed" => self.on_list_changed(cx, id),
+                "notifications/progress" => {
+                    if let Some(event) = self.progress_event(id, &params) {
+                        out.push(Output::Event("mcp_servers", "mcp_tool_progress", event));
+                    }
                 }
-                _ => log::debug!("MCP server {id}: notification {method}"),
+                "notifications/message" => {
+                    let level = params["level"].as_str().unwrap_or("info");
+                    let data = super::server::truncate(params["data"].to_string(), STDERR_LINE_MAX);
+                    log::info!(target: "mcp", "[{id}] {}: {data}", level.chars().take(16).collect::<String>());
+                }
+                _ => {
+                    let method = truncate(method, 128);
+                    log::debug!("MCP server {id}: notification {method}")
+                }
             },
         }
     }
@@ -242,9 +271,12 @@ impl Mcp {
                         return;
                     };
                     server.protocol_version = Some(version.clone());
-                    server.server_info = v["serverInfo"].clone();
-                    server.server_capabilities = v["capabilities"].clone();
-                    server.instructions = v["instructions"].as_str().map(str::to_string);
+                    let mut v = v;
+                    server.server_info = bounded_value(v["serverInfo"].take());
+                    server.server_capabilities = bounded_value(v["capabilities"].take());
+                    server.instructions = v["instructions"]
+                        .as_str()
+                        .map(|t| truncate(t.to_string(), HANDSHAKE_ITEM_MAX));
                     let initialized =
                         jsonrpc::notification("notifications/initialized", Value::Null);
                     self.send(id, &initialized);
@@ -254,30 +286,38 @@ impl Mcp {
                         &format!("protocol {version}"),
                         out,
                     );
-                    self.list_tools(id, None, Vec::new());
+                    self.start_listing(id);
                 }
                 Err(e) => {
                     self.kill_run(id, format!("initialize failed: {} ({})", e.message, e.code))
                 }
             },
-            Pending::ToolsList(mut acc) => {
+            Pending::ToolsList(mut listing) => {
                 match result {
-                    Ok(v) => {
-                        acc.extend(v["tools"].as_array().cloned().unwrap_or_default());
+                    Ok(mut v) => {
+                        let page = tools::take_page(&mut v);
+                        let limits = tools::Limits {
+                            max_bytes: self.settings.config.max_tool_list_bytes,
+                            max_tools: self.settings.config.max_tools,
+                        };
+                        if let Err(why) = listing.add_page(page, limits) {
+                            drop(listing);
+                            self.kill_misbehaving(id, why);
+                            return;
+                        }
                         if let Some(cursor) = v["nextCursor"].as_str().filter(|c| !c.is_empty()) {
-                            if acc.len() > 10_000 {
-                                self.kill_run(id, "more than 10000 tools listed".into());
-                            } else {
-                                let cursor = cursor.to_string();
-                                self.list_tools(id, Some(cursor), acc);
-                            }
+                            let cursor = cursor.to_string();
+                            self.list_tools(id, Some(cursor), listing);
                             return;
                         }
                     }
                     // A server without tools may refuse tools/list: it simply has none.
-                    Err(e) => log::debug!("MCP server {id}: tools/list failed: {}", e.message),
+                    Err(e) => {
+                        let why = truncate(e.message, server::TEXT_MAX);
+                        log::debug!("MCP server {id}: tools/list failed: {why}")
+                    }
                 }
-                self.finish_listing(cx, id, acc, out);
+                self.finish_listing(cx, id, listing.into_tools(), out);
             }
             Pending::Ping(_) => {
                 let Some(server) = self.servers.get_mut(id) else {
@@ -338,12 +378,21 @@ impl Mcp {
         }
     }
 
-    pub(super) fn list_tools(&mut self, id: &str, cursor: Option<String>, acc: Vec<Value>) {
+    /// Starts a listing from the first page.
+    pub(super) fn start_listing(&mut self, id: &str) {
+        let Some(server) = self.servers.get_mut(id) else {
+            return;
+        };
+        server.relist.started(Instant::now());
+        self.list_tools(id, None, tools::Listing::default());
+    }
+
+    pub(super) fn list_tools(&mut self, id: &str, cursor: Option<String>, listing: tools::Listing) {
         let Some(server) = self.servers.get_mut(id) else {
             return;
         };
         let rpc = server.take_id();
-        server.pending.insert(rpc, Pending::ToolsList(acc));
+        server.pending.insert(rpc, Pending::ToolsList(listing));
         let params = match cursor {
             Some(c) => json!({"cursor": c}),
             None => json!({}),
@@ -352,18 +401,54 @@ impl Mcp {
         self.send(id, &bytes);
     }
 
-    pub(super) fn relist(&mut self, id: &str) {
+    /// `notifications/tools/list_changed`: list again, coalesced and rate-limited; a flood
+    /// counts as protocol errors.
+    pub(super) fn on_list_changed(&mut self, cx: &mut Cx<'_, Timer>, id: &str) {
         let Some(server) = self.servers.get_mut(id) else {
             return;
         };
-        if server
-            .pending
-            .values()
-            .any(|p| matches!(p, Pending::ToolsList(_)))
-        {
-            server.relist_wanted = true;
-        } else if matches!(server.status, Status::Active | Status::Degraded) {
-            self.list_tools(id, None, Vec::new());
+        let now = Instant::now();
+        if server.list_changed.hit(now, tools::LIST_CHANGED_PER_MINUTE) {
+            let what = format!(
+                "protocol error: more than {} notifications/tools/list_changed within a minute",
+                tools::LIST_CHANGED_PER_MINUTE
+            );
+            self.protocol_error(id, what);
+            return;
+        }
+        if !matches!(
+            server.status,
+            Status::Initializing | Status::Active | Status::Degraded
+        ) {
+            return;
+        }
+        let next = server.relist.changed(now);
+        self.relist_next(cx, id, next);
+    }
+
+    /// Carries out what [`tools::Relist`] decided.
+    pub(super) fn relist_next(&mut self, cx: &mut Cx<'_, Timer>, id: &str, next: tools::Next) {
+        let Some(server) = self.servers.get_mut(id) else {
+            return;
+        };
+        match next {
+            tools::Next::Nothing => {}
+            tools::Next::ListNow => {
+                if server.status.serves() {
+                    self.start_listing(id);
+                }
+            }
+            tools::Next::WaitUntil(at) => {
+                let (slot, run) = (server.slot, server.run);
+                cx.timers.insert(
+                    at,
+                    Timer::Mcp(McpTimer {
+                        slot,
+                        run,
+                        kind: TimerKind::Relist,
+                    }),
+                );
+            }
         }
     }
 
@@ -393,18 +478,52 @@ impl Mcp {
             );
         } else if changed {
             log::info!("MCP server {id}: tool list changed ({count} tools)");
+            // Events are kept in the history: name a bounded number of tools, briefly.
+            let names: Vec<String> = self.servers[id]
+                .tool_names()
+                .iter()
+                .take(EVENT_TOOL_NAMES)
+                .map(|n| truncate(n.to_string(), 128))
+                .collect();
             out.push(Output::Event(
                 "mcp_servers",
                 "mcp_server_tools_changed",
-                json!({"server_id": id, "tools": self.servers[id].tool_names()}),
+                json!({"server_id": id, "tools": names, "count": count}),
             ));
         }
         let Some(server) = self.servers.get_mut(id) else {
             return;
         };
-        if std::mem::take(&mut server.relist_wanted) {
-            self.list_tools(id, None, Vec::new());
+        let next = server.relist.finished(Instant::now());
+        self.relist_next(cx, id, next);
+    }
+
+    /// A `notifications/progress` as an event, when it is about one of our calls in flight
+    /// (its token is ours); its free-text parts are bounded.
+    fn progress_event(&self, id: &str, params: &Value) -> Option<Value> {
+        let server = self.servers.get(id)?;
+        let token = params["progressToken"].as_str()?;
+        let rpc: u64 = token.strip_prefix(id)?.strip_prefix(':')?.parse().ok()?;
+        if !matches!(server.pending.get(&rpc), Some(Pending::Call { .. })) {
+            return None;
         }
+        let number = |v: &Value| {
+            if v.is_number() {
+                v.clone()
+            } else {
+                Value::Null
+            }
+        };
+        let message = params["message"]
+            .as_str()
+            .map(|m| truncate(m.to_string(), STDERR_LINE_MAX));
+        Some(json!({
+            "server_id": id,
+            "progress_token": token,
+            "progress": number(&params["progress"]),
+            "total": number(&params["total"]),
+            "message": message,
+        }))
     }
 
     /// Forwards a tool call; the answer arrives later as an [`Output::Reply`].
@@ -423,6 +542,12 @@ impl Mcp {
         let max_in_flight = self.settings.config.max_in_flight_calls as usize;
         let default_timeout = self.settings.config.call_timeout_ms;
         let server = self.servers.get_mut(id).ok_or_else(|| not_found(id))?;
+        if let Some(why) = &server.ending {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("MCP server '{id}' is ending its run: {why}"),
+            ));
+        }
         if !server.status.serves() {
             return Err(ApiError::new(
                 ErrorCode::Conflict,

@@ -5,6 +5,9 @@
 //! `initialize`; backoff doubles from `initial` to `max` with ±20 % jitter and resets after
 //! `reset_after` of stable running; `max_failures` failed starts within `window` open the
 //! circuit (state `failed`, no automatic restarts) until an operator starts or resets it.
+//! A run the daemon ended because the server broke its bounds (a tool list over the cap, a
+//! flood of protocol errors, an over-long line) counts as a failed start however long it ran:
+//! otherwise a server that misbehaves a second after every good start would loop forever.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -103,6 +106,8 @@ pub struct RunEnd {
     pub initialized: bool,
     /// Whether an operator asked for the stop.
     pub requested: bool,
+    /// Whether the daemon ended it for breaking its bounds (counts as a failed start).
+    pub misbehaved: bool,
 }
 
 /// What to do after a run ended.
@@ -129,7 +134,7 @@ pub fn after_run(
     if end.requested {
         return (Decision::StayStopped, attempt);
     }
-    let good_start = end.initialized && end.uptime >= policy.min_uptime;
+    let good_start = end.initialized && end.uptime >= policy.min_uptime && !end.misbehaved;
     if good_start && end.uptime >= policy.reset_after {
         // It ran stably: a crash now is a fresh incident.
         breaker.reset();
@@ -201,14 +206,16 @@ mod tests {
         }
     }
 
-    /// (uptime s, initialized, requested, attempt) -> expected decision.
+    /// (uptime s, initialized, requested, misbehaved, attempt) -> expected decision.
     #[test]
     fn decision_table() {
         let now = Instant::now();
-        let table: &[(u64, bool, bool, u32, Decision, u32)] = &[
-            (0, false, true, 2, Decision::StayStopped, 2),
+        let table: &[(u64, bool, bool, bool, u32, Decision, u32)] = &[
+            (0, false, true, false, 2, Decision::StayStopped, 2),
+            (0, false, true, true, 2, Decision::StayStopped, 2),
             (
                 0,
+                false,
                 false,
                 false,
                 0,
@@ -217,6 +224,7 @@ mod tests {
             ),
             (
                 0,
+                false,
                 false,
                 false,
                 2,
@@ -227,6 +235,7 @@ mod tests {
                 5,
                 true,
                 false,
+                false,
                 2,
                 Decision::RestartAfter(Duration::from_secs(4)),
                 3,
@@ -235,22 +244,40 @@ mod tests {
                 700,
                 true,
                 false,
+                false,
                 6,
                 Decision::RestartAfter(Duration::from_secs(1)),
                 1,
             ),
+            // A good run ended for misbehaviour is a failed start (the breaker counts it).
+            (
+                5,
+                true,
+                false,
+                true,
+                2,
+                Decision::RestartAfter(Duration::from_secs(4)),
+                3,
+            ),
         ];
-        for &(up, init, req, attempt, want, want_attempt) in table {
+        for &(up, init, req, bad, attempt, want, want_attempt) in table {
             let mut b = CircuitBreaker::default();
             let end = RunEnd {
                 uptime: Duration::from_secs(up),
                 initialized: init,
                 requested: req,
+                misbehaved: bad,
             };
             assert_eq!(
                 after_run(end, attempt, &mut b, &P, now, 0.5),
                 (want, want_attempt),
-                "{up} {init} {req} {attempt}"
+                "{up} {init} {req} {bad} {attempt}"
+            );
+            let failed = !req && (bad || !init || up < 1);
+            assert_eq!(
+                b.recent_failures(),
+                usize::from(failed),
+                "{up} {init} {req} {bad}"
             );
         }
     }
@@ -263,6 +290,7 @@ mod tests {
             uptime: Duration::ZERO,
             initialized: false,
             requested: false,
+            misbehaved: false,
         };
         let mut attempt = 0;
         let mut decisions = Vec::new();
@@ -281,5 +309,19 @@ mod tests {
         for i in 0..20 {
             assert!(!b.record_failure(t0 + Duration::from_secs(i * 200), &P));
         }
+        // Misbehaving after a complete handshake, five times in a row, opens it too.
+        let mut b = CircuitBreaker::default();
+        let bad = RunEnd {
+            uptime: Duration::from_secs(30),
+            initialized: true,
+            requested: false,
+            misbehaved: true,
+        };
+        let mut attempt = 0;
+        let mut last = Decision::StayStopped;
+        for i in 0..5 {
+            (last, attempt) = after_run(bad, attempt, &mut b, &P, t0 + Duration::from_secs(i), 0.5);
+        }
+        assert_eq!(last, Decision::Fail);
     }
 }

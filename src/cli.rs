@@ -1079,7 +1079,7 @@ fn human(command: &Command, data: &Value) -> String {
             }
             let _ = writeln!(
                 out,
-                "{:<10} http://{} (auth: {})",
+                "{:<10} http://{} (bearer token: {}; `vsm-daemon token` shows it)",
                 "api",
                 text(&d["http_listen"]),
                 text(&d["auth"])

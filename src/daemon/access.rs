@@ -118,6 +118,27 @@ impl Daemon {
         Err(refusal_error(Refusal::MediaType))
     }
 
+    /// Refuses the control-socket-only routes (the token routes) to TCP callers, even those
+    /// that sent a valid token: a leaked token must not hand out its successor.
+    pub(super) fn check_not_control_socket_only(
+        &mut self,
+        resolved: Option<&routes::Resolved>,
+    ) -> Result<(), ApiError> {
+        let Some(pattern) = resolved
+            .map(|r| r.pattern)
+            .filter(|p| routes::control_socket_only(p))
+        else {
+            return Ok(());
+        };
+        self.log_refusal("control_socket_only", || {
+            format!("refused a request for {pattern} over TCP (control socket only)")
+        });
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "the API token is only available on the control socket: run `vsm-daemon token`",
+        ))
+    }
+
     /// `GET /api/v1/auth/token` and `POST /api/v1/auth/token/rotate` (the router lets them
     /// through on the control socket only).
     pub(super) fn auth_token(&mut self, rotate: bool) -> Answer {
@@ -266,16 +287,9 @@ impl Daemon {
                     self.answer(cx, reply, Err(e));
                     return;
                 }
-                if routes::resolve(&request.path)
-                    .is_some_and(|r| routes::control_socket_only(r.pattern))
+                if let Err(e) =
+                    self.check_not_control_socket_only(routes::resolve(&request.path).as_ref())
                 {
-                    self.log_refusal("control_socket_only", || {
-                        "refused a token request over the WebSocket (control socket only)".into()
-                    });
-                    let e = ApiError::new(
-                        ErrorCode::Forbidden,
-                        "the API token is only available on the control socket",
-                    );
                     self.answer(cx, reply, Err(e));
                     return;
                 }

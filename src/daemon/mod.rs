@@ -804,23 +804,11 @@ impl Daemon {
             self.answer_with(cx, reply, Err(e), header, false);
             return;
         }
-        if peer.via == net::Via::Tcp
-            && resolved
-                .as_ref()
-                .is_some_and(|r| routes::control_socket_only(r.pattern))
-        {
-            self.log_refusal("control_socket_only", || {
-                format!(
-                    "refused a request for {} over TCP (control socket only)",
-                    request.path
-                )
-            });
-            let e = ApiError::new(
-                ErrorCode::Forbidden,
-                "the API token is only available on the control socket: run `vsm-daemon token`",
-            );
-            self.answer_with(cx, reply, Err(e), None, false);
-            return;
+        if peer.via == net::Via::Tcp {
+            if let Err(e) = self.check_not_control_socket_only(resolved.as_ref()) {
+                self.answer_with(cx, reply, Err(e), None, false);
+                return;
+            }
         }
         if request.path == "/ws/monitor" {
             self.upgrade_ws(cx, conn, seq, &request, reply);

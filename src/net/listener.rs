@@ -329,8 +329,8 @@ impl TcpAccess {
         {
             return Err(Refusal::CrossSite);
         }
-        let exempt =
-            request.method == "GET" && request.path.trim_end_matches('/') == "/api/v1/health";
+        let exempt = matches!(request.method.as_str(), "GET" | "HEAD")
+            && request.path.trim_end_matches('/') == "/api/v1/health";
         let query_token = (request.path == "/ws/monitor")
             .then(|| {
                 request

@@ -1220,7 +1220,8 @@ fn main() -> ExitCode {
     sections.table.print();
     println!();
     println!(
-        "note: wrk runs `wrk {} URL`; server CPU is utime+stime of the server's processes over \
+        "note: wrk runs `wrk {} -H 'Authorization: Bearer TOKEN' URL` (nginx gets the same \
+         header, so both parse the same request); server CPU is utime+stime of the server's processes over \
          the run (1.00 = one core), wrk CPU its own rusage",
         WRK_ARGS.join(" ")
     );

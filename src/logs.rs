@@ -278,7 +278,8 @@ pub struct Admission {
 }
 
 /// At most `per_window` log lines per kind of message per `window`; the rest are counted and
-/// reported as one line when the next message of that kind arrives after the window. A flood of
+/// reported as one line when the next message of that kind arrives after the window, or when
+/// the owner calls [`LogThrottle::take_expired`] (so a flood that stops is still reported). A flood of
 /// refused requests thus costs a bounded number of lines (at most `per_window + 1` per kind per
 /// window) however fast it comes. Pure: the caller passes the time, so tests need no clock.
 #[derive(Debug, Clone)]
@@ -338,9 +339,47 @@ impl LogThrottle {
     }
 }
 
+impl LogThrottle {
+    /// Kinds whose window has ended with suppressed messages, and how many; their counts are
+    /// reset (each suppressed message is reported once, here or by [`LogThrottle::admit`]).
+    pub fn take_expired(&mut self, now: std::time::Instant) -> Vec<(&'static str, u64)> {
+        let window = self.window;
+        self.kinds
+            .iter_mut()
+            .filter(|w| w.suppressed > 0 && now.saturating_duration_since(w.start) >= window)
+            .map(|w| (w.kind, std::mem::take(&mut w.suppressed)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_that_stops_is_reported_by_take_expired() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let mut t = LogThrottle::new(Duration::from_secs(10), 1);
+        for _ in 0..5 {
+            t.admit("origin", t0);
+        }
+        assert!(t.take_expired(t0 + Duration::from_secs(9)).is_empty());
+        assert_eq!(
+            t.take_expired(t0 + Duration::from_secs(10)),
+            vec![("origin", 4)]
+        );
+        assert!(t.take_expired(t0 + Duration::from_secs(20)).is_empty());
+        // Reported once: the next admission does not repeat it.
+        let a = t.admit("origin", t0 + Duration::from_secs(30));
+        assert_eq!(
+            a,
+            Admission {
+                log: true,
+                suppressed: 0
+            }
+        );
+    }
 
     #[test]
     fn throttle_bounds_lines_per_kind_and_reports_the_rest() {

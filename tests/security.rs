@@ -478,7 +478,11 @@ fn websocket_origin_must_carry_our_port() {
 
 #[test]
 fn refused_requests_are_logged_rate_limited() {
-    let d = Daemon::start();
+    // A health tick every second reports floods that stopped.
+    let d = Daemon::start_with(Setup {
+        config: Some("[monitoring]\nhealth_check_interval_ms = 1000\n".into()),
+        ..Setup::default()
+    });
     let mut s = TcpStream::connect(addr(&d)).expect("connect");
     s.set_read_timeout(Some(PATIENCE)).expect("timeout");
     let ask = b"GET /api/v1/status HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer wrong-wrong-wrong-wrong\r\n\r\n";
@@ -501,4 +505,30 @@ fn refused_requests_are_logged_rate_limited() {
     assert!(lines >= 1, "{log}");
     assert!(lines <= 60, "{lines} refusal lines for 2000 requests");
     assert!(log.len() < 200 * 1024, "{} bytes of log", log.len());
+    // Every refusal is either logged or counted in a "suppressed K" line, once the window ends.
+    let accounted = |log: &str| {
+        let summarised: u64 = log
+            .lines()
+            .filter(|l| l.contains("(refused: token)"))
+            .filter_map(|l| {
+                l.split("suppressed ")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        let logged = log
+            .lines()
+            .filter(|l| l.contains("refused an unauthenticated request"))
+            .count() as u64;
+        logged + summarised
+    };
+    wait_until(
+        "the suppressed refusals to be summarised",
+        || d.stderr(),
+        |log| accounted(log) == 2000,
+        |log| format!("accounted for {} of 2000:\n{log}", accounted(log)),
+    );
 }

@@ -59,13 +59,24 @@ impl Daemon {
         let admission = self.refusal_log.admit(reason, Instant::now());
         if admission.suppressed > 0 {
             log::warn!(
-                "suppressed {} similar messages (refused: {reason}) in the last {} s",
+                "suppressed {} similar messages (refused: {reason}) in a {} s window",
                 admission.suppressed,
                 REFUSAL_LOG_WINDOW.as_secs()
             );
         }
         if admission.log {
             log::warn!("{}", line());
+        }
+    }
+
+    /// Logs the "suppressed" summary of refusal floods that have stopped (called from the
+    /// periodic health tick, so it costs nothing while idle).
+    pub(super) fn flush_refusal_log(&mut self) {
+        for (reason, n) in self.refusal_log.take_expired(Instant::now()) {
+            log::warn!(
+                "suppressed {n} similar messages (refused: {reason}) in a {} s window",
+                REFUSAL_LOG_WINDOW.as_secs()
+            );
         }
     }
 

@@ -1442,6 +1442,7 @@ impl Handler for Daemon {
                     Some(cx.timers.insert(Instant::now() + every, Timer::HealthCheck));
                 self.start_health_round(cx, None);
                 self.mcp.ping_all(&mut self.outputs);
+                self.flush_refusal_log();
             }
             Timer::Mcp(t) => self.mcp.on_timer(cx, t, &mut self.outputs),
             Timer::Watchdog => {

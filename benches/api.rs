@@ -24,8 +24,8 @@ mod common;
 
 use common::{
     child_pids, cpu_ticks, cpus, envelope, find_tool, fmt_kb, kernel, open_fds, percentile,
-    rollup_kb, tcp, ticks_per_sec, unix, us, utc_now, vm_rss_kb, wait_for, Binaries, DaemonGuard,
-    DaemonSetup, Fixtures, Http, Result, Row, Sections, TempDir, DEADLINE,
+    rollup_kb, tcp, tcp_as, ticks_per_sec, unix, us, utc_now, vm_rss_kb, wait_for, Binaries,
+    DaemonGuard, DaemonSetup, Fixtures, Http, Result, Row, Sections, TempDir, DEADLINE,
 };
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -398,7 +398,7 @@ fn parse_wrk(out: &str) -> Result<Wrk> {
 
 /// Runs `wrk -t2 -c64 -d10s --latency URL` (bounded) and parses its report; `server` lists
 /// the processes whose CPU time is counted as the server's.
-fn run_wrk(wrk: &Path, url: &str, server: &dyn Fn() -> Vec<u32>) -> Result<Wrk> {
+fn run_wrk(wrk: &Path, url: &str, header: &str, server: &dyn Fn() -> Vec<u32>) -> Result<Wrk> {
     let pids = server();
     let ticks = |pids: &[u32]| pids.iter().filter_map(|&p| cpu_ticks(p)).sum::<u64>();
     let cpu0 = ticks(&pids);
@@ -406,6 +406,8 @@ fn run_wrk(wrk: &Path, url: &str, server: &dyn Fn() -> Vec<u32>) -> Result<Wrk> 
     let t0 = Instant::now();
     let mut child = Command::new(wrk)
         .args(WRK_ARGS)
+        .arg("-H")
+        .arg(header)
         .arg(url)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -497,15 +499,21 @@ fn measure_throughput(
     let pid = daemon.pid();
     // What one answer costs on the wire, for context.
     let sizes = {
-        let mut http = tcp(addr)?;
+        let mut http = tcp_as(addr, &daemon.token)?;
         let health = http.request("GET", "/api/v1/health", None)?;
         let status = http.request("GET", "/api/v1/status", None)?;
         (health.wire, status.wire)
     };
     let daemon_pids = move || vec![pid];
-    let health = run_wrk(wrk, &format!("http://{addr}/api/v1/health"), &daemon_pids)?;
+    let auth = format!("Authorization: Bearer {}", daemon.token);
+    let health = run_wrk(
+        wrk,
+        &format!("http://{addr}/api/v1/health"),
+        &auth,
+        &daemon_pids,
+    )?;
     // What one health round looked like right after the load (the worker's fsync probe).
-    let round = tcp(addr)?.get("/api/v1/health")?;
+    let round = tcp_as(addr, &daemon.token)?.get("/api/v1/health")?;
     let round = format!(
         "worker {}; state {}",
         round["components"]["worker"]["message"]
@@ -515,7 +523,12 @@ fn measure_throughput(
             .as_str()
             .unwrap_or("?")
     );
-    let status = run_wrk(wrk, &format!("http://{addr}/api/v1/status"), &daemon_pids)?;
+    let status = run_wrk(
+        wrk,
+        &format!("http://{addr}/api/v1/status"),
+        &auth,
+        &daemon_pids,
+    )?;
     let mut daemon = daemon;
     daemon.check_alive()?;
     let rss = vm_rss_kb(pid).unwrap_or(0);
@@ -564,7 +577,7 @@ fn measure_throughput(
     };
     let mut n2 = Nginx::start(nginx_bin, 2)?;
     let n2_pids = n2.pids();
-    let nginx2 = run_wrk(wrk, &n2.url(), &move || n2_pids.clone())?;
+    let nginx2 = run_wrk(wrk, &n2.url(), &auth, &move || n2_pids.clone())?;
     let nginx_wire = tcp(SocketAddr::from(([127, 0, 0, 1], n2.port)))?
         .request("GET", &format!("/{STATIC_FILE}"), None)?
         .wire;
@@ -572,7 +585,7 @@ fn measure_throughput(
     drop(n2);
     let mut n1 = Nginx::start(nginx_bin, 1)?;
     let n1_pids = n1.pids();
-    let nginx1 = run_wrk(wrk, &n1.url(), &move || n1_pids.clone())?;
+    let nginx1 = run_wrk(wrk, &n1.url(), &auth, &move || n1_pids.clone())?;
     n1.stop();
     let workers = n1.workers;
     drop(n1);
@@ -632,7 +645,7 @@ fn measure_idle_conns(bin: &Path, notes: &mut Vec<String>) -> Result<Vec<Row>> {
     let fds0 = open_fds(pid).unwrap_or(0);
     let mut conns = Vec::with_capacity(IDLE_CONNS);
     for _ in 0..IDLE_CONNS {
-        conns.push(tcp(addr)?);
+        conns.push(tcp_as(addr, &daemon.token)?);
     }
     for c in &mut conns {
         let req = c.build("GET", "/api/v1/status", None);
@@ -706,7 +719,7 @@ enum FromReader {
 }
 
 /// One client: TCP connect, WebSocket handshake, the hello, subscribe, the reply.
-fn ws_subscriber(addr: SocketAddr) -> Result<WebSocket<TcpStream>> {
+fn ws_subscriber(addr: SocketAddr, token: &str) -> Result<WebSocket<TcpStream>> {
     let stream =
         TcpStream::connect_timeout(&addr, DEADLINE).map_err(|e| format!("connect: {e}"))?;
     stream
@@ -714,7 +727,7 @@ fn ws_subscriber(addr: SocketAddr) -> Result<WebSocket<TcpStream>> {
         .and_then(|()| stream.set_write_timeout(Some(DEADLINE)))
         .and_then(|()| stream.set_nodelay(true))
         .map_err(|e| format!("socket options: {e}"))?;
-    let (mut ws, _) = tungstenite::client(format!("ws://{addr}/ws/monitor"), stream)
+    let (mut ws, _) = tungstenite::client(format!("ws://{addr}/ws/monitor?token={token}"), stream)
         .map_err(|e| format!("WebSocket handshake: {e}"))?;
     let next_text = |ws: &mut WebSocket<TcpStream>| -> Result<Value> {
         loop {
@@ -856,7 +869,10 @@ fn measure_fanout(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<V
     let t_setup = Instant::now();
     let mut clients = Vec::with_capacity(WS_CLIENTS);
     for i in 0..WS_CLIENTS {
-        clients.push(ws_subscriber(addr).map_err(|e| daemon.failure(&format!("client {i}: {e}")))?);
+        clients.push(
+            ws_subscriber(addr, &daemon.token)
+                .map_err(|e| daemon.failure(&format!("client {i}: {e}")))?,
+        );
     }
     let setup = t_setup.elapsed();
     std::thread::sleep(Duration::from_millis(300));
@@ -882,7 +898,7 @@ fn measure_fanout(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<V
     drop(tx);
     let threads = senders.len();
 
-    let mut trigger = tcp(addr)?;
+    let mut trigger = tcp_as(addr, &daemon.token)?;
     trigger.get("/api/v1/status")?;
     struct Round {
         all: Vec<Duration>,
@@ -1090,7 +1106,7 @@ fn tool_call<S: Read + Write>(http: &mut Http<S>, request: &[u8]) -> Result<Dura
 fn measure_tool_calls(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<Vec<Row>> {
     let (mut daemon, addr) = start_daemon(bin, QUIET, "tool-calls")?;
     let mut ux = unix(&daemon.socket)?;
-    let mut tc = tcp(addr)?;
+    let mut tc = tcp_as(addr, &daemon.token)?;
     ux.post("/api/v1/mcp/servers", &f.spec("fx", json!({})))?;
     wait_for("fx active", DEADLINE, Duration::from_millis(10), || {
         let s = ux.get("/api/v1/mcp/servers/fx")?;
@@ -1204,7 +1220,8 @@ fn main() -> ExitCode {
     sections.table.print();
     println!();
     println!(
-        "note: wrk runs `wrk {} URL`; server CPU is utime+stime of the server's processes over \
+        "note: wrk runs `wrk {} -H 'Authorization: Bearer TOKEN' URL` (nginx gets the same \
+         header, so both parse the same request); server CPU is utime+stime of the server's processes over \
          the run (1.00 = one core), wrk CPU its own rusage",
         WRK_ARGS.join(" ")
     );

@@ -126,6 +126,10 @@ pub enum Request {
     Prometheus,
     /// The OpenAPI document (not wrapped in the envelope).
     OpenApi,
+    /// The TCP API token in effect and where it comes from (control socket only).
+    AuthToken,
+    /// Replace the generated TCP API token (control socket only).
+    AuthTokenRotate,
     /// Call a tool.
     McpCall {
         /// Server id.
@@ -199,6 +203,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// Body without Content-Length (chunked uploads are not accepted).
     LengthRequired,
+    /// A body (or, over TCP, a state-changing request) not declared `application/json`.
+    UnsupportedMediaType,
     /// Unknown component name.
     ComponentNotFound,
     /// A configuration change or file was refused.
@@ -245,6 +251,7 @@ impl ErrorCode {
             ErrorCode::HeaderTooLarge => "header_too_large",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::LengthRequired => "length_required",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::ComponentNotFound => "component_not_found",
             ErrorCode::ConfigInvalid => "config_invalid",
             ErrorCode::ConfigKeyNotFound => "config_key_not_found",
@@ -282,6 +289,7 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::LengthRequired => 411,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::HeaderTooLarge => 431,
             ErrorCode::Internal => 500,
             ErrorCode::Unhealthy | ErrorCode::Busy | ErrorCode::ShuttingDown => 503,

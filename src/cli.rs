@@ -98,6 +98,11 @@ pub enum Command {
         /// Graceful (default) or immediate.
         graceful: bool,
     },
+    /// Show the TCP API token (`token`), or replace the generated one (`token rotate`).
+    Token {
+        /// `token rotate`.
+        rotate: bool,
+    },
     /// Register an MCP server (the spec as sent to the API).
     McpRegister {
         /// Server spec.
@@ -286,6 +291,8 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         ["diagnostics", ..] => return Err(UsageError("use: diagnostics run [--full]".into())),
         ["restart", rest @ ..] => ("restart", &["service"], rest),
         ["stop", rest @ ..] => ("stop", &["graceful", "now"], rest),
+        ["token", "rotate", rest @ ..] => ("token rotate", &[], rest),
+        ["token", rest @ ..] => ("token", &[], rest),
         ["mcp", "register", rest @ ..] => ("mcp register", MCP_REGISTER_OPTIONS, rest),
         ["mcp", "list", rest @ ..] => ("mcp list", &["status"], rest),
         ["mcp", "call", rest @ ..] => ("mcp call", &["timeout-ms"], rest),
@@ -406,6 +413,12 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
             no_args(args)?;
             Command::Restart {
                 service: value("service"),
+            }
+        }
+        "token" | "token rotate" => {
+            no_args(args)?;
+            Command::Token {
+                rotate: name == "token rotate",
             }
         }
         "stop" => {
@@ -585,6 +598,12 @@ pub fn help(command: Option<&str>) -> String {
         "stop" => "vsm-daemon stop [--graceful | --now]\n\n\
             Stops the daemon and waits until it has exited. Graceful (default): children are\n\
             stopped and state flushed within daemon.shutdown_timeout_ms.",
+        "token" | "token rotate" => "vsm-daemon token [rotate] [--json]\n\n\
+            Prints the bearer token the TCP API needs (every route but GET /api/v1/health) and\n\
+            where it comes from: config (security.api_token), file PATH (security.api_token_file)\n\
+            or generated PATH (<state dir>/api_token, created at first start). Over the control\n\
+            socket only: the TCP API never hands the token out.\n\
+            \x20\x20rotate   replace the generated token (refused when it comes from the config)",
         "mcp" => "vsm-daemon mcp COMMAND\n\n\
             \x20\x20register ID [OPTIONS] -- COMMAND [ARGS...]   add a server (started at once unless --no-autostart)\n\
             \x20\x20list [--status active|inactive|all]          id, state, pid, uptime, restarts, tools, capabilities\n\
@@ -623,6 +642,7 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20diagnostics run       self-diagnostics\n\
             \x20\x20restart               restart components in-process\n\
             \x20\x20stop                  stop the daemon\n\
+            \x20\x20token [rotate]        the TCP API's bearer token and where it comes from\n\
             \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister\n\n\
             `vsm-daemon COMMAND --help` tells more; --version prints the version.",
     };
@@ -831,6 +851,8 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             Some(json!({"shutdown": true, "graceful": graceful})),
         ),
         Command::Start { .. } => ("GET", "/api/v1/status".into(), None),
+        Command::Token { rotate: false } => ("GET", "/api/v1/auth/token".into(), None),
+        Command::Token { rotate: true } => ("POST", "/api/v1/auth/token/rotate".into(), None),
         Command::McpRegister { spec } => ("POST", "/api/v1/mcp/servers".into(), Some(spec.clone())),
         Command::McpList { status } => (
             "GET",
@@ -1057,7 +1079,7 @@ fn human(command: &Command, data: &Value) -> String {
             }
             let _ = writeln!(
                 out,
-                "{:<10} http://{} (auth: {})",
+                "{:<10} http://{} (bearer token: {}; `vsm-daemon token` shows it)",
                 "api",
                 text(&d["http_listen"]),
                 text(&d["auth"])
@@ -1207,6 +1229,18 @@ fn human(command: &Command, data: &Value) -> String {
             );
         }
         Command::Start { .. } | Command::Stop { .. } => {}
+        Command::Token { rotate } => {
+            let source = match data["path"].as_str() {
+                Some(p) => format!("{} {p}", text(&data["source"])),
+                None => text(&data["source"]),
+            };
+            let _ = writeln!(out, "{}", text(&data["token"]));
+            let verb = if *rotate { "new token, " } else { "" };
+            let _ = writeln!(
+                out,
+                "({verb}from {source}; send it as 'Authorization: Bearer TOKEN' on TCP)"
+            );
+        }
         Command::McpRegister { .. } => {
             let _ = writeln!(
                 out,
@@ -1382,6 +1416,20 @@ mod tests {
     }
 
     #[test]
+    fn token_commands_parse() {
+        assert!(matches!(
+            parse_argv(&["token", "--json"]),
+            Ok(Invocation::Run(g, Command::Token { rotate: false })) if g.json
+        ));
+        assert!(matches!(
+            parse_argv(&["token", "rotate"]),
+            Ok(Invocation::Run(_, Command::Token { rotate: true }))
+        ));
+        assert!(parse_argv(&["token", "show"]).is_err());
+        assert!(parse_argv(&["token", "--now"]).is_err());
+    }
+
+    #[test]
     fn every_command_has_help() {
         for cmd in [
             "start",
@@ -1392,6 +1440,7 @@ mod tests {
             "diagnostics",
             "restart",
             "stop",
+            "token",
         ] {
             match parse_argv(&[cmd, "--help"]) {
                 Ok(Invocation::Help(text)) => assert!(text.contains("vsm-daemon"), "{cmd}"),

@@ -14,6 +14,93 @@ use std::path::{Path, PathBuf};
 
 /// The dotted key of the API token, which is never printed.
 const SECRET_KEY: &str = "security.api_token";
+/// Longest accepted `http.allowed_origins` list.
+pub const MAX_ALLOWED_ORIGINS: usize = 64;
+/// Shortest accepted API token, in characters.
+pub const MIN_TOKEN_CHARS: usize = 16;
+/// Longest accepted API token, in characters (a header line must hold it).
+pub const MAX_TOKEN_CHARS: usize = 1024;
+
+/// Checks an API token (from the config or a token file): at least [`MIN_TOKEN_CHARS`]
+/// visible ASCII characters, so it fits `Authorization: Bearer T` unchanged and a blank,
+/// padded or pasted-with-a-newline value is refused instead of silently meaning "anyone".
+///
+/// # Errors
+/// What is wrong with it (the token itself is never part of the message).
+pub fn check_api_token(token: &str) -> Result<(), String> {
+    if token.trim().is_empty() {
+        return Err("is blank".into());
+    }
+    if token.trim() != token {
+        return Err("has leading or trailing whitespace".into());
+    }
+    if token.chars().any(char::is_control) {
+        return Err("contains control characters".into());
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be visible ASCII characters without spaces".into());
+    }
+    if token.len() < MIN_TOKEN_CHARS {
+        return Err(format!(
+            "is too short ({} characters; at least {MIN_TOKEN_CHARS})",
+            token.len()
+        ));
+    }
+    if token.len() > MAX_TOKEN_CHARS {
+        return Err(format!("is longer than {MAX_TOKEN_CHARS} characters"));
+    }
+    Ok(())
+}
+
+/// The canonical form of a browser origin, `scheme://host:port` in lowercase with the port
+/// always written (80 for http, 443 for https), so two spellings of one origin compare equal.
+/// Only `http` and `https` origins exist for the daemon; paths, user info, queries and
+/// fragments are not part of an origin and are refused.
+///
+/// # Errors
+/// Why the text is not such an origin.
+pub fn normalize_origin(origin: &str) -> Result<String, String> {
+    let lower = origin.trim().to_ascii_lowercase();
+    let (scheme, rest) = lower
+        .split_once("://")
+        .ok_or_else(|| format!("{origin:?} is not scheme://host[:port]"))?;
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return Err(format!("{origin:?}: the scheme must be http or https")),
+    };
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        return Err(format!(
+            "{origin:?} is not scheme://host[:port] (no path, user, query or spaces)"
+        ));
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (addr, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{origin:?}: unclosed [ in the host"))?;
+        if !after.is_empty() && !after.starts_with(':') {
+            return Err(format!("{origin:?} is not scheme://host[:port]"));
+        }
+        (format!("[{addr}]"), after.strip_prefix(':'))
+    } else {
+        match rest.split_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (rest.to_string(), None),
+        }
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(format!("{origin:?} has no host"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{origin:?}: bad port"))?,
+    };
+    Ok(format!("{scheme}://{host}:{port}"))
+}
 
 /// The whole daemon configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -90,6 +177,8 @@ section! {
         pub idle_timeout_ms: u64 = 30_000,
         /// Extra Host/Origin names accepted.
         pub allowed_hosts: Vec<String> = Vec::new(),
+        /// Extra browser origins (`scheme://host[:port]`) accepted besides our own.
+        pub allowed_origins: Vec<String> = Vec::new(),
     }
 }
 
@@ -337,7 +426,8 @@ pub const KEYS: &[KeyInfo] = &[
     live("http.max_connections", "open connections allowed per listener", range(1.0, 65_536.0)),
     live("http.head_timeout_ms", "time allowed to receive a request head, in milliseconds", range(100.0, 600_000.0)),
     live("http.idle_timeout_ms", "idle keep-alive connections close after this many milliseconds", range(100.0, 3_600_000.0)),
-    live("http.allowed_hosts", "extra Host/Origin names accepted besides loopback names and the bound address", ANY_LIST),
+    live("http.allowed_hosts", "extra Host names accepted besides loopback names and the bound address; with the bound port they are also allowed origins", ANY_LIST),
+    live("http.allowed_origins", "extra browser origins (scheme://host[:port], at most 64) allowed to call the TCP API besides http(s)://<allowed host>:<bound port>", ANY_LIST),
     live("monitoring.variety_check_interval_ms", "milliseconds between variety checks", INTERVAL),
     live("monitoring.performance_check_interval_ms", "milliseconds between performance checks", INTERVAL),
     live("monitoring.health_check_interval_ms", "milliseconds between health checks", INTERVAL),
@@ -376,8 +466,8 @@ pub const KEYS: &[KeyInfo] = &[
     live("security.min_security_score", "lowest security score a server may have", range(0.0, 100.0)),
     live("security.allowed_capabilities", "capabilities servers may offer", ANY_LIST),
     live("security.blocked_capabilities", "capabilities that disqualify a server; must not overlap allowed_capabilities", ANY_LIST),
-    live(SECRET_KEY, "bearer token required on the TCP API; empty = none; never printed", Constraint::Any),
-    live("security.api_token_file", "file whose first line is the API token; not together with api_token", PATH),
+    live(SECRET_KEY, "bearer token required on the TCP API (at least 16 visible ASCII characters); empty = api_token_file, else a token generated into <state dir>/api_token; never printed", Constraint::Any),
+    live("security.api_token_file", "file (at most 4 KiB) whose first line is the API token; not together with api_token", PATH),
     live("consciousness.reflection_interval_ms", "milliseconds between reflection runs", INTERVAL),
     live("consciousness.learning_rate", "weight of new observations when updating learned values", range(0.0, 1.0)),
     live("consciousness.memory_limit", "insights and observations kept in memory", range(10.0, 100_000.0)),
@@ -555,6 +645,37 @@ impl Config {
                 "security.api_token_file",
                 "cannot be set together with security.api_token",
             ));
+        }
+        if !s.api_token.is_empty() {
+            check_api_token(&s.api_token).map_err(|m| ConfigError::invalid(SECRET_KEY, m))?;
+        }
+        // A remote client needs a token someone chose on purpose: the generated one does not count.
+        let listen = self.daemon.http_listen.parse::<SocketAddr>();
+        if listen.is_ok_and(|a| !a.ip().is_loopback())
+            && s.api_token.is_empty()
+            && s.api_token_file.is_empty()
+        {
+            return Err(ConfigError::invalid(
+                "daemon.http_listen",
+                format!(
+                    "{} is not a loopback address: set security.api_token or security.api_token_file first",
+                    self.daemon.http_listen
+                ),
+            ));
+        }
+        let origins = &self.http.allowed_origins;
+        if origins.len() > MAX_ALLOWED_ORIGINS {
+            return Err(ConfigError::invalid(
+                "http.allowed_origins",
+                format!(
+                    "at most {MAX_ALLOWED_ORIGINS} origins (got {})",
+                    origins.len()
+                ),
+            ));
+        }
+        for origin in origins {
+            normalize_origin(origin)
+                .map_err(|m| ConfigError::invalid("http.allowed_origins", m))?;
         }
         let mut ids = std::collections::BTreeSet::new();
         for (i, spec) in self.servers.iter().enumerate() {
@@ -1203,7 +1324,8 @@ mod tests {
             ("security.blocked_capabilities", json!(["web"])),
             ("security.api_token_file", json!("/etc/token")),
         ];
-        let base = Config::default().with_overrides(&json!({"security": {"api_token": "t"}}));
+        let base = Config::default()
+            .with_overrides(&json!({"security": {"api_token": "0123456789abcdef"}}));
         let base = base.expect("token");
         for (key, value) in cases {
             assert_eq!(err_key(base.with_overrides(&nest(key, value))), key);
@@ -1259,6 +1381,95 @@ mod tests {
     }
 
     #[test]
+    fn api_tokens_are_checked() {
+        for bad in [
+            " ",
+            "",
+            "\t\t",
+            " 0123456789abcdef",
+            "0123456789abcdef ",
+            "0123456789abcdef\n",
+            "0123456789\u{7}abcdef",
+            "0123456789 abcdef",
+            "short",
+            "0123456789abcdeé",
+        ] {
+            assert!(check_api_token(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_api_token("0123456789abcdef").is_ok());
+        assert!(check_api_token(&"x".repeat(MAX_TOKEN_CHARS + 1)).is_err());
+        for (value, key) in [
+            (json!(" "), "security.api_token"),
+            (json!("0123456789abcdef\u{1}"), "security.api_token"),
+            (json!(" 0123456789abcdef "), "security.api_token"),
+        ] {
+            let err = Config::default()
+                .with_overrides(&json!({"security": {"api_token": value}}))
+                .expect_err("bad token");
+            assert_eq!(err.key(), Some(key), "{err}");
+            assert!(!err.to_string().contains("0123456789"), "{err}");
+        }
+    }
+
+    #[test]
+    fn non_loopback_listen_needs_a_configured_token() {
+        let base = Config::default();
+        let err = base
+            .with_overrides(&json!({"daemon": {"http_listen": "0.0.0.0:0"}}))
+            .expect_err("no token");
+        assert_eq!(err.key(), Some("daemon.http_listen"));
+        let with_token = json!({"daemon": {"http_listen": "0.0.0.0:0"},
+                                "security": {"api_token": "0123456789abcdef"}});
+        assert!(base.with_overrides(&with_token).is_ok());
+        let with_file = json!({"daemon": {"http_listen": "[::]:4000"},
+                               "security": {"api_token_file": "/etc/vsm/token"}});
+        assert!(base.with_overrides(&with_file).is_ok());
+        assert!(base
+            .with_overrides(&json!({"daemon": {"http_listen": "[::1]:0"}}))
+            .is_ok());
+        let err = parse_err("[daemon]\nhttp_listen = \"192.0.2.1:80\"\n");
+        assert_eq!(err.key(), Some("daemon.http_listen"));
+    }
+
+    #[test]
+    fn origins_are_normalized_and_checked() {
+        for (given, canonical) in [
+            ("http://localhost:4000", "http://localhost:4000"),
+            ("HTTPS://Edge.Example", "https://edge.example:443"),
+            ("http://edge.example", "http://edge.example:80"),
+            ("http://[::1]:8080", "http://[::1]:8080"),
+        ] {
+            assert_eq!(normalize_origin(given).as_deref(), Ok(canonical), "{given}");
+        }
+        for bad in [
+            "localhost:4000",
+            "ftp://x",
+            "http://",
+            "http://x/path",
+            "http://u@x",
+            "http://x:0",
+            "http://x:99999",
+            "http://[::1",
+            "http://[::1]x",
+            "null",
+        ] {
+            assert!(normalize_origin(bad).is_err(), "{bad}");
+        }
+        let base = Config::default();
+        let err = base
+            .with_overrides(&json!({"http": {"allowed_origins": ["app.example"]}}))
+            .expect_err("no scheme");
+        assert_eq!(err.key(), Some("http.allowed_origins"));
+        let many: Vec<String> = (0..=MAX_ALLOWED_ORIGINS)
+            .map(|i| format!("http://h{i}.example"))
+            .collect();
+        let err = base
+            .with_overrides(&json!({"http": {"allowed_origins": many}}))
+            .expect_err("too many");
+        assert_eq!(err.key(), Some("http.allowed_origins"));
+    }
+
+    #[test]
     fn merge_patch_null_removes() {
         let mut doc = json!({"a": {"b": 1, "c": 2}, "d": [1], "e": "x"});
         merge_patch(
@@ -1303,7 +1514,11 @@ mod tests {
             ("security.allowed_capabilities", "a, b", json!(["a", "b"])),
             ("http.allowed_hosts", r#"["x.lan"]"#, json!(["x.lan"])),
             ("http.allowed_hosts", "", json!([])),
-            ("security.api_token", "12345", json!("12345")),
+            (
+                "security.api_token",
+                "0123456789abcdef",
+                json!("0123456789abcdef"),
+            ),
             ("consciousness.learning_rate", "0.5", json!(0.5)),
             ("daemon.auto_start_services", "false", json!(false)),
             (

@@ -267,9 +267,171 @@ impl Logging {
     }
 }
 
+/// What [`LogThrottle::admit`] decided for one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Log this message.
+    pub log: bool,
+    /// Messages of this kind suppressed in the window that just ended: when non-zero, log
+    /// "suppressed K similar messages" (before this one).
+    pub suppressed: u64,
+}
+
+/// At most `per_window` log lines per kind of message per `window`; the rest are counted and
+/// reported as one line when the next message of that kind arrives after the window, or when
+/// the owner calls [`LogThrottle::take_expired`] (so a flood that stops is still reported). A flood of
+/// refused requests thus costs a bounded number of lines (at most `per_window + 1` per kind per
+/// window) however fast it comes. Pure: the caller passes the time, so tests need no clock.
+#[derive(Debug, Clone)]
+pub struct LogThrottle {
+    window: std::time::Duration,
+    per_window: u32,
+    kinds: Vec<ThrottleWindow>,
+}
+
+#[derive(Debug, Clone)]
+struct ThrottleWindow {
+    kind: &'static str,
+    start: std::time::Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogThrottle {
+    /// A throttle of `per_window` lines per kind per `window`.
+    pub fn new(window: std::time::Duration, per_window: u32) -> Self {
+        LogThrottle {
+            window,
+            per_window,
+            kinds: Vec::new(),
+        }
+    }
+
+    /// Decides about one message of `kind` at `now`. Kinds are a small fixed set of static
+    /// names, so the state stays bounded.
+    pub fn admit(&mut self, kind: &'static str, now: std::time::Instant) -> Admission {
+        let i = match self.kinds.iter().position(|w| w.kind == kind) {
+            Some(i) => i,
+            None => {
+                self.kinds.push(ThrottleWindow {
+                    kind,
+                    start: now,
+                    logged: 0,
+                    suppressed: 0,
+                });
+                self.kinds.len() - 1
+            }
+        };
+        let w = &mut self.kinds[i];
+        let mut suppressed = 0;
+        if now.saturating_duration_since(w.start) >= self.window {
+            suppressed = std::mem::take(&mut w.suppressed);
+            w.start = now;
+            w.logged = 0;
+        }
+        let log = w.logged < self.per_window;
+        if log {
+            w.logged += 1;
+        } else {
+            w.suppressed += 1;
+        }
+        Admission { log, suppressed }
+    }
+}
+
+impl LogThrottle {
+    /// Kinds whose window has ended with suppressed messages, and how many; their counts are
+    /// reset (each suppressed message is reported once, here or by [`LogThrottle::admit`]).
+    pub fn take_expired(&mut self, now: std::time::Instant) -> Vec<(&'static str, u64)> {
+        let window = self.window;
+        self.kinds
+            .iter_mut()
+            .filter(|w| w.suppressed > 0 && now.saturating_duration_since(w.start) >= window)
+            .map(|w| (w.kind, std::mem::take(&mut w.suppressed)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_that_stops_is_reported_by_take_expired() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let mut t = LogThrottle::new(Duration::from_secs(10), 1);
+        for _ in 0..5 {
+            t.admit("origin", t0);
+        }
+        assert!(t.take_expired(t0 + Duration::from_secs(9)).is_empty());
+        assert_eq!(
+            t.take_expired(t0 + Duration::from_secs(10)),
+            vec![("origin", 4)]
+        );
+        assert!(t.take_expired(t0 + Duration::from_secs(20)).is_empty());
+        // Reported once: the next admission does not repeat it.
+        let a = t.admit("origin", t0 + Duration::from_secs(30));
+        assert_eq!(
+            a,
+            Admission {
+                log: true,
+                suppressed: 0
+            }
+        );
+    }
+
+    #[test]
+    fn throttle_bounds_lines_per_kind_and_reports_the_rest() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let mut t = LogThrottle::new(Duration::from_secs(10), 3);
+        let mut lines = 0;
+        for i in 0..1000 {
+            let a = t.admit("token", t0 + Duration::from_millis(i));
+            assert_eq!(a.suppressed, 0);
+            lines += u32::from(a.log);
+        }
+        assert_eq!(lines, 3);
+        // Another kind has its own budget.
+        assert!(t.admit("host", t0 + Duration::from_secs(1)).log);
+        // The window rolls over: one summary, then a fresh budget.
+        let a = t.admit("token", t0 + Duration::from_secs(10));
+        assert_eq!(
+            a,
+            Admission {
+                log: true,
+                suppressed: 997
+            }
+        );
+        assert!(t.admit("token", t0 + Duration::from_secs(11)).log);
+        assert!(t.admit("token", t0 + Duration::from_secs(12)).log);
+        let a = t.admit("token", t0 + Duration::from_secs(13));
+        assert_eq!(
+            a,
+            Admission {
+                log: false,
+                suppressed: 0
+            }
+        );
+        // A quiet window reports nothing.
+        let a = t.admit("token", t0 + Duration::from_secs(60));
+        assert_eq!(
+            a,
+            Admission {
+                log: true,
+                suppressed: 1
+            }
+        );
+        let a = t.admit("token", t0 + Duration::from_secs(120));
+        assert_eq!(
+            a,
+            Admission {
+                log: true,
+                suppressed: 0
+            }
+        );
+    }
 
     #[test]
     fn ring_is_bounded_and_sequenced() {

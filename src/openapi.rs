@@ -10,8 +10,10 @@
 //!   every route can produce ([`COMMON_ERRORS`]) are listed on every operation, merged with the
 //!   row's own statuses and error codes. `GET /metrics` (Prometheus text), this document and the
 //!   WebSocket upgrade answer successfully without the envelope.
-//! - Authentication is optional (`security: [{bearerAuth: []}, {}]`: a token is only checked
-//!   when one is configured); `GET /api/v1/health` is exempt (`security: []`) and lists no 401.
+//! - Over TCP a bearer token is always required (`security: [{bearerAuth: []}]`; the control
+//!   socket checks the peer's uid instead); `GET /api/v1/health` is exempt (`security: []`)
+//!   and lists no 401. Every operation lists 403 (Host, Origin, Sec-Fetch-Site) and 415 (a body,
+//!   or over TCP a POST/PUT/PATCH/DELETE, without `Content-Type: application/json`).
 //! - Every `$ref` points into `components`; every `{id}` path has its path parameter.
 
 use serde_json::{json, Map, Value};
@@ -92,6 +94,7 @@ const COMMON_ERRORS: &[(u16, &str)] = &[
     (405, "method_not_allowed"),
     (411, "length_required"),
     (413, "payload_too_large"),
+    (415, "unsupported_media_type"),
     (431, "header_too_large"),
     (500, "internal_error"),
     (503, "shutting_down"),
@@ -105,11 +108,12 @@ const STATUS_TEXT: &[(u16, &str)] = &[
     ),
     (
         401,
-        "Missing or wrong bearer token (only when `security.api_token` is configured)",
+        "Missing or wrong bearer token (every TCP route but `GET /api/v1/health` needs one)",
     ),
     (
         403,
-        "Host or Origin not allowed, or a control-socket peer that may not use the daemon",
+        "Host, Origin or Sec-Fetch-Site not allowed, a control-socket peer that may not use the \
+         daemon, or a control-socket-only route called over TCP",
     ),
     (404, "Not found"),
     (
@@ -122,6 +126,11 @@ const STATUS_TEXT: &[(u16, &str)] = &[
         "A request body without Content-Length (chunked uploads are not accepted)",
     ),
     (413, "Request body too large"),
+    (
+        415,
+        "A request body, or over TCP any POST, PUT, PATCH or DELETE, without \
+         `Content-Type: application/json`",
+    ),
     (
         422,
         "The tool ran and reported an error (`isError`); its content is in `data`",
@@ -509,6 +518,23 @@ const OPS: &[Op] = &[
             "This OpenAPI 3.1 document (no envelope)",
         )
     },
+    op(
+        "GET",
+        "/api/v1/auth/token",
+        "getApiToken",
+        "auth",
+        "The TCP API token in effect and its source (`config`, `file`, `generated`); control socket only (403 over TCP)",
+    ),
+    Op {
+        errors: &[(409, "conflict")],
+        ..op(
+            "POST",
+            "/api/v1/auth/token/rotate",
+            "rotateApiToken",
+            "auth",
+            "Replace the generated TCP API token (409 when it comes from the config); control socket only (403 over TCP)",
+        )
+    },
     Op {
         kind: Kind::WebSocket,
         ..op(
@@ -551,7 +577,7 @@ pub fn document(version: &str) -> Value {
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "servers": [{"url": "/"}],
-        "security": [{"bearerAuth": []}, {}],
+        "security": [{"bearerAuth": []}],
         "tags": tags.iter().map(|t| json!({"name": t})).collect::<Vec<_>>(),
         "paths": paths,
         "components": components(),
@@ -716,6 +742,7 @@ fn error_statuses(o: &Op) -> Vec<(u16, Vec<&'static str>)> {
             (400, "bad_request"),
             (401, "unauthorized"),
             (403, "forbidden"),
+            (415, "unsupported_media_type"),
             (426, ""),
         ],
         _ => COMMON_ERRORS,
@@ -813,7 +840,9 @@ fn components() -> Value {
             "bearerAuth": {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "`security.api_token`; required only when a token is configured",
+                "description": "`security.api_token`, the first line of `security.api_token_file`, \
+                    or the token generated into `<state dir>/api_token` (`vsm-daemon token` \
+                    shows it); required on every TCP route but `GET /api/v1/health`",
             },
         },
         "parameters": {
@@ -948,6 +977,8 @@ mod tests {
         ("/api/v1/mcp/servers/{id}/reset", &["POST"]),
         ("/api/v1/mcp/servers/{id}/tools", &["GET"]),
         ("/api/v1/mcp/servers/{id}/tools/call", &["POST"]),
+        ("/api/v1/auth/token", &["GET"]),
+        ("/api/v1/auth/token/rotate", &["POST"]),
     ];
 
     /// Routes served outside the router's table.
@@ -992,7 +1023,7 @@ mod tests {
         assert_eq!(doc["info"]["version"], "1.2.3");
         assert_eq!(doc["info"]["title"], "vsm-daemon API");
         assert_eq!(doc["servers"], json!([{"url": "/"}]));
-        assert_eq!(doc["security"], json!([{"bearerAuth": []}, {}]));
+        assert_eq!(doc["security"], json!([{"bearerAuth": []}]));
         assert_eq!(
             doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
             "bearer"
@@ -1071,8 +1102,8 @@ mod tests {
         let op = |p: &str, m: &str| doc["paths"][p][m].clone();
         let call = op("/api/v1/mcp/servers/{id}/tools/call", "post");
         for status in [
-            "200", "400", "401", "403", "404", "405", "409", "411", "413", "422", "431", "502",
-            "503", "504",
+            "200", "400", "401", "403", "404", "405", "409", "411", "413", "415", "422", "431",
+            "502", "503", "504",
         ] {
             let schema = &call["responses"][status]["content"]["application/json"]["schema"];
             assert_eq!(schema["$ref"], "#/components/schemas/Envelope", "{status}");
@@ -1102,7 +1133,7 @@ mod tests {
             .as_object()
             .map(|m| m.keys().collect())
             .unwrap_or_default();
-        assert_eq!(statuses, ["101", "400", "401", "403", "426"]);
+        assert_eq!(statuses, ["101", "400", "401", "403", "415", "426"]);
         assert!(op("/api/v1/status", "get")["responses"]
             .get("404")
             .is_none());

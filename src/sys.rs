@@ -55,6 +55,29 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// Fills `buf` from the kernel CSPRNG (`getrandom(2)`, blocking only until the pool is
+/// initialised at boot, never afterwards).
+///
+/// # Errors
+/// The OS error of `getrandom` (ENOSYS on kernels older than 3.17).
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is valid for writes of `rest.len()` bytes for the whole call.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
 /// Sets the process umask and returns the previous one.
 pub fn umask(mask: u32) -> u32 {
     // SAFETY: umask has no preconditions and cannot fail.

@@ -23,6 +23,7 @@ fn get(d: &Daemon, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
         .build()
         .into();
     let mut req = agent.get(format!("http://{addr}{path}"));
+    req = req.header("Authorization", d.bearer());
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -51,7 +52,8 @@ fn tcp_listener_serves_the_same_api_and_refuses_foreign_hosts() {
 fn websocket_subscribes_and_answers_commands() {
     let d = Daemon::start();
     let addr = d.http.expect("http");
-    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/ws/monitor")).expect("ws connect");
+    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/ws/monitor?token={}", d.token))
+        .expect("ws connect");
     let hello: Value =
         serde_json::from_str(ws.read().expect("hello").to_text().expect("text")).expect("json");
     assert_eq!(hello["type"], "connected");
@@ -79,7 +81,7 @@ fn websocket_subscribes_and_answers_commands() {
 /// Stops of MCP servers escalate quickly: stdin closed, SIGTERM after 100 ms, SIGKILL 300 ms later.
 const QUICK_STOP: &str = "[mcp_servers]\nstop_grace_ms = 100\nterm_timeout_ms = 300\n";
 
-const TOKEN: &str = "s3cret-T0ken";
+const TOKEN: &str = "s3cret-T0ken-0123456789";
 
 fn fixture() -> String {
     format!(
@@ -149,7 +151,11 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// One request with ureq on a fresh agent; a body is sent as JSON.
+/// Leave the bearer token out of a [`request`] or [`ws_open`].
+const NO_AUTH: (&str, &str) = ("Authorization", "");
+
+/// One request with ureq on a fresh agent; a body is sent as JSON. The daemon's token is sent
+/// unless `headers` has an `Authorization` of its own (an empty one: [`NO_AUTH`]).
 #[track_caller]
 fn request(
     d: &Daemon,
@@ -160,7 +166,13 @@ fn request(
 ) -> Reply {
     let url = format!("http://{}{path}", addr(d));
     let mut b = ureq::http::Request::builder().method(method).uri(&url);
-    for (k, v) in headers {
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    {
+        b = b.header("Authorization", d.bearer());
+    }
+    for (k, v) in headers.iter().filter(|(_, v)| !v.is_empty()) {
         b = b.header(*k, *v);
     }
     // ureq sends a bodiless POST or PUT chunked, which the daemon refuses (411): send an
@@ -170,6 +182,12 @@ fn request(
         Some(text) => agent().run(
             b.header("Content-Type", "application/json")
                 .body(text.to_string())
+                .expect("request"),
+        ),
+        // The CLI and any real client declare JSON on DELETE too (TCP requires it).
+        None if method == "DELETE" => agent().run(
+            b.header("Content-Type", "application/json")
+                .body(())
                 .expect("request"),
         ),
         None => agent().run(b.body(()).expect("request")),
@@ -472,9 +490,24 @@ fn ws_open_on(
     }
 }
 
+/// [`ws_open_on`] a fresh connection, with the daemon's token in the header unless `query` has
+/// a `token=` or `headers` an `Authorization` (an empty one: [`NO_AUTH`]).
 fn ws_open(d: &Daemon, query: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> {
     let a = addr(d);
-    ws_open_on(TcpStream::connect(a).expect("connect"), a, query, headers)
+    let bearer = d.bearer();
+    let mut all: Vec<(&str, &str)> = headers
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .copied()
+        .collect();
+    if !query.contains("token=")
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    {
+        all.push(("Authorization", &bearer));
+    }
+    ws_open_on(TcpStream::connect(a).expect("connect"), a, query, &all)
 }
 
 /// Opens the monitor and reads the `connected` greeting.
@@ -914,7 +947,7 @@ fn an_integral_float_timeout_is_accepted() {
 fn bearer_token_guards_every_tcp_route_but_health() {
     let d = start(&format!("[security]\napi_token = \"{TOKEN}\"\n"));
     let bearer = format!("Bearer {TOKEN}");
-    let r = api(&d, "GET", "/api/v1/openapi.json", None);
+    let r = request(&d, "GET", "/api/v1/openapi.json", None, &[NO_AUTH]);
     assert_error(&r, 401, "unauthorized");
     let doc = request(
         &d,
@@ -929,7 +962,7 @@ fn bearer_token_guards_every_tcp_route_but_health() {
     for (method, path) in &ops {
         let path = path.replace("{id}", "fx");
         let body = (method != "GET" && method != "DELETE").then_some("{}");
-        let r = request(&d, method, &path, body, &[]);
+        let r = request(&d, method, &path, body, &[NO_AUTH]);
         if method == "GET" && path == "/api/v1/health" {
             assert!(matches!(r.status, 200 | 503), "{method} {path}: {r}");
             continue;
@@ -958,7 +991,7 @@ fn bearer_token_guards_every_tcp_route_but_health() {
         &[("Authorization", &bearer)],
     );
     assert_eq!(r.status, 200, "{r}");
-    assert_eq!(r.json["data"]["daemon"]["auth"], "bearer token", "{r}");
+    assert_eq!(r.json["data"]["daemon"]["auth"], "config", "{r}");
     let r = request(
         &d,
         "GET",
@@ -976,16 +1009,22 @@ fn bearer_token_guards_every_tcp_route_but_health() {
     );
     assert_eq!(r.status, 401, "{r}");
     // `?token=` is for WebSocket clients only.
-    let r = api(&d, "GET", &format!("/api/v1/status?token={TOKEN}"), None);
+    let r = request(
+        &d,
+        "GET",
+        &format!("/api/v1/status?token={TOKEN}"),
+        None,
+        &[NO_AUTH],
+    );
     assert_eq!(r.status, 401, "{r}");
-    let r = api(&d, "GET", "/metrics", None);
+    let r = request(&d, "GET", "/metrics", None, &[NO_AUTH]);
     assert_eq!(r.status, 401, "{r}");
     let r = request(&d, "GET", "/metrics", None, &[("Authorization", &bearer)]);
     assert_eq!(r.status, 200, "{r}");
     assert!(r.text.contains("vsm_up 1"), "{r}");
 
     // WebSocket: the token in the query or the header.
-    assert_eq!(ws_open(&d, "", &[]).err(), Some(401));
+    assert_eq!(ws_open(&d, "", &[NO_AUTH]).err(), Some(401));
     assert_eq!(ws_open(&d, "?token=wrong", &[]).err(), Some(401));
     let mut ws = ws_open(&d, &format!("?token={TOKEN}"), &[]).expect("token in the query");
     ws_json_until(&mut ws, "the greeting", |v| v["type"] == "connected");
@@ -1008,7 +1047,7 @@ fn api_token_file_and_no_token() {
         "[security]\napi_token_file = \"{}\"\n",
         file.display()
     ));
-    let r = api(&d, "GET", "/api/v1/status", None);
+    let r = request(&d, "GET", "/api/v1/status", None, &[NO_AUTH]);
     assert_error(&r, 401, "unauthorized");
     let r = request(
         &d,
@@ -1035,22 +1074,9 @@ fn api_token_file_and_no_token() {
         &[("Authorization", &format!("Bearer {TOKEN}"))],
     );
     assert!(!r.text.contains(TOKEN), "{r}");
-    let r = api(&d, "GET", "/api/v1/health", None);
+    let r = request(&d, "GET", "/api/v1/health", None, &[NO_AUTH]);
     assert!(matches!(r.status, 200 | 503), "{r}");
-
-    // Auth off: no header needed anywhere.
-    let open = Daemon::start();
-    let r = api(&open, "GET", "/api/v1/status", None);
-    assert_eq!(r.status, 200, "{r}");
-    assert_eq!(r.json["data"]["daemon"]["auth"], "none", "{r}");
-    let r = request(
-        &open,
-        "GET",
-        "/api/v1/status",
-        None,
-        &[("Authorization", "Bearer anything")],
-    );
-    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(d.token, TOKEN, "the token route shows the file's token");
 }
 
 #[test]
@@ -1080,7 +1106,7 @@ fn a_non_loopback_listener_needs_a_token() {
         "{:?}",
         d.http
     );
-    let r = api(&d, "GET", "/api/v1/status", None);
+    let r = request(&d, "GET", "/api/v1/status", None, &[NO_AUTH]);
     assert_eq!(r.status, 401, "{r}");
     let r = request(
         &d,
@@ -1120,7 +1146,7 @@ fn token_and_allowed_hosts_changes_apply_live() {
     let r = api(&d, "GET", "/api/v1/status", None);
     assert_eq!(
         r.status, 401,
-        "a token set over the API must be required at once: {r}"
+        "a token set over the API must be required at once (the generated one no longer works): {r}"
     );
     let (code, v) = d.http(
         "PUT",
@@ -1129,7 +1155,10 @@ fn token_and_allowed_hosts_changes_apply_live() {
     );
     assert_eq!(code, 200, "{v}");
     let r = api(&d, "GET", "/api/v1/status", None);
-    assert_eq!(r.status, 200, "the token was removed: {r}");
+    assert_eq!(
+        r.status, 200,
+        "the configured token was removed: the generated one is back: {r}"
+    );
 }
 
 // ----- 4. Host and Origin ----------------------------------------------------------------------
@@ -1188,17 +1217,32 @@ fn host_and_origin_allow_list() {
         ws_open(&d, "", &[("Origin", "http://localhost.evil.example")]).err(),
         Some(403)
     );
+    // Our origins carry our port: another port on localhost is another site.
     for origin in [
         "http://localhost",
         "http://localhost:3000",
         "https://edge.example",
     ] {
-        let mut ws = ws_open(&d, "", &[("Origin", origin)])
+        assert_eq!(
+            ws_open(&d, "", &[("Origin", origin)]).err(),
+            Some(403),
+            "{origin}"
+        );
+    }
+    for origin in [
+        format!("http://localhost:{port}"),
+        format!("http://127.0.0.1:{port}"),
+        format!("https://edge.example:{port}"),
+    ] {
+        let mut ws = ws_open(&d, "", &[("Origin", &origin)])
             .unwrap_or_else(|s| panic!("Origin {origin} refused with {s}"));
         ws_json_until(&mut ws, "the greeting", |v| v["type"] == "connected");
     }
     let log = d.stderr();
-    assert!(log.contains("refused a WebSocket from Origin"), "{log}");
+    assert!(
+        log.contains("refused a request for \"/ws/monitor\" from Origin"),
+        "{log}"
+    );
 }
 
 // ----- 5. limits -------------------------------------------------------------------------------
@@ -1258,7 +1302,11 @@ fn request_size_limits_and_chunked_bodies() {
     // Expect: 100-continue gets the interim answer before the body is sent.
     let mut s = tcp(&d);
     s.write_all(
-        b"PUT /api/v1/config HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+        format!(
+            "PUT /api/v1/config HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+            d.bearer()
+        )
+        .as_bytes(),
     )
     .expect("write");
     let mut interim = [0u8; 25];
@@ -1325,8 +1373,14 @@ fn head_and_idle_timeouts_close_connections() {
     );
     // An idle keep-alive connection is closed after its answer.
     let mut s = tcp(&d);
-    s.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("write");
+    s.write_all(
+        format!(
+            "GET /api/v1/status HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
+            d.bearer()
+        )
+        .as_bytes(),
+    )
+    .expect("write");
     let (status, head, _) = read_one(&mut s).expect("an answer");
     assert_eq!(status, 200);
     assert!(!head.contains("Connection: close"), "{head}");
@@ -1349,10 +1403,14 @@ fn head_and_idle_timeouts_close_connections() {
 fn pipelined_requests_are_answered_in_order() {
     let d = Daemon::start();
     let mut s = tcp(&d);
+    let auth = d.bearer();
     s.write_all(
-        b"GET /api/v1/status HTTP/1.1\r\nHost: localhost\r\n\r\n\
-          GET /api/v1/nope HTTP/1.1\r\nHost: localhost\r\n\r\n\
-          GET /api/v1/config HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        format!(
+            "GET /api/v1/status HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n\
+             GET /api/v1/nope HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n\
+             GET /api/v1/config HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .expect("write");
     let mut raw = Vec::new();
@@ -1454,6 +1512,7 @@ impl Sse {
         let resp = agent
             .get(format!("http://{}{path}", addr(d)))
             .header("Accept", "text/event-stream")
+            .header("Authorization", d.bearer())
             .call()
             .expect("SSE request");
         assert_eq!(resp.status().as_u16(), 200);
@@ -1694,7 +1753,8 @@ fn small_buffer_subscriber(d: &Daemon) -> Ws {
         )
     };
     assert_eq!(rc, 0, "SO_RCVBUF");
-    let mut ws = ws_open_on(s, a, "", &[]).expect("WebSocket accepted");
+    let bearer = d.bearer();
+    let mut ws = ws_open_on(s, a, "", &[("Authorization", &bearer)]).expect("WebSocket accepted");
     ws_json_until(&mut ws, "the greeting", |v| v["type"] == "connected");
     let (v, _) = ws_command(
         &mut ws,

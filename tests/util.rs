@@ -77,6 +77,9 @@ pub struct Daemon {
     pub pid: u32,
     /// The TCP address the REST API listens on.
     pub http: Option<std::net::SocketAddr>,
+    /// The TCP API's bearer token at start (asked over the control socket, as
+    /// `vsm-daemon token` does); empty if the daemon did not tell.
+    pub token: String,
     stderr_path: PathBuf,
 }
 
@@ -151,8 +154,18 @@ impl Daemon {
         }
         let pid = child.id();
         let http = ready["http"].as_str().and_then(|a| a.parse().ok());
+        let raw = raw_exchange(
+            &socket,
+            b"GET /api/v1/auth/token HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        );
+        let (_, _, body) = split_response(&raw);
+        let token = serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)["data"]["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         Ok(Daemon {
             http,
+            token,
             child,
             dir,
             socket,
@@ -195,7 +208,7 @@ impl Daemon {
         let raw = raw_exchange(
             &self.socket,
             format!(
-                "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
                 body.map_or(0, str::len),
                 body.unwrap_or("")
             )
@@ -203,6 +216,11 @@ impl Daemon {
         );
         let (status, _, body) = split_response(&raw);
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    /// `Bearer TOKEN` for the TCP API.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.token)
     }
 
     pub fn stderr(&self) -> String {

@@ -520,6 +520,9 @@ pub struct DaemonGuard {
     pub label: String,
     /// The parsed ready line (`Null` unless started with [`DaemonGuard::start_ready`]).
     pub ready: Value,
+    /// The TCP API's bearer token (asked over the control socket by
+    /// [`DaemonGuard::start_ready`], as `vsm-daemon token` does; empty otherwise).
+    pub token: String,
     keep_log_as: Option<String>,
     // Last: fields drop after `Drop::drop`, so the dir goes once the daemon is dead.
     dir: TempDir,
@@ -539,6 +542,7 @@ impl DaemonGuard {
             socket: dir.join("sock"),
             label: setup.label.to_string(),
             ready: Value::Null,
+            token: String::new(),
             keep_log_as: setup.keep_log_as.clone(),
             dir,
         };
@@ -609,6 +613,10 @@ impl DaemonGuard {
             )));
         }
         daemon.ready = ready;
+        daemon.token = unix(&daemon.socket)?.get("/api/v1/auth/token")?["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         Ok(daemon)
     }
 
@@ -760,6 +768,8 @@ pub struct Response {
 pub struct Http<S: Read + Write> {
     pub stream: S,
     host: String,
+    /// `Authorization` header value sent with every request, if any.
+    auth: Option<String>,
     buf: Vec<u8>,
     scratch: Vec<u8>,
     /// The server answered `Connection: close`.
@@ -772,6 +782,13 @@ pub fn tcp(addr: SocketAddr) -> Result<Http<TcpStream>> {
     s.set_nodelay(true)
         .map_err(|e| format!("set_nodelay: {e}"))?;
     Http::new(s, &addr.to_string())
+}
+
+/// A TCP connection that sends `Authorization: Bearer TOKEN` with every request.
+pub fn tcp_as(addr: SocketAddr, token: &str) -> Result<Http<TcpStream>> {
+    let mut http = tcp(addr)?;
+    http.auth = Some(format!("Bearer {token}"));
+    Ok(http)
 }
 
 /// A connection to the control socket (bounded reads and writes).
@@ -798,6 +815,7 @@ impl<S: Read + Write> Http<S> {
         Http {
             stream,
             host: host.to_string(),
+            auth: None,
             buf: Vec::with_capacity(64 * 1024),
             scratch: vec![0; 64 * 1024],
             closed: false,
@@ -807,12 +825,18 @@ impl<S: Read + Write> Http<S> {
     /// The bytes of one request (JSON body, if any).
     pub fn build(&self, method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
         let mut r = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host).into_bytes();
+        if let Some(auth) = &self.auth {
+            let _ = write!(r, "Authorization: {auth}\r\n");
+        }
         if let Some(b) = body {
             let _ = write!(
                 r,
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",
                 b.len()
             );
+        } else if method != "GET" && method != "HEAD" {
+            // Over TCP every state-changing request must declare JSON, body or not.
+            r.extend_from_slice(b"Content-Type: application/json\r\n");
         }
         r.extend_from_slice(b"\r\n");
         if let Some(b) = body {

@@ -1,52 +1,187 @@
-//! Who may call over TCP, and the WebSocket side: upgrade, commands, accept loops.
+//! Who may call: the TCP rules of [`listener::TcpAccess`], the media-type rule of both
+//! listeners, the control-socket-only routes, and the WebSocket side: upgrade, commands,
+//! accept loops.
+//!
+//! Every refusal is counted in `vsm_auth_failures_total{reason}` and logged through one
+//! [`crate::logs::LogThrottle`], so a flood of bad requests writes a bounded number of lines.
 
 use super::*;
+use crate::net::listener::Refusal;
+
+/// Log lines per refusal reason per window; the rest are counted and summarised.
+const REFUSAL_LINES_PER_WINDOW: u32 = 5;
+/// Window of the refusal-log throttle.
+pub(super) const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// The throttle used for refusal log lines.
+pub(super) fn refusal_throttle() -> crate::logs::LogThrottle {
+    crate::logs::LogThrottle::new(REFUSAL_LOG_WINDOW, REFUSAL_LINES_PER_WINDOW)
+}
+
+/// A client-chosen header value, quoted and cut short enough to log.
+fn shown(value: Option<&str>) -> String {
+    let v = value.unwrap_or("");
+    let cut: String = v.chars().take(80).collect();
+    if cut.len() < v.len() {
+        format!("{cut:?}...")
+    } else {
+        format!("{cut:?}")
+    }
+}
+
+/// The answer to a refused request.
+fn refusal_error(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::Host => ApiError::new(
+            ErrorCode::Forbidden,
+            "Host not allowed: add it to http.allowed_hosts to reach the API by that name",
+        ),
+        Refusal::Origin => ApiError::new(
+            ErrorCode::Forbidden,
+            "Origin not allowed: only the daemon's own origin (its host and port) and http.allowed_origins may call",
+        ),
+        Refusal::CrossSite => ApiError::new(
+            ErrorCode::Forbidden,
+            "cross-site request refused: Sec-Fetch-Site is cross-site or same-site and no allowed Origin was sent",
+        ),
+        Refusal::Token => ApiError::new(ErrorCode::Unauthorized, "a valid bearer token is required"),
+        Refusal::MediaType => ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "send Content-Type: application/json (request bodies are JSON; over TCP every POST, PUT, PATCH and DELETE must declare it)",
+        ),
+    }
+}
 
 impl Daemon {
-    /// Host allow-list, then the bearer token (everything but `GET /api/v1/health`).
+    /// Counts a refusal and logs it, at most a few lines per reason per window.
+    pub(super) fn log_refusal(&mut self, reason: &'static str, line: impl FnOnce() -> String) {
+        self.telemetry.auth_failure(reason);
+        let admission = self.refusal_log.admit(reason, Instant::now());
+        if admission.suppressed > 0 {
+            log::warn!(
+                "suppressed {} similar messages (refused: {reason}) in a {} s window",
+                admission.suppressed,
+                REFUSAL_LOG_WINDOW.as_secs()
+            );
+        }
+        if admission.log {
+            log::warn!("{}", line());
+        }
+    }
+
+    /// Logs the "suppressed" summary of refusal floods that have stopped (called from the
+    /// periodic health tick, so it costs nothing while idle).
+    pub(super) fn flush_refusal_log(&mut self) {
+        for (reason, n) in self.refusal_log.take_expired(Instant::now()) {
+            log::warn!(
+                "suppressed {n} similar messages (refused: {reason}) in a {} s window",
+                REFUSAL_LOG_WINDOW.as_secs()
+            );
+        }
+    }
+
+    /// The TCP rules (Host, Origin, Sec-Fetch-Site, token, media type); refusals are
+    /// counted and logged (throttled).
     pub(super) fn check_tcp_access(&mut self, request: &http::Request) -> Result<(), ApiError> {
-        if !self.access.host_allowed(request.header("host")) {
-            self.telemetry.auth_failure("host");
-            log::warn!(
-                "refused a request for Host {:?} (not an allowed name)",
-                request.header("host").unwrap_or("")
-            );
+        let Err(refusal) = self.access.check(request) else {
+            return Ok(());
+        };
+        let path: String = request.path.chars().take(120).collect();
+        self.log_refusal(refusal.reason(), || match refusal {
+            Refusal::Host => format!(
+                "refused a request for Host {} (not an allowed name)",
+                shown(request.header("host"))
+            ),
+            Refusal::Origin => format!(
+                "refused a request for {path:?} from Origin {} (not an allowed origin)",
+                shown(request.header("origin"))
+            ),
+            Refusal::CrossSite => format!(
+                "refused a cross-site request for {path:?} (Sec-Fetch-Site {}, no Origin)",
+                shown(request.header("sec-fetch-site"))
+            ),
+            Refusal::Token => format!("refused an unauthenticated request for {path:?}"),
+            Refusal::MediaType => format!(
+                "refused {} {path:?} with Content-Type {} (only application/json)",
+                routes::method_label(&request.method),
+                shown(request.header("content-type"))
+            ),
+        });
+        Err(refusal_error(refusal))
+    }
+
+    /// The media-type rule on the control socket: a body must be declared JSON.
+    pub(super) fn check_unix_media_type(
+        &mut self,
+        request: &http::Request,
+    ) -> Result<(), ApiError> {
+        if listener::media_type_ok(request, false) {
+            return Ok(());
+        }
+        let path: String = request.path.chars().take(120).collect();
+        self.log_refusal(Refusal::MediaType.reason(), || {
+            format!(
+                "refused {} {path:?} on the control socket with Content-Type {} (only application/json)",
+                routes::method_label(&request.method),
+                shown(request.header("content-type"))
+            )
+        });
+        Err(refusal_error(Refusal::MediaType))
+    }
+
+    /// Refuses the control-socket-only routes (the token routes) to TCP callers, even those
+    /// that sent a valid token: a leaked token must not hand out its successor.
+    pub(super) fn check_not_control_socket_only(
+        &mut self,
+        resolved: Option<&routes::Resolved>,
+    ) -> Result<(), ApiError> {
+        let Some(pattern) = resolved
+            .map(|r| r.pattern)
+            .filter(|p| routes::control_socket_only(p))
+        else {
+            return Ok(());
+        };
+        self.log_refusal("control_socket_only", || {
+            format!("refused a request for {pattern} over TCP (control socket only)")
+        });
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "the API token is only available on the control socket: run `vsm-daemon token`",
+        ))
+    }
+
+    /// `GET /api/v1/auth/token` and `POST /api/v1/auth/token/rotate` (the router lets them
+    /// through on the control socket only).
+    pub(super) fn auth_token(&mut self, rotate: bool) -> Answer {
+        let Some(current) = &self.access.token else {
             return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                "Host not allowed: add it to http.allowed_hosts to reach the API by that name",
+                ErrorCode::Conflict,
+                "the TCP listener is not running, so no API token is in effect",
             ));
+        };
+        if rotate {
+            if !matches!(current.source, net::token::TokenSource::Generated(_)) {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "the token comes from {}: change it there (only a generated token can be rotated)",
+                        current.source
+                    ),
+                ));
+            }
+            let token = net::token::rotate(self.state.path())
+                .map_err(|m| ApiError::new(ErrorCode::Internal, m))?;
+            self.access.token = Some(token);
         }
-        if request.path == "/ws/monitor" && !self.access.origin_allowed(request.header("origin")) {
-            self.telemetry.auth_failure("origin");
-            log::warn!(
-                "refused a WebSocket from Origin {:?}",
-                request.header("origin").unwrap_or("")
-            );
-            return Err(ApiError::new(ErrorCode::Forbidden, "Origin not allowed"));
-        }
-        let exempt =
-            request.method == "GET" && request.path.trim_end_matches('/') == "/api/v1/health";
-        let query_token = (request.path == "/ws/monitor")
-            .then(|| {
-                request
-                    .query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("token="))
-            })
-            .flatten();
-        if !exempt
-            && !self
-                .access
-                .token_ok(request.header("authorization"), query_token)
-        {
-            self.telemetry.auth_failure("token");
-            log::warn!("refused an unauthenticated request for {}", request.path);
-            return Err(ApiError::new(
-                ErrorCode::Unauthorized,
-                "a valid bearer token is required",
-            ));
-        }
-        Ok(())
+        let Some(token) = &self.access.token else {
+            return Err(ApiError::new(ErrorCode::Internal, "no API token"));
+        };
+        Ok(json!({
+            "token": token.value,
+            "source": token.source.kind(),
+            "path": token.source.path(),
+            "rotated": rotate,
+        }))
     }
 
     pub(super) fn upgrade_ws(
@@ -163,6 +298,12 @@ impl Daemon {
                     self.answer(cx, reply, Err(e));
                     return;
                 }
+                if let Err(e) =
+                    self.check_not_control_socket_only(routes::resolve(&request.path).as_ref())
+                {
+                    self.answer(cx, reply, Err(e));
+                    return;
+                }
                 match routes::route(&request) {
                     Ok(req) => self.handle(cx, req, reply),
                     Err(e) => self.answer(cx, reply, Err(e.error)),
@@ -209,12 +350,22 @@ impl Daemon {
                 Ok((stream, _)) => {
                     let (allowed, cred) = listener::unix_peer_allowed(&stream);
                     if !allowed {
-                        log::warn!(
-                            "refused control connection from uid {} pid {}: only uid {} and root may use the daemon",
-                            cred.map_or(-1, |c| c.uid as i64),
-                            cred.map_or(-1, |c| c.pid as i64),
-                            sys::euid()
-                        );
+                        // Counted when its request is refused; the line is throttled here.
+                        let admission = self.refusal_log.admit("peer_uid", Instant::now());
+                        if admission.suppressed > 0 {
+                            log::warn!(
+                                "suppressed {} similar messages (refused: peer_uid)",
+                                admission.suppressed
+                            );
+                        }
+                        if admission.log {
+                            log::warn!(
+                                "refused control connection from uid {} pid {}: only uid {} and root may use the daemon",
+                                cred.map_or(-1, |c| c.uid as i64),
+                                cred.map_or(-1, |c| c.pid as i64),
+                                sys::euid()
+                            );
+                        }
                     }
                     let peer = Peer {
                         via: net::Via::Unix,

@@ -47,24 +47,24 @@ const HEALTH_CACHE: Duration = Duration::from_secs(1);
 const DIAGNOSTICS_TIMEOUT: Duration = Duration::from_secs(20);
 /// Stream back-pressure: a follower with more than this unsent is skipped until it drains.
 const STREAM_BACKLOG_LIMIT: usize = 1024 * 1024;
-/// The API token from `security.api_token` or the first line of `security.api_token_file`.
-fn api_token(config: &Config) -> Result<Option<String>, String> {
-    let s = &config.security;
-    if !s.api_token.is_empty() {
-        return Ok(Some(s.api_token.clone()));
+/// The TCP API token a configuration asks for: `security.api_token`, the first line of
+/// `security.api_token_file`, or the one generated into `<state dir>/api_token`.
+fn api_token(config: &Config, state_dir: &Path) -> Result<net::token::ApiToken, String> {
+    net::token::resolve(config, state_dir)
+}
+
+/// A remote client needs a token someone set on purpose: a generated token (which only the
+/// local uid can read) does not open a non-loopback listener.
+fn token_fits_listener(
+    token: &net::token::ApiToken,
+    bound: std::net::SocketAddr,
+) -> Result<(), String> {
+    if bound.ip().is_loopback() || !matches!(token.source, net::token::TokenSource::Generated(_)) {
+        return Ok(());
     }
-    if s.api_token_file.is_empty() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&s.api_token_file)
-        .map_err(|e| format!("security.api_token_file {}: {e}", s.api_token_file))?;
-    match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
-        Some(t) => Ok(Some(t.to_string())),
-        None => Err(format!(
-            "security.api_token_file {} is empty",
-            s.api_token_file
-        )),
-    }
+    Err(format!(
+        "refusing to listen on {bound}, not a loopback address, with a generated token: set security.api_token or security.api_token_file, or bind a loopback address"
+    ))
 }
 
 /// Events kept in the history ring.
@@ -232,6 +232,8 @@ pub struct Daemon {
     tcp: Option<mio::net::TcpListener>,
     tcp_addr: Option<std::net::SocketAddr>,
     access: listener::TcpAccess,
+    /// Refusal log lines per reason per window (see `access.rs`).
+    refusal_log: crate::logs::LogThrottle,
     server: Server,
     incoming: VecDeque<Incoming>,
     worker: Option<Worker<WorkResult>>,
@@ -347,12 +349,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             )
         })?,
     };
-    let token = api_token(&effective).map_err(StartError::Token)?;
-    if !listen.ip().is_loopback() && token.is_none() {
-        return Err(StartError::Token(format!(
-            "refusing to listen on {listen} without an API token: set security.api_token or security.api_token_file, or bind a loopback address"
-        )));
-    }
+    let token = api_token(&effective, state.path()).map_err(StartError::Token)?;
+    token_fits_listener(&token, listen).map_err(StartError::Token)?;
     let control = ControlListener::bind(&socket_path).map_err(StartError::Bind)?;
     let mut tcp = match listener::bind_tcp(listen) {
         Ok(l) => l,
@@ -362,7 +360,16 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         }
     };
     let tcp_addr = tcp.local_addr().unwrap_or(listen);
-    let access = listener::TcpAccess::new(token, tcp_addr, &effective.http.allowed_hosts);
+    log::info!(
+        "the TCP API needs a bearer token ({}); show it with `vsm-daemon token`",
+        token.source
+    );
+    let access = listener::TcpAccess::new(
+        Some(token),
+        tcp_addr,
+        &effective.http.allowed_hosts,
+        &effective.http.allowed_origins,
+    );
     reactor
         .cx()
         .registry
@@ -419,6 +426,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         tcp: Some(tcp),
         tcp_addr: Some(tcp_addr),
         access,
+        refusal_log: access::refusal_throttle(),
         server,
         incoming: VecDeque::new(),
         worker: None,
@@ -776,6 +784,7 @@ impl Daemon {
             }
         };
         if !peer.authorized {
+            // The accept loop logged (throttled) who it was.
             self.telemetry.auth_failure("peer_uid");
             let err = ApiError::new(
                 ErrorCode::Forbidden,
@@ -784,11 +793,20 @@ impl Daemon {
             self.answer_with(cx, reply, Err(err), None, true);
             return;
         }
+        let checked = if peer.via == net::Via::Tcp {
+            self.check_tcp_access(&request)
+        } else {
+            self.check_unix_media_type(&request)
+        };
+        if let Err(e) = checked {
+            let header = (e.code == ErrorCode::Unauthorized)
+                .then(|| ("WWW-Authenticate", "Bearer".to_string()));
+            self.answer_with(cx, reply, Err(e), header, false);
+            return;
+        }
         if peer.via == net::Via::Tcp {
-            if let Err(e) = self.check_tcp_access(&request) {
-                let header = (e.code == ErrorCode::Unauthorized)
-                    .then(|| ("WWW-Authenticate", "Bearer".to_string()));
-                self.answer_with(cx, reply, Err(e), header, false);
+            if let Err(e) = self.check_not_control_socket_only(resolved.as_ref()) {
+                self.answer_with(cx, reply, Err(e), None, false);
                 return;
             }
         }
@@ -881,6 +899,8 @@ impl Daemon {
                 self.answer_raw(cx, reply, "application/json", bytes);
                 return;
             }
+            Request::AuthToken => self.auth_token(false),
+            Request::AuthTokenRotate => self.auth_token(true),
             Request::McpList { status } => Ok(self.mcp.list(status)),
             Request::McpShow { id } => self.mcp.show(&id),
             Request::McpTools { id } => self.mcp.tools(&id),
@@ -1037,7 +1057,7 @@ impl Daemon {
                 "socket": self.socket_path.display().to_string(),
                 "pid_file": self.pid_file.display().to_string(),
                 "http_listen": self.tcp_addr.map(|a| a.to_string()),
-                "auth": if self.access.token.is_some() { "bearer token" } else { "none" },
+                "auth": self.access.token.as_ref().map_or("none", |t| t.source.kind()),
             },
             "components": components,
             "mcp_servers": {
@@ -1422,6 +1442,7 @@ impl Handler for Daemon {
                     Some(cx.timers.insert(Instant::now() + every, Timer::HealthCheck));
                 self.start_health_round(cx, None);
                 self.mcp.ping_all(&mut self.outputs);
+                self.flush_refusal_log();
             }
             Timer::Mcp(t) => self.mcp.on_timer(cx, t, &mut self.outputs),
             Timer::Watchdog => {

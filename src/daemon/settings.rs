@@ -75,29 +75,30 @@ impl Daemon {
         Ok(report)
     }
 
-    /// Makes `new` the effective config, applying what can change live.
-    /// The TCP access policy a config asks for; refused when the token file is unreadable or
-    /// when it would leave a non-loopback listener without a token.
+    /// The TCP access policy a config asks for; refused when the token (or its file) is
+    /// unusable, or when a generated token would guard a non-loopback listener.
     pub(super) fn access_for(&self, config: &Config) -> Result<listener::TcpAccess, ApiError> {
-        let token = api_token(config)
-            .map_err(|m| ApiError::field(ErrorCode::ConfigInvalid, "security.api_token_file", m))?;
         let Some(bound) = self.tcp_addr else {
             return Ok(listener::TcpAccess::default());
         };
-        if token.is_none() && !bound.ip().is_loopback() {
-            return Err(ApiError::field(
-                ErrorCode::ConfigInvalid,
-                "security.api_token",
-                format!("the API listens on {bound}, not a loopback address: it cannot run without a token"),
-            ));
-        }
+        let key = if config.security.api_token_file.is_empty() {
+            "security.api_token"
+        } else {
+            "security.api_token_file"
+        };
+        let token = api_token(config, self.state.path())
+            .map_err(|m| ApiError::field(ErrorCode::ConfigInvalid, key, m))?;
+        token_fits_listener(&token, bound)
+            .map_err(|m| ApiError::field(ErrorCode::ConfigInvalid, "security.api_token", m))?;
         Ok(listener::TcpAccess::new(
-            token,
+            Some(token),
             bound,
             &config.http.allowed_hosts,
+            &config.http.allowed_origins,
         ))
     }
 
+    /// Makes `new` the effective config, applying what can change live.
     pub(super) fn apply_config(
         &mut self,
         cx: &mut Cx<'_, Timer>,

@@ -1,10 +1,18 @@
 //! Listeners and who may call through them.
 //!
+//! TCP callers pass [`TcpAccess::check`]: Host allow-list (DNS rebinding), Origin with the bound
+//! port and `Sec-Fetch-Site` (cross-site requests from browsers), the bearer token, and JSON
+//! bodies only (a browser cannot send `application/json` cross-site without a CORS preflight,
+//! which the daemon never grants). Control-socket callers are checked by uid instead.
+//!
 //! The control socket lives in a directory only its owner can enter (created 0700 when we
 //! create it), is bound with umask 0077 so it is born 0600 (no chmod race), and checks every
 //! peer with SO_PEERCRED: the daemon's own uid or root. A socket left by a crashed daemon is
 //! detected (nothing answers a connect) and replaced; a live one means "already running".
 
+use crate::config;
+use crate::net::http;
+use crate::net::token::ApiToken;
 use crate::sys;
 use mio::net::UnixListener;
 use std::fmt;
@@ -148,19 +156,79 @@ pub fn bind_tcp(addr: std::net::SocketAddr) -> io::Result<mio::net::TcpListener>
     mio::net::TcpListener::bind(addr)
 }
 
-/// Who may call over TCP: the bearer token (when set) and the Host/Origin allow-list.
+/// Why a request was refused before it reached the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `Host` does not name the daemon (DNS rebinding).
+    Host,
+    /// `Origin` is present and not one of ours.
+    Origin,
+    /// `Sec-Fetch-Site: cross-site`/`same-site` without an allowed `Origin`.
+    CrossSite,
+    /// Missing or wrong bearer token.
+    Token,
+    /// A body (or, over TCP, a state-changing method) without `Content-Type: application/json`.
+    MediaType,
+}
+
+impl Refusal {
+    /// The `reason` label of `vsm_auth_failures_total` and of the throttled log line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Host => "host",
+            Refusal::Origin => "origin",
+            Refusal::CrossSite => "cross_site",
+            Refusal::Token => "token",
+            Refusal::MediaType => "content_type",
+        }
+    }
+}
+
+/// Whether a `Content-Type` value is JSON: `application/json`, any case, parameters such as
+/// `; charset=utf-8` allowed.
+pub fn is_json_media_type(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|c| {
+        c.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .eq_ignore_ascii_case("application/json")
+    })
+}
+
+/// The media-type rule of both listeners: a non-empty body must be declared JSON, and over TCP
+/// every `POST`/`PUT`/`PATCH`/`DELETE` must declare it even when empty. A browser can send
+/// `text/plain`, form bodies and body-less requests cross-site without a CORS preflight;
+/// it cannot send `application/json` without one.
+pub fn media_type_ok(request: &http::Request, tcp: bool) -> bool {
+    let must = !request.body.is_empty()
+        || (tcp && matches!(request.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE"));
+    !must || is_json_media_type(request.header("content-type"))
+}
+
+/// Who may call over TCP: the bearer token, the Host allow-list and the allowed origins.
 #[derive(Debug, Clone, Default)]
 pub struct TcpAccess {
-    /// The API token; `None` means no authentication.
-    pub token: Option<String>,
+    /// The API token; `None` only when there is no TCP listener to protect.
+    pub token: Option<ApiToken>,
     /// Accepted host names (lowercase, without port): loopback names, the bound IP, and the
     /// configured `http.allowed_hosts`.
     pub hosts: Vec<String>,
+    /// The bound port: our own origins are `http(s)://<host>:<port>` with exactly this port.
+    pub port: u16,
+    /// `http.allowed_origins`, canonical (see [`config::normalize_origin`]).
+    pub origins: Vec<String>,
 }
 
 impl TcpAccess {
-    /// The policy for a listener bound to `bound` with extra allowed names.
-    pub fn new(token: Option<String>, bound: std::net::SocketAddr, extra: &[String]) -> Self {
+    /// The policy for a listener bound to `bound` with extra allowed names and origins
+    /// (origins that do not parse were refused by config validation and are skipped here).
+    pub fn new(
+        token: Option<ApiToken>,
+        bound: std::net::SocketAddr,
+        extra_hosts: &[String],
+        extra_origins: &[String],
+    ) -> Self {
         let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1", "[::1]"]
             .iter()
             .map(|s| s.to_string())
@@ -171,8 +239,17 @@ impl TcpAccess {
                 hosts.push(format!("[{}]", bound.ip()));
             }
         }
-        hosts.extend(extra.iter().map(|h| h.to_ascii_lowercase()));
-        TcpAccess { token, hosts }
+        hosts.extend(extra_hosts.iter().map(|h| h.to_ascii_lowercase()));
+        let origins = extra_origins
+            .iter()
+            .filter_map(|o| config::normalize_origin(o).ok())
+            .collect();
+        TcpAccess {
+            token,
+            hosts,
+            port: bound.port(),
+            origins,
+        }
     }
 
     fn name_allowed(&self, host: &str) -> bool {
@@ -194,15 +271,25 @@ impl TcpAccess {
         host.is_some_and(|h| self.name_allowed(h))
     }
 
-    /// Whether a WebSocket `Origin` is acceptable: absent (not a browser) or one of our names.
+    /// Whether an `Origin` is acceptable: absent (not a browser, or a same-origin GET), one of
+    /// `http.allowed_origins`, or `http(s)://<allowed host>:<bound port>`. The port matters:
+    /// `http://localhost:8080` is another program's site. `null` and anything unparsable are
+    /// refused.
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
-        match origin {
-            None => true,
-            Some(o) => {
-                let rest = o.split_once("://").map_or(o, |(_, r)| r);
-                self.name_allowed(rest.split('/').next().unwrap_or(""))
-            }
+        let Some(origin) = origin else {
+            return true;
+        };
+        let Ok(canonical) = config::normalize_origin(origin) else {
+            return false;
+        };
+        if self.origins.contains(&canonical) {
+            return true;
         }
+        let rest = canonical.split_once("://").map_or("", |(_, r)| r);
+        let Some((host, port)) = rest.rsplit_once(':') else {
+            return false;
+        };
+        port.parse::<u16>().is_ok_and(|p| p == self.port) && self.hosts.iter().any(|h| h == host)
     }
 
     /// Whether the request carries the token (`Authorization: Bearer T`, or `?token=T` for
@@ -218,7 +305,47 @@ impl TcpAccess {
             })
             .map(str::trim)
             .or(query_token);
-        given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()))
+        given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.value.as_bytes()))
+    }
+
+    /// Every TCP rule, in order: Host, Origin, Sec-Fetch-Site, token (all but
+    /// `GET /api/v1/health`), then the media type. The first failing rule is the answer.
+    ///
+    /// # Errors
+    /// The [`Refusal`].
+    pub fn check(&self, request: &http::Request) -> Result<(), Refusal> {
+        if !self.host_allowed(request.header("host")) {
+            return Err(Refusal::Host);
+        }
+        let origin = request.header("origin");
+        if !self.origin_allowed(origin) {
+            return Err(Refusal::Origin);
+        }
+        // A browser that hides Origin (or sends none on a no-cors GET) still says where the
+        // request comes from; without an allowed Origin, another site may not act.
+        let site = request.header("sec-fetch-site").unwrap_or("");
+        if (site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site"))
+            && origin.is_none()
+        {
+            return Err(Refusal::CrossSite);
+        }
+        let exempt = matches!(request.method.as_str(), "GET" | "HEAD")
+            && request.path.trim_end_matches('/') == "/api/v1/health";
+        let query_token = (request.path == "/ws/monitor")
+            .then(|| {
+                request
+                    .query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("token="))
+            })
+            .flatten();
+        if !exempt && !self.token_ok(request.header("authorization"), query_token) {
+            return Err(Refusal::Token);
+        }
+        if !media_type_ok(request, true) {
+            return Err(Refusal::MediaType);
+        }
+        Ok(())
     }
 }
 
@@ -246,10 +373,36 @@ pub fn unix_peer_allowed(stream: &mio::net::UnixStream) -> (bool, Option<sys::Pe
 mod tests {
     use super::*;
 
+    fn token(value: &str) -> Option<ApiToken> {
+        Some(ApiToken {
+            value: value.into(),
+            source: crate::net::token::TokenSource::Config,
+        })
+    }
+
+    fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> http::Request {
+        http::Request {
+            method: method.into(),
+            path: path.into(),
+            query: String::new(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                .collect(),
+            body: body.as_bytes().to_vec(),
+            keep_alive: true,
+        }
+    }
+
     #[test]
     fn tcp_access_checks_host_origin_and_token() {
         let bound: std::net::SocketAddr = "127.0.0.1:4000".parse().expect("addr");
-        let a = TcpAccess::new(Some("s3cret".into()), bound, &["edge.example".into()]);
+        let a = TcpAccess::new(
+            token("s3cret"),
+            bound,
+            &["edge.example".into()],
+            &["https://app.example".into()],
+        );
         for ok in [
             "localhost",
             "localhost:4000",
@@ -264,16 +417,133 @@ mod tests {
         }
         assert!(!a.host_allowed(None));
         assert!(a.origin_allowed(None));
-        assert!(a.origin_allowed(Some("http://localhost:3000")));
-        assert!(!a.origin_allowed(Some("https://evil.example")));
+        for ok in [
+            "http://localhost:4000",
+            "https://127.0.0.1:4000",
+            "http://[::1]:4000",
+            "http://edge.example:4000",
+            "https://app.example",
+            "https://APP.example:443",
+        ] {
+            assert!(a.origin_allowed(Some(ok)), "{ok}");
+        }
+        for bad in [
+            "http://localhost:3000",
+            "http://localhost",
+            "http://127.0.0.1:40000",
+            "https://evil.example",
+            "http://evil.example:4000",
+            "http://app.example",
+            "null",
+            "localhost:4000",
+            "file://",
+        ] {
+            assert!(!a.origin_allowed(Some(bad)), "{bad}");
+        }
         assert!(a.token_ok(Some("Bearer s3cret"), None));
         assert!(a.token_ok(None, Some("s3cret")));
         assert!(!a.token_ok(Some("Bearer s3cre"), None));
         assert!(!a.token_ok(Some("Bearer s3cret2"), None));
         assert!(!a.token_ok(None, None));
-        assert!(TcpAccess::new(None, bound, &[]).token_ok(None, None));
+        assert!(TcpAccess::new(None, bound, &[], &[]).token_ok(None, None));
         assert!(constant_time_eq(b"", b""));
         assert!(!constant_time_eq(b"a", b""));
+    }
+
+    #[test]
+    fn check_applies_the_rules_in_order() {
+        let bound: std::net::SocketAddr = "127.0.0.1:4000".parse().expect("addr");
+        let a = TcpAccess::new(token("s3cret"), bound, &[], &[]);
+        let auth = ("Authorization", "Bearer s3cret");
+        let json = ("Content-Type", "application/json; charset=UTF-8");
+        let host = ("Host", "127.0.0.1:4000");
+        let check = |m: &str, p: &str, h: &[(&str, &str)], b: &str| a.check(&request(m, p, h, b));
+        assert_eq!(check("GET", "/api/v1/health", &[host], ""), Ok(()));
+        assert_eq!(
+            check("GET", "/api/v1/status", &[host], ""),
+            Err(Refusal::Token)
+        );
+        assert_eq!(check("GET", "/api/v1/status", &[host, auth], ""), Ok(()));
+        assert_eq!(
+            check("GET", "/api/v1/health", &[("Host", "evil.example")], ""),
+            Err(Refusal::Host)
+        );
+        let evil = ("Origin", "http://evil.example");
+        assert_eq!(
+            check("GET", "/api/v1/health", &[host, evil], ""),
+            Err(Refusal::Origin)
+        );
+        let attack = [
+            host,
+            evil,
+            ("Content-Type", "text/plain;charset=UTF-8"),
+            ("Sec-Fetch-Site", "cross-site"),
+        ];
+        assert_eq!(
+            check("POST", "/api/v1/mcp/servers", &attack, "{}"),
+            Err(Refusal::Origin)
+        );
+        let hidden = [host, auth, ("Sec-Fetch-Site", "cross-site")];
+        assert_eq!(
+            check("GET", "/api/v1/status", &hidden, ""),
+            Err(Refusal::CrossSite)
+        );
+        let ours = [
+            host,
+            auth,
+            ("Sec-Fetch-Site", "same-site"),
+            ("Origin", "http://localhost:4000"),
+        ];
+        assert_eq!(check("GET", "/api/v1/status", &ours, ""), Ok(()));
+        let same_origin = [host, auth, ("Sec-Fetch-Site", "same-origin")];
+        assert_eq!(check("GET", "/api/v1/status", &same_origin, ""), Ok(()));
+        let text = ("Content-Type", "text/plain");
+        assert_eq!(
+            check("POST", "/api/v1/control/stop", &[host, auth, text], "{}"),
+            Err(Refusal::MediaType)
+        );
+        assert_eq!(
+            check("POST", "/api/v1/control/stop", &[host, auth], ""),
+            Err(Refusal::MediaType)
+        );
+        assert_eq!(
+            check("POST", "/api/v1/control/stop", &[host, auth, json], ""),
+            Ok(())
+        );
+        assert_eq!(
+            check("DELETE", "/api/v1/mcp/servers/x", &[host, auth, json], ""),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn json_media_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+        ] {
+            assert!(is_json_media_type(Some(ok)), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/jsonx",
+            "application/x-www-form-urlencoded",
+            "",
+        ] {
+            assert!(!is_json_media_type(Some(bad)), "{bad}");
+        }
+        assert!(!is_json_media_type(None));
+        // The control socket: only bodies need the header.
+        assert!(media_type_ok(
+            &request("POST", "/api/v1/control/stop", &[], ""),
+            false
+        ));
+        assert!(!media_type_ok(&request("POST", "/x", &[], "{}"), false));
+        assert!(!media_type_ok(
+            &request("GET", "/x", &[("Content-Type", "text/plain")], "{}"),
+            false
+        ));
     }
 
     fn temp_dir(name: &str) -> PathBuf {

@@ -11,6 +11,7 @@
 pub mod http;
 pub mod listener;
 pub mod routes;
+pub mod token;
 pub mod ws;
 
 use crate::daemon::Timer;

@@ -35,7 +35,15 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/mcp/servers/{id}/reset", &["POST"]),
     ("/api/v1/mcp/servers/{id}/tools", &["GET"]),
     ("/api/v1/mcp/servers/{id}/tools/call", &["POST"]),
+    ("/api/v1/auth/token", &["GET"]),
+    ("/api/v1/auth/token/rotate", &["POST"]),
 ];
+
+/// Routes that answer only on the control socket (403 over TCP and WebSocket, even with a
+/// valid token): they hand out or replace the token itself.
+pub fn control_socket_only(pattern: &str) -> bool {
+    pattern.starts_with("/api/v1/auth/")
+}
 
 /// A path matched against the route table (cheap: no body is looked at yet).
 #[derive(Debug, Clone)]
@@ -187,6 +195,8 @@ pub fn route_resolved(
             }
         }
         ("POST", "/api/v1/config/reload") => Request::ConfigReload,
+        ("GET", "/api/v1/auth/token") => Request::AuthToken,
+        ("POST", "/api/v1/auth/token/rotate") => Request::AuthTokenRotate,
         ("GET", "/api/v1/config/schema") => Request::ConfigSchema,
         ("GET", "/api/v1/logs") => Request::Logs {
             query: LogQuery {

@@ -51,11 +51,13 @@ fn config() -> WebSocketConfig {
 /// The answer to the upgrade request, or why it is refused.
 ///
 /// # Errors
-/// 400 for a malformed upgrade, 426 for a plain GET.
+/// 400 for a malformed upgrade, 426 for a plain GET or a HEAD.
 pub fn handshake_response(req: &http::Request) -> Result<Vec<u8>, (u16, String)> {
-    let upgrade = req
-        .header("upgrade")
-        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    // A HEAD gets what a GET without Upgrade gets: a HEAD cannot switch protocols.
+    let upgrade = req.method == "GET"
+        && req
+            .header("upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
     if !upgrade {
         return Err((
             426,

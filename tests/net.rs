@@ -1,0 +1,269 @@
+//! The HTTP and WebSocket layer under attack, through the real binary and raw sockets: strict
+//! framing (HEAD, Content-Length, Host), connection slots (per-peer limit, eviction), and
+//! WebSocket clients that never read.
+//!
+//! Every daemon here has a token configured and every TCP request but `GET /api/v1/health`
+//! sends it, with a JSON content type on bodies, so the tests hold whatever the access rules.
+
+use crate::util::*;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+const TOKEN: &str = "n3t-http-T0ken";
+
+fn config(extra: &str) -> String {
+    format!("[security]\napi_token = \"{TOKEN}\"\n{extra}")
+}
+
+fn start(extra: &str) -> Daemon {
+    Daemon::start_with(Setup {
+        config: Some(config(extra)),
+        ..Setup::default()
+    })
+}
+
+fn addr(d: &Daemon) -> SocketAddr {
+    d.http.expect("the daemon reports its TCP address")
+}
+
+fn connect(d: &Daemon) -> TcpStream {
+    let s = TcpStream::connect(addr(d)).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    s
+}
+
+/// A request with Host and token (and a JSON body when given).
+fn request(method: &str, path: &str, body: Option<&str>, close: bool) -> String {
+    let mut r =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n");
+    if let Some(b) = body {
+        r.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    if close {
+        r.push_str("Connection: close\r\n");
+    }
+    r.push_str("\r\n");
+    r.push_str(body.unwrap_or(""));
+    r
+}
+
+/// Writes `raw` on a fresh connection and reads until the daemon closes it.
+fn exchange(d: &Daemon, raw: &[u8]) -> Vec<u8> {
+    let mut s = connect(d);
+    s.write_all(raw).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// One response parsed off the front of `raw`: status, head, body (by Content-Length, or the
+/// rest without one) and the bytes after it.
+fn take_response(raw: &[u8]) -> (u16, String, Vec<u8>, &[u8]) {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let rest = &raw[end + 4..];
+    let len = content_length(&head).unwrap_or(rest.len()).min(rest.len());
+    (status, head, rest[..len].to_vec(), &rest[len..])
+}
+
+fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+fn error_code(body: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    v["errors"][0]["code"].as_str().unwrap_or("").to_string()
+}
+
+// ----- 1. HEAD ----------------------------------------------------------------------------------
+
+/// HEAD then GET of the same path, pipelined on one connection: the HEAD answer is a head
+/// only, with the Content-Length of the body a GET gets, and the GET behind it is answered
+/// intact (a body after the HEAD head would be read as the next answer: a desync).
+fn head_then_get(d: &Daemon, path: &str, want: u16) {
+    let mut raw = request("HEAD", path, None, false);
+    raw.push_str(&request("GET", path, None, true));
+    let all = exchange(d, raw.as_bytes());
+    let text = String::from_utf8_lossy(&all).into_owned();
+    let end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8_lossy(&all[..end]).into_owned();
+    let after = &all[end + 4..];
+    assert!(
+        head.starts_with(&format!("HTTP/1.1 {want} ")),
+        "{path}: {text}"
+    );
+    assert!(
+        after.starts_with(b"HTTP/1.1 "),
+        "{path}: the HEAD answer carried a body:\n{text}"
+    );
+    let head_len = content_length(&head).expect("HEAD has the GET's Content-Length");
+    let (status, get_head, body, rest) = take_response(after);
+    assert_eq!(status, want, "{path}: {text}");
+    assert!(
+        rest.is_empty(),
+        "{path}: bytes after the GET answer:\n{text}"
+    );
+    assert_eq!(content_length(&get_head), Some(body.len()), "{text}");
+    // The two answers differ in timestamps, request ids and counters, not in kind.
+    let slack = 64 + body.len() / 10;
+    assert!(
+        head_len > 0 && head_len.abs_diff(body.len()) <= slack,
+        "{path}: HEAD says {head_len} bytes, GET sent {}",
+        body.len()
+    );
+    let ct = |h: &str| {
+        h.lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("content-type:"))
+            .map(str::to_string)
+    };
+    assert_eq!(ct(&head), ct(&get_head), "{path}");
+}
+
+#[test]
+fn head_answers_the_get_head_without_a_body() {
+    let d = start("");
+    head_then_get(&d, "/api/v1/health", 200);
+    head_then_get(&d, "/api/v1/status", 200);
+    // The first HEAD and GET of /metrics add their own series to it: warm those up so the
+    // two answers compared below differ in counter values only.
+    let mut warm = request("HEAD", "/metrics", None, false);
+    warm.push_str(&request("GET", "/metrics", None, true));
+    exchange(&d, warm.as_bytes());
+    head_then_get(&d, "/metrics", 200);
+    head_then_get(&d, "/api/v1/openapi.json", 200);
+    head_then_get(&d, "/api/v1/no-such-route", 404);
+    // Over the control socket too.
+    let raw = raw_exchange(
+        &d.socket,
+        b"HEAD /api/v1/status HTTP/1.1\r\nHost: localhost\r\n\r\n\
+          GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("head");
+    assert!(
+        raw[end + 4..].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    // A POST-only route: 405 naming the methods, still without a body.
+    let raw = exchange(
+        &d,
+        request("HEAD", "/api/v1/config/reload", None, true).as_bytes(),
+    );
+    let (status, head, body, _) = take_response(&raw);
+    assert_eq!(status, 405, "{head}");
+    assert!(head.contains("Allow: POST"), "{head}");
+    assert!(body.is_empty(), "{}", String::from_utf8_lossy(&raw));
+    assert!(content_length(&head).is_some_and(|n| n > 0), "{head}");
+    // A 405 on a GET route lists HEAD beside GET.
+    let raw = exchange(
+        &d,
+        request("DELETE", "/api/v1/status", None, true).as_bytes(),
+    );
+    let (status, head, _, _) = take_response(&raw);
+    assert_eq!(status, 405, "{head}");
+    assert!(head.contains("Allow: GET, HEAD"), "{head}");
+}
+
+#[test]
+fn head_of_an_event_stream_is_the_stream_head_then_close() {
+    let d = start("");
+    let mut raw = request("HEAD", "/api/v1/logs", None, false);
+    raw = raw.replacen("\r\n\r\n", "\r\nAccept: text/event-stream\r\n\r\n", 1);
+    let all = exchange(&d, raw.as_bytes());
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("text/event-stream"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "no stream bytes after a HEAD: {text}"
+    );
+}
+
+// ----- 2. Content-Length ------------------------------------------------------------------------
+
+#[test]
+fn content_length_must_be_plain_digits_and_sent_once() {
+    let d = start("");
+    let heads = [
+        "Content-Length: +2\r\n",
+        "Content-Length: -1\r\n",
+        "Content-Length:  2 2\r\n",
+        "Content-Length: 99999999999999999999999\r\n",
+        "Content-Length: \r\n",
+        "Content-Length: 2\r\nContent-Length: 3\r\n",
+        "Content-Length: 2\r\nContent-Length: 2\r\n",
+    ];
+    for cl in heads {
+        let raw = format!(
+            "POST /api/v1/config/reload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n{cl}\r\n{{}}"
+        );
+        let mut s = connect(&d);
+        s.write_all(raw.as_bytes()).expect("write");
+        let mut all = Vec::new();
+        // The daemon answers and closes: read_to_end returns (a hang would time out).
+        s.read_to_end(&mut all)
+            .expect("the daemon closes the connection");
+        let (status, head, body, rest) = take_response(&all);
+        assert_eq!(status, 400, "{cl:?}: {}", String::from_utf8_lossy(&all));
+        assert_eq!(error_code(&body), "bad_request", "{cl:?}");
+        assert!(head.contains("Connection: close"), "{cl:?}: {head}");
+        assert!(rest.is_empty(), "{cl:?}: one answer only");
+    }
+    // A well-formed one still works.
+    let raw = request("POST", "/api/v1/config/reload", Some("{}"), true);
+    let (status, _, body, _) = take_response(&exchange(&d, raw.as_bytes()));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+// ----- 3. Host ----------------------------------------------------------------------------------
+
+#[test]
+fn host_must_be_sent_exactly_once() {
+    let d = start("");
+    let two = format!(
+        "GET /api/v1/status HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    let none = format!("GET /api/v1/status HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    for (what, raw) in [("two Host headers", &two), ("no Host", &none)] {
+        let all = exchange(&d, raw.as_bytes());
+        let (status, head, body, _) = take_response(&all);
+        assert_eq!(status, 400, "{what}: {}", String::from_utf8_lossy(&all));
+        assert_eq!(error_code(&body), "bad_request", "{what}");
+        assert!(head.contains("Connection: close"), "{what}: {head}");
+        // Over the control socket the same parser answers the same way.
+        let all = raw_exchange(&d.socket, raw.as_bytes());
+        assert_eq!(
+            take_response(&all).0,
+            400,
+            "{what} (control socket): {}",
+            String::from_utf8_lossy(&all)
+        );
+    }
+    // HTTP/1.0 has no Host requirement (the control socket does not check names).
+    let all = raw_exchange(&d.socket, b"GET /api/v1/health HTTP/1.0\r\n\r\n");
+    assert_eq!(
+        take_response(&all).0,
+        200,
+        "{}",
+        String::from_utf8_lossy(&all)
+    );
+}

@@ -9,6 +9,7 @@ use crate::util::*;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 const TOKEN: &str = "n3t-http-T0ken";
 
@@ -266,4 +267,105 @@ fn host_must_be_sent_exactly_once() {
         "{}",
         String::from_utf8_lossy(&all)
     );
+}
+
+// ----- 5. a WebSocket client that never reads ----------------------------------------------------
+
+type Ws = tungstenite::WebSocket<TcpStream>;
+
+/// Opens `/ws/monitor` with the token on a socket with a small receive buffer (so the kernel
+/// absorbs little), subscribes to `logs` and reads the answer. From then on it never reads.
+fn silent_logs_subscriber(d: &Daemon) -> Ws {
+    let a = addr(d);
+    let s = TcpStream::connect(a).expect("connect");
+    let size: libc::c_int = 16 * 1024;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUF");
+    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let url = format!("ws://{a}/ws/monitor?token={TOKEN}");
+    let (mut ws, _) = tungstenite::client(url.as_str(), s).expect("WebSocket accepted");
+    ws.send(tungstenite::Message::text(
+        r#"{"id": "sub", "command": "subscribe", "channels": ["logs"]}"#,
+    ))
+    .expect("subscribe");
+    loop {
+        let m = ws.read().expect("the subscription answer");
+        let v: Value = serde_json::from_str(m.to_text().unwrap_or("null")).unwrap_or(Value::Null);
+        if v["id"] == "sub" {
+            assert_eq!(v["status"], "success", "{v}");
+            return ws;
+        }
+    }
+}
+
+/// `vsm_ws_clients_closed_slow_total`, read over the control socket.
+fn closed_slow(d: &Daemon) -> f64 {
+    let raw = raw_exchange(
+        &d.socket,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    let (_, _, body) = split_response(&raw);
+    body.lines()
+        .find_map(|l| l.strip_prefix("vsm_ws_clients_closed_slow_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_logs_subscriber_that_never_reads_is_closed_with_1008_after_the_stall_limit() {
+    let d = start("[mcp_servers]\nstderr_lines_per_second = 1000\n");
+    let mut ws = silent_logs_subscriber(&d);
+    // The client's last frame went out now: the keep-alive path would act 30 s from here.
+    let silent_since = Instant::now();
+    // Log traffic: an "MCP server" that floods stderr with 500-byte lines (about 0.5 MB/s
+    // of log records after the rate limit). It never answers initialize; it does not matter.
+    let spec = serde_json::json!({"id": "chatter", "command": "sh",
+        "args": ["-c", "exec yes $(printf %0500d 0) 1>&2"], "autostart": true});
+    let (code, v) = d.http("POST", "/api/v1/mcp/servers", Some(&spec.to_string()));
+    assert_eq!(code, 200, "{v}");
+    // Closed for stalling well before the keep-alive path (30 s) could have closed it: the
+    // stall limit is 10 s from when its data stopped draining, which is soon after the flood
+    // began. The deadline is generous for a loaded machine; it is a condition, not a timing.
+    let deadline = silent_since + Duration::from_secs(25);
+    let closed_at = loop {
+        if closed_slow(&d) >= 1.0 {
+            break Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the silent subscriber was not closed for stalling within 25 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "silent WebSocket subscriber closed for stalling after {:.1} s",
+        closed_at.duration_since(silent_since).as_secs_f64()
+    );
+    let (code, v) = d.http("DELETE", "/api/v1/mcp/servers/chatter", None);
+    assert_eq!(code, 200, "{v}");
+    // Now it reads: the records that were on their way, then the close frame with 1008.
+    let mut records = 0u64;
+    let end = loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| f.code),
+            Ok(_) => records += 1,
+            Err(e) => panic!("ended without a close frame after {records} messages: {e}"),
+        }
+    };
+    assert_eq!(
+        end,
+        Some(tungstenite::protocol::frame::coding::CloseCode::Policy),
+        "after {records} messages"
+    );
+    let (code, _) = d.http("GET", "/api/v1/health", None);
+    assert_eq!(code, 200);
 }

@@ -115,6 +115,15 @@ impl Stream {
     }
 }
 
+impl std::os::fd::AsRawFd for Stream {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
@@ -473,6 +482,15 @@ impl Server {
         else {
             return Err("already upgraded".into());
         };
+        // A monitor stream needs little kernel buffer; an unbounded (autotuned, up to MBs)
+        // one would hide a client that stopped reading from the stall rule for minutes and
+        // pin that memory per client. Best effort: the default still works.
+        if let Err(e) = crate::sys::set_send_buffer(
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            ws::KERNEL_SEND_BUFFER,
+        ) {
+            log::debug!("cannot size a WebSocket send buffer: {e}");
+        }
         // The 101 is small and nothing else is queued: a fresh socket buffer takes it whole.
         if let Err(e) = stream.write_all(response) {
             conn.transport = Transport::Http(stream);
@@ -496,12 +514,26 @@ impl Server {
     /// Sends a text message to one WebSocket client.
     pub fn ws_send(&mut self, cx: &mut Cx<'_, Timer>, id: ConnId, text: Utf8Bytes) {
         let Some(w) = self.ws_mut(id) else { return };
+        let due = w.stall_due();
         let dropped = w.enqueue(text);
         let broken = w.pump().is_err();
+        let stall_clock_moved = w.stall_due() != due;
+        let stalled = w.stalled(Instant::now());
+        if stalled {
+            Self::give_up_on_stalled(w);
+        }
         self.ws_dropped += dropped;
+        self.ws_closed_slow += u64::from(stalled);
         if broken {
             self.close(cx, id);
+        } else if stall_clock_moved || stalled {
+            self.update_timer(cx, id);
         }
+    }
+
+    fn give_up_on_stalled(w: &mut ws::WsConn) {
+        log::warn!("closing a WebSocket client that does not read its events (1008)");
+        w.close_stalled();
     }
 
     /// Sends a text message to every WebSocket client subscribed to `channel`; closes the
@@ -518,7 +550,7 @@ impl Server {
         let now = Instant::now();
         let mut sent = 0;
         let mut dead = Vec::new();
-        let mut closing = Vec::new();
+        let mut rearm = Vec::new();
         for (slot, c) in self.conns.iter_mut().enumerate() {
             let Some(c) = c else { continue };
             let Transport::Ws(w) = &mut c.transport else {
@@ -527,29 +559,30 @@ impl Server {
             if !w.channels.contains(channel) || w.is_closing() {
                 continue;
             }
+            let id = ConnId {
+                slot: slot as u32,
+                generation: c.generation,
+            };
+            let due = w.stall_due();
             self.ws_dropped += w.enqueue(text.clone());
-            if w.stalled(now) {
-                log::warn!("closing a WebSocket client that does not read its events (1008)");
-                w.close_stalled();
-                self.ws_closed_slow += 1;
-                closing.push(ConnId {
-                    slot: slot as u32,
-                    generation: c.generation,
-                });
-            }
             sent += 1;
             if w.pump().is_err() {
-                dead.push(ConnId {
-                    slot: slot as u32,
-                    generation: c.generation,
-                });
+                dead.push(id);
+                continue;
+            }
+            if w.stalled(now) {
+                Self::give_up_on_stalled(w);
+                self.ws_closed_slow += 1;
+                rearm.push(id);
+            } else if w.stall_due() != due {
+                rearm.push(id);
             }
         }
         for id in dead {
             self.close(cx, id);
         }
-        // Their deadline is now the close grace, not the next keep-alive.
-        for id in closing {
+        // Their deadline is now the stall limit or the close grace, not the next keep-alive.
+        for id in rearm {
             self.update_timer(cx, id);
         }
         sent
@@ -611,16 +644,15 @@ impl Server {
         }
         conn.timer = None;
         if let Transport::Ws(w) = &mut conn.transport {
-            let stalled = w.stalled(now);
-            if stalled {
-                w.close_stalled();
+            if w.stalled(now) {
+                // Its deadline becomes the close grace: time to read the 1008 close frame.
+                Self::give_up_on_stalled(w);
+                self.ws_closed_slow += 1;
+                self.update_timer(cx, id);
+                return;
             }
             // A client that is closing gets until this deadline to finish; otherwise ping it.
-            let alive = !w.is_closing() && w.on_keepalive(now).is_ok();
-            if stalled {
-                self.ws_closed_slow += 1;
-            }
-            if alive {
+            if !w.is_closing() && w.on_keepalive(now).is_ok() {
                 self.update_timer(cx, id);
                 return;
             }
@@ -634,7 +666,7 @@ impl Server {
         let policy = self.policy;
         let Some(conn) = self.get(id) else { return };
         let want = match &conn.transport {
-            Transport::Ws(w) => Some(w.keepalive_due()),
+            Transport::Ws(w) => Some(w.deadline()),
             Transport::Http(_) if conn.http.is_streaming() || conn.http.in_flight() > 0 => None,
             Transport::Moving => None,
             Transport::Http(_) => match conn.head_started.filter(|_| conn.http.has_partial_input())

@@ -369,3 +369,200 @@ fn a_logs_subscriber_that_never_reads_is_closed_with_1008_after_the_stall_limit(
     let (code, _) = d.http("GET", "/api/v1/health", None);
     assert_eq!(code, 200);
 }
+
+// ----- 4. connection slots -----------------------------------------------------------------------
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all loopback on
+/// Linux, so each address is another peer for the daemon).
+fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let SocketAddr::V4(to) = to else {
+        panic!("the daemon listens on IPv4 loopback")
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket(2) call; the fd is owned by the TcpStream below or closed here.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is a socket we own; it is closed by the TcpStream on every path below.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let local = sin(from, 0);
+    let remote = sin(*to.ip(), to.port());
+    // SAFETY: the addresses are valid sockaddr_in values of the length passed.
+    let rc = unsafe { libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) };
+    assert_eq!(rc, 0, "bind {from}: {}", std::io::Error::last_os_error());
+    // SAFETY: as above.
+    let rc = unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) };
+    assert_eq!(
+        rc,
+        0,
+        "connect from {from}: {}",
+        std::io::Error::last_os_error()
+    );
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    stream
+}
+
+/// `GET /api/v1/status?detailed=true` over the control socket: the loop statistics.
+fn loop_stats(d: &Daemon) -> Value {
+    let (code, v) = d.http("GET", "/api/v1/status?detailed=true", None);
+    assert_eq!(code, 200, "{v}");
+    v["data"]["loop"].clone()
+}
+
+/// One request on a fresh TCP connection from `from`; the status, or 0 when the connection
+/// ended without an answer.
+fn status_from(d: &Daemon, from: std::net::Ipv4Addr) -> u16 {
+    let mut s = connect_from(from, addr(d));
+    let raw = request("GET", "/api/v1/status", None, true);
+    if s.write_all(raw.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    if all.is_empty() {
+        return 0;
+    }
+    take_response(&all).0
+}
+
+const LOCALHOST: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
+
+#[test]
+fn idle_sockets_from_one_address_do_not_lock_out_a_client_from_it() {
+    let d = start("");
+    let a = addr(&d);
+    // 300 sockets that never send a byte, all from 127.0.0.1 (more than the whole listener).
+    let idle: Vec<TcpStream> = (0..300).map(|_| connect_from(LOCALHOST, a)).collect();
+    let stats = wait_until(
+        "the daemon to take in the 300 sockets",
+        || loop_stats(&d),
+        |v| v["connections_accepted"].as_u64() >= Some(300),
+        |v| format!("{v:#}"),
+    );
+    // At most the per-peer limit (64 by default) of them hold a slot: every socket beyond it
+    // pushed out the oldest waiting one of the same address.
+    assert!(stats["connections_tcp"].as_u64() <= Some(64), "{stats:#}");
+    assert!(
+        stats["connections_evicted"]["peer_limit"].as_u64() >= Some(236),
+        "{stats:#}"
+    );
+    // A normal client on the same address, while the idle sockets stay open.
+    let statuses: Vec<u16> = (0..100).map(|_| status_from(&d, LOCALHOST)).collect();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    eprintln!("{ok} of 100 requests got 200 beside 300 idle sockets from the same address");
+    assert_eq!(ok, 100, "statuses: {statuses:?}");
+    let refused = loop_stats(&d)["connections_refused"].clone();
+    assert_eq!(refused["peer_limit"], 0, "{refused}");
+    assert_eq!(refused["listener_full"], 0, "{refused}");
+    drop(idle);
+}
+
+#[test]
+fn a_full_listener_evicts_the_longest_waiting_connection_for_a_new_client() {
+    let d = start("[http]\nmax_connections = 32\nmax_connections_per_peer = 8\n");
+    let a = addr(&d);
+    // Four loopback addresses fill the listener with idle sockets, 8 each.
+    let mut idle = Vec::new();
+    for n in 2..6u8 {
+        for _ in 0..8 {
+            idle.push(connect_from(std::net::Ipv4Addr::new(127, 0, 0, n), a));
+        }
+    }
+    wait_until(
+        "the listener to be full",
+        || loop_stats(&d),
+        |v| v["connections_tcp"].as_u64() == Some(32),
+        |v| format!("{v:#}"),
+    );
+    // A fifth address is under its own limit but the listener is full: the longest waiting
+    // socket (the first from 127.0.0.2) makes room.
+    assert_eq!(status_from(&d, std::net::Ipv4Addr::new(127, 0, 0, 6)), 200);
+    let stats = loop_stats(&d);
+    assert!(
+        stats["connections_evicted"]["listener_full"].as_u64() >= Some(1),
+        "{stats:#}"
+    );
+    let mut first = idle.remove(0);
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(first.read(&mut buf), Ok(0) | Err(_)),
+        "the oldest idle socket was the one closed"
+    );
+    // The metric says so too.
+    let raw = raw_exchange(
+        &d.socket,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    let (_, _, body) = split_response(&raw);
+    let evicted = body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("vsm_http_connections_evicted_total{reason=\"listener_full\"} ")
+        })
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(evicted >= Some(1.0), "{body}");
+}
+
+#[test]
+fn busy_connections_are_kept_and_only_then_a_new_one_gets_503() {
+    let d = start("[http]\nmax_connections = 4\n");
+    // Four event streams: busy, never evicted for idleness.
+    let mut streams: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = connect(&d);
+            let raw = request("GET", "/api/v1/events", None, false).replacen(
+                "\r\n\r\n",
+                "\r\nAccept: text/event-stream\r\n\r\n",
+                1,
+            );
+            s.write_all(raw.as_bytes()).expect("write");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                assert_eq!(s.read(&mut byte).expect("stream head"), 1, "stream head");
+                head.push(byte[0]);
+            }
+            assert!(head.starts_with(b"HTTP/1.1 200"));
+            s
+        })
+        .collect();
+    let all = exchange(&d, request("GET", "/api/v1/health", None, true).as_bytes());
+    let (status, head, body, _) = take_response(&all);
+    assert_eq!(status, 503, "{head}");
+    assert_eq!(error_code(&body), "busy");
+    assert!(head.contains("Retry-After"), "{head}");
+    let stats = loop_stats(&d);
+    assert_eq!(stats["connections_tcp"], 4, "{stats:#}");
+    assert!(
+        stats["connections_refused"]["listener_full"].as_u64() >= Some(1),
+        "{stats:#}"
+    );
+    assert_eq!(
+        stats["connections_evicted"]["listener_full"], 0,
+        "{stats:#}"
+    );
+    // The control socket has slots of its own.
+    assert_eq!(d.http("GET", "/api/v1/health", None).0, 200);
+    // A stream ends: its slot is free again.
+    drop(streams.pop());
+    wait_until(
+        "a free slot",
+        || {
+            take_response(&exchange(
+                &d,
+                request("GET", "/api/v1/health", None, true).as_bytes(),
+            ))
+            .0
+        },
+        |s| *s == 200,
+        |s| format!("last status {s}"),
+    );
+}

@@ -11,6 +11,7 @@
 pub mod http;
 pub mod listener;
 pub mod routes;
+pub mod slots;
 pub mod ws;
 
 use crate::daemon::Timer;
@@ -18,7 +19,8 @@ use crate::reactor::timer::TimerId;
 use crate::reactor::Cx;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Token};
-use std::collections::VecDeque;
+use slots::{Activity, Admission, PeerKey};
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -92,6 +94,8 @@ pub struct ConnPolicy {
     pub limits: http::Limits,
     /// Open connections allowed per listener.
     pub max_connections: usize,
+    /// Open TCP connections allowed per peer ([`slots::PeerKey`]).
+    pub max_connections_per_peer: usize,
     /// Time to receive a complete request head.
     pub head_timeout: Duration,
     /// Keep-alive idle time before closing.
@@ -157,6 +161,10 @@ struct Connection {
     http: http::Conn,
     generation: u32,
     peer: Peer,
+    /// The per-peer limit's key (TCP peers).
+    key: Option<PeerKey>,
+    /// Since when it has been waiting on its client, when it is (see [`Connection::activity`]).
+    since: Instant,
     timer: Option<(TimerId, Instant)>,
     head_started: Option<Instant>,
     peer_closed: bool,
@@ -165,6 +173,16 @@ struct Connection {
 }
 
 impl Connection {
+    /// Whether the connection waits on its client (evictable) or works for it.
+    fn activity(&self) -> Activity {
+        match &self.transport {
+            Transport::Http(_) if self.http.in_flight() == 0 && !self.http.is_streaming() => {
+                Activity::Waiting(self.since)
+            }
+            Transport::Http(_) | Transport::Ws(_) | Transport::Moving => Activity::Busy,
+        }
+    }
+
     fn source(&mut self) -> Option<&mut dyn mio::event::Source> {
         match &mut self.transport {
             Transport::Http(s) => Some(s.source()),
@@ -180,8 +198,14 @@ pub struct Server {
     free: Vec<usize>,
     generations: Vec<u32>,
     open: [usize; 2],
+    /// Open TCP connections per peer (entries at zero are removed: bounded by connections).
+    per_peer: HashMap<PeerKey, usize>,
     /// Connections refused because the limit was reached.
     pub refused_over_limit: u64,
+    /// Connections refused, by [`slots::Reason::index`].
+    pub refused: [u64; 2],
+    /// Waiting connections evicted to make room, by [`slots::Reason::index`].
+    pub evicted: [u64; 2],
     /// Connections accepted in total.
     pub accepted: u64,
     /// WebSocket clients open (kept so the loop skips WebSocket work when there are none).
@@ -209,7 +233,10 @@ impl Server {
             free: Vec::new(),
             generations: Vec::new(),
             open: [0, 0],
+            per_peer: HashMap::new(),
             refused_over_limit: 0,
+            refused: [0, 0],
+            evicted: [0, 0],
             accepted: 0,
             ws_open: 0,
             ws_dropped: 0,
@@ -223,23 +250,77 @@ impl Server {
         self.open[0] + self.open[1]
     }
 
+    /// Open connections of one listener.
+    pub fn open_on(&self, via: Via) -> usize {
+        self.open[via_index(via)]
+    }
+
     /// WebSocket clients.
     pub fn ws_clients(&self) -> usize {
         self.ws_open
     }
 
+    /// Decides whether a new connection gets a slot (see [`slots`]), evicting a waiting
+    /// connection when that makes room. Returns the refusal reason otherwise.
+    fn make_room(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        via: Via,
+        key: Option<PeerKey>,
+    ) -> Result<(), slots::Reason> {
+        let limits = slots::Limits {
+            max_connections: self.policy.max_connections,
+            max_per_peer: self.policy.max_connections_per_peer,
+        };
+        let peer = key.map(|k| (k, self.per_peer.get(&k).copied().unwrap_or(0)));
+        let occupants = self.conns.iter().enumerate().filter_map(|(slot, c)| {
+            let c = c.as_ref().filter(|c| c.peer.via == via)?;
+            let id = ConnId {
+                slot: slot as u32,
+                generation: c.generation,
+            };
+            Some((id, c.key, c.activity()))
+        });
+        match slots::admit(limits, self.open[via_index(via)], peer, occupants) {
+            Admission::Admit => Ok(()),
+            Admission::Evict(victim, reason) => {
+                self.evicted[reason.index()] += 1;
+                log::debug!(
+                    "evicting a waiting connection to make room ({})",
+                    reason.label()
+                );
+                self.close(cx, victim);
+                Ok(())
+            }
+            Admission::Refuse(reason) => {
+                self.refused[reason.index()] += 1;
+                self.refused_over_limit += 1;
+                Err(reason)
+            }
+        }
+    }
+
     /// Adopts an accepted stream.
     pub fn adopt(&mut self, cx: &mut Cx<'_, Timer>, mut stream: Stream, peer: Peer) {
-        if self.open[via_index(peer.via)] >= self.policy.max_connections {
-            self.refused_over_limit += 1;
-            let body = br#"{"status":"error","data":null,"errors":[{"code":"busy","message":"too many connections","field":null}]}"#;
+        let key = match (peer.via, peer.addr) {
+            (Via::Tcp, Some(addr)) => Some(PeerKey::of(addr.ip())),
+            _ => None,
+        };
+        if let Err(reason) = self.make_room(cx, peer.via, key) {
+            let message = match reason {
+                slots::Reason::PeerLimit => "too many connections from your address",
+                slots::Reason::ListenerFull => "too many connections",
+            };
+            let body = format!(
+                r#"{{"status":"error","data":null,"errors":[{{"code":"busy","message":"{message}","field":null}}]}}"#
+            );
             let head = format!(
                 "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
                 body.len()
             );
             // Best effort into a fresh socket buffer; the connection is dropped either way.
             let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(body);
+            let _ = stream.write_all(body.as_bytes());
             return;
         }
         let slot = match self.free.pop() {
@@ -262,11 +343,16 @@ impl Server {
         }
         self.generations[slot] = self.generations[slot].wrapping_add(1);
         self.open[via_index(peer.via)] += 1;
+        if let Some(k) = key {
+            *self.per_peer.entry(k).or_default() += 1;
+        }
         self.conns[slot] = Some(Connection {
             transport: Transport::Http(stream),
             http: http::Conn::new(),
             generation: self.generations[slot],
             peer,
+            key,
+            since: Instant::now(),
             timer: None,
             head_started: None,
             peer_closed: false,
@@ -437,6 +523,8 @@ impl Server {
     ) {
         if let Some(conn) = self.get(id) {
             conn.http.respond(seq, response, close);
+            // Waiting on the client again from now on, once this was the last in flight.
+            conn.since = Instant::now();
             self.drive(cx, id, false, incoming);
         }
     }
@@ -672,8 +760,9 @@ impl Server {
             Transport::Http(_) => match conn.head_started.filter(|_| conn.http.has_partial_input())
             {
                 Some(started) => Some(started + policy.head_timeout),
-                None if conn.http.is_idle() => Some(Instant::now() + policy.idle_timeout),
-                None => None,
+                // Idle, or answered but the client does not read: either way it waits on
+                // the client, and the deadline slides only while the client makes progress.
+                None => Some(Instant::now() + policy.idle_timeout),
             },
         };
         // Re-arm only when the deadline moves by more than a little: idle deadlines slide with
@@ -705,6 +794,14 @@ impl Server {
             }
             self.free.push(id.slot as usize);
             self.open[via_index(conn.peer.via)] -= 1;
+            if let Some(k) = conn.key {
+                if let Some(n) = self.per_peer.get_mut(&k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_peer.remove(&k);
+                    }
+                }
+            }
             if matches!(conn.transport, Transport::Ws(_)) {
                 self.ws_open -= 1;
             }

@@ -273,16 +273,13 @@ fn host_must_be_sent_exactly_once() {
 
 type Ws = tungstenite::WebSocket<TcpStream>;
 
-/// Opens `/ws/monitor` with the token on a socket with a small receive buffer (so the kernel
-/// absorbs little), subscribes to `logs` and reads the answer. From then on it never reads.
-fn silent_logs_subscriber(d: &Daemon) -> Ws {
-    let a = addr(d);
-    let s = TcpStream::connect(a).expect("connect");
+/// Shrinks a client's receive buffer so that the kernel absorbs little of what it does not read.
+fn small_receive_buffer(s: &TcpStream) {
     let size: libc::c_int = 16 * 1024;
     // SAFETY: setsockopt on a socket we own, with a pointer to a c_int and its size.
     let rc = unsafe {
         libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
+            std::os::fd::AsRawFd::as_raw_fd(s),
             libc::SOL_SOCKET,
             libc::SO_RCVBUF,
             (&size as *const libc::c_int).cast(),
@@ -290,7 +287,14 @@ fn silent_logs_subscriber(d: &Daemon) -> Ws {
         )
     };
     assert_eq!(rc, 0, "SO_RCVBUF");
-    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
+}
+
+/// Opens `/ws/monitor` with the token on a socket with a small receive buffer (so the kernel
+/// absorbs little), subscribes to `logs` and reads the answer. From then on it never reads.
+fn silent_logs_subscriber(d: &Daemon) -> Ws {
+    let a = addr(d);
+    let s = connect(d);
+    small_receive_buffer(&s);
     let url = format!("ws://{a}/ws/monitor?token={TOKEN}");
     let (mut ws, _) = tungstenite::client(url.as_str(), s).expect("WebSocket accepted");
     ws.send(tungstenite::Message::text(
@@ -565,4 +569,70 @@ fn busy_connections_are_kept_and_only_then_a_new_one_gets_503() {
         |s| *s == 200,
         |s| format!("last status {s}"),
     );
+}
+
+// ----- answers a client does not read ------------------------------------------------------------
+
+/// `vsm_http_requests_total` of one route and method, over the control socket.
+fn requests_counted(d: &Daemon, route: &str, method: &str) -> f64 {
+    let raw = raw_exchange(
+        &d.socket,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    let (_, _, body) = split_response(&raw);
+    let prefix = format!("vsm_http_requests_total{{route=\"{route}\",method=\"{method}\",");
+    body.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn answers_a_client_does_not_read_are_bounded_and_all_arrive_once_it_reads() {
+    let d = start("");
+    let rss = |d: &Daemon| loop_stats(d)["rss_bytes"].as_u64().unwrap_or(0);
+    let before = rss(&d);
+    // 200 pipelined requests for a 130 KB answer: 26 MB if every answer were buffered.
+    let n = 200;
+    let mut raw = request("GET", "/api/v1/openapi.json", None, false).repeat(n - 1);
+    raw.push_str(&request("GET", "/api/v1/openapi.json", None, true));
+    let mut s = connect(&d);
+    small_receive_buffer(&s);
+    s.write_all(raw.as_bytes())
+        .expect("the requests fit in the socket buffers");
+    // The client does not read. The daemon answers what the kernel buffers and its own
+    // output bound take, then waits; watch it for 30 polls (absence needs some waiting).
+    let mut peak = before;
+    let mut answered = 0.0;
+    for _ in 0..30 {
+        answered = requests_counted(&d, "/api/v1/openapi.json", "GET");
+        peak = peak.max(rss(&d));
+        if answered >= n as f64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let grown = peak.saturating_sub(before);
+    eprintln!(
+        "{answered} of {n} answered while the client did not read; RSS grew by {} KiB",
+        grown / 1024
+    );
+    assert!(
+        answered < n as f64,
+        "every answer was produced although the client read none"
+    );
+    assert!(grown < 16 * 1024 * 1024, "RSS grew by {grown} bytes");
+    // Now it reads: every answer arrives, in order, none lost to the pause.
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).expect("read to the end");
+    let mut rest = &all[..];
+    let mut got = 0;
+    while !rest.is_empty() {
+        let (status, head, body, after) = take_response(rest);
+        assert_eq!(status, 200, "answer {got}: {head}");
+        assert!(body.starts_with(b"{"), "answer {got}");
+        rest = after;
+        got += 1;
+    }
+    assert_eq!(got, n);
 }

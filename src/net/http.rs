@@ -4,6 +4,9 @@
 //! Invariants:
 //! - Input held is bounded by `max_head_bytes + max_body_bytes`; the transport stops reading
 //!   when [`Conn::wants_read`] is false.
+//! - Output is bounded too: while [`MAX_BUFFERED_OUTPUT`] bytes of answers wait for a client
+//!   that does not read, no further request is read or parsed (so at most that plus the
+//!   answers to `max_pipeline` requests already parsed is held).
 //! - Responses leave in request order (pipelining) even when they are produced out of order:
 //!   each request gets a sequence number and [`Conn::respond`] parks early answers.
 //! - After an error, a `Connection: close`, or a stream, no further request is parsed.
@@ -14,6 +17,9 @@
 //!   connection closes, because a proxy in front of us might frame the bytes differently.
 
 use std::collections::BTreeMap;
+
+/// Answers waiting to be written beyond which a connection parses no further request.
+pub const MAX_BUFFERED_OUTPUT: usize = 1024 * 1024;
 
 /// Size limits for one connection.
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +168,12 @@ impl Conn {
         self.last_seq.is_none()
             && self.input.len() < limits.max_head_bytes + limits.max_body_bytes
             && self.in_flight() < limits.max_pipeline as u64
+            && !self.output_full()
+    }
+
+    /// Whether answers pile up unread: parsing waits until they have gone out.
+    pub fn output_full(&self) -> bool {
+        self.pending_output().len() >= MAX_BUFFERED_OUTPUT
     }
 
     /// Whether no further request will be parsed (after an error, a close or a stream); the
@@ -204,7 +216,10 @@ impl Conn {
 
     /// Parses the next complete request, if any.
     pub fn next_request(&mut self, limits: &Limits) -> Option<Parsed> {
-        if self.last_seq.is_some() || self.in_flight() >= limits.max_pipeline as u64 {
+        if self.last_seq.is_some()
+            || self.in_flight() >= limits.max_pipeline as u64
+            || self.output_full()
+        {
             return None;
         }
         let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -786,5 +801,28 @@ mod tests {
         assert_eq!(conn.head_only, vec![0]);
         conn.respond(0, &Response::json(200, b"x".to_vec()), false);
         assert!(conn.head_only.is_empty());
+    }
+
+    #[test]
+    fn unread_answers_stop_parsing_until_they_go_out() {
+        let mut conn = Conn::new();
+        for _ in 0..8 {
+            conn.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        }
+        let big = vec![b'x'; MAX_BUFFERED_OUTPUT / 2];
+        let mut answered = 0;
+        while let Some(Parsed::Request(seq, _)) = conn.next_request(&LIMITS) {
+            conn.respond(seq, &Response::json(200, big.clone()), false);
+            answered += 1;
+        }
+        assert_eq!(answered, 2, "the third waits for the first two to be read");
+        assert!(conn.output_full() && !conn.wants_read(&LIMITS));
+        let n = conn.pending_output().len();
+        conn.consume_output(n);
+        assert!(conn.wants_read(&LIMITS));
+        assert!(matches!(
+            conn.next_request(&LIMITS),
+            Some(Parsed::Request(2, _))
+        ));
     }
 }

@@ -440,13 +440,15 @@ impl Server {
         let Transport::Http(stream) = &mut conn.transport else {
             return;
         };
-        let mut broken = false;
+        // Write first: when answers had piled up unread (reading and parsing wait for them),
+        // this writable event may be the only one that comes, and it must resume both.
+        let mut broken = Self::flush_http(stream, &mut conn.http).is_err();
         let mut buf = [0u8; 16 * 1024];
         // After an answer, the socket is only read again if reading had been paused: an
         // edge-triggered poll reports new bytes by itself, and a read here would be a wasted
         // EAGAIN per request.
         let mut read = readable || std::mem::take(&mut conn.read_paused);
-        while read && !conn.peer_closed {
+        while read && !conn.peer_closed && !broken {
             let accept = conn.http.wants_read(&limits);
             if !accept && !conn.http.input_closed() {
                 conn.read_paused = true; // back-pressure: read again once answers have gone out

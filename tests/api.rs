@@ -814,10 +814,10 @@ fn errors_are_envelopes_with_the_right_status() {
     let d = Daemon::start();
     let r = api(&d, "DELETE", "/api/v1/status", None);
     assert_error(&r, 405, "method_not_allowed");
-    assert_eq!(r.header("allow"), Some("GET"), "{r}");
+    assert_eq!(r.header("allow"), Some("GET, HEAD"), "{r}");
     let r = api(&d, "POST", "/api/v1/config", Some("{}"));
     assert_error(&r, 405, "method_not_allowed");
-    assert_eq!(r.header("allow"), Some("GET, PUT"), "{r}");
+    assert_eq!(r.header("allow"), Some("GET, HEAD, PUT"), "{r}");
     let r = api(&d, "GET", "/api/v1/nope", None);
     assert_error(&r, 404, "not_found");
     let r = api(&d, "GET", "/nope", None);
@@ -874,7 +874,7 @@ fn errors_are_envelopes_with_the_right_status() {
     assert_eq!(r.header("upgrade"), Some("websocket"), "{r}");
     let r = api(&d, "POST", "/ws/monitor", Some("{}"));
     assert_error(&r, 405, "method_not_allowed");
-    assert_eq!(r.header("allow"), Some("GET"), "{r}");
+    assert_eq!(r.header("allow"), Some("GET, HEAD"), "{r}");
     // Still serving after all of that.
     assert_eq!(api(&d, "GET", "/api/v1/status", None).status, 200);
 }

@@ -152,6 +152,19 @@ fn head_answers_the_get_head_without_a_body() {
     head_then_get(&d, "/metrics", 200);
     head_then_get(&d, "/api/v1/openapi.json", 200);
     head_then_get(&d, "/api/v1/no-such-route", 404);
+    // The monitor's plain GET is a 426 (and closes); so is its HEAD, which cannot switch
+    // protocols, even when it asks to.
+    let mut raw = request("HEAD", "/ws/monitor", None, false);
+    raw = raw.replacen(
+        "\r\n\r\n",
+        "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        1,
+    );
+    let all = exchange(&d, raw.as_bytes());
+    let (status, head, body, _) = take_response(&all);
+    assert_eq!(status, 426, "{}", String::from_utf8_lossy(&all));
+    assert!(body.is_empty(), "{}", String::from_utf8_lossy(&all));
+    assert!(content_length(&head).is_some_and(|n| n > 0), "{head}");
     // Over the control socket too.
     let raw = raw_exchange(
         &d.socket,

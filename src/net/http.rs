@@ -378,23 +378,17 @@ impl Conn {
     /// request gets the same head and then the connection closes (a stream has no length).
     pub fn start_stream(&mut self, seq: u64) {
         self.last_seq = Some(seq);
-        if self.take_head_only(seq) {
-            let head = Response {
-                status: 200,
-                content_type: "text/event-stream",
-                headers: vec![("Cache-Control", "no-cache".to_string())],
-                body: Vec::new(),
-            };
-            let bytes = serialize(&head, true, true, true);
-            self.enqueue(seq, bytes, true);
-            return;
-        }
         let head = Response {
             status: 200,
             content_type: "text/event-stream",
             headers: vec![("Cache-Control", "no-cache".to_string())],
             body: Vec::new(),
         };
+        if self.take_head_only(seq) {
+            let bytes = serialize(&head, true, true, true);
+            self.enqueue(seq, bytes, true);
+            return;
+        }
         let bytes = serialize(&head, true, true, false);
         self.streaming_pending = Some(seq);
         self.enqueue(seq, bytes, false);

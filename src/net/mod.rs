@@ -759,7 +759,11 @@ impl Server {
             Transport::Ws(w) => Some(w.deadline()),
             Transport::Http(_) if conn.http.is_streaming() || conn.http.in_flight() > 0 => None,
             Transport::Moving => None,
-            Transport::Http(_) => match conn.head_started.filter(|_| conn.http.has_partial_input())
+            // Requests that wait behind unread answers are not a slow head: the client is the
+            // one not reading, which is the idle rule's business.
+            Transport::Http(_) => match conn
+                .head_started
+                .filter(|_| conn.http.has_partial_input() && !conn.http.output_full())
             {
                 Some(started) => Some(started + policy.head_timeout),
                 // Idle, or answered but the client does not read: either way it waits on

@@ -55,6 +55,9 @@ const CALL_BLOCK: usize = 100;
 
 /// No periodic health round during the measurements (each one pings the worker).
 const QUIET: &str = "[monitoring]\nhealth_check_interval_ms = 3600000\n";
+/// Every load generator here is one local address; the per-peer limit (64 by default) is
+/// raised so that it measures the daemon, not its admission policy.
+const ONE_PEER: &str = "[http]\nmax_connections_per_peer = 2000\n";
 const CALL_BODY: &[u8] = br#"{"name":"echo","arguments":{"message":"x"}}"#;
 /// The static file nginx serves: exactly 100 bytes.
 const STATIC_FILE: &str = "100b.txt";
@@ -495,7 +498,7 @@ fn measure_throughput(
         ]);
     };
     let mut rows = Vec::new();
-    let (daemon, addr) = start_daemon(bin, QUIET, "throughput")?;
+    let (daemon, addr) = start_daemon(bin, &format!("{QUIET}{ONE_PEER}"), "throughput")?;
     let pid = daemon.pid();
     // What one answer costs on the wire, for context.
     let sizes = {
@@ -635,7 +638,7 @@ fn measure_throughput(
 // 2. RSS with 256 idle keep-alive connections.
 
 fn measure_idle_conns(bin: &Path, notes: &mut Vec<String>) -> Result<Vec<Row>> {
-    let (mut daemon, addr) = start_daemon(bin, QUIET, "idle-conns")?;
+    let (mut daemon, addr) = start_daemon(bin, &format!("{QUIET}{ONE_PEER}"), "idle-conns")?;
     let pid = daemon.pid();
     // Warm the request path over the Unix socket: the TCP limit (256 per listener by
     // default) stays free for the 256 connections.
@@ -862,7 +865,7 @@ fn ws_reader(
 }
 
 fn measure_fanout(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<Vec<Row>> {
-    let config = format!("{QUIET}[http]\nmax_connections = 2000\n");
+    let config = format!("{QUIET}{ONE_PEER}max_connections = 2000\n");
     let (mut daemon, addr) = start_daemon(bin, &config, "fan-out")?;
     let pid = daemon.pid();
     let rss0 = vm_rss_kb(pid)?;
@@ -1104,7 +1107,7 @@ fn tool_call<S: Read + Write>(http: &mut Http<S>, request: &[u8]) -> Result<Dura
 }
 
 fn measure_tool_calls(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<Vec<Row>> {
-    let (mut daemon, addr) = start_daemon(bin, QUIET, "tool-calls")?;
+    let (mut daemon, addr) = start_daemon(bin, &format!("{QUIET}{ONE_PEER}"), "tool-calls")?;
     let mut ux = unix(&daemon.socket)?;
     let mut tc = tcp_as(addr, &daemon.token)?;
     ux.post("/api/v1/mcp/servers", &f.spec("fx", json!({})))?;

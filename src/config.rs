@@ -171,6 +171,8 @@ section! {
         pub max_body_bytes: usize = 1_048_576,
         /// Open connections per listener.
         pub max_connections: u32 = 256,
+        /// Open TCP connections per peer address (IPv6: per /64).
+        pub max_connections_per_peer: u32 = 64,
         /// Time allowed to receive a request head, in milliseconds.
         pub head_timeout_ms: u64 = 10_000,
         /// Keep-alive idle close, in milliseconds.
@@ -424,6 +426,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("http.max_head_bytes", "largest request line + headers, in bytes", range(1024.0, 1_048_576.0)),
     live("http.max_body_bytes", "largest request body, in bytes", range(0.0, 67_108_864.0)),
     live("http.max_connections", "open connections allowed per listener", range(1.0, 65_536.0)),
+    live("http.max_connections_per_peer", "open TCP connections allowed per client address (IPv6: per /64); at the limit a client's own waiting connections are evicted first", range(1.0, 65_536.0)),
     live("http.head_timeout_ms", "time allowed to receive a request head, in milliseconds", range(100.0, 600_000.0)),
     live("http.idle_timeout_ms", "idle keep-alive connections close after this many milliseconds", range(100.0, 3_600_000.0)),
     live("http.allowed_hosts", "extra Host names accepted besides loopback names and the bound address; with the bound port they are also allowed origins", ANY_LIST),

@@ -573,7 +573,9 @@ pub fn document(version: &str) -> Value {
             "version": version,
             "description": "REST API of vsm-daemon, an edge agent that supervises MCP servers. \
                 Every JSON answer, success or error, is wrapped in the `Envelope`; errors carry a \
-                stable `code` and, for a bad parameter or body field, the `field`.",
+                stable `code` and, for a bad parameter or body field, the `field`. Every GET \
+                operation also answers HEAD with the same status and headers (including \
+                `Content-Length`) and no body; `Allow` lists HEAD beside GET.",
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "servers": [{"url": "/"}],
@@ -726,7 +728,7 @@ fn responses(o: &Op) -> Value {
         let mut response = json!({"description": description, "content": envelope(data)});
         if status == 405 {
             response["headers"] = json!({"Allow": {
-                "description": "The methods the path accepts",
+                "description": "The methods the path accepts (HEAD wherever GET is)",
                 "schema": {"type": "string"},
             }});
         }

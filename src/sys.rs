@@ -49,6 +49,28 @@ pub fn peer_cred(fd: RawFd) -> io::Result<PeerCred> {
     })
 }
 
+/// Sets a socket's kernel send buffer (`SO_SNDBUF`; this also turns off its autotuning).
+///
+/// # Errors
+/// The OS error (not a socket, bad fd).
+pub fn set_send_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `size` is a valid c_int for reads of the size passed; fd is only configured.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Effective user id of this process.
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -4,6 +4,7 @@
 mod api;
 mod control;
 mod mcp;
+mod net;
 mod packaging;
 mod security;
 mod state_crash;

@@ -192,12 +192,13 @@ impl Daemon {
         request: &http::Request,
         reply: ReplyTo,
     ) {
-        if request.method != "GET" {
+        if request.method != "GET" && request.method != "HEAD" {
             let e = ApiError::new(
                 ErrorCode::MethodNotAllowed,
                 "/ws/monitor takes GET with Upgrade: websocket",
             );
-            self.answer_with(cx, reply, Err(e), Some(("Allow", "GET".into())), false);
+            let allow = Some(("Allow", routes::allow_header(&["GET"])));
+            self.answer_with(cx, reply, Err(e), allow, false);
             return;
         }
         let response = match net::ws::handshake_response(request) {

@@ -2,6 +2,16 @@
 //! daemon's state at request time.
 
 use super::*;
+use crate::net::slots::Reason;
+
+/// Per-reason connection counters as a JSON object.
+fn reasons(counts: &[u64; 2]) -> Value {
+    let mut m = Map::new();
+    for r in Reason::ALL {
+        m.insert(r.label().to_string(), json!(counts[r.index()]));
+    }
+    Value::Object(m)
+}
 
 impl Daemon {
     pub(super) fn loop_stats(&self, stats: &LoopStats, timers: usize) -> Value {
@@ -22,6 +32,10 @@ impl Daemon {
             "connections": self.server.open_connections(),
             "connections_accepted": self.server.accepted,
             "connections_refused_over_limit": self.server.refused_over_limit,
+            "connections_tcp": self.server.open_on(net::Via::Tcp),
+            "connections_unix": self.server.open_on(net::Via::Unix),
+            "connections_evicted": reasons(&self.server.evicted),
+            "connections_refused": reasons(&self.server.refused),
             "log_followers": self.followers.len(),
             "pending_jobs": self.jobs.len(),
             "children_reaped": self.reaped,
@@ -124,6 +138,25 @@ impl Daemon {
             "Open HTTP and WebSocket connections.",
             &[(none, self.server.open_connections() as f64)],
         );
+        let slot_labels = Reason::ALL.map(|r| [("reason", r.label())]);
+        for (name, help, counts) in [
+            (
+                "vsm_http_connections_evicted_total",
+                "Waiting connections closed to make room for a new one, by reason (peer_limit, listener_full).",
+                &self.server.evicted,
+            ),
+            (
+                "vsm_http_connections_refused_total",
+                "New connections refused with 503, by reason (peer_limit, listener_full).",
+                &self.server.refused,
+            ),
+        ] {
+            let samples: Vec<(&[(&str, &str)], f64)> = Reason::ALL
+                .iter()
+                .map(|r| (&slot_labels[r.index()][..], counts[r.index()] as f64))
+                .collect();
+            e.counter(name, help, &samples);
+        }
         e.gauge(
             "vsm_ws_clients",
             "Connected WebSocket clients.",

@@ -293,6 +293,7 @@ fn conn_policy(config: &Config) -> ConnPolicy {
             max_pipeline: 32,
         },
         max_connections: config.http.max_connections as usize,
+        max_connections_per_peer: config.http.max_connections_per_peer as usize,
         head_timeout: Duration::from_millis(config.http.head_timeout_ms),
         idle_timeout: Duration::from_millis(config.http.idle_timeout_ms),
     }

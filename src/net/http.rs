@@ -4,11 +4,22 @@
 //! Invariants:
 //! - Input held is bounded by `max_head_bytes + max_body_bytes`; the transport stops reading
 //!   when [`Conn::wants_read`] is false.
+//! - Output is bounded too: while [`MAX_BUFFERED_OUTPUT`] bytes of answers wait for a client
+//!   that does not read, no further request is read or parsed (so at most that plus the
+//!   answers to `max_pipeline` requests already parsed is held).
 //! - Responses leave in request order (pipelining) even when they are produced out of order:
 //!   each request gets a sequence number and [`Conn::respond`] parks early answers.
 //! - After an error, a `Connection: close`, or a stream, no further request is parsed.
+//! - A `HEAD` request is answered with exactly the head its `GET` would get (`Content-Length`
+//!   of the body it would send) and no body, so a keep-alive client stays in sync.
+//! - Framing is strict (RFC 9110 §8.6, RFC 9112 §3.2): `Content-Length` is `1*DIGIT`, sent at
+//!   most once; an HTTP/1.1 request carries exactly one `Host`. Anything else is a 400 and the
+//!   connection closes, because a proxy in front of us might frame the bytes differently.
 
 use std::collections::BTreeMap;
+
+/// Answers waiting to be written beyond which a connection parses no further request.
+pub const MAX_BUFFERED_OUTPUT: usize = 1024 * 1024;
 
 /// Size limits for one connection.
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +148,8 @@ pub struct Conn {
     streaming_pending: Option<u64>,
     close_when_flushed: bool,
     continue_sent_for: Option<u64>,
+    /// Sequence numbers of `HEAD` requests not yet answered (at most `max_pipeline`).
+    head_only: Vec<u64>,
 }
 
 impl Conn {
@@ -155,6 +168,12 @@ impl Conn {
         self.last_seq.is_none()
             && self.input.len() < limits.max_head_bytes + limits.max_body_bytes
             && self.in_flight() < limits.max_pipeline as u64
+            && !self.output_full()
+    }
+
+    /// Whether answers pile up unread: parsing waits until they have gone out.
+    pub fn output_full(&self) -> bool {
+        self.pending_output().len() >= MAX_BUFFERED_OUTPUT
     }
 
     /// Whether no further request will be parsed (after an error, a close or a stream); the
@@ -197,7 +216,10 @@ impl Conn {
 
     /// Parses the next complete request, if any.
     pub fn next_request(&mut self, limits: &Limits) -> Option<Parsed> {
-        if self.last_seq.is_some() || self.in_flight() >= limits.max_pipeline as u64 {
+        if self.last_seq.is_some()
+            || self.in_flight() >= limits.max_pipeline as u64
+            || self.output_full()
+        {
             return None;
         }
         let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -229,8 +251,20 @@ impl Conn {
                 )
             })
             .collect();
+        // Also for the errors below: their answer must not carry a body either. (A request
+        // whose body is still on its way is parsed again later: remember it once.)
+        if method == "HEAD" && self.head_only.last() != Some(&self.next_seq) {
+            self.head_only.push(self.next_seq);
+        }
         if !target.starts_with('/') {
             return Some(self.error(400, "request target must be an absolute path"));
+        }
+        let hosts = headers.iter().filter(|(n, _)| n == "host").count();
+        if hosts > 1 {
+            return Some(self.error(400, "more than one Host header"));
+        }
+        if hosts == 0 && http11 {
+            return Some(self.error(400, "an HTTP/1.1 request needs a Host header"));
         }
         if headers.iter().any(|(n, _)| n == "transfer-encoding") {
             return Some(self.error(
@@ -238,15 +272,16 @@ impl Conn {
                 "chunked request bodies are not accepted: send Content-Length",
             ));
         }
-        let mut length: Option<usize> = None;
-        for (_, v) in headers.iter().filter(|(n, _)| n == "content-length") {
-            match v.trim().parse::<usize>() {
-                Ok(n) if length.is_none_or(|l| l == n) => length = Some(n),
-                _ => return Some(self.error(400, "invalid Content-Length")),
-            }
-        }
-        let length = length.unwrap_or(0);
-        if length > limits.max_body_bytes {
+        let length = match content_length(
+            headers
+                .iter()
+                .filter(|(n, _)| n == "content-length")
+                .map(|(_, v)| v.as_str()),
+        ) {
+            Ok(n) => n,
+            Err(why) => return Some(self.error(400, why)),
+        };
+        if length > limits.max_body_bytes as u64 {
             return Some(self.error(
                 413,
                 &format!(
@@ -255,6 +290,8 @@ impl Conn {
                 ),
             ));
         }
+        // Fits: it is at most max_body_bytes.
+        let length = length as usize;
         if self.input.len() < head_len + length {
             let expects_continue = headers
                 .iter()
@@ -320,12 +357,25 @@ impl Conn {
     /// `close` ends the connection after it (also implied for the last accepted request).
     pub fn respond(&mut self, seq: u64, response: &Response, close: bool) {
         let close = close || self.last_seq == Some(seq);
-        let bytes = serialize(response, close, false);
+        let head_only = self.take_head_only(seq);
+        let bytes = serialize(response, close, false, head_only);
         self.enqueue(seq, bytes, close);
     }
 
+    /// Whether `seq` was a `HEAD` request (forgotten once asked: each is answered once).
+    fn take_head_only(&mut self, seq: u64) -> bool {
+        match self.head_only.iter().position(|s| *s == seq) {
+            Some(i) => {
+                self.head_only.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Answers request `seq` with a stream head (`text/event-stream`); later bytes go through
-    /// [`Conn::push_stream`]. No further request is parsed on this connection.
+    /// [`Conn::push_stream`]. No further request is parsed on this connection. A `HEAD`
+    /// request gets the same head and then the connection closes (a stream has no length).
     pub fn start_stream(&mut self, seq: u64) {
         self.last_seq = Some(seq);
         let head = Response {
@@ -334,7 +384,12 @@ impl Conn {
             headers: vec![("Cache-Control", "no-cache".to_string())],
             body: Vec::new(),
         };
-        let bytes = serialize(&head, true, true);
+        if self.take_head_only(seq) {
+            let bytes = serialize(&head, true, true, true);
+            self.enqueue(seq, bytes, true);
+            return;
+        }
+        let bytes = serialize(&head, true, true, false);
         self.streaming_pending = Some(seq);
         self.enqueue(seq, bytes, false);
     }
@@ -393,8 +448,33 @@ impl Conn {
     }
 }
 
-/// Serializes a response head and body.
-fn serialize(response: &Response, close: bool, stream: bool) -> Vec<u8> {
+/// The body length of a request from its `Content-Length` values (RFC 9110 §8.6:
+/// `1*DIGIT`). No header means no body.
+///
+/// # Errors
+/// What is wrong: a sign, a space or anything but digits, an empty value, a number that
+/// does not fit in 64 bits, or more than one header (even identical ones: refusing is
+/// simpler than deciding which copies agree, and no honest client sends two).
+pub fn content_length<'a>(mut values: impl Iterator<Item = &'a str>) -> Result<u64, &'static str> {
+    let Some(value) = values.next() else {
+        return Ok(0);
+    };
+    if values.next().is_some() {
+        return Err("more than one Content-Length header");
+    }
+    // Optional whitespace around a field value is not part of it (RFC 9110 §5.5).
+    let digits = value.trim_matches([' ', '\t']);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("invalid Content-Length: it must be digits only");
+    }
+    digits
+        .parse::<u64>()
+        .map_err(|_| "invalid Content-Length: too large")
+}
+
+/// Serializes a response head and body (`head_only`: the head a `HEAD` request gets, with the
+/// `Content-Length` of the body it leaves out).
+fn serialize(response: &Response, close: bool, stream: bool, head_only: bool) -> Vec<u8> {
     use std::io::Write;
     let mut out = Vec::with_capacity(160 + response.body.len());
     // Writes to a Vec cannot fail.
@@ -415,7 +495,9 @@ fn serialize(response: &Response, close: bool, stream: bool) -> Vec<u8> {
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&response.body);
+    if !head_only {
+        out.extend_from_slice(&response.body);
+    }
     out
 }
 
@@ -462,7 +544,7 @@ mod tests {
     #[test]
     fn pipelined_answers_leave_in_order() {
         let mut conn = Conn::new();
-        conn.feed(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n");
+        conn.feed(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\nGET /c HTTP/1.1\r\nHost: a\r\n\r\n");
         let mut seqs = Vec::new();
         while let Some(Parsed::Request(seq, _)) = conn.next_request(&LIMITS) {
             seqs.push(seq);
@@ -486,7 +568,7 @@ mod tests {
     fn pipeline_depth_is_bounded() {
         let mut conn = Conn::new();
         for _ in 0..10 {
-            conn.feed(b"GET / HTTP/1.1\r\n\r\n");
+            conn.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         }
         let mut n = 0;
         while conn.next_request(&LIMITS).is_some() {
@@ -511,21 +593,21 @@ mod tests {
         );
 
         let mut conn = Conn::new();
-        conn.feed(b"POST / HTTP/1.1\r\nContent-Length: 65\r\n\r\n");
+        conn.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 65\r\n\r\n");
         assert!(matches!(
             conn.next_request(&LIMITS),
             Some(Parsed::Error(_, HttpError { status: 413, .. }))
         ));
 
         let mut conn = Conn::new();
-        conn.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        conn.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert!(matches!(
             conn.next_request(&LIMITS),
             Some(Parsed::Error(_, HttpError { status: 411, .. }))
         ));
 
         let mut conn = Conn::new();
-        conn.feed(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+        conn.feed(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
         assert!(matches!(
             conn.next_request(&LIMITS),
             Some(Parsed::Error(_, HttpError { status: 400, .. }))
@@ -542,7 +624,7 @@ mod tests {
     #[test]
     fn connection_close_and_http10() {
         let mut conn = Conn::new();
-        conn.feed(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\nGET /x HTTP/1.1\r\n\r\n");
+        conn.feed(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n");
         let req = parse_one(&mut conn);
         assert!(!req.keep_alive);
         assert_eq!(conn.next_request(&LIMITS), None);
@@ -560,7 +642,9 @@ mod tests {
     #[test]
     fn expect_continue_is_answered_once() {
         let mut conn = Conn::new();
-        conn.feed(b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
+        conn.feed(
+            b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+        );
         assert_eq!(conn.next_request(&LIMITS), None);
         assert_eq!(conn.next_request(&LIMITS), None);
         assert_eq!(text(&conn), "HTTP/1.1 100 Continue\r\n\r\n");
@@ -571,7 +655,7 @@ mod tests {
     #[test]
     fn stream_starts_at_once_when_nothing_is_pending() {
         let mut conn = Conn::new();
-        conn.feed(b"GET /logs HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n");
+        conn.feed(b"GET /logs HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n");
         parse_one(&mut conn);
         conn.start_stream(0);
         assert!(conn.is_streaming());
@@ -583,7 +667,7 @@ mod tests {
     fn stream_waits_for_earlier_answers() {
         let mut conn = Conn::new();
         conn.feed(
-            b"GET /a HTTP/1.1\r\n\r\nGET /logs HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /logs HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n",
         );
         parse_one(&mut conn);
         let req = parse_one(&mut conn);
@@ -598,5 +682,141 @@ mod tests {
         assert!(out.contains("text/event-stream") && out.ends_with("data: x\n\n"));
         assert!(!out.contains("early"));
         assert!(!conn.finished());
+    }
+
+    fn status_of(raw: &[u8]) -> Option<u16> {
+        let mut conn = Conn::new();
+        conn.feed(raw);
+        match conn.next_request(&LIMITS) {
+            Some(Parsed::Error(_, e)) => Some(e.status),
+            Some(Parsed::Request(..)) => None,
+            None => Some(0),
+        }
+    }
+
+    #[test]
+    fn content_length_is_digits_once() {
+        let one = |v: &str| content_length(std::iter::once(v));
+        assert_eq!(one("2"), Ok(2));
+        assert_eq!(one(" 2 "), Ok(2));
+        assert_eq!(one("0"), Ok(0));
+        assert_eq!(one("18446744073709551615"), Ok(u64::MAX));
+        for bad in [
+            "+2",
+            "-1",
+            "2 2",
+            "",
+            " ",
+            "0x10",
+            "2,2",
+            "99999999999999999999999",
+        ] {
+            assert!(one(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(content_length(std::iter::empty()), Ok(0));
+        assert!(content_length(["2", "2"].into_iter()).is_err());
+        assert!(content_length(["1", "2"].into_iter()).is_err());
+        for bad in ["+2", "-1", " 2 2", "99999999999999999999999", ""] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {bad}\r\n\r\n");
+            assert_eq!(status_of(raw.as_bytes()), Some(400), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn host_exactly_once_on_http11() {
+        assert_eq!(
+            status_of(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(status_of(b"GET / HTTP/1.1\r\n\r\n"), Some(400));
+        assert_eq!(status_of(b"GET / HTTP/1.0\r\n\r\n"), None);
+        assert_eq!(status_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn head_gets_the_head_without_the_body() {
+        let mut conn = Conn::new();
+        conn.feed(b"HEAD /a HTTP/1.1\r\nHost: a\r\n\r\nGET /a HTTP/1.1\r\nHost: a\r\n\r\n");
+        let head = parse_one(&mut conn);
+        assert_eq!(head.method, "HEAD");
+        parse_one(&mut conn);
+        conn.respond(0, &Response::json(200, b"hello".to_vec()), false);
+        conn.respond(1, &Response::json(200, b"hello".to_vec()), false);
+        let out = text(&conn);
+        let second_at = out[1..].find("HTTP/1.1 200").map(|i| i + 1);
+        let (first, second) = out.split_at(second_at.expect("two answers"));
+        assert!(first.contains("Content-Length: 5\r\n"), "{out}");
+        assert!(
+            first.ends_with("\r\n\r\n"),
+            "no body after a HEAD head: {out}"
+        );
+        assert!(second.ends_with("\r\n\r\nhello"), "{out}");
+    }
+
+    #[test]
+    fn head_of_a_stream_or_an_error_has_no_body() {
+        let mut conn = Conn::new();
+        conn.feed(b"HEAD /logs HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n");
+        parse_one(&mut conn);
+        conn.start_stream(0);
+        conn.push_stream(b"data: x\n\n");
+        assert!(!conn.is_streaming());
+        let out = text(&conn);
+        assert!(
+            out.contains("text/event-stream") && out.ends_with("\r\n\r\n"),
+            "{out}"
+        );
+        let n = conn.pending_output().len();
+        conn.consume_output(n);
+        assert!(conn.finished(), "a HEAD of a stream ends the connection");
+
+        let mut conn = Conn::new();
+        conn.feed(b"HEAD / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+        let Some(Parsed::Error(seq, e)) = conn.next_request(&LIMITS) else {
+            panic!("expected an error");
+        };
+        conn.respond(seq, &Response::json(e.status, b"{}".to_vec()), true);
+        let out = text(&conn);
+        assert!(
+            out.starts_with("HTTP/1.1 400") && out.ends_with("\r\n\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("Content-Length: 2\r\n"), "{out}");
+    }
+
+    #[test]
+    fn a_head_whose_body_arrives_late_is_remembered_once() {
+        let mut conn = Conn::new();
+        conn.feed(b"HEAD / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!(conn.next_request(&LIMITS), None);
+        assert_eq!(conn.next_request(&LIMITS), None);
+        conn.feed(b"{}");
+        parse_one(&mut conn);
+        assert_eq!(conn.head_only, vec![0]);
+        conn.respond(0, &Response::json(200, b"x".to_vec()), false);
+        assert!(conn.head_only.is_empty());
+    }
+
+    #[test]
+    fn unread_answers_stop_parsing_until_they_go_out() {
+        let mut conn = Conn::new();
+        for _ in 0..8 {
+            conn.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        }
+        let big = vec![b'x'; MAX_BUFFERED_OUTPUT / 2];
+        let mut answered = 0;
+        while let Some(Parsed::Request(seq, _)) = conn.next_request(&LIMITS) {
+            conn.respond(seq, &Response::json(200, big.clone()), false);
+            answered += 1;
+        }
+        assert_eq!(answered, 2, "the third waits for the first two to be read");
+        assert!(conn.output_full() && !conn.wants_read(&LIMITS));
+        let n = conn.pending_output().len();
+        conn.consume_output(n);
+        assert!(conn.wants_read(&LIMITS));
+        assert!(matches!(
+            conn.next_request(&LIMITS),
+            Some(Parsed::Request(2, _))
+        ));
     }
 }

@@ -11,6 +11,7 @@
 pub mod http;
 pub mod listener;
 pub mod routes;
+pub mod slots;
 pub mod token;
 pub mod ws;
 
@@ -19,7 +20,8 @@ use crate::reactor::timer::TimerId;
 use crate::reactor::Cx;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Token};
-use std::collections::VecDeque;
+use slots::{Activity, Admission, PeerKey};
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -93,6 +95,8 @@ pub struct ConnPolicy {
     pub limits: http::Limits,
     /// Open connections allowed per listener.
     pub max_connections: usize,
+    /// Open TCP connections allowed per peer ([`slots::PeerKey`]).
+    pub max_connections_per_peer: usize,
     /// Time to receive a complete request head.
     pub head_timeout: Duration,
     /// Keep-alive idle time before closing.
@@ -112,6 +116,15 @@ impl Stream {
         match self {
             Stream::Unix(s) => s,
             Stream::Tcp(s) => s,
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for Stream {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
         }
     }
 }
@@ -149,6 +162,10 @@ struct Connection {
     http: http::Conn,
     generation: u32,
     peer: Peer,
+    /// The per-peer limit's key (TCP peers).
+    key: Option<PeerKey>,
+    /// Since when it has been waiting on its client, when it is (see [`Connection::activity`]).
+    since: Instant,
     timer: Option<(TimerId, Instant)>,
     head_started: Option<Instant>,
     peer_closed: bool,
@@ -157,6 +174,16 @@ struct Connection {
 }
 
 impl Connection {
+    /// Whether the connection waits on its client (evictable) or works for it.
+    fn activity(&self) -> Activity {
+        match &self.transport {
+            Transport::Http(_) if self.http.in_flight() == 0 && !self.http.is_streaming() => {
+                Activity::Waiting(self.since)
+            }
+            Transport::Http(_) | Transport::Ws(_) | Transport::Moving => Activity::Busy,
+        }
+    }
+
     fn source(&mut self) -> Option<&mut dyn mio::event::Source> {
         match &mut self.transport {
             Transport::Http(s) => Some(s.source()),
@@ -172,8 +199,14 @@ pub struct Server {
     free: Vec<usize>,
     generations: Vec<u32>,
     open: [usize; 2],
+    /// Open TCP connections per peer (entries at zero are removed: bounded by connections).
+    per_peer: HashMap<PeerKey, usize>,
     /// Connections refused because the limit was reached.
     pub refused_over_limit: u64,
+    /// Connections refused, by [`slots::Reason::index`].
+    pub refused: [u64; 2],
+    /// Waiting connections evicted to make room, by [`slots::Reason::index`].
+    pub evicted: [u64; 2],
     /// Connections accepted in total.
     pub accepted: u64,
     /// WebSocket clients open (kept so the loop skips WebSocket work when there are none).
@@ -201,7 +234,10 @@ impl Server {
             free: Vec::new(),
             generations: Vec::new(),
             open: [0, 0],
+            per_peer: HashMap::new(),
             refused_over_limit: 0,
+            refused: [0, 0],
+            evicted: [0, 0],
             accepted: 0,
             ws_open: 0,
             ws_dropped: 0,
@@ -215,23 +251,77 @@ impl Server {
         self.open[0] + self.open[1]
     }
 
+    /// Open connections of one listener.
+    pub fn open_on(&self, via: Via) -> usize {
+        self.open[via_index(via)]
+    }
+
     /// WebSocket clients.
     pub fn ws_clients(&self) -> usize {
         self.ws_open
     }
 
+    /// Decides whether a new connection gets a slot (see [`slots`]), evicting a waiting
+    /// connection when that makes room. Returns the refusal reason otherwise.
+    fn make_room(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        via: Via,
+        key: Option<PeerKey>,
+    ) -> Result<(), slots::Reason> {
+        let limits = slots::Limits {
+            max_connections: self.policy.max_connections,
+            max_per_peer: self.policy.max_connections_per_peer,
+        };
+        let peer = key.map(|k| (k, self.per_peer.get(&k).copied().unwrap_or(0)));
+        let occupants = self.conns.iter().enumerate().filter_map(|(slot, c)| {
+            let c = c.as_ref().filter(|c| c.peer.via == via)?;
+            let id = ConnId {
+                slot: slot as u32,
+                generation: c.generation,
+            };
+            Some((id, c.key, c.activity()))
+        });
+        match slots::admit(limits, self.open[via_index(via)], peer, occupants) {
+            Admission::Admit => Ok(()),
+            Admission::Evict(victim, reason) => {
+                self.evicted[reason.index()] += 1;
+                log::debug!(
+                    "evicting a waiting connection to make room ({})",
+                    reason.label()
+                );
+                self.close(cx, victim);
+                Ok(())
+            }
+            Admission::Refuse(reason) => {
+                self.refused[reason.index()] += 1;
+                self.refused_over_limit += 1;
+                Err(reason)
+            }
+        }
+    }
+
     /// Adopts an accepted stream.
     pub fn adopt(&mut self, cx: &mut Cx<'_, Timer>, mut stream: Stream, peer: Peer) {
-        if self.open[via_index(peer.via)] >= self.policy.max_connections {
-            self.refused_over_limit += 1;
-            let body = br#"{"status":"error","data":null,"errors":[{"code":"busy","message":"too many connections","field":null}]}"#;
+        let key = match (peer.via, peer.addr) {
+            (Via::Tcp, Some(addr)) => Some(PeerKey::of(addr.ip())),
+            _ => None,
+        };
+        if let Err(reason) = self.make_room(cx, peer.via, key) {
+            let message = match reason {
+                slots::Reason::PeerLimit => "too many connections from your address",
+                slots::Reason::ListenerFull => "too many connections",
+            };
+            let body = format!(
+                r#"{{"status":"error","data":null,"errors":[{{"code":"busy","message":"{message}","field":null}}]}}"#
+            );
             let head = format!(
                 "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
                 body.len()
             );
             // Best effort into a fresh socket buffer; the connection is dropped either way.
             let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(body);
+            let _ = stream.write_all(body.as_bytes());
             return;
         }
         let slot = match self.free.pop() {
@@ -254,11 +344,16 @@ impl Server {
         }
         self.generations[slot] = self.generations[slot].wrapping_add(1);
         self.open[via_index(peer.via)] += 1;
+        if let Some(k) = key {
+            *self.per_peer.entry(k).or_default() += 1;
+        }
         self.conns[slot] = Some(Connection {
             transport: Transport::Http(stream),
             http: http::Conn::new(),
             generation: self.generations[slot],
             peer,
+            key,
+            since: Instant::now(),
             timer: None,
             head_started: None,
             peer_closed: false,
@@ -346,13 +441,15 @@ impl Server {
         let Transport::Http(stream) = &mut conn.transport else {
             return;
         };
-        let mut broken = false;
+        // Write first: when answers had piled up unread (reading and parsing wait for them),
+        // this writable event may be the only one that comes, and it must resume both.
+        let mut broken = Self::flush_http(stream, &mut conn.http).is_err();
         let mut buf = [0u8; 16 * 1024];
         // After an answer, the socket is only read again if reading had been paused: an
         // edge-triggered poll reports new bytes by itself, and a read here would be a wasted
         // EAGAIN per request.
         let mut read = readable || std::mem::take(&mut conn.read_paused);
-        while read && !conn.peer_closed {
+        while read && !conn.peer_closed && !broken {
             let accept = conn.http.wants_read(&limits);
             if !accept && !conn.http.input_closed() {
                 conn.read_paused = true; // back-pressure: read again once answers have gone out
@@ -429,6 +526,8 @@ impl Server {
     ) {
         if let Some(conn) = self.get(id) {
             conn.http.respond(seq, response, close);
+            // Waiting on the client again from now on, once this was the last in flight.
+            conn.since = Instant::now();
             self.drive(cx, id, false, incoming);
         }
     }
@@ -474,6 +573,15 @@ impl Server {
         else {
             return Err("already upgraded".into());
         };
+        // A monitor stream needs little kernel buffer; an unbounded (autotuned, up to MBs)
+        // one would hide a client that stopped reading from the stall rule for minutes and
+        // pin that memory per client. Best effort: the default still works.
+        if let Err(e) = crate::sys::set_send_buffer(
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            ws::KERNEL_SEND_BUFFER,
+        ) {
+            log::debug!("cannot size a WebSocket send buffer: {e}");
+        }
         // The 101 is small and nothing else is queued: a fresh socket buffer takes it whole.
         if let Err(e) = stream.write_all(response) {
             conn.transport = Transport::Http(stream);
@@ -497,12 +605,26 @@ impl Server {
     /// Sends a text message to one WebSocket client.
     pub fn ws_send(&mut self, cx: &mut Cx<'_, Timer>, id: ConnId, text: Utf8Bytes) {
         let Some(w) = self.ws_mut(id) else { return };
+        let due = w.stall_due();
         let dropped = w.enqueue(text);
         let broken = w.pump().is_err();
+        let stall_clock_moved = w.stall_due() != due;
+        let stalled = w.stalled(Instant::now());
+        if stalled {
+            Self::give_up_on_stalled(w);
+        }
         self.ws_dropped += dropped;
+        self.ws_closed_slow += u64::from(stalled);
         if broken {
             self.close(cx, id);
+        } else if stall_clock_moved || stalled {
+            self.update_timer(cx, id);
         }
+    }
+
+    fn give_up_on_stalled(w: &mut ws::WsConn) {
+        log::warn!("closing a WebSocket client that does not read its events (1008)");
+        w.close_stalled();
     }
 
     /// Sends a text message to every WebSocket client subscribed to `channel`; closes the
@@ -519,7 +641,7 @@ impl Server {
         let now = Instant::now();
         let mut sent = 0;
         let mut dead = Vec::new();
-        let mut closing = Vec::new();
+        let mut rearm = Vec::new();
         for (slot, c) in self.conns.iter_mut().enumerate() {
             let Some(c) = c else { continue };
             let Transport::Ws(w) = &mut c.transport else {
@@ -528,29 +650,30 @@ impl Server {
             if !w.channels.contains(channel) || w.is_closing() {
                 continue;
             }
+            let id = ConnId {
+                slot: slot as u32,
+                generation: c.generation,
+            };
+            let due = w.stall_due();
             self.ws_dropped += w.enqueue(text.clone());
-            if w.stalled(now) {
-                log::warn!("closing a WebSocket client that does not read its events (1008)");
-                w.close_stalled();
-                self.ws_closed_slow += 1;
-                closing.push(ConnId {
-                    slot: slot as u32,
-                    generation: c.generation,
-                });
-            }
             sent += 1;
             if w.pump().is_err() {
-                dead.push(ConnId {
-                    slot: slot as u32,
-                    generation: c.generation,
-                });
+                dead.push(id);
+                continue;
+            }
+            if w.stalled(now) {
+                Self::give_up_on_stalled(w);
+                self.ws_closed_slow += 1;
+                rearm.push(id);
+            } else if w.stall_due() != due {
+                rearm.push(id);
             }
         }
         for id in dead {
             self.close(cx, id);
         }
-        // Their deadline is now the close grace, not the next keep-alive.
-        for id in closing {
+        // Their deadline is now the stall limit or the close grace, not the next keep-alive.
+        for id in rearm {
             self.update_timer(cx, id);
         }
         sent
@@ -612,16 +735,15 @@ impl Server {
         }
         conn.timer = None;
         if let Transport::Ws(w) = &mut conn.transport {
-            let stalled = w.stalled(now);
-            if stalled {
-                w.close_stalled();
+            if w.stalled(now) {
+                // Its deadline becomes the close grace: time to read the 1008 close frame.
+                Self::give_up_on_stalled(w);
+                self.ws_closed_slow += 1;
+                self.update_timer(cx, id);
+                return;
             }
             // A client that is closing gets until this deadline to finish; otherwise ping it.
-            let alive = !w.is_closing() && w.on_keepalive(now).is_ok();
-            if stalled {
-                self.ws_closed_slow += 1;
-            }
-            if alive {
+            if !w.is_closing() && w.on_keepalive(now).is_ok() {
                 self.update_timer(cx, id);
                 return;
             }
@@ -635,14 +757,19 @@ impl Server {
         let policy = self.policy;
         let Some(conn) = self.get(id) else { return };
         let want = match &conn.transport {
-            Transport::Ws(w) => Some(w.keepalive_due()),
+            Transport::Ws(w) => Some(w.deadline()),
             Transport::Http(_) if conn.http.is_streaming() || conn.http.in_flight() > 0 => None,
             Transport::Moving => None,
-            Transport::Http(_) => match conn.head_started.filter(|_| conn.http.has_partial_input())
+            // Requests that wait behind unread answers are not a slow head: the client is the
+            // one not reading, which is the idle rule's business.
+            Transport::Http(_) => match conn
+                .head_started
+                .filter(|_| conn.http.has_partial_input() && !conn.http.output_full())
             {
                 Some(started) => Some(started + policy.head_timeout),
-                None if conn.http.is_idle() => Some(Instant::now() + policy.idle_timeout),
-                None => None,
+                // Idle, or answered but the client does not read: either way it waits on
+                // the client, and the deadline slides only while the client makes progress.
+                None => Some(Instant::now() + policy.idle_timeout),
             },
         };
         // Re-arm only when the deadline moves by more than a little: idle deadlines slide with
@@ -674,6 +801,14 @@ impl Server {
             }
             self.free.push(id.slot as usize);
             self.open[via_index(conn.peer.via)] -= 1;
+            if let Some(k) = conn.key {
+                if let Some(n) = self.per_peer.get_mut(&k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_peer.remove(&k);
+                    }
+                }
+            }
             if matches!(conn.transport, Transport::Ws(_)) {
                 self.ws_open -= 1;
             }

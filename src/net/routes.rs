@@ -2,7 +2,9 @@
 //! the control socket and (later) the TCP listener.
 //!
 //! A path that exists with another method is a 405 naming the allowed methods; an unknown
-//! path is a 404; a bad parameter or body is a 400 naming the field.
+//! path is a 404; a bad parameter or body is a 400 naming the field. `HEAD` is routed as
+//! `GET` wherever GET exists (the connection leaves the body out, see [`http::Conn`]), so
+//! the table and the OpenAPI document list GET only and `Allow` adds HEAD.
 
 use crate::api::{ApiError, ErrorCode, EventQuery, LogQuery, Request};
 use crate::mcp::registry::ServerSpec;
@@ -120,6 +122,22 @@ impl From<ApiError> for RouteError {
     }
 }
 
+/// The `Allow` value of a route: its methods, with `HEAD` after `GET` (every GET route
+/// answers HEAD with the same head and no body).
+pub fn allow_header(methods: &[&str]) -> String {
+    let mut out = String::new();
+    for m in methods {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(m);
+        if *m == "GET" {
+            out.push_str(", HEAD");
+        }
+    }
+    out
+}
+
 /// Maps an HTTP request to an API request.
 ///
 /// # Errors
@@ -158,7 +176,7 @@ pub fn route_resolved(
                 ErrorCode::MethodNotAllowed,
                 format!("{} does not accept {}", req.path, req.method),
             ),
-            allow: Some(methods.join(", ")),
+            allow: Some(allow_header(methods)),
         });
     }
     let q = Query::parse(&req.query)?;
@@ -523,7 +541,12 @@ mod tests {
     fn errors_name_the_problem() {
         let e = route(&req("DELETE", "/api/v1/status", "")).unwrap_err();
         assert_eq!(e.error.code, ErrorCode::MethodNotAllowed);
-        assert_eq!(e.allow.as_deref(), Some("GET"));
+        assert_eq!(e.allow.as_deref(), Some("GET, HEAD"));
+        let e = route(&req("HEAD", "/api/v1/control/restart", "")).unwrap_err();
+        assert_eq!(e.allow.as_deref(), Some("POST"));
+        let e = route(&req("DELETE", "/api/v1/mcp/servers", "")).unwrap_err();
+        assert_eq!(e.allow.as_deref(), Some("GET, HEAD, POST"));
+        assert!(route(&req("HEAD", "/api/v1/status", "")).is_ok());
         let e = route(&req("GET", "/nope", "")).unwrap_err();
         assert_eq!(e.error.code, ErrorCode::NotFound);
         let e = route(&req("GET", "/api/v1/logs?lines=ten", "")).unwrap_err();

@@ -4,13 +4,22 @@
 //!
 //! Invariants: a client's queue holds at most [`MAX_QUEUE_MESSAGES`] messages and
 //! [`MAX_QUEUE_BYTES`] bytes; when full, the oldest event is dropped and counted, and the
-//! client is told (`events_dropped`) once it drains; a client whose queue stays full for
-//! [`STALL_LIMIT`] is closed with 1008. tungstenite's own buffers are capped by the config.
+//! client is told (`events_dropped`) once it drains; tungstenite's own buffers are capped by
+//! the config.
+//!
+//! The stall rule: a client's outgoing data "drains" when everything queued for it has been
+//! handed to the kernel. The stall clock starts the first time the socket refuses bytes
+//! (`WouldBlock`) and stops only when the client has drained; a client that has not drained
+//! for [`STALL_LIMIT`] is closed with 1008 and gets [`CLOSE_GRACE`] to read the close frame.
+//! The connection's deadline ([`WsConn::deadline`]) includes the stall clock, so the rule
+//! holds on a timer, whatever traffic does (a client that stopped reading when the traffic
+//! stopped is still closed on time).
 
 use super::{http, Stream};
 use crate::api::{ApiError, ErrorCode};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
@@ -21,8 +30,10 @@ use tungstenite::{Message, WebSocket};
 pub const MAX_QUEUE_MESSAGES: usize = 1024;
 /// Bytes queued per client.
 pub const MAX_QUEUE_BYTES: usize = 1024 * 1024;
-/// A client whose queue stays full this long is closed (1008).
+/// A client whose outgoing data has not drained for this long is closed (1008).
 pub const STALL_LIMIT: Duration = Duration::from_secs(10);
+/// `SO_SNDBUF` of a WebSocket connection (the kernel doubles it for its bookkeeping).
+pub const KERNEL_SEND_BUFFER: usize = 64 * 1024;
 /// Time a closing client gets to read what is queued and the close frame before the socket
 /// is dropped (a stalled client may start reading again late).
 pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
@@ -51,11 +62,13 @@ fn config() -> WebSocketConfig {
 /// The answer to the upgrade request, or why it is refused.
 ///
 /// # Errors
-/// 400 for a malformed upgrade, 426 for a plain GET.
+/// 400 for a malformed upgrade, 426 for a plain GET or a HEAD.
 pub fn handshake_response(req: &http::Request) -> Result<Vec<u8>, (u16, String)> {
-    let upgrade = req
-        .header("upgrade")
-        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    // A HEAD gets what a GET without Upgrade gets: a HEAD cannot switch protocols.
+    let upgrade = req.method == "GET"
+        && req
+            .header("upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
     if !upgrade {
         return Err((
             426,
@@ -82,9 +95,9 @@ pub fn handshake_response(req: &http::Request) -> Result<Vec<u8>, (u16, String)>
 #[derive(Debug, PartialEq, Eq)]
 pub struct Closed;
 
-/// One WebSocket client.
-pub struct WsConn {
-    socket: WebSocket<Stream>,
+/// One WebSocket client (over the loop's [`Stream`]; tests put a scripted stream under it).
+pub struct WsConn<S = Stream> {
+    socket: WebSocket<S>,
     /// Subscribed channels.
     pub channels: BTreeSet<String>,
     queue: VecDeque<Utf8Bytes>,
@@ -92,12 +105,16 @@ pub struct WsConn {
     dropped_pending: u64,
     /// Events dropped for this client so far.
     pub dropped_total: u64,
-    full_since: Option<Instant>,
+    /// Since when outgoing data has been waiting that the socket would not take.
+    blocked_since: Option<Instant>,
     /// Last frame received.
     pub last_seen: Instant,
     ping_sent: Option<Instant>,
     closing: bool,
     closing_since: Option<Instant>,
+    /// The close frame, until tungstenite's buffer has room for it: tungstenite drops a
+    /// close frame its full buffer refuses and sends nothing after it, so it waits here.
+    close_frame: Option<CloseFrame>,
     read_failed: bool,
     /// Log records sent so far (for the `logs` channel).
     pub log_cursor: u64,
@@ -105,9 +122,9 @@ pub struct WsConn {
     next_local: u64,
 }
 
-impl WsConn {
+impl<S: Read + Write> WsConn<S> {
     /// Wraps an upgraded stream; `tail` holds bytes read after the upgrade request.
-    pub fn new(stream: Stream, tail: Vec<u8>, log_cursor: u64) -> Self {
+    pub fn new(stream: S, tail: Vec<u8>, log_cursor: u64) -> Self {
         WsConn {
             socket: WebSocket::from_partially_read(stream, tail, Role::Server, Some(config())),
             channels: BTreeSet::new(),
@@ -115,11 +132,12 @@ impl WsConn {
             queued_bytes: 0,
             dropped_pending: 0,
             dropped_total: 0,
-            full_since: None,
+            blocked_since: None,
             last_seen: Instant::now(),
             ping_sent: None,
             closing: false,
             closing_since: None,
+            close_frame: None,
             read_failed: false,
             log_cursor,
             ids: HashMap::new(),
@@ -128,7 +146,7 @@ impl WsConn {
     }
 
     /// The underlying stream (for (de)registration).
-    pub fn stream_mut(&mut self) -> &mut Stream {
+    pub fn stream_mut(&mut self) -> &mut S {
         self.socket.get_mut()
     }
 
@@ -167,17 +185,48 @@ impl WsConn {
                 self.dropped_pending += 1;
                 self.dropped_total += 1;
             }
-            self.full_since.get_or_insert_with(Instant::now);
         }
         self.queued_bytes += text.len();
         self.queue.push_back(text);
         self.dropped_total - before
     }
 
-    /// Whether the client has been stalled (queue full) for longer than [`STALL_LIMIT`].
+    /// Whether the client's outgoing data has not drained for [`STALL_LIMIT`] (see the
+    /// module docs); never once it is closing.
     pub fn stalled(&self, now: Instant) -> bool {
-        self.full_since
-            .is_some_and(|t| now.duration_since(t) > STALL_LIMIT)
+        self.stall_due().is_some_and(|due| now >= due)
+    }
+
+    /// When the client counts as stalled if it does not drain before; `None` while it is
+    /// drained or closing.
+    pub fn stall_due(&self) -> Option<Instant> {
+        self.blocked_since
+            .filter(|_| !self.closing)
+            .map(|t| t + STALL_LIMIT)
+    }
+
+    /// The connection's next deadline: keep-alive, close grace or the stall limit.
+    pub fn deadline(&self) -> Instant {
+        let keepalive = self.keepalive_due();
+        self.stall_due().map_or(keepalive, |s| s.min(keepalive))
+    }
+
+    /// Pushes tungstenite's buffer to the socket; `Ok(true)` when it all went out. Runs the
+    /// stall clock: started when the socket refuses bytes, stopped when nothing is left.
+    fn try_flush(&mut self) -> Result<bool, Closed> {
+        match self.socket.flush() {
+            Ok(()) => {
+                if self.queue.is_empty() {
+                    self.blocked_since = None;
+                }
+                Ok(true)
+            }
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.blocked_since.get_or_insert_with(Instant::now);
+                Ok(false)
+            }
+            Err(_) => Err(Closed),
+        }
     }
 
     /// Writes what the socket takes now. Nothing new is handed to tungstenite until its
@@ -187,15 +236,11 @@ impl WsConn {
     /// # Errors
     /// [`Closed`] when the connection is finished.
     pub fn pump(&mut self) -> Result<(), Closed> {
-        match self.socket.flush() {
-            Ok(()) => {}
-            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Ok(())
-            }
-            Err(_) => return Err(Closed),
+        if !self.try_flush()? {
+            return Ok(());
         }
         if self.closing {
-            return Ok(());
+            return self.send_close_frame();
         }
         if self.dropped_pending > 0 {
             let notice = json!({"type": "events_dropped", "timestamp": crate::state::rfc3339_utc_millis(std::time::SystemTime::now()), "data": {"count": self.dropped_pending}});
@@ -221,10 +266,12 @@ impl WsConn {
                 Err(_) => return Err(Closed),
             }
         }
-        if self.queue.len() < MAX_QUEUE_MESSAGES / 2 && self.queued_bytes < MAX_QUEUE_BYTES / 2 {
-            self.full_since = None;
+        self.flush()?;
+        if !self.queue.is_empty() {
+            // tungstenite's buffer is full (or the socket refused bytes): still waiting.
+            self.blocked_since.get_or_insert_with(Instant::now);
         }
-        self.flush()
+        Ok(())
     }
 
     fn pop(&mut self) {
@@ -234,11 +281,7 @@ impl WsConn {
     }
 
     fn flush(&mut self) -> Result<(), Closed> {
-        match self.socket.flush() {
-            Ok(()) => Ok(()),
-            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(_) => Err(Closed),
-        }
+        self.try_flush().map(|_| ())
     }
 
     /// Reads every complete text message available.
@@ -286,11 +329,24 @@ impl WsConn {
         self.closing_since = Some(Instant::now());
         self.queue.clear();
         self.queued_bytes = 0;
-        let _ = self.socket.close(Some(CloseFrame {
+        self.close_frame = Some(CloseFrame {
             code,
             reason: reason.to_string().into(),
-        }));
-        let _ = self.flush();
+        });
+        // A broken connection is noticed by the next pump or read.
+        let _ = self.send_close_frame();
+    }
+
+    /// Hands the close frame to tungstenite once its buffer has gone out (then it fits).
+    fn send_close_frame(&mut self) -> Result<(), Closed> {
+        if self.close_frame.is_none() || !self.try_flush()? {
+            return Ok(());
+        }
+        match self.socket.close(self.close_frame.take()) {
+            Ok(()) => Ok(()),
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(_) => Err(Closed),
+        }
     }
 
     /// Closes a client that never drains (policy violation, 1008).
@@ -545,6 +601,107 @@ pub fn parse_command(text: &str) -> Result<Command, (Option<Value>, ApiError)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A socket that takes `budget` more bytes, then says `WouldBlock` (a client that reads
+    /// that much and stops); reads always block.
+    struct Scripted {
+        budget: usize,
+        taken: usize,
+    }
+
+    impl Read for Scripted {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.budget == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.budget);
+            self.budget -= n;
+            self.taken += n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn client(budget: usize) -> WsConn<Scripted> {
+        WsConn::new(Scripted { budget, taken: 0 }, Vec::new(), 0)
+    }
+
+    fn event() -> Utf8Bytes {
+        "x".repeat(1000).into()
+    }
+
+    #[test]
+    fn the_stall_clock_starts_when_the_socket_refuses_bytes() {
+        let mut w = client(1_000_000);
+        w.enqueue(event());
+        w.pump().expect("pump");
+        assert_eq!(w.stall_due(), None, "everything went out");
+        assert!(
+            w.deadline() > Instant::now() + STALL_LIMIT,
+            "keep-alive only"
+        );
+
+        let mut w = client(500);
+        let before = Instant::now();
+        w.enqueue(event());
+        w.pump().expect("pump");
+        let due = w.stall_due().expect("the socket refused bytes");
+        assert!(due >= before + STALL_LIMIT && due <= Instant::now() + STALL_LIMIT);
+        assert_eq!(
+            w.deadline(),
+            due,
+            "the stall limit comes before the keep-alive"
+        );
+        assert!(!w.stalled(due - Duration::from_millis(1)));
+        assert!(w.stalled(due));
+    }
+
+    #[test]
+    fn progress_without_draining_keeps_the_clock_and_draining_stops_it() {
+        let mut w = client(500);
+        w.enqueue(event());
+        w.pump().expect("pump");
+        let due = w.stall_due().expect("blocked");
+        // More events while it is blocked, and a little reading: the clock keeps running.
+        for _ in 0..50 {
+            w.enqueue(event());
+            w.pump().expect("pump");
+        }
+        w.stream_mut().budget = 2000;
+        w.pump().expect("pump");
+        assert_eq!(w.stall_due(), Some(due), "partial progress is not a drain");
+        // It reads everything: drained, the clock stops; the next block starts a new one.
+        w.stream_mut().budget = usize::MAX;
+        w.pump().expect("pump");
+        assert_eq!(w.stall_due(), None);
+        assert!(w.stream_mut().taken > 50 * 1000);
+        w.stream_mut().budget = 0;
+        w.enqueue(event());
+        w.pump().expect("pump");
+        assert!(w.stall_due().is_some_and(|d| d >= due));
+    }
+
+    #[test]
+    fn a_stalled_client_is_closed_with_a_grace_for_the_close_frame() {
+        let mut w = client(0);
+        w.enqueue(event());
+        w.pump().expect("pump");
+        assert!(w.stall_due().is_some());
+        w.close_stalled();
+        assert!(w.is_closing());
+        assert_eq!(w.stall_due(), None, "a closing client is not stalled again");
+        let grace = w.deadline();
+        assert!(grace <= Instant::now() + CLOSE_GRACE && grace > Instant::now());
+        assert_eq!(w.enqueue(event()), 0, "nothing is queued once closing");
+    }
 
     #[test]
     fn commands_become_requests() {

@@ -12,6 +12,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+/// Largest configuration file accepted, in bytes.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
 /// The dotted key of the API token, which is never printed.
 const SECRET_KEY: &str = "security.api_token";
 
@@ -500,12 +503,17 @@ impl Config {
         Ok(config)
     }
 
-    /// Read and parse a file.
+    /// Read and parse a file. The file must be a regular file of at most [`MAX_FILE_BYTES`]:
+    /// a FIFO, a device or a huge file named by `--config` is refused at once instead of
+    /// hanging or bloating the daemon (see [`crate::state::read_small_file`]).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+        let io = |message: String| ConfigError::Io {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let bytes =
+            crate::state::read_small_file(path, MAX_FILE_BYTES).map_err(|e| io(e.to_string()))?;
+        let text = String::from_utf8(bytes).map_err(|e| io(format!("not UTF-8: {e}")))?;
         let config = Self::from_toml_str(&text, Some(path))?;
         log::debug!("loaded configuration from {}", path.display());
         Ok(config)

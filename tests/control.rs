@@ -691,7 +691,7 @@ fn kill9_during_config_writes_never_corrupts_overrides() {
         let dir = d.kill9();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let writes = hammer.join().unwrap_or(0);
-        let sd = vsm_daemon::state::StateDir::open(state.path()).expect("open state");
+        let mut sd = vsm_daemon::state::StateDir::open(state.path()).expect("open state");
         let v: Value = sd
             .read("overrides.json")
             .expect("overrides parse after kill -9")

@@ -5,5 +5,6 @@ mod api;
 mod control;
 mod mcp;
 mod packaging;
+mod state_config;
 mod state_crash;
 mod util;

@@ -12,6 +12,7 @@
 mod access;
 mod health;
 mod metrics;
+mod registration;
 mod settings;
 mod streams;
 
@@ -39,6 +40,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Name of the overrides document in the state directory.
 const OVERRIDES_FILE: &str = "overrides.json";
+/// Every document the daemon keeps in the state directory.
+const STATE_DOCUMENTS: &[&str] = &[REGISTRY_FILE, OVERRIDES_FILE];
 /// How long a health round waits for the worker's answer.
 const WORKER_PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Health results younger than this answer `GET /api/v1/health` without a new round.
@@ -315,8 +318,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         .clone()
         .or_else(|| non_empty(&base.daemon.state_dir))
         .unwrap_or_else(state::default_state_dir);
-    let state = StateDir::open(&state_path).map_err(StartError::State)?;
-    let (overrides, overrides_problem, effective) = load_overrides(&state, &base);
+    let mut state = StateDir::open(&state_path).map_err(StartError::State)?;
+    let (overrides, overrides_problem, effective) = load_overrides(&mut state, &base);
     logging.set_level(level_of(&effective));
     logging.ring.set_capacity(effective.daemon.log_buffer_lines);
     let socket_path = options
@@ -398,8 +401,15 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     });
     let registered = match state.read::<Vec<ServerSpec>>(REGISTRY_FILE) {
         Ok(specs) => specs.unwrap_or_default(),
-        Err(e) => {
+        Err(e @ StateError::Corrupt { .. }) => {
             log::error!("registered MCP servers not loaded: {e}");
+            Vec::new()
+        }
+        Err(e) => {
+            log::error!(
+                "registered MCP servers not loaded: {e}; the file is kept as it is and \
+                 registering or unregistering servers is refused until it is fixed"
+            );
             Vec::new()
         }
     };
@@ -503,7 +513,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     result.map_err(|e| StartError::Io("event loop".into(), e))
 }
 
-fn load_overrides(state: &StateDir, base: &Config) -> (Value, Option<String>, Config) {
+fn load_overrides(state: &mut StateDir, base: &Config) -> (Value, Option<String>, Config) {
     let overrides = match state.read::<Value>(OVERRIDES_FILE) {
         Ok(Some(v)) => v,
         Ok(None) => return (json!({}), None, base.clone()),
@@ -545,6 +555,18 @@ fn prune_empty(value: &mut Value) {
         }
         map.retain(|_, v| !matches!(v, Value::Object(m) if m.is_empty()) && !v.is_null());
     }
+}
+
+/// The answer to a change that could not be made durable: nothing was changed.
+fn persist_error(e: &StateError) -> ApiError {
+    let code = match e {
+        StateError::ReadOnly { .. } | StateError::UnsupportedVersion { .. } => {
+            ErrorCode::StateReadOnly
+        }
+        e if e.is_out_of_space() => ErrorCode::InsufficientStorage,
+        _ => ErrorCode::PersistFailed,
+    };
+    ApiError::new(code, format!("not changed: cannot save it: {e}"))
 }
 
 fn config_error(e: &ConfigError) -> ApiError {
@@ -884,23 +906,8 @@ impl Daemon {
             Request::McpList { status } => Ok(self.mcp.list(status)),
             Request::McpShow { id } => self.mcp.show(&id),
             Request::McpTools { id } => self.mcp.tools(&id),
-            Request::McpRegister { spec } => {
-                let autostart = spec.autostart;
-                let result = self
-                    .mcp
-                    .register(cx, spec, Source::Api, autostart, &mut self.outputs);
-                if result.is_ok() {
-                    self.persist_registry();
-                }
-                result
-            }
-            Request::McpUnregister { id } => {
-                let result = self.mcp.unregister(cx, &id, &mut self.outputs);
-                if result.is_ok() {
-                    self.persist_registry();
-                }
-                result
-            }
+            Request::McpRegister { spec } => self.mcp_register(cx, spec),
+            Request::McpUnregister { id } => self.mcp_unregister(cx, &id),
             Request::McpStart { id } => self.mcp.start(cx, &id, &mut self.outputs),
             Request::McpStop { id } => self.mcp.stop(cx, &id, &mut self.outputs),
             Request::McpRestart { id } => self.mcp.restart(cx, &id, &mut self.outputs),
@@ -916,12 +923,6 @@ impl Daemon {
             },
         };
         self.answer(cx, reply, answer);
-    }
-
-    fn persist_registry(&self) {
-        if let Err(e) = self.state.write(REGISTRY_FILE, &self.mcp.api_specs()) {
-            log::error!("cannot save registered MCP servers: {e}");
-        }
     }
 
     /// Delivers what the MCP layer produced: answers and events.
@@ -1174,6 +1175,7 @@ impl Daemon {
         cx.timers.cancel(timer);
         match (job, result) {
             (PendingJob::HealthPing, WorkResult::Probe(probe)) => {
+                let state = self.state_health(probe, SystemTime::now());
                 if let Some(round) = &mut self.round {
                     let took = round
                         .worker_job
@@ -1188,23 +1190,6 @@ impl Daemon {
                             checked_at: now,
                         },
                     );
-                    let state = match probe {
-                        Ok(t) => HealthResult {
-                            healthy: true,
-                            status: "ok",
-                            message: format!(
-                                "writable, write+fsync took {:.1} ms",
-                                t.first().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-                            ),
-                            checked_at: now,
-                        },
-                        Err(e) => HealthResult {
-                            healthy: false,
-                            status: "failing",
-                            message: e,
-                            checked_at: now,
-                        },
-                    };
                     round.results.insert("state".into(), state);
                     self.finish_health_round(cx);
                 }
@@ -1285,6 +1270,27 @@ impl Daemon {
                 dir.display(),
                 if writable { "writable" } else { "not writable" }
             ),
+        });
+        // A few lstat calls, like the faccessat above: cheap enough for the loop.
+        let mut problems = state::check_documents(dir, STATE_DOCUMENTS);
+        problems.extend(self.state.read_only().map(|(name, why)| {
+            format!(
+                "state file {} is read-only: {why}",
+                dir.join(name).display()
+            )
+        }));
+        checks.push(diagnostics::Check {
+            name: "state.documents".into(),
+            verdict: if problems.is_empty() {
+                diagnostics::Verdict::Ok
+            } else {
+                diagnostics::Verdict::Fail
+            },
+            detail: if problems.is_empty() {
+                format!("{} readable and writable", STATE_DOCUMENTS.join(", "))
+            } else {
+                problems.join("; ")
+            },
         });
         checks.extend(diagnostics::file_checks(&diagnostics::Paths {
             socket: &self.socket_path,

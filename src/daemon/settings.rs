@@ -35,12 +35,9 @@ impl Daemon {
             .with_overrides(&overrides)
             .map_err(|e| config_error(&e))?;
         let access = self.access_for(&effective)?;
-        self.state.write(OVERRIDES_FILE, &overrides).map_err(|e| {
-            ApiError::new(
-                ErrorCode::Internal,
-                format!("cannot persist the change: {e}"),
-            )
-        })?;
+        self.state
+            .write(OVERRIDES_FILE, &overrides)
+            .map_err(|e| persist_error(&e))?;
         self.config.overrides = overrides;
         self.config.overrides_problem = None;
         let report = self.apply_config(cx, effective, access);

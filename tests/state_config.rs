@@ -1,0 +1,299 @@
+//! Persistence and configuration under attack (issue #7): a change is acknowledged only once
+//! it is on disk, state documents this daemon does not understand are never overwritten,
+//! stored overrides with unknown keys do not block `config set`, config lists are bounded, and
+//! the config file is read without blocking on what is not a regular file.
+
+use crate::util::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A spec that never spawns anything (`autostart: false`), padded so that the registry grows
+/// by a few hundred bytes per server.
+fn idle_spec(id: &str) -> String {
+    json!({"id": id, "command": "true", "autostart": false, "args": ["x".repeat(200)]}).to_string()
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list["data"]["servers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn listed(d: &Daemon) -> Vec<String> {
+    let (status, list) = d.http("GET", "/api/v1/mcp/servers", None);
+    assert_eq!(status, 200, "{list}");
+    ids(&list)
+}
+
+/// The ids in `servers.json` as it is on disk.
+fn ids_on_disk(state: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(state.join("servers.json")).unwrap_or_default();
+    let doc: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let mut ids: Vec<String> = doc["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+fn code(answer: &Value) -> &str {
+    answer["errors"][0]["code"].as_str().unwrap_or("")
+}
+
+fn message(answer: &Value) -> &str {
+    answer["errors"][0]["message"].as_str().unwrap_or("")
+}
+
+/// Polls the health route until the state component reports unhealthy; returns its message.
+fn state_unhealthy(d: &Daemon) -> String {
+    let (_, health) = wait_until(
+        "the state health check to fail",
+        || d.http("GET", "/api/v1/health?component=state", None),
+        |(status, h)| *status == 503 && h["data"]["components"]["state"]["healthy"] == false,
+        |(status, h)| format!("{status} {h}"),
+    );
+    health["data"]["components"]["state"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Starts a daemon on an existing state dir, in a fresh temp dir.
+fn start_on(state: &Path, config: Option<&str>) -> Daemon {
+    Daemon::start_with(Setup {
+        state_dir: Some(state.to_path_buf()),
+        config: config.map(String::from),
+        ..Setup::default()
+    })
+}
+
+#[test]
+fn registry_write_failure_changes_nothing_and_fails_health() {
+    let d = Daemon::start();
+    let (status, r) = d.http("POST", "/api/v1/mcp/servers", Some(&idle_spec("a")));
+    assert_eq!(status, 200, "{r}");
+    let registry = d.state_dir.join("servers.json");
+    std::fs::remove_file(&registry).expect("remove servers.json");
+    std::fs::create_dir(&registry).expect("servers.json as a directory");
+
+    let (status, r) = d.http("POST", "/api/v1/mcp/servers", Some(&idle_spec("b")));
+    assert_eq!(status, 500, "{r}");
+    assert_eq!(code(&r), "persist_failed", "{r}");
+    assert!(
+        message(&r).contains("servers.json") && message(&r).contains("not a regular file"),
+        "{r}"
+    );
+    let (status, r) = d.http("DELETE", "/api/v1/mcp/servers/a", None);
+    assert_eq!((status, code(&r)), (500, "persist_failed"), "{r}");
+    assert_eq!(
+        listed(&d),
+        ["a"],
+        "nothing registered, nothing unregistered"
+    );
+
+    let why = state_unhealthy(&d);
+    assert!(why.contains("servers.json is not a regular file"), "{why}");
+    let (exit, diag) = d.cli_json(&["diagnostics", "run"]);
+    assert_eq!(exit, 1, "{diag}");
+    let check = diag["data"]["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "state.documents").cloned())
+        .unwrap_or(Value::Null);
+    assert_eq!(check["status"], "fail", "{diag}");
+
+    // Once the path is a file again, changes go through and survive a restart.
+    std::fs::remove_dir(&registry).expect("rmdir");
+    let (status, r) = d.http("POST", "/api/v1/mcp/servers", Some(&idle_spec("b")));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(ids_on_disk(&d.state_dir), ["a", "b"]);
+    let dir = d.kill9();
+    let d = start_on(&dir.path().join("state"), None);
+    assert_eq!(listed(&d), ["a", "b"]);
+}
+
+/// Unmounts on drop (after the daemons using it are gone: declare it first).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        // SAFETY: geteuid has no arguments and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "this test mounts a tmpfs and must run as root (CI does); it does not skip"
+        );
+        std::fs::create_dir_all(path).expect("mkdir mount point");
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount -t tmpfs failed: {status}");
+        Tmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount").arg(&self.0).status();
+        if !ok.is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Fills the filesystem of `dir` with `dir/filler` until writes fail.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).expect("filler");
+    let chunk = [0u8; 1024];
+    while f.write_all(&chunk).and_then(|()| f.sync_all()).is_ok() {}
+    path
+}
+
+#[test]
+fn full_state_dir_acknowledges_only_what_is_on_disk() {
+    let dir = TempDir::new("full");
+    let state = dir.path().join("state");
+    let _mount = Tmpfs::mount(&state, "64k");
+    let d = start_on(&state, None);
+
+    let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+    for n in 0..1000 {
+        let id = format!("s{n:03}");
+        let (status, r) = d.http("POST", "/api/v1/mcp/servers", Some(&idle_spec(&id)));
+        match status {
+            200 => accepted.push(id),
+            507 => {
+                assert_eq!(code(&r), "insufficient_storage", "{r}");
+                assert!(message(&r).contains("servers.json"), "{r}");
+                refused.push(id);
+            }
+            _ => panic!("register {id}: {status} {r}"),
+        }
+        if refused.len() >= 5 {
+            break;
+        }
+    }
+    assert!(
+        accepted.len() >= 10 && refused.len() == 5,
+        "{} accepted, refused {refused:?}: a 64 KiB state dir must fill up",
+        accepted.len()
+    );
+    eprintln!("tmpfs: {} accepted, refused {refused:?}", accepted.len());
+    let mut in_memory = listed(&d);
+    in_memory.sort();
+    assert_eq!(
+        in_memory, accepted,
+        "refused registrations are not in memory"
+    );
+    assert_eq!(ids_on_disk(&state), accepted);
+
+    // Unregister on a disk with no room at all: refused, nothing changed.
+    let filler = fill(&state);
+    let victim = accepted[0].clone();
+    let (status, r) = d.http("DELETE", &format!("/api/v1/mcp/servers/{victim}"), None);
+    assert_eq!((status, code(&r)), (507, "insufficient_storage"), "{r}");
+    assert!(listed(&d).contains(&victim));
+    let why = state_unhealthy(&d);
+    assert!(why.contains("No space left"), "{why}");
+    std::fs::remove_file(&filler).expect("rm filler");
+    let (status, r) = d.http("DELETE", &format!("/api/v1/mcp/servers/{victim}"), None);
+    assert_eq!(status, 200, "{r}");
+    accepted.remove(0);
+
+    let kept = d.kill9();
+    let d = start_on(&state, None);
+    let mut after = listed(&d);
+    after.sort();
+    assert_eq!(
+        after, accepted,
+        "a restart loads exactly what was acknowledged"
+    );
+    assert_eq!(ids_on_disk(&state), accepted);
+    drop(d);
+    drop(kept);
+}
+
+#[test]
+fn state_documents_from_a_newer_daemon_are_never_overwritten() {
+    let dir = TempDir::new("newer");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let newer = |data: Value| {
+        let doc = json!({"version": 99, "written_at": "2030-01-01T00:00:00.000Z", "data": data});
+        serde_json::to_vec(&doc).expect("json")
+    };
+    let servers = newer(json!([{"id": "future", "command": "true", "shiny": true}]));
+    let overrides = newer(json!({"daemon": {"log_level": "debug"}}));
+    std::fs::write(state.join("servers.json"), &servers).expect("write");
+    std::fs::write(state.join("overrides.json"), &overrides).expect("write");
+    let config = "[[servers]]\nid = \"cfg\"\ncommand = \"true\"\nautostart = false\n";
+    let d = start_on(&state, Some(config));
+
+    assert_eq!(
+        listed(&d),
+        ["cfg"],
+        "servers from the config file still come up"
+    );
+    let (status, r) = d.http("POST", "/api/v1/mcp/servers", Some(&idle_spec("new")));
+    assert_eq!((status, code(&r)), (409, "state_read_only"), "{r}");
+    assert!(
+        message(&r).contains("servers.json") && message(&r).contains("version 99"),
+        "{r}"
+    );
+    let out = d.cli(&["config", "set", "daemon.log_level", "trace"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stderr(&out) + &stdout(&out);
+    assert!(
+        text.contains("overrides.json") && text.contains("version 99"),
+        "{text}"
+    );
+    assert_eq!(listed(&d), ["cfg"]);
+    assert_eq!(
+        std::fs::read(state.join("servers.json")).expect("read"),
+        servers
+    );
+    assert_eq!(
+        std::fs::read(state.join("overrides.json")).expect("read"),
+        overrides
+    );
+
+    let why = state_unhealthy(&d);
+    assert!(
+        why.contains("servers.json") && why.contains("overrides.json") && why.contains("99"),
+        "{why}"
+    );
+    let (exit, diag) = d.cli_json(&["diagnostics", "run"]);
+    assert_eq!(exit, 1, "{diag}");
+    let check = diag["data"]["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "state.documents").cloned())
+        .unwrap_or(Value::Null);
+    assert_eq!(check["status"], "fail", "{diag}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("servers.json"),
+        "{check}"
+    );
+}

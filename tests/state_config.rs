@@ -297,3 +297,85 @@ fn state_documents_from_a_newer_daemon_are_never_overwritten() {
         "{check}"
     );
 }
+
+fn mkfifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let status = Command::new("mkfifo").arg(path).status().expect("mkfifo");
+    assert!(status.success());
+}
+
+#[test]
+fn config_file_that_is_not_a_small_regular_file_is_refused_without_blocking() {
+    let d = Daemon::start_with(Setup {
+        config: Some("[daemon]\nlog_level = \"debug\"\n".into()),
+        ..Setup::default()
+    });
+    let path = d.config_path.clone().expect("config path");
+    mkfifo(&path);
+    d.signal(libc::SIGHUP);
+    wait_for("the refused reload in the log", || {
+        d.stderr().contains("reload refused")
+    });
+    assert!(d.stderr().contains("not a regular file"), "{}", d.stderr());
+    // The loop answers (a FIFO read would have hung it until someone wrote to the FIFO).
+    let (status, r) = d.http("POST", "/api/v1/config/reload", None);
+    assert_eq!((status, code(&r)), (400, "config_invalid"), "{r}");
+    assert!(message(&r).contains("not a regular file"), "{r}");
+    let (status, r) = d.http("GET", "/api/v1/config?section=daemon", None);
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        r["data"]["config"]["log_level"], "debug",
+        "old config in effect"
+    );
+
+    // A huge file is refused by its size, not read.
+    std::fs::remove_file(&path).expect("rm fifo");
+    let mut big = String::from("[daemon]\nlog_level = \"info\"\n");
+    big.push_str(&"# padding\n".repeat(110_000));
+    std::fs::write(&path, big).expect("write big config");
+    let (status, r) = d.http("POST", "/api/v1/config/reload", None);
+    assert_eq!((status, code(&r)), (400, "config_invalid"), "{r}");
+    assert!(message(&r).contains("allowed"), "{r}");
+    let (_, r) = d.http("GET", "/api/v1/config?section=daemon", None);
+    assert_eq!(r["data"]["config"]["log_level"], "debug");
+
+    // At start too: a FIFO named by --config makes `start` fail at once with the reason.
+    let dir = TempDir::new("fifo-start");
+    let fifo = dir.path().join("config.toml");
+    mkfifo(&fifo);
+    let mut child = Command::new(bin())
+        .arg("start")
+        .arg("--config")
+        .arg(&fifo)
+        .arg("--socket")
+        .arg(dir.path().join("control.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("start --config FIFO hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+}

@@ -683,6 +683,66 @@ fn apply_overrides(
     Ok(())
 }
 
+/// Stored overrides (`overrides.json`) split into the part this build knows and the keys it
+/// does not. Unknown keys may come from a newer daemon: they stay in the stored document (it
+/// is written back whole) but are neither applied nor allowed to block changes to other keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredOverrides {
+    /// The overrides without unknown keys: what [`Config::with_overrides`] is given.
+    pub known: Value,
+    /// Dotted unknown keys (the first leaf of each unknown member), in document order.
+    pub unknown: Vec<String>,
+}
+
+impl StoredOverrides {
+    /// Splits an overrides document (or a merge patch). Members set to `null` are not counted
+    /// as unknown: in a patch they remove a key, which is allowed for unknown keys too.
+    /// Linear in the size of the document; recursion only follows sections of [`KEYS`].
+    pub fn split(doc: &Value) -> StoredOverrides {
+        fn walk(prefix: &str, map: &Map<String, Value>, unknown: &mut Vec<String>) -> Value {
+            let mut known = Map::new();
+            for (name, value) in map {
+                let key = join(prefix, name);
+                if key_info(&key).is_some() {
+                    known.insert(name.clone(), value.clone());
+                } else if KEYS.iter().any(|i| under(i.key, &key)) {
+                    let inner = match value {
+                        Value::Object(inner) => walk(&key, inner, unknown),
+                        other => other.clone(), // a type error, reported by with_overrides
+                    };
+                    known.insert(name.clone(), inner);
+                } else if !value.is_null() {
+                    unknown.push(first_leaf(key, value));
+                }
+            }
+            Value::Object(known)
+        }
+        let mut unknown = Vec::new();
+        let known = match doc {
+            Value::Object(map) => walk("", map, &mut unknown),
+            other => other.clone(),
+        };
+        StoredOverrides { known, unknown }
+    }
+
+    /// The operator-facing warning when there are unknown keys (at most 10 named).
+    pub fn warning(&self) -> Option<String> {
+        const SHOWN: usize = 10;
+        let (count, shown) = (self.unknown.len(), self.unknown.len().min(SHOWN));
+        (count > 0).then(|| {
+            let more = if count > shown {
+                format!(" and {} more", count - shown)
+            } else {
+                String::new()
+            };
+            format!(
+                "stored overrides have {count} key(s) this daemon does not know (written by a newer version?): {}{more}; they are kept in the file but not applied",
+                self.unknown[..shown].join(", ")
+            )
+        })
+    }
+}
+
 /// The full dotted key of the first leaf of `value` under `key` (`{"no": {"such": 1}}` names
 /// `no.such`), so an unknown key is reported as the operator typed it.
 fn first_leaf(key: String, value: &Value) -> String {
@@ -1258,6 +1318,35 @@ mod tests {
         assert_eq!(base.with_overrides(&Value::Null), Ok(base.clone()));
         let ok = base.with_overrides(&json!({"consciousness": {"learning_rate": 1}}));
         assert_eq!(ok.expect("int for float").consciousness.learning_rate, 1.0);
+    }
+
+    #[test]
+    fn stored_overrides_keep_unknown_keys_apart() {
+        let doc = json!({
+            "daemon": {"log_level": "debug", "future": {"deep": 1}},
+            "from_2030": {"x": 1},
+            "http": {"max_connections": 9, "gone": null},
+            "security": 3,
+        });
+        let split = StoredOverrides::split(&doc);
+        assert_eq!(split.unknown, ["daemon.future.deep", "from_2030.x"]);
+        assert_eq!(
+            split.known,
+            json!({"daemon": {"log_level": "debug"}, "http": {"max_connections": 9}, "security": 3})
+        );
+        let warning = split.warning().expect("warning");
+        assert!(
+            warning.contains("daemon.future.deep, from_2030.x;"),
+            "{warning}"
+        );
+        let clean = StoredOverrides::split(&json!({"daemon": {"log_level": "debug"}}));
+        assert_eq!((clean.unknown.len(), clean.warning()), (0, None));
+        let many: Map<String, Value> = (0..15).map(|i| (format!("k{i}"), json!(1))).collect();
+        let warning = StoredOverrides::split(&Value::Object(many)).warning();
+        assert!(warning
+            .expect("w")
+            .ends_with(" and 5 more; they are kept in the file but not applied"));
+        assert_eq!(StoredOverrides::split(&json!([1])).known, json!([1]));
     }
 
     #[test]

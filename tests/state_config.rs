@@ -379,3 +379,69 @@ fn config_file_that_is_not_a_small_regular_file_is_refused_without_blocking() {
     assert!(!status.success(), "{err}");
     assert!(err.contains("not a regular file"), "{err}");
 }
+
+/// `GET /api/v1/config`: the envelope, so `data` holds config, overrides and the warning.
+fn config_show(d: &Daemon) -> Value {
+    let (status, show) = d.http("GET", "/api/v1/config", None);
+    assert_eq!(status, 200, "{show}");
+    show
+}
+
+#[test]
+fn unknown_stored_override_keys_are_kept_reported_and_do_not_block_config_set() {
+    let dir = TempDir::new("unknown-overrides");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let stored = json!({"version": 1, "written_at": "2026-01-01T00:00:00.000Z", "data": {
+        "daemon": {"log_level": "debug", "future_key": 5},
+        "future_section": {"x": 1},
+    }});
+    std::fs::write(state.join("overrides.json"), stored.to_string()).expect("write");
+    let d = start_on(&state, None);
+    assert!(
+        d.stderr().contains("daemon.future_key, future_section.x"),
+        "a log line at load: {}",
+        d.stderr()
+    );
+    let show = config_show(&d);
+    let warning = show["data"]["overrides_warning"].as_str().unwrap_or("");
+    assert!(warning.contains("daemon.future_key"), "{show}");
+    assert_eq!(
+        show["data"]["config"]["daemon"]["log_level"], "debug",
+        "known keys apply"
+    );
+
+    for (key, value) in [
+        ("http.max_connections", "9"),
+        ("daemon.log_level", "default"),
+        ("daemon.log_level", "warn"),
+    ] {
+        let out = d.cli(&["config", "set", key, value]);
+        assert!(
+            out.status.success(),
+            "config set {key} {value}: {}",
+            stderr(&out)
+        );
+    }
+    let show = config_show(&d);
+    assert_eq!(show["data"]["config"]["daemon"]["log_level"], "warn");
+    assert_eq!(show["data"]["config"]["http"]["max_connections"], 9);
+    assert!(show["data"]["overrides_warning"].is_string(), "{show}");
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(state.join("overrides.json")).expect("read"))
+            .expect("json");
+    assert_eq!(
+        on_disk["data"],
+        json!({"daemon": {"log_level": "warn", "future_key": 5}, "future_section": {"x": 1},
+               "http": {"max_connections": 9}}),
+        "unknown keys are kept for the daemon that wrote them"
+    );
+    // New unknown keys are still refused; removing a stored one is allowed.
+    let (status, r) = d.http("PUT", "/api/v1/config", Some(r#"{"daemon": {"nope": 1}}"#));
+    assert_eq!((status, code(&r)), (404, "config_key_not_found"), "{r}");
+    let patch = r#"{"future_section": null, "daemon": {"future_key": null}}"#;
+    let (status, r) = d.http("PUT", "/api/v1/config", Some(patch));
+    assert_eq!(status, 200, "{r}");
+    let show = config_show(&d);
+    assert!(show["data"]["overrides_warning"].is_null(), "{show}");
+}

@@ -523,17 +523,30 @@ fn load_overrides(state: &mut StateDir, base: &Config) -> (Value, Option<String>
             return (json!({}), Some(msg), base.clone());
         }
     };
-    match base.with_overrides(&overrides) {
-        Ok(effective) => {
-            log::info!("applied stored configuration overrides from {OVERRIDES_FILE}");
-            (overrides, None, effective)
-        }
+    let (effective, problem) = apply_stored_overrides(base, &overrides);
+    if problem.is_none() {
+        log::info!("applied stored configuration overrides from {OVERRIDES_FILE}");
+    }
+    (overrides, problem, effective)
+}
+
+/// `base` with the known part of the stored overrides applied, and the warning to show (and
+/// log) when some keys are unknown (kept in the file, not applied) or the rest conflicts with
+/// `base` (then none is applied; the file stays as it is so nothing is lost).
+fn apply_stored_overrides(base: &Config, stored: &Value) -> (Config, Option<String>) {
+    let split = config::StoredOverrides::split(stored);
+    let unknown = split.warning();
+    if let Some(w) = &unknown {
+        log::warn!("{OVERRIDES_FILE}: {w}");
+    }
+    match base.with_overrides(&split.known) {
+        Ok(effective) => (effective, unknown),
         Err(e) => {
-            // Keep the file untouched so nothing is lost; run on the file's values.
             let msg =
                 format!("stored overrides not applied (they conflict with the config file): {e}");
             log::error!("{msg}");
-            (overrides, Some(msg), base.clone())
+            let problem = unknown.map_or(msg.clone(), |w| format!("{msg}; {w}"));
+            (base.clone(), Some(problem))
         }
     }
 }

@@ -26,20 +26,30 @@ impl Daemon {
     }
 
     pub(super) fn config_update(&mut self, cx: &mut Cx<'_, Timer>, patch: &Value) -> Answer {
+        // A patch may not add a key this build does not know, but may remove one (null), and
+        // unknown keys already stored (from a newer daemon) neither block it nor get lost.
+        if let Some(key) = config::StoredOverrides::split(patch)
+            .unknown
+            .into_iter()
+            .next()
+        {
+            return Err(config_error(&ConfigError::UnknownKey { key }));
+        }
         let mut overrides = self.config.overrides.clone();
         config::merge_patch(&mut overrides, patch);
         prune_empty(&mut overrides);
+        let split = config::StoredOverrides::split(&overrides);
         let effective = self
             .config
             .base
-            .with_overrides(&overrides)
+            .with_overrides(&split.known)
             .map_err(|e| config_error(&e))?;
         let access = self.access_for(&effective)?;
         self.state
             .write(OVERRIDES_FILE, &overrides)
             .map_err(|e| persist_error(&e))?;
         self.config.overrides = overrides;
-        self.config.overrides_problem = None;
+        self.config.overrides_problem = split.warning();
         let report = self.apply_config(cx, effective, access);
         log::info!("configuration updated over the API: {}", report["changed"]);
         Ok(report)
@@ -50,16 +60,7 @@ impl Daemon {
             Some(path) => Config::from_file(path).map_err(|e| config_error(&e))?,
             None => Config::default(),
         };
-        let (effective, problem) = match base.with_overrides(&self.config.overrides) {
-            Ok(c) => (c, None),
-            Err(e) => {
-                let msg = format!(
-                    "stored overrides not applied (they conflict with the config file): {e}"
-                );
-                log::error!("{msg}");
-                (base.clone(), Some(msg))
-            }
-        };
+        let (effective, problem) = apply_stored_overrides(&base, &self.config.overrides);
         let access = self.access_for(&effective)?;
         self.config.base = base;
         self.config.overrides_problem = problem;

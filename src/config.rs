@@ -264,10 +264,15 @@ pub enum Constraint {
         /// Longest accepted path in bytes.
         max_bytes: usize,
     },
-    /// A list of distinct non-empty strings, each in `allowed` when given.
+    /// A list of at most `max_items` distinct non-empty strings of at most `max_item_bytes`
+    /// bytes each, each in `allowed` when given.
     StringList {
         /// The accepted items, or `None` for any.
         allowed: Option<&'static [&'static str]>,
+        /// Longest accepted list.
+        max_items: usize,
+        /// Longest accepted item, in bytes.
+        max_item_bytes: usize,
     },
     /// `true` or `false`.
     Bool,
@@ -316,7 +321,20 @@ const fn range(min: f64, max: f64) -> Constraint {
 
 const INTERVAL: Constraint = range(100.0, 86_400_000.0);
 const PATH: Constraint = Constraint::AbsolutePathOrEmpty { max_bytes: 4096 };
-const ANY_LIST: Constraint = Constraint::StringList { allowed: None };
+/// Host names (and bracketed IPv6 addresses) accepted in `Host`/`Origin`.
+const HOST_LIST: Constraint = Constraint::StringList {
+    allowed: None,
+    max_items: 256,
+    max_item_bytes: 255,
+};
+/// Capability names (the `[[servers]]` spec allows 64 bytes each).
+const CAPABILITY_LIST: Constraint = Constraint::StringList {
+    allowed: None,
+    max_items: 256,
+    max_item_bytes: 64,
+};
+/// Longest string value of any key, in bytes (paths and lists have tighter limits).
+pub const MAX_STRING_BYTES: usize = 4096;
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 const DISCOVERY_SOURCES: &[&str] = &["npm", "github", "registry", "pypi", "local"];
 
@@ -336,7 +354,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("http.max_connections", "open connections allowed per listener", range(1.0, 65_536.0)),
     live("http.head_timeout_ms", "time allowed to receive a request head, in milliseconds", range(100.0, 600_000.0)),
     live("http.idle_timeout_ms", "idle keep-alive connections close after this many milliseconds", range(100.0, 3_600_000.0)),
-    live("http.allowed_hosts", "extra Host/Origin names accepted besides loopback names and the bound address", ANY_LIST),
+    live("http.allowed_hosts", "extra Host/Origin names accepted besides loopback names and the bound address", HOST_LIST),
     live("monitoring.variety_check_interval_ms", "milliseconds between variety checks", INTERVAL),
     live("monitoring.performance_check_interval_ms", "milliseconds between performance checks", INTERVAL),
     live("monitoring.health_check_interval_ms", "milliseconds between health checks", INTERVAL),
@@ -345,7 +363,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("monitoring.alert_thresholds.response_time_max_ms", "alert when a response takes longer than this many milliseconds", range(1.0, 3_600_000.0)),
     live("monitoring.alert_thresholds.error_rate_max_percent", "alert when the error rate exceeds this percentage", range(0.0, 100.0)),
     live("monitoring.alert_thresholds.memory_usage_max_percent", "alert when memory usage exceeds this percentage", Constraint::Range { min: 0.0, max: 100.0, min_exclusive: true }),
-    live("mcp_servers.discovery_sources", "where to look for MCP servers", Constraint::StringList { allowed: Some(DISCOVERY_SOURCES) }),
+    live("mcp_servers.discovery_sources", "where to look for MCP servers", Constraint::StringList { allowed: Some(DISCOVERY_SOURCES), max_items: DISCOVERY_SOURCES.len(), max_item_bytes: 16 }),
     live("mcp_servers.auto_discovery_interval_ms", "milliseconds between automatic discovery runs", INTERVAL),
     live("mcp_servers.sandbox_timeout_ms", "time limit of a sandboxed trial of a server, in milliseconds", range(100.0, 3_600_000.0)),
     live("mcp_servers.max_concurrent_servers", "MCP servers allowed to run at once", range(1.0, 1000.0)),
@@ -371,8 +389,8 @@ pub const KEYS: &[KeyInfo] = &[
     live("security.sandbox_enabled", "run untrusted MCP servers in a sandbox", Constraint::Bool),
     live("security.security_scan_enabled", "scan MCP servers before installing them", Constraint::Bool),
     live("security.min_security_score", "lowest security score a server may have", range(0.0, 100.0)),
-    live("security.allowed_capabilities", "capabilities servers may offer", ANY_LIST),
-    live("security.blocked_capabilities", "capabilities that disqualify a server; must not overlap allowed_capabilities", ANY_LIST),
+    live("security.allowed_capabilities", "capabilities servers may offer", CAPABILITY_LIST),
+    live("security.blocked_capabilities", "capabilities that disqualify a server; must not overlap allowed_capabilities", CAPABILITY_LIST),
     live(SECRET_KEY, "bearer token required on the TCP API; empty = none; never printed", Constraint::Any),
     live("security.api_token_file", "file whose first line is the API token; not together with api_token", PATH),
     live("consciousness.reflection_interval_ms", "milliseconds between reflection runs", INTERVAL),
@@ -534,6 +552,16 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks a merge patch on its own, before anything is merged or cloned: known keys must
+    /// have their type and satisfy their constraint, unknown keys are refused unless `null`
+    /// (removing a key is always allowed). Cross-field rules need the merged result and are
+    /// left to [`Config::with_overrides`]. Linear in the size of the patch, and a list over
+    /// its limit is refused by its length, so a megabyte of hosts costs one pass over it.
+    pub fn check_patch(patch: &Value) -> Result<(), ConfigError> {
+        let defaults = flatten(&Config::default().json());
+        apply_overrides(&mut Value::Object(Map::new()), patch, "", &defaults)
+    }
+
     /// Check every key against its [`KEYS`] constraint, then the cross-field rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let flat = flatten(&self.json());
@@ -542,11 +570,8 @@ impl Config {
             check_constraint(info, value).map_err(|m| ConfigError::invalid(info.key, m))?;
         }
         let s = &self.security;
-        if let Some(both) = s
-            .blocked_capabilities
-            .iter()
-            .find(|c| s.allowed_capabilities.contains(c))
-        {
+        let allowed: std::collections::HashSet<&String> = s.allowed_capabilities.iter().collect();
+        if let Some(both) = s.blocked_capabilities.iter().find(|c| allowed.contains(c)) {
             return Err(ConfigError::invalid(
                 "security.blocked_capabilities",
                 format!("must not overlap security.allowed_capabilities (both contain \"{both}\")"),
@@ -662,10 +687,11 @@ fn apply_overrides(
         let Some(target) = target.as_object_mut() else {
             continue;
         };
+        // `null` means "no override", for keys this build does not know too.
+        if value.is_null() {
+            continue;
+        }
         if let Some(info) = key_info(&key) {
-            if value.is_null() {
-                continue;
-            }
             let default = defaults.get(&key).unwrap_or(&Value::Null);
             check_type(default, value)
                 .and_then(|()| check_constraint(info, value))
@@ -781,15 +807,35 @@ fn check_type(default: &Value, value: &Value) -> Result<(), String> {
     }
 }
 
+/// `value` as JSON text for an error message, cut to a few dozen characters: a rejected value
+/// may be a megabyte long, and the message is logged and sent back.
+fn shown(value: &Value) -> String {
+    const MAX: usize = 64;
+    let text = value.to_string();
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
+        None => text,
+    }
+}
+
+/// Checks one value against its key's constraint. Linear in the size of the value.
 fn check_constraint(info: &KeyInfo, value: &Value) -> Result<(), String> {
     let text = value.as_str().unwrap_or_default();
+    if text.len() > MAX_STRING_BYTES {
+        return Err(format!(
+            "must be at most {MAX_STRING_BYTES} bytes long (got {})",
+            text.len()
+        ));
+    }
+    let raw = value;
+    let value = &shown(value);
     match info.constraint {
         Constraint::Range {
             min,
             max,
             min_exclusive,
         } => {
-            let x = value
+            let x = raw
                 .as_f64()
                 .ok_or_else(|| format!("must be a finite number (got {value})"))?;
             if min_exclusive && !(x > min && x <= max) {
@@ -823,23 +869,53 @@ fn check_constraint(info: &KeyInfo, value: &Value) -> Result<(), String> {
                 ));
             }
         }
-        Constraint::StringList { allowed } => {
-            let items = value.as_array().map(Vec::as_slice).unwrap_or_default();
-            for (i, item) in items.iter().enumerate() {
-                let s = item.as_str().unwrap_or_default();
-                if s.is_empty() {
-                    return Err("items must be non-empty strings".into());
-                }
-                if allowed.is_some_and(|a| !a.contains(&s)) {
-                    let list = allowed.unwrap_or_default().join(", ");
-                    return Err(format!("items must be among {list} (got {item})"));
-                }
-                if items[..i].contains(item) {
-                    return Err(format!("duplicate item {item}"));
-                }
-            }
-        }
+        Constraint::StringList {
+            allowed,
+            max_items,
+            max_item_bytes,
+        } => check_list(list_items(raw), allowed, max_items, max_item_bytes)?,
         _ => {}
+    }
+    Ok(())
+}
+
+fn list_items(value: &Value) -> &[Value] {
+    value.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// The list rules of [`Constraint::StringList`], checked in one pass (the length first, so a
+/// 100,000-item list costs nothing more than its count).
+fn check_list(
+    items: &[Value],
+    allowed: Option<&[&str]>,
+    max_items: usize,
+    max_item_bytes: usize,
+) -> Result<(), String> {
+    if items.len() > max_items {
+        return Err(format!(
+            "must have at most {max_items} items (got {})",
+            items.len()
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    for item in items {
+        let s = item.as_str().unwrap_or_default();
+        if s.is_empty() {
+            return Err("items must be non-empty strings".into());
+        }
+        if s.len() > max_item_bytes {
+            return Err(format!(
+                "items must be at most {max_item_bytes} bytes long (got one of {})",
+                s.len()
+            ));
+        }
+        if allowed.is_some_and(|a| !a.contains(&s)) {
+            let list = allowed.unwrap_or_default().join(", ");
+            return Err(format!("items must be among {list} (got {})", shown(item)));
+        }
+        if !seen.insert(s) {
+            return Err(format!("duplicate item {}", shown(item)));
+        }
     }
     Ok(())
 }
@@ -967,14 +1043,22 @@ fn leaf_schema(info: &KeyInfo, default: &Value) -> Value {
             s["pattern"] = json!("^(/.*)?$");
             s["maxLength"] = json!(max_bytes);
         }
-        Constraint::StringList { allowed } => {
-            s["items"] = json!({ "type": "string", "minLength": 1 });
+        Constraint::StringList {
+            allowed,
+            max_items,
+            max_item_bytes,
+        } => {
+            s["items"] = json!({ "type": "string", "minLength": 1, "maxLength": max_item_bytes });
             if let Some(values) = allowed {
                 s["items"]["enum"] = json!(values);
             }
             s["uniqueItems"] = json!(true);
+            s["maxItems"] = json!(max_items);
         }
         Constraint::Address | Constraint::Bool | Constraint::Any => {}
+    }
+    if ty == "string" && s.get("maxLength").is_none() {
+        s["maxLength"] = json!(MAX_STRING_BYTES);
     }
     if !info.live {
         s["x-requires-restart"] = json!(true);
@@ -1068,9 +1152,19 @@ fn constraint_text(info: &KeyInfo, default: &Value) -> String {
         }
         Constraint::StringList {
             allowed: Some(values),
+            ..
         } => format!("list of distinct {}", values.join(", ")),
-        Constraint::StringList { allowed: None } => "list of distinct strings".into(),
+        Constraint::StringList {
+            allowed: None,
+            max_items,
+            max_item_bytes,
+        } => format!(
+            "list of at most {max_items} distinct strings of at most {max_item_bytes} bytes"
+        ),
         Constraint::Bool => "true or false".into(),
+        Constraint::Any if default.is_string() => {
+            format!("string of at most {MAX_STRING_BYTES} bytes")
+        }
         Constraint::Any => kind(default).trim_start_matches("a ").into(),
     };
     if info.live {
@@ -1273,6 +1367,67 @@ mod tests {
         assert!(base
             .with_overrides(&nest("daemon.http_listen", json!("[::1]:0")))
             .is_ok());
+    }
+
+    #[test]
+    fn lists_and_strings_are_bounded_with_short_messages() {
+        let base = Config::default();
+        let hosts = |n: usize, len: usize| {
+            let items: Vec<String> = (0..n).map(|i| format!("{i:0len$}")).collect();
+            nest("http.allowed_hosts", json!(items))
+        };
+        let max = base
+            .with_overrides(&hosts(256, 255))
+            .expect("256 hosts of 255 bytes");
+        assert_eq!(max.http.allowed_hosts.len(), 256);
+        for patch in [hosts(257, 10), hosts(100_000, 10), hosts(2, 256)] {
+            let err = base
+                .with_overrides(&patch)
+                .expect_err("too many or too long");
+            assert_eq!(err.key(), Some("http.allowed_hosts"));
+            assert!(err.to_string().len() < 200, "{err}");
+        }
+        let caps = nest("security.allowed_capabilities", json!(["x".repeat(65)]));
+        assert_eq!(
+            err_key(base.with_overrides(&caps)),
+            "security.allowed_capabilities"
+        );
+        let long = nest("daemon.http_listen", json!("1".repeat(100_000)));
+        let err = base.with_overrides(&long).expect_err("long");
+        assert!(err.to_string().len() < 200, "{err}");
+        let token = nest(SECRET_KEY, json!("t".repeat(MAX_STRING_BYTES + 1)));
+        assert_eq!(err_key(base.with_overrides(&token)), SECRET_KEY);
+        let schema = schema();
+        let node = &schema["properties"]["http"]["properties"]["allowed_hosts"];
+        assert_eq!(
+            (
+                node["maxItems"].as_u64(),
+                node["items"]["maxLength"].as_u64()
+            ),
+            (Some(256), Some(255))
+        );
+        let token = &schema["properties"]["security"]["properties"]["api_token"];
+        assert_eq!(token["maxLength"], json!(MAX_STRING_BYTES));
+    }
+
+    /// The list check is one pass: duplicates are found with a set (the old `items[..i]`
+    /// scan made 100,000 hosts cost ~5e9 comparisons), and an over-long list is refused by
+    /// its count before any item is looked at.
+    #[test]
+    fn list_check_is_one_pass() {
+        let items: Vec<Value> = (0..256).map(|i| json!(format!("h{i}"))).collect();
+        assert!(check_list(&items, None, 256, 255).is_ok());
+        let mut dup = items.clone();
+        dup[255] = json!("h0");
+        assert_eq!(
+            check_list(&dup, None, 256, 255),
+            Err("duplicate item \"h0\"".into())
+        );
+        // Over the limit, the items are not even looked at.
+        let huge = vec![Value::Null; 100_000];
+        assert!(check_list(&huge, None, 256, 255)
+            .expect_err("count")
+            .contains("at most 256 items (got 100000)"));
     }
 
     #[test]

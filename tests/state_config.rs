@@ -445,3 +445,35 @@ fn unknown_stored_override_keys_are_kept_reported_and_do_not_block_config_set() 
     let show = config_show(&d);
     assert!(show["data"]["overrides_warning"].is_null(), "{show}");
 }
+
+#[test]
+fn a_huge_config_list_is_refused_at_once_and_the_loop_stays_responsive() {
+    let d = Daemon::start();
+    let hosts: Vec<String> = (0..100_000).map(|i| i.to_string()).collect();
+    let body = json!({"http": {"allowed_hosts": hosts}}).to_string();
+    assert!(
+        body.len() < 1024 * 1024,
+        "{} bytes: under the body limit",
+        body.len()
+    );
+    let started = std::time::Instant::now();
+    let (status, r) = d.http("PUT", "/api/v1/config", Some(&body));
+    eprintln!("PUT of 100,000 hosts answered in {:?}", started.elapsed());
+    assert_eq!((status, code(&r)), (400, "config_invalid"), "{r}");
+    assert_eq!(r["errors"][0]["field"], "http.allowed_hosts", "{r}");
+    assert!(message(&r).contains("at most 256 items"), "{r}");
+    let (status, r) = d.http("GET", "/api/v1/status", None);
+    assert_eq!(status, 200, "{r}");
+    // The largest list that is accepted is accepted whole.
+    let hosts: Vec<String> = (0..256).map(|i| format!("host-{i}.lan")).collect();
+    let body = json!({"http": {"allowed_hosts": hosts}}).to_string();
+    let (status, r) = d.http("PUT", "/api/v1/config", Some(&body));
+    assert_eq!(status, 200, "{r}");
+    let (_, show) = d.http("GET", "/api/v1/config?section=http", None);
+    assert_eq!(
+        show["data"]["config"]["allowed_hosts"]
+            .as_array()
+            .map(Vec::len),
+        Some(256)
+    );
+}

@@ -26,15 +26,10 @@ impl Daemon {
     }
 
     pub(super) fn config_update(&mut self, cx: &mut Cx<'_, Timer>, patch: &Value) -> Answer {
-        // A patch may not add a key this build does not know, but may remove one (null), and
-        // unknown keys already stored (from a newer daemon) neither block it nor get lost.
-        if let Some(key) = config::StoredOverrides::split(patch)
-            .unknown
-            .into_iter()
-            .next()
-        {
-            return Err(config_error(&ConfigError::UnknownKey { key }));
-        }
+        // The patch alone first: a bad value is refused before anything is cloned. It may not
+        // add a key this build does not know, but may remove one (null); unknown keys already
+        // stored (from a newer daemon) neither block it nor get lost.
+        Config::check_patch(patch).map_err(|e| config_error(&e))?;
         let mut overrides = self.config.overrides.clone();
         config::merge_patch(&mut overrides, patch);
         prune_empty(&mut overrides);

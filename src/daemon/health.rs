@@ -44,7 +44,7 @@ impl Daemon {
         // The state directory is probed (write, fsync, rename) on the worker: an fsync on a
         // slow SD card must never stall the loop. Until the worker answers, it is unchecked.
         // Read-only documents are known without I/O and are reported at once.
-        let state = self.state_health(Err(String::new()), now);
+        let state = self.state_health(None, now);
         let state = if state.healthy {
             let why = "not checked: the worker is not running";
             result(true, "unchecked", why.into())
@@ -109,11 +109,11 @@ impl Daemon {
         }
     }
 
-    /// The state component's result from the worker's probe (`Err("")` when there was none)
-    /// and the documents this daemon refuses to overwrite, each named.
+    /// The state component's result from the worker's probe (if it ran) and the documents
+    /// this daemon refuses to overwrite, each named.
     pub(super) fn state_health(
         &self,
-        probe: Result<Vec<Duration>, String>,
+        probe: Option<Result<Vec<Duration>, String>>,
         checked_at: SystemTime,
     ) -> HealthResult {
         let mut problems: Vec<String> = self
@@ -125,11 +125,12 @@ impl Daemon {
             })
             .collect();
         let took = match probe {
-            Ok(t) => t.first().copied(),
-            Err(e) => {
-                problems.extend((!e.is_empty()).then_some(e));
+            Some(Ok(t)) => t.first().copied(),
+            Some(Err(e)) => {
+                problems.push(e);
                 None
             }
+            None => None,
         };
         match (problems.is_empty(), took) {
             (false, _) => HealthResult {

@@ -1188,7 +1188,7 @@ impl Daemon {
         cx.timers.cancel(timer);
         match (job, result) {
             (PendingJob::HealthPing, WorkResult::Probe(probe)) => {
-                let state = self.state_health(probe, SystemTime::now());
+                let state = self.state_health(Some(probe), SystemTime::now());
                 if let Some(round) = &mut self.round {
                     let took = round
                         .worker_job

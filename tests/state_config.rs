@@ -477,3 +477,93 @@ fn a_huge_config_list_is_refused_at_once_and_the_loop_stays_responsive() {
         Some(256)
     );
 }
+
+fn fixture() -> String {
+    format!(
+        "{}/tests/fixtures/mcp_fixture.py",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// Polls `GET /api/v1/mcp/servers/ID` until it is active; returns its pid.
+fn active_pid(d: &Daemon, id: &str) -> i32 {
+    let (_, show) = wait_until(
+        &format!("{id} to be active"),
+        || d.http("GET", &format!("/api/v1/mcp/servers/{id}"), None),
+        |(_, s)| s["data"]["status"] == "active" && s["data"]["pid"].is_i64(),
+        |(status, s)| format!("{status} {s}"),
+    );
+    show["data"]["pid"].as_i64().unwrap_or(0) as i32
+}
+
+#[test]
+fn unregister_stops_the_server_only_once_its_removal_is_saved() {
+    let d = Daemon::start();
+    let spec = json!({"id": "fx", "command": "python3", "args": [fixture()]}).to_string();
+    let (status, r) = d.http("POST", "/api/v1/mcp/servers", Some(&spec));
+    assert_eq!(status, 200, "{r}");
+    let pid = active_pid(&d, "fx");
+    let registry = d.state_dir.join("servers.json");
+    std::fs::remove_file(&registry).expect("rm");
+    std::fs::create_dir(&registry).expect("mkdir");
+
+    let (status, r) = d.http("DELETE", "/api/v1/mcp/servers/fx", None);
+    assert_eq!((status, code(&r)), (500, "persist_failed"), "{r}");
+    assert_eq!(active_pid(&d, "fx"), pid, "still running, same process");
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    assert_eq!(
+        unsafe { libc::kill(pid, 0) },
+        0,
+        "the server was not stopped"
+    );
+
+    std::fs::remove_dir(&registry).expect("rmdir");
+    let (status, r) = d.http("DELETE", "/api/v1/mcp/servers/fx", None);
+    assert_eq!(status, 200, "{r}");
+    wait_for("fx to be gone", || listed(&d).is_empty());
+    assert!(ids_on_disk(&d.state_dir).is_empty());
+}
+
+/// `chattr -i` on drop, so a failing test leaves a removable directory.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: &Path) -> Immutable {
+        let status = Command::new("chattr").arg("+i").arg(path).status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "chattr +i {} failed: this test needs root and a filesystem with the immutable flag",
+            path.display()
+        );
+        Immutable(path.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn immutable_state_dir_refuses_changes_and_fails_health() {
+    let d = Daemon::start();
+    let (status, r) = d.http("POST", "/api/v1/mcp/servers", Some(&idle_spec("a")));
+    assert_eq!(status, 200, "{r}");
+    let _guard = Immutable::set(&d.state_dir);
+
+    let (status, r) = d.http("POST", "/api/v1/mcp/servers", Some(&idle_spec("b")));
+    assert_eq!((status, code(&r)), (500, "persist_failed"), "{r}");
+    let (status, r) = d.http("DELETE", "/api/v1/mcp/servers/a", None);
+    assert_eq!((status, code(&r)), (500, "persist_failed"), "{r}");
+    let out = d.cli(&["config", "set", "http.max_connections", "9"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert_eq!(listed(&d), ["a"]);
+    let (_, show) = d.http("GET", "/api/v1/config?section=http", None);
+    assert_eq!(show["data"]["config"]["max_connections"], 256);
+    let why = state_unhealthy(&d);
+    assert!(
+        why.contains("not writable") && why.contains(&d.state_dir.display().to_string()),
+        "{why}"
+    );
+}

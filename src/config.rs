@@ -921,6 +921,10 @@ fn check_list(
 }
 
 /// RFC 7386 merge patch: objects merge recursively, `null` removes a member, anything else replaces.
+///
+/// The recursion follows the patch's nesting, which is bounded where every patch comes from:
+/// request bodies, WebSocket commands and `overrides.json` are parsed by `serde_json`, whose
+/// recursion limit (128) refuses deeper documents before they get here.
 pub fn merge_patch(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {
         *target = patch.clone();
@@ -1502,6 +1506,21 @@ mod tests {
             .expect("w")
             .ends_with(" and 5 more; they are kept in the file but not applied"));
         assert_eq!(StoredOverrides::split(&json!([1])).known, json!([1]));
+    }
+
+    #[test]
+    fn patches_deeper_than_the_parser_allows_never_reach_merge_patch() {
+        let deep = format!("{}1{}", "{\"a\":".repeat(200), "}".repeat(200));
+        assert!(serde_json::from_str::<Value>(&deep).is_err());
+        let ok = format!("{}1{}", "{\"a\":".repeat(100), "}".repeat(100));
+        let patch: Value = serde_json::from_str(&ok).expect("100 levels parse");
+        assert_eq!(
+            err_key(Config::check_patch(&patch)).matches('.').count(),
+            99
+        );
+        let mut doc = json!({});
+        merge_patch(&mut doc, &patch);
+        assert_eq!(doc, patch);
     }
 
     #[test]

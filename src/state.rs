@@ -315,13 +315,31 @@ impl StateDir {
     /// `{"version": STATE_FORMAT_VERSION, "written_at": <RFC 3339 UTC, ms>, "data": value}`:
     /// write and fsync `<name>.tmp` (mode 0600), make `<name>.bak` a copy of the current
     /// `<name>` (hard link + rename), rename the tmp over `<name>`, fsync the directory.
+    /// The same as [`StateDir::prepare`] then [`PreparedWrite::commit`].
     ///
     /// # Errors
     /// [`StateError::ReadOnly`] for a document this daemon could not load (nothing is touched);
     /// an I/O error otherwise (see [`StateError::is_out_of_space`]), after which `<name>` holds
     /// the previous document and no `<name>.tmp` is left.
     pub fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
-        let path = self.writable_file(name)?;
+        self.prepare(name, value)?.commit()
+    }
+
+    /// Checks the name and the read-only documents and serializes the envelope, without any
+    /// I/O, so that the blocking part ([`PreparedWrite::commit`]) can run on another thread.
+    ///
+    /// # Errors
+    /// An invalid name, [`StateError::ReadOnly`], or a value that does not serialize.
+    pub fn prepare<T: Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+    ) -> Result<PreparedWrite, StateError> {
+        let path = self.file(name)?;
+        if let Some(reason) = self.read_only.get(name) {
+            let reason = reason.clone();
+            return Err(StateError::ReadOnly { path, reason });
+        }
         let written_at = rfc3339_utc_millis(SystemTime::now());
         let envelope = Envelope {
             version: STATE_FORMAT_VERSION,
@@ -331,36 +349,10 @@ impl StateDir {
         let mut bytes = serde_json::to_vec_pretty(&envelope)
             .map_err(|e| io_err(&path)(io::Error::new(ErrorKind::InvalidData, e)))?;
         bytes.push(b'\n');
-        let tmp = sibling(&path, ".tmp");
-        let bak = sibling(&path, ".bak");
-        let replaced = write_synced(&tmp, &bytes)
-            .and_then(|()| replicate(&path, &sibling(&path, ".bak.tmp"), &bak))
-            .and_then(|had_previous| {
-                fs::rename(&tmp, &path).map_err(io_err(&path))?;
-                Ok(had_previous)
-            });
-        let had_previous = match replaced {
-            Ok(had) => had,
-            Err(e) => {
-                // Give a full disk its space back; `<name>` was not touched.
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        self.sync_dir().inspect_err(|_| {
-            // The rename may not be durable: put the previous document back so that what is
-            // on disk matches the refusal the caller is about to give.
-            let undone = if had_previous {
-                replicate(&bak, &tmp, &path).map(|_| ())
-            } else {
-                fs::remove_file(&path).map_err(io_err(&path))
-            };
-            if let Err(u) = undone {
-                log::error!(
-                    "cannot restore {} after a failed write: {u}",
-                    path.display()
-                );
-            }
+        Ok(PreparedWrite {
+            dir: self.path.clone(),
+            path,
+            bytes,
         })
     }
 
@@ -369,23 +361,16 @@ impl StateDir {
         self.read_only.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    /// `<dir>/<name>` for a write: refused when the document is read-only, or when its path is
-    /// something other than a regular file (renaming over a directory would fail anyway; this
-    /// says why).
+    /// `<dir>/<name>` for a removal: refused when the document is read-only or its path is not
+    /// a regular file.
     fn writable_file(&self, name: &str) -> Result<PathBuf, StateError> {
         let path = self.file(name)?;
         if let Some(reason) = self.read_only.get(name) {
             let reason = reason.clone();
             return Err(StateError::ReadOnly { path, reason });
         }
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if !meta.file_type().is_file() => {
-                let kind = file_kind(&meta.file_type());
-                let msg = format!("not a regular file ({kind})");
-                Err(io_err(&path)(io::Error::new(ErrorKind::InvalidInput, msg)))
-            }
-            _ => Ok(path),
-        }
+        regular_or_missing(&path)?;
+        Ok(path)
     }
 
     /// Reads `<dir>/<name>`; missing -> `Ok(None)`. Unparsable JSON, a wrong envelope or `data`
@@ -492,9 +477,146 @@ impl StateDir {
     }
 
     fn sync_dir(&self) -> Result<(), StateError> {
-        File::open(&self.path)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.path))
+        sync_dir(&self.path)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Refuses a document path that exists as something other than a regular file (renaming over
+/// a directory would fail anyway; this says why).
+fn regular_or_missing(path: &Path) -> Result<(), StateError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => {
+            let kind = file_kind(&meta.file_type());
+            let msg = format!("not a regular file ({kind})");
+            Err(io_err(path)(io::Error::new(ErrorKind::InvalidInput, msg)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A serialized document ready to replace `<dir>/<name>` ([`StateDir::prepare`]). It owns
+/// everything it needs, so the blocking [`PreparedWrite::commit`] can run on the worker.
+#[derive(Debug, Clone)]
+pub struct PreparedWrite {
+    dir: PathBuf,
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl PreparedWrite {
+    /// Writes the document durably (see [`StateDir::write`] for the steps and the errors).
+    /// Blocks on fsync: call it where blocking is allowed.
+    ///
+    /// # Errors
+    /// As [`StateDir::write`]; `<name>` then holds the previous document.
+    pub fn commit(self) -> Result<(), StateError> {
+        let PreparedWrite { dir, path, bytes } = self;
+        regular_or_missing(&path)?;
+        let tmp = sibling(&path, ".tmp");
+        let bak = sibling(&path, ".bak");
+        let replaced = write_synced(&tmp, &bytes)
+            .and_then(|()| replicate(&path, &sibling(&path, ".bak.tmp"), &bak))
+            .and_then(|had_previous| {
+                fs::rename(&tmp, &path).map_err(io_err(&path))?;
+                Ok(had_previous)
+            });
+        let had_previous = match replaced {
+            Ok(had) => had,
+            Err(e) => {
+                // Give a full disk its space back; `<name>` was not touched.
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        sync_dir(&dir).inspect_err(|_| {
+            // The rename may not be durable: put the previous document back so that what is
+            // on disk matches the refusal the caller is about to give.
+            let undone = if had_previous {
+                replicate(&bak, &tmp, &path).map(|_| ())
+            } else {
+                fs::remove_file(&path).map_err(io_err(&path))
+            };
+            if let Err(u) = undone {
+                log::error!(
+                    "cannot restore {} after a failed write: {u}",
+                    path.display()
+                );
+            }
+        })
+    }
+}
+
+/// Coalesced writes of one document: at most one write in flight; changes that arrive
+/// meanwhile wait (at most `cap` of them) and all go out together in the next write, so a
+/// burst of changes costs two writes, not one each. Pure bookkeeping: the caller builds the
+/// document (the state as it will be after every pending change) and runs the write.
+#[derive(Debug)]
+pub struct WriteQueue<C> {
+    in_flight: Vec<C>,
+    writing: bool,
+    waiting: Vec<C>,
+    cap: usize,
+}
+
+impl<C> WriteQueue<C> {
+    /// An idle queue holding at most `cap` waiting changes.
+    pub fn new(cap: usize) -> Self {
+        WriteQueue {
+            in_flight: Vec::new(),
+            writing: false,
+            waiting: Vec::new(),
+            cap,
+        }
+    }
+
+    /// Adds a change to the next write.
+    ///
+    /// # Errors
+    /// The change back when `cap` changes are already waiting.
+    pub fn push(&mut self, change: C) -> Result<(), C> {
+        if self.waiting.len() >= self.cap {
+            return Err(change);
+        }
+        self.waiting.push(change);
+        Ok(())
+    }
+
+    /// When no write is in flight and changes are waiting, they become the write in flight
+    /// and `true` says: write the document now.
+    pub fn start(&mut self) -> bool {
+        if self.writing || self.waiting.is_empty() {
+            return false;
+        }
+        self.in_flight = std::mem::take(&mut self.waiting);
+        self.writing = true;
+        true
+    }
+
+    /// The write in flight finished (either way): its changes, in order.
+    pub fn finish(&mut self) -> Vec<C> {
+        self.writing = false;
+        std::mem::take(&mut self.in_flight)
+    }
+
+    /// Takes the waiting changes out (to validate them again after a failed write).
+    pub fn take_waiting(&mut self) -> Vec<C> {
+        std::mem::take(&mut self.waiting)
+    }
+
+    /// Every change not yet on disk, in order: the write in flight, then the waiting ones.
+    pub fn pending(&self) -> impl Iterator<Item = &C> {
+        self.in_flight.iter().chain(&self.waiting)
+    }
+
+    /// Changes in the write in flight.
+    pub fn in_flight(&self) -> &[C] {
+        &self.in_flight
     }
 }
 
@@ -791,6 +913,43 @@ mod tests {
         assert_eq!(raw(&d, "s.json")["data"], 1);
         d.write("s.json", &3).unwrap();
         assert_eq!(names(&d), ["lock", "s.json", "s.json.bak"]);
+    }
+
+    #[test]
+    fn write_queue_coalesces_behind_one_write_in_flight() {
+        let mut q = WriteQueue::new(2);
+        assert!(!q.start(), "nothing to write");
+        q.push(1).unwrap();
+        assert!(q.start());
+        q.push(2).unwrap();
+        q.push(3).unwrap();
+        assert_eq!(q.push(4), Err(4), "bounded");
+        assert!(!q.start(), "one write in flight at a time");
+        assert_eq!(q.pending().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(q.in_flight(), [1]);
+        assert_eq!(q.finish(), [1]);
+        assert!(q.start(), "the waiting changes go out together");
+        assert_eq!(q.in_flight(), [2, 3]);
+        q.push(5).unwrap();
+        assert_eq!(q.take_waiting(), [5]);
+        assert_eq!(q.finish(), [2, 3]);
+        assert!(!q.start() && q.pending().next().is_none());
+    }
+
+    #[test]
+    fn prepared_write_commits_elsewhere() {
+        let (_t, mut d) = setup();
+        let prepared = d.prepare("p.json", &json!({"a": 1})).unwrap();
+        assert_eq!(
+            d.read::<Value>("p.json").unwrap(),
+            None,
+            "nothing written yet"
+        );
+        std::thread::spawn(move || prepared.commit())
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.read::<Value>("p.json").unwrap(), Some(json!({"a": 1})));
     }
 
     #[test]

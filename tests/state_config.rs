@@ -567,3 +567,73 @@ fn immutable_state_dir_refuses_changes_and_fails_health() {
         "{why}"
     );
 }
+
+#[test]
+fn registry_writes_run_off_the_loop_and_coalesce() {
+    let d = Daemon::start_with(Setup {
+        config: Some("[daemon]\nlog_level = \"debug\"\n".into()),
+        ..Setup::default()
+    });
+    // A FIFO where the temp file goes holds the write (on the worker) until it is read.
+    let tmp = d.state_dir.join("servers.json.tmp");
+    mkfifo(&tmp);
+    let post = |id: &str| d.http("POST", "/api/v1/mcp/servers", Some(&idle_spec(id)));
+    std::thread::scope(|s| {
+        let a = s.spawn(|| post("a"));
+        // The loop answers while the write hangs: it is not on the loop.
+        wait_until(
+            "the loop to answer while the write of a hangs",
+            || (d.http("GET", "/api/v1/status", None).0, d.stderr()),
+            |(status, log)| *status == 200 && log.contains("saving servers.json (1 change(s))"),
+            |(status, _)| format!("status {status}"),
+        );
+        // Validated against the registry as it will be: a is pending.
+        let (status, r) = post("a");
+        assert_eq!((status, code(&r)), (409, "conflict"), "{r}");
+        let b = s.spawn(|| post("b"));
+        let c = s.spawn(|| post("c"));
+        wait_for("b and c to wait behind the write in flight", || {
+            let log = d.stderr();
+            log.contains("change to b waits") && log.contains("change to c waits")
+        });
+        assert!(listed(&d).is_empty(), "nothing applied before it is saved");
+        // Let the write go on: fsync of a FIFO fails, so a is refused; b and c then go out
+        // together in one write and are acknowledged.
+        let mut drained = Vec::new();
+        use std::io::Read;
+        std::fs::File::open(&tmp)
+            .and_then(|mut f| f.read_to_end(&mut drained))
+            .expect("drain the FIFO");
+        let (status, r) = a.join().expect("a");
+        assert_eq!((status, code(&r)), (500, "persist_failed"), "{r}");
+        for t in [b, c] {
+            let (status, r) = t.join().expect("b, c");
+            assert_eq!(status, 200, "{r}");
+        }
+    });
+    assert!(
+        d.stderr().contains("saving servers.json (2 change(s))"),
+        "coalesced"
+    );
+    assert_eq!(ids_on_disk(&d.state_dir), ["b", "c"]);
+    let mut now = listed(&d);
+    now.sort();
+    assert_eq!(now, ["b", "c"]);
+}
+
+#[test]
+fn without_a_worker_registry_writes_still_happen_before_the_answer() {
+    let d = Daemon::start();
+    let (status, r) = d.http(
+        "POST",
+        "/api/v1/control/stop",
+        Some(r#"{"service": "worker"}"#),
+    );
+    assert_eq!(status, 200, "{r}");
+    let (status, r) = d.http("POST", "/api/v1/mcp/servers", Some(&idle_spec("a")));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(ids_on_disk(&d.state_dir), ["a"]);
+    let (status, r) = d.http("DELETE", "/api/v1/mcp/servers/a", None);
+    assert_eq!(status, 200, "{r}");
+    assert!(ids_on_disk(&d.state_dir).is_empty());
+}

@@ -143,6 +143,8 @@ pub enum WorkResult {
     Probe(Result<Vec<Duration>, String>),
     /// fsync timings of the state directory.
     FsyncLatency(Result<Vec<Duration>, String>),
+    /// A state document was written; the outcome went through the write's own ticket.
+    Saved,
 }
 
 /// Where an answer goes.
@@ -248,6 +250,10 @@ pub struct Daemon {
     round: Option<HealthRound>,
     jobs: HashMap<u64, (PendingJob, TimerId)>,
     followers: Vec<Follower>,
+    /// Registry changes waiting for their `servers.json` write (see `registration`).
+    registry_writes: state::WriteQueue<registration::PendingChange>,
+    /// The registry write on the worker, while one is in flight.
+    registry_write: Option<registration::WriteTicket>,
     mcp: Mcp,
     events: EventLog,
     outputs: Vec<Output>,
@@ -441,6 +447,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         round: None,
         jobs: HashMap::new(),
         followers: Vec::new(),
+        registry_writes: state::WriteQueue::new(registration::MAX_WAITING),
+        registry_write: None,
         mcp,
         events: EventLog::new(EVENT_HISTORY),
         outputs: Vec::new(),
@@ -919,8 +927,14 @@ impl Daemon {
             Request::McpList { status } => Ok(self.mcp.list(status)),
             Request::McpShow { id } => self.mcp.show(&id),
             Request::McpTools { id } => self.mcp.tools(&id),
-            Request::McpRegister { spec } => self.mcp_register(cx, spec),
-            Request::McpUnregister { id } => self.mcp_unregister(cx, &id),
+            Request::McpRegister { spec } => match self.mcp_register(cx, spec, reply) {
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
+            Request::McpUnregister { id } => match self.mcp_unregister(cx, id, reply) {
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
             Request::McpStart { id } => self.mcp.start(cx, &id, &mut self.outputs),
             Request::McpStop { id } => self.mcp.stop(cx, &id, &mut self.outputs),
             Request::McpRestart { id } => self.mcp.restart(cx, &id, &mut self.outputs),
@@ -1509,6 +1523,7 @@ impl Handler for Daemon {
         for (id, result) in results {
             self.on_job_done(cx, id, result);
         }
+        self.poll_registry_write(cx);
     }
 
     fn after_dispatch(&mut self, cx: &mut Cx<'_, Timer>) {

@@ -1,51 +1,337 @@
 //! Registering and unregistering MCP servers over the API, acknowledged only once durable.
 //!
-//! Every change runs validate → persist → apply: the new `servers.json` document is computed
-//! from the specs registered now plus the change ([`registry::with_added`],
-//! [`registry::without`]), written, and only when the write succeeded is the server
-//! registered in memory and started, or unregistered and stopped. A failed write answers the
-//! error ([`persist_error`]: 507 on a full disk, 409 for a document this daemon must not
-//! overwrite, 500 otherwise) and leaves memory and disk as they were, so what a restart loads
-//! is exactly what was acknowledged.
+//! Every change runs validate → persist → apply. Validation is against the registry as it will
+//! be once every pending change is saved; the new `servers.json` (the specs registered now plus
+//! the pending changes, [`registry::with_added`], [`registry::without`]) is written on the
+//! worker thread, and only when that write succeeded is each server registered in memory and
+//! started, or unregistered and stopped, and each caller answered. A failed write answers its
+//! callers with the error ([`persist_error`]: 507 on a full disk, 409 for a document this
+//! daemon must not overwrite, 500 otherwise) and changes nothing, so what a restart loads is
+//! exactly what was acknowledged.
+//!
+//! Invariants:
+//! - At most one `servers.json` write is in flight; changes arriving meanwhile wait (bounded by
+//!   [`MAX_WAITING`], then `busy`) and go out together in the next write ([`state::WriteQueue`]).
+//! - At most one pending change per server id, so validating against "memory plus pending"
+//!   stays simple; a second change to the same id is `conflict` until the first is saved.
+//! - Every write reports exactly once ([`WriteTicket`]): its result, or "not run" when the
+//!   worker stopped before running it (then the file was not touched). Memory changes only on
+//!   a reported success.
+//! - Without a worker (stopped by the operator, or its queue full) the write runs on the loop,
+//!   as it would have before the worker took it.
 
 use super::*;
 use crate::mcp::registry;
+use crate::state::PreparedWrite;
+use std::sync::Mutex;
+
+/// Changes that may wait behind the registry write in flight.
+pub(super) const MAX_WAITING: usize = 64;
+
+/// One registry change and who waits for its answer.
+#[derive(Debug)]
+pub(super) struct PendingChange {
+    change: Change,
+    reply: ReplyTo,
+}
+
+#[derive(Debug)]
+enum Change {
+    Register(Box<ServerSpec>),
+    Unregister(String),
+}
+
+impl Change {
+    fn id(&self) -> &str {
+        match self {
+            Change::Register(spec) => &spec.id,
+            Change::Unregister(id) => id,
+        }
+    }
+}
+
+/// What became of a write handed to the worker.
+#[derive(Debug)]
+enum Outcome {
+    Done(Result<(), StateError>),
+    /// The job was dropped without running (the worker stopped): nothing was written.
+    NotRun,
+}
+
+/// The loop's side of a write on the worker: its outcome appears here exactly once, and the
+/// loop is woken when it does.
+#[derive(Debug)]
+pub(super) struct WriteTicket {
+    slot: Arc<Mutex<Option<Outcome>>>,
+}
+
+/// The worker's side: reports the result, or [`Outcome::NotRun`] when dropped unused.
+struct Reporter {
+    slot: Arc<Mutex<Option<Outcome>>>,
+    waker: Arc<mio::Waker>,
+    reported: bool,
+}
+
+impl Reporter {
+    fn report(&mut self, outcome: Outcome) {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = Some(outcome);
+        drop(slot);
+        self.reported = true;
+        // A failed wake means the loop is gone; nobody is left to answer.
+        let _ = self.waker.wake();
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.report(Outcome::NotRun);
+        }
+    }
+}
+
+impl WriteTicket {
+    /// A ticket and the worker job that commits `write` and reports through it.
+    fn new(
+        write: PreparedWrite,
+        waker: Arc<mio::Waker>,
+    ) -> (WriteTicket, crate::reactor::worker::Job<WorkResult>) {
+        let slot = Arc::new(Mutex::new(None));
+        let mut reporter = Reporter {
+            slot: slot.clone(),
+            waker,
+            reported: false,
+        };
+        let job = Box::new(move || {
+            reporter.report(Outcome::Done(write.commit()));
+            WorkResult::Saved
+        });
+        (WriteTicket { slot }, job)
+    }
+
+    fn take(&self) -> Option<Outcome> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
 
 impl Daemon {
-    pub(super) fn mcp_register(&mut self, cx: &mut Cx<'_, Timer>, spec: ServerSpec) -> Answer {
-        self.mcp.check_register(&spec)?;
-        let document = registry::with_added(self.mcp.api_specs(), &spec);
-        self.state
-            .write(REGISTRY_FILE, &document)
-            .map_err(|e| persist_error(&e))?;
-        let autostart = spec.autostart;
-        let result = self
-            .mcp
-            .register(cx, spec, Source::Api, autostart, &mut self.outputs);
-        if result.is_err() {
-            // check_register passed a moment ago, so this is a bug; keep the disk honest.
-            self.rewrite_registry();
-        }
-        result
+    /// Queues a registration; the answer goes to `reply` once it is saved (or refused).
+    ///
+    /// # Errors
+    /// Refused at once: invalid spec, id taken (now or by a pending change), too many, busy.
+    pub(super) fn mcp_register(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        spec: ServerSpec,
+        reply: ReplyTo,
+    ) -> Result<(), ApiError> {
+        self.queue_registry_change(cx, Change::Register(Box::new(spec)), reply)
     }
 
-    pub(super) fn mcp_unregister(&mut self, cx: &mut Cx<'_, Timer>, id: &str) -> Answer {
-        self.mcp.check_unregister(id)?;
-        let document = registry::without(self.mcp.api_specs(), id);
-        self.state
-            .write(REGISTRY_FILE, &document)
-            .map_err(|e| persist_error(&e))?;
-        let result = self.mcp.unregister(cx, id, &mut self.outputs);
-        if result.is_err() {
-            self.rewrite_registry();
-        }
-        result
+    /// Queues an unregistration; the server is stopped only once its removal is saved.
+    ///
+    /// # Errors
+    /// Refused at once: unknown id, declared in the config file, a pending change, busy.
+    pub(super) fn mcp_unregister(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: String,
+        reply: ReplyTo,
+    ) -> Result<(), ApiError> {
+        self.queue_registry_change(cx, Change::Unregister(id), reply)
     }
 
-    /// Writes what memory holds; only after an apply step failed against its own check.
+    fn queue_registry_change(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        change: Change,
+        reply: ReplyTo,
+    ) -> Result<(), ApiError> {
+        self.check_registry_change(&change)?;
+        if self.registry_write.is_some() {
+            let id = change.id();
+            log::debug!("the change to {id} waits for the {REGISTRY_FILE} write in flight");
+        }
+        self.registry_writes
+            .push(PendingChange { change, reply })
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::Busy,
+                    format!("{MAX_WAITING} registry changes are waiting to be saved; try again"),
+                )
+            })?;
+        self.start_registry_write(cx);
+        Ok(())
+    }
+
+    /// Validation against the registry as it will be: memory plus the pending changes.
+    fn check_registry_change(&self, change: &Change) -> Result<(), ApiError> {
+        match change {
+            Change::Register(spec) => self.mcp.check_register(spec)?,
+            Change::Unregister(id) => self.mcp.check_unregister(id)?,
+        }
+        let id = change.id();
+        if self.registry_writes.pending().any(|p| p.change.id() == id) {
+            return Err(ApiError::field(
+                ErrorCode::Conflict,
+                "id",
+                format!("a change to MCP server '{id}' is being saved; try again"),
+            ));
+        }
+        let adds = self
+            .registry_writes
+            .pending()
+            .filter(|p| matches!(p.change, Change::Register(_)))
+            .count();
+        if matches!(change, Change::Register(_))
+            && self.mcp.counts().1 + adds >= mcp::MAX_REGISTERED
+        {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "{} MCP servers are registered or being registered: unregister one first",
+                    mcp::MAX_REGISTERED
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts the next registry write if none is in flight and changes are waiting.
+    fn start_registry_write(&mut self, cx: &mut Cx<'_, Timer>) {
+        if !self.registry_writes.start() {
+            return;
+        }
+        let document =
+            self.registry_writes
+                .in_flight()
+                .iter()
+                .fold(self.mcp.api_specs(), |doc, p| match &p.change {
+                    Change::Register(spec) => registry::with_added(doc, spec),
+                    Change::Unregister(id) => registry::without(doc, id),
+                });
+        log::debug!(
+            "saving {REGISTRY_FILE} ({} change(s))",
+            self.registry_writes.in_flight().len()
+        );
+        let prepared = match self.state.prepare(REGISTRY_FILE, &document) {
+            Ok(p) => p,
+            Err(e) => return self.finish_registry_write(cx, Err(e)),
+        };
+        if let Some(worker) = self.worker.as_mut() {
+            let (ticket, job) = WriteTicket::new(prepared.clone(), self.waker.clone());
+            if worker.submit(job).is_ok() {
+                self.registry_write = Some(ticket);
+                return;
+            }
+        }
+        // No worker to take it: write here, as before the worker existed.
+        let result = prepared.commit();
+        self.finish_registry_write(cx, result);
+    }
+
+    /// Called on every wake: finishes the registry write once the worker reported it.
+    pub(super) fn poll_registry_write(&mut self, cx: &mut Cx<'_, Timer>) {
+        let Some(outcome) = self.registry_write.as_ref().and_then(WriteTicket::take) else {
+            return;
+        };
+        self.registry_write = None;
+        let result = match outcome {
+            Outcome::Done(result) => result,
+            Outcome::NotRun => Err(StateError::Io {
+                path: self.state.path().join(REGISTRY_FILE),
+                source: std::io::Error::other("the worker stopped before saving it"),
+            }),
+        };
+        self.finish_registry_write(cx, result);
+    }
+
+    /// Applies (or refuses) the changes of the write that just finished, answers their
+    /// callers, and starts the next write.
+    fn finish_registry_write(&mut self, cx: &mut Cx<'_, Timer>, result: Result<(), StateError>) {
+        let done = self.registry_writes.finish();
+        match result {
+            Ok(()) => {
+                let mut consistent = true;
+                for PendingChange { change, reply } in done {
+                    let answer = match change {
+                        Change::Register(spec) => {
+                            let autostart = spec.autostart;
+                            self.mcp
+                                .register(cx, *spec, Source::Api, autostart, &mut self.outputs)
+                        }
+                        Change::Unregister(id) => self.mcp.unregister(cx, &id, &mut self.outputs),
+                    };
+                    // The checks passed when it was queued, so a refusal here is a bug (or a
+                    // config reload in between): the disk must follow memory again.
+                    consistent &= answer.is_ok();
+                    self.answer(cx, reply, answer);
+                }
+                if !consistent {
+                    self.rewrite_registry();
+                }
+            }
+            Err(e) => {
+                let error = persist_error(&e);
+                for PendingChange { reply, .. } in done {
+                    self.answer(cx, reply, Err(error.clone()));
+                }
+                // Waiting changes were checked against a registry that included the failed
+                // ones: check them again.
+                for pending in self.registry_writes.take_waiting() {
+                    match self.check_registry_change(&pending.change) {
+                        Ok(()) => {
+                            // Room is certain: these came out of the same bounded queue.
+                            if let Err(p) = self.registry_writes.push(pending) {
+                                let busy = ApiError::new(ErrorCode::Busy, "try again");
+                                self.answer(cx, p.reply, Err(busy));
+                            }
+                        }
+                        Err(refused) => self.answer(cx, pending.reply, Err(refused)),
+                    }
+                }
+            }
+        }
+        self.start_registry_write(cx);
+    }
+
+    /// Writes what memory holds, on the loop; only after an apply step failed its own check.
     fn rewrite_registry(&self) {
         if let Err(e) = self.state.write(REGISTRY_FILE, &self.mcp.api_specs()) {
             log::error!("cannot save registered MCP servers: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepared(dir: &Path) -> (StateDir, PreparedWrite) {
+        let state = StateDir::open(dir).expect("state dir");
+        let write = state.prepare("t.json", &json!([1])).expect("prepare");
+        (state, write)
+    }
+
+    #[test]
+    fn a_ticket_reports_exactly_once_even_when_its_job_never_runs() {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(1)).expect("waker"));
+        let dir = std::env::temp_dir().join(format!("vsm-ticket-{}", std::process::id()));
+        let (_state, write) = prepared(&dir);
+
+        let (ticket, job) = WriteTicket::new(write.clone(), waker.clone());
+        assert!(ticket.take().is_none(), "nothing before the job ran");
+        drop(job);
+        assert!(matches!(ticket.take(), Some(Outcome::NotRun)));
+        assert!(ticket.take().is_none(), "once");
+
+        let (ticket, job) = WriteTicket::new(write, waker);
+        let result = std::thread::spawn(job).join().expect("job");
+        assert!(matches!(result, WorkResult::Saved));
+        assert!(matches!(ticket.take(), Some(Outcome::Done(Ok(())))));
+        assert!(dir.join("t.json").is_file());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

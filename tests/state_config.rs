@@ -637,3 +637,52 @@ fn without_a_worker_registry_writes_still_happen_before_the_answer() {
     assert_eq!(status, 200, "{r}");
     assert!(ids_on_disk(&d.state_dir).is_empty());
 }
+
+#[test]
+fn config_writes_run_off_the_loop_and_queue_behind_each_other() {
+    let d = Daemon::start_with(Setup {
+        config: Some("[daemon]\nlog_level = \"debug\"\n".into()),
+        ..Setup::default()
+    });
+    let tmp = d.state_dir.join("overrides.json.tmp");
+    mkfifo(&tmp);
+    let put = |patch: &str| d.http("PUT", "/api/v1/config", Some(patch));
+    std::thread::scope(|s| {
+        let first = s.spawn(|| put(r#"{"http": {"max_connections": 7}}"#));
+        wait_until(
+            "the loop to answer while the overrides write hangs",
+            || (d.http("GET", "/api/v1/status", None).0, d.stderr()),
+            |(status, log)| *status == 200 && log.contains("saving overrides.json (1 change(s))"),
+            |(status, _)| format!("status {status}"),
+        );
+        let second = s.spawn(|| put(r#"{"http": {"idle_timeout_ms": 5000}}"#));
+        wait_for("the second patch to wait", || {
+            d.stderr()
+                .contains("patch waits for the overrides.json write")
+        });
+        let (_, show) = d.http("GET", "/api/v1/config?section=http", None);
+        assert_eq!(
+            show["data"]["config"]["max_connections"], 256,
+            "not applied yet"
+        );
+        let mut drained = Vec::new();
+        use std::io::Read;
+        std::fs::File::open(&tmp)
+            .and_then(|mut f| f.read_to_end(&mut drained))
+            .expect("drain the FIFO");
+        let (status, r) = first.join().expect("first");
+        assert_eq!((status, code(&r)), (500, "persist_failed"), "{r}");
+        let (status, r) = second.join().expect("second");
+        assert_eq!(status, 200, "{r}");
+    });
+    let (_, show) = d.http("GET", "/api/v1/config?section=http", None);
+    assert_eq!(
+        show["data"]["config"]["max_connections"], 256,
+        "the failed one never applied"
+    );
+    assert_eq!(show["data"]["config"]["idle_timeout_ms"], 5000);
+    let stored: Value =
+        serde_json::from_slice(&std::fs::read(d.state_dir.join("overrides.json")).expect("read"))
+            .expect("json");
+    assert_eq!(stored["data"], json!({"http": {"idle_timeout_ms": 5000}}));
+}

@@ -12,6 +12,7 @@
 mod access;
 mod health;
 mod metrics;
+mod persist;
 mod registration;
 mod settings;
 mod streams;
@@ -253,7 +254,11 @@ pub struct Daemon {
     /// Registry changes waiting for their `servers.json` write (see `registration`).
     registry_writes: state::WriteQueue<registration::PendingChange>,
     /// The registry write on the worker, while one is in flight.
-    registry_write: Option<registration::WriteTicket>,
+    registry_write: Option<persist::WriteTicket>,
+    /// Configuration patches waiting for their `overrides.json` write (see `settings`).
+    overrides_writes: state::WriteQueue<settings::PendingPatch>,
+    /// The overrides write on the worker, while one is in flight.
+    overrides_write: Option<persist::WriteTicket>,
     mcp: Mcp,
     events: EventLog,
     outputs: Vec<Output>,
@@ -449,6 +454,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         followers: Vec::new(),
         registry_writes: state::WriteQueue::new(registration::MAX_WAITING),
         registry_write: None,
+        overrides_writes: state::WriteQueue::new(settings::MAX_WAITING_PATCHES),
+        overrides_write: None,
         mcp,
         events: EventLog::new(EVENT_HISTORY),
         outputs: Vec::new(),
@@ -886,7 +893,10 @@ impl Daemon {
             } => self.control_stop(cx, service, shutdown, graceful),
             Request::ControlRestart { service } => self.control_restart(cx, service),
             Request::ConfigShow { section } => self.config_show(section.as_deref()),
-            Request::ConfigUpdate { patch } => self.config_update(cx, &patch),
+            Request::ConfigUpdate { patch } => match self.config_update(cx, patch, reply) {
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
             Request::ConfigReload => self.config_reload(cx),
             Request::ConfigSchema => Ok(config::schema()),
             Request::Logs { query, follow } => {
@@ -1524,6 +1534,7 @@ impl Handler for Daemon {
             self.on_job_done(cx, id, result);
         }
         self.poll_registry_write(cx);
+        self.poll_overrides_write(cx);
     }
 
     fn after_dispatch(&mut self, cx: &mut Cx<'_, Timer>) {

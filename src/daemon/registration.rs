@@ -20,10 +20,9 @@
 //! - Without a worker (stopped by the operator, or its queue full) the write runs on the loop,
 //!   as it would have before the worker took it.
 
+use super::persist::WriteTicket;
 use super::*;
 use crate::mcp::registry;
-use crate::state::PreparedWrite;
-use std::sync::Mutex;
 
 /// Changes that may wait behind the registry write in flight.
 pub(super) const MAX_WAITING: usize = 64;
@@ -47,71 +46,6 @@ impl Change {
             Change::Register(spec) => &spec.id,
             Change::Unregister(id) => id,
         }
-    }
-}
-
-/// What became of a write handed to the worker.
-#[derive(Debug)]
-enum Outcome {
-    Done(Result<(), StateError>),
-    /// The job was dropped without running (the worker stopped): nothing was written.
-    NotRun,
-}
-
-/// The loop's side of a write on the worker: its outcome appears here exactly once, and the
-/// loop is woken when it does.
-#[derive(Debug)]
-pub(super) struct WriteTicket {
-    slot: Arc<Mutex<Option<Outcome>>>,
-}
-
-/// The worker's side: reports the result, or [`Outcome::NotRun`] when dropped unused.
-struct Reporter {
-    slot: Arc<Mutex<Option<Outcome>>>,
-    waker: Arc<mio::Waker>,
-    reported: bool,
-}
-
-impl Reporter {
-    fn report(&mut self, outcome: Outcome) {
-        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        *slot = Some(outcome);
-        drop(slot);
-        self.reported = true;
-        // A failed wake means the loop is gone; nobody is left to answer.
-        let _ = self.waker.wake();
-    }
-}
-
-impl Drop for Reporter {
-    fn drop(&mut self) {
-        if !self.reported {
-            self.report(Outcome::NotRun);
-        }
-    }
-}
-
-impl WriteTicket {
-    /// A ticket and the worker job that commits `write` and reports through it.
-    fn new(
-        write: PreparedWrite,
-        waker: Arc<mio::Waker>,
-    ) -> (WriteTicket, crate::reactor::worker::Job<WorkResult>) {
-        let slot = Arc::new(Mutex::new(None));
-        let mut reporter = Reporter {
-            slot: slot.clone(),
-            waker,
-            reported: false,
-        };
-        let job = Box::new(move || {
-            reporter.report(Outcome::Done(write.commit()));
-            WorkResult::Saved
-        });
-        (WriteTicket { slot }, job)
-    }
-
-    fn take(&self) -> Option<Outcome> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -219,16 +153,10 @@ impl Daemon {
             Ok(p) => p,
             Err(e) => return self.finish_registry_write(cx, Err(e)),
         };
-        if let Some(worker) = self.worker.as_mut() {
-            let (ticket, job) = WriteTicket::new(prepared.clone(), self.waker.clone());
-            if worker.submit(job).is_ok() {
-                self.registry_write = Some(ticket);
-                return;
-            }
+        match self.dispatch_write(prepared) {
+            Ok(ticket) => self.registry_write = Some(ticket),
+            Err(result) => self.finish_registry_write(cx, result),
         }
-        // No worker to take it: write here, as before the worker existed.
-        let result = prepared.commit();
-        self.finish_registry_write(cx, result);
     }
 
     /// Called on every wake: finishes the registry write once the worker reported it.
@@ -237,13 +165,7 @@ impl Daemon {
             return;
         };
         self.registry_write = None;
-        let result = match outcome {
-            Outcome::Done(result) => result,
-            Outcome::NotRun => Err(StateError::Io {
-                path: self.state.path().join(REGISTRY_FILE),
-                source: std::io::Error::other("the worker stopped before saving it"),
-            }),
-        };
+        let result = outcome.into_result(&self.state.path().join(REGISTRY_FILE));
         self.finish_registry_write(cx, result);
     }
 
@@ -301,37 +223,5 @@ impl Daemon {
         if let Err(e) = self.state.write(REGISTRY_FILE, &self.mcp.api_specs()) {
             log::error!("cannot save registered MCP servers: {e}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn prepared(dir: &Path) -> (StateDir, PreparedWrite) {
-        let state = StateDir::open(dir).expect("state dir");
-        let write = state.prepare("t.json", &json!([1])).expect("prepare");
-        (state, write)
-    }
-
-    #[test]
-    fn a_ticket_reports_exactly_once_even_when_its_job_never_runs() {
-        let poll = mio::Poll::new().expect("poll");
-        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(1)).expect("waker"));
-        let dir = std::env::temp_dir().join(format!("vsm-ticket-{}", std::process::id()));
-        let (_state, write) = prepared(&dir);
-
-        let (ticket, job) = WriteTicket::new(write.clone(), waker.clone());
-        assert!(ticket.take().is_none(), "nothing before the job ran");
-        drop(job);
-        assert!(matches!(ticket.take(), Some(Outcome::NotRun)));
-        assert!(ticket.take().is_none(), "once");
-
-        let (ticket, job) = WriteTicket::new(write, waker);
-        let result = std::thread::spawn(job).join().expect("job");
-        assert!(matches!(result, WorkResult::Saved));
-        assert!(matches!(ticket.take(), Some(Outcome::Done(Ok(())))));
-        assert!(dir.join("t.json").is_file());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -264,6 +264,7 @@ const OPS: &[Op] = &[
             (404, "config_key_not_found"),
             (409, "state_read_only"),
             (500, "persist_failed"),
+            (503, "busy"),
             (507, "insufficient_storage"),
         ],
         ..op(
@@ -372,6 +373,7 @@ const OPS: &[Op] = &[
             (409, "already_exists"),
             (409, "state_read_only"),
             (500, "persist_failed"),
+            (503, "busy"),
             (507, "insufficient_storage"),
         ],
         ..op(
@@ -400,6 +402,7 @@ const OPS: &[Op] = &[
             (409, "conflict"),
             (409, "state_read_only"),
             (500, "persist_failed"),
+            (503, "busy"),
             (507, "insufficient_storage"),
         ],
         ..op(

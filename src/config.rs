@@ -807,14 +807,43 @@ fn check_type(default: &Value, value: &Value) -> Result<(), String> {
     }
 }
 
-/// `value` as JSON text for an error message, cut to a few dozen characters: a rejected value
-/// may be a megabyte long, and the message is logged and sent back.
+/// `value` as JSON text for an error message, cut to a few dozen bytes: a rejected value may
+/// be a megabyte long, and the message is logged and sent back. Serializes at most that much.
 fn shown(value: &Value) -> String {
     const MAX: usize = 64;
-    let text = value.to_string();
-    match text.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
-        None => text,
+    /// Keeps the first `MAX` bytes, then makes the serializer stop.
+    struct Prefix(Vec<u8>);
+    impl std::io::Write for Prefix {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let room = MAX + 1 - self.0.len();
+            self.0.extend_from_slice(&buf[..buf.len().min(room)]);
+            if self.0.len() > MAX {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut prefix = Prefix(Vec::with_capacity(MAX + 1));
+    let cut = serde_json::to_writer(&mut prefix, value).is_err();
+    let mut bytes = prefix.0;
+    bytes.truncate(MAX);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    if cut {
+        format!("{text}…")
+    } else {
+        text
+    }
+}
+
+/// Displays a value through [`shown`]; serialized only if an error message is built.
+struct Shown<'a>(&'a Value);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&shown(self.0))
     }
 }
 
@@ -828,7 +857,8 @@ fn check_constraint(info: &KeyInfo, value: &Value) -> Result<(), String> {
         ));
     }
     let raw = value;
-    let value = &shown(value);
+    // Only formatted when an error message needs it (a valid list is never serialized).
+    let value = Shown(raw);
     match info.constraint {
         Constraint::Range {
             min,
@@ -1399,6 +1429,9 @@ mod tests {
         let long = nest("daemon.http_listen", json!("1".repeat(100_000)));
         let err = base.with_overrides(&long).expect_err("long");
         assert!(err.to_string().len() < 200, "{err}");
+        let cut = shown(&json!(vec!["host"; 100_000]));
+        assert!(cut.starts_with("[\"host\",") && cut.ends_with('…') && cut.len() < 80);
+        assert_eq!(shown(&json!(["a"])), "[\"a\"]");
         let token = nest(SECRET_KEY, json!("t".repeat(MAX_STRING_BYTES + 1)));
         assert_eq!(err_key(base.with_overrides(&token)), SECRET_KEY);
         let schema = schema();

@@ -235,6 +235,15 @@ pub enum ErrorCode {
     Timeout,
     /// A bug or an OS error on the daemon's side.
     Internal,
+    /// The change could not be saved in the state directory (an I/O error other than a full
+    /// disk); nothing was changed.
+    PersistFailed,
+    /// The state directory's filesystem is full (ENOSPC) or over quota (EDQUOT); nothing was
+    /// changed.
+    InsufficientStorage,
+    /// A state document this daemon cannot read or understand (a newer format version, not a
+    /// regular file) would have to be overwritten; nothing was changed.
+    StateReadOnly,
 }
 
 impl ErrorCode {
@@ -267,6 +276,9 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal_error",
+            ErrorCode::PersistFailed => "persist_failed",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
+            ErrorCode::StateReadOnly => "state_read_only",
         }
     }
 
@@ -291,7 +303,9 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::HeaderTooLarge => 431,
-            ErrorCode::Internal => 500,
+            ErrorCode::Internal | ErrorCode::PersistFailed => 500,
+            ErrorCode::InsufficientStorage => 507,
+            ErrorCode::StateReadOnly => 409,
             ErrorCode::Unhealthy | ErrorCode::Busy | ErrorCode::ShuttingDown => 503,
             ErrorCode::Timeout => 504,
         }
@@ -464,6 +478,9 @@ mod tests {
             ErrorCode::Unhealthy,
             ErrorCode::Internal,
             ErrorCode::Timeout,
+            ErrorCode::PersistFailed,
+            ErrorCode::InsufficientStorage,
+            ErrorCode::StateReadOnly,
         ] {
             assert!(
                 (400..600).contains(&code.http_status()),

@@ -12,6 +12,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+/// Largest configuration file accepted, in bytes.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
 /// The dotted key of the API token, which is never printed.
 const SECRET_KEY: &str = "security.api_token";
 /// Longest accepted `http.allowed_origins` list.
@@ -356,10 +359,15 @@ pub enum Constraint {
         /// Longest accepted path in bytes.
         max_bytes: usize,
     },
-    /// A list of distinct non-empty strings, each in `allowed` when given.
+    /// A list of at most `max_items` distinct non-empty strings of at most `max_item_bytes`
+    /// bytes each, each in `allowed` when given.
     StringList {
         /// The accepted items, or `None` for any.
         allowed: Option<&'static [&'static str]>,
+        /// Longest accepted list.
+        max_items: usize,
+        /// Longest accepted item, in bytes.
+        max_item_bytes: usize,
     },
     /// `true` or `false`.
     Bool,
@@ -408,7 +416,26 @@ const fn range(min: f64, max: f64) -> Constraint {
 
 const INTERVAL: Constraint = range(100.0, 86_400_000.0);
 const PATH: Constraint = Constraint::AbsolutePathOrEmpty { max_bytes: 4096 };
-const ANY_LIST: Constraint = Constraint::StringList { allowed: None };
+/// Host names (and bracketed IPv6 addresses) accepted in `Host`/`Origin`.
+const HOST_LIST: Constraint = Constraint::StringList {
+    allowed: None,
+    max_items: 256,
+    max_item_bytes: 255,
+};
+/// Browser origins (`scheme://host[:port]`) accepted besides the allowed hosts' own.
+const ORIGIN_LIST: Constraint = Constraint::StringList {
+    allowed: None,
+    max_items: MAX_ALLOWED_ORIGINS,
+    max_item_bytes: 300,
+};
+/// Capability names (the `[[servers]]` spec allows 64 bytes each).
+const CAPABILITY_LIST: Constraint = Constraint::StringList {
+    allowed: None,
+    max_items: 256,
+    max_item_bytes: 64,
+};
+/// Longest string value of any key, in bytes (paths and lists have tighter limits).
+pub const MAX_STRING_BYTES: usize = 4096;
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 const DISCOVERY_SOURCES: &[&str] = &["npm", "github", "registry", "pypi", "local"];
 
@@ -429,8 +456,8 @@ pub const KEYS: &[KeyInfo] = &[
     live("http.max_connections_per_peer", "open TCP connections allowed per client address (IPv6: per /64); at the limit a client's own waiting connections are evicted first", range(1.0, 65_536.0)),
     live("http.head_timeout_ms", "time allowed to receive a request head, in milliseconds", range(100.0, 600_000.0)),
     live("http.idle_timeout_ms", "idle keep-alive connections close after this many milliseconds", range(100.0, 3_600_000.0)),
-    live("http.allowed_hosts", "extra Host names accepted besides loopback names and the bound address; with the bound port they are also allowed origins", ANY_LIST),
-    live("http.allowed_origins", "extra browser origins (scheme://host[:port], at most 64) allowed to call the TCP API besides http(s)://<allowed host>:<bound port>", ANY_LIST),
+    live("http.allowed_hosts", "extra Host names accepted besides loopback names and the bound address; with the bound port they are also allowed origins", HOST_LIST),
+    live("http.allowed_origins", "extra browser origins (scheme://host[:port], at most 64) allowed to call the TCP API besides http(s)://<allowed host>:<bound port>", ORIGIN_LIST),
     live("monitoring.variety_check_interval_ms", "milliseconds between variety checks", INTERVAL),
     live("monitoring.performance_check_interval_ms", "milliseconds between performance checks", INTERVAL),
     live("monitoring.health_check_interval_ms", "milliseconds between health checks", INTERVAL),
@@ -439,7 +466,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("monitoring.alert_thresholds.response_time_max_ms", "alert when a response takes longer than this many milliseconds", range(1.0, 3_600_000.0)),
     live("monitoring.alert_thresholds.error_rate_max_percent", "alert when the error rate exceeds this percentage", range(0.0, 100.0)),
     live("monitoring.alert_thresholds.memory_usage_max_percent", "alert when memory usage exceeds this percentage", Constraint::Range { min: 0.0, max: 100.0, min_exclusive: true }),
-    live("mcp_servers.discovery_sources", "where to look for MCP servers", Constraint::StringList { allowed: Some(DISCOVERY_SOURCES) }),
+    live("mcp_servers.discovery_sources", "where to look for MCP servers", Constraint::StringList { allowed: Some(DISCOVERY_SOURCES), max_items: DISCOVERY_SOURCES.len(), max_item_bytes: 16 }),
     live("mcp_servers.auto_discovery_interval_ms", "milliseconds between automatic discovery runs", INTERVAL),
     live("mcp_servers.sandbox_timeout_ms", "time limit of a sandboxed trial of a server, in milliseconds", range(100.0, 3_600_000.0)),
     live("mcp_servers.max_concurrent_servers", "MCP servers allowed to run at once", range(1.0, 1000.0)),
@@ -467,8 +494,8 @@ pub const KEYS: &[KeyInfo] = &[
     live("security.sandbox_enabled", "run untrusted MCP servers in a sandbox", Constraint::Bool),
     live("security.security_scan_enabled", "scan MCP servers before installing them", Constraint::Bool),
     live("security.min_security_score", "lowest security score a server may have", range(0.0, 100.0)),
-    live("security.allowed_capabilities", "capabilities servers may offer", ANY_LIST),
-    live("security.blocked_capabilities", "capabilities that disqualify a server; must not overlap allowed_capabilities", ANY_LIST),
+    live("security.allowed_capabilities", "capabilities servers may offer", CAPABILITY_LIST),
+    live("security.blocked_capabilities", "capabilities that disqualify a server; must not overlap allowed_capabilities", CAPABILITY_LIST),
     live(SECRET_KEY, "bearer token required on the TCP API (at least 16 visible ASCII characters); empty = api_token_file, else a token generated into <state dir>/api_token; never printed", Constraint::Any),
     live("security.api_token_file", "file (at most 4 KiB) whose first line is the API token; not together with api_token", PATH),
     live("consciousness.reflection_interval_ms", "milliseconds between reflection runs", INTERVAL),
@@ -599,12 +626,17 @@ impl Config {
         Ok(config)
     }
 
-    /// Read and parse a file.
+    /// Read and parse a file. The file must be a regular file of at most [`MAX_FILE_BYTES`]:
+    /// a FIFO, a device or a huge file named by `--config` is refused at once instead of
+    /// hanging or bloating the daemon (see [`crate::state::read_small_file`]).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+        let io = |message: String| ConfigError::Io {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let bytes =
+            crate::state::read_small_file(path, MAX_FILE_BYTES).map_err(|e| io(e.to_string()))?;
+        let text = String::from_utf8(bytes).map_err(|e| io(format!("not UTF-8: {e}")))?;
         let config = Self::from_toml_str(&text, Some(path))?;
         log::debug!("loaded configuration from {}", path.display());
         Ok(config)
@@ -625,6 +657,16 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks a merge patch on its own, before anything is merged or cloned: known keys must
+    /// have their type and satisfy their constraint, unknown keys are refused unless `null`
+    /// (removing a key is always allowed). Cross-field rules need the merged result and are
+    /// left to [`Config::with_overrides`]. Linear in the size of the patch, and a list over
+    /// its limit is refused by its length, so a megabyte of hosts costs one pass over it.
+    pub fn check_patch(patch: &Value) -> Result<(), ConfigError> {
+        let defaults = flatten(&Config::default().json());
+        apply_overrides(&mut Value::Object(Map::new()), patch, "", &defaults)
+    }
+
     /// Check every key against its [`KEYS`] constraint, then the cross-field rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let flat = flatten(&self.json());
@@ -633,11 +675,8 @@ impl Config {
             check_constraint(info, value).map_err(|m| ConfigError::invalid(info.key, m))?;
         }
         let s = &self.security;
-        if let Some(both) = s
-            .blocked_capabilities
-            .iter()
-            .find(|c| s.allowed_capabilities.contains(c))
-        {
+        let allowed: std::collections::HashSet<&String> = s.allowed_capabilities.iter().collect();
+        if let Some(both) = s.blocked_capabilities.iter().find(|c| allowed.contains(c)) {
             return Err(ConfigError::invalid(
                 "security.blocked_capabilities",
                 format!("must not overlap security.allowed_capabilities (both contain \"{both}\")"),
@@ -784,10 +823,11 @@ fn apply_overrides(
         let Some(target) = target.as_object_mut() else {
             continue;
         };
+        // `null` means "no override", for keys this build does not know too.
+        if value.is_null() {
+            continue;
+        }
         if let Some(info) = key_info(&key) {
-            if value.is_null() {
-                continue;
-            }
             let default = defaults.get(&key).unwrap_or(&Value::Null);
             check_type(default, value)
                 .and_then(|()| check_constraint(info, value))
@@ -803,6 +843,66 @@ fn apply_overrides(
         }
     }
     Ok(())
+}
+
+/// Stored overrides (`overrides.json`) split into the part this build knows and the keys it
+/// does not. Unknown keys may come from a newer daemon: they stay in the stored document (it
+/// is written back whole) but are neither applied nor allowed to block changes to other keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredOverrides {
+    /// The overrides without unknown keys: what [`Config::with_overrides`] is given.
+    pub known: Value,
+    /// Dotted unknown keys (the first leaf of each unknown member), in document order.
+    pub unknown: Vec<String>,
+}
+
+impl StoredOverrides {
+    /// Splits an overrides document (or a merge patch). Members set to `null` are not counted
+    /// as unknown: in a patch they remove a key, which is allowed for unknown keys too.
+    /// Linear in the size of the document; recursion only follows sections of [`KEYS`].
+    pub fn split(doc: &Value) -> StoredOverrides {
+        fn walk(prefix: &str, map: &Map<String, Value>, unknown: &mut Vec<String>) -> Value {
+            let mut known = Map::new();
+            for (name, value) in map {
+                let key = join(prefix, name);
+                if key_info(&key).is_some() {
+                    known.insert(name.clone(), value.clone());
+                } else if KEYS.iter().any(|i| under(i.key, &key)) {
+                    let inner = match value {
+                        Value::Object(inner) => walk(&key, inner, unknown),
+                        other => other.clone(), // a type error, reported by with_overrides
+                    };
+                    known.insert(name.clone(), inner);
+                } else if !value.is_null() {
+                    unknown.push(first_leaf(key, value));
+                }
+            }
+            Value::Object(known)
+        }
+        let mut unknown = Vec::new();
+        let known = match doc {
+            Value::Object(map) => walk("", map, &mut unknown),
+            other => other.clone(),
+        };
+        StoredOverrides { known, unknown }
+    }
+
+    /// The operator-facing warning when there are unknown keys (at most 10 named).
+    pub fn warning(&self) -> Option<String> {
+        const SHOWN: usize = 10;
+        let (count, shown) = (self.unknown.len(), self.unknown.len().min(SHOWN));
+        (count > 0).then(|| {
+            let more = if count > shown {
+                format!(" and {} more", count - shown)
+            } else {
+                String::new()
+            };
+            format!(
+                "stored overrides have {count} key(s) this daemon does not know (written by a newer version?): {}{more}; they are kept in the file but not applied",
+                self.unknown[..shown].join(", ")
+            )
+        })
+    }
 }
 
 /// The full dotted key of the first leaf of `value` under `key` (`{"no": {"such": 1}}` names
@@ -843,15 +943,65 @@ fn check_type(default: &Value, value: &Value) -> Result<(), String> {
     }
 }
 
+/// `value` as JSON text for an error message, cut to a few dozen bytes: a rejected value may
+/// be a megabyte long, and the message is logged and sent back. Serializes at most that much.
+fn shown(value: &Value) -> String {
+    const MAX: usize = 64;
+    /// Keeps the first `MAX` bytes, then makes the serializer stop.
+    struct Prefix(Vec<u8>);
+    impl std::io::Write for Prefix {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let room = MAX + 1 - self.0.len();
+            self.0.extend_from_slice(&buf[..buf.len().min(room)]);
+            if self.0.len() > MAX {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut prefix = Prefix(Vec::with_capacity(MAX + 1));
+    let cut = serde_json::to_writer(&mut prefix, value).is_err();
+    let mut bytes = prefix.0;
+    bytes.truncate(MAX);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    if cut {
+        format!("{text}…")
+    } else {
+        text
+    }
+}
+
+/// Displays a value through [`shown`]; serialized only if an error message is built.
+struct Shown<'a>(&'a Value);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&shown(self.0))
+    }
+}
+
+/// Checks one value against its key's constraint. Linear in the size of the value.
 fn check_constraint(info: &KeyInfo, value: &Value) -> Result<(), String> {
     let text = value.as_str().unwrap_or_default();
+    if text.len() > MAX_STRING_BYTES {
+        return Err(format!(
+            "must be at most {MAX_STRING_BYTES} bytes long (got {})",
+            text.len()
+        ));
+    }
+    let raw = value;
+    // Only formatted when an error message needs it (a valid list is never serialized).
+    let value = Shown(raw);
     match info.constraint {
         Constraint::Range {
             min,
             max,
             min_exclusive,
         } => {
-            let x = value
+            let x = raw
                 .as_f64()
                 .ok_or_else(|| format!("must be a finite number (got {value})"))?;
             if min_exclusive && !(x > min && x <= max) {
@@ -885,28 +1035,62 @@ fn check_constraint(info: &KeyInfo, value: &Value) -> Result<(), String> {
                 ));
             }
         }
-        Constraint::StringList { allowed } => {
-            let items = value.as_array().map(Vec::as_slice).unwrap_or_default();
-            for (i, item) in items.iter().enumerate() {
-                let s = item.as_str().unwrap_or_default();
-                if s.is_empty() {
-                    return Err("items must be non-empty strings".into());
-                }
-                if allowed.is_some_and(|a| !a.contains(&s)) {
-                    let list = allowed.unwrap_or_default().join(", ");
-                    return Err(format!("items must be among {list} (got {item})"));
-                }
-                if items[..i].contains(item) {
-                    return Err(format!("duplicate item {item}"));
-                }
-            }
-        }
+        Constraint::StringList {
+            allowed,
+            max_items,
+            max_item_bytes,
+        } => check_list(list_items(raw), allowed, max_items, max_item_bytes)?,
         _ => {}
     }
     Ok(())
 }
 
+fn list_items(value: &Value) -> &[Value] {
+    value.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// The list rules of [`Constraint::StringList`], checked in one pass (the length first, so a
+/// 100,000-item list costs nothing more than its count).
+fn check_list(
+    items: &[Value],
+    allowed: Option<&[&str]>,
+    max_items: usize,
+    max_item_bytes: usize,
+) -> Result<(), String> {
+    if items.len() > max_items {
+        return Err(format!(
+            "must have at most {max_items} items (got {})",
+            items.len()
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    for item in items {
+        let s = item.as_str().unwrap_or_default();
+        if s.is_empty() {
+            return Err("items must be non-empty strings".into());
+        }
+        if s.len() > max_item_bytes {
+            return Err(format!(
+                "items must be at most {max_item_bytes} bytes long (got one of {})",
+                s.len()
+            ));
+        }
+        if allowed.is_some_and(|a| !a.contains(&s)) {
+            let list = allowed.unwrap_or_default().join(", ");
+            return Err(format!("items must be among {list} (got {})", shown(item)));
+        }
+        if !seen.insert(s) {
+            return Err(format!("duplicate item {}", shown(item)));
+        }
+    }
+    Ok(())
+}
+
 /// RFC 7386 merge patch: objects merge recursively, `null` removes a member, anything else replaces.
+///
+/// The recursion follows the patch's nesting, which is bounded where every patch comes from:
+/// request bodies, WebSocket commands and `overrides.json` are parsed by `serde_json`, whose
+/// recursion limit (128) refuses deeper documents before they get here.
 pub fn merge_patch(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {
         *target = patch.clone();
@@ -1029,14 +1213,22 @@ fn leaf_schema(info: &KeyInfo, default: &Value) -> Value {
             s["pattern"] = json!("^(/.*)?$");
             s["maxLength"] = json!(max_bytes);
         }
-        Constraint::StringList { allowed } => {
-            s["items"] = json!({ "type": "string", "minLength": 1 });
+        Constraint::StringList {
+            allowed,
+            max_items,
+            max_item_bytes,
+        } => {
+            s["items"] = json!({ "type": "string", "minLength": 1, "maxLength": max_item_bytes });
             if let Some(values) = allowed {
                 s["items"]["enum"] = json!(values);
             }
             s["uniqueItems"] = json!(true);
+            s["maxItems"] = json!(max_items);
         }
         Constraint::Address | Constraint::Bool | Constraint::Any => {}
+    }
+    if ty == "string" && s.get("maxLength").is_none() {
+        s["maxLength"] = json!(MAX_STRING_BYTES);
     }
     if !info.live {
         s["x-requires-restart"] = json!(true);
@@ -1130,9 +1322,19 @@ fn constraint_text(info: &KeyInfo, default: &Value) -> String {
         }
         Constraint::StringList {
             allowed: Some(values),
+            ..
         } => format!("list of distinct {}", values.join(", ")),
-        Constraint::StringList { allowed: None } => "list of distinct strings".into(),
+        Constraint::StringList {
+            allowed: None,
+            max_items,
+            max_item_bytes,
+        } => format!(
+            "list of at most {max_items} distinct strings of at most {max_item_bytes} bytes"
+        ),
         Constraint::Bool => "true or false".into(),
+        Constraint::Any if default.is_string() => {
+            format!("string of at most {MAX_STRING_BYTES} bytes")
+        }
         Constraint::Any => kind(default).trim_start_matches("a ").into(),
     };
     if info.live {
@@ -1339,6 +1541,70 @@ mod tests {
     }
 
     #[test]
+    fn lists_and_strings_are_bounded_with_short_messages() {
+        let base = Config::default();
+        let hosts = |n: usize, len: usize| {
+            let items: Vec<String> = (0..n).map(|i| format!("{i:0len$}")).collect();
+            nest("http.allowed_hosts", json!(items))
+        };
+        let max = base
+            .with_overrides(&hosts(256, 255))
+            .expect("256 hosts of 255 bytes");
+        assert_eq!(max.http.allowed_hosts.len(), 256);
+        for patch in [hosts(257, 10), hosts(100_000, 10), hosts(2, 256)] {
+            let err = base
+                .with_overrides(&patch)
+                .expect_err("too many or too long");
+            assert_eq!(err.key(), Some("http.allowed_hosts"));
+            assert!(err.to_string().len() < 200, "{err}");
+        }
+        let caps = nest("security.allowed_capabilities", json!(["x".repeat(65)]));
+        assert_eq!(
+            err_key(base.with_overrides(&caps)),
+            "security.allowed_capabilities"
+        );
+        let long = nest("daemon.http_listen", json!("1".repeat(100_000)));
+        let err = base.with_overrides(&long).expect_err("long");
+        assert!(err.to_string().len() < 200, "{err}");
+        let cut = shown(&json!(vec!["host"; 100_000]));
+        assert!(cut.starts_with("[\"host\",") && cut.ends_with('…') && cut.len() < 80);
+        assert_eq!(shown(&json!(["a"])), "[\"a\"]");
+        let token = nest(SECRET_KEY, json!("t".repeat(MAX_STRING_BYTES + 1)));
+        assert_eq!(err_key(base.with_overrides(&token)), SECRET_KEY);
+        let schema = schema();
+        let node = &schema["properties"]["http"]["properties"]["allowed_hosts"];
+        assert_eq!(
+            (
+                node["maxItems"].as_u64(),
+                node["items"]["maxLength"].as_u64()
+            ),
+            (Some(256), Some(255))
+        );
+        let token = &schema["properties"]["security"]["properties"]["api_token"];
+        assert_eq!(token["maxLength"], json!(MAX_STRING_BYTES));
+    }
+
+    /// The list check is one pass: duplicates are found with a set (the old `items[..i]`
+    /// scan made 100,000 hosts cost ~5e9 comparisons), and an over-long list is refused by
+    /// its count before any item is looked at.
+    #[test]
+    fn list_check_is_one_pass() {
+        let items: Vec<Value> = (0..256).map(|i| json!(format!("h{i}"))).collect();
+        assert!(check_list(&items, None, 256, 255).is_ok());
+        let mut dup = items.clone();
+        dup[255] = json!("h0");
+        assert_eq!(
+            check_list(&dup, None, 256, 255),
+            Err("duplicate item \"h0\"".into())
+        );
+        // Over the limit, the items are not even looked at.
+        let huge = vec![Value::Null; 100_000];
+        assert!(check_list(&huge, None, 256, 255)
+            .expect_err("count")
+            .contains("at most 256 items (got 100000)"));
+    }
+
+    #[test]
     fn overrides_reject_unknown_keys_and_types() {
         let base = Config::default();
         let err = base
@@ -1470,6 +1736,50 @@ mod tests {
             .with_overrides(&json!({"http": {"allowed_origins": many}}))
             .expect_err("too many");
         assert_eq!(err.key(), Some("http.allowed_origins"));
+    }
+
+    #[test]
+    fn stored_overrides_keep_unknown_keys_apart() {
+        let doc = json!({
+            "daemon": {"log_level": "debug", "future": {"deep": 1}},
+            "from_2030": {"x": 1},
+            "http": {"max_connections": 9, "gone": null},
+            "security": 3,
+        });
+        let split = StoredOverrides::split(&doc);
+        assert_eq!(split.unknown, ["daemon.future.deep", "from_2030.x"]);
+        assert_eq!(
+            split.known,
+            json!({"daemon": {"log_level": "debug"}, "http": {"max_connections": 9}, "security": 3})
+        );
+        let warning = split.warning().expect("warning");
+        assert!(
+            warning.contains("daemon.future.deep, from_2030.x;"),
+            "{warning}"
+        );
+        let clean = StoredOverrides::split(&json!({"daemon": {"log_level": "debug"}}));
+        assert_eq!((clean.unknown.len(), clean.warning()), (0, None));
+        let many: Map<String, Value> = (0..15).map(|i| (format!("k{i}"), json!(1))).collect();
+        let warning = StoredOverrides::split(&Value::Object(many)).warning();
+        assert!(warning
+            .expect("w")
+            .ends_with(" and 5 more; they are kept in the file but not applied"));
+        assert_eq!(StoredOverrides::split(&json!([1])).known, json!([1]));
+    }
+
+    #[test]
+    fn patches_deeper_than_the_parser_allows_never_reach_merge_patch() {
+        let deep = format!("{}1{}", "{\"a\":".repeat(200), "}".repeat(200));
+        assert!(serde_json::from_str::<Value>(&deep).is_err());
+        let ok = format!("{}1{}", "{\"a\":".repeat(100), "}".repeat(100));
+        let patch: Value = serde_json::from_str(&ok).expect("100 levels parse");
+        assert_eq!(
+            err_key(Config::check_patch(&patch)).matches('.').count(),
+            99
+        );
+        let mut doc = json!({});
+        merge_patch(&mut doc, &patch);
+        assert_eq!(doc, patch);
     }
 
     #[test]

@@ -144,6 +144,7 @@ const STATUS_TEXT: &[(u16, &str)] = &[
     (502, "The MCP server failed the call"),
     (503, "Unavailable: unhealthy, busy or shutting down"),
     (504, "The work did not finish before its deadline"),
+    (507, "The state directory is full; the change was not made"),
 ];
 
 const fn query(name: &'static str, ty: Ty, description: &'static str) -> Param {
@@ -267,7 +268,14 @@ const OPS: &[Op] = &[
     },
     Op {
         body: Some((true, config_patch_body)),
-        errors: &[(400, "config_invalid"), (404, "config_key_not_found")],
+        errors: &[
+            (400, "config_invalid"),
+            (404, "config_key_not_found"),
+            (409, "state_read_only"),
+            (500, "persist_failed"),
+            (503, "busy"),
+            (507, "insufficient_storage"),
+        ],
         ..op(
             "PUT",
             "/api/v1/config",
@@ -370,7 +378,13 @@ const OPS: &[Op] = &[
     },
     Op {
         body: Some((true, server_spec_ref)),
-        errors: &[(409, "already_exists")],
+        errors: &[
+            (409, "already_exists"),
+            (409, "state_read_only"),
+            (500, "persist_failed"),
+            (503, "busy"),
+            (507, "insufficient_storage"),
+        ],
         ..op(
             "POST",
             "/api/v1/mcp/servers",
@@ -392,7 +406,14 @@ const OPS: &[Op] = &[
     },
     Op {
         params: &[ID],
-        errors: &[(404, "server_not_found"), (409, "conflict")],
+        errors: &[
+            (404, "server_not_found"),
+            (409, "conflict"),
+            (409, "state_read_only"),
+            (500, "persist_failed"),
+            (503, "busy"),
+            (507, "insufficient_storage"),
+        ],
         ..op(
             "DELETE",
             "/api/v1/mcp/servers/{id}",

@@ -12,6 +12,14 @@
 //!   is never deleted: it is renamed to `<name>.corrupt-<unix seconds>[-n]`, logged, and the
 //!   `.bak` is restored in its place if it parses. A file from a newer format version is left
 //!   untouched, so a downgrade cannot destroy a newer daemon's data.
+//! - Nothing this build does not understand is overwritten: a document whose read failed for any
+//!   reason other than "missing" or "corrupt (moved aside)" (a newer format version, a directory
+//!   or other non-regular file in its place, an I/O error) becomes read-only for the life of the
+//!   [`StateDir`]; [`StateDir::write`] and [`StateDir::remove`] refuse it with
+//!   [`StateError::ReadOnly`], and [`StateDir::read_only`] lists it for health checks.
+//! - A write either fully happens or leaves the previous document in place: a failed temp write
+//!   removes the temp file (so a full disk gets its space back), and a failure after the rename
+//!   puts the previous version back. `Ok` means the new document is durable.
 //! - Leftover `*.tmp` files from a crash are never read; the next write truncates them.
 //! - One process at a time: [`StateDir`] holds an exclusive `flock` on `<dir>/lock` for its whole
 //!   life. The lock file is opened close-on-exec, so spawned children never inherit the lock.
@@ -19,6 +27,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
@@ -110,6 +119,44 @@ fn try_lock_exclusive(file: &File) -> io::Result<bool> {
     }
 }
 
+/// Documents that cannot be written, found without writing: a document's path (`dir/<name>`)
+/// existing as something other than a regular file (a directory, a FIFO, a symlink). Each
+/// problem names the path. One `lstat` per name.
+pub fn check_documents(dir: &Path, names: &[&str]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for name in names {
+        let path = dir.join(name);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if !meta.file_type().is_file() => problems.push(format!(
+                "state file {} is not a regular file ({})",
+                path.display(),
+                file_kind(&meta.file_type())
+            )),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => problems.push(format!("state file {}: {e}", path.display())),
+        }
+    }
+    problems
+}
+
+fn file_kind(t: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a file"
+    }
+}
+
 /// Errors of the state store; every variant names the path it concerns.
 #[derive(Debug)]
 pub enum StateError {
@@ -144,6 +191,27 @@ pub enum StateError {
         /// Highest version this build understands.
         supported: u32,
     },
+    /// The document could not be read or understood when it was loaded, so this daemon does not
+    /// write it (see the module invariants).
+    ReadOnly {
+        /// The file.
+        path: PathBuf,
+        /// Why it was not loaded.
+        reason: String,
+    },
+}
+
+impl StateError {
+    /// Whether the error is "no space left" (`ENOSPC`) or "quota exceeded" (`EDQUOT`): the
+    /// storage is full rather than broken.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            Self::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            }
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for StateError {
@@ -170,6 +238,11 @@ impl fmt::Display for StateError {
                 "state file {} has format version {found}, newer than supported {supported}",
                 path.display()
             ),
+            Self::ReadOnly { path, reason } => write!(
+                f,
+                "state file {} is read-only for this daemon ({reason}); fix or move it, then restart",
+                path.display()
+            ),
         }
     }
 }
@@ -192,6 +265,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError {
 #[derive(Debug)]
 pub struct StateDir {
     path: PathBuf,
+    /// Document name -> why it is read-only (its load failed in a way that is not "corrupt").
+    read_only: BTreeMap<String, String>,
     _lock: File,
 }
 
@@ -226,6 +301,7 @@ impl StateDir {
         }
         Ok(StateDir {
             path: path.into(),
+            read_only: BTreeMap::new(),
             _lock: lock,
         })
     }
@@ -239,8 +315,31 @@ impl StateDir {
     /// `{"version": STATE_FORMAT_VERSION, "written_at": <RFC 3339 UTC, ms>, "data": value}`:
     /// write and fsync `<name>.tmp` (mode 0600), make `<name>.bak` a copy of the current
     /// `<name>` (hard link + rename), rename the tmp over `<name>`, fsync the directory.
+    /// The same as [`StateDir::prepare`] then [`PreparedWrite::commit`].
+    ///
+    /// # Errors
+    /// [`StateError::ReadOnly`] for a document this daemon could not load (nothing is touched);
+    /// an I/O error otherwise (see [`StateError::is_out_of_space`]), after which `<name>` holds
+    /// the previous document and no `<name>.tmp` is left.
     pub fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        self.prepare(name, value)?.commit()
+    }
+
+    /// Checks the name and the read-only documents and serializes the envelope, without any
+    /// I/O, so that the blocking part ([`PreparedWrite::commit`]) can run on another thread.
+    ///
+    /// # Errors
+    /// An invalid name, [`StateError::ReadOnly`], or a value that does not serialize.
+    pub fn prepare<T: Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+    ) -> Result<PreparedWrite, StateError> {
         let path = self.file(name)?;
+        if let Some(reason) = self.read_only.get(name) {
+            let reason = reason.clone();
+            return Err(StateError::ReadOnly { path, reason });
+        }
         let written_at = rfc3339_utc_millis(SystemTime::now());
         let envelope = Envelope {
             version: STATE_FORMAT_VERSION,
@@ -250,21 +349,57 @@ impl StateDir {
         let mut bytes = serde_json::to_vec_pretty(&envelope)
             .map_err(|e| io_err(&path)(io::Error::new(ErrorKind::InvalidData, e)))?;
         bytes.push(b'\n');
-        let tmp = sibling(&path, ".tmp");
-        write_synced(&tmp, &bytes)?;
-        replicate(&path, &sibling(&path, ".bak.tmp"), &sibling(&path, ".bak"))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        self.sync_dir()
+        Ok(PreparedWrite {
+            dir: self.path.clone(),
+            path,
+            bytes,
+        })
+    }
+
+    /// Documents this daemon will not write, with the reason (see the module invariants).
+    pub fn read_only(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.read_only.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// `<dir>/<name>` for a removal: refused when the document is read-only or its path is not
+    /// a regular file.
+    fn writable_file(&self, name: &str) -> Result<PathBuf, StateError> {
+        let path = self.file(name)?;
+        if let Some(reason) = self.read_only.get(name) {
+            let reason = reason.clone();
+            return Err(StateError::ReadOnly { path, reason });
+        }
+        regular_or_missing(&path)?;
+        Ok(path)
     }
 
     /// Reads `<dir>/<name>`; missing -> `Ok(None)`. Unparsable JSON, a wrong envelope or `data`
     /// not matching `T` -> the file is moved to `<name>.corrupt-<unix seconds>[-n]` (logged) and
     /// `<name>.bak` is tried: if it parses it is restored as `<name>` and returned, otherwise
     /// [`StateError::Corrupt`]. A newer format version -> [`StateError::UnsupportedVersion`]
-    /// with the file left untouched.
-    pub fn read<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
+    /// with the file left untouched. Any error but [`StateError::Corrupt`] makes the document
+    /// read-only for this [`StateDir`].
+    pub fn read<T: DeserializeOwned>(&mut self, name: &str) -> Result<Option<T>, StateError> {
+        let result = self.read_inner(name);
+        match &result {
+            Ok(_) | Err(StateError::Corrupt { .. }) => {}
+            Err(e) => {
+                let reason = match e {
+                    StateError::Io { source, .. } => format!("cannot be read: {source}"),
+                    StateError::UnsupportedVersion {
+                        found, supported, ..
+                    } => format!("format version {found}, newer than supported {supported}"),
+                    other => other.to_string(),
+                };
+                self.read_only.insert(name.to_owned(), reason);
+            }
+        }
+        result
+    }
+
+    fn read_inner<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
         let path = self.file(name)?;
-        let bytes = match fs::read(&path) {
+        let bytes = match read_document(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&path)(e)),
@@ -277,7 +412,10 @@ impl StateDir {
         let (from, to) = (path.display(), moved_to.display());
         log::error!("state file {from} is corrupt ({reason}); moved it to {to}");
         let bak = sibling(&path, ".bak");
-        if let Some(value) = fs::read(&bak).ok().and_then(|b| parse(&bak, &b).ok()?.ok()) {
+        if let Some(value) = read_document(&bak)
+            .ok()
+            .and_then(|b| parse(&bak, &b).ok()?.ok())
+        {
             replicate(&bak, &sibling(&path, ".tmp"), &path)?;
             self.sync_dir()?;
             log::warn!("recovered state file {from} from {}", bak.display());
@@ -293,7 +431,7 @@ impl StateDir {
     /// Removes `<name>`; missing is Ok. The removed document is kept as `<name>.bak` (one atomic
     /// rename), so a removal can be undone by hand like any other write.
     pub fn remove(&self, name: &str) -> Result<(), StateError> {
-        let path = self.file(name)?;
+        let path = self.writable_file(name)?;
         match fs::rename(&path, sibling(&path, ".bak")) {
             Ok(()) => self.sync_dir(),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -339,9 +477,146 @@ impl StateDir {
     }
 
     fn sync_dir(&self) -> Result<(), StateError> {
-        File::open(&self.path)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.path))
+        sync_dir(&self.path)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Refuses a document path that exists as something other than a regular file (renaming over
+/// a directory would fail anyway; this says why).
+fn regular_or_missing(path: &Path) -> Result<(), StateError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => {
+            let kind = file_kind(&meta.file_type());
+            let msg = format!("not a regular file ({kind})");
+            Err(io_err(path)(io::Error::new(ErrorKind::InvalidInput, msg)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A serialized document ready to replace `<dir>/<name>` ([`StateDir::prepare`]). It owns
+/// everything it needs, so the blocking [`PreparedWrite::commit`] can run on the worker.
+#[derive(Debug, Clone)]
+pub struct PreparedWrite {
+    dir: PathBuf,
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl PreparedWrite {
+    /// Writes the document durably (see [`StateDir::write`] for the steps and the errors).
+    /// Blocks on fsync: call it where blocking is allowed.
+    ///
+    /// # Errors
+    /// As [`StateDir::write`]; `<name>` then holds the previous document.
+    pub fn commit(self) -> Result<(), StateError> {
+        let PreparedWrite { dir, path, bytes } = self;
+        regular_or_missing(&path)?;
+        let tmp = sibling(&path, ".tmp");
+        let bak = sibling(&path, ".bak");
+        let replaced = write_synced(&tmp, &bytes)
+            .and_then(|()| replicate(&path, &sibling(&path, ".bak.tmp"), &bak))
+            .and_then(|had_previous| {
+                fs::rename(&tmp, &path).map_err(io_err(&path))?;
+                Ok(had_previous)
+            });
+        let had_previous = match replaced {
+            Ok(had) => had,
+            Err(e) => {
+                // Give a full disk its space back; `<name>` was not touched.
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        sync_dir(&dir).inspect_err(|_| {
+            // The rename may not be durable: put the previous document back so that what is
+            // on disk matches the refusal the caller is about to give.
+            let undone = if had_previous {
+                replicate(&bak, &tmp, &path).map(|_| ())
+            } else {
+                fs::remove_file(&path).map_err(io_err(&path))
+            };
+            if let Err(u) = undone {
+                log::error!(
+                    "cannot restore {} after a failed write: {u}",
+                    path.display()
+                );
+            }
+        })
+    }
+}
+
+/// Coalesced writes of one document: at most one write in flight; changes that arrive
+/// meanwhile wait (at most `cap` of them) and all go out together in the next write, so a
+/// burst of changes costs two writes, not one each. Pure bookkeeping: the caller builds the
+/// document (the state as it will be after every pending change) and runs the write.
+#[derive(Debug)]
+pub struct WriteQueue<C> {
+    in_flight: Vec<C>,
+    writing: bool,
+    waiting: Vec<C>,
+    cap: usize,
+}
+
+impl<C> WriteQueue<C> {
+    /// An idle queue holding at most `cap` waiting changes.
+    pub fn new(cap: usize) -> Self {
+        WriteQueue {
+            in_flight: Vec::new(),
+            writing: false,
+            waiting: Vec::new(),
+            cap,
+        }
+    }
+
+    /// Adds a change to the next write.
+    ///
+    /// # Errors
+    /// The change back when `cap` changes are already waiting.
+    pub fn push(&mut self, change: C) -> Result<(), C> {
+        if self.waiting.len() >= self.cap {
+            return Err(change);
+        }
+        self.waiting.push(change);
+        Ok(())
+    }
+
+    /// When no write is in flight and changes are waiting, they become the write in flight
+    /// and `true` says: write the document now.
+    pub fn start(&mut self) -> bool {
+        if self.writing || self.waiting.is_empty() {
+            return false;
+        }
+        self.in_flight = std::mem::take(&mut self.waiting);
+        self.writing = true;
+        true
+    }
+
+    /// The write in flight finished (either way): its changes, in order.
+    pub fn finish(&mut self) -> Vec<C> {
+        self.writing = false;
+        std::mem::take(&mut self.in_flight)
+    }
+
+    /// Takes the waiting changes out (to validate them again after a failed write).
+    pub fn take_waiting(&mut self) -> Vec<C> {
+        std::mem::take(&mut self.waiting)
+    }
+
+    /// Every change not yet on disk, in order: the write in flight, then the waiting ones.
+    pub fn pending(&self) -> impl Iterator<Item = &C> {
+        self.in_flight.iter().chain(&self.waiting)
+    }
+
+    /// Changes in the write in flight.
+    pub fn in_flight(&self) -> &[C] {
+        &self.in_flight
     }
 }
 
@@ -365,18 +640,20 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 }
 
 /// Atomically makes `to` a copy of `from` (hard link, or copy if links are unsupported, to `via`,
-/// then rename). Does nothing if `from` does not exist.
-fn replicate(from: &Path, via: &Path, to: &Path) -> Result<(), StateError> {
+/// then rename). Does nothing if `from` does not exist; `Ok(true)` when it did.
+fn replicate(from: &Path, via: &Path, to: &Path) -> Result<bool, StateError> {
     match fs::remove_file(via) {
         Err(e) if e.kind() != ErrorKind::NotFound => return Err(io_err(via)(e)),
         _ => {}
     }
     match fs::hard_link(from, via) {
         Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
         Err(_) => match fs::read(from) {
-            Ok(bytes) => write_synced(via, &bytes)?,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Ok(bytes) => write_synced(via, &bytes).inspect_err(|_| {
+                let _ = fs::remove_file(via);
+            })?,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io_err(from)(e)),
         },
     }
@@ -384,8 +661,17 @@ fn replicate(from: &Path, via: &Path, to: &Path) -> Result<(), StateError> {
     // rename(2) is a no-op when `via` and `to` already name the same inode (after a restore).
     match fs::remove_file(via) {
         Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err(via)(e)),
-        _ => Ok(()),
+        _ => Ok(true),
     }
+}
+
+/// Largest state document read back; far above what the daemon writes (1000 server specs).
+const MAX_DOCUMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A state document's bytes: a regular file only (a FIFO put in its place cannot hang the
+/// read), at most [`MAX_DOCUMENT_BYTES`].
+fn read_document(path: &Path) -> io::Result<Vec<u8>> {
+    read_small_file(path, MAX_DOCUMENT_BYTES)
 }
 
 /// Outer error: newer version (leave the file alone); inner error: corrupt, with the reason.
@@ -487,7 +773,7 @@ mod tests {
 
     #[test]
     fn round_trip_modes_and_remove() {
-        let (_t, d) = setup();
+        let (_t, mut d) = setup();
         let v = json!({"a": [1, 2]});
         assert_eq!(d.read::<Value>("x.json").unwrap(), None);
         d.write("x.json", &v).unwrap();
@@ -507,7 +793,7 @@ mod tests {
 
     #[test]
     fn bak_holds_previous_version() {
-        let (_t, d) = setup();
+        let (_t, mut d) = setup();
         for v in 1..=3 {
             d.write("s.json", &v).unwrap();
         }
@@ -518,7 +804,7 @@ mod tests {
 
     #[test]
     fn corrupt_is_moved_aside_and_bak_recovered() {
-        let (_t, d) = setup();
+        let (_t, mut d) = setup();
         d.write("s.json", &1).unwrap();
         d.write("s.json", &2).unwrap();
         fs::write(d.path().join("s.json"), b"{\"version\": 1, \"da").unwrap();
@@ -541,7 +827,7 @@ mod tests {
 
     #[test]
     fn corrupt_without_bak_is_error_and_kept() {
-        let (_t, d) = setup();
+        let (_t, mut d) = setup();
         let junk: [&[u8]; 4] = [
             b"",
             b"[1]",
@@ -567,7 +853,7 @@ mod tests {
 
     #[test]
     fn newer_version_is_refused_and_untouched() {
-        let (_t, d) = setup();
+        let (_t, mut d) = setup();
         let doc = br#"{"version": 2, "written_at": "2030-01-01T00:00:00Z", "data": {"x": 1}}"#;
         fs::write(d.path().join("s.json"), doc).unwrap();
         let err = d.read::<Value>("s.json").unwrap_err();
@@ -577,6 +863,93 @@ mod tests {
         );
         assert_eq!(fs::read(d.path().join("s.json")).unwrap(), doc);
         assert_eq!(names(&d), ["lock", "s.json"]);
+        // ... and it stays untouched: writes and removal are refused from now on.
+        let err = d.write("s.json", &1).unwrap_err();
+        assert!(matches!(err, StateError::ReadOnly { .. }), "{err}");
+        assert!(err.to_string().contains("format version 2"), "{err}");
+        assert!(matches!(
+            d.remove("s.json"),
+            Err(StateError::ReadOnly { .. })
+        ));
+        assert_eq!(fs::read(d.path().join("s.json")).unwrap(), doc);
+        assert_eq!(names(&d), ["lock", "s.json"]);
+        assert_eq!(d.read_only().count(), 1);
+        d.write("other.json", &1).unwrap();
+    }
+
+    #[test]
+    fn non_regular_document_is_refused_by_name() {
+        let (_t, mut d) = setup();
+        d.write("s.json", &1).unwrap();
+        fs::remove_file(d.path().join("s.json")).unwrap();
+        fs::create_dir(d.path().join("s.json")).unwrap();
+        let problems = check_documents(d.path(), &["s.json", "missing.json"]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("s.json is not a regular file (a directory)"));
+        // A write names the problem and leaves no temp file behind.
+        let err = d.write("s.json", &2).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(!err.is_out_of_space());
+        assert_eq!(names(&d), ["lock", "s.json"]);
+        // Reading it makes it read-only for this StateDir.
+        assert!(matches!(
+            d.read::<u32>("s.json"),
+            Err(StateError::Io { .. })
+        ));
+        assert!(matches!(
+            d.write("s.json", &3),
+            Err(StateError::ReadOnly { .. })
+        ));
+    }
+
+    #[test]
+    fn failed_temp_write_leaves_the_document_and_no_temp() {
+        let (_t, d) = setup();
+        d.write("s.json", &1).unwrap();
+        // A directory where the temp file goes makes the temp write fail.
+        fs::create_dir(d.path().join("s.json.tmp")).unwrap();
+        assert!(d.write("s.json", &2).is_err());
+        fs::remove_dir(d.path().join("s.json.tmp")).unwrap();
+        assert_eq!(raw(&d, "s.json")["data"], 1);
+        d.write("s.json", &3).unwrap();
+        assert_eq!(names(&d), ["lock", "s.json", "s.json.bak"]);
+    }
+
+    #[test]
+    fn write_queue_coalesces_behind_one_write_in_flight() {
+        let mut q = WriteQueue::new(2);
+        assert!(!q.start(), "nothing to write");
+        q.push(1).unwrap();
+        assert!(q.start());
+        q.push(2).unwrap();
+        q.push(3).unwrap();
+        assert_eq!(q.push(4), Err(4), "bounded");
+        assert!(!q.start(), "one write in flight at a time");
+        assert_eq!(q.pending().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(q.in_flight(), [1]);
+        assert_eq!(q.finish(), [1]);
+        assert!(q.start(), "the waiting changes go out together");
+        assert_eq!(q.in_flight(), [2, 3]);
+        q.push(5).unwrap();
+        assert_eq!(q.take_waiting(), [5]);
+        assert_eq!(q.finish(), [2, 3]);
+        assert!(!q.start() && q.pending().next().is_none());
+    }
+
+    #[test]
+    fn prepared_write_commits_elsewhere() {
+        let (_t, mut d) = setup();
+        let prepared = d.prepare("p.json", &json!({"a": 1})).unwrap();
+        assert_eq!(
+            d.read::<Value>("p.json").unwrap(),
+            None,
+            "nothing written yet"
+        );
+        std::thread::spawn(move || prepared.commit())
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.read::<Value>("p.json").unwrap(), Some(json!({"a": 1})));
     }
 
     #[test]
@@ -590,7 +963,7 @@ mod tests {
 
     #[test]
     fn bad_names_are_refused() {
-        let (_t, d) = setup();
+        let (_t, mut d) = setup();
         for bad in "|.hidden|a/b|../x|lock|x.tmp|x.bak|x.corrupt-1|sp ace|é".split('|') {
             match d.write(bad, &1) {
                 Err(StateError::Io { source, .. }) => {

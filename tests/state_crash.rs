@@ -40,7 +40,7 @@ fn crash_writer_child() {
     let Some(dir) = std::env::var_os(WRITER_ENV) else {
         return;
     };
-    let state = StateDir::open(Path::new(&dir)).expect("writer: open");
+    let mut state = StateDir::open(Path::new(&dir)).expect("writer: open");
     let last = state.read::<Value>(FILE).expect("writer: read");
     let mut seq = last.map_or(0, |v| check(&v) + 1);
     loop {
@@ -129,7 +129,7 @@ fn sigkill_during_writes_never_corrupts() {
         if after.is_some() && after != before {
             mid_write += 1; // the tmp was created or truncated this round and never renamed
         }
-        let state = StateDir::open(&dir).expect("open after kill");
+        let mut state = StateDir::open(&dir).expect("open after kill");
         match state.read::<Value>(FILE) {
             Ok(None) => {
                 assert_eq!(last, None, "round {rounds}: state file vanished");
@@ -188,7 +188,7 @@ fn sigkill_during_writes_never_corrupts() {
 
     // A leftover tmp (garbage) is never read, and the next write overwrites it.
     fs::write(&tmp_file, b"{\"version\": 1, \"data\": {\"seq\": 999999999").expect("garbage");
-    let state = StateDir::open(&dir).expect("open");
+    let mut state = StateDir::open(&dir).expect("open");
     let seq = check(&state.read::<Value>(FILE).expect("read").expect("present"));
     state
         .write(FILE, &json!({"seq": seq + 1, "pad": pad(seq + 1)}))

@@ -7,5 +7,6 @@ mod mcp;
 mod net;
 mod packaging;
 mod security;
+mod state_config;
 mod state_crash;
 mod util;

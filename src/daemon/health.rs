@@ -43,14 +43,15 @@ impl Daemon {
         results.insert("control".to_string(), control);
         // The state directory is probed (write, fsync, rename) on the worker: an fsync on a
         // slow SD card must never stall the loop. Until the worker answers, it is unchecked.
-        results.insert(
-            "state".to_string(),
-            result(
-                true,
-                "unchecked",
-                "not checked: the worker is not running".into(),
-            ),
-        );
+        // Read-only documents are known without I/O and are reported at once.
+        let state = self.state_health(None, now);
+        let state = if state.healthy {
+            let why = "not checked: the worker is not running";
+            result(true, "unchecked", why.into())
+        } else {
+            state
+        };
+        results.insert("state".to_string(), state);
         let monitor = if self.health_timer.is_some() {
             result(
                 true,
@@ -80,7 +81,7 @@ impl Daemon {
             }
             Some(w) => match w.submit({
                 let dir = self.state.path().to_path_buf();
-                Box::new(move || WorkResult::Probe(diagnostics::fsync_latency(&dir, 1)))
+                Box::new(move || WorkResult::Probe(probe_state(&dir)))
             }) {
                 Ok(id) => {
                     let timer = cx
@@ -105,6 +106,48 @@ impl Daemon {
         });
         if worker_job.is_none() {
             self.finish_health_round(cx);
+        }
+    }
+
+    /// The state component's result from the worker's probe (if it ran) and the documents
+    /// this daemon refuses to overwrite, each named.
+    pub(super) fn state_health(
+        &self,
+        probe: Option<Result<Vec<Duration>, String>>,
+        checked_at: SystemTime,
+    ) -> HealthResult {
+        let mut problems: Vec<String> = self
+            .state
+            .read_only()
+            .map(|(name, why)| {
+                let path = self.state.path().join(name);
+                format!("state file {} is read-only: {why}", path.display())
+            })
+            .collect();
+        let took = match probe {
+            Some(Ok(t)) => t.first().copied(),
+            Some(Err(e)) => {
+                problems.push(e);
+                None
+            }
+            None => None,
+        };
+        match (problems.is_empty(), took) {
+            (false, _) => HealthResult {
+                healthy: false,
+                status: "failing",
+                message: problems.join("; "),
+                checked_at,
+            },
+            (true, took) => HealthResult {
+                healthy: true,
+                status: "ok",
+                message: format!(
+                    "writable, write+fsync took {:.1} ms",
+                    took.map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+                ),
+                checked_at,
+            },
         }
     }
 
@@ -231,4 +274,17 @@ impl Daemon {
             .with_data(data))
         }
     }
+}
+
+/// The worker's probe of the state directory: the documents' paths first (a directory where
+/// `servers.json` belongs makes every registration fail), then one write+fsync+rename cycle.
+fn probe_state(dir: &Path) -> Result<Vec<Duration>, String> {
+    let mut problems = state::check_documents(dir, STATE_DOCUMENTS);
+    if !sys::writable(dir) {
+        problems.insert(0, format!("state dir {} is not writable", dir.display()));
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    diagnostics::fsync_latency(dir, 1)
 }

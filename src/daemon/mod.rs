@@ -12,6 +12,8 @@
 mod access;
 mod health;
 mod metrics;
+mod persist;
+mod registration;
 mod settings;
 mod streams;
 
@@ -39,6 +41,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Name of the overrides document in the state directory.
 const OVERRIDES_FILE: &str = "overrides.json";
+/// Every document the daemon keeps in the state directory.
+const STATE_DOCUMENTS: &[&str] = &[REGISTRY_FILE, OVERRIDES_FILE];
 /// How long a health round waits for the worker's answer.
 const WORKER_PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Health results younger than this answer `GET /api/v1/health` without a new round.
@@ -140,6 +144,8 @@ pub enum WorkResult {
     Probe(Result<Vec<Duration>, String>),
     /// fsync timings of the state directory.
     FsyncLatency(Result<Vec<Duration>, String>),
+    /// A state document was written; the outcome went through the write's own ticket.
+    Saved,
 }
 
 /// Where an answer goes.
@@ -247,6 +253,14 @@ pub struct Daemon {
     round: Option<HealthRound>,
     jobs: HashMap<u64, (PendingJob, TimerId)>,
     followers: Vec<Follower>,
+    /// Registry changes waiting for their `servers.json` write (see `registration`).
+    registry_writes: state::WriteQueue<registration::PendingChange>,
+    /// The registry write on the worker, while one is in flight.
+    registry_write: Option<persist::WriteTicket>,
+    /// Configuration patches waiting for their `overrides.json` write (see `settings`).
+    overrides_writes: state::WriteQueue<settings::PendingPatch>,
+    /// The overrides write on the worker, while one is in flight.
+    overrides_write: Option<persist::WriteTicket>,
     mcp: Mcp,
     events: EventLog,
     outputs: Vec<Output>,
@@ -318,8 +332,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         .clone()
         .or_else(|| non_empty(&base.daemon.state_dir))
         .unwrap_or_else(state::default_state_dir);
-    let state = StateDir::open(&state_path).map_err(StartError::State)?;
-    let (overrides, overrides_problem, effective) = load_overrides(&state, &base);
+    let mut state = StateDir::open(&state_path).map_err(StartError::State)?;
+    let (overrides, overrides_problem, effective) = load_overrides(&mut state, &base);
     logging.set_level(level_of(&effective));
     logging.ring.set_capacity(effective.daemon.log_buffer_lines);
     let socket_path = options
@@ -406,8 +420,15 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     });
     let registered = match state.read::<Vec<ServerSpec>>(REGISTRY_FILE) {
         Ok(specs) => specs.unwrap_or_default(),
-        Err(e) => {
+        Err(e @ StateError::Corrupt { .. }) => {
             log::error!("registered MCP servers not loaded: {e}");
+            Vec::new()
+        }
+        Err(e) => {
+            log::error!(
+                "registered MCP servers not loaded: {e}; the file is kept as it is and \
+                 registering or unregistering servers is refused until it is fixed"
+            );
             Vec::new()
         }
     };
@@ -440,6 +461,10 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         round: None,
         jobs: HashMap::new(),
         followers: Vec::new(),
+        registry_writes: state::WriteQueue::new(registration::MAX_WAITING),
+        registry_write: None,
+        overrides_writes: state::WriteQueue::new(settings::MAX_WAITING_PATCHES),
+        overrides_write: None,
         mcp,
         events: EventLog::new(EVENT_HISTORY),
         outputs: Vec::new(),
@@ -512,7 +537,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     result.map_err(|e| StartError::Io("event loop".into(), e))
 }
 
-fn load_overrides(state: &StateDir, base: &Config) -> (Value, Option<String>, Config) {
+fn load_overrides(state: &mut StateDir, base: &Config) -> (Value, Option<String>, Config) {
     let overrides = match state.read::<Value>(OVERRIDES_FILE) {
         Ok(Some(v)) => v,
         Ok(None) => return (json!({}), None, base.clone()),
@@ -522,17 +547,30 @@ fn load_overrides(state: &StateDir, base: &Config) -> (Value, Option<String>, Co
             return (json!({}), Some(msg), base.clone());
         }
     };
-    match base.with_overrides(&overrides) {
-        Ok(effective) => {
-            log::info!("applied stored configuration overrides from {OVERRIDES_FILE}");
-            (overrides, None, effective)
-        }
+    let (effective, problem) = apply_stored_overrides(base, &overrides);
+    if problem.is_none() {
+        log::info!("applied stored configuration overrides from {OVERRIDES_FILE}");
+    }
+    (overrides, problem, effective)
+}
+
+/// `base` with the known part of the stored overrides applied, and the warning to show (and
+/// log) when some keys are unknown (kept in the file, not applied) or the rest conflicts with
+/// `base` (then none is applied; the file stays as it is so nothing is lost).
+fn apply_stored_overrides(base: &Config, stored: &Value) -> (Config, Option<String>) {
+    let split = config::StoredOverrides::split(stored);
+    let unknown = split.warning();
+    if let Some(w) = &unknown {
+        log::warn!("{OVERRIDES_FILE}: {w}");
+    }
+    match base.with_overrides(&split.known) {
+        Ok(effective) => (effective, unknown),
         Err(e) => {
-            // Keep the file untouched so nothing is lost; run on the file's values.
             let msg =
                 format!("stored overrides not applied (they conflict with the config file): {e}");
             log::error!("{msg}");
-            (overrides, Some(msg), base.clone())
+            let problem = unknown.map_or(msg.clone(), |w| format!("{msg}; {w}"));
+            (base.clone(), Some(problem))
         }
     }
 }
@@ -554,6 +592,18 @@ fn prune_empty(value: &mut Value) {
         }
         map.retain(|_, v| !matches!(v, Value::Object(m) if m.is_empty()) && !v.is_null());
     }
+}
+
+/// The answer to a change that could not be made durable: nothing was changed.
+fn persist_error(e: &StateError) -> ApiError {
+    let code = match e {
+        StateError::ReadOnly { .. } | StateError::UnsupportedVersion { .. } => {
+            ErrorCode::StateReadOnly
+        }
+        e if e.is_out_of_space() => ErrorCode::InsufficientStorage,
+        _ => ErrorCode::PersistFailed,
+    };
+    ApiError::new(code, format!("not changed: cannot save it: {e}"))
 }
 
 fn config_error(e: &ConfigError) -> ApiError {
@@ -862,7 +912,10 @@ impl Daemon {
             } => self.control_stop(cx, service, shutdown, graceful),
             Request::ControlRestart { service } => self.control_restart(cx, service),
             Request::ConfigShow { section } => self.config_show(section.as_deref()),
-            Request::ConfigUpdate { patch } => self.config_update(cx, &patch),
+            Request::ConfigUpdate { patch } => match self.config_update(cx, patch, reply) {
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
             Request::ConfigReload => self.config_reload(cx),
             Request::ConfigSchema => Ok(config::schema()),
             Request::Logs { query, follow } => {
@@ -905,23 +958,14 @@ impl Daemon {
             Request::McpList { status } => Ok(self.mcp.list(status)),
             Request::McpShow { id } => self.mcp.show(&id),
             Request::McpTools { id } => self.mcp.tools(&id),
-            Request::McpRegister { spec } => {
-                let autostart = spec.autostart;
-                let result = self
-                    .mcp
-                    .register(cx, spec, Source::Api, autostart, &mut self.outputs);
-                if result.is_ok() {
-                    self.persist_registry();
-                }
-                result
-            }
-            Request::McpUnregister { id } => {
-                let result = self.mcp.unregister(cx, &id, &mut self.outputs);
-                if result.is_ok() {
-                    self.persist_registry();
-                }
-                result
-            }
+            Request::McpRegister { spec } => match self.mcp_register(cx, spec, reply) {
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
+            Request::McpUnregister { id } => match self.mcp_unregister(cx, id, reply) {
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
             Request::McpStart { id } => self.mcp.start(cx, &id, &mut self.outputs),
             Request::McpStop { id } => self.mcp.stop(cx, &id, &mut self.outputs),
             Request::McpRestart { id } => self.mcp.restart(cx, &id, &mut self.outputs),
@@ -937,12 +981,6 @@ impl Daemon {
             },
         };
         self.answer(cx, reply, answer);
-    }
-
-    fn persist_registry(&self) {
-        if let Err(e) = self.state.write(REGISTRY_FILE, &self.mcp.api_specs()) {
-            log::error!("cannot save registered MCP servers: {e}");
-        }
     }
 
     /// Delivers what the MCP layer produced: answers and events.
@@ -1195,6 +1233,7 @@ impl Daemon {
         cx.timers.cancel(timer);
         match (job, result) {
             (PendingJob::HealthPing, WorkResult::Probe(probe)) => {
+                let state = self.state_health(Some(probe), SystemTime::now());
                 if let Some(round) = &mut self.round {
                     let took = round
                         .worker_job
@@ -1209,23 +1248,6 @@ impl Daemon {
                             checked_at: now,
                         },
                     );
-                    let state = match probe {
-                        Ok(t) => HealthResult {
-                            healthy: true,
-                            status: "ok",
-                            message: format!(
-                                "writable, write+fsync took {:.1} ms",
-                                t.first().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-                            ),
-                            checked_at: now,
-                        },
-                        Err(e) => HealthResult {
-                            healthy: false,
-                            status: "failing",
-                            message: e,
-                            checked_at: now,
-                        },
-                    };
                     round.results.insert("state".into(), state);
                     self.finish_health_round(cx);
                 }
@@ -1306,6 +1328,27 @@ impl Daemon {
                 dir.display(),
                 if writable { "writable" } else { "not writable" }
             ),
+        });
+        // A few lstat calls, like the faccessat above: cheap enough for the loop.
+        let mut problems = state::check_documents(dir, STATE_DOCUMENTS);
+        problems.extend(self.state.read_only().map(|(name, why)| {
+            format!(
+                "state file {} is read-only: {why}",
+                dir.join(name).display()
+            )
+        }));
+        checks.push(diagnostics::Check {
+            name: "state.documents".into(),
+            verdict: if problems.is_empty() {
+                diagnostics::Verdict::Ok
+            } else {
+                diagnostics::Verdict::Fail
+            },
+            detail: if problems.is_empty() {
+                format!("{} readable and writable", STATE_DOCUMENTS.join(", "))
+            } else {
+                problems.join("; ")
+            },
         });
         checks.extend(diagnostics::file_checks(&diagnostics::Paths {
             socket: &self.socket_path,
@@ -1512,6 +1555,8 @@ impl Handler for Daemon {
         for (id, result) in results {
             self.on_job_done(cx, id, result);
         }
+        self.poll_registry_write(cx);
+        self.poll_overrides_write(cx);
     }
 
     fn after_dispatch(&mut self, cx: &mut Cx<'_, Timer>) {

@@ -209,18 +209,12 @@ impl Mcp {
 
     // ----- registration -----
 
-    /// Registers a server and starts it when it autostarts.
+    /// Whether `spec` can be registered now (valid spec, room left, id free); changes nothing,
+    /// so a caller can make the registration durable before [`Mcp::register`] applies it.
     ///
     /// # Errors
-    /// Invalid spec, duplicate id.
-    pub fn register(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        spec: ServerSpec,
-        source: Source,
-        start: bool,
-        out: &mut Vec<Output>,
-    ) -> Result<Value, ApiError> {
+    /// Invalid spec, too many servers, duplicate id.
+    pub fn check_register(&self, spec: &ServerSpec) -> Result<(), ApiError> {
         spec.validate()
             .map_err(|(field, m)| ApiError::field(ErrorCode::InvalidParameter, field, m))?;
         if self.servers.len() >= MAX_REGISTERED {
@@ -238,6 +232,22 @@ impl Mcp {
                 format!("an MCP server '{}' is already registered", spec.id),
             ));
         }
+        Ok(())
+    }
+
+    /// Registers a server and starts it when it autostarts.
+    ///
+    /// # Errors
+    /// As [`Mcp::check_register`].
+    pub fn register(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        spec: ServerSpec,
+        source: Source,
+        start: bool,
+        out: &mut Vec<Output>,
+    ) -> Result<Value, ApiError> {
+        self.check_register(&spec)?;
         let slot = match self.slots.iter().position(Option::is_none) {
             Some(s) => s,
             None => {
@@ -267,17 +277,12 @@ impl Mcp {
         self.show(&id)
     }
 
-    /// Unregisters a server (stopping it first when it runs).
+    /// Whether server `id` can be unregistered now; changes nothing (see [`Mcp::check_register`]).
     ///
     /// # Errors
     /// Unknown id, or a server declared in the config file.
-    pub fn unregister(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        id: &str,
-        out: &mut Vec<Output>,
-    ) -> Result<Value, ApiError> {
-        let server = self.servers.get_mut(id).ok_or_else(|| not_found(id))?;
+    pub fn check_unregister(&self, id: &str) -> Result<(), ApiError> {
+        let server = self.servers.get(id).ok_or_else(|| not_found(id))?;
         if server.source == Source::Config {
             return Err(ApiError::field(
                 ErrorCode::Conflict,
@@ -287,6 +292,21 @@ impl Mcp {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Unregisters a server (stopping it first when it runs).
+    ///
+    /// # Errors
+    /// As [`Mcp::check_unregister`].
+    pub fn unregister(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        out: &mut Vec<Output>,
+    ) -> Result<Value, ApiError> {
+        self.check_unregister(id)?;
+        let server = self.servers.get_mut(id).ok_or_else(|| not_found(id))?;
         server.remove_when_stopped = true;
         server.restart_requested = false;
         if server.process.is_some() {

@@ -68,6 +68,22 @@ pub struct ServerSpec {
     pub limits: SandboxLimits,
 }
 
+/// The registry document after registering `spec`: `current` (what `servers.json` holds now)
+/// plus `spec`, ordered by id like [`crate::mcp::Mcp::api_specs`]. Pure, so the document can
+/// be written before the registration is applied.
+pub fn with_added(mut current: Vec<ServerSpec>, spec: &ServerSpec) -> Vec<ServerSpec> {
+    current.retain(|s| s.id != spec.id);
+    current.push(spec.clone());
+    current.sort_by(|a, b| a.id.cmp(&b.id));
+    current
+}
+
+/// The registry document after unregistering `id`.
+pub fn without(mut current: Vec<ServerSpec>, id: &str) -> Vec<ServerSpec> {
+    current.retain(|s| s.id != id);
+    current
+}
+
 fn yes() -> bool {
     true
 }
@@ -284,6 +300,22 @@ mod tests {
             s.validate().err().map(|e| e.1).unwrap_or_default()
         };
         assert!(msg.contains("NUL"), "{msg}");
+    }
+
+    #[test]
+    fn documents_before_and_after() {
+        let doc = with_added(vec![spec("b"), spec("c")], &spec("a"));
+        let ids: Vec<&str> = doc.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(
+            with_added(doc.clone(), &spec("a")).len(),
+            3,
+            "no duplicate id"
+        );
+        let doc = without(doc, "b");
+        let ids: Vec<&str> = doc.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"]);
+        assert_eq!(without(doc, "zz").len(), 2);
     }
 
     #[test]

@@ -357,7 +357,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("mcp_servers.term_timeout_ms", "graceful stop: wait after SIGTERM before SIGKILL, in milliseconds", range(0.0, 600_000.0)),
     live("mcp_servers.backoff_initial_ms", "first restart delay in milliseconds; doubles per failed start", range(10.0, 3_600_000.0)),
     live("mcp_servers.backoff_max_ms", "largest restart delay in milliseconds", range(10.0, 86_400_000.0)),
-    live("mcp_servers.backoff_reset_after_ms", "stable running time that resets the backoff, in milliseconds", INTERVAL),
+    live("mcp_servers.backoff_reset_after_ms", "stable running time after which the failed starts counted by the circuit breaker are forgotten, in milliseconds (a good run already resets the backoff)", INTERVAL),
     live("mcp_servers.max_failures", "failed starts within failure_window_ms that open the circuit breaker", range(1.0, 1000.0)),
     live("mcp_servers.failure_window_ms", "window for counting failed starts, in milliseconds", INTERVAL),
     live("mcp_servers.min_uptime_ms", "uptime (after a completed handshake) for a start to count as good, in milliseconds", range(0.0, 3_600_000.0)),

@@ -262,6 +262,13 @@ fn pids_in(path: &Path) -> Vec<i64> {
         .collect()
 }
 
+/// SIGKILL to a server the daemon runs (and has not reaped: it is still its pid).
+fn kill9(pid: i64) {
+    let pid = i32::try_from(pid).expect("pid fits in pid_t");
+    // SAFETY: kill(2) on a live child of the daemon under test; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill {pid}");
+}
+
 fn ids(list: &Value) -> Vec<String> {
     let mut ids: Vec<String> = list["servers"]
         .as_array()
@@ -549,6 +556,50 @@ fn a_crash_during_a_call_fails_the_call_and_the_server_comes_back() {
     assert_ne!(pid_of(&after), old_pid);
     let r = call_ok(&d, "crasher", "echo", json!({"message": "back"}));
     assert_eq!(first_text(&r), "back");
+}
+
+/// A server killed after a good run (handshake done, `min_uptime` passed) comes back at once:
+/// the backoff here is an hour, so only the immediate restart can bring it back in time.
+#[test]
+fn a_server_killed_after_a_good_run_restarts_at_once() {
+    let d = Daemon::start_with(quick());
+    let hour = [
+        "--backoff-initial-ms",
+        "3600000",
+        "--backoff-max-ms",
+        "3600000",
+    ];
+    register_fixture(&d, "steady", &hour, &[]);
+    wait_status(&d, "steady", "active");
+    // min_uptime_ms is 1000 by default: wait until the run is certainly good.
+    let before = settle(&d, "steady", "up for 2 s", |v| {
+        v["status"] == "active" && v["uptime_seconds"].as_u64().is_some_and(|u| u >= 2)
+    });
+    let old_pid = pid_of(&before);
+    kill9(old_pid);
+    let after = settle(&d, "steady", "active with a new pid", |v| {
+        v["status"] == "active" && v["pid"].as_i64().is_some_and(|p| p != old_pid)
+    });
+    assert_eq!(after["restarts"], 1, "{after:#}");
+    assert!(
+        history(&after)
+            .iter()
+            .any(|(s, r)| s == "backoff" && r.contains("restarting at once after a good run")),
+        "{after:#}"
+    );
+    // A second good run, a second kill: again at once (the failed-start count stayed 0).
+    let again = settle(&d, "steady", "up for 2 s again", |v| {
+        v["status"] == "active" && v["uptime_seconds"].as_u64().is_some_and(|u| u >= 2)
+    });
+    let pid = pid_of(&again);
+    kill9(pid);
+    settle(&d, "steady", "active with a third pid", |v| {
+        v["status"] == "active" && v["pid"].as_i64().is_some_and(|p| p != pid && p != old_pid)
+    });
+    assert_eq!(
+        details(&d, "steady")["circuit_breaker"]["recent_failures"],
+        0
+    );
 }
 
 #[test]

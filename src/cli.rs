@@ -3,6 +3,12 @@
 //! and prints for people or, with `--json`, for programs.
 //!
 //! Exit codes: 0 ok, 1 refused by the daemon, 2 usage, 3 daemon unreachable.
+//!
+//! Output goes through [`emit`], never `print!`: those panic when stdout or stderr is a closed
+//! pipe (`vsm-daemon logs | head`), and with `panic = "abort"` the CLI died with SIGABRT and
+//! lost its message. A closed pipe drops the rest of the output, as with other Unix tools, and
+//! the exit code stays the command's. SIGPIPE stays ignored: the CLI's own socket writes must
+//! fail with an error it can report, not kill it.
 
 use crate::client::{self, Client, ClientError};
 use crate::daemon::{self, StartOptions};
@@ -11,6 +17,35 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// Writes to stdout or stderr, ignoring failures (a reader that went away must not kill us).
+fn emit(stream: Stream, args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = match stream {
+        Stream::Out => {
+            let mut out = std::io::stdout().lock();
+            out.write_fmt(args).and_then(|()| out.flush())
+        }
+        Stream::Err => std::io::stderr().lock().write_fmt(args),
+    };
+}
+
+/// Which of the two standard streams [`emit`] writes to.
+#[derive(Clone, Copy)]
+enum Stream {
+    Out,
+    Err,
+}
+
+macro_rules! out {
+    ($($arg:tt)*) => { emit(Stream::Out, format_args!($($arg)*)) };
+}
+macro_rules! outln {
+    ($($arg:tt)*) => { emit(Stream::Out, format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! errln {
+    ($($arg:tt)*) => { emit(Stream::Err, format_args!("{}\n", format_args!($($arg)*))) };
+}
 
 /// Process exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -634,18 +669,16 @@ pub fn main_with(parser: lexopt::Parser) -> Exit {
     let invocation = read_args(parser).and_then(parse);
     match invocation {
         Ok(Invocation::Help(text)) => {
-            println!("{text}");
+            outln!("{text}");
             Exit::Ok
         }
         Ok(Invocation::Version) => {
-            println!("vsm-daemon {}", env!("CARGO_PKG_VERSION"));
+            outln!("vsm-daemon {}", env!("CARGO_PKG_VERSION"));
             Exit::Ok
         }
         Ok(Invocation::Run(global, command)) => run(&global, command),
         Err(UsageError(msg)) => {
-            eprintln!(
-                "error: {msg}\nUsage: vsm-daemon COMMAND [OPTIONS]   (try 'vsm-daemon --help')"
-            );
+            errln!("error: {msg}\nUsage: vsm-daemon COMMAND [OPTIONS]   (try 'vsm-daemon --help')");
             Exit::Usage
         }
     }
@@ -681,7 +714,7 @@ pub fn run(global: &Global, command: Command) -> Exit {
         return match daemon::run(options) {
             Ok(()) => Exit::Ok,
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 Exit::Refused
             }
         };
@@ -712,26 +745,26 @@ pub fn run(global: &Global, command: Command) -> Exit {
     let ok = envelope["status"] == "success";
     if global.json {
         let shown = if ok { &envelope["data"] } else { envelope };
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(shown).unwrap_or_default()
         );
     } else {
         let data = &envelope["data"];
         if ok || !data.is_null() {
-            print!("{}", human(&command, data));
+            out!("{}", human(&command, data));
         }
     }
     if ok {
         Exit::Ok
     } else {
-        eprintln!("error: {}", client::error_message(envelope));
+        errln!("error: {}", client::error_message(envelope));
         Exit::Refused
     }
 }
 
 fn client_failure(e: &ClientError) -> Exit {
-    eprintln!("error: {e}");
+    errln!("error: {e}");
     match e {
         ClientError::Unreachable { .. } => Exit::Unreachable,
         _ => Exit::Refused,
@@ -872,7 +905,7 @@ fn stop(client: &Client, global: &Global, graceful: bool) -> Exit {
         Err(e) => return client_failure(&e),
     };
     if reply.body["status"] != "success" {
-        eprintln!("error: {}", client::error_message(&reply.body));
+        errln!("error: {}", client::error_message(&reply.body));
         return Exit::Refused;
     }
     let pid = reply.body["data"]["pid"].as_u64();
@@ -883,9 +916,9 @@ fn stop(client: &Client, global: &Global, graceful: bool) -> Exit {
             pid.is_none_or(|p| !crate::sys::process_running(p as i32)) && !client.is_reachable();
         if gone {
             if global.json {
-                println!("{}", json!({"stopped": true, "pid": pid}));
+                outln!("{}", json!({"stopped": true, "pid": pid}));
             } else {
-                println!(
+                outln!(
                     "vsm-daemon stopped{}",
                     pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
                 );
@@ -894,7 +927,7 @@ fn stop(client: &Client, global: &Global, graceful: bool) -> Exit {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("error: vsm-daemon accepted the stop request but is still running after 60 s");
+    errln!("error: vsm-daemon accepted the stop request but is still running after 60 s");
     Exit::Refused
 }
 

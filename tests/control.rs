@@ -714,3 +714,93 @@ fn kill9_during_config_writes_never_corrupts_overrides() {
         socket_dir = Some(dir);
     }
 }
+
+/// `vsm-daemon … | head`: stdout and stderr are pipes nobody reads any more. The CLI must
+/// end with its own exit code, never die of SIGABRT (a panic in `print!`) losing its message.
+#[test]
+fn the_cli_survives_a_closed_stdout_and_stderr() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let d = Daemon::start();
+    d.cli(&["logs", "--lines", "50"]); // the ring holds the startup records by now
+    let cases: &[(&[&str], i32)] = &[
+        (&["status", "--json"], 0),
+        (&["status"], 0),
+        (&["logs"], 0),
+        (&["logs", "--json"], 0),
+        (&["config", "show"], 0),
+        (&["--help"], 0),
+        (&["mcp", "show", "nope"], 1),
+        (&["no-such-command"], 2),
+    ];
+    for round in 0..25 {
+        for &(args, want) in cases {
+            // The reading end is closed before the CLI starts: every write gets EPIPE.
+            let (reader, writer) = std::io::pipe().expect("pipe");
+            drop(reader);
+            let status = Command::new(bin())
+                .arg("--socket")
+                .arg(&d.socket)
+                .args(args)
+                .env_remove("VSM_DAEMON_SOCKET")
+                .stdin(Stdio::null())
+                .stdout(writer.try_clone().expect("dup pipe"))
+                .stderr(writer)
+                .status()
+                .expect("run cli");
+            assert_eq!(
+                (status.code(), status.signal()),
+                (Some(want), None),
+                "round {round}: {args:?} ended with {status}"
+            );
+        }
+    }
+}
+
+/// `vsm-daemon start --json | true`: the ready line finds no reader. The daemon logs that and
+/// keeps running instead of aborting.
+#[test]
+fn the_daemon_survives_a_closed_stdout_for_its_ready_line() {
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new("closed-stdout");
+    let socket = dir.path().join("run/control.sock");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut child = Command::new(bin())
+        .args(["start", "--json", "--listen", "127.0.0.1:0", "--socket"])
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("VSM_DAEMON_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vsm-daemon");
+    let answered = || {
+        Command::new(bin())
+            .arg("--socket")
+            .arg(&socket)
+            .args(["status", "--json"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut ok = false;
+    while std::time::Instant::now() < deadline {
+        if answered() {
+            ok = true;
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the daemon ended with {status} after printing its ready line");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child, not yet reaped (wait() below).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait for the daemon");
+    assert!(ok, "the daemon never answered status");
+    assert_eq!(status.code(), Some(0), "graceful stop: {status}");
+}

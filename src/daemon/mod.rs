@@ -485,12 +485,15 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     );
     daemon.notify("READY=1\nSTATUS=running");
     if options.ready_json {
-        println!(
-            "{}",
-            json!({"event": "ready", "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"),
+        let ready = json!({"event": "ready", "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"),
                    "socket": daemon.socket_path, "state_dir": daemon.state.path(), "pid_file": daemon.pid_file,
-                   "http": daemon.tcp_addr.map(|a| a.to_string())})
-        );
+                   "http": daemon.tcp_addr.map(|a| a.to_string())});
+        // `println!` would abort the daemon when nobody reads its stdout any more.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, "{ready}").and_then(|()| out.flush()) {
+            log::warn!("could not print the ready line on stdout: {e}");
+        }
     }
     let result = reactor.run(&mut daemon);
     let mut cx = reactor.cx();

@@ -175,7 +175,46 @@ fn state_dir_is_locked_against_a_second_daemon() {
     )
     .err()
     .expect("must refuse a locked state dir");
-    assert!(err.contains("state directory"), "{err}");
+    let want = format!(
+        "vsm-daemon is already running (pid {}, socket {})",
+        d.pid,
+        d.socket.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(err.contains("exit code Some(1)"), "{err}");
+
+    // Held by something that is not a running daemon (the text left by a stopped one names a
+    // dead pid): the plain lock error, no false "already running".
+    let state = d.state_dir.clone();
+    let mut d = d;
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(), Some(0));
+    let mut holder = std::process::Command::new("flock")
+        .arg(state.join("lock"))
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock(1)");
+    wait_for("flock holds the lock", || {
+        std::process::Command::new("flock")
+            .args(["-n"])
+            .arg(state.join("lock"))
+            .arg("true")
+            .status()
+            .is_ok_and(|s| !s.success())
+    });
+    let err = Daemon::start_in(
+        TempDir::new("lock2"),
+        Setup {
+            state_dir: Some(state),
+            ..Setup::default()
+        },
+    )
+    .err()
+    .expect("must refuse a locked state dir");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(err.contains("is locked elsewhere"), "{err}");
+    assert!(!err.contains("already running"), "{err}");
 }
 
 #[test]

@@ -100,6 +100,15 @@ pub enum StartError {
     Io(String, std::io::Error),
     /// The API token is unusable or missing where it is required.
     Token(String),
+    /// Another daemon holds the state dir and answers on its socket.
+    AlreadyRunning {
+        /// Its pid.
+        pid: i32,
+        /// Its control socket.
+        socket: PathBuf,
+        /// The state dir both would use.
+        state_dir: PathBuf,
+    },
 }
 
 impl fmt::Display for StartError {
@@ -110,6 +119,16 @@ impl fmt::Display for StartError {
             StartError::Bind(e) => write!(f, "{e}"),
             StartError::Io(what, e) => write!(f, "{what}: {e}"),
             StartError::Token(m) => f.write_str(m),
+            StartError::AlreadyRunning {
+                pid,
+                socket,
+                state_dir,
+            } => write!(
+                f,
+                "vsm-daemon is already running (pid {pid}, socket {}) with state dir {}",
+                socket.display(),
+                state_dir.display()
+            ),
         }
     }
 }
@@ -315,7 +334,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         .clone()
         .or_else(|| non_empty(&base.daemon.state_dir))
         .unwrap_or_else(state::default_state_dir);
-    let state = StateDir::open(&state_path).map_err(StartError::State)?;
+    let state = StateDir::open(&state_path).map_err(|e| already_running(&state_path, e))?;
     let (overrides, overrides_problem, effective) = load_overrides(&state, &base);
     logging.set_level(level_of(&effective));
     logging.ring.set_capacity(effective.daemon.log_buffer_lines);
@@ -374,6 +393,13 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             format!("pid file {}", pid_file.display()),
             e,
         ));
+    }
+    let owner = state::LockOwner {
+        pid: std::process::id() as i32,
+        socket: socket_path.clone(),
+    };
+    if let Err(e) = state.record_owner(&owner) {
+        log::warn!("cannot record pid and socket in the state dir's lock file: {e}");
     }
     let now = SystemTime::now();
     let components = COMPONENTS
@@ -529,6 +555,25 @@ fn load_overrides(state: &StateDir, base: &Config) -> (Value, Option<String>, Co
             (overrides, Some(msg), base.clone())
         }
     }
+}
+
+/// A locked state dir whose holder recorded itself, is alive and answers on its socket is a
+/// daemon already running: say so with its pid and socket. Anything else stays the state error.
+fn already_running(state_dir: &Path, e: state::StateError) -> StartError {
+    if matches!(e, state::StateError::Locked { .. }) {
+        if let Some(owner) = state::lock_owner(state_dir) {
+            if sys::process_running(owner.pid)
+                && crate::client::Client::new(&owner.socket).is_reachable()
+            {
+                return StartError::AlreadyRunning {
+                    pid: owner.pid,
+                    socket: owner.socket,
+                    state_dir: state_dir.to_path_buf(),
+                };
+            }
+        }
+    }
+    StartError::State(e)
 }
 
 fn write_pid_file(path: &Path) -> std::io::Result<()> {

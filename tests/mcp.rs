@@ -891,6 +891,16 @@ fn max_concurrent_servers_refuses_a_second_start() {
             .any(|e| e.contains("max_concurrent_servers")),
         "{v}"
     );
+    // The history says why it is still only registered, and `mcp show` prints it.
+    let held = "not started: mcp_servers.max_concurrent_servers (1) reached";
+    assert!(
+        history(&v)
+            .iter()
+            .any(|(s, r)| s == "registered" && r.starts_with(held)),
+        "{v:#}"
+    );
+    let out = d.cli(&["mcp", "show", "second"]);
+    assert!(stdout(&out).contains(held), "{}", stdout(&out));
     let out = d.cli(&["mcp", "start", "second"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

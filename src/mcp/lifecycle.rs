@@ -34,10 +34,11 @@ impl Mcp {
             }
             _ => {
                 if running >= limit {
-                    return Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        format!("mcp_servers.max_concurrent_servers ({limit}) reached: stop a server first"),
-                    ));
+                    let why = format!(
+                        "mcp_servers.max_concurrent_servers ({limit}) reached: stop a server first"
+                    );
+                    server.note_held(&format!("not started: {why}"));
+                    return Err(ApiError::new(ErrorCode::Conflict, why));
                 }
             }
         }

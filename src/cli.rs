@@ -1067,6 +1067,26 @@ fn show_server(d: &Value) -> String {
 }
 
 /// Human rendering of a reply's data.
+/// Longest tool description `mcp tools` prints on a tool's line, in characters.
+const SUMMARY_CHARS: usize = 120;
+
+/// A tool description as one table cell: its first non-empty line, trimmed, control characters
+/// (a server's text reaching a terminal) replaced, cut at [`SUMMARY_CHARS`] with `…`.
+/// Descriptions often start with a newline (`"\n    Get the current time..."`).
+fn tool_summary(description: &str) -> String {
+    let line = description
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let mut chars = line.chars().map(|c| if c.is_control() { ' ' } else { c });
+    let mut summary: String = chars.by_ref().take(SUMMARY_CHARS).collect();
+    if chars.next().is_some() {
+        summary.push('…');
+    }
+    summary
+}
+
 fn human(command: &Command, data: &Value) -> String {
     let mut out = String::new();
     match command {
@@ -1310,13 +1330,7 @@ fn human(command: &Command, data: &Value) -> String {
                         .flatten()
                         .map(text)
                         .collect();
-                    let desc = t["description"]
-                        .as_str()
-                        .unwrap_or("")
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .to_string();
+                    let desc = tool_summary(t["description"].as_str().unwrap_or(""));
                     let _ = writeln!(
                         out,
                         "{:<28} ({}) {desc}",
@@ -1339,6 +1353,26 @@ fn human(command: &Command, data: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tool_summary_is_the_first_non_empty_line_bounded() {
+        assert_eq!(
+            tool_summary("\n\n   Get the time.  \n more"),
+            "Get the time."
+        );
+        assert_eq!(tool_summary("One line"), "One line");
+        assert_eq!(tool_summary(""), "");
+        assert_eq!(tool_summary(" \n\t\n"), "");
+        assert_eq!(tool_summary("a\u{1b}[31mb"), "a [31mb");
+        let long = "é".repeat(200);
+        let s = tool_summary(&long);
+        assert_eq!(s.chars().count(), SUMMARY_CHARS + 1);
+        assert!(s.ends_with('…'));
+        assert_eq!(
+            tool_summary(&"x".repeat(SUMMARY_CHARS)).len(),
+            SUMMARY_CHARS
+        );
+    }
 
     fn parse_argv(args: &[&str]) -> Result<Invocation, UsageError> {
         read_args(lexopt::Parser::from_args(args.iter().copied())).and_then(parse)

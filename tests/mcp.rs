@@ -602,6 +602,34 @@ fn a_server_killed_after_a_good_run_restarts_at_once() {
     );
 }
 
+/// `mcp tools` shows each tool's first non-empty description line, also when the description
+/// starts with a newline (the fixture's `env` tool, shaped like a Python docstring).
+#[test]
+fn mcp_tools_prints_the_first_non_empty_description_line() {
+    let d = Daemon::start_with(quick());
+    register_fixture(&d, "fx", &[], &[]);
+    wait_status(&d, "fx", "active");
+    let out = d.cli(&["mcp", "tools", "fx"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("env "))
+        .unwrap_or_else(|| panic!("no env line in:\n{text}"));
+    assert!(
+        line.ends_with("(name) Returns the value of an environment variable, or '<unset>'."),
+        "{line:?}"
+    );
+    let echo = text
+        .lines()
+        .find(|l| l.starts_with("echo "))
+        .expect("echo line");
+    assert!(
+        echo.ends_with("Returns the message as text content."),
+        "{echo:?}"
+    );
+}
+
 #[test]
 fn garbage_is_counted_and_huge_lines_kill_the_server_without_bloating_the_daemon() {
     let d = Daemon::start_with(quick());

@@ -630,6 +630,46 @@ fn mcp_tools_prints_the_first_non_empty_description_line() {
     );
 }
 
+/// `GET /metrics` over the control socket: the Prometheus text.
+fn metrics(d: &Daemon) -> String {
+    let raw = raw_exchange(
+        &d.socket,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    let (status, _, body) = split_response(&raw);
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// An unregistered server's series (tool calls, their latency, restarts) leave `/metrics`.
+#[test]
+fn metrics_forget_an_unregistered_server() {
+    let d = Daemon::start_with(quick());
+    register_fixture(&d, "gone", &FAST, &[]);
+    wait_status(&d, "gone", "active");
+    call_ok(&d, "gone", "echo", json!({"message": "m"}));
+    let (code, _) = call(&d, "gone", "crash", json!({}));
+    assert_eq!(code, 1);
+    settle(&d, "gone", "active again after a restart", |v| {
+        v["status"] == "active" && v["restarts"].as_u64().is_some_and(|r| r >= 1)
+    });
+    let before = metrics(&d);
+    for series in [
+        "vsm_mcp_server_restarts_total{server=\"gone\"}",
+        "vsm_mcp_tool_calls_total{server=\"gone\",outcome=\"ok\"}",
+        "vsm_mcp_tool_call_duration_seconds_count{server=\"gone\"}",
+    ] {
+        assert!(before.contains(series), "{series} missing:\n{before}");
+    }
+    assert_eq!(d.cli(&["mcp", "unregister", "gone"]).status.code(), Some(0));
+    // A running server is stopped first and removed once it has exited.
+    wait_for("gone to be removed", || {
+        d.http("GET", "/api/v1/mcp/servers/gone", None).0 == 404
+    });
+    let after = metrics(&d);
+    assert!(!after.contains("server=\"gone\""), "{after}");
+}
+
 #[test]
 fn garbage_is_counted_and_huge_lines_kill_the_server_without_bloating_the_daemon() {
     let d = Daemon::start_with(quick());

@@ -12,19 +12,39 @@ pub const REGISTRY_FILE: &str = "servers.json";
 #[serde(deny_unknown_fields)]
 pub struct SandboxLimits {
     /// RLIMIT_NOFILE.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub max_open_files: Option<u64>,
     /// RLIMIT_CPU in seconds (0 = unlimited).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub max_cpu_seconds: Option<u64>,
     /// RLIMIT_DATA in MiB (0 = unlimited). Not RLIMIT_AS: V8 reserves gigabytes of address space.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub max_memory_mb: Option<u64>,
     /// Run as this uid (only when the daemon is root).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub uid: Option<u32>,
     /// Run as this gid (only when the daemon is root).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub gid: Option<u32>,
 }
 
@@ -52,16 +72,32 @@ pub struct ServerSpec {
     #[serde(default = "yes")]
     pub autostart: bool,
     /// Default deadline for a tool call, ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub call_timeout_ms: Option<u64>,
     /// First restart delay, ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub backoff_initial_ms: Option<u64>,
     /// Largest restart delay, ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub backoff_max_ms: Option<u64>,
     /// Failed starts within the failure window that open the circuit breaker.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub max_failures: Option<u32>,
     /// Sandbox limits.
     #[serde(default)]
@@ -70,6 +106,52 @@ pub struct ServerSpec {
 
 fn yes() -> bool {
     true
+}
+
+/// An optional integer field that also takes an integral float (`62530.0`, as JavaScript and
+/// many JSON tools write whole numbers) but refuses a fraction, a negative number or a value
+/// out of the field's range. `null` is the same as leaving the field out.
+fn whole<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::{Error, Unexpected, Visitor};
+    struct Whole;
+    impl Visitor<'_> for Whole {
+        type Value = Option<u64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a non-negative whole number")
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Self::Value, E> {
+            u64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Self::Value, E> {
+            // 2^64 is exactly representable; every integral f64 below it fits in a u64.
+            if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                Ok(Some(v as u64))
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    match d.deserialize_any(Whole)? {
+        None => Ok(None),
+        Some(v) => T::try_from(v).map(Some).map_err(|_| {
+            D::Error::invalid_value(Unexpected::Unsigned(v), &"a whole number within range")
+        }),
+    }
 }
 
 /// Longest `command`, `cwd` and single argument or environment value, in bytes: the
@@ -229,6 +311,42 @@ impl ServerSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integer_fields_take_integral_floats_and_refuse_fractions() {
+        let spec = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"id": "t", "command": "x"});
+            if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+                o.extend(e);
+            }
+            serde_json::from_value::<ServerSpec>(v)
+        };
+        let s = spec(serde_json::json!({
+            "backoff_initial_ms": 62530.0, "backoff_max_ms": 70000, "max_failures": 3.0,
+            "call_timeout_ms": null, "limits": {"uid": 1000.0, "max_memory_mb": 64}
+        }))
+        .expect("integral floats");
+        assert_eq!(s.backoff_initial_ms, Some(62530));
+        assert_eq!(s.backoff_max_ms, Some(70000));
+        assert_eq!(s.max_failures, Some(3));
+        assert_eq!(s.call_timeout_ms, None);
+        assert_eq!(s.limits.uid, Some(1000));
+        assert_eq!(s.limits.max_memory_mb, Some(64));
+        for bad in [
+            serde_json::json!({"backoff_initial_ms": 62530.5}),
+            serde_json::json!({"backoff_initial_ms": -1}),
+            serde_json::json!({"backoff_initial_ms": -0.5}),
+            serde_json::json!({"backoff_initial_ms": 1e30}),
+            serde_json::json!({"backoff_initial_ms": "100"}),
+            serde_json::json!({"max_failures": 4294967296.0}),
+            serde_json::json!({"limits": {"gid": 5_000_000_000u64}}),
+        ] {
+            assert!(spec(bad.clone()).is_err(), "{bad}");
+        }
+        // What is written back stays an integer.
+        let text = serde_json::to_string(&s).expect("serialize");
+        assert!(text.contains("\"backoff_initial_ms\":62530,"), "{text}");
+    }
 
     fn spec(id: &str) -> ServerSpec {
         serde_json::from_value(serde_json::json!({"id": id, "command": "python3"})).expect("spec")

@@ -1165,8 +1165,18 @@ fn human(command: &Command, data: &Value) -> String {
             if let Some(w) = data["overrides_warning"].as_str() {
                 let _ = writeln!(out, "# warning: {w}");
             }
+            let pending: Vec<&str> = data["not_enforced"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
             for (k, v) in rows {
-                let _ = writeln!(out, "{k} = {v}");
+                if pending.contains(&k.as_str()) {
+                    let _ = writeln!(out, "{k} = {v}   # {}", crate::config::NOT_ENFORCED);
+                } else {
+                    let _ = writeln!(out, "{k} = {v}");
+                }
             }
         }
         Command::ConfigSet { key, .. } => {
@@ -1183,6 +1193,14 @@ fn human(command: &Command, data: &Value) -> String {
                     _ => "applied and saved",
                 }
             );
+            for k in data["not_enforced"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "warning: {} is {}: saved, but nothing acts on it",
+                    text(k),
+                    crate::config::NOT_ENFORCED
+                );
+            }
         }
         Command::ConfigReload | Command::Restart { .. } => {
             let report = if data["config"].is_object() {
@@ -1267,6 +1285,9 @@ fn human(command: &Command, data: &Value) -> String {
                 text(&data["id"]),
                 text(&data["status"])
             );
+            for w in data["warnings"].as_array().into_iter().flatten() {
+                let _ = writeln!(out, "warning: {}", text(w));
+            }
         }
         Command::McpList { .. } => {
             let _ = writeln!(

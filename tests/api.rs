@@ -55,6 +55,18 @@ fn websocket_subscribes_and_answers_commands() {
     let hello: Value =
         serde_json::from_str(ws.read().expect("hello").to_text().expect("text")).expect("json");
     assert_eq!(hello["type"], "connected");
+    // Channels that accept subscriptions but have no producer yet are named.
+    assert_eq!(
+        hello["data"]["silent_channels"],
+        json!([
+            "performance",
+            "health",
+            "security",
+            "variety_monitoring",
+            "consciousness"
+        ]),
+        "{hello}"
+    );
     ws.send(tungstenite::Message::text(
         r#"{"id": 1, "command": "subscribe", "channels": ["mcp_servers"]}"#,
     ))

@@ -492,12 +492,24 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         .chain(from_config.into_iter().map(|s| (s, Source::Config)))
     {
         let id = spec.id.clone();
-        if let Err(e) = daemon
+        let warning = capability_warning(&spec, &daemon.config.effective);
+        match daemon
             .mcp
             .register(&mut cx, spec, source, autostart, &mut daemon.outputs)
         {
-            log::error!("MCP server {id} not registered: {e}");
+            Ok(_) => {
+                if let Some(w) = warning {
+                    log::warn!("MCP server {id}: {w}");
+                }
+            }
+            Err(e) => log::error!("MCP server {id} not registered: {e}"),
         }
+    }
+    for key in daemon.config.effective.not_enforced_set() {
+        log::warn!(
+            "{key} is set but {}: it has no effect",
+            config::NOT_ENFORCED
+        );
     }
     daemon.setup_watchdog(&mut cx);
     log::info!("REST API and WebSocket monitor listening on http://{tcp_addr}");
@@ -574,6 +586,14 @@ fn already_running(state_dir: &Path, e: state::StateError) -> StartError {
         }
     }
     StartError::State(e)
+}
+
+/// The capability policy's objection to a spec, if any (the policy is not enforced yet).
+fn capability_warning(spec: &ServerSpec, config: &Config) -> Option<String> {
+    crate::mcp::registry::capability_policy_warning(
+        &spec.capabilities,
+        &config.security.blocked_capabilities,
+    )
 }
 
 fn write_pid_file(path: &Path) -> std::io::Result<()> {
@@ -934,13 +954,18 @@ impl Daemon {
             Request::McpTools { id } => self.mcp.tools(&id),
             Request::McpRegister { spec } => {
                 let autostart = spec.autostart;
+                let warning = capability_warning(&spec, &self.config.effective);
                 let result = self
                     .mcp
                     .register(cx, spec, Source::Api, autostart, &mut self.outputs);
-                if result.is_ok() {
+                result.map(|mut answer| {
                     self.persist_registry();
-                }
-                result
+                    if let Some(w) = warning {
+                        log::warn!("MCP server {}: {w}", answer["id"].as_str().unwrap_or(""));
+                        answer["warnings"] = json!([w]);
+                    }
+                    answer
+                })
             }
             Request::McpUnregister { id } => {
                 let result = self.mcp.unregister(cx, &id, &mut self.outputs);
@@ -1319,6 +1344,11 @@ impl Daemon {
             },
         };
         checks.push(config_check);
+        let pending: Vec<&str> = config::not_enforced_keys().collect();
+        checks.push(diagnostics::not_enforced_check(
+            &pending,
+            &self.config.effective.not_enforced_set(),
+        ));
         // No write here: an fsync can stall on slow storage; `--full` times it on the worker.
         let dir = self.state.path();
         let writable = sys::writable(dir);

@@ -108,6 +108,32 @@ fn yes() -> bool {
     true
 }
 
+/// What the capability policy would say about a server declaring `capabilities` that lie in
+/// `security.blocked_capabilities`, as a warning: the policy is not enforced yet (the variety
+/// issue implements it, together with `allowed_capabilities`, whose meaning for servers an
+/// operator registers by hand it settles), so such a server registers and runs, and the
+/// operator is told so instead of trusting a silent promise. `None` when none is blocked.
+pub fn capability_policy_warning(capabilities: &[String], blocked: &[String]) -> Option<String> {
+    // Bounded: a spec holds at most MAX_CAPABILITIES; the message names at most a few.
+    const NAMED: usize = 8;
+    let hits: Vec<&str> = capabilities
+        .iter()
+        .filter(|c| blocked.contains(c))
+        .map(String::as_str)
+        .collect();
+    if hits.is_empty() {
+        return None;
+    }
+    let more = hits.len().saturating_sub(NAMED);
+    let mut named = hits[..hits.len().min(NAMED)].join(", ");
+    if more > 0 {
+        named.push_str(&format!(" and {more} more"));
+    }
+    Some(format!(
+        "capability policy is not enforced yet: {named} in security.blocked_capabilities, registered and run anyway"
+    ))
+}
+
 /// An optional integer field that also takes an integral float (`62530.0`, as JavaScript and
 /// many JSON tools write whole numbers) but refuses a fraction, a negative number or a value
 /// out of the field's range. `null` is the same as leaving the field out.
@@ -311,6 +337,23 @@ impl ServerSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capability_policy_warning_names_blocked_capabilities() {
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let blocked = v(&["system", "file_system"]);
+        assert_eq!(capability_policy_warning(&v(&["document"]), &blocked), None);
+        assert_eq!(capability_policy_warning(&[], &blocked), None);
+        assert_eq!(capability_policy_warning(&v(&["system"]), &[]), None);
+        assert_eq!(
+            capability_policy_warning(&v(&["file_system", "document", "system"]), &blocked)
+                .as_deref(),
+            Some("capability policy is not enforced yet: file_system, system in security.blocked_capabilities, registered and run anyway")
+        );
+        let many: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+        let w = capability_policy_warning(&many, &many).expect("warning");
+        assert!(w.contains("c7 and 12 more in"), "{w}");
+    }
 
     #[test]
     fn integer_fields_take_integral_floats_and_refuse_fractions() {

@@ -39,6 +39,18 @@ pub const CHANNELS: [&str; 7] = [
     "consciousness",
 ];
 
+/// Channels a client may subscribe to that no producer publishes on yet (the monitors, the
+/// variety manager and reflection come with later issues). The `connected` message names them
+/// so that a quiet subscription is not mistaken for a quiet system. Take a channel out of
+/// this list in the change that makes it carry events.
+pub const SILENT_CHANNELS: [&str; 5] = [
+    "performance",
+    "health",
+    "security",
+    "variety_monitoring",
+    "consciousness",
+];
+
 fn config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4096)
@@ -545,6 +557,19 @@ pub fn parse_command(text: &str) -> Result<Command, (Option<Value>, ApiError)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn silent_channels_are_channels() {
+        for c in SILENT_CHANNELS {
+            assert!(CHANNELS.contains(&c), "{c}");
+        }
+        // The two with producers today: MCP server events and the log stream.
+        let loud: Vec<&str> = CHANNELS
+            .into_iter()
+            .filter(|c| !SILENT_CHANNELS.contains(c))
+            .collect();
+        assert_eq!(loud, ["mcp_servers", "logs"]);
+    }
 
     #[test]
     fn commands_become_requests() {

@@ -772,6 +772,8 @@ fn measure_stable_restart(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> 
     )?;
     let good_run = Duration::from_millis(STABLE_MIN_UPTIME_MS * 2);
     let mut to_new_pid: Vec<Duration> = Vec::with_capacity(KILLS);
+    // The daemon's own part: kill -> `starting` (spawned) in the history, by its `at` (ms).
+    let mut to_spawned_ms: Vec<i64> = Vec::with_capacity(KILLS);
     let mut last_pid = 0u64;
     let mut sample_reason = String::new();
     for _ in 0..KILLS {
@@ -786,6 +788,7 @@ fn measure_stable_restart(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> 
         // Active means spawned earlier still: after this the run is good for certain.
         std::thread::sleep(good_run);
         let t0 = Instant::now();
+        let kill_ms = unix_ms(SystemTime::now());
         // SAFETY: kill(2) on the daemon's child, active (not reaped) as just reported.
         if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
             return Err(format!("kill {pid}: {}", std::io::Error::last_os_error()));
@@ -797,17 +800,21 @@ fn measure_stable_restart(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> 
             || {
                 let s = http.get("/api/v1/mcp/servers/fx")?;
                 let new = s["pid"].as_u64().is_some_and(|p| p != 0 && p != pid);
-                let reason = || {
-                    s["history"].as_array().and_then(|h| {
-                        h.iter()
-                            .rev()
-                            .find(|e| e["status"] == "backoff")
-                            .and_then(|e| e["reason"].as_str().map(String::from))
-                    })
-                };
-                Ok(new.then(|| (t0.elapsed(), reason().unwrap_or_default())))
+                let history = s["history"].as_array().cloned().unwrap_or_default();
+                let last = |status: &str| history.iter().rev().find(|e| e["status"] == status);
+                let reason = last("backoff")
+                    .and_then(|e| e["reason"].as_str().map(String::from))
+                    .unwrap_or_default();
+                let spawned = last("starting")
+                    .and_then(|e| parse_rfc3339_ms(e["at"].as_str()?))
+                    .unwrap_or(kill_ms);
+                Ok(new.then(|| (t0.elapsed(), reason, spawned)))
             },
-        )?;
+        )
+        .map(|(seen, reason, spawned)| {
+            to_spawned_ms.push(spawned - kill_ms);
+            (seen, reason)
+        })?;
         to_new_pid.push(seen);
         last_pid = pid;
         sample_reason = reason;
@@ -832,6 +839,17 @@ fn measure_stable_restart(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> 
                 us(percentile(&to_new_pid, 99.0)),
                 us(to_new_pid[to_new_pid.len() - 1])
             ),
+        ),
+        Row::info(
+            "  split: SIGKILL -> `starting` `at` in history (ms, truncated), median / max",
+            {
+                to_spawned_ms.sort_unstable();
+                format!(
+                    "{} ms / {} ms",
+                    percentile(&to_spawned_ms, 50.0),
+                    to_spawned_ms[to_spawned_ms.len() - 1]
+                )
+            },
         ),
         Row::info(
             "  last backoff reason; restarts counted",

@@ -3,6 +3,12 @@
 //! and prints for people or, with `--json`, for programs.
 //!
 //! Exit codes: 0 ok, 1 refused by the daemon, 2 usage, 3 daemon unreachable.
+//!
+//! Output goes through [`emit`], never `print!`: those panic when stdout or stderr is a closed
+//! pipe (`vsm-daemon logs | head`), and with `panic = "abort"` the CLI died with SIGABRT and
+//! lost its message. A closed pipe drops the rest of the output, as with other Unix tools, and
+//! the exit code stays the command's. SIGPIPE stays ignored: the CLI's own socket writes must
+//! fail with an error it can report, not kill it.
 
 use crate::client::{self, Client, ClientError};
 use crate::daemon::{self, StartOptions};
@@ -11,6 +17,35 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// Writes to stdout or stderr, ignoring failures (a reader that went away must not kill us).
+fn emit(stream: Stream, args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = match stream {
+        Stream::Out => {
+            let mut out = std::io::stdout().lock();
+            out.write_fmt(args).and_then(|()| out.flush())
+        }
+        Stream::Err => std::io::stderr().lock().write_fmt(args),
+    };
+}
+
+/// Which of the two standard streams [`emit`] writes to.
+#[derive(Clone, Copy)]
+enum Stream {
+    Out,
+    Err,
+}
+
+macro_rules! out {
+    ($($arg:tt)*) => { emit(Stream::Out, format_args!($($arg)*)) };
+}
+macro_rules! outln {
+    ($($arg:tt)*) => { emit(Stream::Out, format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! errln {
+    ($($arg:tt)*) => { emit(Stream::Err, format_args!("{}\n", format_args!($($arg)*))) };
+}
 
 /// Process exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -654,18 +689,16 @@ pub fn main_with(parser: lexopt::Parser) -> Exit {
     let invocation = read_args(parser).and_then(parse);
     match invocation {
         Ok(Invocation::Help(text)) => {
-            println!("{text}");
+            outln!("{text}");
             Exit::Ok
         }
         Ok(Invocation::Version) => {
-            println!("vsm-daemon {}", env!("CARGO_PKG_VERSION"));
+            outln!("vsm-daemon {}", env!("CARGO_PKG_VERSION"));
             Exit::Ok
         }
         Ok(Invocation::Run(global, command)) => run(&global, command),
         Err(UsageError(msg)) => {
-            eprintln!(
-                "error: {msg}\nUsage: vsm-daemon COMMAND [OPTIONS]   (try 'vsm-daemon --help')"
-            );
+            errln!("error: {msg}\nUsage: vsm-daemon COMMAND [OPTIONS]   (try 'vsm-daemon --help')");
             Exit::Usage
         }
     }
@@ -701,7 +734,7 @@ pub fn run(global: &Global, command: Command) -> Exit {
         return match daemon::run(options) {
             Ok(()) => Exit::Ok,
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 Exit::Refused
             }
         };
@@ -732,26 +765,26 @@ pub fn run(global: &Global, command: Command) -> Exit {
     let ok = envelope["status"] == "success";
     if global.json {
         let shown = if ok { &envelope["data"] } else { envelope };
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(shown).unwrap_or_default()
         );
     } else {
         let data = &envelope["data"];
         if ok || !data.is_null() {
-            print!("{}", human(&command, data));
+            out!("{}", human(&command, data));
         }
     }
     if ok {
         Exit::Ok
     } else {
-        eprintln!("error: {}", client::error_message(envelope));
+        errln!("error: {}", client::error_message(envelope));
         Exit::Refused
     }
 }
 
 fn client_failure(e: &ClientError) -> Exit {
-    eprintln!("error: {e}");
+    errln!("error: {e}");
     match e {
         ClientError::Unreachable { .. } => Exit::Unreachable,
         _ => Exit::Refused,
@@ -894,7 +927,7 @@ fn stop(client: &Client, global: &Global, graceful: bool) -> Exit {
         Err(e) => return client_failure(&e),
     };
     if reply.body["status"] != "success" {
-        eprintln!("error: {}", client::error_message(&reply.body));
+        errln!("error: {}", client::error_message(&reply.body));
         return Exit::Refused;
     }
     let pid = reply.body["data"]["pid"].as_u64();
@@ -905,9 +938,9 @@ fn stop(client: &Client, global: &Global, graceful: bool) -> Exit {
             pid.is_none_or(|p| !crate::sys::process_running(p as i32)) && !client.is_reachable();
         if gone {
             if global.json {
-                println!("{}", json!({"stopped": true, "pid": pid}));
+                outln!("{}", json!({"stopped": true, "pid": pid}));
             } else {
-                println!(
+                outln!(
                     "vsm-daemon stopped{}",
                     pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
                 );
@@ -916,7 +949,7 @@ fn stop(client: &Client, global: &Global, graceful: bool) -> Exit {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("error: vsm-daemon accepted the stop request but is still running after 60 s");
+    errln!("error: vsm-daemon accepted the stop request but is still running after 60 s");
     Exit::Refused
 }
 
@@ -1056,6 +1089,26 @@ fn show_server(d: &Value) -> String {
 }
 
 /// Human rendering of a reply's data.
+/// Longest tool description `mcp tools` prints on a tool's line, in characters.
+const SUMMARY_CHARS: usize = 120;
+
+/// A tool description as one table cell: its first non-empty line, trimmed, control characters
+/// (a server's text reaching a terminal) replaced, cut at [`SUMMARY_CHARS`] with `…`.
+/// Descriptions often start with a newline (`"\n    Get the current time..."`).
+fn tool_summary(description: &str) -> String {
+    let line = description
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let mut chars = line.chars().map(|c| if c.is_control() { ' ' } else { c });
+    let mut summary: String = chars.by_ref().take(SUMMARY_CHARS).collect();
+    if chars.next().is_some() {
+        summary.push('…');
+    }
+    summary
+}
+
 fn human(command: &Command, data: &Value) -> String {
     let mut out = String::new();
     match command {
@@ -1134,8 +1187,18 @@ fn human(command: &Command, data: &Value) -> String {
             if let Some(w) = data["overrides_warning"].as_str() {
                 let _ = writeln!(out, "# warning: {w}");
             }
+            let pending: Vec<&str> = data["not_enforced"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
             for (k, v) in rows {
-                let _ = writeln!(out, "{k} = {v}");
+                if pending.contains(&k.as_str()) {
+                    let _ = writeln!(out, "{k} = {v}   # {}", crate::config::NOT_ENFORCED);
+                } else {
+                    let _ = writeln!(out, "{k} = {v}");
+                }
             }
         }
         Command::ConfigSet { key, .. } => {
@@ -1152,6 +1215,14 @@ fn human(command: &Command, data: &Value) -> String {
                     _ => "applied and saved",
                 }
             );
+            for k in data["not_enforced"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "warning: {} is {}: saved, but nothing acts on it",
+                    text(k),
+                    crate::config::NOT_ENFORCED
+                );
+            }
         }
         Command::ConfigReload | Command::Restart { .. } => {
             let report = if data["config"].is_object() {
@@ -1248,6 +1319,9 @@ fn human(command: &Command, data: &Value) -> String {
                 text(&data["id"]),
                 text(&data["status"])
             );
+            for w in data["warnings"].as_array().into_iter().flatten() {
+                let _ = writeln!(out, "warning: {}", text(w));
+            }
         }
         Command::McpList { .. } => {
             let _ = writeln!(
@@ -1311,13 +1385,7 @@ fn human(command: &Command, data: &Value) -> String {
                         .flatten()
                         .map(text)
                         .collect();
-                    let desc = t["description"]
-                        .as_str()
-                        .unwrap_or("")
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .to_string();
+                    let desc = tool_summary(t["description"].as_str().unwrap_or(""));
                     let _ = writeln!(
                         out,
                         "{:<28} ({}) {desc}",
@@ -1340,6 +1408,26 @@ fn human(command: &Command, data: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tool_summary_is_the_first_non_empty_line_bounded() {
+        assert_eq!(
+            tool_summary("\n\n   Get the time.  \n more"),
+            "Get the time."
+        );
+        assert_eq!(tool_summary("One line"), "One line");
+        assert_eq!(tool_summary(""), "");
+        assert_eq!(tool_summary(" \n\t\n"), "");
+        assert_eq!(tool_summary("a\u{1b}[31mb"), "a [31mb");
+        let long = "é".repeat(200);
+        let s = tool_summary(&long);
+        assert_eq!(s.chars().count(), SUMMARY_CHARS + 1);
+        assert!(s.ends_with('…'));
+        assert_eq!(
+            tool_summary(&"x".repeat(SUMMARY_CHARS)).len(),
+            SUMMARY_CHARS
+        );
+    }
 
     fn parse_argv(args: &[&str]) -> Result<Invocation, UsageError> {
         read_args(lexopt::Parser::from_args(args.iter().copied())).and_then(parse)

@@ -28,19 +28,23 @@ enum In {
 /// A parameter's type.
 #[derive(Debug, Clone, Copy)]
 enum Ty {
-    /// `true`/`false` (also `1`/`0`, `yes`/`no`, and empty = true).
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`; an empty value is refused).
     Bool,
     /// Free text.
     Str,
-    /// Non-negative integer.
+    /// Non-negative integer (at most [`UINT_MAX`]).
     UInt,
-    /// Non-negative integer with a default.
+    /// Non-negative integer with a default (at most [`UINT_MAX`]).
     UIntDefault(u64),
     /// One of these strings.
     Enum(&'static [&'static str]),
     /// An MCP server id (the shared `ServerId` parameter).
     ServerId,
 }
+
+/// Largest value of an integer query parameter: the router parses them as `u64` and refuses
+/// anything larger with 400 `invalid_parameter`, so the document states it as `maximum`.
+const UINT_MAX: u64 = u64::MAX;
 
 /// One parameter.
 #[derive(Debug, Clone, Copy)]
@@ -637,13 +641,15 @@ fn parameter(p: &Param) -> Value {
         Ty::ServerId => return json!({"$ref": "#/components/parameters/ServerId"}),
         Ty::Bool => json!({"type": "boolean"}),
         Ty::Str => json!({"type": "string"}),
-        Ty::UInt => json!({"type": "integer", "minimum": 0}),
-        Ty::UIntDefault(d) => json!({"type": "integer", "minimum": 0, "default": d}),
+        Ty::UInt => json!({"type": "integer", "minimum": 0, "maximum": UINT_MAX}),
+        Ty::UIntDefault(d) => {
+            json!({"type": "integer", "minimum": 0, "maximum": UINT_MAX, "default": d})
+        }
         Ty::Enum(values) => json!({"type": "string", "enum": values}),
     };
     let description = match p.ty {
         Ty::Bool => format!(
-            "{} (`true`, `1`, `yes` or an empty value; `false`, `0`, `no`)",
+            "{} (`true`, `1`, `yes`; `false`, `0`, `no`; anything else, also an empty value, is refused)",
             p.description
         ),
         _ => p.description.to_owned(),

@@ -57,6 +57,18 @@ fn websocket_subscribes_and_answers_commands() {
     let hello: Value =
         serde_json::from_str(ws.read().expect("hello").to_text().expect("text")).expect("json");
     assert_eq!(hello["type"], "connected");
+    // Channels that accept subscriptions but have no producer yet are named.
+    assert_eq!(
+        hello["data"]["silent_channels"],
+        json!([
+            "performance",
+            "health",
+            "security",
+            "variety_monitoring",
+            "consciousness"
+        ]),
+        "{hello}"
+    );
     ws.send(tungstenite::Message::text(
         r#"{"id": 1, "command": "subscribe", "channels": ["mcp_servers"]}"#,
     ))
@@ -2022,4 +2034,63 @@ fn unix_socket_and_tcp_give_the_same_data() {
     }
     let (_, unix) = d.http("GET", "/api/v1/openapi.json", None);
     assert_eq!(unix, api(&d, "GET", "/api/v1/openapi.json", None).json);
+}
+
+/// What schemathesis found: an empty boolean was taken as `true`; integer query parameters
+/// had a bound the document did not state; an integral float was refused for an integer
+/// field of the server spec.
+#[test]
+fn schema_edge_cases_match_the_openapi_document() {
+    let d = Daemon::start();
+    for path in ["/api/v1/status?detailed=", "/api/v1/status?detailed"] {
+        let r = api(&d, "GET", path, None);
+        assert_error(&r, 400, "invalid_parameter");
+        assert_eq!(r.json["errors"][0]["field"], "detailed", "{r}");
+    }
+
+    // The bound the router enforces is the document's `maximum`: it passes, one more does not.
+    let doc = api(&d, "GET", "/api/v1/openapi.json", None).json;
+    for (path, name) in [
+        ("/api/v1/events", "since"),
+        ("/api/v1/events", "limit"),
+        ("/api/v1/logs", "lines"),
+        ("/api/v1/logs", "since"),
+    ] {
+        let param = doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path} {name}"))
+            .clone();
+        let max = param["schema"]["maximum"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{path} {name}: no maximum in {param}"));
+        let r = api(&d, "GET", &format!("{path}?{name}={max}"), None);
+        assert_eq!(r.status, 200, "{path}?{name}={max}: {r}");
+        let above = u128::from(max) + 1;
+        let r = api(&d, "GET", &format!("{path}?{name}={above}"), None);
+        assert_error(&r, 400, "invalid_parameter");
+        assert_eq!(r.json["errors"][0]["field"], name, "{r}");
+    }
+
+    // Integer fields of the spec take integral floats, as `timeout_ms` of a call does.
+    let spec = json!({"id": "floaty", "command": "/bin/true", "autostart": false,
+                      "backoff_initial_ms": 62530.0, "max_failures": 4.0,
+                      "limits": {"max_open_files": 256.0}});
+    let r = api(&d, "POST", "/api/v1/mcp/servers", Some(&spec.to_string()));
+    assert_eq!(r.status, 200, "{r}");
+    let (_, shown) = d.http("GET", "/api/v1/mcp/servers/floaty", None);
+    assert_eq!(
+        shown["data"]["spec"]["backoff_initial_ms"], 62530,
+        "{shown}"
+    );
+    assert_eq!(shown["data"]["spec"]["max_failures"], 4, "{shown}");
+    assert_eq!(
+        shown["data"]["spec"]["limits"]["max_open_files"], 256,
+        "{shown}"
+    );
+    let spec = json!({"id": "fraction", "command": "/bin/true", "backoff_initial_ms": 62530.5});
+    let r = api(&d, "POST", "/api/v1/mcp/servers", Some(&spec.to_string()));
+    assert_error(&r, 400, "invalid_parameter");
 }

@@ -104,6 +104,15 @@ pub enum StartError {
     Io(String, std::io::Error),
     /// The API token is unusable or missing where it is required.
     Token(String),
+    /// Another daemon holds the state dir and answers on its socket.
+    AlreadyRunning {
+        /// Its pid.
+        pid: i32,
+        /// Its control socket.
+        socket: PathBuf,
+        /// The state dir both would use.
+        state_dir: PathBuf,
+    },
 }
 
 impl fmt::Display for StartError {
@@ -114,6 +123,16 @@ impl fmt::Display for StartError {
             StartError::Bind(e) => write!(f, "{e}"),
             StartError::Io(what, e) => write!(f, "{what}: {e}"),
             StartError::Token(m) => f.write_str(m),
+            StartError::AlreadyRunning {
+                pid,
+                socket,
+                state_dir,
+            } => write!(
+                f,
+                "vsm-daemon is already running (pid {pid}, socket {}) with state dir {}",
+                socket.display(),
+                state_dir.display()
+            ),
         }
     }
 }
@@ -332,7 +351,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         .clone()
         .or_else(|| non_empty(&base.daemon.state_dir))
         .unwrap_or_else(state::default_state_dir);
-    let mut state = StateDir::open(&state_path).map_err(StartError::State)?;
+    let mut state = StateDir::open(&state_path).map_err(|e| already_running(&state_path, e))?;
     let (overrides, overrides_problem, effective) = load_overrides(&mut state, &base);
     logging.set_level(level_of(&effective));
     logging.ring.set_capacity(effective.daemon.log_buffer_lines);
@@ -396,6 +415,13 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             format!("pid file {}", pid_file.display()),
             e,
         ));
+    }
+    let owner = state::LockOwner {
+        pid: std::process::id() as i32,
+        socket: socket_path.clone(),
+    };
+    if let Err(e) = state.record_owner(&owner) {
+        log::warn!("cannot record pid and socket in the state dir's lock file: {e}");
     }
     let now = SystemTime::now();
     let components = COMPONENTS
@@ -500,12 +526,24 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         .chain(from_config.into_iter().map(|s| (s, Source::Config)))
     {
         let id = spec.id.clone();
-        if let Err(e) = daemon
+        let warning = capability_warning(&spec, &daemon.config.effective);
+        match daemon
             .mcp
             .register(&mut cx, spec, source, autostart, &mut daemon.outputs)
         {
-            log::error!("MCP server {id} not registered: {e}");
+            Ok(_) => {
+                if let Some(w) = warning {
+                    log::warn!("MCP server {id}: {w}");
+                }
+            }
+            Err(e) => log::error!("MCP server {id} not registered: {e}"),
         }
+    }
+    for key in daemon.config.effective.not_enforced_set() {
+        log::warn!(
+            "{key} is set but {}: it has no effect",
+            config::NOT_ENFORCED
+        );
     }
     daemon.setup_watchdog(&mut cx);
     log::info!("REST API and WebSocket monitor listening on http://{tcp_addr}");
@@ -519,12 +557,15 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     );
     daemon.notify("READY=1\nSTATUS=running");
     if options.ready_json {
-        println!(
-            "{}",
-            json!({"event": "ready", "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"),
+        let ready = json!({"event": "ready", "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"),
                    "socket": daemon.socket_path, "state_dir": daemon.state.path(), "pid_file": daemon.pid_file,
-                   "http": daemon.tcp_addr.map(|a| a.to_string())})
-        );
+                   "http": daemon.tcp_addr.map(|a| a.to_string())});
+        // `println!` would abort the daemon when nobody reads its stdout any more.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, "{ready}").and_then(|()| out.flush()) {
+            log::warn!("could not print the ready line on stdout: {e}");
+        }
     }
     let result = reactor.run(&mut daemon);
     let mut cx = reactor.cx();
@@ -573,6 +614,42 @@ fn apply_stored_overrides(base: &Config, stored: &Value) -> (Config, Option<Stri
             (base.clone(), Some(problem))
         }
     }
+}
+
+/// A locked state dir whose holder recorded itself, is alive and answers on its socket is a
+/// daemon already running: say so with its pid and socket. Anything else stays the state error.
+fn already_running(state_dir: &Path, e: state::StateError) -> StartError {
+    if matches!(e, state::StateError::Locked { .. }) {
+        if let Some(owner) = state::lock_owner(state_dir) {
+            if sys::process_running(owner.pid)
+                && crate::client::Client::new(&owner.socket).is_reachable()
+            {
+                return StartError::AlreadyRunning {
+                    pid: owner.pid,
+                    socket: owner.socket,
+                    state_dir: state_dir.to_path_buf(),
+                };
+            }
+        }
+    }
+    StartError::State(e)
+}
+
+/// The capability policy's objection to a spec, if any (the policy is not enforced yet).
+/// Adds the capability-policy warning (if any) to a registration's answer, and logs it.
+fn with_warning(mut answer: Value, warning: Option<String>) -> Value {
+    if let Some(w) = warning {
+        log::warn!("MCP server {}: {w}", answer["id"].as_str().unwrap_or(""));
+        answer["warnings"] = json!([w]);
+    }
+    answer
+}
+
+fn capability_warning(spec: &ServerSpec, config: &Config) -> Option<String> {
+    crate::mcp::registry::capability_policy_warning(
+        &spec.capabilities,
+        &config.security.blocked_capabilities,
+    )
 }
 
 fn write_pid_file(path: &Path) -> std::io::Result<()> {
@@ -993,6 +1070,7 @@ impl Daemon {
                         self.telemetry.tool_call(&server, outcome, seconds)
                     }
                     Output::Restart(server) => self.telemetry.server_restart(&server),
+                    Output::Unregistered(server) => self.telemetry.forget_server(&server),
                     Output::Event(channel, kind, data) => {
                         self.telemetry.event(kind);
                         let seq = self.events.publish(channel, kind, data);
@@ -1313,6 +1391,11 @@ impl Daemon {
             },
         };
         checks.push(config_check);
+        let pending: Vec<&str> = config::not_enforced_keys().collect();
+        checks.push(diagnostics::not_enforced_check(
+            &pending,
+            &self.config.effective.not_enforced_set(),
+        ));
         // No write here: an fsync can stall on slow storage; `--full` times it on the worker.
         let dir = self.state.path();
         let writable = sys::writable(dir);

@@ -180,8 +180,10 @@ impl Daemon {
                     let answer = match change {
                         Change::Register(spec) => {
                             let autostart = spec.autostart;
+                            let warning = capability_warning(&spec, &self.config.effective);
                             self.mcp
                                 .register(cx, *spec, Source::Api, autostart, &mut self.outputs)
+                                .map(|answer| with_warning(answer, warning))
                         }
                         Change::Unregister(id) => self.mcp.unregister(cx, &id, &mut self.outputs),
                     };

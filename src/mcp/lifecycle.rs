@@ -34,10 +34,11 @@ impl Mcp {
             }
             _ => {
                 if running >= limit {
-                    return Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        format!("mcp_servers.max_concurrent_servers ({limit}) reached: stop a server first"),
-                    ));
+                    let why = format!(
+                        "mcp_servers.max_concurrent_servers ({limit}) reached: stop a server first"
+                    );
+                    server.note_held(&format!("not started: {why}"));
+                    return Err(ApiError::new(ErrorCode::Conflict, why));
                 }
             }
         }
@@ -658,6 +659,16 @@ impl Mcp {
                 ));
                 let text = format!("{reason}; restart in {} ms", delay.as_millis());
                 self.transition(id, Status::Backoff, &text, out);
+            }
+            Decision::RestartNow => {
+                // A good run ended: callers are waiting, so no backoff (DESIGN.md §6).
+                let text = format!("{reason}; restarting at once after a good run");
+                self.transition(id, Status::Backoff, &text, out);
+                if let Some(s) = self.servers.get_mut(id) {
+                    s.restarts += 1;
+                }
+                out.push(Output::Restart(id.to_string()));
+                self.spawn_run(cx, id, out);
             }
             Decision::Fail => {
                 let text = format!(

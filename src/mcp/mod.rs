@@ -83,6 +83,8 @@ pub enum Output {
     ToolCall(String, &'static str, f64),
     /// A server was restarted automatically.
     Restart(String),
+    /// A server was unregistered: its per-server metric series go.
+    Unregistered(String),
 }
 
 /// Defaults and limits from `[mcp_servers]` plus where the daemon keeps its state.
@@ -334,6 +336,7 @@ impl Mcp {
                 "mcp_server_unregistered",
                 json!({"server_id": id}),
             ));
+            out.push(Output::Unregistered(id.to_string()));
         }
     }
 

@@ -277,6 +277,25 @@ impl Server {
         old
     }
 
+    /// Records in the history why the server stays in its status (e.g. a start held back by
+    /// `max_concurrent_servers`). The same reason twice in a row is recorded once, so repeated
+    /// refusals do not push the transitions out of the bounded history.
+    pub fn note_held(&mut self, reason: &str) {
+        let reason = truncate(reason.to_string(), TEXT_MAX);
+        if self
+            .history
+            .back()
+            .is_some_and(|(_, st, r)| *st == self.status && *r == reason)
+        {
+            return;
+        }
+        if self.history.len() >= HISTORY {
+            self.history.pop_front();
+        }
+        self.history
+            .push_back((SystemTime::now(), self.status, reason));
+    }
+
     /// Remembers an error.
     pub fn note_error(&mut self, what: String) {
         if self.last_errors.len() >= ERRORS {
@@ -383,6 +402,21 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_reasons_are_recorded_once_in_a_row() {
+        let spec: ServerSpec =
+            serde_json::from_value(json!({"id": "t", "command": "x"})).expect("spec");
+        let mut s = Server::new(spec, Source::Api, 0);
+        s.note_held("not started: limit");
+        s.note_held("not started: limit");
+        assert_eq!(s.history.len(), 2);
+        assert_eq!(s.history[1].1, Status::Registered);
+        assert_eq!(s.history[1].2, "not started: limit");
+        s.note_held("other");
+        s.note_held("not started: limit");
+        assert_eq!(s.history.len(), 4);
+    }
 
     #[test]
     fn texts_and_handshake_items_are_bounded() {

@@ -2,9 +2,13 @@
 //! back off, when the circuit breaker opens. No I/O, no clocks of its own: time comes in.
 //!
 //! Rules (DESIGN.md §6): a start counts as good only after `min_uptime` AND a completed
-//! `initialize`; backoff doubles from `initial` to `max` with ±20 % jitter and resets after
-//! `reset_after` of stable running; `max_failures` failed starts within `window` open the
+//! `initialize`. A server whose run was good restarts at once (tool callers are waiting);
+//! only consecutive failed starts back off, doubling from `initial` to `max` with ±20 %
+//! jitter. A good run ends the sequence of failed starts, and `reset_after` of stable running
+//! also clears the circuit breaker; `max_failures` failed starts within `window` open the
 //! circuit (state `failed`, no automatic restarts) until an operator starts or resets it.
+//! Immediate restarts cannot loop tightly: a good run lasts at least `min_uptime`, and never
+//! less than [`MIN_RESTART_INTERVAL`] passes between two starts (`min_uptime` may be 0).
 //! A run the daemon ended because the server broke its bounds (a tool list over the cap, a
 //! flood of protocol errors, an over-long line) counts as a failed start however long it ran:
 //! otherwise a server that misbehaves a second after every good start would loop forever.
@@ -110,11 +114,18 @@ pub struct RunEnd {
     pub misbehaved: bool,
 }
 
+/// Shortest time between two starts of a server whose runs are good: with `min_uptime_ms = 0`
+/// a server that completes its handshake and dies at once is restarted at most ten times a
+/// second (systemd's default `RestartSec` is the same 100 ms).
+pub const MIN_RESTART_INTERVAL: Duration = Duration::from_millis(100);
+
 /// What to do after a run ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Decision {
     /// The operator stopped it: stay stopped.
     StayStopped,
+    /// The run was good: start it again now.
+    RestartNow,
     /// Restart after this delay.
     RestartAfter(Duration),
     /// The circuit opened: no more automatic restarts.
@@ -122,7 +133,8 @@ pub enum Decision {
 }
 
 /// Decides what happens after a run ended. `attempt` is the number of consecutive failed
-/// starts before this one; returns the decision and the new attempt count.
+/// starts before this one; returns the decision and the new attempt count (0 after a good run:
+/// the next failed start waits `initial` again).
 pub fn after_run(
     end: RunEnd,
     attempt: u32,
@@ -135,12 +147,17 @@ pub fn after_run(
         return (Decision::StayStopped, attempt);
     }
     let good_start = end.initialized && end.uptime >= policy.min_uptime && !end.misbehaved;
-    if good_start && end.uptime >= policy.reset_after {
-        // It ran stably: a crash now is a fresh incident.
-        breaker.reset();
-        return (Decision::RestartAfter(policy.delay(0, unit)), 1);
+    if good_start {
+        if end.uptime >= policy.reset_after {
+            // It ran stably: a crash now is a fresh incident.
+            breaker.reset();
+        }
+        return match MIN_RESTART_INTERVAL.checked_sub(end.uptime) {
+            Some(wait) if !wait.is_zero() => (Decision::RestartAfter(wait), 0),
+            _ => (Decision::RestartNow, 0),
+        };
     }
-    if !good_start && breaker.record_failure(now, policy) {
+    if breaker.record_failure(now, policy) {
         return (Decision::Fail, attempt + 1);
     }
     (
@@ -231,23 +248,20 @@ mod tests {
                 Decision::RestartAfter(Duration::from_secs(4)),
                 3,
             ),
+            // A good run restarts at once and ends the run of failed starts.
+            (5, true, false, false, 2, Decision::RestartNow, 0),
+            (1, true, false, false, 4, Decision::RestartNow, 0),
+            // Stable for `reset_after`: the same, and the breaker forgets (checked below).
+            (700, true, false, false, 6, Decision::RestartNow, 0),
+            // Handshake done but not `min_uptime`: a failed start, backed off.
             (
-                5,
+                0,
                 true,
                 false,
                 false,
-                2,
-                Decision::RestartAfter(Duration::from_secs(4)),
-                3,
-            ),
-            (
-                700,
-                true,
-                false,
-                false,
-                6,
-                Decision::RestartAfter(Duration::from_secs(1)),
                 1,
+                Decision::RestartAfter(Duration::from_secs(2)),
+                2,
             ),
             // A good run ended for misbehaviour is a failed start (the breaker counts it).
             (
@@ -323,5 +337,71 @@ mod tests {
             (last, attempt) = after_run(bad, attempt, &mut b, &P, t0 + Duration::from_secs(i), 0.5);
         }
         assert_eq!(last, Decision::Fail);
+    }
+
+    #[test]
+    fn good_runs_restart_at_once_but_never_in_a_tight_loop() {
+        let t0 = Instant::now();
+        let good = |ms| RunEnd {
+            uptime: Duration::from_millis(ms),
+            initialized: true,
+            requested: false,
+            misbehaved: false,
+        };
+        let failed = RunEnd {
+            initialized: false,
+            ..good(0)
+        };
+        // After a good run the next failed start waits `initial` again, not 2^n.
+        let mut b = CircuitBreaker::default();
+        let (d, a) = after_run(good(5_000), 3, &mut b, &P, t0, 0.5);
+        assert_eq!((d, a), (Decision::RestartNow, 0));
+        let (d, _) = after_run(failed, a, &mut b, &P, t0, 0.5);
+        assert_eq!(d, Decision::RestartAfter(Duration::from_secs(1)));
+
+        // Good runs shorter than `reset_after` keep the failures counted; a stable one clears them.
+        let mut b = CircuitBreaker::default();
+        for i in 0..4 {
+            after_run(failed, i, &mut b, &P, t0, 0.5);
+        }
+        after_run(good(2_000), 4, &mut b, &P, t0, 0.5);
+        assert_eq!(b.recent_failures(), 4);
+        assert_eq!(
+            after_run(failed, 0, &mut b, &P, t0, 0.5).0,
+            Decision::Fail,
+            "failed starts between short good runs still open the circuit"
+        );
+        let mut b = CircuitBreaker::default();
+        for i in 0..4 {
+            after_run(failed, i, &mut b, &P, t0, 0.5);
+        }
+        after_run(good(600_000), 4, &mut b, &P, t0, 0.5);
+        assert_eq!(b.recent_failures(), 0);
+
+        // A server dying right after each good run: one immediate restart per `min_uptime`.
+        // With `min_uptime` = 0 the floor holds the rate at one start per 100 ms.
+        let zero = RestartPolicy {
+            min_uptime: Duration::ZERO,
+            ..P
+        };
+        let mut b = CircuitBreaker::default();
+        assert_eq!(
+            after_run(good(0), 0, &mut b, &zero, t0, 0.5),
+            (Decision::RestartAfter(MIN_RESTART_INTERVAL), 0)
+        );
+        assert_eq!(
+            after_run(good(30), 0, &mut b, &zero, t0, 0.5),
+            (Decision::RestartAfter(Duration::from_millis(70)), 0)
+        );
+        assert_eq!(
+            after_run(good(100), 0, &mut b, &zero, t0, 0.5),
+            (Decision::RestartNow, 0)
+        );
+        // Below `min_uptime` it is not a good run: backed off, counted.
+        assert_eq!(
+            after_run(good(999), 0, &mut b, &P, t0, 0.5).0,
+            Decision::RestartAfter(Duration::from_secs(1))
+        );
+        assert_eq!(b.recent_failures(), 1);
     }
 }

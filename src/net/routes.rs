@@ -390,12 +390,14 @@ impl Query {
     fn flag(&self, key: &str) -> Result<bool, ApiError> {
         match self.text(key).as_deref() {
             None => Ok(false),
-            Some("" | "true" | "1" | "yes") => Ok(true),
+            Some("true" | "1" | "yes") => Ok(true),
             Some("false" | "0" | "no") => Ok(false),
+            // An empty value (`?detailed=` or a bare `?detailed`) is not a boolean: the
+            // OpenAPI document says `boolean`, and guessing `true` hid typos.
             Some(other) => Err(ApiError::field(
                 ErrorCode::InvalidParameter,
                 key,
-                format!("'{other}' is not a boolean"),
+                format!("'{other}' is not a boolean (true, false, 1, 0, yes, no)"),
             )),
         }
     }
@@ -551,6 +553,11 @@ mod tests {
         assert_eq!(e.error.code, ErrorCode::NotFound);
         let e = route(&req("GET", "/api/v1/logs?lines=ten", "")).unwrap_err();
         assert_eq!(e.error.field.as_deref(), Some("lines"));
+        for empty in ["detailed=", "detailed", "detailed=&x=1"] {
+            let e = route(&req("GET", &format!("/api/v1/status?{empty}"), "")).unwrap_err();
+            assert_eq!(e.error.code, ErrorCode::InvalidParameter, "{empty}");
+            assert_eq!(e.error.field.as_deref(), Some("detailed"), "{empty}");
+        }
         let e = route(&req("GET", "/api/v1/logs?level=loud", "")).unwrap_err();
         assert_eq!(e.error.field.as_deref(), Some("level"));
         let e = route(&req("POST", "/api/v1/control/restart", "{")).unwrap_err();

@@ -50,6 +50,18 @@ pub const CHANNELS: [&str; 7] = [
     "consciousness",
 ];
 
+/// Channels a client may subscribe to that no producer publishes on yet (the monitors, the
+/// variety manager and reflection come with later issues). The `connected` message names them
+/// so that a quiet subscription is not mistaken for a quiet system. Take a channel out of
+/// this list in the change that makes it carry events.
+pub const SILENT_CHANNELS: [&str; 5] = [
+    "performance",
+    "health",
+    "security",
+    "variety_monitoring",
+    "consciousness",
+];
+
 fn config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4096)
@@ -701,6 +713,19 @@ mod tests {
         let grace = w.deadline();
         assert!(grace <= Instant::now() + CLOSE_GRACE && grace > Instant::now());
         assert_eq!(w.enqueue(event()), 0, "nothing is queued once closing");
+    }
+
+    #[test]
+    fn silent_channels_are_channels() {
+        for c in SILENT_CHANNELS {
+            assert!(CHANNELS.contains(&c), "{c}");
+        }
+        // The two with producers today: MCP server events and the log stream.
+        let loud: Vec<&str> = CHANNELS
+            .into_iter()
+            .filter(|c| !SILENT_CHANNELS.contains(c))
+            .collect();
+        assert_eq!(loud, ["mcp_servers", "logs"]);
     }
 
     #[test]

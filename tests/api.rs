@@ -342,31 +342,14 @@ fn closed_by_peer(s: &mut TcpStream) -> bool {
     }
 }
 
-/// Parses `ROUTES` of `src/net/routes.rs`: (method, path) pairs.
+/// What the router serves: (method, path) pairs, from the library's router (derived from the
+/// ops table, as the binary's is).
 fn router_routes() -> BTreeSet<(String, String)> {
-    let src = include_str!("../src/net/routes.rs");
-    let start = src.find("pub const ROUTES").expect("ROUTES in routes.rs");
-    let table = &src[start..];
-    let table = &table[..table.find("\n];").expect("end of ROUTES")];
-    let mut out = BTreeSet::new();
-    for line in table.lines().map(str::trim) {
-        let Some(rest) = line.strip_prefix("(\"") else {
-            continue;
-        };
-        let (path, rest) = rest.split_once('"').expect("path");
-        let methods = rest
-            .split_once('[')
-            .and_then(|(_, m)| m.split_once(']'))
-            .map(|(m, _)| m)
-            .expect("methods");
-        for m in methods.split(',') {
-            let m = m.trim().trim_matches('"');
-            if !m.is_empty() {
-                out.insert((m.to_string(), path.to_string()));
-            }
-        }
-    }
-    assert!(out.len() > 20, "parsed too few routes: {out:?}");
+    let out: BTreeSet<(String, String)> = vsm_daemon::net::routes::routes()
+        .into_iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert!(out.len() > 20, "too few routes: {out:?}");
     out
 }
 

@@ -792,23 +792,21 @@ pub const OPENAPI: Op = Op {
     )
 };
 
-/// `GET /ws/monitor`: the connection takes the upgrade over before routing.
+/// `GET /ws/monitor`: documented here, never routed (the connection takes the upgrade over
+/// before routing, so it has no parser).
 pub const WS_MONITOR: Op = Op {
+    method: "GET",
+    path: "/ws/monitor",
+    ws: None,
+    id: "monitorWebSocket",
+    tag: "events",
+    summary: "WebSocket upgrade for the live monitor stream of events",
+    params: &[],
+    body: None,
+    errors: &[],
     produces: Produces::WebSocket,
+    access: Access::Token,
     parse: None,
-    ..Op::new(
-        "GET",
-        "/ws/monitor",
-        "monitorWebSocket",
-        "events",
-        "WebSocket upgrade for the live monitor stream of events",
-        |_| {
-            Err(ApiError::new(
-                ErrorCode::UpgradeRequired,
-                "send Upgrade: websocket",
-            ))
-        },
-    )
 };
 
 /// This document and the monitor stream.

@@ -1982,6 +1982,47 @@ fn openapi_document_matches_the_router() {
     }
 }
 
+#[test]
+fn every_websocket_command_reaches_its_operation() {
+    let d = start(QUICK_STOP);
+    register_fixture(&d, "fx", &[], json!({}));
+    wait_server(&d, "fx", "active");
+    let mut ws = ws_connected(&d);
+    let spec = json!({"id": "fx2", "command": "python3", "args": [fixture()], "autostart": false});
+    let mut answered = 0;
+    for (i, (name, op)) in vsm_daemon::net::ws::commands().enumerate() {
+        // Parameters the operation accepts; nothing here stops the daemon.
+        let parameters = match name {
+            "control_stop" | "control_start" => json!({"service": "monitor"}),
+            "control_restart" => json!({"service": "worker"}),
+            "update_config" => json!({"daemon": {"log_level": "debug"}}),
+            "mcp_register_server" => spec.clone(),
+            "mcp_unregister_server" => json!({"id": "fx2"}),
+            "mcp_call_tool" => json!({"id": "fx", "name": "echo", "arguments": {"message": "ws"}}),
+            _ if op.path.contains("{id}") => json!({"id": "fx"}),
+            _ => json!({}),
+        };
+        if name == "mcp_call_tool" {
+            // The start, restart and reset commands before it leave fx starting.
+            wait_server(&d, "fx", "active");
+        }
+        let (v, _) = ws_command(
+            &mut ws,
+            json!({"id": i, "command": name, "parameters": parameters}),
+        );
+        assert_eq!(
+            v["status"], "success",
+            "{name} ({} {}): {v}",
+            op.method, op.path
+        );
+        answered += 1;
+    }
+    assert!(answered > 20, "{answered}");
+    // The register and unregister commands really reached the registry.
+    let r = api(&d, "GET", "/api/v1/mcp/servers/fx2", None);
+    assert_error(&r, 404, "server_not_found");
+}
+
 // ----- 12. the same data over both transports --------------------------------------------------
 
 #[test]

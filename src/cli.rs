@@ -921,7 +921,8 @@ fn follow_logs(
     lines: Option<u64>,
 ) -> Exit {
     let path = format!(
-        "/api/v1/logs{}",
+        "{}{}",
+        crate::ops::LOGS_GET.path,
         query(&[
             ("level", level),
             ("lines", lines.map(|l| l.to_string())),

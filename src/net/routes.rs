@@ -30,6 +30,16 @@ pub fn control_socket_only(pattern: &str) -> bool {
     routed().any(|o| o.path == pattern && o.access == Access::ControlSocket)
 }
 
+/// Whether the ops table lets anyone call `method path` over TCP without a token (the health
+/// check probes use). Cheap: only the public rows are matched.
+pub fn is_public(method: &str, path: &str) -> bool {
+    let method = if method == "HEAD" { "GET" } else { method };
+    let path = path.trim_end_matches('/');
+    routed().any(|o| {
+        o.access == Access::Public && o.method == method && matches(o.path, path).is_some()
+    })
+}
+
 /// A path matched against the route table (cheap: no body is looked at yet).
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -421,6 +431,25 @@ mod tests {
             }
         }
         assert!(hits > 100 && misses > 100, "{hits} {misses}");
+    }
+
+    #[test]
+    fn only_the_public_rows_need_no_token() {
+        for o in ops::all().filter(|o| o.parse.is_some()) {
+            let path = o.path.replace("{id}", "x");
+            let public = o.access == Access::Public;
+            assert_eq!(is_public(o.method, &path), public, "{} {path}", o.method);
+            if o.method == "GET" {
+                assert_eq!(
+                    is_public("HEAD", &format!("{path}/")),
+                    public,
+                    "HEAD {path}/"
+                );
+            }
+            assert!(!is_public("DELETE", &path), "DELETE {path}");
+        }
+        assert!(is_public("GET", "/api/v1/health"));
+        assert!(!is_public("GET", "/api/v1/health/x"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! the exit code stays the command's. SIGPIPE stays ignored: the CLI's own socket writes must
 //! fail with an error it can report, not kill it.
 
+use crate::api::Op;
 use crate::client::{self, Client, ClientError};
 use crate::daemon::{self, StartOptions};
 use serde_json::{json, Value};
@@ -814,22 +815,22 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-/// The HTTP request a command sends.
+/// The HTTP request a command sends: method and path come from the ops table, so a renamed
+/// route cannot leave the CLI behind.
 fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
+    use crate::ops;
+    let plain = |op: &Op| (op.method, op.path.to_string(), None);
+    let with_query = |op: &Op, pairs: &[(&str, Option<String>)]| {
+        (op.method, format!("{}{}", op.path, query(pairs)), None)
+    };
     match command {
-        Command::Status { detailed } => (
-            "GET",
-            format!(
-                "/api/v1/status{}",
-                query(&[("detailed", detailed.then(|| "true".into()))])
-            ),
-            None,
+        Command::Status { detailed } => with_query(
+            &ops::STATUS,
+            &[("detailed", detailed.then(|| "true".into()))],
         ),
-        Command::ConfigShow { section } => (
-            "GET",
-            format!("/api/v1/config{}", query(&[("section", section.clone())])),
-            None,
-        ),
+        Command::ConfigShow { section } => {
+            with_query(&ops::CONFIG_SHOW, &[("section", section.clone())])
+        }
         Command::ConfigSet { key, value } => {
             // Typed by the key's schema; an unknown key is still sent so the daemon names it.
             let patch = crate::config::patch_for_set(key, value).unwrap_or_else(|_| {
@@ -839,59 +840,50 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
                 }
                 v
             });
-            ("PUT", "/api/v1/config".into(), Some(patch))
+            let op = &ops::CONFIG_UPDATE;
+            (op.method, op.path.into(), Some(patch))
         }
-        Command::ConfigReload => ("POST", "/api/v1/config/reload".into(), None),
-        Command::ConfigSchema => ("GET", "/api/v1/config/schema".into(), None),
+        Command::ConfigReload => plain(&ops::CONFIG_RELOAD),
+        Command::ConfigSchema => plain(&ops::CONFIG_SCHEMA),
         Command::Logs {
             level,
             lines,
             component,
             ..
-        } => (
-            "GET",
-            format!(
-                "/api/v1/logs{}",
-                query(&[
-                    ("level", level.clone()),
-                    ("lines", lines.map(|l| l.to_string())),
-                    ("component", component.clone()),
-                ])
-            ),
-            None,
+        } => with_query(
+            &ops::LOGS_GET,
+            &[
+                ("level", level.clone()),
+                ("lines", lines.map(|l| l.to_string())),
+                ("component", component.clone()),
+            ],
         ),
-        Command::HealthCheck { component } => (
-            "GET",
-            format!(
-                "/api/v1/health{}",
-                query(&[("component", component.clone())])
-            ),
-            None,
-        ),
-        Command::DiagnosticsRun { full } => (
-            "POST",
-            "/api/v1/diagnostics/run".into(),
-            Some(json!({"full": full})),
-        ),
-        Command::Restart { service } => (
-            "POST",
-            "/api/v1/control/restart".into(),
-            Some(json!({"service": service})),
-        ),
-        Command::Stop { graceful } => (
-            "POST",
-            "/api/v1/control/stop".into(),
-            Some(json!({"shutdown": true, "graceful": graceful})),
-        ),
-        Command::Start { .. } => ("GET", "/api/v1/status".into(), None),
-        Command::Token { rotate: false } => ("GET", "/api/v1/auth/token".into(), None),
-        Command::Token { rotate: true } => ("POST", "/api/v1/auth/token/rotate".into(), None),
-        Command::McpRegister { spec } => ("POST", "/api/v1/mcp/servers".into(), Some(spec.clone())),
-        Command::McpList { status } => (
-            "GET",
-            format!("/api/v1/mcp/servers?status={}", encode(status)),
-            None,
-        ),
+        Command::HealthCheck { component } => {
+            with_query(&ops::HEALTH, &[("component", component.clone())])
+        }
+        Command::DiagnosticsRun { full } => {
+            let op = &ops::DIAGNOSTICS;
+            (op.method, op.path.into(), Some(json!({"full": full})))
+        }
+        Command::Restart { service } => {
+            let op = &ops::CONTROL_RESTART;
+            (op.method, op.path.into(), Some(json!({"service": service})))
+        }
+        Command::Stop { graceful } => {
+            let op = &ops::CONTROL_STOP;
+            let body = json!({"shutdown": true, "graceful": graceful});
+            (op.method, op.path.into(), Some(body))
+        }
+        Command::Start { .. } => plain(&ops::STATUS),
+        Command::Token { rotate: false } => plain(&ops::AUTH_TOKEN),
+        Command::Token { rotate: true } => plain(&ops::AUTH_TOKEN_ROTATE),
+        Command::McpRegister { spec } => {
+            let op = &ops::MCP_REGISTER;
+            (op.method, op.path.into(), Some(spec.clone()))
+        }
+        Command::McpList { status } => {
+            with_query(&ops::MCP_LIST, &[("status", Some(status.clone()))])
+        }
         Command::McpCall {
             id,
             tool,
@@ -902,20 +894,21 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             if let Some(t) = timeout_ms {
                 body["timeout_ms"] = json!(t);
             }
-            (
-                "POST",
-                format!("/api/v1/mcp/servers/{}/tools/call", encode(id)),
-                Some(body),
-            )
+            let op = &ops::MCP_CALL;
+            (op.method, op.target(&encode(id)), Some(body))
         }
         Command::Mcp { action, id } => {
-            let path = format!("/api/v1/mcp/servers/{}", encode(id));
-            match action.as_str() {
-                "show" => ("GET", path, None),
-                "tools" => ("GET", format!("{path}/tools"), None),
-                "unregister" => ("DELETE", path, None),
-                other => ("POST", format!("{path}/{other}"), None),
-            }
+            let op = match action.as_str() {
+                "show" => &ops::MCP_SHOW,
+                "tools" => &ops::MCP_TOOLS,
+                "unregister" => &ops::MCP_UNREGISTER,
+                "start" => &ops::MCP_START,
+                "stop" => &ops::MCP_STOP,
+                "restart" => &ops::MCP_RESTART,
+                // "reset": the parser admits only these seven actions.
+                _ => &ops::MCP_RESET,
+            };
+            (op.method, op.target(&encode(id)), None)
         }
     }
 }
@@ -961,7 +954,8 @@ fn follow_logs(
     lines: Option<u64>,
 ) -> Exit {
     let path = format!(
-        "/api/v1/logs{}",
+        "{}{}",
+        crate::ops::LOGS_GET.path,
         query(&[
             ("level", level),
             ("lines", lines.map(|l| l.to_string())),
@@ -1431,6 +1425,105 @@ mod tests {
 
     fn parse_argv(args: &[&str]) -> Result<Invocation, UsageError> {
         read_args(lexopt::Parser::from_args(args.iter().copied())).and_then(parse)
+    }
+
+    /// Routes what `argv` sends through the daemon's router.
+    fn routed(argv: &[&str]) -> crate::api::Request {
+        let Ok(Invocation::Run(_, command)) = parse_argv(argv) else {
+            panic!("{argv:?} does not parse");
+        };
+        let (method, target, body) = request_for(&command);
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let req = crate::net::http::Request {
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            headers: Vec::new(),
+            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+            keep_alive: true,
+        };
+        match crate::net::routes::route(&req) {
+            Ok(r) => r,
+            Err(e) => panic!("{argv:?} -> {method} {target}: {:?}", e.error),
+        }
+    }
+
+    #[test]
+    fn every_command_reaches_the_operation_it_means() {
+        use crate::api::Request as R;
+        assert_eq!(
+            routed(&["status", "--detailed"]),
+            R::Status { detailed: true }
+        );
+        assert_eq!(
+            routed(&["config", "show", "--section", "http"]),
+            R::ConfigShow {
+                section: Some("http".into())
+            }
+        );
+        assert!(matches!(
+            routed(&["config", "set", "daemon.log_level", "debug"]),
+            R::ConfigUpdate { .. }
+        ));
+        assert_eq!(routed(&["config", "reload"]), R::ConfigReload);
+        assert_eq!(routed(&["config", "schema"]), R::ConfigSchema);
+        let R::Logs { query, follow } = routed(&["logs", "--level", "warn", "--lines", "5"]) else {
+            panic!("logs");
+        };
+        assert_eq!(
+            (query.level, query.lines, follow),
+            (log::LevelFilter::Warn, 5, false)
+        );
+        assert_eq!(
+            routed(&["health", "check", "--component", "worker"]),
+            R::Health {
+                component: Some("worker".into())
+            }
+        );
+        assert_eq!(
+            routed(&["diagnostics", "run", "--full"]),
+            R::Diagnostics { full: true }
+        );
+        assert_eq!(
+            routed(&["restart", "--service", "worker"]),
+            R::ControlRestart {
+                service: Some("worker".into())
+            }
+        );
+        assert_eq!(
+            routed(&["stop", "--now"]),
+            R::ControlStop {
+                service: None,
+                shutdown: true,
+                graceful: false
+            }
+        );
+        assert_eq!(routed(&["token"]), R::AuthToken);
+        assert_eq!(routed(&["token", "rotate"]), R::AuthTokenRotate);
+        assert!(matches!(
+            routed(&["mcp", "register", "time", "--", "python3", "-m", "x"]),
+            R::McpRegister { .. }
+        ));
+        assert_eq!(
+            routed(&["mcp", "list", "--status", "active"]),
+            R::McpList { status: "active" }
+        );
+        let R::McpCall { id, name, .. } = routed(&["mcp", "call", "a b", "echo", "{}"]) else {
+            panic!("call");
+        };
+        assert_eq!((id.as_str(), name.as_str()), ("a b", "echo"));
+        let id = || "a/b%".to_string();
+        for (action, want) in [
+            ("show", R::McpShow { id: id() }),
+            ("tools", R::McpTools { id: id() }),
+            ("start", R::McpStart { id: id() }),
+            ("stop", R::McpStop { id: id() }),
+            ("restart", R::McpRestart { id: id() }),
+            ("reset", R::McpReset { id: id() }),
+            ("unregister", R::McpUnregister { id: id() }),
+        ] {
+            assert_eq!(routed(&["mcp", action, "a/b%"]), want, "{action}");
+        }
     }
 
     #[test]

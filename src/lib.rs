@@ -19,6 +19,7 @@ pub mod mcp;
 pub mod monitor;
 pub mod net;
 pub mod openapi;
+pub mod ops;
 pub mod reactor;
 pub mod state;
 pub mod sys;

@@ -354,31 +354,14 @@ fn closed_by_peer(s: &mut TcpStream) -> bool {
     }
 }
 
-/// Parses `ROUTES` of `src/net/routes.rs`: (method, path) pairs.
+/// What the router serves: (method, path) pairs, from the library's router (derived from the
+/// ops table, as the binary's is).
 fn router_routes() -> BTreeSet<(String, String)> {
-    let src = include_str!("../src/net/routes.rs");
-    let start = src.find("pub const ROUTES").expect("ROUTES in routes.rs");
-    let table = &src[start..];
-    let table = &table[..table.find("\n];").expect("end of ROUTES")];
-    let mut out = BTreeSet::new();
-    for line in table.lines().map(str::trim) {
-        let Some(rest) = line.strip_prefix("(\"") else {
-            continue;
-        };
-        let (path, rest) = rest.split_once('"').expect("path");
-        let methods = rest
-            .split_once('[')
-            .and_then(|(_, m)| m.split_once(']'))
-            .map(|(m, _)| m)
-            .expect("methods");
-        for m in methods.split(',') {
-            let m = m.trim().trim_matches('"');
-            if !m.is_empty() {
-                out.insert((m.to_string(), path.to_string()));
-            }
-        }
-    }
-    assert!(out.len() > 20, "parsed too few routes: {out:?}");
+    let out: BTreeSet<(String, String)> = vsm_daemon::net::routes::routes()
+        .into_iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert!(out.len() > 20, "too few routes: {out:?}");
     out
 }
 
@@ -2009,6 +1992,47 @@ fn openapi_document_matches_the_router() {
             assert!(statuses.contains_key("200"), "{method} {path}: {op}");
         }
     }
+}
+
+#[test]
+fn every_websocket_command_reaches_its_operation() {
+    let d = start(QUICK_STOP);
+    register_fixture(&d, "fx", &[], json!({}));
+    wait_server(&d, "fx", "active");
+    let mut ws = ws_connected(&d);
+    let spec = json!({"id": "fx2", "command": "python3", "args": [fixture()], "autostart": false});
+    let mut answered = 0;
+    for (i, (name, op)) in vsm_daemon::net::ws::commands().enumerate() {
+        // Parameters the operation accepts; nothing here stops the daemon.
+        let parameters = match name {
+            "control_stop" | "control_start" => json!({"service": "monitor"}),
+            "control_restart" => json!({"service": "worker"}),
+            "update_config" => json!({"daemon": {"log_level": "debug"}}),
+            "mcp_register_server" => spec.clone(),
+            "mcp_unregister_server" => json!({"id": "fx2"}),
+            "mcp_call_tool" => json!({"id": "fx", "name": "echo", "arguments": {"message": "ws"}}),
+            _ if op.path.contains("{id}") => json!({"id": "fx"}),
+            _ => json!({}),
+        };
+        if name == "mcp_call_tool" {
+            // The start, restart and reset commands before it leave fx starting.
+            wait_server(&d, "fx", "active");
+        }
+        let (v, _) = ws_command(
+            &mut ws,
+            json!({"id": i, "command": name, "parameters": parameters}),
+        );
+        assert_eq!(
+            v["status"], "success",
+            "{name} ({} {}): {v}",
+            op.method, op.path
+        );
+        answered += 1;
+    }
+    assert!(answered > 20, "{answered}");
+    // The register and unregister commands really reached the registry.
+    let r = api(&d, "GET", "/api/v1/mcp/servers/fx2", None);
+    assert_error(&r, 404, "server_not_found");
 }
 
 // ----- 12. the same data over both transports --------------------------------------------------

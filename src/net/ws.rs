@@ -16,7 +16,8 @@
 //! stopped is still closed on time).
 
 use super::{http, Stream};
-use crate::api::{ApiError, ErrorCode};
+use crate::api::{ApiError, ErrorCode, Op};
+use crate::ops;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -416,52 +417,12 @@ pub enum Command {
     Api(Option<Value>, http::Request),
 }
 
-/// Named commands and the HTTP request each one is: (command, method, path template).
-/// `{id}` comes from `parameters.id` (or `server`); GET parameters become the query string,
-/// other methods send `parameters` as the body.
-pub const COMMANDS: &[(&str, &str, &str)] = &[
-    ("status", "GET", "/api/v1/status"),
-    ("health", "GET", "/api/v1/health"),
-    ("control_start", "POST", "/api/v1/control/start"),
-    ("control_stop", "POST", "/api/v1/control/stop"),
-    ("control_restart", "POST", "/api/v1/control/restart"),
-    ("get_config", "GET", "/api/v1/config"),
-    ("update_config", "PUT", "/api/v1/config"),
-    ("reload_config", "POST", "/api/v1/config/reload"),
-    ("get_config_schema", "GET", "/api/v1/config/schema"),
-    ("get_logs", "GET", "/api/v1/logs"),
-    ("get_events", "GET", "/api/v1/events"),
-    ("run_diagnostics", "POST", "/api/v1/diagnostics/run"),
-    ("get_metrics", "GET", "/api/v1/metrics"),
-    (
-        "get_performance_metrics",
-        "GET",
-        "/api/v1/metrics/performance",
-    ),
-    ("get_health_metrics", "GET", "/api/v1/metrics/health"),
-    ("mcp_list_servers", "GET", "/api/v1/mcp/servers"),
-    ("mcp_register_server", "POST", "/api/v1/mcp/servers"),
-    ("mcp_get_server", "GET", "/api/v1/mcp/servers/{id}"),
-    (
-        "mcp_unregister_server",
-        "DELETE",
-        "/api/v1/mcp/servers/{id}",
-    ),
-    ("mcp_start_server", "POST", "/api/v1/mcp/servers/{id}/start"),
-    ("mcp_stop_server", "POST", "/api/v1/mcp/servers/{id}/stop"),
-    (
-        "mcp_restart_server",
-        "POST",
-        "/api/v1/mcp/servers/{id}/restart",
-    ),
-    ("mcp_reset_server", "POST", "/api/v1/mcp/servers/{id}/reset"),
-    ("mcp_list_tools", "GET", "/api/v1/mcp/servers/{id}/tools"),
-    (
-        "mcp_call_tool",
-        "POST",
-        "/api/v1/mcp/servers/{id}/tools/call",
-    ),
-];
+/// The named commands, each with the operation it sends (the rows of the ops table that
+/// have a WebSocket name). `{id}` comes from `parameters.id` (or `server`); GET parameters
+/// become the query string, other methods send `parameters` as the body.
+pub fn commands() -> impl Iterator<Item = (&'static str, &'static Op)> {
+    ops::all().filter_map(|o| o.ws.map(|name| (name, o)))
+}
 
 fn encode(s: &str) -> String {
     s.bytes()
@@ -529,7 +490,12 @@ pub fn parse_command(text: &str) -> Result<Command, (Option<Value>, ApiError)> {
         let body = params.get("body").cloned();
         (method, path.to_string(), body)
     } else {
-        let Some((_, method, template)) = COMMANDS.iter().find(|(c, _, _)| *c == command) else {
+        let Some(Op {
+            method,
+            path: template,
+            ..
+        }) = ops::by_command(command)
+        else {
             return Err((
                 id,
                 ApiError::field(
@@ -559,7 +525,7 @@ pub fn parse_command(text: &str) -> Result<Command, (Option<Value>, ApiError)> {
             path = path.replace("{id}", &encode(server));
         }
         let mut body = params.clone();
-        if command == "mcp_call_tool" {
+        if ops::MCP_CALL.ws == Some(command) {
             if let Some(tool) = params.get("tool").filter(|_| params.get("name").is_none()) {
                 body["name"] = tool.clone();
             }
@@ -765,6 +731,38 @@ mod tests {
         let (id, e) = parse_command(r#"{"id":"x","command":"fly"}"#).expect_err("unknown");
         assert_eq!((id, e.code), (Some(json!("x")), ErrorCode::NotFound));
         assert!(parse_command("not json").is_err());
+    }
+
+    #[test]
+    fn every_command_sends_its_operation_through_the_router() {
+        let mut names = BTreeSet::new();
+        for (name, op) in commands() {
+            assert!(names.insert(name), "duplicate command {name}");
+            let msg = json!({"id": 1, "command": name, "parameters": {"id": "s 1", "name": "t"}});
+            let Ok(Command::Api(_, req)) = parse_command(&msg.to_string()) else {
+                panic!("{name} is not an API command");
+            };
+            assert_eq!(req.method, op.method, "{name}");
+            let resolved = crate::net::routes::resolve(&req.path).expect("routable");
+            assert_eq!(resolved.pattern, op.path, "{name}");
+            if let Err(e) = crate::net::routes::route(&req) {
+                let code = e.error.code;
+                assert!(
+                    !matches!(code, ErrorCode::NotFound | ErrorCode::MethodNotAllowed),
+                    "{name}: {code:?}"
+                );
+            }
+        }
+        // Every enveloped operation a WebSocket client may call has a command: the control
+        // socket's own operations and the non-JSON answers have none.
+        for o in ops::all() {
+            let callable = matches!(
+                o.produces,
+                crate::api::Produces::Json | crate::api::Produces::JsonOrSse
+            ) && o.access != crate::api::Access::ControlSocket;
+            assert_eq!(o.ws.is_some(), callable, "{} {}", o.method, o.path);
+        }
+        assert!(names.len() > 20);
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub use server::{Server, Source, Status};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use supervisor::{after_run, Decision, Jitter, RestartPolicy, RunEnd};
+use supervisor::{Jitter, RestartPolicy, RunEnd};
 
 /// Pipe tokens start here; server slot `n` owns `BASE + 3n .. BASE + 3n + 2`.
 pub const TOKEN_BASE: usize = 1 << 20;
@@ -183,7 +183,7 @@ impl Mcp {
     pub fn api_specs(&self) -> Vec<ServerSpec> {
         self.servers
             .values()
-            .filter(|s| s.source == Source::Api && !s.remove_when_stopped)
+            .filter(|s| s.source == Source::Api && !s.life.remove_when_stopped)
             .map(|s| s.spec.clone())
             .collect()
     }
@@ -306,14 +306,7 @@ impl Mcp {
         out: &mut Vec<Output>,
     ) -> Result<Value, ApiError> {
         self.check_unregister(id)?;
-        let server = self.servers.get_mut(id).ok_or_else(|| not_found(id))?;
-        server.remove_when_stopped = true;
-        server.restart_requested = false;
-        if server.process.is_some() {
-            self.begin_stop(cx, id, "unregistered", out);
-        } else {
-            self.remove(cx, id, out);
-        }
+        self.supervise(cx, id, supervisor::Event::Unregister, "unregistered", out);
         Ok(json!({"unregistered": id}))
     }
 
@@ -428,7 +421,9 @@ impl Mcp {
         // Reasons may quote the server: the event and the log get the bounded text.
         let reason = truncate(reason.to_string(), server::TEXT_MAX);
         let reason = reason.as_str();
-        let old = s.set_status(status, reason);
+        let Ok(old) = s.set_status(status, reason) else {
+            return;
+        };
         if old == status {
             return;
         }

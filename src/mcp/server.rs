@@ -8,7 +8,7 @@
 use super::jsonrpc::LineSplitter;
 use super::process::Process;
 use super::registry::ServerSpec;
-use super::supervisor::CircuitBreaker;
+use super::supervisor::Life;
 use super::tools::{Flood, Listing, Relist};
 use crate::daemon::ReplyTo;
 use crate::reactor::timer::TimerId;
@@ -74,7 +74,68 @@ pub enum Status {
     Failed,
 }
 
+/// The legal status changes: `(from, to)`, every one reachable by a real sequence of events
+/// (`supervisor::step` decides them; its test walks the events and finds each row). A row
+/// from a status to itself records a new reason in the history without a change (a further
+/// missed ping, another failed start). Anything else is a bug and is refused.
+pub const TRANSITIONS: &[(Status, Status)] = {
+    use Status::*;
+    &[
+        (Registered, Starting),
+        (Registered, Backoff),
+        (Registered, Failed),
+        (Registered, Stopped),
+        (Starting, Initializing),
+        (Starting, Stopping),
+        (Starting, Backoff),
+        (Starting, Failed),
+        (Initializing, Active),
+        (Initializing, Stopping),
+        (Initializing, Backoff),
+        (Initializing, Failed),
+        (Active, Degraded),
+        (Active, Stopping),
+        (Active, Backoff),
+        (Active, Failed),
+        (Degraded, Degraded),
+        (Degraded, Active),
+        (Degraded, Stopping),
+        (Degraded, Backoff),
+        (Degraded, Failed),
+        (Backoff, Starting),
+        (Backoff, Backoff),
+        (Backoff, Failed),
+        (Backoff, Stopped),
+        (Stopping, Stopped),
+        (Stopped, Starting),
+        (Stopped, Backoff),
+        (Stopped, Failed),
+        (Failed, Starting),
+        (Failed, Backoff),
+        (Failed, Failed),
+        (Failed, Stopped),
+    ]
+};
+
 impl Status {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Status; 9] = [
+        Status::Registered,
+        Status::Starting,
+        Status::Initializing,
+        Status::Active,
+        Status::Degraded,
+        Status::Backoff,
+        Status::Stopping,
+        Status::Stopped,
+        Status::Failed,
+    ];
+
+    /// Whether `self -> to` is a row of [`TRANSITIONS`].
+    pub fn may_become(self, to: Status) -> bool {
+        TRANSITIONS.contains(&(self, to))
+    }
+
     /// Lowercase name used on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -106,6 +167,15 @@ impl Status {
                 | Status::Stopping
         )
     }
+}
+
+/// A status change that [`TRANSITIONS`] does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IllegalTransition {
+    /// The status kept.
+    pub from: Status,
+    /// The status refused.
+    pub to: Status,
 }
 
 /// Where a spec came from.
@@ -178,16 +248,13 @@ pub struct Server {
     pub misbehaved: bool,
     /// Whether this run completed the handshake.
     pub initialized: bool,
-    /// Consecutive failed starts (drives the backoff).
-    pub attempt: u32,
-    /// Failed starts within the window.
-    pub breaker: CircuitBreaker,
+    /// What the supervisor keeps between events: backoff attempt, circuit breaker,
+    /// pending operator restart or removal.
+    pub life: Life,
     /// Automatic restarts so far.
     pub restarts: u32,
     /// The timer of the current phase (backoff, init deadline, stop escalation).
     pub timer: Option<TimerId>,
-    /// Start again once the current process has exited (operator restart).
-    pub restart_requested: bool,
     /// Why the current run is being ended, when we end it.
     pub ending: Option<String>,
     /// Health pings missed in a row.
@@ -210,8 +277,6 @@ pub struct Server {
     pub landlock: String,
     /// Pid of the current or last run.
     pub last_pid: Option<i32>,
-    /// Remove the server once its process has exited (unregistered while running).
-    pub remove_when_stopped: bool,
     /// Splits stdout into JSON-RPC lines.
     pub stdout_lines: LineSplitter,
     /// Splits stderr into log lines.
@@ -240,11 +305,9 @@ impl Server {
             list_changed: Flood::default(),
             misbehaved: false,
             initialized: false,
-            attempt: 0,
-            breaker: CircuitBreaker::default(),
+            life: Life::default(),
             restarts: 0,
             timer: None,
-            restart_requested: false,
             ending: None,
             missed_pings: 0,
             protocol_errors: 0,
@@ -256,7 +319,6 @@ impl Server {
             calls: (0, 0, 0),
             landlock: "not started".into(),
             last_pid: None,
-            remove_when_stopped: false,
             stdout_lines: LineSplitter::new(1),
             stderr_lines: LineSplitter::new(1),
         };
@@ -265,16 +327,39 @@ impl Server {
         s
     }
 
-    /// Records a transition; returns the old status.
-    pub fn set_status(&mut self, status: Status, reason: &str) -> Status {
+    /// Records a transition and returns the old status; the one place a status changes.
+    ///
+    /// An illegal transition (not in [`TRANSITIONS`]) is a bug in the daemon: it is refused
+    /// (the status stays, the refusal is logged as an error) and panics in debug builds, so
+    /// the tests find it.
+    pub fn set_status(
+        &mut self,
+        status: Status,
+        reason: &str,
+    ) -> Result<Status, IllegalTransition> {
         let old = self.status;
+        if !old.may_become(status) {
+            let illegal = IllegalTransition {
+                from: old,
+                to: status,
+            };
+            log::error!(
+                "bug: MCP server {}: refused the illegal transition {} -> {} ({})",
+                self.spec.id,
+                old.as_str(),
+                status.as_str(),
+                truncate(reason.to_string(), 200)
+            );
+            debug_assert!(false, "{illegal:?} ({reason})");
+            return Err(illegal);
+        }
         self.status = status;
         if self.history.len() >= HISTORY {
             self.history.pop_front();
         }
         let reason = truncate(reason.to_string(), TEXT_MAX);
         self.history.push_back((SystemTime::now(), status, reason));
-        old
+        Ok(old)
     }
 
     /// Remembers an error.
@@ -369,8 +454,8 @@ impl Server {
         v["stderr_suppressed"] = json!(self.stderr_suppressed);
         v["protocol_errors"] = json!(self.protocol_errors);
         v["circuit_breaker"] = json!({
-            "open": self.breaker.is_open(),
-            "recent_failures": self.breaker.recent_failures(),
+            "open": self.life.breaker.is_open(),
+            "recent_failures": self.life.breaker.recent_failures(),
         });
         v["calls"] = json!({"ok": self.calls.0, "failed": self.calls.1, "timed_out": self.calls.2, "in_flight": self.calls_in_flight()});
         v["missed_pings"] = json!(self.missed_pings);
@@ -399,11 +484,49 @@ mod tests {
         let mut s = Server::new(spec, Source::Api, 0);
         for _ in 0..100 {
             s.note_error("e".repeat(1 << 20));
-            s.set_status(Status::Backoff, &"r".repeat(1 << 20));
+            s.set_status(Status::Backoff, &"r".repeat(1 << 20))
+                .expect("registered -> backoff -> backoff");
         }
         assert_eq!(s.last_errors.len(), ERRORS);
         assert_eq!(s.history.len(), HISTORY);
         assert!(s.last_errors.iter().all(|(_, e)| e.len() < TEXT_MAX + 32));
         assert!(s.history.iter().all(|(_, _, r)| r.len() < TEXT_MAX + 32));
+    }
+
+    #[test]
+    fn set_status_follows_the_table_and_refuses_the_rest() {
+        let spec: ServerSpec =
+            serde_json::from_value(json!({"id": "t", "command": "x"})).expect("spec");
+        let mut s = Server::new(spec, Source::Api, 0);
+        for to in [
+            Status::Starting,
+            Status::Initializing,
+            Status::Active,
+            Status::Degraded,
+        ] {
+            assert!(s.set_status(to, "step").is_ok(), "{to:?}");
+        }
+        assert_eq!(s.history.len(), 5);
+        // Degraded -> Registered is no row: refused, and a panic in debug builds.
+        let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            s.set_status(Status::Registered, "bug")
+        }));
+        if cfg!(debug_assertions) {
+            assert!(
+                refused.is_err(),
+                "debug builds panic on an illegal transition"
+            );
+        } else {
+            assert!(matches!(refused, Ok(Err(IllegalTransition { .. }))));
+        }
+        assert_eq!(s.status, Status::Degraded, "the status stays");
+        assert_eq!(s.history.len(), 5, "nothing recorded");
+        // The table has no duplicates and names each status at least once as a source.
+        for (i, row) in TRANSITIONS.iter().enumerate() {
+            assert!(!TRANSITIONS[..i].contains(row), "{row:?} twice");
+        }
+        for st in Status::ALL {
+            assert!(TRANSITIONS.iter().any(|(from, _)| *from == st), "{st:?}");
+        }
     }
 }

@@ -280,12 +280,8 @@ impl Mcp {
                     let initialized =
                         jsonrpc::notification("notifications/initialized", Value::Null);
                     self.send(id, &initialized);
-                    self.transition(
-                        id,
-                        Status::Initializing,
-                        &format!("protocol {version}"),
-                        out,
-                    );
+                    let reason = format!("protocol {version}");
+                    self.supervise(cx, id, supervisor::Event::Handshake, &reason, out);
                     self.start_listing(id);
                 }
                 Err(e) => {
@@ -324,9 +320,8 @@ impl Mcp {
                     return;
                 };
                 server.missed_pings = 0;
-                if server.status == Status::Degraded {
-                    self.transition(id, Status::Active, "answered a health ping", out);
-                }
+                let answered = supervisor::Event::PingAnswered;
+                self.supervise(cx, id, answered, "answered a health ping", out);
             }
             Pending::Call {
                 reply,
@@ -470,12 +465,8 @@ impl Mcp {
             if let Some(t) = server.timer.take() {
                 cx.timers.cancel(t);
             }
-            self.transition(
-                id,
-                Status::Active,
-                &format!("ready with {count} tools"),
-                out,
-            );
+            let reason = format!("ready with {count} tools");
+            self.supervise(cx, id, supervisor::Event::Listed, &reason, out);
         } else if changed {
             log::info!("MCP server {id}: tool list changed ({count} tools)");
             // Events are kept in the history: name a bounded number of tools, briefly.
@@ -607,7 +598,7 @@ impl Mcp {
     }
 
     /// One health round: every serving server gets a ping; unanswered ones count as missed.
-    pub fn ping_all(&mut self, out: &mut Vec<Output>) {
+    pub fn ping_all(&mut self, cx: &mut Cx<'_, Timer>, out: &mut Vec<Output>) {
         if !self.settings.config.health_check_enabled {
             return;
         }
@@ -634,16 +625,19 @@ impl Mcp {
                 }
                 server.missed_pings += 1;
                 let missed = server.missed_pings;
+                let event = supervisor::Event::PingMissed {
+                    missed,
+                    allowed: misses_allowed,
+                };
+                let reason = if missed >= misses_allowed {
+                    format!("missed {missed} health pings")
+                } else {
+                    format!("missed {missed} health ping(s)")
+                };
+                self.supervise(cx, &id, event, &reason, out);
                 if missed >= misses_allowed {
-                    self.kill_run(&id, format!("missed {missed} health pings"));
                     continue;
                 }
-                self.transition(
-                    &id,
-                    Status::Degraded,
-                    &format!("missed {missed} health ping(s)"),
-                    out,
-                );
             }
             let Some(server) = self.servers.get_mut(&id) else {
                 continue;

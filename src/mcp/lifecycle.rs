@@ -351,31 +351,14 @@ impl Mcp {
                 server.last_pid = Some(process.pid);
                 server.landlock = landlock;
                 server.process = Some(process);
-                server.pending.clear();
-                server.initialized = false;
                 server.misbehaved = false;
-                server.relist = tools::Relist::default();
-                server.list_changed = tools::Flood::default();
-                server.recent_protocol_errors = tools::Flood::default();
-                server.missed_pings = 0;
-                server.protocol_version = None;
                 server.stdout_lines = LineSplitter::new(max_line);
                 server.stderr_lines = LineSplitter::new(STDERR_LINE_MAX);
                 server.stderr_bucket = (
                     f64::from(self.settings.config.stderr_lines_per_second) * 5.0,
                     Instant::now(),
                 );
-                let rpc = server.take_id();
-                server.pending.insert(rpc, Pending::Initialize);
-                let init = jsonrpc::request(
-                    rpc,
-                    "initialize",
-                    json!({
-                        "protocolVersion": PROTOCOL_VERSIONS[0],
-                        "capabilities": {},
-                        "clientInfo": {"name": "vsm-daemon", "version": env!("CARGO_PKG_VERSION")},
-                    }),
-                );
+                let init = server.session.begin_run();
                 let (slot, run) = (server.slot, server.run);
                 server.timer = Some(cx.timers.insert(
                     Instant::now() + init_timeout,
@@ -388,7 +371,7 @@ impl Mcp {
                 let pid = server.pid();
                 let reason = format!("spawned pid {}", pid.unwrap_or(0));
                 self.supervise(cx, id, Event::Spawned, &reason, out);
-                self.send(id, &init);
+                self.apply(cx, id, init, out);
             }
             Err(e) => {
                 log::warn!("MCP server {id}: {e}");
@@ -469,30 +452,8 @@ impl Mcp {
         let Some(server) = self.servers.get_mut(id) else {
             return;
         };
-        for (_, p) in server.pending.drain() {
-            if let Pending::Call {
-                reply,
-                timer,
-                tool,
-                started,
-            } = p
-            {
-                cx.timers.cancel(timer);
-                server.calls.1 += 1;
-                out.push(Output::ToolCall(
-                    id.to_string(),
-                    "server_exited",
-                    started.elapsed().as_secs_f64(),
-                ));
-                out.push(Output::Reply(
-                    reply,
-                    Err(ApiError::new(
-                        ErrorCode::ServerExited,
-                        format!("MCP server {id} {reason} during the call to {tool}"),
-                    )),
-                ));
-            }
-        }
+        let effects = server.session.end_run(reason, Instant::now());
+        self.apply(cx, id, effects, out);
     }
 
     /// Kills the current run for a reason; the exit path decides what happens next.
@@ -562,37 +523,18 @@ impl Mcp {
                 }
             }
             TimerKind::Relist => {
-                let next = server.relist.timer_fired();
-                self.relist_next(cx, &id, next);
+                let Some(context) = self.context(&id) else {
+                    return;
+                };
+                let Some(server) = self.servers.get_mut(&id) else {
+                    return;
+                };
+                let effects = server.session.on_relist_timer(context);
+                self.apply(cx, &id, effects, out);
             }
             TimerKind::Call(rpc) => {
-                if let Some(Pending::Call {
-                    reply,
-                    tool,
-                    started,
-                    ..
-                }) = server.pending.remove(&rpc)
-                {
-                    server.calls.2 += 1;
-                    out.push(Output::ToolCall(
-                        id.clone(),
-                        "timeout",
-                        started.elapsed().as_secs_f64(),
-                    ));
-                    let ms = started.elapsed().as_millis();
-                    out.push(Output::Reply(
-                        reply,
-                        Err(ApiError::new(
-                            ErrorCode::Timeout,
-                            format!("tool {tool} on {id} did not answer within {ms} ms"),
-                        )),
-                    ));
-                    let cancel = jsonrpc::notification(
-                        "notifications/cancelled",
-                        json!({"requestId": rpc, "reason": "timed out"}),
-                    );
-                    self.send(&id, &cancel);
-                }
+                let effects = server.session.on_call_deadline(rpc, Instant::now());
+                self.apply(cx, &id, effects, out);
             }
         }
     }
@@ -643,7 +585,7 @@ impl Mcp {
         let Some(server) = self.servers.get_mut(&id) else {
             return true;
         };
-        let initialized = server.initialized;
+        let initialized = server.session.initialized;
         if server.status != Status::Stopping {
             log::warn!(
                 "MCP server {id} {reason} after {:.1} s",

@@ -8,12 +8,12 @@
 use super::jsonrpc::LineSplitter;
 use super::process::Process;
 use super::registry::ServerSpec;
+use super::session::Session;
 use super::supervisor::Life;
-use super::tools::{Flood, Listing, Relist};
 use crate::daemon::ReplyTo;
 use crate::reactor::timer::TimerId;
 use serde_json::{json, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Instant, SystemTime};
 
 /// Protocol versions we speak, newest first; we offer the first.
@@ -187,28 +187,6 @@ pub enum Source {
     Config,
 }
 
-/// A request we sent and await an answer to.
-#[derive(Debug)]
-pub enum Pending {
-    /// The handshake.
-    Initialize,
-    /// A page of `tools/list`; tools gathered so far.
-    ToolsList(Listing),
-    /// A health ping.
-    Ping(Instant),
-    /// A tool call for a client.
-    Call {
-        /// Where the answer goes.
-        reply: ReplyTo,
-        /// Its deadline timer.
-        timer: TimerId,
-        /// When it was sent.
-        started: Instant,
-        /// Tool name.
-        tool: String,
-    },
-}
-
 /// One managed server.
 #[derive(Debug)]
 pub struct Server {
@@ -226,28 +204,10 @@ pub struct Server {
     pub process: Option<Process>,
     /// Increases with every spawn; timers carry it so stale ones are ignored.
     pub run: u64,
-    /// Next JSON-RPC id.
-    pub next_id: u64,
-    /// Requests awaiting answers.
-    pub pending: HashMap<u64, Pending>,
-    /// Negotiated protocol version.
-    pub protocol_version: Option<String>,
-    /// `serverInfo` from the handshake.
-    pub server_info: Value,
-    /// `capabilities` from the handshake.
-    pub server_capabilities: Value,
-    /// `instructions` from the handshake.
-    pub instructions: Option<String>,
-    /// Tools from the last complete listing.
-    pub tools: Vec<Value>,
-    /// When to list the tools again after `list_changed`.
-    pub relist: Relist,
-    /// Recent `list_changed` notifications (a flood counts as protocol errors).
-    pub list_changed: Flood,
+    /// The JSON-RPC session (handshake, tools, requests in flight, counters).
+    pub session: Session<ReplyTo, TimerId>,
     /// The current run is being ended for breaking the daemon's bounds.
     pub misbehaved: bool,
-    /// Whether this run completed the handshake.
-    pub initialized: bool,
     /// What the supervisor keeps between events: backoff attempt, circuit breaker,
     /// pending operator restart or removal.
     pub life: Life,
@@ -257,12 +217,6 @@ pub struct Server {
     pub timer: Option<TimerId>,
     /// Why the current run is being ended, when we end it.
     pub ending: Option<String>,
-    /// Health pings missed in a row.
-    pub missed_pings: u32,
-    /// Lines on stdout that were not JSON-RPC.
-    pub protocol_errors: u64,
-    /// Recent protocol errors (for the "persistent" rule).
-    pub recent_protocol_errors: Flood,
     /// Recent errors: (when, what).
     pub last_errors: VecDeque<(SystemTime, String)>,
     /// Last stderr lines.
@@ -271,8 +225,6 @@ pub struct Server {
     pub stderr_suppressed: u64,
     /// Token bucket for stderr logging: (tokens, last refill).
     pub stderr_bucket: (f64, Instant),
-    /// Tool calls answered, failed, timed out.
-    pub calls: (u64, u64, u64),
     /// Landlock status of the current run.
     pub landlock: String,
     /// Pid of the current or last run.
@@ -286,6 +238,7 @@ pub struct Server {
 impl Server {
     /// A new server in `registered`.
     pub fn new(spec: ServerSpec, source: Source, slot: usize) -> Self {
+        let spec_id = spec.id.clone();
         let mut s = Server {
             spec,
             source,
@@ -294,29 +247,16 @@ impl Server {
             history: VecDeque::new(),
             process: None,
             run: 0,
-            next_id: 1,
-            pending: HashMap::new(),
-            protocol_version: None,
-            server_info: Value::Null,
-            server_capabilities: Value::Null,
-            instructions: None,
-            tools: Vec::new(),
-            relist: Relist::default(),
-            list_changed: Flood::default(),
+            session: Session::new(&spec_id),
             misbehaved: false,
-            initialized: false,
             life: Life::default(),
             restarts: 0,
             timer: None,
             ending: None,
-            missed_pings: 0,
-            protocol_errors: 0,
-            recent_protocol_errors: Flood::default(),
             last_errors: VecDeque::new(),
             stderr_tail: VecDeque::new(),
             stderr_suppressed: 0,
             stderr_bucket: (0.0, Instant::now()),
-            calls: (0, 0, 0),
             landlock: "not started".into(),
             last_pid: None,
             stdout_lines: LineSplitter::new(1),
@@ -376,7 +316,6 @@ impl Server {
     pub fn release_run_memory(&mut self) {
         self.stdout_lines = LineSplitter::new(1);
         self.stderr_lines = LineSplitter::new(1);
-        self.pending.shrink_to_fit();
     }
 
     /// Keeps a stderr line in the tail.
@@ -387,32 +326,9 @@ impl Server {
         self.stderr_tail.push_back(line);
     }
 
-    /// Takes a JSON-RPC id.
-    pub fn take_id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
-    }
-
     /// Pid of the running process.
     pub fn pid(&self) -> Option<i32> {
         self.process.as_ref().map(|p| p.pid)
-    }
-
-    /// Tool names from the last listing.
-    pub fn tool_names(&self) -> Vec<&str> {
-        self.tools
-            .iter()
-            .filter_map(|t| t["name"].as_str())
-            .collect()
-    }
-
-    /// Calls in flight.
-    pub fn calls_in_flight(&self) -> usize {
-        self.pending
-            .values()
-            .filter(|p| matches!(p, Pending::Call { .. }))
-            .count()
     }
 
     /// Short JSON for lists.
@@ -424,7 +340,7 @@ impl Server {
             "pid": self.pid(),
             "uptime_seconds": uptime,
             "restarts": self.restarts,
-            "tools": self.tools.len(),
+            "tools": self.session.tools.len(),
             "capabilities": self.spec.capabilities,
             "source": match self.source { Source::Api => "api", Source::Config => "config" },
         })
@@ -440,11 +356,12 @@ impl Server {
             .iter()
             .map(|(t, s, r)| json!({"at": ts(*t), "status": s.as_str(), "reason": r}))
             .collect();
-        v["protocol_version"] = json!(self.protocol_version);
-        v["server_info"] = self.server_info.clone();
-        v["server_capabilities"] = self.server_capabilities.clone();
-        v["instructions"] = json!(self.instructions);
-        v["tools"] = Value::Array(self.tools.clone());
+        let session = &self.session;
+        v["protocol_version"] = json!(session.protocol_version);
+        v["server_info"] = session.server_info.clone();
+        v["server_capabilities"] = session.server_capabilities.clone();
+        v["instructions"] = json!(session.instructions);
+        v["tools"] = Value::Array(session.tools.clone());
         v["last_errors"] = self
             .last_errors
             .iter()
@@ -452,13 +369,13 @@ impl Server {
             .collect();
         v["stderr_tail"] = json!(self.stderr_tail);
         v["stderr_suppressed"] = json!(self.stderr_suppressed);
-        v["protocol_errors"] = json!(self.protocol_errors);
+        v["protocol_errors"] = json!(session.protocol_errors);
         v["circuit_breaker"] = json!({
             "open": self.life.breaker.is_open(),
             "recent_failures": self.life.breaker.recent_failures(),
         });
-        v["calls"] = json!({"ok": self.calls.0, "failed": self.calls.1, "timed_out": self.calls.2, "in_flight": self.calls_in_flight()});
-        v["missed_pings"] = json!(self.missed_pings);
+        v["calls"] = json!({"ok": session.calls.0, "failed": session.calls.1, "timed_out": session.calls.2, "in_flight": session.calls_in_flight()});
+        v["missed_pings"] = json!(session.missed_pings);
         v["landlock"] = json!(self.landlock);
         v["last_pid"] = json!(self.last_pid);
         v

@@ -200,7 +200,7 @@ impl Mcp {
         let at_limit = self.at_limit();
         let server = self.servers.get(id).ok_or_else(|| not_found(id))?;
         let was_open = server.life.breaker.is_open();
-        if self.supervise(cx, id, Event::Reset { at_limit }, "start requested", out) {
+        if self.supervise(cx, id, Event::Reset { at_limit }, "reset requested", out) {
             return Err(self.limit_error());
         }
         let s = &self.servers[id];

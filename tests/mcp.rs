@@ -1476,3 +1476,51 @@ fn what_a_server_says_at_the_handshake_is_kept_bounded() {
     let r = call_ok(&d, "chatty", "echo", json!({"message": "still fine"}));
     assert_eq!(first_text(&r), "still fine");
 }
+
+/// A server stopped during its handshake that still answers `initialize` (it read the
+/// request before it saw stdin close) stays stopped: the answer does not move it back to
+/// `initializing`, and its exit is not taken for a crash to restart from.
+#[test]
+fn a_server_stopped_during_its_handshake_stays_stopped() {
+    let dir = TempDir::new("late-answer");
+    let go = dir.path().join("go");
+    let rec = dir.path().join("record.jsonl");
+    let script = format!(
+        "while [ ! -e '{}' ]; do sleep 0.02; done; exec python3 '{}' --record '{}'",
+        go.display(),
+        fixture(),
+        rec.display()
+    );
+    let d = Daemon::start_with(Setup {
+        config: Some("[mcp_servers]\nstop_grace_ms = 20000\nterm_timeout_ms = 300\n".into()),
+        ..Setup::default()
+    });
+    register(&d, "late", &[], &["sh", "-c", &script]);
+    let out = d.cli(&["mcp", "stop", "late"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(details(&d, "late")["status"], "stopping");
+    // Now it reads the `initialize` waiting in its stdin, answers it, and exits on EOF.
+    std::fs::write(&go, b"").expect("go");
+    let v = wait_status(&d, "late", "stopped");
+    wait_until(
+        "the fixture to have answered initialize and seen stdin close",
+        || records(&rec),
+        |r| {
+            r.iter().any(|e| e["event"] == "initialize")
+                && r.iter().any(|e| e["event"] == "stdin_closed")
+        },
+        |r| format!("{r:?}\n{}", log_tail(&d)),
+    );
+    let statuses: Vec<String> = history(&v).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(
+        statuses,
+        ["registered", "starting", "stopping", "stopped"],
+        "{v:#}"
+    );
+    assert_eq!(v["restarts"], 0, "{v:#}");
+    assert!(
+        !d.stderr().contains("illegal transition"),
+        "{}",
+        log_tail(&d)
+    );
+}

@@ -1568,7 +1568,7 @@ impl Handler for Daemon {
                 self.health_timer =
                     Some(cx.timers.insert(Instant::now() + every, Timer::HealthCheck));
                 self.start_health_round(cx, None);
-                self.mcp.ping_all(&mut self.outputs);
+                self.mcp.ping_all(cx, &mut self.outputs);
                 self.flush_refusal_log();
             }
             Timer::Mcp(t) => self.mcp.on_timer(cx, t, &mut self.outputs),

@@ -792,4 +792,155 @@ mod tests {
         plain.headers.clear();
         assert_eq!(handshake_response(&plain).map_err(|e| e.0), Err(426));
     }
+
+    /// One step of [`OnSchedule`]: take at most `n` bytes, or refuse with `WouldBlock`.
+    #[derive(Debug, Clone, Copy)]
+    enum Io {
+        Take(usize),
+        Block,
+    }
+
+    /// A socket driven by a schedule, as tungstenite's `tests/write.rs` does: each call to
+    /// `write` (or `read`) consumes one step; when the schedule runs out, writes take
+    /// everything and reads block. Reads hand out `incoming` in the scheduled sizes.
+    struct OnSchedule {
+        writes: VecDeque<Io>,
+        reads: VecDeque<Io>,
+        incoming: VecDeque<u8>,
+        written: Vec<u8>,
+        blocked: usize,
+    }
+
+    impl OnSchedule {
+        fn new(writes: &[Io], reads: &[Io], incoming: Vec<u8>) -> Self {
+            OnSchedule {
+                writes: writes.iter().copied().collect(),
+                reads: reads.iter().copied().collect(),
+                incoming: incoming.into(),
+                written: Vec::new(),
+                blocked: 0,
+            }
+        }
+    }
+
+    impl Read for OnSchedule {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = match self.reads.pop_front() {
+                Some(Io::Take(n)) => n.min(buf.len()).min(self.incoming.len()),
+                Some(Io::Block) | None => 0,
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            for (slot, byte) in buf.iter_mut().zip(self.incoming.drain(..n)) {
+                *slot = byte;
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for OnSchedule {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = match self.writes.pop_front() {
+                Some(Io::Take(n)) => n.min(buf.len()),
+                Some(Io::Block) => {
+                    self.blocked += 1;
+                    return Err(std::io::ErrorKind::WouldBlock.into());
+                }
+                None => buf.len(),
+            };
+            self.written.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Frames a client would send (masked), as bytes.
+    fn client_frames(texts: &[String]) -> Vec<u8> {
+        let cursor = std::io::Cursor::new(Vec::new());
+        let mut ws = WebSocket::from_raw_socket(cursor, Role::Client, None);
+        for t in texts {
+            ws.send(Message::text(t.clone())).expect("frame");
+        }
+        ws.get_ref().get_ref().clone()
+    }
+
+    /// The text messages in what the server wrote, decoded as a client would.
+    fn decode(bytes: Vec<u8>) -> Vec<String> {
+        let cursor = std::io::Cursor::new(bytes);
+        let mut ws = WebSocket::from_raw_socket(cursor, Role::Client, None);
+        let mut texts = Vec::new();
+        while let Ok(m) = ws.read() {
+            if let Message::Text(t) = m {
+                texts.push(t.as_str().to_string());
+            }
+        }
+        texts
+    }
+
+    #[test]
+    fn events_arrive_whole_and_in_order_when_the_socket_blocks_on_a_schedule() {
+        use Io::{Block, Take};
+        // Blocks, partial writes of a few bytes, more blocks: every frame is cut somewhere.
+        let mut writes = Vec::new();
+        for i in 0..200 {
+            writes.push(if i % 3 == 0 { Block } else { Take(1 + i % 7) });
+        }
+        let texts: Vec<String> = (0..40)
+            .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i * 37 % 300)))
+            .collect();
+        let mut w = WsConn::new(OnSchedule::new(&writes, &[], Vec::new()), Vec::new(), 0);
+        let (mut sent, mut rounds, mut saw_stall) = (0, 0, false);
+        while sent < texts.len() || w.stall_due().is_some() {
+            // Events keep coming while the socket blocks now and then.
+            if sent < texts.len() {
+                assert_eq!(w.enqueue(texts[sent].clone().into()), 0, "nothing dropped");
+                sent += 1;
+            }
+            w.pump().expect("pump");
+            saw_stall |= w.stall_due().is_some();
+            rounds += 1;
+            assert!(rounds < 10_000, "the schedule ends, so the queue drains");
+        }
+        assert!(
+            w.stream_mut().writes.is_empty(),
+            "the whole schedule was used"
+        );
+        assert!(w.stream_mut().blocked >= 60);
+        assert!(saw_stall, "a refused write starts the stall clock");
+        assert_eq!(w.stall_due(), None, "drained: the stall clock stopped");
+        let written = std::mem::take(&mut w.stream_mut().written);
+        assert_eq!(decode(written), texts);
+    }
+
+    #[test]
+    fn commands_cut_into_pieces_between_would_blocks_are_read_whole() {
+        use Io::{Block, Take};
+        let texts: Vec<String> = (0..10)
+            .map(|i| format!("{{\"id\":{i},\"command\":\"subscribe\",\"channels\":[\"logs\"]}}"))
+            .collect();
+        let incoming = client_frames(&texts);
+        let mut reads = Vec::new();
+        for i in 0..incoming.len() * 2 {
+            reads.push(if i % 2 == 0 { Take(1 + i % 5) } else { Block });
+        }
+        let total = incoming.len();
+        let mut w = WsConn::new(OnSchedule::new(&[], &reads, incoming), Vec::new(), 0);
+        let mut got = Vec::new();
+        let mut rounds = 0;
+        while got.len() < texts.len() {
+            let before = got.len();
+            w.read_texts(&mut got).expect("read");
+            // Whatever the cut, only whole messages come out, in order.
+            assert_eq!(got[..], texts[..got.len()], "after {rounds} reads");
+            if got.len() == before {
+                rounds += 1;
+            }
+            assert!(rounds < 10 * total, "every byte is eventually read");
+        }
+        assert!(w.stream_mut().incoming.is_empty());
+        assert!(!w.is_closing());
+    }
 }

@@ -237,17 +237,26 @@ fn another_uid_is_refused() {
     let copy = d.dir.path().join("vsm-daemon-client");
     std::fs::copy(bin(), &copy).expect("copy binary");
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let out = {
+    // Another test thread may fork while our copy's write fd is still open; its child holds
+    // that fd until it execs, and exec of the copy meanwhile fails with ETXTBSY. Retry that.
+    let mut tries = 0;
+    let out = loop {
         use std::os::unix::process::CommandExt;
-        std::process::Command::new(&copy)
+        let run = std::process::Command::new(&copy)
             .args(["--socket"])
             .arg(&d.socket)
             .arg("status")
             .uid(65534)
             .gid(65534)
             .current_dir("/")
-            .output()
-            .expect("run as nobody")
+            .output();
+        match run {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => break other.expect("run as nobody"),
+        }
     };
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(

@@ -215,7 +215,13 @@ impl Daemon {
             }
         };
         let cursor = self.logging.ring.last_seq();
-        if let Err(message) = self.server.upgrade(cx, conn, seq, &response, cursor) {
+        if let Err(message) = self.server.upgrade(
+            &mut cx.narrow(Timer::Net).cx(),
+            conn,
+            seq,
+            &response,
+            cursor,
+        ) {
             self.answer_with(
                 cx,
                 reply,
@@ -228,7 +234,11 @@ impl Daemon {
         log::debug!("WebSocket client connected");
         let hello = json!({"type": "connected", "timestamp": now_string(),
                            "data": {"version": env!("CARGO_PKG_VERSION"), "channels": net::ws::CHANNELS}});
-        self.server.ws_send(cx, conn, hello.to_string().into());
+        self.server.ws_send(
+            &mut cx.narrow(Timer::Net).cx(),
+            conn,
+            hello.to_string().into(),
+        );
     }
 
     pub(super) fn handle_ws_text(&mut self, cx: &mut Cx<'_, Timer>, conn: ConnId, text: &str) {
@@ -249,7 +259,7 @@ impl Daemon {
                     Some(&id),
                 );
                 let text = String::from_utf8(bytes).unwrap_or_default();
-                server.ws_send(cx, conn, text.into());
+                server.ws_send(&mut cx.narrow(Timer::Net).cx(), conn, text.into());
             };
         match net::ws::parse_command(text) {
             Err((id, e)) => reply_direct(&mut self.server, cx, id, Err(e)),
@@ -329,7 +339,11 @@ impl Daemon {
                         addr: Some(addr),
                         authorized: true,
                     };
-                    self.server.adopt(cx, net::Stream::Tcp(stream), peer);
+                    self.server.adopt(
+                        &mut cx.narrow(Timer::Net).cx(),
+                        net::Stream::Tcp(stream),
+                        peer,
+                    );
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -375,7 +389,11 @@ impl Daemon {
                         addr: None,
                         authorized: allowed,
                     };
-                    self.server.adopt(cx, net::Stream::Unix(stream), peer);
+                    self.server.adopt(
+                        &mut cx.narrow(Timer::Net).cx(),
+                        net::Stream::Unix(stream),
+                        peer,
+                    );
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

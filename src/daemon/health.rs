@@ -65,7 +65,7 @@ impl Daemon {
             result(true, "stopped", "stopped by the operator".into())
         };
         results.insert("monitor".to_string(), monitor);
-        let mut worker_job = None;
+        let mut submit = false;
         match self.worker.as_mut() {
             None => {
                 results.insert(
@@ -79,33 +79,32 @@ impl Daemon {
                     result(false, "failing", "worker thread has died".into()),
                 );
             }
-            Some(w) => match w.submit({
-                let dir = self.state.path().to_path_buf();
-                Box::new(move || WorkResult::Probe(probe_state(&dir)))
-            }) {
-                Ok(id) => {
-                    let timer = cx
-                        .timers
-                        .insert(Instant::now() + WORKER_PING_TIMEOUT, Timer::Job(id));
-                    self.jobs.insert(id, (PendingJob::HealthPing, timer));
-                    worker_job = Some((id, Instant::now()));
-                }
-                Err(e) => {
-                    let msg = match e {
-                        SubmitError::Busy => "worker queue is full",
-                        SubmitError::Gone => "worker thread has died",
-                    };
-                    results.insert("worker".to_string(), result(false, "failing", msg.into()));
-                }
-            },
+            Some(_) => submit = true,
         }
         self.round = Some(HealthRound {
             results,
-            worker_job,
+            worker_job: None,
             waiting: waiter.into_iter().collect(),
         });
-        if worker_job.is_none() {
+        if !submit {
             self.finish_health_round(cx);
+            return;
+        }
+        let dir = self.state.path().to_path_buf();
+        let submitted = self.submit_job(
+            cx,
+            WORKER_PING_TIMEOUT,
+            move || WorkResult::HealthPing(Ok(probe_state(&dir))),
+            |why| WorkResult::HealthPing(Err(why.to_string())),
+        );
+        match submitted {
+            Ok(()) => {
+                if let Some(round) = &mut self.round {
+                    round.worker_job = Some(Instant::now());
+                }
+            }
+            // Recorded as the worker's result; that finishes the round.
+            Err(failed) => self.on_job_done(cx, *failed),
         }
     }
 
@@ -235,8 +234,14 @@ impl Daemon {
         self.telemetry
             .http_request(route, method, status, started.elapsed().as_secs_f64());
         let response = http::Response::json(status, bytes);
-        self.server
-            .respond(cx, conn, seq, &response, false, &mut self.incoming);
+        self.server.respond(
+            &mut cx.narrow(Timer::Net).cx(),
+            conn,
+            seq,
+            &response,
+            false,
+            &mut self.incoming,
+        );
     }
 
     pub(super) fn health_answer(&self, filter: Option<&str>) -> Answer {

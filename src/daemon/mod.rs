@@ -17,7 +17,7 @@ mod registration;
 mod settings;
 mod streams;
 
-use crate::api::{self, Answer, ApiError, ErrorCode, EventQuery, LogQuery, Request};
+use crate::api::{self, Answer, ApiError, ErrorCode, EventQuery, LogQuery, ReplyTo, Request};
 use crate::config::{self, Config, ConfigError};
 use crate::diagnostics;
 use crate::events::{Event, EventLog};
@@ -28,12 +28,12 @@ use crate::monitor;
 use crate::net::listener::{self, ControlListener};
 use crate::net::{self, http, routes, ConnId, ConnPolicy, Incoming, Peer, Server};
 use crate::reactor::timer::TimerId;
-use crate::reactor::worker::{SubmitError, Worker};
+use crate::reactor::worker::{SubmitError, Waiting, Worker};
 use crate::reactor::{Cx, Handler, LoopStats, Reactor};
 use crate::state::{self, StateDir, StateError};
 use crate::sys;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -123,8 +123,8 @@ impl std::error::Error for StartError {}
 /// Timers of the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timer {
-    /// A connection's head or idle deadline.
-    Conn(ConnId),
+    /// A timer of the network floor (connection deadlines).
+    Net(net::Timer),
     /// The periodic health check.
     HealthCheck,
     /// Time to tell systemd we are alive.
@@ -134,49 +134,29 @@ pub enum Timer {
     /// Graceful shutdown took too long.
     ShutdownDeadline,
     /// A timer of an MCP server.
-    Mcp(mcp::McpTimer),
+    Mcp(mcp::Timer),
 }
 
-/// Results of blocking jobs.
+/// Results of blocking jobs. Each carries everything its owner needs (what the job was for
+/// moved into it), and a job that does not come back yields the same variant built by its
+/// failure ([`Waiting`]): no result is ever paired with a waiting entry at run time.
 #[derive(Debug)]
 pub enum WorkResult {
-    /// The worker probed the state directory (write, fsync, rename, fsync dir).
-    Probe(Result<Vec<Duration>, String>),
-    /// fsync timings of the state directory.
-    FsyncLatency(Result<Vec<Duration>, String>),
+    /// A health round's probe of the state directory (write, fsync, rename, fsync dir):
+    /// `Ok` with the probe's outcome when the worker ran it, `Err(why)` when it did not.
+    HealthPing(Result<Result<Vec<Duration>, String>, String>),
+    /// `diagnostics run --full`: the checks so far and the fsync timings of the state
+    /// directory (`Err(why)` when they could not be taken).
+    Diagnostics {
+        /// Who asked.
+        reply: ReplyTo,
+        /// The checks made on the loop.
+        checks: Vec<Value>,
+        /// The timings, or why there are none.
+        fsync: Result<Vec<Duration>, String>,
+    },
     /// A state document was written; the outcome went through the write's own ticket.
     Saved,
-}
-
-/// Where an answer goes.
-#[derive(Debug, Clone, Copy)]
-pub enum ReplyTo {
-    /// An HTTP request on a connection.
-    Http {
-        /// Connection.
-        conn: ConnId,
-        /// Request slot on it.
-        seq: u64,
-        /// When handling began.
-        started: Instant,
-        /// Request id for the envelope.
-        request_id: u64,
-        /// Route pattern (metrics label).
-        route: &'static str,
-        /// Method (metrics label).
-        method: &'static str,
-    },
-    /// A command from a WebSocket client.
-    Ws {
-        /// Connection.
-        conn: ConnId,
-        /// Local id standing for the client's own id.
-        local: u64,
-        /// When handling began.
-        started: Instant,
-        /// Request id for the envelope.
-        request_id: u64,
-    },
 }
 
 #[derive(Debug, Clone)]
@@ -197,13 +177,9 @@ struct HealthResult {
 
 struct HealthRound {
     results: BTreeMap<String, HealthResult>,
-    worker_job: Option<(u64, Instant)>,
+    /// When the worker's probe was submitted, while it is out.
+    worker_job: Option<Instant>,
     waiting: Vec<(ReplyTo, Option<String>)>,
-}
-
-enum PendingJob {
-    HealthPing,
-    Diagnostics { reply: ReplyTo, checks: Vec<Value> },
 }
 
 /// What a stream follows.
@@ -227,6 +203,26 @@ struct ConfigLayers {
     effective: Config,
 }
 
+/// The tokens of the two listeners, allocated by the reactor like every other floor's.
+#[derive(Debug, Clone, Copy)]
+struct ListenerTokens {
+    control: mio::Token,
+    tcp: mio::Token,
+}
+
+impl ListenerTokens {
+    fn take(reactor: &mut Reactor<Timer>) -> Result<Self, StartError> {
+        let range = reactor.tokens(2);
+        match (range.token(0), range.token(1)) {
+            (Some(control), Some(tcp)) => Ok(ListenerTokens { control, tcp }),
+            _ => Err(StartError::Io(
+                "event loop".into(),
+                std::io::Error::other("no tokens left for the listeners"),
+            )),
+        }
+    }
+}
+
 /// The daemon.
 pub struct Daemon {
     config: ConfigLayers,
@@ -236,6 +232,7 @@ pub struct Daemon {
     pid_file: PathBuf,
     control: Option<ControlListener>,
     tcp: Option<mio::net::TcpListener>,
+    listeners: ListenerTokens,
     tcp_addr: Option<std::net::SocketAddr>,
     access: listener::TcpAccess,
     /// Refusal log lines per reason per window (see `access.rs`).
@@ -251,7 +248,7 @@ pub struct Daemon {
     /// The last round's unfiltered answer, serialized: (error without its data, data JSON).
     health_cache: Option<(Option<ApiError>, Vec<u8>)>,
     round: Option<HealthRound>,
-    jobs: HashMap<u64, (PendingJob, TimerId)>,
+    jobs: Waiting<WorkResult>,
     followers: Vec<Follower>,
     /// Registry changes waiting for their `servers.json` write (see `registration`).
     registry_writes: state::WriteQueue<registration::PendingChange>,
@@ -351,6 +348,9 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     let mut reactor: Reactor<Timer> =
         Reactor::new().map_err(|e| StartError::Io("event loop".into(), e))?;
     let waker = reactor.waker();
+    let listeners = ListenerTokens::take(&mut reactor)?;
+    let conn_tokens = reactor.tokens(net::TOKENS_NEEDED);
+    let mcp_tokens = reactor.tokens(mcp::TOKENS_NEEDED);
     logging.set_waker(waker.clone());
     if let Err(e) = sys::set_child_subreaper() {
         log::warn!("cannot become a child subreaper: {e}");
@@ -388,7 +388,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     reactor
         .cx()
         .registry
-        .register(&mut tcp, net::TCP_LISTENER, mio::Interest::READABLE)
+        .register(&mut tcp, listeners.tcp, mio::Interest::READABLE)
         .map_err(|e| StartError::Io("TCP listener".into(), e))?;
     if let Err(e) = write_pid_file(&pid_file) {
         control.remove_file();
@@ -412,12 +412,15 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             )
         })
         .collect();
-    let server = Server::new(conn_policy(&effective));
-    let mcp = Mcp::new(mcp::Settings {
-        config: effective.mcp_servers.clone(),
-        sandbox_enabled: effective.security.sandbox_enabled,
-        state_dir: state.path().to_path_buf(),
-    });
+    let server = Server::new(conn_policy(&effective), conn_tokens);
+    let mcp = Mcp::new(
+        mcp::Settings {
+            config: effective.mcp_servers.clone(),
+            sandbox_enabled: effective.security.sandbox_enabled,
+            state_dir: state.path().to_path_buf(),
+        },
+        mcp_tokens,
+    );
     let registered = match state.read::<Vec<ServerSpec>>(REGISTRY_FILE) {
         Ok(specs) => specs.unwrap_or_default(),
         Err(e @ StateError::Corrupt { .. }) => {
@@ -446,6 +449,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         pid_file,
         control: Some(control),
         tcp: Some(tcp),
+        listeners,
         tcp_addr: Some(tcp_addr),
         access,
         refusal_log: access::refusal_throttle(),
@@ -459,7 +463,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         health_at: None,
         health_cache: None,
         round: None,
-        jobs: HashMap::new(),
+        jobs: Waiting::default(),
         followers: Vec::new(),
         registry_writes: state::WriteQueue::new(registration::MAX_WAITING),
         registry_write: None,
@@ -500,10 +504,13 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         .chain(from_config.into_iter().map(|s| (s, Source::Config)))
     {
         let id = spec.id.clone();
-        if let Err(e) = daemon
-            .mcp
-            .register(&mut cx, spec, source, autostart, &mut daemon.outputs)
-        {
+        if let Err(e) = daemon.mcp.register(
+            &mut cx.narrow(Timer::Mcp).cx(),
+            spec,
+            source,
+            autostart,
+            &mut daemon.outputs,
+        ) {
             log::error!("MCP server {id} not registered: {e}");
         }
     }
@@ -528,7 +535,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     }
     let result = reactor.run(&mut daemon);
     let mut cx = reactor.cx();
-    daemon.server.close_all(&mut cx);
+    daemon.server.close_all(&mut cx.narrow(Timer::Net).cx());
     if let Some(control) = daemon.control.take() {
         control.remove_file();
     }
@@ -675,7 +682,7 @@ impl Daemon {
         if let Some(control) = &mut self.control {
             cx.registry.register(
                 &mut control.listener,
-                net::CONTROL_LISTENER,
+                self.listeners.control,
                 mio::Interest::READABLE,
             )?;
         }
@@ -780,12 +787,36 @@ impl Daemon {
     }
 
     fn fail_pending_jobs(&mut self, cx: &mut Cx<'_, Timer>, why: &str) {
-        let ids: Vec<u64> = self.jobs.keys().copied().collect();
-        for id in ids {
-            if let Some((job, timer)) = self.jobs.remove(&id) {
-                cx.timers.cancel(timer);
-                self.job_failed(cx, job, why);
+        for (timer, result) in self.jobs.fail_all(why) {
+            cx.timers.cancel(timer);
+            self.on_job_done(cx, result);
+        }
+    }
+
+    /// Hands `work` to the worker and waits for it until `timeout`; `fail` builds its result
+    /// if it does not come back. `Err`: the worker did not take it, and `fail`'s result
+    /// saying why.
+    fn submit_job(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        timeout: Duration,
+        work: impl FnOnce() -> WorkResult + Send + 'static,
+        fail: impl FnOnce(&str) -> WorkResult + 'static,
+    ) -> Result<(), Box<WorkResult>> {
+        let submitted = match self.worker.as_mut() {
+            Some(w) => w.submit(Box::new(work)).map_err(|e| match e {
+                SubmitError::Busy => "worker queue is full",
+                SubmitError::Gone => "worker thread has died",
+            }),
+            None => Err("worker is not running"),
+        };
+        match submitted {
+            Ok(id) => {
+                let timer = cx.timers.insert(Instant::now() + timeout, Timer::Job(id));
+                self.jobs.wait(id, timer, fail);
+                Ok(())
             }
+            Err(why) => Err(Box::new(fail(why))),
         }
     }
 
@@ -966,16 +997,35 @@ impl Daemon {
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
-            Request::McpStart { id } => self.mcp.start(cx, &id, &mut self.outputs),
-            Request::McpStop { id } => self.mcp.stop(cx, &id, &mut self.outputs),
-            Request::McpRestart { id } => self.mcp.restart(cx, &id, &mut self.outputs),
-            Request::McpReset { id } => self.mcp.reset(cx, &id, &mut self.outputs),
+            Request::McpStart { id } => {
+                self.mcp
+                    .start(&mut cx.narrow(Timer::Mcp).cx(), &id, &mut self.outputs)
+            }
+            Request::McpStop { id } => {
+                self.mcp
+                    .stop(&mut cx.narrow(Timer::Mcp).cx(), &id, &mut self.outputs)
+            }
+            Request::McpRestart { id } => {
+                self.mcp
+                    .restart(&mut cx.narrow(Timer::Mcp).cx(), &id, &mut self.outputs)
+            }
+            Request::McpReset { id } => {
+                self.mcp
+                    .reset(&mut cx.narrow(Timer::Mcp).cx(), &id, &mut self.outputs)
+            }
             Request::McpCall {
                 id,
                 name,
                 arguments,
                 timeout_ms,
-            } => match self.mcp.call(cx, &id, &name, arguments, timeout_ms, reply) {
+            } => match self.mcp.call(
+                &mut cx.narrow(Timer::Mcp).cx(),
+                &id,
+                &name,
+                arguments,
+                timeout_ms,
+                reply,
+            ) {
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
@@ -1039,8 +1089,14 @@ impl Daemon {
                 bytes.push(b'\n');
                 let mut response = http::Response::json(status, bytes);
                 response.headers.extend(header);
-                self.server
-                    .respond(cx, conn, seq, &response, close, &mut self.incoming);
+                self.server.respond(
+                    &mut cx.narrow(Timer::Net).cx(),
+                    conn,
+                    seq,
+                    &response,
+                    close,
+                    &mut self.incoming,
+                );
             }
             ReplyTo::Ws {
                 conn,
@@ -1062,7 +1118,8 @@ impl Daemon {
                     Some(&id),
                 );
                 let text = String::from_utf8(bytes).unwrap_or_default();
-                self.server.ws_send(cx, conn, text.into());
+                self.server
+                    .ws_send(&mut cx.narrow(Timer::Net).cx(), conn, text.into());
             }
         }
     }
@@ -1135,8 +1192,14 @@ impl Daemon {
                     headers: Vec::new(),
                     body,
                 };
-                self.server
-                    .respond(cx, conn, seq, &response, false, &mut self.incoming);
+                self.server.respond(
+                    &mut cx.narrow(Timer::Net).cx(),
+                    conn,
+                    seq,
+                    &response,
+                    false,
+                    &mut self.incoming,
+                );
             }
             ReplyTo::Ws { .. } => {
                 let text = String::from_utf8_lossy(&body).into_owned();
@@ -1226,34 +1289,44 @@ impl Daemon {
 
     // ----- health -----
 
-    fn on_job_done(&mut self, cx: &mut Cx<'_, Timer>, id: u64, result: WorkResult) {
-        let Some((job, timer)) = self.jobs.remove(&id) else {
-            return; // its deadline already fired; the late result is dropped
-        };
-        cx.timers.cancel(timer);
-        match (job, result) {
-            (PendingJob::HealthPing, WorkResult::Probe(probe)) => {
-                let state = self.state_health(Some(probe), SystemTime::now());
-                if let Some(round) = &mut self.round {
-                    let took = round
-                        .worker_job
-                        .map_or(Duration::ZERO, |(_, t)| t.elapsed());
-                    let now = SystemTime::now();
-                    round.results.insert(
-                        "worker".into(),
-                        HealthResult {
-                            healthy: true,
-                            status: "running",
-                            message: format!("answered in {:.2} ms", took.as_secs_f64() * 1000.0),
-                            checked_at: now,
-                        },
-                    );
-                    round.results.insert("state".into(), state);
-                    self.finish_health_round(cx);
+    /// A worker job's result (or the failure that stands for it) reaches its owner.
+    fn on_job_done(&mut self, cx: &mut Cx<'_, Timer>, result: WorkResult) {
+        match result {
+            WorkResult::HealthPing(outcome) => {
+                let Some(round) = &mut self.round else {
+                    return;
+                };
+                let now = SystemTime::now();
+                let took = round.worker_job.map_or(Duration::ZERO, |t| t.elapsed());
+                let worker = match &outcome {
+                    Ok(_) => HealthResult {
+                        healthy: true,
+                        status: "running",
+                        message: format!("answered in {:.2} ms", took.as_secs_f64() * 1000.0),
+                        checked_at: now,
+                    },
+                    Err(why) => HealthResult {
+                        healthy: false,
+                        status: "failing",
+                        message: why.clone(),
+                        checked_at: now,
+                    },
+                };
+                round.results.insert("worker".into(), worker);
+                if let Ok(probe) = outcome {
+                    let state = self.state_health(Some(probe), now);
+                    if let Some(round) = &mut self.round {
+                        round.results.insert("state".into(), state);
+                    }
                 }
+                self.finish_health_round(cx);
             }
-            (PendingJob::Diagnostics { reply, mut checks }, WorkResult::FsyncLatency(r)) => {
-                checks.push(match r {
+            WorkResult::Diagnostics {
+                reply,
+                mut checks,
+                fsync,
+            } => {
+                checks.push(match fsync {
                     Ok(times) => {
                         let ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1000.0).collect();
                         let worst = ms.iter().copied().fold(0.0, f64::max);
@@ -1267,32 +1340,8 @@ impl Daemon {
                 let answer = diagnostics_answer(checks);
                 self.answer(cx, reply, answer);
             }
-            (job, _) => self.job_failed(cx, job, "unexpected worker result"),
-        }
-    }
-
-    fn job_failed(&mut self, cx: &mut Cx<'_, Timer>, job: PendingJob, why: &str) {
-        match job {
-            PendingJob::HealthPing => {
-                if let Some(round) = &mut self.round {
-                    round.results.insert(
-                        "worker".into(),
-                        HealthResult {
-                            healthy: false,
-                            status: "failing",
-                            message: why.to_string(),
-                            checked_at: SystemTime::now(),
-                        },
-                    );
-                    self.finish_health_round(cx);
-                }
-            }
-            PendingJob::Diagnostics { reply, mut checks } => {
-                checks
-                    .push(json!({"name": "state.fsync_latency", "status": "fail", "detail": why}));
-                let answer = diagnostics_answer(checks);
-                self.answer(cx, reply, answer);
-            }
+            // Writes report through their own ticket (see `persist`).
+            WorkResult::Saved => {}
         }
     }
 
@@ -1364,27 +1413,23 @@ impl Daemon {
             return;
         }
         let dir = self.state.path().to_path_buf();
-        let submitted = match self.worker.as_mut() {
-            Some(w) => w.submit(Box::new(move || {
-                WorkResult::FsyncLatency(diagnostics::fsync_latency(&dir, 5))
-            })),
-            None => Err(SubmitError::Gone),
-        };
-        match submitted {
-            Ok(id) => {
-                let timer = cx
-                    .timers
-                    .insert(Instant::now() + DIAGNOSTICS_TIMEOUT, Timer::Job(id));
-                self.jobs
-                    .insert(id, (PendingJob::Diagnostics { reply, checks }, timer));
-            }
-            Err(e) => {
-                let why = match e {
-                    SubmitError::Busy => "worker queue is full",
-                    SubmitError::Gone => "worker is not running",
-                };
-                self.job_failed(cx, PendingJob::Diagnostics { reply, checks }, why);
-            }
+        let kept = checks.clone();
+        let submitted = self.submit_job(
+            cx,
+            DIAGNOSTICS_TIMEOUT,
+            move || WorkResult::Diagnostics {
+                reply,
+                checks,
+                fsync: diagnostics::fsync_latency(&dir, 5),
+            },
+            move |why| WorkResult::Diagnostics {
+                reply,
+                checks: kept,
+                fsync: Err(why.to_string()),
+            },
+        );
+        if let Err(failed) = submitted {
+            self.on_job_done(cx, *failed);
         }
     }
 
@@ -1397,7 +1442,8 @@ impl Daemon {
         self.notify("STOPPING=1");
         // New connections are refused at once; open ones get their answers.
         self.stop_control(cx);
-        self.mcp.stop_all(cx, graceful, &mut self.outputs);
+        self.mcp
+            .stop_all(&mut cx.narrow(Timer::Mcp).cx(), graceful, &mut self.outputs);
         let _ = self.stop_component(cx, "monitor");
         let _ = self.stop_component(cx, "worker");
         let timeout = if graceful {
@@ -1464,20 +1510,24 @@ impl Handler for Daemon {
 
     fn on_event(&mut self, cx: &mut Cx<'_, Timer>, event: &mio::event::Event) {
         let token = event.token();
-        if token == net::CONTROL_LISTENER {
+        if token == self.listeners.control {
             self.accept_control(cx);
-        } else if token == net::TCP_LISTENER {
+        } else if token == self.listeners.tcp {
             self.accept_tcp(cx);
-        } else if Mcp::owns(token) {
-            self.mcp.on_ready(cx, token, &mut self.outputs);
-        } else if Server::owns(token) {
-            self.server.on_ready(cx, token, &mut self.incoming);
+        } else if self.mcp.owns(token) {
+            self.mcp
+                .on_ready(&mut cx.narrow(Timer::Mcp).cx(), token, &mut self.outputs);
+        } else if self.server.owns(token) {
+            self.server
+                .on_ready(&mut cx.narrow(Timer::Net).cx(), token, &mut self.incoming);
         }
     }
 
     fn on_timer(&mut self, cx: &mut Cx<'_, Timer>, timer: Timer) {
         match timer {
-            Timer::Conn(id) => self.server.on_deadline(cx, id),
+            Timer::Net(net::Timer::Conn(id)) => {
+                self.server.on_deadline(&mut cx.narrow(Timer::Net).cx(), id)
+            }
             Timer::HealthCheck => {
                 let every = Duration::from_millis(
                     self.config.effective.monitoring.health_check_interval_ms,
@@ -1488,7 +1538,10 @@ impl Handler for Daemon {
                 self.mcp.ping_all(&mut self.outputs);
                 self.flush_refusal_log();
             }
-            Timer::Mcp(t) => self.mcp.on_timer(cx, t, &mut self.outputs),
+            Timer::Mcp(t) => {
+                self.mcp
+                    .on_timer(&mut cx.narrow(Timer::Mcp).cx(), t, &mut self.outputs)
+            }
             Timer::Watchdog => {
                 self.notify("WATCHDOG=1");
                 if let Some(period) = self.watchdog {
@@ -1496,9 +1549,9 @@ impl Handler for Daemon {
                 }
             }
             Timer::Job(id) => {
-                if let Some((job, _)) = self.jobs.remove(&id) {
+                if let Some(result) = self.jobs.missed(id, "the worker did not answer in time") {
                     log::warn!("worker job {id} missed its deadline");
-                    self.job_failed(cx, job, "the worker did not answer in time");
+                    self.on_job_done(cx, result);
                 }
             }
             Timer::ShutdownDeadline => {
@@ -1533,10 +1586,12 @@ impl Handler for Daemon {
             libc::SIGCHLD => {
                 while let Some(reaped) = sys::reap_any() {
                     self.reaped += 1;
-                    if !self
-                        .mcp
-                        .on_child_exit(cx, reaped.pid, reaped.status, &mut self.outputs)
-                    {
+                    if !self.mcp.on_child_exit(
+                        &mut cx.narrow(Timer::Mcp).cx(),
+                        reaped.pid,
+                        reaped.status,
+                        &mut self.outputs,
+                    ) {
                         log::debug!("reaped orphan {} (status {})", reaped.pid, reaped.status);
                     }
                 }
@@ -1553,7 +1608,11 @@ impl Handler for Daemon {
             }
         }
         for (id, result) in results {
-            self.on_job_done(cx, id, result);
+            // Nobody waits for a late result, nor for a write (its ticket reports it).
+            if let Some(deadline) = self.jobs.finished(id) {
+                cx.timers.cancel(deadline);
+                self.on_job_done(cx, result);
+            }
         }
         self.poll_registry_write(cx);
         self.poll_overrides_write(cx);

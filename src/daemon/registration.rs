@@ -180,10 +180,19 @@ impl Daemon {
                     let answer = match change {
                         Change::Register(spec) => {
                             let autostart = spec.autostart;
-                            self.mcp
-                                .register(cx, *spec, Source::Api, autostart, &mut self.outputs)
+                            self.mcp.register(
+                                &mut cx.narrow(Timer::Mcp).cx(),
+                                *spec,
+                                Source::Api,
+                                autostart,
+                                &mut self.outputs,
+                            )
                         }
-                        Change::Unregister(id) => self.mcp.unregister(cx, &id, &mut self.outputs),
+                        Change::Unregister(id) => self.mcp.unregister(
+                            &mut cx.narrow(Timer::Mcp).cx(),
+                            &id,
+                            &mut self.outputs,
+                        ),
                     };
                     // The checks passed when it was queued, so a refusal here is a bug (or a
                     // config reload in between): the disk must follow memory again.

@@ -265,8 +265,11 @@ impl Daemon {
         self.mcp.settings.config = new.mcp_servers.clone();
         self.mcp.settings.sandbox_enabled = new.security.sandbox_enabled;
         if self.config.effective.servers != new.servers {
-            self.mcp
-                .sync_config_servers(cx, &new.servers, &mut self.outputs);
+            self.mcp.sync_config_servers(
+                &mut cx.narrow(Timer::Mcp).cx(),
+                &new.servers,
+                &mut self.outputs,
+            );
         }
         let report = json!({
             "changed": changed,

@@ -139,11 +139,11 @@ impl Mcp {
         let run = server.run;
         server.timer = Some(cx.timers.insert(
             Instant::now() + grace,
-            Timer::Mcp(McpTimer {
+            Timer {
                 slot,
                 run,
                 kind: TimerKind::StopTerm,
-            }),
+            },
         ));
         self.transition(id, Status::Stopping, reason, out);
     }
@@ -261,7 +261,7 @@ impl Mcp {
         let init_timeout = Duration::from_millis(self.settings.config.init_timeout_ms);
         let launched = self.launch(&spec).and_then(|(launch, ruleset, landlock)| {
             let slot = self.servers[id].slot;
-            let result = Process::spawn(&launch, cx.registry, tokens(slot))
+            let result = Process::spawn(&launch, cx.registry, tokens(self.tokens, slot))
                 .map_err(|e| process::describe_spawn_error(&launch, &e));
             drop(ruleset);
             result.map(|p| (p, landlock))
@@ -311,11 +311,11 @@ impl Mcp {
                 let (slot, run) = (server.slot, server.run);
                 server.timer = Some(cx.timers.insert(
                     Instant::now() + init_timeout,
-                    Timer::Mcp(McpTimer {
+                    Timer {
                         slot,
                         run,
                         kind: TimerKind::InitDeadline,
-                    }),
+                    },
                 ));
                 let pid = server.pid();
                 self.transition(
@@ -385,11 +385,11 @@ impl Mcp {
         let (slot, run) = (server.slot, server.run);
         server.timer = Some(cx.timers.insert(
             Instant::now() + term_timeout,
-            Timer::Mcp(McpTimer {
+            Timer {
                 slot,
                 run,
                 kind: TimerKind::StopKill,
-            }),
+            },
         ));
         self.fail_pending(cx, id, &reason, out);
     }
@@ -446,7 +446,7 @@ impl Mcp {
     }
 
     /// A timer of ours fired.
-    pub fn on_timer(&mut self, cx: &mut Cx<'_, Timer>, t: McpTimer, out: &mut Vec<Output>) {
+    pub fn on_timer(&mut self, cx: &mut Cx<'_, Timer>, t: Timer, out: &mut Vec<Output>) {
         let Some(id) = self.slots.get(t.slot).cloned().flatten() else {
             return;
         };
@@ -485,11 +485,11 @@ impl Mcp {
                     let (slot, run) = (server.slot, server.run);
                     server.timer = Some(cx.timers.insert(
                         Instant::now() + term_timeout,
-                        Timer::Mcp(McpTimer {
+                        Timer {
                             slot,
                             run,
                             kind: TimerKind::StopKill,
-                        }),
+                        },
                     ));
                 }
             }
@@ -650,11 +650,11 @@ impl Mcp {
                 let (slot, run) = (server.slot, server.run);
                 server.timer = Some(cx.timers.insert(
                     Instant::now() + delay,
-                    Timer::Mcp(McpTimer {
+                    Timer {
                         slot,
                         run,
                         kind: TimerKind::Backoff,
-                    }),
+                    },
                 ));
                 let text = format!("{reason}; restart in {} ms", delay.as_millis());
                 self.transition(id, Status::Backoff, &text, out);

@@ -23,10 +23,10 @@ mod session;
 pub mod supervisor;
 pub mod tools;
 
+use crate::api::ReplyTo;
 use crate::api::{Answer, ApiError, ErrorCode};
 use crate::config::McpServersConfig;
-use crate::daemon::{ReplyTo, Timer};
-use crate::reactor::Cx;
+use crate::reactor::{Cx, TokenRange};
 use crate::sys;
 use jsonrpc::{Line, LineSplitter, Message};
 use process::{Chunk, Launch, Pipe, PipeTokens, Process};
@@ -39,8 +39,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use supervisor::{after_run, Decision, Jitter, RestartPolicy, RunEnd};
 
-/// Pipe tokens start here; server slot `n` owns `BASE + 3n .. BASE + 3n + 2`.
-pub const TOKEN_BASE: usize = 1 << 20;
+/// Pipe tokens the MCP floor needs: server slot `n` owns tokens `3n .. 3n + 2` of its range.
+pub const TOKENS_NEEDED: usize = 3 * MAX_REGISTERED;
 /// Environment variables passed through from the daemon; everything else must be in the spec.
 pub const ENV_ALLOW: [&str; 5] = ["PATH", "HOME", "LANG", "TERM", "USER"];
 /// Protocol errors within a minute that count as persistent (the server is restarted).
@@ -54,9 +54,9 @@ const TRIM_AFTER_BYTES: usize = 1 << 20;
 /// Longest stderr line kept.
 const STDERR_LINE_MAX: usize = 1024;
 
-/// A timer of one server's run.
+/// A timer of one server's run (the MCP floor's own timer key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct McpTimer {
+pub struct Timer {
     slot: usize,
     run: u64,
     kind: TimerKind,
@@ -107,14 +107,19 @@ pub struct Mcp {
     reaper: Option<reaper::Reaper>,
     /// Bytes read from children since freed memory was last handed back to the system.
     read_since_trim: usize,
+    /// The pipe tokens the reactor gave this floor.
+    tokens: TokenRange,
 }
 
-fn tokens(slot: usize) -> PipeTokens {
-    let base = TOKEN_BASE + 3 * slot;
+/// The pipe tokens of server slot `slot` (a slot is below [`MAX_REGISTERED`], so its three
+/// tokens are in a range of [`TOKENS_NEEDED`]; past a short range they fall outside it, and
+/// their events are ignored rather than misrouted).
+fn tokens(range: TokenRange, slot: usize) -> PipeTokens {
+    let at = |i: usize| range.token(3 * slot + i).unwrap_or(mio::Token(usize::MAX));
     PipeTokens {
-        stdin: mio::Token(base),
-        stdout: mio::Token(base + 1),
-        stderr: mio::Token(base + 2),
+        stdin: at(0),
+        stdout: at(1),
+        stderr: at(2),
     }
 }
 
@@ -137,8 +142,8 @@ fn describe_exit(status: i32) -> String {
 }
 
 impl Mcp {
-    /// No servers yet.
-    pub fn new(settings: Settings) -> Self {
+    /// No servers yet; pipes are registered with tokens from `tokens` (see [`TOKENS_NEEDED`]).
+    pub fn new(settings: Settings, tokens: TokenRange) -> Self {
         Mcp {
             servers: BTreeMap::new(),
             slots: Vec::new(),
@@ -147,6 +152,7 @@ impl Mcp {
             jitter: Jitter::new(),
             reaper: None,
             read_since_trim: 0,
+            tokens,
         }
     }
 
@@ -161,8 +167,8 @@ impl Mcp {
     }
 
     /// Whether a token is one of ours.
-    pub fn owns(token: mio::Token) -> bool {
-        token.0 >= TOKEN_BASE && token.0 < usize::MAX - 16
+    pub fn owns(&self, token: mio::Token) -> bool {
+        self.tokens.owns(token)
     }
 
     fn policy(&self, spec: &ServerSpec) -> RestartPolicy {

@@ -10,7 +10,7 @@ use super::process::Process;
 use super::registry::ServerSpec;
 use super::supervisor::CircuitBreaker;
 use super::tools::{Flood, Listing, Relist};
-use crate::daemon::ReplyTo;
+use crate::api::ReplyTo;
 use crate::reactor::timer::TimerId;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};

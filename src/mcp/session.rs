@@ -33,7 +33,9 @@ impl Mcp {
 
     /// Readiness on a pipe token.
     pub fn on_ready(&mut self, cx: &mut Cx<'_, Timer>, token: mio::Token, out: &mut Vec<Output>) {
-        let n = token.0 - TOKEN_BASE;
+        let Some(n) = self.tokens.index(token) else {
+            return;
+        };
         let (slot, pipe) = (n / 3, [Pipe::Stdin, Pipe::Stdout, Pipe::Stderr][n % 3]);
         let Some(id) = self.slots.get(slot).cloned().flatten() else {
             return;
@@ -442,11 +444,11 @@ impl Mcp {
                 let (slot, run) = (server.slot, server.run);
                 cx.timers.insert(
                     at,
-                    Timer::Mcp(McpTimer {
+                    Timer {
                         slot,
                         run,
                         kind: TimerKind::Relist,
-                    }),
+                    },
                 );
             }
         }
@@ -582,11 +584,11 @@ impl Mcp {
         let (slot, run) = (server.slot, server.run);
         let timer = cx.timers.insert(
             Instant::now() + timeout,
-            Timer::Mcp(McpTimer {
+            Timer {
                 slot,
                 run,
                 kind: TimerKind::Call(rpc),
-            }),
+            },
         );
         server.pending.insert(
             rpc,

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod components;
 pub mod config;
 pub mod daemon;
 pub mod diagnostics;
@@ -20,6 +21,7 @@ pub mod monitor;
 pub mod net;
 pub mod openapi;
 pub mod reactor;
+pub mod room;
 pub mod state;
 pub mod sys;
 pub mod telemetry;

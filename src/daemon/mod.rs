@@ -14,10 +14,12 @@ mod health;
 mod metrics;
 mod persist;
 mod registration;
+mod rooms;
 mod settings;
 mod streams;
 
 use crate::api::{self, Answer, ApiError, ErrorCode, EventQuery, LogQuery, ReplyTo, Request};
+use crate::components::{self, diagnostics::Diagnostics};
 use crate::config::{self, Config, ConfigError};
 use crate::diagnostics;
 use crate::events::{Event, EventLog};
@@ -30,6 +32,7 @@ use crate::net::{self, http, routes, ConnId, ConnPolicy, Incoming, Peer, Server}
 use crate::reactor::timer::TimerId;
 use crate::reactor::worker::{SubmitError, Waiting, Worker};
 use crate::reactor::{Cx, Handler, LoopStats, Reactor};
+use crate::room::Room;
 use crate::state::{self, StateDir, StateError};
 use crate::sys;
 use serde_json::{json, Map, Value};
@@ -47,8 +50,6 @@ const STATE_DOCUMENTS: &[&str] = &[REGISTRY_FILE, OVERRIDES_FILE];
 const WORKER_PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Health results younger than this answer `GET /api/v1/health` without a new round.
 const HEALTH_CACHE: Duration = Duration::from_secs(1);
-/// How long `diagnostics run --full` may take on the worker.
-const DIAGNOSTICS_TIMEOUT: Duration = Duration::from_secs(20);
 /// Stream back-pressure: a follower with more than this unsent is skipped until it drains.
 const STREAM_BACKLOG_LIMIT: usize = 1024 * 1024;
 /// The TCP API token a configuration asks for: `security.api_token`, the first line of
@@ -145,16 +146,8 @@ pub enum WorkResult {
     /// A health round's probe of the state directory (write, fsync, rename, fsync dir):
     /// `Ok` with the probe's outcome when the worker ran it, `Err(why)` when it did not.
     HealthPing(Result<Result<Vec<Duration>, String>, String>),
-    /// `diagnostics run --full`: the checks so far and the fsync timings of the state
-    /// directory (`Err(why)` when they could not be taken).
-    Diagnostics {
-        /// Who asked.
-        reply: ReplyTo,
-        /// The checks made on the loop.
-        checks: Vec<Value>,
-        /// The timings, or why there are none.
-        fsync: Result<Vec<Duration>, String>,
-    },
+    /// A job of the diagnostics room.
+    Diagnostics(components::diagnostics::Job),
     /// A state document was written; the outcome went through the write's own ticket.
     Saved,
 }
@@ -259,8 +252,11 @@ pub struct Daemon {
     /// The overrides write on the worker, while one is in flight.
     overrides_write: Option<persist::WriteTicket>,
     mcp: Mcp,
+    diagnostics: Diagnostics,
     events: EventLog,
     outputs: Vec<Output>,
+    /// What rooms other than MCP said (delivered with MCP's outputs).
+    effects: Vec<crate::room::Effect>,
     telemetry: crate::telemetry::Telemetry,
     started_at: SystemTime,
     started: Instant,
@@ -470,8 +466,10 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         overrides_writes: state::WriteQueue::new(settings::MAX_WAITING_PATCHES),
         overrides_write: None,
         mcp,
+        diagnostics: Diagnostics,
         events: EventLog::new(EVENT_HISTORY),
         outputs: Vec::new(),
+        effects: Vec::new(),
         telemetry: crate::telemetry::Telemetry::new(),
         started_at: now,
         started: Instant::now(),
@@ -803,14 +801,7 @@ impl Daemon {
         work: impl FnOnce() -> WorkResult + Send + 'static,
         fail: impl FnOnce(&str) -> WorkResult + 'static,
     ) -> Result<(), Box<WorkResult>> {
-        let submitted = match self.worker.as_mut() {
-            Some(w) => w.submit(Box::new(work)).map_err(|e| match e {
-                SubmitError::Busy => "worker queue is full",
-                SubmitError::Gone => "worker thread has died",
-            }),
-            None => Err("worker is not running"),
-        };
-        match submitted {
+        match rooms::submit_work(self.worker.as_mut(), Box::new(work)) {
             Ok(id) => {
                 let timer = cx.timers.insert(Instant::now() + timeout, Timer::Job(id));
                 self.jobs.wait(id, timer, fail);
@@ -1035,6 +1026,8 @@ impl Daemon {
 
     /// Delivers what the MCP layer produced: answers and events.
     fn deliver(&mut self, cx: &mut Cx<'_, Timer>) {
+        let effects = std::mem::take(&mut self.effects);
+        self.outputs.extend(effects.into_iter().map(Output::from));
         while !self.outputs.is_empty() {
             for output in std::mem::take(&mut self.outputs) {
                 match output {
@@ -1321,25 +1314,14 @@ impl Daemon {
                 }
                 self.finish_health_round(cx);
             }
-            WorkResult::Diagnostics {
-                reply,
-                mut checks,
-                fsync,
-            } => {
-                checks.push(match fsync {
-                    Ok(times) => {
-                        let ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1000.0).collect();
-                        let worst = ms.iter().copied().fold(0.0, f64::max);
-                        let verdict = if worst > 500.0 { "warn" } else { "ok" };
-                        json!({"name": "state.fsync_latency", "status": verdict,
-                               "detail": format!("{} write+fsync+rename cycles, worst {:.1} ms", ms.len(), worst),
-                               "samples_ms": ms})
-                    }
-                    Err(e) => json!({"name": "state.fsync_latency", "status": "fail", "detail": e}),
-                });
-                let answer = diagnostics_answer(checks);
-                self.answer(cx, reply, answer);
-            }
+            WorkResult::Diagnostics(job) => rooms::enter(
+                &mut self.diagnostics,
+                cx,
+                &mut self.worker,
+                &mut self.jobs,
+                &mut self.effects,
+                |room, rcx| room.on_job(rcx, job),
+            ),
             // Writes report through their own ticket (see `persist`).
             WorkResult::Saved => {}
         }
@@ -1348,89 +1330,22 @@ impl Daemon {
     // ----- diagnostics -----
 
     fn diagnostics(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, full: bool) {
-        let mut checks: Vec<diagnostics::Check> = Vec::new();
-        let config_check = match &self.config.overrides_problem {
-            None => diagnostics::Check {
-                name: "config".into(),
-                verdict: diagnostics::Verdict::Ok,
-                detail: format!("valid ({})", self.config_source()),
-            },
-            Some(p) => diagnostics::Check {
-                name: "config".into(),
-                verdict: diagnostics::Verdict::Warn,
-                detail: p.clone(),
-            },
-        };
-        checks.push(config_check);
-        // No write here: an fsync can stall on slow storage; `--full` times it on the worker.
-        let dir = self.state.path();
-        let writable = sys::writable(dir);
-        checks.push(diagnostics::Check {
-            name: "state.writable".into(),
-            verdict: if writable {
-                diagnostics::Verdict::Ok
-            } else {
-                diagnostics::Verdict::Fail
-            },
-            detail: format!(
-                "{} ({})",
-                dir.display(),
-                if writable { "writable" } else { "not writable" }
-            ),
-        });
-        // A few lstat calls, like the faccessat above: cheap enough for the loop.
-        let mut problems = state::check_documents(dir, STATE_DOCUMENTS);
-        problems.extend(self.state.read_only().map(|(name, why)| {
-            format!(
-                "state file {} is read-only: {why}",
-                dir.join(name).display()
-            )
-        }));
-        checks.push(diagnostics::Check {
-            name: "state.documents".into(),
-            verdict: if problems.is_empty() {
-                diagnostics::Verdict::Ok
-            } else {
-                diagnostics::Verdict::Fail
-            },
-            detail: if problems.is_empty() {
-                format!("{} readable and writable", STATE_DOCUMENTS.join(", "))
-            } else {
-                problems.join("; ")
-            },
-        });
-        checks.extend(diagnostics::file_checks(&diagnostics::Paths {
+        let facts = components::diagnostics::Facts {
+            config_source: self.config_source(),
+            config_problem: self.config.overrides_problem.as_deref(),
+            state: &self.state,
+            documents: STATE_DOCUMENTS,
             socket: &self.socket_path,
             pid_file: &self.pid_file,
-        }));
-        checks.extend(diagnostics::kernel_checks());
-        checks.extend(diagnostics::tool_checks());
-        checks.extend(diagnostics::limit_checks());
-        let checks: Vec<Value> = checks.iter().map(diagnostics::Check::to_json).collect();
-        if !full {
-            let answer = diagnostics_answer(checks);
-            self.answer(cx, reply, answer);
-            return;
-        }
-        let dir = self.state.path().to_path_buf();
-        let kept = checks.clone();
-        let submitted = self.submit_job(
+        };
+        rooms::enter(
+            &mut self.diagnostics,
             cx,
-            DIAGNOSTICS_TIMEOUT,
-            move || WorkResult::Diagnostics {
-                reply,
-                checks,
-                fsync: diagnostics::fsync_latency(&dir, 5),
-            },
-            move |why| WorkResult::Diagnostics {
-                reply,
-                checks: kept,
-                fsync: Err(why.to_string()),
-            },
+            &mut self.worker,
+            &mut self.jobs,
+            &mut self.effects,
+            |room, rcx| room.run(rcx, reply, full, &facts),
         );
-        if let Err(failed) = submitted {
-            self.on_job_done(cx, *failed);
-        }
     }
 
     // ----- shutdown -----
@@ -1454,24 +1369,6 @@ impl Daemon {
         self.stopping = Some(Instant::now());
         cx.timers
             .insert(Instant::now() + timeout, Timer::ShutdownDeadline);
-    }
-}
-
-fn diagnostics_answer(checks: Vec<Value>) -> Answer {
-    let failed = checks.iter().filter(|c| c["status"] == "fail").count();
-    let warned = checks.iter().filter(|c| c["status"] == "warn").count();
-    let data = json!({
-        "checks": checks,
-        "summary": {"ok": checks.len() - failed - warned, "warn": warned, "fail": failed},
-    });
-    if failed == 0 {
-        Ok(data)
-    } else {
-        Err(ApiError::new(
-            ErrorCode::Unhealthy,
-            format!("{failed} diagnostic check(s) failed"),
-        )
-        .with_data(data))
     }
 }
 
@@ -1538,10 +1435,14 @@ impl Handler for Daemon {
                 self.mcp.ping_all(&mut self.outputs);
                 self.flush_refusal_log();
             }
-            Timer::Mcp(t) => {
-                self.mcp
-                    .on_timer(&mut cx.narrow(Timer::Mcp).cx(), t, &mut self.outputs)
-            }
+            Timer::Mcp(t) => rooms::enter(
+                &mut self.mcp,
+                cx,
+                &mut self.worker,
+                &mut self.jobs,
+                &mut self.outputs,
+                |room, rcx| Room::on_timer(room, rcx, t),
+            ),
             Timer::Watchdog => {
                 self.notify("WATCHDOG=1");
                 if let Some(period) = self.watchdog {
@@ -1625,7 +1526,7 @@ impl Handler for Daemon {
             }
             self.deliver(cx);
             self.flush_followers(cx);
-            if self.incoming.is_empty() && self.outputs.is_empty() {
+            if self.incoming.is_empty() && self.outputs.is_empty() && self.effects.is_empty() {
                 break;
             }
         }

@@ -85,6 +85,33 @@ pub enum Output {
     Restart(String),
 }
 
+impl From<crate::room::Effect> for Output {
+    fn from(effect: crate::room::Effect) -> Self {
+        match effect {
+            crate::room::Effect::Reply(to, answer) => Output::Reply(to, answer),
+            crate::room::Effect::Publish(channel, kind, data) => Output::Event(channel, kind, data),
+        }
+    }
+}
+
+/// MCP as a room: its timers are its own keys, it has no worker jobs (children are spawned
+/// from the loop), and its outputs are [`Output`]s.
+impl crate::room::Room for Mcp {
+    type Timer = Timer;
+    type Job = std::convert::Infallible;
+    type Output = Output;
+    const NAME: &'static str = "mcp";
+
+    fn on_timer(&mut self, cx: &mut crate::room::RoomCx<'_, Self>, timer: Timer) {
+        let (mut lcx, out) = cx.split();
+        Mcp::on_timer(self, &mut lcx, timer, out);
+    }
+
+    fn on_job(&mut self, _cx: &mut crate::room::RoomCx<'_, Self>, done: Self::Job) {
+        match done {}
+    }
+}
+
 /// Defaults and limits from `[mcp_servers]` plus where the daemon keeps its state.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -64,7 +64,7 @@ impl Daemon {
             "event_loop": {"wakeups": cx.stats.wakeups, "events": cx.stats.events, "timers_armed": cx.timers.len()},
         });
         let health = json!({
-            "components": self.health_answer(None).unwrap_or_else(|e| e.data.unwrap_or(Value::Null)),
+            "components": self.health.answer(None).unwrap_or_else(|e| e.data.unwrap_or(Value::Null)),
             "mcp_servers": {"by_status": by_status, "servers": servers["servers"]},
         });
         match view {

@@ -6,8 +6,9 @@
 //! - `worker`: the blocking-work thread;
 //! - `monitor`: the periodic health check on `monitoring.health_check_interval_ms`.
 //!
-//! Health checks report per component; one place ([`Daemon::finish_health_round`]) decides
-//! what to do about a failure (restart the control socket or the worker).
+//! Health checks report per component; one place (the health room,
+//! [`crate::components::health`]) decides what to do about a failure, and the wiring carries
+//! out the repair (restart the control socket or the worker).
 
 mod access;
 mod health;
@@ -21,7 +22,6 @@ mod streams;
 use crate::api::{self, Answer, ApiError, ErrorCode, EventQuery, LogQuery, ReplyTo, Request};
 use crate::components::{self, diagnostics::Diagnostics};
 use crate::config::{self, Config, ConfigError};
-use crate::diagnostics;
 use crate::events::{Event, EventLog};
 use crate::logs::{LogRecord, Logging};
 use crate::mcp::registry::{ServerSpec, REGISTRY_FILE};
@@ -46,10 +46,6 @@ use std::time::{Duration, Instant, SystemTime};
 const OVERRIDES_FILE: &str = "overrides.json";
 /// Every document the daemon keeps in the state directory.
 const STATE_DOCUMENTS: &[&str] = &[REGISTRY_FILE, OVERRIDES_FILE];
-/// How long a health round waits for the worker's answer.
-const WORKER_PING_TIMEOUT: Duration = Duration::from_secs(5);
-/// Health results younger than this answer `GET /api/v1/health` without a new round.
-const HEALTH_CACHE: Duration = Duration::from_secs(1);
 /// Stream back-pressure: a follower with more than this unsent is skipped until it drains.
 const STREAM_BACKLOG_LIMIT: usize = 1024 * 1024;
 /// The TCP API token a configuration asks for: `security.api_token`, the first line of
@@ -143,9 +139,8 @@ pub enum Timer {
 /// failure ([`Waiting`]): no result is ever paired with a waiting entry at run time.
 #[derive(Debug)]
 pub enum WorkResult {
-    /// A health round's probe of the state directory (write, fsync, rename, fsync dir):
-    /// `Ok` with the probe's outcome when the worker ran it, `Err(why)` when it did not.
-    HealthPing(Result<Result<Vec<Duration>, String>, String>),
+    /// A job of the health-rounds room (its probe of the state directory).
+    Health(components::health::Job),
     /// A job of the diagnostics room.
     Diagnostics(components::diagnostics::Job),
     /// A state document was written; the outcome went through the write's own ticket.
@@ -158,21 +153,6 @@ struct ComponentState {
     since: SystemTime,
     restarts: u32,
     last_error: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-struct HealthResult {
-    healthy: bool,
-    status: &'static str,
-    message: String,
-    checked_at: SystemTime,
-}
-
-struct HealthRound {
-    results: BTreeMap<String, HealthResult>,
-    /// When the worker's probe was submitted, while it is out.
-    worker_job: Option<Instant>,
-    waiting: Vec<(ReplyTo, Option<String>)>,
 }
 
 /// What a stream follows.
@@ -236,11 +216,7 @@ pub struct Daemon {
     waker: Arc<mio::Waker>,
     components: BTreeMap<&'static str, ComponentState>,
     health_timer: Option<TimerId>,
-    health: BTreeMap<String, HealthResult>,
-    health_at: Option<Instant>,
-    /// The last round's unfiltered answer, serialized: (error without its data, data JSON).
-    health_cache: Option<(Option<ApiError>, Vec<u8>)>,
-    round: Option<HealthRound>,
+    health: components::health::Health,
     jobs: Waiting<WorkResult>,
     followers: Vec<Follower>,
     /// Registry changes waiting for their `servers.json` write (see `registration`).
@@ -455,10 +431,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         waker,
         components,
         health_timer: None,
-        health: BTreeMap::new(),
-        health_at: None,
-        health_cache: None,
-        round: None,
+        health: components::health::Health::default(),
         jobs: Waiting::default(),
         followers: Vec::new(),
         registry_writes: state::WriteQueue::new(registration::MAX_WAITING),
@@ -791,26 +764,6 @@ impl Daemon {
         }
     }
 
-    /// Hands `work` to the worker and waits for it until `timeout`; `fail` builds its result
-    /// if it does not come back. `Err`: the worker did not take it, and `fail`'s result
-    /// saying why.
-    fn submit_job(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        timeout: Duration,
-        work: impl FnOnce() -> WorkResult + Send + 'static,
-        fail: impl FnOnce(&str) -> WorkResult + 'static,
-    ) -> Result<(), Box<WorkResult>> {
-        match rooms::submit_work(self.worker.as_mut(), Box::new(work)) {
-            Ok(id) => {
-                let timer = cx.timers.insert(Instant::now() + timeout, Timer::Job(id));
-                self.jobs.wait(id, timer, fail);
-                Ok(())
-            }
-            Err(why) => Err(Box::new(fail(why))),
-        }
-    }
-
     // ----- requests -----
 
     fn handle_incoming(&mut self, cx: &mut Cx<'_, Timer>, incoming: Incoming) {
@@ -914,12 +867,11 @@ impl Daemon {
                 }
                 // A round younger than a second answers at once: a scraper hammering
                 // /api/v1/health must not turn into a stream of fsyncs.
-                let fresh = self.round.is_none()
-                    && self.health_at.is_some_and(|t| t.elapsed() < HEALTH_CACHE);
+                let fresh = self.health.fresh();
                 if fresh && component.is_none() {
                     self.answer_cached_health(cx, reply);
                 } else if fresh {
-                    let answer = self.health_answer(component.as_deref());
+                    let answer = self.health.answer(component.as_deref());
                     self.answer(cx, reply, answer);
                 } else {
                     self.start_health_round(cx, Some((reply, component)));
@@ -1120,7 +1072,7 @@ impl Daemon {
     fn status(&self, cx: &Cx<'_, Timer>, detailed: bool) -> Value {
         let mut components = Map::new();
         for (name, c) in &self.components {
-            let health = self.health.get(*name);
+            let health = self.health.result(name);
             components.insert(
                 name.to_string(),
                 json!({
@@ -1285,35 +1237,7 @@ impl Daemon {
     /// A worker job's result (or the failure that stands for it) reaches its owner.
     fn on_job_done(&mut self, cx: &mut Cx<'_, Timer>, result: WorkResult) {
         match result {
-            WorkResult::HealthPing(outcome) => {
-                let Some(round) = &mut self.round else {
-                    return;
-                };
-                let now = SystemTime::now();
-                let took = round.worker_job.map_or(Duration::ZERO, |t| t.elapsed());
-                let worker = match &outcome {
-                    Ok(_) => HealthResult {
-                        healthy: true,
-                        status: "running",
-                        message: format!("answered in {:.2} ms", took.as_secs_f64() * 1000.0),
-                        checked_at: now,
-                    },
-                    Err(why) => HealthResult {
-                        healthy: false,
-                        status: "failing",
-                        message: why.clone(),
-                        checked_at: now,
-                    },
-                };
-                round.results.insert("worker".into(), worker);
-                if let Ok(probe) = outcome {
-                    let state = self.state_health(Some(probe), now);
-                    if let Some(round) = &mut self.round {
-                        round.results.insert("state".into(), state);
-                    }
-                }
-                self.finish_health_round(cx);
-            }
+            WorkResult::Health(job) => self.health_job(cx, job),
             WorkResult::Diagnostics(job) => rooms::enter(
                 &mut self.diagnostics,
                 cx,

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::components::diagnostics::{self, Diagnostics};
+use crate::components::health::{self, Health};
 use crate::reactor::timer::TimerId;
 use crate::reactor::Timers;
 use crate::room::{RoomCx, Wiring};
@@ -26,6 +27,15 @@ impl Wired for Diagnostics {
     }
     fn job(j: diagnostics::Job) -> WorkResult {
         WorkResult::Diagnostics(j)
+    }
+}
+
+impl Wired for Health {
+    fn timer(t: Infallible) -> Timer {
+        match t {}
+    }
+    fn job(j: health::Job) -> WorkResult {
+        WorkResult::Health(j)
     }
 }
 

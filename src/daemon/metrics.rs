@@ -225,3 +225,49 @@ impl Daemon {
         e.finish()
     }
 }
+
+/// `GET /api/v1/status`.
+impl Daemon {
+    pub(super) fn status(&self, cx: &Cx<'_, Timer>, detailed: bool) -> Value {
+        let mut components = Map::new();
+        for (name, c) in &self.components {
+            let health = self.health.result(name);
+            components.insert(
+                name.to_string(),
+                json!({
+                    "status": if c.running { "running" } else { "stopped" },
+                    "since": state::rfc3339_utc(c.since),
+                    "restarts": c.restarts,
+                    "last_error": c.last_error,
+                    "healthy": health.map(|h| h.healthy),
+                    "health_message": health.map(|h| h.message.clone()),
+                }),
+            );
+        }
+        let mut data = json!({
+            "daemon": {
+                "status": if self.stopping.is_some() { "stopping" } else { "running" },
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "started_at": state::rfc3339_utc(self.started_at),
+                "uptime_seconds": self.started.elapsed().as_secs(),
+                "config_source": self.config_source(),
+                "config_warning": self.config.overrides_problem,
+                "state_dir": self.state.path().display().to_string(),
+                "socket": self.socket_path.display().to_string(),
+                "pid_file": self.pid_file.display().to_string(),
+                "http_listen": self.tcp_addr.map(|a| a.to_string()),
+                "auth": self.access.token.as_ref().map_or("none", |t| t.source.kind()),
+            },
+            "components": components,
+            "mcp_servers": {
+                "active_count": self.mcp.counts().0,
+                "total_registered": self.mcp.counts().1,
+            },
+        });
+        if detailed {
+            data["loop"] = self.loop_stats(cx.stats, cx.timers.len());
+        }
+        data
+    }
+}

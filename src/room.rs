@@ -138,6 +138,85 @@ impl<'a, R: Room + ?Sized> RoomCx<'a, R> {
     }
 }
 
+/// A wiring for rooms' unit tests: a real timer wheel, and a worker that runs each job at
+/// once (its result waits in `done`) or refuses it (`refuse` set: the room gets its failure).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::reactor::timer::TimerWheel;
+    use std::time::Instant;
+
+    pub(crate) struct Inline<T, J> {
+        pub(crate) wheel: TimerWheel<T>,
+        pub(crate) done: Vec<J>,
+        pub(crate) refuse: Option<&'static str>,
+        pub(crate) stats: LoopStats,
+        pub(crate) poll: mio::Poll,
+    }
+
+    impl<T, J> Inline<T, J> {
+        pub(crate) fn new() -> Self {
+            Inline {
+                wheel: TimerWheel::new(Instant::now()),
+                done: Vec::new(),
+                refuse: None,
+                stats: LoopStats::default(),
+                poll: mio::Poll::new().expect("poll"),
+            }
+        }
+    }
+
+    /// Runs `f` on `room` with a [`RoomCx`] over `wiring`, collecting its outputs in `out`.
+    pub(crate) fn enter<R: Room, X>(
+        room: &mut R,
+        wiring: &mut Inline<R::Timer, R::Job>,
+        out: &mut Vec<R::Output>,
+        f: impl FnOnce(&mut R, &mut RoomCx<'_, R>) -> X,
+    ) -> X
+    where
+        R::Timer: 'static,
+    {
+        let Inline {
+            wheel,
+            done,
+            refuse,
+            stats,
+            poll,
+        } = wiring;
+        let mut jobs = Jobs {
+            wheel,
+            done,
+            refuse: *refuse,
+        };
+        let mut cx = RoomCx::new(poll.registry(), stats, &mut jobs, out);
+        f(room, &mut cx)
+    }
+
+    struct Jobs<'a, T, J> {
+        wheel: &'a mut TimerWheel<T>,
+        done: &'a mut Vec<J>,
+        refuse: Option<&'static str>,
+    }
+
+    impl<T, J> Wiring<T, J> for Jobs<'_, T, J> {
+        fn timers(&mut self) -> &mut dyn Timers<T> {
+            self.wheel
+        }
+        fn submit(
+            &mut self,
+            _timeout: Duration,
+            work: Box<dyn FnOnce() -> J + Send>,
+            fail: Box<dyn FnOnce(&str) -> J>,
+        ) -> Result<(), J> {
+            if let Some(why) = self.refuse {
+                return Err(fail(why));
+            }
+            self.done.push(work());
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -372,6 +372,123 @@ fn probe_state(dir: &Path, documents: &[&str]) -> Result<Vec<Duration>, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ConnId;
+    use crate::room::testing::{enter, Inline};
+
+    fn facts(dir: &Path, worker: WorkerState, control_ok: bool) -> Facts {
+        Facts {
+            control: HealthResult::now(control_ok, "running", "listening"),
+            monitor: HealthResult::now(true, "running", "every 1000 ms"),
+            worker,
+            read_only: Vec::new(),
+            state_dir: dir.to_path_buf(),
+            documents: &["servers.json"],
+        }
+    }
+
+    fn reply(n: u64) -> ReplyTo {
+        ReplyTo::Ws {
+            conn: ConnId {
+                slot: 0,
+                generation: 1,
+            },
+            local: n,
+            started: Instant::now(),
+            request_id: n,
+        }
+    }
+
+    fn answers(out: &[Output]) -> Vec<(u64, bool)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Effect(Effect::Reply(ReplyTo::Ws { local, .. }, a)) => {
+                    Some((*local, a.is_ok()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn repairs(out: &[Output]) -> Vec<&'static str> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Repair(name, _) => Some(*name),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_round_answers_every_waiter_once_when_its_probe_comes_back() {
+        let dir = std::env::temp_dir().join(format!("vsm-health-room-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut room = Health::default();
+        let mut wiring = Inline::new();
+        let mut out = Vec::new();
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.start_round(
+                cx,
+                facts(&dir, WorkerState::Alive, true),
+                Some((reply(1), None)),
+            );
+            // A second request joins the running round instead of starting one.
+            r.start_round(
+                cx,
+                facts(&dir, WorkerState::Alive, true),
+                Some((reply(2), None)),
+            );
+        });
+        assert!(
+            out.is_empty(),
+            "nobody is answered before the probe is back"
+        );
+        assert!(!room.fresh());
+        let done: Vec<Job> = std::mem::take(&mut wiring.done);
+        assert_eq!(done.len(), 1, "one probe per round");
+        for job in done {
+            enter(&mut room, &mut wiring, &mut out, |r, cx| r.on_job(cx, job));
+        }
+        assert_eq!(answers(&out), vec![(1, true), (2, true)]);
+        assert!(repairs(&out).is_empty());
+        assert!(room.fresh());
+        assert_eq!(room.result("worker").map(|h| h.status), Some("running"));
+        assert_eq!(room.result("state").map(|h| h.status), Some("ok"));
+        let (error, data) = room.cached();
+        assert!(error.is_none());
+        assert!(String::from_utf8_lossy(data).contains("\"healthy\""));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_refused_probe_fails_the_worker_and_broken_components_come_out_as_repairs() {
+        let dir = std::env::temp_dir();
+        let mut room = Health::default();
+        let mut wiring = Inline::new();
+        wiring.refuse = Some("worker queue is full");
+        let mut out = Vec::new();
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.start_round(
+                cx,
+                facts(&dir, WorkerState::Alive, false),
+                Some((reply(7), None)),
+            );
+        });
+        assert_eq!(answers(&out), vec![(7, false)]);
+        assert_eq!(repairs(&out), vec!["control", "worker"]);
+        let worker = room.result("worker").expect("worker checked");
+        assert_eq!(
+            (worker.healthy, worker.message.as_str()),
+            (false, "worker queue is full")
+        );
+        assert_eq!(room.result("state").map(|h| h.status), Some("unchecked"));
+        // A stopped worker is not a failure: nothing to repair, no probe.
+        out.clear();
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.start_round(cx, facts(&dir, WorkerState::Stopped, true), None);
+        });
+        assert!(repairs(&out).is_empty());
+        assert!(wiring.done.is_empty());
+    }
 
     #[test]
     fn the_state_result_names_every_problem() {

@@ -225,8 +225,11 @@ impl Daemon {
         self.notify("STOPPING=1");
         // New connections are refused at once; open ones get their answers.
         self.stop_control(cx);
-        self.mcp
-            .stop_all(&mut cx.narrow(Timer::Mcp).cx(), graceful, &mut self.outputs);
+        self.rooms.mcp.stop_all(
+            &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+            graceful,
+            &mut self.outputs,
+        );
         let _ = self.stop_component(cx, "monitor");
         let _ = self.stop_component(cx, "worker");
         let timeout = if graceful {

@@ -71,7 +71,7 @@ impl Daemon {
         let facts = self.health_facts();
         let mut out = Vec::new();
         rooms::enter(
-            &mut self.health,
+            &mut self.rooms.health,
             cx,
             &mut self.worker,
             &mut self.jobs,
@@ -81,22 +81,8 @@ impl Daemon {
         self.health_outputs(cx, out);
     }
 
-    /// The round's probe came back (or failed).
-    pub(super) fn health_job(&mut self, cx: &mut Cx<'_, Timer>, job: health::Job) {
-        let mut out = Vec::new();
-        rooms::enter(
-            &mut self.health,
-            cx,
-            &mut self.worker,
-            &mut self.jobs,
-            &mut out,
-            |room, rcx| room.on_job(rcx, job),
-        );
-        self.health_outputs(cx, out);
-    }
-
     /// Answers go on the effect bus; repairs are carried out here, unless shutting down.
-    fn health_outputs(&mut self, cx: &mut Cx<'_, Timer>, out: Vec<health::Output>) {
+    pub(super) fn health_outputs(&mut self, cx: &mut Cx<'_, Timer>, out: Vec<health::Output>) {
         for output in out {
             match output {
                 health::Output::Effect(e) => self.effects.push(e),
@@ -128,11 +114,11 @@ impl Daemon {
             method,
         } = reply
         else {
-            let answer = self.health.answer(None);
+            let answer = self.rooms.health.answer(None);
             self.answer(cx, reply, answer);
             return;
         };
-        let (error, data) = self.health.cached();
+        let (error, data) = self.rooms.health.cached();
         let status = error.as_ref().map_or(200, |e| e.code.http_status());
         let mut bytes = Vec::with_capacity(data.len() + 200);
         let ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -51,7 +51,7 @@ impl Daemon {
         let process = monitor::performance::own_process();
         let host = monitor::performance::host();
         let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
-        let servers = self.mcp.list("all");
+        let servers = self.rooms.mcp.list("all");
         for s in servers["servers"].as_array().into_iter().flatten() {
             *by_status
                 .entry(s["status"].as_str().unwrap_or("unknown").to_string())
@@ -64,7 +64,7 @@ impl Daemon {
             "event_loop": {"wakeups": cx.stats.wakeups, "events": cx.stats.events, "timers_armed": cx.timers.len()},
         });
         let health = json!({
-            "components": self.health.answer(None).unwrap_or_else(|e| e.data.unwrap_or(Value::Null)),
+            "components": self.rooms.health.answer(None).unwrap_or_else(|e| e.data.unwrap_or(Value::Null)),
             "mcp_servers": {"by_status": by_status, "servers": servers["servers"]},
         });
         match view {
@@ -181,7 +181,7 @@ impl Daemon {
             "1 when a daemon component runs.",
             &samples,
         );
-        let servers = self.mcp.list("all");
+        let servers = self.rooms.mcp.list("all");
         let rows: Vec<(String, String, f64)> = servers["servers"]
             .as_array()
             .into_iter()
@@ -210,7 +210,7 @@ impl Daemon {
             "1 when an MCP server serves tool calls (active or degraded), by server and status.",
             &samples,
         );
-        let (active, total) = self.mcp.counts();
+        let (active, total) = self.rooms.mcp.counts();
         e.gauge(
             "vsm_mcp_servers_registered",
             "MCP servers registered.",
@@ -231,7 +231,7 @@ impl Daemon {
     pub(super) fn status(&self, cx: &Cx<'_, Timer>, detailed: bool) -> Value {
         let mut components = Map::new();
         for (name, c) in &self.components {
-            let health = self.health.result(name);
+            let health = self.rooms.health.result(name);
             components.insert(
                 name.to_string(),
                 json!({
@@ -261,8 +261,8 @@ impl Daemon {
             },
             "components": components,
             "mcp_servers": {
-                "active_count": self.mcp.counts().0,
-                "total_registered": self.mcp.counts().1,
+                "active_count": self.rooms.mcp.counts().0,
+                "total_registered": self.rooms.mcp.counts().1,
             },
         });
         if detailed {

@@ -33,6 +33,7 @@ mod streams;
 
 use control::*;
 use reply::*;
+use rooms::Wired;
 use startup::*;
 pub use startup::{default_socket_path, run, StartError, StartOptions};
 
@@ -49,7 +50,7 @@ use crate::net::{self, http, routes, ConnId, ConnPolicy, Incoming, Peer, Server}
 use crate::reactor::timer::TimerId;
 use crate::reactor::worker::{SubmitError, Waiting, Worker};
 use crate::reactor::{Cx, Handler, LoopStats, Reactor};
-use crate::room::Room;
+use crate::room::{Effect, Room};
 use crate::state::{self, StateDir, StateError};
 use crate::sys;
 use serde_json::{json, Map, Value};
@@ -84,8 +85,8 @@ pub enum Timer {
     Job(u64),
     /// Graceful shutdown took too long.
     ShutdownDeadline,
-    /// A timer of an MCP server.
-    Mcp(mcp::Timer),
+    /// A timer of a room.
+    Room(rooms::RoomTimer),
 }
 
 /// Results of blocking jobs. Each carries everything its owner needs (what the job was for
@@ -93,10 +94,8 @@ pub enum Timer {
 /// failure ([`Waiting`]): no result is ever paired with a waiting entry at run time.
 #[derive(Debug)]
 pub enum WorkResult {
-    /// A job of the health-rounds room (its probe of the state directory).
-    Health(components::health::Job),
-    /// A job of the diagnostics room.
-    Diagnostics(components::diagnostics::Job),
+    /// A job of a room.
+    Room(rooms::RoomJob),
     /// A state document was written; the outcome went through the write's own ticket.
     Saved,
 }
@@ -150,7 +149,6 @@ pub struct Daemon {
     waker: Arc<mio::Waker>,
     components: BTreeMap<&'static str, ComponentState>,
     health_timer: Option<TimerId>,
-    health: components::health::Health,
     jobs: Waiting<WorkResult>,
     followers: Vec<Follower>,
     /// Registry changes waiting for their `servers.json` write (see `registration`).
@@ -161,8 +159,7 @@ pub struct Daemon {
     overrides_writes: state::WriteQueue<settings::PendingPatch>,
     /// The overrides write on the worker, while one is in flight.
     overrides_write: Option<persist::WriteTicket>,
-    mcp: Mcp,
-    diagnostics: Diagnostics,
+    rooms: rooms::Rooms,
     events: EventLog,
     outputs: Vec<Output>,
     /// What rooms other than MCP said (delivered with MCP's outputs).
@@ -244,11 +241,11 @@ impl Daemon {
                 }
                 // A round younger than a second answers at once: a scraper hammering
                 // /api/v1/health must not turn into a stream of fsyncs.
-                let fresh = self.health.fresh();
+                let fresh = self.rooms.health.fresh();
                 if fresh && component.is_none() {
                     self.answer_cached_health(cx, reply);
                 } else if fresh {
-                    let answer = self.health.answer(component.as_deref());
+                    let answer = self.rooms.health.answer(component.as_deref());
                     self.answer(cx, reply, answer);
                 } else {
                     self.start_health_round(cx, Some((reply, component)));
@@ -306,9 +303,9 @@ impl Daemon {
             }
             Request::AuthToken => self.auth_token(false),
             Request::AuthTokenRotate => self.auth_token(true),
-            Request::McpList { status } => Ok(self.mcp.list(status)),
-            Request::McpShow { id } => self.mcp.show(&id),
-            Request::McpTools { id } => self.mcp.tools(&id),
+            Request::McpList { status } => Ok(self.rooms.mcp.list(status)),
+            Request::McpShow { id } => self.rooms.mcp.show(&id),
+            Request::McpTools { id } => self.rooms.mcp.tools(&id),
             Request::McpRegister { spec } => match self.mcp_register(cx, spec, reply) {
                 Ok(()) => return,
                 Err(e) => Err(e),
@@ -317,29 +314,33 @@ impl Daemon {
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
-            Request::McpStart { id } => {
-                self.mcp
-                    .start(&mut cx.narrow(Timer::Mcp).cx(), &id, &mut self.outputs)
-            }
-            Request::McpStop { id } => {
-                self.mcp
-                    .stop(&mut cx.narrow(Timer::Mcp).cx(), &id, &mut self.outputs)
-            }
-            Request::McpRestart { id } => {
-                self.mcp
-                    .restart(&mut cx.narrow(Timer::Mcp).cx(), &id, &mut self.outputs)
-            }
-            Request::McpReset { id } => {
-                self.mcp
-                    .reset(&mut cx.narrow(Timer::Mcp).cx(), &id, &mut self.outputs)
-            }
+            Request::McpStart { id } => self.rooms.mcp.start(
+                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                &id,
+                &mut self.outputs,
+            ),
+            Request::McpStop { id } => self.rooms.mcp.stop(
+                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                &id,
+                &mut self.outputs,
+            ),
+            Request::McpRestart { id } => self.rooms.mcp.restart(
+                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                &id,
+                &mut self.outputs,
+            ),
+            Request::McpReset { id } => self.rooms.mcp.reset(
+                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                &id,
+                &mut self.outputs,
+            ),
             Request::McpCall {
                 id,
                 name,
                 arguments,
                 timeout_ms,
-            } => match self.mcp.call(
-                &mut cx.narrow(Timer::Mcp).cx(),
+            } => match self.rooms.mcp.call(
+                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
                 &id,
                 &name,
                 arguments,
@@ -362,15 +363,7 @@ impl Daemon {
     /// A worker job's result (or the failure that stands for it) reaches its owner.
     fn on_job_done(&mut self, cx: &mut Cx<'_, Timer>, result: WorkResult) {
         match result {
-            WorkResult::Health(job) => self.health_job(cx, job),
-            WorkResult::Diagnostics(job) => rooms::enter(
-                &mut self.diagnostics,
-                cx,
-                &mut self.worker,
-                &mut self.jobs,
-                &mut self.effects,
-                |room, rcx| room.on_job(rcx, job),
-            ),
+            WorkResult::Room(job) => self.room_job(cx, job),
             // Writes report through their own ticket (see `persist`).
             WorkResult::Saved => {}
         }
@@ -388,7 +381,7 @@ impl Daemon {
             pid_file: &self.pid_file,
         };
         rooms::enter(
-            &mut self.diagnostics,
+            &mut self.rooms.diagnostics,
             cx,
             &mut self.worker,
             &mut self.jobs,
@@ -409,9 +402,12 @@ impl Handler for Daemon {
             self.accept_control(cx);
         } else if token == self.listeners.tcp {
             self.accept_tcp(cx);
-        } else if self.mcp.owns(token) {
-            self.mcp
-                .on_ready(&mut cx.narrow(Timer::Mcp).cx(), token, &mut self.outputs);
+        } else if self.rooms.mcp.owns(token) {
+            self.rooms.mcp.on_ready(
+                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                token,
+                &mut self.outputs,
+            );
         } else if self.server.owns(token) {
             self.server
                 .on_ready(&mut cx.narrow(Timer::Net).cx(), token, &mut self.incoming);
@@ -430,17 +426,10 @@ impl Handler for Daemon {
                 self.health_timer =
                     Some(cx.timers.insert(Instant::now() + every, Timer::HealthCheck));
                 self.start_health_round(cx, None);
-                self.mcp.ping_all(&mut self.outputs);
+                self.rooms.mcp.ping_all(&mut self.outputs);
                 self.flush_refusal_log();
             }
-            Timer::Mcp(t) => rooms::enter(
-                &mut self.mcp,
-                cx,
-                &mut self.worker,
-                &mut self.jobs,
-                &mut self.outputs,
-                |room, rcx| Room::on_timer(room, rcx, t),
-            ),
+            Timer::Room(t) => self.room_timer(cx, t),
             Timer::Watchdog => {
                 self.notify("WATCHDOG=1");
                 if let Some(period) = self.watchdog {
@@ -456,7 +445,7 @@ impl Handler for Daemon {
             Timer::ShutdownDeadline => {
                 if self.stopping.is_some() {
                     log::warn!("shutdown deadline reached; closing remaining connections");
-                    self.mcp.kill_all();
+                    self.rooms.mcp.kill_all();
                     self.shutdown_deadline_passed = true;
                 }
             }
@@ -485,8 +474,8 @@ impl Handler for Daemon {
             libc::SIGCHLD => {
                 while let Some(reaped) = sys::reap_any() {
                     self.reaped += 1;
-                    if !self.mcp.on_child_exit(
-                        &mut cx.narrow(Timer::Mcp).cx(),
+                    if !self.rooms.mcp.on_child_exit(
+                        &mut cx.narrow(<Mcp as Wired>::timer).cx(),
                         reaped.pid,
                         reaped.status,
                         &mut self.outputs,
@@ -540,6 +529,6 @@ impl Handler for Daemon {
     fn finished(&self) -> bool {
         self.stopping.is_some()
             && (self.shutdown_deadline_passed
-                || (!self.server.has_pending_output() && self.mcp.all_exited()))
+                || (!self.server.has_pending_output() && self.rooms.mcp.all_exited()))
     }
 }

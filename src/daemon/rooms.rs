@@ -1,17 +1,21 @@
-//! The rooms wired into the loop: how each room's timer keys and job results are wrapped into
-//! the daemon's ([`Wired`], one impl per room), and the one generic way into a room
-//! ([`enter`]), which lends it a [`RoomCx`] over the daemon's wheel, worker and effect bus.
+//! The room list and how rooms are wired into the loop.
+//!
+//! [`rooms!`] takes the list (one line per room: its variant name, its field, its type and
+//! where its outputs go) and generates the [`Rooms`] struct, the typed wrappers of each
+//! room's timer keys and job results inside the daemon's ([`RoomTimer`], [`RoomJob`]), their
+//! [`Wired`] impls, and the dispatch of timers and job results to the room they belong to.
+//! [`enter`] is the one generic way into a room: it lends it a [`RoomCx`] over the daemon's
+//! wheel and worker. Adding a room is a line here, plus the arms that route its requests.
 
 use super::*;
-use crate::components::diagnostics::{self, Diagnostics};
-use crate::components::health::{self, Health};
+use crate::components::diagnostics::Diagnostics;
+use crate::components::health::Health;
 use crate::reactor::timer::TimerId;
 use crate::reactor::Timers;
 use crate::room::{RoomCx, Wiring};
-use std::convert::Infallible;
 
-/// A room as wired into this daemon: its timers travel as a [`Timer`] variant, its job
-/// results as a [`WorkResult`] variant.
+/// A room as wired into this daemon: its timers travel inside [`Timer::Room`], its job
+/// results inside [`WorkResult::Room`].
 pub(super) trait Wired: Room {
     /// The room's timer key as the daemon's.
     fn timer(t: Self::Timer) -> Timer;
@@ -19,32 +23,82 @@ pub(super) trait Wired: Room {
     fn job(j: Self::Job) -> WorkResult;
 }
 
-// The room list: one impl per room.
+macro_rules! rooms {
+    ($( $(#[$doc:meta])* $variant:ident($field:ident: $ty:ty) => $deliver:ident, )*) => {
+        /// The rooms, one field each.
+        pub(super) struct Rooms {
+            $( $(#[$doc])* pub(super) $field: $ty, )*
+        }
 
-impl Wired for Diagnostics {
-    fn timer(t: Infallible) -> Timer {
-        match t {}
-    }
-    fn job(j: diagnostics::Job) -> WorkResult {
-        WorkResult::Diagnostics(j)
-    }
+        /// A room's timer key inside the daemon's.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum RoomTimer {
+            $( $(#[$doc])* $variant(<$ty as Room>::Timer), )*
+        }
+
+        /// A room's job result inside the worker's.
+        #[derive(Debug)]
+        pub enum RoomJob {
+            $( $(#[$doc])* $variant(<$ty as Room>::Job), )*
+        }
+
+        $(
+            impl Wired for $ty {
+                fn timer(t: <$ty as Room>::Timer) -> Timer {
+                    Timer::Room(RoomTimer::$variant(t))
+                }
+                fn job(j: <$ty as Room>::Job) -> WorkResult {
+                    WorkResult::Room(RoomJob::$variant(j))
+                }
+            }
+        )*
+
+        impl Daemon {
+            /// A room's timer came due: to the room, then its outputs to where they go.
+            pub(super) fn room_timer(&mut self, cx: &mut Cx<'_, Timer>, timer: RoomTimer) {
+                match timer {
+                    $( RoomTimer::$variant(t) => {
+                        let mut out = Vec::new();
+                        enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
+                              &mut out, |room, rcx| Room::on_timer(room, rcx, t));
+                        self.$deliver(cx, out);
+                    } )*
+                }
+            }
+
+            /// A room's job came back (or failed): to the room, then its outputs.
+            pub(super) fn room_job(&mut self, cx: &mut Cx<'_, Timer>, job: RoomJob) {
+                match job {
+                    $( RoomJob::$variant(j) => {
+                        let mut out = Vec::new();
+                        enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
+                              &mut out, |room, rcx| Room::on_job(room, rcx, j));
+                        self.$deliver(cx, out);
+                    } )*
+                }
+            }
+        }
+    };
 }
 
-impl Wired for Health {
-    fn timer(t: Infallible) -> Timer {
-        match t {}
-    }
-    fn job(j: health::Job) -> WorkResult {
-        WorkResult::Health(j)
-    }
+rooms! {
+    /// The MCP servers.
+    Mcp(mcp: Mcp) => deliver_outputs,
+    /// `diagnostics run`.
+    Diagnostics(diagnostics: Diagnostics) => deliver_effects,
+    /// The health rounds.
+    Health(health: Health) => health_outputs,
 }
 
-impl Wired for Mcp {
-    fn timer(t: mcp::Timer) -> Timer {
-        Timer::Mcp(t)
+impl Daemon {
+    /// Outputs of rooms that only say the common effects go on the effect bus.
+    pub(super) fn deliver_effects(&mut self, _cx: &mut Cx<'_, Timer>, out: Vec<Effect>) {
+        self.effects.extend(out);
     }
-    fn job(j: Infallible) -> WorkResult {
-        match j {}
+
+    /// MCP's outputs go on the effect bus as they are.
+    pub(super) fn deliver_outputs(&mut self, _cx: &mut Cx<'_, Timer>, out: Vec<Output>) {
+        self.outputs.extend(out);
     }
 }
 

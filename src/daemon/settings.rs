@@ -262,11 +262,11 @@ impl Daemon {
                 _ => {}
             }
         }
-        self.mcp.settings.config = new.mcp_servers.clone();
-        self.mcp.settings.sandbox_enabled = new.security.sandbox_enabled;
+        self.rooms.mcp.settings.config = new.mcp_servers.clone();
+        self.rooms.mcp.settings.sandbox_enabled = new.security.sandbox_enabled;
         if self.config.effective.servers != new.servers {
-            self.mcp.sync_config_servers(
-                &mut cx.narrow(Timer::Mcp).cx(),
+            self.rooms.mcp.sync_config_servers(
+                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
                 &new.servers,
                 &mut self.outputs,
             );

@@ -309,15 +309,17 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         waker,
         components,
         health_timer: None,
-        health: components::health::Health::default(),
         jobs: Waiting::default(),
         followers: Vec::new(),
         registry_writes: state::WriteQueue::new(registration::MAX_WAITING),
         registry_write: None,
         overrides_writes: state::WriteQueue::new(settings::MAX_WAITING_PATCHES),
         overrides_write: None,
-        mcp,
-        diagnostics: Diagnostics,
+        rooms: rooms::Rooms {
+            mcp,
+            diagnostics: Diagnostics,
+            health: components::health::Health::default(),
+        },
         events: EventLog::new(EVENT_HISTORY),
         outputs: Vec::new(),
         effects: Vec::new(),
@@ -344,7 +346,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             }
         }
     }
-    daemon.mcp.start_reaper();
+    daemon.rooms.mcp.start_reaper();
     let autostart = daemon.config.effective.daemon.auto_start_services;
     let from_config = daemon.config.effective.servers.clone();
     for (spec, source) in registered
@@ -353,8 +355,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         .chain(from_config.into_iter().map(|s| (s, Source::Config)))
     {
         let id = spec.id.clone();
-        if let Err(e) = daemon.mcp.register(
-            &mut cx.narrow(Timer::Mcp).cx(),
+        if let Err(e) = daemon.rooms.mcp.register(
+            &mut cx.narrow(<Mcp as Wired>::timer).cx(),
             spec,
             source,
             autostart,

@@ -1,5 +1,7 @@
 //! The health-rounds room: checks of the daemon's own components, one round at a time,
-//! results kept for a second, and the one place that decides on repairs.
+//! results kept for a second, and the one place that decides on repairs. It also owns the
+//! `monitor` component's schedule: while the monitor runs, every interval comes out as an
+//! [`Output::Tick`], on which the wiring starts a round (and does its other periodic work).
 //!
 //! A round starts from a [`Facts`] snapshot the wiring takes of the other components (is the
 //! control socket still ours, is the monitor on, is the worker alive, which state documents
@@ -13,12 +15,12 @@
 
 use crate::api::{Answer, ApiError, ErrorCode, ReplyTo};
 use crate::diagnostics;
+use crate::reactor::timer::TimerId;
 use crate::room::{Effect, Room, RoomCx};
 use crate::state;
 use crate::sys;
 use serde_json::{json, Map};
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -70,8 +72,6 @@ pub enum WorkerState {
 pub struct Facts {
     /// The control socket's check.
     pub control: HealthResult,
-    /// The monitor's check.
-    pub monitor: HealthResult,
     /// The worker.
     pub worker: WorkerState,
     /// State documents the daemon refuses to overwrite, each with why.
@@ -94,6 +94,18 @@ pub enum Output {
     Effect(Effect),
     /// Restart this component: its check failed (the message says why).
     Repair(&'static str, String),
+    /// The monitor's interval passed: time for a round.
+    Tick,
+}
+
+/// The room's timer: the monitor's next tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick;
+
+/// The monitor's schedule while it runs.
+struct Monitor {
+    timer: TimerId,
+    every: Duration,
 }
 
 impl From<Effect> for Output {
@@ -118,9 +130,38 @@ pub struct Health {
     /// The last round's unfiltered answer, serialized: (error without its data, data JSON).
     cache: Option<(Option<ApiError>, Vec<u8>)>,
     round: Option<Round>,
+    monitor: Option<Monitor>,
 }
 
 impl Health {
+    /// Starts the monitor (ticks every `every`); no-op when it runs.
+    pub fn start_monitor(&mut self, cx: &mut RoomCx<'_, Self>, every: Duration) {
+        if self.monitor.is_none() {
+            let timer = cx.timers().insert(Instant::now() + every, Tick);
+            self.monitor = Some(Monitor { timer, every });
+        }
+    }
+
+    /// Stops the monitor.
+    pub fn stop_monitor(&mut self, cx: &mut RoomCx<'_, Self>) {
+        if let Some(m) = self.monitor.take() {
+            cx.timers().cancel(m.timer);
+        }
+    }
+
+    /// A new interval: a running monitor ticks next `every` from now.
+    pub fn set_interval(&mut self, cx: &mut RoomCx<'_, Self>, every: Duration) {
+        if self.monitor.is_some() {
+            self.stop_monitor(cx);
+            self.start_monitor(cx, every);
+        }
+    }
+
+    /// The monitor's interval while it runs.
+    pub fn monitoring(&self) -> Option<Duration> {
+        self.monitor.as_ref().map(|m| m.every)
+    }
+
     /// The last check of `name`.
     pub fn result(&self, name: &str) -> Option<&HealthResult> {
         self.results.get(name)
@@ -153,7 +194,13 @@ impl Health {
             state
         };
         results.insert("state".to_string(), state);
-        results.insert("monitor".to_string(), facts.monitor);
+        let monitor = match self.monitoring() {
+            Some(every) => {
+                HealthResult::now(true, "running", format!("every {} ms", every.as_millis()))
+            }
+            None => HealthResult::now(true, "stopped", "stopped by the operator"),
+        };
+        results.insert("monitor".to_string(), monitor);
         match facts.worker {
             WorkerState::Stopped => {
                 let stopped = HealthResult::now(true, "stopped", "stopped by the operator");
@@ -246,13 +293,18 @@ impl Health {
 }
 
 impl Room for Health {
-    type Timer = Infallible;
+    type Timer = Tick;
     type Job = Job;
     type Output = Output;
     const NAME: &'static str = "health";
 
-    fn on_timer(&mut self, _cx: &mut RoomCx<'_, Self>, timer: Infallible) {
-        match timer {}
+    fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, Tick: Tick) {
+        let Some(every) = self.monitoring() else {
+            return; // stopped: its timer was cancelled, this is a stale one
+        };
+        let timer = cx.timers().insert(Instant::now() + every, Tick);
+        self.monitor = Some(Monitor { timer, every });
+        cx.emit(Output::Tick);
     }
 
     fn on_job(&mut self, cx: &mut RoomCx<'_, Self>, Job(outcome): Job) {
@@ -378,7 +430,6 @@ mod tests {
     fn facts(dir: &Path, worker: WorkerState, control_ok: bool) -> Facts {
         Facts {
             control: HealthResult::now(control_ok, "running", "listening"),
-            monitor: HealthResult::now(true, "running", "every 1000 ms"),
             worker,
             read_only: Vec::new(),
             state_dir: dir.to_path_buf(),
@@ -488,6 +539,44 @@ mod tests {
         });
         assert!(repairs(&out).is_empty());
         assert!(wiring.done.is_empty());
+    }
+
+    #[test]
+    fn the_monitor_ticks_on_its_interval_until_stopped() {
+        let mut room = Health::default();
+        let mut wiring = Inline::new();
+        let mut out = Vec::new();
+        let every = Duration::from_millis(50);
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.start_monitor(cx, every);
+            r.start_monitor(cx, Duration::from_secs(9)); // already running: no second timer
+        });
+        assert_eq!(room.monitoring(), Some(every));
+        assert_eq!(wiring.wheel.len(), 1);
+        let mut fired = Vec::new();
+        wiring
+            .wheel
+            .expire(Instant::now() + Duration::from_secs(1), &mut fired);
+        assert_eq!(fired.len(), 1);
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.on_timer(cx, Tick)
+        });
+        assert!(matches!(out.as_slice(), [Output::Tick]));
+        assert_eq!(wiring.wheel.len(), 1, "re-armed");
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.set_interval(cx, Duration::from_secs(2));
+        });
+        assert_eq!(room.monitoring(), Some(Duration::from_secs(2)));
+        assert_eq!(wiring.wheel.len(), 1);
+        enter(&mut room, &mut wiring, &mut out, |r, cx| r.stop_monitor(cx));
+        assert_eq!((room.monitoring(), wiring.wheel.len()), (None, 0));
+        out.clear();
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.on_timer(cx, Tick); // a stale tick
+            r.set_interval(cx, every); // a stopped monitor stays stopped
+        });
+        assert!(out.is_empty());
+        assert_eq!((room.monitoring(), wiring.wheel.len()), (None, 0));
     }
 
     #[test]

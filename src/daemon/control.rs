@@ -62,13 +62,10 @@ impl Daemon {
                 Ok(())
             }
             "monitor" => {
-                if self.health_timer.is_none() {
-                    let every = Duration::from_millis(
-                        self.config.effective.monitoring.health_check_interval_ms,
-                    );
-                    self.health_timer =
-                        Some(cx.timers.insert(Instant::now() + every, Timer::HealthCheck));
-                }
+                let every = Duration::from_millis(
+                    self.config.effective.monitoring.health_check_interval_ms,
+                );
+                self.with_health(cx, |room, rcx| room.start_monitor(rcx, every));
                 self.mark(cx, "monitor", true);
                 Ok(())
             }
@@ -94,9 +91,7 @@ impl Daemon {
                 Ok(())
             }
             "monitor" => {
-                if let Some(t) = self.health_timer.take() {
-                    cx.timers.cancel(t);
-                }
+                self.with_health(cx, |room, rcx| room.stop_monitor(rcx));
                 self.mark(cx, "monitor", false);
                 Ok(())
             }

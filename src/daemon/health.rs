@@ -3,7 +3,8 @@
 //! and the cached answer's encoding.
 
 use super::*;
-use crate::components::health::{self, Facts, HealthResult, WorkerState};
+use crate::components::health::{self, Facts, Health, HealthResult, WorkerState};
+use crate::room::RoomCx;
 
 impl Daemon {
     pub(super) fn health_component_names(&self) -> Vec<&'static str> {
@@ -27,18 +28,6 @@ impl Daemon {
             ),
             None => HealthResult::now(false, "stopped", "control socket is not listening"),
         };
-        let monitor = if self.health_timer.is_some() {
-            HealthResult::now(
-                true,
-                "running",
-                format!(
-                    "every {} ms",
-                    self.config.effective.monitoring.health_check_interval_ms
-                ),
-            )
-        } else {
-            HealthResult::now(true, "stopped", "stopped by the operator")
-        };
         let worker = match &self.worker {
             None => WorkerState::Stopped,
             Some(w) if !w.is_alive() => WorkerState::Dead,
@@ -54,7 +43,6 @@ impl Daemon {
             .collect();
         Facts {
             control,
-            monitor,
             worker,
             read_only,
             state_dir: self.state.path().to_path_buf(),
@@ -69,16 +57,26 @@ impl Daemon {
         waiter: Option<(ReplyTo, Option<String>)>,
     ) {
         let facts = self.health_facts();
+        self.with_health(cx, |room, rcx| room.start_round(rcx, facts, waiter));
+    }
+
+    /// Runs `f` on the health room, then delivers what it said.
+    pub(super) fn with_health<X>(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        f: impl FnOnce(&mut Health, &mut RoomCx<'_, Health>) -> X,
+    ) -> X {
         let mut out = Vec::new();
-        rooms::enter(
+        let x = rooms::enter(
             &mut self.rooms.health,
             cx,
             &mut self.worker,
             &mut self.jobs,
             &mut out,
-            |room, rcx| room.start_round(rcx, facts, waiter),
+            f,
         );
         self.health_outputs(cx, out);
+        x
     }
 
     /// Answers go on the effect bus; repairs are carried out here, unless shutting down.
@@ -86,6 +84,11 @@ impl Daemon {
         for output in out {
             match output {
                 health::Output::Effect(e) => self.effects.push(e),
+                health::Output::Tick => {
+                    self.start_health_round(cx, None);
+                    self.rooms.mcp.ping_all(&mut self.outputs);
+                    self.flush_refusal_log();
+                }
                 health::Output::Repair(name, why) => {
                     if self.stopping.is_some() {
                         continue;

@@ -47,7 +47,6 @@ use crate::mcp::{self, Mcp, Output, Source};
 use crate::monitor;
 use crate::net::listener::{self, ControlListener};
 use crate::net::{self, http, routes, ConnId, ConnPolicy, Incoming, Peer, Server};
-use crate::reactor::timer::TimerId;
 use crate::reactor::worker::{SubmitError, Waiting, Worker};
 use crate::reactor::{Cx, Handler, LoopStats, Reactor};
 use crate::room::{Effect, Room};
@@ -77,8 +76,6 @@ pub const COMPONENTS: [&str; 3] = ["control", "worker", "monitor"];
 pub enum Timer {
     /// A timer of the network floor (connection deadlines).
     Net(net::Timer),
-    /// The periodic health check.
-    HealthCheck,
     /// Time to tell systemd we are alive.
     Watchdog,
     /// A worker job's deadline.
@@ -148,7 +145,6 @@ pub struct Daemon {
     worker: Option<Worker<WorkResult>>,
     waker: Arc<mio::Waker>,
     components: BTreeMap<&'static str, ComponentState>,
-    health_timer: Option<TimerId>,
     jobs: Waiting<WorkResult>,
     followers: Vec<Follower>,
     /// Registry changes waiting for their `servers.json` write (see `registration`).
@@ -418,16 +414,6 @@ impl Handler for Daemon {
         match timer {
             Timer::Net(net::Timer::Conn(id)) => {
                 self.server.on_deadline(&mut cx.narrow(Timer::Net).cx(), id)
-            }
-            Timer::HealthCheck => {
-                let every = Duration::from_millis(
-                    self.config.effective.monitoring.health_check_interval_ms,
-                );
-                self.health_timer =
-                    Some(cx.timers.insert(Instant::now() + every, Timer::HealthCheck));
-                self.start_health_round(cx, None);
-                self.rooms.mcp.ping_all(&mut self.outputs);
-                self.flush_refusal_log();
             }
             Timer::Room(t) => self.room_timer(cx, t),
             Timer::Watchdog => {

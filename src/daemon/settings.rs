@@ -251,12 +251,8 @@ impl Daemon {
                     self.logging.ring.set_capacity(new.daemon.log_buffer_lines)
                 }
                 "monitoring.health_check_interval_ms" => {
-                    if let Some(t) = self.health_timer.take() {
-                        cx.timers.cancel(t);
-                        let every = Duration::from_millis(new.monitoring.health_check_interval_ms);
-                        self.health_timer =
-                            Some(cx.timers.insert(Instant::now() + every, Timer::HealthCheck));
-                    }
+                    let every = Duration::from_millis(new.monitoring.health_check_interval_ms);
+                    self.with_health(cx, |room, rcx| room.set_interval(rcx, every));
                 }
                 k if k.starts_with("http.") => self.server.policy = conn_policy(&new),
                 _ => {}

@@ -308,7 +308,6 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         worker: None,
         waker,
         components,
-        health_timer: None,
         jobs: Waiting::default(),
         followers: Vec::new(),
         registry_writes: state::WriteQueue::new(registration::MAX_WAITING),

@@ -566,6 +566,37 @@ fn diagnostics_report_kernel_tools_and_files() {
 }
 
 #[test]
+fn a_stopped_monitor_stays_stopped_across_an_interval_change() {
+    let d = Daemon::start();
+    let (status, v) = d.http(
+        "POST",
+        "/api/v1/control/stop",
+        Some(r#"{"service":"monitor"}"#),
+    );
+    assert_eq!(status, 200, "{v}");
+    let (code, v) = d.cli_json(&[
+        "config",
+        "set",
+        "monitoring.health_check_interval_ms",
+        "5000",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    let (_, h) = d.cli_json(&["health", "check", "--component", "monitor"]);
+    assert_eq!(h["components"]["monitor"]["status"], "stopped", "{h}");
+    let (status, v) = d.http(
+        "POST",
+        "/api/v1/control/start",
+        Some(r#"{"service":"monitor"}"#),
+    );
+    assert_eq!(status, 200, "{v}");
+    // Results are kept for a second: wait for a round that saw the monitor started.
+    wait_for("the monitor running at the new interval", || {
+        let (_, h) = d.cli_json(&["health", "check", "--component", "monitor"]);
+        h["components"]["monitor"]["message"] == "every 5000 ms"
+    });
+}
+
+#[test]
 fn full_diagnostics_without_a_worker_answer_once_with_the_reason() {
     let d = Daemon::start();
     let (status, v) = d.http(

@@ -1,6 +1,7 @@
 //! MCP benchmark: tool-call overhead of the daemon, its footprint with 20 supervised servers,
-//! how fast a dead child gets its restart scheduled, and what 1,000 spawn/kill cycles leave
-//! behind (zombies, file descriptors, memory).
+//! how fast a dead child gets its restart scheduled, how fast a stable server killed with
+//! SIGKILL is running again, and what 1,000 spawn/kill cycles leave behind (zombies, file
+//! descriptors, memory).
 //!
 //! Run with `cargo bench --bench mcp` (`-- WORD..` runs only the sections whose name contains
 //! a WORD, e.g. `-- tool` or `-- spawn`). Environment:
@@ -35,6 +36,10 @@ use std::time::{Duration, Instant, SystemTime};
 const OVERHEAD_P50_TARGET_US: f64 = 100.0;
 const RSS_20_TARGET: u64 = 6 * MB;
 const RESTART_TARGET_MS: i64 = 10;
+/// SIGKILL of a server after a good run -> its new pid visible (DESIGN.md §6: at once).
+const STABLE_RESTART_P50_TARGET: Duration = Duration::from_millis(5);
+/// `min_uptime_ms` of the stable-restart daemon: short, so 20 rounds take seconds.
+const STABLE_MIN_UPTIME_MS: u64 = 100;
 
 const CALLS: usize = 2_000;
 const CALL_WARMUP: usize = 100;
@@ -749,6 +754,111 @@ fn measure_restart(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
 }
 
 // ---------------------------------------------------------------------------------------
+// 3b. SIGKILL of a stable server -> new pid.
+
+/// A server whose run was good (handshake done, `min_uptime` passed) is killed; the time until
+/// `GET /api/v1/mcp/servers/fx` shows a new pid (polled every 0.2 ms). The backoff is an hour,
+/// so a restart that was not immediate shows up as a deadline error, not as a slow figure.
+fn measure_stable_restart(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<Vec<Row>> {
+    let config = format!("{BASE_CONFIG}[mcp_servers]\nmin_uptime_ms = {STABLE_MIN_UPTIME_MS}\n");
+    let mut daemon = start_daemon(bin, &config, "stable-restart")?;
+    let mut http = unix(&daemon.socket)?;
+    http.post(
+        "/api/v1/mcp/servers",
+        &f.spec(
+            "fx",
+            json!({"backoff_initial_ms": 3_600_000, "backoff_max_ms": 3_600_000}),
+        ),
+    )?;
+    let good_run = Duration::from_millis(STABLE_MIN_UPTIME_MS * 2);
+    let mut to_new_pid: Vec<Duration> = Vec::with_capacity(KILLS);
+    // The daemon's own part: kill -> `starting` (spawned) in the history, by its `at` (ms).
+    let mut to_spawned_ms: Vec<i64> = Vec::with_capacity(KILLS);
+    let mut last_pid = 0u64;
+    let mut sample_reason = String::new();
+    for _ in 0..KILLS {
+        let pid = wait_for("fx active", DEADLINE, Duration::from_millis(5), || {
+            let s = http.get("/api/v1/mcp/servers/fx")?;
+            if s["status"] == "failed" {
+                return Err(format!("fx failed: {}", s["history"]));
+            }
+            let pid = s["pid"].as_u64().unwrap_or(0);
+            Ok((s["status"] == "active" && pid != 0 && pid != last_pid).then_some(pid))
+        })?;
+        // Active means spawned earlier still: after this the run is good for certain.
+        std::thread::sleep(good_run);
+        let t0 = Instant::now();
+        let kill_ms = unix_ms(SystemTime::now());
+        // SAFETY: kill(2) on the daemon's child, active (not reaped) as just reported.
+        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
+            return Err(format!("kill {pid}: {}", std::io::Error::last_os_error()));
+        }
+        let (seen, reason) = wait_for(
+            "a new pid after SIGKILL of a stable server",
+            DEADLINE,
+            Duration::from_micros(200),
+            || {
+                let s = http.get("/api/v1/mcp/servers/fx")?;
+                let new = s["pid"].as_u64().is_some_and(|p| p != 0 && p != pid);
+                let history = s["history"].as_array().cloned().unwrap_or_default();
+                let last = |status: &str| history.iter().rev().find(|e| e["status"] == status);
+                let reason = last("backoff")
+                    .and_then(|e| e["reason"].as_str().map(String::from))
+                    .unwrap_or_default();
+                let spawned = last("starting")
+                    .and_then(|e| parse_rfc3339_ms(e["at"].as_str()?))
+                    .unwrap_or(kill_ms);
+                Ok(new.then(|| (t0.elapsed(), reason, spawned)))
+            },
+        )
+        .map(|(seen, reason, spawned)| {
+            to_spawned_ms.push(spawned - kill_ms);
+            (seen, reason)
+        })?;
+        to_new_pid.push(seen);
+        last_pid = pid;
+        sample_reason = reason;
+    }
+    let restarts = http.get("/api/v1/mcp/servers/fx")?["restarts"].clone();
+    drop(http);
+    daemon.check_alive()?;
+    daemon.finish(notes);
+    to_new_pid.sort();
+    let p50 = percentile(&to_new_pid, 50.0);
+    Ok(vec![
+        Row::new(
+            format!("SIGKILL of a stable server -> new pid visible, p50 of {KILLS}"),
+            us(p50),
+            "<= 5 ms",
+            p50 <= STABLE_RESTART_P50_TARGET,
+        ),
+        Row::info(
+            format!("  same, p99 / max of {KILLS} (supervisord ~130 ms)"),
+            format!(
+                "{} / {} (includes the 0.2 ms poll)",
+                us(percentile(&to_new_pid, 99.0)),
+                us(to_new_pid[to_new_pid.len() - 1])
+            ),
+        ),
+        Row::info(
+            "  split: SIGKILL -> `starting` `at` in history (ms, truncated), median / max",
+            {
+                to_spawned_ms.sort_unstable();
+                format!(
+                    "{} ms / {} ms",
+                    percentile(&to_spawned_ms, 50.0),
+                    to_spawned_ms[to_spawned_ms.len() - 1]
+                )
+            },
+        ),
+        Row::info(
+            "  last backoff reason; restarts counted",
+            format!("\"{sample_reason}\"; {restarts}"),
+        ),
+    ])
+}
+
+// ---------------------------------------------------------------------------------------
 // 4. 1,000 spawn/kill cycles.
 
 fn measure_flap(bin: &Path, notes: &mut Vec<String>) -> Result<Vec<Row>> {
@@ -916,12 +1026,16 @@ fn main() -> ExitCode {
             sections.run("child death -> restart", |n| {
                 measure_restart(measured, fx, n)
             });
+            sections.run("stable server SIGKILL -> new pid", |n| {
+                measure_stable_restart(measured, fx, n)
+            });
         }
         Err(e) => {
             for name in [
                 "tool-call overhead",
                 "RSS with 20 servers",
                 "child death -> restart",
+                "stable server SIGKILL -> new pid",
             ] {
                 sections.run(name, |_| Err(e.clone()));
             }

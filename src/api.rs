@@ -143,6 +143,278 @@ pub enum Request {
     },
 }
 
+/// One operation of the API: a row of the ops table (`crate::ops`), the one source from
+/// which the router, the WebSocket named commands, the CLI's targets and the OpenAPI
+/// document are derived.
+#[derive(Debug, Clone, Copy)]
+pub struct Op {
+    /// HTTP method (`GET` rows also answer `HEAD`).
+    pub method: &'static str,
+    /// Path pattern; `{id}` stands for one non-empty segment (an MCP server id).
+    pub path: &'static str,
+    /// The WebSocket named command that sends this operation, if any.
+    pub ws: Option<&'static str>,
+    /// OpenAPI `operationId` (unique).
+    pub id: &'static str,
+    /// OpenAPI tag (the concern it belongs to).
+    pub tag: &'static str,
+    /// One line for people.
+    pub summary: &'static str,
+    /// Query and path parameters.
+    pub params: &'static [Param],
+    /// The JSON request body, if the operation reads one.
+    pub body: Option<BodySpec>,
+    /// Error codes beyond the ones every route can answer.
+    pub errors: &'static [ErrorCode],
+    /// What a successful answer is.
+    pub produces: Produces,
+    /// Who may call it.
+    pub access: Access,
+    /// Builds the request from the decoded input; `None` for an operation the router does not
+    /// serve (the WebSocket upgrade is taken over by the connection before routing).
+    pub parse: Option<fn(Args) -> Result<Request, ApiError>>,
+}
+
+impl Op {
+    /// A plain JSON operation with a token, no parameters, no body and no WebSocket command.
+    pub const fn new(
+        method: &'static str,
+        path: &'static str,
+        id: &'static str,
+        tag: &'static str,
+        summary: &'static str,
+        parse: fn(Args) -> Result<Request, ApiError>,
+    ) -> Op {
+        Op {
+            method,
+            path,
+            ws: None,
+            id,
+            tag,
+            summary,
+            params: &[],
+            body: None,
+            errors: &[],
+            produces: Produces::Json,
+            access: Access::Token,
+            parse: Some(parse),
+        }
+    }
+
+    /// The path with `{id}` replaced by `encoded_id` (already percent-encoded).
+    pub fn target(&self, encoded_id: &str) -> String {
+        self.path.replace("{id}", encoded_id)
+    }
+}
+
+/// Where a parameter goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum In {
+    /// The query string.
+    Query,
+    /// A `{name}` segment of the path.
+    Path,
+}
+
+/// A parameter's type, as the router reads it and the document states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ty {
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`, and empty = true).
+    Bool,
+    /// Free text.
+    Str,
+    /// Non-negative integer.
+    UInt,
+    /// Non-negative integer with a default.
+    UIntDefault(u64),
+    /// One of these strings.
+    Enum(&'static [&'static str]),
+    /// An MCP server id (the shared `ServerId` parameter).
+    ServerId,
+}
+
+/// One parameter of an operation.
+#[derive(Debug, Clone, Copy)]
+pub struct Param {
+    /// Its name.
+    pub name: &'static str,
+    /// Query or path.
+    pub loc: In,
+    /// Its type.
+    pub ty: Ty,
+    /// What it does, for people.
+    pub description: &'static str,
+}
+
+impl Param {
+    /// A query parameter.
+    pub const fn query(name: &'static str, ty: Ty, description: &'static str) -> Param {
+        Param {
+            name,
+            loc: In::Query,
+            ty,
+            description,
+        }
+    }
+}
+
+/// A JSON request body: whether it is required, and its JSON Schema.
+#[derive(Debug, Clone, Copy)]
+pub struct BodySpec {
+    /// A request without a body is refused.
+    pub required: bool,
+    /// The schema (a function: `serde_json::Value` cannot be built in a const).
+    pub schema: fn() -> Value,
+}
+
+/// What a successful answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Produces {
+    /// The JSON envelope.
+    Json,
+    /// The JSON envelope, or a Server-Sent Events stream with `Accept: text/event-stream` or
+    /// `follow`.
+    JsonOrSse,
+    /// Prometheus text exposition (no envelope).
+    Prometheus,
+    /// A bare JSON document (no envelope).
+    Document,
+    /// A WebSocket upgrade (101).
+    WebSocket,
+}
+
+/// Who may call an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Over TCP with the bearer token; on the control socket by uid.
+    Token,
+    /// Also over TCP without a token (the health check probes use).
+    Public,
+    /// Only on the control socket (403 over TCP and WebSocket, even with a valid token): it
+    /// hands out or replaces the token itself.
+    ControlSocket,
+}
+
+/// The decoded input of one operation: query pairs, the JSON object body (if any), the
+/// `{id}` path segment and whether the client asked for an event stream. Readers name the
+/// parameter at fault in their errors.
+#[derive(Debug, Clone, Default)]
+pub struct Args {
+    query: Vec<(String, String)>,
+    body: Option<Value>,
+    /// The `{id}` segment, decoded (empty when the path has none).
+    pub id: String,
+    /// `Accept: text/event-stream` was sent.
+    pub event_stream: bool,
+}
+
+impl Args {
+    /// Input from decoded query pairs and a body that is a JSON object or absent.
+    pub fn new(
+        query: Vec<(String, String)>,
+        body: Option<Value>,
+        id: String,
+        event_stream: bool,
+    ) -> Args {
+        Args {
+            query,
+            body,
+            id,
+            event_stream,
+        }
+    }
+
+    /// A query parameter's text (the first one of that name).
+    pub fn text(&self, key: &str) -> Option<String> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// A boolean query parameter; absent is false.
+    ///
+    /// # Errors
+    /// `invalid_parameter` naming `key` for a value that is not a boolean.
+    pub fn flag(&self, key: &str) -> Result<bool, ApiError> {
+        match self.text(key).as_deref() {
+            None => Ok(false),
+            Some("true" | "1" | "yes") => Ok(true),
+            Some("false" | "0" | "no") => Ok(false),
+            // An empty value (`?detailed=` or a bare `?detailed`) is not a boolean: the
+            // OpenAPI document says `boolean`, and guessing `true` hid typos.
+            Some(other) => Err(ApiError::field(
+                ErrorCode::InvalidParameter,
+                key,
+                format!("'{other}' is not a boolean (true, false, 1, 0, yes, no)"),
+            )),
+        }
+    }
+
+    /// A non-negative integer query parameter.
+    ///
+    /// # Errors
+    /// `invalid_parameter` naming `key` for anything else.
+    pub fn number(&self, key: &str) -> Result<Option<u64>, ApiError> {
+        self.text(key)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::field(
+                        ErrorCode::InvalidParameter,
+                        key,
+                        format!("'{v}' is not a non-negative integer"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// The whole body, taken out (`None` when there was none).
+    pub fn take_body(&mut self) -> Option<Value> {
+        self.body.take()
+    }
+
+    /// A body field; JSON `null` counts as absent.
+    pub fn field(&self, key: &str) -> Option<&Value> {
+        self.body
+            .as_ref()
+            .and_then(|v| v.get(key))
+            .filter(|v| !v.is_null())
+    }
+
+    /// A string body field.
+    ///
+    /// # Errors
+    /// `invalid_parameter` naming `key` when it is not a string.
+    pub fn field_text(&self, key: &str) -> Result<Option<String>, ApiError> {
+        match self.field(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::field(
+                ErrorCode::InvalidParameter,
+                key,
+                "must be a string",
+            )),
+        }
+    }
+
+    /// A boolean body field.
+    ///
+    /// # Errors
+    /// `invalid_parameter` naming `key` when it is not a boolean.
+    pub fn field_flag(&self, key: &str) -> Result<Option<bool>, ApiError> {
+        match self.field(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(ApiError::field(
+                ErrorCode::InvalidParameter,
+                key,
+                "must be a boolean",
+            )),
+        }
+    }
+}
+
 /// Filter for events.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct EventQuery {

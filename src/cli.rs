@@ -3,7 +3,14 @@
 //! and prints for people or, with `--json`, for programs.
 //!
 //! Exit codes: 0 ok, 1 refused by the daemon, 2 usage, 3 daemon unreachable.
+//!
+//! Output goes through [`emit`], never `print!`: those panic when stdout or stderr is a closed
+//! pipe (`vsm-daemon logs | head`), and with `panic = "abort"` the CLI died with SIGABRT and
+//! lost its message. A closed pipe drops the rest of the output, as with other Unix tools, and
+//! the exit code stays the command's. SIGPIPE stays ignored: the CLI's own socket writes must
+//! fail with an error it can report, not kill it.
 
+use crate::api::Op;
 use crate::client::{self, Client, ClientError};
 use crate::daemon::{self, StartOptions};
 use serde_json::{json, Value};
@@ -11,6 +18,35 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// Writes to stdout or stderr, ignoring failures (a reader that went away must not kill us).
+fn emit(stream: Stream, args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = match stream {
+        Stream::Out => {
+            let mut out = std::io::stdout().lock();
+            out.write_fmt(args).and_then(|()| out.flush())
+        }
+        Stream::Err => std::io::stderr().lock().write_fmt(args),
+    };
+}
+
+/// Which of the two standard streams [`emit`] writes to.
+#[derive(Clone, Copy)]
+enum Stream {
+    Out,
+    Err,
+}
+
+macro_rules! out {
+    ($($arg:tt)*) => { emit(Stream::Out, format_args!($($arg)*)) };
+}
+macro_rules! outln {
+    ($($arg:tt)*) => { emit(Stream::Out, format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! errln {
+    ($($arg:tt)*) => { emit(Stream::Err, format_args!("{}\n", format_args!($($arg)*))) };
+}
 
 /// Process exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -654,18 +690,16 @@ pub fn main_with(parser: lexopt::Parser) -> Exit {
     let invocation = read_args(parser).and_then(parse);
     match invocation {
         Ok(Invocation::Help(text)) => {
-            println!("{text}");
+            outln!("{text}");
             Exit::Ok
         }
         Ok(Invocation::Version) => {
-            println!("vsm-daemon {}", env!("CARGO_PKG_VERSION"));
+            outln!("vsm-daemon {}", env!("CARGO_PKG_VERSION"));
             Exit::Ok
         }
         Ok(Invocation::Run(global, command)) => run(&global, command),
         Err(UsageError(msg)) => {
-            eprintln!(
-                "error: {msg}\nUsage: vsm-daemon COMMAND [OPTIONS]   (try 'vsm-daemon --help')"
-            );
+            errln!("error: {msg}\nUsage: vsm-daemon COMMAND [OPTIONS]   (try 'vsm-daemon --help')");
             Exit::Usage
         }
     }
@@ -701,7 +735,7 @@ pub fn run(global: &Global, command: Command) -> Exit {
         return match daemon::run(options) {
             Ok(()) => Exit::Ok,
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 Exit::Refused
             }
         };
@@ -732,26 +766,26 @@ pub fn run(global: &Global, command: Command) -> Exit {
     let ok = envelope["status"] == "success";
     if global.json {
         let shown = if ok { &envelope["data"] } else { envelope };
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(shown).unwrap_or_default()
         );
     } else {
         let data = &envelope["data"];
         if ok || !data.is_null() {
-            print!("{}", human(&command, data));
+            out!("{}", human(&command, data));
         }
     }
     if ok {
         Exit::Ok
     } else {
-        eprintln!("error: {}", client::error_message(envelope));
+        errln!("error: {}", client::error_message(envelope));
         Exit::Refused
     }
 }
 
 fn client_failure(e: &ClientError) -> Exit {
-    eprintln!("error: {e}");
+    errln!("error: {e}");
     match e {
         ClientError::Unreachable { .. } => Exit::Unreachable,
         _ => Exit::Refused,
@@ -781,22 +815,22 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-/// The HTTP request a command sends.
+/// The HTTP request a command sends: method and path come from the ops table, so a renamed
+/// route cannot leave the CLI behind.
 fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
+    use crate::ops;
+    let plain = |op: &Op| (op.method, op.path.to_string(), None);
+    let with_query = |op: &Op, pairs: &[(&str, Option<String>)]| {
+        (op.method, format!("{}{}", op.path, query(pairs)), None)
+    };
     match command {
-        Command::Status { detailed } => (
-            "GET",
-            format!(
-                "/api/v1/status{}",
-                query(&[("detailed", detailed.then(|| "true".into()))])
-            ),
-            None,
+        Command::Status { detailed } => with_query(
+            &ops::STATUS,
+            &[("detailed", detailed.then(|| "true".into()))],
         ),
-        Command::ConfigShow { section } => (
-            "GET",
-            format!("/api/v1/config{}", query(&[("section", section.clone())])),
-            None,
-        ),
+        Command::ConfigShow { section } => {
+            with_query(&ops::CONFIG_SHOW, &[("section", section.clone())])
+        }
         Command::ConfigSet { key, value } => {
             // Typed by the key's schema; an unknown key is still sent so the daemon names it.
             let patch = crate::config::patch_for_set(key, value).unwrap_or_else(|_| {
@@ -806,59 +840,50 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
                 }
                 v
             });
-            ("PUT", "/api/v1/config".into(), Some(patch))
+            let op = &ops::CONFIG_UPDATE;
+            (op.method, op.path.into(), Some(patch))
         }
-        Command::ConfigReload => ("POST", "/api/v1/config/reload".into(), None),
-        Command::ConfigSchema => ("GET", "/api/v1/config/schema".into(), None),
+        Command::ConfigReload => plain(&ops::CONFIG_RELOAD),
+        Command::ConfigSchema => plain(&ops::CONFIG_SCHEMA),
         Command::Logs {
             level,
             lines,
             component,
             ..
-        } => (
-            "GET",
-            format!(
-                "/api/v1/logs{}",
-                query(&[
-                    ("level", level.clone()),
-                    ("lines", lines.map(|l| l.to_string())),
-                    ("component", component.clone()),
-                ])
-            ),
-            None,
+        } => with_query(
+            &ops::LOGS_GET,
+            &[
+                ("level", level.clone()),
+                ("lines", lines.map(|l| l.to_string())),
+                ("component", component.clone()),
+            ],
         ),
-        Command::HealthCheck { component } => (
-            "GET",
-            format!(
-                "/api/v1/health{}",
-                query(&[("component", component.clone())])
-            ),
-            None,
-        ),
-        Command::DiagnosticsRun { full } => (
-            "POST",
-            "/api/v1/diagnostics/run".into(),
-            Some(json!({"full": full})),
-        ),
-        Command::Restart { service } => (
-            "POST",
-            "/api/v1/control/restart".into(),
-            Some(json!({"service": service})),
-        ),
-        Command::Stop { graceful } => (
-            "POST",
-            "/api/v1/control/stop".into(),
-            Some(json!({"shutdown": true, "graceful": graceful})),
-        ),
-        Command::Start { .. } => ("GET", "/api/v1/status".into(), None),
-        Command::Token { rotate: false } => ("GET", "/api/v1/auth/token".into(), None),
-        Command::Token { rotate: true } => ("POST", "/api/v1/auth/token/rotate".into(), None),
-        Command::McpRegister { spec } => ("POST", "/api/v1/mcp/servers".into(), Some(spec.clone())),
-        Command::McpList { status } => (
-            "GET",
-            format!("/api/v1/mcp/servers?status={}", encode(status)),
-            None,
-        ),
+        Command::HealthCheck { component } => {
+            with_query(&ops::HEALTH, &[("component", component.clone())])
+        }
+        Command::DiagnosticsRun { full } => {
+            let op = &ops::DIAGNOSTICS;
+            (op.method, op.path.into(), Some(json!({"full": full})))
+        }
+        Command::Restart { service } => {
+            let op = &ops::CONTROL_RESTART;
+            (op.method, op.path.into(), Some(json!({"service": service})))
+        }
+        Command::Stop { graceful } => {
+            let op = &ops::CONTROL_STOP;
+            let body = json!({"shutdown": true, "graceful": graceful});
+            (op.method, op.path.into(), Some(body))
+        }
+        Command::Start { .. } => plain(&ops::STATUS),
+        Command::Token { rotate: false } => plain(&ops::AUTH_TOKEN),
+        Command::Token { rotate: true } => plain(&ops::AUTH_TOKEN_ROTATE),
+        Command::McpRegister { spec } => {
+            let op = &ops::MCP_REGISTER;
+            (op.method, op.path.into(), Some(spec.clone()))
+        }
+        Command::McpList { status } => {
+            with_query(&ops::MCP_LIST, &[("status", Some(status.clone()))])
+        }
         Command::McpCall {
             id,
             tool,
@@ -869,20 +894,21 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             if let Some(t) = timeout_ms {
                 body["timeout_ms"] = json!(t);
             }
-            (
-                "POST",
-                format!("/api/v1/mcp/servers/{}/tools/call", encode(id)),
-                Some(body),
-            )
+            let op = &ops::MCP_CALL;
+            (op.method, op.target(&encode(id)), Some(body))
         }
         Command::Mcp { action, id } => {
-            let path = format!("/api/v1/mcp/servers/{}", encode(id));
-            match action.as_str() {
-                "show" => ("GET", path, None),
-                "tools" => ("GET", format!("{path}/tools"), None),
-                "unregister" => ("DELETE", path, None),
-                other => ("POST", format!("{path}/{other}"), None),
-            }
+            let op = match action.as_str() {
+                "show" => &ops::MCP_SHOW,
+                "tools" => &ops::MCP_TOOLS,
+                "unregister" => &ops::MCP_UNREGISTER,
+                "start" => &ops::MCP_START,
+                "stop" => &ops::MCP_STOP,
+                "restart" => &ops::MCP_RESTART,
+                // "reset": the parser admits only these seven actions.
+                _ => &ops::MCP_RESET,
+            };
+            (op.method, op.target(&encode(id)), None)
         }
     }
 }
@@ -894,7 +920,7 @@ fn stop(client: &Client, global: &Global, graceful: bool) -> Exit {
         Err(e) => return client_failure(&e),
     };
     if reply.body["status"] != "success" {
-        eprintln!("error: {}", client::error_message(&reply.body));
+        errln!("error: {}", client::error_message(&reply.body));
         return Exit::Refused;
     }
     let pid = reply.body["data"]["pid"].as_u64();
@@ -905,9 +931,9 @@ fn stop(client: &Client, global: &Global, graceful: bool) -> Exit {
             pid.is_none_or(|p| !crate::sys::process_running(p as i32)) && !client.is_reachable();
         if gone {
             if global.json {
-                println!("{}", json!({"stopped": true, "pid": pid}));
+                outln!("{}", json!({"stopped": true, "pid": pid}));
             } else {
-                println!(
+                outln!(
                     "vsm-daemon stopped{}",
                     pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
                 );
@@ -916,7 +942,7 @@ fn stop(client: &Client, global: &Global, graceful: bool) -> Exit {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("error: vsm-daemon accepted the stop request but is still running after 60 s");
+    errln!("error: vsm-daemon accepted the stop request but is still running after 60 s");
     Exit::Refused
 }
 
@@ -928,7 +954,8 @@ fn follow_logs(
     lines: Option<u64>,
 ) -> Exit {
     let path = format!(
-        "/api/v1/logs{}",
+        "{}{}",
+        crate::ops::LOGS_GET.path,
         query(&[
             ("level", level),
             ("lines", lines.map(|l| l.to_string())),
@@ -1056,6 +1083,26 @@ fn show_server(d: &Value) -> String {
 }
 
 /// Human rendering of a reply's data.
+/// Longest tool description `mcp tools` prints on a tool's line, in characters.
+const SUMMARY_CHARS: usize = 120;
+
+/// A tool description as one table cell: its first non-empty line, trimmed, control characters
+/// (a server's text reaching a terminal) replaced, cut at [`SUMMARY_CHARS`] with `…`.
+/// Descriptions often start with a newline (`"\n    Get the current time..."`).
+fn tool_summary(description: &str) -> String {
+    let line = description
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let mut chars = line.chars().map(|c| if c.is_control() { ' ' } else { c });
+    let mut summary: String = chars.by_ref().take(SUMMARY_CHARS).collect();
+    if chars.next().is_some() {
+        summary.push('…');
+    }
+    summary
+}
+
 fn human(command: &Command, data: &Value) -> String {
     let mut out = String::new();
     match command {
@@ -1134,8 +1181,18 @@ fn human(command: &Command, data: &Value) -> String {
             if let Some(w) = data["overrides_warning"].as_str() {
                 let _ = writeln!(out, "# warning: {w}");
             }
+            let pending: Vec<&str> = data["not_enforced"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
             for (k, v) in rows {
-                let _ = writeln!(out, "{k} = {v}");
+                if pending.contains(&k.as_str()) {
+                    let _ = writeln!(out, "{k} = {v}   # {}", crate::config::NOT_ENFORCED);
+                } else {
+                    let _ = writeln!(out, "{k} = {v}");
+                }
             }
         }
         Command::ConfigSet { key, .. } => {
@@ -1152,6 +1209,14 @@ fn human(command: &Command, data: &Value) -> String {
                     _ => "applied and saved",
                 }
             );
+            for k in data["not_enforced"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "warning: {} is {}: saved, but nothing acts on it",
+                    text(k),
+                    crate::config::NOT_ENFORCED
+                );
+            }
         }
         Command::ConfigReload | Command::Restart { .. } => {
             let report = if data["config"].is_object() {
@@ -1248,6 +1313,9 @@ fn human(command: &Command, data: &Value) -> String {
                 text(&data["id"]),
                 text(&data["status"])
             );
+            for w in data["warnings"].as_array().into_iter().flatten() {
+                let _ = writeln!(out, "warning: {}", text(w));
+            }
         }
         Command::McpList { .. } => {
             let _ = writeln!(
@@ -1311,13 +1379,7 @@ fn human(command: &Command, data: &Value) -> String {
                         .flatten()
                         .map(text)
                         .collect();
-                    let desc = t["description"]
-                        .as_str()
-                        .unwrap_or("")
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .to_string();
+                    let desc = tool_summary(t["description"].as_str().unwrap_or(""));
                     let _ = writeln!(
                         out,
                         "{:<28} ({}) {desc}",
@@ -1341,8 +1403,127 @@ fn human(command: &Command, data: &Value) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn tool_summary_is_the_first_non_empty_line_bounded() {
+        assert_eq!(
+            tool_summary("\n\n   Get the time.  \n more"),
+            "Get the time."
+        );
+        assert_eq!(tool_summary("One line"), "One line");
+        assert_eq!(tool_summary(""), "");
+        assert_eq!(tool_summary(" \n\t\n"), "");
+        assert_eq!(tool_summary("a\u{1b}[31mb"), "a [31mb");
+        let long = "é".repeat(200);
+        let s = tool_summary(&long);
+        assert_eq!(s.chars().count(), SUMMARY_CHARS + 1);
+        assert!(s.ends_with('…'));
+        assert_eq!(
+            tool_summary(&"x".repeat(SUMMARY_CHARS)).len(),
+            SUMMARY_CHARS
+        );
+    }
+
     fn parse_argv(args: &[&str]) -> Result<Invocation, UsageError> {
         read_args(lexopt::Parser::from_args(args.iter().copied())).and_then(parse)
+    }
+
+    /// Routes what `argv` sends through the daemon's router.
+    fn routed(argv: &[&str]) -> crate::api::Request {
+        let Ok(Invocation::Run(_, command)) = parse_argv(argv) else {
+            panic!("{argv:?} does not parse");
+        };
+        let (method, target, body) = request_for(&command);
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let req = crate::net::http::Request {
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            headers: Vec::new(),
+            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+            keep_alive: true,
+        };
+        match crate::net::routes::route(&req) {
+            Ok(r) => r,
+            Err(e) => panic!("{argv:?} -> {method} {target}: {:?}", e.error),
+        }
+    }
+
+    #[test]
+    fn every_command_reaches_the_operation_it_means() {
+        use crate::api::Request as R;
+        assert_eq!(
+            routed(&["status", "--detailed"]),
+            R::Status { detailed: true }
+        );
+        assert_eq!(
+            routed(&["config", "show", "--section", "http"]),
+            R::ConfigShow {
+                section: Some("http".into())
+            }
+        );
+        assert!(matches!(
+            routed(&["config", "set", "daemon.log_level", "debug"]),
+            R::ConfigUpdate { .. }
+        ));
+        assert_eq!(routed(&["config", "reload"]), R::ConfigReload);
+        assert_eq!(routed(&["config", "schema"]), R::ConfigSchema);
+        let R::Logs { query, follow } = routed(&["logs", "--level", "warn", "--lines", "5"]) else {
+            panic!("logs");
+        };
+        assert_eq!(
+            (query.level, query.lines, follow),
+            (log::LevelFilter::Warn, 5, false)
+        );
+        assert_eq!(
+            routed(&["health", "check", "--component", "worker"]),
+            R::Health {
+                component: Some("worker".into())
+            }
+        );
+        assert_eq!(
+            routed(&["diagnostics", "run", "--full"]),
+            R::Diagnostics { full: true }
+        );
+        assert_eq!(
+            routed(&["restart", "--service", "worker"]),
+            R::ControlRestart {
+                service: Some("worker".into())
+            }
+        );
+        assert_eq!(
+            routed(&["stop", "--now"]),
+            R::ControlStop {
+                service: None,
+                shutdown: true,
+                graceful: false
+            }
+        );
+        assert_eq!(routed(&["token"]), R::AuthToken);
+        assert_eq!(routed(&["token", "rotate"]), R::AuthTokenRotate);
+        assert!(matches!(
+            routed(&["mcp", "register", "time", "--", "python3", "-m", "x"]),
+            R::McpRegister { .. }
+        ));
+        assert_eq!(
+            routed(&["mcp", "list", "--status", "active"]),
+            R::McpList { status: "active" }
+        );
+        let R::McpCall { id, name, .. } = routed(&["mcp", "call", "a b", "echo", "{}"]) else {
+            panic!("call");
+        };
+        assert_eq!((id.as_str(), name.as_str()), ("a b", "echo"));
+        let id = || "a/b%".to_string();
+        for (action, want) in [
+            ("show", R::McpShow { id: id() }),
+            ("tools", R::McpTools { id: id() }),
+            ("start", R::McpStart { id: id() }),
+            ("stop", R::McpStop { id: id() }),
+            ("restart", R::McpRestart { id: id() }),
+            ("reset", R::McpReset { id: id() }),
+            ("unregister", R::McpUnregister { id: id() }),
+        ] {
+            assert_eq!(routed(&["mcp", action, "a/b%"]), want, "{action}");
+        }
     }
 
     #[test]

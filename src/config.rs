@@ -386,7 +386,15 @@ pub struct KeyInfo {
     pub constraint: Constraint,
     /// Whether a change applies without restarting the daemon.
     pub live: bool,
+    /// Whether any code reads the key yet. A key validated and documented ahead of the code
+    /// that acts on it is marked [`NOT_ENFORCED`] everywhere it is shown (`config show`,
+    /// `config schema` as `x-enforced: false`, `diagnostics run`, the example file), and
+    /// setting it logs a warning: no silent promises. The issue that implements it flips it.
+    pub enforced: bool,
 }
+
+/// How a key that nothing reads yet is described.
+pub const NOT_ENFORCED: &str = "not enforced yet";
 
 const fn live(key: &'static str, description: &'static str, constraint: Constraint) -> KeyInfo {
     KeyInfo {
@@ -394,6 +402,7 @@ const fn live(key: &'static str, description: &'static str, constraint: Constrai
         description,
         constraint,
         live: true,
+        enforced: true,
     }
 }
 
@@ -403,6 +412,16 @@ const fn restart(key: &'static str, description: &'static str, constraint: Const
         description,
         constraint,
         live: false,
+        enforced: true,
+    }
+}
+
+/// Marks a key that is validated and documented but read by nothing yet (see
+/// [`KeyInfo::enforced`]).
+const fn pending(info: KeyInfo) -> KeyInfo {
+    KeyInfo {
+        enforced: false,
+        ..info
     }
 }
 
@@ -458,17 +477,17 @@ pub const KEYS: &[KeyInfo] = &[
     live("http.idle_timeout_ms", "idle keep-alive connections close after this many milliseconds", range(100.0, 3_600_000.0)),
     live("http.allowed_hosts", "extra Host names accepted besides loopback names and the bound address; with the bound port they are also allowed origins", HOST_LIST),
     live("http.allowed_origins", "extra browser origins (scheme://host[:port], at most 64) allowed to call the TCP API besides http(s)://<allowed host>:<bound port>", ORIGIN_LIST),
-    live("monitoring.variety_check_interval_ms", "milliseconds between variety checks", INTERVAL),
-    live("monitoring.performance_check_interval_ms", "milliseconds between performance checks", INTERVAL),
+    pending(live("monitoring.variety_check_interval_ms", "milliseconds between variety checks", INTERVAL)),
+    pending(live("monitoring.performance_check_interval_ms", "milliseconds between performance checks", INTERVAL)),
     live("monitoring.health_check_interval_ms", "milliseconds between health checks", INTERVAL),
-    live("monitoring.security_check_interval_ms", "milliseconds between security checks", INTERVAL),
-    live("monitoring.alert_thresholds.variety_ratio_min", "alert when the variety ratio falls below this", range(0.0, 1.0)),
-    live("monitoring.alert_thresholds.response_time_max_ms", "alert when a response takes longer than this many milliseconds", range(1.0, 3_600_000.0)),
-    live("monitoring.alert_thresholds.error_rate_max_percent", "alert when the error rate exceeds this percentage", range(0.0, 100.0)),
-    live("monitoring.alert_thresholds.memory_usage_max_percent", "alert when memory usage exceeds this percentage", Constraint::Range { min: 0.0, max: 100.0, min_exclusive: true }),
-    live("mcp_servers.discovery_sources", "where to look for MCP servers", Constraint::StringList { allowed: Some(DISCOVERY_SOURCES), max_items: DISCOVERY_SOURCES.len(), max_item_bytes: 16 }),
-    live("mcp_servers.auto_discovery_interval_ms", "milliseconds between automatic discovery runs", INTERVAL),
-    live("mcp_servers.sandbox_timeout_ms", "time limit of a sandboxed trial of a server, in milliseconds", range(100.0, 3_600_000.0)),
+    pending(live("monitoring.security_check_interval_ms", "milliseconds between security checks", INTERVAL)),
+    pending(live("monitoring.alert_thresholds.variety_ratio_min", "alert when the variety ratio falls below this", range(0.0, 1.0))),
+    pending(live("monitoring.alert_thresholds.response_time_max_ms", "alert when a response takes longer than this many milliseconds", range(1.0, 3_600_000.0))),
+    pending(live("monitoring.alert_thresholds.error_rate_max_percent", "alert when the error rate exceeds this percentage", range(0.0, 100.0))),
+    pending(live("monitoring.alert_thresholds.memory_usage_max_percent", "alert when memory usage exceeds this percentage", Constraint::Range { min: 0.0, max: 100.0, min_exclusive: true })),
+    pending(live("mcp_servers.discovery_sources", "where to look for MCP servers", Constraint::StringList { allowed: Some(DISCOVERY_SOURCES), max_items: DISCOVERY_SOURCES.len(), max_item_bytes: 16 })),
+    pending(live("mcp_servers.auto_discovery_interval_ms", "milliseconds between automatic discovery runs", INTERVAL)),
+    pending(live("mcp_servers.sandbox_timeout_ms", "time limit of a sandboxed trial of a server, in milliseconds", range(100.0, 3_600_000.0))),
     live("mcp_servers.max_concurrent_servers", "MCP servers allowed to run at once", range(1.0, 1000.0)),
     live("mcp_servers.health_check_enabled", "health-check running MCP servers", Constraint::Bool),
     live("mcp_servers.call_timeout_ms", "default tool-call deadline in milliseconds (per server: call_timeout_ms)", range(10.0, 3_600_000.0)),
@@ -477,7 +496,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("mcp_servers.term_timeout_ms", "graceful stop: wait after SIGTERM before SIGKILL, in milliseconds", range(0.0, 600_000.0)),
     live("mcp_servers.backoff_initial_ms", "first restart delay in milliseconds; doubles per failed start", range(10.0, 3_600_000.0)),
     live("mcp_servers.backoff_max_ms", "largest restart delay in milliseconds", range(10.0, 86_400_000.0)),
-    live("mcp_servers.backoff_reset_after_ms", "stable running time that resets the backoff, in milliseconds", INTERVAL),
+    live("mcp_servers.backoff_reset_after_ms", "stable running time after which the failed starts counted by the circuit breaker are forgotten, in milliseconds (a good run already resets the backoff)", INTERVAL),
     live("mcp_servers.max_failures", "failed starts within failure_window_ms that open the circuit breaker", range(1.0, 1000.0)),
     live("mcp_servers.failure_window_ms", "window for counting failed starts, in milliseconds", INTERVAL),
     live("mcp_servers.min_uptime_ms", "uptime (after a completed handshake) for a start to count as good, in milliseconds", range(0.0, 3_600_000.0)),
@@ -492,21 +511,31 @@ pub const KEYS: &[KeyInfo] = &[
     live("mcp_servers.landlock", "confine servers' file writes (state dir, /tmp, their cwd and HOME) with Landlock when the kernel has it", Constraint::Bool),
     live("mcp_servers.stderr_lines_per_second", "stderr lines per second per server passed to the log; the rest are counted", range(1.0, 10_000.0)),
     live("security.sandbox_enabled", "run untrusted MCP servers in a sandbox", Constraint::Bool),
-    live("security.security_scan_enabled", "scan MCP servers before installing them", Constraint::Bool),
-    live("security.min_security_score", "lowest security score a server may have", range(0.0, 100.0)),
-    live("security.allowed_capabilities", "capabilities servers may offer", CAPABILITY_LIST),
-    live("security.blocked_capabilities", "capabilities that disqualify a server; must not overlap allowed_capabilities", CAPABILITY_LIST),
+    pending(live("security.security_scan_enabled", "scan MCP servers before installing them", Constraint::Bool)),
+    pending(live("security.min_security_score", "lowest security score a server may have", range(0.0, 100.0))),
+    pending(live("security.allowed_capabilities", "capabilities servers may offer", CAPABILITY_LIST)),
+    pending(live("security.blocked_capabilities", "capabilities that disqualify a server; must not overlap allowed_capabilities", CAPABILITY_LIST)),
     live(SECRET_KEY, "bearer token required on the TCP API (at least 16 visible ASCII characters); empty = api_token_file, else a token generated into <state dir>/api_token; never printed", Constraint::Any),
     live("security.api_token_file", "file (at most 4 KiB) whose first line is the API token; not together with api_token", PATH),
-    live("consciousness.reflection_interval_ms", "milliseconds between reflection runs", INTERVAL),
-    live("consciousness.learning_rate", "weight of new observations when updating learned values", range(0.0, 1.0)),
-    live("consciousness.memory_limit", "insights and observations kept in memory", range(10.0, 100_000.0)),
-    live("consciousness.auto_insight_generation", "generate insights automatically", Constraint::Bool),
+    pending(live("consciousness.reflection_interval_ms", "milliseconds between reflection runs", INTERVAL)),
+    pending(live("consciousness.learning_rate", "weight of new observations when updating learned values", range(0.0, 1.0))),
+    pending(live("consciousness.memory_limit", "insights and observations kept in memory", range(10.0, 100_000.0))),
+    pending(live("consciousness.auto_insight_generation", "generate insights automatically", Constraint::Bool)),
 ];
 
 /// The table entry of a dotted key.
 pub fn key_info(key: &str) -> Option<&'static KeyInfo> {
     KEYS.iter().find(|info| info.key == key)
+}
+
+/// Whether something reads `key` (unknown keys count as enforced: they are refused anyway).
+pub fn is_enforced(key: &str) -> bool {
+    key_info(key).is_none_or(|info| info.enforced)
+}
+
+/// Keys nothing reads yet, in table order.
+pub fn not_enforced_keys() -> impl Iterator<Item = &'static str> {
+    KEYS.iter().filter(|i| !i.enforced).map(|i| i.key)
 }
 
 /// Whether dotted `key` lies inside section `section`.
@@ -749,6 +778,16 @@ impl Config {
             .pointer(&pointer)
             .filter(|v| v.is_object())
             .cloned()
+    }
+
+    /// Keys nothing reads yet that this config sets to something other than the default:
+    /// promises the daemon does not keep (each deserves a warning).
+    pub fn not_enforced_set(&self) -> Vec<String> {
+        Config::default()
+            .changed_keys(self)
+            .into_iter()
+            .filter(|k| !is_enforced(k))
+            .collect()
     }
 
     /// Dotted keys whose value differs between two configs (sorted).
@@ -1233,11 +1272,16 @@ fn leaf_schema(info: &KeyInfo, default: &Value) -> Value {
     if !info.live {
         s["x-requires-restart"] = json!(true);
     }
+    if !info.enforced {
+        s["x-enforced"] = json!(false);
+        s["description"] = json!(format!("{} ({NOT_ENFORCED})", info.description));
+    }
     s
 }
 
 /// JSON Schema (draft 2020-12) of the whole configuration, generated from [`KEYS`] with defaults
-/// from [`Config::default`]. `x-requires-restart` marks keys that are not applied live.
+/// from [`Config::default`]. `x-requires-restart` marks keys that are not applied live,
+/// `x-enforced: false` keys that nothing reads yet.
 pub fn schema() -> Value {
     fn node(prefix: &str, default: &Value) -> Value {
         match (default, key_info(prefix)) {
@@ -1337,10 +1381,15 @@ fn constraint_text(info: &KeyInfo, default: &Value) -> String {
         }
         Constraint::Any => kind(default).trim_start_matches("a ").into(),
     };
-    if info.live {
+    let text = if info.live {
         text
     } else {
         text + "; restart required"
+    };
+    if info.enforced {
+        text
+    } else {
+        format!("{text}; {NOT_ENFORCED}")
     }
 }
 
@@ -1890,6 +1939,43 @@ mod tests {
         assert_eq!(daemon["shutdown_timeout_ms"]["minimum"], json!(100));
         assert_eq!(daemon["shutdown_timeout_ms"]["maximum"], json!(300_000));
         assert_eq!(daemon["log_level"]["enum"], json!(LOG_LEVELS));
+    }
+
+    /// The keys nothing reads yet (checked with grep over `src/` when they were marked): the
+    /// monitors' intervals and thresholds, discovery, the security policy, reflection.
+    #[test]
+    fn keys_not_enforced_yet_are_marked_everywhere() {
+        let pending: Vec<&str> = not_enforced_keys().collect();
+        assert_eq!(pending.len(), 18, "{pending:?}");
+        for key in [
+            "monitoring.variety_check_interval_ms",
+            "monitoring.alert_thresholds.memory_usage_max_percent",
+            "mcp_servers.discovery_sources",
+            "security.blocked_capabilities",
+            "security.min_security_score",
+            "consciousness.learning_rate",
+        ] {
+            assert!(!is_enforced(key), "{key}");
+        }
+        assert!(is_enforced("monitoring.health_check_interval_ms"));
+        assert!(is_enforced("security.sandbox_enabled"));
+        let schema = schema();
+        let node = &schema["properties"]["security"]["properties"]["blocked_capabilities"];
+        assert_eq!(node["x-enforced"], false);
+        assert!(node["description"]
+            .as_str()
+            .is_some_and(|d| d.ends_with("(not enforced yet)")));
+        let node = &schema["properties"]["security"]["properties"]["sandbox_enabled"];
+        assert_eq!(node["x-enforced"], Value::Null);
+        assert_eq!(example_toml().matches(NOT_ENFORCED).count(), 18);
+
+        assert!(Config::default().not_enforced_set().is_empty());
+        let c = Config::default()
+            .with_overrides(
+                &json!({"security": {"min_security_score": 90, "sandbox_enabled": false}}),
+            )
+            .expect("valid");
+        assert_eq!(c.not_enforced_set(), ["security.min_security_score"]);
     }
 
     #[test]

@@ -59,6 +59,35 @@ impl Check {
     }
 }
 
+/// `config.not_enforced`: keys the configuration validates and documents but nothing reads yet
+/// (`pending`, in table order), and which of them the effective config sets to a non-default
+/// value (`set`): those are promises the daemon does not keep, so the check warns.
+pub fn not_enforced_check(pending: &[&str], set: &[String]) -> Check {
+    const NAME: &str = "config.not_enforced";
+    let all = pending.join(", ");
+    if set.is_empty() {
+        Check::new(
+            NAME,
+            Verdict::Ok,
+            format!(
+                "none set; {} keys are {}: {all}",
+                pending.len(),
+                crate::config::NOT_ENFORCED
+            ),
+        )
+    } else {
+        Check::new(
+            NAME,
+            Verdict::Warn,
+            format!(
+                "set but {} (no effect): {}; all such keys: {all}",
+                crate::config::NOT_ENFORCED,
+                set.join(", ")
+            ),
+        )
+    }
+}
+
 /// Where the daemon's files are, for the file checks.
 pub struct Paths<'a> {
     /// Control socket.
@@ -281,6 +310,29 @@ pub fn summary(checks: &[Check]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn not_enforced_check_warns_only_when_one_is_set() {
+        let pending = [
+            "security.blocked_capabilities",
+            "consciousness.learning_rate",
+        ];
+        let c = not_enforced_check(&pending, &[]);
+        assert_eq!(c.verdict, Verdict::Ok);
+        assert!(
+            c.detail.contains("2 keys are not enforced yet"),
+            "{}",
+            c.detail
+        );
+        let c = not_enforced_check(&pending, &["consciousness.learning_rate".to_string()]);
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert!(
+            c.detail
+                .starts_with("set but not enforced yet (no effect): consciousness.learning_rate;"),
+            "{}",
+            c.detail
+        );
+    }
 
     #[test]
     fn finds_sh_on_path() {

@@ -20,6 +20,7 @@ pub mod mcp;
 pub mod monitor;
 pub mod net;
 pub mod openapi;
+pub mod ops;
 pub mod reactor;
 pub mod room;
 pub mod state;

@@ -1,103 +1,48 @@
-//! The OpenAPI 3.1 document of the REST API (`GET /api/v1/openapi.json`), built from [`OPS`]:
-//! one row per path + method with its parameters, request body, extra error statuses and kind
-//! of answer.
+//! The OpenAPI 3.1 document of the REST API (`GET /api/v1/openapi.json`), derived from the
+//! ops table ([`ops::all`]): one operation per row, with its parameters, request body, extra
+//! error codes and kind of answer.
 //!
 //! Invariants:
-//! - [`operations`] and the document's `paths` describe exactly the rows of [`OPS`]; a test
-//!   compares them with the router's `ROUTES` table plus the routes served outside it (metrics,
-//!   this document, `/ws/monitor`).
+//! - The document's `paths` describe exactly the rows of the ops table, each once (the router
+//!   and the WebSocket commands are derived from the same rows).
 //! - Every JSON answer, success or error, is the `Envelope` schema; the transport-level errors
 //!   every route can produce ([`COMMON_ERRORS`]) are listed on every operation, merged with the
-//!   row's own statuses and error codes. `GET /metrics` (Prometheus text), this document and the
-//!   WebSocket upgrade answer successfully without the envelope.
+//!   row's own error codes (each listed under its [`ErrorCode::http_status`]). `GET /metrics`
+//!   (Prometheus text), this document and the WebSocket upgrade answer successfully without
+//!   the envelope.
 //! - Over TCP a bearer token is always required (`security: [{bearerAuth: []}]`; the control
-//!   socket checks the peer's uid instead); `GET /api/v1/health` is exempt (`security: []`)
-//!   and lists no 401. Every operation lists 403 (Host, Origin, Sec-Fetch-Site) and 415 (a body,
-//!   or over TCP a POST/PUT/PATCH/DELETE, without `Content-Type: application/json`).
+//!   socket checks the peer's uid instead); public rows (`GET /api/v1/health`) are exempt
+//!   (`security: []`) and list no 401. Every operation lists 403 (Host, Origin,
+//!   Sec-Fetch-Site, control-socket-only rows over TCP) and 415 (a body, or over TCP a
+//!   POST/PUT/PATCH/DELETE, without `Content-Type: application/json`).
 //! - Every `$ref` points into `components`; every `{id}` path has its path parameter.
 
+use crate::api::{Access, ErrorCode, In, Op, Param, Produces, Ty};
+use crate::ops;
 use serde_json::{json, Map, Value};
 
-/// Where a parameter goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum In {
-    Query,
-    Path,
-}
-
-/// A parameter's type.
-#[derive(Debug, Clone, Copy)]
-enum Ty {
-    /// `true`/`false` (also `1`/`0`, `yes`/`no`, and empty = true).
-    Bool,
-    /// Free text.
-    Str,
-    /// Non-negative integer.
-    UInt,
-    /// Non-negative integer with a default.
-    UIntDefault(u64),
-    /// One of these strings.
-    Enum(&'static [&'static str]),
-    /// An MCP server id (the shared `ServerId` parameter).
-    ServerId,
-}
-
-/// One parameter.
-#[derive(Debug, Clone, Copy)]
-struct Param {
-    name: &'static str,
-    loc: In,
-    ty: Ty,
-    description: &'static str,
-}
-
-/// What a successful answer is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// The JSON envelope.
-    Json,
-    /// The JSON envelope, or a Server-Sent Events stream with `Accept: text/event-stream` or
-    /// `follow`.
-    JsonOrSse,
-    /// Prometheus text exposition (no envelope).
-    Prometheus,
-    /// A bare JSON document (no envelope).
-    Document,
-    /// A WebSocket upgrade (101).
-    WebSocket,
-}
-
-/// One operation (path + method).
-#[derive(Debug, Clone, Copy)]
-struct Op {
-    method: &'static str,
-    path: &'static str,
-    id: &'static str,
-    tag: &'static str,
-    summary: &'static str,
-    params: &'static [Param],
-    /// JSON request body: whether it is required, and its schema.
-    body: Option<(bool, fn() -> Value)>,
-    /// Error statuses and codes beyond [`COMMON_ERRORS`].
-    errors: &'static [(u16, &'static str)],
-    kind: Kind,
-    /// No authentication even when a token is configured.
-    public: bool,
-}
-
 /// Errors every route can answer (transport, routing, authentication, shutdown).
-const COMMON_ERRORS: &[(u16, &str)] = &[
-    (400, "bad_request"),
-    (400, "invalid_parameter"),
-    (401, "unauthorized"),
-    (403, "forbidden"),
-    (405, "method_not_allowed"),
-    (411, "length_required"),
-    (413, "payload_too_large"),
-    (415, "unsupported_media_type"),
-    (431, "header_too_large"),
-    (500, "internal_error"),
-    (503, "shutting_down"),
+const COMMON_ERRORS: &[ErrorCode] = &[
+    ErrorCode::BadRequest,
+    ErrorCode::InvalidParameter,
+    ErrorCode::Unauthorized,
+    ErrorCode::Forbidden,
+    ErrorCode::MethodNotAllowed,
+    ErrorCode::LengthRequired,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::HeaderTooLarge,
+    ErrorCode::Internal,
+    ErrorCode::ShuttingDown,
+];
+
+/// Errors of the WebSocket upgrade (it is never routed, so no 404/405 or body errors).
+const UPGRADE_ERRORS: &[ErrorCode] = &[
+    ErrorCode::BadRequest,
+    ErrorCode::Unauthorized,
+    ErrorCode::Forbidden,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::UpgradeRequired,
 ];
 
 /// What each error status means.
@@ -147,436 +92,15 @@ const STATUS_TEXT: &[(u16, &str)] = &[
     (507, "The state directory is full; the change was not made"),
 ];
 
-const fn query(name: &'static str, ty: Ty, description: &'static str) -> Param {
-    Param {
-        name,
-        loc: In::Query,
-        ty,
-        description,
-    }
-}
-
-const ID: Param = Param {
-    name: "id",
-    loc: In::Path,
-    ty: Ty::ServerId,
-    description: "MCP server id",
-};
-
-const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
-const FOLLOW: Param = query(
-    "follow",
-    Ty::Bool,
-    "Keep the connection open and stream new entries as Server-Sent Events (same as `Accept: text/event-stream`)",
-);
-const SINCE: Param = query(
-    "since",
-    Ty::UInt,
-    "Only entries with a sequence number greater than this",
-);
-
-/// A row of [`OPS`] with the defaults of a plain JSON operation.
-const fn op(
-    method: &'static str,
-    path: &'static str,
-    id: &'static str,
-    tag: &'static str,
-    summary: &'static str,
-) -> Op {
-    Op {
-        method,
-        path,
-        id,
-        tag,
-        summary,
-        params: &[],
-        body: None,
-        errors: &[],
-        kind: Kind::Json,
-        public: false,
-    }
-}
-
-const SERVER_NOT_FOUND: &[(u16, &str)] = &[(404, "server_not_found")];
-const SERVER_START: &[(u16, &str)] = &[(404, "server_not_found"), (409, "conflict")];
-
-/// Every operation the API serves.
-const OPS: &[Op] = &[
-    Op {
-        params: &[query(
-            "detailed",
-            Ty::Bool,
-            "Add event-loop statistics (wake-ups, timers, connections, RSS, fds, context switches)",
-        )],
-        ..op("GET", "/api/v1/status", "getStatus", "daemon", "Daemon status")
-    },
-    Op {
-        params: &[query("component", Ty::Str, "Only check this component")],
-        errors: &[(404, "component_not_found"), (503, "unhealthy")],
-        public: true,
-        ..op(
-            "GET",
-            "/api/v1/health",
-            "getHealth",
-            "daemon",
-            "Run the health checks (503 `unhealthy` with the results, `failing` listing the failing components, in `data`)",
-        )
-    },
-    Op {
-        body: Some((false, service_body)),
-        errors: &[(404, "component_not_found")],
-        ..op(
-            "POST",
-            "/api/v1/control/start",
-            "controlStart",
-            "control",
-            "Start one stopped component, or every stopped one",
-        )
-    },
-    Op {
-        body: Some((false, stop_body)),
-        errors: &[(404, "component_not_found"), (409, "conflict")],
-        ..op(
-            "POST",
-            "/api/v1/control/stop",
-            "controlStop",
-            "control",
-            "Stop components, or (with `shutdown`) the whole daemon",
-        )
-    },
-    Op {
-        body: Some((false, service_body)),
-        errors: &[(400, "config_invalid"), (404, "component_not_found")],
-        ..op(
-            "POST",
-            "/api/v1/control/restart",
-            "controlRestart",
-            "control",
-            "Restart one component, or reload the config and restart every component",
-        )
-    },
-    Op {
-        params: &[query("section", Ty::Str, "Only this section, such as `monitoring`")],
-        errors: &[(404, "config_key_not_found")],
-        ..op(
-            "GET",
-            "/api/v1/config",
-            "getConfig",
-            "config",
-            "Effective configuration (secrets redacted) and runtime overrides",
-        )
-    },
-    Op {
-        body: Some((true, config_patch_body)),
-        errors: &[
-            (400, "config_invalid"),
-            (404, "config_key_not_found"),
-            (409, "state_read_only"),
-            (500, "persist_failed"),
-            (503, "busy"),
-            (507, "insufficient_storage"),
-        ],
-        ..op(
-            "PUT",
-            "/api/v1/config",
-            "updateConfig",
-            "config",
-            "Apply a JSON merge patch to the runtime overrides (validated, applied live, persisted)",
-        )
-    },
-    Op {
-        errors: &[(400, "config_invalid")],
-        ..op(
-            "POST",
-            "/api/v1/config/reload",
-            "reloadConfig",
-            "config",
-            "Re-read the configuration file (an invalid file is refused and the old config stays)",
-        )
-    },
-    op(
-        "GET",
-        "/api/v1/config/schema",
-        "getConfigSchema",
-        "config",
-        "JSON Schema (draft 2020-12) of the configuration",
-    ),
-    Op {
-        params: &[
-            query(
-                "level",
-                Ty::Enum(LEVELS),
-                "Least severe level to include (`warn` = warn and error); default trace",
-            ),
-            query(
-                "lines",
-                Ty::UIntDefault(100),
-                "At most this many of the newest records (values above 100000 are clamped)",
-            ),
-            query("limit", Ty::UInt, "Alias of `lines`"),
-            query(
-                "component",
-                Ty::Str,
-                "Only records whose target starts with this",
-            ),
-            SINCE,
-            FOLLOW,
-        ],
-        kind: Kind::JsonOrSse,
-        ..op(
-            "GET",
-            "/api/v1/logs",
-            "getLogs",
-            "logs",
-            "Recent log records, or a live stream of new ones (SSE `event: log`)",
-        )
-    },
-    Op {
-        params: &[query(
-            "full",
-            Ty::Bool,
-            "Also run the slower checks (fsync timing in the state dir)",
-        )],
-        body: Some((false, diagnostics_body)),
-        errors: &[(503, "unhealthy")],
-        ..op(
-            "POST",
-            "/api/v1/diagnostics/run",
-            "runDiagnostics",
-            "daemon",
-            "Self-diagnostics (503 `unhealthy` with the checks in `data` when one fails)",
-        )
-    },
-    Op {
-        params: &[
-            query("type", Ty::Str, "Only events of this type, such as `mcp_server_status_change`"),
-            query("channel", Ty::Str, "Only events of this channel, such as `mcp_servers`"),
-            SINCE,
-            query(
-                "limit",
-                Ty::UIntDefault(100),
-                "At most this many of the newest events (values above 10000 are clamped)",
-            ),
-            FOLLOW,
-        ],
-        kind: Kind::JsonOrSse,
-        ..op(
-            "GET",
-            "/api/v1/events",
-            "getEvents",
-            "events",
-            "Event history, or a live stream of new events (SSE, `event:` = the event type)",
-        )
-    },
-    Op {
-        params: &[query(
-            "status",
-            Ty::Enum(&["active", "inactive", "all"]),
-            "Filter by state; default all",
-        )],
-        ..op("GET", "/api/v1/mcp/servers", "listMcpServers", "mcp", "List MCP servers")
-    },
-    Op {
-        body: Some((true, server_spec_ref)),
-        errors: &[
-            (409, "already_exists"),
-            (409, "state_read_only"),
-            (500, "persist_failed"),
-            (503, "busy"),
-            (507, "insufficient_storage"),
-        ],
-        ..op(
-            "POST",
-            "/api/v1/mcp/servers",
-            "registerMcpServer",
-            "mcp",
-            "Register an MCP server (kept across restarts; started when `autostart`)",
-        )
-    },
-    Op {
-        params: &[ID],
-        errors: SERVER_NOT_FOUND,
-        ..op(
-            "GET",
-            "/api/v1/mcp/servers/{id}",
-            "getMcpServer",
-            "mcp",
-            "One MCP server: spec, state history, tools, last errors, stderr tail",
-        )
-    },
-    Op {
-        params: &[ID],
-        errors: &[
-            (404, "server_not_found"),
-            (409, "conflict"),
-            (409, "state_read_only"),
-            (500, "persist_failed"),
-            (503, "busy"),
-            (507, "insufficient_storage"),
-        ],
-        ..op(
-            "DELETE",
-            "/api/v1/mcp/servers/{id}",
-            "unregisterMcpServer",
-            "mcp",
-            "Unregister an MCP server, stopping it first (409 for servers declared in the config file)",
-        )
-    },
-    Op {
-        params: &[ID],
-        errors: SERVER_START,
-        ..op(
-            "POST",
-            "/api/v1/mcp/servers/{id}/start",
-            "startMcpServer",
-            "mcp",
-            "Start an MCP server (409 when `max_concurrent_servers` is reached)",
-        )
-    },
-    Op {
-        params: &[ID],
-        errors: SERVER_NOT_FOUND,
-        ..op(
-            "POST",
-            "/api/v1/mcp/servers/{id}/stop",
-            "stopMcpServer",
-            "mcp",
-            "Stop an MCP server",
-        )
-    },
-    Op {
-        params: &[ID],
-        errors: SERVER_START,
-        ..op(
-            "POST",
-            "/api/v1/mcp/servers/{id}/restart",
-            "restartMcpServer",
-            "mcp",
-            "Restart an MCP server",
-        )
-    },
-    Op {
-        params: &[ID],
-        errors: SERVER_START,
-        ..op(
-            "POST",
-            "/api/v1/mcp/servers/{id}/reset",
-            "resetMcpServer",
-            "mcp",
-            "Close an MCP server's open circuit breaker (and start it)",
-        )
-    },
-    Op {
-        params: &[ID],
-        errors: SERVER_NOT_FOUND,
-        ..op(
-            "GET",
-            "/api/v1/mcp/servers/{id}/tools",
-            "listMcpTools",
-            "mcp",
-            "An MCP server's tools with their input schemas",
-        )
-    },
-    Op {
-        params: &[ID],
-        body: Some((true, tool_call_body)),
-        errors: &[
-            (404, "server_not_found"),
-            (404, "tool_not_found"),
-            (409, "conflict"),
-            (422, "tool_error"),
-            (502, "mcp_error"),
-            (502, "server_exited"),
-            (503, "busy"),
-            (504, "timeout"),
-        ],
-        ..op(
-            "POST",
-            "/api/v1/mcp/servers/{id}/tools/call",
-            "callMcpTool",
-            "mcp",
-            "Call a tool (the tool's result in `data`; `isError` answers 422 `tool_error`)",
-        )
-    },
-    op(
-        "GET",
-        "/api/v1/metrics",
-        "getMetrics",
-        "metrics",
-        "Daemon and host metrics",
-    ),
-    op(
-        "GET",
-        "/api/v1/metrics/performance",
-        "getPerformanceMetrics",
-        "metrics",
-        "Per-route request counts and latency, per-server tool-call counts and latency, error rates",
-    ),
-    op(
-        "GET",
-        "/api/v1/metrics/health",
-        "getHealthMetrics",
-        "metrics",
-        "Health metrics of the daemon and its MCP servers",
-    ),
-    Op {
-        kind: Kind::Prometheus,
-        ..op(
-            "GET",
-            "/metrics",
-            "getPrometheusMetrics",
-            "metrics",
-            "Metrics in the Prometheus text exposition format 0.0.4 (no envelope)",
-        )
-    },
-    Op {
-        kind: Kind::Document,
-        ..op(
-            "GET",
-            "/api/v1/openapi.json",
-            "getOpenApi",
-            "meta",
-            "This OpenAPI 3.1 document (no envelope)",
-        )
-    },
-    op(
-        "GET",
-        "/api/v1/auth/token",
-        "getApiToken",
-        "auth",
-        "The TCP API token in effect and its source (`config`, `file`, `generated`); control socket only (403 over TCP)",
-    ),
-    Op {
-        errors: &[(409, "conflict")],
-        ..op(
-            "POST",
-            "/api/v1/auth/token/rotate",
-            "rotateApiToken",
-            "auth",
-            "Replace the generated TCP API token (409 when it comes from the config); control socket only (403 over TCP)",
-        )
-    },
-    Op {
-        kind: Kind::WebSocket,
-        ..op(
-            "GET",
-            "/ws/monitor",
-            "monitorWebSocket",
-            "events",
-            "WebSocket upgrade for the live monitor stream of events",
-        )
-    },
-];
-
 /// The (method, path template) pairs the document describes, in table order.
 pub fn operations() -> Vec<(&'static str, &'static str)> {
-    OPS.iter().map(|o| (o.method, o.path)).collect()
+    ops::all().map(|o| (o.method, o.path)).collect()
 }
 
 /// The OpenAPI 3.1.0 document of the API; `version` becomes `info.version`.
 pub fn document(version: &str) -> Value {
     let mut paths = Map::new();
-    for o in OPS {
+    for o in ops::all() {
         let item = paths
             .entry(o.path)
             .or_insert_with(|| Value::Object(Map::new()));
@@ -584,7 +108,7 @@ pub fn document(version: &str) -> Value {
             item.insert(o.method.to_ascii_lowercase(), operation(o));
         }
     }
-    let mut tags: Vec<&str> = OPS.iter().map(|o| o.tag).collect();
+    let mut tags: Vec<&str> = ops::all().map(|o| o.tag).collect();
     tags.sort_unstable();
     tags.dedup();
     json!({
@@ -607,6 +131,10 @@ pub fn document(version: &str) -> Value {
     })
 }
 
+/// Largest value of an integer query parameter: the router parses them as `u64` and refuses
+/// anything larger with 400 `invalid_parameter`, so the document states it as `maximum`.
+const UINT_MAX: u64 = u64::MAX;
+
 /// One operation object.
 fn operation(o: &Op) -> Value {
     let mut op = json!({
@@ -619,13 +147,13 @@ fn operation(o: &Op) -> Value {
     if !params.is_empty() {
         op["parameters"] = Value::Array(params);
     }
-    if let Some((required, schema)) = o.body {
+    if let Some(body) = o.body {
         op["requestBody"] = json!({
-            "required": required,
-            "content": {"application/json": {"schema": schema()}},
+            "required": body.required,
+            "content": {"application/json": {"schema": (body.schema)()}},
         });
     }
-    if o.public {
+    if o.access == Access::Public {
         op["security"] = json!([]);
     }
     op
@@ -637,13 +165,15 @@ fn parameter(p: &Param) -> Value {
         Ty::ServerId => return json!({"$ref": "#/components/parameters/ServerId"}),
         Ty::Bool => json!({"type": "boolean"}),
         Ty::Str => json!({"type": "string"}),
-        Ty::UInt => json!({"type": "integer", "minimum": 0}),
-        Ty::UIntDefault(d) => json!({"type": "integer", "minimum": 0, "default": d}),
+        Ty::UInt => json!({"type": "integer", "minimum": 0, "maximum": UINT_MAX}),
+        Ty::UIntDefault(d) => {
+            json!({"type": "integer", "minimum": 0, "maximum": UINT_MAX, "default": d})
+        }
         Ty::Enum(values) => json!({"type": "string", "enum": values}),
     };
     let description = match p.ty {
         Ty::Bool => format!(
-            "{} (`true`, `1`, `yes` or an empty value; `false`, `0`, `no`)",
+            "{} (`true`, `1`, `yes`; `false`, `0`, `no`; anything else, also an empty value, is refused)",
             p.description
         ),
         _ => p.description.to_owned(),
@@ -674,12 +204,12 @@ fn envelope(data: Option<Value>) -> Value {
 /// Success and error responses of an operation.
 fn responses(o: &Op) -> Value {
     let mut out = Map::new();
-    let (status, success) = match o.kind {
-        Kind::Json => (
+    let (status, success) = match o.produces {
+        Produces::Json => (
             "200",
             json!({"description": "Success", "content": envelope(None)}),
         ),
-        Kind::JsonOrSse => {
+        Produces::JsonOrSse => {
             let mut content = envelope(None);
             // The schema of one event (what OpenAPI 3.2 calls itemSchema; schemathesis reads
             // a 3.1 stream schema the same way).
@@ -703,21 +233,21 @@ fn responses(o: &Op) -> Value {
                 }),
             )
         }
-        Kind::Prometheus => (
+        Produces::Prometheus => (
             "200",
             json!({
                 "description": "Prometheus text exposition format 0.0.4",
                 "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
             }),
         ),
-        Kind::Document => (
+        Produces::Document => (
             "200",
             json!({
                 "description": "This OpenAPI document",
                 "content": {"application/json": {"schema": {"type": "object"}}},
             }),
         ),
-        Kind::WebSocket => (
+        Produces::WebSocket => (
             "101",
             json!({
                 "description": "Switching Protocols: the connection is a WebSocket (RFC 6455) \
@@ -760,19 +290,14 @@ fn responses(o: &Op) -> Value {
 
 /// Error statuses of an operation, ascending, each with its error codes.
 fn error_statuses(o: &Op) -> Vec<(u16, Vec<&'static str>)> {
-    let common: &[(u16, &str)] = match o.kind {
-        Kind::WebSocket => &[
-            (400, "bad_request"),
-            (401, "unauthorized"),
-            (403, "forbidden"),
-            (415, "unsupported_media_type"),
-            (426, ""),
-        ],
+    let common = match o.produces {
+        Produces::WebSocket => UPGRADE_ERRORS,
         _ => COMMON_ERRORS,
     };
     let mut out: Vec<(u16, Vec<&'static str>)> = Vec::new();
-    for &(status, code) in common.iter().chain(o.errors) {
-        if o.public && status == 401 {
+    for code in common.iter().chain(o.errors) {
+        let status = code.http_status();
+        if o.access == Access::Public && status == 401 {
             continue;
         }
         let i = match out.iter().position(|(s, _)| *s == status) {
@@ -782,75 +307,12 @@ fn error_statuses(o: &Op) -> Vec<(u16, Vec<&'static str>)> {
                 out.len() - 1
             }
         };
-        if !code.is_empty() && !out[i].1.contains(&code) {
-            out[i].1.push(code);
+        if !out[i].1.contains(&code.as_str()) {
+            out[i].1.push(code.as_str());
         }
     }
     out.sort_by_key(|(s, _)| *s);
     out
-}
-
-fn service_body() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "service": {
-                "type": ["string", "null"],
-                "description": "Component (`control`, `worker`, `monitor`); all when absent",
-            },
-        },
-    })
-}
-
-fn stop_body() -> Value {
-    let mut body = service_body();
-    body["properties"]["shutdown"] = json!({
-        "type": ["boolean", "null"],
-        "default": false,
-        "description": "End the daemon process",
-    });
-    body["properties"]["graceful"] = json!({
-        "type": ["boolean", "null"],
-        "default": true,
-        "description": "Stop children gracefully instead of killing them",
-    });
-    body
-}
-
-fn diagnostics_body() -> Value {
-    json!({
-        "type": "object",
-        "properties": {"full": {"type": ["boolean", "null"], "default": false}},
-    })
-}
-
-fn config_patch_body() -> Value {
-    json!({
-        "type": "object",
-        "description": "RFC 7386 JSON merge patch in the shape of the configuration (see \
-            `GET /api/v1/config/schema`); `null` removes an override",
-    })
-}
-
-fn server_spec_ref() -> Value {
-    json!({"$ref": "#/components/schemas/ServerSpec"})
-}
-
-fn tool_call_body() -> Value {
-    json!({
-        "type": "object",
-        "required": ["name"],
-        "properties": {
-            "name": {"type": "string", "description": "Tool name"},
-            "arguments": {"type": "object", "default": {}, "description": "Tool arguments"},
-            "timeout_ms": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": 3_600_000,
-                "description": "Deadline; default the server's `call_timeout_ms`",
-            },
-        },
-    })
 }
 
 /// Shared schemas, parameters and the security scheme.
@@ -979,41 +441,6 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
-    /// Copy of `ROUTES` in src/net/routes.rs.
-    const ROUTES: &[(&str, &[&str])] = &[
-        ("/api/v1/status", &["GET"]),
-        ("/api/v1/health", &["GET"]),
-        ("/api/v1/control/start", &["POST"]),
-        ("/api/v1/control/stop", &["POST"]),
-        ("/api/v1/control/restart", &["POST"]),
-        ("/api/v1/config", &["GET", "PUT"]),
-        ("/api/v1/config/reload", &["POST"]),
-        ("/api/v1/config/schema", &["GET"]),
-        ("/api/v1/logs", &["GET"]),
-        ("/api/v1/diagnostics/run", &["POST"]),
-        ("/api/v1/events", &["GET"]),
-        ("/api/v1/mcp/servers", &["GET", "POST"]),
-        ("/api/v1/mcp/servers/{id}", &["GET", "DELETE"]),
-        ("/api/v1/mcp/servers/{id}/start", &["POST"]),
-        ("/api/v1/mcp/servers/{id}/stop", &["POST"]),
-        ("/api/v1/mcp/servers/{id}/restart", &["POST"]),
-        ("/api/v1/mcp/servers/{id}/reset", &["POST"]),
-        ("/api/v1/mcp/servers/{id}/tools", &["GET"]),
-        ("/api/v1/mcp/servers/{id}/tools/call", &["POST"]),
-        ("/api/v1/auth/token", &["GET"]),
-        ("/api/v1/auth/token/rotate", &["POST"]),
-    ];
-
-    /// Routes served outside the router's table.
-    const EXTRA: &[(&str, &str)] = &[
-        ("GET", "/api/v1/metrics"),
-        ("GET", "/api/v1/metrics/performance"),
-        ("GET", "/api/v1/metrics/health"),
-        ("GET", "/metrics"),
-        ("GET", "/api/v1/openapi.json"),
-        ("GET", "/ws/monitor"),
-    ];
-
     const METHODS: &[&str] = &[
         "get", "put", "post", "delete", "options", "head", "patch", "trace",
     ];
@@ -1103,19 +530,58 @@ mod tests {
     }
 
     #[test]
-    fn every_route_is_described() {
+    fn every_op_is_described_exactly_once() {
         let doc = document("0");
-        let mut expected: BTreeSet<(&str, &str)> = ROUTES
-            .iter()
-            .flat_map(|(p, ms)| ms.iter().map(move |m| (*m, *p)))
-            .collect();
-        expected.extend(EXTRA.iter().copied());
+        let mut count = 0;
+        for item in doc["paths"].as_object().expect("paths").values() {
+            count += item.as_object().expect("path item").len();
+        }
+        assert_eq!(count, ops::all().count(), "one operation per row");
+        for o in ops::all() {
+            let op = &doc["paths"][o.path][o.method.to_ascii_lowercase()];
+            assert_eq!(op["operationId"], o.id, "{} {}", o.method, o.path);
+            assert_eq!(op["summary"], o.summary, "{}", o.id);
+            let declared = op["parameters"].as_array().map_or(0, Vec::len);
+            assert_eq!(declared, o.params.len(), "{}: parameters", o.id);
+            assert_eq!(
+                op.get("requestBody").is_some(),
+                o.body.is_some(),
+                "{}",
+                o.id
+            );
+            for code in o.errors {
+                let status = code.http_status().to_string();
+                let text = op["responses"][&status]["description"]
+                    .as_str()
+                    .unwrap_or_default();
+                assert!(
+                    text.contains(&format!("`{}`", code.as_str())),
+                    "{}: {status} lists {}",
+                    o.id,
+                    code.as_str()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_routed_operation_is_documented_and_only_the_upgrade_is_not_routed() {
         let described: BTreeSet<(&str, &str)> = operations().into_iter().collect();
-        assert_eq!(described, expected);
-        assert_eq!(operations().len(), expected.len(), "no duplicate rows");
-        for (method, path) in expected {
-            let op = &doc["paths"][path][method.to_ascii_lowercase()];
-            assert!(op["operationId"].is_string(), "{method} {path}");
+        let routed: BTreeSet<(&str, &str)> = crate::net::routes::routes().into_iter().collect();
+        assert!(routed.len() > 20);
+        let unrouted: Vec<_> = described.difference(&routed).collect();
+        assert_eq!(unrouted, [&("GET", "/ws/monitor")]);
+        assert!(routed.is_subset(&described));
+    }
+
+    #[test]
+    fn control_socket_only_operations_say_so() {
+        let doc = document("0");
+        for o in ops::all().filter(|o| o.access == Access::ControlSocket) {
+            let op = &doc["paths"][o.path][o.method.to_ascii_lowercase()];
+            let summary = op["summary"].as_str().unwrap_or_default();
+            assert!(summary.contains("control socket only"), "{}", o.id);
+            assert!(op["responses"]["403"].is_object(), "{}", o.id);
         }
     }
 

@@ -23,6 +23,8 @@
 //! - Leftover `*.tmp` files from a crash are never read; the next write truncates them.
 //! - One process at a time: [`StateDir`] holds an exclusive `flock` on `<dir>/lock` for its whole
 //!   life. The lock file is opened close-on-exec, so spawned children never inherit the lock.
+//!   Its holder writes who it is into it ([`StateDir::record_owner`]: pid and socket), so a
+//!   second daemon can say "already running (pid N, socket S)" instead of "locked".
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -35,6 +37,47 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Who holds a state dir: what its holder wrote into `<dir>/lock` (see
+/// [`StateDir::record_owner`]), as `pid N` and `socket PATH` lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockOwner {
+    /// The holder's pid.
+    pub pid: i32,
+    /// Its control socket.
+    pub socket: PathBuf,
+}
+
+/// Largest lock file [`lock_owner`] reads (a pid and a socket path fit in far less).
+const LOCK_OWNER_MAX: u64 = 8 * 1024;
+
+impl LockOwner {
+    fn to_text(&self) -> String {
+        format!("pid {}\nsocket {}\n", self.pid, self.socket.display())
+    }
+
+    /// Parses the lock file's text; `None` unless it has a positive pid and a socket path.
+    pub fn parse(text: &str) -> Option<LockOwner> {
+        let (mut pid, mut socket) = (None, None);
+        for line in text.lines() {
+            match line.split_once(' ') {
+                Some(("pid", v)) => pid = v.trim().parse::<i32>().ok().filter(|&p| p > 0),
+                Some(("socket", v)) if !v.is_empty() => socket = Some(PathBuf::from(v)),
+                _ => {}
+            }
+        }
+        Some(LockOwner {
+            pid: pid?,
+            socket: socket?,
+        })
+    }
+}
+
+/// What the holder of the state dir `dir` recorded about itself, if anything readable.
+pub fn lock_owner(dir: &Path) -> Option<LockOwner> {
+    let bytes = read_small_file(&dir.join("lock"), LOCK_OWNER_MAX).ok()?;
+    LockOwner::parse(std::str::from_utf8(&bytes).ok()?)
+}
 
 /// Reads a small file named by configuration (a token file, the config file) without ever
 /// blocking the caller on something that is not a regular file: it is opened with `O_NONBLOCK`
@@ -309,6 +352,18 @@ impl StateDir {
     /// The state directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Writes `owner` into the held lock file (replacing what a previous holder left there), for
+    /// [`lock_owner`] to read. Advisory only: the flock, not this text, is the lock.
+    ///
+    /// # Errors
+    /// The write error.
+    pub fn record_owner(&self, owner: &LockOwner) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let text = owner.to_text();
+        self._lock.set_len(0)?;
+        self._lock.write_all_at(text.as_bytes(), 0)
     }
 
     /// Atomically replaces `<dir>/<name>` with the pretty JSON envelope
@@ -737,6 +792,45 @@ fn civil(secs: i128) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lock_owner_round_trips_and_refuses_partial_text() {
+        let o = LockOwner {
+            pid: 42,
+            socket: PathBuf::from("/run/x y/control.sock"),
+        };
+        assert_eq!(LockOwner::parse(&o.to_text()), Some(o));
+        for bad in [
+            "",
+            "pid 42\n",
+            "socket /s\n",
+            "pid -3\nsocket /s\n",
+            "pid x\nsocket /s",
+        ] {
+            assert_eq!(LockOwner::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_holder_is_recorded_in_the_lock_file() {
+        let dir = std::env::temp_dir().join(format!("vsm-state-owner-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let state = StateDir::open(&dir).expect("open");
+        assert_eq!(lock_owner(&dir), None);
+        let long = LockOwner {
+            pid: 7,
+            socket: PathBuf::from(format!("/{}", "s".repeat(200))),
+        };
+        state.record_owner(&long).expect("record");
+        let short = LockOwner {
+            pid: 8,
+            socket: PathBuf::from("/s"),
+        };
+        state.record_owner(&short).expect("record");
+        assert_eq!(lock_owner(&dir), Some(short));
+        drop(state);
+        let _ = fs::remove_dir_all(&dir);
+    }
     use serde_json::json;
     use std::os::unix::fs::PermissionsExt;
     use std::sync::atomic::{AtomicU32, Ordering};

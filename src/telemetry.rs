@@ -185,6 +185,14 @@ impl<T> Family<T> {
     }
 }
 
+impl<T> Family<T> {
+    /// Drops every label set whose label number `index` has `value`.
+    fn forget(&mut self, index: usize, value: &str) {
+        self.sets
+            .retain(|k, _| k.get(index).is_none_or(|v| v != value));
+    }
+}
+
 impl Family<u64> {
     fn add(&mut self, values: &[&str], n: u64) {
         let c = self.slot(values, || 0);
@@ -248,6 +256,14 @@ impl Telemetry {
     /// An MCP server restart (automatic).
     pub fn server_restart(&mut self, server: &str) {
         self.restarts.add(&[server], 1);
+    }
+
+    /// A server was unregistered: its series (tool calls, their latency, restarts) go, so
+    /// `/metrics` does not export a server that no longer exists (nor keep its label sets).
+    pub fn forget_server(&mut self, server: &str) {
+        self.tool_calls.forget(0, server);
+        self.tool_duration.forget(0, server);
+        self.restarts.forget(0, server);
     }
 
     /// Events published (by type).
@@ -800,6 +816,24 @@ x_latency_seconds_count{r=\"b\"} 1
                 && digits
                     .chars()
                     .all(|c| c.is_ascii_digit() || ".eE+-".contains(c)))
+    }
+
+    #[test]
+    fn an_unregistered_server_leaves_no_series() {
+        let mut t = Telemetry::new();
+        for server in ["time", "timer"] {
+            t.tool_call(server, "ok", 0.25);
+            t.tool_call(server, "timeout", 1.0);
+            t.server_restart(server);
+        }
+        t.forget_server("time");
+        let mut e = Exposition::new();
+        t.write_prometheus(&mut e);
+        let text = e.finish();
+        assert!(!text.contains("server=\"time\""), "{text}");
+        assert!(text.contains("vsm_mcp_server_restarts_total{server=\"timer\"} 1\n"));
+        assert!(text.contains("vsm_mcp_tool_calls_total{server=\"timer\",outcome=\"ok\"} 1\n"));
+        assert!(text.contains("vsm_mcp_tool_call_duration_seconds_count{server=\"timer\"} 2\n"));
     }
 
     #[test]

@@ -57,6 +57,18 @@ fn websocket_subscribes_and_answers_commands() {
     let hello: Value =
         serde_json::from_str(ws.read().expect("hello").to_text().expect("text")).expect("json");
     assert_eq!(hello["type"], "connected");
+    // Channels that accept subscriptions but have no producer yet are named.
+    assert_eq!(
+        hello["data"]["silent_channels"],
+        json!([
+            "performance",
+            "health",
+            "security",
+            "variety_monitoring",
+            "consciousness"
+        ]),
+        "{hello}"
+    );
     ws.send(tungstenite::Message::text(
         r#"{"id": 1, "command": "subscribe", "channels": ["mcp_servers"]}"#,
     ))
@@ -342,31 +354,14 @@ fn closed_by_peer(s: &mut TcpStream) -> bool {
     }
 }
 
-/// Parses `ROUTES` of `src/net/routes.rs`: (method, path) pairs.
+/// What the router serves: (method, path) pairs, from the library's router (derived from the
+/// ops table, as the binary's is).
 fn router_routes() -> BTreeSet<(String, String)> {
-    let src = include_str!("../src/net/routes.rs");
-    let start = src.find("pub const ROUTES").expect("ROUTES in routes.rs");
-    let table = &src[start..];
-    let table = &table[..table.find("\n];").expect("end of ROUTES")];
-    let mut out = BTreeSet::new();
-    for line in table.lines().map(str::trim) {
-        let Some(rest) = line.strip_prefix("(\"") else {
-            continue;
-        };
-        let (path, rest) = rest.split_once('"').expect("path");
-        let methods = rest
-            .split_once('[')
-            .and_then(|(_, m)| m.split_once(']'))
-            .map(|(m, _)| m)
-            .expect("methods");
-        for m in methods.split(',') {
-            let m = m.trim().trim_matches('"');
-            if !m.is_empty() {
-                out.insert((m.to_string(), path.to_string()));
-            }
-        }
-    }
-    assert!(out.len() > 20, "parsed too few routes: {out:?}");
+    let out: BTreeSet<(String, String)> = vsm_daemon::net::routes::routes()
+        .into_iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert!(out.len() > 20, "too few routes: {out:?}");
     out
 }
 
@@ -1999,6 +1994,47 @@ fn openapi_document_matches_the_router() {
     }
 }
 
+#[test]
+fn every_websocket_command_reaches_its_operation() {
+    let d = start(QUICK_STOP);
+    register_fixture(&d, "fx", &[], json!({}));
+    wait_server(&d, "fx", "active");
+    let mut ws = ws_connected(&d);
+    let spec = json!({"id": "fx2", "command": "python3", "args": [fixture()], "autostart": false});
+    let mut answered = 0;
+    for (i, (name, op)) in vsm_daemon::net::ws::commands().enumerate() {
+        // Parameters the operation accepts; nothing here stops the daemon.
+        let parameters = match name {
+            "control_stop" | "control_start" => json!({"service": "monitor"}),
+            "control_restart" => json!({"service": "worker"}),
+            "update_config" => json!({"daemon": {"log_level": "debug"}}),
+            "mcp_register_server" => spec.clone(),
+            "mcp_unregister_server" => json!({"id": "fx2"}),
+            "mcp_call_tool" => json!({"id": "fx", "name": "echo", "arguments": {"message": "ws"}}),
+            _ if op.path.contains("{id}") => json!({"id": "fx"}),
+            _ => json!({}),
+        };
+        if name == "mcp_call_tool" {
+            // The start, restart and reset commands before it leave fx starting.
+            wait_server(&d, "fx", "active");
+        }
+        let (v, _) = ws_command(
+            &mut ws,
+            json!({"id": i, "command": name, "parameters": parameters}),
+        );
+        assert_eq!(
+            v["status"], "success",
+            "{name} ({} {}): {v}",
+            op.method, op.path
+        );
+        answered += 1;
+    }
+    assert!(answered > 20, "{answered}");
+    // The register and unregister commands really reached the registry.
+    let r = api(&d, "GET", "/api/v1/mcp/servers/fx2", None);
+    assert_error(&r, 404, "server_not_found");
+}
+
 // ----- 12. the same data over both transports --------------------------------------------------
 
 #[test]
@@ -2022,4 +2058,63 @@ fn unix_socket_and_tcp_give_the_same_data() {
     }
     let (_, unix) = d.http("GET", "/api/v1/openapi.json", None);
     assert_eq!(unix, api(&d, "GET", "/api/v1/openapi.json", None).json);
+}
+
+/// What schemathesis found: an empty boolean was taken as `true`; integer query parameters
+/// had a bound the document did not state; an integral float was refused for an integer
+/// field of the server spec.
+#[test]
+fn schema_edge_cases_match_the_openapi_document() {
+    let d = Daemon::start();
+    for path in ["/api/v1/status?detailed=", "/api/v1/status?detailed"] {
+        let r = api(&d, "GET", path, None);
+        assert_error(&r, 400, "invalid_parameter");
+        assert_eq!(r.json["errors"][0]["field"], "detailed", "{r}");
+    }
+
+    // The bound the router enforces is the document's `maximum`: it passes, one more does not.
+    let doc = api(&d, "GET", "/api/v1/openapi.json", None).json;
+    for (path, name) in [
+        ("/api/v1/events", "since"),
+        ("/api/v1/events", "limit"),
+        ("/api/v1/logs", "lines"),
+        ("/api/v1/logs", "since"),
+    ] {
+        let param = doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path} {name}"))
+            .clone();
+        let max = param["schema"]["maximum"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{path} {name}: no maximum in {param}"));
+        let r = api(&d, "GET", &format!("{path}?{name}={max}"), None);
+        assert_eq!(r.status, 200, "{path}?{name}={max}: {r}");
+        let above = u128::from(max) + 1;
+        let r = api(&d, "GET", &format!("{path}?{name}={above}"), None);
+        assert_error(&r, 400, "invalid_parameter");
+        assert_eq!(r.json["errors"][0]["field"], name, "{r}");
+    }
+
+    // Integer fields of the spec take integral floats, as `timeout_ms` of a call does.
+    let spec = json!({"id": "floaty", "command": "/bin/true", "autostart": false,
+                      "backoff_initial_ms": 62530.0, "max_failures": 4.0,
+                      "limits": {"max_open_files": 256.0}});
+    let r = api(&d, "POST", "/api/v1/mcp/servers", Some(&spec.to_string()));
+    assert_eq!(r.status, 200, "{r}");
+    let (_, shown) = d.http("GET", "/api/v1/mcp/servers/floaty", None);
+    assert_eq!(
+        shown["data"]["spec"]["backoff_initial_ms"], 62530,
+        "{shown}"
+    );
+    assert_eq!(shown["data"]["spec"]["max_failures"], 4, "{shown}");
+    assert_eq!(
+        shown["data"]["spec"]["limits"]["max_open_files"], 256,
+        "{shown}"
+    );
+    let spec = json!({"id": "fraction", "command": "/bin/true", "backoff_initial_ms": 62530.5});
+    let r = api(&d, "POST", "/api/v1/mcp/servers", Some(&spec.to_string()));
+    assert_error(&r, 400, "invalid_parameter");
 }

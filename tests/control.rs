@@ -177,7 +177,46 @@ fn state_dir_is_locked_against_a_second_daemon() {
     )
     .err()
     .expect("must refuse a locked state dir");
-    assert!(err.contains("state directory"), "{err}");
+    let want = format!(
+        "vsm-daemon is already running (pid {}, socket {})",
+        d.pid,
+        d.socket.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(err.contains("exit code Some(1)"), "{err}");
+
+    // Held by something that is not a running daemon (the text left by a stopped one names a
+    // dead pid): the plain lock error, no false "already running".
+    let state = d.state_dir.clone();
+    let mut d = d;
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(), Some(0));
+    let mut holder = std::process::Command::new("flock")
+        .arg(state.join("lock"))
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock(1)");
+    wait_for("flock holds the lock", || {
+        std::process::Command::new("flock")
+            .args(["-n"])
+            .arg(state.join("lock"))
+            .arg("true")
+            .status()
+            .is_ok_and(|s| !s.success())
+    });
+    let err = Daemon::start_in(
+        TempDir::new("lock2"),
+        Setup {
+            state_dir: Some(state),
+            ..Setup::default()
+        },
+    )
+    .err()
+    .expect("must refuse a locked state dir");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(err.contains("is locked elsewhere"), "{err}");
+    assert!(!err.contains("already running"), "{err}");
 }
 
 #[test]
@@ -198,17 +237,26 @@ fn another_uid_is_refused() {
     let copy = d.dir.path().join("vsm-daemon-client");
     std::fs::copy(bin(), &copy).expect("copy binary");
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let out = {
+    // Another test thread may fork while our copy's write fd is still open; its child holds
+    // that fd until it execs, and exec of the copy meanwhile fails with ETXTBSY. Retry that.
+    let mut tries = 0;
+    let out = loop {
         use std::os::unix::process::CommandExt;
-        std::process::Command::new(&copy)
+        let run = std::process::Command::new(&copy)
             .args(["--socket"])
             .arg(&d.socket)
             .arg("status")
             .uid(65534)
             .gid(65534)
             .current_dir("/")
-            .output()
-            .expect("run as nobody")
+            .output();
+        match run {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => break other.expect("run as nobody"),
+        }
     };
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
@@ -784,4 +832,214 @@ fn kill9_during_config_writes_never_corrupts_overrides() {
         drop(sd);
         socket_dir = Some(dir);
     }
+}
+
+/// `vsm-daemon … | head`: stdout and stderr are pipes nobody reads any more. The CLI must
+/// end with its own exit code, never die of SIGABRT (a panic in `print!`) losing its message.
+#[test]
+fn the_cli_survives_a_closed_stdout_and_stderr() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let d = Daemon::start();
+    d.cli(&["logs", "--lines", "50"]); // the ring holds the startup records by now
+    let cases: &[(&[&str], i32)] = &[
+        (&["status", "--json"], 0),
+        (&["status"], 0),
+        (&["logs"], 0),
+        (&["logs", "--json"], 0),
+        (&["config", "show"], 0),
+        (&["--help"], 0),
+        (&["mcp", "show", "nope"], 1),
+        (&["no-such-command"], 2),
+    ];
+    for round in 0..25 {
+        for &(args, want) in cases {
+            // The reading end is closed before the CLI starts: every write gets EPIPE.
+            let (reader, writer) = std::io::pipe().expect("pipe");
+            drop(reader);
+            let status = Command::new(bin())
+                .arg("--socket")
+                .arg(&d.socket)
+                .args(args)
+                .env_remove("VSM_DAEMON_SOCKET")
+                .stdin(Stdio::null())
+                .stdout(writer.try_clone().expect("dup pipe"))
+                .stderr(writer)
+                .status()
+                .expect("run cli");
+            assert_eq!(
+                (status.code(), status.signal()),
+                (Some(want), None),
+                "round {round}: {args:?} ended with {status}"
+            );
+        }
+    }
+}
+
+/// `vsm-daemon start --json | true`: the ready line finds no reader. The daemon logs that and
+/// keeps running instead of aborting.
+#[test]
+fn the_daemon_survives_a_closed_stdout_for_its_ready_line() {
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new("closed-stdout");
+    let socket = dir.path().join("run/control.sock");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut child = Command::new(bin())
+        .args(["start", "--json", "--listen", "127.0.0.1:0", "--socket"])
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("VSM_DAEMON_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vsm-daemon");
+    let answered = || {
+        Command::new(bin())
+            .arg("--socket")
+            .arg(&socket)
+            .args(["status", "--json"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut ok = false;
+    while std::time::Instant::now() < deadline {
+        if answered() {
+            ok = true;
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the daemon ended with {status} after printing its ready line");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child, not yet reaped (wait() below).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait for the daemon");
+    assert!(ok, "the daemon never answered status");
+    assert_eq!(status.code(), Some(0), "graceful stop: {status}");
+}
+
+/// Keys validated and documented but read by nothing yet are marked "not enforced yet" by
+/// `config show`, `config schema` and `diagnostics run`, and setting one logs a warning; a
+/// server declaring a blocked capability is registered with a warning saying the capability
+/// policy is not enforced yet.
+#[test]
+fn promises_not_kept_yet_are_said_out_loud() {
+    let d = Daemon::start_with(Setup {
+        config: Some("[security]\nmin_security_score = 90\n".into()),
+        ..Setup::default()
+    });
+    wait_for("the start-up warning", || {
+        d.stderr()
+            .contains("security.min_security_score is set but not enforced yet")
+    });
+
+    let out = d.cli(&["config", "show"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let shown = stdout(&out);
+    for key in [
+        "security.min_security_score = 90",
+        "security.blocked_capabilities = ",
+        "consciousness.learning_rate = ",
+        "monitoring.alert_thresholds.variety_ratio_min = ",
+    ] {
+        let line = shown
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("{key} missing:\n{shown}"));
+        assert!(line.ends_with("# not enforced yet"), "{line}");
+    }
+    let line = shown
+        .lines()
+        .find(|l| l.starts_with("monitoring.health_check_interval_ms = "))
+        .expect("health_check_interval_ms");
+    assert!(!line.contains("not enforced"), "{line}");
+
+    let (code, schema) = d.cli_json(&["config", "schema"]);
+    assert_eq!(code, 0);
+    let node = &schema["properties"]["consciousness"]["properties"]["learning_rate"];
+    assert_eq!(node["x-enforced"], false, "{node}");
+
+    let (_, diag) = d.cli_json(&["diagnostics", "run"]);
+    let check = diag["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "config.not_enforced")
+        .unwrap_or_else(|| panic!("no config.not_enforced in {diag}"))
+        .clone();
+    assert_eq!(check["status"], "warn", "{check}");
+    assert!(
+        check["detail"].as_str().is_some_and(
+            |t| t.contains("not enforced yet (no effect): security.min_security_score;")
+        ),
+        "{check}"
+    );
+
+    let out = d.cli(&["config", "set", "consciousness.learning_rate", "0.5"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("warning: consciousness.learning_rate is not enforced yet"),
+        "{}",
+        stdout(&out)
+    );
+    wait_for("the config set warning", || {
+        d.stderr()
+            .contains("consciousness.learning_rate is set but not enforced yet")
+    });
+
+    // The default blocked_capabilities lists file_system.
+    let out = d.cli(&[
+        "mcp",
+        "register",
+        "files",
+        "--capability",
+        "file_system",
+        "--no-autostart",
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let warning =
+        "capability policy is not enforced yet: file_system in security.blocked_capabilities";
+    assert!(stdout(&out).contains(warning), "{}", stdout(&out));
+    assert!(d.stderr().contains(warning), "{}", d.stderr());
+    let out = d.cli(&[
+        "--json",
+        "mcp",
+        "register",
+        "clock",
+        "--capability",
+        "time",
+        "--no-autostart",
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["id"], "clock", "{v}");
+    assert_eq!(v["warnings"], Value::Null, "{v}");
+    let out = d.cli(&[
+        "--json",
+        "mcp",
+        "register",
+        "sys",
+        "--capability",
+        "system",
+        "--no-autostart",
+        "--",
+        "/bin/true",
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(
+        v["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.starts_with("capability policy is not enforced yet: system")),
+        "{v}"
+    );
 }

@@ -262,6 +262,13 @@ fn pids_in(path: &Path) -> Vec<i64> {
         .collect()
 }
 
+/// SIGKILL to a server the daemon runs (and has not reaped: it is still its pid).
+fn kill9(pid: i64) {
+    let pid = i32::try_from(pid).expect("pid fits in pid_t");
+    // SAFETY: kill(2) on a live child of the daemon under test; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill {pid}");
+}
+
 fn ids(list: &Value) -> Vec<String> {
     let mut ids: Vec<String> = list["servers"]
         .as_array()
@@ -549,6 +556,118 @@ fn a_crash_during_a_call_fails_the_call_and_the_server_comes_back() {
     assert_ne!(pid_of(&after), old_pid);
     let r = call_ok(&d, "crasher", "echo", json!({"message": "back"}));
     assert_eq!(first_text(&r), "back");
+}
+
+/// A server killed after a good run (handshake done, `min_uptime` passed) comes back at once:
+/// the backoff here is an hour, so only the immediate restart can bring it back in time.
+#[test]
+fn a_server_killed_after_a_good_run_restarts_at_once() {
+    let d = Daemon::start_with(quick());
+    let hour = [
+        "--backoff-initial-ms",
+        "3600000",
+        "--backoff-max-ms",
+        "3600000",
+    ];
+    register_fixture(&d, "steady", &hour, &[]);
+    wait_status(&d, "steady", "active");
+    // min_uptime_ms is 1000 by default: wait until the run is certainly good.
+    let before = settle(&d, "steady", "up for 2 s", |v| {
+        v["status"] == "active" && v["uptime_seconds"].as_u64().is_some_and(|u| u >= 2)
+    });
+    let old_pid = pid_of(&before);
+    kill9(old_pid);
+    let after = settle(&d, "steady", "active with a new pid", |v| {
+        v["status"] == "active" && v["pid"].as_i64().is_some_and(|p| p != old_pid)
+    });
+    assert_eq!(after["restarts"], 1, "{after:#}");
+    assert!(
+        history(&after)
+            .iter()
+            .any(|(s, r)| s == "backoff" && r.contains("restarting at once after a good run")),
+        "{after:#}"
+    );
+    // A second good run, a second kill: again at once (the failed-start count stayed 0).
+    let again = settle(&d, "steady", "up for 2 s again", |v| {
+        v["status"] == "active" && v["uptime_seconds"].as_u64().is_some_and(|u| u >= 2)
+    });
+    let pid = pid_of(&again);
+    kill9(pid);
+    settle(&d, "steady", "active with a third pid", |v| {
+        v["status"] == "active" && v["pid"].as_i64().is_some_and(|p| p != pid && p != old_pid)
+    });
+    assert_eq!(
+        details(&d, "steady")["circuit_breaker"]["recent_failures"],
+        0
+    );
+}
+
+/// `mcp tools` shows each tool's first non-empty description line, also when the description
+/// starts with a newline (the fixture's `env` tool, shaped like a Python docstring).
+#[test]
+fn mcp_tools_prints_the_first_non_empty_description_line() {
+    let d = Daemon::start_with(quick());
+    register_fixture(&d, "fx", &[], &[]);
+    wait_status(&d, "fx", "active");
+    let out = d.cli(&["mcp", "tools", "fx"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("env "))
+        .unwrap_or_else(|| panic!("no env line in:\n{text}"));
+    assert!(
+        line.ends_with("(name) Returns the value of an environment variable, or '<unset>'."),
+        "{line:?}"
+    );
+    let echo = text
+        .lines()
+        .find(|l| l.starts_with("echo "))
+        .expect("echo line");
+    assert!(
+        echo.ends_with("Returns the message as text content."),
+        "{echo:?}"
+    );
+}
+
+/// `GET /metrics` over the control socket: the Prometheus text.
+fn metrics(d: &Daemon) -> String {
+    let raw = raw_exchange(
+        &d.socket,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    let (status, _, body) = split_response(&raw);
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// An unregistered server's series (tool calls, their latency, restarts) leave `/metrics`.
+#[test]
+fn metrics_forget_an_unregistered_server() {
+    let d = Daemon::start_with(quick());
+    register_fixture(&d, "gone", &FAST, &[]);
+    wait_status(&d, "gone", "active");
+    call_ok(&d, "gone", "echo", json!({"message": "m"}));
+    let (code, _) = call(&d, "gone", "crash", json!({}));
+    assert_eq!(code, 1);
+    settle(&d, "gone", "active again after a restart", |v| {
+        v["status"] == "active" && v["restarts"].as_u64().is_some_and(|r| r >= 1)
+    });
+    let before = metrics(&d);
+    for series in [
+        "vsm_mcp_server_restarts_total{server=\"gone\"}",
+        "vsm_mcp_tool_calls_total{server=\"gone\",outcome=\"ok\"}",
+        "vsm_mcp_tool_call_duration_seconds_count{server=\"gone\"}",
+    ] {
+        assert!(before.contains(series), "{series} missing:\n{before}");
+    }
+    assert_eq!(d.cli(&["mcp", "unregister", "gone"]).status.code(), Some(0));
+    // A running server is stopped first and removed once it has exited.
+    wait_for("gone to be removed", || {
+        d.http("GET", "/api/v1/mcp/servers/gone", None).0 == 404
+    });
+    let after = metrics(&d);
+    assert!(!after.contains("server=\"gone\""), "{after}");
 }
 
 #[test]
@@ -840,6 +959,16 @@ fn max_concurrent_servers_refuses_a_second_start() {
             .any(|e| e.contains("max_concurrent_servers")),
         "{v}"
     );
+    // The history says why it is still only registered, and `mcp show` prints it.
+    let held = "not started: mcp_servers.max_concurrent_servers (1) reached";
+    assert!(
+        history(&v)
+            .iter()
+            .any(|(s, r)| s == "registered" && r.starts_with(held)),
+        "{v:#}"
+    );
+    let out = d.cli(&["mcp", "show", "second"]);
+    assert!(stdout(&out).contains(held), "{}", stdout(&out));
     let out = d.cli(&["mcp", "start", "second"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -1346,4 +1475,52 @@ fn what_a_server_says_at_the_handshake_is_kept_bounded() {
     );
     let r = call_ok(&d, "chatty", "echo", json!({"message": "still fine"}));
     assert_eq!(first_text(&r), "still fine");
+}
+
+/// A server stopped during its handshake that still answers `initialize` (it read the
+/// request before it saw stdin close) stays stopped: the answer does not move it back to
+/// `initializing`, and its exit is not taken for a crash to restart from.
+#[test]
+fn a_server_stopped_during_its_handshake_stays_stopped() {
+    let dir = TempDir::new("late-answer");
+    let go = dir.path().join("go");
+    let rec = dir.path().join("record.jsonl");
+    let script = format!(
+        "while [ ! -e '{}' ]; do sleep 0.02; done; exec python3 '{}' --record '{}'",
+        go.display(),
+        fixture(),
+        rec.display()
+    );
+    let d = Daemon::start_with(Setup {
+        config: Some("[mcp_servers]\nstop_grace_ms = 20000\nterm_timeout_ms = 300\n".into()),
+        ..Setup::default()
+    });
+    register(&d, "late", &[], &["sh", "-c", &script]);
+    let out = d.cli(&["mcp", "stop", "late"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(details(&d, "late")["status"], "stopping");
+    // Now it reads the `initialize` waiting in its stdin, answers it, and exits on EOF.
+    std::fs::write(&go, b"").expect("go");
+    let v = wait_status(&d, "late", "stopped");
+    wait_until(
+        "the fixture to have answered initialize and seen stdin close",
+        || records(&rec),
+        |r| {
+            r.iter().any(|e| e["event"] == "initialize")
+                && r.iter().any(|e| e["event"] == "stdin_closed")
+        },
+        |r| format!("{r:?}\n{}", log_tail(&d)),
+    );
+    let statuses: Vec<String> = history(&v).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(
+        statuses,
+        ["registered", "starting", "stopping", "stopped"],
+        "{v:#}"
+    );
+    assert_eq!(v["restarts"], 0, "{v:#}");
+    assert!(
+        !d.stderr().contains("illegal transition"),
+        "{}",
+        log_tail(&d)
+    );
 }

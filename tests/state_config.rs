@@ -148,6 +148,16 @@ impl Tmpfs {
         assert!(status.success(), "mount -t tmpfs failed: {status}");
         Tmpfs(path.to_path_buf())
     }
+
+    /// Gives the filesystem a new size (tmpfs can grow in place).
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remounting the tmpfs failed: {status}");
+    }
 }
 
 impl Drop for Tmpfs {
@@ -173,7 +183,7 @@ fn fill(dir: &Path) -> PathBuf {
 fn full_state_dir_acknowledges_only_what_is_on_disk() {
     let dir = TempDir::new("full");
     let state = dir.path().join("state");
-    let _mount = Tmpfs::mount(&state, "64k");
+    let mount = Tmpfs::mount(&state, "64k");
     let d = start_on(&state, None);
 
     let (mut accepted, mut refused) = (Vec::new(), Vec::new());
@@ -215,7 +225,9 @@ fn full_state_dir_acknowledges_only_what_is_on_disk() {
     assert!(listed(&d).contains(&victim));
     let why = state_unhealthy(&d);
     assert!(why.contains("No space left"), "{why}");
+    // Room again (more than the filler held: the registry was already full before it).
     std::fs::remove_file(&filler).expect("rm filler");
+    mount.resize("1m");
     let (status, r) = d.http("DELETE", &format!("/api/v1/mcp/servers/{victim}"), None);
     assert_eq!(status, 200, "{r}");
     accepted.remove(0);

@@ -26,6 +26,9 @@ pub struct Facts<'a> {
     pub config_source: String,
     /// Why stored overrides were not (fully) applied, if they were not.
     pub config_problem: Option<&'a str>,
+    /// The keys nothing reads yet that the effective configuration sets anyway
+    /// ([`crate::config::Config::not_enforced_set`]).
+    pub not_enforced_set: Vec<String>,
     /// The state directory.
     pub state: &'a StateDir,
     /// The documents the daemon keeps in it.
@@ -115,6 +118,11 @@ fn loop_checks(facts: &Facts) -> Vec<Check> {
             detail: p.to_string(),
         },
     });
+    let pending: Vec<&str> = crate::config::not_enforced_keys().collect();
+    checks.push(diagnostics::not_enforced_check(
+        &pending,
+        &facts.not_enforced_set,
+    ));
     let dir = facts.state.path();
     let writable = sys::writable(dir);
     checks.push(Check {

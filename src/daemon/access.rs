@@ -233,7 +233,8 @@ impl Daemon {
         }
         log::debug!("WebSocket client connected");
         let hello = json!({"type": "connected", "timestamp": now_string(),
-                           "data": {"version": env!("CARGO_PKG_VERSION"), "channels": net::ws::CHANNELS}});
+                           "data": {"version": env!("CARGO_PKG_VERSION"), "channels": net::ws::CHANNELS,
+                                    "silent_channels": net::ws::SILENT_CHANNELS}});
         self.server.ws_send(
             &mut cx.narrow(Timer::Net).cx(),
             conn,

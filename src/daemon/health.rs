@@ -86,7 +86,10 @@ impl Daemon {
                 health::Output::Effect(e) => self.effects.push(e),
                 health::Output::Tick => {
                     self.start_health_round(cx, None);
-                    self.rooms.mcp.ping_all(&mut self.outputs);
+                    self.rooms.mcp.ping_all(
+                        &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                        &mut self.outputs,
+                    );
                     self.flush_refusal_log();
                 }
                 health::Output::Repair(name, why) => {

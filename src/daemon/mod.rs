@@ -371,6 +371,7 @@ impl Daemon {
         let facts = components::diagnostics::Facts {
             config_source: self.config_source(),
             config_problem: self.config.overrides_problem.as_deref(),
+            not_enforced_set: self.config.effective.not_enforced_set(),
             state: &self.state,
             documents: STATE_DOCUMENTS,
             socket: &self.socket_path,

@@ -180,13 +180,17 @@ impl Daemon {
                     let answer = match change {
                         Change::Register(spec) => {
                             let autostart = spec.autostart;
-                            self.rooms.mcp.register(
-                                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
-                                *spec,
-                                Source::Api,
-                                autostart,
-                                &mut self.outputs,
-                            )
+                            let warning = capability_warning(&spec, &self.config.effective);
+                            self.rooms
+                                .mcp
+                                .register(
+                                    &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                                    *spec,
+                                    Source::Api,
+                                    autostart,
+                                    &mut self.outputs,
+                                )
+                                .map(|answer| with_warning(answer, warning))
                         }
                         Change::Unregister(id) => self.rooms.mcp.unregister(
                             &mut cx.narrow(<Mcp as Wired>::timer).cx(),
@@ -233,4 +237,18 @@ impl Daemon {
             log::error!("cannot save registered MCP servers: {e}");
         }
     }
+}
+
+/// Adds the capability-policy warning (if any) to a registration's answer, and logs it.
+pub(super) fn with_warning(mut answer: Value, warning: Option<String>) -> Value {
+    if let Some(w) = warning {
+        log::warn!("MCP server {}: {w}", answer["id"].as_str().unwrap_or(""));
+        answer["warnings"] = json!([w]);
+    }
+    answer
+}
+
+/// The capability policy's objection to a spec, if any (the policy is not enforced yet).
+pub(super) fn capability_warning(spec: &ServerSpec, config: &Config) -> Option<String> {
+    registry::capability_policy_warning(&spec.capabilities, &config.security.blocked_capabilities)
 }

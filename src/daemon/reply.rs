@@ -16,6 +16,7 @@ impl Daemon {
                         self.telemetry.tool_call(&server, outcome, seconds)
                     }
                     Output::Restart(server) => self.telemetry.server_restart(&server),
+                    Output::Unregistered(server) => self.telemetry.forget_server(&server),
                     Output::Event(channel, kind, data) => {
                         self.telemetry.event(kind);
                         let seq = self.events.publish(channel, kind, data);

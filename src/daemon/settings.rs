@@ -36,10 +36,14 @@ impl Daemon {
                 )
             })?,
         };
+        let not_enforced: Vec<&str> = config::not_enforced_keys()
+            .filter(|k| section.is_none_or(|s| k.starts_with(s) && k[s.len()..].starts_with('.')))
+            .collect();
         Ok(json!({
             "source": self.config_source(),
             "section": section,
             "config": config,
+            "not_enforced": not_enforced,
             "overrides": self.config.overrides,
             "overrides_warning": self.config.overrides_problem,
         }))
@@ -267,9 +271,19 @@ impl Daemon {
                 &mut self.outputs,
             );
         }
+        // No silent promises: a change to a key nothing reads yet is said out loud.
+        let promised = new.not_enforced_set();
+        let not_enforced: Vec<&String> = changed.iter().filter(|k| promised.contains(k)).collect();
+        for key in &not_enforced {
+            log::warn!(
+                "{key} is set but {}: it has no effect",
+                config::NOT_ENFORCED
+            );
+        }
         let report = json!({
             "changed": changed,
             "restart_required": restart_required,
+            "not_enforced": not_enforced,
             "warning": self.config.overrides_problem,
         });
         self.config.effective = new;

@@ -2,6 +2,7 @@
 //! the pid file, building the daemon and running the loop until it stops; and the service
 //! manager's notifications (readiness, watchdog).
 
+use super::registration::capability_warning;
 use super::*;
 
 impl Daemon {
@@ -90,6 +91,15 @@ pub enum StartError {
     Io(String, std::io::Error),
     /// The API token is unusable or missing where it is required.
     Token(String),
+    /// Another daemon holds the state dir and answers on its socket.
+    AlreadyRunning {
+        /// Its pid.
+        pid: i32,
+        /// Its control socket.
+        socket: PathBuf,
+        /// The state dir both would use.
+        state_dir: PathBuf,
+    },
 }
 
 impl fmt::Display for StartError {
@@ -100,6 +110,16 @@ impl fmt::Display for StartError {
             StartError::Bind(e) => write!(f, "{e}"),
             StartError::Io(what, e) => write!(f, "{what}: {e}"),
             StartError::Token(m) => f.write_str(m),
+            StartError::AlreadyRunning {
+                pid,
+                socket,
+                state_dir,
+            } => write!(
+                f,
+                "vsm-daemon is already running (pid {pid}, socket {}) with state dir {}",
+                socket.display(),
+                state_dir.display()
+            ),
         }
     }
 }
@@ -179,7 +199,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         .clone()
         .or_else(|| non_empty(&base.daemon.state_dir))
         .unwrap_or_else(state::default_state_dir);
-    let mut state = StateDir::open(&state_path).map_err(StartError::State)?;
+    let mut state = StateDir::open(&state_path).map_err(|e| already_running(&state_path, e))?;
     let (overrides, overrides_problem, effective) = load_overrides(&mut state, &base);
     logging.set_level(level_of(&effective));
     logging.ring.set_capacity(effective.daemon.log_buffer_lines);
@@ -246,6 +266,13 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             format!("pid file {}", pid_file.display()),
             e,
         ));
+    }
+    let owner = state::LockOwner {
+        pid: std::process::id() as i32,
+        socket: socket_path.clone(),
+    };
+    if let Err(e) = state.record_owner(&owner) {
+        log::warn!("cannot record pid and socket in the state dir's lock file: {e}");
     }
     let now = SystemTime::now();
     let components = COMPONENTS
@@ -354,15 +381,27 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         .chain(from_config.into_iter().map(|s| (s, Source::Config)))
     {
         let id = spec.id.clone();
-        if let Err(e) = daemon.rooms.mcp.register(
+        let warning = capability_warning(&spec, &daemon.config.effective);
+        match daemon.rooms.mcp.register(
             &mut cx.narrow(<Mcp as Wired>::timer).cx(),
             spec,
             source,
             autostart,
             &mut daemon.outputs,
         ) {
-            log::error!("MCP server {id} not registered: {e}");
+            Ok(_) => {
+                if let Some(w) = warning {
+                    log::warn!("MCP server {id}: {w}");
+                }
+            }
+            Err(e) => log::error!("MCP server {id} not registered: {e}"),
         }
+    }
+    for key in daemon.config.effective.not_enforced_set() {
+        log::warn!(
+            "{key} is set but {}: it has no effect",
+            config::NOT_ENFORCED
+        );
     }
     daemon.setup_watchdog(&mut cx);
     log::info!("REST API and WebSocket monitor listening on http://{tcp_addr}");
@@ -376,12 +415,15 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     );
     daemon.notify("READY=1\nSTATUS=running");
     if options.ready_json {
-        println!(
-            "{}",
-            json!({"event": "ready", "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"),
+        let ready = json!({"event": "ready", "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"),
                    "socket": daemon.socket_path, "state_dir": daemon.state.path(), "pid_file": daemon.pid_file,
-                   "http": daemon.tcp_addr.map(|a| a.to_string())})
-        );
+                   "http": daemon.tcp_addr.map(|a| a.to_string())});
+        // `println!` would abort the daemon when nobody reads its stdout any more.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, "{ready}").and_then(|()| out.flush()) {
+            log::warn!("could not print the ready line on stdout: {e}");
+        }
     }
     let result = reactor.run(&mut daemon);
     let mut cx = reactor.cx();
@@ -433,6 +475,25 @@ pub(super) fn apply_stored_overrides(base: &Config, stored: &Value) -> (Config, 
             (base.clone(), Some(problem))
         }
     }
+}
+
+/// A locked state dir whose holder recorded itself, is alive and answers on its socket is a
+/// daemon already running: say so with its pid and socket. Anything else stays the state error.
+fn already_running(state_dir: &Path, e: state::StateError) -> StartError {
+    if matches!(e, state::StateError::Locked { .. }) {
+        if let Some(owner) = state::lock_owner(state_dir) {
+            if sys::process_running(owner.pid)
+                && crate::client::Client::new(&owner.socket).is_reachable()
+            {
+                return StartError::AlreadyRunning {
+                    pid: owner.pid,
+                    socket: owner.socket,
+                    state_dir: state_dir.to_path_buf(),
+                };
+            }
+        }
+    }
+    StartError::State(e)
 }
 
 pub(super) fn write_pid_file(path: &Path) -> std::io::Result<()> {

@@ -1,11 +1,118 @@
 //! Lifecycle of a server run: spawn in the sandbox (after checking its working directory),
-//! graceful stop, the end of a run (its exit, or its stdout closing while it lives on) and
-//! the restart decision, orphan sweeping. Memory a run held is handed back to the system
-//! when it ends.
+//! graceful stop, the end of a run (its exit, or its stdout closing while it lives on),
+//! orphan sweeping. Memory a run held is handed back to the system when it ends.
+//!
+//! Every decision about a server's lifecycle (operator requests, the end of a run, the
+//! backoff timer, what the session reports) is [`supervisor::step`]'s; this file feeds it
+//! events and carries out its actions ([`Mcp::supervise`]).
 
 use super::*;
+use supervisor::{step, Action, Event};
 
 impl Mcp {
+    /// Feeds `event` to the supervisor and carries out what it decides. `reason` explains
+    /// the event (history, log, status events); the end of a run adds the restart delay or
+    /// the opened circuit to it. Returns whether a start was refused at the concurrency limit.
+    pub(super) fn supervise(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        event: Event,
+        reason: &str,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let policy = match self.servers.get(id) {
+            Some(s) => self.policy(&s.spec),
+            None => return false,
+        };
+        let unit = self.jitter.unit();
+        let Some(server) = self.servers.get_mut(id) else {
+            return false;
+        };
+        let actions = step(
+            server.status,
+            &mut server.life,
+            event,
+            &policy,
+            Instant::now(),
+            unit,
+        );
+        let mut refused = false;
+        let mut backoff: Option<Duration> = None;
+        for action in actions {
+            let Some(server) = self.servers.get_mut(id) else {
+                return refused;
+            };
+            match action {
+                Action::Become(status) => {
+                    let text = match (status, event) {
+                        (Status::Backoff, _) => match (backoff, event) {
+                            (Some(d), _) => format!("{reason}; restart in {} ms", d.as_millis()),
+                            // A good run ended: callers are waiting, so no backoff (DESIGN.md §6).
+                            (None, Event::Ended(_)) => {
+                                format!("{reason}; restarting at once after a good run")
+                            }
+                            (None, _) => reason.to_string(),
+                        },
+                        (Status::Failed, Event::Ended(_)) => format!(
+                            "{reason}; circuit breaker open after {} failed starts within {} s",
+                            policy.max_failures,
+                            policy.window.as_secs()
+                        ),
+                        (Status::Stopped, Event::Reset { .. }) => "circuit breaker reset".into(),
+                        _ => reason.to_string(),
+                    };
+                    self.transition(id, status, &text, out);
+                }
+                Action::Spawn => self.spawn_run(cx, id, out),
+                Action::BeginStop => self.begin_stop(cx, id),
+                Action::KillNow => {
+                    if let Some(p) = &server.process {
+                        p.signal_group(libc::SIGKILL);
+                    }
+                }
+                Action::EndRun => self.kill_run(id, reason.to_string()),
+                Action::CancelTimer => {
+                    if let Some(t) = server.timer.take() {
+                        cx.timers.cancel(t);
+                    }
+                }
+                Action::ArmBackoff(delay) => {
+                    backoff = Some(delay);
+                    let (slot, run) = (server.slot, server.run);
+                    server.timer = Some(cx.timers.insert(
+                        Instant::now() + delay,
+                        Timer {
+                            slot,
+                            run,
+                            kind: TimerKind::Backoff,
+                        },
+                    ));
+                }
+                Action::CountRestart { automatic } => {
+                    server.restarts += 1;
+                    if automatic {
+                        out.push(Output::Restart(id.to_string()));
+                    }
+                }
+                Action::Remove => self.remove(cx, id, out),
+                Action::RefuseAtLimit => {
+                    let limit = self.settings.config.max_concurrent_servers;
+                    server.note_held(&format!(
+                        "not started: mcp_servers.max_concurrent_servers ({limit}) reached"
+                    ));
+                    refused = true;
+                }
+            }
+        }
+        refused
+    }
+
+    /// Whether another server may start now (`max_concurrent_servers`).
+    fn at_limit(&self) -> bool {
+        self.running() >= self.settings.config.max_concurrent_servers as usize
+    }
+
     /// Starts a server (also closes an open circuit breaker).
     ///
     /// # Errors
@@ -16,36 +123,35 @@ impl Mcp {
         id: &str,
         out: &mut Vec<Output>,
     ) -> Result<Value, ApiError> {
-        let running = self.running();
-        let limit = self.settings.config.max_concurrent_servers as usize;
-        let server = self.servers.get_mut(id).ok_or_else(|| not_found(id))?;
-        match server.status {
-            Status::Stopping => {
-                server.restart_requested = true;
-                return Ok(
-                    json!({"server": id, "status": "stopping", "note": "starts again once stopped"}),
-                );
-            }
-            s if s.has_process() => return Ok(json!({"server": id, "status": s.as_str()})),
-            Status::Backoff => {
-                if let Some(t) = server.timer.take() {
-                    cx.timers.cancel(t);
-                }
-            }
-            _ => {
-                if running >= limit {
-                    return Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        format!("mcp_servers.max_concurrent_servers ({limit}) reached: stop a server first"),
-                    ));
-                }
-            }
+        let at_limit = self.at_limit();
+        let status = self.servers.get(id).ok_or_else(|| not_found(id))?.status;
+        if self.supervise(cx, id, Event::Start { at_limit }, "start requested", out) {
+            return Err(self.limit_error());
         }
-        server.breaker.reset();
-        server.attempt = 0;
-        self.spawn_run(cx, id, out);
-        let s = &self.servers[id];
-        Ok(json!({"server": id, "status": s.status.as_str(), "pid": s.pid()}))
+        Ok(self.start_answer(id, status))
+    }
+
+    fn limit_error(&self) -> ApiError {
+        let limit = self.settings.config.max_concurrent_servers;
+        ApiError::new(
+            ErrorCode::Conflict,
+            format!("mcp_servers.max_concurrent_servers ({limit}) reached: stop a server first"),
+        )
+    }
+
+    /// The answer to a start (or a restart of a server without a process): `before` is the
+    /// status the request found.
+    fn start_answer(&self, id: &str, before: Status) -> Value {
+        let Some(s) = self.servers.get(id) else {
+            return json!({"server": id, "status": "stopped"});
+        };
+        match before {
+            Status::Stopping => {
+                json!({"server": id, "status": "stopping", "note": "starts again once stopped"})
+            }
+            b if b.has_process() => json!({"server": id, "status": s.status.as_str()}),
+            _ => json!({"server": id, "status": s.status.as_str(), "pid": s.pid()}),
+        }
     }
 
     /// Stops a server gracefully.
@@ -58,72 +164,62 @@ impl Mcp {
         id: &str,
         out: &mut Vec<Output>,
     ) -> Result<Value, ApiError> {
-        let server = self.servers.get_mut(id).ok_or_else(|| not_found(id))?;
-        server.restart_requested = false;
-        match server.status {
-            Status::Stopping | Status::Stopped => {}
-            s if s.has_process() => self.begin_stop(cx, id, "stop requested", out),
-            _ => {
-                if let Some(t) = server.timer.take() {
-                    cx.timers.cancel(t);
-                }
-                self.transition(id, Status::Stopped, "stop requested", out);
-            }
-        }
+        self.servers.get(id).ok_or_else(|| not_found(id))?;
+        self.supervise(cx, id, Event::Stop, "stop requested", out);
         Ok(json!({"server": id, "status": self.servers[id].status.as_str()}))
     }
 
     /// Restarts a server (stop, then start once it has exited).
     ///
     /// # Errors
-    /// Unknown id.
+    /// Unknown id, or `max_concurrent_servers` reached (for a server without a process).
     pub fn restart(
         &mut self,
         cx: &mut Cx<'_, Timer>,
         id: &str,
         out: &mut Vec<Output>,
     ) -> Result<Value, ApiError> {
-        let server = self.servers.get_mut(id).ok_or_else(|| not_found(id))?;
-        if server.status.has_process() {
-            server.restart_requested = true;
-            if server.status != Status::Stopping {
-                self.begin_stop(cx, id, "restart requested", out);
-            }
+        let at_limit = self.at_limit();
+        let status = self.servers.get(id).ok_or_else(|| not_found(id))?.status;
+        if self.supervise(
+            cx,
+            id,
+            Event::Restart { at_limit },
+            "restart requested",
+            out,
+        ) {
+            return Err(self.limit_error());
+        }
+        if status.has_process() {
             Ok(json!({"server": id, "status": "stopping", "note": "starts again once stopped"}))
         } else {
-            self.start(cx, id, out)
+            Ok(self.start_answer(id, status))
         }
     }
 
     /// Closes an open circuit breaker and starts the server again.
     ///
     /// # Errors
-    /// Unknown id.
+    /// Unknown id, or `max_concurrent_servers` reached (for a failed server).
     pub fn reset(
         &mut self,
         cx: &mut Cx<'_, Timer>,
         id: &str,
         out: &mut Vec<Output>,
     ) -> Result<Value, ApiError> {
-        let server = self.servers.get_mut(id).ok_or_else(|| not_found(id))?;
-        let was_open = server.breaker.is_open();
-        server.breaker.reset();
-        server.attempt = 0;
-        if server.status == Status::Failed {
-            self.transition(id, Status::Stopped, "circuit breaker reset", out);
-            self.start(cx, id, out)?;
+        let at_limit = self.at_limit();
+        let server = self.servers.get(id).ok_or_else(|| not_found(id))?;
+        let was_open = server.life.breaker.is_open();
+        if self.supervise(cx, id, Event::Reset { at_limit }, "reset requested", out) {
+            return Err(self.limit_error());
         }
         let s = &self.servers[id];
         Ok(json!({"server": id, "circuit_was_open": was_open, "status": s.status.as_str()}))
     }
 
-    pub(super) fn begin_stop(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        id: &str,
-        reason: &str,
-        out: &mut Vec<Output>,
-    ) {
+    /// Closes stdin (MCP servers over stdio exit then) and arms the stop escalation; the
+    /// supervisor changes the status.
+    pub(super) fn begin_stop(&mut self, cx: &mut Cx<'_, Timer>, id: &str) {
         let grace = Duration::from_millis(self.settings.config.stop_grace_ms);
         let Some(server) = self.servers.get_mut(id) else {
             return;
@@ -132,7 +228,6 @@ impl Mcp {
             cx.timers.cancel(t);
         }
         if let Some(p) = server.process.as_mut() {
-            // MCP servers over stdio exit when stdin closes.
             p.close_stdin(cx.registry);
         }
         let slot = server.slot;
@@ -145,35 +240,18 @@ impl Mcp {
                 kind: TimerKind::StopTerm,
             },
         ));
-        self.transition(id, Status::Stopping, reason, out);
     }
 
     /// Stops every server (daemon shutdown): gracefully, or at once with SIGKILL.
     pub fn stop_all(&mut self, cx: &mut Cx<'_, Timer>, graceful: bool, out: &mut Vec<Output>) {
         let ids: Vec<String> = self.servers.keys().cloned().collect();
+        let reason = if graceful {
+            "daemon stopping"
+        } else {
+            "daemon stopping now"
+        };
         for id in ids {
-            let Some(s) = self.servers.get_mut(&id) else {
-                continue;
-            };
-            s.restart_requested = false;
-            match (&s.process, graceful) {
-                (Some(_), true) if s.status != Status::Stopping => {
-                    self.begin_stop(cx, &id, "daemon stopping", out)
-                }
-                (Some(p), false) => {
-                    p.signal_group(libc::SIGKILL);
-                    s.set_status(Status::Stopping, "daemon stopping now");
-                }
-                (None, _) => {
-                    if let Some(t) = s.timer.take() {
-                        cx.timers.cancel(t);
-                    }
-                    if s.status == Status::Backoff {
-                        self.transition(&id, Status::Stopped, "daemon stopping", out);
-                    }
-                }
-                _ => {}
-            }
+            self.supervise(cx, &id, Event::Shutdown { graceful }, reason, out);
         }
     }
 
@@ -283,31 +361,14 @@ impl Mcp {
                 server.last_pid = Some(process.pid);
                 server.landlock = landlock;
                 server.process = Some(process);
-                server.pending.clear();
-                server.initialized = false;
                 server.misbehaved = false;
-                server.relist = tools::Relist::default();
-                server.list_changed = tools::Flood::default();
-                server.recent_protocol_errors = tools::Flood::default();
-                server.missed_pings = 0;
-                server.protocol_version = None;
                 server.stdout_lines = LineSplitter::new(max_line);
                 server.stderr_lines = LineSplitter::new(STDERR_LINE_MAX);
                 server.stderr_bucket = (
                     f64::from(self.settings.config.stderr_lines_per_second) * 5.0,
                     Instant::now(),
                 );
-                let rpc = server.take_id();
-                server.pending.insert(rpc, Pending::Initialize);
-                let init = jsonrpc::request(
-                    rpc,
-                    "initialize",
-                    json!({
-                        "protocolVersion": PROTOCOL_VERSIONS[0],
-                        "capabilities": {},
-                        "clientInfo": {"name": "vsm-daemon", "version": env!("CARGO_PKG_VERSION")},
-                    }),
-                );
+                let init = server.session.begin_run();
                 let (slot, run) = (server.slot, server.run);
                 server.timer = Some(cx.timers.insert(
                     Instant::now() + init_timeout,
@@ -318,13 +379,9 @@ impl Mcp {
                     },
                 ));
                 let pid = server.pid();
-                self.transition(
-                    id,
-                    Status::Starting,
-                    &format!("spawned pid {}", pid.unwrap_or(0)),
-                    out,
-                );
-                self.send(id, &init);
+                let reason = format!("spawned pid {}", pid.unwrap_or(0));
+                self.supervise(cx, id, Event::Spawned, &reason, out);
+                self.apply(cx, id, init, out);
             }
             Err(e) => {
                 log::warn!("MCP server {id}: {e}");
@@ -335,7 +392,7 @@ impl Mcp {
                     requested: false,
                     misbehaved: false,
                 };
-                self.after_run_ended(cx, id, end, e, out);
+                self.supervise(cx, id, Event::Ended(end), &e, out);
             }
         }
     }
@@ -405,30 +462,8 @@ impl Mcp {
         let Some(server) = self.servers.get_mut(id) else {
             return;
         };
-        for (_, p) in server.pending.drain() {
-            if let Pending::Call {
-                reply,
-                timer,
-                tool,
-                started,
-            } = p
-            {
-                cx.timers.cancel(timer);
-                server.calls.1 += 1;
-                out.push(Output::ToolCall(
-                    id.to_string(),
-                    "server_exited",
-                    started.elapsed().as_secs_f64(),
-                ));
-                out.push(Output::Reply(
-                    reply,
-                    Err(ApiError::new(
-                        ErrorCode::ServerExited,
-                        format!("MCP server {id} {reason} during the call to {tool}"),
-                    )),
-                ));
-            }
-        }
+        let effects = server.session.end_run(reason, Instant::now());
+        self.apply(cx, id, effects, out);
     }
 
     /// Kills the current run for a reason; the exit path decides what happens next.
@@ -460,11 +495,7 @@ impl Mcp {
         match t.kind {
             TimerKind::Backoff => {
                 server.timer = None;
-                if server.status == Status::Backoff {
-                    server.restarts += 1;
-                    out.push(Output::Restart(id.clone()));
-                    self.spawn_run(cx, &id, out);
-                }
+                self.supervise(cx, &id, Event::BackoffElapsed, "backoff elapsed", out);
             }
             TimerKind::InitDeadline => {
                 server.timer = None;
@@ -502,37 +533,18 @@ impl Mcp {
                 }
             }
             TimerKind::Relist => {
-                let next = server.relist.timer_fired();
-                self.relist_next(cx, &id, next);
+                let Some(context) = self.context(&id) else {
+                    return;
+                };
+                let Some(server) = self.servers.get_mut(&id) else {
+                    return;
+                };
+                let effects = server.session.on_relist_timer(context);
+                self.apply(cx, &id, effects, out);
             }
             TimerKind::Call(rpc) => {
-                if let Some(Pending::Call {
-                    reply,
-                    tool,
-                    started,
-                    ..
-                }) = server.pending.remove(&rpc)
-                {
-                    server.calls.2 += 1;
-                    out.push(Output::ToolCall(
-                        id.clone(),
-                        "timeout",
-                        started.elapsed().as_secs_f64(),
-                    ));
-                    let ms = started.elapsed().as_millis();
-                    out.push(Output::Reply(
-                        reply,
-                        Err(ApiError::new(
-                            ErrorCode::Timeout,
-                            format!("tool {tool} on {id} did not answer within {ms} ms"),
-                        )),
-                    ));
-                    let cancel = jsonrpc::notification(
-                        "notifications/cancelled",
-                        json!({"requestId": rpc, "reason": "timed out"}),
-                    );
-                    self.send(&id, &cancel);
-                }
+                let effects = server.session.on_call_deadline(rpc, Instant::now());
+                self.apply(cx, &id, effects, out);
             }
         }
     }
@@ -583,34 +595,21 @@ impl Mcp {
         let Some(server) = self.servers.get_mut(&id) else {
             return true;
         };
-        let initialized = server.initialized;
-        if server.status == Status::Stopping {
-            if server.remove_when_stopped {
-                self.transition(&id, Status::Stopped, &reason, out);
-                self.remove(cx, &id, out);
-            } else if std::mem::take(&mut server.restart_requested) {
-                self.transition(&id, Status::Stopped, &reason, out);
-                if let Some(s) = self.servers.get_mut(&id) {
-                    s.restarts += 1;
-                }
-                self.spawn_run(cx, &id, out);
-            } else {
-                self.transition(&id, Status::Stopped, &reason, out);
-            }
-        } else {
+        let initialized = server.session.initialized;
+        if server.status != Status::Stopping {
             log::warn!(
                 "MCP server {id} {reason} after {:.1} s",
                 uptime.as_secs_f64()
             );
             server.note_error(reason.clone());
-            let end = RunEnd {
-                uptime,
-                initialized,
-                requested: false,
-                misbehaved,
-            };
-            self.after_run_ended(cx, &id, end, reason, out);
         }
+        let end = RunEnd {
+            uptime,
+            initialized,
+            requested: false,
+            misbehaved,
+        };
+        self.supervise(cx, &id, Event::Ended(end), &reason, out);
         self.sweep_orphans();
         // What the run held (pages of tools, large results) is freed: return it.
         if self.read_since_trim >= TRIM_AFTER_BYTES {
@@ -618,57 +617,6 @@ impl Mcp {
             sys::release_free_memory();
         }
         true
-    }
-
-    pub(super) fn after_run_ended(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        id: &str,
-        end: RunEnd,
-        reason: String,
-        out: &mut Vec<Output>,
-    ) {
-        let policy = match self.servers.get(id) {
-            Some(s) => self.policy(&s.spec),
-            None => return,
-        };
-        let unit = self.jitter.unit();
-        let Some(server) = self.servers.get_mut(id) else {
-            return;
-        };
-        let (decision, attempt) = after_run(
-            end,
-            server.attempt,
-            &mut server.breaker,
-            &policy,
-            Instant::now(),
-            unit,
-        );
-        server.attempt = attempt;
-        match decision {
-            Decision::RestartAfter(delay) => {
-                let (slot, run) = (server.slot, server.run);
-                server.timer = Some(cx.timers.insert(
-                    Instant::now() + delay,
-                    Timer {
-                        slot,
-                        run,
-                        kind: TimerKind::Backoff,
-                    },
-                ));
-                let text = format!("{reason}; restart in {} ms", delay.as_millis());
-                self.transition(id, Status::Backoff, &text, out);
-            }
-            Decision::Fail => {
-                let text = format!(
-                    "{reason}; circuit breaker open after {} failed starts within {} s",
-                    policy.max_failures,
-                    policy.window.as_secs()
-                );
-                self.transition(id, Status::Failed, &text, out);
-            }
-            Decision::StayStopped => self.transition(id, Status::Stopped, &reason, out),
-        }
     }
 
     /// Kills processes re-parented to us (we are a subreaper) that no server owns: the

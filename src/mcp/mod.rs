@@ -1,10 +1,11 @@
 //! MCP servers as supervised child processes speaking JSON-RPC over stdio.
 //!
-//! [`Mcp`] owns every [`Server`]: it spawns them in their sandbox, drives their pipes from
-//! the loop, runs the handshake and tool listing, forwards tool calls with deadlines, pings
-//! them, and applies the restart policy of [`supervisor`] when a process ends. It never
-//! blocks and never answers a client directly: answers and events go out as [`Output`]s
-//! that the daemon delivers.
+//! [`Mcp`] owns every [`Server`]: it spawns them in their sandbox and carries bytes and
+//! timers between the loop and two pure parts: each server's [`session::Session`] (the
+//! JSON-RPC protocol: lines and time in, effects out) and [`supervisor::step`] (the
+//! lifecycle: every status change, restart, stop and backoff). It never blocks and never
+//! answers a client directly: answers and events go out as [`Output`]s that the daemon
+//! delivers.
 //!
 //! Invariants: a server owns its slot (and so its three pipe tokens) for its whole
 //! registration; every timer carries the run it belongs to, so a timer of an earlier run
@@ -15,36 +16,36 @@
 
 pub mod jsonrpc;
 mod lifecycle;
+mod pipes;
 pub mod process;
 pub mod reaper;
 pub mod registry;
 pub mod server;
-mod session;
+pub mod session;
 pub mod supervisor;
 pub mod tools;
 
 use crate::api::ReplyTo;
 use crate::api::{Answer, ApiError, ErrorCode};
 use crate::config::McpServersConfig;
+use crate::reactor::timer::TimerId;
 use crate::reactor::{Cx, TokenRange};
 use crate::sys;
-use jsonrpc::{Line, LineSplitter, Message};
+use jsonrpc::{Line, LineSplitter};
 use process::{Chunk, Launch, Pipe, PipeTokens, Process};
 use registry::ServerSpec;
 use serde_json::{json, Value};
-use server::{bounded_value, truncate, Pending, HANDSHAKE_ITEM_MAX, PROTOCOL_VERSIONS};
+use server::truncate;
 pub use server::{Server, Source, Status};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use supervisor::{after_run, Decision, Jitter, RestartPolicy, RunEnd};
+use supervisor::{Jitter, RestartPolicy, RunEnd};
 
 /// Pipe tokens the MCP floor needs: server slot `n` owns tokens `3n .. 3n + 2` of its range.
 pub const TOKENS_NEEDED: usize = 3 * MAX_REGISTERED;
 /// Environment variables passed through from the daemon; everything else must be in the spec.
 pub const ENV_ALLOW: [&str; 5] = ["PATH", "HOME", "LANG", "TERM", "USER"];
-/// Protocol errors within a minute that count as persistent (the server is restarted).
-const PERSISTENT_PROTOCOL_ERRORS: usize = 50;
 /// Registered servers at most (each costs its spec, history and tool list in memory).
 pub const MAX_REGISTERED: usize = 1000;
 /// Bytes read from children after which the end of a run hands freed memory back
@@ -83,6 +84,8 @@ pub enum Output {
     ToolCall(String, &'static str, f64),
     /// A server was restarted automatically.
     Restart(String),
+    /// A server was unregistered: its per-server metric series go.
+    Unregistered(String),
 }
 
 impl From<crate::room::Effect> for Output {
@@ -216,7 +219,7 @@ impl Mcp {
     pub fn api_specs(&self) -> Vec<ServerSpec> {
         self.servers
             .values()
-            .filter(|s| s.source == Source::Api && !s.remove_when_stopped)
+            .filter(|s| s.source == Source::Api && !s.life.remove_when_stopped)
             .map(|s| s.spec.clone())
             .collect()
     }
@@ -339,14 +342,7 @@ impl Mcp {
         out: &mut Vec<Output>,
     ) -> Result<Value, ApiError> {
         self.check_unregister(id)?;
-        let server = self.servers.get_mut(id).ok_or_else(|| not_found(id))?;
-        server.remove_when_stopped = true;
-        server.restart_requested = false;
-        if server.process.is_some() {
-            self.begin_stop(cx, id, "unregistered", out);
-        } else {
-            self.remove(cx, id, out);
-        }
+        self.supervise(cx, id, supervisor::Event::Unregister, "unregistered", out);
         Ok(json!({"unregistered": id}))
     }
 
@@ -367,6 +363,7 @@ impl Mcp {
                 "mcp_server_unregistered",
                 json!({"server_id": id}),
             ));
+            out.push(Output::Unregistered(id.to_string()));
         }
     }
 
@@ -449,7 +446,7 @@ impl Mcp {
     /// Unknown id.
     pub fn tools(&self, id: &str) -> Result<Value, ApiError> {
         let s = self.servers.get(id).ok_or_else(|| not_found(id))?;
-        Ok(json!({"server": id, "status": s.status.as_str(), "tools": s.tools}))
+        Ok(json!({"server": id, "status": s.status.as_str(), "tools": s.session.tools}))
     }
 
     // ----- lifecycle -----
@@ -461,7 +458,9 @@ impl Mcp {
         // Reasons may quote the server: the event and the log get the bounded text.
         let reason = truncate(reason.to_string(), server::TEXT_MAX);
         let reason = reason.as_str();
-        let old = s.set_status(status, reason);
+        let Ok(old) = s.set_status(status, reason) else {
+            return;
+        };
         if old == status {
             return;
         }
@@ -482,20 +481,4 @@ impl Mcp {
             }),
         ));
     }
-
-    // ----- pipes -----
-
-    // ----- tool calls and pings -----
-
-    // ----- timers and exits -----
-}
-
-fn first_text(result: &Value) -> String {
-    result["content"]
-        .as_array()
-        .and_then(|c| c.iter().find_map(|i| i["text"].as_str()))
-        .unwrap_or("no text")
-        .chars()
-        .take(300)
-        .collect()
 }

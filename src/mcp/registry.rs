@@ -12,19 +12,39 @@ pub const REGISTRY_FILE: &str = "servers.json";
 #[serde(deny_unknown_fields)]
 pub struct SandboxLimits {
     /// RLIMIT_NOFILE.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub max_open_files: Option<u64>,
     /// RLIMIT_CPU in seconds (0 = unlimited).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub max_cpu_seconds: Option<u64>,
     /// RLIMIT_DATA in MiB (0 = unlimited). Not RLIMIT_AS: V8 reserves gigabytes of address space.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub max_memory_mb: Option<u64>,
     /// Run as this uid (only when the daemon is root).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub uid: Option<u32>,
     /// Run as this gid (only when the daemon is root).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub gid: Option<u32>,
 }
 
@@ -52,16 +72,32 @@ pub struct ServerSpec {
     #[serde(default = "yes")]
     pub autostart: bool,
     /// Default deadline for a tool call, ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub call_timeout_ms: Option<u64>,
     /// First restart delay, ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub backoff_initial_ms: Option<u64>,
     /// Largest restart delay, ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub backoff_max_ms: Option<u64>,
     /// Failed starts within the failure window that open the circuit breaker.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub max_failures: Option<u32>,
     /// Sandbox limits.
     #[serde(default)]
@@ -86,6 +122,78 @@ pub fn without(mut current: Vec<ServerSpec>, id: &str) -> Vec<ServerSpec> {
 
 fn yes() -> bool {
     true
+}
+
+/// What the capability policy would say about a server declaring `capabilities` that lie in
+/// `security.blocked_capabilities`, as a warning: the policy is not enforced yet (the variety
+/// issue implements it, together with `allowed_capabilities`, whose meaning for servers an
+/// operator registers by hand it settles), so such a server registers and runs, and the
+/// operator is told so instead of trusting a silent promise. `None` when none is blocked.
+pub fn capability_policy_warning(capabilities: &[String], blocked: &[String]) -> Option<String> {
+    // Bounded: a spec holds at most MAX_CAPABILITIES; the message names at most a few.
+    const NAMED: usize = 8;
+    let hits: Vec<&str> = capabilities
+        .iter()
+        .filter(|c| blocked.contains(c))
+        .map(String::as_str)
+        .collect();
+    if hits.is_empty() {
+        return None;
+    }
+    let more = hits.len().saturating_sub(NAMED);
+    let mut named = hits[..hits.len().min(NAMED)].join(", ");
+    if more > 0 {
+        named.push_str(&format!(" and {more} more"));
+    }
+    Some(format!(
+        "capability policy is not enforced yet: {named} in security.blocked_capabilities, registered and run anyway"
+    ))
+}
+
+/// An optional integer field that also takes an integral float (`62530.0`, as JavaScript and
+/// many JSON tools write whole numbers) but refuses a fraction, a negative number or a value
+/// out of the field's range. `null` is the same as leaving the field out.
+fn whole<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::{Error, Unexpected, Visitor};
+    struct Whole;
+    impl Visitor<'_> for Whole {
+        type Value = Option<u64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a non-negative whole number")
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Self::Value, E> {
+            u64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Self::Value, E> {
+            // 2^64 is exactly representable; every integral f64 below it fits in a u64.
+            if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                Ok(Some(v as u64))
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    match d.deserialize_any(Whole)? {
+        None => Ok(None),
+        Some(v) => T::try_from(v).map(Some).map_err(|_| {
+            D::Error::invalid_value(Unexpected::Unsigned(v), &"a whole number within range")
+        }),
+    }
 }
 
 /// Longest `command`, `cwd` and single argument or environment value, in bytes: the
@@ -245,6 +353,59 @@ impl ServerSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capability_policy_warning_names_blocked_capabilities() {
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let blocked = v(&["system", "file_system"]);
+        assert_eq!(capability_policy_warning(&v(&["document"]), &blocked), None);
+        assert_eq!(capability_policy_warning(&[], &blocked), None);
+        assert_eq!(capability_policy_warning(&v(&["system"]), &[]), None);
+        assert_eq!(
+            capability_policy_warning(&v(&["file_system", "document", "system"]), &blocked)
+                .as_deref(),
+            Some("capability policy is not enforced yet: file_system, system in security.blocked_capabilities, registered and run anyway")
+        );
+        let many: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+        let w = capability_policy_warning(&many, &many).expect("warning");
+        assert!(w.contains("c7 and 12 more in"), "{w}");
+    }
+
+    #[test]
+    fn integer_fields_take_integral_floats_and_refuse_fractions() {
+        let spec = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"id": "t", "command": "x"});
+            if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+                o.extend(e);
+            }
+            serde_json::from_value::<ServerSpec>(v)
+        };
+        let s = spec(serde_json::json!({
+            "backoff_initial_ms": 62530.0, "backoff_max_ms": 70000, "max_failures": 3.0,
+            "call_timeout_ms": null, "limits": {"uid": 1000.0, "max_memory_mb": 64}
+        }))
+        .expect("integral floats");
+        assert_eq!(s.backoff_initial_ms, Some(62530));
+        assert_eq!(s.backoff_max_ms, Some(70000));
+        assert_eq!(s.max_failures, Some(3));
+        assert_eq!(s.call_timeout_ms, None);
+        assert_eq!(s.limits.uid, Some(1000));
+        assert_eq!(s.limits.max_memory_mb, Some(64));
+        for bad in [
+            serde_json::json!({"backoff_initial_ms": 62530.5}),
+            serde_json::json!({"backoff_initial_ms": -1}),
+            serde_json::json!({"backoff_initial_ms": -0.5}),
+            serde_json::json!({"backoff_initial_ms": 1e30}),
+            serde_json::json!({"backoff_initial_ms": "100"}),
+            serde_json::json!({"max_failures": 4294967296.0}),
+            serde_json::json!({"limits": {"gid": 5_000_000_000u64}}),
+        ] {
+            assert!(spec(bad.clone()).is_err(), "{bad}");
+        }
+        // What is written back stays an integer.
+        let text = serde_json::to_string(&s).expect("serialize");
+        assert!(text.contains("\"backoff_initial_ms\":62530,"), "{text}");
+    }
 
     fn spec(id: &str) -> ServerSpec {
         serde_json::from_value(serde_json::json!({"id": id, "command": "python3"})).expect("spec")

@@ -8,12 +8,12 @@
 use super::jsonrpc::LineSplitter;
 use super::process::Process;
 use super::registry::ServerSpec;
-use super::supervisor::CircuitBreaker;
-use super::tools::{Flood, Listing, Relist};
+use super::session::Session;
+use super::supervisor::Life;
 use crate::api::ReplyTo;
 use crate::reactor::timer::TimerId;
 use serde_json::{json, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Instant, SystemTime};
 
 /// Protocol versions we speak, newest first; we offer the first.
@@ -74,7 +74,68 @@ pub enum Status {
     Failed,
 }
 
+/// The legal status changes: `(from, to)`, every one reachable by a real sequence of events
+/// (`supervisor::step` decides them; its test walks the events and finds each row). A row
+/// from a status to itself records a new reason in the history without a change (a further
+/// missed ping, another failed start). Anything else is a bug and is refused.
+pub const TRANSITIONS: &[(Status, Status)] = {
+    use Status::*;
+    &[
+        (Registered, Starting),
+        (Registered, Backoff),
+        (Registered, Failed),
+        (Registered, Stopped),
+        (Starting, Initializing),
+        (Starting, Stopping),
+        (Starting, Backoff),
+        (Starting, Failed),
+        (Initializing, Active),
+        (Initializing, Stopping),
+        (Initializing, Backoff),
+        (Initializing, Failed),
+        (Active, Degraded),
+        (Active, Stopping),
+        (Active, Backoff),
+        (Active, Failed),
+        (Degraded, Degraded),
+        (Degraded, Active),
+        (Degraded, Stopping),
+        (Degraded, Backoff),
+        (Degraded, Failed),
+        (Backoff, Starting),
+        (Backoff, Backoff),
+        (Backoff, Failed),
+        (Backoff, Stopped),
+        (Stopping, Stopped),
+        (Stopped, Starting),
+        (Stopped, Backoff),
+        (Stopped, Failed),
+        (Failed, Starting),
+        (Failed, Backoff),
+        (Failed, Failed),
+        (Failed, Stopped),
+    ]
+};
+
 impl Status {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Status; 9] = [
+        Status::Registered,
+        Status::Starting,
+        Status::Initializing,
+        Status::Active,
+        Status::Degraded,
+        Status::Backoff,
+        Status::Stopping,
+        Status::Stopped,
+        Status::Failed,
+    ];
+
+    /// Whether `self -> to` is a row of [`TRANSITIONS`].
+    pub fn may_become(self, to: Status) -> bool {
+        TRANSITIONS.contains(&(self, to))
+    }
+
     /// Lowercase name used on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -108,6 +169,15 @@ impl Status {
     }
 }
 
+/// A status change that [`TRANSITIONS`] does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IllegalTransition {
+    /// The status kept.
+    pub from: Status,
+    /// The status refused.
+    pub to: Status,
+}
+
 /// Where a spec came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -115,28 +185,6 @@ pub enum Source {
     Api,
     /// Declared in the config file.
     Config,
-}
-
-/// A request we sent and await an answer to.
-#[derive(Debug)]
-pub enum Pending {
-    /// The handshake.
-    Initialize,
-    /// A page of `tools/list`; tools gathered so far.
-    ToolsList(Listing),
-    /// A health ping.
-    Ping(Instant),
-    /// A tool call for a client.
-    Call {
-        /// Where the answer goes.
-        reply: ReplyTo,
-        /// Its deadline timer.
-        timer: TimerId,
-        /// When it was sent.
-        started: Instant,
-        /// Tool name.
-        tool: String,
-    },
 }
 
 /// One managed server.
@@ -156,46 +204,19 @@ pub struct Server {
     pub process: Option<Process>,
     /// Increases with every spawn; timers carry it so stale ones are ignored.
     pub run: u64,
-    /// Next JSON-RPC id.
-    pub next_id: u64,
-    /// Requests awaiting answers.
-    pub pending: HashMap<u64, Pending>,
-    /// Negotiated protocol version.
-    pub protocol_version: Option<String>,
-    /// `serverInfo` from the handshake.
-    pub server_info: Value,
-    /// `capabilities` from the handshake.
-    pub server_capabilities: Value,
-    /// `instructions` from the handshake.
-    pub instructions: Option<String>,
-    /// Tools from the last complete listing.
-    pub tools: Vec<Value>,
-    /// When to list the tools again after `list_changed`.
-    pub relist: Relist,
-    /// Recent `list_changed` notifications (a flood counts as protocol errors).
-    pub list_changed: Flood,
+    /// The JSON-RPC session (handshake, tools, requests in flight, counters).
+    pub session: Session<ReplyTo, TimerId>,
     /// The current run is being ended for breaking the daemon's bounds.
     pub misbehaved: bool,
-    /// Whether this run completed the handshake.
-    pub initialized: bool,
-    /// Consecutive failed starts (drives the backoff).
-    pub attempt: u32,
-    /// Failed starts within the window.
-    pub breaker: CircuitBreaker,
+    /// What the supervisor keeps between events: backoff attempt, circuit breaker,
+    /// pending operator restart or removal.
+    pub life: Life,
     /// Automatic restarts so far.
     pub restarts: u32,
     /// The timer of the current phase (backoff, init deadline, stop escalation).
     pub timer: Option<TimerId>,
-    /// Start again once the current process has exited (operator restart).
-    pub restart_requested: bool,
     /// Why the current run is being ended, when we end it.
     pub ending: Option<String>,
-    /// Health pings missed in a row.
-    pub missed_pings: u32,
-    /// Lines on stdout that were not JSON-RPC.
-    pub protocol_errors: u64,
-    /// Recent protocol errors (for the "persistent" rule).
-    pub recent_protocol_errors: Flood,
     /// Recent errors: (when, what).
     pub last_errors: VecDeque<(SystemTime, String)>,
     /// Last stderr lines.
@@ -204,14 +225,10 @@ pub struct Server {
     pub stderr_suppressed: u64,
     /// Token bucket for stderr logging: (tokens, last refill).
     pub stderr_bucket: (f64, Instant),
-    /// Tool calls answered, failed, timed out.
-    pub calls: (u64, u64, u64),
     /// Landlock status of the current run.
     pub landlock: String,
     /// Pid of the current or last run.
     pub last_pid: Option<i32>,
-    /// Remove the server once its process has exited (unregistered while running).
-    pub remove_when_stopped: bool,
     /// Splits stdout into JSON-RPC lines.
     pub stdout_lines: LineSplitter,
     /// Splits stderr into log lines.
@@ -221,6 +238,7 @@ pub struct Server {
 impl Server {
     /// A new server in `registered`.
     pub fn new(spec: ServerSpec, source: Source, slot: usize) -> Self {
+        let spec_id = spec.id.clone();
         let mut s = Server {
             spec,
             source,
@@ -229,34 +247,18 @@ impl Server {
             history: VecDeque::new(),
             process: None,
             run: 0,
-            next_id: 1,
-            pending: HashMap::new(),
-            protocol_version: None,
-            server_info: Value::Null,
-            server_capabilities: Value::Null,
-            instructions: None,
-            tools: Vec::new(),
-            relist: Relist::default(),
-            list_changed: Flood::default(),
+            session: Session::new(&spec_id),
             misbehaved: false,
-            initialized: false,
-            attempt: 0,
-            breaker: CircuitBreaker::default(),
+            life: Life::default(),
             restarts: 0,
             timer: None,
-            restart_requested: false,
             ending: None,
-            missed_pings: 0,
-            protocol_errors: 0,
-            recent_protocol_errors: Flood::default(),
             last_errors: VecDeque::new(),
             stderr_tail: VecDeque::new(),
             stderr_suppressed: 0,
             stderr_bucket: (0.0, Instant::now()),
-            calls: (0, 0, 0),
             landlock: "not started".into(),
             last_pid: None,
-            remove_when_stopped: false,
             stdout_lines: LineSplitter::new(1),
             stderr_lines: LineSplitter::new(1),
         };
@@ -265,16 +267,58 @@ impl Server {
         s
     }
 
-    /// Records a transition; returns the old status.
-    pub fn set_status(&mut self, status: Status, reason: &str) -> Status {
+    /// Records a transition and returns the old status; the one place a status changes.
+    ///
+    /// An illegal transition (not in [`TRANSITIONS`]) is a bug in the daemon: it is refused
+    /// (the status stays, the refusal is logged as an error) and panics in debug builds, so
+    /// the tests find it.
+    pub fn set_status(
+        &mut self,
+        status: Status,
+        reason: &str,
+    ) -> Result<Status, IllegalTransition> {
         let old = self.status;
+        if !old.may_become(status) {
+            let illegal = IllegalTransition {
+                from: old,
+                to: status,
+            };
+            log::error!(
+                "bug: MCP server {}: refused the illegal transition {} -> {} ({})",
+                self.spec.id,
+                old.as_str(),
+                status.as_str(),
+                truncate(reason.to_string(), 200)
+            );
+            debug_assert!(false, "{illegal:?} ({reason})");
+            return Err(illegal);
+        }
         self.status = status;
         if self.history.len() >= HISTORY {
             self.history.pop_front();
         }
         let reason = truncate(reason.to_string(), TEXT_MAX);
         self.history.push_back((SystemTime::now(), status, reason));
-        old
+        Ok(old)
+    }
+
+    /// Records in the history why the server stays in its status (e.g. a start held back by
+    /// `max_concurrent_servers`). The same reason twice in a row is recorded once, so repeated
+    /// refusals do not push the transitions out of the bounded history.
+    pub fn note_held(&mut self, reason: &str) {
+        let reason = truncate(reason.to_string(), TEXT_MAX);
+        if self
+            .history
+            .back()
+            .is_some_and(|(_, st, r)| *st == self.status && *r == reason)
+        {
+            return;
+        }
+        if self.history.len() >= HISTORY {
+            self.history.pop_front();
+        }
+        self.history
+            .push_back((SystemTime::now(), self.status, reason));
     }
 
     /// Remembers an error.
@@ -291,7 +335,6 @@ impl Server {
     pub fn release_run_memory(&mut self) {
         self.stdout_lines = LineSplitter::new(1);
         self.stderr_lines = LineSplitter::new(1);
-        self.pending.shrink_to_fit();
     }
 
     /// Keeps a stderr line in the tail.
@@ -302,32 +345,9 @@ impl Server {
         self.stderr_tail.push_back(line);
     }
 
-    /// Takes a JSON-RPC id.
-    pub fn take_id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
-    }
-
     /// Pid of the running process.
     pub fn pid(&self) -> Option<i32> {
         self.process.as_ref().map(|p| p.pid)
-    }
-
-    /// Tool names from the last listing.
-    pub fn tool_names(&self) -> Vec<&str> {
-        self.tools
-            .iter()
-            .filter_map(|t| t["name"].as_str())
-            .collect()
-    }
-
-    /// Calls in flight.
-    pub fn calls_in_flight(&self) -> usize {
-        self.pending
-            .values()
-            .filter(|p| matches!(p, Pending::Call { .. }))
-            .count()
     }
 
     /// Short JSON for lists.
@@ -339,7 +359,7 @@ impl Server {
             "pid": self.pid(),
             "uptime_seconds": uptime,
             "restarts": self.restarts,
-            "tools": self.tools.len(),
+            "tools": self.session.tools.len(),
             "capabilities": self.spec.capabilities,
             "source": match self.source { Source::Api => "api", Source::Config => "config" },
         })
@@ -355,11 +375,12 @@ impl Server {
             .iter()
             .map(|(t, s, r)| json!({"at": ts(*t), "status": s.as_str(), "reason": r}))
             .collect();
-        v["protocol_version"] = json!(self.protocol_version);
-        v["server_info"] = self.server_info.clone();
-        v["server_capabilities"] = self.server_capabilities.clone();
-        v["instructions"] = json!(self.instructions);
-        v["tools"] = Value::Array(self.tools.clone());
+        let session = &self.session;
+        v["protocol_version"] = json!(session.protocol_version);
+        v["server_info"] = session.server_info.clone();
+        v["server_capabilities"] = session.server_capabilities.clone();
+        v["instructions"] = json!(session.instructions);
+        v["tools"] = Value::Array(session.tools.clone());
         v["last_errors"] = self
             .last_errors
             .iter()
@@ -367,13 +388,13 @@ impl Server {
             .collect();
         v["stderr_tail"] = json!(self.stderr_tail);
         v["stderr_suppressed"] = json!(self.stderr_suppressed);
-        v["protocol_errors"] = json!(self.protocol_errors);
+        v["protocol_errors"] = json!(session.protocol_errors);
         v["circuit_breaker"] = json!({
-            "open": self.breaker.is_open(),
-            "recent_failures": self.breaker.recent_failures(),
+            "open": self.life.breaker.is_open(),
+            "recent_failures": self.life.breaker.recent_failures(),
         });
-        v["calls"] = json!({"ok": self.calls.0, "failed": self.calls.1, "timed_out": self.calls.2, "in_flight": self.calls_in_flight()});
-        v["missed_pings"] = json!(self.missed_pings);
+        v["calls"] = json!({"ok": session.calls.0, "failed": session.calls.1, "timed_out": session.calls.2, "in_flight": session.calls_in_flight()});
+        v["missed_pings"] = json!(session.missed_pings);
         v["landlock"] = json!(self.landlock);
         v["last_pid"] = json!(self.last_pid);
         v
@@ -383,6 +404,21 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_reasons_are_recorded_once_in_a_row() {
+        let spec: ServerSpec =
+            serde_json::from_value(json!({"id": "t", "command": "x"})).expect("spec");
+        let mut s = Server::new(spec, Source::Api, 0);
+        s.note_held("not started: limit");
+        s.note_held("not started: limit");
+        assert_eq!(s.history.len(), 2);
+        assert_eq!(s.history[1].1, Status::Registered);
+        assert_eq!(s.history[1].2, "not started: limit");
+        s.note_held("other");
+        s.note_held("not started: limit");
+        assert_eq!(s.history.len(), 4);
+    }
 
     #[test]
     fn texts_and_handshake_items_are_bounded() {
@@ -399,11 +435,49 @@ mod tests {
         let mut s = Server::new(spec, Source::Api, 0);
         for _ in 0..100 {
             s.note_error("e".repeat(1 << 20));
-            s.set_status(Status::Backoff, &"r".repeat(1 << 20));
+            s.set_status(Status::Backoff, &"r".repeat(1 << 20))
+                .expect("registered -> backoff -> backoff");
         }
         assert_eq!(s.last_errors.len(), ERRORS);
         assert_eq!(s.history.len(), HISTORY);
         assert!(s.last_errors.iter().all(|(_, e)| e.len() < TEXT_MAX + 32));
         assert!(s.history.iter().all(|(_, _, r)| r.len() < TEXT_MAX + 32));
+    }
+
+    #[test]
+    fn set_status_follows_the_table_and_refuses_the_rest() {
+        let spec: ServerSpec =
+            serde_json::from_value(json!({"id": "t", "command": "x"})).expect("spec");
+        let mut s = Server::new(spec, Source::Api, 0);
+        for to in [
+            Status::Starting,
+            Status::Initializing,
+            Status::Active,
+            Status::Degraded,
+        ] {
+            assert!(s.set_status(to, "step").is_ok(), "{to:?}");
+        }
+        assert_eq!(s.history.len(), 5);
+        // Degraded -> Registered is no row: refused, and a panic in debug builds.
+        let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            s.set_status(Status::Registered, "bug")
+        }));
+        if cfg!(debug_assertions) {
+            assert!(
+                refused.is_err(),
+                "debug builds panic on an illegal transition"
+            );
+        } else {
+            assert!(matches!(refused, Ok(Err(IllegalTransition { .. }))));
+        }
+        assert_eq!(s.status, Status::Degraded, "the status stays");
+        assert_eq!(s.history.len(), 5, "nothing recorded");
+        // The table has no duplicates and names each status at least once as a source.
+        for (i, row) in TRANSITIONS.iter().enumerate() {
+            assert!(!TRANSITIONS[..i].contains(row), "{row:?} twice");
+        }
+        for st in Status::ALL {
+            assert!(TRANSITIONS.iter().any(|(from, _)| *from == st), "{st:?}");
+        }
     }
 }

@@ -1,153 +1,211 @@
-//! The JSON-RPC session with a running server: pipes, handshake, tool listing, tool calls,
-//! health pings, and the server's own requests and notifications.
+//! The JSON-RPC session with one server, without I/O: stdout lines, operator calls and the
+//! time come in; [`Effect`]s go out (bytes for its stdin, answers for callers, timers,
+//! events, what the supervisor must hear, "end this run because …"). The handshake, the
+//! paginated tool listing, tool calls with progress and deadlines, health pings, and the
+//! server's own requests and notifications live here; `pipes.rs` carries bytes and timers
+//! between the loop and the session.
+//!
+//! Invariants: a request we sent is in `pending` exactly until its answer, its deadline or
+//! the end of the run that sent it; everything kept from the server is bounded (the tool
+//! list by [`tools::Listing`], handshake items by [`HANDSHAKE_ITEM_MAX`], texts by
+//! [`TEXT_MAX`]); a bound broken ends the run as misbehaviour ([`Effect::Misbehaved`]).
+//! The session is generic over the caller's reply handle `R` and the loop's timer handle
+//! `T`, so it imports neither the daemon nor the reactor.
 
-use super::*;
+use super::jsonrpc::{self, Line, Message};
+use super::server::{
+    bounded_value, truncate, Status, HANDSHAKE_ITEM_MAX, PROTOCOL_VERSIONS, TEXT_MAX,
+};
+use super::tools::{self, Flood, Listing, Relist};
+use crate::api::{Answer, ApiError, ErrorCode};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 /// Tool names an `mcp_server_tools_changed` event carries at most (`count` has them all).
 const EVENT_TOOL_NAMES: usize = 100;
+/// Protocol errors within a minute that count as persistent (the server is restarted).
+pub const PERSISTENT_PROTOCOL_ERRORS: usize = 50;
+/// Longest free text kept from a notification (progress messages, log data).
+pub const NOTE_MAX: usize = 1024;
 
-impl Mcp {
-    /// Writes to a server's stdin; a stuck server's run is ended.
-    pub(super) fn send(&mut self, id: &str, bytes: &[u8]) {
-        let Some(server) = self.servers.get_mut(id) else {
-            return;
-        };
-        let Some(p) = server.process.as_mut() else {
-            return;
-        };
-        match p.send(bytes) {
-            Ok(()) => {}
-            // It closed stdin or exited: the exit status (on SIGCHLD) tells the story.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                log::debug!("MCP server {id}: stdin closed: {e}");
-            }
-            Err(e) => {
-                // Stuck (not reading its stdin) or broken otherwise: end the run.
-                let reason = format!("cannot write to the server: {e}");
-                log::warn!("MCP server {id}: {reason}");
-                server.ending.get_or_insert(reason);
-                p.signal_group(libc::SIGKILL);
-            }
+/// A request we sent and await an answer to.
+#[derive(Debug)]
+pub enum Pending<R, T> {
+    /// The handshake.
+    Initialize,
+    /// A page of `tools/list`; tools gathered so far.
+    ToolsList(Listing),
+    /// A health ping.
+    Ping,
+    /// A tool call for a client.
+    Call {
+        /// Where the answer goes.
+        reply: R,
+        /// Its deadline timer.
+        timer: T,
+        /// When it was sent.
+        started: Instant,
+        /// Tool name.
+        tool: String,
+    },
+}
+
+/// What the loop must do for the session.
+#[derive(Debug)]
+pub enum Effect<R, T> {
+    /// Write these bytes to the server's stdin.
+    Send(Vec<u8>),
+    /// Answer a caller.
+    Reply(R, Answer),
+    /// Cancel a timer the session no longer needs.
+    CancelTimer(T),
+    /// Call [`Session::on_relist_timer`] at this instant.
+    RelistAt(Instant),
+    /// Publish an event on the `mcp_servers` channel: (type, data).
+    Event(&'static str, Value),
+    /// A tool call finished: (outcome, seconds), for the metrics.
+    ToolCall(&'static str, f64),
+    /// The handshake completed with this protocol version (the supervisor's `Handshake`).
+    Handshake(String),
+    /// The first listing of the run completed with this many tools (the supervisor's `Listed`).
+    Listed(usize),
+    /// A health ping was answered.
+    PingAnswered,
+    /// A health round found the last ping unanswered: this many in a row.
+    PingMissed(u32),
+    /// The server broke the protocol (counted; logged and kept by the loop).
+    ProtocolError(String),
+    /// End the run: the server cannot be used (a failed handshake).
+    EndRun(String),
+    /// End the run: the server broke the daemon's bounds (counts as a failed start).
+    Misbehaved(String),
+}
+
+/// What the session needs to know about its surroundings when a line arrives.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    /// The server's lifecycle status.
+    pub status: Status,
+    /// Now.
+    pub now: Instant,
+    /// Bounds of the tool list.
+    pub limits: tools::Limits,
+    /// Longest stdout line (for the message when one is longer).
+    pub max_line: usize,
+}
+
+/// One server's session. Per-run state is reset by [`Session::begin_run`]; the tool list,
+/// handshake data and counters survive a run (they are shown while it restarts).
+#[derive(Debug)]
+pub struct Session<R, T> {
+    id: String,
+    next_id: u64,
+    pending: HashMap<u64, Pending<R, T>>,
+    /// Negotiated protocol version of the current run.
+    pub protocol_version: Option<String>,
+    /// `serverInfo` from the handshake.
+    pub server_info: Value,
+    /// `capabilities` from the handshake.
+    pub server_capabilities: Value,
+    /// `instructions` from the handshake.
+    pub instructions: Option<String>,
+    /// Tools from the last complete listing.
+    pub tools: Vec<Value>,
+    relist: Relist,
+    list_changed: Flood,
+    recent_protocol_errors: Flood,
+    /// Whether this run completed the handshake and its first listing.
+    pub initialized: bool,
+    /// Health pings missed in a row.
+    pub missed_pings: u32,
+    /// Lines on stdout that were not JSON-RPC (all runs).
+    pub protocol_errors: u64,
+    /// Tool calls answered, failed, timed out (all runs).
+    pub calls: (u64, u64, u64),
+}
+
+type Effects<R, T> = Vec<Effect<R, T>>;
+
+impl<R: Copy, T: Copy> Session<R, T> {
+    /// A session for server `id`, before its first run.
+    pub fn new(id: &str) -> Self {
+        Session {
+            id: id.to_string(),
+            next_id: 1,
+            pending: HashMap::new(),
+            protocol_version: None,
+            server_info: Value::Null,
+            server_capabilities: Value::Null,
+            instructions: None,
+            tools: Vec::new(),
+            relist: Relist::default(),
+            list_changed: Flood::default(),
+            recent_protocol_errors: Flood::default(),
+            initialized: false,
+            missed_pings: 0,
+            protocol_errors: 0,
+            calls: (0, 0, 0),
         }
     }
 
-    /// Readiness on a pipe token.
-    pub fn on_ready(&mut self, cx: &mut Cx<'_, Timer>, token: mio::Token, out: &mut Vec<Output>) {
-        let Some(n) = self.tokens.index(token) else {
-            return;
-        };
-        let (slot, pipe) = (n / 3, [Pipe::Stdin, Pipe::Stdout, Pipe::Stderr][n % 3]);
-        let Some(id) = self.slots.get(slot).cloned().flatten() else {
-            return;
-        };
-        match pipe {
-            Pipe::Stdin => {
-                if let Some(p) = self.servers.get_mut(&id).and_then(|s| s.process.as_mut()) {
-                    if p.flush().is_err() {
-                        p.close_stdin(cx.registry);
-                    }
-                }
-            }
-            Pipe::Stdout | Pipe::Stderr => self.drain(cx, &id, pipe, out),
-        }
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
     }
 
-    pub(super) fn drain(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        id: &str,
-        pipe: Pipe,
-        out: &mut Vec<Output>,
-    ) {
-        let open = self
-            .servers
-            .get(id)
-            .and_then(|s| s.process.as_ref())
-            .is_some_and(|p| p.is_open(pipe));
-        if !open {
-            return;
-        }
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut lines = Vec::new();
-        loop {
-            let Some(server) = self.servers.get_mut(id) else {
-                return;
-            };
-            let Some(p) = server.process.as_mut() else {
-                return;
-            };
-            let n = match p.read_chunk(pipe, cx.registry, &mut buf) {
-                Chunk::Data(n) => {
-                    self.read_since_trim = self.read_since_trim.saturating_add(n);
-                    n
-                }
-                Chunk::Empty => return,
-                Chunk::Eof => {
-                    if pipe == Pipe::Stdout {
-                        self.on_stdout_eof(cx, id, out);
-                    }
-                    return;
-                }
-            };
-            let splitter = if pipe == Pipe::Stdout {
-                &mut server.stdout_lines
-            } else {
-                &mut server.stderr_lines
-            };
-            splitter.push(&buf[..n], &mut lines);
-            for line in lines.drain(..) {
-                if pipe == Pipe::Stdout {
-                    self.on_stdout_line(cx, id, line, out);
-                } else {
-                    self.on_stderr_line(id, line);
-                }
-            }
-        }
+    /// A new run was spawned: forgets the last run's requests and sends `initialize`,
+    /// offering our newest protocol version.
+    pub fn begin_run(&mut self) -> Effects<R, T> {
+        self.pending.clear();
+        self.pending.shrink_to_fit();
+        self.initialized = false;
+        self.relist = Relist::default();
+        self.list_changed = Flood::default();
+        self.recent_protocol_errors = Flood::default();
+        self.missed_pings = 0;
+        self.protocol_version = None;
+        let rpc = self.take_id();
+        self.pending.insert(rpc, Pending::Initialize);
+        let init = jsonrpc::request(
+            rpc,
+            "initialize",
+            json!({
+                "protocolVersion": PROTOCOL_VERSIONS[0],
+                "capabilities": {},
+                "clientInfo": {"name": "vsm-daemon", "version": env!("CARGO_PKG_VERSION")},
+            }),
+        );
+        vec![Effect::Send(init)]
     }
 
-    pub(super) fn on_stderr_line(&mut self, id: &str, line: Line) {
-        let Some(server) = self.servers.get_mut(id) else {
-            return;
-        };
-        let text = match line {
-            Line::Complete(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Line::TooLong { len } => format!("[stderr line of {len}+ bytes truncated]"),
-        };
-        server.note_stderr(text.clone());
-        let rate = f64::from(self.settings.config.stderr_lines_per_second);
-        let (tokens, last) = server.stderr_bucket;
-        let now = Instant::now();
-        let tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate * 5.0);
-        if tokens >= 1.0 {
-            server.stderr_bucket = (tokens - 1.0, now);
-            if server.stderr_suppressed > 0 {
-                log::warn!(target: "mcp", "[{id}] {} stderr lines suppressed by the rate limit", server.stderr_suppressed);
-                server.stderr_suppressed = 0;
-            }
-            log::info!(target: "mcp", "[{id}] {text}");
-        } else {
-            server.stderr_bucket = (tokens, now);
-            server.stderr_suppressed += 1;
-        }
+    /// Calls in flight.
+    pub fn calls_in_flight(&self) -> usize {
+        self.pending
+            .values()
+            .filter(|p| matches!(p, Pending::Call { .. }))
+            .count()
     }
 
-    pub(super) fn on_stdout_line(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        id: &str,
-        line: Line,
-        out: &mut Vec<Output>,
-    ) {
-        let max = self.settings.config.max_line_bytes;
+    /// Tool names from the last listing.
+    pub fn tool_names(&self) -> Vec<&str> {
+        self.tools
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .collect()
+    }
+
+    /// One complete stdout line.
+    pub fn on_line(&mut self, line: Line, cx: Context) -> Effects<R, T> {
+        let mut out = Vec::new();
         let bytes = match line {
             Line::TooLong { len } => {
-                self.kill_misbehaving(
-                    id,
-                    format!("stdout line of more than {max} bytes (saw {len})"),
-                );
-                return;
+                let max = cx.max_line;
+                let why = format!("stdout line of more than {max} bytes (saw {len})");
+                return vec![Effect::Misbehaved(why)];
             }
-            Line::Complete(b) if b.iter().all(u8::is_ascii_whitespace) => return,
+            Line::Complete(b) if b.iter().all(u8::is_ascii_whitespace) => return out,
             Line::Complete(b) => b,
         };
         match jsonrpc::parse(&bytes) {
@@ -156,57 +214,40 @@ impl Mcp {
                 // once (as the parsed value), not twice while it is answered.
                 drop(bytes);
                 for m in messages {
-                    self.on_message(cx, id, m, out);
+                    self.on_message(m, cx, &mut out);
                 }
             }
             Err(e) => {
                 let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
                 let what = format!("protocol error: {e}: {shown}");
                 drop(bytes);
-                self.protocol_error(id, what);
+                self.protocol_error(what, cx.now, &mut out);
             }
         }
+        out
     }
 
     /// Counts a protocol error; more than [`PERSISTENT_PROTOCOL_ERRORS`] within a minute end
     /// the run as misbehaviour.
-    pub(super) fn protocol_error(&mut self, id: &str, what: String) {
-        let Some(server) = self.servers.get_mut(id) else {
-            return;
-        };
-        server.protocol_errors += 1;
-        let persistent = server
+    fn protocol_error(&mut self, what: String, now: Instant, out: &mut Effects<R, T>) {
+        self.protocol_errors += 1;
+        let persistent = self
             .recent_protocol_errors
-            .hit(Instant::now(), PERSISTENT_PROTOCOL_ERRORS);
-        if server.protocol_errors <= 10 {
-            log::warn!("MCP server {id}: {what}");
-        } else {
-            log::debug!("MCP server {id}: {what}");
-        }
-        server.note_error(what);
-        if persistent && server.ending.is_none() {
-            self.kill_misbehaving(
-                id,
-                format!("more than {PERSISTENT_PROTOCOL_ERRORS} protocol errors within a minute"),
-            );
+            .hit(now, PERSISTENT_PROTOCOL_ERRORS);
+        out.push(Effect::ProtocolError(what));
+        if persistent {
+            out.push(Effect::Misbehaved(format!(
+                "more than {PERSISTENT_PROTOCOL_ERRORS} protocol errors within a minute"
+            )));
         }
     }
 
-    pub(super) fn on_message(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        id: &str,
-        message: Message,
-        out: &mut Vec<Output>,
-    ) {
+    fn on_message(&mut self, message: Message, cx: Context, out: &mut Effects<R, T>) {
+        let id = &self.id;
         match message {
             Message::Response { id: rpc, result } => {
-                let Some(server) = self.servers.get_mut(id) else {
-                    return;
-                };
-                let pending = rpc.as_u64().and_then(|n| server.pending.remove(&n));
-                match pending {
-                    Some(p) => self.on_response(cx, id, p, result, out),
+                match rpc.as_u64().and_then(|n| self.pending.remove(&n)) {
+                    Some(p) => self.on_response(p, result, cx, out),
                     None => {
                         let rpc = truncate(rpc.to_string(), 64);
                         log::debug!("MCP server {id}: dropped a late or unknown response {rpc}")
@@ -228,18 +269,18 @@ impl Mcp {
                         ),
                     )
                 };
-                self.send(id, &answer);
+                out.push(Effect::Send(answer));
             }
             Message::Notification { method, params } => match method.as_str() {
-                "notifications/tools/list_changed" => self.on_list_changed(cx, id),
+                "notifications/tools/list_changed" => self.on_list_changed(cx, out),
                 "notifications/progress" => {
-                    if let Some(event) = self.progress_event(id, &params) {
-                        out.push(Output::Event("mcp_servers", "mcp_tool_progress", event));
+                    if let Some(event) = self.progress_event(&params) {
+                        out.push(Effect::Event("mcp_tool_progress", event));
                     }
                 }
                 "notifications/message" => {
                     let level = params["level"].as_str().unwrap_or("info");
-                    let data = super::server::truncate(params["data"].to_string(), STDERR_LINE_MAX);
+                    let data = truncate(params["data"].to_string(), NOTE_MAX);
                     log::info!(target: "mcp", "[{id}] {}: {data}", level.chars().take(16).collect::<String>());
                 }
                 _ => {
@@ -250,85 +291,67 @@ impl Mcp {
         }
     }
 
-    pub(super) fn on_response(
+    fn on_response(
         &mut self,
-        cx: &mut Cx<'_, Timer>,
-        id: &str,
-        pending: Pending,
+        pending: Pending<R, T>,
         result: Result<Value, jsonrpc::RpcError>,
-        out: &mut Vec<Output>,
+        cx: Context,
+        out: &mut Effects<R, T>,
     ) {
         match pending {
             Pending::Initialize => match result {
-                Ok(v) => {
+                Ok(mut v) => {
                     let version = v["protocolVersion"].as_str().unwrap_or("").to_string();
                     if !PROTOCOL_VERSIONS.contains(&version.as_str()) {
-                        self.kill_run(
-                            id,
-                            format!("server chose protocol version '{version}', which vsm-daemon does not speak ({})", PROTOCOL_VERSIONS.join(", ")),
-                        );
+                        out.push(Effect::EndRun(format!(
+                            "server chose protocol version '{}', which vsm-daemon does not speak ({})",
+                            truncate(version, 64),
+                            PROTOCOL_VERSIONS.join(", ")
+                        )));
                         return;
                     }
-                    let Some(server) = self.servers.get_mut(id) else {
-                        return;
-                    };
-                    server.protocol_version = Some(version.clone());
-                    let mut v = v;
-                    server.server_info = bounded_value(v["serverInfo"].take());
-                    server.server_capabilities = bounded_value(v["capabilities"].take());
-                    server.instructions = v["instructions"]
+                    self.protocol_version = Some(version.clone());
+                    self.server_info = bounded_value(v["serverInfo"].take());
+                    self.server_capabilities = bounded_value(v["capabilities"].take());
+                    self.instructions = v["instructions"]
                         .as_str()
                         .map(|t| truncate(t.to_string(), HANDSHAKE_ITEM_MAX));
                     let initialized =
                         jsonrpc::notification("notifications/initialized", Value::Null);
-                    self.send(id, &initialized);
-                    self.transition(
-                        id,
-                        Status::Initializing,
-                        &format!("protocol {version}"),
-                        out,
-                    );
-                    self.start_listing(id);
+                    out.push(Effect::Send(initialized));
+                    out.push(Effect::Handshake(version));
+                    self.start_listing(cx.now, out);
                 }
-                Err(e) => {
-                    self.kill_run(id, format!("initialize failed: {} ({})", e.message, e.code))
-                }
+                Err(e) => out.push(Effect::EndRun(format!(
+                    "initialize failed: {} ({})",
+                    e.message, e.code
+                ))),
             },
             Pending::ToolsList(mut listing) => {
                 match result {
                     Ok(mut v) => {
                         let page = tools::take_page(&mut v);
-                        let limits = tools::Limits {
-                            max_bytes: self.settings.config.max_tool_list_bytes,
-                            max_tools: self.settings.config.max_tools,
-                        };
-                        if let Err(why) = listing.add_page(page, limits) {
-                            drop(listing);
-                            self.kill_misbehaving(id, why);
+                        if let Err(why) = listing.add_page(page, cx.limits) {
+                            out.push(Effect::Misbehaved(why));
                             return;
                         }
                         if let Some(cursor) = v["nextCursor"].as_str().filter(|c| !c.is_empty()) {
                             let cursor = cursor.to_string();
-                            self.list_tools(id, Some(cursor), listing);
+                            self.list_tools(Some(cursor), listing, out);
                             return;
                         }
                     }
                     // A server without tools may refuse tools/list: it simply has none.
                     Err(e) => {
-                        let why = truncate(e.message, server::TEXT_MAX);
-                        log::debug!("MCP server {id}: tools/list failed: {why}")
+                        let why = truncate(e.message, TEXT_MAX);
+                        log::debug!("MCP server {}: tools/list failed: {why}", self.id)
                     }
                 }
-                self.finish_listing(cx, id, listing.into_tools(), out);
+                self.finish_listing(listing.into_tools(), cx, out);
             }
-            Pending::Ping(_) => {
-                let Some(server) = self.servers.get_mut(id) else {
-                    return;
-                };
-                server.missed_pings = 0;
-                if server.status == Status::Degraded {
-                    self.transition(id, Status::Active, "answered a health ping", out);
-                }
+            Pending::Ping => {
+                self.missed_pings = 0;
+                out.push(Effect::PingAnswered);
             }
             Pending::Call {
                 reply,
@@ -336,21 +359,19 @@ impl Mcp {
                 started,
                 tool,
             } => {
-                cx.timers.cancel(timer);
-                let Some(server) = self.servers.get_mut(id) else {
-                    return;
-                };
-                let ms = started.elapsed().as_secs_f64() * 1000.0;
-                let seconds = started.elapsed().as_secs_f64();
+                out.push(Effect::CancelTimer(timer));
+                let elapsed = cx.now.saturating_duration_since(started);
+                let ms = elapsed.as_secs_f64() * 1000.0;
                 let outcome = match &result {
                     Ok(v) if v["isError"] == true => "tool_error",
                     Ok(_) => "ok",
                     Err(_) => "mcp_error",
                 };
-                out.push(Output::ToolCall(id.to_string(), outcome, seconds));
+                out.push(Effect::ToolCall(outcome, elapsed.as_secs_f64()));
+                let id = self.id.as_str();
                 let answer = match result {
                     Ok(v) if v["isError"] == true => {
-                        server.calls.1 += 1;
+                        self.calls.1 += 1;
                         Err(ApiError::new(
                             ErrorCode::ToolError,
                             format!("tool {tool} on {id} reported an error: {}", first_text(&v)),
@@ -358,11 +379,11 @@ impl Mcp {
                         .with_data(call_result(id, tool, v, ms)))
                     }
                     Ok(v) => {
-                        server.calls.0 += 1;
+                        self.calls.0 += 1;
                         Ok(call_result(id, tool, v, ms))
                     }
                     Err(e) => {
-                        server.calls.1 += 1;
+                        self.calls.1 += 1;
                         Err(ApiError::new(
                             ErrorCode::McpError,
                             format!(
@@ -375,138 +396,105 @@ impl Mcp {
                         ))
                     }
                 };
-                out.push(Output::Reply(reply, answer));
+                out.push(Effect::Reply(reply, answer));
             }
         }
     }
 
-    /// Starts a listing from the first page.
-    pub(super) fn start_listing(&mut self, id: &str) {
-        let Some(server) = self.servers.get_mut(id) else {
-            return;
-        };
-        server.relist.started(Instant::now());
-        self.list_tools(id, None, tools::Listing::default());
+    fn start_listing(&mut self, now: Instant, out: &mut Effects<R, T>) {
+        self.relist.started(now);
+        self.list_tools(None, Listing::default(), out);
     }
 
-    pub(super) fn list_tools(&mut self, id: &str, cursor: Option<String>, listing: tools::Listing) {
-        let Some(server) = self.servers.get_mut(id) else {
-            return;
-        };
-        let rpc = server.take_id();
-        server.pending.insert(rpc, Pending::ToolsList(listing));
+    fn list_tools(&mut self, cursor: Option<String>, listing: Listing, out: &mut Effects<R, T>) {
+        let rpc = self.take_id();
+        self.pending.insert(rpc, Pending::ToolsList(listing));
         let params = match cursor {
             Some(c) => json!({"cursor": c}),
             None => json!({}),
         };
-        let bytes = jsonrpc::request(rpc, "tools/list", params);
-        self.send(id, &bytes);
+        out.push(Effect::Send(jsonrpc::request(rpc, "tools/list", params)));
     }
 
     /// `notifications/tools/list_changed`: list again, coalesced and rate-limited; a flood
     /// counts as protocol errors.
-    pub(super) fn on_list_changed(&mut self, cx: &mut Cx<'_, Timer>, id: &str) {
-        let Some(server) = self.servers.get_mut(id) else {
-            return;
-        };
-        let now = Instant::now();
-        if server.list_changed.hit(now, tools::LIST_CHANGED_PER_MINUTE) {
+    fn on_list_changed(&mut self, cx: Context, out: &mut Effects<R, T>) {
+        if self
+            .list_changed
+            .hit(cx.now, tools::LIST_CHANGED_PER_MINUTE)
+        {
             let what = format!(
                 "protocol error: more than {} notifications/tools/list_changed within a minute",
                 tools::LIST_CHANGED_PER_MINUTE
             );
-            self.protocol_error(id, what);
+            self.protocol_error(what, cx.now, out);
             return;
         }
         if !matches!(
-            server.status,
+            cx.status,
             Status::Initializing | Status::Active | Status::Degraded
         ) {
             return;
         }
-        let next = server.relist.changed(now);
-        self.relist_next(cx, id, next);
+        let next = self.relist.changed(cx.now);
+        self.relist_next(next, cx, out);
     }
 
-    /// Carries out what [`tools::Relist`] decided.
-    pub(super) fn relist_next(&mut self, cx: &mut Cx<'_, Timer>, id: &str, next: tools::Next) {
-        let Some(server) = self.servers.get_mut(id) else {
-            return;
-        };
+    /// The timer from [`Effect::RelistAt`] fired.
+    pub fn on_relist_timer(&mut self, cx: Context) -> Effects<R, T> {
+        let mut out = Vec::new();
+        let next = self.relist.timer_fired();
+        self.relist_next(next, cx, &mut out);
+        out
+    }
+
+    fn relist_next(&mut self, next: tools::Next, cx: Context, out: &mut Effects<R, T>) {
         match next {
             tools::Next::Nothing => {}
             tools::Next::ListNow => {
-                if server.status.serves() {
-                    self.start_listing(id);
+                if cx.status.serves() {
+                    self.start_listing(cx.now, out);
                 }
             }
-            tools::Next::WaitUntil(at) => {
-                let (slot, run) = (server.slot, server.run);
-                cx.timers.insert(
-                    at,
-                    Timer {
-                        slot,
-                        run,
-                        kind: TimerKind::Relist,
-                    },
-                );
-            }
+            tools::Next::WaitUntil(at) => out.push(Effect::RelistAt(at)),
         }
     }
 
-    pub(super) fn finish_listing(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        id: &str,
-        tools: Vec<Value>,
-        out: &mut Vec<Output>,
-    ) {
-        let Some(server) = self.servers.get_mut(id) else {
-            return;
-        };
+    fn finish_listing(&mut self, tools: Vec<Value>, cx: Context, out: &mut Effects<R, T>) {
         let count = tools.len();
-        let changed = server.tools != tools;
-        server.tools = tools;
-        if server.status == Status::Initializing {
-            server.initialized = true;
-            if let Some(t) = server.timer.take() {
-                cx.timers.cancel(t);
-            }
-            self.transition(
-                id,
-                Status::Active,
-                &format!("ready with {count} tools"),
-                out,
-            );
+        let changed = self.tools != tools;
+        self.tools = tools;
+        if cx.status == Status::Initializing {
+            self.initialized = true;
+            out.push(Effect::Listed(count));
         } else if changed {
-            log::info!("MCP server {id}: tool list changed ({count} tools)");
+            log::info!("MCP server {}: tool list changed ({count} tools)", self.id);
             // Events are kept in the history: name a bounded number of tools, briefly.
-            let names: Vec<String> = self.servers[id]
+            let names: Vec<String> = self
                 .tool_names()
                 .iter()
                 .take(EVENT_TOOL_NAMES)
                 .map(|n| truncate(n.to_string(), 128))
                 .collect();
-            out.push(Output::Event(
-                "mcp_servers",
+            out.push(Effect::Event(
                 "mcp_server_tools_changed",
-                json!({"server_id": id, "tools": names, "count": count}),
+                json!({"server_id": self.id, "tools": names, "count": count}),
             ));
         }
-        let Some(server) = self.servers.get_mut(id) else {
-            return;
-        };
-        let next = server.relist.finished(Instant::now());
-        self.relist_next(cx, id, next);
+        let next = self.relist.finished(cx.now);
+        self.relist_next(next, cx, out);
     }
 
     /// A `notifications/progress` as an event, when it is about one of our calls in flight
     /// (its token is ours); its free-text parts are bounded.
-    fn progress_event(&self, id: &str, params: &Value) -> Option<Value> {
-        let server = self.servers.get(id)?;
+    fn progress_event(&self, params: &Value) -> Option<Value> {
         let token = params["progressToken"].as_str()?;
-        let rpc: u64 = token.strip_prefix(id)?.strip_prefix(':')?.parse().ok()?;
-        if !matches!(server.pending.get(&rpc), Some(Pending::Call { .. })) {
+        let rpc: u64 = token
+            .strip_prefix(self.id.as_str())?
+            .strip_prefix(':')?
+            .parse()
+            .ok()?;
+        if !matches!(self.pending.get(&rpc), Some(Pending::Call { .. })) {
             return None;
         }
         let number = |v: &Value| {
@@ -518,9 +506,9 @@ impl Mcp {
         };
         let message = params["message"]
             .as_str()
-            .map(|m| truncate(m.to_string(), STDERR_LINE_MAX));
+            .map(|m| truncate(m.to_string(), NOTE_MAX));
         Some(json!({
-            "server_id": id,
+            "server_id": self.id,
             "progress_token": token,
             "progress": number(&params["progress"]),
             "total": number(&params["total"]),
@@ -528,133 +516,155 @@ impl Mcp {
         }))
     }
 
-    /// Forwards a tool call; the answer arrives later as an [`Output::Reply`].
+    /// Forwards a tool call; its answer arrives later as an [`Effect::Reply`]. `arm` sets
+    /// the call's deadline on the loop's timers (given the request id and the instant);
+    /// when it passes, the loop calls [`Session::on_call_deadline`].
     ///
     /// # Errors
-    /// Unknown server or tool, server not active, too many calls in flight.
+    /// Server ending its run (`ending`) or not serving, unknown tool, too many calls in flight.
+    #[allow(clippy::too_many_arguments)]
     pub fn call(
         &mut self,
-        cx: &mut Cx<'_, Timer>,
-        id: &str,
+        status: Status,
+        ending: Option<&str>,
         tool: &str,
         arguments: Value,
-        timeout_ms: Option<u64>,
-        reply: ReplyTo,
-    ) -> Result<(), ApiError> {
-        let max_in_flight = self.settings.config.max_in_flight_calls as usize;
-        let default_timeout = self.settings.config.call_timeout_ms;
-        let server = self.servers.get_mut(id).ok_or_else(|| not_found(id))?;
-        if let Some(why) = &server.ending {
+        timeout: Duration,
+        max_in_flight: usize,
+        reply: R,
+        now: Instant,
+        arm: impl FnOnce(u64, Instant) -> T,
+    ) -> Result<Effects<R, T>, ApiError> {
+        let id = self.id.as_str();
+        if let Some(why) = ending {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 format!("MCP server '{id}' is ending its run: {why}"),
             ));
         }
-        if !server.status.serves() {
+        if !status.serves() {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 format!(
                     "MCP server '{id}' is not active (status {})",
-                    server.status.as_str()
+                    status.as_str()
                 ),
             ));
         }
-        if !server.tools.is_empty() && !server.tool_names().contains(&tool) {
+        if !self.tools.is_empty() && !self.tool_names().contains(&tool) {
             return Err(ApiError::field(
                 ErrorCode::ToolNotFound,
                 "name",
                 format!(
                     "MCP server '{id}' has no tool '{tool}' (tools: {})",
-                    server.tool_names().join(", ")
+                    self.tool_names().join(", ")
                 ),
             ));
         }
-        if server.calls_in_flight() >= max_in_flight {
+        if self.calls_in_flight() >= max_in_flight {
             return Err(ApiError::new(
                 ErrorCode::Busy,
                 format!("{max_in_flight} calls already in flight on '{id}'"),
             ));
         }
-        let timeout = Duration::from_millis(
-            timeout_ms
-                .or(server.spec.call_timeout_ms)
-                .unwrap_or(default_timeout),
+        let rpc = self.take_id();
+        let token = format!("{}:{rpc}", self.id);
+        let bytes = jsonrpc::request(
+            rpc,
+            "tools/call",
+            json!({"name": tool, "arguments": arguments, "_meta": {"progressToken": token}}),
         );
-        let rpc = server.take_id();
-        let (slot, run) = (server.slot, server.run);
-        let timer = cx.timers.insert(
-            Instant::now() + timeout,
-            Timer {
-                slot,
-                run,
-                kind: TimerKind::Call(rpc),
-            },
-        );
-        server.pending.insert(
+        let timer = arm(rpc, now + timeout);
+        self.pending.insert(
             rpc,
             Pending::Call {
                 reply,
                 timer,
-                started: Instant::now(),
+                started: now,
                 tool: tool.to_string(),
             },
         );
-        let bytes = jsonrpc::request(
-            rpc,
-            "tools/call",
-            json!({"name": tool, "arguments": arguments, "_meta": {"progressToken": format!("{id}:{rpc}")}}),
-        );
-        self.send(id, &bytes);
-        Ok(())
+        Ok(vec![Effect::Send(bytes)])
     }
 
-    /// One health round: every serving server gets a ping; unanswered ones count as missed.
-    pub fn ping_all(&mut self, out: &mut Vec<Output>) {
-        if !self.settings.config.health_check_enabled {
-            return;
-        }
-        let misses_allowed = self.settings.config.ping_misses;
-        let ids: Vec<String> = self
-            .servers
-            .iter()
-            .filter(|(_, s)| s.status.serves())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for id in ids {
-            let Some(server) = self.servers.get_mut(&id) else {
-                continue;
-            };
-            let outstanding: Vec<u64> = server
-                .pending
-                .iter()
-                .filter(|(_, p)| matches!(p, Pending::Ping(_)))
-                .map(|(k, _)| *k)
-                .collect();
-            if !outstanding.is_empty() {
-                for k in outstanding {
-                    server.pending.remove(&k);
-                }
-                server.missed_pings += 1;
-                let missed = server.missed_pings;
-                if missed >= misses_allowed {
-                    self.kill_run(&id, format!("missed {missed} health pings"));
-                    continue;
-                }
-                self.transition(
-                    &id,
-                    Status::Degraded,
-                    &format!("missed {missed} health ping(s)"),
-                    out,
-                );
+    /// A call's deadline passed: the caller gets a timeout, the server `notifications/cancelled`.
+    pub fn on_call_deadline(&mut self, rpc: u64, now: Instant) -> Effects<R, T> {
+        let Some(Pending::Call {
+            reply,
+            tool,
+            started,
+            ..
+        }) = self.pending.remove(&rpc)
+        else {
+            return Vec::new();
+        };
+        self.calls.2 += 1;
+        let elapsed = now.saturating_duration_since(started);
+        let id = &self.id;
+        let ms = elapsed.as_millis();
+        vec![
+            Effect::ToolCall("timeout", elapsed.as_secs_f64()),
+            Effect::Reply(
+                reply,
+                Err(ApiError::new(
+                    ErrorCode::Timeout,
+                    format!("tool {tool} on {id} did not answer within {ms} ms"),
+                )),
+            ),
+            Effect::Send(jsonrpc::notification(
+                "notifications/cancelled",
+                json!({"requestId": rpc, "reason": "timed out"}),
+            )),
+        ]
+    }
+
+    /// One health round (the server serves): an unanswered ping counts as missed; unless
+    /// that makes `allowed` misses (the run ends), a new ping goes out.
+    pub fn ping_round(&mut self, allowed: u32) -> Effects<R, T> {
+        let mut out = Vec::new();
+        let before = self.pending.len();
+        self.pending.retain(|_, p| !matches!(p, Pending::Ping));
+        if self.pending.len() < before {
+            self.missed_pings += 1;
+            out.push(Effect::PingMissed(self.missed_pings));
+            if self.missed_pings >= allowed {
+                return out;
             }
-            let Some(server) = self.servers.get_mut(&id) else {
-                continue;
-            };
-            let rpc = server.take_id();
-            server.pending.insert(rpc, Pending::Ping(Instant::now()));
-            let bytes = jsonrpc::request(rpc, "ping", json!({}));
-            self.send(&id, &bytes);
         }
+        let rpc = self.take_id();
+        self.pending.insert(rpc, Pending::Ping);
+        out.push(Effect::Send(jsonrpc::request(rpc, "ping", json!({}))));
+        out
+    }
+
+    /// The run is over (`reason` says how): every request in flight ends, and calls get a
+    /// `server_exited` error.
+    pub fn end_run(&mut self, reason: &str, now: Instant) -> Effects<R, T> {
+        let mut out = Vec::new();
+        for (_, p) in self.pending.drain() {
+            if let Pending::Call {
+                reply,
+                timer,
+                tool,
+                started,
+            } = p
+            {
+                out.push(Effect::CancelTimer(timer));
+                self.calls.1 += 1;
+                let seconds = now.saturating_duration_since(started).as_secs_f64();
+                out.push(Effect::ToolCall("server_exited", seconds));
+                out.push(Effect::Reply(
+                    reply,
+                    Err(ApiError::new(
+                        ErrorCode::ServerExited,
+                        format!("MCP server {} {reason} during the call to {tool}", self.id),
+                    )),
+                ));
+            }
+        }
+        // A burst of calls may have grown the map: the next run starts small.
+        self.pending.shrink_to_fit();
+        out
     }
 }
 
@@ -667,4 +677,402 @@ fn call_result(server: &str, tool: String, result: Value, ms: f64) -> Value {
     map.insert("result".into(), result);
     map.insert("duration_ms".into(), json!(ms));
     Value::Object(map)
+}
+
+fn first_text(result: &Value) -> String {
+    result["content"]
+        .as_array()
+        .and_then(|c| c.iter().find_map(|i| i["text"].as_str()))
+        .unwrap_or("no text")
+        .chars()
+        .take(300)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mcp::jsonrpc::LineSplitter;
+
+    /// Reply handles and timers are plain numbers here.
+    type S = Session<u32, u64>;
+    type E = Effects<u32, u64>;
+
+    const LIMITS: tools::Limits = tools::Limits {
+        max_bytes: 64 * 1024,
+        max_tools: 100,
+    };
+
+    fn cx(status: Status, now: Instant) -> Context {
+        Context {
+            status,
+            now,
+            limits: LIMITS,
+            max_line: 1024,
+        }
+    }
+
+    /// Feeds raw stdout bytes through the line splitter, as the loop does.
+    fn feed(s: &mut S, bytes: &[u8], status: Status, now: Instant) -> E {
+        let mut splitter = LineSplitter::new(1024);
+        let mut lines = Vec::new();
+        splitter.push(bytes, &mut lines);
+        lines
+            .into_iter()
+            .flat_map(|l| s.on_line(l, cx(status, now)))
+            .collect()
+    }
+
+    /// The JSON-RPC messages among the effects' sends.
+    fn sent(effects: &E) -> Vec<Value> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send(b) => Some(serde_json::from_slice(b).expect("JSON we sent")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A session through its handshake in `version` and a one-tool listing.
+    fn active(version: &str) -> (S, Instant) {
+        let now = Instant::now();
+        let mut s = S::new("t");
+        let init = sent(&s.begin_run());
+        assert_eq!(init[0]["method"], "initialize");
+        assert_eq!(init[0]["params"]["protocolVersion"], PROTOCOL_VERSIONS[0]);
+        let answer = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"result":{{"protocolVersion":"{version}","capabilities":{{"tools":{{}}}},"serverInfo":{{"name":"x"}}}}}}"#
+        );
+        let e = feed(
+            &mut s,
+            format!("{answer}\n").as_bytes(),
+            Status::Starting,
+            now,
+        );
+        assert!(
+            matches!(&e[1], Effect::Handshake(v) if v == version),
+            "{e:?}"
+        );
+        let msgs = sent(&e);
+        assert_eq!(msgs[0]["method"], "notifications/initialized");
+        assert_eq!(msgs[1]["method"], "tools/list");
+        assert_eq!(msgs[1]["id"], 2);
+        let list =
+            br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo","inputSchema":{}}]}}
+"#;
+        let e = feed(&mut s, list, Status::Initializing, now);
+        assert!(matches!(e[..], [Effect::Listed(1)]), "{e:?}");
+        assert!(s.initialized);
+        assert_eq!(s.protocol_version.as_deref(), Some(version));
+        assert_eq!(s.server_info["name"], "x");
+        (s, now)
+    }
+
+    #[test]
+    fn the_handshake_accepts_every_version_we_speak_and_ends_the_run_on_others() {
+        for version in PROTOCOL_VERSIONS {
+            active(version);
+        }
+        let mut s = S::new("t");
+        s.begin_run();
+        let e = feed(
+            &mut s,
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocolVersion\":\"1999-01-01\"}}\n",
+            Status::Starting,
+            Instant::now(),
+        );
+        assert!(
+            matches!(&e[..], [Effect::EndRun(why)] if why.contains("'1999-01-01'")),
+            "{e:?}"
+        );
+        assert_eq!(s.protocol_version, None);
+        let mut s = S::new("t");
+        s.begin_run();
+        let e = feed(
+            &mut s,
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32602,\"message\":\"no\"}}\n",
+            Status::Starting,
+            Instant::now(),
+        );
+        assert!(
+            matches!(&e[..], [Effect::EndRun(why)] if why == "initialize failed: no (-32602)"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_paginated_listing_follows_next_cursor_and_a_relisting_reports_changes() {
+        let (mut s, now) = active("2025-06-18");
+        // list_changed while serving: listed at once (the last start was long enough ago).
+        let later = now + Duration::from_secs(2);
+        let e = feed(
+            &mut s,
+            b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n",
+            Status::Active,
+            later,
+        );
+        let m = sent(&e);
+        assert_eq!(
+            (m[0]["method"].as_str(), m[0]["params"].clone()),
+            (Some("tools/list"), json!({}))
+        );
+        let id = m[0]["id"].as_u64().expect("id");
+        let page1 = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"tools\":[{{\"name\":\"a\"}}],\"nextCursor\":\"p2\"}}}}\n"
+        );
+        let e = feed(&mut s, page1.as_bytes(), Status::Active, later);
+        let m = sent(&e);
+        assert_eq!(m[0]["params"]["cursor"], "p2");
+        let id = m[0]["id"].as_u64().expect("id");
+        assert_eq!(
+            s.tool_names(),
+            ["echo"],
+            "the old list stands until the listing completes"
+        );
+        let page2 = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"tools\":[{{\"name\":\"b\"}}],\"nextCursor\":\"\"}}}}\n"
+        );
+        let e = feed(&mut s, page2.as_bytes(), Status::Active, later);
+        assert_eq!(s.tool_names(), ["a", "b"]);
+        assert!(
+            matches!(&e[..], [Effect::Event("mcp_server_tools_changed", d)] if d["count"] == 2 && d["tools"] == json!(["a", "b"])),
+            "{e:?}"
+        );
+        // Another list_changed within a second of the last start waits for a timer.
+        let e = feed(
+            &mut s,
+            b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n",
+            Status::Active,
+            later + Duration::from_millis(10),
+        );
+        assert!(
+            matches!(e[..], [Effect::RelistAt(at)] if at == later + tools::RELIST_INTERVAL),
+            "{e:?}"
+        );
+        let e = s.on_relist_timer(cx(Status::Active, later + tools::RELIST_INTERVAL));
+        assert_eq!(sent(&e)[0]["method"], "tools/list");
+    }
+
+    #[test]
+    fn an_oversized_tool_list_ends_the_run_as_misbehaviour() {
+        let mut s = S::new("t");
+        s.begin_run();
+        let now = Instant::now();
+        feed(
+            &mut s,
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocolVersion\":\"2025-11-25\"}}\n",
+            Status::Starting,
+            now,
+        );
+        let big = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{{\"tools\":[{{\"name\":\"x\",\"description\":\"{}\"}}]}}}}",
+            "d".repeat(2000)
+        );
+        let mut context = cx(Status::Initializing, now);
+        context.limits.max_bytes = 1000;
+        let e = s.on_line(Line::Complete(big.into_bytes()), context);
+        assert!(
+            matches!(&e[..], [Effect::Misbehaved(why)] if why.contains("max_tool_list_bytes")),
+            "{e:?}"
+        );
+        assert!(s.tools.is_empty() && !s.initialized);
+        // A line over the line limit, too.
+        let e = s.on_line(Line::TooLong { len: 5000 }, context);
+        assert!(
+            matches!(&e[..], [Effect::Misbehaved(why)] if why == "stdout line of more than 1024 bytes (saw 5000)"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_call_reports_progress_and_is_answered() {
+        let (mut s, now) = active("2025-11-25");
+        let mut armed = None;
+        let e = s
+            .call(
+                Status::Active,
+                None,
+                "echo",
+                json!({"m": 1}),
+                Duration::from_secs(5),
+                4,
+                7,
+                now,
+                |rpc, at| {
+                    armed = Some((rpc, at));
+                    99
+                },
+            )
+            .expect("call");
+        let (rpc, at) = armed.expect("a deadline was armed");
+        assert_eq!(at, now + Duration::from_secs(5));
+        let m = sent(&e);
+        assert_eq!(m[0]["method"], "tools/call");
+        assert_eq!(m[0]["id"], rpc);
+        assert_eq!(m[0]["params"]["_meta"]["progressToken"], format!("t:{rpc}"));
+        assert_eq!(s.calls_in_flight(), 1);
+        let progress = format!(
+            "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{{\"progressToken\":\"t:{rpc}\",\"progress\":1,\"total\":2,\"message\":\"half\"}}}}\n"
+        );
+        let e = feed(&mut s, progress.as_bytes(), Status::Active, now);
+        assert!(
+            matches!(&e[..], [Effect::Event("mcp_tool_progress", d)] if d["progress"] == 1 && d["total"] == 2 && d["message"] == "half"),
+            "{e:?}"
+        );
+        // Progress for a token that is not one of our calls is ignored.
+        let stray = b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":\"t:12345\",\"progress\":1}}\n";
+        assert!(feed(&mut s, stray, Status::Active, now).is_empty());
+        let answer = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{rpc},\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"hi\"}}]}}}}\n"
+        );
+        let e = feed(
+            &mut s,
+            answer.as_bytes(),
+            Status::Active,
+            now + Duration::from_millis(3),
+        );
+        match &e[..] {
+            [Effect::CancelTimer(99), Effect::ToolCall("ok", _), Effect::Reply(7, Ok(v))] => {
+                assert_eq!(v["result"]["content"][0]["text"], "hi");
+                assert_eq!(v["tool"], "echo");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!((s.calls, s.calls_in_flight()), ((1, 0, 0), 0));
+        // Refusals: unknown tool, not serving, too many in flight, ending.
+        let call = |s: &mut S, status, ending, tool: &str, max| {
+            s.call(
+                status,
+                ending,
+                tool,
+                json!({}),
+                Duration::from_secs(1),
+                max,
+                1,
+                now,
+                |_, _| 0,
+            )
+            .map(|_| ())
+            .map_err(|e| e.code)
+        };
+        assert_eq!(
+            call(&mut s, Status::Active, None, "nope", 4),
+            Err(ErrorCode::ToolNotFound)
+        );
+        assert_eq!(
+            call(&mut s, Status::Starting, None, "echo", 4),
+            Err(ErrorCode::Conflict)
+        );
+        assert_eq!(
+            call(&mut s, Status::Active, Some("x"), "echo", 4),
+            Err(ErrorCode::Conflict)
+        );
+        assert_eq!(call(&mut s, Status::Active, None, "echo", 1), Ok(()));
+        assert_eq!(
+            call(&mut s, Status::Active, None, "echo", 1),
+            Err(ErrorCode::Busy)
+        );
+        // The end of the run fails the call in flight.
+        let e = s.end_run("exited with code 1", now);
+        assert!(
+            matches!(&e[..], [Effect::CancelTimer(0), Effect::ToolCall("server_exited", _), Effect::Reply(1, Err(err))] if err.code == ErrorCode::ServerExited),
+            "{e:?}"
+        );
+        assert_eq!(s.calls_in_flight(), 0);
+    }
+
+    #[test]
+    fn a_call_past_its_deadline_times_out_and_is_cancelled_at_the_server() {
+        let (mut s, now) = active("2025-03-26");
+        let mut rpc = 0;
+        s.call(
+            Status::Active,
+            None,
+            "echo",
+            json!({}),
+            Duration::from_millis(50),
+            4,
+            3,
+            now,
+            |r, _| {
+                rpc = r;
+                5
+            },
+        )
+        .expect("call");
+        let e = s.on_call_deadline(rpc, now + Duration::from_millis(50));
+        match &e[..] {
+            [Effect::ToolCall("timeout", _), Effect::Reply(3, Err(err)), Effect::Send(b)] => {
+                assert_eq!(err.code, ErrorCode::Timeout);
+                let m: Value = serde_json::from_slice(b).expect("json");
+                assert_eq!(m["method"], "notifications/cancelled");
+                assert_eq!(m["params"]["requestId"], rpc);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.calls, (0, 0, 1));
+        // Its late answer is dropped; a second deadline does nothing.
+        let late = format!("{{\"jsonrpc\":\"2.0\",\"id\":{rpc},\"result\":{{}}}}\n");
+        assert!(feed(&mut s, late.as_bytes(), Status::Active, now).is_empty());
+        assert!(s.on_call_deadline(rpc, now).is_empty());
+    }
+
+    #[test]
+    fn server_requests_get_ping_answered_and_the_rest_refused() {
+        let (mut s, now) = active("2024-11-05");
+        let e = feed(
+            &mut s,
+            b"{\"jsonrpc\":\"2.0\",\"id\":\"p\",\"method\":\"ping\"}\n{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"sampling/createMessage\",\"params\":{}}\n",
+            Status::Active,
+            now,
+        );
+        let m = sent(&e);
+        assert_eq!(m[0], json!({"jsonrpc": "2.0", "id": "p", "result": {}}));
+        assert_eq!(m[1]["id"], 9);
+        assert_eq!(m[1]["error"]["code"], -32601);
+        // Our pings: answered, missed, and the run ends at the allowed number of misses.
+        let ping = sent(&s.ping_round(3));
+        assert_eq!(ping[0]["method"], "ping");
+        let answer = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":{{}}}}\n",
+            ping[0]["id"]
+        );
+        let e = feed(&mut s, answer.as_bytes(), Status::Active, now);
+        assert!(matches!(e[..], [Effect::PingAnswered]), "{e:?}");
+        s.ping_round(3);
+        let e = s.ping_round(3);
+        assert!(
+            matches!(e[0], Effect::PingMissed(1)) && sent(&e).len() == 1,
+            "{e:?}"
+        );
+        s.ping_round(3);
+        let e = s.ping_round(3);
+        assert!(
+            matches!(e[..], [Effect::PingMissed(3)]),
+            "no new ping for an ending run: {e:?}"
+        );
+    }
+
+    #[test]
+    fn garbage_lines_are_protocol_errors_and_a_flood_ends_the_run() {
+        let (mut s, now) = active("2025-11-25");
+        let e = feed(&mut s, b"hello\n   \n\x00\xff\n", Status::Active, now);
+        assert_eq!(e.len(), 2, "blank lines are ignored: {e:?}");
+        assert!(e.iter().all(
+            |x| matches!(x, Effect::ProtocolError(w) if w.starts_with("protocol error: not JSON"))
+        ));
+        assert_eq!(s.protocol_errors, 2);
+        // Errors 3 to 50 are counted; the 51st within a minute ends the run.
+        for n in 3..=PERSISTENT_PROTOCOL_ERRORS + 1 {
+            let e = feed(&mut s, b"{\"no\":\"rpc\"}\n", Status::Active, now);
+            let ends = e.iter().any(|x| matches!(x, Effect::Misbehaved(_)));
+            assert_eq!(ends, n > PERSISTENT_PROTOCOL_ERRORS, "error {n}: {e:?}");
+        }
+        // A new run forgets the flood, not the count.
+        s.begin_run();
+        let e = feed(&mut s, b"nope\n", Status::Starting, now);
+        assert!(matches!(e[..], [Effect::ProtocolError(_)]), "{e:?}");
+        assert_eq!(s.protocol_errors, PERSISTENT_PROTOCOL_ERRORS as u64 + 2);
+    }
 }

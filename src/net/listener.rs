@@ -329,8 +329,7 @@ impl TcpAccess {
         {
             return Err(Refusal::CrossSite);
         }
-        let exempt = matches!(request.method.as_str(), "GET" | "HEAD")
-            && request.path.trim_end_matches('/') == "/api/v1/health";
+        let exempt = super::routes::is_public(&request.method, &request.path);
         let query_token = (request.path == "/ws/monitor")
             .then(|| {
                 request

@@ -1,50 +1,43 @@
-//! REST routes: method + path + query + JSON body -> [`api::Request`]. The same router serves
-//! the control socket and (later) the TCP listener.
+//! REST routes: method + path + query + JSON body -> [`api::Request`], derived from the ops
+//! table ([`ops::all`]). The same router serves the control socket and the TCP listener.
 //!
 //! A path that exists with another method is a 405 naming the allowed methods; an unknown
 //! path is a 404; a bad parameter or body is a 400 naming the field. `HEAD` is routed as
 //! `GET` wherever GET exists (the connection leaves the body out, see [`http::Conn`]), so
-//! the table and the OpenAPI document list GET only and `Allow` adds HEAD.
+//! the table and the OpenAPI document list GET only and `Allow` adds HEAD. Rows without a
+//! parser (the WebSocket upgrade, which the connection takes over) are not routed here.
+//!
+//! [`api::Request`]: crate::api::Request
 
-use crate::api::{ApiError, ErrorCode, EventQuery, LogQuery, Request};
-use crate::mcp::registry::ServerSpec;
+use crate::api::{Access, ApiError, Args, ErrorCode, Op, Request};
 use crate::net::http;
+use crate::ops;
 use serde_json::Value;
 
-/// Every route: path and the methods it answers. Also the source of the `Allow` header.
-pub const ROUTES: &[(&str, &[&str])] = &[
-    ("/api/v1/status", &["GET"]),
-    ("/api/v1/health", &["GET"]),
-    ("/api/v1/control/start", &["POST"]),
-    ("/api/v1/control/stop", &["POST"]),
-    ("/api/v1/control/restart", &["POST"]),
-    ("/api/v1/config", &["GET", "PUT"]),
-    ("/api/v1/config/reload", &["POST"]),
-    ("/api/v1/config/schema", &["GET"]),
-    ("/api/v1/logs", &["GET"]),
-    ("/api/v1/diagnostics/run", &["POST"]),
-    ("/api/v1/events", &["GET"]),
-    ("/api/v1/metrics", &["GET"]),
-    ("/api/v1/metrics/performance", &["GET"]),
-    ("/api/v1/metrics/health", &["GET"]),
-    ("/metrics", &["GET"]),
-    ("/api/v1/openapi.json", &["GET"]),
-    ("/api/v1/mcp/servers", &["GET", "POST"]),
-    ("/api/v1/mcp/servers/{id}", &["GET", "DELETE"]),
-    ("/api/v1/mcp/servers/{id}/start", &["POST"]),
-    ("/api/v1/mcp/servers/{id}/stop", &["POST"]),
-    ("/api/v1/mcp/servers/{id}/restart", &["POST"]),
-    ("/api/v1/mcp/servers/{id}/reset", &["POST"]),
-    ("/api/v1/mcp/servers/{id}/tools", &["GET"]),
-    ("/api/v1/mcp/servers/{id}/tools/call", &["POST"]),
-    ("/api/v1/auth/token", &["GET"]),
-    ("/api/v1/auth/token/rotate", &["POST"]),
-];
+/// The routed rows: every op with a parser.
+fn routed() -> impl Iterator<Item = &'static Op> {
+    ops::all().filter(|o| o.parse.is_some())
+}
+
+/// Every (method, path pattern) the router answers (HEAD aside), in table order.
+pub fn routes() -> Vec<(&'static str, &'static str)> {
+    routed().map(|o| (o.method, o.path)).collect()
+}
 
 /// Routes that answer only on the control socket (403 over TCP and WebSocket, even with a
 /// valid token): they hand out or replace the token itself.
 pub fn control_socket_only(pattern: &str) -> bool {
-    pattern.starts_with("/api/v1/auth/")
+    routed().any(|o| o.path == pattern && o.access == Access::ControlSocket)
+}
+
+/// Whether the ops table lets anyone call `method path` over TCP without a token (the health
+/// check probes use). Cheap: only the public rows are matched.
+pub fn is_public(method: &str, path: &str) -> bool {
+    let method = if method == "HEAD" { "GET" } else { method };
+    let path = path.trim_end_matches('/');
+    routed().any(|o| {
+        o.access == Access::Public && o.method == method && matches(o.path, path).is_some()
+    })
 }
 
 /// A path matched against the route table (cheap: no body is looked at yet).
@@ -52,20 +45,26 @@ pub fn control_socket_only(pattern: &str) -> bool {
 pub struct Resolved {
     /// The route pattern (also the metrics label).
     pub pattern: &'static str,
-    methods: &'static [&'static str],
     id: Option<String>,
 }
 
 /// Finds the route of a path; `None` for an unknown path.
 pub fn resolve(path: &str) -> Option<Resolved> {
     let path = path.trim_end_matches('/');
-    ROUTES.iter().find_map(|(p, m)| {
-        matches(p, path).map(|id| Resolved {
-            pattern: p,
-            methods: m,
+    routed().find_map(|o| {
+        matches(o.path, path).map(|id| Resolved {
+            pattern: o.path,
             id,
         })
     })
+}
+
+/// The methods a route pattern answers, in table order.
+fn methods_of(pattern: &str) -> Vec<&'static str> {
+    routed()
+        .filter(|o| o.path == pattern)
+        .map(|o| o.method)
+        .collect()
 }
 
 /// The metrics label of a resolved path: its pattern, or `"unmatched"`.
@@ -154,317 +153,71 @@ pub fn route_resolved(
     req: &http::Request,
     resolved: Option<Resolved>,
 ) -> Result<Request, RouteError> {
-    let Some(Resolved {
-        pattern,
-        methods,
-        id,
-    }) = resolved
-    else {
+    let Some(Resolved { pattern, id }) = resolved else {
         return Err(
             ApiError::new(ErrorCode::NotFound, format!("no route for {}", req.path)).into(),
         );
     };
-    let id = id.unwrap_or_default();
     let method = if req.method == "HEAD" {
         "GET"
     } else {
         req.method.as_str()
     };
-    if !methods.contains(&method) {
+    let row = routed().find(|o| o.path == pattern && o.method == method);
+    let Some(parse) = row.and_then(|o| o.parse) else {
         return Err(RouteError {
             error: ApiError::new(
                 ErrorCode::MethodNotAllowed,
                 format!("{} does not accept {}", req.path, req.method),
             ),
-            allow: Some(allow_header(methods)),
+            allow: Some(allow_header(&methods_of(pattern))),
         });
-    }
-    let q = Query::parse(&req.query)?;
-    let body = Body::parse(&req.body)?;
-    let request = match (method, pattern) {
-        ("GET", "/api/v1/status") => Request::Status {
-            detailed: q.flag("detailed")?,
-        },
-        ("GET", "/api/v1/health") => Request::Health {
-            component: q.text("component"),
-        },
-        ("POST", "/api/v1/control/start") => Request::ControlStart {
-            service: body.text("service")?,
-        },
-        ("POST", "/api/v1/control/stop") => Request::ControlStop {
-            service: body.text("service")?,
-            shutdown: body.flag("shutdown")?.unwrap_or(false),
-            graceful: body.flag("graceful")?.unwrap_or(true),
-        },
-        ("POST", "/api/v1/control/restart") => Request::ControlRestart {
-            service: body.text("service")?,
-        },
-        ("GET", "/api/v1/config") => Request::ConfigShow {
-            section: q.text("section"),
-        },
-        ("PUT", "/api/v1/config") => {
-            match body.0 {
-                Some(patch @ Value::Object(_)) => Request::ConfigUpdate { patch },
-                _ => return Err(ApiError::new(
-                    ErrorCode::BadRequest,
-                    "body must be a JSON object in the shape of the configuration (a merge patch)",
-                )
-                .into()),
-            }
-        }
-        ("POST", "/api/v1/config/reload") => Request::ConfigReload,
-        ("GET", "/api/v1/auth/token") => Request::AuthToken,
-        ("POST", "/api/v1/auth/token/rotate") => Request::AuthTokenRotate,
-        ("GET", "/api/v1/config/schema") => Request::ConfigSchema,
-        ("GET", "/api/v1/logs") => Request::Logs {
-            query: LogQuery {
-                level: match q.text("level") {
-                    Some(l) => parse_level(&l)?,
-                    None => log::LevelFilter::Trace,
-                },
-                lines: q
-                    .number("lines")?
-                    .or(q.number("limit")?)
-                    .unwrap_or(100)
-                    .min(100_000) as usize,
-                component: q.text("component"),
-                since: q.number("since")?,
-            },
-            follow: req.accepts_event_stream() || q.flag("follow")?,
-        },
-        ("POST", "/api/v1/diagnostics/run") => Request::Diagnostics {
-            full: q.flag("full")? || body.flag("full")?.unwrap_or(false),
-        },
-        ("GET", "/api/v1/metrics") => Request::Metrics { view: "all" },
-        ("GET", "/api/v1/metrics/performance") => Request::Metrics {
-            view: "performance",
-        },
-        ("GET", "/api/v1/metrics/health") => Request::Metrics { view: "health" },
-        ("GET", "/metrics") => Request::Prometheus,
-        ("GET", "/api/v1/openapi.json") => Request::OpenApi,
-        ("GET", "/api/v1/events") => Request::Events {
-            query: EventQuery {
-                kind: q.text("type"),
-                channel: q.text("channel"),
-                since: q.number("since")?,
-                limit: q.number("limit")?.unwrap_or(100).min(10_000) as usize,
-            },
-            follow: req.accepts_event_stream() || q.flag("follow")?,
-        },
-        ("GET", "/api/v1/mcp/servers") => Request::McpList {
-            status: match q.text("status").as_deref() {
-                None | Some("all") => "all",
-                Some("active") => "active",
-                Some("inactive") => "inactive",
-                Some(other) => {
-                    return Err(ApiError::field(
-                        ErrorCode::InvalidParameter,
-                        "status",
-                        format!("'{other}' is not one of active, inactive, all"),
-                    )
-                    .into())
-                }
-            },
-        },
-        ("POST", "/api/v1/mcp/servers") => {
-            let Some(spec) = body.0 else {
-                return Err(ApiError::new(
-                    ErrorCode::BadRequest,
-                    "body must be a server spec object",
-                )
-                .into());
-            };
-            let spec: ServerSpec = serde_json::from_value(spec).map_err(|e| {
-                ApiError::new(
-                    ErrorCode::InvalidParameter,
-                    format!("invalid server spec: {e}"),
-                )
-            })?;
-            Request::McpRegister { spec }
-        }
-        ("GET", "/api/v1/mcp/servers/{id}") => Request::McpShow { id },
-        ("DELETE", "/api/v1/mcp/servers/{id}") => Request::McpUnregister { id },
-        ("POST", "/api/v1/mcp/servers/{id}/start") => Request::McpStart { id },
-        ("POST", "/api/v1/mcp/servers/{id}/stop") => Request::McpStop { id },
-        ("POST", "/api/v1/mcp/servers/{id}/restart") => Request::McpRestart { id },
-        ("POST", "/api/v1/mcp/servers/{id}/reset") => Request::McpReset { id },
-        ("GET", "/api/v1/mcp/servers/{id}/tools") => Request::McpTools { id },
-        ("POST", "/api/v1/mcp/servers/{id}/tools/call") => {
-            let name = body.text("name")?.ok_or_else(|| {
-                ApiError::field(
-                    ErrorCode::InvalidParameter,
-                    "name",
-                    "the tool name is required",
-                )
-            })?;
-            let arguments = match body.get("arguments") {
-                None => Value::Object(Default::default()),
-                Some(v @ Value::Object(_)) => v.clone(),
-                Some(_) => {
-                    return Err(ApiError::field(
-                        ErrorCode::InvalidParameter,
-                        "arguments",
-                        "must be an object",
-                    )
-                    .into())
-                }
-            };
-            let timeout_ms = match body.get("timeout_ms") {
-                None => None,
-                // JSON Schema's integer includes 3056.0.
-                Some(v) => match v.as_u64().or_else(|| {
-                    v.as_f64()
-                        .filter(|f| f.fract() == 0.0 && *f >= 0.0)
-                        .map(|f| f as u64)
-                }) {
-                    Some(n) if (1..=3_600_000).contains(&n) => Some(n),
-                    _ => {
-                        return Err(ApiError::field(
-                            ErrorCode::InvalidParameter,
-                            "timeout_ms",
-                            "must be an integer between 1 and 3600000",
-                        )
-                        .into())
-                    }
-                },
-            };
-            Request::McpCall {
-                id,
-                name,
-                arguments,
-                timeout_ms,
-            }
-        }
-        _ => {
-            return Err(
-                ApiError::new(ErrorCode::NotFound, format!("no route for {}", req.path)).into(),
-            )
-        }
     };
-    Ok(request)
+    let query = parse_query(&req.query)?;
+    let body = parse_body(&req.body)?;
+    let args = Args::new(
+        query,
+        body,
+        id.unwrap_or_default(),
+        req.accepts_event_stream(),
+    );
+    Ok(parse(args)?)
 }
 
-/// Parses a log level name.
-///
-/// # Errors
-/// `invalid_parameter` naming `level`.
-pub fn parse_level(text: &str) -> Result<log::LevelFilter, ApiError> {
-    text.parse::<log::LevelFilter>().map_err(|_| {
-        ApiError::field(
-            ErrorCode::InvalidParameter,
-            "level",
-            format!("unknown level '{text}': use error, warn, info, debug or trace"),
-        )
-    })
+/// Decodes a query string into (name, value) pairs.
+fn parse_query(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let mut pairs = Vec::new();
+    for part in raw.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let key = percent_decode(k)
+            .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "malformed query string"))?;
+        let value = percent_decode(v).ok_or_else(|| {
+            ApiError::field(
+                ErrorCode::InvalidParameter,
+                key.clone(),
+                "malformed percent-encoding",
+            )
+        })?;
+        pairs.push((key, value));
+    }
+    Ok(pairs)
 }
 
-/// Decoded query parameters.
-struct Query(Vec<(String, String)>);
-
-impl Query {
-    fn parse(raw: &str) -> Result<Query, ApiError> {
-        let mut pairs = Vec::new();
-        for part in raw.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = part.split_once('=').unwrap_or((part, ""));
-            let key = percent_decode(k)
-                .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "malformed query string"))?;
-            let value = percent_decode(v).ok_or_else(|| {
-                ApiError::field(
-                    ErrorCode::InvalidParameter,
-                    key.clone(),
-                    "malformed percent-encoding",
-                )
-            })?;
-            pairs.push((key, value));
-        }
-        Ok(Query(pairs))
+/// A JSON object body, or `None` for an empty (or blank) one.
+fn parse_body(raw: &[u8]) -> Result<Option<Value>, ApiError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
     }
-
-    fn text(&self, key: &str) -> Option<String> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-    }
-
-    fn flag(&self, key: &str) -> Result<bool, ApiError> {
-        match self.text(key).as_deref() {
-            None => Ok(false),
-            Some("" | "true" | "1" | "yes") => Ok(true),
-            Some("false" | "0" | "no") => Ok(false),
-            Some(other) => Err(ApiError::field(
-                ErrorCode::InvalidParameter,
-                key,
-                format!("'{other}' is not a boolean"),
-            )),
-        }
-    }
-
-    fn number(&self, key: &str) -> Result<Option<u64>, ApiError> {
-        self.text(key)
-            .map(|v| {
-                v.parse::<u64>().map_err(|_| {
-                    ApiError::field(
-                        ErrorCode::InvalidParameter,
-                        key,
-                        format!("'{v}' is not a non-negative integer"),
-                    )
-                })
-            })
-            .transpose()
-    }
-}
-
-/// A JSON object body (or none).
-struct Body(Option<Value>);
-
-impl Body {
-    fn parse(raw: &[u8]) -> Result<Body, ApiError> {
-        if raw.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Body(None));
-        }
-        match serde_json::from_slice(raw) {
-            Ok(v @ Value::Object(_)) => Ok(Body(Some(v))),
-            Ok(_) => Err(ApiError::new(
-                ErrorCode::BadRequest,
-                "the body must be a JSON object",
-            )),
-            Err(e) => Err(ApiError::new(
-                ErrorCode::BadRequest,
-                format!("invalid JSON body: {e}"),
-            )),
-        }
-    }
-
-    fn get(&self, key: &str) -> Option<&Value> {
-        self.0
-            .as_ref()
-            .and_then(|v| v.get(key))
-            .filter(|v| !v.is_null())
-    }
-
-    fn text(&self, key: &str) -> Result<Option<String>, ApiError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(ApiError::field(
-                ErrorCode::InvalidParameter,
-                key,
-                "must be a string",
-            )),
-        }
-    }
-
-    fn flag(&self, key: &str) -> Result<Option<bool>, ApiError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(_) => Err(ApiError::field(
-                ErrorCode::InvalidParameter,
-                key,
-                "must be a boolean",
-            )),
-        }
+    match serde_json::from_slice(raw) {
+        Ok(v @ Value::Object(_)) => Ok(Some(v)),
+        Ok(_) => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("invalid JSON body: {e}"),
+        )),
     }
 }
 
@@ -497,6 +250,7 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops;
 
     fn req(method: &str, target: &str, body: &str) -> http::Request {
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -551,6 +305,11 @@ mod tests {
         assert_eq!(e.error.code, ErrorCode::NotFound);
         let e = route(&req("GET", "/api/v1/logs?lines=ten", "")).unwrap_err();
         assert_eq!(e.error.field.as_deref(), Some("lines"));
+        for empty in ["detailed=", "detailed", "detailed=&x=1"] {
+            let e = route(&req("GET", &format!("/api/v1/status?{empty}"), "")).unwrap_err();
+            assert_eq!(e.error.code, ErrorCode::InvalidParameter, "{empty}");
+            assert_eq!(e.error.field.as_deref(), Some("detailed"), "{empty}");
+        }
         let e = route(&req("GET", "/api/v1/logs?level=loud", "")).unwrap_err();
         assert_eq!(e.error.field.as_deref(), Some("level"));
         let e = route(&req("POST", "/api/v1/control/restart", "{")).unwrap_err();
@@ -559,6 +318,143 @@ mod tests {
         assert_eq!(e.error.code, ErrorCode::BadRequest);
         let e = route(&req("POST", "/api/v1/control/restart", r#"{"service": 3}"#)).unwrap_err();
         assert_eq!(e.error.field.as_deref(), Some("service"));
+    }
+
+    /// A body the row accepts (the rows that require one), so that routing succeeds.
+    fn sample_body(o: &Op) -> &'static str {
+        match (o.method, o.path) {
+            ("PUT", "/api/v1/config") => r#"{"daemon":{"log_level":"info"}}"#,
+            ("POST", "/api/v1/mcp/servers") => r#"{"id":"x","command":"true"}"#,
+            ("POST", "/api/v1/mcp/servers/{id}/tools/call") => r#"{"name":"t"}"#,
+            _ => {
+                assert!(
+                    !o.body.is_some_and(|b| b.required),
+                    "{}: give the test a sample body",
+                    o.id
+                );
+                ""
+            }
+        }
+    }
+
+    #[test]
+    fn every_row_with_a_parser_is_routed_to_itself() {
+        let mut count = 0;
+        for o in ops::all().filter(|o| o.parse.is_some()) {
+            let path = o.path.replace("{id}", "x");
+            let mut methods = vec![o.method];
+            if o.method == "GET" {
+                methods.push("HEAD");
+            }
+            for m in methods {
+                let r = route(&req(m, &path, sample_body(o)));
+                assert!(r.is_ok(), "{m} {path}: {:?}", r.err());
+                assert_eq!(resolve(&path).map(|r| r.pattern), Some(o.path));
+                count += 1;
+            }
+        }
+        assert_eq!(
+            count,
+            routes().len() + routes().iter().filter(|r| r.0 == "GET").count()
+        );
+        assert_eq!(resolve("/ws/monitor").map(|r| r.pattern), None);
+    }
+
+    #[test]
+    fn the_router_accepts_exactly_the_methods_of_the_table() {
+        const ANY: &[&str] = &[
+            "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
+        ];
+        for o in ops::all().filter(|o| o.parse.is_some()) {
+            let in_table: Vec<&str> = ops::all()
+                .filter(|r| r.path == o.path && r.parse.is_some())
+                .map(|r| r.method)
+                .collect();
+            let path = o.path.replace("{id}", "x");
+            for m in ANY {
+                let as_get = if *m == "HEAD" { "GET" } else { m };
+                let body = if *m == o.method { sample_body(o) } else { "" };
+                match route(&req(m, &path, body)) {
+                    Err(e) if e.error.code == ErrorCode::MethodNotAllowed => {
+                        assert!(!in_table.contains(&as_get), "{m} {path}");
+                        assert_eq!(e.allow, Some(allow_header(&in_table)), "{m} {path}");
+                    }
+                    Err(e) => assert!(
+                        in_table.contains(&as_get) && e.error.code != ErrorCode::NotFound,
+                        "{m} {path}: {:?}",
+                        e.error
+                    ),
+                    Ok(_) => assert!(in_table.contains(&as_get), "{m} {path} routed"),
+                }
+            }
+        }
+    }
+
+    /// Whether any routed row's pattern matches `path`, by a matcher written apart from the
+    /// router's.
+    fn in_table(path: &str) -> bool {
+        let path = path.trim_end_matches('/');
+        ops::all().filter(|o| o.parse.is_some()).any(|o| {
+            let p: Vec<&str> = o.path.split('/').collect();
+            let q: Vec<&str> = path.split('/').collect();
+            p.len() == q.len()
+                && p.iter()
+                    .zip(&q)
+                    .all(|(a, b)| a == b || (*a == "{id}" && !b.is_empty()))
+        })
+    }
+
+    #[test]
+    fn random_paths_route_only_when_the_table_has_them() {
+        const SEGMENTS: &[&str] = &[
+            "api", "v1", "mcp", "servers", "x", "status", "metrics", "tools", "call", "config", "",
+            "ws", "monitor", "auth", "token", "health", "events", "%41", "schema", "start",
+        ];
+        // A fixed linear congruential sequence: the same paths on every run.
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize % n
+        };
+        let (mut hits, mut misses) = (0, 0);
+        for _ in 0..20_000 {
+            // Half start like the API so that many paths come close to real routes.
+            let mut path = String::from(if next(2) == 0 { "/api/v1" } else { "" });
+            for _ in 0..1 + next(5) {
+                path.push('/');
+                path.push_str(SEGMENTS[next(SEGMENTS.len())]);
+            }
+            let r = route(&req("GET", &path, ""));
+            let not_found = matches!(&r, Err(e) if e.error.code == ErrorCode::NotFound);
+            assert_eq!(!not_found, in_table(&path), "{path}: {:?}", r.err());
+            if not_found {
+                misses += 1;
+            } else {
+                hits += 1;
+            }
+        }
+        assert!(hits > 100 && misses > 100, "{hits} {misses}");
+    }
+
+    #[test]
+    fn only_the_public_rows_need_no_token() {
+        for o in ops::all().filter(|o| o.parse.is_some()) {
+            let path = o.path.replace("{id}", "x");
+            let public = o.access == Access::Public;
+            assert_eq!(is_public(o.method, &path), public, "{} {path}", o.method);
+            if o.method == "GET" {
+                assert_eq!(
+                    is_public("HEAD", &format!("{path}/")),
+                    public,
+                    "HEAD {path}/"
+                );
+            }
+            assert!(!is_public("DELETE", &path), "DELETE {path}");
+        }
+        assert!(is_public("GET", "/api/v1/health"));
+        assert!(!is_public("GET", "/api/v1/health/x"));
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! stopped is still closed on time).
 
 use super::{http, Stream};
-use crate::api::{ApiError, ErrorCode};
+use crate::api::{ApiError, ErrorCode, Op};
+use crate::ops;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -47,6 +48,18 @@ pub const CHANNELS: [&str; 7] = [
     "security",
     "variety_monitoring",
     "logs",
+    "consciousness",
+];
+
+/// Channels a client may subscribe to that no producer publishes on yet (the monitors, the
+/// variety manager and reflection come with later issues). The `connected` message names them
+/// so that a quiet subscription is not mistaken for a quiet system. Take a channel out of
+/// this list in the change that makes it carry events.
+pub const SILENT_CHANNELS: [&str; 5] = [
+    "performance",
+    "health",
+    "security",
+    "variety_monitoring",
     "consciousness",
 ];
 
@@ -404,52 +417,12 @@ pub enum Command {
     Api(Option<Value>, http::Request),
 }
 
-/// Named commands and the HTTP request each one is: (command, method, path template).
-/// `{id}` comes from `parameters.id` (or `server`); GET parameters become the query string,
-/// other methods send `parameters` as the body.
-pub const COMMANDS: &[(&str, &str, &str)] = &[
-    ("status", "GET", "/api/v1/status"),
-    ("health", "GET", "/api/v1/health"),
-    ("control_start", "POST", "/api/v1/control/start"),
-    ("control_stop", "POST", "/api/v1/control/stop"),
-    ("control_restart", "POST", "/api/v1/control/restart"),
-    ("get_config", "GET", "/api/v1/config"),
-    ("update_config", "PUT", "/api/v1/config"),
-    ("reload_config", "POST", "/api/v1/config/reload"),
-    ("get_config_schema", "GET", "/api/v1/config/schema"),
-    ("get_logs", "GET", "/api/v1/logs"),
-    ("get_events", "GET", "/api/v1/events"),
-    ("run_diagnostics", "POST", "/api/v1/diagnostics/run"),
-    ("get_metrics", "GET", "/api/v1/metrics"),
-    (
-        "get_performance_metrics",
-        "GET",
-        "/api/v1/metrics/performance",
-    ),
-    ("get_health_metrics", "GET", "/api/v1/metrics/health"),
-    ("mcp_list_servers", "GET", "/api/v1/mcp/servers"),
-    ("mcp_register_server", "POST", "/api/v1/mcp/servers"),
-    ("mcp_get_server", "GET", "/api/v1/mcp/servers/{id}"),
-    (
-        "mcp_unregister_server",
-        "DELETE",
-        "/api/v1/mcp/servers/{id}",
-    ),
-    ("mcp_start_server", "POST", "/api/v1/mcp/servers/{id}/start"),
-    ("mcp_stop_server", "POST", "/api/v1/mcp/servers/{id}/stop"),
-    (
-        "mcp_restart_server",
-        "POST",
-        "/api/v1/mcp/servers/{id}/restart",
-    ),
-    ("mcp_reset_server", "POST", "/api/v1/mcp/servers/{id}/reset"),
-    ("mcp_list_tools", "GET", "/api/v1/mcp/servers/{id}/tools"),
-    (
-        "mcp_call_tool",
-        "POST",
-        "/api/v1/mcp/servers/{id}/tools/call",
-    ),
-];
+/// The named commands, each with the operation it sends (the rows of the ops table that
+/// have a WebSocket name). `{id}` comes from `parameters.id` (or `server`); GET parameters
+/// become the query string, other methods send `parameters` as the body.
+pub fn commands() -> impl Iterator<Item = (&'static str, &'static Op)> {
+    ops::all().filter_map(|o| o.ws.map(|name| (name, o)))
+}
 
 fn encode(s: &str) -> String {
     s.bytes()
@@ -517,7 +490,12 @@ pub fn parse_command(text: &str) -> Result<Command, (Option<Value>, ApiError)> {
         let body = params.get("body").cloned();
         (method, path.to_string(), body)
     } else {
-        let Some((_, method, template)) = COMMANDS.iter().find(|(c, _, _)| *c == command) else {
+        let Some(Op {
+            method,
+            path: template,
+            ..
+        }) = ops::by_command(command)
+        else {
             return Err((
                 id,
                 ApiError::field(
@@ -547,7 +525,7 @@ pub fn parse_command(text: &str) -> Result<Command, (Option<Value>, ApiError)> {
             path = path.replace("{id}", &encode(server));
         }
         let mut body = params.clone();
-        if command == "mcp_call_tool" {
+        if ops::MCP_CALL.ws == Some(command) {
             if let Some(tool) = params.get("tool").filter(|_| params.get("name").is_none()) {
                 body["name"] = tool.clone();
             }
@@ -704,6 +682,19 @@ mod tests {
     }
 
     #[test]
+    fn silent_channels_are_channels() {
+        for c in SILENT_CHANNELS {
+            assert!(CHANNELS.contains(&c), "{c}");
+        }
+        // The two with producers today: MCP server events and the log stream.
+        let loud: Vec<&str> = CHANNELS
+            .into_iter()
+            .filter(|c| !SILENT_CHANNELS.contains(c))
+            .collect();
+        assert_eq!(loud, ["mcp_servers", "logs"]);
+    }
+
+    #[test]
     fn commands_become_requests() {
         let c = parse_command(r#"{"command":"subscribe","channels":["mcp_servers","logs"]}"#)
             .expect("ok");
@@ -743,6 +734,38 @@ mod tests {
     }
 
     #[test]
+    fn every_command_sends_its_operation_through_the_router() {
+        let mut names = BTreeSet::new();
+        for (name, op) in commands() {
+            assert!(names.insert(name), "duplicate command {name}");
+            let msg = json!({"id": 1, "command": name, "parameters": {"id": "s 1", "name": "t"}});
+            let Ok(Command::Api(_, req)) = parse_command(&msg.to_string()) else {
+                panic!("{name} is not an API command");
+            };
+            assert_eq!(req.method, op.method, "{name}");
+            let resolved = crate::net::routes::resolve(&req.path).expect("routable");
+            assert_eq!(resolved.pattern, op.path, "{name}");
+            if let Err(e) = crate::net::routes::route(&req) {
+                let code = e.error.code;
+                assert!(
+                    !matches!(code, ErrorCode::NotFound | ErrorCode::MethodNotAllowed),
+                    "{name}: {code:?}"
+                );
+            }
+        }
+        // Every enveloped operation a WebSocket client may call has a command: the control
+        // socket's own operations and the non-JSON answers have none.
+        for o in ops::all() {
+            let callable = matches!(
+                o.produces,
+                crate::api::Produces::Json | crate::api::Produces::JsonOrSse
+            ) && o.access != crate::api::Access::ControlSocket;
+            assert_eq!(o.ws.is_some(), callable, "{} {}", o.method, o.path);
+        }
+        assert!(names.len() > 20);
+    }
+
+    #[test]
     fn handshake_answers_with_the_accept_key() {
         let req = http::Request {
             method: "GET".into(),
@@ -768,5 +791,156 @@ mod tests {
         let mut plain = req.clone();
         plain.headers.clear();
         assert_eq!(handshake_response(&plain).map_err(|e| e.0), Err(426));
+    }
+
+    /// One step of [`OnSchedule`]: take at most `n` bytes, or refuse with `WouldBlock`.
+    #[derive(Debug, Clone, Copy)]
+    enum Io {
+        Take(usize),
+        Block,
+    }
+
+    /// A socket driven by a schedule, as tungstenite's `tests/write.rs` does: each call to
+    /// `write` (or `read`) consumes one step; when the schedule runs out, writes take
+    /// everything and reads block. Reads hand out `incoming` in the scheduled sizes.
+    struct OnSchedule {
+        writes: VecDeque<Io>,
+        reads: VecDeque<Io>,
+        incoming: VecDeque<u8>,
+        written: Vec<u8>,
+        blocked: usize,
+    }
+
+    impl OnSchedule {
+        fn new(writes: &[Io], reads: &[Io], incoming: Vec<u8>) -> Self {
+            OnSchedule {
+                writes: writes.iter().copied().collect(),
+                reads: reads.iter().copied().collect(),
+                incoming: incoming.into(),
+                written: Vec::new(),
+                blocked: 0,
+            }
+        }
+    }
+
+    impl Read for OnSchedule {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = match self.reads.pop_front() {
+                Some(Io::Take(n)) => n.min(buf.len()).min(self.incoming.len()),
+                Some(Io::Block) | None => 0,
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            for (slot, byte) in buf.iter_mut().zip(self.incoming.drain(..n)) {
+                *slot = byte;
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for OnSchedule {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = match self.writes.pop_front() {
+                Some(Io::Take(n)) => n.min(buf.len()),
+                Some(Io::Block) => {
+                    self.blocked += 1;
+                    return Err(std::io::ErrorKind::WouldBlock.into());
+                }
+                None => buf.len(),
+            };
+            self.written.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Frames a client would send (masked), as bytes.
+    fn client_frames(texts: &[String]) -> Vec<u8> {
+        let cursor = std::io::Cursor::new(Vec::new());
+        let mut ws = WebSocket::from_raw_socket(cursor, Role::Client, None);
+        for t in texts {
+            ws.send(Message::text(t.clone())).expect("frame");
+        }
+        ws.get_ref().get_ref().clone()
+    }
+
+    /// The text messages in what the server wrote, decoded as a client would.
+    fn decode(bytes: Vec<u8>) -> Vec<String> {
+        let cursor = std::io::Cursor::new(bytes);
+        let mut ws = WebSocket::from_raw_socket(cursor, Role::Client, None);
+        let mut texts = Vec::new();
+        while let Ok(m) = ws.read() {
+            if let Message::Text(t) = m {
+                texts.push(t.as_str().to_string());
+            }
+        }
+        texts
+    }
+
+    #[test]
+    fn events_arrive_whole_and_in_order_when_the_socket_blocks_on_a_schedule() {
+        use Io::{Block, Take};
+        // Blocks, partial writes of a few bytes, more blocks: every frame is cut somewhere.
+        let mut writes = Vec::new();
+        for i in 0..200 {
+            writes.push(if i % 3 == 0 { Block } else { Take(1 + i % 7) });
+        }
+        let texts: Vec<String> = (0..40)
+            .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i * 37 % 300)))
+            .collect();
+        let mut w = WsConn::new(OnSchedule::new(&writes, &[], Vec::new()), Vec::new(), 0);
+        let (mut sent, mut rounds, mut saw_stall) = (0, 0, false);
+        while sent < texts.len() || w.stall_due().is_some() {
+            // Events keep coming while the socket blocks now and then.
+            if sent < texts.len() {
+                assert_eq!(w.enqueue(texts[sent].clone().into()), 0, "nothing dropped");
+                sent += 1;
+            }
+            w.pump().expect("pump");
+            saw_stall |= w.stall_due().is_some();
+            rounds += 1;
+            assert!(rounds < 10_000, "the schedule ends, so the queue drains");
+        }
+        assert!(
+            w.stream_mut().writes.is_empty(),
+            "the whole schedule was used"
+        );
+        assert!(w.stream_mut().blocked >= 60);
+        assert!(saw_stall, "a refused write starts the stall clock");
+        assert_eq!(w.stall_due(), None, "drained: the stall clock stopped");
+        let written = std::mem::take(&mut w.stream_mut().written);
+        assert_eq!(decode(written), texts);
+    }
+
+    #[test]
+    fn commands_cut_into_pieces_between_would_blocks_are_read_whole() {
+        use Io::{Block, Take};
+        let texts: Vec<String> = (0..10)
+            .map(|i| format!("{{\"id\":{i},\"command\":\"subscribe\",\"channels\":[\"logs\"]}}"))
+            .collect();
+        let incoming = client_frames(&texts);
+        let mut reads = Vec::new();
+        for i in 0..incoming.len() * 2 {
+            reads.push(if i % 2 == 0 { Take(1 + i % 5) } else { Block });
+        }
+        let total = incoming.len();
+        let mut w = WsConn::new(OnSchedule::new(&[], &reads, incoming), Vec::new(), 0);
+        let mut got = Vec::new();
+        let mut rounds = 0;
+        while got.len() < texts.len() {
+            let before = got.len();
+            w.read_texts(&mut got).expect("read");
+            // Whatever the cut, only whole messages come out, in order.
+            assert_eq!(got[..], texts[..got.len()], "after {rounds} reads");
+            if got.len() == before {
+                rounds += 1;
+            }
+            assert!(rounds < 10 * total, "every byte is eventually read");
+        }
+        assert!(w.stream_mut().incoming.is_empty());
+        assert!(!w.is_closing());
     }
 }

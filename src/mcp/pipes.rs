@@ -1,0 +1,304 @@
+//! Carries bytes and timers between the loop and each server's [`Session`]: drains the
+//! pipes into lines, feeds stdout lines to the session and stderr lines to the log (rate
+//! limited), writes what the session sends, and carries out its [`Effect`]s (answers,
+//! timers, events, supervisor events, ending a run).
+
+use super::session::{Context, Effect};
+use super::*;
+
+impl Mcp {
+    /// Writes to a server's stdin; a stuck server's run is ended.
+    pub(super) fn send(&mut self, id: &str, bytes: &[u8]) {
+        let Some(server) = self.servers.get_mut(id) else {
+            return;
+        };
+        let Some(p) = server.process.as_mut() else {
+            return;
+        };
+        match p.send(bytes) {
+            Ok(()) => {}
+            // It closed stdin or exited: the exit status (on SIGCHLD) tells the story.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                log::debug!("MCP server {id}: stdin closed: {e}");
+            }
+            Err(e) => {
+                // Stuck (not reading its stdin) or broken otherwise: end the run.
+                let reason = format!("cannot write to the server: {e}");
+                log::warn!("MCP server {id}: {reason}");
+                server.ending.get_or_insert(reason);
+                p.signal_group(libc::SIGKILL);
+            }
+        }
+    }
+
+    /// What the session needs to know about server `id` now.
+    pub(super) fn context(&self, id: &str) -> Option<Context> {
+        let server = self.servers.get(id)?;
+        let c = &self.settings.config;
+        Some(Context {
+            status: server.status,
+            now: Instant::now(),
+            limits: tools::Limits {
+                max_bytes: c.max_tool_list_bytes,
+                max_tools: c.max_tools,
+            },
+            max_line: c.max_line_bytes,
+        })
+    }
+
+    /// Carries out what a session decided, in order.
+    pub(super) fn apply(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        effects: Vec<Effect<ReplyTo, TimerId>>,
+        out: &mut Vec<Output>,
+    ) {
+        for effect in effects {
+            match effect {
+                Effect::Send(bytes) => self.send(id, &bytes),
+                Effect::Reply(reply, answer) => out.push(Output::Reply(reply, answer)),
+                Effect::CancelTimer(t) => {
+                    cx.timers.cancel(t);
+                }
+                Effect::RelistAt(at) => {
+                    if let Some(s) = self.servers.get(id) {
+                        let (slot, run) = (s.slot, s.run);
+                        let kind = TimerKind::Relist;
+                        cx.timers.insert(at, Timer { slot, run, kind });
+                    }
+                }
+                Effect::Event(kind, data) => out.push(Output::Event("mcp_servers", kind, data)),
+                Effect::ToolCall(outcome, seconds) => {
+                    out.push(Output::ToolCall(id.to_string(), outcome, seconds))
+                }
+                Effect::Handshake(version) => {
+                    let reason = format!("protocol {version}");
+                    self.supervise(cx, id, supervisor::Event::Handshake, &reason, out);
+                }
+                Effect::Listed(count) => {
+                    // The handshake deadline is met.
+                    if let Some(t) = self.servers.get_mut(id).and_then(|s| s.timer.take()) {
+                        cx.timers.cancel(t);
+                    }
+                    let reason = format!("ready with {count} tools");
+                    self.supervise(cx, id, supervisor::Event::Listed, &reason, out);
+                }
+                Effect::PingAnswered => {
+                    let answered = supervisor::Event::PingAnswered;
+                    self.supervise(cx, id, answered, "answered a health ping", out);
+                }
+                Effect::PingMissed(missed) => {
+                    let allowed = self.settings.config.ping_misses;
+                    let event = supervisor::Event::PingMissed { missed, allowed };
+                    let reason = if missed >= allowed {
+                        format!("missed {missed} health pings")
+                    } else {
+                        format!("missed {missed} health ping(s)")
+                    };
+                    self.supervise(cx, id, event, &reason, out);
+                }
+                Effect::ProtocolError(what) => {
+                    let Some(server) = self.servers.get_mut(id) else {
+                        continue;
+                    };
+                    if server.session.protocol_errors <= 10 {
+                        log::warn!("MCP server {id}: {what}");
+                    } else {
+                        log::debug!("MCP server {id}: {what}");
+                    }
+                    server.note_error(what);
+                }
+                Effect::EndRun(reason) => self.kill_run(id, reason),
+                Effect::Misbehaved(reason) => {
+                    // A run already ending is not killed twice.
+                    if self.servers.get(id).is_some_and(|s| s.ending.is_none()) {
+                        self.kill_misbehaving(id, reason);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Readiness on a pipe token.
+    pub fn on_ready(&mut self, cx: &mut Cx<'_, Timer>, token: mio::Token, out: &mut Vec<Output>) {
+        let Some(n) = self.tokens.index(token) else {
+            return;
+        };
+        let (slot, pipe) = (n / 3, [Pipe::Stdin, Pipe::Stdout, Pipe::Stderr][n % 3]);
+        let Some(id) = self.slots.get(slot).cloned().flatten() else {
+            return;
+        };
+        match pipe {
+            Pipe::Stdin => {
+                if let Some(p) = self.servers.get_mut(&id).and_then(|s| s.process.as_mut()) {
+                    if p.flush().is_err() {
+                        p.close_stdin(cx.registry);
+                    }
+                }
+            }
+            Pipe::Stdout | Pipe::Stderr => self.drain(cx, &id, pipe, out),
+        }
+    }
+
+    pub(super) fn drain(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        pipe: Pipe,
+        out: &mut Vec<Output>,
+    ) {
+        let open = self
+            .servers
+            .get(id)
+            .and_then(|s| s.process.as_ref())
+            .is_some_and(|p| p.is_open(pipe));
+        if !open {
+            return;
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut lines = Vec::new();
+        loop {
+            let Some(server) = self.servers.get_mut(id) else {
+                return;
+            };
+            let Some(p) = server.process.as_mut() else {
+                return;
+            };
+            let n = match p.read_chunk(pipe, cx.registry, &mut buf) {
+                Chunk::Data(n) => {
+                    self.read_since_trim = self.read_since_trim.saturating_add(n);
+                    n
+                }
+                Chunk::Empty => return,
+                Chunk::Eof => {
+                    if pipe == Pipe::Stdout {
+                        self.on_stdout_eof(cx, id, out);
+                    }
+                    return;
+                }
+            };
+            let splitter = if pipe == Pipe::Stdout {
+                &mut server.stdout_lines
+            } else {
+                &mut server.stderr_lines
+            };
+            splitter.push(&buf[..n], &mut lines);
+            for line in lines.drain(..) {
+                if pipe == Pipe::Stdout {
+                    self.on_stdout_line(cx, id, line, out);
+                } else {
+                    self.on_stderr_line(id, line);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_stderr_line(&mut self, id: &str, line: Line) {
+        let Some(server) = self.servers.get_mut(id) else {
+            return;
+        };
+        let text = match line {
+            Line::Complete(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Line::TooLong { len } => format!("[stderr line of {len}+ bytes truncated]"),
+        };
+        server.note_stderr(text.clone());
+        let rate = f64::from(self.settings.config.stderr_lines_per_second);
+        let (tokens, last) = server.stderr_bucket;
+        let now = Instant::now();
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate * 5.0);
+        if tokens >= 1.0 {
+            server.stderr_bucket = (tokens - 1.0, now);
+            if server.stderr_suppressed > 0 {
+                log::warn!(target: "mcp", "[{id}] {} stderr lines suppressed by the rate limit", server.stderr_suppressed);
+                server.stderr_suppressed = 0;
+            }
+            log::info!(target: "mcp", "[{id}] {text}");
+        } else {
+            server.stderr_bucket = (tokens, now);
+            server.stderr_suppressed += 1;
+        }
+    }
+
+    pub(super) fn on_stdout_line(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        line: Line,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(context) = self.context(id) else {
+            return;
+        };
+        let Some(server) = self.servers.get_mut(id) else {
+            return;
+        };
+        let effects = server.session.on_line(line, context);
+        self.apply(cx, id, effects, out);
+    }
+
+    /// Forwards a tool call; the answer arrives later as an [`Output::Reply`].
+    ///
+    /// # Errors
+    /// Unknown server or tool, server not active, too many calls in flight.
+    pub fn call(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        tool: &str,
+        arguments: Value,
+        timeout_ms: Option<u64>,
+        reply: ReplyTo,
+    ) -> Result<(), ApiError> {
+        let max_in_flight = self.settings.config.max_in_flight_calls as usize;
+        let default_timeout = self.settings.config.call_timeout_ms;
+        let server = self.servers.get_mut(id).ok_or_else(|| not_found(id))?;
+        let timeout = Duration::from_millis(
+            timeout_ms
+                .or(server.spec.call_timeout_ms)
+                .unwrap_or(default_timeout),
+        );
+        let (slot, run) = (server.slot, server.run);
+        let timers = &mut *cx.timers;
+        let effects = server.session.call(
+            server.status,
+            server.ending.as_deref(),
+            tool,
+            arguments,
+            timeout,
+            max_in_flight,
+            reply,
+            Instant::now(),
+            |rpc, at| {
+                let kind = TimerKind::Call(rpc);
+                timers.insert(at, Timer { slot, run, kind })
+            },
+        )?;
+        // A call only sends: nothing reaches the outputs here.
+        let mut none = Vec::new();
+        self.apply(cx, id, effects, &mut none);
+        debug_assert!(none.is_empty());
+        Ok(())
+    }
+
+    /// One health round: every serving server gets a ping; unanswered ones count as missed.
+    pub fn ping_all(&mut self, cx: &mut Cx<'_, Timer>, out: &mut Vec<Output>) {
+        if !self.settings.config.health_check_enabled {
+            return;
+        }
+        let allowed = self.settings.config.ping_misses;
+        let ids: Vec<String> = self
+            .servers
+            .iter()
+            .filter(|(_, s)| s.status.serves())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in ids {
+            let Some(server) = self.servers.get_mut(&id) else {
+                continue;
+            };
+            let effects = server.session.ping_round(allowed);
+            self.apply(cx, &id, effects, out);
+        }
+    }
+}

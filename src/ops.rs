@@ -1,0 +1,970 @@
+//! The ops table: every operation of the API, once. Each row ([`Op`]) says the method and path,
+//! the WebSocket command that sends it, how its input becomes an [`api::Request`], who may call
+//! it, and what the OpenAPI document says about it. The router (`net::routes`), the WebSocket
+//! named commands (`net::ws`), the CLI's targets (`cli`) and the document (`openapi`) are all
+//! derived from [`all`]; there is no second list to keep in step.
+//!
+//! Rows are grouped per concern (`DAEMON`, `CONFIG`, ...) so that a room can take its group
+//! with it; [`GROUPS`] is the one place they are put together.
+//!
+//! Invariants (tested below and in the modules that derive from the table):
+//! - (method, path), `operationId` and WebSocket command names are unique.
+//! - Every row with a parser is routable; every `{id}` path declares its path parameter.
+//! - Every declared boolean, integer or enum query parameter is read by the row's parser.
+//!
+//! [`api::Request`]: crate::api::Request
+
+use crate::api::{Access, ApiError, Args, BodySpec, ErrorCode, EventQuery, In, LogQuery, Op};
+use crate::api::{Param, Produces, Request, Ty};
+use crate::mcp::registry::ServerSpec;
+use serde_json::{json, Value};
+
+/// Every group of rows, in routing order (the hot `GET /api/v1/health` near the front).
+pub const GROUPS: &[&[Op]] = &[DAEMON, CONFIG, LOGS, EVENTS, METRICS, MCP, AUTH, META];
+
+/// Every operation, in routing order.
+pub fn all() -> impl Iterator<Item = &'static Op> {
+    GROUPS.iter().flat_map(|g| g.iter())
+}
+
+/// The operation a WebSocket named command sends.
+pub fn by_command(command: &str) -> Option<&'static Op> {
+    all().find(|o| o.ws == Some(command))
+}
+
+const ID: Param = Param {
+    name: "id",
+    loc: In::Path,
+    ty: Ty::ServerId,
+    description: "MCP server id",
+};
+
+const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+
+const FOLLOW: Param = Param::query(
+    "follow",
+    Ty::Bool,
+    "Keep the connection open and stream new entries as Server-Sent Events (same as `Accept: text/event-stream`)",
+);
+
+const SINCE: Param = Param::query(
+    "since",
+    Ty::UInt,
+    "Only entries with a sequence number greater than this",
+);
+
+const SERVER_NOT_FOUND: &[ErrorCode] = &[ErrorCode::ServerNotFound];
+const SERVER_START: &[ErrorCode] = &[ErrorCode::ServerNotFound, ErrorCode::Conflict];
+
+// ----- daemon and its components -----------------------------------------------------------
+
+/// `GET /api/v1/status`.
+pub const STATUS: Op = Op {
+    ws: Some("status"),
+    params: &[Param::query(
+        "detailed",
+        Ty::Bool,
+        "Add event-loop statistics (wake-ups, timers, connections, RSS, fds, context switches)",
+    )],
+    ..Op::new(
+        "GET",
+        "/api/v1/status",
+        "getStatus",
+        "daemon",
+        "Daemon status",
+        |a| {
+            Ok(Request::Status {
+                detailed: a.flag("detailed")?,
+            })
+        },
+    )
+};
+
+/// `GET /api/v1/health`.
+pub const HEALTH: Op = Op {
+    ws: Some("health"),
+    params: &[Param::query(
+        "component",
+        Ty::Str,
+        "Only check this component",
+    )],
+    errors: &[ErrorCode::ComponentNotFound, ErrorCode::Unhealthy],
+    access: Access::Public,
+    ..Op::new(
+        "GET",
+        "/api/v1/health",
+        "getHealth",
+        "daemon",
+        "Run the health checks (503 `unhealthy` with the results, `failing` listing the failing components, in `data`)",
+        |a| {
+            Ok(Request::Health {
+                component: a.text("component"),
+            })
+        },
+    )
+};
+
+/// `POST /api/v1/control/start`.
+pub const CONTROL_START: Op = Op {
+    ws: Some("control_start"),
+    body: Some(BodySpec {
+        required: false,
+        schema: service_body,
+    }),
+    errors: &[ErrorCode::ComponentNotFound],
+    ..Op::new(
+        "POST",
+        "/api/v1/control/start",
+        "controlStart",
+        "control",
+        "Start one stopped component, or every stopped one",
+        |a| {
+            Ok(Request::ControlStart {
+                service: a.field_text("service")?,
+            })
+        },
+    )
+};
+
+/// `POST /api/v1/control/stop`.
+pub const CONTROL_STOP: Op = Op {
+    ws: Some("control_stop"),
+    body: Some(BodySpec {
+        required: false,
+        schema: stop_body,
+    }),
+    errors: &[ErrorCode::ComponentNotFound, ErrorCode::Conflict],
+    ..Op::new(
+        "POST",
+        "/api/v1/control/stop",
+        "controlStop",
+        "control",
+        "Stop components, or (with `shutdown`) the whole daemon",
+        |a| {
+            Ok(Request::ControlStop {
+                service: a.field_text("service")?,
+                shutdown: a.field_flag("shutdown")?.unwrap_or(false),
+                graceful: a.field_flag("graceful")?.unwrap_or(true),
+            })
+        },
+    )
+};
+
+/// `POST /api/v1/control/restart`.
+pub const CONTROL_RESTART: Op = Op {
+    ws: Some("control_restart"),
+    body: Some(BodySpec {
+        required: false,
+        schema: service_body,
+    }),
+    errors: &[ErrorCode::ConfigInvalid, ErrorCode::ComponentNotFound],
+    ..Op::new(
+        "POST",
+        "/api/v1/control/restart",
+        "controlRestart",
+        "control",
+        "Restart one component, or reload the config and restart every component",
+        |a| {
+            Ok(Request::ControlRestart {
+                service: a.field_text("service")?,
+            })
+        },
+    )
+};
+
+/// `POST /api/v1/diagnostics/run`.
+pub const DIAGNOSTICS: Op = Op {
+    ws: Some("run_diagnostics"),
+    params: &[Param::query(
+        "full",
+        Ty::Bool,
+        "Also run the slower checks (fsync timing in the state dir)",
+    )],
+    body: Some(BodySpec {
+        required: false,
+        schema: diagnostics_body,
+    }),
+    errors: &[ErrorCode::Unhealthy],
+    ..Op::new(
+        "POST",
+        "/api/v1/diagnostics/run",
+        "runDiagnostics",
+        "daemon",
+        "Self-diagnostics (503 `unhealthy` with the checks in `data` when one fails)",
+        |a| {
+            Ok(Request::Diagnostics {
+                full: a.flag("full")? || a.field_flag("full")?.unwrap_or(false),
+            })
+        },
+    )
+};
+
+/// The daemon itself and its components.
+pub const DAEMON: &[Op] = &[
+    STATUS,
+    HEALTH,
+    CONTROL_START,
+    CONTROL_STOP,
+    CONTROL_RESTART,
+    DIAGNOSTICS,
+];
+
+// ----- configuration -----------------------------------------------------------------------
+
+/// `GET /api/v1/config`.
+pub const CONFIG_SHOW: Op = Op {
+    ws: Some("get_config"),
+    params: &[Param::query(
+        "section",
+        Ty::Str,
+        "Only this section, such as `monitoring`",
+    )],
+    errors: &[ErrorCode::ConfigKeyNotFound],
+    ..Op::new(
+        "GET",
+        "/api/v1/config",
+        "getConfig",
+        "config",
+        "Effective configuration (secrets redacted) and runtime overrides",
+        |a| {
+            Ok(Request::ConfigShow {
+                section: a.text("section"),
+            })
+        },
+    )
+};
+
+/// `PUT /api/v1/config`.
+pub const CONFIG_UPDATE: Op = Op {
+    ws: Some("update_config"),
+    body: Some(BodySpec {
+        required: true,
+        schema: config_patch_body,
+    }),
+    errors: &[
+        ErrorCode::ConfigInvalid,
+        ErrorCode::ConfigKeyNotFound,
+        ErrorCode::StateReadOnly,
+        ErrorCode::PersistFailed,
+        ErrorCode::Busy,
+        ErrorCode::InsufficientStorage,
+    ],
+    ..Op::new(
+        "PUT",
+        "/api/v1/config",
+        "updateConfig",
+        "config",
+        "Apply a JSON merge patch to the runtime overrides (validated, applied live, persisted)",
+        |mut a| match a.take_body() {
+            Some(patch @ Value::Object(_)) => Ok(Request::ConfigUpdate { patch }),
+            _ => Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "body must be a JSON object in the shape of the configuration (a merge patch)",
+            )),
+        },
+    )
+};
+
+/// `POST /api/v1/config/reload`.
+pub const CONFIG_RELOAD: Op = Op {
+    ws: Some("reload_config"),
+    errors: &[ErrorCode::ConfigInvalid],
+    ..Op::new(
+        "POST",
+        "/api/v1/config/reload",
+        "reloadConfig",
+        "config",
+        "Re-read the configuration file (an invalid file is refused and the old config stays)",
+        |_| Ok(Request::ConfigReload),
+    )
+};
+
+/// `GET /api/v1/config/schema`.
+pub const CONFIG_SCHEMA: Op = Op {
+    ws: Some("get_config_schema"),
+    ..Op::new(
+        "GET",
+        "/api/v1/config/schema",
+        "getConfigSchema",
+        "config",
+        "JSON Schema (draft 2020-12) of the configuration",
+        |_| Ok(Request::ConfigSchema),
+    )
+};
+
+/// Configuration.
+pub const CONFIG: &[Op] = &[CONFIG_SHOW, CONFIG_UPDATE, CONFIG_RELOAD, CONFIG_SCHEMA];
+
+// ----- logs and events ---------------------------------------------------------------------
+
+/// `GET /api/v1/logs`.
+pub const LOGS_GET: Op = Op {
+    ws: Some("get_logs"),
+    params: &[
+        Param::query(
+            "level",
+            Ty::Enum(LEVELS),
+            "Least severe level to include (`warn` = warn and error); default trace",
+        ),
+        Param::query(
+            "lines",
+            Ty::UIntDefault(100),
+            "At most this many of the newest records (values above 100000 are clamped)",
+        ),
+        Param::query("limit", Ty::UInt, "Alias of `lines`"),
+        Param::query(
+            "component",
+            Ty::Str,
+            "Only records whose target starts with this",
+        ),
+        SINCE,
+        FOLLOW,
+    ],
+    produces: Produces::JsonOrSse,
+    ..Op::new(
+        "GET",
+        "/api/v1/logs",
+        "getLogs",
+        "logs",
+        "Recent log records, or a live stream of new ones (SSE `event: log`)",
+        logs_request,
+    )
+};
+
+fn logs_request(a: Args) -> Result<Request, ApiError> {
+    Ok(Request::Logs {
+        query: LogQuery {
+            level: match a.text("level") {
+                Some(l) => parse_level(&l)?,
+                None => log::LevelFilter::Trace,
+            },
+            lines: a
+                .number("lines")?
+                .or(a.number("limit")?)
+                .unwrap_or(100)
+                .min(100_000) as usize,
+            component: a.text("component"),
+            since: a.number("since")?,
+        },
+        follow: a.event_stream || a.flag("follow")?,
+    })
+}
+
+/// Parses a log level name.
+///
+/// # Errors
+/// `invalid_parameter` naming `level`.
+pub fn parse_level(text: &str) -> Result<log::LevelFilter, ApiError> {
+    text.parse::<log::LevelFilter>().map_err(|_| {
+        ApiError::field(
+            ErrorCode::InvalidParameter,
+            "level",
+            format!("unknown level '{text}': use error, warn, info, debug or trace"),
+        )
+    })
+}
+
+/// Logs.
+pub const LOGS: &[Op] = &[LOGS_GET];
+
+/// `GET /api/v1/events`.
+pub const EVENTS_GET: Op = Op {
+    ws: Some("get_events"),
+    params: &[
+        Param::query(
+            "type",
+            Ty::Str,
+            "Only events of this type, such as `mcp_server_status_change`",
+        ),
+        Param::query(
+            "channel",
+            Ty::Str,
+            "Only events of this channel, such as `mcp_servers`",
+        ),
+        SINCE,
+        Param::query(
+            "limit",
+            Ty::UIntDefault(100),
+            "At most this many of the newest events (values above 10000 are clamped)",
+        ),
+        FOLLOW,
+    ],
+    produces: Produces::JsonOrSse,
+    ..Op::new(
+        "GET",
+        "/api/v1/events",
+        "getEvents",
+        "events",
+        "Event history, or a live stream of new events (SSE, `event:` = the event type)",
+        |a| {
+            Ok(Request::Events {
+                query: EventQuery {
+                    kind: a.text("type"),
+                    channel: a.text("channel"),
+                    since: a.number("since")?,
+                    limit: a.number("limit")?.unwrap_or(100).min(10_000) as usize,
+                },
+                follow: a.event_stream || a.flag("follow")?,
+            })
+        },
+    )
+};
+
+/// Events.
+pub const EVENTS: &[Op] = &[EVENTS_GET];
+
+// ----- metrics -----------------------------------------------------------------------------
+
+/// `GET /api/v1/metrics`.
+pub const METRICS_ALL: Op = Op {
+    ws: Some("get_metrics"),
+    ..Op::new(
+        "GET",
+        "/api/v1/metrics",
+        "getMetrics",
+        "metrics",
+        "Daemon and host metrics",
+        |_| Ok(Request::Metrics { view: "all" }),
+    )
+};
+
+/// `GET /api/v1/metrics/performance`.
+pub const METRICS_PERFORMANCE: Op = Op {
+    ws: Some("get_performance_metrics"),
+    ..Op::new(
+        "GET",
+        "/api/v1/metrics/performance",
+        "getPerformanceMetrics",
+        "metrics",
+        "Per-route request counts and latency, per-server tool-call counts and latency, error rates",
+        |_| {
+            Ok(Request::Metrics {
+                view: "performance",
+            })
+        },
+    )
+};
+
+/// `GET /api/v1/metrics/health`.
+pub const METRICS_HEALTH: Op = Op {
+    ws: Some("get_health_metrics"),
+    ..Op::new(
+        "GET",
+        "/api/v1/metrics/health",
+        "getHealthMetrics",
+        "metrics",
+        "Health metrics of the daemon and its MCP servers",
+        |_| Ok(Request::Metrics { view: "health" }),
+    )
+};
+
+/// `GET /metrics`.
+pub const PROMETHEUS: Op = Op {
+    produces: Produces::Prometheus,
+    ..Op::new(
+        "GET",
+        "/metrics",
+        "getPrometheusMetrics",
+        "metrics",
+        "Metrics in the Prometheus text exposition format 0.0.4 (no envelope)",
+        |_| Ok(Request::Prometheus),
+    )
+};
+
+/// Metrics.
+pub const METRICS: &[Op] = &[METRICS_ALL, METRICS_PERFORMANCE, METRICS_HEALTH, PROMETHEUS];
+
+// ----- MCP servers -------------------------------------------------------------------------
+
+/// `GET /api/v1/mcp/servers`.
+pub const MCP_LIST: Op = Op {
+    ws: Some("mcp_list_servers"),
+    params: &[Param::query(
+        "status",
+        Ty::Enum(&["active", "inactive", "all"]),
+        "Filter by state; default all",
+    )],
+    ..Op::new(
+        "GET",
+        "/api/v1/mcp/servers",
+        "listMcpServers",
+        "mcp",
+        "List MCP servers",
+        |a| {
+            let status = match a.text("status").as_deref() {
+                None | Some("all") => "all",
+                Some("active") => "active",
+                Some("inactive") => "inactive",
+                Some(other) => {
+                    return Err(ApiError::field(
+                        ErrorCode::InvalidParameter,
+                        "status",
+                        format!("'{other}' is not one of active, inactive, all"),
+                    ))
+                }
+            };
+            Ok(Request::McpList { status })
+        },
+    )
+};
+
+/// `POST /api/v1/mcp/servers`.
+pub const MCP_REGISTER: Op = Op {
+    ws: Some("mcp_register_server"),
+    body: Some(BodySpec {
+        required: true,
+        schema: server_spec_ref,
+    }),
+    errors: &[
+        ErrorCode::AlreadyExists,
+        ErrorCode::StateReadOnly,
+        ErrorCode::PersistFailed,
+        ErrorCode::Busy,
+        ErrorCode::InsufficientStorage,
+    ],
+    ..Op::new(
+        "POST",
+        "/api/v1/mcp/servers",
+        "registerMcpServer",
+        "mcp",
+        "Register an MCP server (kept across restarts; started when `autostart`)",
+        |mut a| {
+            let Some(spec) = a.take_body() else {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    "body must be a server spec object",
+                ));
+            };
+            let spec: ServerSpec = serde_json::from_value(spec).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    format!("invalid server spec: {e}"),
+                )
+            })?;
+            Ok(Request::McpRegister { spec })
+        },
+    )
+};
+
+/// `GET /api/v1/mcp/servers/{id}`.
+pub const MCP_SHOW: Op = Op {
+    ws: Some("mcp_get_server"),
+    params: &[ID],
+    errors: SERVER_NOT_FOUND,
+    ..Op::new(
+        "GET",
+        "/api/v1/mcp/servers/{id}",
+        "getMcpServer",
+        "mcp",
+        "One MCP server: spec, state history, tools, last errors, stderr tail",
+        |a| Ok(Request::McpShow { id: a.id }),
+    )
+};
+
+/// `DELETE /api/v1/mcp/servers/{id}`.
+pub const MCP_UNREGISTER: Op = Op {
+    ws: Some("mcp_unregister_server"),
+    params: &[ID],
+    errors: &[
+        ErrorCode::ServerNotFound,
+        ErrorCode::Conflict,
+        ErrorCode::StateReadOnly,
+        ErrorCode::PersistFailed,
+        ErrorCode::Busy,
+        ErrorCode::InsufficientStorage,
+    ],
+    ..Op::new(
+        "DELETE",
+        "/api/v1/mcp/servers/{id}",
+        "unregisterMcpServer",
+        "mcp",
+        "Unregister an MCP server, stopping it first (409 for servers declared in the config file)",
+        |a| Ok(Request::McpUnregister { id: a.id }),
+    )
+};
+
+/// `POST /api/v1/mcp/servers/{id}/start`.
+pub const MCP_START: Op = Op {
+    ws: Some("mcp_start_server"),
+    params: &[ID],
+    errors: SERVER_START,
+    ..Op::new(
+        "POST",
+        "/api/v1/mcp/servers/{id}/start",
+        "startMcpServer",
+        "mcp",
+        "Start an MCP server (409 when `max_concurrent_servers` is reached)",
+        |a| Ok(Request::McpStart { id: a.id }),
+    )
+};
+
+/// `POST /api/v1/mcp/servers/{id}/stop`.
+pub const MCP_STOP: Op = Op {
+    ws: Some("mcp_stop_server"),
+    params: &[ID],
+    errors: SERVER_NOT_FOUND,
+    ..Op::new(
+        "POST",
+        "/api/v1/mcp/servers/{id}/stop",
+        "stopMcpServer",
+        "mcp",
+        "Stop an MCP server",
+        |a| Ok(Request::McpStop { id: a.id }),
+    )
+};
+
+/// `POST /api/v1/mcp/servers/{id}/restart`.
+pub const MCP_RESTART: Op = Op {
+    ws: Some("mcp_restart_server"),
+    params: &[ID],
+    errors: SERVER_START,
+    ..Op::new(
+        "POST",
+        "/api/v1/mcp/servers/{id}/restart",
+        "restartMcpServer",
+        "mcp",
+        "Restart an MCP server",
+        |a| Ok(Request::McpRestart { id: a.id }),
+    )
+};
+
+/// `POST /api/v1/mcp/servers/{id}/reset`.
+pub const MCP_RESET: Op = Op {
+    ws: Some("mcp_reset_server"),
+    params: &[ID],
+    errors: SERVER_START,
+    ..Op::new(
+        "POST",
+        "/api/v1/mcp/servers/{id}/reset",
+        "resetMcpServer",
+        "mcp",
+        "Close an MCP server's open circuit breaker (and start it)",
+        |a| Ok(Request::McpReset { id: a.id }),
+    )
+};
+
+/// `GET /api/v1/mcp/servers/{id}/tools`.
+pub const MCP_TOOLS: Op = Op {
+    ws: Some("mcp_list_tools"),
+    params: &[ID],
+    errors: SERVER_NOT_FOUND,
+    ..Op::new(
+        "GET",
+        "/api/v1/mcp/servers/{id}/tools",
+        "listMcpTools",
+        "mcp",
+        "An MCP server's tools with their input schemas",
+        |a| Ok(Request::McpTools { id: a.id }),
+    )
+};
+
+/// `POST /api/v1/mcp/servers/{id}/tools/call`.
+pub const MCP_CALL: Op = Op {
+    ws: Some("mcp_call_tool"),
+    params: &[ID],
+    body: Some(BodySpec {
+        required: true,
+        schema: tool_call_body,
+    }),
+    errors: &[
+        ErrorCode::ServerNotFound,
+        ErrorCode::ToolNotFound,
+        ErrorCode::Conflict,
+        ErrorCode::ToolError,
+        ErrorCode::McpError,
+        ErrorCode::ServerExited,
+        ErrorCode::Busy,
+        ErrorCode::Timeout,
+    ],
+    ..Op::new(
+        "POST",
+        "/api/v1/mcp/servers/{id}/tools/call",
+        "callMcpTool",
+        "mcp",
+        "Call a tool (the tool's result in `data`; `isError` answers 422 `tool_error`)",
+        tool_call_request,
+    )
+};
+
+fn tool_call_request(a: Args) -> Result<Request, ApiError> {
+    let name = a.field_text("name")?.ok_or_else(|| {
+        ApiError::field(
+            ErrorCode::InvalidParameter,
+            "name",
+            "the tool name is required",
+        )
+    })?;
+    let arguments = match a.field("arguments") {
+        None => Value::Object(Default::default()),
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => {
+            return Err(ApiError::field(
+                ErrorCode::InvalidParameter,
+                "arguments",
+                "must be an object",
+            ))
+        }
+    };
+    let timeout_ms = match a.field("timeout_ms") {
+        None => None,
+        // JSON Schema's integer includes 3056.0.
+        Some(v) => match v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        }) {
+            Some(n) if (1..=3_600_000).contains(&n) => Some(n),
+            _ => {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidParameter,
+                    "timeout_ms",
+                    "must be an integer between 1 and 3600000",
+                ))
+            }
+        },
+    };
+    Ok(Request::McpCall {
+        id: a.id,
+        name,
+        arguments,
+        timeout_ms,
+    })
+}
+
+/// MCP servers.
+pub const MCP: &[Op] = &[
+    MCP_LIST,
+    MCP_REGISTER,
+    MCP_SHOW,
+    MCP_UNREGISTER,
+    MCP_START,
+    MCP_STOP,
+    MCP_RESTART,
+    MCP_RESET,
+    MCP_TOOLS,
+    MCP_CALL,
+];
+
+// ----- the API token -----------------------------------------------------------------------
+
+/// `GET /api/v1/auth/token`.
+pub const AUTH_TOKEN: Op = Op {
+    access: Access::ControlSocket,
+    ..Op::new(
+        "GET",
+        "/api/v1/auth/token",
+        "getApiToken",
+        "auth",
+        "The TCP API token in effect and its source (`config`, `file`, `generated`); control socket only (403 over TCP)",
+        |_| Ok(Request::AuthToken),
+    )
+};
+
+/// `POST /api/v1/auth/token/rotate`.
+pub const AUTH_TOKEN_ROTATE: Op = Op {
+    access: Access::ControlSocket,
+    errors: &[ErrorCode::Conflict],
+    ..Op::new(
+        "POST",
+        "/api/v1/auth/token/rotate",
+        "rotateApiToken",
+        "auth",
+        "Replace the generated TCP API token (409 when it comes from the config); control socket only (403 over TCP)",
+        |_| Ok(Request::AuthTokenRotate),
+    )
+};
+
+/// The TCP API token.
+pub const AUTH: &[Op] = &[AUTH_TOKEN, AUTH_TOKEN_ROTATE];
+
+// ----- the API itself ----------------------------------------------------------------------
+
+/// `GET /api/v1/openapi.json`.
+pub const OPENAPI: Op = Op {
+    produces: Produces::Document,
+    ..Op::new(
+        "GET",
+        "/api/v1/openapi.json",
+        "getOpenApi",
+        "meta",
+        "This OpenAPI 3.1 document (no envelope)",
+        |_| Ok(Request::OpenApi),
+    )
+};
+
+/// `GET /ws/monitor`: documented here, never routed (the connection takes the upgrade over
+/// before routing, so it has no parser).
+pub const WS_MONITOR: Op = Op {
+    method: "GET",
+    path: "/ws/monitor",
+    ws: None,
+    id: "monitorWebSocket",
+    tag: "events",
+    summary: "WebSocket upgrade for the live monitor stream of events",
+    params: &[],
+    body: None,
+    errors: &[],
+    produces: Produces::WebSocket,
+    access: Access::Token,
+    parse: None,
+};
+
+/// This document and the monitor stream.
+pub const META: &[Op] = &[OPENAPI, WS_MONITOR];
+
+// ----- request body schemas ----------------------------------------------------------------
+
+fn service_body() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "service": {
+                "type": ["string", "null"],
+                "description": "Component (`control`, `worker`, `monitor`); all when absent",
+            },
+        },
+    })
+}
+
+fn stop_body() -> Value {
+    let mut body = service_body();
+    body["properties"]["shutdown"] = json!({
+        "type": ["boolean", "null"],
+        "default": false,
+        "description": "End the daemon process",
+    });
+    body["properties"]["graceful"] = json!({
+        "type": ["boolean", "null"],
+        "default": true,
+        "description": "Stop children gracefully instead of killing them",
+    });
+    body
+}
+
+fn diagnostics_body() -> Value {
+    json!({
+        "type": "object",
+        "properties": {"full": {"type": ["boolean", "null"], "default": false}},
+    })
+}
+
+fn config_patch_body() -> Value {
+    json!({
+        "type": "object",
+        "description": "RFC 7386 JSON merge patch in the shape of the configuration (see \
+            `GET /api/v1/config/schema`); `null` removes an override",
+    })
+}
+
+fn server_spec_ref() -> Value {
+    json!({"$ref": "#/components/schemas/ServerSpec"})
+}
+
+fn tool_call_body() -> Value {
+    json!({
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "description": "Tool name"},
+            "arguments": {"type": "object", "default": {}, "description": "Tool arguments"},
+            "timeout_ms": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 3_600_000,
+                "description": "Deadline; default the server's `call_timeout_ms`",
+            },
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn rows_are_unique_and_well_formed() {
+        let (mut routes, mut ids, mut commands) =
+            (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        for o in all() {
+            assert!(
+                ["GET", "POST", "PUT", "DELETE"].contains(&o.method),
+                "{}",
+                o.id
+            );
+            assert!(
+                o.path.starts_with('/') && !o.path.ends_with('/'),
+                "{}",
+                o.id
+            );
+            assert!(
+                routes.insert((o.method, o.path)),
+                "{} {} twice",
+                o.method,
+                o.path
+            );
+            assert!(ids.insert(o.id), "operationId {} twice", o.id);
+            if let Some(c) = o.ws {
+                assert!(commands.insert(c), "command {c} twice");
+            }
+            let path_params: Vec<&str> = o
+                .params
+                .iter()
+                .filter(|p| p.loc == In::Path)
+                .map(|p| p.name)
+                .collect();
+            let in_path: Vec<&str> = o
+                .path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+                .collect();
+            assert_eq!(path_params, in_path, "{}: path parameters", o.id);
+            let mut names = BTreeSet::new();
+            assert!(o.params.iter().all(|p| names.insert(p.name)), "{}", o.id);
+        }
+        assert!(routes.len() > 25);
+    }
+
+    /// A value the parameter's type refuses; `None` when every text is valid.
+    fn invalid(ty: Ty) -> Option<&'static str> {
+        match ty {
+            Ty::Bool => Some("maybe"),
+            Ty::UInt | Ty::UIntDefault(_) => Some("-1"),
+            Ty::Enum(_) => Some("no-such-value"),
+            Ty::Str | Ty::ServerId => None,
+        }
+    }
+
+    #[test]
+    fn every_typed_query_parameter_is_read_by_its_parser() {
+        let mut checked = 0;
+        for o in all() {
+            let Some(parse) = o.parse else { continue };
+            for p in o.params.iter().filter(|p| p.loc == In::Query) {
+                let Some(bad) = invalid(p.ty) else { continue };
+                let args = Args::new(vec![(p.name.into(), bad.into())], None, "x".into(), false);
+                let e = parse(args).expect_err(p.name);
+                assert_eq!(
+                    (e.code, e.field.as_deref()),
+                    (ErrorCode::InvalidParameter, Some(p.name)),
+                    "{} ?{}={bad}",
+                    o.id,
+                    p.name
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 10, "{checked}");
+    }
+
+    #[test]
+    fn error_codes_are_errors_of_the_row_not_duplicates() {
+        for o in all() {
+            let mut seen = BTreeSet::new();
+            for c in o.errors {
+                assert!(seen.insert(c.as_str()), "{}: {} twice", o.id, c.as_str());
+                assert!(c.http_status() >= 400, "{}", o.id);
+            }
+        }
+    }
+}

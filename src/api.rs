@@ -637,6 +637,46 @@ impl std::error::Error for ApiError {}
 /// reply slot later (tool calls, worker jobs), or a stream.
 pub type Answer = Result<Value, ApiError>;
 
+/// Names one connection for its whole life (assigned by `net`; a slot and its generation, so
+/// an answer for a closed connection whose slot was reused is dropped, never misdelivered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub(crate) slot: u32,
+    pub(crate) generation: u32,
+}
+
+/// Where an answer goes. Handlers keep it and answer later (tool calls, worker jobs); the
+/// wiring encodes the answer for the transport it names.
+#[derive(Debug, Clone, Copy)]
+pub enum ReplyTo {
+    /// An HTTP request on a connection.
+    Http {
+        /// Connection.
+        conn: ConnId,
+        /// Request slot on it.
+        seq: u64,
+        /// When handling began.
+        started: std::time::Instant,
+        /// Request id for the envelope.
+        request_id: u64,
+        /// Route pattern (metrics label).
+        route: &'static str,
+        /// Method (metrics label).
+        method: &'static str,
+    },
+    /// A command from a WebSocket client.
+    Ws {
+        /// Connection.
+        conn: ConnId,
+        /// Local id standing for the client's own id.
+        local: u64,
+        /// When handling began.
+        started: std::time::Instant,
+        /// Request id for the envelope.
+        request_id: u64,
+    },
+}
+
 /// Writes the JSON envelope every reply is wrapped in, straight into `out` (the data is
 /// serialized in place, never copied into a second tree). `ws_id` adds the WebSocket
 /// reply fields `"type": "response"` and the client's `"id"`.

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod components;
 pub mod config;
 pub mod daemon;
 pub mod diagnostics;
@@ -21,6 +22,7 @@ pub mod net;
 pub mod openapi;
 pub mod ops;
 pub mod reactor;
+pub mod room;
 pub mod state;
 pub mod sys;
 pub mod telemetry;

@@ -614,6 +614,75 @@ fn diagnostics_report_kernel_tools_and_files() {
 }
 
 #[test]
+fn a_stopped_monitor_stays_stopped_across_an_interval_change() {
+    let d = Daemon::start();
+    let (status, v) = d.http(
+        "POST",
+        "/api/v1/control/stop",
+        Some(r#"{"service":"monitor"}"#),
+    );
+    assert_eq!(status, 200, "{v}");
+    let (code, v) = d.cli_json(&[
+        "config",
+        "set",
+        "monitoring.health_check_interval_ms",
+        "5000",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    let (_, h) = d.cli_json(&["health", "check", "--component", "monitor"]);
+    assert_eq!(h["components"]["monitor"]["status"], "stopped", "{h}");
+    let (status, v) = d.http(
+        "POST",
+        "/api/v1/control/start",
+        Some(r#"{"service":"monitor"}"#),
+    );
+    assert_eq!(status, 200, "{v}");
+    // Results are kept for a second: wait for a round that saw the monitor started.
+    wait_for("the monitor running at the new interval", || {
+        let (_, h) = d.cli_json(&["health", "check", "--component", "monitor"]);
+        h["components"]["monitor"]["message"] == "every 5000 ms"
+    });
+}
+
+#[test]
+fn full_diagnostics_without_a_worker_answer_once_with_the_reason() {
+    let d = Daemon::start();
+    let (status, v) = d.http(
+        "POST",
+        "/api/v1/control/stop",
+        Some(r#"{"service":"worker"}"#),
+    );
+    assert_eq!(status, 200, "{v}");
+    // The job is refused by the worker-less wiring: the diagnostics room gets the failure
+    // as its job's result and answers with the checks so far plus a failed timing.
+    let (status, v) = d.http("POST", "/api/v1/diagnostics/run?full=true", None);
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["errors"][0]["code"], "unhealthy", "{v}");
+    let checks = v["data"]["checks"].as_array().expect("checks");
+    let fsync: Vec<&serde_json::Value> = checks
+        .iter()
+        .filter(|c| c["name"] == "state.fsync_latency")
+        .collect();
+    assert_eq!(fsync.len(), 1, "{v}");
+    assert_eq!(fsync[0]["status"], "fail", "{v}");
+    assert_eq!(fsync[0]["detail"], "worker is not running", "{v}");
+    assert!(checks.iter().any(|c| c["name"] == "kernel.pidfd"), "{v}");
+    // With the worker back, the timing is taken again.
+    let (status, _) = d.http("POST", "/api/v1/control/start", None);
+    assert_eq!(status, 200);
+    let (_, v) = d.cli_json(&["diagnostics", "run", "--full"]);
+    let checks = v["checks"]
+        .as_array()
+        .or_else(|| v["data"]["checks"].as_array())
+        .expect("checks");
+    let fsync = checks
+        .iter()
+        .find(|c| c["name"] == "state.fsync_latency")
+        .expect("timing");
+    assert!(fsync["samples_ms"].is_array(), "{fsync}");
+}
+
+#[test]
 fn http_errors_pipelining_and_limits() {
     let d = Daemon::start_with(Setup {
         config: Some("[http]\nmax_body_bytes = 1024\nhead_timeout_ms = 300\n".into()),

@@ -215,7 +215,13 @@ impl Daemon {
             }
         };
         let cursor = self.logging.ring.last_seq();
-        if let Err(message) = self.server.upgrade(cx, conn, seq, &response, cursor) {
+        if let Err(message) = self.server.upgrade(
+            &mut cx.narrow(Timer::Net).cx(),
+            conn,
+            seq,
+            &response,
+            cursor,
+        ) {
             self.answer_with(
                 cx,
                 reply,
@@ -229,7 +235,11 @@ impl Daemon {
         let hello = json!({"type": "connected", "timestamp": now_string(),
                            "data": {"version": env!("CARGO_PKG_VERSION"), "channels": net::ws::CHANNELS,
                                     "silent_channels": net::ws::SILENT_CHANNELS}});
-        self.server.ws_send(cx, conn, hello.to_string().into());
+        self.server.ws_send(
+            &mut cx.narrow(Timer::Net).cx(),
+            conn,
+            hello.to_string().into(),
+        );
     }
 
     pub(super) fn handle_ws_text(&mut self, cx: &mut Cx<'_, Timer>, conn: ConnId, text: &str) {
@@ -250,7 +260,7 @@ impl Daemon {
                     Some(&id),
                 );
                 let text = String::from_utf8(bytes).unwrap_or_default();
-                server.ws_send(cx, conn, text.into());
+                server.ws_send(&mut cx.narrow(Timer::Net).cx(), conn, text.into());
             };
         match net::ws::parse_command(text) {
             Err((id, e)) => reply_direct(&mut self.server, cx, id, Err(e)),
@@ -330,7 +340,11 @@ impl Daemon {
                         addr: Some(addr),
                         authorized: true,
                     };
-                    self.server.adopt(cx, net::Stream::Tcp(stream), peer);
+                    self.server.adopt(
+                        &mut cx.narrow(Timer::Net).cx(),
+                        net::Stream::Tcp(stream),
+                        peer,
+                    );
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -376,7 +390,11 @@ impl Daemon {
                         addr: None,
                         authorized: allowed,
                     };
-                    self.server.adopt(cx, net::Stream::Unix(stream), peer);
+                    self.server.adopt(
+                        &mut cx.narrow(Timer::Net).cx(),
+                        net::Stream::Unix(stream),
+                        peer,
+                    );
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -385,6 +403,93 @@ impl Daemon {
                     log::warn!("accept on the control socket failed: {e}");
                     return;
                 }
+            }
+        }
+    }
+}
+
+/// Requests as they arrive: parse errors, peer and access checks, the WebSocket upgrade,
+/// then routing into [`Daemon::handle`].
+impl Daemon {
+    pub(super) fn handle_incoming(&mut self, cx: &mut Cx<'_, Timer>, incoming: Incoming) {
+        let (conn, seq, request, peer) = match incoming {
+            Incoming::Http {
+                conn,
+                seq,
+                request,
+                peer,
+            } => (conn, seq, request, peer),
+            Incoming::WsText { conn, text } => {
+                self.handle_ws_text(cx, conn, &text);
+                return;
+            }
+        };
+        let resolved = request.as_ref().ok().and_then(|r| routes::resolve(&r.path));
+        let (route, method) = match &request {
+            Ok(r) => (
+                routes::label(resolved.as_ref()),
+                routes::method_label(&r.method),
+            ),
+            Err(_) => ("invalid", "OTHER"),
+        };
+        let reply = ReplyTo::Http {
+            conn,
+            seq,
+            started: Instant::now(),
+            request_id: self.next_request_id,
+            route,
+            method,
+        };
+        self.next_request_id += 1;
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => {
+                let code = match e.status {
+                    431 => ErrorCode::HeaderTooLarge,
+                    413 => ErrorCode::PayloadTooLarge,
+                    411 => ErrorCode::LengthRequired,
+                    _ => ErrorCode::BadRequest,
+                };
+                self.answer_with(cx, reply, Err(ApiError::new(code, e.message)), None, true);
+                return;
+            }
+        };
+        if !peer.authorized {
+            // The accept loop logged (throttled) who it was.
+            self.telemetry.auth_failure("peer_uid");
+            let err = ApiError::new(
+                ErrorCode::Forbidden,
+                "this user may not use the control socket",
+            );
+            self.answer_with(cx, reply, Err(err), None, true);
+            return;
+        }
+        let checked = if peer.via == net::Via::Tcp {
+            self.check_tcp_access(&request)
+        } else {
+            self.check_unix_media_type(&request)
+        };
+        if let Err(e) = checked {
+            let header = (e.code == ErrorCode::Unauthorized)
+                .then(|| ("WWW-Authenticate", "Bearer".to_string()));
+            self.answer_with(cx, reply, Err(e), header, false);
+            return;
+        }
+        if peer.via == net::Via::Tcp {
+            if let Err(e) = self.check_not_control_socket_only(resolved.as_ref()) {
+                self.answer_with(cx, reply, Err(e), None, false);
+                return;
+            }
+        }
+        if request.path == "/ws/monitor" {
+            self.upgrade_ws(cx, conn, seq, &request, reply);
+            return;
+        }
+        match routes::route_resolved(&request, resolved) {
+            Ok(req) => self.handle(cx, req, reply),
+            Err(e) => {
+                let allow = e.allow.map(|a| ("Allow", a));
+                self.answer_with(cx, reply, Err(e.error), allow, false);
             }
         }
     }

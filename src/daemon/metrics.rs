@@ -51,7 +51,7 @@ impl Daemon {
         let process = monitor::performance::own_process();
         let host = monitor::performance::host();
         let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
-        let servers = self.mcp.list("all");
+        let servers = self.rooms.mcp.list("all");
         for s in servers["servers"].as_array().into_iter().flatten() {
             *by_status
                 .entry(s["status"].as_str().unwrap_or("unknown").to_string())
@@ -64,7 +64,7 @@ impl Daemon {
             "event_loop": {"wakeups": cx.stats.wakeups, "events": cx.stats.events, "timers_armed": cx.timers.len()},
         });
         let health = json!({
-            "components": self.health_answer(None).unwrap_or_else(|e| e.data.unwrap_or(Value::Null)),
+            "components": self.rooms.health.answer(None).unwrap_or_else(|e| e.data.unwrap_or(Value::Null)),
             "mcp_servers": {"by_status": by_status, "servers": servers["servers"]},
         });
         match view {
@@ -181,7 +181,7 @@ impl Daemon {
             "1 when a daemon component runs.",
             &samples,
         );
-        let servers = self.mcp.list("all");
+        let servers = self.rooms.mcp.list("all");
         let rows: Vec<(String, String, f64)> = servers["servers"]
             .as_array()
             .into_iter()
@@ -210,7 +210,7 @@ impl Daemon {
             "1 when an MCP server serves tool calls (active or degraded), by server and status.",
             &samples,
         );
-        let (active, total) = self.mcp.counts();
+        let (active, total) = self.rooms.mcp.counts();
         e.gauge(
             "vsm_mcp_servers_registered",
             "MCP servers registered.",
@@ -223,5 +223,51 @@ impl Daemon {
         );
         self.telemetry.write_prometheus(&mut e);
         e.finish()
+    }
+}
+
+/// `GET /api/v1/status`.
+impl Daemon {
+    pub(super) fn status(&self, cx: &Cx<'_, Timer>, detailed: bool) -> Value {
+        let mut components = Map::new();
+        for (name, c) in &self.components {
+            let health = self.rooms.health.result(name);
+            components.insert(
+                name.to_string(),
+                json!({
+                    "status": if c.running { "running" } else { "stopped" },
+                    "since": state::rfc3339_utc(c.since),
+                    "restarts": c.restarts,
+                    "last_error": c.last_error,
+                    "healthy": health.map(|h| h.healthy),
+                    "health_message": health.map(|h| h.message.clone()),
+                }),
+            );
+        }
+        let mut data = json!({
+            "daemon": {
+                "status": if self.stopping.is_some() { "stopping" } else { "running" },
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "started_at": state::rfc3339_utc(self.started_at),
+                "uptime_seconds": self.started.elapsed().as_secs(),
+                "config_source": self.config_source(),
+                "config_warning": self.config.overrides_problem,
+                "state_dir": self.state.path().display().to_string(),
+                "socket": self.socket_path.display().to_string(),
+                "pid_file": self.pid_file.display().to_string(),
+                "http_listen": self.tcp_addr.map(|a| a.to_string()),
+                "auth": self.access.token.as_ref().map_or("none", |t| t.source.kind()),
+            },
+            "components": components,
+            "mcp_servers": {
+                "active_count": self.rooms.mcp.counts().0,
+                "total_registered": self.rooms.mcp.counts().1,
+            },
+        });
+        if detailed {
+            data["loop"] = self.loop_stats(cx.stats, cx.timers.len());
+        }
+        data
     }
 }

@@ -1,25 +1,45 @@
-//! The daemon: owns every component and answers every [`api::Request`]. It is the only place
-//! where components meet; the reactor drives it, the transports feed it.
+//! The daemon: the top floor, the wiring. It owns the rooms and the loop's sources, dispatches
+//! every [`api::Request`], encodes answers for their transport and delivers the rooms'
+//! effects; the reactor drives it, the transports feed it. Rooms (see [`crate::room`]) meet
+//! only here, and only through requests, effects and snapshots.
+//!
+//! Layout: `mod.rs` (state, dispatch, the loop's callbacks), `startup.rs` (run), `reply.rs`
+//! (answers to bytes, the effect bus), `rooms.rs` (the room list: how each room's timers and
+//! jobs are wired), `control.rs` (the components' lifecycle), and the concerns not yet moved
+//! into rooms: `access.rs` (intake and access checks), `health.rs` (the health room's glue),
+//! `metrics.rs` (status and metrics), `settings.rs`, `registration.rs`, `persist.rs`,
+//! `streams.rs`.
 //!
 //! Components (each can be stopped, started and restarted in-process):
 //! - `control`: the Unix control socket listener;
 //! - `worker`: the blocking-work thread;
 //! - `monitor`: the periodic health check on `monitoring.health_check_interval_ms`.
 //!
-//! Health checks report per component; one place ([`Daemon::finish_health_round`]) decides
-//! what to do about a failure (restart the control socket or the worker).
+//! Health checks report per component; one place (the health room,
+//! [`crate::components::health`]) decides what to do about a failure, and the wiring carries
+//! out the repair (restart the control socket or the worker).
 
 mod access;
+mod control;
 mod health;
 mod metrics;
 mod persist;
 mod registration;
+mod reply;
+mod rooms;
 mod settings;
+mod startup;
 mod streams;
 
-use crate::api::{self, Answer, ApiError, ErrorCode, EventQuery, LogQuery, Request};
+use control::*;
+use reply::*;
+use rooms::Wired;
+use startup::*;
+pub use startup::{default_socket_path, run, StartError, StartOptions};
+
+use crate::api::{self, Answer, ApiError, ErrorCode, EventQuery, LogQuery, ReplyTo, Request};
+use crate::components::{self, diagnostics::Diagnostics};
 use crate::config::{self, Config, ConfigError};
-use crate::diagnostics;
 use crate::events::{Event, EventLog};
 use crate::logs::{LogRecord, Logging};
 use crate::mcp::registry::{ServerSpec, REGISTRY_FILE};
@@ -27,13 +47,13 @@ use crate::mcp::{self, Mcp, Output, Source};
 use crate::monitor;
 use crate::net::listener::{self, ControlListener};
 use crate::net::{self, http, routes, ConnId, ConnPolicy, Incoming, Peer, Server};
-use crate::reactor::timer::TimerId;
-use crate::reactor::worker::{SubmitError, Worker};
+use crate::reactor::worker::{SubmitError, Waiting, Worker};
 use crate::reactor::{Cx, Handler, LoopStats, Reactor};
+use crate::room::{Effect, Room};
 use crate::state::{self, StateDir, StateError};
 use crate::sys;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,159 +63,38 @@ use std::time::{Duration, Instant, SystemTime};
 const OVERRIDES_FILE: &str = "overrides.json";
 /// Every document the daemon keeps in the state directory.
 const STATE_DOCUMENTS: &[&str] = &[REGISTRY_FILE, OVERRIDES_FILE];
-/// How long a health round waits for the worker's answer.
-const WORKER_PING_TIMEOUT: Duration = Duration::from_secs(5);
-/// Health results younger than this answer `GET /api/v1/health` without a new round.
-const HEALTH_CACHE: Duration = Duration::from_secs(1);
-/// How long `diagnostics run --full` may take on the worker.
-const DIAGNOSTICS_TIMEOUT: Duration = Duration::from_secs(20);
 /// Stream back-pressure: a follower with more than this unsent is skipped until it drains.
 const STREAM_BACKLOG_LIMIT: usize = 1024 * 1024;
-/// The TCP API token a configuration asks for: `security.api_token`, the first line of
-/// `security.api_token_file`, or the one generated into `<state dir>/api_token`.
-fn api_token(config: &Config, state_dir: &Path) -> Result<net::token::ApiToken, String> {
-    net::token::resolve(config, state_dir)
-}
-
-/// A remote client needs a token someone set on purpose: a generated token (which only the
-/// local uid can read) does not open a non-loopback listener.
-fn token_fits_listener(
-    token: &net::token::ApiToken,
-    bound: std::net::SocketAddr,
-) -> Result<(), String> {
-    if bound.ip().is_loopback() || !matches!(token.source, net::token::TokenSource::Generated(_)) {
-        return Ok(());
-    }
-    Err(format!(
-        "refusing to listen on {bound}, not a loopback address, with a generated token: set security.api_token or security.api_token_file, or bind a loopback address"
-    ))
-}
 
 /// Events kept in the history ring.
 const EVENT_HISTORY: usize = 1000;
 /// Component names, in display order.
 pub const COMPONENTS: [&str; 3] = ["control", "worker", "monitor"];
 
-/// How `start` was asked to run.
-#[derive(Debug, Clone, Default)]
-pub struct StartOptions {
-    /// `--config PATH`.
-    pub config: Option<PathBuf>,
-    /// `--state-dir DIR` (or `VSM_DAEMON_STATE_DIR`).
-    pub state_dir: Option<PathBuf>,
-    /// `--socket PATH` (or `VSM_DAEMON_SOCKET`).
-    pub socket: Option<PathBuf>,
-    /// Print one JSON line on stdout once ready (`start --json`).
-    pub ready_json: bool,
-    /// `--listen ADDR`: overrides `daemon.http_listen`.
-    pub listen: Option<std::net::SocketAddr>,
-}
-
-/// Why the daemon could not start.
-#[derive(Debug)]
-pub enum StartError {
-    /// The config file is invalid.
-    Config(ConfigError),
-    /// The state directory is unusable or locked.
-    State(StateError),
-    /// The control socket could not be bound.
-    Bind(listener::BindError),
-    /// Another OS error, with what we were doing.
-    Io(String, std::io::Error),
-    /// The API token is unusable or missing where it is required.
-    Token(String),
-    /// Another daemon holds the state dir and answers on its socket.
-    AlreadyRunning {
-        /// Its pid.
-        pid: i32,
-        /// Its control socket.
-        socket: PathBuf,
-        /// The state dir both would use.
-        state_dir: PathBuf,
-    },
-}
-
-impl fmt::Display for StartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StartError::Config(e) => write!(f, "invalid configuration: {e}"),
-            StartError::State(e) => write!(f, "state directory: {e}"),
-            StartError::Bind(e) => write!(f, "{e}"),
-            StartError::Io(what, e) => write!(f, "{what}: {e}"),
-            StartError::Token(m) => f.write_str(m),
-            StartError::AlreadyRunning {
-                pid,
-                socket,
-                state_dir,
-            } => write!(
-                f,
-                "vsm-daemon is already running (pid {pid}, socket {}) with state dir {}",
-                socket.display(),
-                state_dir.display()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for StartError {}
-
 /// Timers of the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timer {
-    /// A connection's head or idle deadline.
-    Conn(ConnId),
-    /// The periodic health check.
-    HealthCheck,
+    /// A timer of the network floor (connection deadlines).
+    Net(net::Timer),
     /// Time to tell systemd we are alive.
     Watchdog,
     /// A worker job's deadline.
     Job(u64),
     /// Graceful shutdown took too long.
     ShutdownDeadline,
-    /// A timer of an MCP server.
-    Mcp(mcp::McpTimer),
+    /// A timer of a room.
+    Room(rooms::RoomTimer),
 }
 
-/// Results of blocking jobs.
+/// Results of blocking jobs. Each carries everything its owner needs (what the job was for
+/// moved into it), and a job that does not come back yields the same variant built by its
+/// failure ([`Waiting`]): no result is ever paired with a waiting entry at run time.
 #[derive(Debug)]
 pub enum WorkResult {
-    /// The worker probed the state directory (write, fsync, rename, fsync dir).
-    Probe(Result<Vec<Duration>, String>),
-    /// fsync timings of the state directory.
-    FsyncLatency(Result<Vec<Duration>, String>),
+    /// A job of a room.
+    Room(rooms::RoomJob),
     /// A state document was written; the outcome went through the write's own ticket.
     Saved,
-}
-
-/// Where an answer goes.
-#[derive(Debug, Clone, Copy)]
-pub enum ReplyTo {
-    /// An HTTP request on a connection.
-    Http {
-        /// Connection.
-        conn: ConnId,
-        /// Request slot on it.
-        seq: u64,
-        /// When handling began.
-        started: Instant,
-        /// Request id for the envelope.
-        request_id: u64,
-        /// Route pattern (metrics label).
-        route: &'static str,
-        /// Method (metrics label).
-        method: &'static str,
-    },
-    /// A command from a WebSocket client.
-    Ws {
-        /// Connection.
-        conn: ConnId,
-        /// Local id standing for the client's own id.
-        local: u64,
-        /// When handling began.
-        started: Instant,
-        /// Request id for the envelope.
-        request_id: u64,
-    },
 }
 
 #[derive(Debug, Clone)]
@@ -204,25 +103,6 @@ struct ComponentState {
     since: SystemTime,
     restarts: u32,
     last_error: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-struct HealthResult {
-    healthy: bool,
-    status: &'static str,
-    message: String,
-    checked_at: SystemTime,
-}
-
-struct HealthRound {
-    results: BTreeMap<String, HealthResult>,
-    worker_job: Option<(u64, Instant)>,
-    waiting: Vec<(ReplyTo, Option<String>)>,
-}
-
-enum PendingJob {
-    HealthPing,
-    Diagnostics { reply: ReplyTo, checks: Vec<Value> },
 }
 
 /// What a stream follows.
@@ -255,6 +135,7 @@ pub struct Daemon {
     pid_file: PathBuf,
     control: Option<ControlListener>,
     tcp: Option<mio::net::TcpListener>,
+    listeners: ListenerTokens,
     tcp_addr: Option<std::net::SocketAddr>,
     access: listener::TcpAccess,
     /// Refusal log lines per reason per window (see `access.rs`).
@@ -264,13 +145,7 @@ pub struct Daemon {
     worker: Option<Worker<WorkResult>>,
     waker: Arc<mio::Waker>,
     components: BTreeMap<&'static str, ComponentState>,
-    health_timer: Option<TimerId>,
-    health: BTreeMap<String, HealthResult>,
-    health_at: Option<Instant>,
-    /// The last round's unfiltered answer, serialized: (error without its data, data JSON).
-    health_cache: Option<(Option<ApiError>, Vec<u8>)>,
-    round: Option<HealthRound>,
-    jobs: HashMap<u64, (PendingJob, TimerId)>,
+    jobs: Waiting<WorkResult>,
     followers: Vec<Follower>,
     /// Registry changes waiting for their `servers.json` write (see `registration`).
     registry_writes: state::WriteQueue<registration::PendingChange>,
@@ -280,9 +155,11 @@ pub struct Daemon {
     overrides_writes: state::WriteQueue<settings::PendingPatch>,
     /// The overrides write on the worker, while one is in flight.
     overrides_write: Option<persist::WriteTicket>,
-    mcp: Mcp,
+    rooms: rooms::Rooms,
     events: EventLog,
     outputs: Vec<Output>,
+    /// What rooms other than MCP said (delivered with MCP's outputs).
+    effects: Vec<crate::room::Effect>,
     telemetry: crate::telemetry::Telemetry,
     started_at: SystemTime,
     started: Instant,
@@ -292,373 +169,6 @@ pub struct Daemon {
     watchdog: Option<Duration>,
     notify_socket: Option<std::ffi::OsString>,
     reaped: u64,
-}
-
-/// Default control socket: `/run/vsm-daemon/control.sock` as root, else under
-/// `$XDG_RUNTIME_DIR`, else a per-uid directory in /tmp.
-pub fn default_socket_path() -> PathBuf {
-    if sys::euid() == 0 {
-        return PathBuf::from("/run/vsm-daemon/control.sock");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
-        Some(dir) if dir.is_absolute() => dir.join("vsm-daemon/control.sock"),
-        _ => PathBuf::from(format!("/tmp/vsm-daemon-{}/control.sock", sys::euid())),
-    }
-}
-
-fn non_empty(s: &str) -> Option<PathBuf> {
-    (!s.is_empty()).then(|| PathBuf::from(s))
-}
-
-fn level_of(config: &Config) -> log::LevelFilter {
-    config
-        .daemon
-        .log_level
-        .parse()
-        .unwrap_or(log::LevelFilter::Info)
-}
-
-fn conn_policy(config: &Config) -> ConnPolicy {
-    ConnPolicy {
-        limits: http::Limits {
-            max_head_bytes: config.http.max_head_bytes,
-            max_body_bytes: config.http.max_body_bytes,
-            max_pipeline: 32,
-        },
-        max_connections: config.http.max_connections as usize,
-        max_connections_per_peer: config.http.max_connections_per_peer as usize,
-        head_timeout: Duration::from_millis(config.http.head_timeout_ms),
-        idle_timeout: Duration::from_millis(config.http.idle_timeout_ms),
-    }
-}
-
-fn now_string() -> String {
-    state::rfc3339_utc_millis(SystemTime::now())
-}
-
-/// Runs the daemon in the foreground until it is stopped.
-///
-/// # Errors
-/// [`StartError`] when it cannot start; once running, it only returns on a failing `poll`.
-pub fn run(options: StartOptions) -> Result<(), StartError> {
-    let base = match &options.config {
-        Some(path) => Config::from_file(path).map_err(StartError::Config)?,
-        None => Config::default(),
-    };
-    let logging = Logging::init(level_of(&base), base.daemon.log_buffer_lines);
-    let state_path = options
-        .state_dir
-        .clone()
-        .or_else(|| non_empty(&base.daemon.state_dir))
-        .unwrap_or_else(state::default_state_dir);
-    let mut state = StateDir::open(&state_path).map_err(|e| already_running(&state_path, e))?;
-    let (overrides, overrides_problem, effective) = load_overrides(&mut state, &base);
-    logging.set_level(level_of(&effective));
-    logging.ring.set_capacity(effective.daemon.log_buffer_lines);
-    let socket_path = options
-        .socket
-        .clone()
-        .or_else(|| non_empty(&effective.daemon.socket))
-        .unwrap_or_else(default_socket_path);
-    let pid_file = non_empty(&effective.daemon.pid_file).unwrap_or_else(|| {
-        socket_path
-            .parent()
-            .unwrap_or(Path::new("/"))
-            .join("vsm-daemon.pid")
-    });
-
-    let mut reactor: Reactor<Timer> =
-        Reactor::new().map_err(|e| StartError::Io("event loop".into(), e))?;
-    let waker = reactor.waker();
-    logging.set_waker(waker.clone());
-    if let Err(e) = sys::set_child_subreaper() {
-        log::warn!("cannot become a child subreaper: {e}");
-    }
-    let listen = match options.listen {
-        Some(a) => a,
-        None => effective.daemon.http_listen.parse().map_err(|_| {
-            StartError::Io(
-                "daemon.http_listen".into(),
-                std::io::ErrorKind::InvalidInput.into(),
-            )
-        })?,
-    };
-    let token = api_token(&effective, state.path()).map_err(StartError::Token)?;
-    token_fits_listener(&token, listen).map_err(StartError::Token)?;
-    let control = ControlListener::bind(&socket_path).map_err(StartError::Bind)?;
-    let mut tcp = match listener::bind_tcp(listen) {
-        Ok(l) => l,
-        Err(e) => {
-            control.remove_file();
-            return Err(StartError::Io(format!("cannot listen on {listen}"), e));
-        }
-    };
-    let tcp_addr = tcp.local_addr().unwrap_or(listen);
-    log::info!(
-        "the TCP API needs a bearer token ({}); show it with `vsm-daemon token`",
-        token.source
-    );
-    let access = listener::TcpAccess::new(
-        Some(token),
-        tcp_addr,
-        &effective.http.allowed_hosts,
-        &effective.http.allowed_origins,
-    );
-    reactor
-        .cx()
-        .registry
-        .register(&mut tcp, net::TCP_LISTENER, mio::Interest::READABLE)
-        .map_err(|e| StartError::Io("TCP listener".into(), e))?;
-    if let Err(e) = write_pid_file(&pid_file) {
-        control.remove_file();
-        return Err(StartError::Io(
-            format!("pid file {}", pid_file.display()),
-            e,
-        ));
-    }
-    let owner = state::LockOwner {
-        pid: std::process::id() as i32,
-        socket: socket_path.clone(),
-    };
-    if let Err(e) = state.record_owner(&owner) {
-        log::warn!("cannot record pid and socket in the state dir's lock file: {e}");
-    }
-    let now = SystemTime::now();
-    let components = COMPONENTS
-        .iter()
-        .map(|&name| {
-            (
-                name,
-                ComponentState {
-                    running: false,
-                    since: now,
-                    restarts: 0,
-                    last_error: None,
-                },
-            )
-        })
-        .collect();
-    let server = Server::new(conn_policy(&effective));
-    let mcp = Mcp::new(mcp::Settings {
-        config: effective.mcp_servers.clone(),
-        sandbox_enabled: effective.security.sandbox_enabled,
-        state_dir: state.path().to_path_buf(),
-    });
-    let registered = match state.read::<Vec<ServerSpec>>(REGISTRY_FILE) {
-        Ok(specs) => specs.unwrap_or_default(),
-        Err(e @ StateError::Corrupt { .. }) => {
-            log::error!("registered MCP servers not loaded: {e}");
-            Vec::new()
-        }
-        Err(e) => {
-            log::error!(
-                "registered MCP servers not loaded: {e}; the file is kept as it is and \
-                 registering or unregistering servers is refused until it is fixed"
-            );
-            Vec::new()
-        }
-    };
-    let mut daemon = Daemon {
-        config: ConfigLayers {
-            file: options.config.clone(),
-            base,
-            overrides,
-            overrides_problem,
-            effective,
-        },
-        state,
-        logging,
-        socket_path,
-        pid_file,
-        control: Some(control),
-        tcp: Some(tcp),
-        tcp_addr: Some(tcp_addr),
-        access,
-        refusal_log: access::refusal_throttle(),
-        server,
-        incoming: VecDeque::new(),
-        worker: None,
-        waker,
-        components,
-        health_timer: None,
-        health: BTreeMap::new(),
-        health_at: None,
-        health_cache: None,
-        round: None,
-        jobs: HashMap::new(),
-        followers: Vec::new(),
-        registry_writes: state::WriteQueue::new(registration::MAX_WAITING),
-        registry_write: None,
-        overrides_writes: state::WriteQueue::new(settings::MAX_WAITING_PATCHES),
-        overrides_write: None,
-        mcp,
-        events: EventLog::new(EVENT_HISTORY),
-        outputs: Vec::new(),
-        telemetry: crate::telemetry::Telemetry::new(),
-        started_at: now,
-        started: Instant::now(),
-        next_request_id: 1,
-        stopping: None,
-        shutdown_deadline_passed: false,
-        watchdog: None,
-        notify_socket: std::env::var_os("NOTIFY_SOCKET"),
-        reaped: 0,
-    };
-    // Children must not talk to our service manager.
-    std::env::remove_var("NOTIFY_SOCKET");
-    let mut cx = reactor.cx();
-    daemon
-        .start_control(&mut cx)
-        .map_err(|e| StartError::Io("control socket".into(), e))?;
-    if daemon.config.effective.daemon.auto_start_services {
-        for name in ["worker", "monitor"] {
-            if let Err(e) = daemon.start_component(&mut cx, name) {
-                log::error!("cannot start {name}: {e}");
-            }
-        }
-    }
-    daemon.mcp.start_reaper();
-    let autostart = daemon.config.effective.daemon.auto_start_services;
-    let from_config = daemon.config.effective.servers.clone();
-    for (spec, source) in registered
-        .into_iter()
-        .map(|s| (s, Source::Api))
-        .chain(from_config.into_iter().map(|s| (s, Source::Config)))
-    {
-        let id = spec.id.clone();
-        let warning = capability_warning(&spec, &daemon.config.effective);
-        match daemon
-            .mcp
-            .register(&mut cx, spec, source, autostart, &mut daemon.outputs)
-        {
-            Ok(_) => {
-                if let Some(w) = warning {
-                    log::warn!("MCP server {id}: {w}");
-                }
-            }
-            Err(e) => log::error!("MCP server {id} not registered: {e}"),
-        }
-    }
-    for key in daemon.config.effective.not_enforced_set() {
-        log::warn!(
-            "{key} is set but {}: it has no effect",
-            config::NOT_ENFORCED
-        );
-    }
-    daemon.setup_watchdog(&mut cx);
-    log::info!("REST API and WebSocket monitor listening on http://{tcp_addr}");
-    log::info!(
-        "vsm-daemon {} started (pid {}, config {}, state {}, socket {})",
-        env!("CARGO_PKG_VERSION"),
-        std::process::id(),
-        daemon.config_source(),
-        daemon.state.path().display(),
-        daemon.socket_path.display()
-    );
-    daemon.notify("READY=1\nSTATUS=running");
-    if options.ready_json {
-        let ready = json!({"event": "ready", "pid": std::process::id(), "version": env!("CARGO_PKG_VERSION"),
-                   "socket": daemon.socket_path, "state_dir": daemon.state.path(), "pid_file": daemon.pid_file,
-                   "http": daemon.tcp_addr.map(|a| a.to_string())});
-        // `println!` would abort the daemon when nobody reads its stdout any more.
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        if let Err(e) = writeln!(out, "{ready}").and_then(|()| out.flush()) {
-            log::warn!("could not print the ready line on stdout: {e}");
-        }
-    }
-    let result = reactor.run(&mut daemon);
-    let mut cx = reactor.cx();
-    daemon.server.close_all(&mut cx);
-    if let Some(control) = daemon.control.take() {
-        control.remove_file();
-    }
-    let _ = std::fs::remove_file(&daemon.pid_file);
-    log::info!("vsm-daemon stopped");
-    result.map_err(|e| StartError::Io("event loop".into(), e))
-}
-
-fn load_overrides(state: &mut StateDir, base: &Config) -> (Value, Option<String>, Config) {
-    let overrides = match state.read::<Value>(OVERRIDES_FILE) {
-        Ok(Some(v)) => v,
-        Ok(None) => return (json!({}), None, base.clone()),
-        Err(e) => {
-            let msg = format!("stored overrides not applied: {e}");
-            log::error!("{msg}");
-            return (json!({}), Some(msg), base.clone());
-        }
-    };
-    let (effective, problem) = apply_stored_overrides(base, &overrides);
-    if problem.is_none() {
-        log::info!("applied stored configuration overrides from {OVERRIDES_FILE}");
-    }
-    (overrides, problem, effective)
-}
-
-/// `base` with the known part of the stored overrides applied, and the warning to show (and
-/// log) when some keys are unknown (kept in the file, not applied) or the rest conflicts with
-/// `base` (then none is applied; the file stays as it is so nothing is lost).
-fn apply_stored_overrides(base: &Config, stored: &Value) -> (Config, Option<String>) {
-    let split = config::StoredOverrides::split(stored);
-    let unknown = split.warning();
-    if let Some(w) = &unknown {
-        log::warn!("{OVERRIDES_FILE}: {w}");
-    }
-    match base.with_overrides(&split.known) {
-        Ok(effective) => (effective, unknown),
-        Err(e) => {
-            let msg =
-                format!("stored overrides not applied (they conflict with the config file): {e}");
-            log::error!("{msg}");
-            let problem = unknown.map_or(msg.clone(), |w| format!("{msg}; {w}"));
-            (base.clone(), Some(problem))
-        }
-    }
-}
-
-/// A locked state dir whose holder recorded itself, is alive and answers on its socket is a
-/// daemon already running: say so with its pid and socket. Anything else stays the state error.
-fn already_running(state_dir: &Path, e: state::StateError) -> StartError {
-    if matches!(e, state::StateError::Locked { .. }) {
-        if let Some(owner) = state::lock_owner(state_dir) {
-            if sys::process_running(owner.pid)
-                && crate::client::Client::new(&owner.socket).is_reachable()
-            {
-                return StartError::AlreadyRunning {
-                    pid: owner.pid,
-                    socket: owner.socket,
-                    state_dir: state_dir.to_path_buf(),
-                };
-            }
-        }
-    }
-    StartError::State(e)
-}
-
-/// The capability policy's objection to a spec, if any (the policy is not enforced yet).
-/// Adds the capability-policy warning (if any) to a registration's answer, and logs it.
-fn with_warning(mut answer: Value, warning: Option<String>) -> Value {
-    if let Some(w) = warning {
-        log::warn!("MCP server {}: {w}", answer["id"].as_str().unwrap_or(""));
-        answer["warnings"] = json!([w]);
-    }
-    answer
-}
-
-fn capability_warning(spec: &ServerSpec, config: &Config) -> Option<String> {
-    crate::mcp::registry::capability_policy_warning(
-        &spec.capabilities,
-        &config.security.blocked_capabilities,
-    )
-}
-
-fn write_pid_file(path: &Path) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("pid.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    writeln!(f, "{}", std::process::id())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Drops `{}` left behind by merge-patch deletions so the stored overrides stay minimal.
@@ -705,251 +215,9 @@ impl Daemon {
         }
     }
 
-    fn notify(&self, message: &str) {
-        let Some(target) = &self.notify_socket else {
-            return;
-        };
-        use std::os::linux::net::SocketAddrExt;
-        use std::os::unix::ffi::OsStrExt;
-        let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|sock| {
-            let bytes = target.as_bytes();
-            let addr = if let Some(name) = bytes.strip_prefix(b"@") {
-                std::os::unix::net::SocketAddr::from_abstract_name(name)?
-            } else {
-                std::os::unix::net::SocketAddr::from_pathname(Path::new(target))?
-            };
-            sock.send_to_addr(message.as_bytes(), &addr)
-        });
-        if let Err(e) = sent {
-            log::warn!("cannot notify the service manager: {e}");
-        }
-    }
-
-    fn setup_watchdog(&mut self, cx: &mut Cx<'_, Timer>) {
-        let usec = std::env::var("WATCHDOG_USEC")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok());
-        let pid_ok = std::env::var("WATCHDOG_PID")
-            .ok()
-            .and_then(|p| p.parse::<u32>().ok())
-            .is_none_or(|p| p == std::process::id());
-        if let (Some(usec), true, true) = (usec, pid_ok, self.notify_socket.is_some()) {
-            let period = Duration::from_micros(usec / 2).max(Duration::from_millis(10));
-            self.watchdog = Some(period);
-            cx.timers.insert(Instant::now() + period, Timer::Watchdog);
-            log::info!("systemd watchdog every {} ms", period.as_millis());
-        }
-    }
-
     // ----- components -----
 
-    fn start_control(&mut self, cx: &mut Cx<'_, Timer>) -> std::io::Result<()> {
-        if self.control.is_none() {
-            let bound = ControlListener::bind(&self.socket_path)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            self.control = Some(bound);
-        }
-        if let Some(control) = &mut self.control {
-            cx.registry.register(
-                &mut control.listener,
-                net::CONTROL_LISTENER,
-                mio::Interest::READABLE,
-            )?;
-        }
-        self.mark(cx, "control", true);
-        Ok(())
-    }
-
-    fn stop_control(&mut self, cx: &mut Cx<'_, Timer>) {
-        if let Some(mut control) = self.control.take() {
-            let _ = cx.registry.deregister(&mut control.listener);
-            control.remove_file();
-        }
-        self.mark(cx, "control", false);
-    }
-
-    fn mark(&mut self, _cx: &mut Cx<'_, Timer>, name: &'static str, running: bool) {
-        if let Some(c) = self.components.get_mut(name) {
-            if c.running != running {
-                c.since = SystemTime::now();
-            }
-            c.running = running;
-            if running {
-                c.last_error = None;
-            }
-        }
-    }
-
-    fn start_component(&mut self, cx: &mut Cx<'_, Timer>, name: &str) -> Result<(), ApiError> {
-        match name {
-            "control" => self
-                .start_control(cx)
-                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("control socket: {e}"))),
-            "worker" => {
-                if self.worker.as_ref().is_some_and(Worker::is_alive) {
-                    return Ok(());
-                }
-                let worker = Worker::spawn(self.waker.clone(), 16).map_err(|e| {
-                    ApiError::new(ErrorCode::Internal, format!("worker thread: {e}"))
-                })?;
-                self.worker = Some(worker);
-                self.mark(cx, "worker", true);
-                Ok(())
-            }
-            "monitor" => {
-                if self.health_timer.is_none() {
-                    let every = Duration::from_millis(
-                        self.config.effective.monitoring.health_check_interval_ms,
-                    );
-                    self.health_timer =
-                        Some(cx.timers.insert(Instant::now() + every, Timer::HealthCheck));
-                }
-                self.mark(cx, "monitor", true);
-                Ok(())
-            }
-            other => Err(unknown_component(other)),
-        }
-    }
-
-    fn stop_component(&mut self, cx: &mut Cx<'_, Timer>, name: &str) -> Result<(), ApiError> {
-        match name {
-            "control" => {
-                self.stop_control(cx);
-                Ok(())
-            }
-            "worker" => {
-                // Dropping the handle closes the job queue; the thread ends after its current job.
-                self.worker = None;
-                self.fail_pending_jobs(cx, "the worker was stopped");
-                self.mark(cx, "worker", false);
-                Ok(())
-            }
-            "monitor" => {
-                if let Some(t) = self.health_timer.take() {
-                    cx.timers.cancel(t);
-                }
-                self.mark(cx, "monitor", false);
-                Ok(())
-            }
-            other => Err(unknown_component(other)),
-        }
-    }
-
-    fn restart_component(&mut self, cx: &mut Cx<'_, Timer>, name: &str) -> Result<(), ApiError> {
-        if !COMPONENTS.contains(&name) {
-            return Err(unknown_component(name));
-        }
-        if name == "control" {
-            // Rebind in place: the listener is replaced, open connections (this one too) stay.
-            if let Some(mut old) = self.control.take() {
-                let _ = cx.registry.deregister(&mut old.listener);
-                old.remove_file();
-            }
-        } else {
-            self.stop_component(cx, name)?;
-        }
-        self.start_component(cx, name)?;
-        if let Some(c) = self.components.get_mut(name) {
-            c.restarts += 1;
-        }
-        log::info!("component {name} restarted");
-        Ok(())
-    }
-
-    fn fail_pending_jobs(&mut self, cx: &mut Cx<'_, Timer>, why: &str) {
-        let ids: Vec<u64> = self.jobs.keys().copied().collect();
-        for id in ids {
-            if let Some((job, timer)) = self.jobs.remove(&id) {
-                cx.timers.cancel(timer);
-                self.job_failed(cx, job, why);
-            }
-        }
-    }
-
     // ----- requests -----
-
-    fn handle_incoming(&mut self, cx: &mut Cx<'_, Timer>, incoming: Incoming) {
-        let (conn, seq, request, peer) = match incoming {
-            Incoming::Http {
-                conn,
-                seq,
-                request,
-                peer,
-            } => (conn, seq, request, peer),
-            Incoming::WsText { conn, text } => {
-                self.handle_ws_text(cx, conn, &text);
-                return;
-            }
-        };
-        let resolved = request.as_ref().ok().and_then(|r| routes::resolve(&r.path));
-        let (route, method) = match &request {
-            Ok(r) => (
-                routes::label(resolved.as_ref()),
-                routes::method_label(&r.method),
-            ),
-            Err(_) => ("invalid", "OTHER"),
-        };
-        let reply = ReplyTo::Http {
-            conn,
-            seq,
-            started: Instant::now(),
-            request_id: self.next_request_id,
-            route,
-            method,
-        };
-        self.next_request_id += 1;
-        let request = match request {
-            Ok(r) => r,
-            Err(e) => {
-                let code = match e.status {
-                    431 => ErrorCode::HeaderTooLarge,
-                    413 => ErrorCode::PayloadTooLarge,
-                    411 => ErrorCode::LengthRequired,
-                    _ => ErrorCode::BadRequest,
-                };
-                self.answer_with(cx, reply, Err(ApiError::new(code, e.message)), None, true);
-                return;
-            }
-        };
-        if !peer.authorized {
-            // The accept loop logged (throttled) who it was.
-            self.telemetry.auth_failure("peer_uid");
-            let err = ApiError::new(
-                ErrorCode::Forbidden,
-                "this user may not use the control socket",
-            );
-            self.answer_with(cx, reply, Err(err), None, true);
-            return;
-        }
-        let checked = if peer.via == net::Via::Tcp {
-            self.check_tcp_access(&request)
-        } else {
-            self.check_unix_media_type(&request)
-        };
-        if let Err(e) = checked {
-            let header = (e.code == ErrorCode::Unauthorized)
-                .then(|| ("WWW-Authenticate", "Bearer".to_string()));
-            self.answer_with(cx, reply, Err(e), header, false);
-            return;
-        }
-        if peer.via == net::Via::Tcp {
-            if let Err(e) = self.check_not_control_socket_only(resolved.as_ref()) {
-                self.answer_with(cx, reply, Err(e), None, false);
-                return;
-            }
-        }
-        if request.path == "/ws/monitor" {
-            self.upgrade_ws(cx, conn, seq, &request, reply);
-            return;
-        }
-        match routes::route_resolved(&request, resolved) {
-            Ok(req) => self.handle(cx, req, reply),
-            Err(e) => {
-                let allow = e.allow.map(|a| ("Allow", a));
-                self.answer_with(cx, reply, Err(e.error), allow, false);
-            }
-        }
-    }
 
     /// Handles one API request; the answer goes to `reply` now or later.
     pub fn handle(&mut self, cx: &mut Cx<'_, Timer>, request: Request, reply: ReplyTo) {
@@ -969,12 +237,11 @@ impl Daemon {
                 }
                 // A round younger than a second answers at once: a scraper hammering
                 // /api/v1/health must not turn into a stream of fsyncs.
-                let fresh = self.round.is_none()
-                    && self.health_at.is_some_and(|t| t.elapsed() < HEALTH_CACHE);
+                let fresh = self.rooms.health.fresh();
                 if fresh && component.is_none() {
                     self.answer_cached_health(cx, reply);
                 } else if fresh {
-                    let answer = self.health_answer(component.as_deref());
+                    let answer = self.rooms.health.answer(component.as_deref());
                     self.answer(cx, reply, answer);
                 } else {
                     self.start_health_round(cx, Some((reply, component)));
@@ -1032,9 +299,9 @@ impl Daemon {
             }
             Request::AuthToken => self.auth_token(false),
             Request::AuthTokenRotate => self.auth_token(true),
-            Request::McpList { status } => Ok(self.mcp.list(status)),
-            Request::McpShow { id } => self.mcp.show(&id),
-            Request::McpTools { id } => self.mcp.tools(&id),
+            Request::McpList { status } => Ok(self.rooms.mcp.list(status)),
+            Request::McpShow { id } => self.rooms.mcp.show(&id),
+            Request::McpTools { id } => self.rooms.mcp.tools(&id),
             Request::McpRegister { spec } => match self.mcp_register(cx, spec, reply) {
                 Ok(()) => return,
                 Err(e) => Err(e),
@@ -1043,259 +310,44 @@ impl Daemon {
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
-            Request::McpStart { id } => self.mcp.start(cx, &id, &mut self.outputs),
-            Request::McpStop { id } => self.mcp.stop(cx, &id, &mut self.outputs),
-            Request::McpRestart { id } => self.mcp.restart(cx, &id, &mut self.outputs),
-            Request::McpReset { id } => self.mcp.reset(cx, &id, &mut self.outputs),
+            Request::McpStart { id } => self.rooms.mcp.start(
+                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                &id,
+                &mut self.outputs,
+            ),
+            Request::McpStop { id } => self.rooms.mcp.stop(
+                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                &id,
+                &mut self.outputs,
+            ),
+            Request::McpRestart { id } => self.rooms.mcp.restart(
+                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                &id,
+                &mut self.outputs,
+            ),
+            Request::McpReset { id } => self.rooms.mcp.reset(
+                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                &id,
+                &mut self.outputs,
+            ),
             Request::McpCall {
                 id,
                 name,
                 arguments,
                 timeout_ms,
-            } => match self.mcp.call(cx, &id, &name, arguments, timeout_ms, reply) {
+            } => match self.rooms.mcp.call(
+                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                &id,
+                &name,
+                arguments,
+                timeout_ms,
+                reply,
+            ) {
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
         };
         self.answer(cx, reply, answer);
-    }
-
-    /// Delivers what the MCP layer produced: answers and events.
-    fn deliver(&mut self, cx: &mut Cx<'_, Timer>) {
-        while !self.outputs.is_empty() {
-            for output in std::mem::take(&mut self.outputs) {
-                match output {
-                    Output::Reply(reply, answer) => self.answer(cx, reply, answer),
-                    Output::ToolCall(server, outcome, seconds) => {
-                        self.telemetry.tool_call(&server, outcome, seconds)
-                    }
-                    Output::Restart(server) => self.telemetry.server_restart(&server),
-                    Output::Unregistered(server) => self.telemetry.forget_server(&server),
-                    Output::Event(channel, kind, data) => {
-                        self.telemetry.event(kind);
-                        let seq = self.events.publish(channel, kind, data);
-                        self.broadcast_event(cx, seq);
-                    }
-                }
-            }
-        }
-    }
-
-    fn answer(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, answer: Answer) {
-        self.answer_with(cx, reply, answer, None, false);
-    }
-
-    fn answer_with(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        reply: ReplyTo,
-        answer: Answer,
-        header: Option<(&'static str, String)>,
-        close: bool,
-    ) {
-        match reply {
-            ReplyTo::Http {
-                conn,
-                seq,
-                started,
-                request_id,
-                route,
-                method,
-            } => {
-                let status = match &answer {
-                    Ok(_) => 200,
-                    Err(e) => e.code.http_status(),
-                };
-                self.telemetry
-                    .http_request(route, method, status, started.elapsed().as_secs_f64());
-                if !self.server.is_open(conn) {
-                    return;
-                }
-                let ms = started.elapsed().as_secs_f64() * 1000.0;
-                let mut bytes = Vec::with_capacity(512);
-                api::write_envelope(&mut bytes, &answer, request_id, ms, &now_string(), None);
-                bytes.push(b'\n');
-                let mut response = http::Response::json(status, bytes);
-                response.headers.extend(header);
-                self.server
-                    .respond(cx, conn, seq, &response, close, &mut self.incoming);
-            }
-            ReplyTo::Ws {
-                conn,
-                local,
-                started,
-                request_id,
-            } => {
-                let Some(id) = self.server.ws_mut(conn).and_then(|w| w.take_id(local)) else {
-                    return;
-                };
-                let ms = started.elapsed().as_secs_f64() * 1000.0;
-                let mut bytes = Vec::with_capacity(512);
-                api::write_envelope(
-                    &mut bytes,
-                    &answer,
-                    request_id,
-                    ms,
-                    &now_string(),
-                    Some(&id),
-                );
-                let text = String::from_utf8(bytes).unwrap_or_default();
-                self.server.ws_send(cx, conn, text.into());
-            }
-        }
-    }
-
-    fn status(&self, cx: &Cx<'_, Timer>, detailed: bool) -> Value {
-        let mut components = Map::new();
-        for (name, c) in &self.components {
-            let health = self.health.get(*name);
-            components.insert(
-                name.to_string(),
-                json!({
-                    "status": if c.running { "running" } else { "stopped" },
-                    "since": state::rfc3339_utc(c.since),
-                    "restarts": c.restarts,
-                    "last_error": c.last_error,
-                    "healthy": health.map(|h| h.healthy),
-                    "health_message": health.map(|h| h.message.clone()),
-                }),
-            );
-        }
-        let mut data = json!({
-            "daemon": {
-                "status": if self.stopping.is_some() { "stopping" } else { "running" },
-                "version": env!("CARGO_PKG_VERSION"),
-                "pid": std::process::id(),
-                "started_at": state::rfc3339_utc(self.started_at),
-                "uptime_seconds": self.started.elapsed().as_secs(),
-                "config_source": self.config_source(),
-                "config_warning": self.config.overrides_problem,
-                "state_dir": self.state.path().display().to_string(),
-                "socket": self.socket_path.display().to_string(),
-                "pid_file": self.pid_file.display().to_string(),
-                "http_listen": self.tcp_addr.map(|a| a.to_string()),
-                "auth": self.access.token.as_ref().map_or("none", |t| t.source.kind()),
-            },
-            "components": components,
-            "mcp_servers": {
-                "active_count": self.mcp.counts().0,
-                "total_registered": self.mcp.counts().1,
-            },
-        });
-        if detailed {
-            data["loop"] = self.loop_stats(cx.stats, cx.timers.len());
-        }
-        data
-    }
-
-    /// A reply that is not wrapped in the envelope (Prometheus text, the OpenAPI document).
-    fn answer_raw(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        reply: ReplyTo,
-        content_type: &'static str,
-        body: Vec<u8>,
-    ) {
-        match reply {
-            ReplyTo::Http {
-                conn,
-                seq,
-                started,
-                route,
-                method,
-                ..
-            } => {
-                self.telemetry
-                    .http_request(route, method, 200, started.elapsed().as_secs_f64());
-                let response = http::Response {
-                    status: 200,
-                    content_type,
-                    headers: Vec::new(),
-                    body,
-                };
-                self.server
-                    .respond(cx, conn, seq, &response, false, &mut self.incoming);
-            }
-            ReplyTo::Ws { .. } => {
-                let text = String::from_utf8_lossy(&body).into_owned();
-                let data = serde_json::from_str(&text).unwrap_or(Value::String(text));
-                self.answer(cx, reply, Ok(data));
-            }
-        }
-    }
-
-    fn control_start(&mut self, cx: &mut Cx<'_, Timer>, service: Option<String>) -> Answer {
-        let names: Vec<&'static str> = match &service {
-            Some(s) => vec![component_name(s)?],
-            None => COMPONENTS.to_vec(),
-        };
-        let mut started = Vec::new();
-        for name in names {
-            if !self.components[name].running {
-                self.start_component(cx, name)?;
-                log::info!("component {name} started");
-                started.push(name);
-            }
-        }
-        Ok(json!({"started": started}))
-    }
-
-    fn control_stop(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        service: Option<String>,
-        shutdown: bool,
-        graceful: bool,
-    ) -> Answer {
-        if shutdown {
-            log::info!(
-                "shutdown requested over the API ({})",
-                if graceful { "graceful" } else { "immediate" }
-            );
-            self.begin_shutdown(cx, graceful);
-            return Ok(json!({"shutdown": true, "graceful": graceful, "pid": std::process::id()}));
-        }
-        let names: Vec<&'static str> = match &service {
-            Some(s) => vec![component_name(s)?],
-            None => COMPONENTS
-                .iter()
-                .copied()
-                .filter(|c| *c != "control")
-                .collect(),
-        };
-        if names.contains(&"control") {
-            return Err(ApiError::field(
-                ErrorCode::Conflict,
-                "service",
-                "refusing to stop the control socket: it is the only way to reach the daemon (use `restart --service control`)",
-            ));
-        }
-        let mut stopped = Vec::new();
-        for name in names {
-            if self.components[name].running {
-                self.stop_component(cx, name)?;
-                log::info!("component {name} stopped");
-                stopped.push(name);
-            }
-        }
-        Ok(json!({"stopped": stopped}))
-    }
-
-    fn control_restart(&mut self, cx: &mut Cx<'_, Timer>, service: Option<String>) -> Answer {
-        match service {
-            Some(s) => {
-                let name = component_name(&s)?;
-                self.restart_component(cx, name)?;
-                Ok(json!({"restarted": [name]}))
-            }
-            None => {
-                let reload = self.config_reload(cx)?;
-                for name in COMPONENTS {
-                    self.restart_component(cx, name)?;
-                }
-                Ok(json!({"restarted": COMPONENTS, "config": reload}))
-            }
-        }
     }
 
     // ----- configuration -----
@@ -1304,242 +356,38 @@ impl Daemon {
 
     // ----- health -----
 
-    fn on_job_done(&mut self, cx: &mut Cx<'_, Timer>, id: u64, result: WorkResult) {
-        let Some((job, timer)) = self.jobs.remove(&id) else {
-            return; // its deadline already fired; the late result is dropped
-        };
-        cx.timers.cancel(timer);
-        match (job, result) {
-            (PendingJob::HealthPing, WorkResult::Probe(probe)) => {
-                let state = self.state_health(Some(probe), SystemTime::now());
-                if let Some(round) = &mut self.round {
-                    let took = round
-                        .worker_job
-                        .map_or(Duration::ZERO, |(_, t)| t.elapsed());
-                    let now = SystemTime::now();
-                    round.results.insert(
-                        "worker".into(),
-                        HealthResult {
-                            healthy: true,
-                            status: "running",
-                            message: format!("answered in {:.2} ms", took.as_secs_f64() * 1000.0),
-                            checked_at: now,
-                        },
-                    );
-                    round.results.insert("state".into(), state);
-                    self.finish_health_round(cx);
-                }
-            }
-            (PendingJob::Diagnostics { reply, mut checks }, WorkResult::FsyncLatency(r)) => {
-                checks.push(match r {
-                    Ok(times) => {
-                        let ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1000.0).collect();
-                        let worst = ms.iter().copied().fold(0.0, f64::max);
-                        let verdict = if worst > 500.0 { "warn" } else { "ok" };
-                        json!({"name": "state.fsync_latency", "status": verdict,
-                               "detail": format!("{} write+fsync+rename cycles, worst {:.1} ms", ms.len(), worst),
-                               "samples_ms": ms})
-                    }
-                    Err(e) => json!({"name": "state.fsync_latency", "status": "fail", "detail": e}),
-                });
-                let answer = diagnostics_answer(checks);
-                self.answer(cx, reply, answer);
-            }
-            (job, _) => self.job_failed(cx, job, "unexpected worker result"),
-        }
-    }
-
-    fn job_failed(&mut self, cx: &mut Cx<'_, Timer>, job: PendingJob, why: &str) {
-        match job {
-            PendingJob::HealthPing => {
-                if let Some(round) = &mut self.round {
-                    round.results.insert(
-                        "worker".into(),
-                        HealthResult {
-                            healthy: false,
-                            status: "failing",
-                            message: why.to_string(),
-                            checked_at: SystemTime::now(),
-                        },
-                    );
-                    self.finish_health_round(cx);
-                }
-            }
-            PendingJob::Diagnostics { reply, mut checks } => {
-                checks
-                    .push(json!({"name": "state.fsync_latency", "status": "fail", "detail": why}));
-                let answer = diagnostics_answer(checks);
-                self.answer(cx, reply, answer);
-            }
+    /// A worker job's result (or the failure that stands for it) reaches its owner.
+    fn on_job_done(&mut self, cx: &mut Cx<'_, Timer>, result: WorkResult) {
+        match result {
+            WorkResult::Room(job) => self.room_job(cx, job),
+            // Writes report through their own ticket (see `persist`).
+            WorkResult::Saved => {}
         }
     }
 
     // ----- diagnostics -----
 
     fn diagnostics(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, full: bool) {
-        let mut checks: Vec<diagnostics::Check> = Vec::new();
-        let config_check = match &self.config.overrides_problem {
-            None => diagnostics::Check {
-                name: "config".into(),
-                verdict: diagnostics::Verdict::Ok,
-                detail: format!("valid ({})", self.config_source()),
-            },
-            Some(p) => diagnostics::Check {
-                name: "config".into(),
-                verdict: diagnostics::Verdict::Warn,
-                detail: p.clone(),
-            },
-        };
-        checks.push(config_check);
-        let pending: Vec<&str> = config::not_enforced_keys().collect();
-        checks.push(diagnostics::not_enforced_check(
-            &pending,
-            &self.config.effective.not_enforced_set(),
-        ));
-        // No write here: an fsync can stall on slow storage; `--full` times it on the worker.
-        let dir = self.state.path();
-        let writable = sys::writable(dir);
-        checks.push(diagnostics::Check {
-            name: "state.writable".into(),
-            verdict: if writable {
-                diagnostics::Verdict::Ok
-            } else {
-                diagnostics::Verdict::Fail
-            },
-            detail: format!(
-                "{} ({})",
-                dir.display(),
-                if writable { "writable" } else { "not writable" }
-            ),
-        });
-        // A few lstat calls, like the faccessat above: cheap enough for the loop.
-        let mut problems = state::check_documents(dir, STATE_DOCUMENTS);
-        problems.extend(self.state.read_only().map(|(name, why)| {
-            format!(
-                "state file {} is read-only: {why}",
-                dir.join(name).display()
-            )
-        }));
-        checks.push(diagnostics::Check {
-            name: "state.documents".into(),
-            verdict: if problems.is_empty() {
-                diagnostics::Verdict::Ok
-            } else {
-                diagnostics::Verdict::Fail
-            },
-            detail: if problems.is_empty() {
-                format!("{} readable and writable", STATE_DOCUMENTS.join(", "))
-            } else {
-                problems.join("; ")
-            },
-        });
-        checks.extend(diagnostics::file_checks(&diagnostics::Paths {
+        let facts = components::diagnostics::Facts {
+            config_source: self.config_source(),
+            config_problem: self.config.overrides_problem.as_deref(),
+            not_enforced_set: self.config.effective.not_enforced_set(),
+            state: &self.state,
+            documents: STATE_DOCUMENTS,
             socket: &self.socket_path,
             pid_file: &self.pid_file,
-        }));
-        checks.extend(diagnostics::kernel_checks());
-        checks.extend(diagnostics::tool_checks());
-        checks.extend(diagnostics::limit_checks());
-        let checks: Vec<Value> = checks.iter().map(diagnostics::Check::to_json).collect();
-        if !full {
-            let answer = diagnostics_answer(checks);
-            self.answer(cx, reply, answer);
-            return;
-        }
-        let dir = self.state.path().to_path_buf();
-        let submitted = match self.worker.as_mut() {
-            Some(w) => w.submit(Box::new(move || {
-                WorkResult::FsyncLatency(diagnostics::fsync_latency(&dir, 5))
-            })),
-            None => Err(SubmitError::Gone),
         };
-        match submitted {
-            Ok(id) => {
-                let timer = cx
-                    .timers
-                    .insert(Instant::now() + DIAGNOSTICS_TIMEOUT, Timer::Job(id));
-                self.jobs
-                    .insert(id, (PendingJob::Diagnostics { reply, checks }, timer));
-            }
-            Err(e) => {
-                let why = match e {
-                    SubmitError::Busy => "worker queue is full",
-                    SubmitError::Gone => "worker is not running",
-                };
-                self.job_failed(cx, PendingJob::Diagnostics { reply, checks }, why);
-            }
-        }
+        rooms::enter(
+            &mut self.rooms.diagnostics,
+            cx,
+            &mut self.worker,
+            &mut self.jobs,
+            &mut self.effects,
+            |room, rcx| room.run(rcx, reply, full, &facts),
+        );
     }
 
     // ----- shutdown -----
-
-    fn begin_shutdown(&mut self, cx: &mut Cx<'_, Timer>, graceful: bool) {
-        if self.stopping.is_some() {
-            return;
-        }
-        self.notify("STOPPING=1");
-        // New connections are refused at once; open ones get their answers.
-        self.stop_control(cx);
-        self.mcp.stop_all(cx, graceful, &mut self.outputs);
-        let _ = self.stop_component(cx, "monitor");
-        let _ = self.stop_component(cx, "worker");
-        let timeout = if graceful {
-            Duration::from_millis(self.config.effective.daemon.shutdown_timeout_ms)
-        } else {
-            Duration::from_millis(500)
-        };
-        self.stopping = Some(Instant::now());
-        cx.timers
-            .insert(Instant::now() + timeout, Timer::ShutdownDeadline);
-    }
-}
-
-fn diagnostics_answer(checks: Vec<Value>) -> Answer {
-    let failed = checks.iter().filter(|c| c["status"] == "fail").count();
-    let warned = checks.iter().filter(|c| c["status"] == "warn").count();
-    let data = json!({
-        "checks": checks,
-        "summary": {"ok": checks.len() - failed - warned, "warn": warned, "fail": failed},
-    });
-    if failed == 0 {
-        Ok(data)
-    } else {
-        Err(ApiError::new(
-            ErrorCode::Unhealthy,
-            format!("{failed} diagnostic check(s) failed"),
-        )
-        .with_data(data))
-    }
-}
-
-fn component_name(name: &str) -> Result<&'static str, ApiError> {
-    COMPONENTS
-        .iter()
-        .copied()
-        .find(|c| *c == name)
-        .ok_or_else(|| unknown_component(name))
-}
-
-fn unknown_component(name: &str) -> ApiError {
-    ApiError::field(
-        ErrorCode::ComponentNotFound,
-        "service",
-        format!(
-            "no component '{name}' (components: {})",
-            COMPONENTS.join(", ")
-        ),
-    )
-}
-
-fn unknown_health_component(name: &str) -> ApiError {
-    ApiError::field(
-        ErrorCode::ComponentNotFound,
-        "component",
-        format!(
-            "no component '{name}' (components: {}, state)",
-            COMPONENTS.join(", ")
-        ),
-    )
 }
 
 impl Handler for Daemon {
@@ -1547,31 +395,28 @@ impl Handler for Daemon {
 
     fn on_event(&mut self, cx: &mut Cx<'_, Timer>, event: &mio::event::Event) {
         let token = event.token();
-        if token == net::CONTROL_LISTENER {
+        if token == self.listeners.control {
             self.accept_control(cx);
-        } else if token == net::TCP_LISTENER {
+        } else if token == self.listeners.tcp {
             self.accept_tcp(cx);
-        } else if Mcp::owns(token) {
-            self.mcp.on_ready(cx, token, &mut self.outputs);
-        } else if Server::owns(token) {
-            self.server.on_ready(cx, token, &mut self.incoming);
+        } else if self.rooms.mcp.owns(token) {
+            self.rooms.mcp.on_ready(
+                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                token,
+                &mut self.outputs,
+            );
+        } else if self.server.owns(token) {
+            self.server
+                .on_ready(&mut cx.narrow(Timer::Net).cx(), token, &mut self.incoming);
         }
     }
 
     fn on_timer(&mut self, cx: &mut Cx<'_, Timer>, timer: Timer) {
         match timer {
-            Timer::Conn(id) => self.server.on_deadline(cx, id),
-            Timer::HealthCheck => {
-                let every = Duration::from_millis(
-                    self.config.effective.monitoring.health_check_interval_ms,
-                );
-                self.health_timer =
-                    Some(cx.timers.insert(Instant::now() + every, Timer::HealthCheck));
-                self.start_health_round(cx, None);
-                self.mcp.ping_all(cx, &mut self.outputs);
-                self.flush_refusal_log();
+            Timer::Net(net::Timer::Conn(id)) => {
+                self.server.on_deadline(&mut cx.narrow(Timer::Net).cx(), id)
             }
-            Timer::Mcp(t) => self.mcp.on_timer(cx, t, &mut self.outputs),
+            Timer::Room(t) => self.room_timer(cx, t),
             Timer::Watchdog => {
                 self.notify("WATCHDOG=1");
                 if let Some(period) = self.watchdog {
@@ -1579,15 +424,15 @@ impl Handler for Daemon {
                 }
             }
             Timer::Job(id) => {
-                if let Some((job, _)) = self.jobs.remove(&id) {
+                if let Some(result) = self.jobs.missed(id, "the worker did not answer in time") {
                     log::warn!("worker job {id} missed its deadline");
-                    self.job_failed(cx, job, "the worker did not answer in time");
+                    self.on_job_done(cx, result);
                 }
             }
             Timer::ShutdownDeadline => {
                 if self.stopping.is_some() {
                     log::warn!("shutdown deadline reached; closing remaining connections");
-                    self.mcp.kill_all();
+                    self.rooms.mcp.kill_all();
                     self.shutdown_deadline_passed = true;
                 }
             }
@@ -1616,10 +461,12 @@ impl Handler for Daemon {
             libc::SIGCHLD => {
                 while let Some(reaped) = sys::reap_any() {
                     self.reaped += 1;
-                    if !self
-                        .mcp
-                        .on_child_exit(cx, reaped.pid, reaped.status, &mut self.outputs)
-                    {
+                    if !self.rooms.mcp.on_child_exit(
+                        &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                        reaped.pid,
+                        reaped.status,
+                        &mut self.outputs,
+                    ) {
                         log::debug!("reaped orphan {} (status {})", reaped.pid, reaped.status);
                     }
                 }
@@ -1636,7 +483,11 @@ impl Handler for Daemon {
             }
         }
         for (id, result) in results {
-            self.on_job_done(cx, id, result);
+            // Nobody waits for a late result, nor for a write (its ticket reports it).
+            if let Some(deadline) = self.jobs.finished(id) {
+                cx.timers.cancel(deadline);
+                self.on_job_done(cx, result);
+            }
         }
         self.poll_registry_write(cx);
         self.poll_overrides_write(cx);
@@ -1649,7 +500,7 @@ impl Handler for Daemon {
             }
             self.deliver(cx);
             self.flush_followers(cx);
-            if self.incoming.is_empty() && self.outputs.is_empty() {
+            if self.incoming.is_empty() && self.outputs.is_empty() && self.effects.is_empty() {
                 break;
             }
         }
@@ -1665,8 +516,6 @@ impl Handler for Daemon {
     fn finished(&self) -> bool {
         self.stopping.is_some()
             && (self.shutdown_deadline_passed
-                || (!self.server.has_pending_output() && self.mcp.all_exited()))
+                || (!self.server.has_pending_output() && self.rooms.mcp.all_exited()))
     }
 }
-
-impl Daemon {}

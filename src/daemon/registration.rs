@@ -102,8 +102,8 @@ impl Daemon {
     /// Validation against the registry as it will be: memory plus the pending changes.
     fn check_registry_change(&self, change: &Change) -> Result<(), ApiError> {
         match change {
-            Change::Register(spec) => self.mcp.check_register(spec)?,
-            Change::Unregister(id) => self.mcp.check_unregister(id)?,
+            Change::Register(spec) => self.rooms.mcp.check_register(spec)?,
+            Change::Unregister(id) => self.rooms.mcp.check_unregister(id)?,
         }
         let id = change.id();
         if self.registry_writes.pending().any(|p| p.change.id() == id) {
@@ -119,7 +119,7 @@ impl Daemon {
             .filter(|p| matches!(p.change, Change::Register(_)))
             .count();
         if matches!(change, Change::Register(_))
-            && self.mcp.counts().1 + adds >= mcp::MAX_REGISTERED
+            && self.rooms.mcp.counts().1 + adds >= mcp::MAX_REGISTERED
         {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
@@ -141,7 +141,7 @@ impl Daemon {
             self.registry_writes
                 .in_flight()
                 .iter()
-                .fold(self.mcp.api_specs(), |doc, p| match &p.change {
+                .fold(self.rooms.mcp.api_specs(), |doc, p| match &p.change {
                     Change::Register(spec) => registry::with_added(doc, spec),
                     Change::Unregister(id) => registry::without(doc, id),
                 });
@@ -181,11 +181,22 @@ impl Daemon {
                         Change::Register(spec) => {
                             let autostart = spec.autostart;
                             let warning = capability_warning(&spec, &self.config.effective);
-                            self.mcp
-                                .register(cx, *spec, Source::Api, autostart, &mut self.outputs)
+                            self.rooms
+                                .mcp
+                                .register(
+                                    &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                                    *spec,
+                                    Source::Api,
+                                    autostart,
+                                    &mut self.outputs,
+                                )
                                 .map(|answer| with_warning(answer, warning))
                         }
-                        Change::Unregister(id) => self.mcp.unregister(cx, &id, &mut self.outputs),
+                        Change::Unregister(id) => self.rooms.mcp.unregister(
+                            &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                            &id,
+                            &mut self.outputs,
+                        ),
                     };
                     // The checks passed when it was queued, so a refusal here is a bug (or a
                     // config reload in between): the disk must follow memory again.
@@ -222,8 +233,22 @@ impl Daemon {
 
     /// Writes what memory holds, on the loop; only after an apply step failed its own check.
     fn rewrite_registry(&self) {
-        if let Err(e) = self.state.write(REGISTRY_FILE, &self.mcp.api_specs()) {
+        if let Err(e) = self.state.write(REGISTRY_FILE, &self.rooms.mcp.api_specs()) {
             log::error!("cannot save registered MCP servers: {e}");
         }
     }
+}
+
+/// Adds the capability-policy warning (if any) to a registration's answer, and logs it.
+pub(super) fn with_warning(mut answer: Value, warning: Option<String>) -> Value {
+    if let Some(w) = warning {
+        log::warn!("MCP server {}: {w}", answer["id"].as_str().unwrap_or(""));
+        answer["warnings"] = json!([w]);
+    }
+    answer
+}
+
+/// The capability policy's objection to a spec, if any (the policy is not enforced yet).
+pub(super) fn capability_warning(spec: &ServerSpec, config: &Config) -> Option<String> {
+    registry::capability_policy_warning(&spec.capabilities, &config.security.blocked_capabilities)
 }

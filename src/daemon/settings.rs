@@ -255,22 +255,21 @@ impl Daemon {
                     self.logging.ring.set_capacity(new.daemon.log_buffer_lines)
                 }
                 "monitoring.health_check_interval_ms" => {
-                    if let Some(t) = self.health_timer.take() {
-                        cx.timers.cancel(t);
-                        let every = Duration::from_millis(new.monitoring.health_check_interval_ms);
-                        self.health_timer =
-                            Some(cx.timers.insert(Instant::now() + every, Timer::HealthCheck));
-                    }
+                    let every = Duration::from_millis(new.monitoring.health_check_interval_ms);
+                    self.with_health(cx, |room, rcx| room.set_interval(rcx, every));
                 }
                 k if k.starts_with("http.") => self.server.policy = conn_policy(&new),
                 _ => {}
             }
         }
-        self.mcp.settings.config = new.mcp_servers.clone();
-        self.mcp.settings.sandbox_enabled = new.security.sandbox_enabled;
+        self.rooms.mcp.settings.config = new.mcp_servers.clone();
+        self.rooms.mcp.settings.sandbox_enabled = new.security.sandbox_enabled;
         if self.config.effective.servers != new.servers {
-            self.mcp
-                .sync_config_servers(cx, &new.servers, &mut self.outputs);
+            self.rooms.mcp.sync_config_servers(
+                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
+                &new.servers,
+                &mut self.outputs,
+            );
         }
         // No silent promises: a change to a key nothing reads yet is said out loud.
         let promised = new.not_enforced_set();

@@ -76,7 +76,12 @@ impl Daemon {
                 .first()
                 .map_or(self.events.last_seq(), |e| e.seq - 1),
         };
-        self.server.start_stream(cx, conn, seq, &mut self.incoming);
+        self.server.start_stream(
+            &mut cx.narrow(Timer::Net).cx(),
+            conn,
+            seq,
+            &mut self.incoming,
+        );
         self.followers.push(Follower { conn, feed, cursor });
         self.update_follower_count();
     }
@@ -107,7 +112,11 @@ impl Daemon {
             }
             for r in self.logging.ring.query(cursor, 1000, |_| true) {
                 let msg = json!({"type": "log", "channel": "logs", "timestamp": state::rfc3339_utc_millis(r.time), "data": r.to_json()});
-                self.server.ws_send(cx, conn, msg.to_string().into());
+                self.server.ws_send(
+                    &mut cx.narrow(Timer::Net).cx(),
+                    conn,
+                    msg.to_string().into(),
+                );
             }
             if let Some(w) = self.server.ws_mut(conn) {
                 w.log_cursor = last;
@@ -174,8 +183,12 @@ impl Daemon {
             }
             f.cursor = last;
             if !out.is_empty() {
-                self.server
-                    .push_stream(cx, f.conn, &out, &mut self.incoming);
+                self.server.push_stream(
+                    &mut cx.narrow(Timer::Net).cx(),
+                    f.conn,
+                    &out,
+                    &mut self.incoming,
+                );
             }
         }
         followers.retain(|f| self.server.is_open(f.conn));
@@ -195,6 +208,7 @@ impl Daemon {
         };
         let channel = event.channel;
         let text: tungstenite::protocol::frame::Utf8Bytes = event.to_json().to_string().into();
-        self.server.ws_broadcast(cx, channel, &text);
+        self.server
+            .ws_broadcast(&mut cx.narrow(Timer::Net).cx(), channel, &text);
     }
 }

@@ -82,11 +82,11 @@ impl Mcp {
                     let (slot, run) = (server.slot, server.run);
                     server.timer = Some(cx.timers.insert(
                         Instant::now() + delay,
-                        Timer::Mcp(McpTimer {
+                        Timer {
                             slot,
                             run,
                             kind: TimerKind::Backoff,
-                        }),
+                        },
                     ));
                 }
                 Action::CountRestart { automatic } => {
@@ -234,11 +234,11 @@ impl Mcp {
         let run = server.run;
         server.timer = Some(cx.timers.insert(
             Instant::now() + grace,
-            Timer::Mcp(McpTimer {
+            Timer {
                 slot,
                 run,
                 kind: TimerKind::StopTerm,
-            }),
+            },
         ));
     }
 
@@ -339,7 +339,7 @@ impl Mcp {
         let init_timeout = Duration::from_millis(self.settings.config.init_timeout_ms);
         let launched = self.launch(&spec).and_then(|(launch, ruleset, landlock)| {
             let slot = self.servers[id].slot;
-            let result = Process::spawn(&launch, cx.registry, tokens(slot))
+            let result = Process::spawn(&launch, cx.registry, tokens(self.tokens, slot))
                 .map_err(|e| process::describe_spawn_error(&launch, &e));
             drop(ruleset);
             result.map(|p| (p, landlock))
@@ -372,11 +372,11 @@ impl Mcp {
                 let (slot, run) = (server.slot, server.run);
                 server.timer = Some(cx.timers.insert(
                     Instant::now() + init_timeout,
-                    Timer::Mcp(McpTimer {
+                    Timer {
                         slot,
                         run,
                         kind: TimerKind::InitDeadline,
-                    }),
+                    },
                 ));
                 let pid = server.pid();
                 let reason = format!("spawned pid {}", pid.unwrap_or(0));
@@ -442,11 +442,11 @@ impl Mcp {
         let (slot, run) = (server.slot, server.run);
         server.timer = Some(cx.timers.insert(
             Instant::now() + term_timeout,
-            Timer::Mcp(McpTimer {
+            Timer {
                 slot,
                 run,
                 kind: TimerKind::StopKill,
-            }),
+            },
         ));
         self.fail_pending(cx, id, &reason, out);
     }
@@ -481,7 +481,7 @@ impl Mcp {
     }
 
     /// A timer of ours fired.
-    pub fn on_timer(&mut self, cx: &mut Cx<'_, Timer>, t: McpTimer, out: &mut Vec<Output>) {
+    pub fn on_timer(&mut self, cx: &mut Cx<'_, Timer>, t: Timer, out: &mut Vec<Output>) {
         let Some(id) = self.slots.get(t.slot).cloned().flatten() else {
             return;
         };
@@ -516,11 +516,11 @@ impl Mcp {
                     let (slot, run) = (server.slot, server.run);
                     server.timer = Some(cx.timers.insert(
                         Instant::now() + term_timeout,
-                        Timer::Mcp(McpTimer {
+                        Timer {
                             slot,
                             run,
                             kind: TimerKind::StopKill,
-                        }),
+                        },
                     ));
                 }
             }

@@ -25,11 +25,11 @@ pub mod session;
 pub mod supervisor;
 pub mod tools;
 
+use crate::api::ReplyTo;
 use crate::api::{Answer, ApiError, ErrorCode};
 use crate::config::McpServersConfig;
-use crate::daemon::{ReplyTo, Timer};
 use crate::reactor::timer::TimerId;
-use crate::reactor::Cx;
+use crate::reactor::{Cx, TokenRange};
 use crate::sys;
 use jsonrpc::{Line, LineSplitter};
 use process::{Chunk, Launch, Pipe, PipeTokens, Process};
@@ -42,8 +42,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use supervisor::{Jitter, RestartPolicy, RunEnd};
 
-/// Pipe tokens start here; server slot `n` owns `BASE + 3n .. BASE + 3n + 2`.
-pub const TOKEN_BASE: usize = 1 << 20;
+/// Pipe tokens the MCP floor needs: server slot `n` owns tokens `3n .. 3n + 2` of its range.
+pub const TOKENS_NEEDED: usize = 3 * MAX_REGISTERED;
 /// Environment variables passed through from the daemon; everything else must be in the spec.
 pub const ENV_ALLOW: [&str; 5] = ["PATH", "HOME", "LANG", "TERM", "USER"];
 /// Registered servers at most (each costs its spec, history and tool list in memory).
@@ -55,9 +55,9 @@ const TRIM_AFTER_BYTES: usize = 1 << 20;
 /// Longest stderr line kept.
 const STDERR_LINE_MAX: usize = 1024;
 
-/// A timer of one server's run.
+/// A timer of one server's run (the MCP floor's own timer key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct McpTimer {
+pub struct Timer {
     slot: usize,
     run: u64,
     kind: TimerKind,
@@ -88,6 +88,33 @@ pub enum Output {
     Unregistered(String),
 }
 
+impl From<crate::room::Effect> for Output {
+    fn from(effect: crate::room::Effect) -> Self {
+        match effect {
+            crate::room::Effect::Reply(to, answer) => Output::Reply(to, answer),
+            crate::room::Effect::Publish(channel, kind, data) => Output::Event(channel, kind, data),
+        }
+    }
+}
+
+/// MCP as a room: its timers are its own keys, it has no worker jobs (children are spawned
+/// from the loop), and its outputs are [`Output`]s.
+impl crate::room::Room for Mcp {
+    type Timer = Timer;
+    type Job = std::convert::Infallible;
+    type Output = Output;
+    const NAME: &'static str = "mcp";
+
+    fn on_timer(&mut self, cx: &mut crate::room::RoomCx<'_, Self>, timer: Timer) {
+        let (mut lcx, out) = cx.split();
+        Mcp::on_timer(self, &mut lcx, timer, out);
+    }
+
+    fn on_job(&mut self, _cx: &mut crate::room::RoomCx<'_, Self>, done: Self::Job) {
+        match done {}
+    }
+}
+
 /// Defaults and limits from `[mcp_servers]` plus where the daemon keeps its state.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -110,14 +137,19 @@ pub struct Mcp {
     reaper: Option<reaper::Reaper>,
     /// Bytes read from children since freed memory was last handed back to the system.
     read_since_trim: usize,
+    /// The pipe tokens the reactor gave this floor.
+    tokens: TokenRange,
 }
 
-fn tokens(slot: usize) -> PipeTokens {
-    let base = TOKEN_BASE + 3 * slot;
+/// The pipe tokens of server slot `slot` (a slot is below [`MAX_REGISTERED`], so its three
+/// tokens are in a range of [`TOKENS_NEEDED`]; past a short range they fall outside it, and
+/// their events are ignored rather than misrouted).
+fn tokens(range: TokenRange, slot: usize) -> PipeTokens {
+    let at = |i: usize| range.token(3 * slot + i).unwrap_or(mio::Token(usize::MAX));
     PipeTokens {
-        stdin: mio::Token(base),
-        stdout: mio::Token(base + 1),
-        stderr: mio::Token(base + 2),
+        stdin: at(0),
+        stdout: at(1),
+        stderr: at(2),
     }
 }
 
@@ -140,8 +172,8 @@ fn describe_exit(status: i32) -> String {
 }
 
 impl Mcp {
-    /// No servers yet.
-    pub fn new(settings: Settings) -> Self {
+    /// No servers yet; pipes are registered with tokens from `tokens` (see [`TOKENS_NEEDED`]).
+    pub fn new(settings: Settings, tokens: TokenRange) -> Self {
         Mcp {
             servers: BTreeMap::new(),
             slots: Vec::new(),
@@ -150,6 +182,7 @@ impl Mcp {
             jitter: Jitter::new(),
             reaper: None,
             read_since_trim: 0,
+            tokens,
         }
     }
 
@@ -164,8 +197,8 @@ impl Mcp {
     }
 
     /// Whether a token is one of ours.
-    pub fn owns(token: mio::Token) -> bool {
-        token.0 >= TOKEN_BASE && token.0 < usize::MAX - 16
+    pub fn owns(&self, token: mio::Token) -> bool {
+        self.tokens.owns(token)
     }
 
     fn policy(&self, spec: &ServerSpec) -> RestartPolicy {

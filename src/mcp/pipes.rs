@@ -65,8 +65,7 @@ impl Mcp {
                     if let Some(s) = self.servers.get(id) {
                         let (slot, run) = (s.slot, s.run);
                         let kind = TimerKind::Relist;
-                        cx.timers
-                            .insert(at, Timer::Mcp(McpTimer { slot, run, kind }));
+                        cx.timers.insert(at, Timer { slot, run, kind });
                     }
                 }
                 Effect::Event(kind, data) => out.push(Output::Event("mcp_servers", kind, data)),
@@ -123,7 +122,9 @@ impl Mcp {
 
     /// Readiness on a pipe token.
     pub fn on_ready(&mut self, cx: &mut Cx<'_, Timer>, token: mio::Token, out: &mut Vec<Output>) {
-        let n = token.0 - TOKEN_BASE;
+        let Some(n) = self.tokens.index(token) else {
+            return;
+        };
         let (slot, pipe) = (n / 3, [Pipe::Stdin, Pipe::Stdout, Pipe::Stderr][n % 3]);
         let Some(id) = self.slots.get(slot).cloned().flatten() else {
             return;
@@ -270,7 +271,7 @@ impl Mcp {
             Instant::now(),
             |rpc, at| {
                 let kind = TimerKind::Call(rpc);
-                timers.insert(at, Timer::Mcp(McpTimer { slot, run, kind }))
+                timers.insert(at, Timer { slot, run, kind })
             },
         )?;
         // A call only sends: nothing reaches the outputs here.

@@ -10,7 +10,7 @@ use super::process::Process;
 use super::registry::ServerSpec;
 use super::session::Session;
 use super::supervisor::Life;
-use crate::daemon::ReplyTo;
+use crate::api::ReplyTo;
 use crate::reactor::timer::TimerId;
 use serde_json::{json, Value};
 use std::collections::VecDeque;

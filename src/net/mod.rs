@@ -15,9 +15,9 @@ pub mod slots;
 pub mod token;
 pub mod ws;
 
-use crate::daemon::Timer;
+pub use crate::api::ConnId;
 use crate::reactor::timer::TimerId;
-use crate::reactor::Cx;
+use crate::reactor::{Cx, TokenRange};
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Token};
 use slots::{Activity, Admission, PeerKey};
@@ -27,18 +27,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::Utf8Bytes;
 
-/// Tokens below this belong to listeners.
-pub const CONN_TOKEN_BASE: usize = 16;
-/// Token of the control socket listener.
-pub const CONTROL_LISTENER: Token = Token(0);
-/// Token of the TCP listener.
-pub const TCP_LISTENER: Token = Token(1);
+/// Connection tokens the network floor asks the reactor for: one per connection slot.
+pub const TOKENS_NEEDED: usize = 1 << 20;
 
-/// Names one connection for its whole life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnId {
-    slot: u32,
-    generation: u32,
+/// The network floor's own timer key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// A connection's head or idle deadline (or its WebSocket ping).
+    Conn(ConnId),
 }
 
 /// Which listener a connection came through.
@@ -195,6 +191,8 @@ impl Connection {
 
 /// All connections and the listeners they come from.
 pub struct Server {
+    /// The connection tokens the reactor gave this floor.
+    tokens: TokenRange,
     conns: Vec<Option<Connection>>,
     free: Vec<usize>,
     generations: Vec<u32>,
@@ -227,9 +225,10 @@ fn via_index(via: Via) -> usize {
 }
 
 impl Server {
-    /// An empty server.
-    pub fn new(policy: ConnPolicy) -> Self {
+    /// An empty server; connection slot `n` is registered with token `n` of `tokens`.
+    pub fn new(policy: ConnPolicy, tokens: TokenRange) -> Self {
         Server {
+            tokens,
             conns: Vec::new(),
             free: Vec::new(),
             generations: Vec::new(),
@@ -332,7 +331,11 @@ impl Server {
                 self.conns.len() - 1
             }
         };
-        let token = Token(CONN_TOKEN_BASE + slot);
+        let Some(token) = self.tokens.token(slot) else {
+            log::warn!("no token left for a connection");
+            self.free.push(slot);
+            return;
+        };
         if let Err(e) = cx.registry.register(
             stream.source(),
             token,
@@ -368,12 +371,12 @@ impl Server {
     }
 
     /// Whether `token` belongs to a connection.
-    pub fn owns(token: Token) -> bool {
-        token.0 >= CONN_TOKEN_BASE && token.0 < crate::mcp::TOKEN_BASE
+    pub fn owns(&self, token: Token) -> bool {
+        self.tokens.owns(token)
     }
 
     fn id_for_token(&self, token: Token) -> Option<ConnId> {
-        let slot = token.0.checked_sub(CONN_TOKEN_BASE)?;
+        let slot = self.tokens.index(token)?;
         let conn = self.conns.get(slot)?.as_ref()?;
         Some(ConnId {
             slot: slot as u32,

@@ -2,7 +2,13 @@
 //!
 //! The reactor knows no business: it sleeps until the next readiness event or timer
 //! deadline (never a periodic tick), then hands each event, expired timer, signal and
-//! wake-up to the [`Handler`] (the daemon), which owns every other token.
+//! wake-up to the [`Handler`] (the daemon).
+//!
+//! Floors below the wiring never name the wiring's types: each owns its own timer key and
+//! sees the wheel through [`Cx::narrow`], which wraps its keys into the wiring's; each gets
+//! its tokens as a [`TokenRange`] allocated here ([`Reactor::tokens`]), so no floor knows
+//! another's token numbers. Invariant: ranges never overlap, and none reaches [`SIGNALS`] or
+//! [`WAKER`].
 
 pub mod signals;
 pub mod timer;
@@ -12,7 +18,7 @@ use mio::{Events, Poll, Token, Waker};
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
-use timer::TimerWheel;
+use timer::{TimerId, TimerWheel};
 
 /// Token of the worker's waker.
 pub const WAKER: Token = Token(usize::MAX - 1);
@@ -34,14 +40,147 @@ pub struct LoopStats {
     pub wakes: u64,
 }
 
-/// What handlers get to act on the loop: the registry and the timer wheel.
+/// A contiguous block of `mio` tokens owned by one floor (listeners, connections, MCP pipes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenRange {
+    start: usize,
+    len: usize,
+}
+
+impl TokenRange {
+    /// Whether `token` is in this range.
+    pub fn owns(&self, token: Token) -> bool {
+        token.0 >= self.start && token.0 - self.start < self.len
+    }
+
+    /// The `i`-th token of the range, if the range has one.
+    pub fn token(&self, i: usize) -> Option<Token> {
+        (i < self.len).then(|| Token(self.start + i))
+    }
+
+    /// Position of `token` in the range.
+    pub fn index(&self, token: Token) -> Option<usize> {
+        self.owns(token).then(|| token.0 - self.start)
+    }
+
+    /// How many tokens the range holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the range holds no token.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Hands out [`TokenRange`]s from 0 upwards, never reaching the reactor's own tokens.
+#[derive(Debug, Default)]
+pub struct TokenAllocator {
+    next: usize,
+}
+
+impl TokenAllocator {
+    /// The next `len` tokens, or fewer when the token space runs out (never overlapping the
+    /// reactor's own tokens; a range may be empty then).
+    pub fn take(&mut self, len: usize) -> TokenRange {
+        let end = self.next.saturating_add(len).min(SIGNALS.0.min(WAKER.0));
+        let range = TokenRange {
+            start: self.next,
+            len: end.saturating_sub(self.next),
+        };
+        self.next = end;
+        range
+    }
+}
+
+/// Where timers are armed with keys of type `T`: the wheel itself, or a view of it that
+/// wraps a floor's own keys into the wiring's ([`Cx::narrow`]).
+pub trait Timers<T> {
+    /// Arms a timer that fires `key` at `deadline`.
+    fn insert(&mut self, deadline: Instant, key: T) -> TimerId;
+    /// Disarms a timer; false when it already fired or was cancelled.
+    fn cancel(&mut self, id: TimerId) -> bool;
+    /// Timers armed (all floors together).
+    fn len(&self) -> usize;
+    /// Whether no timer is armed.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T> Timers<T> for TimerWheel<T> {
+    fn insert(&mut self, deadline: Instant, key: T) -> TimerId {
+        TimerWheel::insert(self, deadline, key)
+    }
+    fn cancel(&mut self, id: TimerId) -> bool {
+        TimerWheel::cancel(self, id).is_some()
+    }
+    fn len(&self) -> usize {
+        TimerWheel::len(self)
+    }
+}
+
+/// A floor's view of the wheel: its keys `U` go in wrapped as the wiring's `T`.
+pub struct Wrapped<'a, T, U> {
+    inner: &'a mut dyn Timers<T>,
+    wrap: fn(U) -> T,
+}
+
+impl<T, U> Timers<U> for Wrapped<'_, T, U> {
+    fn insert(&mut self, deadline: Instant, key: U) -> TimerId {
+        self.inner.insert(deadline, (self.wrap)(key))
+    }
+    fn cancel(&mut self, id: TimerId) -> bool {
+        self.inner.cancel(id)
+    }
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+}
+
+/// What handlers get to act on the loop: the registry and their view of the timer wheel.
 pub struct Cx<'a, T> {
     /// Where sources are (de)registered.
     pub registry: &'a mio::Registry,
-    /// The timer wheel.
-    pub timers: &'a mut TimerWheel<T>,
+    /// The timer wheel, keyed by this floor's own timer type.
+    pub timers: &'a mut dyn Timers<T>,
     /// Loop counters.
     pub stats: &'a LoopStats,
+}
+
+impl<'a, T> Cx<'a, T> {
+    /// The loop as seen by a floor whose timer keys are `U`, wrapped into `T` by `wrap`
+    /// (typically an enum variant of the wiring's timer type). Use as
+    /// `floor.on_x(&mut cx.narrow(Timer::Floor).cx(), ...)`.
+    pub fn narrow<U>(&mut self, wrap: fn(U) -> T) -> Narrowed<'_, T, U> {
+        Narrowed {
+            registry: self.registry,
+            stats: self.stats,
+            timers: Wrapped {
+                inner: &mut *self.timers,
+                wrap,
+            },
+        }
+    }
+}
+
+/// A [`Cx`] narrowed to a floor's timer keys; [`Narrowed::cx`] lends it out.
+pub struct Narrowed<'a, T, U> {
+    registry: &'a mio::Registry,
+    stats: &'a LoopStats,
+    timers: Wrapped<'a, T, U>,
+}
+
+impl<T, U> Narrowed<'_, T, U> {
+    /// The context to hand to the floor.
+    pub fn cx(&mut self) -> Cx<'_, U> {
+        Cx {
+            registry: self.registry,
+            timers: &mut self.timers,
+            stats: self.stats,
+        }
+    }
 }
 
 /// The owner of everything the loop drives.
@@ -69,9 +208,10 @@ pub struct Reactor<T> {
     signals: signals::SignalSource,
     waker: Arc<Waker>,
     stats: LoopStats,
+    tokens: TokenAllocator,
 }
 
-impl<T> Reactor<T> {
+impl<T: 'static> Reactor<T> {
     /// Creates the poll instance, registers signals and the waker.
     ///
     /// # Errors
@@ -86,7 +226,13 @@ impl<T> Reactor<T> {
             signals,
             waker,
             stats: LoopStats::default(),
+            tokens: TokenAllocator::default(),
         })
+    }
+
+    /// Allocates `len` tokens for one floor (see [`TokenAllocator::take`]).
+    pub fn tokens(&mut self, len: usize) -> TokenRange {
+        self.tokens.take(len)
     }
 
     /// The waker other threads use to interrupt `poll`.
@@ -145,7 +291,12 @@ impl<T> Reactor<T> {
             if woke {
                 handler.on_wake(&mut cx);
             }
-            cx.timers.expire(Instant::now(), &mut fired);
+            self.timers.expire(Instant::now(), &mut fired);
+            let mut cx = Cx {
+                registry: self.poll.registry(),
+                timers: &mut self.timers,
+                stats: &self.stats,
+            };
             let n_fired = fired.len() as u64;
             for (_, timer) in fired.drain(..) {
                 handler.on_timer(&mut cx, timer);
@@ -154,5 +305,61 @@ impl<T> Reactor<T> {
             self.stats.timers_fired += n_fired;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn token_ranges_do_not_overlap_and_stop_below_the_reactor_tokens() {
+        let mut alloc = TokenAllocator::default();
+        let a = alloc.take(2);
+        let b = alloc.take(10);
+        assert_eq!(
+            (a.token(0), a.token(1), a.token(2)),
+            (Some(Token(0)), Some(Token(1)), None)
+        );
+        assert!(!a.owns(Token(2)) && b.owns(Token(2)) && !b.owns(Token(12)));
+        assert_eq!(b.index(Token(5)), Some(3));
+        assert_eq!(b.index(Token(1)), None);
+        let rest = alloc.take(usize::MAX);
+        assert!(!rest.owns(SIGNALS) && !rest.owns(WAKER));
+        assert!(rest.owns(Token(SIGNALS.0 - 1)));
+        assert!(alloc.take(1).is_empty());
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Root {
+        Floor(u8),
+        Own,
+    }
+
+    #[test]
+    fn a_narrowed_cx_wraps_the_floor_keys_into_the_wiring_keys() {
+        let poll = Poll::new().expect("poll");
+        let now = Instant::now();
+        let mut wheel: TimerWheel<Root> = TimerWheel::new(now);
+        let stats = LoopStats::default();
+        let mut cx = Cx {
+            registry: poll.registry(),
+            timers: &mut wheel,
+            stats: &stats,
+        };
+        cx.timers.insert(now + Duration::from_millis(5), Root::Own);
+        let id = {
+            let mut narrowed = cx.narrow(Root::Floor);
+            let floor: Cx<'_, u8> = narrowed.cx();
+            floor.timers.insert(now + Duration::from_millis(10), 7);
+            floor.timers.insert(now + Duration::from_millis(20), 8)
+        };
+        assert!(cx.timers.cancel(id));
+        assert!(!cx.timers.cancel(id));
+        let mut fired = Vec::new();
+        wheel.expire(now + Duration::from_secs(1), &mut fired);
+        let keys: Vec<Root> = fired.into_iter().map(|(_, k)| k).collect();
+        assert_eq!(keys, vec![Root::Own, Root::Floor(7)]);
     }
 }

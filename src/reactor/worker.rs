@@ -5,6 +5,8 @@
 //! Invariant: the worker never spawns child processes (PR_SET_PDEATHSIG is tied to the
 //! thread that forks; all children are spawned from the loop thread).
 
+use super::timer::TimerId;
+use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -83,6 +85,68 @@ impl<R: Send + 'static> Worker<R> {
     }
 }
 
+/// What a job's owner gets when the job does not come back: built from why it did not.
+type Failure<R> = Box<dyn FnOnce(&str) -> R>;
+
+/// The jobs the loop waits for, each with its deadline timer and the result its owner gets
+/// if the job does not come back (deadline passed, worker stopped).
+///
+/// A job's result type `R` carries everything its owner needs (the work closure moved it
+/// in), and so does the failure: nothing pairs a result with a waiting entry at run time.
+/// A job exists here until exactly one of [`Waiting::finished`], [`Waiting::missed`] or
+/// [`Waiting::fail_all`] takes it; a result that comes back after that is late and dropped.
+pub struct Waiting<R> {
+    jobs: HashMap<u64, (TimerId, Failure<R>)>,
+}
+
+impl<R> Default for Waiting<R> {
+    fn default() -> Self {
+        Waiting {
+            jobs: HashMap::new(),
+        }
+    }
+}
+
+impl<R> Waiting<R> {
+    /// Waits for job `id` until the timer `deadline`; `fail` builds its result if it does
+    /// not come back.
+    pub fn wait(&mut self, id: u64, deadline: TimerId, fail: impl FnOnce(&str) -> R + 'static) {
+        self.jobs.insert(id, (deadline, Box::new(fail)));
+    }
+
+    /// Job `id` came back: its deadline timer to cancel, or `None` when nobody waits for it
+    /// any more (late, or never waited for) and its result is to be dropped.
+    pub fn finished(&mut self, id: u64) -> Option<TimerId> {
+        self.jobs.remove(&id).map(|(timer, _)| timer)
+    }
+
+    /// Job `id`'s deadline passed: the result its owner gets instead.
+    pub fn missed(&mut self, id: u64, why: &str) -> Option<R> {
+        self.jobs.remove(&id).map(|(_, fail)| fail(why))
+    }
+
+    /// Every waiting job failed (the worker was stopped): their deadline timers to cancel and
+    /// the results their owners get.
+    pub fn fail_all(&mut self, why: &str) -> Vec<(TimerId, R)> {
+        let mut ids: Vec<u64> = self.jobs.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| self.jobs.remove(&id))
+            .map(|(timer, fail)| (timer, fail(why)))
+            .collect()
+    }
+
+    /// Jobs waited for.
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Whether no job is waited for.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +170,27 @@ mod tests {
         }
         assert_eq!(got, Some((id, 42)));
         assert!(worker.is_alive());
+    }
+
+    #[test]
+    fn a_waited_job_ends_exactly_once() {
+        let mut wheel = super::super::timer::TimerWheel::new(std::time::Instant::now());
+        let t1 = wheel.insert(std::time::Instant::now(), ());
+        let t2 = wheel.insert(std::time::Instant::now(), ());
+        let mut waiting: Waiting<String> = Waiting::default();
+        waiting.wait(1, t1, |why| format!("one: {why}"));
+        waiting.wait(2, t2, |why| format!("two: {why}"));
+        assert_eq!(waiting.missed(1, "late").as_deref(), Some("one: late"));
+        assert_eq!(waiting.finished(1), None, "a late result is dropped");
+        assert_eq!(waiting.missed(1, "late"), None);
+        assert_eq!(waiting.finished(2), Some(t2));
+        assert!(waiting.is_empty());
+        waiting.wait(3, t1, |why| format!("three: {why}"));
+        assert_eq!(
+            waiting.fail_all("stopped"),
+            vec![(t1, "three: stopped".to_string())]
+        );
+        assert_eq!(waiting.finished(3), None);
     }
 
     #[test]

@@ -1,0 +1,182 @@
+//! The room list and how rooms are wired into the loop.
+//!
+//! [`rooms!`] takes the list (one line per room: its variant name, its field, its type and
+//! where its outputs go) and generates the [`Rooms`] struct, the typed wrappers of each
+//! room's timer keys and job results inside the daemon's ([`RoomTimer`], [`RoomJob`]), their
+//! [`Wired`] impls, and the dispatch of timers and job results to the room they belong to.
+//! [`enter`] is the one generic way into a room: it lends it a [`RoomCx`] over the daemon's
+//! wheel and worker. Adding a room is a line here, plus the arms that route its requests.
+
+use super::*;
+use crate::components::diagnostics::Diagnostics;
+use crate::components::health::Health;
+use crate::reactor::timer::TimerId;
+use crate::reactor::Timers;
+use crate::room::{RoomCx, Wiring};
+
+/// A room as wired into this daemon: its timers travel inside [`Timer::Room`], its job
+/// results inside [`WorkResult::Room`].
+pub(super) trait Wired: Room {
+    /// The room's timer key as the daemon's.
+    fn timer(t: Self::Timer) -> Timer;
+    /// The room's job result as the worker's.
+    fn job(j: Self::Job) -> WorkResult;
+}
+
+macro_rules! rooms {
+    ($( $(#[$doc:meta])* $variant:ident($field:ident: $ty:ty) => $deliver:ident, )*) => {
+        /// The rooms, one field each.
+        pub(super) struct Rooms {
+            $( $(#[$doc])* pub(super) $field: $ty, )*
+        }
+
+        /// A room's timer key inside the daemon's.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum RoomTimer {
+            $( $(#[$doc])* $variant(<$ty as Room>::Timer), )*
+        }
+
+        /// A room's job result inside the worker's.
+        #[derive(Debug)]
+        pub enum RoomJob {
+            $( $(#[$doc])* $variant(<$ty as Room>::Job), )*
+        }
+
+        $(
+            impl Wired for $ty {
+                fn timer(t: <$ty as Room>::Timer) -> Timer {
+                    Timer::Room(RoomTimer::$variant(t))
+                }
+                fn job(j: <$ty as Room>::Job) -> WorkResult {
+                    WorkResult::Room(RoomJob::$variant(j))
+                }
+            }
+        )*
+
+        impl Daemon {
+            /// A room's timer came due: to the room, then its outputs to where they go.
+            pub(super) fn room_timer(&mut self, cx: &mut Cx<'_, Timer>, timer: RoomTimer) {
+                match timer {
+                    $( RoomTimer::$variant(t) => {
+                        let mut out = Vec::new();
+                        enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
+                              &mut out, |room, rcx| Room::on_timer(room, rcx, t));
+                        self.$deliver(cx, out);
+                    } )*
+                }
+            }
+
+            /// A room's job came back (or failed): to the room, then its outputs.
+            pub(super) fn room_job(&mut self, cx: &mut Cx<'_, Timer>, job: RoomJob) {
+                match job {
+                    $( RoomJob::$variant(j) => {
+                        let mut out = Vec::new();
+                        enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
+                              &mut out, |room, rcx| Room::on_job(room, rcx, j));
+                        self.$deliver(cx, out);
+                    } )*
+                }
+            }
+        }
+    };
+}
+
+rooms! {
+    /// The MCP servers.
+    Mcp(mcp: Mcp) => deliver_outputs,
+    /// `diagnostics run`.
+    Diagnostics(diagnostics: Diagnostics) => deliver_effects,
+    /// The health rounds.
+    Health(health: Health) => health_outputs,
+}
+
+impl Daemon {
+    /// Outputs of rooms that only say the common effects go on the effect bus.
+    pub(super) fn deliver_effects(&mut self, _cx: &mut Cx<'_, Timer>, out: Vec<Effect>) {
+        self.effects.extend(out);
+    }
+
+    /// MCP's outputs go on the effect bus as they are.
+    pub(super) fn deliver_outputs(&mut self, _cx: &mut Cx<'_, Timer>, out: Vec<Output>) {
+        self.outputs.extend(out);
+    }
+}
+
+/// Queues `work` on the worker; `Err`: why it was not taken.
+pub(super) fn submit_work(
+    worker: Option<&mut Worker<WorkResult>>,
+    work: crate::reactor::worker::Job<WorkResult>,
+) -> Result<u64, &'static str> {
+    match worker {
+        Some(w) => w.submit(work).map_err(|e| match e {
+            SubmitError::Busy => "worker queue is full",
+            SubmitError::Gone => "worker thread has died",
+        }),
+        None => Err("worker is not running"),
+    }
+}
+
+/// One room's view of the daemon's wheel and worker.
+struct Bind<'a, T, J> {
+    timers: &'a mut dyn Timers<Timer>,
+    worker: Option<&'a mut Worker<WorkResult>>,
+    jobs: &'a mut Waiting<WorkResult>,
+    wrap_timer: fn(T) -> Timer,
+    wrap_job: fn(J) -> WorkResult,
+}
+
+impl<T, J> Timers<T> for Bind<'_, T, J> {
+    fn insert(&mut self, deadline: Instant, key: T) -> TimerId {
+        self.timers.insert(deadline, (self.wrap_timer)(key))
+    }
+    fn cancel(&mut self, id: TimerId) -> bool {
+        self.timers.cancel(id)
+    }
+    fn len(&self) -> usize {
+        self.timers.len()
+    }
+}
+
+impl<T, J: Send + 'static> Wiring<T, J> for Bind<'_, T, J> {
+    fn timers(&mut self) -> &mut dyn Timers<T> {
+        self
+    }
+
+    fn submit(
+        &mut self,
+        timeout: Duration,
+        work: Box<dyn FnOnce() -> J + Send>,
+        fail: Box<dyn FnOnce(&str) -> J>,
+    ) -> Result<(), J> {
+        let wrap = self.wrap_job;
+        match submit_work(self.worker.as_deref_mut(), Box::new(move || wrap(work()))) {
+            Ok(id) => {
+                let timer = self.timers.insert(Instant::now() + timeout, Timer::Job(id));
+                self.jobs.wait(id, timer, move |why| wrap(fail(why)));
+                Ok(())
+            }
+            Err(why) => Err(fail(why)),
+        }
+    }
+}
+
+/// Runs `f` on `room` with its [`RoomCx`]: its timers and jobs go through the daemon's wheel
+/// and worker, its outputs to `out`.
+pub(super) fn enter<R: Wired, X>(
+    room: &mut R,
+    cx: &mut Cx<'_, Timer>,
+    worker: &mut Option<Worker<WorkResult>>,
+    jobs: &mut Waiting<WorkResult>,
+    out: &mut Vec<R::Output>,
+    f: impl FnOnce(&mut R, &mut RoomCx<'_, R>) -> X,
+) -> X {
+    let mut bind = Bind {
+        timers: &mut *cx.timers,
+        worker: worker.as_mut(),
+        jobs,
+        wrap_timer: R::timer,
+        wrap_job: R::job,
+    };
+    let mut rcx = RoomCx::new(cx.registry, cx.stats, &mut bind, out);
+    f(room, &mut rcx)
+}

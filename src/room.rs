@@ -1,0 +1,327 @@
+//! The room interface: one concern that owns its state, its timers, its worker jobs and what
+//! it says to the rest of the daemon.
+//!
+//! A room sees the loop only through its [`RoomCx`]: timers keyed by its own
+//! [`Room::Timer`] (the wiring wraps them into its own key, see
+//! [`crate::reactor::Cx::narrow`]), worker jobs whose results are its own [`Room::Job`]
+//! (typed: the work closure moves in what the owner needs, and a job that does not come back
+//! yields the result its failure closure builds, so nothing pairs a result with a waiting
+//! entry at run time), and an effect sink of its own [`Room::Output`] type, which every
+//! room's output type can build from the common [`Effect`]s (answer a client, publish an
+//! event).
+//!
+//! Invariants: a room never holds a reference into another room; what it needs of another
+//! comes as a typed snapshot handed over by the wiring, and what it asks of another goes
+//! through the command layer. The wiring (`daemon/`) owns the loop, dispatch, reply encoding
+//! and the effect bus; adding a room does not make it grow beyond a line in its room list and
+//! its routing arms.
+
+use crate::api::{Answer, ReplyTo};
+use crate::reactor::{LoopStats, Timers};
+use serde_json::Value;
+use std::time::Duration;
+
+/// What any room may ask of the wiring.
+#[derive(Debug)]
+pub enum Effect {
+    /// Answer a request (now or later: the reply slot was kept).
+    Reply(ReplyTo, Answer),
+    /// Publish an event to the history and its subscribers: (channel, type, data).
+    Publish(&'static str, &'static str, Value),
+}
+
+/// A concern of the daemon.
+pub trait Room {
+    /// The room's own timer keys.
+    type Timer;
+    /// Results of the room's worker jobs (each carries what the room needs to act on it).
+    type Job: Send + 'static;
+    /// What the room hands to the wiring (at least the common [`Effect`]s).
+    type Output: From<Effect>;
+    /// Name in logs, status and metrics.
+    const NAME: &'static str;
+
+    /// One of the room's timers came due.
+    fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, timer: Self::Timer);
+    /// One of the room's worker jobs came back, or failed (then its failure's result).
+    fn on_job(&mut self, cx: &mut RoomCx<'_, Self>, done: Self::Job);
+}
+
+/// The wiring's side of a [`RoomCx`]: the room's view of the timer wheel and of the worker.
+pub trait Wiring<T, J> {
+    /// The timer wheel, keyed by the room's timers.
+    fn timers(&mut self) -> &mut dyn Timers<T>;
+    /// Hands `work` to the worker, waiting for it until `timeout`; `fail` builds its result if
+    /// it does not come back. `Err`: the worker did not take it, with `fail`'s result.
+    ///
+    /// # Errors
+    /// The worker is stopped, dead or its queue is full.
+    fn submit(
+        &mut self,
+        timeout: Duration,
+        work: Box<dyn FnOnce() -> J + Send>,
+        fail: Box<dyn FnOnce(&str) -> J>,
+    ) -> Result<(), J>;
+}
+
+/// What a room gets to act: the registry, its own timers and jobs, and its effect sink.
+pub struct RoomCx<'a, R: Room + ?Sized> {
+    /// Where the room (de)registers its sources.
+    pub registry: &'a mio::Registry,
+    /// Loop counters.
+    pub stats: &'a LoopStats,
+    wiring: &'a mut dyn Wiring<R::Timer, R::Job>,
+    out: &'a mut Vec<R::Output>,
+}
+
+impl<'a, R: Room + ?Sized> RoomCx<'a, R> {
+    /// A context over the wiring's loop for room `R`.
+    pub fn new(
+        registry: &'a mio::Registry,
+        stats: &'a LoopStats,
+        wiring: &'a mut dyn Wiring<R::Timer, R::Job>,
+        out: &'a mut Vec<R::Output>,
+    ) -> Self {
+        RoomCx {
+            registry,
+            stats,
+            wiring,
+            out,
+        }
+    }
+
+    /// The room's timers.
+    pub fn timers(&mut self) -> &mut dyn Timers<R::Timer> {
+        self.wiring.timers()
+    }
+
+    /// The loop as a floor below the rooms sees it (registry and the room's timers), with the
+    /// room's effect sink beside it, for rooms whose internals take those two.
+    pub fn split(&mut self) -> (crate::reactor::Cx<'_, R::Timer>, &mut Vec<R::Output>) {
+        (
+            crate::reactor::Cx {
+                registry: self.registry,
+                timers: self.wiring.timers(),
+                stats: self.stats,
+            },
+            &mut *self.out,
+        )
+    }
+
+    /// Runs `work` on the worker (see [`Wiring::submit`]). `Err`: it was not taken, and the
+    /// result `fail` built for that; the room handles it as it would a late one.
+    ///
+    /// # Errors
+    /// The worker is stopped, dead or its queue is full.
+    pub fn submit(
+        &mut self,
+        timeout: Duration,
+        work: impl FnOnce() -> R::Job + Send + 'static,
+        fail: impl FnOnce(&str) -> R::Job + 'static,
+    ) -> Result<(), R::Job> {
+        self.wiring.submit(timeout, Box::new(work), Box::new(fail))
+    }
+
+    /// Hands an output to the wiring.
+    pub fn emit(&mut self, output: R::Output) {
+        self.out.push(output);
+    }
+
+    /// Answers a client.
+    pub fn reply(&mut self, to: ReplyTo, answer: Answer) {
+        self.out.push(Effect::Reply(to, answer).into());
+    }
+
+    /// Publishes an event.
+    pub fn publish(&mut self, channel: &'static str, kind: &'static str, data: Value) {
+        self.out.push(Effect::Publish(channel, kind, data).into());
+    }
+}
+
+/// A wiring for rooms' unit tests: a real timer wheel, and a worker that runs each job at
+/// once (its result waits in `done`) or refuses it (`refuse` set: the room gets its failure).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::reactor::timer::TimerWheel;
+    use std::time::Instant;
+
+    pub(crate) struct Inline<T, J> {
+        pub(crate) wheel: TimerWheel<T>,
+        pub(crate) done: Vec<J>,
+        pub(crate) refuse: Option<&'static str>,
+        pub(crate) stats: LoopStats,
+        pub(crate) poll: mio::Poll,
+    }
+
+    impl<T, J> Inline<T, J> {
+        pub(crate) fn new() -> Self {
+            Inline {
+                wheel: TimerWheel::new(Instant::now()),
+                done: Vec::new(),
+                refuse: None,
+                stats: LoopStats::default(),
+                poll: mio::Poll::new().expect("poll"),
+            }
+        }
+    }
+
+    /// Runs `f` on `room` with a [`RoomCx`] over `wiring`, collecting its outputs in `out`.
+    pub(crate) fn enter<R: Room, X>(
+        room: &mut R,
+        wiring: &mut Inline<R::Timer, R::Job>,
+        out: &mut Vec<R::Output>,
+        f: impl FnOnce(&mut R, &mut RoomCx<'_, R>) -> X,
+    ) -> X
+    where
+        R::Timer: 'static,
+    {
+        let Inline {
+            wheel,
+            done,
+            refuse,
+            stats,
+            poll,
+        } = wiring;
+        let mut jobs = Jobs {
+            wheel,
+            done,
+            refuse: *refuse,
+        };
+        let mut cx = RoomCx::new(poll.registry(), stats, &mut jobs, out);
+        f(room, &mut cx)
+    }
+
+    struct Jobs<'a, T, J> {
+        wheel: &'a mut TimerWheel<T>,
+        done: &'a mut Vec<J>,
+        refuse: Option<&'static str>,
+    }
+
+    impl<T, J> Wiring<T, J> for Jobs<'_, T, J> {
+        fn timers(&mut self) -> &mut dyn Timers<T> {
+            self.wheel
+        }
+        fn submit(
+            &mut self,
+            _timeout: Duration,
+            work: Box<dyn FnOnce() -> J + Send>,
+            fail: Box<dyn FnOnce(&str) -> J>,
+        ) -> Result<(), J> {
+            if let Some(why) = self.refuse {
+                return Err(fail(why));
+            }
+            self.done.push(work());
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reactor::timer::{TimerId, TimerWheel};
+    use std::time::Instant;
+
+    /// A room that counts down on its timer and asks the worker to double each number.
+    struct Counter {
+        left: u32,
+        seen: Vec<u64>,
+    }
+
+    impl Room for Counter {
+        type Timer = u32;
+        type Job = Result<u64, String>;
+        type Output = Effect;
+        const NAME: &'static str = "counter";
+
+        fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, n: u32) {
+            self.left = n;
+            if n > 0 {
+                cx.timers().insert(Instant::now(), n - 1);
+            }
+            let submitted = cx.submit(
+                Duration::from_secs(1),
+                move || Ok(u64::from(n) * 2),
+                |why| Err(why.to_string()),
+            );
+            if let Err(failed) = submitted {
+                self.on_job(cx, failed);
+            }
+        }
+
+        fn on_job(&mut self, cx: &mut RoomCx<'_, Self>, done: Result<u64, String>) {
+            match done {
+                Ok(v) => self.seen.push(v),
+                Err(why) => cx.publish("system", "job_failed", Value::String(why)),
+            }
+        }
+    }
+
+    /// Runs jobs at once (their results wait in `done`), refusing every second one.
+    struct Inline {
+        wheel: TimerWheel<u32>,
+        done: Vec<Result<u64, String>>,
+        refuse: bool,
+    }
+
+    impl Wiring<u32, Result<u64, String>> for Inline {
+        fn timers(&mut self) -> &mut dyn Timers<u32> {
+            &mut self.wheel
+        }
+        fn submit(
+            &mut self,
+            _timeout: Duration,
+            work: Box<dyn FnOnce() -> Result<u64, String> + Send>,
+            fail: Box<dyn FnOnce(&str) -> Result<u64, String>>,
+        ) -> Result<(), Result<u64, String>> {
+            self.refuse = !self.refuse;
+            if self.refuse {
+                return Err(fail("busy"));
+            }
+            self.done.push(work());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_room_gets_its_own_timers_jobs_and_effects() {
+        let poll = mio::Poll::new().expect("poll");
+        let stats = LoopStats::default();
+        let mut wiring = Inline {
+            wheel: TimerWheel::new(Instant::now()),
+            done: Vec::new(),
+            refuse: false,
+        };
+        let mut out = Vec::new();
+        let mut room = Counter {
+            left: 9,
+            seen: Vec::new(),
+        };
+        let mut fired: Vec<(TimerId, u32)> = Vec::new();
+        let mut next = Some(3);
+        while let Some(n) = next.take() {
+            room.on_timer(
+                &mut RoomCx::new(poll.registry(), &stats, &mut wiring, &mut out),
+                n,
+            );
+            for done in std::mem::take(&mut wiring.done) {
+                room.on_job(
+                    &mut RoomCx::new(poll.registry(), &stats, &mut wiring, &mut out),
+                    done,
+                );
+            }
+            wiring
+                .wheel
+                .expire(Instant::now() + Duration::from_secs(1), &mut fired);
+            next = fired.pop().map(|(_, n)| n);
+        }
+        assert_eq!(room.left, 0);
+        // Timers 3, 2, 1, 0: every second submission is refused, and reported as failed.
+        assert_eq!(room.seen, vec![4, 0]);
+        assert_eq!(out.len(), 2);
+        assert!(out
+            .iter()
+            .all(|e| matches!(e, Effect::Publish("system", "job_failed", _))));
+    }
+}

@@ -345,8 +345,10 @@ fn a_logs_subscriber_that_never_reads_is_closed_with_1008_after_the_stall_limit(
     let silent_since = Instant::now();
     // Log traffic: an "MCP server" that floods stderr with 500-byte lines (about 0.5 MB/s
     // of log records after the rate limit). It never answers initialize; it does not matter.
+    // The shell stays (no `exec`) and keeps its stdout open: a closed stdout ends the run at
+    // once, and the flood would come in short bursts between restarts.
     let spec = serde_json::json!({"id": "chatter", "command": "sh",
-        "args": ["-c", "exec yes $(printf %0500d 0) 1>&2"], "autostart": true});
+        "args": ["-c", "yes $(printf %0500d 0) 1>&2; sleep 3600"], "autostart": true});
     let (code, v) = d.http("POST", "/api/v1/mcp/servers", Some(&spec.to_string()));
     assert_eq!(code, 200, "{v}");
     // Closed for stalling well before the keep-alive path (30 s) could have closed it: the

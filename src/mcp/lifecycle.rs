@@ -406,16 +406,43 @@ impl Mcp {
         self.kill_run(id, reason);
     }
 
-    /// The server closed its stdout: the session is over, whatever the process does.
+    /// The server's stdout reached EOF. A process that exits closes its stdout a moment before
+    /// it becomes reapable, so this alone is no verdict: the run gets [`STDOUT_EOF_GRACE`] for
+    /// its exit to arrive (SIGCHLD then tells the story) before it is ended as a server that
+    /// closed its stdout but lives on.
+    pub(super) fn on_stdout_eof(&mut self, cx: &mut Cx<'_, Timer>, id: &str) {
+        let Some(server) = self.servers.get_mut(id) else {
+            return;
+        };
+        let Some(p) = server.process.as_ref() else {
+            return;
+        };
+        if p.exit_status.is_some()
+            || server.status == Status::Stopping
+            || server.ending.is_some()
+            || sys::child_has_exited(p.pid)
+        {
+            return;
+        }
+        if let Some(t) = server.timer.take() {
+            cx.timers.cancel(t);
+        }
+        let (slot, run) = (server.slot, server.run);
+        server.timer = Some(cx.timers.insert(
+            Instant::now() + STDOUT_EOF_GRACE,
+            Timer {
+                slot,
+                run,
+                kind: TimerKind::StdoutClosed,
+            },
+        ));
+    }
+
+    /// The session is over: the server closed its stdout and did not exit within the grace.
     /// Pending calls fail now; the process is stopped without the stdin grace (SIGTERM to
     /// its group, SIGKILL after `term_timeout_ms`), and its exit goes through the restart
     /// policy like a crash.
-    pub(super) fn on_stdout_eof(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        id: &str,
-        out: &mut Vec<Output>,
-    ) {
+    fn end_closed_stdout(&mut self, cx: &mut Cx<'_, Timer>, id: &str, out: &mut Vec<Output>) {
         let term_timeout = Duration::from_millis(self.settings.config.term_timeout_ms);
         let Some(server) = self.servers.get_mut(id) else {
             return;
@@ -423,7 +450,6 @@ impl Mcp {
         let Some(p) = server.process.as_ref() else {
             return;
         };
-        // An exit closes stdout too: then SIGCHLD tells the story, not this.
         if p.exit_status.is_some()
             || server.status == Status::Stopping
             || server.ending.is_some()
@@ -523,6 +549,10 @@ impl Mcp {
                         },
                     ));
                 }
+            }
+            TimerKind::StdoutClosed => {
+                server.timer = None;
+                self.end_closed_stdout(cx, &id, out);
             }
             TimerKind::StopKill => {
                 server.timer = None;

@@ -63,12 +63,19 @@ pub struct Timer {
     kind: TimerKind,
 }
 
+/// How long a run whose stdout closed may take to become reapable before it is ended as a
+/// server that closed its stdout but lives on (an exiting process closes its stdout a moment
+/// before it is a zombie; without this every ordinary crash would be mistaken for it).
+const STDOUT_EOF_GRACE: Duration = Duration::from_millis(100);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimerKind {
     Backoff,
     InitDeadline,
     StopTerm,
     StopKill,
+    /// Stdout closed: the grace for the exit to arrive is over.
+    StdoutClosed,
     Relist,
     Call(u64),
 }

@@ -173,7 +173,7 @@ impl Mcp {
                 Chunk::Empty => return,
                 Chunk::Eof => {
                     if pipe == Pipe::Stdout {
-                        self.on_stdout_eof(cx, id, out);
+                        self.on_stdout_eof(cx, id);
                     }
                     return;
                 }

@@ -411,19 +411,9 @@ impl Mcp {
     /// its exit to arrive (SIGCHLD then tells the story) before it is ended as a server that
     /// closed its stdout but lives on.
     pub(super) fn on_stdout_eof(&mut self, cx: &mut Cx<'_, Timer>, id: &str) {
-        let Some(server) = self.servers.get_mut(id) else {
+        let Some(server) = self.live_run_without_stdout(id) else {
             return;
         };
-        let Some(p) = server.process.as_ref() else {
-            return;
-        };
-        if p.exit_status.is_some()
-            || server.status == Status::Stopping
-            || server.ending.is_some()
-            || sys::child_has_exited(p.pid)
-        {
-            return;
-        }
         if let Some(t) = server.timer.take() {
             cx.timers.cancel(t);
         }
@@ -438,25 +428,28 @@ impl Mcp {
         ));
     }
 
+    /// The server whose stdout closed, if its run is still ours to end: its process has not
+    /// exited (reaped, or a zombie waiting for SIGCHLD's turn), and no stop or end is under way.
+    fn live_run_without_stdout(&mut self, id: &str) -> Option<&mut Server> {
+        let server = self.servers.get_mut(id)?;
+        let p = server.process.as_ref()?;
+        let exited = p.exit_status.is_some() || sys::child_has_exited(p.pid);
+        let ending = server.status == Status::Stopping || server.ending.is_some();
+        (!exited && !ending).then_some(server)
+    }
+
     /// The session is over: the server closed its stdout and did not exit within the grace.
     /// Pending calls fail now; the process is stopped without the stdin grace (SIGTERM to
     /// its group, SIGKILL after `term_timeout_ms`), and its exit goes through the restart
     /// policy like a crash.
     fn end_closed_stdout(&mut self, cx: &mut Cx<'_, Timer>, id: &str, out: &mut Vec<Output>) {
         let term_timeout = Duration::from_millis(self.settings.config.term_timeout_ms);
-        let Some(server) = self.servers.get_mut(id) else {
+        let Some(server) = self.live_run_without_stdout(id) else {
             return;
         };
         let Some(p) = server.process.as_ref() else {
             return;
         };
-        if p.exit_status.is_some()
-            || server.status == Status::Stopping
-            || server.ending.is_some()
-            || sys::child_has_exited(p.pid)
-        {
-            return;
-        }
         p.signal_group(libc::SIGTERM);
         let reason = "closed its stdout".to_string();
         log::warn!("MCP server {id} {reason} but is still running; stopping it");

@@ -79,15 +79,7 @@ impl Mcp {
                 }
                 Action::ArmBackoff(delay) => {
                     backoff = Some(delay);
-                    let (slot, run) = (server.slot, server.run);
-                    server.timer = Some(cx.timers.insert(
-                        Instant::now() + delay,
-                        Timer {
-                            slot,
-                            run,
-                            kind: TimerKind::Backoff,
-                        },
-                    ));
+                    arm(cx, server, Instant::now() + delay, TimerKind::Backoff);
                 }
                 Action::CountRestart { automatic } => {
                     server.restarts += 1;
@@ -230,16 +222,7 @@ impl Mcp {
         if let Some(p) = server.process.as_mut() {
             p.close_stdin(cx.registry);
         }
-        let slot = server.slot;
-        let run = server.run;
-        server.timer = Some(cx.timers.insert(
-            Instant::now() + grace,
-            Timer {
-                slot,
-                run,
-                kind: TimerKind::StopTerm,
-            },
-        ));
+        arm(cx, server, Instant::now() + grace, TimerKind::StopTerm);
     }
 
     /// Stops every server (daemon shutdown): gracefully, or at once with SIGKILL.
@@ -369,15 +352,12 @@ impl Mcp {
                     Instant::now(),
                 );
                 let init = server.session.begin_run();
-                let (slot, run) = (server.slot, server.run);
-                server.timer = Some(cx.timers.insert(
+                arm(
+                    cx,
+                    server,
                     Instant::now() + init_timeout,
-                    Timer {
-                        slot,
-                        run,
-                        kind: TimerKind::InitDeadline,
-                    },
-                ));
+                    TimerKind::InitDeadline,
+                );
                 let pid = server.pid();
                 let reason = format!("spawned pid {}", pid.unwrap_or(0));
                 self.supervise(cx, id, Event::Spawned, &reason, out);
@@ -414,18 +394,12 @@ impl Mcp {
         let Some(server) = self.live_run_without_stdout(id) else {
             return;
         };
-        if let Some(t) = server.timer.take() {
-            cx.timers.cancel(t);
-        }
-        let (slot, run) = (server.slot, server.run);
-        server.timer = Some(cx.timers.insert(
+        arm(
+            cx,
+            server,
             Instant::now() + STDOUT_EOF_GRACE,
-            Timer {
-                slot,
-                run,
-                kind: TimerKind::StdoutClosed,
-            },
-        ));
+            TimerKind::StdoutClosed,
+        );
     }
 
     /// The server whose stdout closed, if its run is still ours to end: its process has not
@@ -455,18 +429,12 @@ impl Mcp {
         log::warn!("MCP server {id} {reason} but is still running; stopping it");
         server.note_error(reason.clone());
         server.ending = Some(reason.clone());
-        if let Some(t) = server.timer.take() {
-            cx.timers.cancel(t);
-        }
-        let (slot, run) = (server.slot, server.run);
-        server.timer = Some(cx.timers.insert(
+        arm(
+            cx,
+            server,
             Instant::now() + term_timeout,
-            Timer {
-                slot,
-                run,
-                kind: TimerKind::StopKill,
-            },
-        ));
+            TimerKind::StopKill,
+        );
         self.fail_pending(cx, id, &reason, out);
     }
 
@@ -532,15 +500,12 @@ impl Mcp {
                 server.timer = None;
                 if let (Status::Stopping, Some(p)) = (server.status, &server.process) {
                     p.signal_group(libc::SIGTERM);
-                    let (slot, run) = (server.slot, server.run);
-                    server.timer = Some(cx.timers.insert(
+                    arm(
+                        cx,
+                        server,
                         Instant::now() + term_timeout,
-                        Timer {
-                            slot,
-                            run,
-                            kind: TimerKind::StopKill,
-                        },
-                    ));
+                        TimerKind::StopKill,
+                    );
                 }
             }
             TimerKind::StdoutClosed => {
@@ -653,4 +618,14 @@ impl Mcp {
             }
         }
     }
+}
+
+/// Arms the server's one lifecycle timer for its current run, replacing (and cancelling) the
+/// one it had: a server waits for one thing at a time (init, backoff, stop, stdout grace).
+fn arm(cx: &mut Cx<'_, Timer>, server: &mut Server, at: Instant, kind: TimerKind) {
+    if let Some(t) = server.timer.take() {
+        cx.timers.cancel(t);
+    }
+    let (slot, run) = (server.slot, server.run);
+    server.timer = Some(cx.timers.insert(at, Timer { slot, run, kind }));
 }

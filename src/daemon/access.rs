@@ -248,19 +248,8 @@ impl Daemon {
         self.next_request_id += 1;
         let reply_direct =
             |server: &mut Server, cx: &mut Cx<'_, Timer>, id: Option<Value>, answer: Answer| {
-                let mut bytes = Vec::with_capacity(512);
-                let ms = started.elapsed().as_secs_f64() * 1000.0;
                 let id = id.unwrap_or(Value::Null);
-                api::write_envelope(
-                    &mut bytes,
-                    &answer,
-                    request_id,
-                    ms,
-                    &now_string(),
-                    Some(&id),
-                );
-                let text = String::from_utf8(bytes).unwrap_or_default();
-                server.ws_send(&mut cx.narrow(Timer::Net).cx(), conn, text.into());
+                reply::send_ws_envelope(server, cx, conn, &answer, request_id, started, &id);
             };
         match net::ws::parse_command(text) {
             Err((id, e)) => reply_direct(&mut self.server, cx, id, Err(e)),

@@ -81,19 +81,15 @@ impl Daemon {
                 let Some(id) = self.server.ws_mut(conn).and_then(|w| w.take_id(local)) else {
                     return;
                 };
-                let ms = started.elapsed().as_secs_f64() * 1000.0;
-                let mut bytes = Vec::with_capacity(512);
-                api::write_envelope(
-                    &mut bytes,
+                send_ws_envelope(
+                    &mut self.server,
+                    cx,
+                    conn,
                     &answer,
                     request_id,
-                    ms,
-                    &now_string(),
-                    Some(&id),
+                    started,
+                    &id,
                 );
-                let text = String::from_utf8(bytes).unwrap_or_default();
-                self.server
-                    .ws_send(&mut cx.narrow(Timer::Net).cx(), conn, text.into());
             }
         }
     }
@@ -143,4 +139,21 @@ impl Daemon {
 
 pub(super) fn now_string() -> String {
     state::rfc3339_utc_millis(SystemTime::now())
+}
+
+/// Sends `answer` in the envelope to WebSocket client `conn`, carrying the client's own `id`.
+pub(super) fn send_ws_envelope(
+    server: &mut Server,
+    cx: &mut Cx<'_, Timer>,
+    conn: ConnId,
+    answer: &Answer,
+    request_id: u64,
+    started: Instant,
+    id: &Value,
+) {
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let mut bytes = Vec::with_capacity(512);
+    api::write_envelope(&mut bytes, answer, request_id, ms, &now_string(), Some(id));
+    let text = String::from_utf8(bytes).unwrap_or_default();
+    server.ws_send(&mut cx.narrow(Timer::Net).cx(), conn, text.into());
 }

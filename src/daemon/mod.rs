@@ -23,6 +23,7 @@ mod access;
 mod control;
 mod health;
 mod metrics;
+mod observe;
 mod persist;
 mod registration;
 mod reply;

@@ -1,4 +1,5 @@
-//! Checks run from the timer wheel and the samples they read. Checks report; the daemon
-//! decides what to do about them.
+//! Checks run from the timer wheel and the samples they read. Checks report
+//! ([`observation::Observation`]); one place decides what to do about them.
 
+pub mod observation;
 pub mod performance;

@@ -20,6 +20,7 @@
 //! out the repair (restart the control socket or the worker).
 
 mod access;
+mod act;
 mod control;
 mod health;
 mod metrics;

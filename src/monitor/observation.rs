@@ -100,3 +100,18 @@ pub struct Observation {
     /// The rule's raise/clear policy.
     pub hysteresis: Hysteresis,
 }
+
+/// An action the alerts room asks to be run because an alert fired or resolved: the second
+/// seam, from the deciding room to the room that runs `webhook:NAME` and `exec:NAME` actions
+/// (`log` and `restart_server:ID` are carried out by the alerts room's own wiring).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActionRun {
+    /// The action reference as configured, e.g. `webhook:ops` or `exec:notify`.
+    pub action: String,
+    /// `fired` or `resolved`.
+    pub transition: &'static str,
+    /// The alert's fields (`id`, `rule`, `severity`, `metric`, `current_value`, `threshold`,
+    /// `trend`, `message`, ...), as strings: the webhook's JSON body and the exec's
+    /// environment (`VSM_ALERT_<FIELD>`) are built from them.
+    pub fields: Vec<(String, String)>,
+}

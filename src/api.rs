@@ -126,6 +126,11 @@ pub enum Request {
     Prometheus,
     /// The OpenAPI document (not wrapped in the envelope).
     OpenApi,
+    /// A file of the embedded status page (not wrapped in the envelope).
+    Page {
+        /// Which file.
+        asset: crate::page::Asset,
+    },
     /// The TCP API token in effect and where it comes from (control socket only).
     AuthToken,
     /// Replace the generated TCP API token (control socket only).
@@ -279,6 +284,8 @@ pub enum Produces {
     Prometheus,
     /// A bare JSON document (no envelope).
     Document,
+    /// A file of the status page, of this media type (no envelope).
+    Page(&'static str),
     /// A WebSocket upgrade (101).
     WebSocket,
 }

@@ -1305,6 +1305,9 @@ fn human(command: &Command, data: &Value) -> String {
                 out,
                 "({verb}from {source}; send it as 'Authorization: Bearer TOKEN' on TCP)"
             );
+            if let Some(page) = data["page"].as_str() {
+                let _ = writeln!(out, "status page: {page}");
+            }
         }
         Command::McpRegister { .. } => {
             let _ = writeln!(

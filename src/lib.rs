@@ -21,6 +21,7 @@ pub mod monitor;
 pub mod net;
 pub mod openapi;
 pub mod ops;
+pub mod page;
 pub mod reactor;
 pub mod room;
 pub mod state;

@@ -11,7 +11,8 @@
 //!   (Prometheus text), this document and the WebSocket upgrade answer successfully without
 //!   the envelope.
 //! - Over TCP a bearer token is always required (`security: [{bearerAuth: []}]`; the control
-//!   socket checks the peer's uid instead); public rows (`GET /api/v1/health`) are exempt
+//!   socket checks the peer's uid instead); public rows (`GET /api/v1/health` and the status
+//!   page's files, `GET /` and `/ui/...`) are exempt
 //!   (`security: []`) and list no 401. Every operation lists 403 (Host, Origin,
 //!   Sec-Fetch-Site, control-socket-only rows over TCP) and 415 (a body, or over TCP a
 //!   POST/PUT/PATCH/DELETE, without `Content-Type: application/json`).
@@ -245,6 +246,14 @@ fn responses(o: &Op) -> Value {
             json!({
                 "description": "This OpenAPI document",
                 "content": {"application/json": {"schema": {"type": "object"}}},
+            }),
+        ),
+        Produces::Page(media) => (
+            "200",
+            json!({
+                "description": "A file of the embedded status page, with a strict \
+                    Content-Security-Policy",
+                "content": {media: {"schema": {"type": "string"}}},
             }),
         ),
         Produces::WebSocket => (
@@ -513,7 +522,8 @@ mod tests {
                     .collect();
                 assert_eq!(declared, wanted, "{id}: path parameters");
                 let public = op["security"] == json!([]);
-                assert_eq!(public, path == "/api/v1/health", "{id}: security");
+                let page = path == "/" || path.starts_with("/ui/");
+                assert_eq!(public, path == "/api/v1/health" || page, "{id}: security");
                 assert_eq!(responses.contains_key("401"), !public, "{id}: 401");
             }
         }

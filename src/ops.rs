@@ -20,7 +20,7 @@ use crate::mcp::registry::ServerSpec;
 use serde_json::{json, Value};
 
 /// Every group of rows, in routing order (the hot `GET /api/v1/health` near the front).
-pub const GROUPS: &[&[Op]] = &[DAEMON, CONFIG, LOGS, EVENTS, METRICS, MCP, AUTH, META];
+pub const GROUPS: &[&[Op]] = &[DAEMON, CONFIG, LOGS, EVENTS, METRICS, MCP, AUTH, META, PAGE];
 
 /// Every operation, in routing order.
 pub fn all() -> impl Iterator<Item = &'static Op> {
@@ -812,6 +812,83 @@ pub const WS_MONITOR: Op = Op {
 /// This document and the monitor stream.
 pub const META: &[Op] = &[OPENAPI, WS_MONITOR];
 
+// ----- the status page ---------------------------------------------------------------------
+
+/// `GET /`: the status page (public: it holds no data; the data needs the token).
+pub const PAGE_HTML: Op = Op {
+    produces: Produces::Page("text/html"),
+    access: Access::Public,
+    ..Op::new(
+        "GET",
+        "/",
+        "getStatusPage",
+        "page",
+        "The status page (HTML; no token needed: it asks for one and reads everything over /ws/monitor)",
+        |_| {
+            Ok(Request::Page {
+                asset: crate::page::Asset::Html,
+            })
+        },
+    )
+};
+
+/// `GET /ui/app.js`.
+pub const PAGE_JS: Op = Op {
+    produces: Produces::Page("text/javascript"),
+    access: Access::Public,
+    ..Op::new(
+        "GET",
+        "/ui/app.js",
+        "getStatusPageScript",
+        "page",
+        "The status page's script",
+        |_| {
+            Ok(Request::Page {
+                asset: crate::page::Asset::Js,
+            })
+        },
+    )
+};
+
+/// `GET /ui/app.css`.
+pub const PAGE_CSS: Op = Op {
+    produces: Produces::Page("text/css"),
+    access: Access::Public,
+    ..Op::new(
+        "GET",
+        "/ui/app.css",
+        "getStatusPageStyle",
+        "page",
+        "The status page's style sheet",
+        |_| {
+            Ok(Request::Page {
+                asset: crate::page::Asset::Css,
+            })
+        },
+    )
+};
+
+/// `GET /ui/icon.svg`.
+pub const PAGE_ICON: Op = Op {
+    produces: Produces::Page("image/svg+xml"),
+    access: Access::Public,
+    ..Op::new(
+        "GET",
+        "/ui/icon.svg",
+        "getStatusPageIcon",
+        "page",
+        "The status page's icon",
+        |_| {
+            Ok(Request::Page {
+                asset: crate::page::Asset::Icon,
+            })
+        },
+    )
+};
+
+/// The embedded status page (`src/page/`).
+pub const PAGE: &[Op] = &[PAGE_HTML, PAGE_JS, PAGE_CSS, PAGE_ICON];
+
 // ----- request body schemas ----------------------------------------------------------------
 
 fn service_body() -> Value {
@@ -893,7 +970,7 @@ mod tests {
                 o.id
             );
             assert!(
-                o.path.starts_with('/') && !o.path.ends_with('/'),
+                o.path.starts_with('/') && (o.path == "/" || !o.path.ends_with('/')),
                 "{}",
                 o.id
             );

@@ -6,6 +6,7 @@ mod control;
 mod mcp;
 mod net;
 mod packaging;
+mod page;
 mod security;
 mod state_config;
 mod state_crash;

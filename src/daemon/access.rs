@@ -181,6 +181,7 @@ impl Daemon {
             "source": token.source.kind(),
             "path": token.source.path(),
             "rotated": rotate,
+            "page": self.tcp_addr.map(|a| crate::page::link(a, &token.value)),
         }))
     }
 

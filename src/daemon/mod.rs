@@ -293,6 +293,10 @@ impl Daemon {
                 );
                 return;
             }
+            Request::Page { asset } => {
+                self.answer_page(cx, reply, asset);
+                return;
+            }
             Request::OpenApi => {
                 let doc = crate::openapi::document(env!("CARGO_PKG_VERSION"));
                 let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();

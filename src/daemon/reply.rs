@@ -94,12 +94,36 @@ impl Daemon {
         }
     }
 
+    /// A file of the status page, with its security headers (over the WebSocket, its text).
+    pub(super) fn answer_page(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        reply: ReplyTo,
+        asset: crate::page::Asset,
+    ) {
+        let body = asset.body().as_bytes().to_vec();
+        let headers = crate::page::Asset::headers();
+        self.answer_raw_with(cx, reply, asset.content_type(), headers, body);
+    }
+
     /// A reply that is not wrapped in the envelope (Prometheus text, the OpenAPI document).
     pub(super) fn answer_raw(
         &mut self,
         cx: &mut Cx<'_, Timer>,
         reply: ReplyTo,
         content_type: &'static str,
+        body: Vec<u8>,
+    ) {
+        self.answer_raw_with(cx, reply, content_type, Vec::new(), body);
+    }
+
+    /// [`Daemon::answer_raw`] with extra headers (HTTP only).
+    fn answer_raw_with(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        reply: ReplyTo,
+        content_type: &'static str,
+        headers: Vec<(&'static str, String)>,
         body: Vec<u8>,
     ) {
         match reply {
@@ -116,7 +140,7 @@ impl Daemon {
                 let response = http::Response {
                     status: 200,
                     content_type,
-                    headers: Vec::new(),
+                    headers,
                     body,
                 };
                 self.server.respond(

@@ -34,10 +34,18 @@ pub fn control_socket_only(pattern: &str) -> bool {
 /// check probes use). Cheap: only the public rows are matched.
 pub fn is_public(method: &str, path: &str) -> bool {
     let method = if method == "HEAD" { "GET" } else { method };
-    let path = path.trim_end_matches('/');
+    let path = trimmed(path);
     routed().any(|o| {
         o.access == Access::Public && o.method == method && matches(o.path, path).is_some()
     })
+}
+
+/// A path without its trailing slashes; the root stays `/` (the status page's route).
+fn trimmed(path: &str) -> &str {
+    match path.trim_end_matches('/') {
+        "" if path.starts_with('/') => "/",
+        p => p,
+    }
 }
 
 /// A path matched against the route table (cheap: no body is looked at yet).
@@ -50,7 +58,7 @@ pub struct Resolved {
 
 /// Finds the route of a path; `None` for an unknown path.
 pub fn resolve(path: &str) -> Option<Resolved> {
-    let path = path.trim_end_matches('/');
+    let path = trimmed(path);
     routed().find_map(|o| {
         matches(o.path, path).map(|id| Resolved {
             pattern: o.path,
@@ -393,7 +401,11 @@ mod tests {
     /// Whether any routed row's pattern matches `path`, by a matcher written apart from the
     /// router's.
     fn in_table(path: &str) -> bool {
-        let path = path.trim_end_matches('/');
+        // Trailing slashes do not count, but the root is the status page's route.
+        let path = match path.trim_end_matches('/') {
+            "" => "/",
+            p => p,
+        };
         ops::all().filter(|o| o.parse.is_some()).any(|o| {
             let p: Vec<&str> = o.path.split('/').collect();
             let q: Vec<&str> = path.split('/').collect();

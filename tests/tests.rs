@@ -7,6 +7,7 @@ mod mcp;
 mod net;
 mod packaging;
 mod page;
+mod prometheus;
 mod security;
 mod state_config;
 mod state_crash;

@@ -9,6 +9,7 @@ mod net;
 mod packaging;
 mod page;
 mod prometheus;
+mod properties;
 mod security;
 mod state_config;
 mod state_crash;

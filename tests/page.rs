@@ -5,10 +5,13 @@
 
 use crate::util::*;
 use serde_json::Value;
+use std::io::{BufRead, BufReader};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 fn addr(d: &Daemon) -> SocketAddr {
     d.http.expect("the daemon reports its TCP address")
@@ -133,6 +136,7 @@ fn status_page_in_a_real_browser() {
         peers.display()
     );
     let d = Daemon::start();
+    let a = addr(&d);
     let fixture = format!(
         "{}/tests/fixtures/mcp_fixture.py",
         env!("CARGO_MANIFEST_DIR")
@@ -154,21 +158,73 @@ fn status_page_in_a_real_browser() {
         "{}/tests/browser/status_page.cjs",
         env!("CARGO_MANIFEST_DIR")
     );
-    let run = Command::new("node")
+    let mut node = Command::new("node")
         .arg(&script)
         .arg(&peers)
         .arg(&link)
         .arg("fx")
         .arg(&shot)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run node");
-    let said = stdout(&run);
+    let (tx, rx) = mpsc::channel();
+    let out = node.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Phase one ends when the page asks for the daemon to go away; phase two: the same
+    // daemon (port, state dir, token) comes back and the page must reconnect by itself.
+    let mut said = String::new();
+    let mut d = Some(d);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains("\"phase\":\"restart-daemon\"") {
+            let old = d.take().expect("the daemon");
+            // The click reached the daemon: the server is stopped there, not only on the page.
+            let (_, v) = old.http("GET", "/api/v1/mcp/servers/fx", None);
+            assert_eq!(v["data"]["status"], "stopped", "{v:#}");
+            let history = v["data"]["history"].to_string();
+            assert!(history.contains("stop requested"), "{history}");
+            // The token travelled in the WebSocket's query string; it must not reach the log.
+            assert!(
+                !old.stderr().contains(&old.token),
+                "the token is in the log"
+            );
+            let dir = old.kill9();
+            let again = Daemon::start_in(
+                dir,
+                Setup {
+                    listen: Some(a.to_string()),
+                    ..Setup::default()
+                },
+            )
+            .expect("the daemon starts again on the same port");
+            d = Some(again);
+            continue;
+        }
+        said.push_str(&line);
+        said.push('\n');
+    }
+    if Instant::now() >= deadline {
+        let _ = node.kill();
+    }
+    let status = node.wait().expect("node exits");
+    let mut err = String::new();
+    if let Some(mut e) = node.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let d = d.expect("the restarted daemon");
     let seen: Value = serde_json::from_str(said.lines().last().unwrap_or("")).unwrap_or_default();
     assert_eq!(
-        run.status.code(),
+        status.code(),
         Some(0),
-        "browser run failed: {said}\n{}\n--- daemon log ---\n{}",
-        stderr(&run),
+        "browser run failed: {said}\n{err}\n--- daemon log ---\n{}",
         d.stderr()
     );
     assert_eq!(seen["console_errors"], serde_json::json!([]), "{said}");
@@ -176,12 +232,9 @@ fn status_page_in_a_real_browser() {
     // The fragment was taken into sessionStorage and removed from the address bar.
     assert_eq!(seen["hash_after_load"], "", "{said}");
     assert_eq!(seen["token_kept"], true, "{said}");
-    // The click reached the daemon: the server is stopped there, not only on the page.
-    let (_, v) = d.http("GET", "/api/v1/mcp/servers/fx", None);
-    assert_eq!(v["data"]["status"], "stopped", "{v:#}");
-    let history = v["data"]["history"].to_string();
-    assert!(history.contains("stop requested"), "{history}");
+    println!("browser: {said}");
+    let steps = seen["steps"].to_string();
+    assert!(steps.contains("reconnected by itself"), "{said}");
     assert!(shot.is_file(), "screenshot at {}", shot.display());
-    // The token travelled in the WebSocket's query string; it must not reach the log.
     assert!(!d.stderr().contains(&d.token), "the token is in the log");
 }

@@ -128,6 +128,8 @@ function onConnected(data) {
   $('version').textContent = data.version ? 'v' + data.version : '';
   const channels = (data.channels || []).filter((c) => c !== 'logs');
   ws.send(JSON.stringify({ id: nextId++, command: 'subscribe', channels }));
+  // A new connection may be a new daemon process: rates start over (its CPU counter did).
+  lastSample = null;
   loadHistory();
   probePanels();
   poll();

@@ -3,8 +3,11 @@
 //   node status_page.cjs PLAYWRIGHT_CORE_DIR URL_WITH_TOKEN_FRAGMENT SERVER_ID SCREENSHOT
 // It loads the page, waits until SERVER_ID shows as active, clicks its stop button, waits for
 // the page to show it stopped and for the status-change event to appear live in the event
-// log, and saves a screenshot. It prints one JSON line with what it saw (console errors
-// included) and exits 1 on any failure; the Rust test checks the daemon's side over REST.
+// log. Then it prints {"phase":"restart-daemon"} and waits for the page to notice the daemon
+// gone and to reconnect by itself (the Rust test kills the daemon and starts it again on the
+// same port and state dir), and saves a screenshot. It prints one JSON line with what it saw
+// (console errors included) and exits 1 on any failure; the Rust test checks the daemon's
+// side over REST.
 'use strict';
 
 const [dir, url, server, screenshot] = process.argv.slice(2);
@@ -27,7 +30,15 @@ const TIMEOUT = 30000;
   let failed = null;
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   try {
-    page.on('console', (m) => { if (m.type() === 'error') seen.console_errors.push(m.text()); });
+    // While the daemon is down (between the two phases) the browser logs the failed
+    // WebSocket connections as console errors: those, and only those, are expected then.
+    let daemonDown = false;
+    seen.expected_errors = 0;
+    page.on('console', (m) => {
+      if (m.type() !== 'error') return;
+      if (daemonDown && /WebSocket connection to .* failed/.test(m.text())) { seen.expected_errors++; return; }
+      seen.console_errors.push(m.text());
+    });
     page.on('pageerror', (e) => seen.page_errors.push(String(e)));
     // CSP violations are reported on the console as errors, so they fail the test too.
     await page.goto(url, { waitUntil: 'load', timeout: TIMEOUT });
@@ -48,6 +59,16 @@ const TIMEOUT = 30000;
     seen.steps.push('stop event shown live');
     seen.event_text = await event.first().textContent();
     seen.rss_shown = await page.locator('#rss-now').textContent();
+
+    // The daemon goes away and comes back: the page reconnects by itself.
+    daemonDown = true;
+    console.log(JSON.stringify({ phase: 'restart-daemon' }));
+    await page.locator('#link.pill-bad').waitFor({ timeout: TIMEOUT });
+    seen.steps.push('noticed the daemon gone: ' + await page.locator('#link').textContent());
+    await page.locator('#link.pill-on', { hasText: 'live' }).waitFor({ timeout: 60000 });
+    await row.waitFor({ timeout: TIMEOUT });
+    daemonDown = false;
+    seen.steps.push('reconnected by itself');
     // Let the sparklines gather a few points for the screenshot.
     await page.waitForTimeout(2500);
     await page.screenshot({ path: screenshot, fullPage: true });

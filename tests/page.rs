@@ -182,7 +182,7 @@ fn status_page_in_a_real_browser() {
     // daemon (port, state dir, token) comes back and the page must reconnect by itself.
     let mut said = String::new();
     let mut d = Some(d);
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(300);
     while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         if line.contains("\"phase\":\"restart-daemon\"") {
             let old = d.take().expect("the daemon");

@@ -80,7 +80,7 @@ pub enum Request {
     /// Register an MCP server.
     McpRegister {
         /// Its spec.
-        spec: crate::mcp::registry::ServerSpec,
+        spec: crate::spec::ServerSpec,
     },
     /// One server in detail.
     McpShow {

@@ -16,7 +16,7 @@
 
 use crate::api::{Access, ApiError, Args, BodySpec, ErrorCode, EventQuery, In, LogQuery, Op};
 use crate::api::{Param, Produces, Request, Ty};
-use crate::mcp::registry::ServerSpec;
+use crate::spec::ServerSpec;
 use serde_json::{json, Value};
 
 /// Every group of rows, in routing order (the hot `GET /api/v1/health` near the front).

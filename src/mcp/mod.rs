@@ -19,7 +19,7 @@ mod lifecycle;
 mod pipes;
 pub mod process;
 pub mod reaper;
-pub mod registry;
+pub use crate::spec as registry;
 pub mod server;
 pub mod session;
 pub mod supervisor;

@@ -1,11 +1,14 @@
 //! The room list and how rooms are wired into the loop.
 //!
-//! [`rooms!`] takes the list (one line per room: its variant name, its field, its type and
-//! where its outputs go) and generates the [`Rooms`] struct, the typed wrappers of each
-//! room's timer keys and job results inside the daemon's ([`RoomTimer`], [`RoomJob`]), their
-//! [`Wired`] impls, and the dispatch of timers and job results to the room they belong to.
-//! [`enter`] is the one generic way into a room: it lends it a [`RoomCx`] over the daemon's
-//! wheel and worker. Adding a room is a line here, plus the arms that route its requests.
+//! [`rooms!`] takes the list (one line per room: its variant name, its field, its type,
+//! where its outputs go and, with `serve`, the method its requests go to) and generates the
+//! [`Rooms`] struct, the typed wrappers of each room's timer keys and job results inside the
+//! daemon's ([`RoomTimer`], [`RoomJob`]), their [`Wired`] impls, and the dispatch of timers,
+//! job results, requests (`api::Request::<Variant>`), live configuration and the answers to
+//! a room's own requests (`ReplyTo::Room`) to the room they belong to. [`enter`] is the one
+//! generic way into a room: it lends it a [`RoomCx`] over the daemon's wheel and worker; a
+//! `serve` method enters the room with it and calls [`crate::room::Serve::handle`] (plus what
+//! the wiring still does for that room). Adding a room is a line here: no new arm elsewhere.
 
 use super::*;
 use crate::components::diagnostics::Diagnostics;
@@ -24,7 +27,8 @@ pub(super) trait Wired: Room {
 }
 
 macro_rules! rooms {
-    ($( $(#[$doc:meta])* $variant:ident($field:ident: $ty:ty) => $deliver:ident, )*) => {
+    ($( $(#[$doc:meta])* $variant:ident($field:ident: $ty:ty) => $deliver:ident
+        $([serve $serve:ident])?; )*) => {
         /// The rooms, one field each.
         pub(super) struct Rooms {
             $( $(#[$doc])* pub(super) $field: $ty, )*
@@ -66,6 +70,38 @@ macro_rules! rooms {
                 }
             }
 
+            /// Routes a request to the room it belongs to (the wiring's own to
+            /// [`Daemon::handle_daemon`]).
+            pub(super) fn route(&mut self, cx: &mut Cx<'_, Timer>, request: Request, reply: ReplyTo) {
+                match request {
+                    Request::Daemon(r) => self.handle_daemon(cx, r, reply),
+                    $( $( Request::$variant(r) => self.$serve(cx, r, reply), )? )*
+                }
+            }
+
+            /// The configuration changed: every room takes what it can change live.
+            pub(super) fn rooms_apply_config(&mut self, cx: &mut Cx<'_, Timer>, config: &Config) {
+                $( {
+                    let mut out = Vec::new();
+                    enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
+                          &mut out, |room, rcx| Room::apply_config(room, rcx, config));
+                    self.$deliver(cx, out);
+                } )*
+            }
+
+            /// The answer to a request room `room` asked (`Effect::Request`) goes back to it.
+            pub(super) fn room_answer(&mut self, cx: &mut Cx<'_, Timer>, room: &'static str,
+                                      tag: u64, answer: Answer) {
+                $( if room == <$ty as Room>::NAME {
+                    let mut out = Vec::new();
+                    enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
+                          &mut out, |r, rcx| Room::on_answer(r, rcx, tag, answer));
+                    self.$deliver(cx, out);
+                    return;
+                } )*
+                log::error!("an answer for room {room}, which is not in the room list");
+            }
+
             /// A room's job came back (or failed): to the room, then its outputs.
             pub(super) fn room_job(&mut self, cx: &mut Cx<'_, Timer>, job: RoomJob) {
                 match job {
@@ -83,11 +119,11 @@ macro_rules! rooms {
 
 rooms! {
     /// The MCP servers.
-    Mcp(mcp: Mcp) => deliver_outputs,
+    Mcp(mcp: Mcp) => deliver_outputs [serve serve_mcp];
     /// `diagnostics run`.
-    Diagnostics(diagnostics: Diagnostics) => deliver_effects,
+    Diagnostics(diagnostics: Diagnostics) => deliver_effects [serve serve_diagnostics];
     /// The health rounds.
-    Health(health: Health) => health_outputs,
+    Health(health: Health) => health_outputs [serve serve_health];
 }
 
 impl Daemon {

@@ -254,23 +254,11 @@ impl Daemon {
                 "daemon.log_buffer_lines" => {
                     self.logging.ring.set_capacity(new.daemon.log_buffer_lines)
                 }
-                "monitoring.health_check_interval_ms" => {
-                    let every = Duration::from_millis(new.monitoring.health_check_interval_ms);
-                    self.with_health(cx, |room, rcx| room.set_interval(rcx, every));
-                }
                 k if k.starts_with("http.") => self.server.policy = conn_policy(&new),
                 _ => {}
             }
         }
-        self.rooms.mcp.settings.config = new.mcp_servers.clone();
-        self.rooms.mcp.settings.sandbox_enabled = new.security.sandbox_enabled;
-        if self.config.effective.servers != new.servers {
-            self.rooms.mcp.sync_config_servers(
-                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
-                &new.servers,
-                &mut self.outputs,
-            );
-        }
+        self.rooms_apply_config(cx, &new);
         // No silent promises: a change to a key nothing reads yet is said out loud.
         let promised = new.not_enforced_set();
         let not_enforced: Vec<&String> = changed.iter().filter(|k| promised.contains(k)).collect();

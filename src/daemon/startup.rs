@@ -346,6 +346,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             diagnostics: Diagnostics,
             health: components::health::Health::default(),
         },
+        documents: persist::Documents::default(),
         events: EventLog::new(EVENT_HISTORY),
         outputs: Vec::new(),
         effects: Vec::new(),

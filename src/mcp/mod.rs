@@ -25,8 +25,8 @@ pub mod session;
 pub mod supervisor;
 pub mod tools;
 
-use crate::api::ReplyTo;
 use crate::api::{Answer, ApiError, ErrorCode};
+use crate::api::{McpRequest, ReplyTo};
 use crate::config::McpServersConfig;
 use crate::reactor::timer::TimerId;
 use crate::reactor::{Cx, TokenRange};
@@ -93,6 +93,8 @@ pub enum Output {
     Restart(String),
     /// A server was unregistered: its per-server metric series go.
     Unregistered(String),
+    /// Any other common effect, for the wiring to carry out.
+    Effect(crate::room::Effect),
 }
 
 impl From<crate::room::Effect> for Output {
@@ -100,6 +102,7 @@ impl From<crate::room::Effect> for Output {
         match effect {
             crate::room::Effect::Reply(to, answer) => Output::Reply(to, answer),
             crate::room::Effect::Publish(channel, kind, data) => Output::Event(channel, kind, data),
+            other => Output::Effect(other),
         }
     }
 }
@@ -119,6 +122,57 @@ impl crate::room::Room for Mcp {
 
     fn on_job(&mut self, _cx: &mut crate::room::RoomCx<'_, Self>, done: Self::Job) {
         match done {}
+    }
+
+    fn apply_config(
+        &mut self,
+        cx: &mut crate::room::RoomCx<'_, Self>,
+        config: &crate::config::Config,
+    ) {
+        self.settings.config = config.mcp_servers.clone();
+        self.settings.sandbox_enabled = config.security.sandbox_enabled;
+        // Unchanged specs are left alone, so this is cheap when `[[servers]]` did not change.
+        let (mut lcx, out) = cx.split();
+        self.sync_config_servers(&mut lcx, &config.servers, out);
+    }
+}
+
+/// The MCP room's requests. Registering and unregistering change `servers.json` and so wait
+/// for its write in the wiring (`daemon/registration.rs`) before they reach the room as
+/// [`Mcp::register`] and [`Mcp::unregister`]; the rest are answered here.
+impl crate::room::Serve for Mcp {
+    type Request = McpRequest;
+
+    fn handle(
+        &mut self,
+        cx: &mut crate::room::RoomCx<'_, Self>,
+        request: McpRequest,
+        reply: ReplyTo,
+    ) {
+        let (mut lcx, out) = cx.split();
+        let answer = match request {
+            McpRequest::List { status } => Ok(self.list(status)),
+            McpRequest::Show { id } => self.show(&id),
+            McpRequest::Tools { id } => self.tools(&id),
+            McpRequest::Start { id } => self.start(&mut lcx, &id, out),
+            McpRequest::Stop { id } => self.stop(&mut lcx, &id, out),
+            McpRequest::Restart { id } => self.restart(&mut lcx, &id, out),
+            McpRequest::Reset { id } => self.reset(&mut lcx, &id, out),
+            McpRequest::Call {
+                id,
+                name,
+                arguments,
+                timeout_ms,
+            } => match self.call(&mut lcx, &id, &name, arguments, timeout_ms, reply) {
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
+            McpRequest::Register { .. } | McpRequest::Unregister { .. } => Err(ApiError::new(
+                ErrorCode::Internal,
+                "registration goes through the registry's write, not straight to the room",
+            )),
+        };
+        out.push(Output::Reply(reply, answer));
     }
 }
 
@@ -487,5 +541,93 @@ impl Mcp {
                 "capabilities": s.spec.capabilities,
             }),
         ));
+    }
+}
+
+#[cfg(test)]
+mod room_tests {
+    use super::*;
+    use crate::room::testing::{enter, Inline};
+    use crate::room::Serve;
+
+    fn answers(out: &mut Vec<Output>) -> Vec<Answer> {
+        std::mem::take(out)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Reply(ReplyTo::Room { room: "test", .. }, answer) => Some(answer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reply(tag: u64) -> ReplyTo {
+        ReplyTo::Room { room: "test", tag }
+    }
+
+    #[test]
+    fn the_mcp_room_answers_its_requests_through_handle() {
+        let settings = Settings {
+            config: crate::config::Config::default().mcp_servers,
+            sandbox_enabled: false,
+            state_dir: std::env::temp_dir(),
+        };
+        let mut room = Mcp::new(settings, crate::reactor::TokenAllocator::default().take(30));
+        let mut wiring = Inline::new();
+        let mut out = Vec::new();
+        let spec: ServerSpec =
+            serde_json::from_value(json!({"id": "t", "command": "python3", "autostart": false}))
+                .expect("spec");
+        enter(&mut room, &mut wiring, &mut out, |room, cx| {
+            let (mut lcx, out) = cx.split();
+            room.register(&mut lcx, spec, Source::Api, false, out)
+        })
+        .expect("registered");
+        out.clear();
+
+        let mut ask = |request: McpRequest, tag: u64| {
+            enter(&mut room, &mut wiring, &mut out, |room, cx| {
+                room.handle(cx, request, reply(tag))
+            });
+            answers(&mut out)
+        };
+        let listed = ask(McpRequest::List { status: "all" }, 1);
+        assert_eq!(listed.len(), 1, "one answer per request");
+        let servers = listed[0].as_ref().expect("list")["servers"].clone();
+        assert_eq!(servers.as_array().map(Vec::len), Some(1), "{servers}");
+        assert_eq!(servers[0]["id"], "t");
+
+        let active = ask(McpRequest::List { status: "active" }, 2);
+        assert_eq!(active[0].as_ref().expect("list")["servers"], json!([]));
+
+        let shown = ask(McpRequest::Show { id: "t".into() }, 3);
+        assert!(shown[0].is_ok(), "{shown:?}");
+
+        for request in [
+            McpRequest::Show { id: "nope".into() },
+            McpRequest::Tools { id: "nope".into() },
+            McpRequest::Stop { id: "nope".into() },
+        ] {
+            let answer = ask(request.clone(), 4);
+            assert_eq!(
+                answer[0].as_ref().err().map(|e| e.code),
+                Some(ErrorCode::ServerNotFound),
+                "{request:?}"
+            );
+        }
+        // Registration is the wiring's (it waits for servers.json): the room refuses it
+        // rather than changing memory ahead of the disk.
+        let spec = serde_json::from_value(json!({"id": "u", "command": "python3"})).expect("spec");
+        let refused = ask(McpRequest::Register { spec }, 5);
+        assert_eq!(
+            refused[0].as_ref().err().map(|e| e.code),
+            Some(ErrorCode::Internal)
+        );
+        let listed = ask(McpRequest::List { status: "all" }, 6);
+        assert_eq!(
+            listed[0].as_ref().expect("list")["servers"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
     }
 }

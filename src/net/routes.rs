@@ -250,6 +250,7 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::DaemonRequest;
     use crate::ops;
 
     fn req(method: &str, target: &str, body: &str) -> http::Request {
@@ -268,7 +269,7 @@ mod tests {
     fn routes_map_to_requests() {
         assert_eq!(
             route(&req("GET", "/api/v1/status?detailed=true", "")).ok(),
-            Some(Request::Status { detailed: true })
+            Some(Request::Daemon(DaemonRequest::Status { detailed: true }))
         );
         assert_eq!(
             route(&req(
@@ -277,17 +278,17 @@ mod tests {
                 r#"{"shutdown": true}"#
             ))
             .ok(),
-            Some(Request::ControlStop {
+            Some(Request::Daemon(DaemonRequest::ControlStop {
                 service: None,
                 shutdown: true,
                 graceful: true
-            })
+            }))
         );
         assert_eq!(
             route(&req("GET", "/api/v1/config?section=mon%69toring", "")).ok(),
-            Some(Request::ConfigShow {
+            Some(Request::Daemon(DaemonRequest::ConfigShow {
                 section: Some("monitoring".into())
-            })
+            }))
         );
     }
 

@@ -22,15 +22,25 @@
 //! through the command layer. The wiring (`daemon/`) owns the loop, dispatch, reply encoding
 //! and the effect bus.
 //!
-//! **Adding a room** takes: a module implementing [`Room`] (and [`Serve`] if it answers
-//! requests); one line in the `rooms!` list in `daemon/rooms.rs` (its variant, field, type,
-//! where its outputs go and, with `serve`, the method that routes its requests); its initial
-//! value where `Rooms` is built in `daemon/startup.rs`; and, if it serves requests, a
-//! variant of `api::Request` with its request type and its rows in `ops.rs`. No arm in
-//! `Daemon::handle`, no timer or job plumbing: both are generated from the list.
+//! **Adding a room** takes:
+//! 1. a module implementing [`Room`] (timers, jobs, outputs; `apply_config` and `on_answer`
+//!    when it needs them), publishing typed events ([`RoomCx::event`] with an
+//!    [`EventData`] variant of its own in `events.rs`);
+//! 2. one line in the `rooms!` list (`daemon/rooms.rs`): its variant, field, type and where
+//!    its outputs go (`deliver_effects` when its output is [`Effect`]);
+//! 3. its initial value where `Rooms` is built (`daemon/startup.rs`, one line);
+//! 4. if it answers requests: [`Serve`], a variant of `api::Request` with its request type,
+//!    its rows in `ops.rs`, and `[serve METHOD]` on its `rooms!` line, where `METHOD` is a
+//!    `Daemon` method that enters the room and calls `handle` (five lines; the three rooms of
+//!    today also do some wiring there: registration, the cached health answer, diagnostics'
+//!    facts).
+//!
+//! Timer keys, job results, live configuration, answers to its own requests and request
+//! routing are generated from the list: no arm is added anywhere else.
 
 use crate::api::{Answer, ReplyTo, Request};
 use crate::config::Config;
+use crate::events::{Channel, EventData};
 use crate::reactor::{LoopStats, Timers};
 use serde_json::Value;
 use std::time::Duration;
@@ -40,7 +50,11 @@ use std::time::Duration;
 pub enum Effect {
     /// Answer a request (now or later: the reply slot was kept).
     Reply(ReplyTo, Answer),
-    /// Publish an event to the history and its subscribers: (channel, type, data).
+    /// Publish a typed event to the history and its channel's subscribers.
+    Event(Channel, EventData),
+    /// Publish an event in the untyped form: (channel name, type, data). For kinds not yet
+    /// given an [`EventData`] variant; the wiring refuses (logs and drops) an unknown
+    /// channel name.
     Publish(&'static str, &'static str, Value),
     /// Ask another room through the command layer, exactly as a client would. The answer
     /// comes back to the asking room `from` (its [`Room::NAME`]) as
@@ -194,7 +208,12 @@ impl<'a, R: Room + ?Sized> RoomCx<'a, R> {
         self.out.push(Effect::Reply(to, answer).into());
     }
 
-    /// Publishes an event.
+    /// Publishes a typed event.
+    pub fn event(&mut self, channel: Channel, data: EventData) {
+        self.out.push(Effect::Event(channel, data).into());
+    }
+
+    /// Publishes an event in the untyped form (see [`Effect::Publish`]).
     pub fn publish(&mut self, channel: &'static str, kind: &'static str, data: Value) {
         self.out.push(Effect::Publish(channel, kind, data).into());
     }

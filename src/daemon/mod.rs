@@ -43,7 +43,7 @@ use crate::api::{self, Answer, ApiError, DaemonRequest, DiagnosticsRequest, Erro
 use crate::api::{EventQuery, HealthRequest, LogQuery, McpRequest, ReplyTo, Request};
 use crate::components::{self, diagnostics::Diagnostics};
 use crate::config::{self, Config, ConfigError};
-use crate::events::{Event, EventLog};
+use crate::events::{Channel, Event, EventData, EventLog};
 use crate::logs::{LogRecord, Logging};
 use crate::mcp::registry::{ServerSpec, REGISTRY_FILE};
 use crate::mcp::{self, Mcp, Output, Source};

@@ -21,7 +21,7 @@ impl Daemon {
                     }
                     Output::Restart(server) => self.telemetry.server_restart(&server),
                     Output::Unregistered(server) => self.telemetry.forget_server(&server),
-                    Output::Event(channel, kind, data) => self.publish(cx, channel, kind, data),
+                    Output::Event(channel, data) => self.publish(cx, channel, data),
                     Output::Effect(effect) => self.carry_out(cx, effect),
                 }
             }
@@ -35,7 +35,14 @@ impl Daemon {
     fn carry_out(&mut self, cx: &mut Cx<'_, Timer>, effect: Effect) {
         match effect {
             Effect::Reply(reply, answer) => self.answer(cx, reply, answer),
-            Effect::Publish(channel, kind, data) => self.publish(cx, channel, kind, data),
+            Effect::Event(channel, data) => self.publish(cx, channel, data),
+            Effect::Publish(name, kind, data) => match Channel::parse(name) {
+                Some(channel) => self.publish(cx, channel, EventData::Other { kind, data }),
+                None => {
+                    debug_assert!(false, "event {kind} on unknown channel {name}");
+                    log::error!("event {kind} dropped: no channel {name}");
+                }
+            },
             Effect::Request { from, tag, request } => {
                 self.handle(cx, *request, ReplyTo::Room { room: from, tag })
             }
@@ -43,16 +50,14 @@ impl Daemon {
         }
     }
 
-    fn publish(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        channel: &'static str,
-        kind: &'static str,
-        data: Value,
-    ) {
-        self.telemetry.event(kind);
-        let seq = self.events.publish(channel, kind, data);
-        self.broadcast_event(cx, seq);
+    /// Records an event in the history and sends it, serialized once, to the WebSocket
+    /// clients subscribed to its channel (SSE followers read it from the history).
+    fn publish(&mut self, cx: &mut Cx<'_, Timer>, channel: Channel, data: EventData) {
+        self.telemetry.event(data.kind());
+        let event = self.events.publish(channel, data);
+        let text: tungstenite::protocol::frame::Utf8Bytes = event.wire().to_string().into();
+        self.server
+            .ws_broadcast(&mut cx.narrow(Timer::Net).cx(), channel.name(), &text);
     }
 
     pub(super) fn answer(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, answer: Answer) {

@@ -28,6 +28,7 @@ pub mod tools;
 use crate::api::{Answer, ApiError, ErrorCode};
 use crate::api::{McpRequest, ReplyTo};
 use crate::config::McpServersConfig;
+use crate::events::{Channel, EventData};
 use crate::reactor::timer::TimerId;
 use crate::reactor::{Cx, TokenRange};
 use crate::sys;
@@ -85,8 +86,8 @@ enum TimerKind {
 pub enum Output {
     /// An answer to a client.
     Reply(ReplyTo, Answer),
-    /// An event for the event log and subscribers: (channel, type, data).
-    Event(&'static str, &'static str, Value),
+    /// An event for the event log and the channel's subscribers.
+    Event(Channel, EventData),
     /// A tool call finished: (server, outcome, seconds) for the metrics.
     ToolCall(String, &'static str, f64),
     /// A server was restarted automatically.
@@ -101,7 +102,7 @@ impl From<crate::room::Effect> for Output {
     fn from(effect: crate::room::Effect) -> Self {
         match effect {
             crate::room::Effect::Reply(to, answer) => Output::Reply(to, answer),
-            crate::room::Effect::Publish(channel, kind, data) => Output::Event(channel, kind, data),
+            crate::room::Effect::Event(channel, data) => Output::Event(channel, data),
             other => Output::Effect(other),
         }
     }
@@ -359,9 +360,15 @@ impl Mcp {
             .insert(id.clone(), Server::new(spec, source, slot));
         log::info!("MCP server {id} registered");
         out.push(Output::Event(
-            "mcp_servers",
-            "mcp_server_registered",
-            json!({"server_id": id, "source": if source == Source::Api { "api" } else { "config" }}),
+            Channel::McpServers,
+            EventData::McpServerRegistered {
+                server_id: id.clone(),
+                source: if source == Source::Api {
+                    "api"
+                } else {
+                    "config"
+                },
+            },
         ));
         if autostart {
             if let Err(e) = self.start(cx, &id, out) {
@@ -420,9 +427,10 @@ impl Mcp {
             sys::release_free_memory();
             log::info!("MCP server {id} unregistered");
             out.push(Output::Event(
-                "mcp_servers",
-                "mcp_server_unregistered",
-                json!({"server_id": id}),
+                Channel::McpServers,
+                EventData::McpServerUnregistered {
+                    server_id: id.to_string(),
+                },
             ));
             out.push(Output::Unregistered(id.to_string()));
         }
@@ -531,15 +539,14 @@ impl Mcp {
             status.as_str()
         );
         out.push(Output::Event(
-            "mcp_servers",
-            "mcp_server_status_change",
-            json!({
-                "server_id": id,
-                "old_status": old.as_str(),
-                "new_status": status.as_str(),
-                "reason": reason,
-                "capabilities": s.spec.capabilities,
-            }),
+            Channel::McpServers,
+            EventData::McpServerStatusChange {
+                server_id: id.to_string(),
+                old_status: old.as_str(),
+                new_status: status.as_str(),
+                reason: reason.to_string(),
+                capabilities: s.spec.capabilities.clone(),
+            },
         ));
     }
 }

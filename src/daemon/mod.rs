@@ -3,12 +3,13 @@
 //! effects; the reactor drives it, the transports feed it. Rooms (see [`crate::room`]) meet
 //! only here, and only through requests, effects and snapshots.
 //!
-//! Layout: `mod.rs` (state, dispatch, the loop's callbacks), `startup.rs` (run), `reply.rs`
-//! (answers to bytes, the effect bus), `rooms.rs` (the room list: how each room's timers and
-//! jobs are wired), `control.rs` (the components' lifecycle), and the concerns not yet moved
-//! into rooms: `access.rs` (intake and access checks), `health.rs` (the health room's glue),
-//! `metrics.rs` (status and metrics), `settings.rs`, `registration.rs`, `persist.rs`,
-//! `streams.rs`.
+//! Layout: `mod.rs` (state, the wiring's own requests, the loop's callbacks), `startup.rs`
+//! (run), `reply.rs` (answers to bytes, the effect bus), `rooms.rs` (the room list: how each
+//! room's timers, jobs, requests, configuration and answers are routed), `persist.rs` (state
+//! documents written on the worker, rooms' `Effect::Persist`), `control.rs` (the components'
+//! lifecycle), and the concerns not yet moved into rooms: `access.rs` (intake and access
+//! checks), `health.rs` (the health room's glue), `metrics.rs` (status and metrics),
+//! `settings.rs`, `streams.rs`.
 //!
 //! Components (each can be stopped, started and restarted in-process):
 //! - `control`: the Unix control socket listener;
@@ -26,7 +27,6 @@ mod health;
 mod metrics;
 mod observe;
 mod persist;
-mod registration;
 mod reply;
 mod rooms;
 mod settings;
@@ -150,10 +150,6 @@ pub struct Daemon {
     components: BTreeMap<&'static str, ComponentState>,
     jobs: Waiting<WorkResult>,
     followers: Vec<Follower>,
-    /// Registry changes waiting for their `servers.json` write (see `registration`).
-    registry_writes: state::WriteQueue<registration::PendingChange>,
-    /// The registry write on the worker, while one is in flight.
-    registry_write: Option<persist::WriteTicket>,
     /// Configuration patches waiting for their `overrides.json` write (see `settings`).
     overrides_writes: state::WriteQueue<settings::PendingPatch>,
     /// The overrides write on the worker, while one is in flight.
@@ -289,34 +285,23 @@ impl Daemon {
         self.answer(cx, reply, answer);
     }
 
-    /// The MCP room's requests: registration waits for `servers.json` (`registration.rs`),
-    /// the rest go to the room's `handle`. Its answer goes out at once, ahead of the events
-    /// the request caused, as clients have always seen it.
+    /// The MCP room's requests go to its `handle`. Its answers go out at once, ahead of the
+    /// events the request caused, as clients have always seen them.
     fn serve_mcp(&mut self, cx: &mut Cx<'_, Timer>, request: McpRequest, reply: ReplyTo) {
-        let queued = match request {
-            McpRequest::Register { spec } => self.mcp_register(cx, spec, reply),
-            McpRequest::Unregister { id } => self.mcp_unregister(cx, id, reply),
-            request => {
-                let mut out = Vec::new();
-                rooms::enter(
-                    &mut self.rooms.mcp,
-                    cx,
-                    &mut self.worker,
-                    &mut self.jobs,
-                    &mut out,
-                    |room, rcx| room.handle(rcx, request, reply),
-                );
-                for output in out {
-                    match output {
-                        Output::Reply(to, answer) => self.answer(cx, to, answer),
-                        other => self.outputs.push(other),
-                    }
-                }
-                return;
+        let mut out = Vec::new();
+        rooms::enter(
+            &mut self.rooms.mcp,
+            cx,
+            &mut self.worker,
+            &mut self.jobs,
+            &mut out,
+            |room, rcx| room.handle(rcx, request, reply),
+        );
+        for output in out {
+            match output {
+                Output::Reply(to, answer) => self.answer(cx, to, answer),
+                other => self.outputs.push(other),
             }
-        };
-        if let Err(e) = queued {
-            self.answer(cx, reply, Err(e));
         }
     }
 
@@ -464,7 +449,6 @@ impl Handler for Daemon {
                 self.on_job_done(cx, result);
             }
         }
-        self.poll_registry_write(cx);
         self.poll_overrides_write(cx);
         self.poll_document_writes(cx);
     }

@@ -155,9 +155,9 @@ impl Documents {
 impl Daemon {
     /// A room's `Effect::Persist`: queued for its file, written on the worker.
     pub(super) fn persist(&mut self, cx: &mut Cx<'_, Timer>, write: crate::room::Persist) {
-        // These two have writers of their own (`registration`, `settings`) that apply their
-        // changes after the write; a second writer would race them.
-        if STATE_DOCUMENTS.contains(&write.file) {
+        // The overrides have a writer of their own (`settings`) that applies its changes
+        // after the write; a second writer would race it.
+        if write.file == OVERRIDES_FILE {
             log::error!(
                 "a room asked to write {}, which the wiring owns",
                 write.file

@@ -2,7 +2,7 @@
 //! what can change live.
 //!
 //! An update (`config set`, `PUT /api/v1/config`) is validate → persist → apply, like a
-//! registration (see `registration`): the patch is checked alone, then against the overrides
+//! registration (see the MCP room's `registration`): the patch is checked alone, then against the overrides
 //! as they will be once every pending patch is saved; `overrides.json` is written on the
 //! worker (at most one write in flight; later patches wait, at most [`MAX_WAITING_PATCHES`],
 //! and are checked again when the write before them failed); the change is applied and
@@ -51,7 +51,7 @@ impl Daemon {
 
     /// Queues a merge patch of the overrides; the answer goes to `reply` once the new
     /// `overrides.json` is saved (and the change applied), or the save failed (nothing
-    /// changed). Writes are coalesced like the registry's (see `registration`): at most one in
+    /// changed). Writes are coalesced like the registry's (the MCP room's `registration`): at most one in
     /// flight, later patches validated against the overrides as they will be.
     ///
     /// # Errors

@@ -19,6 +19,7 @@ mod lifecycle;
 mod pipes;
 pub mod process;
 pub mod reaper;
+mod registration;
 pub use crate::spec as registry;
 pub mod server;
 pub mod session;
@@ -34,7 +35,7 @@ use crate::reactor::{Cx, TokenRange};
 use crate::sys;
 use jsonrpc::{Line, LineSplitter};
 use process::{Chunk, Launch, Pipe, PipeTokens, Process};
-use registry::ServerSpec;
+use registry::{ServerSpec, REGISTRY_FILE};
 use serde_json::{json, Value};
 use server::truncate;
 pub use server::{Server, Source, Status};
@@ -125,6 +126,11 @@ impl crate::room::Room for Mcp {
         match done {}
     }
 
+    /// The only requests the room asks are its `servers.json` writes.
+    fn on_answer(&mut self, cx: &mut crate::room::RoomCx<'_, Self>, tag: u64, answer: Answer) {
+        self.registry_written(cx, tag, answer);
+    }
+
     fn apply_config(
         &mut self,
         cx: &mut crate::room::RoomCx<'_, Self>,
@@ -132,15 +138,15 @@ impl crate::room::Room for Mcp {
     ) {
         self.settings.config = config.mcp_servers.clone();
         self.settings.sandbox_enabled = config.security.sandbox_enabled;
+        self.settings.blocked_capabilities = config.security.blocked_capabilities.clone();
         // Unchanged specs are left alone, so this is cheap when `[[servers]]` did not change.
         let (mut lcx, out) = cx.split();
         self.sync_config_servers(&mut lcx, &config.servers, out);
     }
 }
 
-/// The MCP room's requests. Registering and unregistering change `servers.json` and so wait
-/// for its write in the wiring (`daemon/registration.rs`) before they reach the room as
-/// [`Mcp::register`] and [`Mcp::unregister`]; the rest are answered here.
+/// The MCP room's requests. Registering and unregistering change `servers.json` and are
+/// answered once it is written (see `registration`); the rest are answered at once.
 impl crate::room::Serve for Mcp {
     type Request = McpRequest;
 
@@ -150,30 +156,46 @@ impl crate::room::Serve for Mcp {
         request: McpRequest,
         reply: ReplyTo,
     ) {
-        let (mut lcx, out) = cx.split();
         let answer = match request {
             McpRequest::List { status } => Ok(self.list(status)),
             McpRequest::Show { id } => self.show(&id),
             McpRequest::Tools { id } => self.tools(&id),
-            McpRequest::Start { id } => self.start(&mut lcx, &id, out),
-            McpRequest::Stop { id } => self.stop(&mut lcx, &id, out),
-            McpRequest::Restart { id } => self.restart(&mut lcx, &id, out),
-            McpRequest::Reset { id } => self.reset(&mut lcx, &id, out),
+            McpRequest::Start { id } => {
+                let (mut lcx, out) = cx.split();
+                self.start(&mut lcx, &id, out)
+            }
+            McpRequest::Stop { id } => {
+                let (mut lcx, out) = cx.split();
+                self.stop(&mut lcx, &id, out)
+            }
+            McpRequest::Restart { id } => {
+                let (mut lcx, out) = cx.split();
+                self.restart(&mut lcx, &id, out)
+            }
+            McpRequest::Reset { id } => {
+                let (mut lcx, out) = cx.split();
+                self.reset(&mut lcx, &id, out)
+            }
             McpRequest::Call {
                 id,
                 name,
                 arguments,
                 timeout_ms,
-            } => match self.call(&mut lcx, &id, &name, arguments, timeout_ms, reply) {
-                Ok(()) => return,
-                Err(e) => Err(e),
-            },
-            McpRequest::Register { .. } | McpRequest::Unregister { .. } => Err(ApiError::new(
-                ErrorCode::Internal,
-                "registration goes through the registry's write, not straight to the room",
-            )),
+            } => {
+                let (mut lcx, _) = cx.split();
+                match self.call(&mut lcx, &id, &name, arguments, timeout_ms, reply) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
+            request @ (McpRequest::Register { .. } | McpRequest::Unregister { .. }) => {
+                match self.queue_registry_change(cx, request, reply) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
         };
-        out.push(Output::Reply(reply, answer));
+        cx.reply(reply, answer);
     }
 }
 
@@ -186,6 +208,9 @@ pub struct Settings {
     pub sandbox_enabled: bool,
     /// The state directory (writable for servers under Landlock).
     pub state_dir: PathBuf,
+    /// Capabilities the security policy blocks (`security.blocked_capabilities`; a
+    /// registration declaring one is answered with a warning, it is not enforced yet).
+    pub blocked_capabilities: Vec<String>,
 }
 
 /// All managed servers.
@@ -201,6 +226,8 @@ pub struct Mcp {
     read_since_trim: usize,
     /// The pipe tokens the reactor gave this floor.
     tokens: TokenRange,
+    /// Registry changes waiting for their `servers.json` write (see `registration`).
+    registrations: registration::Registrations,
 }
 
 /// The pipe tokens of server slot `slot` (a slot is below [`MAX_REGISTERED`], so its three
@@ -245,6 +272,7 @@ impl Mcp {
             reaper: None,
             read_since_trim: 0,
             tokens,
+            registrations: registration::Registrations::default(),
         }
     }
 
@@ -555,7 +583,7 @@ impl Mcp {
 mod room_tests {
     use super::*;
     use crate::room::testing::{enter, Inline};
-    use crate::room::Serve;
+    use crate::room::{Room, Serve};
 
     fn answers(out: &mut Vec<Output>) -> Vec<Answer> {
         std::mem::take(out)
@@ -571,12 +599,27 @@ mod room_tests {
         ReplyTo::Room { room: "test", tag }
     }
 
+    /// Sends `request` to the room and returns the answers it gave at once.
+    fn ask(
+        room: &mut Mcp,
+        wiring: &mut Inline<Timer, std::convert::Infallible>,
+        out: &mut Vec<Output>,
+        request: McpRequest,
+        tag: u64,
+    ) -> Vec<Answer> {
+        enter(room, wiring, out, |room, cx| {
+            room.handle(cx, request, reply(tag))
+        });
+        answers(out)
+    }
+
     #[test]
     fn the_mcp_room_answers_its_requests_through_handle() {
         let settings = Settings {
             config: crate::config::Config::default().mcp_servers,
             sandbox_enabled: false,
             state_dir: std::env::temp_dir(),
+            blocked_capabilities: Vec::new(),
         };
         let mut room = Mcp::new(settings, crate::reactor::TokenAllocator::default().take(30));
         let mut wiring = Inline::new();
@@ -591,22 +634,34 @@ mod room_tests {
         .expect("registered");
         out.clear();
 
-        let mut ask = |request: McpRequest, tag: u64| {
-            enter(&mut room, &mut wiring, &mut out, |room, cx| {
-                room.handle(cx, request, reply(tag))
-            });
-            answers(&mut out)
-        };
-        let listed = ask(McpRequest::List { status: "all" }, 1);
+        let listed = ask(
+            &mut room,
+            &mut wiring,
+            &mut out,
+            McpRequest::List { status: "all" },
+            1,
+        );
         assert_eq!(listed.len(), 1, "one answer per request");
         let servers = listed[0].as_ref().expect("list")["servers"].clone();
         assert_eq!(servers.as_array().map(Vec::len), Some(1), "{servers}");
         assert_eq!(servers[0]["id"], "t");
 
-        let active = ask(McpRequest::List { status: "active" }, 2);
+        let active = ask(
+            &mut room,
+            &mut wiring,
+            &mut out,
+            McpRequest::List { status: "active" },
+            2,
+        );
         assert_eq!(active[0].as_ref().expect("list")["servers"], json!([]));
 
-        let shown = ask(McpRequest::Show { id: "t".into() }, 3);
+        let shown = ask(
+            &mut room,
+            &mut wiring,
+            &mut out,
+            McpRequest::Show { id: "t".into() },
+            3,
+        );
         assert!(shown[0].is_ok(), "{shown:?}");
 
         for request in [
@@ -614,27 +669,142 @@ mod room_tests {
             McpRequest::Tools { id: "nope".into() },
             McpRequest::Stop { id: "nope".into() },
         ] {
-            let answer = ask(request.clone(), 4);
+            let answer = ask(&mut room, &mut wiring, &mut out, request.clone(), 4);
             assert_eq!(
                 answer[0].as_ref().err().map(|e| e.code),
                 Some(ErrorCode::ServerNotFound),
                 "{request:?}"
             );
         }
-        // Registration is the wiring's (it waits for servers.json): the room refuses it
-        // rather than changing memory ahead of the disk.
-        let spec = serde_json::from_value(json!({"id": "u", "command": "python3"})).expect("spec");
-        let refused = ask(McpRequest::Register { spec }, 5);
+        // Registration waits for servers.json: the room asks for the write, answers nobody
+        // and changes nothing until the write is acknowledged.
+        let persisted = |out: &mut Vec<Output>| -> Vec<crate::room::Persist> {
+            std::mem::take(out)
+                .into_iter()
+                .filter_map(|o| match o {
+                    Output::Effect(crate::room::Effect::Persist(p)) => Some(p),
+                    _ => None,
+                })
+                .collect()
+        };
+        let register = |id: &str| McpRequest::Register {
+            spec: serde_json::from_value(
+                json!({"id": id, "command": "python3", "autostart": false}),
+            )
+            .expect("spec"),
+        };
+        enter(&mut room, &mut wiring, &mut out, |room, cx| {
+            room.handle(cx, register("u"), reply(5));
+            room.handle(cx, register("v"), reply(6)); // waits behind the write in flight
+            room.handle(cx, register("u"), reply(7)); // a change to "u" is pending
+        });
+        let refused: Vec<Answer> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Reply(_, a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            refused.len(),
+            1,
+            "only the conflicting change is answered at once"
+        );
         assert_eq!(
             refused[0].as_ref().err().map(|e| e.code),
-            Some(ErrorCode::Internal)
+            Some(ErrorCode::Conflict)
         );
-        let listed = ask(McpRequest::List { status: "all" }, 6);
+        let writes = persisted(&mut out);
+        assert_eq!(writes.len(), 1, "one write in flight");
+        assert_eq!(writes[0].file, REGISTRY_FILE);
+        let ids: Vec<&str> = writes[0]
+            .document
+            .as_array()
+            .expect("specs")
+            .iter()
+            .filter_map(|s| s["id"].as_str())
+            .collect();
+        assert_eq!(ids, ["t", "u"], "memory plus the change in flight");
+        let Some((ReplyTo::Room { room: "mcp", tag }, _)) = writes[0].ack else {
+            panic!("the write is acknowledged to the room");
+        };
+        assert_eq!(
+            ask(
+                &mut room,
+                &mut wiring,
+                &mut out,
+                McpRequest::List { status: "all" },
+                8
+            )[0]
+            .as_ref()
+            .expect("list")["servers"]
+                .as_array()
+                .map(Vec::len),
+            Some(1),
+            "nothing applied before the write"
+        );
+
+        // The write fails: its caller gets the failure, nothing changes, and the waiting
+        // change goes out in the next write.
+        let full = ApiError::new(ErrorCode::InsufficientStorage, "disk full");
+        enter(&mut room, &mut wiring, &mut out, |room, cx| {
+            room.on_answer(cx, tag, Err(full))
+        });
+        let failed: Vec<Answer> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Reply(ReplyTo::Room { tag: 5, .. }, a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(
+            failed[0].as_ref().err().map(|e| e.code),
+            Some(ErrorCode::InsufficientStorage)
+        );
+        let writes = persisted(&mut out);
+        assert_eq!(writes.len(), 1);
+        let ids: Vec<&str> = writes[0]
+            .document
+            .as_array()
+            .expect("specs")
+            .iter()
+            .filter_map(|s| s["id"].as_str())
+            .collect();
+        assert_eq!(ids, ["t", "v"]);
+        let Some((ReplyTo::Room { tag, .. }, _)) = writes[0].ack else {
+            panic!("acknowledged to the room");
+        };
+
+        // This one lands: "v" is registered and its caller answered, ahead of its events.
+        enter(&mut room, &mut wiring, &mut out, |room, cx| {
+            room.on_answer(cx, tag, Ok(Value::Null))
+        });
+        assert!(
+            matches!(
+                out.first(),
+                Some(Output::Reply(ReplyTo::Room { tag: 6, .. }, Ok(_)))
+            ),
+            "{out:?}"
+        );
+        assert!(out.iter().any(|o| matches!(o, Output::Event(_, crate::events::EventData::McpServerRegistered { server_id, .. }) if server_id == "v")));
+        out.clear();
+        let listed = ask(
+            &mut room,
+            &mut wiring,
+            &mut out,
+            McpRequest::List { status: "all" },
+            9,
+        );
         assert_eq!(
             listed[0].as_ref().expect("list")["servers"]
                 .as_array()
                 .map(Vec::len),
-            Some(1)
+            Some(2)
         );
+        enter(&mut room, &mut wiring, &mut out, |room, cx| {
+            room.on_answer(cx, tag, Ok(Value::Null))
+        });
+        assert!(out.is_empty(), "an acknowledgement counts once");
     }
 }

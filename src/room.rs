@@ -30,10 +30,9 @@
 //!    its outputs go (`deliver_effects` when its output is [`Effect`]);
 //! 3. its initial value where `Rooms` is built (`daemon/startup.rs`, one line);
 //! 4. if it answers requests: [`Serve`], a variant of `api::Request` with its request type,
-//!    its rows in `ops.rs`, and `[serve METHOD]` on its `rooms!` line, where `METHOD` is a
-//!    `Daemon` method that enters the room and calls `handle` (five lines; the three rooms of
-//!    today also do some wiring there: registration, the cached health answer, diagnostics'
-//!    facts).
+//!    its rows in `ops.rs`, and `[serve]` on its `rooms!` line (MCP's requests go that way;
+//!    `[serve METHOD]` names a `Daemon` method instead, for the health and diagnostics
+//!    rooms, whose requests still need the wiring's facts).
 //!
 //! Timer keys, job results, live configuration, answers to its own requests and request
 //! routing are generated from the list: no arm is added anywhere else.

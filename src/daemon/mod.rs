@@ -40,7 +40,7 @@ use startup::*;
 pub use startup::{default_socket_path, run, StartError, StartOptions};
 
 use crate::api::{self, Answer, ApiError, DaemonRequest, DiagnosticsRequest, ErrorCode};
-use crate::api::{EventQuery, HealthRequest, LogQuery, McpRequest, ReplyTo, Request};
+use crate::api::{EventQuery, HealthRequest, LogQuery, ReplyTo, Request};
 use crate::components::{self, diagnostics::Diagnostics};
 use crate::config::{self, Config, ConfigError};
 use crate::events::{Channel, Event, EventData, EventLog};
@@ -52,7 +52,7 @@ use crate::net::listener::{self, ControlListener};
 use crate::net::{self, http, routes, ConnId, ConnPolicy, Incoming, Peer, Server};
 use crate::reactor::worker::{SubmitError, Waiting, Worker};
 use crate::reactor::{Cx, Handler, LoopStats, Reactor};
-use crate::room::{Effect, Room, Serve};
+use crate::room::{Effect, Room};
 use crate::state::{self, StateDir, StateError};
 use crate::sys;
 use serde_json::{json, Map, Value};
@@ -283,26 +283,6 @@ impl Daemon {
             DaemonRequest::AuthTokenRotate => self.auth_token(true),
         };
         self.answer(cx, reply, answer);
-    }
-
-    /// The MCP room's requests go to its `handle`. Its answers go out at once, ahead of the
-    /// events the request caused, as clients have always seen them.
-    fn serve_mcp(&mut self, cx: &mut Cx<'_, Timer>, request: McpRequest, reply: ReplyTo) {
-        let mut out = Vec::new();
-        rooms::enter(
-            &mut self.rooms.mcp,
-            cx,
-            &mut self.worker,
-            &mut self.jobs,
-            &mut out,
-            |room, rcx| room.handle(rcx, request, reply),
-        );
-        for output in out {
-            match output {
-                Output::Reply(to, answer) => self.answer(cx, to, answer),
-                other => self.outputs.push(other),
-            }
-        }
     }
 
     // ----- configuration -----

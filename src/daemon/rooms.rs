@@ -6,9 +6,10 @@
 //! daemon's ([`RoomTimer`], [`RoomJob`]), their [`Wired`] impls, and the dispatch of timers,
 //! job results, requests (`api::Request::<Variant>`), live configuration and the answers to
 //! a room's own requests (`ReplyTo::Room`) to the room they belong to. [`enter`] is the one
-//! generic way into a room: it lends it a [`RoomCx`] over the daemon's wheel and worker; a
-//! `serve` method enters the room with it and calls [`crate::room::Serve::handle`] (plus what
-//! the wiring still does for that room). Adding a room is a line here: no new arm elsewhere.
+//! generic way into a room: it lends it a [`RoomCx`] over the daemon's wheel and worker.
+//! `[serve]` routes the room's requests to its [`crate::room::Serve::handle`];
+//! `[serve METHOD]` to a `Daemon` method, for a room whose requests still need the wiring
+//! (health's cached answer, diagnostics' facts). Adding a room is a line here.
 
 use super::*;
 use crate::components::diagnostics::Diagnostics;
@@ -26,9 +27,30 @@ pub(super) trait Wired: Room {
     fn job(j: Self::Job) -> WorkResult;
 }
 
+/// One room's request arm: `[serve]` hands it to the room's `Serve::handle` and its outputs to
+/// `deliver`; `[serve METHOD]` to a `Daemon` method (a room whose requests need the wiring).
+macro_rules! serve {
+    ($daemon:ident, $cx:ident, $request:ident, $reply:ident, $field:ident, $deliver:ident) => {{
+        let mut out = Vec::new();
+        enter(
+            &mut $daemon.rooms.$field,
+            $cx,
+            &mut $daemon.worker,
+            &mut $daemon.jobs,
+            &mut out,
+            |room, rcx| crate::room::Serve::handle(room, rcx, $request, $reply),
+        );
+        $daemon.$deliver($cx, out);
+    }};
+    ($daemon:ident, $cx:ident, $request:ident, $reply:ident, $field:ident, $deliver:ident,
+     $serve:ident) => {
+        $daemon.$serve($cx, $request, $reply)
+    };
+}
+
 macro_rules! rooms {
     ($( $(#[$doc:meta])* $variant:ident($field:ident: $ty:ty) => $deliver:ident
-        $([serve $serve:ident])?; )*) => {
+        $([serve $($serve:ident)?])?; )*) => {
         /// The rooms, one field each.
         pub(super) struct Rooms {
             $( $(#[$doc])* pub(super) $field: $ty, )*
@@ -75,7 +97,8 @@ macro_rules! rooms {
             pub(super) fn route(&mut self, cx: &mut Cx<'_, Timer>, request: Request, reply: ReplyTo) {
                 match request {
                     Request::Daemon(r) => self.handle_daemon(cx, r, reply),
-                    $( $( Request::$variant(r) => self.$serve(cx, r, reply), )? )*
+                    $( $( Request::$variant(r) => serve!(self, cx, r, reply, $field, $deliver
+                                                          $(, $serve)?), )? )*
                 }
             }
 
@@ -119,7 +142,7 @@ macro_rules! rooms {
 
 rooms! {
     /// The MCP servers.
-    Mcp(mcp: Mcp) => deliver_outputs [serve serve_mcp];
+    Mcp(mcp: Mcp) => deliver_outputs [serve];
     /// `diagnostics run`.
     Diagnostics(diagnostics: Diagnostics) => deliver_effects [serve serve_diagnostics];
     /// The health rounds.

@@ -156,26 +156,16 @@ impl crate::room::Serve for Mcp {
         request: McpRequest,
         reply: ReplyTo,
     ) {
+        // What the request causes (events, other clients' answers) goes out after its answer.
+        let mut caused = Vec::new();
         let answer = match request {
             McpRequest::List { status } => Ok(self.list(status)),
             McpRequest::Show { id } => self.show(&id),
             McpRequest::Tools { id } => self.tools(&id),
-            McpRequest::Start { id } => {
-                let (mut lcx, out) = cx.split();
-                self.start(&mut lcx, &id, out)
-            }
-            McpRequest::Stop { id } => {
-                let (mut lcx, out) = cx.split();
-                self.stop(&mut lcx, &id, out)
-            }
-            McpRequest::Restart { id } => {
-                let (mut lcx, out) = cx.split();
-                self.restart(&mut lcx, &id, out)
-            }
-            McpRequest::Reset { id } => {
-                let (mut lcx, out) = cx.split();
-                self.reset(&mut lcx, &id, out)
-            }
+            McpRequest::Start { id } => self.start(&mut cx.split().0, &id, &mut caused),
+            McpRequest::Stop { id } => self.stop(&mut cx.split().0, &id, &mut caused),
+            McpRequest::Restart { id } => self.restart(&mut cx.split().0, &id, &mut caused),
+            McpRequest::Reset { id } => self.reset(&mut cx.split().0, &id, &mut caused),
             McpRequest::Call {
                 id,
                 name,
@@ -196,6 +186,9 @@ impl crate::room::Serve for Mcp {
             }
         };
         cx.reply(reply, answer);
+        for output in caused {
+            cx.emit(output);
+        }
     }
 }
 

@@ -295,6 +295,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             sandbox_enabled: effective.security.sandbox_enabled,
             state_dir: state.path().to_path_buf(),
             blocked_capabilities: effective.security.blocked_capabilities.clone(),
+            servers: effective.servers.clone(),
         },
         mcp_tokens,
     );

@@ -139,9 +139,11 @@ impl crate::room::Room for Mcp {
         self.settings.config = config.mcp_servers.clone();
         self.settings.sandbox_enabled = config.security.sandbox_enabled;
         self.settings.blocked_capabilities = config.security.blocked_capabilities.clone();
-        // Unchanged specs are left alone, so this is cheap when `[[servers]]` did not change.
-        let (mut lcx, out) = cx.split();
-        self.sync_config_servers(&mut lcx, &config.servers, out);
+        if self.settings.servers != config.servers {
+            let (mut lcx, out) = cx.split();
+            self.sync_config_servers(&mut lcx, &config.servers, out);
+            self.settings.servers = config.servers.clone();
+        }
     }
 }
 
@@ -204,6 +206,9 @@ pub struct Settings {
     /// Capabilities the security policy blocks (`security.blocked_capabilities`; a
     /// registration declaring one is answered with a warning, it is not enforced yet).
     pub blocked_capabilities: Vec<String>,
+    /// The `[[servers]]` of the configuration last applied (a change is synced, see
+    /// [`Mcp::sync_config_servers`]).
+    pub servers: Vec<ServerSpec>,
 }
 
 /// All managed servers.
@@ -613,6 +618,7 @@ mod room_tests {
             sandbox_enabled: false,
             state_dir: std::env::temp_dir(),
             blocked_capabilities: Vec::new(),
+            servers: Vec::new(),
         };
         let mut room = Mcp::new(settings, crate::reactor::TokenAllocator::default().take(30));
         let mut wiring = Inline::new();

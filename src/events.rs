@@ -5,7 +5,8 @@
 //! Events are typed: each goes on one [`Channel`] (the WebSocket channels, one enum, so a
 //! subscription and a producer cannot disagree on a name) and carries an [`EventData`]
 //! variant, whose fields are the event's `data`. An event is serialized once, when it is
-//! published ([`Event::wire`]); the WebSocket fan-out and the SSE streams send that text.
+//! published ([`Event::wire`]); the history keeps that text only, and the WebSocket fan-out
+//! and the SSE streams send it as is.
 //!
 //! Invariant: the history holds at most `capacity` events; every event gets a sequence number
 //! so a reader that fell behind knows how many it missed.
@@ -165,9 +166,8 @@ pub struct Event {
     pub channel: Channel,
     /// When it happened.
     pub time: SystemTime,
-    /// Its data.
-    pub data: EventData,
-    /// The wire form, serialized once when it was published.
+    /// The wire form, serialized once when it was published (the typed data is not kept
+    /// beside it: the history would hold every event twice).
     wire: String,
 }
 
@@ -201,7 +201,6 @@ impl Event {
             kind,
             channel,
             time,
-            data,
             wire,
         }
     }

@@ -52,8 +52,8 @@ pub enum Effect {
     /// Publish a typed event to the history and its channel's subscribers.
     Event(Channel, EventData),
     /// Publish an event in the untyped form: (channel name, type, data). For kinds not yet
-    /// given an [`EventData`] variant; the wiring refuses (logs and drops) an unknown
-    /// channel name.
+    /// given an [`EventData`] variant. An unknown channel name is a bug: the wiring logs
+    /// it as an error and drops the event.
     Publish(&'static str, &'static str, Value),
     /// Ask another room through the command layer, exactly as a client would. The answer
     /// comes back to the asking room `from` (its [`Room::NAME`]) as

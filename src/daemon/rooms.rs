@@ -50,7 +50,7 @@ macro_rules! serve {
 
 macro_rules! rooms {
     ($( $(#[$doc:meta])* $variant:ident($field:ident: $ty:ty) => $deliver:ident
-        $([serve $($serve:ident)?])?; )*) => {
+        $([serve $($serve:ident)?])?, )*) => {
         /// The rooms, one field each.
         pub(super) struct Rooms {
             $( $(#[$doc])* pub(super) $field: $ty, )*
@@ -142,11 +142,11 @@ macro_rules! rooms {
 
 rooms! {
     /// The MCP servers.
-    Mcp(mcp: Mcp) => deliver_outputs [serve];
+    Mcp(mcp: Mcp) => deliver_outputs [serve],
     /// `diagnostics run`.
-    Diagnostics(diagnostics: Diagnostics) => deliver_effects [serve serve_diagnostics];
+    Diagnostics(diagnostics: Diagnostics) => deliver_effects [serve serve_diagnostics],
     /// The health rounds.
-    Health(health: Health) => health_outputs [serve serve_health];
+    Health(health: Health) => health_outputs [serve serve_health],
 }
 
 impl Daemon {

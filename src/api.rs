@@ -7,18 +7,29 @@
 use serde_json::{json, Value};
 use std::fmt;
 
-/// What a client asks of the daemon.
+/// What a client asks of the daemon: one variant per room that serves requests, plus the
+/// wiring's own concerns. The request types live here, on the ground floor, so that the
+/// transports build them and the rooms serve them without either importing the other.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
+    /// The wiring's own concerns: status, components, configuration, logs, events, metrics,
+    /// documents and the token.
+    Daemon(DaemonRequest),
+    /// The health room.
+    Health(HealthRequest),
+    /// The diagnostics room.
+    Diagnostics(DiagnosticsRequest),
+    /// The MCP room.
+    Mcp(McpRequest),
+}
+
+/// What the wiring serves itself (the concerns not in a room of their own).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DaemonRequest {
     /// Daemon status; `detailed` adds event-loop statistics.
     Status {
         /// Include loop statistics.
         detailed: bool,
-    },
-    /// Run the health checks (all, or one component).
-    Health {
-        /// Only this component.
-        component: Option<String>,
     },
     /// Start one stopped component, or every stopped one.
     ControlStart {
@@ -60,62 +71,12 @@ pub enum Request {
         /// Keep the stream open and send new records as they come.
         follow: bool,
     },
-    /// Self-diagnostics.
-    Diagnostics {
-        /// Also run the slower checks.
-        full: bool,
-    },
     /// Event history, or a live stream of new events.
     Events {
         /// Filter and size.
         query: EventQuery,
         /// Keep streaming.
         follow: bool,
-    },
-    /// MCP servers, filtered by `active`, `inactive` or `all`.
-    McpList {
-        /// The filter.
-        status: &'static str,
-    },
-    /// Register an MCP server.
-    McpRegister {
-        /// Its spec.
-        spec: crate::mcp::registry::ServerSpec,
-    },
-    /// One server in detail.
-    McpShow {
-        /// Server id.
-        id: String,
-    },
-    /// Unregister a server.
-    McpUnregister {
-        /// Server id.
-        id: String,
-    },
-    /// Start a server.
-    McpStart {
-        /// Server id.
-        id: String,
-    },
-    /// Stop a server.
-    McpStop {
-        /// Server id.
-        id: String,
-    },
-    /// Restart a server.
-    McpRestart {
-        /// Server id.
-        id: String,
-    },
-    /// Close a server's open circuit breaker.
-    McpReset {
-        /// Server id.
-        id: String,
-    },
-    /// A server's tools.
-    McpTools {
-        /// Server id.
-        id: String,
     },
     /// Metrics as JSON: everything, `performance` or `health`.
     Metrics {
@@ -135,8 +96,72 @@ pub enum Request {
     AuthToken,
     /// Replace the generated TCP API token (control socket only).
     AuthTokenRotate,
+}
+
+/// Run the health checks (all, or one component).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthRequest {
+    /// Only this component.
+    pub component: Option<String>,
+}
+
+/// Self-diagnostics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiagnosticsRequest {
+    /// Also run the slower checks.
+    pub full: bool,
+}
+
+/// What the MCP room serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum McpRequest {
+    /// MCP servers, filtered by `active`, `inactive` or `all`.
+    List {
+        /// The filter.
+        status: &'static str,
+    },
+    /// Register an MCP server.
+    Register {
+        /// Its spec.
+        spec: crate::spec::ServerSpec,
+    },
+    /// One server in detail.
+    Show {
+        /// Server id.
+        id: String,
+    },
+    /// Unregister a server.
+    Unregister {
+        /// Server id.
+        id: String,
+    },
+    /// Start a server.
+    Start {
+        /// Server id.
+        id: String,
+    },
+    /// Stop a server.
+    Stop {
+        /// Server id.
+        id: String,
+    },
+    /// Restart a server.
+    Restart {
+        /// Server id.
+        id: String,
+    },
+    /// Close a server's open circuit breaker.
+    Reset {
+        /// Server id.
+        id: String,
+    },
+    /// A server's tools.
+    Tools {
+        /// Server id.
+        id: String,
+    },
     /// Call a tool.
-    McpCall {
+    Call {
         /// Server id.
         id: String,
         /// Tool name.
@@ -681,6 +706,14 @@ pub enum ReplyTo {
         started: std::time::Instant,
         /// Request id for the envelope.
         request_id: u64,
+    },
+    /// A room that asked through the command layer (see `room::Effect::Request`): the
+    /// answer goes back to it with its tag.
+    Room {
+        /// The asking room's name.
+        room: &'static str,
+        /// Its tag.
+        tag: u64,
     },
 }
 

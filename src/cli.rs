@@ -1453,24 +1453,34 @@ mod tests {
 
     #[test]
     fn every_command_reaches_the_operation_it_means() {
-        use crate::api::Request as R;
+        use crate::api::{
+            DaemonRequest, DiagnosticsRequest, HealthRequest, McpRequest, Request as R,
+        };
         assert_eq!(
             routed(&["status", "--detailed"]),
-            R::Status { detailed: true }
+            R::Daemon(DaemonRequest::Status { detailed: true })
         );
         assert_eq!(
             routed(&["config", "show", "--section", "http"]),
-            R::ConfigShow {
+            R::Daemon(DaemonRequest::ConfigShow {
                 section: Some("http".into())
-            }
+            })
         );
         assert!(matches!(
             routed(&["config", "set", "daemon.log_level", "debug"]),
-            R::ConfigUpdate { .. }
+            R::Daemon(DaemonRequest::ConfigUpdate { .. })
         ));
-        assert_eq!(routed(&["config", "reload"]), R::ConfigReload);
-        assert_eq!(routed(&["config", "schema"]), R::ConfigSchema);
-        let R::Logs { query, follow } = routed(&["logs", "--level", "warn", "--lines", "5"]) else {
+        assert_eq!(
+            routed(&["config", "reload"]),
+            R::Daemon(DaemonRequest::ConfigReload)
+        );
+        assert_eq!(
+            routed(&["config", "schema"]),
+            R::Daemon(DaemonRequest::ConfigSchema)
+        );
+        let R::Daemon(DaemonRequest::Logs { query, follow }) =
+            routed(&["logs", "--level", "warn", "--lines", "5"])
+        else {
             panic!("logs");
         };
         assert_eq!(
@@ -1479,51 +1489,56 @@ mod tests {
         );
         assert_eq!(
             routed(&["health", "check", "--component", "worker"]),
-            R::Health {
+            R::Health(HealthRequest {
                 component: Some("worker".into())
-            }
+            })
         );
         assert_eq!(
             routed(&["diagnostics", "run", "--full"]),
-            R::Diagnostics { full: true }
+            R::Diagnostics(DiagnosticsRequest { full: true })
         );
         assert_eq!(
             routed(&["restart", "--service", "worker"]),
-            R::ControlRestart {
+            R::Daemon(DaemonRequest::ControlRestart {
                 service: Some("worker".into())
-            }
+            })
         );
         assert_eq!(
             routed(&["stop", "--now"]),
-            R::ControlStop {
+            R::Daemon(DaemonRequest::ControlStop {
                 service: None,
                 shutdown: true,
                 graceful: false
-            }
+            })
         );
-        assert_eq!(routed(&["token"]), R::AuthToken);
-        assert_eq!(routed(&["token", "rotate"]), R::AuthTokenRotate);
+        assert_eq!(routed(&["token"]), R::Daemon(DaemonRequest::AuthToken));
+        assert_eq!(
+            routed(&["token", "rotate"]),
+            R::Daemon(DaemonRequest::AuthTokenRotate)
+        );
         assert!(matches!(
             routed(&["mcp", "register", "time", "--", "python3", "-m", "x"]),
-            R::McpRegister { .. }
+            R::Mcp(McpRequest::Register { .. })
         ));
         assert_eq!(
             routed(&["mcp", "list", "--status", "active"]),
-            R::McpList { status: "active" }
+            R::Mcp(McpRequest::List { status: "active" })
         );
-        let R::McpCall { id, name, .. } = routed(&["mcp", "call", "a b", "echo", "{}"]) else {
+        let R::Mcp(McpRequest::Call { id, name, .. }) =
+            routed(&["mcp", "call", "a b", "echo", "{}"])
+        else {
             panic!("call");
         };
         assert_eq!((id.as_str(), name.as_str()), ("a b", "echo"));
         let id = || "a/b%".to_string();
         for (action, want) in [
-            ("show", R::McpShow { id: id() }),
-            ("tools", R::McpTools { id: id() }),
-            ("start", R::McpStart { id: id() }),
-            ("stop", R::McpStop { id: id() }),
-            ("restart", R::McpRestart { id: id() }),
-            ("reset", R::McpReset { id: id() }),
-            ("unregister", R::McpUnregister { id: id() }),
+            ("show", R::Mcp(McpRequest::Show { id: id() })),
+            ("tools", R::Mcp(McpRequest::Tools { id: id() })),
+            ("start", R::Mcp(McpRequest::Start { id: id() })),
+            ("stop", R::Mcp(McpRequest::Stop { id: id() })),
+            ("restart", R::Mcp(McpRequest::Restart { id: id() })),
+            ("reset", R::Mcp(McpRequest::Reset { id: id() })),
+            ("unregister", R::Mcp(McpRequest::Unregister { id: id() })),
         ] {
             assert_eq!(routed(&["mcp", action, "a/b%"]), want, "{action}");
         }

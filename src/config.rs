@@ -123,7 +123,7 @@ pub struct Config {
     pub consciousness: ConsciousnessConfig,
     /// `[[servers]]`: MCP servers declared in the file (not settable by overrides).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub servers: Vec<crate::mcp::registry::ServerSpec>,
+    pub servers: Vec<crate::spec::ServerSpec>,
 }
 
 /// Declares a section struct (`#[serde(default, deny_unknown_fields)]`) and its `Default` impl
@@ -1303,7 +1303,7 @@ pub fn schema() -> Value {
     root
 }
 
-/// Schema of `[[servers]]` entries (see `mcp::registry::ServerSpec`).
+/// Schema of `[[servers]]` entries (see `crate::spec::ServerSpec`).
 fn servers_schema() -> Value {
     let ms = |d: &str| json!({"type": "integer", "minimum": 10, "description": d});
     json!({

@@ -2,38 +2,217 @@
 //! for `GET /api/v1/events` and the reflection analysers, and fanned out to subscribers
 //! (WebSocket clients, SSE streams) by the transports.
 //!
+//! Events are typed: each goes on one [`Channel`] (the WebSocket channels, one enum, so a
+//! subscription and a producer cannot disagree on a name) and carries an [`EventData`]
+//! variant, whose fields are the event's `data`. An event is serialized once, when it is
+//! published ([`Event::wire`]); the history keeps that text only, and the WebSocket fan-out
+//! and the SSE streams send it as is.
+//!
 //! Invariant: the history holds at most `capacity` events; every event gets a sequence number
 //! so a reader that fell behind knows how many it missed.
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use std::collections::VecDeque;
 use std::time::SystemTime;
+
+macro_rules! channels {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal, silent: $silent:literal; )*) => {
+        /// A channel a WebSocket client subscribes to, and that every event belongs to.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Channel {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl Channel {
+            /// Every channel, in the order the `connected` message lists them.
+            pub const ALL: &'static [Channel] = &[$( Channel::$variant, )*];
+
+            /// Its name on the wire.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $( Channel::$variant => $name, )*
+                }
+            }
+
+            /// No producer publishes on it yet (the `connected` message says so, so that a
+            /// quiet subscription is not mistaken for a quiet system). Take the mark off in
+            /// the change that makes it carry events.
+            pub const fn silent(self) -> bool {
+                match self {
+                    $( Channel::$variant => $silent, )*
+                }
+            }
+
+            /// The channel of that name.
+            pub fn parse(name: &str) -> Option<Channel> {
+                match name {
+                    $( $name => Some(Channel::$variant), )*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+channels! {
+    /// MCP servers: registration, status changes, tools, progress.
+    McpServers = "mcp_servers", silent: false;
+    /// Performance measurements and their alerts.
+    Performance = "performance", silent: true;
+    /// Health of the daemon's components and the host.
+    Health = "health", silent: true;
+    /// Security signals.
+    Security = "security", silent: true;
+    /// The variety model: gaps, acquisitions.
+    VarietyMonitoring = "variety_monitoring", silent: true;
+    /// The daemon's log records (sent from the log ring, not the event history).
+    Logs = "logs", silent: false;
+    /// Reflection's insights.
+    Consciousness = "consciousness", silent: true;
+}
+
+impl Serialize for Channel {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// What happened: one variant per kind of event; its fields are the event's `data`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum EventData {
+    /// `mcp_server_registered`.
+    McpServerRegistered {
+        /// The server.
+        server_id: String,
+        /// `api` or `config`.
+        source: &'static str,
+    },
+    /// `mcp_server_unregistered`.
+    McpServerUnregistered {
+        /// The server.
+        server_id: String,
+    },
+    /// `mcp_server_status_change`.
+    McpServerStatusChange {
+        /// The server.
+        server_id: String,
+        /// Status before.
+        old_status: &'static str,
+        /// Status now.
+        new_status: &'static str,
+        /// Why (bounded).
+        reason: String,
+        /// The capabilities the server declares (what a gap analysis needs to know went).
+        capabilities: Vec<String>,
+    },
+    /// `mcp_server_tools_changed`.
+    McpServerToolsChanged {
+        /// The server.
+        server_id: String,
+        /// The first tool names, bounded and truncated.
+        tools: Vec<String>,
+        /// How many tools it has.
+        count: usize,
+    },
+    /// `mcp_tool_progress`: a server reported progress on one of our calls.
+    McpToolProgress {
+        /// The server.
+        server_id: String,
+        /// The call's progress token.
+        progress_token: String,
+        /// Progress so far (a JSON number, or null).
+        progress: Value,
+        /// Total, when known (a JSON number, or null).
+        total: Value,
+        /// The server's message, bounded.
+        message: Option<String>,
+    },
+    /// An event a room publishes in the untyped form (`RoomCx::publish`) until it gives the
+    /// kind a variant here: its type and data as given.
+    Other {
+        /// The event type.
+        #[serde(skip)]
+        kind: &'static str,
+        /// Its data.
+        #[serde(flatten)]
+        data: Value,
+    },
+}
+
+impl EventData {
+    /// The event type on the wire (`type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventData::McpServerRegistered { .. } => "mcp_server_registered",
+            EventData::McpServerUnregistered { .. } => "mcp_server_unregistered",
+            EventData::McpServerStatusChange { .. } => "mcp_server_status_change",
+            EventData::McpServerToolsChanged { .. } => "mcp_server_tools_changed",
+            EventData::McpToolProgress { .. } => "mcp_tool_progress",
+            EventData::Other { kind, .. } => kind,
+        }
+    }
+}
 
 /// One event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// Sequence number, strictly increasing.
     pub seq: u64,
-    /// Event type such as `mcp_server_status_change`.
+    /// Event type such as `mcp_server_status_change` (`data.kind()`).
     pub kind: &'static str,
-    /// The channel it belongs to (`mcp_servers`, `performance`, ...).
-    pub channel: &'static str,
+    /// The channel it belongs to.
+    pub channel: Channel,
     /// When it happened.
     pub time: SystemTime,
-    /// Its data.
-    pub data: Value,
+    /// The wire form, serialized once when it was published (the typed data is not kept
+    /// beside it: the history would hold every event twice).
+    wire: String,
+}
+
+/// The wire form of the seed (`{"type", "timestamp", "data"}`) plus `seq` and `channel`.
+#[derive(Serialize)]
+struct Wire<'a> {
+    seq: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    channel: Channel,
+    timestamp: &'a str,
+    data: &'a EventData,
 }
 
 impl Event {
-    /// The wire form of the seed (`{"type", "timestamp", "data"}`) plus `seq` and `channel`.
+    fn new(seq: u64, channel: Channel, data: EventData) -> Event {
+        let time = SystemTime::now();
+        let kind = data.kind();
+        let wire = Wire {
+            seq,
+            kind,
+            channel,
+            timestamp: &crate::state::rfc3339_utc_millis(time),
+            data: &data,
+        };
+        // Strings, numbers and JSON values only: serializing cannot fail. `Other` data that
+        // is not an object would, so it is checked where it is made (`EventLog::publish`).
+        let wire = serde_json::to_string(&wire).unwrap_or_default();
+        Event {
+            seq,
+            kind,
+            channel,
+            time,
+            wire,
+        }
+    }
+
+    /// The event as it goes out (one JSON object), serialized when it was published.
+    pub fn wire(&self) -> &str {
+        &self.wire
+    }
+
+    /// The wire form as a JSON value (for answers that embed events).
     pub fn to_json(&self) -> Value {
-        json!({
-            "seq": self.seq,
-            "type": self.kind,
-            "channel": self.channel,
-            "timestamp": crate::state::rfc3339_utc_millis(self.time),
-            "data": self.data,
-        })
+        serde_json::from_str(&self.wire).unwrap_or(Value::Null)
     }
 }
 
@@ -55,21 +234,23 @@ impl EventLog {
         }
     }
 
-    /// Records an event and returns its sequence number.
-    pub fn publish(&mut self, channel: &'static str, kind: &'static str, data: Value) -> u64 {
+    /// Records an event and returns it.
+    pub fn publish(&mut self, channel: Channel, data: EventData) -> &Event {
+        let data = match data {
+            // Flattened data must be an object; anything else goes under `value`.
+            EventData::Other { kind, data } if !data.is_object() => EventData::Other {
+                kind,
+                data: serde_json::json!({ "value": data }),
+            },
+            data => data,
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         if self.events.len() >= self.capacity {
             self.events.pop_front();
         }
-        self.events.push_back(Event {
-            seq,
-            kind,
-            channel,
-            time: SystemTime::now(),
-            data,
-        });
-        seq
+        self.events.push_back(Event::new(seq, channel, data));
+        &self.events[self.events.len() - 1]
     }
 
     /// Sequence number of the newest event (0 when none).
@@ -109,16 +290,81 @@ impl EventLog {
 mod tests {
     use super::*;
 
+    use serde_json::json;
+
+    fn other(i: u64) -> EventData {
+        EventData::Other {
+            kind: "x",
+            data: json!({ "i": i }),
+        }
+    }
+
     #[test]
     fn bounded_and_sequenced() {
         let mut log = EventLog::new(2);
         for i in 0..3 {
-            log.publish("mcp_servers", "x", json!(i));
+            log.publish(Channel::McpServers, other(i));
         }
         assert_eq!(log.last_seq(), 3);
         let all = log.query(0, 10, |_| true);
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(log.query(2, 10, |_| true).len(), 1);
         assert_eq!(all[0].to_json()["type"], "x");
+    }
+
+    #[test]
+    fn an_event_goes_out_as_the_seed_says_serialized_once() {
+        let mut log = EventLog::new(4);
+        let event = log.publish(
+            Channel::McpServers,
+            EventData::McpServerStatusChange {
+                server_id: "t".into(),
+                old_status: "starting",
+                new_status: "active",
+                reason: "ready".into(),
+                capabilities: vec!["time".into()],
+            },
+        );
+        let v: Value = serde_json::from_str(event.wire()).expect("json");
+        assert_eq!(v["type"], "mcp_server_status_change");
+        assert_eq!(v["channel"], "mcp_servers");
+        assert_eq!(v["seq"], 1);
+        assert!(
+            v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{v}"
+        );
+        assert_eq!(
+            v["data"],
+            json!({"server_id": "t", "old_status": "starting", "new_status": "active",
+                   "reason": "ready", "capabilities": ["time"]})
+        );
+        assert_eq!(event.to_json(), v);
+        // Untyped data keeps its type and fields; a bare value is wrapped.
+        let v = log.publish(Channel::Health, other(7)).to_json();
+        assert_eq!(
+            (&v["type"], &v["channel"], &v["data"]),
+            (&json!("x"), &json!("health"), &json!({"i": 7}))
+        );
+        let bare = EventData::Other {
+            kind: "y",
+            data: json!(3),
+        };
+        assert_eq!(
+            log.publish(Channel::Health, bare).to_json()["data"],
+            json!({"value": 3})
+        );
+    }
+
+    #[test]
+    fn every_channel_has_one_name() {
+        let mut names: Vec<&str> = Channel::ALL.iter().map(|c| c.name()).collect();
+        for c in Channel::ALL {
+            assert_eq!(Channel::parse(c.name()), Some(*c));
+            assert_eq!(serde_json::to_value(c).expect("name"), json!(c.name()));
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Channel::ALL.len());
+        assert_eq!(Channel::parse("system"), None);
     }
 }

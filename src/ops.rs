@@ -15,8 +15,9 @@
 //! [`api::Request`]: crate::api::Request
 
 use crate::api::{Access, ApiError, Args, BodySpec, ErrorCode, EventQuery, In, LogQuery, Op};
+use crate::api::{DaemonRequest, DiagnosticsRequest, HealthRequest, McpRequest};
 use crate::api::{Param, Produces, Request, Ty};
-use crate::mcp::registry::ServerSpec;
+use crate::spec::ServerSpec;
 use serde_json::{json, Value};
 
 /// Every group of rows, in routing order (the hot `GET /api/v1/health` near the front).
@@ -73,9 +74,9 @@ pub const STATUS: Op = Op {
         "daemon",
         "Daemon status",
         |a| {
-            Ok(Request::Status {
+            Ok(Request::Daemon(DaemonRequest::Status {
                 detailed: a.flag("detailed")?,
-            })
+            }))
         },
     )
 };
@@ -97,9 +98,9 @@ pub const HEALTH: Op = Op {
         "daemon",
         "Run the health checks (503 `unhealthy` with the results, `failing` listing the failing components, in `data`)",
         |a| {
-            Ok(Request::Health {
+            Ok(Request::Health(HealthRequest {
                 component: a.text("component"),
-            })
+            }))
         },
     )
 };
@@ -119,9 +120,9 @@ pub const CONTROL_START: Op = Op {
         "control",
         "Start one stopped component, or every stopped one",
         |a| {
-            Ok(Request::ControlStart {
+            Ok(Request::Daemon(DaemonRequest::ControlStart {
                 service: a.field_text("service")?,
-            })
+            }))
         },
     )
 };
@@ -141,11 +142,11 @@ pub const CONTROL_STOP: Op = Op {
         "control",
         "Stop components, or (with `shutdown`) the whole daemon",
         |a| {
-            Ok(Request::ControlStop {
+            Ok(Request::Daemon(DaemonRequest::ControlStop {
                 service: a.field_text("service")?,
                 shutdown: a.field_flag("shutdown")?.unwrap_or(false),
                 graceful: a.field_flag("graceful")?.unwrap_or(true),
-            })
+            }))
         },
     )
 };
@@ -165,9 +166,9 @@ pub const CONTROL_RESTART: Op = Op {
         "control",
         "Restart one component, or reload the config and restart every component",
         |a| {
-            Ok(Request::ControlRestart {
+            Ok(Request::Daemon(DaemonRequest::ControlRestart {
                 service: a.field_text("service")?,
-            })
+            }))
         },
     )
 };
@@ -192,9 +193,9 @@ pub const DIAGNOSTICS: Op = Op {
         "daemon",
         "Self-diagnostics (503 `unhealthy` with the checks in `data` when one fails)",
         |a| {
-            Ok(Request::Diagnostics {
+            Ok(Request::Diagnostics(DiagnosticsRequest {
                 full: a.flag("full")? || a.field_flag("full")?.unwrap_or(false),
-            })
+            }))
         },
     )
 };
@@ -227,9 +228,9 @@ pub const CONFIG_SHOW: Op = Op {
         "config",
         "Effective configuration (secrets redacted) and runtime overrides",
         |a| {
-            Ok(Request::ConfigShow {
+            Ok(Request::Daemon(DaemonRequest::ConfigShow {
                 section: a.text("section"),
-            })
+            }))
         },
     )
 };
@@ -256,7 +257,9 @@ pub const CONFIG_UPDATE: Op = Op {
         "config",
         "Apply a JSON merge patch to the runtime overrides (validated, applied live, persisted)",
         |mut a| match a.take_body() {
-            Some(patch @ Value::Object(_)) => Ok(Request::ConfigUpdate { patch }),
+            Some(patch @ Value::Object(_)) => {
+                Ok(Request::Daemon(DaemonRequest::ConfigUpdate { patch }))
+            }
             _ => Err(ApiError::new(
                 ErrorCode::BadRequest,
                 "body must be a JSON object in the shape of the configuration (a merge patch)",
@@ -275,7 +278,7 @@ pub const CONFIG_RELOAD: Op = Op {
         "reloadConfig",
         "config",
         "Re-read the configuration file (an invalid file is refused and the old config stays)",
-        |_| Ok(Request::ConfigReload),
+        |_| Ok(Request::Daemon(DaemonRequest::ConfigReload)),
     )
 };
 
@@ -288,7 +291,7 @@ pub const CONFIG_SCHEMA: Op = Op {
         "getConfigSchema",
         "config",
         "JSON Schema (draft 2020-12) of the configuration",
-        |_| Ok(Request::ConfigSchema),
+        |_| Ok(Request::Daemon(DaemonRequest::ConfigSchema)),
     )
 };
 
@@ -332,7 +335,7 @@ pub const LOGS_GET: Op = Op {
 };
 
 fn logs_request(a: Args) -> Result<Request, ApiError> {
-    Ok(Request::Logs {
+    Ok(Request::Daemon(DaemonRequest::Logs {
         query: LogQuery {
             level: match a.text("level") {
                 Some(l) => parse_level(&l)?,
@@ -347,7 +350,7 @@ fn logs_request(a: Args) -> Result<Request, ApiError> {
             since: a.number("since")?,
         },
         follow: a.event_stream || a.flag("follow")?,
-    })
+    }))
 }
 
 /// Parses a log level name.
@@ -397,7 +400,7 @@ pub const EVENTS_GET: Op = Op {
         "events",
         "Event history, or a live stream of new events (SSE, `event:` = the event type)",
         |a| {
-            Ok(Request::Events {
+            Ok(Request::Daemon(DaemonRequest::Events {
                 query: EventQuery {
                     kind: a.text("type"),
                     channel: a.text("channel"),
@@ -405,7 +408,7 @@ pub const EVENTS_GET: Op = Op {
                     limit: a.number("limit")?.unwrap_or(100).min(10_000) as usize,
                 },
                 follow: a.event_stream || a.flag("follow")?,
-            })
+            }))
         },
     )
 };
@@ -424,7 +427,7 @@ pub const METRICS_ALL: Op = Op {
         "getMetrics",
         "metrics",
         "Daemon and host metrics",
-        |_| Ok(Request::Metrics { view: "all" }),
+        |_| Ok(Request::Daemon(DaemonRequest::Metrics { view: "all" })),
     )
 };
 
@@ -438,9 +441,9 @@ pub const METRICS_PERFORMANCE: Op = Op {
         "metrics",
         "Per-route request counts and latency, per-server tool-call counts and latency, error rates",
         |_| {
-            Ok(Request::Metrics {
+            Ok(Request::Daemon(DaemonRequest::Metrics {
                 view: "performance",
-            })
+            }))
         },
     )
 };
@@ -454,7 +457,7 @@ pub const METRICS_HEALTH: Op = Op {
         "getHealthMetrics",
         "metrics",
         "Health metrics of the daemon and its MCP servers",
-        |_| Ok(Request::Metrics { view: "health" }),
+        |_| Ok(Request::Daemon(DaemonRequest::Metrics { view: "health" })),
     )
 };
 
@@ -467,7 +470,7 @@ pub const PROMETHEUS: Op = Op {
         "getPrometheusMetrics",
         "metrics",
         "Metrics in the Prometheus text exposition format 0.0.4 (no envelope)",
-        |_| Ok(Request::Prometheus),
+        |_| Ok(Request::Daemon(DaemonRequest::Prometheus)),
     )
 };
 
@@ -503,7 +506,7 @@ pub const MCP_LIST: Op = Op {
                     ))
                 }
             };
-            Ok(Request::McpList { status })
+            Ok(Request::Mcp(McpRequest::List { status }))
         },
     )
 };
@@ -541,7 +544,7 @@ pub const MCP_REGISTER: Op = Op {
                     format!("invalid server spec: {e}"),
                 )
             })?;
-            Ok(Request::McpRegister { spec })
+            Ok(Request::Mcp(McpRequest::Register { spec }))
         },
     )
 };
@@ -557,7 +560,7 @@ pub const MCP_SHOW: Op = Op {
         "getMcpServer",
         "mcp",
         "One MCP server: spec, state history, tools, last errors, stderr tail",
-        |a| Ok(Request::McpShow { id: a.id }),
+        |a| Ok(Request::Mcp(McpRequest::Show { id: a.id })),
     )
 };
 
@@ -579,7 +582,7 @@ pub const MCP_UNREGISTER: Op = Op {
         "unregisterMcpServer",
         "mcp",
         "Unregister an MCP server, stopping it first (409 for servers declared in the config file)",
-        |a| Ok(Request::McpUnregister { id: a.id }),
+        |a| Ok(Request::Mcp(McpRequest::Unregister { id: a.id })),
     )
 };
 
@@ -594,7 +597,7 @@ pub const MCP_START: Op = Op {
         "startMcpServer",
         "mcp",
         "Start an MCP server (409 when `max_concurrent_servers` is reached)",
-        |a| Ok(Request::McpStart { id: a.id }),
+        |a| Ok(Request::Mcp(McpRequest::Start { id: a.id })),
     )
 };
 
@@ -609,7 +612,7 @@ pub const MCP_STOP: Op = Op {
         "stopMcpServer",
         "mcp",
         "Stop an MCP server",
-        |a| Ok(Request::McpStop { id: a.id }),
+        |a| Ok(Request::Mcp(McpRequest::Stop { id: a.id })),
     )
 };
 
@@ -624,7 +627,7 @@ pub const MCP_RESTART: Op = Op {
         "restartMcpServer",
         "mcp",
         "Restart an MCP server",
-        |a| Ok(Request::McpRestart { id: a.id }),
+        |a| Ok(Request::Mcp(McpRequest::Restart { id: a.id })),
     )
 };
 
@@ -639,7 +642,7 @@ pub const MCP_RESET: Op = Op {
         "resetMcpServer",
         "mcp",
         "Close an MCP server's open circuit breaker (and start it)",
-        |a| Ok(Request::McpReset { id: a.id }),
+        |a| Ok(Request::Mcp(McpRequest::Reset { id: a.id })),
     )
 };
 
@@ -654,7 +657,7 @@ pub const MCP_TOOLS: Op = Op {
         "listMcpTools",
         "mcp",
         "An MCP server's tools with their input schemas",
-        |a| Ok(Request::McpTools { id: a.id }),
+        |a| Ok(Request::Mcp(McpRequest::Tools { id: a.id })),
     )
 };
 
@@ -723,12 +726,12 @@ fn tool_call_request(a: Args) -> Result<Request, ApiError> {
             }
         },
     };
-    Ok(Request::McpCall {
+    Ok(Request::Mcp(McpRequest::Call {
         id: a.id,
         name,
         arguments,
         timeout_ms,
-    })
+    }))
 }
 
 /// MCP servers.
@@ -756,7 +759,7 @@ pub const AUTH_TOKEN: Op = Op {
         "getApiToken",
         "auth",
         "The TCP API token in effect and its source (`config`, `file`, `generated`); control socket only (403 over TCP)",
-        |_| Ok(Request::AuthToken),
+        |_| Ok(Request::Daemon(DaemonRequest::AuthToken)),
     )
 };
 
@@ -770,7 +773,7 @@ pub const AUTH_TOKEN_ROTATE: Op = Op {
         "rotateApiToken",
         "auth",
         "Replace the generated TCP API token (409 when it comes from the config); control socket only (403 over TCP)",
-        |_| Ok(Request::AuthTokenRotate),
+        |_| Ok(Request::Daemon(DaemonRequest::AuthTokenRotate)),
     )
 };
 
@@ -788,7 +791,7 @@ pub const OPENAPI: Op = Op {
         "getOpenApi",
         "meta",
         "This OpenAPI 3.1 document (no envelope)",
-        |_| Ok(Request::OpenApi),
+        |_| Ok(Request::Daemon(DaemonRequest::OpenApi)),
     )
 };
 
@@ -825,9 +828,9 @@ pub const PAGE_HTML: Op = Op {
         "page",
         "The status page (HTML; no token needed: it asks for one and reads everything over /ws/monitor)",
         |_| {
-            Ok(Request::Page {
+            Ok(Request::Daemon(DaemonRequest::Page {
                 asset: crate::page::Asset::Html,
-            })
+            }))
         },
     )
 };
@@ -843,9 +846,9 @@ pub const PAGE_JS: Op = Op {
         "page",
         "The status page's script",
         |_| {
-            Ok(Request::Page {
+            Ok(Request::Daemon(DaemonRequest::Page {
                 asset: crate::page::Asset::Js,
-            })
+            }))
         },
     )
 };
@@ -861,9 +864,9 @@ pub const PAGE_CSS: Op = Op {
         "page",
         "The status page's style sheet",
         |_| {
-            Ok(Request::Page {
+            Ok(Request::Daemon(DaemonRequest::Page {
                 asset: crate::page::Asset::Css,
-            })
+            }))
         },
     )
 };
@@ -879,9 +882,9 @@ pub const PAGE_ICON: Op = Op {
         "page",
         "The status page's icon",
         |_| {
-            Ok(Request::Page {
+            Ok(Request::Daemon(DaemonRequest::Page {
                 asset: crate::page::Asset::Icon,
-            })
+            }))
         },
     )
 };

@@ -7,16 +7,39 @@
 //! (typed: the work closure moves in what the owner needs, and a job that does not come back
 //! yields the result its failure closure builds, so nothing pairs a result with a waiting
 //! entry at run time), and an effect sink of its own [`Room::Output`] type, which every
-//! room's output type can build from the common [`Effect`]s (answer a client, publish an
-//! event).
+//! room's output type can build from the common [`Effect`]s: answer a client, publish an
+//! event, ask another room ([`Effect::Request`]: the answer comes back to
+//! [`Room::on_answer`] with the asker's tag), write a state document ([`Effect::Persist`]:
+//! the acknowledgement is sent only once the write is on disk).
+//!
+//! A room that answers requests of its own also implements [`Serve`]: its slice of
+//! [`crate::api::Request`] (the request types live in `api`, on the ground floor, so the
+//! transports build them without importing rooms) and `handle`. Live configuration reaches
+//! every room through [`Room::apply_config`] (a no-op unless the room reads configuration).
 //!
 //! Invariants: a room never holds a reference into another room; what it needs of another
 //! comes as a typed snapshot handed over by the wiring, and what it asks of another goes
 //! through the command layer. The wiring (`daemon/`) owns the loop, dispatch, reply encoding
-//! and the effect bus; adding a room does not make it grow beyond a line in its room list and
-//! its routing arms.
+//! and the effect bus.
+//!
+//! **Adding a room** takes:
+//! 1. a module implementing [`Room`] (timers, jobs, outputs; `apply_config` and `on_answer`
+//!    when it needs them), publishing typed events ([`RoomCx::event`] with an
+//!    [`EventData`] variant of its own in `events.rs`);
+//! 2. one line in the `rooms!` list (`daemon/rooms.rs`): its variant, field, type and where
+//!    its outputs go (`deliver_effects` when its output is [`Effect`]);
+//! 3. its initial value where `Rooms` is built (`daemon/startup.rs`, one line);
+//! 4. if it answers requests: [`Serve`], a variant of `api::Request` with its request type,
+//!    its rows in `ops.rs`, and `[serve]` on its `rooms!` line (MCP's requests go that way;
+//!    `[serve METHOD]` names a `Daemon` method instead, for the health and diagnostics
+//!    rooms, whose requests still need the wiring's facts).
+//!
+//! Timer keys, job results, live configuration, answers to its own requests and request
+//! routing are generated from the list: no arm is added anywhere else.
 
-use crate::api::{Answer, ReplyTo};
+use crate::api::{Answer, ReplyTo, Request};
+use crate::config::Config;
+use crate::events::{Channel, EventData};
 use crate::reactor::{LoopStats, Timers};
 use serde_json::Value;
 use std::time::Duration;
@@ -26,8 +49,39 @@ use std::time::Duration;
 pub enum Effect {
     /// Answer a request (now or later: the reply slot was kept).
     Reply(ReplyTo, Answer),
-    /// Publish an event to the history and its subscribers: (channel, type, data).
+    /// Publish a typed event to the history and its channel's subscribers.
+    Event(Channel, EventData),
+    /// Publish an event in the untyped form: (channel name, type, data). For kinds not yet
+    /// given an [`EventData`] variant. An unknown channel name is a bug: the wiring logs
+    /// it as an error and drops the event.
     Publish(&'static str, &'static str, Value),
+    /// Ask another room through the command layer, exactly as a client would. The answer
+    /// comes back to the asking room `from` (its [`Room::NAME`]) as
+    /// [`Room::on_answer`]`(tag, answer)`. Build it with [`RoomCx::ask`].
+    Request {
+        /// The asking room.
+        from: &'static str,
+        /// The asker's own tag for the answer.
+        tag: u64,
+        /// What it asks (boxed: a request can be large, an effect should not be).
+        request: Box<Request>,
+    },
+    /// Write a state document through the coalescing writer on the worker.
+    Persist(Persist),
+}
+
+/// A state document to write (the whole document: writes of the same file coalesce, and the
+/// last one queued is what lands) and the answer to send once it is on disk. If the write
+/// fails, the answer is replaced by the failure (`persist_failed`, `insufficient_storage`
+/// or `state_read_only`): a 2xx means the change is on disk.
+#[derive(Debug)]
+pub struct Persist {
+    /// File name inside the state directory.
+    pub file: &'static str,
+    /// The document.
+    pub document: Value,
+    /// Who to answer, and with what, once it is written.
+    pub ack: Option<(ReplyTo, Value)>,
 }
 
 /// A concern of the daemon.
@@ -45,6 +99,27 @@ pub trait Room {
     fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, timer: Self::Timer);
     /// One of the room's worker jobs came back, or failed (then its failure's result).
     fn on_job(&mut self, cx: &mut RoomCx<'_, Self>, done: Self::Job);
+
+    /// The effective configuration changed (or was reloaded): take what can change live.
+    /// Called on every configuration change; a room compares with what it runs.
+    fn apply_config(&mut self, _cx: &mut RoomCx<'_, Self>, _config: &Config) {}
+
+    /// The answer to a request this room asked with [`RoomCx::ask`]. A room that never asks
+    /// never gets one, so the default only reports it.
+    fn on_answer(&mut self, _cx: &mut RoomCx<'_, Self>, tag: u64, _answer: Answer) {
+        log::warn!(
+            "room {} got an answer (tag {tag}) it did not ask for",
+            Self::NAME
+        );
+    }
+}
+
+/// A room that answers requests: its own slice of [`crate::api::Request`].
+pub trait Serve: Room {
+    /// Its requests.
+    type Request;
+    /// Handles one request; the answer goes to `reply`, now or later (keep `reply`).
+    fn handle(&mut self, cx: &mut RoomCx<'_, Self>, request: Self::Request, reply: ReplyTo);
 }
 
 /// The wiring's side of a [`RoomCx`]: the room's view of the timer wheel and of the worker.
@@ -132,9 +207,40 @@ impl<'a, R: Room + ?Sized> RoomCx<'a, R> {
         self.out.push(Effect::Reply(to, answer).into());
     }
 
-    /// Publishes an event.
+    /// Publishes a typed event.
+    pub fn event(&mut self, channel: Channel, data: EventData) {
+        self.out.push(Effect::Event(channel, data).into());
+    }
+
+    /// Publishes an event in the untyped form (see [`Effect::Publish`]).
     pub fn publish(&mut self, channel: &'static str, kind: &'static str, data: Value) {
         self.out.push(Effect::Publish(channel, kind, data).into());
+    }
+
+    /// Asks another room through the command layer; the answer comes back to
+    /// [`Room::on_answer`] with `tag`.
+    pub fn ask(&mut self, tag: u64, request: Request) {
+        self.out.push(
+            Effect::Request {
+                from: R::NAME,
+                tag,
+                request: Box::new(request),
+            }
+            .into(),
+        );
+    }
+
+    /// Writes `document` as `file` in the state directory; `ack` is answered once it is on
+    /// disk (or with the failure).
+    pub fn persist(&mut self, file: &'static str, document: Value, ack: Option<(ReplyTo, Value)>) {
+        self.out.push(
+            Effect::Persist(Persist {
+                file,
+                document,
+                ack,
+            })
+            .into(),
+        );
     }
 }
 
@@ -323,5 +429,108 @@ mod tests {
         assert!(out
             .iter()
             .all(|e| matches!(e, Effect::Publish("system", "job_failed", _))));
+    }
+
+    /// Asks the other room for a server by name and keeps the answers it gets.
+    struct Asker {
+        answers: Vec<(u64, Answer)>,
+    }
+
+    impl Room for Asker {
+        type Timer = u64;
+        type Job = ();
+        type Output = Effect;
+        const NAME: &'static str = "asker";
+
+        fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, tag: u64) {
+            let id = format!("s{tag}");
+            cx.ask(tag, Request::Mcp(crate::api::McpRequest::Show { id }));
+        }
+        fn on_job(&mut self, _cx: &mut RoomCx<'_, Self>, (): ()) {}
+        fn on_answer(&mut self, _cx: &mut RoomCx<'_, Self>, tag: u64, answer: Answer) {
+            self.answers.push((tag, answer));
+        }
+    }
+
+    /// Serves `Show` for the one server it knows.
+    struct Shower;
+
+    impl Room for Shower {
+        type Timer = ();
+        type Job = ();
+        type Output = Effect;
+        const NAME: &'static str = "shower";
+
+        fn on_timer(&mut self, _cx: &mut RoomCx<'_, Self>, (): ()) {}
+        fn on_job(&mut self, _cx: &mut RoomCx<'_, Self>, (): ()) {}
+    }
+
+    impl Serve for Shower {
+        type Request = crate::api::McpRequest;
+
+        fn handle(&mut self, cx: &mut RoomCx<'_, Self>, request: Self::Request, reply: ReplyTo) {
+            let answer = match request {
+                crate::api::McpRequest::Show { id } if id == "s1" => {
+                    Ok(serde_json::json!({"id": id}))
+                }
+                other => Err(crate::api::ApiError::new(
+                    crate::api::ErrorCode::ServerNotFound,
+                    format!("{other:?}"),
+                )),
+            };
+            cx.reply(reply, answer);
+        }
+    }
+
+    #[test]
+    fn a_room_asks_another_through_the_command_layer_and_gets_its_answer_back() {
+        use testing::{enter, Inline};
+        let (mut asker, mut shower) = (
+            Asker {
+                answers: Vec::new(),
+            },
+            Shower,
+        );
+        let (mut a_wiring, mut s_wiring) = (Inline::new(), Inline::new());
+        let (mut a_out, mut s_out) = (Vec::new(), Vec::new());
+        for tag in [1, 2] {
+            enter(&mut asker, &mut a_wiring, &mut a_out, |r, cx| {
+                r.on_timer(cx, tag)
+            });
+        }
+        // The wiring's part: a request goes to the room its variant names, answered to the
+        // asker by name and tag (`ReplyTo::Room`).
+        for effect in std::mem::take(&mut a_out) {
+            let Effect::Request { from, tag, request } = effect else {
+                panic!("only requests: {effect:?}");
+            };
+            assert_eq!(
+                from, "asker",
+                "the context names the asker, not the room's code"
+            );
+            let Request::Mcp(request) = *request else {
+                panic!("an MCP request");
+            };
+            enter(&mut shower, &mut s_wiring, &mut s_out, |r, cx| {
+                r.handle(cx, request, ReplyTo::Room { room: from, tag })
+            });
+        }
+        for effect in std::mem::take(&mut s_out) {
+            let Effect::Reply(ReplyTo::Room { room, tag }, answer) = effect else {
+                panic!("only answers to a room: {effect:?}");
+            };
+            assert_eq!(room, Asker::NAME);
+            enter(&mut asker, &mut a_wiring, &mut a_out, |r, cx| {
+                r.on_answer(cx, tag, answer)
+            });
+        }
+        assert_eq!(asker.answers.len(), 2);
+        assert_eq!(asker.answers[0], (1, Ok(serde_json::json!({"id": "s1"}))));
+        assert_eq!(asker.answers[1].0, 2);
+        assert_eq!(
+            asker.answers[1].1.as_ref().err().map(|e| e.code),
+            Some(crate::api::ErrorCode::ServerNotFound)
+        );
+        assert!(a_out.is_empty());
     }
 }

@@ -1096,6 +1096,47 @@ fn config_declared_servers_start_and_cannot_be_unregistered() {
     assert_eq!(details(&d, "declared")["status"], "active");
 }
 
+/// Live configuration reaches the MCP room: a reload that changes `[[servers]]` registers the
+/// new ones and drops the removed ones; a change to another key leaves them alone.
+#[test]
+fn a_config_reload_brings_the_declared_servers_in_line() {
+    let declared = |id: &str| {
+        format!("{QUICK_STOP}\n[[servers]]\nid = \"{id}\"\ncommand = \"true\"\nautostart = false\n")
+    };
+    let d = Daemon::start_with(Setup {
+        config: Some(declared("one")),
+        ..Setup::default()
+    });
+    let listed = |d: &Daemon| {
+        let (code, v) = d.http("GET", "/api/v1/mcp/servers", None);
+        assert_eq!(code, 200, "{v}");
+        ids(&v["data"])
+    };
+    assert_eq!(listed(&d), ["one"]);
+    let path = d.config_path.clone().expect("a config file");
+    std::fs::write(&path, declared("two")).expect("rewrite the config file");
+    let (code, v) = d.http("POST", "/api/v1/config/reload", None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(listed(&d), ["two"]);
+    assert_eq!(details(&d, "two")["source"], "config");
+    assert_eq!(events(&d, "mcp_server_unregistered", "one").len(), 1);
+
+    let (code, v) = d.http(
+        "PUT",
+        "/api/v1/config",
+        Some(r#"{"monitoring":{"health_check_interval_ms":5000}}"#),
+    );
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = d.http("POST", "/api/v1/config/reload", None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(listed(&d), ["two"]);
+    assert_eq!(
+        events(&d, "mcp_server_registered", "two").len(),
+        1,
+        "registered once, not again on each configuration change"
+    );
+}
+
 #[test]
 fn mcp_usage_errors_and_refusals() {
     let d = Daemon::start_with(quick());

@@ -7,7 +7,7 @@
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use vsm_daemon::api::Request;
+use vsm_daemon::api::{McpRequest, Request};
 use vsm_daemon::config::Config;
 use vsm_daemon::mcp::jsonrpc::{self, Line, LineSplitter, Message};
 use vsm_daemon::net::http::{self, Conn, Limits, Parsed, MAX_BUFFERED_OUTPUT};
@@ -287,7 +287,7 @@ proptest! {
         match ws::parse_command(&msg.to_string()) {
             Ok(ws::Command::Api(_, req)) => {
                 let routed = routes::route(&req).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-                prop_assert_eq!(routed, Request::McpShow { id: server.clone() });
+                prop_assert_eq!(routed, Request::Mcp(McpRequest::Show { id: server.clone() }));
             }
             other => return Err(TestCaseError::fail(format!("{other:?}"))),
         }
@@ -343,6 +343,6 @@ proptest! {
             prop_assert!((400..500).contains(&status), "{:?}", e);
         }
         let r = routes::route(&req("GET", format!("/api/v1/mcp/servers/{id}"), String::new(), Vec::new()));
-        prop_assert_eq!(r.map_err(|e| format!("{e:?}")), Ok(Request::McpShow { id }));
+        prop_assert_eq!(r.map_err(|e| format!("{e:?}")), Ok(Request::Mcp(McpRequest::Show { id })));
     }
 }

@@ -307,6 +307,13 @@ impl Room for Health {
         cx.emit(Output::Tick);
     }
 
+    fn apply_config(&mut self, cx: &mut RoomCx<'_, Self>, config: &crate::config::Config) {
+        let every = Duration::from_millis(config.monitoring.health_check_interval_ms);
+        if self.monitoring().is_some_and(|running| running != every) {
+            self.set_interval(cx, every);
+        }
+    }
+
     fn on_job(&mut self, cx: &mut RoomCx<'_, Self>, Job(outcome): Job) {
         let Some(round) = &mut self.round else {
             return;
@@ -577,6 +584,36 @@ mod tests {
         });
         assert!(out.is_empty());
         assert_eq!((room.monitoring(), wiring.wheel.len()), (None, 0));
+    }
+
+    #[test]
+    fn live_configuration_moves_a_running_monitor_and_leaves_a_stopped_one() {
+        let mut room = Health::default();
+        let mut wiring = Inline::new();
+        let mut out = Vec::new();
+        let mut config = crate::config::Config::default();
+        config.monitoring.health_check_interval_ms = 5000;
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.start_monitor(cx, Duration::from_secs(1));
+            r.apply_config(cx, &config);
+        });
+        assert_eq!(room.monitoring(), Some(Duration::from_secs(5)));
+        assert_eq!(wiring.wheel.len(), 1, "one timer, re-armed");
+        let armed = room.monitor.as_ref().map(|m| m.timer);
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.apply_config(cx, &config)
+        });
+        assert_eq!(
+            room.monitor.as_ref().map(|m| m.timer),
+            armed,
+            "an unchanged interval keeps its timer"
+        );
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.stop_monitor(cx);
+            r.apply_config(cx, &config);
+        });
+        assert_eq!((room.monitoring(), wiring.wheel.len()), (None, 0));
+        assert!(out.is_empty());
     }
 
     #[test]

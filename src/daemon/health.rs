@@ -108,6 +108,31 @@ impl Daemon {
         }
     }
 
+    /// `GET /api/v1/health`: a round younger than a second answers at once (a scraper
+    /// hammering it must not turn into a stream of fsyncs); otherwise a round starts.
+    pub(super) fn serve_health(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        HealthRequest { component }: HealthRequest,
+        reply: ReplyTo,
+    ) {
+        if let Some(c) = &component {
+            if !self.health_component_names().contains(&c.as_str()) {
+                self.answer(cx, reply, Err(unknown_health_component(c)));
+                return;
+            }
+        }
+        let fresh = self.rooms.health.fresh();
+        if fresh && component.is_none() {
+            self.answer_cached_health(cx, reply);
+        } else if fresh {
+            let answer = self.rooms.health.answer(component.as_deref());
+            self.answer(cx, reply, answer);
+        } else {
+            self.start_health_round(cx, Some((reply, component)));
+        }
+    }
+
     /// Answers `GET /api/v1/health` from the serialized answer of the last round (a monitor
     /// polling health costs an envelope, not a rebuilt report).
     pub(super) fn answer_cached_health(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo) {

@@ -3,12 +3,13 @@
 //! effects; the reactor drives it, the transports feed it. Rooms (see [`crate::room`]) meet
 //! only here, and only through requests, effects and snapshots.
 //!
-//! Layout: `mod.rs` (state, dispatch, the loop's callbacks), `startup.rs` (run), `reply.rs`
-//! (answers to bytes, the effect bus), `rooms.rs` (the room list: how each room's timers and
-//! jobs are wired), `control.rs` (the components' lifecycle), and the concerns not yet moved
-//! into rooms: `access.rs` (intake and access checks), `health.rs` (the health room's glue),
-//! `metrics.rs` (status and metrics), `settings.rs`, `registration.rs`, `persist.rs`,
-//! `streams.rs`.
+//! Layout: `mod.rs` (state, the wiring's own requests, the loop's callbacks), `startup.rs`
+//! (run), `reply.rs` (answers to bytes, the effect bus), `rooms.rs` (the room list: how each
+//! room's timers, jobs, requests, configuration and answers are routed), `persist.rs` (state
+//! documents written on the worker, rooms' `Effect::Persist`), `control.rs` (the components'
+//! lifecycle), and the concerns not yet moved into rooms: `access.rs` (intake and access
+//! checks), `health.rs` (the health room's glue), `metrics.rs` (status and metrics),
+//! `settings.rs`, `streams.rs`.
 //!
 //! Components (each can be stopped, started and restarted in-process):
 //! - `control`: the Unix control socket listener;
@@ -26,7 +27,6 @@ mod health;
 mod metrics;
 mod observe;
 mod persist;
-mod registration;
 mod reply;
 mod rooms;
 mod settings;
@@ -39,10 +39,11 @@ use rooms::Wired;
 use startup::*;
 pub use startup::{default_socket_path, run, StartError, StartOptions};
 
-use crate::api::{self, Answer, ApiError, ErrorCode, EventQuery, LogQuery, ReplyTo, Request};
+use crate::api::{self, Answer, ApiError, DaemonRequest, DiagnosticsRequest, ErrorCode};
+use crate::api::{EventQuery, HealthRequest, LogQuery, ReplyTo, Request};
 use crate::components::{self, diagnostics::Diagnostics};
 use crate::config::{self, Config, ConfigError};
-use crate::events::{Event, EventLog};
+use crate::events::{Channel, Event, EventData, EventLog};
 use crate::logs::{LogRecord, Logging};
 use crate::mcp::registry::{ServerSpec, REGISTRY_FILE};
 use crate::mcp::{self, Mcp, Output, Source};
@@ -149,15 +150,13 @@ pub struct Daemon {
     components: BTreeMap<&'static str, ComponentState>,
     jobs: Waiting<WorkResult>,
     followers: Vec<Follower>,
-    /// Registry changes waiting for their `servers.json` write (see `registration`).
-    registry_writes: state::WriteQueue<registration::PendingChange>,
-    /// The registry write on the worker, while one is in flight.
-    registry_write: Option<persist::WriteTicket>,
     /// Configuration patches waiting for their `overrides.json` write (see `settings`).
     overrides_writes: state::WriteQueue<settings::PendingPatch>,
     /// The overrides write on the worker, while one is in flight.
     overrides_write: Option<persist::WriteTicket>,
     rooms: rooms::Rooms,
+    /// The documents rooms write (`Effect::Persist`).
+    documents: persist::Documents,
     events: EventLog,
     outputs: Vec<Output>,
     /// What rooms other than MCP said (delivered with MCP's outputs).
@@ -228,62 +227,43 @@ impl Daemon {
             self.answer(cx, reply, Err(err));
             return;
         }
+        self.route(cx, request, reply);
+    }
+
+    /// The requests the wiring serves itself (the concerns not yet in a room).
+    fn handle_daemon(&mut self, cx: &mut Cx<'_, Timer>, request: DaemonRequest, reply: ReplyTo) {
         let answer = match request {
-            Request::Status { detailed } => Ok(self.status(cx, detailed)),
-            Request::Health { component } => {
-                if let Some(c) = &component {
-                    if !self.health_component_names().contains(&c.as_str()) {
-                        self.answer(cx, reply, Err(unknown_health_component(c)));
-                        return;
-                    }
-                }
-                // A round younger than a second answers at once: a scraper hammering
-                // /api/v1/health must not turn into a stream of fsyncs.
-                let fresh = self.rooms.health.fresh();
-                if fresh && component.is_none() {
-                    self.answer_cached_health(cx, reply);
-                } else if fresh {
-                    let answer = self.rooms.health.answer(component.as_deref());
-                    self.answer(cx, reply, answer);
-                } else {
-                    self.start_health_round(cx, Some((reply, component)));
-                }
-                return;
-            }
-            Request::ControlStart { service } => self.control_start(cx, service),
-            Request::ControlStop {
+            DaemonRequest::Status { detailed } => Ok(self.status(cx, detailed)),
+            DaemonRequest::ControlStart { service } => self.control_start(cx, service),
+            DaemonRequest::ControlStop {
                 service,
                 shutdown,
                 graceful,
             } => self.control_stop(cx, service, shutdown, graceful),
-            Request::ControlRestart { service } => self.control_restart(cx, service),
-            Request::ConfigShow { section } => self.config_show(section.as_deref()),
-            Request::ConfigUpdate { patch } => match self.config_update(cx, patch, reply) {
+            DaemonRequest::ControlRestart { service } => self.control_restart(cx, service),
+            DaemonRequest::ConfigShow { section } => self.config_show(section.as_deref()),
+            DaemonRequest::ConfigUpdate { patch } => match self.config_update(cx, patch, reply) {
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
-            Request::ConfigReload => self.config_reload(cx),
-            Request::ConfigSchema => Ok(config::schema()),
-            Request::Logs { query, follow } => {
+            DaemonRequest::ConfigReload => self.config_reload(cx),
+            DaemonRequest::ConfigSchema => Ok(config::schema()),
+            DaemonRequest::Logs { query, follow } => {
                 if follow {
                     self.follow_logs(cx, reply, query);
                     return;
                 }
                 Ok(self.logs(&query))
             }
-            Request::Diagnostics { full } => {
-                self.diagnostics(cx, reply, full);
-                return;
-            }
-            Request::Events { query, follow } => {
+            DaemonRequest::Events { query, follow } => {
                 if follow {
                     self.follow(cx, reply, Feed::Events(query));
                     return;
                 }
                 Ok(self.event_history(&query))
             }
-            Request::Metrics { view } => Ok(self.metrics(cx, view)),
-            Request::Prometheus => {
+            DaemonRequest::Metrics { view } => Ok(self.metrics(cx, view)),
+            DaemonRequest::Prometheus => {
                 let text = self.prometheus(cx);
                 self.answer_raw(
                     cx,
@@ -293,65 +273,18 @@ impl Daemon {
                 );
                 return;
             }
-            Request::Page { asset } => {
+            DaemonRequest::Page { asset } => {
                 self.answer_page(cx, reply, asset);
                 return;
             }
-            Request::OpenApi => {
+            DaemonRequest::OpenApi => {
                 let doc = crate::openapi::document(env!("CARGO_PKG_VERSION"));
                 let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
                 self.answer_raw(cx, reply, "application/json", bytes);
                 return;
             }
-            Request::AuthToken => self.auth_token(false),
-            Request::AuthTokenRotate => self.auth_token(true),
-            Request::McpList { status } => Ok(self.rooms.mcp.list(status)),
-            Request::McpShow { id } => self.rooms.mcp.show(&id),
-            Request::McpTools { id } => self.rooms.mcp.tools(&id),
-            Request::McpRegister { spec } => match self.mcp_register(cx, spec, reply) {
-                Ok(()) => return,
-                Err(e) => Err(e),
-            },
-            Request::McpUnregister { id } => match self.mcp_unregister(cx, id, reply) {
-                Ok(()) => return,
-                Err(e) => Err(e),
-            },
-            Request::McpStart { id } => self.rooms.mcp.start(
-                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
-                &id,
-                &mut self.outputs,
-            ),
-            Request::McpStop { id } => self.rooms.mcp.stop(
-                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
-                &id,
-                &mut self.outputs,
-            ),
-            Request::McpRestart { id } => self.rooms.mcp.restart(
-                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
-                &id,
-                &mut self.outputs,
-            ),
-            Request::McpReset { id } => self.rooms.mcp.reset(
-                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
-                &id,
-                &mut self.outputs,
-            ),
-            Request::McpCall {
-                id,
-                name,
-                arguments,
-                timeout_ms,
-            } => match self.rooms.mcp.call(
-                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
-                &id,
-                &name,
-                arguments,
-                timeout_ms,
-                reply,
-            ) {
-                Ok(()) => return,
-                Err(e) => Err(e),
-            },
+            DaemonRequest::AuthToken => self.auth_token(false),
+            DaemonRequest::AuthTokenRotate => self.auth_token(true),
         };
         self.answer(cx, reply, answer);
     }
@@ -373,7 +306,12 @@ impl Daemon {
 
     // ----- diagnostics -----
 
-    fn diagnostics(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, full: bool) {
+    fn serve_diagnostics(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        DiagnosticsRequest { full }: DiagnosticsRequest,
+        reply: ReplyTo,
+    ) {
         let facts = components::diagnostics::Facts {
             config_source: self.config_source(),
             config_problem: self.config.overrides_problem.as_deref(),
@@ -495,8 +433,8 @@ impl Handler for Daemon {
                 self.on_job_done(cx, result);
             }
         }
-        self.poll_registry_write(cx);
         self.poll_overrides_write(cx);
+        self.poll_document_writes(cx);
     }
 
     fn after_dispatch(&mut self, cx: &mut Cx<'_, Timer>) {

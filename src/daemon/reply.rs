@@ -4,12 +4,16 @@
 use super::*;
 
 impl Daemon {
-    /// Delivers what the MCP layer produced: answers and events.
+    /// Delivers what the rooms produced (answers, events, requests to other rooms, document
+    /// writes) until nothing is left: carrying one out may produce more.
     pub(super) fn deliver(&mut self, cx: &mut Cx<'_, Timer>) {
-        let effects = std::mem::take(&mut self.effects);
-        self.outputs.extend(effects.into_iter().map(Output::from));
-        while !self.outputs.is_empty() {
-            for output in std::mem::take(&mut self.outputs) {
+        loop {
+            let outputs = std::mem::take(&mut self.outputs);
+            let effects = std::mem::take(&mut self.effects);
+            if outputs.is_empty() && effects.is_empty() {
+                return;
+            }
+            for output in outputs {
                 match output {
                     Output::Reply(reply, answer) => self.answer(cx, reply, answer),
                     Output::ToolCall(server, outcome, seconds) => {
@@ -17,14 +21,42 @@ impl Daemon {
                     }
                     Output::Restart(server) => self.telemetry.server_restart(&server),
                     Output::Unregistered(server) => self.telemetry.forget_server(&server),
-                    Output::Event(channel, kind, data) => {
-                        self.telemetry.event(kind);
-                        let seq = self.events.publish(channel, kind, data);
-                        self.broadcast_event(cx, seq);
-                    }
+                    Output::Event(channel, data) => self.publish(cx, channel, data),
+                    Output::Effect(effect) => self.carry_out(cx, effect),
                 }
             }
+            for effect in effects {
+                self.carry_out(cx, effect);
+            }
         }
+    }
+
+    /// Carries out one common effect of a room.
+    fn carry_out(&mut self, cx: &mut Cx<'_, Timer>, effect: Effect) {
+        match effect {
+            Effect::Reply(reply, answer) => self.answer(cx, reply, answer),
+            Effect::Event(channel, data) => self.publish(cx, channel, data),
+            Effect::Publish(name, kind, data) => match Channel::parse(name) {
+                Some(channel) => self.publish(cx, channel, EventData::Other { kind, data }),
+                // A room's bug, not a client's: said loudly, and the event goes nowhere
+                // (no subscriber could have asked for that channel).
+                None => log::error!("event {kind} dropped: there is no channel {name}"),
+            },
+            Effect::Request { from, tag, request } => {
+                self.handle(cx, *request, ReplyTo::Room { room: from, tag })
+            }
+            Effect::Persist(write) => self.persist(cx, write),
+        }
+    }
+
+    /// Records an event in the history and sends it, serialized once, to the WebSocket
+    /// clients subscribed to its channel (SSE followers read it from the history).
+    fn publish(&mut self, cx: &mut Cx<'_, Timer>, channel: Channel, data: EventData) {
+        self.telemetry.event(data.kind());
+        let event = self.events.publish(channel, data);
+        let text: tungstenite::protocol::frame::Utf8Bytes = event.wire().to_string().into();
+        self.server
+            .ws_broadcast(&mut cx.narrow(Timer::Net).cx(), channel.name(), &text);
     }
 
     pub(super) fn answer(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, answer: Answer) {
@@ -91,6 +123,7 @@ impl Daemon {
                     &id,
                 );
             }
+            ReplyTo::Room { room, tag } => self.room_answer(cx, room, tag, answer),
         }
     }
 
@@ -152,7 +185,7 @@ impl Daemon {
                     &mut self.incoming,
                 );
             }
-            ReplyTo::Ws { .. } => {
+            ReplyTo::Ws { .. } | ReplyTo::Room { .. } => {
                 let text = String::from_utf8_lossy(&body).into_owned();
                 let data = serde_json::from_str(&text).unwrap_or(Value::String(text));
                 self.answer(cx, reply, Ok(data));

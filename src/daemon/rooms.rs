@@ -1,11 +1,15 @@
 //! The room list and how rooms are wired into the loop.
 //!
-//! [`rooms!`] takes the list (one line per room: its variant name, its field, its type and
-//! where its outputs go) and generates the [`Rooms`] struct, the typed wrappers of each
-//! room's timer keys and job results inside the daemon's ([`RoomTimer`], [`RoomJob`]), their
-//! [`Wired`] impls, and the dispatch of timers and job results to the room they belong to.
-//! [`enter`] is the one generic way into a room: it lends it a [`RoomCx`] over the daemon's
-//! wheel and worker. Adding a room is a line here, plus the arms that route its requests.
+//! [`rooms!`] takes the list (one line per room: its variant name, its field, its type,
+//! where its outputs go and, with `serve`, the method its requests go to) and generates the
+//! [`Rooms`] struct, the typed wrappers of each room's timer keys and job results inside the
+//! daemon's ([`RoomTimer`], [`RoomJob`]), their [`Wired`] impls, and the dispatch of timers,
+//! job results, requests (`api::Request::<Variant>`), live configuration and the answers to
+//! a room's own requests (`ReplyTo::Room`) to the room they belong to. [`enter`] is the one
+//! generic way into a room: it lends it a [`RoomCx`] over the daemon's wheel and worker.
+//! `[serve]` routes the room's requests to its [`crate::room::Serve::handle`];
+//! `[serve METHOD]` to a `Daemon` method, for a room whose requests still need the wiring
+//! (health's cached answer, diagnostics' facts). Adding a room is a line here.
 
 use super::*;
 use crate::components::diagnostics::Diagnostics;
@@ -23,8 +27,30 @@ pub(super) trait Wired: Room {
     fn job(j: Self::Job) -> WorkResult;
 }
 
+/// One room's request arm: `[serve]` hands it to the room's `Serve::handle` and its outputs to
+/// `deliver`; `[serve METHOD]` to a `Daemon` method (a room whose requests need the wiring).
+macro_rules! serve {
+    ($daemon:ident, $cx:ident, $request:ident, $reply:ident, $field:ident, $deliver:ident) => {{
+        let mut out = Vec::new();
+        enter(
+            &mut $daemon.rooms.$field,
+            $cx,
+            &mut $daemon.worker,
+            &mut $daemon.jobs,
+            &mut out,
+            |room, rcx| crate::room::Serve::handle(room, rcx, $request, $reply),
+        );
+        $daemon.$deliver($cx, out);
+    }};
+    ($daemon:ident, $cx:ident, $request:ident, $reply:ident, $field:ident, $deliver:ident,
+     $serve:ident) => {
+        $daemon.$serve($cx, $request, $reply)
+    };
+}
+
 macro_rules! rooms {
-    ($( $(#[$doc:meta])* $variant:ident($field:ident: $ty:ty) => $deliver:ident, )*) => {
+    ($( $(#[$doc:meta])* $variant:ident($field:ident: $ty:ty) => $deliver:ident
+        $([serve $($serve:ident)?])?, )*) => {
         /// The rooms, one field each.
         pub(super) struct Rooms {
             $( $(#[$doc])* pub(super) $field: $ty, )*
@@ -66,6 +92,39 @@ macro_rules! rooms {
                 }
             }
 
+            /// Routes a request to the room it belongs to (the wiring's own to
+            /// [`Daemon::handle_daemon`]).
+            pub(super) fn route(&mut self, cx: &mut Cx<'_, Timer>, request: Request, reply: ReplyTo) {
+                match request {
+                    Request::Daemon(r) => self.handle_daemon(cx, r, reply),
+                    $( $( Request::$variant(r) => serve!(self, cx, r, reply, $field, $deliver
+                                                          $(, $serve)?), )? )*
+                }
+            }
+
+            /// The configuration changed: every room takes what it can change live.
+            pub(super) fn rooms_apply_config(&mut self, cx: &mut Cx<'_, Timer>, config: &Config) {
+                $( {
+                    let mut out = Vec::new();
+                    enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
+                          &mut out, |room, rcx| Room::apply_config(room, rcx, config));
+                    self.$deliver(cx, out);
+                } )*
+            }
+
+            /// The answer to a request room `room` asked (`Effect::Request`) goes back to it.
+            pub(super) fn room_answer(&mut self, cx: &mut Cx<'_, Timer>, room: &'static str,
+                                      tag: u64, answer: Answer) {
+                $( if room == <$ty as Room>::NAME {
+                    let mut out = Vec::new();
+                    enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
+                          &mut out, |r, rcx| Room::on_answer(r, rcx, tag, answer));
+                    self.$deliver(cx, out);
+                    return;
+                } )*
+                log::error!("an answer for room {room}, which is not in the room list");
+            }
+
             /// A room's job came back (or failed): to the room, then its outputs.
             pub(super) fn room_job(&mut self, cx: &mut Cx<'_, Timer>, job: RoomJob) {
                 match job {
@@ -83,11 +142,11 @@ macro_rules! rooms {
 
 rooms! {
     /// The MCP servers.
-    Mcp(mcp: Mcp) => deliver_outputs,
+    Mcp(mcp: Mcp) => deliver_outputs [serve],
     /// `diagnostics run`.
-    Diagnostics(diagnostics: Diagnostics) => deliver_effects,
+    Diagnostics(diagnostics: Diagnostics) => deliver_effects [serve serve_diagnostics],
     /// The health rounds.
-    Health(health: Health) => health_outputs,
+    Health(health: Health) => health_outputs [serve serve_health],
 }
 
 impl Daemon {

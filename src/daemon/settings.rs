@@ -2,7 +2,7 @@
 //! what can change live.
 //!
 //! An update (`config set`, `PUT /api/v1/config`) is validate → persist → apply, like a
-//! registration (see `registration`): the patch is checked alone, then against the overrides
+//! registration (see the MCP room's `registration`): the patch is checked alone, then against the overrides
 //! as they will be once every pending patch is saved; `overrides.json` is written on the
 //! worker (at most one write in flight; later patches wait, at most [`MAX_WAITING_PATCHES`],
 //! and are checked again when the write before them failed); the change is applied and
@@ -51,7 +51,7 @@ impl Daemon {
 
     /// Queues a merge patch of the overrides; the answer goes to `reply` once the new
     /// `overrides.json` is saved (and the change applied), or the save failed (nothing
-    /// changed). Writes are coalesced like the registry's (see `registration`): at most one in
+    /// changed). Writes are coalesced like the registry's (the MCP room's `registration`): at most one in
     /// flight, later patches validated against the overrides as they will be.
     ///
     /// # Errors
@@ -254,23 +254,11 @@ impl Daemon {
                 "daemon.log_buffer_lines" => {
                     self.logging.ring.set_capacity(new.daemon.log_buffer_lines)
                 }
-                "monitoring.health_check_interval_ms" => {
-                    let every = Duration::from_millis(new.monitoring.health_check_interval_ms);
-                    self.with_health(cx, |room, rcx| room.set_interval(rcx, every));
-                }
                 k if k.starts_with("http.") => self.server.policy = conn_policy(&new),
                 _ => {}
             }
         }
-        self.rooms.mcp.settings.config = new.mcp_servers.clone();
-        self.rooms.mcp.settings.sandbox_enabled = new.security.sandbox_enabled;
-        if self.config.effective.servers != new.servers {
-            self.rooms.mcp.sync_config_servers(
-                &mut cx.narrow(<Mcp as Wired>::timer).cx(),
-                &new.servers,
-                &mut self.outputs,
-            );
-        }
+        self.rooms_apply_config(cx, &new);
         // No silent promises: a change to a key nothing reads yet is said out loud.
         let promised = new.not_enforced_set();
         let not_enforced: Vec<&String> = changed.iter().filter(|k| promised.contains(k)).collect();

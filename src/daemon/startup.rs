@@ -2,7 +2,6 @@
 //! the pid file, building the daemon and running the loop until it stops; and the service
 //! manager's notifications (readiness, watchdog).
 
-use super::registration::capability_warning;
 use super::*;
 
 impl Daemon {
@@ -295,6 +294,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             config: effective.mcp_servers.clone(),
             sandbox_enabled: effective.security.sandbox_enabled,
             state_dir: state.path().to_path_buf(),
+            blocked_capabilities: effective.security.blocked_capabilities.clone(),
+            servers: effective.servers.clone(),
         },
         mcp_tokens,
     );
@@ -337,8 +338,6 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         components,
         jobs: Waiting::default(),
         followers: Vec::new(),
-        registry_writes: state::WriteQueue::new(registration::MAX_WAITING),
-        registry_write: None,
         overrides_writes: state::WriteQueue::new(settings::MAX_WAITING_PATCHES),
         overrides_write: None,
         rooms: rooms::Rooms {
@@ -346,6 +345,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             diagnostics: Diagnostics,
             health: components::health::Health::default(),
         },
+        documents: persist::Documents::default(),
         events: EventLog::new(EVENT_HISTORY),
         outputs: Vec::new(),
         effects: Vec::new(),
@@ -381,7 +381,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         .chain(from_config.into_iter().map(|s| (s, Source::Config)))
     {
         let id = spec.id.clone();
-        let warning = capability_warning(&spec, &daemon.config.effective);
+        let warning = daemon.rooms.mcp.capability_warning(&spec);
         match daemon.rooms.mcp.register(
             &mut cx.narrow(<Mcp as Wired>::timer).cx(),
             spec,

@@ -21,7 +21,10 @@ impl Daemon {
     pub(super) fn event_filter(query: &EventQuery) -> impl Fn(&Event) -> bool + '_ {
         move |e: &Event| {
             query.kind.as_deref().is_none_or(|k| k == e.kind)
-                && query.channel.as_deref().is_none_or(|c| c == e.channel)
+                && query
+                    .channel
+                    .as_deref()
+                    .is_none_or(|c| c == e.channel.name())
         }
     }
 
@@ -170,13 +173,8 @@ impl Daemon {
                         .query(f.cursor, usize::MAX, Self::event_filter(q))
                     {
                         out.extend_from_slice(
-                            format!(
-                                "id: {}\nevent: {}\ndata: {}\n\n",
-                                e.seq,
-                                e.kind,
-                                e.to_json()
-                            )
-                            .as_bytes(),
+                            format!("id: {}\nevent: {}\ndata: {}\n\n", e.seq, e.kind, e.wire())
+                                .as_bytes(),
                         );
                     }
                 }
@@ -194,21 +192,5 @@ impl Daemon {
         followers.retain(|f| self.server.is_open(f.conn));
         self.followers = followers;
         self.update_follower_count();
-    }
-
-    /// Sends a just-published event to the WebSocket clients subscribed to its channel.
-    pub(super) fn broadcast_event(&mut self, cx: &mut Cx<'_, Timer>, seq: u64) {
-        let Some(event) = self
-            .events
-            .query(seq - 1, 1, |e| e.seq == seq)
-            .into_iter()
-            .next()
-        else {
-            return;
-        };
-        let channel = event.channel;
-        let text: tungstenite::protocol::frame::Utf8Bytes = event.to_json().to_string().into();
-        self.server
-            .ws_broadcast(&mut cx.narrow(Timer::Net).cx(), channel, &text);
     }
 }

@@ -19,21 +19,23 @@ mod lifecycle;
 mod pipes;
 pub mod process;
 pub mod reaper;
-pub mod registry;
+mod registration;
+pub use crate::spec as registry;
 pub mod server;
 pub mod session;
 pub mod supervisor;
 pub mod tools;
 
-use crate::api::ReplyTo;
 use crate::api::{Answer, ApiError, ErrorCode};
+use crate::api::{McpRequest, ReplyTo};
 use crate::config::McpServersConfig;
+use crate::events::{Channel, EventData};
 use crate::reactor::timer::TimerId;
 use crate::reactor::{Cx, TokenRange};
 use crate::sys;
 use jsonrpc::{Line, LineSplitter};
 use process::{Chunk, Launch, Pipe, PipeTokens, Process};
-use registry::ServerSpec;
+use registry::{ServerSpec, REGISTRY_FILE};
 use serde_json::{json, Value};
 use server::truncate;
 pub use server::{Server, Source, Status};
@@ -85,21 +87,24 @@ enum TimerKind {
 pub enum Output {
     /// An answer to a client.
     Reply(ReplyTo, Answer),
-    /// An event for the event log and subscribers: (channel, type, data).
-    Event(&'static str, &'static str, Value),
+    /// An event for the event log and the channel's subscribers.
+    Event(Channel, EventData),
     /// A tool call finished: (server, outcome, seconds) for the metrics.
     ToolCall(String, &'static str, f64),
     /// A server was restarted automatically.
     Restart(String),
     /// A server was unregistered: its per-server metric series go.
     Unregistered(String),
+    /// Any other common effect, for the wiring to carry out.
+    Effect(crate::room::Effect),
 }
 
 impl From<crate::room::Effect> for Output {
     fn from(effect: crate::room::Effect) -> Self {
         match effect {
             crate::room::Effect::Reply(to, answer) => Output::Reply(to, answer),
-            crate::room::Effect::Publish(channel, kind, data) => Output::Event(channel, kind, data),
+            crate::room::Effect::Event(channel, data) => Output::Event(channel, data),
+            other => Output::Effect(other),
         }
     }
 }
@@ -120,6 +125,73 @@ impl crate::room::Room for Mcp {
     fn on_job(&mut self, _cx: &mut crate::room::RoomCx<'_, Self>, done: Self::Job) {
         match done {}
     }
+
+    /// The only requests the room asks are its `servers.json` writes.
+    fn on_answer(&mut self, cx: &mut crate::room::RoomCx<'_, Self>, tag: u64, answer: Answer) {
+        self.registry_written(cx, tag, answer);
+    }
+
+    fn apply_config(
+        &mut self,
+        cx: &mut crate::room::RoomCx<'_, Self>,
+        config: &crate::config::Config,
+    ) {
+        self.settings.config = config.mcp_servers.clone();
+        self.settings.sandbox_enabled = config.security.sandbox_enabled;
+        self.settings.blocked_capabilities = config.security.blocked_capabilities.clone();
+        if self.settings.servers != config.servers {
+            let (mut lcx, out) = cx.split();
+            self.sync_config_servers(&mut lcx, &config.servers, out);
+            self.settings.servers = config.servers.clone();
+        }
+    }
+}
+
+/// The MCP room's requests. Registering and unregistering change `servers.json` and are
+/// answered once it is written (see `registration`); the rest are answered at once.
+impl crate::room::Serve for Mcp {
+    type Request = McpRequest;
+
+    fn handle(
+        &mut self,
+        cx: &mut crate::room::RoomCx<'_, Self>,
+        request: McpRequest,
+        reply: ReplyTo,
+    ) {
+        // What the request causes (events, other clients' answers) goes out after its answer.
+        let mut caused = Vec::new();
+        let answer = match request {
+            McpRequest::List { status } => Ok(self.list(status)),
+            McpRequest::Show { id } => self.show(&id),
+            McpRequest::Tools { id } => self.tools(&id),
+            McpRequest::Start { id } => self.start(&mut cx.split().0, &id, &mut caused),
+            McpRequest::Stop { id } => self.stop(&mut cx.split().0, &id, &mut caused),
+            McpRequest::Restart { id } => self.restart(&mut cx.split().0, &id, &mut caused),
+            McpRequest::Reset { id } => self.reset(&mut cx.split().0, &id, &mut caused),
+            McpRequest::Call {
+                id,
+                name,
+                arguments,
+                timeout_ms,
+            } => {
+                let (mut lcx, _) = cx.split();
+                match self.call(&mut lcx, &id, &name, arguments, timeout_ms, reply) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
+            request @ (McpRequest::Register { .. } | McpRequest::Unregister { .. }) => {
+                match self.queue_registry_change(cx, request, reply) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        cx.reply(reply, answer);
+        for output in caused {
+            cx.emit(output);
+        }
+    }
 }
 
 /// Defaults and limits from `[mcp_servers]` plus where the daemon keeps its state.
@@ -131,6 +203,12 @@ pub struct Settings {
     pub sandbox_enabled: bool,
     /// The state directory (writable for servers under Landlock).
     pub state_dir: PathBuf,
+    /// Capabilities the security policy blocks (`security.blocked_capabilities`; a
+    /// registration declaring one is answered with a warning, it is not enforced yet).
+    pub blocked_capabilities: Vec<String>,
+    /// The `[[servers]]` of the configuration last applied (a change is synced, see
+    /// [`Mcp::sync_config_servers`]).
+    pub servers: Vec<ServerSpec>,
 }
 
 /// All managed servers.
@@ -146,6 +224,8 @@ pub struct Mcp {
     read_since_trim: usize,
     /// The pipe tokens the reactor gave this floor.
     tokens: TokenRange,
+    /// Registry changes waiting for their `servers.json` write (see `registration`).
+    registrations: registration::Registrations,
 }
 
 /// The pipe tokens of server slot `slot` (a slot is below [`MAX_REGISTERED`], so its three
@@ -190,6 +270,7 @@ impl Mcp {
             reaper: None,
             read_since_trim: 0,
             tokens,
+            registrations: registration::Registrations::default(),
         }
     }
 
@@ -305,9 +386,15 @@ impl Mcp {
             .insert(id.clone(), Server::new(spec, source, slot));
         log::info!("MCP server {id} registered");
         out.push(Output::Event(
-            "mcp_servers",
-            "mcp_server_registered",
-            json!({"server_id": id, "source": if source == Source::Api { "api" } else { "config" }}),
+            Channel::McpServers,
+            EventData::McpServerRegistered {
+                server_id: id.clone(),
+                source: if source == Source::Api {
+                    "api"
+                } else {
+                    "config"
+                },
+            },
         ));
         if autostart {
             if let Err(e) = self.start(cx, &id, out) {
@@ -366,9 +453,10 @@ impl Mcp {
             sys::release_free_memory();
             log::info!("MCP server {id} unregistered");
             out.push(Output::Event(
-                "mcp_servers",
-                "mcp_server_unregistered",
-                json!({"server_id": id}),
+                Channel::McpServers,
+                EventData::McpServerUnregistered {
+                    server_id: id.to_string(),
+                },
             ));
             out.push(Output::Unregistered(id.to_string()));
         }
@@ -477,15 +565,245 @@ impl Mcp {
             status.as_str()
         );
         out.push(Output::Event(
-            "mcp_servers",
-            "mcp_server_status_change",
-            json!({
-                "server_id": id,
-                "old_status": old.as_str(),
-                "new_status": status.as_str(),
-                "reason": reason,
-                "capabilities": s.spec.capabilities,
-            }),
+            Channel::McpServers,
+            EventData::McpServerStatusChange {
+                server_id: id.to_string(),
+                old_status: old.as_str(),
+                new_status: status.as_str(),
+                reason: reason.to_string(),
+                capabilities: s.spec.capabilities.clone(),
+            },
         ));
+    }
+}
+
+#[cfg(test)]
+mod room_tests {
+    use super::*;
+    use crate::room::testing::{enter, Inline};
+    use crate::room::{Room, Serve};
+
+    fn answers(out: &mut Vec<Output>) -> Vec<Answer> {
+        std::mem::take(out)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Reply(ReplyTo::Room { room: "test", .. }, answer) => Some(answer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reply(tag: u64) -> ReplyTo {
+        ReplyTo::Room { room: "test", tag }
+    }
+
+    /// Sends `request` to the room and returns the answers it gave at once.
+    fn ask(
+        room: &mut Mcp,
+        wiring: &mut Inline<Timer, std::convert::Infallible>,
+        out: &mut Vec<Output>,
+        request: McpRequest,
+        tag: u64,
+    ) -> Vec<Answer> {
+        enter(room, wiring, out, |room, cx| {
+            room.handle(cx, request, reply(tag))
+        });
+        answers(out)
+    }
+
+    #[test]
+    fn the_mcp_room_answers_its_requests_through_handle() {
+        let settings = Settings {
+            config: crate::config::Config::default().mcp_servers,
+            sandbox_enabled: false,
+            state_dir: std::env::temp_dir(),
+            blocked_capabilities: Vec::new(),
+            servers: Vec::new(),
+        };
+        let mut room = Mcp::new(settings, crate::reactor::TokenAllocator::default().take(30));
+        let mut wiring = Inline::new();
+        let mut out = Vec::new();
+        let spec: ServerSpec =
+            serde_json::from_value(json!({"id": "t", "command": "python3", "autostart": false}))
+                .expect("spec");
+        enter(&mut room, &mut wiring, &mut out, |room, cx| {
+            let (mut lcx, out) = cx.split();
+            room.register(&mut lcx, spec, Source::Api, false, out)
+        })
+        .expect("registered");
+        out.clear();
+
+        let listed = ask(
+            &mut room,
+            &mut wiring,
+            &mut out,
+            McpRequest::List { status: "all" },
+            1,
+        );
+        assert_eq!(listed.len(), 1, "one answer per request");
+        let servers = listed[0].as_ref().expect("list")["servers"].clone();
+        assert_eq!(servers.as_array().map(Vec::len), Some(1), "{servers}");
+        assert_eq!(servers[0]["id"], "t");
+
+        let active = ask(
+            &mut room,
+            &mut wiring,
+            &mut out,
+            McpRequest::List { status: "active" },
+            2,
+        );
+        assert_eq!(active[0].as_ref().expect("list")["servers"], json!([]));
+
+        let shown = ask(
+            &mut room,
+            &mut wiring,
+            &mut out,
+            McpRequest::Show { id: "t".into() },
+            3,
+        );
+        assert!(shown[0].is_ok(), "{shown:?}");
+
+        for request in [
+            McpRequest::Show { id: "nope".into() },
+            McpRequest::Tools { id: "nope".into() },
+            McpRequest::Stop { id: "nope".into() },
+        ] {
+            let answer = ask(&mut room, &mut wiring, &mut out, request.clone(), 4);
+            assert_eq!(
+                answer[0].as_ref().err().map(|e| e.code),
+                Some(ErrorCode::ServerNotFound),
+                "{request:?}"
+            );
+        }
+        // Registration waits for servers.json: the room asks for the write, answers nobody
+        // and changes nothing until the write is acknowledged.
+        let persisted = |out: &mut Vec<Output>| -> Vec<crate::room::Persist> {
+            std::mem::take(out)
+                .into_iter()
+                .filter_map(|o| match o {
+                    Output::Effect(crate::room::Effect::Persist(p)) => Some(p),
+                    _ => None,
+                })
+                .collect()
+        };
+        let register = |id: &str| McpRequest::Register {
+            spec: serde_json::from_value(
+                json!({"id": id, "command": "python3", "autostart": false}),
+            )
+            .expect("spec"),
+        };
+        enter(&mut room, &mut wiring, &mut out, |room, cx| {
+            room.handle(cx, register("u"), reply(5));
+            room.handle(cx, register("v"), reply(6)); // waits behind the write in flight
+            room.handle(cx, register("u"), reply(7)); // a change to "u" is pending
+        });
+        let refused: Vec<Answer> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Reply(_, a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            refused.len(),
+            1,
+            "only the conflicting change is answered at once"
+        );
+        assert_eq!(
+            refused[0].as_ref().err().map(|e| e.code),
+            Some(ErrorCode::Conflict)
+        );
+        let writes = persisted(&mut out);
+        assert_eq!(writes.len(), 1, "one write in flight");
+        assert_eq!(writes[0].file, REGISTRY_FILE);
+        let ids: Vec<&str> = writes[0]
+            .document
+            .as_array()
+            .expect("specs")
+            .iter()
+            .filter_map(|s| s["id"].as_str())
+            .collect();
+        assert_eq!(ids, ["t", "u"], "memory plus the change in flight");
+        let Some((ReplyTo::Room { room: "mcp", tag }, _)) = writes[0].ack else {
+            panic!("the write is acknowledged to the room");
+        };
+        assert_eq!(
+            ask(
+                &mut room,
+                &mut wiring,
+                &mut out,
+                McpRequest::List { status: "all" },
+                8
+            )[0]
+            .as_ref()
+            .expect("list")["servers"]
+                .as_array()
+                .map(Vec::len),
+            Some(1),
+            "nothing applied before the write"
+        );
+
+        // The write fails: its caller gets the failure, nothing changes, and the waiting
+        // change goes out in the next write.
+        let full = ApiError::new(ErrorCode::InsufficientStorage, "disk full");
+        enter(&mut room, &mut wiring, &mut out, |room, cx| {
+            room.on_answer(cx, tag, Err(full))
+        });
+        let failed: Vec<Answer> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Reply(ReplyTo::Room { tag: 5, .. }, a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(
+            failed[0].as_ref().err().map(|e| e.code),
+            Some(ErrorCode::InsufficientStorage)
+        );
+        let writes = persisted(&mut out);
+        assert_eq!(writes.len(), 1);
+        let ids: Vec<&str> = writes[0]
+            .document
+            .as_array()
+            .expect("specs")
+            .iter()
+            .filter_map(|s| s["id"].as_str())
+            .collect();
+        assert_eq!(ids, ["t", "v"]);
+        let Some((ReplyTo::Room { tag, .. }, _)) = writes[0].ack else {
+            panic!("acknowledged to the room");
+        };
+
+        // This one lands: "v" is registered and its caller answered, ahead of its events.
+        enter(&mut room, &mut wiring, &mut out, |room, cx| {
+            room.on_answer(cx, tag, Ok(Value::Null))
+        });
+        assert!(
+            matches!(
+                out.first(),
+                Some(Output::Reply(ReplyTo::Room { tag: 6, .. }, Ok(_)))
+            ),
+            "{out:?}"
+        );
+        assert!(out.iter().any(|o| matches!(o, Output::Event(_, crate::events::EventData::McpServerRegistered { server_id, .. }) if server_id == "v")));
+        out.clear();
+        let listed = ask(
+            &mut room,
+            &mut wiring,
+            &mut out,
+            McpRequest::List { status: "all" },
+            9,
+        );
+        assert_eq!(
+            listed[0].as_ref().expect("list")["servers"]
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
+        enter(&mut room, &mut wiring, &mut out, |room, cx| {
+            room.on_answer(cx, tag, Ok(Value::Null))
+        });
+        assert!(out.is_empty(), "an acknowledgement counts once");
     }
 }

@@ -68,7 +68,7 @@ impl Mcp {
                         cx.timers.insert(at, Timer { slot, run, kind });
                     }
                 }
-                Effect::Event(kind, data) => out.push(Output::Event("mcp_servers", kind, data)),
+                Effect::Event(data) => out.push(Output::Event(Channel::McpServers, data)),
                 Effect::ToolCall(outcome, seconds) => {
                     out.push(Output::ToolCall(id.to_string(), outcome, seconds))
                 }

@@ -18,6 +18,7 @@ use super::server::{
 };
 use super::tools::{self, Flood, Listing, Relist};
 use crate::api::{Answer, ApiError, ErrorCode};
+use crate::events::EventData;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -63,7 +64,7 @@ pub enum Effect<R, T> {
     /// Call [`Session::on_relist_timer`] at this instant.
     RelistAt(Instant),
     /// Publish an event on the `mcp_servers` channel: (type, data).
-    Event(&'static str, Value),
+    Event(EventData),
     /// A tool call finished: (outcome, seconds), for the metrics.
     ToolCall(&'static str, f64),
     /// The handshake completed with this protocol version (the supervisor's `Handshake`).
@@ -275,7 +276,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 "notifications/tools/list_changed" => self.on_list_changed(cx, out),
                 "notifications/progress" => {
                     if let Some(event) = self.progress_event(&params) {
-                        out.push(Effect::Event("mcp_tool_progress", event));
+                        out.push(Effect::Event(event));
                     }
                 }
                 "notifications/message" => {
@@ -476,10 +477,11 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 .take(EVENT_TOOL_NAMES)
                 .map(|n| truncate(n.to_string(), 128))
                 .collect();
-            out.push(Effect::Event(
-                "mcp_server_tools_changed",
-                json!({"server_id": self.id, "tools": names, "count": count}),
-            ));
+            out.push(Effect::Event(EventData::McpServerToolsChanged {
+                server_id: self.id.clone(),
+                tools: names,
+                count,
+            }));
         }
         let next = self.relist.finished(cx.now);
         self.relist_next(next, cx, out);
@@ -487,7 +489,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
 
     /// A `notifications/progress` as an event, when it is about one of our calls in flight
     /// (its token is ours); its free-text parts are bounded.
-    fn progress_event(&self, params: &Value) -> Option<Value> {
+    fn progress_event(&self, params: &Value) -> Option<EventData> {
         let token = params["progressToken"].as_str()?;
         let rpc: u64 = token
             .strip_prefix(self.id.as_str())?
@@ -507,13 +509,13 @@ impl<R: Copy, T: Copy> Session<R, T> {
         let message = params["message"]
             .as_str()
             .map(|m| truncate(m.to_string(), NOTE_MAX));
-        Some(json!({
-            "server_id": self.id,
-            "progress_token": token,
-            "progress": number(&params["progress"]),
-            "total": number(&params["total"]),
-            "message": message,
-        }))
+        Some(EventData::McpToolProgress {
+            server_id: self.id.clone(),
+            progress_token: token.to_string(),
+            progress: number(&params["progress"]),
+            total: number(&params["total"]),
+            message,
+        })
     }
 
     /// Forwards a tool call; its answer arrives later as an [`Effect::Reply`]. `arm` sets
@@ -836,7 +838,7 @@ mod tests {
         let e = feed(&mut s, page2.as_bytes(), Status::Active, later);
         assert_eq!(s.tool_names(), ["a", "b"]);
         assert!(
-            matches!(&e[..], [Effect::Event("mcp_server_tools_changed", d)] if d["count"] == 2 && d["tools"] == json!(["a", "b"])),
+            matches!(&e[..], [Effect::Event(EventData::McpServerToolsChanged { count: 2, tools, .. })] if *tools == ["a", "b"]),
             "{e:?}"
         );
         // Another list_changed within a second of the last start waits for a timer.
@@ -917,7 +919,7 @@ mod tests {
         );
         let e = feed(&mut s, progress.as_bytes(), Status::Active, now);
         assert!(
-            matches!(&e[..], [Effect::Event("mcp_tool_progress", d)] if d["progress"] == 1 && d["total"] == 2 && d["message"] == "half"),
+            matches!(&e[..], [Effect::Event(EventData::McpToolProgress { progress, total, message, .. })] if *progress == 1 && *total == 2 && message.as_deref() == Some("half")),
             "{e:?}"
         );
         // Progress for a token that is not one of our calls is ignored.

@@ -258,6 +258,7 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::DaemonRequest;
     use crate::ops;
 
     fn req(method: &str, target: &str, body: &str) -> http::Request {
@@ -276,7 +277,7 @@ mod tests {
     fn routes_map_to_requests() {
         assert_eq!(
             route(&req("GET", "/api/v1/status?detailed=true", "")).ok(),
-            Some(Request::Status { detailed: true })
+            Some(Request::Daemon(DaemonRequest::Status { detailed: true }))
         );
         assert_eq!(
             route(&req(
@@ -285,17 +286,17 @@ mod tests {
                 r#"{"shutdown": true}"#
             ))
             .ok(),
-            Some(Request::ControlStop {
+            Some(Request::Daemon(DaemonRequest::ControlStop {
                 service: None,
                 shutdown: true,
                 graceful: true
-            })
+            }))
         );
         assert_eq!(
             route(&req("GET", "/api/v1/config?section=mon%69toring", "")).ok(),
-            Some(Request::ConfigShow {
+            Some(Request::Daemon(DaemonRequest::ConfigShow {
                 section: Some("monitoring".into())
-            })
+            }))
         );
     }
 

@@ -17,6 +17,7 @@
 
 use super::{http, Stream};
 use crate::api::{ApiError, ErrorCode, Op};
+use crate::events::Channel;
 use crate::ops;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -40,28 +41,43 @@ pub const KERNEL_SEND_BUFFER: usize = 64 * 1024;
 pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// Idle time before we ping; a ping unanswered this long closes the client.
 pub const KEEPALIVE: Duration = Duration::from_secs(30);
-/// The channels a client may subscribe to.
-pub const CHANNELS: [&str; 7] = [
-    "mcp_servers",
-    "performance",
-    "health",
-    "security",
-    "variety_monitoring",
-    "logs",
-    "consciousness",
-];
+/// The channels a client may subscribe to: the names of [`Channel::ALL`].
+pub const CHANNELS: [&str; Channel::ALL.len()] = {
+    let mut out = [""; Channel::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = Channel::ALL[i].name();
+        i += 1;
+    }
+    out
+};
 
-/// Channels a client may subscribe to that no producer publishes on yet (the monitors, the
-/// variety manager and reflection come with later issues). The `connected` message names them
-/// so that a quiet subscription is not mistaken for a quiet system. Take a channel out of
-/// this list in the change that makes it carry events.
-pub const SILENT_CHANNELS: [&str; 5] = [
-    "performance",
-    "health",
-    "security",
-    "variety_monitoring",
-    "consciousness",
-];
+const fn silent_count() -> usize {
+    let (mut n, mut i) = (0, 0);
+    while i < Channel::ALL.len() {
+        if Channel::ALL[i].silent() {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+/// Channels a client may subscribe to that no producer publishes on yet ([`Channel::silent`]):
+/// the `connected` message names them so that a quiet subscription is not mistaken for a
+/// quiet system.
+pub const SILENT_CHANNELS: [&str; silent_count()] = {
+    let mut out = [""; silent_count()];
+    let (mut n, mut i) = (0, 0);
+    while i < Channel::ALL.len() {
+        if Channel::ALL[i].silent() {
+            out[n] = Channel::ALL[i].name();
+            n += 1;
+        }
+        i += 1;
+    }
+    out
+};
 
 fn config() -> WebSocketConfig {
     WebSocketConfig::default()
@@ -692,6 +708,24 @@ mod tests {
             .filter(|c| !SILENT_CHANNELS.contains(c))
             .collect();
         assert_eq!(loud, ["mcp_servers", "logs"]);
+    }
+
+    #[test]
+    fn the_channel_enum_is_the_subscription_list() {
+        assert_eq!(CHANNELS.len(), Channel::ALL.len());
+        for (name, channel) in CHANNELS.iter().zip(Channel::ALL) {
+            assert_eq!(*name, channel.name());
+            let c = parse_command(&format!(
+                r#"{{"command":"subscribe","channels":["{name}"]}}"#
+            ));
+            assert!(c.is_ok(), "{name}");
+        }
+        for name in ["system", "variety", "MCP_SERVERS", ""] {
+            let c = parse_command(&format!(
+                r#"{{"command":"subscribe","channels":["{name}"]}}"#
+            ));
+            assert!(c.is_err(), "{name}");
+        }
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! Server specs: what an operator registers (over the API or `[[servers]]` in the config file)
 //! and what survives a restart (`servers.json` in the state directory, written atomically).
+//!
+//! A ground-floor type: the command layer ([`crate::api`]) and the configuration carry it, the
+//! MCP room runs it (`crate::mcp::registry` is this module under its old name), so it imports
+//! nothing above the ground floor.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -105,7 +109,7 @@ pub struct ServerSpec {
 }
 
 /// The registry document after registering `spec`: `current` (what `servers.json` holds now)
-/// plus `spec`, ordered by id like [`crate::mcp::Mcp::api_specs`]. Pure, so the document can
+/// plus `spec`, ordered by id like `Mcp::api_specs`. Pure, so the document can
 /// be written before the registration is applied.
 pub fn with_added(mut current: Vec<ServerSpec>, spec: &ServerSpec) -> Vec<ServerSpec> {
     current.retain(|s| s.id != spec.id);

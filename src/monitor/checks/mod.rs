@@ -1,0 +1,4 @@
+//! Operator-declared checks (`[[checks]]`): their specs and the room that runs them.
+
+pub mod probe;
+pub mod spec;

@@ -117,6 +117,13 @@ pub enum Request {
         /// Server id.
         id: String,
     },
+    /// The declared checks and their last results.
+    ChecksList,
+    /// Run a declared check now; answered with its result when the run ends.
+    ChecksRun {
+        /// Check name.
+        name: String,
+    },
     /// Metrics as JSON: everything, `performance` or `health`.
     Metrics {
         /// Which view.

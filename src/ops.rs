@@ -20,7 +20,9 @@ use crate::mcp::registry::ServerSpec;
 use serde_json::{json, Value};
 
 /// Every group of rows, in routing order (the hot `GET /api/v1/health` near the front).
-pub const GROUPS: &[&[Op]] = &[DAEMON, CONFIG, LOGS, EVENTS, METRICS, MCP, AUTH, META];
+pub const GROUPS: &[&[Op]] = &[
+    DAEMON, CONFIG, LOGS, EVENTS, METRICS, MCP, CHECKS, AUTH, META,
+];
 
 /// Every operation, in routing order.
 pub fn all() -> impl Iterator<Item = &'static Op> {
@@ -776,6 +778,46 @@ pub const AUTH_TOKEN_ROTATE: Op = Op {
 
 /// The TCP API token.
 pub const AUTH: &[Op] = &[AUTH_TOKEN, AUTH_TOKEN_ROTATE];
+
+// ----- declared checks ---------------------------------------------------------------------
+
+const CHECK_NAME: Param = Param {
+    name: "id",
+    loc: In::Path,
+    ty: Ty::Str,
+    description: "check name (`[[checks]]` name)",
+};
+
+/// `GET /api/v1/checks`.
+pub const CHECKS_LIST: Op = Op {
+    ws: Some("checks_list"),
+    ..Op::new(
+        "GET",
+        "/api/v1/checks",
+        "listChecks",
+        "checks",
+        "Declared checks with their last result (up/down, message, duration, last change, consecutive failures)",
+        |_| Ok(Request::ChecksList),
+    )
+};
+
+/// `POST /api/v1/checks/{id}/run`.
+pub const CHECKS_RUN: Op = Op {
+    ws: Some("checks_run"),
+    params: &[CHECK_NAME],
+    errors: &[ErrorCode::NotFound, ErrorCode::Busy],
+    ..Op::new(
+        "POST",
+        "/api/v1/checks/{id}/run",
+        "runCheck",
+        "checks",
+        "Run a declared check now (or join its run in flight) and answer with the result when it ends",
+        |a| Ok(Request::ChecksRun { name: a.id }),
+    )
+};
+
+/// The declared checks' rows.
+pub const CHECKS: &[Op] = &[CHECKS_LIST, CHECKS_RUN];
 
 // ----- the API itself ----------------------------------------------------------------------
 

@@ -21,6 +21,7 @@
 
 mod access;
 mod act;
+mod checks;
 mod control;
 mod health;
 mod metrics;
@@ -301,6 +302,13 @@ impl Daemon {
             }
             Request::AuthToken => self.auth_token(false),
             Request::AuthTokenRotate => self.auth_token(true),
+            Request::ChecksList => Ok(self.rooms.checks.list()),
+            Request::ChecksRun { name } => {
+                match self.with_checks(cx, |room, rcx| room.run_now(rcx, &name, reply)) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
             Request::McpList { status } => Ok(self.rooms.mcp.list(status)),
             Request::McpShow { id } => self.rooms.mcp.show(&id),
             Request::McpTools { id } => self.rooms.mcp.tools(&id),
@@ -407,6 +415,8 @@ impl Handler for Daemon {
                 token,
                 &mut self.outputs,
             );
+        } else if self.rooms.checks.owns(token) {
+            self.with_checks(cx, |room, rcx| room.on_ready(rcx, token));
         } else if self.server.owns(token) {
             self.server
                 .on_ready(&mut cx.narrow(Timer::Net).cx(), token, &mut self.incoming);
@@ -468,7 +478,9 @@ impl Handler for Daemon {
                         reaped.pid,
                         reaped.status,
                         &mut self.outputs,
-                    ) {
+                    ) && !self.with_checks(cx, |room, rcx| {
+                        room.on_child_exit(rcx, reaped.pid, reaped.status)
+                    }) {
                         log::debug!("reaped orphan {} (status {})", reaped.pid, reaped.status);
                     }
                 }

@@ -88,6 +88,8 @@ rooms! {
     Diagnostics(diagnostics: Diagnostics) => deliver_effects,
     /// The health rounds.
     Health(health: Health) => health_outputs,
+    /// The declared checks.
+    Checks(checks: crate::monitor::checks::room::Checks) => checks_outputs,
 }
 
 impl Daemon {

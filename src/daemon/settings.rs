@@ -271,6 +271,10 @@ impl Daemon {
                 &mut self.outputs,
             );
         }
+        if self.config.effective.checks != new.checks {
+            let checks = new.checks.clone();
+            self.with_checks(cx, |room, rcx| room.sync(rcx, &checks));
+        }
         // No silent promises: a change to a key nothing reads yet is said out loud.
         let promised = new.not_enforced_set();
         let not_enforced: Vec<&String> = changed.iter().filter(|k| promised.contains(k)).collect();

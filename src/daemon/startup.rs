@@ -221,6 +221,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     let listeners = ListenerTokens::take(&mut reactor)?;
     let conn_tokens = reactor.tokens(net::TOKENS_NEEDED);
     let mcp_tokens = reactor.tokens(mcp::TOKENS_NEEDED);
+    let checks_tokens = reactor.tokens(crate::monitor::checks::room::TOKENS_NEEDED);
     logging.set_waker(waker.clone());
     if let Err(e) = sys::set_child_subreaper() {
         log::warn!("cannot become a child subreaper: {e}");
@@ -345,6 +346,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             mcp,
             diagnostics: Diagnostics,
             health: components::health::Health::default(),
+            checks: crate::monitor::checks::room::Checks::new(checks_tokens),
         },
         events: EventLog::new(EVENT_HISTORY),
         outputs: Vec::new(),
@@ -397,6 +399,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             Err(e) => log::error!("MCP server {id} not registered: {e}"),
         }
     }
+    let checks = daemon.config.effective.checks.clone();
+    daemon.with_checks(&mut cx, |room, rcx| room.sync(rcx, &checks));
     for key in daemon.config.effective.not_enforced_set() {
         log::warn!(
             "{key} is set but {}: it has no effect",

@@ -138,6 +138,9 @@ pub struct Mcp {
     servers: BTreeMap<String, Server>,
     slots: Vec<Option<String>>,
     pids: HashMap<i32, String>,
+    /// Children of the daemon that other rooms own (exec checks and actions): the orphan
+    /// sweep leaves them alone. Kept current by the wiring.
+    pub spare_pids: Vec<i32>,
     /// Settings, updated on config changes.
     pub settings: Settings,
     jitter: Jitter,
@@ -185,6 +188,7 @@ impl Mcp {
             servers: BTreeMap::new(),
             slots: Vec::new(),
             pids: HashMap::new(),
+            spare_pids: Vec::new(),
             settings,
             jitter: Jitter::new(),
             reaper: None,

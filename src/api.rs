@@ -124,6 +124,11 @@ pub enum Request {
         /// Check name.
         name: String,
     },
+    /// Run an `[actions.NAME]` with a test alert; answered with the delivery's id.
+    ActionsTest {
+        /// Action name.
+        name: String,
+    },
     /// Metrics as JSON: everything, `performance` or `health`.
     Metrics {
         /// Which view.

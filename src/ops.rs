@@ -816,8 +816,30 @@ pub const CHECKS_RUN: Op = Op {
     )
 };
 
-/// The declared checks' rows.
-pub const CHECKS: &[Op] = &[CHECKS_LIST, CHECKS_RUN];
+const ACTION_NAME: Param = Param {
+    name: "id",
+    loc: In::Path,
+    ty: Ty::Str,
+    description: "action name (`[actions.NAME]`)",
+};
+
+/// `POST /api/v1/actions/{id}/test`.
+pub const ACTIONS_TEST: Op = Op {
+    ws: Some("actions_test"),
+    params: &[ACTION_NAME],
+    errors: &[ErrorCode::NotFound, ErrorCode::Busy],
+    ..Op::new(
+        "POST",
+        "/api/v1/actions/{id}/test",
+        "testAction",
+        "checks",
+        "Run a webhook or exec action with a test alert (answers with the delivery id; its outcome is listed under `actions.deliveries` of GET /api/v1/checks)",
+        |a| Ok(Request::ActionsTest { name: a.id }),
+    )
+};
+
+/// The declared checks' and actions' rows.
+pub const CHECKS: &[Op] = &[CHECKS_LIST, CHECKS_RUN, ACTIONS_TEST];
 
 // ----- the API itself ----------------------------------------------------------------------
 

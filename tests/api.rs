@@ -93,10 +93,11 @@ fn websocket_subscribes_and_answers_commands() {
 /// Stops of MCP servers escalate quickly: stdin closed, SIGTERM after 100 ms, SIGKILL 300 ms later.
 const QUICK_STOP: &str = "[mcp_servers]\nstop_grace_ms = 100\nterm_timeout_ms = 300\n";
 
-/// [`QUICK_STOP`] with a declared check named like the fixture server, so that every
-/// documented `{id}` path (servers and checks alike) names something that exists.
+/// [`QUICK_STOP`] with a declared check and an action named like the fixture server, so that
+/// every documented `{id}` path (servers, checks, actions) names something that exists.
 const QUICK_STOP_WITH_CHECK: &str = "[mcp_servers]\nstop_grace_ms = 100\nterm_timeout_ms = 300\n\n\
-    [[checks]]\nname = \"fx\"\nkind = \"filesystem\"\ntarget = \"/\"\nmax_used_percent = 100.0\n";
+    [[checks]]\nname = \"fx\"\nkind = \"filesystem\"\ntarget = \"/\"\nmax_used_percent = 100.0\n\n\
+    [actions.fx]\nkind = \"exec\"\nargv = [\"/bin/true\"]\n";
 
 const TOKEN: &str = "s3cret-T0ken-0123456789";
 

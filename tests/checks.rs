@@ -407,3 +407,152 @@ fn reload_adds_and_removes_checks_and_the_cli_says_what_is_wrong() {
     assert!(stdout(&d.cli(&["checks", "--help"])).contains("checks run NAME"));
     drop(listener);
 }
+
+/// A webhook receiver on `port`: answers 200 to every request and hands over each request
+/// (head and body) as text.
+fn receiver(port: u16) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if tx.send(head + &String::from_utf8_lossy(&body)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn deliveries(d: &Daemon) -> Value {
+    let (status, body) = d.http("GET", "/api/v1/checks", None);
+    assert_eq!(status, 200, "{body}");
+    body["data"]["actions"].clone()
+}
+
+#[test]
+fn webhook_deliveries_wait_for_a_receiver_that_is_down_and_lose_nothing() {
+    let dir = TempDir::new("checks-hook");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = free.local_addr().expect("addr").port();
+    drop(free); // down: nothing listens there yet
+    let token_file = dir.path().join("hook.token");
+    std::fs::write(&token_file, "hook-secret-123\n").expect("token file");
+    let config = format!(
+        "[actions.hook]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/alert\"\ntoken_file = \"{}\"\ntimeout_ms = 2000\n",
+        token_file.display()
+    );
+    let d = Daemon::start_in(
+        dir,
+        Setup {
+            config: Some(config),
+            ..Setup::default()
+        },
+    )
+    .expect("daemon starts");
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (status, body) = d.http("POST", "/api/v1/actions/hook/test", None);
+        assert_eq!(status, 200, "{body}");
+        ids.push(body["data"]["delivery"].as_u64().expect("delivery id"));
+    }
+    // The first attempt fails (nothing listens); the delivery waits for its retry.
+    wait_until(
+        "a failed first attempt",
+        || d.stderr(),
+        |log| log.contains("action webhook:hook attempt 1 failed"),
+        |log| log.clone(),
+    );
+    assert_eq!(deliveries(&d)["delivered"], 0);
+    let got = receiver(port);
+    let mut bodies = Vec::new();
+    for _ in &ids {
+        bodies.push(got.recv_timeout(PATIENCE).expect("every delivery arrives"));
+    }
+    for (body, id) in bodies.iter().zip(&ids) {
+        assert!(body.starts_with("POST /alert HTTP/1.1"), "{body}");
+        assert!(body.contains("Bearer hook-secret-123"), "{body}");
+        let json: Value = serde_json::from_str(&body[body.find("\r\n\r\n").expect("head") + 4..])
+            .expect("a JSON body");
+        assert_eq!(json["alert"]["rule"], "action_test");
+        assert_eq!(json["alert"]["id"], format!("test-{id}"), "in order");
+        assert_eq!(json["transition"], "fired");
+    }
+    let a = wait_until(
+        "all five recorded as delivered",
+        || deliveries(&d),
+        |a| a["delivered"] == 5,
+        |a| a.to_string(),
+    );
+    assert_eq!(
+        (a["dropped"].as_u64(), a["queued"].as_u64()),
+        (Some(0), Some(0)),
+        "{a}"
+    );
+    let first = &a["deliveries"][0];
+    assert!(first["attempts"].as_u64().unwrap_or(0) >= 2, "retried: {a}");
+    // The token never reaches the log.
+    assert!(!d.stderr().contains("hook-secret-123"));
+    let (status, body) = d.http("POST", "/api/v1/actions/nope/test", None);
+    assert_eq!(
+        (status, body["errors"][0]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+}
+
+#[test]
+fn exec_actions_see_the_alert_in_their_environment() {
+    let dir = TempDir::new("checks-exec-action");
+    let out = dir.path().join("seen.env");
+    let config = format!(
+        "[actions.notify]\nkind = \"exec\"\nargv = [\"/bin/sh\", \"-c\", \"env | grep ^VSM_ > \\\"$0\\\"\", \"{}\"]\ntimeout_ms = 5000\n",
+        out.display()
+    );
+    let d = Daemon::start_in(
+        dir,
+        Setup {
+            config: Some(config),
+            ..Setup::default()
+        },
+    )
+    .expect("daemon starts");
+    let (status, body) = d.http("POST", "/api/v1/actions/notify/test", None);
+    assert_eq!(status, 200, "{body}");
+    let id = body["data"]["delivery"].as_u64().expect("id");
+    let a = wait_until(
+        "the exec action to end",
+        || deliveries(&d),
+        |a| a["delivered"] == 1 || a["failed"] != 0,
+        |a| a.to_string(),
+    );
+    assert_eq!(a["delivered"], 1, "{a}");
+    let seen = std::fs::read_to_string(&out).expect("the action wrote its environment");
+    assert!(
+        seen.contains(&format!("VSM_ALERT_ID=test-{id}\n")),
+        "{seen}"
+    );
+    assert!(seen.contains("VSM_ALERT_RULE=action_test\n"), "{seen}");
+    assert!(seen.contains("VSM_ALERT_TRANSITION=fired\n"), "{seen}");
+    assert!(seen.contains("VSM_ACTION=exec:notify\n"), "{seen}");
+}

@@ -302,7 +302,15 @@ impl Daemon {
             }
             Request::AuthToken => self.auth_token(false),
             Request::AuthTokenRotate => self.auth_token(true),
-            Request::ChecksList => Ok(self.rooms.checks.list()),
+            Request::ChecksList => {
+                let mut list = self.rooms.checks.list();
+                list["actions"] = self.rooms.actions.status();
+                Ok(list)
+            }
+            Request::ActionsTest { name } => {
+                self.with_actions(cx, |room, rcx| room.test(rcx, &name, reply));
+                return;
+            }
             Request::ChecksRun { name } => {
                 match self.with_checks(cx, |room, rcx| room.run_now(rcx, &name, reply)) {
                     Ok(()) => return,
@@ -417,6 +425,8 @@ impl Handler for Daemon {
             );
         } else if self.rooms.checks.owns(token) {
             self.with_checks(cx, |room, rcx| room.on_ready(rcx, token));
+        } else if self.rooms.actions.owns(token) {
+            self.with_actions(cx, |room, rcx| room.on_ready(rcx, token));
         } else if self.server.owns(token) {
             self.server
                 .on_ready(&mut cx.narrow(Timer::Net).cx(), token, &mut self.incoming);
@@ -479,6 +489,8 @@ impl Handler for Daemon {
                         reaped.status,
                         &mut self.outputs,
                     ) && !self.with_checks(cx, |room, rcx| {
+                        room.on_child_exit(rcx, reaped.pid, reaped.status)
+                    }) && !self.with_actions(cx, |room, rcx| {
                         room.on_child_exit(rcx, reaped.pid, reaped.status)
                     }) {
                         log::debug!("reaped orphan {} (status {})", reaped.pid, reaped.status);

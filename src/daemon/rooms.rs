@@ -90,6 +90,8 @@ rooms! {
     Health(health: Health) => health_outputs,
     /// The declared checks.
     Checks(checks: crate::monitor::checks::room::Checks) => checks_outputs,
+    /// The webhook and exec actions.
+    Actions(actions: crate::monitor::actions::Actions) => actions_outputs,
 }
 
 impl Daemon {

@@ -271,6 +271,7 @@ impl Daemon {
                 &mut self.outputs,
             );
         }
+        self.rooms.actions.set_specs(new.actions.clone());
         if self.config.effective.checks != new.checks {
             let checks = new.checks.clone();
             self.with_checks(cx, |room, rcx| room.sync(rcx, &checks));

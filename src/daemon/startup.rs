@@ -222,6 +222,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     let conn_tokens = reactor.tokens(net::TOKENS_NEEDED);
     let mcp_tokens = reactor.tokens(mcp::TOKENS_NEEDED);
     let checks_tokens = reactor.tokens(crate::monitor::checks::room::TOKENS_NEEDED);
+    let actions_tokens = reactor.tokens(crate::monitor::actions::TOKENS_NEEDED);
     logging.set_waker(waker.clone());
     if let Err(e) = sys::set_child_subreaper() {
         log::warn!("cannot become a child subreaper: {e}");
@@ -347,6 +348,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             diagnostics: Diagnostics,
             health: components::health::Health::default(),
             checks: crate::monitor::checks::room::Checks::new(checks_tokens),
+            actions: crate::monitor::actions::Actions::new(actions_tokens),
         },
         events: EventLog::new(EVENT_HISTORY),
         outputs: Vec::new(),
@@ -399,6 +401,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             Err(e) => log::error!("MCP server {id} not registered: {e}"),
         }
     }
+    let actions = daemon.config.effective.actions.clone();
+    daemon.rooms.actions.set_specs(actions);
     let checks = daemon.config.effective.checks.clone();
     daemon.with_checks(&mut cx, |room, rcx| room.sync(rcx, &checks));
     for key in daemon.config.effective.not_enforced_set() {

@@ -195,6 +195,7 @@ fn exec_checks_capture_output_and_kill_what_hangs() {
         check("fails", "exec", "argv = [\"/bin/sh\", \"-c\", \"echo broken >&2; exit 3\"]"),
         check("three", "exec", "argv = [\"/bin/sh\", \"-c\", \"exit 3\"]\nexpect_exit = 3"),
         check("missing", "exec", "argv = [\"/nonexistent/vsm-tool\"]"),
+        check("leaves-one", "exec", "argv = [\"/bin/sh\", \"-c\", \"sleep 32.75 & echo started\"]"),
         "[[checks]]\nname = \"hangs\"\nkind = \"exec\"\nevery_ms = 3600000\ntimeout_ms = 300\nargv = [\"/bin/sh\", \"-c\", \"sleep 31.25 & sleep 31.5\"]\n".to_string(),
     ]
     .concat();
@@ -217,6 +218,16 @@ fn exec_checks_capture_output_and_kill_what_hangs() {
             .unwrap_or("")
             .contains("does not exist"),
         "{missing}"
+    );
+
+    // A command that exits leaving a background child behind: the child goes with it.
+    let (code, left) = run(&d, "leaves-one");
+    assert_eq!(code, 0, "{left}");
+    wait_until(
+        "the left-behind child to be killed",
+        || children_of(d.pid),
+        |kids| kids.iter().all(|(_, _, cmd)| !cmd.contains("32.75")),
+        |kids| format!("{kids:?}"),
     );
 
     let (code, hung) = run(&d, "hangs");

@@ -495,7 +495,7 @@ pub const KEYS: &[KeyInfo] = &[
     pending(live("monitoring.variety_check_interval_ms", "milliseconds between variety checks", INTERVAL)),
     pending(live("monitoring.performance_check_interval_ms", "milliseconds between performance checks", INTERVAL)),
     live("monitoring.health_check_interval_ms", "milliseconds between health checks", INTERVAL),
-    pending(live("monitoring.security_check_interval_ms", "milliseconds between security checks", INTERVAL)),
+    live("monitoring.security_check_interval_ms", "milliseconds between security checks (failed authentication and refused Host/Origin per peer, request-rate anomalies, CPU-limit kills, listening MCP servers)", INTERVAL),
     pending(live("monitoring.alert_thresholds.variety_ratio_min", "alert when the variety ratio falls below this", range(0.0, 1.0))),
     pending(live("monitoring.alert_thresholds.response_time_max_ms", "alert when a response takes longer than this many milliseconds", range(1.0, 3_600_000.0))),
     pending(live("monitoring.alert_thresholds.error_rate_max_percent", "alert when the error rate exceeds this percentage", range(0.0, 100.0))),
@@ -533,7 +533,7 @@ pub const KEYS: &[KeyInfo] = &[
     live(SECRET_KEY, "bearer token required on the TCP API (at least 16 visible ASCII characters); empty = api_token_file, else a token generated into <state dir>/api_token; never printed", Constraint::Any),
     live("security.api_token_file", "file (at most 4 KiB) whose first line is the API token; not together with api_token", PATH),
     pending(live("consciousness.reflection_interval_ms", "milliseconds between reflection runs", INTERVAL)),
-    pending(live("consciousness.learning_rate", "weight of new observations when updating learned values", range(0.0, 1.0))),
+    live("consciousness.learning_rate", "weight of new observations when updating learned values (e.g. each peer's request-rate baseline)", range(0.0, 1.0)),
     pending(live("consciousness.memory_limit", "insights and observations kept in memory", range(10.0, 100_000.0))),
     pending(live("consciousness.auto_insight_generation", "generate insights automatically", Constraint::Bool)),
 ];
@@ -2138,18 +2138,21 @@ argv = ["/bin/true"]
     #[test]
     fn keys_not_enforced_yet_are_marked_everywhere() {
         let pending: Vec<&str> = not_enforced_keys().collect();
-        assert_eq!(pending.len(), 18, "{pending:?}");
+        assert_eq!(pending.len(), 16, "{pending:?}");
         for key in [
             "monitoring.variety_check_interval_ms",
             "monitoring.alert_thresholds.memory_usage_max_percent",
             "mcp_servers.discovery_sources",
             "security.blocked_capabilities",
             "security.min_security_score",
-            "consciousness.learning_rate",
+            "consciousness.reflection_interval_ms",
         ] {
             assert!(!is_enforced(key), "{key}");
         }
         assert!(is_enforced("monitoring.health_check_interval_ms"));
+        // Read by the security signals (interval, and the weight of each peer's baseline).
+        assert!(is_enforced("monitoring.security_check_interval_ms"));
+        assert!(is_enforced("consciousness.learning_rate"));
         assert!(is_enforced("security.sandbox_enabled"));
         let schema = schema();
         let node = &schema["properties"]["security"]["properties"]["blocked_capabilities"];
@@ -2159,7 +2162,7 @@ argv = ["/bin/true"]
             .is_some_and(|d| d.ends_with("(not enforced yet)")));
         let node = &schema["properties"]["security"]["properties"]["sandbox_enabled"];
         assert_eq!(node["x-enforced"], Value::Null);
-        assert_eq!(example_toml().matches(NOT_ENFORCED).count(), 18);
+        assert_eq!(example_toml().matches(NOT_ENFORCED).count(), 16);
 
         assert!(Config::default().not_enforced_set().is_empty());
         let c = Config::default()

@@ -567,3 +567,84 @@ fn exec_actions_see_the_alert_in_their_environment() {
     assert!(seen.contains("VSM_ALERT_TRANSITION=fired\n"), "{seen}");
     assert!(seen.contains("VSM_ACTION=exec:notify\n"), "{seen}");
 }
+
+/// One raw request over TCP; returns the status.
+fn tcp_status(addr: std::net::SocketAddr, head: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(head.as_bytes()).expect("write");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn security_signals_see_failed_tokens_refused_hosts_and_listening_servers() {
+    let listen = "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen()\nprint(s.getsockname()[1], flush=True)\ntime.sleep(120)";
+    let config = format!(
+        "[monitoring]\nsecurity_check_interval_ms = 1000\n\n[[servers]]\nid = \"lsn\"\ncommand = \"python3\"\nargs = [\"-c\", {}]\n",
+        serde_json::to_string(listen).expect("json string is a TOML string")
+    );
+    let d = Daemon::start_with(Setup {
+        config: Some(config),
+        ..Setup::default()
+    });
+    let addr = d.http.expect("tcp address");
+    // Twice the limits: however the requests fall across at most two cycles, one cycle holds
+    // at least the limit.
+    for _ in 0..12 {
+        let head = format!(
+            "GET /api/v1/status HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer not-the-token-0123456789\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(tcp_status(addr, &head), 401);
+    }
+    for _ in 0..6 {
+        let head = format!(
+            "GET /api/v1/status HTTP/1.1\r\nHost: evil.example\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+            d.bearer()
+        );
+        assert_eq!(tcp_status(addr, &head), 403);
+    }
+    let readings = wait_until(
+        "security readings for the peer and the listening server",
+        || deliveries_and_security(&d),
+        |r| {
+            r["security:auth_failures:127.0.0.1"]["bad_cycles"].as_u64() >= Some(1)
+                && r["security:refused_origin:127.0.0.1"]["bad_cycles"].as_u64() >= Some(1)
+                && r["security:listening:lsn"]["bad"] == true
+        },
+        |r| r.to_string(),
+    );
+    let value = |rule: &str| readings[rule]["last_bad"]["value"].as_f64().unwrap_or(0.0);
+    assert!(
+        value("security:auth_failures:127.0.0.1") >= 6.0,
+        "{readings}"
+    );
+    assert!(
+        value("security:refused_origin:127.0.0.1") >= 3.0,
+        "{readings}"
+    );
+    assert!(readings["security:listening:lsn"]["last"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("listens on TCP port"));
+    // A quiet cycle later the peer's rules read good again (their alerts can resolve).
+    wait_until(
+        "the peer's rules to read good",
+        || deliveries_and_security(&d),
+        |r| {
+            r["security:auth_failures:127.0.0.1"]["bad"] == false
+                && r["security:refused_origin:127.0.0.1"]["bad"] == false
+        },
+        |r| r.to_string(),
+    );
+}
+
+fn deliveries_and_security(d: &Daemon) -> Value {
+    let (status, body) = d.http("GET", "/api/v1/checks", None);
+    assert_eq!(status, 200, "{body}");
+    body["data"]["security"]["readings"].clone()
+}

@@ -75,3 +75,64 @@ impl Daemon {
         self.rooms.mcp.spare_pids = pids;
     }
 }
+
+impl Daemon {
+    /// Runs `f` on the security room, then delivers what it said.
+    pub(super) fn with_security<X>(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        f: impl FnOnce(
+            &mut crate::monitor::security::Security,
+            &mut RoomCx<'_, crate::monitor::security::Security>,
+        ) -> X,
+    ) -> X {
+        let mut out = Vec::new();
+        let x = rooms::enter(
+            &mut self.rooms.security,
+            cx,
+            &mut self.worker,
+            &mut self.jobs,
+            &mut out,
+            f,
+        );
+        self.security_outputs(cx, out);
+        x
+    }
+
+    /// Arms the security cycle from the effective config.
+    pub(super) fn configure_security(&mut self, cx: &mut Cx<'_, Timer>) {
+        let c = &self.config.effective;
+        let every = Duration::from_millis(c.monitoring.security_check_interval_ms);
+        let rate = c.consciousness.learning_rate;
+        self.with_security(cx, |room, rcx| room.configure(rcx, every, rate));
+    }
+
+    /// The security room's readings go to the deciding room; when it asks, it gets the MCP
+    /// servers' pids (each server is its own session) to scan for listening sockets.
+    pub(super) fn security_outputs(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        out: Vec<crate::monitor::security::Output>,
+    ) {
+        use crate::monitor::security::Output as O;
+        for o in out {
+            match o {
+                O::Effect(e) => self.effects.push(e),
+                O::Observe(obs) => self.observe(cx, obs),
+                O::WantServers => {
+                    let list = self.rooms.mcp.list("all");
+                    let servers: Vec<(String, i32)> = list["servers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| {
+                            let pid = s["pid"].as_i64().filter(|p| *p > 0)?;
+                            Some((s["id"].as_str()?.to_string(), i32::try_from(pid).ok()?))
+                        })
+                        .collect();
+                    self.with_security(cx, |room, rcx| room.scan(rcx, servers));
+                }
+            }
+        }
+    }
+}

@@ -305,6 +305,7 @@ impl Daemon {
             Request::ChecksList => {
                 let mut list = self.rooms.checks.list();
                 list["actions"] = self.rooms.actions.status();
+                list["security"] = self.rooms.security.status();
                 Ok(list)
             }
             Request::ActionsTest { name } => {
@@ -483,6 +484,8 @@ impl Handler for Daemon {
             libc::SIGCHLD => {
                 while let Some(reaped) = sys::reap_any() {
                     self.reaped += 1;
+                    let who = format!("pid {}", reaped.pid);
+                    self.rooms.security.child_exit(who, reaped.status);
                     if !self.rooms.mcp.on_child_exit(
                         &mut cx.narrow(<Mcp as Wired>::timer).cx(),
                         reaped.pid,

@@ -92,6 +92,8 @@ rooms! {
     Checks(checks: crate::monitor::checks::room::Checks) => checks_outputs,
     /// The webhook and exec actions.
     Actions(actions: crate::monitor::actions::Actions) => actions_outputs,
+    /// The security signals.
+    Security(security: crate::monitor::security::Security) => security_outputs,
 }
 
 impl Daemon {

@@ -272,6 +272,13 @@ impl Daemon {
             );
         }
         self.rooms.actions.set_specs(new.actions.clone());
+        if changed.iter().any(|k| {
+            k == "monitoring.security_check_interval_ms" || k == "consciousness.learning_rate"
+        }) {
+            let every = Duration::from_millis(new.monitoring.security_check_interval_ms);
+            let rate = new.consciousness.learning_rate;
+            self.with_security(cx, |room, rcx| room.configure(rcx, every, rate));
+        }
         if self.config.effective.checks != new.checks {
             let checks = new.checks.clone();
             self.with_checks(cx, |room, rcx| room.sync(rcx, &checks));

@@ -314,6 +314,10 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             Vec::new()
         }
     };
+    let security_room = crate::monitor::security::Security::new(
+        Duration::from_millis(effective.monitoring.security_check_interval_ms),
+        effective.consciousness.learning_rate,
+    );
     let mut daemon = Daemon {
         config: ConfigLayers {
             file: options.config.clone(),
@@ -349,6 +353,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             health: components::health::Health::default(),
             checks: crate::monitor::checks::room::Checks::new(checks_tokens),
             actions: crate::monitor::actions::Actions::new(actions_tokens),
+            security: security_room,
         },
         events: EventLog::new(EVENT_HISTORY),
         outputs: Vec::new(),
@@ -401,6 +406,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             Err(e) => log::error!("MCP server {id} not registered: {e}"),
         }
     }
+    daemon.configure_security(&mut cx);
     let actions = daemon.config.effective.actions.clone();
     daemon.rooms.actions.set_specs(actions);
     let checks = daemon.config.effective.checks.clone();

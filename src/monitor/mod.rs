@@ -6,3 +6,4 @@ pub mod checks;
 pub mod child;
 pub mod observation;
 pub mod performance;
+pub mod security;

@@ -640,6 +640,54 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Where the fields of `[[checks]]` entries and `[actions.NAME]` tables are in the file.
+#[derive(Deserialize)]
+struct EntrySpans {
+    #[serde(default)]
+    checks: Vec<BTreeMap<String, toml::Spanned<toml::Value>>>,
+    #[serde(default)]
+    actions: BTreeMap<String, BTreeMap<String, toml::Spanned<toml::Value>>>,
+}
+
+/// An entry's error (`checks[2].target`, `checks[0].actions[1]`, `actions.ops.url`) found in
+/// the file it came from becomes a [`ConfigError::Parse`] with that field's line and column,
+/// the dotted key kept at the head of the message. Other errors, and fields the entry does
+/// not spell out (a missing `argv`), stay as they were. Parses the text a second time, only
+/// when the file is refused anyway.
+fn locate_entry_error(e: ConfigError, text: &str, path: Option<&Path>) -> ConfigError {
+    let ConfigError::Invalid { key, message } = &e else {
+        return e;
+    };
+    let field_span = |fields: &BTreeMap<String, toml::Spanned<toml::Value>>, field: &str| {
+        let name = field.split('[').next().unwrap_or(field);
+        fields.get(name).map(|v| v.span().start)
+    };
+    let Ok(spans) = toml::from_str::<EntrySpans>(text) else {
+        return e;
+    };
+    let start = if let Some(rest) = key.strip_prefix("checks[") {
+        rest.split_once("].").and_then(|(i, field)| {
+            let fields = spans.checks.get(i.parse::<usize>().ok()?)?;
+            field_span(fields, field)
+        })
+    } else if let Some(rest) = key.strip_prefix("actions.") {
+        rest.split_once('.')
+            .and_then(|(name, field)| field_span(spans.actions.get(name)?, field))
+    } else {
+        None
+    };
+    let Some(start) = start else {
+        return e;
+    };
+    let (line, column) = line_col(text, start);
+    ConfigError::Parse {
+        path: path.map(Path::to_path_buf),
+        line,
+        column,
+        message: format!("{key}: {message}"),
+    }
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let (mut line, mut column) = (1, 1);
@@ -666,7 +714,9 @@ impl Config {
                 message,
             }
         })?;
-        config.validate()?;
+        config
+            .validate()
+            .map_err(|e| locate_entry_error(e, text, path))?;
         Ok(config)
     }
 
@@ -1640,21 +1690,47 @@ argv = ["/bin/true"]
         assert_eq!(config.actions.len(), 2);
         // It survives the JSON round trip that overrides go through.
         assert_eq!(config.with_overrides(&json!({})), Ok(config.clone()));
-        let bad =
-            |from: &str, to: &str| err_key(Config::from_toml_str(&good.replace(from, to), None));
-        assert_eq!(bad("webhook:ops", "webhook:nope"), "checks[0].actions[1]");
-        assert_eq!(bad("exec:notify", "webhook:notify"), "checks[0].actions[2]");
-        assert_eq!(bad("127.0.0.1:5432", "nowhere"), "checks[0].target");
+        // Each error names the entry's field and where it is in the file.
+        let bad = |from: &str, to: &str| match parse_err(&good.replace(from, to)) {
+            ConfigError::Parse {
+                line,
+                column,
+                message,
+                ..
+            } => (
+                line,
+                column,
+                message.split(':').next().unwrap_or("").to_string(),
+            ),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            bad("webhook:ops", "webhook:nope"),
+            (6, 11, "checks[0].actions[1]".into())
+        );
+        assert_eq!(
+            bad("exec:notify", "webhook:notify"),
+            (6, 11, "checks[0].actions[2]".into())
+        );
+        assert_eq!(
+            bad("127.0.0.1:5432", "nowhere"),
+            (5, 10, "checks[0].target".into())
+        );
         assert_eq!(
             bad("http://127.0.0.1:9000/alert", "ftp://x"),
-            "actions.ops.url"
+            (10, 7, "actions.ops.url".into())
         );
         let twice =
             format!("{good}\n[[checks]]\nname = \"db\"\nkind = \"file\"\ntarget = \"/x\"\n");
-        assert_eq!(
-            err_key(Config::from_toml_str(&twice, None)),
-            "checks[1].name"
+        let dup = parse_err(&twice).to_string();
+        assert!(
+            dup.starts_with("config.toml:17:8: checks[1].name: duplicate"),
+            "{dup}"
         );
+        // Without a file (overrides) the key is still named.
+        let mut config = config;
+        config.checks[0].every_ms = 1;
+        assert_eq!(err_key(config.validate()), "checks[0].every_ms");
         // Unknown fields and kinds are parse errors with a line and column.
         match parse_err(&good.replace("kind = \"tcp\"", "kind = \"smtp\"")) {
             ConfigError::Parse { line, column, .. } => assert!(line > 1 && column > 0),

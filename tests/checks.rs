@@ -648,3 +648,26 @@ fn deliveries_and_security(d: &Daemon) -> Value {
     assert_eq!(status, 200, "{body}");
     body["data"]["security"]["readings"].clone()
 }
+
+#[test]
+fn an_exec_check_outlives_the_orphan_sweep_of_a_crashing_mcp_server() {
+    // Each exit of the flapping server sweeps the daemon's children for orphans of MCP
+    // servers; the check's child is the daemon's child too and must be spared.
+    let config = [
+        check("slow", "exec", "argv = [\"/bin/sh\", \"-c\", \"sleep 1.5; echo done\"]"),
+        "[[servers]]\nid = \"flap\"\ncommand = \"false\"\nbackoff_initial_ms = 10\nbackoff_max_ms = 10\nmax_failures = 1000\n".to_string(),
+    ]
+    .concat();
+    let d = Daemon::start_with(Setup {
+        config: Some(config),
+        ..Setup::default()
+    });
+    let (code, slow) = run(&d, "slow");
+    assert_eq!(code, 0, "{slow}");
+    assert_eq!(slow["message"], "exit code 0: done");
+    assert!(
+        d.stderr().matches("MCP server flap exited").count() >= 3,
+        "the server flapped during the run: {}",
+        d.stderr()
+    );
+}

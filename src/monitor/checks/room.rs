@@ -450,6 +450,7 @@ impl Checks {
                 }
             }
             _ => {
+                let metric = metric_of(spec.kind);
                 let submitted = cx.submit(
                     timeout + WORKER_GRACE,
                     move || Job::Done {
@@ -460,7 +461,7 @@ impl Checks {
                     move |why| Job::Done {
                         slot,
                         run,
-                        outcome: Outcome::down("worker", why.to_string()),
+                        outcome: Outcome::down(metric, format!("not run: {why}")),
                     },
                 );
                 if let Err(failed) = submitted {
@@ -751,4 +752,75 @@ fn entry_json(e: &Entry) -> Value {
         "timeout_ms": e.spec.timeout_ms,
         "actions": e.spec.actions,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reactor::TokenAllocator;
+    use crate::room::testing::{enter, Inline};
+
+    fn file_check(name: &str, target: &str) -> CheckSpec {
+        toml::from_str(&format!(
+            "name = \"{name}\"\nkind = \"file\"\ntarget = \"{target}\"\nevery_ms = 1000"
+        ))
+        .expect("spec")
+    }
+
+    /// Fires the timers due now and hands back finished worker jobs.
+    fn settle(room: &mut Checks, wiring: &mut Inline<Timer, Job>, out: &mut Vec<Output>) {
+        let mut fired = Vec::new();
+        wiring
+            .wheel
+            .expire(Instant::now() + Duration::from_millis(5), &mut fired);
+        for (_, t) in fired {
+            enter(room, wiring, out, |r, cx| r.on_timer(cx, t));
+        }
+        for done in std::mem::take(&mut wiring.done) {
+            enter(room, wiring, out, |r, cx| r.on_job(cx, done));
+        }
+    }
+
+    fn observed(out: &[Output]) -> Vec<(String, bool, String)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Observe(o) => Some((o.rule.clone(), o.bad, o.message.clone())),
+                Output::Effect(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn added_checks_run_and_removed_ones_report_a_last_good_reading() {
+        let mut room = Checks::new(TokenAllocator::default().take(TOKENS_NEEDED));
+        let mut wiring = Inline::new();
+        let mut out = Vec::new();
+        let missing = file_check("gone", "/nonexistent/vsm-file");
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.sync(cx, std::slice::from_ref(&missing))
+        });
+        settle(&mut room, &mut wiring, &mut out);
+        let first = observed(&out);
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!((first[0].0.as_str(), first[0].1), ("check:gone", true));
+        out.clear();
+        // Changed: its schedule restarts with the new spec (a new run, now good).
+        let present = file_check("gone", "/proc/self/status");
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.sync(cx, std::slice::from_ref(&present))
+        });
+        settle(&mut room, &mut wiring, &mut out);
+        let second = observed(&out);
+        assert_eq!(second.len(), 1, "{second:?}");
+        assert_eq!((second[0].0.as_str(), second[0].1), ("check:gone", false));
+        assert_eq!(room.list()["checks"][0]["runs"], 2);
+        out.clear();
+        // Removed: one last good reading, so that its alert resolves; then it is gone.
+        enter(&mut room, &mut wiring, &mut out, |r, cx| r.sync(cx, &[]));
+        let last = observed(&out);
+        assert_eq!(last.len(), 1, "{last:?}");
+        assert!(!last[0].1 && last[0].2.contains("removed"), "{last:?}");
+        assert_eq!(room.list()["checks"], json!([]));
+        assert!(room.slots.iter().all(Option::is_none));
+    }
 }

@@ -733,6 +733,7 @@ fn entry_json(e: &Entry) -> Value {
     };
     json!({
         "name": e.spec.name,
+        "rule": e.spec.rule(),
         "kind": e.spec.kind.as_str(),
         "target": if e.spec.kind == CheckKind::Exec { e.spec.argv.join(" ") } else { e.spec.target.clone() },
         "status": status,

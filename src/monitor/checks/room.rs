@@ -33,6 +33,8 @@ pub const SLOTS: usize = 2 * MAX_CHECKS;
 pub const TOKENS_NEEDED: usize = 3 * SLOTS;
 /// Extra time a worker job gets beyond the check's own timeout (ureq enforces that one).
 const WORKER_GRACE: Duration = Duration::from_millis(1000);
+/// Delay between the first runs of checks added together.
+const STAGGER: Duration = Duration::from_millis(20);
 /// Clients waiting on one check's run.
 const MAX_WAITERS: usize = 64;
 
@@ -262,7 +264,7 @@ impl Checks {
             .collect()
     }
 
-    /// Makes the running set of checks `specs`: new ones start now, removed ones stop (a last
+    /// Makes the running set of checks `specs`: new ones start now (staggered), removed ones stop (a last
     /// good observation resolves their alerts; a run in flight is ended and answered), changed
     /// ones restart their schedule with the new spec.
     pub fn sync(&mut self, cx: &mut RoomCx<'_, Self>, specs: &[CheckSpec]) {
@@ -279,10 +281,16 @@ impl Checks {
                 Some(_) => {}
             }
         }
+        // New checks start one after another, STAGGER apart (within their own period), so
+        // that a config with many checks does not spawn them all in one loop turn.
+        let mut added = 0u32;
         for spec in specs {
             if self.find(&spec.name).is_some() {
                 continue;
             }
+            let first =
+                Instant::now() + (STAGGER * added).min(Duration::from_millis(spec.every_ms) / 2);
+            added += 1;
             let Some(slot) = self.slots.iter().position(Option::is_none) else {
                 log::warn!("check {} not started: every check slot is busy", spec.name);
                 continue;
@@ -293,7 +301,7 @@ impl Checks {
                 spec: spec.clone(),
                 gen,
                 removed: false,
-                due: Some(cx.timers().insert(Instant::now(), Timer::Due { slot, gen })),
+                due: Some(cx.timers().insert(first, Timer::Due { slot, gen })),
                 running: None,
                 last: None,
                 changed: None,

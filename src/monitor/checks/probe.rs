@@ -1,5 +1,7 @@
-//! The checks that run on the worker thread: they block (an HTTP exchange, a DNS look-up) or
-//! read directories of unknown size (`/proc`), so they never run on the loop. Each returns an
+//! The checks that run on the worker thread: they block (an HTTP exchange, a DNS look-up; a
+//! `stat` or `statvfs` of a path on a network or hung mount can block for minutes, so file
+//! and filesystem checks go there too, although a local `stat` costs microseconds) or read
+//! directories of unknown size (`/proc`), so they never run on the loop. Each returns an
 //! [`Outcome`]; deciding what it means over time is not their business.
 //!
 //! Invariants: every read is bounded (an HTTP body to [`HTTP_BODY_BYTES`], a pid file to

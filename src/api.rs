@@ -21,6 +21,26 @@ pub enum Request {
     Diagnostics(DiagnosticsRequest),
     /// The MCP room.
     Mcp(McpRequest),
+    /// The declared checks (and the actions they may run).
+    Checks(ChecksRequest),
+}
+
+/// What the checks room serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChecksRequest {
+    /// The declared checks and their last results, the actions' deliveries and the security
+    /// signals.
+    List,
+    /// Run a declared check now; answered with its result when the run ends.
+    Run {
+        /// Check name.
+        name: String,
+    },
+    /// Run an `[actions.NAME]` with a test alert; answered with the delivery's id.
+    TestAction {
+        /// Action name.
+        name: String,
+    },
 }
 
 /// What the wiring serves itself (the concerns not in a room of their own).

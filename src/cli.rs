@@ -139,6 +139,13 @@ pub enum Command {
         /// `token rotate`.
         rotate: bool,
     },
+    /// The declared checks and their last results.
+    Checks,
+    /// Run a declared check now and wait for its result (a down check exits 1).
+    ChecksRun {
+        /// Check name.
+        name: String,
+    },
     /// Register an MCP server (the spec as sent to the API).
     McpRegister {
         /// Server spec.
@@ -329,6 +336,8 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         ["stop", rest @ ..] => ("stop", &["graceful", "now"], rest),
         ["token", "rotate", rest @ ..] => ("token rotate", &[], rest),
         ["token", rest @ ..] => ("token", &[], rest),
+        ["checks", "run", rest @ ..] => ("checks run", &[], rest),
+        ["checks", rest @ ..] => ("checks", &[], rest),
         ["mcp", "register", rest @ ..] => ("mcp register", MCP_REGISTER_OPTIONS, rest),
         ["mcp", "list", rest @ ..] => ("mcp list", &["status"], rest),
         ["mcp", "call", rest @ ..] => ("mcp call", &["timeout-ms"], rest),
@@ -457,6 +466,16 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 rotate: name == "token rotate",
             }
         }
+        "checks" => {
+            no_args(args)?;
+            Command::Checks
+        }
+        "checks run" => match args {
+            [name] => Command::ChecksRun {
+                name: name.to_string(),
+            },
+            _ => return Err(UsageError("use: checks run NAME".into())),
+        },
         "stop" => {
             no_args(args)?;
             if flag("graceful") && flag("now") {
@@ -640,6 +659,10 @@ pub fn help(command: Option<&str>) -> String {
             or generated PATH (<state dir>/api_token, created at first start). Over the control\n\
             socket only: the TCP API never hands the token out.\n\
             \x20\x20rotate   replace the generated token (refused when it comes from the config)",
+        "checks" | "checks run" => "vsm-daemon checks [--json] | checks run NAME [--json]\n\n\
+            \x20\x20checks            the declared checks ([[checks]] in the config): status, last\n\
+            \x20\x20                  message, duration, consecutive failures\n\
+            \x20\x20checks run NAME   run one now and wait for its result; exit 1 when it is down",
         "mcp" => "vsm-daemon mcp COMMAND\n\n\
             \x20\x20register ID [OPTIONS] -- COMMAND [ARGS...]   add a server (started at once unless --no-autostart)\n\
             \x20\x20list [--status active|inactive|all]          id, state, pid, uptime, restarts, tools, capabilities\n\
@@ -679,6 +702,7 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20restart               restart components in-process\n\
             \x20\x20stop                  stop the daemon\n\
             \x20\x20token [rotate]        the TCP API's bearer token and where it comes from\n\
+            \x20\x20checks [run NAME]     declared checks, or run one now\n\
             \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister\n\n\
             `vsm-daemon COMMAND --help` tells more; --version prints the version.",
     };
@@ -776,7 +800,10 @@ pub fn run(global: &Global, command: Command) -> Exit {
             out!("{}", human(&command, data));
         }
     }
-    if ok {
+    if ok && matches!(command, Command::ChecksRun { .. }) && envelope["data"]["up"] != true {
+        // The daemon ran it; the check itself failed.
+        Exit::Refused
+    } else if ok {
         Exit::Ok
     } else {
         errln!("error: {}", client::error_message(envelope));
@@ -875,6 +902,11 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             (op.method, op.path.into(), Some(body))
         }
         Command::Start { .. } => plain(&ops::STATUS),
+        Command::Checks => plain(&ops::CHECKS_LIST),
+        Command::ChecksRun { name } => {
+            let op = &ops::CHECKS_RUN;
+            (op.method, op.target(&encode(name)), None)
+        }
         Command::Token { rotate: false } => plain(&ops::AUTH_TOKEN),
         Command::Token { rotate: true } => plain(&ops::AUTH_TOKEN_ROTATE),
         Command::McpRegister { spec } => {
@@ -1294,6 +1326,35 @@ fn human(command: &Command, data: &Value) -> String {
             );
         }
         Command::Start { .. } | Command::Stop { .. } => {}
+        Command::Checks => {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<10} {:<8} {:>10} {:>5}  MESSAGE",
+                "NAME", "KIND", "STATUS", "TOOK(ms)", "FAILS"
+            );
+            for c in data["checks"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "{:<20} {:<10} {:<8} {:>10} {:>5}  {}",
+                    text(&c["name"]),
+                    text(&c["kind"]),
+                    text(&c["status"]),
+                    text(&c["duration_ms"]),
+                    text(&c["consecutive_failures"]),
+                    text(&c["message"])
+                );
+            }
+        }
+        Command::ChecksRun { .. } => {
+            let _ = writeln!(
+                out,
+                "{} {} ({} ms): {}",
+                text(&data["name"]),
+                text(&data["status"]),
+                text(&data["duration_ms"]),
+                text(&data["message"])
+            );
+        }
         Command::Token { rotate } => {
             let source = match data["path"].as_str() {
                 Some(p) => format!("{} {p}", text(&data["source"])),
@@ -1454,11 +1515,19 @@ mod tests {
     #[test]
     fn every_command_reaches_the_operation_it_means() {
         use crate::api::{
-            DaemonRequest, DiagnosticsRequest, HealthRequest, McpRequest, Request as R,
+            ChecksRequest, DaemonRequest, DiagnosticsRequest, HealthRequest, McpRequest,
+            Request as R,
         };
         assert_eq!(
             routed(&["status", "--detailed"]),
             R::Daemon(DaemonRequest::Status { detailed: true })
+        );
+        assert_eq!(routed(&["checks"]), R::Checks(ChecksRequest::List));
+        assert_eq!(
+            routed(&["checks", "run", "db.main"]),
+            R::Checks(ChecksRequest::Run {
+                name: "db.main".into()
+            })
         );
         assert_eq!(
             routed(&["config", "show", "--section", "http"]),

@@ -565,6 +565,30 @@ pub fn release_free_memory() {
     }
 }
 
+/// Used space of the filesystem holding `path`, in percent of what non-root users can use
+/// (as `df` counts it: used / (used + available)).
+///
+/// # Errors
+/// The OS error of `statvfs`, or a path with a NUL byte.
+pub fn filesystem_used_percent(path: &std::path::Path) -> io::Result<f64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: an all-zero statvfs is a valid value of the plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a NUL-terminated path and st a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let used = st.f_blocks.saturating_sub(st.f_bfree) as f64;
+    let avail = st.f_bavail as f64;
+    Ok(if used + avail > 0.0 {
+        100.0 * used / (used + avail)
+    } else {
+        0.0
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

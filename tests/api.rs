@@ -93,6 +93,12 @@ fn websocket_subscribes_and_answers_commands() {
 /// Stops of MCP servers escalate quickly: stdin closed, SIGTERM after 100 ms, SIGKILL 300 ms later.
 const QUICK_STOP: &str = "[mcp_servers]\nstop_grace_ms = 100\nterm_timeout_ms = 300\n";
 
+/// [`QUICK_STOP`] with a declared check and an action named like the fixture server, so that
+/// every documented `{id}` path (servers, checks, actions) names something that exists.
+const QUICK_STOP_WITH_CHECK: &str = "[mcp_servers]\nstop_grace_ms = 100\nterm_timeout_ms = 300\n\n\
+    [[checks]]\nname = \"fx\"\nkind = \"filesystem\"\ntarget = \"/\"\nmax_used_percent = 100.0\n\n\
+    [actions.fx]\nkind = \"exec\"\nargv = [\"/bin/true\"]\n";
+
 const TOKEN: &str = "s3cret-T0ken-0123456789";
 
 fn fixture() -> String {
@@ -1936,7 +1942,7 @@ fn a_stalled_websocket_client_gets_a_1008_close_frame() {
 
 #[test]
 fn openapi_document_matches_the_router() {
-    let d = start(QUICK_STOP);
+    let d = start(QUICK_STOP_WITH_CHECK);
     register_fixture(&d, "fx", &[], json!({}));
     wait_server(&d, "fx", "active");
     let doc = api(&d, "GET", "/api/v1/openapi.json", None).json;
@@ -2001,7 +2007,7 @@ fn openapi_document_matches_the_router() {
 
 #[test]
 fn every_websocket_command_reaches_its_operation() {
-    let d = start(QUICK_STOP);
+    let d = start(QUICK_STOP_WITH_CHECK);
     register_fixture(&d, "fx", &[], json!({}));
     wait_server(&d, "fx", "active");
     let mut ws = ws_connected(&d);

@@ -945,7 +945,7 @@ fn promises_not_kept_yet_are_said_out_loud() {
     for key in [
         "security.min_security_score = 90",
         "security.blocked_capabilities = ",
-        "consciousness.learning_rate = ",
+        "consciousness.memory_limit = ",
         "monitoring.alert_thresholds.variety_ratio_min = ",
     ] {
         let line = shown
@@ -962,7 +962,7 @@ fn promises_not_kept_yet_are_said_out_loud() {
 
     let (code, schema) = d.cli_json(&["config", "schema"]);
     assert_eq!(code, 0);
-    let node = &schema["properties"]["consciousness"]["properties"]["learning_rate"];
+    let node = &schema["properties"]["consciousness"]["properties"]["memory_limit"];
     assert_eq!(node["x-enforced"], false, "{node}");
 
     let (_, diag) = d.cli_json(&["diagnostics", "run"]);
@@ -981,16 +981,16 @@ fn promises_not_kept_yet_are_said_out_loud() {
         "{check}"
     );
 
-    let out = d.cli(&["config", "set", "consciousness.learning_rate", "0.5"]);
+    let out = d.cli(&["config", "set", "consciousness.memory_limit", "500"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("warning: consciousness.learning_rate is not enforced yet"),
+        stdout(&out).contains("warning: consciousness.memory_limit is not enforced yet"),
         "{}",
         stdout(&out)
     );
     wait_for("the config set warning", || {
         d.stderr()
-            .contains("consciousness.learning_rate is set but not enforced yet")
+            .contains("consciousness.memory_limit is set but not enforced yet")
     });
 
     // The default blocked_capabilities lists file_system.

@@ -2,6 +2,7 @@
 //! the library's public API, never internals.
 
 mod api;
+mod checks;
 mod container;
 mod control;
 mod mcp;

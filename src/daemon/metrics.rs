@@ -221,6 +221,7 @@ impl Daemon {
             "MCP servers serving tool calls.",
             &[(none, active as f64)],
         );
+        self.rooms.checks.write_prometheus(&mut e);
         self.telemetry.write_prometheus(&mut e);
         e.finish()
     }

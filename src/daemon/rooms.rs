@@ -147,6 +147,12 @@ rooms! {
     Diagnostics(diagnostics: Diagnostics) => deliver_effects [serve serve_diagnostics],
     /// The health rounds.
     Health(health: Health) => health_outputs [serve serve_health],
+    /// The declared checks.
+    Checks(checks: crate::monitor::checks::room::Checks) => checks_outputs [serve serve_checks],
+    /// The webhook and exec actions.
+    Actions(actions: crate::monitor::actions::Actions) => actions_outputs,
+    /// The security signals.
+    Security(security: crate::monitor::security::Security) => security_outputs,
 }
 
 impl Daemon {

@@ -220,6 +220,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     let listeners = ListenerTokens::take(&mut reactor)?;
     let conn_tokens = reactor.tokens(net::TOKENS_NEEDED);
     let mcp_tokens = reactor.tokens(mcp::TOKENS_NEEDED);
+    let checks_tokens = reactor.tokens(crate::monitor::checks::room::TOKENS_NEEDED);
+    let actions_tokens = reactor.tokens(crate::monitor::actions::TOKENS_NEEDED);
     logging.set_waker(waker.clone());
     if let Err(e) = sys::set_child_subreaper() {
         log::warn!("cannot become a child subreaper: {e}");
@@ -313,6 +315,10 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             Vec::new()
         }
     };
+    let security_room = crate::monitor::security::Security::new(
+        Duration::from_millis(effective.monitoring.security_check_interval_ms),
+        effective.consciousness.learning_rate,
+    );
     let mut daemon = Daemon {
         config: ConfigLayers {
             file: options.config.clone(),
@@ -344,6 +350,9 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             mcp,
             diagnostics: Diagnostics,
             health: components::health::Health::default(),
+            checks: crate::monitor::checks::room::Checks::new(checks_tokens),
+            actions: crate::monitor::actions::Actions::new(actions_tokens),
+            security: security_room,
         },
         documents: persist::Documents::default(),
         events: EventLog::new(EVENT_HISTORY),
@@ -397,6 +406,11 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             Err(e) => log::error!("MCP server {id} not registered: {e}"),
         }
     }
+    daemon.configure_security(&mut cx);
+    let actions = daemon.config.effective.actions.clone();
+    daemon.rooms.actions.set_specs(actions);
+    let checks = daemon.config.effective.checks.clone();
+    daemon.with_checks(&mut cx, |room, rcx| room.sync(rcx, &checks));
     for key in daemon.config.effective.not_enforced_set() {
         log::warn!(
             "{key} is set but {}: it has no effect",

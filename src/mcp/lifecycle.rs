@@ -612,7 +612,11 @@ impl Mcp {
     pub(super) fn sweep_orphans(&self) {
         let reaper = self.reaper.as_ref().map(reaper::Reaper::pid);
         for pid in sys::own_children() {
-            if !self.pids.contains_key(&pid) && Some(pid) != reaper && sys::process_running(pid) {
+            if !self.pids.contains_key(&pid)
+                && !self.spare_pids.contains(&pid)
+                && Some(pid) != reaper
+                && sys::process_running(pid)
+            {
                 log::warn!("killing orphaned process {pid} left behind by an MCP server");
                 let _ = sys::kill(pid, libc::SIGKILL);
             }

@@ -1,5 +1,6 @@
 //! Checks run from the timer wheel and the samples they read. Checks report
 //! ([`observation::Observation`]); one place decides what to do about them.
 
+pub mod alerts;
 pub mod observation;
 pub mod performance;

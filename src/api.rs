@@ -122,6 +122,16 @@ pub enum Request {
         /// Which view.
         view: &'static str,
     },
+    /// Alert records, newest first, optionally only `firing` or `resolved` ones.
+    Alerts {
+        /// `firing`, `resolved` or all.
+        state: Option<&'static str>,
+    },
+    /// Acknowledge an alert.
+    AlertAck {
+        /// Alert id.
+        id: String,
+    },
     /// Prometheus text exposition (not wrapped in the envelope).
     Prometheus,
     /// The OpenAPI document (not wrapped in the envelope).
@@ -491,6 +501,8 @@ pub enum ErrorCode {
     Busy,
     /// No MCP server with that id.
     ServerNotFound,
+    /// No alert with that id (or it was dropped: resolved alerts are kept up to a bound).
+    AlertNotFound,
     /// The server has no tool with that name.
     ToolNotFound,
     /// Something with that id already exists.
@@ -540,6 +552,7 @@ impl ErrorCode {
             ErrorCode::Unhealthy => "unhealthy",
             ErrorCode::Busy => "busy",
             ErrorCode::ServerNotFound => "server_not_found",
+            ErrorCode::AlertNotFound => "alert_not_found",
             ErrorCode::ToolNotFound => "tool_not_found",
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::ToolError => "tool_error",
@@ -565,6 +578,7 @@ impl ErrorCode {
             | ErrorCode::ComponentNotFound
             | ErrorCode::ConfigKeyNotFound
             | ErrorCode::ServerNotFound
+            | ErrorCode::AlertNotFound
             | ErrorCode::ToolNotFound => 404,
             ErrorCode::AlreadyExists => 409,
             ErrorCode::ToolError => 422,

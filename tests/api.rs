@@ -60,13 +60,7 @@ fn websocket_subscribes_and_answers_commands() {
     // Channels that accept subscriptions but have no producer yet are named.
     assert_eq!(
         hello["data"]["silent_channels"],
-        json!([
-            "performance",
-            "health",
-            "security",
-            "variety_monitoring",
-            "consciousness"
-        ]),
+        json!(["security", "variety_monitoring", "consciousness"]),
         "{hello}"
     );
     ws.send(tungstenite::Message::text(
@@ -2022,6 +2016,12 @@ fn every_websocket_command_reaches_its_operation() {
             &mut ws,
             json!({"id": i, "command": name, "parameters": parameters}),
         );
+        if name == "ack_alert" {
+            // No alert was raised here: the operation's own refusal shows it was reached.
+            assert_eq!(v["errors"][0]["code"], "alert_not_found", "{v}");
+            answered += 1;
+            continue;
+        }
         assert_eq!(
             v["status"], "success",
             "{name} ({} {}): {v}",

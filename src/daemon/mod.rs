@@ -283,6 +283,8 @@ impl Daemon {
                 Ok(self.event_history(&query))
             }
             Request::Metrics { view } => Ok(self.metrics(cx, view)),
+            Request::Alerts { state } => Ok(self.rooms.alerts.list(state)),
+            Request::AlertAck { id } => self.rooms.alerts.ack(&id),
             Request::Prometheus => {
                 let text = self.prometheus(cx);
                 self.answer_raw(

@@ -10,6 +10,7 @@
 use super::*;
 use crate::components::diagnostics::Diagnostics;
 use crate::components::health::Health;
+use crate::monitor::room::Alerts;
 use crate::reactor::timer::TimerId;
 use crate::reactor::Timers;
 use crate::room::{RoomCx, Wiring};
@@ -88,6 +89,8 @@ rooms! {
     Diagnostics(diagnostics: Diagnostics) => deliver_effects,
     /// The health rounds.
     Health(health: Health) => health_outputs,
+    /// Alerts and the built-in performance and health cycles.
+    Alerts(alerts: Alerts) => alerts_outputs,
 }
 
 impl Daemon {

@@ -11,6 +11,7 @@
 //! changed the file layer.
 
 use super::*;
+use crate::monitor::room::Cycle;
 
 /// Configuration changes that may wait behind the overrides write in flight.
 pub(super) const MAX_WAITING_PATCHES: usize = 16;
@@ -257,6 +258,13 @@ impl Daemon {
                 "monitoring.health_check_interval_ms" => {
                     let every = Duration::from_millis(new.monitoring.health_check_interval_ms);
                     self.with_health(cx, |room, rcx| room.set_interval(rcx, every));
+                    self.with_alerts(cx, |room, rcx| room.schedule(rcx, Cycle::Health, every));
+                }
+                "monitoring.performance_check_interval_ms" => {
+                    let every = Duration::from_millis(new.monitoring.performance_check_interval_ms);
+                    self.with_alerts(cx, |room, rcx| {
+                        room.schedule(rcx, Cycle::Performance, every)
+                    });
                 }
                 k if k.starts_with("http.") => self.server.policy = conn_policy(&new),
                 _ => {}

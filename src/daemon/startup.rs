@@ -345,6 +345,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             mcp,
             diagnostics: Diagnostics,
             health: components::health::Health::default(),
+            alerts: crate::monitor::room::Alerts::default(),
         },
         events: EventLog::new(EVENT_HISTORY),
         outputs: Vec::new(),
@@ -403,6 +404,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             config::NOT_ENFORCED
         );
     }
+    daemon.schedule_alert_cycles(&mut cx);
     daemon.setup_watchdog(&mut cx);
     log::info!("REST API and WebSocket monitor listening on http://{tcp_addr}");
     log::info!(

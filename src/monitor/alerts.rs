@@ -38,6 +38,50 @@ pub const NOTIFY_BURST: usize = 3;
 /// The rate limit's window.
 pub const NOTIFY_WINDOW: Duration = Duration::from_secs(600);
 
+/// An action named in configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `log`: a log record.
+    Log,
+    /// `restart_server:ID`: restart that MCP server (on a raise).
+    RestartServer(String),
+    /// `webhook:NAME`: the `[actions.NAME]` webhook.
+    Webhook(String),
+    /// `exec:NAME`: the `[actions.NAME]` command.
+    Exec(String),
+}
+
+impl Action {
+    /// Reads `log`, `restart_server:ID`, `webhook:NAME` or `exec:NAME`.
+    ///
+    /// # Errors
+    /// Anything else, with why.
+    pub fn parse(s: &str) -> Result<Action, String> {
+        let name = |n: &str| {
+            if !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+            {
+                Ok(n.to_string())
+            } else {
+                Err(format!(
+                    "'{s}': the name after ':' must be 1-64 of A-Z a-z 0-9 _ - ."
+                ))
+            }
+        };
+        match s.split_once(':') {
+            None if s == "log" => Ok(Action::Log),
+            Some(("restart_server", id)) => name(id).map(Action::RestartServer),
+            Some(("webhook", n)) => name(n).map(Action::Webhook),
+            Some(("exec", n)) => name(n).map(Action::Exec),
+            _ => Err(format!(
+                "'{s}' is not log, restart_server:ID, webhook:NAME or exec:NAME"
+            )),
+        }
+    }
+}
+
 /// Where a value is moving.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Trend {
@@ -449,6 +493,11 @@ impl Engine {
         ]
     }
 
+    /// Whether `rule` is tracked.
+    pub fn tracks(&self, rule: &str) -> bool {
+        self.rules.contains_key(rule)
+    }
+
     /// Rules tracked.
     pub fn rules(&self) -> usize {
         self.rules.len()
@@ -580,6 +629,33 @@ mod tests {
             .expect("raised");
         assert!(t.notify);
         assert_eq!(t.alert.suppressed, 5);
+    }
+
+    #[test]
+    fn actions_parse() {
+        assert_eq!(Action::parse("log"), Ok(Action::Log));
+        assert_eq!(
+            Action::parse("restart_server:time"),
+            Ok(Action::RestartServer("time".into()))
+        );
+        assert_eq!(
+            Action::parse("webhook:ops"),
+            Ok(Action::Webhook("ops".into()))
+        );
+        assert_eq!(
+            Action::parse("exec:notify"),
+            Ok(Action::Exec("notify".into()))
+        );
+        for bad in [
+            "",
+            "log:x",
+            "restart_server:",
+            "webhook:a b",
+            "mail:x",
+            "exec:../x/y",
+        ] {
+            assert!(Action::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -4,3 +4,4 @@
 pub mod alerts;
 pub mod observation;
 pub mod performance;
+pub mod room;

@@ -55,13 +55,7 @@ pub const CHANNELS: [&str; 7] = [
 /// variety manager and reflection come with later issues). The `connected` message names them
 /// so that a quiet subscription is not mistaken for a quiet system. Take a channel out of
 /// this list in the change that makes it carry events.
-pub const SILENT_CHANNELS: [&str; 5] = [
-    "performance",
-    "health",
-    "security",
-    "variety_monitoring",
-    "consciousness",
-];
+pub const SILENT_CHANNELS: [&str; 3] = ["security", "variety_monitoring", "consciousness"];
 
 fn config() -> WebSocketConfig {
     WebSocketConfig::default()
@@ -686,12 +680,12 @@ mod tests {
         for c in SILENT_CHANNELS {
             assert!(CHANNELS.contains(&c), "{c}");
         }
-        // The two with producers today: MCP server events and the log stream.
+        // With producers today: MCP server events, the alerts room and the log stream.
         let loud: Vec<&str> = CHANNELS
             .into_iter()
             .filter(|c| !SILENT_CHANNELS.contains(c))
             .collect();
-        assert_eq!(loud, ["mcp_servers", "logs"]);
+        assert_eq!(loud, ["mcp_servers", "performance", "health", "logs"]);
     }
 
     #[test]

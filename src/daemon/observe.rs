@@ -57,6 +57,8 @@ impl Daemon {
             match output {
                 alerts_room::Output::Effect(e) => self.effects.push(e),
                 alerts_room::Output::Due(cycle) if self.stopping.is_none() => {
+                    let started = Instant::now();
+                    let cpu = alerts_room::thread_cpu_time();
                     let readings = match cycle {
                         Cycle::Performance => self.performance_readings(),
                         Cycle::Health => self.health_readings(cx),
@@ -64,6 +66,10 @@ impl Daemon {
                     for obs in readings {
                         self.observe(cx, obs);
                     }
+                    let used = alerts_room::thread_cpu_time().saturating_sub(cpu);
+                    self.rooms
+                        .alerts
+                        .record_cycle(cycle, started.elapsed(), used);
                 }
                 alerts_room::Output::Due(_) => {}
             }
@@ -77,7 +83,7 @@ impl Daemon {
             error_rate_max_percent: t.error_rate_max_percent,
             memory_usage_max_percent: t.memory_usage_max_percent,
         };
-        let process = performance::own_process();
+        let process = performance::own_process_brief();
         let host = performance::host_full();
         let cycle = PerfCycle {
             now: Instant::now(),

@@ -257,18 +257,68 @@ pub fn host() -> HostSample {
     h
 }
 
+/// The daemon process from `/proc/self/stat` alone (CPU time, threads, RSS) and the fd
+/// count: the cycle's cheaper read (no context switches).
+pub fn own_process_brief() -> ProcessSample {
+    let mut s = ProcessSample::default();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    if let Some((_, rest)) = stat.rsplit_once(')') {
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        let ticks = procfs::ticks_per_second() as f64;
+        s.cpu_seconds = (n(11) + n(12)) as f64 / ticks.max(1.0);
+        s.threads = n(17);
+        s.rss_bytes = n(21).saturating_mul(procfs::page_size());
+    }
+    s.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    s
+}
+
+/// `/proc/meminfo`: (total, available, swap total, swap free) in bytes; available falls
+/// back to free on kernels without it.
+pub fn parse_meminfo(text: &str) -> (u64, u64, u64, u64) {
+    let (mut total, mut avail, mut free, mut swap_total, mut swap_free) = (0, None, 0, 0, 0);
+    for line in text.lines() {
+        let Some((key, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let kb = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            .saturating_mul(1024);
+        match key {
+            "MemTotal" => total = kb,
+            "MemFree" => free = kb,
+            "MemAvailable" => avail = Some(kb),
+            "SwapTotal" => swap_total = kb,
+            "SwapFree" => swap_free = kb,
+            _ => {}
+        }
+    }
+    (total, avail.unwrap_or(free), swap_total, swap_free)
+}
+
 /// Reads the host sample with CPU ticks, swap, network, disks and filesystems (missing
-/// fields stay 0 or empty).
+/// fields stay 0 or empty). Plain reads and small parsers: this runs on the loop each cycle.
 pub fn host_full() -> HostSample {
-    let mut h = host();
+    let mut h = HostSample::default();
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let load = read("/proc/loadavg");
+    for (i, v) in load.split_whitespace().take(3).enumerate() {
+        h.load[i] = v.parse().unwrap_or(0.0);
+    }
+    (
+        h.mem_total_bytes,
+        h.mem_available_bytes,
+        h.swap_total_bytes,
+        h.swap_free_bytes,
+    ) = parse_meminfo(&read("/proc/meminfo"));
+    h.cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     if let Some((busy, total)) = parse_cpu_line(&read("/proc/stat")) {
         h.cpu_busy_ticks = busy;
         h.cpu_total_ticks = total;
-    }
-    if let Ok(m) = procfs::Meminfo::current() {
-        h.swap_total_bytes = m.swap_total;
-        h.swap_free_bytes = m.swap_free;
     }
     h.interfaces = parse_net_dev(&read("/proc/net/dev"));
     h.disks = parse_diskstats(&read("/proc/diskstats"));
@@ -802,6 +852,9 @@ mod tests {
         assert!(h.to_json()["memory_used_percent"].as_f64().is_some());
         let full = host_full();
         assert!(full.cpu_total_ticks > 0 && !full.interfaces.is_empty());
+        assert!(full.mem_total_bytes > 0 && full.load.iter().all(|l| *l >= 0.0));
+        let brief = own_process_brief();
+        assert!(brief.rss_bytes > 0 && brief.threads >= 1 && brief.open_fds > 0);
     }
 
     #[test]
@@ -841,6 +894,14 @@ mod tests {
             Some((20, 100))
         );
         assert_eq!(parse_cpu_line("garbage"), None);
+        assert_eq!(
+            parse_meminfo("MemTotal: 100 kB\nMemFree: 10 kB\nMemAvailable: 40 kB\nSwapTotal: 8 kB\nSwapFree: 2 kB\n"),
+            (102_400, 40_960, 8192, 2048)
+        );
+        assert_eq!(
+            parse_meminfo("MemTotal: 100 kB\nMemFree: 10 kB\n"),
+            (102_400, 10_240, 0, 0)
+        );
         let mounts = parse_mounts(
             "/dev/sda1 / ext4 rw 0 0\nproc /proc proc rw 0 0\nsrv:/x /mnt/nfs nfs4 rw 0 0\n/dev/sda1 / ext4 rw 0 0\n",
         );

@@ -52,6 +52,42 @@ pub struct Alerts {
     pub sampler: Sampler,
     performance: Option<(TimerId, Duration)>,
     health: Option<(TimerId, Duration)>,
+    /// Loop time of each cycle (sampling, deciding, publishing, actions): [performance, health].
+    timing: [CycleTime; 2],
+}
+
+/// Loop time of one kind of cycle: wall time, and the loop thread's CPU time (which a loaded
+/// machine does not inflate).
+#[derive(Debug, Default, Clone, Copy)]
+struct CycleTime {
+    runs: u64,
+    last: Duration,
+    max: Duration,
+    last_cpu: Duration,
+}
+
+impl CycleTime {
+    fn to_json(self) -> Value {
+        json!({"runs": self.runs, "last_us": self.last.as_micros() as u64,
+               "max_us": self.max.as_micros() as u64,
+               "last_cpu_us": self.last_cpu.as_micros() as u64})
+    }
+}
+
+/// CPU time of the calling thread.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec the call fills in.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 impl Room for Alerts {
@@ -91,6 +127,15 @@ impl Alerts {
             }
             None => *slot = Some((cx.timers().insert(Instant::now() + every, cycle), every)),
         }
+    }
+
+    /// Records how long a cycle held the loop (wall time) and the CPU time it used.
+    pub fn record_cycle(&mut self, cycle: Cycle, took: Duration, cpu: Duration) {
+        let t = &mut self.timing[cycle as usize];
+        t.runs += 1;
+        t.last = took;
+        t.max = t.max.max(took);
+        t.last_cpu = cpu;
     }
 
     /// Takes a reading; a raise or resolution is published on its family's channel and
@@ -177,6 +222,10 @@ impl Alerts {
             "kept": self.engine.list(None).count(),
             "rules_tracked": self.engine.rules(),
             "readings_dropped": self.engine.dropped_rules,
+            "cycle_time": {
+                "performance": self.timing[Cycle::Performance as usize].to_json(),
+                "health": self.timing[Cycle::Health as usize].to_json(),
+            },
             "intervals_ms": {
                 "performance": self.performance.map(|(_, e)| e.as_millis() as u64),
                 "health": self.health.map(|(_, e)| e.as_millis() as u64),

@@ -444,3 +444,26 @@ fn metrics_and_alerts_commands_answer_with_their_exit_codes() {
         .expect("cli");
     assert_eq!(out.status.code(), Some(3));
 }
+
+#[test]
+fn cycle_intervals_reload_live() {
+    // Default intervals: the first performance cycle would come after 30 s, and an alert
+    // needs two: only the reloaded 200 ms interval raises it within the patience.
+    let d = Daemon::start();
+    set(
+        &d,
+        "monitoring.alert_thresholds.memory_usage_max_percent",
+        "1",
+    );
+    set(&d, "monitoring.performance_check_interval_ms", "200");
+    wait_event(&d, "performance_alert", MEMORY);
+    let (_, health) = d.cli_json(&["metrics", "--type", "health"]);
+    assert_eq!(
+        health["alerts"]["intervals_ms"]["performance"], 200,
+        "{health}"
+    );
+    assert_eq!(
+        health["alerts"]["intervals_ms"]["health"], 15000,
+        "{health}"
+    );
+}

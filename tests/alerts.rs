@@ -344,8 +344,24 @@ fn a_restart_server_action_restarts_a_real_server() {
     );
 }
 
-#[test]
-fn a_slow_tool_raises_a_response_time_alert_that_clears_when_calls_stop() {
+const SLOW_RULE: &str = "performance:response_time:server:slow";
+
+/// Calls of the slow tool, back to back, until dropped.
+struct Caller(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+
+impl Drop for Caller {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        if let Some(h) = self.1.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A daemon with a 50 ms response-time limit and the fixture `slow`, called with 150 ms
+/// sleeps back to back until the response-time alert is raised; returns the daemon, the
+/// alert and the caller (the calls go on until it is dropped).
+fn slow_alert() -> (Arc<Daemon>, Value, Caller) {
     let config = format!("{FAST}\n[monitoring.alert_thresholds]\nresponse_time_max_ms = 50\n");
     let d = Arc::new(Daemon::start_with(Setup {
         config: Some(config),
@@ -360,7 +376,6 @@ fn a_slow_tool_raises_a_response_time_alert_that_clears_when_calls_stop() {
         |s| s == "active",
         |s| format!("{s}"),
     );
-    // Calls of 150 ms, back to back, until the alert is raised.
     let stop = Arc::new(AtomicBool::new(false));
     let caller = {
         let (d, stop) = (Arc::clone(&d), Arc::clone(&stop));
@@ -370,10 +385,8 @@ fn a_slow_tool_raises_a_response_time_alert_that_clears_when_calls_stop() {
             }
         })
     };
-    let rule = "performance:response_time:server:slow";
-    let raised = wait_event(&d, "performance_alert", rule);
-    stop.store(true, Ordering::Relaxed);
-    let _ = caller.join();
+    let caller = Caller(stop, Some(caller));
+    let raised = wait_event(&d, "performance_alert", SLOW_RULE);
     assert_eq!(raised["data"]["metric"], "response_time_ms");
     assert_eq!(raised["data"]["threshold"], 50.0);
     assert!(
@@ -382,6 +395,13 @@ fn a_slow_tool_raises_a_response_time_alert_that_clears_when_calls_stop() {
             .is_some_and(|v| v > 50.0),
         "{raised}"
     );
+    (d, raised, caller)
+}
+
+#[test]
+fn a_slow_tool_raises_a_response_time_alert_that_clears_when_calls_stop() {
+    let (d, _, caller) = slow_alert();
+    drop(caller);
     let (code, perf) = d.cli_json(&["metrics", "--type", "performance"]);
     assert_eq!(code, 0);
     assert!(
@@ -390,7 +410,26 @@ fn a_slow_tool_raises_a_response_time_alert_that_clears_when_calls_stop() {
     );
     assert!(perf["last_cycle"]["host"]["network"].is_array(), "{perf}");
     // No calls: the windows are idle, the alert clears.
-    wait_event(&d, "performance_alert_resolved", rule);
+    wait_event(&d, "performance_alert_resolved", SLOW_RULE);
+}
+
+#[test]
+fn an_unregistered_servers_alerts_resolve() {
+    // The calls go on (they keep the windows slow while the server exists): only the
+    // server's going away can resolve the alert. Unregistering drops its telemetry, and its
+    // rules with it.
+    let (d, raised, caller) = slow_alert();
+    let out = d.cli(&["mcp", "unregister", "slow"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let resolved = wait_event(&d, "performance_alert_resolved", SLOW_RULE);
+    drop(caller);
+    assert_eq!(resolved["data"]["id"], raised["data"]["id"]);
+    assert!(
+        resolved["data"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no longer measured")),
+        "{resolved}"
+    );
 }
 
 #[test]

@@ -60,7 +60,7 @@ impl Daemon {
                     let started = Instant::now();
                     let cpu = alerts_room::thread_cpu_time();
                     let readings = match cycle {
-                        Cycle::Performance => self.performance_readings(),
+                        Cycle::Performance => self.performance_readings(cx),
                         Cycle::Health => self.health_readings(cx),
                     };
                     for obs in readings {
@@ -76,7 +76,7 @@ impl Daemon {
         }
     }
 
-    fn performance_readings(&mut self) -> Vec<Observation> {
+    fn performance_readings(&mut self, cx: &mut Cx<'_, Timer>) -> Vec<Observation> {
         let t = &self.config.effective.monitoring.alert_thresholds;
         let thresholds = Thresholds {
             response_time_max_ms: t.response_time_max_ms as f64,
@@ -85,12 +85,29 @@ impl Daemon {
         };
         let process = performance::own_process_brief();
         let host = performance::host_full();
+        let servers = self.telemetry.server_totals();
+        // A server that went away (its telemetry was dropped) resolves its alerts.
+        let known: std::collections::BTreeSet<String> =
+            servers.iter().map(|t| t.name.clone()).collect();
+        for prefix in [
+            "performance:response_time:server:",
+            "performance:error_rate:server:",
+        ] {
+            let gone = self.with_alerts(cx, |room, rcx| {
+                room.forget(rcx, prefix, |r| {
+                    r.strip_prefix(prefix).is_some_and(|id| known.contains(id))
+                })
+            });
+            for t in gone {
+                self.run_actions(cx, &t);
+            }
+        }
         let cycle = PerfCycle {
             now: Instant::now(),
             process: &process,
             host: &host,
             routes: self.telemetry.route_totals(),
-            servers: self.telemetry.server_totals(),
+            servers,
             thresholds,
             actions: &self.config.effective.monitoring.alert_actions,
         };

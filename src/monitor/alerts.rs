@@ -161,7 +161,7 @@ pub struct Alert {
     pub trend: Trend,
     /// The latest message.
     pub message: String,
-    /// When it was raised (its first bad cycle counted toward it).
+    /// When it was raised (the cycle that completed `failures_before_alert`).
     pub first_seen: SystemTime,
     /// The latest bad cycle.
     pub last_seen: SystemTime,

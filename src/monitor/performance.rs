@@ -24,6 +24,41 @@ pub const MAX_FILESYSTEMS: usize = 16;
 const LOCAL_FS: &[&str] = &[
     "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "vfat", "exfat", "zfs", "overlay",
 ];
+/// How long the list of mounted filesystems is reused before `/proc/self/mounts` is read
+/// again (it is the costliest file of a sample and rarely changes).
+const MOUNTS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Local filesystems as (mount point, type), and when the list was read.
+type MountList = Option<(Instant, Vec<(String, String)>)>;
+
+thread_local! {
+    /// The local filesystems mounted, and when that was read.
+    static MOUNTS: std::cell::RefCell<MountList> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Online CPUs, read once (`available_parallelism` reads cgroup files each time).
+fn cpus() -> u64 {
+    static CPUS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u64))
+}
+
+/// Local mounts, from a copy at most [`MOUNTS_TTL`] old.
+fn local_mounts() -> Vec<(String, String)> {
+    MOUNTS.with(|m| {
+        let mut m = m.borrow_mut();
+        match &*m {
+            Some((at, list)) if at.elapsed() < MOUNTS_TTL => list.clone(),
+            _ => {
+                let list =
+                    parse_mounts(&std::fs::read_to_string("/proc/self/mounts").unwrap_or_default());
+                *m = Some((Instant::now(), list.clone()));
+                list
+            }
+        }
+    })
+}
+
 /// Routes whose answers are long-lived streams (their duration is not a response time).
 const STREAM_ROUTES: &[&str] = &["/api/v1/events", "/api/v1/logs", "/ws/monitor"];
 
@@ -253,7 +288,7 @@ pub fn host() -> HostSample {
         h.mem_total_bytes = m.mem_total;
         h.mem_available_bytes = m.mem_available.unwrap_or(m.mem_free);
     }
-    h.cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    h.cpus = cpus();
     h
 }
 
@@ -315,14 +350,14 @@ pub fn host_full() -> HostSample {
         h.swap_total_bytes,
         h.swap_free_bytes,
     ) = parse_meminfo(&read("/proc/meminfo"));
-    h.cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    h.cpus = cpus();
     if let Some((busy, total)) = parse_cpu_line(&read("/proc/stat")) {
         h.cpu_busy_ticks = busy;
         h.cpu_total_ticks = total;
     }
     h.interfaces = parse_net_dev(&read("/proc/net/dev"));
     h.disks = parse_diskstats(&read("/proc/diskstats"));
-    h.filesystems = parse_mounts(&read("/proc/self/mounts"))
+    h.filesystems = local_mounts()
         .iter()
         .filter_map(|(m, t)| statvfs(m, t))
         .collect();

@@ -54,7 +54,8 @@ const CALL_WARMUP: usize = 100;
 const CALL_BLOCK: usize = 100;
 
 /// No periodic health round during the measurements (each one pings the worker).
-const QUIET: &str = "[monitoring]\nhealth_check_interval_ms = 3600000\n";
+const QUIET: &str =
+    "[monitoring]\nhealth_check_interval_ms = 3600000\nperformance_check_interval_ms = 3600000\n";
 /// Every load generator here is one local address; the per-peer limit (64 by default) is
 /// raised so that it measures the daemon, not its admission policy.
 const ONE_PEER: &str = "[http]\nmax_connections_per_peer = 2000\n";

@@ -23,6 +23,23 @@ pub enum Request {
     Mcp(McpRequest),
     /// The declared checks (and the actions they may run).
     Checks(ChecksRequest),
+    /// The alerts room.
+    Alerts(AlertsRequest),
+}
+
+/// What the alerts room serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlertsRequest {
+    /// Alert records, newest first: only `firing` or `resolved` ones, or every one (`None`).
+    List {
+        /// The state filter.
+        state: Option<&'static str>,
+    },
+    /// Mark an alert acknowledged.
+    Ack {
+        /// Alert id.
+        id: String,
+    },
 }
 
 /// What the checks room serves.
@@ -543,6 +560,8 @@ pub enum ErrorCode {
     Busy,
     /// No MCP server with that id.
     ServerNotFound,
+    /// No alert with that id (or it was dropped: resolved alerts are kept up to a bound).
+    AlertNotFound,
     /// The server has no tool with that name.
     ToolNotFound,
     /// Something with that id already exists.
@@ -592,6 +611,7 @@ impl ErrorCode {
             ErrorCode::Unhealthy => "unhealthy",
             ErrorCode::Busy => "busy",
             ErrorCode::ServerNotFound => "server_not_found",
+            ErrorCode::AlertNotFound => "alert_not_found",
             ErrorCode::ToolNotFound => "tool_not_found",
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::ToolError => "tool_error",
@@ -617,6 +637,7 @@ impl ErrorCode {
             | ErrorCode::ComponentNotFound
             | ErrorCode::ConfigKeyNotFound
             | ErrorCode::ServerNotFound
+            | ErrorCode::AlertNotFound
             | ErrorCode::ToolNotFound => 404,
             ErrorCode::AlreadyExists => 409,
             ErrorCode::ToolError => 422,

@@ -167,6 +167,21 @@ pub enum Command {
         /// Deadline override.
         timeout_ms: Option<u64>,
     },
+    /// Alerts: firing ones, or all kept (`--all`).
+    Alerts {
+        /// Resolved ones too.
+        all: bool,
+    },
+    /// Acknowledge an alert.
+    AlertAck {
+        /// Alert id.
+        id: String,
+    },
+    /// Metrics: all, or `performance`, `health` (`variety` is not measured yet).
+    Metrics {
+        /// `--type`.
+        kind: Option<String>,
+    },
     /// show, tools, start, stop, restart, reset or unregister one server.
     Mcp {
         /// The action.
@@ -253,6 +268,7 @@ const VALUE_OPTIONS: &[&str] = &[
     "lines",
     "component",
     "service",
+    "type",
 ];
 const FLAG_OPTIONS: &[&str] = &[
     "json",
@@ -262,6 +278,7 @@ const FLAG_OPTIONS: &[&str] = &[
     "graceful",
     "now",
     "no-autostart",
+    "all",
 ];
 
 /// Reads argv with lexopt.
@@ -350,6 +367,9 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 "use: mcp register|list|show|tools|call|start|stop|restart|reset|unregister".into(),
             ))
         }
+        ["alerts", "ack", rest @ ..] => ("alerts ack", &[], rest),
+        ["alerts", rest @ ..] => ("alerts", &["all"], rest),
+        ["metrics", rest @ ..] => ("metrics", &["type"], rest),
         ["help", rest @ ..] => return Ok(Invocation::Help(help(Some(&rest.join(" "))))),
         [other, ..] => return Err(UsageError(format!("unknown command '{other}'"))),
     };
@@ -591,6 +611,28 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 timeout_ms,
             }
         }
+        "alerts" => {
+            no_args(args)?;
+            Command::Alerts { all: flag("all") }
+        }
+        "alerts ack" => {
+            let [id] = args else {
+                return Err(UsageError("use: alerts ack ID".into()));
+            };
+            Command::AlertAck { id: id.to_string() }
+        }
+        "metrics" => {
+            no_args(args)?;
+            let kind = value("type");
+            if let Some(k) = &kind {
+                if !["variety", "performance", "health"].contains(&k.as_str()) {
+                    return Err(UsageError(format!(
+                        "--type takes variety, performance or health, not '{k}'"
+                    )));
+                }
+            }
+            Command::Metrics { kind }
+        }
         n if n.starts_with("mcp ") => {
             let [id] = args else {
                 return Err(UsageError(format!("use: {n} ID")));
@@ -684,6 +726,15 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20--max-failures N          failed starts within the window that open the circuit breaker\n\
             \x20\x20--max-open-files N, --max-cpu-seconds N, --max-memory-mb N, --uid N, --gid N   sandbox limits",
         "mcp list" => "vsm-daemon mcp list [--status active|inactive|all]",
+        "alerts" | "alerts ack" => "vsm-daemon alerts [--all] [--json] | alerts ack ID\n\n\
+            Alerts raised by the monitors: the firing ones (--all: the resolved ones kept too), newest\n\
+            first, with rule, severity, value, threshold, trend and when they were first and last seen.\n\
+            \x20\x20ack ID   acknowledge an alert (it stays listed, marked acked); exit 1 when there is none",
+        "metrics" => "vsm-daemon metrics [--type variety|performance|health] [--json]\n\n\
+            Daemon, host and MCP metrics. performance: process and host resources, the last\n\
+            performance cycle (CPU %, network, disks, filesystems, per-route and per-server p50/p95/p99\n\
+            and error rates over the cycle's window); health: components and MCP servers. variety is\n\
+            not measured yet (exit 1).",
         "mcp call" => "vsm-daemon mcp call ID TOOL ['{JSON arguments}'] [--timeout-ms N]\n\n\
             Prints the tool's text content (--json: the whole result). Exit 1 when the tool reports an\n\
             error (isError), the call times out or the server is not active.",
@@ -703,6 +754,8 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20stop                  stop the daemon\n\
             \x20\x20token [rotate]        the TCP API's bearer token and where it comes from\n\
             \x20\x20checks [run NAME]     declared checks, or run one now\n\
+            \x20\x20alerts [--all]        firing (or all kept) alerts; alerts ack ID\n\
+            \x20\x20metrics [--type T]    metrics (performance, health)\n\
             \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister\n\n\
             `vsm-daemon COMMAND --help` tells more; --version prints the version.",
     };
@@ -775,6 +828,10 @@ pub fn run(global: &Global, command: Command) -> Exit {
             return follow_logs(&client, global, level, component, lines);
         }
         Command::Stop { graceful } => return stop(&client, global, graceful),
+        Command::Metrics { kind: Some(k) } if k == "variety" => {
+            errln!("error: variety metrics are not measured yet (the variety manager is not implemented)");
+            return Exit::Refused;
+        }
         other => {
             let (method, path, body) = request_for(&other);
             client
@@ -929,6 +986,19 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             let op = &ops::MCP_CALL;
             (op.method, op.target(&encode(id)), Some(body))
         }
+        Command::Alerts { all } => with_query(
+            &ops::ALERTS_LIST,
+            &[("state", (!all).then(|| "firing".into()))],
+        ),
+        Command::AlertAck { id } => {
+            let op = &ops::ALERTS_ACK;
+            (op.method, op.target(&encode(id)), None)
+        }
+        Command::Metrics { kind } => match kind.as_deref() {
+            Some("performance") => plain(&ops::METRICS_PERFORMANCE),
+            Some("health") => plain(&ops::METRICS_HEALTH),
+            _ => plain(&ops::METRICS_ALL),
+        },
         Command::Mcp { action, id } => {
             let op = match action.as_str() {
                 "show" => &ops::MCP_SHOW,
@@ -1138,6 +1208,48 @@ fn tool_summary(description: &str) -> String {
 fn human(command: &Command, data: &Value) -> String {
     let mut out = String::new();
     match command {
+        Command::Alerts { all } => {
+            let alerts = data["alerts"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            if alerts.is_empty() {
+                let _ = writeln!(out, "no {}alerts", if *all { "" } else { "firing " });
+            }
+            for a in alerts {
+                let threshold = match &a["threshold"] {
+                    Value::Null => String::new(),
+                    t => format!(" (threshold {})", text(t)),
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<8} {:<8} {:<8} {}{} {} = {}{threshold}, {}",
+                    text(&a["id"]),
+                    text(&a["state"]),
+                    text(&a["severity"]),
+                    text(&a["rule"]),
+                    if a["acked"] == true { " [acked]" } else { "" },
+                    text(&a["metric"]),
+                    text(&a["current_value"]),
+                    text(&a["trend"]),
+                );
+                let _ = writeln!(
+                    out,
+                    "         since {}, last {}, {} bad cycles: {}",
+                    text(&a["first_seen"]),
+                    text(&a["last_seen"]),
+                    text(&a["count"]),
+                    text(&a["message"])
+                );
+            }
+        }
+        Command::AlertAck { .. } => {
+            let _ = writeln!(out, "acknowledged {}", text(&data["alert"]["id"]));
+        }
+        Command::Metrics { .. } => {
+            let mut rows = Vec::new();
+            flatten("", data, &mut rows);
+            for (k, v) in rows {
+                let _ = writeln!(out, "{k} = {v}");
+            }
+        }
         Command::Status { .. } => {
             let d = &data["daemon"];
             let _ = writeln!(
@@ -1515,8 +1627,8 @@ mod tests {
     #[test]
     fn every_command_reaches_the_operation_it_means() {
         use crate::api::{
-            ChecksRequest, DaemonRequest, DiagnosticsRequest, HealthRequest, McpRequest,
-            Request as R,
+            AlertsRequest, ChecksRequest, DaemonRequest, DiagnosticsRequest, HealthRequest,
+            McpRequest, Request as R,
         };
         assert_eq!(
             routed(&["status", "--detailed"]),
@@ -1599,6 +1711,34 @@ mod tests {
             panic!("call");
         };
         assert_eq!((id.as_str(), name.as_str()), ("a b", "echo"));
+        assert_eq!(
+            routed(&["alerts"]),
+            R::Alerts(AlertsRequest::List {
+                state: Some("firing")
+            })
+        );
+        assert_eq!(
+            routed(&["alerts", "--all"]),
+            R::Alerts(AlertsRequest::List { state: None })
+        );
+        assert_eq!(
+            routed(&["alerts", "ack", "a-1"]),
+            R::Alerts(AlertsRequest::Ack { id: "a-1".into() })
+        );
+        assert_eq!(
+            routed(&["metrics"]),
+            R::Daemon(DaemonRequest::Metrics { view: "all" })
+        );
+        assert_eq!(
+            routed(&["metrics", "--type", "performance"]),
+            R::Daemon(DaemonRequest::Metrics {
+                view: "performance"
+            })
+        );
+        assert_eq!(
+            routed(&["metrics", "--type=health"]),
+            R::Daemon(DaemonRequest::Metrics { view: "health" })
+        );
         let id = || "a/b%".to_string();
         for (action, want) in [
             ("show", R::Mcp(McpRequest::Show { id: id() })),
@@ -1678,6 +1818,10 @@ mod tests {
             vec!["logs", "--level", "loud"],
             vec!["stop", "--now", "--graceful"],
             vec!["status", "--socket"],
+            vec!["alerts", "--type", "x"],
+            vec!["alerts", "ack"],
+            vec!["metrics", "--type", "cpu"],
+            vec!["metrics", "extra"],
         ] {
             assert!(parse_argv(&argv).is_err(), "{argv:?} should be refused");
         }
@@ -1709,6 +1853,8 @@ mod tests {
             "restart",
             "stop",
             "token",
+            "alerts",
+            "metrics",
         ] {
             match parse_argv(&[cmd, "--help"]) {
                 Ok(Invocation::Help(text)) => assert!(text.contains("vsm-daemon"), "{cmd}"),

@@ -214,6 +214,8 @@ section! {
         pub health_check_interval_ms: u64 = 15_000,
         /// Milliseconds between security checks.
         pub security_check_interval_ms: u64 = 30_000,
+        /// Actions of the built-in performance and health alerts.
+        pub alert_actions: Vec<String> = strings(&["log"]),
         /// `[monitoring.alert_thresholds]`.
         pub alert_thresholds: AlertThresholds = AlertThresholds::default(),
     }
@@ -493,13 +495,14 @@ pub const KEYS: &[KeyInfo] = &[
     live("http.allowed_hosts", "extra Host names accepted besides loopback names and the bound address; with the bound port they are also allowed origins", HOST_LIST),
     live("http.allowed_origins", "extra browser origins (scheme://host[:port], at most 64) allowed to call the TCP API besides http(s)://<allowed host>:<bound port>", ORIGIN_LIST),
     pending(live("monitoring.variety_check_interval_ms", "milliseconds between variety checks", INTERVAL)),
-    pending(live("monitoring.performance_check_interval_ms", "milliseconds between performance checks", INTERVAL)),
+    live("monitoring.performance_check_interval_ms", "milliseconds between performance checks", INTERVAL),
     live("monitoring.health_check_interval_ms", "milliseconds between health checks", INTERVAL),
     live("monitoring.security_check_interval_ms", "milliseconds between security checks (failed authentication and refused Host/Origin per peer, request-rate anomalies, CPU-limit kills, listening MCP servers)", INTERVAL),
+    live("monitoring.alert_actions", "actions of the built-in performance and health alerts: log, restart_server:ID, webhook:NAME, exec:NAME", Constraint::StringList { allowed: None, max_items: 16, max_item_bytes: 80 }),
     pending(live("monitoring.alert_thresholds.variety_ratio_min", "alert when the variety ratio falls below this", range(0.0, 1.0))),
-    pending(live("monitoring.alert_thresholds.response_time_max_ms", "alert when a response takes longer than this many milliseconds", range(1.0, 3_600_000.0))),
-    pending(live("monitoring.alert_thresholds.error_rate_max_percent", "alert when the error rate exceeds this percentage", range(0.0, 100.0))),
-    pending(live("monitoring.alert_thresholds.memory_usage_max_percent", "alert when memory usage exceeds this percentage", Constraint::Range { min: 0.0, max: 100.0, min_exclusive: true })),
+    live("monitoring.alert_thresholds.response_time_max_ms", "alert when the p95 response time of an API route or of an MCP server's tool calls over a performance interval exceeds this many milliseconds", range(1.0, 3_600_000.0)),
+    live("monitoring.alert_thresholds.error_rate_max_percent", "alert when the error rate (5xx answers of a route, failed tool calls of a server) over a performance interval exceeds this percentage", range(0.0, 100.0)),
+    live("monitoring.alert_thresholds.memory_usage_max_percent", "alert when the host's memory in use exceeds this percentage", Constraint::Range { min: 0.0, max: 100.0, min_exclusive: true }),
     pending(live("mcp_servers.discovery_sources", "where to look for MCP servers", Constraint::StringList { allowed: Some(DISCOVERY_SOURCES), max_items: DISCOVERY_SOURCES.len(), max_item_bytes: 16 })),
     pending(live("mcp_servers.auto_discovery_interval_ms", "milliseconds between automatic discovery runs", INTERVAL)),
     pending(live("mcp_servers.sandbox_timeout_ms", "time limit of a sandboxed trial of a server, in milliseconds", range(100.0, 3_600_000.0))),
@@ -767,6 +770,10 @@ impl Config {
         for info in KEYS {
             let value = flat.get(info.key).unwrap_or(&Value::Null);
             check_constraint(info, value).map_err(|m| ConfigError::invalid(info.key, m))?;
+        }
+        for a in &self.monitoring.alert_actions {
+            crate::monitor::alerts::Action::parse(a)
+                .map_err(|m| ConfigError::invalid("monitoring.alert_actions", m))?;
         }
         let s = &self.security;
         let allowed: std::collections::HashSet<&String> = s.allowed_capabilities.iter().collect();
@@ -2214,10 +2221,10 @@ argv = ["/bin/true"]
     #[test]
     fn keys_not_enforced_yet_are_marked_everywhere() {
         let pending: Vec<&str> = not_enforced_keys().collect();
-        assert_eq!(pending.len(), 16, "{pending:?}");
+        assert_eq!(pending.len(), 12, "{pending:?}");
         for key in [
             "monitoring.variety_check_interval_ms",
-            "monitoring.alert_thresholds.memory_usage_max_percent",
+            "monitoring.alert_thresholds.variety_ratio_min",
             "mcp_servers.discovery_sources",
             "security.blocked_capabilities",
             "security.min_security_score",
@@ -2229,6 +2236,14 @@ argv = ["/bin/true"]
         // Read by the security signals (interval, and the weight of each peer's baseline).
         assert!(is_enforced("monitoring.security_check_interval_ms"));
         assert!(is_enforced("consciousness.learning_rate"));
+        for key in [
+            "monitoring.performance_check_interval_ms",
+            "monitoring.alert_thresholds.response_time_max_ms",
+            "monitoring.alert_thresholds.error_rate_max_percent",
+            "monitoring.alert_thresholds.memory_usage_max_percent",
+        ] {
+            assert!(is_enforced(key), "{key}");
+        }
         assert!(is_enforced("security.sandbox_enabled"));
         let schema = schema();
         let node = &schema["properties"]["security"]["properties"]["blocked_capabilities"];
@@ -2238,7 +2253,7 @@ argv = ["/bin/true"]
             .is_some_and(|d| d.ends_with("(not enforced yet)")));
         let node = &schema["properties"]["security"]["properties"]["sandbox_enabled"];
         assert_eq!(node["x-enforced"], Value::Null);
-        assert_eq!(example_toml().matches(NOT_ENFORCED).count(), 16);
+        assert_eq!(example_toml().matches(NOT_ENFORCED).count(), 12);
 
         assert!(Config::default().not_enforced_set().is_empty());
         let c = Config::default()

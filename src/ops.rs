@@ -15,14 +15,16 @@
 //! [`api::Request`]: crate::api::Request
 
 use crate::api::{Access, ApiError, Args, BodySpec, ErrorCode, EventQuery, In, LogQuery, Op};
-use crate::api::{ChecksRequest, DaemonRequest, DiagnosticsRequest, HealthRequest, McpRequest};
+use crate::api::{
+    AlertsRequest, ChecksRequest, DaemonRequest, DiagnosticsRequest, HealthRequest, McpRequest,
+};
 use crate::api::{Param, Produces, Request, Ty};
 use crate::spec::ServerSpec;
 use serde_json::{json, Value};
 
 /// Every group of rows, in routing order (the hot `GET /api/v1/health` near the front).
 pub const GROUPS: &[&[Op]] = &[
-    DAEMON, CONFIG, LOGS, EVENTS, METRICS, MCP, CHECKS, AUTH, META, PAGE,
+    DAEMON, CONFIG, LOGS, EVENTS, METRICS, ALERTS, MCP, CHECKS, AUTH, META, PAGE,
 ];
 
 /// Every operation, in routing order.
@@ -478,6 +480,63 @@ pub const PROMETHEUS: Op = Op {
 
 /// Metrics.
 pub const METRICS: &[Op] = &[METRICS_ALL, METRICS_PERFORMANCE, METRICS_HEALTH, PROMETHEUS];
+
+// ----- alerts ------------------------------------------------------------------------------
+
+/// `GET /api/v1/alerts`.
+pub const ALERTS_LIST: Op = Op {
+    ws: Some("get_alerts"),
+    params: &[Param::query(
+        "state",
+        Ty::Enum(&["firing", "resolved", "all"]),
+        "Only firing or only resolved alerts; default all",
+    )],
+    ..Op::new(
+        "GET",
+        "/api/v1/alerts",
+        "listAlerts",
+        "alerts",
+        "Alerts raised by the monitors (firing and recently resolved), newest first",
+        |a| {
+            let state = match a.text("state").as_deref() {
+                None | Some("all") => None,
+                Some("firing") => Some("firing"),
+                Some("resolved") => Some("resolved"),
+                Some(other) => {
+                    return Err(ApiError::field(
+                        ErrorCode::InvalidParameter,
+                        "state",
+                        format!("'{other}' is not one of firing, resolved, all"),
+                    ))
+                }
+            };
+            Ok(Request::Alerts(AlertsRequest::List { state }))
+        },
+    )
+};
+
+/// `POST /api/v1/alerts/{id}/ack`.
+pub const ALERTS_ACK: Op = Op {
+    ws: Some("ack_alert"),
+    params: &[Param {
+        name: "id",
+        loc: In::Path,
+        ty: Ty::Str,
+        description: "Alert id (`a-N`)",
+    }],
+    errors: &[ErrorCode::AlertNotFound],
+    ..Op::new(
+        "POST",
+        "/api/v1/alerts/{id}/ack",
+        "ackAlert",
+        "alerts",
+        "Acknowledge an alert (it stays in the list, marked `acked`)",
+        |a| Ok(Request::Alerts(AlertsRequest::Ack { id: a.id })),
+    )
+};
+
+/// Alerts.
+pub const ALERTS: &[Op] = &[ALERTS_LIST, ALERTS_ACK];
 
 // ----- MCP servers -------------------------------------------------------------------------
 

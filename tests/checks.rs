@@ -127,6 +127,15 @@ fn tcp_and_http_checks_follow_their_targets() {
         },
     )
     .expect("daemon starts");
+    // Each check's first scheduled run comes soon after start (staggered 20 ms apart); wait for
+    // all of them, so that no scheduled run lands between the manual runs below.
+    wait_for("the first scheduled run of every check", || {
+        let checks = listed(&d);
+        checks.len() == 3
+            && checks
+                .iter()
+                .all(|c| c["runs"].as_u64().unwrap_or(0) >= 1 && c["running"] == false)
+    });
 
     let (code, up) = run(&d, "db");
     assert_eq!((code, up["status"].as_str()), (0, Some("up")), "{up}");

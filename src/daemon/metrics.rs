@@ -62,10 +62,23 @@ impl Daemon {
             "host": host.to_json(),
             "requests": self.telemetry.performance_json(),
             "event_loop": {"wakeups": cx.stats.wakeups, "events": cx.stats.events, "timers_armed": cx.timers.len()},
+            "last_cycle": self.rooms.alerts.sampler.last,
+            "alerts": self.rooms.alerts.summary(),
         });
+        let server_health: Vec<Value> = self
+            .rooms
+            .mcp
+            .health_facts()
+            .into_iter()
+            .map(|s| {
+                json!({"id": s.id, "status": s.status, "missed_pings": s.missed_pings,
+                            "circuit_breaker_open": s.breaker_open})
+            })
+            .collect();
         let health = json!({
             "components": self.rooms.health.answer(None).unwrap_or_else(|e| e.data.unwrap_or(Value::Null)),
-            "mcp_servers": {"by_status": by_status, "servers": servers["servers"]},
+            "mcp_servers": {"by_status": by_status, "servers": servers["servers"], "health": server_health},
+            "alerts": self.rooms.alerts.summary(),
         });
         match view {
             "performance" => performance,
@@ -84,8 +97,13 @@ impl Daemon {
     pub(super) fn prometheus(&self, cx: &Cx<'_, Timer>) -> String {
         use crate::telemetry::Exposition;
         let process = monitor::performance::own_process();
-        let host = monitor::performance::host();
+        let host = monitor::performance::host_full();
         let mut e = Exposition::new();
+        monitor::performance::write_prometheus(
+            &host,
+            self.rooms.alerts.firing_by_severity(),
+            &mut e,
+        );
         let none: &[(&str, &str)] = &[];
         e.gauge("vsm_up", "1 while the daemon runs.", &[(none, 1.0)]);
         e.gauge(

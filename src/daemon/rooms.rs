@@ -14,6 +14,7 @@
 use super::*;
 use crate::components::diagnostics::Diagnostics;
 use crate::components::health::Health;
+use crate::monitor::room::Alerts;
 use crate::reactor::timer::TimerId;
 use crate::reactor::Timers;
 use crate::room::{RoomCx, Wiring};
@@ -153,6 +154,8 @@ rooms! {
     Actions(actions: crate::monitor::actions::Actions) => actions_outputs,
     /// The security signals.
     Security(security: crate::monitor::security::Security) => security_outputs,
+    /// Alerts and the built-in performance and health cycles.
+    Alerts(alerts: Alerts) => alerts_outputs [serve serve_alerts],
 }
 
 impl Daemon {

@@ -353,6 +353,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             checks: crate::monitor::checks::room::Checks::new(checks_tokens),
             actions: crate::monitor::actions::Actions::new(actions_tokens),
             security: security_room,
+            alerts: crate::monitor::room::Alerts::default(),
         },
         documents: persist::Documents::default(),
         events: EventLog::new(EVENT_HISTORY),
@@ -417,6 +418,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             config::NOT_ENFORCED
         );
     }
+    daemon.schedule_alert_cycles(&mut cx);
     daemon.setup_watchdog(&mut cx);
     log::info!("REST API and WebSocket monitor listening on http://{tcp_addr}");
     log::info!(

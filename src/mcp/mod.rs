@@ -528,6 +528,19 @@ impl Mcp {
         json!({"servers": servers})
     }
 
+    /// What the alerts room's health cycle reads of each server.
+    pub fn health_facts(&self) -> Vec<crate::monitor::performance::ServerHealth> {
+        self.servers
+            .values()
+            .map(|s| crate::monitor::performance::ServerHealth {
+                id: s.spec.id.clone(),
+                status: s.status.as_str(),
+                missed_pings: s.session.missed_pings,
+                breaker_open: s.life.breaker.is_open(),
+            })
+            .collect()
+    }
+
     /// `mcp show`.
     ///
     /// # Errors

@@ -23,6 +23,7 @@ pub mod openapi;
 pub mod ops;
 pub mod reactor;
 pub mod room;
+pub mod snapshot;
 pub mod state;
 pub mod sys;
 pub mod telemetry;

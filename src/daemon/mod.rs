@@ -229,7 +229,10 @@ impl Daemon {
             return;
         }
         let answer = match request {
-            Request::Status { detailed } => Ok(self.status(cx, detailed)),
+            Request::Status { detailed } => {
+                self.answer_status(cx, reply, detailed);
+                return;
+            }
             Request::Health { component } => {
                 if let Some(c) = &component {
                     if !self.health_component_names().contains(&c.as_str()) {

@@ -9,6 +9,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// `GET /api/v1/status`.
@@ -31,7 +32,7 @@ pub struct Daemon<'a> {
     /// How TCP callers authenticate (`none`, or the token's source).
     pub auth: &'a str,
     /// The configuration file, or `embedded defaults`.
-    pub config_source: String,
+    pub config_source: Cow<'a, str>,
     /// Why the overrides file was not applied, if it was not.
     pub config_warning: Option<&'a str>,
     /// The TCP address listened on.
@@ -39,13 +40,13 @@ pub struct Daemon<'a> {
     /// Process id.
     pub pid: u32,
     /// Where the pid file is.
-    pub pid_file: String,
+    pub pid_file: Cow<'a, str>,
     /// The control socket.
-    pub socket: String,
+    pub socket: Cow<'a, str>,
     /// RFC 3339.
     pub started_at: String,
     /// The state directory.
-    pub state_dir: String,
+    pub state_dir: Cow<'a, str>,
     /// `running` or `stopping`.
     pub status: &'a str,
     /// Whole seconds since start.

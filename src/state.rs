@@ -773,14 +773,19 @@ pub fn rfc3339_utc_millis(t: SystemTime) -> String {
 }
 
 /// Appends the last `width` decimal digits of `n` (zero-padded).
-fn push_digits(out: &mut String, mut n: u32, width: usize) {
-    let mut digits = *b"0000";
-    for d in digits[..width].iter_mut().rev() {
+fn push_digits(out: &mut String, n: u32, width: usize) {
+    let mut digits = [0u8; 4];
+    write_digits(&mut digits[..width], n);
+    // ASCII digits only.
+    out.push_str(std::str::from_utf8(&digits[..width]).unwrap_or_default());
+}
+
+/// Fills `out` with the last `out.len()` decimal digits of `n` (zero-padded).
+fn write_digits(out: &mut [u8], mut n: u32) {
+    for d in out.iter_mut().rev() {
         *d = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    // ASCII digits only.
-    out.push_str(std::str::from_utf8(&digits[..width]).unwrap_or_default());
 }
 
 fn unix_millis(t: SystemTime) -> i128 {
@@ -827,19 +832,17 @@ fn civil_fast(secs: i64) -> Option<String> {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     let y = u32::try_from(y).ok().filter(|y| *y <= 9999)?;
-    let mut out = String::with_capacity(24);
-    push_digits(&mut out, y, 4);
-    out.push('-');
-    push_digits(&mut out, m as u32, 2);
-    out.push('-');
-    push_digits(&mut out, d as u32, 2);
-    out.push('T');
-    push_digits(&mut out, (sod / 3600) as u32, 2);
-    out.push(':');
-    push_digits(&mut out, (sod / 60 % 60) as u32, 2);
-    out.push(':');
-    push_digits(&mut out, (sod % 60) as u32, 2);
-    Some(out)
+    let mut out = *b"0000-00-00T00:00:00";
+    write_digits(&mut out[0..4], y);
+    write_digits(&mut out[5..7], m as u32);
+    write_digits(&mut out[8..10], d as u32);
+    write_digits(&mut out[11..13], (sod / 3600) as u32);
+    write_digits(&mut out[14..16], (sod / 60 % 60) as u32);
+    write_digits(&mut out[17..19], (sod % 60) as u32);
+    // ASCII digits and separators only.
+    let mut s = String::with_capacity(24); // room for the milliseconds and the `Z`
+    s.push_str(std::str::from_utf8(&out).ok()?);
+    Some(s)
 }
 
 #[cfg(test)]

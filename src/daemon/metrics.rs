@@ -275,14 +275,17 @@ impl Daemon {
                     .token
                     .as_ref()
                     .map_or("none", |t| t.source.kind()),
-                config_source: self.config_source(),
+                config_source: match &self.config.file {
+                    Some(p) => p.to_string_lossy(),
+                    None => "embedded defaults".into(),
+                },
                 config_warning: self.config.overrides_problem.as_deref(),
                 http_listen: self.tcp_addr.map(|a| a.to_string()),
                 pid: std::process::id(),
-                pid_file: self.pid_file.display().to_string(),
-                socket: self.socket_path.display().to_string(),
+                pid_file: self.pid_file.to_string_lossy(),
+                socket: self.socket_path.to_string_lossy(),
                 started_at: state::rfc3339_utc(self.started_at),
-                state_dir: self.state.path().display().to_string(),
+                state_dir: self.state.path().to_string_lossy(),
                 status: if self.stopping.is_some() {
                     "stopping"
                 } else {

@@ -12,8 +12,10 @@
 //! `cargo bench --bench api -- WORD` runs only the sections whose name contains WORD
 //! (`throughput`, `idle`, `fan-out`, `tool call`).
 //!
-//! Uses `wrk` and `nginx` from PATH (or /usr/sbin) when installed; without them the
-//! throughput rows say "wrk not installed" / "nginx not installed" and the rest still runs.
+//! Uses `wrk` and `nginx` from PATH (or /usr/sbin) when installed (Debian: `apt-get install
+//! -y wrk nginx-light`); without them the throughput rows say "wrk not installed" / "nginx not
+//! installed" and the rest still runs. Wall-clock req/s on a shared machine vary from run to
+//! run: `benches/callgrind.sh PATH` counts the instructions per request instead (valgrind).
 //! Needs `python3` on PATH for the tool-call section (`tests/fixtures/mcp_fixture.py`).
 //!
 //! Prints one table (metric | value | target | verdict). A missed target is reported as

@@ -234,7 +234,10 @@ impl Daemon {
     /// The requests the wiring serves itself (the concerns not yet in a room).
     fn handle_daemon(&mut self, cx: &mut Cx<'_, Timer>, request: DaemonRequest, reply: ReplyTo) {
         let answer = match request {
-            DaemonRequest::Status { detailed } => Ok(self.status(cx, detailed)),
+            DaemonRequest::Status { detailed } => {
+                self.answer_status(cx, reply, detailed);
+                return;
+            }
             DaemonRequest::ControlStart { service } => self.control_start(cx, service),
             DaemonRequest::ControlStop {
                 service,

@@ -571,8 +571,11 @@ impl Mcp {
             cx.timers.cancel(t);
         }
         let uptime = process.started.elapsed();
+        // A child that never reached its exec says why (spawns do not wait for the exec).
+        let exit = process
+            .exec_failure()
+            .unwrap_or_else(|| describe_exit(status));
         drop(process);
-        let exit = describe_exit(status);
         let reason = match server.ending.take() {
             Some(r) => format!("{r} ({exit})"),
             None => exit,

@@ -790,8 +790,10 @@ fn kill9_during_config_writes_never_corrupts_overrides() {
         .expect("start");
         let client = vsm_daemon::client::Client::new(&d.socket);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let hammer = {
             let stop = stop.clone();
+            let acked = acked.clone();
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -799,13 +801,22 @@ fn kill9_during_config_writes_never_corrupts_overrides() {
                     let patch =
                         serde_json::json!({"monitoring": {"performance_check_interval_ms": value}});
                     match client.call("PUT", "/api/v1/config", Some(&patch)) {
-                        Ok(r) if r.status == 200 => n += 1,
+                        Ok(r) if r.status == 200 => {
+                            n += 1;
+                            acked.store(n, std::sync::atomic::Ordering::Relaxed);
+                        }
                         _ => break,
                     }
                 }
                 n
             })
         };
+        // The kill lands at a different point of the write stream each round, but always
+        // after the first acknowledged write (on a loaded machine the first PUT can take
+        // longer than the delay alone).
+        wait_for("a first acknowledged config write", || {
+            acked.load(std::sync::atomic::Ordering::Relaxed) > 0 || hammer.is_finished()
+        });
         std::thread::sleep(Duration::from_millis(40 + round * 17));
         let dir = d.kill9();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);

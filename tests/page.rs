@@ -135,7 +135,21 @@ fn status_page_in_a_real_browser() {
         "the browser test needs /usr/bin/chromium and playwright-core in {}: run .ci/install-browser-test",
         peers.display()
     );
-    let d = Daemon::start();
+    // A declared tcp check to a port nothing listens on (bound, then released), scheduled too
+    // rarely to run again by itself; fast monitoring cycles so the alert comes quickly.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let config = format!(
+        "[monitoring]\nperformance_check_interval_ms = 200\nhealth_check_interval_ms = 200\n\n\
+         [[checks]]\nname = \"closed\"\nkind = \"tcp\"\ntarget = \"127.0.0.1:{closed}\"\n\
+         every_ms = 3600000\ntimeout_ms = 5000\n"
+    );
+    let d = Daemon::start_with(Setup {
+        config: Some(config.clone()),
+        ..Setup::default()
+    });
     let a = addr(&d);
     let fixture = format!(
         "{}/tests/fixtures/mcp_fixture.py",
@@ -163,6 +177,7 @@ fn status_page_in_a_real_browser() {
         .arg(&peers)
         .arg(&link)
         .arg("fx")
+        .arg("closed")
         .arg(&shot)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -184,8 +199,39 @@ fn status_page_in_a_real_browser() {
     let mut d = Some(d);
     let deadline = Instant::now() + Duration::from_secs(300);
     while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains("\"phase\":\"raise-alert\"") {
+            // The host surely uses more than 1 % of its memory: a real alert.
+            let out = d.as_ref().expect("the daemon").cli(&[
+                "config",
+                "set",
+                "monitoring.alert_thresholds.memory_usage_max_percent",
+                "1",
+            ]);
+            assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+            continue;
+        }
         if line.contains("\"phase\":\"restart-daemon\"") {
             let old = d.take().expect("the daemon");
+            // The ack button reached the daemon.
+            let (_, v) = old.http("GET", "/api/v1/alerts?state=firing", None);
+            let memory = v["data"]["alerts"]
+                .as_array()
+                .and_then(|l| {
+                    l.iter()
+                        .find(|a| a["rule"] == "performance:memory_usage_percent")
+                })
+                .cloned()
+                .unwrap_or_default();
+            assert_eq!(memory["acked"], true, "{v:#}");
+            // So did "run now": the check ran once at start and once more from the page.
+            let (_, v) = old.http("GET", "/api/v1/checks", None);
+            let check = v["data"]["checks"]
+                .as_array()
+                .and_then(|l| l.iter().find(|c| c["name"] == "closed"))
+                .cloned()
+                .unwrap_or_default();
+            assert_eq!(check["status"], "down", "{v:#}");
+            assert!(check["runs"].as_u64().is_some_and(|n| n >= 2), "{v:#}");
             // The click reached the daemon: the server is stopped there, not only on the page.
             let (_, v) = old.http("GET", "/api/v1/mcp/servers/fx", None);
             assert_eq!(v["data"]["status"], "stopped", "{v:#}");
@@ -201,6 +247,7 @@ fn status_page_in_a_real_browser() {
                 dir,
                 Setup {
                     listen: Some(a.to_string()),
+                    config: Some(config.clone()),
                     ..Setup::default()
                 },
             )
@@ -235,6 +282,11 @@ fn status_page_in_a_real_browser() {
     println!("browser: {said}");
     let steps = seen["steps"].to_string();
     assert!(steps.contains("reconnected by itself"), "{said}");
+    assert!(steps.contains("alert shown after the restart"), "{said}");
+    assert!(
+        seen["check_runs_after"].as_u64() > seen["check_runs_before"].as_u64(),
+        "{said}"
+    );
     assert!(shot.is_file(), "screenshot at {}", shot.display());
     assert!(!d.stderr().contains(&d.token), "the token is in the log");
 }

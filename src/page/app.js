@@ -9,20 +9,15 @@ const MAX_EVENTS = 200;      // lines kept in the event log
 const MAX_POINTS = 120;      // points per sparkline (4 minutes at one sample per 2 s)
 const MAX_DETAILS = 50;      // servers whose details (circuit breaker) are fetched per round
 const POLL_MS = 2000;
-// Panels that appear once the daemon has their route (a 404 hides them).
+// Panels that appear once the daemon has their route (a 404 hides them). Alerts and declared
+// checks have their own panels below.
 const PANELS = [
-  { card: 'alerts-card', box: 'alerts', path: '/api/v1/alerts', pick: firing },
   { card: 'variety-card', box: 'variety', path: '/api/v1/vsm/variety' },
   { card: 'vsm-card', box: 'vsm', path: '/api/v1/vsm/systems' },
   { card: 'insights-card', box: 'insights', path: '/api/v1/consciousness/insights' },
 ];
-
-// Of a list of alerts, those firing (a record without a state field counts as firing).
-function firing(data) {
-  const list = Array.isArray(data) ? data : (data && Array.isArray(data.alerts) ? data.alerts : null);
-  if (!list) return data;
-  return list.filter((a) => !a || typeof a !== 'object' || !('state' in a) || a.state === 'firing');
-}
+const MAX_ROWS = 100;        // rows per alerts or checks table
+const SLOW_MS = 15000;       // alerts, checks and the generic panels are polled this often
 
 const $ = (id) => document.getElementById(id);
 function el(tag, cls, text) {
@@ -119,6 +114,7 @@ function onMessage(v) {
   if (v.type && v.type !== 'response') {
     addEvent(v);
     if (v.type.startsWith('mcp_server')) refreshServers(true);
+    if (ALERT_EVENT.test(v.type)) onAlertEvent(v.data || {});
   }
 }
 
@@ -131,7 +127,7 @@ function onConnected(data) {
   // A new connection may be a new daemon process: rates start over (its CPU counter did).
   lastSample = null;
   loadHistory();
-  probePanels();
+  slowRound();
   poll();
   clearInterval(pollTimer);
   pollTimer = setInterval(poll, POLL_MS);
@@ -168,6 +164,21 @@ function duration(s) {
   if (s < 86400) return Math.floor(s / 3600) + ' h ' + Math.floor(s % 3600 / 60) + ' min';
   return Math.floor(s / 86400) + ' d ' + Math.floor(s % 86400 / 3600) + ' h';
 }
+// Replaces a table body's rows and keeps the keyboard focus on the same button (same row key,
+// same action) when it was inside: the tables are rebuilt every few seconds.
+function replaceRows(table, key, rows) {
+  const body = table.tBodies[0];
+  const f = document.activeElement;
+  const row = f && body.contains(f) ? f.closest('tr') : null;
+  const was = row && f.dataset.action ? [row.dataset[key], f.dataset.action] : null;
+  body.replaceChildren(...rows);
+  if (!was) return;
+  for (const tr of body.rows) {
+    if (tr.dataset[key] !== was[0]) continue;
+    const b = tr.querySelector('button[data-action="' + was[1] + '"]');
+    if (b && !b.disabled) b.focus();
+  }
+}
 function facts(box, pairs) {
   box.replaceChildren(...pairs.map(([k, v]) => { const s = el('span', null, k + ' '); s.appendChild(el('b', null, v)); return s; }));
 }
@@ -184,6 +195,9 @@ async function poll() {
   }
   if (perf.status === 'success') sample(perf.data);
   refreshServers(false);
+  // Only local work: keeps the "since" and "last run" columns current between fetches.
+  renderAlerts();
+  renderChecks();
 }
 
 function sample(p) {
@@ -256,7 +270,7 @@ function renderServers(servers) {
     tr.appendChild(actions);
     return tr;
   });
-  $('servers').tBodies[0].replaceChildren(...rows);
+  replaceRows($('servers'), 'server', rows);
 }
 
 async function act(name, id, button) {
@@ -272,6 +286,13 @@ function summary(e) {
   const d = e.data || {};
   if (e.type === 'mcp_server_status_change') return d.server_id + ': ' + d.old_status + ' → ' + d.new_status + (d.reason ? ' (' + d.reason + ')' : '');
   if (e.type === 'events_dropped') return d.count + ' events lost (this page fell behind)';
+  if (ALERT_EVENT.test(e.type)) {
+    const head = e.type.endsWith('_resolved') ? 'resolved' : 'raised (' + (d.severity || '?') + ')';
+    // A rule usually ends with its metric (performance:memory_usage_percent): say it once.
+    const what = String(d.rule).endsWith(':' + d.metric) ? d.rule : d.rule + ': ' + d.metric;
+    return head + ' ' + what + ' = ' + num(d.current_value) + vs(d.threshold) +
+      (d.trend ? ', ' + arrow(d.trend) : '') + (d.message ? ' · ' + d.message : '');
+  }
   const parts = [];
   for (const [k, v] of Object.entries(d)) {
     if (parts.length >= 6) break;
@@ -286,6 +307,7 @@ function addEvent(e, atEnd) {
   const time = el('time', null, when.toLocaleTimeString());
   time.dateTime = when.toISOString();
   li.appendChild(time);
+  if (ALERT_EVENT.test(e.type)) li.className = e.type.endsWith('_resolved') ? 'ev-resolved' : 'ev-' + ((e.data || {}).severity || 'warning');
   li.appendChild(el('span', 'type', e.type));
   li.appendChild(el('span', null, summary(e)));
   const list = $('events');
@@ -340,10 +362,191 @@ async function probePanels() {
     const card = $(p.card);
     if (env.status !== 'success' || code === 'not_found') { card.hidden = true; continue; }
     card.hidden = false;
-    $(p.box).replaceChildren(render(p.pick ? p.pick(env.data) : env.data, 0));
+    $(p.box).replaceChildren(render(env.data, 0));
   }
 }
-setInterval(() => { if (ws && ws.readyState === WebSocket.OPEN) probePanels(); }, 15000);
+function slowRound() {
+  probePanels();
+  refreshAlerts();
+  refreshChecks();
+}
+setInterval(() => { if (ws && ws.readyState === WebSocket.OPEN) slowRound(); }, SLOW_MS);
+
+// ---- alerts -------------------------------------------------------------------------------------
+// performance_alert, health_alert, security_alert and their *_resolved.
+const ALERT_EVENT = /^[a-z]+_alert(_resolved)?$/;
+const SEVERITY_RANK = { critical: 0, warning: 1, info: 2 };
+const alerts = new Map();    // id -> record, from get_alerts and from live events
+let alertsLoaded = false;
+
+function num(v) {
+  if (v === null || v === undefined || v === '') return '–';
+  const n = Number(v);
+  if (!Number.isFinite(n)) return String(v);
+  return String(Math.round(n * 100) / 100);
+}
+const vs = (t) => (t === null || t === undefined ? '' : ' vs ' + num(t));
+const ARROWS = { rising: '↑ rising', falling: '↓ falling', stable: '→ stable' };
+const arrow = (t) => ARROWS[t] || String(t || '');
+function ago(ts) {
+  const t = Date.parse(ts);
+  if (!Number.isFinite(t)) return '–';
+  return duration(Math.max(0, Math.round((Date.now() - t) / 1000))) + ' ago';
+}
+function timeCell(ts) {
+  const td = el('td', 'num');
+  if (!ts) { td.textContent = '–'; return td; }
+  const t = el('time', null, ago(ts));
+  t.dateTime = ts;
+  t.title = new Date(ts).toLocaleString();
+  td.appendChild(t);
+  return td;
+}
+function badge(cls, text) {
+  const td = el('td');
+  td.appendChild(el('span', cls, text));
+  return td;
+}
+
+// An event carries the whole record: the table changes at once, then the list is fetched again
+// (an ack or another alert may have changed meanwhile).
+function onAlertEvent(a) {
+  if (a && typeof a.id === 'string') {
+    alerts.set(a.id, a);
+    alertsLoaded = true;
+    renderAlerts();
+  }
+  refreshAlerts();
+  if (a && typeof a.rule === 'string' && a.rule.startsWith('check:')) refreshChecks();
+}
+
+async function refreshAlerts() {
+  const env = await send('get_alerts', {});
+  if (env.status !== 'success') return;
+  alerts.clear();
+  for (const a of env.data.alerts || []) if (a && typeof a.id === 'string') alerts.set(a.id, a);
+  alertsLoaded = true;
+  renderAlerts();
+}
+
+function renderAlerts() {
+  if (!alertsLoaded) return;
+  $('alerts-card').hidden = false;
+  const all = [...alerts.values()];
+  const firing = all.filter((a) => a.state !== 'resolved').sort((a, b) =>
+    (SEVERITY_RANK[a.severity] ?? 3) - (SEVERITY_RANK[b.severity] ?? 3) || String(b.last_seen).localeCompare(String(a.last_seen)));
+  const resolved = all.filter((a) => a.state === 'resolved').sort((a, b) => String(b.resolved_at).localeCompare(String(a.resolved_at)));
+  const unacked = firing.filter((a) => !a.acked).length;
+  $('alert-count').textContent = firing.length ? '(' + firing.length + ' firing' + (unacked ? ', ' + unacked + ' not acked' : '') + ')' : '';
+  $('no-alerts').hidden = firing.length > 0;
+  $('alerts').hidden = firing.length === 0;
+  replaceRows($('alerts'), 'alert', firing.slice(0, MAX_ROWS).map((a) => {
+    const tr = el('tr', a.acked ? 'acked' : null);
+    tr.dataset.alert = a.id;
+    tr.dataset.rule = a.rule;
+    tr.appendChild(badge('sev sev-' + a.severity, a.severity));
+    const rule = el('td', null, a.rule);
+    if (a.message) rule.title = a.message;
+    tr.appendChild(rule);
+    tr.appendChild(el('td', null, a.metric));
+    tr.appendChild(el('td', 'num', num(a.current_value) + vs(a.threshold)));
+    tr.appendChild(el('td', 'trend t-' + a.trend, arrow(a.trend)));
+    tr.appendChild(timeCell(a.first_seen));
+    tr.appendChild(el('td', 'num', a.count));
+    tr.appendChild(el('td', 'ack-state', a.acked ? 'yes' : 'no'));
+    const cell = el('td');
+    const b = el('button', null, 'ack');
+    b.type = 'button';
+    b.dataset.action = 'ack';
+    b.disabled = !!a.acked;
+    b.setAttribute('aria-label', 'acknowledge alert ' + a.id + ' (' + a.rule + ')');
+    b.addEventListener('click', () => ack(a.id, b));
+    cell.appendChild(b);
+    tr.appendChild(cell);
+    return tr;
+  }));
+  $('resolved-box').hidden = resolved.length === 0;
+  $('resolved-count').textContent = '(' + resolved.length + ')';
+  $('resolved').tBodies[0].replaceChildren(...resolved.slice(0, MAX_ROWS).map((a) => {
+    const tr = el('tr');
+    tr.dataset.alert = a.id;
+    tr.appendChild(badge('sev sev-' + a.severity, a.severity));
+    tr.appendChild(el('td', null, a.rule));
+    tr.appendChild(el('td', null, a.metric));
+    tr.appendChild(el('td', 'num', num(a.current_value) + vs(a.threshold)));
+    tr.appendChild(timeCell(a.first_seen));
+    tr.appendChild(timeCell(a.resolved_at));
+    tr.appendChild(el('td', 'num', a.count));
+    tr.appendChild(el('td', null, a.acked ? 'yes' : 'no'));
+    return tr;
+  }));
+}
+
+async function ack(id, button) {
+  button.disabled = true;
+  $('alert-error').textContent = '';
+  const env = await send('ack_alert', { id });
+  if (env.status === 'success' && env.data && env.data.alert) alerts.set(id, env.data.alert);
+  else $('alert-error').textContent = 'ack ' + id + ': ' + errorText(env);
+  renderAlerts();
+  refreshAlerts();
+}
+
+// ---- declared checks ----------------------------------------------------------------------------
+let checks = null;           // the last checks_list answer's list
+const runningHere = new Set();  // checks whose "run now" this page is waiting for
+
+async function refreshChecks() {
+  const env = await send('checks_list', {});
+  if (env.status !== 'success') return;
+  checks = Array.isArray(env.data.checks) ? env.data.checks : [];
+  renderChecks();
+}
+
+function renderChecks() {
+  if (!checks) return;
+  $('checks-card').hidden = false;
+  const down = checks.filter((c) => c.status === 'down').length;
+  $('check-count').textContent = checks.length ? '(' + checks.length + (down ? ', ' + down + ' down' : '') + ')' : '';
+  $('no-checks').hidden = checks.length > 0;
+  $('checks').hidden = checks.length === 0;
+  replaceRows($('checks'), 'check', checks.slice(0, MAX_ROWS).map((c) => {
+    const tr = el('tr');
+    tr.dataset.check = c.name;
+    tr.appendChild(el('td', null, c.name));
+    tr.appendChild(el('td', null, c.kind));
+    tr.appendChild(el('td', 'target', c.target));
+    tr.appendChild(badge('state c-' + c.status, c.status));
+    tr.appendChild(timeCell(c.last_run));
+    tr.appendChild(el('td', 'num runs', c.runs));
+    const msg = el('td', 'message', c.message || '');
+    if (c.consecutive_failures > 1) msg.textContent += ' (' + c.consecutive_failures + ' failures in a row)';
+    tr.appendChild(msg);
+    const cell = el('td');
+    const busy = runningHere.has(c.name);
+    const b = el('button', null, busy ? 'running…' : 'run now');
+    b.type = 'button';
+    b.dataset.action = 'run';
+    b.disabled = busy;
+    b.setAttribute('aria-label', 'run check ' + c.name + ' now');
+    b.addEventListener('click', () => runCheck(c.name));
+    cell.appendChild(b);
+    tr.appendChild(cell);
+    return tr;
+  }));
+}
+
+async function runCheck(name) {
+  runningHere.add(name);
+  $('check-error').textContent = '';
+  renderChecks();
+  // Answers when the run ends (at most the check's timeout).
+  const env = await send('checks_run', { id: name });
+  runningHere.delete(name);
+  if (env.status !== 'success') $('check-error').textContent = 'run ' + name + ': ' + errorText(env);
+  await refreshChecks();
+  refreshAlerts();
+}
 
 // ---- start ---------------------------------------------------------------------------------------
 document.addEventListener('DOMContentLoaded', () => {

@@ -12,13 +12,15 @@ use std::fmt;
 /// transports build them and the rooms serve them without either importing the other.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    /// The wiring's own concerns: status, components, configuration, logs, events, metrics,
-    /// documents and the token.
+    /// The wiring's own concerns: status, components, logs, events, metrics, documents and
+    /// the token.
     Daemon(DaemonRequest),
     /// The health room.
     Health(HealthRequest),
     /// The diagnostics room.
     Diagnostics(DiagnosticsRequest),
+    /// The settings room (configuration).
+    Config(ConfigRequest),
     /// The MCP room.
     Mcp(McpRequest),
 }
@@ -50,20 +52,6 @@ pub enum DaemonRequest {
         /// The component; everything when `None`.
         service: Option<String>,
     },
-    /// The effective configuration, or one section of it.
-    ConfigShow {
-        /// Section name such as `monitoring`.
-        section: Option<String>,
-    },
-    /// Apply a JSON merge patch to the runtime overrides.
-    ConfigUpdate {
-        /// RFC 7386 merge patch in the shape of the config.
-        patch: Value,
-    },
-    /// Re-read the config file.
-    ConfigReload,
-    /// JSON Schema of the configuration.
-    ConfigSchema,
     /// Recent log records, or a live stream of new ones.
     Logs {
         /// Filter and size of the answer.
@@ -96,6 +84,25 @@ pub enum DaemonRequest {
     AuthToken,
     /// Replace the generated TCP API token (control socket only).
     AuthTokenRotate,
+}
+
+/// What the settings room serves: the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigRequest {
+    /// The effective configuration, or one section of it.
+    Show {
+        /// Section name such as `monitoring`.
+        section: Option<String>,
+    },
+    /// Apply a JSON merge patch to the runtime overrides.
+    Update {
+        /// RFC 7386 merge patch in the shape of the config.
+        patch: Value,
+    },
+    /// Re-read the config file.
+    Reload,
+    /// JSON Schema of the configuration.
+    Schema,
 }
 
 /// Run the health checks (all, or one component).

@@ -1454,7 +1454,8 @@ mod tests {
     #[test]
     fn every_command_reaches_the_operation_it_means() {
         use crate::api::{
-            DaemonRequest, DiagnosticsRequest, HealthRequest, McpRequest, Request as R,
+            ConfigRequest, DaemonRequest, DiagnosticsRequest, HealthRequest, McpRequest,
+            Request as R,
         };
         assert_eq!(
             routed(&["status", "--detailed"]),
@@ -1462,21 +1463,21 @@ mod tests {
         );
         assert_eq!(
             routed(&["config", "show", "--section", "http"]),
-            R::Daemon(DaemonRequest::ConfigShow {
+            R::Config(ConfigRequest::Show {
                 section: Some("http".into())
             })
         );
         assert!(matches!(
             routed(&["config", "set", "daemon.log_level", "debug"]),
-            R::Daemon(DaemonRequest::ConfigUpdate { .. })
+            R::Config(ConfigRequest::Update { .. })
         ));
         assert_eq!(
             routed(&["config", "reload"]),
-            R::Daemon(DaemonRequest::ConfigReload)
+            R::Config(ConfigRequest::Reload)
         );
         assert_eq!(
             routed(&["config", "schema"]),
-            R::Daemon(DaemonRequest::ConfigSchema)
+            R::Config(ConfigRequest::Schema)
         );
         let R::Daemon(DaemonRequest::Logs { query, follow }) =
             routed(&["logs", "--level", "warn", "--lines", "5"])

@@ -15,7 +15,7 @@
 //! [`api::Request`]: crate::api::Request
 
 use crate::api::{Access, ApiError, Args, BodySpec, ErrorCode, EventQuery, In, LogQuery, Op};
-use crate::api::{DaemonRequest, DiagnosticsRequest, HealthRequest, McpRequest};
+use crate::api::{ConfigRequest, DaemonRequest, DiagnosticsRequest, HealthRequest, McpRequest};
 use crate::api::{Param, Produces, Request, Ty};
 use crate::spec::ServerSpec;
 use serde_json::{json, Value};
@@ -228,7 +228,7 @@ pub const CONFIG_SHOW: Op = Op {
         "config",
         "Effective configuration (secrets redacted) and runtime overrides",
         |a| {
-            Ok(Request::Daemon(DaemonRequest::ConfigShow {
+            Ok(Request::Config(ConfigRequest::Show {
                 section: a.text("section"),
             }))
         },
@@ -257,9 +257,7 @@ pub const CONFIG_UPDATE: Op = Op {
         "config",
         "Apply a JSON merge patch to the runtime overrides (validated, applied live, persisted)",
         |mut a| match a.take_body() {
-            Some(patch @ Value::Object(_)) => {
-                Ok(Request::Daemon(DaemonRequest::ConfigUpdate { patch }))
-            }
+            Some(patch @ Value::Object(_)) => Ok(Request::Config(ConfigRequest::Update { patch })),
             _ => Err(ApiError::new(
                 ErrorCode::BadRequest,
                 "body must be a JSON object in the shape of the configuration (a merge patch)",
@@ -278,7 +276,7 @@ pub const CONFIG_RELOAD: Op = Op {
         "reloadConfig",
         "config",
         "Re-read the configuration file (an invalid file is refused and the old config stays)",
-        |_| Ok(Request::Daemon(DaemonRequest::ConfigReload)),
+        |_| Ok(Request::Config(ConfigRequest::Reload)),
     )
 };
 
@@ -291,7 +289,7 @@ pub const CONFIG_SCHEMA: Op = Op {
         "getConfigSchema",
         "config",
         "JSON Schema (draft 2020-12) of the configuration",
-        |_| Ok(Request::Daemon(DaemonRequest::ConfigSchema)),
+        |_| Ok(Request::Config(ConfigRequest::Schema)),
     )
 };
 

@@ -63,7 +63,11 @@ impl Daemon {
             }
             "monitor" => {
                 let every = Duration::from_millis(
-                    self.config.effective.monitoring.health_check_interval_ms,
+                    self.rooms
+                        .settings
+                        .config()
+                        .monitoring
+                        .health_check_interval_ms,
                 );
                 self.with_health(cx, |room, rcx| room.start_monitor(rcx, every));
                 self.mark(cx, "monitor", true);
@@ -228,7 +232,7 @@ impl Daemon {
         let _ = self.stop_component(cx, "monitor");
         let _ = self.stop_component(cx, "worker");
         let timeout = if graceful {
-            Duration::from_millis(self.config.effective.daemon.shutdown_timeout_ms)
+            Duration::from_millis(self.rooms.settings.config().daemon.shutdown_timeout_ms)
         } else {
             Duration::from_millis(500)
         };

@@ -7,9 +7,10 @@
 //! (run), `reply.rs` (answers to bytes, the effect bus), `rooms.rs` (the room list: how each
 //! room's timers, jobs, requests, configuration and answers are routed), `persist.rs` (state
 //! documents written on the worker, rooms' `Effect::Persist`), `control.rs` (the components'
-//! lifecycle), and the concerns not yet moved into rooms: `access.rs` (intake and access
-//! checks), `health.rs` (the health room's glue), `metrics.rs` (status and metrics),
-//! `settings.rs`, `streams.rs`.
+//! lifecycle), `settings.rs` and `health.rs` (the settings and health rooms' glue: carrying
+//! out their outputs on what only the wiring holds), and the concerns not yet moved into
+//! rooms: `access.rs` (intake and access checks), `metrics.rs` (status and metrics),
+//! `streams.rs`.
 //!
 //! Components (each can be stopped, started and restarted in-process):
 //! - `control`: the Unix control socket listener;
@@ -41,6 +42,7 @@ pub use startup::{default_socket_path, run, StartError, StartOptions};
 
 use crate::api::{self, Answer, ApiError, DaemonRequest, DiagnosticsRequest, ErrorCode};
 use crate::api::{EventQuery, HealthRequest, LogQuery, ReplyTo, Request};
+use crate::components::settings::{Settings, OVERRIDES_FILE};
 use crate::components::{self, diagnostics::Diagnostics};
 use crate::config::{self, Config, ConfigError};
 use crate::events::{Channel, Event, EventData, EventLog};
@@ -62,8 +64,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// Name of the overrides document in the state directory.
-const OVERRIDES_FILE: &str = "overrides.json";
 /// Every document the daemon keeps in the state directory.
 const STATE_DOCUMENTS: &[&str] = &[REGISTRY_FILE, OVERRIDES_FILE];
 /// Stream back-pressure: a follower with more than this unsent is skipped until it drains.
@@ -120,18 +120,8 @@ struct Follower {
     cursor: u64,
 }
 
-/// Where the daemon's configuration comes from and what overrides it.
-struct ConfigLayers {
-    file: Option<PathBuf>,
-    base: Config,
-    overrides: Value,
-    overrides_problem: Option<String>,
-    effective: Config,
-}
-
 /// The daemon.
 pub struct Daemon {
-    config: ConfigLayers,
     state: StateDir,
     logging: Logging,
     socket_path: PathBuf,
@@ -150,10 +140,6 @@ pub struct Daemon {
     components: BTreeMap<&'static str, ComponentState>,
     jobs: Waiting<WorkResult>,
     followers: Vec<Follower>,
-    /// Configuration patches waiting for their `overrides.json` write (see `settings`).
-    overrides_writes: state::WriteQueue<settings::PendingPatch>,
-    /// The overrides write on the worker, while one is in flight.
-    overrides_write: Option<persist::WriteTicket>,
     rooms: rooms::Rooms,
     /// The documents rooms write (`Effect::Persist`).
     documents: persist::Documents,
@@ -172,16 +158,6 @@ pub struct Daemon {
     reaped: u64,
 }
 
-/// Drops `{}` left behind by merge-patch deletions so the stored overrides stay minimal.
-fn prune_empty(value: &mut Value) {
-    if let Value::Object(map) = value {
-        for v in map.values_mut() {
-            prune_empty(v);
-        }
-        map.retain(|_, v| !matches!(v, Value::Object(m) if m.is_empty()) && !v.is_null());
-    }
-}
-
 /// The answer to a change that could not be made durable: nothing was changed.
 fn persist_error(e: &StateError) -> ApiError {
     let code = match e {
@@ -194,32 +170,7 @@ fn persist_error(e: &StateError) -> ApiError {
     ApiError::new(code, format!("not changed: cannot save it: {e}"))
 }
 
-fn config_error(e: &ConfigError) -> ApiError {
-    match e {
-        ConfigError::UnknownKey { key } => {
-            ApiError::field(ErrorCode::ConfigKeyNotFound, key.clone(), e.to_string())
-        }
-        _ => ApiError {
-            code: ErrorCode::ConfigInvalid,
-            message: e.to_string(),
-            field: e.key().map(str::to_string),
-            data: None,
-        },
-    }
-}
-
 impl Daemon {
-    fn config_source(&self) -> String {
-        match &self.config.file {
-            Some(p) => p.display().to_string(),
-            None => "embedded defaults".to_string(),
-        }
-    }
-
-    // ----- components -----
-
-    // ----- requests -----
-
     /// Handles one API request; the answer goes to `reply` now or later.
     pub fn handle(&mut self, cx: &mut Cx<'_, Timer>, request: Request, reply: ReplyTo) {
         if self.stopping.is_some() {
@@ -241,13 +192,6 @@ impl Daemon {
                 graceful,
             } => self.control_stop(cx, service, shutdown, graceful),
             DaemonRequest::ControlRestart { service } => self.control_restart(cx, service),
-            DaemonRequest::ConfigShow { section } => self.config_show(section.as_deref()),
-            DaemonRequest::ConfigUpdate { patch } => match self.config_update(cx, patch, reply) {
-                Ok(()) => return,
-                Err(e) => Err(e),
-            },
-            DaemonRequest::ConfigReload => self.config_reload(cx),
-            DaemonRequest::ConfigSchema => Ok(config::schema()),
             DaemonRequest::Logs { query, follow } => {
                 if follow {
                     self.follow_logs(cx, reply, query);
@@ -289,12 +233,6 @@ impl Daemon {
         self.answer(cx, reply, answer);
     }
 
-    // ----- configuration -----
-
-    // ----- logs -----
-
-    // ----- health -----
-
     /// A worker job's result (or the failure that stands for it) reaches its owner.
     fn on_job_done(&mut self, cx: &mut Cx<'_, Timer>, result: WorkResult) {
         match result {
@@ -304,8 +242,6 @@ impl Daemon {
         }
     }
 
-    // ----- diagnostics -----
-
     fn serve_diagnostics(
         &mut self,
         cx: &mut Cx<'_, Timer>,
@@ -313,9 +249,9 @@ impl Daemon {
         reply: ReplyTo,
     ) {
         let facts = components::diagnostics::Facts {
-            config_source: self.config_source(),
-            config_problem: self.config.overrides_problem.as_deref(),
-            not_enforced_set: self.config.effective.not_enforced_set(),
+            config_source: self.rooms.settings.source(),
+            config_problem: self.rooms.settings.problem(),
+            not_enforced_set: self.rooms.settings.config().not_enforced_set(),
             state: &self.state,
             documents: STATE_DOCUMENTS,
             socket: &self.socket_path,
@@ -330,8 +266,6 @@ impl Daemon {
             |room, rcx| room.run(rcx, reply, full, &facts),
         );
     }
-
-    // ----- shutdown -----
 }
 
 impl Handler for Daemon {
@@ -433,7 +367,6 @@ impl Handler for Daemon {
                 self.on_job_done(cx, result);
             }
         }
-        self.poll_overrides_write(cx);
         self.poll_document_writes(cx);
     }
 

@@ -147,6 +147,8 @@ rooms! {
     Diagnostics(diagnostics: Diagnostics) => deliver_effects [serve serve_diagnostics],
     /// The health rounds.
     Health(health: Health) => health_outputs [serve serve_health],
+    /// The configuration.
+    Config(settings: Settings<listener::TcpAccess>) => settings_outputs [serve],
 }
 
 impl Daemon {

@@ -313,14 +313,22 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             Vec::new()
         }
     };
-    let mut daemon = Daemon {
-        config: ConfigLayers {
+    let settings = Settings::new(
+        crate::components::settings::Layers {
             file: options.config.clone(),
             base,
             overrides,
-            overrides_problem,
+            problem: overrides_problem,
             effective,
         },
+        {
+            let state_dir = state.path().to_path_buf();
+            Box::new(move |config: &Config| {
+                settings::access_for(Some(tcp_addr), &state_dir, config)
+            })
+        },
+    );
+    let mut daemon = Daemon {
         state,
         logging,
         socket_path,
@@ -338,12 +346,11 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         components,
         jobs: Waiting::default(),
         followers: Vec::new(),
-        overrides_writes: state::WriteQueue::new(settings::MAX_WAITING_PATCHES),
-        overrides_write: None,
         rooms: rooms::Rooms {
             mcp,
             diagnostics: Diagnostics,
             health: components::health::Health::default(),
+            settings,
         },
         documents: persist::Documents::default(),
         events: EventLog::new(EVENT_HISTORY),
@@ -365,7 +372,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     daemon
         .start_control(&mut cx)
         .map_err(|e| StartError::Io("control socket".into(), e))?;
-    if daemon.config.effective.daemon.auto_start_services {
+    if daemon.rooms.settings.config().daemon.auto_start_services {
         for name in ["worker", "monitor"] {
             if let Err(e) = daemon.start_component(&mut cx, name) {
                 log::error!("cannot start {name}: {e}");
@@ -373,8 +380,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         }
     }
     daemon.rooms.mcp.start_reaper();
-    let autostart = daemon.config.effective.daemon.auto_start_services;
-    let from_config = daemon.config.effective.servers.clone();
+    let autostart = daemon.rooms.settings.config().daemon.auto_start_services;
+    let from_config = daemon.rooms.settings.config().servers.clone();
     for (spec, source) in registered
         .into_iter()
         .map(|s| (s, Source::Api))
@@ -397,7 +404,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             Err(e) => log::error!("MCP server {id} not registered: {e}"),
         }
     }
-    for key in daemon.config.effective.not_enforced_set() {
+    for key in daemon.rooms.settings.config().not_enforced_set() {
         log::warn!(
             "{key} is set but {}: it has no effect",
             config::NOT_ENFORCED
@@ -409,7 +416,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         "vsm-daemon {} started (pid {}, config {}, state {}, socket {})",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
-        daemon.config_source(),
+        daemon.rooms.settings.source(),
         daemon.state.path().display(),
         daemon.socket_path.display()
     );
@@ -449,32 +456,12 @@ pub(super) fn load_overrides(
             return (json!({}), Some(msg), base.clone());
         }
     };
-    let (effective, problem) = apply_stored_overrides(base, &overrides);
+    let (effective, problem) =
+        crate::components::settings::apply_stored_overrides(base, &overrides);
     if problem.is_none() {
         log::info!("applied stored configuration overrides from {OVERRIDES_FILE}");
     }
     (overrides, problem, effective)
-}
-
-/// `base` with the known part of the stored overrides applied, and the warning to show (and
-/// log) when some keys are unknown (kept in the file, not applied) or the rest conflicts with
-/// `base` (then none is applied; the file stays as it is so nothing is lost).
-pub(super) fn apply_stored_overrides(base: &Config, stored: &Value) -> (Config, Option<String>) {
-    let split = config::StoredOverrides::split(stored);
-    let unknown = split.warning();
-    if let Some(w) = &unknown {
-        log::warn!("{OVERRIDES_FILE}: {w}");
-    }
-    match base.with_overrides(&split.known) {
-        Ok(effective) => (effective, unknown),
-        Err(e) => {
-            let msg =
-                format!("stored overrides not applied (they conflict with the config file): {e}");
-            log::error!("{msg}");
-            let problem = unknown.map_or(msg.clone(), |w| format!("{msg}; {w}"));
-            (base.clone(), Some(problem))
-        }
-    }
 }
 
 /// A locked state dir whose holder recorded itself, is alive and answers on its socket is a

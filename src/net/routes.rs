@@ -258,7 +258,7 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::DaemonRequest;
+    use crate::api::{ConfigRequest, DaemonRequest};
     use crate::ops;
 
     fn req(method: &str, target: &str, body: &str) -> http::Request {
@@ -294,7 +294,7 @@ mod tests {
         );
         assert_eq!(
             route(&req("GET", "/api/v1/config?section=mon%69toring", "")).ok(),
-            Some(Request::Daemon(DaemonRequest::ConfigShow {
+            Some(Request::Config(ConfigRequest::Show {
                 section: Some("monitoring".into())
             }))
         );

@@ -12,8 +12,7 @@ use std::fmt;
 /// transports build them and the rooms serve them without either importing the other.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    /// The wiring's own concerns: status, components, logs, events, metrics, documents and
-    /// the token.
+    /// The wiring's own concerns: status, logs, events, metrics, documents and the token.
     Daemon(DaemonRequest),
     /// The health room.
     Health(HealthRequest),
@@ -21,6 +20,8 @@ pub enum Request {
     Diagnostics(DiagnosticsRequest),
     /// The settings room (configuration).
     Config(ConfigRequest),
+    /// The components room (the daemon's own components and its shutdown).
+    Control(ControlRequest),
     /// The MCP room.
     Mcp(McpRequest),
 }
@@ -32,25 +33,6 @@ pub enum DaemonRequest {
     Status {
         /// Include loop statistics.
         detailed: bool,
-    },
-    /// Start one stopped component, or every stopped one.
-    ControlStart {
-        /// The component; all when `None`.
-        service: Option<String>,
-    },
-    /// Stop components, or (with `shutdown`) the whole daemon.
-    ControlStop {
-        /// The component; all but the control socket when `None`.
-        service: Option<String>,
-        /// End the process.
-        shutdown: bool,
-        /// Stop children gracefully (the default) instead of killing them.
-        graceful: bool,
-    },
-    /// Restart one component, or reload the config and restart every component.
-    ControlRestart {
-        /// The component; everything when `None`.
-        service: Option<String>,
     },
     /// Recent log records, or a live stream of new ones.
     Logs {
@@ -84,6 +66,30 @@ pub enum DaemonRequest {
     AuthToken,
     /// Replace the generated TCP API token (control socket only).
     AuthTokenRotate,
+}
+
+/// What the components room serves: the daemon's own components, and its shutdown.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlRequest {
+    /// Start one stopped component, or every stopped one.
+    Start {
+        /// The component; all when `None`.
+        service: Option<String>,
+    },
+    /// Stop components, or (with `shutdown`) the whole daemon.
+    Stop {
+        /// The component; all but the control socket when `None`.
+        service: Option<String>,
+        /// End the process.
+        shutdown: bool,
+        /// Stop children gracefully (the default) instead of killing them.
+        graceful: bool,
+    },
+    /// Restart one component, or reload the config and restart every component.
+    Restart {
+        /// The component; everything when `None`.
+        service: Option<String>,
+    },
 }
 
 /// What the settings room serves: the configuration.

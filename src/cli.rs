@@ -1454,8 +1454,8 @@ mod tests {
     #[test]
     fn every_command_reaches_the_operation_it_means() {
         use crate::api::{
-            ConfigRequest, DaemonRequest, DiagnosticsRequest, HealthRequest, McpRequest,
-            Request as R,
+            ConfigRequest, ControlRequest, DaemonRequest, DiagnosticsRequest, HealthRequest,
+            McpRequest, Request as R,
         };
         assert_eq!(
             routed(&["status", "--detailed"]),
@@ -1500,13 +1500,13 @@ mod tests {
         );
         assert_eq!(
             routed(&["restart", "--service", "worker"]),
-            R::Daemon(DaemonRequest::ControlRestart {
+            R::Control(ControlRequest::Restart {
                 service: Some("worker".into())
             })
         );
         assert_eq!(
             routed(&["stop", "--now"]),
-            R::Daemon(DaemonRequest::ControlStop {
+            R::Control(ControlRequest::Stop {
                 service: None,
                 shutdown: true,
                 graceful: false

@@ -15,7 +15,8 @@
 //! [`api::Request`]: crate::api::Request
 
 use crate::api::{Access, ApiError, Args, BodySpec, ErrorCode, EventQuery, In, LogQuery, Op};
-use crate::api::{ConfigRequest, DaemonRequest, DiagnosticsRequest, HealthRequest, McpRequest};
+use crate::api::{ConfigRequest, ControlRequest, DaemonRequest};
+use crate::api::{DiagnosticsRequest, HealthRequest, McpRequest};
 use crate::api::{Param, Produces, Request, Ty};
 use crate::spec::ServerSpec;
 use serde_json::{json, Value};
@@ -120,7 +121,7 @@ pub const CONTROL_START: Op = Op {
         "control",
         "Start one stopped component, or every stopped one",
         |a| {
-            Ok(Request::Daemon(DaemonRequest::ControlStart {
+            Ok(Request::Control(ControlRequest::Start {
                 service: a.field_text("service")?,
             }))
         },
@@ -142,7 +143,7 @@ pub const CONTROL_STOP: Op = Op {
         "control",
         "Stop components, or (with `shutdown`) the whole daemon",
         |a| {
-            Ok(Request::Daemon(DaemonRequest::ControlStop {
+            Ok(Request::Control(ControlRequest::Stop {
                 service: a.field_text("service")?,
                 shutdown: a.field_flag("shutdown")?.unwrap_or(false),
                 graceful: a.field_flag("graceful")?.unwrap_or(true),
@@ -166,7 +167,7 @@ pub const CONTROL_RESTART: Op = Op {
         "control",
         "Restart one component, or reload the config and restart every component",
         |a| {
-            Ok(Request::Daemon(DaemonRequest::ControlRestart {
+            Ok(Request::Control(ControlRequest::Restart {
                 service: a.field_text("service")?,
             }))
         },

@@ -4,7 +4,6 @@
 
 use super::*;
 use crate::components::health::{self, Facts, Health, HealthResult, WorkerState};
-use crate::room::RoomCx;
 
 impl Daemon {
     pub(super) fn health_component_names(&self) -> Vec<&'static str> {
@@ -96,13 +95,7 @@ impl Daemon {
                     if self.stopping.is_some() {
                         continue;
                     }
-                    if let Some(c) = self.components.get_mut(name) {
-                        c.last_error = Some(why);
-                    }
-                    log::warn!("restarting component {name} after a failed health check");
-                    if let Err(e) = self.restart_component(cx, name) {
-                        log::error!("cannot restart {name}: {e}");
-                    }
+                    self.with_components(cx, |room, rcx| room.repair(rcx, name, why));
                 }
             }
         }

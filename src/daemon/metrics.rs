@@ -163,8 +163,9 @@ impl Daemon {
             &[(none, self.server.ws_clients() as f64)],
         );
         let components: Vec<(String, f64)> = self
+            .rooms
             .components
-            .iter()
+            .states()
             .map(|(name, c)| (name.to_string(), if c.running { 1.0 } else { 0.0 }))
             .collect();
         let labels: Vec<[(&str, &str); 1]> = components
@@ -230,7 +231,7 @@ impl Daemon {
 impl Daemon {
     pub(super) fn status(&self, cx: &Cx<'_, Timer>, detailed: bool) -> Value {
         let mut components = Map::new();
-        for (name, c) in &self.components {
+        for (name, c) in self.rooms.components.states() {
             let health = self.rooms.health.result(name);
             components.insert(
                 name.to_string(),

@@ -6,20 +6,22 @@
 //! Layout: `mod.rs` (state, the wiring's own requests, the loop's callbacks), `startup.rs`
 //! (run), `reply.rs` (answers to bytes, the effect bus), `rooms.rs` (the room list: how each
 //! room's timers, jobs, requests, configuration and answers are routed), `persist.rs` (state
-//! documents written on the worker, rooms' `Effect::Persist`), `control.rs` (the components'
-//! lifecycle), `settings.rs` and `health.rs` (the settings and health rooms' glue: carrying
-//! out their outputs on what only the wiring holds), and the concerns not yet moved into
-//! rooms: `access.rs` (intake and access checks), `metrics.rs` (status and metrics),
-//! `streams.rs`.
+//! documents written on the worker, rooms' `Effect::Persist`), and the glue of rooms whose
+//! outputs act on what only the wiring holds: `control.rs` (the components room's plans
+//! carried out on the listener, the worker and the monitor; shutdown), `settings.rs` (a new
+//! configuration applied to the access policy, logging and connection limits), `health.rs`
+//! (round facts, cached answer). Not yet rooms: `access.rs` (intake and access checks),
+//! `metrics.rs` (status and metrics), `streams.rs`.
 //!
-//! Components (each can be stopped, started and restarted in-process):
+//! Components (each can be stopped, started and restarted in-process; the decisions and
+//! states are the components room's, [`crate::components::lifecycle`]):
 //! - `control`: the Unix control socket listener;
 //! - `worker`: the blocking-work thread;
 //! - `monitor`: the periodic health check on `monitoring.health_check_interval_ms`.
 //!
-//! Health checks report per component; one place (the health room,
-//! [`crate::components::health`]) decides what to do about a failure, and the wiring carries
-//! out the repair (restart the control socket or the worker).
+//! Health checks report per component; the health room ([`crate::components::health`])
+//! decides that a failed one needs a repair, the components room plans it, and the wiring
+//! carries it out (restart the control socket or the worker).
 
 mod access;
 mod act;
@@ -42,6 +44,7 @@ pub use startup::{default_socket_path, run, StartError, StartOptions};
 
 use crate::api::{self, Answer, ApiError, DaemonRequest, DiagnosticsRequest, ErrorCode};
 use crate::api::{EventQuery, HealthRequest, LogQuery, ReplyTo, Request};
+use crate::components::lifecycle::Components;
 use crate::components::settings::{Settings, OVERRIDES_FILE};
 use crate::components::{self, diagnostics::Diagnostics};
 use crate::config::{self, Config, ConfigError};
@@ -54,7 +57,7 @@ use crate::net::listener::{self, ControlListener};
 use crate::net::{self, http, routes, ConnId, ConnPolicy, Incoming, Peer, Server};
 use crate::reactor::worker::{SubmitError, Waiting, Worker};
 use crate::reactor::{Cx, Handler, LoopStats, Reactor};
-use crate::room::{Effect, Room};
+use crate::room::{Effect, Room, RoomCx};
 use crate::state::{self, StateDir, StateError};
 use crate::sys;
 use serde_json::{json, Map, Value};
@@ -72,7 +75,7 @@ const STREAM_BACKLOG_LIMIT: usize = 1024 * 1024;
 /// Events kept in the history ring.
 const EVENT_HISTORY: usize = 1000;
 /// Component names, in display order.
-pub const COMPONENTS: [&str; 3] = ["control", "worker", "monitor"];
+pub use crate::components::lifecycle::NAMES as COMPONENTS;
 
 /// Timers of the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,14 +101,6 @@ pub enum WorkResult {
     Room(rooms::RoomJob),
     /// A state document was written; the outcome went through the write's own ticket.
     Saved,
-}
-
-#[derive(Debug, Clone)]
-struct ComponentState {
-    running: bool,
-    since: SystemTime,
-    restarts: u32,
-    last_error: Option<String>,
 }
 
 /// What a stream follows.
@@ -137,7 +132,6 @@ pub struct Daemon {
     incoming: VecDeque<Incoming>,
     worker: Option<Worker<WorkResult>>,
     waker: Arc<mio::Waker>,
-    components: BTreeMap<&'static str, ComponentState>,
     jobs: Waiting<WorkResult>,
     followers: Vec<Follower>,
     rooms: rooms::Rooms,
@@ -185,13 +179,6 @@ impl Daemon {
     fn handle_daemon(&mut self, cx: &mut Cx<'_, Timer>, request: DaemonRequest, reply: ReplyTo) {
         let answer = match request {
             DaemonRequest::Status { detailed } => Ok(self.status(cx, detailed)),
-            DaemonRequest::ControlStart { service } => self.control_start(cx, service),
-            DaemonRequest::ControlStop {
-                service,
-                shutdown,
-                graceful,
-            } => self.control_stop(cx, service, shutdown, graceful),
-            DaemonRequest::ControlRestart { service } => self.control_restart(cx, service),
             DaemonRequest::Logs { query, follow } => {
                 if follow {
                     self.follow_logs(cx, reply, query);

@@ -149,6 +149,8 @@ rooms! {
     Health(health: Health) => health_outputs [serve serve_health],
     /// The configuration.
     Config(settings: Settings<listener::TcpAccess>) => settings_outputs [serve],
+    /// The daemon's own components.
+    Control(components: Components) => components_outputs [serve],
 }
 
 impl Daemon {

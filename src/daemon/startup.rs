@@ -274,20 +274,6 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         log::warn!("cannot record pid and socket in the state dir's lock file: {e}");
     }
     let now = SystemTime::now();
-    let components = COMPONENTS
-        .iter()
-        .map(|&name| {
-            (
-                name,
-                ComponentState {
-                    running: false,
-                    since: now,
-                    restarts: 0,
-                    last_error: None,
-                },
-            )
-        })
-        .collect();
     let server = Server::new(conn_policy(&effective), conn_tokens);
     let mcp = Mcp::new(
         mcp::Settings {
@@ -343,7 +329,6 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         incoming: VecDeque::new(),
         worker: None,
         waker,
-        components,
         jobs: Waiting::default(),
         followers: Vec::new(),
         rooms: rooms::Rooms {
@@ -351,6 +336,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             diagnostics: Diagnostics,
             health: components::health::Health::default(),
             settings,
+            components: Components::default(),
         },
         documents: persist::Documents::default(),
         events: EventLog::new(EVENT_HISTORY),
@@ -372,13 +358,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     daemon
         .start_control(&mut cx)
         .map_err(|e| StartError::Io("control socket".into(), e))?;
-    if daemon.rooms.settings.config().daemon.auto_start_services {
-        for name in ["worker", "monitor"] {
-            if let Err(e) = daemon.start_component(&mut cx, name) {
-                log::error!("cannot start {name}: {e}");
-            }
-        }
-    }
+    let auto_start = daemon.rooms.settings.config().daemon.auto_start_services;
+    daemon.with_components(&mut cx, |room, rcx| room.boot(rcx, auto_start));
     daemon.rooms.mcp.start_reaper();
     let autostart = daemon.rooms.settings.config().daemon.auto_start_services;
     let from_config = daemon.rooms.settings.config().servers.clone();

@@ -258,7 +258,7 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ConfigRequest, DaemonRequest};
+    use crate::api::{ConfigRequest, ControlRequest, DaemonRequest};
     use crate::ops;
 
     fn req(method: &str, target: &str, body: &str) -> http::Request {
@@ -286,7 +286,7 @@ mod tests {
                 r#"{"shutdown": true}"#
             ))
             .ok(),
-            Some(Request::Daemon(DaemonRequest::ControlStop {
+            Some(Request::Control(ControlRequest::Stop {
                 service: None,
                 shutdown: true,
                 graceful: true

@@ -180,6 +180,7 @@ pub(super) fn conn_policy(config: &Config) -> ConnPolicy {
         max_connections_per_peer: config.http.max_connections_per_peer as usize,
         head_timeout: Duration::from_millis(config.http.head_timeout_ms),
         idle_timeout: Duration::from_millis(config.http.idle_timeout_ms),
+        ws_stall_limit: Duration::from_millis(config.http.ws_stall_timeout_ms),
     }
 }
 

@@ -12,8 +12,10 @@
 //! `cargo bench --bench api -- WORD` runs only the sections whose name contains WORD
 //! (`throughput`, `idle`, `fan-out`, `tool call`).
 //!
-//! Uses `wrk` and `nginx` from PATH (or /usr/sbin) when installed; without them the
-//! throughput rows say "wrk not installed" / "nginx not installed" and the rest still runs.
+//! Uses `wrk` and `nginx` from PATH (or /usr/sbin) when installed (Debian: `apt-get install
+//! -y wrk nginx-light`); without them the throughput rows say "wrk not installed" / "nginx not
+//! installed" and the rest still runs. Wall-clock req/s on a shared machine vary from run to
+//! run: `benches/callgrind.sh PATH` counts the instructions per request instead (valgrind).
 //! Needs `python3` on PATH for the tool-call section (`tests/fixtures/mcp_fixture.py`).
 //!
 //! Prints one table (metric | value | target | verdict). A missed target is reported as
@@ -54,7 +56,8 @@ const CALL_WARMUP: usize = 100;
 const CALL_BLOCK: usize = 100;
 
 /// No periodic health round during the measurements (each one pings the worker).
-const QUIET: &str = "[monitoring]\nhealth_check_interval_ms = 3600000\n";
+const QUIET: &str =
+    "[monitoring]\nhealth_check_interval_ms = 3600000\nperformance_check_interval_ms = 3600000\n";
 /// Every load generator here is one local address; the per-peer limit (64 by default) is
 /// raised so that it measures the daemon, not its admission policy.
 const ONE_PEER: &str = "[http]\nmax_connections_per_peer = 2000\n";

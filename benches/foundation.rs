@@ -33,7 +33,8 @@ const RAW_WARMUP: usize = 20;
 const CLI_RUNS: usize = 50;
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
-const NO_CHECK_DUE_CONFIG: &str = "[monitoring]\nhealth_check_interval_ms = 3600000\n";
+const NO_CHECK_DUE_CONFIG: &str =
+    "[monitoring]\nhealth_check_interval_ms = 3600000\nperformance_check_interval_ms = 3600000\n";
 const STATUS_REQUEST: &[u8] =
     b"GET /api/v1/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
 

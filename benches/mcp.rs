@@ -56,7 +56,7 @@ const FLAP_DEADLINE: Duration = Duration::from_secs(120);
 /// No health round (and so no ping) during the measurements; the TCP listener on a free
 /// port, so that no daemon of this bench clashes with anything on the default port.
 const BASE_CONFIG: &str =
-    "[daemon]\nhttp_listen = \"127.0.0.1:0\"\n[monitoring]\nhealth_check_interval_ms = 3600000\n";
+    "[daemon]\nhttp_listen = \"127.0.0.1:0\"\n[monitoring]\nhealth_check_interval_ms = 3600000\nperformance_check_interval_ms = 3600000\n";
 const CALL_BODY: &[u8] = br#"{"name":"echo","arguments":{"message":"m"}}"#;
 
 // ---------------------------------------------------------------------------------------

@@ -24,6 +24,43 @@ pub enum Request {
     Control(ControlRequest),
     /// The MCP room.
     Mcp(McpRequest),
+    /// The declared checks (and the actions they may run).
+    Checks(ChecksRequest),
+    /// The alerts room.
+    Alerts(AlertsRequest),
+}
+
+/// What the alerts room serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlertsRequest {
+    /// Alert records, newest first: only `firing` or `resolved` ones, or every one (`None`).
+    List {
+        /// The state filter.
+        state: Option<&'static str>,
+    },
+    /// Mark an alert acknowledged.
+    Ack {
+        /// Alert id.
+        id: String,
+    },
+}
+
+/// What the checks room serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChecksRequest {
+    /// The declared checks and their last results, the actions' deliveries and the security
+    /// signals.
+    List,
+    /// Run a declared check now; answered with its result when the run ends.
+    Run {
+        /// Check name.
+        name: String,
+    },
+    /// Run an `[actions.NAME]` with a test alert; answered with the delivery's id.
+    TestAction {
+        /// Action name.
+        name: String,
+    },
 }
 
 /// What the wiring serves itself (the concerns not in a room of their own).
@@ -536,6 +573,8 @@ pub enum ErrorCode {
     Busy,
     /// No MCP server with that id.
     ServerNotFound,
+    /// No alert with that id (or it was dropped: resolved alerts are kept up to a bound).
+    AlertNotFound,
     /// The server has no tool with that name.
     ToolNotFound,
     /// Something with that id already exists.
@@ -585,6 +624,7 @@ impl ErrorCode {
             ErrorCode::Unhealthy => "unhealthy",
             ErrorCode::Busy => "busy",
             ErrorCode::ServerNotFound => "server_not_found",
+            ErrorCode::AlertNotFound => "alert_not_found",
             ErrorCode::ToolNotFound => "tool_not_found",
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::ToolError => "tool_error",
@@ -610,6 +650,7 @@ impl ErrorCode {
             | ErrorCode::ComponentNotFound
             | ErrorCode::ConfigKeyNotFound
             | ErrorCode::ServerNotFound
+            | ErrorCode::AlertNotFound
             | ErrorCode::ToolNotFound => 404,
             ErrorCode::AlreadyExists => 409,
             ErrorCode::ToolError => 422,

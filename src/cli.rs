@@ -139,6 +139,13 @@ pub enum Command {
         /// `token rotate`.
         rotate: bool,
     },
+    /// The declared checks and their last results.
+    Checks,
+    /// Run a declared check now and wait for its result (a down check exits 1).
+    ChecksRun {
+        /// Check name.
+        name: String,
+    },
     /// Register an MCP server (the spec as sent to the API).
     McpRegister {
         /// Server spec.
@@ -159,6 +166,21 @@ pub enum Command {
         arguments: Value,
         /// Deadline override.
         timeout_ms: Option<u64>,
+    },
+    /// Alerts: firing ones, or all kept (`--all`).
+    Alerts {
+        /// Resolved ones too.
+        all: bool,
+    },
+    /// Acknowledge an alert.
+    AlertAck {
+        /// Alert id.
+        id: String,
+    },
+    /// Metrics: all, or `performance`, `health` (`variety` is not measured yet).
+    Metrics {
+        /// `--type`.
+        kind: Option<String>,
     },
     /// show, tools, start, stop, restart, reset or unregister one server.
     Mcp {
@@ -246,6 +268,7 @@ const VALUE_OPTIONS: &[&str] = &[
     "lines",
     "component",
     "service",
+    "type",
 ];
 const FLAG_OPTIONS: &[&str] = &[
     "json",
@@ -255,6 +278,7 @@ const FLAG_OPTIONS: &[&str] = &[
     "graceful",
     "now",
     "no-autostart",
+    "all",
 ];
 
 /// Reads argv with lexopt.
@@ -329,6 +353,8 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         ["stop", rest @ ..] => ("stop", &["graceful", "now"], rest),
         ["token", "rotate", rest @ ..] => ("token rotate", &[], rest),
         ["token", rest @ ..] => ("token", &[], rest),
+        ["checks", "run", rest @ ..] => ("checks run", &[], rest),
+        ["checks", rest @ ..] => ("checks", &[], rest),
         ["mcp", "register", rest @ ..] => ("mcp register", MCP_REGISTER_OPTIONS, rest),
         ["mcp", "list", rest @ ..] => ("mcp list", &["status"], rest),
         ["mcp", "call", rest @ ..] => ("mcp call", &["timeout-ms"], rest),
@@ -341,6 +367,9 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 "use: mcp register|list|show|tools|call|start|stop|restart|reset|unregister".into(),
             ))
         }
+        ["alerts", "ack", rest @ ..] => ("alerts ack", &[], rest),
+        ["alerts", rest @ ..] => ("alerts", &["all"], rest),
+        ["metrics", rest @ ..] => ("metrics", &["type"], rest),
         ["help", rest @ ..] => return Ok(Invocation::Help(help(Some(&rest.join(" "))))),
         [other, ..] => return Err(UsageError(format!("unknown command '{other}'"))),
     };
@@ -457,6 +486,16 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 rotate: name == "token rotate",
             }
         }
+        "checks" => {
+            no_args(args)?;
+            Command::Checks
+        }
+        "checks run" => match args {
+            [name] => Command::ChecksRun {
+                name: name.to_string(),
+            },
+            _ => return Err(UsageError("use: checks run NAME".into())),
+        },
         "stop" => {
             no_args(args)?;
             if flag("graceful") && flag("now") {
@@ -572,6 +611,28 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 timeout_ms,
             }
         }
+        "alerts" => {
+            no_args(args)?;
+            Command::Alerts { all: flag("all") }
+        }
+        "alerts ack" => {
+            let [id] = args else {
+                return Err(UsageError("use: alerts ack ID".into()));
+            };
+            Command::AlertAck { id: id.to_string() }
+        }
+        "metrics" => {
+            no_args(args)?;
+            let kind = value("type");
+            if let Some(k) = &kind {
+                if !["variety", "performance", "health"].contains(&k.as_str()) {
+                    return Err(UsageError(format!(
+                        "--type takes variety, performance or health, not '{k}'"
+                    )));
+                }
+            }
+            Command::Metrics { kind }
+        }
         n if n.starts_with("mcp ") => {
             let [id] = args else {
                 return Err(UsageError(format!("use: {n} ID")));
@@ -640,6 +701,10 @@ pub fn help(command: Option<&str>) -> String {
             or generated PATH (<state dir>/api_token, created at first start). Over the control\n\
             socket only: the TCP API never hands the token out.\n\
             \x20\x20rotate   replace the generated token (refused when it comes from the config)",
+        "checks" | "checks run" => "vsm-daemon checks [--json] | checks run NAME [--json]\n\n\
+            \x20\x20checks            the declared checks ([[checks]] in the config): status, last\n\
+            \x20\x20                  message, duration, consecutive failures\n\
+            \x20\x20checks run NAME   run one now and wait for its result; exit 1 when it is down",
         "mcp" => "vsm-daemon mcp COMMAND\n\n\
             \x20\x20register ID [OPTIONS] -- COMMAND [ARGS...]   add a server (started at once unless --no-autostart)\n\
             \x20\x20list [--status active|inactive|all]          id, state, pid, uptime, restarts, tools, capabilities\n\
@@ -661,6 +726,15 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20--max-failures N          failed starts within the window that open the circuit breaker\n\
             \x20\x20--max-open-files N, --max-cpu-seconds N, --max-memory-mb N, --uid N, --gid N   sandbox limits",
         "mcp list" => "vsm-daemon mcp list [--status active|inactive|all]",
+        "alerts" | "alerts ack" => "vsm-daemon alerts [--all] [--json] | alerts ack ID\n\n\
+            Alerts raised by the monitors: the firing ones (--all: the resolved ones kept too), newest\n\
+            first, with rule, severity, value, threshold, trend and when they were first and last seen.\n\
+            \x20\x20ack ID   acknowledge an alert (it stays listed, marked acked); exit 1 when there is none",
+        "metrics" => "vsm-daemon metrics [--type variety|performance|health] [--json]\n\n\
+            Daemon, host and MCP metrics. performance: process and host resources, the last\n\
+            performance cycle (CPU %, network, disks, filesystems, per-route and per-server p50/p95/p99\n\
+            and error rates over the cycle's window); health: components and MCP servers. variety is\n\
+            not measured yet (exit 1).",
         "mcp call" => "vsm-daemon mcp call ID TOOL ['{JSON arguments}'] [--timeout-ms N]\n\n\
             Prints the tool's text content (--json: the whole result). Exit 1 when the tool reports an\n\
             error (isError), the call times out or the server is not active.",
@@ -679,6 +753,9 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20restart               restart components in-process\n\
             \x20\x20stop                  stop the daemon\n\
             \x20\x20token [rotate]        the TCP API's bearer token and where it comes from\n\
+            \x20\x20checks [run NAME]     declared checks, or run one now\n\
+            \x20\x20alerts [--all]        firing (or all kept) alerts; alerts ack ID\n\
+            \x20\x20metrics [--type T]    metrics (performance, health)\n\
             \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister\n\n\
             `vsm-daemon COMMAND --help` tells more; --version prints the version.",
     };
@@ -751,6 +828,10 @@ pub fn run(global: &Global, command: Command) -> Exit {
             return follow_logs(&client, global, level, component, lines);
         }
         Command::Stop { graceful } => return stop(&client, global, graceful),
+        Command::Metrics { kind: Some(k) } if k == "variety" => {
+            errln!("error: variety metrics are not measured yet (the variety manager is not implemented)");
+            return Exit::Refused;
+        }
         other => {
             let (method, path, body) = request_for(&other);
             client
@@ -776,7 +857,10 @@ pub fn run(global: &Global, command: Command) -> Exit {
             out!("{}", human(&command, data));
         }
     }
-    if ok {
+    if ok && matches!(command, Command::ChecksRun { .. }) && envelope["data"]["up"] != true {
+        // The daemon ran it; the check itself failed.
+        Exit::Refused
+    } else if ok {
         Exit::Ok
     } else {
         errln!("error: {}", client::error_message(envelope));
@@ -875,6 +959,11 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             (op.method, op.path.into(), Some(body))
         }
         Command::Start { .. } => plain(&ops::STATUS),
+        Command::Checks => plain(&ops::CHECKS_LIST),
+        Command::ChecksRun { name } => {
+            let op = &ops::CHECKS_RUN;
+            (op.method, op.target(&encode(name)), None)
+        }
         Command::Token { rotate: false } => plain(&ops::AUTH_TOKEN),
         Command::Token { rotate: true } => plain(&ops::AUTH_TOKEN_ROTATE),
         Command::McpRegister { spec } => {
@@ -897,6 +986,19 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             let op = &ops::MCP_CALL;
             (op.method, op.target(&encode(id)), Some(body))
         }
+        Command::Alerts { all } => with_query(
+            &ops::ALERTS_LIST,
+            &[("state", (!all).then(|| "firing".into()))],
+        ),
+        Command::AlertAck { id } => {
+            let op = &ops::ALERTS_ACK;
+            (op.method, op.target(&encode(id)), None)
+        }
+        Command::Metrics { kind } => match kind.as_deref() {
+            Some("performance") => plain(&ops::METRICS_PERFORMANCE),
+            Some("health") => plain(&ops::METRICS_HEALTH),
+            _ => plain(&ops::METRICS_ALL),
+        },
         Command::Mcp { action, id } => {
             let op = match action.as_str() {
                 "show" => &ops::MCP_SHOW,
@@ -1106,6 +1208,48 @@ fn tool_summary(description: &str) -> String {
 fn human(command: &Command, data: &Value) -> String {
     let mut out = String::new();
     match command {
+        Command::Alerts { all } => {
+            let alerts = data["alerts"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            if alerts.is_empty() {
+                let _ = writeln!(out, "no {}alerts", if *all { "" } else { "firing " });
+            }
+            for a in alerts {
+                let threshold = match &a["threshold"] {
+                    Value::Null => String::new(),
+                    t => format!(" (threshold {})", text(t)),
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<8} {:<8} {:<8} {}{} {} = {}{threshold}, {}",
+                    text(&a["id"]),
+                    text(&a["state"]),
+                    text(&a["severity"]),
+                    text(&a["rule"]),
+                    if a["acked"] == true { " [acked]" } else { "" },
+                    text(&a["metric"]),
+                    text(&a["current_value"]),
+                    text(&a["trend"]),
+                );
+                let _ = writeln!(
+                    out,
+                    "         since {}, last {}, {} bad cycles: {}",
+                    text(&a["first_seen"]),
+                    text(&a["last_seen"]),
+                    text(&a["count"]),
+                    text(&a["message"])
+                );
+            }
+        }
+        Command::AlertAck { .. } => {
+            let _ = writeln!(out, "acknowledged {}", text(&data["alert"]["id"]));
+        }
+        Command::Metrics { .. } => {
+            let mut rows = Vec::new();
+            flatten("", data, &mut rows);
+            for (k, v) in rows {
+                let _ = writeln!(out, "{k} = {v}");
+            }
+        }
         Command::Status { .. } => {
             let d = &data["daemon"];
             let _ = writeln!(
@@ -1294,6 +1438,35 @@ fn human(command: &Command, data: &Value) -> String {
             );
         }
         Command::Start { .. } | Command::Stop { .. } => {}
+        Command::Checks => {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<10} {:<8} {:>10} {:>5}  MESSAGE",
+                "NAME", "KIND", "STATUS", "TOOK(ms)", "FAILS"
+            );
+            for c in data["checks"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "{:<20} {:<10} {:<8} {:>10} {:>5}  {}",
+                    text(&c["name"]),
+                    text(&c["kind"]),
+                    text(&c["status"]),
+                    text(&c["duration_ms"]),
+                    text(&c["consecutive_failures"]),
+                    text(&c["message"])
+                );
+            }
+        }
+        Command::ChecksRun { .. } => {
+            let _ = writeln!(
+                out,
+                "{} {} ({} ms): {}",
+                text(&data["name"]),
+                text(&data["status"]),
+                text(&data["duration_ms"]),
+                text(&data["message"])
+            );
+        }
         Command::Token { rotate } => {
             let source = match data["path"].as_str() {
                 Some(p) => format!("{} {p}", text(&data["source"])),
@@ -1454,12 +1627,19 @@ mod tests {
     #[test]
     fn every_command_reaches_the_operation_it_means() {
         use crate::api::{
-            ConfigRequest, ControlRequest, DaemonRequest, DiagnosticsRequest, HealthRequest,
-            McpRequest, Request as R,
+            AlertsRequest, ChecksRequest, ConfigRequest, ControlRequest, DaemonRequest,
+            DiagnosticsRequest, HealthRequest, McpRequest, Request as R,
         };
         assert_eq!(
             routed(&["status", "--detailed"]),
             R::Daemon(DaemonRequest::Status { detailed: true })
+        );
+        assert_eq!(routed(&["checks"]), R::Checks(ChecksRequest::List));
+        assert_eq!(
+            routed(&["checks", "run", "db.main"]),
+            R::Checks(ChecksRequest::Run {
+                name: "db.main".into()
+            })
         );
         assert_eq!(
             routed(&["config", "show", "--section", "http"]),
@@ -1531,6 +1711,34 @@ mod tests {
             panic!("call");
         };
         assert_eq!((id.as_str(), name.as_str()), ("a b", "echo"));
+        assert_eq!(
+            routed(&["alerts"]),
+            R::Alerts(AlertsRequest::List {
+                state: Some("firing")
+            })
+        );
+        assert_eq!(
+            routed(&["alerts", "--all"]),
+            R::Alerts(AlertsRequest::List { state: None })
+        );
+        assert_eq!(
+            routed(&["alerts", "ack", "a-1"]),
+            R::Alerts(AlertsRequest::Ack { id: "a-1".into() })
+        );
+        assert_eq!(
+            routed(&["metrics"]),
+            R::Daemon(DaemonRequest::Metrics { view: "all" })
+        );
+        assert_eq!(
+            routed(&["metrics", "--type", "performance"]),
+            R::Daemon(DaemonRequest::Metrics {
+                view: "performance"
+            })
+        );
+        assert_eq!(
+            routed(&["metrics", "--type=health"]),
+            R::Daemon(DaemonRequest::Metrics { view: "health" })
+        );
         let id = || "a/b%".to_string();
         for (action, want) in [
             ("show", R::Mcp(McpRequest::Show { id: id() })),
@@ -1610,6 +1818,10 @@ mod tests {
             vec!["logs", "--level", "loud"],
             vec!["stop", "--now", "--graceful"],
             vec!["status", "--socket"],
+            vec!["alerts", "--type", "x"],
+            vec!["alerts", "ack"],
+            vec!["metrics", "--type", "cpu"],
+            vec!["metrics", "extra"],
         ] {
             assert!(parse_argv(&argv).is_err(), "{argv:?} should be refused");
         }
@@ -1641,6 +1853,8 @@ mod tests {
             "restart",
             "stop",
             "token",
+            "alerts",
+            "metrics",
         ] {
             match parse_argv(&[cmd, "--help"]) {
                 Ok(Invocation::Help(text)) => assert!(text.contains("vsm-daemon"), "{cmd}"),

@@ -4,6 +4,14 @@
 //! [`KEYS`]; that table drives validation, [`schema`], [`example_toml`] and [`requires_restart`].
 //! To add a section: declare its struct with `section!`, add it as a field of [`Config`] and add
 //! its rows to [`KEYS`]; the `table_matches_struct` test fails until struct and table agree.
+//!
+//! Lists of entries (`[[servers]]`, `[[checks]]`) and named tables (`[actions.NAME]`) are not
+//! keys: they are file-only (an override patch naming them is an unknown key), empty by
+//! default (so they never appear in [`KEYS`]' flattened defaults), typed by their own structs
+//! with their own `validate`, and reported with an indexed path (`checks[2].target`,
+//! `actions.ops.url`). [`Config::validate`] checks what spans entries: unique names and the
+//! actions a check refers to. Their JSON Schema and commented example are written by hand
+//! next to [`servers_schema`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -124,6 +132,13 @@ pub struct Config {
     /// `[[servers]]`: MCP servers declared in the file (not settable by overrides).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<crate::spec::ServerSpec>,
+    /// `[[checks]]`: operator-declared checks (not settable by overrides).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::monitor::checks::spec::CheckSpec>,
+    /// `[actions.NAME]`: webhook and exec actions that checks' alerts may run (not settable
+    /// by overrides).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub actions: BTreeMap<String, crate::monitor::actions::ActionSpec>,
 }
 
 /// Declares a section struct (`#[serde(default, deny_unknown_fields)]`) and its `Default` impl
@@ -201,6 +216,8 @@ section! {
         pub health_check_interval_ms: u64 = 15_000,
         /// Milliseconds between security checks.
         pub security_check_interval_ms: u64 = 30_000,
+        /// Actions of the built-in performance and health alerts.
+        pub alert_actions: Vec<String> = strings(&["log"]),
         /// `[monitoring.alert_thresholds]`.
         pub alert_thresholds: AlertThresholds = AlertThresholds::default(),
     }
@@ -481,13 +498,14 @@ pub const KEYS: &[KeyInfo] = &[
     live("http.allowed_hosts", "extra Host names accepted besides loopback names and the bound address; with the bound port they are also allowed origins", HOST_LIST),
     live("http.allowed_origins", "extra browser origins (scheme://host[:port], at most 64) allowed to call the TCP API besides http(s)://<allowed host>:<bound port>", ORIGIN_LIST),
     pending(live("monitoring.variety_check_interval_ms", "milliseconds between variety checks", INTERVAL)),
-    pending(live("monitoring.performance_check_interval_ms", "milliseconds between performance checks", INTERVAL)),
+    live("monitoring.performance_check_interval_ms", "milliseconds between performance checks", INTERVAL),
     live("monitoring.health_check_interval_ms", "milliseconds between health checks", INTERVAL),
-    pending(live("monitoring.security_check_interval_ms", "milliseconds between security checks", INTERVAL)),
+    live("monitoring.security_check_interval_ms", "milliseconds between security checks (failed authentication and refused Host/Origin per peer, request-rate anomalies, CPU-limit kills, listening MCP servers)", INTERVAL),
+    live("monitoring.alert_actions", "actions of the built-in performance and health alerts: log, restart_server:ID, webhook:NAME, exec:NAME", Constraint::StringList { allowed: None, max_items: 16, max_item_bytes: 80 }),
     pending(live("monitoring.alert_thresholds.variety_ratio_min", "alert when the variety ratio falls below this", range(0.0, 1.0))),
-    pending(live("monitoring.alert_thresholds.response_time_max_ms", "alert when a response takes longer than this many milliseconds", range(1.0, 3_600_000.0))),
-    pending(live("monitoring.alert_thresholds.error_rate_max_percent", "alert when the error rate exceeds this percentage", range(0.0, 100.0))),
-    pending(live("monitoring.alert_thresholds.memory_usage_max_percent", "alert when memory usage exceeds this percentage", Constraint::Range { min: 0.0, max: 100.0, min_exclusive: true })),
+    live("monitoring.alert_thresholds.response_time_max_ms", "alert when the p95 response time of an API route or of an MCP server's tool calls over a performance interval exceeds this many milliseconds", range(1.0, 3_600_000.0)),
+    live("monitoring.alert_thresholds.error_rate_max_percent", "alert when the error rate (5xx answers of a route, failed tool calls of a server) over a performance interval exceeds this percentage", range(0.0, 100.0)),
+    live("monitoring.alert_thresholds.memory_usage_max_percent", "alert when the host's memory in use exceeds this percentage", Constraint::Range { min: 0.0, max: 100.0, min_exclusive: true }),
     pending(live("mcp_servers.discovery_sources", "where to look for MCP servers", Constraint::StringList { allowed: Some(DISCOVERY_SOURCES), max_items: DISCOVERY_SOURCES.len(), max_item_bytes: 16 })),
     pending(live("mcp_servers.auto_discovery_interval_ms", "milliseconds between automatic discovery runs", INTERVAL)),
     pending(live("mcp_servers.sandbox_timeout_ms", "time limit of a sandboxed trial of a server, in milliseconds", range(100.0, 3_600_000.0))),
@@ -521,7 +539,7 @@ pub const KEYS: &[KeyInfo] = &[
     live(SECRET_KEY, "bearer token required on the TCP API (at least 16 visible ASCII characters); empty = api_token_file, else a token generated into <state dir>/api_token; never printed", Constraint::Any),
     live("security.api_token_file", "file (at most 4 KiB) whose first line is the API token; not together with api_token", PATH),
     pending(live("consciousness.reflection_interval_ms", "milliseconds between reflection runs", INTERVAL)),
-    pending(live("consciousness.learning_rate", "weight of new observations when updating learned values", range(0.0, 1.0))),
+    live("consciousness.learning_rate", "weight of new observations when updating learned values (e.g. each peer's request-rate baseline)", range(0.0, 1.0)),
     pending(live("consciousness.memory_limit", "insights and observations kept in memory", range(10.0, 100_000.0))),
     pending(live("consciousness.auto_insight_generation", "generate insights automatically", Constraint::Bool)),
 ];
@@ -628,6 +646,54 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Where the fields of `[[checks]]` entries and `[actions.NAME]` tables are in the file.
+#[derive(Deserialize)]
+struct EntrySpans {
+    #[serde(default)]
+    checks: Vec<BTreeMap<String, toml::Spanned<toml::Value>>>,
+    #[serde(default)]
+    actions: BTreeMap<String, BTreeMap<String, toml::Spanned<toml::Value>>>,
+}
+
+/// An entry's error (`checks[2].target`, `checks[0].actions[1]`, `actions.ops.url`) found in
+/// the file it came from becomes a [`ConfigError::Parse`] with that field's line and column,
+/// the dotted key kept at the head of the message. Other errors, and fields the entry does
+/// not spell out (a missing `argv`), stay as they were. Parses the text a second time, only
+/// when the file is refused anyway.
+fn locate_entry_error(e: ConfigError, text: &str, path: Option<&Path>) -> ConfigError {
+    let ConfigError::Invalid { key, message } = &e else {
+        return e;
+    };
+    let field_span = |fields: &BTreeMap<String, toml::Spanned<toml::Value>>, field: &str| {
+        let name = field.split('[').next().unwrap_or(field);
+        fields.get(name).map(|v| v.span().start)
+    };
+    let Ok(spans) = toml::from_str::<EntrySpans>(text) else {
+        return e;
+    };
+    let start = if let Some(rest) = key.strip_prefix("checks[") {
+        rest.split_once("].").and_then(|(i, field)| {
+            let fields = spans.checks.get(i.parse::<usize>().ok()?)?;
+            field_span(fields, field)
+        })
+    } else if let Some(rest) = key.strip_prefix("actions.") {
+        rest.split_once('.')
+            .and_then(|(name, field)| field_span(spans.actions.get(name)?, field))
+    } else {
+        None
+    };
+    let Some(start) = start else {
+        return e;
+    };
+    let (line, column) = line_col(text, start);
+    ConfigError::Parse {
+        path: path.map(Path::to_path_buf),
+        line,
+        column,
+        message: format!("{key}: {message}"),
+    }
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let (mut line, mut column) = (1, 1);
@@ -654,7 +720,9 @@ impl Config {
                 message,
             }
         })?;
-        config.validate()?;
+        config
+            .validate()
+            .map_err(|e| locate_entry_error(e, text, path))?;
         Ok(config)
     }
 
@@ -705,6 +773,10 @@ impl Config {
         for info in KEYS {
             let value = flat.get(info.key).unwrap_or(&Value::Null);
             check_constraint(info, value).map_err(|m| ConfigError::invalid(info.key, m))?;
+        }
+        for a in &self.monitoring.alert_actions {
+            crate::monitor::alerts::Action::parse(a)
+                .map_err(|m| ConfigError::invalid("monitoring.alert_actions", m))?;
         }
         let s = &self.security;
         let allowed: std::collections::HashSet<&String> = s.allowed_capabilities.iter().collect();
@@ -760,6 +832,38 @@ impl Config {
                     &format!("servers[{i}].id"),
                     format!("duplicate server id '{}'", spec.id),
                 ));
+            }
+        }
+        self.validate_checks()
+    }
+
+    /// `[actions.*]` and `[[checks]]`: each entry, unique names, bounded counts, and every
+    /// action a check names defined with that kind.
+    fn validate_checks(&self) -> Result<(), ConfigError> {
+        use crate::monitor::checks::spec::{check_action_ref, MAX_CHECKS};
+        crate::monitor::actions::validate_all(&self.actions)
+            .map_err(|(key, m)| ConfigError::invalid(&key, m))?;
+        if self.checks.len() > MAX_CHECKS {
+            return Err(ConfigError::invalid(
+                "checks",
+                format!("{} checks (at most {MAX_CHECKS})", self.checks.len()),
+            ));
+        }
+        let kind_of = |name: &str| self.actions.get(name).map(|a| a.kind.as_str());
+        let mut names = std::collections::BTreeSet::new();
+        for (i, check) in self.checks.iter().enumerate() {
+            check
+                .validate()
+                .map_err(|(field, m)| ConfigError::invalid(&format!("checks[{i}].{field}"), m))?;
+            if !names.insert(check.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    &format!("checks[{i}].name"),
+                    format!("duplicate check name '{}'", check.name),
+                ));
+            }
+            for (j, action) in check.actions.iter().enumerate() {
+                check_action_ref(action, kind_of)
+                    .map_err(|m| ConfigError::invalid(&format!("checks[{i}].actions[{j}]"), m))?;
             }
         }
         Ok(())
@@ -1301,6 +1405,8 @@ pub fn schema() -> Value {
     }
     let mut root = node("", &Config::default().json());
     root["properties"]["servers"] = servers_schema();
+    root["properties"]["checks"] = checks_schema();
+    root["properties"]["actions"] = actions_schema();
     root["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
     root["title"] = json!("vsm-daemon configuration");
     root
@@ -1339,6 +1445,62 @@ fn servers_schema() -> Value {
                         "gid": {"type": "integer", "minimum": 0}
                     }
                 }
+            }
+        }
+    })
+}
+
+/// Schema of `[[checks]]` entries (see `monitor::checks::spec::CheckSpec`).
+fn checks_schema() -> Value {
+    use crate::monitor::checks::spec as c;
+    json!({
+        "type": "array",
+        "maxItems": c::MAX_CHECKS,
+        "description": "operator-declared checks; each reports an observation of rule check:NAME (family health) per run",
+        "items": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["name", "kind"],
+            "properties": {
+                "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$"},
+                "kind": {"enum": ["tcp", "http", "exec", "file", "process", "filesystem"]},
+                "target": {"type": "string", "maxLength": c::MAX_TARGET_BYTES, "description": "tcp: host:port; http: http:// URL; file: absolute path; process: absolute pid file or process name (at most 15 bytes); filesystem: absolute mount point; not for exec"},
+                "argv": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": c::MAX_ARGV, "description": "exec: program and arguments, no shell"},
+                "expect_status": {"type": "integer", "minimum": 100, "maximum": 599, "description": "http: the status that counts as up (default any 2xx)"},
+                "expect_body": {"type": "string", "minLength": 1, "maxLength": c::MAX_EXPECT_BODY_BYTES, "description": "http: substring of the first 64 KiB of the body"},
+                "expect_exit": {"type": "integer", "default": 0, "description": "exec: exit code that counts as up"},
+                "max_age_s": {"type": "integer", "minimum": 0, "description": "file: down when older"},
+                "min_size": {"type": "integer", "minimum": 0, "description": "file: down when smaller (bytes)"},
+                "max_size": {"type": "integer", "minimum": 0, "description": "file: down when larger (bytes)"},
+                "max_used_percent": {"type": "number", "minimum": 0, "maximum": 100, "default": 90.0, "description": "filesystem: down when more is used"},
+                "every_ms": {"type": "integer", "minimum": c::MIN_EVERY_MS, "maximum": c::MAX_INTERVAL_MS, "default": 30000},
+                "timeout_ms": {"type": "integer", "minimum": 10, "maximum": c::MAX_INTERVAL_MS, "default": 5000},
+                "failures_before_alert": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 2},
+                "successes_before_clear": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 2},
+                "actions": {"type": "array", "maxItems": c::MAX_ACTIONS_PER_CHECK, "items": {"type": "string", "pattern": "^(log|restart_server:.+|webhook:.+|exec:.+)$"}},
+                "severity": {"enum": ["info", "warning", "critical"], "default": "critical"}
+            }
+        }
+    })
+}
+
+/// Schema of `[actions.NAME]` tables (see `monitor::actions::ActionSpec`).
+fn actions_schema() -> Value {
+    json!({
+        "type": "object",
+        "maxProperties": crate::monitor::actions::MAX_ACTIONS,
+        "description": "actions that checks' alerts may run as webhook:NAME or exec:NAME",
+        "propertyNames": {"pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$"},
+        "additionalProperties": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["kind"],
+            "properties": {
+                "kind": {"enum": ["webhook", "exec"]},
+                "url": {"type": "string", "description": "webhook: http:// URL the alert is POSTed to as JSON"},
+                "token_file": {"type": "string", "description": "webhook: absolute path of a file whose first line is sent as a bearer token"},
+                "argv": {"type": "array", "items": {"type": "string"}, "minItems": 1, "description": "exec: program and arguments; the alert's fields are in VSM_ALERT_* variables"},
+                "timeout_ms": {"type": "integer", "minimum": 10, "maximum": 600000, "default": 10000}
             }
         }
     })
@@ -1432,8 +1594,47 @@ pub fn example_toml() -> String {
         out.push_str(&format!("{name} = {}\n", toml_value(default)));
     }
     out.push_str(SERVERS_EXAMPLE);
+    out.push_str(CHECKS_EXAMPLE);
     out
 }
+
+/// The commented `[[checks]]` and `[actions.*]` example at the end of the example file.
+const CHECKS_EXAMPLE: &str = r#"
+# Checks (at most 64): each runs every `every_ms` (never two runs of one check at once), is
+# down when it fails or takes longer than `timeout_ms`, and reports rule `check:NAME`.
+# Kinds and their keys: tcp (target = "host:port"), http (target = "http://..." URL,
+# expect_status = 200, expect_body = "ok"), exec (argv = [...], expect_exit = 0), file
+# (target = absolute path, max_age_s, min_size, max_size), process (target = a pid file or a
+# process name as in /proc/PID/comm), filesystem (target = mount point, max_used_percent = 90).
+# Common keys: every_ms = 30000, timeout_ms = 5000, failures_before_alert = 2,
+# successes_before_clear = 2, severity = "critical", actions = ["log",
+# "restart_server:ID", "webhook:NAME", "exec:NAME"] (NAME: an [actions.NAME] of that kind).
+#
+# [[checks]]
+# name = "upstream"
+# kind = "tcp"
+# target = "127.0.0.1:5432"
+# every_ms = 30000
+# timeout_ms = 5000
+# actions = ["log", "webhook:ops"]
+#
+# [[checks]]
+# name = "backup-script"
+# kind = "exec"
+# argv = ["/usr/local/bin/check-backup", "--quiet"]
+# expect_exit = 0
+#
+# [actions.ops]
+# kind = "webhook"
+# url = "http://127.0.0.1:9000/alert"
+# token_file = "/etc/vsm-daemon/ops.token"
+# timeout_ms = 10000
+#
+# [actions.notify]
+# kind = "exec"
+# argv = ["/usr/local/bin/notify", "--urgent"]
+# timeout_ms = 10000
+"#;
 
 /// The commented `[[servers]]` example at the end of the example file.
 const SERVERS_EXAMPLE: &str = r#"
@@ -1474,6 +1675,80 @@ mod tests {
         let table: BTreeSet<String> = KEYS.iter().map(|i| i.key.to_owned()).collect();
         assert_eq!(flat, table);
         assert_eq!(table.len(), KEYS.len(), "duplicate key in KEYS");
+    }
+
+    #[test]
+    fn checks_and_actions_are_validated_with_their_references() {
+        let good = r#"
+[[checks]]
+name = "db"
+kind = "tcp"
+target = "127.0.0.1:5432"
+actions = ["log", "webhook:ops", "exec:notify", "restart_server:time"]
+
+[actions.ops]
+kind = "webhook"
+url = "http://127.0.0.1:9000/alert"
+
+[actions.notify]
+kind = "exec"
+argv = ["/bin/true"]
+"#;
+        let config = Config::from_toml_str(good, None).expect("valid");
+        assert_eq!(config.checks.len(), 1);
+        assert_eq!(config.checks[0].every_ms, 30_000);
+        assert_eq!(config.actions.len(), 2);
+        // It survives the JSON round trip that overrides go through.
+        assert_eq!(config.with_overrides(&json!({})), Ok(config.clone()));
+        // Each error names the entry's field and where it is in the file.
+        let bad = |from: &str, to: &str| match parse_err(&good.replace(from, to)) {
+            ConfigError::Parse {
+                line,
+                column,
+                message,
+                ..
+            } => (
+                line,
+                column,
+                message.split(':').next().unwrap_or("").to_string(),
+            ),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            bad("webhook:ops", "webhook:nope"),
+            (6, 11, "checks[0].actions[1]".into())
+        );
+        assert_eq!(
+            bad("exec:notify", "webhook:notify"),
+            (6, 11, "checks[0].actions[2]".into())
+        );
+        assert_eq!(
+            bad("127.0.0.1:5432", "nowhere"),
+            (5, 10, "checks[0].target".into())
+        );
+        assert_eq!(
+            bad("http://127.0.0.1:9000/alert", "ftp://x"),
+            (10, 7, "actions.ops.url".into())
+        );
+        let twice =
+            format!("{good}\n[[checks]]\nname = \"db\"\nkind = \"file\"\ntarget = \"/x\"\n");
+        let dup = parse_err(&twice).to_string();
+        assert!(
+            dup.starts_with("config.toml:17:8: checks[1].name: duplicate"),
+            "{dup}"
+        );
+        // Without a file (overrides) the key is still named.
+        let mut config = config;
+        config.checks[0].every_ms = 1;
+        assert_eq!(err_key(config.validate()), "checks[0].every_ms");
+        // Unknown fields and kinds are parse errors with a line and column.
+        match parse_err(&good.replace("kind = \"tcp\"", "kind = \"smtp\"")) {
+            ConfigError::Parse { line, column, .. } => assert!(line > 1 && column > 0),
+            other => panic!("{other:?}"),
+        }
+        // Neither is settable by an override.
+        assert!(Config::check_patch(&json!({"checks": []})).is_err());
+        assert!(Config::check_patch(&json!({"actions": {"x": {}}})).is_err());
     }
 
     #[test]
@@ -1949,18 +2224,29 @@ mod tests {
     #[test]
     fn keys_not_enforced_yet_are_marked_everywhere() {
         let pending: Vec<&str> = not_enforced_keys().collect();
-        assert_eq!(pending.len(), 18, "{pending:?}");
+        assert_eq!(pending.len(), 12, "{pending:?}");
         for key in [
             "monitoring.variety_check_interval_ms",
-            "monitoring.alert_thresholds.memory_usage_max_percent",
+            "monitoring.alert_thresholds.variety_ratio_min",
             "mcp_servers.discovery_sources",
             "security.blocked_capabilities",
             "security.min_security_score",
-            "consciousness.learning_rate",
+            "consciousness.reflection_interval_ms",
         ] {
             assert!(!is_enforced(key), "{key}");
         }
         assert!(is_enforced("monitoring.health_check_interval_ms"));
+        // Read by the security signals (interval, and the weight of each peer's baseline).
+        assert!(is_enforced("monitoring.security_check_interval_ms"));
+        assert!(is_enforced("consciousness.learning_rate"));
+        for key in [
+            "monitoring.performance_check_interval_ms",
+            "monitoring.alert_thresholds.response_time_max_ms",
+            "monitoring.alert_thresholds.error_rate_max_percent",
+            "monitoring.alert_thresholds.memory_usage_max_percent",
+        ] {
+            assert!(is_enforced(key), "{key}");
+        }
         assert!(is_enforced("security.sandbox_enabled"));
         let schema = schema();
         let node = &schema["properties"]["security"]["properties"]["blocked_capabilities"];
@@ -1970,7 +2256,7 @@ mod tests {
             .is_some_and(|d| d.ends_with("(not enforced yet)")));
         let node = &schema["properties"]["security"]["properties"]["sandbox_enabled"];
         assert_eq!(node["x-enforced"], Value::Null);
-        assert_eq!(example_toml().matches(NOT_ENFORCED).count(), 18);
+        assert_eq!(example_toml().matches(NOT_ENFORCED).count(), 12);
 
         assert!(Config::default().not_enforced_set().is_empty());
         let c = Config::default()

@@ -59,11 +59,11 @@ channels! {
     /// MCP servers: registration, status changes, tools, progress.
     McpServers = "mcp_servers", silent: false;
     /// Performance measurements and their alerts.
-    Performance = "performance", silent: true;
+    Performance = "performance", silent: false;
     /// Health of the daemon's components and the host.
-    Health = "health", silent: true;
+    Health = "health", silent: false;
     /// Security signals.
-    Security = "security", silent: true;
+    Security = "security", silent: false;
     /// The variety model: gaps, acquisitions.
     VarietyMonitoring = "variety_monitoring", silent: true;
     /// The daemon's log records (sent from the log ring, not the event history).

@@ -24,6 +24,7 @@ pub mod ops;
 pub mod page;
 pub mod reactor;
 pub mod room;
+pub mod snapshot;
 pub mod spec;
 pub mod state;
 pub mod sys;

@@ -15,14 +15,16 @@
 //! [`api::Request`]: crate::api::Request
 
 use crate::api::{Access, ApiError, Args, BodySpec, ErrorCode, EventQuery, In, LogQuery, Op};
-use crate::api::{ConfigRequest, ControlRequest, DaemonRequest};
+use crate::api::{AlertsRequest, ChecksRequest, ConfigRequest, ControlRequest, DaemonRequest};
 use crate::api::{DiagnosticsRequest, HealthRequest, McpRequest};
 use crate::api::{Param, Produces, Request, Ty};
 use crate::spec::ServerSpec;
 use serde_json::{json, Value};
 
 /// Every group of rows, in routing order (the hot `GET /api/v1/health` near the front).
-pub const GROUPS: &[&[Op]] = &[DAEMON, CONFIG, LOGS, EVENTS, METRICS, MCP, AUTH, META, PAGE];
+pub const GROUPS: &[&[Op]] = &[
+    DAEMON, CONFIG, LOGS, EVENTS, METRICS, ALERTS, MCP, CHECKS, AUTH, META, PAGE,
+];
 
 /// Every operation, in routing order.
 pub fn all() -> impl Iterator<Item = &'static Op> {
@@ -476,6 +478,63 @@ pub const PROMETHEUS: Op = Op {
 /// Metrics.
 pub const METRICS: &[Op] = &[METRICS_ALL, METRICS_PERFORMANCE, METRICS_HEALTH, PROMETHEUS];
 
+// ----- alerts ------------------------------------------------------------------------------
+
+/// `GET /api/v1/alerts`.
+pub const ALERTS_LIST: Op = Op {
+    ws: Some("get_alerts"),
+    params: &[Param::query(
+        "state",
+        Ty::Enum(&["firing", "resolved", "all"]),
+        "Only firing or only resolved alerts; default all",
+    )],
+    ..Op::new(
+        "GET",
+        "/api/v1/alerts",
+        "listAlerts",
+        "alerts",
+        "Alerts raised by the monitors (firing and recently resolved), newest first",
+        |a| {
+            let state = match a.text("state").as_deref() {
+                None | Some("all") => None,
+                Some("firing") => Some("firing"),
+                Some("resolved") => Some("resolved"),
+                Some(other) => {
+                    return Err(ApiError::field(
+                        ErrorCode::InvalidParameter,
+                        "state",
+                        format!("'{other}' is not one of firing, resolved, all"),
+                    ))
+                }
+            };
+            Ok(Request::Alerts(AlertsRequest::List { state }))
+        },
+    )
+};
+
+/// `POST /api/v1/alerts/{id}/ack`.
+pub const ALERTS_ACK: Op = Op {
+    ws: Some("ack_alert"),
+    params: &[Param {
+        name: "id",
+        loc: In::Path,
+        ty: Ty::Str,
+        description: "Alert id (`a-N`)",
+    }],
+    errors: &[ErrorCode::AlertNotFound],
+    ..Op::new(
+        "POST",
+        "/api/v1/alerts/{id}/ack",
+        "ackAlert",
+        "alerts",
+        "Acknowledge an alert (it stays in the list, marked `acked`)",
+        |a| Ok(Request::Alerts(AlertsRequest::Ack { id: a.id })),
+    )
+};
+
+/// Alerts.
+pub const ALERTS: &[Op] = &[ALERTS_LIST, ALERTS_ACK];
+
 // ----- MCP servers -------------------------------------------------------------------------
 
 /// `GET /api/v1/mcp/servers`.
@@ -778,6 +837,68 @@ pub const AUTH_TOKEN_ROTATE: Op = Op {
 
 /// The TCP API token.
 pub const AUTH: &[Op] = &[AUTH_TOKEN, AUTH_TOKEN_ROTATE];
+
+// ----- declared checks ---------------------------------------------------------------------
+
+const CHECK_NAME: Param = Param {
+    name: "id",
+    loc: In::Path,
+    ty: Ty::Str,
+    description: "check name (`[[checks]]` name)",
+};
+
+/// `GET /api/v1/checks`.
+pub const CHECKS_LIST: Op = Op {
+    ws: Some("checks_list"),
+    ..Op::new(
+        "GET",
+        "/api/v1/checks",
+        "listChecks",
+        "checks",
+        "Declared checks with their last result (up/down, message, duration, last change, consecutive failures)",
+        |_| Ok(Request::Checks(ChecksRequest::List)),
+    )
+};
+
+/// `POST /api/v1/checks/{id}/run`.
+pub const CHECKS_RUN: Op = Op {
+    ws: Some("checks_run"),
+    params: &[CHECK_NAME],
+    errors: &[ErrorCode::NotFound, ErrorCode::Busy],
+    ..Op::new(
+        "POST",
+        "/api/v1/checks/{id}/run",
+        "runCheck",
+        "checks",
+        "Run a declared check now (or join its run in flight) and answer with the result when it ends",
+        |a| Ok(Request::Checks(ChecksRequest::Run { name: a.id })),
+    )
+};
+
+const ACTION_NAME: Param = Param {
+    name: "id",
+    loc: In::Path,
+    ty: Ty::Str,
+    description: "action name (`[actions.NAME]`)",
+};
+
+/// `POST /api/v1/actions/{id}/test`.
+pub const ACTIONS_TEST: Op = Op {
+    ws: Some("actions_test"),
+    params: &[ACTION_NAME],
+    errors: &[ErrorCode::NotFound, ErrorCode::Busy],
+    ..Op::new(
+        "POST",
+        "/api/v1/actions/{id}/test",
+        "testAction",
+        "checks",
+        "Run a webhook or exec action with a test alert (answers with the delivery id; its outcome is listed under `actions.deliveries` of GET /api/v1/checks)",
+        |a| Ok(Request::Checks(ChecksRequest::TestAction { name: a.id })),
+    )
+};
+
+/// The declared checks' and actions' rows.
+pub const CHECKS: &[Op] = &[CHECKS_LIST, CHECKS_RUN, ACTIONS_TEST];
 
 // ----- the API itself ----------------------------------------------------------------------
 

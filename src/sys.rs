@@ -292,7 +292,7 @@ fn set_limit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::R
     check(unsafe { libc::setrlimit(resource, &new) })
 }
 
-/// Applies the sandbox in a forked child (call from `pre_exec` only).
+/// Applies the sandbox in a forked child (call between fork and exec only).
 ///
 /// # Errors
 /// The failing system call's error; the spawn then fails with it.
@@ -349,6 +349,191 @@ pub fn enter_child_sandbox(s: &ChildSandbox) -> io::Result<()> {
         unsafe { libc::close(fd) };
     }
     Ok(())
+}
+
+/// A program to run, with everything a forked child needs already encoded: between `fork`
+/// and `exec` the child may not allocate, so argv, envp and the working directory are built
+/// here, in the parent.
+#[derive(Debug)]
+pub struct ExecPlan {
+    program: std::ffi::CString,
+    cwd: Option<std::ffi::CString>,
+    // The pointer arrays below point into these; they are never modified after `new`.
+    _argv: Vec<std::ffi::CString>,
+    _envp: Vec<std::ffi::CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
+}
+
+impl ExecPlan {
+    /// Encodes a program path (used as is: resolve `PATH` first), its argv (`argv[0]`
+    /// included), its complete environment and its working directory.
+    ///
+    /// # Errors
+    /// `InvalidInput` when a string holds a NUL byte.
+    pub fn new<'a>(
+        program: &std::path::Path,
+        argv: impl IntoIterator<Item = &'a str>,
+        env: impl IntoIterator<Item = (&'a str, &'a str)>,
+        cwd: Option<&std::path::Path>,
+    ) -> io::Result<ExecPlan> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let c = |b: &[u8]| {
+            CString::new(b).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a spawn argument")
+            })
+        };
+        let argv: Vec<CString> = argv
+            .into_iter()
+            .map(|a| c(a.as_bytes()))
+            .collect::<io::Result<_>>()?;
+        let envp: Vec<CString> = env
+            .into_iter()
+            .map(|(k, v)| c(format!("{k}={v}").as_bytes()))
+            .collect::<io::Result<_>>()?;
+        let ptrs = |v: &[CString]| {
+            v.iter()
+                .map(|s| s.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect::<Vec<_>>()
+        };
+        Ok(ExecPlan {
+            program: c(program.as_os_str().as_bytes())?,
+            cwd: cwd.map(|d| c(d.as_os_str().as_bytes())).transpose()?,
+            argv_ptrs: ptrs(&argv),
+            envp_ptrs: ptrs(&envp),
+            _argv: argv,
+            _envp: envp,
+        })
+    }
+}
+
+/// Makes a pipe whose both ends are close-on-exec and blocking: `(read, write)`.
+///
+/// # Errors
+/// The OS error of `pipe2` (fd limit).
+pub fn cloexec_pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds is a valid out-array of two ints.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: the kernel just returned both fds to us; nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Forks a child that puts `stdio` on its fds 0–2, enters `sandbox`, and execs `plan`, and
+/// returns its pid at once: the parent does not wait for the exec (that wait, the child's
+/// first page faults and its scheduling on a busy machine, took milliseconds of loop time per
+/// spawn). Whether the exec happened is told later by `report` (a close-on-exec pipe the child
+/// writes its errno into before `_exit(127)`): see [`exec_outcome`].
+///
+/// The child resets the signal mask and SIGPIPE (the Rust runtime ignores it) as `std` does,
+/// then `chdir`, then the sandbox, then `execve`. Every fd of the daemon is close-on-exec, so
+/// the child inherits nothing but its three pipes.
+///
+/// # Errors
+/// The OS error of `fork` (process limit, memory).
+pub fn fork_exec(
+    plan: &ExecPlan,
+    stdio: [RawFd; 3],
+    sandbox: &ChildSandbox,
+    report: std::os::fd::OwnedFd,
+) -> io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fork has no memory-safety preconditions; the child below only makes
+    // async-signal-safe system calls on memory prepared before the fork, and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let errno = match exec_in_child(plan, stdio, sandbox) {
+            Err(e) => e.raw_os_error().unwrap_or(libc::EINVAL),
+            Ok(()) => libc::EINVAL,
+        };
+        let bytes = errno.to_ne_bytes();
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; bytes outlives the call.
+        unsafe {
+            libc::write(report.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(127);
+        }
+    }
+    drop(report);
+    Ok(pid)
+}
+
+/// The child's half of [`fork_exec`]: returns only on failure.
+fn exec_in_child(plan: &ExecPlan, stdio: [RawFd; 3], sandbox: &ChildSandbox) -> io::Result<()> {
+    // A pipe end that landed on 0–2 (the daemon's own stdio was closed) would be clobbered by
+    // the dup2 of another: move such ends out of the way first.
+    let mut fds = stdio;
+    for fd in &mut fds {
+        if *fd < 3 {
+            // SAFETY: F_DUPFD_CLOEXEC on an fd open in this process.
+            let moved = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 3) };
+            if moved < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            *fd = moved;
+        }
+    }
+    for (target, fd) in fds.into_iter().enumerate() {
+        // SAFETY: dup2 onto 0–2 of open fds; the copy is not close-on-exec.
+        if unsafe { libc::dup2(fd, target as libc::c_int) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: an empty set is a valid mask; SIG_DFL is always a valid disposition.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    if let Some(dir) = &plan.cwd {
+        // SAFETY: dir is a NUL-terminated path built before the fork.
+        check(unsafe { libc::chdir(dir.as_ptr()) })?;
+    }
+    enter_child_sandbox(sandbox)?;
+    // SAFETY: program, argv and envp are NUL-terminated strings and NULL-terminated arrays
+    // built before the fork and alive for the whole call.
+    unsafe {
+        libc::execve(
+            plan.program.as_ptr(),
+            plan.argv_ptrs.as_ptr(),
+            plan.envp_ptrs.as_ptr(),
+        )
+    };
+    Err(io::Error::last_os_error())
+}
+
+/// What the report pipe of [`fork_exec`] says, read without blocking.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ExecOutcome {
+    /// The exec happened (the pipe closed empty).
+    Executed,
+    /// The child failed before or at its exec with this errno, and exited with 127.
+    Failed(i32),
+    /// Not known yet: the child has neither exec'd nor failed.
+    Pending,
+}
+
+/// Reads the outcome from the read end of a [`fork_exec`] report pipe (set non-blocking).
+pub fn exec_outcome(report: &std::os::fd::OwnedFd) -> ExecOutcome {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 4];
+    loop {
+        // SAFETY: buf is a valid 4-byte buffer; the fd is ours.
+        let n = unsafe { libc::read(report.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        match n {
+            0 => return ExecOutcome::Executed,
+            // Writes of at most PIPE_BUF bytes are atomic: 4 bytes come whole.
+            4 => return ExecOutcome::Failed(i32::from_ne_bytes(buf)),
+            n if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => return ExecOutcome::Pending,
+        }
+    }
 }
 
 /// Builds a Landlock ruleset that lets a process read and execute anything but write, create
@@ -563,6 +748,30 @@ pub fn release_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Used space of the filesystem holding `path`, in percent of what non-root users can use
+/// (as `df` counts it: used / (used + available)).
+///
+/// # Errors
+/// The OS error of `statvfs`, or a path with a NUL byte.
+pub fn filesystem_used_percent(path: &std::path::Path) -> io::Result<f64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: an all-zero statvfs is a valid value of the plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a NUL-terminated path and st a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let used = st.f_blocks.saturating_sub(st.f_bfree) as f64;
+    let avail = st.f_bavail as f64;
+    Ok(if used + avail > 0.0 {
+        100.0 * used / (used + avail)
+    } else {
+        0.0
+    })
 }
 
 #[cfg(test)]

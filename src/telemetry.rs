@@ -114,6 +114,26 @@ impl Histogram {
         self.bounds.last().copied()
     }
 
+    /// What was recorded after `earlier`, a copy of this histogram taken before: bucket by
+    /// bucket, so quantiles over a window come from two cumulative snapshots (a snapshot with
+    /// other bounds, or a reset since, gives everything as the window).
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        if earlier.bounds != self.bounds || earlier.count > self.count {
+            return self.clone();
+        }
+        Histogram {
+            bounds: self.bounds,
+            counts: self
+                .counts
+                .iter()
+                .zip(&earlier.counts)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
+            sum: (self.sum - earlier.sum).max(0.0),
+            count: self.count - earlier.count,
+        }
+    }
+
     /// {"count", "sum_seconds", "p50_ms", "p90_ms", "p99_ms"} (quantiles in ms rounded to 3
     /// decimals, null when empty)
     pub fn to_json(&self) -> Value {
@@ -286,6 +306,18 @@ impl Telemetry {
         self.auth_failures.add(&[reason], 1);
     }
 
+    /// Per route: cumulative latency, requests and 5xx answers (for windows over them).
+    pub fn route_totals(&self) -> Vec<Totals> {
+        totals(&self.http_requests, &self.http_duration, |s| {
+            s.starts_with('5')
+        })
+    }
+
+    /// Per MCP server: cumulative tool-call latency, calls and calls not `ok`.
+    pub fn server_totals(&self) -> Vec<Totals> {
+        totals(&self.tool_calls, &self.tool_duration, |o| o != "ok")
+    }
+
     /// JSON for GET /api/v1/metrics/performance: per-route request counts and latency
     /// (Histogram::to_json), per-server tool-call counts by outcome and latency, overall error
     /// rate percent of HTTP 5xx and of tool calls.
@@ -403,6 +435,49 @@ impl Telemetry {
             out.histogram(name, help, &samples);
         }
     }
+}
+
+/// One label's cumulative figures: its latency histogram, its count and its errors.
+#[derive(Debug, Clone)]
+pub struct Totals {
+    /// The route pattern or server id.
+    pub name: String,
+    /// Latency so far.
+    pub latency: Histogram,
+    /// Requests or calls so far.
+    pub count: u64,
+    /// Of which errors.
+    pub errors: u64,
+}
+
+/// [`Totals`] per first label of `counts` (the histogram family is keyed by that label).
+fn totals(
+    counts: &Family<u64>,
+    latency: &Family<Histogram>,
+    is_error: impl Fn(&str) -> bool,
+) -> Vec<Totals> {
+    let mut by: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for (labels, n) in &counts.sets {
+        let e = by
+            .entry(labels.first().map_or("", String::as_str))
+            .or_default();
+        e.0 = e.0.saturating_add(*n);
+        if is_error(labels.last().map_or("", String::as_str)) {
+            e.1 = e.1.saturating_add(*n);
+        }
+    }
+    by.into_iter()
+        .map(|(name, (count, errors))| Totals {
+            name: name.to_owned(),
+            latency: latency
+                .sets
+                .get(&[name.to_owned()][..])
+                .cloned()
+                .unwrap_or_else(|| Histogram::new(LATENCY_BUCKETS)),
+            count,
+            errors,
+        })
+        .collect()
 }
 
 /// Groups a `(key, sub)` counter family by `key`: returns the total, the total of samples whose

@@ -790,8 +790,10 @@ fn kill9_during_config_writes_never_corrupts_overrides() {
         .expect("start");
         let client = vsm_daemon::client::Client::new(&d.socket);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let hammer = {
             let stop = stop.clone();
+            let acked = acked.clone();
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -799,13 +801,22 @@ fn kill9_during_config_writes_never_corrupts_overrides() {
                     let patch =
                         serde_json::json!({"monitoring": {"performance_check_interval_ms": value}});
                     match client.call("PUT", "/api/v1/config", Some(&patch)) {
-                        Ok(r) if r.status == 200 => n += 1,
+                        Ok(r) if r.status == 200 => {
+                            n += 1;
+                            acked.store(n, std::sync::atomic::Ordering::Relaxed);
+                        }
                         _ => break,
                     }
                 }
                 n
             })
         };
+        // The kill lands at a different point of the write stream each round, but always
+        // after the first acknowledged write (on a loaded machine the first PUT can take
+        // longer than the delay alone).
+        wait_for("a first acknowledged config write", || {
+            acked.load(std::sync::atomic::Ordering::Relaxed) > 0 || hammer.is_finished()
+        });
         std::thread::sleep(Duration::from_millis(40 + round * 17));
         let dir = d.kill9();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -945,7 +956,7 @@ fn promises_not_kept_yet_are_said_out_loud() {
     for key in [
         "security.min_security_score = 90",
         "security.blocked_capabilities = ",
-        "consciousness.learning_rate = ",
+        "consciousness.memory_limit = ",
         "monitoring.alert_thresholds.variety_ratio_min = ",
     ] {
         let line = shown
@@ -962,7 +973,7 @@ fn promises_not_kept_yet_are_said_out_loud() {
 
     let (code, schema) = d.cli_json(&["config", "schema"]);
     assert_eq!(code, 0);
-    let node = &schema["properties"]["consciousness"]["properties"]["learning_rate"];
+    let node = &schema["properties"]["consciousness"]["properties"]["memory_limit"];
     assert_eq!(node["x-enforced"], false, "{node}");
 
     let (_, diag) = d.cli_json(&["diagnostics", "run"]);
@@ -981,16 +992,16 @@ fn promises_not_kept_yet_are_said_out_loud() {
         "{check}"
     );
 
-    let out = d.cli(&["config", "set", "consciousness.learning_rate", "0.5"]);
+    let out = d.cli(&["config", "set", "consciousness.memory_limit", "500"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("warning: consciousness.learning_rate is not enforced yet"),
+        stdout(&out).contains("warning: consciousness.memory_limit is not enforced yet"),
         "{}",
         stdout(&out)
     );
     wait_for("the config set warning", || {
         d.stderr()
-            .contains("consciousness.learning_rate is set but not enforced yet")
+            .contains("consciousness.memory_limit is set but not enforced yet")
     });
 
     // The default blocked_capabilities lists file_system.

@@ -1485,6 +1485,37 @@ fn a_missing_cwd_or_command_is_named() {
     );
 }
 
+/// Spawns do not wait for the exec: an exec that fails in the child (here: the script's
+/// interpreter is missing) is reported when the child is reaped, named like a spawn error,
+/// and not as "exited with code 127".
+#[test]
+fn an_exec_that_fails_in_the_child_is_named() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Daemon::start_with(quick());
+    let dir = TempDir::new("nointerp");
+    let script = dir.path().join("server.sh");
+    std::fs::write(&script, "#!/nonexistent-vsm-interpreter\n").expect("write script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let script = script.display().to_string();
+    register(
+        &d,
+        "nointerp",
+        &["--backoff-initial-ms", "100", "--max-failures", "2"],
+        &[&script],
+    );
+    let v = wait_status(&d, "nointerp", "failed");
+    let errors = last_errors(&v);
+    assert!(
+        errors.iter().any(|e| e
+            == &format!(
+                "cannot start '{script}': No such file or directory (os error 2) \
+                 (is its interpreter or loader missing?)"
+            )),
+        "{errors:?}"
+    );
+    assert!(errors.iter().all(|e| !e.contains("code 127")), "{errors:?}");
+}
+
 #[test]
 fn what_a_server_says_at_the_handshake_is_kept_bounded() {
     let d = Daemon::start_with(quick());

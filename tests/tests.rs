@@ -1,7 +1,9 @@
 //! The one integration test binary: everything here drives the real `vsm-daemon` binary or
 //! the library's public API, never internals.
 
+mod alerts;
 mod api;
+mod checks;
 mod container;
 mod control;
 mod mcp;

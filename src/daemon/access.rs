@@ -459,6 +459,16 @@ impl Daemon {
         } else {
             self.check_unix_media_type(&request)
         };
+        if let Some(ip) = peer.addr.map(|a| a.ip()) {
+            // Security signals: requests, failed tokens and refused Host/Origin per peer.
+            let signals = &mut self.rooms.security;
+            signals.request(ip);
+            match checked.as_ref().map_err(|e| e.code) {
+                Err(ErrorCode::Unauthorized) => signals.auth_failure(ip),
+                Err(ErrorCode::Forbidden) => signals.refused_origin(ip),
+                _ => {}
+            }
+        }
         if let Err(e) = checked {
             let header = (e.code == ErrorCode::Unauthorized)
                 .then(|| ("WWW-Authenticate", "Bearer".to_string()));

@@ -4,14 +4,17 @@ use super::*;
 use crate::monitor::observation::ActionRun;
 
 impl Daemon {
-    /// An alert asks for a `webhook:NAME` or `exec:NAME` action. The actions room is not wired
-    /// yet: until it is, the request is logged at warning level so an operator sees it was not run.
-    #[allow(dead_code)]
-    pub(super) fn act(&mut self, _cx: &mut Cx<'_, Timer>, run: ActionRun) {
-        log::warn!(
-            "action {} for a {} alert was not run: actions are not wired yet",
-            run.action,
-            run.transition
-        );
+    /// An alert asks for a `webhook:NAME` or `exec:NAME` action: the actions room runs it (an
+    /// action that is not configured is recorded as failed there, and logged here).
+    #[allow(dead_code)] // called by the alerts room's wiring (mon-alerts)
+    pub(super) fn act(&mut self, cx: &mut Cx<'_, Timer>, run: ActionRun) {
+        if let Err(e) = self.with_actions(cx, |room, rcx| room.run(rcx, &run)) {
+            log::warn!(
+                "action {} for a {} alert was not run: {}",
+                run.action,
+                run.transition,
+                e.message
+            );
+        }
     }
 }

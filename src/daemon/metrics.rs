@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::net::slots::Reason;
+use crate::snapshot;
 
 /// Per-reason connection counters as a JSON object.
 fn reasons(counts: &[u64; 2]) -> Value {
@@ -62,10 +63,23 @@ impl Daemon {
             "host": host.to_json(),
             "requests": self.telemetry.performance_json(),
             "event_loop": {"wakeups": cx.stats.wakeups, "events": cx.stats.events, "timers_armed": cx.timers.len()},
+            "last_cycle": self.rooms.alerts.sampler.last,
+            "alerts": self.rooms.alerts.summary(),
         });
+        let server_health: Vec<Value> = self
+            .rooms
+            .mcp
+            .health_facts()
+            .into_iter()
+            .map(|s| {
+                json!({"id": s.id, "status": s.status, "missed_pings": s.missed_pings,
+                            "circuit_breaker_open": s.breaker_open})
+            })
+            .collect();
         let health = json!({
             "components": self.rooms.health.answer(None).unwrap_or_else(|e| e.data.unwrap_or(Value::Null)),
-            "mcp_servers": {"by_status": by_status, "servers": servers["servers"]},
+            "mcp_servers": {"by_status": by_status, "servers": servers["servers"], "health": server_health},
+            "alerts": self.rooms.alerts.summary(),
         });
         match view {
             "performance" => performance,
@@ -84,8 +98,13 @@ impl Daemon {
     pub(super) fn prometheus(&self, cx: &Cx<'_, Timer>) -> String {
         use crate::telemetry::Exposition;
         let process = monitor::performance::own_process();
-        let host = monitor::performance::host();
+        let host = monitor::performance::host_full();
         let mut e = Exposition::new();
+        monitor::performance::write_prometheus(
+            &host,
+            self.rooms.alerts.firing_by_severity(),
+            &mut e,
+        );
         let none: &[(&str, &str)] = &[];
         e.gauge("vsm_up", "1 while the daemon runs.", &[(none, 1.0)]);
         e.gauge(
@@ -222,6 +241,7 @@ impl Daemon {
             "MCP servers serving tool calls.",
             &[(none, active as f64)],
         );
+        self.rooms.checks.write_prometheus(&mut e);
         self.telemetry.write_prometheus(&mut e);
         e.finish()
     }
@@ -229,46 +249,74 @@ impl Daemon {
 
 /// `GET /api/v1/status`.
 impl Daemon {
-    pub(super) fn status(&self, cx: &Cx<'_, Timer>, detailed: bool) -> Value {
-        let mut components = Map::new();
-        for (name, c) in self.rooms.components.states() {
-            let health = self.rooms.health.result(name);
-            components.insert(
-                name.to_string(),
-                json!({
-                    "status": if c.running { "running" } else { "stopped" },
-                    "since": state::rfc3339_utc(c.since),
-                    "restarts": c.restarts,
-                    "last_error": c.last_error,
-                    "healthy": health.map(|h| h.healthy),
-                    "health_message": health.map(|h| h.message.clone()),
-                }),
-            );
-        }
-        let mut data = json!({
-            "daemon": {
-                "status": if self.stopping.is_some() { "stopping" } else { "running" },
-                "version": env!("CARGO_PKG_VERSION"),
-                "pid": std::process::id(),
-                "started_at": state::rfc3339_utc(self.started_at),
-                "uptime_seconds": self.started.elapsed().as_secs(),
-                "config_source": self.rooms.settings.source(),
-                "config_warning": self.rooms.settings.problem(),
-                "state_dir": self.state.path().display().to_string(),
-                "socket": self.socket_path.display().to_string(),
-                "pid_file": self.pid_file.display().to_string(),
-                "http_listen": self.tcp_addr.map(|a| a.to_string()),
-                "auth": self.access.token.as_ref().map_or("none", |t| t.source.kind()),
-            },
-            "components": components,
-            "mcp_servers": {
-                "active_count": self.rooms.mcp.counts().0,
-                "total_registered": self.rooms.mcp.counts().1,
-            },
+    /// `GET /api/v1/status` from the typed snapshot ([`crate::snapshot::Status`]): over HTTP
+    /// it is serialized once, straight into the answer.
+    pub(super) fn answer_status(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, detailed: bool) {
+        let snapshot = self.status(cx, detailed);
+        let http = matches!(reply, ReplyTo::Http { .. });
+        let encoded = http.then(|| serde_json::to_vec(&snapshot).ok()).flatten();
+        let answer = encoded.is_none().then(|| {
+            serde_json::to_value(&snapshot)
+                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("status: {e}")))
         });
-        if detailed {
-            data["loop"] = self.loop_stats(cx.stats, cx.timers.len());
+        drop(snapshot);
+        let reply = match encoded {
+            Some(data) => self.answer_serialized(cx, reply, &data),
+            None => Some(reply),
+        };
+        if let (Some(reply), Some(answer)) = (reply, answer) {
+            self.answer(cx, reply, answer);
         }
-        data
+    }
+
+    fn status(&self, cx: &Cx<'_, Timer>, detailed: bool) -> snapshot::Status<'_> {
+        let components = self
+            .rooms
+            .components
+            .states()
+            .map(|(name, c)| {
+                let health = self.rooms.health.result(name);
+                let component = snapshot::Component {
+                    health_message: health.map(|h| h.message.as_str()),
+                    healthy: health.map(|h| h.healthy),
+                    last_error: c.last_error.as_deref(),
+                    restarts: c.restarts,
+                    since: state::rfc3339_utc(c.since),
+                    status: if c.running { "running" } else { "stopped" },
+                };
+                (name, component)
+            })
+            .collect();
+        let (active_count, total_registered) = self.rooms.mcp.counts();
+        snapshot::Status {
+            components,
+            daemon: snapshot::Daemon {
+                auth: self
+                    .access
+                    .token
+                    .as_ref()
+                    .map_or("none", |t| t.source.kind()),
+                config_source: self.rooms.settings.source().into(),
+                config_warning: self.rooms.settings.problem(),
+                http_listen: self.tcp_addr.map(|a| a.to_string()),
+                pid: std::process::id(),
+                pid_file: self.pid_file.to_string_lossy(),
+                socket: self.socket_path.to_string_lossy(),
+                started_at: state::rfc3339_utc(self.started_at),
+                state_dir: self.state.path().to_string_lossy(),
+                status: if self.stopping.is_some() {
+                    "stopping"
+                } else {
+                    "running"
+                },
+                uptime_seconds: self.started.elapsed().as_secs(),
+                version: env!("CARGO_PKG_VERSION"),
+            },
+            loop_stats: detailed.then(|| self.loop_stats(cx.stats, cx.timers.len())),
+            mcp_servers: snapshot::McpCounts {
+                active_count,
+                total_registered,
+            },
+        }
     }
 }

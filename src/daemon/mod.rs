@@ -25,6 +25,7 @@
 
 mod access;
 mod act;
+mod checks;
 mod control;
 mod health;
 mod metrics;
@@ -178,7 +179,10 @@ impl Daemon {
     /// The requests the wiring serves itself (the concerns not yet in a room).
     fn handle_daemon(&mut self, cx: &mut Cx<'_, Timer>, request: DaemonRequest, reply: ReplyTo) {
         let answer = match request {
-            DaemonRequest::Status { detailed } => Ok(self.status(cx, detailed)),
+            DaemonRequest::Status { detailed } => {
+                self.answer_status(cx, reply, detailed);
+                return;
+            }
             DaemonRequest::Logs { query, follow } => {
                 if follow {
                     self.follow_logs(cx, reply, query);
@@ -270,6 +274,10 @@ impl Handler for Daemon {
                 token,
                 &mut self.outputs,
             );
+        } else if self.rooms.checks.owns(token) {
+            self.with_checks(cx, |room, rcx| room.on_ready(rcx, token));
+        } else if self.rooms.actions.owns(token) {
+            self.with_actions(cx, |room, rcx| room.on_ready(rcx, token));
         } else if self.server.owns(token) {
             self.server
                 .on_ready(&mut cx.narrow(Timer::Net).cx(), token, &mut self.incoming);
@@ -326,12 +334,18 @@ impl Handler for Daemon {
             libc::SIGCHLD => {
                 while let Some(reaped) = sys::reap_any() {
                     self.reaped += 1;
+                    let who = format!("pid {}", reaped.pid);
+                    self.rooms.security.child_exit(who, reaped.status);
                     if !self.rooms.mcp.on_child_exit(
                         &mut cx.narrow(<Mcp as Wired>::timer).cx(),
                         reaped.pid,
                         reaped.status,
                         &mut self.outputs,
-                    ) {
+                    ) && !self.with_checks(cx, |room, rcx| {
+                        room.on_child_exit(rcx, reaped.pid, reaped.status)
+                    }) && !self.with_actions(cx, |room, rcx| {
+                        room.on_child_exit(rcx, reaped.pid, reaped.status)
+                    }) {
                         log::debug!("reaped orphan {} (status {})", reaped.pid, reaped.status);
                     }
                 }

@@ -63,6 +63,43 @@ impl Daemon {
         self.answer_with(cx, reply, answer, None, false);
     }
 
+    /// Answers an HTTP request with `data`, already serialized JSON (a typed snapshot), in the
+    /// success envelope. Any other caller is handed back, for the ordinary [`Self::answer`].
+    pub(super) fn answer_serialized(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        reply: ReplyTo,
+        data: &[u8],
+    ) -> Option<ReplyTo> {
+        let ReplyTo::Http {
+            conn,
+            seq,
+            started,
+            request_id,
+            route,
+            method,
+        } = reply
+        else {
+            return Some(reply);
+        };
+        self.telemetry
+            .http_request(route, method, 200, started.elapsed().as_secs_f64());
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let mut bytes = Vec::with_capacity(data.len() + 200);
+        api::write_envelope_raw(&mut bytes, None, data, request_id, ms, &now_string(), None);
+        bytes.push(b'\n');
+        let response = http::Response::json(200, bytes);
+        self.server.respond(
+            &mut cx.narrow(Timer::Net).cx(),
+            conn,
+            seq,
+            &response,
+            false,
+            &mut self.incoming,
+        );
+        None
+    }
+
     pub(super) fn answer_with(
         &mut self,
         cx: &mut Cx<'_, Timer>,

@@ -14,6 +14,7 @@
 use super::*;
 use crate::components::diagnostics::Diagnostics;
 use crate::components::health::Health;
+use crate::monitor::room::Alerts;
 use crate::reactor::timer::TimerId;
 use crate::reactor::Timers;
 use crate::room::{RoomCx, Wiring};
@@ -151,6 +152,14 @@ rooms! {
     Config(settings: Settings<listener::TcpAccess>) => settings_outputs [serve],
     /// The daemon's own components.
     Control(components: Components) => components_outputs [serve],
+    /// The declared checks.
+    Checks(checks: crate::monitor::checks::room::Checks) => checks_outputs [serve serve_checks],
+    /// The webhook and exec actions.
+    Actions(actions: crate::monitor::actions::Actions) => actions_outputs,
+    /// The security signals.
+    Security(security: crate::monitor::security::Security) => security_outputs,
+    /// Alerts and the built-in performance and health cycles.
+    Alerts(alerts: Alerts) => alerts_outputs [serve serve_alerts],
 }
 
 impl Daemon {

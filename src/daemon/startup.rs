@@ -221,6 +221,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     let listeners = ListenerTokens::take(&mut reactor)?;
     let conn_tokens = reactor.tokens(net::TOKENS_NEEDED);
     let mcp_tokens = reactor.tokens(mcp::TOKENS_NEEDED);
+    let checks_tokens = reactor.tokens(crate::monitor::checks::room::TOKENS_NEEDED);
+    let actions_tokens = reactor.tokens(crate::monitor::actions::TOKENS_NEEDED);
     logging.set_waker(waker.clone());
     if let Err(e) = sys::set_child_subreaper() {
         log::warn!("cannot become a child subreaper: {e}");
@@ -300,6 +302,10 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             Vec::new()
         }
     };
+    let security_room = crate::monitor::security::Security::new(
+        Duration::from_millis(effective.monitoring.security_check_interval_ms),
+        effective.consciousness.learning_rate,
+    );
     let settings = Settings::new(
         crate::components::settings::Layers {
             file: options.config.clone(),
@@ -338,6 +344,10 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             health: components::health::Health::default(),
             settings,
             components: Components::default(),
+            checks: crate::monitor::checks::room::Checks::new(checks_tokens),
+            actions: crate::monitor::actions::Actions::new(actions_tokens),
+            security: security_room,
+            alerts: crate::monitor::room::Alerts::default(),
         },
         documents: persist::Documents::default(),
         events: EventLog::new(EVENT_HISTORY),
@@ -386,12 +396,18 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             Err(e) => log::error!("MCP server {id} not registered: {e}"),
         }
     }
+    daemon.configure_security(&mut cx);
+    let actions = daemon.rooms.settings.config().actions.clone();
+    daemon.rooms.actions.set_specs(actions);
+    let checks = daemon.rooms.settings.config().checks.clone();
+    daemon.with_checks(&mut cx, |room, rcx| room.sync(rcx, &checks));
     for key in daemon.rooms.settings.config().not_enforced_set() {
         log::warn!(
             "{key} is set but {}: it has no effect",
             config::NOT_ENFORCED
         );
     }
+    daemon.schedule_alert_cycles(&mut cx);
     daemon.setup_watchdog(&mut cx);
     log::info!("REST API and WebSocket monitor listening on http://{tcp_addr}");
     log::info!(

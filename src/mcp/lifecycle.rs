@@ -571,8 +571,11 @@ impl Mcp {
             cx.timers.cancel(t);
         }
         let uptime = process.started.elapsed();
+        // A child that never reached its exec says why (spawns do not wait for the exec).
+        let exit = process
+            .exec_failure()
+            .unwrap_or_else(|| describe_exit(status));
         drop(process);
-        let exit = describe_exit(status);
         let reason = match server.ending.take() {
             Some(r) => format!("{r} ({exit})"),
             None => exit,
@@ -612,7 +615,11 @@ impl Mcp {
     pub(super) fn sweep_orphans(&self) {
         let reaper = self.reaper.as_ref().map(reaper::Reaper::pid);
         for pid in sys::own_children() {
-            if !self.pids.contains_key(&pid) && Some(pid) != reaper && sys::process_running(pid) {
+            if !self.pids.contains_key(&pid)
+                && !self.spare_pids.contains(&pid)
+                && Some(pid) != reaper
+                && sys::process_running(pid)
+            {
                 log::warn!("killing orphaned process {pid} left behind by an MCP server");
                 let _ = sys::kill(pid, libc::SIGKILL);
             }

@@ -216,6 +216,9 @@ pub struct Mcp {
     servers: BTreeMap<String, Server>,
     slots: Vec<Option<String>>,
     pids: HashMap<i32, String>,
+    /// Children of the daemon that other rooms own (exec checks and actions): the orphan
+    /// sweep leaves them alone. Kept current by the wiring.
+    pub spare_pids: Vec<i32>,
     /// Settings, updated on config changes.
     pub settings: Settings,
     jitter: Jitter,
@@ -265,6 +268,7 @@ impl Mcp {
             servers: BTreeMap::new(),
             slots: Vec::new(),
             pids: HashMap::new(),
+            spare_pids: Vec::new(),
             settings,
             jitter: Jitter::new(),
             reaper: None,
@@ -522,6 +526,19 @@ impl Mcp {
             .map(Server::summary)
             .collect();
         json!({"servers": servers})
+    }
+
+    /// What the alerts room's health cycle reads of each server.
+    pub fn health_facts(&self) -> Vec<crate::monitor::performance::ServerHealth> {
+        self.servers
+            .values()
+            .map(|s| crate::monitor::performance::ServerHealth {
+                id: s.spec.id.clone(),
+                status: s.status.as_str(),
+                missed_pings: s.session.missed_pings,
+                breaker_open: s.life.breaker.is_open(),
+            })
+            .collect()
     }
 
     /// `mcp show`.

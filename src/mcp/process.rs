@@ -9,9 +9,9 @@ use crate::sys::{self, ChildSandbox};
 use mio::unix::pipe::{Receiver, Sender};
 use mio::{Interest, Registry, Token};
 use std::io::{self, Read, Write};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 /// Bytes queued for a child's stdin before it counts as stuck.
@@ -47,31 +47,74 @@ pub fn find_in_path(command: &str, path: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Where the program of a spawn is, found the way `execvp` finds it: a command with a `/` is
+/// used as is (relative to `cwd`, where the child will be) and must exist; one without is the
+/// first executable regular file named so in a `PATH` directory. Done before the fork, so that
+/// a missing program is a synchronous error (a few `stat`s).
+///
+/// # Errors
+/// `NotFound`, or `PermissionDenied` when the only files of that name cannot be executed.
+pub fn resolve_program(command: &str, path: &str, cwd: Option<&Path>) -> io::Result<PathBuf> {
+    let beside_cwd = |p: &Path| match cwd {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.to_path_buf(),
+    };
+    if command.is_empty() {
+        return Err(io::ErrorKind::NotFound.into());
+    }
+    if command.contains('/') {
+        return if beside_cwd(Path::new(command)).exists() {
+            Ok(PathBuf::from(command))
+        } else {
+            Err(io::ErrorKind::NotFound.into())
+        };
+    }
+    let mut denied = false;
+    for dir in path.split(':') {
+        let candidate = Path::new(if dir.is_empty() { "." } else { dir }).join(command);
+        let Ok(meta) = std::fs::metadata(beside_cwd(&candidate)) else {
+            continue;
+        };
+        if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+            // Relative to the child's cwd, which the child enters before its exec.
+            return Ok(candidate);
+        }
+        denied = true;
+    }
+    Err(if denied {
+        io::ErrorKind::PermissionDenied
+    } else {
+        io::ErrorKind::NotFound
+    }
+    .into())
+}
+
 /// Says why a spawn failed. "No such file or directory" from exec means a missing program,
 /// or a program whose interpreter or loader is missing: the first is told apart by looking
-/// (only after the failure, so a start costs nothing more).
+/// (only after the failure).
 pub fn describe_spawn_error(launch: &Launch, err: &io::Error) -> String {
-    let command = &launch.command;
+    let path = launch
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or("", |(_, v)| v.as_str());
+    describe_exec_error(&launch.command, launch.cwd.as_deref(), path, err)
+}
+
+fn describe_exec_error(command: &str, cwd: Option<&Path>, path: &str, err: &io::Error) -> String {
     if err.kind() != io::ErrorKind::NotFound {
         return format!("cannot start '{command}': {err}");
     }
     if command.contains('/') {
-        let path = match &launch.cwd {
+        let path = match cwd {
             Some(cwd) => cwd.join(command),
             None => PathBuf::from(command),
         };
         if !path.exists() {
             return format!("command '{command}' does not exist");
         }
-    } else {
-        let path = launch
-            .env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map_or("", |(_, v)| v.as_str());
-        if find_in_path(command, path).is_none() {
-            return format!("command '{command}' not found in PATH ({path})");
-        }
+    } else if find_in_path(command, path).is_none() {
+        return format!("command '{command}' not found in PATH ({path})");
     }
     format!("cannot start '{command}': {err} (is its interpreter or loader missing?)")
 }
@@ -116,6 +159,17 @@ pub struct Process {
     stderr: Option<Receiver>,
     queue: Vec<u8>,
     queued_from: usize,
+    /// Until the exec is known to have happened: the pipe that tells, and what to name.
+    exec: Option<ExecReport>,
+}
+
+/// The read end of [`sys::fork_exec`]'s report pipe, and what an exec failure names.
+#[derive(Debug)]
+struct ExecReport {
+    pipe: OwnedFd,
+    command: String,
+    cwd: Option<PathBuf>,
+    path: String,
 }
 
 /// Result of one read.
@@ -141,53 +195,103 @@ pub enum Pipe {
 }
 
 impl Process {
-    /// Spawns and registers the pipes.
+    /// Spawns and registers the pipes. Returns as soon as the child exists, before its exec
+    /// (see [`sys::fork_exec`]): what can be told beforehand (a program missing from `PATH`,
+    /// a path that does not exist) fails here; an exec that fails later shows in
+    /// [`Process::exec_failure`] once the child is reaped.
     ///
     /// # Errors
-    /// The exec error (e.g. program not found) or a registration error.
+    /// The program cannot be found, an argument holds a NUL byte, or a pipe, fork or
+    /// registration error.
     pub fn spawn(launch: &Launch, registry: &Registry, tokens: PipeTokens) -> io::Result<Process> {
-        let mut cmd = Command::new(&launch.command);
-        cmd.args(&launch.args)
-            .env_clear()
-            .envs(launch.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(cwd) = &launch.cwd {
-            cmd.current_dir(cwd);
+        let path = launch
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map_or("", |(_, v)| v.as_str());
+        let program = resolve_program(&launch.command, path, launch.cwd.as_deref())?;
+        let plan = sys::ExecPlan::new(
+            &program,
+            std::iter::once(launch.command.as_str()).chain(launch.args.iter().map(String::as_str)),
+            launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            launch.cwd.as_deref(),
+        )?;
+        let (stdin_child, stdin) = sys::cloexec_pipe()?;
+        let (stdout, stdout_child) = sys::cloexec_pipe()?;
+        let (stderr, stderr_child) = sys::cloexec_pipe()?;
+        let (report, report_child) = sys::cloexec_pipe()?;
+        // Our ends are open file descriptions of their own: non-blocking here, blocking in
+        // the child.
+        for fd in [&stdin, &stdout, &stderr, &report] {
+            sys::set_nonblocking(fd)?;
         }
-        let sandbox = launch.sandbox;
-        // SAFETY: the closure only makes raw system calls (see sys::enter_child_sandbox).
-        unsafe {
-            cmd.pre_exec(move || sys::enter_child_sandbox(&sandbox));
-        }
-        let mut child = cmd.spawn()?;
-        let pid = child.id() as i32;
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            return Err(io::Error::other("child pipes missing"));
-        };
-        // `child` is dropped without waiting: the loop reaps it on SIGCHLD.
-        let mut stdin = Sender::from(stdin);
-        let mut stdout = Receiver::from(stdout);
-        let mut stderr = Receiver::from(stderr);
-        stdin.set_nonblocking(true)?;
-        stdout.set_nonblocking(true)?;
-        stderr.set_nonblocking(true)?;
-        registry.register(&mut stdin, tokens.stdin, Interest::WRITABLE)?;
-        registry.register(&mut stdout, tokens.stdout, Interest::READABLE)?;
-        registry.register(&mut stderr, tokens.stderr, Interest::READABLE)?;
-        Ok(Process {
+        let pid = sys::fork_exec(
+            &plan,
+            [
+                stdin_child.as_raw_fd(),
+                stdout_child.as_raw_fd(),
+                stderr_child.as_raw_fd(),
+            ],
+            &launch.sandbox,
+            report_child,
+        )?;
+        let started = Instant::now();
+        // The child has its copies; ours close here so that its exit is seen as EOF.
+        drop((stdin_child, stdout_child, stderr_child));
+        let mut process = Process {
             pid,
-            started: Instant::now(),
+            started,
             exit_status: None,
-            stdin: Some(stdin),
-            stdout: Some(stdout),
-            stderr: Some(stderr),
+            stdin: Some(Sender::from(stdin)),
+            stdout: Some(Receiver::from(stdout)),
+            stderr: Some(Receiver::from(stderr)),
             queue: Vec::new(),
             queued_from: 0,
-        })
+            exec: Some(ExecReport {
+                pipe: report,
+                command: launch.command.clone(),
+                cwd: launch.cwd.clone(),
+                path: path.to_string(),
+            }),
+        };
+        if let Err(e) = process.register(registry, tokens) {
+            // A child we cannot talk to is of no use: kill it (SIGCHLD reaps it).
+            process.close_all(registry);
+            let _ = sys::kill(pid, libc::SIGKILL);
+            return Err(e);
+        }
+        Ok(process)
+    }
+
+    fn register(&mut self, registry: &Registry, tokens: PipeTokens) -> io::Result<()> {
+        let missing = || io::Error::other("child pipe missing");
+        let stdin = self.stdin.as_mut().ok_or_else(missing)?;
+        registry.register(stdin, tokens.stdin, Interest::WRITABLE)?;
+        let stdout = self.stdout.as_mut().ok_or_else(missing)?;
+        registry.register(stdout, tokens.stdout, Interest::READABLE)?;
+        let stderr = self.stderr.as_mut().ok_or_else(missing)?;
+        registry.register(stderr, tokens.stderr, Interest::READABLE)
+    }
+
+    /// Why the exec never happened, if that is how the run ended (read once the child is
+    /// reaped: it wrote its errno before exiting, so the answer is there by then). `None`
+    /// when it exec'd, or when that is not known yet.
+    pub fn exec_failure(&mut self) -> Option<String> {
+        let report = self.exec.as_ref()?;
+        match sys::exec_outcome(&report.pipe) {
+            sys::ExecOutcome::Pending => None,
+            sys::ExecOutcome::Executed => {
+                self.exec = None;
+                None
+            }
+            sys::ExecOutcome::Failed(errno) => {
+                let e = io::Error::from_raw_os_error(errno);
+                let message =
+                    describe_exec_error(&report.command, report.cwd.as_deref(), &report.path, &e);
+                self.exec = None;
+                Some(message)
+            }
+        }
     }
 
     /// Queues bytes for stdin and writes what the pipe takes now.
@@ -324,6 +428,105 @@ mod tests {
                 landlock_fd: None,
             },
         }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vsm-process-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    #[test]
+    fn programs_are_resolved_like_execvp_before_the_fork() {
+        let dir = scratch("resolve");
+        let file = |name: &str, mode: u32| {
+            let p = dir.join(name);
+            std::fs::write(&p, "#!/bin/sh\n").expect("write");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        };
+        file("tool", 0o755);
+        file("plain", 0o644);
+        std::fs::create_dir_all(dir.join("sub/tool")).expect("a directory named tool");
+        let d = dir.display().to_string();
+        // The first executable file wins; a directory of that name is skipped.
+        let path = format!("/nonexistent:{d}/sub:{d}");
+        assert_eq!(
+            resolve_program("tool", &path, None).expect("found"),
+            dir.join("tool")
+        );
+        let kind = |r: io::Result<PathBuf>| r.expect_err("refused").kind();
+        assert_eq!(
+            kind(resolve_program("plain", &d, None)),
+            io::ErrorKind::PermissionDenied
+        );
+        assert_eq!(
+            kind(resolve_program("nope", &d, None)),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(kind(resolve_program("", &d, None)), io::ErrorKind::NotFound);
+        // Relative entries and paths are where the child will be: its cwd.
+        assert_eq!(
+            resolve_program("tool", ".", Some(&dir)).expect("found in cwd"),
+            PathBuf::from("./tool")
+        );
+        assert!(resolve_program("./tool", "", Some(&dir)).is_ok());
+        assert_eq!(
+            kind(resolve_program("./tool", "", Some(Path::new("/")))),
+            io::ErrorKind::NotFound
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn wait_exit(pid: i32) -> i32 {
+        let mut status = 0;
+        // SAFETY: waiting for our own child with a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        status
+    }
+
+    #[test]
+    fn an_exec_failure_is_told_after_the_spawn_returned() {
+        let poll = mio::Poll::new().expect("poll");
+        let dir = scratch("exec");
+        let script = dir.join("s");
+        std::fs::write(&script, "#!/nonexistent-vsm-interp\n").expect("write");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let tokens = PipeTokens {
+            stdin: Token(1),
+            stdout: Token(2),
+            stderr: Token(3),
+        };
+        let mut l = launch(&script.display().to_string(), "/usr/bin:/bin", None);
+        l.sandbox.parent = std::process::id() as i32;
+        let mut p = Process::spawn(&l, poll.registry(), tokens).expect("spawned before the exec");
+        let status = wait_exit(p.pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 127);
+        let e = p.exec_failure().expect("the exec failure");
+        assert!(e.contains("interpreter"), "{e}");
+        assert_eq!(p.exec_failure(), None, "told once");
+        p.close_all(poll.registry());
+
+        // An exec that happens: the report pipe closes empty; the sandbox's session is on.
+        let mut l = launch("sh", "/usr/bin:/bin", Some("/"));
+        l.sandbox.parent = std::process::id() as i32;
+        l.args = vec![
+            "-c".into(),
+            "[ \"$(pwd)\" = / ] && [ \"$(ps -o sid= $$ | tr -d ' ')\" = $$ ]".into(),
+        ];
+        let mut p = Process::spawn(&l, poll.registry(), tokens).expect("spawned");
+        let status = wait_exit(p.pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "status {status}: not in / or not its own session"
+        );
+        assert_eq!(p.exec_failure(), None);
+        assert!(
+            p.exec.is_none(),
+            "the report pipe is dropped once the exec is known"
+        );
+        p.close_all(poll.registry());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

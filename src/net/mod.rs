@@ -27,6 +27,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::Utf8Bytes;
 
+/// Bytes read from an HTTP connection at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// Connection tokens the network floor asks the reactor for: one per connection slot.
 pub const TOKENS_NEEDED: usize = 1 << 20;
 
@@ -215,6 +218,9 @@ pub struct Server {
     pub ws_dropped: u64,
     /// WebSocket clients closed for not draining, in total.
     pub ws_closed_slow: u64,
+    /// The one read buffer of every HTTP connection (taken and put back by [`Server::drive`]):
+    /// a fresh 16 KiB array per call was zeroed twice per request, a fifth of its CPU.
+    read_buf: Vec<u8>,
     /// Policy applied to new and existing connections.
     pub policy: ConnPolicy,
 }
@@ -243,6 +249,7 @@ impl Server {
             ws_open: 0,
             ws_dropped: 0,
             ws_closed_slow: 0,
+            read_buf: Vec::new(),
             policy,
         }
     }
@@ -426,6 +433,22 @@ impl Server {
         readable: bool,
         incoming: &mut VecDeque<Incoming>,
     ) {
+        let mut buf = std::mem::take(&mut self.read_buf);
+        if buf.is_empty() {
+            buf = vec![0; READ_CHUNK];
+        }
+        self.drive_with(cx, id, readable, incoming, &mut buf);
+        self.read_buf = buf;
+    }
+
+    fn drive_with(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: ConnId,
+        readable: bool,
+        incoming: &mut VecDeque<Incoming>,
+        buf: &mut [u8],
+    ) {
         let limits = self.policy.limits;
         let Some(conn) = self.get(id) else { return };
         if let Transport::Ws(w) = &mut conn.transport {
@@ -449,7 +472,6 @@ impl Server {
         // Write first: when answers had piled up unread (reading and parsing wait for them),
         // this writable event may be the only one that comes, and it must resume both.
         let mut broken = Self::flush_http(stream, &mut conn.http).is_err();
-        let mut buf = [0u8; 16 * 1024];
         // After an answer, the socket is only read again if reading had been paused: an
         // edge-triggered poll reports new bytes by itself, and a read here would be a wasted
         // EAGAIN per request.
@@ -460,7 +482,7 @@ impl Server {
                 conn.read_paused = true; // back-pressure: read again once answers have gone out
                 break;
             }
-            match stream.read(&mut buf) {
+            match stream.read(buf) {
                 Ok(0) => conn.peer_closed = true,
                 Ok(_) if !accept => {} // nothing more is parsed; only a hang-up matters now
                 Ok(n) => {

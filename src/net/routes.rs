@@ -97,6 +97,13 @@ pub fn method_label(method: &str) -> &'static str {
 /// Matches a path against a route pattern; returns the `{id}` segment (decoded) if any.
 /// No allocation unless the pattern matches and has an `{id}`.
 fn matches(pattern: &str, path: &str) -> Option<Option<String>> {
+    // Every request walks the table: most rows have no `{id}` and one comparison decides
+    // them; a row with one is first checked on its fixed prefix.
+    match pattern.find('{') {
+        None => return (pattern == path).then_some(None),
+        Some(i) if !path.starts_with(&pattern[..i]) => return None,
+        Some(_) => {}
+    }
     let mut raw_id = None;
     let mut p = pattern.split('/');
     let mut q = path.split('/');

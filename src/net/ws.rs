@@ -718,12 +718,15 @@ mod tests {
         for c in SILENT_CHANNELS {
             assert!(CHANNELS.contains(&c), "{c}");
         }
-        // The two with producers today: MCP server events and the log stream.
+        // With producers today: MCP server events, the alerts room and the log stream.
         let loud: Vec<&str> = CHANNELS
             .into_iter()
             .filter(|c| !SILENT_CHANNELS.contains(c))
             .collect();
-        assert_eq!(loud, ["mcp_servers", "logs"]);
+        assert_eq!(
+            loud,
+            ["mcp_servers", "performance", "health", "security", "logs"]
+        );
     }
 
     #[test]

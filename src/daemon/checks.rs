@@ -1,0 +1,170 @@
+//! Wiring of the checks room ([`crate::monitor::checks::room`]): entering it, and where its
+//! outputs go (readings to [`Daemon::observe`], answers to the effect bus). Thin on purpose:
+//! the logic is in `monitor/`.
+
+use super::*;
+use crate::monitor::checks::room::{Checks, Output as ChecksOutput};
+use crate::room::RoomCx;
+
+impl Daemon {
+    /// Runs `f` on the checks room, then delivers what it said.
+    pub(super) fn with_checks<X>(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        f: impl FnOnce(&mut Checks, &mut RoomCx<'_, Checks>) -> X,
+    ) -> X {
+        let mut out = Vec::new();
+        let x = rooms::enter(
+            &mut self.rooms.checks,
+            cx,
+            &mut self.worker,
+            &mut self.jobs,
+            &mut out,
+            f,
+        );
+        self.checks_outputs(cx, out);
+        x
+    }
+
+    /// The checks room's outputs: readings to the deciding room, answers to the bus. The MCP
+    /// room's orphan sweep is told which children are the checks' own.
+    pub(super) fn checks_outputs(&mut self, cx: &mut Cx<'_, Timer>, out: Vec<ChecksOutput>) {
+        self.spare_children();
+        for o in out {
+            match o {
+                ChecksOutput::Effect(e) => self.effects.push(e),
+                ChecksOutput::Observe(obs) => self.observe(cx, obs),
+            }
+        }
+    }
+}
+
+impl Daemon {
+    /// Runs `f` on the actions room, then delivers what it said.
+    pub(super) fn with_actions<X>(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        f: impl FnOnce(
+            &mut crate::monitor::actions::Actions,
+            &mut RoomCx<'_, crate::monitor::actions::Actions>,
+        ) -> X,
+    ) -> X {
+        let mut out = Vec::new();
+        let x = rooms::enter(
+            &mut self.rooms.actions,
+            cx,
+            &mut self.worker,
+            &mut self.jobs,
+            &mut out,
+            f,
+        );
+        self.actions_outputs(cx, out);
+        x
+    }
+
+    /// The actions room's answers go to the bus; its children are spared by the MCP sweep.
+    pub(super) fn actions_outputs(&mut self, _cx: &mut Cx<'_, Timer>, out: Vec<Effect>) {
+        self.spare_children();
+        self.effects.extend(out);
+    }
+
+    /// Tells the MCP room's orphan sweep which children belong to the checks and actions.
+    fn spare_children(&mut self) {
+        let mut pids = self.rooms.checks.child_pids();
+        pids.extend(self.rooms.actions.child_pids());
+        self.rooms.mcp.spare_pids = pids;
+    }
+}
+
+impl Daemon {
+    /// Runs `f` on the security room, then delivers what it said.
+    pub(super) fn with_security<X>(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        f: impl FnOnce(
+            &mut crate::monitor::security::Security,
+            &mut RoomCx<'_, crate::monitor::security::Security>,
+        ) -> X,
+    ) -> X {
+        let mut out = Vec::new();
+        let x = rooms::enter(
+            &mut self.rooms.security,
+            cx,
+            &mut self.worker,
+            &mut self.jobs,
+            &mut out,
+            f,
+        );
+        self.security_outputs(cx, out);
+        x
+    }
+
+    /// Arms the security cycle from the effective config.
+    pub(super) fn configure_security(&mut self, cx: &mut Cx<'_, Timer>) {
+        let c = &self.rooms.settings.config();
+        let every = Duration::from_millis(c.monitoring.security_check_interval_ms);
+        let rate = c.consciousness.learning_rate;
+        self.with_security(cx, |room, rcx| room.configure(rcx, every, rate));
+    }
+
+    /// The security room's readings go to the deciding room; when it asks, it gets the MCP
+    /// servers' pids (each server is its own session) to scan for listening sockets.
+    pub(super) fn security_outputs(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        out: Vec<crate::monitor::security::Output>,
+    ) {
+        use crate::monitor::security::Output as O;
+        for o in out {
+            match o {
+                O::Effect(e) => self.effects.push(e),
+                O::Observe(obs) => self.observe(cx, obs),
+                O::WantServers => {
+                    let list = self.rooms.mcp.list("all");
+                    let servers: Vec<(String, i32)> = list["servers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| {
+                            let pid = s["pid"].as_i64().filter(|p| *p > 0)?;
+                            Some((s["id"].as_str()?.to_string(), i32::try_from(pid).ok()?))
+                        })
+                        .collect();
+                    self.with_security(cx, |room, rcx| room.scan(rcx, servers));
+                }
+            }
+        }
+    }
+}
+
+impl Daemon {
+    /// The checks room's requests: the list gathers the actions' and security rooms' states
+    /// beside the checks'; a run and an action test answer when they end.
+    pub(super) fn serve_checks(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        request: crate::api::ChecksRequest,
+        reply: ReplyTo,
+    ) {
+        use crate::api::ChecksRequest as R;
+        let answer = match request {
+            R::List => {
+                let mut list = self.rooms.checks.list();
+                list["actions"] = self.rooms.actions.status();
+                list["security"] = self.rooms.security.status();
+                Ok(list)
+            }
+            R::TestAction { name } => {
+                self.with_actions(cx, |room, rcx| room.test(rcx, &name, reply));
+                return;
+            }
+            R::Run { name } => {
+                match self.with_checks(cx, |room, rcx| room.run_now(rcx, &name, reply)) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        self.answer(cx, reply, answer);
+    }
+}

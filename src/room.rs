@@ -104,6 +104,11 @@ pub trait Room {
     /// Called on every configuration change; a room compares with what it runs.
     fn apply_config(&mut self, _cx: &mut RoomCx<'_, Self>, _config: &Config) {}
 
+    /// Writes the room's own Prometheus series for `GET /metrics` (none by default). The
+    /// wiring calls every room's, in room-list order (generated from the list), after its
+    /// own series and before the request telemetry.
+    fn metrics(&self, _out: &mut crate::telemetry::Exposition) {}
+
     /// The answer to a request this room asked with [`RoomCx::ask`]. A room that never asks
     /// never gets one, so the default only reports it.
     fn on_answer(&mut self, _cx: &mut RoomCx<'_, Self>, tag: u64, _answer: Answer) {

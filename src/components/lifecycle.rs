@@ -19,6 +19,7 @@
 
 use crate::api::{Answer, ApiError, ConfigRequest, ControlRequest, ErrorCode, ReplyTo, Request};
 use crate::room::{Effect, Room, RoomCx, Serve};
+use crate::telemetry::Exposition;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -354,6 +355,22 @@ impl Room for Components {
     fn on_timer(&mut self, _cx: &mut RoomCx<'_, Self>, (): ()) {}
     fn on_job(&mut self, _cx: &mut RoomCx<'_, Self>, (): ()) {}
 
+    /// `vsm_component_up{component}`.
+    fn metrics(&self, out: &mut Exposition) {
+        let labels: Vec<[(&str, &str); 1]> =
+            self.states.keys().map(|n| [("component", *n)]).collect();
+        let samples: Vec<(&[(&str, &str)], f64)> = labels
+            .iter()
+            .zip(self.states.values())
+            .map(|(l, s)| (&l[..], if s.running { 1.0 } else { 0.0 }))
+            .collect();
+        out.gauge(
+            "vsm_component_up",
+            "1 when a daemon component runs.",
+            &samples,
+        );
+    }
+
     /// The settings room's answer to the reload a restart of everything asked for.
     fn on_answer(&mut self, cx: &mut RoomCx<'_, Self>, tag: u64, answer: Answer) {
         let Some(reply) = self.reloads.remove(&tag) else {
@@ -512,6 +529,13 @@ mod tests {
             "boot answers nobody"
         );
         assert_eq!(running(&room), ["control", "monitor", "worker"]);
+        let mut exposition = Exposition::new();
+        room.metrics(&mut exposition);
+        let text = exposition.finish();
+        for name in NAMES {
+            let line = format!("vsm_component_up{{component=\"{name}\"}} 1");
+            assert!(text.contains(&line), "{text}");
+        }
 
         // The control socket is never stopped; stopping everything means the other two.
         let (tag, refused) = answer(run(&mut room, |r, cx| {

@@ -103,6 +103,11 @@ macro_rules! rooms {
                 }
             }
 
+            /// Every room's Prometheus series, in room-list order.
+            pub(super) fn rooms_metrics(&self, out: &mut crate::telemetry::Exposition) {
+                $( Room::metrics(&self.rooms.$field, out); )*
+            }
+
             /// The configuration changed: every room takes what it can change live.
             pub(super) fn rooms_apply_config(&mut self, cx: &mut Cx<'_, Timer>, config: &Config) {
                 $( {
@@ -142,6 +147,9 @@ macro_rules! rooms {
 }
 
 rooms! {
+    /// The daemon's own components (first: their series lead the rooms' part of the
+    /// Prometheus exposition).
+    Control(components: Components) => components_outputs [serve],
     /// The MCP servers.
     Mcp(mcp: Mcp) => deliver_outputs [serve],
     /// `diagnostics run`.
@@ -150,8 +158,6 @@ rooms! {
     Health(health: Health) => health_outputs [serve serve_health],
     /// The configuration.
     Config(settings: Settings<listener::TcpAccess>) => settings_outputs [serve],
-    /// The daemon's own components.
-    Control(components: Components) => components_outputs [serve],
     /// The declared checks.
     Checks(checks: crate::monitor::checks::room::Checks) => checks_outputs [serve serve_checks],
     /// The webhook and exec actions.

@@ -23,25 +23,6 @@ impl Daemon {
         }
     }
 
-    /// Runs `f` on the components room, then carries out what it decided.
-    pub(super) fn with_components<X>(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        f: impl FnOnce(&mut Components, &mut RoomCx<'_, Components>) -> X,
-    ) -> X {
-        let mut out = Vec::new();
-        let x = rooms::enter(
-            &mut self.rooms.components,
-            cx,
-            &mut self.worker,
-            &mut self.jobs,
-            &mut out,
-            f,
-        );
-        self.components_outputs(cx, out);
-        x
-    }
-
     /// Carries out `plan`'s steps in order up to the first failure, and reports them.
     fn carry_plan(&mut self, cx: &mut Cx<'_, Timer>, Plan { steps, then }: Plan) {
         let mut outcomes = Vec::with_capacity(steps.len());
@@ -60,7 +41,7 @@ impl Daemon {
                 break;
             }
         }
-        self.with_components(cx, |room, rcx| room.finished(rcx, then, outcomes));
+        self.with::<Components, _>(cx, |room, rcx| room.finished(rcx, then, outcomes));
     }
 
     pub(super) fn start_control(&mut self, cx: &mut Cx<'_, Timer>) -> std::io::Result<()> {
@@ -108,7 +89,9 @@ impl Daemon {
                         .monitoring
                         .health_check_interval_ms,
                 );
-                self.with_health(cx, |room, rcx| room.start_monitor(rcx, every));
+                self.with::<crate::components::health::Health, _>(cx, |room, rcx| {
+                    room.start_monitor(rcx, every)
+                });
                 Ok(())
             }
         }
@@ -123,7 +106,9 @@ impl Daemon {
                 self.fail_pending_jobs(cx, "the worker was stopped");
             }
             Component::Monitor => {
-                self.with_health(cx, |room, rcx| room.stop_monitor(rcx));
+                self.with::<crate::components::health::Health, _>(cx, |room, rcx| {
+                    room.stop_monitor(rcx)
+                });
             }
         }
     }
@@ -159,7 +144,7 @@ impl Daemon {
             &mut self.outputs,
         );
         // New connections are refused at once; open ones get their answers.
-        self.with_components(cx, |room, rcx| room.shutdown(rcx));
+        self.with::<Components, _>(cx, |room, rcx| room.shutdown(rcx));
         let timeout = if graceful {
             Duration::from_millis(self.rooms.settings.config().daemon.shutdown_timeout_ms)
         } else {

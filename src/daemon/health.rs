@@ -56,26 +56,7 @@ impl Daemon {
         waiter: Option<(ReplyTo, Option<String>)>,
     ) {
         let facts = self.health_facts();
-        self.with_health(cx, |room, rcx| room.start_round(rcx, facts, waiter));
-    }
-
-    /// Runs `f` on the health room, then delivers what it said.
-    pub(super) fn with_health<X>(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        f: impl FnOnce(&mut Health, &mut RoomCx<'_, Health>) -> X,
-    ) -> X {
-        let mut out = Vec::new();
-        let x = rooms::enter(
-            &mut self.rooms.health,
-            cx,
-            &mut self.worker,
-            &mut self.jobs,
-            &mut out,
-            f,
-        );
-        self.health_outputs(cx, out);
-        x
+        self.with::<Health, _>(cx, |room, rcx| room.start_round(rcx, facts, waiter));
     }
 
     /// Answers go on the effect bus; repairs are carried out here, unless shutting down.
@@ -95,7 +76,7 @@ impl Daemon {
                     if self.stopping.is_some() {
                         continue;
                     }
-                    self.with_components(cx, |room, rcx| room.repair(rcx, name, why));
+                    self.with::<Components, _>(cx, |room, rcx| room.repair(rcx, name, why));
                 }
             }
         }

@@ -58,7 +58,7 @@ use crate::net::listener::{self, ControlListener};
 use crate::net::{self, http, routes, ConnId, ConnPolicy, Incoming, Peer, Server};
 use crate::reactor::worker::{SubmitError, Waiting, Worker};
 use crate::reactor::{Cx, Handler, LoopStats, Reactor};
-use crate::room::{Effect, Room, RoomCx};
+use crate::room::{Effect, Room};
 use crate::state::{self, StateDir, StateError};
 use crate::sys;
 use serde_json::{json, Map, Value};
@@ -275,9 +275,13 @@ impl Handler for Daemon {
                 &mut self.outputs,
             );
         } else if self.rooms.checks.owns(token) {
-            self.with_checks(cx, |room, rcx| room.on_ready(rcx, token));
+            self.with::<crate::monitor::checks::room::Checks, _>(cx, |room, rcx| {
+                room.on_ready(rcx, token)
+            });
         } else if self.rooms.actions.owns(token) {
-            self.with_actions(cx, |room, rcx| room.on_ready(rcx, token));
+            self.with::<crate::monitor::actions::Actions, _>(cx, |room, rcx| {
+                room.on_ready(rcx, token)
+            });
         } else if self.server.owns(token) {
             self.server
                 .on_ready(&mut cx.narrow(Timer::Net).cx(), token, &mut self.incoming);
@@ -341,11 +345,14 @@ impl Handler for Daemon {
                         reaped.pid,
                         reaped.status,
                         &mut self.outputs,
-                    ) && !self.with_checks(cx, |room, rcx| {
-                        room.on_child_exit(rcx, reaped.pid, reaped.status)
-                    }) && !self.with_actions(cx, |room, rcx| {
-                        room.on_child_exit(rcx, reaped.pid, reaped.status)
-                    }) {
+                    ) && !self
+                        .with::<crate::monitor::checks::room::Checks, _>(cx, |room, rcx| {
+                            room.on_child_exit(rcx, reaped.pid, reaped.status)
+                        })
+                        && !self.with::<crate::monitor::actions::Actions, _>(cx, |room, rcx| {
+                            room.on_child_exit(rcx, reaped.pid, reaped.status)
+                        })
+                    {
                         log::debug!("reaped orphan {} (status {})", reaped.pid, reaped.status);
                     }
                 }

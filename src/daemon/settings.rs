@@ -51,17 +51,7 @@ impl Daemon {
     /// Reloads the configuration file now (SIGHUP, `restart` of everything): the report, or
     /// why the running configuration stays.
     pub(super) fn config_reload(&mut self, cx: &mut Cx<'_, Timer>) -> Answer {
-        let mut out = Vec::new();
-        let answer = rooms::enter(
-            &mut self.rooms.settings,
-            cx,
-            &mut self.worker,
-            &mut self.jobs,
-            &mut out,
-            |room, rcx| room.reload(rcx),
-        );
-        self.settings_outputs(cx, out);
-        answer
+        self.with::<Settings<listener::TcpAccess>, _>(cx, |room, rcx| room.reload(rcx))
     }
 }
 

@@ -370,7 +370,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         .start_control(&mut cx)
         .map_err(|e| StartError::Io("control socket".into(), e))?;
     let auto_start = daemon.rooms.settings.config().daemon.auto_start_services;
-    daemon.with_components(&mut cx, |room, rcx| room.boot(rcx, auto_start));
+    daemon.with::<Components, _>(&mut cx, |room, rcx| room.boot(rcx, auto_start));
     daemon.rooms.mcp.start_reaper();
     let autostart = daemon.rooms.settings.config().daemon.auto_start_services;
     let from_config = daemon.rooms.settings.config().servers.clone();
@@ -400,7 +400,9 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     let actions = daemon.rooms.settings.config().actions.clone();
     daemon.rooms.actions.set_specs(actions);
     let checks = daemon.rooms.settings.config().checks.clone();
-    daemon.with_checks(&mut cx, |room, rcx| room.sync(rcx, &checks));
+    daemon.with::<crate::monitor::checks::room::Checks, _>(&mut cx, |room, rcx| {
+        room.sync(rcx, &checks)
+    });
     for key in daemon.rooms.settings.config().not_enforced_set() {
         log::warn!(
             "{key} is set but {}: it has no effect",

@@ -12,13 +12,16 @@ use std::fmt;
 /// transports build them and the rooms serve them without either importing the other.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    /// The wiring's own concerns: status, components, configuration, logs, events, metrics,
-    /// documents and the token.
+    /// The wiring's own concerns: status, logs, events, metrics, documents and the token.
     Daemon(DaemonRequest),
     /// The health room.
     Health(HealthRequest),
     /// The diagnostics room.
     Diagnostics(DiagnosticsRequest),
+    /// The settings room (configuration).
+    Config(ConfigRequest),
+    /// The components room (the daemon's own components and its shutdown).
+    Control(ControlRequest),
     /// The MCP room.
     Mcp(McpRequest),
     /// The declared checks (and the actions they may run).
@@ -68,39 +71,6 @@ pub enum DaemonRequest {
         /// Include loop statistics.
         detailed: bool,
     },
-    /// Start one stopped component, or every stopped one.
-    ControlStart {
-        /// The component; all when `None`.
-        service: Option<String>,
-    },
-    /// Stop components, or (with `shutdown`) the whole daemon.
-    ControlStop {
-        /// The component; all but the control socket when `None`.
-        service: Option<String>,
-        /// End the process.
-        shutdown: bool,
-        /// Stop children gracefully (the default) instead of killing them.
-        graceful: bool,
-    },
-    /// Restart one component, or reload the config and restart every component.
-    ControlRestart {
-        /// The component; everything when `None`.
-        service: Option<String>,
-    },
-    /// The effective configuration, or one section of it.
-    ConfigShow {
-        /// Section name such as `monitoring`.
-        section: Option<String>,
-    },
-    /// Apply a JSON merge patch to the runtime overrides.
-    ConfigUpdate {
-        /// RFC 7386 merge patch in the shape of the config.
-        patch: Value,
-    },
-    /// Re-read the config file.
-    ConfigReload,
-    /// JSON Schema of the configuration.
-    ConfigSchema,
     /// Recent log records, or a live stream of new ones.
     Logs {
         /// Filter and size of the answer.
@@ -133,6 +103,49 @@ pub enum DaemonRequest {
     AuthToken,
     /// Replace the generated TCP API token (control socket only).
     AuthTokenRotate,
+}
+
+/// What the components room serves: the daemon's own components, and its shutdown.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlRequest {
+    /// Start one stopped component, or every stopped one.
+    Start {
+        /// The component; all when `None`.
+        service: Option<String>,
+    },
+    /// Stop components, or (with `shutdown`) the whole daemon.
+    Stop {
+        /// The component; all but the control socket when `None`.
+        service: Option<String>,
+        /// End the process.
+        shutdown: bool,
+        /// Stop children gracefully (the default) instead of killing them.
+        graceful: bool,
+    },
+    /// Restart one component, or reload the config and restart every component.
+    Restart {
+        /// The component; everything when `None`.
+        service: Option<String>,
+    },
+}
+
+/// What the settings room serves: the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigRequest {
+    /// The effective configuration, or one section of it.
+    Show {
+        /// Section name such as `monitoring`.
+        section: Option<String>,
+    },
+    /// Apply a JSON merge patch to the runtime overrides.
+    Update {
+        /// RFC 7386 merge patch in the shape of the config.
+        patch: Value,
+    },
+    /// Re-read the config file.
+    Reload,
+    /// JSON Schema of the configuration.
+    Schema,
 }
 
 /// Run the health checks (all, or one component).

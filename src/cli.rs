@@ -1627,8 +1627,8 @@ mod tests {
     #[test]
     fn every_command_reaches_the_operation_it_means() {
         use crate::api::{
-            AlertsRequest, ChecksRequest, DaemonRequest, DiagnosticsRequest, HealthRequest,
-            McpRequest, Request as R,
+            AlertsRequest, ChecksRequest, ConfigRequest, ControlRequest, DaemonRequest,
+            DiagnosticsRequest, HealthRequest, McpRequest, Request as R,
         };
         assert_eq!(
             routed(&["status", "--detailed"]),
@@ -1643,21 +1643,21 @@ mod tests {
         );
         assert_eq!(
             routed(&["config", "show", "--section", "http"]),
-            R::Daemon(DaemonRequest::ConfigShow {
+            R::Config(ConfigRequest::Show {
                 section: Some("http".into())
             })
         );
         assert!(matches!(
             routed(&["config", "set", "daemon.log_level", "debug"]),
-            R::Daemon(DaemonRequest::ConfigUpdate { .. })
+            R::Config(ConfigRequest::Update { .. })
         ));
         assert_eq!(
             routed(&["config", "reload"]),
-            R::Daemon(DaemonRequest::ConfigReload)
+            R::Config(ConfigRequest::Reload)
         );
         assert_eq!(
             routed(&["config", "schema"]),
-            R::Daemon(DaemonRequest::ConfigSchema)
+            R::Config(ConfigRequest::Schema)
         );
         let R::Daemon(DaemonRequest::Logs { query, follow }) =
             routed(&["logs", "--level", "warn", "--lines", "5"])
@@ -1680,13 +1680,13 @@ mod tests {
         );
         assert_eq!(
             routed(&["restart", "--service", "worker"]),
-            R::Daemon(DaemonRequest::ControlRestart {
+            R::Control(ControlRequest::Restart {
                 service: Some("worker".into())
             })
         );
         assert_eq!(
             routed(&["stop", "--now"]),
-            R::Daemon(DaemonRequest::ControlStop {
+            R::Control(ControlRequest::Stop {
                 service: None,
                 shutdown: true,
                 graceful: false

@@ -195,6 +195,8 @@ section! {
         pub head_timeout_ms: u64 = 10_000,
         /// Keep-alive idle close, in milliseconds.
         pub idle_timeout_ms: u64 = 30_000,
+        /// A WebSocket client whose outgoing data has not drained for this long is closed.
+        pub ws_stall_timeout_ms: u64 = 10_000,
         /// Extra Host/Origin names accepted.
         pub allowed_hosts: Vec<String> = Vec::new(),
         /// Extra browser origins (`scheme://host[:port]`) accepted besides our own.
@@ -492,6 +494,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("http.max_connections_per_peer", "open TCP connections allowed per client address (IPv6: per /64); at the limit a client's own waiting connections are evicted first", range(1.0, 65_536.0)),
     live("http.head_timeout_ms", "time allowed to receive a request head, in milliseconds", range(100.0, 600_000.0)),
     live("http.idle_timeout_ms", "idle keep-alive connections close after this many milliseconds", range(100.0, 3_600_000.0)),
+    live("http.ws_stall_timeout_ms", "a WebSocket client that has not taken its queued events for this many milliseconds is closed (1008); applies to clients that connect after a change", range(1000.0, 3_600_000.0)),
     live("http.allowed_hosts", "extra Host names accepted besides loopback names and the bound address; with the bound port they are also allowed origins", HOST_LIST),
     live("http.allowed_origins", "extra browser origins (scheme://host[:port], at most 64) allowed to call the TCP API besides http(s)://<allowed host>:<bound port>", ORIGIN_LIST),
     pending(live("monitoring.variety_check_interval_ms", "milliseconds between variety checks", INTERVAL)),

@@ -15,9 +15,8 @@
 //! [`api::Request`]: crate::api::Request
 
 use crate::api::{Access, ApiError, Args, BodySpec, ErrorCode, EventQuery, In, LogQuery, Op};
-use crate::api::{
-    AlertsRequest, ChecksRequest, DaemonRequest, DiagnosticsRequest, HealthRequest, McpRequest,
-};
+use crate::api::{AlertsRequest, ChecksRequest, ConfigRequest, ControlRequest, DaemonRequest};
+use crate::api::{DiagnosticsRequest, HealthRequest, McpRequest};
 use crate::api::{Param, Produces, Request, Ty};
 use crate::spec::ServerSpec;
 use serde_json::{json, Value};
@@ -124,7 +123,7 @@ pub const CONTROL_START: Op = Op {
         "control",
         "Start one stopped component, or every stopped one",
         |a| {
-            Ok(Request::Daemon(DaemonRequest::ControlStart {
+            Ok(Request::Control(ControlRequest::Start {
                 service: a.field_text("service")?,
             }))
         },
@@ -146,7 +145,7 @@ pub const CONTROL_STOP: Op = Op {
         "control",
         "Stop components, or (with `shutdown`) the whole daemon",
         |a| {
-            Ok(Request::Daemon(DaemonRequest::ControlStop {
+            Ok(Request::Control(ControlRequest::Stop {
                 service: a.field_text("service")?,
                 shutdown: a.field_flag("shutdown")?.unwrap_or(false),
                 graceful: a.field_flag("graceful")?.unwrap_or(true),
@@ -170,7 +169,7 @@ pub const CONTROL_RESTART: Op = Op {
         "control",
         "Restart one component, or reload the config and restart every component",
         |a| {
-            Ok(Request::Daemon(DaemonRequest::ControlRestart {
+            Ok(Request::Control(ControlRequest::Restart {
                 service: a.field_text("service")?,
             }))
         },
@@ -232,7 +231,7 @@ pub const CONFIG_SHOW: Op = Op {
         "config",
         "Effective configuration (secrets redacted) and runtime overrides",
         |a| {
-            Ok(Request::Daemon(DaemonRequest::ConfigShow {
+            Ok(Request::Config(ConfigRequest::Show {
                 section: a.text("section"),
             }))
         },
@@ -261,9 +260,7 @@ pub const CONFIG_UPDATE: Op = Op {
         "config",
         "Apply a JSON merge patch to the runtime overrides (validated, applied live, persisted)",
         |mut a| match a.take_body() {
-            Some(patch @ Value::Object(_)) => {
-                Ok(Request::Daemon(DaemonRequest::ConfigUpdate { patch }))
-            }
+            Some(patch @ Value::Object(_)) => Ok(Request::Config(ConfigRequest::Update { patch })),
             _ => Err(ApiError::new(
                 ErrorCode::BadRequest,
                 "body must be a JSON object in the shape of the configuration (a merge patch)",
@@ -282,7 +279,7 @@ pub const CONFIG_RELOAD: Op = Op {
         "reloadConfig",
         "config",
         "Re-read the configuration file (an invalid file is refused and the old config stays)",
-        |_| Ok(Request::Daemon(DaemonRequest::ConfigReload)),
+        |_| Ok(Request::Config(ConfigRequest::Reload)),
     )
 };
 
@@ -295,7 +292,7 @@ pub const CONFIG_SCHEMA: Op = Op {
         "getConfigSchema",
         "config",
         "JSON Schema (draft 2020-12) of the configuration",
-        |_| Ok(Request::Daemon(DaemonRequest::ConfigSchema)),
+        |_| Ok(Request::Config(ConfigRequest::Schema)),
     )
 };
 

@@ -23,19 +23,23 @@
 //! and the effect bus.
 //!
 //! **Adding a room** takes:
-//! 1. a module implementing [`Room`] (timers, jobs, outputs; `apply_config` and `on_answer`
-//!    when it needs them), publishing typed events ([`RoomCx::event`] with an
+//! 1. a module implementing [`Room`] (timers, jobs, outputs; `apply_config`, `on_answer`
+//!    and `metrics` when it needs them), publishing typed events ([`RoomCx::event`] with an
 //!    [`EventData`] variant of its own in `events.rs`);
 //! 2. one line in the `rooms!` list (`daemon/rooms.rs`): its variant, field, type and where
 //!    its outputs go (`deliver_effects` when its output is [`Effect`]);
 //! 3. its initial value where `Rooms` is built (`daemon/startup.rs`, one line);
 //! 4. if it answers requests: [`Serve`], a variant of `api::Request` with its request type,
-//!    its rows in `ops.rs`, and `[serve]` on its `rooms!` line (MCP's requests go that way;
-//!    `[serve METHOD]` names a `Daemon` method instead, for the health and diagnostics
-//!    rooms, whose requests still need the wiring's facts).
+//!    its rows in `ops.rs`, and `[serve]` on its `rooms!` line (MCP's, the settings' and the
+//!    components' requests go that way; `[serve METHOD]` names a `Daemon` method instead,
+//!    for rooms whose requests still need the wiring's facts);
+//! 5. only if its outputs ask for more than the common effects (a plan to carry out on the
+//!    loop's sources, readings for another room): the delivery method its line names, in a
+//!    small glue file in `daemon/`.
 //!
-//! Timer keys, job results, live configuration, answers to its own requests and request
-//! routing are generated from the list: no arm is added anywhere else.
+//! Timer keys, job results, live configuration, answers to its own requests, request
+//! routing, Prometheus series and the wiring's way into the room (`Daemon::with::<R>`) are
+//! generated from the list: no arm is added anywhere else.
 
 use crate::api::{Answer, ReplyTo, Request};
 use crate::config::Config;
@@ -103,6 +107,11 @@ pub trait Room {
     /// The effective configuration changed (or was reloaded): take what can change live.
     /// Called on every configuration change; a room compares with what it runs.
     fn apply_config(&mut self, _cx: &mut RoomCx<'_, Self>, _config: &Config) {}
+
+    /// Writes the room's own Prometheus series for `GET /metrics` (none by default). The
+    /// wiring calls every room's, in room-list order (generated from the list), after its
+    /// own series and before the request telemetry.
+    fn metrics(&self, _out: &mut crate::telemetry::Exposition) {}
 
     /// The answer to a request this room asked with [`RoomCx::ask`]. A room that never asks
     /// never gets one, so the default only reports it.

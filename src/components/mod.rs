@@ -1,9 +1,10 @@
-//! The daemon's own components as rooms (see [`crate::room`]).
-//!
-//! Ported so far: [`diagnostics`], and the [`health`] rounds with the monitor's schedule. The
-//! control socket and the worker thread still live in `daemon/` (the wiring accepts on the
-//! listener and lends the worker to every room); they move here next, each with its own
-//! timers, jobs and snapshot of the facts it needs.
+//! The daemon's own components as rooms (see [`crate::room`]): [`diagnostics`], the
+//! [`health`] rounds with the monitor's schedule, the configuration ([`settings`]), and the
+//! components' lifecycle ([`lifecycle`]: the control socket, the worker thread and the
+//! monitor: their states and every decision to start, stop or restart them, carried out by
+//! the wiring on the loop's sources).
 
 pub mod diagnostics;
 pub mod health;
+pub mod lifecycle;
+pub mod settings;

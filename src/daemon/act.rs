@@ -8,7 +8,9 @@ impl Daemon {
     /// action that is not configured is recorded as failed there, and logged here).
     #[allow(dead_code)] // called by the alerts room's wiring (mon-alerts)
     pub(super) fn act(&mut self, cx: &mut Cx<'_, Timer>, run: ActionRun) {
-        if let Err(e) = self.with_actions(cx, |room, rcx| room.run(rcx, &run)) {
+        if let Err(e) =
+            self.with::<crate::monitor::actions::Actions, _>(cx, |room, rcx| room.run(rcx, &run))
+        {
             log::warn!(
                 "action {} for a {} alert was not run: {}",
                 run.action,

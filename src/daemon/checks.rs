@@ -3,29 +3,9 @@
 //! the logic is in `monitor/`.
 
 use super::*;
-use crate::monitor::checks::room::{Checks, Output as ChecksOutput};
-use crate::room::RoomCx;
+use crate::monitor::checks::room::Output as ChecksOutput;
 
 impl Daemon {
-    /// Runs `f` on the checks room, then delivers what it said.
-    pub(super) fn with_checks<X>(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        f: impl FnOnce(&mut Checks, &mut RoomCx<'_, Checks>) -> X,
-    ) -> X {
-        let mut out = Vec::new();
-        let x = rooms::enter(
-            &mut self.rooms.checks,
-            cx,
-            &mut self.worker,
-            &mut self.jobs,
-            &mut out,
-            f,
-        );
-        self.checks_outputs(cx, out);
-        x
-    }
-
     /// The checks room's outputs: readings to the deciding room, answers to the bus. The MCP
     /// room's orphan sweep is told which children are the checks' own.
     pub(super) fn checks_outputs(&mut self, cx: &mut Cx<'_, Timer>, out: Vec<ChecksOutput>) {
@@ -40,28 +20,6 @@ impl Daemon {
 }
 
 impl Daemon {
-    /// Runs `f` on the actions room, then delivers what it said.
-    pub(super) fn with_actions<X>(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        f: impl FnOnce(
-            &mut crate::monitor::actions::Actions,
-            &mut RoomCx<'_, crate::monitor::actions::Actions>,
-        ) -> X,
-    ) -> X {
-        let mut out = Vec::new();
-        let x = rooms::enter(
-            &mut self.rooms.actions,
-            cx,
-            &mut self.worker,
-            &mut self.jobs,
-            &mut out,
-            f,
-        );
-        self.actions_outputs(cx, out);
-        x
-    }
-
     /// The actions room's answers go to the bus; its children are spared by the MCP sweep.
     pub(super) fn actions_outputs(&mut self, _cx: &mut Cx<'_, Timer>, out: Vec<Effect>) {
         self.spare_children();
@@ -77,34 +35,14 @@ impl Daemon {
 }
 
 impl Daemon {
-    /// Runs `f` on the security room, then delivers what it said.
-    pub(super) fn with_security<X>(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        f: impl FnOnce(
-            &mut crate::monitor::security::Security,
-            &mut RoomCx<'_, crate::monitor::security::Security>,
-        ) -> X,
-    ) -> X {
-        let mut out = Vec::new();
-        let x = rooms::enter(
-            &mut self.rooms.security,
-            cx,
-            &mut self.worker,
-            &mut self.jobs,
-            &mut out,
-            f,
-        );
-        self.security_outputs(cx, out);
-        x
-    }
-
     /// Arms the security cycle from the effective config.
     pub(super) fn configure_security(&mut self, cx: &mut Cx<'_, Timer>) {
-        let c = &self.config.effective;
+        let c = &self.rooms.settings.config();
         let every = Duration::from_millis(c.monitoring.security_check_interval_ms);
         let rate = c.consciousness.learning_rate;
-        self.with_security(cx, |room, rcx| room.configure(rcx, every, rate));
+        self.with::<crate::monitor::security::Security, _>(cx, |room, rcx| {
+            room.configure(rcx, every, rate)
+        });
     }
 
     /// The security room's readings go to the deciding room; when it asks, it gets the MCP
@@ -130,7 +68,9 @@ impl Daemon {
                             Some((s["id"].as_str()?.to_string(), i32::try_from(pid).ok()?))
                         })
                         .collect();
-                    self.with_security(cx, |room, rcx| room.scan(rcx, servers));
+                    self.with::<crate::monitor::security::Security, _>(cx, |room, rcx| {
+                        room.scan(rcx, servers)
+                    });
                 }
             }
         }
@@ -155,11 +95,15 @@ impl Daemon {
                 Ok(list)
             }
             R::TestAction { name } => {
-                self.with_actions(cx, |room, rcx| room.test(rcx, &name, reply));
+                self.with::<crate::monitor::actions::Actions, _>(cx, |room, rcx| {
+                    room.test(rcx, &name, reply)
+                });
                 return;
             }
             R::Run { name } => {
-                match self.with_checks(cx, |room, rcx| room.run_now(rcx, &name, reply)) {
+                match self.with::<crate::monitor::checks::room::Checks, _>(cx, |room, rcx| {
+                    room.run_now(rcx, &name, reply)
+                }) {
                     Ok(()) => return,
                     Err(e) => Err(e),
                 }

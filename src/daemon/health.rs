@@ -4,7 +4,6 @@
 
 use super::*;
 use crate::components::health::{self, Facts, Health, HealthResult, WorkerState};
-use crate::room::RoomCx;
 
 impl Daemon {
     pub(super) fn health_component_names(&self) -> Vec<&'static str> {
@@ -57,26 +56,7 @@ impl Daemon {
         waiter: Option<(ReplyTo, Option<String>)>,
     ) {
         let facts = self.health_facts();
-        self.with_health(cx, |room, rcx| room.start_round(rcx, facts, waiter));
-    }
-
-    /// Runs `f` on the health room, then delivers what it said.
-    pub(super) fn with_health<X>(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        f: impl FnOnce(&mut Health, &mut RoomCx<'_, Health>) -> X,
-    ) -> X {
-        let mut out = Vec::new();
-        let x = rooms::enter(
-            &mut self.rooms.health,
-            cx,
-            &mut self.worker,
-            &mut self.jobs,
-            &mut out,
-            f,
-        );
-        self.health_outputs(cx, out);
-        x
+        self.with::<Health, _>(cx, |room, rcx| room.start_round(rcx, facts, waiter));
     }
 
     /// Answers go on the effect bus; repairs are carried out here, unless shutting down.
@@ -96,13 +76,7 @@ impl Daemon {
                     if self.stopping.is_some() {
                         continue;
                     }
-                    if let Some(c) = self.components.get_mut(name) {
-                        c.last_error = Some(why);
-                    }
-                    log::warn!("restarting component {name} after a failed health check");
-                    if let Err(e) = self.restart_component(cx, name) {
-                        log::error!("cannot restart {name}: {e}");
-                    }
+                    self.with::<Components, _>(cx, |room, rcx| room.repair(rcx, name, why));
                 }
             }
         }

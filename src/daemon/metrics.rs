@@ -181,66 +181,8 @@ impl Daemon {
             "Connected WebSocket clients.",
             &[(none, self.server.ws_clients() as f64)],
         );
-        let components: Vec<(String, f64)> = self
-            .components
-            .iter()
-            .map(|(name, c)| (name.to_string(), if c.running { 1.0 } else { 0.0 }))
-            .collect();
-        let labels: Vec<[(&str, &str); 1]> = components
-            .iter()
-            .map(|(n, _)| [("component", n.as_str())])
-            .collect();
-        let samples: Vec<(&[(&str, &str)], f64)> = labels
-            .iter()
-            .zip(&components)
-            .map(|(l, (_, v))| (&l[..], *v))
-            .collect();
-        e.gauge(
-            "vsm_component_up",
-            "1 when a daemon component runs.",
-            &samples,
-        );
-        let servers = self.rooms.mcp.list("all");
-        let rows: Vec<(String, String, f64)> = servers["servers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| {
-                let status = s["status"].as_str().unwrap_or("unknown").to_string();
-                let up = if status == "active" || status == "degraded" {
-                    1.0
-                } else {
-                    0.0
-                };
-                (s["id"].as_str().unwrap_or("").to_string(), status, up)
-            })
-            .collect();
-        let labels: Vec<[(&str, &str); 2]> = rows
-            .iter()
-            .map(|(id, st, _)| [("server", id.as_str()), ("status", st.as_str())])
-            .collect();
-        let samples: Vec<(&[(&str, &str)], f64)> = labels
-            .iter()
-            .zip(&rows)
-            .map(|(l, (_, _, up))| (&l[..], *up))
-            .collect();
-        e.gauge(
-            "vsm_mcp_server_up",
-            "1 when an MCP server serves tool calls (active or degraded), by server and status.",
-            &samples,
-        );
-        let (active, total) = self.rooms.mcp.counts();
-        e.gauge(
-            "vsm_mcp_servers_registered",
-            "MCP servers registered.",
-            &[(none, total as f64)],
-        );
-        e.gauge(
-            "vsm_mcp_servers_active",
-            "MCP servers serving tool calls.",
-            &[(none, active as f64)],
-        );
-        self.rooms.checks.write_prometheus(&mut e);
+        // The rooms' own series (components, MCP servers, checks, ...), from the room list.
+        self.rooms_metrics(&mut e);
         self.telemetry.write_prometheus(&mut e);
         e.finish()
     }
@@ -270,8 +212,9 @@ impl Daemon {
 
     fn status(&self, cx: &Cx<'_, Timer>, detailed: bool) -> snapshot::Status<'_> {
         let components = self
+            .rooms
             .components
-            .iter()
+            .states()
             .map(|(name, c)| {
                 let health = self.rooms.health.result(name);
                 let component = snapshot::Component {
@@ -282,7 +225,7 @@ impl Daemon {
                     since: state::rfc3339_utc(c.since),
                     status: if c.running { "running" } else { "stopped" },
                 };
-                (*name, component)
+                (name, component)
             })
             .collect();
         let (active_count, total_registered) = self.rooms.mcp.counts();
@@ -294,11 +237,8 @@ impl Daemon {
                     .token
                     .as_ref()
                     .map_or("none", |t| t.source.kind()),
-                config_source: match &self.config.file {
-                    Some(p) => p.to_string_lossy(),
-                    None => "embedded defaults".into(),
-                },
-                config_warning: self.config.overrides_problem.as_deref(),
+                config_source: self.rooms.settings.source().into(),
+                config_warning: self.rooms.settings.problem(),
                 http_listen: self.tcp_addr.map(|a| a.to_string()),
                 pid: std::process::id(),
                 pid_file: self.pid_file.to_string_lossy(),

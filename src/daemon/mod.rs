@@ -6,19 +6,22 @@
 //! Layout: `mod.rs` (state, the wiring's own requests, the loop's callbacks), `startup.rs`
 //! (run), `reply.rs` (answers to bytes, the effect bus), `rooms.rs` (the room list: how each
 //! room's timers, jobs, requests, configuration and answers are routed), `persist.rs` (state
-//! documents written on the worker, rooms' `Effect::Persist`), `control.rs` (the components'
-//! lifecycle), and the concerns not yet moved into rooms: `access.rs` (intake and access
-//! checks), `health.rs` (the health room's glue), `metrics.rs` (status and metrics),
-//! `settings.rs`, `streams.rs`.
+//! documents written on the worker, rooms' `Effect::Persist`), and the glue of rooms whose
+//! outputs act on what only the wiring holds: `control.rs` (the components room's plans
+//! carried out on the listener, the worker and the monitor; shutdown), `settings.rs` (a new
+//! configuration applied to the access policy, logging and connection limits), `health.rs`
+//! (round facts, cached answer). Not yet rooms: `access.rs` (intake and access checks),
+//! `metrics.rs` (status and metrics), `streams.rs`.
 //!
-//! Components (each can be stopped, started and restarted in-process):
+//! Components (each can be stopped, started and restarted in-process; the decisions and
+//! states are the components room's, [`crate::components::lifecycle`]):
 //! - `control`: the Unix control socket listener;
 //! - `worker`: the blocking-work thread;
 //! - `monitor`: the periodic health check on `monitoring.health_check_interval_ms`.
 //!
-//! Health checks report per component; one place (the health room,
-//! [`crate::components::health`]) decides what to do about a failure, and the wiring carries
-//! out the repair (restart the control socket or the worker).
+//! Health checks report per component; the health room ([`crate::components::health`])
+//! decides that a failed one needs a repair, the components room plans it, and the wiring
+//! carries it out (restart the control socket or the worker).
 
 mod access;
 mod act;
@@ -42,6 +45,8 @@ pub use startup::{default_socket_path, run, StartError, StartOptions};
 
 use crate::api::{self, Answer, ApiError, DaemonRequest, DiagnosticsRequest, ErrorCode};
 use crate::api::{EventQuery, HealthRequest, LogQuery, ReplyTo, Request};
+use crate::components::lifecycle::Components;
+use crate::components::settings::{Settings, OVERRIDES_FILE};
 use crate::components::{self, diagnostics::Diagnostics};
 use crate::config::{self, Config, ConfigError};
 use crate::events::{Channel, Event, EventData, EventLog};
@@ -63,8 +68,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// Name of the overrides document in the state directory.
-const OVERRIDES_FILE: &str = "overrides.json";
 /// Every document the daemon keeps in the state directory.
 const STATE_DOCUMENTS: &[&str] = &[REGISTRY_FILE, OVERRIDES_FILE];
 /// Stream back-pressure: a follower with more than this unsent is skipped until it drains.
@@ -73,7 +76,7 @@ const STREAM_BACKLOG_LIMIT: usize = 1024 * 1024;
 /// Events kept in the history ring.
 const EVENT_HISTORY: usize = 1000;
 /// Component names, in display order.
-pub const COMPONENTS: [&str; 3] = ["control", "worker", "monitor"];
+pub use crate::components::lifecycle::NAMES as COMPONENTS;
 
 /// Timers of the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,14 +104,6 @@ pub enum WorkResult {
     Saved,
 }
 
-#[derive(Debug, Clone)]
-struct ComponentState {
-    running: bool,
-    since: SystemTime,
-    restarts: u32,
-    last_error: Option<String>,
-}
-
 /// What a stream follows.
 enum Feed {
     Logs(LogQuery),
@@ -121,18 +116,8 @@ struct Follower {
     cursor: u64,
 }
 
-/// Where the daemon's configuration comes from and what overrides it.
-struct ConfigLayers {
-    file: Option<PathBuf>,
-    base: Config,
-    overrides: Value,
-    overrides_problem: Option<String>,
-    effective: Config,
-}
-
 /// The daemon.
 pub struct Daemon {
-    config: ConfigLayers,
     state: StateDir,
     logging: Logging,
     socket_path: PathBuf,
@@ -148,13 +133,8 @@ pub struct Daemon {
     incoming: VecDeque<Incoming>,
     worker: Option<Worker<WorkResult>>,
     waker: Arc<mio::Waker>,
-    components: BTreeMap<&'static str, ComponentState>,
     jobs: Waiting<WorkResult>,
     followers: Vec<Follower>,
-    /// Configuration patches waiting for their `overrides.json` write (see `settings`).
-    overrides_writes: state::WriteQueue<settings::PendingPatch>,
-    /// The overrides write on the worker, while one is in flight.
-    overrides_write: Option<persist::WriteTicket>,
     rooms: rooms::Rooms,
     /// The documents rooms write (`Effect::Persist`).
     documents: persist::Documents,
@@ -173,16 +153,6 @@ pub struct Daemon {
     reaped: u64,
 }
 
-/// Drops `{}` left behind by merge-patch deletions so the stored overrides stay minimal.
-fn prune_empty(value: &mut Value) {
-    if let Value::Object(map) = value {
-        for v in map.values_mut() {
-            prune_empty(v);
-        }
-        map.retain(|_, v| !matches!(v, Value::Object(m) if m.is_empty()) && !v.is_null());
-    }
-}
-
 /// The answer to a change that could not be made durable: nothing was changed.
 fn persist_error(e: &StateError) -> ApiError {
     let code = match e {
@@ -195,32 +165,7 @@ fn persist_error(e: &StateError) -> ApiError {
     ApiError::new(code, format!("not changed: cannot save it: {e}"))
 }
 
-fn config_error(e: &ConfigError) -> ApiError {
-    match e {
-        ConfigError::UnknownKey { key } => {
-            ApiError::field(ErrorCode::ConfigKeyNotFound, key.clone(), e.to_string())
-        }
-        _ => ApiError {
-            code: ErrorCode::ConfigInvalid,
-            message: e.to_string(),
-            field: e.key().map(str::to_string),
-            data: None,
-        },
-    }
-}
-
 impl Daemon {
-    fn config_source(&self) -> String {
-        match &self.config.file {
-            Some(p) => p.display().to_string(),
-            None => "embedded defaults".to_string(),
-        }
-    }
-
-    // ----- components -----
-
-    // ----- requests -----
-
     /// Handles one API request; the answer goes to `reply` now or later.
     pub fn handle(&mut self, cx: &mut Cx<'_, Timer>, request: Request, reply: ReplyTo) {
         if self.stopping.is_some() {
@@ -238,20 +183,6 @@ impl Daemon {
                 self.answer_status(cx, reply, detailed);
                 return;
             }
-            DaemonRequest::ControlStart { service } => self.control_start(cx, service),
-            DaemonRequest::ControlStop {
-                service,
-                shutdown,
-                graceful,
-            } => self.control_stop(cx, service, shutdown, graceful),
-            DaemonRequest::ControlRestart { service } => self.control_restart(cx, service),
-            DaemonRequest::ConfigShow { section } => self.config_show(section.as_deref()),
-            DaemonRequest::ConfigUpdate { patch } => match self.config_update(cx, patch, reply) {
-                Ok(()) => return,
-                Err(e) => Err(e),
-            },
-            DaemonRequest::ConfigReload => self.config_reload(cx),
-            DaemonRequest::ConfigSchema => Ok(config::schema()),
             DaemonRequest::Logs { query, follow } => {
                 if follow {
                     self.follow_logs(cx, reply, query);
@@ -293,12 +224,6 @@ impl Daemon {
         self.answer(cx, reply, answer);
     }
 
-    // ----- configuration -----
-
-    // ----- logs -----
-
-    // ----- health -----
-
     /// A worker job's result (or the failure that stands for it) reaches its owner.
     fn on_job_done(&mut self, cx: &mut Cx<'_, Timer>, result: WorkResult) {
         match result {
@@ -308,8 +233,6 @@ impl Daemon {
         }
     }
 
-    // ----- diagnostics -----
-
     fn serve_diagnostics(
         &mut self,
         cx: &mut Cx<'_, Timer>,
@@ -317,9 +240,9 @@ impl Daemon {
         reply: ReplyTo,
     ) {
         let facts = components::diagnostics::Facts {
-            config_source: self.config_source(),
-            config_problem: self.config.overrides_problem.as_deref(),
-            not_enforced_set: self.config.effective.not_enforced_set(),
+            config_source: self.rooms.settings.source(),
+            config_problem: self.rooms.settings.problem(),
+            not_enforced_set: self.rooms.settings.config().not_enforced_set(),
             state: &self.state,
             documents: STATE_DOCUMENTS,
             socket: &self.socket_path,
@@ -334,8 +257,6 @@ impl Daemon {
             |room, rcx| room.run(rcx, reply, full, &facts),
         );
     }
-
-    // ----- shutdown -----
 }
 
 impl Handler for Daemon {
@@ -354,9 +275,13 @@ impl Handler for Daemon {
                 &mut self.outputs,
             );
         } else if self.rooms.checks.owns(token) {
-            self.with_checks(cx, |room, rcx| room.on_ready(rcx, token));
+            self.with::<crate::monitor::checks::room::Checks, _>(cx, |room, rcx| {
+                room.on_ready(rcx, token)
+            });
         } else if self.rooms.actions.owns(token) {
-            self.with_actions(cx, |room, rcx| room.on_ready(rcx, token));
+            self.with::<crate::monitor::actions::Actions, _>(cx, |room, rcx| {
+                room.on_ready(rcx, token)
+            });
         } else if self.server.owns(token) {
             self.server
                 .on_ready(&mut cx.narrow(Timer::Net).cx(), token, &mut self.incoming);
@@ -420,11 +345,14 @@ impl Handler for Daemon {
                         reaped.pid,
                         reaped.status,
                         &mut self.outputs,
-                    ) && !self.with_checks(cx, |room, rcx| {
-                        room.on_child_exit(rcx, reaped.pid, reaped.status)
-                    }) && !self.with_actions(cx, |room, rcx| {
-                        room.on_child_exit(rcx, reaped.pid, reaped.status)
-                    }) {
+                    ) && !self
+                        .with::<crate::monitor::checks::room::Checks, _>(cx, |room, rcx| {
+                            room.on_child_exit(rcx, reaped.pid, reaped.status)
+                        })
+                        && !self.with::<crate::monitor::actions::Actions, _>(cx, |room, rcx| {
+                            room.on_child_exit(rcx, reaped.pid, reaped.status)
+                        })
+                    {
                         log::debug!("reaped orphan {} (status {})", reaped.pid, reaped.status);
                     }
                 }
@@ -447,7 +375,6 @@ impl Handler for Daemon {
                 self.on_job_done(cx, result);
             }
         }
-        self.poll_overrides_write(cx);
         self.poll_document_writes(cx);
     }
 

@@ -10,12 +10,11 @@ use crate::monitor::alerts::{Action, Transition};
 use crate::monitor::observation::{ActionRun, Observation};
 use crate::monitor::performance::{self, Cycle as PerfCycle, ServerHealth, Thresholds};
 use crate::monitor::room::{self as alerts_room, Alerts, Cycle};
-use crate::room::RoomCx;
 
 impl Daemon {
     /// A reading of a check: to the alerts room, and its transition's actions run.
     pub(super) fn observe(&mut self, cx: &mut Cx<'_, Timer>, obs: Observation) {
-        let t = self.with_alerts(cx, |room, rcx| room.observe(rcx, &obs));
+        let t = self.with::<Alerts, _>(cx, |room, rcx| room.observe(rcx, &obs));
         if let Some(t) = t {
             self.run_actions(cx, &t);
         }
@@ -23,32 +22,13 @@ impl Daemon {
 
     /// Arms the built-in cycles at the configured intervals.
     pub(super) fn schedule_alert_cycles(&mut self, cx: &mut Cx<'_, Timer>) {
-        let m = &self.config.effective.monitoring;
+        let m = &self.rooms.settings.config().monitoring;
         let perf = Duration::from_millis(m.performance_check_interval_ms);
         let health = Duration::from_millis(m.health_check_interval_ms);
-        self.with_alerts(cx, |room, rcx| {
+        self.with::<Alerts, _>(cx, |room, rcx| {
             room.schedule(rcx, Cycle::Performance, perf);
             room.schedule(rcx, Cycle::Health, health);
         });
-    }
-
-    /// Runs `f` on the alerts room, then delivers what it said.
-    pub(super) fn with_alerts<X>(
-        &mut self,
-        cx: &mut Cx<'_, Timer>,
-        f: impl FnOnce(&mut Alerts, &mut RoomCx<'_, Alerts>) -> X,
-    ) -> X {
-        let mut out = Vec::new();
-        let x = rooms::enter(
-            &mut self.rooms.alerts,
-            cx,
-            &mut self.worker,
-            &mut self.jobs,
-            &mut out,
-            f,
-        );
-        self.alerts_outputs(cx, out);
-        x
     }
 
     /// Events go on the effect bus; a due cycle is sampled now.
@@ -77,7 +57,7 @@ impl Daemon {
     }
 
     fn performance_readings(&mut self, cx: &mut Cx<'_, Timer>) -> Vec<Observation> {
-        let t = &self.config.effective.monitoring.alert_thresholds;
+        let t = &self.rooms.settings.config().monitoring.alert_thresholds;
         let thresholds = Thresholds {
             response_time_max_ms: t.response_time_max_ms as f64,
             error_rate_max_percent: t.error_rate_max_percent,
@@ -93,7 +73,7 @@ impl Daemon {
             "performance:response_time:server:",
             "performance:error_rate:server:",
         ] {
-            let gone = self.with_alerts(cx, |room, rcx| {
+            let gone = self.with::<Alerts, _>(cx, |room, rcx| {
                 room.forget(rcx, prefix, |r| {
                     r.strip_prefix(prefix).is_some_and(|id| known.contains(id))
                 })
@@ -109,7 +89,7 @@ impl Daemon {
             routes: self.telemetry.route_totals(),
             servers,
             thresholds,
-            actions: &self.config.effective.monitoring.alert_actions,
+            actions: &self.rooms.settings.config().monitoring.alert_actions,
         };
         // The sampler asks which rules the engine tracks (idle routes report only then).
         let mut sampler = std::mem::take(&mut self.rooms.alerts.sampler);
@@ -126,13 +106,16 @@ impl Daemon {
             .map(|s| format!("health:server:{}", s.id))
             .collect();
         // A server that went away resolves its alert.
-        let gone = self.with_alerts(cx, |room, rcx| {
+        let gone = self.with::<Alerts, _>(cx, |room, rcx| {
             room.forget(rcx, "health:server:", |r| ids.iter().any(|i| i == r))
         });
         for t in gone {
             self.run_actions(cx, &t);
         }
-        performance::health_observations(&servers, &self.config.effective.monitoring.alert_actions)
+        performance::health_observations(
+            &servers,
+            &self.rooms.settings.config().monitoring.alert_actions,
+        )
     }
 
     /// Runs a raise's or resolution's actions, unless the rule is rate-limited.

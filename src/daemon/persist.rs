@@ -155,22 +155,6 @@ impl Documents {
 impl Daemon {
     /// A room's `Effect::Persist`: queued for its file, written on the worker.
     pub(super) fn persist(&mut self, cx: &mut Cx<'_, Timer>, write: crate::room::Persist) {
-        // The overrides have a writer of their own (`settings`) that applies its changes
-        // after the write; a second writer would race it.
-        if write.file == OVERRIDES_FILE {
-            log::error!(
-                "a room asked to write {}, which the wiring owns",
-                write.file
-            );
-            if let Some((to, _)) = write.ack {
-                let e = ApiError::new(
-                    ErrorCode::Internal,
-                    "not changed: that document is not the room's",
-                );
-                self.answer(cx, to, Err(e));
-            }
-            return;
-        }
         let file = write.file;
         match self.documents.queue(write) {
             Ok(Some(document)) => self.write_document(cx, file, &document),

@@ -26,6 +26,10 @@ pub(super) trait Wired: Room {
     fn timer(t: Self::Timer) -> Timer;
     /// The room's job result as the worker's.
     fn job(j: Self::Job) -> WorkResult;
+    /// The room in the list.
+    fn field(rooms: &mut Rooms) -> &mut Self;
+    /// Where its outputs go (its line's delivery method).
+    fn deliver(daemon: &mut Daemon, cx: &mut Cx<'_, Timer>, out: Vec<Self::Output>);
 }
 
 /// One room's request arm: `[serve]` hands it to the room's `Serve::handle` and its outputs to
@@ -77,6 +81,13 @@ macro_rules! rooms {
                 fn job(j: <$ty as Room>::Job) -> WorkResult {
                     WorkResult::Room(RoomJob::$variant(j))
                 }
+                fn field(rooms: &mut Rooms) -> &mut Self {
+                    &mut rooms.$field
+                }
+                fn deliver(daemon: &mut Daemon, cx: &mut Cx<'_, Timer>,
+                           out: Vec<<$ty as Room>::Output>) {
+                    daemon.$deliver(cx, out)
+                }
             }
         )*
 
@@ -101,6 +112,11 @@ macro_rules! rooms {
                     $( $( Request::$variant(r) => serve!(self, cx, r, reply, $field, $deliver
                                                           $(, $serve)?), )? )*
                 }
+            }
+
+            /// Every room's Prometheus series, in room-list order.
+            pub(super) fn rooms_metrics(&self, out: &mut crate::telemetry::Exposition) {
+                $( Room::metrics(&self.rooms.$field, out); )*
             }
 
             /// The configuration changed: every room takes what it can change live.
@@ -142,12 +158,17 @@ macro_rules! rooms {
 }
 
 rooms! {
+    /// The daemon's own components (first: their series lead the rooms' part of the
+    /// Prometheus exposition).
+    Control(components: Components) => components_outputs [serve],
     /// The MCP servers.
     Mcp(mcp: Mcp) => deliver_outputs [serve],
     /// `diagnostics run`.
     Diagnostics(diagnostics: Diagnostics) => deliver_effects [serve serve_diagnostics],
     /// The health rounds.
     Health(health: Health) => health_outputs [serve serve_health],
+    /// The configuration.
+    Config(settings: Settings<listener::TcpAccess>) => settings_outputs [serve],
     /// The declared checks.
     Checks(checks: crate::monitor::checks::room::Checks) => checks_outputs [serve serve_checks],
     /// The webhook and exec actions.
@@ -159,6 +180,26 @@ rooms! {
 }
 
 impl Daemon {
+    /// Runs `f` on room `R` with its [`RoomCx`], then delivers what it said where its line
+    /// in the list sends it: the one way the wiring calls a room's own methods.
+    pub(super) fn with<R: Wired, X>(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        f: impl FnOnce(&mut R, &mut RoomCx<'_, R>) -> X,
+    ) -> X {
+        let mut out = Vec::new();
+        let x = enter(
+            R::field(&mut self.rooms),
+            cx,
+            &mut self.worker,
+            &mut self.jobs,
+            &mut out,
+            f,
+        );
+        R::deliver(self, cx, out);
+        x
+    }
+
     /// Outputs of rooms that only say the common effects go on the effect bus.
     pub(super) fn deliver_effects(&mut self, _cx: &mut Cx<'_, Timer>, out: Vec<Effect>) {
         self.effects.extend(out);

@@ -180,6 +180,7 @@ pub(super) fn conn_policy(config: &Config) -> ConnPolicy {
         max_connections_per_peer: config.http.max_connections_per_peer as usize,
         head_timeout: Duration::from_millis(config.http.head_timeout_ms),
         idle_timeout: Duration::from_millis(config.http.idle_timeout_ms),
+        ws_stall_limit: Duration::from_millis(config.http.ws_stall_timeout_ms),
     }
 }
 
@@ -276,20 +277,6 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         log::warn!("cannot record pid and socket in the state dir's lock file: {e}");
     }
     let now = SystemTime::now();
-    let components = COMPONENTS
-        .iter()
-        .map(|&name| {
-            (
-                name,
-                ComponentState {
-                    running: false,
-                    since: now,
-                    restarts: 0,
-                    last_error: None,
-                },
-            )
-        })
-        .collect();
     let server = Server::new(conn_policy(&effective), conn_tokens);
     let mcp = Mcp::new(
         mcp::Settings {
@@ -319,14 +306,22 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         Duration::from_millis(effective.monitoring.security_check_interval_ms),
         effective.consciousness.learning_rate,
     );
-    let mut daemon = Daemon {
-        config: ConfigLayers {
+    let settings = Settings::new(
+        crate::components::settings::Layers {
             file: options.config.clone(),
             base,
             overrides,
-            overrides_problem,
+            problem: overrides_problem,
             effective,
         },
+        {
+            let state_dir = state.path().to_path_buf();
+            Box::new(move |config: &Config| {
+                settings::access_for(Some(tcp_addr), &state_dir, config)
+            })
+        },
+    );
+    let mut daemon = Daemon {
         state,
         logging,
         socket_path,
@@ -341,15 +336,14 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         incoming: VecDeque::new(),
         worker: None,
         waker,
-        components,
         jobs: Waiting::default(),
         followers: Vec::new(),
-        overrides_writes: state::WriteQueue::new(settings::MAX_WAITING_PATCHES),
-        overrides_write: None,
         rooms: rooms::Rooms {
             mcp,
             diagnostics: Diagnostics,
             health: components::health::Health::default(),
+            settings,
+            components: Components::default(),
             checks: crate::monitor::checks::room::Checks::new(checks_tokens),
             actions: crate::monitor::actions::Actions::new(actions_tokens),
             security: security_room,
@@ -375,16 +369,11 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     daemon
         .start_control(&mut cx)
         .map_err(|e| StartError::Io("control socket".into(), e))?;
-    if daemon.config.effective.daemon.auto_start_services {
-        for name in ["worker", "monitor"] {
-            if let Err(e) = daemon.start_component(&mut cx, name) {
-                log::error!("cannot start {name}: {e}");
-            }
-        }
-    }
+    let auto_start = daemon.rooms.settings.config().daemon.auto_start_services;
+    daemon.with::<Components, _>(&mut cx, |room, rcx| room.boot(rcx, auto_start));
     daemon.rooms.mcp.start_reaper();
-    let autostart = daemon.config.effective.daemon.auto_start_services;
-    let from_config = daemon.config.effective.servers.clone();
+    let autostart = daemon.rooms.settings.config().daemon.auto_start_services;
+    let from_config = daemon.rooms.settings.config().servers.clone();
     for (spec, source) in registered
         .into_iter()
         .map(|s| (s, Source::Api))
@@ -408,11 +397,13 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         }
     }
     daemon.configure_security(&mut cx);
-    let actions = daemon.config.effective.actions.clone();
+    let actions = daemon.rooms.settings.config().actions.clone();
     daemon.rooms.actions.set_specs(actions);
-    let checks = daemon.config.effective.checks.clone();
-    daemon.with_checks(&mut cx, |room, rcx| room.sync(rcx, &checks));
-    for key in daemon.config.effective.not_enforced_set() {
+    let checks = daemon.rooms.settings.config().checks.clone();
+    daemon.with::<crate::monitor::checks::room::Checks, _>(&mut cx, |room, rcx| {
+        room.sync(rcx, &checks)
+    });
+    for key in daemon.rooms.settings.config().not_enforced_set() {
         log::warn!(
             "{key} is set but {}: it has no effect",
             config::NOT_ENFORCED
@@ -425,7 +416,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         "vsm-daemon {} started (pid {}, config {}, state {}, socket {})",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
-        daemon.config_source(),
+        daemon.rooms.settings.source(),
         daemon.state.path().display(),
         daemon.socket_path.display()
     );
@@ -465,32 +456,12 @@ pub(super) fn load_overrides(
             return (json!({}), Some(msg), base.clone());
         }
     };
-    let (effective, problem) = apply_stored_overrides(base, &overrides);
+    let (effective, problem) =
+        crate::components::settings::apply_stored_overrides(base, &overrides);
     if problem.is_none() {
         log::info!("applied stored configuration overrides from {OVERRIDES_FILE}");
     }
     (overrides, problem, effective)
-}
-
-/// `base` with the known part of the stored overrides applied, and the warning to show (and
-/// log) when some keys are unknown (kept in the file, not applied) or the rest conflicts with
-/// `base` (then none is applied; the file stays as it is so nothing is lost).
-pub(super) fn apply_stored_overrides(base: &Config, stored: &Value) -> (Config, Option<String>) {
-    let split = config::StoredOverrides::split(stored);
-    let unknown = split.warning();
-    if let Some(w) = &unknown {
-        log::warn!("{OVERRIDES_FILE}: {w}");
-    }
-    match base.with_overrides(&split.known) {
-        Ok(effective) => (effective, unknown),
-        Err(e) => {
-            let msg =
-                format!("stored overrides not applied (they conflict with the config file): {e}");
-            log::error!("{msg}");
-            let problem = unknown.map_or(msg.clone(), |w| format!("{msg}; {w}"));
-            (base.clone(), Some(problem))
-        }
-    }
 }
 
 /// A locked state dir whose holder recorded itself, is alive and answers on its socket is a

@@ -126,6 +126,52 @@ impl crate::room::Room for Mcp {
         match done {}
     }
 
+    /// `vsm_mcp_server_up{server,status}`, `vsm_mcp_servers_registered`,
+    /// `vsm_mcp_servers_active`.
+    fn metrics(&self, e: &mut crate::telemetry::Exposition) {
+        let none: &[(&str, &str)] = &[];
+        let servers = self.list("all");
+        let rows: Vec<(String, String, f64)> = servers["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                let status = s["status"].as_str().unwrap_or("unknown").to_string();
+                let up = if status == "active" || status == "degraded" {
+                    1.0
+                } else {
+                    0.0
+                };
+                (s["id"].as_str().unwrap_or("").to_string(), status, up)
+            })
+            .collect();
+        let labels: Vec<[(&str, &str); 2]> = rows
+            .iter()
+            .map(|(id, st, _)| [("server", id.as_str()), ("status", st.as_str())])
+            .collect();
+        let samples: Vec<(&[(&str, &str)], f64)> = labels
+            .iter()
+            .zip(&rows)
+            .map(|(l, (_, _, up))| (&l[..], *up))
+            .collect();
+        e.gauge(
+            "vsm_mcp_server_up",
+            "1 when an MCP server serves tool calls (active or degraded), by server and status.",
+            &samples,
+        );
+        let (active, total) = self.counts();
+        e.gauge(
+            "vsm_mcp_servers_registered",
+            "MCP servers registered.",
+            &[(none, total as f64)],
+        );
+        e.gauge(
+            "vsm_mcp_servers_active",
+            "MCP servers serving tool calls.",
+            &[(none, active as f64)],
+        );
+    }
+
     /// The only requests the room asks are its `servers.json` writes.
     fn on_answer(&mut self, cx: &mut crate::room::RoomCx<'_, Self>, tag: u64, answer: Answer) {
         self.registry_written(cx, tag, answer);

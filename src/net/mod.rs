@@ -100,6 +100,8 @@ pub struct ConnPolicy {
     pub head_timeout: Duration,
     /// Keep-alive idle time before closing.
     pub idle_timeout: Duration,
+    /// A WebSocket client that has not drained for this long is closed (see [`ws`]).
+    pub ws_stall_limit: Duration,
 }
 
 /// A connected stream of either listener.
@@ -584,6 +586,7 @@ impl Server {
         response: &[u8],
         log_cursor: u64,
     ) -> Result<(), String> {
+        let stall_limit = self.policy.ws_stall_limit;
         let Some(conn) = self.get(id) else {
             return Err("connection closed".into());
         };
@@ -612,7 +615,9 @@ impl Server {
             conn.transport = Transport::Http(stream);
             return Err(format!("cannot answer the upgrade: {e}"));
         }
-        conn.transport = Transport::Ws(Box::new(ws::WsConn::new(stream, tail, log_cursor)));
+        let mut w = ws::WsConn::new(stream, tail, log_cursor);
+        w.set_stall_limit(stall_limit);
+        conn.transport = Transport::Ws(Box::new(w));
         conn.http.finish_upgrade();
         self.ws_open += 1;
         self.update_timer(cx, id);
@@ -648,7 +653,10 @@ impl Server {
     }
 
     fn give_up_on_stalled(w: &mut ws::WsConn) {
-        log::warn!("closing a WebSocket client that does not read its events (1008)");
+        log::warn!(
+            "closing a WebSocket client that does not read its events (for {} ms; 1008)",
+            w.stall_limit().as_millis()
+        );
         w.close_stalled();
     }
 

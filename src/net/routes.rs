@@ -265,7 +265,7 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::DaemonRequest;
+    use crate::api::{ConfigRequest, ControlRequest, DaemonRequest};
     use crate::ops;
 
     fn req(method: &str, target: &str, body: &str) -> http::Request {
@@ -293,7 +293,7 @@ mod tests {
                 r#"{"shutdown": true}"#
             ))
             .ok(),
-            Some(Request::Daemon(DaemonRequest::ControlStop {
+            Some(Request::Control(ControlRequest::Stop {
                 service: None,
                 shutdown: true,
                 graceful: true
@@ -301,7 +301,7 @@ mod tests {
         );
         assert_eq!(
             route(&req("GET", "/api/v1/config?section=mon%69toring", "")).ok(),
-            Some(Request::Daemon(DaemonRequest::ConfigShow {
+            Some(Request::Config(ConfigRequest::Show {
                 section: Some("monitoring".into())
             }))
         );

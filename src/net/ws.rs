@@ -10,7 +10,8 @@
 //! The stall rule: a client's outgoing data "drains" when everything queued for it has been
 //! handed to the kernel. The stall clock starts the first time the socket refuses bytes
 //! (`WouldBlock`) and stops only when the client has drained; a client that has not drained
-//! for [`STALL_LIMIT`] is closed with 1008 and gets [`CLOSE_GRACE`] to read the close frame.
+//! for its stall limit ([`STALL_LIMIT`] unless `http.ws_stall_timeout_ms` says otherwise) is
+//! closed with 1008 and gets [`CLOSE_GRACE`] to read the close frame.
 //! The connection's deadline ([`WsConn::deadline`]) includes the stall clock, so the rule
 //! holds on a timer, whatever traffic does (a client that stopped reading when the traffic
 //! stopped is still closed on time).
@@ -32,7 +33,8 @@ use tungstenite::{Message, WebSocket};
 pub const MAX_QUEUE_MESSAGES: usize = 1024;
 /// Bytes queued per client.
 pub const MAX_QUEUE_BYTES: usize = 1024 * 1024;
-/// A client whose outgoing data has not drained for this long is closed (1008).
+/// A client whose outgoing data has not drained for this long is closed (1008), unless
+/// [`WsConn::set_stall_limit`] set another limit.
 pub const STALL_LIMIT: Duration = Duration::from_secs(10);
 /// `SO_SNDBUF` of a WebSocket connection (the kernel doubles it for its bookkeeping).
 pub const KERNEL_SEND_BUFFER: usize = 64 * 1024;
@@ -136,6 +138,8 @@ pub struct WsConn<S = Stream> {
     pub dropped_total: u64,
     /// Since when outgoing data has been waiting that the socket would not take.
     blocked_since: Option<Instant>,
+    /// How long it may stay blocked before it is closed.
+    stall_limit: Duration,
     /// Last frame received.
     pub last_seen: Instant,
     ping_sent: Option<Instant>,
@@ -162,6 +166,7 @@ impl<S: Read + Write> WsConn<S> {
             dropped_pending: 0,
             dropped_total: 0,
             blocked_since: None,
+            stall_limit: STALL_LIMIT,
             last_seen: Instant::now(),
             ping_sent: None,
             closing: false,
@@ -220,7 +225,7 @@ impl<S: Read + Write> WsConn<S> {
         self.dropped_total - before
     }
 
-    /// Whether the client's outgoing data has not drained for [`STALL_LIMIT`] (see the
+    /// Whether the client's outgoing data has not drained for its stall limit (see the
     /// module docs); never once it is closing.
     pub fn stalled(&self, now: Instant) -> bool {
         self.stall_due().is_some_and(|due| now >= due)
@@ -231,7 +236,18 @@ impl<S: Read + Write> WsConn<S> {
     pub fn stall_due(&self) -> Option<Instant> {
         self.blocked_since
             .filter(|_| !self.closing)
-            .map(|t| t + STALL_LIMIT)
+            .map(|t| t + self.stall_limit)
+    }
+
+    /// Closes the client once its outgoing data has not drained for `limit` (instead of
+    /// [`STALL_LIMIT`]).
+    pub fn set_stall_limit(&mut self, limit: Duration) {
+        self.stall_limit = limit;
+    }
+
+    /// How long the client may stay blocked before it is closed.
+    pub fn stall_limit(&self) -> Duration {
+        self.stall_limit
     }
 
     /// The connection's next deadline: keep-alive, close grace or the stall limit.

@@ -157,6 +157,10 @@ impl Room for Checks {
     type Output = Output;
     const NAME: &'static str = "checks";
 
+    fn metrics(&self, out: &mut crate::telemetry::Exposition) {
+        self.write_prometheus(out);
+    }
+
     /// A reload adds, changes and removes checks (a removed one reports a last good reading).
     fn apply_config(&mut self, cx: &mut RoomCx<'_, Self>, config: &crate::config::Config) {
         self.sync(cx, &config.checks);

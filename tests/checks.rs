@@ -424,7 +424,7 @@ fn reload_adds_and_removes_checks_and_the_cli_says_what_is_wrong() {
 
 /// A webhook receiver on `port`: answers 200 to every request and hands over each request
 /// (head and body) as text.
-fn receiver(port: u16) -> std::sync::mpsc::Receiver<String> {
+pub(crate) fn receiver(port: u16) -> std::sync::mpsc::Receiver<String> {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
     let (tx, rx) = std::sync::mpsc::channel();

@@ -225,6 +225,7 @@ impl Daemon {
             graceful,
             &mut self.outputs,
         );
+        self.kill_exec_children();
         let _ = self.stop_component(cx, "monitor");
         let _ = self.stop_component(cx, "worker");
         let timeout = if graceful {

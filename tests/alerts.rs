@@ -654,3 +654,62 @@ fn a_declared_check_goes_down_alerts_runs_its_actions_and_resolves() {
         "{raised}"
     );
 }
+
+#[test]
+fn a_slow_ping_is_measured_shown_and_raises_a_health_alert() {
+    let d = Daemon::start_with(Setup {
+        config: Some(
+            "[monitoring]\nhealth_check_interval_ms = 500\n\n[monitoring.alert_thresholds]\nresponse_time_max_ms = 50\n"
+                .into(),
+        ),
+        ..Setup::default()
+    });
+    let script = fixture();
+    let out = d.cli(&[
+        "mcp",
+        "register",
+        "slowping",
+        "--",
+        "python3",
+        &script,
+        "--ping-delay-ms",
+        "150",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // `mcp show` has the round trips: the fixture waits 150 ms before each answer.
+    let shown = wait_until(
+        "two measured pings in mcp show",
+        || d.cli_json(&["mcp", "show", "slowping"]).1,
+        |v| v["ping"]["samples"].as_u64() >= Some(2),
+        |v| format!("{v:#}"),
+    );
+    for q in ["last_ms", "p50_ms", "p95_ms"] {
+        assert!(shown["ping"][q].as_f64() >= Some(150.0), "{q}: {shown:#}");
+    }
+    let (code, health) = d.http("GET", "/api/v1/metrics/health", None);
+    assert_eq!(code, 200, "{health}");
+    let servers = &health["data"]["mcp_servers"]["health"];
+    let ping = &servers[0]["ping"];
+    assert!(ping["p95_ms"].as_f64() >= Some(150.0), "{servers:#}");
+    // Above `response_time_max_ms` (50 ms): a health alert on the ping rule.
+    let raised = wait_event(&d, "health_alert", "health:ping:slowping");
+    assert_eq!(raised["data"]["metric"], "ping_ms", "{raised}");
+    assert_eq!(raised["data"]["threshold"], 50.0, "{raised}");
+    assert!(
+        raised["data"]["current_value"].as_f64() >= Some(150.0),
+        "{raised}"
+    );
+    // A limit the pings stay under resolves it.
+    set(
+        &d,
+        "monitoring.alert_thresholds.response_time_max_ms",
+        "5000",
+    );
+    let resolved = wait_event(&d, "health_alert_resolved", "health:ping:slowping");
+    assert!(
+        resolved["data"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("limit 5000 ms")),
+        "{resolved}"
+    );
+}

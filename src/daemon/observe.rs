@@ -121,18 +121,27 @@ impl Daemon {
 
     fn health_readings(&mut self, cx: &mut Cx<'_, Timer>) -> Vec<Observation> {
         let servers: Vec<ServerHealth> = self.rooms.mcp.health_facts();
-        let ids: Vec<String> = servers
-            .iter()
-            .map(|s| format!("health:server:{}", s.id))
-            .collect();
-        // A server that went away resolves its alert.
-        let gone = self.with_alerts(cx, |room, rcx| {
-            room.forget(rcx, "health:server:", |r| ids.iter().any(|i| i == r))
-        });
-        for t in gone {
-            self.run_actions(cx, &t);
+        // A server that went away resolves its alerts; a server that stopped serving resolves
+        // its ping alert (it is pinged no more).
+        for (prefix, serving) in [("health:server:", false), ("health:ping:", true)] {
+            let ids: Vec<String> = servers
+                .iter()
+                .filter(|s| !serving || s.status == "active")
+                .map(|s| format!("{prefix}{}", s.id))
+                .collect();
+            let gone = self.with_alerts(cx, |room, rcx| {
+                room.forget(rcx, prefix, |r| ids.iter().any(|i| i == r))
+            });
+            for t in gone {
+                self.run_actions(cx, &t);
+            }
         }
-        performance::health_observations(&servers, &self.config.effective.monitoring.alert_actions)
+        let m = &self.config.effective.monitoring;
+        performance::health_observations(
+            &servers,
+            m.alert_thresholds.response_time_max_ms as f64,
+            &m.alert_actions,
+        )
     }
 
     /// Runs a raise's or resolution's actions, unless the rule is rate-limited.

@@ -551,6 +551,8 @@ impl Mcp {
                 id: s.spec.id.clone(),
                 status: s.status.as_str(),
                 missed_pings: s.session.missed_pings,
+                ping_last_ms: s.session.ping.last_ms(),
+                ping: s.session.ping.to_json(),
                 breaker_open: s.life.breaker.is_open(),
             })
             .collect()

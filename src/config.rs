@@ -503,7 +503,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("monitoring.security_check_interval_ms", "milliseconds between security checks (failed authentication and refused Host/Origin per peer, request-rate anomalies, CPU-limit kills, listening MCP servers)", INTERVAL),
     live("monitoring.alert_actions", "actions of the built-in performance and health alerts: log, restart_server:ID, webhook:NAME, exec:NAME", Constraint::StringList { allowed: None, max_items: 16, max_item_bytes: 80 }),
     pending(live("monitoring.alert_thresholds.variety_ratio_min", "alert when the variety ratio falls below this", range(0.0, 1.0))),
-    live("monitoring.alert_thresholds.response_time_max_ms", "alert when the p95 response time of an API route or of an MCP server's tool calls over a performance interval exceeds this many milliseconds", range(1.0, 3_600_000.0)),
+    live("monitoring.alert_thresholds.response_time_max_ms", "alert when the p95 response time of an API route or of an MCP server's tool calls over a performance interval, or an MCP server's health ping round trip, exceeds this many milliseconds", range(1.0, 3_600_000.0)),
     live("monitoring.alert_thresholds.error_rate_max_percent", "alert when the error rate (5xx answers of a route, failed tool calls of a server) over a performance interval exceeds this percentage", range(0.0, 100.0)),
     live("monitoring.alert_thresholds.memory_usage_max_percent", "alert when the host's memory in use exceeds this percentage", Constraint::Range { min: 0.0, max: 100.0, min_exclusive: true }),
     pending(live("mcp_servers.discovery_sources", "where to look for MCP servers", Constraint::StringList { allowed: Some(DISCOVERY_SOURCES), max_items: DISCOVERY_SOURCES.len(), max_item_bytes: 16 })),

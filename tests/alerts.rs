@@ -506,3 +506,210 @@ fn cycle_intervals_reload_live() {
         "{health}"
     );
 }
+
+/// `checks run NAME`: the run's exit code (0 up, 1 down).
+fn run_check(d: &Daemon, name: &str) -> i32 {
+    let (code, v) = d.cli_json(&["checks", "run", name]);
+    assert!(code == 0 || code == 1, "checks run {name}: {code} {v}");
+    code
+}
+
+/// The JSON body of a webhook delivery (head and body as the receiver hands them over).
+fn hook_body(raw: &str) -> Value {
+    let at = raw.find("\r\n\r\n").expect("a head") + 4;
+    serde_json::from_str(&raw[at..]).expect("a JSON body")
+}
+
+#[test]
+fn a_declared_check_goes_down_alerts_runs_its_actions_and_resolves() {
+    // The whole chain through the binary: a `[[checks]]` check with its own severity,
+    // hysteresis and actions → the health alert over WS → the webhook and the exec action with
+    // the alert's fields → the resolution, delivered too. Runs are asked for one by one
+    // (`checks run`), so the counting of cycles is exact: nothing depends on timing.
+    let dir = TempDir::new("alerts-chain");
+    let target = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = target.local_addr().expect("addr").port();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hook_port = free.local_addr().expect("addr").port();
+    drop(free);
+    let got = crate::checks::receiver(hook_port);
+    let env_dir = dir.path().join("env");
+    std::fs::create_dir_all(&env_dir).expect("env dir");
+    let config = format!(
+        "[monitoring]\nsecurity_check_interval_ms = 500\n\n\
+         [[checks]]\nname = \"db\"\nkind = \"tcp\"\ntarget = \"127.0.0.1:{port}\"\n\
+         every_ms = 3600000\ntimeout_ms = 5000\nseverity = \"warning\"\n\
+         failures_before_alert = 3\nsuccesses_before_clear = 2\n\
+         actions = [\"log\", \"webhook:ops\", \"exec:notify\"]\n\n\
+         [actions.ops]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{hook_port}/alert\"\ntimeout_ms = 2000\n\n\
+         [actions.notify]\nkind = \"exec\"\n\
+         argv = [\"/bin/sh\", \"-c\", \"env | grep ^VSM_ > \\\"$0/$VSM_ALERT_TRANSITION\\\"\", \"{}\"]\n\
+         timeout_ms = 5000\n",
+        env_dir.display()
+    );
+    let d = Daemon::start_in(
+        dir,
+        Setup {
+            config: Some(config),
+            ..Setup::default()
+        },
+    )
+    .expect("daemon starts");
+    let mut socket = ws(&d, &["health", "security"]);
+    // The first scheduled run (soon after start) reads up; wait for it so it does not land
+    // between the counted runs below.
+    wait_until(
+        "the first scheduled run",
+        || d.cli_json(&["checks"]).1,
+        |v| v["checks"][0]["runs"].as_u64() >= Some(1) && v["checks"][0]["running"] == false,
+        |v| v.to_string(),
+    );
+    assert_eq!(run_check(&d, "db"), 0);
+    drop(target);
+    // Two bad cycles: below `failures_before_alert = 3`, nothing fires.
+    for _ in 0..2 {
+        assert_eq!(run_check(&d, "db"), 1);
+    }
+    assert!(
+        alerts(&d, "?state=firing").is_empty(),
+        "{:?}",
+        alerts(&d, "")
+    );
+    assert_eq!(run_check(&d, "db"), 1);
+    let fired = ws_until(&mut socket, "health_alert", "check:db");
+    let a = &fired["data"];
+    assert_eq!(a["severity"], "warning", "the check's severity: {a}");
+    assert_eq!(a["count"], 3, "raised on the third bad cycle: {a}");
+    assert_eq!(a["metric"], "tcp_connect", "{a}");
+    assert_eq!(
+        a["actions"],
+        serde_json::json!(["log", "webhook:ops", "exec:notify"])
+    );
+    let id = a["id"].as_str().expect("an id").to_string();
+    let hook = hook_body(&got.recv_timeout(PATIENCE).expect("the raise is delivered"));
+    assert_eq!(hook["transition"], "fired", "{hook}");
+    assert_eq!(hook["alert"]["id"], id.as_str(), "{hook}");
+    assert_eq!(hook["alert"]["rule"], "check:db", "{hook}");
+    assert_eq!(hook["alert"]["severity"], "warning", "{hook}");
+    let seen = wait_until(
+        "the exec action's environment for the raise",
+        || std::fs::read_to_string(env_dir.join("fired")).unwrap_or_default(),
+        |s| s.contains("VSM_ALERT_RULE="),
+        |s| s.clone(),
+    );
+    assert!(seen.contains(&format!("VSM_ALERT_ID={id}\n")), "{seen}");
+    assert!(seen.contains("VSM_ALERT_RULE=check:db\n"), "{seen}");
+    assert!(seen.contains("VSM_ALERT_SEVERITY=warning\n"), "{seen}");
+    assert!(seen.contains("VSM_ACTION=exec:notify\n"), "{seen}");
+
+    // Back up: one good cycle is below `successes_before_clear = 2`.
+    let target = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind again");
+    assert_eq!(run_check(&d, "db"), 0);
+    let firing = alerts(&d, "?state=firing");
+    assert_eq!(
+        firing.len(),
+        1,
+        "still firing after one good cycle: {firing:?}"
+    );
+    assert_eq!(run_check(&d, "db"), 0);
+    let resolved = ws_until(&mut socket, "health_alert_resolved", "check:db");
+    assert_eq!(resolved["data"]["id"], id.as_str());
+    assert_eq!(resolved["data"]["state"], "resolved");
+    let hook = hook_body(
+        &got.recv_timeout(PATIENCE)
+            .expect("the resolution is delivered"),
+    );
+    assert_eq!(hook["transition"], "resolved", "{hook}");
+    assert_eq!(hook["alert"]["id"], id.as_str(), "{hook}");
+    let seen = wait_until(
+        "the exec action's environment for the resolution",
+        || std::fs::read_to_string(env_dir.join("resolved")).unwrap_or_default(),
+        |s| s.contains("VSM_ALERT_STATE="),
+        |s| s.clone(),
+    );
+    assert!(seen.contains("VSM_ALERT_STATE=resolved\n"), "{seen}");
+    drop(target);
+
+    // A security signal: repeated bad tokens from one peer raise a security alert.
+    let addr = d.http.expect("tcp address");
+    for _ in 0..12 {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        write!(
+            s,
+            "GET /api/v1/status HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer not-the-token-0123456789\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut answer = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut answer);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+    let raised = ws_until(
+        &mut socket,
+        "security_alert",
+        "security:auth_failures:127.0.0.1",
+    );
+    assert_eq!(raised["data"]["family"], "security", "{raised}");
+    assert!(
+        raised["data"]["current_value"].as_f64() >= Some(6.0),
+        "{raised}"
+    );
+}
+
+#[test]
+fn a_slow_ping_is_measured_shown_and_raises_a_health_alert() {
+    let d = Daemon::start_with(Setup {
+        config: Some(
+            "[monitoring]\nhealth_check_interval_ms = 500\n\n[monitoring.alert_thresholds]\nresponse_time_max_ms = 50\n"
+                .into(),
+        ),
+        ..Setup::default()
+    });
+    let script = fixture();
+    let out = d.cli(&[
+        "mcp",
+        "register",
+        "slowping",
+        "--",
+        "python3",
+        &script,
+        "--ping-delay-ms",
+        "150",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // `mcp show` has the round trips: the fixture waits 150 ms before each answer.
+    let shown = wait_until(
+        "two measured pings in mcp show",
+        || d.cli_json(&["mcp", "show", "slowping"]).1,
+        |v| v["ping"]["samples"].as_u64() >= Some(2),
+        |v| format!("{v:#}"),
+    );
+    for q in ["last_ms", "p50_ms", "p95_ms"] {
+        assert!(shown["ping"][q].as_f64() >= Some(150.0), "{q}: {shown:#}");
+    }
+    let (code, health) = d.http("GET", "/api/v1/metrics/health", None);
+    assert_eq!(code, 200, "{health}");
+    let servers = &health["data"]["mcp_servers"]["health"];
+    let ping = &servers[0]["ping"];
+    assert!(ping["p95_ms"].as_f64() >= Some(150.0), "{servers:#}");
+    // Above `response_time_max_ms` (50 ms): a health alert on the ping rule.
+    let raised = wait_event(&d, "health_alert", "health:ping:slowping");
+    assert_eq!(raised["data"]["metric"], "ping_ms", "{raised}");
+    assert_eq!(raised["data"]["threshold"], 50.0, "{raised}");
+    assert!(
+        raised["data"]["current_value"].as_f64() >= Some(150.0),
+        "{raised}"
+    );
+    // A limit the pings stay under resolves it.
+    set(
+        &d,
+        "monitoring.alert_thresholds.response_time_max_ms",
+        "5000",
+    );
+    let resolved = wait_event(&d, "health_alert_resolved", "health:ping:slowping");
+    assert!(
+        resolved["data"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("limit 5000 ms")),
+        "{resolved}"
+    );
+}

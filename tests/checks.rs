@@ -424,7 +424,7 @@ fn reload_adds_and_removes_checks_and_the_cli_says_what_is_wrong() {
 
 /// A webhook receiver on `port`: answers 200 to every request and hands over each request
 /// (head and body) as text.
-fn receiver(port: u16) -> std::sync::mpsc::Receiver<String> {
+pub(crate) fn receiver(port: u16) -> std::sync::mpsc::Receiver<String> {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -672,5 +672,80 @@ fn an_exec_check_outlives_the_orphan_sweep_of_a_crashing_mcp_server() {
         d.stderr().matches("MCP server flap exited").count() >= 3,
         "the server flapped during the run: {}",
         d.stderr()
+    );
+}
+
+/// Live (not zombie) processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if !zombie
+            && String::from_utf8_lossy(&cmd)
+                .replace('\0', " ")
+                .contains(needle)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A daemon whose exec check backgrounds a `sleep` with a unique duration and waits for it;
+/// returns the daemon once the `sleep` runs, and the `sleep` command line.
+fn daemon_with_a_backgrounded_sleep(tag: u32) -> (Daemon, String) {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let sleep = format!("sleep 9{tag}{:06}", nanos % 1_000_000);
+    let config = format!(
+        "[[checks]]\nname = \"bg\"\nkind = \"exec\"\nevery_ms = 3600000\ntimeout_ms = 600000\n\
+         argv = [\"/bin/sh\", \"-c\", \"{sleep} & wait\"]\n"
+    );
+    let d = Daemon::start_with(Setup {
+        config: Some(config),
+        ..Setup::default()
+    });
+    // The first scheduled run starts soon after start, and runs until its sleep ends.
+    wait_until(
+        "the check's backgrounded sleep",
+        || processes_with(&sleep),
+        |p| !p.is_empty(),
+        |_| d.stderr(),
+    );
+    (d, sleep)
+}
+
+#[test]
+fn exec_check_grandchildren_do_not_outlive_the_daemon() {
+    // Stopped: the daemon kills the check's process group at shutdown.
+    let (mut d, sleep) = daemon_with_a_backgrounded_sleep(1);
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(), Some(0), "{}", d.stderr());
+    wait_until(
+        "the backgrounded sleep to be gone after a stop",
+        || processes_with(&sleep),
+        Vec::is_empty,
+        |p| format!("still running: {p:?}"),
+    );
+    // Killed: the reaper knows the check's process group as it knows the servers'.
+    let (d, sleep) = daemon_with_a_backgrounded_sleep(2);
+    let _dir = d.kill9();
+    wait_until(
+        "the backgrounded sleep to be gone after a SIGKILL",
+        || processes_with(&sleep),
+        Vec::is_empty,
+        |p| format!("still running: {p:?}"),
     );
 }

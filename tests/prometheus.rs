@@ -66,7 +66,7 @@ fn the_prometheus_files_pass_promtool() {
     let out = promtool(&["check", "config", "prometheus.yml"], tmp.path(), None);
     ok("promtool check config", &out);
     assert!(
-        stdout(&out).contains("SUCCESS: 7 rules found"),
+        stdout(&out).contains("SUCCESS: 8 rules found"),
         "{}",
         stdout(&out)
     );
@@ -146,6 +146,14 @@ fn live_metrics_pass_promtool_and_hold_every_metric_the_rules_use() {
             text.lines()
                 .any(|l| l.starts_with(name) && l.contains("server=\"fx\"")),
             "{name} has no sample for fx:\n{text}"
+        );
+    }
+    // The "alerts firing" rule reads one series per severity, present at zero too.
+    for severity in ["info", "warning", "critical"] {
+        let series = format!("vsm_alerts_firing{{severity=\"{severity}\"}} ");
+        assert!(
+            text.lines().any(|l| l.starts_with(&series)),
+            "no {series}sample:\n{text}"
         );
     }
     let rules = std::fs::read_to_string(dir().join("vsm-daemon.rules.yml")).expect("rules");

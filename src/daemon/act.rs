@@ -6,7 +6,6 @@ use crate::monitor::observation::ActionRun;
 impl Daemon {
     /// An alert asks for a `webhook:NAME` or `exec:NAME` action: the actions room runs it (an
     /// action that is not configured is recorded as failed there, and logged here).
-    #[allow(dead_code)] // called by the alerts room's wiring (mon-alerts)
     pub(super) fn act(&mut self, cx: &mut Cx<'_, Timer>, run: ActionRun) {
         if let Err(e) =
             self.with::<crate::monitor::actions::Actions, _>(cx, |room, rcx| room.run(rcx, &run))

@@ -26,11 +26,25 @@ impl Daemon {
         self.effects.extend(out);
     }
 
-    /// Tells the MCP room's orphan sweep which children belong to the checks and actions.
+    /// Tells the MCP room's orphan sweep (and the reaper) which children belong to the checks
+    /// and actions.
     fn spare_children(&mut self) {
         let mut pids = self.rooms.checks.child_pids();
         pids.extend(self.rooms.actions.child_pids());
-        self.rooms.mcp.spare_pids = pids;
+        self.rooms.mcp.spare(pids);
+    }
+
+    /// At shutdown: every running exec check's and exec action's process group is killed,
+    /// grandchildren included (PDEATHSIG reaches only the leader). A pid here is a child not
+    /// yet reaped, so its group id cannot have been reused.
+    pub(super) fn kill_exec_children(&mut self) {
+        let mut pids = self.rooms.checks.child_pids();
+        pids.extend(self.rooms.actions.child_pids());
+        for pgid in pids {
+            if let Err(e) = crate::sys::kill_group(pgid, libc::SIGKILL) {
+                log::debug!("process group {pgid} of an exec child at shutdown: {e}");
+            }
+        }
     }
 }
 

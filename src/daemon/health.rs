@@ -70,6 +70,9 @@ impl Daemon {
                         &mut cx.narrow(<Mcp as Wired>::timer).cx(),
                         &mut self.outputs,
                     );
+                    // The alerts room's health cycle runs at this same interval: on this
+                    // wake-up, after the pings (a ping missed since the last tick is counted).
+                    self.alert_cycle(cx, crate::monitor::room::Cycle::Health);
                     self.flush_refusal_log();
                 }
                 health::Output::Repair(name, why) => {

@@ -73,7 +73,7 @@ impl Daemon {
             .into_iter()
             .map(|s| {
                 json!({"id": s.id, "status": s.status, "missed_pings": s.missed_pings,
-                            "circuit_breaker_open": s.breaker_open})
+                            "ping": s.ping, "circuit_breaker_open": s.breaker_open})
             })
             .collect();
         let health = json!({

@@ -1,6 +1,7 @@
 //! Where readings meet the alerts room: the rooms that measure hand their [`Observation`]s to
-//! [`Daemon::observe`]; the alerts room's own cycles come due here and are sampled from the
-//! other rooms (telemetry, MCP servers); a raise or resolution runs its actions (`log` and
+//! [`Daemon::observe`]; the alerts room's own cycles come due here (the health cycle on the
+//! health room's tick, see `daemon/health.rs`) and are sampled from the other rooms
+//! (telemetry, MCP servers); a raise or resolution runs its actions (`log` and
 //! `restart_server:ID` here, `webhook:`/`exec:` through [`Daemon::act`]).
 //!
 //! Thin glue: what a reading means and when it is an alert is decided in `monitor/`.
@@ -36,24 +37,30 @@ impl Daemon {
         for output in out {
             match output {
                 alerts_room::Output::Effect(e) => self.effects.push(e),
-                alerts_room::Output::Due(cycle) if self.stopping.is_none() => {
-                    let started = Instant::now();
-                    let cpu = alerts_room::thread_cpu_time();
-                    let readings = match cycle {
-                        Cycle::Performance => self.performance_readings(cx),
-                        Cycle::Health => self.health_readings(cx),
-                    };
-                    for obs in readings {
-                        self.observe(cx, obs);
-                    }
-                    let used = alerts_room::thread_cpu_time().saturating_sub(cpu);
-                    self.rooms
-                        .alerts
-                        .record_cycle(cycle, started.elapsed(), used);
-                }
-                alerts_room::Output::Due(_) => {}
+                alerts_room::Output::Due(cycle) => self.alert_cycle(cx, cycle),
             }
         }
+    }
+
+    /// Samples and observes one built-in cycle now (the performance cycle when its timer
+    /// fires, the health cycle on the health room's tick), unless shutting down.
+    pub(super) fn alert_cycle(&mut self, cx: &mut Cx<'_, Timer>, cycle: Cycle) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let started = Instant::now();
+        let cpu = alerts_room::thread_cpu_time();
+        let readings = match cycle {
+            Cycle::Performance => self.performance_readings(cx),
+            Cycle::Health => self.health_readings(cx),
+        };
+        for obs in readings {
+            self.observe(cx, obs);
+        }
+        let used = alerts_room::thread_cpu_time().saturating_sub(cpu);
+        self.rooms
+            .alerts
+            .record_cycle(cycle, started.elapsed(), used);
     }
 
     fn performance_readings(&mut self, cx: &mut Cx<'_, Timer>) -> Vec<Observation> {
@@ -101,20 +108,26 @@ impl Daemon {
 
     fn health_readings(&mut self, cx: &mut Cx<'_, Timer>) -> Vec<Observation> {
         let servers: Vec<ServerHealth> = self.rooms.mcp.health_facts();
-        let ids: Vec<String> = servers
-            .iter()
-            .map(|s| format!("health:server:{}", s.id))
-            .collect();
-        // A server that went away resolves its alert.
-        let gone = self.with::<Alerts, _>(cx, |room, rcx| {
-            room.forget(rcx, "health:server:", |r| ids.iter().any(|i| i == r))
-        });
-        for t in gone {
-            self.run_actions(cx, &t);
+        // A server that went away resolves its alerts; a server that stopped serving resolves
+        // its ping alert (it is pinged no more).
+        for (prefix, serving) in [("health:server:", false), ("health:ping:", true)] {
+            let ids: Vec<String> = servers
+                .iter()
+                .filter(|s| !serving || s.status == "active")
+                .map(|s| format!("{prefix}{}", s.id))
+                .collect();
+            let gone = self.with::<Alerts, _>(cx, |room, rcx| {
+                room.forget(rcx, prefix, |r| ids.iter().any(|i| i == r))
+            });
+            for t in gone {
+                self.run_actions(cx, &t);
+            }
         }
+        let m = &self.rooms.settings.config().monitoring;
         performance::health_observations(
             &servers,
-            &self.rooms.settings.config().monitoring.alert_actions,
+            m.alert_thresholds.response_time_max_ms as f64,
+            &m.alert_actions,
         )
     }
 

@@ -263,8 +263,8 @@ pub struct Mcp {
     slots: Vec<Option<String>>,
     pids: HashMap<i32, String>,
     /// Children of the daemon that other rooms own (exec checks and actions): the orphan
-    /// sweep leaves them alone. Kept current by the wiring.
-    pub spare_pids: Vec<i32>,
+    /// sweep leaves them alone. Kept current by the wiring through [`Mcp::spare`].
+    spare_pids: Vec<i32>,
     /// Settings, updated on config changes.
     pub settings: Settings,
     jitter: Jitter,
@@ -332,6 +332,21 @@ impl Mcp {
                 "no reaper process ({e}): grandchildren of MCP servers may outlive a killed daemon"
             ),
         }
+    }
+
+    /// Sets the children other rooms own (exec checks and actions, each its own process
+    /// group): the orphan sweep spares them, and the reaper learns their groups, so a daemon
+    /// that is killed takes their grandchildren along as it does the servers'.
+    pub fn spare(&mut self, pids: Vec<i32>) {
+        if let Some(r) = self.reaper.as_mut() {
+            for gone in self.spare_pids.iter().filter(|p| !pids.contains(p)) {
+                r.track(*gone, false);
+            }
+            for new in pids.iter().filter(|p| !self.spare_pids.contains(p)) {
+                r.track(*new, true);
+            }
+        }
+        self.spare_pids = pids;
     }
 
     /// Whether a token is one of ours.
@@ -582,6 +597,8 @@ impl Mcp {
                 id: s.spec.id.clone(),
                 status: s.status.as_str(),
                 missed_pings: s.session.missed_pings,
+                ping_last_ms: s.session.ping.last_ms(),
+                ping: s.session.ping.to_json(),
                 breaker_open: s.life.breaker.is_open(),
             })
             .collect()

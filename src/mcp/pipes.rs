@@ -297,7 +297,7 @@ impl Mcp {
             let Some(server) = self.servers.get_mut(&id) else {
                 continue;
             };
-            let effects = server.session.ping_round(allowed);
+            let effects = server.session.ping_round(allowed, Instant::now());
             self.apply(cx, &id, effects, out);
         }
     }

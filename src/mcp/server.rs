@@ -395,6 +395,7 @@ impl Server {
         });
         v["calls"] = json!({"ok": session.calls.0, "failed": session.calls.1, "timed_out": session.calls.2, "in_flight": session.calls_in_flight()});
         v["missed_pings"] = json!(session.missed_pings);
+        v["ping"] = session.ping.to_json();
         v["landlock"] = json!(self.landlock);
         v["last_pid"] = json!(self.last_pid);
         v

@@ -37,8 +37,8 @@ pub enum Pending<R, T> {
     Initialize,
     /// A page of `tools/list`; tools gathered so far.
     ToolsList(Listing),
-    /// A health ping.
-    Ping,
+    /// A health ping, and when it was sent.
+    Ping(Instant),
     /// A tool call for a client.
     Call {
         /// Where the answer goes.
@@ -120,6 +120,8 @@ pub struct Session<R, T> {
     pub initialized: bool,
     /// Health pings missed in a row.
     pub missed_pings: u32,
+    /// Round trips of the latest answered health pings (all runs).
+    pub ping: PingLatency,
     /// Lines on stdout that were not JSON-RPC (all runs).
     pub protocol_errors: u64,
     /// Tool calls answered, failed, timed out (all runs).
@@ -127,6 +129,53 @@ pub struct Session<R, T> {
 }
 
 type Effects<R, T> = Vec<Effect<R, T>>;
+
+/// Answered health pings kept per server for the latency figures.
+pub const PING_WINDOW: usize = 32;
+
+/// Round trips of the latest [`PING_WINDOW`] answered health pings, in milliseconds: the
+/// last one, and p50/p95 over the window (a copy of at most 32 values is sorted per read).
+#[derive(Debug, Default, Clone)]
+pub struct PingLatency {
+    window: std::collections::VecDeque<f64>,
+}
+
+impl PingLatency {
+    /// One answered ping.
+    pub fn record(&mut self, rtt: Duration) {
+        if self.window.len() == PING_WINDOW {
+            self.window.pop_front();
+        }
+        self.window.push_back(rtt.as_secs_f64() * 1000.0);
+    }
+
+    /// The latest round trip, in ms.
+    pub fn last_ms(&self) -> Option<f64> {
+        self.window.back().copied()
+    }
+
+    /// The `q` quantile (0..=1, nearest rank) over the window, in ms.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let mut v: Vec<f64> = self.window.iter().copied().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let rank = (q.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize;
+        v.get(rank.saturating_sub(1)).copied()
+    }
+
+    /// `{"last_ms", "p50_ms", "p95_ms", "samples"}` (nulls before the first answer).
+    pub fn to_json(&self) -> Value {
+        let round = |v: Option<f64>| v.map(|x| (x * 1000.0).round() / 1000.0);
+        json!({
+            "last_ms": round(self.last_ms()),
+            "p50_ms": round(self.quantile_ms(0.5)),
+            "p95_ms": round(self.quantile_ms(0.95)),
+            "samples": self.window.len(),
+        })
+    }
+}
 
 impl<R: Copy, T: Copy> Session<R, T> {
     /// A session for server `id`, before its first run.
@@ -145,6 +194,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
             recent_protocol_errors: Flood::default(),
             initialized: false,
             missed_pings: 0,
+            ping: PingLatency::default(),
             protocol_errors: 0,
             calls: (0, 0, 0),
         }
@@ -350,8 +400,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 }
                 self.finish_listing(listing.into_tools(), cx, out);
             }
-            Pending::Ping => {
+            Pending::Ping(sent) => {
                 self.missed_pings = 0;
+                self.ping.record(cx.now.saturating_duration_since(sent));
                 out.push(Effect::PingAnswered);
             }
             Pending::Call {
@@ -622,10 +673,10 @@ impl<R: Copy, T: Copy> Session<R, T> {
 
     /// One health round (the server serves): an unanswered ping counts as missed; unless
     /// that makes `allowed` misses (the run ends), a new ping goes out.
-    pub fn ping_round(&mut self, allowed: u32) -> Effects<R, T> {
+    pub fn ping_round(&mut self, allowed: u32, now: Instant) -> Effects<R, T> {
         let mut out = Vec::new();
         let before = self.pending.len();
-        self.pending.retain(|_, p| !matches!(p, Pending::Ping));
+        self.pending.retain(|_, p| !matches!(p, Pending::Ping(_)));
         if self.pending.len() < before {
             self.missed_pings += 1;
             out.push(Effect::PingMissed(self.missed_pings));
@@ -634,7 +685,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
             }
         }
         let rpc = self.take_id();
-        self.pending.insert(rpc, Pending::Ping);
+        self.pending.insert(rpc, Pending::Ping(now));
         out.push(Effect::Send(jsonrpc::request(rpc, "ping", json!({}))));
         out
     }
@@ -1034,26 +1085,43 @@ mod tests {
         assert_eq!(m[1]["id"], 9);
         assert_eq!(m[1]["error"]["code"], -32601);
         // Our pings: answered, missed, and the run ends at the allowed number of misses.
-        let ping = sent(&s.ping_round(3));
+        let ping = sent(&s.ping_round(3, now));
         assert_eq!(ping[0]["method"], "ping");
         let answer = format!(
             "{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":{{}}}}\n",
             ping[0]["id"]
         );
-        let e = feed(&mut s, answer.as_bytes(), Status::Active, now);
+        let later = now + Duration::from_millis(7);
+        let e = feed(&mut s, answer.as_bytes(), Status::Active, later);
         assert!(matches!(e[..], [Effect::PingAnswered]), "{e:?}");
-        s.ping_round(3);
-        let e = s.ping_round(3);
+        assert_eq!(s.ping.last_ms(), Some(7.0), "the round trip is measured");
+        s.ping_round(3, now);
+        let e = s.ping_round(3, now);
         assert!(
             matches!(e[0], Effect::PingMissed(1)) && sent(&e).len() == 1,
             "{e:?}"
         );
-        s.ping_round(3);
-        let e = s.ping_round(3);
+        s.ping_round(3, now);
+        let e = s.ping_round(3, now);
         assert!(
             matches!(e[..], [Effect::PingMissed(3)]),
             "no new ping for an ending run: {e:?}"
         );
+    }
+
+    #[test]
+    fn ping_latency_keeps_a_bounded_window_and_its_quantiles() {
+        let mut p = PingLatency::default();
+        assert_eq!((p.last_ms(), p.quantile_ms(0.5)), (None, None));
+        for ms in 1..=100u64 {
+            p.record(Duration::from_millis(ms));
+        }
+        // Only the latest 32 (69..=100) are kept.
+        assert_eq!(p.last_ms(), Some(100.0));
+        assert_eq!(p.quantile_ms(0.0), Some(69.0));
+        assert_eq!(p.quantile_ms(0.5), Some(84.0));
+        assert_eq!(p.quantile_ms(0.95), Some(99.0));
+        assert_eq!(p.to_json()["samples"], PING_WINDOW);
     }
 
     #[test]

@@ -726,13 +726,42 @@ pub struct ServerHealth {
     pub missed_pings: u32,
     /// Whether its circuit breaker is open.
     pub breaker_open: bool,
+    /// Round trip of its latest answered health ping, in ms.
+    pub ping_last_ms: Option<f64>,
+    /// Its ping figures (`last_ms`, `p50_ms`, `p95_ms`, `samples`), as shown.
+    pub ping: serde_json::Value,
 }
 
 /// The health cycle's rule per server (`health:server:ID`, metric `server_up`): bad while the
 /// server is waiting to restart, degraded (missing pings) or failed; critical once its circuit
 /// breaker is open. A server an operator stopped, or one not started, is not bad.
-pub fn health_observations(servers: &[ServerHealth], actions: &[String]) -> Vec<Observation> {
-    servers
+///
+/// A serving server's latest ping round trip is a second rule (`health:ping:ID`, metric
+/// `ping_ms`, a warning): bad above `ping_max_ms` (the `response_time_max_ms` threshold).
+pub fn health_observations(
+    servers: &[ServerHealth],
+    ping_max_ms: f64,
+    actions: &[String],
+) -> Vec<Observation> {
+    let pings = servers.iter().filter_map(|s| {
+        let ms = s.ping_last_ms.filter(|_| s.status == "active")?;
+        Some(Observation {
+            rule: format!("health:ping:{}", s.id),
+            family: Family::Health,
+            metric: "ping_ms".into(),
+            value: ms,
+            threshold: Some(ping_max_ms),
+            bad: ms > ping_max_ms,
+            severity: Severity::Warning,
+            message: format!(
+                "MCP server {} answered its health ping in {ms:.1} ms (limit {ping_max_ms} ms)",
+                s.id
+            ),
+            actions: actions.to_vec(),
+            hysteresis: Hysteresis::default(),
+        })
+    });
+    let mut out: Vec<Observation> = servers
         .iter()
         .map(|s| {
             let bad = matches!(s.status, "backoff" | "degraded" | "failed") || s.breaker_open;
@@ -760,7 +789,9 @@ pub fn health_observations(servers: &[ServerHealth], actions: &[String]) -> Vec<
                 hysteresis: Hysteresis::default(),
             }
         })
-        .collect()
+        .collect();
+    out.extend(pings);
+    out
 }
 
 /// Appends the alert and host network/disk/filesystem families to a Prometheus exposition.
@@ -1045,6 +1076,8 @@ mod tests {
             status,
             missed_pings: 0,
             breaker_open,
+            ping_last_ms: None,
+            ping: serde_json::Value::Null,
         };
         let table = [
             (s("active", false), false, Severity::Warning),
@@ -1054,9 +1087,30 @@ mod tests {
             (s("failed", true), true, Severity::Critical),
         ];
         for (server, bad, severity) in table {
-            let o = &health_observations(std::slice::from_ref(&server), &[])[0];
+            let o = &health_observations(std::slice::from_ref(&server), 100.0, &[])[0];
             assert_eq!((o.bad, o.severity), (bad, severity), "{server:?}");
             assert_eq!(o.rule, "health:server:x");
         }
+        // The ping rule: only for a serving server with a measurement, bad above the limit.
+        let pinged = |status, ms| ServerHealth {
+            ping_last_ms: Some(ms),
+            ..s(status, false)
+        };
+        let ping = |server: ServerHealth| {
+            health_observations(&[server], 100.0, &[])
+                .into_iter()
+                .find(|o| o.rule == "health:ping:x")
+                .map(|o| (o.bad, o.value, o.threshold))
+        };
+        assert_eq!(
+            ping(pinged("active", 250.0)),
+            Some((true, 250.0, Some(100.0)))
+        );
+        assert_eq!(
+            ping(pinged("active", 40.0)),
+            Some((false, 40.0, Some(100.0)))
+        );
+        assert_eq!(ping(pinged("backoff", 250.0)), None);
+        assert_eq!(ping(s("active", false)), None);
     }
 }

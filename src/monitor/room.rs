@@ -2,14 +2,18 @@
 //! schedule and their sampler, and publishes every raise and resolution on its family's
 //! channel (`performance_alert`, `health_alert`, `security_alert` and their `*_resolved`).
 //!
-//! Each cycle is one timer on the wheel, re-armed when it fires: nothing wakes the loop
-//! between due cycles. When a cycle is due the room says so ([`Output::Due`]); the wiring
+//! The performance cycle is one timer on the wheel, re-armed when it fires; the health cycle
+//! has no timer of its own: it runs on the health room's tick (same interval,
+//! `monitoring.health_check_interval_ms`), right after that tick's MCP pings went out, so one
+//! wake-up serves both. Nothing wakes the loop between due cycles. When the performance cycle
+//! is due the room says so ([`Output::Due`]); the wiring
 //! gathers the samples it needs of other rooms (telemetry, MCP servers) and hands the
 //! readings back through [`Alerts::observe`], which returns the transition so the wiring can
 //! run its actions (`log`, `restart_server:ID` itself; `webhook:`/`exec:` to the actions
 //! room).
 //!
-//! Invariants: at most one timer per cycle is armed; a transition is published exactly once.
+//! Invariants: at most one timer is armed (the performance cycle's); a transition is
+//! published exactly once.
 
 use super::alerts::{Engine, State, Transition};
 use super::observation::Observation;
@@ -25,7 +29,8 @@ use std::time::{Duration, Instant, SystemTime};
 pub enum Cycle {
     /// `monitoring.performance_check_interval_ms`.
     Performance,
-    /// `monitoring.health_check_interval_ms`.
+    /// `monitoring.health_check_interval_ms`: driven by the health room's tick, never armed
+    /// here.
     Health,
 }
 
@@ -51,7 +56,8 @@ pub struct Alerts {
     /// The performance cycle's memory and its last figures.
     pub sampler: Sampler,
     performance: Option<(TimerId, Duration)>,
-    health: Option<(TimerId, Duration)>,
+    /// The health cycle's interval (for the figures; the health room's tick drives it).
+    health: Option<Duration>,
     /// Loop time of each cycle (sampling, deciding, publishing, actions): [performance, health].
     timing: [CycleTime; 2],
 }
@@ -113,10 +119,12 @@ impl Room for Alerts {
     }
 
     fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, cycle: Cycle) {
-        let slot = self.slot(cycle);
-        if let Some((_, every)) = *slot {
+        if cycle != Cycle::Performance {
+            return;
+        }
+        if let Some((_, every)) = self.performance {
             let id = cx.timers().insert(Instant::now() + every, cycle);
-            *slot = Some((id, every));
+            self.performance = Some((id, every));
             cx.emit(Output::Due(cycle));
         }
     }
@@ -125,16 +133,14 @@ impl Room for Alerts {
 }
 
 impl Alerts {
-    fn slot(&mut self, cycle: Cycle) -> &mut Option<(TimerId, Duration)> {
-        match cycle {
-            Cycle::Performance => &mut self.performance,
-            Cycle::Health => &mut self.health,
-        }
-    }
-
-    /// Runs `cycle` every `every` from now on (re-armed only when the interval changed).
+    /// Runs `cycle` every `every` from now on (re-armed only when the interval changed). The
+    /// health cycle only records its interval: the health room's tick runs it.
     pub fn schedule(&mut self, cx: &mut RoomCx<'_, Self>, cycle: Cycle, every: Duration) {
-        let slot = self.slot(cycle);
+        if cycle == Cycle::Health {
+            self.health = Some(every);
+            return;
+        }
+        let slot = &mut self.performance;
         match *slot {
             Some((_, e)) if e == every => {}
             Some((id, _)) => {
@@ -244,7 +250,7 @@ impl Alerts {
             },
             "intervals_ms": {
                 "performance": self.performance.map(|(_, e)| e.as_millis() as u64),
-                "health": self.health.map(|(_, e)| e.as_millis() as u64),
+                "health": self.health.map(|e| e.as_millis() as u64),
             },
         })
     }
@@ -267,14 +273,20 @@ mod tests {
             // Same interval: nothing re-armed; a new one replaces the timer.
             r.schedule(cx, Cycle::Health, Duration::from_millis(100));
             r.schedule(cx, Cycle::Health, Duration::from_millis(200));
+            r.schedule(cx, Cycle::Performance, Duration::from_millis(300));
         });
-        assert_eq!(wiring.wheel.len(), 2);
+        assert_eq!(
+            wiring.wheel.len(),
+            1,
+            "the performance timer (moved once); the health cycle has none"
+        );
+        assert_eq!(room.summary()["intervals_ms"]["health"], 200);
         enter(&mut room, &mut wiring, &mut out, |r, cx| {
             r.on_timer(cx, Cycle::Performance)
         });
         assert_eq!(
             wiring.wheel.len(),
-            3,
+            2,
             "the fired one was re-armed (the test did not expire it)"
         );
         assert!(matches!(out.pop(), Some(Output::Due(Cycle::Performance))));

@@ -24,6 +24,7 @@ mod access;
 mod act;
 mod checks;
 mod control;
+mod gateway;
 mod health;
 mod metrics;
 mod observe;

@@ -319,6 +319,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         Duration::from_millis(effective.monitoring.security_check_interval_ms),
         effective.consciousness.learning_rate,
     );
+    let gateway = crate::gateway::Gateway::new(&effective.gateway);
     let mut daemon = Daemon {
         config: ConfigLayers {
             file: options.config.clone(),
@@ -354,6 +355,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             actions: crate::monitor::actions::Actions::new(actions_tokens),
             security: security_room,
             alerts: crate::monitor::room::Alerts::default(),
+            gateway,
         },
         documents: persist::Documents::default(),
         events: EventLog::new(EVENT_HISTORY),

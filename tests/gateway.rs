@@ -60,16 +60,32 @@ struct SdkClient {
 impl SdkClient {
     fn typescript(url: &str, token: &str) -> SdkClient {
         let modules = peers().join("npm/node_modules");
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        command
             .arg(fixture("gateway_client.cjs"))
             .arg(&modules)
             .arg(url)
-            .arg(token)
+            .arg(token);
+        SdkClient::spawn(command)
+    }
+
+    /// The Python SDK client, from the venv of mcp-server-time (which depends on it).
+    fn python(url: &str, token: &str) -> SdkClient {
+        let mut command = Command::new(peers().join("venv-time/bin/python"));
+        command
+            .arg(fixture("gateway_client.py"))
+            .arg(url)
+            .arg(token);
+        SdkClient::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> SdkClient {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("node (install it for the gateway tests)");
+            .expect("the SDK client's interpreter (node, the venv's python)");
         let stdin = child.stdin.take().expect("stdin");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
@@ -127,6 +143,16 @@ fn text(result: &Value) -> String {
 
 #[test]
 fn typescript_sdk_client_uses_the_tools_of_two_real_servers() {
+    two_real_servers_through(SdkClient::typescript, "2025-11-25");
+}
+
+#[test]
+fn python_sdk_client_uses_the_tools_of_two_real_servers() {
+    two_real_servers_through(SdkClient::python, "2025-11-25");
+}
+
+/// The scenario both SDK clients go through.
+fn two_real_servers_through(client: fn(&str, &str) -> SdkClient, version: &str) {
     let time = peers().join("venv-time/bin/mcp-server-time");
     let time = time.display().to_string();
     let script = fixture("mcp_fixture.py");
@@ -139,10 +165,10 @@ fn typescript_sdk_client_uses_the_tools_of_two_real_servers() {
     wait_status(&d, "fx", "active");
     wait_status(&d, "time", "active");
     let addr = d.http.expect("TCP listener");
-    let mut client = SdkClient::typescript(&format!("http://{addr}/mcp"), &d.token);
+    let mut client = client(&format!("http://{addr}/mcp"), &d.token);
     let hello = client.next("connect");
     assert_eq!(hello["connected"], true, "{hello}");
-    assert_eq!(hello["version"], "2025-11-25", "{hello}");
+    assert_eq!(hello["version"], version, "{hello}");
 
     let listed = client.send(json!({"op": "list"}));
     let all = names(&listed["tools"]);

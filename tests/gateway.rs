@@ -143,16 +143,52 @@ fn text(result: &Value) -> String {
 
 #[test]
 fn typescript_sdk_client_uses_the_tools_of_two_real_servers() {
-    two_real_servers_through(SdkClient::typescript, "2025-11-25");
+    two_real_servers_through(|d| SdkClient::typescript(&url(d), &d.token), "2025-11-25");
 }
 
 #[test]
 fn python_sdk_client_uses_the_tools_of_two_real_servers() {
-    two_real_servers_through(SdkClient::python, "2025-11-25");
+    two_real_servers_through(|d| SdkClient::python(&url(d), &d.token), "2025-11-25");
+}
+
+/// The Python SDK's stdio client spawns `vsm-daemon mcp serve-stdio`, which bridges to `/mcp`
+/// over the control socket: the same scenario, no token, no TCP.
+#[test]
+fn python_sdk_stdio_client_goes_through_serve_stdio() {
+    two_real_servers_through(
+        |d| {
+            let mut command = Command::new(peers().join("venv-time/bin/python"));
+            command
+                .arg(fixture("gateway_client.py"))
+                .arg("stdio")
+                .arg(bin())
+                .args(["mcp", "serve-stdio", "--socket"])
+                .arg(&d.socket);
+            SdkClient::spawn(command)
+        },
+        "2025-11-25",
+    );
+}
+
+#[test]
+fn serve_stdio_without_a_daemon_exits_3() {
+    let dir = TempDir::new("no-daemon");
+    let out = Command::new(bin())
+        .args(["mcp", "serve-stdio", "--socket"])
+        .arg(dir.path().join("none.sock"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not reachable"), "{}", stderr(&out));
+}
+
+fn url(d: &Daemon) -> String {
+    format!("http://{}/mcp", d.http.expect("TCP listener"))
 }
 
 /// The scenario both SDK clients go through.
-fn two_real_servers_through(client: fn(&str, &str) -> SdkClient, version: &str) {
+fn two_real_servers_through(client: fn(&Daemon) -> SdkClient, version: &str) {
     let time = peers().join("venv-time/bin/mcp-server-time");
     let time = time.display().to_string();
     let script = fixture("mcp_fixture.py");
@@ -164,8 +200,7 @@ fn two_real_servers_through(client: fn(&str, &str) -> SdkClient, version: &str) 
     register(&d, "time", &[&time, "--local-timezone", "UTC"]);
     wait_status(&d, "fx", "active");
     wait_status(&d, "time", "active");
-    let addr = d.http.expect("TCP listener");
-    let mut client = client(&format!("http://{addr}/mcp"), &d.token);
+    let mut client = client(&d);
     let hello = client.next("connect");
     assert_eq!(hello["connected"], true, "{hello}");
     assert_eq!(hello["version"], version, "{hello}");

@@ -375,6 +375,18 @@ fn mcp_endpoint_refuses_what_it_must() {
         ["vsm__list_servers", "vsm__status"],
         "{listed}"
     );
+    // The separator is live configuration, and validated.
+    let out = d.cli(&["config", "set", "gateway.tool_separator", "/"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let out = d.cli(&["config", "set", "gateway.tool_separator", "."]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (_, _, body) = tcp(addr, "POST", &[json_ct, accept, auth, sid, right], LIST);
+    let listed: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        names(&listed["result"]["tools"]),
+        ["vsm.list_servers", "vsm.status"],
+        "{listed}"
+    );
     let (status, _, body) = tcp(addr, "POST", &[json_ct, accept, auth, sid, right], "{oops");
     assert_eq!(status, 400, "{body}");
     assert_eq!(

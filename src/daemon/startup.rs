@@ -315,11 +315,11 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             Vec::new()
         }
     };
+    let gateway = crate::gateway::Gateway::new(&effective.gateway);
     let security_room = crate::monitor::security::Security::new(
         Duration::from_millis(effective.monitoring.security_check_interval_ms),
         effective.consciousness.learning_rate,
     );
-    let gateway = crate::gateway::Gateway::new(&effective.gateway);
     let mut daemon = Daemon {
         config: ConfigLayers {
             file: options.config.clone(),

@@ -363,6 +363,9 @@ pub enum Produces {
     Page(&'static str),
     /// A WebSocket upgrade (101).
     WebSocket,
+    /// The MCP Streamable HTTP endpoint: JSON-RPC messages as `application/json` or an SSE
+    /// stream, no envelope (the access layer's refusals keep the envelope).
+    McpStream,
 }
 
 /// Who may call an operation.

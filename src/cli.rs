@@ -156,6 +156,8 @@ pub enum Command {
         /// active, inactive or all.
         status: String,
     },
+    /// Bridge stdio to the daemon's `/mcp` (for clients that spawn stdio servers).
+    McpServeStdio,
     /// Call a tool.
     McpCall {
         /// Server id.
@@ -358,13 +360,14 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         ["mcp", "register", rest @ ..] => ("mcp register", MCP_REGISTER_OPTIONS, rest),
         ["mcp", "list", rest @ ..] => ("mcp list", &["status"], rest),
         ["mcp", "call", rest @ ..] => ("mcp call", &["timeout-ms"], rest),
+        ["mcp", "serve-stdio", rest @ ..] => ("mcp serve-stdio", &[], rest),
         ["mcp", sub @ ("show" | "tools" | "start" | "stop" | "restart" | "reset" | "unregister"), rest @ ..] => {
             (mcp_command_name(sub), &[], rest)
         }
         ["mcp", ..] if raw.help => return Ok(Invocation::Help(help(Some("mcp")))),
         ["mcp", ..] => {
             return Err(UsageError(
-                "use: mcp register|list|show|tools|call|start|stop|restart|reset|unregister".into(),
+                "use: mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio".into(),
             ))
         }
         ["alerts", "ack", rest @ ..] => ("alerts ack", &[], rest),
@@ -581,6 +584,10 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
             }
             Command::McpList { status }
         }
+        "mcp serve-stdio" => {
+            no_args(args)?;
+            Command::McpServeStdio
+        }
         "mcp call" => {
             let (id, tool, arguments) = match args {
                 [id, tool] => (id, tool, json!({})),
@@ -738,6 +745,10 @@ pub fn help(command: Option<&str>) -> String {
         "mcp call" => "vsm-daemon mcp call ID TOOL ['{JSON arguments}'] [--timeout-ms N]\n\n\
             Prints the tool's text content (--json: the whole result). Exit 1 when the tool reports an\n\
             error (isError), the call times out or the server is not active.",
+        "mcp serve-stdio" => "vsm-daemon mcp serve-stdio\n\n\
+            An MCP server on stdin/stdout for clients that spawn stdio servers: every message goes to\n\
+            the running daemon's /mcp over the control socket, so the client gets every supervised\n\
+            server's tools (SERVER__TOOL). Exit 3 when the daemon is not running.",
         "mcp show" | "mcp tools" | "mcp start" | "mcp stop" | "mcp restart" | "mcp reset" | "mcp unregister" => {
             "vsm-daemon mcp show|tools|start|stop|restart|reset|unregister ID"
         }
@@ -756,7 +767,7 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20checks [run NAME]     declared checks, or run one now\n\
             \x20\x20alerts [--all]        firing (or all kept) alerts; alerts ack ID\n\
             \x20\x20metrics [--type T]    metrics (performance, health)\n\
-            \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister\n\n\
+            \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio\n\n\
             `vsm-daemon COMMAND --help` tells more; --version prints the version.",
     };
     format!("{body}\n\n{GLOBAL_HELP}")
@@ -811,6 +822,19 @@ pub fn run(global: &Global, command: Command) -> Exit {
         };
         return match daemon::run(options) {
             Ok(()) => Exit::Ok,
+            Err(e) => {
+                errln!("error: {e}");
+                Exit::Refused
+            }
+        };
+    }
+    if let Command::McpServeStdio = command {
+        return match crate::gateway::stdio::serve(&socket_path(global)) {
+            Ok(()) => Exit::Ok,
+            Err(e @ crate::gateway::stdio::BridgeError::Unreachable(..)) => {
+                errln!("error: {e}");
+                Exit::Unreachable
+            }
             Err(e) => {
                 errln!("error: {e}");
                 Exit::Refused
@@ -958,7 +982,8 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             let body = json!({"shutdown": true, "graceful": graceful});
             (op.method, op.path.into(), Some(body))
         }
-        Command::Start { .. } => plain(&ops::STATUS),
+        // Neither is one request: `start` runs the daemon, `serve-stdio` bridges to /mcp.
+        Command::Start { .. } | Command::McpServeStdio => plain(&ops::STATUS),
         Command::Checks => plain(&ops::CHECKS_LIST),
         Command::ChecksRun { name } => {
             let op = &ops::CHECKS_RUN;
@@ -1437,7 +1462,7 @@ fn human(command: &Command, data: &Value) -> String {
                 s["ok"], s["warn"], s["fail"]
             );
         }
-        Command::Start { .. } | Command::Stop { .. } => {}
+        Command::Start { .. } | Command::Stop { .. } | Command::McpServeStdio => {}
         Command::Checks => {
             let _ = writeln!(
                 out,

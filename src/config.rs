@@ -129,6 +129,8 @@ pub struct Config {
     pub security: SecurityConfig,
     /// `[consciousness]`: reflection and learning.
     pub consciousness: ConsciousnessConfig,
+    /// `[gateway]`: the `/mcp` endpoint that offers every server's tools.
+    pub gateway: GatewayConfig,
     /// `[[servers]]`: MCP servers declared in the file (not settable by overrides).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<crate::spec::ServerSpec>,
@@ -345,6 +347,27 @@ section! {
     }
 }
 
+section! {
+    /// `[gateway]` section.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct GatewayConfig {
+        /// Between a server's id and its tool's name in `/mcp` tool names.
+        pub tool_separator: String = "__".into(),
+        /// Open `/mcp` sessions at once.
+        pub max_sessions: u32 = 64,
+        /// An idle `/mcp` session ends after this many milliseconds.
+        pub session_idle_ms: u64 = 1_800_000,
+        /// The daemon's own tools offered on `/mcp`.
+        pub daemon_tools: Vec<String> = strings(GATEWAY_DAEMON_TOOLS),
+    }
+}
+
+/// Separators allowed between server id and tool name: tool names may only hold
+/// `A-Z a-z 0-9 _ - .` (MCP 2025-11-25), so the separator is made of those.
+pub const GATEWAY_SEPARATORS: &[&str] = &["__", "--", "..", "_", "-", "."];
+/// The daemon's own tools on `/mcp` (named `vsm<separator><tool>`).
+pub const GATEWAY_DAEMON_TOOLS: &[&str] = &["status", "list_servers"];
+
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -542,6 +565,10 @@ pub const KEYS: &[KeyInfo] = &[
     live("consciousness.learning_rate", "weight of new observations when updating learned values (e.g. each peer's request-rate baseline)", range(0.0, 1.0)),
     pending(live("consciousness.memory_limit", "insights and observations kept in memory", range(10.0, 100_000.0))),
     pending(live("consciousness.auto_insight_generation", "generate insights automatically", Constraint::Bool)),
+    live("gateway.tool_separator", "between the server id and the tool name in the tool names /mcp offers (SERVER__TOOL)", Constraint::OneOf(GATEWAY_SEPARATORS)),
+    live("gateway.max_sessions", "open /mcp sessions at once; an initialize beyond it is refused until one ends or expires", range(1.0, 10_000.0)),
+    live("gateway.session_idle_ms", "a /mcp session without requests (and without an open GET stream) for this many milliseconds ends", range(1000.0, 86_400_000.0)),
+    live("gateway.daemon_tools", "the daemon's own tools offered on /mcp as vsm__TOOL", Constraint::StringList { allowed: Some(GATEWAY_DAEMON_TOOLS), max_items: GATEWAY_DAEMON_TOOLS.len(), max_item_bytes: 32 }),
 ];
 
 /// The table entry of a dotted key.

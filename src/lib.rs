@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod diagnostics;
 pub mod events;
+pub mod gateway;
 pub mod logs;
 pub mod mcp;
 pub mod monitor;

@@ -256,6 +256,24 @@ fn responses(o: &Op) -> Value {
                 "content": {media: {"schema": {"type": "string"}}},
             }),
         ),
+        Produces::McpStream => (
+            "200",
+            json!({
+                "description": "MCP Streamable HTTP (protocol 2025-11-25; 2025-06-18 and \
+                    2025-03-26 accepted): POST carries one JSON-RPC message and is answered with \
+                    a JSON-RPC message (202 with no body for notifications and responses); GET \
+                    opens the session's Server-Sent Events stream of notifications; DELETE ends \
+                    the session. Transport refusals (no or unknown `Mcp-Session-Id`, a wrong \
+                    `MCP-Protocol-Version`, too many sessions) are JSON-RPC errors with 400, 404 \
+                    or 503; token, Origin and media-type refusals keep the envelope.",
+                "headers": {"Mcp-Session-Id": {"schema": {"type": "string"},
+                    "description": "Set by the answer to initialize; sent by the client on every later request"}},
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "text/event-stream": {"schema": {"type": "string"}},
+                },
+            }),
+        ),
         Produces::WebSocket => (
             "101",
             json!({
@@ -575,12 +593,20 @@ mod tests {
     }
 
     #[test]
-    fn every_routed_operation_is_documented_and_only_the_upgrade_is_not_routed() {
+    fn every_routed_operation_is_documented_and_only_the_upgrade_and_mcp_are_not_routed() {
         let described: BTreeSet<(&str, &str)> = operations().into_iter().collect();
         let routed: BTreeSet<(&str, &str)> = crate::net::routes::routes().into_iter().collect();
         assert!(routed.len() > 20);
         let unrouted: Vec<_> = described.difference(&routed).collect();
-        assert_eq!(unrouted, [&("GET", "/ws/monitor")]);
+        assert_eq!(
+            unrouted,
+            [
+                &("DELETE", "/mcp"),
+                &("GET", "/mcp"),
+                &("GET", "/ws/monitor"),
+                &("POST", "/mcp")
+            ]
+        );
         assert!(routed.is_subset(&described));
     }
 

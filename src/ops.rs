@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 /// Every group of rows, in routing order (the hot `GET /api/v1/health` near the front).
 pub const GROUPS: &[&[Op]] = &[
-    DAEMON, CONFIG, LOGS, EVENTS, METRICS, ALERTS, MCP, CHECKS, AUTH, META, PAGE,
+    DAEMON, CONFIG, LOGS, EVENTS, METRICS, ALERTS, MCP, CHECKS, AUTH, META, PAGE, GATEWAY,
 ];
 
 /// Every operation, in routing order.
@@ -934,6 +934,42 @@ pub const WS_MONITOR: Op = Op {
 
 /// This document and the monitor stream.
 pub const META: &[Op] = &[OPENAPI, WS_MONITOR];
+
+// ----- the MCP gateway ---------------------------------------------------------------------
+
+/// A `/mcp` row: documented here, never routed (the gateway room takes `/mcp` after the
+/// access checks, since its answers are JSON-RPC, not the envelope).
+const fn mcp_endpoint(method: &'static str, id: &'static str, summary: &'static str) -> Op {
+    Op {
+        method,
+        path: "/mcp",
+        ws: None,
+        id,
+        tag: "gateway",
+        summary,
+        params: &[],
+        body: None,
+        errors: &[],
+        produces: Produces::McpStream,
+        access: Access::Token,
+        parse: None,
+    }
+}
+
+/// `/mcp`: the daemon as one MCP server (Streamable HTTP) with every active server's tools.
+pub const GATEWAY: &[Op] = &[
+    mcp_endpoint(
+        "POST",
+        "mcpPost",
+        "MCP Streamable HTTP: one JSON-RPC message (initialize, ping, tools/list, tools/call, notifications)",
+    ),
+    mcp_endpoint(
+        "GET",
+        "mcpStream",
+        "MCP Streamable HTTP: the session's Server-Sent Events stream (notifications/tools/list_changed)",
+    ),
+    mcp_endpoint("DELETE", "mcpEndSession", "MCP Streamable HTTP: end the session"),
+];
 
 // ----- the status page ---------------------------------------------------------------------
 

@@ -481,6 +481,10 @@ impl Daemon {
                 return;
             }
         }
+        if request.path == "/mcp" {
+            self.gateway_http(cx, &request, reply);
+            return;
+        }
         if request.path == "/ws/monitor" {
             self.upgrade_ws(cx, conn, seq, &request, reply);
             return;

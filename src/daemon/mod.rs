@@ -27,6 +27,7 @@ mod access;
 mod act;
 mod checks;
 mod control;
+mod gateway;
 mod health;
 mod metrics;
 mod observe;

@@ -53,10 +53,20 @@ impl Daemon {
     /// clients subscribed to its channel (SSE followers read it from the history).
     fn publish(&mut self, cx: &mut Cx<'_, Timer>, channel: Channel, data: EventData) {
         self.telemetry.event(data.kind());
+        let servers_changed = matches!(
+            data,
+            EventData::McpServerRegistered { .. }
+                | EventData::McpServerUnregistered { .. }
+                | EventData::McpServerStatusChange { .. }
+                | EventData::McpServerToolsChanged { .. }
+        );
         let event = self.events.publish(channel, data);
         let text: tungstenite::protocol::frame::Utf8Bytes = event.wire().to_string().into();
         self.server
             .ws_broadcast(&mut cx.narrow(Timer::Net).cx(), channel.name(), &text);
+        if servers_changed {
+            self.gateway_servers_changed(cx);
+        }
     }
 
     pub(super) fn answer(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, answer: Answer) {

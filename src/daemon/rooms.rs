@@ -177,6 +177,8 @@ rooms! {
     Security(security: crate::monitor::security::Security) => security_outputs,
     /// Alerts and the built-in performance and health cycles.
     Alerts(alerts: Alerts) => alerts_outputs [serve serve_alerts],
+    /// The `/mcp` endpoint.
+    Gateway(gateway: crate::gateway::Gateway) => gateway_outputs,
 }
 
 impl Daemon {

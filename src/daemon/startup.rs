@@ -302,6 +302,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             Vec::new()
         }
     };
+    let gateway = crate::gateway::Gateway::new(&effective.gateway);
     let security_room = crate::monitor::security::Security::new(
         Duration::from_millis(effective.monitoring.security_check_interval_ms),
         effective.consciousness.learning_rate,
@@ -348,6 +349,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             actions: crate::monitor::actions::Actions::new(actions_tokens),
             security: security_room,
             alerts: crate::monitor::room::Alerts::default(),
+            gateway,
         },
         documents: persist::Documents::default(),
         events: EventLog::new(EVENT_HISTORY),

@@ -589,6 +589,22 @@ impl Mcp {
         json!({"servers": servers})
     }
 
+    /// Every server's id, status and (when it serves calls now) tools: what the gateway
+    /// offers and how it explains a tool that is gone.
+    pub fn gateway_view(&self) -> Vec<(String, &'static str, Vec<Value>)> {
+        self.servers
+            .iter()
+            .map(|(id, s)| {
+                let tools = if s.status.serves() {
+                    s.session.tools.clone()
+                } else {
+                    Vec::new()
+                };
+                (id.clone(), s.status.as_str(), tools)
+            })
+            .collect()
+    }
+
     /// What the alerts room's health cycle reads of each server.
     pub fn health_facts(&self) -> Vec<crate::monitor::performance::ServerHealth> {
         self.servers

@@ -114,11 +114,13 @@ pub fn reason(status: u16) -> &'static str {
         100 => "Continue",
         101 => "Switching Protocols",
         200 => "OK",
+        202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
         408 => "Request Timeout",
         409 => "Conflict",
         411 => "Length Required",
@@ -382,7 +384,11 @@ impl Conn {
         let head = Response {
             status: 200,
             content_type: "text/event-stream",
-            headers: vec![("Cache-Control", "no-cache".to_string())],
+            // Proxies that buffer (nginx) would hold events back without the second header.
+            headers: vec![
+                ("Cache-Control", "no-cache".to_string()),
+                ("X-Accel-Buffering", "no".to_string()),
+            ],
             body: Vec::new(),
         };
         if self.take_head_only(seq) {

@@ -201,8 +201,14 @@ pub fn is_json_media_type(content_type: Option<&str>) -> bool {
 /// `text/plain`, form bodies and body-less requests cross-site without a CORS preflight;
 /// it cannot send `application/json` without one.
 pub fn media_type_ok(request: &http::Request, tcp: bool) -> bool {
+    // The MCP transport's DELETE (end a session) has no body and its clients send no
+    // Content-Type; a cross-site DELETE needs a CORS preflight anyway, and Origin and the
+    // token are checked as for every route.
+    let bodiless_mcp_delete = request.method == "DELETE" && request.path == "/mcp";
     let must = !request.body.is_empty()
-        || (tcp && matches!(request.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE"));
+        || (tcp
+            && !bodiless_mcp_delete
+            && matches!(request.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE"));
     !must || is_json_media_type(request.header("content-type"))
 }
 

@@ -1,0 +1,141 @@
+//! Glue of the gateway room (`/mcp`): requests for `/mcp` go to it after the access checks,
+//! its transport steps (answers, the SSE stream, pushes) go to the network floor, and the
+//! MCP room's active servers and tools reach it whenever a server event may have changed
+//! them.
+
+use super::*;
+use crate::gateway::Output as GatewayOutput;
+
+impl Daemon {
+    /// A request for `/mcp`, already through the access checks.
+    pub(super) fn gateway_http(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        request: &http::Request,
+        reply: ReplyTo,
+    ) {
+        let reply = match reply {
+            ReplyTo::Http {
+                conn,
+                seq,
+                started,
+                request_id,
+                method,
+                ..
+            } => ReplyTo::Http {
+                conn,
+                seq,
+                started,
+                request_id,
+                route: "/mcp",
+                method,
+            },
+            other => other,
+        };
+        let server = &self.server;
+        self.rooms.gateway.prune_streams(|c| server.is_open(c));
+        let mut out = Vec::new();
+        rooms::enter(
+            &mut self.rooms.gateway,
+            cx,
+            &mut self.worker,
+            &mut self.jobs,
+            &mut out,
+            |room, rcx| room.on_http(rcx, request, reply, Instant::now()),
+        );
+        self.gateway_outputs(cx, out);
+    }
+
+    /// The MCP servers changed (status, registration, tools): the gateway gets the active
+    /// servers' tools and tells its clients if its catalog changed.
+    pub(super) fn gateway_servers_changed(&mut self, cx: &mut Cx<'_, Timer>) {
+        let servers = self.rooms.mcp.gateway_view();
+        let server = &self.server;
+        self.rooms.gateway.prune_streams(|c| server.is_open(c));
+        let mut out = Vec::new();
+        rooms::enter(
+            &mut self.rooms.gateway,
+            cx,
+            &mut self.worker,
+            &mut self.jobs,
+            &mut out,
+            |room, rcx| room.servers_changed(rcx, servers),
+        );
+        self.gateway_outputs(cx, out);
+    }
+
+    /// Carries out the gateway's outputs.
+    pub(super) fn gateway_outputs(&mut self, cx: &mut Cx<'_, Timer>, out: Vec<GatewayOutput>) {
+        for output in out {
+            match output {
+                GatewayOutput::Effect(e) => self.effects.push(e),
+                GatewayOutput::Http { reply, response } => {
+                    let ReplyTo::Http {
+                        conn,
+                        seq,
+                        started,
+                        route,
+                        method,
+                        ..
+                    } = reply
+                    else {
+                        continue;
+                    };
+                    self.telemetry.http_request(
+                        route,
+                        method,
+                        response.status,
+                        started.elapsed().as_secs_f64(),
+                    );
+                    self.server.respond(
+                        &mut cx.narrow(Timer::Net).cx(),
+                        conn,
+                        seq,
+                        &response,
+                        false,
+                        &mut self.incoming,
+                    );
+                }
+                GatewayOutput::Stream { reply } => {
+                    if let ReplyTo::Http {
+                        conn,
+                        seq,
+                        started,
+                        route,
+                        method,
+                        ..
+                    } = reply
+                    {
+                        self.telemetry.http_request(
+                            route,
+                            method,
+                            200,
+                            started.elapsed().as_secs_f64(),
+                        );
+                        self.server.start_stream(
+                            &mut cx.narrow(Timer::Net).cx(),
+                            conn,
+                            seq,
+                            &mut self.incoming,
+                        );
+                    }
+                }
+                GatewayOutput::Push { conn, bytes } => {
+                    // A client that stopped reading loses notifications, not our memory.
+                    if self.server.backlog(conn).unwrap_or(0) > STREAM_BACKLOG_LIMIT {
+                        continue;
+                    }
+                    self.server.push_stream(
+                        &mut cx.narrow(Timer::Net).cx(),
+                        conn,
+                        &bytes,
+                        &mut self.incoming,
+                    );
+                }
+                GatewayOutput::Close { conn } => {
+                    self.server.close(&mut cx.narrow(Timer::Net).cx(), conn);
+                }
+            }
+        }
+    }
+}

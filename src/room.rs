@@ -33,13 +33,15 @@
 //!    its rows in `ops.rs`, and `[serve]` on its `rooms!` line (MCP's, the settings' and the
 //!    components' requests go that way; `[serve METHOD]` names a `Daemon` method instead,
 //!    for rooms whose requests still need the wiring's facts);
-//! 5. only if its outputs ask for more than the common effects (a plan to carry out on the
+//! 5. if it shows something in `GET /api/v1/status`: [`Report`] and `[status KEY]` on its
+//!    line;
+//! 6. only if its outputs ask for more than the common effects (a plan to carry out on the
 //!    loop's sources, readings for another room): the delivery method its line names, in a
 //!    small glue file in `daemon/`.
 //!
 //! Timer keys, job results, live configuration, answers to its own requests, request
-//! routing, Prometheus series and the wiring's way into the room (`Daemon::with::<R>`) are
-//! generated from the list: no arm is added anywhere else.
+//! routing, Prometheus series, status parts and the wiring's way into the room
+//! (`Daemon::with::<R>`) are generated from the list: no arm is added anywhere else.
 
 use crate::api::{Answer, ReplyTo, Request};
 use crate::config::Config;
@@ -121,6 +123,20 @@ pub trait Room {
             Self::NAME
         );
     }
+}
+
+/// A room with a part of its own in `GET /api/v1/status` (its line in the `rooms!` list
+/// says `[status KEY]`, the key its part goes under). The wiring composes the answer from the
+/// rooms' parts and its own, in key order, serialized straight into the answer's bytes: the
+/// part is a typed value borrowed from the room's state (no `serde_json::Value` tree), so a
+/// status request stays cheap.
+pub trait Report: Room {
+    /// The room's part, borrowed from its state.
+    type Status<'a>: serde::Serialize
+    where
+        Self: 'a;
+    /// The room's part now; `facts` are what other rooms know that it shows.
+    fn status<'a>(&'a self, facts: &crate::snapshot::Facts<'a>) -> Self::Status<'a>;
 }
 
 /// A room that answers requests: its own slice of [`crate::api::Request`].

@@ -190,7 +190,7 @@ impl Daemon {
 
 /// `GET /api/v1/status`.
 impl Daemon {
-    /// `GET /api/v1/status` from the typed snapshot ([`crate::snapshot::Status`]): over HTTP
+    /// `GET /api/v1/status` composed from the rooms' typed parts ([`rooms::Status`]): over HTTP
     /// it is serialized once, straight into the answer.
     pub(super) fn answer_status(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, detailed: bool) {
         let snapshot = self.status(cx, detailed);
@@ -210,54 +210,30 @@ impl Daemon {
         }
     }
 
-    fn status(&self, cx: &Cx<'_, Timer>, detailed: bool) -> snapshot::Status<'_> {
-        let components = self
-            .rooms
-            .components
-            .states()
-            .map(|(name, c)| {
-                let health = self.rooms.health.result(name);
-                let component = snapshot::Component {
-                    health_message: health.map(|h| h.message.as_str()),
-                    healthy: health.map(|h| h.healthy),
-                    last_error: c.last_error.as_deref(),
-                    restarts: c.restarts,
-                    since: state::rfc3339_utc(c.since),
-                    status: if c.running { "running" } else { "stopped" },
-                };
-                (name, component)
-            })
-            .collect();
-        let (active_count, total_registered) = self.rooms.mcp.counts();
-        snapshot::Status {
-            components,
-            daemon: snapshot::Daemon {
-                auth: self
-                    .access
-                    .token
-                    .as_ref()
-                    .map_or("none", |t| t.source.kind()),
-                config_source: self.rooms.settings.source().into(),
-                config_warning: self.rooms.settings.problem(),
-                http_listen: self.tcp_addr.map(|a| a.to_string()),
-                pid: std::process::id(),
-                pid_file: self.pid_file.to_string_lossy(),
-                socket: self.socket_path.to_string_lossy(),
-                started_at: state::rfc3339_utc(self.started_at),
-                state_dir: self.state.path().to_string_lossy(),
-                status: if self.stopping.is_some() {
-                    "stopping"
-                } else {
-                    "running"
-                },
-                uptime_seconds: self.started.elapsed().as_secs(),
-                version: env!("CARGO_PKG_VERSION"),
+    fn status(&self, cx: &Cx<'_, Timer>, detailed: bool) -> rooms::Status<'_> {
+        let daemon = snapshot::Daemon {
+            auth: self
+                .access
+                .token
+                .as_ref()
+                .map_or("none", |t| t.source.kind()),
+            config_source: self.rooms.settings.source().into(),
+            config_warning: self.rooms.settings.problem(),
+            http_listen: self.tcp_addr.map(|a| a.to_string()),
+            pid: std::process::id(),
+            pid_file: self.pid_file.to_string_lossy(),
+            socket: self.socket_path.to_string_lossy(),
+            started_at: state::rfc3339_utc(self.started_at),
+            state_dir: self.state.path().to_string_lossy(),
+            status: if self.stopping.is_some() {
+                "stopping"
+            } else {
+                "running"
             },
-            loop_stats: detailed.then(|| self.loop_stats(cx.stats, cx.timers.len())),
-            mcp_servers: snapshot::McpCounts {
-                active_count,
-                total_registered,
-            },
-        }
+            uptime_seconds: self.started.elapsed().as_secs(),
+            version: env!("CARGO_PKG_VERSION"),
+        };
+        let loop_stats = detailed.then(|| self.loop_stats(cx.stats, cx.timers.len()));
+        self.rooms_status(daemon, loop_stats)
     }
 }

@@ -109,6 +109,19 @@ impl From<crate::room::Effect> for Output {
     }
 }
 
+/// `mcp_servers` in `GET /api/v1/status`: how many are registered and how many serve.
+impl crate::room::Report for Mcp {
+    type Status<'a> = crate::snapshot::McpCounts;
+
+    fn status<'a>(&'a self, _facts: &crate::snapshot::Facts<'a>) -> Self::Status<'a> {
+        let (active_count, total_registered) = self.counts();
+        crate::snapshot::McpCounts {
+            active_count,
+            total_registered,
+        }
+    }
+}
+
 /// MCP as a room: its timers are its own keys, it has no worker jobs (children are spawned
 /// from the loop), and its outputs are [`Output`]s.
 impl crate::room::Room for Mcp {

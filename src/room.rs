@@ -23,8 +23,8 @@
 //! and the effect bus.
 //!
 //! **Adding a room** takes:
-//! 1. a module implementing [`Room`] (timers, jobs, outputs; `apply_config`, `on_answer`
-//!    and `metrics` when it needs them), publishing typed events ([`RoomCx::event`] with an
+//! 1. a module implementing [`Room`] (timers, jobs, outputs; `apply_config`, `on_answer`,
+//!    `metrics` and `view` when it needs them), publishing typed events ([`RoomCx::event`] with an
 //!    [`EventData`] variant of its own in `events.rs`);
 //! 2. one line in the `rooms!` list (`daemon/rooms.rs`): its variant, field, type and where
 //!    its outputs go (`deliver_effects` when its output is [`Effect`]);
@@ -40,7 +40,7 @@
 //!    small glue file in `daemon/`.
 //!
 //! Timer keys, job results, live configuration, answers to its own requests, request
-//! routing, Prometheus series, status parts and the wiring's way into the room
+//! routing, Prometheus series, JSON metrics views, status parts and the wiring's way into the room
 //! (`Daemon::with::<R>`) are generated from the list: no arm is added anywhere else.
 
 use crate::api::{Answer, ReplyTo, Request};
@@ -115,6 +115,11 @@ pub trait Room {
     /// own series and before the request telemetry.
     fn metrics(&self, _out: &mut crate::telemetry::Exposition) {}
 
+    /// Adds the room's entries to a JSON metrics view (`GET /api/v1/metrics/performance`,
+    /// `/health`, and both inside `/api/v1/metrics`; none by default). The wiring adds its
+    /// own and every room's, generated from the list; keys are the room's and unique.
+    fn view(&self, _view: View, _out: &mut serde_json::Map<String, Value>) {}
+
     /// The answer to a request this room asked with [`RoomCx::ask`]. A room that never asks
     /// never gets one, so the default only reports it.
     fn on_answer(&mut self, _cx: &mut RoomCx<'_, Self>, tag: u64, _answer: Answer) {
@@ -123,6 +128,15 @@ pub trait Room {
             Self::NAME
         );
     }
+}
+
+/// A JSON metrics view a room may add entries to ([`Room::view`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// `GET /api/v1/metrics/performance`.
+    Performance,
+    /// `GET /api/v1/metrics/health`.
+    Health,
 }
 
 /// A room with a part of its own in `GET /api/v1/status` (its line in the `rooms!` list

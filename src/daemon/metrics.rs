@@ -47,47 +47,37 @@ impl Daemon {
         })
     }
 
-    /// `GET /api/v1/metrics[/performance|/health]`.
+    /// `GET /api/v1/metrics[/performance|/health]`: the wiring's entries (the process, the
+    /// host, request telemetry, the loop, connections) and the rooms' ([`Room::view`]).
     pub(super) fn metrics(&self, cx: &Cx<'_, Timer>, view: &str) -> Value {
-        let process = monitor::performance::own_process();
-        let host = monitor::performance::host();
-        let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
-        let servers = self.rooms.mcp.list("all");
-        for s in servers["servers"].as_array().into_iter().flatten() {
-            *by_status
-                .entry(s["status"].as_str().unwrap_or("unknown").to_string())
-                .or_default() += 1;
-        }
-        let performance = json!({
-            "process": process.to_json(),
-            "host": host.to_json(),
-            "requests": self.telemetry.performance_json(),
-            "event_loop": {"wakeups": cx.stats.wakeups, "events": cx.stats.events, "timers_armed": cx.timers.len()},
-            "last_cycle": self.rooms.alerts.sampler.last,
-            "alerts": self.rooms.alerts.summary(),
-        });
-        let server_health: Vec<Value> = self
-            .rooms
-            .mcp
-            .health_facts()
-            .into_iter()
-            .map(|s| {
-                json!({"id": s.id, "status": s.status, "missed_pings": s.missed_pings,
-                            "circuit_breaker_open": s.breaker_open})
-            })
-            .collect();
-        let health = json!({
-            "components": self.rooms.health.answer(None).unwrap_or_else(|e| e.data.unwrap_or(Value::Null)),
-            "mcp_servers": {"by_status": by_status, "servers": servers["servers"], "health": server_health},
-            "alerts": self.rooms.alerts.summary(),
-        });
+        let performance = || {
+            let mut out = Map::new();
+            out.insert(
+                "process".into(),
+                monitor::performance::own_process().to_json(),
+            );
+            out.insert("host".into(), monitor::performance::host().to_json());
+            out.insert("requests".into(), self.telemetry.performance_json());
+            out.insert(
+                "event_loop".into(),
+                json!({"wakeups": cx.stats.wakeups, "events": cx.stats.events,
+                       "timers_armed": cx.timers.len()}),
+            );
+            self.rooms_view(crate::room::View::Performance, &mut out);
+            Value::Object(out)
+        };
+        let health = || {
+            let mut out = Map::new();
+            self.rooms_view(crate::room::View::Health, &mut out);
+            Value::Object(out)
+        };
         match view {
-            "performance" => performance,
-            "health" => health,
+            "performance" => performance(),
+            "health" => health(),
             _ => json!({
                 "uptime_seconds": self.started.elapsed().as_secs(),
-                "performance": performance,
-                "health": health,
+                "performance": performance(),
+                "health": health(),
                 "connections": {"open": self.server.open_connections(), "websocket_clients": self.server.ws_clients()},
                 "events": {"last_seq": self.events.last_seq()},
             }),

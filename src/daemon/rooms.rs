@@ -165,6 +165,11 @@ macro_rules! rooms {
                 }
             }
 
+            /// Every room's entries in JSON metrics view `view`, added to the wiring's.
+            pub(super) fn rooms_view(&self, view: crate::room::View, out: &mut Map<String, Value>) {
+                $( Room::view(&self.rooms.$field, view, out); )*
+            }
+
             /// Every room's Prometheus series, in room-list order.
             pub(super) fn rooms_metrics(&self, out: &mut crate::telemetry::Exposition) {
                 $( Room::metrics(&self.rooms.$field, out); )*

@@ -130,6 +130,34 @@ impl crate::room::Room for Mcp {
     type Output = Output;
     const NAME: &'static str = "mcp";
 
+    /// `mcp_servers` in the health view: the servers, their count by status and their
+    /// health facts.
+    fn view(&self, view: crate::room::View, out: &mut serde_json::Map<String, Value>) {
+        if view != crate::room::View::Health {
+            return;
+        }
+        let mut listed = self.list("all");
+        let servers = listed["servers"].take();
+        let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
+        for s in servers.as_array().into_iter().flatten() {
+            *by_status
+                .entry(s["status"].as_str().unwrap_or("unknown").to_string())
+                .or_default() += 1;
+        }
+        let health: Vec<Value> = self
+            .health_facts()
+            .into_iter()
+            .map(|s| {
+                json!({"id": s.id, "status": s.status, "missed_pings": s.missed_pings,
+                       "circuit_breaker_open": s.breaker_open})
+            })
+            .collect();
+        out.insert(
+            "mcp_servers".into(),
+            json!({"by_status": by_status, "servers": servers, "health": health}),
+        );
+    }
+
     fn on_timer(&mut self, cx: &mut crate::room::RoomCx<'_, Self>, timer: Timer) {
         let (mut lcx, out) = cx.split();
         Mcp::on_timer(self, &mut lcx, timer, out);

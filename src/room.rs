@@ -23,8 +23,8 @@
 //! and the effect bus.
 //!
 //! **Adding a room** takes:
-//! 1. a module implementing [`Room`] (timers, jobs, outputs; `apply_config`, `on_answer`
-//!    and `metrics` when it needs them), publishing typed events ([`RoomCx::event`] with an
+//! 1. a module implementing [`Room`] (timers, jobs, outputs; `apply_config`, `on_answer`,
+//!    `metrics` and `view` when it needs them), publishing typed events ([`RoomCx::event`] with an
 //!    [`EventData`] variant of its own in `events.rs`);
 //! 2. one line in the `rooms!` list (`daemon/rooms.rs`): its variant, field, type and where
 //!    its outputs go (`deliver_effects` when its output is [`Effect`]);
@@ -33,13 +33,15 @@
 //!    its rows in `ops.rs`, and `[serve]` on its `rooms!` line (MCP's, the settings' and the
 //!    components' requests go that way; `[serve METHOD]` names a `Daemon` method instead,
 //!    for rooms whose requests still need the wiring's facts);
-//! 5. only if its outputs ask for more than the common effects (a plan to carry out on the
+//! 5. if it shows something in `GET /api/v1/status`: [`Report`] and `[status KEY]` on its
+//!    line;
+//! 6. only if its outputs ask for more than the common effects (a plan to carry out on the
 //!    loop's sources, readings for another room): the delivery method its line names, in a
 //!    small glue file in `daemon/`.
 //!
 //! Timer keys, job results, live configuration, answers to its own requests, request
-//! routing, Prometheus series and the wiring's way into the room (`Daemon::with::<R>`) are
-//! generated from the list: no arm is added anywhere else.
+//! routing, Prometheus series, JSON metrics views, status parts and the wiring's way into the room
+//! (`Daemon::with::<R>`) are generated from the list: no arm is added anywhere else.
 
 use crate::api::{Answer, ReplyTo, Request};
 use crate::config::Config;
@@ -113,6 +115,11 @@ pub trait Room {
     /// own series and before the request telemetry.
     fn metrics(&self, _out: &mut crate::telemetry::Exposition) {}
 
+    /// Adds the room's entries to a JSON metrics view (`GET /api/v1/metrics/performance`,
+    /// `/health`, and both inside `/api/v1/metrics`; none by default). The wiring adds its
+    /// own and every room's, generated from the list; keys are the room's and unique.
+    fn view(&self, _view: View, _out: &mut serde_json::Map<String, Value>) {}
+
     /// The answer to a request this room asked with [`RoomCx::ask`]. A room that never asks
     /// never gets one, so the default only reports it.
     fn on_answer(&mut self, _cx: &mut RoomCx<'_, Self>, tag: u64, _answer: Answer) {
@@ -121,6 +128,29 @@ pub trait Room {
             Self::NAME
         );
     }
+}
+
+/// A JSON metrics view a room may add entries to ([`Room::view`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// `GET /api/v1/metrics/performance`.
+    Performance,
+    /// `GET /api/v1/metrics/health`.
+    Health,
+}
+
+/// A room with a part of its own in `GET /api/v1/status` (its line in the `rooms!` list
+/// says `[status KEY]`, the key its part goes under). The wiring composes the answer from the
+/// rooms' parts and its own, in key order, serialized straight into the answer's bytes: the
+/// part is a typed value borrowed from the room's state (no `serde_json::Value` tree), so a
+/// status request stays cheap.
+pub trait Report: Room {
+    /// The room's part, borrowed from its state.
+    type Status<'a>: serde::Serialize
+    where
+        Self: 'a;
+    /// The room's part now; `facts` are what other rooms know that it shows.
+    fn status<'a>(&'a self, facts: &crate::snapshot::Facts<'a>) -> Self::Status<'a>;
 }
 
 /// A room that answers requests: its own slice of [`crate::api::Request`].

@@ -1,32 +1,24 @@
 //! Typed snapshots of the daemon's state for the answers asked for most (`GET
-//! /api/v1/status`): serialized straight into the answer's bytes, without building a
-//! `serde_json::Value` tree first (that tree, its maps and its drop were most of the cost of a
-//! status request).
+//! /api/v1/status`): the parts the rooms and the wiring contribute, serialized straight into
+//! the answer's bytes, without building a `serde_json::Value` tree first (that tree, its maps
+//! and its drop were most of the cost of a status request). The whole is composed in
+//! `daemon/rooms.rs` from the room list.
 //!
 //! Invariant: the JSON is byte for byte what the `Value` builder produced, keys in the sorted
 //! order of `serde_json`'s map; fields are therefore declared in alphabetical order (a unit
-//! test holds the two forms together).
+//! test in `daemon/rooms.rs` holds the two forms together).
 
 use serde::Serialize;
-use serde_json::Value;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
-/// `GET /api/v1/status`.
-#[derive(Debug, Serialize)]
-pub struct Status<'a> {
-    /// Each daemon component, by name.
-    pub components: BTreeMap<&'a str, Component<'a>>,
-    /// The daemon itself.
-    pub daemon: Daemon<'a>,
-    /// Loop statistics (`?detailed=true` only).
-    #[serde(rename = "loop", skip_serializing_if = "Option::is_none")]
-    pub loop_stats: Option<Value>,
-    /// MCP server counts.
-    pub mcp_servers: McpCounts,
+/// What other rooms know that a room shows in its status part ([`crate::room::Report`]):
+/// handed over by the wiring, borrowed for the time of one answer.
+pub struct Facts<'a> {
+    /// The health room: the last round's verdict on each component.
+    pub health: &'a crate::components::health::Health,
 }
 
-/// The daemon part of [`Status`].
+/// The wiring's `daemon` part of `GET /api/v1/status`.
 #[derive(Debug, Serialize)]
 pub struct Daemon<'a> {
     /// How TCP callers authenticate (`none`, or the token's source).
@@ -55,7 +47,7 @@ pub struct Daemon<'a> {
     pub version: &'a str,
 }
 
-/// One component of [`Status`].
+/// One component in the components room's status part.
 #[derive(Debug, Serialize)]
 pub struct Component<'a> {
     /// The last health round's message for it.
@@ -72,115 +64,11 @@ pub struct Component<'a> {
     pub status: &'a str,
 }
 
-/// The MCP part of [`Status`] (from [`crate::mcp::Mcp::counts`]).
+/// The MCP room's status part (from [`crate::mcp::Mcp::counts`]).
 #[derive(Debug, Serialize)]
 pub struct McpCounts {
     /// Servers that serve (active or degraded).
     pub active_count: usize,
     /// Servers registered.
     pub total_registered: usize,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    /// The builder this replaced, on the same facts: the bytes must not change.
-    #[test]
-    fn the_typed_status_is_byte_for_byte_the_value_builders() {
-        for (detailed, warning, listen) in [
-            (false, None, None),
-            (
-                true,
-                Some("overrides.json: bad \"x\""),
-                Some("127.0.0.1:8080"),
-            ),
-        ] {
-            let mut components = BTreeMap::new();
-            let mut old_components = serde_json::Map::new();
-            for (name, running, error, health) in [
-                ("worker", true, None, Some((true, "alive"))),
-                (
-                    "http",
-                    false,
-                    Some("bind: in use\n"),
-                    Some((false, "stopped ✗")),
-                ),
-                ("control", true, None, None),
-            ] {
-                components.insert(
-                    name,
-                    Component {
-                        health_message: health.map(|h| h.1),
-                        healthy: health.map(|h| h.0),
-                        last_error: error,
-                        restarts: 3,
-                        since: "2026-12-02T03:00:00Z".into(),
-                        status: if running { "running" } else { "stopped" },
-                    },
-                );
-                old_components.insert(
-                    name.to_string(),
-                    json!({
-                        "status": if running { "running" } else { "stopped" },
-                        "since": "2026-12-02T03:00:00Z",
-                        "restarts": 3,
-                        "last_error": error,
-                        "healthy": health.map(|h| h.0),
-                        "health_message": health.map(|h| h.1.to_string()),
-                    }),
-                );
-            }
-            let loop_stats = detailed.then(|| json!({"wakeups": 5, "rss_bytes": null}));
-            let typed = Status {
-                components,
-                daemon: Daemon {
-                    auth: "file",
-                    config_source: "embedded defaults".into(),
-                    config_warning: warning,
-                    http_listen: listen.map(String::from),
-                    pid: 42,
-                    pid_file: "/run/x.pid".into(),
-                    socket: "/run/s".into(),
-                    started_at: "2026-12-02T03:00:00Z".into(),
-                    state_dir: "/var/lib/vsm".into(),
-                    status: "running",
-                    uptime_seconds: 7,
-                    version: "0.1.0",
-                },
-                loop_stats: loop_stats.clone(),
-                mcp_servers: McpCounts {
-                    active_count: 1,
-                    total_registered: 2,
-                },
-            };
-            let mut old = json!({
-                "daemon": {
-                    "status": "running",
-                    "version": "0.1.0",
-                    "pid": 42,
-                    "started_at": "2026-12-02T03:00:00Z",
-                    "uptime_seconds": 7,
-                    "config_source": "embedded defaults",
-                    "config_warning": warning.map(String::from),
-                    "state_dir": "/var/lib/vsm",
-                    "socket": "/run/s",
-                    "pid_file": "/run/x.pid",
-                    "http_listen": listen,
-                    "auth": "file",
-                },
-                "components": old_components,
-                "mcp_servers": {"active_count": 1, "total_registered": 2},
-            });
-            if let Some(l) = loop_stats {
-                old["loop"] = l;
-            }
-            assert_eq!(
-                String::from_utf8(serde_json::to_vec(&typed).expect("typed")).expect("utf-8"),
-                old.to_string()
-            );
-            assert_eq!(serde_json::to_value(&typed).expect("value"), old);
-        }
-    }
 }

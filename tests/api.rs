@@ -835,6 +835,61 @@ fn every_endpoint_answers_its_happy_path_over_tcp() {
     );
 }
 
+/// The JSON metrics views are composed from the wiring's entries and the rooms' (alerts,
+/// health, MCP): every part is there, under its key, in every view that shows it.
+#[test]
+fn metrics_views_carry_every_rooms_part() {
+    let d = start(QUICK_STOP);
+    let keys = |v: &Value| -> Vec<String> {
+        v.as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let performance = [
+        "alerts",
+        "event_loop",
+        "host",
+        "last_cycle",
+        "process",
+        "requests",
+    ];
+    let health = ["alerts", "components", "mcp_servers"];
+    let check = |what: &str, perf: &Value, heal: &Value| {
+        assert_eq!(keys(perf), performance, "{what} performance: {perf}");
+        assert_eq!(keys(heal), health, "{what} health: {heal}");
+        assert!(perf["process"]["rss_bytes"].is_u64(), "{what}: {perf}");
+        assert!(perf["event_loop"]["wakeups"].is_u64(), "{what}: {perf}");
+        assert!(perf["alerts"].is_object(), "{what}: {perf}");
+        assert_eq!(perf["alerts"], heal["alerts"], "{what}");
+        assert!(heal["components"]["status"].is_string(), "{what}: {heal}");
+        assert_eq!(
+            heal["mcp_servers"],
+            json!({"by_status": {}, "servers": [], "health": []}),
+            "{what}"
+        );
+    };
+    let r = api(&d, "GET", "/api/v1/metrics", None);
+    assert_eq!(r.status, 200, "{r}");
+    let all = &r.json["data"];
+    assert_eq!(
+        keys(all),
+        [
+            "connections",
+            "events",
+            "health",
+            "performance",
+            "uptime_seconds"
+        ],
+        "{r}"
+    );
+    check("/api/v1/metrics", &all["performance"], &all["health"]);
+    let perf = api(&d, "GET", "/api/v1/metrics/performance", None);
+    let heal = api(&d, "GET", "/api/v1/metrics/health", None);
+    assert_eq!(perf.status, 200, "{perf}");
+    assert_eq!(heal.status, 200, "{heal}");
+    check("views", &perf.json["data"], &heal.json["data"]);
+}
+
 // ----- 2. errors -------------------------------------------------------------------------------
 
 #[test]

@@ -298,6 +298,17 @@ impl Room for Health {
     type Output = Output;
     const NAME: &'static str = "health";
 
+    /// `components` in the health view: the last round's verdicts (the error's data when
+    /// the round found a failure, as `GET /api/v1/health` carries them).
+    fn view(&self, view: crate::room::View, out: &mut Map<String, serde_json::Value>) {
+        if view == crate::room::View::Health {
+            let components = self
+                .answer(None)
+                .unwrap_or_else(|e| e.data.unwrap_or(serde_json::Value::Null));
+            out.insert("components".into(), components);
+        }
+    }
+
     fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, Tick: Tick) {
         let Some(every) = self.monitoring() else {
             return; // stopped: its timer was cancelled, this is a stale one

@@ -18,7 +18,8 @@
 //! with it; `restarts` counts successful restarts.
 
 use crate::api::{Answer, ApiError, ConfigRequest, ControlRequest, ErrorCode, ReplyTo, Request};
-use crate::room::{Effect, Room, RoomCx, Serve};
+use crate::room::{Effect, Report, Room, RoomCx, Serve};
+use crate::snapshot::{self, Facts};
 use crate::telemetry::Exposition;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -384,6 +385,29 @@ impl Room for Components {
             })),
             Err(e) => cx.reply(reply, Err(e)),
         }
+    }
+}
+
+/// `components` in `GET /api/v1/status`: each component's state, with the last health
+/// round's verdict on it (from the health room's results, handed over in the facts).
+impl Report for Components {
+    type Status<'a> = BTreeMap<&'a str, snapshot::Component<'a>>;
+
+    fn status<'a>(&'a self, facts: &Facts<'a>) -> Self::Status<'a> {
+        self.states()
+            .map(|(name, c)| {
+                let health = facts.health.result(name);
+                let component = snapshot::Component {
+                    health_message: health.map(|h| h.message.as_str()),
+                    healthy: health.map(|h| h.healthy),
+                    last_error: c.last_error.as_deref(),
+                    restarts: c.restarts,
+                    since: crate::state::rfc3339_utc(c.since),
+                    status: if c.running { "running" } else { "stopped" },
+                };
+                (name, component)
+            })
+            .collect()
     }
 }
 

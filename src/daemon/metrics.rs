@@ -47,47 +47,37 @@ impl Daemon {
         })
     }
 
-    /// `GET /api/v1/metrics[/performance|/health]`.
+    /// `GET /api/v1/metrics[/performance|/health]`: the wiring's entries (the process, the
+    /// host, request telemetry, the loop, connections) and the rooms' ([`Room::view`]).
     pub(super) fn metrics(&self, cx: &Cx<'_, Timer>, view: &str) -> Value {
-        let process = monitor::performance::own_process();
-        let host = monitor::performance::host();
-        let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
-        let servers = self.rooms.mcp.list("all");
-        for s in servers["servers"].as_array().into_iter().flatten() {
-            *by_status
-                .entry(s["status"].as_str().unwrap_or("unknown").to_string())
-                .or_default() += 1;
-        }
-        let performance = json!({
-            "process": process.to_json(),
-            "host": host.to_json(),
-            "requests": self.telemetry.performance_json(),
-            "event_loop": {"wakeups": cx.stats.wakeups, "events": cx.stats.events, "timers_armed": cx.timers.len()},
-            "last_cycle": self.rooms.alerts.sampler.last,
-            "alerts": self.rooms.alerts.summary(),
-        });
-        let server_health: Vec<Value> = self
-            .rooms
-            .mcp
-            .health_facts()
-            .into_iter()
-            .map(|s| {
-                json!({"id": s.id, "status": s.status, "missed_pings": s.missed_pings,
-                            "ping": s.ping, "circuit_breaker_open": s.breaker_open})
-            })
-            .collect();
-        let health = json!({
-            "components": self.rooms.health.answer(None).unwrap_or_else(|e| e.data.unwrap_or(Value::Null)),
-            "mcp_servers": {"by_status": by_status, "servers": servers["servers"], "health": server_health},
-            "alerts": self.rooms.alerts.summary(),
-        });
+        let performance = || {
+            let mut out = Map::new();
+            out.insert(
+                "process".into(),
+                monitor::performance::own_process().to_json(),
+            );
+            out.insert("host".into(), monitor::performance::host().to_json());
+            out.insert("requests".into(), self.telemetry.performance_json());
+            out.insert(
+                "event_loop".into(),
+                json!({"wakeups": cx.stats.wakeups, "events": cx.stats.events,
+                       "timers_armed": cx.timers.len()}),
+            );
+            self.rooms_view(crate::room::View::Performance, &mut out);
+            Value::Object(out)
+        };
+        let health = || {
+            let mut out = Map::new();
+            self.rooms_view(crate::room::View::Health, &mut out);
+            Value::Object(out)
+        };
         match view {
-            "performance" => performance,
-            "health" => health,
+            "performance" => performance(),
+            "health" => health(),
             _ => json!({
                 "uptime_seconds": self.started.elapsed().as_secs(),
-                "performance": performance,
-                "health": health,
+                "performance": performance(),
+                "health": health(),
                 "connections": {"open": self.server.open_connections(), "websocket_clients": self.server.ws_clients()},
                 "events": {"last_seq": self.events.last_seq()},
             }),
@@ -190,7 +180,7 @@ impl Daemon {
 
 /// `GET /api/v1/status`.
 impl Daemon {
-    /// `GET /api/v1/status` from the typed snapshot ([`crate::snapshot::Status`]): over HTTP
+    /// `GET /api/v1/status` composed from the rooms' typed parts ([`rooms::Status`]): over HTTP
     /// it is serialized once, straight into the answer.
     pub(super) fn answer_status(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, detailed: bool) {
         let snapshot = self.status(cx, detailed);
@@ -210,54 +200,30 @@ impl Daemon {
         }
     }
 
-    fn status(&self, cx: &Cx<'_, Timer>, detailed: bool) -> snapshot::Status<'_> {
-        let components = self
-            .rooms
-            .components
-            .states()
-            .map(|(name, c)| {
-                let health = self.rooms.health.result(name);
-                let component = snapshot::Component {
-                    health_message: health.map(|h| h.message.as_str()),
-                    healthy: health.map(|h| h.healthy),
-                    last_error: c.last_error.as_deref(),
-                    restarts: c.restarts,
-                    since: state::rfc3339_utc(c.since),
-                    status: if c.running { "running" } else { "stopped" },
-                };
-                (name, component)
-            })
-            .collect();
-        let (active_count, total_registered) = self.rooms.mcp.counts();
-        snapshot::Status {
-            components,
-            daemon: snapshot::Daemon {
-                auth: self
-                    .access
-                    .token
-                    .as_ref()
-                    .map_or("none", |t| t.source.kind()),
-                config_source: self.rooms.settings.source().into(),
-                config_warning: self.rooms.settings.problem(),
-                http_listen: self.tcp_addr.map(|a| a.to_string()),
-                pid: std::process::id(),
-                pid_file: self.pid_file.to_string_lossy(),
-                socket: self.socket_path.to_string_lossy(),
-                started_at: state::rfc3339_utc(self.started_at),
-                state_dir: self.state.path().to_string_lossy(),
-                status: if self.stopping.is_some() {
-                    "stopping"
-                } else {
-                    "running"
-                },
-                uptime_seconds: self.started.elapsed().as_secs(),
-                version: env!("CARGO_PKG_VERSION"),
+    fn status(&self, cx: &Cx<'_, Timer>, detailed: bool) -> rooms::Status<'_> {
+        let daemon = snapshot::Daemon {
+            auth: self
+                .access
+                .token
+                .as_ref()
+                .map_or("none", |t| t.source.kind()),
+            config_source: self.rooms.settings.source().into(),
+            config_warning: self.rooms.settings.problem(),
+            http_listen: self.tcp_addr.map(|a| a.to_string()),
+            pid: std::process::id(),
+            pid_file: self.pid_file.to_string_lossy(),
+            socket: self.socket_path.to_string_lossy(),
+            started_at: state::rfc3339_utc(self.started_at),
+            state_dir: self.state.path().to_string_lossy(),
+            status: if self.stopping.is_some() {
+                "stopping"
+            } else {
+                "running"
             },
-            loop_stats: detailed.then(|| self.loop_stats(cx.stats, cx.timers.len())),
-            mcp_servers: snapshot::McpCounts {
-                active_count,
-                total_registered,
-            },
-        }
+            uptime_seconds: self.started.elapsed().as_secs(),
+            version: env!("CARGO_PKG_VERSION"),
+        };
+        let loop_stats = detailed.then(|| self.loop_stats(cx.stats, cx.timers.len()));
+        self.rooms_status(daemon, loop_stats)
     }
 }

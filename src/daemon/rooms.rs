@@ -9,7 +9,9 @@
 //! generic way into a room: it lends it a [`RoomCx`] over the daemon's wheel and worker.
 //! `[serve]` routes the room's requests to its [`crate::room::Serve::handle`];
 //! `[serve METHOD]` to a `Daemon` method, for a room whose requests still need the wiring
-//! (health's cached answer, diagnostics' facts). Adding a room is a line here.
+//! (health's cached answer, diagnostics' facts). `[status KEY]` puts the room's
+//! [`Report`] part under KEY in `GET /api/v1/status` ([`Status`], composed by
+//! [`Daemon::rooms_status`]). Adding a room is a line here.
 
 use super::*;
 use crate::components::diagnostics::Diagnostics;
@@ -17,7 +19,8 @@ use crate::components::health::Health;
 use crate::monitor::room::Alerts;
 use crate::reactor::timer::TimerId;
 use crate::reactor::Timers;
-use crate::room::{RoomCx, Wiring};
+use crate::room::{Report, RoomCx, Wiring};
+use crate::snapshot;
 
 /// A room as wired into this daemon: its timers travel inside [`Timer::Room`], its job
 /// results inside [`WorkResult::Room`].
@@ -55,7 +58,49 @@ macro_rules! serve {
 
 macro_rules! rooms {
     ($( $(#[$doc:meta])* $variant:ident($field:ident: $ty:ty) => $deliver:ident
-        $([serve $($serve:ident)?])?, )*) => {
+        $([serve $($serve:ident)?])? $([status $key:ident])?, )*) => {
+        /// `GET /api/v1/status`: the wiring's parts (`daemon`, `loop`) and each reporting
+        /// room's (`[status KEY]`), serialized as one object in key order (the order
+        /// `serde_json`'s map gave the `Value` builder this replaced).
+        pub(super) struct Status<'a> {
+            /// The daemon itself.
+            pub(super) daemon: snapshot::Daemon<'a>,
+            /// Loop statistics (`?detailed=true` only).
+            pub(super) loop_stats: Option<Value>,
+            $($( pub(super) $key: <$ty as Report>::Status<'a>, )?)*
+        }
+
+        /// The keys of [`Status`]: the wiring's, then the rooms' in list order.
+        pub(super) const STATUS_KEYS: &[&str] = &["daemon", "loop", $($(stringify!($key),)?)*];
+
+        impl serde::Serialize for Status<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                // Sorted once: sorting on every request cost about 300 instructions of ~76k.
+                static SORTED: std::sync::OnceLock<[&str; STATUS_KEYS.len()]> =
+                    std::sync::OnceLock::new();
+                let keys = SORTED.get_or_init(|| {
+                    let mut keys = [""; STATUS_KEYS.len()];
+                    keys.copy_from_slice(STATUS_KEYS);
+                    keys.sort_unstable();
+                    keys
+                });
+                let len = keys.len() - usize::from(self.loop_stats.is_none());
+                let mut map = s.serialize_map(Some(len))?;
+                for &key in keys {
+                    match key {
+                        "daemon" => map.serialize_entry(key, &self.daemon)?,
+                        "loop" => if let Some(l) = &self.loop_stats {
+                            map.serialize_entry(key, l)?
+                        },
+                        $($( k if k == stringify!($key) => map.serialize_entry(k, &self.$key)?, )?)*
+                        _ => {}
+                    }
+                }
+                map.end()
+            }
+        }
+
         /// The rooms, one field each.
         pub(super) struct Rooms {
             $( $(#[$doc])* pub(super) $field: $ty, )*
@@ -114,6 +159,23 @@ macro_rules! rooms {
                 }
             }
 
+            /// `GET /api/v1/status` composed: the wiring's parts and every reporting
+            /// room's, each borrowed from its state.
+            pub(super) fn rooms_status<'a>(&'a self, daemon: snapshot::Daemon<'a>,
+                                           loop_stats: Option<Value>) -> Status<'a> {
+                let facts = snapshot::Facts { health: &self.rooms.health };
+                Status {
+                    daemon,
+                    loop_stats,
+                    $($( $key: Report::status(&self.rooms.$field, &facts), )?)*
+                }
+            }
+
+            /// Every room's entries in JSON metrics view `view`, added to the wiring's.
+            pub(super) fn rooms_view(&self, view: crate::room::View, out: &mut Map<String, Value>) {
+                $( Room::view(&self.rooms.$field, view, out); )*
+            }
+
             /// Every room's Prometheus series, in room-list order.
             pub(super) fn rooms_metrics(&self, out: &mut crate::telemetry::Exposition) {
                 $( Room::metrics(&self.rooms.$field, out); )*
@@ -160,9 +222,9 @@ macro_rules! rooms {
 rooms! {
     /// The daemon's own components (first: their series lead the rooms' part of the
     /// Prometheus exposition).
-    Control(components: Components) => components_outputs [serve],
+    Control(components: Components) => components_outputs [serve] [status components],
     /// The MCP servers.
-    Mcp(mcp: Mcp) => deliver_outputs [serve],
+    Mcp(mcp: Mcp) => deliver_outputs [serve] [status mcp_servers],
     /// `diagnostics run`.
     Diagnostics(diagnostics: Diagnostics) => deliver_effects [serve serve_diagnostics],
     /// The health rounds.
@@ -290,4 +352,120 @@ pub(super) fn enter<R: Wired, X>(
     };
     let mut rcx = RoomCx::new(cx.registry, cx.stats, &mut bind, out);
     f(room, &mut rcx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Component, Daemon, McpCounts};
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    /// The status composed from the room list, against the `Value` builder it replaced, on
+    /// the same facts: the bytes must not change.
+    #[test]
+    fn the_composed_status_is_byte_for_byte_the_value_builders() {
+        for (detailed, warning, listen) in [
+            (false, None, None),
+            (
+                true,
+                Some("overrides.json: bad \"x\""),
+                Some("127.0.0.1:8080"),
+            ),
+        ] {
+            let mut components = BTreeMap::new();
+            let mut old_components = serde_json::Map::new();
+            for (name, running, error, health) in [
+                ("worker", true, None, Some((true, "alive"))),
+                (
+                    "http",
+                    false,
+                    Some("bind: in use\n"),
+                    Some((false, "stopped ✗")),
+                ),
+                ("control", true, None, None),
+            ] {
+                components.insert(
+                    name,
+                    Component {
+                        health_message: health.map(|h| h.1),
+                        healthy: health.map(|h| h.0),
+                        last_error: error,
+                        restarts: 3,
+                        since: "2026-12-02T03:00:00Z".into(),
+                        status: if running { "running" } else { "stopped" },
+                    },
+                );
+                old_components.insert(
+                    name.to_string(),
+                    json!({
+                        "status": if running { "running" } else { "stopped" },
+                        "since": "2026-12-02T03:00:00Z",
+                        "restarts": 3,
+                        "last_error": error,
+                        "healthy": health.map(|h| h.0),
+                        "health_message": health.map(|h| h.1.to_string()),
+                    }),
+                );
+            }
+            let loop_stats = detailed.then(|| json!({"wakeups": 5, "rss_bytes": null}));
+            let typed = Status {
+                components,
+                daemon: Daemon {
+                    auth: "file",
+                    config_source: "embedded defaults".into(),
+                    config_warning: warning,
+                    http_listen: listen.map(String::from),
+                    pid: 42,
+                    pid_file: "/run/x.pid".into(),
+                    socket: "/run/s".into(),
+                    started_at: "2026-12-02T03:00:00Z".into(),
+                    state_dir: "/var/lib/vsm".into(),
+                    status: "running",
+                    uptime_seconds: 7,
+                    version: "0.1.0",
+                },
+                loop_stats: loop_stats.clone(),
+                mcp_servers: McpCounts {
+                    active_count: 1,
+                    total_registered: 2,
+                },
+            };
+            let mut old = json!({
+                "daemon": {
+                    "status": "running",
+                    "version": "0.1.0",
+                    "pid": 42,
+                    "started_at": "2026-12-02T03:00:00Z",
+                    "uptime_seconds": 7,
+                    "config_source": "embedded defaults",
+                    "config_warning": warning.map(String::from),
+                    "state_dir": "/var/lib/vsm",
+                    "socket": "/run/s",
+                    "pid_file": "/run/x.pid",
+                    "http_listen": listen,
+                    "auth": "file",
+                },
+                "components": old_components,
+                "mcp_servers": {"active_count": 1, "total_registered": 2},
+            });
+            if let Some(l) = loop_stats {
+                old["loop"] = l;
+            }
+            assert_eq!(
+                String::from_utf8(serde_json::to_vec(&typed).expect("typed")).expect("utf-8"),
+                old.to_string()
+            );
+            assert_eq!(serde_json::to_value(&typed).expect("value"), old);
+        }
+    }
+
+    /// Each key of the status object comes from one place only.
+    #[test]
+    fn status_keys_are_unique() {
+        let mut keys = STATUS_KEYS.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), STATUS_KEYS.len(), "{STATUS_KEYS:?}");
+    }
 }

@@ -109,6 +109,19 @@ impl From<crate::room::Effect> for Output {
     }
 }
 
+/// `mcp_servers` in `GET /api/v1/status`: how many are registered and how many serve.
+impl crate::room::Report for Mcp {
+    type Status<'a> = crate::snapshot::McpCounts;
+
+    fn status<'a>(&'a self, _facts: &crate::snapshot::Facts<'a>) -> Self::Status<'a> {
+        let (active_count, total_registered) = self.counts();
+        crate::snapshot::McpCounts {
+            active_count,
+            total_registered,
+        }
+    }
+}
+
 /// MCP as a room: its timers are its own keys, it has no worker jobs (children are spawned
 /// from the loop), and its outputs are [`Output`]s.
 impl crate::room::Room for Mcp {
@@ -116,6 +129,34 @@ impl crate::room::Room for Mcp {
     type Job = std::convert::Infallible;
     type Output = Output;
     const NAME: &'static str = "mcp";
+
+    /// `mcp_servers` in the health view: the servers, their count by status and their
+    /// health facts.
+    fn view(&self, view: crate::room::View, out: &mut serde_json::Map<String, Value>) {
+        if view != crate::room::View::Health {
+            return;
+        }
+        let mut listed = self.list("all");
+        let servers = listed["servers"].take();
+        let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
+        for s in servers.as_array().into_iter().flatten() {
+            *by_status
+                .entry(s["status"].as_str().unwrap_or("unknown").to_string())
+                .or_default() += 1;
+        }
+        let health: Vec<Value> = self
+            .health_facts()
+            .into_iter()
+            .map(|s| {
+                json!({"id": s.id, "status": s.status, "missed_pings": s.missed_pings,
+                       "ping": s.ping, "circuit_breaker_open": s.breaker_open})
+            })
+            .collect();
+        out.insert(
+            "mcp_servers".into(),
+            json!({"by_status": by_status, "servers": servers, "health": health}),
+        );
+    }
 
     fn on_timer(&mut self, cx: &mut crate::room::RoomCx<'_, Self>, timer: Timer) {
         let (mut lcx, out) = cx.split();

@@ -102,6 +102,14 @@ impl Room for Alerts {
     type Output = Output;
     const NAME: &'static str = "alerts";
 
+    /// `last_cycle` and `alerts` in the performance view, `alerts` in the health view.
+    fn view(&self, view: crate::room::View, out: &mut serde_json::Map<String, Value>) {
+        if view == crate::room::View::Performance {
+            out.insert("last_cycle".into(), json!(self.sampler.last));
+        }
+        out.insert("alerts".into(), self.summary());
+    }
+
     /// A reload moves the built-in cycles to their new intervals (an unchanged one keeps its
     /// due time).
     fn apply_config(&mut self, cx: &mut RoomCx<'_, Self>, config: &crate::config::Config) {

@@ -113,43 +113,19 @@ impl Daemon {
     /// Answers `GET /api/v1/health` from the serialized answer of the last round (a monitor
     /// polling health costs an envelope, not a rebuilt report).
     pub(super) fn answer_cached_health(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo) {
-        let ReplyTo::Http {
-            conn,
-            seq,
-            started,
-            request_id,
-            route,
-            method,
-        } = reply
-        else {
-            let answer = self.rooms.health.answer(None);
-            self.answer(cx, reply, answer);
-            return;
-        };
         let (error, data) = self.rooms.health.cached();
-        let status = error.as_ref().map_or(200, |e| e.code.http_status());
-        let mut bytes = Vec::with_capacity(data.len() + 200);
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        api::write_envelope_raw(
-            &mut bytes,
+        let sent = reply::respond_serialized(
+            &mut self.server,
+            &mut self.telemetry,
+            &mut self.incoming,
+            cx,
+            reply,
             error.as_ref(),
             data,
-            request_id,
-            ms,
-            &now_string(),
-            None,
         );
-        bytes.push(b'\n');
-        self.telemetry
-            .http_request(route, method, status, started.elapsed().as_secs_f64());
-        let response = http::Response::json(status, bytes);
-        self.server.respond(
-            &mut cx.narrow(Timer::Net).cx(),
-            conn,
-            seq,
-            &response,
-            false,
-            &mut self.incoming,
-        );
+        if let Err(reply) = sent {
+            let answer = self.rooms.health.answer(None);
+            self.answer(cx, reply, answer);
+        }
     }
 }

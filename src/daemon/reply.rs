@@ -81,33 +81,16 @@ impl Daemon {
         reply: ReplyTo,
         data: &[u8],
     ) -> Option<ReplyTo> {
-        let ReplyTo::Http {
-            conn,
-            seq,
-            started,
-            request_id,
-            route,
-            method,
-        } = reply
-        else {
-            return Some(reply);
-        };
-        self.telemetry
-            .http_request(route, method, 200, started.elapsed().as_secs_f64());
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        let mut bytes = Vec::with_capacity(data.len() + 200);
-        api::write_envelope_raw(&mut bytes, None, data, request_id, ms, &now_string(), None);
-        bytes.push(b'\n');
-        let response = http::Response::json(200, bytes);
-        self.server.respond(
-            &mut cx.narrow(Timer::Net).cx(),
-            conn,
-            seq,
-            &response,
-            false,
+        respond_serialized(
+            &mut self.server,
+            &mut self.telemetry,
             &mut self.incoming,
-        );
-        None
+            cx,
+            reply,
+            None,
+            data,
+        )
+        .err()
     }
 
     pub(super) fn answer_with(
@@ -260,4 +243,45 @@ pub(super) fn send_ws_envelope(
     api::write_envelope(&mut bytes, answer, request_id, ms, &now_string(), Some(id));
     let text = String::from_utf8(bytes).unwrap_or_default();
     server.ws_send(&mut cx.narrow(Timer::Net).cx(), conn, text.into());
+}
+
+/// Sends `data`, already serialized JSON, in the envelope (the error's when there is one) to an
+/// HTTP caller. Takes the daemon's fields apart so a caller can lend `data` from a room.
+/// `Err`: not an HTTP caller, handed back for the ordinary answer.
+pub(super) fn respond_serialized(
+    server: &mut Server,
+    telemetry: &mut crate::telemetry::Telemetry,
+    incoming: &mut VecDeque<Incoming>,
+    cx: &mut Cx<'_, Timer>,
+    reply: ReplyTo,
+    error: Option<&ApiError>,
+    data: &[u8],
+) -> Result<(), ReplyTo> {
+    let ReplyTo::Http {
+        conn,
+        seq,
+        started,
+        request_id,
+        route,
+        method,
+    } = reply
+    else {
+        return Err(reply);
+    };
+    let status = error.map_or(200, |e| e.code.http_status());
+    telemetry.http_request(route, method, status, started.elapsed().as_secs_f64());
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let mut bytes = Vec::with_capacity(data.len() + 200);
+    api::write_envelope_raw(&mut bytes, error, data, request_id, ms, &now_string(), None);
+    bytes.push(b'\n');
+    let response = http::Response::json(status, bytes);
+    server.respond(
+        &mut cx.narrow(Timer::Net).cx(),
+        conn,
+        seq,
+        &response,
+        false,
+        incoming,
+    );
+    Ok(())
 }

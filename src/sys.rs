@@ -750,12 +750,36 @@ pub fn release_free_memory() {
     }
 }
 
-/// Used space of the filesystem holding `path`, in percent of what non-root users can use
-/// (as `df` counts it: used / (used + available)).
+/// Space of the filesystem holding `path` (`statvfs`), in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsUsage {
+    /// Size of the filesystem.
+    pub total_bytes: u64,
+    /// Free, including what only root may use.
+    pub free_bytes: u64,
+    /// Free for unprivileged users.
+    pub avail_bytes: u64,
+}
+
+impl FsUsage {
+    /// Used space as a percentage of what users can have (used + available), as `df` shows it.
+    pub fn used_percent(&self) -> f64 {
+        let used = self.total_bytes.saturating_sub(self.free_bytes);
+        let usable = used + self.avail_bytes;
+        if usable > 0 {
+            100.0 * used as f64 / usable as f64
+        } else {
+            0.0
+        }
+    }
+}
+
+/// `statvfs` of `path`. It can block on a network or hung mount: call it on the worker unless
+/// the mount is known to be local.
 ///
 /// # Errors
-/// The OS error of `statvfs`, or a path with a NUL byte.
-pub fn filesystem_used_percent(path: &std::path::Path) -> io::Result<f64> {
+/// The path has a NUL byte or `statvfs` failed.
+pub fn filesystem_usage(path: &std::path::Path) -> io::Result<FsUsage> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -765,13 +789,20 @@ pub fn filesystem_used_percent(path: &std::path::Path) -> io::Result<f64> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let used = st.f_blocks.saturating_sub(st.f_bfree) as f64;
-    let avail = st.f_bavail as f64;
-    Ok(if used + avail > 0.0 {
-        100.0 * used / (used + avail)
-    } else {
-        0.0
+    let frsize = st.f_frsize as u64;
+    Ok(FsUsage {
+        total_bytes: st.f_blocks as u64 * frsize,
+        free_bytes: st.f_bfree as u64 * frsize,
+        avail_bytes: st.f_bavail as u64 * frsize,
     })
+}
+
+/// Used space of the filesystem holding `path`, percent (see [`FsUsage::used_percent`]).
+///
+/// # Errors
+/// As [`filesystem_usage`].
+pub fn filesystem_used_percent(path: &std::path::Path) -> io::Result<f64> {
+    filesystem_usage(path).map(|u| u.used_percent())
 }
 
 #[cfg(test)]

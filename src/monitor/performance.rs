@@ -232,28 +232,13 @@ pub fn parse_mounts(text: &str) -> Vec<(String, String)> {
 }
 
 fn statvfs(mount: &str, fstype: &str) -> Option<Fs> {
-    let path = std::ffi::CString::new(mount).ok()?;
-    // SAFETY: `path` is a valid C string and `st` a zeroed statvfs the call fills in.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let frsize = st.f_frsize as u64;
-    let total = st.f_blocks as u64 * frsize;
-    let free = st.f_bfree as u64 * frsize;
-    let avail = st.f_bavail as u64 * frsize;
-    let used = total.saturating_sub(free);
-    let usable = used + avail;
+    let u = crate::sys::filesystem_usage(std::path::Path::new(mount)).ok()?;
     Some(Fs {
         mount: mount.to_string(),
         fstype: fstype.to_string(),
-        total_bytes: total,
-        avail_bytes: avail,
-        used_percent: if usable > 0 {
-            100.0 * used as f64 / usable as f64
-        } else {
-            0.0
-        },
+        total_bytes: u.total_bytes,
+        avail_bytes: u.avail_bytes,
+        used_percent: u.used_percent(),
     })
 }
 

@@ -25,7 +25,8 @@
 //! **Adding a room** takes:
 //! 1. a module implementing [`Room`] (timers, jobs, outputs; `apply_config`, `on_answer`,
 //!    `metrics` and `view` when it needs them), publishing typed events ([`RoomCx::event`] with an
-//!    [`EventData`] variant of its own in `events.rs`);
+//!    [`EventData`] variant of its own in `events.rs`) and following others' in
+//!    [`Room::on_event`];
 //! 2. one line in the `rooms!` list (`daemon/rooms.rs`): its variant, field, type and where
 //!    its outputs go (`deliver_effects` when its output is [`Effect`]);
 //! 3. its initial value where `Rooms` is built (`daemon/startup.rs`, one line);
@@ -119,6 +120,21 @@ pub trait Room {
     /// `/health`, and both inside `/api/v1/metrics`; none by default). The wiring adds its
     /// own and every room's, generated from the list; keys are the room's and unique.
     fn view(&self, _view: View, _out: &mut serde_json::Map<String, Value>) {}
+
+    /// An event was published (by any room, this one included: a room ignores its own).
+    /// `seq` is the sequence number it gets in the history. The wiring hands every event to
+    /// every room, in room-list order, before it is recorded and sent; what a room says in
+    /// answer is delivered after it. This is how a room follows what happens elsewhere
+    /// (servers coming and going, tools changing, alerts) without glue in `daemon/`. Keep it
+    /// cheap: most rooms look at the variant and return.
+    fn on_event(
+        &mut self,
+        _cx: &mut RoomCx<'_, Self>,
+        _seq: u64,
+        _channel: Channel,
+        _data: &EventData,
+    ) {
+    }
 
     /// The answer to a request this room asked with [`RoomCx::ask`]. A room that never asks
     /// never gets one, so the default only reports it.

@@ -53,6 +53,7 @@ impl Daemon {
     /// clients subscribed to its channel (SSE followers read it from the history).
     fn publish(&mut self, cx: &mut Cx<'_, Timer>, channel: Channel, data: EventData) {
         self.telemetry.event(data.kind());
+        self.rooms_event(cx, self.events.last_seq() + 1, channel, &data);
         let servers_changed = matches!(
             data,
             EventData::McpServerRegistered { .. }

@@ -204,6 +204,20 @@ macro_rules! rooms {
                 log::error!("an answer for room {room}, which is not in the room list");
             }
 
+            /// An event is about to be published: every room sees it (`Room::on_event`),
+            /// in list order; what they say goes where their lines send it.
+            pub(super) fn rooms_event(&mut self, cx: &mut Cx<'_, Timer>, seq: u64,
+                                      channel: Channel, data: &EventData) {
+                $( {
+                    let mut out = Vec::new();
+                    enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
+                          &mut out, |room, rcx| Room::on_event(room, rcx, seq, channel, data));
+                    if !out.is_empty() {
+                        self.$deliver(cx, out);
+                    }
+                } )*
+            }
+
             /// A room's job came back (or failed): to the room, then its outputs.
             pub(super) fn room_job(&mut self, cx: &mut Cx<'_, Timer>, job: RoomJob) {
                 match job {

@@ -30,3 +30,4 @@ pub mod spec;
 pub mod state;
 pub mod sys;
 pub mod telemetry;
+pub mod variety;

@@ -312,6 +312,8 @@ pub struct Mcp {
     reaper: Option<reaper::Reaper>,
     /// Bytes read from children since freed memory was last handed back to the system.
     read_since_trim: usize,
+    /// The read buffer every pipe drain uses (empty until the first read; see `pipes`).
+    read_buf: Box<[u8]>,
     /// The pipe tokens the reactor gave this floor.
     tokens: TokenRange,
     /// Registry changes waiting for their `servers.json` write (see `registration`).
@@ -360,6 +362,7 @@ impl Mcp {
             jitter: Jitter::new(),
             reaper: None,
             read_since_trim: 0,
+            read_buf: Box::default(),
             tokens,
             registrations: registration::Registrations::default(),
         }

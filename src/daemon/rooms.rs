@@ -255,6 +255,8 @@ rooms! {
     Alerts(alerts: Alerts) => alerts_outputs [serve serve_alerts],
     /// The `/mcp` endpoint.
     Gateway(gateway: crate::gateway::Gateway) => gateway_outputs,
+    /// Discovery of MCP servers to install.
+    Discovery(discovery: crate::discovery::Discovery) => deliver_effects [serve],
 }
 
 impl Daemon {

@@ -152,6 +152,10 @@ fn each_source_alone_and_together_one_candidate_per_package() {
         ..Setup::default()
     });
 
+    let last = |d: &Daemon| {
+        d.http("GET", "/api/v1/status", None).1["data"]["mcp_servers"]["last_discovery"].clone()
+    };
+    assert_eq!(last(&d), Value::Null);
     for (name, expected) in [
         ("catalog", set(&[TIME])),
         ("registry", set(&[MEMORY, TIME, FILESYSTEM])),
@@ -240,6 +244,11 @@ fn each_source_alone_and_together_one_candidate_per_package() {
         assert_eq!(c["score"].as_u64(), Some(parts));
     }
 
+    assert!(
+        last(&d).as_str().is_some_and(|t| t.starts_with("20")),
+        "{}",
+        last(&d)
+    );
     // A query: what a source searches for itself, and the capability it names ranks first.
     let data = discover(&d, &["memory"]);
     assert_eq!(data["candidates"][0]["id"], MEMORY, "{data}");

@@ -445,6 +445,7 @@ mod tests {
                 mcp_servers: McpCounts {
                     active_count: 1,
                     total_registered: 2,
+                    last_discovery: listen.map(|_| "2026-12-02T03:00:00Z"),
                 },
             };
             let mut old = json!({
@@ -463,7 +464,8 @@ mod tests {
                     "auth": "file",
                 },
                 "components": old_components,
-                "mcp_servers": {"active_count": 1, "total_registered": 2},
+                "mcp_servers": {"active_count": 1, "total_registered": 2,
+                                "last_discovery": listen.map(|_| "2026-12-02T03:00:00Z")},
             });
             if let Some(l) = loop_stats {
                 old["loop"] = l;

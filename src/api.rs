@@ -28,6 +28,21 @@ pub enum Request {
     Checks(ChecksRequest),
     /// The alerts room.
     Alerts(AlertsRequest),
+    /// The discovery room.
+    Discovery(DiscoveryRequest),
+}
+
+/// What the discovery room serves (to clients, and to rooms that ask: variety, acquisition).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiscoveryRequest {
+    /// Look for MCP servers; answered when every source asked has answered, failed or timed
+    /// out.
+    Discover {
+        /// One source (`catalog`, `registry`, `npm`, `github`), or every enabled one.
+        source: Option<&'static str>,
+        /// What to look for (words, or capability names); empty = everything a source lists.
+        query: String,
+    },
 }
 
 /// What the alerts room serves.
@@ -603,6 +618,9 @@ pub enum ErrorCode {
     /// A state document this daemon cannot read or understand (a newer format version, not a
     /// regular file) would have to be overwritten; nothing was changed.
     StateReadOnly,
+    /// None of the outside services asked (discovery sources) answered; each one's error is
+    /// in the message and `data`.
+    UpstreamUnavailable,
 }
 
 impl ErrorCode {
@@ -639,6 +657,7 @@ impl ErrorCode {
             ErrorCode::PersistFailed => "persist_failed",
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::StateReadOnly => "state_read_only",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
         }
     }
 
@@ -657,7 +676,7 @@ impl ErrorCode {
             | ErrorCode::ToolNotFound => 404,
             ErrorCode::AlreadyExists => 409,
             ErrorCode::ToolError => 422,
-            ErrorCode::McpError | ErrorCode::ServerExited => 502,
+            ErrorCode::McpError | ErrorCode::ServerExited | ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::LengthRequired => 411,

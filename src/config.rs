@@ -245,9 +245,21 @@ section! {
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct McpServersConfig {
         /// Where to discover servers.
-        pub discovery_sources: Vec<String> = strings(&["npm", "github", "registry"]),
-        /// Milliseconds between discovery runs.
+        pub discovery_sources: Vec<String> = strings(&["catalog"]),
+        /// Milliseconds between discovery runs; 0 = off.
         pub auto_discovery_interval_ms: u64 = 300_000,
+        /// Base URL of the official MCP registry (API v0.1); empty = unavailable.
+        pub registry_url: String = String::new(),
+        /// Base URL of the npm registry; empty = the `registry=` of the user's npm config.
+        pub npm_registry_url: String = String::new(),
+        /// Base URL of the GitHub REST API; empty = unavailable.
+        pub github_api_url: String = String::new(),
+        /// The operator's curated catalog of servers (TOML); empty = unavailable.
+        pub catalog_file: String = String::new(),
+        /// How long a source's discovery answer is reused, ms; 0 = never.
+        pub discovery_cache_ttl_ms: u64 = 3_600_000,
+        /// Time limit of one discovery source, ms.
+        pub discovery_timeout_ms: u64 = 10_000,
         /// Time limit of a sandboxed trial, in milliseconds.
         pub sandbox_timeout_ms: u64 = 30_000,
         /// Servers allowed to run at once.
@@ -498,7 +510,14 @@ const CAPABILITY_LIST: Constraint = Constraint::StringList {
 /// Longest string value of any key, in bytes (paths and lists have tighter limits).
 pub const MAX_STRING_BYTES: usize = 4096;
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
-const DISCOVERY_SOURCES: &[&str] = &["npm", "github", "registry", "pypi", "local"];
+/// Discovery sources (`crate::discovery`). `pypi` and `local` were accepted before discovery
+/// was built; [`retired_source`] tells what replaced them.
+pub const DISCOVERY_SOURCES: &[&str] = &["catalog", "registry", "npm", "github"];
+/// The key whose retired items get a migration hint.
+const DISCOVERY_SOURCES_KEY: &str = "mcp_servers.discovery_sources";
+/// Shortest automatic discovery interval (0 turns it off): a bound on what the daemon asks of
+/// registries.
+pub const MIN_AUTO_DISCOVERY_MS: u64 = 1000;
 
 /// Every configuration key, in file order. Sections are the key prefixes.
 #[rustfmt::skip]
@@ -529,8 +548,14 @@ pub const KEYS: &[KeyInfo] = &[
     live("monitoring.alert_thresholds.response_time_max_ms", "alert when the p95 response time of an API route or of an MCP server's tool calls over a performance interval, or an MCP server's health ping round trip, exceeds this many milliseconds", range(1.0, 3_600_000.0)),
     live("monitoring.alert_thresholds.error_rate_max_percent", "alert when the error rate (5xx answers of a route, failed tool calls of a server) over a performance interval exceeds this percentage", range(0.0, 100.0)),
     live("monitoring.alert_thresholds.memory_usage_max_percent", "alert when the host's memory in use exceeds this percentage", Constraint::Range { min: 0.0, max: 100.0, min_exclusive: true }),
-    pending(live("mcp_servers.discovery_sources", "where to look for MCP servers", Constraint::StringList { allowed: Some(DISCOVERY_SOURCES), max_items: DISCOVERY_SOURCES.len(), max_item_bytes: 16 })),
-    pending(live("mcp_servers.auto_discovery_interval_ms", "milliseconds between automatic discovery runs", INTERVAL)),
+    live(DISCOVERY_SOURCES_KEY, "where `mcp discover` and the automatic discovery look for MCP servers: catalog (catalog_file), registry (registry_url), npm (npm_registry_url), github (github_api_url)", Constraint::StringList { allowed: Some(DISCOVERY_SOURCES), max_items: DISCOVERY_SOURCES.len(), max_item_bytes: 16 }),
+    live("mcp_servers.auto_discovery_interval_ms", "milliseconds between automatic discovery runs over every source (refreshing the cache and publishing discovery_completed); 0 = off, else at least 1000", range(0.0, 86_400_000.0)),
+    live("mcp_servers.registry_url", "base URL of the official MCP registry (API v0.1, GET {url}/v0.1/servers); empty = the registry source is unavailable", Constraint::Any),
+    live("mcp_servers.npm_registry_url", "base URL of the npm registry searched with GET {url}/-/v1/search; empty = the registry= line of the npm config files npm reads ($NPM_CONFIG_REGISTRY, ./.npmrc, ~/.npmrc, the global npmrc)", Constraint::Any),
+    live("mcp_servers.github_api_url", "base URL of the GitHub REST API (repository search by topic mcp-server); empty = the github source is unavailable", Constraint::Any),
+    live("mcp_servers.catalog_file", "the operator's curated list of MCP servers (TOML, at most 1 MiB, [[servers]] entries with package = \"npm:NAME@VERSION\" or \"pypi:NAME==VERSION\"); empty = the catalog source is unavailable", PATH),
+    live("mcp_servers.discovery_cache_ttl_ms", "how long a source's discovery answer (per query) is reused from the cache in the state dir, in milliseconds; 0 = always ask", range(0.0, 604_800_000.0)),
+    live("mcp_servers.discovery_timeout_ms", "time limit of one discovery source (all its requests together), in milliseconds", range(100.0, 120_000.0)),
     pending(live("mcp_servers.sandbox_timeout_ms", "time limit of a sandboxed trial of a server, in milliseconds", range(100.0, 3_600_000.0))),
     live("mcp_servers.max_concurrent_servers", "MCP servers allowed to run at once", range(1.0, 1000.0)),
     live("mcp_servers.health_check_enabled", "health-check running MCP servers", Constraint::Bool),
@@ -801,6 +826,7 @@ impl Config {
             let value = flat.get(info.key).unwrap_or(&Value::Null);
             check_constraint(info, value).map_err(|m| ConfigError::invalid(info.key, m))?;
         }
+        self.validate_discovery()?;
         for a in &self.monitoring.alert_actions {
             crate::monitor::alerts::Action::parse(a)
                 .map_err(|m| ConfigError::invalid("monitoring.alert_actions", m))?;
@@ -862,6 +888,40 @@ impl Config {
             }
         }
         self.validate_checks()
+    }
+
+    /// `[mcp_servers]`' discovery keys beyond their constraints: the automatic interval is 0
+    /// or at least [`MIN_AUTO_DISCOVERY_MS`], and each source URL is empty or a plain URL.
+    fn validate_discovery(&self) -> Result<(), ConfigError> {
+        let m = &self.mcp_servers;
+        let every = m.auto_discovery_interval_ms;
+        if every != 0 && every < MIN_AUTO_DISCOVERY_MS {
+            return Err(ConfigError::invalid(
+                "mcp_servers.auto_discovery_interval_ms",
+                format!("must be 0 (off) or at least {MIN_AUTO_DISCOVERY_MS} (got {every})"),
+            ));
+        }
+        for (key, url) in [
+            ("mcp_servers.registry_url", &m.registry_url),
+            ("mcp_servers.npm_registry_url", &m.npm_registry_url),
+            ("mcp_servers.github_api_url", &m.github_api_url),
+        ] {
+            if url.is_empty() {
+                continue;
+            }
+            if url.len() > 2048 {
+                return Err(ConfigError::invalid(key, "must be at most 2048 bytes long"));
+            }
+            crate::monitor::checks::spec::check_http_url(url)
+                .map_err(|m| ConfigError::invalid(key, m))?;
+            if url.contains(['?', '#']) {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be a base URL without query or fragment",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `[actions.*]` and `[[checks]]`: each entry, unique names, bounded counts, and every
@@ -1212,10 +1272,32 @@ fn check_constraint(info: &KeyInfo, value: &Value) -> Result<(), String> {
             allowed,
             max_items,
             max_item_bytes,
-        } => check_list(list_items(raw), allowed, max_items, max_item_bytes)?,
+        } => {
+            if info.key == DISCOVERY_SOURCES_KEY {
+                let retired = list_items(raw).iter().filter_map(Value::as_str);
+                if let Some(hint) = retired.filter_map(retired_source).next() {
+                    return Err(hint.into());
+                }
+            }
+            check_list(list_items(raw), allowed, max_items, max_item_bytes)?
+        }
         _ => {}
     }
     Ok(())
+}
+
+/// What replaced a discovery source name accepted before discovery was built (a config
+/// written then names what to write now, instead of a bare "not allowed").
+fn retired_source(name: &str) -> Option<&'static str> {
+    match name {
+        "pypi" => Some(
+            "'pypi' is no longer a discovery source: PyPI has no search API; PyPI servers are found through 'registry' (the official MCP registry lists them) and 'catalog'",
+        ),
+        "local" => Some(
+            "'local' is now 'catalog': list the servers in the TOML file named by mcp_servers.catalog_file",
+        ),
+        _ => None,
+    }
 }
 
 fn list_items(value: &Value) -> &[Value] {
@@ -1871,6 +1953,40 @@ argv = ["/bin/true"]
     }
 
     #[test]
+    fn discovery_keys() {
+        let base = Config::default();
+        let refused = |patch: Value| {
+            base.with_overrides(&patch)
+                .expect_err("refused")
+                .to_string()
+        };
+        let e = refused(json!({"mcp_servers": {"discovery_sources": ["registry", "pypi"]}}));
+        assert!(e.contains("PyPI has no search API"), "{e}");
+        let e = refused(json!({"mcp_servers": {"discovery_sources": ["local"]}}));
+        assert!(e.contains("now 'catalog'"), "{e}");
+        let e = refused(json!({"mcp_servers": {"auto_discovery_interval_ms": 500}}));
+        assert!(e.contains("0 (off) or at least 1000"), "{e}");
+        for url in [
+            "ftp://x",
+            "http://",
+            "http://a b/",
+            "http://h/x?q=1",
+            "registry",
+        ] {
+            let e = refused(json!({"mcp_servers": {"registry_url": url}}));
+            assert!(e.starts_with("mcp_servers.registry_url"), "{url}: {e}");
+        }
+        let ok = base.with_overrides(&json!({"mcp_servers": {
+            "discovery_sources": ["catalog", "registry", "npm", "github"],
+            "auto_discovery_interval_ms": 0,
+            "registry_url": "http://127.0.0.1:9/base/",
+            "npm_registry_url": "",
+        }}));
+        assert!(ok.is_ok(), "{ok:?}");
+        assert_eq!(base.mcp_servers.discovery_sources, ["catalog"]);
+    }
+
+    #[test]
     fn other_constraints() {
         let cases = [
             ("daemon.http_listen", json!("localhost:80")),
@@ -2251,11 +2367,13 @@ argv = ["/bin/true"]
     #[test]
     fn keys_not_enforced_yet_are_marked_everywhere() {
         let pending: Vec<&str> = not_enforced_keys().collect();
-        assert_eq!(pending.len(), 12, "{pending:?}");
+        assert_eq!(pending.len(), 10, "{pending:?}");
+        // Read by the discovery room.
+        assert!(is_enforced("mcp_servers.discovery_sources"));
+        assert!(is_enforced("mcp_servers.auto_discovery_interval_ms"));
         for key in [
             "monitoring.variety_check_interval_ms",
             "monitoring.alert_thresholds.variety_ratio_min",
-            "mcp_servers.discovery_sources",
             "security.blocked_capabilities",
             "security.min_security_score",
             "consciousness.reflection_interval_ms",
@@ -2283,7 +2401,7 @@ argv = ["/bin/true"]
             .is_some_and(|d| d.ends_with("(not enforced yet)")));
         let node = &schema["properties"]["security"]["properties"]["sandbox_enabled"];
         assert_eq!(node["x-enforced"], Value::Null);
-        assert_eq!(example_toml().matches(NOT_ENFORCED).count(), 12);
+        assert_eq!(example_toml().matches(NOT_ENFORCED).count(), 10);
 
         assert!(Config::default().not_enforced_set().is_empty());
         let c = Config::default()

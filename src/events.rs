@@ -65,7 +65,7 @@ channels! {
     /// Security signals.
     Security = "security", silent: false;
     /// The variety model: gaps, acquisitions.
-    VarietyMonitoring = "variety_monitoring", silent: true;
+    VarietyMonitoring = "variety_monitoring", silent: false;
     /// The daemon's log records (sent from the log ring, not the event history).
     Logs = "logs", silent: false;
     /// Reflection's insights.
@@ -129,6 +129,37 @@ pub enum EventData {
         /// The server's message, bounded.
         message: Option<String>,
     },
+    /// `discovery_progress`: one discovery source finished for a run.
+    DiscoveryProgress {
+        /// The run.
+        run: u64,
+        /// The source (`catalog`, `registry`, `npm`, `github`).
+        source: &'static str,
+        /// `ok` (asked now), `cached` or `error`.
+        status: &'static str,
+        /// Findings it gave.
+        found: usize,
+        /// Why it gave none.
+        error: Option<String>,
+        /// How long it took.
+        elapsed_ms: u64,
+    },
+    /// `discovery_completed`: a discovery run ended; its best candidates are the
+    /// opportunities other rooms follow.
+    DiscoveryCompleted {
+        /// The run.
+        run: u64,
+        /// `request` or `periodic`.
+        trigger: &'static str,
+        /// What was looked for (empty: everything).
+        query: String,
+        /// Candidates found.
+        candidates: usize,
+        /// Sources that failed.
+        errors: usize,
+        /// The best candidates, ranked (bounded).
+        opportunities: Vec<Opportunity>,
+    },
     /// An event a room publishes in the untyped form (`RoomCx::publish`) until it gives the
     /// kind a variant here: its type and data as given.
     Other {
@@ -150,9 +181,26 @@ impl EventData {
             EventData::McpServerStatusChange { .. } => "mcp_server_status_change",
             EventData::McpServerToolsChanged { .. } => "mcp_server_tools_changed",
             EventData::McpToolProgress { .. } => "mcp_tool_progress",
+            EventData::DiscoveryProgress { .. } => "discovery_progress",
+            EventData::DiscoveryCompleted { .. } => "discovery_completed",
             EventData::Other { kind, .. } => kind,
         }
     }
+}
+
+/// A candidate server a discovery run found, as its `discovery_completed` event names it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Opportunity {
+    /// `REGISTRY:NAME`.
+    pub id: String,
+    /// The exact package (`npm:NAME@VERSION`, `pypi:NAME==VERSION`).
+    pub package: String,
+    /// Capabilities it would bring.
+    pub capabilities: Vec<String>,
+    /// Its rank score.
+    pub score: u32,
+    /// Sources that found it.
+    pub sources: Vec<&'static str>,
 }
 
 /// One event.

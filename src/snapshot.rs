@@ -66,9 +66,13 @@ pub struct Component<'a> {
 
 /// The MCP room's status part (from [`crate::mcp::Mcp::counts`]).
 #[derive(Debug, Serialize)]
-pub struct McpCounts {
+pub struct McpCounts<'a> {
     /// Servers that serve (active or degraded).
     pub active_count: usize,
+    /// When the last discovery run ended (RFC 3339; the MCP room follows
+    /// `discovery_completed`), `null` before the first. (Fields in key order: the status
+    /// body is the sorted object it always was.)
+    pub last_discovery: Option<&'a str>,
     /// Servers registered.
     pub total_registered: usize,
 }

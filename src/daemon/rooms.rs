@@ -255,6 +255,8 @@ rooms! {
     Alerts(alerts: Alerts) => alerts_outputs [serve serve_alerts],
     /// The `/mcp` endpoint.
     Gateway(gateway: crate::gateway::Gateway) => gateway_outputs,
+    /// Discovery of MCP servers to install.
+    Discovery(discovery: crate::discovery::Discovery) => deliver_effects [serve],
 }
 
 impl Daemon {
@@ -443,6 +445,7 @@ mod tests {
                 mcp_servers: McpCounts {
                     active_count: 1,
                     total_registered: 2,
+                    last_discovery: listen.map(|_| "2026-12-02T03:00:00Z"),
                 },
             };
             let mut old = json!({
@@ -461,7 +464,8 @@ mod tests {
                     "auth": "file",
                 },
                 "components": old_components,
-                "mcp_servers": {"active_count": 1, "total_registered": 2},
+                "mcp_servers": {"active_count": 1, "total_registered": 2,
+                                "last_discovery": listen.map(|_| "2026-12-02T03:00:00Z")},
             });
             if let Some(l) = loop_stats {
                 old["loop"] = l;

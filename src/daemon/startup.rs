@@ -303,6 +303,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         }
     };
     let gateway = crate::gateway::Gateway::new(&effective.gateway);
+    let discovery = crate::discovery::Discovery::new(&effective, state.path().to_path_buf());
     let security_room = crate::monitor::security::Security::new(
         Duration::from_millis(effective.monitoring.security_check_interval_ms),
         effective.consciousness.learning_rate,
@@ -350,6 +351,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             security: security_room,
             alerts: crate::monitor::room::Alerts::default(),
             gateway,
+            discovery,
         },
         documents: persist::Documents::default(),
         events: EventLog::new(EVENT_HISTORY),
@@ -412,6 +414,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         );
     }
     daemon.schedule_alert_cycles(&mut cx);
+    daemon.with::<crate::discovery::Discovery, _>(&mut cx, |room, rcx| room.start(rcx));
     daemon.setup_watchdog(&mut cx);
     log::info!("REST API and WebSocket monitor listening on http://{tcp_addr}");
     log::info!(

@@ -111,13 +111,14 @@ impl From<crate::room::Effect> for Output {
 
 /// `mcp_servers` in `GET /api/v1/status`: how many are registered and how many serve.
 impl crate::room::Report for Mcp {
-    type Status<'a> = crate::snapshot::McpCounts;
+    type Status<'a> = crate::snapshot::McpCounts<'a>;
 
     fn status<'a>(&'a self, _facts: &crate::snapshot::Facts<'a>) -> Self::Status<'a> {
         let (active_count, total_registered) = self.counts();
         crate::snapshot::McpCounts {
             active_count,
             total_registered,
+            last_discovery: self.last_discovery.as_deref(),
         }
     }
 }
@@ -165,6 +166,19 @@ impl crate::room::Room for Mcp {
 
     fn on_job(&mut self, _cx: &mut crate::room::RoomCx<'_, Self>, done: Self::Job) {
         match done {}
+    }
+
+    /// A discovery run ended: its time is the seed's `mcp_servers.last_discovery`.
+    fn on_event(
+        &mut self,
+        _cx: &mut crate::room::RoomCx<'_, Self>,
+        _seq: u64,
+        _channel: crate::events::Channel,
+        data: &crate::events::EventData,
+    ) {
+        if let crate::events::EventData::DiscoveryCompleted { .. } = data {
+            self.last_discovery = Some(crate::state::rfc3339_utc(std::time::SystemTime::now()));
+        }
     }
 
     /// `vsm_mcp_server_up{server,status}`, `vsm_mcp_servers_registered`,
@@ -318,6 +332,8 @@ pub struct Mcp {
     tokens: TokenRange,
     /// Registry changes waiting for their `servers.json` write (see `registration`).
     registrations: registration::Registrations,
+    /// When the last discovery run ended (for the status' `last_discovery`).
+    last_discovery: Option<String>,
 }
 
 /// The pipe tokens of server slot `slot` (a slot is below [`MAX_REGISTERED`], so its three
@@ -365,6 +381,7 @@ impl Mcp {
             read_buf: Box::default(),
             tokens,
             registrations: registration::Registrations::default(),
+            last_discovery: None,
         }
     }
 

@@ -173,7 +173,7 @@ pub enum McpRequest {
     /// Register an MCP server.
     Register {
         /// Its spec.
-        spec: crate::spec::ServerSpec,
+        spec: Box<crate::spec::ServerSpec>,
     },
     /// One server in detail.
     Show {
@@ -603,6 +603,14 @@ pub enum ErrorCode {
     /// A state document this daemon cannot read or understand (a newer format version, not a
     /// regular file) would have to be overwritten; nothing was changed.
     StateReadOnly,
+    /// The tool falls under a capability in `security.blocked_capabilities` that its server's
+    /// spec does not allow: it cannot be called.
+    CapabilityBlocked,
+    /// A server spec declares a capability in `security.blocked_capabilities` without
+    /// allowing it in `allow_capabilities`: not registered.
+    CapabilityNotAllowed,
+    /// No capability request with that id.
+    CapabilityNotFound,
 }
 
 impl ErrorCode {
@@ -639,6 +647,9 @@ impl ErrorCode {
             ErrorCode::PersistFailed => "persist_failed",
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::StateReadOnly => "state_read_only",
+            ErrorCode::CapabilityBlocked => "capability_blocked",
+            ErrorCode::CapabilityNotAllowed => "capability_not_allowed",
+            ErrorCode::CapabilityNotFound => "capability_not_found",
         }
     }
 
@@ -669,6 +680,9 @@ impl ErrorCode {
             ErrorCode::StateReadOnly => 409,
             ErrorCode::Unhealthy | ErrorCode::Busy | ErrorCode::ShuttingDown => 503,
             ErrorCode::Timeout => 504,
+            ErrorCode::CapabilityBlocked => 403,
+            ErrorCode::CapabilityNotAllowed => 422,
+            ErrorCode::CapabilityNotFound => 404,
         }
     }
 }

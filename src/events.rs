@@ -129,6 +129,15 @@ pub enum EventData {
         /// The server's message, bounded.
         message: Option<String>,
     },
+    /// `tool_call_blocked`: a tool call was refused by the capability policy.
+    ToolCallBlocked {
+        /// The server.
+        server_id: String,
+        /// The tool (bounded).
+        tool: String,
+        /// The blocked capabilities it maps to.
+        capabilities: Vec<String>,
+    },
     /// An event a room publishes in the untyped form (`RoomCx::publish`) until it gives the
     /// kind a variant here: its type and data as given.
     Other {
@@ -150,6 +159,7 @@ impl EventData {
             EventData::McpServerStatusChange { .. } => "mcp_server_status_change",
             EventData::McpServerToolsChanged { .. } => "mcp_server_tools_changed",
             EventData::McpToolProgress { .. } => "mcp_tool_progress",
+            EventData::ToolCallBlocked { .. } => "tool_call_blocked",
             EventData::Other { kind, .. } => kind,
         }
     }

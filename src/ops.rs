@@ -578,6 +578,7 @@ pub const MCP_REGISTER: Op = Op {
     }),
     errors: &[
         ErrorCode::AlreadyExists,
+        ErrorCode::CapabilityNotAllowed,
         ErrorCode::StateReadOnly,
         ErrorCode::PersistFailed,
         ErrorCode::Busy,
@@ -602,7 +603,9 @@ pub const MCP_REGISTER: Op = Op {
                     format!("invalid server spec: {e}"),
                 )
             })?;
-            Ok(Request::Mcp(McpRequest::Register { spec }))
+            Ok(Request::Mcp(McpRequest::Register {
+                spec: Box::new(spec),
+            }))
         },
     )
 };
@@ -730,6 +733,7 @@ pub const MCP_CALL: Op = Op {
     errors: &[
         ErrorCode::ServerNotFound,
         ErrorCode::ToolNotFound,
+        ErrorCode::CapabilityBlocked,
         ErrorCode::Conflict,
         ErrorCode::ToolError,
         ErrorCode::McpError,

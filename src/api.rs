@@ -188,7 +188,7 @@ pub enum McpRequest {
     /// Register an MCP server.
     Register {
         /// Its spec.
-        spec: crate::spec::ServerSpec,
+        spec: Box<crate::spec::ServerSpec>,
     },
     /// One server in detail.
     Show {
@@ -621,6 +621,14 @@ pub enum ErrorCode {
     /// None of the outside services asked (discovery sources) answered; each one's error is
     /// in the message and `data`.
     UpstreamUnavailable,
+    /// The tool falls under a capability in `security.blocked_capabilities` that its server's
+    /// spec does not allow: it cannot be called.
+    CapabilityBlocked,
+    /// A server spec declares a capability in `security.blocked_capabilities` without
+    /// allowing it in `allow_capabilities`: not registered.
+    CapabilityNotAllowed,
+    /// No capability request with that id.
+    CapabilityNotFound,
 }
 
 impl ErrorCode {
@@ -658,6 +666,9 @@ impl ErrorCode {
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::StateReadOnly => "state_read_only",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::CapabilityBlocked => "capability_blocked",
+            ErrorCode::CapabilityNotAllowed => "capability_not_allowed",
+            ErrorCode::CapabilityNotFound => "capability_not_found",
         }
     }
 
@@ -688,6 +699,9 @@ impl ErrorCode {
             ErrorCode::StateReadOnly => 409,
             ErrorCode::Unhealthy | ErrorCode::Busy | ErrorCode::ShuttingDown => 503,
             ErrorCode::Timeout => 504,
+            ErrorCode::CapabilityBlocked => 403,
+            ErrorCode::CapabilityNotAllowed => 422,
+            ErrorCode::CapabilityNotFound => 404,
         }
     }
 }

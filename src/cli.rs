@@ -226,6 +226,7 @@ pub struct RawArgs {
 
 const MCP_REGISTER_OPTIONS: &[&str] = &[
     "capability",
+    "allow-capability",
     "env",
     "cwd",
     "call-timeout-ms",
@@ -257,6 +258,7 @@ const VALUE_OPTIONS: &[&str] = &[
     "status",
     "source",
     "capability",
+    "allow-capability",
     "env",
     "cwd",
     "call-timeout-ms",
@@ -538,15 +540,19 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 };
                 env.insert(k.to_string(), Value::String(v.to_string()));
             }
-            let capabilities: Vec<String> = value("capability")
-                .map(|c| {
-                    c.split(',')
-                        .map(str::trim)
-                        .filter(|c| !c.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let list = |key: &str| -> Vec<String> {
+                value(key)
+                    .map(|c| {
+                        c.split(',')
+                            .map(str::trim)
+                            .filter(|c| !c.is_empty())
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let capabilities = list("capability");
+            let allow_capabilities = list("allow-capability");
             let mut spec = json!({
                 "id": id,
                 "command": command,
@@ -555,6 +561,9 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 "capabilities": capabilities,
                 "autostart": !flag("no-autostart"),
             });
+            if !allow_capabilities.is_empty() {
+                spec["allow_capabilities"] = json!(allow_capabilities);
+            }
             for key in [
                 "call-timeout-ms",
                 "backoff-initial-ms",
@@ -749,6 +758,7 @@ pub fn help(command: Option<&str>) -> String {
             Registers an MCP server that speaks JSON-RPC over stdio; it is persisted and restarted\n\
             with the daemon. Options (unset ones take the [mcp_servers] defaults):\n\
             \x20\x20--capability a,b          capabilities it provides\n\
+            \x20\x20--allow-capability a,b    blocked capabilities (security.blocked_capabilities) it may have anyway\n\
             \x20\x20--env K=V                 environment (repeatable; PATH, HOME, LANG, TERM, USER pass through)\n\
             \x20\x20--cwd DIR                 working directory (absolute)\n\
             \x20\x20--no-autostart            register only\n\
@@ -1279,6 +1289,16 @@ fn show_server(d: &Value) -> String {
         text(&d["server_info"])
     );
     let _ = writeln!(out, "landlock   {}", text(&d["landlock"]));
+    let names = |v: &Value| -> String {
+        let list: Vec<String> = v.as_array().into_iter().flatten().map(text).collect();
+        if list.is_empty() {
+            "-".into()
+        } else {
+            list.join(", ")
+        }
+    };
+    let _ = writeln!(out, "declared   {}", names(&spec["capabilities"]));
+    let _ = writeln!(out, "allowed    {}", names(&spec["allow_capabilities"]));
     let _ = writeln!(out, "calls      {}", d["calls"]);
     let _ = writeln!(out, "breaker    {}", d["circuit_breaker"]);
     let _ = writeln!(out, "\nhistory:");

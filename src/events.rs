@@ -160,6 +160,15 @@ pub enum EventData {
         /// The best candidates, ranked (bounded).
         opportunities: Vec<Opportunity>,
     },
+    /// `tool_call_blocked`: a tool call was refused by the capability policy.
+    ToolCallBlocked {
+        /// The server.
+        server_id: String,
+        /// The tool (bounded).
+        tool: String,
+        /// The blocked capabilities it maps to.
+        capabilities: Vec<String>,
+    },
     /// An event a room publishes in the untyped form (`RoomCx::publish`) until it gives the
     /// kind a variant here: its type and data as given.
     Other {
@@ -183,6 +192,7 @@ impl EventData {
             EventData::McpToolProgress { .. } => "mcp_tool_progress",
             EventData::DiscoveryProgress { .. } => "discovery_progress",
             EventData::DiscoveryCompleted { .. } => "discovery_completed",
+            EventData::ToolCallBlocked { .. } => "tool_call_blocked",
             EventData::Other { kind, .. } => kind,
         }
     }

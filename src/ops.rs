@@ -579,6 +579,7 @@ pub const MCP_REGISTER: Op = Op {
     }),
     errors: &[
         ErrorCode::AlreadyExists,
+        ErrorCode::CapabilityNotAllowed,
         ErrorCode::StateReadOnly,
         ErrorCode::PersistFailed,
         ErrorCode::Busy,
@@ -603,7 +604,9 @@ pub const MCP_REGISTER: Op = Op {
                     format!("invalid server spec: {e}"),
                 )
             })?;
-            Ok(Request::Mcp(McpRequest::Register { spec }))
+            Ok(Request::Mcp(McpRequest::Register {
+                spec: Box::new(spec),
+            }))
         },
     )
 };
@@ -731,6 +734,7 @@ pub const MCP_CALL: Op = Op {
     errors: &[
         ErrorCode::ServerNotFound,
         ErrorCode::ToolNotFound,
+        ErrorCode::CapabilityBlocked,
         ErrorCode::Conflict,
         ErrorCode::ToolError,
         ErrorCode::McpError,

@@ -76,3 +76,24 @@ pub struct McpCounts<'a> {
     /// Servers registered.
     pub total_registered: usize,
 }
+
+/// One MCP server as the rooms that follow the server catalogue see it
+/// ([`crate::room::Follows::servers`]): borrowed from the MCP room for the time of one
+/// hand-over, in id order.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerView<'a> {
+    /// Its id.
+    pub id: &'a str,
+    /// Its status (`active`, `stopped`, ...).
+    pub status: &'static str,
+    /// Whether it serves tool calls now (active or degraded).
+    pub serves: bool,
+    /// Whether its circuit breaker is open.
+    pub breaker_open: bool,
+    /// The capabilities its spec declares.
+    pub capabilities: &'a [String],
+    /// The blocked capabilities its spec allows anyway.
+    pub allow_capabilities: &'a [String],
+    /// Its tools as last listed (`tools/list` entries; empty before its first listing).
+    pub tools: &'a [serde_json::Value],
+}

@@ -283,7 +283,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             config: effective.mcp_servers.clone(),
             sandbox_enabled: effective.security.sandbox_enabled,
             state_dir: state.path().to_path_buf(),
-            blocked_capabilities: effective.security.blocked_capabilities.clone(),
+            policy: crate::variety::policy::Policy::new(&effective),
             servers: effective.servers.clone(),
         },
         mcp_tokens,
@@ -302,7 +302,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             Vec::new()
         }
     };
-    let gateway = crate::gateway::Gateway::new(&effective.gateway);
+    let gateway = crate::gateway::Gateway::new(&effective);
     let discovery = crate::discovery::Discovery::new(&effective, state.path().to_path_buf());
     let security_room = crate::monitor::security::Security::new(
         Duration::from_millis(effective.monitoring.security_check_interval_ms),
@@ -384,7 +384,6 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         .chain(from_config.into_iter().map(|s| (s, Source::Config)))
     {
         let id = spec.id.clone();
-        let warning = daemon.rooms.mcp.capability_warning(&spec);
         match daemon.rooms.mcp.register(
             &mut cx.narrow(<Mcp as Wired>::timer).cx(),
             spec,
@@ -392,11 +391,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             autostart,
             &mut daemon.outputs,
         ) {
-            Ok(_) => {
-                if let Some(w) = warning {
-                    log::warn!("MCP server {id}: {w}");
-                }
-            }
+            Ok(_) => {}
             Err(e) => log::error!("MCP server {id} not registered: {e}"),
         }
     }

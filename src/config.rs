@@ -585,7 +585,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("security.sandbox_enabled", "run untrusted MCP servers in a sandbox", Constraint::Bool),
     pending(live("security.security_scan_enabled", "scan MCP servers before installing them", Constraint::Bool)),
     pending(live("security.min_security_score", "lowest security score a server may have", range(0.0, 100.0))),
-    pending(live("security.allowed_capabilities", "capabilities servers may offer", CAPABILITY_LIST)),
+    live("security.allowed_capabilities", "capabilities servers may offer: the variety analysis scores the share of provided capabilities this lists (allowed_capabilities.score)", CAPABILITY_LIST),
     live("security.blocked_capabilities", "capabilities that disqualify a server: a spec declaring one is refused and a tool whose name or description maps to one (built-in and [[variety.rules]] keyword rules) cannot be called nor is listed on /mcp, unless the server's allow_capabilities names it; must not overlap allowed_capabilities", CAPABILITY_LIST),
     live(SECRET_KEY, "bearer token required on the TCP API (at least 16 visible ASCII characters); empty = api_token_file, else a token generated into <state dir>/api_token; never printed", Constraint::Any),
     live("security.api_token_file", "file (at most 4 KiB) whose first line is the API token; not together with api_token", PATH),
@@ -2407,11 +2407,12 @@ keywords = ["forecast", "weather report"]
     #[test]
     fn keys_not_enforced_yet_are_marked_everywhere() {
         let pending: Vec<&str> = not_enforced_keys().collect();
-        assert_eq!(pending.len(), 9, "{pending:?}");
+        assert_eq!(pending.len(), 8, "{pending:?}");
         // Read by the variety room and the capability policy.
         assert!(is_enforced("monitoring.variety_check_interval_ms"));
         assert!(is_enforced("monitoring.alert_thresholds.variety_ratio_min"));
         assert!(is_enforced("security.blocked_capabilities"));
+        assert!(is_enforced("security.allowed_capabilities"));
         for key in [
             "mcp_servers.discovery_sources",
             "security.min_security_score",
@@ -2440,7 +2441,7 @@ keywords = ["forecast", "weather report"]
             .is_some_and(|d| d.ends_with("(not enforced yet)")));
         let node = &schema["properties"]["security"]["properties"]["sandbox_enabled"];
         assert_eq!(node["x-enforced"], Value::Null);
-        assert_eq!(example_toml().matches(NOT_ENFORCED).count(), 9);
+        assert_eq!(example_toml().matches(NOT_ENFORCED).count(), 8);
 
         assert!(Config::default().not_enforced_set().is_empty());
         let c = Config::default()

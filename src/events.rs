@@ -65,7 +65,7 @@ channels! {
     /// Security signals.
     Security = "security", silent: false;
     /// The variety model: gaps, acquisitions.
-    VarietyMonitoring = "variety_monitoring", silent: true;
+    VarietyMonitoring = "variety_monitoring", silent: false;
     /// The daemon's log records (sent from the log ring, not the event history).
     Logs = "logs", silent: false;
     /// Reflection's insights.
@@ -138,6 +138,39 @@ pub enum EventData {
         /// The blocked capabilities it maps to.
         capabilities: Vec<String>,
     },
+    /// `variety_updated`: an analysis ran.
+    VarietyUpdated {
+        /// The ratio.
+        variety_ratio: f64,
+        /// Open gaps.
+        gap_count: usize,
+        /// Their capabilities, most severe first.
+        gaps: Vec<String>,
+        /// Required capabilities.
+        required_count: usize,
+        /// Required capabilities with an active provider.
+        provided_count: usize,
+        /// Threats.
+        threat_count: usize,
+        /// What ran it: `start`, `timer`, `servers`, `request`.
+        trigger: &'static str,
+    },
+    /// `variety_gap_detected`: a required capability lost its last active provider (or was
+    /// required without one), with the seed's fields.
+    VarietyGapDetected {
+        /// `capability`.
+        gap_type: &'static str,
+        /// low, medium, high or critical.
+        severity: &'static str,
+        /// For people.
+        description: String,
+        /// `start_mcp_server`, `reset_mcp_server` or `acquire_mcp_server`.
+        recommended_action: &'static str,
+        /// The capability.
+        capability: String,
+        /// What would close it.
+        closes_with: String,
+    },
     /// An event a room publishes in the untyped form (`RoomCx::publish`) until it gives the
     /// kind a variant here: its type and data as given.
     Other {
@@ -160,6 +193,8 @@ impl EventData {
             EventData::McpServerToolsChanged { .. } => "mcp_server_tools_changed",
             EventData::McpToolProgress { .. } => "mcp_tool_progress",
             EventData::ToolCallBlocked { .. } => "tool_call_blocked",
+            EventData::VarietyUpdated { .. } => "variety_updated",
+            EventData::VarietyGapDetected { .. } => "variety_gap_detected",
             EventData::Other { kind, .. } => kind,
         }
     }

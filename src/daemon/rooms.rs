@@ -280,6 +280,8 @@ rooms! {
     Alerts(alerts: Alerts) => alerts_outputs [serve serve_alerts],
     /// The `/mcp` endpoint.
     Gateway(gateway: crate::gateway::Gateway) => gateway_outputs [follows servers],
+    /// Variety: required capabilities against what the servers provide.
+    Variety(variety: crate::variety::room::Variety) => deliver_effects [serve] [status variety] [follows servers],
 }
 
 impl Daemon {
@@ -469,6 +471,12 @@ mod tests {
                     active_count: 1,
                     total_registered: 2,
                 },
+                variety: crate::variety::room::Status {
+                    current_ratio: 0.5,
+                    gap_count: 1,
+                    last_assessed: listen.map(|_| "2026-12-02T03:00:00.000Z"),
+                    threshold: 0.7,
+                },
             };
             let mut old = json!({
                 "daemon": {
@@ -487,6 +495,8 @@ mod tests {
                 },
                 "components": old_components,
                 "mcp_servers": {"active_count": 1, "total_registered": 2},
+                "variety": {"current_ratio": 0.5, "gap_count": 1, "threshold": 0.7,
+                            "last_assessed": listen.map(|_| "2026-12-02T03:00:00.000Z")},
             });
             if let Some(l) = loop_stats {
                 old["loop"] = l;

@@ -303,6 +303,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         }
     };
     let gateway = crate::gateway::Gateway::new(&effective);
+    let variety = crate::variety::room::Variety::new(&effective, read_requests(&mut state));
     let security_room = crate::monitor::security::Security::new(
         Duration::from_millis(effective.monitoring.security_check_interval_ms),
         effective.consciousness.learning_rate,
@@ -350,6 +351,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             security: security_room,
             alerts: crate::monitor::room::Alerts::default(),
             gateway,
+            variety,
         },
         documents: persist::Documents::default(),
         events: EventLog::new(EVENT_HISTORY),
@@ -407,6 +409,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         );
     }
     daemon.schedule_alert_cycles(&mut cx);
+    daemon.with::<crate::variety::room::Variety, _>(&mut cx, |room, rcx| room.start(rcx));
     daemon.setup_watchdog(&mut cx);
     log::info!("REST API and WebSocket monitor listening on http://{tcp_addr}");
     log::info!(
@@ -487,4 +490,17 @@ pub(super) fn write_pid_file(path: &Path) -> std::io::Result<()> {
     writeln!(f, "{}", std::process::id())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// The capability requests recorded in the state dir (none when the file is missing; logged
+/// and none when it cannot be read, which also makes it read-only: changes are refused).
+fn read_requests(state: &mut StateDir) -> Vec<crate::variety::room::CapabilityRequest> {
+    use crate::variety::room::REQUESTS_FILE;
+    match state.read(REQUESTS_FILE) {
+        Ok(requests) => requests.unwrap_or_default(),
+        Err(e) => {
+            log::error!("capability requests not loaded from {REQUESTS_FILE}: {e}");
+            Vec::new()
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //! analyses ([`super::analysis`]) at once when a server's status or tools change, when the
 //! configuration changes, every `monitoring.variety_check_interval_ms`, and on demand.
 //!
-//! Each analysis publishes `variety_updated`; a gap that opens (a required capability that had
+//! An analysis whose result changed (or that was asked for) publishes `variety_updated`; a gap
+//! that opens (a required capability that had
 //! an active provider, or was not required, and now has none) publishes `variety_gap_detected`
 //! once, not every cycle; the ratio is a reading of rule `variety:ratio` for the alerts room
 //! against `monitoring.alert_thresholds.variety_ratio_min`. Installing what closes a gap is the
@@ -226,18 +227,29 @@ impl Variety {
             variety_ratio: a.variety_ratio,
             gap_count: a.gaps.len(),
         });
-        cx.event(
-            Channel::VarietyMonitoring,
-            EventData::VarietyUpdated {
-                variety_ratio: a.variety_ratio,
-                gap_count: a.gaps.len(),
-                gaps: a.gaps.iter().map(|g| g.capability.clone()).collect(),
-                required_count: a.required_count,
-                provided_count: a.provided_count,
-                threat_count: a.threats.len(),
-                trigger,
-            },
-        );
+        // Said when the result changed (or when asked for): a server event that changes
+        // nothing here must not add an event to every subscriber's stream.
+        let changed = self.last.as_ref().is_none_or(|l| {
+            l.variety_ratio != a.variety_ratio
+                || l.gaps != a.gaps
+                || l.threats != a.threats
+                || l.required_count != a.required_count
+                || l.provided_count != a.provided_count
+        });
+        if changed || trigger == "request" {
+            cx.event(
+                Channel::VarietyMonitoring,
+                EventData::VarietyUpdated {
+                    variety_ratio: a.variety_ratio,
+                    gap_count: a.gaps.len(),
+                    gaps: a.gaps.iter().map(|g| g.capability.clone()).collect(),
+                    required_count: a.required_count,
+                    provided_count: a.provided_count,
+                    threat_count: a.threats.len(),
+                    trigger,
+                },
+            );
+        }
         let bad = a.variety_ratio < self.ratio_min;
         cx.observe(Observation {
             rule: "variety:ratio".into(),

@@ -30,6 +30,42 @@ pub enum Request {
     Alerts(AlertsRequest),
     /// The discovery room.
     Discovery(DiscoveryRequest),
+    /// The variety room.
+    Variety(VarietyRequest),
+}
+
+/// What the variety room serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VarietyRequest {
+    /// The last analysis (`GET /api/v1/vsm/variety`).
+    Analysis,
+    /// Analyse now (`POST /api/v1/vsm/variety/recalculate`, `trigger_variety_analysis`).
+    Recalculate {
+        /// Analyse even when the last analysis is fresh.
+        force: bool,
+        /// Ask for an external scan too (discovery's; said to be not run when absent).
+        external_scan: bool,
+    },
+    /// Ratio, counts and trend (`GET /api/v1/metrics/variety`).
+    Metrics,
+    /// Every capability, its providers and why (`GET /api/v1/capabilities`).
+    Capabilities,
+    /// The gaps (`GET /api/v1/capabilities/gaps`).
+    Gaps,
+    /// Record a required capability (`POST /api/v1/capabilities/acquire`).
+    Acquire {
+        /// `capability_type`.
+        capability: String,
+        /// `acquisition_method` (`mcp_server`).
+        method: String,
+        /// `priority`: low, medium, high or critical (the gap's severity).
+        priority: String,
+    },
+    /// Remove a recorded request (`DELETE /api/v1/capabilities/{id}`).
+    Remove {
+        /// The capability.
+        id: String,
+    },
 }
 
 /// What the discovery room serves (to clients, and to rooms that ask: variety, acquisition).

@@ -186,7 +186,23 @@ pub enum Command {
         /// Alert id.
         id: String,
     },
-    /// Metrics: all, or `performance`, `health` (`variety` is not measured yet).
+    /// `variety status`: the last analysis.
+    VarietyStatus,
+    /// `variety analyze [--force]`: analyse now.
+    VarietyAnalyze {
+        /// Even when the last analysis is fresh.
+        force: bool,
+    },
+    /// `variety gaps list`.
+    VarietyGaps,
+    /// `variety acquire CAP [--priority P]`: require a capability.
+    VarietyAcquire {
+        /// The capability.
+        capability: String,
+        /// low, medium, high or critical.
+        priority: Option<String>,
+    },
+    /// Metrics: all, or `performance`, `health`, `variety`.
     Metrics {
         /// `--type`.
         kind: Option<String>,
@@ -281,8 +297,10 @@ const VALUE_OPTIONS: &[&str] = &[
     "component",
     "service",
     "type",
+    "priority",
 ];
 const FLAG_OPTIONS: &[&str] = &[
+    "force",
     "json",
     "detailed",
     "follow",
@@ -384,6 +402,16 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         ["alerts", "ack", rest @ ..] => ("alerts ack", &[], rest),
         ["alerts", rest @ ..] => ("alerts", &["all"], rest),
         ["metrics", rest @ ..] => ("metrics", &["type"], rest),
+        ["variety", "status", rest @ ..] => ("variety status", &[], rest),
+        ["variety", "analyze", rest @ ..] => ("variety analyze", &["force"], rest),
+        ["variety", "gaps", "list", rest @ ..] => ("variety gaps list", &[], rest),
+        ["variety", "acquire", rest @ ..] => ("variety acquire", &["priority"], rest),
+        ["variety", ..] if raw.help => return Ok(Invocation::Help(help(Some("variety")))),
+        ["variety", ..] => {
+            return Err(UsageError(
+                "use: variety status | analyze [--force] | gaps list | acquire CAPABILITY".into(),
+            ))
+        }
         ["help", rest @ ..] => return Ok(Invocation::Help(help(Some(&rest.join(" "))))),
         [other, ..] => return Err(UsageError(format!("unknown command '{other}'"))),
     };
@@ -672,6 +700,39 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
             }
             Command::Metrics { kind }
         }
+        "variety status" => {
+            no_args(args)?;
+            Command::VarietyStatus
+        }
+        "variety analyze" => {
+            no_args(args)?;
+            Command::VarietyAnalyze {
+                force: flag("force"),
+            }
+        }
+        "variety gaps list" => {
+            no_args(args)?;
+            Command::VarietyGaps
+        }
+        "variety acquire" => {
+            let [capability] = args else {
+                return Err(UsageError(
+                    "use: variety acquire CAPABILITY [--priority low|medium|high|critical]".into(),
+                ));
+            };
+            let priority = value("priority");
+            if let Some(p) = &priority {
+                if !["low", "medium", "high", "critical"].contains(&p.as_str()) {
+                    return Err(UsageError(format!(
+                        "--priority takes low, medium, high or critical, not '{p}'"
+                    )));
+                }
+            }
+            Command::VarietyAcquire {
+                capability: capability.to_string(),
+                priority,
+            }
+        }
         n if n.starts_with("mcp ") => {
             let [id] = args else {
                 return Err(UsageError(format!("use: {n} ID")));
@@ -782,8 +843,16 @@ pub fn help(command: Option<&str>) -> String {
         "metrics" => "vsm-daemon metrics [--type variety|performance|health] [--json]\n\n\
             Daemon, host and MCP metrics. performance: process and host resources, the last\n\
             performance cycle (CPU %, network, disks, filesystems, per-route and per-server p50/p95/p99\n\
-            and error rates over the cycle's window); health: components and MCP servers. variety is\n\
-            not measured yet (exit 1).",
+            and error rates over the cycle's window); health: components and MCP servers; variety:\n\
+            the variety ratio, required and provided capabilities, gaps, threats and the trend.",
+        "variety" | "variety status" | "variety analyze" | "variety gaps list" | "variety acquire" => "vsm-daemon variety status | analyze [--force] | gaps list | acquire CAPABILITY [--priority P]\n\n\
+            \x20\x20status               the last analysis: ratio (weight of required capabilities with an\n\
+            \x20\x20                     active provider over the required weight), gaps, threats, providers\n\
+            \x20\x20analyze [--force]    analyse now (without --force an analysis younger than 1 s is shown)\n\
+            \x20\x20gaps list            required capabilities without an active provider and what closes each\n\
+            \x20\x20acquire CAPABILITY   require it (kept across restarts); prints the gap it opens or that it\n\
+            \x20\x20                     is provided already. --priority low|medium|high|critical (default medium)\n\
+            Required capabilities also come from [variety] required in the config. Exit 1 when refused.",
         "mcp call" => "vsm-daemon mcp call ID TOOL ['{JSON arguments}'] [--timeout-ms N]\n\n\
             Prints the tool's text content (--json: the whole result). Exit 1 when the tool reports an\n\
             error (isError), the call times out or the server is not active.",
@@ -808,7 +877,8 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20token [rotate]        the TCP API's bearer token and where it comes from\n\
             \x20\x20checks [run NAME]     declared checks, or run one now\n\
             \x20\x20alerts [--all]        firing (or all kept) alerts; alerts ack ID\n\
-            \x20\x20metrics [--type T]    metrics (performance, health)\n\
+            \x20\x20metrics [--type T]    metrics (performance, health, variety)\n\
+            \x20\x20variety status|analyze|gaps list|acquire CAP   capabilities required against provided\n\
             \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio|discover\n\n\
             `vsm-daemon COMMAND --help` tells more; --version prints the version.",
     };
@@ -894,10 +964,6 @@ pub fn run(global: &Global, command: Command) -> Exit {
             return follow_logs(&client, global, level, component, lines);
         }
         Command::Stop { graceful } => return stop(&client, global, graceful),
-        Command::Metrics { kind: Some(k) } if k == "variety" => {
-            errln!("error: variety metrics are not measured yet (the variety manager is not implemented)");
-            return Exit::Refused;
-        }
         other => {
             let (method, path, body) = request_for(&other);
             client
@@ -1068,7 +1134,26 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             let op = &ops::ALERTS_ACK;
             (op.method, op.target(&encode(id)), None)
         }
+        Command::VarietyStatus => plain(&ops::VARIETY_GET),
+        Command::VarietyAnalyze { force } => {
+            let op = &ops::VARIETY_RECALCULATE;
+            (op.method, op.path.into(), Some(json!({"force": force})))
+        }
+        Command::VarietyGaps => plain(&ops::CAPABILITIES_GAPS),
+        Command::VarietyAcquire {
+            capability,
+            priority,
+        } => {
+            let op = &ops::CAPABILITIES_ACQUIRE;
+            let mut body =
+                json!({"capability_type": capability, "acquisition_method": "mcp_server"});
+            if let Some(p) = priority {
+                body["priority"] = json!(p);
+            }
+            (op.method, op.path.into(), Some(body))
+        }
         Command::Metrics { kind } => match kind.as_deref() {
+            Some("variety") => plain(&ops::VARIETY_METRICS),
             Some("performance") => plain(&ops::METRICS_PERFORMANCE),
             Some("health") => plain(&ops::METRICS_HEALTH),
             _ => plain(&ops::METRICS_ALL),
@@ -1351,6 +1436,88 @@ fn tool_summary(description: &str) -> String {
     summary
 }
 
+/// `variety status` / `analyze` for people.
+fn show_variety(out: &mut String, d: &Value) {
+    let _ = writeln!(
+        out,
+        "variety ratio {} (threshold {}), {} of {} required capabilities provided, assessed {}",
+        text(&d["variety_ratio"]),
+        text(&d["threshold"]),
+        text(&d["provided_count"]),
+        text(&d["required_count"]),
+        text(&d["timestamp"]),
+    );
+    let _ = writeln!(out, "\ncapabilities:");
+    for c in d["capabilities"].as_array().into_iter().flatten() {
+        let providers: Vec<String> = c["providers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| format!("{} ({})", text(&p["server"]), text(&p["status"])))
+            .collect();
+        let mark = match (c["required"].is_object(), c["active_providers"].as_u64()) {
+            (true, Some(0)) => "GAP ",
+            (true, _) => "req ",
+            _ => "    ",
+        };
+        let providers = if providers.is_empty() {
+            "-".to_string()
+        } else {
+            providers.join(", ")
+        };
+        let _ = writeln!(out, "  {mark}{:<24} {providers}", text(&c["name"]));
+    }
+    if let Some(gaps) = d["gaps"].as_array().filter(|g| !g.is_empty()) {
+        let _ = writeln!(out, "\ngaps:");
+        show_gaps(out, &Value::Array(gaps.clone()));
+    }
+    if let Some(threats) = d["threats"].as_array().filter(|t| !t.is_empty()) {
+        let _ = writeln!(out, "\nthreats:");
+        for t in threats {
+            let _ = writeln!(
+                out,
+                "  {:<16} {}",
+                text(&t["kind"]),
+                text(&t["description"])
+            );
+        }
+    }
+    let share = &d["allowed_capabilities"];
+    let _ = writeln!(
+        out,
+        "\nallowed_capabilities score {} ({})",
+        text(&share["score"]),
+        text(&share["rule"])
+    );
+    let _ = writeln!(
+        out,
+        "trend {} over {} analyses",
+        text(&d["trend"]["direction"]),
+        d["trend"]["points"].as_array().map_or(0, Vec::len)
+    );
+    if let Some(scan) = d["external_scan"].as_str() {
+        let _ = writeln!(out, "external scan: {scan}");
+    }
+}
+
+/// Gaps, one per line with what closes each.
+fn show_gaps(out: &mut String, gaps: &Value) {
+    let gaps = gaps.as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if gaps.is_empty() {
+        let _ = writeln!(out, "no gaps");
+    }
+    for g in gaps {
+        let _ = writeln!(
+            out,
+            "  {:<9} {:<20} {}: {}",
+            text(&g["severity"]),
+            text(&g["capability"]),
+            text(&g["recommended_action"]),
+            text(&g["closes_with"])
+        );
+    }
+}
+
 fn human(command: &Command, data: &Value) -> String {
     let mut out = String::new();
     match command {
@@ -1388,6 +1555,25 @@ fn human(command: &Command, data: &Value) -> String {
         }
         Command::AlertAck { .. } => {
             let _ = writeln!(out, "acknowledged {}", text(&data["alert"]["id"]));
+        }
+        Command::VarietyStatus | Command::VarietyAnalyze { .. } => show_variety(&mut out, data),
+        Command::VarietyGaps => show_gaps(&mut out, &data["gaps"]),
+        Command::VarietyAcquire { .. } => {
+            let cap = text(&data["capability"]);
+            if data["recorded"] == true {
+                let _ = writeln!(out, "recorded: '{cap}' is required now");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "'{cap}' is required already (by {})",
+                    text(&data["required_by"])
+                );
+            }
+            if data["gap"].is_object() {
+                show_gaps(&mut out, &Value::Array(vec![data["gap"].clone()]));
+            } else {
+                let _ = writeln!(out, "provided: an active server offers it");
+            }
         }
         Command::Metrics { .. } => {
             let mut rows = Vec::new();

@@ -610,7 +610,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("security.sandbox_enabled", "run untrusted MCP servers in a sandbox", Constraint::Bool),
     pending(live("security.security_scan_enabled", "scan MCP servers before installing them", Constraint::Bool)),
     pending(live("security.min_security_score", "lowest security score a server may have", range(0.0, 100.0))),
-    pending(live("security.allowed_capabilities", "capabilities servers may offer", CAPABILITY_LIST)),
+    live("security.allowed_capabilities", "capabilities servers may offer: the variety analysis scores the share of provided capabilities this lists (allowed_capabilities.score)", CAPABILITY_LIST),
     live("security.blocked_capabilities", "capabilities that disqualify a server: a spec declaring one is refused and a tool whose name or description maps to one (built-in and [[variety.rules]] keyword rules) cannot be called nor is listed on /mcp, unless the server's allow_capabilities names it; must not overlap allowed_capabilities", CAPABILITY_LIST),
     live(SECRET_KEY, "bearer token required on the TCP API (at least 16 visible ASCII characters); empty = api_token_file, else a token generated into <state dir>/api_token; never printed", Constraint::Any),
     live("security.api_token_file", "file (at most 4 KiB) whose first line is the API token; not together with api_token", PATH),
@@ -2530,6 +2530,7 @@ keywords = ["forecast", "weather report"]
             "monitoring.variety_check_interval_ms",
             "monitoring.alert_thresholds.variety_ratio_min",
             "security.blocked_capabilities",
+            "security.allowed_capabilities",
         ] {
             assert!(is_enforced(key), "{key}");
         }

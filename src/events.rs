@@ -169,6 +169,39 @@ pub enum EventData {
         /// The blocked capabilities it maps to.
         capabilities: Vec<String>,
     },
+    /// `variety_updated`: an analysis ran.
+    VarietyUpdated {
+        /// The ratio.
+        variety_ratio: f64,
+        /// Open gaps.
+        gap_count: usize,
+        /// Their capabilities, most severe first.
+        gaps: Vec<String>,
+        /// Required capabilities.
+        required_count: usize,
+        /// Required capabilities with an active provider.
+        provided_count: usize,
+        /// Threats.
+        threat_count: usize,
+        /// What ran it: `start`, `timer`, `servers`, `request`.
+        trigger: &'static str,
+    },
+    /// `variety_gap_detected`: a required capability lost its last active provider (or was
+    /// required without one), with the seed's fields.
+    VarietyGapDetected {
+        /// `capability`.
+        gap_type: &'static str,
+        /// low, medium, high or critical.
+        severity: &'static str,
+        /// For people.
+        description: String,
+        /// `start_mcp_server`, `reset_mcp_server` or `acquire_mcp_server`.
+        recommended_action: &'static str,
+        /// The capability.
+        capability: String,
+        /// What would close it.
+        closes_with: String,
+    },
     /// An event a room publishes in the untyped form (`RoomCx::publish`) until it gives the
     /// kind a variant here: its type and data as given.
     Other {
@@ -193,6 +226,8 @@ impl EventData {
             EventData::DiscoveryProgress { .. } => "discovery_progress",
             EventData::DiscoveryCompleted { .. } => "discovery_completed",
             EventData::ToolCallBlocked { .. } => "tool_call_blocked",
+            EventData::VarietyUpdated { .. } => "variety_updated",
+            EventData::VarietyGapDetected { .. } => "variety_gap_detected",
             EventData::Other { kind, .. } => kind,
         }
     }

@@ -2058,6 +2058,10 @@ fn openapi_document_matches_the_router() {
             ("POST", "/api/v1/mcp/servers/{id}/tools/call") => {
                 Some(r#"{"name":"echo","arguments":{"message":"doc"}}"#.to_string())
             }
+            // Recorded here, removed by the DELETE at the end.
+            ("POST", "/api/v1/capabilities/acquire") => {
+                Some(r#"{"capability_type":"fx"}"#.to_string())
+            }
             _ if op["requestBody"]["required"] == true => Some("{}".to_string()),
             _ => None,
         };
@@ -2111,6 +2115,8 @@ fn every_websocket_command_reaches_its_operation() {
             "mcp_register_server" => spec.clone(),
             "mcp_unregister_server" => json!({"id": "fx2"}),
             "mcp_call_tool" => json!({"id": "fx", "name": "echo", "arguments": {"message": "ws"}}),
+            // Recorded, then removed by remove_capability (later in the table).
+            "acquire_capability" => json!({"capability_type": "fx"}),
             _ if op.path.contains("{id}") => json!({"id": "fx"}),
             _ => json!({}),
         };

@@ -18,3 +18,4 @@ mod security;
 mod state_config;
 mod state_crash;
 mod util;
+mod variety;

@@ -282,6 +282,8 @@ rooms! {
     Gateway(gateway: crate::gateway::Gateway) => gateway_outputs [follows servers],
     /// Discovery of MCP servers to install.
     Discovery(discovery: crate::discovery::Discovery) => deliver_effects [serve],
+    /// Variety: required capabilities against what the servers provide.
+    Variety(variety: crate::variety::room::Variety) => deliver_effects [serve] [status variety] [follows servers],
 }
 
 impl Daemon {
@@ -472,6 +474,12 @@ mod tests {
                     total_registered: 2,
                     last_discovery: listen.map(|_| "2026-12-02T03:00:00Z"),
                 },
+                variety: crate::variety::room::Status {
+                    current_ratio: 0.5,
+                    gap_count: 1,
+                    last_assessed: listen.map(|_| "2026-12-02T03:00:00.000Z"),
+                    threshold: 0.7,
+                },
             };
             let mut old = json!({
                 "daemon": {
@@ -491,6 +499,8 @@ mod tests {
                 "components": old_components,
                 "mcp_servers": {"active_count": 1, "total_registered": 2,
                                 "last_discovery": listen.map(|_| "2026-12-02T03:00:00Z")},
+                "variety": {"current_ratio": 0.5, "gap_count": 1, "threshold": 0.7,
+                            "last_assessed": listen.map(|_| "2026-12-02T03:00:00.000Z")},
             });
             if let Some(l) = loop_stats {
                 old["loop"] = l;

@@ -303,6 +303,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         }
     };
     let gateway = crate::gateway::Gateway::new(&effective);
+    let variety = crate::variety::room::Variety::new(&effective, read_requests(&mut state));
     let discovery = crate::discovery::Discovery::new(&effective, state.path().to_path_buf());
     let security_room = crate::monitor::security::Security::new(
         Duration::from_millis(effective.monitoring.security_check_interval_ms),
@@ -350,6 +351,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             actions: crate::monitor::actions::Actions::new(actions_tokens),
             security: security_room,
             alerts: crate::monitor::room::Alerts::default(),
+            variety,
             gateway,
             discovery,
         },
@@ -409,6 +411,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         );
     }
     daemon.schedule_alert_cycles(&mut cx);
+    daemon.with::<crate::variety::room::Variety, _>(&mut cx, |room, rcx| room.start(rcx));
     daemon.with::<crate::discovery::Discovery, _>(&mut cx, |room, rcx| room.start(rcx));
     daemon.setup_watchdog(&mut cx);
     log::info!("REST API and WebSocket monitor listening on http://{tcp_addr}");
@@ -490,4 +493,17 @@ pub(super) fn write_pid_file(path: &Path) -> std::io::Result<()> {
     writeln!(f, "{}", std::process::id())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// The capability requests recorded in the state dir (none when the file is missing; logged
+/// and none when it cannot be read, which also makes it read-only: changes are refused).
+fn read_requests(state: &mut StateDir) -> Vec<crate::variety::room::CapabilityRequest> {
+    use crate::variety::room::REQUESTS_FILE;
+    match state.read(REQUESTS_FILE) {
+        Ok(requests) => requests.unwrap_or_default(),
+        Err(e) => {
+            log::error!("capability requests not loaded from {REQUESTS_FILE}: {e}");
+            Vec::new()
+        }
+    }
 }

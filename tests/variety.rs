@@ -143,7 +143,16 @@ fn ratio_and_gaps_follow_a_provider_that_stops_and_starts() {
 
     // The memory provider stops: the weighted ratio drops to 1/3 and the gap says what closes it.
     mcp(&d, "stop", "mem");
-    let v = wait_ratio(&d, 0.3333);
+    // The ratio drops as soon as mem leaves `active` (while it is still stopping); wait for
+    // the stop to finish so the gap names the state it is left in.
+    wait_status(&d, "mem", "stopped");
+    let v = wait_until(
+        "the gap names mem stopped",
+        || variety(&d),
+        |v| v["gaps"][0]["closes_with"] == "start mem (stopped)",
+        |v| format!("last analysis: {v:#}\n{}", d.stderr()),
+    );
+    assert_eq!(v["variety_ratio"].as_f64(), Some(0.3333), "{v}");
     assert_eq!(v["gaps"][0]["capability"], "memory", "{v}");
     assert_eq!(
         v["gaps"][0]["recommended_action"], "start_mcp_server",

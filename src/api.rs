@@ -28,6 +28,29 @@ pub enum Request {
     Checks(ChecksRequest),
     /// The alerts room.
     Alerts(AlertsRequest),
+    /// The VSM room (the five systems).
+    Vsm(VsmRequest),
+}
+
+/// What the VSM room serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VsmRequest {
+    /// Every system: status, counter, recent activity.
+    List,
+    /// One system (`system1`…`system5` or `operations`…`policy`).
+    Show {
+        /// The system's id or name.
+        id: String,
+    },
+    /// Run a system's action.
+    Action {
+        /// The system's id or name.
+        id: String,
+        /// The action's name.
+        action: String,
+        /// Its parameters (an object, or null).
+        parameters: Value,
+    },
 }
 
 /// What the alerts room serves.
@@ -43,6 +66,8 @@ pub enum AlertsRequest {
         /// Alert id.
         id: String,
     },
+    /// Run the built-in performance and health cycles now (System 3's `audit`).
+    RunCycles,
 }
 
 /// What the checks room serves.
@@ -578,6 +603,12 @@ pub enum ErrorCode {
     ServerNotFound,
     /// No alert with that id (or it was dropped: resolved alerts are kept up to a bound).
     AlertNotFound,
+    /// No VSM system with that id or name.
+    SystemNotFound,
+    /// The record knows nothing of the subject asked about.
+    SubjectNotFound,
+    /// The operation needs a part of the daemon that is not built yet (named in the message).
+    NotImplemented,
     /// The server has no tool with that name.
     ToolNotFound,
     /// Something with that id already exists.
@@ -628,6 +659,9 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::ServerNotFound => "server_not_found",
             ErrorCode::AlertNotFound => "alert_not_found",
+            ErrorCode::SystemNotFound => "system_not_found",
+            ErrorCode::SubjectNotFound => "subject_not_found",
+            ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::ToolNotFound => "tool_not_found",
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::ToolError => "tool_error",
@@ -654,7 +688,10 @@ impl ErrorCode {
             | ErrorCode::ConfigKeyNotFound
             | ErrorCode::ServerNotFound
             | ErrorCode::AlertNotFound
+            | ErrorCode::SystemNotFound
+            | ErrorCode::SubjectNotFound
             | ErrorCode::ToolNotFound => 404,
+            ErrorCode::NotImplemented => 501,
             ErrorCode::AlreadyExists => 409,
             ErrorCode::ToolError => 422,
             ErrorCode::McpError | ErrorCode::ServerExited => 502,

@@ -184,6 +184,22 @@ pub enum Command {
         /// `--type`.
         kind: Option<String>,
     },
+    /// The five VSM systems.
+    Systems,
+    /// One VSM system.
+    SystemStatus {
+        /// `system1`… or a name.
+        id: String,
+    },
+    /// Run a VSM system's action.
+    SystemTrigger {
+        /// `system1`… or a name.
+        id: String,
+        /// The action.
+        action: String,
+        /// `--parameters JSON` (an object).
+        parameters: Option<Value>,
+    },
     /// show, tools, start, stop, restart, reset or unregister one server.
     Mcp {
         /// The action.
@@ -271,6 +287,7 @@ const VALUE_OPTIONS: &[&str] = &[
     "component",
     "service",
     "type",
+    "parameters",
 ];
 const FLAG_OPTIONS: &[&str] = &[
     "json",
@@ -373,6 +390,15 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         ["alerts", "ack", rest @ ..] => ("alerts ack", &[], rest),
         ["alerts", rest @ ..] => ("alerts", &["all"], rest),
         ["metrics", rest @ ..] => ("metrics", &["type"], rest),
+        ["systems", "list", rest @ ..] => ("systems list", &[], rest),
+        ["systems", "status", rest @ ..] => ("systems status", &[], rest),
+        ["systems", "trigger", rest @ ..] => ("systems trigger", &["parameters"], rest),
+        ["systems", ..] if raw.help => return Ok(Invocation::Help(help(Some("systems")))),
+        ["systems", ..] => {
+            return Err(UsageError(
+                "use: systems list | status ID | trigger ID ACTION".into(),
+            ))
+        }
         ["help", rest @ ..] => return Ok(Invocation::Help(help(Some(&rest.join(" "))))),
         [other, ..] => return Err(UsageError(format!("unknown command '{other}'"))),
     };
@@ -640,6 +666,36 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
             }
             Command::Metrics { kind }
         }
+        "systems list" => {
+            no_args(args)?;
+            Command::Systems
+        }
+        "systems status" => {
+            let [id] = args else {
+                return Err(UsageError("use: systems status ID".into()));
+            };
+            Command::SystemStatus { id: id.to_string() }
+        }
+        "systems trigger" => {
+            let [id, action] = args else {
+                return Err(UsageError(
+                    "use: systems trigger ID ACTION [--parameters '{JSON}']".into(),
+                ));
+            };
+            let parameters = value("parameters")
+                .map(|p| match serde_json::from_str::<Value>(&p) {
+                    Ok(v @ Value::Object(_)) => Ok(v),
+                    _ => Err(UsageError(format!(
+                        "--parameters takes a JSON object, not '{p}'"
+                    ))),
+                })
+                .transpose()?;
+            Command::SystemTrigger {
+                id: id.to_string(),
+                action: action.to_string(),
+                parameters,
+            }
+        }
         n if n.starts_with("mcp ") => {
             let [id] = args else {
                 return Err(UsageError(format!("use: {n} ID")));
@@ -742,6 +798,13 @@ pub fn help(command: Option<&str>) -> String {
             performance cycle (CPU %, network, disks, filesystems, per-route and per-server p50/p95/p99\n\
             and error rates over the cycle's window); health: components and MCP servers. variety is\n\
             not measured yet (exit 1).",
+        "systems" | "systems list" | "systems status" | "systems trigger" => "vsm-daemon systems list | status ID | trigger ID ACTION [--parameters '{JSON}']\n\n\
+            The five VSM systems (system1 operations, system2 coordination, system3 control,\n\
+            system4 intelligence, system5 policy): status and why, counter, recent activity.\n\
+            \x20\x20trigger system1 call --parameters '{\"server\": \"time\", \"tool\": \"get_current_time\", \"arguments\": {}}'\n\
+            \x20\x20trigger system2 reset_backoff   start every server in backoff now\n\
+            \x20\x20trigger system3 audit           run the health and performance cycles and every check now\n\
+            \x20\x20(system4 scan and system5 decide are refused until the variety and acquisition parts exist)",
         "mcp call" => "vsm-daemon mcp call ID TOOL ['{JSON arguments}'] [--timeout-ms N]\n\n\
             Prints the tool's text content (--json: the whole result). Exit 1 when the tool reports an\n\
             error (isError), the call times out or the server is not active.",
@@ -767,6 +830,7 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20checks [run NAME]     declared checks, or run one now\n\
             \x20\x20alerts [--all]        firing (or all kept) alerts; alerts ack ID\n\
             \x20\x20metrics [--type T]    metrics (performance, health)\n\
+            \x20\x20systems list|status ID|trigger ID ACTION   the five VSM systems\n\
             \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio\n\n\
             `vsm-daemon COMMAND --help` tells more; --version prints the version.",
     };
@@ -1024,6 +1088,20 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             Some("health") => plain(&ops::METRICS_HEALTH),
             _ => plain(&ops::METRICS_ALL),
         },
+        Command::Systems => plain(&ops::VSM_SYSTEMS),
+        Command::SystemStatus { id } => {
+            let op = &ops::VSM_SYSTEM;
+            (op.method, op.target(&encode(id)), None)
+        }
+        Command::SystemTrigger {
+            id,
+            action,
+            parameters,
+        } => {
+            let op = &ops::VSM_ACTION;
+            let body = json!({"action": action, "parameters": parameters});
+            (op.method, op.target(&encode(id)), Some(body))
+        }
         Command::Mcp { action, id } => {
             let op = match action.as_str() {
                 "show" => &ops::MCP_SHOW,
@@ -1209,6 +1287,29 @@ fn show_server(d: &Value) -> String {
     out
 }
 
+/// One VSM system on one line: id, name, status, counter, why.
+fn system_line(out: &mut String, sys: &Value) {
+    let id = text(&sys["id"]);
+    let counter = [
+        "operations_count",
+        "coordination_points",
+        "audit_cycles",
+        "scans_completed",
+        "decisions_made",
+    ]
+    .into_iter()
+    .find(|k| sys.get(*k).is_some())
+    .unwrap_or("count");
+    let _ = writeln!(
+        out,
+        "{id:<8} {:<13} {:<9} {counter} {:<6} {}",
+        text(&sys["name"]),
+        text(&sys["status"]),
+        text(&sys[counter]),
+        text(&sys["reason"])
+    );
+}
+
 /// Human rendering of a reply's data.
 /// Longest tool description `mcp tools` prints on a tool's line, in characters.
 const SUMMARY_CHARS: usize = 120;
@@ -1267,6 +1368,32 @@ fn human(command: &Command, data: &Value) -> String {
         }
         Command::AlertAck { .. } => {
             let _ = writeln!(out, "acknowledged {}", text(&data["alert"]["id"]));
+        }
+        Command::Systems => {
+            for sys in data["systems"].as_array().into_iter().flatten() {
+                system_line(&mut out, sys);
+            }
+        }
+        Command::SystemStatus { .. } => {
+            system_line(&mut out, data);
+            let _ = writeln!(out, "action: {}", text(&data["action"]));
+            for (k, v) in data["by_kind"].as_object().into_iter().flatten() {
+                let _ = writeln!(out, "  {k:<20} {v}");
+            }
+            let _ = writeln!(out, "recent:");
+            for a in data["recent_activity"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "  {} #{} {:<16} {}",
+                    text(&a["at"]),
+                    text(&a["seq"]),
+                    text(&a["kind"]),
+                    text(&a["detail"])
+                );
+            }
+        }
+        Command::SystemTrigger { .. } => {
+            let _ = writeln!(out, "{data:#}");
         }
         Command::Metrics { .. } => {
             let mut rows = Vec::new();
@@ -1681,6 +1808,41 @@ mod tests {
             R::Config(ConfigRequest::Reload)
         );
         assert_eq!(
+            routed(&["systems", "list"]),
+            R::Vsm(crate::api::VsmRequest::List)
+        );
+        assert_eq!(
+            routed(&["systems", "status", "system3"]),
+            R::Vsm(crate::api::VsmRequest::Show {
+                id: "system3".into()
+            })
+        );
+        assert_eq!(
+            routed(&[
+                "systems",
+                "trigger",
+                "operations",
+                "call",
+                "--parameters",
+                r#"{"server":"t"}"#
+            ]),
+            R::Vsm(crate::api::VsmRequest::Action {
+                id: "operations".into(),
+                action: "call".into(),
+                parameters: json!({"server": "t"}),
+            })
+        );
+        assert!(parse_argv(&["systems", "trigger", "system1"]).is_err());
+        assert!(parse_argv(&[
+            "systems",
+            "trigger",
+            "system1",
+            "call",
+            "--parameters",
+            "[1]"
+        ])
+        .is_err());
+        assert_eq!(
             routed(&["config", "schema"]),
             R::Config(ConfigRequest::Schema)
         );
@@ -1880,6 +2042,7 @@ mod tests {
             "token",
             "alerts",
             "metrics",
+            "systems",
         ] {
             match parse_argv(&[cmd, "--help"]) {
                 Ok(Invocation::Help(text)) => assert!(text.contains("vsm-daemon"), "{cmd}"),

@@ -31,3 +31,4 @@ pub mod state;
 pub mod sys;
 pub mod telemetry;
 pub mod variety;
+pub mod vsm;

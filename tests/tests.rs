@@ -17,3 +17,4 @@ mod security;
 mod state_config;
 mod state_crash;
 mod util;
+mod vsm;

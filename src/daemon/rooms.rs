@@ -255,6 +255,8 @@ rooms! {
     Alerts(alerts: Alerts) => alerts_outputs [serve serve_alerts],
     /// The `/mcp` endpoint.
     Gateway(gateway: crate::gateway::Gateway) => gateway_outputs,
+    /// The five VSM systems.
+    Vsm(vsm: crate::vsm::Vsm) => deliver_effects [serve] [status vsm_systems],
 }
 
 impl Daemon {
@@ -423,6 +425,7 @@ mod tests {
                 );
             }
             let loop_stats = detailed.then(|| json!({"wakeups": 5, "rss_bytes": null}));
+            let vsm = crate::vsm::Vsm::default();
             let typed = Status {
                 components,
                 daemon: Daemon {
@@ -444,6 +447,7 @@ mod tests {
                     active_count: 1,
                     total_registered: 2,
                 },
+                vsm_systems: vsm.status_block(),
             };
             let mut old = json!({
                 "daemon": {
@@ -462,6 +466,7 @@ mod tests {
                 },
                 "components": old_components,
                 "mcp_servers": {"active_count": 1, "total_registered": 2},
+                "vsm_systems": serde_json::to_value(vsm.status_block()).expect("vsm"),
             });
             if let Some(l) = loop_stats {
                 old["loop"] = l;

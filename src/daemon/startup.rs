@@ -350,6 +350,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             security: security_room,
             alerts: crate::monitor::room::Alerts::default(),
             gateway,
+            vsm: crate::vsm::Vsm::default(),
         },
         documents: persist::Documents::default(),
         events: EventLog::new(EVENT_HISTORY),

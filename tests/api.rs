@@ -2044,7 +2044,11 @@ fn openapi_document_matches_the_router() {
     let mut ops: Vec<_> = documented.iter().collect();
     ops.sort_by_key(|(m, _)| m == "DELETE");
     for (method, template) in ops {
-        let path = template.replace("{id}", "fx");
+        let path = if template.starts_with("/api/v1/vsm/systems/{id}") {
+            template.replace("{id}", "system3")
+        } else {
+            template.replace("{id}", "fx")
+        };
         let op = &doc["paths"][template][method.to_ascii_lowercase()];
         let body = match (method.as_str(), template.as_str()) {
             ("POST", "/api/v1/control/stop") => Some(r#"{"service":"monitor"}"#.to_string()),
@@ -2057,6 +2061,9 @@ fn openapi_document_matches_the_router() {
             ),
             ("POST", "/api/v1/mcp/servers/{id}/tools/call") => {
                 Some(r#"{"name":"echo","arguments":{"message":"doc"}}"#.to_string())
+            }
+            ("POST", "/api/v1/vsm/systems/{id}/action") => {
+                Some(r#"{"action":"audit"}"#.to_string())
             }
             _ if op["requestBody"]["required"] == true => Some("{}".to_string()),
             _ => None,
@@ -2111,6 +2118,8 @@ fn every_websocket_command_reaches_its_operation() {
             "mcp_register_server" => spec.clone(),
             "mcp_unregister_server" => json!({"id": "fx2"}),
             "mcp_call_tool" => json!({"id": "fx", "name": "echo", "arguments": {"message": "ws"}}),
+            "vsm_system" => json!({"id": "system1"}),
+            "vsm_action" => json!({"id": "system3", "action": "audit"}),
             _ if op.path.contains("{id}") => json!({"id": "fx"}),
             _ => json!({}),
         };

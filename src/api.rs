@@ -30,6 +30,8 @@ pub enum Request {
     Alerts(AlertsRequest),
     /// The VSM room (the five systems).
     Vsm(VsmRequest),
+    /// The reflection room ("consciousness").
+    Reflect(ReflectRequest),
 }
 
 /// What the VSM room serves.
@@ -50,6 +52,38 @@ pub enum VsmRequest {
         action: String,
         /// Its parameters (an object, or null).
         parameters: Value,
+    },
+}
+
+/// What the reflection room serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReflectRequest {
+    /// The self-model.
+    State,
+    /// Run the analysers now.
+    Reflect,
+    /// Insights kept, filtered.
+    Insights {
+        /// Only insights with a larger id.
+        since: Option<u64>,
+        /// Only this insight type.
+        kind: Option<String>,
+        /// Only insights at least this significant (0–1).
+        min_significance: Option<f64>,
+    },
+    /// A question about one subject, answered from the record.
+    Query {
+        /// `server`, `capability`, `alert` or `decision`.
+        about: String,
+        /// The subject's id.
+        id: String,
+    },
+    /// Rank the options for a situation.
+    Decision {
+        /// The situation (`degraded_server`).
+        situation: String,
+        /// The subject (a server id).
+        subject: String,
     },
 }
 

@@ -184,6 +184,24 @@ pub enum Command {
         /// `--type`.
         kind: Option<String>,
     },
+    /// Run the reflection analysers now.
+    Reflect,
+    /// Insights kept.
+    Insights {
+        /// `--type`.
+        kind: Option<String>,
+        /// `--since ID`.
+        since: Option<u64>,
+        /// `--min-significance X`.
+        min_significance: Option<String>,
+    },
+    /// A question to reflection's record.
+    Query {
+        /// `server`, `capability`, `alert` or `decision`.
+        about: String,
+        /// The subject.
+        id: String,
+    },
     /// The five VSM systems.
     Systems,
     /// One VSM system.
@@ -288,6 +306,8 @@ const VALUE_OPTIONS: &[&str] = &[
     "service",
     "type",
     "parameters",
+    "since",
+    "min-significance",
 ];
 const FLAG_OPTIONS: &[&str] = &[
     "json",
@@ -390,6 +410,9 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         ["alerts", "ack", rest @ ..] => ("alerts ack", &[], rest),
         ["alerts", rest @ ..] => ("alerts", &["all"], rest),
         ["metrics", rest @ ..] => ("metrics", &["type"], rest),
+        ["reflect", rest @ ..] => ("reflect", &[], rest),
+        ["insights", rest @ ..] => ("insights", &["type", "since", "min-significance"], rest),
+        ["query", rest @ ..] => ("query", &[], rest),
         ["systems", "list", rest @ ..] => ("systems list", &[], rest),
         ["systems", "status", rest @ ..] => ("systems status", &[], rest),
         ["systems", "trigger", rest @ ..] => ("systems trigger", &["parameters"], rest),
@@ -666,6 +689,43 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
             }
             Command::Metrics { kind }
         }
+        "reflect" => {
+            no_args(args)?;
+            Command::Reflect
+        }
+        "insights" => {
+            no_args(args)?;
+            let since = value("since")
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| UsageError(format!("--since needs an insight id, not '{v}'")))
+                })
+                .transpose()?;
+            let min_significance = value("min-significance");
+            if let Some(m) = &min_significance {
+                if !m.parse::<f64>().is_ok_and(|v| (0.0..=1.0).contains(&v)) {
+                    return Err(UsageError(format!(
+                        "--min-significance takes a number from 0 to 1, not '{m}'"
+                    )));
+                }
+            }
+            Command::Insights {
+                kind: value("type"),
+                since,
+                min_significance,
+            }
+        }
+        "query" => {
+            let [about, id] = args else {
+                return Err(UsageError(
+                    "use: query server|capability|alert|decision ID".into(),
+                ));
+            };
+            Command::Query {
+                about: about.to_string(),
+                id: id.to_string(),
+            }
+        }
         "systems list" => {
             no_args(args)?;
             Command::Systems
@@ -798,6 +858,16 @@ pub fn help(command: Option<&str>) -> String {
             performance cycle (CPU %, network, disks, filesystems, per-route and per-server p50/p95/p99\n\
             and error rates over the cycle's window); health: components and MCP servers. variety is\n\
             not measured yet (exit 1).",
+        "reflect" => "vsm-daemon reflect [--json]\n\n\
+            Runs the reflection analysers now (flapping servers, latency trends, error bursts, alert\n\
+            storms, repeated auth failures, recurring gaps, memory growth) and prints the new insights.",
+        "insights" => "vsm-daemon insights [--type T] [--since ID] [--min-significance X] [--json]\n\n\
+            Insights kept, oldest first: type, significance, description, evidence (event seqs and\n\
+            values) and recommended requests.",
+        "query" => "vsm-daemon query server|capability|alert|decision ID [--json]\n\n\
+            Answers from reflection's record: a server's history, failures, latency and insights; a\n\
+            capability's providers and gaps; an alert's events; a decision. Exit 1 when the record\n\
+            knows nothing of it.",
         "systems" | "systems list" | "systems status" | "systems trigger" => "vsm-daemon systems list | status ID | trigger ID ACTION [--parameters '{JSON}']\n\n\
             The five VSM systems (system1 operations, system2 coordination, system3 control,\n\
             system4 intelligence, system5 policy): status and why, counter, recent activity.\n\
@@ -831,6 +901,7 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20alerts [--all]        firing (or all kept) alerts; alerts ack ID\n\
             \x20\x20metrics [--type T]    metrics (performance, health)\n\
             \x20\x20systems list|status ID|trigger ID ACTION   the five VSM systems\n\
+            \x20\x20reflect               run reflection now; insights [--type T]; query ABOUT ID\n\
             \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio\n\n\
             `vsm-daemon COMMAND --help` tells more; --version prints the version.",
     };
@@ -1088,6 +1159,27 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             Some("health") => plain(&ops::METRICS_HEALTH),
             _ => plain(&ops::METRICS_ALL),
         },
+        Command::Reflect => plain(&ops::CONSCIOUSNESS_REFLECT),
+        Command::Insights {
+            kind,
+            since,
+            min_significance,
+        } => with_query(
+            &ops::CONSCIOUSNESS_INSIGHTS,
+            &[
+                ("type", kind.clone()),
+                ("since", since.map(|s| s.to_string())),
+                ("min_significance", min_significance.clone()),
+            ],
+        ),
+        Command::Query { about, id } => {
+            let op = &ops::CONSCIOUSNESS_QUERY;
+            (
+                op.method,
+                op.path.into(),
+                Some(json!({"about": about, "id": id})),
+            )
+        }
         Command::Systems => plain(&ops::VSM_SYSTEMS),
         Command::SystemStatus { id } => {
             let op = &ops::VSM_SYSTEM;
@@ -1392,8 +1484,47 @@ fn human(command: &Command, data: &Value) -> String {
                 );
             }
         }
-        Command::SystemTrigger { .. } => {
+        Command::SystemTrigger { .. } | Command::Query { .. } => {
             let _ = writeln!(out, "{data:#}");
+        }
+        Command::Reflect | Command::Insights { .. } => {
+            let list = data["new_insights"]
+                .as_array()
+                .or_else(|| data["insights"].as_array());
+            if let Some(took) = data["took_us"].as_u64() {
+                let _ = writeln!(
+                    out,
+                    "reflection {} in {took} µs over {} record entries: {} finding(s)",
+                    text(&data["reflection"]),
+                    text(&data["record"]["entries"]),
+                    text(&data["findings"])
+                );
+            }
+            let list = list.map(Vec::as_slice).unwrap_or(&[]);
+            if list.is_empty() {
+                let _ = writeln!(out, "no new insights");
+            }
+            for i in list {
+                let _ = writeln!(
+                    out,
+                    "#{:<4} {:<20} {:.2}  {}",
+                    text(&i["id"]),
+                    text(&i["insight_type"]),
+                    i["significance"].as_f64().unwrap_or(0.0),
+                    text(&i["description"])
+                );
+                let seqs = &i["evidence"]["event_seqs"];
+                let _ = writeln!(out, "      evidence: events {seqs}");
+                for r in i["recommendations"].as_array().into_iter().flatten() {
+                    let _ = writeln!(
+                        out,
+                        "      → {} {}  ({})",
+                        text(&r["method"]),
+                        text(&r["path"]),
+                        text(&r["why"])
+                    );
+                }
+            }
         }
         Command::Metrics { .. } => {
             let mut rows = Vec::new();
@@ -2043,6 +2174,9 @@ mod tests {
             "alerts",
             "metrics",
             "systems",
+            "reflect",
+            "insights",
+            "query",
         ] {
             match parse_argv(&[cmd, "--help"]) {
                 Ok(Invocation::Help(text)) => assert!(text.contains("vsm-daemon"), "{cmd}"),

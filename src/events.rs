@@ -69,7 +69,7 @@ channels! {
     /// The daemon's log records (sent from the log ring, not the event history).
     Logs = "logs", silent: false;
     /// Reflection's insights.
-    Consciousness = "consciousness", silent: true;
+    Consciousness = "consciousness", silent: false;
 }
 
 impl Serialize for Channel {

@@ -24,6 +24,7 @@ pub mod openapi;
 pub mod ops;
 pub mod page;
 pub mod reactor;
+pub mod reflect;
 pub mod room;
 pub mod snapshot;
 pub mod spec;

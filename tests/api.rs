@@ -2120,6 +2120,8 @@ fn every_websocket_command_reaches_its_operation() {
             "mcp_call_tool" => json!({"id": "fx", "name": "echo", "arguments": {"message": "ws"}}),
             "vsm_system" => json!({"id": "system1"}),
             "vsm_action" => json!({"id": "system3", "action": "audit"}),
+            "consciousness_query" => json!({"about": "server", "id": "fx"}),
+            "consciousness_decision" => json!({"situation": "degraded_server", "subject": "fx"}),
             _ if op.path.contains("{id}") => json!({"id": "fx"}),
             _ => json!({}),
         };

@@ -13,6 +13,7 @@ mod packaging;
 mod page;
 mod prometheus;
 mod properties;
+mod reflect;
 mod security;
 mod state_config;
 mod state_crash;

@@ -257,6 +257,8 @@ rooms! {
     Gateway(gateway: crate::gateway::Gateway) => gateway_outputs,
     /// The five VSM systems.
     Vsm(vsm: crate::vsm::Vsm) => deliver_effects [serve] [status vsm_systems],
+    /// Reflection: the record, insights, queries, decision support.
+    Reflect(reflect: crate::reflect::Reflect) => deliver_effects [serve],
 }
 
 impl Daemon {

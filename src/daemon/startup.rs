@@ -303,6 +303,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         }
     };
     let gateway = crate::gateway::Gateway::new(&effective.gateway);
+    let vsm = crate::vsm::Vsm::configured(&effective);
+    let reflect = crate::reflect::Reflect::new(&effective.consciousness);
     let security_room = crate::monitor::security::Security::new(
         Duration::from_millis(effective.monitoring.security_check_interval_ms),
         effective.consciousness.learning_rate,
@@ -350,7 +352,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             security: security_room,
             alerts: crate::monitor::room::Alerts::default(),
             gateway,
-            vsm: crate::vsm::Vsm::default(),
+            vsm,
+            reflect,
         },
         documents: persist::Documents::default(),
         events: EventLog::new(EVENT_HISTORY),

@@ -298,6 +298,22 @@ impl Vsm {
         }
     }
 
+    /// A room starting now under `config`'s intervals.
+    pub fn configured(config: &Config) -> Vsm {
+        let mut v = Vsm::new(Instant::now());
+        v.intervals(config);
+        v
+    }
+
+    fn intervals(&mut self, config: &Config) {
+        let m = &config.monitoring;
+        let audit = m
+            .health_check_interval_ms
+            .max(m.performance_check_interval_ms);
+        self.audit_every = Duration::from_millis(audit);
+        self.scan_every = Duration::from_millis(m.variety_check_interval_ms);
+    }
+
     fn sys(&mut self, id: SystemId) -> &mut System {
         &mut self.systems[id as usize]
     }

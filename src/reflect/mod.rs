@@ -314,14 +314,9 @@ impl Reflect {
             }
             self.rss.push_back((at_ms, rss_bytes));
         }
-        let (a, b) = self.record.as_slices();
-        let record: Vec<Entry>;
-        let slice: &[Entry] = if b.is_empty() {
-            a
-        } else {
-            record = self.record.iter().cloned().collect();
-            &record
-        };
+        // In place (a rotation, no allocation): the analysers take one slice.
+        self.record.make_contiguous();
+        let slice: &[Entry] = self.record.as_slices().0;
         let baseline: BTreeMap<String, f64> = self
             .servers
             .iter()

@@ -32,6 +32,10 @@ pub enum Request {
     Discovery(DiscoveryRequest),
     /// The variety room.
     Variety(VarietyRequest),
+    /// The VSM room (the five systems).
+    Vsm(VsmRequest),
+    /// The reflection room ("consciousness").
+    Reflect(ReflectRequest),
 }
 
 /// What the variety room serves.
@@ -81,6 +85,59 @@ pub enum DiscoveryRequest {
     },
 }
 
+/// What the VSM room serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VsmRequest {
+    /// Every system: status, counter, recent activity.
+    List,
+    /// One system (`system1`…`system5` or `operations`…`policy`).
+    Show {
+        /// The system's id or name.
+        id: String,
+    },
+    /// Run a system's action.
+    Action {
+        /// The system's id or name.
+        id: String,
+        /// The action's name.
+        action: String,
+        /// Its parameters (an object, or null).
+        parameters: Value,
+    },
+}
+
+/// What the reflection room serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReflectRequest {
+    /// The self-model.
+    State,
+    /// Run the analysers now.
+    Reflect,
+    /// Insights kept, filtered.
+    Insights {
+        /// Only insights with a larger id.
+        since: Option<u64>,
+        /// Only this insight type.
+        kind: Option<String>,
+        /// Only insights at least this significant (0–1).
+        min_significance: Option<f64>,
+    },
+    /// A question about one subject, answered from the record.
+    Query {
+        /// `server`, `capability`, `alert` or `decision`.
+        about: String,
+        /// The subject's id.
+        id: String,
+    },
+    /// Rank the options for a situation.
+    Decision {
+        /// The situation (`degraded_server`).
+        situation: String,
+        /// The subject (a server id).
+        subject: String,
+    },
+}
+
 /// What the alerts room serves.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AlertsRequest {
@@ -94,6 +151,8 @@ pub enum AlertsRequest {
         /// Alert id.
         id: String,
     },
+    /// Run the built-in performance and health cycles now (System 3's `audit`).
+    RunCycles,
 }
 
 /// What the checks room serves.
@@ -629,6 +688,12 @@ pub enum ErrorCode {
     ServerNotFound,
     /// No alert with that id (or it was dropped: resolved alerts are kept up to a bound).
     AlertNotFound,
+    /// No VSM system with that id or name.
+    SystemNotFound,
+    /// The record knows nothing of the subject asked about.
+    SubjectNotFound,
+    /// The operation needs a part of the daemon that is not built yet (named in the message).
+    NotImplemented,
     /// The server has no tool with that name.
     ToolNotFound,
     /// Something with that id already exists.
@@ -690,6 +755,9 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::ServerNotFound => "server_not_found",
             ErrorCode::AlertNotFound => "alert_not_found",
+            ErrorCode::SystemNotFound => "system_not_found",
+            ErrorCode::SubjectNotFound => "subject_not_found",
+            ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::ToolNotFound => "tool_not_found",
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::ToolError => "tool_error",
@@ -720,7 +788,10 @@ impl ErrorCode {
             | ErrorCode::ConfigKeyNotFound
             | ErrorCode::ServerNotFound
             | ErrorCode::AlertNotFound
+            | ErrorCode::SystemNotFound
+            | ErrorCode::SubjectNotFound
             | ErrorCode::ToolNotFound => 404,
+            ErrorCode::NotImplemented => 501,
             ErrorCode::AlreadyExists => 409,
             ErrorCode::ToolError => 422,
             ErrorCode::McpError | ErrorCode::ServerExited | ErrorCode::UpstreamUnavailable => 502,

@@ -207,6 +207,40 @@ pub enum Command {
         /// `--type`.
         kind: Option<String>,
     },
+    /// Run the reflection analysers now.
+    Reflect,
+    /// Insights kept.
+    Insights {
+        /// `--type`.
+        kind: Option<String>,
+        /// `--since ID`.
+        since: Option<u64>,
+        /// `--min-significance X`.
+        min_significance: Option<String>,
+    },
+    /// A question to reflection's record.
+    Query {
+        /// `server`, `capability`, `alert` or `decision`.
+        about: String,
+        /// The subject.
+        id: String,
+    },
+    /// The five VSM systems.
+    Systems,
+    /// One VSM system.
+    SystemStatus {
+        /// `system1`… or a name.
+        id: String,
+    },
+    /// Run a VSM system's action.
+    SystemTrigger {
+        /// `system1`… or a name.
+        id: String,
+        /// The action.
+        action: String,
+        /// `--parameters JSON` (an object).
+        parameters: Option<Value>,
+    },
     /// show, tools, start, stop, restart, reset or unregister one server.
     Mcp {
         /// The action.
@@ -298,6 +332,9 @@ const VALUE_OPTIONS: &[&str] = &[
     "service",
     "type",
     "priority",
+    "parameters",
+    "since",
+    "min-significance",
 ];
 const FLAG_OPTIONS: &[&str] = &[
     "force",
@@ -410,6 +447,18 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         ["variety", ..] => {
             return Err(UsageError(
                 "use: variety status | analyze [--force] | gaps list | acquire CAPABILITY".into(),
+            ))
+        }
+        ["reflect", rest @ ..] => ("reflect", &[], rest),
+        ["insights", rest @ ..] => ("insights", &["type", "since", "min-significance"], rest),
+        ["query", rest @ ..] => ("query", &[], rest),
+        ["systems", "list", rest @ ..] => ("systems list", &[], rest),
+        ["systems", "status", rest @ ..] => ("systems status", &[], rest),
+        ["systems", "trigger", rest @ ..] => ("systems trigger", &["parameters"], rest),
+        ["systems", ..] if raw.help => return Ok(Invocation::Help(help(Some("systems")))),
+        ["systems", ..] => {
+            return Err(UsageError(
+                "use: systems list | status ID | trigger ID ACTION".into(),
             ))
         }
         ["help", rest @ ..] => return Ok(Invocation::Help(help(Some(&rest.join(" "))))),
@@ -733,6 +782,73 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 priority,
             }
         }
+        "reflect" => {
+            no_args(args)?;
+            Command::Reflect
+        }
+        "insights" => {
+            no_args(args)?;
+            let since = value("since")
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| UsageError(format!("--since needs an insight id, not '{v}'")))
+                })
+                .transpose()?;
+            let min_significance = value("min-significance");
+            if let Some(m) = &min_significance {
+                if !m.parse::<f64>().is_ok_and(|v| (0.0..=1.0).contains(&v)) {
+                    return Err(UsageError(format!(
+                        "--min-significance takes a number from 0 to 1, not '{m}'"
+                    )));
+                }
+            }
+            Command::Insights {
+                kind: value("type"),
+                since,
+                min_significance,
+            }
+        }
+        "query" => {
+            let [about, id] = args else {
+                return Err(UsageError(
+                    "use: query server|capability|alert|decision ID".into(),
+                ));
+            };
+            Command::Query {
+                about: about.to_string(),
+                id: id.to_string(),
+            }
+        }
+        "systems list" => {
+            no_args(args)?;
+            Command::Systems
+        }
+        "systems status" => {
+            let [id] = args else {
+                return Err(UsageError("use: systems status ID".into()));
+            };
+            Command::SystemStatus { id: id.to_string() }
+        }
+        "systems trigger" => {
+            let [id, action] = args else {
+                return Err(UsageError(
+                    "use: systems trigger ID ACTION [--parameters '{JSON}']".into(),
+                ));
+            };
+            let parameters = value("parameters")
+                .map(|p| match serde_json::from_str::<Value>(&p) {
+                    Ok(v @ Value::Object(_)) => Ok(v),
+                    _ => Err(UsageError(format!(
+                        "--parameters takes a JSON object, not '{p}'"
+                    ))),
+                })
+                .transpose()?;
+            Command::SystemTrigger {
+                id: id.to_string(),
+                action: action.to_string(),
+                parameters,
+            }
+        }
         n if n.starts_with("mcp ") => {
             let [id] = args else {
                 return Err(UsageError(format!("use: {n} ID")));
@@ -853,6 +969,23 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20acquire CAPABILITY   require it (kept across restarts); prints the gap it opens or that it\n\
             \x20\x20                     is provided already. --priority low|medium|high|critical (default medium)\n\
             Required capabilities also come from [variety] required in the config. Exit 1 when refused.",
+        "reflect" => "vsm-daemon reflect [--json]\n\n\
+            Runs the reflection analysers now (flapping servers, latency trends, error bursts, alert\n\
+            storms, repeated auth failures, recurring gaps, memory growth) and prints the new insights.",
+        "insights" => "vsm-daemon insights [--type T] [--since ID] [--min-significance X] [--json]\n\n\
+            Insights kept, oldest first: type, significance, description, evidence (event seqs and\n\
+            values) and recommended requests.",
+        "query" => "vsm-daemon query server|capability|alert|decision ID [--json]\n\n\
+            Answers from reflection's record: a server's history, failures, latency and insights; a\n\
+            capability's providers and gaps; an alert's events; a decision. Exit 1 when the record\n\
+            knows nothing of it.",
+        "systems" | "systems list" | "systems status" | "systems trigger" => "vsm-daemon systems list | status ID | trigger ID ACTION [--parameters '{JSON}']\n\n\
+            The five VSM systems (system1 operations, system2 coordination, system3 control,\n\
+            system4 intelligence, system5 policy): status and why, counter, recent activity.\n\
+            \x20\x20trigger system1 call --parameters '{\"server\": \"time\", \"tool\": \"get_current_time\", \"arguments\": {}}'\n\
+            \x20\x20trigger system2 reset_backoff   start every server in backoff now\n\
+            \x20\x20trigger system3 audit           run the health and performance cycles and every check now\n\
+            \x20\x20(system4 scan and system5 decide are refused until the variety and acquisition parts exist)",
         "mcp call" => "vsm-daemon mcp call ID TOOL ['{JSON arguments}'] [--timeout-ms N]\n\n\
             Prints the tool's text content (--json: the whole result). Exit 1 when the tool reports an\n\
             error (isError), the call times out or the server is not active.",
@@ -879,6 +1012,8 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20alerts [--all]        firing (or all kept) alerts; alerts ack ID\n\
             \x20\x20metrics [--type T]    metrics (performance, health, variety)\n\
             \x20\x20variety status|analyze|gaps list|acquire CAP   capabilities required against provided\n\
+            \x20\x20systems list|status ID|trigger ID ACTION   the five VSM systems\n\
+            \x20\x20reflect               run reflection now; insights [--type T]; query ABOUT ID\n\
             \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio|discover\n\n\
             `vsm-daemon COMMAND --help` tells more; --version prints the version.",
     };
@@ -1158,6 +1293,41 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             Some("health") => plain(&ops::METRICS_HEALTH),
             _ => plain(&ops::METRICS_ALL),
         },
+        Command::Reflect => plain(&ops::CONSCIOUSNESS_REFLECT),
+        Command::Insights {
+            kind,
+            since,
+            min_significance,
+        } => with_query(
+            &ops::CONSCIOUSNESS_INSIGHTS,
+            &[
+                ("type", kind.clone()),
+                ("since", since.map(|s| s.to_string())),
+                ("min_significance", min_significance.clone()),
+            ],
+        ),
+        Command::Query { about, id } => {
+            let op = &ops::CONSCIOUSNESS_QUERY;
+            (
+                op.method,
+                op.path.into(),
+                Some(json!({"about": about, "id": id})),
+            )
+        }
+        Command::Systems => plain(&ops::VSM_SYSTEMS),
+        Command::SystemStatus { id } => {
+            let op = &ops::VSM_SYSTEM;
+            (op.method, op.target(&encode(id)), None)
+        }
+        Command::SystemTrigger {
+            id,
+            action,
+            parameters,
+        } => {
+            let op = &ops::VSM_ACTION;
+            let body = json!({"action": action, "parameters": parameters});
+            (op.method, op.target(&encode(id)), Some(body))
+        }
         Command::Mcp { action, id } => {
             let op = match action.as_str() {
                 "show" => &ops::MCP_SHOW,
@@ -1415,6 +1585,29 @@ fn show_server(d: &Value) -> String {
     out
 }
 
+/// One VSM system on one line: id, name, status, counter, why.
+fn system_line(out: &mut String, sys: &Value) {
+    let id = text(&sys["id"]);
+    let counter = [
+        "operations_count",
+        "coordination_points",
+        "audit_cycles",
+        "scans_completed",
+        "decisions_made",
+    ]
+    .into_iter()
+    .find(|k| sys.get(*k).is_some())
+    .unwrap_or("count");
+    let _ = writeln!(
+        out,
+        "{id:<8} {:<13} {:<9} {counter} {:<6} {}",
+        text(&sys["name"]),
+        text(&sys["status"]),
+        text(&sys[counter]),
+        text(&sys["reason"])
+    );
+}
+
 /// Human rendering of a reply's data.
 /// Longest tool description `mcp tools` prints on a tool's line, in characters.
 const SUMMARY_CHARS: usize = 120;
@@ -1573,6 +1766,71 @@ fn human(command: &Command, data: &Value) -> String {
                 show_gaps(&mut out, &Value::Array(vec![data["gap"].clone()]));
             } else {
                 let _ = writeln!(out, "provided: an active server offers it");
+            }
+        }
+        Command::Systems => {
+            for sys in data["systems"].as_array().into_iter().flatten() {
+                system_line(&mut out, sys);
+            }
+        }
+        Command::SystemStatus { .. } => {
+            system_line(&mut out, data);
+            let _ = writeln!(out, "action: {}", text(&data["action"]));
+            for (k, v) in data["by_kind"].as_object().into_iter().flatten() {
+                let _ = writeln!(out, "  {k:<20} {v}");
+            }
+            let _ = writeln!(out, "recent:");
+            for a in data["recent_activity"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "  {} #{} {:<16} {}",
+                    text(&a["at"]),
+                    text(&a["seq"]),
+                    text(&a["kind"]),
+                    text(&a["detail"])
+                );
+            }
+        }
+        Command::SystemTrigger { .. } | Command::Query { .. } => {
+            let _ = writeln!(out, "{data:#}");
+        }
+        Command::Reflect | Command::Insights { .. } => {
+            let list = data["new_insights"]
+                .as_array()
+                .or_else(|| data["insights"].as_array());
+            if let Some(took) = data["took_us"].as_u64() {
+                let _ = writeln!(
+                    out,
+                    "reflection {} in {took} µs over {} record entries: {} finding(s)",
+                    text(&data["reflection"]),
+                    text(&data["record"]["entries"]),
+                    text(&data["findings"])
+                );
+            }
+            let list = list.map(Vec::as_slice).unwrap_or(&[]);
+            if list.is_empty() {
+                let _ = writeln!(out, "no new insights");
+            }
+            for i in list {
+                let _ = writeln!(
+                    out,
+                    "#{:<4} {:<20} {:.2}  {}",
+                    text(&i["id"]),
+                    text(&i["insight_type"]),
+                    i["significance"].as_f64().unwrap_or(0.0),
+                    text(&i["description"])
+                );
+                let seqs = &i["evidence"]["event_seqs"];
+                let _ = writeln!(out, "      evidence: events {seqs}");
+                for r in i["recommendations"].as_array().into_iter().flatten() {
+                    let _ = writeln!(
+                        out,
+                        "      → {} {}  ({})",
+                        text(&r["method"]),
+                        text(&r["path"]),
+                        text(&r["why"])
+                    );
+                }
             }
         }
         Command::Metrics { .. } => {
@@ -2004,6 +2262,41 @@ mod tests {
             R::Config(ConfigRequest::Reload)
         );
         assert_eq!(
+            routed(&["systems", "list"]),
+            R::Vsm(crate::api::VsmRequest::List)
+        );
+        assert_eq!(
+            routed(&["systems", "status", "system3"]),
+            R::Vsm(crate::api::VsmRequest::Show {
+                id: "system3".into()
+            })
+        );
+        assert_eq!(
+            routed(&[
+                "systems",
+                "trigger",
+                "operations",
+                "call",
+                "--parameters",
+                r#"{"server":"t"}"#
+            ]),
+            R::Vsm(crate::api::VsmRequest::Action {
+                id: "operations".into(),
+                action: "call".into(),
+                parameters: json!({"server": "t"}),
+            })
+        );
+        assert!(parse_argv(&["systems", "trigger", "system1"]).is_err());
+        assert!(parse_argv(&[
+            "systems",
+            "trigger",
+            "system1",
+            "call",
+            "--parameters",
+            "[1]"
+        ])
+        .is_err());
+        assert_eq!(
             routed(&["config", "schema"]),
             R::Config(ConfigRequest::Schema)
         );
@@ -2203,6 +2496,10 @@ mod tests {
             "token",
             "alerts",
             "metrics",
+            "systems",
+            "reflect",
+            "insights",
+            "query",
         ] {
             match parse_argv(&[cmd, "--help"]) {
                 Ok(Invocation::Help(text)) => assert!(text.contains("vsm-daemon"), "{cmd}"),

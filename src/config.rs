@@ -614,10 +614,10 @@ pub const KEYS: &[KeyInfo] = &[
     live("security.blocked_capabilities", "capabilities that disqualify a server: a spec declaring one is refused and a tool whose name or description maps to one (built-in and [[variety.rules]] keyword rules) cannot be called nor is listed on /mcp, unless the server's allow_capabilities names it; must not overlap allowed_capabilities", CAPABILITY_LIST),
     live(SECRET_KEY, "bearer token required on the TCP API (at least 16 visible ASCII characters); empty = api_token_file, else a token generated into <state dir>/api_token; never printed", Constraint::Any),
     live("security.api_token_file", "file (at most 4 KiB) whose first line is the API token; not together with api_token", PATH),
-    pending(live("consciousness.reflection_interval_ms", "milliseconds between reflection runs", INTERVAL)),
+    live("consciousness.reflection_interval_ms", "milliseconds between reflection runs", INTERVAL),
     live("consciousness.learning_rate", "weight of new observations when updating learned values (e.g. each peer's request-rate baseline)", range(0.0, 1.0)),
-    pending(live("consciousness.memory_limit", "insights and observations kept in memory", range(10.0, 100_000.0))),
-    pending(live("consciousness.auto_insight_generation", "generate insights automatically", Constraint::Bool)),
+    live("consciousness.memory_limit", "reflection record entries (and insights) kept in memory; the oldest are dropped and counted", range(10.0, 100_000.0)),
+    live("consciousness.auto_insight_generation", "reflect every reflection_interval_ms and publish consciousness_insight events", Constraint::Bool),
     live("gateway.tool_separator", "between the server id and the tool name in the tool names /mcp offers (SERVER__TOOL)", Constraint::OneOf(GATEWAY_SEPARATORS)),
     live("gateway.max_sessions", "open /mcp sessions at once; an initialize beyond it is refused until one ends or expires", range(1.0, 10_000.0)),
     live("gateway.session_idle_ms", "a /mcp session without requests (and without an open GET stream) for this many milliseconds ends", range(1000.0, 86_400_000.0)),
@@ -2534,11 +2534,16 @@ keywords = ["forecast", "weather report"]
         ] {
             assert!(is_enforced(key), "{key}");
         }
-        for key in [
-            "security.min_security_score",
-            "consciousness.reflection_interval_ms",
-        ] {
+        for key in ["security.min_security_score"] {
             assert!(!is_enforced(key), "{key}");
+        }
+        // Read by the reflection room.
+        for key in [
+            "consciousness.reflection_interval_ms",
+            "consciousness.memory_limit",
+            "consciousness.auto_insight_generation",
+        ] {
+            assert!(is_enforced(key), "{key}");
         }
         assert!(is_enforced("monitoring.health_check_interval_ms"));
         // Read by the security signals (interval, and the weight of each peer's baseline).

@@ -69,7 +69,7 @@ channels! {
     /// The daemon's log records (sent from the log ring, not the event history).
     Logs = "logs", silent: false;
     /// Reflection's insights.
-    Consciousness = "consciousness", silent: true;
+    Consciousness = "consciousness", silent: false;
 }
 
 impl Serialize for Channel {
@@ -202,6 +202,38 @@ pub enum EventData {
         /// What would close it.
         closes_with: String,
     },
+    /// `mcp_tool_call`: a tool call ended (answered, failed or timed out), with how long it
+    /// took. What the VSM room counts as System 1's operations and the reflection room reads
+    /// latencies and error bursts from.
+    McpToolCall {
+        /// The server.
+        server_id: String,
+        /// The tool.
+        tool: String,
+        /// `ok`, `tool_error`, `mcp_error`, `timeout` or `server_exited`.
+        outcome: &'static str,
+        /// From the request going out to its end, in milliseconds.
+        latency_ms: f64,
+    },
+    /// `mcp_server_start_refused`: a start was refused because
+    /// `mcp_servers.max_concurrent_servers` servers run already (one of System 2's damping
+    /// acts).
+    McpServerStartRefused {
+        /// The server.
+        server_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// `monitoring_cycle_completed`: one of the built-in audit cycles (the health round's or
+    /// the performance cycle's readings) was taken and judged.
+    MonitoringCycleCompleted {
+        /// `health` or `performance`.
+        cycle: &'static str,
+        /// Readings judged.
+        readings: usize,
+        /// Loop time it held, in milliseconds.
+        took_ms: f64,
+    },
     /// An event a room publishes in the untyped form (`RoomCx::publish`) until it gives the
     /// kind a variant here: its type and data as given.
     Other {
@@ -228,6 +260,9 @@ impl EventData {
             EventData::ToolCallBlocked { .. } => "tool_call_blocked",
             EventData::VarietyUpdated { .. } => "variety_updated",
             EventData::VarietyGapDetected { .. } => "variety_gap_detected",
+            EventData::McpToolCall { .. } => "mcp_tool_call",
+            EventData::McpServerStartRefused { .. } => "mcp_server_start_refused",
+            EventData::MonitoringCycleCompleted { .. } => "monitoring_cycle_completed",
             EventData::Other { kind, .. } => kind,
         }
     }

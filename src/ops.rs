@@ -17,13 +17,27 @@
 use crate::api::{Access, ApiError, Args, BodySpec, ErrorCode, EventQuery, In, LogQuery, Op};
 use crate::api::{AlertsRequest, ChecksRequest, ConfigRequest, ControlRequest, DaemonRequest};
 use crate::api::{DiagnosticsRequest, DiscoveryRequest, HealthRequest, McpRequest};
-use crate::api::{Param, Produces, Request, Ty, VarietyRequest};
+use crate::api::{Param, Produces, ReflectRequest, Request, Ty, VarietyRequest, VsmRequest};
 use crate::spec::ServerSpec;
 use serde_json::{json, Value};
 
 /// Every group of rows, in routing order (the hot `GET /api/v1/health` near the front).
 pub const GROUPS: &[&[Op]] = &[
-    DAEMON, CONFIG, LOGS, EVENTS, METRICS, ALERTS, MCP, CHECKS, AUTH, META, PAGE, GATEWAY, VARIETY,
+    DAEMON,
+    CONFIG,
+    LOGS,
+    EVENTS,
+    METRICS,
+    ALERTS,
+    MCP,
+    CHECKS,
+    VSM,
+    CONSCIOUSNESS,
+    AUTH,
+    META,
+    PAGE,
+    GATEWAY,
+    VARIETY,
     DISCOVERY,
 ];
 
@@ -880,6 +894,231 @@ pub const CHECKS_RUN: Op = Op {
     )
 };
 
+// ----- the VSM systems ---------------------------------------------------------------------
+
+const SYSTEM_ID: Param = Param {
+    name: "id",
+    loc: In::Path,
+    ty: Ty::Str,
+    description: "VSM system: `system1`…`system5` or `operations`, `coordination`, `control`, `intelligence`, `policy`",
+};
+
+/// `GET /api/v1/vsm/systems`.
+pub const VSM_SYSTEMS: Op = Op {
+    ws: Some("vsm_systems"),
+    ..Op::new(
+        "GET",
+        "/api/v1/vsm/systems",
+        "listVsmSystems",
+        "vsm",
+        "The five VSM systems: status (and why), counter by kind, recent activity, action",
+        |_| Ok(Request::Vsm(VsmRequest::List)),
+    )
+};
+
+/// `GET /api/v1/vsm/systems/{id}`.
+pub const VSM_SYSTEM: Op = Op {
+    ws: Some("vsm_system"),
+    params: &[SYSTEM_ID],
+    errors: &[ErrorCode::SystemNotFound],
+    ..Op::new(
+        "GET",
+        "/api/v1/vsm/systems/{id}",
+        "getVsmSystem",
+        "vsm",
+        "One VSM system",
+        |a| Ok(Request::Vsm(VsmRequest::Show { id: a.id })),
+    )
+};
+
+/// `POST /api/v1/vsm/systems/{id}/action`.
+pub const VSM_ACTION: Op = Op {
+    ws: Some("vsm_action"),
+    params: &[SYSTEM_ID],
+    body: Some(BodySpec {
+        required: true,
+        schema: vsm_action_body,
+    }),
+    errors: &[
+        ErrorCode::SystemNotFound,
+        ErrorCode::NotImplemented,
+        ErrorCode::Busy,
+        ErrorCode::ServerNotFound,
+        ErrorCode::ToolError,
+        ErrorCode::Timeout,
+    ],
+    ..Op::new(
+        "POST",
+        "/api/v1/vsm/systems/{id}/action",
+        "runVsmAction",
+        "vsm",
+        "Run a system's action: S1 `call` ({server, tool, arguments, timeout_ms}), S2 `reset_backoff`, S3 `audit`; S4 `scan` and S5 `decide` answer 501 until their rooms exist",
+        |a| {
+            let Some(action) = a.field_text("action")? else {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidParameter,
+                    "action",
+                    "required: the action's name",
+                ));
+            };
+            let parameters = a.field("parameters").cloned().unwrap_or(Value::Null);
+            if !(parameters.is_object() || parameters.is_null()) {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidParameter,
+                    "parameters",
+                    "must be an object",
+                ));
+            }
+            Ok(Request::Vsm(VsmRequest::Action {
+                id: a.id,
+                action,
+                parameters,
+            }))
+        },
+    )
+};
+
+/// The VSM systems.
+pub const VSM: &[Op] = &[VSM_SYSTEMS, VSM_SYSTEM, VSM_ACTION];
+
+// ----- reflection ("consciousness") --------------------------------------------------------
+
+/// `GET /api/v1/consciousness`.
+pub const CONSCIOUSNESS_STATE: Op = Op {
+    ws: Some("consciousness_state"),
+    ..Op::new(
+        "GET",
+        "/api/v1/consciousness",
+        "getConsciousness",
+        "consciousness",
+        "The self-model: what the daemon is doing, health, variety, firing alerts, resource use and its trend, the last reflection and what changed since",
+        |_| Ok(Request::Reflect(ReflectRequest::State)),
+    )
+};
+
+/// `POST /api/v1/consciousness/reflect`.
+pub const CONSCIOUSNESS_REFLECT: Op = Op {
+    ws: Some("consciousness_reflect"),
+    ..Op::new(
+        "POST",
+        "/api/v1/consciousness/reflect",
+        "reflect",
+        "consciousness",
+        "Run the analysers over the record now; answers with the new insights",
+        |_| Ok(Request::Reflect(ReflectRequest::Reflect)),
+    )
+};
+
+/// `GET /api/v1/consciousness/insights`.
+pub const CONSCIOUSNESS_INSIGHTS: Op = Op {
+    ws: Some("consciousness_insights"),
+    params: &[
+        Param::query("since", Ty::UInt, "Only insights with a larger id"),
+        Param::query(
+            "type",
+            Ty::Str,
+            "Only this insight type (`pattern_recognition`, `trend`, `anomaly`) or analyser",
+        ),
+        Param::query(
+            "min_significance",
+            Ty::Str,
+            "Only insights at least this significant (0 to 1)",
+        ),
+    ],
+    ..Op::new(
+        "GET",
+        "/api/v1/consciousness/insights",
+        "listInsights",
+        "consciousness",
+        "Insights kept (bounded by consciousness.memory_limit), oldest first, with evidence and recommendations",
+        |a| {
+            let min_significance = match a.text("min_significance") {
+                None => None,
+                Some(t) => match t.parse::<f64>() {
+                    Ok(v) if (0.0..=1.0).contains(&v) => Some(v),
+                    _ => {
+                        return Err(ApiError::field(
+                            ErrorCode::InvalidParameter,
+                            "min_significance",
+                            format!("'{t}' is not a number from 0 to 1"),
+                        ))
+                    }
+                },
+            };
+            Ok(Request::Reflect(ReflectRequest::Insights {
+                since: a.number("since")?,
+                kind: a.text("type"),
+                min_significance,
+            }))
+        },
+    )
+};
+
+/// `POST /api/v1/consciousness/query`.
+pub const CONSCIOUSNESS_QUERY: Op = Op {
+    ws: Some("consciousness_query"),
+    body: Some(BodySpec {
+        required: true,
+        schema: query_body,
+    }),
+    errors: &[ErrorCode::SubjectNotFound],
+    ..Op::new(
+        "POST",
+        "/api/v1/consciousness/query",
+        "queryConsciousness",
+        "consciousness",
+        "A structured question answered from the record: {\"about\": \"server\"|\"capability\"|\"alert\"|\"decision\", \"id\"}",
+        |a| {
+            let need = |k: &str| -> Result<String, ApiError> {
+                a.field_text(k)?.ok_or_else(|| {
+                    ApiError::field(ErrorCode::InvalidParameter, k, "required: a string")
+                })
+            };
+            Ok(Request::Reflect(ReflectRequest::Query {
+                about: need("about")?,
+                id: need("id")?,
+            }))
+        },
+    )
+};
+
+/// `POST /api/v1/consciousness/decision`.
+pub const CONSCIOUSNESS_DECISION: Op = Op {
+    ws: Some("consciousness_decision"),
+    body: Some(BodySpec {
+        required: true,
+        schema: decision_body,
+    }),
+    errors: &[ErrorCode::SubjectNotFound],
+    ..Op::new(
+        "POST",
+        "/api/v1/consciousness/decision",
+        "decisionSupport",
+        "consciousness",
+        "Rank the options for a situation (`degraded_server`: restart, stop or wait) with each criterion's score and the weights",
+        |a| {
+            let need = |k: &str| -> Result<String, ApiError> {
+                a.field_text(k)?.ok_or_else(|| {
+                    ApiError::field(ErrorCode::InvalidParameter, k, "required: a string")
+                })
+            };
+            Ok(Request::Reflect(ReflectRequest::Decision {
+                situation: need("situation")?,
+                subject: need("subject")?,
+            }))
+        },
+    )
+};
+
+/// Reflection.
+pub const CONSCIOUSNESS: &[Op] = &[
+    CONSCIOUSNESS_STATE,
+    CONSCIOUSNESS_REFLECT,
+    CONSCIOUSNESS_INSIGHTS,
+    CONSCIOUSNESS_QUERY,
+    CONSCIOUSNESS_DECISION,
+];
+
 const ACTION_NAME: Param = Param {
     name: "id",
     loc: In::Path,
@@ -1080,6 +1319,39 @@ fn stop_body() -> Value {
         "description": "Stop children gracefully instead of killing them",
     });
     body
+}
+
+fn vsm_action_body() -> Value {
+    json!({
+        "type": "object",
+        "required": ["action"],
+        "properties": {
+            "action": {"type": "string", "enum": ["call", "reset_backoff", "audit", "scan", "decide"]},
+            "parameters": {"type": ["object", "null"]},
+        },
+    })
+}
+
+fn query_body() -> Value {
+    json!({
+        "type": "object",
+        "required": ["about", "id"],
+        "properties": {
+            "about": {"type": "string", "enum": ["server", "capability", "alert", "decision"]},
+            "id": {"type": "string"},
+        },
+    })
+}
+
+fn decision_body() -> Value {
+    json!({
+        "type": "object",
+        "required": ["situation", "subject"],
+        "properties": {
+            "situation": {"type": "string", "enum": ["degraded_server"]},
+            "subject": {"type": "string", "description": "MCP server id"},
+        },
+    })
 }
 
 fn diagnostics_body() -> Value {

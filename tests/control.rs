@@ -955,7 +955,7 @@ fn promises_not_kept_yet_are_said_out_loud() {
     let shown = stdout(&out);
     for key in [
         "security.min_security_score = 90",
-        "consciousness.memory_limit = ",
+        "mcp_servers.sandbox_timeout_ms = ",
     ] {
         let line = shown
             .lines()
@@ -967,17 +967,18 @@ fn promises_not_kept_yet_are_said_out_loud() {
         "monitoring.health_check_interval_ms = ",
         "security.blocked_capabilities = ",
         "monitoring.alert_thresholds.variety_ratio_min = ",
+        "consciousness.memory_limit = ",
     ] {
         let line = shown
             .lines()
             .find(|l| l.starts_with(key))
-            .unwrap_or_else(|| panic!("{key} missing"));
+            .unwrap_or_else(|| panic!("{key} missing:\n{shown}"));
         assert!(!line.contains("not enforced"), "{line}");
     }
 
     let (code, schema) = d.cli_json(&["config", "schema"]);
     assert_eq!(code, 0);
-    let node = &schema["properties"]["consciousness"]["properties"]["memory_limit"];
+    let node = &schema["properties"]["mcp_servers"]["properties"]["sandbox_timeout_ms"];
     assert_eq!(node["x-enforced"], false, "{node}");
 
     let (_, diag) = d.cli_json(&["diagnostics", "run"]);
@@ -996,16 +997,16 @@ fn promises_not_kept_yet_are_said_out_loud() {
         "{check}"
     );
 
-    let out = d.cli(&["config", "set", "consciousness.memory_limit", "500"]);
+    let out = d.cli(&["config", "set", "mcp_servers.sandbox_timeout_ms", "5000"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("warning: consciousness.memory_limit is not enforced yet"),
+        stdout(&out).contains("warning: mcp_servers.sandbox_timeout_ms is not enforced yet"),
         "{}",
         stdout(&out)
     );
     wait_for("the config set warning", || {
         d.stderr()
-            .contains("consciousness.memory_limit is set but not enforced yet")
+            .contains("mcp_servers.sandbox_timeout_ms is set but not enforced yet")
     });
 
     // The default blocked_capabilities lists file_system: refused, with the reason.

@@ -284,6 +284,10 @@ rooms! {
     Discovery(discovery: crate::discovery::Discovery) => deliver_effects [serve],
     /// Variety: required capabilities against what the servers provide.
     Variety(variety: crate::variety::room::Variety) => deliver_effects [serve] [status variety] [follows servers],
+    /// The five VSM systems.
+    Vsm(vsm: crate::vsm::Vsm) => deliver_effects [serve] [status vsm_systems],
+    /// Reflection: the record, insights, queries, decision support.
+    Reflect(reflect: crate::reflect::Reflect) => deliver_effects [serve],
 }
 
 impl Daemon {
@@ -452,6 +456,7 @@ mod tests {
                 );
             }
             let loop_stats = detailed.then(|| json!({"wakeups": 5, "rss_bytes": null}));
+            let vsm = crate::vsm::Vsm::default();
             let typed = Status {
                 components,
                 daemon: Daemon {
@@ -480,6 +485,7 @@ mod tests {
                     last_assessed: listen.map(|_| "2026-12-02T03:00:00.000Z"),
                     threshold: 0.7,
                 },
+                vsm_systems: vsm.status_block(),
             };
             let mut old = json!({
                 "daemon": {
@@ -501,6 +507,7 @@ mod tests {
                                 "last_discovery": listen.map(|_| "2026-12-02T03:00:00Z")},
                 "variety": {"current_ratio": 0.5, "gap_count": 1, "threshold": 0.7,
                             "last_assessed": listen.map(|_| "2026-12-02T03:00:00.000Z")},
+                "vsm_systems": serde_json::to_value(vsm.status_block()).expect("vsm"),
             });
             if let Some(l) = loop_stats {
                 old["loop"] = l;

@@ -305,6 +305,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     let gateway = crate::gateway::Gateway::new(&effective);
     let variety = crate::variety::room::Variety::new(&effective, read_requests(&mut state));
     let discovery = crate::discovery::Discovery::new(&effective, state.path().to_path_buf());
+    let vsm = crate::vsm::Vsm::configured(&effective);
+    let reflect = crate::reflect::Reflect::new(&effective.consciousness);
     let security_room = crate::monitor::security::Security::new(
         Duration::from_millis(effective.monitoring.security_check_interval_ms),
         effective.consciousness.learning_rate,
@@ -354,6 +356,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             variety,
             gateway,
             discovery,
+            vsm,
+            reflect,
         },
         documents: persist::Documents::default(),
         events: EventLog::new(EVENT_HISTORY),

@@ -73,8 +73,15 @@ impl Mcp {
                     }
                 }
                 Effect::Event(data) => out.push(Output::Event(Channel::McpServers, data)),
-                Effect::ToolCall(outcome, seconds) => {
-                    out.push(Output::ToolCall(id.to_string(), outcome, seconds))
+                Effect::ToolCall(outcome, seconds, tool) => {
+                    out.push(Output::ToolCall(id.to_string(), outcome, seconds));
+                    let call = EventData::McpToolCall {
+                        server_id: id.to_string(),
+                        tool,
+                        outcome,
+                        latency_ms: seconds * 1000.0,
+                    };
+                    out.push(Output::Event(Channel::McpServers, call));
                 }
                 Effect::Handshake(version) => {
                     let reason = format!("protocol {version}");

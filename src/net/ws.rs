@@ -719,7 +719,7 @@ mod tests {
             assert!(CHANNELS.contains(&c), "{c}");
         }
         // With producers today: MCP server events, the alerts room, the variety room and
-        // discovery, and the log stream.
+        // discovery, the log stream and reflection's insights.
         let loud: Vec<&str> = CHANNELS
             .into_iter()
             .filter(|c| !SILENT_CHANNELS.contains(c))
@@ -732,7 +732,8 @@ mod tests {
                 "health",
                 "security",
                 "variety_monitoring",
-                "logs"
+                "logs",
+                "consciousness"
             ]
         );
     }

@@ -2534,9 +2534,7 @@ keywords = ["forecast", "weather report"]
         ] {
             assert!(is_enforced(key), "{key}");
         }
-        for key in ["security.min_security_score"] {
-            assert!(!is_enforced(key), "{key}");
-        }
+        assert!(!is_enforced("security.min_security_score"));
         // Read by the reflection room.
         for key in [
             "consciousness.reflection_interval_ms",

@@ -146,6 +146,14 @@ pub enum Command {
         /// Check name.
         name: String,
     },
+    /// Acquire a package (`mcp register npm:NAME@VERSION | pypi:NAME==VERSION`): install,
+    /// vet and register it, printing each step; refused or failed exits 1.
+    McpAcquire {
+        /// The package, as typed.
+        package: String,
+        /// Capabilities declared for it (`--capability`).
+        capabilities: Vec<String>,
+    },
     /// Register an MCP server (the spec as sent to the API).
     McpRegister {
         /// Server spec.
@@ -508,6 +516,21 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 graceful: !flag("now"),
             }
         }
+        "mcp register" if matches!(args, [p] if p.starts_with("npm:") || p.starts_with("pypi:")) => {
+            let capabilities: Vec<String> = value("capability")
+                .map(|c| {
+                    c.split(',')
+                        .map(str::trim)
+                        .filter(|c| !c.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            Command::McpAcquire {
+                package: args[0].to_string(),
+                capabilities,
+            }
+        }
         "mcp register" => {
             let [id, command, rest @ ..] = args else {
                 return Err(UsageError(
@@ -852,6 +875,10 @@ pub fn run(global: &Global, command: Command) -> Exit {
             return follow_logs(&client, global, level, component, lines);
         }
         Command::Stop { graceful } => return stop(&client, global, graceful),
+        Command::McpAcquire {
+            package,
+            capabilities,
+        } => return acquire(&client, global, &package, &capabilities),
         Command::Metrics { kind: Some(k) } if k == "variety" => {
             errln!("error: variety metrics are not measured yet (the variety manager is not implemented)");
             return Exit::Refused;
@@ -889,6 +916,95 @@ pub fn run(global: &Global, command: Command) -> Exit {
     } else {
         errln!("error: {}", client::error_message(envelope));
         Exit::Refused
+    }
+}
+
+/// `mcp register npm:…|pypi:…`: starts the acquisition, then follows it, printing each step
+/// as it ends, until it is acquired (0), refused or failed (1, with the reasons).
+fn acquire(client: &Client, global: &Global, package: &str, capabilities: &[String]) -> Exit {
+    let (method, path, body) = request_for(&Command::McpAcquire {
+        package: package.to_string(),
+        capabilities: capabilities.to_vec(),
+    });
+    let reply = match client.call(method, &path, body.as_ref()) {
+        Ok(r) => r,
+        Err(e) => return client_failure(&e),
+    };
+    if reply.body["status"] != "success" {
+        errln!("error: {}", client::error_message(&reply.body));
+        return Exit::Refused;
+    }
+    let id = reply.body["data"]["acquisition_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if !global.json {
+        outln!(
+            "acquisition {id}: {} as server '{}'",
+            package,
+            reply.body["data"]["server_id"].as_str().unwrap_or("")
+        );
+    }
+    let show = crate::ops::ACQUISITION_SHOW.target(&encode(&id));
+    let mut printed = 0;
+    // Installs take minutes at worst; the daemon's own deadlines end every step before this.
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let reply = match client.call("GET", &show, None) {
+            Ok(r) => r,
+            Err(e) => return client_failure(&e),
+        };
+        if reply.body["status"] != "success" {
+            errln!("error: {}", client::error_message(&reply.body));
+            return Exit::Refused;
+        }
+        let data = &reply.body["data"];
+        let steps = data["steps"].as_array().cloned().unwrap_or_default();
+        if !global.json {
+            for s in steps.iter().skip(printed) {
+                outln!(
+                    "  {:<14} {:>7} ms  {}",
+                    s["step"].as_str().unwrap_or(""),
+                    s["ms"],
+                    s["outcome"].as_str().unwrap_or("")
+                );
+            }
+        }
+        printed = steps.len();
+        let state = data["state"].as_str().unwrap_or("");
+        if !matches!(state, "queued" | "running") {
+            if global.json {
+                outln!("{}", serde_json::to_string_pretty(data).unwrap_or_default());
+            }
+            if state == "acquired" {
+                if !global.json {
+                    outln!(
+                        "acquired: server '{}' is active (security score {})",
+                        data["result"]["server_id"].as_str().unwrap_or(""),
+                        data["result"]["assessment"]["score"]
+                    );
+                }
+                return Exit::Ok;
+            }
+            errln!(
+                "error: {state} at {}: {}",
+                data["result"]["failed_step"].as_str().unwrap_or("?"),
+                data["result"]["reason"].as_str().unwrap_or("")
+            );
+            for r in data["result"]["assessment"]["reasons"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                errln!("  reason: {}", r.as_str().unwrap_or(""));
+            }
+            return Exit::Refused;
+        }
+        if Instant::now() > deadline {
+            errln!("error: acquisition {id} still {state} after an hour");
+            return Exit::Refused;
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
@@ -991,6 +1107,14 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
         }
         Command::Token { rotate: false } => plain(&ops::AUTH_TOKEN),
         Command::Token { rotate: true } => plain(&ops::AUTH_TOKEN_ROTATE),
+        Command::McpAcquire {
+            package,
+            capabilities,
+        } => {
+            let op = &ops::CAPABILITIES_INTEGRATE;
+            let body = json!({"package": package, "capabilities": capabilities});
+            (op.method, op.path.into(), Some(body))
+        }
         Command::McpRegister { spec } => {
             let op = &ops::MCP_REGISTER;
             (op.method, op.path.into(), Some(spec.clone()))
@@ -1462,7 +1586,10 @@ fn human(command: &Command, data: &Value) -> String {
                 s["ok"], s["warn"], s["fail"]
             );
         }
-        Command::Start { .. } | Command::Stop { .. } | Command::McpServeStdio => {}
+        Command::Start { .. }
+        | Command::Stop { .. }
+        | Command::McpServeStdio
+        | Command::McpAcquire { .. } => {}
         Command::Checks => {
             let _ = writeln!(
                 out,

@@ -531,7 +531,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("monitoring.alert_thresholds.memory_usage_max_percent", "alert when the host's memory in use exceeds this percentage", Constraint::Range { min: 0.0, max: 100.0, min_exclusive: true }),
     pending(live("mcp_servers.discovery_sources", "where to look for MCP servers", Constraint::StringList { allowed: Some(DISCOVERY_SOURCES), max_items: DISCOVERY_SOURCES.len(), max_item_bytes: 16 })),
     pending(live("mcp_servers.auto_discovery_interval_ms", "milliseconds between automatic discovery runs", INTERVAL)),
-    pending(live("mcp_servers.sandbox_timeout_ms", "time limit of a sandboxed trial of a server, in milliseconds", range(100.0, 3_600_000.0))),
+    live("mcp_servers.sandbox_timeout_ms", "time limit of the sandboxed trial of a package being acquired (handshake and tool listing), in milliseconds", range(100.0, 3_600_000.0)),
     live("mcp_servers.max_concurrent_servers", "MCP servers allowed to run at once", range(1.0, 1000.0)),
     live("mcp_servers.health_check_enabled", "health-check running MCP servers", Constraint::Bool),
     live("mcp_servers.call_timeout_ms", "default tool-call deadline in milliseconds (per server: call_timeout_ms)", range(10.0, 3_600_000.0)),
@@ -555,9 +555,9 @@ pub const KEYS: &[KeyInfo] = &[
     live("mcp_servers.landlock", "confine servers' file writes (state dir, /tmp, their cwd and HOME) with Landlock when the kernel has it", Constraint::Bool),
     live("mcp_servers.stderr_lines_per_second", "stderr lines per second per server passed to the log; the rest are counted", range(1.0, 10_000.0)),
     live("security.sandbox_enabled", "run untrusted MCP servers in a sandbox", Constraint::Bool),
-    pending(live("security.security_scan_enabled", "scan MCP servers before installing them", Constraint::Bool)),
-    pending(live("security.min_security_score", "lowest security score a server may have", range(0.0, 100.0))),
-    pending(live("security.allowed_capabilities", "capabilities servers may offer", CAPABILITY_LIST)),
+    live("security.security_scan_enabled", "score packages being acquired (off skips only the score: blocked capabilities still refuse)", Constraint::Bool),
+    live("security.min_security_score", "lowest security score (0-100) a package being acquired may have", range(0.0, 100.0)),
+    live("security.allowed_capabilities", "capabilities a package being acquired may offer without losing the points of that criterion", CAPABILITY_LIST),
     pending(live("security.blocked_capabilities", "capabilities that disqualify a server; must not overlap allowed_capabilities", CAPABILITY_LIST)),
     live(SECRET_KEY, "bearer token required on the TCP API (at least 16 visible ASCII characters); empty = api_token_file, else a token generated into <state dir>/api_token; never printed", Constraint::Any),
     live("security.api_token_file", "file (at most 4 KiB) whose first line is the API token; not together with api_token", PATH),
@@ -2251,13 +2251,12 @@ argv = ["/bin/true"]
     #[test]
     fn keys_not_enforced_yet_are_marked_everywhere() {
         let pending: Vec<&str> = not_enforced_keys().collect();
-        assert_eq!(pending.len(), 12, "{pending:?}");
+        assert_eq!(pending.len(), 8, "{pending:?}");
         for key in [
             "monitoring.variety_check_interval_ms",
             "monitoring.alert_thresholds.variety_ratio_min",
             "mcp_servers.discovery_sources",
             "security.blocked_capabilities",
-            "security.min_security_score",
             "consciousness.reflection_interval_ms",
         ] {
             assert!(!is_enforced(key), "{key}");
@@ -2275,6 +2274,15 @@ argv = ["/bin/true"]
             assert!(is_enforced(key), "{key}");
         }
         assert!(is_enforced("security.sandbox_enabled"));
+        // The acquisition pipeline reads these.
+        for key in [
+            "mcp_servers.sandbox_timeout_ms",
+            "security.security_scan_enabled",
+            "security.min_security_score",
+            "security.allowed_capabilities",
+        ] {
+            assert!(is_enforced(key), "{key}");
+        }
         let schema = schema();
         let node = &schema["properties"]["security"]["properties"]["blocked_capabilities"];
         assert_eq!(node["x-enforced"], false);
@@ -2283,15 +2291,15 @@ argv = ["/bin/true"]
             .is_some_and(|d| d.ends_with("(not enforced yet)")));
         let node = &schema["properties"]["security"]["properties"]["sandbox_enabled"];
         assert_eq!(node["x-enforced"], Value::Null);
-        assert_eq!(example_toml().matches(NOT_ENFORCED).count(), 12);
+        assert_eq!(example_toml().matches(NOT_ENFORCED).count(), 8);
 
         assert!(Config::default().not_enforced_set().is_empty());
         let c = Config::default()
             .with_overrides(
-                &json!({"security": {"min_security_score": 90, "sandbox_enabled": false}}),
+                &json!({"security": {"blocked_capabilities": ["system"], "sandbox_enabled": false}}),
             )
             .expect("valid");
-        assert_eq!(c.not_enforced_set(), ["security.min_security_score"]);
+        assert_eq!(c.not_enforced_set(), ["security.blocked_capabilities"]);
     }
 
     #[test]

@@ -60,7 +60,7 @@ fn websocket_subscribes_and_answers_commands() {
     // Channels that accept subscriptions but have no producer yet are named.
     assert_eq!(
         hello["data"]["silent_channels"],
-        json!(["variety_monitoring", "consciousness"]),
+        json!(["consciousness"]),
         "{hello}"
     );
     ws.send(tungstenite::Message::text(

@@ -942,21 +942,20 @@ fn the_daemon_survives_a_closed_stdout_for_its_ready_line() {
 #[test]
 fn promises_not_kept_yet_are_said_out_loud() {
     let d = Daemon::start_with(Setup {
-        config: Some("[security]\nmin_security_score = 90\n".into()),
+        config: Some("[consciousness]\nmemory_limit = 900\n".into()),
         ..Setup::default()
     });
     wait_for("the start-up warning", || {
         d.stderr()
-            .contains("security.min_security_score is set but not enforced yet")
+            .contains("consciousness.memory_limit is set but not enforced yet")
     });
 
     let out = d.cli(&["config", "show"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let shown = stdout(&out);
     for key in [
-        "security.min_security_score = 90",
+        "consciousness.memory_limit = 900",
         "security.blocked_capabilities = ",
-        "consciousness.memory_limit = ",
         "monitoring.alert_thresholds.variety_ratio_min = ",
     ] {
         let line = shown
@@ -987,7 +986,7 @@ fn promises_not_kept_yet_are_said_out_loud() {
     assert_eq!(check["status"], "warn", "{check}");
     assert!(
         check["detail"].as_str().is_some_and(
-            |t| t.contains("not enforced yet (no effect): security.min_security_score;")
+            |t| t.contains("not enforced yet (no effect): consciousness.memory_limit;")
         ),
         "{check}"
     );

@@ -70,7 +70,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Every document the daemon keeps in the state directory.
-const STATE_DOCUMENTS: &[&str] = &[REGISTRY_FILE, OVERRIDES_FILE];
+const STATE_DOCUMENTS: &[&str] = &[
+    REGISTRY_FILE,
+    OVERRIDES_FILE,
+    crate::acquire::decisions::DECISIONS_FILE,
+];
 /// Stream back-pressure: a follower with more than this unsent is skipped until it drains.
 const STREAM_BACKLOG_LIMIT: usize = 1024 * 1024;
 
@@ -283,6 +287,8 @@ impl Handler for Daemon {
             self.with::<crate::monitor::actions::Actions, _>(cx, |room, rcx| {
                 room.on_ready(rcx, token)
             });
+        } else if self.rooms.acquire.owns(token) {
+            self.with::<crate::acquire::Acquire, _>(cx, |room, rcx| room.on_ready(rcx, token));
         } else if self.server.owns(token) {
             self.server
                 .on_ready(&mut cx.narrow(Timer::Net).cx(), token, &mut self.incoming);
@@ -351,6 +357,9 @@ impl Handler for Daemon {
                             room.on_child_exit(rcx, reaped.pid, reaped.status)
                         })
                         && !self.with::<crate::monitor::actions::Actions, _>(cx, |room, rcx| {
+                            room.on_child_exit(rcx, reaped.pid, reaped.status)
+                        })
+                        && !self.with::<crate::acquire::Acquire, _>(cx, |room, rcx| {
                             room.on_child_exit(rcx, reaped.pid, reaped.status)
                         })
                     {

@@ -255,6 +255,8 @@ rooms! {
     Alerts(alerts: Alerts) => alerts_outputs [serve serve_alerts],
     /// The `/mcp` endpoint.
     Gateway(gateway: crate::gateway::Gateway) => gateway_outputs,
+    /// The acquisition pipeline and its decision records.
+    Acquire(acquire: crate::acquire::Acquire) => acquire_outputs [serve],
 }
 
 impl Daemon {

@@ -25,6 +25,7 @@ pub mod server;
 pub mod session;
 pub mod supervisor;
 pub mod tools;
+mod trial;
 
 use crate::api::{Answer, ApiError, ErrorCode};
 use crate::api::{McpRequest, ReplyTo};
@@ -80,6 +81,8 @@ enum TimerKind {
     StdoutClosed,
     Relist,
     Call(u64),
+    /// A sandbox trial's deadline (see `trial`; not tied to a run).
+    Trial,
 }
 
 /// What the daemon must deliver.
@@ -213,6 +216,21 @@ impl crate::room::Room for Mcp {
         );
     }
 
+    /// Its own status events settle sandbox trials (see `trial`).
+    fn on_event(
+        &mut self,
+        cx: &mut crate::room::RoomCx<'_, Self>,
+        _seq: u64,
+        _channel: Channel,
+        data: &EventData,
+    ) {
+        if self.trials.is_empty() {
+            return;
+        }
+        let (mut lcx, out) = cx.split();
+        self.trial_event(&mut lcx, data, out);
+    }
+
     /// The only requests the room asks are its `servers.json` writes.
     fn on_answer(&mut self, cx: &mut crate::room::RoomCx<'_, Self>, tag: u64, answer: Answer) {
         self.registry_written(cx, tag, answer);
@@ -267,6 +285,13 @@ impl crate::room::Serve for Mcp {
                     Err(e) => Err(e),
                 }
             }
+            McpRequest::Trial { spec, timeout_ms } => {
+                let (mut lcx, out) = cx.split();
+                match self.begin_trial(&mut lcx, spec, timeout_ms, reply, out) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
             request @ (McpRequest::Register { .. } | McpRequest::Unregister { .. }) => {
                 match self.queue_registry_change(cx, request, reply) {
                     Ok(()) => return,
@@ -316,6 +341,8 @@ pub struct Mcp {
     tokens: TokenRange,
     /// Registry changes waiting for their `servers.json` write (see `registration`).
     registrations: registration::Registrations,
+    /// Sandbox trials waiting to settle (see `trial`).
+    trials: trial::Trials,
 }
 
 /// The pipe tokens of server slot `slot` (a slot is below [`MAX_REGISTERED`], so its three
@@ -362,6 +389,7 @@ impl Mcp {
             read_since_trim: 0,
             tokens,
             registrations: registration::Registrations::default(),
+            trials: trial::Trials::new(),
         }
     }
 
@@ -495,11 +523,7 @@ impl Mcp {
             Channel::McpServers,
             EventData::McpServerRegistered {
                 server_id: id.clone(),
-                source: if source == Source::Api {
-                    "api"
-                } else {
-                    "config"
-                },
+                source: source.as_str(),
             },
         ));
         if autostart {
@@ -635,6 +659,7 @@ impl Mcp {
     pub fn gateway_view(&self) -> Vec<(String, &'static str, Vec<Value>)> {
         self.servers
             .iter()
+            .filter(|(_, s)| s.source != Source::Trial)
             .map(|(id, s)| {
                 let tools = if s.status.serves() {
                     s.session.tools.clone()

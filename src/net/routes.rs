@@ -342,6 +342,7 @@ mod tests {
             ("PUT", "/api/v1/config") => r#"{"daemon":{"log_level":"info"}}"#,
             ("POST", "/api/v1/mcp/servers") => r#"{"id":"x","command":"true"}"#,
             ("POST", "/api/v1/mcp/servers/{id}/tools/call") => r#"{"name":"t"}"#,
+            ("POST", "/api/v1/capabilities/integrate") => r#"{"package":"npm:x@1.0.0"}"#,
             _ => {
                 assert!(
                     !o.body.is_some_and(|b| b.required),

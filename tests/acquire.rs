@@ -321,3 +321,117 @@ fn a_package_that_hangs_in_the_trial_hits_the_sandbox_timeout() {
     let dir = d.state_dir.join("servers/vsm-hang-fixture");
     wait_for("the install directory removed", || !dir.exists());
 }
+
+/// The data of a state file (its envelope's `data`).
+fn state_data(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).expect("state file");
+    serde_json::from_str::<Value>(&text).expect("json")["data"].clone()
+}
+
+fn env_tool(d: &Daemon, id: &str) -> String {
+    let (code, v) = d.cli_json(&["mcp", "call", id, "env", r#"{"name": "VSM_TEST_SECRET"}"#]);
+    assert_eq!(code, 0, "{v}");
+    v.to_string()
+}
+
+/// Environment values of registered servers live in the 0600 secrets file: `servers.json`
+/// (and its backup), answers, events and logs show `***`, the server gets the value; a
+/// `servers.json` of an earlier version holding a value is migrated at start without losing it.
+#[test]
+fn secrets_never_reach_servers_json_answers_events_or_logs() {
+    use std::os::unix::fs::PermissionsExt;
+    let state = TempDir::new("secrets-state");
+    let setup = || Setup {
+        state_dir: Some(state.path().to_path_buf()),
+        ..Setup::default()
+    };
+    let d = Daemon::start_in(TempDir::new("secrets"), setup()).expect("daemon");
+    let secret = "s3cret-v4lue-0f-the-test";
+    let fixture = format!(
+        "{}/tests/fixtures/mcp_fixture.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let spec = json!({"id": "withenv", "command": "python3", "args": [fixture],
+                      "env": {"VSM_TEST_SECRET": secret}});
+    let (status, reply) = d.http("POST", "/api/v1/mcp/servers", Some(&spec.to_string()));
+    assert_eq!(status, 200, "{reply}");
+    assert!(!reply.to_string().contains(secret), "{reply}");
+    assert_eq!(
+        reply["data"]["spec"]["env"]["VSM_TEST_SECRET"], "***",
+        "{reply}"
+    );
+    wait_until(
+        "withenv active",
+        || d.http("GET", "/api/v1/mcp/servers/withenv", None).1,
+        |v| v["data"]["status"] == "active",
+        |v| format!("{v}"),
+    );
+    assert!(
+        env_tool(&d, "withenv").contains(secret),
+        "the server gets the value"
+    );
+
+    let registry = std::fs::read_to_string(state.path().join("servers.json")).unwrap();
+    assert!(!registry.contains(secret), "{registry}");
+    assert_eq!(
+        state_data(&state.path().join("servers.json"))[0]["env"]["VSM_TEST_SECRET"],
+        "***"
+    );
+    let secrets_path = state.path().join("secrets.json");
+    assert_eq!(
+        state_data(&secrets_path)["withenv"]["VSM_TEST_SECRET"],
+        secret
+    );
+    let mode = std::fs::metadata(&secrets_path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let (_, shown) = d.http("GET", "/api/v1/mcp/servers/withenv", None);
+    let out = d.cli(&["mcp", "show", "withenv"]);
+    let (_, events) = d.http("GET", "/api/v1/events", None);
+    for (what, text) in [
+        ("show", shown.to_string()),
+        ("cli", stdout(&out)),
+        ("events", events.to_string()),
+        ("log", d.stderr()),
+    ] {
+        assert!(!text.contains(secret), "{what} shows the value: {text}");
+    }
+    drop(d);
+
+    // An earlier version's servers.json, with the value in the clear and no secrets file.
+    let path = state.path().join("servers.json");
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let old = "migr4ted-v4lue";
+    doc["data"][0]["env"]["VSM_TEST_SECRET"] = json!(old);
+    std::fs::write(&path, doc.to_string()).unwrap();
+    std::fs::remove_file(&secrets_path).unwrap();
+    let d = Daemon::start_in(TempDir::new("secrets"), setup()).expect("daemon again");
+    wait_until(
+        "withenv active again",
+        || d.http("GET", "/api/v1/mcp/servers/withenv", None).1,
+        |v| v["data"]["status"] == "active",
+        |v| format!("{v}"),
+    );
+    assert!(
+        env_tool(&d, "withenv").contains(old),
+        "the value survived the migration"
+    );
+    for file in ["servers.json", "servers.json.bak"] {
+        let text = std::fs::read_to_string(state.path().join(file)).unwrap();
+        assert!(!text.contains(old), "{file}: {text}");
+    }
+    assert_eq!(state_data(&secrets_path)["withenv"]["VSM_TEST_SECRET"], old);
+
+    // Unregistered: the value leaves the secrets file after the registry stops naming it.
+    let (status, reply) = d.http("DELETE", "/api/v1/mcp/servers/withenv", None);
+    assert_eq!(status, 200, "{reply}");
+    wait_until(
+        "the value removed from the secrets file",
+        || state_data(&secrets_path),
+        |v| v.get("withenv").is_none(),
+        |v| format!("{v}"),
+    );
+}

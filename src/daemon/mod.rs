@@ -74,6 +74,7 @@ const STATE_DOCUMENTS: &[&str] = &[
     REGISTRY_FILE,
     OVERRIDES_FILE,
     crate::acquire::decisions::DECISIONS_FILE,
+    crate::mcp::secrets::SECRETS_FILE,
 ];
 /// Stream back-pressure: a follower with more than this unsent is skipped until it drains.
 const STREAM_BACKLOG_LIMIT: usize = 1024 * 1024;

@@ -296,7 +296,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         crate::acquire::load_decisions(&mut state),
     );
     let registered = match state.read::<Vec<ServerSpec>>(REGISTRY_FILE) {
-        Ok(specs) => specs.unwrap_or_default(),
+        Ok(specs) => mcp::secrets::load(&mut state, specs.unwrap_or_default()),
         Err(e @ StateError::Corrupt { .. }) => {
             log::error!("registered MCP servers not loaded: {e}");
             Vec::new()

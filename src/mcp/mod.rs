@@ -20,6 +20,7 @@ mod pipes;
 pub mod process;
 pub mod reaper;
 mod registration;
+pub mod secrets;
 pub use crate::spec as registry;
 pub mod server;
 pub mod session;

@@ -383,7 +383,8 @@ impl Server {
     pub fn details(&self) -> Value {
         let mut v = self.summary();
         let ts = crate::state::rfc3339_utc_millis;
-        v["spec"] = serde_json::to_value(&self.spec).unwrap_or(Value::Null);
+        // Environment values are shown masked (they live in the secrets file).
+        v["spec"] = serde_json::to_value(super::secrets::masked(&self.spec)).unwrap_or(Value::Null);
         v["history"] = self
             .history
             .iter()

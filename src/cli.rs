@@ -737,6 +737,7 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20checks run NAME   run one now and wait for its result; exit 1 when it is down",
         "mcp" => "vsm-daemon mcp COMMAND\n\n\
             \x20\x20register ID [OPTIONS] -- COMMAND [ARGS...]   add a server (started at once unless --no-autostart)\n\
+            \x20\x20register npm:NAME@VERSION | pypi:NAME==VERSION   install, vet in the sandbox and register a package\n\
             \x20\x20list [--status active|inactive|all]          id, state, pid, uptime, restarts, tools, capabilities\n\
             \x20\x20show ID                                      spec, state history, tools, last errors, stderr tail\n\
             \x20\x20tools ID                                     the server's tools\n\
@@ -744,7 +745,11 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20start|stop|restart ID                        lifecycle (stop is graceful: stdin closed, SIGTERM, SIGKILL)\n\
             \x20\x20reset ID                                     close an open circuit breaker and start again\n\
             \x20\x20unregister ID                                stop and forget a server",
-        "mcp register" => "vsm-daemon mcp register ID [OPTIONS] -- COMMAND [ARGS...]\n\n\
+        "mcp register" => "vsm-daemon mcp register ID [OPTIONS] -- COMMAND [ARGS...]\n\
+            vsm-daemon mcp register npm:NAME@VERSION | pypi:NAME==VERSION [--capability a,b]\n\n\
+            The second form acquires a package: installs it (npm --ignore-scripts, or a venv and pip)\n\
+            under the state dir, tries it in the sandbox, scores it, and registers it only when it\n\
+            passes; each step is printed; exit 1 with the reasons when it is refused or fails.\n\n\
             Registers an MCP server that speaks JSON-RPC over stdio; it is persisted and restarted\n\
             with the daemon. Options (unset ones take the [mcp_servers] defaults):\n\
             \x20\x20--capability a,b          capabilities it provides\n\
@@ -1853,6 +1858,20 @@ mod tests {
             routed(&["mcp", "register", "time", "--", "python3", "-m", "x"]),
             R::Mcp(McpRequest::Register { .. })
         ));
+        // A package instead of an id and a command: the acquisition pipeline.
+        assert_eq!(
+            routed(&[
+                "mcp",
+                "register",
+                "pypi:mcp-server-time==1.0.0",
+                "--capability",
+                "time"
+            ]),
+            R::Acquire(crate::api::AcquireRequest::Integrate {
+                body: serde_json::json!({"package": "pypi:mcp-server-time==1.0.0",
+                                         "capabilities": ["time"]}),
+            })
+        );
         assert_eq!(
             routed(&["mcp", "list", "--status", "active"]),
             R::Mcp(McpRequest::List { status: "active" })

@@ -30,6 +30,8 @@ pub enum Request {
     Alerts(AlertsRequest),
     /// The acquisition room.
     Acquire(AcquireRequest),
+    /// The discovery room.
+    Discovery(DiscoveryRequest),
 }
 
 /// What the acquisition room serves.
@@ -54,6 +56,19 @@ pub enum AcquireRequest {
         since: Option<u64>,
         /// Only `approved` or `refused` ones.
         verdict: Option<&'static str>,
+    },
+}
+
+/// What the discovery room serves (to clients, and to rooms that ask: variety, acquisition).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiscoveryRequest {
+    /// Look for MCP servers; answered when every source asked has answered, failed or timed
+    /// out.
+    Discover {
+        /// One source (`catalog`, `registry`, `npm`, `github`), or every enabled one.
+        source: Option<&'static str>,
+        /// What to look for (words, or capability names); empty = everything a source lists.
+        query: String,
     },
 }
 
@@ -200,7 +215,7 @@ pub enum McpRequest {
     /// Register an MCP server.
     Register {
         /// Its spec.
-        spec: crate::spec::ServerSpec,
+        spec: Box<crate::spec::ServerSpec>,
     },
     /// One server in detail.
     Show {
@@ -242,7 +257,7 @@ pub enum McpRequest {
     /// then removed. Never persisted; the acquisition pipeline's test (no ops row).
     Trial {
         /// The spec to try (its id must be free).
-        spec: crate::spec::ServerSpec,
+        spec: Box<crate::spec::ServerSpec>,
         /// Deadline for the server to become active.
         timeout_ms: u64,
     },
@@ -639,6 +654,17 @@ pub enum ErrorCode {
     /// A state document this daemon cannot read or understand (a newer format version, not a
     /// regular file) would have to be overwritten; nothing was changed.
     StateReadOnly,
+    /// None of the outside services asked (discovery sources) answered; each one's error is
+    /// in the message and `data`.
+    UpstreamUnavailable,
+    /// The tool falls under a capability in `security.blocked_capabilities` that its server's
+    /// spec does not allow: it cannot be called.
+    CapabilityBlocked,
+    /// A server spec declares a capability in `security.blocked_capabilities` without
+    /// allowing it in `allow_capabilities`: not registered.
+    CapabilityNotAllowed,
+    /// No capability request with that id.
+    CapabilityNotFound,
 }
 
 impl ErrorCode {
@@ -675,6 +701,10 @@ impl ErrorCode {
             ErrorCode::PersistFailed => "persist_failed",
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::StateReadOnly => "state_read_only",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::CapabilityBlocked => "capability_blocked",
+            ErrorCode::CapabilityNotAllowed => "capability_not_allowed",
+            ErrorCode::CapabilityNotFound => "capability_not_found",
         }
     }
 
@@ -693,7 +723,7 @@ impl ErrorCode {
             | ErrorCode::ToolNotFound => 404,
             ErrorCode::AlreadyExists => 409,
             ErrorCode::ToolError => 422,
-            ErrorCode::McpError | ErrorCode::ServerExited => 502,
+            ErrorCode::McpError | ErrorCode::ServerExited | ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::LengthRequired => 411,
@@ -705,6 +735,9 @@ impl ErrorCode {
             ErrorCode::StateReadOnly => 409,
             ErrorCode::Unhealthy | ErrorCode::Busy | ErrorCode::ShuttingDown => 503,
             ErrorCode::Timeout => 504,
+            ErrorCode::CapabilityBlocked => 403,
+            ErrorCode::CapabilityNotAllowed => 422,
+            ErrorCode::CapabilityNotFound => 404,
         }
     }
 }

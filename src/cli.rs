@@ -166,6 +166,13 @@ pub enum Command {
     },
     /// Bridge stdio to the daemon's `/mcp` (for clients that spawn stdio servers).
     McpServeStdio,
+    /// Look for MCP servers to install.
+    McpDiscover {
+        /// One source, or every enabled one.
+        source: Option<String>,
+        /// What to look for (may be empty).
+        query: String,
+    },
     /// Call a tool.
     McpCall {
         /// Server id.
@@ -227,6 +234,7 @@ pub struct RawArgs {
 
 const MCP_REGISTER_OPTIONS: &[&str] = &[
     "capability",
+    "allow-capability",
     "env",
     "cwd",
     "call-timeout-ms",
@@ -256,7 +264,9 @@ fn mcp_command_name(sub: &str) -> &'static str {
 /// Options that take a value, and those that do not.
 const VALUE_OPTIONS: &[&str] = &[
     "status",
+    "source",
     "capability",
+    "allow-capability",
     "env",
     "cwd",
     "call-timeout-ms",
@@ -369,13 +379,14 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         ["mcp", "list", rest @ ..] => ("mcp list", &["status"], rest),
         ["mcp", "call", rest @ ..] => ("mcp call", &["timeout-ms"], rest),
         ["mcp", "serve-stdio", rest @ ..] => ("mcp serve-stdio", &[], rest),
+        ["mcp", "discover", rest @ ..] => ("mcp discover", &["source"], rest),
         ["mcp", sub @ ("show" | "tools" | "start" | "stop" | "restart" | "reset" | "unregister"), rest @ ..] => {
             (mcp_command_name(sub), &[], rest)
         }
         ["mcp", ..] if raw.help => return Ok(Invocation::Help(help(Some("mcp")))),
         ["mcp", ..] => {
             return Err(UsageError(
-                "use: mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio".into(),
+                "use: mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio|discover".into(),
             ))
         }
         ["alerts", "ack", rest @ ..] => ("alerts ack", &[], rest),
@@ -552,15 +563,19 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 };
                 env.insert(k.to_string(), Value::String(v.to_string()));
             }
-            let capabilities: Vec<String> = value("capability")
-                .map(|c| {
-                    c.split(',')
-                        .map(str::trim)
-                        .filter(|c| !c.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let list = |key: &str| -> Vec<String> {
+                value(key)
+                    .map(|c| {
+                        c.split(',')
+                            .map(str::trim)
+                            .filter(|c| !c.is_empty())
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let capabilities = list("capability");
+            let allow_capabilities = list("allow-capability");
             let mut spec = json!({
                 "id": id,
                 "command": command,
@@ -569,6 +584,9 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 "capabilities": capabilities,
                 "autostart": !flag("no-autostart"),
             });
+            if !allow_capabilities.is_empty() {
+                spec["allow_capabilities"] = json!(allow_capabilities);
+            }
             for key in [
                 "call-timeout-ms",
                 "backoff-initial-ms",
@@ -610,6 +628,20 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         "mcp serve-stdio" => {
             no_args(args)?;
             Command::McpServeStdio
+        }
+        "mcp discover" => {
+            let source = value("source");
+            if let Some(s) = &source {
+                if !["catalog", "registry", "npm", "github"].contains(&s.as_str()) {
+                    return Err(UsageError(format!(
+                        "--source takes catalog, registry, npm or github, not '{s}'"
+                    )));
+                }
+            }
+            Command::McpDiscover {
+                source,
+                query: args.join(" "),
+            }
         }
         "mcp call" => {
             let (id, tool, arguments) = match args {
@@ -744,7 +776,8 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20call ID TOOL ['{\"arg\": 1}'] [--timeout-ms N]  call a tool; a tool error exits 1\n\
             \x20\x20start|stop|restart ID                        lifecycle (stop is graceful: stdin closed, SIGTERM, SIGKILL)\n\
             \x20\x20reset ID                                     close an open circuit breaker and start again\n\
-            \x20\x20unregister ID                                stop and forget a server",
+            \x20\x20unregister ID                                stop and forget a server\n\
+            \x20\x20discover [--source S] [QUERY]                find servers to install (catalog, registry, npm, github)",
         "mcp register" => "vsm-daemon mcp register ID [OPTIONS] -- COMMAND [ARGS...]\n\
             vsm-daemon mcp register npm:NAME@VERSION | pypi:NAME==VERSION [--capability a,b]\n\n\
             The second form acquires a package: installs it (npm --ignore-scripts, or a venv and pip)\n\
@@ -753,6 +786,7 @@ pub fn help(command: Option<&str>) -> String {
             Registers an MCP server that speaks JSON-RPC over stdio; it is persisted and restarted\n\
             with the daemon. Options (unset ones take the [mcp_servers] defaults):\n\
             \x20\x20--capability a,b          capabilities it provides\n\
+            \x20\x20--allow-capability a,b    blocked capabilities (security.blocked_capabilities) it may have anyway\n\
             \x20\x20--env K=V                 environment (repeatable; PATH, HOME, LANG, TERM, USER pass through)\n\
             \x20\x20--cwd DIR                 working directory (absolute)\n\
             \x20\x20--no-autostart            register only\n\
@@ -761,6 +795,14 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20--max-failures N          failed starts within the window that open the circuit breaker\n\
             \x20\x20--max-open-files N, --max-cpu-seconds N, --max-memory-mb N, --uid N, --gid N   sandbox limits",
         "mcp list" => "vsm-daemon mcp list [--status active|inactive|all]",
+        "mcp discover" => "vsm-daemon mcp discover [--source catalog|registry|npm|github] [QUERY...] [--json]\n\n\
+            Looks for MCP servers to install in the enabled sources (mcp_servers.discovery_sources;\n\
+            --source: only that one) and prints the candidates, best first: the exact package, the\n\
+            capabilities it would bring, the sources that found it, and each source's outcome. QUERY\n\
+            is words or capability names (e.g. memory, timezone); none lists everything. Answers are\n\
+            cached for mcp_servers.discovery_cache_ttl_ms. --json prints the whole answer (each\n\
+            candidate's score parts, package arguments and environment variables).\n\
+            Exit 1 when no source answered (each one's error is printed).",
         "alerts" | "alerts ack" => "vsm-daemon alerts [--all] [--json] | alerts ack ID\n\n\
             Alerts raised by the monitors: the firing ones (--all: the resolved ones kept too), newest\n\
             first, with rule, severity, value, threshold, trend and when they were first and last seen.\n\
@@ -795,7 +837,7 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20checks [run NAME]     declared checks, or run one now\n\
             \x20\x20alerts [--all]        firing (or all kept) alerts; alerts ack ID\n\
             \x20\x20metrics [--type T]    metrics (performance, health)\n\
-            \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio\n\n\
+            \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio|discover\n\n\
             `vsm-daemon COMMAND --help` tells more; --version prints the version.",
     };
     format!("{body}\n\n{GLOBAL_HELP}")
@@ -1127,6 +1169,13 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
         Command::McpList { status } => {
             with_query(&ops::MCP_LIST, &[("status", Some(status.clone()))])
         }
+        Command::McpDiscover { source, query } => with_query(
+            &ops::MCP_DISCOVER,
+            &[
+                ("source", source.clone()),
+                ("query", (!query.is_empty()).then(|| query.clone())),
+            ],
+        ),
         Command::McpCall {
             id,
             tool,
@@ -1286,6 +1335,68 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// `mcp discover`: one line per candidate (rank, score, package, what it brings, who found
+/// it), then each source's outcome.
+fn discover_table(out: &mut String, data: &Value) {
+    let candidates = data["candidates"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if candidates.is_empty() {
+        let _ = writeln!(out, "no candidates");
+    } else {
+        let _ = writeln!(
+            out,
+            "{:>4} {:>5}  {:<56} {:<24} SOURCES",
+            "RANK", "SCORE", "PACKAGE", "CAPABILITIES"
+        );
+    }
+    let list = |v: &Value, key: &str| -> String {
+        let items: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| {
+                if key.is_empty() {
+                    text(x)
+                } else {
+                    text(&x[key])
+                }
+            })
+            .collect();
+        if items.is_empty() {
+            "-".into()
+        } else {
+            items.join(",")
+        }
+    };
+    for c in candidates {
+        let _ = writeln!(
+            out,
+            "{:>4} {:>5}  {:<56} {:<24} {}",
+            text(&c["rank"]),
+            text(&c["score"]),
+            text(&c["package"]["ref"]),
+            list(&c["capabilities"], "capability"),
+            list(&c["sources"], ""),
+        );
+    }
+    for s in data["sources"].as_array().into_iter().flatten() {
+        let outcome = match s["error"].as_str() {
+            Some(e) => format!("error: {e}"),
+            None => format!("{} found", text(&s["found"])),
+        };
+        let _ = writeln!(
+            out,
+            "source {:<9} {:<7} {} ({} ms)",
+            text(&s["source"]),
+            text(&s["status"]),
+            outcome,
+            text(&s["elapsed_ms"])
+        );
+    }
+}
+
 fn show_server(d: &Value) -> String {
     let mut out = String::new();
     let spec = &d["spec"];
@@ -1307,6 +1418,16 @@ fn show_server(d: &Value) -> String {
         text(&d["server_info"])
     );
     let _ = writeln!(out, "landlock   {}", text(&d["landlock"]));
+    let names = |v: &Value| -> String {
+        let list: Vec<String> = v.as_array().into_iter().flatten().map(text).collect();
+        if list.is_empty() {
+            "-".into()
+        } else {
+            list.join(", ")
+        }
+    };
+    let _ = writeln!(out, "declared   {}", names(&spec["capabilities"]));
+    let _ = writeln!(out, "allowed    {}", names(&spec["allow_capabilities"]));
     let _ = writeln!(out, "calls      {}", d["calls"]);
     let _ = writeln!(out, "breaker    {}", d["circuit_breaker"]);
     let _ = writeln!(out, "\nhistory:");
@@ -1650,6 +1771,7 @@ fn human(command: &Command, data: &Value) -> String {
                 let _ = writeln!(out, "warning: {}", text(w));
             }
         }
+        Command::McpDiscover { .. } => discover_table(&mut out, data),
         Command::McpList { .. } => {
             let _ = writeln!(
                 out,
@@ -1792,6 +1914,21 @@ mod tests {
             R::Daemon(DaemonRequest::Status { detailed: true })
         );
         assert_eq!(routed(&["checks"]), R::Checks(ChecksRequest::List));
+        assert_eq!(
+            routed(&["mcp", "discover", "--source", "npm", "knowledge", "graph&x"]),
+            R::Discovery(crate::api::DiscoveryRequest::Discover {
+                source: Some("npm"),
+                query: "knowledge graph&x".into()
+            })
+        );
+        assert_eq!(
+            routed(&["mcp", "discover"]),
+            R::Discovery(crate::api::DiscoveryRequest::Discover {
+                source: None,
+                query: String::new()
+            })
+        );
+        assert!(parse_argv(&["mcp", "discover", "--source", "pypi"]).is_err());
         assert_eq!(
             routed(&["checks", "run", "db.main"]),
             R::Checks(ChecksRequest::Run {

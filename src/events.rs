@@ -190,6 +190,46 @@ pub enum EventData {
         /// Why it was refused.
         reasons: Vec<String>,
     },
+    /// `discovery_progress`: one discovery source finished for a run.
+    DiscoveryProgress {
+        /// The run.
+        run: u64,
+        /// The source (`catalog`, `registry`, `npm`, `github`).
+        source: &'static str,
+        /// `ok` (asked now), `cached` or `error`.
+        status: &'static str,
+        /// Findings it gave.
+        found: usize,
+        /// Why it gave none.
+        error: Option<String>,
+        /// How long it took.
+        elapsed_ms: u64,
+    },
+    /// `discovery_completed`: a discovery run ended; its best candidates are the
+    /// opportunities other rooms follow.
+    DiscoveryCompleted {
+        /// The run.
+        run: u64,
+        /// `request` or `periodic`.
+        trigger: &'static str,
+        /// What was looked for (empty: everything).
+        query: String,
+        /// Candidates found.
+        candidates: usize,
+        /// Sources that failed.
+        errors: usize,
+        /// The best candidates, ranked (bounded).
+        opportunities: Vec<Opportunity>,
+    },
+    /// `tool_call_blocked`: a tool call was refused by the capability policy.
+    ToolCallBlocked {
+        /// The server.
+        server_id: String,
+        /// The tool (bounded).
+        tool: String,
+        /// The blocked capabilities it maps to.
+        capabilities: Vec<String>,
+    },
     /// An event a room publishes in the untyped form (`RoomCx::publish`) until it gives the
     /// kind a variant here: its type and data as given.
     Other {
@@ -215,9 +255,27 @@ impl EventData {
             EventData::CapabilityAcquired { .. } => "capability_acquired",
             EventData::CapabilityAcquisitionFailed { .. } => "capability_acquisition_failed",
             EventData::AcquisitionDecision { .. } => "acquisition_decision",
+            EventData::DiscoveryProgress { .. } => "discovery_progress",
+            EventData::DiscoveryCompleted { .. } => "discovery_completed",
+            EventData::ToolCallBlocked { .. } => "tool_call_blocked",
             EventData::Other { kind, .. } => kind,
         }
     }
+}
+
+/// A candidate server a discovery run found, as its `discovery_completed` event names it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Opportunity {
+    /// `REGISTRY:NAME`.
+    pub id: String,
+    /// The exact package (`npm:NAME@VERSION`, `pypi:NAME==VERSION`).
+    pub package: String,
+    /// Capabilities it would bring.
+    pub capabilities: Vec<String>,
+    /// Its rank score.
+    pub score: u32,
+    /// Sources that found it.
+    pub sources: Vec<&'static str>,
 }
 
 /// One event.

@@ -18,14 +18,15 @@ use crate::api::{Access, ApiError, Args, BodySpec, ErrorCode, EventQuery, In, Lo
 use crate::api::{
     AcquireRequest, AlertsRequest, ChecksRequest, ConfigRequest, ControlRequest, DaemonRequest,
 };
-use crate::api::{DiagnosticsRequest, HealthRequest, McpRequest};
+use crate::api::{DiagnosticsRequest, DiscoveryRequest, HealthRequest, McpRequest};
 use crate::api::{Param, Produces, Request, Ty};
 use crate::spec::ServerSpec;
 use serde_json::{json, Value};
 
 /// Every group of rows, in routing order (the hot `GET /api/v1/health` near the front).
 pub const GROUPS: &[&[Op]] = &[
-    DAEMON, CONFIG, LOGS, EVENTS, METRICS, ALERTS, MCP, CHECKS, AUTH, META, PAGE, GATEWAY, ACQUIRE,
+    DAEMON, CONFIG, LOGS, EVENTS, METRICS, ALERTS, MCP, CHECKS, AUTH, META, PAGE, GATEWAY,
+    DISCOVERY, ACQUIRE,
 ];
 
 /// Every operation, in routing order.
@@ -580,6 +581,7 @@ pub const MCP_REGISTER: Op = Op {
     }),
     errors: &[
         ErrorCode::AlreadyExists,
+        ErrorCode::CapabilityNotAllowed,
         ErrorCode::StateReadOnly,
         ErrorCode::PersistFailed,
         ErrorCode::Busy,
@@ -604,7 +606,9 @@ pub const MCP_REGISTER: Op = Op {
                     format!("invalid server spec: {e}"),
                 )
             })?;
-            Ok(Request::Mcp(McpRequest::Register { spec }))
+            Ok(Request::Mcp(McpRequest::Register {
+                spec: Box::new(spec),
+            }))
         },
     )
 };
@@ -732,6 +736,7 @@ pub const MCP_CALL: Op = Op {
     errors: &[
         ErrorCode::ServerNotFound,
         ErrorCode::ToolNotFound,
+        ErrorCode::CapabilityBlocked,
         ErrorCode::Conflict,
         ErrorCode::ToolError,
         ErrorCode::McpError,
@@ -1221,6 +1226,58 @@ fn tool_call_body() -> Value {
         },
     })
 }
+
+// ----- discovery ---------------------------------------------------------------------------
+
+/// The discovery sources a query may name (`mcp_servers.discovery_sources` says which run).
+const DISCOVERY_SOURCES: &[&str] = &["catalog", "registry", "npm", "github"];
+
+/// `GET /api/v1/mcp/discover`.
+pub const MCP_DISCOVER: Op = Op {
+    ws: Some("mcp_discover"),
+    params: &[
+        Param::query(
+            "source",
+            Ty::Enum(DISCOVERY_SOURCES),
+            "Only this source (it must be enabled in mcp_servers.discovery_sources); default every enabled one",
+        ),
+        Param::query(
+            "query",
+            Ty::Str,
+            "Words or capability names to look for (at most 200 bytes); empty: everything the sources list",
+        ),
+    ],
+    errors: &[ErrorCode::Conflict, ErrorCode::Busy, ErrorCode::UpstreamUnavailable],
+    ..Op::new(
+        "GET",
+        "/api/v1/mcp/discover",
+        "discoverMcpServers",
+        "mcp",
+        "Find MCP servers to install: every enabled source asked at once (each answer cached for mcp_servers.discovery_cache_ttl_ms), candidates deduplicated, filtered (stdio, npm or PyPI, runtime present) and ranked with the parts of their score; answered when every source has answered or failed, each source's outcome in `sources` (502 `upstream_unavailable` when none answered)",
+        |a| {
+            let source = match a.text("source").as_deref() {
+                None | Some("") => None,
+                Some(s) => match DISCOVERY_SOURCES.iter().find(|k| **k == s) {
+                    Some(k) => Some(*k),
+                    None => {
+                        return Err(ApiError::field(
+                            ErrorCode::InvalidParameter,
+                            "source",
+                            format!("'{s}' is not one of {}", DISCOVERY_SOURCES.join(", ")),
+                        ))
+                    }
+                },
+            };
+            Ok(Request::Discovery(DiscoveryRequest::Discover {
+                source,
+                query: a.text("query").unwrap_or_default(),
+            }))
+        },
+    )
+};
+
+/// Discovery.
+pub const DISCOVERY: &[Op] = &[MCP_DISCOVER];
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@ mod api;
 mod checks;
 mod container;
 mod control;
+mod discovery;
 mod gateway;
 mod mcp;
 mod net;

@@ -10,7 +10,8 @@
 //! the score): a declared or mapped capability under `security.blocked_capabilities`, and a
 //! trial that did not reach `active` (its tools, and so its capabilities, are unknown).
 //! Capabilities come from [`crate::variety::capability::map`] over the tools the trial listed,
-//! with the rules the caller passes (built-in today; `[[variety.rules]]` plug in there).
+//! with the rules the caller passes (the built-in ones and `[[variety.rules]]`, as the capability
+//! policy and the variety analysis read them).
 //!
 //! Pure: the same facts and policy give the same assessment.
 

@@ -163,6 +163,8 @@ struct Settings {
     blocked: Vec<String>,
     sandbox_timeout_ms: u64,
     max_open_files: u64,
+    /// The built-in keyword rules and `[[variety.rules]]`.
+    rules: Vec<crate::variety::capability::Rule>,
 }
 
 impl Settings {
@@ -175,6 +177,7 @@ impl Settings {
             blocked: config.security.blocked_capabilities.clone(),
             sandbox_timeout_ms: config.mcp_servers.sandbox_timeout_ms,
             max_open_files: config.mcp_servers.max_open_files,
+            rules: crate::variety::required::rules(&config.variety.rules),
         }
     }
 }
@@ -510,7 +513,7 @@ impl Acquire {
         cx.ask(
             tag,
             Request::Mcp(McpRequest::Trial {
-                spec,
+                spec: Box::new(spec),
                 timeout_ms: self.settings.sandbox_timeout_ms,
             }),
         );
@@ -526,8 +529,7 @@ impl Acquire {
             min_score: self.settings.min_score,
             allowed: self.settings.allowed.clone(),
             blocked: self.settings.blocked.clone(),
-            // Built-in rules; the variety room's `[[variety.rules]]` join them here.
-            rules: crate::variety::capability::builtin(),
+            rules: self.settings.rules.clone(),
         };
         let Some((run, acq)) = self.current() else {
             return;
@@ -603,7 +605,12 @@ impl Acquire {
         }
         self.advance(cx, "register", message);
         match spec {
-            Some(spec) => cx.ask(tag, Request::Mcp(McpRequest::Register { spec })),
+            Some(spec) => cx.ask(
+                tag,
+                Request::Mcp(McpRequest::Register {
+                    spec: Box::new(spec),
+                }),
+            ),
             None => self.fail(
                 cx,
                 "register",

@@ -284,7 +284,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             config: effective.mcp_servers.clone(),
             sandbox_enabled: effective.security.sandbox_enabled,
             state_dir: state.path().to_path_buf(),
-            blocked_capabilities: effective.security.blocked_capabilities.clone(),
+            policy: crate::variety::policy::Policy::new(&effective),
             servers: effective.servers.clone(),
         },
         mcp_tokens,
@@ -309,7 +309,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             Vec::new()
         }
     };
-    let gateway = crate::gateway::Gateway::new(&effective.gateway);
+    let gateway = crate::gateway::Gateway::new(&effective);
+    let discovery = crate::discovery::Discovery::new(&effective, state.path().to_path_buf());
     let security_room = crate::monitor::security::Security::new(
         Duration::from_millis(effective.monitoring.security_check_interval_ms),
         effective.consciousness.learning_rate,
@@ -358,6 +359,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             alerts: crate::monitor::room::Alerts::default(),
             gateway,
             acquire,
+            discovery,
         },
         documents: persist::Documents::default(),
         events: EventLog::new(EVENT_HISTORY),
@@ -390,7 +392,6 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         .chain(from_config.into_iter().map(|s| (s, Source::Config)))
     {
         let id = spec.id.clone();
-        let warning = daemon.rooms.mcp.capability_warning(&spec);
         match daemon.rooms.mcp.register(
             &mut cx.narrow(<Mcp as Wired>::timer).cx(),
             spec,
@@ -398,11 +399,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             autostart,
             &mut daemon.outputs,
         ) {
-            Ok(_) => {
-                if let Some(w) = warning {
-                    log::warn!("MCP server {id}: {w}");
-                }
-            }
+            Ok(_) => {}
             Err(e) => log::error!("MCP server {id} not registered: {e}"),
         }
     }
@@ -420,6 +417,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         );
     }
     daemon.schedule_alert_cycles(&mut cx);
+    daemon.with::<crate::discovery::Discovery, _>(&mut cx, |room, rcx| room.start(rcx));
     daemon.setup_watchdog(&mut cx);
     log::info!("REST API and WebSocket monitor listening on http://{tcp_addr}");
     log::info!(

@@ -7,3 +7,5 @@
 
 pub mod capability;
 pub mod package;
+pub mod policy;
+pub mod required;

@@ -28,6 +28,8 @@ pub enum Request {
     Checks(ChecksRequest),
     /// The alerts room.
     Alerts(AlertsRequest),
+    /// The acquisition room.
+    Acquire(AcquireRequest),
     /// The discovery room.
     Discovery(DiscoveryRequest),
     /// The variety room.
@@ -69,6 +71,31 @@ pub enum VarietyRequest {
     Remove {
         /// The capability.
         id: String,
+    },
+}
+
+/// What the acquisition room serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AcquireRequest {
+    /// Run the pipeline for a package (`{"package": "npm:NAME@VERSION"}`) or a registry
+    /// `server.json` entry; answered at once with the acquisition's id (202).
+    Integrate {
+        /// The request body as sent (the room parses it).
+        body: Value,
+    },
+    /// One acquisition's state and steps.
+    Show {
+        /// Acquisition id (`acq-N`).
+        id: String,
+    },
+    /// Every acquisition kept, newest first.
+    List,
+    /// Decision records, oldest first.
+    Decisions {
+        /// Only ids above this.
+        since: Option<u64>,
+        /// Only `approved` or `refused` ones.
+        verdict: Option<&'static str>,
     },
 }
 
@@ -319,6 +346,15 @@ pub enum McpRequest {
     Tools {
         /// Server id.
         id: String,
+    },
+    /// A sandboxed trial of a spec that is not registered: it is started, answered with what
+    /// it showed (tools, stderr, how it ended) once it is active, failed or out of time, and
+    /// then removed. Never persisted; the acquisition pipeline's test (no ops row).
+    Trial {
+        /// The spec to try (its id must be free).
+        spec: Box<crate::spec::ServerSpec>,
+        /// Deadline for the server to become active.
+        timeout_ms: u64,
     },
     /// Call a tool.
     Call {

@@ -146,6 +146,14 @@ pub enum Command {
         /// Check name.
         name: String,
     },
+    /// Acquire a package (`mcp register npm:NAME@VERSION | pypi:NAME==VERSION`): install,
+    /// vet and register it, printing each step; refused or failed exits 1.
+    McpAcquire {
+        /// The package, as typed.
+        package: String,
+        /// Capabilities declared for it (`--capability`).
+        capabilities: Vec<String>,
+    },
     /// Register an MCP server (the spec as sent to the API).
     McpRegister {
         /// Server spec.
@@ -596,6 +604,21 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 graceful: !flag("now"),
             }
         }
+        "mcp register" if matches!(args, [p] if p.starts_with("npm:") || p.starts_with("pypi:")) => {
+            let capabilities: Vec<String> = value("capability")
+                .map(|c| {
+                    c.split(',')
+                        .map(str::trim)
+                        .filter(|c| !c.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            Command::McpAcquire {
+                package: args[0].to_string(),
+                capabilities,
+            }
+        }
         "mcp register" => {
             let [id, command, rest @ ..] = args else {
                 return Err(UsageError(
@@ -923,6 +946,7 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20checks run NAME   run one now and wait for its result; exit 1 when it is down",
         "mcp" => "vsm-daemon mcp COMMAND\n\n\
             \x20\x20register ID [OPTIONS] -- COMMAND [ARGS...]   add a server (started at once unless --no-autostart)\n\
+            \x20\x20register npm:NAME@VERSION | pypi:NAME==VERSION   install, vet in the sandbox and register a package\n\
             \x20\x20list [--status active|inactive|all]          id, state, pid, uptime, restarts, tools, capabilities\n\
             \x20\x20show ID                                      spec, state history, tools, last errors, stderr tail\n\
             \x20\x20tools ID                                     the server's tools\n\
@@ -931,7 +955,11 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20reset ID                                     close an open circuit breaker and start again\n\
             \x20\x20unregister ID                                stop and forget a server\n\
             \x20\x20discover [--source S] [QUERY]                find servers to install (catalog, registry, npm, github)",
-        "mcp register" => "vsm-daemon mcp register ID [OPTIONS] -- COMMAND [ARGS...]\n\n\
+        "mcp register" => "vsm-daemon mcp register ID [OPTIONS] -- COMMAND [ARGS...]\n\
+            vsm-daemon mcp register npm:NAME@VERSION | pypi:NAME==VERSION [--capability a,b]\n\n\
+            The second form acquires a package: installs it (npm --ignore-scripts, or a venv and pip)\n\
+            under the state dir, tries it in the sandbox, scores it, and registers it only when it\n\
+            passes; each step is printed; exit 1 with the reasons when it is refused or fails.\n\n\
             Registers an MCP server that speaks JSON-RPC over stdio; it is persisted and restarted\n\
             with the daemon. Options (unset ones take the [mcp_servers] defaults):\n\
             \x20\x20--capability a,b          capabilities it provides\n\
@@ -1099,6 +1127,10 @@ pub fn run(global: &Global, command: Command) -> Exit {
             return follow_logs(&client, global, level, component, lines);
         }
         Command::Stop { graceful } => return stop(&client, global, graceful),
+        Command::McpAcquire {
+            package,
+            capabilities,
+        } => return acquire(&client, global, &package, &capabilities),
         other => {
             let (method, path, body) = request_for(&other);
             client
@@ -1132,6 +1164,95 @@ pub fn run(global: &Global, command: Command) -> Exit {
     } else {
         errln!("error: {}", client::error_message(envelope));
         Exit::Refused
+    }
+}
+
+/// `mcp register npm:…|pypi:…`: starts the acquisition, then follows it, printing each step
+/// as it ends, until it is acquired (0), refused or failed (1, with the reasons).
+fn acquire(client: &Client, global: &Global, package: &str, capabilities: &[String]) -> Exit {
+    let (method, path, body) = request_for(&Command::McpAcquire {
+        package: package.to_string(),
+        capabilities: capabilities.to_vec(),
+    });
+    let reply = match client.call(method, &path, body.as_ref()) {
+        Ok(r) => r,
+        Err(e) => return client_failure(&e),
+    };
+    if reply.body["status"] != "success" {
+        errln!("error: {}", client::error_message(&reply.body));
+        return Exit::Refused;
+    }
+    let id = reply.body["data"]["acquisition_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if !global.json {
+        outln!(
+            "acquisition {id}: {} as server '{}'",
+            package,
+            reply.body["data"]["server_id"].as_str().unwrap_or("")
+        );
+    }
+    let show = crate::ops::ACQUISITION_SHOW.target(&encode(&id));
+    let mut printed = 0;
+    // Installs take minutes at worst; the daemon's own deadlines end every step before this.
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let reply = match client.call("GET", &show, None) {
+            Ok(r) => r,
+            Err(e) => return client_failure(&e),
+        };
+        if reply.body["status"] != "success" {
+            errln!("error: {}", client::error_message(&reply.body));
+            return Exit::Refused;
+        }
+        let data = &reply.body["data"];
+        let steps = data["steps"].as_array().cloned().unwrap_or_default();
+        if !global.json {
+            for s in steps.iter().skip(printed) {
+                outln!(
+                    "  {:<14} {:>7} ms  {}",
+                    s["step"].as_str().unwrap_or(""),
+                    s["ms"],
+                    s["outcome"].as_str().unwrap_or("")
+                );
+            }
+        }
+        printed = steps.len();
+        let state = data["state"].as_str().unwrap_or("");
+        if !matches!(state, "queued" | "running") {
+            if global.json {
+                outln!("{}", serde_json::to_string_pretty(data).unwrap_or_default());
+            }
+            if state == "acquired" {
+                if !global.json {
+                    outln!(
+                        "acquired: server '{}' is active (security score {})",
+                        data["result"]["server_id"].as_str().unwrap_or(""),
+                        data["result"]["assessment"]["score"]
+                    );
+                }
+                return Exit::Ok;
+            }
+            errln!(
+                "error: {state} at {}: {}",
+                data["result"]["failed_step"].as_str().unwrap_or("?"),
+                data["result"]["reason"].as_str().unwrap_or("")
+            );
+            for r in data["result"]["assessment"]["reasons"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                errln!("  reason: {}", r.as_str().unwrap_or(""));
+            }
+            return Exit::Refused;
+        }
+        if Instant::now() > deadline {
+            errln!("error: acquisition {id} still {state} after an hour");
+            return Exit::Refused;
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
@@ -1234,6 +1355,14 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
         }
         Command::Token { rotate: false } => plain(&ops::AUTH_TOKEN),
         Command::Token { rotate: true } => plain(&ops::AUTH_TOKEN_ROTATE),
+        Command::McpAcquire {
+            package,
+            capabilities,
+        } => {
+            let op = &ops::CAPABILITIES_INTEGRATE;
+            let body = json!({"package": package, "capabilities": capabilities});
+            (op.method, op.path.into(), Some(body))
+        }
         Command::McpRegister { spec } => {
             let op = &ops::MCP_REGISTER;
             (op.method, op.path.into(), Some(spec.clone()))
@@ -2027,7 +2156,10 @@ fn human(command: &Command, data: &Value) -> String {
                 s["ok"], s["warn"], s["fail"]
             );
         }
-        Command::Start { .. } | Command::Stop { .. } | Command::McpServeStdio => {}
+        Command::Start { .. }
+        | Command::Stop { .. }
+        | Command::McpServeStdio
+        | Command::McpAcquire { .. } => {}
         Command::Checks => {
             let _ = writeln!(
                 out,
@@ -2342,6 +2474,20 @@ mod tests {
             routed(&["mcp", "register", "time", "--", "python3", "-m", "x"]),
             R::Mcp(McpRequest::Register { .. })
         ));
+        // A package instead of an id and a command: the acquisition pipeline.
+        assert_eq!(
+            routed(&[
+                "mcp",
+                "register",
+                "pypi:mcp-server-time==1.0.0",
+                "--capability",
+                "time"
+            ]),
+            R::Acquire(crate::api::AcquireRequest::Integrate {
+                body: serde_json::json!({"package": "pypi:mcp-server-time==1.0.0",
+                                         "capabilities": ["time"]}),
+            })
+        );
         assert_eq!(
             routed(&["mcp", "list", "--status", "active"]),
             R::Mcp(McpRequest::List { status: "active" })

@@ -129,6 +129,67 @@ pub enum EventData {
         /// The server's message, bounded.
         message: Option<String>,
     },
+    /// `capability_acquisition_progress`: a step of an acquisition ended.
+    CapabilityAcquisitionProgress {
+        /// The acquisition (`acq-N`).
+        acquisition_id: String,
+        /// The package.
+        package: String,
+        /// The step that ended.
+        step: &'static str,
+        /// The step that starts.
+        next_step: &'static str,
+        /// Share of the steps done, 0–1.
+        progress: f64,
+        /// What the step found.
+        message: String,
+    },
+    /// `capability_acquired`: a package was installed, vetted, registered and is active.
+    CapabilityAcquired {
+        /// The acquisition.
+        acquisition_id: String,
+        /// The package.
+        package: String,
+        /// The server it became.
+        server_id: String,
+        /// Its first capability (the seed's single `capability`).
+        capability: Option<String>,
+        /// Every capability it provides.
+        capabilities: Vec<String>,
+        /// Its tools.
+        tools: usize,
+        /// Its security score (absent when scoring is off).
+        security_score: Option<u64>,
+    },
+    /// `capability_acquisition_failed`: an acquisition failed or was refused; nothing of it
+    /// stays installed or registered.
+    CapabilityAcquisitionFailed {
+        /// The acquisition.
+        acquisition_id: String,
+        /// The package.
+        package: String,
+        /// The step it failed at.
+        step: &'static str,
+        /// Why.
+        reason: String,
+        /// Every refusal reason (empty for a failure).
+        reasons: Vec<String>,
+    },
+    /// `acquisition_decision`: the assessment's verdict (kept as a decision record).
+    AcquisitionDecision {
+        /// The decision record's id.
+        decision_id: u64,
+        /// The acquisition.
+        acquisition_id: String,
+        /// The package.
+        package: String,
+        /// `approved` or `refused`.
+        verdict: &'static str,
+        /// The score (absent when scoring is off).
+        score: Option<u8>,
+        /// Why it was refused.
+        reasons: Vec<String>,
+    },
     /// `discovery_progress`: one discovery source finished for a run.
     DiscoveryProgress {
         /// The run.
@@ -255,6 +316,10 @@ impl EventData {
             EventData::McpServerStatusChange { .. } => "mcp_server_status_change",
             EventData::McpServerToolsChanged { .. } => "mcp_server_tools_changed",
             EventData::McpToolProgress { .. } => "mcp_tool_progress",
+            EventData::CapabilityAcquisitionProgress { .. } => "capability_acquisition_progress",
+            EventData::CapabilityAcquired { .. } => "capability_acquired",
+            EventData::CapabilityAcquisitionFailed { .. } => "capability_acquisition_failed",
+            EventData::AcquisitionDecision { .. } => "acquisition_decision",
             EventData::DiscoveryProgress { .. } => "discovery_progress",
             EventData::DiscoveryCompleted { .. } => "discovery_completed",
             EventData::ToolCallBlocked { .. } => "tool_call_blocked",

@@ -206,6 +206,11 @@ fn envelope(data: Option<Value>) -> Value {
 fn responses(o: &Op) -> Value {
     let mut out = Map::new();
     let (status, success) = match o.produces {
+        // Work that goes on after the answer (an acquisition) is accepted, not done.
+        Produces::Json if o.method == "POST" && crate::ops::ACCEPTED.contains(&o.path) => (
+            "202",
+            json!({"description": "Accepted: the work goes on; follow it at the answer's status_url", "content": envelope(None)}),
+        ),
         Produces::Json => (
             "200",
             json!({"description": "Success", "content": envelope(None)}),

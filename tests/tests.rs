@@ -1,6 +1,7 @@
 //! The one integration test binary: everything here drives the real `vsm-daemon` binary or
 //! the library's public API, never internals.
 
+mod acquire;
 mod alerts;
 mod api;
 mod checks;

@@ -31,13 +31,22 @@ impl Daemon {
     fn spare_children(&mut self) {
         let mut pids = self.rooms.checks.child_pids();
         pids.extend(self.rooms.actions.child_pids());
+        pids.extend(self.rooms.acquire.child_pids());
         self.rooms.mcp.spare(pids);
+    }
+
+    /// The acquisition room's effects go to the bus; its install child is spared by the MCP
+    /// sweep like the checks' children.
+    pub(super) fn acquire_outputs(&mut self, _cx: &mut Cx<'_, Timer>, out: Vec<Effect>) {
+        self.spare_children();
+        self.effects.extend(out);
     }
 
     /// At shutdown: every running exec check's and exec action's process group is killed,
     /// grandchildren included (PDEATHSIG reaches only the leader). A pid here is a child not
     /// yet reaped, so its group id cannot have been reused.
     pub(super) fn kill_exec_children(&mut self) {
+        self.rooms.acquire.kill_children();
         let mut pids = self.rooms.checks.child_pids();
         pids.extend(self.rooms.actions.child_pids());
         for pgid in pids {

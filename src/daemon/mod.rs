@@ -74,6 +74,8 @@ const STATE_DOCUMENTS: &[&str] = &[
     REGISTRY_FILE,
     OVERRIDES_FILE,
     crate::variety::room::REQUESTS_FILE,
+    crate::acquire::decisions::DECISIONS_FILE,
+    crate::mcp::secrets::SECRETS_FILE,
 ];
 /// Stream back-pressure: a follower with more than this unsent is skipped until it drains.
 const STREAM_BACKLOG_LIMIT: usize = 1024 * 1024;
@@ -287,6 +289,8 @@ impl Handler for Daemon {
             self.with::<crate::monitor::actions::Actions, _>(cx, |room, rcx| {
                 room.on_ready(rcx, token)
             });
+        } else if self.rooms.acquire.owns(token) {
+            self.with::<crate::acquire::Acquire, _>(cx, |room, rcx| room.on_ready(rcx, token));
         } else if self.server.owns(token) {
             self.server
                 .on_ready(&mut cx.narrow(Timer::Net).cx(), token, &mut self.incoming);
@@ -355,6 +359,9 @@ impl Handler for Daemon {
                             room.on_child_exit(rcx, reaped.pid, reaped.status)
                         })
                         && !self.with::<crate::monitor::actions::Actions, _>(cx, |room, rcx| {
+                            room.on_child_exit(rcx, reaped.pid, reaped.status)
+                        })
+                        && !self.with::<crate::acquire::Acquire, _>(cx, |room, rcx| {
                             room.on_child_exit(rcx, reaped.pid, reaped.status)
                         })
                     {

@@ -113,6 +113,7 @@ impl Daemon {
                 method,
             } => {
                 let status = match &answer {
+                    Ok(_) if method == "POST" && crate::ops::ACCEPTED.contains(&route) => 202,
                     Ok(_) => 200,
                     Err(e) => e.code.http_status(),
                 };

@@ -288,6 +288,8 @@ rooms! {
     Vsm(vsm: crate::vsm::Vsm) => deliver_effects [serve] [status vsm_systems],
     /// Reflection: the record, insights, queries, decision support.
     Reflect(reflect: crate::reflect::Reflect) => deliver_effects [serve],
+    /// The acquisition pipeline and its decision records.
+    Acquire(acquire: crate::acquire::Acquire) => acquire_outputs [serve],
 }
 
 impl Daemon {

@@ -223,6 +223,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
     let mcp_tokens = reactor.tokens(mcp::TOKENS_NEEDED);
     let checks_tokens = reactor.tokens(crate::monitor::checks::room::TOKENS_NEEDED);
     let actions_tokens = reactor.tokens(crate::monitor::actions::TOKENS_NEEDED);
+    let acquire_tokens = reactor.tokens(crate::acquire::TOKENS_NEEDED);
     logging.set_waker(waker.clone());
     if let Err(e) = sys::set_child_subreaper() {
         log::warn!("cannot become a child subreaper: {e}");
@@ -288,8 +289,14 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         },
         mcp_tokens,
     );
+    let acquire = crate::acquire::Acquire::new(
+        &effective,
+        state.path().to_path_buf(),
+        acquire_tokens,
+        crate::acquire::load_decisions(&mut state),
+    );
     let registered = match state.read::<Vec<ServerSpec>>(REGISTRY_FILE) {
-        Ok(specs) => specs.unwrap_or_default(),
+        Ok(specs) => mcp::secrets::load(&mut state, specs.unwrap_or_default()),
         Err(e @ StateError::Corrupt { .. }) => {
             log::error!("registered MCP servers not loaded: {e}");
             Vec::new()
@@ -355,6 +362,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             alerts: crate::monitor::room::Alerts::default(),
             variety,
             gateway,
+            acquire,
             discovery,
             vsm,
             reflect,

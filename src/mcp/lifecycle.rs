@@ -480,6 +480,10 @@ impl Mcp {
         let Some(id) = self.slots.get(t.slot).cloned().flatten() else {
             return;
         };
+        if t.kind == TimerKind::Trial {
+            self.trial_deadline(cx, &id, out);
+            return;
+        }
         let Some(server) = self.servers.get_mut(&id) else {
             return;
         };
@@ -538,6 +542,7 @@ impl Mcp {
                 let effects = server.session.on_relist_timer(context);
                 self.apply(cx, &id, effects, out);
             }
+            TimerKind::Trial => {}
             TimerKind::Call(rpc) => {
                 let effects = server.session.on_call_deadline(rpc, Instant::now());
                 self.apply(cx, &id, effects, out);

@@ -20,11 +20,13 @@ mod pipes;
 pub mod process;
 pub mod reaper;
 mod registration;
+pub mod secrets;
 pub use crate::spec as registry;
 pub mod server;
 pub mod session;
 pub mod supervisor;
 pub mod tools;
+mod trial;
 
 use crate::api::{Answer, ApiError, ErrorCode};
 use crate::api::{McpRequest, ReplyTo};
@@ -80,6 +82,8 @@ enum TimerKind {
     StdoutClosed,
     Relist,
     Call(u64),
+    /// A sandbox trial's deadline (see `trial`; not tied to a run).
+    Trial,
 }
 
 /// What the daemon must deliver.
@@ -168,10 +172,11 @@ impl crate::room::Room for Mcp {
         match done {}
     }
 
-    /// A discovery run ended: its time is the seed's `mcp_servers.last_discovery`.
+    /// A discovery run ended: its time is the seed's `mcp_servers.last_discovery`. The
+    /// room's own status events settle sandbox trials (see `trial`).
     fn on_event(
         &mut self,
-        _cx: &mut crate::room::RoomCx<'_, Self>,
+        cx: &mut crate::room::RoomCx<'_, Self>,
         _seq: u64,
         _channel: crate::events::Channel,
         data: &crate::events::EventData,
@@ -179,6 +184,11 @@ impl crate::room::Room for Mcp {
         if let crate::events::EventData::DiscoveryCompleted { .. } = data {
             self.last_discovery = Some(crate::state::rfc3339_utc(std::time::SystemTime::now()));
         }
+        if self.trials.is_empty() {
+            return;
+        }
+        let (mut lcx, out) = cx.split();
+        self.trial_event(&mut lcx, data, out);
     }
 
     /// `vsm_mcp_server_up{server,status}`, `vsm_mcp_servers_registered`,
@@ -305,6 +315,13 @@ impl crate::room::Serve for Mcp {
                     ))
                 }
             }
+            McpRequest::Trial { spec, timeout_ms } => {
+                let (mut lcx, out) = cx.split();
+                match self.begin_trial(&mut lcx, *spec, timeout_ms, reply, out) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
             request @ (McpRequest::Register { .. } | McpRequest::Unregister { .. }) => {
                 match self.queue_registry_change(cx, request, reply) {
                     Ok(()) => return,
@@ -357,6 +374,8 @@ pub struct Mcp {
     tokens: TokenRange,
     /// Registry changes waiting for their `servers.json` write (see `registration`).
     registrations: registration::Registrations,
+    /// Sandbox trials waiting to settle (see `trial`).
+    trials: trial::Trials,
     /// When the last discovery run ended (for the status' `last_discovery`).
     last_discovery: Option<String>,
 }
@@ -406,6 +425,7 @@ impl Mcp {
             read_buf: Box::default(),
             tokens,
             registrations: registration::Registrations::default(),
+            trials: trial::Trials::new(),
             last_discovery: None,
         }
     }
@@ -553,11 +573,7 @@ impl Mcp {
             Channel::McpServers,
             EventData::McpServerRegistered {
                 server_id: id.clone(),
-                source: if source == Source::Api {
-                    "api"
-                } else {
-                    "config"
-                },
+                source: source.as_str(),
             },
         ));
         if autostart {
@@ -693,6 +709,8 @@ impl Mcp {
     pub fn catalogue(&self) -> Vec<crate::snapshot::ServerView<'_>> {
         self.servers
             .iter()
+            // A sandbox trial is no provider: not offered on /mcp, not counted by variety.
+            .filter(|(_, s)| s.source != Source::Trial)
             .map(|(id, s)| crate::snapshot::ServerView {
                 id,
                 status: s.status.as_str(),

@@ -53,6 +53,11 @@ pub struct Registrations {
     queue: WriteQueue<PendingChange>,
     /// Tag of the last write asked for; its acknowledgement carries it.
     tag: u64,
+    /// The secrets file's write is in flight ahead of the registry's: the masked registry
+    /// document to write once it lands, and the secrets written.
+    secrets_first: Option<(Value, secrets::Secrets)>,
+    /// The secrets file as last written (`None`: not written by this process yet).
+    secrets_on_disk: Option<secrets::Secrets>,
 }
 
 impl Default for Registrations {
@@ -60,6 +65,8 @@ impl Default for Registrations {
         Registrations {
             queue: WriteQueue::new(MAX_WAITING),
             tag: 0,
+            secrets_first: None,
+            secrets_on_disk: None,
         }
     }
 }
@@ -152,8 +159,34 @@ impl Mcp {
             room: <Mcp as Room>::NAME,
             tag: self.registrations.tag,
         };
-        let document = serde_json::to_value(document).unwrap_or(Value::Null);
-        cx.persist(REGISTRY_FILE, document, Some((me, Value::Null)));
+        // Values go to the secrets file first (old and new together, see `secrets`): the
+        // registry names them only once they are on disk.
+        let values = secrets::union(
+            secrets::secrets_of(&self.api_specs()),
+            &secrets::secrets_of(&document),
+        );
+        let masked: Vec<ServerSpec> = document.iter().map(secrets::masked).collect();
+        let document = serde_json::to_value(masked).unwrap_or(Value::Null);
+        if values.is_empty() || self.registrations.secrets_on_disk.as_ref() == Some(&values) {
+            cx.persist(REGISTRY_FILE, document, Some((me, Value::Null)));
+        } else {
+            let doc = serde_json::to_value(&values).unwrap_or(Value::Null);
+            self.registrations.secrets_first = Some((document, values));
+            cx.persist(secrets::SECRETS_FILE, doc, Some((me, Value::Null)));
+        }
+    }
+
+    /// The secrets file's values for the registry in memory, written (no acknowledgement
+    /// awaited) when they differ from what was last written: values of servers gone go only
+    /// after the registry stopped naming them.
+    fn trim_secrets(&mut self, cx: &mut RoomCx<'_, Mcp>) {
+        let now = secrets::secrets_of(&self.api_specs());
+        let on_disk = self.registrations.secrets_on_disk.as_ref();
+        if on_disk != Some(&now) && !(on_disk.is_none() && now.is_empty()) {
+            let doc = serde_json::to_value(&now).unwrap_or(Value::Null);
+            self.registrations.secrets_on_disk = Some(now);
+            cx.persist(secrets::SECRETS_FILE, doc, None);
+        }
     }
 
     /// The acknowledgement of registry write `tag`: applies (or refuses) its changes, answers
@@ -163,6 +196,19 @@ impl Mcp {
         if tag != self.registrations.tag {
             log::error!("an acknowledgement of registry write {tag}, which is not in flight");
             return;
+        }
+        if let Some((document, values)) = self.registrations.secrets_first.take() {
+            if result.is_ok() {
+                self.registrations.secrets_on_disk = Some(values);
+                let me = ReplyTo::Room {
+                    room: <Mcp as Room>::NAME,
+                    tag,
+                };
+                cx.persist(REGISTRY_FILE, document, Some((me, Value::Null)));
+                return;
+            }
+            // The secrets file could not be written: the registry is not touched either.
+            self.registrations.secrets_on_disk = None;
         }
         let done = self.registrations.queue.finish();
         match result {
@@ -185,9 +231,12 @@ impl Mcp {
                     out.extend(events);
                 }
                 if !consistent {
-                    let document = serde_json::to_value(self.api_specs()).unwrap_or(Value::Null);
+                    let masked: Vec<ServerSpec> =
+                        self.api_specs().iter().map(secrets::masked).collect();
+                    let document = serde_json::to_value(masked).unwrap_or(Value::Null);
                     cx.persist(REGISTRY_FILE, document, None);
                 }
+                self.trim_secrets(cx);
             }
             Err(error) => {
                 for PendingChange { reply, .. } in done {

@@ -185,6 +185,20 @@ pub enum Source {
     Api,
     /// Declared in the config file.
     Config,
+    /// A sandboxed trial of an unregistered spec (never persisted; removed when it settles,
+    /// see `trial`).
+    Trial,
+}
+
+impl Source {
+    /// Its name in answers and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Api => "api",
+            Source::Config => "config",
+            Source::Trial => "trial",
+        }
+    }
 }
 
 /// One managed server.
@@ -361,7 +375,7 @@ impl Server {
             "restarts": self.restarts,
             "tools": self.session.tools.len(),
             "capabilities": self.spec.capabilities,
-            "source": match self.source { Source::Api => "api", Source::Config => "config" },
+            "source": self.source.as_str(),
         })
     }
 
@@ -369,7 +383,8 @@ impl Server {
     pub fn details(&self) -> Value {
         let mut v = self.summary();
         let ts = crate::state::rfc3339_utc_millis;
-        v["spec"] = serde_json::to_value(&self.spec).unwrap_or(Value::Null);
+        // Environment values are shown masked (they live in the secrets file).
+        v["spec"] = serde_json::to_value(super::secrets::masked(&self.spec)).unwrap_or(Value::Null);
         v["history"] = self
             .history
             .iter()

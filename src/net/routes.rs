@@ -57,14 +57,31 @@ pub struct Resolved {
 }
 
 /// Finds the route of a path; `None` for an unknown path.
+///
+/// A literal pattern wins over an `{id}` one that also matches, wherever the rows sit in the
+/// table: `/api/v1/capabilities/integrate` is not the capability `integrate` of
+/// `/api/v1/capabilities/{id}`.
 pub fn resolve(path: &str) -> Option<Resolved> {
     let path = trimmed(path);
-    routed().find_map(|o| {
-        matches(o.path, path).map(|id| Resolved {
-            pattern: o.path,
-            id,
-        })
-    })
+    let mut templated = None;
+    for o in routed() {
+        match matches(o.path, path) {
+            Some(None) => {
+                return Some(Resolved {
+                    pattern: o.path,
+                    id: None,
+                })
+            }
+            Some(id @ Some(_)) if templated.is_none() => {
+                templated = Some(Resolved {
+                    pattern: o.path,
+                    id,
+                })
+            }
+            _ => {}
+        }
+    }
+    templated
 }
 
 /// The methods a route pattern answers, in table order.
@@ -348,6 +365,7 @@ mod tests {
             ("POST", "/api/v1/consciousness/decision") => {
                 r#"{"situation":"degraded_server","subject":"x"}"#
             }
+            ("POST", "/api/v1/capabilities/integrate") => r#"{"package":"npm:x@1.0.0"}"#,
             _ => {
                 assert!(
                     !o.body.is_some_and(|b| b.required),

@@ -220,9 +220,16 @@ impl Daemon {
                 return;
             }
             DaemonRequest::OpenApi => {
-                let doc = crate::openapi::document(env!("CARGO_PKG_VERSION"));
-                let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-                self.answer_raw(cx, reply, "application/json", bytes);
+                // The document depends only on the binary (the ops table and the version):
+                // built and serialized once, on first request. Building its `Value` tree for
+                // every request cost about a megabyte of short-lived heap each, which a client
+                // pipelining requests it does not read turned into resident memory.
+                static DOCUMENT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+                let bytes = DOCUMENT.get_or_init(|| {
+                    let doc = crate::openapi::document(env!("CARGO_PKG_VERSION"));
+                    serde_json::to_vec_pretty(&doc).unwrap_or_default()
+                });
+                self.answer_raw(cx, reply, "application/json", bytes.clone());
                 return;
             }
             DaemonRequest::AuthToken => self.auth_token(false),

@@ -22,6 +22,7 @@ pub mod monitor;
 pub mod net;
 pub mod openapi;
 pub mod ops;
+pub mod outbound;
 pub mod page;
 pub mod reactor;
 pub mod room;

@@ -16,4 +16,5 @@ mod properties;
 mod security;
 mod state_config;
 mod state_crash;
+mod tls;
 mod util;

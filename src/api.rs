@@ -28,6 +28,114 @@ pub enum Request {
     Checks(ChecksRequest),
     /// The alerts room.
     Alerts(AlertsRequest),
+    /// The discovery room.
+    Discovery(DiscoveryRequest),
+    /// The variety room.
+    Variety(VarietyRequest),
+    /// The VSM room (the five systems).
+    Vsm(VsmRequest),
+    /// The reflection room ("consciousness").
+    Reflect(ReflectRequest),
+}
+
+/// What the variety room serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VarietyRequest {
+    /// The last analysis (`GET /api/v1/vsm/variety`).
+    Analysis,
+    /// Analyse now (`POST /api/v1/vsm/variety/recalculate`, `trigger_variety_analysis`).
+    Recalculate {
+        /// Analyse even when the last analysis is fresh.
+        force: bool,
+        /// Ask for an external scan too (discovery's; said to be not run when absent).
+        external_scan: bool,
+    },
+    /// Ratio, counts and trend (`GET /api/v1/metrics/variety`).
+    Metrics,
+    /// Every capability, its providers and why (`GET /api/v1/capabilities`).
+    Capabilities,
+    /// The gaps (`GET /api/v1/capabilities/gaps`).
+    Gaps,
+    /// Record a required capability (`POST /api/v1/capabilities/acquire`).
+    Acquire {
+        /// `capability_type`.
+        capability: String,
+        /// `acquisition_method` (`mcp_server`).
+        method: String,
+        /// `priority`: low, medium, high or critical (the gap's severity).
+        priority: String,
+    },
+    /// Remove a recorded request (`DELETE /api/v1/capabilities/{id}`).
+    Remove {
+        /// The capability.
+        id: String,
+    },
+}
+
+/// What the discovery room serves (to clients, and to rooms that ask: variety, acquisition).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiscoveryRequest {
+    /// Look for MCP servers; answered when every source asked has answered, failed or timed
+    /// out.
+    Discover {
+        /// One source (`catalog`, `registry`, `npm`, `github`), or every enabled one.
+        source: Option<&'static str>,
+        /// What to look for (words, or capability names); empty = everything a source lists.
+        query: String,
+    },
+}
+
+/// What the VSM room serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VsmRequest {
+    /// Every system: status, counter, recent activity.
+    List,
+    /// One system (`system1`…`system5` or `operations`…`policy`).
+    Show {
+        /// The system's id or name.
+        id: String,
+    },
+    /// Run a system's action.
+    Action {
+        /// The system's id or name.
+        id: String,
+        /// The action's name.
+        action: String,
+        /// Its parameters (an object, or null).
+        parameters: Value,
+    },
+}
+
+/// What the reflection room serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReflectRequest {
+    /// The self-model.
+    State,
+    /// Run the analysers now.
+    Reflect,
+    /// Insights kept, filtered.
+    Insights {
+        /// Only insights with a larger id.
+        since: Option<u64>,
+        /// Only this insight type.
+        kind: Option<String>,
+        /// Only insights at least this significant (0–1).
+        min_significance: Option<f64>,
+    },
+    /// A question about one subject, answered from the record.
+    Query {
+        /// `server`, `capability`, `alert` or `decision`.
+        about: String,
+        /// The subject's id.
+        id: String,
+    },
+    /// Rank the options for a situation.
+    Decision {
+        /// The situation (`degraded_server`).
+        situation: String,
+        /// The subject (a server id).
+        subject: String,
+    },
 }
 
 /// What the alerts room serves.
@@ -43,6 +151,8 @@ pub enum AlertsRequest {
         /// Alert id.
         id: String,
     },
+    /// Run the built-in performance and health cycles now (System 3's `audit`).
+    RunCycles,
 }
 
 /// What the checks room serves.
@@ -173,7 +283,7 @@ pub enum McpRequest {
     /// Register an MCP server.
     Register {
         /// Its spec.
-        spec: crate::spec::ServerSpec,
+        spec: Box<crate::spec::ServerSpec>,
     },
     /// One server in detail.
     Show {
@@ -578,6 +688,12 @@ pub enum ErrorCode {
     ServerNotFound,
     /// No alert with that id (or it was dropped: resolved alerts are kept up to a bound).
     AlertNotFound,
+    /// No VSM system with that id or name.
+    SystemNotFound,
+    /// The record knows nothing of the subject asked about.
+    SubjectNotFound,
+    /// The operation needs a part of the daemon that is not built yet (named in the message).
+    NotImplemented,
     /// The server has no tool with that name.
     ToolNotFound,
     /// Something with that id already exists.
@@ -603,6 +719,17 @@ pub enum ErrorCode {
     /// A state document this daemon cannot read or understand (a newer format version, not a
     /// regular file) would have to be overwritten; nothing was changed.
     StateReadOnly,
+    /// None of the outside services asked (discovery sources) answered; each one's error is
+    /// in the message and `data`.
+    UpstreamUnavailable,
+    /// The tool falls under a capability in `security.blocked_capabilities` that its server's
+    /// spec does not allow: it cannot be called.
+    CapabilityBlocked,
+    /// A server spec declares a capability in `security.blocked_capabilities` without
+    /// allowing it in `allow_capabilities`: not registered.
+    CapabilityNotAllowed,
+    /// No capability request with that id.
+    CapabilityNotFound,
 }
 
 impl ErrorCode {
@@ -628,6 +755,9 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::ServerNotFound => "server_not_found",
             ErrorCode::AlertNotFound => "alert_not_found",
+            ErrorCode::SystemNotFound => "system_not_found",
+            ErrorCode::SubjectNotFound => "subject_not_found",
+            ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::ToolNotFound => "tool_not_found",
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::ToolError => "tool_error",
@@ -639,6 +769,10 @@ impl ErrorCode {
             ErrorCode::PersistFailed => "persist_failed",
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::StateReadOnly => "state_read_only",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::CapabilityBlocked => "capability_blocked",
+            ErrorCode::CapabilityNotAllowed => "capability_not_allowed",
+            ErrorCode::CapabilityNotFound => "capability_not_found",
         }
     }
 
@@ -654,10 +788,13 @@ impl ErrorCode {
             | ErrorCode::ConfigKeyNotFound
             | ErrorCode::ServerNotFound
             | ErrorCode::AlertNotFound
+            | ErrorCode::SystemNotFound
+            | ErrorCode::SubjectNotFound
             | ErrorCode::ToolNotFound => 404,
+            ErrorCode::NotImplemented => 501,
             ErrorCode::AlreadyExists => 409,
             ErrorCode::ToolError => 422,
-            ErrorCode::McpError | ErrorCode::ServerExited => 502,
+            ErrorCode::McpError | ErrorCode::ServerExited | ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::LengthRequired => 411,
@@ -669,6 +806,9 @@ impl ErrorCode {
             ErrorCode::StateReadOnly => 409,
             ErrorCode::Unhealthy | ErrorCode::Busy | ErrorCode::ShuttingDown => 503,
             ErrorCode::Timeout => 504,
+            ErrorCode::CapabilityBlocked => 403,
+            ErrorCode::CapabilityNotAllowed => 422,
+            ErrorCode::CapabilityNotFound => 404,
         }
     }
 }

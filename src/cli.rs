@@ -158,6 +158,13 @@ pub enum Command {
     },
     /// Bridge stdio to the daemon's `/mcp` (for clients that spawn stdio servers).
     McpServeStdio,
+    /// Look for MCP servers to install.
+    McpDiscover {
+        /// One source, or every enabled one.
+        source: Option<String>,
+        /// What to look for (may be empty).
+        query: String,
+    },
     /// Call a tool.
     McpCall {
         /// Server id.
@@ -179,10 +186,60 @@ pub enum Command {
         /// Alert id.
         id: String,
     },
-    /// Metrics: all, or `performance`, `health` (`variety` is not measured yet).
+    /// `variety status`: the last analysis.
+    VarietyStatus,
+    /// `variety analyze [--force]`: analyse now.
+    VarietyAnalyze {
+        /// Even when the last analysis is fresh.
+        force: bool,
+    },
+    /// `variety gaps list`.
+    VarietyGaps,
+    /// `variety acquire CAP [--priority P]`: require a capability.
+    VarietyAcquire {
+        /// The capability.
+        capability: String,
+        /// low, medium, high or critical.
+        priority: Option<String>,
+    },
+    /// Metrics: all, or `performance`, `health`, `variety`.
     Metrics {
         /// `--type`.
         kind: Option<String>,
+    },
+    /// Run the reflection analysers now.
+    Reflect,
+    /// Insights kept.
+    Insights {
+        /// `--type`.
+        kind: Option<String>,
+        /// `--since ID`.
+        since: Option<u64>,
+        /// `--min-significance X`.
+        min_significance: Option<String>,
+    },
+    /// A question to reflection's record.
+    Query {
+        /// `server`, `capability`, `alert` or `decision`.
+        about: String,
+        /// The subject.
+        id: String,
+    },
+    /// The five VSM systems.
+    Systems,
+    /// One VSM system.
+    SystemStatus {
+        /// `system1`… or a name.
+        id: String,
+    },
+    /// Run a VSM system's action.
+    SystemTrigger {
+        /// `system1`… or a name.
+        id: String,
+        /// The action.
+        action: String,
+        /// `--parameters JSON` (an object).
+        parameters: Option<Value>,
     },
     /// show, tools, start, stop, restart, reset or unregister one server.
     Mcp {
@@ -219,6 +276,7 @@ pub struct RawArgs {
 
 const MCP_REGISTER_OPTIONS: &[&str] = &[
     "capability",
+    "allow-capability",
     "env",
     "cwd",
     "call-timeout-ms",
@@ -248,7 +306,9 @@ fn mcp_command_name(sub: &str) -> &'static str {
 /// Options that take a value, and those that do not.
 const VALUE_OPTIONS: &[&str] = &[
     "status",
+    "source",
     "capability",
+    "allow-capability",
     "env",
     "cwd",
     "call-timeout-ms",
@@ -271,8 +331,13 @@ const VALUE_OPTIONS: &[&str] = &[
     "component",
     "service",
     "type",
+    "priority",
+    "parameters",
+    "since",
+    "min-significance",
 ];
 const FLAG_OPTIONS: &[&str] = &[
+    "force",
     "json",
     "detailed",
     "follow",
@@ -361,18 +426,41 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         ["mcp", "list", rest @ ..] => ("mcp list", &["status"], rest),
         ["mcp", "call", rest @ ..] => ("mcp call", &["timeout-ms"], rest),
         ["mcp", "serve-stdio", rest @ ..] => ("mcp serve-stdio", &[], rest),
+        ["mcp", "discover", rest @ ..] => ("mcp discover", &["source"], rest),
         ["mcp", sub @ ("show" | "tools" | "start" | "stop" | "restart" | "reset" | "unregister"), rest @ ..] => {
             (mcp_command_name(sub), &[], rest)
         }
         ["mcp", ..] if raw.help => return Ok(Invocation::Help(help(Some("mcp")))),
         ["mcp", ..] => {
             return Err(UsageError(
-                "use: mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio".into(),
+                "use: mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio|discover".into(),
             ))
         }
         ["alerts", "ack", rest @ ..] => ("alerts ack", &[], rest),
         ["alerts", rest @ ..] => ("alerts", &["all"], rest),
         ["metrics", rest @ ..] => ("metrics", &["type"], rest),
+        ["variety", "status", rest @ ..] => ("variety status", &[], rest),
+        ["variety", "analyze", rest @ ..] => ("variety analyze", &["force"], rest),
+        ["variety", "gaps", "list", rest @ ..] => ("variety gaps list", &[], rest),
+        ["variety", "acquire", rest @ ..] => ("variety acquire", &["priority"], rest),
+        ["variety", ..] if raw.help => return Ok(Invocation::Help(help(Some("variety")))),
+        ["variety", ..] => {
+            return Err(UsageError(
+                "use: variety status | analyze [--force] | gaps list | acquire CAPABILITY".into(),
+            ))
+        }
+        ["reflect", rest @ ..] => ("reflect", &[], rest),
+        ["insights", rest @ ..] => ("insights", &["type", "since", "min-significance"], rest),
+        ["query", rest @ ..] => ("query", &[], rest),
+        ["systems", "list", rest @ ..] => ("systems list", &[], rest),
+        ["systems", "status", rest @ ..] => ("systems status", &[], rest),
+        ["systems", "trigger", rest @ ..] => ("systems trigger", &["parameters"], rest),
+        ["systems", ..] if raw.help => return Ok(Invocation::Help(help(Some("systems")))),
+        ["systems", ..] => {
+            return Err(UsageError(
+                "use: systems list | status ID | trigger ID ACTION".into(),
+            ))
+        }
         ["help", rest @ ..] => return Ok(Invocation::Help(help(Some(&rest.join(" "))))),
         [other, ..] => return Err(UsageError(format!("unknown command '{other}'"))),
     };
@@ -529,15 +617,19 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 };
                 env.insert(k.to_string(), Value::String(v.to_string()));
             }
-            let capabilities: Vec<String> = value("capability")
-                .map(|c| {
-                    c.split(',')
-                        .map(str::trim)
-                        .filter(|c| !c.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let list = |key: &str| -> Vec<String> {
+                value(key)
+                    .map(|c| {
+                        c.split(',')
+                            .map(str::trim)
+                            .filter(|c| !c.is_empty())
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let capabilities = list("capability");
+            let allow_capabilities = list("allow-capability");
             let mut spec = json!({
                 "id": id,
                 "command": command,
@@ -546,6 +638,9 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 "capabilities": capabilities,
                 "autostart": !flag("no-autostart"),
             });
+            if !allow_capabilities.is_empty() {
+                spec["allow_capabilities"] = json!(allow_capabilities);
+            }
             for key in [
                 "call-timeout-ms",
                 "backoff-initial-ms",
@@ -587,6 +682,20 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         "mcp serve-stdio" => {
             no_args(args)?;
             Command::McpServeStdio
+        }
+        "mcp discover" => {
+            let source = value("source");
+            if let Some(s) = &source {
+                if !["catalog", "registry", "npm", "github"].contains(&s.as_str()) {
+                    return Err(UsageError(format!(
+                        "--source takes catalog, registry, npm or github, not '{s}'"
+                    )));
+                }
+            }
+            Command::McpDiscover {
+                source,
+                query: args.join(" "),
+            }
         }
         "mcp call" => {
             let (id, tool, arguments) = match args {
@@ -639,6 +748,106 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 }
             }
             Command::Metrics { kind }
+        }
+        "variety status" => {
+            no_args(args)?;
+            Command::VarietyStatus
+        }
+        "variety analyze" => {
+            no_args(args)?;
+            Command::VarietyAnalyze {
+                force: flag("force"),
+            }
+        }
+        "variety gaps list" => {
+            no_args(args)?;
+            Command::VarietyGaps
+        }
+        "variety acquire" => {
+            let [capability] = args else {
+                return Err(UsageError(
+                    "use: variety acquire CAPABILITY [--priority low|medium|high|critical]".into(),
+                ));
+            };
+            let priority = value("priority");
+            if let Some(p) = &priority {
+                if !["low", "medium", "high", "critical"].contains(&p.as_str()) {
+                    return Err(UsageError(format!(
+                        "--priority takes low, medium, high or critical, not '{p}'"
+                    )));
+                }
+            }
+            Command::VarietyAcquire {
+                capability: capability.to_string(),
+                priority,
+            }
+        }
+        "reflect" => {
+            no_args(args)?;
+            Command::Reflect
+        }
+        "insights" => {
+            no_args(args)?;
+            let since = value("since")
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| UsageError(format!("--since needs an insight id, not '{v}'")))
+                })
+                .transpose()?;
+            let min_significance = value("min-significance");
+            if let Some(m) = &min_significance {
+                if !m.parse::<f64>().is_ok_and(|v| (0.0..=1.0).contains(&v)) {
+                    return Err(UsageError(format!(
+                        "--min-significance takes a number from 0 to 1, not '{m}'"
+                    )));
+                }
+            }
+            Command::Insights {
+                kind: value("type"),
+                since,
+                min_significance,
+            }
+        }
+        "query" => {
+            let [about, id] = args else {
+                return Err(UsageError(
+                    "use: query server|capability|alert|decision ID".into(),
+                ));
+            };
+            Command::Query {
+                about: about.to_string(),
+                id: id.to_string(),
+            }
+        }
+        "systems list" => {
+            no_args(args)?;
+            Command::Systems
+        }
+        "systems status" => {
+            let [id] = args else {
+                return Err(UsageError("use: systems status ID".into()));
+            };
+            Command::SystemStatus { id: id.to_string() }
+        }
+        "systems trigger" => {
+            let [id, action] = args else {
+                return Err(UsageError(
+                    "use: systems trigger ID ACTION [--parameters '{JSON}']".into(),
+                ));
+            };
+            let parameters = value("parameters")
+                .map(|p| match serde_json::from_str::<Value>(&p) {
+                    Ok(v @ Value::Object(_)) => Ok(v),
+                    _ => Err(UsageError(format!(
+                        "--parameters takes a JSON object, not '{p}'"
+                    ))),
+                })
+                .transpose()?;
+            Command::SystemTrigger {
+                id: id.to_string(),
+                action: action.to_string(),
+                parameters,
+            }
         }
         n if n.starts_with("mcp ") => {
             let [id] = args else {
@@ -720,11 +929,13 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20call ID TOOL ['{\"arg\": 1}'] [--timeout-ms N]  call a tool; a tool error exits 1\n\
             \x20\x20start|stop|restart ID                        lifecycle (stop is graceful: stdin closed, SIGTERM, SIGKILL)\n\
             \x20\x20reset ID                                     close an open circuit breaker and start again\n\
-            \x20\x20unregister ID                                stop and forget a server",
+            \x20\x20unregister ID                                stop and forget a server\n\
+            \x20\x20discover [--source S] [QUERY]                find servers to install (catalog, registry, npm, github)",
         "mcp register" => "vsm-daemon mcp register ID [OPTIONS] -- COMMAND [ARGS...]\n\n\
             Registers an MCP server that speaks JSON-RPC over stdio; it is persisted and restarted\n\
             with the daemon. Options (unset ones take the [mcp_servers] defaults):\n\
             \x20\x20--capability a,b          capabilities it provides\n\
+            \x20\x20--allow-capability a,b    blocked capabilities (security.blocked_capabilities) it may have anyway\n\
             \x20\x20--env K=V                 environment (repeatable; PATH, HOME, LANG, TERM, USER pass through)\n\
             \x20\x20--cwd DIR                 working directory (absolute)\n\
             \x20\x20--no-autostart            register only\n\
@@ -733,6 +944,14 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20--max-failures N          failed starts within the window that open the circuit breaker\n\
             \x20\x20--max-open-files N, --max-cpu-seconds N, --max-memory-mb N, --uid N, --gid N   sandbox limits",
         "mcp list" => "vsm-daemon mcp list [--status active|inactive|all]",
+        "mcp discover" => "vsm-daemon mcp discover [--source catalog|registry|npm|github] [QUERY...] [--json]\n\n\
+            Looks for MCP servers to install in the enabled sources (mcp_servers.discovery_sources;\n\
+            --source: only that one) and prints the candidates, best first: the exact package, the\n\
+            capabilities it would bring, the sources that found it, and each source's outcome. QUERY\n\
+            is words or capability names (e.g. memory, timezone); none lists everything. Answers are\n\
+            cached for mcp_servers.discovery_cache_ttl_ms. --json prints the whole answer (each\n\
+            candidate's score parts, package arguments and environment variables).\n\
+            Exit 1 when no source answered (each one's error is printed).",
         "alerts" | "alerts ack" => "vsm-daemon alerts [--all] [--json] | alerts ack ID\n\n\
             Alerts raised by the monitors: the firing ones (--all: the resolved ones kept too), newest\n\
             first, with rule, severity, value, threshold, trend and when they were first and last seen.\n\
@@ -740,8 +959,33 @@ pub fn help(command: Option<&str>) -> String {
         "metrics" => "vsm-daemon metrics [--type variety|performance|health] [--json]\n\n\
             Daemon, host and MCP metrics. performance: process and host resources, the last\n\
             performance cycle (CPU %, network, disks, filesystems, per-route and per-server p50/p95/p99\n\
-            and error rates over the cycle's window); health: components and MCP servers. variety is\n\
-            not measured yet (exit 1).",
+            and error rates over the cycle's window); health: components and MCP servers; variety:\n\
+            the variety ratio, required and provided capabilities, gaps, threats and the trend.",
+        "variety" | "variety status" | "variety analyze" | "variety gaps list" | "variety acquire" => "vsm-daemon variety status | analyze [--force] | gaps list | acquire CAPABILITY [--priority P]\n\n\
+            \x20\x20status               the last analysis: ratio (weight of required capabilities with an\n\
+            \x20\x20                     active provider over the required weight), gaps, threats, providers\n\
+            \x20\x20analyze [--force]    analyse now (without --force an analysis younger than 1 s is shown)\n\
+            \x20\x20gaps list            required capabilities without an active provider and what closes each\n\
+            \x20\x20acquire CAPABILITY   require it (kept across restarts); prints the gap it opens or that it\n\
+            \x20\x20                     is provided already. --priority low|medium|high|critical (default medium)\n\
+            Required capabilities also come from [variety] required in the config. Exit 1 when refused.",
+        "reflect" => "vsm-daemon reflect [--json]\n\n\
+            Runs the reflection analysers now (flapping servers, latency trends, error bursts, alert\n\
+            storms, repeated auth failures, recurring gaps, memory growth) and prints the new insights.",
+        "insights" => "vsm-daemon insights [--type T] [--since ID] [--min-significance X] [--json]\n\n\
+            Insights kept, oldest first: type, significance, description, evidence (event seqs and\n\
+            values) and recommended requests.",
+        "query" => "vsm-daemon query server|capability|alert|decision ID [--json]\n\n\
+            Answers from reflection's record: a server's history, failures, latency and insights; a\n\
+            capability's providers and gaps; an alert's events; a decision. Exit 1 when the record\n\
+            knows nothing of it.",
+        "systems" | "systems list" | "systems status" | "systems trigger" => "vsm-daemon systems list | status ID | trigger ID ACTION [--parameters '{JSON}']\n\n\
+            The five VSM systems (system1 operations, system2 coordination, system3 control,\n\
+            system4 intelligence, system5 policy): status and why, counter, recent activity.\n\
+            \x20\x20trigger system1 call --parameters '{\"server\": \"time\", \"tool\": \"get_current_time\", \"arguments\": {}}'\n\
+            \x20\x20trigger system2 reset_backoff   start every server in backoff now\n\
+            \x20\x20trigger system3 audit           run the health and performance cycles and every check now\n\
+            \x20\x20(system4 scan and system5 decide are refused until the variety and acquisition parts exist)",
         "mcp call" => "vsm-daemon mcp call ID TOOL ['{JSON arguments}'] [--timeout-ms N]\n\n\
             Prints the tool's text content (--json: the whole result). Exit 1 when the tool reports an\n\
             error (isError), the call times out or the server is not active.",
@@ -766,8 +1010,11 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20token [rotate]        the TCP API's bearer token and where it comes from\n\
             \x20\x20checks [run NAME]     declared checks, or run one now\n\
             \x20\x20alerts [--all]        firing (or all kept) alerts; alerts ack ID\n\
-            \x20\x20metrics [--type T]    metrics (performance, health)\n\
-            \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio\n\n\
+            \x20\x20metrics [--type T]    metrics (performance, health, variety)\n\
+            \x20\x20variety status|analyze|gaps list|acquire CAP   capabilities required against provided\n\
+            \x20\x20systems list|status ID|trigger ID ACTION   the five VSM systems\n\
+            \x20\x20reflect               run reflection now; insights [--type T]; query ABOUT ID\n\
+            \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio|discover\n\n\
             `vsm-daemon COMMAND --help` tells more; --version prints the version.",
     };
     format!("{body}\n\n{GLOBAL_HELP}")
@@ -852,10 +1099,6 @@ pub fn run(global: &Global, command: Command) -> Exit {
             return follow_logs(&client, global, level, component, lines);
         }
         Command::Stop { graceful } => return stop(&client, global, graceful),
-        Command::Metrics { kind: Some(k) } if k == "variety" => {
-            errln!("error: variety metrics are not measured yet (the variety manager is not implemented)");
-            return Exit::Refused;
-        }
         other => {
             let (method, path, body) = request_for(&other);
             client
@@ -998,6 +1241,13 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
         Command::McpList { status } => {
             with_query(&ops::MCP_LIST, &[("status", Some(status.clone()))])
         }
+        Command::McpDiscover { source, query } => with_query(
+            &ops::MCP_DISCOVER,
+            &[
+                ("source", source.clone()),
+                ("query", (!query.is_empty()).then(|| query.clone())),
+            ],
+        ),
         Command::McpCall {
             id,
             tool,
@@ -1019,11 +1269,65 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             let op = &ops::ALERTS_ACK;
             (op.method, op.target(&encode(id)), None)
         }
+        Command::VarietyStatus => plain(&ops::VARIETY_GET),
+        Command::VarietyAnalyze { force } => {
+            let op = &ops::VARIETY_RECALCULATE;
+            (op.method, op.path.into(), Some(json!({"force": force})))
+        }
+        Command::VarietyGaps => plain(&ops::CAPABILITIES_GAPS),
+        Command::VarietyAcquire {
+            capability,
+            priority,
+        } => {
+            let op = &ops::CAPABILITIES_ACQUIRE;
+            let mut body =
+                json!({"capability_type": capability, "acquisition_method": "mcp_server"});
+            if let Some(p) = priority {
+                body["priority"] = json!(p);
+            }
+            (op.method, op.path.into(), Some(body))
+        }
         Command::Metrics { kind } => match kind.as_deref() {
+            Some("variety") => plain(&ops::VARIETY_METRICS),
             Some("performance") => plain(&ops::METRICS_PERFORMANCE),
             Some("health") => plain(&ops::METRICS_HEALTH),
             _ => plain(&ops::METRICS_ALL),
         },
+        Command::Reflect => plain(&ops::CONSCIOUSNESS_REFLECT),
+        Command::Insights {
+            kind,
+            since,
+            min_significance,
+        } => with_query(
+            &ops::CONSCIOUSNESS_INSIGHTS,
+            &[
+                ("type", kind.clone()),
+                ("since", since.map(|s| s.to_string())),
+                ("min_significance", min_significance.clone()),
+            ],
+        ),
+        Command::Query { about, id } => {
+            let op = &ops::CONSCIOUSNESS_QUERY;
+            (
+                op.method,
+                op.path.into(),
+                Some(json!({"about": about, "id": id})),
+            )
+        }
+        Command::Systems => plain(&ops::VSM_SYSTEMS),
+        Command::SystemStatus { id } => {
+            let op = &ops::VSM_SYSTEM;
+            (op.method, op.target(&encode(id)), None)
+        }
+        Command::SystemTrigger {
+            id,
+            action,
+            parameters,
+        } => {
+            let op = &ops::VSM_ACTION;
+            let body = json!({"action": action, "parameters": parameters});
+            (op.method, op.target(&encode(id)), Some(body))
+        }
         Command::Mcp { action, id } => {
             let op = match action.as_str() {
                 "show" => &ops::MCP_SHOW,
@@ -1157,6 +1461,68 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// `mcp discover`: one line per candidate (rank, score, package, what it brings, who found
+/// it), then each source's outcome.
+fn discover_table(out: &mut String, data: &Value) {
+    let candidates = data["candidates"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if candidates.is_empty() {
+        let _ = writeln!(out, "no candidates");
+    } else {
+        let _ = writeln!(
+            out,
+            "{:>4} {:>5}  {:<56} {:<24} SOURCES",
+            "RANK", "SCORE", "PACKAGE", "CAPABILITIES"
+        );
+    }
+    let list = |v: &Value, key: &str| -> String {
+        let items: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| {
+                if key.is_empty() {
+                    text(x)
+                } else {
+                    text(&x[key])
+                }
+            })
+            .collect();
+        if items.is_empty() {
+            "-".into()
+        } else {
+            items.join(",")
+        }
+    };
+    for c in candidates {
+        let _ = writeln!(
+            out,
+            "{:>4} {:>5}  {:<56} {:<24} {}",
+            text(&c["rank"]),
+            text(&c["score"]),
+            text(&c["package"]["ref"]),
+            list(&c["capabilities"], "capability"),
+            list(&c["sources"], ""),
+        );
+    }
+    for s in data["sources"].as_array().into_iter().flatten() {
+        let outcome = match s["error"].as_str() {
+            Some(e) => format!("error: {e}"),
+            None => format!("{} found", text(&s["found"])),
+        };
+        let _ = writeln!(
+            out,
+            "source {:<9} {:<7} {} ({} ms)",
+            text(&s["source"]),
+            text(&s["status"]),
+            outcome,
+            text(&s["elapsed_ms"])
+        );
+    }
+}
+
 fn show_server(d: &Value) -> String {
     let mut out = String::new();
     let spec = &d["spec"];
@@ -1178,6 +1544,16 @@ fn show_server(d: &Value) -> String {
         text(&d["server_info"])
     );
     let _ = writeln!(out, "landlock   {}", text(&d["landlock"]));
+    let names = |v: &Value| -> String {
+        let list: Vec<String> = v.as_array().into_iter().flatten().map(text).collect();
+        if list.is_empty() {
+            "-".into()
+        } else {
+            list.join(", ")
+        }
+    };
+    let _ = writeln!(out, "declared   {}", names(&spec["capabilities"]));
+    let _ = writeln!(out, "allowed    {}", names(&spec["allow_capabilities"]));
     let _ = writeln!(out, "calls      {}", d["calls"]);
     let _ = writeln!(out, "breaker    {}", d["circuit_breaker"]);
     let _ = writeln!(out, "\nhistory:");
@@ -1209,6 +1585,29 @@ fn show_server(d: &Value) -> String {
     out
 }
 
+/// One VSM system on one line: id, name, status, counter, why.
+fn system_line(out: &mut String, sys: &Value) {
+    let id = text(&sys["id"]);
+    let counter = [
+        "operations_count",
+        "coordination_points",
+        "audit_cycles",
+        "scans_completed",
+        "decisions_made",
+    ]
+    .into_iter()
+    .find(|k| sys.get(*k).is_some())
+    .unwrap_or("count");
+    let _ = writeln!(
+        out,
+        "{id:<8} {:<13} {:<9} {counter} {:<6} {}",
+        text(&sys["name"]),
+        text(&sys["status"]),
+        text(&sys[counter]),
+        text(&sys["reason"])
+    );
+}
+
 /// Human rendering of a reply's data.
 /// Longest tool description `mcp tools` prints on a tool's line, in characters.
 const SUMMARY_CHARS: usize = 120;
@@ -1228,6 +1627,88 @@ fn tool_summary(description: &str) -> String {
         summary.push('…');
     }
     summary
+}
+
+/// `variety status` / `analyze` for people.
+fn show_variety(out: &mut String, d: &Value) {
+    let _ = writeln!(
+        out,
+        "variety ratio {} (threshold {}), {} of {} required capabilities provided, assessed {}",
+        text(&d["variety_ratio"]),
+        text(&d["threshold"]),
+        text(&d["provided_count"]),
+        text(&d["required_count"]),
+        text(&d["timestamp"]),
+    );
+    let _ = writeln!(out, "\ncapabilities:");
+    for c in d["capabilities"].as_array().into_iter().flatten() {
+        let providers: Vec<String> = c["providers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| format!("{} ({})", text(&p["server"]), text(&p["status"])))
+            .collect();
+        let mark = match (c["required"].is_object(), c["active_providers"].as_u64()) {
+            (true, Some(0)) => "GAP ",
+            (true, _) => "req ",
+            _ => "    ",
+        };
+        let providers = if providers.is_empty() {
+            "-".to_string()
+        } else {
+            providers.join(", ")
+        };
+        let _ = writeln!(out, "  {mark}{:<24} {providers}", text(&c["name"]));
+    }
+    if let Some(gaps) = d["gaps"].as_array().filter(|g| !g.is_empty()) {
+        let _ = writeln!(out, "\ngaps:");
+        show_gaps(out, &Value::Array(gaps.clone()));
+    }
+    if let Some(threats) = d["threats"].as_array().filter(|t| !t.is_empty()) {
+        let _ = writeln!(out, "\nthreats:");
+        for t in threats {
+            let _ = writeln!(
+                out,
+                "  {:<16} {}",
+                text(&t["kind"]),
+                text(&t["description"])
+            );
+        }
+    }
+    let share = &d["allowed_capabilities"];
+    let _ = writeln!(
+        out,
+        "\nallowed_capabilities score {} ({})",
+        text(&share["score"]),
+        text(&share["rule"])
+    );
+    let _ = writeln!(
+        out,
+        "trend {} over {} analyses",
+        text(&d["trend"]["direction"]),
+        d["trend"]["points"].as_array().map_or(0, Vec::len)
+    );
+    if let Some(scan) = d["external_scan"].as_str() {
+        let _ = writeln!(out, "external scan: {scan}");
+    }
+}
+
+/// Gaps, one per line with what closes each.
+fn show_gaps(out: &mut String, gaps: &Value) {
+    let gaps = gaps.as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if gaps.is_empty() {
+        let _ = writeln!(out, "no gaps");
+    }
+    for g in gaps {
+        let _ = writeln!(
+            out,
+            "  {:<9} {:<20} {}: {}",
+            text(&g["severity"]),
+            text(&g["capability"]),
+            text(&g["recommended_action"]),
+            text(&g["closes_with"])
+        );
+    }
 }
 
 fn human(command: &Command, data: &Value) -> String {
@@ -1267,6 +1748,90 @@ fn human(command: &Command, data: &Value) -> String {
         }
         Command::AlertAck { .. } => {
             let _ = writeln!(out, "acknowledged {}", text(&data["alert"]["id"]));
+        }
+        Command::VarietyStatus | Command::VarietyAnalyze { .. } => show_variety(&mut out, data),
+        Command::VarietyGaps => show_gaps(&mut out, &data["gaps"]),
+        Command::VarietyAcquire { .. } => {
+            let cap = text(&data["capability"]);
+            if data["recorded"] == true {
+                let _ = writeln!(out, "recorded: '{cap}' is required now");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "'{cap}' is required already (by {})",
+                    text(&data["required_by"])
+                );
+            }
+            if data["gap"].is_object() {
+                show_gaps(&mut out, &Value::Array(vec![data["gap"].clone()]));
+            } else {
+                let _ = writeln!(out, "provided: an active server offers it");
+            }
+        }
+        Command::Systems => {
+            for sys in data["systems"].as_array().into_iter().flatten() {
+                system_line(&mut out, sys);
+            }
+        }
+        Command::SystemStatus { .. } => {
+            system_line(&mut out, data);
+            let _ = writeln!(out, "action: {}", text(&data["action"]));
+            for (k, v) in data["by_kind"].as_object().into_iter().flatten() {
+                let _ = writeln!(out, "  {k:<20} {v}");
+            }
+            let _ = writeln!(out, "recent:");
+            for a in data["recent_activity"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "  {} #{} {:<16} {}",
+                    text(&a["at"]),
+                    text(&a["seq"]),
+                    text(&a["kind"]),
+                    text(&a["detail"])
+                );
+            }
+        }
+        Command::SystemTrigger { .. } | Command::Query { .. } => {
+            let _ = writeln!(out, "{data:#}");
+        }
+        Command::Reflect | Command::Insights { .. } => {
+            let list = data["new_insights"]
+                .as_array()
+                .or_else(|| data["insights"].as_array());
+            if let Some(took) = data["took_us"].as_u64() {
+                let _ = writeln!(
+                    out,
+                    "reflection {} in {took} µs over {} record entries: {} finding(s)",
+                    text(&data["reflection"]),
+                    text(&data["record"]["entries"]),
+                    text(&data["findings"])
+                );
+            }
+            let list = list.map(Vec::as_slice).unwrap_or(&[]);
+            if list.is_empty() {
+                let _ = writeln!(out, "no new insights");
+            }
+            for i in list {
+                let _ = writeln!(
+                    out,
+                    "#{:<4} {:<20} {:.2}  {}",
+                    text(&i["id"]),
+                    text(&i["insight_type"]),
+                    i["significance"].as_f64().unwrap_or(0.0),
+                    text(&i["description"])
+                );
+                let seqs = &i["evidence"]["event_seqs"];
+                let _ = writeln!(out, "      evidence: events {seqs}");
+                for r in i["recommendations"].as_array().into_iter().flatten() {
+                    let _ = writeln!(
+                        out,
+                        "      → {} {}  ({})",
+                        text(&r["method"]),
+                        text(&r["path"]),
+                        text(&r["why"])
+                    );
+                }
+            }
         }
         Command::Metrics { .. } => {
             let mut rows = Vec::new();
@@ -1518,6 +2083,7 @@ fn human(command: &Command, data: &Value) -> String {
                 let _ = writeln!(out, "warning: {}", text(w));
             }
         }
+        Command::McpDiscover { .. } => discover_table(&mut out, data),
         Command::McpList { .. } => {
             let _ = writeln!(
                 out,
@@ -1661,6 +2227,21 @@ mod tests {
         );
         assert_eq!(routed(&["checks"]), R::Checks(ChecksRequest::List));
         assert_eq!(
+            routed(&["mcp", "discover", "--source", "npm", "knowledge", "graph&x"]),
+            R::Discovery(crate::api::DiscoveryRequest::Discover {
+                source: Some("npm"),
+                query: "knowledge graph&x".into()
+            })
+        );
+        assert_eq!(
+            routed(&["mcp", "discover"]),
+            R::Discovery(crate::api::DiscoveryRequest::Discover {
+                source: None,
+                query: String::new()
+            })
+        );
+        assert!(parse_argv(&["mcp", "discover", "--source", "pypi"]).is_err());
+        assert_eq!(
             routed(&["checks", "run", "db.main"]),
             R::Checks(ChecksRequest::Run {
                 name: "db.main".into()
@@ -1680,6 +2261,41 @@ mod tests {
             routed(&["config", "reload"]),
             R::Config(ConfigRequest::Reload)
         );
+        assert_eq!(
+            routed(&["systems", "list"]),
+            R::Vsm(crate::api::VsmRequest::List)
+        );
+        assert_eq!(
+            routed(&["systems", "status", "system3"]),
+            R::Vsm(crate::api::VsmRequest::Show {
+                id: "system3".into()
+            })
+        );
+        assert_eq!(
+            routed(&[
+                "systems",
+                "trigger",
+                "operations",
+                "call",
+                "--parameters",
+                r#"{"server":"t"}"#
+            ]),
+            R::Vsm(crate::api::VsmRequest::Action {
+                id: "operations".into(),
+                action: "call".into(),
+                parameters: json!({"server": "t"}),
+            })
+        );
+        assert!(parse_argv(&["systems", "trigger", "system1"]).is_err());
+        assert!(parse_argv(&[
+            "systems",
+            "trigger",
+            "system1",
+            "call",
+            "--parameters",
+            "[1]"
+        ])
+        .is_err());
         assert_eq!(
             routed(&["config", "schema"]),
             R::Config(ConfigRequest::Schema)
@@ -1880,6 +2496,10 @@ mod tests {
             "token",
             "alerts",
             "metrics",
+            "systems",
+            "reflect",
+            "insights",
+            "query",
         ] {
             match parse_argv(&[cmd, "--help"]) {
                 Ok(Invocation::Help(text)) => assert!(text.contains("vsm-daemon"), "{cmd}"),

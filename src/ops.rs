@@ -16,14 +16,29 @@
 
 use crate::api::{Access, ApiError, Args, BodySpec, ErrorCode, EventQuery, In, LogQuery, Op};
 use crate::api::{AlertsRequest, ChecksRequest, ConfigRequest, ControlRequest, DaemonRequest};
-use crate::api::{DiagnosticsRequest, HealthRequest, McpRequest};
-use crate::api::{Param, Produces, Request, Ty};
+use crate::api::{DiagnosticsRequest, DiscoveryRequest, HealthRequest, McpRequest};
+use crate::api::{Param, Produces, ReflectRequest, Request, Ty, VarietyRequest, VsmRequest};
 use crate::spec::ServerSpec;
 use serde_json::{json, Value};
 
 /// Every group of rows, in routing order (the hot `GET /api/v1/health` near the front).
 pub const GROUPS: &[&[Op]] = &[
-    DAEMON, CONFIG, LOGS, EVENTS, METRICS, ALERTS, MCP, CHECKS, AUTH, META, PAGE, GATEWAY,
+    DAEMON,
+    CONFIG,
+    LOGS,
+    EVENTS,
+    METRICS,
+    ALERTS,
+    MCP,
+    CHECKS,
+    VSM,
+    CONSCIOUSNESS,
+    AUTH,
+    META,
+    PAGE,
+    GATEWAY,
+    VARIETY,
+    DISCOVERY,
 ];
 
 /// Every operation, in routing order.
@@ -578,6 +593,7 @@ pub const MCP_REGISTER: Op = Op {
     }),
     errors: &[
         ErrorCode::AlreadyExists,
+        ErrorCode::CapabilityNotAllowed,
         ErrorCode::StateReadOnly,
         ErrorCode::PersistFailed,
         ErrorCode::Busy,
@@ -602,7 +618,9 @@ pub const MCP_REGISTER: Op = Op {
                     format!("invalid server spec: {e}"),
                 )
             })?;
-            Ok(Request::Mcp(McpRequest::Register { spec }))
+            Ok(Request::Mcp(McpRequest::Register {
+                spec: Box::new(spec),
+            }))
         },
     )
 };
@@ -730,6 +748,7 @@ pub const MCP_CALL: Op = Op {
     errors: &[
         ErrorCode::ServerNotFound,
         ErrorCode::ToolNotFound,
+        ErrorCode::CapabilityBlocked,
         ErrorCode::Conflict,
         ErrorCode::ToolError,
         ErrorCode::McpError,
@@ -874,6 +893,231 @@ pub const CHECKS_RUN: Op = Op {
         |a| Ok(Request::Checks(ChecksRequest::Run { name: a.id })),
     )
 };
+
+// ----- the VSM systems ---------------------------------------------------------------------
+
+const SYSTEM_ID: Param = Param {
+    name: "id",
+    loc: In::Path,
+    ty: Ty::Str,
+    description: "VSM system: `system1`…`system5` or `operations`, `coordination`, `control`, `intelligence`, `policy`",
+};
+
+/// `GET /api/v1/vsm/systems`.
+pub const VSM_SYSTEMS: Op = Op {
+    ws: Some("vsm_systems"),
+    ..Op::new(
+        "GET",
+        "/api/v1/vsm/systems",
+        "listVsmSystems",
+        "vsm",
+        "The five VSM systems: status (and why), counter by kind, recent activity, action",
+        |_| Ok(Request::Vsm(VsmRequest::List)),
+    )
+};
+
+/// `GET /api/v1/vsm/systems/{id}`.
+pub const VSM_SYSTEM: Op = Op {
+    ws: Some("vsm_system"),
+    params: &[SYSTEM_ID],
+    errors: &[ErrorCode::SystemNotFound],
+    ..Op::new(
+        "GET",
+        "/api/v1/vsm/systems/{id}",
+        "getVsmSystem",
+        "vsm",
+        "One VSM system",
+        |a| Ok(Request::Vsm(VsmRequest::Show { id: a.id })),
+    )
+};
+
+/// `POST /api/v1/vsm/systems/{id}/action`.
+pub const VSM_ACTION: Op = Op {
+    ws: Some("vsm_action"),
+    params: &[SYSTEM_ID],
+    body: Some(BodySpec {
+        required: true,
+        schema: vsm_action_body,
+    }),
+    errors: &[
+        ErrorCode::SystemNotFound,
+        ErrorCode::NotImplemented,
+        ErrorCode::Busy,
+        ErrorCode::ServerNotFound,
+        ErrorCode::ToolError,
+        ErrorCode::Timeout,
+    ],
+    ..Op::new(
+        "POST",
+        "/api/v1/vsm/systems/{id}/action",
+        "runVsmAction",
+        "vsm",
+        "Run a system's action: S1 `call` ({server, tool, arguments, timeout_ms}), S2 `reset_backoff`, S3 `audit`; S4 `scan` and S5 `decide` answer 501 until their rooms exist",
+        |a| {
+            let Some(action) = a.field_text("action")? else {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidParameter,
+                    "action",
+                    "required: the action's name",
+                ));
+            };
+            let parameters = a.field("parameters").cloned().unwrap_or(Value::Null);
+            if !(parameters.is_object() || parameters.is_null()) {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidParameter,
+                    "parameters",
+                    "must be an object",
+                ));
+            }
+            Ok(Request::Vsm(VsmRequest::Action {
+                id: a.id,
+                action,
+                parameters,
+            }))
+        },
+    )
+};
+
+/// The VSM systems.
+pub const VSM: &[Op] = &[VSM_SYSTEMS, VSM_SYSTEM, VSM_ACTION];
+
+// ----- reflection ("consciousness") --------------------------------------------------------
+
+/// `GET /api/v1/consciousness`.
+pub const CONSCIOUSNESS_STATE: Op = Op {
+    ws: Some("consciousness_state"),
+    ..Op::new(
+        "GET",
+        "/api/v1/consciousness",
+        "getConsciousness",
+        "consciousness",
+        "The self-model: what the daemon is doing, health, variety, firing alerts, resource use and its trend, the last reflection and what changed since",
+        |_| Ok(Request::Reflect(ReflectRequest::State)),
+    )
+};
+
+/// `POST /api/v1/consciousness/reflect`.
+pub const CONSCIOUSNESS_REFLECT: Op = Op {
+    ws: Some("consciousness_reflect"),
+    ..Op::new(
+        "POST",
+        "/api/v1/consciousness/reflect",
+        "reflect",
+        "consciousness",
+        "Run the analysers over the record now; answers with the new insights",
+        |_| Ok(Request::Reflect(ReflectRequest::Reflect)),
+    )
+};
+
+/// `GET /api/v1/consciousness/insights`.
+pub const CONSCIOUSNESS_INSIGHTS: Op = Op {
+    ws: Some("consciousness_insights"),
+    params: &[
+        Param::query("since", Ty::UInt, "Only insights with a larger id"),
+        Param::query(
+            "type",
+            Ty::Str,
+            "Only this insight type (`pattern_recognition`, `trend`, `anomaly`) or analyser",
+        ),
+        Param::query(
+            "min_significance",
+            Ty::Str,
+            "Only insights at least this significant (0 to 1)",
+        ),
+    ],
+    ..Op::new(
+        "GET",
+        "/api/v1/consciousness/insights",
+        "listInsights",
+        "consciousness",
+        "Insights kept (bounded by consciousness.memory_limit), oldest first, with evidence and recommendations",
+        |a| {
+            let min_significance = match a.text("min_significance") {
+                None => None,
+                Some(t) => match t.parse::<f64>() {
+                    Ok(v) if (0.0..=1.0).contains(&v) => Some(v),
+                    _ => {
+                        return Err(ApiError::field(
+                            ErrorCode::InvalidParameter,
+                            "min_significance",
+                            format!("'{t}' is not a number from 0 to 1"),
+                        ))
+                    }
+                },
+            };
+            Ok(Request::Reflect(ReflectRequest::Insights {
+                since: a.number("since")?,
+                kind: a.text("type"),
+                min_significance,
+            }))
+        },
+    )
+};
+
+/// `POST /api/v1/consciousness/query`.
+pub const CONSCIOUSNESS_QUERY: Op = Op {
+    ws: Some("consciousness_query"),
+    body: Some(BodySpec {
+        required: true,
+        schema: query_body,
+    }),
+    errors: &[ErrorCode::SubjectNotFound],
+    ..Op::new(
+        "POST",
+        "/api/v1/consciousness/query",
+        "queryConsciousness",
+        "consciousness",
+        "A structured question answered from the record: {\"about\": \"server\"|\"capability\"|\"alert\"|\"decision\", \"id\"}",
+        |a| {
+            let need = |k: &str| -> Result<String, ApiError> {
+                a.field_text(k)?.ok_or_else(|| {
+                    ApiError::field(ErrorCode::InvalidParameter, k, "required: a string")
+                })
+            };
+            Ok(Request::Reflect(ReflectRequest::Query {
+                about: need("about")?,
+                id: need("id")?,
+            }))
+        },
+    )
+};
+
+/// `POST /api/v1/consciousness/decision`.
+pub const CONSCIOUSNESS_DECISION: Op = Op {
+    ws: Some("consciousness_decision"),
+    body: Some(BodySpec {
+        required: true,
+        schema: decision_body,
+    }),
+    errors: &[ErrorCode::SubjectNotFound],
+    ..Op::new(
+        "POST",
+        "/api/v1/consciousness/decision",
+        "decisionSupport",
+        "consciousness",
+        "Rank the options for a situation (`degraded_server`: restart, stop or wait) with each criterion's score and the weights",
+        |a| {
+            let need = |k: &str| -> Result<String, ApiError> {
+                a.field_text(k)?.ok_or_else(|| {
+                    ApiError::field(ErrorCode::InvalidParameter, k, "required: a string")
+                })
+            };
+            Ok(Request::Reflect(ReflectRequest::Decision {
+                situation: need("situation")?,
+                subject: need("subject")?,
+            }))
+        },
+    )
+};
+
+/// Reflection.
+pub const CONSCIOUSNESS: &[Op] = &[
+    CONSCIOUSNESS_STATE,
+    CONSCIOUSNESS_REFLECT,
+    CONSCIOUSNESS_INSIGHTS,
+    CONSCIOUSNESS_QUERY,
+    CONSCIOUSNESS_DECISION,
+];
 
 const ACTION_NAME: Param = Param {
     name: "id",
@@ -1077,6 +1321,39 @@ fn stop_body() -> Value {
     body
 }
 
+fn vsm_action_body() -> Value {
+    json!({
+        "type": "object",
+        "required": ["action"],
+        "properties": {
+            "action": {"type": "string", "enum": ["call", "reset_backoff", "audit", "scan", "decide"]},
+            "parameters": {"type": ["object", "null"]},
+        },
+    })
+}
+
+fn query_body() -> Value {
+    json!({
+        "type": "object",
+        "required": ["about", "id"],
+        "properties": {
+            "about": {"type": "string", "enum": ["server", "capability", "alert", "decision"]},
+            "id": {"type": "string"},
+        },
+    })
+}
+
+fn decision_body() -> Value {
+    json!({
+        "type": "object",
+        "required": ["situation", "subject"],
+        "properties": {
+            "situation": {"type": "string", "enum": ["degraded_server"]},
+            "subject": {"type": "string", "description": "MCP server id"},
+        },
+    })
+}
+
 fn diagnostics_body() -> Value {
     json!({
         "type": "object",
@@ -1109,6 +1386,235 @@ fn tool_call_body() -> Value {
                 "maximum": 3_600_000,
                 "description": "Deadline; default the server's `call_timeout_ms`",
             },
+        },
+    })
+}
+
+// ----- discovery ---------------------------------------------------------------------------
+
+/// The discovery sources a query may name (`mcp_servers.discovery_sources` says which run).
+const DISCOVERY_SOURCES: &[&str] = &["catalog", "registry", "npm", "github"];
+
+/// `GET /api/v1/mcp/discover`.
+pub const MCP_DISCOVER: Op = Op {
+    ws: Some("mcp_discover"),
+    params: &[
+        Param::query(
+            "source",
+            Ty::Enum(DISCOVERY_SOURCES),
+            "Only this source (it must be enabled in mcp_servers.discovery_sources); default every enabled one",
+        ),
+        Param::query(
+            "query",
+            Ty::Str,
+            "Words or capability names to look for (at most 200 bytes); empty: everything the sources list",
+        ),
+    ],
+    errors: &[ErrorCode::Conflict, ErrorCode::Busy, ErrorCode::UpstreamUnavailable],
+    ..Op::new(
+        "GET",
+        "/api/v1/mcp/discover",
+        "discoverMcpServers",
+        "mcp",
+        "Find MCP servers to install: every enabled source asked at once (each answer cached for mcp_servers.discovery_cache_ttl_ms), candidates deduplicated, filtered (stdio, npm or PyPI, runtime present) and ranked with the parts of their score; answered when every source has answered or failed, each source's outcome in `sources` (502 `upstream_unavailable` when none answered)",
+        |a| {
+            let source = match a.text("source").as_deref() {
+                None | Some("") => None,
+                Some(s) => match DISCOVERY_SOURCES.iter().find(|k| **k == s) {
+                    Some(k) => Some(*k),
+                    None => {
+                        return Err(ApiError::field(
+                            ErrorCode::InvalidParameter,
+                            "source",
+                            format!("'{s}' is not one of {}", DISCOVERY_SOURCES.join(", ")),
+                        ))
+                    }
+                },
+            };
+            Ok(Request::Discovery(DiscoveryRequest::Discover {
+                source,
+                query: a.text("query").unwrap_or_default(),
+            }))
+        },
+    )
+};
+
+/// Discovery.
+pub const DISCOVERY: &[Op] = &[MCP_DISCOVER];
+
+// ----- variety ------------------------------------------------------------------------------
+
+/// `GET /api/v1/vsm/variety`.
+pub const VARIETY_GET: Op = Op {
+    ws: Some("get_variety"),
+    ..Op::new(
+        "GET",
+        "/api/v1/vsm/variety",
+        "getVariety",
+        "variety",
+        "The last variety analysis: ratio, capabilities with their providers, gaps (each saying what would close it), threats, opportunities, how allowed_capabilities scores, trend",
+        |_| Ok(Request::Variety(VarietyRequest::Analysis)),
+    )
+};
+
+/// `POST /api/v1/vsm/variety/recalculate`.
+pub const VARIETY_RECALCULATE: Op = Op {
+    ws: Some("trigger_variety_analysis"),
+    body: Some(BodySpec {
+        required: false,
+        schema: variety_analysis_body,
+    }),
+    ..Op::new(
+        "POST",
+        "/api/v1/vsm/variety/recalculate",
+        "recalculateVariety",
+        "variety",
+        "Analyse now and answer with the analysis (without `force`, an analysis younger than a second is answered as it is)",
+        |a| {
+            Ok(Request::Variety(VarietyRequest::Recalculate {
+                force: a.field_flag("force")?.unwrap_or(false),
+                external_scan: a.field_flag("include_external_scan")?.unwrap_or(false),
+            }))
+        },
+    )
+};
+
+/// `GET /api/v1/metrics/variety`.
+pub const VARIETY_METRICS: Op = Op {
+    ws: Some("get_variety_metrics"),
+    ..Op::new(
+        "GET",
+        "/api/v1/metrics/variety",
+        "getVarietyMetrics",
+        "metrics",
+        "Variety ratio, required and provided counts, gaps, threats and the trend of the last analyses",
+        |_| Ok(Request::Variety(VarietyRequest::Metrics)),
+    )
+};
+
+/// `GET /api/v1/capabilities`.
+pub const CAPABILITIES_LIST: Op = Op {
+    ws: Some("list_capabilities"),
+    ..Op::new(
+        "GET",
+        "/api/v1/capabilities",
+        "listCapabilities",
+        "variety",
+        "Every capability (required or provided), its providers and why each provides it, and the recorded requests",
+        |_| Ok(Request::Variety(VarietyRequest::Capabilities)),
+    )
+};
+
+/// `GET /api/v1/capabilities/gaps`.
+pub const CAPABILITIES_GAPS: Op = Op {
+    ws: Some("list_capability_gaps"),
+    ..Op::new(
+        "GET",
+        "/api/v1/capabilities/gaps",
+        "listCapabilityGaps",
+        "variety",
+        "Required capabilities without an active provider, most severe first",
+        |_| Ok(Request::Variety(VarietyRequest::Gaps)),
+    )
+};
+
+/// `POST /api/v1/capabilities/acquire`.
+pub const CAPABILITIES_ACQUIRE: Op = Op {
+    ws: Some("acquire_capability"),
+    body: Some(BodySpec {
+        required: true,
+        schema: acquire_body,
+    }),
+    errors: &[
+        ErrorCode::Conflict,
+        ErrorCode::Busy,
+        ErrorCode::StateReadOnly,
+        ErrorCode::PersistFailed,
+        ErrorCode::InsufficientStorage,
+    ],
+    ..Op::new(
+        "POST",
+        "/api/v1/capabilities/acquire",
+        "acquireCapability",
+        "variety",
+        "Require a capability (kept across restarts): answers with the gap it opens, or that it is provided already. Installing a server for it is the acquisition pipeline's",
+        |a| {
+            let capability = a.field_text("capability_type")?.ok_or_else(|| {
+                ApiError::field(
+                    ErrorCode::InvalidParameter,
+                    "capability_type",
+                    "the capability is required",
+                )
+            })?;
+            Ok(Request::Variety(VarietyRequest::Acquire {
+                capability,
+                method: a
+                    .field_text("acquisition_method")?
+                    .unwrap_or_else(|| "mcp_server".into()),
+                priority: a
+                    .field_text("priority")?
+                    .unwrap_or_else(|| "medium".into()),
+            }))
+        },
+    )
+};
+
+/// `DELETE /api/v1/capabilities/{id}`.
+pub const CAPABILITIES_REMOVE: Op = Op {
+    ws: Some("remove_capability"),
+    params: &[Param {
+        name: "id",
+        loc: In::Path,
+        ty: Ty::Str,
+        description: "The capability a request recorded",
+    }],
+    errors: &[
+        ErrorCode::CapabilityNotFound,
+        ErrorCode::Conflict,
+        ErrorCode::Busy,
+        ErrorCode::StateReadOnly,
+        ErrorCode::PersistFailed,
+        ErrorCode::InsufficientStorage,
+    ],
+    ..Op::new(
+        "DELETE",
+        "/api/v1/capabilities/{id}",
+        "removeCapability",
+        "variety",
+        "Remove a recorded capability request (409 for a capability [variety] required names)",
+        |a| Ok(Request::Variety(VarietyRequest::Remove { id: a.id })),
+    )
+};
+
+/// Variety: analysis and required capabilities.
+pub const VARIETY: &[Op] = &[
+    VARIETY_GET,
+    VARIETY_RECALCULATE,
+    VARIETY_METRICS,
+    CAPABILITIES_LIST,
+    CAPABILITIES_GAPS,
+    CAPABILITIES_ACQUIRE,
+    CAPABILITIES_REMOVE,
+];
+
+fn variety_analysis_body() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "force": {"type": "boolean", "default": false, "description": "Analyse even when the last analysis is younger than a second"},
+            "include_external_scan": {"type": "boolean", "default": false, "description": "Also scan external sources for candidates (discovery's; the answer says when it is not run)"},
+        },
+    })
+}
+
+fn acquire_body() -> Value {
+    json!({
+        "type": "object",
+        "required": ["capability_type"],
+        "properties": {
+            "capability_type": {"type": "string", "minLength": 1, "maxLength": 64, "description": "The capability, e.g. `memory`"},
+            "acquisition_method": {"type": "string", "enum": ["mcp_server"], "default": "mcp_server"},
+            "priority": {"type": "string", "enum": ["low", "medium", "high", "critical"], "default": "medium", "description": "The severity of the gap it opens"},
         },
     })
 }

@@ -14,7 +14,7 @@
 //! - TLS is rustls with the ring provider, installed as the process default once, before the
 //!   first agent exists (ureq is built without a provider of its own).
 //! - No redirects are followed and a non-2xx status is an answer, not an error: each caller
-//!   decides what a status means.
+//!   decides what a status means. Every request says `User-Agent: vsm-daemon/VERSION`.
 
 use std::sync::Once;
 use std::time::Duration;
@@ -46,6 +46,7 @@ pub fn agent(ca_file: &str, timeout: Duration) -> Result<ureq::Agent, String> {
         .http_status_as_error(false)
         .max_redirects(0)
         .timeout_global(Some(timeout))
+        .user_agent(concat!("vsm-daemon/", env!("CARGO_PKG_VERSION")))
         .tls_config(
             TlsConfig::builder()
                 .root_certs(RootCerts::from(roots))

@@ -54,13 +54,15 @@ impl Daemon {
             Cycle::Performance => self.performance_readings(cx),
             Cycle::Health => self.health_readings(cx),
         };
+        let count = readings.len();
         for obs in readings {
             self.observe(cx, obs);
         }
         let used = alerts_room::thread_cpu_time().saturating_sub(cpu);
-        self.rooms
-            .alerts
-            .record_cycle(cycle, started.elapsed(), used);
+        let took = started.elapsed();
+        self.with::<Alerts, _>(cx, |room, rcx| {
+            room.record_cycle(rcx, cycle, count, took, used)
+        });
     }
 
     fn performance_readings(&mut self, cx: &mut Cx<'_, Timer>) -> Vec<Observation> {
@@ -207,6 +209,13 @@ impl Daemon {
         let answer = match request {
             R::List { state } => Ok(self.rooms.alerts.list(state)),
             R::Ack { id } => self.rooms.alerts.ack(&id),
+            R::RunCycles => {
+                let before = self.rooms.alerts.runs();
+                self.alert_cycle(cx, Cycle::Health);
+                self.alert_cycle(cx, Cycle::Performance);
+                let after = self.rooms.alerts.runs();
+                Ok(json!({"cycles_run": after - before}))
+            }
         };
         self.answer(cx, reply, answer);
     }

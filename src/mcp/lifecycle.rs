@@ -90,8 +90,16 @@ impl Mcp {
                 Action::Remove => self.remove(cx, id, out),
                 Action::RefuseAtLimit => {
                     let limit = self.settings.config.max_concurrent_servers;
-                    server.note_held(&format!(
+                    let reason = format!(
                         "not started: mcp_servers.max_concurrent_servers ({limit}) reached"
+                    );
+                    server.note_held(&reason);
+                    out.push(Output::Event(
+                        Channel::McpServers,
+                        EventData::McpServerStartRefused {
+                            server_id: id.to_string(),
+                            reason,
+                        },
                     ));
                     refused = true;
                 }

@@ -65,8 +65,9 @@ pub enum Effect<R, T> {
     RelistAt(Instant),
     /// Publish an event on the `mcp_servers` channel: (type, data).
     Event(EventData),
-    /// A tool call finished: (outcome, seconds), for the metrics.
-    ToolCall(&'static str, f64),
+    /// A tool call finished: (outcome, seconds, tool), for the metrics and the
+    /// `mcp_tool_call` event.
+    ToolCall(&'static str, f64, String),
     /// The handshake completed with this protocol version (the supervisor's `Handshake`).
     Handshake(String),
     /// The first listing of the run completed with this many tools (the supervisor's `Listed`).
@@ -419,7 +420,11 @@ impl<R: Copy, T: Copy> Session<R, T> {
                     Ok(_) => "ok",
                     Err(_) => "mcp_error",
                 };
-                out.push(Effect::ToolCall(outcome, elapsed.as_secs_f64()));
+                out.push(Effect::ToolCall(
+                    outcome,
+                    elapsed.as_secs_f64(),
+                    tool.clone(),
+                ));
                 let id = self.id.as_str();
                 let answer = match result {
                     Ok(v) if v["isError"] == true => {
@@ -656,7 +661,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         let id = &self.id;
         let ms = elapsed.as_millis();
         vec![
-            Effect::ToolCall("timeout", elapsed.as_secs_f64()),
+            Effect::ToolCall("timeout", elapsed.as_secs_f64(), tool.clone()),
             Effect::Reply(
                 reply,
                 Err(ApiError::new(
@@ -705,7 +710,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 out.push(Effect::CancelTimer(timer));
                 self.calls.1 += 1;
                 let seconds = now.saturating_duration_since(started).as_secs_f64();
-                out.push(Effect::ToolCall("server_exited", seconds));
+                out.push(Effect::ToolCall("server_exited", seconds, tool.clone()));
                 out.push(Effect::Reply(
                     reply,
                     Err(ApiError::new(
@@ -986,7 +991,7 @@ mod tests {
             now + Duration::from_millis(3),
         );
         match &e[..] {
-            [Effect::CancelTimer(99), Effect::ToolCall("ok", _), Effect::Reply(7, Ok(v))] => {
+            [Effect::CancelTimer(99), Effect::ToolCall("ok", _, _), Effect::Reply(7, Ok(v))] => {
                 assert_eq!(v["result"]["content"][0]["text"], "hi");
                 assert_eq!(v["tool"], "echo");
             }
@@ -1029,7 +1034,7 @@ mod tests {
         // The end of the run fails the call in flight.
         let e = s.end_run("exited with code 1", now);
         assert!(
-            matches!(&e[..], [Effect::CancelTimer(0), Effect::ToolCall("server_exited", _), Effect::Reply(1, Err(err))] if err.code == ErrorCode::ServerExited),
+            matches!(&e[..], [Effect::CancelTimer(0), Effect::ToolCall("server_exited", _, _), Effect::Reply(1, Err(err))] if err.code == ErrorCode::ServerExited),
             "{e:?}"
         );
         assert_eq!(s.calls_in_flight(), 0);
@@ -1056,7 +1061,7 @@ mod tests {
         .expect("call");
         let e = s.on_call_deadline(rpc, now + Duration::from_millis(50));
         match &e[..] {
-            [Effect::ToolCall("timeout", _), Effect::Reply(3, Err(err)), Effect::Send(b)] => {
+            [Effect::ToolCall("timeout", _, _), Effect::Reply(3, Err(err)), Effect::Send(b)] => {
                 assert_eq!(err.code, ErrorCode::Timeout);
                 let m: Value = serde_json::from_slice(b).expect("json");
                 assert_eq!(m["method"], "notifications/cancelled");

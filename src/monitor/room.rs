@@ -159,13 +159,33 @@ impl Alerts {
         }
     }
 
-    /// Records how long a cycle held the loop (wall time) and the CPU time it used.
-    pub fn record_cycle(&mut self, cycle: Cycle, took: Duration, cpu: Duration) {
+    /// Records how long a cycle held the loop (wall time) and the CPU time it used, and says
+    /// that it ran (`monitoring_cycle_completed`: System 3's audit cycles are counted from it).
+    pub fn record_cycle(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        cycle: Cycle,
+        readings: usize,
+        took: Duration,
+        cpu: Duration,
+    ) {
         let t = &mut self.timing[cycle as usize];
         t.runs += 1;
         t.last = took;
         t.max = t.max.max(took);
         t.last_cpu = cpu;
+        let (channel, name) = match cycle {
+            Cycle::Performance => (crate::events::Channel::Performance, "performance"),
+            Cycle::Health => (crate::events::Channel::Health, "health"),
+        };
+        cx.event(
+            channel,
+            crate::events::EventData::MonitoringCycleCompleted {
+                cycle: name,
+                readings,
+                took_ms: took.as_secs_f64() * 1000.0,
+            },
+        );
     }
 
     /// Takes a reading; a raise or resolution is published on its family's channel and
@@ -198,6 +218,11 @@ impl Alerts {
     fn publish(&self, cx: &mut RoomCx<'_, Self>, t: &Transition) {
         let a = &t.alert;
         cx.publish(a.family.channel(), a.event_type(), a.to_json());
+    }
+
+    /// Built-in cycles run so far (both kinds).
+    pub fn runs(&self) -> u64 {
+        self.timing.iter().map(|t| t.runs).sum()
     }
 
     /// Whether the engine tracks `rule`.

@@ -1,0 +1,179 @@
+//! Reflection benchmark: what a reflection over a full record costs the loop, and the memory
+//! a full record and full insight memory hold.
+//!
+//! Run with `cargo bench --bench reflection`. The reflection room runs its analysers on the
+//! loop, so the time of one `Reflect::reflect` call is the loop time of one reflection; this
+//! bench drives the room's own code (the library, release build) directly:
+//! - **follow**: 12,000 events (tool calls of 20 servers × 5 tools, some getting slower, status
+//!   changes of flapping servers, alert raises) into a room with `memory_limit = 10000`, so
+//!   the record is full and has wrapped; nanoseconds per event (the room's `on_event` cost).
+//! - **reflect**: 200 reflections over that full record, each after one more event; p50, p99
+//!   and max. Target: ≤ 5 ms.
+//! - **memory**: RSS of this process before the record, with the record full, and with the
+//!   insight memory full too (10,000 insights, made by rounds of new evidence).
+//!
+//! Prints one table; a missed target is `MISSED`, never a panic.
+
+use std::time::{Duration, Instant};
+use vsm_daemon::config::ConsciousnessConfig;
+use vsm_daemon::events::EventData;
+use vsm_daemon::reflect::Reflect;
+
+const LIMIT: usize = 10_000;
+const EVENTS: u64 = 12_000;
+const TARGET: Duration = Duration::from_millis(5);
+
+fn rss_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn call(server: usize, tool: usize, ms: f64, ok: bool) -> EventData {
+    EventData::McpToolCall {
+        server_id: format!("server-{server:02}"),
+        tool: format!("tool_{tool}"),
+        outcome: if ok { "ok" } else { "tool_error" },
+        latency_ms: ms,
+    }
+}
+
+fn event(i: u64) -> EventData {
+    let server = (i % 20) as usize;
+    let tool = ((i / 20) % 5) as usize;
+    if i % 50 == 0 {
+        // Servers 0–3 flap: out of service and back.
+        let s = (i / 50 % 4) as usize;
+        let (old, new) = if i % 100 == 0 {
+            ("active", "backoff")
+        } else {
+            ("initializing", "active")
+        };
+        return EventData::McpServerStatusChange {
+            server_id: format!("server-{s:02}"),
+            old_status: old,
+            new_status: new,
+            reason: "bench".into(),
+            capabilities: vec!["time".into(), "echo".into()],
+        };
+    }
+    if i % 101 == 0 {
+        return EventData::Other {
+            kind: "performance_alert",
+            data: serde_json::json!({"id": format!("a-{i}"), "rule": format!("performance:r{}", i % 7),
+                                     "state": "firing", "current_value": 3000.0}),
+        };
+    }
+    // Servers 0–9 get slower call after call; the rest are flat with noise.
+    let ms = if server < 10 {
+        5.0 + (i as f64) * 0.01
+    } else {
+        5.0 + (i % 7) as f64
+    };
+    call(server, tool, ms, i % 13 != 0)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() {
+    let config = ConsciousnessConfig {
+        memory_limit: LIMIT,
+        ..ConsciousnessConfig::default()
+    };
+    let rss_empty = rss_kb();
+    let mut room = Reflect::new(&config);
+    let started = Instant::now();
+    for i in 1..=EVENTS {
+        room.follow(i, &event(i));
+    }
+    let follow_ns = started.elapsed().as_nanos() as f64 / EVENTS as f64;
+    let (entries, dropped) = room.record_len();
+    let rss_record = rss_kb();
+
+    let mut times = Vec::new();
+    let mut first_new = 0;
+    for k in 0..200u64 {
+        let seq = EVENTS + 1 + k;
+        room.follow(seq, &event(seq));
+        let t = Instant::now();
+        let (new, _) = room.reflect(1);
+        times.push(t.elapsed());
+        if k == 0 {
+            first_new = new.len();
+        }
+    }
+    times.sort();
+
+    // Fill the insight memory: each round gives 100 series new evidence.
+    let mut seq = EVENTS + 1000;
+    let mut rounds = 0;
+    while room.insights(None, None, None)["kept"]
+        .as_u64()
+        .unwrap_or(0)
+        < LIMIT as u64
+        && rounds < 400
+    {
+        for server in 0..20 {
+            for tool in 0..5 {
+                seq += 1;
+                let ms = 5.0 + seq as f64 * 0.01;
+                room.follow(seq, &call(server, tool, ms, true));
+            }
+        }
+        room.reflect(1);
+        rounds += 1;
+    }
+    let kept = room.insights(None, None, None)["kept"]
+        .as_u64()
+        .unwrap_or(0);
+    let rss_full = rss_kb();
+
+    let p50 = pct(&times, 0.5);
+    let p99 = pct(&times, 0.99);
+    let max = times[times.len() - 1];
+    let verdict = if p99 <= TARGET { "ok" } else { "MISSED" };
+    println!("reflection bench (release, one thread; the room's own code)");
+    println!("{:<44} {:>14}", "what", "value");
+    println!(
+        "{:<44} {:>14}",
+        "record entries / dropped",
+        format!("{entries} / {dropped}")
+    );
+    println!(
+        "{:<44} {:>11.0} ns",
+        "follow: per event (on_event)", follow_ns
+    );
+    println!("{:<44} {:>14}", "first reflection: new insights", first_new);
+    println!(
+        "{:<44} {:>11} µs",
+        "reflect over full record: p50",
+        p50.as_micros()
+    );
+    println!(
+        "{:<44} {:>11} µs  {verdict} (target ≤ 5000 µs)",
+        "reflect over full record: p99",
+        p99.as_micros()
+    );
+    println!(
+        "{:<44} {:>11} µs",
+        "reflect over full record: max",
+        max.as_micros()
+    );
+    println!("{:<44} {:>11} kB", "RSS before", rss_empty);
+    println!(
+        "{:<44} {:>11} kB",
+        "RSS with the record full (+)",
+        rss_record.saturating_sub(rss_empty)
+    );
+    println!(
+        "{:<44} {:>11} kB",
+        format!("RSS with {kept} insights too (+, {rounds} rounds)"),
+        rss_full.saturating_sub(rss_empty)
+    );
+}

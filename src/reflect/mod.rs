@@ -1,0 +1,939 @@
+//! Reflection ("consciousness", room `reflect`): a bounded record of what happened, built from
+//! the events every room publishes ([`Room::on_event`]), the analysers of [`analysis`] run
+//! over it every `consciousness.reflection_interval_ms` (while `auto_insight_generation` is on)
+//! and on `POST /api/v1/consciousness/reflect`, the insights they find, the self-model,
+//! structured queries and decision support answered from that record. Deterministic code: every
+//! conclusion names the events (seqs) and values it rests on.
+//!
+//! Learned baselines: each server's tool-call latency and error rate are EWMAs weighted by
+//! `consciousness.learning_rate` (a new value `x` moves the baseline `b` to `b + rate · (x −
+//! b)`); the error-burst analyser and decision support compare against them.
+//!
+//! Invariants: the record holds at most `consciousness.memory_limit` entries and so do the
+//! insights (oldest dropped first, both counted); the per-server models, firing alerts and RSS
+//! samples are bounded by [`MAX_SUBJECTS`] and [`RSS_SAMPLES`]. A reflection is one pass over
+//! the record, linear in its length (measured in `benches/reflection.rs`); it runs on the
+//! loop. An insight is published (`consciousness_insight`) only when it is new: the same
+//! analyser on the same subject with no newer evidence is not repeated.
+
+pub mod analysis;
+
+use crate::api::{ApiError, ErrorCode, ReflectRequest, ReplyTo};
+use crate::config::ConsciousnessConfig;
+use crate::events::{Channel, EventData};
+use crate::reactor::timer::TimerId;
+use crate::room::{Effect, Room, RoomCx, Serve};
+use analysis::{Entry, Finding, What};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Servers, alert rules and insight keys followed at most.
+pub const MAX_SUBJECTS: usize = 4096;
+/// The daemon's RSS samples kept (one per reflection).
+pub const RSS_SAMPLES: usize = 64;
+/// Entries a query answer lists at most.
+const ANSWER_MAX: usize = 50;
+/// Longest text kept from an event's field.
+const TEXT_MAX: usize = 256;
+
+/// What reflection knows of one server.
+#[derive(Debug, Clone, Default)]
+struct ServerModel {
+    status: &'static str,
+    capabilities: Vec<String>,
+    calls: u64,
+    failures: u64,
+    latency_baseline: Option<f64>,
+    error_baseline: f64,
+    last_latency: Option<f64>,
+}
+
+/// One insight as kept and answered.
+#[derive(Debug, Clone)]
+pub struct Insight {
+    /// Increasing id.
+    pub id: u64,
+    /// When it was found (RFC 3339).
+    pub created_at: String,
+    /// What was found.
+    pub finding: Finding,
+}
+
+impl Insight {
+    fn to_json(&self) -> Value {
+        let f = &self.finding;
+        json!({
+            "id": self.id,
+            "created_at": self.created_at,
+            "insight_type": f.kind,
+            "analyser": f.analyser,
+            "subject": f.subject,
+            "significance": f.significance,
+            "description": f.description,
+            "evidence": {"event_seqs": f.seqs, "values": f.values},
+            "recommendations": f.recommendations,
+        })
+    }
+}
+
+/// The last reflection.
+#[derive(Debug, Clone)]
+struct Last {
+    at: SystemTime,
+    seq: u64,
+    took_us: u64,
+    found: usize,
+    new: usize,
+}
+
+/// The reflection room.
+#[derive(Debug)]
+pub struct Reflect {
+    record: VecDeque<Entry>,
+    limit: usize,
+    dropped: u64,
+    insights: VecDeque<Insight>,
+    insights_dropped: u64,
+    next_insight: u64,
+    /// (analyser, subject) → the newest evidence seq it was published with.
+    published: HashMap<(&'static str, String), u64>,
+    servers: BTreeMap<String, ServerModel>,
+    firing: BTreeMap<String, String>,
+    variety: Option<Value>,
+    rss: VecDeque<(u64, u64)>,
+    last: Option<Last>,
+    reflections: u64,
+    last_seq: u64,
+    interval: Duration,
+    learning_rate: f64,
+    auto: bool,
+    timer: Option<TimerId>,
+}
+
+/// The room's one timer: the periodic reflection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due;
+
+fn now_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn bounded(s: &str) -> String {
+    if s.len() <= TEXT_MAX {
+        return s.to_string();
+    }
+    let mut cut = TEXT_MAX;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s[..cut].to_string()
+}
+
+/// Event types that are decisions (the acquisition and policy slices publish them).
+const DECISIONS: &[&str] = &[
+    "capability_acquired",
+    "capability_acquisition_failed",
+    "acquisition_decision",
+    "capability_blocked",
+];
+
+impl Reflect {
+    /// A room under `config`.
+    pub fn new(config: &ConsciousnessConfig) -> Reflect {
+        Reflect {
+            record: VecDeque::new(),
+            limit: config.memory_limit.max(1),
+            dropped: 0,
+            insights: VecDeque::new(),
+            insights_dropped: 0,
+            next_insight: 1,
+            published: HashMap::new(),
+            servers: BTreeMap::new(),
+            firing: BTreeMap::new(),
+            variety: None,
+            rss: VecDeque::new(),
+            last: None,
+            reflections: 0,
+            last_seq: 0,
+            interval: Duration::from_millis(config.reflection_interval_ms),
+            learning_rate: config.learning_rate,
+            auto: config.auto_insight_generation,
+            timer: None,
+        }
+    }
+
+    /// Entries held, and dropped so far.
+    pub fn record_len(&self) -> (usize, u64) {
+        (self.record.len(), self.dropped)
+    }
+
+    fn push(&mut self, seq: u64, what: What) {
+        while self.record.len() >= self.limit {
+            self.record.pop_front();
+            self.dropped += 1;
+        }
+        self.record.push_back(Entry {
+            seq,
+            at_ms: now_ms(SystemTime::now()),
+            what,
+        });
+    }
+
+    fn model(&mut self, server: &str) -> Option<&mut ServerModel> {
+        if !self.servers.contains_key(server) && self.servers.len() >= MAX_SUBJECTS {
+            return None;
+        }
+        Some(self.servers.entry(server.to_string()).or_default())
+    }
+
+    /// Follows one event: the record, the server models, the firing alerts.
+    pub fn follow(&mut self, seq: u64, data: &EventData) {
+        self.last_seq = self.last_seq.max(seq);
+        let rate = self.learning_rate;
+        match data {
+            EventData::McpToolCall {
+                server_id,
+                tool,
+                outcome,
+                latency_ms,
+            } => {
+                if let Some(m) = self.model(server_id) {
+                    m.calls += 1;
+                    let failed = *outcome != "ok";
+                    m.failures += u64::from(failed);
+                    let x = if failed { 1.0 } else { 0.0 };
+                    m.error_baseline += rate * (x - m.error_baseline);
+                    if !failed {
+                        m.last_latency = Some(*latency_ms);
+                        let b = m.latency_baseline.get_or_insert(*latency_ms);
+                        *b += rate * (latency_ms - *b);
+                    }
+                }
+                self.push(
+                    seq,
+                    What::Call {
+                        server: server_id.clone(),
+                        tool: bounded(tool),
+                        outcome,
+                        latency_ms: *latency_ms,
+                    },
+                );
+            }
+            EventData::McpServerStatusChange {
+                server_id,
+                old_status,
+                new_status,
+                capabilities,
+                ..
+            } => {
+                let caps: Vec<String> = capabilities.iter().take(64).map(|c| bounded(c)).collect();
+                if let Some(m) = self.model(server_id) {
+                    m.status = new_status;
+                    m.capabilities = caps.clone();
+                }
+                self.push(
+                    seq,
+                    What::Status {
+                        server: server_id.clone(),
+                        old: old_status,
+                        new: new_status,
+                        capabilities: caps,
+                    },
+                );
+            }
+            EventData::McpServerRegistered { server_id, .. } => {
+                if let Some(m) = self.model(server_id) {
+                    m.status = "registered";
+                }
+            }
+            EventData::McpServerUnregistered { server_id } => {
+                self.servers.remove(server_id);
+            }
+            EventData::Other { kind, data } => self.follow_other(seq, kind, data),
+            _ => {}
+        }
+    }
+
+    fn follow_other(&mut self, seq: u64, kind: &'static str, data: &Value) {
+        let text = |k: &str| data[k].as_str().map(bounded);
+        if kind.ends_with("_alert") || kind.ends_with("_alert_resolved") {
+            let (Some(id), Some(rule)) = (text("id"), text("rule")) else {
+                return;
+            };
+            let state = text("state").unwrap_or_default();
+            if state == "firing" {
+                if self.firing.len() < MAX_SUBJECTS || self.firing.contains_key(&rule) {
+                    self.firing.insert(rule.clone(), id.clone());
+                }
+            } else {
+                self.firing.remove(&rule);
+            }
+            let value = data["current_value"].as_f64().unwrap_or(0.0);
+            self.push(
+                seq,
+                What::Alert {
+                    id,
+                    rule,
+                    state,
+                    value,
+                },
+            );
+        } else if kind == "variety_gap_detected" {
+            let capability = text("capability")
+                .or_else(|| text("capability_type"))
+                .or_else(|| text("description"))
+                .unwrap_or_default();
+            self.push(seq, What::Gap { capability });
+        } else if kind == "variety_updated" {
+            let keep = ["current_ratio", "gap_count", "threshold", "last_assessed"];
+            let small: serde_json::Map<String, Value> = keep
+                .iter()
+                .filter_map(|k| data.get(*k).map(|v| (k.to_string(), v.clone())))
+                .collect();
+            self.variety = Some(Value::Object(small));
+        } else if let Some(kind) = DECISIONS.iter().find(|k| **k == kind) {
+            let subject = ["capability", "capability_type", "package", "server_id"]
+                .iter()
+                .find_map(|k| text(k))
+                .unwrap_or_default();
+            let id = text("decision_id").or_else(|| text("id"));
+            self.push(seq, What::Decision { kind, subject, id });
+        }
+    }
+
+    /// Runs every analyser now; new insights are kept and returned (the caller publishes them).
+    pub fn reflect(&mut self, rss_bytes: u64) -> (Vec<Insight>, usize) {
+        let started = Instant::now();
+        let now = SystemTime::now();
+        let at_ms = now_ms(now);
+        if rss_bytes > 0 {
+            if self.rss.len() >= RSS_SAMPLES {
+                self.rss.pop_front();
+            }
+            self.rss.push_back((at_ms, rss_bytes));
+        }
+        // In place (a rotation, no allocation): the analysers take one slice.
+        self.record.make_contiguous();
+        let slice: &[Entry] = self.record.as_slices().0;
+        let baseline: BTreeMap<String, f64> = self
+            .servers
+            .iter()
+            .map(|(k, m)| (k.clone(), m.error_baseline))
+            .collect();
+        let rss: Vec<(u64, u64)> = self.rss.iter().copied().collect();
+        let findings = analysis::analyse(slice, at_ms, &baseline, &rss);
+        let found = findings.len();
+        let mut new = Vec::new();
+        for f in findings {
+            let newest = f.seqs.last().copied().unwrap_or(0);
+            let key = (f.analyser, f.subject.clone());
+            match self.published.get(&key) {
+                Some(&seen) if newest <= seen => continue,
+                _ => {}
+            }
+            if self.published.len() >= MAX_SUBJECTS {
+                self.published.clear();
+            }
+            self.published.insert(key, newest);
+            let insight = Insight {
+                id: self.next_insight,
+                created_at: crate::state::rfc3339_utc_millis(now),
+                finding: f,
+            };
+            self.next_insight += 1;
+            while self.insights.len() >= self.limit {
+                self.insights.pop_front();
+                self.insights_dropped += 1;
+            }
+            self.insights.push_back(insight.clone());
+            new.push(insight);
+        }
+        self.reflections += 1;
+        self.last = Some(Last {
+            at: now,
+            seq: self.last_seq,
+            took_us: started.elapsed().as_micros() as u64,
+            found,
+            new: new.len(),
+        });
+        (new, found)
+    }
+
+    fn publish(&self, cx: &mut RoomCx<'_, Self>, new: &[Insight]) {
+        if !self.auto {
+            return;
+        }
+        for i in new {
+            let f = &i.finding;
+            let recommendations: Vec<String> =
+                f.recommendations.iter().map(|r| r.short()).collect();
+            cx.publish(
+                "consciousness",
+                "consciousness_insight",
+                json!({
+                    "insight_id": i.id,
+                    "insight_type": f.kind,
+                    "significance": f.significance,
+                    "description": f.description,
+                    "recommendations": recommendations,
+                    "subject": f.subject,
+                    "event_seqs": f.seqs,
+                }),
+            );
+        }
+    }
+
+    fn arm(&mut self, cx: &mut RoomCx<'_, Self>) {
+        if let Some(t) = self.timer.take() {
+            cx.timers().cancel(t);
+        }
+        if self.auto {
+            self.timer = Some(cx.timers().insert(Instant::now() + self.interval, Due));
+        }
+    }
+
+    fn run(&mut self, cx: &mut RoomCx<'_, Self>) -> Value {
+        let rss = crate::monitor::performance::own_process_brief().rss_bytes;
+        let (new, found) = self.reflect(rss);
+        self.publish(cx, &new);
+        let took = self.last.as_ref().map_or(0, |l| l.took_us);
+        json!({
+            "reflection": self.reflections,
+            "took_us": took,
+            "record": {"entries": self.record.len(), "dropped": self.dropped},
+            "findings": found,
+            "new_insights": new.iter().map(Insight::to_json).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The self-model.
+    pub fn state(&self) -> Value {
+        let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+        for m in self.servers.values() {
+            *by_status.entry(m.status).or_default() += 1;
+        }
+        let failing: Vec<&String> = self
+            .servers
+            .iter()
+            .filter(|(_, m)| matches!(m.status, "failed" | "backoff"))
+            .map(|(k, _)| k)
+            .collect();
+        let health = if failing.is_empty() && self.firing.is_empty() {
+            "healthy"
+        } else {
+            "degraded"
+        };
+        let calls: u64 = self.servers.values().map(|m| m.calls).sum();
+        let rss_trend = {
+            let t0 = self.rss.front().map_or(0, |s| s.0);
+            let points: Vec<(f64, f64)> = self
+                .rss
+                .iter()
+                .map(|(t, b)| ((t - t0) as f64 / 1000.0, *b as f64))
+                .collect();
+            analysis::least_squares(&points).map(|(slope, _, r2)| {
+                json!({"slope_bytes_per_s": slope, "r2": r2, "samples": points.len(),
+                       "direction": if slope > 0.0 { "increasing" } else if slope < 0.0 { "decreasing" } else { "flat" }})
+            })
+        };
+        let last = self.last.as_ref().map(|l| {
+            let since: Vec<&Entry> = self.record.iter().filter(|e| e.seq > l.seq).collect();
+            let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+            let mut changed: Vec<&str> = Vec::new();
+            for e in &since {
+                let kind = match &e.what {
+                    What::Call { .. } => "tool_calls",
+                    What::Status { server, .. } => {
+                        if !changed.contains(&server.as_str()) && changed.len() < ANSWER_MAX {
+                            changed.push(server);
+                        }
+                        "status_changes"
+                    }
+                    What::Alert { .. } => "alerts",
+                    What::Gap { .. } => "gaps",
+                    What::Decision { .. } => "decisions",
+                };
+                *kinds.entry(kind).or_default() += 1;
+            }
+            json!({
+                "at": crate::state::rfc3339_utc_millis(l.at),
+                "took_us": l.took_us,
+                "findings": l.found,
+                "new_insights": l.new,
+                "since": {"events_recorded": since.len(), "by_kind": kinds, "servers_changed": changed},
+            })
+        });
+        json!({
+            "doing": {
+                "servers": by_status,
+                "tool_calls_seen": calls,
+                "reflections": self.reflections,
+                "auto_insight_generation": self.auto,
+                "reflection_interval_ms": self.interval.as_millis() as u64,
+            },
+            "health": {"status": health, "servers_in_trouble": failing, "firing_alerts": self.firing},
+            "variety": self.variety.clone().unwrap_or_else(|| json!({"measured": false, "note": "no variety analysis has been published"})),
+            "resources": {
+                "rss_bytes": self.rss.back().map(|s| s.1),
+                "rss_trend": rss_trend,
+                "record": {"entries": self.record.len(), "limit": self.limit, "dropped": self.dropped},
+                "insights": {"kept": self.insights.len(), "dropped": self.insights_dropped},
+            },
+            "last_reflection": last,
+        })
+    }
+
+    /// Insights kept, filtered, oldest first.
+    pub fn insights(&self, since: Option<u64>, kind: Option<&str>, min: Option<f64>) -> Value {
+        let list: Vec<Value> = self
+            .insights
+            .iter()
+            .filter(|i| since.is_none_or(|s| i.id > s))
+            .filter(|i| kind.is_none_or(|k| i.finding.kind == k || i.finding.analyser == k))
+            .filter(|i| min.is_none_or(|m| i.finding.significance >= m))
+            .map(Insight::to_json)
+            .collect();
+        json!({"insights": list, "kept": self.insights.len(), "dropped": self.insights_dropped})
+    }
+
+    fn about_server(&self, id: &str) -> Result<Value, ApiError> {
+        let model = self.servers.get(id);
+        let mut history = Vec::new();
+        let mut failures = Vec::new();
+        let mut latencies = Vec::new();
+        let mut decisions = Vec::new();
+        for e in &self.record {
+            match &e.what {
+                What::Status {
+                    server, old, new, ..
+                } if server == id => {
+                    history.push(json!({"seq": e.seq, "old_status": old, "new_status": new}));
+                }
+                What::Call {
+                    server,
+                    tool,
+                    outcome,
+                    latency_ms,
+                } if server == id => {
+                    if *outcome != "ok" {
+                        failures.push(json!({"seq": e.seq, "tool": tool, "outcome": outcome}));
+                    } else {
+                        latencies.push(*latency_ms);
+                    }
+                }
+                What::Decision { subject, kind, .. } if subject == id => {
+                    decisions.push(json!({"seq": e.seq, "kind": kind}));
+                }
+                _ => {}
+            }
+        }
+        if model.is_none() && history.is_empty() && failures.is_empty() && latencies.is_empty() {
+            return Err(not_known("server", id));
+        }
+        let tail = |v: Vec<Value>| -> Vec<Value> {
+            let skip = v.len().saturating_sub(ANSWER_MAX);
+            v.into_iter().skip(skip).collect()
+        };
+        let mean =
+            (!latencies.is_empty()).then(|| latencies.iter().sum::<f64>() / latencies.len() as f64);
+        let insights: Vec<Value> = self
+            .insights
+            .iter()
+            .filter(|i| i.finding.subject == id || i.finding.subject.starts_with(&format!("{id}/")))
+            .map(Insight::to_json)
+            .collect();
+        Ok(json!({
+            "about": "server",
+            "id": id,
+            "status": model.map(|m| m.status),
+            "capabilities": model.map(|m| &m.capabilities),
+            "calls": model.map_or(0, |m| m.calls),
+            "failures": model.map_or(0, |m| m.failures),
+            "latency_ms": {
+                "last": model.and_then(|m| m.last_latency),
+                "mean_in_record": mean,
+                "baseline": model.and_then(|m| m.latency_baseline),
+            },
+            "error_rate_baseline": model.map(|m| m.error_baseline),
+            "history": tail(history),
+            "recent_failures": tail(failures),
+            "decisions": tail(decisions),
+            "insights": insights,
+        }))
+    }
+
+    fn about_capability(&self, id: &str) -> Result<Value, ApiError> {
+        let providers: Vec<Value> = self
+            .servers
+            .iter()
+            .filter(|(_, m)| m.capabilities.iter().any(|c| c == id))
+            .map(|(k, m)| json!({"server": k, "status": m.status}))
+            .collect();
+        let gaps: Vec<u64> = self
+            .record
+            .iter()
+            .filter_map(|e| match &e.what {
+                What::Gap { capability } if capability == id => Some(e.seq),
+                _ => None,
+            })
+            .collect();
+        if providers.is_empty() && gaps.is_empty() {
+            return Err(not_known("capability", id));
+        }
+        Ok(json!({"about": "capability", "id": id, "providers": providers, "gap_events": gaps}))
+    }
+
+    fn about_alert(&self, id: &str) -> Result<Value, ApiError> {
+        let events: Vec<Value> = self
+            .record
+            .iter()
+            .filter_map(|e| match &e.what {
+                What::Alert {
+                    id: a,
+                    rule,
+                    state,
+                    value,
+                } if a == id || rule == id => Some(
+                    json!({"seq": e.seq, "id": a, "rule": rule, "state": state, "value": value}),
+                ),
+                _ => None,
+            })
+            .collect();
+        if events.is_empty() {
+            return Err(not_known("alert", id));
+        }
+        Ok(json!({"about": "alert", "id": id, "events": events}))
+    }
+
+    fn about_decision(&self, id: &str) -> Result<Value, ApiError> {
+        let events: Vec<Value> = self
+            .record
+            .iter()
+            .filter_map(|e| match &e.what {
+                What::Decision {
+                    kind,
+                    subject,
+                    id: d,
+                } if d.as_deref() == Some(id) || subject == id => {
+                    Some(json!({"seq": e.seq, "kind": kind, "subject": subject, "id": d}))
+                }
+                _ => None,
+            })
+            .collect();
+        if events.is_empty() {
+            return Err(not_known("decision", id));
+        }
+        Ok(json!({"about": "decision", "id": id, "events": events}))
+    }
+
+    /// A structured question answered from the record.
+    ///
+    /// # Errors
+    /// An unknown subject kind (400) or a subject the record does not know (404).
+    pub fn query(&self, about: &str, id: &str) -> Result<Value, ApiError> {
+        match about {
+            "server" => self.about_server(id),
+            "capability" => self.about_capability(id),
+            "alert" => self.about_alert(id),
+            "decision" => self.about_decision(id),
+            other => Err(ApiError::field(
+                ErrorCode::InvalidParameter,
+                "about",
+                format!("'{other}' is not one of server, capability, alert, decision"),
+            )),
+        }
+    }
+
+    /// Ranks what to do about a situation, with each criterion's score and the weights.
+    ///
+    /// # Errors
+    /// An unknown situation (400) or server (404).
+    pub fn decide(&self, situation: &str, subject: &str) -> Result<Value, ApiError> {
+        if situation != "degraded_server" {
+            return Err(ApiError::field(
+                ErrorCode::InvalidParameter,
+                "situation",
+                format!(
+                    "'{situation}' is not a situation decision support knows (degraded_server)"
+                ),
+            ));
+        }
+        let Some(model) = self.servers.get(subject) else {
+            return Err(not_known("server", subject));
+        };
+        let now = now_ms(SystemTime::now());
+        let since = now.saturating_sub(analysis::FLAP_WINDOW_MS);
+        let mut recent: Vec<(bool, f64)> = Vec::new();
+        let mut exits = 0usize;
+        for e in self.record.iter().filter(|e| e.at_ms >= since) {
+            match &e.what {
+                What::Call {
+                    server,
+                    outcome,
+                    latency_ms,
+                    ..
+                } if server == subject => recent.push((*outcome == "ok", *latency_ms)),
+                What::Status {
+                    server, old, new, ..
+                } if server == subject
+                    && matches!(*old, "active" | "degraded")
+                    && !matches!(*new, "active" | "degraded" | "stopping") =>
+                {
+                    exits += 1
+                }
+                _ => {}
+            }
+        }
+        let last: Vec<&(bool, f64)> = recent.iter().rev().take(20).collect();
+        let error = if last.is_empty() {
+            0.0
+        } else {
+            last.iter().filter(|c| !c.0).count() as f64 / last.len() as f64
+        };
+        let ok: Vec<f64> = last.iter().filter(|c| c.0).map(|c| c.1).collect();
+        let latency = match (model.latency_baseline, ok.is_empty()) {
+            (Some(b), false) if b > 0.0 => {
+                let mean = ok.iter().sum::<f64>() / ok.len() as f64;
+                (mean / b - 1.0).clamp(0.0, 1.0)
+            }
+            _ => 0.0,
+        };
+        let flapping = (exits as f64 / 5.0).min(1.0);
+        let weights = json!({"error_rate": 0.4, "latency": 0.3, "flapping": 0.3});
+        let (we, wl, wf) = (0.4, 0.3, 0.3);
+        let option = |name: &str, e: f64, l: f64, f: f64, request: Value| {
+            let score = we * e + wl * l + wf * f;
+            json!({"option": name, "score": (score * 1000.0).round() / 1000.0,
+                   "criteria": {"error_rate": e, "latency": l, "flapping": f}, "request": request})
+        };
+        let path = |a: &str| json!({"method": "POST", "path": format!("/api/v1/mcp/servers/{subject}/{a}")});
+        // restart helps errors and slowness, not a server that keeps dying; stop is for one
+        // that keeps dying; waiting is right when nothing is wrong.
+        let mut options = vec![
+            option("restart", error, latency, 1.0 - flapping, path("restart")),
+            option("stop", error, latency, flapping, path("stop")),
+            option(
+                "wait",
+                1.0 - error,
+                1.0 - latency,
+                1.0 - flapping,
+                Value::Null,
+            ),
+        ];
+        options.sort_by(|a, b| {
+            b["score"]
+                .as_f64()
+                .partial_cmp(&a["score"].as_f64())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        Ok(json!({
+            "situation": situation,
+            "subject": subject,
+            "status": model.status,
+            "evidence": {"recent_calls": last.len(), "error_share": error,
+                         "latency_over_baseline": latency, "exits_in_window": exits},
+            "weights": weights,
+            "options": options,
+            "recommended": options[0]["option"],
+        }))
+    }
+}
+
+fn not_known(about: &str, id: &str) -> ApiError {
+    ApiError::field(
+        ErrorCode::SubjectNotFound,
+        "id",
+        format!("the record knows no {about} '{id}'"),
+    )
+}
+
+impl Room for Reflect {
+    type Timer = Due;
+    type Job = ();
+    type Output = Effect;
+    const NAME: &'static str = "reflect";
+
+    fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, _due: Due) {
+        self.timer = None;
+        self.run(cx);
+        self.arm(cx);
+    }
+
+    fn on_job(&mut self, _cx: &mut RoomCx<'_, Self>, _done: ()) {}
+
+    fn apply_config(&mut self, cx: &mut RoomCx<'_, Self>, config: &crate::config::Config) {
+        let c = &config.consciousness;
+        self.learning_rate = c.learning_rate;
+        self.limit = c.memory_limit.max(1);
+        while self.record.len() > self.limit {
+            self.record.pop_front();
+            self.dropped += 1;
+        }
+        while self.insights.len() > self.limit {
+            self.insights.pop_front();
+            self.insights_dropped += 1;
+        }
+        let interval = Duration::from_millis(c.reflection_interval_ms);
+        if interval != self.interval || c.auto_insight_generation != self.auto {
+            self.interval = interval;
+            self.auto = c.auto_insight_generation;
+            self.arm(cx);
+        }
+    }
+
+    fn on_event(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        seq: u64,
+        _channel: Channel,
+        data: &EventData,
+    ) {
+        if data.kind() == "consciousness_insight" {
+            return;
+        }
+        // The first event arms the periodic reflection (the room has no start hook).
+        if self.timer.is_none() && self.auto && self.reflections == 0 {
+            self.arm(cx);
+        }
+        self.follow(seq, data);
+    }
+
+    fn metrics(&self, out: &mut crate::telemetry::Exposition) {
+        out.gauge(
+            "vsm_reflection_record_entries",
+            "Entries in the reflection record (bounded by consciousness.memory_limit)",
+            &[(&[], self.record.len() as f64)],
+        );
+        out.counter(
+            "vsm_reflection_record_dropped_total",
+            "Record entries dropped (oldest first) to keep within consciousness.memory_limit",
+            &[(&[], self.dropped as f64)],
+        );
+        out.counter(
+            "vsm_reflection_insights_total",
+            "Insights found",
+            &[(&[], (self.next_insight - 1) as f64)],
+        );
+        out.counter(
+            "vsm_reflections_total",
+            "Reflections run",
+            &[(&[], self.reflections as f64)],
+        );
+    }
+}
+
+impl Serve for Reflect {
+    type Request = ReflectRequest;
+
+    fn handle(&mut self, cx: &mut RoomCx<'_, Self>, request: ReflectRequest, reply: ReplyTo) {
+        let answer = match request {
+            ReflectRequest::State => Ok(self.state()),
+            ReflectRequest::Reflect => Ok(self.run(cx)),
+            ReflectRequest::Insights {
+                since,
+                kind,
+                min_significance,
+            } => Ok(self.insights(since, kind.as_deref(), min_significance)),
+            ReflectRequest::Query { about, id } => self.query(&about, &id),
+            ReflectRequest::Decision { situation, subject } => self.decide(&situation, &subject),
+        };
+        cx.reply(reply, answer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(limit: usize) -> ConsciousnessConfig {
+        ConsciousnessConfig {
+            memory_limit: limit,
+            ..ConsciousnessConfig::default()
+        }
+    }
+
+    fn call(ms: f64, outcome: &'static str) -> EventData {
+        EventData::McpToolCall {
+            server_id: "s".into(),
+            tool: "t".into(),
+            outcome,
+            latency_ms: ms,
+        }
+    }
+
+    #[test]
+    fn the_record_holds_memory_limit_entries_and_counts_the_dropped() {
+        let mut r = Reflect::new(&config(10));
+        for i in 0..25 {
+            r.follow(i, &call(1.0, "ok"));
+        }
+        assert_eq!(r.record_len(), (10, 15));
+        assert_eq!(r.record.front().map(|e| e.seq), Some(15));
+    }
+
+    #[test]
+    fn baselines_are_ewmas_at_the_learning_rate() {
+        let mut r = Reflect::new(&ConsciousnessConfig {
+            learning_rate: 0.5,
+            ..ConsciousnessConfig::default()
+        });
+        r.follow(1, &call(10.0, "ok"));
+        r.follow(2, &call(20.0, "ok"));
+        r.follow(3, &call(0.0, "timeout"));
+        let m = &r.servers["s"];
+        // latency: 10, then 10 + 0.5 * (20 - 10) = 15; errors: 0, 0, 0 + 0.5 * (1 - 0) = 0.5.
+        assert_eq!(m.latency_baseline, Some(15.0));
+        assert_eq!(m.error_baseline, 0.5);
+    }
+
+    #[test]
+    fn an_insight_is_new_only_with_new_evidence() {
+        let mut r = Reflect::new(&config(1000));
+        for i in 0..10 {
+            r.follow(i, &call(10.0 * (i + 1) as f64, "ok"));
+        }
+        let (new, _) = r.reflect(0);
+        assert_eq!(new.len(), 1);
+        assert_eq!(r.reflect(0).0.len(), 0, "the same evidence again");
+        r.follow(10, &call(110.0, "ok"));
+        assert_eq!(r.reflect(0).0.len(), 1);
+        assert_eq!(
+            r.insights(None, Some("trend"), Some(0.1))["insights"]
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
+        assert_eq!(
+            r.insights(Some(1), None, None)["insights"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn decision_support_ranks_with_its_weights() {
+        let mut r = Reflect::new(&config(1000));
+        for i in 0..10 {
+            r.follow(i, &call(5.0, if i % 2 == 0 { "ok" } else { "tool_error" }));
+        }
+        let d = r.decide("degraded_server", "s").expect("known");
+        // error 0.5, latency 0 (ok calls at the baseline), no exits:
+        // restart 0.4·0.5 + 0.3·0 + 0.3·1 = 0.5; stop 0.2; wait 0.4·0.5 + 0.3 + 0.3 = 0.8.
+        assert_eq!(d["recommended"], "wait");
+        assert_eq!(d["options"][0]["score"], 0.8);
+        assert_eq!(d["options"][1]["option"], "restart");
+        assert_eq!(d["options"][1]["score"], 0.5);
+        assert_eq!(d["options"][2]["score"], 0.2);
+        assert_eq!(
+            r.decide("degraded_server", "nope").unwrap_err().code,
+            ErrorCode::SubjectNotFound
+        );
+        assert_eq!(
+            r.decide("other", "s").unwrap_err().code,
+            ErrorCode::InvalidParameter
+        );
+    }
+}

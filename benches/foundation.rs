@@ -22,7 +22,8 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-const SIZE_TARGET: u64 = 2 * MB;
+/// Issue 10: the static binary *with TLS* (it always has it now) at most 3.5 MB (decimal).
+const SIZE_TARGET: u64 = 3_500_000;
 const RSS_TARGET: u64 = 3 * MB;
 const READY_TARGET: Duration = Duration::from_millis(10);
 const RAW_P50_TARGET: Duration = Duration::from_millis(2);
@@ -170,14 +171,14 @@ fn measure_sizes(under_test: &Path, static_bin: Option<&Path>) -> Result<Vec<Row
         None => rows.push(Row::skipped(
             "binary size (static)",
             "not measured: VSM_BENCH_STATIC_BIN unset",
-            "<= 2 MiB",
+            "<= 3.5 MB with TLS",
         )),
         Some(p) => {
             let bytes = size(p)?;
             rows.push(Row::new(
-                "binary size (static)",
+                "binary size (static, with TLS)",
                 fmt_bytes(bytes),
-                "<= 2 MiB (2097152 B)",
+                "<= 3.5 MB (3500000 B)",
                 bytes <= SIZE_TARGET,
             ));
             let out = Command::new("ldd")

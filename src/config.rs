@@ -329,6 +329,8 @@ section! {
         pub api_token: String = String::new(),
         /// File whose first line is the token; empty means none.
         pub api_token_file: String = String::new(),
+        /// PEM file of CA certificates trusted for outbound TLS besides the bundled roots.
+        pub ca_file: String = String::new(),
     }
 }
 
@@ -342,6 +344,7 @@ impl fmt::Debug for SecurityConfig {
             .field("blocked_capabilities", &self.blocked_capabilities)
             .field("api_token", &redact(&self.api_token))
             .field("api_token_file", &self.api_token_file)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -616,6 +619,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("security.blocked_capabilities", "capabilities that disqualify a server: a spec declaring one is refused and a tool whose name or description maps to one (built-in and [[variety.rules]] keyword rules) cannot be called nor is listed on /mcp, unless the server's allow_capabilities names it; must not overlap allowed_capabilities", CAPABILITY_LIST),
     live(SECRET_KEY, "bearer token required on the TCP API (at least 16 visible ASCII characters); empty = api_token_file, else a token generated into <state dir>/api_token; never printed", Constraint::Any),
     live("security.api_token_file", "file (at most 4 KiB) whose first line is the API token; not together with api_token", PATH),
+    live("security.ca_file", "PEM file (at most 1 MiB) of CA certificates trusted for outbound https:// (http checks, webhook actions, discovery's registries) besides the Mozilla roots built into the binary; read at each request; empty = the built-in roots only", PATH),
     live("consciousness.reflection_interval_ms", "milliseconds between reflection runs", INTERVAL),
     live("consciousness.learning_rate", "weight of new observations when updating learned values (e.g. each peer's request-rate baseline)", range(0.0, 1.0)),
     live("consciousness.memory_limit", "reflection record entries (and insights) kept in memory; the oldest are dropped and counted", range(10.0, 100_000.0)),
@@ -1666,7 +1670,7 @@ fn checks_schema() -> Value {
             "properties": {
                 "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$"},
                 "kind": {"enum": ["tcp", "http", "exec", "file", "process", "filesystem"]},
-                "target": {"type": "string", "maxLength": c::MAX_TARGET_BYTES, "description": "tcp: host:port; http: http:// URL; file: absolute path; process: absolute pid file or process name (at most 15 bytes); filesystem: absolute mount point; not for exec"},
+                "target": {"type": "string", "maxLength": c::MAX_TARGET_BYTES, "description": "tcp: host:port; http: http:// or https:// URL (https trusts the built-in roots plus security.ca_file); file: absolute path; process: absolute pid file or process name (at most 15 bytes); filesystem: absolute mount point; not for exec"},
                 "argv": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": c::MAX_ARGV, "description": "exec: program and arguments, no shell"},
                 "expect_status": {"type": "integer", "minimum": 100, "maximum": 599, "description": "http: the status that counts as up (default any 2xx)"},
                 "expect_body": {"type": "string", "minLength": 1, "maxLength": c::MAX_EXPECT_BODY_BYTES, "description": "http: substring of the first 64 KiB of the body"},
@@ -1699,7 +1703,7 @@ fn actions_schema() -> Value {
             "required": ["kind"],
             "properties": {
                 "kind": {"enum": ["webhook", "exec"]},
-                "url": {"type": "string", "description": "webhook: http:// URL the alert is POSTed to as JSON"},
+                "url": {"type": "string", "description": "webhook: http:// or https:// URL the alert is POSTed to as JSON"},
                 "token_file": {"type": "string", "description": "webhook: absolute path of a file whose first line is sent as a bearer token"},
                 "argv": {"type": "array", "items": {"type": "string"}, "minItems": 1, "description": "exec: program and arguments; the alert's fields are in VSM_ALERT_* variables"},
                 "timeout_ms": {"type": "integer", "minimum": 10, "maximum": 600000, "default": 10000}

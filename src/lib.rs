@@ -24,6 +24,7 @@ pub mod monitor;
 pub mod net;
 pub mod openapi;
 pub mod ops;
+pub mod outbound;
 pub mod page;
 pub mod reactor;
 pub mod reflect;

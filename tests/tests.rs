@@ -19,6 +19,7 @@ mod reflect;
 mod security;
 mod state_config;
 mod state_crash;
+mod tls;
 mod util;
 mod variety;
 mod vsm;

@@ -410,11 +410,13 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         }
     }
     daemon.configure_security(&mut cx);
-    let actions = daemon.rooms.settings.config().actions.clone();
-    daemon.rooms.actions.set_specs(actions);
-    let checks = daemon.rooms.settings.config().checks.clone();
+    // The rooms that follow the configuration live get their first one as a change would.
+    let config = daemon.rooms.settings.config().clone();
+    daemon.with::<crate::monitor::actions::Actions, _>(&mut cx, |room, rcx| {
+        room.apply_config(rcx, &config)
+    });
     daemon.with::<crate::monitor::checks::room::Checks, _>(&mut cx, |room, rcx| {
-        room.sync(rcx, &checks)
+        room.apply_config(rcx, &config)
     });
     for key in daemon.rooms.settings.config().not_enforced_set() {
         log::warn!(

@@ -179,6 +179,7 @@ impl Discovery {
             npm: url(&m.npm_registry_url),
             github: url(&m.github_api_url),
             catalog: m.catalog_file.clone(),
+            ca_file: config.security.ca_file.clone(),
         };
         self.ttl_ms = m.discovery_cache_ttl_ms;
         self.timeout = Duration::from_millis(m.discovery_timeout_ms);

@@ -639,6 +639,8 @@ pub struct Endpoints {
     pub github: String,
     /// The catalog file, or empty.
     pub catalog: String,
+    /// `security.ca_file`: CA certificates trusted besides the bundled roots, or empty.
+    pub ca_file: String,
 }
 
 /// Percent-encodes `s` for a query string (space as `+`).
@@ -658,23 +660,23 @@ pub fn encode(s: &str) -> String {
 
 /// One GET within `deadline`: the body of a 200 answer, at most [`MAX_BODY_BYTES`].
 /// `Ok(None)` for a 404 (a file a repository does not have).
-fn get(url: &str, accept: &str, deadline: Instant) -> Result<Option<Vec<u8>>, String> {
+/// `https://` trusts the bundled roots plus `ca_file` ([`crate::outbound`]).
+fn get(
+    ca_file: &str,
+    url: &str,
+    accept: &str,
+    deadline: Instant,
+) -> Result<Option<Vec<u8>>, String> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return Err(format!("timed out before GET {url}"));
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .timeout_global(Some(left))
-        .user_agent(concat!("vsm-daemon/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
+    let agent = crate::outbound::agent(ca_file, left).map_err(|e| format!("GET {url}: {e}"))?;
     let mut response = agent
         .get(url)
         .header("Accept", accept)
         .call()
-        .map_err(|e| format!("GET {url}: {}", clip(&e.to_string(), 300)))?;
+        .map_err(|e| format!("GET {url}: {}", clip(&crate::outbound::describe(&e), 300)))?;
     let status = response.status().as_u16();
     if status == 404 {
         return Ok(None);
@@ -741,7 +743,10 @@ pub fn fetch(
             if !q.is_empty() {
                 url.push_str(&format!("&search={q}"));
             }
-            registry(&needed(get(&url, "application/json", deadline)?, &url)?)
+            registry(&needed(
+                get(&endpoints.ca_file, &url, "application/json", deadline)?,
+                &url,
+            )?)
         }
         Source::Npm => {
             let base = if endpoints.npm.is_empty() {
@@ -755,7 +760,10 @@ pub fn fetch(
                 text.push_str(&q);
             }
             let url = format!("{base}/-/v1/search?text={text}&size={MAX_PER_SOURCE}");
-            npm(&needed(get(&url, "application/json", deadline)?, &url)?)
+            npm(&needed(
+                get(&endpoints.ca_file, &url, "application/json", deadline)?,
+                &url,
+            )?)
         }
         Source::Github => {
             if endpoints.github.is_empty() {
@@ -773,7 +781,7 @@ pub fn fetch(
             let accept = "application/vnd.github+json";
             let mut out = Parsed::default();
             let repos = github_search(
-                &needed(get(&url, accept, deadline)?, &url)?,
+                &needed(get(&endpoints.ca_file, &url, accept, deadline)?, &url)?,
                 &mut out.skipped,
             )?;
             for repo in repos {
@@ -785,7 +793,12 @@ pub fn fetch(
                         "{}/repos/{}/contents/{file}",
                         endpoints.github, repo.full_name
                     );
-                    match get(&url, "application/vnd.github.raw+json", deadline) {
+                    match get(
+                        &endpoints.ca_file,
+                        &url,
+                        "application/vnd.github.raw+json",
+                        deadline,
+                    ) {
                         Ok(Some(body)) => {
                             named = github_package(&repo, file, &body);
                             if named.is_some() {

@@ -81,7 +81,7 @@ fn default_timeout_ms() -> u64 {
 pub struct ActionSpec {
     /// `webhook` or `exec`.
     pub kind: ActionKind,
-    /// webhook: the `http://` URL to POST to.
+    /// webhook: the `http://` or `https://` URL to POST to.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
     /// webhook: a file whose first line is sent as `Authorization: Bearer …`.
@@ -221,6 +221,8 @@ pub struct Actions {
     dropped: u64,
     delivered: u64,
     failed: u64,
+    /// `security.ca_file`, as of each delivery attempt (read on the worker).
+    ca_file: String,
 }
 
 impl Room for Actions {
@@ -234,6 +236,7 @@ impl Room for Actions {
         if self.specs != config.actions {
             self.set_specs(config.actions.clone());
         }
+        self.ca_file.clone_from(&config.security.ca_file);
     }
 
     fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, timer: Timer) {
@@ -315,8 +318,14 @@ fn backoff(attempts: u32) -> Duration {
 }
 
 /// One webhook attempt (on the worker): POST `body` as JSON with the bearer token from
-/// `token_file`, if any. `Ok`: a 2xx status.
-fn post(url: &str, token_file: &str, body: &[u8], timeout: Duration) -> Result<u16, String> {
+/// `token_file`, if any; `https://` trusts the bundled roots plus `ca_file`. `Ok`: a 2xx status.
+fn post(
+    url: &str,
+    token_file: &str,
+    ca_file: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<u16, String> {
     let token = if token_file.is_empty() {
         None
     } else {
@@ -333,17 +342,14 @@ fn post(url: &str, token_file: &str, body: &[u8], timeout: Duration) -> Result<u
         }
         Some(first)
     };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .timeout_global(Some(timeout))
-        .build()
-        .into();
+    let agent = crate::outbound::agent(ca_file, timeout).map_err(|e| format!("POST {url}: {e}"))?;
     let mut request = agent.post(url).header("Content-Type", "application/json");
     if let Some(t) = &token {
         request = request.header("Authorization", format!("Bearer {t}"));
     }
-    let response = request.send(body).map_err(|e| format!("POST {url}: {e}"))?;
+    let response = request
+        .send(body)
+        .map_err(|e| format!("POST {url}: {}", crate::outbound::describe(&e)))?;
     let status = response.status().as_u16();
     if (200..300).contains(&status) {
         Ok(status)
@@ -393,6 +399,7 @@ impl Actions {
             dropped: 0,
             delivered: 0,
             failed: 0,
+            ca_file: String::new(),
         }
     }
 
@@ -542,11 +549,12 @@ impl Actions {
             head.body.clone(),
             head.timeout,
         );
+        let ca_file = self.ca_file.clone();
         let submitted = cx.submit(
             timeout + Duration::from_secs(1),
             move || Attempted {
                 id,
-                result: post(&url, &token_file, &body, timeout),
+                result: post(&url, &token_file, &ca_file, &body, timeout),
             },
             move |why| Attempted {
                 id,

@@ -5,7 +5,8 @@
 //! [`Outcome`]; deciding what it means over time is not their business.
 //!
 //! Invariants: every read is bounded (an HTTP body to [`HTTP_BODY_BYTES`], a pid file to
-//! [`PID_FILE_BYTES`]); every network operation carries the check's timeout.
+//! [`PID_FILE_BYTES`]); every network operation carries the check's timeout; HTTP goes through
+//! [`crate::outbound`], which owns TLS trust and says why a handshake failed.
 
 use super::spec::{CheckKind, CheckSpec};
 use std::io::Read;
@@ -84,10 +85,11 @@ pub fn metric_of(kind: CheckKind) -> &'static str {
     }
 }
 
-/// Runs a worker-side check (http, file, process, filesystem).
-pub fn run(spec: &CheckSpec) -> Outcome {
+/// Runs a worker-side check (http, file, process, filesystem); an `https://` check trusts the
+/// bundled roots plus `ca_file` (`security.ca_file`, empty: none).
+pub fn run(spec: &CheckSpec, ca_file: &str) -> Outcome {
     match spec.kind {
-        CheckKind::Http => http(spec),
+        CheckKind::Http => http(spec, ca_file),
         CheckKind::File => file(spec, SystemTime::now()),
         CheckKind::Process => process(spec),
         CheckKind::Filesystem => filesystem(spec),
@@ -110,17 +112,18 @@ pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{host} has no address"))
 }
 
-fn http(spec: &CheckSpec) -> Outcome {
+fn http(spec: &CheckSpec, ca_file: &str) -> Outcome {
     let metric = "http_status";
-    let config = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .timeout_global(Some(Duration::from_millis(spec.timeout_ms)))
-        .build();
-    let agent: ureq::Agent = config.into();
+    let agent = match crate::outbound::agent(ca_file, Duration::from_millis(spec.timeout_ms)) {
+        Ok(a) => a,
+        Err(e) => return Outcome::down(metric, format!("GET {}: {e}", spec.target)),
+    };
     let mut response = match agent.get(&spec.target).call() {
         Ok(r) => r,
-        Err(e) => return Outcome::down(metric, format!("GET {}: {e}", spec.target)),
+        Err(e) => {
+            let why = crate::outbound::describe(&e);
+            return Outcome::down(metric, format!("GET {}: {why}", spec.target));
+        }
     };
     let status = response.status().as_u16();
     let status_ok = match spec.expect_status {

@@ -149,6 +149,8 @@ pub struct Checks {
     tokens: TokenRange,
     next_run: u64,
     next_gen: u64,
+    /// `security.ca_file`, handed to each http run (read there, on the worker).
+    ca_file: String,
 }
 
 impl Room for Checks {
@@ -163,6 +165,7 @@ impl Room for Checks {
 
     /// A reload adds, changes and removes checks (a removed one reports a last good reading).
     fn apply_config(&mut self, cx: &mut RoomCx<'_, Self>, config: &crate::config::Config) {
+        self.ca_file.clone_from(&config.security.ca_file);
         self.sync(cx, &config.checks);
     }
 
@@ -228,6 +231,7 @@ impl Checks {
             tokens,
             next_run: 1,
             next_gen: 1,
+            ca_file: String::new(),
         }
     }
 
@@ -468,12 +472,13 @@ impl Checks {
             }
             _ => {
                 let metric = metric_of(spec.kind);
+                let ca_file = self.ca_file.clone();
                 let submitted = cx.submit(
                     timeout + WORKER_GRACE,
                     move || Job::Done {
                         slot,
                         run,
-                        outcome: probe::run(&spec),
+                        outcome: probe::run(&spec, &ca_file),
                     },
                     move |why| Job::Done {
                         slot,

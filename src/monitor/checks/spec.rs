@@ -84,7 +84,7 @@ pub struct CheckSpec {
     pub name: String,
     /// Which kind.
     pub kind: CheckKind,
-    /// tcp: `host:port`; http: `http://` URL; file: absolute path; process: absolute pid
+    /// tcp: `host:port`; http: `http://` or `https://` URL; file: absolute path; process: absolute pid
     /// file path or a process name; filesystem: absolute mount point. Empty for exec.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target: String,
@@ -179,22 +179,21 @@ pub fn check_argv(argv: &[String]) -> Result<(), (String, String)> {
     Ok(())
 }
 
-/// Checks a plain `http://host[:port]/path` URL (the daemon is built without TLS).
+/// Checks an `http://` or `https://` `host[:port]/path` URL (https trusts the bundled roots
+/// plus `security.ca_file`: see [`crate::outbound`]).
 ///
 /// # Errors
 /// What is wrong with it.
 pub fn check_http_url(url: &str) -> Result<(), String> {
-    if url.starts_with("https://") {
-        return Err(
-            "https:// URLs need TLS, which this build does not include; use http://".into(),
-        );
-    }
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err("must be an http:// URL".into());
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Err("must be an http:// or https:// URL".into());
     };
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || host.contains(['@', ' ']) {
-        return Err("must be http://host[:port][/path] (no user info, no spaces)".into());
+        return Err("must be http(s)://host[:port][/path] (no user info, no spaces)".into());
     }
     if url.chars().any(char::is_control) {
         return Err("contains control characters".into());
@@ -436,11 +435,13 @@ mod tests {
         assert!(spec(CheckKind::Http, "http://127.0.0.1:8/x")
             .validate()
             .is_ok());
-        assert!(spec(CheckKind::Http, "https://x/")
+        assert!(spec(CheckKind::Http, "https://x/").validate().is_ok());
+        assert!(spec(CheckKind::Http, "https://[::1]:8443/health")
             .validate()
-            .unwrap_err()
-            .1
-            .contains("TLS"));
+            .is_ok());
+        assert!(spec(CheckKind::Http, "ftp://x/").validate().is_err());
+        assert!(spec(CheckKind::Http, "https://user@x/").validate().is_err());
+        assert!(spec(CheckKind::Http, "https:///x").validate().is_err());
         assert!(spec(CheckKind::File, "relative").validate().is_err());
         assert!(spec(CheckKind::Process, "sshd").validate().is_ok());
         assert!(spec(CheckKind::Process, "a-very-long-process-name")

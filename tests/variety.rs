@@ -143,13 +143,20 @@ fn ratio_and_gaps_follow_a_provider_that_stops_and_starts() {
 
     // The memory provider stops: the weighted ratio drops to 1/3 and the gap says what closes it.
     mcp(&d, "stop", "mem");
-    let v = wait_ratio(&d, 0.3333);
+    wait_ratio(&d, 0.3333);
+    wait_status(&d, "mem", "stopped");
+    // The analysis follows the status through `stopping` to `stopped`.
+    let v = wait_until(
+        "the gap names the stopped server",
+        || variety(&d),
+        |v| v["gaps"][0]["closes_with"] == "start mem (stopped)",
+        |v| format!("{v:#}"),
+    );
     assert_eq!(v["gaps"][0]["capability"], "memory", "{v}");
     assert_eq!(
         v["gaps"][0]["recommended_action"], "start_mcp_server",
         "{v}"
     );
-    assert_eq!(v["gaps"][0]["closes_with"], "start mem (stopped)", "{v}");
     // Analyses that find it still open say nothing new.
     for _ in 0..3 {
         let (code, _) = d.cli_json(&["variety", "analyze", "--force"]);

@@ -757,3 +757,68 @@ impl crate::room::Report for Variety {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::testing::{enter, Inline};
+    use serde_json::json;
+
+    fn view<'a>(tools: &'a [Value], version: (u64, u64), serves: bool) -> ServerView<'a> {
+        ServerView {
+            id: "s",
+            status: if serves { "active" } else { "stopped" },
+            serves,
+            breaker_open: false,
+            capabilities: &[],
+            allow_capabilities: &[],
+            tools,
+            tools_version: version,
+        }
+    }
+
+    /// A hand-over maps a server again only when its tool list (version) changed; a status
+    /// change alone reuses its mapping but shows the new status.
+    #[test]
+    fn hand_overs_map_a_server_again_only_when_its_tools_changed() {
+        let mut config = Config::default();
+        config.variety.required = vec![Required::named("time")];
+        let mut room = Variety::new(&config, Vec::new());
+        let mut wiring = Inline::new();
+        let mut out = Vec::new();
+        let time = [json!({"name": "get_current_time", "description": ""})];
+        let memory = [json!({"name": "create_entities", "description": ""})];
+        let ratio = |r: &Variety| r.last.as_ref().map(|a| a.variety_ratio);
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.servers(cx, &[view(&time, (1, 1), true)])
+        });
+        assert_eq!(ratio(&room), Some(1.0));
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.servers(cx, &[view(&time, (1, 1), false)])
+        });
+        assert_eq!(ratio(&room), Some(0.0), "the status is followed");
+        assert_eq!(room.servers[0].status, "stopped");
+        // Same version, other tools: the mapping is kept (the version names the list)...
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.servers(cx, &[view(&memory, (1, 1), true)])
+        });
+        assert!(room.servers[0].capabilities.contains_key("time"));
+        // ...a new listing is mapped again.
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.servers(cx, &[view(&memory, (1, 2), true)])
+        });
+        assert!(room.servers[0].capabilities.contains_key("memory"));
+        assert!(!room.servers[0].capabilities.contains_key("time"));
+        assert_eq!(ratio(&room), Some(0.0));
+        // Gone from the catalogue: forgotten.
+        enter(&mut room, &mut wiring, &mut out, |r, cx| r.servers(cx, &[]));
+        assert!(room.cache.is_empty() && room.servers.is_empty());
+        // The gap on `time` opened twice (at the stop, and when the new listing dropped the
+        // tool); the analyses in between and after said nothing more.
+        let opened = out
+            .iter()
+            .filter(|e| matches!(e, Effect::Event(_, EventData::VarietyGapDetected { .. })))
+            .count();
+        assert_eq!(opened, 2, "{out:?}");
+    }
+}

@@ -96,4 +96,7 @@ pub struct ServerView<'a> {
     pub allow_capabilities: &'a [String],
     /// Its tools as last listed (`tools/list` entries; empty before its first listing).
     pub tools: &'a [serde_json::Value],
+    /// Names this tool list: (the server's run, listings that changed it in that run). Equal
+    /// versions of one server are equal lists.
+    pub tools_version: (u64, u64),
 }

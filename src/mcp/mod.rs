@@ -719,6 +719,7 @@ impl Mcp {
                 capabilities: &s.spec.capabilities,
                 allow_capabilities: &s.spec.allow_capabilities,
                 tools: &s.session.tools,
+                tools_version: (s.run, s.session.listings),
             })
             .collect()
     }

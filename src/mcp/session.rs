@@ -114,6 +114,9 @@ pub struct Session<R, T> {
     pub instructions: Option<String>,
     /// Tools from the last complete listing.
     pub tools: Vec<Value>,
+    /// Complete listings that changed `tools` in this session (with the server's run, it
+    /// names a tool list, so followers can skip re-reading one they have seen).
+    pub listings: u64,
     relist: Relist,
     list_changed: Flood,
     recent_protocol_errors: Flood,
@@ -190,6 +193,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
             server_capabilities: Value::Null,
             instructions: None,
             tools: Vec::new(),
+            listings: 0,
             relist: Relist::default(),
             list_changed: Flood::default(),
             recent_protocol_errors: Flood::default(),
@@ -520,6 +524,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
     fn finish_listing(&mut self, tools: Vec<Value>, cx: Context, out: &mut Effects<R, T>) {
         let count = tools.len();
         let changed = self.tools != tools;
+        self.listings += u64::from(changed);
         self.tools = tools;
         if cx.status == Status::Initializing {
             self.initialized = true;

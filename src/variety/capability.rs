@@ -92,6 +92,31 @@ pub struct ToolText<'a> {
     pub description: &'a str,
 }
 
+/// Rules with their keywords split into words once: mapping many tools (every server's, on
+/// every change) then costs the tools' words only.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Compiled {
+    rules: Vec<(String, Vec<Keyword>)>,
+}
+
+/// A keyword as written and as words.
+type Keyword = (String, Vec<String>);
+
+impl Compiled {
+    /// `rules` compiled.
+    pub fn new(rules: &[Rule]) -> Compiled {
+        Compiled {
+            rules: rules
+                .iter()
+                .map(|r| {
+                    let keywords = r.keywords.iter().map(|k| (k.clone(), words(k))).collect();
+                    (r.capability.clone(), keywords)
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The capabilities a server provides, sorted, each with its first reason: declared ones
 /// first, then what its tools show under `rules` (in tool order, then rule order).
 pub fn map<'a>(
@@ -99,22 +124,24 @@ pub fn map<'a>(
     tools: impl IntoIterator<Item = ToolText<'a>>,
     rules: &[Rule],
 ) -> BTreeMap<String, Reason> {
+    map_compiled(declared, tools, &Compiled::new(rules))
+}
+
+/// [`map`] with the rules compiled once.
+pub fn map_compiled<'a>(
+    declared: &[String],
+    tools: impl IntoIterator<Item = ToolText<'a>>,
+    rules: &Compiled,
+) -> BTreeMap<String, Reason> {
     let mut out = BTreeMap::new();
     for capability in declared {
         out.entry(capability.clone()).or_insert(Reason::Declared);
     }
-    let rules: Vec<(&str, Vec<Keyword<'_>>)> = rules
-        .iter()
-        .map(|r| {
-            let keywords = r.keywords.iter().map(|k| (k.as_str(), words(k))).collect();
-            (r.capability.as_str(), keywords)
-        })
-        .collect();
     for tool in tools {
         let name = words(tool.name);
         let description = words(tool.description);
-        for (capability, keywords) in &rules {
-            if out.contains_key(*capability) {
+        for (capability, keywords) in &rules.rules {
+            if out.contains_key(capability) {
                 continue;
             }
             let hit = keywords.iter().find(|(_, kw)| {
@@ -122,10 +149,10 @@ pub fn map<'a>(
             });
             if let Some((keyword, _)) = hit {
                 out.insert(
-                    (*capability).to_string(),
+                    capability.clone(),
                     Reason::Tool {
                         tool: tool.name.to_string(),
-                        keyword: (*keyword).to_string(),
+                        keyword: keyword.clone(),
                     },
                 );
             }
@@ -137,11 +164,13 @@ pub fn map<'a>(
 /// The capabilities one tool shows under `rules`, sorted and without repeats (for the
 /// per-tool policy check: a tool under a blocked capability cannot be called).
 pub fn of_tool(tool: ToolText<'_>, rules: &[Rule]) -> Vec<String> {
-    map(&[], [tool], rules).into_keys().collect()
+    of_tool_compiled(tool, &Compiled::new(rules))
 }
 
-/// A keyword as written and as words.
-type Keyword<'a> = (&'a str, Vec<String>);
+/// [`of_tool`] with the rules compiled once.
+pub fn of_tool_compiled(tool: ToolText<'_>, rules: &Compiled) -> Vec<String> {
+    map_compiled(&[], [tool], rules).into_keys().collect()
+}
 
 /// Lower-case words of `text`: split at anything not alphanumeric and where a lower-case
 /// letter or digit is followed by an upper-case one (`readFile` → `read`, `file`).

@@ -20,15 +20,19 @@ pub struct Policy {
     pub allowed: Vec<String>,
     /// The built-in keyword rules and `[[variety.rules]]`.
     pub rules: Vec<Rule>,
+    /// The same, compiled.
+    pub compiled: capability::Compiled,
 }
 
 impl Policy {
     /// The policy `config` sets.
     pub fn new(config: &crate::config::Config) -> Policy {
+        let rules = super::required::rules(&config.variety.rules);
         Policy {
             blocked: config.security.blocked_capabilities.clone(),
             allowed: config.security.allowed_capabilities.clone(),
-            rules: super::required::rules(&config.variety.rules),
+            compiled: capability::Compiled::new(&rules),
+            rules,
         }
     }
 
@@ -49,7 +53,7 @@ impl Policy {
         if self.blocked.is_empty() {
             return Vec::new();
         }
-        capability::of_tool(tool, &self.rules)
+        capability::of_tool_compiled(tool, &self.compiled)
             .into_iter()
             .filter(|c| self.blocked.contains(c) && !allow.contains(c))
             .collect()

@@ -29,7 +29,7 @@ use crate::room::{Effect, Follows, Room, RoomCx, Serve};
 use crate::snapshot::ServerView;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The state document of the recorded requests.
@@ -105,6 +105,10 @@ pub struct Variety {
     ratio_min: f64,
     alert_actions: Vec<String>,
     servers: Vec<ServerFacts>,
+    /// Each server's facts with what they were made from: a hand-over maps only the servers
+    /// whose tool list or spec changed (mapping every tool of 50 servers on every server event
+    /// cost the loop milliseconds). Cleared when the configuration (the policy) changes.
+    cache: BTreeMap<String, Cached>,
     requests: Vec<CapabilityRequest>,
     pending: Vec<Pending>,
     next_tag: u64,
@@ -115,6 +119,48 @@ pub struct Variety {
     trend: VecDeque<TrendPoint>,
     timer: Option<TimerId>,
     analyses: u64,
+    /// Loop time of the last analyses and of the last catalogue hand-overs (mapping every
+    /// server's tools), in microseconds: what `GET /api/v1/metrics/variety` reports.
+    timings: Timings,
+}
+
+/// A server's facts and what they were made from.
+#[derive(Debug)]
+struct Cached {
+    version: (u64, u64),
+    tool_count: usize,
+    declared: Vec<String>,
+    allow: Vec<String>,
+    facts: ServerFacts,
+}
+
+/// The last [`TIMINGS`] durations of each kind of work the room does on the loop.
+#[derive(Debug, Default)]
+struct Timings {
+    analysis: VecDeque<u64>,
+    catalogue: VecDeque<u64>,
+}
+
+/// Durations kept per kind.
+const TIMINGS: usize = 256;
+
+fn record(ring: &mut VecDeque<u64>, started: Instant) {
+    if ring.len() == TIMINGS {
+        ring.pop_front();
+    }
+    ring.push_back(started.elapsed().as_micros() as u64);
+}
+
+/// p50, p99 and max of a ring, in microseconds.
+fn summary(ring: &VecDeque<u64>) -> Value {
+    let mut sorted: Vec<u64> = ring.iter().copied().collect();
+    sorted.sort_unstable();
+    let at = |q: f64| {
+        sorted
+            .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+    };
+    json!({"count": sorted.len(), "p50_us": at(0.5), "p99_us": at(0.99), "max_us": sorted.last()})
 }
 
 impl Variety {
@@ -128,6 +174,7 @@ impl Variety {
             ratio_min: config.monitoring.alert_thresholds.variety_ratio_min,
             alert_actions: config.monitoring.alert_actions.clone(),
             servers: Vec::new(),
+            cache: BTreeMap::new(),
             requests,
             pending: Vec::new(),
             next_tag: 1,
@@ -138,6 +185,7 @@ impl Variety {
             trend: VecDeque::with_capacity(TREND),
             timer: None,
             analyses: 0,
+            timings: Timings::default(),
         }
     }
 
@@ -189,6 +237,7 @@ impl Variety {
 
     /// Analyses now: stores it, publishes it, reports the ratio.
     fn analyse(&mut self, cx: &mut RoomCx<'_, Self>, trigger: &'static str) {
+        let started = Instant::now();
         let now = SystemTime::now();
         let a = analysis::analyze(
             &self.requirements(),
@@ -281,6 +330,7 @@ impl Variety {
         });
         self.last = Some(a);
         self.last_at = Some(Instant::now());
+        record(&mut self.timings.analysis, started);
     }
 
     /// The last analysis as JSON, with the trend and the room's counters.
@@ -473,6 +523,7 @@ impl Room for Variety {
     fn apply_config(&mut self, cx: &mut RoomCx<'_, Self>, config: &Config) {
         self.required = config.variety.required.clone();
         self.policy = Policy::new(config);
+        self.cache.clear();
         self.ratio_min = config.monitoring.alert_thresholds.variety_ratio_min;
         self.alert_actions = config.monitoring.alert_actions.clone();
         let interval = Duration::from_millis(config.monitoring.variety_check_interval_ms);
@@ -555,7 +606,7 @@ impl Room for Variety {
 /// A server's facts: its capabilities under the rules, and its tools the policy blocks.
 pub fn facts(view: &ServerView<'_>, policy: &Policy) -> ServerFacts {
     let tools = view.tools.iter().map(policy::tool_text);
-    let capabilities = capability::map(view.capabilities, tools.clone(), &policy.rules);
+    let capabilities = capability::map_compiled(view.capabilities, tools.clone(), &policy.compiled);
     let blocked_tools = tools
         .filter_map(|t: ToolText<'_>| {
             let refused = policy.tool_refused(t, view.allow_capabilities);
@@ -575,7 +626,38 @@ pub fn facts(view: &ServerView<'_>, policy: &Policy) -> ServerFacts {
 /// A server's status or tools changed (or the configuration): analyse at once.
 impl Follows for Variety {
     fn servers(&mut self, cx: &mut RoomCx<'_, Self>, servers: &[ServerView<'_>]) {
-        self.servers = servers.iter().map(|v| facts(v, &self.policy)).collect();
+        let started = Instant::now();
+        let mut cache = BTreeMap::new();
+        let mut list = Vec::with_capacity(servers.len());
+        for v in servers {
+            let kept = self.cache.remove(v.id).filter(|c| {
+                c.version == v.tools_version
+                    && c.tool_count == v.tools.len()
+                    && c.declared == v.capabilities
+                    && c.allow == v.allow_capabilities
+            });
+            let mut facts = match kept {
+                Some(c) => c.facts,
+                None => facts(v, &self.policy),
+            };
+            facts.status = v.status;
+            facts.active = v.serves;
+            facts.breaker_open = v.breaker_open;
+            list.push(facts.clone());
+            cache.insert(
+                v.id.to_string(),
+                Cached {
+                    version: v.tools_version,
+                    tool_count: v.tools.len(),
+                    declared: v.capabilities.to_vec(),
+                    allow: v.allow_capabilities.to_vec(),
+                    facts,
+                },
+            );
+        }
+        self.cache = cache;
+        self.servers = list;
+        record(&mut self.timings.catalogue, started);
         self.analyse(cx, "servers");
     }
 }
@@ -615,6 +697,12 @@ impl Serve for Variety {
                     "last_assessed": a.timestamp,
                     "analyses": self.analyses,
                     "trend": self.trend_json(),
+                    "loop_time": {
+                        "analysis": summary(&self.timings.analysis),
+                        "catalogue": summary(&self.timings.catalogue),
+                        "servers": self.servers.len(),
+                        "server_capabilities": self.servers.iter().map(|s| s.capabilities.len()).sum::<usize>(),
+                    },
                 }),
                 None => json!({"analyses": 0}),
             }),
@@ -667,5 +755,70 @@ impl crate::room::Report for Variety {
             last_assessed: self.last.as_ref().map(|a| a.timestamp.as_str()),
             threshold: self.ratio_min,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::testing::{enter, Inline};
+    use serde_json::json;
+
+    fn view<'a>(tools: &'a [Value], version: (u64, u64), serves: bool) -> ServerView<'a> {
+        ServerView {
+            id: "s",
+            status: if serves { "active" } else { "stopped" },
+            serves,
+            breaker_open: false,
+            capabilities: &[],
+            allow_capabilities: &[],
+            tools,
+            tools_version: version,
+        }
+    }
+
+    /// A hand-over maps a server again only when its tool list (version) changed; a status
+    /// change alone reuses its mapping but shows the new status.
+    #[test]
+    fn hand_overs_map_a_server_again_only_when_its_tools_changed() {
+        let mut config = Config::default();
+        config.variety.required = vec![Required::named("time")];
+        let mut room = Variety::new(&config, Vec::new());
+        let mut wiring = Inline::new();
+        let mut out = Vec::new();
+        let time = [json!({"name": "get_current_time", "description": ""})];
+        let memory = [json!({"name": "create_entities", "description": ""})];
+        let ratio = |r: &Variety| r.last.as_ref().map(|a| a.variety_ratio);
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.servers(cx, &[view(&time, (1, 1), true)])
+        });
+        assert_eq!(ratio(&room), Some(1.0));
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.servers(cx, &[view(&time, (1, 1), false)])
+        });
+        assert_eq!(ratio(&room), Some(0.0), "the status is followed");
+        assert_eq!(room.servers[0].status, "stopped");
+        // Same version, other tools: the mapping is kept (the version names the list)...
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.servers(cx, &[view(&memory, (1, 1), true)])
+        });
+        assert!(room.servers[0].capabilities.contains_key("time"));
+        // ...a new listing is mapped again.
+        enter(&mut room, &mut wiring, &mut out, |r, cx| {
+            r.servers(cx, &[view(&memory, (1, 2), true)])
+        });
+        assert!(room.servers[0].capabilities.contains_key("memory"));
+        assert!(!room.servers[0].capabilities.contains_key("time"));
+        assert_eq!(ratio(&room), Some(0.0));
+        // Gone from the catalogue: forgotten.
+        enter(&mut room, &mut wiring, &mut out, |r, cx| r.servers(cx, &[]));
+        assert!(room.cache.is_empty() && room.servers.is_empty());
+        // The gap on `time` opened twice (at the stop, and when the new listing dropped the
+        // tool); the analyses in between and after said nothing more.
+        let opened = out
+            .iter()
+            .filter(|e| matches!(e, Effect::Event(_, EventData::VarietyGapDetected { .. })))
+            .count();
+        assert_eq!(opened, 2, "{out:?}");
     }
 }

@@ -899,6 +899,11 @@ impl Room for Reflect {
 
     fn on_job(&mut self, cx: &mut RoomCx<'_, Self>, done: Job) {
         self.running = false;
+        // The snapshot (tens of bytes per entry) was freed on the worker: hand a large one's
+        // memory back rather than keep the peak.
+        if self.record.len() >= 1000 {
+            crate::sys::release_free_memory();
+        }
         let answer = match done {
             Job::Done(analysed) => {
                 let new = self.absorb(analysed);

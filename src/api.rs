@@ -28,10 +28,61 @@ pub enum Request {
     Checks(ChecksRequest),
     /// The alerts room.
     Alerts(AlertsRequest),
+    /// The discovery room.
+    Discovery(DiscoveryRequest),
+    /// The variety room.
+    Variety(VarietyRequest),
     /// The VSM room (the five systems).
     Vsm(VsmRequest),
     /// The reflection room ("consciousness").
     Reflect(ReflectRequest),
+}
+
+/// What the variety room serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VarietyRequest {
+    /// The last analysis (`GET /api/v1/vsm/variety`).
+    Analysis,
+    /// Analyse now (`POST /api/v1/vsm/variety/recalculate`, `trigger_variety_analysis`).
+    Recalculate {
+        /// Analyse even when the last analysis is fresh.
+        force: bool,
+        /// Ask for an external scan too (discovery's; said to be not run when absent).
+        external_scan: bool,
+    },
+    /// Ratio, counts and trend (`GET /api/v1/metrics/variety`).
+    Metrics,
+    /// Every capability, its providers and why (`GET /api/v1/capabilities`).
+    Capabilities,
+    /// The gaps (`GET /api/v1/capabilities/gaps`).
+    Gaps,
+    /// Record a required capability (`POST /api/v1/capabilities/acquire`).
+    Acquire {
+        /// `capability_type`.
+        capability: String,
+        /// `acquisition_method` (`mcp_server`).
+        method: String,
+        /// `priority`: low, medium, high or critical (the gap's severity).
+        priority: String,
+    },
+    /// Remove a recorded request (`DELETE /api/v1/capabilities/{id}`).
+    Remove {
+        /// The capability.
+        id: String,
+    },
+}
+
+/// What the discovery room serves (to clients, and to rooms that ask: variety, acquisition).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiscoveryRequest {
+    /// Look for MCP servers; answered when every source asked has answered, failed or timed
+    /// out.
+    Discover {
+        /// One source (`catalog`, `registry`, `npm`, `github`), or every enabled one.
+        source: Option<&'static str>,
+        /// What to look for (words, or capability names); empty = everything a source lists.
+        query: String,
+    },
 }
 
 /// What the VSM room serves.
@@ -232,7 +283,7 @@ pub enum McpRequest {
     /// Register an MCP server.
     Register {
         /// Its spec.
-        spec: crate::spec::ServerSpec,
+        spec: Box<crate::spec::ServerSpec>,
     },
     /// One server in detail.
     Show {
@@ -668,6 +719,17 @@ pub enum ErrorCode {
     /// A state document this daemon cannot read or understand (a newer format version, not a
     /// regular file) would have to be overwritten; nothing was changed.
     StateReadOnly,
+    /// None of the outside services asked (discovery sources) answered; each one's error is
+    /// in the message and `data`.
+    UpstreamUnavailable,
+    /// The tool falls under a capability in `security.blocked_capabilities` that its server's
+    /// spec does not allow: it cannot be called.
+    CapabilityBlocked,
+    /// A server spec declares a capability in `security.blocked_capabilities` without
+    /// allowing it in `allow_capabilities`: not registered.
+    CapabilityNotAllowed,
+    /// No capability request with that id.
+    CapabilityNotFound,
 }
 
 impl ErrorCode {
@@ -707,6 +769,10 @@ impl ErrorCode {
             ErrorCode::PersistFailed => "persist_failed",
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::StateReadOnly => "state_read_only",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::CapabilityBlocked => "capability_blocked",
+            ErrorCode::CapabilityNotAllowed => "capability_not_allowed",
+            ErrorCode::CapabilityNotFound => "capability_not_found",
         }
     }
 
@@ -728,7 +794,7 @@ impl ErrorCode {
             ErrorCode::NotImplemented => 501,
             ErrorCode::AlreadyExists => 409,
             ErrorCode::ToolError => 422,
-            ErrorCode::McpError | ErrorCode::ServerExited => 502,
+            ErrorCode::McpError | ErrorCode::ServerExited | ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::LengthRequired => 411,
@@ -740,6 +806,9 @@ impl ErrorCode {
             ErrorCode::StateReadOnly => 409,
             ErrorCode::Unhealthy | ErrorCode::Busy | ErrorCode::ShuttingDown => 503,
             ErrorCode::Timeout => 504,
+            ErrorCode::CapabilityBlocked => 403,
+            ErrorCode::CapabilityNotAllowed => 422,
+            ErrorCode::CapabilityNotFound => 404,
         }
     }
 }

@@ -158,6 +158,13 @@ pub enum Command {
     },
     /// Bridge stdio to the daemon's `/mcp` (for clients that spawn stdio servers).
     McpServeStdio,
+    /// Look for MCP servers to install.
+    McpDiscover {
+        /// One source, or every enabled one.
+        source: Option<String>,
+        /// What to look for (may be empty).
+        query: String,
+    },
     /// Call a tool.
     McpCall {
         /// Server id.
@@ -179,7 +186,23 @@ pub enum Command {
         /// Alert id.
         id: String,
     },
-    /// Metrics: all, or `performance`, `health` (`variety` is not measured yet).
+    /// `variety status`: the last analysis.
+    VarietyStatus,
+    /// `variety analyze [--force]`: analyse now.
+    VarietyAnalyze {
+        /// Even when the last analysis is fresh.
+        force: bool,
+    },
+    /// `variety gaps list`.
+    VarietyGaps,
+    /// `variety acquire CAP [--priority P]`: require a capability.
+    VarietyAcquire {
+        /// The capability.
+        capability: String,
+        /// low, medium, high or critical.
+        priority: Option<String>,
+    },
+    /// Metrics: all, or `performance`, `health`, `variety`.
     Metrics {
         /// `--type`.
         kind: Option<String>,
@@ -253,6 +276,7 @@ pub struct RawArgs {
 
 const MCP_REGISTER_OPTIONS: &[&str] = &[
     "capability",
+    "allow-capability",
     "env",
     "cwd",
     "call-timeout-ms",
@@ -282,7 +306,9 @@ fn mcp_command_name(sub: &str) -> &'static str {
 /// Options that take a value, and those that do not.
 const VALUE_OPTIONS: &[&str] = &[
     "status",
+    "source",
     "capability",
+    "allow-capability",
     "env",
     "cwd",
     "call-timeout-ms",
@@ -305,11 +331,13 @@ const VALUE_OPTIONS: &[&str] = &[
     "component",
     "service",
     "type",
+    "priority",
     "parameters",
     "since",
     "min-significance",
 ];
 const FLAG_OPTIONS: &[&str] = &[
+    "force",
     "json",
     "detailed",
     "follow",
@@ -398,18 +426,29 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         ["mcp", "list", rest @ ..] => ("mcp list", &["status"], rest),
         ["mcp", "call", rest @ ..] => ("mcp call", &["timeout-ms"], rest),
         ["mcp", "serve-stdio", rest @ ..] => ("mcp serve-stdio", &[], rest),
+        ["mcp", "discover", rest @ ..] => ("mcp discover", &["source"], rest),
         ["mcp", sub @ ("show" | "tools" | "start" | "stop" | "restart" | "reset" | "unregister"), rest @ ..] => {
             (mcp_command_name(sub), &[], rest)
         }
         ["mcp", ..] if raw.help => return Ok(Invocation::Help(help(Some("mcp")))),
         ["mcp", ..] => {
             return Err(UsageError(
-                "use: mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio".into(),
+                "use: mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio|discover".into(),
             ))
         }
         ["alerts", "ack", rest @ ..] => ("alerts ack", &[], rest),
         ["alerts", rest @ ..] => ("alerts", &["all"], rest),
         ["metrics", rest @ ..] => ("metrics", &["type"], rest),
+        ["variety", "status", rest @ ..] => ("variety status", &[], rest),
+        ["variety", "analyze", rest @ ..] => ("variety analyze", &["force"], rest),
+        ["variety", "gaps", "list", rest @ ..] => ("variety gaps list", &[], rest),
+        ["variety", "acquire", rest @ ..] => ("variety acquire", &["priority"], rest),
+        ["variety", ..] if raw.help => return Ok(Invocation::Help(help(Some("variety")))),
+        ["variety", ..] => {
+            return Err(UsageError(
+                "use: variety status | analyze [--force] | gaps list | acquire CAPABILITY".into(),
+            ))
+        }
         ["reflect", rest @ ..] => ("reflect", &[], rest),
         ["insights", rest @ ..] => ("insights", &["type", "since", "min-significance"], rest),
         ["query", rest @ ..] => ("query", &[], rest),
@@ -578,15 +617,19 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 };
                 env.insert(k.to_string(), Value::String(v.to_string()));
             }
-            let capabilities: Vec<String> = value("capability")
-                .map(|c| {
-                    c.split(',')
-                        .map(str::trim)
-                        .filter(|c| !c.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let list = |key: &str| -> Vec<String> {
+                value(key)
+                    .map(|c| {
+                        c.split(',')
+                            .map(str::trim)
+                            .filter(|c| !c.is_empty())
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let capabilities = list("capability");
+            let allow_capabilities = list("allow-capability");
             let mut spec = json!({
                 "id": id,
                 "command": command,
@@ -595,6 +638,9 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 "capabilities": capabilities,
                 "autostart": !flag("no-autostart"),
             });
+            if !allow_capabilities.is_empty() {
+                spec["allow_capabilities"] = json!(allow_capabilities);
+            }
             for key in [
                 "call-timeout-ms",
                 "backoff-initial-ms",
@@ -636,6 +682,20 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         "mcp serve-stdio" => {
             no_args(args)?;
             Command::McpServeStdio
+        }
+        "mcp discover" => {
+            let source = value("source");
+            if let Some(s) = &source {
+                if !["catalog", "registry", "npm", "github"].contains(&s.as_str()) {
+                    return Err(UsageError(format!(
+                        "--source takes catalog, registry, npm or github, not '{s}'"
+                    )));
+                }
+            }
+            Command::McpDiscover {
+                source,
+                query: args.join(" "),
+            }
         }
         "mcp call" => {
             let (id, tool, arguments) = match args {
@@ -688,6 +748,39 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
                 }
             }
             Command::Metrics { kind }
+        }
+        "variety status" => {
+            no_args(args)?;
+            Command::VarietyStatus
+        }
+        "variety analyze" => {
+            no_args(args)?;
+            Command::VarietyAnalyze {
+                force: flag("force"),
+            }
+        }
+        "variety gaps list" => {
+            no_args(args)?;
+            Command::VarietyGaps
+        }
+        "variety acquire" => {
+            let [capability] = args else {
+                return Err(UsageError(
+                    "use: variety acquire CAPABILITY [--priority low|medium|high|critical]".into(),
+                ));
+            };
+            let priority = value("priority");
+            if let Some(p) = &priority {
+                if !["low", "medium", "high", "critical"].contains(&p.as_str()) {
+                    return Err(UsageError(format!(
+                        "--priority takes low, medium, high or critical, not '{p}'"
+                    )));
+                }
+            }
+            Command::VarietyAcquire {
+                capability: capability.to_string(),
+                priority,
+            }
         }
         "reflect" => {
             no_args(args)?;
@@ -836,11 +929,13 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20call ID TOOL ['{\"arg\": 1}'] [--timeout-ms N]  call a tool; a tool error exits 1\n\
             \x20\x20start|stop|restart ID                        lifecycle (stop is graceful: stdin closed, SIGTERM, SIGKILL)\n\
             \x20\x20reset ID                                     close an open circuit breaker and start again\n\
-            \x20\x20unregister ID                                stop and forget a server",
+            \x20\x20unregister ID                                stop and forget a server\n\
+            \x20\x20discover [--source S] [QUERY]                find servers to install (catalog, registry, npm, github)",
         "mcp register" => "vsm-daemon mcp register ID [OPTIONS] -- COMMAND [ARGS...]\n\n\
             Registers an MCP server that speaks JSON-RPC over stdio; it is persisted and restarted\n\
             with the daemon. Options (unset ones take the [mcp_servers] defaults):\n\
             \x20\x20--capability a,b          capabilities it provides\n\
+            \x20\x20--allow-capability a,b    blocked capabilities (security.blocked_capabilities) it may have anyway\n\
             \x20\x20--env K=V                 environment (repeatable; PATH, HOME, LANG, TERM, USER pass through)\n\
             \x20\x20--cwd DIR                 working directory (absolute)\n\
             \x20\x20--no-autostart            register only\n\
@@ -849,6 +944,14 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20--max-failures N          failed starts within the window that open the circuit breaker\n\
             \x20\x20--max-open-files N, --max-cpu-seconds N, --max-memory-mb N, --uid N, --gid N   sandbox limits",
         "mcp list" => "vsm-daemon mcp list [--status active|inactive|all]",
+        "mcp discover" => "vsm-daemon mcp discover [--source catalog|registry|npm|github] [QUERY...] [--json]\n\n\
+            Looks for MCP servers to install in the enabled sources (mcp_servers.discovery_sources;\n\
+            --source: only that one) and prints the candidates, best first: the exact package, the\n\
+            capabilities it would bring, the sources that found it, and each source's outcome. QUERY\n\
+            is words or capability names (e.g. memory, timezone); none lists everything. Answers are\n\
+            cached for mcp_servers.discovery_cache_ttl_ms. --json prints the whole answer (each\n\
+            candidate's score parts, package arguments and environment variables).\n\
+            Exit 1 when no source answered (each one's error is printed).",
         "alerts" | "alerts ack" => "vsm-daemon alerts [--all] [--json] | alerts ack ID\n\n\
             Alerts raised by the monitors: the firing ones (--all: the resolved ones kept too), newest\n\
             first, with rule, severity, value, threshold, trend and when they were first and last seen.\n\
@@ -856,8 +959,16 @@ pub fn help(command: Option<&str>) -> String {
         "metrics" => "vsm-daemon metrics [--type variety|performance|health] [--json]\n\n\
             Daemon, host and MCP metrics. performance: process and host resources, the last\n\
             performance cycle (CPU %, network, disks, filesystems, per-route and per-server p50/p95/p99\n\
-            and error rates over the cycle's window); health: components and MCP servers. variety is\n\
-            not measured yet (exit 1).",
+            and error rates over the cycle's window); health: components and MCP servers; variety:\n\
+            the variety ratio, required and provided capabilities, gaps, threats and the trend.",
+        "variety" | "variety status" | "variety analyze" | "variety gaps list" | "variety acquire" => "vsm-daemon variety status | analyze [--force] | gaps list | acquire CAPABILITY [--priority P]\n\n\
+            \x20\x20status               the last analysis: ratio (weight of required capabilities with an\n\
+            \x20\x20                     active provider over the required weight), gaps, threats, providers\n\
+            \x20\x20analyze [--force]    analyse now (without --force an analysis younger than 1 s is shown)\n\
+            \x20\x20gaps list            required capabilities without an active provider and what closes each\n\
+            \x20\x20acquire CAPABILITY   require it (kept across restarts); prints the gap it opens or that it\n\
+            \x20\x20                     is provided already. --priority low|medium|high|critical (default medium)\n\
+            Required capabilities also come from [variety] required in the config. Exit 1 when refused.",
         "reflect" => "vsm-daemon reflect [--json]\n\n\
             Runs the reflection analysers now (flapping servers, latency trends, error bursts, alert\n\
             storms, repeated auth failures, recurring gaps, memory growth) and prints the new insights.",
@@ -899,10 +1010,11 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20token [rotate]        the TCP API's bearer token and where it comes from\n\
             \x20\x20checks [run NAME]     declared checks, or run one now\n\
             \x20\x20alerts [--all]        firing (or all kept) alerts; alerts ack ID\n\
-            \x20\x20metrics [--type T]    metrics (performance, health)\n\
+            \x20\x20metrics [--type T]    metrics (performance, health, variety)\n\
+            \x20\x20variety status|analyze|gaps list|acquire CAP   capabilities required against provided\n\
             \x20\x20systems list|status ID|trigger ID ACTION   the five VSM systems\n\
             \x20\x20reflect               run reflection now; insights [--type T]; query ABOUT ID\n\
-            \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio\n\n\
+            \x20\x20mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio|discover\n\n\
             `vsm-daemon COMMAND --help` tells more; --version prints the version.",
     };
     format!("{body}\n\n{GLOBAL_HELP}")
@@ -987,10 +1099,6 @@ pub fn run(global: &Global, command: Command) -> Exit {
             return follow_logs(&client, global, level, component, lines);
         }
         Command::Stop { graceful } => return stop(&client, global, graceful),
-        Command::Metrics { kind: Some(k) } if k == "variety" => {
-            errln!("error: variety metrics are not measured yet (the variety manager is not implemented)");
-            return Exit::Refused;
-        }
         other => {
             let (method, path, body) = request_for(&other);
             client
@@ -1133,6 +1241,13 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
         Command::McpList { status } => {
             with_query(&ops::MCP_LIST, &[("status", Some(status.clone()))])
         }
+        Command::McpDiscover { source, query } => with_query(
+            &ops::MCP_DISCOVER,
+            &[
+                ("source", source.clone()),
+                ("query", (!query.is_empty()).then(|| query.clone())),
+            ],
+        ),
         Command::McpCall {
             id,
             tool,
@@ -1154,7 +1269,26 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             let op = &ops::ALERTS_ACK;
             (op.method, op.target(&encode(id)), None)
         }
+        Command::VarietyStatus => plain(&ops::VARIETY_GET),
+        Command::VarietyAnalyze { force } => {
+            let op = &ops::VARIETY_RECALCULATE;
+            (op.method, op.path.into(), Some(json!({"force": force})))
+        }
+        Command::VarietyGaps => plain(&ops::CAPABILITIES_GAPS),
+        Command::VarietyAcquire {
+            capability,
+            priority,
+        } => {
+            let op = &ops::CAPABILITIES_ACQUIRE;
+            let mut body =
+                json!({"capability_type": capability, "acquisition_method": "mcp_server"});
+            if let Some(p) = priority {
+                body["priority"] = json!(p);
+            }
+            (op.method, op.path.into(), Some(body))
+        }
         Command::Metrics { kind } => match kind.as_deref() {
+            Some("variety") => plain(&ops::VARIETY_METRICS),
             Some("performance") => plain(&ops::METRICS_PERFORMANCE),
             Some("health") => plain(&ops::METRICS_HEALTH),
             _ => plain(&ops::METRICS_ALL),
@@ -1327,6 +1461,68 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// `mcp discover`: one line per candidate (rank, score, package, what it brings, who found
+/// it), then each source's outcome.
+fn discover_table(out: &mut String, data: &Value) {
+    let candidates = data["candidates"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if candidates.is_empty() {
+        let _ = writeln!(out, "no candidates");
+    } else {
+        let _ = writeln!(
+            out,
+            "{:>4} {:>5}  {:<56} {:<24} SOURCES",
+            "RANK", "SCORE", "PACKAGE", "CAPABILITIES"
+        );
+    }
+    let list = |v: &Value, key: &str| -> String {
+        let items: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| {
+                if key.is_empty() {
+                    text(x)
+                } else {
+                    text(&x[key])
+                }
+            })
+            .collect();
+        if items.is_empty() {
+            "-".into()
+        } else {
+            items.join(",")
+        }
+    };
+    for c in candidates {
+        let _ = writeln!(
+            out,
+            "{:>4} {:>5}  {:<56} {:<24} {}",
+            text(&c["rank"]),
+            text(&c["score"]),
+            text(&c["package"]["ref"]),
+            list(&c["capabilities"], "capability"),
+            list(&c["sources"], ""),
+        );
+    }
+    for s in data["sources"].as_array().into_iter().flatten() {
+        let outcome = match s["error"].as_str() {
+            Some(e) => format!("error: {e}"),
+            None => format!("{} found", text(&s["found"])),
+        };
+        let _ = writeln!(
+            out,
+            "source {:<9} {:<7} {} ({} ms)",
+            text(&s["source"]),
+            text(&s["status"]),
+            outcome,
+            text(&s["elapsed_ms"])
+        );
+    }
+}
+
 fn show_server(d: &Value) -> String {
     let mut out = String::new();
     let spec = &d["spec"];
@@ -1348,6 +1544,16 @@ fn show_server(d: &Value) -> String {
         text(&d["server_info"])
     );
     let _ = writeln!(out, "landlock   {}", text(&d["landlock"]));
+    let names = |v: &Value| -> String {
+        let list: Vec<String> = v.as_array().into_iter().flatten().map(text).collect();
+        if list.is_empty() {
+            "-".into()
+        } else {
+            list.join(", ")
+        }
+    };
+    let _ = writeln!(out, "declared   {}", names(&spec["capabilities"]));
+    let _ = writeln!(out, "allowed    {}", names(&spec["allow_capabilities"]));
     let _ = writeln!(out, "calls      {}", d["calls"]);
     let _ = writeln!(out, "breaker    {}", d["circuit_breaker"]);
     let _ = writeln!(out, "\nhistory:");
@@ -1423,6 +1629,88 @@ fn tool_summary(description: &str) -> String {
     summary
 }
 
+/// `variety status` / `analyze` for people.
+fn show_variety(out: &mut String, d: &Value) {
+    let _ = writeln!(
+        out,
+        "variety ratio {} (threshold {}), {} of {} required capabilities provided, assessed {}",
+        text(&d["variety_ratio"]),
+        text(&d["threshold"]),
+        text(&d["provided_count"]),
+        text(&d["required_count"]),
+        text(&d["timestamp"]),
+    );
+    let _ = writeln!(out, "\ncapabilities:");
+    for c in d["capabilities"].as_array().into_iter().flatten() {
+        let providers: Vec<String> = c["providers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| format!("{} ({})", text(&p["server"]), text(&p["status"])))
+            .collect();
+        let mark = match (c["required"].is_object(), c["active_providers"].as_u64()) {
+            (true, Some(0)) => "GAP ",
+            (true, _) => "req ",
+            _ => "    ",
+        };
+        let providers = if providers.is_empty() {
+            "-".to_string()
+        } else {
+            providers.join(", ")
+        };
+        let _ = writeln!(out, "  {mark}{:<24} {providers}", text(&c["name"]));
+    }
+    if let Some(gaps) = d["gaps"].as_array().filter(|g| !g.is_empty()) {
+        let _ = writeln!(out, "\ngaps:");
+        show_gaps(out, &Value::Array(gaps.clone()));
+    }
+    if let Some(threats) = d["threats"].as_array().filter(|t| !t.is_empty()) {
+        let _ = writeln!(out, "\nthreats:");
+        for t in threats {
+            let _ = writeln!(
+                out,
+                "  {:<16} {}",
+                text(&t["kind"]),
+                text(&t["description"])
+            );
+        }
+    }
+    let share = &d["allowed_capabilities"];
+    let _ = writeln!(
+        out,
+        "\nallowed_capabilities score {} ({})",
+        text(&share["score"]),
+        text(&share["rule"])
+    );
+    let _ = writeln!(
+        out,
+        "trend {} over {} analyses",
+        text(&d["trend"]["direction"]),
+        d["trend"]["points"].as_array().map_or(0, Vec::len)
+    );
+    if let Some(scan) = d["external_scan"].as_str() {
+        let _ = writeln!(out, "external scan: {scan}");
+    }
+}
+
+/// Gaps, one per line with what closes each.
+fn show_gaps(out: &mut String, gaps: &Value) {
+    let gaps = gaps.as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if gaps.is_empty() {
+        let _ = writeln!(out, "no gaps");
+    }
+    for g in gaps {
+        let _ = writeln!(
+            out,
+            "  {:<9} {:<20} {}: {}",
+            text(&g["severity"]),
+            text(&g["capability"]),
+            text(&g["recommended_action"]),
+            text(&g["closes_with"])
+        );
+    }
+}
+
 fn human(command: &Command, data: &Value) -> String {
     let mut out = String::new();
     match command {
@@ -1460,6 +1748,25 @@ fn human(command: &Command, data: &Value) -> String {
         }
         Command::AlertAck { .. } => {
             let _ = writeln!(out, "acknowledged {}", text(&data["alert"]["id"]));
+        }
+        Command::VarietyStatus | Command::VarietyAnalyze { .. } => show_variety(&mut out, data),
+        Command::VarietyGaps => show_gaps(&mut out, &data["gaps"]),
+        Command::VarietyAcquire { .. } => {
+            let cap = text(&data["capability"]);
+            if data["recorded"] == true {
+                let _ = writeln!(out, "recorded: '{cap}' is required now");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "'{cap}' is required already (by {})",
+                    text(&data["required_by"])
+                );
+            }
+            if data["gap"].is_object() {
+                show_gaps(&mut out, &Value::Array(vec![data["gap"].clone()]));
+            } else {
+                let _ = writeln!(out, "provided: an active server offers it");
+            }
         }
         Command::Systems => {
             for sys in data["systems"].as_array().into_iter().flatten() {
@@ -1777,6 +2084,7 @@ fn human(command: &Command, data: &Value) -> String {
                 let _ = writeln!(out, "warning: {}", text(w));
             }
         }
+        Command::McpDiscover { .. } => discover_table(&mut out, data),
         Command::McpList { .. } => {
             let _ = writeln!(
                 out,
@@ -1919,6 +2227,21 @@ mod tests {
             R::Daemon(DaemonRequest::Status { detailed: true })
         );
         assert_eq!(routed(&["checks"]), R::Checks(ChecksRequest::List));
+        assert_eq!(
+            routed(&["mcp", "discover", "--source", "npm", "knowledge", "graph&x"]),
+            R::Discovery(crate::api::DiscoveryRequest::Discover {
+                source: Some("npm"),
+                query: "knowledge graph&x".into()
+            })
+        );
+        assert_eq!(
+            routed(&["mcp", "discover"]),
+            R::Discovery(crate::api::DiscoveryRequest::Discover {
+                source: None,
+                query: String::new()
+            })
+        );
+        assert!(parse_argv(&["mcp", "discover", "--source", "pypi"]).is_err());
         assert_eq!(
             routed(&["checks", "run", "db.main"]),
             R::Checks(ChecksRequest::Run {

@@ -131,6 +131,8 @@ pub struct Config {
     pub consciousness: ConsciousnessConfig,
     /// `[gateway]`: the `/mcp` endpoint that offers every server's tools.
     pub gateway: GatewayConfig,
+    /// `[variety]`: the capabilities the daemon must have and how tools map to them.
+    pub variety: VarietyConfig,
     /// `[[servers]]`: MCP servers declared in the file (not settable by overrides).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<crate::spec::ServerSpec>,
@@ -245,9 +247,21 @@ section! {
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct McpServersConfig {
         /// Where to discover servers.
-        pub discovery_sources: Vec<String> = strings(&["npm", "github", "registry"]),
-        /// Milliseconds between discovery runs.
+        pub discovery_sources: Vec<String> = strings(&["catalog"]),
+        /// Milliseconds between discovery runs; 0 = off.
         pub auto_discovery_interval_ms: u64 = 300_000,
+        /// Base URL of the official MCP registry (API v0.1); empty = unavailable.
+        pub registry_url: String = String::new(),
+        /// Base URL of the npm registry; empty = the `registry=` of the user's npm config.
+        pub npm_registry_url: String = String::new(),
+        /// Base URL of the GitHub REST API; empty = unavailable.
+        pub github_api_url: String = String::new(),
+        /// The operator's curated catalog of servers (TOML); empty = unavailable.
+        pub catalog_file: String = String::new(),
+        /// How long a source's discovery answer is reused, ms; 0 = never.
+        pub discovery_cache_ttl_ms: u64 = 3_600_000,
+        /// Time limit of one discovery source, ms.
+        pub discovery_timeout_ms: u64 = 10_000,
         /// Time limit of a sandboxed trial, in milliseconds.
         pub sandbox_timeout_ms: u64 = 30_000,
         /// Servers allowed to run at once.
@@ -362,6 +376,17 @@ section! {
     }
 }
 
+section! {
+    /// `[variety]` section.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct VarietyConfig {
+        /// Required capabilities (names or `{capability, weight, severity}` tables).
+        pub required: Vec<crate::variety::required::Required> = Vec::new(),
+        /// Keyword rules added to the built-in ones (`[[variety.rules]]`).
+        pub rules: Vec<crate::variety::required::RuleSpec> = Vec::new(),
+    }
+}
+
 /// Separators allowed between server id and tool name: tool names may only hold
 /// `A-Z a-z 0-9 _ - .` (MCP 2025-11-25), so the separator is made of those.
 pub const GATEWAY_SEPARATORS: &[&str] = &["__", "--", "..", "_", "-", "."];
@@ -413,8 +438,23 @@ pub enum Constraint {
     },
     /// `true` or `false`.
     Bool,
+    /// `variety.required`: capability names or `{capability, weight, severity}` tables
+    /// (see [`crate::variety::required`]).
+    RequiredCapabilities,
+    /// `variety.rules`: `{capability, keywords}` tables.
+    KeywordRules,
     /// Any value of the key's type.
     Any,
+}
+
+impl Constraint {
+    /// Whether the key is a list of tables rather than of strings.
+    const fn entries(self) -> bool {
+        matches!(
+            self,
+            Constraint::RequiredCapabilities | Constraint::KeywordRules
+        )
+    }
 }
 
 /// Metadata for one configuration key.
@@ -498,7 +538,14 @@ const CAPABILITY_LIST: Constraint = Constraint::StringList {
 /// Longest string value of any key, in bytes (paths and lists have tighter limits).
 pub const MAX_STRING_BYTES: usize = 4096;
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
-const DISCOVERY_SOURCES: &[&str] = &["npm", "github", "registry", "pypi", "local"];
+/// Discovery sources (`crate::discovery`). `pypi` and `local` were accepted before discovery
+/// was built; [`retired_source`] tells what replaced them.
+pub const DISCOVERY_SOURCES: &[&str] = &["catalog", "registry", "npm", "github"];
+/// The key whose retired items get a migration hint.
+const DISCOVERY_SOURCES_KEY: &str = "mcp_servers.discovery_sources";
+/// Shortest automatic discovery interval (0 turns it off): a bound on what the daemon asks of
+/// registries.
+pub const MIN_AUTO_DISCOVERY_MS: u64 = 1000;
 
 /// Every configuration key, in file order. Sections are the key prefixes.
 #[rustfmt::skip]
@@ -520,17 +567,23 @@ pub const KEYS: &[KeyInfo] = &[
     live("http.ws_stall_timeout_ms", "a WebSocket client that has not taken its queued events for this many milliseconds is closed (1008); applies to clients that connect after a change", range(1000.0, 3_600_000.0)),
     live("http.allowed_hosts", "extra Host names accepted besides loopback names and the bound address; with the bound port they are also allowed origins", HOST_LIST),
     live("http.allowed_origins", "extra browser origins (scheme://host[:port], at most 64) allowed to call the TCP API besides http(s)://<allowed host>:<bound port>", ORIGIN_LIST),
-    pending(live("monitoring.variety_check_interval_ms", "milliseconds between variety checks", INTERVAL)),
+    live("monitoring.variety_check_interval_ms", "milliseconds between variety analyses (an analysis also runs at once when a server's status or tools change, and on demand)", INTERVAL),
     live("monitoring.performance_check_interval_ms", "milliseconds between performance checks", INTERVAL),
     live("monitoring.health_check_interval_ms", "milliseconds between health checks", INTERVAL),
     live("monitoring.security_check_interval_ms", "milliseconds between security checks (failed authentication and refused Host/Origin per peer, request-rate anomalies, CPU-limit kills, listening MCP servers)", INTERVAL),
     live("monitoring.alert_actions", "actions of the built-in performance and health alerts: log, restart_server:ID, webhook:NAME, exec:NAME", Constraint::StringList { allowed: None, max_items: 16, max_item_bytes: 80 }),
-    pending(live("monitoring.alert_thresholds.variety_ratio_min", "alert when the variety ratio falls below this", range(0.0, 1.0))),
+    live("monitoring.alert_thresholds.variety_ratio_min", "alert (rule variety:ratio) when the variety ratio (weight of required capabilities with an active provider over the total required weight) falls below this", range(0.0, 1.0)),
     live("monitoring.alert_thresholds.response_time_max_ms", "alert when the p95 response time of an API route or of an MCP server's tool calls over a performance interval, or an MCP server's health ping round trip, exceeds this many milliseconds", range(1.0, 3_600_000.0)),
     live("monitoring.alert_thresholds.error_rate_max_percent", "alert when the error rate (5xx answers of a route, failed tool calls of a server) over a performance interval exceeds this percentage", range(0.0, 100.0)),
     live("monitoring.alert_thresholds.memory_usage_max_percent", "alert when the host's memory in use exceeds this percentage", Constraint::Range { min: 0.0, max: 100.0, min_exclusive: true }),
-    pending(live("mcp_servers.discovery_sources", "where to look for MCP servers", Constraint::StringList { allowed: Some(DISCOVERY_SOURCES), max_items: DISCOVERY_SOURCES.len(), max_item_bytes: 16 })),
-    pending(live("mcp_servers.auto_discovery_interval_ms", "milliseconds between automatic discovery runs", INTERVAL)),
+    live(DISCOVERY_SOURCES_KEY, "where `mcp discover` and the automatic discovery look for MCP servers: catalog (catalog_file), registry (registry_url), npm (npm_registry_url), github (github_api_url)", Constraint::StringList { allowed: Some(DISCOVERY_SOURCES), max_items: DISCOVERY_SOURCES.len(), max_item_bytes: 16 }),
+    live("mcp_servers.auto_discovery_interval_ms", "milliseconds between automatic discovery runs over every source (refreshing the cache and publishing discovery_completed); 0 = off, else at least 1000", range(0.0, 86_400_000.0)),
+    live("mcp_servers.registry_url", "base URL of the official MCP registry (API v0.1, GET {url}/v0.1/servers); empty = the registry source is unavailable", Constraint::Any),
+    live("mcp_servers.npm_registry_url", "base URL of the npm registry searched with GET {url}/-/v1/search; empty = the registry= line of the npm config files npm reads ($NPM_CONFIG_REGISTRY, ./.npmrc, ~/.npmrc, the global npmrc)", Constraint::Any),
+    live("mcp_servers.github_api_url", "base URL of the GitHub REST API (repository search by topic mcp-server); empty = the github source is unavailable", Constraint::Any),
+    live("mcp_servers.catalog_file", "the operator's curated list of MCP servers (TOML, at most 1 MiB, [[servers]] entries with package = \"npm:NAME@VERSION\" or \"pypi:NAME==VERSION\"); empty = the catalog source is unavailable", PATH),
+    live("mcp_servers.discovery_cache_ttl_ms", "how long a source's discovery answer (per query) is reused from the cache in the state dir, in milliseconds; 0 = always ask", range(0.0, 604_800_000.0)),
+    live("mcp_servers.discovery_timeout_ms", "time limit of one discovery source (all its requests together), in milliseconds", range(100.0, 120_000.0)),
     pending(live("mcp_servers.sandbox_timeout_ms", "time limit of a sandboxed trial of a server, in milliseconds", range(100.0, 3_600_000.0))),
     live("mcp_servers.max_concurrent_servers", "MCP servers allowed to run at once", range(1.0, 1000.0)),
     live("mcp_servers.health_check_enabled", "health-check running MCP servers", Constraint::Bool),
@@ -557,8 +610,8 @@ pub const KEYS: &[KeyInfo] = &[
     live("security.sandbox_enabled", "run untrusted MCP servers in a sandbox", Constraint::Bool),
     pending(live("security.security_scan_enabled", "scan MCP servers before installing them", Constraint::Bool)),
     pending(live("security.min_security_score", "lowest security score a server may have", range(0.0, 100.0))),
-    pending(live("security.allowed_capabilities", "capabilities servers may offer", CAPABILITY_LIST)),
-    pending(live("security.blocked_capabilities", "capabilities that disqualify a server; must not overlap allowed_capabilities", CAPABILITY_LIST)),
+    live("security.allowed_capabilities", "capabilities servers may offer: the variety analysis scores the share of provided capabilities this lists (allowed_capabilities.score)", CAPABILITY_LIST),
+    live("security.blocked_capabilities", "capabilities that disqualify a server: a spec declaring one is refused and a tool whose name or description maps to one (built-in and [[variety.rules]] keyword rules) cannot be called nor is listed on /mcp, unless the server's allow_capabilities names it; must not overlap allowed_capabilities", CAPABILITY_LIST),
     live(SECRET_KEY, "bearer token required on the TCP API (at least 16 visible ASCII characters); empty = api_token_file, else a token generated into <state dir>/api_token; never printed", Constraint::Any),
     live("security.api_token_file", "file (at most 4 KiB) whose first line is the API token; not together with api_token", PATH),
     live("consciousness.reflection_interval_ms", "milliseconds between reflection runs", INTERVAL),
@@ -569,6 +622,8 @@ pub const KEYS: &[KeyInfo] = &[
     live("gateway.max_sessions", "open /mcp sessions at once; an initialize beyond it is refused until one ends or expires", range(1.0, 10_000.0)),
     live("gateway.session_idle_ms", "a /mcp session without requests (and without an open GET stream) for this many milliseconds ends", range(1000.0, 86_400_000.0)),
     live("gateway.daemon_tools", "the daemon's own tools offered on /mcp as vsm__TOOL", Constraint::StringList { allowed: Some(GATEWAY_DAEMON_TOOLS), max_items: GATEWAY_DAEMON_TOOLS.len(), max_item_bytes: 32 }),
+    live("variety.required", "capabilities the daemon must have: names (\"time\") or tables {capability = \"memory\", weight = 2, severity = \"high\"}; weight above 0 (default 1), severity low, medium (default), high or critical; at most 256, unique", Constraint::RequiredCapabilities),
+    live("variety.rules", "keyword rules added to the built-in ones ([[variety.rules]] capability = \"time\", keywords = [\"timezone\"]): a tool whose name or description holds a keyword's words provides the capability; at most 128 rules of 1 to 64 keywords", Constraint::KeywordRules),
 ];
 
 /// The table entry of a dotted key.
@@ -801,6 +856,7 @@ impl Config {
             let value = flat.get(info.key).unwrap_or(&Value::Null);
             check_constraint(info, value).map_err(|m| ConfigError::invalid(info.key, m))?;
         }
+        self.validate_discovery()?;
         for a in &self.monitoring.alert_actions {
             crate::monitor::alerts::Action::parse(a)
                 .map_err(|m| ConfigError::invalid("monitoring.alert_actions", m))?;
@@ -854,6 +910,18 @@ impl Config {
         for (i, spec) in self.servers.iter().enumerate() {
             spec.validate()
                 .map_err(|(field, m)| ConfigError::invalid(&format!("servers[{i}].{field}"), m))?;
+            let declared = spec.capabilities.iter().map(String::as_str);
+            let refused = crate::variety::policy::Policy {
+                blocked: self.security.blocked_capabilities.clone(),
+                ..Default::default()
+            }
+            .refused(declared, &spec.allow_capabilities);
+            if !refused.is_empty() {
+                return Err(ConfigError::invalid(
+                    &format!("servers[{i}].capabilities"),
+                    crate::variety::policy::declared_refusal(&spec.id, &refused),
+                ));
+            }
             if !ids.insert(spec.id.as_str()) {
                 return Err(ConfigError::invalid(
                     &format!("servers[{i}].id"),
@@ -862,6 +930,40 @@ impl Config {
             }
         }
         self.validate_checks()
+    }
+
+    /// `[mcp_servers]`' discovery keys beyond their constraints: the automatic interval is 0
+    /// or at least [`MIN_AUTO_DISCOVERY_MS`], and each source URL is empty or a plain URL.
+    fn validate_discovery(&self) -> Result<(), ConfigError> {
+        let m = &self.mcp_servers;
+        let every = m.auto_discovery_interval_ms;
+        if every != 0 && every < MIN_AUTO_DISCOVERY_MS {
+            return Err(ConfigError::invalid(
+                "mcp_servers.auto_discovery_interval_ms",
+                format!("must be 0 (off) or at least {MIN_AUTO_DISCOVERY_MS} (got {every})"),
+            ));
+        }
+        for (key, url) in [
+            ("mcp_servers.registry_url", &m.registry_url),
+            ("mcp_servers.npm_registry_url", &m.npm_registry_url),
+            ("mcp_servers.github_api_url", &m.github_api_url),
+        ] {
+            if url.is_empty() {
+                continue;
+            }
+            if url.len() > 2048 {
+                return Err(ConfigError::invalid(key, "must be at most 2048 bytes long"));
+            }
+            crate::monitor::checks::spec::check_http_url(url)
+                .map_err(|m| ConfigError::invalid(key, m))?;
+            if url.contains(['?', '#']) {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be a base URL without query or fragment",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `[actions.*]` and `[[checks]]`: each entry, unique names, bounded counts, and every
@@ -1002,7 +1104,17 @@ fn apply_overrides(
         }
         if let Some(info) = key_info(&key) {
             let default = defaults.get(&key).unwrap_or(&Value::Null);
-            check_type(default, value)
+            let typed = if info.constraint.entries() {
+                // A list of tables: the constraint checks each entry's form.
+                if value.is_array() {
+                    Ok(())
+                } else {
+                    Err(format!("expected a list (got {})", kind(value)))
+                }
+            } else {
+                check_type(default, value)
+            };
+            typed
                 .and_then(|()| check_constraint(info, value))
                 .map_err(|m| ConfigError::invalid(&key, m))?;
             target.insert(name.clone(), value.clone());
@@ -1212,10 +1324,34 @@ fn check_constraint(info: &KeyInfo, value: &Value) -> Result<(), String> {
             allowed,
             max_items,
             max_item_bytes,
-        } => check_list(list_items(raw), allowed, max_items, max_item_bytes)?,
+        } => {
+            if info.key == DISCOVERY_SOURCES_KEY {
+                let retired = list_items(raw).iter().filter_map(Value::as_str);
+                if let Some(hint) = retired.filter_map(retired_source).next() {
+                    return Err(hint.into());
+                }
+            }
+            check_list(list_items(raw), allowed, max_items, max_item_bytes)?
+        }
+        Constraint::RequiredCapabilities => crate::variety::required::check_required_json(raw)?,
+        Constraint::KeywordRules => crate::variety::required::check_rules_json(raw)?,
         _ => {}
     }
     Ok(())
+}
+
+/// What replaced a discovery source name accepted before discovery was built (a config
+/// written then names what to write now, instead of a bare "not allowed").
+fn retired_source(name: &str) -> Option<&'static str> {
+    match name {
+        "pypi" => Some(
+            "'pypi' is no longer a discovery source: PyPI has no search API; PyPI servers are found through 'registry' (the official MCP registry lists them) and 'catalog'",
+        ),
+        "local" => Some(
+            "'local' is now 'catalog': list the servers in the TOML file named by mcp_servers.catalog_file",
+        ),
+        _ => None,
+    }
 }
 
 fn list_items(value: &Value) -> &[Value] {
@@ -1325,6 +1461,13 @@ pub fn patch_for_set(key: &str, value: &str) -> Result<Value, ConfigError> {
             (_, Ok(i)) => Value::from(i),
             _ => return Err(bad("an integer")),
         },
+        Value::Array(_)
+            if t.starts_with('[') && key_info(key).is_some_and(|i| i.constraint.entries()) =>
+        {
+            serde_json::from_str::<Vec<Value>>(t)
+                .map(Value::from)
+                .map_err(|_| bad("a JSON array"))?
+        }
         Value::Array(_) if t.starts_with('[') => serde_json::from_str::<Vec<String>>(t)
             .map(Value::from)
             .map_err(|_| bad("a JSON array of strings or a comma-separated list"))?,
@@ -1398,6 +1541,35 @@ fn leaf_schema(info: &KeyInfo, default: &Value) -> Value {
             s["uniqueItems"] = json!(true);
             s["maxItems"] = json!(max_items);
         }
+        Constraint::RequiredCapabilities => {
+            use crate::variety::required::{MAX_NAME_BYTES, MAX_REQUIRED};
+            let name = json!({"type": "string", "minLength": 1, "maxLength": MAX_NAME_BYTES});
+            s["items"] = json!({"oneOf": [name, {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["capability"],
+                "properties": {
+                    "capability": name,
+                    "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000, "default": 1},
+                    "severity": {"enum": crate::variety::required::Severity::NAMES, "default": "medium"},
+                },
+            }]});
+            s["maxItems"] = json!(MAX_REQUIRED);
+        }
+        Constraint::KeywordRules => {
+            use crate::variety::required::{MAX_KEYWORDS, MAX_NAME_BYTES, MAX_RULES};
+            let name = json!({"type": "string", "minLength": 1, "maxLength": MAX_NAME_BYTES});
+            s["items"] = json!({
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["capability", "keywords"],
+                "properties": {
+                    "capability": name,
+                    "keywords": {"type": "array", "items": name, "minItems": 1, "maxItems": MAX_KEYWORDS},
+                },
+            });
+            s["maxItems"] = json!(MAX_RULES);
+        }
         Constraint::Address | Constraint::Bool | Constraint::Any => {}
     }
     if ty == "string" && s.get("maxLength").is_none() {
@@ -1456,6 +1628,7 @@ fn servers_schema() -> Value {
                 "env": {"type": "object", "additionalProperties": {"type": "string"}, "default": {}},
                 "cwd": {"type": "string", "description": "absolute working directory"},
                 "capabilities": {"type": "array", "items": {"type": "string"}, "default": []},
+                "allow_capabilities": {"type": "array", "items": {"type": "string"}, "default": [], "description": "capabilities in security.blocked_capabilities this server may have anyway"},
                 "autostart": {"type": "boolean", "default": true},
                 "call_timeout_ms": ms("tool-call deadline"),
                 "backoff_initial_ms": ms("first restart delay"),
@@ -1568,6 +1741,10 @@ fn constraint_text(info: &KeyInfo, default: &Value) -> String {
             "list of at most {max_items} distinct strings of at most {max_item_bytes} bytes"
         ),
         Constraint::Bool => "true or false".into(),
+        Constraint::RequiredCapabilities => {
+            "list of names or {capability, weight, severity} tables".into()
+        }
+        Constraint::KeywordRules => "list of {capability, keywords} tables".into(),
         Constraint::Any if default.is_string() => {
             format!("string of at most {MAX_STRING_BYTES} bytes")
         }
@@ -1667,9 +1844,10 @@ const CHECKS_EXAMPLE: &str = r#"
 const SERVERS_EXAMPLE: &str = r#"
 # MCP servers declared here are started by the daemon (autostart) and cannot be unregistered
 # over the API; servers registered with `vsm-daemon mcp register` are kept in the state dir.
-# Per server: args, env (table), cwd (absolute), capabilities, autostart, call_timeout_ms,
-# backoff_initial_ms, backoff_max_ms, max_failures, and [servers.limits] max_open_files,
-# max_cpu_seconds, max_memory_mb, uid, gid. Unset values take the [mcp_servers] defaults.
+# Per server: args, env (table), cwd (absolute), capabilities, allow_capabilities (blocked
+# capabilities it may have anyway), autostart, call_timeout_ms, backoff_initial_ms,
+# backoff_max_ms, max_failures, and [servers.limits] max_open_files, max_cpu_seconds,
+# max_memory_mb, uid, gid. Unset values take the [mcp_servers] defaults.
 #
 # [[servers]]
 # id = "time"
@@ -1868,6 +2046,40 @@ argv = ["/bin/true"]
                 assert!(set(good).is_ok(), "{}: {good}", info.key);
             }
         }
+    }
+
+    #[test]
+    fn discovery_keys() {
+        let base = Config::default();
+        let refused = |patch: Value| {
+            base.with_overrides(&patch)
+                .expect_err("refused")
+                .to_string()
+        };
+        let e = refused(json!({"mcp_servers": {"discovery_sources": ["registry", "pypi"]}}));
+        assert!(e.contains("PyPI has no search API"), "{e}");
+        let e = refused(json!({"mcp_servers": {"discovery_sources": ["local"]}}));
+        assert!(e.contains("now 'catalog'"), "{e}");
+        let e = refused(json!({"mcp_servers": {"auto_discovery_interval_ms": 500}}));
+        assert!(e.contains("0 (off) or at least 1000"), "{e}");
+        for url in [
+            "ftp://x",
+            "http://",
+            "http://a b/",
+            "http://h/x?q=1",
+            "registry",
+        ] {
+            let e = refused(json!({"mcp_servers": {"registry_url": url}}));
+            assert!(e.starts_with("mcp_servers.registry_url"), "{url}: {e}");
+        }
+        let ok = base.with_overrides(&json!({"mcp_servers": {
+            "discovery_sources": ["catalog", "registry", "npm", "github"],
+            "auto_discovery_interval_ms": 0,
+            "registry_url": "http://127.0.0.1:9/base/",
+            "npm_registry_url": "",
+        }}));
+        assert!(ok.is_ok(), "{ok:?}");
+        assert_eq!(base.mcp_servers.discovery_sources, ["catalog"]);
     }
 
     #[test]
@@ -2249,18 +2461,80 @@ argv = ["/bin/true"]
     /// The keys nothing reads yet (checked with grep over `src/` when they were marked): the
     /// monitors' intervals and thresholds, discovery, the security policy, reflection.
     #[test]
+    fn variety_requirements_and_rules_from_the_file_and_from_overrides() {
+        let text = r#"
+[variety]
+required = ["time", {capability = "memory", weight = 2, severity = "high"}]
+
+[[variety.rules]]
+capability = "weather"
+keywords = ["forecast", "weather report"]
+"#;
+        let config = Config::from_toml_str(text, None).expect("valid");
+        let r = &config.variety.required;
+        assert_eq!(r[0], crate::variety::required::Required::named("time"));
+        assert_eq!((r[1].weight, r[1].severity.as_str()), (2.0, "high"));
+        assert_eq!(config.variety.rules[0].keywords.len(), 2);
+        // Refused in the file with where, and in an override with the entry named.
+        let bad = "[variety]\nrequired = [\"a\", {capability = \"b\", weight = 0}]\n";
+        let e = Config::from_toml_str(bad, None).expect_err("weight 0");
+        assert!(
+            e.to_string().contains("variety.required: [1]: weight"),
+            "{e}"
+        );
+        let bad = "[variety]\nrequired = [{capability = \"b\", severity = \"urgent\"}]\n";
+        let e = Config::from_toml_str(bad, None).expect_err("severity");
+        assert!(e.to_string().contains(":2:"), "{e}");
+        let patch = patch_for_set("variety.required", r#"["time", {"capability": "time"}]"#)
+            .expect("a JSON array");
+        let e = Config::default()
+            .with_overrides(&patch)
+            .expect_err("duplicate");
+        assert!(
+            e.to_string().contains("[1]: duplicate capability 'time'"),
+            "{e}"
+        );
+        let patch = patch_for_set("variety.required", "time, memory").expect("names");
+        let c = Config::default()
+            .with_overrides(&patch)
+            .expect("names are fine");
+        assert_eq!(c.variety.required.len(), 2);
+        let patch = json!({"variety": {"rules": "forecast"}});
+        assert!(Config::check_patch(&patch).is_err());
+        // The capability policy holds for servers declared in the file too.
+        let servers = "[[servers]]\nid = \"sh\"\ncommand = \"sh\"\ncapabilities = [\"system\"]\n";
+        let e = Config::from_toml_str(servers, None).expect_err("blocked");
+        assert!(
+            e.to_string()
+                .contains("servers[0].capabilities: MCP server 'sh' declares 'system'"),
+            "{e}"
+        );
+        let allowed = format!("{servers}allow_capabilities = [\"system\"]\n");
+        assert!(Config::from_toml_str(&allowed, None).is_ok());
+        let schema = schema();
+        let node = &schema["properties"]["variety"]["properties"]["required"];
+        assert_eq!(node["maxItems"], 256);
+        assert_eq!(
+            node["items"]["oneOf"][1]["properties"]["severity"]["enum"][3],
+            "critical"
+        );
+    }
+
+    #[test]
     fn keys_not_enforced_yet_are_marked_everywhere() {
         let pending: Vec<&str> = not_enforced_keys().collect();
-        assert_eq!(pending.len(), 9, "{pending:?}");
+        // Read by the discovery room, the variety room and the capability policy.
         for key in [
+            "mcp_servers.discovery_sources",
+            "mcp_servers.auto_discovery_interval_ms",
             "monitoring.variety_check_interval_ms",
             "monitoring.alert_thresholds.variety_ratio_min",
-            "mcp_servers.discovery_sources",
             "security.blocked_capabilities",
-            "security.min_security_score",
+            "security.allowed_capabilities",
         ] {
-            assert!(!is_enforced(key), "{key}");
+            assert!(is_enforced(key), "{key}");
         }
+        assert!(!is_enforced("security.min_security_score"));
         // Read by the reflection room.
         for key in [
             "consciousness.reflection_interval_ms",
@@ -2283,14 +2557,14 @@ argv = ["/bin/true"]
         }
         assert!(is_enforced("security.sandbox_enabled"));
         let schema = schema();
-        let node = &schema["properties"]["security"]["properties"]["blocked_capabilities"];
+        let node = &schema["properties"]["security"]["properties"]["min_security_score"];
         assert_eq!(node["x-enforced"], false);
         assert!(node["description"]
             .as_str()
             .is_some_and(|d| d.ends_with("(not enforced yet)")));
         let node = &schema["properties"]["security"]["properties"]["sandbox_enabled"];
         assert_eq!(node["x-enforced"], Value::Null);
-        assert_eq!(example_toml().matches(NOT_ENFORCED).count(), 9);
+        assert_eq!(example_toml().matches(NOT_ENFORCED).count(), pending.len());
 
         assert!(Config::default().not_enforced_set().is_empty());
         let c = Config::default()

@@ -65,7 +65,7 @@ channels! {
     /// Security signals.
     Security = "security", silent: false;
     /// The variety model: gaps, acquisitions.
-    VarietyMonitoring = "variety_monitoring", silent: true;
+    VarietyMonitoring = "variety_monitoring", silent: false;
     /// The daemon's log records (sent from the log ring, not the event history).
     Logs = "logs", silent: false;
     /// Reflection's insights.
@@ -129,6 +129,79 @@ pub enum EventData {
         /// The server's message, bounded.
         message: Option<String>,
     },
+    /// `discovery_progress`: one discovery source finished for a run.
+    DiscoveryProgress {
+        /// The run.
+        run: u64,
+        /// The source (`catalog`, `registry`, `npm`, `github`).
+        source: &'static str,
+        /// `ok` (asked now), `cached` or `error`.
+        status: &'static str,
+        /// Findings it gave.
+        found: usize,
+        /// Why it gave none.
+        error: Option<String>,
+        /// How long it took.
+        elapsed_ms: u64,
+    },
+    /// `discovery_completed`: a discovery run ended; its best candidates are the
+    /// opportunities other rooms follow.
+    DiscoveryCompleted {
+        /// The run.
+        run: u64,
+        /// `request` or `periodic`.
+        trigger: &'static str,
+        /// What was looked for (empty: everything).
+        query: String,
+        /// Candidates found.
+        candidates: usize,
+        /// Sources that failed.
+        errors: usize,
+        /// The best candidates, ranked (bounded).
+        opportunities: Vec<Opportunity>,
+    },
+    /// `tool_call_blocked`: a tool call was refused by the capability policy.
+    ToolCallBlocked {
+        /// The server.
+        server_id: String,
+        /// The tool (bounded).
+        tool: String,
+        /// The blocked capabilities it maps to.
+        capabilities: Vec<String>,
+    },
+    /// `variety_updated`: an analysis ran.
+    VarietyUpdated {
+        /// The ratio.
+        variety_ratio: f64,
+        /// Open gaps.
+        gap_count: usize,
+        /// Their capabilities, most severe first.
+        gaps: Vec<String>,
+        /// Required capabilities.
+        required_count: usize,
+        /// Required capabilities with an active provider.
+        provided_count: usize,
+        /// Threats.
+        threat_count: usize,
+        /// What ran it: `start`, `timer`, `servers`, `request`.
+        trigger: &'static str,
+    },
+    /// `variety_gap_detected`: a required capability lost its last active provider (or was
+    /// required without one), with the seed's fields.
+    VarietyGapDetected {
+        /// `capability`.
+        gap_type: &'static str,
+        /// low, medium, high or critical.
+        severity: &'static str,
+        /// For people.
+        description: String,
+        /// `start_mcp_server`, `reset_mcp_server` or `acquire_mcp_server`.
+        recommended_action: &'static str,
+        /// The capability.
+        capability: String,
+        /// What would close it.
+        closes_with: String,
+    },
     /// `mcp_tool_call`: a tool call ended (answered, failed or timed out), with how long it
     /// took. What the VSM room counts as System 1's operations and the reflection room reads
     /// latencies and error bursts from.
@@ -182,12 +255,32 @@ impl EventData {
             EventData::McpServerStatusChange { .. } => "mcp_server_status_change",
             EventData::McpServerToolsChanged { .. } => "mcp_server_tools_changed",
             EventData::McpToolProgress { .. } => "mcp_tool_progress",
+            EventData::DiscoveryProgress { .. } => "discovery_progress",
+            EventData::DiscoveryCompleted { .. } => "discovery_completed",
+            EventData::ToolCallBlocked { .. } => "tool_call_blocked",
+            EventData::VarietyUpdated { .. } => "variety_updated",
+            EventData::VarietyGapDetected { .. } => "variety_gap_detected",
             EventData::McpToolCall { .. } => "mcp_tool_call",
             EventData::McpServerStartRefused { .. } => "mcp_server_start_refused",
             EventData::MonitoringCycleCompleted { .. } => "monitoring_cycle_completed",
             EventData::Other { kind, .. } => kind,
         }
     }
+}
+
+/// A candidate server a discovery run found, as its `discovery_completed` event names it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Opportunity {
+    /// `REGISTRY:NAME`.
+    pub id: String,
+    /// The exact package (`npm:NAME@VERSION`, `pypi:NAME==VERSION`).
+    pub package: String,
+    /// Capabilities it would bring.
+    pub capabilities: Vec<String>,
+    /// Its rank score.
+    pub score: u32,
+    /// Sources that found it.
+    pub sources: Vec<&'static str>,
 }
 
 /// One event.

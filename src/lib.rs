@@ -14,6 +14,7 @@ pub mod components;
 pub mod config;
 pub mod daemon;
 pub mod diagnostics;
+pub mod discovery;
 pub mod events;
 pub mod gateway;
 pub mod logs;

@@ -35,7 +35,8 @@
 //!    components' requests go that way; `[serve METHOD]` names a `Daemon` method instead,
 //!    for rooms whose requests still need the wiring's facts);
 //! 5. if it shows something in `GET /api/v1/status`: [`Report`] and `[status KEY]` on its
-//!    line;
+//!    line; if it needs to know the MCP servers and their tools: [`Follows`] and
+//!    `[follows servers]`;
 //! 6. only if its outputs ask for more than the common effects (a plan to carry out on the
 //!    loop's sources, readings for another room): the delivery method its line names, in a
 //!    small glue file in `daemon/`.
@@ -58,6 +59,9 @@ pub enum Effect {
     Reply(ReplyTo, Answer),
     /// Publish a typed event to the history and its channel's subscribers.
     Event(Channel, EventData),
+    /// A reading for the alerts room (see [`crate::monitor::observation`]): the seam from the
+    /// rooms that measure to the room that decides.
+    Observe(crate::monitor::observation::Observation),
     /// Publish an event in the untyped form: (channel name, type, data). For kinds not yet
     /// given an [`EventData`] variant. An unknown channel name is a bug: the wiring logs
     /// it as an error and drops the event.
@@ -169,6 +173,16 @@ pub trait Report: Room {
     fn status<'a>(&'a self, facts: &crate::snapshot::Facts<'a>) -> Self::Status<'a>;
 }
 
+/// A room that follows the server catalogue (`[follows servers]` on its line in the `rooms!`
+/// list): whenever a server event may have changed the catalogue (registration, status,
+/// tools) and after every configuration change, the wiring hands it the MCP room's view of
+/// every server, borrowed for the call. The one typed snapshot of another room's state a
+/// room gets; what it keeps of it, it copies.
+pub trait Follows: Room {
+    /// The servers now, in id order.
+    fn servers(&mut self, cx: &mut RoomCx<'_, Self>, servers: &[crate::snapshot::ServerView<'_>]);
+}
+
 /// A room that answers requests: its own slice of [`crate::api::Request`].
 pub trait Serve: Room {
     /// Its requests.
@@ -270,6 +284,11 @@ impl<'a, R: Room + ?Sized> RoomCx<'a, R> {
     /// Publishes an event in the untyped form (see [`Effect::Publish`]).
     pub fn publish(&mut self, channel: &'static str, kind: &'static str, data: Value) {
         self.out.push(Effect::Publish(channel, kind, data).into());
+    }
+
+    /// Reports a reading to the alerts room.
+    pub fn observe(&mut self, observation: crate::monitor::observation::Observation) {
+        self.out.push(Effect::Observe(observation).into());
     }
 
     /// Asks another room through the command layer; the answer comes back to

@@ -66,9 +66,34 @@ pub struct Component<'a> {
 
 /// The MCP room's status part (from [`crate::mcp::Mcp::counts`]).
 #[derive(Debug, Serialize)]
-pub struct McpCounts {
+pub struct McpCounts<'a> {
     /// Servers that serve (active or degraded).
     pub active_count: usize,
+    /// When the last discovery run ended (RFC 3339; the MCP room follows
+    /// `discovery_completed`), `null` before the first. (Fields in key order: the status
+    /// body is the sorted object it always was.)
+    pub last_discovery: Option<&'a str>,
     /// Servers registered.
     pub total_registered: usize,
+}
+
+/// One MCP server as the rooms that follow the server catalogue see it
+/// ([`crate::room::Follows::servers`]): borrowed from the MCP room for the time of one
+/// hand-over, in id order.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerView<'a> {
+    /// Its id.
+    pub id: &'a str,
+    /// Its status (`active`, `stopped`, ...).
+    pub status: &'static str,
+    /// Whether it serves tool calls now (active or degraded).
+    pub serves: bool,
+    /// Whether its circuit breaker is open.
+    pub breaker_open: bool,
+    /// The capabilities its spec declares.
+    pub capabilities: &'a [String],
+    /// The blocked capabilities its spec allows anyway.
+    pub allow_capabilities: &'a [String],
+    /// Its tools as last listed (`tools/list` entries; empty before its first listing).
+    pub tools: &'a [serde_json::Value],
 }

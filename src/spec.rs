@@ -72,6 +72,10 @@ pub struct ServerSpec {
     /// Capabilities this server provides.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// Capabilities in `security.blocked_capabilities` this server may have anyway (declared,
+    /// or shown by its tools): the operator's explicit exception for this one server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_capabilities: Vec<String>,
     /// Start with the daemon and after registration.
     #[serde(default = "yes")]
     pub autostart: bool,
@@ -126,32 +130,6 @@ pub fn without(mut current: Vec<ServerSpec>, id: &str) -> Vec<ServerSpec> {
 
 fn yes() -> bool {
     true
-}
-
-/// What the capability policy would say about a server declaring `capabilities` that lie in
-/// `security.blocked_capabilities`, as a warning: the policy is not enforced yet (the variety
-/// issue implements it, together with `allowed_capabilities`, whose meaning for servers an
-/// operator registers by hand it settles), so such a server registers and runs, and the
-/// operator is told so instead of trusting a silent promise. `None` when none is blocked.
-pub fn capability_policy_warning(capabilities: &[String], blocked: &[String]) -> Option<String> {
-    // Bounded: a spec holds at most MAX_CAPABILITIES; the message names at most a few.
-    const NAMED: usize = 8;
-    let hits: Vec<&str> = capabilities
-        .iter()
-        .filter(|c| blocked.contains(c))
-        .map(String::as_str)
-        .collect();
-    if hits.is_empty() {
-        return None;
-    }
-    let more = hits.len().saturating_sub(NAMED);
-    let mut named = hits[..hits.len().min(NAMED)].join(", ");
-    if more > 0 {
-        named.push_str(&format!(" and {more} more"));
-    }
-    Some(format!(
-        "capability policy is not enforced yet: {named} in security.blocked_capabilities, registered and run anyway"
-    ))
 }
 
 /// An optional integer field that also takes an integral float (`62530.0`, as JavaScript and
@@ -318,28 +296,30 @@ impl ServerSpec {
                 ));
             }
         }
-        if self.capabilities.len() > MAX_CAPABILITIES {
-            return Err((
-                "capabilities".into(),
-                format!(
-                    "{} capabilities (at most {MAX_CAPABILITIES})",
-                    self.capabilities.len()
-                ),
-            ));
-        }
-        for (i, cap) in self.capabilities.iter().enumerate() {
-            if cap.is_empty()
-                || cap.len() > 64
-                || cap.contains(|c: char| c.is_whitespace() || c.is_control())
-            {
-                let shown: String = cap.chars().take(80).collect();
+        for (field, list) in [
+            ("capabilities", &self.capabilities),
+            ("allow_capabilities", &self.allow_capabilities),
+        ] {
+            if list.len() > MAX_CAPABILITIES {
                 return Err((
-                    format!("capabilities[{i}]"),
-                    format!(
-                        "'{}' is not a valid capability name",
-                        shown.escape_default()
-                    ),
+                    field.into(),
+                    format!("{} capabilities (at most {MAX_CAPABILITIES})", list.len()),
                 ));
+            }
+            for (i, cap) in list.iter().enumerate() {
+                if cap.is_empty()
+                    || cap.len() > 64
+                    || cap.contains(|c: char| c.is_whitespace() || c.is_control())
+                {
+                    let shown: String = cap.chars().take(80).collect();
+                    return Err((
+                        format!("{field}[{i}]"),
+                        format!(
+                            "'{}' is not a valid capability name",
+                            shown.escape_default()
+                        ),
+                    ));
+                }
             }
         }
         // Each part is bounded above; this bounds their sum (what every `mcp show` copies).
@@ -357,23 +337,6 @@ impl ServerSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn capability_policy_warning_names_blocked_capabilities() {
-        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let blocked = v(&["system", "file_system"]);
-        assert_eq!(capability_policy_warning(&v(&["document"]), &blocked), None);
-        assert_eq!(capability_policy_warning(&[], &blocked), None);
-        assert_eq!(capability_policy_warning(&v(&["system"]), &[]), None);
-        assert_eq!(
-            capability_policy_warning(&v(&["file_system", "document", "system"]), &blocked)
-                .as_deref(),
-            Some("capability policy is not enforced yet: file_system, system in security.blocked_capabilities, registered and run anyway")
-        );
-        let many: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
-        let w = capability_policy_warning(&many, &many).expect("warning");
-        assert!(w.contains("c7 and 12 more in"), "{w}");
-    }
 
     #[test]
     fn integer_fields_take_integral_floats_and_refuse_fractions() {
@@ -450,6 +413,10 @@ mod tests {
         assert_eq!(
             with(&|s| s.capabilities = vec!["ok".into(), "a\u{7}".into()]).as_deref(),
             Some("capabilities[1]")
+        );
+        assert_eq!(
+            with(&|s| s.allow_capabilities = vec!["a b".into()]).as_deref(),
+            Some("allow_capabilities[0]")
         );
         assert_eq!(
             with(&|s| s.args = vec!["x".repeat(128 * 1024)]).as_deref(),

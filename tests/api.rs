@@ -58,11 +58,7 @@ fn websocket_subscribes_and_answers_commands() {
         serde_json::from_str(ws.read().expect("hello").to_text().expect("text")).expect("json");
     assert_eq!(hello["type"], "connected");
     // Channels that accept subscriptions but have no producer yet are named.
-    assert_eq!(
-        hello["data"]["silent_channels"],
-        json!(["variety_monitoring"]),
-        "{hello}"
-    );
+    assert_eq!(hello["data"]["silent_channels"], json!([]), "{hello}");
     ws.send(tungstenite::Message::text(
         r#"{"id": 1, "command": "subscribe", "channels": ["mcp_servers"]}"#,
     ))
@@ -2062,6 +2058,10 @@ fn openapi_document_matches_the_router() {
             ("POST", "/api/v1/mcp/servers/{id}/tools/call") => {
                 Some(r#"{"name":"echo","arguments":{"message":"doc"}}"#.to_string())
             }
+            // Recorded here, removed by the DELETE at the end.
+            ("POST", "/api/v1/capabilities/acquire") => {
+                Some(r#"{"capability_type":"fx"}"#.to_string())
+            }
             ("POST", "/api/v1/vsm/systems/{id}/action") => {
                 Some(r#"{"action":"audit"}"#.to_string())
             }
@@ -2118,6 +2118,8 @@ fn every_websocket_command_reaches_its_operation() {
             "mcp_register_server" => spec.clone(),
             "mcp_unregister_server" => json!({"id": "fx2"}),
             "mcp_call_tool" => json!({"id": "fx", "name": "echo", "arguments": {"message": "ws"}}),
+            // Recorded, then removed by remove_capability (later in the table).
+            "acquire_capability" => json!({"capability_type": "fx"}),
             "vsm_system" => json!({"id": "system1"}),
             "vsm_action" => json!({"id": "system3", "action": "audit"}),
             "consciousness_query" => json!({"about": "server", "id": "fx"}),
@@ -2136,6 +2138,14 @@ fn every_websocket_command_reaches_its_operation() {
         if name == "ack_alert" {
             // No alert was raised here: the operation's own refusal shows it was reached.
             assert_eq!(v["errors"][0]["code"], "alert_not_found", "{v}");
+            answered += 1;
+            continue;
+        }
+        if name == "mcp_discover" {
+            // No discovery source is configured here (the catalog file is unset): the
+            // operation's own per-source answer shows it was reached.
+            assert_eq!(v["errors"][0]["code"], "upstream_unavailable", "{v}");
+            assert_eq!(v["data"]["sources"][0]["source"], "catalog", "{v}");
             answered += 1;
             continue;
         }

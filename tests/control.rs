@@ -936,9 +936,9 @@ fn the_daemon_survives_a_closed_stdout_for_its_ready_line() {
 }
 
 /// Keys validated and documented but read by nothing yet are marked "not enforced yet" by
-/// `config show`, `config schema` and `diagnostics run`, and setting one logs a warning; a
-/// server declaring a blocked capability is registered with a warning saying the capability
-/// policy is not enforced yet.
+/// `config show`, `config schema` and `diagnostics run`, and setting one logs a warning; the
+/// capability policy, enforced now, says so nowhere: a server declaring a blocked capability
+/// is refused (422 `capability_not_allowed`) unless its spec allows it.
 #[test]
 fn promises_not_kept_yet_are_said_out_loud() {
     let d = Daemon::start_with(Setup {
@@ -955,9 +955,7 @@ fn promises_not_kept_yet_are_said_out_loud() {
     let shown = stdout(&out);
     for key in [
         "security.min_security_score = 90",
-        "security.blocked_capabilities = ",
         "mcp_servers.sandbox_timeout_ms = ",
-        "monitoring.alert_thresholds.variety_ratio_min = ",
     ] {
         let line = shown
             .lines()
@@ -967,6 +965,8 @@ fn promises_not_kept_yet_are_said_out_loud() {
     }
     for key in [
         "monitoring.health_check_interval_ms = ",
+        "security.blocked_capabilities = ",
+        "monitoring.alert_thresholds.variety_ratio_min = ",
         "consciousness.memory_limit = ",
     ] {
         let line = shown
@@ -1009,7 +1009,7 @@ fn promises_not_kept_yet_are_said_out_loud() {
             .contains("mcp_servers.sandbox_timeout_ms is set but not enforced yet")
     });
 
-    // The default blocked_capabilities lists file_system.
+    // The default blocked_capabilities lists file_system: refused, with the reason.
     let out = d.cli(&[
         "mcp",
         "register",
@@ -1020,42 +1020,47 @@ fn promises_not_kept_yet_are_said_out_loud() {
         "--",
         "/bin/true",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let warning =
-        "capability policy is not enforced yet: file_system in security.blocked_capabilities";
-    assert!(stdout(&out).contains(warning), "{}", stdout(&out));
-    assert!(d.stderr().contains(warning), "{}", d.stderr());
-    let out = d.cli(&[
-        "--json",
-        "mcp",
-        "register",
-        "clock",
-        "--capability",
-        "time",
-        "--no-autostart",
-        "--",
-        "/bin/true",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(v["id"], "clock", "{v}");
-    assert_eq!(v["warnings"], Value::Null, "{v}");
-    let out = d.cli(&[
-        "--json",
-        "mcp",
-        "register",
-        "sys",
-        "--capability",
-        "system",
-        "--no-autostart",
-        "--",
-        "/bin/true",
-    ]);
-    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(
-        v["warnings"][0]
-            .as_str()
-            .is_some_and(|w| w.starts_with("capability policy is not enforced yet: system")),
-        "{v}"
+        stderr(&out).contains("declares 'file_system' in security.blocked_capabilities"),
+        "{}",
+        stderr(&out)
     );
+    let (status, body) = d.http(
+        "POST",
+        "/api/v1/mcp/servers",
+        Some(r#"{"id": "sys", "command": "/bin/true", "capabilities": ["system", "time"], "autostart": false}"#),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["errors"][0]["code"], "capability_not_allowed",
+        "{body}"
+    );
+    assert_eq!(body["errors"][0]["field"], "capabilities", "{body}");
+    let (status, _) = d.http("GET", "/api/v1/mcp/servers/sys", None);
+    assert_eq!(status, 404, "nothing half-registered");
+    // Allowed by the spec: registered, and `mcp show` says so.
+    let out = d.cli(&[
+        "--json",
+        "mcp",
+        "register",
+        "files",
+        "--capability",
+        "file_system,time",
+        "--allow-capability",
+        "file_system",
+        "--no-autostart",
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (code, shown) = d.cli_json(&["mcp", "show", "files"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        shown["spec"]["allow_capabilities"],
+        serde_json::json!(["file_system"]),
+        "{shown}"
+    );
+    let human = stdout(&d.cli(&["mcp", "show", "files"]));
+    assert!(human.contains("allowed    file_system"), "{human}");
 }

@@ -431,3 +431,111 @@ fn mcp_endpoint_refuses_what_it_must() {
         |s| format!("last status {s}"),
     );
 }
+
+/// The capability policy per tool: the fixture's `run_command` maps to `system`, blocked by
+/// default. It is refused on REST (403 `capability_blocked`), on the CLI (exit 1) and on
+/// `/mcp` (a JSON-RPC error), left out of `/mcp`'s `tools/list`, and each refusal raises a
+/// security alert naming the server, the tool and the capability; the server's other tools
+/// work. A spec that allows `system` gets it back.
+#[test]
+fn a_tool_under_a_blocked_capability_is_refused_everywhere_and_alerts() {
+    let d = Daemon::start_with(Setup {
+        config: Some(QUICK_STOP.into()),
+        ..Setup::default()
+    });
+    let script = fixture("mcp_fixture.py");
+    register(&d, "shell", &["python3", &script, "--run-command-tool"]);
+    wait_status(&d, "shell", "active");
+
+    let call = r#"{"name": "run_command", "arguments": {"command": "id"}}"#;
+    let (status, v) = d.http("POST", "/api/v1/mcp/servers/shell/tools/call", Some(call));
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["errors"][0]["code"], "capability_blocked", "{v}");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("'system'")),
+        "{v}"
+    );
+    let out = d.cli(&[
+        "mcp",
+        "call",
+        "shell",
+        "run_command",
+        r#"{"command": "id"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("blocked_capabilities"),
+        "{}",
+        stderr(&out)
+    );
+    let echo = r#"{"name": "echo", "arguments": {"message": "fine"}}"#;
+    let (status, v) = d.http("POST", "/api/v1/mcp/servers/shell/tools/call", Some(echo));
+    assert_eq!(status, 200, "other tools still work: {v}");
+
+    wait_until(
+        "a security alert naming server, tool and capability",
+        || d.http("GET", "/api/v1/alerts?state=firing", None).1,
+        |v| {
+            v["data"]["alerts"].as_array().is_some_and(|a| {
+                a.iter().any(|a| {
+                    a["rule"] == "security:capability_blocked:shell:run_command"
+                        && a["message"].as_str().is_some_and(|m| m.contains("system"))
+                })
+            })
+        },
+        |v| format!("alerts: {v}"),
+    );
+
+    let addr = d.http.expect("TCP listener");
+    let bearer = d.bearer();
+    let json_ct = ("Content-Type", "application/json");
+    let accept = ("Accept", "application/json, text/event-stream");
+    let auth = ("Authorization", bearer.as_str());
+    let (status, head, _) = tcp(addr, "POST", &[json_ct, accept, auth], INIT);
+    assert_eq!(status, 200, "{head}");
+    let session = header(&head, "mcp-session-id")
+        .expect("session")
+        .to_string();
+    let sid = ("Mcp-Session-Id", session.as_str());
+    let (_, _, body) = tcp(addr, "POST", &[json_ct, accept, auth, sid], LIST);
+    let listed: Value = serde_json::from_str(&body).expect("JSON");
+    let tools = names(&listed["result"]["tools"]);
+    assert!(tools.iter().any(|t| t == "shell__echo"), "{tools:?}");
+    assert!(
+        !tools.iter().any(|t| t == "shell__run_command"),
+        "{tools:?}"
+    );
+    let call = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"shell__run_command","arguments":{"command":"id"}}}"#;
+    let (_, _, body) = tcp(addr, "POST", &[json_ct, accept, auth, sid], call);
+    let answer: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["error"]["code"], -32602, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("system")),
+        "{answer}"
+    );
+
+    // Allowed by its spec: listed and callable.
+    let spec = json!({"id": "trusted", "command": "python3",
+                      "args": [script, "--run-command-tool"],
+                      "allow_capabilities": ["system"]});
+    let (status, v) = d.http("POST", "/api/v1/mcp/servers", Some(&spec.to_string()));
+    assert!(status < 300, "{v}");
+    wait_status(&d, "trusted", "active");
+    let (status, v) = d.http(
+        "POST",
+        "/api/v1/mcp/servers/trusted/tools/call",
+        Some(r#"{"name": "run_command", "arguments": {"command": "id"}}"#),
+    );
+    assert_eq!(status, 200, "{v}");
+    let (_, _, body) = tcp(addr, "POST", &[json_ct, accept, auth, sid], LIST);
+    let listed: Value = serde_json::from_str(&body).expect("JSON");
+    let tools = names(&listed["result"]["tools"]);
+    assert!(
+        tools.iter().any(|t| t == "trusted__run_command"),
+        "{tools:?}"
+    );
+}

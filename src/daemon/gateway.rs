@@ -1,7 +1,6 @@
 //! Glue of the gateway room (`/mcp`): requests for `/mcp` go to it after the access checks,
-//! its transport steps (answers, the SSE stream, pushes) go to the network floor, and the
-//! MCP room's active servers and tools reach it whenever a server event may have changed
-//! them.
+//! and its transport steps (answers, the SSE stream, pushes) go to the network floor. The
+//! MCP room's servers and tools reach it through the room list (`[follows servers]`).
 
 use super::*;
 use crate::gateway::Output as GatewayOutput;
@@ -42,24 +41,6 @@ impl Daemon {
             &mut self.jobs,
             &mut out,
             |room, rcx| room.on_http(rcx, request, reply, Instant::now()),
-        );
-        self.gateway_outputs(cx, out);
-    }
-
-    /// The MCP servers changed (status, registration, tools): the gateway gets the active
-    /// servers' tools and tells its clients if its catalog changed.
-    pub(super) fn gateway_servers_changed(&mut self, cx: &mut Cx<'_, Timer>) {
-        let servers = self.rooms.mcp.gateway_view();
-        let server = &self.server;
-        self.rooms.gateway.prune_streams(|c| server.is_open(c));
-        let mut out = Vec::new();
-        rooms::enter(
-            &mut self.rooms.gateway,
-            cx,
-            &mut self.worker,
-            &mut self.jobs,
-            &mut out,
-            |room, rcx| room.servers_changed(rcx, servers),
         );
         self.gateway_outputs(cx, out);
     }

@@ -70,7 +70,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Every document the daemon keeps in the state directory.
-const STATE_DOCUMENTS: &[&str] = &[REGISTRY_FILE, OVERRIDES_FILE];
+const STATE_DOCUMENTS: &[&str] = &[
+    REGISTRY_FILE,
+    OVERRIDES_FILE,
+    crate::variety::room::REQUESTS_FILE,
+];
 /// Stream back-pressure: a follower with more than this unsent is skipped until it drains.
 const STREAM_BACKLOG_LIMIT: usize = 1024 * 1024;
 

@@ -46,6 +46,7 @@ impl Daemon {
                 self.handle(cx, *request, ReplyTo::Room { room: from, tag })
             }
             Effect::Persist(write) => self.persist(cx, write),
+            Effect::Observe(obs) => self.observe(cx, obs),
         }
     }
 
@@ -66,7 +67,7 @@ impl Daemon {
         self.server
             .ws_broadcast(&mut cx.narrow(Timer::Net).cx(), channel.name(), &text);
         if servers_changed {
-            self.gateway_servers_changed(cx);
+            self.rooms_servers_changed(cx);
         }
     }
 

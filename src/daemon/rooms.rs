@@ -11,7 +11,9 @@
 //! `[serve METHOD]` to a `Daemon` method, for a room whose requests still need the wiring
 //! (health's cached answer, diagnostics' facts). `[status KEY]` puts the room's
 //! [`Report`] part under KEY in `GET /api/v1/status` ([`Status`], composed by
-//! [`Daemon::rooms_status`]). Adding a room is a line here.
+//! [`Daemon::rooms_status`]). `[follows servers]` hands the room the MCP room's server
+//! catalogue ([`crate::room::Follows`]) whenever it may have changed
+//! ([`Daemon::rooms_servers_changed`]). Adding a room is a line here.
 
 use super::*;
 use crate::components::diagnostics::Diagnostics;
@@ -58,7 +60,7 @@ macro_rules! serve {
 
 macro_rules! rooms {
     ($( $(#[$doc:meta])* $variant:ident($field:ident: $ty:ty) => $deliver:ident
-        $([serve $($serve:ident)?])? $([status $key:ident])?, )*) => {
+        $([serve $($serve:ident)?])? $([status $key:ident])? $([follows $follows:ident])?, )*) => {
         /// `GET /api/v1/status`: the wiring's parts (`daemon`, `loop`) and each reporting
         /// room's (`[status KEY]`), serialized as one object in key order (the order
         /// `serde_json`'s map gave the `Value` builder this replaced).
@@ -181,7 +183,9 @@ macro_rules! rooms {
                 $( Room::metrics(&self.rooms.$field, out); )*
             }
 
-            /// The configuration changed: every room takes what it can change live.
+            /// The configuration changed: every room takes what it can change live, then the
+            /// rooms that follow the server catalogue get it again (what they derive from it
+            /// may depend on the configuration, e.g. the capability policy).
             pub(super) fn rooms_apply_config(&mut self, cx: &mut Cx<'_, Timer>, config: &Config) {
                 $( {
                     let mut out = Vec::new();
@@ -189,6 +193,27 @@ macro_rules! rooms {
                           &mut out, |room, rcx| Room::apply_config(room, rcx, config));
                     self.$deliver(cx, out);
                 } )*
+                self.rooms_servers_changed(cx);
+            }
+
+            /// The server catalogue may have changed: every room that follows it
+            /// (`[follows servers]`) gets the MCP room's view, borrowed; their outputs are
+            /// delivered once the view is given back.
+            pub(super) fn rooms_servers_changed(&mut self, cx: &mut Cx<'_, Timer>) {
+                let servers = self.rooms.mcp.catalogue();
+                $($(
+                    let $field = {
+                        let mut out = Vec::new();
+                        enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
+                              &mut out, |room, rcx| crate::room::Follows::$follows(room, rcx, &servers));
+                        out
+                    };
+                )?)*
+                drop(servers);
+                $($(
+                    let _ = stringify!($follows);
+                    self.$deliver(cx, $field);
+                )?)*
             }
 
             /// The answer to a request room `room` asked (`Effect::Request`) goes back to it.
@@ -254,7 +279,11 @@ rooms! {
     /// Alerts and the built-in performance and health cycles.
     Alerts(alerts: Alerts) => alerts_outputs [serve serve_alerts],
     /// The `/mcp` endpoint.
-    Gateway(gateway: crate::gateway::Gateway) => gateway_outputs,
+    Gateway(gateway: crate::gateway::Gateway) => gateway_outputs [follows servers],
+    /// Discovery of MCP servers to install.
+    Discovery(discovery: crate::discovery::Discovery) => deliver_effects [serve],
+    /// Variety: required capabilities against what the servers provide.
+    Variety(variety: crate::variety::room::Variety) => deliver_effects [serve] [status variety] [follows servers],
     /// The five VSM systems.
     Vsm(vsm: crate::vsm::Vsm) => deliver_effects [serve] [status vsm_systems],
     /// Reflection: the record, insights, queries, decision support.
@@ -448,6 +477,13 @@ mod tests {
                 mcp_servers: McpCounts {
                     active_count: 1,
                     total_registered: 2,
+                    last_discovery: listen.map(|_| "2026-12-02T03:00:00Z"),
+                },
+                variety: crate::variety::room::Status {
+                    current_ratio: 0.5,
+                    gap_count: 1,
+                    last_assessed: listen.map(|_| "2026-12-02T03:00:00.000Z"),
+                    threshold: 0.7,
                 },
                 vsm_systems: vsm.status_block(),
             };
@@ -467,7 +503,10 @@ mod tests {
                     "auth": "file",
                 },
                 "components": old_components,
-                "mcp_servers": {"active_count": 1, "total_registered": 2},
+                "mcp_servers": {"active_count": 1, "total_registered": 2,
+                                "last_discovery": listen.map(|_| "2026-12-02T03:00:00Z")},
+                "variety": {"current_ratio": 0.5, "gap_count": 1, "threshold": 0.7,
+                            "last_assessed": listen.map(|_| "2026-12-02T03:00:00.000Z")},
                 "vsm_systems": serde_json::to_value(vsm.status_block()).expect("vsm"),
             });
             if let Some(l) = loop_stats {

@@ -283,7 +283,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             config: effective.mcp_servers.clone(),
             sandbox_enabled: effective.security.sandbox_enabled,
             state_dir: state.path().to_path_buf(),
-            blocked_capabilities: effective.security.blocked_capabilities.clone(),
+            policy: crate::variety::policy::Policy::new(&effective),
             servers: effective.servers.clone(),
         },
         mcp_tokens,
@@ -302,7 +302,9 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             Vec::new()
         }
     };
-    let gateway = crate::gateway::Gateway::new(&effective.gateway);
+    let gateway = crate::gateway::Gateway::new(&effective);
+    let variety = crate::variety::room::Variety::new(&effective, read_requests(&mut state));
+    let discovery = crate::discovery::Discovery::new(&effective, state.path().to_path_buf());
     let vsm = crate::vsm::Vsm::configured(&effective);
     let reflect = crate::reflect::Reflect::new(&effective.consciousness);
     let security_room = crate::monitor::security::Security::new(
@@ -351,7 +353,9 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             actions: crate::monitor::actions::Actions::new(actions_tokens),
             security: security_room,
             alerts: crate::monitor::room::Alerts::default(),
+            variety,
             gateway,
+            discovery,
             vsm,
             reflect,
         },
@@ -386,7 +390,6 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         .chain(from_config.into_iter().map(|s| (s, Source::Config)))
     {
         let id = spec.id.clone();
-        let warning = daemon.rooms.mcp.capability_warning(&spec);
         match daemon.rooms.mcp.register(
             &mut cx.narrow(<Mcp as Wired>::timer).cx(),
             spec,
@@ -394,11 +397,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             autostart,
             &mut daemon.outputs,
         ) {
-            Ok(_) => {
-                if let Some(w) = warning {
-                    log::warn!("MCP server {id}: {w}");
-                }
-            }
+            Ok(_) => {}
             Err(e) => log::error!("MCP server {id} not registered: {e}"),
         }
     }
@@ -416,6 +415,8 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         );
     }
     daemon.schedule_alert_cycles(&mut cx);
+    daemon.with::<crate::variety::room::Variety, _>(&mut cx, |room, rcx| room.start(rcx));
+    daemon.with::<crate::discovery::Discovery, _>(&mut cx, |room, rcx| room.start(rcx));
     daemon.setup_watchdog(&mut cx);
     log::info!("REST API and WebSocket monitor listening on http://{tcp_addr}");
     log::info!(
@@ -496,4 +497,17 @@ pub(super) fn write_pid_file(path: &Path) -> std::io::Result<()> {
     writeln!(f, "{}", std::process::id())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// The capability requests recorded in the state dir (none when the file is missing; logged
+/// and none when it cannot be read, which also makes it read-only: changes are refused).
+fn read_requests(state: &mut StateDir) -> Vec<crate::variety::room::CapabilityRequest> {
+    use crate::variety::room::REQUESTS_FILE;
+    match state.read(REQUESTS_FILE) {
+        Ok(requests) => requests.unwrap_or_default(),
+        Err(e) => {
+            log::error!("capability requests not loaded from {REQUESTS_FILE}: {e}");
+            Vec::new()
+        }
+    }
 }

@@ -117,8 +117,14 @@ struct Pending {
 pub struct Gateway {
     settings: GatewayConfig,
     sessions: HashMap<String, Session>,
-    /// Every server's id, status and (when active) tools, as the MCP room last reported them.
+    /// Every server's id, status and (when active) the tools the capability policy lets it
+    /// offer, as the MCP room last reported them.
     servers: Vec<(String, &'static str, Vec<Value>)>,
+    /// The capability policy, from the configuration.
+    policy: crate::variety::policy::Policy,
+    /// Tools of active servers that the policy keeps off the list, by the name they would have
+    /// (`SERVER__TOOL`): (server, tool, blocked capabilities). A call of one is refused.
+    blocked: HashMap<String, (String, String, Vec<String>)>,
     catalog: Catalog,
     pending: HashMap<u64, Pending>,
     next_tag: u64,
@@ -129,12 +135,15 @@ type Refusal = (u16, i64, String);
 
 impl Gateway {
     /// A gateway with no sessions and no servers yet.
-    pub fn new(settings: &GatewayConfig) -> Gateway {
+    pub fn new(config: &Config) -> Gateway {
+        let settings = &config.gateway;
         let catalog = Catalog::build([], &settings.tool_separator, &settings.daemon_tools);
         Gateway {
             settings: settings.clone(),
             sessions: HashMap::new(),
             servers: Vec::new(),
+            policy: crate::variety::policy::Policy::new(config),
+            blocked: HashMap::new(),
             catalog,
             pending: HashMap::new(),
             next_tag: 1,
@@ -154,18 +163,6 @@ impl Gateway {
                 s.stream = None;
             }
         }
-    }
-
-    /// The servers or their tools changed: the new `(server id, status, tools)` list (tools
-    /// only for servers that serve calls). Clients with an open stream get
-    /// `notifications/tools/list_changed` when the catalog changed.
-    pub fn servers_changed(
-        &mut self,
-        cx: &mut RoomCx<'_, Self>,
-        servers: Vec<(String, &'static str, Vec<Value>)>,
-    ) {
-        self.servers = servers;
-        self.rebuild(cx);
     }
 
     fn rebuild(&mut self, cx: &mut RoomCx<'_, Self>) {
@@ -456,6 +453,22 @@ impl Gateway {
                 return cx.emit(Output::Http { reply, response });
             }
         };
+        if let Some((server, tool, capabilities)) = self.blocked.get(name) {
+            let message = format!(
+                "tool {name:?} is blocked by the capability policy ({} in security.blocked_capabilities)",
+                capabilities.join(", ")
+            );
+            cx.event(
+                crate::events::Channel::Security,
+                crate::events::EventData::ToolCallBlocked {
+                    server_id: server.clone(),
+                    tool: tool.clone(),
+                    capabilities: capabilities.clone(),
+                },
+            );
+            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &message);
+            return cx.emit(Output::Http { reply, response });
+        }
         let Some(entry) = self.catalog.get(name) else {
             // A tool of a server that is down: say so at once (the client's list is older
             // than the server's stop), as a tool error the model can read.
@@ -505,6 +518,37 @@ impl Gateway {
     }
 }
 
+/// The servers or their tools changed: the active servers' tools, less those the capability
+/// policy blocks, make the catalog; clients with an open stream get
+/// `notifications/tools/list_changed` when it changed.
+impl crate::room::Follows for Gateway {
+    fn servers(&mut self, cx: &mut RoomCx<'_, Self>, servers: &[crate::snapshot::ServerView<'_>]) {
+        self.blocked.clear();
+        let sep = &self.settings.tool_separator;
+        self.servers = servers
+            .iter()
+            .map(|s| {
+                let mut tools = Vec::new();
+                if s.serves {
+                    for t in s.tools {
+                        let text = crate::variety::policy::tool_text(t);
+                        let refused = self.policy.tool_refused(text, s.allow_capabilities);
+                        if refused.is_empty() {
+                            tools.push(t.clone());
+                        } else {
+                            let name = format!("{}{sep}{}", s.id, text.name);
+                            let entry = (s.id.to_string(), text.name.to_string(), refused);
+                            self.blocked.insert(name, entry);
+                        }
+                    }
+                }
+                (s.id.to_string(), s.status, tools)
+            })
+            .collect();
+        self.rebuild(cx);
+    }
+}
+
 impl Room for Gateway {
     type Timer = Timer;
     type Job = Job;
@@ -520,6 +564,8 @@ impl Room for Gateway {
     }
 
     fn apply_config(&mut self, cx: &mut RoomCx<'_, Self>, config: &Config) {
+        // A changed policy takes effect with the catalogue the wiring hands over next.
+        self.policy = crate::variety::policy::Policy::new(config);
         if self.settings != config.gateway {
             self.settings = config.gateway.clone();
             self.rebuild(cx);

@@ -111,13 +111,14 @@ impl From<crate::room::Effect> for Output {
 
 /// `mcp_servers` in `GET /api/v1/status`: how many are registered and how many serve.
 impl crate::room::Report for Mcp {
-    type Status<'a> = crate::snapshot::McpCounts;
+    type Status<'a> = crate::snapshot::McpCounts<'a>;
 
     fn status<'a>(&'a self, _facts: &crate::snapshot::Facts<'a>) -> Self::Status<'a> {
         let (active_count, total_registered) = self.counts();
         crate::snapshot::McpCounts {
             active_count,
             total_registered,
+            last_discovery: self.last_discovery.as_deref(),
         }
     }
 }
@@ -165,6 +166,19 @@ impl crate::room::Room for Mcp {
 
     fn on_job(&mut self, _cx: &mut crate::room::RoomCx<'_, Self>, done: Self::Job) {
         match done {}
+    }
+
+    /// A discovery run ended: its time is the seed's `mcp_servers.last_discovery`.
+    fn on_event(
+        &mut self,
+        _cx: &mut crate::room::RoomCx<'_, Self>,
+        _seq: u64,
+        _channel: crate::events::Channel,
+        data: &crate::events::EventData,
+    ) {
+        if let crate::events::EventData::DiscoveryCompleted { .. } = data {
+            self.last_discovery = Some(crate::state::rfc3339_utc(std::time::SystemTime::now()));
+        }
     }
 
     /// `vsm_mcp_server_up{server,status}`, `vsm_mcp_servers_registered`,
@@ -225,7 +239,7 @@ impl crate::room::Room for Mcp {
     ) {
         self.settings.config = config.mcp_servers.clone();
         self.settings.sandbox_enabled = config.security.sandbox_enabled;
-        self.settings.blocked_capabilities = config.security.blocked_capabilities.clone();
+        self.settings.policy = crate::variety::policy::Policy::new(config);
         if self.settings.servers != config.servers {
             let (mut lcx, out) = cx.split();
             self.sync_config_servers(&mut lcx, &config.servers, out);
@@ -261,10 +275,34 @@ impl crate::room::Serve for Mcp {
                 arguments,
                 timeout_ms,
             } => {
-                let (mut lcx, _) = cx.split();
-                match self.call(&mut lcx, &id, &name, arguments, timeout_ms, reply) {
-                    Ok(()) => return,
-                    Err(e) => Err(e),
+                let refused = self.refused_tool(&id, &name);
+                if refused.is_empty() {
+                    let (mut lcx, _) = cx.split();
+                    match self.call(&mut lcx, &id, &name, arguments, timeout_ms, reply) {
+                        Ok(()) => return,
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    let message = format!(
+                        "tool '{name}' of MCP server '{id}' falls under {} in security.blocked_capabilities; add it to the server's allow_capabilities to call it",
+                        crate::variety::policy::quoted(
+                            &refused.iter().map(String::as_str).collect::<Vec<_>>()
+                        )
+                    );
+                    log::warn!("{message}");
+                    caused.push(Output::Event(
+                        Channel::Security,
+                        EventData::ToolCallBlocked {
+                            server_id: id,
+                            tool: truncate(name, server::TEXT_MAX),
+                            capabilities: refused,
+                        },
+                    ));
+                    Err(ApiError::field(
+                        ErrorCode::CapabilityBlocked,
+                        "name",
+                        message,
+                    ))
                 }
             }
             request @ (McpRequest::Register { .. } | McpRequest::Unregister { .. }) => {
@@ -290,9 +328,10 @@ pub struct Settings {
     pub sandbox_enabled: bool,
     /// The state directory (writable for servers under Landlock).
     pub state_dir: PathBuf,
-    /// Capabilities the security policy blocks (`security.blocked_capabilities`; a
-    /// registration declaring one is answered with a warning, it is not enforced yet).
-    pub blocked_capabilities: Vec<String>,
+    /// The capability policy (`security.*_capabilities` and the keyword rules): a
+    /// registration declaring a blocked capability is refused, a tool mapping to one cannot
+    /// be called, unless the spec's `allow_capabilities` names it.
+    pub policy: crate::variety::policy::Policy,
     /// The `[[servers]]` of the configuration last applied (a change is synced, see
     /// [`Mcp::sync_config_servers`]).
     pub servers: Vec<ServerSpec>,
@@ -312,10 +351,14 @@ pub struct Mcp {
     reaper: Option<reaper::Reaper>,
     /// Bytes read from children since freed memory was last handed back to the system.
     read_since_trim: usize,
+    /// The read buffer every pipe drain uses (empty until the first read; see `pipes`).
+    read_buf: Box<[u8]>,
     /// The pipe tokens the reactor gave this floor.
     tokens: TokenRange,
     /// Registry changes waiting for their `servers.json` write (see `registration`).
     registrations: registration::Registrations,
+    /// When the last discovery run ended (for the status' `last_discovery`).
+    last_discovery: Option<String>,
 }
 
 /// The pipe tokens of server slot `slot` (a slot is below [`MAX_REGISTERED`], so its three
@@ -360,8 +403,10 @@ impl Mcp {
             jitter: Jitter::new(),
             reaper: None,
             read_since_trim: 0,
+            read_buf: Box::default(),
             tokens,
             registrations: registration::Registrations::default(),
+            last_discovery: None,
         }
     }
 
@@ -461,6 +506,19 @@ impl Mcp {
                 "id",
                 format!("an MCP server '{}' is already registered", spec.id),
             ));
+        }
+        let declared = spec.capabilities.iter().map(String::as_str);
+        let refused = self
+            .settings
+            .policy
+            .refused(declared, &spec.allow_capabilities);
+        if !refused.is_empty() {
+            return Err(ApiError::field(
+                ErrorCode::CapabilityNotAllowed,
+                "capabilities",
+                crate::variety::policy::declared_refusal(&spec.id, &refused),
+            )
+            .with_data(json!({"blocked": refused})));
         }
         Ok(())
     }
@@ -630,20 +688,40 @@ impl Mcp {
         json!({"servers": servers})
     }
 
-    /// Every server's id, status and (when it serves calls now) tools: what the gateway
-    /// offers and how it explains a tool that is gone.
-    pub fn gateway_view(&self) -> Vec<(String, &'static str, Vec<Value>)> {
+    /// The server catalogue the rooms that follow it get (`[follows servers]` in the room
+    /// list): every server, in id order, borrowed.
+    pub fn catalogue(&self) -> Vec<crate::snapshot::ServerView<'_>> {
         self.servers
             .iter()
-            .map(|(id, s)| {
-                let tools = if s.status.serves() {
-                    s.session.tools.clone()
-                } else {
-                    Vec::new()
-                };
-                (id.clone(), s.status.as_str(), tools)
+            .map(|(id, s)| crate::snapshot::ServerView {
+                id,
+                status: s.status.as_str(),
+                serves: s.status.serves(),
+                breaker_open: s.life.breaker.is_open(),
+                capabilities: &s.spec.capabilities,
+                allow_capabilities: &s.spec.allow_capabilities,
+                tools: &s.session.tools,
             })
             .collect()
+    }
+
+    /// The blocked capabilities (not allowed by its spec) that tool `name` of server `id`
+    /// maps to; empty when the server or the tool is unknown (the call fails on that).
+    pub fn refused_tool(&self, id: &str, name: &str) -> Vec<String> {
+        let Some(s) = self.servers.get(id) else {
+            return Vec::new();
+        };
+        s.session
+            .tools
+            .iter()
+            .find(|t| t["name"].as_str() == Some(name))
+            .map(|t| {
+                self.settings.policy.tool_refused(
+                    crate::variety::policy::tool_text(t),
+                    &s.spec.allow_capabilities,
+                )
+            })
+            .unwrap_or_default()
     }
 
     /// What the alerts room's health cycle reads of each server.
@@ -754,7 +832,7 @@ mod room_tests {
             config: crate::config::Config::default().mcp_servers,
             sandbox_enabled: false,
             state_dir: std::env::temp_dir(),
-            blocked_capabilities: Vec::new(),
+            policy: crate::variety::policy::Policy::default(),
             servers: Vec::new(),
         };
         let mut room = Mcp::new(settings, crate::reactor::TokenAllocator::default().take(30));
@@ -824,10 +902,10 @@ mod room_tests {
                 .collect()
         };
         let register = |id: &str| McpRequest::Register {
-            spec: serde_json::from_value(
-                json!({"id": id, "command": "python3", "autostart": false}),
-            )
-            .expect("spec"),
+            spec: Box::new(
+                serde_json::from_value(json!({"id": id, "command": "python3", "autostart": false}))
+                    .expect("spec"),
+            ),
         };
         enter(&mut room, &mut wiring, &mut out, |room, cx| {
             room.handle(cx, register("u"), reply(5));

@@ -6,6 +6,10 @@
 use super::session::{Context, Effect};
 use super::*;
 
+/// Size of the one read buffer the drains share: a full pipe's worth (Linux's default pipe
+/// capacity), so one `read` empties a full pipe.
+const READ_BUF_BYTES: usize = 64 * 1024;
+
 impl Mcp {
     /// Writes to a server's stdin; a stuck server's run is ended.
     pub(super) fn send(&mut self, id: &str, bytes: &[u8]) {
@@ -163,7 +167,26 @@ impl Mcp {
         if !open {
             return;
         }
-        let mut buf = vec![0u8; 64 * 1024];
+        // One read buffer for every drain (allocated on first use, 64 KiB: a full pipe's
+        // worth): a fresh zeroed one per readiness event cost a malloc and a 64 KiB memset on
+        // each line a server sent. Taken out of `self` while the lines are handled, because
+        // handling them needs `self` whole.
+        let mut buf = std::mem::take(&mut self.read_buf);
+        if buf.is_empty() {
+            buf = vec![0u8; READ_BUF_BYTES].into_boxed_slice();
+        }
+        self.drain_into(cx, id, pipe, out, &mut buf);
+        self.read_buf = buf;
+    }
+
+    fn drain_into(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        pipe: Pipe,
+        out: &mut Vec<Output>,
+        buf: &mut [u8],
+    ) {
         let mut lines = Vec::new();
         loop {
             let Some(server) = self.servers.get_mut(id) else {
@@ -172,7 +195,7 @@ impl Mcp {
             let Some(p) = server.process.as_mut() else {
                 return;
             };
-            let n = match p.read_chunk(pipe, cx.registry, &mut buf) {
+            let n = match p.read_chunk(pipe, cx.registry, buf) {
                 Chunk::Data(n) => {
                     self.read_since_trim = self.read_since_trim.saturating_add(n);
                     n

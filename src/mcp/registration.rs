@@ -78,7 +78,7 @@ impl Mcp {
         reply: ReplyTo,
     ) -> Result<(), ApiError> {
         let change = match request {
-            McpRequest::Register { spec } => Change::Register(Box::new(spec)),
+            McpRequest::Register { spec } => Change::Register(spec),
             McpRequest::Unregister { id } => Change::Unregister(id),
             other => {
                 return Err(ApiError::new(
@@ -174,9 +174,7 @@ impl Mcp {
                     let answer = match change {
                         Change::Register(spec) => {
                             let autostart = spec.autostart;
-                            let warning = self.capability_warning(&spec);
                             self.register(&mut lcx, *spec, Source::Api, autostart, &mut events)
-                                .map(|answer| with_warning(answer, warning))
                         }
                         Change::Unregister(id) => self.unregister(&mut lcx, &id, &mut events),
                     };
@@ -213,18 +211,4 @@ impl Mcp {
         }
         self.start_registry_write(cx);
     }
-
-    /// The capability policy's objection to a spec, if any (the policy is not enforced yet).
-    pub fn capability_warning(&self, spec: &ServerSpec) -> Option<String> {
-        registry::capability_policy_warning(&spec.capabilities, &self.settings.blocked_capabilities)
-    }
-}
-
-/// Adds the capability-policy warning (if any) to a registration's answer, and logs it.
-fn with_warning(mut answer: Value, warning: Option<String>) -> Value {
-    if let Some(w) = warning {
-        log::warn!("MCP server {}: {w}", answer["id"].as_str().unwrap_or(""));
-        answer["warnings"] = json!([w]);
-    }
-    answer
 }

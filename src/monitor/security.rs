@@ -149,6 +149,39 @@ impl Room for Security {
         cx.emit(Output::WantServers);
     }
 
+    /// A tool call refused by the capability policy (REST, CLI, WebSocket or `/mcp`) is a
+    /// reading at once: rule `security:capability_blocked:SERVER:TOOL`, resolved after two
+    /// quiet cycles.
+    fn on_event(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        _seq: u64,
+        _channel: crate::events::Channel,
+        data: &crate::events::EventData,
+    ) {
+        let crate::events::EventData::ToolCallBlocked {
+            server_id,
+            tool,
+            capabilities,
+        } = data
+        else {
+            return;
+        };
+        let o = observation(
+            format!("security:capability_blocked:{server_id}:{tool}"),
+            "capability_blocked_calls",
+            1.0,
+            Some(0.0),
+            true,
+            format!(
+                "a call of tool {tool} of MCP server {server_id} was refused: it falls under blocked capability {}",
+                capabilities.join(", ")
+            ),
+        );
+        self.note(&o);
+        cx.emit(Output::Observe(o));
+    }
+
     fn on_job(&mut self, cx: &mut RoomCx<'_, Self>, done: Scanned) {
         for (server, ports) in done.servers {
             let bad = !ports.is_empty();
@@ -393,6 +426,7 @@ impl Security {
                     Some("refused_origin") => "refused_host_origin",
                     Some("request_rate") => "request_rate_zscore",
                     Some("rlimit") => "rlimit_kills",
+                    Some("capability_blocked") => "capability_blocked_calls",
                     _ => continue, // listening: the scan reports every server
                 };
                 out.push(observation(

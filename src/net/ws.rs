@@ -718,8 +718,8 @@ mod tests {
         for c in SILENT_CHANNELS {
             assert!(CHANNELS.contains(&c), "{c}");
         }
-        // With producers today: MCP server events, the alerts room, the log stream and
-        // reflection's insights.
+        // With producers today: MCP server events, the alerts room, the variety room and
+        // discovery, the log stream and reflection's insights.
         let loud: Vec<&str> = CHANNELS
             .into_iter()
             .filter(|c| !SILENT_CHANNELS.contains(c))
@@ -731,6 +731,7 @@ mod tests {
                 "performance",
                 "health",
                 "security",
+                "variety_monitoring",
                 "logs",
                 "consciousness"
             ]

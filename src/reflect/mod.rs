@@ -191,12 +191,13 @@ fn bounded(s: &str) -> String {
     s[..cut].to_string()
 }
 
-/// Event types that are decisions (the acquisition and policy slices publish them).
+/// Event types that are decisions: the capability policy's refusals, and the acquisition
+/// slice's verdicts (not published in this build yet).
 const DECISIONS: &[&str] = &[
+    "tool_call_blocked",
     "capability_acquired",
     "capability_acquisition_failed",
     "acquisition_decision",
-    "capability_blocked",
 ];
 
 impl Reflect {
@@ -317,7 +318,32 @@ impl Reflect {
             EventData::McpServerUnregistered { server_id } => {
                 self.servers.remove(server_id);
             }
+            EventData::VarietyGapDetected { capability, .. } => self.push(
+                seq,
+                What::Gap {
+                    capability: bounded(capability).into(),
+                },
+            ),
+            EventData::VarietyUpdated {
+                variety_ratio,
+                gap_count,
+                required_count,
+                provided_count,
+                threat_count,
+                ..
+            } => {
+                self.variety = Some(json!({
+                    "current_ratio": variety_ratio, "gap_count": gap_count,
+                    "required_count": required_count, "provided_count": provided_count,
+                    "threat_count": threat_count, "event_seq": seq,
+                }));
+            }
             EventData::Other { kind, data } => self.follow_other(seq, kind, data),
+            other if DECISIONS.contains(&other.kind()) => {
+                // Rare events: their fields are read from the wire form.
+                let data = serde_json::to_value(other).unwrap_or(Value::Null);
+                self.follow_other(seq, other.kind(), &data);
+            }
             _ => {}
         }
     }

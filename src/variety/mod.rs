@@ -5,5 +5,9 @@
 //! package exactly (`npm:NAME@VERSION`, `pypi:NAME==VERSION`): what discovery finds and
 //! acquisition installs.
 
+pub mod analysis;
 pub mod capability;
 pub mod package;
+pub mod policy;
+pub mod required;
+pub mod room;

@@ -1,0 +1,612 @@
+//! Discovery: where MCP servers the host could run are found (`mcp discover`,
+//! `GET /api/v1/mcp/discover`, and a periodic refresh), for people and for the variety and
+//! acquisition rooms (`Request::Discovery`, and the `discovery_completed` event).
+//!
+//! Sources ([`Source`]): the operator's catalog file, the official MCP registry (API v0.1),
+//! the npm registry's search and GitHub's repository search; which ones run is
+//! `mcp_servers.discovery_sources`, where each is comes from configuration only. Every
+//! request to a source is a worker job ([`source::fetch`]): one per source, within
+//! `mcp_servers.discovery_timeout_ms`. The loop only keeps the run's reply, joins the
+//! sources' findings as they come back ([`candidate::merge`]: filtered, deduplicated, ranked)
+//! and answers when the last one is in. A source that is not configured, down, slow or
+//! answering garbage gives its own error in the answer; the others still answer; only when
+//! none answers is the request refused (`upstream_unavailable`, with each source's error).
+//!
+//! Each source's answer is cached per query for `mcp_servers.discovery_cache_ttl_ms`, in
+//! memory and in `<state dir>/discovery-cache.json` (written through the coalescing writer;
+//! read back once at start on the worker, every finding checked again as if a source had
+//! sent it; a corrupt file is ignored and rewritten). Two requests for the same source and
+//! query while one is in flight share it.
+//!
+//! Events (channel `variety_monitoring`, the seed's S4 "opportunity scanning"):
+//! `discovery_progress` per source as it finishes, `discovery_completed` per run with the
+//! best candidates (the opportunities other rooms follow in `Room::on_event`).
+//!
+//! Bounds: [`MAX_RUNS`] runs in flight, [`cache::MAX_ENTRIES`] cached answers,
+//! [`candidate::MAX_PER_SOURCE`] findings per source, [`candidate::MAX_CANDIDATES`] per
+//! answer, [`source::MAX_BODY_BYTES`] per answer read.
+
+pub mod cache;
+pub mod candidate;
+pub mod source;
+
+use crate::api::{Answer, ApiError, DiscoveryRequest, ErrorCode, ReplyTo};
+use crate::config::Config;
+use crate::events::{Channel, EventData, Opportunity};
+use crate::reactor::timer::TimerId;
+use crate::room::{Effect, Room, RoomCx, Serve};
+use crate::variety::capability::{self, Rule};
+use cache::Cache;
+use candidate::{Candidate, Found, Query, Runtimes, Skipped, Source};
+use serde_json::{json, Value};
+use source::{Endpoints, Parsed};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Runs in flight at once; one more is refused (`busy`).
+pub const MAX_RUNS: usize = 16;
+/// Candidates named in a `discovery_completed` event.
+pub const MAX_OPPORTUNITIES: usize = 20;
+/// A worker job gets this beyond the source's own timeout (which ureq enforces).
+const JOB_MARGIN: Duration = Duration::from_secs(5);
+
+/// The room's timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// The periodic refresh is due.
+    Refresh,
+}
+
+/// What comes back from the worker.
+#[derive(Debug)]
+pub enum Job {
+    /// A source answered (or failed).
+    Fetched {
+        /// The source.
+        source: Source,
+        /// The query it was asked.
+        query: String,
+        /// Its findings, or why there are none.
+        result: Result<Parsed, String>,
+        /// The host's runtimes (checked once, on the worker).
+        runtimes: Option<Runtimes>,
+        /// How long it took.
+        elapsed: Duration,
+    },
+    /// The cache file was read at start.
+    CacheLoaded(Result<Cache, String>),
+}
+
+/// Why a run was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Request,
+    Periodic,
+}
+
+impl Trigger {
+    fn name(self) -> &'static str {
+        match self {
+            Trigger::Request => "request",
+            Trigger::Periodic => "periodic",
+        }
+    }
+}
+
+/// What one source gave a run.
+#[derive(Debug, Clone)]
+struct Outcome {
+    /// `ok` (asked now), `cached` or `error`.
+    status: &'static str,
+    found: Vec<Found>,
+    skipped: Skipped,
+    error: Option<String>,
+    elapsed_ms: u64,
+    fetched_at_ms: Option<u64>,
+}
+
+/// A discovery in progress.
+#[derive(Debug)]
+struct Run {
+    query: String,
+    reply: Option<ReplyTo>,
+    trigger: Trigger,
+    started: Instant,
+    /// Sources asked, in configuration order.
+    sources: Vec<Source>,
+    results: BTreeMap<Source, Outcome>,
+}
+
+/// The last completed run (for status).
+#[derive(Debug, Clone)]
+struct Last {
+    at: String,
+}
+
+/// The discovery room.
+pub struct Discovery {
+    sources: Vec<Source>,
+    endpoints: Endpoints,
+    ttl_ms: u64,
+    timeout: Duration,
+    every_ms: u64,
+    rules: Vec<Rule>,
+    state_dir: PathBuf,
+    cache: Cache,
+    runs: BTreeMap<u64, Run>,
+    next_run: u64,
+    /// Fetches in flight: (source, query) → the runs waiting for it.
+    fetching: BTreeMap<(Source, String), Vec<u64>>,
+    runtimes: Option<Runtimes>,
+    refresh: Option<TimerId>,
+    last: Option<Last>,
+}
+
+impl Discovery {
+    /// The room for `config`, keeping its cache in `state_dir`.
+    pub fn new(config: &Config, state_dir: PathBuf) -> Discovery {
+        let mut room = Discovery {
+            sources: Vec::new(),
+            endpoints: Endpoints::default(),
+            ttl_ms: 0,
+            timeout: Duration::from_secs(10),
+            every_ms: 0,
+            rules: capability::builtin(),
+            state_dir,
+            cache: Cache::default(),
+            runs: BTreeMap::new(),
+            next_run: 1,
+            fetching: BTreeMap::new(),
+            runtimes: None,
+            refresh: None,
+            last: None,
+        };
+        room.take_config(config);
+        room
+    }
+
+    fn take_config(&mut self, config: &Config) {
+        let m = &config.mcp_servers;
+        self.sources = m
+            .discovery_sources
+            .iter()
+            .filter_map(|s| Source::parse(s))
+            .collect();
+        let url = |s: &str| s.trim_end_matches('/').to_string();
+        self.endpoints = Endpoints {
+            registry: url(&m.registry_url),
+            npm: url(&m.npm_registry_url),
+            github: url(&m.github_api_url),
+            catalog: m.catalog_file.clone(),
+        };
+        self.ttl_ms = m.discovery_cache_ttl_ms;
+        self.timeout = Duration::from_millis(m.discovery_timeout_ms);
+        self.every_ms = m.auto_discovery_interval_ms;
+    }
+
+    /// Reads the cache file (on the worker) and arms the periodic refresh. Called once when
+    /// the daemon starts.
+    pub fn start(&mut self, cx: &mut RoomCx<'_, Self>) {
+        let path = self.state_dir.join(cache::FILE);
+        let submitted = cx.submit(
+            Duration::from_secs(30),
+            move || Job::CacheLoaded(cache::load(&path, now_ms())),
+            |why| Job::CacheLoaded(Err(why.to_string())),
+        );
+        if let Err(job) = submitted {
+            self.on_job(cx, job);
+        }
+        self.arm(cx);
+    }
+
+    fn arm(&mut self, cx: &mut RoomCx<'_, Self>) {
+        if let Some(t) = self.refresh.take() {
+            cx.timers().cancel(t);
+        }
+        if self.every_ms > 0 {
+            let at = Instant::now() + Duration::from_millis(self.every_ms);
+            self.refresh = Some(cx.timers().insert(at, Timer::Refresh));
+        }
+    }
+
+    /// When the last run completed (RFC 3339), for `mcp_servers.last_discovery`.
+    pub fn last_discovery(&self) -> Option<&str> {
+        self.last.as_ref().map(|l| l.at.as_str())
+    }
+
+    /// Starts a run over `sources` for `query`; `fresh` skips the cache.
+    fn begin(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        sources: Vec<Source>,
+        query: String,
+        trigger: Trigger,
+        reply: Option<ReplyTo>,
+        fresh: bool,
+    ) {
+        let id = self.next_run;
+        self.next_run += 1;
+        self.runs.insert(
+            id,
+            Run {
+                query: query.clone(),
+                reply,
+                trigger,
+                started: Instant::now(),
+                sources: sources.clone(),
+                results: BTreeMap::new(),
+            },
+        );
+        let now = now_ms();
+        for source in sources {
+            if !fresh && self.ttl_ms > 0 {
+                if let Some(entry) = self.cache.fresh(source, &query, now, self.ttl_ms) {
+                    let outcome = Outcome {
+                        status: "cached",
+                        found: entry.parsed.found.clone(),
+                        skipped: entry.parsed.skipped,
+                        error: None,
+                        elapsed_ms: 0,
+                        fetched_at_ms: Some(entry.fetched_at_ms),
+                    };
+                    self.record(cx, id, source, outcome);
+                    continue;
+                }
+            }
+            let key = (source, query.clone());
+            if let Some(waiting) = self.fetching.get_mut(&key) {
+                waiting.push(id);
+                continue;
+            }
+            self.fetching.insert(key, vec![id]);
+            let endpoints = self.endpoints.clone();
+            let timeout = self.timeout;
+            let rules = self.rules.clone();
+            let q = query.clone();
+            let q2 = query.clone();
+            let submitted = cx.submit(
+                timeout + JOB_MARGIN,
+                move || {
+                    let started = Instant::now();
+                    let parsed_query = Query::new(&q, &rules);
+                    let result = source::fetch(source, &endpoints, &q, &parsed_query, timeout);
+                    Job::Fetched {
+                        source,
+                        query: q,
+                        result,
+                        runtimes: Some(runtimes()),
+                        elapsed: started.elapsed(),
+                    }
+                },
+                move |why| Job::Fetched {
+                    source,
+                    query: q2,
+                    result: Err(format!("the worker did not run it: {why}")),
+                    runtimes: None,
+                    elapsed: Duration::ZERO,
+                },
+            );
+            if let Err(job) = submitted {
+                self.on_job(cx, job);
+            }
+        }
+        // Every source may have come from the cache.
+        self.finish_if_done(cx, id);
+    }
+
+    /// One source's outcome for run `id`: its progress event, then the run's end if it was
+    /// the last.
+    fn record(&mut self, cx: &mut RoomCx<'_, Self>, id: u64, source: Source, outcome: Outcome) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        cx.event(
+            Channel::VarietyMonitoring,
+            EventData::DiscoveryProgress {
+                run: id,
+                source: source.name(),
+                status: outcome.status,
+                found: outcome.found.len(),
+                error: outcome.error.clone(),
+                elapsed_ms: outcome.elapsed_ms,
+            },
+        );
+        run.results.insert(source, outcome);
+    }
+
+    fn finish_if_done(&mut self, cx: &mut RoomCx<'_, Self>, id: u64) {
+        let done = self
+            .runs
+            .get(&id)
+            .is_some_and(|r| r.sources.iter().all(|s| r.results.contains_key(s)));
+        if !done {
+            return;
+        }
+        let Some(run) = self.runs.remove(&id) else {
+            return;
+        };
+        let runtimes = self.runtimes.unwrap_or(Runtimes {
+            node: true,
+            python: true,
+        });
+        let (answer, candidates) = answer(&run, &self.rules, runtimes, now_ms());
+        let at = crate::state::rfc3339_utc_millis(SystemTime::now());
+        let errors = run.results.values().filter(|o| o.error.is_some()).count();
+        cx.event(
+            Channel::VarietyMonitoring,
+            EventData::DiscoveryCompleted {
+                run: id,
+                trigger: run.trigger.name(),
+                query: run.query.clone(),
+                candidates: candidates.len(),
+                errors,
+                opportunities: candidates
+                    .iter()
+                    .take(MAX_OPPORTUNITIES)
+                    .map(|c| Opportunity {
+                        id: c.id.clone(),
+                        package: c.package.reference.clone(),
+                        capabilities: c
+                            .capabilities
+                            .iter()
+                            .map(|b| b.capability.clone())
+                            .collect(),
+                        score: c.score,
+                        sources: c.sources.iter().map(|s| s.name()).collect(),
+                    })
+                    .collect(),
+            },
+        );
+        self.last = Some(Last { at });
+        if run.trigger == Trigger::Periodic {
+            log::info!(
+                "discovery: periodic run {id} found {} candidate(s), {errors} source error(s)",
+                candidates.len()
+            );
+        }
+        if let Some(reply) = run.reply {
+            cx.reply(reply, answer);
+        }
+    }
+
+    fn sources_for(&self, source: Option<&str>) -> Result<Vec<Source>, ApiError> {
+        let Some(name) = source else {
+            if self.sources.is_empty() {
+                return Err(ApiError::field(
+                    ErrorCode::Conflict,
+                    "source",
+                    "no discovery source is enabled (mcp_servers.discovery_sources is empty)",
+                ));
+            }
+            return Ok(self.sources.clone());
+        };
+        match Source::parse(name) {
+            Some(s) if self.sources.contains(&s) => Ok(vec![s]),
+            Some(_) => Err(ApiError::field(
+                ErrorCode::Conflict,
+                "source",
+                format!(
+                    "source '{name}' is not enabled (mcp_servers.discovery_sources: {})",
+                    self.sources
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+            None => Err(ApiError::field(
+                ErrorCode::InvalidParameter,
+                "source",
+                format!("'{name}' is not one of catalog, registry, npm, github"),
+            )),
+        }
+    }
+}
+
+/// Checks a query: trimmed, at most [`source::MAX_QUERY_BYTES`], no control characters.
+fn checked_query(query: &str) -> Result<String, ApiError> {
+    let q = query.trim();
+    if q.len() > source::MAX_QUERY_BYTES {
+        return Err(ApiError::field(
+            ErrorCode::InvalidParameter,
+            "query",
+            format!(
+                "at most {} bytes (got {})",
+                source::MAX_QUERY_BYTES,
+                q.len()
+            ),
+        ));
+    }
+    if q.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            ErrorCode::InvalidParameter,
+            "query",
+            "must not contain control characters",
+        ));
+    }
+    Ok(q.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// The answer to a finished run, and its candidates.
+fn answer(run: &Run, rules: &[Rule], runtimes: Runtimes, now: u64) -> (Answer, Vec<Candidate>) {
+    let query = Query::new(&run.query, rules);
+    let mut skipped: BTreeMap<Source, Skipped> =
+        run.results.iter().map(|(s, o)| (*s, o.skipped)).collect();
+    let findings = run.results.values().flat_map(|o| o.found.iter().cloned());
+    let today = i64::try_from(now / 86_400_000).unwrap_or(0);
+    let candidates = candidate::merge(findings, &query, rules, runtimes, today, &mut skipped);
+    let sources: Vec<Value> = run
+        .sources
+        .iter()
+        .filter_map(|s| run.results.get(s).map(|o| (s, o)))
+        .map(|(s, o)| {
+            json!({
+                "source": s.name(),
+                "status": o.status,
+                "found": o.found.len(),
+                "skipped": skipped.get(s).copied().unwrap_or_default(),
+                "error": o.error,
+                "elapsed_ms": o.elapsed_ms,
+                "fetched_at": o.fetched_at_ms.map(|ms| crate::state::rfc3339_utc(
+                    SystemTime::UNIX_EPOCH + Duration::from_millis(ms))),
+            })
+        })
+        .collect();
+    let data = json!({
+        "query": run.query,
+        "sources": sources,
+        "count": candidates.len(),
+        "candidates": candidates,
+        "runtimes": runtimes,
+        "elapsed_ms": u64::try_from(run.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    });
+    let answered = run.results.values().any(|o| o.error.is_none());
+    if answered {
+        return (Ok(data), candidates);
+    }
+    let why: Vec<String> = run
+        .results
+        .iter()
+        .filter_map(|(s, o)| o.error.as_ref().map(|e| format!("{}: {e}", s.name())))
+        .collect();
+    let err = ApiError::new(
+        ErrorCode::UpstreamUnavailable,
+        format!("no discovery source answered ({})", why.join("; ")),
+    )
+    .with_data(data);
+    (Err(err), candidates)
+}
+
+/// Milliseconds since 1970 (the cache outlives the process, so wall-clock time).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The host's runtimes, looked up on PATH once per process (on the worker).
+fn runtimes() -> Runtimes {
+    static FOUND: std::sync::OnceLock<Runtimes> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        let has = |p: &str| crate::diagnostics::find_in_path(p).is_some();
+        Runtimes {
+            node: has("node") && has("npx"),
+            python: has("python3"),
+        }
+    })
+}
+
+impl Room for Discovery {
+    type Timer = Timer;
+    type Job = Job;
+    type Output = Effect;
+    const NAME: &'static str = "discovery";
+
+    fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, timer: Timer) {
+        match timer {
+            Timer::Refresh => {
+                self.refresh = None;
+                let busy = self.runs.values().any(|r| r.trigger == Trigger::Periodic);
+                if !busy && !self.sources.is_empty() && self.runs.len() < MAX_RUNS {
+                    let sources = self.sources.clone();
+                    self.begin(cx, sources, String::new(), Trigger::Periodic, None, true);
+                }
+                self.arm(cx);
+            }
+        }
+    }
+
+    fn on_job(&mut self, cx: &mut RoomCx<'_, Self>, done: Job) {
+        match done {
+            Job::CacheLoaded(Ok(cache)) => {
+                // Answers fetched since start are newer than the file's.
+                let n = cache.len();
+                self.cache.absorb(cache);
+                log::debug!("discovery: {n} cached answer(s) loaded");
+            }
+            Job::CacheLoaded(Err(why)) => {
+                log::warn!("discovery: cache not used ({why}); it will be rewritten");
+            }
+            Job::Fetched {
+                source,
+                query,
+                result,
+                runtimes,
+                elapsed,
+            } => {
+                if runtimes.is_some() {
+                    self.runtimes = runtimes;
+                }
+                let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+                let now = now_ms();
+                let outcome = match result {
+                    Ok(parsed) => {
+                        self.cache.put(source, &query, now, parsed.clone());
+                        cx.persist(cache::FILE, self.cache.document(), None);
+                        Outcome {
+                            status: "ok",
+                            found: parsed.found,
+                            skipped: parsed.skipped,
+                            error: None,
+                            elapsed_ms,
+                            fetched_at_ms: Some(now),
+                        }
+                    }
+                    Err(e) => {
+                        log::debug!("discovery: {}: {e}", source.name());
+                        Outcome {
+                            status: "error",
+                            found: Vec::new(),
+                            skipped: Skipped::default(),
+                            error: Some(e),
+                            elapsed_ms,
+                            fetched_at_ms: None,
+                        }
+                    }
+                };
+                let waiting = self.fetching.remove(&(source, query)).unwrap_or_default();
+                let ids: BTreeSet<u64> = waiting.into_iter().collect();
+                for id in ids {
+                    self.record(cx, id, source, outcome.clone());
+                    self.finish_if_done(cx, id);
+                }
+            }
+        }
+    }
+
+    fn apply_config(&mut self, cx: &mut RoomCx<'_, Self>, config: &Config) {
+        let every = self.every_ms;
+        self.take_config(config);
+        if every != self.every_ms {
+            self.arm(cx);
+        }
+    }
+}
+
+impl Serve for Discovery {
+    type Request = DiscoveryRequest;
+
+    fn handle(&mut self, cx: &mut RoomCx<'_, Self>, request: DiscoveryRequest, reply: ReplyTo) {
+        match request {
+            DiscoveryRequest::Discover { source, query } => {
+                let checked =
+                    checked_query(&query).and_then(|q| Ok((self.sources_for(source)?, q)));
+                let (sources, query) = match checked {
+                    Ok(ok) => ok,
+                    Err(e) => return cx.reply(reply, Err(e)),
+                };
+                if self.runs.len() >= MAX_RUNS {
+                    return cx.reply(
+                        reply,
+                        Err(ApiError::new(
+                            ErrorCode::Busy,
+                            format!("{MAX_RUNS} discoveries are already running; try again"),
+                        )),
+                    );
+                }
+                self.begin(cx, sources, query, Trigger::Request, Some(reply), false);
+            }
+        }
+    }
+}

@@ -1927,13 +1927,14 @@ fn human(command: &Command, data: &Value) -> String {
             let list = data["new_insights"]
                 .as_array()
                 .or_else(|| data["insights"].as_array());
-            if let Some(took) = data["took_us"].as_u64() {
+            if let Some(took) = data["analysis_us"].as_u64() {
                 let _ = writeln!(
                     out,
-                    "reflection {} in {took} µs over {} record entries: {} finding(s)",
+                    "reflection {} over {} record entries: {} finding(s); analysers {took} µs on the worker, {} µs of loop time",
                     text(&data["reflection"]),
                     text(&data["record"]["entries"]),
-                    text(&data["findings"])
+                    text(&data["findings"]),
+                    text(&data["loop_us"])
                 );
             }
             let list = list.map(Vec::as_slice).unwrap_or(&[]);

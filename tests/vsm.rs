@@ -162,14 +162,37 @@ fn tool_calls_count_in_system1_the_status_block_the_cli_and_prometheus() {
         (400, Some("parameters.server")),
         "{v}"
     );
-    for (id, act) in [("system4", "scan"), ("system5", "decide")] {
-        let (code, v) = action(&d, id, json!({"action": act}));
-        assert_eq!(
-            (code, v["errors"][0]["code"].as_str()),
-            (501, Some("not_implemented")),
-            "{v}"
-        );
-    }
+    let (code, v) = action(&d, "system5", json!({"action": "decide"}));
+    assert_eq!(
+        (code, v["errors"][0]["code"].as_str()),
+        (501, Some("not_implemented")),
+        "{v}"
+    );
+
+    // S4's scan is a variety analysis (here without a discovery run: no network), counted.
+    let scans = system(&d, "system4")["scans_completed"]
+        .as_u64()
+        .unwrap_or(0);
+    let (code, v) = action(
+        &d,
+        "intelligence",
+        json!({"action": "scan", "parameters": {"discovery": false}}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["data"]["results"]["variety"]["ok"], true, "{v}");
+    let s4 = wait_until(
+        "the scan counted",
+        || system(&d, "system4"),
+        |s| s["scans_completed"].as_u64().unwrap_or(0) > scans,
+        |s| format!("{s:#}"),
+    );
+    assert_eq!(s4["status"], "active", "{s4:#}");
+    assert!(
+        s4["by_kind"]["variety_analysis"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{s4:#}"
+    );
 
     // Prometheus.
     let raw = raw_exchange(

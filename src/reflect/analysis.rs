@@ -27,6 +27,11 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Text the record keeps: shared, so that a snapshot of the record for the worker copies
+/// pointers, not strings.
+pub type Text = Arc<str>;
 
 /// Exits counted for flapping, in this window.
 pub const FLAP_WINDOW_MS: u64 = 10 * 60 * 1000;
@@ -45,17 +50,18 @@ pub const STORM_MIN: usize = 5;
 /// A storm's window.
 pub const STORM_WINDOW_MS: u64 = 5 * 60 * 1000;
 /// Seqs an insight's evidence lists at most (the newest).
-pub const EVIDENCE_MAX: usize = 50;
+pub const EVIDENCE_MAX: usize = 20;
 
-/// What the record keeps of one event: what the analysers need, nothing more.
+/// What the record keeps of one event: what the analysers need, nothing more (cloning it is
+/// cheap: reference counts only).
 #[derive(Debug, Clone, PartialEq)]
 pub enum What {
     /// A tool call ended.
     Call {
         /// Server.
-        server: String,
+        server: Text,
         /// Tool.
-        tool: String,
+        tool: Text,
         /// Outcome (`ok`, ...).
         outcome: &'static str,
         /// Milliseconds.
@@ -64,38 +70,38 @@ pub enum What {
     /// A server changed status.
     Status {
         /// Server.
-        server: String,
+        server: Text,
         /// Before.
         old: &'static str,
         /// After.
         new: &'static str,
         /// Its declared capabilities.
-        capabilities: Vec<String>,
+        capabilities: Arc<[Text]>,
     },
     /// An alert was raised or resolved.
     Alert {
         /// Alert id (`a-N`).
-        id: String,
+        id: Text,
         /// Its rule.
-        rule: String,
+        rule: Text,
         /// `firing` or `resolved`.
-        state: String,
+        state: &'static str,
         /// The value that raised or resolved it.
         value: f64,
     },
     /// A variety gap was detected.
     Gap {
         /// The capability (or the description when the event names none).
-        capability: String,
+        capability: Text,
     },
     /// An acquisition or policy decision.
     Decision {
         /// The event type.
         kind: &'static str,
         /// Its subject (capability, package or server).
-        subject: String,
+        subject: Text,
         /// Its id, when the event gives one.
-        id: Option<String>,
+        id: Option<Text>,
     },
 }
 
@@ -326,7 +332,7 @@ pub fn latency_trends(record: &[Entry]) -> Vec<Finding> {
                 "server": server, "tool": tool, "direction": direction,
                 "slope_ms_per_call": round(slope), "r2": round(r2), "confidence": round(conf),
                 "samples": n, "mean_ms": round(mean), "relative_change": round(change),
-                "latencies_ms": calls.iter().rev().take(EVIDENCE_MAX).rev().map(|c| round(c.1)).collect::<Vec<_>>(),
+                "last_latencies_ms": calls.iter().rev().take(10).rev().map(|c| round(c.1)).collect::<Vec<_>>(),
             }),
             recommendations,
         });
@@ -392,7 +398,7 @@ pub fn alert_storm(record: &[Entry], now_ms: u64) -> Vec<Finding> {
         .iter()
         .filter(|e| e.at_ms >= since)
         .filter_map(|e| match &e.what {
-            What::Alert { rule, state, .. } if state == "firing" => Some((e.seq, rule.as_str())),
+            What::Alert { rule, state, .. } if *state == "firing" => Some((e.seq, &**rule)),
             _ => None,
         })
         .collect();
@@ -433,7 +439,7 @@ pub fn auth_failures(record: &[Entry]) -> Vec<Finding> {
         } = &e.what
         {
             if let Some(peer) = rule.strip_prefix("security:auth_failures:") {
-                if state == "firing" {
+                if *state == "firing" {
                     let p = peers.entry(peer).or_default();
                     p.0.push(e.seq);
                     p.1 += value.max(0.0);
@@ -585,7 +591,7 @@ mod tests {
                 server: "s".into(),
                 old,
                 new,
-                capabilities: vec![],
+                capabilities: Arc::from(Vec::new()),
             },
         }
     }
@@ -697,9 +703,9 @@ mod tests {
             seq,
             at_ms: 10,
             what: What::Alert {
-                id: format!("a-{seq}"),
+                id: format!("a-{seq}").into(),
                 rule: rule.into(),
-                state: "firing".into(),
+                state: "firing",
                 value,
             },
         };

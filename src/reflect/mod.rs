@@ -23,13 +23,20 @@ use crate::config::ConsciousnessConfig;
 use crate::events::{Channel, EventData};
 use crate::reactor::timer::TimerId;
 use crate::room::{Effect, Room, RoomCx, Serve};
-use analysis::{Entry, Finding, What};
+use analysis::{Entry, Finding, Text, What};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Servers, alert rules and insight keys followed at most.
 pub const MAX_SUBJECTS: usize = 4096;
+/// Insights kept at most (fewer when `memory_limit` is lower): each holds its evidence.
+pub const INSIGHTS_MAX: usize = 256;
+/// Clients waiting for one reflection at most.
+const WAITING_MAX: usize = 16;
+/// How long the worker may take over one reflection.
+const ANALYSIS_DEADLINE: Duration = Duration::from_secs(10);
 /// The daemon's RSS samples kept (one per reflection).
 pub const RSS_SAMPLES: usize = 64;
 /// Entries a query answer lists at most.
@@ -41,7 +48,7 @@ const TEXT_MAX: usize = 256;
 #[derive(Debug, Clone, Default)]
 struct ServerModel {
     status: &'static str,
-    capabilities: Vec<String>,
+    capabilities: Option<Arc<[Text]>>,
     calls: u64,
     failures: u64,
     latency_baseline: Option<f64>,
@@ -82,9 +89,58 @@ impl Insight {
 struct Last {
     at: SystemTime,
     seq: u64,
-    took_us: u64,
+    /// Loop time: the snapshot and taking in the findings.
+    loop_us: u64,
+    /// The analysers' time (on the worker).
+    analysis_us: u64,
     found: usize,
     new: usize,
+}
+
+/// What the analysers work on: a copy of the record (reference counts, not strings) and the
+/// learned values, taken on the loop and handed to the worker.
+#[derive(Debug)]
+pub struct Snapshot {
+    record: Vec<Entry>,
+    at: SystemTime,
+    seq: u64,
+    baseline: BTreeMap<String, f64>,
+    rss: Vec<(u64, u64)>,
+    took: Duration,
+}
+
+impl Snapshot {
+    /// Runs every analyser (the worker's part).
+    pub fn analyse(self) -> Analysed {
+        let started = Instant::now();
+        let findings = analysis::analyse(&self.record, now_ms(self.at), &self.baseline, &self.rss);
+        Analysed {
+            findings,
+            at: self.at,
+            seq: self.seq,
+            snapshot_took: self.took,
+            analysis_took: started.elapsed(),
+        }
+    }
+}
+
+/// The analysers' findings, back from the worker.
+#[derive(Debug)]
+pub struct Analysed {
+    findings: Vec<Finding>,
+    at: SystemTime,
+    seq: u64,
+    snapshot_took: Duration,
+    analysis_took: Duration,
+}
+
+/// A reflection's result from the worker.
+#[derive(Debug)]
+pub enum Job {
+    /// It ran.
+    Done(Analysed),
+    /// It did not (the worker refused it or it ran past its deadline).
+    Failed(String),
 }
 
 /// The reflection room.
@@ -105,6 +161,10 @@ pub struct Reflect {
     last: Option<Last>,
     reflections: u64,
     last_seq: u64,
+    /// A reflection is on the worker.
+    running: bool,
+    /// Clients waiting for it.
+    waiting: Vec<ReplyTo>,
     interval: Duration,
     learning_rate: f64,
     auto: bool,
@@ -131,12 +191,13 @@ fn bounded(s: &str) -> String {
     s[..cut].to_string()
 }
 
-/// Event types that are decisions (the acquisition and policy slices publish them).
+/// Event types that are decisions: the capability policy's refusals, and the acquisition
+/// slice's verdicts (not published in this build yet).
 const DECISIONS: &[&str] = &[
+    "tool_call_blocked",
     "capability_acquired",
     "capability_acquisition_failed",
     "acquisition_decision",
-    "capability_blocked",
 ];
 
 impl Reflect {
@@ -157,6 +218,8 @@ impl Reflect {
             last: None,
             reflections: 0,
             last_seq: 0,
+            running: false,
+            waiting: Vec::new(),
             interval: Duration::from_millis(config.reflection_interval_ms),
             learning_rate: config.learning_rate,
             auto: config.auto_insight_generation,
@@ -214,8 +277,8 @@ impl Reflect {
                 self.push(
                     seq,
                     What::Call {
-                        server: server_id.clone(),
-                        tool: bounded(tool),
+                        server: server_id.as_str().into(),
+                        tool: bounded(tool).into(),
                         outcome,
                         latency_ms: *latency_ms,
                     },
@@ -228,15 +291,19 @@ impl Reflect {
                 capabilities,
                 ..
             } => {
-                let caps: Vec<String> = capabilities.iter().take(64).map(|c| bounded(c)).collect();
+                let caps: Arc<[Text]> = capabilities
+                    .iter()
+                    .take(64)
+                    .map(|c| Text::from(bounded(c)))
+                    .collect();
                 if let Some(m) = self.model(server_id) {
                     m.status = new_status;
-                    m.capabilities = caps.clone();
+                    m.capabilities = Some(caps.clone());
                 }
                 self.push(
                     seq,
                     What::Status {
-                        server: server_id.clone(),
+                        server: server_id.as_str().into(),
                         old: old_status,
                         new: new_status,
                         capabilities: caps,
@@ -251,7 +318,32 @@ impl Reflect {
             EventData::McpServerUnregistered { server_id } => {
                 self.servers.remove(server_id);
             }
+            EventData::VarietyGapDetected { capability, .. } => self.push(
+                seq,
+                What::Gap {
+                    capability: bounded(capability).into(),
+                },
+            ),
+            EventData::VarietyUpdated {
+                variety_ratio,
+                gap_count,
+                required_count,
+                provided_count,
+                threat_count,
+                ..
+            } => {
+                self.variety = Some(json!({
+                    "current_ratio": variety_ratio, "gap_count": gap_count,
+                    "required_count": required_count, "provided_count": provided_count,
+                    "threat_count": threat_count, "event_seq": seq,
+                }));
+            }
             EventData::Other { kind, data } => self.follow_other(seq, kind, data),
+            other if DECISIONS.contains(&other.kind()) => {
+                // Rare events: their fields are read from the wire form.
+                let data = serde_json::to_value(other).unwrap_or(Value::Null);
+                self.follow_other(seq, other.kind(), &data);
+            }
             _ => {}
         }
     }
@@ -262,7 +354,11 @@ impl Reflect {
             let (Some(id), Some(rule)) = (text("id"), text("rule")) else {
                 return;
             };
-            let state = text("state").unwrap_or_default();
+            let state = if text("state").as_deref() == Some("firing") {
+                "firing"
+            } else {
+                "resolved"
+            };
             if state == "firing" {
                 if self.firing.len() < MAX_SUBJECTS || self.firing.contains_key(&rule) {
                     self.firing.insert(rule.clone(), id.clone());
@@ -274,8 +370,8 @@ impl Reflect {
             self.push(
                 seq,
                 What::Alert {
-                    id,
-                    rule,
+                    id: id.into(),
+                    rule: rule.into(),
                     state,
                     value,
                 },
@@ -285,7 +381,12 @@ impl Reflect {
                 .or_else(|| text("capability_type"))
                 .or_else(|| text("description"))
                 .unwrap_or_default();
-            self.push(seq, What::Gap { capability });
+            self.push(
+                seq,
+                What::Gap {
+                    capability: capability.into(),
+                },
+            );
         } else if kind == "variety_updated" {
             let keep = ["current_ratio", "gap_count", "threshold", "last_assessed"];
             let small: serde_json::Map<String, Value> = keep
@@ -298,40 +399,57 @@ impl Reflect {
                 .iter()
                 .find_map(|k| text(k))
                 .unwrap_or_default();
-            let id = text("decision_id").or_else(|| text("id"));
-            self.push(seq, What::Decision { kind, subject, id });
+            let id = text("decision_id").or_else(|| text("id")).map(Text::from);
+            self.push(
+                seq,
+                What::Decision {
+                    kind,
+                    subject: subject.into(),
+                    id,
+                },
+            );
         }
     }
 
-    /// Runs every analyser now; new insights are kept and returned (the caller publishes them).
-    pub fn reflect(&mut self, rss_bytes: u64) -> (Vec<Insight>, usize) {
+    /// The record and learned values for the analysers (the loop's part of a reflection:
+    /// reference counts are copied, not strings). `rss_bytes` is the daemon's RSS now.
+    pub fn snapshot(&mut self, rss_bytes: u64) -> Snapshot {
         let started = Instant::now();
-        let now = SystemTime::now();
-        let at_ms = now_ms(now);
+        let at = SystemTime::now();
         if rss_bytes > 0 {
             if self.rss.len() >= RSS_SAMPLES {
                 self.rss.pop_front();
             }
-            self.rss.push_back((at_ms, rss_bytes));
+            self.rss.push_back((now_ms(at), rss_bytes));
         }
-        // In place (a rotation, no allocation): the analysers take one slice.
-        self.record.make_contiguous();
-        let slice: &[Entry] = self.record.as_slices().0;
-        let baseline: BTreeMap<String, f64> = self
+        let record: Vec<Entry> = self.record.iter().cloned().collect();
+        let baseline = self
             .servers
             .iter()
             .map(|(k, m)| (k.clone(), m.error_baseline))
             .collect();
-        let rss: Vec<(u64, u64)> = self.rss.iter().copied().collect();
-        let findings = analysis::analyse(slice, at_ms, &baseline, &rss);
-        let found = findings.len();
+        Snapshot {
+            record,
+            at,
+            seq: self.last_seq,
+            baseline,
+            rss: self.rss.iter().copied().collect(),
+            took: started.elapsed(),
+        }
+    }
+
+    /// Takes in what the analysers found: the new insights are kept and returned (a finding
+    /// is new when its analyser and subject have newer evidence than last published).
+    pub fn absorb(&mut self, done: Analysed) -> Vec<Insight> {
+        let started = Instant::now();
+        let found = done.findings.len();
         let mut new = Vec::new();
-        for f in findings {
+        let keep = self.limit.min(INSIGHTS_MAX);
+        for f in done.findings {
             let newest = f.seqs.last().copied().unwrap_or(0);
             let key = (f.analyser, f.subject.clone());
-            match self.published.get(&key) {
-                Some(&seen) if newest <= seen => continue,
-                _ => {}
+            if self.published.get(&key).is_some_and(|&seen| newest <= seen) {
+                continue;
             }
             if self.published.len() >= MAX_SUBJECTS {
                 self.published.clear();
@@ -339,11 +457,11 @@ impl Reflect {
             self.published.insert(key, newest);
             let insight = Insight {
                 id: self.next_insight,
-                created_at: crate::state::rfc3339_utc_millis(now),
+                created_at: crate::state::rfc3339_utc_millis(done.at),
                 finding: f,
             };
             self.next_insight += 1;
-            while self.insights.len() >= self.limit {
+            while self.insights.len() >= keep {
                 self.insights.pop_front();
                 self.insights_dropped += 1;
             }
@@ -352,13 +470,65 @@ impl Reflect {
         }
         self.reflections += 1;
         self.last = Some(Last {
-            at: now,
-            seq: self.last_seq,
-            took_us: started.elapsed().as_micros() as u64,
+            at: done.at,
+            seq: done.seq,
+            loop_us: (done.snapshot_took + started.elapsed()).as_micros() as u64,
+            analysis_us: done.analysis_took.as_micros() as u64,
             found,
             new: new.len(),
         });
-        (new, found)
+        new
+    }
+
+    /// A whole reflection at once, on the caller's thread (tests and the bench): the new
+    /// insights, and how many findings there were.
+    pub fn reflect(&mut self, rss_bytes: u64) -> (Vec<Insight>, usize) {
+        let done = self.snapshot(rss_bytes).analyse();
+        let found = done.findings.len();
+        (self.absorb(done), found)
+    }
+
+    /// Loop time and analysis time of the last reflection, in microseconds.
+    pub fn last_times_us(&self) -> Option<(u64, u64)> {
+        self.last.as_ref().map(|l| (l.loop_us, l.analysis_us))
+    }
+
+    /// Starts a reflection on the worker (unless one runs); `reply` waits for it.
+    fn begin(&mut self, cx: &mut RoomCx<'_, Self>, reply: Option<ReplyTo>) {
+        if let Some(r) = reply {
+            if self.waiting.len() >= WAITING_MAX {
+                let busy = ApiError::new(ErrorCode::Busy, "reflections are waiting; try again");
+                cx.reply(r, Err(busy));
+                return;
+            }
+            self.waiting.push(r);
+        }
+        if self.running {
+            return;
+        }
+        let rss = crate::monitor::performance::own_process_brief().rss_bytes;
+        let snapshot = self.snapshot(rss);
+        self.running = true;
+        let submitted = cx.submit(
+            ANALYSIS_DEADLINE,
+            move || Job::Done(snapshot.analyse()),
+            |why| Job::Failed(format!("reflection did not run: {why}")),
+        );
+        if let Err(failed) = submitted {
+            self.on_job(cx, failed);
+        }
+    }
+
+    fn answer(&self, new: &[Insight]) -> Value {
+        let l = self.last.as_ref();
+        json!({
+            "reflection": self.reflections,
+            "loop_us": l.map(|l| l.loop_us),
+            "analysis_us": l.map(|l| l.analysis_us),
+            "record": {"entries": self.record.len(), "dropped": self.dropped},
+            "findings": l.map_or(0, |l| l.found),
+            "new_insights": new.iter().map(Insight::to_json).collect::<Vec<_>>(),
+        })
     }
 
     fn publish(&self, cx: &mut RoomCx<'_, Self>, new: &[Insight]) {
@@ -392,20 +562,6 @@ impl Reflect {
         if self.auto {
             self.timer = Some(cx.timers().insert(Instant::now() + self.interval, Due));
         }
-    }
-
-    fn run(&mut self, cx: &mut RoomCx<'_, Self>) -> Value {
-        let rss = crate::monitor::performance::own_process_brief().rss_bytes;
-        let (new, found) = self.reflect(rss);
-        self.publish(cx, &new);
-        let took = self.last.as_ref().map_or(0, |l| l.took_us);
-        json!({
-            "reflection": self.reflections,
-            "took_us": took,
-            "record": {"entries": self.record.len(), "dropped": self.dropped},
-            "findings": found,
-            "new_insights": new.iter().map(Insight::to_json).collect::<Vec<_>>(),
-        })
     }
 
     /// The self-model.
@@ -446,7 +602,7 @@ impl Reflect {
                 let kind = match &e.what {
                     What::Call { .. } => "tool_calls",
                     What::Status { server, .. } => {
-                        if !changed.contains(&server.as_str()) && changed.len() < ANSWER_MAX {
+                        if !changed.contains(&&**server) && changed.len() < ANSWER_MAX {
                             changed.push(server);
                         }
                         "status_changes"
@@ -459,7 +615,8 @@ impl Reflect {
             }
             json!({
                 "at": crate::state::rfc3339_utc_millis(l.at),
-                "took_us": l.took_us,
+                "loop_us": l.loop_us,
+                "analysis_us": l.analysis_us,
                 "findings": l.found,
                 "new_insights": l.new,
                 "since": {"events_recorded": since.len(), "by_kind": kinds, "servers_changed": changed},
@@ -479,7 +636,7 @@ impl Reflect {
                 "rss_bytes": self.rss.back().map(|s| s.1),
                 "rss_trend": rss_trend,
                 "record": {"entries": self.record.len(), "limit": self.limit, "dropped": self.dropped},
-                "insights": {"kept": self.insights.len(), "dropped": self.insights_dropped},
+                "insights": {"kept": self.insights.len(), "limit": self.limit.min(INSIGHTS_MAX), "dropped": self.insights_dropped},
             },
             "last_reflection": last,
         })
@@ -508,7 +665,7 @@ impl Reflect {
             match &e.what {
                 What::Status {
                     server, old, new, ..
-                } if server == id => {
+                } if &**server == id => {
                     history.push(json!({"seq": e.seq, "old_status": old, "new_status": new}));
                 }
                 What::Call {
@@ -516,14 +673,14 @@ impl Reflect {
                     tool,
                     outcome,
                     latency_ms,
-                } if server == id => {
+                } if &**server == id => {
                     if *outcome != "ok" {
-                        failures.push(json!({"seq": e.seq, "tool": tool, "outcome": outcome}));
+                        failures.push(json!({"seq": e.seq, "tool": &**tool, "outcome": outcome}));
                     } else {
                         latencies.push(*latency_ms);
                     }
                 }
-                What::Decision { subject, kind, .. } if subject == id => {
+                What::Decision { subject, kind, .. } if &**subject == id => {
                     decisions.push(json!({"seq": e.seq, "kind": kind}));
                 }
                 _ => {}
@@ -548,7 +705,7 @@ impl Reflect {
             "about": "server",
             "id": id,
             "status": model.map(|m| m.status),
-            "capabilities": model.map(|m| &m.capabilities),
+            "capabilities": model.and_then(|m| m.capabilities.as_deref()).map(|c| c.iter().map(|x| &**x).collect::<Vec<&str>>()),
             "calls": model.map_or(0, |m| m.calls),
             "failures": model.map_or(0, |m| m.failures),
             "latency_ms": {
@@ -568,14 +725,19 @@ impl Reflect {
         let providers: Vec<Value> = self
             .servers
             .iter()
-            .filter(|(_, m)| m.capabilities.iter().any(|c| c == id))
+            .filter(|(_, m)| {
+                m.capabilities
+                    .iter()
+                    .flat_map(|c| c.iter())
+                    .any(|c| &**c == id)
+            })
             .map(|(k, m)| json!({"server": k, "status": m.status}))
             .collect();
         let gaps: Vec<u64> = self
             .record
             .iter()
             .filter_map(|e| match &e.what {
-                What::Gap { capability } if capability == id => Some(e.seq),
+                What::Gap { capability } if &**capability == id => Some(e.seq),
                 _ => None,
             })
             .collect();
@@ -595,8 +757,8 @@ impl Reflect {
                     rule,
                     state,
                     value,
-                } if a == id || rule == id => Some(
-                    json!({"seq": e.seq, "id": a, "rule": rule, "state": state, "value": value}),
+                } if &**a == id || &**rule == id => Some(
+                    json!({"seq": e.seq, "id": &**a, "rule": &**rule, "state": state, "value": value}),
                 ),
                 _ => None,
             })
@@ -616,9 +778,9 @@ impl Reflect {
                     kind,
                     subject,
                     id: d,
-                } if d.as_deref() == Some(id) || subject == id => {
-                    Some(json!({"seq": e.seq, "kind": kind, "subject": subject, "id": d}))
-                }
+                } if d.as_deref() == Some(id) || &**subject == id => Some(
+                    json!({"seq": e.seq, "kind": kind, "subject": &**subject, "id": d.as_deref()}),
+                ),
                 _ => None,
             })
             .collect();
@@ -674,10 +836,10 @@ impl Reflect {
                     outcome,
                     latency_ms,
                     ..
-                } if server == subject => recent.push((*outcome == "ok", *latency_ms)),
+                } if &**server == subject => recent.push((*outcome == "ok", *latency_ms)),
                 What::Status {
                     server, old, new, ..
-                } if server == subject
+                } if &**server == subject
                     && matches!(*old, "active" | "degraded")
                     && !matches!(*new, "active" | "degraded" | "stopping") =>
                 {
@@ -751,17 +913,38 @@ fn not_known(about: &str, id: &str) -> ApiError {
 
 impl Room for Reflect {
     type Timer = Due;
-    type Job = ();
+    type Job = Job;
     type Output = Effect;
     const NAME: &'static str = "reflect";
 
     fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, _due: Due) {
         self.timer = None;
-        self.run(cx);
+        self.begin(cx, None);
         self.arm(cx);
     }
 
-    fn on_job(&mut self, _cx: &mut RoomCx<'_, Self>, _done: ()) {}
+    fn on_job(&mut self, cx: &mut RoomCx<'_, Self>, done: Job) {
+        self.running = false;
+        // The snapshot (tens of bytes per entry) was freed on the worker: hand a large one's
+        // memory back rather than keep the peak.
+        if self.record.len() >= 1000 {
+            crate::sys::release_free_memory();
+        }
+        let answer = match done {
+            Job::Done(analysed) => {
+                let new = self.absorb(analysed);
+                self.publish(cx, &new);
+                Ok(self.answer(&new))
+            }
+            Job::Failed(why) => {
+                log::warn!("{why}");
+                Err(ApiError::new(ErrorCode::Busy, why))
+            }
+        };
+        for reply in std::mem::take(&mut self.waiting) {
+            cx.reply(reply, answer.clone());
+        }
+    }
 
     fn apply_config(&mut self, cx: &mut RoomCx<'_, Self>, config: &crate::config::Config) {
         let c = &config.consciousness;
@@ -830,7 +1013,7 @@ impl Serve for Reflect {
     fn handle(&mut self, cx: &mut RoomCx<'_, Self>, request: ReflectRequest, reply: ReplyTo) {
         let answer = match request {
             ReflectRequest::State => Ok(self.state()),
-            ReflectRequest::Reflect => Ok(self.run(cx)),
+            ReflectRequest::Reflect => return self.begin(cx, Some(reply)),
             ReflectRequest::Insights {
                 since,
                 kind,

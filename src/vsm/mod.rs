@@ -14,10 +14,11 @@
 //!   (`monitoring_cycle_completed`). Action `audit`: both cycles, the health round and every
 //!   declared check, now.
 //! - **S4 intelligence** (`scans_completed`): variety analyses and discovery scans (the events
-//!   in [`SCAN_EVENTS`]). Action `scan`: refused with `not_implemented` until those rooms
-//!   answer requests.
+//!   in [`SCAN_EVENTS`]). Action `scan`: a forced variety analysis and a discovery run through
+//!   the command layer, answered when both are back.
 //! - **S5 policy** (`decisions_made`): acquisition verdicts and policy refusals (the events in
-//!   [`DECISION_EVENTS`]). Action `decide`: refused likewise.
+//!   [`DECISION_EVENTS`]). Action `decide`: refused with `not_implemented` until the
+//!   acquisition pipeline answers requests.
 //!
 //! Status (`active`, `degraded`, `failed`), from what the room has seen:
 //! - S1: `failed` when servers are registered, some are in backoff or failed and none serves;
@@ -38,8 +39,8 @@
 //! suppression counts, [`MAX_PENDING`] actions waiting for answers.
 
 use crate::api::{
-    Answer, ApiError, ChecksRequest, ErrorCode, HealthRequest, McpRequest, ReplyTo, Request,
-    VsmRequest,
+    Answer, ApiError, ChecksRequest, DiscoveryRequest, ErrorCode, HealthRequest, McpRequest,
+    ReplyTo, Request, VarietyRequest, VsmRequest,
 };
 use crate::config::Config;
 use crate::events::{Channel, EventData};
@@ -62,20 +63,21 @@ const MAX_AUDIT_CHECKS: usize = 64;
 /// Longest text an activity keeps.
 const ACTIVITY_TEXT: usize = 200;
 
-/// Event types that are System 4's scans: (type, what it counts as). `variety_updated` is the
-/// variety room's analysis; the discovery room's completed scan is `discovery_completed`.
+/// Event types that are System 4's scans: (type, what it counts as): the variety room's
+/// analysis and the discovery room's completed run. Matched by type, typed or not.
 pub const SCAN_EVENTS: &[(&str, &str)] = &[
     ("variety_updated", "variety_analysis"),
     ("discovery_completed", "discovery_scan"),
 ];
 
 /// Event types that are System 5's decisions: (type, what it counts as, whether it is a
-/// failure for the status).
+/// failure for the status). `tool_call_blocked` is the capability policy's refusal; the
+/// acquisition events are the acquisition slice's names (not published in this build yet).
 pub const DECISION_EVENTS: &[(&str, &str, bool)] = &[
+    ("tool_call_blocked", "policy_refusal", false),
     ("capability_acquired", "acquisition_approved", false),
     ("capability_acquisition_failed", "acquisition_failed", true),
     ("acquisition_decision", "acquisition_verdict", false),
-    ("capability_blocked", "policy_refusal", false),
 ];
 
 /// The five systems, in order.
@@ -344,11 +346,17 @@ impl Vsm {
                 troubled.extend(in_state("failed"));
                 let (bad, n) = s.bad_share();
                 if !troubled.is_empty() && serving == 0 {
-                    ("failed", format!("no server serves; in backoff or failed: {troubled:?}"))
+                    (
+                        "failed",
+                        format!("no server serves; in backoff or failed: {troubled:?}"),
+                    )
                 } else if !troubled.is_empty() {
                     ("degraded", format!("in backoff or failed: {troubled:?}"))
                 } else if n >= 4 && bad * 2 >= n {
-                    ("degraded", format!("{bad} of the last {n} tool calls did not end ok"))
+                    (
+                        "degraded",
+                        format!("{bad} of the last {n} tool calls did not end ok"),
+                    )
                 } else {
                     ("active", format!("{serving} server(s) serving"))
                 }
@@ -370,28 +378,47 @@ impl Vsm {
                 let age = now.saturating_duration_since(since);
                 if age > every * 3 {
                     let what = if s.last_at.is_some() { "last" } else { "no" };
-                    ("failed", format!("{what} audit cycle {} s ago, every {} s expected", age.as_secs(), every.as_secs()))
+                    (
+                        "failed",
+                        format!(
+                            "{what} audit cycle {} s ago, every {} s expected",
+                            age.as_secs(),
+                            every.as_secs()
+                        ),
+                    )
                 } else if age > every * 3 / 2 {
-                    ("degraded", format!("last audit cycle {} s ago", age.as_secs()))
+                    (
+                        "degraded",
+                        format!("last audit cycle {} s ago", age.as_secs()),
+                    )
                 } else {
-                    ("active", format!("audit cycles every {} s", every.as_secs()))
+                    (
+                        "active",
+                        format!("audit cycles every {} s", every.as_secs()),
+                    )
                 }
             }
             SystemId::Intelligence => match s.last_at {
                 None => (
                     "degraded",
-                    "no variety analysis or discovery scan has completed (neither room runs in this build)".into(),
+                    "no variety analysis or discovery scan has completed yet".into(),
                 ),
                 Some(t) if now.saturating_duration_since(t) > self.scan_every * 3 => (
                     "degraded",
-                    format!("last scan {} s ago", now.saturating_duration_since(t).as_secs()),
+                    format!(
+                        "last scan {} s ago",
+                        now.saturating_duration_since(t).as_secs()
+                    ),
                 ),
                 Some(_) => ("active", "scans are current".into()),
             },
             SystemId::Policy => {
                 let (bad, n) = s.bad_share();
                 if bad >= 3 && bad * 2 > n {
-                    ("degraded", format!("{bad} of the last {n} decisions failed"))
+                    (
+                        "degraded",
+                        format!("{bad} of the last {n} decisions failed"),
+                    )
                 } else {
                     ("active", format!("{} decision(s) recorded", s.total))
                 }
@@ -497,13 +524,38 @@ impl Vsm {
                 let detail = format!("{cycle} cycle: {readings} readings in {took_ms:.2} ms");
                 self.sys(SystemId::Control).count(seq, cycle, detail, 1);
             }
-            EventData::Other { kind, data } => self.follow_other(seq, kind, data),
-            _ => {}
+            EventData::Other { kind, data }
+                if kind.ends_with("_alert") || kind.ends_with("_alert_resolved") =>
+            {
+                self.follow_alert(seq, data)
+            }
+            other => self.follow_kind(seq, other),
         }
     }
 
-    fn follow_other(&mut self, seq: u64, kind: &'static str, data: &Value) {
-        if kind.ends_with("_alert") || kind.ends_with("_alert_resolved") {
+    /// Scans and decisions, by event type (typed or not).
+    fn follow_kind(&mut self, seq: u64, data: &EventData) {
+        let kind = data.kind();
+        if let Some((_, what)) = SCAN_EVENTS.iter().find(|(k, _)| *k == kind) {
+            self.sys(SystemId::Intelligence)
+                .count(seq, what, kind.to_string(), 1);
+            return;
+        }
+        if let Some((_, what, failure)) = DECISION_EVENTS.iter().find(|(k, ..)| *k == kind) {
+            // Rare events: their fields are read from the wire form.
+            let data = serde_json::to_value(data).unwrap_or(Value::Null);
+            let subject = ["capability", "capability_type", "package", "server_id"]
+                .iter()
+                .find_map(|k| data[*k].as_str())
+                .unwrap_or("");
+            let s = self.sys(SystemId::Policy);
+            s.count(seq, what, format!("{kind} {subject}"), 1);
+            s.outcome(!failure);
+        }
+    }
+
+    fn follow_alert(&mut self, seq: u64, data: &Value) {
+        {
             let (Some(rule), Some(now)) = (
                 data["rule"].as_str(),
                 data["suppressed_notifications"].as_u64(),
@@ -529,21 +581,6 @@ impl Vsm {
                     now - before,
                 );
             }
-            return;
-        }
-        if let Some((_, what)) = SCAN_EVENTS.iter().find(|(k, _)| *k == kind) {
-            self.sys(SystemId::Intelligence)
-                .count(seq, what, kind.to_string(), 1);
-            return;
-        }
-        if let Some((_, what, failure)) = DECISION_EVENTS.iter().find(|(k, ..)| *k == kind) {
-            let subject = ["capability", "capability_type", "package", "server_id"]
-                .iter()
-                .find_map(|k| data[*k].as_str())
-                .unwrap_or("");
-            let s = self.sys(SystemId::Policy);
-            s.count(seq, what, format!("{kind} {subject}"), 1);
-            s.outcome(!failure);
         }
     }
 
@@ -700,15 +737,36 @@ impl Vsm {
                 self.ask(cx, Asked::ChecksList { group }, Request::Checks(ChecksRequest::List));
             }
             SystemId::Intelligence => {
-                return Err(ApiError::new(
-                    ErrorCode::NotImplemented,
-                    "scan needs the variety analysis and discovery requests, which this build does not have yet",
-                ))
+                let query = match &parameters["query"] {
+                    Value::Null => String::new(),
+                    Value::String(q) => q.clone(),
+                    _ => {
+                        return Err(ApiError::field(
+                            ErrorCode::InvalidParameter,
+                            "parameters.query",
+                            "must be a string",
+                        ))
+                    }
+                };
+                let discovery = parameters["discovery"].as_bool().unwrap_or(true);
+                let group = self.gather(reply, id);
+                let variety = Request::Variety(VarietyRequest::Recalculate {
+                    force: true,
+                    external_scan: false,
+                });
+                self.ask_part(cx, group, "variety".into(), variety);
+                if discovery {
+                    let discover = Request::Discovery(DiscoveryRequest::Discover {
+                        source: None,
+                        query,
+                    });
+                    self.ask_part(cx, group, "discovery".into(), discover);
+                }
             }
             SystemId::Policy => {
                 return Err(ApiError::new(
                     ErrorCode::NotImplemented,
-                    "decide needs the variety gaps and the acquisition policy, which this build does not have yet",
+                    "decide needs the acquisition pipeline's requests, which this build does not have yet",
                 ))
             }
         }

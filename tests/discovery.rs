@@ -481,7 +481,7 @@ fn the_periodic_refresh_publishes_what_it_found() {
     let dir = TempDir::new("discover-periodic");
     let fx = Fixture::start(dir.path(), "20");
     let config = format!(
-        "[mcp_servers]\ndiscovery_sources = [\"registry\"]\nregistry_url = \"{}\"\n\
+        "[mcp_servers]\ndiscovery_sources = [\"catalog\", \"registry\"]\nregistry_url = \"{}\"\n\
          auto_discovery_interval_ms = 1000\n",
         fx.url("ok")
     );
@@ -519,9 +519,25 @@ fn the_periodic_refresh_publishes_what_it_found() {
     assert!(memory["capabilities"]
         .as_array()
         .is_some_and(|c| c.iter().any(|c| c == "memory")));
-    // It refreshed the cache: a request now is answered from it.
+    // The catalog has no file: the refresh does not ask it (no error every interval).
+    let (_, progress) = d.http("GET", "/api/v1/events?type=discovery_progress", None);
+    let asked: BTreeSet<String> = progress["data"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["data"]["source"].as_str().map(String::from))
+        .collect();
+    assert_eq!(asked, set(&["registry"]), "{progress}");
+    // It refreshed the cache: a request now is answered from it; the catalog's error is
+    // named in the answer.
     let data = discover(&d, &[]);
     assert_eq!(source(&data, "registry")["status"], "cached", "{data}");
+    assert!(
+        source(&data, "catalog")["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("mcp_servers.catalog_file")),
+        "{data}"
+    );
     // Turned off, it stops asking.
     let out = d.cli(&[
         "config",

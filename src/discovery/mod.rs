@@ -638,8 +638,16 @@ impl Room for Discovery {
             Timer::Refresh => {
                 self.refresh = None;
                 let busy = self.runs.values().any(|r| r.trigger == Trigger::Periodic);
-                if !busy && !self.sources.is_empty() && self.runs.len() < MAX_RUNS {
-                    let sources = self.sources.clone();
+                // Only the sources that have somewhere to ask: with the defaults (the catalog,
+                // no catalog file) the refresh stays quiet instead of logging the same error
+                // every interval. A request still names each unconfigured source's error.
+                let sources: Vec<Source> = self
+                    .sources
+                    .iter()
+                    .copied()
+                    .filter(|s| self.endpoints.configured(*s))
+                    .collect();
+                if !busy && !sources.is_empty() && self.runs.len() < MAX_RUNS {
                     self.begin(cx, sources, String::new(), Trigger::Periodic, None, true);
                 }
                 self.arm(cx);

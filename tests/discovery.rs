@@ -282,6 +282,27 @@ fn each_source_alone_and_together_one_candidate_per_package() {
 }
 
 #[test]
+fn with_nowhere_to_ask_discovery_is_refused_as_a_conflict() {
+    // The defaults: the catalog source, no catalog file.
+    let d = Daemon::start();
+    let (status, body) = d.http("GET", "/api/v1/mcp/discover?query=memory", None);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("catalog_file")),
+        "{body}"
+    );
+    let out = d.cli(&["mcp", "discover"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no discovery source has an address"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn a_down_a_garbage_and_a_slow_source_each_say_why_and_the_rest_answer() {
     let dir = TempDir::new("discover-bad");
     let fx = Fixture::start(dir.path(), "20");

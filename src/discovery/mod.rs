@@ -744,6 +744,20 @@ impl Serve for Discovery {
                     Ok(ok) => ok,
                     Err(e) => return cx.reply(reply, Err(e)),
                 };
+                // Nowhere to ask is the configuration's state, not a failure of the sources.
+                if !sources.iter().any(|s| self.endpoints.configured(*s)) {
+                    let names: Vec<&str> = sources.iter().map(|s| s.name()).collect();
+                    return cx.reply(
+                        reply,
+                        Err(ApiError::new(
+                            ErrorCode::Conflict,
+                            format!(
+                                "no discovery source has an address: {} (set mcp_servers.catalog_file, registry_url or github_api_url)",
+                                names.join(", ")
+                            ),
+                        )),
+                    );
+                }
                 if self.runs.len() >= MAX_RUNS {
                     return cx.reply(
                         reply,

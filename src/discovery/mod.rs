@@ -364,7 +364,12 @@ impl Discovery {
             Duration::from_secs(30),
             move || Job::Ranked {
                 run: id,
-                ranked: input.map(|i| rank(&i)),
+                ranked: input.map(|mut i| {
+                    // Looked up here (once per process): a run answered from the cache
+                    // alone has not learned them from a source's job.
+                    i.runtimes = runtimes();
+                    rank(&i)
+                }),
             },
             move |_| Job::Ranked {
                 run: id,

@@ -718,14 +718,22 @@ mod tests {
         for c in SILENT_CHANNELS {
             assert!(CHANNELS.contains(&c), "{c}");
         }
-        // With producers today: MCP server events, the alerts room and the log stream.
+        // With producers today: MCP server events, the alerts room, discovery and the log
+        // stream.
         let loud: Vec<&str> = CHANNELS
             .into_iter()
             .filter(|c| !SILENT_CHANNELS.contains(c))
             .collect();
         assert_eq!(
             loud,
-            ["mcp_servers", "performance", "health", "security", "logs"]
+            [
+                "mcp_servers",
+                "performance",
+                "health",
+                "security",
+                "variety_monitoring",
+                "logs"
+            ]
         );
     }
 

@@ -187,7 +187,10 @@ fn main() {
         doc_bytes = serde_json::to_vec(&d).expect("json").len();
     });
 
-    println!("{:<52} {:>8} {:>8}  note", "discovery", "p50 µs", "p99 µs");
+    println!(
+        "{:<52} {:>8} {:>8} {:>8}  note",
+        "discovery", "p50 µs", "p99 µs", "CPU p50"
+    );
     println!(
         "{:<52} {:>8} {:>8} {:>8}  {} bytes in",
         "worker: parse + rank, 100-entry registry page",

@@ -175,6 +175,9 @@ pub struct Discovery {
     refresh: Option<TimerId>,
     last: Option<Last>,
     saving: Saving,
+    /// Requests that came before the cache file was read (answered from it once it is):
+    /// at most [`MAX_RUNS`].
+    waiting: Option<Vec<(Vec<Source>, String, ReplyTo)>>,
 }
 
 impl Discovery {
@@ -196,6 +199,7 @@ impl Discovery {
             refresh: None,
             last: None,
             saving: Saving::Idle,
+            waiting: None,
         };
         room.take_config(config);
         room
@@ -223,6 +227,7 @@ impl Discovery {
     /// Reads the cache file (on the worker) and arms the periodic refresh. Called once when
     /// the daemon starts.
     pub fn start(&mut self, cx: &mut RoomCx<'_, Self>) {
+        self.waiting = Some(Vec::new());
         let path = self.state_dir.join(cache::FILE);
         let submitted = cx.submit(
             Duration::from_secs(30),
@@ -662,14 +667,37 @@ impl Room for Discovery {
 
     fn on_job(&mut self, cx: &mut RoomCx<'_, Self>, done: Job) {
         match done {
-            Job::CacheLoaded(Ok(cache)) => {
-                // Answers fetched since start are newer than the file's.
-                let n = cache.len();
-                self.cache.absorb(cache);
-                log::debug!("discovery: {n} cached answer(s) loaded");
-            }
-            Job::CacheLoaded(Err(why)) => {
-                log::warn!("discovery: cache not used ({why}); it will be rewritten");
+            Job::CacheLoaded(loaded) => {
+                match loaded {
+                    Ok(cache) => {
+                        let n = cache.len();
+                        self.cache.absorb(cache);
+                        log::debug!("discovery: {n} cached answer(s) loaded");
+                    }
+                    Err(why) => {
+                        log::warn!("discovery: cache not used ({why}); it will be rewritten");
+                    }
+                }
+                for (sources, query, reply) in self.waiting.take().unwrap_or_default() {
+                    // Before the cache file is read, a request waits for it (a worker job
+                    // queued ahead of any source's).
+                    if let Some(waiting) = &mut self.waiting {
+                        if self.runs.len() + waiting.len() >= MAX_RUNS {
+                            return cx.reply(
+                                reply,
+                                Err(ApiError::new(
+                                    ErrorCode::Busy,
+                                    format!(
+                                        "{MAX_RUNS} discoveries are already waiting; try again"
+                                    ),
+                                )),
+                            );
+                        }
+                        waiting.push((sources, query, reply));
+                        return;
+                    }
+                    self.begin(cx, sources, query, Trigger::Request, Some(reply), false);
+                }
             }
             Job::CacheSaved(result) => {
                 if let Err(why) = result {

@@ -2165,10 +2165,12 @@ fn every_websocket_command_reaches_its_operation() {
             continue;
         }
         if name == "mcp_discover" {
-            // No discovery source is configured here (the catalog file is unset): the
-            // operation's own per-source answer shows it was reached.
-            assert_eq!(v["errors"][0]["code"], "upstream_unavailable", "{v}");
-            assert_eq!(v["data"]["sources"][0]["source"], "catalog", "{v}");
+            // No discovery source is configured here: the room's own refusal (tests/discovery.rs
+            // covers the answers).
+            assert_eq!(v["errors"][0]["code"], "conflict", "{v}");
+            assert!(v["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("no discovery source has an address")));
             answered += 1;
             continue;
         }

@@ -1,6 +1,9 @@
 //! The cache of sources' answers: per (source, query), the findings and when they were
-//! fetched. Kept in memory and written whole to [`FILE`] in the state directory by the
-//! coalescing writer (the state envelope: `{"version", "written_at", "data"}`).
+//! fetched. Kept in memory (each answer shared, so a cached answer and a copy handed to the
+//! worker cost a reference count, not a copy) and written whole to [`FILE`] in the state
+//! directory by [`save`] on the worker (the state envelope: `{"version", "written_at",
+//! "data"}`; a temporary file renamed over the old one, without fsync: a cache that is lost
+//! or torn by a crash is only asked again, since a torn file does not parse).
 //!
 //! The file is outside input when it is read back: it is read once, on the worker, with a
 //! size cap; anything that does not parse is ignored (and replaced at the next write); each
@@ -14,11 +17,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The cache's file name in the state directory.
 pub const FILE: &str = "discovery-cache.json";
 /// Answers kept (source and query each).
 pub const MAX_ENTRIES: usize = 32;
+/// About how many bytes the kept answers may take together ([`Found::weight`]); the oldest
+/// go first beyond it.
+pub const MAX_BYTES: usize = 1024 * 1024;
 /// Largest cache file read, in bytes.
 pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 
@@ -28,7 +35,9 @@ pub struct Entry {
     /// When it was fetched (ms since 1970).
     pub fetched_at_ms: u64,
     /// What it gave.
-    pub parsed: Parsed,
+    pub parsed: Arc<Parsed>,
+    /// About how many bytes it takes ([`Found::weight`]).
+    weight: usize,
 }
 
 /// The cached answers.
@@ -70,15 +79,17 @@ impl Cache {
     }
 
     /// Keeps an answer, dropping the oldest beyond [`MAX_ENTRIES`].
-    pub fn put(&mut self, source: Source, query: &str, now_ms: u64, parsed: Parsed) {
+    pub fn put(&mut self, source: Source, query: &str, now_ms: u64, parsed: Arc<Parsed>) {
+        let weight = parsed.found.iter().map(Found::weight).sum();
         self.entries.insert(
             (source, query.to_string()),
             Entry {
                 fetched_at_ms: now_ms,
                 parsed,
+                weight,
             },
         );
-        while self.entries.len() > MAX_ENTRIES {
+        while self.entries.len() > MAX_ENTRIES || self.weight() > MAX_BYTES {
             let oldest = self
                 .entries
                 .iter()
@@ -89,6 +100,11 @@ impl Cache {
                 None => break,
             };
         }
+    }
+
+    /// About how many bytes the kept answers take.
+    fn weight(&self) -> usize {
+        self.entries.values().map(|e| e.weight).sum()
     }
 
     /// Takes in what `older` holds that this cache does not (answers loaded from the file
@@ -153,10 +169,39 @@ impl Cache {
                 found,
                 skipped: e.skipped,
             };
-            cache.put(e.source, &e.query, e.fetched_at_ms, parsed);
+            cache.put(e.source, &e.query, e.fetched_at_ms, Arc::new(parsed));
         }
         Ok(cache)
     }
+}
+
+/// Writes `cache` to `path` (on the worker): the envelope into `<path>.tmp` (mode 0600), then
+/// renamed over `path`.
+///
+/// # Errors
+/// The write or the rename failed (the old file, if any, is left as it was).
+pub fn save(path: &Path, cache: &Cache) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let envelope = serde_json::json!({
+        "version": crate::state::STATE_FORMAT_VERSION,
+        "written_at": crate::state::rfc3339_utc_millis(std::time::SystemTime::now()),
+        "data": cache.document(),
+    });
+    let bytes = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
+    let tmp = path.with_extension("json.tmp");
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("{}: {e}", path.display())
+    })
 }
 
 /// Reads the cache file (on the worker). A missing file is an empty cache.
@@ -176,8 +221,8 @@ mod tests {
     use super::*;
     use crate::variety::package::PackageRef;
 
-    fn parsed(n: usize) -> Parsed {
-        Parsed {
+    fn parsed(n: usize) -> Arc<Parsed> {
+        Arc::new(Parsed {
             found: (0..n)
                 .map(|i| {
                     Found::new(
@@ -190,12 +235,29 @@ mod tests {
                 invalid: 2,
                 ..Skipped::default()
             },
-        }
+        })
     }
 
     fn envelope(doc: &Value) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({"version": 1, "written_at": "x", "data": doc}))
             .expect("json")
+    }
+
+    #[test]
+    fn saved_and_loaded() {
+        let dir = std::env::temp_dir().join(format!("vsm-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join(FILE);
+        let mut c = Cache::default();
+        c.put(Source::Npm, "", 5, parsed(2));
+        save(&path, &c).expect("save");
+        assert_eq!(load(&path, 10).expect("load"), c);
+        assert!(load(&dir.join("missing.json"), 10)
+            .expect("empty")
+            .is_empty());
+        std::fs::write(&path, b"{\"version\": 1, \"data\": {\"entr").expect("torn");
+        assert!(load(&path, 10).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -224,6 +286,20 @@ mod tests {
         assert_eq!(c.len(), MAX_ENTRIES);
         assert!(c.fresh(Source::Npm, "q99", 99, 10).is_some());
         assert!(c.fresh(Source::Npm, "q0", 1, 10).is_none());
+        // Heavy answers: the byte budget, not the count, decides.
+        let mut heavy = (*parsed(100)).clone();
+        for f in &mut heavy.found {
+            f.description = "d".repeat(3000);
+        }
+        let heavy = Arc::new(heavy);
+        let one: usize = heavy.found.iter().map(Found::weight).sum();
+        let mut c = Cache::default();
+        for i in 0..32u64 {
+            c.put(Source::Npm, &format!("q{i}"), i, heavy.clone());
+        }
+        assert_eq!(c.len(), MAX_BYTES / one);
+        assert!(c.weight() <= MAX_BYTES);
+        assert!(c.fresh(Source::Npm, "q31", 31, 10).is_some());
     }
 
     #[test]

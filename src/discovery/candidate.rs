@@ -21,12 +21,12 @@ use crate::variety::package::{PackageRef, Registry};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Most candidates one source contributes.
-pub const MAX_PER_SOURCE: usize = 50;
+/// Most candidates one source contributes (the registry's largest page).
+pub const MAX_PER_SOURCE: usize = 100;
 /// Most candidates in one answer.
 pub const MAX_CANDIDATES: usize = 100;
 /// Most arguments of each kind, and environment variables, kept per package.
-pub const MAX_ARGS: usize = 32;
+pub const MAX_ARGS: usize = 16;
 /// Most keywords kept per package.
 pub const MAX_KEYWORDS: usize = 32;
 
@@ -263,17 +263,55 @@ impl Found {
             for a in args.iter_mut() {
                 a.kind = clip(&a.kind, 16);
                 for s in [&mut a.name, &mut a.value, &mut a.value_hint, &mut a.default] {
-                    opt(s, 256);
+                    opt(s, 128);
                 }
             }
         }
         self.environment_variables.truncate(MAX_ARGS);
         for e in &mut self.environment_variables {
             e.name = clip(&e.name, 128);
-            e.description = clip(&e.description, 500);
-            opt(&mut e.default, 256);
+            e.description = clip(&e.description, 200);
+            opt(&mut e.default, 128);
         }
         self
+    }
+}
+
+impl Found {
+    /// About how many bytes it takes (its strings plus a little per item), for the cache's
+    /// byte budget.
+    pub fn weight(&self) -> usize {
+        let o = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let args = |a: &[Argument]| -> usize {
+            a.iter()
+                .map(|a| {
+                    32 + a.kind.len() + o(&a.name) + o(&a.value) + o(&a.value_hint) + o(&a.default)
+                })
+                .sum()
+        };
+        256 + self.package.name.len()
+            + self.package.version.len()
+            + o(&self.runtime_hint)
+            + o(&self.server_name)
+            + o(&self.repository)
+            + o(&self.status)
+            + o(&self.published_at)
+            + o(&self.updated_at)
+            + self.title.len()
+            + self.description.len()
+            + self
+                .keywords
+                .iter()
+                .chain(&self.declared)
+                .map(|k| 16 + k.len())
+                .sum::<usize>()
+            + args(&self.runtime_arguments)
+            + args(&self.package_arguments)
+            + self
+                .environment_variables
+                .iter()
+                .map(|e| 48 + e.name.len() + e.description.len() + o(&e.default))
+                .sum::<usize>()
     }
 }
 

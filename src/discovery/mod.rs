@@ -6,15 +6,16 @@
 //! the npm registry's search and GitHub's repository search; which ones run is
 //! `mcp_servers.discovery_sources`, where each is comes from configuration only. Every
 //! request to a source is a worker job ([`source::fetch`]): one per source, within
-//! `mcp_servers.discovery_timeout_ms`. The loop only keeps the run's reply, joins the
-//! sources' findings as they come back ([`candidate::merge`]: filtered, deduplicated, ranked)
-//! and answers when the last one is in. A source that is not configured, down, slow or
+//! `mcp_servers.discovery_timeout_ms`. The loop only keeps the run's reply and each source's
+//! outcome; when the last one is in, joining them ([`candidate::merge`]: filtered,
+//! deduplicated, ranked) and building the answer is one more worker job (a page of 100
+//! candidates costs milliseconds: not loop time), whose result the loop sends. A source that is not configured, down, slow or
 //! answering garbage gives its own error in the answer; the others still answer; only when
 //! none answers is the request refused (`upstream_unavailable`, with each source's error).
 //!
 //! Each source's answer is cached per query for `mcp_servers.discovery_cache_ttl_ms`, in
-//! memory and in `<state dir>/discovery-cache.json` (written through the coalescing writer;
-//! read back once at start on the worker, every finding checked again as if a source had
+//! memory and in `<state dir>/discovery-cache.json` (written on the worker, one write at a
+//! time, the last state winning; read back once at start on the worker, every finding checked again as if a source had
 //! sent it; a corrupt file is ignored and rewritten). Two requests for the same source and
 //! query while one is in flight share it.
 //!
@@ -37,15 +38,17 @@ use crate::reactor::timer::TimerId;
 use crate::room::{Effect, Room, RoomCx, Serve};
 use crate::variety::capability::{self, Rule};
 use cache::Cache;
-use candidate::{Candidate, Found, Query, Runtimes, Skipped, Source};
+use candidate::{Candidate, Query, Runtimes, Skipped, Source};
 use serde_json::{json, Value};
 use source::{Endpoints, Parsed};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// Runs in flight at once; one more is refused (`busy`).
-pub const MAX_RUNS: usize = 16;
+/// Runs in flight at once; one more is refused (`busy`). Each holds at most its sources'
+/// findings (each source's answer was at most [`source::MAX_BODY_BYTES`]).
+pub const MAX_RUNS: usize = 4;
 /// Candidates named in a `discovery_completed` event.
 pub const MAX_OPPORTUNITIES: usize = 20;
 /// A worker job gets this beyond the source's own timeout (which ureq enforces).
@@ -76,6 +79,25 @@ pub enum Job {
     },
     /// The cache file was read at start.
     CacheLoaded(Result<Cache, String>),
+    /// The cache file was written.
+    CacheSaved(Result<(), String>),
+    /// A run's findings were joined and ranked (`None`: the worker did not do it, the loop
+    /// does).
+    Ranked {
+        /// The run.
+        run: u64,
+        /// The outcome.
+        ranked: Option<Ranked>,
+    },
+}
+
+/// A finished run, joined and ranked.
+#[derive(Debug)]
+pub struct Ranked {
+    answer: Answer,
+    opportunities: Vec<Opportunity>,
+    candidates: usize,
+    errors: usize,
 }
 
 /// Why a run was started.
@@ -94,13 +116,12 @@ impl Trigger {
     }
 }
 
-/// What one source gave a run.
+/// What one source gave a run (its findings shared with the cache).
 #[derive(Debug, Clone)]
 struct Outcome {
     /// `ok` (asked now), `cached` or `error`.
     status: &'static str,
-    found: Vec<Found>,
-    skipped: Skipped,
+    parsed: Arc<Parsed>,
     error: Option<String>,
     elapsed_ms: u64,
     fetched_at_ms: Option<u64>,
@@ -116,6 +137,18 @@ struct Run {
     /// Sources asked, in configuration order.
     sources: Vec<Source>,
     results: BTreeMap<Source, Outcome>,
+    /// Its ranking job is out.
+    ranking: bool,
+}
+
+/// Writing the cache file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Saving {
+    Idle,
+    /// A write is out; `dirty`: the cache changed since, write again when it is back.
+    Busy {
+        dirty: bool,
+    },
 }
 
 /// The last completed run (for status).
@@ -141,6 +174,10 @@ pub struct Discovery {
     runtimes: Option<Runtimes>,
     refresh: Option<TimerId>,
     last: Option<Last>,
+    saving: Saving,
+    /// Requests that came before the cache file was read (answered from it once it is):
+    /// at most [`MAX_RUNS`].
+    waiting: Option<Vec<(Vec<Source>, String, ReplyTo)>>,
 }
 
 impl Discovery {
@@ -161,6 +198,8 @@ impl Discovery {
             runtimes: None,
             refresh: None,
             last: None,
+            saving: Saving::Idle,
+            waiting: None,
         };
         room.take_config(config);
         room
@@ -189,6 +228,7 @@ impl Discovery {
     /// Reads the cache file (on the worker) and arms the periodic refresh. Called once when
     /// the daemon starts.
     pub fn start(&mut self, cx: &mut RoomCx<'_, Self>) {
+        self.waiting = Some(Vec::new());
         let path = self.state_dir.join(cache::FILE);
         let submitted = cx.submit(
             Duration::from_secs(30),
@@ -237,6 +277,7 @@ impl Discovery {
                 started: Instant::now(),
                 sources: sources.clone(),
                 results: BTreeMap::new(),
+                ranking: false,
             },
         );
         let now = now_ms();
@@ -245,8 +286,7 @@ impl Discovery {
                 if let Some(entry) = self.cache.fresh(source, &query, now, self.ttl_ms) {
                     let outcome = Outcome {
                         status: "cached",
-                        found: entry.parsed.found.clone(),
-                        skipped: entry.parsed.skipped,
+                        parsed: entry.parsed.clone(),
                         error: None,
                         elapsed_ms: 0,
                         fetched_at_ms: Some(entry.fetched_at_ms),
@@ -308,7 +348,7 @@ impl Discovery {
                 run: id,
                 source: source.name(),
                 status: outcome.status,
-                found: outcome.found.len(),
+                found: outcome.parsed.found.len(),
                 error: outcome.error.clone(),
                 elapsed_ms: outcome.elapsed_ms,
             },
@@ -316,58 +356,110 @@ impl Discovery {
         run.results.insert(source, outcome);
     }
 
+    /// When every source of run `id` is in: its ranking goes to the worker.
     fn finish_if_done(&mut self, cx: &mut RoomCx<'_, Self>, id: u64) {
-        let done = self
-            .runs
-            .get(&id)
-            .is_some_and(|r| r.sources.iter().all(|s| r.results.contains_key(s)));
-        if !done {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        if run.ranking || !run.sources.iter().all(|s| run.results.contains_key(s)) {
             return;
         }
+        run.ranking = true;
+        let input = self.rank_input(id);
+        let submitted = cx.submit(
+            Duration::from_secs(30),
+            move || Job::Ranked {
+                run: id,
+                ranked: input.map(|mut i| {
+                    // Looked up here (once per process): a run answered from the cache
+                    // alone has not learned them from a source's job.
+                    i.runtimes = runtimes();
+                    rank(&i)
+                }),
+            },
+            move |_| Job::Ranked {
+                run: id,
+                ranked: None,
+            },
+        );
+        if let Err(job) = submitted {
+            self.on_job(cx, job);
+        }
+    }
+
+    /// What ranking run `id` needs, shared or copied out of the room.
+    fn rank_input(&self, id: u64) -> Option<RankInput> {
+        let run = self.runs.get(&id)?;
+        Some(RankInput {
+            query: run.query.clone(),
+            sources: run.sources.clone(),
+            results: run.results.clone(),
+            started: run.started,
+            rules: self.rules.clone(),
+            runtimes: self.runtimes.unwrap_or(Runtimes {
+                node: true,
+                python: true,
+            }),
+            now_ms: now_ms(),
+        })
+    }
+
+    /// Run `id` was ranked: its event, its answer.
+    fn finished(&mut self, cx: &mut RoomCx<'_, Self>, id: u64, ranked: Option<Ranked>) {
+        // The worker did not rank it (stopped, busy or late): the loop does, once.
+        let ranked = match ranked {
+            Some(r) => r,
+            None => match self.rank_input(id) {
+                Some(input) => rank(&input),
+                None => return,
+            },
+        };
         let Some(run) = self.runs.remove(&id) else {
             return;
         };
-        let runtimes = self.runtimes.unwrap_or(Runtimes {
-            node: true,
-            python: true,
-        });
-        let (answer, candidates) = answer(&run, &self.rules, runtimes, now_ms());
-        let at = crate::state::rfc3339_utc_millis(SystemTime::now());
-        let errors = run.results.values().filter(|o| o.error.is_some()).count();
         cx.event(
             Channel::VarietyMonitoring,
             EventData::DiscoveryCompleted {
                 run: id,
                 trigger: run.trigger.name(),
                 query: run.query.clone(),
-                candidates: candidates.len(),
-                errors,
-                opportunities: candidates
-                    .iter()
-                    .take(MAX_OPPORTUNITIES)
-                    .map(|c| Opportunity {
-                        id: c.id.clone(),
-                        package: c.package.reference.clone(),
-                        capabilities: c
-                            .capabilities
-                            .iter()
-                            .map(|b| b.capability.clone())
-                            .collect(),
-                        score: c.score,
-                        sources: c.sources.iter().map(|s| s.name()).collect(),
-                    })
-                    .collect(),
+                candidates: ranked.candidates,
+                errors: ranked.errors,
+                opportunities: ranked.opportunities,
             },
         );
-        self.last = Some(Last { at });
+        self.last = Some(Last {
+            at: crate::state::rfc3339_utc_millis(SystemTime::now()),
+        });
         if run.trigger == Trigger::Periodic {
             log::info!(
-                "discovery: periodic run {id} found {} candidate(s), {errors} source error(s)",
-                candidates.len()
+                "discovery: periodic run {id} found {} candidate(s), {} source error(s)",
+                ranked.candidates,
+                ranked.errors
             );
         }
         if let Some(reply) = run.reply {
-            cx.reply(reply, answer);
+            cx.reply(reply, ranked.answer);
+        }
+    }
+
+    /// Writes the cache file on the worker: one write at a time, the latest state last.
+    fn save(&mut self, cx: &mut RoomCx<'_, Self>) {
+        if let Saving::Busy { .. } = self.saving {
+            self.saving = Saving::Busy { dirty: true };
+            return;
+        }
+        self.saving = Saving::Busy { dirty: false };
+        let path = self.state_dir.join(cache::FILE);
+        // Each answer is shared: the copy is the map of references.
+        let cache = self.cache.clone();
+        let submitted = cx.submit(
+            Duration::from_secs(30),
+            move || Job::CacheSaved(cache::save(&path, &cache)),
+            |why| Job::CacheSaved(Err(why.to_string())),
+        );
+        if let Err(job) = submitted {
+            self.on_job(cx, job);
         }
     }
 
@@ -429,23 +521,48 @@ fn checked_query(query: &str) -> Result<String, ApiError> {
     Ok(q.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
-/// The answer to a finished run, and its candidates.
-fn answer(run: &Run, rules: &[Rule], runtimes: Runtimes, now: u64) -> (Answer, Vec<Candidate>) {
-    let query = Query::new(&run.query, rules);
-    let mut skipped: BTreeMap<Source, Skipped> =
-        run.results.iter().map(|(s, o)| (*s, o.skipped)).collect();
-    let findings = run.results.values().flat_map(|o| o.found.iter().cloned());
-    let today = i64::try_from(now / 86_400_000).unwrap_or(0);
-    let candidates = candidate::merge(findings, &query, rules, runtimes, today, &mut skipped);
-    let sources: Vec<Value> = run
+/// What ranking a run needs (sent to the worker).
+#[derive(Debug)]
+struct RankInput {
+    query: String,
+    sources: Vec<Source>,
+    results: BTreeMap<Source, Outcome>,
+    started: Instant,
+    rules: Vec<Rule>,
+    runtimes: Runtimes,
+    now_ms: u64,
+}
+
+/// Joins and ranks a finished run's findings into its answer and its event's opportunities.
+fn rank(input: &RankInput) -> Ranked {
+    let query = Query::new(&input.query, &input.rules);
+    let mut skipped: BTreeMap<Source, Skipped> = input
+        .results
+        .iter()
+        .map(|(s, o)| (*s, o.parsed.skipped))
+        .collect();
+    let findings = input
+        .results
+        .values()
+        .flat_map(|o| o.parsed.found.iter().cloned());
+    let today = i64::try_from(input.now_ms / 86_400_000).unwrap_or(0);
+    let candidates: Vec<Candidate> = candidate::merge(
+        findings,
+        &query,
+        &input.rules,
+        input.runtimes,
+        today,
+        &mut skipped,
+    );
+    let sources: Vec<Value> = input
         .sources
         .iter()
-        .filter_map(|s| run.results.get(s).map(|o| (s, o)))
+        .filter_map(|s| input.results.get(s).map(|o| (s, o)))
         .map(|(s, o)| {
             json!({
                 "source": s.name(),
                 "status": o.status,
-                "found": o.found.len(),
+                "found": o.parsed.found.len(),
                 "skipped": skipped.get(s).copied().unwrap_or_default(),
                 "error": o.error,
                 "elapsed_ms": o.elapsed_ms,
@@ -454,29 +571,52 @@ fn answer(run: &Run, rules: &[Rule], runtimes: Runtimes, now: u64) -> (Answer, V
             })
         })
         .collect();
-    let data = json!({
-        "query": run.query,
-        "sources": sources,
-        "count": candidates.len(),
-        "candidates": candidates,
-        "runtimes": runtimes,
-        "elapsed_ms": u64::try_from(run.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    });
-    let answered = run.results.values().any(|o| o.error.is_none());
-    if answered {
-        return (Ok(data), candidates);
-    }
-    let why: Vec<String> = run
-        .results
+    let opportunities = candidates
         .iter()
-        .filter_map(|(s, o)| o.error.as_ref().map(|e| format!("{}: {e}", s.name())))
+        .take(MAX_OPPORTUNITIES)
+        .map(|c| Opportunity {
+            id: c.id.clone(),
+            package: c.package.reference.clone(),
+            capabilities: c
+                .capabilities
+                .iter()
+                .map(|b| b.capability.clone())
+                .collect(),
+            score: c.score,
+            sources: c.sources.iter().map(|s| s.name()).collect(),
+        })
         .collect();
-    let err = ApiError::new(
-        ErrorCode::UpstreamUnavailable,
-        format!("no discovery source answered ({})", why.join("; ")),
-    )
-    .with_data(data);
-    (Err(err), candidates)
+    let errors = input.results.values().filter(|o| o.error.is_some()).count();
+    let count = candidates.len();
+    let data = json!({
+        "query": input.query,
+        "sources": sources,
+        "count": count,
+        "candidates": candidates,
+        "runtimes": input.runtimes,
+        "elapsed_ms": u64::try_from(input.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    });
+    let answered = input.results.values().any(|o| o.error.is_none());
+    let answer = if answered {
+        Ok(data)
+    } else {
+        let why: Vec<String> = input
+            .results
+            .iter()
+            .filter_map(|(s, o)| o.error.as_ref().map(|e| format!("{}: {e}", s.name())))
+            .collect();
+        Err(ApiError::new(
+            ErrorCode::UpstreamUnavailable,
+            format!("no discovery source answered ({})", why.join("; ")),
+        )
+        .with_data(data))
+    };
+    Ranked {
+        answer,
+        opportunities,
+        candidates: count,
+        errors,
+    }
 }
 
 /// Milliseconds since 1970 (the cache outlives the process, so wall-clock time).
@@ -509,8 +649,16 @@ impl Room for Discovery {
             Timer::Refresh => {
                 self.refresh = None;
                 let busy = self.runs.values().any(|r| r.trigger == Trigger::Periodic);
-                if !busy && !self.sources.is_empty() && self.runs.len() < MAX_RUNS {
-                    let sources = self.sources.clone();
+                // Only the sources that have somewhere to ask: with the defaults (the catalog,
+                // no catalog file) the refresh stays quiet instead of logging the same error
+                // every interval. A request still names each unconfigured source's error.
+                let sources: Vec<Source> = self
+                    .sources
+                    .iter()
+                    .copied()
+                    .filter(|s| self.endpoints.configured(*s))
+                    .collect();
+                if !busy && !sources.is_empty() && self.runs.len() < MAX_RUNS {
                     self.begin(cx, sources, String::new(), Trigger::Periodic, None, true);
                 }
                 self.arm(cx);
@@ -520,15 +668,49 @@ impl Room for Discovery {
 
     fn on_job(&mut self, cx: &mut RoomCx<'_, Self>, done: Job) {
         match done {
-            Job::CacheLoaded(Ok(cache)) => {
-                // Answers fetched since start are newer than the file's.
-                let n = cache.len();
-                self.cache.absorb(cache);
-                log::debug!("discovery: {n} cached answer(s) loaded");
+            Job::CacheLoaded(loaded) => {
+                match loaded {
+                    Ok(cache) => {
+                        let n = cache.len();
+                        self.cache.absorb(cache);
+                        log::debug!("discovery: {n} cached answer(s) loaded");
+                    }
+                    Err(why) => {
+                        log::warn!("discovery: cache not used ({why}); it will be rewritten");
+                    }
+                }
+                for (sources, query, reply) in self.waiting.take().unwrap_or_default() {
+                    // Before the cache file is read, a request waits for it (a worker job
+                    // queued ahead of any source's).
+                    if let Some(waiting) = &mut self.waiting {
+                        if self.runs.len() + waiting.len() >= MAX_RUNS {
+                            return cx.reply(
+                                reply,
+                                Err(ApiError::new(
+                                    ErrorCode::Busy,
+                                    format!(
+                                        "{MAX_RUNS} discoveries are already waiting; try again"
+                                    ),
+                                )),
+                            );
+                        }
+                        waiting.push((sources, query, reply));
+                        return;
+                    }
+                    self.begin(cx, sources, query, Trigger::Request, Some(reply), false);
+                }
             }
-            Job::CacheLoaded(Err(why)) => {
-                log::warn!("discovery: cache not used ({why}); it will be rewritten");
+            Job::CacheSaved(result) => {
+                if let Err(why) = result {
+                    log::warn!("discovery: cache not written: {why}");
+                }
+                let again = self.saving == Saving::Busy { dirty: true };
+                self.saving = Saving::Idle;
+                if again {
+                    self.save(cx);
+                }
             }
+            Job::Ranked { run, ranked } => self.finished(cx, run, ranked),
             Job::Fetched {
                 source,
                 query,
@@ -543,12 +725,12 @@ impl Room for Discovery {
                 let now = now_ms();
                 let outcome = match result {
                     Ok(parsed) => {
+                        let parsed = Arc::new(parsed);
                         self.cache.put(source, &query, now, parsed.clone());
-                        cx.persist(cache::FILE, self.cache.document(), None);
+                        self.save(cx);
                         Outcome {
                             status: "ok",
-                            found: parsed.found,
-                            skipped: parsed.skipped,
+                            parsed,
                             error: None,
                             elapsed_ms,
                             fetched_at_ms: Some(now),
@@ -558,8 +740,7 @@ impl Room for Discovery {
                         log::debug!("discovery: {}: {e}", source.name());
                         Outcome {
                             status: "error",
-                            found: Vec::new(),
-                            skipped: Skipped::default(),
+                            parsed: Arc::new(Parsed::default()),
                             error: Some(e),
                             elapsed_ms,
                             fetched_at_ms: None,
@@ -597,6 +778,20 @@ impl Serve for Discovery {
                     Ok(ok) => ok,
                     Err(e) => return cx.reply(reply, Err(e)),
                 };
+                // Nowhere to ask is the configuration's state, not a failure of the sources.
+                if !sources.iter().any(|s| self.endpoints.configured(*s)) {
+                    let names: Vec<&str> = sources.iter().map(|s| s.name()).collect();
+                    return cx.reply(
+                        reply,
+                        Err(ApiError::new(
+                            ErrorCode::Conflict,
+                            format!(
+                                "no discovery source has an address: {} (set mcp_servers.catalog_file, registry_url or github_api_url)",
+                                names.join(", ")
+                            ),
+                        )),
+                    );
+                }
                 if self.runs.len() >= MAX_RUNS {
                     return cx.reply(
                         reply,

@@ -643,6 +643,19 @@ pub struct Endpoints {
     pub ca_file: String,
 }
 
+impl Endpoints {
+    /// Whether `source` has somewhere to ask (npm always may: the npm config is read when
+    /// it is asked).
+    pub fn configured(&self, source: Source) -> bool {
+        match source {
+            Source::Catalog => !self.catalog.is_empty(),
+            Source::Registry => !self.registry.is_empty(),
+            Source::Npm => true,
+            Source::Github => !self.github.is_empty(),
+        }
+    }
+}
+
 /// Percent-encodes `s` for a query string (space as `+`).
 pub fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

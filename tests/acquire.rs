@@ -222,7 +222,13 @@ fn a_blocked_package_is_refused_and_a_missing_version_fails_leaving_nothing() {
         "{err}"
     );
     let slug = "modelcontextprotocol-server-filesystem";
-    assert!(servers(&d).is_empty(), "{:?}", servers(&d));
+    // The trial server stops gracefully (stdin closed, then signals) and is removed.
+    wait_until(
+        "nothing registered",
+        || servers(&d),
+        Vec::is_empty,
+        |s| format!("{s:?}"),
+    );
     let dir = d.state_dir.join("servers").join(slug);
     wait_for("the install directory removed", || !dir.exists());
     let refused = decisions(&d, "?verdict=refused");

@@ -97,8 +97,34 @@ fn wait_acquired(d: &Daemon) -> Vec<Value> {
 fn a_gap_is_closed_by_itself_the_failing_candidate_giving_way_to_the_next() {
     let dir = TempDir::new("autonomy");
     let (_fx, d) = start(&dir, true);
+    the_full_cycle(&d);
+}
 
-    let acquired = wait_acquired(&d);
+/// Off, an open gap is left alone; switched on live (`config set`), the open gap is taken up.
+#[test]
+fn switching_auto_acquire_on_takes_up_the_open_gap() {
+    let dir = TempDir::new("autonomy-live");
+    let (_fx, d) = start(&dir, false);
+    let v = wait_until(
+        "the memory gap",
+        || variety(&d),
+        |v| v["variety_ratio"].as_f64() == Some(0.0),
+        |v| format!("{v:#}\n{}", d.stderr()),
+    );
+    assert_eq!(v["gaps"][0]["capability"], "memory", "{v}");
+    // A discovery run would be the first thing the cycle does: none was asked for.
+    assert!(events(&d, "discovery_completed").is_empty());
+    let (status, none) = d.http("GET", "/api/v1/capabilities/acquisitions/acq-1", None);
+    assert_eq!(status, 404, "{none}");
+
+    let out = d.cli(&["config", "set", "variety.auto_acquire", "true"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    the_full_cycle(&d);
+}
+
+/// The failing candidate, then the memory server acquired, the gap closed, nothing more.
+fn the_full_cycle(d: &Daemon) {
+    let acquired = wait_acquired(d);
     let server = "modelcontextprotocol-server-memory";
     assert_eq!(acquired.len(), 1, "{acquired:?}");
     assert_eq!(acquired[0]["data"]["server_id"], server, "{acquired:?}");
@@ -107,23 +133,23 @@ fn a_gap_is_closed_by_itself_the_failing_candidate_giving_way_to_the_next() {
         .is_some_and(|c| c.contains(&json!("memory"))));
 
     // In order: the gap, the broken candidate failing at its install, then the memory server.
-    let gap = events(&d, "variety_gap_detected");
+    let gap = events(d, "variety_gap_detected");
     let gap = gap
         .iter()
         .find(|e| e["data"]["capability"] == "memory")
         .unwrap_or_else(|| panic!("no memory gap event: {gap:?}"));
-    let failed = events(&d, "capability_acquisition_failed");
+    let failed = events(d, "capability_acquisition_failed");
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["data"]["package"], BROKEN, "{failed:?}");
     assert_eq!(failed[0]["data"]["step"], "install", "{failed:?}");
     let seq = |e: &Value| e["seq"].as_u64().unwrap_or(0);
     assert!(seq(gap) < seq(&failed[0]) && seq(&failed[0]) < seq(&acquired[0]));
 
-    let first = finished(&d, "acq-1");
+    let first = finished(d, "acq-1");
     assert_eq!(first["package"], BROKEN, "{first}");
     assert_eq!(first["state"], "failed", "{first}");
     assert_eq!(first["requested_by"], "auto", "{first}");
-    let second = finished(&d, "acq-2");
+    let second = finished(d, "acq-2");
     assert_eq!(
         second["package"],
         format!("npm:{MEMORY}@{}", pinned("MEMORY_VERSION"))
@@ -133,7 +159,7 @@ fn a_gap_is_closed_by_itself_the_failing_candidate_giving_way_to_the_next() {
     assert_eq!(second["registry"]["status"], "active", "{second}");
 
     // The decision records who asked.
-    let recorded = decisions(&d, "");
+    let recorded = decisions(d, "");
     let list = recorded["decisions"]
         .as_array()
         .cloned()
@@ -145,7 +171,7 @@ fn a_gap_is_closed_by_itself_the_failing_candidate_giving_way_to_the_next() {
     // The gap is closed: ratio 1.0, the server active, the discovery's candidates shown.
     let v = wait_until(
         "variety ratio 1.0",
-        || variety(&d),
+        || variety(d),
         |v| v["variety_ratio"].as_f64() == Some(1.0),
         |v| format!("{v:#}\n{}", d.stderr()),
     );

@@ -74,10 +74,23 @@ impl Auto {
         }
     }
 
-    /// New settings; turning it off drops what was planned (a running acquisition finishes).
-    pub fn configure(&mut self, enabled: bool, cooldown: Duration) {
+    /// New settings; turning it off drops what was planned (a running acquisition finishes);
+    /// turning it on takes the gaps open now as if each had just been detected. Returns the
+    /// capability whose chain starts now, if one does.
+    pub fn configure(&mut self, enabled: bool, cooldown: Duration) -> Option<String> {
         self.cooldown = cooldown;
+        let switched_on = enabled && !self.enabled;
         self.enabled = enabled;
+        if switched_on {
+            for gap in &self.open {
+                if !self.waiting.contains(gap) && self.waiting.len() < MAX_WAITING {
+                    self.waiting.push_back(gap.clone());
+                }
+            }
+            if self.chain.is_none() {
+                return self.end();
+            }
+        }
         if !enabled {
             self.waiting.clear();
             if let Some(chain) = self.chain.as_mut() {
@@ -88,6 +101,7 @@ impl Auto {
                 }
             }
         }
+        None
     }
 
     /// A gap was detected: `Some(capability)` when a chain should start for it now.
@@ -109,7 +123,8 @@ impl Auto {
         }
     }
 
-    /// The gaps open now (every analysis that changed something says so).
+    /// The gaps open now (every analysis that changed something says so; followed even when
+    /// the cycle is off, so that switching it on finds them).
     pub fn gaps_now(&mut self, gaps: &[String]) {
         self.open = gaps.iter().cloned().collect();
         let open = &self.open;
@@ -357,6 +372,20 @@ mod tests {
         assert_eq!(a.end(), None, "each gap event is taken once");
         let mut off = Auto::new(false, Duration::from_secs(60));
         assert_eq!(off.gap("memory"), None);
+        off.gaps_now(&["memory".into(), "time".into()]);
+        assert_eq!(
+            off.configure(true, Duration::from_secs(60)).as_deref(),
+            Some("memory"),
+            "switched on: the open gaps are taken"
+        );
+        off.start("memory".into(), 1);
+        off.discovered(None);
+        assert_eq!(off.end().as_deref(), Some("time"));
+        assert_eq!(
+            off.configure(true, Duration::from_secs(60)),
+            None,
+            "already on"
+        );
     }
 
     #[test]

@@ -1031,12 +1031,15 @@ impl Room for Acquire {
         }
     }
 
-    fn apply_config(&mut self, _cx: &mut RoomCx<'_, Self>, config: &Config) {
+    fn apply_config(&mut self, cx: &mut RoomCx<'_, Self>, config: &Config) {
         self.settings = Settings::from_config(config, self.settings.state_dir.clone());
-        self.auto.configure(
+        let start = self.auto.configure(
             config.variety.auto_acquire,
             Duration::from_millis(config.variety.acquire_cooldown_ms),
         );
+        if let Some(capability) = start {
+            self.auto_discover(cx, capability);
+        }
     }
 
     fn on_event(

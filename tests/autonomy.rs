@@ -124,7 +124,9 @@ fn switching_auto_acquire_on_takes_up_the_open_gap() {
 
 /// The failing candidate, then the memory server acquired, the gap closed, nothing more.
 fn the_full_cycle(d: &Daemon) {
+    let asked = Instant::now();
     let acquired = wait_acquired(d);
+    let waited = asked.elapsed();
     let server = "modelcontextprotocol-server-memory";
     assert_eq!(acquired.len(), 1, "{acquired:?}");
     assert_eq!(acquired[0]["data"]["server_id"], server, "{acquired:?}");
@@ -157,6 +159,24 @@ fn the_full_cycle(d: &Daemon) {
     assert_eq!(second["state"], "acquired", "{second}");
     assert_eq!(second["requested_by"], "auto", "{second}");
     assert_eq!(second["registry"]["status"], "active", "{second}");
+    // Numbers for the README (not asserted): how long the gap stayed open, installs apart.
+    let install_ms = |a: &Value| {
+        a["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["step"] == "install")
+            .filter_map(|s| s["ms"].as_u64())
+            .sum::<u64>()
+    };
+    eprintln!(
+        "autonomy: capability_acquired {} ms after the cycle could start; failed install {} ms; \
+         memory server: install {} ms, whole acquisition {} ms",
+        waited.as_millis(),
+        install_ms(&first),
+        install_ms(&second),
+        second["result"]["total_ms"]
+    );
 
     // The decision records who asked.
     let recorded = decisions(d, "");

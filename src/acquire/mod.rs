@@ -14,6 +14,11 @@
 //! tools) → `capability_acquired`. Any failure publishes `capability_acquisition_failed` with
 //! the step and reason, unregisters what was registered and removes the install directory.
 //!
+//! Acquisitions are asked for by people (`capabilities/integrate`, `mcp register`) or, with
+//! `[variety] auto_acquire`, by the autonomous cycle ([`auto`]: this room follows
+//! `variety_gap_detected` and `variety_updated`, asks discovery, queues the best-ranked
+//! candidate and the next one after a failure); each says who asked (`requested_by`).
+//!
 //! Invariants: one acquisition runs at a time; at most [`MAX_QUEUED`] wait; at most
 //! [`MAX_KEPT`] finished ones are kept for `GET /api/v1/capabilities/acquisitions/{id}`
 //! (oldest first out). Nothing of a failed or refused acquisition stays registered or

@@ -387,6 +387,10 @@ section! {
         pub required: Vec<crate::variety::required::Required> = Vec::new(),
         /// Keyword rules added to the built-in ones (`[[variety.rules]]`).
         pub rules: Vec<crate::variety::required::RuleSpec> = Vec::new(),
+        /// Acquire a provider for a new gap without being asked.
+        pub auto_acquire: bool = false,
+        /// A candidate that failed is not tried again by the autonomous cycle for this long.
+        pub acquire_cooldown_ms: u64 = 3_600_000,
     }
 }
 
@@ -630,6 +634,8 @@ pub const KEYS: &[KeyInfo] = &[
     live("gateway.daemon_tools", "the daemon's own tools offered on /mcp as vsm__TOOL", Constraint::StringList { allowed: Some(GATEWAY_DAEMON_TOOLS), max_items: GATEWAY_DAEMON_TOOLS.len(), max_item_bytes: 32 }),
     live("variety.required", "capabilities the daemon must have: names (\"time\") or tables {capability = \"memory\", weight = 2, severity = \"high\"}; weight above 0 (default 1), severity low, medium (default), high or critical; at most 256, unique", Constraint::RequiredCapabilities),
     live("variety.rules", "keyword rules added to the built-in ones ([[variety.rules]] capability = \"time\", keywords = [\"timezone\"]): a tool whose name or description holds a keyword's words provides the capability; at most 128 rules of 1 to 64 keywords", Constraint::KeywordRules),
+    live("variety.auto_acquire", "when a required capability has no provider (a variety_gap_detected event), discover candidates for it and acquire the best-ranked one by itself, one at a time, trying the next-ranked when one fails; decisions record requested_by = auto", Constraint::Bool),
+    live("variety.acquire_cooldown_ms", "a package whose acquisition failed or was refused is not tried again by the autonomous cycle for this long, in milliseconds", range(1000.0, 604_800_000.0)),
 ];
 
 /// The table entry of a dotted key.

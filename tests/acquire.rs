@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 /// How long an acquisition may take here (a cold pip install of the time server's
 /// dependencies takes about a minute).
-const INSTALL_PATIENCE: Duration = Duration::from_secs(600);
+pub(crate) const INSTALL_PATIENCE: Duration = Duration::from_secs(600);
 /// `@modelcontextprotocol/server-filesystem`, an exact version whose tools map to
 /// `file_system` (blocked by default).
 const FILESYSTEM: &str = "npm:@modelcontextprotocol/server-filesystem@2026.8.31";
 
 /// A version pinned in `.ci/install-test-peers` (`NAME="x.y.z"`).
-fn pinned(name: &str) -> String {
+pub(crate) fn pinned(name: &str) -> String {
     let script = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/install-test-peers"),
     )
@@ -49,7 +49,7 @@ fn integrate(d: &Daemon, body: Value) -> String {
 }
 
 /// Waits until acquisition `id` is no longer queued or running; returns it.
-fn finished(d: &Daemon, id: &str) -> Value {
+pub(crate) fn finished(d: &Daemon, id: &str) -> Value {
     let deadline = Instant::now() + INSTALL_PATIENCE;
     loop {
         let (status, reply) = d.http(
@@ -83,7 +83,7 @@ fn servers(d: &Daemon) -> Vec<String> {
         .collect()
 }
 
-fn events(d: &Daemon, kind: &str) -> Vec<Value> {
+pub(crate) fn events(d: &Daemon, kind: &str) -> Vec<Value> {
     let (_, reply) = d.http("GET", &format!("/api/v1/events?type={kind}"), None);
     reply["data"]["events"]
         .as_array()
@@ -91,7 +91,7 @@ fn events(d: &Daemon, kind: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn decisions(d: &Daemon, query: &str) -> Value {
+pub(crate) fn decisions(d: &Daemon, query: &str) -> Value {
     let (status, reply) = d.http("GET", &format!("/api/v1/decisions{query}"), None);
     assert_eq!(status, 200, "{reply}");
     reply["data"].clone()

@@ -16,10 +16,16 @@ const MEMORY: &str = "npm:@modelcontextprotocol/server-memory";
 const FILESYSTEM: &str = "npm:@modelcontextprotocol/server-filesystem";
 const TIME: &str = "pypi:mcp-server-time";
 
-struct Fixture(Child, u16);
+/// The registry fixture, killed when dropped.
+pub(crate) struct Fixture(Child, u16);
 
 impl Fixture {
     fn start(dir: &Path, slow_seconds: &str) -> Fixture {
+        Fixture::start_with(dir, &["--slow-seconds", slow_seconds])
+    }
+
+    /// Started with these arguments after its port file (`--data FILE.json`, ...).
+    pub(crate) fn start_with(dir: &Path, args: &[&str]) -> Fixture {
         let port_file = dir.join("registry-port");
         let child = Command::new("python3")
             .arg(format!(
@@ -27,7 +33,7 @@ impl Fixture {
                 env!("CARGO_MANIFEST_DIR")
             ))
             .arg(&port_file)
-            .args(["--slow-seconds", slow_seconds])
+            .args(args)
             .spawn()
             .expect("python3 runs the registry fixture");
         let port = wait_until(
@@ -41,7 +47,7 @@ impl Fixture {
         Fixture(child, port)
     }
 
-    fn url(&self, mode: &str) -> String {
+    pub(crate) fn url(&self, mode: &str) -> String {
         format!("http://127.0.0.1:{}/{mode}", self.1)
     }
 

@@ -4,6 +4,7 @@
 mod acquire;
 mod alerts;
 mod api;
+mod autonomy;
 mod checks;
 mod container;
 mod control;

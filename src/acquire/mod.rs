@@ -14,6 +14,11 @@
 //! tools) → `capability_acquired`. Any failure publishes `capability_acquisition_failed` with
 //! the step and reason, unregisters what was registered and removes the install directory.
 //!
+//! Acquisitions are asked for by people (`capabilities/integrate`, `mcp register`) or, with
+//! `[variety] auto_acquire`, by the autonomous cycle ([`auto`]: this room follows
+//! `variety_gap_detected` and `variety_updated`, asks discovery, queues the best-ranked
+//! candidate and the next one after a failure); each says who asked (`requested_by`).
+//!
 //! Invariants: one acquisition runs at a time; at most [`MAX_QUEUED`] wait; at most
 //! [`MAX_KEPT`] finished ones are kept for `GET /api/v1/capabilities/acquisitions/{id}`
 //! (oldest first out). Nothing of a failed or refused acquisition stays registered or
@@ -22,10 +27,13 @@
 //! SIGCHLD.
 
 pub mod assess;
+pub mod auto;
 pub mod decisions;
 pub mod install;
 
-use crate::api::{AcquireRequest, Answer, ApiError, ErrorCode, McpRequest, ReplyTo, Request};
+use crate::api::{
+    AcquireRequest, Answer, ApiError, DiscoveryRequest, ErrorCode, McpRequest, ReplyTo, Request,
+};
 use crate::config::Config;
 use crate::events::{Channel, EventData};
 use crate::mcp::process::PipeTokens;
@@ -194,6 +202,8 @@ pub struct Acquire {
     decisions: Decisions,
     /// Why decisions are not persisted (a state file this daemon does not understand).
     decisions_read_only: Option<String>,
+    /// The autonomous cycle (`[variety] auto_acquire`).
+    auto: auto::Auto,
 }
 
 impl Acquire {
@@ -224,6 +234,10 @@ impl Acquire {
             next_tag: 1,
             decisions,
             decisions_read_only,
+            auto: auto::Auto::new(
+                config.variety.auto_acquire,
+                Duration::from_millis(config.variety.acquire_cooldown_ms),
+            ),
         }
     }
 
@@ -728,9 +742,13 @@ impl Acquire {
             acq.id(),
             acq.spec_text()
         );
+        let (n, package) = (acq.n, acq.spec_text());
         self.advance(cx, "done", format!("active with {count} tools"));
         cx.event(Channel::VarietyMonitoring, data);
         self.run = None;
+        if self.auto.finished(n, &package, true, Instant::now()) {
+            self.auto_next(cx);
+        }
         self.pump(cx);
     }
 
@@ -778,8 +796,14 @@ impl Acquire {
             reasons,
         };
         let slug = acq.package.slug();
+        let package = acq.spec_text();
         let (n, dir, registered) = (run.n, run.dir.clone(), run.registered);
         cx.event(Channel::VarietyMonitoring, data);
+        if self.auto.finished(n, &package, false, Instant::now()) {
+            // The next-ranked candidate is queued now; it starts once this one's directory
+            // is gone.
+            self.auto_next(cx);
+        }
         if registered {
             let tag = self.tag();
             cx.ask(tag, Request::Mcp(McpRequest::Unregister { id: slug }));
@@ -828,6 +852,17 @@ impl Acquire {
     ) -> Answer {
         let target = parse_target(&body)
             .map_err(|e| ApiError::field(ErrorCode::InvalidParameter, "package", e))?;
+        self.enqueue(cx, target, requested_by)
+            .map(|(_, answer)| answer)
+    }
+
+    /// Queues an acquisition of `target`; its number and the answer to the asker.
+    fn enqueue(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        target: Target,
+        requested_by: String,
+    ) -> Result<(u64, Value), ApiError> {
         let waiting = self.queue.len() + usize::from(self.run.is_some());
         if waiting > MAX_QUEUED {
             return Err(ApiError::new(
@@ -877,7 +912,57 @@ impl Acquire {
         self.queue.push_back(n);
         self.trim();
         self.pump(cx);
-        Ok(answer)
+        Ok((n, answer))
+    }
+
+    /// A gap was detected: with `auto_acquire` on and no chain in progress, discovery is
+    /// asked for providers of it.
+    fn auto_gap(&mut self, cx: &mut RoomCx<'_, Self>, capability: &str) {
+        if let Some(capability) = self.auto.gap(capability) {
+            self.auto_discover(cx, capability);
+        }
+    }
+
+    fn auto_discover(&mut self, cx: &mut RoomCx<'_, Self>, capability: String) {
+        let tag = self.tag();
+        log::info!("auto-acquire: looking for a provider of '{capability}'");
+        self.auto.start(capability.clone(), tag);
+        cx.ask(
+            tag,
+            Request::Discovery(DiscoveryRequest::Discover {
+                source: None,
+                query: capability,
+            }),
+        );
+    }
+
+    /// Queues the chain's next candidate; when there is none, the chain ends and the next
+    /// waiting gap's starts.
+    fn auto_next(&mut self, cx: &mut RoomCx<'_, Self>) {
+        while let Some(pick) = self.auto.next(Instant::now()) {
+            let package = pick.package.to_string();
+            let target = Target {
+                package: pick.package,
+                registry: RegistryFacts {
+                    name: pick.server_name,
+                    status: pick.status,
+                },
+                capabilities: pick.capabilities,
+            };
+            match self.enqueue(cx, target, "auto".into()) {
+                Ok((n, _)) => {
+                    log::info!("auto-acquire: acq-{n} queued for {package}");
+                    self.auto.running(n);
+                    return;
+                }
+                Err(e) => log::warn!("auto-acquire: {package} not queued: {}", e.message),
+            }
+        }
+        if self.auto.idle() {
+            if let Some(capability) = self.auto.end() {
+                self.auto_discover(cx, capability);
+            }
+        }
     }
 }
 
@@ -951,8 +1036,15 @@ impl Room for Acquire {
         }
     }
 
-    fn apply_config(&mut self, _cx: &mut RoomCx<'_, Self>, config: &Config) {
+    fn apply_config(&mut self, cx: &mut RoomCx<'_, Self>, config: &Config) {
         self.settings = Settings::from_config(config, self.settings.state_dir.clone());
+        let start = self.auto.configure(
+            config.variety.auto_acquire,
+            Duration::from_millis(config.variety.acquire_cooldown_ms),
+        );
+        if let Some(capability) = start {
+            self.auto_discover(cx, capability);
+        }
     }
 
     fn on_event(
@@ -962,6 +1054,16 @@ impl Room for Acquire {
         _channel: Channel,
         data: &EventData,
     ) {
+        match data {
+            EventData::VarietyGapDetected { capability, .. } => {
+                return self.auto_gap(cx, capability)
+            }
+            EventData::VarietyUpdated { gaps, .. } => {
+                self.auto.gaps_now(gaps);
+                return self.auto_next(cx);
+            }
+            _ => {}
+        }
         let EventData::McpServerStatusChange {
             server_id,
             new_status,
@@ -988,6 +1090,20 @@ impl Room for Acquire {
     }
 
     fn on_answer(&mut self, cx: &mut RoomCx<'_, Self>, tag: u64, answer: Answer) {
+        if let Some(capability) = self.auto.awaits(tag) {
+            let kept = match &answer {
+                Ok(data) => self.auto.discovered(Some(data)),
+                Err(e) => {
+                    log::warn!(
+                        "auto-acquire: discovery for '{capability}' failed: {}",
+                        e.message
+                    );
+                    self.auto.discovered(None)
+                }
+            };
+            log::info!("auto-acquire: {kept} candidates to try");
+            return self.auto_next(cx);
+        }
         let Some(run) = self.run.as_ref().filter(|r| r.tag == tag && !r.ending) else {
             return;
         };

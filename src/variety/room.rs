@@ -533,6 +533,25 @@ impl Room for Variety {
         }
     }
 
+    /// Discovery's opportunities (the best candidates of its last run) are shown from the
+    /// next analysis on.
+    fn on_event(
+        &mut self,
+        _cx: &mut RoomCx<'_, Self>,
+        _seq: u64,
+        _channel: Channel,
+        data: &EventData,
+    ) {
+        if let EventData::DiscoveryCompleted { opportunities, .. } = data {
+            let found = opportunities.iter().map(|o| Opportunity {
+                candidate: o.package.clone(),
+                capabilities: o.capabilities.clone(),
+                reason: format!("discovered (score {}, {})", o.score, o.sources.join(", ")),
+            });
+            self.set_opportunities(found.collect());
+        }
+    }
+
     /// The write of a request change came back.
     fn on_answer(&mut self, cx: &mut RoomCx<'_, Self>, tag: u64, answer: Answer) {
         let Some(at) = self.pending.iter().position(|p| p.tag == tag) else {

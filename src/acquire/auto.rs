@@ -1,0 +1,406 @@
+//! The autonomous acquisition cycle (`[variety] auto_acquire`, the seed's "full autonomous
+//! operation"): a required capability without a provider is looked up in discovery and the
+//! best-ranked candidate that brings it is acquired without anyone asking.
+//!
+//! This is the bookkeeping only (no I/O, no clock of its own: the room passes `now`); the
+//! acquisition room follows `variety_gap_detected` and `variety_updated` events, asks
+//! discovery and queues what [`Auto::next`] picks.
+//!
+//! Invariants: one chain at a time (one capability, its ranked candidates tried one after the
+//! other, each only once the previous one failed); a chain stops as soon as its gap closes
+//! (no flapping: a chain never starts for a gap that is not open, and a closed gap's remaining
+//! candidates are dropped); a package that failed is not picked again for the cooldown; a
+//! capability whose candidates are all exhausted or cooling waits for its next gap event.
+//! Bounded: [`MAX_CANDIDATES`] per chain, [`MAX_WAITING`] gaps waiting, [`MAX_COOLING`]
+//! packages cooling (the one closest to the end of its cooldown goes first).
+
+use crate::variety::package::PackageRef;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Candidates kept for one chain at most.
+pub const MAX_CANDIDATES: usize = 16;
+/// Gaps waiting for the chain in progress at most.
+pub const MAX_WAITING: usize = 256;
+/// Packages cooling down at most.
+pub const MAX_COOLING: usize = 256;
+
+/// A candidate to acquire, from a discovery answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pick {
+    /// The exact package.
+    pub package: PackageRef,
+    /// The registry's server name, when a registry listed it.
+    pub server_name: Option<String>,
+    /// The registry's status.
+    pub status: Option<String>,
+    /// Capabilities discovery says it brings.
+    pub capabilities: Vec<String>,
+}
+
+/// The capability being worked on.
+#[derive(Debug)]
+struct Chain {
+    capability: String,
+    /// The tag of the discovery answer awaited.
+    discovering: Option<u64>,
+    candidates: VecDeque<Pick>,
+    /// The acquisition running for it.
+    current: Option<u64>,
+}
+
+/// The cycle's state.
+#[derive(Debug, Default)]
+pub struct Auto {
+    enabled: bool,
+    cooldown: Duration,
+    /// Gaps announced while a chain was in progress, oldest first.
+    waiting: VecDeque<String>,
+    /// Gaps open, as the variety room last said.
+    open: BTreeSet<String>,
+    chain: Option<Chain>,
+    /// Package (`npm:NAME@VERSION`) → when it may be tried again.
+    cooling: BTreeMap<String, Instant>,
+}
+
+impl Auto {
+    /// A cycle with the given settings.
+    pub fn new(enabled: bool, cooldown: Duration) -> Auto {
+        Auto {
+            enabled,
+            cooldown,
+            ..Auto::default()
+        }
+    }
+
+    /// New settings; turning it off drops what was planned (a running acquisition finishes);
+    /// turning it on takes the gaps open now as if each had just been detected. Returns the
+    /// capability whose chain starts now, if one does.
+    pub fn configure(&mut self, enabled: bool, cooldown: Duration) -> Option<String> {
+        self.cooldown = cooldown;
+        let switched_on = enabled && !self.enabled;
+        self.enabled = enabled;
+        if switched_on {
+            for gap in &self.open {
+                if !self.waiting.contains(gap) && self.waiting.len() < MAX_WAITING {
+                    self.waiting.push_back(gap.clone());
+                }
+            }
+            if self.chain.is_none() {
+                return self.end();
+            }
+        }
+        if !enabled {
+            self.waiting.clear();
+            if let Some(chain) = self.chain.as_mut() {
+                chain.candidates.clear();
+                chain.discovering = None;
+                if chain.current.is_none() {
+                    self.chain = None;
+                }
+            }
+        }
+        None
+    }
+
+    /// A gap was detected: `Some(capability)` when a chain should start for it now.
+    pub fn gap(&mut self, capability: &str) -> Option<String> {
+        if !self.enabled {
+            return None;
+        }
+        self.open.insert(capability.to_string());
+        match &self.chain {
+            None => Some(capability.to_string()),
+            Some(c) if c.capability == capability => None,
+            Some(_) => {
+                if !self.waiting.iter().any(|w| w == capability) && self.waiting.len() < MAX_WAITING
+                {
+                    self.waiting.push_back(capability.to_string());
+                }
+                None
+            }
+        }
+    }
+
+    /// The gaps open now (every analysis that changed something says so; followed even when
+    /// the cycle is off, so that switching it on finds them).
+    pub fn gaps_now(&mut self, gaps: &[String]) {
+        self.open = gaps.iter().cloned().collect();
+        let open = &self.open;
+        self.waiting.retain(|w| open.contains(w));
+        if let Some(chain) = self.chain.as_mut() {
+            if !open.contains(&chain.capability) {
+                chain.candidates.clear();
+            }
+        }
+    }
+
+    /// A chain starts for `capability`; discovery's answer will carry `tag`.
+    pub fn start(&mut self, capability: String, tag: u64) {
+        self.chain = Some(Chain {
+            capability,
+            discovering: Some(tag),
+            candidates: VecDeque::new(),
+            current: None,
+        });
+    }
+
+    /// The capability of the chain awaiting the discovery answer `tag`.
+    pub fn awaits(&self, tag: u64) -> Option<&str> {
+        self.chain
+            .as_ref()
+            .filter(|c| c.discovering == Some(tag))
+            .map(|c| c.capability.as_str())
+    }
+
+    /// Discovery answered (its `data`: ranked `candidates`); keeps those that bring the
+    /// capability, in rank order. `None` data: discovery failed. Returns how many were kept.
+    pub fn discovered(&mut self, data: Option<&Value>) -> usize {
+        let Some(chain) = self.chain.as_mut() else {
+            return 0;
+        };
+        chain.discovering = None;
+        let wanted = chain.capability.clone();
+        let picks = data
+            .and_then(|d| d["candidates"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| pick(c, &wanted))
+            .take(MAX_CANDIDATES);
+        chain.candidates.extend(picks);
+        chain.candidates.len()
+    }
+
+    /// The next candidate to queue for the chain, skipping cooling ones; `None` when the
+    /// chain has nothing to try now (its gap closed, or every candidate is used or cooling).
+    pub fn next(&mut self, now: Instant) -> Option<Pick> {
+        let chain = self.chain.as_mut()?;
+        if chain.current.is_some() || chain.discovering.is_some() {
+            return None;
+        }
+        if !self.open.contains(&chain.capability) {
+            chain.candidates.clear();
+            return None;
+        }
+        while let Some(p) = chain.candidates.pop_front() {
+            let key = p.package.to_string();
+            if self.cooling.get(&key).is_some_and(|until| *until > now) {
+                log::info!("auto-acquire: {key} is cooling down after a failure; skipped");
+                continue;
+            }
+            return Some(p);
+        }
+        None
+    }
+
+    /// Acquisition `n` was queued for the chain.
+    pub fn running(&mut self, n: u64) {
+        if let Some(chain) = self.chain.as_mut() {
+            chain.current = Some(n);
+        }
+    }
+
+    /// Whether the chain has nothing in flight (no discovery, no acquisition): then it is
+    /// over once [`Auto::next`] has nothing either.
+    pub fn idle(&self) -> bool {
+        self.chain
+            .as_ref()
+            .is_some_and(|c| c.current.is_none() && c.discovering.is_none())
+    }
+
+    /// The chain is over; `Some(capability)`: the next waiting gap still open, to start.
+    pub fn end(&mut self) -> Option<String> {
+        if let Some(chain) = self.chain.take() {
+            log::info!("auto-acquire: done with '{}'", chain.capability);
+        }
+        if !self.enabled {
+            return None;
+        }
+        while let Some(w) = self.waiting.pop_front() {
+            if self.open.contains(&w) {
+                return Some(w);
+            }
+        }
+        None
+    }
+
+    /// Acquisition `n` of `package` ended (`ok`: acquired). A failure cools the package
+    /// down; returns whether it was the chain's (then the room tries the next candidate, or
+    /// ends the chain when it succeeded).
+    pub fn finished(&mut self, n: u64, package: &str, ok: bool, now: Instant) -> bool {
+        if !ok {
+            self.cool(package, now);
+        }
+        let Some(chain) = self.chain.as_mut().filter(|c| c.current == Some(n)) else {
+            return false;
+        };
+        chain.current = None;
+        if ok {
+            // Its gap is closed (or closing): what is left of the chain is not needed.
+            chain.candidates.clear();
+        }
+        true
+    }
+
+    fn cool(&mut self, package: &str, now: Instant) {
+        self.cooling.retain(|_, until| *until > now);
+        if self.cooling.len() >= MAX_COOLING && !self.cooling.contains_key(package) {
+            let soonest = self
+                .cooling
+                .iter()
+                .min_by_key(|(_, until)| **until)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = soonest {
+                self.cooling.remove(&k);
+            }
+        }
+        self.cooling
+            .insert(package.to_string(), now + self.cooldown);
+    }
+}
+
+/// A discovery candidate that brings `capability`, with an exact package.
+fn pick(candidate: &Value, capability: &str) -> Option<Pick> {
+    let capabilities: Vec<String> = candidate["capabilities"]
+        .as_array()?
+        .iter()
+        .filter_map(|b| b["capability"].as_str().map(str::to_string))
+        .collect();
+    if !capabilities.iter().any(|c| c == capability) {
+        return None;
+    }
+    let package = PackageRef::parse(candidate["package"]["ref"].as_str()?).ok()?;
+    let text = |k: &str| candidate[k].as_str().map(str::to_string);
+    Some(Pick {
+        package,
+        server_name: text("server_name"),
+        status: text("status"),
+        capabilities,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn answer(refs: &[(&str, &str)]) -> Value {
+        let candidates: Vec<Value> = refs
+            .iter()
+            .map(|(r, cap)| {
+                json!({"package": {"ref": r}, "capabilities": [{"capability": cap, "reason": "declared"}],
+                       "server_name": "io.example/x", "status": "active"})
+            })
+            .collect();
+        json!({ "candidates": candidates })
+    }
+
+    fn on(cooldown_s: u64) -> Auto {
+        Auto::new(true, Duration::from_secs(cooldown_s))
+    }
+
+    #[test]
+    fn the_best_candidate_bringing_the_capability_is_picked_then_the_next_after_a_failure() {
+        let mut a = on(3600);
+        let now = Instant::now();
+        assert_eq!(a.gap("memory").as_deref(), Some("memory"));
+        a.start("memory".into(), 7);
+        assert_eq!(a.awaits(7), Some("memory"));
+        assert_eq!(a.next(now), None, "nothing before discovery answers");
+        let kept = a.discovered(Some(&answer(&[
+            ("npm:broken@9.9.9", "memory"),
+            ("pypi:mcp-server-time==1.0.0", "time"),
+            ("npm:mem@1.0.0", "memory"),
+        ])));
+        assert_eq!(kept, 2, "the time server does not bring memory");
+        let first = a.next(now).expect("a pick");
+        assert_eq!(first.package.to_string(), "npm:broken@9.9.9");
+        a.running(1);
+        assert_eq!(a.next(now), None, "one at a time");
+        assert!(a.finished(1, "npm:broken@9.9.9", false, now));
+        let second = a.next(now).expect("the next-ranked");
+        assert_eq!(second.package.to_string(), "npm:mem@1.0.0");
+        a.running(2);
+        assert!(a.finished(2, "npm:mem@1.0.0", true, now));
+        assert_eq!(a.next(now), None);
+        assert!(a.idle());
+        assert_eq!(a.end(), None);
+    }
+
+    #[test]
+    fn a_failed_package_cools_down_and_a_closed_gap_stops_the_chain() {
+        let mut a = on(60);
+        let now = Instant::now();
+        a.gap("memory");
+        a.start("memory".into(), 1);
+        a.discovered(Some(&answer(&[("npm:a@1.0.0", "memory")])));
+        let p = a.next(now).expect("pick");
+        a.running(1);
+        a.finished(1, &p.package.to_string(), false, now);
+        assert_eq!(a.next(now), None, "exhausted");
+        a.end();
+        // The next gap event: the failed package is still cooling down.
+        assert!(a.gap("memory").is_some());
+        a.start("memory".into(), 2);
+        a.discovered(Some(&answer(&[("npm:a@1.0.0", "memory")])));
+        assert_eq!(a.next(now + Duration::from_secs(30)), None, "cooling");
+        a.end();
+        a.gap("memory");
+        a.start("memory".into(), 3);
+        a.discovered(Some(&answer(&[("npm:a@1.0.0", "memory")])));
+        assert!(a.next(now + Duration::from_secs(61)).is_some(), "cooled");
+        // A closed gap drops what is left.
+        a.end();
+        a.gap("memory");
+        a.start("memory".into(), 4);
+        a.discovered(Some(&answer(&[("npm:a@1.0.0", "memory")])));
+        a.gaps_now(&[]);
+        assert_eq!(a.next(now + Duration::from_secs(61)), None);
+    }
+
+    #[test]
+    fn gaps_wait_for_the_chain_in_progress_and_off_means_nothing_starts() {
+        let mut a = on(60);
+        assert!(a.gap("memory").is_some());
+        a.start("memory".into(), 1);
+        assert_eq!(a.gap("time"), None);
+        assert_eq!(a.gap("time"), None);
+        a.discovered(None);
+        assert!(a.idle());
+        assert_eq!(a.end().as_deref(), Some("time"));
+        assert_eq!(a.end(), None, "each gap event is taken once");
+        let mut off = Auto::new(false, Duration::from_secs(60));
+        assert_eq!(off.gap("memory"), None);
+        off.gaps_now(&["memory".into(), "time".into()]);
+        assert_eq!(
+            off.configure(true, Duration::from_secs(60)).as_deref(),
+            Some("memory"),
+            "switched on: the open gaps are taken"
+        );
+        off.start("memory".into(), 1);
+        off.discovered(None);
+        assert_eq!(off.end().as_deref(), Some("time"));
+        assert_eq!(
+            off.configure(true, Duration::from_secs(60)),
+            None,
+            "already on"
+        );
+    }
+
+    #[test]
+    fn cooling_is_bounded() {
+        let mut a = on(60);
+        let now = Instant::now();
+        for i in 0..(MAX_COOLING + 10) {
+            a.cool(
+                &format!("npm:p{i}@1.0.0"),
+                now + Duration::from_millis(i as u64),
+            );
+        }
+        assert_eq!(a.cooling.len(), MAX_COOLING);
+        assert!(a
+            .cooling
+            .contains_key(&format!("npm:p{}@1.0.0", MAX_COOLING + 9)));
+    }
+}

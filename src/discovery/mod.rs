@@ -206,6 +206,9 @@ impl Discovery {
     }
 
     fn take_config(&mut self, config: &Config) {
+        // The same rules the variety room and the assessment map with: the built-in ones and
+        // `[[variety.rules]]`, so a candidate brings what the analysis would count.
+        self.rules = crate::variety::required::rules(&config.variety.rules);
         let m = &config.mcp_servers;
         self.sources = m
             .discovery_sources
@@ -804,5 +807,32 @@ impl Serve for Discovery {
                 self.begin(cx, sources, query, Trigger::Request, Some(reply), false);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Candidates are mapped with the configured rules too, and a change applies.
+    #[test]
+    fn configured_rules_extend_the_built_in_ones() {
+        let mut config = Config::default();
+        let room = Discovery::new(&config, PathBuf::from("/nonexistent"));
+        assert_eq!(room.rules, capability::builtin());
+        config
+            .variety
+            .rules
+            .push(crate::variety::required::RuleSpec {
+                capability: "weather".into(),
+                keywords: vec!["forecast".into()],
+            });
+        let mut room = room;
+        room.take_config(&config);
+        assert_eq!(room.rules.len(), capability::builtin().len() + 1);
+        assert!(room
+            .rules
+            .iter()
+            .any(|r| r.capability == "weather" && r.keywords == ["forecast"]));
     }
 }

@@ -126,9 +126,9 @@ pub trait Room {
     fn view(&self, _view: View, _out: &mut serde_json::Map<String, Value>) {}
 
     /// An event was published (by any room, this one included: a room ignores its own).
-    /// `seq` is the sequence number it gets in the history. The wiring hands every event to
-    /// every room, in room-list order, before it is recorded and sent; what a room says in
-    /// answer is delivered after it. This is how a room follows what happens elsewhere
+    /// `seq` is its sequence number in the history. The wiring hands every event to every
+    /// room, in room-list order, once it is recorded and sent; what a room says in answer
+    /// comes after it. This is how a room follows what happens elsewhere
     /// (servers coming and going, tools changing, alerts) without glue in `daemon/`. Keep it
     /// cheap: most rooms look at the variant and return.
     fn on_event(

@@ -52,9 +52,14 @@ impl Daemon {
 
     /// Records an event in the history and sends it, serialized once, to the WebSocket
     /// clients subscribed to its channel (SSE followers read it from the history).
+    ///
+    /// The rooms see it (`Room::on_event`) once it is recorded and sent, with the sequence
+    /// number it got: what a room does in answer (which may publish events of its own, at once
+    /// when its outputs are carried out directly) comes after it, in the history as on the
+    /// wire. The history keeps only the wire form, so the rooms get a copy of the typed data.
     fn publish(&mut self, cx: &mut Cx<'_, Timer>, channel: Channel, data: EventData) {
         self.telemetry.event(data.kind());
-        self.rooms_event(cx, self.events.last_seq() + 1, channel, &data);
+        let typed = data.clone();
         let servers_changed = matches!(
             data,
             EventData::McpServerRegistered { .. }
@@ -63,9 +68,11 @@ impl Daemon {
                 | EventData::McpServerToolsChanged { .. }
         );
         let event = self.events.publish(channel, data);
+        let seq = event.seq;
         let text: tungstenite::protocol::frame::Utf8Bytes = event.wire().to_string().into();
         self.server
             .ws_broadcast(&mut cx.narrow(Timer::Net).cx(), channel.name(), &text);
+        self.rooms_event(cx, seq, channel, &typed);
         if servers_changed {
             self.rooms_servers_changed(cx);
         }

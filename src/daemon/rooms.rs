@@ -229,7 +229,7 @@ macro_rules! rooms {
                 log::error!("an answer for room {room}, which is not in the room list");
             }
 
-            /// An event is about to be published: every room sees it (`Room::on_event`),
+            /// An event was published: every room sees it (`Room::on_event`),
             /// in list order; what they say goes where their lines send it.
             pub(super) fn rooms_event(&mut self, cx: &mut Cx<'_, Timer>, seq: u64,
                                       channel: Channel, data: &EventData) {

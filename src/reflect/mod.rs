@@ -399,7 +399,12 @@ impl Reflect {
                 .iter()
                 .find_map(|k| text(k))
                 .unwrap_or_default();
-            let id = text("decision_id").or_else(|| text("id")).map(Text::from);
+            // The acquisition's decision records are numbered (`decision_id`: 7), other
+            // decisions may carry a textual id.
+            let id = text("decision_id")
+                .or_else(|| data["decision_id"].as_u64().map(|n| n.to_string()))
+                .or_else(|| text("id"))
+                .map(Text::from);
             self.push(
                 seq,
                 What::Decision {
@@ -1044,6 +1049,29 @@ mod tests {
             outcome,
             latency_ms: ms,
         }
+    }
+
+    /// An acquisition's verdict is a decision in the record, found by its number or its
+    /// package.
+    #[test]
+    fn acquisition_verdicts_are_decisions_found_by_number_and_package() {
+        let mut r = Reflect::new(&config(100));
+        r.follow(
+            4,
+            &EventData::AcquisitionDecision {
+                decision_id: 7,
+                acquisition_id: "acq-2".into(),
+                package: "npm:x@1.0.0".into(),
+                verdict: "refused",
+                score: Some(40),
+                reasons: vec!["blocked".into()],
+            },
+        );
+        let by_number = r.query("decision", "7").expect("by number");
+        assert_eq!(by_number["events"][0]["seq"], 4, "{by_number}");
+        assert_eq!(by_number["events"][0]["subject"], "npm:x@1.0.0");
+        assert!(r.query("decision", "npm:x@1.0.0").is_ok());
+        assert!(r.query("decision", "8").is_err());
     }
 
     #[test]

@@ -241,6 +241,26 @@ fn a_blocked_package_is_refused_and_a_missing_version_fails_leaving_nothing() {
     let failed = events(&d, "capability_acquisition_failed");
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["data"]["step"], "assessment");
+    // S5 (policy) counts the verdict, and reflection answers for it by its number.
+    let (code, s5) = d.cli_json(&["systems", "status", "system5"]);
+    assert_eq!(code, 0, "{s5}");
+    assert!(
+        s5["by_kind"]["acquisition_verdict"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{s5}"
+    );
+    assert!(
+        s5["decisions_made"].as_u64().is_some_and(|n| n >= 1),
+        "{s5}"
+    );
+    let number = record["id"]
+        .as_u64()
+        .expect("the decision's number")
+        .to_string();
+    let (code, answer) = d.cli_json(&["query", "decision", &number]);
+    assert_eq!(code, 0, "{answer}");
+    assert_eq!(answer["events"][0]["subject"], FILESYSTEM, "{answer}");
 
     let id = integrate(
         &d,

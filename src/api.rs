@@ -90,6 +90,11 @@ pub enum AcquireRequest {
     },
     /// Every acquisition kept, newest first.
     List,
+    /// Re-evaluate the open gaps against policy now (VSM S5 `decide`): with
+    /// `variety.auto_acquire` on, every open gap not being worked on is taken up again (also
+    /// those whose candidates are cooling down: they are skipped until their cooldown ends);
+    /// off, the answer says that policy starts nothing.
+    Decide,
     /// Decision records, oldest first.
     Decisions {
         /// Only ids above this.

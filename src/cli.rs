@@ -1013,7 +1013,8 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20trigger system1 call --parameters '{\"server\": \"time\", \"tool\": \"get_current_time\", \"arguments\": {}}'\n\
             \x20\x20trigger system2 reset_backoff   start every server in backoff now\n\
             \x20\x20trigger system3 audit           run the health and performance cycles and every check now\n\
-            \x20\x20(system4 scan and system5 decide are refused until the variety and acquisition parts exist)",
+            \x20\x20trigger system4 scan            a variety analysis and a discovery run now\n\
+            \x20\x20trigger system5 decide          re-evaluate the open gaps against policy (auto_acquire) now",
         "mcp call" => "vsm-daemon mcp call ID TOOL ['{JSON arguments}'] [--timeout-ms N]\n\n\
             Prints the tool's text content (--json: the whole result). Exit 1 when the tool reports an\n\
             error (isError), the call times out or the server is not active.",

@@ -944,7 +944,6 @@ pub const VSM_ACTION: Op = Op {
     }),
     errors: &[
         ErrorCode::SystemNotFound,
-        ErrorCode::NotImplemented,
         ErrorCode::Busy,
         ErrorCode::ServerNotFound,
         ErrorCode::ToolError,

@@ -162,10 +162,27 @@ fn tool_calls_count_in_system1_the_status_block_the_cli_and_prometheus() {
         (400, Some("parameters.server")),
         "{v}"
     );
-    let (code, v) = action(&d, "system5", json!({"action": "decide"}));
-    assert_eq!(
-        (code, v["errors"][0]["code"].as_str()),
-        (501, Some("not_implemented")),
+    // S5's decide re-evaluates the open gaps against policy: a required capability nobody
+    // provides is an open gap, and with auto_acquire off (the default) policy starts nothing.
+    let out = d.cli(&["variety", "acquire", "weather"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = wait_until(
+        "decide sees the open gap",
+        || action(&d, "system5", json!({"action": "decide"})),
+        |(code, v)| {
+            *code == 200
+                && v["data"]["results"]["acquisition"]["data"]["open_gaps"] == json!(["weather"])
+        },
+        |(code, v)| format!("{code} {v}"),
+    )
+    .1;
+    let decided = &v["data"]["results"]["acquisition"]["data"];
+    assert_eq!(decided["auto_acquire"], false, "{v}");
+    assert_eq!(decided["taken_up"], json!([]), "{v}");
+    assert!(
+        decided["verdict"]
+            .as_str()
+            .is_some_and(|t| t.contains("auto_acquire is off")),
         "{v}"
     );
 

@@ -104,6 +104,38 @@ impl Auto {
         None
     }
 
+    /// Whether the cycle is on (`variety.auto_acquire`).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Re-evaluates the open gaps now: with the cycle on, every open gap that is neither being
+    /// worked on nor waiting is put in line. Returns the gaps open, those put in line, and the
+    /// capability whose chain starts now, if one does.
+    pub fn decide(&mut self) -> (Vec<String>, Vec<String>, Option<String>) {
+        let open: Vec<String> = self.open.iter().cloned().collect();
+        let mut queued = Vec::new();
+        if !self.enabled {
+            return (open, queued, None);
+        }
+        let current = self.chain.as_ref().map(|c| c.capability.clone());
+        for gap in &open {
+            if current.as_deref() != Some(gap.as_str())
+                && !self.waiting.contains(gap)
+                && self.waiting.len() < MAX_WAITING
+            {
+                self.waiting.push_back(gap.clone());
+                queued.push(gap.clone());
+            }
+        }
+        let start = if self.chain.is_none() {
+            self.end()
+        } else {
+            None
+        };
+        (open, queued, start)
+    }
+
     /// A gap was detected: `Some(capability)` when a chain should start for it now.
     pub fn gap(&mut self, capability: &str) -> Option<String> {
         if !self.enabled {
@@ -298,6 +330,29 @@ mod tests {
 
     fn on(cooldown_s: u64) -> Auto {
         Auto::new(true, Duration::from_secs(cooldown_s))
+    }
+
+    /// S5's decide: off, it starts nothing; on, the open gaps not worked on are put in line and
+    /// the first starts, and asking again while they are worked on adds nothing.
+    #[test]
+    fn decide_takes_up_the_open_gaps_only_when_on() {
+        let mut off = Auto::new(false, Duration::from_secs(60));
+        off.gaps_now(&["a".to_string()]);
+        assert_eq!(off.decide(), (vec!["a".to_string()], vec![], None));
+
+        let mut a = on(60);
+        a.gaps_now(&["a".to_string(), "b".to_string()]);
+        let (open, queued, start) = a.decide();
+        assert_eq!(open, ["a", "b"]);
+        assert_eq!(queued, ["a", "b"]);
+        assert_eq!(start.as_deref(), Some("a"));
+        a.start("a".to_string(), 1);
+        let (_, queued, start) = a.decide();
+        assert!(queued.is_empty(), "{queued:?}");
+        assert_eq!(start, None);
+        // a closes: its chain ends and b, still waiting, is next.
+        a.gaps_now(&["b".to_string()]);
+        assert_eq!(a.end().as_deref(), Some("b"));
     }
 
     #[test]

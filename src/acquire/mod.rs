@@ -1164,6 +1164,30 @@ impl Serve for Acquire {
                         )
                     })
             }
+            AcquireRequest::Decide => {
+                let (open, queued, start) = self.auto.decide();
+                let enabled = self.auto.enabled();
+                let started = start.clone();
+                if let Some(capability) = start {
+                    self.auto_discover(cx, capability);
+                }
+                let verdict = if !enabled {
+                    "variety.auto_acquire is off: policy starts no acquisition by itself"
+                } else if open.is_empty() {
+                    "no gap is open"
+                } else if queued.is_empty() {
+                    "every open gap is being worked on already"
+                } else {
+                    "the open gaps are taken up"
+                };
+                Ok(json!({
+                    "auto_acquire": enabled,
+                    "open_gaps": open,
+                    "taken_up": queued,
+                    "started": started,
+                    "verdict": verdict,
+                }))
+            }
             AcquireRequest::List => Ok(json!({
                 "acquisitions": self.all.values().rev().map(Acquisition::to_json).collect::<Vec<_>>(),
             })),

@@ -17,8 +17,8 @@
 //!   in [`SCAN_EVENTS`]). Action `scan`: a forced variety analysis and a discovery run through
 //!   the command layer, answered when both are back.
 //! - **S5 policy** (`decisions_made`): acquisition verdicts and policy refusals (the events in
-//!   [`DECISION_EVENTS`]). Action `decide`: refused with `not_implemented` until the
-//!   acquisition pipeline answers requests.
+//!   [`DECISION_EVENTS`]). Action `decide`: the acquisition room re-evaluates the open gaps
+//!   against policy (`variety.auto_acquire`, cooldowns) and takes them up when it may.
 //!
 //! Status (`active`, `degraded`, `failed`), from what the room has seen:
 //! - S1: `failed` when servers are registered, some are in backoff or failed and none serves;
@@ -734,7 +734,11 @@ impl Vsm {
                 if let Some(g) = self.gathers.get_mut(&group) {
                     g.waiting += 1;
                 }
-                self.ask(cx, Asked::ChecksList { group }, Request::Checks(ChecksRequest::List));
+                self.ask(
+                    cx,
+                    Asked::ChecksList { group },
+                    Request::Checks(ChecksRequest::List),
+                );
             }
             SystemId::Intelligence => {
                 let query = match &parameters["query"] {
@@ -764,10 +768,10 @@ impl Vsm {
                 }
             }
             SystemId::Policy => {
-                return Err(ApiError::new(
-                    ErrorCode::NotImplemented,
-                    "decide needs the acquisition pipeline's requests, which this build does not have yet",
-                ))
+                // Re-evaluate the open gaps against policy (auto_acquire, cooldowns) now.
+                let group = self.gather(reply, id);
+                let decide = Request::Acquire(crate::api::AcquireRequest::Decide);
+                self.ask_part(cx, group, "acquisition".into(), decide);
             }
         }
         Ok(())

@@ -238,6 +238,9 @@ pub enum EventData {
         gap_count: usize,
         /// Their capabilities, most severe first.
         gaps: Vec<String>,
+        /// Those of them no registered server could close (their remedy is acquiring one),
+        /// in the same order: what the autonomous cycle may act on.
+        acquirable: Vec<String>,
         /// Required capabilities.
         required_count: usize,
         /// Required capabilities with an active provider.

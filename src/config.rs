@@ -256,6 +256,9 @@ section! {
         pub npm_registry_url: String = String::new(),
         /// Base URL of the GitHub REST API; empty = unavailable.
         pub github_api_url: String = String::new(),
+        /// A file whose first line is the GitHub API token sent with the github source's
+        /// requests; empty = unauthenticated.
+        pub github_token_file: String = String::new(),
         /// The operator's curated catalog of servers (TOML); empty = unavailable.
         pub catalog_file: String = String::new(),
         /// How long a source's discovery answer is reused, ms; 0 = never.
@@ -590,6 +593,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("mcp_servers.registry_url", "base URL of the official MCP registry (API v0.1, GET {url}/v0.1/servers); empty = the registry source is unavailable", Constraint::Any),
     live("mcp_servers.npm_registry_url", "base URL of the npm registry searched with GET {url}/-/v1/search; empty = the registry= line of the npm config files npm reads ($NPM_CONFIG_REGISTRY, ./.npmrc, ~/.npmrc, the global npmrc)", Constraint::Any),
     live("mcp_servers.github_api_url", "base URL of the GitHub REST API (repository search by topic mcp-server); empty = the github source is unavailable", Constraint::Any),
+    live("mcp_servers.github_token_file", "a file whose first line is a GitHub token, sent as Authorization: Bearer with the github source's requests only (read at each discovery run; unauthenticated search allows 10 requests a minute); empty = no token", PATH),
     live("mcp_servers.catalog_file", "the operator's curated list of MCP servers (TOML, at most 1 MiB, [[servers]] entries with package = \"npm:NAME@VERSION\" or \"pypi:NAME==VERSION\"); empty = the catalog source is unavailable", PATH),
     live("mcp_servers.discovery_cache_ttl_ms", "how long a source's discovery answer (per query) is reused from the cache in the state dir, in milliseconds; 0 = always ask", range(0.0, 604_800_000.0)),
     live("mcp_servers.discovery_timeout_ms", "time limit of one discovery source (all its requests together), in milliseconds", range(100.0, 120_000.0)),

@@ -427,6 +427,15 @@ impl Conn {
         }
     }
 
+    /// Ends a stream: once what was pushed is written, the connection closes
+    /// ([`Conn::finished`]). Nothing is pushed after it.
+    pub fn end_stream(&mut self) {
+        if self.streaming {
+            self.streaming = false;
+            self.close_when_flushed = true;
+        }
+    }
+
     /// Bytes waiting to be written.
     pub fn pending_output(&self) -> &[u8] {
         &self.output[self.written..]

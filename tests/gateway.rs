@@ -840,9 +840,9 @@ fn the_get_stream_keeps_alive_and_replays_what_a_client_missed() {
     let sse = ("Accept", "text/event-stream");
     let last_id = |text: &str| -> Option<u64> {
         text.lines()
+            .rev()
             .filter_map(|l| l.strip_prefix("id: "))
-            .filter_map(|v| v.trim().parse().ok())
-            .last()
+            .find_map(|v| v.trim().parse().ok())
     };
 
     let mut stream = get_stream(&d, &[sse, sid]);

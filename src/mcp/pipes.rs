@@ -271,6 +271,7 @@ impl Mcp {
     ///
     /// # Errors
     /// Unknown server or tool, server not active, too many calls in flight.
+    #[allow(clippy::too_many_arguments)]
     pub fn call(
         &mut self,
         cx: &mut Cx<'_, Timer>,

@@ -641,6 +641,24 @@ fn sdk_clients_see_progress_and_cancel_a_slow_call_at_the_server() {
     assert!(progress.len() >= 2, "{done}");
     assert_eq!(progress[0]["progress"].as_f64(), Some(1.0), "{done}");
     assert_eq!(progress[0]["message"], "step 1", "{done}");
+
+    // Through `mcp serve-stdio`, which relays the stream of a call's answer line by line.
+    let mut command = Command::new(peers().join("venv-time/bin/python"));
+    command
+        .arg(fixture("gateway_client.py"))
+        .arg("stdio")
+        .arg(bin())
+        .args(["mcp", "serve-stdio", "--socket"])
+        .arg(&d.socket);
+    let mut stdio = SdkClient::spawn(command);
+    let hello = stdio.next("connect");
+    assert_eq!(hello["connected"], true, "{hello}");
+    let done = stdio.send(json!({"op": "call", "name": "fx__sleep", "progress": true,
+                                 "arguments": {"ms": 900, "steps": 3}}));
+    assert_eq!(text(&done["result"]), "slept", "{done}");
+    let progress = done["progress"].as_array().expect("progress");
+    assert!(progress.len() >= 2, "{done}");
+    assert_eq!(progress[1]["progress"].as_f64(), Some(2.0), "{done}");
 }
 
 /// A raw HTTP client of `/mcp` whose response is read as it comes.

@@ -841,6 +841,17 @@ fn a_client_that_goes_away_cancels_its_calls_at_the_server() {
     let answer: Value = serde_json::from_str(body.trim()).expect("JSON");
     assert_eq!(answer["id"], 12, "{answer}");
     assert_eq!(answer["error"]["code"], -32001, "{answer}");
+
+    // The three count as cancelled calls of the server.
+    let raw = raw_exchange(
+        &d.socket,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    let (_, _, metrics) = split_response(&raw);
+    assert!(
+        metrics.contains("vsm_mcp_tool_calls_total{server=\"fx\",outcome=\"cancelled\"} 3"),
+        "{metrics}"
+    );
 }
 
 /// The GET stream: its events carry ids, it gets keep-alive comments, and a client that comes

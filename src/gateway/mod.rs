@@ -1087,3 +1087,58 @@ fn rpc_error_response(status: u16, id: &Value, code: i64, message: &str) -> http
 fn sse_message(message: &Value) -> Vec<u8> {
     format!("event: message\ndata: {message}\n\n").into_bytes()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list_changed(n: u64) -> Value {
+        json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed", "params": {"n": n}})
+    }
+
+    #[test]
+    fn the_replay_buffer_gives_what_was_missed_or_nothing_when_it_cannot() {
+        let mut s = Session::new(VERSIONS[0], Instant::now());
+        assert!(
+            s.missed_since(0).is_none_or(|m| m.is_empty()),
+            "nothing given yet"
+        );
+        let first = s.record(&list_changed(1));
+        assert!(first.starts_with(b"id: 1\nevent: message\ndata: {"));
+        s.record(&list_changed(2));
+        let missed = s.missed_since(1).expect("kept");
+        assert!(
+            missed.starts_with(b"id: 2\n"),
+            "{}",
+            String::from_utf8_lossy(&missed)
+        );
+        assert_eq!(
+            s.missed_since(2).as_deref(),
+            Some(&b""[..]),
+            "nothing missed"
+        );
+        assert_eq!(
+            s.missed_since(0).map(|m| m.len()),
+            Some(first.len() + missed.len())
+        );
+        assert_eq!(s.missed_since(3), None, "an id not given");
+        // Bounded by count: the oldest go, and an id before the buffer starts afresh.
+        for n in 3..=(REPLAY_EVENTS as u64 + 10) {
+            s.record(&list_changed(n));
+        }
+        assert_eq!(s.replay.len(), REPLAY_EVENTS);
+        assert_eq!(s.missed_since(1), None, "too old");
+        let oldest = s.replay.front().map(|(id, _)| *id).expect("events");
+        assert!(s.missed_since(oldest - 1).is_some());
+        // Bounded by bytes.
+        let big = json!({"jsonrpc": "2.0", "method": "x", "params": {"pad": "p".repeat(40_000)}});
+        for _ in 0..10 {
+            s.record(&big);
+        }
+        assert!(s.replay_bytes <= REPLAY_BYTES, "{}", s.replay_bytes);
+        assert_eq!(
+            s.replay_bytes,
+            s.replay.iter().map(|(_, b)| b.len()).sum::<usize>()
+        );
+    }
+}

@@ -1140,6 +1140,65 @@ mod tests {
     }
 
     #[test]
+    fn a_call_with_a_callers_token_reports_progress_by_it_and_is_cancelled_by_it() {
+        let (mut s, now) = active("2025-11-25");
+        let mut rpc = 0;
+        let mut call = |s: &mut S, token: &str, reply| {
+            s.call(
+                Status::Active,
+                None,
+                "echo",
+                json!({}),
+                Some(token.to_string()),
+                Duration::from_secs(5),
+                4,
+                reply,
+                now,
+                |r, _| {
+                    rpc = r;
+                    40 + u64::from(reply)
+                },
+            )
+        };
+        let e = call(&mut s, "vsm/gateway/7", 1).expect("call");
+        assert_eq!(
+            sent(&e)[0]["params"]["_meta"]["progressToken"],
+            "vsm/gateway/7"
+        );
+        // A token already in flight is refused (progress could not be told apart).
+        let again = call(&mut s, "vsm/gateway/7", 2)
+            .map(|_| ())
+            .map_err(|e| e.code);
+        assert_eq!(again, Err(ErrorCode::Conflict));
+        let progress = b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":\"vsm/gateway/7\",\"progress\":1}}\n";
+        let e = feed(&mut s, progress, Status::Active, now);
+        assert!(
+            matches!(&e[..], [Effect::Event(EventData::McpToolProgress { progress_token, .. })] if progress_token == "vsm/gateway/7"),
+            "{e:?}"
+        );
+        assert!(s.cancel("vsm/gateway/8", "nobody", now).is_none());
+        let e = s
+            .cancel("vsm/gateway/7", "the client disconnected", now)
+            .expect("in flight");
+        match &e[..] {
+            [Effect::CancelTimer(41), Effect::ToolCall("cancelled", _, _), Effect::Reply(1, Err(err)), Effect::Send(b)] =>
+            {
+                assert_eq!(err.code, ErrorCode::Conflict);
+                let m: Value = serde_json::from_slice(b).expect("json");
+                assert_eq!(m["method"], "notifications/cancelled");
+                assert_eq!(m["params"]["requestId"], rpc);
+                assert_eq!(m["params"]["reason"], "the client disconnected");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!((s.calls, s.calls_in_flight()), ((0, 1, 0), 0));
+        // Its late answer is dropped, its token free again.
+        let late = format!("{{\"jsonrpc\":\"2.0\",\"id\":{rpc},\"result\":{{}}}}\n");
+        assert!(feed(&mut s, late.as_bytes(), Status::Active, now).is_empty());
+        assert!(s.cancel("vsm/gateway/7", "again", now).is_none());
+    }
+
+    #[test]
     fn server_requests_get_ping_answered_and_the_rest_refused() {
         let (mut s, now) = active("2024-11-05");
         let e = feed(

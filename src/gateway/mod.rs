@@ -1091,6 +1091,196 @@ fn sse_message(message: &Value) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reactor::timer::TimerWheel;
+    use crate::reactor::{LoopStats, Timers};
+    use crate::room::Wiring;
+
+    /// The loop as the gateway sees it: its timers (no worker jobs).
+    struct Loop {
+        wheel: TimerWheel<Timer>,
+    }
+
+    impl Wiring<Timer, Job> for Loop {
+        fn timers(&mut self) -> &mut dyn Timers<Timer> {
+            &mut self.wheel
+        }
+        // The gateway has no jobs (`Job` has no values): a submission cannot even be built.
+        #[allow(unreachable_code)]
+        fn submit(
+            &mut self,
+            _timeout: Duration,
+            _work: Box<dyn FnOnce() -> Job + Send>,
+            fail: Box<dyn FnOnce(&str) -> Job>,
+        ) -> Result<(), Job> {
+            match fail("no worker") {}
+        }
+    }
+
+    /// A gateway driven by synthetic requests; what it says is kept in `out`.
+    struct Harness {
+        gateway: Gateway,
+        poll: mio::Poll,
+        stats: LoopStats,
+        wiring: Loop,
+        out: Vec<Output>,
+        next_conn: u32,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            Harness {
+                gateway: Gateway::new(&Config::default()),
+                poll: mio::Poll::new().expect("poll"),
+                stats: LoopStats::default(),
+                wiring: Loop {
+                    wheel: TimerWheel::new(Instant::now()),
+                },
+                out: Vec::new(),
+                next_conn: 0,
+            }
+        }
+
+        /// One request on a connection of its own; the connection.
+        fn send(&mut self, method: &str, headers: &[(&str, &str)], body: &str) -> ConnId {
+            self.next_conn += 1;
+            let conn = ConnId {
+                slot: self.next_conn,
+                generation: 0,
+            };
+            let request = http::Request {
+                method: method.into(),
+                path: "/mcp".into(),
+                query: String::new(),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                    .collect(),
+                body: body.as_bytes().to_vec(),
+                keep_alive: true,
+            };
+            let reply = ReplyTo::Http {
+                conn,
+                seq: 0,
+                started: Instant::now(),
+                request_id: 0,
+                route: "/mcp",
+                method: "POST",
+            };
+            let mut cx = RoomCx::new(
+                self.poll.registry(),
+                &self.stats,
+                &mut self.wiring,
+                &mut self.out,
+            );
+            self.gateway
+                .on_http(&mut cx, &request, reply, Instant::now());
+            conn
+        }
+
+        fn hangup(&mut self, gone: ConnId) {
+            let mut cx = RoomCx::new(
+                self.poll.registry(),
+                &self.stats,
+                &mut self.wiring,
+                &mut self.out,
+            );
+            self.gateway.on_hangups(&mut cx, |c| c == gone);
+        }
+
+        /// The HTTP answers given (conn, status, body) and the requests asked, since the last
+        /// look.
+        fn take(&mut self) -> (Vec<(ConnId, u16, Value)>, Vec<Request>) {
+            let mut answers = Vec::new();
+            let mut asked = Vec::new();
+            for o in self.out.drain(..) {
+                match o {
+                    Output::Http {
+                        reply: ReplyTo::Http { conn, .. },
+                        response,
+                    } => {
+                        let body = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+                        answers.push((conn, response.status, body));
+                    }
+                    Output::Effect(Effect::Request { request, .. }) => asked.push(*request),
+                    _ => {}
+                }
+            }
+            (answers, asked)
+        }
+    }
+
+    fn call(id: u64) -> String {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": "vsm__status", "arguments": {}}})
+        .to_string()
+    }
+
+    #[test]
+    fn calls_in_flight_are_bounded_per_session_and_cancelled_by_the_client_or_its_end() {
+        let mut h = Harness::new();
+        let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#;
+        h.send("POST", &[], init);
+        let session = h
+            .out
+            .iter()
+            .find_map(|o| match o {
+                Output::Http { response, .. } => response
+                    .headers
+                    .iter()
+                    .find(|(k, _)| *k == "Mcp-Session-Id")
+                    .map(|(_, v)| v.clone()),
+                _ => None,
+            })
+            .expect("a session");
+        h.take();
+        let sid = ("Mcp-Session-Id", session.as_str());
+        let mut conns = Vec::new();
+        for id in 1..=MAX_CALLS_PER_SESSION as u64 {
+            conns.push(h.send("POST", &[sid], &call(id)));
+        }
+        let (answers, asked) = h.take();
+        assert!(answers.is_empty(), "{answers:?}");
+        assert_eq!(asked.len(), MAX_CALLS_PER_SESSION);
+        // One more is refused with a JSON-RPC error saying why.
+        let extra = h.send("POST", &[sid], &call(1000));
+        let (answers, asked) = h.take();
+        assert!(asked.is_empty());
+        match &answers[..] {
+            [(c, 200, body)] if *c == extra => {
+                assert_eq!(body["id"], 1000, "{body}");
+                assert_eq!(body["error"]["code"], code::SERVER_ERROR, "{body}");
+                let m = body["error"]["message"].as_str().unwrap_or_default();
+                assert!(m.contains("in flight"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The client cancels call 1: its POST gets a 202 and no response, and there is room.
+        let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                            "params": {"requestId": 1, "reason": "enough"}});
+        let note = h.send("POST", &[sid], &cancel.to_string());
+        let (answers, _) = h.take();
+        let statuses: Vec<(ConnId, u16)> = answers.iter().map(|(c, s, _)| (*c, *s)).collect();
+        assert_eq!(statuses, [(conns[0], 202), (note, 202)]);
+        h.send("POST", &[sid], &call(1001));
+        let (answers, asked) = h.take();
+        assert!(answers.is_empty() && asked.len() == 1, "{answers:?}");
+        // The client of call 2 goes away: its call ends (its POST gets a 202 nobody reads).
+        h.hangup(conns[1]);
+        let (answers, _) = h.take();
+        assert_eq!(
+            answers.iter().map(|(c, s, _)| (*c, *s)).collect::<Vec<_>>(),
+            [(conns[1], 202)]
+        );
+        // The session ends: every call left is answered with -32001, once.
+        h.send("DELETE", &[sid], "");
+        let (answers, _) = h.take();
+        let errors = answers
+            .iter()
+            .filter(|(_, _, b)| b["error"]["code"] == code::SESSION_NOT_FOUND)
+            .count();
+        assert_eq!(errors, MAX_CALLS_PER_SESSION - 1, "{answers:?}");
+        assert!(h.gateway.pending.is_empty());
+    }
 
     fn list_changed(n: u64) -> Value {
         json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed", "params": {"n": n}})

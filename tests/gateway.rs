@@ -641,6 +641,13 @@ fn sdk_clients_see_progress_and_cancel_a_slow_call_at_the_server() {
     assert!(progress.len() >= 2, "{done}");
     assert_eq!(progress[0]["progress"].as_f64(), Some(1.0), "{done}");
     assert_eq!(progress[0]["message"], "step 1", "{done}");
+    let cancel = json!({"op": "cancel", "name": "fx__sleep", "after": 1,
+                        "arguments": {"ms": 60000, "steps": 600}});
+    let aborted = python.send(cancel);
+    assert_eq!(aborted["cancelled"], true, "{aborted}");
+    let id = call_id(&rec, "sleep", 3).expect("the Python client's second sleep was recorded");
+    let reason = wait_cancelled(&d, &rec, &id);
+    assert!(reason.contains("cancelled"), "{reason}");
 
     // Through `mcp serve-stdio`, which relays the stream of a call's answer line by line.
     let mut command = Command::new(peers().join("venv-time/bin/python"));

@@ -561,6 +561,7 @@ fn call_id(path: &Path, tool: &str, nth: usize) -> Option<Value> {
 /// Waits until the fixture received `notifications/cancelled` naming `id`, the request id
 /// it was called with; returns the reason it was given.
 fn wait_cancelled(d: &Daemon, rec: &Path, id: &Value) -> String {
+    let asked = std::time::Instant::now();
     let seen = wait_until(
         &format!("notifications/cancelled for request {id} at the server"),
         || {
@@ -571,6 +572,8 @@ fn wait_cancelled(d: &Daemon, rec: &Path, id: &Value) -> String {
         Option::is_some,
         |_| format!("record: {:?}\n{}", records(rec), d.stderr()),
     );
+    // A reading, not a bound: from the client's step to the server's record (10 ms polls).
+    eprintln!("cancelled at the server {:?} later", asked.elapsed());
     seen.and_then(|e| e["reason"].as_str().map(str::to_string))
         .unwrap_or_default()
 }

@@ -761,7 +761,7 @@ fn a_client_that_goes_away_cancels_its_calls_at_the_server() {
     let dir = TempDir::new("gateway-disconnect");
     let rec = dir.path().join("record.jsonl");
     let d = Daemon::start_with(Setup {
-        config: Some(QUICK_STOP.into()),
+        config: Some(format!("{QUICK_STOP}[gateway]\nkeepalive_ms = 1000\n")),
         ..Setup::default()
     });
     let script = fixture("mcp_fixture.py");
@@ -779,13 +779,13 @@ fn a_client_that_goes_away_cancels_its_calls_at_the_server() {
         .to_string()
     };
 
-    // 1. Answered as SSE (progress asked for): the stream carries the client's token; the
-    //    client hangs up.
+    // 1. Answered as SSE (progress asked for): the stream carries the client's token and
+    //    keep-alive comments; the client hangs up.
     let sse = ("Accept", "application/json, text/event-stream");
     let mut post = Raw::open(&d, "POST", &[json_ct, sse, sid], &slow(10, Some("mine")));
     let got = post
-        .until("a progress event on the POST's stream", |t| {
-            t.contains("notifications/progress")
+        .until("progress and a keep-alive on the POST's stream", |t| {
+            t.contains("notifications/progress") && t.contains(": keep-alive\n\n")
         })
         .to_string();
     let (head, events) = got.split_once("\r\n\r\n").expect("a head");

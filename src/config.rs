@@ -379,6 +379,8 @@ section! {
         pub session_idle_ms: u64 = 1_800_000,
         /// The daemon's own tools offered on `/mcp`.
         pub daemon_tools: Vec<String> = strings(GATEWAY_DAEMON_TOOLS),
+        /// Open `/mcp` event streams get a keep-alive comment this often (milliseconds).
+        pub keepalive_ms: u64 = 15_000,
     }
 }
 
@@ -636,6 +638,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("gateway.max_sessions", "open /mcp sessions at once; an initialize beyond it is refused until one ends or expires", range(1.0, 10_000.0)),
     live("gateway.session_idle_ms", "a /mcp session without requests (and without an open GET stream) for this many milliseconds ends", range(1000.0, 86_400_000.0)),
     live("gateway.daemon_tools", "the daemon's own tools offered on /mcp as vsm__TOOL", Constraint::StringList { allowed: Some(GATEWAY_DAEMON_TOOLS), max_items: GATEWAY_DAEMON_TOOLS.len(), max_item_bytes: 32 }),
+    live("gateway.keepalive_ms", "open /mcp event streams (the GET stream, a POST answered as a stream) get a ': keep-alive' comment this often, in milliseconds, so that proxies do not cut them while idle", range(1000.0, 3_600_000.0)),
     live("variety.required", "capabilities the daemon must have: names (\"time\") or tables {capability = \"memory\", weight = 2, severity = \"high\"}; weight above 0 (default 1), severity low, medium (default), high or critical; at most 256, unique", Constraint::RequiredCapabilities),
     live("variety.rules", "keyword rules added to the built-in ones ([[variety.rules]] capability = \"time\", keywords = [\"timezone\"]): a tool whose name or description holds a keyword's words provides the capability; at most 128 rules of 1 to 64 keywords", Constraint::KeywordRules),
     live("variety.auto_acquire", "when a required capability has no provider (a variety_gap_detected event), discover candidates for it and acquire the best-ranked one by itself, one at a time, trying the next-ranked when one fails; decisions record requested_by = auto", Constraint::Bool),

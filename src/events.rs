@@ -274,7 +274,8 @@ pub enum EventData {
         server_id: String,
         /// The tool.
         tool: String,
-        /// `ok`, `tool_error`, `mcp_error`, `timeout` or `server_exited`.
+        /// `ok`, `tool_error`, `mcp_error`, `timeout`, `cancelled` (by its caller: a `/mcp`
+        /// client) or `server_exited`.
         outcome: &'static str,
         /// From the request going out to its end, in milliseconds.
         latency_ms: f64,

@@ -811,6 +811,7 @@ fn tool_call_request(a: Args) -> Result<Request, ApiError> {
         name,
         arguments,
         timeout_ms,
+        progress_token: None,
     }))
 }
 

@@ -16,7 +16,7 @@ use super::jsonrpc::{self, Line, Message};
 use super::server::{
     bounded_value, truncate, Status, HANDSHAKE_ITEM_MAX, PROTOCOL_VERSIONS, TEXT_MAX,
 };
-use super::tools::{self, Flood, Listing, Relist};
+use super::tools::{self, Flood, Kind, Listing, Relist};
 use crate::api::{Answer, ApiError, ErrorCode};
 use crate::events::EventData;
 use serde_json::{json, Value};
@@ -37,6 +37,8 @@ pub enum Pending<R, T> {
     Initialize,
     /// A page of `tools/list`; tools gathered so far.
     ToolsList(Listing),
+    /// A page of another list (resources, resource templates, prompts); items so far.
+    ExtraList(Listing),
     /// A health ping, and when it was sent.
     Ping(Instant),
     /// A tool call for a client.
@@ -49,6 +51,18 @@ pub enum Pending<R, T> {
         started: Instant,
         /// Tool name.
         tool: String,
+    },
+    /// A request forwarded for a client other than a tool call (`resources/read`,
+    /// `prompts/get`): answered with the server's result as it is.
+    Forward {
+        /// Where the answer goes.
+        reply: R,
+        /// Its deadline timer.
+        timer: T,
+        /// When it was sent.
+        started: Instant,
+        /// The method.
+        method: &'static str,
     },
 }
 
@@ -63,6 +77,8 @@ pub enum Effect<R, T> {
     CancelTimer(T),
     /// Call [`Session::on_relist_timer`] at this instant.
     RelistAt(Instant),
+    /// Call [`Session::on_extra_relist_timer`] for this list at this instant.
+    RelistExtraAt(Kind, Instant),
     /// Publish an event on the `mcp_servers` channel: (type, data).
     Event(EventData),
     /// A tool call finished: (outcome, seconds, tool), for the metrics and the
@@ -117,7 +133,16 @@ pub struct Session<R, T> {
     /// Complete listings that changed `tools` in this session (with the server's run, it
     /// names a tool list, so followers can skip re-reading one they have seen).
     pub listings: u64,
+    /// Resources from the last complete `resources/list` (empty when it offers none).
+    pub resources: Vec<Value>,
+    /// Resource templates from the last complete `resources/templates/list`.
+    pub resource_templates: Vec<Value>,
+    /// Prompts from the last complete `prompts/list`.
+    pub prompts: Vec<Value>,
     relist: Relist,
+    /// When to list resources, resource templates and prompts again, indexed by
+    /// `Kind as usize` (the tools' place is unused: they have `relist`).
+    extra_relist: [Relist; 4],
     list_changed: Flood,
     recent_protocol_errors: Flood,
     /// Whether this run completed the handshake and its first listing.
@@ -194,7 +219,11 @@ impl<R: Copy, T: Copy> Session<R, T> {
             instructions: None,
             tools: Vec::new(),
             listings: 0,
+            resources: Vec::new(),
+            resource_templates: Vec::new(),
+            prompts: Vec::new(),
             relist: Relist::default(),
+            extra_relist: Default::default(),
             list_changed: Flood::default(),
             recent_protocol_errors: Flood::default(),
             initialized: false,
@@ -218,6 +247,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         self.pending.shrink_to_fit();
         self.initialized = false;
         self.relist = Relist::default();
+        self.extra_relist = Default::default();
         self.list_changed = Flood::default();
         self.recent_protocol_errors = Flood::default();
         self.missed_pings = 0;
@@ -236,12 +266,39 @@ impl<R: Copy, T: Copy> Session<R, T> {
         vec![Effect::Send(init)]
     }
 
-    /// Calls in flight.
+    /// Calls in flight (tool calls and forwarded requests: both count against
+    /// `max_in_flight_calls`).
     pub fn calls_in_flight(&self) -> usize {
         self.pending
             .values()
-            .filter(|p| matches!(p, Pending::Call { .. }))
+            .filter(|p| matches!(p, Pending::Call { .. } | Pending::Forward { .. }))
             .count()
+    }
+
+    /// The list of `kind` from its last complete listing.
+    pub fn list(&self, kind: Kind) -> &[Value] {
+        match kind {
+            Kind::Tools => &self.tools,
+            Kind::Resources => &self.resources,
+            Kind::ResourceTemplates => &self.resource_templates,
+            Kind::Prompts => &self.prompts,
+        }
+    }
+
+    fn list_mut(&mut self, kind: Kind) -> &mut Vec<Value> {
+        match kind {
+            Kind::Tools => &mut self.tools,
+            Kind::Resources => &mut self.resources,
+            Kind::ResourceTemplates => &mut self.resource_templates,
+            Kind::Prompts => &mut self.prompts,
+        }
+    }
+
+    /// Whether the server's `initialize` capabilities offer the list of `kind`.
+    pub fn offers(&self, kind: Kind) -> bool {
+        self.server_capabilities
+            .get(kind.capability())
+            .is_some_and(|c| !c.is_null())
     }
 
     /// Tool names from the last listing.
@@ -329,6 +386,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
             }
             Message::Notification { method, params } => match method.as_str() {
                 "notifications/tools/list_changed" => self.on_list_changed(cx, out),
+                "notifications/resources/list_changed" | "notifications/prompts/list_changed" => {
+                    self.on_extra_list_changed(Kind::from_list_changed(&method), cx, out)
+                }
                 "notifications/progress" => {
                     if let Some(event) = self.progress_event(&params) {
                         out.push(Effect::Event(event));
@@ -404,6 +464,57 @@ impl<R: Copy, T: Copy> Session<R, T> {
                     }
                 }
                 self.finish_listing(listing.into_tools(), cx, out);
+            }
+            Pending::ExtraList(mut listing) => {
+                let kind = listing.kind();
+                match result {
+                    Ok(mut v) => {
+                        let page = tools::take_items(&mut v, kind);
+                        if let Err(why) = listing.add_page(page, cx.limits) {
+                            out.push(Effect::Misbehaved(why));
+                            return;
+                        }
+                        if let Some(cursor) = v["nextCursor"].as_str().filter(|c| !c.is_empty()) {
+                            let cursor = cursor.to_string();
+                            self.list_extra(Some(cursor), listing, out);
+                            return;
+                        }
+                    }
+                    // Refused: the server has none of these (as for tools).
+                    Err(e) => {
+                        let why = truncate(e.message, TEXT_MAX);
+                        log::debug!("MCP server {}: {} failed: {why}", self.id, kind.method())
+                    }
+                }
+                self.finish_extra(kind, listing.into_tools(), cx, out);
+            }
+            Pending::Forward {
+                reply,
+                timer,
+                started,
+                method,
+            } => {
+                out.push(Effect::CancelTimer(timer));
+                let id = self.id.as_str();
+                let answer = match result {
+                    Ok(v) => {
+                        let ms = cx.now.saturating_duration_since(started).as_secs_f64() * 1000.0;
+                        let mut map = serde_json::Map::with_capacity(4);
+                        map.insert("server".into(), Value::String(id.to_string()));
+                        map.insert("method".into(), Value::String(method.to_string()));
+                        map.insert("result".into(), v);
+                        map.insert("duration_ms".into(), json!(ms));
+                        Ok(Value::Object(map))
+                    }
+                    Err(e) => Err(ApiError::new(
+                        ErrorCode::McpError,
+                        format!("{id} refused {method}: {} ({})", e.message, e.code),
+                    )
+                    .with_data(
+                        json!({"server": id, "method": method, "code": e.code, "data": e.data}),
+                    )),
+                };
+                out.push(Effect::Reply(reply, answer));
             }
             Pending::Ping(sent) => {
                 self.missed_pings = 0;
@@ -529,6 +640,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         if cx.status == Status::Initializing {
             self.initialized = true;
             out.push(Effect::Listed(count));
+            self.start_extra_listings(cx, out);
         } else if changed {
             log::info!("MCP server {}: tool list changed ({count} tools)", self.id);
             // Events are kept in the history: name a bounded number of tools, briefly.
@@ -546,6 +658,180 @@ impl<R: Copy, T: Copy> Session<R, T> {
         }
         let next = self.relist.finished(cx.now);
         self.relist_next(next, cx, out);
+    }
+
+    /// After the run's first tool listing: lists what else the server offers (its
+    /// capabilities say); a list it no longer offers is emptied.
+    fn start_extra_listings(&mut self, cx: Context, out: &mut Effects<R, T>) {
+        for kind in Kind::EXTRAS {
+            if self.offers(kind) {
+                self.extra_relist[kind as usize].started(cx.now);
+                self.list_extra(None, Listing::new(kind), out);
+            } else if !self.list(kind).is_empty() {
+                self.list_mut(kind).clear();
+                out.push(self.list_changed_event(kind));
+            }
+        }
+    }
+
+    fn list_extra(&mut self, cursor: Option<String>, listing: Listing, out: &mut Effects<R, T>) {
+        let rpc = self.take_id();
+        let method = listing.kind().method();
+        self.pending.insert(rpc, Pending::ExtraList(listing));
+        let params = match cursor {
+            Some(c) => json!({"cursor": c}),
+            None => json!({}),
+        };
+        out.push(Effect::Send(jsonrpc::request(rpc, method, params)));
+    }
+
+    fn list_changed_event(&self, kind: Kind) -> Effect<R, T> {
+        Effect::Event(EventData::McpServerListChanged {
+            server_id: self.id.clone(),
+            list: kind.name(),
+            count: self.list(kind).len(),
+        })
+    }
+
+    fn finish_extra(
+        &mut self,
+        kind: Kind,
+        items: Vec<Value>,
+        cx: Context,
+        out: &mut Effects<R, T>,
+    ) {
+        if *self.list(kind) != items {
+            log::info!(
+                "MCP server {}: {} listed ({} items)",
+                self.id,
+                kind.name(),
+                items.len()
+            );
+            *self.list_mut(kind) = items;
+            out.push(self.list_changed_event(kind));
+        }
+        let next = self.extra_relist[kind as usize].finished(cx.now);
+        self.extra_relist_next(kind, next, cx, out);
+    }
+
+    /// `notifications/resources/list_changed` or `prompts/list_changed`: the lists of `kinds`
+    /// are listed again, coalesced and rate-limited like tools (and counted in the same flood).
+    fn on_extra_list_changed(&mut self, kinds: &[Kind], cx: Context, out: &mut Effects<R, T>) {
+        if self
+            .list_changed
+            .hit(cx.now, tools::LIST_CHANGED_PER_MINUTE)
+        {
+            let what = format!(
+                "protocol error: more than {} list_changed notifications within a minute",
+                tools::LIST_CHANGED_PER_MINUTE
+            );
+            self.protocol_error(what, cx.now, out);
+            return;
+        }
+        if !cx.status.serves() {
+            return;
+        }
+        for &kind in kinds {
+            if !self.offers(kind) {
+                continue;
+            }
+            let next = self.extra_relist[kind as usize].changed(cx.now);
+            self.extra_relist_next(kind, next, cx, out);
+        }
+    }
+
+    /// The timer from [`Effect::RelistExtraAt`] fired.
+    pub fn on_extra_relist_timer(&mut self, kind: Kind, cx: Context) -> Effects<R, T> {
+        let mut out = Vec::new();
+        let next = self.extra_relist[kind as usize].timer_fired();
+        self.extra_relist_next(kind, next, cx, &mut out);
+        out
+    }
+
+    fn extra_relist_next(
+        &mut self,
+        kind: Kind,
+        next: tools::Next,
+        cx: Context,
+        out: &mut Effects<R, T>,
+    ) {
+        match next {
+            tools::Next::Nothing => {}
+            tools::Next::ListNow => {
+                if cx.status.serves() && self.offers(kind) {
+                    self.extra_relist[kind as usize].started(cx.now);
+                    self.list_extra(None, Listing::new(kind), out);
+                }
+            }
+            tools::Next::WaitUntil(at) => out.push(Effect::RelistExtraAt(kind, at)),
+        }
+    }
+
+    /// Forwards a request other than a tool call (`resources/read`, `prompts/get`) with
+    /// `params`; its answer (the server's result, or its error) arrives later as an
+    /// [`Effect::Reply`]. Deadline and bounds as for [`Session::call`].
+    ///
+    /// # Errors
+    /// Server ending its run or not serving, not offering what the method needs (its
+    /// capabilities), too many calls in flight.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &mut self,
+        status: Status,
+        ending: Option<&str>,
+        method: &'static str,
+        needs: Kind,
+        params: Value,
+        timeout: Duration,
+        max_in_flight: usize,
+        reply: R,
+        now: Instant,
+        arm: impl FnOnce(u64, Instant) -> T,
+    ) -> Result<Effects<R, T>, ApiError> {
+        let id = self.id.as_str();
+        if let Some(why) = ending {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("MCP server '{id}' is ending its run: {why}"),
+            ));
+        }
+        if !status.serves() {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "MCP server '{id}' is not active (status {})",
+                    status.as_str()
+                ),
+            ));
+        }
+        if !self.offers(needs) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "MCP server '{id}' offers no {} (its initialize capabilities do not name them)",
+                    needs.capability()
+                ),
+            ));
+        }
+        if self.calls_in_flight() >= max_in_flight {
+            return Err(ApiError::new(
+                ErrorCode::Busy,
+                format!("{max_in_flight} calls already in flight on '{id}'"),
+            ));
+        }
+        let rpc = self.take_id();
+        let bytes = jsonrpc::request(rpc, method, params);
+        let timer = arm(rpc, now + timeout);
+        self.pending.insert(
+            rpc,
+            Pending::Forward {
+                reply,
+                timer,
+                started: now,
+                method,
+            },
+        );
+        Ok(vec![Effect::Send(bytes)])
     }
 
     /// A `notifications/progress` as an event, when it is about one of our calls in flight
@@ -652,6 +938,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
 
     /// A call's deadline passed: the caller gets a timeout, the server `notifications/cancelled`.
     pub fn on_call_deadline(&mut self, rpc: u64, now: Instant) -> Effects<R, T> {
+        if let Some(Pending::Forward { .. }) = self.pending.get(&rpc) {
+            return self.on_forward_deadline(rpc, now);
+        }
         let Some(Pending::Call {
             reply,
             tool,
@@ -672,6 +961,33 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 Err(ApiError::new(
                     ErrorCode::Timeout,
                     format!("tool {tool} on {id} did not answer within {ms} ms"),
+                )),
+            ),
+            Effect::Send(jsonrpc::notification(
+                "notifications/cancelled",
+                json!({"requestId": rpc, "reason": "timed out"}),
+            )),
+        ]
+    }
+
+    fn on_forward_deadline(&mut self, rpc: u64, now: Instant) -> Effects<R, T> {
+        let Some(Pending::Forward {
+            reply,
+            started,
+            method,
+            ..
+        }) = self.pending.remove(&rpc)
+        else {
+            return Vec::new();
+        };
+        let ms = now.saturating_duration_since(started).as_millis();
+        let id = &self.id;
+        vec![
+            Effect::Reply(
+                reply,
+                Err(ApiError::new(
+                    ErrorCode::Timeout,
+                    format!("{id} did not answer {method} within {ms} ms"),
                 )),
             ),
             Effect::Send(jsonrpc::notification(
@@ -705,6 +1021,23 @@ impl<R: Copy, T: Copy> Session<R, T> {
     pub fn end_run(&mut self, reason: &str, now: Instant) -> Effects<R, T> {
         let mut out = Vec::new();
         for (_, p) in self.pending.drain() {
+            if let Pending::Forward {
+                reply,
+                timer,
+                method,
+                ..
+            } = p
+            {
+                out.push(Effect::CancelTimer(timer));
+                out.push(Effect::Reply(
+                    reply,
+                    Err(ApiError::new(
+                        ErrorCode::ServerExited,
+                        format!("MCP server {} {reason} during {method}", self.id),
+                    )),
+                ));
+                continue;
+            }
             if let Pending::Call {
                 reply,
                 timer,

@@ -1,14 +1,17 @@
 //! The gateway room: the daemon as one MCP server at `/mcp` (Streamable HTTP, protocol
-//! 2025-11-25, with 2025-06-18 and 2025-03-26 accepted), offering the tools of every active
-//! server it supervises (see [`catalog`]) and forwarding calls to the MCP room through the
-//! command layer, so a call here is exactly a `tools/call` of the REST API: the same
-//! per-call deadline, the same fast refusal when the server is not active.
+//! 2025-11-25, with 2025-06-18 and 2025-03-26 accepted), offering the tools, prompts,
+//! resources and resource templates of every active server it supervises (see [`catalog`])
+//! and forwarding calls (`tools/call`, `prompts/get`, `resources/read`) to the MCP room
+//! through the command layer, so a call here is exactly a `tools/call` of the REST API: the
+//! same per-call deadline, the same fast refusal when the server is not active.
 //!
 //! Transport: `POST /mcp` carries one JSON-RPC message; requests are answered with
 //! `application/json`, notifications and responses with 202. `initialize` opens a session
 //! (`Mcp-Session-Id`); every later message names it and, when it sends
 //! `MCP-Protocol-Version`, that must be the negotiated version (400 otherwise). `GET /mcp`
-//! opens the session's one server-to-client SSE stream (`notifications/tools/list_changed`);
+//! opens the session's one server-to-client SSE stream (`notifications/tools/list_changed`,
+//! `resources/list_changed`, `prompts/list_changed`, each when its part of the aggregate
+//! changed);
 //! `DELETE /mcp` ends the session. The access layer has already checked Host, Origin (403),
 //! the bearer token (401) and the body size before a request gets here.
 //!
@@ -20,11 +23,13 @@
 pub mod catalog;
 pub mod stdio;
 
-use crate::api::{Answer, ConnId, DaemonRequest, ErrorCode, McpRequest, ReplyTo, Request};
+use crate::api::{
+    Answer, ConnId, DaemonRequest, ErrorCode, McpRequest, ReplyTo, Request, VarietyRequest,
+};
 use crate::config::{Config, GatewayConfig};
 use crate::net::http;
 use crate::room::{Effect, Room, RoomCx};
-use catalog::{Catalog, Target};
+use catalog::{Catalog, Offer, Target};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -39,6 +44,9 @@ mod code {
     pub const INVALID_REQUEST: i64 = -32600;
     pub const METHOD_NOT_FOUND: i64 = -32601;
     pub const INVALID_PARAMS: i64 = -32602;
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// A resource URI no active server offers (the MCP specification's code).
+    pub const RESOURCE_NOT_FOUND: i64 = -32002;
     /// Transport-level refusals (no session, wrong version); the SDKs use it too.
     pub const SERVER_ERROR: i64 = -32000;
     /// The session named is unknown or over.
@@ -101,15 +109,37 @@ struct Session {
     stream: Option<ConnId>,
 }
 
+/// What a forwarded request was, which says how its answer becomes a JSON-RPC result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Forwarded {
+    /// A server's tool: its `CallToolResult`, or a tool error saying why not.
+    Tool,
+    /// One of the daemon's own tools: a JSON document, as structured content.
+    Own,
+    /// `resources/read` or `prompts/get`: the server's result, or a JSON-RPC error.
+    Request,
+}
+
 /// A forwarded call waiting for its answer.
 #[derive(Debug)]
 struct Pending {
     reply: ReplyTo,
     /// The client's JSON-RPC id.
     id: Value,
-    /// Whether it went to one of the daemon's own tools (the answer is a status document,
-    /// not a tool result).
-    own: bool,
+    what: Forwarded,
+}
+
+/// A server as the gateway last heard of it: id, status, and (when it serves) the tools the
+/// capability policy lets it offer, its resources, resource templates and prompts.
+#[derive(Debug)]
+struct Offered {
+    id: String,
+    status: &'static str,
+    serves: bool,
+    tools: Vec<Value>,
+    resources: Vec<Value>,
+    resource_templates: Vec<Value>,
+    prompts: Vec<Value>,
 }
 
 /// The `/mcp` endpoint.
@@ -119,7 +149,7 @@ pub struct Gateway {
     sessions: HashMap<String, Session>,
     /// Every server's id, status and (when active) the tools the capability policy lets it
     /// offer, as the MCP room last reported them.
-    servers: Vec<(String, &'static str, Vec<Value>)>,
+    servers: Vec<Offered>,
     /// The capability policy, from the configuration.
     policy: crate::variety::policy::Policy,
     /// Tools of active servers that the policy keeps off the list, by the name they would have
@@ -166,24 +196,46 @@ impl Gateway {
     }
 
     fn rebuild(&mut self, cx: &mut RoomCx<'_, Self>) {
+        let sep = &self.settings.tool_separator;
         let catalog = Catalog::build(
             self.servers
                 .iter()
-                .map(|(id, _, t)| (id.as_str(), t.as_slice())),
-            &self.settings.tool_separator,
+                .map(|s| (s.id.as_str(), s.tools.as_slice())),
+            sep,
             &self.settings.daemon_tools,
+        )
+        .with_offers(
+            self.servers.iter().filter(|s| s.serves).map(|s| Offer {
+                server: &s.id,
+                resources: &s.resources,
+                resource_templates: &s.resource_templates,
+                prompts: &s.prompts,
+            }),
+            sep,
         );
         if catalog == self.catalog {
             return;
         }
+        let mut changed = Vec::new();
+        if !catalog.same_tools(&self.catalog) {
+            changed.push("notifications/tools/list_changed");
+        }
+        if !catalog.same_resources(&self.catalog) {
+            changed.push("notifications/resources/list_changed");
+        }
+        if !catalog.same_prompts(&self.catalog) {
+            changed.push("notifications/prompts/list_changed");
+        }
         self.catalog = catalog;
-        let event =
-            sse_message(&json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}));
+        let mut bytes = Vec::new();
+        for method in changed {
+            bytes.extend(sse_message(&json!({"jsonrpc": "2.0", "method": method})));
+        }
         for s in self.sessions.values() {
             if let Some(conn) = s.stream {
                 cx.emit(Output::Push {
                     conn,
-                    bytes: event.clone(),
+                    bytes: bytes.clone(),
                 });
             }
         }
@@ -360,13 +412,33 @@ impl Gateway {
             "ping" => respond(cx, reply, &id, json!({})),
             "tools/list" => respond(cx, reply, &id, json!({"tools": self.catalog.listing()})),
             "tools/call" => self.call(cx, reply, id, params),
+            "prompts/list" => respond(
+                cx,
+                reply,
+                &id,
+                json!({"prompts": self.catalog.prompt_listing()}),
+            ),
+            "resources/list" => respond(
+                cx,
+                reply,
+                &id,
+                json!({"resources": self.catalog.resource_listing()}),
+            ),
+            "resources/templates/list" => respond(
+                cx,
+                reply,
+                &id,
+                json!({"resourceTemplates": self.catalog.template_listing()}),
+            ),
+            "prompts/get" => self.get_prompt(cx, reply, id, params),
+            "resources/read" => self.read_resource(cx, reply, id, params),
             _ => {
                 let m: String = method.chars().take(80).collect();
                 let response = rpc_error_response(
                     200,
                     &id,
                     code::METHOD_NOT_FOUND,
-                    &format!("method {m:?} is not offered here (tools only)"),
+                    &format!("method {m:?} is not offered here (tools, prompts and resources)"),
                 );
                 cx.emit(Output::Http { reply, response });
             }
@@ -414,14 +486,18 @@ impl Gateway {
         log::debug!("/mcp session {session} opened ({version})");
         let result = json!({
             "protocolVersion": version,
-            "capabilities": {"tools": {"listChanged": true}},
+            "capabilities": {
+                "tools": {"listChanged": true},
+                "prompts": {"listChanged": true},
+                "resources": {"listChanged": true},
+            },
             "serverInfo": {
                 "name": "vsm-daemon",
                 "title": "vsm-daemon MCP gateway",
                 "version": env!("CARGO_PKG_VERSION"),
             },
             "instructions": format!(
-                "Tools of the MCP servers this daemon supervises, named SERVER{sep}TOOL, and the daemon's own under vsm{sep}.",
+                "Tools and prompts of the MCP servers this daemon supervises, named SERVER{sep}TOOL and SERVER{sep}PROMPT, the daemon's own tools under vsm{sep}, and the servers' resources under their own URIs.",
                 sep = self.settings.tool_separator
             ),
         });
@@ -469,17 +545,22 @@ impl Gateway {
             let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &message);
             return cx.emit(Output::Http { reply, response });
         }
+        let own = name
+            .strip_prefix("vsm")
+            .and_then(|n| n.strip_prefix(self.settings.tool_separator.as_str()));
+        if let Some(own) = own.filter(|n| {
+            catalog::is_daemon_tool(n) && !self.settings.daemon_tools.iter().any(|t| t == n)
+        }) {
+            let message = format!(
+                "tool {name:?} is not allowed here: the daemon's own tool '{own}' is not in gateway.daemon_tools"
+            );
+            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &message);
+            return cx.emit(Output::Http { reply, response });
+        }
         let Some(entry) = self.catalog.get(name) else {
             // A tool of a server that is down: say so at once (the client's list is older
             // than the server's stop), as a tool error the model can read.
-            let sep = &self.settings.tool_separator;
-            let down = self.servers.iter().find(|(id, status, _)| {
-                !matches!(*status, "active" | "degraded")
-                    && name.len() > id.len() + sep.len()
-                    && name.starts_with(id.as_str())
-                    && name[id.len()..].starts_with(sep.as_str())
-            });
-            if let Some((server, status, _)) = down {
+            if let Some((server, status)) = self.down_server_of(name) {
                 let text = format!(
                     "MCP server '{server}' is not active (status {status}): its tools cannot be called now"
                 );
@@ -495,7 +576,7 @@ impl Gateway {
             );
             return cx.emit(Output::Http { reply, response });
         };
-        let (request, own) = match &entry.target {
+        let (request, what) = match &entry.target {
             Target::Server { server, tool } => (
                 Request::Mcp(McpRequest::Call {
                     id: server.clone(),
@@ -503,19 +584,139 @@ impl Gateway {
                     arguments,
                     timeout_ms: None,
                 }),
-                false,
+                Forwarded::Tool,
             ),
-            Target::Daemon(t) if t == "status" => (
-                Request::Daemon(DaemonRequest::Status { detailed: false }),
-                true,
-            ),
-            Target::Daemon(_) => (Request::Mcp(McpRequest::List { status: "all" }), true),
+            Target::Daemon(t) => match own_request(t, &arguments) {
+                Ok(request) => (request, Forwarded::Own),
+                Err(text) => {
+                    let result =
+                        json!({"content": [{"type": "text", "text": text}], "isError": true});
+                    return respond(cx, reply, &id, result);
+                }
+            },
         };
+        self.forward(cx, reply, id, request, what);
+    }
+
+    fn forward(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        reply: ReplyTo,
+        id: Value,
+        request: Request,
+        what: Forwarded,
+    ) {
         let tag = self.next_tag;
         self.next_tag += 1;
-        self.pending.insert(tag, Pending { reply, id, own });
+        self.pending.insert(tag, Pending { reply, id, what });
         cx.ask(tag, request);
     }
+
+    /// The server that is not active now whose prefix `name` (`SERVER<sep>...`) carries:
+    /// (id, status). A client's list may be older than the server's stop.
+    fn down_server_of(&self, name: &str) -> Option<(&str, &'static str)> {
+        let sep = self.settings.tool_separator.as_str();
+        self.servers
+            .iter()
+            .find(|s| {
+                !s.serves
+                    && name.len() > s.id.len() + sep.len()
+                    && name.starts_with(s.id.as_str())
+                    && name[s.id.len()..].starts_with(sep)
+            })
+            .map(|s| (s.id.as_str(), s.status))
+    }
+
+    /// `prompts/get`: to the server of the prompt, under its own name.
+    fn get_prompt(&mut self, cx: &mut RoomCx<'_, Self>, reply: ReplyTo, id: Value, params: &Value) {
+        let Some(name) = params.get("name").and_then(Value::as_str) else {
+            let m = "prompts/get needs params.name";
+            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, m);
+            return cx.emit(Output::Http { reply, response });
+        };
+        let arguments = match params.get("arguments") {
+            None | Some(Value::Null) => json!({}),
+            Some(a @ Value::Object(_)) => a.clone(),
+            Some(_) => {
+                let m = "prompts/get params.arguments must be an object";
+                let response = rpc_error_response(200, &id, code::INVALID_PARAMS, m);
+                return cx.emit(Output::Http { reply, response });
+            }
+        };
+        let Some(Target::Server { server, tool }) = self.catalog.prompt(name).map(|e| &e.target)
+        else {
+            let shown: String = name.chars().take(130).collect();
+            let message = match self.down_server_of(name) {
+                Some((server, status)) => format!(
+                    "MCP server '{server}' is not active (status {status}): its prompts cannot be got now"
+                ),
+                None => format!("unknown prompt {shown:?} (prompts/list names the prompts offered now)"),
+            };
+            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &message);
+            return cx.emit(Output::Http { reply, response });
+        };
+        let request = Request::Mcp(McpRequest::GetPrompt {
+            id: server.clone(),
+            name: tool.clone(),
+            arguments,
+        });
+        self.forward(cx, reply, id, request, Forwarded::Request);
+    }
+
+    /// `resources/read`: to the server the catalog routes the URI to, URI unchanged.
+    fn read_resource(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        reply: ReplyTo,
+        id: Value,
+        params: &Value,
+    ) {
+        let Some(uri) = params.get("uri").and_then(Value::as_str) else {
+            let m = "resources/read needs params.uri";
+            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, m);
+            return cx.emit(Output::Http { reply, response });
+        };
+        let Some(server) = self.catalog.route(uri) else {
+            let shown: String = uri.chars().take(200).collect();
+            let body = json!({"jsonrpc": "2.0", "id": id, "error": {
+                "code": code::RESOURCE_NOT_FOUND,
+                "message": format!("resource not found: no active server lists {shown:?} or has a template that matches it"),
+                "data": {"uri": shown},
+            }});
+            let response = http::Response::json(200, body.to_string().into_bytes());
+            return cx.emit(Output::Http { reply, response });
+        };
+        let request = Request::Mcp(McpRequest::ReadResource {
+            id: server.to_string(),
+            uri: uri.to_string(),
+        });
+        self.forward(cx, reply, id, request, Forwarded::Request);
+    }
+}
+
+/// The command-layer request behind one of the daemon's own tools, or why the arguments
+/// do not make one (as a tool error, so the model can correct them).
+fn own_request(tool: &str, arguments: &Value) -> Result<Request, String> {
+    Ok(match tool {
+        "status" => Request::Daemon(DaemonRequest::Status { detailed: false }),
+        "variety" => Request::Variety(VarietyRequest::Analysis),
+        "acquire" => {
+            let text = |field: &str| match arguments.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(format!("{field} must be a string")),
+            };
+            let capability = text("capability_type")?
+                .ok_or_else(|| "capability_type is required (e.g. \"memory\")".to_string())?;
+            // The variety room checks the values, exactly as for the REST operation.
+            Request::Variety(VarietyRequest::Acquire {
+                capability,
+                method: "mcp_server".into(),
+                priority: text("priority")?.unwrap_or_else(|| "medium".into()),
+            })
+        }
+        _ => Request::Mcp(McpRequest::List { status: "all" }),
+    })
 }
 
 /// The servers or their tools changed: the active servers' tools, less those the capability
@@ -529,6 +730,7 @@ impl crate::room::Follows for Gateway {
             .iter()
             .map(|s| {
                 let mut tools = Vec::new();
+                let extras = |list: &[Value]| if s.serves { list.to_vec() } else { Vec::new() };
                 if s.serves {
                     for t in s.tools {
                         let text = crate::variety::policy::tool_text(t);
@@ -542,7 +744,15 @@ impl crate::room::Follows for Gateway {
                         }
                     }
                 }
-                (s.id.to_string(), s.status, tools)
+                Offered {
+                    id: s.id.to_string(),
+                    status: s.status,
+                    serves: s.serves,
+                    tools,
+                    resources: extras(s.resources),
+                    resource_templates: extras(s.resource_templates),
+                    prompts: extras(s.prompts),
+                }
             })
             .collect();
         self.rebuild(cx);
@@ -577,14 +787,26 @@ impl Room for Gateway {
             log::warn!("/mcp: an answer for call {tag}, which is not waiting");
             return;
         };
-        let result = if p.own {
-            own_result(answer)
-        } else {
-            tool_result(answer)
+        let response = match p.what {
+            Forwarded::Own => rpc_response(&p.id, own_result(answer)),
+            Forwarded::Tool => rpc_response(&p.id, tool_result(answer)),
+            Forwarded::Request => match answer {
+                Ok(mut v) => rpc_response(&p.id, v["result"].take()),
+                Err(e) => {
+                    // The server's own JSON-RPC error passes through; the daemon's reasons
+                    // (not active, timed out, busy, gone) are internal errors with its message.
+                    let data = e.data.as_ref();
+                    let server_code = data
+                        .filter(|_| e.code == ErrorCode::McpError)
+                        .and_then(|d| d["code"].as_i64());
+                    let code = server_code.unwrap_or(code::INTERNAL_ERROR);
+                    rpc_error_response(200, &p.id, code, &e.message)
+                }
+            },
         };
         cx.emit(Output::Http {
             reply: p.reply,
-            response: rpc_response(&p.id, result),
+            response,
         });
     }
 }

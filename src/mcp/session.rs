@@ -1488,4 +1488,163 @@ mod tests {
         assert!(matches!(e[..], [Effect::ProtocolError(_)]), "{e:?}");
         assert_eq!(s.protocol_errors, PERSISTENT_PROTOCOL_ERRORS as u64 + 2);
     }
+
+    /// The id of the request of `method` among the sends.
+    fn sent_id(effects: &E, method: &str) -> u64 {
+        sent(effects)
+            .iter()
+            .find(|m| m["method"] == method)
+            .and_then(|m| m["id"].as_u64())
+            .unwrap_or_else(|| panic!("no {method} in {effects:?}"))
+    }
+
+    #[test]
+    fn resources_templates_and_prompts_are_listed_when_offered_and_requests_forwarded() {
+        let now = Instant::now();
+        let mut s = S::new("t");
+        s.begin_run();
+        let init = br#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{},"resources":{"listChanged":true},"prompts":{}}}}
+"#;
+        feed(&mut s, init, Status::Starting, now);
+        let e = feed(
+            &mut s,
+            b"{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":[]}}\n",
+            Status::Initializing,
+            now,
+        );
+        assert!(matches!(e[0], Effect::Listed(0)), "{e:?}");
+        let resources = sent_id(&e, "resources/list");
+        let templates = sent_id(&e, "resources/templates/list");
+        let prompts = sent_id(&e, "prompts/list");
+        // Pages are followed; each completed list that changed is an event.
+        let page = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{resources},\"result\":{{\"resources\":[{{\"uri\":\"x://1\",\"name\":\"one\"}}],\"nextCursor\":\"2\"}}}}\n"
+        );
+        let e = feed(&mut s, page.as_bytes(), Status::Active, now);
+        let m = sent(&e);
+        assert_eq!(
+            (m[0]["method"].as_str(), &m[0]["params"]["cursor"]),
+            (Some("resources/list"), &json!("2"))
+        );
+        let next = m[0]["id"].clone();
+        let page = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{next},\"result\":{{\"resources\":[{{\"uri\":\"x://2\",\"name\":\"two\"}}]}}}}\n"
+        );
+        let e = feed(&mut s, page.as_bytes(), Status::Active, now);
+        assert!(
+            matches!(
+                &e[..],
+                [Effect::Event(EventData::McpServerListChanged {
+                    list: "resources",
+                    count: 2,
+                    ..
+                })]
+            ),
+            "{e:?}"
+        );
+        let page = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{templates},\"result\":{{\"resourceTemplates\":[{{\"uriTemplate\":\"x://{{n}}\",\"name\":\"n\"}}]}}}}\n"
+        );
+        feed(&mut s, page.as_bytes(), Status::Active, now);
+        // A server that refuses a list has none.
+        let refused = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{prompts},\"error\":{{\"code\":-32601,\"message\":\"no\"}}}}\n"
+        );
+        assert!(feed(&mut s, refused.as_bytes(), Status::Active, now).is_empty());
+        assert_eq!(s.list(Kind::Resources).len(), 2);
+        assert_eq!(s.list(Kind::ResourceTemplates)[0]["name"], "n");
+        assert!(s.list(Kind::Prompts).is_empty());
+
+        // resources/list_changed lists resources and templates again, not prompts.
+        let later = now + Duration::from_secs(2);
+        let e = feed(
+            &mut s,
+            b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/list_changed\"}\n",
+            Status::Active,
+            later,
+        );
+        let methods: Vec<Value> = sent(&e).iter().map(|m| m["method"].clone()).collect();
+        assert_eq!(
+            methods,
+            [json!("resources/list"), json!("resources/templates/list")]
+        );
+
+        // Forwarded requests: answered with the server's result; past the deadline a
+        // timeout and a cancellation; when the run ends, the server's exit.
+        let forward = |s: &mut S, method, needs, reply| {
+            s.forward(
+                Status::Active,
+                None,
+                method,
+                needs,
+                json!({"uri": "x://1"}),
+                Duration::from_secs(1),
+                4,
+                reply,
+                later,
+                |_, _| 50 + u64::from(reply),
+            )
+        };
+        let e = forward(&mut s, "resources/read", Kind::Resources, 1).expect("forwarded");
+        let read = sent_id(&e, "resources/read");
+        let answer = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{read},\"result\":{{\"contents\":[{{\"uri\":\"x://1\",\"text\":\"hi\"}}]}}}}\n"
+        );
+        let e = feed(&mut s, answer.as_bytes(), Status::Active, later);
+        match &e[..] {
+            [Effect::CancelTimer(51), Effect::Reply(1, Ok(v))] => {
+                assert_eq!(v["result"]["contents"][0]["text"], "hi");
+                assert_eq!(v["method"], "resources/read");
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = forward(&mut s, "resources/read", Kind::Resources, 2).expect("forwarded");
+        let late = sent_id(&e, "resources/read");
+        let e = s.on_call_deadline(late, later + Duration::from_secs(1));
+        assert!(
+            matches!(&e[..], [Effect::Reply(2, Err(err)), Effect::Send(_)] if err.code == ErrorCode::Timeout),
+            "{e:?}"
+        );
+        assert_eq!(sent(&e)[0]["params"]["requestId"], late);
+        forward(&mut s, "resources/read", Kind::Resources, 3).expect("forwarded");
+        assert_eq!(s.calls_in_flight(), 1, "forwarded requests count as calls");
+        let e = s.end_run("exited with code 1", later);
+        assert!(
+            matches!(&e[..], [Effect::CancelTimer(53), Effect::Reply(3, Err(err))] if err.code == ErrorCode::ServerExited),
+            "{e:?}"
+        );
+        // What the server does not offer is refused at once, as is a server not serving.
+        let mut s = S::new("u");
+        let err = s
+            .forward(
+                Status::Active,
+                None,
+                "prompts/get",
+                Kind::Prompts,
+                json!({}),
+                Duration::from_secs(1),
+                4,
+                1,
+                now,
+                |_, _| 0,
+            )
+            .expect_err("no prompts offered");
+        assert_eq!(err.code, ErrorCode::Conflict);
+        assert!(err.message.contains("offers no prompts"), "{}", err.message);
+        let err = s
+            .forward(
+                Status::Stopped,
+                None,
+                "prompts/get",
+                Kind::Prompts,
+                json!({}),
+                Duration::from_secs(1),
+                4,
+                1,
+                now,
+                |_, _| 0,
+            )
+            .expect_err("stopped");
+        assert!(err.message.contains("not active"), "{}", err.message);
+    }
 }

@@ -372,7 +372,7 @@ fn mcp_endpoint_refuses_what_it_must() {
     let listed: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(
         names(&listed["result"]["tools"]),
-        ["vsm__list_servers", "vsm__status"],
+        ["vsm__list_servers", "vsm__status", "vsm__variety"],
         "{listed}"
     );
     // The separator is live configuration, and validated.
@@ -384,7 +384,7 @@ fn mcp_endpoint_refuses_what_it_must() {
     let listed: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(
         names(&listed["result"]["tools"]),
-        ["vsm.list_servers", "vsm.status"],
+        ["vsm.list_servers", "vsm.status", "vsm.variety"],
         "{listed}"
     );
     let (status, _, body) = tcp(addr, "POST", &[json_ct, accept, auth, sid, right], "{oops");
@@ -537,5 +537,274 @@ fn a_tool_under_a_blocked_capability_is_refused_everywhere_and_alerts() {
     assert!(
         tools.iter().any(|t| t == "trusted__run_command"),
         "{tools:?}"
+    );
+}
+
+#[test]
+fn typescript_sdk_client_reads_resources_and_gets_prompts_of_server_everything() {
+    resources_and_prompts_through(|d| SdkClient::typescript(&url(d), &d.token));
+}
+
+#[test]
+fn python_sdk_client_reads_resources_and_gets_prompts_of_server_everything() {
+    resources_and_prompts_through(|d| SdkClient::python(&url(d), &d.token));
+}
+
+fn field_of(items: &Value, field: &str) -> Vec<String> {
+    items
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|t| t[field].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The scenario both SDK clients go through: server-everything offers resources, resource
+/// templates and prompts; they are aggregated on `/mcp` when it comes (with `list_changed`),
+/// read and got through the gateway (a templated URI routed to its server, prompts by
+/// `SERVER__PROMPT`), refused clearly when unknown, and gone when it stops.
+fn resources_and_prompts_through(client: fn(&Daemon) -> SdkClient) {
+    let everything = peers().join("npm/node_modules/.bin/mcp-server-everything");
+    let everything = everything.display().to_string();
+    let d = Daemon::start_with(Setup {
+        config: Some(QUICK_STOP.into()),
+        ..Setup::default()
+    });
+    let mut client = client(&d);
+    let hello = client.next("connect");
+    assert_eq!(hello["connected"], true, "{hello}");
+    let caps = &hello["capabilities"];
+    assert_eq!(caps["resources"]["listChanged"], true, "{hello}");
+    assert_eq!(caps["prompts"]["listChanged"], true, "{hello}");
+    let none = client.send(json!({"op": "resources"}));
+    assert_eq!(none["resources"], json!([]), "{none}");
+    let none = client.send(json!({"op": "prompts"}));
+    assert_eq!(none["prompts"], json!([]), "{none}");
+
+    register(&d, "every", &[&everything]);
+    wait_status(&d, "every", "active");
+    // The client hears that resources and prompts came.
+    let heard = client.send(json!({"op": "changes", "kind": "resources", "at_least": 1}));
+    assert!(heard["changes"].as_u64() >= Some(1), "{heard}");
+    let heard = client.send(json!({"op": "changes", "kind": "prompts", "at_least": 1}));
+    assert!(heard["changes"].as_u64() >= Some(1), "{heard}");
+
+    let architecture = "demo://resource/static/document/architecture.md";
+    let listed = client.send(json!({"op": "resources"}));
+    let uris = field_of(&listed["resources"], "uri");
+    assert!(uris.contains(&architecture.to_string()), "{listed}");
+    let mut sorted = uris.clone();
+    sorted.sort();
+    assert_eq!(uris, sorted, "in URI order");
+    let templates = client.send(json!({"op": "templates"}));
+    assert!(
+        field_of(&templates["resourceTemplates"], "uriTemplate")
+            .contains(&"demo://resource/dynamic/text/{resourceId}".to_string()),
+        "{templates}"
+    );
+    let read = client.send(json!({"op": "read", "uri": architecture}));
+    let contents = &read["result"]["contents"][0];
+    assert_eq!(contents["uri"], architecture, "{read}");
+    assert!(
+        contents["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("Architecture")),
+        "{read}"
+    );
+    // A URI no server lists, routed by the template that matches it.
+    let dynamic = "demo://resource/dynamic/text/3";
+    let read = client.send(json!({"op": "read", "uri": dynamic}));
+    assert_eq!(read["result"]["contents"][0]["uri"], dynamic, "{read}");
+    let unknown = client.send(json!({"op": "read", "uri": "demo://nowhere"}));
+    assert_eq!(unknown["code"], -32002, "{unknown}");
+
+    let prompts = client.send(json!({"op": "prompts"}));
+    let names = field_of(&prompts["prompts"], "name");
+    for want in ["every__simple-prompt", "every__args-prompt"] {
+        assert!(names.contains(&want.to_string()), "{want}: {prompts}");
+    }
+    let args = prompts["prompts"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "every__args-prompt"))
+        .expect("args-prompt");
+    assert_eq!(args["arguments"][0]["name"], "city", "{args}");
+    let got = client.send(
+        json!({"op": "prompt", "name": "every__args-prompt", "arguments": {"city": "Lisbon"}}),
+    );
+    let said = got["result"]["messages"][0]["content"]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(said.contains("Lisbon"), "{got}");
+    let nope = client.send(json!({"op": "prompt", "name": "every__nope"}));
+    assert_eq!(nope["code"], -32602, "{nope}");
+
+    // The same lists and calls over REST.
+    let (status, v) = d.http("GET", "/api/v1/mcp/servers/every/resources", None);
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        field_of(&v["data"]["resources"], "uri").contains(&architecture.to_string()),
+        "{v}"
+    );
+    assert!(
+        v["data"]["resource_templates"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty()),
+        "{v}"
+    );
+    let (status, v) = d.http("GET", "/api/v1/mcp/servers/every/prompts", None);
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        field_of(&v["data"]["prompts"], "name").contains(&"args-prompt".to_string()),
+        "{v}"
+    );
+    let (status, v) = d.http(
+        "POST",
+        "/api/v1/mcp/servers/every/resources/read",
+        Some(&json!({"uri": dynamic}).to_string()),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"]["result"]["contents"][0]["uri"], dynamic, "{v}");
+    let (status, v) = d.http(
+        "POST",
+        "/api/v1/mcp/servers/every/prompts/get",
+        Some(r#"{"name": "args-prompt", "arguments": {"city": 7}}"#),
+    );
+    assert_eq!(status, 400, "arguments are strings: {v}");
+
+    // It stops: its resources and prompts go (the client hears it), and its prompt is
+    // refused at once with the reason.
+    let out = d.cli(&["mcp", "stop", "every"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    wait_status(&d, "every", "stopped");
+    let heard = client.send(json!({"op": "changes", "kind": "prompts", "at_least": 2}));
+    assert!(heard["changes"].as_u64() >= Some(2), "{heard}");
+    let listed = client.send(json!({"op": "resources"}));
+    assert_eq!(listed["resources"], json!([]), "{listed}");
+    let refused = client.send(json!({"op": "prompt", "name": "every__simple-prompt"}));
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("'every' is not active")),
+        "{refused}"
+    );
+    let unknown = client.send(json!({"op": "read", "uri": architecture}));
+    assert_eq!(unknown["code"], -32002, "{unknown}");
+    let closed = client.send(json!({"op": "close"}));
+    assert_eq!(closed["closed"], true, "{closed}");
+}
+
+/// The daemon's own tools through a real client: `vsm__variety` (read-only, on by
+/// default) answers the analysis; `vsm__acquire` changes state, so it is off by default and
+/// refused with the key to change; allowed by configuration, it records a required
+/// capability exactly as the REST operation does.
+#[test]
+fn the_daemons_own_variety_and_acquire_tools_through_a_client() {
+    let d = Daemon::start_with(Setup::default());
+    let mut client = SdkClient::typescript(&url(&d), &d.token);
+    let hello = client.next("connect");
+    assert_eq!(hello["connected"], true, "{hello}");
+    let listed = client.send(json!({"op": "list"}));
+    let all = names(&listed["tools"]);
+    assert_eq!(
+        all,
+        ["vsm__list_servers", "vsm__status", "vsm__variety"],
+        "{listed}"
+    );
+    let variety = &listed["tools"][2];
+    assert_eq!(variety["annotations"]["readOnlyHint"], true, "{variety}");
+    let analysis = wait_until(
+        "an analysis through vsm__variety",
+        || client.send(json!({"op": "call", "name": "vsm__variety", "arguments": {}})),
+        |v| v["result"]["structuredContent"]["variety_ratio"].is_number(),
+        |v| format!("last answer: {v}"),
+    );
+    assert!(
+        text(&analysis["result"]).contains("variety_ratio"),
+        "the text carries the document: {analysis}"
+    );
+
+    let refused = client.send(
+        json!({"op": "call", "name": "vsm__acquire", "arguments": {"capability_type": "memory"}}),
+    );
+    assert_eq!(refused["code"], -32602, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("gateway.daemon_tools")),
+        "{refused}"
+    );
+    let (_, caps) = d.http("GET", "/api/v1/capabilities", None);
+    assert_eq!(
+        caps["data"]["requests"],
+        json!([]),
+        "nothing recorded: {caps}"
+    );
+
+    let out = d.cli(&[
+        "config",
+        "set",
+        "gateway.daemon_tools",
+        r#"["status", "acquire"]"#,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let heard = client.send(json!({"op": "changes", "at_least": 1}));
+    assert!(heard["changes"].as_u64() >= Some(1), "{heard}");
+    let listed = client.send(json!({"op": "list"}));
+    assert_eq!(
+        names(&listed["tools"]),
+        ["vsm__acquire", "vsm__status"],
+        "{listed}"
+    );
+    let acquire = &listed["tools"][0];
+    assert_eq!(acquire["annotations"]["readOnlyHint"], false, "{acquire}");
+    assert_eq!(
+        acquire["inputSchema"]["required"],
+        json!(["capability_type"]),
+        "{acquire}"
+    );
+
+    let missing = client.send(json!({"op": "call", "name": "vsm__acquire", "arguments": {}}));
+    assert_eq!(missing["result"]["isError"], true, "{missing}");
+    assert!(
+        text(&missing["result"]).contains("capability_type"),
+        "{missing}"
+    );
+    let bad = client.send(json!({"op": "call", "name": "vsm__acquire",
+        "arguments": {"capability_type": "memory", "priority": "urgent"}}));
+    assert_eq!(
+        bad["result"]["isError"], true,
+        "the room's own check: {bad}"
+    );
+    let done = client.send(json!({"op": "call", "name": "vsm__acquire",
+        "arguments": {"capability_type": "memory", "priority": "high"}}));
+    assert_eq!(
+        done["result"]["structuredContent"]["recorded"], true,
+        "{done}"
+    );
+    let again = client.send(json!({"op": "call", "name": "vsm__acquire",
+        "arguments": {"capability_type": "memory"}}));
+    assert_eq!(
+        again["result"]["structuredContent"]["recorded"], false,
+        "{again}"
+    );
+    let (status, caps) = d.http("GET", "/api/v1/capabilities", None);
+    assert_eq!(status, 200, "{caps}");
+    assert_eq!(
+        caps["data"]["requests"][0]["capability"], "memory",
+        "recorded: {caps}"
+    );
+    assert_eq!(caps["data"]["requests"][0]["priority"], "high", "{caps}");
+    let variety = client.send(json!({"op": "call", "name": "vsm__variety", "arguments": {}}));
+    assert!(
+        variety["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("gateway.daemon_tools")),
+        "no longer allowed: {variety}"
     );
 }

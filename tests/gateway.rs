@@ -671,6 +671,29 @@ fn resources_and_prompts_through(client: fn(&Daemon) -> SdkClient) {
     );
     assert_eq!(status, 400, "arguments are strings: {v}");
 
+    // A tool that adds a resource: the server says resources/list_changed, the daemon lists
+    // again, the client hears it, and the link the tool returned reads as it is.
+    let made = client.send(json!({"op": "call", "name": "every__gzip-file-as-resource",
+        "arguments": {"name": "hello.txt.gz", "data": "data:text/plain;base64,aGVsbG8=",
+                      "outputType": "resourceLink"}}));
+    let link = made["result"]["content"][0]["uri"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a resource link: {made}"))
+        .to_string();
+    let heard = client.send(json!({"op": "changes", "kind": "resources", "at_least": 2}));
+    assert!(heard["changes"].as_u64() >= Some(2), "{heard}");
+    let listed = client.send(json!({"op": "resources"}));
+    assert!(
+        field_of(&listed["resources"], "uri").contains(&link),
+        "{link}: {listed}"
+    );
+    let read = client.send(json!({"op": "read", "uri": link}));
+    assert_eq!(
+        read["result"]["contents"][0]["mimeType"], "application/gzip",
+        "{read}"
+    );
+    assert!(read["result"]["contents"][0]["blob"].is_string(), "{read}");
+
     // It stops: its resources and prompts go (the client hears it), and its prompt is
     // refused at once with the reason.
     let out = d.cli(&["mcp", "stop", "every"]);

@@ -76,6 +76,9 @@ pub struct Catalog {
     resources: BTreeMap<String, Resource>,
     /// In (server, uriTemplate) order, which is the order routing tries them.
     templates: Vec<Template>,
+    /// Tools the capability policy keeps off the list, by the name they would have had
+    /// (where no listed tool has it): (server, tool, blocked capabilities).
+    blocked: BTreeMap<String, (String, String, Vec<String>)>,
 }
 
 /// The description of one of the daemon's own tools (`None` for a name we do not have):
@@ -194,6 +197,32 @@ impl Catalog {
             tools,
             ..Catalog::default()
         }
+    }
+
+    /// Adds the tools the capability policy blocks, as (server, tool, capabilities), so that a
+    /// call of one is refused as blocked: each under the name it would have had, resolved as
+    /// the listed tools' names are, unless a listed tool has that name (that one is called).
+    pub fn with_blocked<'a>(
+        mut self,
+        blocked: impl IntoIterator<Item = (&'a str, &'a str, &'a [String])>,
+        separator: &str,
+    ) -> Catalog {
+        let mut blocked: Vec<(&str, &str, &[String])> = blocked.into_iter().collect();
+        blocked.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (server, tool, capabilities) in blocked {
+            let full = format!("{server}{separator}{tool}");
+            if self.tools.contains_key(&full) || self.blocked.contains_key(&full) {
+                continue;
+            }
+            let entry = (server.to_string(), tool.to_string(), capabilities.to_vec());
+            self.blocked.insert(full, entry);
+        }
+        self
+    }
+
+    /// The blocked tool of that gateway name: (server, tool, capabilities).
+    pub fn blocked(&self, name: &str) -> Option<&(String, String, Vec<String>)> {
+        self.blocked.get(name)
     }
 
     /// Adds the prompts, resources and resource templates of the active servers (any
@@ -579,5 +608,23 @@ mod tests {
         let t = "x://{a}{b}{c}{d}{e}{f}{g}{h}!";
         let uri = format!("x://{}", "y".repeat(10_000));
         assert!(!m(t, &uri));
+    }
+
+    #[test]
+    fn a_blocked_tool_never_shadows_a_listed_one() {
+        // "a-b" + "-" + "c" (blocked) and "a" + "-" + "b-c" (listed) are both "a-b-c".
+        let listed = [json!({"name": "b-c"})];
+        let system = ["system".to_string()];
+        let c = Catalog::build([("a", &listed[..])], "-", &[])
+            .with_blocked([("a-b", "c", &system[..]), ("z", "run", &system[..])], "-");
+        assert_eq!(names(&c), ["a-b-c"], "blocked tools are not listed");
+        assert!(
+            c.blocked("a-b-c").is_none(),
+            "the listed tool keeps its name"
+        );
+        assert_eq!(
+            c.blocked("z-run"),
+            Some(&("z".to_string(), "run".to_string(), system.to_vec()))
+        );
     }
 }

@@ -137,6 +137,8 @@ struct Offered {
     status: &'static str,
     serves: bool,
     tools: Vec<Value>,
+    /// Its tools the capability policy blocks: (tool, blocked capabilities).
+    blocked: Vec<(String, Vec<String>)>,
     resources: Vec<Value>,
     resource_templates: Vec<Value>,
     prompts: Vec<Value>,
@@ -152,9 +154,6 @@ pub struct Gateway {
     servers: Vec<Offered>,
     /// The capability policy, from the configuration.
     policy: crate::variety::policy::Policy,
-    /// Tools of active servers that the policy keeps off the list, by the name they would have
-    /// (`SERVER__TOOL`): (server, tool, blocked capabilities). A call of one is refused.
-    blocked: HashMap<String, (String, String, Vec<String>)>,
     catalog: Catalog,
     pending: HashMap<u64, Pending>,
     next_tag: u64,
@@ -173,7 +172,6 @@ impl Gateway {
             sessions: HashMap::new(),
             servers: Vec::new(),
             policy: crate::variety::policy::Policy::new(config),
-            blocked: HashMap::new(),
             catalog,
             pending: HashMap::new(),
             next_tag: 1,
@@ -204,6 +202,14 @@ impl Gateway {
             sep,
             &self.settings.daemon_tools,
         )
+        .with_blocked(
+            self.servers.iter().flat_map(|s| {
+                s.blocked
+                    .iter()
+                    .map(move |(tool, caps)| (s.id.as_str(), tool.as_str(), caps.as_slice()))
+            }),
+            sep,
+        )
         .with_offers(
             self.servers.iter().filter(|s| s.serves).map(|s| Offer {
                 server: &s.id,
@@ -227,6 +233,10 @@ impl Gateway {
             changed.push("notifications/prompts/list_changed");
         }
         self.catalog = catalog;
+        if changed.is_empty() {
+            // Only which tools are blocked changed: nothing a client lists.
+            return;
+        }
         let mut bytes = Vec::new();
         for method in changed {
             bytes.extend(sse_message(&json!({"jsonrpc": "2.0", "method": method})));
@@ -529,7 +539,7 @@ impl Gateway {
                 return cx.emit(Output::Http { reply, response });
             }
         };
-        if let Some((server, tool, capabilities)) = self.blocked.get(name) {
+        if let Some((server, tool, capabilities)) = self.catalog.blocked(name) {
             let message = format!(
                 "tool {name:?} is blocked by the capability policy ({} in security.blocked_capabilities)",
                 capabilities.join(", ")
@@ -724,12 +734,11 @@ fn own_request(tool: &str, arguments: &Value) -> Result<Request, String> {
 /// `notifications/tools/list_changed` when it changed.
 impl crate::room::Follows for Gateway {
     fn servers(&mut self, cx: &mut RoomCx<'_, Self>, servers: &[crate::snapshot::ServerView<'_>]) {
-        self.blocked.clear();
-        let sep = &self.settings.tool_separator;
         self.servers = servers
             .iter()
             .map(|s| {
                 let mut tools = Vec::new();
+                let mut blocked = Vec::new();
                 let extras = |list: &[Value]| if s.serves { list.to_vec() } else { Vec::new() };
                 if s.serves {
                     for t in s.tools {
@@ -738,9 +747,7 @@ impl crate::room::Follows for Gateway {
                         if refused.is_empty() {
                             tools.push(t.clone());
                         } else {
-                            let name = format!("{}{sep}{}", s.id, text.name);
-                            let entry = (s.id.to_string(), text.name.to_string(), refused);
-                            self.blocked.insert(name, entry);
+                            blocked.push((text.name.to_string(), refused));
                         }
                     }
                 }
@@ -749,6 +756,7 @@ impl crate::room::Follows for Gateway {
                     status: s.status,
                     serves: s.serves,
                     tools,
+                    blocked,
                     resources: extras(s.resources),
                     resource_templates: extras(s.resource_templates),
                     prompts: extras(s.prompts),

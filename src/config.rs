@@ -398,7 +398,8 @@ section! {
 /// `A-Z a-z 0-9 _ - .` (MCP 2025-11-25), so the separator is made of those.
 pub const GATEWAY_SEPARATORS: &[&str] = &["__", "--", "..", "_", "-", "."];
 /// The daemon's own tools on `/mcp` (named `vsm<separator><tool>`).
-pub const GATEWAY_DAEMON_TOOLS: &[&str] = &["status", "list_servers", "variety", "acquire"];
+pub const GATEWAY_DAEMON_TOOLS: &[&str] =
+    &["status", "list_servers", "variety", "acquire", "discover"];
 /// The daemon's own tools offered unless configured otherwise: the read-only ones.
 pub const GATEWAY_DAEMON_TOOLS_DEFAULT: &[&str] = &["status", "list_servers", "variety"];
 
@@ -633,7 +634,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("gateway.tool_separator", "between the server id and the tool name in the tool names /mcp offers (SERVER__TOOL)", Constraint::OneOf(GATEWAY_SEPARATORS)),
     live("gateway.max_sessions", "open /mcp sessions at once; an initialize beyond it is refused until one ends or expires", range(1.0, 10_000.0)),
     live("gateway.session_idle_ms", "a /mcp session without requests (and without an open GET stream) for this many milliseconds ends", range(1000.0, 86_400_000.0)),
-    live("gateway.daemon_tools", "the daemon's own tools offered on /mcp as vsm__TOOL (acquire records a required capability, a change of state: add it only for clients you trust)", Constraint::StringList { allowed: Some(GATEWAY_DAEMON_TOOLS), max_items: GATEWAY_DAEMON_TOOLS.len(), max_item_bytes: 32 }),
+    live("gateway.daemon_tools", "the daemon's own tools offered on /mcp as vsm__TOOL (acquire records a required capability, a change of state: add it only for clients you trust; discover asks the discovery sources, which may be registries outside the host)", Constraint::StringList { allowed: Some(GATEWAY_DAEMON_TOOLS), max_items: GATEWAY_DAEMON_TOOLS.len(), max_item_bytes: 32 }),
     live("variety.required", "capabilities the daemon must have: names (\"time\") or tables {capability = \"memory\", weight = 2, severity = \"high\"}; weight above 0 (default 1), severity low, medium (default), high or critical; at most 256, unique", Constraint::RequiredCapabilities),
     live("variety.rules", "keyword rules added to the built-in ones ([[variety.rules]] capability = \"time\", keywords = [\"timezone\"]): a tool whose name or description holds a keyword's words provides the capability; at most 128 rules of 1 to 64 keywords", Constraint::KeywordRules),
     live("variety.auto_acquire", "when a required capability has no provider (a variety_gap_detected event), discover candidates for it and acquire the best-ranked one by itself, one at a time, trying the next-ranked when one fails; decisions record requested_by = auto", Constraint::Bool),

@@ -672,7 +672,10 @@ fn resources_and_prompts_through(client: fn(&Daemon) -> SdkClient) {
     assert_eq!(status, 400, "arguments are strings: {v}");
 
     // A tool that adds a resource: the server says resources/list_changed, the daemon lists
-    // again, the client hears it, and the link the tool returned reads as it is.
+    // again, the client hears it, and the link the tool returned reads as it is. (Resources
+    // and templates arrived in two listings: the client may have heard one or two changes.)
+    let before = client.send(json!({"op": "changes", "kind": "resources", "at_least": 0}));
+    let before = before["changes"].as_u64().expect("a count");
     let made = client.send(json!({"op": "call", "name": "every__gzip-file-as-resource",
         "arguments": {"name": "hello.txt.gz", "data": "data:text/plain;base64,aGVsbG8=",
                       "outputType": "resourceLink"}}));
@@ -680,12 +683,13 @@ fn resources_and_prompts_through(client: fn(&Daemon) -> SdkClient) {
         .as_str()
         .unwrap_or_else(|| panic!("a resource link: {made}"))
         .to_string();
-    let heard = client.send(json!({"op": "changes", "kind": "resources", "at_least": 2}));
-    assert!(heard["changes"].as_u64() >= Some(2), "{heard}");
-    let listed = client.send(json!({"op": "resources"}));
-    assert!(
-        field_of(&listed["resources"], "uri").contains(&link),
-        "{link}: {listed}"
+    let heard = client.send(json!({"op": "changes", "kind": "resources", "at_least": before + 1}));
+    assert!(heard["changes"].as_u64() > Some(before), "{heard}");
+    wait_until(
+        "the new resource is listed",
+        || client.send(json!({"op": "resources"})),
+        |listed| field_of(&listed["resources"], "uri").contains(&link),
+        |listed| format!("{link} not in {listed}"),
     );
     let read = client.send(json!({"op": "read", "uri": link}));
     assert_eq!(
@@ -830,4 +834,56 @@ fn the_daemons_own_variety_and_acquire_tools_through_a_client() {
             .is_some_and(|e| e.contains("gateway.daemon_tools")),
         "no longer allowed: {variety}"
     );
+}
+
+/// `vsm__discover`, allowed by configuration: the operator's catalog answers through a real
+/// client exactly as `GET /api/v1/mcp/discover` does; a bad source is a tool error.
+#[test]
+fn vsm_discover_finds_the_servers_of_the_operators_catalog() {
+    let dir = TempDir::new("gateway-discover");
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(
+        &catalog,
+        "[[servers]]\npackage = \"pypi:mcp-server-time==2026.10.19\"\ntitle = \"Time\"\n\
+         description = \"Current time and timezone conversions\"\ncapabilities = [\"time\"]\n",
+    )
+    .expect("catalog");
+    let config = format!(
+        "[gateway]\ndaemon_tools = [\"discover\"]\n\n[mcp_servers]\ncatalog_file = \"{}\"\n\
+         discovery_cache_ttl_ms = 0\nauto_discovery_interval_ms = 0\n",
+        catalog.display()
+    );
+    let d = Daemon::start_with(Setup {
+        config: Some(config),
+        ..Setup::default()
+    });
+    let mut client = SdkClient::python(&url(&d), &d.token);
+    let hello = client.next("connect");
+    assert_eq!(hello["connected"], true, "{hello}");
+    let listed = client.send(json!({"op": "list"}));
+    assert_eq!(names(&listed["tools"]), ["vsm__discover"], "{listed}");
+    assert_eq!(
+        listed["tools"][0]["annotations"]["openWorldHint"], true,
+        "{listed}"
+    );
+    let found = client.send(json!({"op": "call", "name": "vsm__discover",
+        "arguments": {"query": "time", "source": "catalog"}}));
+    let ids: Vec<&str> = found["result"]["structuredContent"]["candidates"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, ["pypi:mcp-server-time"], "{found}");
+    let (_, rest) = d.http(
+        "GET",
+        "/api/v1/mcp/discover?query=time&source=catalog",
+        None,
+    );
+    assert_eq!(
+        rest["data"]["candidates"][0]["id"], "pypi:mcp-server-time",
+        "the same as REST: {rest}"
+    );
+    let bad = client
+        .send(json!({"op": "call", "name": "vsm__discover", "arguments": {"source": "elsewhere"}}));
+    assert_eq!(bad["result"]["isError"], true, "{bad}");
+    assert!(text(&bad["result"]).contains("not one of"), "{bad}");
 }

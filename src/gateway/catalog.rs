@@ -124,6 +124,22 @@ fn daemon_tool(name: &str) -> Option<(&'static str, &'static str, Value, Value)>
             json!({"readOnlyHint": false, "destructiveHint": false, "idempotentHint": true,
                    "openWorldHint": false}),
         )),
+        "discover" => Some((
+            "Discover MCP servers",
+            "Finds MCP servers that could be installed, exactly as GET /api/v1/mcp/discover does: the enabled discovery sources (mcp_servers.discovery_sources) asked at once, candidates deduplicated, filtered and ranked, each source's outcome reported. Installs nothing.",
+            json!({
+                "type": "object",
+                "properties": {
+                    "query": {"type": "string", "maxLength": 200,
+                        "description": "Words or capability names to look for; empty: everything the sources list"},
+                    "source": {"type": "string", "enum": ["catalog", "registry", "npm", "github"],
+                        "description": "Only this source (it must be enabled); default every enabled one"},
+                },
+                "additionalProperties": false,
+            }),
+            // It changes nothing but a cache; the sources may be registries outside the host.
+            json!({"readOnlyHint": true, "openWorldHint": true}),
+        )),
         _ => None,
     }
 }

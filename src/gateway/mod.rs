@@ -710,6 +710,30 @@ fn own_request(tool: &str, arguments: &Value) -> Result<Request, String> {
     Ok(match tool {
         "status" => Request::Daemon(DaemonRequest::Status { detailed: false }),
         "variety" => Request::Variety(VarietyRequest::Analysis),
+        "discover" => {
+            let text = |field: &str| match arguments.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.as_str())),
+                Some(_) => Err(format!("{field} must be a string")),
+            };
+            let source = match text("source")? {
+                None | Some("") => None,
+                Some(s) => Some(
+                    ["catalog", "registry", "npm", "github"]
+                        .into_iter()
+                        .find(|k| *k == s)
+                        .ok_or_else(|| {
+                            let s: String = s.chars().take(40).collect();
+                            format!("source {s:?} is not one of catalog, registry, npm, github")
+                        })?,
+                ),
+            };
+            // The discovery room checks the query, exactly as for the REST operation.
+            Request::Discovery(crate::api::DiscoveryRequest::Discover {
+                source,
+                query: text("query")?.unwrap_or_default().to_string(),
+            })
+        }
         "acquire" => {
             let text = |field: &str| match arguments.get(field) {
                 None | Some(Value::Null) => Ok(None),

@@ -671,6 +671,22 @@ fn resources_and_prompts_through(client: fn(&Daemon) -> SdkClient) {
     );
     assert_eq!(status, 400, "arguments are strings: {v}");
 
+    // And on the CLI.
+    let out = d.cli(&["mcp", "resources", "every"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains(architecture), "{}", stdout(&out));
+    assert!(stdout(&out).contains("(template)"), "{}", stdout(&out));
+    let (code, v) = d.cli_json(&["mcp", "prompts", "every"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(
+        field_of(&v["prompts"], "name").contains(&"args-prompt".to_string()),
+        "{v}"
+    );
+    let out = d.cli(&["mcp", "prompts", "--help"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = d.cli(&["mcp", "prompts", "nobody"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+
     // A tool that adds a resource: the server says resources/list_changed, the daemon lists
     // again, the client hears it, and the link the tool returned reads as it is. (Resources
     // and templates arrived in two listings: the client may have heard one or two changes.)

@@ -497,4 +497,30 @@ mod tests {
         assert!(!f.hit(t0 + Duration::from_secs(200), 100));
         assert_eq!(f.len(), 1);
     }
+
+    #[test]
+    fn other_lists_have_the_tool_lists_bounds_and_say_what_they_list() {
+        let mut page = json!({"resourceTemplates": [{"uriTemplate": "x://{n}"}], "tools": [1]});
+        let items = take_items(&mut page, Kind::ResourceTemplates);
+        assert_eq!(items.len(), 1);
+        assert_eq!(page["tools"], json!([1]), "only the kind's field is taken");
+        let mut l = Listing::new(Kind::Prompts);
+        let five: Vec<Value> = (0..5).map(|i| json!({"name": format!("p{i}")})).collect();
+        let e = l.add_page(five, L).expect_err("too many");
+        assert!(
+            e.contains("more than 4 prompts listed (mcp_servers.max_tools)"),
+            "{e}"
+        );
+        let mut l = Listing::new(Kind::Resources);
+        let big = json!({"uri": "x://1", "description": "d".repeat(2000)});
+        let e = l.add_page(vec![big], L).expect_err("too big");
+        assert!(e.starts_with("resource list larger than 1000 bytes"), "{e}");
+        assert_eq!(
+            Kind::from_list_changed("notifications/resources/list_changed"),
+            [Kind::Resources, Kind::ResourceTemplates]
+        );
+        assert!(Kind::from_list_changed("notifications/other").is_empty());
+        assert_eq!(Kind::ResourceTemplates.method(), "resources/templates/list");
+        assert_eq!(Kind::ResourceTemplates.capability(), "resources");
+    }
 }

@@ -555,19 +555,19 @@ impl Gateway {
             let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &message);
             return cx.emit(Output::Http { reply, response });
         }
-        let own = name
-            .strip_prefix("vsm")
-            .and_then(|n| n.strip_prefix(self.settings.tool_separator.as_str()));
-        if let Some(own) = own.filter(|n| {
-            catalog::is_daemon_tool(n) && !self.settings.daemon_tools.iter().any(|t| t == n)
-        }) {
-            let message = format!(
-                "tool {name:?} is not allowed here: the daemon's own tool '{own}' is not in gateway.daemon_tools"
-            );
-            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &message);
-            return cx.emit(Output::Http { reply, response });
-        }
         let Some(entry) = self.catalog.get(name) else {
+            // One of the daemon's own tools that configuration does not allow (a server's
+            // tool of that name, from a server called `vsm`, would have been found above).
+            let own = name
+                .strip_prefix("vsm")
+                .and_then(|n| n.strip_prefix(self.settings.tool_separator.as_str()));
+            if let Some(own) = own.filter(|n| catalog::is_daemon_tool(n)) {
+                let message = format!(
+                    "tool {name:?} is not allowed here: the daemon's own tool '{own}' is not in gateway.daemon_tools"
+                );
+                let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &message);
+                return cx.emit(Output::Http { reply, response });
+            }
             // A tool of a server that is down: say so at once (the client's list is older
             // than the server's stop), as a tool error the model can read.
             if let Some((server, status)) = self.down_server_of(name) {

@@ -550,6 +550,21 @@ fn python_sdk_client_reads_resources_and_gets_prompts_of_server_everything() {
     resources_and_prompts_through(|d| SdkClient::python(&url(d), &d.token));
 }
 
+/// The same through `vsm-daemon mcp serve-stdio` (the Python SDK's stdio client).
+#[test]
+fn python_sdk_stdio_client_reads_resources_and_gets_prompts_through_serve_stdio() {
+    resources_and_prompts_through(|d| {
+        let mut command = Command::new(peers().join("venv-time/bin/python"));
+        command
+            .arg(fixture("gateway_client.py"))
+            .arg("stdio")
+            .arg(bin())
+            .args(["mcp", "serve-stdio", "--socket"])
+            .arg(&d.socket);
+        SdkClient::spawn(command)
+    });
+}
+
 fn field_of(items: &Value, field: &str) -> Vec<String> {
     items
         .as_array()

@@ -399,6 +399,17 @@ fn mcp_endpoint_refuses_what_it_must() {
         serde_json::from_str::<Value>(&body).expect("JSON")["error"]["code"],
         -32601
     );
+    // resources/read: a URI is bounded, and one nobody offers is -32002.
+    let long = json!({"jsonrpc": "2.0", "id": 4, "method": "resources/read",
+                      "params": {"uri": format!("x://{}", "y".repeat(9000))}})
+    .to_string();
+    let (_, _, body) = tcp(addr, "POST", &[json_ct, accept, auth, sid, right], &long);
+    let answer: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["error"]["code"], -32602, "{answer}");
+    let nobody = r#"{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":"x://y"}}"#;
+    let (_, _, body) = tcp(addr, "POST", &[json_ct, accept, auth, sid, right], nobody);
+    let answer: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["error"]["code"], -32002, "{answer}");
     let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
     let (status, _, _) = tcp(addr, "POST", &[json_ct, accept, auth, sid, right], note);
     assert_eq!(status, 202);

@@ -278,6 +278,8 @@ impl Catalog {
             };
             self.prompts.insert(full, entry);
         }
+        // Templates taken so far (a set: a linear scan per template would be quadratic).
+        let mut taken = std::collections::BTreeSet::new();
         for o in &offers {
             for r in o.resources {
                 let Some(uri) = r["uri"].as_str() else {
@@ -303,11 +305,7 @@ impl Catalog {
                 let Some(template) = t["uriTemplate"].as_str() else {
                     continue;
                 };
-                if self
-                    .templates
-                    .iter()
-                    .any(|x| x.item["uriTemplate"] == template)
-                {
+                if !taken.insert(template) {
                     log::warn!(
                         "/mcp: resource template {template} of server '{}' is left out: another server lists it too",
                         o.server
@@ -432,6 +430,18 @@ fn pattern(template: &str) -> Vec<Part> {
 /// Whether `uri` is an expansion of the template `parts`: the positions reachable after
 /// each part, one sweep per part (O(parts × length), no backtracking).
 fn matches(parts: &[Part], uri: &str) -> bool {
+    // Most templates start with a scheme and a path and many end with text: a URI without
+    // them is refused before the sweep, so routing among many templates stays cheap.
+    if let Some(Part::Literal(first)) = parts.first() {
+        if !uri.starts_with(first.as_str()) {
+            return false;
+        }
+    }
+    if let Some(Part::Literal(last)) = parts.last() {
+        if !uri.ends_with(last.as_str()) {
+            return false;
+        }
+    }
     let bytes = uri.as_bytes();
     let mut at = vec![false; bytes.len() + 1];
     at[0] = true;

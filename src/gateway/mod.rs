@@ -38,6 +38,9 @@ use std::time::{Duration, Instant};
 /// ask for one we do not know).
 pub const VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26"];
 
+/// Longest resource URI `resources/read` routes (it is matched against every template).
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
 /// JSON-RPC error codes.
 mod code {
     pub const PARSE_ERROR: i64 = -32700;
@@ -686,6 +689,11 @@ impl Gateway {
             let response = rpc_error_response(200, &id, code::INVALID_PARAMS, m);
             return cx.emit(Output::Http { reply, response });
         };
+        if uri.len() > MAX_URI_BYTES {
+            let m = format!("resources/read params.uri is longer than {MAX_URI_BYTES} bytes");
+            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &m);
+            return cx.emit(Output::Http { reply, response });
+        }
         let Some(server) = self.catalog.route(uri) else {
             let shown: String = uri.chars().take(200).collect();
             let body = json!({"jsonrpc": "2.0", "id": id, "error": {

@@ -387,6 +387,32 @@ pub enum McpRequest {
         /// Why (passed to the server).
         reason: String,
     },
+    /// A server's resources and resource templates, as last listed.
+    Resources {
+        /// Server id.
+        id: String,
+    },
+    /// A server's prompts, as last listed.
+    Prompts {
+        /// Server id.
+        id: String,
+    },
+    /// Read a resource (`resources/read` forwarded, under a tool call's deadline).
+    ReadResource {
+        /// Server id.
+        id: String,
+        /// The resource's URI, as the server gave it.
+        uri: String,
+    },
+    /// Get a prompt (`prompts/get` forwarded, under a tool call's deadline).
+    GetPrompt {
+        /// Server id.
+        id: String,
+        /// The prompt's name on that server.
+        name: String,
+        /// Its arguments (an object of strings).
+        arguments: Value,
+    },
 }
 
 /// One operation of the API: a row of the ops table (`crate::ops`), the one source from

@@ -303,6 +303,8 @@ fn mcp_command_name(sub: &str) -> &'static str {
     match sub {
         "show" => "mcp show",
         "tools" => "mcp tools",
+        "resources" => "mcp resources",
+        "prompts" => "mcp prompts",
         "start" => "mcp start",
         "stop" => "mcp stop",
         "restart" => "mcp restart",
@@ -435,13 +437,13 @@ pub fn parse(raw: RawArgs) -> Result<Invocation, UsageError> {
         ["mcp", "call", rest @ ..] => ("mcp call", &["timeout-ms"], rest),
         ["mcp", "serve-stdio", rest @ ..] => ("mcp serve-stdio", &[], rest),
         ["mcp", "discover", rest @ ..] => ("mcp discover", &["source"], rest),
-        ["mcp", sub @ ("show" | "tools" | "start" | "stop" | "restart" | "reset" | "unregister"), rest @ ..] => {
+        ["mcp", sub @ ("show" | "tools" | "resources" | "prompts" | "start" | "stop" | "restart" | "reset" | "unregister"), rest @ ..] => {
             (mcp_command_name(sub), &[], rest)
         }
         ["mcp", ..] if raw.help => return Ok(Invocation::Help(help(Some("mcp")))),
         ["mcp", ..] => {
             return Err(UsageError(
-                "use: mcp register|list|show|tools|call|start|stop|restart|reset|unregister|serve-stdio|discover".into(),
+                "use: mcp register|list|show|tools|resources|prompts|call|start|stop|restart|reset|unregister|serve-stdio|discover".into(),
             ))
         }
         ["alerts", "ack", rest @ ..] => ("alerts ack", &[], rest),
@@ -950,6 +952,8 @@ pub fn help(command: Option<&str>) -> String {
             \x20\x20list [--status active|inactive|all]          id, state, pid, uptime, restarts, tools, capabilities\n\
             \x20\x20show ID                                      spec, state history, tools, last errors, stderr tail\n\
             \x20\x20tools ID                                     the server's tools\n\
+            \x20\x20resources ID                                 its resources and resource templates (when it offers them)\n\
+            \x20\x20prompts ID                                   its prompts (when it offers them)\n\
             \x20\x20call ID TOOL ['{\"arg\": 1}'] [--timeout-ms N]  call a tool; a tool error exits 1\n\
             \x20\x20start|stop|restart ID                        lifecycle (stop is graceful: stdin closed, SIGTERM, SIGKILL)\n\
             \x20\x20reset ID                                     close an open circuit breaker and start again\n\
@@ -1025,6 +1029,10 @@ pub fn help(command: Option<&str>) -> String {
         "mcp show" | "mcp tools" | "mcp start" | "mcp stop" | "mcp restart" | "mcp reset" | "mcp unregister" => {
             "vsm-daemon mcp show|tools|start|stop|restart|reset|unregister ID"
         }
+        "mcp resources" | "mcp prompts" => "vsm-daemon mcp resources|prompts ID\n\n\
+            The server's resources and resource templates (URI, name, MIME type), or its prompts\n\
+            (name, arguments, description), as it last listed them; empty when its capabilities\n\
+            offer none. --json prints the lists as the API answers them.",
         _ => "vsm-daemon: keeps MCP servers alive and useful on small Linux hosts.\n\n\
             Usage: vsm-daemon COMMAND [OPTIONS]\n\n\
             Commands:\n\
@@ -1462,11 +1470,13 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             let op = match action.as_str() {
                 "show" => &ops::MCP_SHOW,
                 "tools" => &ops::MCP_TOOLS,
+                "resources" => &ops::MCP_RESOURCES,
+                "prompts" => &ops::MCP_PROMPTS,
                 "unregister" => &ops::MCP_UNREGISTER,
                 "start" => &ops::MCP_START,
                 "stop" => &ops::MCP_STOP,
                 "restart" => &ops::MCP_RESTART,
-                // "reset": the parser admits only these seven actions.
+                // "reset": the parser admits only these nine actions.
                 _ => &ops::MCP_RESET,
             };
             (op.method, op.target(&encode(id)), None)
@@ -2286,6 +2296,43 @@ fn human(command: &Command, data: &Value) -> String {
                         "{:<28} ({}) {desc}",
                         text(&t["name"]),
                         required.join(", ")
+                    );
+                }
+            }
+            "resources" => {
+                for r in data["resources"].as_array().into_iter().flatten() {
+                    let _ = writeln!(
+                        out,
+                        "{:<48} {:<24} {}",
+                        text(&r["uri"]),
+                        text(&r["name"]),
+                        text(&r["mimeType"])
+                    );
+                }
+                for t in data["resource_templates"].as_array().into_iter().flatten() {
+                    let _ = writeln!(
+                        out,
+                        "{:<48} {:<24} {} (template)",
+                        text(&t["uriTemplate"]),
+                        text(&t["name"]),
+                        text(&t["mimeType"])
+                    );
+                }
+            }
+            "prompts" => {
+                for p in data["prompts"].as_array().into_iter().flatten() {
+                    let arguments: Vec<String> = p["arguments"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|a| text(&a["name"]))
+                        .collect();
+                    let desc = tool_summary(p["description"].as_str().unwrap_or(""));
+                    let _ = writeln!(
+                        out,
+                        "{:<28} ({}) {desc}",
+                        text(&p["name"]),
+                        arguments.join(", ")
                     );
                 }
             }

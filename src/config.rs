@@ -377,8 +377,8 @@ section! {
         pub max_sessions: u32 = 64,
         /// An idle `/mcp` session ends after this many milliseconds.
         pub session_idle_ms: u64 = 1_800_000,
-        /// The daemon's own tools offered on `/mcp`.
-        pub daemon_tools: Vec<String> = strings(GATEWAY_DAEMON_TOOLS),
+        /// The daemon's own tools offered on `/mcp` (`acquire` changes state: not by default).
+        pub daemon_tools: Vec<String> = strings(GATEWAY_DAEMON_TOOLS_DEFAULT),
         /// Open `/mcp` event streams get a keep-alive comment this often (milliseconds).
         pub keepalive_ms: u64 = 15_000,
     }
@@ -403,7 +403,10 @@ section! {
 /// `A-Z a-z 0-9 _ - .` (MCP 2025-11-25), so the separator is made of those.
 pub const GATEWAY_SEPARATORS: &[&str] = &["__", "--", "..", "_", "-", "."];
 /// The daemon's own tools on `/mcp` (named `vsm<separator><tool>`).
-pub const GATEWAY_DAEMON_TOOLS: &[&str] = &["status", "list_servers"];
+pub const GATEWAY_DAEMON_TOOLS: &[&str] =
+    &["status", "list_servers", "variety", "acquire", "discover"];
+/// The daemon's own tools offered unless configured otherwise: the read-only ones.
+pub const GATEWAY_DAEMON_TOOLS_DEFAULT: &[&str] = &["status", "list_servers", "variety"];
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
@@ -637,7 +640,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("gateway.tool_separator", "between the server id and the tool name in the tool names /mcp offers (SERVER__TOOL)", Constraint::OneOf(GATEWAY_SEPARATORS)),
     live("gateway.max_sessions", "open /mcp sessions at once; an initialize beyond it is refused until one ends or expires", range(1.0, 10_000.0)),
     live("gateway.session_idle_ms", "a /mcp session without requests (and without an open GET stream) for this many milliseconds ends", range(1000.0, 86_400_000.0)),
-    live("gateway.daemon_tools", "the daemon's own tools offered on /mcp as vsm__TOOL", Constraint::StringList { allowed: Some(GATEWAY_DAEMON_TOOLS), max_items: GATEWAY_DAEMON_TOOLS.len(), max_item_bytes: 32 }),
+    live("gateway.daemon_tools", "the daemon's own tools offered on /mcp as vsm__TOOL (acquire records a required capability, a change of state: add it only for clients you trust; discover asks the discovery sources, which may be registries outside the host)", Constraint::StringList { allowed: Some(GATEWAY_DAEMON_TOOLS), max_items: GATEWAY_DAEMON_TOOLS.len(), max_item_bytes: 32 }),
     live("gateway.keepalive_ms", "open /mcp event streams (the GET stream, a POST answered as a stream) get a ': keep-alive' comment this often, in milliseconds, so that proxies do not cut them while idle", range(1000.0, 3_600_000.0)),
     live("variety.required", "capabilities the daemon must have: names (\"time\") or tables {capability = \"memory\", weight = 2, severity = \"high\"}; weight above 0 (default 1), severity low, medium (default), high or critical; at most 256, unique", Constraint::RequiredCapabilities),
     live("variety.rules", "keyword rules added to the built-in ones ([[variety.rules]] capability = \"time\", keywords = [\"timezone\"]): a tool whose name or description holds a keyword's words provides the capability; at most 128 rules of 1 to 64 keywords", Constraint::KeywordRules),

@@ -116,6 +116,16 @@ pub enum EventData {
         /// How many tools it has.
         count: usize,
     },
+    /// `mcp_server_list_changed`: a complete listing changed one of a server's other lists
+    /// (its resources, resource templates or prompts).
+    McpServerListChanged {
+        /// The server.
+        server_id: String,
+        /// `resources`, `resource_templates` or `prompts`.
+        list: &'static str,
+        /// How many items it has now.
+        count: usize,
+    },
     /// `mcp_tool_progress`: a server reported progress on one of our calls.
     McpToolProgress {
         /// The server.
@@ -320,6 +330,7 @@ impl EventData {
             EventData::McpServerStatusChange { .. } => "mcp_server_status_change",
             EventData::McpServerToolsChanged { .. } => "mcp_server_tools_changed",
             EventData::McpToolProgress { .. } => "mcp_tool_progress",
+            EventData::McpServerListChanged { .. } => "mcp_server_list_changed",
             EventData::CapabilityAcquisitionProgress { .. } => "capability_acquisition_progress",
             EventData::CapabilityAcquired { .. } => "capability_acquired",
             EventData::CapabilityAcquisitionFailed { .. } => "capability_acquisition_failed",

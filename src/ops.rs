@@ -815,6 +815,132 @@ fn tool_call_request(a: Args) -> Result<Request, ApiError> {
     }))
 }
 
+/// `GET /api/v1/mcp/servers/{id}/resources`.
+pub const MCP_RESOURCES: Op = Op {
+    ws: Some("mcp_list_resources"),
+    params: &[ID],
+    errors: SERVER_NOT_FOUND,
+    ..Op::new(
+        "GET",
+        "/api/v1/mcp/servers/{id}/resources",
+        "listMcpResources",
+        "mcp",
+        "An MCP server's resources and resource templates as it last listed them (empty when its capabilities offer none)",
+        |a| Ok(Request::Mcp(McpRequest::Resources { id: a.id })),
+    )
+};
+
+/// `GET /api/v1/mcp/servers/{id}/prompts`.
+pub const MCP_PROMPTS: Op = Op {
+    ws: Some("mcp_list_prompts"),
+    params: &[ID],
+    errors: SERVER_NOT_FOUND,
+    ..Op::new(
+        "GET",
+        "/api/v1/mcp/servers/{id}/prompts",
+        "listMcpPrompts",
+        "mcp",
+        "An MCP server's prompts as it last listed them (empty when its capabilities offer none)",
+        |a| Ok(Request::Mcp(McpRequest::Prompts { id: a.id })),
+    )
+};
+
+/// Errors of a request forwarded to a server (`resources/read`, `prompts/get`).
+const FORWARD_ERRORS: &[ErrorCode] = &[
+    ErrorCode::ServerNotFound,
+    ErrorCode::Conflict,
+    ErrorCode::McpError,
+    ErrorCode::ServerExited,
+    ErrorCode::Busy,
+    ErrorCode::Timeout,
+];
+
+/// `POST /api/v1/mcp/servers/{id}/resources/read`.
+pub const MCP_READ_RESOURCE: Op = Op {
+    ws: Some("mcp_read_resource"),
+    params: &[ID],
+    body: Some(BodySpec {
+        required: true,
+        schema: read_resource_body,
+    }),
+    errors: FORWARD_ERRORS,
+    ..Op::new(
+        "POST",
+        "/api/v1/mcp/servers/{id}/resources/read",
+        "readMcpResource",
+        "mcp",
+        "Read a resource of an MCP server (its `resources/read` result in `data.result`), under the server's call deadline",
+        |a| {
+            let uri = a.field_text("uri")?.filter(|u| !u.is_empty()).ok_or_else(|| {
+                ApiError::field(ErrorCode::InvalidParameter, "uri", "the resource URI is required")
+            })?;
+            Ok(Request::Mcp(McpRequest::ReadResource { id: a.id, uri }))
+        },
+    )
+};
+
+/// `POST /api/v1/mcp/servers/{id}/prompts/get`.
+pub const MCP_GET_PROMPT: Op = Op {
+    ws: Some("mcp_get_prompt"),
+    params: &[ID],
+    body: Some(BodySpec {
+        required: true,
+        schema: get_prompt_body,
+    }),
+    errors: FORWARD_ERRORS,
+    ..Op::new(
+        "POST",
+        "/api/v1/mcp/servers/{id}/prompts/get",
+        "getMcpPrompt",
+        "mcp",
+        "Get a prompt of an MCP server with its arguments (its `prompts/get` result in `data.result`), under the server's call deadline",
+        |a| {
+            let name = a.field_text("name")?.filter(|n| !n.is_empty()).ok_or_else(|| {
+                ApiError::field(ErrorCode::InvalidParameter, "name", "the prompt name is required")
+            })?;
+            let arguments = match a.field("arguments") {
+                None => Value::Object(Default::default()),
+                Some(Value::Object(m)) if m.values().all(Value::is_string) => {
+                    Value::Object(m.clone())
+                }
+                Some(_) => {
+                    return Err(ApiError::field(
+                        ErrorCode::InvalidParameter,
+                        "arguments",
+                        "must be an object of strings",
+                    ))
+                }
+            };
+            Ok(Request::Mcp(McpRequest::GetPrompt {
+                id: a.id,
+                name,
+                arguments,
+            }))
+        },
+    )
+};
+
+fn read_resource_body() -> Value {
+    json!({
+        "type": "object",
+        "required": ["uri"],
+        "properties": {
+            "uri": {"type": "string", "minLength": 1, "description": "The resource's URI, as the server lists it or as one of its templates expands"},
+        },
+    })
+}
+
+fn get_prompt_body() -> Value {
+    json!({
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "description": "The prompt's name on the server"},
+            "arguments": {"type": "object", "additionalProperties": {"type": "string"}, "default": {}, "description": "The prompt's arguments"},
+        },
+    })
+}
+
 /// MCP servers.
 pub const MCP: &[Op] = &[
     MCP_LIST,
@@ -827,6 +953,10 @@ pub const MCP: &[Op] = &[
     MCP_RESET,
     MCP_TOOLS,
     MCP_CALL,
+    MCP_RESOURCES,
+    MCP_PROMPTS,
+    MCP_READ_RESOURCE,
+    MCP_GET_PROMPT,
 ];
 
 // ----- the API token -----------------------------------------------------------------------

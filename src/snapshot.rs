@@ -99,4 +99,10 @@ pub struct ServerView<'a> {
     /// Names this tool list: (the server's run, listings that changed it in that run). Equal
     /// versions of one server are equal lists.
     pub tools_version: (u64, u64),
+    /// Its resources as last listed (`resources/list` entries; empty when it offers none).
+    pub resources: &'a [serde_json::Value],
+    /// Its resource templates as last listed.
+    pub resource_templates: &'a [serde_json::Value],
+    /// Its prompts as last listed.
+    pub prompts: &'a [serde_json::Value],
 }

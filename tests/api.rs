@@ -2136,6 +2136,8 @@ fn every_websocket_command_reaches_its_operation() {
             "consciousness_query" => json!({"about": "server", "id": "fx"}),
             "consciousness_decision" => json!({"situation": "degraded_server", "subject": "fx"}),
             "integrate_capability" => json!({"package": "npm:x@^1.0.0"}),
+            "mcp_read_resource" => json!({"id": "fx", "uri": "fx://nothing"}),
+            "mcp_get_prompt" => json!({"id": "fx", "name": "nothing"}),
             _ if op.path.contains("{id}") => json!({"id": "fx"}),
             _ => json!({}),
         };
@@ -2159,6 +2161,19 @@ fn every_websocket_command_reaches_its_operation() {
             let code = v["errors"][0]["code"].as_str().unwrap_or("");
             assert!(
                 matches!(code, "invalid_parameter" | "not_found"),
+                "{name}: {v}"
+            );
+            answered += 1;
+            continue;
+        }
+        if name == "mcp_read_resource" || name == "mcp_get_prompt" {
+            // The fixture offers no resources or prompts: the MCP room's own refusal
+            // (tests/gateway.rs reads and gets them from server-everything).
+            assert_eq!(v["errors"][0]["code"], "conflict", "{name}: {v}");
+            assert!(
+                v["errors"][0]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("offers no")),
                 "{name}: {v}"
             );
             answered += 1;

@@ -372,7 +372,7 @@ fn mcp_endpoint_refuses_what_it_must() {
     let listed: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(
         names(&listed["result"]["tools"]),
-        ["vsm__list_servers", "vsm__status"],
+        ["vsm__list_servers", "vsm__status", "vsm__variety"],
         "{listed}"
     );
     // The separator is live configuration, and validated.
@@ -384,7 +384,7 @@ fn mcp_endpoint_refuses_what_it_must() {
     let listed: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(
         names(&listed["result"]["tools"]),
-        ["vsm.list_servers", "vsm.status"],
+        ["vsm.list_servers", "vsm.status", "vsm.variety"],
         "{listed}"
     );
     let (status, _, body) = tcp(addr, "POST", &[json_ct, accept, auth, sid, right], "{oops");
@@ -399,6 +399,17 @@ fn mcp_endpoint_refuses_what_it_must() {
         serde_json::from_str::<Value>(&body).expect("JSON")["error"]["code"],
         -32601
     );
+    // resources/read: a URI is bounded, and one nobody offers is -32002.
+    let long = json!({"jsonrpc": "2.0", "id": 4, "method": "resources/read",
+                      "params": {"uri": format!("x://{}", "y".repeat(9000))}})
+    .to_string();
+    let (_, _, body) = tcp(addr, "POST", &[json_ct, accept, auth, sid, right], &long);
+    let answer: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["error"]["code"], -32602, "{answer}");
+    let nobody = r#"{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":"x://y"}}"#;
+    let (_, _, body) = tcp(addr, "POST", &[json_ct, accept, auth, sid, right], nobody);
+    let answer: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["error"]["code"], -32002, "{answer}");
     let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
     let (status, _, _) = tcp(addr, "POST", &[json_ct, accept, auth, sid, right], note);
     assert_eq!(status, 202);
@@ -919,4 +930,383 @@ fn the_get_stream_keeps_alive_and_replays_what_a_client_missed() {
         .until("a keep-alive", |t| t.contains(": keep-alive\n\n"))
         .to_string();
     assert!(!got.contains("list_changed"), "{got}");
+}
+
+#[test]
+fn typescript_sdk_client_reads_resources_and_gets_prompts_of_server_everything() {
+    resources_and_prompts_through(|d| SdkClient::typescript(&url(d), &d.token));
+}
+
+#[test]
+fn python_sdk_client_reads_resources_and_gets_prompts_of_server_everything() {
+    resources_and_prompts_through(|d| SdkClient::python(&url(d), &d.token));
+}
+
+/// The same through `vsm-daemon mcp serve-stdio` (the Python SDK's stdio client).
+#[test]
+fn python_sdk_stdio_client_reads_resources_and_gets_prompts_through_serve_stdio() {
+    resources_and_prompts_through(|d| {
+        let mut command = Command::new(peers().join("venv-time/bin/python"));
+        command
+            .arg(fixture("gateway_client.py"))
+            .arg("stdio")
+            .arg(bin())
+            .args(["mcp", "serve-stdio", "--socket"])
+            .arg(&d.socket);
+        SdkClient::spawn(command)
+    });
+}
+
+fn field_of(items: &Value, field: &str) -> Vec<String> {
+    items
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|t| t[field].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The scenario both SDK clients go through: server-everything offers resources, resource
+/// templates and prompts; they are aggregated on `/mcp` when it comes (with `list_changed`),
+/// read and got through the gateway (a templated URI routed to its server, prompts by
+/// `SERVER__PROMPT`), refused clearly when unknown, and gone when it stops.
+fn resources_and_prompts_through(client: fn(&Daemon) -> SdkClient) {
+    let everything = peers().join("npm/node_modules/.bin/mcp-server-everything");
+    let everything = everything.display().to_string();
+    let d = Daemon::start_with(Setup {
+        config: Some(QUICK_STOP.into()),
+        ..Setup::default()
+    });
+    let mut client = client(&d);
+    let hello = client.next("connect");
+    assert_eq!(hello["connected"], true, "{hello}");
+    let caps = &hello["capabilities"];
+    assert_eq!(caps["resources"]["listChanged"], true, "{hello}");
+    assert_eq!(caps["prompts"]["listChanged"], true, "{hello}");
+    let none = client.send(json!({"op": "resources"}));
+    assert_eq!(none["resources"], json!([]), "{none}");
+    let none = client.send(json!({"op": "prompts"}));
+    assert_eq!(none["prompts"], json!([]), "{none}");
+
+    register(&d, "every", &[&everything]);
+    wait_status(&d, "every", "active");
+    // The client hears that resources and prompts came.
+    let heard = client.send(json!({"op": "changes", "kind": "resources", "at_least": 1}));
+    assert!(heard["changes"].as_u64() >= Some(1), "{heard}");
+    let heard = client.send(json!({"op": "changes", "kind": "prompts", "at_least": 1}));
+    assert!(heard["changes"].as_u64() >= Some(1), "{heard}");
+
+    let architecture = "demo://resource/static/document/architecture.md";
+    let listed = client.send(json!({"op": "resources"}));
+    let uris = field_of(&listed["resources"], "uri");
+    assert!(uris.contains(&architecture.to_string()), "{listed}");
+    let mut sorted = uris.clone();
+    sorted.sort();
+    assert_eq!(uris, sorted, "in URI order");
+    let templates = client.send(json!({"op": "templates"}));
+    assert!(
+        field_of(&templates["resourceTemplates"], "uriTemplate")
+            .contains(&"demo://resource/dynamic/text/{resourceId}".to_string()),
+        "{templates}"
+    );
+    let read = client.send(json!({"op": "read", "uri": architecture}));
+    let contents = &read["result"]["contents"][0];
+    assert_eq!(contents["uri"], architecture, "{read}");
+    assert!(
+        contents["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("Architecture")),
+        "{read}"
+    );
+    // A URI no server lists, routed by the template that matches it.
+    let dynamic = "demo://resource/dynamic/text/3";
+    let read = client.send(json!({"op": "read", "uri": dynamic}));
+    assert_eq!(read["result"]["contents"][0]["uri"], dynamic, "{read}");
+    let unknown = client.send(json!({"op": "read", "uri": "demo://nowhere"}));
+    assert_eq!(unknown["code"], -32002, "{unknown}");
+
+    let prompts = client.send(json!({"op": "prompts"}));
+    let names = field_of(&prompts["prompts"], "name");
+    for want in ["every__simple-prompt", "every__args-prompt"] {
+        assert!(names.contains(&want.to_string()), "{want}: {prompts}");
+    }
+    let args = prompts["prompts"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "every__args-prompt"))
+        .expect("args-prompt");
+    assert_eq!(args["arguments"][0]["name"], "city", "{args}");
+    let got = client.send(
+        json!({"op": "prompt", "name": "every__args-prompt", "arguments": {"city": "Lisbon"}}),
+    );
+    let said = got["result"]["messages"][0]["content"]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(said.contains("Lisbon"), "{got}");
+    let nope = client.send(json!({"op": "prompt", "name": "every__nope"}));
+    assert_eq!(nope["code"], -32602, "{nope}");
+
+    // The same lists and calls over REST.
+    let (status, v) = d.http("GET", "/api/v1/mcp/servers/every/resources", None);
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        field_of(&v["data"]["resources"], "uri").contains(&architecture.to_string()),
+        "{v}"
+    );
+    assert!(
+        v["data"]["resource_templates"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty()),
+        "{v}"
+    );
+    let (status, v) = d.http("GET", "/api/v1/mcp/servers/every/prompts", None);
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        field_of(&v["data"]["prompts"], "name").contains(&"args-prompt".to_string()),
+        "{v}"
+    );
+    let (status, v) = d.http(
+        "POST",
+        "/api/v1/mcp/servers/every/resources/read",
+        Some(&json!({"uri": dynamic}).to_string()),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"]["result"]["contents"][0]["uri"], dynamic, "{v}");
+    let (status, v) = d.http(
+        "POST",
+        "/api/v1/mcp/servers/every/prompts/get",
+        Some(r#"{"name": "args-prompt", "arguments": {"city": 7}}"#),
+    );
+    assert_eq!(status, 400, "arguments are strings: {v}");
+
+    // And on the CLI.
+    let out = d.cli(&["mcp", "resources", "every"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains(architecture), "{}", stdout(&out));
+    assert!(stdout(&out).contains("(template)"), "{}", stdout(&out));
+    let (code, v) = d.cli_json(&["mcp", "prompts", "every"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(
+        field_of(&v["prompts"], "name").contains(&"args-prompt".to_string()),
+        "{v}"
+    );
+    let out = d.cli(&["mcp", "prompts", "--help"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = d.cli(&["mcp", "prompts", "nobody"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+
+    // A tool that adds a resource: the server says resources/list_changed, the daemon lists
+    // again, the client hears it, and the link the tool returned reads as it is. (Resources
+    // and templates arrived in two listings: the client may have heard one or two changes.)
+    let before = client.send(json!({"op": "changes", "kind": "resources", "at_least": 0}));
+    let before = before["changes"].as_u64().expect("a count");
+    let made = client.send(json!({"op": "call", "name": "every__gzip-file-as-resource",
+        "arguments": {"name": "hello.txt.gz", "data": "data:text/plain;base64,aGVsbG8=",
+                      "outputType": "resourceLink"}}));
+    let link = made["result"]["content"][0]["uri"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a resource link: {made}"))
+        .to_string();
+    let heard = client.send(json!({"op": "changes", "kind": "resources", "at_least": before + 1}));
+    assert!(heard["changes"].as_u64() > Some(before), "{heard}");
+    wait_until(
+        "the new resource is listed",
+        || client.send(json!({"op": "resources"})),
+        |listed| field_of(&listed["resources"], "uri").contains(&link),
+        |listed| format!("{link} not in {listed}"),
+    );
+    let read = client.send(json!({"op": "read", "uri": link}));
+    assert_eq!(
+        read["result"]["contents"][0]["mimeType"], "application/gzip",
+        "{read}"
+    );
+    assert!(read["result"]["contents"][0]["blob"].is_string(), "{read}");
+
+    // It stops: its resources and prompts go (the client hears it), and its prompt is
+    // refused at once with the reason.
+    let out = d.cli(&["mcp", "stop", "every"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    wait_status(&d, "every", "stopped");
+    let heard = client.send(json!({"op": "changes", "kind": "prompts", "at_least": 2}));
+    assert!(heard["changes"].as_u64() >= Some(2), "{heard}");
+    let listed = client.send(json!({"op": "resources"}));
+    assert_eq!(listed["resources"], json!([]), "{listed}");
+    let refused = client.send(json!({"op": "prompt", "name": "every__simple-prompt"}));
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("'every' is not active")),
+        "{refused}"
+    );
+    let unknown = client.send(json!({"op": "read", "uri": architecture}));
+    assert_eq!(unknown["code"], -32002, "{unknown}");
+    let closed = client.send(json!({"op": "close"}));
+    assert_eq!(closed["closed"], true, "{closed}");
+}
+
+/// The daemon's own tools through a real client: `vsm__variety` (read-only, on by
+/// default) answers the analysis; `vsm__acquire` changes state, so it is off by default and
+/// refused with the key to change; allowed by configuration, it records a required
+/// capability exactly as the REST operation does.
+#[test]
+fn the_daemons_own_variety_and_acquire_tools_through_a_client() {
+    let d = Daemon::start_with(Setup::default());
+    let mut client = SdkClient::typescript(&url(&d), &d.token);
+    let hello = client.next("connect");
+    assert_eq!(hello["connected"], true, "{hello}");
+    let listed = client.send(json!({"op": "list"}));
+    let all = names(&listed["tools"]);
+    assert_eq!(
+        all,
+        ["vsm__list_servers", "vsm__status", "vsm__variety"],
+        "{listed}"
+    );
+    let variety = &listed["tools"][2];
+    assert_eq!(variety["annotations"]["readOnlyHint"], true, "{variety}");
+    let analysis = wait_until(
+        "an analysis through vsm__variety",
+        || client.send(json!({"op": "call", "name": "vsm__variety", "arguments": {}})),
+        |v| v["result"]["structuredContent"]["variety_ratio"].is_number(),
+        |v| format!("last answer: {v}"),
+    );
+    assert!(
+        text(&analysis["result"]).contains("variety_ratio"),
+        "the text carries the document: {analysis}"
+    );
+
+    let refused = client.send(
+        json!({"op": "call", "name": "vsm__acquire", "arguments": {"capability_type": "memory"}}),
+    );
+    assert_eq!(refused["code"], -32602, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("gateway.daemon_tools")),
+        "{refused}"
+    );
+    let (_, caps) = d.http("GET", "/api/v1/capabilities", None);
+    assert_eq!(
+        caps["data"]["requests"],
+        json!([]),
+        "nothing recorded: {caps}"
+    );
+
+    let out = d.cli(&[
+        "config",
+        "set",
+        "gateway.daemon_tools",
+        r#"["status", "acquire"]"#,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let heard = client.send(json!({"op": "changes", "at_least": 1}));
+    assert!(heard["changes"].as_u64() >= Some(1), "{heard}");
+    let listed = client.send(json!({"op": "list"}));
+    assert_eq!(
+        names(&listed["tools"]),
+        ["vsm__acquire", "vsm__status"],
+        "{listed}"
+    );
+    let acquire = &listed["tools"][0];
+    assert_eq!(acquire["annotations"]["readOnlyHint"], false, "{acquire}");
+    assert_eq!(
+        acquire["inputSchema"]["required"],
+        json!(["capability_type"]),
+        "{acquire}"
+    );
+
+    let missing = client.send(json!({"op": "call", "name": "vsm__acquire", "arguments": {}}));
+    assert_eq!(missing["result"]["isError"], true, "{missing}");
+    assert!(
+        text(&missing["result"]).contains("capability_type"),
+        "{missing}"
+    );
+    let bad = client.send(json!({"op": "call", "name": "vsm__acquire",
+        "arguments": {"capability_type": "memory", "priority": "urgent"}}));
+    assert_eq!(
+        bad["result"]["isError"], true,
+        "the room's own check: {bad}"
+    );
+    let done = client.send(json!({"op": "call", "name": "vsm__acquire",
+        "arguments": {"capability_type": "memory", "priority": "high"}}));
+    assert_eq!(
+        done["result"]["structuredContent"]["recorded"], true,
+        "{done}"
+    );
+    let again = client.send(json!({"op": "call", "name": "vsm__acquire",
+        "arguments": {"capability_type": "memory"}}));
+    assert_eq!(
+        again["result"]["structuredContent"]["recorded"], false,
+        "{again}"
+    );
+    let (status, caps) = d.http("GET", "/api/v1/capabilities", None);
+    assert_eq!(status, 200, "{caps}");
+    assert_eq!(
+        caps["data"]["requests"][0]["capability"], "memory",
+        "recorded: {caps}"
+    );
+    assert_eq!(caps["data"]["requests"][0]["priority"], "high", "{caps}");
+    let variety = client.send(json!({"op": "call", "name": "vsm__variety", "arguments": {}}));
+    assert!(
+        variety["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("gateway.daemon_tools")),
+        "no longer allowed: {variety}"
+    );
+}
+
+/// `vsm__discover`, allowed by configuration: the operator's catalog answers through a real
+/// client exactly as `GET /api/v1/mcp/discover` does; a bad source is a tool error.
+#[test]
+fn vsm_discover_finds_the_servers_of_the_operators_catalog() {
+    let dir = TempDir::new("gateway-discover");
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(
+        &catalog,
+        "[[servers]]\npackage = \"pypi:mcp-server-time==2026.10.19\"\ntitle = \"Time\"\n\
+         description = \"Current time and timezone conversions\"\ncapabilities = [\"time\"]\n",
+    )
+    .expect("catalog");
+    let config = format!(
+        "[gateway]\ndaemon_tools = [\"discover\"]\n\n[mcp_servers]\ncatalog_file = \"{}\"\n\
+         discovery_cache_ttl_ms = 0\nauto_discovery_interval_ms = 0\n",
+        catalog.display()
+    );
+    let d = Daemon::start_with(Setup {
+        config: Some(config),
+        ..Setup::default()
+    });
+    let mut client = SdkClient::python(&url(&d), &d.token);
+    let hello = client.next("connect");
+    assert_eq!(hello["connected"], true, "{hello}");
+    let listed = client.send(json!({"op": "list"}));
+    assert_eq!(names(&listed["tools"]), ["vsm__discover"], "{listed}");
+    assert_eq!(
+        listed["tools"][0]["annotations"]["openWorldHint"], true,
+        "{listed}"
+    );
+    let found = client.send(json!({"op": "call", "name": "vsm__discover",
+        "arguments": {"query": "time", "source": "catalog"}}));
+    let ids: Vec<&str> = found["result"]["structuredContent"]["candidates"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, ["pypi:mcp-server-time"], "{found}");
+    let (_, rest) = d.http(
+        "GET",
+        "/api/v1/mcp/discover?query=time&source=catalog",
+        None,
+    );
+    assert_eq!(
+        rest["data"]["candidates"][0]["id"], "pypi:mcp-server-time",
+        "the same as REST: {rest}"
+    );
+    let bad = client
+        .send(json!({"op": "call", "name": "vsm__discover", "arguments": {"source": "elsewhere"}}));
+    assert_eq!(bad["result"]["isError"], true, "{bad}");
+    assert!(text(&bad["result"]).contains("not one of"), "{bad}");
 }

@@ -66,6 +66,7 @@ impl Daemon {
                 | EventData::McpServerUnregistered { .. }
                 | EventData::McpServerStatusChange { .. }
                 | EventData::McpServerToolsChanged { .. }
+                | EventData::McpServerListChanged { .. }
         );
         let event = self.events.publish(channel, data);
         let seq = event.seq;

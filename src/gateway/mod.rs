@@ -1,8 +1,9 @@
 //! The gateway room: the daemon as one MCP server at `/mcp` (Streamable HTTP, protocol
-//! 2025-11-25, with 2025-06-18 and 2025-03-26 accepted), offering the tools of every active
-//! server it supervises (see [`catalog`]) and forwarding calls to the MCP room through the
-//! command layer, so a call here is exactly a `tools/call` of the REST API: the same
-//! per-call deadline, the same fast refusal when the server is not active.
+//! 2025-11-25, with 2025-06-18 and 2025-03-26 accepted), offering the tools, prompts,
+//! resources and resource templates of every active server it supervises (see [`catalog`])
+//! and forwarding calls (`tools/call`, `prompts/get`, `resources/read`) to the MCP room
+//! through the command layer, so a call here is exactly a `tools/call` of the REST API: the
+//! same per-call deadline, the same fast refusal when the server is not active.
 //!
 //! Transport: `POST /mcp` carries one JSON-RPC message; requests are answered with
 //! `application/json`, notifications and responses with 202. A `tools/call` that asked for
@@ -11,8 +12,9 @@
 //! notifications (with the client's token), then the response. `initialize` opens a session
 //! (`Mcp-Session-Id`); every later message names it and, when it sends
 //! `MCP-Protocol-Version`, that must be the negotiated version (400 otherwise). `GET /mcp`
-//! opens the session's one server-to-client SSE stream (`notifications/tools/list_changed`),
-//! whose events carry ids: a GET with `Last-Event-ID` gets what it missed from the
+//! opens the session's one server-to-client SSE stream (`notifications/tools/list_changed`,
+//! `resources/list_changed`, `prompts/list_changed`, each when its part of the aggregate
+//! changed), whose events carry ids: a GET with `Last-Event-ID` gets what it missed from the
 //! session's replay buffer first. Open streams get a `: keep-alive` comment every
 //! `gateway.keepalive_ms`. `DELETE /mcp` ends the session. The access layer has already
 //! checked Host, Origin (403), the bearer token (401) and the body size before a request
@@ -37,11 +39,13 @@
 pub mod catalog;
 pub mod stdio;
 
-use crate::api::{Answer, ConnId, DaemonRequest, ErrorCode, McpRequest, ReplyTo, Request};
+use crate::api::{
+    Answer, ConnId, DaemonRequest, ErrorCode, McpRequest, ReplyTo, Request, VarietyRequest,
+};
 use crate::config::{Config, GatewayConfig};
 use crate::net::http;
 use crate::room::{Effect, Room, RoomCx};
-use catalog::{Catalog, Target};
+use catalog::{Catalog, Offer, Target};
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -67,12 +71,18 @@ const TOKEN_MAX: usize = 256;
 /// room's own, `SERVER:RPC`, looks like one).
 const TOKEN_PREFIX: &str = "vsm/gateway/";
 
+/// Longest resource URI `resources/read` routes (it is matched against every template).
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
 /// JSON-RPC error codes.
 mod code {
     pub const PARSE_ERROR: i64 = -32700;
     pub const INVALID_REQUEST: i64 = -32600;
     pub const METHOD_NOT_FOUND: i64 = -32601;
     pub const INVALID_PARAMS: i64 = -32602;
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// A resource URI no active server offers (the MCP specification's code).
+    pub const RESOURCE_NOT_FOUND: i64 = -32002;
     /// Transport-level refusals (no session, wrong version); the SDKs use it too.
     pub const SERVER_ERROR: i64 = -32000;
     /// The session named is unknown or over.
@@ -196,15 +206,24 @@ impl Session {
     }
 }
 
+/// What a forwarded request was, which says how its answer becomes a JSON-RPC result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Forwarded {
+    /// A server's tool: its `CallToolResult`, or a tool error saying why not.
+    Tool,
+    /// One of the daemon's own tools: a JSON document, as structured content.
+    Own,
+    /// `resources/read` or `prompts/get`: the server's result, or a JSON-RPC error.
+    Request,
+}
+
 /// A forwarded call waiting for its answer.
 #[derive(Debug)]
 struct Pending {
     reply: ReplyTo,
     /// The client's JSON-RPC id.
     id: Value,
-    /// Whether it went to one of the daemon's own tools (the answer is a status document,
-    /// not a tool result).
-    own: bool,
+    what: Forwarded,
     /// The session it belongs to.
     session: String,
     /// The server it went to (`None`: one of the daemon's own tools, nothing to cancel).
@@ -217,6 +236,32 @@ struct Pending {
     streaming: bool,
 }
 
+/// What a forwarded request's answer will need, besides the request it answers.
+#[derive(Debug)]
+struct Waiting {
+    what: Forwarded,
+    session: String,
+    /// The server a tool call went to (what a cancel is sent to); `None` for the daemon's own
+    /// tools and for `resources/read` / `prompts/get`, which the MCP room's deadline ends.
+    server: Option<String>,
+    progress: Option<Value>,
+}
+
+/// A server as the gateway last heard of it: id, status, and (when it serves) the tools the
+/// capability policy lets it offer, its resources, resource templates and prompts.
+#[derive(Debug)]
+struct Offered {
+    id: String,
+    status: &'static str,
+    serves: bool,
+    tools: Vec<Value>,
+    /// Its tools the capability policy blocks: (tool, blocked capabilities).
+    blocked: Vec<(String, Vec<String>)>,
+    resources: Vec<Value>,
+    resource_templates: Vec<Value>,
+    prompts: Vec<Value>,
+}
+
 /// The `/mcp` endpoint.
 #[derive(Debug)]
 pub struct Gateway {
@@ -224,12 +269,9 @@ pub struct Gateway {
     sessions: HashMap<String, Session>,
     /// Every server's id, status and (when active) the tools the capability policy lets it
     /// offer, as the MCP room last reported them.
-    servers: Vec<(String, &'static str, Vec<Value>)>,
+    servers: Vec<Offered>,
     /// The capability policy, from the configuration.
     policy: crate::variety::policy::Policy,
-    /// Tools of active servers that the policy keeps off the list, by the name they would have
-    /// (`SERVER__TOOL`): (server, tool, blocked capabilities). A call of one is refused.
-    blocked: HashMap<String, (String, String, Vec<String>)>,
     catalog: Catalog,
     pending: HashMap<u64, Pending>,
     next_tag: u64,
@@ -250,7 +292,6 @@ impl Gateway {
             sessions: HashMap::new(),
             servers: Vec::new(),
             policy: crate::variety::policy::Policy::new(config),
-            blocked: HashMap::new(),
             catalog,
             pending: HashMap::new(),
             next_tag: 1,
@@ -392,21 +433,55 @@ impl Gateway {
     }
 
     fn rebuild(&mut self, cx: &mut RoomCx<'_, Self>) {
+        let sep = &self.settings.tool_separator;
         let catalog = Catalog::build(
             self.servers
                 .iter()
-                .map(|(id, _, t)| (id.as_str(), t.as_slice())),
-            &self.settings.tool_separator,
+                .map(|s| (s.id.as_str(), s.tools.as_slice())),
+            sep,
             &self.settings.daemon_tools,
+        )
+        .with_blocked(
+            self.servers.iter().flat_map(|s| {
+                s.blocked
+                    .iter()
+                    .map(move |(tool, caps)| (s.id.as_str(), tool.as_str(), caps.as_slice()))
+            }),
+            sep,
+        )
+        .with_offers(
+            self.servers.iter().filter(|s| s.serves).map(|s| Offer {
+                server: &s.id,
+                resources: &s.resources,
+                resource_templates: &s.resource_templates,
+                prompts: &s.prompts,
+            }),
+            sep,
         );
         if catalog == self.catalog {
             return;
         }
+        let mut changed = Vec::new();
+        if !catalog.same_tools(&self.catalog) {
+            changed.push("notifications/tools/list_changed");
+        }
+        if !catalog.same_resources(&self.catalog) {
+            changed.push("notifications/resources/list_changed");
+        }
+        if !catalog.same_prompts(&self.catalog) {
+            changed.push("notifications/prompts/list_changed");
+        }
         self.catalog = catalog;
-        let message = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
-        // Every session keeps it, so that a client whose stream is down gets it on return.
+        if changed.is_empty() {
+            // Only which tools are blocked changed: nothing a client lists.
+            return;
+        }
+        // Every session keeps them, so that a client whose stream is down gets them on return.
         for s in self.sessions.values_mut() {
-            let bytes = s.record(&message);
+            let mut bytes = Vec::new();
+            for method in &changed {
+                bytes.extend(s.record(&json!({"jsonrpc": "2.0", "method": method})));
+            }
             if let Some(conn) = s.stream {
                 cx.emit(Output::Push { conn, bytes });
             }
@@ -605,13 +680,33 @@ impl Gateway {
                 };
                 self.call(cx, reply, id, params, call)
             }
+            "prompts/list" => respond(
+                cx,
+                reply,
+                &id,
+                json!({"prompts": self.catalog.prompt_listing()}),
+            ),
+            "resources/list" => respond(
+                cx,
+                reply,
+                &id,
+                json!({"resources": self.catalog.resource_listing()}),
+            ),
+            "resources/templates/list" => respond(
+                cx,
+                reply,
+                &id,
+                json!({"resourceTemplates": self.catalog.template_listing()}),
+            ),
+            "prompts/get" => self.get_prompt(cx, reply, id, params, session),
+            "resources/read" => self.read_resource(cx, reply, id, params, session),
             _ => {
                 let m: String = method.chars().take(80).collect();
                 let response = rpc_error_response(
                     200,
                     &id,
                     code::METHOD_NOT_FOUND,
-                    &format!("method {m:?} is not offered here (tools only)"),
+                    &format!("method {m:?} is not offered here (tools, prompts and resources)"),
                 );
                 cx.emit(Output::Http { reply, response });
             }
@@ -653,14 +748,18 @@ impl Gateway {
         log::debug!("/mcp session {session} opened ({version})");
         let result = json!({
             "protocolVersion": version,
-            "capabilities": {"tools": {"listChanged": true}},
+            "capabilities": {
+                "tools": {"listChanged": true},
+                "prompts": {"listChanged": true},
+                "resources": {"listChanged": true},
+            },
             "serverInfo": {
                 "name": "vsm-daemon",
                 "title": "vsm-daemon MCP gateway",
                 "version": env!("CARGO_PKG_VERSION"),
             },
             "instructions": format!(
-                "Tools of the MCP servers this daemon supervises, named SERVER{sep}TOOL, and the daemon's own under vsm{sep}.",
+                "Tools and prompts of the MCP servers this daemon supervises, named SERVER{sep}TOOL and SERVER{sep}PROMPT, the daemon's own tools under vsm{sep}, and the servers' resources under their own URIs.",
                 sep = self.settings.tool_separator
             ),
         });
@@ -724,7 +823,7 @@ impl Gateway {
                 return cx.emit(Output::Http { reply, response });
             }
         };
-        if let Some((server, tool, capabilities)) = self.blocked.get(name) {
+        if let Some((server, tool, capabilities)) = self.catalog.blocked(name) {
             let message = format!(
                 "tool {name:?} is blocked by the capability policy ({} in security.blocked_capabilities)",
                 capabilities.join(", ")
@@ -741,16 +840,21 @@ impl Gateway {
             return cx.emit(Output::Http { reply, response });
         }
         let Some(entry) = self.catalog.get(name) else {
+            // One of the daemon's own tools that configuration does not allow (a server's
+            // tool of that name, from a server called `vsm`, would have been found above).
+            let own = name
+                .strip_prefix("vsm")
+                .and_then(|n| n.strip_prefix(self.settings.tool_separator.as_str()));
+            if let Some(own) = own.filter(|n| catalog::is_daemon_tool(n)) {
+                let message = format!(
+                    "tool {name:?} is not allowed here: the daemon's own tool '{own}' is not in gateway.daemon_tools"
+                );
+                let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &message);
+                return cx.emit(Output::Http { reply, response });
+            }
             // A tool of a server that is down: say so at once (the client's list is older
             // than the server's stop), as a tool error the model can read.
-            let sep = &self.settings.tool_separator;
-            let down = self.servers.iter().find(|(id, status, _)| {
-                !matches!(*status, "active" | "degraded")
-                    && name.len() > id.len() + sep.len()
-                    && name.starts_with(id.as_str())
-                    && name[id.len()..].starts_with(sep.as_str())
-            });
-            if let Some((server, status, _)) = down {
+            if let Some((server, status)) = self.down_server_of(name) {
                 let text = format!(
                     "MCP server '{server}' is not active (status {status}): its tools cannot be called now"
                 );
@@ -766,22 +870,13 @@ impl Gateway {
             );
             return cx.emit(Output::Http { reply, response });
         };
-        let in_session = self.sessions.get(&call.session).map_or(0, |s| s.calls);
-        if in_session >= MAX_CALLS_PER_SESSION || self.pending.len() >= MAX_CALLS {
-            let m = if in_session >= MAX_CALLS_PER_SESSION {
-                format!("{in_session} calls of this session are in flight (at most {MAX_CALLS_PER_SESSION}): wait for one to finish")
-            } else {
-                format!(
-                    "{} calls are in flight on /mcp (at most {MAX_CALLS}): try again shortly",
-                    self.pending.len()
-                )
-            };
+        if let Some(m) = self.full(&call.session) {
             let response = rpc_error_response(200, &id, code::SERVER_ERROR, &m);
             return cx.emit(Output::Http { reply, response });
         }
         let tag = self.next_tag;
         self.next_tag += 1;
-        let (request, server) = match &entry.target {
+        let (request, what, server) = match &entry.target {
             Target::Server { server, tool } => (
                 Request::Mcp(McpRequest::Call {
                     id: server.clone(),
@@ -790,13 +885,17 @@ impl Gateway {
                     timeout_ms: None,
                     progress_token: Some(format!("{TOKEN_PREFIX}{tag}")),
                 }),
+                Forwarded::Tool,
                 Some(server.clone()),
             ),
-            Target::Daemon(t) if t == "status" => (
-                Request::Daemon(DaemonRequest::Status { detailed: false }),
-                None,
-            ),
-            Target::Daemon(_) => (Request::Mcp(McpRequest::List { status: "all" }), None),
+            Target::Daemon(t) => match own_request(t, &arguments) {
+                Ok(request) => (request, Forwarded::Own, None),
+                Err(text) => {
+                    let result =
+                        json!({"content": [{"type": "text", "text": text}], "isError": true});
+                    return respond(cx, reply, &id, result);
+                }
+            },
         };
         // Progress needs a stream to go on: without one the client gets the answer alone.
         let progress = params
@@ -809,21 +908,79 @@ impl Gateway {
             })
             .filter(|_| call.sse && server.is_some())
             .cloned();
-        if let Some(s) = self.sessions.get_mut(&call.session) {
+        let waiting = Waiting {
+            what,
+            session: call.session,
+            server,
+            progress,
+        };
+        self.forward(cx, tag, (reply, id), request, waiting);
+    }
+
+    /// Why no more calls can be taken for `session` now, if so (the bounds of calls in
+    /// flight: per session and in all).
+    fn full(&self, session: &str) -> Option<String> {
+        let in_session = self.sessions.get(session).map_or(0, |s| s.calls);
+        if in_session >= MAX_CALLS_PER_SESSION {
+            Some(format!("{in_session} calls of this session are in flight (at most {MAX_CALLS_PER_SESSION}): wait for one to finish"))
+        } else if self.pending.len() >= MAX_CALLS {
+            Some(format!(
+                "{} calls are in flight on /mcp (at most {MAX_CALLS}): try again shortly",
+                self.pending.len()
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Asks for `request` under `tag` and keeps what its answer needs (`to`: the client's
+    /// request and its JSON-RPC id).
+    fn forward(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        tag: u64,
+        (reply, id): (ReplyTo, Value),
+        request: Request,
+        w: Waiting,
+    ) {
+        if let Some(s) = self.sessions.get_mut(&w.session) {
             s.calls += 1;
         }
         let pending = Pending {
             reply,
             id,
-            own: server.is_none(),
-            session: call.session,
-            server,
-            progress,
+            what: w.what,
+            session: w.session,
+            server: w.server,
+            progress: w.progress,
             progress_sent: None,
             streaming: false,
         };
         self.pending.insert(tag, pending);
         cx.ask(tag, request);
+    }
+
+    /// `resources/read` or `prompts/get` to a server, under the same bounds as a call.
+    fn forward_request(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        (reply, id): (ReplyTo, Value),
+        request: Request,
+        session: String,
+    ) {
+        if let Some(m) = self.full(&session) {
+            let response = rpc_error_response(200, &id, code::SERVER_ERROR, &m);
+            return cx.emit(Output::Http { reply, response });
+        }
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let waiting = Waiting {
+            what: Forwarded::Request,
+            session,
+            server: None,
+            progress: None,
+        };
+        self.forward(cx, tag, (reply, id), request, waiting);
     }
 
     /// A server's progress on a call: to its client, on the call's stream (opened with
@@ -884,17 +1041,162 @@ struct ProgressNote<'a> {
     message: Option<&'a str>,
 }
 
+impl Gateway {
+    /// The server that is not active now whose prefix `name` (`SERVER<sep>...`) carries:
+    /// (id, status). A client's list may be older than the server's stop.
+    fn down_server_of(&self, name: &str) -> Option<(&str, &'static str)> {
+        let sep = self.settings.tool_separator.as_str();
+        self.servers
+            .iter()
+            .find(|s| {
+                !s.serves
+                    && name.len() > s.id.len() + sep.len()
+                    && name.starts_with(s.id.as_str())
+                    && name[s.id.len()..].starts_with(sep)
+            })
+            .map(|s| (s.id.as_str(), s.status))
+    }
+
+    /// `prompts/get`: to the server of the prompt, under its own name.
+    fn get_prompt(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        reply: ReplyTo,
+        id: Value,
+        params: &Value,
+        session: String,
+    ) {
+        let Some(name) = params.get("name").and_then(Value::as_str) else {
+            let m = "prompts/get needs params.name";
+            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, m);
+            return cx.emit(Output::Http { reply, response });
+        };
+        let arguments = match params.get("arguments") {
+            None | Some(Value::Null) => json!({}),
+            Some(a @ Value::Object(_)) => a.clone(),
+            Some(_) => {
+                let m = "prompts/get params.arguments must be an object";
+                let response = rpc_error_response(200, &id, code::INVALID_PARAMS, m);
+                return cx.emit(Output::Http { reply, response });
+            }
+        };
+        let Some(Target::Server { server, tool }) = self.catalog.prompt(name).map(|e| &e.target)
+        else {
+            let shown: String = name.chars().take(130).collect();
+            let message = match self.down_server_of(name) {
+                Some((server, status)) => format!(
+                    "MCP server '{server}' is not active (status {status}): its prompts cannot be got now"
+                ),
+                None => format!("unknown prompt {shown:?} (prompts/list names the prompts offered now)"),
+            };
+            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &message);
+            return cx.emit(Output::Http { reply, response });
+        };
+        let request = Request::Mcp(McpRequest::GetPrompt {
+            id: server.clone(),
+            name: tool.clone(),
+            arguments,
+        });
+        self.forward_request(cx, (reply, id), request, session);
+    }
+
+    /// `resources/read`: to the server the catalog routes the URI to, URI unchanged.
+    fn read_resource(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        reply: ReplyTo,
+        id: Value,
+        params: &Value,
+        session: String,
+    ) {
+        let Some(uri) = params.get("uri").and_then(Value::as_str) else {
+            let m = "resources/read needs params.uri";
+            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, m);
+            return cx.emit(Output::Http { reply, response });
+        };
+        if uri.len() > MAX_URI_BYTES {
+            let m = format!("resources/read params.uri is longer than {MAX_URI_BYTES} bytes");
+            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &m);
+            return cx.emit(Output::Http { reply, response });
+        }
+        let Some(server) = self.catalog.route(uri) else {
+            let shown: String = uri.chars().take(200).collect();
+            let body = json!({"jsonrpc": "2.0", "id": id, "error": {
+                "code": code::RESOURCE_NOT_FOUND,
+                "message": format!("resource not found: no active server lists {shown:?} or has a template that matches it"),
+                "data": {"uri": shown},
+            }});
+            let response = http::Response::json(200, body.to_string().into_bytes());
+            return cx.emit(Output::Http { reply, response });
+        };
+        let request = Request::Mcp(McpRequest::ReadResource {
+            id: server.to_string(),
+            uri: uri.to_string(),
+        });
+        self.forward_request(cx, (reply, id), request, session);
+    }
+}
+
+/// The command-layer request behind one of the daemon's own tools, or why the arguments
+/// do not make one (as a tool error, so the model can correct them).
+fn own_request(tool: &str, arguments: &Value) -> Result<Request, String> {
+    Ok(match tool {
+        "status" => Request::Daemon(DaemonRequest::Status { detailed: false }),
+        "variety" => Request::Variety(VarietyRequest::Analysis),
+        "discover" => {
+            let text = |field: &str| match arguments.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.as_str())),
+                Some(_) => Err(format!("{field} must be a string")),
+            };
+            let source = match text("source")? {
+                None | Some("") => None,
+                Some(s) => Some(
+                    ["catalog", "registry", "npm", "github"]
+                        .into_iter()
+                        .find(|k| *k == s)
+                        .ok_or_else(|| {
+                            let s: String = s.chars().take(40).collect();
+                            format!("source {s:?} is not one of catalog, registry, npm, github")
+                        })?,
+                ),
+            };
+            // The discovery room checks the query, exactly as for the REST operation.
+            Request::Discovery(crate::api::DiscoveryRequest::Discover {
+                source,
+                query: text("query")?.unwrap_or_default().to_string(),
+            })
+        }
+        "acquire" => {
+            let text = |field: &str| match arguments.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(format!("{field} must be a string")),
+            };
+            let capability = text("capability_type")?
+                .ok_or_else(|| "capability_type is required (e.g. \"memory\")".to_string())?;
+            // The variety room checks the values, exactly as for the REST operation.
+            Request::Variety(VarietyRequest::Acquire {
+                capability,
+                method: "mcp_server".into(),
+                priority: text("priority")?.unwrap_or_else(|| "medium".into()),
+            })
+        }
+        _ => Request::Mcp(McpRequest::List { status: "all" }),
+    })
+}
+
 /// The servers or their tools changed: the active servers' tools, less those the capability
 /// policy blocks, make the catalog; clients with an open stream get
 /// `notifications/tools/list_changed` when it changed.
 impl crate::room::Follows for Gateway {
     fn servers(&mut self, cx: &mut RoomCx<'_, Self>, servers: &[crate::snapshot::ServerView<'_>]) {
-        self.blocked.clear();
-        let sep = &self.settings.tool_separator;
         self.servers = servers
             .iter()
             .map(|s| {
                 let mut tools = Vec::new();
+                let mut blocked = Vec::new();
+                let extras = |list: &[Value]| if s.serves { list.to_vec() } else { Vec::new() };
                 if s.serves {
                     for t in s.tools {
                         let text = crate::variety::policy::tool_text(t);
@@ -902,13 +1204,20 @@ impl crate::room::Follows for Gateway {
                         if refused.is_empty() {
                             tools.push(t.clone());
                         } else {
-                            let name = format!("{}{sep}{}", s.id, text.name);
-                            let entry = (s.id.to_string(), text.name.to_string(), refused);
-                            self.blocked.insert(name, entry);
+                            blocked.push((text.name.to_string(), refused));
                         }
                     }
                 }
-                (s.id.to_string(), s.status, tools)
+                Offered {
+                    id: s.id.to_string(),
+                    status: s.status,
+                    serves: s.serves,
+                    tools,
+                    blocked,
+                    resources: extras(s.resources),
+                    resource_templates: extras(s.resource_templates),
+                    prompts: extras(s.prompts),
+                }
             })
             .collect();
         self.rebuild(cx);
@@ -986,14 +1295,26 @@ impl Room for Gateway {
             log::debug!("/mcp: an answer for {tag}, which nobody waits for");
             return;
         };
-        let result = if p.own {
-            own_result(answer)
-        } else {
-            tool_result(answer)
+        let result = |r: Value| json!({"jsonrpc": "2.0", "id": p.id, "result": r});
+        let message = match p.what {
+            Forwarded::Own => result(own_result(answer)),
+            Forwarded::Tool => result(tool_result(answer)),
+            Forwarded::Request => match answer {
+                Ok(mut v) => result(v["result"].take()),
+                Err(e) => {
+                    // The server's own JSON-RPC error passes through; the daemon's reasons
+                    // (not active, timed out, busy, gone) are internal errors with its message.
+                    let data = e.data.as_ref();
+                    let server_code = data
+                        .filter(|_| e.code == ErrorCode::McpError)
+                        .and_then(|d| d["code"].as_i64());
+                    let code = server_code.unwrap_or(code::INTERNAL_ERROR);
+                    rpc_error(&p.id, code, &e.message)
+                }
+            },
         };
         match (p.streaming, p.reply) {
             (true, ReplyTo::Http { conn, .. }) => {
-                let message = json!({"jsonrpc": "2.0", "id": p.id, "result": result});
                 cx.emit(Output::Push {
                     conn,
                     bytes: sse_message(&message),
@@ -1002,7 +1323,7 @@ impl Room for Gateway {
             }
             _ => cx.emit(Output::Http {
                 reply: p.reply,
-                response: rpc_response(&p.id, result),
+                response: http::Response::json(200, message.to_string().into_bytes()),
             }),
         }
     }

@@ -542,6 +542,16 @@ impl Mcp {
                 let effects = server.session.on_relist_timer(context);
                 self.apply(cx, &id, effects, out);
             }
+            TimerKind::RelistExtra(kind) => {
+                let Some(context) = self.context(&id) else {
+                    return;
+                };
+                let Some(server) = self.servers.get_mut(&id) else {
+                    return;
+                };
+                let effects = server.session.on_extra_relist_timer(kind, context);
+                self.apply(cx, &id, effects, out);
+            }
             TimerKind::Trial => {}
             TimerKind::Call(rpc) => {
                 let effects = server.session.on_call_deadline(rpc, Instant::now());

@@ -81,6 +81,8 @@ enum TimerKind {
     /// Stdout closed: the grace for the exit to arrive is over.
     StdoutClosed,
     Relist,
+    /// Time to list resources, resource templates or prompts again.
+    RelistExtra(tools::Kind),
     Call(u64),
     /// A sandbox trial's deadline (see `trial`; not tied to a run).
     Trial,
@@ -275,6 +277,33 @@ impl crate::room::Serve for Mcp {
             McpRequest::List { status } => Ok(self.list(status)),
             McpRequest::Show { id } => self.show(&id),
             McpRequest::Tools { id } => self.tools(&id),
+            McpRequest::Resources { id } => self.extras(
+                &id,
+                &[tools::Kind::Resources, tools::Kind::ResourceTemplates],
+            ),
+            McpRequest::Prompts { id } => self.extras(&id, &[tools::Kind::Prompts]),
+            McpRequest::ReadResource { id, uri } => {
+                let (mut lcx, _) = cx.split();
+                let params = json!({ "uri": uri });
+                let needs = tools::Kind::Resources;
+                match self.forward(&mut lcx, &id, "resources/read", needs, params, reply) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
+            McpRequest::GetPrompt {
+                id,
+                name,
+                arguments,
+            } => {
+                let (mut lcx, _) = cx.split();
+                let params = json!({ "name": name, "arguments": arguments });
+                let needs = tools::Kind::Prompts;
+                match self.forward(&mut lcx, &id, "prompts/get", needs, params, reply) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
             McpRequest::Start { id } => self.start(&mut cx.split().0, &id, &mut caused),
             McpRequest::Stop { id } => self.stop(&mut cx.split().0, &id, &mut caused),
             McpRequest::Restart { id } => self.restart(&mut cx.split().0, &id, &mut caused),
@@ -739,6 +768,9 @@ impl Mcp {
                 allow_capabilities: &s.spec.allow_capabilities,
                 tools: &s.session.tools,
                 tools_version: (s.run, s.session.listings),
+                resources: &s.session.resources,
+                resource_templates: &s.session.resource_templates,
+                prompts: &s.session.prompts,
             })
             .collect()
     }
@@ -795,6 +827,19 @@ impl Mcp {
     pub fn tools(&self, id: &str) -> Result<Value, ApiError> {
         let s = self.servers.get(id).ok_or_else(|| not_found(id))?;
         Ok(json!({"server": id, "status": s.status.as_str(), "tools": s.session.tools}))
+    }
+
+    /// `GET .../resources` and `.../prompts`: the lists of `kinds` as last listed.
+    ///
+    /// # Errors
+    /// Unknown id.
+    pub fn extras(&self, id: &str, kinds: &[tools::Kind]) -> Result<Value, ApiError> {
+        let s = self.servers.get(id).ok_or_else(|| not_found(id))?;
+        let mut answer = json!({"server": id, "status": s.status.as_str()});
+        for &kind in kinds {
+            answer[kind.name()] = Value::from(s.session.list(kind).to_vec());
+        }
+        Ok(answer)
     }
 
     // ----- lifecycle -----

@@ -72,6 +72,13 @@ impl Mcp {
                         cx.timers.insert(at, Timer { slot, run, kind });
                     }
                 }
+                Effect::RelistExtraAt(list, at) => {
+                    if let Some(s) = self.servers.get(id) {
+                        let (slot, run) = (s.slot, s.run);
+                        let kind = TimerKind::RelistExtra(list);
+                        cx.timers.insert(at, Timer { slot, run, kind });
+                    }
+                }
                 Effect::Event(data) => out.push(Output::Event(Channel::McpServers, data)),
                 Effect::ToolCall(outcome, seconds, tool) => {
                     out.push(Output::ToolCall(id.to_string(), outcome, seconds));
@@ -341,6 +348,48 @@ impl Mcp {
                 )
             })?;
         self.apply(cx, id, effects, out);
+        Ok(())
+    }
+
+    /// Forwards `method` (`resources/read`, `prompts/get`) with `params` to server `id`, under
+    /// the deadline and the in-flight bound of a tool call; the answer arrives later as an
+    /// [`Output::Reply`].
+    ///
+    /// # Errors
+    /// Unknown server, server not active or not offering `needs`, too many calls in flight.
+    pub fn forward(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        method: &'static str,
+        needs: tools::Kind,
+        params: Value,
+        reply: ReplyTo,
+    ) -> Result<(), ApiError> {
+        let max_in_flight = self.settings.config.max_in_flight_calls as usize;
+        let default_timeout = self.settings.config.call_timeout_ms;
+        let server = self.servers.get_mut(id).ok_or_else(|| not_found(id))?;
+        let timeout = Duration::from_millis(server.spec.call_timeout_ms.unwrap_or(default_timeout));
+        let (slot, run) = (server.slot, server.run);
+        let timers = &mut *cx.timers;
+        let effects = server.session.forward(
+            server.status,
+            server.ending.as_deref(),
+            method,
+            needs,
+            params,
+            timeout,
+            max_in_flight,
+            reply,
+            Instant::now(),
+            |rpc, at| {
+                let kind = TimerKind::Call(rpc);
+                timers.insert(at, Timer { slot, run, kind })
+            },
+        )?;
+        let mut none = Vec::new();
+        self.apply(cx, id, effects, &mut none);
+        debug_assert!(none.is_empty());
         Ok(())
     }
 

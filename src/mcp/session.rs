@@ -16,7 +16,7 @@ use super::jsonrpc::{self, Line, Message};
 use super::server::{
     bounded_value, truncate, Status, HANDSHAKE_ITEM_MAX, PROTOCOL_VERSIONS, TEXT_MAX,
 };
-use super::tools::{self, Flood, Listing, Relist};
+use super::tools::{self, Flood, Kind, Listing, Relist};
 use crate::api::{Answer, ApiError, ErrorCode};
 use crate::events::EventData;
 use serde_json::{json, Value};
@@ -37,6 +37,8 @@ pub enum Pending<R, T> {
     Initialize,
     /// A page of `tools/list`; tools gathered so far.
     ToolsList(Listing),
+    /// A page of another list (resources, resource templates, prompts); items so far.
+    ExtraList(Listing),
     /// A health ping, and when it was sent.
     Ping(Instant),
     /// A tool call for a client.
@@ -52,6 +54,18 @@ pub enum Pending<R, T> {
         /// The progress token the server was given for it.
         token: String,
     },
+    /// A request forwarded for a client other than a tool call (`resources/read`,
+    /// `prompts/get`): answered with the server's result as it is.
+    Forward {
+        /// Where the answer goes.
+        reply: R,
+        /// Its deadline timer.
+        timer: T,
+        /// When it was sent.
+        started: Instant,
+        /// The method.
+        method: &'static str,
+    },
 }
 
 /// What the loop must do for the session.
@@ -65,6 +79,8 @@ pub enum Effect<R, T> {
     CancelTimer(T),
     /// Call [`Session::on_relist_timer`] at this instant.
     RelistAt(Instant),
+    /// Call [`Session::on_extra_relist_timer`] for this list at this instant.
+    RelistExtraAt(Kind, Instant),
     /// Publish an event on the `mcp_servers` channel: (type, data).
     Event(EventData),
     /// A tool call finished: (outcome, seconds, tool), for the metrics and the
@@ -119,7 +135,16 @@ pub struct Session<R, T> {
     /// Complete listings that changed `tools` in this session (with the server's run, it
     /// names a tool list, so followers can skip re-reading one they have seen).
     pub listings: u64,
+    /// Resources from the last complete `resources/list` (empty when it offers none).
+    pub resources: Vec<Value>,
+    /// Resource templates from the last complete `resources/templates/list`.
+    pub resource_templates: Vec<Value>,
+    /// Prompts from the last complete `prompts/list`.
+    pub prompts: Vec<Value>,
     relist: Relist,
+    /// When to list resources, resource templates and prompts again, indexed by
+    /// `Kind as usize` (the tools' place is unused: they have `relist`).
+    extra_relist: [Relist; 4],
     list_changed: Flood,
     recent_protocol_errors: Flood,
     /// Whether this run completed the handshake and its first listing.
@@ -196,7 +221,11 @@ impl<R: Copy, T: Copy> Session<R, T> {
             instructions: None,
             tools: Vec::new(),
             listings: 0,
+            resources: Vec::new(),
+            resource_templates: Vec::new(),
+            prompts: Vec::new(),
             relist: Relist::default(),
+            extra_relist: Default::default(),
             list_changed: Flood::default(),
             recent_protocol_errors: Flood::default(),
             initialized: false,
@@ -220,6 +249,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         self.pending.shrink_to_fit();
         self.initialized = false;
         self.relist = Relist::default();
+        self.extra_relist = Default::default();
         self.list_changed = Flood::default();
         self.recent_protocol_errors = Flood::default();
         self.missed_pings = 0;
@@ -238,12 +268,39 @@ impl<R: Copy, T: Copy> Session<R, T> {
         vec![Effect::Send(init)]
     }
 
-    /// Calls in flight.
+    /// Calls in flight (tool calls and forwarded requests: both count against
+    /// `max_in_flight_calls`).
     pub fn calls_in_flight(&self) -> usize {
         self.pending
             .values()
-            .filter(|p| matches!(p, Pending::Call { .. }))
+            .filter(|p| matches!(p, Pending::Call { .. } | Pending::Forward { .. }))
             .count()
+    }
+
+    /// The list of `kind` from its last complete listing.
+    pub fn list(&self, kind: Kind) -> &[Value] {
+        match kind {
+            Kind::Tools => &self.tools,
+            Kind::Resources => &self.resources,
+            Kind::ResourceTemplates => &self.resource_templates,
+            Kind::Prompts => &self.prompts,
+        }
+    }
+
+    fn list_mut(&mut self, kind: Kind) -> &mut Vec<Value> {
+        match kind {
+            Kind::Tools => &mut self.tools,
+            Kind::Resources => &mut self.resources,
+            Kind::ResourceTemplates => &mut self.resource_templates,
+            Kind::Prompts => &mut self.prompts,
+        }
+    }
+
+    /// Whether the server's `initialize` capabilities offer the list of `kind`.
+    pub fn offers(&self, kind: Kind) -> bool {
+        self.server_capabilities
+            .get(kind.capability())
+            .is_some_and(|c| !c.is_null())
     }
 
     /// Tool names from the last listing.
@@ -331,6 +388,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
             }
             Message::Notification { method, params } => match method.as_str() {
                 "notifications/tools/list_changed" => self.on_list_changed(cx, out),
+                "notifications/resources/list_changed" | "notifications/prompts/list_changed" => {
+                    self.on_extra_list_changed(Kind::from_list_changed(&method), cx, out)
+                }
                 "notifications/progress" => {
                     if let Some(event) = self.progress_event(&params) {
                         out.push(Effect::Event(event));
@@ -406,6 +466,57 @@ impl<R: Copy, T: Copy> Session<R, T> {
                     }
                 }
                 self.finish_listing(listing.into_tools(), cx, out);
+            }
+            Pending::ExtraList(mut listing) => {
+                let kind = listing.kind();
+                match result {
+                    Ok(mut v) => {
+                        let page = tools::take_items(&mut v, kind);
+                        if let Err(why) = listing.add_page(page, cx.limits) {
+                            out.push(Effect::Misbehaved(why));
+                            return;
+                        }
+                        if let Some(cursor) = v["nextCursor"].as_str().filter(|c| !c.is_empty()) {
+                            let cursor = cursor.to_string();
+                            self.list_extra(Some(cursor), listing, out);
+                            return;
+                        }
+                    }
+                    // Refused: the server has none of these (as for tools).
+                    Err(e) => {
+                        let why = truncate(e.message, TEXT_MAX);
+                        log::debug!("MCP server {}: {} failed: {why}", self.id, kind.method())
+                    }
+                }
+                self.finish_extra(kind, listing.into_tools(), cx, out);
+            }
+            Pending::Forward {
+                reply,
+                timer,
+                started,
+                method,
+            } => {
+                out.push(Effect::CancelTimer(timer));
+                let id = self.id.as_str();
+                let answer = match result {
+                    Ok(v) => {
+                        let ms = cx.now.saturating_duration_since(started).as_secs_f64() * 1000.0;
+                        let mut map = serde_json::Map::with_capacity(4);
+                        map.insert("server".into(), Value::String(id.to_string()));
+                        map.insert("method".into(), Value::String(method.to_string()));
+                        map.insert("result".into(), v);
+                        map.insert("duration_ms".into(), json!(ms));
+                        Ok(Value::Object(map))
+                    }
+                    Err(e) => Err(ApiError::new(
+                        ErrorCode::McpError,
+                        format!("{id} refused {method}: {} ({})", e.message, e.code),
+                    )
+                    .with_data(
+                        json!({"server": id, "method": method, "code": e.code, "data": e.data}),
+                    )),
+                };
+                out.push(Effect::Reply(reply, answer));
             }
             Pending::Ping(sent) => {
                 self.missed_pings = 0;
@@ -532,6 +643,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         if cx.status == Status::Initializing {
             self.initialized = true;
             out.push(Effect::Listed(count));
+            self.start_extra_listings(cx, out);
         } else if changed {
             log::info!("MCP server {}: tool list changed ({count} tools)", self.id);
             // Events are kept in the history: name a bounded number of tools, briefly.
@@ -559,6 +671,180 @@ impl<R: Copy, T: Copy> Session<R, T> {
             Pending::Call { token: t, .. } if t == token => Some(*rpc),
             _ => None,
         })
+    }
+
+    /// After the run's first tool listing: lists what else the server offers (its
+    /// capabilities say); a list it no longer offers is emptied.
+    fn start_extra_listings(&mut self, cx: Context, out: &mut Effects<R, T>) {
+        for kind in Kind::EXTRAS {
+            if self.offers(kind) {
+                self.extra_relist[kind as usize].started(cx.now);
+                self.list_extra(None, Listing::new(kind), out);
+            } else if !self.list(kind).is_empty() {
+                self.list_mut(kind).clear();
+                out.push(self.list_changed_event(kind));
+            }
+        }
+    }
+
+    fn list_extra(&mut self, cursor: Option<String>, listing: Listing, out: &mut Effects<R, T>) {
+        let rpc = self.take_id();
+        let method = listing.kind().method();
+        self.pending.insert(rpc, Pending::ExtraList(listing));
+        let params = match cursor {
+            Some(c) => json!({"cursor": c}),
+            None => json!({}),
+        };
+        out.push(Effect::Send(jsonrpc::request(rpc, method, params)));
+    }
+
+    fn list_changed_event(&self, kind: Kind) -> Effect<R, T> {
+        Effect::Event(EventData::McpServerListChanged {
+            server_id: self.id.clone(),
+            list: kind.name(),
+            count: self.list(kind).len(),
+        })
+    }
+
+    fn finish_extra(
+        &mut self,
+        kind: Kind,
+        items: Vec<Value>,
+        cx: Context,
+        out: &mut Effects<R, T>,
+    ) {
+        if *self.list(kind) != items {
+            log::info!(
+                "MCP server {}: {} listed ({} items)",
+                self.id,
+                kind.name(),
+                items.len()
+            );
+            *self.list_mut(kind) = items;
+            out.push(self.list_changed_event(kind));
+        }
+        let next = self.extra_relist[kind as usize].finished(cx.now);
+        self.extra_relist_next(kind, next, cx, out);
+    }
+
+    /// `notifications/resources/list_changed` or `prompts/list_changed`: the lists of `kinds`
+    /// are listed again, coalesced and rate-limited like tools (and counted in the same flood).
+    fn on_extra_list_changed(&mut self, kinds: &[Kind], cx: Context, out: &mut Effects<R, T>) {
+        if self
+            .list_changed
+            .hit(cx.now, tools::LIST_CHANGED_PER_MINUTE)
+        {
+            let what = format!(
+                "protocol error: more than {} list_changed notifications within a minute",
+                tools::LIST_CHANGED_PER_MINUTE
+            );
+            self.protocol_error(what, cx.now, out);
+            return;
+        }
+        if !cx.status.serves() {
+            return;
+        }
+        for &kind in kinds {
+            if !self.offers(kind) {
+                continue;
+            }
+            let next = self.extra_relist[kind as usize].changed(cx.now);
+            self.extra_relist_next(kind, next, cx, out);
+        }
+    }
+
+    /// The timer from [`Effect::RelistExtraAt`] fired.
+    pub fn on_extra_relist_timer(&mut self, kind: Kind, cx: Context) -> Effects<R, T> {
+        let mut out = Vec::new();
+        let next = self.extra_relist[kind as usize].timer_fired();
+        self.extra_relist_next(kind, next, cx, &mut out);
+        out
+    }
+
+    fn extra_relist_next(
+        &mut self,
+        kind: Kind,
+        next: tools::Next,
+        cx: Context,
+        out: &mut Effects<R, T>,
+    ) {
+        match next {
+            tools::Next::Nothing => {}
+            tools::Next::ListNow => {
+                if cx.status.serves() && self.offers(kind) {
+                    self.extra_relist[kind as usize].started(cx.now);
+                    self.list_extra(None, Listing::new(kind), out);
+                }
+            }
+            tools::Next::WaitUntil(at) => out.push(Effect::RelistExtraAt(kind, at)),
+        }
+    }
+
+    /// Forwards a request other than a tool call (`resources/read`, `prompts/get`) with
+    /// `params`; its answer (the server's result, or its error) arrives later as an
+    /// [`Effect::Reply`]. Deadline and bounds as for [`Session::call`].
+    ///
+    /// # Errors
+    /// Server ending its run or not serving, not offering what the method needs (its
+    /// capabilities), too many calls in flight.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &mut self,
+        status: Status,
+        ending: Option<&str>,
+        method: &'static str,
+        needs: Kind,
+        params: Value,
+        timeout: Duration,
+        max_in_flight: usize,
+        reply: R,
+        now: Instant,
+        arm: impl FnOnce(u64, Instant) -> T,
+    ) -> Result<Effects<R, T>, ApiError> {
+        let id = self.id.as_str();
+        if let Some(why) = ending {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("MCP server '{id}' is ending its run: {why}"),
+            ));
+        }
+        if !status.serves() {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "MCP server '{id}' is not active (status {})",
+                    status.as_str()
+                ),
+            ));
+        }
+        if !self.offers(needs) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "MCP server '{id}' offers no {} (its initialize capabilities do not name them)",
+                    needs.capability()
+                ),
+            ));
+        }
+        if self.calls_in_flight() >= max_in_flight {
+            return Err(ApiError::new(
+                ErrorCode::Busy,
+                format!("{max_in_flight} calls already in flight on '{id}'"),
+            ));
+        }
+        let rpc = self.take_id();
+        let bytes = jsonrpc::request(rpc, method, params);
+        let timer = arm(rpc, now + timeout);
+        self.pending.insert(
+            rpc,
+            Pending::Forward {
+                reply,
+                timer,
+                started: now,
+                method,
+            },
+        );
+        Ok(vec![Effect::Send(bytes)])
     }
 
     /// A `notifications/progress` as an event, when it is about one of our calls in flight
@@ -689,6 +975,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
     /// timer has fired) or cancelled by its caller for the reason given (its timer is
     /// cancelled). Either way the server is told with `notifications/cancelled`.
     fn end_call(&mut self, rpc: u64, cancelled: Option<&str>, now: Instant) -> Effects<R, T> {
+        if let Some(Pending::Forward { .. }) = self.pending.get(&rpc) {
+            return self.on_forward_deadline(rpc, now);
+        }
         let Some(Pending::Call {
             reply,
             tool,
@@ -735,6 +1024,33 @@ impl<R: Copy, T: Copy> Session<R, T> {
         out
     }
 
+    fn on_forward_deadline(&mut self, rpc: u64, now: Instant) -> Effects<R, T> {
+        let Some(Pending::Forward {
+            reply,
+            started,
+            method,
+            ..
+        }) = self.pending.remove(&rpc)
+        else {
+            return Vec::new();
+        };
+        let ms = now.saturating_duration_since(started).as_millis();
+        let id = &self.id;
+        vec![
+            Effect::Reply(
+                reply,
+                Err(ApiError::new(
+                    ErrorCode::Timeout,
+                    format!("{id} did not answer {method} within {ms} ms"),
+                )),
+            ),
+            Effect::Send(jsonrpc::notification(
+                "notifications/cancelled",
+                json!({"requestId": rpc, "reason": "timed out"}),
+            )),
+        ]
+    }
+
     /// One health round (the server serves): an unanswered ping counts as missed; unless
     /// that makes `allowed` misses (the run ends), a new ping goes out.
     pub fn ping_round(&mut self, allowed: u32, now: Instant) -> Effects<R, T> {
@@ -759,6 +1075,23 @@ impl<R: Copy, T: Copy> Session<R, T> {
     pub fn end_run(&mut self, reason: &str, now: Instant) -> Effects<R, T> {
         let mut out = Vec::new();
         for (_, p) in self.pending.drain() {
+            if let Pending::Forward {
+                reply,
+                timer,
+                method,
+                ..
+            } = p
+            {
+                out.push(Effect::CancelTimer(timer));
+                out.push(Effect::Reply(
+                    reply,
+                    Err(ApiError::new(
+                        ErrorCode::ServerExited,
+                        format!("MCP server {} {reason} during {method}", self.id),
+                    )),
+                ));
+                continue;
+            }
             if let Pending::Call {
                 reply,
                 timer,
@@ -1271,5 +1604,164 @@ mod tests {
         let e = feed(&mut s, b"nope\n", Status::Starting, now);
         assert!(matches!(e[..], [Effect::ProtocolError(_)]), "{e:?}");
         assert_eq!(s.protocol_errors, PERSISTENT_PROTOCOL_ERRORS as u64 + 2);
+    }
+
+    /// The id of the request of `method` among the sends.
+    fn sent_id(effects: &E, method: &str) -> u64 {
+        sent(effects)
+            .iter()
+            .find(|m| m["method"] == method)
+            .and_then(|m| m["id"].as_u64())
+            .unwrap_or_else(|| panic!("no {method} in {effects:?}"))
+    }
+
+    #[test]
+    fn resources_templates_and_prompts_are_listed_when_offered_and_requests_forwarded() {
+        let now = Instant::now();
+        let mut s = S::new("t");
+        s.begin_run();
+        let init = br#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{},"resources":{"listChanged":true},"prompts":{}}}}
+"#;
+        feed(&mut s, init, Status::Starting, now);
+        let e = feed(
+            &mut s,
+            b"{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":[]}}\n",
+            Status::Initializing,
+            now,
+        );
+        assert!(matches!(e[0], Effect::Listed(0)), "{e:?}");
+        let resources = sent_id(&e, "resources/list");
+        let templates = sent_id(&e, "resources/templates/list");
+        let prompts = sent_id(&e, "prompts/list");
+        // Pages are followed; each completed list that changed is an event.
+        let page = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{resources},\"result\":{{\"resources\":[{{\"uri\":\"x://1\",\"name\":\"one\"}}],\"nextCursor\":\"2\"}}}}\n"
+        );
+        let e = feed(&mut s, page.as_bytes(), Status::Active, now);
+        let m = sent(&e);
+        assert_eq!(
+            (m[0]["method"].as_str(), &m[0]["params"]["cursor"]),
+            (Some("resources/list"), &json!("2"))
+        );
+        let next = m[0]["id"].clone();
+        let page = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{next},\"result\":{{\"resources\":[{{\"uri\":\"x://2\",\"name\":\"two\"}}]}}}}\n"
+        );
+        let e = feed(&mut s, page.as_bytes(), Status::Active, now);
+        assert!(
+            matches!(
+                &e[..],
+                [Effect::Event(EventData::McpServerListChanged {
+                    list: "resources",
+                    count: 2,
+                    ..
+                })]
+            ),
+            "{e:?}"
+        );
+        let page = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{templates},\"result\":{{\"resourceTemplates\":[{{\"uriTemplate\":\"x://{{n}}\",\"name\":\"n\"}}]}}}}\n"
+        );
+        feed(&mut s, page.as_bytes(), Status::Active, now);
+        // A server that refuses a list has none.
+        let refused = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{prompts},\"error\":{{\"code\":-32601,\"message\":\"no\"}}}}\n"
+        );
+        assert!(feed(&mut s, refused.as_bytes(), Status::Active, now).is_empty());
+        assert_eq!(s.list(Kind::Resources).len(), 2);
+        assert_eq!(s.list(Kind::ResourceTemplates)[0]["name"], "n");
+        assert!(s.list(Kind::Prompts).is_empty());
+
+        // resources/list_changed lists resources and templates again, not prompts.
+        let later = now + Duration::from_secs(2);
+        let e = feed(
+            &mut s,
+            b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/list_changed\"}\n",
+            Status::Active,
+            later,
+        );
+        let methods: Vec<Value> = sent(&e).iter().map(|m| m["method"].clone()).collect();
+        assert_eq!(
+            methods,
+            [json!("resources/list"), json!("resources/templates/list")]
+        );
+
+        // Forwarded requests: answered with the server's result; past the deadline a
+        // timeout and a cancellation; when the run ends, the server's exit.
+        let forward = |s: &mut S, method, needs, reply| {
+            s.forward(
+                Status::Active,
+                None,
+                method,
+                needs,
+                json!({"uri": "x://1"}),
+                Duration::from_secs(1),
+                4,
+                reply,
+                later,
+                |_, _| 50 + u64::from(reply),
+            )
+        };
+        let e = forward(&mut s, "resources/read", Kind::Resources, 1).expect("forwarded");
+        let read = sent_id(&e, "resources/read");
+        let answer = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{read},\"result\":{{\"contents\":[{{\"uri\":\"x://1\",\"text\":\"hi\"}}]}}}}\n"
+        );
+        let e = feed(&mut s, answer.as_bytes(), Status::Active, later);
+        match &e[..] {
+            [Effect::CancelTimer(51), Effect::Reply(1, Ok(v))] => {
+                assert_eq!(v["result"]["contents"][0]["text"], "hi");
+                assert_eq!(v["method"], "resources/read");
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = forward(&mut s, "resources/read", Kind::Resources, 2).expect("forwarded");
+        let late = sent_id(&e, "resources/read");
+        let e = s.on_call_deadline(late, later + Duration::from_secs(1));
+        assert!(
+            matches!(&e[..], [Effect::Reply(2, Err(err)), Effect::Send(_)] if err.code == ErrorCode::Timeout),
+            "{e:?}"
+        );
+        assert_eq!(sent(&e)[0]["params"]["requestId"], late);
+        forward(&mut s, "resources/read", Kind::Resources, 3).expect("forwarded");
+        assert_eq!(s.calls_in_flight(), 1, "forwarded requests count as calls");
+        let e = s.end_run("exited with code 1", later);
+        assert!(
+            matches!(&e[..], [Effect::CancelTimer(53), Effect::Reply(3, Err(err))] if err.code == ErrorCode::ServerExited),
+            "{e:?}"
+        );
+        // What the server does not offer is refused at once, as is a server not serving.
+        let mut s = S::new("u");
+        let err = s
+            .forward(
+                Status::Active,
+                None,
+                "prompts/get",
+                Kind::Prompts,
+                json!({}),
+                Duration::from_secs(1),
+                4,
+                1,
+                now,
+                |_, _| 0,
+            )
+            .expect_err("no prompts offered");
+        assert_eq!(err.code, ErrorCode::Conflict);
+        assert!(err.message.contains("offers no prompts"), "{}", err.message);
+        let err = s
+            .forward(
+                Status::Stopped,
+                None,
+                "prompts/get",
+                Kind::Prompts,
+                json!({}),
+                Duration::from_secs(1),
+                4,
+                1,
+                now,
+                |_, _| 0,
+            )
+            .expect_err("stopped");
+        assert!(err.message.contains("not active"), "{}", err.message);
     }
 }

@@ -1,8 +1,9 @@
-//! A server's tool list without I/O: gathering `tools/list` pages under bounds, deciding
-//! when to list again after `notifications/tools/list_changed`, and telling a burst of
-//! those notifications from a flood.
+//! A server's lists without I/O: gathering `tools/list` pages (and those of
+//! `resources/list`, `resources/templates/list` and `prompts/list`, see [`Kind`]) under
+//! bounds, deciding when to list again after `notifications/*/list_changed`, and telling a
+//! burst of those notifications from a flood.
 //!
-//! Invariants: a [`Listing`] never holds more than `max_bytes` of tools (counted as their
+//! Invariants: a [`Listing`] (of any kind) never holds more than `max_bytes` of tools (counted as their
 //! JSON size), more than one JSON value per [`BYTES_PER_VALUE`] of `max_bytes` (a parsed value
 //! takes 32 bytes or more, so `[0,0,...]` would otherwise hold 16 times its JSON size), nor
 //! more than `max_tools` tools or pages; the page that would cross a bound is
@@ -26,7 +27,87 @@ pub const LIST_CHANGED_PER_MINUTE: usize = 100;
 /// whose parsed form would be many times larger than their text.
 pub const BYTES_PER_VALUE: usize = 8;
 
-/// Bounds of one server's tool list (`[mcp_servers]` `max_tool_list_bytes`, `max_tools`).
+/// Which of a server's lists: tools, and the resources, resource templates and prompts it
+/// may offer as well. Each list has the bounds of the tool list ([`Limits`]) on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `tools/list`.
+    Tools,
+    /// `resources/list`.
+    Resources,
+    /// `resources/templates/list`.
+    ResourceTemplates,
+    /// `prompts/list`.
+    Prompts,
+}
+
+impl Kind {
+    /// The lists besides tools, listed after the tools when the server's capabilities say
+    /// it offers them.
+    pub const EXTRAS: [Kind; 3] = [Kind::Resources, Kind::ResourceTemplates, Kind::Prompts];
+
+    /// The JSON-RPC method that lists it.
+    pub fn method(self) -> &'static str {
+        match self {
+            Kind::Tools => "tools/list",
+            Kind::Resources => "resources/list",
+            Kind::ResourceTemplates => "resources/templates/list",
+            Kind::Prompts => "prompts/list",
+        }
+    }
+
+    /// The result's field holding a page's items.
+    pub fn field(self) -> &'static str {
+        match self {
+            Kind::Tools => "tools",
+            Kind::Resources => "resources",
+            Kind::ResourceTemplates => "resourceTemplates",
+            Kind::Prompts => "prompts",
+        }
+    }
+
+    /// The server capability (in its `initialize` answer) that says it offers the list.
+    pub fn capability(self) -> &'static str {
+        match self {
+            Kind::Tools => "tools",
+            Kind::Resources | Kind::ResourceTemplates => "resources",
+            Kind::Prompts => "prompts",
+        }
+    }
+
+    /// Its name in events and the REST answers (`resource_templates`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Tools => "tools",
+            Kind::Resources => "resources",
+            Kind::ResourceTemplates => "resource_templates",
+            Kind::Prompts => "prompts",
+        }
+    }
+
+    /// One item, in messages.
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Tools => "tool",
+            Kind::Resources => "resource",
+            Kind::ResourceTemplates => "resource template",
+            Kind::Prompts => "prompt",
+        }
+    }
+
+    /// The notification that says the list changed.
+    pub fn from_list_changed(method: &str) -> &'static [Kind] {
+        match method {
+            "notifications/tools/list_changed" => &[Kind::Tools],
+            "notifications/resources/list_changed" => &[Kind::Resources, Kind::ResourceTemplates],
+            "notifications/prompts/list_changed" => &[Kind::Prompts],
+            _ => &[],
+        }
+    }
+}
+
+/// Bounds of one server's tool list (`[mcp_servers]` `max_tool_list_bytes`, `max_tools`),
+/// and of each of its other lists alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Sum of the tools' JSON sizes.
@@ -35,39 +116,63 @@ pub struct Limits {
     pub max_tools: usize,
 }
 
-/// The pages of one listing gathered so far.
-#[derive(Debug, Default, PartialEq)]
+/// The pages of one listing gathered so far (of tools unless made with [`Listing::new`]).
+#[derive(Debug, PartialEq)]
 pub struct Listing {
+    kind: Kind,
     tools: Vec<Value>,
     bytes: usize,
     values: usize,
     pages: usize,
 }
 
+impl Default for Listing {
+    fn default() -> Self {
+        Listing::new(Kind::Tools)
+    }
+}
+
 impl Listing {
-    /// Adds a page's tools.
+    /// An empty listing of `kind`.
+    pub fn new(kind: Kind) -> Listing {
+        Listing {
+            kind,
+            tools: Vec::new(),
+            bytes: 0,
+            values: 0,
+            pages: 0,
+        }
+    }
+
+    /// What it lists.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Adds a page's items.
     ///
     /// # Errors
     /// Why the listing is over its bounds; the page was not added.
     pub fn add_page(&mut self, page: Vec<Value>, limits: Limits) -> Result<(), String> {
+        let noun = self.kind.noun();
         let pages = self.pages + 1;
         if pages > limits.max_tools {
             return Err(format!(
-                "tool list of more than {} pages (mcp_servers.max_tools)",
+                "{noun} list of more than {} pages (mcp_servers.max_tools)",
                 limits.max_tools
             ));
         }
         let count = self.tools.len() + page.len();
         if count > limits.max_tools {
             return Err(format!(
-                "more than {} tools listed (mcp_servers.max_tools): {count} after {pages} pages",
+                "more than {} {noun}s listed (mcp_servers.max_tools): {count} after {pages} pages",
                 limits.max_tools
             ));
         }
         let bytes = self.bytes + page.iter().map(json_size).sum::<usize>();
         if bytes > limits.max_bytes {
             return Err(format!(
-                "tool list larger than {} bytes (mcp_servers.max_tool_list_bytes): {bytes} bytes of {count} tools after {pages} pages",
+                "{noun} list larger than {} bytes (mcp_servers.max_tool_list_bytes): {bytes} bytes of {count} {noun}s after {pages} pages",
                 limits.max_bytes
             ));
         }
@@ -75,7 +180,7 @@ impl Listing {
         let max_values = limits.max_bytes / BYTES_PER_VALUE;
         if values > max_values {
             return Err(format!(
-                "tool list of more than {max_values} JSON values (one per {BYTES_PER_VALUE} bytes of mcp_servers.max_tool_list_bytes): {values} in {count} tools after {pages} pages"
+                "{noun} list of more than {max_values} JSON values (one per {BYTES_PER_VALUE} bytes of mcp_servers.max_tool_list_bytes): {values} in {count} {noun}s after {pages} pages"
             ));
         }
         self.tools.extend(page);
@@ -99,8 +204,13 @@ impl Listing {
 /// Takes a page's `tools` out of a `tools/list` result (moved, not copied: a page may hold
 /// megabytes). Anything but an array is no tools.
 pub fn take_page(result: &mut Value) -> Vec<Value> {
-    match result.get_mut("tools").map(Value::take) {
-        Some(Value::Array(tools)) => tools,
+    take_items(result, Kind::Tools)
+}
+
+/// Takes a page's items of `kind` out of its listing's result, as [`take_page`] does.
+pub fn take_items(result: &mut Value, kind: Kind) -> Vec<Value> {
+    match result.get_mut(kind.field()).map(Value::take) {
+        Some(Value::Array(items)) => items,
         _ => Vec::new(),
     }
 }
@@ -184,6 +294,11 @@ impl Relist {
         } else {
             Next::Nothing
         }
+    }
+
+    /// Whether a listing is in flight.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
     }
 
     /// The timer from [`Next::WaitUntil`] fired.
@@ -381,5 +496,31 @@ mod tests {
         // A minute later the burst is forgotten.
         assert!(!f.hit(t0 + Duration::from_secs(200), 100));
         assert_eq!(f.len(), 1);
+    }
+
+    #[test]
+    fn other_lists_have_the_tool_lists_bounds_and_say_what_they_list() {
+        let mut page = json!({"resourceTemplates": [{"uriTemplate": "x://{n}"}], "tools": [1]});
+        let items = take_items(&mut page, Kind::ResourceTemplates);
+        assert_eq!(items.len(), 1);
+        assert_eq!(page["tools"], json!([1]), "only the kind's field is taken");
+        let mut l = Listing::new(Kind::Prompts);
+        let five: Vec<Value> = (0..5).map(|i| json!({"name": format!("p{i}")})).collect();
+        let e = l.add_page(five, L).expect_err("too many");
+        assert!(
+            e.contains("more than 4 prompts listed (mcp_servers.max_tools)"),
+            "{e}"
+        );
+        let mut l = Listing::new(Kind::Resources);
+        let big = json!({"uri": "x://1", "description": "d".repeat(2000)});
+        let e = l.add_page(vec![big], L).expect_err("too big");
+        assert!(e.starts_with("resource list larger than 1000 bytes"), "{e}");
+        assert_eq!(
+            Kind::from_list_changed("notifications/resources/list_changed"),
+            [Kind::Resources, Kind::ResourceTemplates]
+        );
+        assert!(Kind::from_list_changed("notifications/other").is_empty());
+        assert_eq!(Kind::ResourceTemplates.method(), "resources/templates/list");
+        assert_eq!(Kind::ResourceTemplates.capability(), "resources");
     }
 }

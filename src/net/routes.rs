@@ -359,6 +359,8 @@ mod tests {
             ("PUT", "/api/v1/config") => r#"{"daemon":{"log_level":"info"}}"#,
             ("POST", "/api/v1/mcp/servers") => r#"{"id":"x","command":"true"}"#,
             ("POST", "/api/v1/mcp/servers/{id}/tools/call") => r#"{"name":"t"}"#,
+            ("POST", "/api/v1/mcp/servers/{id}/resources/read") => r#"{"uri":"x://y"}"#,
+            ("POST", "/api/v1/mcp/servers/{id}/prompts/get") => r#"{"name":"p"}"#,
             ("POST", "/api/v1/capabilities/acquire") => r#"{"capability_type":"time"}"#,
             ("POST", "/api/v1/vsm/systems/{id}/action") => r#"{"action":"audit"}"#,
             ("POST", "/api/v1/consciousness/query") => r#"{"about":"server","id":"x"}"#,

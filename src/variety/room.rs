@@ -799,6 +799,9 @@ mod tests {
             allow_capabilities: &[],
             tools,
             tools_version: version,
+            resources: &[],
+            resource_templates: &[],
+            prompts: &[],
         }
     }
 

@@ -359,7 +359,7 @@ impl Mcp {
                     f64::from(self.settings.config.stderr_lines_per_second) * 5.0,
                     Instant::now(),
                 );
-                let init = server.session.begin_run();
+                let init = server.session.begin_run(Instant::now());
                 arm(
                     cx,
                     server,
@@ -540,6 +540,10 @@ impl Mcp {
                     return;
                 };
                 let effects = server.session.on_relist_timer(context);
+                self.apply(cx, &id, effects, out);
+            }
+            TimerKind::Probe => {
+                let effects = server.session.on_probe_deadline();
                 self.apply(cx, &id, effects, out);
             }
             TimerKind::Trial => {}

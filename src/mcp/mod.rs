@@ -81,6 +81,8 @@ enum TimerKind {
     /// Stdout closed: the grace for the exit to arrive is over.
     StdoutClosed,
     Relist,
+    /// The `server/discover` probe's deadline.
+    Probe,
     Call(u64),
     /// A sandbox trial's deadline (see `trial`; not tied to a run).
     Trial,

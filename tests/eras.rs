@@ -44,7 +44,12 @@ fn register(d: &Daemon, id: &str, command: &[&str]) {
     let mut args = vec!["--json", "mcp", "register", id, "--"];
     args.extend_from_slice(command);
     let out = d.cli(&args);
-    assert_eq!(out.status.code(), Some(0), "register {id}: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "register {id}: {}",
+        stderr(&out)
+    );
 }
 
 fn register_fixture(d: &Daemon, id: &str, flags: &[&str]) {
@@ -154,10 +159,8 @@ fn a_modern_server_is_probed_and_served_statelessly_without_ping() {
     let bad: Vec<&Value> = recs
         .iter()
         .filter(|e| {
-            matches!(
-                e["event"].as_str(),
-                Some("no_meta" | "initialize" | "ping")
-            ) || (e["event"] == "request" && e["version"] != MODERN)
+            matches!(e["event"].as_str(), Some("no_meta" | "initialize" | "ping"))
+                || (e["event"] == "request" && e["version"] != MODERN)
         })
         .collect();
     assert!(

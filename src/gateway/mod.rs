@@ -18,6 +18,7 @@
 //! call is answered exactly once (the MCP room answers every request it takes).
 
 pub mod catalog;
+pub mod modern;
 pub mod stdio;
 
 use crate::api::{Answer, ConnId, DaemonRequest, ErrorCode, McpRequest, ReplyTo, Request};
@@ -110,6 +111,8 @@ struct Pending {
     /// Whether it went to one of the daemon's own tools (the answer is a status document,
     /// not a tool result).
     own: bool,
+    /// Whether it came as a 2026-07-28 request (the result says `resultType`).
+    modern: bool,
 }
 
 /// The `/mcp` endpoint.
@@ -128,6 +131,8 @@ pub struct Gateway {
     catalog: Catalog,
     pending: HashMap<u64, Pending>,
     next_tag: u64,
+    /// Open `subscriptions/listen` streams (2026-07-28, see [`modern`]).
+    listeners: Vec<modern::Listener>,
 }
 
 /// Why a message is refused before it is handled: HTTP status, JSON-RPC code, message.
@@ -147,6 +152,7 @@ impl Gateway {
             catalog,
             pending: HashMap::new(),
             next_tag: 1,
+            listeners: Vec::new(),
         }
     }
 
@@ -163,6 +169,7 @@ impl Gateway {
                 s.stream = None;
             }
         }
+        self.listeners.retain(|l| open(l.conn));
     }
 
     fn rebuild(&mut self, cx: &mut RoomCx<'_, Self>) {
@@ -187,6 +194,7 @@ impl Gateway {
                 });
             }
         }
+        self.notify_listeners(cx);
     }
 
     /// Ends sessions idle for longer than `gateway.session_idle_ms` (a session with an open
@@ -329,6 +337,9 @@ impl Gateway {
             };
             return refuse(cx, reply, (400, code::INVALID_REQUEST, m.into()));
         };
+        if modern::is_modern(request, map) {
+            return self.modern(cx, request, reply, map);
+        }
         let id = map.get("id").cloned();
         let Some(method) = map.get("method").and_then(Value::as_str) else {
             if map.contains_key("result") || map.contains_key("error") {
@@ -513,7 +524,16 @@ impl Gateway {
         };
         let tag = self.next_tag;
         self.next_tag += 1;
-        self.pending.insert(tag, Pending { reply, id, own });
+        let modern = false;
+        self.pending.insert(
+            tag,
+            Pending {
+                reply,
+                id,
+                own,
+                modern,
+            },
+        );
         cx.ask(tag, request);
     }
 }
@@ -577,11 +597,14 @@ impl Room for Gateway {
             log::warn!("/mcp: an answer for call {tag}, which is not waiting");
             return;
         };
-        let result = if p.own {
+        let mut result = if p.own {
             own_result(answer)
         } else {
             tool_result(answer)
         };
+        if p.modern {
+            result = self.modern_result(result);
+        }
         cx.emit(Output::Http {
             reply: p.reply,
             response: rpc_response(&p.id, result),

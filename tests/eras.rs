@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 const MODERN: &str = "2026-07-28";
 const PV: &str = "io.modelcontextprotocol/protocolVersion";
@@ -215,4 +214,441 @@ fn legacy_servers_fall_back_to_initialize_even_when_the_probe_is_ignored() {
         |v| v["ping"]["samples"].as_u64().is_some_and(|n| n >= 1),
         |v| format!("{v:#}"),
     );
+}
+
+/// One POST to `/mcp` on its own connection: status, head, body.
+fn post(d: &Daemon, headers: &[(&str, &str)], body: &str) -> (u16, String, Value) {
+    let addr = d.http.expect("TCP listener");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let (status, head, body) = split_response(&out);
+    (
+        status,
+        head,
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    )
+}
+
+/// A 2026-07-28 request body: `_meta` with `version` (and the client capabilities unless
+/// `caps` is false) merged into `params`.
+fn modern_body(id: u64, method: &str, mut params: Value, version: &str, caps: bool) -> String {
+    let mut meta =
+        json!({PV: version, "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"}});
+    if caps {
+        meta[CAPS] = json!({});
+    }
+    params["_meta"] = meta;
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()
+}
+
+/// The headers a 2026-07-28 client sends for `method` (and `name`).
+fn modern_headers<'a>(
+    bearer: &'a str,
+    version: &'a str,
+    method: &'a str,
+    name: Option<&'a str>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut h = vec![
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Authorization", bearer),
+        ("MCP-Protocol-Version", version),
+        ("Mcp-Method", method),
+    ];
+    if let Some(n) = name {
+        h.push(("Mcp-Name", n));
+    }
+    h
+}
+
+fn error_of(v: &Value) -> (i64, String) {
+    (
+        v["error"]["code"].as_i64().unwrap_or(0),
+        v["error"]["message"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// Reads SSE `data:` lines from `reader` until one holds a message that `want` accepts.
+fn next_event(
+    reader: &mut BufReader<TcpStream>,
+    what: &str,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
+        assert!(n > 0, "the stream ended before {what}");
+        if let Some(data) = line.strip_prefix("data:") {
+            let v: Value = serde_json::from_str(data.trim()).expect("SSE data is JSON");
+            if want(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+#[test]
+fn mcp_speaks_2026_07_28_statelessly_and_refuses_with_each_code() {
+    let d = Daemon::start_with(setup());
+    register_fixture(&d, "fx", &["--modern"]);
+    wait_active(&d, "fx");
+    let bearer = d.bearer();
+    let b = bearer.as_str();
+
+    // server/discover: no session, our versions, cache hints, our identity.
+    let body = modern_body(1, "server/discover", json!({}), MODERN, true);
+    let (status, head, v) = post(
+        &d,
+        &modern_headers(b, MODERN, "server/discover", None),
+        &body,
+    );
+    assert_eq!(status, 200, "{head}{v}");
+    assert!(
+        !head.to_ascii_lowercase().contains("mcp-session-id"),
+        "{head}"
+    );
+    let r = &v["result"];
+    assert_eq!(r["resultType"], "complete", "{v}");
+    assert_eq!(r["supportedVersions"][0], MODERN, "{v}");
+    assert!(r["supportedVersions"]
+        .as_array()
+        .is_some_and(|a| a.contains(&json!("2025-11-25"))));
+    assert_eq!(r["capabilities"]["tools"]["listChanged"], true);
+    assert_eq!(
+        r["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "vsm-daemon"
+    );
+    assert_eq!(
+        (r["ttlMs"].as_u64(), r["cacheScope"].as_str()),
+        (Some(5000), Some("private"))
+    );
+
+    // tools/list with ttlMs.
+    let body = modern_body(2, "tools/list", json!({}), MODERN, true);
+    let (status, _, v) = post(&d, &modern_headers(b, MODERN, "tools/list", None), &body);
+    assert_eq!(status, 200, "{v}");
+    let names: Vec<&str> = v["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"fx__echo") && names.contains(&"fx__ask"),
+        "{names:?}"
+    );
+    assert_eq!(v["result"]["ttlMs"], 5000);
+    assert_eq!(v["result"]["resultType"], "complete");
+
+    // tools/call, with Mcp-Name plain and base64-encoded.
+    let call = |id: u64, name: &str, args: Value| {
+        modern_body(
+            id,
+            "tools/call",
+            json!({"name": name, "arguments": args}),
+            MODERN,
+            true,
+        )
+    };
+    for mcp_name in ["fx__echo", "=?base64?ZnhfX2VjaG8=?="] {
+        let body = call(3, "fx__echo", json!({"message": "no session"}));
+        let (status, _, v) = post(
+            &d,
+            &modern_headers(b, MODERN, "tools/call", Some(mcp_name)),
+            &body,
+        );
+        assert_eq!(status, 200, "{mcp_name}: {v}");
+        assert_eq!(v["result"]["content"][0]["text"], "no session", "{v}");
+        assert_eq!(v["result"]["resultType"], "complete", "{v}");
+        assert_eq!(v["id"], 3);
+    }
+    // input_required from the server reaches the client as a tool error saying so.
+    let body = call(4, "fx__ask", json!({}));
+    let (status, _, v) = post(
+        &d,
+        &modern_headers(b, MODERN, "tools/call", Some("fx__ask")),
+        &body,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let text = v["result"]["content"][0]["text"].as_str().unwrap_or("");
+    assert!(
+        text.contains("input_required") && text.contains("What is your name?"),
+        "{v}"
+    );
+
+    // The refusals, each with its status and code.
+    let echo = call(5, "fx__echo", json!({"message": "x"}));
+    let cases: Vec<(&str, Vec<(&str, &str)>, String, u16, i64)> = vec![
+        (
+            "header version differs from _meta",
+            modern_headers(b, "2025-11-25", "tools/call", Some("fx__echo")),
+            echo.clone(),
+            400,
+            -32020,
+        ),
+        (
+            "Mcp-Method differs from the body",
+            modern_headers(b, MODERN, "tools/list", Some("fx__echo")),
+            echo.clone(),
+            400,
+            -32020,
+        ),
+        (
+            "Mcp-Name differs from the body",
+            modern_headers(b, MODERN, "tools/call", Some("fx__sum")),
+            echo.clone(),
+            400,
+            -32020,
+        ),
+        (
+            "Mcp-Name missing",
+            modern_headers(b, MODERN, "tools/call", None),
+            echo.clone(),
+            400,
+            -32020,
+        ),
+        (
+            "MCP-Protocol-Version missing",
+            modern_headers(b, MODERN, "tools/call", Some("fx__echo"))
+                .into_iter()
+                .filter(|(k, _)| *k != "MCP-Protocol-Version")
+                .collect(),
+            echo.clone(),
+            400,
+            -32020,
+        ),
+        (
+            "a version we do not speak",
+            modern_headers(b, "2099-01-01", "tools/list", None),
+            modern_body(6, "tools/list", json!({}), "2099-01-01", true),
+            400,
+            -32022,
+        ),
+        (
+            "_meta without client capabilities",
+            modern_headers(b, MODERN, "tools/list", None),
+            modern_body(7, "tools/list", json!({}), MODERN, false),
+            400,
+            -32602,
+        ),
+        (
+            "a method not offered",
+            modern_headers(b, MODERN, "ping", None),
+            modern_body(8, "ping", json!({}), MODERN, true),
+            404,
+            -32601,
+        ),
+    ];
+    for (what, headers, body, want_status, want_code) in cases {
+        let (status, head, v) = post(&d, &headers, &body);
+        assert_eq!(
+            (status, error_of(&v).0),
+            (want_status, want_code),
+            "{what}: {head}{v}"
+        );
+        if want_code == -32022 {
+            assert_eq!(v["error"]["data"]["requested"], "2099-01-01", "{v}");
+            assert!(
+                v["error"]["data"]["supported"]
+                    .as_array()
+                    .is_some_and(|s| s.contains(&json!(MODERN))),
+                "{v}"
+            );
+        }
+    }
+    // The access layer still applies: no token, a foreign Origin.
+    let body = modern_body(9, "tools/list", json!({}), MODERN, true);
+    let mut no_token = modern_headers(b, MODERN, "tools/list", None);
+    no_token.retain(|(k, _)| *k != "Authorization");
+    assert_eq!(post(&d, &no_token, &body).0, 401);
+    let mut evil = modern_headers(b, MODERN, "tools/list", None);
+    evil.push(("Origin", "http://evil.example"));
+    assert_eq!(post(&d, &evil, &body).0, 403);
+
+    // subscriptions/listen: acknowledged, then list_changed with the subscription id.
+    let addr = d.http.expect("TCP listener");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let body = modern_body(
+        42,
+        "subscriptions/listen",
+        json!({"notifications": {"toolsListChanged": true, "promptsListChanged": true}}),
+        MODERN,
+        true,
+    );
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in modern_headers(b, MODERN, "subscriptions/listen", None) {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes()).expect("write");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let ack = next_event(&mut reader, "the acknowledgement", |m| {
+        m["method"] == "notifications/subscriptions/acknowledged"
+    });
+    assert_eq!(
+        ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 42,
+        "{ack}"
+    );
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"toolsListChanged": true}),
+        "only what is honoured: {ack}"
+    );
+    // A new server's tools change the list.
+    register_fixture(&d, "more", &[]);
+    let changed = next_event(&mut reader, "list_changed", |m| {
+        m["method"] == "notifications/tools/list_changed"
+    });
+    assert_eq!(
+        changed["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 42,
+        "{changed}"
+    );
+    drop(reader);
+    drop(s);
+
+    // A 2025-11-25 session works beside it, as before.
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"old","version":"0"}}}"#;
+    let legacy = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Authorization", b),
+    ];
+    let (status, head, v) = post(&d, &legacy, init);
+    assert_eq!(
+        (status, &v["result"]["protocolVersion"]),
+        (200, &json!("2025-11-25")),
+        "{v}"
+    );
+    let session = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("mcp-session-id")
+                .then(|| v.trim().to_string())
+        })
+        .expect("a session id");
+    let mut with_session = legacy.to_vec();
+    with_session.push(("Mcp-Session-Id", &session));
+    with_session.push(("MCP-Protocol-Version", "2025-11-25"));
+    let (status, _, v) = post(
+        &d,
+        &with_session,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["result"].get("ttlMs").is_none(),
+        "no cache hints in the session era: {v}"
+    );
+    assert!(
+        v["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty()),
+        "{v}"
+    );
+}
+
+/// The official Python SDK client in its 2026-07-28 mode: probes, stays stateless, lists and
+/// calls tools of a modern fixture and of mcp-server-time (itself modern on stdio), and hears
+/// a list change on `subscriptions/listen`.
+#[test]
+fn the_python_sdk_client_speaks_2026_07_28_to_mcp() {
+    let time = peers().join("venv-time/bin/mcp-server-time");
+    let time = time.display().to_string();
+    let d = Daemon::start_with(setup());
+    register_fixture(&d, "fx", &["--modern"]);
+    register(&d, "time", &[&time, "--local-timezone", "UTC"]);
+    for id in ["fx", "time"] {
+        let v = wait_active(&d, id);
+        assert_eq!(v["era"], "modern", "{id}: {v:#}");
+    }
+    let url = format!("http://{}/mcp", d.http.expect("TCP listener"));
+    let mut command = std::process::Command::new(peers().join("venv-time/bin/python"));
+    command
+        .arg(format!(
+            "{}/tests/fixtures/gateway_modern_client.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(&url)
+        .arg(&d.token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    let mut child = command.spawn().expect("the venv's python");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut next = |what: &str| -> Value {
+        let line = lines
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("the SDK client said nothing about {what}"));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{what}: {e}: {line}"))
+    };
+    let hello = next("connecting");
+    assert_eq!(hello["version"], MODERN, "{hello}");
+    assert_eq!(hello["server"], "vsm-daemon", "{hello}");
+    assert_eq!(hello["tools_list_changed"], true, "{hello}");
+    let mut send = |cmd: Value, next: &mut dyn FnMut(&str) -> Value| -> Value {
+        writeln!(stdin, "{cmd}").expect("write");
+        next(&cmd.to_string())
+    };
+    let tools = send(json!({"op": "list"}), &mut next);
+    let names: Vec<&str> = tools["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{tools}"))
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"fx__echo") && names.contains(&"time__get_current_time"),
+        "{names:?}"
+    );
+    let r = send(
+        json!({"op": "call", "name": "time__get_current_time", "arguments": {"timezone": "UTC"}}),
+        &mut next,
+    );
+    assert_eq!(r["result"]["structuredContent"]["timezone"], "UTC", "{r}");
+    let r = send(
+        json!({"op": "call", "name": "fx__echo", "arguments": {"message": "from the SDK"}}),
+        &mut next,
+    );
+    assert_eq!(r["result"]["content"][0]["text"], "from the SDK", "{r}");
+    let r = send(json!({"op": "listen"}), &mut next);
+    assert_eq!(r["listening"], true, "{r}");
+    register_fixture(&d, "later", &[]);
+    let r = next("a tool list change on the listen stream");
+    assert!(r.get("changed").is_some(), "{r}");
+    let _ = writeln!(stdin, "{}", json!({"op": "close"}));
+    let _ = child.kill();
+    let _ = child.wait();
 }

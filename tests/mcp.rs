@@ -298,6 +298,20 @@ fn real_servers_time_everything_and_memory_answer_tool_calls() {
     for id in ["time", "everything", "memory"] {
         wait_status(&d, id, "active");
     }
+    // The probe tells the eras apart: the time server speaks 2026-07-28, the Node ones
+    // refuse server/discover as an unknown method and get the handshake.
+    for (id, era, version) in [
+        ("time", "modern", "2026-07-28"),
+        ("everything", "legacy", "2025-11-25"),
+        ("memory", "legacy", "2025-11-25"),
+    ] {
+        let v = details(&d, id);
+        assert_eq!(
+            (&v["era"], &v["protocol_version"]),
+            (&json!(era), &json!(version)),
+            "{id}: {v:#}"
+        );
+    }
 
     // time
     let r = call_ok(&d, "time", "get_current_time", json!({"timezone": "UTC"}));

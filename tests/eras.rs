@@ -273,6 +273,9 @@ fn modern_headers<'a>(
     h
 }
 
+/// A refusal case: what, the request's headers and body, the status and code it gets.
+type Refusal<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u16, i64);
+
 fn error_of(v: &Value) -> (i64, String) {
     (
         v["error"]["code"].as_i64().unwrap_or(0),
@@ -394,7 +397,7 @@ fn mcp_speaks_2026_07_28_statelessly_and_refuses_with_each_code() {
 
     // The refusals, each with its status and code.
     let echo = call(5, "fx__echo", json!({"message": "x"}));
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u16, i64)> = vec![
+    let cases: Vec<Refusal> = vec![
         (
             "header version differs from _meta",
             modern_headers(b, "2025-11-25", "tools/call", Some("fx__echo")),

@@ -106,7 +106,13 @@ fn a_modern_server_is_probed_and_served_statelessly_without_ping() {
     assert_eq!(v["protocol_version"], MODERN);
     assert_eq!(v["server_info"]["name"], "vsm-fixture");
     assert_eq!(v["instructions"], "fixture for tests (2026-07-28)");
-    // `mcp show` says it too.
+    // `mcp list` and `mcp show` say it too.
+    let (code, list) = d.cli_json(&["mcp", "list"]);
+    assert_eq!(
+        (code, &list["servers"][0]["era"]),
+        (0, &json!("modern")),
+        "{list:#}"
+    );
     let out = d.cli(&["mcp", "show", "modern"]);
     assert!(
         stdout(&out).contains("protocol   2026-07-28 (modern era)"),

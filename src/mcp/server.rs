@@ -380,6 +380,7 @@ impl Server {
             "tools": self.session.tools.len(),
             "capabilities": self.spec.capabilities,
             "source": self.source.as_str(),
+            "era": self.session.era.map(|e| e.as_str()),
         })
     }
 
@@ -396,7 +397,6 @@ impl Server {
             .collect();
         let session = &self.session;
         v["protocol_version"] = json!(session.protocol_version);
-        v["era"] = json!(session.era.map(|e| e.as_str()));
         v["server_info"] = session.server_info.clone();
         v["server_capabilities"] = session.server_capabilities.clone();
         v["instructions"] = json!(session.instructions);

@@ -661,3 +661,47 @@ fn the_python_sdk_client_speaks_2026_07_28_to_mcp() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A legacy server that exits on an unknown request dies on the probe once; its next run
+/// starts with `initialize` and serves (the era remembered across restarts, as the
+/// specification allows), instead of a crash loop.
+#[test]
+fn a_server_that_dies_on_the_probe_is_restarted_with_initialize_first() {
+    let d = Daemon::start_with(setup());
+    let dir = TempDir::new("fragile-rec");
+    let rec = dir.path().join("rec");
+    let rec_s = rec.display().to_string();
+    let script = fixture();
+    let out = d.cli(&[
+        "--json",
+        "mcp",
+        "register",
+        "fragile",
+        "--backoff-initial-ms",
+        "100",
+        "--",
+        "python3",
+        &script,
+        "--exit-on-unknown",
+        "4",
+        "--record",
+        &rec_s,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = wait_active(&d, "fragile");
+    assert_eq!(v["era"], "legacy", "{v:#}");
+    assert_eq!(v["restarts"], 1, "one failed start: {v:#}");
+    let recs = records(&rec);
+    let events: Vec<&str> = recs.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(
+        events,
+        ["exit_on_unknown", "initialize", "initialized", "tools_list"],
+        "{recs:#?}"
+    );
+    assert_eq!(recs[0]["method"], "server/discover");
+    let (code, r) = call(&d, "fragile", "echo", json!({"message": "up"}));
+    assert_eq!(
+        (code, &r["result"]["content"][0]["text"]),
+        (0, &json!("up"))
+    );
+}

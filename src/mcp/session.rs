@@ -174,6 +174,10 @@ pub struct Session<R, T> {
     pub era: Option<Era>,
     /// Whether this run probed again after `initialize` was refused as a modern server does.
     reprobed: bool,
+    /// Whether runs start with `initialize` instead of the probe: a run ended while its probe
+    /// was unanswered (a legacy server that dies on an unknown request). Kept while runs
+    /// stay legacy; a modern server refusing `initialize` probes again ([`Session::reprobed`]).
+    pub skip_probe: bool,
     /// The `ttlMs` of the last complete listing (modern servers; the smallest of its pages).
     pub list_ttl_ms: Option<u64>,
     /// The smallest `ttlMs` of the pages of the listing in flight.
@@ -265,6 +269,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
             protocol_version: None,
             era: None,
             reprobed: false,
+            skip_probe: false,
             list_ttl_ms: None,
             listing_ttl_ms: None,
             fresh_until: None,
@@ -306,8 +311,12 @@ impl<R: Copy, T: Copy> Session<R, T> {
         self.fresh_until = None;
         self.listing_ttl_ms = None;
         let mut out = Vec::new();
-        self.probe(&mut out);
-        out.push(Effect::ProbeAt(now + PROBE_TIMEOUT));
+        if self.skip_probe {
+            self.send_initialize(&mut out);
+        } else {
+            self.probe(&mut out);
+            out.push(Effect::ProbeAt(now + PROBE_TIMEOUT));
+        }
         out
     }
 
@@ -1017,6 +1026,17 @@ impl<R: Copy, T: Copy> Session<R, T> {
     /// `server_exited` error.
     pub fn end_run(&mut self, reason: &str, now: Instant) -> Effects<R, T> {
         let mut out = Vec::new();
+        self.skip_probe = match self.era {
+            Some(Era::Legacy) => self.skip_probe,
+            Some(Era::Modern) => false,
+            None => self.discover_pending() && !self.initialize_pending(),
+        };
+        if self.skip_probe && self.era.is_none() {
+            log::info!(
+                "MCP server {}: its run ended during the server/discover probe; the next starts with initialize",
+                self.id
+            );
+        }
         for (_, p) in self.pending.drain() {
             if let Pending::Call {
                 reply,
@@ -1716,6 +1736,34 @@ mod tests {
         assert_eq!(sent(&e).len(), 1);
         let (e, _) = call_echo(&mut s, now + TTL_CEILING);
         assert_eq!(sent(&e).len(), 2);
+    }
+
+    #[test]
+    fn a_server_that_dies_on_the_probe_gets_initialize_first_while_it_stays_legacy() {
+        let now = Instant::now();
+        let mut s = S::new("t");
+        s.begin_run(now);
+        s.end_run("exited with code 1", now);
+        assert!(s.skip_probe);
+        let first = sent(&s.begin_run(now));
+        assert_eq!(first[0]["method"], "initialize");
+        let id = first[0]["id"].clone();
+        let ok = json!({"jsonrpc": "2.0", "id": id, "result": {"protocolVersion": "2025-11-25"}});
+        feed(&mut s, &line(ok), Status::Starting, now);
+        assert_eq!(s.era, Some(Era::Legacy));
+        s.end_run("exited with code 1", now);
+        assert!(s.skip_probe, "still legacy: no probe");
+        // A modern server behind it refuses initialize with -32022: probed again, modern,
+        // and the next run probes first.
+        let first = sent(&s.begin_run(now));
+        let refused = json!({"jsonrpc": "2.0", "id": first[0]["id"], "error": {"code": -32022, "message": "modern only"}});
+        let probe = sent(&feed(&mut s, &line(refused), Status::Starting, now));
+        assert_eq!(probe[0]["method"], "server/discover");
+        let found = json!({"jsonrpc": "2.0", "id": probe[0]["id"], "result": {"supportedVersions": ["2026-07-28"]}});
+        feed(&mut s, &line(found), Status::Starting, now);
+        s.end_run("exited", now);
+        assert!(!s.skip_probe);
+        assert_eq!(sent(&s.begin_run(now))[0]["method"], "server/discover");
     }
 
     #[test]

@@ -359,7 +359,8 @@ impl Mcp {
                     f64::from(self.settings.config.stderr_lines_per_second) * 5.0,
                     Instant::now(),
                 );
-                let init = server.session.begin_run(Instant::now());
+                let probe = (init_timeout / 2).min(session::PROBE_TIMEOUT);
+                let init = server.session.begin_run(Instant::now(), probe);
                 arm(
                     cx,
                     server,

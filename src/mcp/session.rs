@@ -41,8 +41,9 @@ pub const PERSISTENT_PROTOCOL_ERRORS: usize = 50;
 /// Longest free text kept from a notification (progress messages, log data).
 pub const NOTE_MAX: usize = 1024;
 /// How long the `server/discover` probe may go unanswered before `initialize` follows it (a
-/// legacy server may ignore an unknown request before its handshake). A later answer to
-/// the probe still counts if it comes before the answer to `initialize`.
+/// legacy server may ignore an unknown request before its handshake), at most: half the
+/// start deadline when that is shorter. A later answer to the probe still counts if it
+/// comes before the answer to `initialize`.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The shortest freshness we grant a modern server's tool list (`ttlMs` 0 would otherwise
 /// mean a `tools/list` before every call).
@@ -296,8 +297,8 @@ impl<R: Copy, T: Copy> Session<R, T> {
     }
 
     /// A new run was spawned: forgets the last run's requests and probes its era with
-    /// `server/discover` (with a deadline, [`Effect::ProbeAt`]).
-    pub fn begin_run(&mut self, now: Instant) -> Effects<R, T> {
+    /// `server/discover`, which may go unanswered for `probe_timeout` ([`Effect::ProbeAt`]).
+    pub fn begin_run(&mut self, now: Instant, probe_timeout: Duration) -> Effects<R, T> {
         self.pending.clear();
         self.pending.shrink_to_fit();
         self.initialized = false;
@@ -315,7 +316,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
             self.send_initialize(&mut out);
         } else {
             self.probe(&mut out);
-            out.push(Effect::ProbeAt(now + PROBE_TIMEOUT));
+            out.push(Effect::ProbeAt(now + probe_timeout));
         }
         out
     }
@@ -364,9 +365,8 @@ impl<R: Copy, T: Copy> Session<R, T> {
         }
         if probing {
             log::debug!(
-                "MCP server {}: no answer to server/discover within {} ms; trying initialize",
-                self.id,
-                PROBE_TIMEOUT.as_millis()
+                "MCP server {}: no answer to server/discover in time; trying initialize",
+                self.id
             );
             self.send_initialize(&mut out);
         }
@@ -1180,7 +1180,7 @@ mod tests {
     /// A new run of a legacy server: the probe (id 1) is refused as an unknown method and
     /// `initialize` (id 2) follows.
     fn begin_legacy(s: &mut S, now: Instant) {
-        let e = s.begin_run(now);
+        let e = s.begin_run(now, PROBE_TIMEOUT);
         let probe = sent(&e);
         assert_eq!(probe[0]["method"], "server/discover");
         assert_eq!(
@@ -1557,7 +1557,7 @@ mod tests {
             assert_eq!(ends, n > PERSISTENT_PROTOCOL_ERRORS, "error {n}: {e:?}");
         }
         // A new run forgets the flood, not the count.
-        s.begin_run(now);
+        s.begin_run(now, PROBE_TIMEOUT);
         let e = feed(&mut s, b"nope\n", Status::Starting, now);
         assert!(matches!(e[..], [Effect::ProtocolError(_)]), "{e:?}");
         assert_eq!(s.protocol_errors, PERSISTENT_PROTOCOL_ERRORS as u64 + 2);
@@ -1575,7 +1575,7 @@ mod tests {
     fn modern(list_changed: bool, ttl_ms: u64) -> (S, Instant) {
         let now = Instant::now();
         let mut s = S::new("m");
-        let probe = sent(&s.begin_run(now));
+        let probe = sent(&s.begin_run(now, PROBE_TIMEOUT));
         let discover = json!({"jsonrpc": "2.0", "id": probe[0]["id"], "result": {
             "resultType": "complete", "supportedVersions": ["2026-07-28"],
             "capabilities": {"tools": {"listChanged": list_changed}},
@@ -1742,10 +1742,10 @@ mod tests {
     fn a_server_that_dies_on_the_probe_gets_initialize_first_while_it_stays_legacy() {
         let now = Instant::now();
         let mut s = S::new("t");
-        s.begin_run(now);
+        s.begin_run(now, PROBE_TIMEOUT);
         s.end_run("exited with code 1", now);
         assert!(s.skip_probe);
-        let first = sent(&s.begin_run(now));
+        let first = sent(&s.begin_run(now, PROBE_TIMEOUT));
         assert_eq!(first[0]["method"], "initialize");
         let id = first[0]["id"].clone();
         let ok = json!({"jsonrpc": "2.0", "id": id, "result": {"protocolVersion": "2025-11-25"}});
@@ -1755,7 +1755,7 @@ mod tests {
         assert!(s.skip_probe, "still legacy: no probe");
         // A modern server behind it refuses initialize with -32022: probed again, modern,
         // and the next run probes first.
-        let first = sent(&s.begin_run(now));
+        let first = sent(&s.begin_run(now, PROBE_TIMEOUT));
         let refused = json!({"jsonrpc": "2.0", "id": first[0]["id"], "error": {"code": -32022, "message": "modern only"}});
         let probe = sent(&feed(&mut s, &line(refused), Status::Starting, now));
         assert_eq!(probe[0]["method"], "server/discover");
@@ -1763,7 +1763,10 @@ mod tests {
         feed(&mut s, &line(found), Status::Starting, now);
         s.end_run("exited", now);
         assert!(!s.skip_probe);
-        assert_eq!(sent(&s.begin_run(now))[0]["method"], "server/discover");
+        assert_eq!(
+            sent(&s.begin_run(now, PROBE_TIMEOUT))[0]["method"],
+            "server/discover"
+        );
     }
 
     #[test]
@@ -1772,7 +1775,7 @@ mod tests {
         // late probe answer is dropped.
         let now = Instant::now();
         let mut s = S::new("t");
-        s.begin_run(now);
+        s.begin_run(now, PROBE_TIMEOUT);
         let init = sent(&s.on_probe_deadline());
         assert_eq!(
             (init[0]["method"].as_str(), init[0]["id"].as_u64()),
@@ -1794,7 +1797,7 @@ mod tests {
         // A slow modern server: the late DiscoverResult comes first and wins; the refused
         // initialize is dropped.
         let mut s = S::new("t");
-        s.begin_run(now);
+        s.begin_run(now, PROBE_TIMEOUT);
         s.on_probe_deadline();
         let late = json!({"jsonrpc": "2.0", "id": 1, "result": {"supportedVersions": ["2026-07-28"], "capabilities": {}}});
         let e = feed(&mut s, &line(late), Status::Starting, now);
@@ -1809,7 +1812,7 @@ mod tests {
 
         // initialize refused with UnsupportedProtocolVersion once the probe is settled: probe again.
         let mut s = S::new("t");
-        s.begin_run(now);
+        s.begin_run(now, PROBE_TIMEOUT);
         s.on_probe_deadline();
         let odd = json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32601, "message": "?"}});
         assert!(
@@ -1823,7 +1826,7 @@ mod tests {
 
         // A modern server sharing no version with us: the run ends, no fallback.
         let mut s = S::new("t");
-        s.begin_run(now);
+        s.begin_run(now, PROBE_TIMEOUT);
         let disjoint = json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32022,
             "message": "Unsupported protocol version", "data": {"supported": ["2099-01-01"], "requested": "2026-07-28"}}});
         let e = feed(&mut s, &line(disjoint), Status::Starting, now);
@@ -1833,7 +1836,7 @@ mod tests {
         );
         // A DiscoverResult naming no modern version we speak: the handshake is tried.
         let mut s = S::new("t");
-        s.begin_run(now);
+        s.begin_run(now, PROBE_TIMEOUT);
         let other =
             json!({"jsonrpc": "2.0", "id": 1, "result": {"supportedVersions": ["2099-01-01"]}});
         assert_eq!(

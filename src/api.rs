@@ -371,6 +371,21 @@ pub enum McpRequest {
         arguments: Value,
         /// Deadline override.
         timeout_ms: Option<u64>,
+        /// The progress token the server sees for this call (unique among the calls in
+        /// flight; `None`: `SERVER:RPC`). Its progress events carry it, so a caller that set
+        /// it can tell its call's progress apart (`/mcp` does).
+        progress_token: Option<String>,
+    },
+    /// Cancel a call in flight, named by its progress token: the server gets
+    /// `notifications/cancelled` with the request id the daemon used, the call's caller an
+    /// error. Internal (the `/mcp` gateway's; no ops row).
+    Cancel {
+        /// Server id.
+        id: String,
+        /// The call's progress token.
+        progress_token: String,
+        /// Why (passed to the server).
+        reason: String,
     },
 }
 

@@ -256,6 +256,9 @@ section! {
         pub npm_registry_url: String = String::new(),
         /// Base URL of the GitHub REST API; empty = unavailable.
         pub github_api_url: String = String::new(),
+        /// A file whose first line is the GitHub API token sent with the github source's
+        /// requests; empty = unauthenticated.
+        pub github_token_file: String = String::new(),
         /// The operator's curated catalog of servers (TOML); empty = unavailable.
         pub catalog_file: String = String::new(),
         /// How long a source's discovery answer is reused, ms; 0 = never.
@@ -376,6 +379,8 @@ section! {
         pub session_idle_ms: u64 = 1_800_000,
         /// The daemon's own tools offered on `/mcp`.
         pub daemon_tools: Vec<String> = strings(GATEWAY_DAEMON_TOOLS),
+        /// Open `/mcp` event streams get a keep-alive comment this often (milliseconds).
+        pub keepalive_ms: u64 = 15_000,
     }
 }
 
@@ -590,6 +595,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("mcp_servers.registry_url", "base URL of the official MCP registry (API v0.1, GET {url}/v0.1/servers); empty = the registry source is unavailable", Constraint::Any),
     live("mcp_servers.npm_registry_url", "base URL of the npm registry searched with GET {url}/-/v1/search; empty = the registry= line of the npm config files npm reads ($NPM_CONFIG_REGISTRY, ./.npmrc, ~/.npmrc, the global npmrc)", Constraint::Any),
     live("mcp_servers.github_api_url", "base URL of the GitHub REST API (repository search by topic mcp-server); empty = the github source is unavailable", Constraint::Any),
+    live("mcp_servers.github_token_file", "a file whose first line is a GitHub token, sent as Authorization: Bearer with the github source's requests only (read at each discovery run; unauthenticated search allows 10 requests a minute); empty = no token", PATH),
     live("mcp_servers.catalog_file", "the operator's curated list of MCP servers (TOML, at most 1 MiB, [[servers]] entries with package = \"npm:NAME@VERSION\" or \"pypi:NAME==VERSION\"); empty = the catalog source is unavailable", PATH),
     live("mcp_servers.discovery_cache_ttl_ms", "how long a source's discovery answer (per query) is reused from the cache in the state dir, in milliseconds; 0 = always ask", range(0.0, 604_800_000.0)),
     live("mcp_servers.discovery_timeout_ms", "time limit of one discovery source (all its requests together), in milliseconds", range(100.0, 120_000.0)),
@@ -632,6 +638,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("gateway.max_sessions", "open /mcp sessions at once; an initialize beyond it is refused until one ends or expires", range(1.0, 10_000.0)),
     live("gateway.session_idle_ms", "a /mcp session without requests (and without an open GET stream) for this many milliseconds ends", range(1000.0, 86_400_000.0)),
     live("gateway.daemon_tools", "the daemon's own tools offered on /mcp as vsm__TOOL", Constraint::StringList { allowed: Some(GATEWAY_DAEMON_TOOLS), max_items: GATEWAY_DAEMON_TOOLS.len(), max_item_bytes: 32 }),
+    live("gateway.keepalive_ms", "open /mcp event streams (the GET stream, a POST answered as a stream) get a ': keep-alive' comment this often, in milliseconds, so that proxies do not cut them while idle", range(1000.0, 3_600_000.0)),
     live("variety.required", "capabilities the daemon must have: names (\"time\") or tables {capability = \"memory\", weight = 2, severity = \"high\"}; weight above 0 (default 1), severity low, medium (default), high or critical; at most 256, unique", Constraint::RequiredCapabilities),
     live("variety.rules", "keyword rules added to the built-in ones ([[variety.rules]] capability = \"time\", keywords = [\"timezone\"]): a tool whose name or description holds a keyword's words provides the capability; at most 128 rules of 1 to 64 keywords", Constraint::KeywordRules),
     live("variety.auto_acquire", "when a required capability has no provider (a variety_gap_detected event), discover candidates for it and acquire the best-ranked one by itself, one at a time, trying the next-ranked when one fails; decisions record requested_by = auto", Constraint::Bool),

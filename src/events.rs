@@ -238,6 +238,9 @@ pub enum EventData {
         gap_count: usize,
         /// Their capabilities, most severe first.
         gaps: Vec<String>,
+        /// Those of them no registered server could close (their remedy is acquiring one),
+        /// in the same order: what the autonomous cycle may act on.
+        acquirable: Vec<String>,
         /// Required capabilities.
         required_count: usize,
         /// Required capabilities with an active provider.
@@ -271,7 +274,8 @@ pub enum EventData {
         server_id: String,
         /// The tool.
         tool: String,
-        /// `ok`, `tool_error`, `mcp_error`, `timeout` or `server_exited`.
+        /// `ok`, `tool_error`, `mcp_error`, `timeout`, `cancelled` (by its caller: a `/mcp`
+        /// client) or `server_exited`.
         outcome: &'static str,
         /// From the request going out to its end, in milliseconds.
         latency_ms: f64,

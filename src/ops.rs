@@ -811,6 +811,7 @@ fn tool_call_request(a: Args) -> Result<Request, ApiError> {
         name,
         arguments,
         timeout_ms,
+        progress_token: None,
     }))
 }
 
@@ -1196,6 +1197,19 @@ pub const ACQUISITION_SHOW: Op = Op {
     )
 };
 
+/// `GET /api/v1/capabilities/acquisitions`.
+pub const ACQUISITIONS: Op = Op {
+    ws: Some("list_acquisitions"),
+    ..Op::new(
+        "GET",
+        "/api/v1/capabilities/acquisitions",
+        "listAcquisitions",
+        "acquisition",
+        "Every acquisition kept (queued, running and the last finished ones), newest first, each with who asked for it",
+        |_| Ok(Request::Acquire(AcquireRequest::List)),
+    )
+};
+
 /// `GET /api/v1/decisions`.
 pub const DECISIONS: Op = Op {
     ws: Some("get_decisions"),
@@ -1235,7 +1249,12 @@ pub const DECISIONS: Op = Op {
 };
 
 /// The acquisition pipeline's rows.
-pub const ACQUIRE: &[Op] = &[CAPABILITIES_INTEGRATE, ACQUISITION_SHOW, DECISIONS];
+pub const ACQUIRE: &[Op] = &[
+    CAPABILITIES_INTEGRATE,
+    ACQUISITIONS,
+    ACQUISITION_SHOW,
+    DECISIONS,
+];
 
 /// Routes whose success is `202 Accepted` (the work goes on after the answer).
 pub const ACCEPTED: &[&str] = &[CAPABILITIES_INTEGRATE.path];

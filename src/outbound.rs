@@ -23,6 +23,28 @@ use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 /// Largest `security.ca_file` read (a whole CA bundle is about 220 KB).
 pub const CA_FILE_BYTES: u64 = 1024 * 1024;
 
+/// Largest token file read (a bearer token for a webhook or an API).
+pub const TOKEN_FILE_BYTES: u64 = 4096;
+
+/// The bearer token on the first line of `path` (at most [`TOKEN_FILE_BYTES`], read on the
+/// worker each time it is needed, so a rotated token applies at once).
+///
+/// # Errors
+/// The file cannot be read, is not UTF-8, or its first line is empty or holds a character
+/// that cannot be in a header (a space, a control character).
+pub fn bearer_from_file(path: &str) -> Result<String, String> {
+    let bytes = crate::state::read_small_file(std::path::Path::new(path), TOKEN_FILE_BYTES)
+        .map_err(|e| format!("token file {path}: {e}"))?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("token file {path} is not UTF-8"))?;
+    let first = text.lines().next().unwrap_or("").trim().to_string();
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "token file {path} has no usable token on its first line"
+        ));
+    }
+    Ok(first)
+}
+
 /// An agent whose requests time out after `timeout` in all (resolve, connect, TLS, send,
 /// receive) and trust the bundled roots plus the certificates of `ca_file` (empty: none).
 ///

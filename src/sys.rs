@@ -208,11 +208,18 @@ pub fn landlock_abi() -> io::Result<i64> {
     }
 }
 
+/// The type of an rlimit resource number: glibc declares its own enum type, musl a plain int.
+#[cfg(target_env = "gnu")]
+pub type Resource = libc::__rlimit_resource_t;
+/// The type of an rlimit resource number: glibc declares its own enum type, musl a plain int.
+#[cfg(not(target_env = "gnu"))]
+pub type Resource = libc::c_int;
+
 /// Soft and hard limit of a resource (`libc::RLIMIT_*`).
 ///
 /// # Errors
 /// The OS error of `getrlimit`.
-pub fn rlimit(resource: libc::__rlimit_resource_t) -> io::Result<(u64, u64)> {
+pub fn rlimit(resource: Resource) -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -269,7 +276,7 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 }
 
 /// Sets soft and hard limits, never above the current hard limit (raising it needs privileges).
-fn set_limit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
+fn set_limit(resource: Resource, soft: u64, hard: u64) -> io::Result<()> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

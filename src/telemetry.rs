@@ -264,7 +264,7 @@ impl Telemetry {
             .observe(seconds);
     }
 
-    /// One tool call: server id, outcome ("ok" | "tool_error" | "mcp_error" | "timeout" |
+    /// One tool call: server id, outcome ("ok" | "tool_error" | "mcp_error" | "timeout" | "cancelled" |
     /// "server_exited"), duration.
     pub fn tool_call(&mut self, server: &str, outcome: &str, seconds: f64) {
         self.tool_calls.add(&[server, outcome], 1);

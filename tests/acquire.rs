@@ -461,3 +461,82 @@ fn secrets_never_reach_servers_json_answers_events_or_logs() {
         |v| format!("{v}"),
     );
 }
+
+/// An acquisition carries the server's environment (`env`): the trial and the registered
+/// server get the values; the acquisition, its events, the decisions, `servers.json` and the
+/// log show only the names. A registry entry whose required variable is not given is refused
+/// before anything is installed, naming it.
+#[test]
+fn an_acquisition_carries_environment_values_that_are_never_shown() {
+    let wheels = TempDir::new("fixture-wheel");
+    let built = std::process::Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fixture_wheel.py"))
+        .arg(wheels.path())
+        .output()
+        .expect("run fixture_wheel.py");
+    assert!(built.status.success(), "{}", stderr(&built));
+    let d = Daemon::start_with(Setup {
+        env: vec![
+            ("PIP_NO_INDEX".into(), "1".into()),
+            ("PIP_FIND_LINKS".into(), wheels.path().display().to_string()),
+        ],
+        ..Setup::default()
+    });
+    let entry = |env: Value| {
+        json!({"server": {"name": "io.example/fixture", "version": "1.0.0", "packages": [
+                  {"registryType": "pypi", "identifier": "vsm-mcp-fixture", "version": "1.0.0",
+                   "transport": {"type": "stdio"},
+                   "environmentVariables": [
+                      {"name": "VSM_TEST_SECRET", "isRequired": true, "isSecret": true},
+                      {"name": "VSM_TEST_MODE", "default": "quiet"}]}]},
+               "env": env})
+    };
+    let (status, reply) = d.http(
+        "POST",
+        "/api/v1/capabilities/integrate",
+        Some(&entry(json!({})).to_string()),
+    );
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["errors"][0]["field"], "env", "{reply}");
+    assert!(reply.to_string().contains("VSM_TEST_SECRET"), "{reply}");
+    assert!(servers(&d).is_empty());
+
+    let secret = "acqu1red-s3cret-v4lue";
+    let id = integrate(&d, entry(json!({"VSM_TEST_SECRET": secret})));
+    let acq = finished(&d, &id);
+    assert_eq!(acq["state"], "acquired", "{acq}\n{}", d.stderr());
+    assert_eq!(
+        acq["env"],
+        json!(["VSM_TEST_MODE", "VSM_TEST_SECRET"]),
+        "{acq}"
+    );
+    let server = acq["server_id"].as_str().expect("server_id").to_string();
+    assert!(
+        env_tool(&d, &server).contains(secret),
+        "the server gets the value"
+    );
+
+    let (_, shown) = d.http("GET", &format!("/api/v1/mcp/servers/{server}"), None);
+    assert_eq!(
+        shown["data"]["spec"]["env"]["VSM_TEST_MODE"], "***",
+        "{shown}"
+    );
+    let (_, all_events) = d.http("GET", "/api/v1/events?limit=1000", None);
+    let registry = std::fs::read_to_string(d.state_dir.join("servers.json")).expect("servers.json");
+    for (what, text) in [
+        ("acquisition", acq.to_string()),
+        (
+            "list",
+            d.http("GET", "/api/v1/capabilities/acquisitions", None)
+                .1
+                .to_string(),
+        ),
+        ("decisions", decisions(&d, "").to_string()),
+        ("server", shown.to_string()),
+        ("events", all_events.to_string()),
+        ("servers.json", registry),
+        ("log", d.stderr()),
+    ] {
+        assert!(!text.contains(secret), "{what} shows the value: {text}");
+    }
+}

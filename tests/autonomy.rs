@@ -209,3 +209,115 @@ fn the_full_cycle(d: &Daemon) {
     let (status, third) = d.http("GET", "/api/v1/capabilities/acquisitions/acq-3", None);
     assert_eq!(status, 404, "{third}");
 }
+
+/// The acquisitions kept, newest first (`GET /api/v1/capabilities/acquisitions`).
+fn acquisitions(d: &Daemon) -> Vec<Value> {
+    let (status, v) = d.http("GET", "/api/v1/capabilities/acquisitions", None);
+    assert_eq!(status, 200, "{v}");
+    v["data"]["acquisitions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A capability whose only candidate failed is tried again once that candidate has cooled
+/// down (`acquire_cooldown_ms`), with a fresh discovery, and without a new gap event.
+#[test]
+fn a_gap_left_open_is_tried_again_when_the_cooldown_ends() {
+    let dir = TempDir::new("autonomy-retry");
+    let data = dir.path().join("registry.json");
+    let mut only_broken = registry_data(&pinned("MEMORY_VERSION"));
+    if let Some(list) = only_broken["registry"].as_array_mut() {
+        list.truncate(1);
+    }
+    std::fs::write(&data, only_broken.to_string()).expect("data file");
+    let fx = Fixture::start_with(dir.path(), &["--data", &data.display().to_string()]);
+    let config = format!(
+        "[variety]\nrequired = [\"memory\"]\nauto_acquire = true\nacquire_cooldown_ms = 1000\n\n\
+         [mcp_servers]\ndiscovery_sources = [\"registry\"]\nregistry_url = \"{}\"\n\
+         discovery_cache_ttl_ms = 0\nauto_discovery_interval_ms = 0\n",
+        fx.url("ok")
+    );
+    let d = Daemon::start_with(Setup {
+        config: Some(config),
+        ..Setup::default()
+    });
+    let deadline = Instant::now() + INSTALL_PATIENCE;
+    let tried = loop {
+        let list = acquisitions(&d);
+        let failed: Vec<&Value> = list.iter().filter(|a| a["state"] == "failed").collect();
+        if failed.len() >= 2 {
+            break list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second attempt: {list:?}\n{}",
+            d.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for a in tried.iter().filter(|a| a["state"] == "failed") {
+        assert_eq!(a["package"], BROKEN, "{a}");
+        assert_eq!(a["requested_by"], "auto", "{a}");
+    }
+    let gaps = events(&d, "variety_gap_detected");
+    assert_eq!(gaps.len(), 1, "the retry needs no new gap event: {gaps:?}");
+    assert!(
+        events(&d, "discovery_completed").len() >= 2,
+        "each attempt asks discovery afresh"
+    );
+    assert!(d.stderr().contains("tried again"), "{}", d.stderr());
+}
+
+/// A gap that a registered provider would close once it is up (here one that never answers
+/// its handshake) is the supervisor's to close: the cycle installs nothing for it. Once that
+/// provider is unregistered, only an acquisition can close the gap, and the cycle takes it up.
+#[test]
+fn a_registered_provider_that_is_not_up_is_not_replaced() {
+    let dir = TempDir::new("autonomy-provider");
+    let (_fx, d) = start(&dir, false);
+    let fixture = format!(
+        "{}/tests/fixtures/mcp_fixture.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let spec = json!({"id": "slowmem", "command": "python3", "args": [fixture, "--no-initialize"],
+                      "capabilities": ["memory"]});
+    let (status, reply) = d.http("POST", "/api/v1/mcp/servers", Some(&spec.to_string()));
+    assert_eq!(status, 200, "{reply}");
+    let v = wait_until(
+        "the memory gap naming slowmem",
+        || variety(&d),
+        |v| v["gaps"][0]["candidates"] == json!(["slowmem"]),
+        |v| format!("{v:#}"),
+    );
+    assert_eq!(
+        v["gaps"][0]["recommended_action"], "start_mcp_server",
+        "{v}"
+    );
+    let out = d.cli(&["config", "set", "variety.auto_acquire", "true"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Switching on takes up what is open at that moment, synchronously: had the gap counted,
+    // the cycle would have asked discovery already.
+    let (_, decided) = d.http(
+        "POST",
+        "/api/v1/vsm/systems/system5/action",
+        Some(r#"{"action": "decide"}"#),
+    );
+    assert!(
+        decided.to_string().contains("no gap is open"),
+        "S5 sees no gap an acquisition should close: {decided}"
+    );
+    assert!(
+        !d.stderr().contains("auto-acquire: looking"),
+        "{}",
+        d.stderr()
+    );
+    assert!(acquisitions(&d).is_empty());
+
+    let (status, reply) = d.http("DELETE", "/api/v1/mcp/servers/slowmem", None);
+    assert_eq!(status, 200, "{reply}");
+    wait_for("the cycle to take the gap up", || {
+        d.stderr()
+            .contains("auto-acquire: looking for a provider of 'memory'")
+    });
+}

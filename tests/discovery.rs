@@ -622,3 +622,56 @@ fn packages_whose_runtime_is_missing_are_left_out_and_counted() {
     check(&d, "cached");
     assert_eq!(fx.count("ok registry"), 1);
 }
+
+/// The registry answers one entry per page here (`--registry-page-max 1`): discovery follows
+/// `metadata.nextCursor` and finds what later pages hold. The github source sends the token
+/// of `mcp_servers.github_token_file`, read at each run (a rotated token applies at once),
+/// and none when the key is empty.
+#[test]
+fn registry_pages_are_followed_and_github_gets_the_token() {
+    let dir = TempDir::new("discover-pages");
+    let fx = Fixture::start_with(dir.path(), &["--registry-page-max", "1"]);
+    let token_file = dir.path().join("github-token");
+    std::fs::write(&token_file, "ghp_first\n").expect("token file");
+    let config = format!(
+        "[mcp_servers]\ndiscovery_sources = [\"registry\", \"github\"]\n\
+         registry_url = \"{}\"\ngithub_api_url = \"{}\"\ngithub_token_file = \"{}\"\n\
+         discovery_cache_ttl_ms = 0\nauto_discovery_interval_ms = 0\n",
+        fx.url("ok"),
+        fx.url("ok"),
+        token_file.display()
+    );
+    let d = Daemon::start_with(Setup {
+        config: Some(config),
+        ..Setup::default()
+    });
+    let data = discover(&d, &["--source", "registry"]);
+    assert_eq!(ids(&data), set(&[MEMORY, TIME, FILESYSTEM]), "{data}");
+    let pages = fx.count("ok registry");
+    assert!(pages >= 3, "one request per page: {}", fx.counts());
+
+    discover(&d, &["--source", "github"]);
+    assert_eq!(fx.counts()["authorization"], "Bearer ghp_first");
+    std::fs::write(&token_file, "ghp_second\n").expect("token file");
+    discover(&d, &["--source", "github"]);
+    assert_eq!(fx.counts()["authorization"], "Bearer ghp_second");
+
+    let out = d.cli(&["config", "set", "mcp_servers.github_token_file", ""]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    discover(&d, &["--source", "github"]);
+    assert_eq!(fx.counts()["authorization"], Value::Null, "no token");
+
+    // A token file that cannot be used is the github source's error, said as such.
+    let bad = dir.path().join("bad-token");
+    std::fs::write(&bad, "\n").expect("bad token file");
+    let out = d.cli(&[
+        "config",
+        "set",
+        "mcp_servers.github_token_file",
+        &bad.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (code, data) = d.cli_json(&["mcp", "discover", "--source", "github"]);
+    assert_ne!(code, 0, "{data}");
+    assert!(data.to_string().contains("no usable token"), "{data}");
+}

@@ -313,7 +313,11 @@ fn next_event(
 
 #[test]
 fn mcp_speaks_2026_07_28_statelessly_and_refuses_with_each_code() {
-    let d = Daemon::start_with(setup());
+    let mut fast = setup();
+    if let Some(c) = fast.config.as_mut() {
+        c.push_str("\n[gateway]\nkeepalive_ms = 1000\n");
+    }
+    let d = Daemon::start_with(fast);
     register_fixture(&d, "fx", &["--modern"]);
     wait_active(&d, "fx");
     let bearer = d.bearer();
@@ -524,6 +528,13 @@ fn mcp_speaks_2026_07_28_statelessly_and_refuses_with_each_code() {
         json!({"toolsListChanged": true}),
         "only what is honoured: {ack}"
     );
+    // It gets the keep-alive comments of the other streams.
+    let mut line = String::new();
+    while !line.starts_with(": keep-alive") {
+        line.clear();
+        let n = reader.read_line(&mut line).expect("a keep-alive comment");
+        assert!(n > 0, "the listen stream ended");
+    }
     // A new server's tools change the list.
     register_fixture(&d, "more", &[]);
     let changed = next_event(&mut reader, "list_changed", |m| {

@@ -539,3 +539,384 @@ fn a_tool_under_a_blocked_capability_is_refused_everywhere_and_alerts() {
         "{tools:?}"
     );
 }
+
+/// JSON lines of a fixture's `--record` file.
+fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The request id the fixture was called with for the `nth` call (0-based) of `tool`.
+fn call_id(path: &Path, tool: &str, nth: usize) -> Option<Value> {
+    records(path)
+        .into_iter()
+        .filter(|e| e["event"] == "call" && e["name"] == tool)
+        .nth(nth)
+        .map(|e| e["id"].clone())
+}
+
+/// Waits until the fixture received `notifications/cancelled` naming `id`, the request id
+/// it was called with; returns the reason it was given.
+fn wait_cancelled(d: &Daemon, rec: &Path, id: &Value) -> String {
+    let asked = std::time::Instant::now();
+    let seen = wait_until(
+        &format!("notifications/cancelled for request {id} at the server"),
+        || {
+            records(rec)
+                .into_iter()
+                .find(|e| e["event"] == "cancelled" && e["requestId"] == *id)
+        },
+        Option::is_some,
+        |_| format!("record: {:?}\n{}", records(rec), d.stderr()),
+    );
+    // A reading, not a bound: from the client's step to the server's record (10 ms polls).
+    eprintln!("cancelled at the server {:?} later", asked.elapsed());
+    seen.and_then(|e| e["reason"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Progress and cancellation through the official SDK clients: the TypeScript client's
+/// `onprogress` sees a slow tool's progress (forwarded with the client's own token, while
+/// the server was given the daemon's), and a call it aborts (AbortSignal) is cancelled at the
+/// server with the request id the server knows, after which the server still serves. The
+/// Python client sees progress too.
+#[test]
+fn sdk_clients_see_progress_and_cancel_a_slow_call_at_the_server() {
+    let dir = TempDir::new("gateway-progress");
+    let rec = dir.path().join("record.jsonl");
+    let d = Daemon::start_with(Setup {
+        config: Some(QUICK_STOP.into()),
+        ..Setup::default()
+    });
+    let script = fixture("mcp_fixture.py");
+    let rec_s = rec.display().to_string();
+    register(&d, "fx", &["python3", &script, "--record", &rec_s]);
+    wait_status(&d, "fx", "active");
+    let mut client = SdkClient::typescript(&url(&d), &d.token);
+    let hello = client.next("connect");
+    assert_eq!(hello["connected"], true, "{hello}");
+
+    let slow = json!({"op": "call", "name": "fx__sleep", "progress": true,
+                      "arguments": {"ms": 900, "steps": 3}});
+    let done = client.send(slow);
+    assert_eq!(text(&done["result"]), "slept", "{done}");
+    let progress = done["progress"].as_array().expect("progress").clone();
+    // Steps 1 and 2 come 300 ms before the answer; step 3 comes with it and may be overtaken.
+    assert!(progress.len() >= 2, "{done}");
+    assert_eq!(progress[0]["progress"], 1, "{done}");
+    assert_eq!(progress[0]["total"], 3, "{done}");
+    assert_eq!(progress[0]["message"], "step 1", "{done}");
+    assert_eq!(progress[1]["progress"], 2, "{done}");
+    let given = records(&rec)
+        .into_iter()
+        .find(|e| e["event"] == "call" && e["name"] == "sleep")
+        .expect("the fixture recorded the call");
+    let token = given["progressToken"].as_str().unwrap_or_default();
+    assert!(
+        token.starts_with("vsm/gateway/"),
+        "the server gets the daemon's own token, not the client's: {given}"
+    );
+
+    let cancel = json!({"op": "cancel", "name": "fx__sleep", "after": 1,
+                        "arguments": {"ms": 60000, "steps": 600}});
+    let aborted = client.send(cancel);
+    assert_eq!(aborted["cancelled"], true, "{aborted}");
+    assert!(!aborted["progress"].as_array().expect("progress").is_empty());
+    let id = call_id(&rec, "sleep", 1).expect("the second sleep call was recorded");
+    let reason = wait_cancelled(&d, &rec, &id);
+    assert!(reason.contains("cancelled"), "{reason}");
+    let echo = client
+        .send(json!({"op": "call", "name": "fx__echo", "arguments": {"message": "still here"}}));
+    assert_eq!(text(&echo["result"]), "still here", "{echo}");
+    let closed = client.send(json!({"op": "close"}));
+    assert_eq!(closed["closed"], true, "{closed}");
+
+    let mut python = SdkClient::python(&url(&d), &d.token);
+    let hello = python.next("connect");
+    assert_eq!(hello["connected"], true, "{hello}");
+    let done = python.send(json!({"op": "call", "name": "fx__sleep", "progress": true,
+                                  "arguments": {"ms": 900, "steps": 3}}));
+    assert_eq!(text(&done["result"]), "slept", "{done}");
+    let progress = done["progress"].as_array().expect("progress");
+    assert!(progress.len() >= 2, "{done}");
+    assert_eq!(progress[0]["progress"].as_f64(), Some(1.0), "{done}");
+    assert_eq!(progress[0]["message"], "step 1", "{done}");
+    let cancel = json!({"op": "cancel", "name": "fx__sleep", "after": 1,
+                        "arguments": {"ms": 60000, "steps": 600}});
+    let aborted = python.send(cancel);
+    assert_eq!(aborted["cancelled"], true, "{aborted}");
+    let id = call_id(&rec, "sleep", 3).expect("the Python client's second sleep was recorded");
+    let reason = wait_cancelled(&d, &rec, &id);
+    assert!(reason.contains("cancelled"), "{reason}");
+
+    // Through `mcp serve-stdio`, which relays the stream of a call's answer line by line.
+    let mut command = Command::new(peers().join("venv-time/bin/python"));
+    command
+        .arg(fixture("gateway_client.py"))
+        .arg("stdio")
+        .arg(bin())
+        .args(["mcp", "serve-stdio", "--socket"])
+        .arg(&d.socket);
+    let mut stdio = SdkClient::spawn(command);
+    let hello = stdio.next("connect");
+    assert_eq!(hello["connected"], true, "{hello}");
+    let done = stdio.send(json!({"op": "call", "name": "fx__sleep", "progress": true,
+                                 "arguments": {"ms": 900, "steps": 3}}));
+    assert_eq!(text(&done["result"]), "slept", "{done}");
+    let progress = done["progress"].as_array().expect("progress");
+    assert!(progress.len() >= 2, "{done}");
+    assert_eq!(progress[1]["progress"].as_f64(), Some(2.0), "{done}");
+}
+
+/// A raw HTTP client of `/mcp` whose response is read as it comes.
+struct Raw {
+    stream: std::net::TcpStream,
+    got: String,
+}
+
+impl Raw {
+    fn open(d: &Daemon, method: &str, headers: &[(&str, &str)], body: &str) -> Raw {
+        let addr = d.http.expect("TCP listener");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let bearer = d.bearer();
+        let mut req = format!(
+            "{method} /mcp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {bearer}\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        stream.write_all(req.as_bytes()).expect("write");
+        Raw {
+            stream,
+            got: String::new(),
+        }
+    }
+
+    /// Reads until `done` holds for what came so far (or the peer closes, or patience ends).
+    fn until(&mut self, what: &str, done: impl Fn(&str) -> bool) -> &str {
+        let mut buf = [0u8; 4096];
+        while !done(&self.got) {
+            match self.stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => self.got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(e) => panic!("{what}: {e}; got so far: {}", self.got),
+            }
+        }
+        assert!(done(&self.got), "{what}: got {}", self.got);
+        &self.got
+    }
+}
+
+/// Opens the session's GET stream (once the daemon has seen the previous one close: until
+/// then it answers 409).
+fn get_stream(d: &Daemon, headers: &[(&str, &str)]) -> Raw {
+    let mut opened = wait_until(
+        "the GET stream to open",
+        || {
+            let mut r = Raw::open(d, "GET", headers, "");
+            r.until("a head", |t| t.contains("\r\n\r\n"));
+            r
+        },
+        |r| r.got.starts_with("HTTP/1.1 200"),
+        |r| r.got.clone(),
+    );
+    let head_end = opened.got.find("\r\n\r\n").map_or(0, |i| i + 4);
+    // What came after the head stays for the caller's reading.
+    opened.got = opened.got.split_off(head_end);
+    opened
+}
+
+/// Opens a session with a raw `initialize`; its id.
+fn raw_session(d: &Daemon) -> String {
+    let addr = d.http.expect("TCP listener");
+    let bearer = d.bearer();
+    let (status, head, body) = tcp(
+        addr,
+        "POST",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+            ("Authorization", &bearer),
+        ],
+        INIT,
+    );
+    assert_eq!(status, 200, "{head}{body}");
+    header(&head, "mcp-session-id")
+        .expect("Mcp-Session-Id")
+        .to_string()
+}
+
+/// A client that goes away cancels its calls: the server receives `notifications/cancelled`
+/// with its own request id when the POST's SSE stream closes, when a POST waiting for a JSON
+/// answer closes, and when the session is deleted (the waiting POST then gets an error).
+#[test]
+fn a_client_that_goes_away_cancels_its_calls_at_the_server() {
+    let dir = TempDir::new("gateway-disconnect");
+    let rec = dir.path().join("record.jsonl");
+    let d = Daemon::start_with(Setup {
+        config: Some(format!("{QUICK_STOP}[gateway]\nkeepalive_ms = 1000\n")),
+        ..Setup::default()
+    });
+    let script = fixture("mcp_fixture.py");
+    let rec_s = rec.display().to_string();
+    register(&d, "fx", &["python3", &script, "--record", &rec_s]);
+    wait_status(&d, "fx", "active");
+    let session = raw_session(&d);
+    let json_ct = ("Content-Type", "application/json");
+    let sid = ("Mcp-Session-Id", session.as_str());
+    let slow = |id: u32, token: Option<&str>| {
+        let meta = token.map_or(json!({}), |t| json!({"progressToken": t}));
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": "fx__sleep", "arguments": {"ms": 60000, "steps": 600},
+                          "_meta": meta}})
+        .to_string()
+    };
+
+    // 1. Answered as SSE (progress asked for): the stream carries the client's token and
+    //    keep-alive comments; the client hangs up.
+    let sse = ("Accept", "application/json, text/event-stream");
+    let mut post = Raw::open(&d, "POST", &[json_ct, sse, sid], &slow(10, Some("mine")));
+    let got = post
+        .until("progress and a keep-alive on the POST's stream", |t| {
+            t.contains("notifications/progress") && t.contains(": keep-alive\n\n")
+        })
+        .to_string();
+    let (head, events) = got.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        header(head, "content-type"),
+        Some("text/event-stream"),
+        "{head}"
+    );
+    assert_eq!(header(head, "x-accel-buffering"), Some("no"), "{head}");
+    let data = events
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("a data line");
+    let note: Value = serde_json::from_str(data).expect("JSON");
+    assert_eq!(note["params"]["progressToken"], "mine", "{note}");
+    assert_eq!(note["params"]["progress"], 1, "{note}");
+    drop(post);
+    let id = call_id(&rec, "sleep", 0).expect("recorded");
+    let reason = wait_cancelled(&d, &rec, &id);
+    assert!(reason.contains("disconnected"), "{reason}");
+
+    // 2. Waiting for a JSON answer (no progress asked for): the client hangs up.
+    let only_json = ("Accept", "application/json");
+    let post = Raw::open(&d, "POST", &[json_ct, only_json, sid], &slow(11, None));
+    let id = wait_until(
+        "the second call to reach the server",
+        || call_id(&rec, "sleep", 1),
+        Option::is_some,
+        |_| format!("{:?}", records(&rec)),
+    )
+    .expect("id");
+    drop(post);
+    let reason = wait_cancelled(&d, &rec, &id);
+    assert!(reason.contains("disconnected"), "{reason}");
+
+    // 3. The session ends while a call waits: the call is cancelled and its POST answered
+    //    with an error naming the session.
+    let mut post = Raw::open(&d, "POST", &[json_ct, only_json, sid], &slow(12, None));
+    let id = wait_until(
+        "the third call to reach the server",
+        || call_id(&rec, "sleep", 2),
+        Option::is_some,
+        |_| format!("{:?}", records(&rec)),
+    )
+    .expect("id");
+    let addr = d.http.expect("TCP listener");
+    let bearer = d.bearer();
+    let (status, _, _) = tcp(addr, "DELETE", &[("Authorization", &bearer), sid], "");
+    assert_eq!(status, 200);
+    let reason = wait_cancelled(&d, &rec, &id);
+    assert!(reason.contains("session"), "{reason}");
+    let got = post
+        .until("the POST's answer", |t| {
+            t.split_once("\r\n\r\n")
+                .is_some_and(|(_, b)| b.contains('}'))
+        })
+        .to_string();
+    let body = got
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let answer: Value = serde_json::from_str(body.trim()).expect("JSON");
+    assert_eq!(answer["id"], 12, "{answer}");
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+
+    // The three count as cancelled calls of the server.
+    let raw = raw_exchange(
+        &d.socket,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    let (_, _, metrics) = split_response(&raw);
+    assert!(
+        metrics.contains("vsm_mcp_tool_calls_total{server=\"fx\",outcome=\"cancelled\"} 3"),
+        "{metrics}"
+    );
+}
+
+/// The GET stream: its events carry ids, it gets keep-alive comments, and a client that comes
+/// back with `Last-Event-ID` first gets the events it missed; one naming an id the session
+/// does not have starts afresh.
+#[test]
+fn the_get_stream_keeps_alive_and_replays_what_a_client_missed() {
+    let d = Daemon::start_with(Setup {
+        config: Some(format!("{QUICK_STOP}[gateway]\nkeepalive_ms = 1000\n")),
+        ..Setup::default()
+    });
+    let script = fixture("mcp_fixture.py");
+    let session = raw_session(&d);
+    let sid = ("Mcp-Session-Id", session.as_str());
+    let sse = ("Accept", "text/event-stream");
+    let last_id = |text: &str| -> Option<u64> {
+        text.lines()
+            .rev()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .find_map(|v| v.trim().parse().ok())
+    };
+
+    let mut stream = get_stream(&d, &[sse, sid]);
+    register(&d, "one", &["python3", &script]);
+    let got = stream
+        .until("list_changed with an id, and a keep-alive", |t| {
+            t.contains("notifications/tools/list_changed")
+                && t.contains("id: ")
+                && t.contains(": keep-alive\n\n")
+        })
+        .to_string();
+    let seen = last_id(&got).expect("an event id");
+    drop(stream);
+
+    // Missed while away: the server that comes next.
+    register(&d, "two", &["python3", &script]);
+    wait_status(&d, "two", "active");
+    let last = seen.to_string();
+    let mut back = get_stream(&d, &[sse, sid, ("Last-Event-ID", &last)]);
+    let events = back
+        .until("the missed list_changed, replayed", |t| {
+            t.contains("notifications/tools/list_changed")
+        })
+        .to_string();
+    let first_id = events
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert_eq!(first_id, Some(seen + 1), "{events}");
+    drop(back);
+
+    // An id this session never gave: nothing is replayed; the first thing is a keep-alive.
+    let mut fresh = get_stream(&d, &[sse, sid, ("Last-Event-ID", "99999")]);
+    let got = fresh
+        .until("a keep-alive", |t| t.contains(": keep-alive\n\n"))
+        .to_string();
+    assert!(!got.contains("list_changed"), "{got}");
+}

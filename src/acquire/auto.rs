@@ -10,9 +10,14 @@
 //! other, each only once the previous one failed); a chain stops as soon as its gap closes
 //! (no flapping: a chain never starts for a gap that is not open, and a closed gap's remaining
 //! candidates are dropped); a package that failed is not picked again for the cooldown; a
-//! capability whose candidates are all exhausted or cooling waits for its next gap event.
+//! capability whose chain ended with its gap still open is retried once the first of the
+//! packages it tried has cooled down (or after one cooldown when discovery found nothing), with
+//! a fresh discovery. Only gaps that no registered server could close are acted on (their
+//! remedy is acquiring: a provider that is registered but starting, stopped or failed is the
+//! supervisor's business, not a reason to install a second one).
 //! Bounded: [`MAX_CANDIDATES`] per chain, [`MAX_WAITING`] gaps waiting, [`MAX_COOLING`]
-//! packages cooling (the one closest to the end of its cooldown goes first).
+//! packages cooling (the one closest to the end of its cooldown goes first), one retry time
+//! per open gap.
 
 use crate::variety::package::PackageRef;
 use serde_json::Value;
@@ -37,6 +42,8 @@ pub struct Pick {
     pub status: Option<String>,
     /// Capabilities discovery says it brings.
     pub capabilities: Vec<String>,
+    /// The defaults of the environment variables its registry entry declares.
+    pub env: BTreeMap<String, String>,
 }
 
 /// The capability being worked on.
@@ -48,6 +55,8 @@ struct Chain {
     candidates: VecDeque<Pick>,
     /// The acquisition running for it.
     current: Option<u64>,
+    /// Packages tried or skipped as cooling (bounded by the candidates taken).
+    tried: Vec<String>,
 }
 
 /// The cycle's state.
@@ -57,8 +66,10 @@ pub struct Auto {
     cooldown: Duration,
     /// Gaps announced while a chain was in progress, oldest first.
     waiting: VecDeque<String>,
-    /// Gaps open, as the variety room last said.
+    /// Gaps open that only an acquisition could close, as the variety room last said.
     open: BTreeSet<String>,
+    /// Gaps whose chain ended with the gap still open → when to try them again.
+    stalled: BTreeMap<String, Instant>,
     chain: Option<Chain>,
     /// Package (`npm:NAME@VERSION`) → when it may be tried again.
     cooling: BTreeMap<String, Instant>,
@@ -77,7 +88,7 @@ impl Auto {
     /// New settings; turning it off drops what was planned (a running acquisition finishes);
     /// turning it on takes the gaps open now as if each had just been detected. Returns the
     /// capability whose chain starts now, if one does.
-    pub fn configure(&mut self, enabled: bool, cooldown: Duration) -> Option<String> {
+    pub fn configure(&mut self, enabled: bool, cooldown: Duration, now: Instant) -> Option<String> {
         self.cooldown = cooldown;
         let switched_on = enabled && !self.enabled;
         self.enabled = enabled;
@@ -88,11 +99,12 @@ impl Auto {
                 }
             }
             if self.chain.is_none() {
-                return self.end();
+                return self.end(now);
             }
         }
         if !enabled {
             self.waiting.clear();
+            self.stalled.clear();
             if let Some(chain) = self.chain.as_mut() {
                 chain.candidates.clear();
                 chain.discovering = None;
@@ -109,10 +121,11 @@ impl Auto {
         self.enabled
     }
 
-    /// Re-evaluates the open gaps now: with the cycle on, every open gap that is neither being
-    /// worked on nor waiting is put in line. Returns the gaps open, those put in line, and the
-    /// capability whose chain starts now, if one does.
-    pub fn decide(&mut self) -> (Vec<String>, Vec<String>, Option<String>) {
+    /// Re-evaluates the open gaps now: with the cycle on, every open gap (that only an
+    /// acquisition closes) neither being worked on nor waiting is put in line, also those
+    /// waiting for a retry. Returns the gaps open, those put in line, and the capability whose
+    /// chain starts now, if one does.
+    pub fn decide(&mut self, now: Instant) -> (Vec<String>, Vec<String>, Option<String>) {
         let open: Vec<String> = self.open.iter().cloned().collect();
         let mut queued = Vec::new();
         if !self.enabled {
@@ -125,11 +138,12 @@ impl Auto {
                 && self.waiting.len() < MAX_WAITING
             {
                 self.waiting.push_back(gap.clone());
+                self.stalled.remove(gap);
                 queued.push(gap.clone());
             }
         }
         let start = if self.chain.is_none() {
-            self.end()
+            self.end(now)
         } else {
             None
         };
@@ -155,16 +169,62 @@ impl Auto {
         }
     }
 
-    /// The gaps open now (every analysis that changed something says so; followed even when
-    /// the cycle is off, so that switching it on finds them).
-    pub fn gaps_now(&mut self, gaps: &[String]) {
-        self.open = gaps.iter().cloned().collect();
+    /// The gaps open now that only an acquisition closes (every analysis that changed
+    /// something says so; followed even when the cycle is off, so that switching it on finds
+    /// them). Returns those that were not open before, most severe first: each is a gap to
+    /// act on as [`Auto::gap`] says.
+    pub fn gaps_now(&mut self, acquirable: &[String]) -> Vec<String> {
+        let new: Vec<String> = acquirable
+            .iter()
+            .filter(|g| !self.open.contains(*g))
+            .cloned()
+            .collect();
+        self.open = acquirable.iter().cloned().collect();
         let open = &self.open;
         self.waiting.retain(|w| open.contains(w));
+        self.stalled.retain(|g, _| open.contains(g));
         if let Some(chain) = self.chain.as_mut() {
             if !open.contains(&chain.capability) {
                 chain.candidates.clear();
             }
+        }
+        new
+    }
+
+    /// When the first gap waiting for a retry is due.
+    pub fn retry_at(&self) -> Option<Instant> {
+        if !self.enabled {
+            return None;
+        }
+        self.stalled.values().min().copied()
+    }
+
+    /// Puts the gaps whose retry is due in line; returns the capability whose chain starts
+    /// now, if one does.
+    pub fn retry(&mut self, now: Instant) -> Option<String> {
+        let due: Vec<String> = self
+            .stalled
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(g, _)| g.clone())
+            .collect();
+        for gap in due {
+            self.stalled.remove(&gap);
+            let working = self.chain.as_ref().is_some_and(|c| c.capability == gap);
+            if self.enabled
+                && !working
+                && self.open.contains(&gap)
+                && !self.waiting.contains(&gap)
+                && self.waiting.len() < MAX_WAITING
+            {
+                log::info!("auto-acquire: trying '{gap}' again (its cooldown is over)");
+                self.waiting.push_back(gap);
+            }
+        }
+        if self.chain.is_none() {
+            self.end(now)
+        } else {
+            None
         }
     }
 
@@ -175,6 +235,7 @@ impl Auto {
             discovering: Some(tag),
             candidates: VecDeque::new(),
             current: None,
+            tried: Vec::new(),
         });
     }
 
@@ -217,6 +278,7 @@ impl Auto {
         }
         while let Some(p) = chain.candidates.pop_front() {
             let key = p.package.to_string();
+            chain.tried.push(key.clone());
             if self.cooling.get(&key).is_some_and(|until| *until > now) {
                 log::info!("auto-acquire: {key} is cooling down after a failure; skipped");
                 continue;
@@ -241,10 +303,29 @@ impl Auto {
             .is_some_and(|c| c.current.is_none() && c.discovering.is_none())
     }
 
-    /// The chain is over; `Some(capability)`: the next waiting gap still open, to start.
-    pub fn end(&mut self) -> Option<String> {
+    /// The chain is over; `Some(capability)`: the next waiting gap still open, to start. A
+    /// chain that ends with its gap open is retried when the first package it tried has cooled
+    /// down (after one cooldown when it had none to try).
+    pub fn end(&mut self, now: Instant) -> Option<String> {
         if let Some(chain) = self.chain.take() {
-            log::info!("auto-acquire: done with '{}'", chain.capability);
+            if self.enabled && self.open.contains(&chain.capability) {
+                let at = chain
+                    .tried
+                    .iter()
+                    .filter_map(|p| self.cooling.get(p))
+                    .min()
+                    .copied()
+                    .unwrap_or(now + self.cooldown)
+                    .max(now);
+                log::info!(
+                    "auto-acquire: '{}' is still missing; tried again in {} s",
+                    chain.capability,
+                    at.duration_since(now).as_secs()
+                );
+                self.stalled.insert(chain.capability, at);
+            } else {
+                log::info!("auto-acquire: done with '{}'", chain.capability);
+            }
         }
         if !self.enabled {
             return None;
@@ -303,12 +384,31 @@ fn pick(candidate: &Value, capability: &str) -> Option<Pick> {
         return None;
     }
     let package = PackageRef::parse(candidate["package"]["ref"].as_str()?).ok()?;
+    // Values nobody gave cannot be made up: a candidate needing one is left to the operator.
+    let mut env = BTreeMap::new();
+    let vars = candidate["package"]["environment_variables"].as_array();
+    for var in vars.into_iter().flatten() {
+        let Some(name) = var["name"].as_str() else {
+            continue;
+        };
+        match var["default"].as_str() {
+            Some(default) => {
+                env.insert(name.to_string(), default.to_string());
+            }
+            None if var["is_required"].as_bool() == Some(true) => {
+                log::info!("auto-acquire: {package} needs {name}, which only an operator can give; skipped");
+                return None;
+            }
+            None => {}
+        }
+    }
     let text = |k: &str| candidate[k].as_str().map(str::to_string);
     Some(Pick {
         package,
         server_name: text("server_name"),
         status: text("status"),
         capabilities,
+        env,
     })
 }
 
@@ -338,21 +438,24 @@ mod tests {
     fn decide_takes_up_the_open_gaps_only_when_on() {
         let mut off = Auto::new(false, Duration::from_secs(60));
         off.gaps_now(&["a".to_string()]);
-        assert_eq!(off.decide(), (vec!["a".to_string()], vec![], None));
+        assert_eq!(
+            off.decide(Instant::now()),
+            (vec!["a".to_string()], vec![], None)
+        );
 
         let mut a = on(60);
         a.gaps_now(&["a".to_string(), "b".to_string()]);
-        let (open, queued, start) = a.decide();
+        let (open, queued, start) = a.decide(Instant::now());
         assert_eq!(open, ["a", "b"]);
         assert_eq!(queued, ["a", "b"]);
         assert_eq!(start.as_deref(), Some("a"));
         a.start("a".to_string(), 1);
-        let (_, queued, start) = a.decide();
+        let (_, queued, start) = a.decide(Instant::now());
         assert!(queued.is_empty(), "{queued:?}");
         assert_eq!(start, None);
         // a closes: its chain ends and b, still waiting, is next.
         a.gaps_now(&["b".to_string()]);
-        assert_eq!(a.end().as_deref(), Some("b"));
+        assert_eq!(a.end(Instant::now()).as_deref(), Some("b"));
     }
 
     #[test]
@@ -380,7 +483,7 @@ mod tests {
         assert!(a.finished(2, "npm:mem@1.0.0", true, now));
         assert_eq!(a.next(now), None);
         assert!(a.idle());
-        assert_eq!(a.end(), None);
+        assert_eq!(a.end(Instant::now()), None);
     }
 
     #[test]
@@ -394,19 +497,19 @@ mod tests {
         a.running(1);
         a.finished(1, &p.package.to_string(), false, now);
         assert_eq!(a.next(now), None, "exhausted");
-        a.end();
+        a.end(Instant::now());
         // The next gap event: the failed package is still cooling down.
         assert!(a.gap("memory").is_some());
         a.start("memory".into(), 2);
         a.discovered(Some(&answer(&[("npm:a@1.0.0", "memory")])));
         assert_eq!(a.next(now + Duration::from_secs(30)), None, "cooling");
-        a.end();
+        a.end(Instant::now());
         a.gap("memory");
         a.start("memory".into(), 3);
         a.discovered(Some(&answer(&[("npm:a@1.0.0", "memory")])));
         assert!(a.next(now + Duration::from_secs(61)).is_some(), "cooled");
         // A closed gap drops what is left.
-        a.end();
+        a.end(Instant::now());
         a.gap("memory");
         a.start("memory".into(), 4);
         a.discovered(Some(&answer(&[("npm:a@1.0.0", "memory")])));
@@ -423,21 +526,22 @@ mod tests {
         assert_eq!(a.gap("time"), None);
         a.discovered(None);
         assert!(a.idle());
-        assert_eq!(a.end().as_deref(), Some("time"));
-        assert_eq!(a.end(), None, "each gap event is taken once");
+        assert_eq!(a.end(Instant::now()).as_deref(), Some("time"));
+        assert_eq!(a.end(Instant::now()), None, "each gap event is taken once");
         let mut off = Auto::new(false, Duration::from_secs(60));
         assert_eq!(off.gap("memory"), None);
         off.gaps_now(&["memory".into(), "time".into()]);
         assert_eq!(
-            off.configure(true, Duration::from_secs(60)).as_deref(),
+            off.configure(true, Duration::from_secs(60), Instant::now())
+                .as_deref(),
             Some("memory"),
             "switched on: the open gaps are taken"
         );
         off.start("memory".into(), 1);
         off.discovered(None);
-        assert_eq!(off.end().as_deref(), Some("time"));
+        assert_eq!(off.end(Instant::now()).as_deref(), Some("time"));
         assert_eq!(
-            off.configure(true, Duration::from_secs(60)),
+            off.configure(true, Duration::from_secs(60), Instant::now()),
             None,
             "already on"
         );
@@ -457,5 +561,72 @@ mod tests {
         assert!(a
             .cooling
             .contains_key(&format!("npm:p{}@1.0.0", MAX_COOLING + 9)));
+    }
+
+    /// Only gaps that an acquisition alone closes are acted on, each once when it opens.
+    #[test]
+    fn gaps_are_acted_on_when_they_become_acquirable() {
+        let mut a = on(60);
+        assert_eq!(a.gaps_now(&["memory".into()]), ["memory"]);
+        assert_eq!(a.gaps_now(&["memory".into(), "time".into()]), ["time"]);
+        assert!(a.gaps_now(&["memory".into(), "time".into()]).is_empty());
+        // A provider registered for memory (starting): no longer acquirable, then again.
+        assert!(a.gaps_now(&["time".into()]).is_empty());
+        assert_eq!(a.gaps_now(&["time".into(), "memory".into()]), ["memory"]);
+    }
+
+    /// A chain that ends with its gap still open is retried when the first package it tried
+    /// has cooled down, with a fresh discovery; one that found nothing after a cooldown; a
+    /// gap that closes meanwhile is not retried.
+    #[test]
+    fn a_gap_left_open_is_retried_when_its_cooldown_ends() {
+        let mut a = on(60);
+        let now = Instant::now();
+        a.gaps_now(&["memory".into()]);
+        assert_eq!(a.gap("memory").as_deref(), Some("memory"));
+        a.start("memory".into(), 1);
+        a.discovered(Some(&answer(&[("npm:a@1.0.0", "memory")])));
+        let p = a.next(now).expect("pick");
+        a.running(1);
+        a.finished(
+            1,
+            &p.package.to_string(),
+            false,
+            now + Duration::from_secs(5),
+        );
+        assert_eq!(a.next(now), None, "exhausted");
+        assert!(a.idle());
+        assert_eq!(a.retry_at(), None);
+        assert_eq!(a.end(now + Duration::from_secs(5)), None);
+        assert_eq!(
+            a.retry_at(),
+            Some(now + Duration::from_secs(65)),
+            "when npm:a has cooled down"
+        );
+        assert_eq!(a.retry(now + Duration::from_secs(64)), None, "not yet");
+        assert_eq!(
+            a.retry(now + Duration::from_secs(65)).as_deref(),
+            Some("memory"),
+            "due: discovered again"
+        );
+        assert_eq!(a.retry_at(), None, "taken");
+        // Discovery finds nothing: retried after one cooldown.
+        a.start("memory".into(), 2);
+        a.discovered(None);
+        let later = now + Duration::from_secs(100);
+        assert_eq!(a.end(later), None);
+        assert_eq!(a.retry_at(), Some(later + Duration::from_secs(60)));
+        // The gap closes: nothing is retried.
+        a.gaps_now(&[]);
+        assert_eq!(a.retry_at(), None);
+        assert_eq!(a.retry(later + Duration::from_secs(600)), None);
+        // Off: nothing waits.
+        a.gaps_now(&["memory".into()]);
+        a.start("memory".into(), 3);
+        a.discovered(None);
+        a.end(later);
+        assert!(a.retry_at().is_some());
+        a.configure(false, Duration::from_secs(60), later);
+        assert_eq!(a.retry_at(), None);
     }
 }

@@ -75,9 +75,14 @@ const STEPS: &[&str] = &[
     "verify",
 ];
 
-/// The room's timer: the deadline of acquisition `n`'s current step.
+/// The room's timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timer(u64);
+pub enum Timer {
+    /// The deadline of acquisition `n`'s current step.
+    Step(u64),
+    /// The autonomous cycle's next retry of a gap it could not close.
+    Retry,
+}
 
 /// Worker results, each for acquisition `n`.
 #[derive(Debug)]
@@ -104,6 +109,8 @@ struct Acquisition {
     package: PackageRef,
     registry: RegistryFacts,
     declared: Vec<String>,
+    /// Environment values for the server (never shown: only the names are).
+    env: BTreeMap<String, String>,
     requested_by: String,
     created: SystemTime,
     /// `queued`, `running`, `acquired`, `refused`, `failed`.
@@ -133,6 +140,7 @@ impl Acquisition {
             "server_id": self.package.slug(),
             "registry": self.registry,
             "requested_by": self.requested_by,
+            "env": self.env.keys().collect::<Vec<_>>(),
             "created_at": crate::state::rfc3339_utc_millis(self.created),
             "state": self.state,
             "step": self.step,
@@ -204,6 +212,8 @@ pub struct Acquire {
     decisions_read_only: Option<String>,
     /// The autonomous cycle (`[variety] auto_acquire`).
     auto: auto::Auto,
+    /// The retry timer armed for the cycle, and when it fires.
+    retry: Option<(TimerId, Instant)>,
 }
 
 impl Acquire {
@@ -238,6 +248,7 @@ impl Acquire {
                 config.variety.auto_acquire,
                 Duration::from_millis(config.variety.acquire_cooldown_ms),
             ),
+            retry: None,
         }
     }
 
@@ -460,7 +471,7 @@ impl Acquire {
                     run.child = Some(child);
                     run.timer = Some(
                         cx.timers()
-                            .insert(Instant::now() + INSTALL_TIMEOUT, Timer(n)),
+                            .insert(Instant::now() + INSTALL_TIMEOUT, Timer::Step(n)),
                     );
                 }
                 Err(e) => self.fail(
@@ -506,8 +517,8 @@ impl Acquire {
             args,
             &run.dir,
             &acq.declared,
-            open_files,
-            secs.max(10),
+            &acq.env,
+            (open_files, secs.max(10)),
         );
         let message = format!("entry point: {}", installed.command.join(" "));
         run.installed = Some(installed);
@@ -608,7 +619,14 @@ impl Acquire {
             return;
         };
         let capabilities: Vec<String> = assessment.capabilities.keys().cloned().collect();
-        let spec = server_spec(&acq.package.slug(), command, args, &run.dir, &capabilities);
+        let spec = server_spec(
+            &acq.package.slug(),
+            command,
+            args,
+            &run.dir,
+            &capabilities,
+            &acq.env,
+        );
         let message = match assessment.score {
             Some(s) => format!("approved with score {s} (min {})", assessment.min_score),
             None => "approved (scoring off)".into(),
@@ -683,7 +701,7 @@ impl Acquire {
         };
         run.registered = true;
         let n = run.n;
-        run.timer = Some(cx.timers().insert(Instant::now() + verify, Timer(n)));
+        run.timer = Some(cx.timers().insert(Instant::now() + verify, Timer::Step(n)));
         self.advance(cx, "verify", "registered".into());
         if details["status"] == "active" {
             self.ask_tools(cx);
@@ -851,7 +869,7 @@ impl Acquire {
         requested_by: String,
     ) -> Answer {
         let target = parse_target(&body)
-            .map_err(|e| ApiError::field(ErrorCode::InvalidParameter, "package", e))?;
+            .map_err(|(field, e)| ApiError::field(ErrorCode::InvalidParameter, field, e))?;
         self.enqueue(cx, target, requested_by)
             .map(|(_, answer)| answer)
     }
@@ -893,6 +911,7 @@ impl Acquire {
             package: target.package,
             registry: target.registry,
             declared: target.capabilities,
+            env: target.env,
             requested_by,
             created: SystemTime::now(),
             state: "queued",
@@ -948,6 +967,7 @@ impl Acquire {
                     status: pick.status,
                 },
                 capabilities: pick.capabilities,
+                env: pick.env,
             };
             match self.enqueue(cx, target, "auto".into()) {
                 Ok((n, _)) => {
@@ -959,9 +979,24 @@ impl Acquire {
             }
         }
         if self.auto.idle() {
-            if let Some(capability) = self.auto.end() {
+            if let Some(capability) = self.auto.end(Instant::now()) {
                 self.auto_discover(cx, capability);
             }
+            self.arm_retry(cx);
+        }
+    }
+
+    /// Keeps the retry timer at the cycle's next retry time (none when nothing waits).
+    fn arm_retry(&mut self, cx: &mut RoomCx<'_, Self>) {
+        let want = self.auto.retry_at();
+        if self.retry.map(|(_, at)| at) == want {
+            return;
+        }
+        if let Some((id, _)) = self.retry.take() {
+            cx.timers().cancel(id);
+        }
+        if let Some(at) = want {
+            self.retry = Some((cx.timers().insert(at, Timer::Retry), at));
         }
     }
 }
@@ -972,7 +1007,17 @@ impl Room for Acquire {
     type Output = Effect;
     const NAME: &'static str = "acquire";
 
-    fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, Timer(n): Timer) {
+    fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, timer: Timer) {
+        let n = match timer {
+            Timer::Step(n) => n,
+            Timer::Retry => {
+                self.retry = None;
+                if let Some(capability) = self.auto.retry(Instant::now()) {
+                    self.auto_discover(cx, capability);
+                }
+                return self.arm_retry(cx);
+            }
+        };
         let Some(run) = self.run.as_mut().filter(|r| r.n == n) else {
             return;
         };
@@ -1041,10 +1086,12 @@ impl Room for Acquire {
         let start = self.auto.configure(
             config.variety.auto_acquire,
             Duration::from_millis(config.variety.acquire_cooldown_ms),
+            Instant::now(),
         );
         if let Some(capability) = start {
             self.auto_discover(cx, capability);
         }
+        self.arm_retry(cx);
     }
 
     fn on_event(
@@ -1054,15 +1101,15 @@ impl Room for Acquire {
         _channel: Channel,
         data: &EventData,
     ) {
-        match data {
-            EventData::VarietyGapDetected { capability, .. } => {
-                return self.auto_gap(cx, capability)
+        // A gap is acted on once the analysis says only an acquisition closes it (the gap
+        // event of the same analysis comes first and says less: a provider still starting is
+        // not a reason to install another).
+        if let EventData::VarietyUpdated { acquirable, .. } = data {
+            for capability in self.auto.gaps_now(acquirable) {
+                self.auto_gap(cx, &capability);
             }
-            EventData::VarietyUpdated { gaps, .. } => {
-                self.auto.gaps_now(gaps);
-                return self.auto_next(cx);
-            }
-            _ => {}
+            self.auto_next(cx);
+            return self.arm_retry(cx);
         }
         let EventData::McpServerStatusChange {
             server_id,
@@ -1165,12 +1212,13 @@ impl Serve for Acquire {
                     })
             }
             AcquireRequest::Decide => {
-                let (open, queued, start) = self.auto.decide();
+                let (open, queued, start) = self.auto.decide(Instant::now());
                 let enabled = self.auto.enabled();
                 let started = start.clone();
                 if let Some(capability) = start {
                     self.auto_discover(cx, capability);
                 }
+                self.arm_retry(cx);
                 let verdict = if !enabled {
                     "variety.auto_acquire is off: policy starts no acquisition by itself"
                 } else if open.is_empty() {
@@ -1219,12 +1267,15 @@ struct Target {
     package: PackageRef,
     registry: RegistryFacts,
     capabilities: Vec<String>,
+    env: BTreeMap<String, String>,
 }
 
-/// `{"package": "npm:NAME@VERSION"}` (with optional `capabilities`), or a registry entry
-/// (`{"server": {...}, "_meta": {...}}` or the bare `server` object): its first npm or PyPI
-/// package with stdio transport.
-fn parse_target(body: &Value) -> Result<Target, String> {
+/// `{"package": "npm:NAME@VERSION"}` (with optional `capabilities` and `env`), or a registry
+/// entry (`{"server": {...}, "_meta": {...}}` or the bare `server` object, with optional `env`
+/// beside it): its first npm or PyPI package with stdio transport, whose required environment
+/// variables must be given (those with a default get it). Errors name the field.
+fn parse_target(body: &Value) -> Result<Target, (&'static str, String)> {
+    let package_err = |e: String| ("package", e);
     let capabilities: Vec<String> = match body.get("capabilities") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) if a.len() <= 64 => a
@@ -1232,27 +1283,34 @@ fn parse_target(body: &Value) -> Result<Target, String> {
             .map(|c| {
                 c.as_str()
                     .map(str::to_string)
-                    .ok_or("capabilities must be strings")
+                    .ok_or(("capabilities", "capabilities must be strings".to_string()))
             })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err("capabilities must be a list of at most 64 strings".into()),
+        Some(_) => {
+            return Err((
+                "capabilities",
+                "capabilities must be a list of at most 64 strings".into(),
+            ))
+        }
     };
+    let mut env = parse_env(body.get("env"))?;
     if let Some(p) = body.get("package") {
-        let text = p
-            .as_str()
-            .ok_or("package must be a string: npm:NAME@VERSION or pypi:NAME==VERSION")?;
+        let text = p.as_str().ok_or_else(|| {
+            package_err("package must be a string: npm:NAME@VERSION or pypi:NAME==VERSION".into())
+        })?;
         return Ok(Target {
-            package: PackageRef::parse(text)?,
+            package: PackageRef::parse(text).map_err(package_err)?,
             registry: RegistryFacts::default(),
             capabilities,
+            env,
         });
     }
     let server = body.get("server").unwrap_or(body);
     let Some(packages) = server.get("packages").and_then(Value::as_array) else {
-        return Err(
+        return Err(package_err(
             "expected {\"package\": \"npm:NAME@VERSION\"} or a registry server entry with packages"
                 .into(),
-        );
+        ));
     };
     let name = server
         .get("name")
@@ -1287,27 +1345,97 @@ fn parse_target(body: &Value) -> Result<Target, String> {
             .or_else(|| server.get("version"))
             .and_then(Value::as_str)
             .unwrap_or("");
+        let package = PackageRef::new(registry, identifier, version).map_err(package_err)?;
+        let declared = p.get("environmentVariables").and_then(Value::as_array);
+        let mut missing = Vec::new();
+        for var in declared.into_iter().flatten().take(MAX_ENV) {
+            let Some(name) = var.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            if env.contains_key(name) {
+                continue;
+            }
+            match var.get("default").and_then(Value::as_str) {
+                Some(default) => {
+                    env.insert(name.to_string(), default.to_string());
+                }
+                None if var.get("isRequired").and_then(Value::as_bool) == Some(true) => {
+                    missing.push(name.to_string());
+                }
+                None => {}
+            }
+        }
+        if !missing.is_empty() {
+            return Err((
+                "env",
+                format!(
+                    "{package} needs {} (give the values in \"env\")",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        check_env(&env)?;
         return Ok(Target {
-            package: PackageRef::new(registry, identifier, version)?,
+            package,
             registry: RegistryFacts { name, status },
             capabilities,
+            env,
         });
     }
-    Err(format!(
+    Err(package_err(format!(
         "no npm or PyPI package with stdio transport ({})",
         why.join("; ")
-    ))
+    )))
 }
 
-/// The spec of the sandbox trial: the tightest limits the MCP room applies.
+/// Environment variables one acquisition may carry at most (a spec's own bound).
+const MAX_ENV: usize = 64;
+
+/// `"env": {"NAME": "value", ...}`, checked as a server spec's environment is.
+fn parse_env(v: Option<&Value>) -> Result<BTreeMap<String, String>, (&'static str, String)> {
+    let mut env = BTreeMap::new();
+    match v {
+        None | Some(Value::Null) => return Ok(env),
+        Some(Value::Object(m)) if m.len() <= MAX_ENV => {
+            for (k, v) in m {
+                let Some(v) = v.as_str() else {
+                    return Err(("env", format!("the value of {k} must be a string")));
+                };
+                env.insert(k.clone(), v.to_string());
+            }
+        }
+        Some(_) => {
+            return Err((
+                "env",
+                format!("env must be an object of at most {MAX_ENV} NAME: value strings"),
+            ))
+        }
+    }
+    check_env(&env)?;
+    Ok(env)
+}
+
+/// The rules a registered server's environment follows (names, sizes, no NUL), so that a
+/// request that would fail at registration is refused before anything is installed.
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), (&'static str, String)> {
+    let probe: Result<ServerSpec, _> =
+        serde_json::from_value(json!({"id": "env-check", "command": "true", "env": env}));
+    match probe {
+        Ok(spec) => spec.validate().map_err(|(_, why)| ("env", why)),
+        Err(e) => Err(("env", e.to_string())),
+    }
+}
+
+/// The spec of the sandbox trial: the tightest limits the MCP room applies (`limits`: open
+/// files and CPU seconds).
 fn trial_spec(
     id: &str,
     command: &str,
     args: &[String],
     dir: &std::path::Path,
     declared: &[String],
-    open_files: u64,
-    cpu_seconds: u64,
+    env: &BTreeMap<String, String>,
+    (open_files, cpu_seconds): (u64, u64),
 ) -> Option<ServerSpec> {
     let spec: ServerSpec = serde_json::from_value(json!({
         "id": id,
@@ -1315,6 +1443,7 @@ fn trial_spec(
         "args": args,
         "cwd": dir.display().to_string(),
         "capabilities": declared,
+        "env": env,
         "autostart": true,
         "max_failures": 1,
         "limits": {"max_open_files": open_files, "max_cpu_seconds": cpu_seconds},
@@ -1331,6 +1460,7 @@ fn server_spec(
     args: &[String],
     dir: &std::path::Path,
     capabilities: &[String],
+    env: &BTreeMap<String, String>,
 ) -> Option<ServerSpec> {
     let spec: ServerSpec = serde_json::from_value(json!({
         "id": id,
@@ -1338,6 +1468,7 @@ fn server_spec(
         "args": args,
         "cwd": dir.display().to_string(),
         "capabilities": capabilities,
+        "env": env,
         "autostart": true,
     }))
     .ok()?;
@@ -1416,6 +1547,48 @@ mod tests {
         }
     }
 
+    /// Environment values come with the request; a registry entry's required variables must
+    /// be among them (defaults fill the others), and bad names or values are refused naming
+    /// `env` before anything is installed.
+    #[test]
+    fn environment_values_are_given_with_the_request() {
+        let t = parse_target(&json!({"package": "npm:x@1.0.0", "env": {"API_KEY": "k"}})).unwrap();
+        assert_eq!(t.env["API_KEY"], "k");
+        let entry = |env: Value| {
+            json!({"server": {"name": "io.x/y", "packages": [
+                {"registryType": "npm", "identifier": "y", "version": "2.0.0",
+                 "transport": {"type": "stdio"},
+                 "environmentVariables": [
+                    {"name": "API_KEY", "isRequired": true, "isSecret": true},
+                    {"name": "REGION", "isRequired": true},
+                    {"name": "MODE", "default": "fast"},
+                    {"name": "OPTIONAL"}]}]},
+                   "env": env})
+        };
+        let (field, why) = parse_target(&entry(json!({"API_KEY": "k"}))).unwrap_err();
+        assert_eq!(field, "env");
+        assert!(why.contains("REGION") && !why.contains("API_KEY"), "{why}");
+        let t = parse_target(&entry(json!({"API_KEY": "k", "REGION": "eu"}))).unwrap();
+        assert_eq!(
+            t.env.keys().collect::<Vec<_>>(),
+            ["API_KEY", "MODE", "REGION"],
+            "the default fills MODE; OPTIONAL stays unset"
+        );
+        assert_eq!(t.env["MODE"], "fast");
+        for bad in [
+            json!({"package": "npm:x@1.0.0", "env": {"BAD=NAME": "v"}}),
+            json!({"package": "npm:x@1.0.0", "env": {"K": "v\0"}}),
+            json!({"package": "npm:x@1.0.0", "env": {"K": 3}}),
+            json!({"package": "npm:x@1.0.0", "env": ["K"]}),
+        ] {
+            assert_eq!(
+                parse_target(&bad).map(|_| ()).unwrap_err().0,
+                "env",
+                "{bad}"
+            );
+        }
+    }
+
     #[test]
     fn specs_are_valid_and_tight() {
         let dir = std::path::Path::new("/s/servers/x");
@@ -1425,16 +1598,18 @@ mod tests {
             &["/s/servers/x/i.js".into()],
             dir,
             &[],
-            256,
-            30,
+            &BTreeMap::from([("TOKEN".to_string(), "v".to_string())]),
+            (256, 30),
         )
         .unwrap();
+        assert_eq!(spec.env["TOKEN"], "v");
         assert_eq!(spec.limits.max_open_files, Some(256));
         assert_eq!(spec.limits.max_cpu_seconds, Some(30));
         assert_eq!(spec.max_failures, Some(1));
         assert_eq!(spec.cwd.as_deref(), Some("/s/servers/x"));
-        assert!(server_spec("x", "node", &[], dir, &["memory".into()]).is_some());
-        assert!(server_spec("-bad", "node", &[], dir, &[]).is_none());
+        let none = BTreeMap::new();
+        assert!(server_spec("x", "node", &[], dir, &["memory".into()], &none).is_some());
+        assert!(server_spec("-bad", "node", &[], dir, &[], &none).is_none());
         assert_eq!(tail("abcdef", 3), "...def");
     }
 }

@@ -45,6 +45,25 @@ impl Daemon {
         self.gateway_outputs(cx, out);
     }
 
+    /// Connections closed or hung up since the last look: `/mcp` cancels the calls whose
+    /// client went away (only looked at while calls are in flight).
+    pub(super) fn gateway_hangups(&mut self, cx: &mut Cx<'_, Timer>) {
+        if std::mem::take(&mut self.server.hangups) == 0 || !self.rooms.gateway.has_calls() {
+            return;
+        }
+        let server = &self.server;
+        let mut out = Vec::new();
+        rooms::enter(
+            &mut self.rooms.gateway,
+            cx,
+            &mut self.worker,
+            &mut self.jobs,
+            &mut out,
+            |room, rcx| room.on_hangups(rcx, |c| server.is_gone(c)),
+        );
+        self.gateway_outputs(cx, out);
+    }
+
     /// Carries out the gateway's outputs.
     pub(super) fn gateway_outputs(&mut self, cx: &mut Cx<'_, Timer>, out: Vec<GatewayOutput>) {
         for output in out {
@@ -103,10 +122,7 @@ impl Daemon {
                 }
                 GatewayOutput::Push { conn, bytes } => {
                     // A client that stopped reading loses notifications, not our memory.
-                    if self.server.backlog(conn).unwrap_or(0) > STREAM_BACKLOG_LIMIT {
-                        continue;
-                    }
-                    self.server.push_stream(
+                    let _ = self.server.push_stream(
                         &mut cx.narrow(Timer::Net).cx(),
                         conn,
                         &bytes,
@@ -115,6 +131,13 @@ impl Daemon {
                 }
                 GatewayOutput::Close { conn } => {
                     self.server.close(&mut cx.narrow(Timer::Net).cx(), conn);
+                }
+                GatewayOutput::End { conn } => {
+                    self.server.end_stream(
+                        &mut cx.narrow(Timer::Net).cx(),
+                        conn,
+                        &mut self.incoming,
+                    );
                 }
             }
         }

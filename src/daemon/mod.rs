@@ -77,8 +77,6 @@ const STATE_DOCUMENTS: &[&str] = &[
     crate::acquire::decisions::DECISIONS_FILE,
     crate::mcp::secrets::SECRETS_FILE,
 ];
-/// Stream back-pressure: a follower with more than this unsent is skipped until it drains.
-const STREAM_BACKLOG_LIMIT: usize = 1024 * 1024;
 
 /// Events kept in the history ring.
 const EVENT_HISTORY: usize = 1000;
@@ -402,6 +400,7 @@ impl Handler for Daemon {
             while let Some(incoming) = self.incoming.pop_front() {
                 self.handle_incoming(cx, incoming);
             }
+            self.gateway_hangups(cx);
             self.deliver(cx);
             self.flush_followers(cx);
             if self.incoming.is_empty() && self.outputs.is_empty() && self.effects.is_empty() {

@@ -144,7 +144,8 @@ impl Daemon {
             if f.cursor >= last || !self.server.is_streaming(f.conn) {
                 continue;
             }
-            if self.server.backlog(f.conn).unwrap_or(0) > STREAM_BACKLOG_LIMIT {
+            // A follower that is behind is skipped (its cursor kept) until it drains.
+            if self.server.stream_full(f.conn) {
                 continue;
             }
             let mut out = Vec::new();
@@ -181,7 +182,7 @@ impl Daemon {
             }
             f.cursor = last;
             if !out.is_empty() {
-                self.server.push_stream(
+                let _ = self.server.push_stream(
                     &mut cx.narrow(Timer::Net).cx(),
                     f.conn,
                     &out,

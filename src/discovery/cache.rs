@@ -168,6 +168,7 @@ impl Cache {
             let parsed = Parsed {
                 found,
                 skipped: e.skipped,
+                next_cursor: None,
             };
             cache.put(e.source, &e.query, e.fetched_at_ms, Arc::new(parsed));
         }
@@ -235,6 +236,7 @@ mod tests {
                 invalid: 2,
                 ..Skipped::default()
             },
+            next_cursor: None,
         })
     }
 

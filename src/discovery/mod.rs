@@ -220,6 +220,7 @@ impl Discovery {
             registry: url(&m.registry_url),
             npm: url(&m.npm_registry_url),
             github: url(&m.github_api_url),
+            github_token_file: m.github_token_file.clone(),
             catalog: m.catalog_file.clone(),
             ca_file: config.security.ca_file.clone(),
         };

@@ -31,6 +31,10 @@ const MAX_NPMRC_BYTES: u64 = 64 * 1024;
 pub const MAX_GITHUB_REPOS: usize = 10;
 /// Longest query sent to a source, in bytes.
 pub const MAX_QUERY_BYTES: usize = 200;
+/// Registry pages read per search at most (each up to [`MAX_PER_SOURCE`] entries).
+pub const MAX_REGISTRY_PAGES: usize = 5;
+/// Longest registry cursor followed, in bytes.
+const MAX_CURSOR_BYTES: usize = 1024;
 
 /// What a source's answer gave.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -39,9 +43,26 @@ pub struct Parsed {
     pub found: Vec<Found>,
     /// What was left out, by reason.
     pub skipped: Skipped,
+    /// The registry's cursor of the next page, when there is one.
+    pub next_cursor: Option<String>,
 }
 
 impl Parsed {
+    /// Adds a later page's findings (bounded as every push is) and what it skipped.
+    fn extend(&mut self, page: Parsed) {
+        for f in page.found {
+            self.push(f);
+        }
+        let (a, b) = (&mut self.skipped, page.skipped);
+        a.invalid += b.invalid;
+        a.not_stdio += b.not_stdio;
+        a.other_registry += b.other_registry;
+        a.inactive += b.inactive;
+        a.no_runtime += b.no_runtime;
+        a.over_limit += b.over_limit;
+        self.next_cursor = page.next_cursor;
+    }
+
     fn push(&mut self, f: Found) {
         if self.found.len() < MAX_PER_SOURCE {
             self.found.push(f.bounded());
@@ -56,6 +77,15 @@ impl Parsed {
 #[derive(Deserialize)]
 struct RegistryPage {
     servers: Vec<Value>,
+    #[serde(default)]
+    metadata: Option<RegistryMetadata>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RegistryMetadata {
+    #[serde(default)]
+    next_cursor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -183,7 +213,13 @@ fn args(list: Vec<RegArg>) -> Vec<Argument> {
 pub fn registry(body: &[u8]) -> Result<Parsed, String> {
     let page: RegistryPage = serde_json::from_slice(body)
         .map_err(|e| format!("not a registry v0.1 answer: {}", clip(&e.to_string(), 200)))?;
-    let mut out = Parsed::default();
+    let mut out = Parsed {
+        next_cursor: page
+            .metadata
+            .and_then(|m| m.next_cursor)
+            .filter(|c| !c.is_empty() && c.len() <= MAX_CURSOR_BYTES),
+        ..Parsed::default()
+    };
     for entry in page.servers {
         if out.found.len() >= MAX_PER_SOURCE {
             out.skipped.over_limit += 1;
@@ -637,6 +673,8 @@ pub struct Endpoints {
     pub npm: String,
     /// GitHub's API base URL, or empty.
     pub github: String,
+    /// A file holding the token sent to GitHub's API, or empty.
+    pub github_token_file: String,
     /// The catalog file, or empty.
     pub catalog: String,
     /// `security.ca_file`: CA certificates trusted besides the bundled roots, or empty.
@@ -678,6 +716,7 @@ fn get(
     ca_file: &str,
     url: &str,
     accept: &str,
+    token: Option<&str>,
     deadline: Instant,
 ) -> Result<Option<Vec<u8>>, String> {
     let left = deadline.saturating_duration_since(Instant::now());
@@ -685,9 +724,11 @@ fn get(
         return Err(format!("timed out before GET {url}"));
     }
     let agent = crate::outbound::agent(ca_file, left).map_err(|e| format!("GET {url}: {e}"))?;
-    let mut response = agent
-        .get(url)
-        .header("Accept", accept)
+    let mut request = agent.get(url).header("Accept", accept);
+    if let Some(t) = token {
+        request = request.header("Authorization", format!("Bearer {t}"));
+    }
+    let mut response = request
         .call()
         .map_err(|e| format!("GET {url}: {}", clip(&crate::outbound::describe(&e), 300)))?;
     let status = response.status().as_u16();
@@ -749,17 +790,43 @@ pub fn fetch(
             if endpoints.registry.is_empty() {
                 return Err("not configured: set mcp_servers.registry_url".into());
             }
-            let mut url = format!(
+            let mut base = format!(
                 "{}/v0.1/servers?limit={}&version=latest",
                 endpoints.registry, MAX_PER_SOURCE
             );
             if !q.is_empty() {
-                url.push_str(&format!("&search={q}"));
+                base.push_str(&format!("&search={q}"));
             }
-            registry(&needed(
-                get(&endpoints.ca_file, &url, "application/json", deadline)?,
-                &url,
-            )?)
+            // Pages are followed (`metadata.nextCursor`) until enough was found, the pages
+            // run out, or the bound; a later page that fails ends with what was found.
+            let mut out = Parsed::default();
+            for n in 0..MAX_REGISTRY_PAGES {
+                let url = match &out.next_cursor {
+                    None if n > 0 => break,
+                    None => base.clone(),
+                    Some(cursor) => format!("{base}&cursor={}", encode(cursor)),
+                };
+                let page = get(&endpoints.ca_file, &url, "application/json", None, deadline)
+                    .and_then(|body| needed(body, &url))
+                    .and_then(|body| registry(&body));
+                match page {
+                    Ok(page) => out.extend(page),
+                    Err(e) if n == 0 => return Err(e),
+                    Err(e) => {
+                        log::warn!(
+                            "discovery: registry page {}: {e}; kept the first {n}",
+                            n + 1
+                        );
+                        out.next_cursor = None;
+                        break;
+                    }
+                }
+                if out.found.len() >= MAX_PER_SOURCE {
+                    break;
+                }
+            }
+            out.next_cursor = None;
+            Ok(out)
         }
         Source::Npm => {
             let base = if endpoints.npm.is_empty() {
@@ -774,7 +841,7 @@ pub fn fetch(
             }
             let url = format!("{base}/-/v1/search?text={text}&size={MAX_PER_SOURCE}");
             npm(&needed(
-                get(&endpoints.ca_file, &url, "application/json", deadline)?,
+                get(&endpoints.ca_file, &url, "application/json", None, deadline)?,
                 &url,
             )?)
         }
@@ -792,9 +859,20 @@ pub fn fetch(
                 endpoints.github
             );
             let accept = "application/vnd.github+json";
+            let token = if endpoints.github_token_file.is_empty() {
+                None
+            } else {
+                Some(crate::outbound::bearer_from_file(
+                    &endpoints.github_token_file,
+                )?)
+            };
+            let token = token.as_deref();
             let mut out = Parsed::default();
             let repos = github_search(
-                &needed(get(&endpoints.ca_file, &url, accept, deadline)?, &url)?,
+                &needed(
+                    get(&endpoints.ca_file, &url, accept, token, deadline)?,
+                    &url,
+                )?,
                 &mut out.skipped,
             )?;
             for repo in repos {
@@ -810,6 +888,7 @@ pub fn fetch(
                         &endpoints.ca_file,
                         &url,
                         "application/vnd.github.raw+json",
+                        token,
                         deadline,
                     ) {
                         Ok(Some(body)) => {

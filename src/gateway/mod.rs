@@ -5,17 +5,34 @@
 //! per-call deadline, the same fast refusal when the server is not active.
 //!
 //! Transport: `POST /mcp` carries one JSON-RPC message; requests are answered with
-//! `application/json`, notifications and responses with 202. `initialize` opens a session
+//! `application/json`, notifications and responses with 202. A `tools/call` that asked for
+//! progress (`params._meta.progressToken`) from a client that accepts `text/event-stream`
+//! is answered as an SSE stream once the server reports progress: the progress
+//! notifications (with the client's token), then the response. `initialize` opens a session
 //! (`Mcp-Session-Id`); every later message names it and, when it sends
 //! `MCP-Protocol-Version`, that must be the negotiated version (400 otherwise). `GET /mcp`
-//! opens the session's one server-to-client SSE stream (`notifications/tools/list_changed`);
-//! `DELETE /mcp` ends the session. The access layer has already checked Host, Origin (403),
-//! the bearer token (401) and the body size before a request gets here.
+//! opens the session's one server-to-client SSE stream (`notifications/tools/list_changed`),
+//! whose events carry ids: a GET with `Last-Event-ID` gets what it missed from the
+//! session's replay buffer first. Open streams get a `: keep-alive` comment every
+//! `gateway.keepalive_ms`. `DELETE /mcp` ends the session. The access layer has already
+//! checked Host, Origin (403), the bearer token (401) and the body size before a request
+//! gets here.
+//!
+//! Calls are forwarded with a progress token of the daemon's own (`vsm/gateway/TAG`, unique
+//! over the daemon's life, since clients share servers); a client's
+//! `notifications/cancelled`, its POST's connection closing before the answer, and the end
+//! of its session cancel the call at the server (the MCP room sends
+//! `notifications/cancelled` with the id it used) and no response is sent for it.
 //!
 //! Invariants: sessions are at most `gateway.max_sessions` (an `initialize` beyond is refused,
 //! never evicts a live client) and a session without requests and without an open stream
-//! for `gateway.session_idle_ms` ends; each session has at most one stream; every forwarded
-//! call is answered exactly once (the MCP room answers every request it takes).
+//! for `gateway.session_idle_ms` ends; each session has at most one GET stream; calls in
+//! flight are at most [`MAX_CALLS_PER_SESSION`] per session and [`MAX_CALLS`] in all;
+//! every forwarded call is answered exactly once (the MCP room answers every request it
+//! takes) and each client request gets one HTTP answer (a response, a stream, or a 202
+//! when it was cancelled); replay buffers hold at most [`REPLAY_EVENTS`] events and
+//! [`REPLAY_BYTES`] bytes per session; progress goes out at most once per
+//! [`PROGRESS_INTERVAL`] per call.
 
 pub mod catalog;
 pub mod modern;
@@ -27,12 +44,29 @@ use crate::net::http;
 use crate::room::{Effect, Room, RoomCx};
 use catalog::{Catalog, Target};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// The protocol versions `/mcp` speaks, newest first (the first is offered to clients that
 /// ask for one we do not know).
 pub const VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26"];
+
+/// Calls in flight for one session.
+pub const MAX_CALLS_PER_SESSION: usize = 64;
+/// Calls in flight for all sessions together.
+pub const MAX_CALLS: usize = 1024;
+/// Events of the GET stream a session keeps for a client that reconnects.
+pub const REPLAY_EVENTS: usize = 64;
+/// Bytes of those events a session keeps.
+pub const REPLAY_BYTES: usize = 256 * 1024;
+/// Shortest time between two progress notifications of one call sent to the client (more
+/// frequent ones are dropped: progress only grows, so the next one says as much).
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(50);
+/// The longest progress token of a client that is passed back (a longer one is not used).
+const TOKEN_MAX: usize = 256;
+/// The daemon's own progress tokens (a `/` is in no server id, so no token of the MCP
+/// room's own, `SERVER:RPC`, looks like one).
+const TOKEN_PREFIX: &str = "vsm/gateway/";
 
 /// JSON-RPC error codes.
 mod code {
@@ -46,9 +80,12 @@ mod code {
     pub const SESSION_NOT_FOUND: i64 = -32001;
 }
 
-/// The room has no timers: sessions are swept when requests arrive.
+/// The room's timers (sessions are swept when requests arrive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Timer {}
+pub enum Timer {
+    /// Time to send open streams a keep-alive comment.
+    KeepAlive,
+}
 
 /// The room has no worker jobs.
 #[derive(Debug)]
@@ -83,6 +120,11 @@ pub enum Output {
         /// The stream's connection.
         conn: ConnId,
     },
+    /// End a stream once what was pushed is written (a POST answered as a stream).
+    End {
+        /// The stream's connection.
+        conn: ConnId,
+    },
 }
 
 impl From<Effect> for Output {
@@ -100,6 +142,59 @@ struct Session {
     last_seen: Instant,
     /// The open GET stream, if any.
     stream: Option<ConnId>,
+    /// Calls in flight.
+    calls: usize,
+    /// The id the next GET-stream event gets.
+    next_event: u64,
+    /// The latest GET-stream events (id, bytes), for a client that reconnects.
+    replay: VecDeque<(u64, Vec<u8>)>,
+    /// Bytes in `replay`.
+    replay_bytes: usize,
+}
+
+impl Session {
+    fn new(version: &'static str, now: Instant) -> Session {
+        Session {
+            version,
+            last_seen: now,
+            stream: None,
+            calls: 0,
+            next_event: 1,
+            replay: VecDeque::new(),
+            replay_bytes: 0,
+        }
+    }
+
+    /// Gives `message` the next event id, keeps it for replay (the oldest go beyond the
+    /// bounds) and returns its SSE bytes.
+    fn record(&mut self, message: &Value) -> Vec<u8> {
+        let id = self.next_event;
+        self.next_event += 1;
+        let bytes = format!("id: {id}\nevent: message\ndata: {message}\n\n").into_bytes();
+        self.replay_bytes += bytes.len();
+        self.replay.push_back((id, bytes.clone()));
+        while self.replay.len() > REPLAY_EVENTS || self.replay_bytes > REPLAY_BYTES {
+            match self.replay.pop_front() {
+                Some((_, b)) => self.replay_bytes -= b.len(),
+                None => break,
+            }
+        }
+        bytes
+    }
+
+    /// The events after `last` (a `Last-Event-ID`), when the buffer still holds all of them;
+    /// `None` when it does not (too old, or not an id this session gave): start afresh.
+    fn missed_since(&self, last: u64) -> Option<Vec<u8>> {
+        let first = self.replay.front().map_or(self.next_event, |(id, _)| *id);
+        if last >= self.next_event || last + 1 < first {
+            return None;
+        }
+        let mut out = Vec::new();
+        for (_, bytes) in self.replay.iter().filter(|(id, _)| *id > last) {
+            out.extend_from_slice(bytes);
+        }
+        Some(out)
+    }
 }
 
 /// A forwarded call waiting for its answer.
@@ -111,6 +206,16 @@ struct Pending {
     /// Whether it went to one of the daemon's own tools (the answer is a status document,
     /// not a tool result).
     own: bool,
+    /// The session it belongs to.
+    session: String,
+    /// The server it went to (`None`: one of the daemon's own tools, nothing to cancel).
+    server: Option<String>,
+    /// The client's progress token, when it asked for progress and accepts an SSE answer.
+    progress: Option<Value>,
+    /// When progress last went to the client.
+    progress_sent: Option<Instant>,
+    /// Whether the answer became an SSE stream (progress went out on it).
+    streaming: bool,
     /// Whether it came as a 2026-07-28 request (the result says `resultType`).
     modern: bool,
 }
@@ -131,6 +236,8 @@ pub struct Gateway {
     catalog: Catalog,
     pending: HashMap<u64, Pending>,
     next_tag: u64,
+    /// Whether the keep-alive timer is armed.
+    keepalive: bool,
     /// Open `subscriptions/listen` streams (2026-07-28, see [`modern`]).
     listeners: Vec<modern::Listener>,
 }
@@ -152,6 +259,7 @@ impl Gateway {
             catalog,
             pending: HashMap::new(),
             next_tag: 1,
+            keepalive: false,
             listeners: Vec::new(),
         }
     }
@@ -172,6 +280,125 @@ impl Gateway {
         self.listeners.retain(|l| open(l.conn));
     }
 
+    /// Whether calls are in flight (the wiring then reports connections that went away).
+    pub fn has_calls(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Connections went away (`gone` tells which): calls whose client's POST is among them
+    /// are cancelled at their server (their answer could reach nobody), and their GET
+    /// streams are forgotten.
+    pub fn on_hangups(&mut self, cx: &mut RoomCx<'_, Self>, gone: impl Fn(ConnId) -> bool) {
+        self.prune_streams(|c| !gone(c));
+        let tags: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| matches!(p.reply, ReplyTo::Http { conn, .. } if gone(conn)))
+            .map(|(tag, _)| *tag)
+            .collect();
+        for tag in tags {
+            self.cancel(cx, tag, "the client disconnected", None);
+        }
+    }
+
+    /// Ends call `tag` before its answer: its server is told (the MCP room sends
+    /// `notifications/cancelled` with its own request id) and the client's request gets
+    /// `answer` if one is given, otherwise nothing (a 202, or the end of its stream).
+    fn cancel(&mut self, cx: &mut RoomCx<'_, Self>, tag: u64, reason: &str, answer: Option<Value>) {
+        let Some(p) = self.take_pending(tag) else {
+            return;
+        };
+        log::debug!("/mcp call {tag} cancelled: {reason}");
+        if let Some(server) = p.server {
+            let ask = self.next_tag;
+            self.next_tag += 1;
+            cx.ask(
+                ask,
+                Request::Mcp(McpRequest::Cancel {
+                    id: server,
+                    progress_token: format!("{TOKEN_PREFIX}{tag}"),
+                    reason: reason.to_string(),
+                }),
+            );
+        }
+        let conn = match p.reply {
+            ReplyTo::Http { conn, .. } => conn,
+            _ => return,
+        };
+        match (p.streaming, answer) {
+            (true, answer) => {
+                if let Some(a) = answer {
+                    cx.emit(Output::Push {
+                        conn,
+                        bytes: sse_message(&a),
+                    });
+                }
+                cx.emit(Output::End { conn });
+            }
+            (false, Some(a)) => cx.emit(Output::Http {
+                reply: p.reply,
+                response: http::Response::json(200, a.to_string().into_bytes()),
+            }),
+            (false, None) => accepted(cx, p.reply),
+        }
+    }
+
+    /// Removes call `tag` from the waiting ones (and from its session's count).
+    fn take_pending(&mut self, tag: u64) -> Option<Pending> {
+        let p = self.pending.remove(&tag)?;
+        if let Some(s) = self.sessions.get_mut(&p.session) {
+            s.calls = s.calls.saturating_sub(1);
+        }
+        Some(p)
+    }
+
+    /// Ends session `id` (its client said so, or it expired): its stream closes and its
+    /// calls in flight are cancelled, each answered with a "session ended" error.
+    fn end_session(&mut self, cx: &mut RoomCx<'_, Self>, id: &str, why: &str) {
+        let Some(session) = self.sessions.remove(id) else {
+            return;
+        };
+        if let Some(conn) = session.stream {
+            cx.emit(Output::Close { conn });
+        }
+        if session.calls > 0 {
+            let tags: Vec<u64> = self
+                .pending
+                .iter()
+                .filter(|(_, p)| p.session == id)
+                .map(|(tag, _)| *tag)
+                .collect();
+            for tag in tags {
+                let client_id = self.pending.get(&tag).map(|p| p.id.clone());
+                let answer = client_id.map(|cid| {
+                    rpc_error(&cid, code::SESSION_NOT_FOUND, &format!("the session {why}"))
+                });
+                self.cancel(cx, tag, &format!("the client's session {why}"), answer);
+            }
+        }
+        log::debug!("/mcp session {id} {why}");
+    }
+
+    /// Arms the keep-alive timer unless it is.
+    fn keep_alive(&mut self, cx: &mut RoomCx<'_, Self>, now: Instant) {
+        if !self.keepalive {
+            self.keepalive = true;
+            let every = Duration::from_millis(self.settings.keepalive_ms);
+            cx.timers().insert(now + every, Timer::KeepAlive);
+        }
+    }
+
+    /// The open streams: GET streams and POSTs answered as streams.
+    fn streams(&self) -> impl Iterator<Item = ConnId> + '_ {
+        let gets = self.sessions.values().filter_map(|s| s.stream);
+        let posts = self.pending.values().filter_map(|p| match p.reply {
+            ReplyTo::Http { conn, .. } if p.streaming => Some(conn),
+            _ => None,
+        });
+        let listens = self.listeners.iter().map(|l| l.conn);
+        gets.chain(posts).chain(listens)
+    }
+
     fn rebuild(&mut self, cx: &mut RoomCx<'_, Self>) {
         let catalog = Catalog::build(
             self.servers
@@ -184,30 +411,32 @@ impl Gateway {
             return;
         }
         self.catalog = catalog;
-        let event =
-            sse_message(&json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}));
-        for s in self.sessions.values() {
+        let message = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+        // Every session keeps it, so that a client whose stream is down gets it on return.
+        for s in self.sessions.values_mut() {
+            let bytes = s.record(&message);
             if let Some(conn) = s.stream {
-                cx.emit(Output::Push {
-                    conn,
-                    bytes: event.clone(),
-                });
+                cx.emit(Output::Push { conn, bytes });
             }
         }
         self.notify_listeners(cx);
     }
 
     /// Ends sessions idle for longer than `gateway.session_idle_ms` (a session with an open
-    /// stream is not idle).
-    fn sweep(&mut self, now: Instant) {
+    /// stream or a call in flight is not idle).
+    fn sweep(&mut self, cx: &mut RoomCx<'_, Self>, now: Instant) {
         let idle = Duration::from_millis(self.settings.session_idle_ms);
-        self.sessions.retain(|id, s| {
-            let keep = s.stream.is_some() || now.duration_since(s.last_seen) < idle;
-            if !keep {
-                log::debug!("/mcp session {id} expired");
-            }
-            keep
-        });
+        let expired: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.stream.is_none() && s.calls == 0 && now.duration_since(s.last_seen) >= idle
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.end_session(cx, &id, "expired");
+        }
     }
 
     /// One HTTP request for `/mcp` (already through the access checks).
@@ -218,7 +447,7 @@ impl Gateway {
         reply: ReplyTo,
         now: Instant,
     ) {
-        self.sweep(now);
+        self.sweep(cx, now);
         match request.method.as_str() {
             "POST" => self.post(cx, request, reply, now),
             "GET" | "HEAD" => match self.session_of(request, now) {
@@ -239,16 +468,23 @@ impl Gateway {
                         return refuse(cx, reply, (409, code::SERVER_ERROR, m.into()));
                     }
                     s.stream = Some(conn);
+                    // A client that comes back names the last event it saw: what followed
+                    // goes first, when the session still has all of it.
+                    let missed = request
+                        .header("last-event-id")
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .and_then(|last| s.missed_since(last));
                     cx.emit(Output::Stream { reply });
+                    if let Some(bytes) = missed.filter(|b| !b.is_empty()) {
+                        cx.emit(Output::Push { conn, bytes });
+                    }
+                    self.keep_alive(cx, now);
                 }
             },
             "DELETE" => match self.session_of(request, now) {
                 Err(r) => refuse(cx, reply, r),
                 Ok(id) => {
-                    if let Some(conn) = self.sessions.remove(&id).and_then(|s| s.stream) {
-                        cx.emit(Output::Close { conn });
-                    }
-                    log::debug!("/mcp session {id} ended by its client");
+                    self.end_session(cx, &id, "was ended by its client");
                     cx.emit(Output::Http {
                         reply,
                         response: http::Response::json(200, Vec::new()),
@@ -359,18 +595,28 @@ impl Gateway {
             };
             return self.initialize(cx, reply, id, map.get("params"), now);
         }
-        if let Err(r) = self.session_of(request, now) {
-            return refuse(cx, reply, r);
-        }
-        let Some(id) = id else {
-            // Notifications (initialized, cancelled, roots changed...) need no answer.
-            return accepted(cx, reply);
+        let session = match self.session_of(request, now) {
+            Ok(s) => s,
+            Err(r) => return refuse(cx, reply, r),
         };
         let params = map.get("params").unwrap_or(&Value::Null);
+        let Some(id) = id else {
+            // Notifications (initialized, roots changed...) need no answer.
+            if method == "notifications/cancelled" {
+                self.cancelled(cx, &session, params);
+            }
+            return accepted(cx, reply);
+        };
         match method {
             "ping" => respond(cx, reply, &id, json!({})),
             "tools/list" => respond(cx, reply, &id, json!({"tools": self.catalog.listing()})),
-            "tools/call" => self.call(cx, reply, id, params),
+            "tools/call" => {
+                let call = Call {
+                    session,
+                    sse: request.accepts_event_stream(),
+                };
+                self.call(cx, reply, id, params, call)
+            }
             _ => {
                 let m: String = method.chars().take(80).collect();
                 let response = rpc_error_response(
@@ -414,14 +660,8 @@ impl Gateway {
             return cx.emit(Output::Http { reply, response });
         }
         let session: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        self.sessions.insert(
-            session.clone(),
-            Session {
-                version,
-                last_seen: now,
-                stream: None,
-            },
-        );
+        self.sessions
+            .insert(session.clone(), Session::new(version, now));
         log::debug!("/mcp session {session} opened ({version})");
         let result = json!({
             "protocolVersion": version,
@@ -441,7 +681,39 @@ impl Gateway {
         cx.emit(Output::Http { reply, response });
     }
 
-    fn call(&mut self, cx: &mut RoomCx<'_, Self>, reply: ReplyTo, id: Value, params: &Value) {
+    /// A client's `notifications/cancelled`: its call `requestId` (an id of its session)
+    /// ends at its server; the request gets no response.
+    fn cancelled(&mut self, cx: &mut RoomCx<'_, Self>, session: &str, params: &Value) {
+        let Some(request_id) = params.get("requestId") else {
+            return;
+        };
+        let found = self
+            .pending
+            .iter()
+            .find(|(_, p)| p.session == session && p.id == *request_id)
+            .map(|(tag, _)| *tag);
+        let Some(tag) = found else {
+            // Answered already, or never ours: nothing to do (the spec says to ignore it).
+            return;
+        };
+        let reason = match params.get("reason").and_then(Value::as_str) {
+            Some(r) => format!(
+                "the client cancelled it: {}",
+                r.chars().take(200).collect::<String>()
+            ),
+            None => "the client cancelled it".to_string(),
+        };
+        self.cancel(cx, tag, &reason, None);
+    }
+
+    fn call(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        reply: ReplyTo,
+        id: Value,
+        params: &Value,
+        call: Call,
+    ) {
         let Some(name) = params.get("name").and_then(Value::as_str) else {
             let response = rpc_error_response(
                 200,
@@ -506,36 +778,123 @@ impl Gateway {
             );
             return cx.emit(Output::Http { reply, response });
         };
-        let (request, own) = match &entry.target {
+        let in_session = self.sessions.get(&call.session).map_or(0, |s| s.calls);
+        if in_session >= MAX_CALLS_PER_SESSION || self.pending.len() >= MAX_CALLS {
+            let m = if in_session >= MAX_CALLS_PER_SESSION {
+                format!("{in_session} calls of this session are in flight (at most {MAX_CALLS_PER_SESSION}): wait for one to finish")
+            } else {
+                format!(
+                    "{} calls are in flight on /mcp (at most {MAX_CALLS}): try again shortly",
+                    self.pending.len()
+                )
+            };
+            let response = rpc_error_response(200, &id, code::SERVER_ERROR, &m);
+            return cx.emit(Output::Http { reply, response });
+        }
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let (request, server) = match &entry.target {
             Target::Server { server, tool } => (
                 Request::Mcp(McpRequest::Call {
                     id: server.clone(),
                     name: tool.clone(),
                     arguments,
                     timeout_ms: None,
+                    progress_token: Some(format!("{TOKEN_PREFIX}{tag}")),
                 }),
-                false,
+                Some(server.clone()),
             ),
             Target::Daemon(t) if t == "status" => (
                 Request::Daemon(DaemonRequest::Status { detailed: false }),
-                true,
+                None,
             ),
-            Target::Daemon(_) => (Request::Mcp(McpRequest::List { status: "all" }), true),
+            Target::Daemon(_) => (Request::Mcp(McpRequest::List { status: "all" }), None),
         };
-        let tag = self.next_tag;
-        self.next_tag += 1;
-        let modern = false;
-        self.pending.insert(
-            tag,
-            Pending {
-                reply,
-                id,
-                own,
-                modern,
-            },
-        );
+        // Progress needs a stream to go on: without one the client gets the answer alone.
+        let progress = params
+            .get("_meta")
+            .and_then(|m| m.get("progressToken"))
+            .filter(|t| match t {
+                Value::String(s) => s.len() <= TOKEN_MAX,
+                Value::Number(_) => true,
+                _ => false,
+            })
+            .filter(|_| call.sse && server.is_some())
+            .cloned();
+        if let Some(s) = self.sessions.get_mut(&call.session) {
+            s.calls += 1;
+        }
+        let pending = Pending {
+            reply,
+            id,
+            own: server.is_none(),
+            session: call.session,
+            server,
+            progress,
+            progress_sent: None,
+            streaming: false,
+            modern: false,
+        };
+        self.pending.insert(tag, pending);
         cx.ask(tag, request);
     }
+
+    /// A server's progress on a call: to its client, on the call's stream (opened with
+    /// the first), with the client's own token.
+    fn progress(&mut self, cx: &mut RoomCx<'_, Self>, token: &str, note: ProgressNote<'_>) {
+        let Some(tag) = token
+            .strip_prefix(TOKEN_PREFIX)
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let Some(p) = self.pending.get_mut(&tag) else {
+            return;
+        };
+        let (Some(client_token), ReplyTo::Http { conn, .. }) = (&p.progress, p.reply) else {
+            return;
+        };
+        let now = Instant::now();
+        if p.progress_sent
+            .is_some_and(|t| now.saturating_duration_since(t) < PROGRESS_INTERVAL)
+        {
+            return;
+        }
+        p.progress_sent = Some(now);
+        let mut params = json!({"progressToken": client_token, "progress": note.progress});
+        if !note.total.is_null() {
+            params["total"] = note.total.clone();
+        }
+        if let Some(m) = note.message {
+            params["message"] = Value::String(m.to_string());
+        }
+        let message =
+            json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": params});
+        if !p.streaming {
+            p.streaming = true;
+            cx.emit(Output::Stream { reply: p.reply });
+            self.keep_alive(cx, now);
+        }
+        cx.emit(Output::Push {
+            conn,
+            bytes: sse_message(&message),
+        });
+    }
+}
+
+/// What a `tools/call` request says about its client.
+struct Call {
+    /// Its session.
+    session: String,
+    /// Whether it accepts an SSE answer.
+    sse: bool,
+}
+
+/// A server's progress notification, as the MCP room's event has it.
+struct ProgressNote<'a> {
+    progress: &'a Value,
+    total: &'a Value,
+    message: Option<&'a str>,
 }
 
 /// The servers or their tools changed: the active servers' tools, less those the capability
@@ -575,8 +934,50 @@ impl Room for Gateway {
     type Output = Output;
     const NAME: &'static str = "gateway";
 
-    fn on_timer(&mut self, _cx: &mut RoomCx<'_, Self>, timer: Timer) {
-        match timer {}
+    fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, timer: Timer) {
+        match timer {
+            Timer::KeepAlive => {
+                self.keepalive = false;
+                let streams: Vec<ConnId> = self.streams().collect();
+                if streams.is_empty() {
+                    return;
+                }
+                for conn in streams {
+                    cx.emit(Output::Push {
+                        conn,
+                        bytes: b": keep-alive\n\n".to_vec(),
+                    });
+                }
+                self.keep_alive(cx, Instant::now());
+            }
+        }
+    }
+
+    fn on_event(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        _seq: u64,
+        _channel: crate::events::Channel,
+        data: &crate::events::EventData,
+    ) {
+        if let crate::events::EventData::McpToolProgress {
+            progress_token,
+            progress,
+            total,
+            message,
+            ..
+        } = data
+        {
+            if self.pending.is_empty() {
+                return;
+            }
+            let note = ProgressNote {
+                progress,
+                total,
+                message: message.as_deref(),
+            };
+            self.progress(cx, progress_token, note);
+        }
     }
 
     fn on_job(&mut self, _cx: &mut RoomCx<'_, Self>, done: Job) {
@@ -593,8 +994,9 @@ impl Room for Gateway {
     }
 
     fn on_answer(&mut self, cx: &mut RoomCx<'_, Self>, tag: u64, answer: Answer) {
-        let Some(p) = self.pending.remove(&tag) else {
-            log::warn!("/mcp: an answer for call {tag}, which is not waiting");
+        let Some(p) = self.take_pending(tag) else {
+            // A cancelled call's answer, or that of the cancel itself: nobody waits for it.
+            log::debug!("/mcp: an answer for {tag}, which nobody waits for");
             return;
         };
         let mut result = if p.own {
@@ -605,10 +1007,20 @@ impl Room for Gateway {
         if p.modern {
             result = self.modern_result(result);
         }
-        cx.emit(Output::Http {
-            reply: p.reply,
-            response: rpc_response(&p.id, result),
-        });
+        match (p.streaming, p.reply) {
+            (true, ReplyTo::Http { conn, .. }) => {
+                let message = json!({"jsonrpc": "2.0", "id": p.id, "result": result});
+                cx.emit(Output::Push {
+                    conn,
+                    bytes: sse_message(&message),
+                });
+                cx.emit(Output::End { conn });
+            }
+            _ => cx.emit(Output::Http {
+                reply: p.reply,
+                response: rpc_response(&p.id, result),
+            }),
+        }
     }
 }
 
@@ -674,13 +1086,265 @@ fn rpc_response(id: &Value, result: Value) -> http::Response {
     http::Response::json(200, body.to_string().into_bytes())
 }
 
+/// A JSON-RPC error message.
+fn rpc_error(id: &Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
 /// A JSON-RPC error as a response of `status`.
 fn rpc_error_response(status: u16, id: &Value, code: i64, message: &str) -> http::Response {
-    let body = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
-    http::Response::json(status, body.to_string().into_bytes())
+    http::Response::json(
+        status,
+        rpc_error(id, code, message).to_string().into_bytes(),
+    )
 }
 
 /// One SSE `message` event carrying a JSON-RPC message.
 fn sse_message(message: &Value) -> Vec<u8> {
     format!("event: message\ndata: {message}\n\n").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reactor::timer::TimerWheel;
+    use crate::reactor::{LoopStats, Timers};
+    use crate::room::Wiring;
+
+    /// The loop as the gateway sees it: its timers (no worker jobs).
+    struct Loop {
+        wheel: TimerWheel<Timer>,
+    }
+
+    impl Wiring<Timer, Job> for Loop {
+        fn timers(&mut self) -> &mut dyn Timers<Timer> {
+            &mut self.wheel
+        }
+        // The gateway has no jobs (`Job` has no values): a submission cannot even be built.
+        #[allow(unreachable_code)]
+        fn submit(
+            &mut self,
+            _timeout: Duration,
+            _work: Box<dyn FnOnce() -> Job + Send>,
+            fail: Box<dyn FnOnce(&str) -> Job>,
+        ) -> Result<(), Job> {
+            match fail("no worker") {}
+        }
+    }
+
+    /// A gateway driven by synthetic requests; what it says is kept in `out`.
+    struct Harness {
+        gateway: Gateway,
+        poll: mio::Poll,
+        stats: LoopStats,
+        wiring: Loop,
+        out: Vec<Output>,
+        next_conn: u32,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            Harness {
+                gateway: Gateway::new(&Config::default()),
+                poll: mio::Poll::new().expect("poll"),
+                stats: LoopStats::default(),
+                wiring: Loop {
+                    wheel: TimerWheel::new(Instant::now()),
+                },
+                out: Vec::new(),
+                next_conn: 0,
+            }
+        }
+
+        /// One request on a connection of its own; the connection.
+        fn send(&mut self, method: &str, headers: &[(&str, &str)], body: &str) -> ConnId {
+            self.next_conn += 1;
+            let conn = ConnId {
+                slot: self.next_conn,
+                generation: 0,
+            };
+            let request = http::Request {
+                method: method.into(),
+                path: "/mcp".into(),
+                query: String::new(),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                    .collect(),
+                body: body.as_bytes().to_vec(),
+                keep_alive: true,
+            };
+            let reply = ReplyTo::Http {
+                conn,
+                seq: 0,
+                started: Instant::now(),
+                request_id: 0,
+                route: "/mcp",
+                method: "POST",
+            };
+            let mut cx = RoomCx::new(
+                self.poll.registry(),
+                &self.stats,
+                &mut self.wiring,
+                &mut self.out,
+            );
+            self.gateway
+                .on_http(&mut cx, &request, reply, Instant::now());
+            conn
+        }
+
+        fn hangup(&mut self, gone: ConnId) {
+            let mut cx = RoomCx::new(
+                self.poll.registry(),
+                &self.stats,
+                &mut self.wiring,
+                &mut self.out,
+            );
+            self.gateway.on_hangups(&mut cx, |c| c == gone);
+        }
+
+        /// The HTTP answers given (conn, status, body) and the requests asked, since the last
+        /// look.
+        fn take(&mut self) -> (Vec<(ConnId, u16, Value)>, Vec<Request>) {
+            let mut answers = Vec::new();
+            let mut asked = Vec::new();
+            for o in self.out.drain(..) {
+                match o {
+                    Output::Http {
+                        reply: ReplyTo::Http { conn, .. },
+                        response,
+                    } => {
+                        let body = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+                        answers.push((conn, response.status, body));
+                    }
+                    Output::Effect(Effect::Request { request, .. }) => asked.push(*request),
+                    _ => {}
+                }
+            }
+            (answers, asked)
+        }
+    }
+
+    fn call(id: u64) -> String {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": "vsm__status", "arguments": {}}})
+        .to_string()
+    }
+
+    #[test]
+    fn calls_in_flight_are_bounded_per_session_and_cancelled_by_the_client_or_its_end() {
+        let mut h = Harness::new();
+        let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#;
+        h.send("POST", &[], init);
+        let session = h
+            .out
+            .iter()
+            .find_map(|o| match o {
+                Output::Http { response, .. } => response
+                    .headers
+                    .iter()
+                    .find(|(k, _)| *k == "Mcp-Session-Id")
+                    .map(|(_, v)| v.clone()),
+                _ => None,
+            })
+            .expect("a session");
+        h.take();
+        let sid = ("Mcp-Session-Id", session.as_str());
+        let mut conns = Vec::new();
+        for id in 1..=MAX_CALLS_PER_SESSION as u64 {
+            conns.push(h.send("POST", &[sid], &call(id)));
+        }
+        let (answers, asked) = h.take();
+        assert!(answers.is_empty(), "{answers:?}");
+        assert_eq!(asked.len(), MAX_CALLS_PER_SESSION);
+        // One more is refused with a JSON-RPC error saying why.
+        let extra = h.send("POST", &[sid], &call(1000));
+        let (answers, asked) = h.take();
+        assert!(asked.is_empty());
+        match &answers[..] {
+            [(c, 200, body)] if *c == extra => {
+                assert_eq!(body["id"], 1000, "{body}");
+                assert_eq!(body["error"]["code"], code::SERVER_ERROR, "{body}");
+                let m = body["error"]["message"].as_str().unwrap_or_default();
+                assert!(m.contains("in flight"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The client cancels call 1: its POST gets a 202 and no response, and there is room.
+        let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                            "params": {"requestId": 1, "reason": "enough"}});
+        let note = h.send("POST", &[sid], &cancel.to_string());
+        let (answers, _) = h.take();
+        let statuses: Vec<(ConnId, u16)> = answers.iter().map(|(c, s, _)| (*c, *s)).collect();
+        assert_eq!(statuses, [(conns[0], 202), (note, 202)]);
+        h.send("POST", &[sid], &call(1001));
+        let (answers, asked) = h.take();
+        assert!(answers.is_empty() && asked.len() == 1, "{answers:?}");
+        // The client of call 2 goes away: its call ends (its POST gets a 202 nobody reads).
+        h.hangup(conns[1]);
+        let (answers, _) = h.take();
+        assert_eq!(
+            answers.iter().map(|(c, s, _)| (*c, *s)).collect::<Vec<_>>(),
+            [(conns[1], 202)]
+        );
+        // The session ends: every call left is answered with -32001, once.
+        h.send("DELETE", &[sid], "");
+        let (answers, _) = h.take();
+        let errors = answers
+            .iter()
+            .filter(|(_, _, b)| b["error"]["code"] == code::SESSION_NOT_FOUND)
+            .count();
+        assert_eq!(errors, MAX_CALLS_PER_SESSION - 1, "{answers:?}");
+        assert!(h.gateway.pending.is_empty());
+    }
+
+    fn list_changed(n: u64) -> Value {
+        json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed", "params": {"n": n}})
+    }
+
+    #[test]
+    fn the_replay_buffer_gives_what_was_missed_or_nothing_when_it_cannot() {
+        let mut s = Session::new(VERSIONS[0], Instant::now());
+        assert!(
+            s.missed_since(0).is_none_or(|m| m.is_empty()),
+            "nothing given yet"
+        );
+        let first = s.record(&list_changed(1));
+        assert!(first.starts_with(b"id: 1\nevent: message\ndata: {"));
+        s.record(&list_changed(2));
+        let missed = s.missed_since(1).expect("kept");
+        assert!(
+            missed.starts_with(b"id: 2\n"),
+            "{}",
+            String::from_utf8_lossy(&missed)
+        );
+        assert_eq!(
+            s.missed_since(2).as_deref(),
+            Some(&b""[..]),
+            "nothing missed"
+        );
+        assert_eq!(
+            s.missed_since(0).map(|m| m.len()),
+            Some(first.len() + missed.len())
+        );
+        assert_eq!(s.missed_since(3), None, "an id not given");
+        // Bounded by count: the oldest go, and an id before the buffer starts afresh.
+        for n in 3..=(REPLAY_EVENTS as u64 + 10) {
+            s.record(&list_changed(n));
+        }
+        assert_eq!(s.replay.len(), REPLAY_EVENTS);
+        assert_eq!(s.missed_since(1), None, "too old");
+        let oldest = s.replay.front().map(|(id, _)| *id).expect("events");
+        assert!(s.missed_since(oldest - 1).is_some());
+        // Bounded by bytes.
+        let big = json!({"jsonrpc": "2.0", "method": "x", "params": {"pad": "p".repeat(40_000)}});
+        for _ in 0..10 {
+            s.record(&big);
+        }
+        assert!(s.replay_bytes <= REPLAY_BYTES, "{}", s.replay_bytes);
+        assert_eq!(
+            s.replay_bytes,
+            s.replay.iter().map(|(_, b)| b.len()).sum::<usize>()
+        );
+    }
 }

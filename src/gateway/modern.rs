@@ -14,7 +14,8 @@
 //! ends it) are served; another method is a 404 with -32601, as the transport says.
 //!
 //! Invariants: listen streams are at most `gateway.max_sessions` (one beyond is refused with
-//! 503); a stream whose connection closed is forgotten when the wiring prunes streams.
+//! 503) and get the keep-alive comments of the other streams; a stream whose connection
+//! closed is forgotten when the wiring prunes streams.
 
 use super::*;
 use serde_json::Map;
@@ -228,7 +229,12 @@ impl Gateway {
             "tools/call" => {
                 // The same forwarding as the session era; the answer is marked as this era's.
                 let tag = self.next_tag;
-                self.call(cx, reply, id, params);
+                // No session: bounded by the calls in flight in all; cancelled by hanging up.
+                let call = Call {
+                    session: String::new(),
+                    sse: request.accepts_event_stream(),
+                };
+                self.call(cx, reply, id, params, call);
                 if let Some(p) = self.pending.get_mut(&tag) {
                     p.modern = true;
                 }
@@ -286,6 +292,7 @@ impl Gateway {
         // not kept: nothing will be pushed to it.
         if tools {
             self.listeners.push(Listener { conn, id });
+            self.keep_alive(cx, std::time::Instant::now());
         }
     }
 

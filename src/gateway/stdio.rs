@@ -1,7 +1,8 @@
 //! `vsm-daemon mcp serve-stdio`: the gateway for clients that only spawn stdio servers (most
 //! desktop clients). Each newline-delimited JSON-RPC message read from stdin is POSTed to
 //! `/mcp` over the control socket, and what comes back is written to stdout, one message a
-//! line; once `initialize` opened a session, the session's GET stream is followed on a thread
+//! line (an answer that is an event stream, a call's progress and then its response, message
+//! by message as it comes); once `initialize` opened a session, the session's GET stream is followed on a thread
 //! and its notifications are written too. On end of input the session is ended (DELETE).
 //!
 //! This runs in the CLI process, not in the daemon: blocking I/O and threads are fine here.
@@ -60,7 +61,16 @@ struct Answer {
     body: Vec<u8>,
 }
 
-fn request(socket: &Path, method: &str, session: &Session, body: &[u8]) -> io::Result<Answer> {
+/// Sends one request and reads its answer. An answer that is an event stream (a tool call
+/// whose progress the client asked for) has its messages written to `out` as they come,
+/// and then has no body of its own.
+fn request(
+    socket: &Path,
+    method: &str,
+    session: &Session,
+    body: &[u8],
+    out: &Mutex<io::Stdout>,
+) -> io::Result<Answer> {
     let mut s = UnixStream::connect(socket)?;
     let mut head = format!(
         "{method} /mcp HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
@@ -75,18 +85,8 @@ fn request(socket: &Path, method: &str, session: &Session, body: &[u8]) -> io::R
     head.push_str("\r\n");
     s.write_all(head.as_bytes())?;
     s.write_all(body)?;
-    let mut raw = Vec::new();
-    s.take(MAX_ANSWER as u64).read_to_end(&mut raw)?;
-    let text_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| io::Error::other("the daemon's answer has no HTTP head"))?;
-    let head = String::from_utf8_lossy(&raw[..text_end]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let mut reader = BufReader::new(s.take(MAX_ANSWER as u64));
+    let (status, head) = read_head(&mut reader)?;
     let header = |name: &str| {
         head.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
@@ -96,15 +96,70 @@ fn request(socket: &Path, method: &str, session: &Session, body: &[u8]) -> io::R
         })
     };
     let session = header("mcp-session-id");
-    let mut body = raw[text_end + 4..].to_vec();
-    if let Some(len) = header("content-length").and_then(|l| l.parse::<usize>().ok()) {
-        body.truncate(len);
+    let streamed = header("content-type").is_some_and(|t| t.starts_with("text/event-stream"));
+    let mut body = Vec::new();
+    if streamed {
+        events(&mut reader, out);
+    } else {
+        reader.read_to_end(&mut body)?;
+        if let Some(len) = header("content-length").and_then(|l| l.parse::<usize>().ok()) {
+            body.truncate(len);
+        }
     }
     Ok(Answer {
         status,
         session,
         body,
     })
+}
+
+/// Reads an HTTP answer's head: its status and its header lines.
+fn read_head(reader: &mut impl BufRead) -> io::Result<(u16, String)> {
+    let mut head = String::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.take(MAX_LINE as u64).read_until(b'\n', &mut line)? == 0 {
+            return Err(io::Error::other("the daemon's answer has no HTTP head"));
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.is_empty() {
+            break;
+        }
+        head.push_str(&String::from_utf8_lossy(text));
+        head.push('\n');
+    }
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, head))
+}
+
+/// Writes each message of an event stream to stdout as it comes, until the stream ends
+/// (comments, such as keep-alives, and event ids are skipped).
+fn events(reader: &mut impl BufRead, out: &Mutex<io::Stdout>) {
+    let mut line = Vec::new();
+    let mut data = Vec::new();
+    loop {
+        line.clear();
+        match reader.take(MAX_LINE as u64).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.is_empty() {
+            if !data.is_empty() {
+                emit(out, &data);
+                data.clear();
+            }
+        } else if let Some(d) = text.strip_prefix(b"data:") {
+            data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
+        }
+    }
 }
 
 /// Writes one message as one line.
@@ -160,40 +215,14 @@ fn follow(socket: PathBuf, session: Session, out: Arc<Mutex<io::Stdout>>) {
     if s.write_all(head.as_bytes()).is_err() {
         return;
     }
-    let mut lines = BufReader::new(s);
-    let mut line = Vec::new();
-    let mut in_body = false;
-    let mut data = Vec::new();
-    loop {
-        line.clear();
-        match (&mut lines)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut line)
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
-        if !in_body {
-            if text.starts_with(b"HTTP/1.1 ") && !text.starts_with(b"HTTP/1.1 200") {
-                log::warn!(
-                    "the daemon refused the notification stream: {}",
-                    String::from_utf8_lossy(text)
-                );
-                return;
-            }
-            in_body = text.is_empty();
-            continue;
-        }
-        if text.is_empty() {
-            if !data.is_empty() {
-                emit(&out, &data);
-                data.clear();
-            }
-        } else if let Some(d) = text.strip_prefix(b"data:") {
-            data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
-        }
+    let mut reader = BufReader::new(s);
+    match read_head(&mut reader) {
+        Ok((200, _)) => events(&mut reader, &out),
+        Ok((_, head)) => log::warn!(
+            "the daemon refused the notification stream: {}",
+            head.lines().next().unwrap_or_default()
+        ),
+        Err(_) => {}
     }
 }
 
@@ -242,7 +271,7 @@ pub fn serve(socket: &Path) -> Result<(), BridgeError> {
         let id = message.get("id").cloned();
         if message["method"] == "initialize" {
             // Inline: the session it opens is named by every later message.
-            let answer = request(socket, "POST", &Session::default(), body);
+            let answer = request(socket, "POST", &Session::default(), body, &out);
             if let Ok(a) = &answer {
                 if let Some(sid) = &a.session {
                     let version = serde_json::from_slice::<Value>(&a.body)
@@ -274,7 +303,7 @@ pub fn serve(socket: &Path) -> Result<(), BridgeError> {
             body.to_vec(),
         );
         std::thread::spawn(move || {
-            if let Some(m) = relay(id.as_ref(), request(&socket, "POST", &session, &body)) {
+            if let Some(m) = relay(id.as_ref(), request(&socket, "POST", &session, &body, &out)) {
                 emit(&out, &m);
             }
             in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -285,7 +314,7 @@ pub fn serve(socket: &Path) -> Result<(), BridgeError> {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     if session.id.is_some() {
-        let _ = request(socket, "DELETE", &session, b"");
+        let _ = request(socket, "DELETE", &session, b"", &out);
     }
     Ok(())
 }

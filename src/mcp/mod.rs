@@ -286,11 +286,21 @@ impl crate::room::Serve for Mcp {
                 name,
                 arguments,
                 timeout_ms,
+                progress_token,
             } => {
                 let refused = self.refused_tool(&id, &name);
                 if refused.is_empty() {
                     let (mut lcx, _) = cx.split();
-                    match self.call(&mut lcx, &id, &name, arguments, timeout_ms, reply) {
+                    let call = self.call(
+                        &mut lcx,
+                        &id,
+                        &name,
+                        arguments,
+                        timeout_ms,
+                        progress_token,
+                        reply,
+                    );
+                    match call {
                         Ok(()) => return,
                         Err(e) => Err(e),
                     }
@@ -316,6 +326,15 @@ impl crate::room::Serve for Mcp {
                         message,
                     ))
                 }
+            }
+            McpRequest::Cancel {
+                id,
+                progress_token,
+                reason,
+            } => {
+                let (mut lcx, _) = cx.split();
+                self.cancel(&mut lcx, &id, &progress_token, &reason, &mut caused)
+                    .map(|()| json!({"cancelled": true}))
             }
             McpRequest::Trial { spec, timeout_ms } => {
                 let (mut lcx, out) = cx.split();

@@ -278,6 +278,7 @@ impl Mcp {
     ///
     /// # Errors
     /// Unknown server or tool, server not active, too many calls in flight.
+    #[allow(clippy::too_many_arguments)]
     pub fn call(
         &mut self,
         cx: &mut Cx<'_, Timer>,
@@ -285,6 +286,7 @@ impl Mcp {
         tool: &str,
         arguments: Value,
         timeout_ms: Option<u64>,
+        progress_token: Option<String>,
         reply: ReplyTo,
     ) -> Result<(), ApiError> {
         let max_in_flight = self.settings.config.max_in_flight_calls as usize;
@@ -302,6 +304,7 @@ impl Mcp {
             server.ending.as_deref(),
             tool,
             arguments,
+            progress_token,
             timeout,
             max_in_flight,
             reply,
@@ -315,6 +318,36 @@ impl Mcp {
         let mut none = Vec::new();
         self.apply(cx, id, effects, &mut none);
         debug_assert!(none.is_empty());
+        Ok(())
+    }
+
+    /// Cancels the call in flight on server `id` that was given `progress_token`: its caller
+    /// is answered with an error and the server gets `notifications/cancelled` with the
+    /// request id the daemon used (the path a call's deadline takes).
+    ///
+    /// # Errors
+    /// Unknown server; no call in flight with that token (it was answered already).
+    pub fn cancel(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        progress_token: &str,
+        reason: &str,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ApiError> {
+        let server = self.servers.get_mut(id).ok_or_else(|| not_found(id))?;
+        let effects = server
+            .session
+            .cancel(progress_token, reason, Instant::now())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "no call in flight on '{id}' has that progress token (it was answered)"
+                    ),
+                )
+            })?;
+        self.apply(cx, id, effects, out);
         Ok(())
     }
 

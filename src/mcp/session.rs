@@ -112,6 +112,8 @@ pub enum Pending<R, T> {
         started: Instant,
         /// Tool name.
         tool: String,
+        /// The progress token the server was given for it.
+        token: String,
     },
 }
 
@@ -614,6 +616,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 timer,
                 started,
                 tool,
+                ..
             } => {
                 out.push(Effect::CancelTimer(timer));
                 let elapsed = cx.now.saturating_duration_since(started);
@@ -855,18 +858,21 @@ impl<R: Copy, T: Copy> Session<R, T> {
         self.relist_next(next, cx, out);
     }
 
+    /// The request id of the call in flight that was given `token`.
+    fn call_with_token(&self, token: &str) -> Option<u64> {
+        // Calls in flight are few (`max_in_flight_calls`), so a scan costs less than an index
+        // kept in step with `pending`.
+        self.pending.iter().find_map(|(rpc, p)| match p {
+            Pending::Call { token: t, .. } if t == token => Some(*rpc),
+            _ => None,
+        })
+    }
+
     /// A `notifications/progress` as an event, when it is about one of our calls in flight
-    /// (its token is ours); its free-text parts are bounded.
+    /// (its token is one we gave); its free-text parts are bounded.
     fn progress_event(&self, params: &Value) -> Option<EventData> {
         let token = params["progressToken"].as_str()?;
-        let rpc: u64 = token
-            .strip_prefix(self.id.as_str())?
-            .strip_prefix(':')?
-            .parse()
-            .ok()?;
-        if !matches!(self.pending.get(&rpc), Some(Pending::Call { .. })) {
-            return None;
-        }
+        self.call_with_token(token)?;
         let number = |v: &Value| {
             if v.is_number() {
                 v.clone()
@@ -886,9 +892,11 @@ impl<R: Copy, T: Copy> Session<R, T> {
         })
     }
 
-    /// Forwards a tool call; its answer arrives later as an [`Effect::Reply`]. `arm` sets
-    /// the call's deadline on the loop's timers (given the request id and the instant);
-    /// when it passes, the loop calls [`Session::on_call_deadline`].
+    /// Forwards a tool call; its answer arrives later as an [`Effect::Reply`]. The server
+    /// gets `token` as the call's progress token (`None`: `SERVER:RPC`; a caller's own must
+    /// be unique among its calls in flight). `arm` sets the call's deadline on the loop's
+    /// timers (given the request id and the instant); when it passes, the loop calls
+    /// [`Session::on_call_deadline`].
     ///
     /// # Errors
     /// Server ending its run (`ending`) or not serving, unknown tool, too many calls in flight.
@@ -899,6 +907,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         ending: Option<&str>,
         tool: &str,
         arguments: Value,
+        token: Option<String>,
         timeout: Duration,
         max_in_flight: usize,
         reply: R,
@@ -937,8 +946,19 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 format!("{max_in_flight} calls already in flight on '{id}'"),
             ));
         }
+        if let Some(t) = &token {
+            if t.len() > NOTE_MAX || self.call_with_token(t).is_some() {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "progress token of {} bytes is too long or already in flight on '{id}'",
+                        t.len()
+                    ),
+                ));
+            }
+        }
         let rpc = self.take_id();
-        let token = format!("{}:{rpc}", self.id);
+        let token = token.unwrap_or_else(|| format!("{}:{rpc}", self.id));
         let bytes = self.request(
             rpc,
             "tools/call",
@@ -952,6 +972,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 timer,
                 started: now,
                 tool: tool.to_string(),
+                token,
             },
         );
         let mut out = vec![Effect::Send(bytes)];
@@ -969,33 +990,66 @@ impl<R: Copy, T: Copy> Session<R, T> {
 
     /// A call's deadline passed: the caller gets a timeout, the server `notifications/cancelled`.
     pub fn on_call_deadline(&mut self, rpc: u64, now: Instant) -> Effects<R, T> {
+        self.end_call(rpc, None, now)
+    }
+
+    /// The caller of the call given progress token `token` gave up on it (`reason`): it ends
+    /// as on its deadline, with the caller answered `Conflict` ("cancelled") and the server
+    /// sent `notifications/cancelled` with the request id we used. `None` when no call in
+    /// flight has that token (it was answered already).
+    pub fn cancel(&mut self, token: &str, reason: &str, now: Instant) -> Option<Effects<R, T>> {
+        let rpc = self.call_with_token(token)?;
+        Some(self.end_call(rpc, Some(reason), now))
+    }
+
+    /// Ends call `rpc` before its answer: at its deadline (`cancelled` is `None`, the deadline
+    /// timer has fired) or cancelled by its caller for the reason given (its timer is
+    /// cancelled). Either way the server is told with `notifications/cancelled`.
+    fn end_call(&mut self, rpc: u64, cancelled: Option<&str>, now: Instant) -> Effects<R, T> {
         let Some(Pending::Call {
             reply,
             tool,
             started,
+            timer,
             ..
         }) = self.pending.remove(&rpc)
         else {
             return Vec::new();
         };
-        self.calls.2 += 1;
         let elapsed = now.saturating_duration_since(started);
         let id = &self.id;
         let ms = elapsed.as_millis();
-        vec![
-            Effect::ToolCall("timeout", elapsed.as_secs_f64(), tool.clone()),
-            Effect::Reply(
-                reply,
-                Err(ApiError::new(
-                    ErrorCode::Timeout,
-                    format!("tool {tool} on {id} did not answer within {ms} ms"),
-                )),
-            ),
-            Effect::Send(jsonrpc::notification(
-                "notifications/cancelled",
-                json!({"requestId": rpc, "reason": "timed out"}),
-            )),
-        ]
+        let mut out = Vec::with_capacity(4);
+        let (outcome, error, reason) = match cancelled {
+            None => {
+                self.calls.2 += 1;
+                let message = format!("tool {tool} on {id} did not answer within {ms} ms");
+                (
+                    "timeout",
+                    ApiError::new(ErrorCode::Timeout, message),
+                    "timed out",
+                )
+            }
+            Some(reason) => {
+                self.calls.1 += 1;
+                out.push(Effect::CancelTimer(timer));
+                let message =
+                    format!("the call to {tool} on {id} was cancelled by its caller: {reason}");
+                (
+                    "cancelled",
+                    ApiError::new(ErrorCode::Conflict, message),
+                    reason,
+                )
+            }
+        };
+        let reason = truncate(reason.to_string(), NOTE_MAX);
+        out.push(Effect::ToolCall(outcome, elapsed.as_secs_f64(), tool));
+        out.push(Effect::Reply(reply, Err(error)));
+        out.push(Effect::Send(jsonrpc::notification(
+            "notifications/cancelled",
+            json!({"requestId": rpc, "reason": reason}),
+        )));
+        out
     }
 
     /// One health round (the server serves): an unanswered ping counts as missed; unless
@@ -1043,6 +1097,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 timer,
                 tool,
                 started,
+                ..
             } = p
             {
                 out.push(Effect::CancelTimer(timer));
@@ -1365,6 +1420,7 @@ mod tests {
                 None,
                 "echo",
                 json!({"m": 1}),
+                None,
                 Duration::from_secs(5),
                 4,
                 7,
@@ -1417,6 +1473,7 @@ mod tests {
                 ending,
                 tool,
                 json!({}),
+                None,
                 Duration::from_secs(1),
                 max,
                 1,
@@ -1461,6 +1518,7 @@ mod tests {
             None,
             "echo",
             json!({}),
+            None,
             Duration::from_millis(50),
             4,
             3,
@@ -1486,6 +1544,65 @@ mod tests {
         let late = format!("{{\"jsonrpc\":\"2.0\",\"id\":{rpc},\"result\":{{}}}}\n");
         assert!(feed(&mut s, late.as_bytes(), Status::Active, now).is_empty());
         assert!(s.on_call_deadline(rpc, now).is_empty());
+    }
+
+    #[test]
+    fn a_call_with_a_callers_token_reports_progress_by_it_and_is_cancelled_by_it() {
+        let (mut s, now) = active("2025-11-25");
+        let mut rpc = 0;
+        let mut call = |s: &mut S, token: &str, reply| {
+            s.call(
+                Status::Active,
+                None,
+                "echo",
+                json!({}),
+                Some(token.to_string()),
+                Duration::from_secs(5),
+                4,
+                reply,
+                now,
+                |r, _| {
+                    rpc = r;
+                    40 + u64::from(reply)
+                },
+            )
+        };
+        let e = call(&mut s, "vsm/gateway/7", 1).expect("call");
+        assert_eq!(
+            sent(&e)[0]["params"]["_meta"]["progressToken"],
+            "vsm/gateway/7"
+        );
+        // A token already in flight is refused (progress could not be told apart).
+        let again = call(&mut s, "vsm/gateway/7", 2)
+            .map(|_| ())
+            .map_err(|e| e.code);
+        assert_eq!(again, Err(ErrorCode::Conflict));
+        let progress = b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":\"vsm/gateway/7\",\"progress\":1}}\n";
+        let e = feed(&mut s, progress, Status::Active, now);
+        assert!(
+            matches!(&e[..], [Effect::Event(EventData::McpToolProgress { progress_token, .. })] if progress_token == "vsm/gateway/7"),
+            "{e:?}"
+        );
+        assert!(s.cancel("vsm/gateway/8", "nobody", now).is_none());
+        let e = s
+            .cancel("vsm/gateway/7", "the client disconnected", now)
+            .expect("in flight");
+        match &e[..] {
+            [Effect::CancelTimer(41), Effect::ToolCall("cancelled", _, _), Effect::Reply(1, Err(err)), Effect::Send(b)] =>
+            {
+                assert_eq!(err.code, ErrorCode::Conflict);
+                let m: Value = serde_json::from_slice(b).expect("json");
+                assert_eq!(m["method"], "notifications/cancelled");
+                assert_eq!(m["params"]["requestId"], rpc);
+                assert_eq!(m["params"]["reason"], "the client disconnected");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!((s.calls, s.calls_in_flight()), ((0, 1, 0), 0));
+        // Its late answer is dropped, its token free again.
+        let late = format!("{{\"jsonrpc\":\"2.0\",\"id\":{rpc},\"result\":{{}}}}\n");
+        assert!(feed(&mut s, late.as_bytes(), Status::Active, now).is_empty());
+        assert!(s.cancel("vsm/gateway/7", "again", now).is_none());
     }
 
     #[test]
@@ -1635,6 +1752,7 @@ mod tests {
                 None,
                 "echo",
                 json!({"m": 1}),
+                None,
                 Duration::from_secs(5),
                 4,
                 7,

@@ -45,8 +45,6 @@ pub const MAX_RECORDS: usize = 50;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest retry delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Longest token read from a token file.
-const TOKEN_FILE_BYTES: u64 = 4096;
 
 /// Most `[actions.*]` tables in one configuration.
 pub const MAX_ACTIONS: usize = 32;
@@ -329,18 +327,7 @@ fn post(
     let token = if token_file.is_empty() {
         None
     } else {
-        let bytes =
-            crate::state::read_small_file(std::path::Path::new(token_file), TOKEN_FILE_BYTES)
-                .map_err(|e| format!("token file {token_file}: {e}"))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| format!("token file {token_file} is not UTF-8"))?;
-        let first = text.lines().next().unwrap_or("").trim().to_string();
-        if first.is_empty() || !first.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!(
-                "token file {token_file} has no usable token on its first line"
-            ));
-        }
-        Some(first)
+        Some(crate::outbound::bearer_from_file(token_file)?)
     };
     let agent = crate::outbound::agent(ca_file, timeout).map_err(|e| format!("POST {url}: {e}"))?;
     let mut request = agent.post(url).header("Content-Type", "application/json");

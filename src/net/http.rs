@@ -149,6 +149,9 @@ pub struct Conn {
     last_seq: Option<u64>,
     streaming: bool,
     streaming_pending: Option<u64>,
+    /// The stream was ended before its head could go out (earlier answers were pending):
+    /// it closes as soon as the head is written.
+    stream_ended: bool,
     close_when_flushed: bool,
     continue_sent_for: Option<u64>,
     /// Sequence numbers of `HEAD` requests not yet answered (at most `max_pipeline`).
@@ -409,7 +412,12 @@ impl Conn {
         while let Some((bytes, close)) = self.parked.remove(&self.write_seq) {
             self.output.extend_from_slice(&bytes);
             if self.streaming_pending == Some(self.write_seq) {
-                self.streaming = true;
+                self.streaming = !self.stream_ended;
+                if self.stream_ended {
+                    self.close_when_flushed = true;
+                    self.parked.clear();
+                    break;
+                }
             }
             self.write_seq += 1;
             if close {
@@ -424,6 +432,17 @@ impl Conn {
     pub fn push_stream(&mut self, bytes: &[u8]) {
         if self.streaming {
             self.output.extend_from_slice(bytes);
+        }
+    }
+
+    /// Ends a stream: once what was pushed is written, the connection closes
+    /// ([`Conn::finished`]). Nothing is pushed after it.
+    pub fn end_stream(&mut self) {
+        if self.streaming {
+            self.streaming = false;
+            self.close_when_flushed = true;
+        } else if self.streaming_pending.is_some() {
+            self.stream_ended = true;
         }
     }
 
@@ -732,6 +751,37 @@ mod tests {
         assert!(out.contains("text/event-stream") && out.ends_with("data: x\n\n"));
         assert!(!out.contains("early"));
         assert!(!conn.finished());
+    }
+
+    #[test]
+    fn an_ended_stream_closes_once_written_even_before_its_head_went_out() {
+        let mut conn = Conn::new();
+        conn.feed(b"POST /mcp HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+        parse_one(&mut conn);
+        conn.start_stream(0);
+        conn.push_stream(b"data: last\n\n");
+        conn.end_stream();
+        conn.push_stream(b"data: after\n\n");
+        let out = text(&conn);
+        assert!(out.ends_with("data: last\n\n"), "{out}");
+        assert!(!conn.is_streaming() && !conn.finished());
+        let n = conn.pending_output().len();
+        conn.consume_output(n);
+        assert!(conn.finished());
+
+        // Ended while an earlier answer was still pending: it closes right after its head.
+        let mut conn = Conn::new();
+        conn.feed(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nPOST /mcp HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+        parse_one(&mut conn);
+        parse_one(&mut conn);
+        conn.start_stream(1);
+        conn.end_stream();
+        conn.respond(0, &Response::json(200, b"{}".to_vec()), false);
+        assert!(text(&conn).contains("text/event-stream"));
+        assert!(!conn.is_streaming());
+        let n = conn.pending_output().len();
+        conn.consume_output(n);
+        assert!(conn.finished());
     }
 
     fn status_of(raw: &[u8]) -> Option<u16> {

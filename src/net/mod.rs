@@ -32,6 +32,9 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// Connection tokens the network floor asks the reactor for: one per connection slot.
 pub const TOKENS_NEEDED: usize = 1 << 20;
+/// Stream back-pressure: a stream with more than this unsent takes no more bytes until it
+/// drains (a client that stopped reading loses stream events, not our memory).
+pub const STREAM_BACKLOG_LIMIT: usize = 1024 * 1024;
 
 /// The network floor's own timer key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +221,9 @@ pub struct Server {
     pub ws_dropped: u64,
     /// WebSocket clients closed for not draining, in total.
     pub ws_closed_slow: u64,
+    /// Connections closed or hung up by their peer since the wiring last took the count
+    /// (it tells `/mcp` to look for calls whose client went away).
+    pub hangups: u64,
     /// The one read buffer of every HTTP connection (taken and put back by [`Server::drive`]):
     /// a fresh 16 KiB array per call was zeroed twice per request, a fifth of its CPU.
     read_buf: Vec<u8>,
@@ -249,6 +255,7 @@ impl Server {
             ws_open: 0,
             ws_dropped: 0,
             ws_closed_slow: 0,
+            hangups: 0,
             read_buf: Vec::new(),
             policy,
         }
@@ -476,6 +483,7 @@ impl Server {
         // edge-triggered poll reports new bytes by itself, and a read here would be a wasted
         // EAGAIN per request.
         let mut read = readable || std::mem::take(&mut conn.read_paused);
+        let mut hung_up = false;
         while read && !conn.peer_closed && !broken {
             let accept = conn.http.wants_read(&limits);
             if !accept && !conn.http.input_closed() {
@@ -483,7 +491,10 @@ impl Server {
                 break;
             }
             match stream.read(buf) {
-                Ok(0) => conn.peer_closed = true,
+                Ok(0) => {
+                    conn.peer_closed = true;
+                    hung_up = true;
+                }
                 Ok(_) if !accept => {} // nothing more is parsed; only a hang-up matters now
                 Ok(n) => {
                     if conn.head_started.is_none() {
@@ -518,6 +529,9 @@ impl Server {
         let done = broken
             || conn.http.finished()
             || (conn.peer_closed && (conn.http.in_flight() == 0 || conn.http.is_streaming()));
+        if hung_up && !done {
+            self.hangups += 1; // a close counts itself
+        }
         if done {
             self.close(cx, id);
         } else {
@@ -743,16 +757,47 @@ impl Server {
         self.get_ref(id).is_some_and(|c| c.http.is_streaming())
     }
 
-    /// Appends bytes to a stream and writes them.
+    /// Whether a stream has more than [`STREAM_BACKLOG_LIMIT`] unsent (or is closed): it
+    /// takes no more bytes now.
+    pub fn stream_full(&self, id: ConnId) -> bool {
+        self.backlog(id).is_none_or(|n| n > STREAM_BACKLOG_LIMIT)
+    }
+
+    /// Whether the connection is closed or its peer hung up (an answer still in flight on it
+    /// would reach nobody).
+    pub fn is_gone(&self, id: ConnId) -> bool {
+        self.get_ref(id).is_none_or(|c| c.peer_closed)
+    }
+
+    /// Appends bytes to a stream and writes them. Refused (false) when the connection is
+    /// closed or the stream is full ([`Server::stream_full`]): whole events are dropped,
+    /// never a part of one.
     pub fn push_stream(
         &mut self,
         cx: &mut Cx<'_, Timer>,
         id: ConnId,
         bytes: &[u8],
         incoming: &mut VecDeque<Incoming>,
-    ) {
+    ) -> bool {
+        if self.stream_full(id) {
+            return false;
+        }
         if let Some(conn) = self.get(id) {
             conn.http.push_stream(bytes);
+            self.drive(cx, id, false, incoming);
+        }
+        true
+    }
+
+    /// Ends a stream: what was pushed is written, then the connection closes.
+    pub fn end_stream(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: ConnId,
+        incoming: &mut VecDeque<Incoming>,
+    ) {
+        if let Some(conn) = self.get(id) {
+            conn.http.end_stream();
             self.drive(cx, id, false, incoming);
         }
     }
@@ -826,6 +871,7 @@ impl Server {
             return;
         }
         if let Some(mut conn) = self.conns[id.slot as usize].take() {
+            self.hangups += 1;
             if let Some((t, _)) = conn.timer {
                 cx.timers.cancel(t);
             }

@@ -292,6 +292,12 @@ impl Variety {
                     variety_ratio: a.variety_ratio,
                     gap_count: a.gaps.len(),
                     gaps: a.gaps.iter().map(|g| g.capability.clone()).collect(),
+                    acquirable: a
+                        .gaps
+                        .iter()
+                        .filter(|g| g.recommended_action == "acquire_mcp_server")
+                        .map(|g| g.capability.clone())
+                        .collect(),
                     required_count: a.required_count,
                     provided_count: a.provided_count,
                     threat_count: a.threats.len(),

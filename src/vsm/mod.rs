@@ -706,6 +706,7 @@ impl Vsm {
                     name: tool,
                     arguments,
                     timeout_ms,
+                    progress_token: None,
                 });
                 self.ask(cx, Asked::Call(reply), request);
             }

@@ -1679,8 +1679,9 @@ fn show_server(d: &Value) -> String {
     let _ = writeln!(out, "command    {}", command.join(" "));
     let _ = writeln!(
         out,
-        "protocol   {}  server {}",
+        "protocol   {} ({} era)  server {}",
         text(&d["protocol_version"]),
+        text(&d["era"]),
         text(&d["server_info"])
     );
     let _ = writeln!(out, "landlock   {}", text(&d["landlock"]));

@@ -298,6 +298,20 @@ fn real_servers_time_everything_and_memory_answer_tool_calls() {
     for id in ["time", "everything", "memory"] {
         wait_status(&d, id, "active");
     }
+    // The probe tells the eras apart: the time server speaks 2026-07-28, the Node ones
+    // refuse server/discover as an unknown method and get the handshake.
+    for (id, era, version) in [
+        ("time", "modern", "2026-07-28"),
+        ("everything", "legacy", "2025-11-25"),
+        ("memory", "legacy", "2025-11-25"),
+    ] {
+        let v = details(&d, id);
+        assert_eq!(
+            (&v["era"], &v["protocol_version"]),
+            (&json!(era), &json!(version)),
+            "{id}: {v:#}"
+        );
+    }
 
     // time
     let r = call_ok(&d, "time", "get_current_time", json!({"timezone": "UTC"}));
@@ -1549,8 +1563,9 @@ fn what_a_server_says_at_the_handshake_is_kept_bounded() {
     assert_eq!(first_text(&r), "still fine");
 }
 
-/// A server stopped during its handshake that still answers `initialize` (it read the
-/// request before it saw stdin close) stays stopped: the answer does not move it back to
+/// A server stopped during its handshake that still answers it (it read the `server/discover`
+/// probe before it saw stdin close; the fixture in its 2026-07-28 mode records the probe and
+/// answers it as a handshake) stays stopped: the answer does not move it back to
 /// `initializing`, and its exit is not taken for a crash to restart from.
 #[test]
 fn a_server_stopped_during_its_handshake_stays_stopped() {
@@ -1558,7 +1573,7 @@ fn a_server_stopped_during_its_handshake_stays_stopped() {
     let go = dir.path().join("go");
     let rec = dir.path().join("record.jsonl");
     let script = format!(
-        "while [ ! -e '{}' ]; do sleep 0.02; done; exec python3 '{}' --record '{}'",
+        "while [ ! -e '{}' ]; do sleep 0.02; done; exec python3 '{}' --modern --record '{}'",
         go.display(),
         fixture(),
         rec.display()
@@ -1571,14 +1586,15 @@ fn a_server_stopped_during_its_handshake_stays_stopped() {
     let out = d.cli(&["mcp", "stop", "late"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(details(&d, "late")["status"], "stopping");
-    // Now it reads the `initialize` waiting in its stdin, answers it, and exits on EOF.
+    // Now it reads the probe waiting in its stdin, answers it, and exits on EOF.
     std::fs::write(&go, b"").expect("go");
     let v = wait_status(&d, "late", "stopped");
     wait_until(
-        "the fixture to have answered initialize and seen stdin close",
+        "the fixture to have answered the probe and seen stdin close",
         || records(&rec),
         |r| {
-            r.iter().any(|e| e["event"] == "initialize")
+            r.iter()
+                .any(|e| e["event"] == "request" && e["method"] == "server/discover")
                 && r.iter().any(|e| e["event"] == "stdin_closed")
         },
         |r| format!("{r:?}\n{}", log_tail(&d)),

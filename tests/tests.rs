@@ -9,6 +9,7 @@ mod checks;
 mod container;
 mod control;
 mod discovery;
+mod eras;
 mod gateway;
 mod mcp;
 mod net;

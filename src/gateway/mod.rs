@@ -37,6 +37,7 @@
 //! [`PROGRESS_INTERVAL`] per call.
 
 pub mod catalog;
+pub mod modern;
 pub mod stdio;
 
 use crate::api::{
@@ -234,6 +235,8 @@ struct Pending {
     progress_sent: Option<Instant>,
     /// Whether the answer became an SSE stream (progress went out on it).
     streaming: bool,
+    /// Whether it came as a 2026-07-28 request (the result says `resultType`).
+    modern: bool,
 }
 
 /// What a forwarded request's answer will need, besides the request it answers.
@@ -277,6 +280,8 @@ pub struct Gateway {
     next_tag: u64,
     /// Whether the keep-alive timer is armed.
     keepalive: bool,
+    /// Open `subscriptions/listen` streams (2026-07-28, see [`modern`]).
+    listeners: Vec<modern::Listener>,
 }
 
 /// Why a message is refused before it is handled: HTTP status, JSON-RPC code, message.
@@ -296,6 +301,7 @@ impl Gateway {
             pending: HashMap::new(),
             next_tag: 1,
             keepalive: false,
+            listeners: Vec::new(),
         }
     }
 
@@ -312,6 +318,7 @@ impl Gateway {
                 s.stream = None;
             }
         }
+        self.listeners.retain(|l| open(l.conn));
     }
 
     /// Whether calls are in flight (the wiring then reports connections that went away).
@@ -429,7 +436,8 @@ impl Gateway {
             ReplyTo::Http { conn, .. } if p.streaming => Some(conn),
             _ => None,
         });
-        gets.chain(posts)
+        let listens = self.listeners.iter().map(|l| l.conn);
+        gets.chain(posts).chain(listens)
     }
 
     fn rebuild(&mut self, cx: &mut RoomCx<'_, Self>) {
@@ -486,6 +494,7 @@ impl Gateway {
                 cx.emit(Output::Push { conn, bytes });
             }
         }
+        self.notify_listeners(cx);
     }
 
     /// Ends sessions idle for longer than `gateway.session_idle_ms` (a session with an open
@@ -639,6 +648,9 @@ impl Gateway {
             };
             return refuse(cx, reply, (400, code::INVALID_REQUEST, m.into()));
         };
+        if modern::is_modern(request, map) {
+            return self.modern(cx, request, reply, map);
+        }
         let id = map.get("id").cloned();
         let Some(method) = map.get("method").and_then(Value::as_str) else {
             if map.contains_key("result") || map.contains_key("error") {
@@ -955,6 +967,7 @@ impl Gateway {
             progress: w.progress,
             progress_sent: None,
             streaming: false,
+            modern: false,
         };
         self.pending.insert(tag, pending);
         cx.ask(tag, request);
@@ -1295,7 +1308,12 @@ impl Room for Gateway {
             log::debug!("/mcp: an answer for {tag}, which nobody waits for");
             return;
         };
-        let result = |r: Value| json!({"jsonrpc": "2.0", "id": p.id, "result": r});
+        // A 2026-07-28 request's result says its `resultType`.
+        let modern = p.modern;
+        let result = |r: Value| {
+            let r = if modern { self.modern_result(r) } else { r };
+            json!({"jsonrpc": "2.0", "id": p.id, "result": r})
+        };
         let message = match p.what {
             Forwarded::Own => result(own_result(answer)),
             Forwarded::Tool => result(tool_result(answer)),

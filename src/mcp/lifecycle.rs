@@ -359,7 +359,8 @@ impl Mcp {
                     f64::from(self.settings.config.stderr_lines_per_second) * 5.0,
                     Instant::now(),
                 );
-                let init = server.session.begin_run();
+                let probe = (init_timeout / 2).min(session::PROBE_TIMEOUT);
+                let init = server.session.begin_run(Instant::now(), probe);
                 arm(
                     cx,
                     server,
@@ -550,6 +551,10 @@ impl Mcp {
                     return;
                 };
                 let effects = server.session.on_extra_relist_timer(kind, context);
+                self.apply(cx, &id, effects, out);
+            }
+            TimerKind::Probe => {
+                let effects = server.session.on_probe_deadline();
                 self.apply(cx, &id, effects, out);
             }
             TimerKind::Trial => {}

@@ -83,6 +83,8 @@ enum TimerKind {
     Relist,
     /// Time to list resources, resource templates or prompts again.
     RelistExtra(tools::Kind),
+    /// The `server/discover` probe's deadline.
+    Probe,
     Call(u64),
     /// A sandbox trial's deadline (see `trial`; not tied to a run).
     Trial,

@@ -79,6 +79,13 @@ impl Mcp {
                         cx.timers.insert(at, Timer { slot, run, kind });
                     }
                 }
+                Effect::ProbeAt(at) => {
+                    if let Some(s) = self.servers.get(id) {
+                        let (slot, run) = (s.slot, s.run);
+                        let kind = TimerKind::Probe;
+                        cx.timers.insert(at, Timer { slot, run, kind });
+                    }
+                }
                 Effect::Event(data) => out.push(Output::Event(Channel::McpServers, data)),
                 Effect::ToolCall(outcome, seconds, tool) => {
                     out.push(Output::ToolCall(id.to_string(), outcome, seconds));

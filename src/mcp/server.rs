@@ -16,8 +16,12 @@ use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::time::{Instant, SystemTime};
 
-/// Protocol versions we speak, newest first; we offer the first.
+/// Protocol versions of the `initialize` era we speak, newest first; we offer the first.
 pub const PROTOCOL_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+
+/// Protocol versions of the stateless era (no `initialize`, `_meta` on every request) we
+/// speak, newest first; the `server/discover` probe asks for the first.
+pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
 
 const HISTORY: usize = 32;
 const ERRORS: usize = 16;
@@ -376,6 +380,7 @@ impl Server {
             "tools": self.session.tools.len(),
             "capabilities": self.spec.capabilities,
             "source": self.source.as_str(),
+            "era": self.session.era.map(|e| e.as_str()),
         })
     }
 

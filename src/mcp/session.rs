@@ -5,6 +5,16 @@
 //! server's own requests and notifications live here; `pipes.rs` carries bytes and timers
 //! between the loop and the session.
 //!
+//! Protocol eras (DESIGN.md §6): a run opens with a `server/discover` probe. A
+//! `DiscoverResult` naming a version of [`MODERN_VERSIONS`] makes the run modern (stateless:
+//! every request carries `_meta` with the version, our capabilities and identity; health is
+//! a `server/discover` round trip, as `ping` is gone; list changes come on a
+//! `subscriptions/listen` request; the tool list is re-read on use once its `ttlMs`, bounded
+//! by [`TTL_FLOOR`] and [`TTL_CEILING`], has passed). An `UnsupportedProtocolVersion` error
+//! is a modern server we share no version with (the run ends, no fallback, as the
+//! specification says). Any other error, or no answer within [`PROBE_TIMEOUT`], makes us
+//! fall back to `initialize`; whichever of the two answers first decides the era of the run.
+//!
 //! Invariants: a request we sent is in `pending` exactly until its answer, its deadline or
 //! the end of the run that sent it; everything kept from the server is bounded (the tool
 //! list by [`tools::Listing`], handshake items by [`HANDSHAKE_ITEM_MAX`], texts by
@@ -14,7 +24,8 @@
 
 use super::jsonrpc::{self, Line, Message};
 use super::server::{
-    bounded_value, truncate, Status, HANDSHAKE_ITEM_MAX, PROTOCOL_VERSIONS, TEXT_MAX,
+    bounded_value, truncate, Status, HANDSHAKE_ITEM_MAX, MODERN_VERSIONS, PROTOCOL_VERSIONS,
+    TEXT_MAX,
 };
 use super::tools::{self, Flood, Kind, Listing, Relist};
 use crate::api::{Answer, ApiError, ErrorCode};
@@ -29,12 +40,64 @@ const EVENT_TOOL_NAMES: usize = 100;
 pub const PERSISTENT_PROTOCOL_ERRORS: usize = 50;
 /// Longest free text kept from a notification (progress messages, log data).
 pub const NOTE_MAX: usize = 1024;
+/// How long the `server/discover` probe may go unanswered before `initialize` follows it (a
+/// legacy server may ignore an unknown request before its handshake), at most: half the
+/// start deadline when that is shorter. A later answer to the probe still counts if it
+/// comes before the answer to `initialize`.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The shortest freshness we grant a modern server's tool list (`ttlMs` 0 would otherwise
+/// mean a `tools/list` before every call).
+pub const TTL_FLOOR: Duration = Duration::from_secs(10);
+/// The longest freshness we grant a modern server's tool list.
+pub const TTL_CEILING: Duration = Duration::from_secs(3600);
+/// JSON-RPC code of `UnsupportedProtocolVersion` (2026-07-28).
+pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+/// `_meta` keys of the 2026-07-28 era.
+pub mod meta {
+    /// The request's protocol version.
+    pub const PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+    /// The client's capabilities for the request.
+    pub const CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+    /// The client's name and version.
+    pub const CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+    /// The server's name and version (in results).
+    pub const SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+    /// The `subscriptions/listen` request a notification belongs to.
+    pub const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+}
+
+/// The protocol era a run speaks, found by the probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// `initialize` handshake (2025-11-25 and older).
+    Legacy,
+    /// Stateless, `_meta` on every request (2026-07-28).
+    Modern,
+}
+
+impl Era {
+    /// `legacy` or `modern`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Era::Legacy => "legacy",
+            Era::Modern => "modern",
+        }
+    }
+}
 
 /// A request we sent and await an answer to.
 #[derive(Debug)]
 pub enum Pending<R, T> {
     /// The handshake.
     Initialize,
+    /// The `server/discover` probe; `late` once its deadline passed and `initialize` went out.
+    Discover {
+        /// Whether `initialize` followed it.
+        late: bool,
+    },
+    /// A `subscriptions/listen` for tool list changes (modern servers): open until the run
+    /// ends or the server closes it.
+    Listen,
     /// A page of `tools/list`; tools gathered so far.
     ToolsList(Listing),
     /// A page of another list (resources, resource templates, prompts); items so far.
@@ -81,6 +144,8 @@ pub enum Effect<R, T> {
     RelistAt(Instant),
     /// Call [`Session::on_extra_relist_timer`] for this list at this instant.
     RelistExtraAt(Kind, Instant),
+    /// Call [`Session::on_probe_deadline`] at this instant.
+    ProbeAt(Instant),
     /// Publish an event on the `mcp_servers` channel: (type, data).
     Event(EventData),
     /// A tool call finished: (outcome, seconds, tool), for the metrics and the
@@ -124,6 +189,20 @@ pub struct Session<R, T> {
     pending: HashMap<u64, Pending<R, T>>,
     /// Negotiated protocol version of the current run.
     pub protocol_version: Option<String>,
+    /// The era of the current run, once the probe or the handshake told.
+    pub era: Option<Era>,
+    /// Whether this run probed again after `initialize` was refused as a modern server does.
+    reprobed: bool,
+    /// Whether runs start with `initialize` instead of the probe: a run ended while its probe
+    /// was unanswered (a legacy server that dies on an unknown request). Kept while runs
+    /// stay legacy; a modern server refusing `initialize` probes again ([`Session::reprobed`]).
+    pub skip_probe: bool,
+    /// The `ttlMs` of the last complete listing (modern servers; the smallest of its pages).
+    pub list_ttl_ms: Option<u64>,
+    /// The smallest `ttlMs` of the pages of the listing in flight.
+    listing_ttl_ms: Option<u64>,
+    /// Until when the tool list is fresh (modern servers); re-read on the first use after.
+    fresh_until: Option<Instant>,
     /// `serverInfo` from the handshake.
     pub server_info: Value,
     /// `capabilities` from the handshake.
@@ -216,6 +295,12 @@ impl<R: Copy, T: Copy> Session<R, T> {
             next_id: 1,
             pending: HashMap::new(),
             protocol_version: None,
+            era: None,
+            reprobed: false,
+            skip_probe: false,
+            list_ttl_ms: None,
+            listing_ttl_ms: None,
+            fresh_until: None,
             server_info: Value::Null,
             server_capabilities: Value::Null,
             instructions: None,
@@ -242,9 +327,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
         id
     }
 
-    /// A new run was spawned: forgets the last run's requests and sends `initialize`,
-    /// offering our newest protocol version.
-    pub fn begin_run(&mut self) -> Effects<R, T> {
+    /// A new run was spawned: forgets the last run's requests and probes its era with
+    /// `server/discover`, which may go unanswered for `probe_timeout` ([`Effect::ProbeAt`]).
+    pub fn begin_run(&mut self, now: Instant, probe_timeout: Duration) -> Effects<R, T> {
         self.pending.clear();
         self.pending.shrink_to_fit();
         self.initialized = false;
@@ -254,6 +339,34 @@ impl<R: Copy, T: Copy> Session<R, T> {
         self.recent_protocol_errors = Flood::default();
         self.missed_pings = 0;
         self.protocol_version = None;
+        self.era = None;
+        self.reprobed = false;
+        self.fresh_until = None;
+        self.listing_ttl_ms = None;
+        let mut out = Vec::new();
+        if self.skip_probe {
+            self.send_initialize(&mut out);
+        } else {
+            self.probe(&mut out);
+            out.push(Effect::ProbeAt(now + probe_timeout));
+        }
+        out
+    }
+
+    /// Sends `server/discover` asking for our newest modern version.
+    fn probe(&mut self, out: &mut Effects<R, T>) {
+        let rpc = self.take_id();
+        self.pending.insert(rpc, Pending::Discover { late: false });
+        let params = json!({"_meta": request_meta()});
+        out.push(Effect::Send(jsonrpc::request(
+            rpc,
+            "server/discover",
+            params,
+        )));
+    }
+
+    /// Sends `initialize`, offering our newest protocol version of that era.
+    fn send_initialize(&mut self, out: &mut Effects<R, T>) {
         let rpc = self.take_id();
         self.pending.insert(rpc, Pending::Initialize);
         let init = jsonrpc::request(
@@ -265,7 +378,65 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 "clientInfo": {"name": "vsm-daemon", "version": env!("CARGO_PKG_VERSION")},
             }),
         );
-        vec![Effect::Send(init)]
+        out.push(Effect::Send(init));
+    }
+
+    /// The probe's deadline passed: if the era is still unknown and `initialize` has not
+    /// gone out, it goes now (the probe stays pending: a late answer may still decide).
+    pub fn on_probe_deadline(&mut self) -> Effects<R, T> {
+        let mut out = Vec::new();
+        if self.era.is_some() || self.initialize_pending() {
+            return out;
+        }
+        let mut probing = false;
+        for p in self.pending.values_mut() {
+            if let Pending::Discover { late } = p {
+                *late = true;
+                probing = true;
+            }
+        }
+        if probing {
+            log::debug!(
+                "MCP server {}: no answer to server/discover in time; trying initialize",
+                self.id
+            );
+            self.send_initialize(&mut out);
+        }
+        out
+    }
+
+    fn initialize_pending(&self) -> bool {
+        self.pending
+            .values()
+            .any(|p| matches!(p, Pending::Initialize))
+    }
+
+    fn discover_pending(&self) -> bool {
+        self.pending
+            .values()
+            .any(|p| matches!(p, Pending::Discover { .. }))
+    }
+
+    /// A request of this run: for a modern server its params carry the `_meta` of the era
+    /// (merged with any `_meta` already there, such as a progress token).
+    fn request(&self, rpc: u64, method: &str, mut params: Value) -> Vec<u8> {
+        if self.era == Some(Era::Modern) {
+            if !params.is_object() {
+                params = json!({});
+            }
+            if let Some(map) = params.as_object_mut() {
+                let entry = map
+                    .entry("_meta")
+                    .or_insert_with(|| Value::Object(Default::default()));
+                if !entry.is_object() {
+                    *entry = Value::Object(Default::default());
+                }
+                if let (Some(m), Value::Object(ours)) = (entry.as_object_mut(), request_meta()) {
+                    m.extend(ours);
+                }
+            }
+        }
+        jsonrpc::request(rpc, method, params)
     }
 
     /// Calls in flight (tool calls and forwarded requests: both count against
@@ -417,6 +588,17 @@ impl<R: Copy, T: Copy> Session<R, T> {
         out: &mut Effects<R, T>,
     ) {
         match pending {
+            Pending::Discover { .. } => self.on_discover(result, cx, out),
+            Pending::Listen => match result {
+                Ok(_) => log::debug!("MCP server {}: the server ended its listen stream", self.id),
+                Err(e) => log::debug!(
+                    "MCP server {}: subscriptions/listen refused: {} ({})",
+                    self.id,
+                    truncate(e.message, TEXT_MAX),
+                    e.code
+                ),
+            },
+            Pending::Initialize if self.era.is_some() => {}
             Pending::Initialize => match result {
                 Ok(mut v) => {
                     let version = v["protocolVersion"].as_str().unwrap_or("").to_string();
@@ -428,6 +610,10 @@ impl<R: Copy, T: Copy> Session<R, T> {
                         )));
                         return;
                     }
+                    // The handshake answered first: a probe still out is forgotten.
+                    self.era = Some(Era::Legacy);
+                    self.pending
+                        .retain(|_, p| !matches!(p, Pending::Discover { .. }));
                     self.protocol_version = Some(version.clone());
                     self.server_info = bounded_value(v["serverInfo"].take());
                     self.server_capabilities = bounded_value(v["capabilities"].take());
@@ -440,6 +626,13 @@ impl<R: Copy, T: Copy> Session<R, T> {
                     out.push(Effect::Handshake(version));
                     self.start_listing(cx.now, out);
                 }
+                // A late probe may still answer: it decides then.
+                Err(_) if self.discover_pending() => {}
+                // A modern server refusing the handshake: probe once more.
+                Err(e) if e.code == UNSUPPORTED_PROTOCOL_VERSION && !self.reprobed => {
+                    self.reprobed = true;
+                    self.probe(out);
+                }
                 Err(e) => out.push(Effect::EndRun(format!(
                     "initialize failed: {} ({})",
                     e.message, e.code
@@ -448,6 +641,12 @@ impl<R: Copy, T: Copy> Session<R, T> {
             Pending::ToolsList(mut listing) => {
                 match result {
                     Ok(mut v) => {
+                        if let Some(ttl) = v.get("ttlMs").and_then(Value::as_i64) {
+                            // A negative ttlMs counts as 0 (the specification's caching rules).
+                            let ttl = ttl.max(0) as u64;
+                            self.listing_ttl_ms =
+                                Some(self.listing_ttl_ms.map_or(ttl, |t| t.min(ttl)));
+                        }
                         let page = tools::take_page(&mut v);
                         if let Err(why) = listing.add_page(page, cx.limits) {
                             out.push(Effect::Misbehaved(why));
@@ -533,7 +732,16 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 out.push(Effect::CancelTimer(timer));
                 let elapsed = cx.now.saturating_duration_since(started);
                 let ms = elapsed.as_secs_f64() * 1000.0;
+                let kind = match &result {
+                    Ok(v) => v
+                        .get("resultType")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    Err(_) => None,
+                };
                 let outcome = match &result {
+                    Ok(_) if kind.as_deref() == Some("input_required") => "tool_error",
+                    Ok(_) if !matches!(kind.as_deref(), None | Some("complete")) => "mcp_error",
                     Ok(v) if v["isError"] == true => "tool_error",
                     Ok(_) => "ok",
                     Err(_) => "mcp_error",
@@ -545,6 +753,19 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 ));
                 let id = self.id.as_str();
                 let answer = match result {
+                    Ok(v) if kind.as_deref() == Some("input_required") => {
+                        self.calls.1 += 1;
+                        Err(input_required(id, tool, v))
+                    }
+                    Ok(_) if !matches!(kind.as_deref(), None | Some("complete")) => {
+                        self.calls.1 += 1;
+                        let kind = truncate(kind.unwrap_or_default(), 64);
+                        Err(ApiError::new(
+                            ErrorCode::McpError,
+                            format!("{id} answered the call to {tool} with resultType {kind:?}, which vsm-daemon does not know"),
+                        )
+                        .with_data(json!({"server": id, "tool": tool})))
+                    }
                     Ok(v) if v["isError"] == true => {
                         self.calls.1 += 1;
                         Err(ApiError::new(
@@ -576,8 +797,77 @@ impl<R: Copy, T: Copy> Session<R, T> {
         }
     }
 
+    /// The answer to the `server/discover` probe (the first answer of the run decides its
+    /// era; one after the handshake answered is dropped before it gets here).
+    fn on_discover(
+        &mut self,
+        result: Result<Value, jsonrpc::RpcError>,
+        cx: Context,
+        out: &mut Effects<R, T>,
+    ) {
+        if self.era.is_some() {
+            return;
+        }
+        match result {
+            Ok(mut v) => {
+                let offered: Vec<&str> = v
+                    .get("supportedVersions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                match MODERN_VERSIONS.iter().find(|m| offered.contains(m)) {
+                    Some(version) => {
+                        self.era = Some(Era::Modern);
+                        self.pending.retain(|_, p| {
+                            !matches!(p, Pending::Initialize | Pending::Discover { .. })
+                        });
+                        self.protocol_version = Some(version.to_string());
+                        let info = v
+                            .get_mut("_meta")
+                            .and_then(|m| m.get_mut(meta::SERVER_INFO))
+                            .map(Value::take)
+                            .unwrap_or(Value::Null);
+                        self.server_info = bounded_value(info);
+                        let caps = v.get_mut("capabilities").map(Value::take);
+                        self.server_capabilities = bounded_value(caps.unwrap_or(Value::Null));
+                        self.instructions = v
+                            .get("instructions")
+                            .and_then(Value::as_str)
+                            .map(|t| truncate(t.to_string(), HANDSHAKE_ITEM_MAX));
+                        out.push(Effect::Handshake(version.to_string()));
+                        self.start_listing(cx.now, out);
+                    }
+                    // It answers discover but names no modern version we speak: the
+                    // handshake may still work.
+                    None if !self.initialize_pending() => self.send_initialize(out),
+                    None => {}
+                }
+            }
+            Err(e) if e.code == UNSUPPORTED_PROTOCOL_VERSION => {
+                // A modern server that shares no version with us: no fallback (spec).
+                let supported = e
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("supported"))
+                    .map(|s| truncate(s.to_string(), 200))
+                    .unwrap_or_else(|| "-".into());
+                out.push(Effect::EndRun(format!(
+                    "server speaks only protocol versions {supported}; vsm-daemon speaks {} and {}",
+                    MODERN_VERSIONS.join(", "),
+                    PROTOCOL_VERSIONS.join(", ")
+                )));
+            }
+            // Any other error: a legacy server (method not found, invalid params, ...).
+            Err(_) if !self.initialize_pending() => self.send_initialize(out),
+            Err(_) => {}
+        }
+    }
+
     fn start_listing(&mut self, now: Instant, out: &mut Effects<R, T>) {
         self.relist.started(now);
+        self.listing_ttl_ms = None;
         self.list_tools(None, Listing::default(), out);
     }
 
@@ -588,7 +878,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
             Some(c) => json!({"cursor": c}),
             None => json!({}),
         };
-        out.push(Effect::Send(jsonrpc::request(rpc, "tools/list", params)));
+        out.push(Effect::Send(self.request(rpc, "tools/list", params)));
     }
 
     /// `notifications/tools/list_changed`: list again, coalesced and rate-limited; a flood
@@ -640,10 +930,27 @@ impl<R: Copy, T: Copy> Session<R, T> {
         let changed = self.tools != tools;
         self.listings += u64::from(changed);
         self.tools = tools;
+        if self.era == Some(Era::Modern) {
+            self.list_ttl_ms = self.listing_ttl_ms.take();
+            let ttl = Duration::from_millis(self.list_ttl_ms.unwrap_or(0));
+            self.fresh_until = Some(cx.now + ttl.clamp(TTL_FLOOR, TTL_CEILING));
+        }
         if cx.status == Status::Initializing {
             self.initialized = true;
             out.push(Effect::Listed(count));
             self.start_extra_listings(cx, out);
+            let list_changed = self.server_capabilities["tools"]["listChanged"] == true;
+            if self.era == Some(Era::Modern) && list_changed {
+                // Modern servers send list changes only on a listen stream.
+                let rpc = self.take_id();
+                self.pending.insert(rpc, Pending::Listen);
+                let params = json!({"notifications": {"toolsListChanged": true}});
+                out.push(Effect::Send(self.request(
+                    rpc,
+                    "subscriptions/listen",
+                    params,
+                )));
+            }
         } else if changed {
             log::info!("MCP server {}: tool list changed ({count} tools)", self.id);
             // Events are kept in the history: name a bounded number of tools, briefly.
@@ -695,7 +1002,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
             Some(c) => json!({"cursor": c}),
             None => json!({}),
         };
-        out.push(Effect::Send(jsonrpc::request(rpc, method, params)));
+        out.push(Effect::Send(self.request(rpc, method, params)));
     }
 
     fn list_changed_event(&self, kind: Kind) -> Effect<R, T> {
@@ -833,7 +1140,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
             ));
         }
         let rpc = self.take_id();
-        let bytes = jsonrpc::request(rpc, method, params);
+        let bytes = self.request(rpc, method, params);
         let timer = arm(rpc, now + timeout);
         self.pending.insert(
             rpc,
@@ -938,7 +1245,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         }
         let rpc = self.take_id();
         let token = token.unwrap_or_else(|| format!("{}:{rpc}", self.id));
-        let bytes = jsonrpc::request(
+        let bytes = self.request(
             rpc,
             "tools/call",
             json!({"name": tool, "arguments": arguments, "_meta": {"progressToken": token}}),
@@ -954,7 +1261,17 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 token,
             },
         );
-        Ok(vec![Effect::Send(bytes)])
+        let mut out = vec![Effect::Send(bytes)];
+        // A modern server's list past its freshness is read again (after the call went out).
+        if self.fresh_until.is_some_and(|t| now >= t) {
+            self.fresh_until = None;
+            match self.relist.changed(now) {
+                tools::Next::ListNow => self.start_listing(now, &mut out),
+                tools::Next::WaitUntil(at) => out.push(Effect::RelistAt(at)),
+                tools::Next::Nothing => {}
+            }
+        }
+        Ok(out)
     }
 
     /// A call's deadline passed: the caller gets a timeout, the server `notifications/cancelled`.
@@ -1066,7 +1383,12 @@ impl<R: Copy, T: Copy> Session<R, T> {
         }
         let rpc = self.take_id();
         self.pending.insert(rpc, Pending::Ping(now));
-        out.push(Effect::Send(jsonrpc::request(rpc, "ping", json!({}))));
+        // `ping` is gone in the modern era: `server/discover` is its cheapest request.
+        let method = match self.era {
+            Some(Era::Modern) => "server/discover",
+            _ => "ping",
+        };
+        out.push(Effect::Send(self.request(rpc, method, json!({}))));
         out
     }
 
@@ -1074,6 +1396,17 @@ impl<R: Copy, T: Copy> Session<R, T> {
     /// `server_exited` error.
     pub fn end_run(&mut self, reason: &str, now: Instant) -> Effects<R, T> {
         let mut out = Vec::new();
+        self.skip_probe = match self.era {
+            Some(Era::Legacy) => self.skip_probe,
+            Some(Era::Modern) => false,
+            None => self.discover_pending() && !self.initialize_pending(),
+        };
+        if self.skip_probe && self.era.is_none() {
+            log::info!(
+                "MCP server {}: its run ended during the server/discover probe; the next starts with initialize",
+                self.id
+            );
+        }
         for (_, p) in self.pending.drain() {
             if let Pending::Forward {
                 reply,
@@ -1128,6 +1461,53 @@ fn call_result(server: &str, tool: String, result: Value, ms: f64) -> Value {
     map.insert("result".into(), result);
     map.insert("duration_ms".into(), json!(ms));
     Value::Object(map)
+}
+
+/// The `_meta` every modern request carries: our newest modern version, no client
+/// capabilities (the daemon answers no server-to-client requests), our identity.
+fn request_meta() -> Value {
+    json!({
+        meta::PROTOCOL_VERSION: MODERN_VERSIONS[0],
+        meta::CLIENT_CAPABILITIES: {},
+        meta::CLIENT_INFO: {"name": "vsm-daemon", "version": env!("CARGO_PKG_VERSION")},
+    })
+}
+
+/// A call answered `resultType: "input_required"`: the server wants the client to answer
+/// requests of its own (elicitation, sampling, roots) and to call again. The daemon cannot
+/// answer them, so the caller gets a tool error that says what was asked, not a wait.
+fn input_required(server: &str, tool: String, mut result: Value) -> ApiError {
+    let asks: Vec<String> = result["inputRequests"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .take(8)
+        .map(|(key, r)| {
+            let method = r["method"].as_str().unwrap_or("?");
+            match r["params"]["message"].as_str() {
+                Some(m) => format!("{key}: {method} {:?}", truncate(m.to_string(), 200)),
+                None => format!("{key}: {method}"),
+            }
+        })
+        .collect();
+    let requests = bounded_value(result["inputRequests"].take());
+    ApiError::new(
+        ErrorCode::ToolError,
+        format!(
+            "tool {tool} on {server} needs input the daemon cannot supply (input_required: {})",
+            if asks.is_empty() {
+                "no input requests named".to_string()
+            } else {
+                asks.join("; ")
+            }
+        ),
+    )
+    .with_data(json!({
+        "server": server,
+        "tool": tool,
+        "result_type": "input_required",
+        "input_requests": requests,
+    }))
 }
 
 fn first_text(result: &Value) -> String {
@@ -1185,15 +1565,37 @@ mod tests {
             .collect()
     }
 
+    /// A new run of a legacy server: the probe (id 1) is refused as an unknown method and
+    /// `initialize` (id 2) follows.
+    fn begin_legacy(s: &mut S, now: Instant) {
+        let e = s.begin_run(now, PROBE_TIMEOUT);
+        let probe = sent(&e);
+        assert_eq!(probe[0]["method"], "server/discover");
+        assert_eq!(
+            probe[0]["params"]["_meta"][meta::PROTOCOL_VERSION],
+            MODERN_VERSIONS[0]
+        );
+        assert!(
+            matches!(e[..], [Effect::Send(_), Effect::ProbeAt(at)] if at == now + PROBE_TIMEOUT),
+            "{e:?}"
+        );
+        let id = probe[0]["id"].clone();
+        let refusal = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"error\":{{\"code\":-32601,\"message\":\"Method not found\"}}}}\n"
+        );
+        let init = sent(&feed(s, refusal.as_bytes(), Status::Starting, now));
+        assert_eq!(init[0]["method"], "initialize");
+        assert_eq!(init[0]["params"]["protocolVersion"], PROTOCOL_VERSIONS[0]);
+        assert_eq!(init[0]["id"], id.as_u64().expect("id") + 1);
+    }
+
     /// A session through its handshake in `version` and a one-tool listing.
     fn active(version: &str) -> (S, Instant) {
         let now = Instant::now();
         let mut s = S::new("t");
-        let init = sent(&s.begin_run());
-        assert_eq!(init[0]["method"], "initialize");
-        assert_eq!(init[0]["params"]["protocolVersion"], PROTOCOL_VERSIONS[0]);
+        begin_legacy(&mut s, now);
         let answer = format!(
-            r#"{{"jsonrpc":"2.0","id":1,"result":{{"protocolVersion":"{version}","capabilities":{{"tools":{{}}}},"serverInfo":{{"name":"x"}}}}}}"#
+            r#"{{"jsonrpc":"2.0","id":2,"result":{{"protocolVersion":"{version}","capabilities":{{"tools":{{}}}},"serverInfo":{{"name":"x"}}}}}}"#
         );
         let e = feed(
             &mut s,
@@ -1208,15 +1610,20 @@ mod tests {
         let msgs = sent(&e);
         assert_eq!(msgs[0]["method"], "notifications/initialized");
         assert_eq!(msgs[1]["method"], "tools/list");
-        assert_eq!(msgs[1]["id"], 2);
+        assert_eq!(msgs[1]["id"], 3);
+        assert!(
+            msgs[1]["params"].get("_meta").is_none(),
+            "no _meta for legacy"
+        );
         let list =
-            br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo","inputSchema":{}}]}}
+            br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"echo","inputSchema":{}}]}}
 "#;
         let e = feed(&mut s, list, Status::Initializing, now);
         assert!(matches!(e[..], [Effect::Listed(1)]), "{e:?}");
         assert!(s.initialized);
         assert_eq!(s.protocol_version.as_deref(), Some(version));
         assert_eq!(s.server_info["name"], "x");
+        assert_eq!(s.era, Some(Era::Legacy));
         (s, now)
     }
 
@@ -1226,10 +1633,10 @@ mod tests {
             active(version);
         }
         let mut s = S::new("t");
-        s.begin_run();
+        begin_legacy(&mut s, Instant::now());
         let e = feed(
             &mut s,
-            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocolVersion\":\"1999-01-01\"}}\n",
+            b"{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"protocolVersion\":\"1999-01-01\"}}\n",
             Status::Starting,
             Instant::now(),
         );
@@ -1239,10 +1646,10 @@ mod tests {
         );
         assert_eq!(s.protocol_version, None);
         let mut s = S::new("t");
-        s.begin_run();
+        begin_legacy(&mut s, Instant::now());
         let e = feed(
             &mut s,
-            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32602,\"message\":\"no\"}}\n",
+            b"{\"jsonrpc\":\"2.0\",\"id\":2,\"error\":{\"code\":-32602,\"message\":\"no\"}}\n",
             Status::Starting,
             Instant::now(),
         );
@@ -1308,16 +1715,16 @@ mod tests {
     #[test]
     fn an_oversized_tool_list_ends_the_run_as_misbehaviour() {
         let mut s = S::new("t");
-        s.begin_run();
         let now = Instant::now();
+        begin_legacy(&mut s, now);
         feed(
             &mut s,
-            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocolVersion\":\"2025-11-25\"}}\n",
+            b"{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"protocolVersion\":\"2025-11-25\"}}\n",
             Status::Starting,
             now,
         );
         let big = format!(
-            "{{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{{\"tools\":[{{\"name\":\"x\",\"description\":\"{}\"}}]}}}}",
+            "{{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{{\"tools\":[{{\"name\":\"x\",\"description\":\"{}\"}}]}}}}",
             "d".repeat(2000)
         );
         let mut context = cx(Status::Initializing, now);
@@ -1600,7 +2007,7 @@ mod tests {
             assert_eq!(ends, n > PERSISTENT_PROTOCOL_ERRORS, "error {n}: {e:?}");
         }
         // A new run forgets the flood, not the count.
-        s.begin_run();
+        s.begin_run(now, PROBE_TIMEOUT);
         let e = feed(&mut s, b"nope\n", Status::Starting, now);
         assert!(matches!(e[..], [Effect::ProtocolError(_)]), "{e:?}");
         assert_eq!(s.protocol_errors, PERSISTENT_PROTOCOL_ERRORS as u64 + 2);
@@ -1619,13 +2026,13 @@ mod tests {
     fn resources_templates_and_prompts_are_listed_when_offered_and_requests_forwarded() {
         let now = Instant::now();
         let mut s = S::new("t");
-        s.begin_run();
-        let init = br#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{},"resources":{"listChanged":true},"prompts":{}}}}
+        begin_legacy(&mut s, now);
+        let init = br#"{"jsonrpc":"2.0","id":2,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{},"resources":{"listChanged":true},"prompts":{}}}}
 "#;
         feed(&mut s, init, Status::Starting, now);
         let e = feed(
             &mut s,
-            b"{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":[]}}\n",
+            b"{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{\"tools\":[]}}\n",
             Status::Initializing,
             now,
         );
@@ -1763,5 +2170,288 @@ mod tests {
             )
             .expect_err("stopped");
         assert!(err.message.contains("not active"), "{}", err.message);
+    }
+
+    /// A line of JSON-RPC for `feed`.
+    fn line(v: Value) -> Vec<u8> {
+        let mut b = serde_json::to_vec(&v).expect("json");
+        b.push(b'\n');
+        b
+    }
+
+    /// A modern session: the probe answered with a DiscoverResult, one tool listed with
+    /// `ttl_ms`.
+    fn modern(list_changed: bool, ttl_ms: u64) -> (S, Instant) {
+        let now = Instant::now();
+        let mut s = S::new("m");
+        let probe = sent(&s.begin_run(now, PROBE_TIMEOUT));
+        let discover = json!({"jsonrpc": "2.0", "id": probe[0]["id"], "result": {
+            "resultType": "complete", "supportedVersions": ["2026-07-28"],
+            "capabilities": {"tools": {"listChanged": list_changed}},
+            "_meta": {meta::SERVER_INFO: {"name": "modern-x", "version": "1"}},
+            "instructions": "hi", "ttlMs": 0, "cacheScope": "public"}});
+        let e = feed(&mut s, &line(discover), Status::Starting, now);
+        assert!(
+            matches!(&e[0], Effect::Handshake(v) if v == "2026-07-28"),
+            "{e:?}"
+        );
+        let list = &sent(&e)[0];
+        assert_eq!(list["method"], "tools/list");
+        assert_eq!(
+            list["params"]["_meta"][meta::PROTOCOL_VERSION],
+            "2026-07-28"
+        );
+        assert_eq!(
+            list["params"]["_meta"][meta::CLIENT_CAPABILITIES],
+            json!({})
+        );
+        assert_eq!(
+            list["params"]["_meta"][meta::CLIENT_INFO]["name"],
+            "vsm-daemon"
+        );
+        let answer = json!({"jsonrpc": "2.0", "id": list["id"], "result": {
+            "resultType": "complete", "tools": [{"name": "echo", "inputSchema": {}}],
+            "ttlMs": ttl_ms, "cacheScope": "public"}});
+        let e = feed(&mut s, &line(answer), Status::Initializing, now);
+        assert!(matches!(e[0], Effect::Listed(1)), "{e:?}");
+        let listen = sent(&e);
+        if list_changed {
+            assert_eq!(listen[0]["method"], "subscriptions/listen");
+            assert_eq!(
+                listen[0]["params"]["notifications"],
+                json!({"toolsListChanged": true})
+            );
+            assert_eq!(
+                listen[0]["params"]["_meta"][meta::PROTOCOL_VERSION],
+                "2026-07-28"
+            );
+        } else {
+            assert!(listen.is_empty(), "{listen:?}");
+        }
+        assert_eq!(s.era, Some(Era::Modern));
+        assert_eq!(s.protocol_version.as_deref(), Some("2026-07-28"));
+        assert_eq!(s.server_info["name"], "modern-x");
+        assert_eq!(s.instructions.as_deref(), Some("hi"));
+        assert_eq!(s.list_ttl_ms, Some(ttl_ms));
+        (s, now)
+    }
+
+    fn call_echo(s: &mut S, now: Instant) -> (E, u64) {
+        let mut rpc = 0;
+        let e = s
+            .call(
+                Status::Active,
+                None,
+                "echo",
+                json!({"m": 1}),
+                None,
+                Duration::from_secs(5),
+                4,
+                7,
+                now,
+                |r, _| {
+                    rpc = r;
+                    9
+                },
+            )
+            .expect("call");
+        (e, rpc)
+    }
+
+    #[test]
+    fn a_modern_server_gets_meta_on_every_request_and_discover_for_health() {
+        let (mut s, now) = modern(true, 60_000);
+        // A list change arrives on the listen stream, with its subscription id.
+        let later = now + Duration::from_secs(2);
+        let changed = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
+            "params": {"_meta": {meta::SUBSCRIPTION_ID: 4}}});
+        let e = feed(&mut s, &line(changed), Status::Active, later);
+        assert_eq!(sent(&e)[0]["method"], "tools/list");
+        // A call: the progress token and the era's _meta side by side.
+        let (e, rpc) = call_echo(&mut s, later);
+        let m = sent(&e);
+        assert_eq!(m.len(), 1, "the list is fresh: no re-read {m:?}");
+        assert_eq!(m[0]["params"]["_meta"]["progressToken"], format!("m:{rpc}"));
+        assert_eq!(
+            m[0]["params"]["_meta"][meta::PROTOCOL_VERSION],
+            "2026-07-28"
+        );
+        // input_required is a clear tool error naming what was asked, not a wait.
+        let asks = json!({"jsonrpc": "2.0", "id": rpc, "result": {
+            "resultType": "input_required",
+            "inputRequests": {"login": {"method": "elicitation/create",
+                "params": {"mode": "form", "message": "Your GitHub name?", "requestedSchema": {}}}},
+            "requestState": "abc"}});
+        let e = feed(&mut s, &line(asks), Status::Active, later);
+        match &e[..] {
+            [Effect::CancelTimer(9), Effect::ToolCall("tool_error", _, _), Effect::Reply(7, Err(err))] =>
+            {
+                assert_eq!(err.code, ErrorCode::ToolError);
+                assert!(err.message.contains("input_required"), "{}", err.message);
+                assert!(
+                    err.message
+                        .contains("login: elicitation/create \"Your GitHub name?\""),
+                    "{}",
+                    err.message
+                );
+                let data = err.data.as_ref().expect("data");
+                assert_eq!(data["result_type"], "input_required");
+                assert_eq!(
+                    data["input_requests"]["login"]["method"],
+                    "elicitation/create"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // An unknown resultType is refused as invalid.
+        let (_, rpc) = call_echo(&mut s, later);
+        let odd = json!({"jsonrpc": "2.0", "id": rpc, "result": {"resultType": "weird"}});
+        let e = feed(&mut s, &line(odd), Status::Active, later);
+        assert!(
+            matches!(&e[..], [_, Effect::ToolCall("mcp_error", _, _), Effect::Reply(7, Err(err))] if err.code == ErrorCode::McpError),
+            "{e:?}"
+        );
+        // Health: server/discover with _meta, not ping.
+        let e = s.ping_round(3, later);
+        let m = sent(&e);
+        assert_eq!(m[0]["method"], "server/discover");
+        assert_eq!(
+            m[0]["params"]["_meta"][meta::PROTOCOL_VERSION],
+            "2026-07-28"
+        );
+        let answer =
+            json!({"jsonrpc": "2.0", "id": m[0]["id"], "result": {"resultType": "complete"}});
+        let e = feed(&mut s, &line(answer), Status::Active, later);
+        assert!(matches!(e[..], [Effect::PingAnswered]), "{e:?}");
+    }
+
+    #[test]
+    fn a_modern_tool_list_is_read_again_on_use_once_its_bounded_ttl_passed() {
+        // ttlMs 0: fresh for the floor, not re-read before every call.
+        let (mut s, now) = modern(false, 0);
+        let (e, _) = call_echo(&mut s, now + TTL_FLOOR - Duration::from_millis(1));
+        assert_eq!(sent(&e).len(), 1);
+        let (e, _) = call_echo(&mut s, now + TTL_FLOOR);
+        let m = sent(&e);
+        assert_eq!(
+            (m[0]["method"].as_str(), m[1]["method"].as_str()),
+            (Some("tools/call"), Some("tools/list"))
+        );
+        // Once, until that listing completes.
+        let (e, _) = call_echo(&mut s, now + TTL_FLOOR);
+        assert_eq!(sent(&e).len(), 1);
+        // A day-long ttlMs is held for at most the ceiling.
+        let (mut s, now) = modern(false, 86_400_000);
+        let (e, _) = call_echo(&mut s, now + TTL_CEILING - Duration::from_secs(1));
+        assert_eq!(sent(&e).len(), 1);
+        let (e, _) = call_echo(&mut s, now + TTL_CEILING);
+        assert_eq!(sent(&e).len(), 2);
+    }
+
+    #[test]
+    fn a_server_that_dies_on_the_probe_gets_initialize_first_while_it_stays_legacy() {
+        let now = Instant::now();
+        let mut s = S::new("t");
+        s.begin_run(now, PROBE_TIMEOUT);
+        s.end_run("exited with code 1", now);
+        assert!(s.skip_probe);
+        let first = sent(&s.begin_run(now, PROBE_TIMEOUT));
+        assert_eq!(first[0]["method"], "initialize");
+        let id = first[0]["id"].clone();
+        let ok = json!({"jsonrpc": "2.0", "id": id, "result": {"protocolVersion": "2025-11-25"}});
+        feed(&mut s, &line(ok), Status::Starting, now);
+        assert_eq!(s.era, Some(Era::Legacy));
+        s.end_run("exited with code 1", now);
+        assert!(s.skip_probe, "still legacy: no probe");
+        // A modern server behind it refuses initialize with -32022: probed again, modern,
+        // and the next run probes first.
+        let first = sent(&s.begin_run(now, PROBE_TIMEOUT));
+        let refused = json!({"jsonrpc": "2.0", "id": first[0]["id"], "error": {"code": -32022, "message": "modern only"}});
+        let probe = sent(&feed(&mut s, &line(refused), Status::Starting, now));
+        assert_eq!(probe[0]["method"], "server/discover");
+        let found = json!({"jsonrpc": "2.0", "id": probe[0]["id"], "result": {"supportedVersions": ["2026-07-28"]}});
+        feed(&mut s, &line(found), Status::Starting, now);
+        s.end_run("exited", now);
+        assert!(!s.skip_probe);
+        assert_eq!(
+            sent(&s.begin_run(now, PROBE_TIMEOUT))[0]["method"],
+            "server/discover"
+        );
+    }
+
+    #[test]
+    fn the_probe_falls_back_on_silence_and_the_first_answer_decides() {
+        // Silence: initialize follows at the deadline; its answer makes the run legacy and a
+        // late probe answer is dropped.
+        let now = Instant::now();
+        let mut s = S::new("t");
+        s.begin_run(now, PROBE_TIMEOUT);
+        let init = sent(&s.on_probe_deadline());
+        assert_eq!(
+            (init[0]["method"].as_str(), init[0]["id"].as_u64()),
+            (Some("initialize"), Some(2))
+        );
+        assert!(s.on_probe_deadline().is_empty(), "initialize goes once");
+        let ok = json!({"jsonrpc": "2.0", "id": 2, "result": {"protocolVersion": "2025-06-18"}});
+        let e = feed(&mut s, &line(ok), Status::Starting, now);
+        assert!(
+            matches!(&e[1], Effect::Handshake(v) if v == "2025-06-18"),
+            "{e:?}"
+        );
+        assert_eq!(s.era, Some(Era::Legacy));
+        let late =
+            json!({"jsonrpc": "2.0", "id": 1, "result": {"supportedVersions": ["2026-07-28"]}});
+        assert!(feed(&mut s, &line(late), Status::Initializing, now).is_empty());
+        assert_eq!(s.era, Some(Era::Legacy));
+
+        // A slow modern server: the late DiscoverResult comes first and wins; the refused
+        // initialize is dropped.
+        let mut s = S::new("t");
+        s.begin_run(now, PROBE_TIMEOUT);
+        s.on_probe_deadline();
+        let late = json!({"jsonrpc": "2.0", "id": 1, "result": {"supportedVersions": ["2026-07-28"], "capabilities": {}}});
+        let e = feed(&mut s, &line(late), Status::Starting, now);
+        assert!(
+            matches!(&e[0], Effect::Handshake(v) if v == "2026-07-28"),
+            "{e:?}"
+        );
+        let refused =
+            json!({"jsonrpc": "2.0", "id": 2, "error": {"code": -32022, "message": "modern only"}});
+        assert!(feed(&mut s, &line(refused), Status::Initializing, now).is_empty());
+        assert_eq!(s.era, Some(Era::Modern));
+
+        // initialize refused with UnsupportedProtocolVersion once the probe is settled: probe again.
+        let mut s = S::new("t");
+        s.begin_run(now, PROBE_TIMEOUT);
+        s.on_probe_deadline();
+        let odd = json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32601, "message": "?"}});
+        assert!(
+            feed(&mut s, &line(odd), Status::Starting, now).is_empty(),
+            "initialize is already out"
+        );
+        let refused =
+            json!({"jsonrpc": "2.0", "id": 2, "error": {"code": -32022, "message": "modern only"}});
+        let again = sent(&feed(&mut s, &line(refused.clone()), Status::Starting, now));
+        assert_eq!(again[0]["method"], "server/discover");
+
+        // A modern server sharing no version with us: the run ends, no fallback.
+        let mut s = S::new("t");
+        s.begin_run(now, PROBE_TIMEOUT);
+        let disjoint = json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32022,
+            "message": "Unsupported protocol version", "data": {"supported": ["2099-01-01"], "requested": "2026-07-28"}}});
+        let e = feed(&mut s, &line(disjoint), Status::Starting, now);
+        assert!(
+            matches!(&e[..], [Effect::EndRun(why)] if why.contains("2099-01-01") && why.contains("2026-07-28")),
+            "{e:?}"
+        );
+        // A DiscoverResult naming no modern version we speak: the handshake is tried.
+        let mut s = S::new("t");
+        s.begin_run(now, PROBE_TIMEOUT);
+        let other =
+            json!({"jsonrpc": "2.0", "id": 1, "result": {"supportedVersions": ["2099-01-01"]}});
+        assert_eq!(
+            sent(&feed(&mut s, &line(other), Status::Starting, now))[0]["method"],
+            "initialize"
+        );
     }
 }

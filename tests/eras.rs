@@ -1,0 +1,718 @@
+//! Both protocol eras through the real binary. On stdio: the `server/discover` probe, the
+//! fallback to `initialize` for legacy servers (also one that never answers an unknown
+//! method), a 2026-07-28 server (the fixture's `--modern` mode, and mcp-server-time, which
+//! speaks it) served statelessly with `_meta` on every request, health without `ping`, list
+//! changes over `subscriptions/listen`, `input_required` answered as a clear error. On `/mcp`:
+//! the 2026-07-28 rules (stateless requests, headers against the body, each error code,
+//! `server/discover`, `subscriptions/listen`) with raw HTTP and with the official Python SDK
+//! client in its 2026-07-28 mode, while a 2025-11-25 session keeps working beside them.
+
+use crate::util::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+
+const MODERN: &str = "2026-07-28";
+const PV: &str = "io.modelcontextprotocol/protocolVersion";
+const CAPS: &str = "io.modelcontextprotocol/clientCapabilities";
+
+fn fixture() -> String {
+    format!(
+        "{}/tests/fixtures/mcp_fixture.py",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn peers() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-peers")
+}
+
+/// Fast health rounds, quick stops.
+fn setup() -> Setup {
+    Setup {
+        config: Some(
+            "[monitoring]\nhealth_check_interval_ms = 200\n\n[mcp_servers]\nstop_grace_ms = 100\nterm_timeout_ms = 300\n"
+                .into(),
+        ),
+        ..Setup::default()
+    }
+}
+
+fn register(d: &Daemon, id: &str, command: &[&str]) {
+    let mut args = vec!["--json", "mcp", "register", id, "--"];
+    args.extend_from_slice(command);
+    let out = d.cli(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "register {id}: {}",
+        stderr(&out)
+    );
+}
+
+fn register_fixture(d: &Daemon, id: &str, flags: &[&str]) {
+    let script = fixture();
+    let mut command = vec!["python3", script.as_str()];
+    command.extend_from_slice(flags);
+    register(d, id, &command);
+}
+
+fn details(d: &Daemon, id: &str) -> Value {
+    let (code, v) = d.http("GET", &format!("/api/v1/mcp/servers/{id}"), None);
+    assert_eq!(code, 200, "show {id}: {v}");
+    v["data"].clone()
+}
+
+fn wait_active(d: &Daemon, id: &str) -> Value {
+    wait_until(
+        &format!("{id} active"),
+        || details(d, id),
+        |v| v["status"] == "active",
+        |v| format!("{v:#}\n{}", d.stderr()),
+    )
+}
+
+fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn call(d: &Daemon, id: &str, tool: &str, arguments: Value) -> (i32, Value) {
+    d.cli_json(&["mcp", "call", id, tool, &arguments.to_string()])
+}
+
+fn tool_names(d: &Daemon, id: &str) -> Vec<String> {
+    details(d, id)["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["name"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn a_modern_server_is_probed_and_served_statelessly_without_ping() {
+    let d = Daemon::start_with(setup());
+    let dir = TempDir::new("modern-rec");
+    let rec = dir.path().join("rec");
+    let rec_s = rec.display().to_string();
+    register_fixture(&d, "modern", &["--modern", "--record", &rec_s]);
+    let v = wait_active(&d, "modern");
+    assert_eq!(v["era"], "modern", "{v:#}");
+    assert_eq!(v["protocol_version"], MODERN);
+    assert_eq!(v["server_info"]["name"], "vsm-fixture");
+    assert_eq!(v["instructions"], "fixture for tests (2026-07-28)");
+    // `mcp list` and `mcp show` say it too.
+    let (code, list) = d.cli_json(&["mcp", "list"]);
+    assert_eq!(
+        (code, &list["servers"][0]["era"]),
+        (0, &json!("modern")),
+        "{list:#}"
+    );
+    let out = d.cli(&["mcp", "show", "modern"]);
+    assert!(
+        stdout(&out).contains("protocol   2026-07-28 (modern era)"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Calls through REST work and carry _meta.
+    let (code, r) = call(&d, "modern", "echo", json!({"message": "stateless"}));
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["result"]["content"][0]["text"], "stateless");
+    assert_eq!(r["result"]["resultType"], "complete");
+
+    // input_required: a clear error naming what the server asked, at once.
+    let (code, r) = call(&d, "modern", "ask", json!({}));
+    assert_eq!(code, 1, "{r:#}");
+    let e = &r["errors"][0];
+    assert_eq!(e["code"], "tool_error", "{r:#}");
+    let message = e["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("input_required") && message.contains("What is your name?"),
+        "{r:#}"
+    );
+
+    // A list change arrives over the listen stream the daemon opened.
+    let (code, _) = call(&d, "modern", "change_tools", json!({}));
+    assert_eq!(code, 0);
+    wait_until(
+        "'extra' listed after list_changed on the listen stream",
+        || tool_names(&d, "modern"),
+        |names| names.iter().any(|n| n == "extra"),
+        |names| format!("{names:?}"),
+    );
+
+    // Health rounds are server/discover requests: several go by, the server stays active.
+    wait_until(
+        "three health rounds (server/discover after the probe)",
+        || records(&rec),
+        |r| {
+            r.iter()
+                .filter(|e| e["event"] == "request" && e["method"] == "server/discover")
+                .count()
+                >= 4
+        },
+        |r| format!("{r:#?}"),
+    );
+    assert_eq!(details(&d, "modern")["status"], "active");
+    let recs = records(&rec);
+    let bad: Vec<&Value> = recs
+        .iter()
+        .filter(|e| {
+            matches!(e["event"].as_str(), Some("no_meta" | "initialize" | "ping"))
+                || (e["event"] == "request" && e["version"] != MODERN)
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "every request carries _meta 2026-07-28; no initialize, no ping: {bad:#?}"
+    );
+    let first = recs
+        .iter()
+        .find(|e| e["event"] == "request")
+        .expect("a request");
+    assert_eq!(first["method"], "server/discover", "the probe comes first");
+    assert_eq!(first["client"]["name"], "vsm-daemon");
+    assert!(
+        recs.iter()
+            .any(|e| e["event"] == "listen" && e["notifications"]["toolsListChanged"] == true),
+        "{recs:#?}"
+    );
+}
+
+#[test]
+fn legacy_servers_fall_back_to_initialize_even_when_the_probe_is_ignored() {
+    let d = Daemon::start_with(setup());
+    let dir = TempDir::new("legacy-rec");
+    let (loud, silent) = (dir.path().join("loud"), dir.path().join("silent"));
+    let (loud_s, silent_s) = (loud.display().to_string(), silent.display().to_string());
+    register_fixture(&d, "loud", &["--record", &loud_s]);
+    register_fixture(&d, "silent", &["--silent-unknown", "--record", &silent_s]);
+    for (id, rec) in [("loud", &loud), ("silent", &silent)] {
+        let v = wait_active(&d, id);
+        assert_eq!(v["era"], "legacy", "{v:#}");
+        assert_eq!(v["protocol_version"], "2025-11-25", "{v:#}");
+        let (code, r) = call(&d, id, "echo", json!({"message": id}));
+        assert_eq!((code, &r["result"]["content"][0]["text"]), (0, &json!(id)));
+        let recs = records(rec);
+        assert!(
+            recs.iter().any(|e| e["event"] == "initialize"),
+            "{id}: {recs:#?}"
+        );
+    }
+    // The silent one was probed and did not answer; the handshake followed anyway.
+    assert!(
+        records(&silent)
+            .iter()
+            .any(|e| e["event"] == "ignored" && e["method"] == "server/discover"),
+        "{:#?}",
+        records(&silent)
+    );
+    // Legacy health is still ping.
+    wait_until(
+        "a ping answered by the legacy server",
+        || details(&d, "loud"),
+        |v| v["ping"]["samples"].as_u64().is_some_and(|n| n >= 1),
+        |v| format!("{v:#}"),
+    );
+}
+
+/// One POST to `/mcp` on its own connection: status, head, body.
+fn post(d: &Daemon, headers: &[(&str, &str)], body: &str) -> (u16, String, Value) {
+    let addr = d.http.expect("TCP listener");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let (status, head, body) = split_response(&out);
+    (
+        status,
+        head,
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    )
+}
+
+/// A 2026-07-28 request body: `_meta` with `version` (and the client capabilities unless
+/// `caps` is false) merged into `params`.
+fn modern_body(id: u64, method: &str, mut params: Value, version: &str, caps: bool) -> String {
+    let mut meta =
+        json!({PV: version, "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"}});
+    if caps {
+        meta[CAPS] = json!({});
+    }
+    params["_meta"] = meta;
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()
+}
+
+/// The headers a 2026-07-28 client sends for `method` (and `name`).
+fn modern_headers<'a>(
+    bearer: &'a str,
+    version: &'a str,
+    method: &'a str,
+    name: Option<&'a str>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut h = vec![
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Authorization", bearer),
+        ("MCP-Protocol-Version", version),
+        ("Mcp-Method", method),
+    ];
+    if let Some(n) = name {
+        h.push(("Mcp-Name", n));
+    }
+    h
+}
+
+/// A refusal case: what, the request's headers and body, the status and code it gets.
+type Refusal<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u16, i64);
+
+fn error_of(v: &Value) -> (i64, String) {
+    (
+        v["error"]["code"].as_i64().unwrap_or(0),
+        v["error"]["message"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// Reads SSE `data:` lines from `reader` until one holds a message that `want` accepts.
+fn next_event(
+    reader: &mut BufReader<TcpStream>,
+    what: &str,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
+        assert!(n > 0, "the stream ended before {what}");
+        if let Some(data) = line.strip_prefix("data:") {
+            let v: Value = serde_json::from_str(data.trim()).expect("SSE data is JSON");
+            if want(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+#[test]
+fn mcp_speaks_2026_07_28_statelessly_and_refuses_with_each_code() {
+    let mut fast = setup();
+    if let Some(c) = fast.config.as_mut() {
+        c.push_str("\n[gateway]\nkeepalive_ms = 1000\n");
+    }
+    let d = Daemon::start_with(fast);
+    register_fixture(&d, "fx", &["--modern"]);
+    wait_active(&d, "fx");
+    let bearer = d.bearer();
+    let b = bearer.as_str();
+
+    // server/discover: no session, our versions, cache hints, our identity.
+    let body = modern_body(1, "server/discover", json!({}), MODERN, true);
+    let (status, head, v) = post(
+        &d,
+        &modern_headers(b, MODERN, "server/discover", None),
+        &body,
+    );
+    assert_eq!(status, 200, "{head}{v}");
+    assert!(
+        !head.to_ascii_lowercase().contains("mcp-session-id"),
+        "{head}"
+    );
+    let r = &v["result"];
+    assert_eq!(r["resultType"], "complete", "{v}");
+    assert_eq!(r["supportedVersions"][0], MODERN, "{v}");
+    assert!(r["supportedVersions"]
+        .as_array()
+        .is_some_and(|a| a.contains(&json!("2025-11-25"))));
+    assert_eq!(r["capabilities"]["tools"]["listChanged"], true);
+    assert_eq!(
+        r["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "vsm-daemon"
+    );
+    assert_eq!(
+        (r["ttlMs"].as_u64(), r["cacheScope"].as_str()),
+        (Some(5000), Some("private"))
+    );
+
+    // tools/list with ttlMs.
+    let body = modern_body(2, "tools/list", json!({}), MODERN, true);
+    let (status, _, v) = post(&d, &modern_headers(b, MODERN, "tools/list", None), &body);
+    assert_eq!(status, 200, "{v}");
+    let names: Vec<&str> = v["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"fx__echo") && names.contains(&"fx__ask"),
+        "{names:?}"
+    );
+    assert_eq!(v["result"]["ttlMs"], 5000);
+    assert_eq!(v["result"]["resultType"], "complete");
+
+    // tools/call, with Mcp-Name plain and base64-encoded.
+    let call = |id: u64, name: &str, args: Value| {
+        modern_body(
+            id,
+            "tools/call",
+            json!({"name": name, "arguments": args}),
+            MODERN,
+            true,
+        )
+    };
+    for mcp_name in ["fx__echo", "=?base64?ZnhfX2VjaG8=?="] {
+        let body = call(3, "fx__echo", json!({"message": "no session"}));
+        let (status, _, v) = post(
+            &d,
+            &modern_headers(b, MODERN, "tools/call", Some(mcp_name)),
+            &body,
+        );
+        assert_eq!(status, 200, "{mcp_name}: {v}");
+        assert_eq!(v["result"]["content"][0]["text"], "no session", "{v}");
+        assert_eq!(v["result"]["resultType"], "complete", "{v}");
+        assert_eq!(v["id"], 3);
+    }
+    // input_required from the server reaches the client as a tool error saying so.
+    let body = call(4, "fx__ask", json!({}));
+    let (status, _, v) = post(
+        &d,
+        &modern_headers(b, MODERN, "tools/call", Some("fx__ask")),
+        &body,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let text = v["result"]["content"][0]["text"].as_str().unwrap_or("");
+    assert!(
+        text.contains("input_required") && text.contains("What is your name?"),
+        "{v}"
+    );
+
+    // The refusals, each with its status and code.
+    let echo = call(5, "fx__echo", json!({"message": "x"}));
+    let cases: Vec<Refusal> = vec![
+        (
+            "header version differs from _meta",
+            modern_headers(b, "2025-11-25", "tools/call", Some("fx__echo")),
+            echo.clone(),
+            400,
+            -32020,
+        ),
+        (
+            "Mcp-Method differs from the body",
+            modern_headers(b, MODERN, "tools/list", Some("fx__echo")),
+            echo.clone(),
+            400,
+            -32020,
+        ),
+        (
+            "Mcp-Name differs from the body",
+            modern_headers(b, MODERN, "tools/call", Some("fx__sum")),
+            echo.clone(),
+            400,
+            -32020,
+        ),
+        (
+            "Mcp-Name missing",
+            modern_headers(b, MODERN, "tools/call", None),
+            echo.clone(),
+            400,
+            -32020,
+        ),
+        (
+            "MCP-Protocol-Version missing",
+            modern_headers(b, MODERN, "tools/call", Some("fx__echo"))
+                .into_iter()
+                .filter(|(k, _)| *k != "MCP-Protocol-Version")
+                .collect(),
+            echo.clone(),
+            400,
+            -32020,
+        ),
+        (
+            "a version we do not speak",
+            modern_headers(b, "2099-01-01", "tools/list", None),
+            modern_body(6, "tools/list", json!({}), "2099-01-01", true),
+            400,
+            -32022,
+        ),
+        (
+            "_meta without client capabilities",
+            modern_headers(b, MODERN, "tools/list", None),
+            modern_body(7, "tools/list", json!({}), MODERN, false),
+            400,
+            -32602,
+        ),
+        (
+            "a method not offered",
+            modern_headers(b, MODERN, "ping", None),
+            modern_body(8, "ping", json!({}), MODERN, true),
+            404,
+            -32601,
+        ),
+    ];
+    for (what, headers, body, want_status, want_code) in cases {
+        let (status, head, v) = post(&d, &headers, &body);
+        assert_eq!(
+            (status, error_of(&v).0),
+            (want_status, want_code),
+            "{what}: {head}{v}"
+        );
+        if want_code == -32022 {
+            assert_eq!(v["error"]["data"]["requested"], "2099-01-01", "{v}");
+            assert!(
+                v["error"]["data"]["supported"]
+                    .as_array()
+                    .is_some_and(|s| s.contains(&json!(MODERN))),
+                "{v}"
+            );
+        }
+    }
+    // The access layer still applies: no token, a foreign Origin.
+    let body = modern_body(9, "tools/list", json!({}), MODERN, true);
+    let mut no_token = modern_headers(b, MODERN, "tools/list", None);
+    no_token.retain(|(k, _)| *k != "Authorization");
+    assert_eq!(post(&d, &no_token, &body).0, 401);
+    let mut evil = modern_headers(b, MODERN, "tools/list", None);
+    evil.push(("Origin", "http://evil.example"));
+    assert_eq!(post(&d, &evil, &body).0, 403);
+
+    // subscriptions/listen: acknowledged, then list_changed with the subscription id.
+    let addr = d.http.expect("TCP listener");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let body = modern_body(
+        42,
+        "subscriptions/listen",
+        json!({"notifications": {"toolsListChanged": true, "promptsListChanged": true}}),
+        MODERN,
+        true,
+    );
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in modern_headers(b, MODERN, "subscriptions/listen", None) {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes()).expect("write");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let ack = next_event(&mut reader, "the acknowledgement", |m| {
+        m["method"] == "notifications/subscriptions/acknowledged"
+    });
+    assert_eq!(
+        ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 42,
+        "{ack}"
+    );
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"toolsListChanged": true}),
+        "only what is honoured: {ack}"
+    );
+    // It gets the keep-alive comments of the other streams.
+    let mut line = String::new();
+    while !line.starts_with(": keep-alive") {
+        line.clear();
+        let n = reader.read_line(&mut line).expect("a keep-alive comment");
+        assert!(n > 0, "the listen stream ended");
+    }
+    // A new server's tools change the list.
+    register_fixture(&d, "more", &[]);
+    let changed = next_event(&mut reader, "list_changed", |m| {
+        m["method"] == "notifications/tools/list_changed"
+    });
+    assert_eq!(
+        changed["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 42,
+        "{changed}"
+    );
+    drop(reader);
+    drop(s);
+
+    // A 2025-11-25 session works beside it, as before.
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"old","version":"0"}}}"#;
+    let legacy = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Authorization", b),
+    ];
+    let (status, head, v) = post(&d, &legacy, init);
+    assert_eq!(
+        (status, &v["result"]["protocolVersion"]),
+        (200, &json!("2025-11-25")),
+        "{v}"
+    );
+    let session = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("mcp-session-id")
+                .then(|| v.trim().to_string())
+        })
+        .expect("a session id");
+    let mut with_session = legacy.to_vec();
+    with_session.push(("Mcp-Session-Id", &session));
+    with_session.push(("MCP-Protocol-Version", "2025-11-25"));
+    let (status, _, v) = post(
+        &d,
+        &with_session,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["result"].get("ttlMs").is_none(),
+        "no cache hints in the session era: {v}"
+    );
+    assert!(
+        v["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty()),
+        "{v}"
+    );
+}
+
+/// The official Python SDK client in its 2026-07-28 mode: probes, stays stateless, lists and
+/// calls tools of a modern fixture and of mcp-server-time (itself modern on stdio), and hears
+/// a list change on `subscriptions/listen`.
+#[test]
+fn the_python_sdk_client_speaks_2026_07_28_to_mcp() {
+    let time = peers().join("venv-time/bin/mcp-server-time");
+    let time = time.display().to_string();
+    let d = Daemon::start_with(setup());
+    register_fixture(&d, "fx", &["--modern"]);
+    register(&d, "time", &[&time, "--local-timezone", "UTC"]);
+    for id in ["fx", "time"] {
+        let v = wait_active(&d, id);
+        assert_eq!(v["era"], "modern", "{id}: {v:#}");
+    }
+    let url = format!("http://{}/mcp", d.http.expect("TCP listener"));
+    let mut command = std::process::Command::new(peers().join("venv-time/bin/python"));
+    command
+        .arg(format!(
+            "{}/tests/fixtures/gateway_modern_client.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(&url)
+        .arg(&d.token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    let mut child = command.spawn().expect("the venv's python");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut next = |what: &str| -> Value {
+        let line = lines
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("the SDK client said nothing about {what}"));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{what}: {e}: {line}"))
+    };
+    let hello = next("connecting");
+    assert_eq!(hello["version"], MODERN, "{hello}");
+    assert_eq!(hello["server"], "vsm-daemon", "{hello}");
+    assert_eq!(hello["tools_list_changed"], true, "{hello}");
+    let mut send = |cmd: Value, next: &mut dyn FnMut(&str) -> Value| -> Value {
+        writeln!(stdin, "{cmd}").expect("write");
+        next(&cmd.to_string())
+    };
+    let tools = send(json!({"op": "list"}), &mut next);
+    let names: Vec<&str> = tools["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{tools}"))
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"fx__echo") && names.contains(&"time__get_current_time"),
+        "{names:?}"
+    );
+    let r = send(
+        json!({"op": "call", "name": "time__get_current_time", "arguments": {"timezone": "UTC"}}),
+        &mut next,
+    );
+    assert_eq!(r["result"]["structuredContent"]["timezone"], "UTC", "{r}");
+    let r = send(
+        json!({"op": "call", "name": "fx__echo", "arguments": {"message": "from the SDK"}}),
+        &mut next,
+    );
+    assert_eq!(r["result"]["content"][0]["text"], "from the SDK", "{r}");
+    let r = send(json!({"op": "listen"}), &mut next);
+    assert_eq!(r["listening"], true, "{r}");
+    register_fixture(&d, "later", &[]);
+    let r = next("a tool list change on the listen stream");
+    assert!(r.get("changed").is_some(), "{r}");
+    let _ = writeln!(stdin, "{}", json!({"op": "close"}));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A legacy server that exits on an unknown request dies on the probe once; its next run
+/// starts with `initialize` and serves (the era remembered across restarts, as the
+/// specification allows), instead of a crash loop.
+#[test]
+fn a_server_that_dies_on_the_probe_is_restarted_with_initialize_first() {
+    let d = Daemon::start_with(setup());
+    let dir = TempDir::new("fragile-rec");
+    let rec = dir.path().join("rec");
+    let rec_s = rec.display().to_string();
+    let script = fixture();
+    let out = d.cli(&[
+        "--json",
+        "mcp",
+        "register",
+        "fragile",
+        "--backoff-initial-ms",
+        "100",
+        "--",
+        "python3",
+        &script,
+        "--exit-on-unknown",
+        "4",
+        "--record",
+        &rec_s,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = wait_active(&d, "fragile");
+    assert_eq!(v["era"], "legacy", "{v:#}");
+    assert_eq!(v["restarts"], 1, "one failed start: {v:#}");
+    let recs = records(&rec);
+    let events: Vec<&str> = recs.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(
+        events,
+        ["exit_on_unknown", "initialize", "initialized", "tools_list"],
+        "{recs:#?}"
+    );
+    assert_eq!(recs[0]["method"], "server/discover");
+    let (code, r) = call(&d, "fragile", "echo", json!({"message": "up"}));
+    assert_eq!(
+        (code, &r["result"]["content"][0]["text"]),
+        (0, &json!("up"))
+    );
+}

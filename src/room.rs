@@ -31,7 +31,7 @@
 //!    its outputs go (`deliver_effects` when its output is [`Effect`]);
 //! 3. its initial value where `Rooms` is built (`daemon/startup.rs`, one line);
 //! 4. if it answers requests: [`Serve`], a variant of `api::Request` with its request type,
-//!    its rows in `ops.rs`, and `[serve]` on its `rooms!` line (MCP's, the settings' and the
+//!    its rows in its own `ops.rs` (`pub const OPS`, one line in `crate::ops::GROUPS`), and `[serve]` on its `rooms!` line (MCP's, the settings' and the
 //!    components' requests go that way; `[serve METHOD]` names a `Daemon` method instead,
 //!    for rooms whose requests still need the wiring's facts);
 //! 5. if it shows something in `GET /api/v1/status`: [`Report`] and `[status KEY]` on its

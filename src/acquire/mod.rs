@@ -30,6 +30,7 @@ pub mod assess;
 pub mod auto;
 pub mod decisions;
 pub mod install;
+pub mod ops;
 
 use crate::api::{
     AcquireRequest, Answer, ApiError, DiscoveryRequest, ErrorCode, McpRequest, ReplyTo, Request,

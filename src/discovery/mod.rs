@@ -29,6 +29,7 @@
 
 pub mod cache;
 pub mod candidate;
+pub mod ops;
 pub mod source;
 
 use crate::api::{Answer, ApiError, DiscoveryRequest, ErrorCode, ReplyTo};

@@ -18,6 +18,7 @@
 //! call is answered exactly once (the MCP room answers every request it takes).
 
 pub mod catalog;
+pub mod ops;
 pub mod stdio;
 
 use crate::api::{Answer, ConnId, DaemonRequest, ErrorCode, McpRequest, ReplyTo, Request};

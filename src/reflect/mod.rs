@@ -17,6 +17,7 @@
 //! analyser on the same subject with no newer evidence is not repeated.
 
 pub mod analysis;
+pub mod ops;
 
 use crate::api::{ApiError, ErrorCode, ReflectRequest, ReplyTo};
 use crate::config::ConsciousnessConfig;

@@ -23,8 +23,8 @@
 //! and the effect bus.
 //!
 //! **Adding a room** takes:
-//! 1. a module implementing [`Room`] (timers, jobs, outputs; `apply_config`, `on_answer`,
-//!    `metrics` and `view` when it needs them), publishing typed events ([`RoomCx::event`] with an
+//! 1. a module implementing [`Room`] (timers, jobs, outputs; `start`, `apply_config`,
+//!    `on_answer`, `metrics` and `view` when it needs them), publishing typed events ([`RoomCx::event`] with an
 //!    [`EventData`] variant of its own in `events.rs`) and following others' in
 //!    [`Room::on_event`];
 //! 2. one line in the `rooms!` list (`daemon/rooms.rs`): its variant, field, type and where
@@ -41,7 +41,7 @@
 //!    loop's sources, readings for another room): the delivery method its line names, in a
 //!    small glue file in `daemon/`.
 //!
-//! Timer keys, job results, live configuration, answers to its own requests, request
+//! Timer keys, job results, the start, live configuration, answers to its own requests, request
 //! routing, Prometheus series, JSON metrics views, status parts and the wiring's way into the room
 //! (`Daemon::with::<R>`) are generated from the list: no arm is added anywhere else.
 
@@ -110,6 +110,16 @@ pub trait Room {
     fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, timer: Self::Timer);
     /// One of the room's worker jobs came back, or failed (then its failure's result).
     fn on_job(&mut self, cx: &mut RoomCx<'_, Self>, done: Self::Job);
+
+    /// The daemon starts: arm the room's timers, load what it keeps, begin its cycles.
+    /// Called once for every room, in room-list order, when the loop's sources are set up and
+    /// the stored servers are registered, with the effective configuration. By default the
+    /// room takes that configuration as it would a change ([`Room::apply_config`]), so a
+    /// room whose timers follow the configuration arms them the same way at start and on a
+    /// reload.
+    fn start(&mut self, cx: &mut RoomCx<'_, Self>, config: &Config) {
+        self.apply_config(cx, config);
+    }
 
     /// The effective configuration changed (or was reloaded): take what can change live.
     /// Called on every configuration change; a room compares with what it runs.

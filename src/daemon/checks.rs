@@ -58,16 +58,6 @@ impl Daemon {
 }
 
 impl Daemon {
-    /// Arms the security cycle from the effective config.
-    pub(super) fn configure_security(&mut self, cx: &mut Cx<'_, Timer>) {
-        let c = &self.rooms.settings.config();
-        let every = Duration::from_millis(c.monitoring.security_check_interval_ms);
-        let rate = c.consciousness.learning_rate;
-        self.with::<crate::monitor::security::Security, _>(cx, |room, rcx| {
-            room.configure(rcx, every, rate)
-        });
-    }
-
     /// The security room's readings go to the deciding room; when it asks, it gets the MCP
     /// servers' pids (each server is its own session) to scan for listening sockets.
     pub(super) fn security_outputs(

@@ -183,6 +183,17 @@ macro_rules! rooms {
                 $( Room::metrics(&self.rooms.$field, out); )*
             }
 
+            /// The daemon starts: every room, in list order, arms its timers and begins its
+            /// cycles ([`Room::start`]) with the effective configuration.
+            pub(super) fn rooms_start(&mut self, cx: &mut Cx<'_, Timer>, config: &Config) {
+                $( {
+                    let mut out = Vec::new();
+                    enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
+                          &mut out, |room, rcx| Room::start(room, rcx, config));
+                    self.$deliver(cx, out);
+                } )*
+            }
+
             /// The configuration changed: every room takes what it can change live, then the
             /// rooms that follow the server catalogue get it again (what they derive from it
             /// may depend on the configuration, e.g. the capability policy).

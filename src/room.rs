@@ -37,7 +37,9 @@
 //! 5. if it shows something in `GET /api/v1/status`: [`Report`] and `[status KEY]` on its
 //!    line; if it needs to know the MCP servers and their tools: [`Follows`] and
 //!    `[follows servers]`;
-//! 6. only if its outputs ask for more than the common effects (a plan to carry out on the
+//! 6. if it runs child processes: [`Parent`] and `[owns children]` on its line (its token
+//!    range comes from the reactor where `Rooms` is built);
+//! 7. only if its outputs ask for more than the common effects (a plan to carry out on the
 //!    loop's sources, readings for another room): the delivery method its line names, in a
 //!    small glue file in `daemon/`.
 //!
@@ -191,6 +193,33 @@ pub trait Report: Room {
 pub trait Follows: Room {
     /// The servers now, in id order.
     fn servers(&mut self, cx: &mut RoomCx<'_, Self>, servers: &[crate::snapshot::ServerView<'_>]);
+}
+
+/// A room that runs child processes of its own (`[owns children]` on its line in the `rooms!`
+/// list; MCP's servers are the MCP room's, wired apart). The wiring hands it readiness on its
+/// tokens and the exit of every child it reaps (the first room that claims a pid has it),
+/// tells the MCP room's orphan sweep and reaper which pids are its after every call into it,
+/// and kills its children at shutdown: a room that spawns children adds no glue in `daemon/`.
+pub trait Parent: Room {
+    /// Whether `token` is one of the room's (its children's pipes, its sockets).
+    fn owns(&self, token: mio::Token) -> bool;
+    /// Readiness on one of the room's tokens.
+    fn on_ready(&mut self, cx: &mut RoomCx<'_, Self>, token: mio::Token);
+    /// The daemon reaped `pid` with wait status `status`: `true` when it was the room's child
+    /// (its run ends), `false` to let the next room look.
+    fn on_child_exit(&mut self, cx: &mut RoomCx<'_, Self>, pid: i32, status: i32) -> bool;
+    /// Pids of the room's running children, each the leader of its own process group.
+    fn child_pids(&self) -> Vec<i32>;
+    /// At shutdown: every child's process group is killed, grandchildren included (a parent
+    /// death signal reaches only the leader). A pid here is a child not yet reaped, so its
+    /// group id cannot have been reused.
+    fn kill_children(&mut self) {
+        for pgid in self.child_pids() {
+            if let Err(e) = crate::sys::kill_group(pgid, libc::SIGKILL) {
+                log::debug!("{}: process group {pgid} at shutdown: {e}", Self::NAME);
+            }
+        }
+    }
 }
 
 /// A room that answers requests: its own slice of [`crate::api::Request`].

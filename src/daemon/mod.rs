@@ -288,16 +288,8 @@ impl Handler for Daemon {
                 token,
                 &mut self.outputs,
             );
-        } else if self.rooms.checks.owns(token) {
-            self.with::<crate::monitor::checks::room::Checks, _>(cx, |room, rcx| {
-                room.on_ready(rcx, token)
-            });
-        } else if self.rooms.actions.owns(token) {
-            self.with::<crate::monitor::actions::Actions, _>(cx, |room, rcx| {
-                room.on_ready(rcx, token)
-            });
-        } else if self.rooms.acquire.owns(token) {
-            self.with::<crate::acquire::Acquire, _>(cx, |room, rcx| room.on_ready(rcx, token));
+        } else if self.rooms_ready(cx, token) {
+            // A child's pipe or a check's socket: the room that owns it took it.
         } else if self.server.owns(token) {
             self.server
                 .on_ready(&mut cx.narrow(Timer::Net).cx(), token, &mut self.incoming);
@@ -361,16 +353,7 @@ impl Handler for Daemon {
                         reaped.pid,
                         reaped.status,
                         &mut self.outputs,
-                    ) && !self
-                        .with::<crate::monitor::checks::room::Checks, _>(cx, |room, rcx| {
-                            room.on_child_exit(rcx, reaped.pid, reaped.status)
-                        })
-                        && !self.with::<crate::monitor::actions::Actions, _>(cx, |room, rcx| {
-                            room.on_child_exit(rcx, reaped.pid, reaped.status)
-                        })
-                        && !self.with::<crate::acquire::Acquire, _>(cx, |room, rcx| {
-                            room.on_child_exit(rcx, reaped.pid, reaped.status)
-                        })
+                    ) && !self.rooms_child_exit(cx, reaped.pid, reaped.status)
                     {
                         log::debug!("reaped orphan {} (status {})", reaped.pid, reaped.status);
                     }

@@ -262,14 +262,8 @@ impl Daemon {
             socket: &self.socket_path,
             pid_file: &self.pid_file,
         };
-        rooms::enter(
-            &mut self.rooms.diagnostics,
-            cx,
-            &mut self.worker,
-            &mut self.jobs,
-            &mut self.effects,
-            |room, rcx| room.run(rcx, reply, full, &facts),
-        );
+        let checked = components::diagnostics::Checked::new(&facts);
+        self.with::<Diagnostics, _>(cx, |room, rcx| room.run(rcx, reply, full, checked));
     }
 }
 

@@ -5,12 +5,14 @@
 //!
 //! Layout: `mod.rs` (state, the wiring's own requests, the loop's callbacks), `startup.rs`
 //! (run), `reply.rs` (answers to bytes, the effect bus), `rooms.rs` (the room list: how each
-//! room's timers, jobs, requests, configuration and answers are routed), `persist.rs` (state
+//! room's timers, jobs, requests, start, configuration and answers are routed, and the
+//! readiness, exits and spare pids of the children of rooms that run some), `persist.rs` (state
 //! documents written on the worker, rooms' `Effect::Persist`), and the glue of rooms whose
 //! outputs act on what only the wiring holds: `control.rs` (the components room's plans
 //! carried out on the listener, the worker and the monitor; shutdown), `settings.rs` (a new
 //! configuration applied to the access policy, logging and connection limits), `health.rs`
-//! (round facts, cached answer). Not yet rooms: `access.rs` (intake and access checks),
+//! (round facts, cached answer), `checks.rs`, `observe.rs`, `act.rs` (readings handed to the
+//! alerts room and what its transitions ask for), `gateway.rs`. Not yet rooms: `access.rs` (intake and access checks),
 //! `metrics.rs` (status and metrics), `streams.rs`.
 //!
 //! Components (each can be stopped, started and restarted in-process; the decisions and

@@ -13,7 +13,12 @@
 //! [`Report`] part under KEY in `GET /api/v1/status` ([`Status`], composed by
 //! [`Daemon::rooms_status`]). `[follows servers]` hands the room the MCP room's server
 //! catalogue ([`crate::room::Follows`]) whenever it may have changed
-//! ([`Daemon::rooms_servers_changed`]). Adding a room is a line here.
+//! ([`Daemon::rooms_servers_changed`]). `[owns children]` marks a room that runs child
+//! processes ([`crate::room::Parent`]): readiness on its tokens
+//! ([`Daemon::rooms_ready`]), the exits the daemon reaps ([`Daemon::rooms_child_exit`]) and the
+//! shutdown kill go to it, and after every delivery of its outputs the MCP room's orphan sweep
+//! learns its children's pids. Every room starts through [`Daemon::rooms_start`]. Adding a
+//! room is a line here.
 
 use super::*;
 use crate::components::diagnostics::Diagnostics;

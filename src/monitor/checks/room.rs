@@ -4,8 +4,9 @@
 //! Where each kind runs: `tcp` is a non-blocking connect on the loop (writable = up; an error
 //! or the deadline = down), with host names resolved on the worker first; `exec` is a
 //! sandboxed child ([`ChildRun`]) read on the loop, killed as a group at the deadline and
-//! finished when the daemon reaps it ([`crate::room::Parent::on_child_exit`]); `http`, `file`, `process`
-//! and `filesystem` run on the worker ([`probe`]), which blocks or walks directories.
+//! finished when the daemon reaps it ([`crate::room::Parent::on_child_exit`]); `http`,
+//! `file`, `process` and `filesystem` run on the worker ([`probe`]), which blocks or walks
+//! directories.
 //!
 //! Invariants: a check has at most one run (a due time that finds it running is skipped and
 //! counted); every run ends exactly once — its result, its deadline, or the daemon reaping its

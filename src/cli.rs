@@ -10,6 +10,7 @@
 //! the exit code stays the command's. SIGPIPE stays ignored: the CLI's own socket writes must
 //! fail with an error it can report, not kill it.
 
+use crate::acquire;
 use crate::api::Op;
 use crate::client::{self, Client, ClientError};
 use crate::daemon::{self, StartOptions};
@@ -1202,7 +1203,7 @@ fn acquire(client: &Client, global: &Global, package: &str, capabilities: &[Stri
             reply.body["data"]["server_id"].as_str().unwrap_or("")
         );
     }
-    let show = crate::ops::ACQUISITION_SHOW.target(&encode(&id));
+    let show = acquire::ops::ACQUISITION_SHOW.target(&encode(&id));
     let mut printed = 0;
     // Installs take minutes at worst; the daemon's own deadlines end every step before this.
     let deadline = Instant::now() + Duration::from_secs(3600);
@@ -1299,7 +1300,7 @@ fn encode(s: &str) -> String {
 /// The HTTP request a command sends: method and path come from the ops table, so a renamed
 /// route cannot leave the CLI behind.
 fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
-    use crate::ops;
+    use crate::{components, discovery, mcp, monitor, ops, reflect, variety, vsm};
     let plain = |op: &Op| (op.method, op.path.to_string(), None);
     let with_query = |op: &Op, pairs: &[(&str, Option<String>)]| {
         (op.method, format!("{}{}", op.path, query(pairs)), None)
@@ -1309,9 +1310,10 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             &ops::STATUS,
             &[("detailed", detailed.then(|| "true".into()))],
         ),
-        Command::ConfigShow { section } => {
-            with_query(&ops::CONFIG_SHOW, &[("section", section.clone())])
-        }
+        Command::ConfigShow { section } => with_query(
+            &components::ops::CONFIG_SHOW,
+            &[("section", section.clone())],
+        ),
         Command::ConfigSet { key, value } => {
             // Typed by the key's schema; an unknown key is still sent so the daemon names it.
             let patch = crate::config::patch_for_set(key, value).unwrap_or_else(|_| {
@@ -1321,11 +1323,11 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
                 }
                 v
             });
-            let op = &ops::CONFIG_UPDATE;
+            let op = &components::ops::CONFIG_UPDATE;
             (op.method, op.path.into(), Some(patch))
         }
-        Command::ConfigReload => plain(&ops::CONFIG_RELOAD),
-        Command::ConfigSchema => plain(&ops::CONFIG_SCHEMA),
+        Command::ConfigReload => plain(&components::ops::CONFIG_RELOAD),
+        Command::ConfigSchema => plain(&components::ops::CONFIG_SCHEMA),
         Command::Logs {
             level,
             lines,
@@ -1339,27 +1341,28 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
                 ("component", component.clone()),
             ],
         ),
-        Command::HealthCheck { component } => {
-            with_query(&ops::HEALTH, &[("component", component.clone())])
-        }
+        Command::HealthCheck { component } => with_query(
+            &components::ops::HEALTH,
+            &[("component", component.clone())],
+        ),
         Command::DiagnosticsRun { full } => {
-            let op = &ops::DIAGNOSTICS;
+            let op = &components::ops::DIAGNOSTICS;
             (op.method, op.path.into(), Some(json!({"full": full})))
         }
         Command::Restart { service } => {
-            let op = &ops::CONTROL_RESTART;
+            let op = &components::ops::CONTROL_RESTART;
             (op.method, op.path.into(), Some(json!({"service": service})))
         }
         Command::Stop { graceful } => {
-            let op = &ops::CONTROL_STOP;
+            let op = &components::ops::CONTROL_STOP;
             let body = json!({"shutdown": true, "graceful": graceful});
             (op.method, op.path.into(), Some(body))
         }
         // Neither is one request: `start` runs the daemon, `serve-stdio` bridges to /mcp.
         Command::Start { .. } | Command::McpServeStdio => plain(&ops::STATUS),
-        Command::Checks => plain(&ops::CHECKS_LIST),
+        Command::Checks => plain(&monitor::ops::CHECKS_LIST),
         Command::ChecksRun { name } => {
-            let op = &ops::CHECKS_RUN;
+            let op = &monitor::ops::CHECKS_RUN;
             (op.method, op.target(&encode(name)), None)
         }
         Command::Token { rotate: false } => plain(&ops::AUTH_TOKEN),
@@ -1368,19 +1371,19 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             package,
             capabilities,
         } => {
-            let op = &ops::CAPABILITIES_INTEGRATE;
+            let op = &acquire::ops::CAPABILITIES_INTEGRATE;
             let body = json!({"package": package, "capabilities": capabilities});
             (op.method, op.path.into(), Some(body))
         }
         Command::McpRegister { spec } => {
-            let op = &ops::MCP_REGISTER;
+            let op = &mcp::ops::MCP_REGISTER;
             (op.method, op.path.into(), Some(spec.clone()))
         }
         Command::McpList { status } => {
-            with_query(&ops::MCP_LIST, &[("status", Some(status.clone()))])
+            with_query(&mcp::ops::MCP_LIST, &[("status", Some(status.clone()))])
         }
         Command::McpDiscover { source, query } => with_query(
-            &ops::MCP_DISCOVER,
+            &discovery::ops::MCP_DISCOVER,
             &[
                 ("source", source.clone()),
                 ("query", (!query.is_empty()).then(|| query.clone())),
@@ -1396,28 +1399,28 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             if let Some(t) = timeout_ms {
                 body["timeout_ms"] = json!(t);
             }
-            let op = &ops::MCP_CALL;
+            let op = &mcp::ops::MCP_CALL;
             (op.method, op.target(&encode(id)), Some(body))
         }
         Command::Alerts { all } => with_query(
-            &ops::ALERTS_LIST,
+            &monitor::ops::ALERTS_LIST,
             &[("state", (!all).then(|| "firing".into()))],
         ),
         Command::AlertAck { id } => {
-            let op = &ops::ALERTS_ACK;
+            let op = &monitor::ops::ALERTS_ACK;
             (op.method, op.target(&encode(id)), None)
         }
-        Command::VarietyStatus => plain(&ops::VARIETY_GET),
+        Command::VarietyStatus => plain(&variety::ops::VARIETY_GET),
         Command::VarietyAnalyze { force } => {
-            let op = &ops::VARIETY_RECALCULATE;
+            let op = &variety::ops::VARIETY_RECALCULATE;
             (op.method, op.path.into(), Some(json!({"force": force})))
         }
-        Command::VarietyGaps => plain(&ops::CAPABILITIES_GAPS),
+        Command::VarietyGaps => plain(&variety::ops::CAPABILITIES_GAPS),
         Command::VarietyAcquire {
             capability,
             priority,
         } => {
-            let op = &ops::CAPABILITIES_ACQUIRE;
+            let op = &variety::ops::CAPABILITIES_ACQUIRE;
             let mut body =
                 json!({"capability_type": capability, "acquisition_method": "mcp_server"});
             if let Some(p) = priority {
@@ -1426,18 +1429,18 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             (op.method, op.path.into(), Some(body))
         }
         Command::Metrics { kind } => match kind.as_deref() {
-            Some("variety") => plain(&ops::VARIETY_METRICS),
+            Some("variety") => plain(&variety::ops::VARIETY_METRICS),
             Some("performance") => plain(&ops::METRICS_PERFORMANCE),
             Some("health") => plain(&ops::METRICS_HEALTH),
             _ => plain(&ops::METRICS_ALL),
         },
-        Command::Reflect => plain(&ops::CONSCIOUSNESS_REFLECT),
+        Command::Reflect => plain(&reflect::ops::CONSCIOUSNESS_REFLECT),
         Command::Insights {
             kind,
             since,
             min_significance,
         } => with_query(
-            &ops::CONSCIOUSNESS_INSIGHTS,
+            &reflect::ops::CONSCIOUSNESS_INSIGHTS,
             &[
                 ("type", kind.clone()),
                 ("since", since.map(|s| s.to_string())),
@@ -1445,16 +1448,16 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             ],
         ),
         Command::Query { about, id } => {
-            let op = &ops::CONSCIOUSNESS_QUERY;
+            let op = &reflect::ops::CONSCIOUSNESS_QUERY;
             (
                 op.method,
                 op.path.into(),
                 Some(json!({"about": about, "id": id})),
             )
         }
-        Command::Systems => plain(&ops::VSM_SYSTEMS),
+        Command::Systems => plain(&vsm::ops::VSM_SYSTEMS),
         Command::SystemStatus { id } => {
-            let op = &ops::VSM_SYSTEM;
+            let op = &vsm::ops::VSM_SYSTEM;
             (op.method, op.target(&encode(id)), None)
         }
         Command::SystemTrigger {
@@ -1462,22 +1465,22 @@ fn request_for(command: &Command) -> (&'static str, String, Option<Value>) {
             action,
             parameters,
         } => {
-            let op = &ops::VSM_ACTION;
+            let op = &vsm::ops::VSM_ACTION;
             let body = json!({"action": action, "parameters": parameters});
             (op.method, op.target(&encode(id)), Some(body))
         }
         Command::Mcp { action, id } => {
             let op = match action.as_str() {
-                "show" => &ops::MCP_SHOW,
-                "tools" => &ops::MCP_TOOLS,
-                "resources" => &ops::MCP_RESOURCES,
-                "prompts" => &ops::MCP_PROMPTS,
-                "unregister" => &ops::MCP_UNREGISTER,
-                "start" => &ops::MCP_START,
-                "stop" => &ops::MCP_STOP,
-                "restart" => &ops::MCP_RESTART,
+                "show" => &mcp::ops::MCP_SHOW,
+                "tools" => &mcp::ops::MCP_TOOLS,
+                "resources" => &mcp::ops::MCP_RESOURCES,
+                "prompts" => &mcp::ops::MCP_PROMPTS,
+                "unregister" => &mcp::ops::MCP_UNREGISTER,
+                "start" => &mcp::ops::MCP_START,
+                "stop" => &mcp::ops::MCP_STOP,
+                "restart" => &mcp::ops::MCP_RESTART,
                 // "reset": the parser admits only these nine actions.
-                _ => &ops::MCP_RESET,
+                _ => &mcp::ops::MCP_RESET,
             };
             (op.method, op.target(&encode(id)), None)
         }

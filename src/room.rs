@@ -23,25 +23,27 @@
 //! and the effect bus.
 //!
 //! **Adding a room** takes:
-//! 1. a module implementing [`Room`] (timers, jobs, outputs; `apply_config`, `on_answer`,
-//!    `metrics` and `view` when it needs them), publishing typed events ([`RoomCx::event`] with an
+//! 1. a module implementing [`Room`] (timers, jobs, outputs; `start`, `apply_config`,
+//!    `on_answer`, `metrics` and `view` when it needs them), publishing typed events ([`RoomCx::event`] with an
 //!    [`EventData`] variant of its own in `events.rs`) and following others' in
 //!    [`Room::on_event`];
 //! 2. one line in the `rooms!` list (`daemon/rooms.rs`): its variant, field, type and where
 //!    its outputs go (`deliver_effects` when its output is [`Effect`]);
 //! 3. its initial value where `Rooms` is built (`daemon/startup.rs`, one line);
 //! 4. if it answers requests: [`Serve`], a variant of `api::Request` with its request type,
-//!    its rows in `ops.rs`, and `[serve]` on its `rooms!` line (MCP's, the settings' and the
+//!    its rows in its own `ops.rs` (`pub const OPS`, one line in `crate::ops::GROUPS`), and `[serve]` on its `rooms!` line (MCP's, the settings' and the
 //!    components' requests go that way; `[serve METHOD]` names a `Daemon` method instead,
 //!    for rooms whose requests still need the wiring's facts);
 //! 5. if it shows something in `GET /api/v1/status`: [`Report`] and `[status KEY]` on its
 //!    line; if it needs to know the MCP servers and their tools: [`Follows`] and
 //!    `[follows servers]`;
-//! 6. only if its outputs ask for more than the common effects (a plan to carry out on the
+//! 6. if it runs child processes: [`Parent`] and `[owns children]` on its line (its token
+//!    range comes from the reactor where `Rooms` is built);
+//! 7. only if its outputs ask for more than the common effects (a plan to carry out on the
 //!    loop's sources, readings for another room): the delivery method its line names, in a
 //!    small glue file in `daemon/`.
 //!
-//! Timer keys, job results, live configuration, answers to its own requests, request
+//! Timer keys, job results, the start, live configuration, answers to its own requests, request
 //! routing, Prometheus series, JSON metrics views, status parts and the wiring's way into the room
 //! (`Daemon::with::<R>`) are generated from the list: no arm is added anywhere else.
 
@@ -110,6 +112,16 @@ pub trait Room {
     fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, timer: Self::Timer);
     /// One of the room's worker jobs came back, or failed (then its failure's result).
     fn on_job(&mut self, cx: &mut RoomCx<'_, Self>, done: Self::Job);
+
+    /// The daemon starts: arm the room's timers, load what it keeps, begin its cycles.
+    /// Called once for every room, in room-list order, when the loop's sources are set up and
+    /// the stored servers are registered, with the effective configuration. By default the
+    /// room takes that configuration as it would a change ([`Room::apply_config`]), so a
+    /// room whose timers follow the configuration arms them the same way at start and on a
+    /// reload.
+    fn start(&mut self, cx: &mut RoomCx<'_, Self>, config: &Config) {
+        self.apply_config(cx, config);
+    }
 
     /// The effective configuration changed (or was reloaded): take what can change live.
     /// Called on every configuration change; a room compares with what it runs.
@@ -181,6 +193,33 @@ pub trait Report: Room {
 pub trait Follows: Room {
     /// The servers now, in id order.
     fn servers(&mut self, cx: &mut RoomCx<'_, Self>, servers: &[crate::snapshot::ServerView<'_>]);
+}
+
+/// A room that runs child processes of its own (`[owns children]` on its line in the `rooms!`
+/// list; MCP's servers are the MCP room's, wired apart). The wiring hands it readiness on its
+/// tokens and the exit of every child it reaps (the first room that claims a pid has it),
+/// tells the MCP room's orphan sweep and reaper which pids are its after every call into it,
+/// and kills its children at shutdown: a room that spawns children adds no glue in `daemon/`.
+pub trait Parent: Room {
+    /// Whether `token` is one of the room's (its children's pipes, its sockets).
+    fn owns(&self, token: mio::Token) -> bool;
+    /// Readiness on one of the room's tokens.
+    fn on_ready(&mut self, cx: &mut RoomCx<'_, Self>, token: mio::Token);
+    /// The daemon reaped `pid` with wait status `status`: `true` when it was the room's child
+    /// (its run ends), `false` to let the next room look.
+    fn on_child_exit(&mut self, cx: &mut RoomCx<'_, Self>, pid: i32, status: i32) -> bool;
+    /// Pids of the room's running children, each the leader of its own process group.
+    fn child_pids(&self) -> Vec<i32>;
+    /// At shutdown: every child's process group is killed, grandchildren included (a parent
+    /// death signal reaches only the leader). A pid here is a child not yet reaped, so its
+    /// group id cannot have been reused.
+    fn kill_children(&mut self) {
+        for pgid in self.child_pids() {
+            if let Err(e) = crate::sys::kill_group(pgid, libc::SIGKILL) {
+                log::debug!("{}: process group {pgid} at shutdown: {e}", Self::NAME);
+            }
+        }
+    }
 }
 
 /// A room that answers requests: its own slice of [`crate::api::Request`].

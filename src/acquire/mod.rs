@@ -30,6 +30,7 @@ pub mod assess;
 pub mod auto;
 pub mod decisions;
 pub mod install;
+pub mod ops;
 
 use crate::api::{
     AcquireRequest, Answer, ApiError, DiscoveryRequest, ErrorCode, McpRequest, ReplyTo, Request,
@@ -252,94 +253,12 @@ impl Acquire {
         }
     }
 
-    /// Whether `token` is one of the install child's pipes.
-    pub fn owns(&self, token: mio::Token) -> bool {
-        self.tokens.owns(token)
-    }
-
-    /// The install child's pid, if one runs (spared by the MCP room's orphan sweep).
-    pub fn child_pids(&self) -> Vec<i32> {
-        self.run
-            .as_ref()
-            .and_then(|r| r.child.as_ref())
-            .map(|c| vec![c.pid()])
-            .unwrap_or_default()
-    }
-
     fn pipe_tokens(&self) -> Option<PipeTokens> {
         Some(PipeTokens {
             stdout: self.tokens.token(0)?,
             stderr: self.tokens.token(1)?,
             stdin: self.tokens.token(2)?,
         })
-    }
-
-    /// Output on the install child's pipes.
-    pub fn on_ready(&mut self, cx: &mut RoomCx<'_, Self>, token: mio::Token) {
-        if let Some(child) = self.run.as_mut().and_then(|r| r.child.as_mut()) {
-            child.on_ready(token, cx.registry);
-        }
-    }
-
-    /// A child was reaped: `true` when it was the install child.
-    pub fn on_child_exit(&mut self, cx: &mut RoomCx<'_, Self>, pid: i32, status: i32) -> bool {
-        let Some(run) = self.run.as_mut() else {
-            return false;
-        };
-        if run.child.as_ref().map(ChildRun::pid) != Some(pid) {
-            return false;
-        }
-        let Some(mut child) = run.child.take() else {
-            return false;
-        };
-        let (exit, took) = child.finish(status, cx.registry);
-        if let Some(t) = run.timer.take() {
-            cx.timers().cancel(t);
-        }
-        let n = run.n;
-        if run.ending {
-            // Killed by a failure: now that it is gone, its directory goes.
-            let dir = run.dir.clone();
-            self.remove_dir(cx, n, dir);
-            return true;
-        }
-        let ok = !child.timed_out && exit == crate::monitor::child::Exit::Code(0);
-        if ok {
-            log::info!(
-                "acquisition acq-{n}: install command done in {} ms",
-                took.as_millis()
-            );
-            self.next_command(cx);
-        } else {
-            let why = if child.timed_out {
-                format!("timed out after {} s", INSTALL_TIMEOUT.as_secs())
-            } else {
-                exit.describe()
-            };
-            let err = tail(&child.stderr.text(), 1500);
-            let out = tail(&child.stdout.text(), 300);
-            let detail = [err, out]
-                .into_iter()
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-                .join(" | ");
-            self.fail(
-                cx,
-                "install",
-                format!("install command failed ({why}): {detail}"),
-                Vec::new(),
-            );
-        }
-        true
-    }
-
-    /// At shutdown: the install child's group is killed.
-    pub fn kill_children(&mut self) {
-        for pgid in self.child_pids() {
-            if let Err(e) = crate::sys::kill_group(pgid, libc::SIGKILL) {
-                log::debug!("install process group {pgid} at shutdown: {e}");
-            }
-        }
     }
 
     fn tag(&mut self) -> u64 {
@@ -1183,6 +1102,81 @@ impl Room for Acquire {
                 (self.queue.len() + usize::from(self.run.is_some())) as f64,
             )],
         );
+    }
+}
+
+impl crate::room::Parent for Acquire {
+    /// Whether `token` is one of the install child's pipes.
+    fn owns(&self, token: mio::Token) -> bool {
+        self.tokens.owns(token)
+    }
+
+    /// The install child's pid, if one runs (spared by the MCP room's orphan sweep).
+    fn child_pids(&self) -> Vec<i32> {
+        self.run
+            .as_ref()
+            .and_then(|r| r.child.as_ref())
+            .map(|c| vec![c.pid()])
+            .unwrap_or_default()
+    }
+
+    /// Output on the install child's pipes.
+    fn on_ready(&mut self, cx: &mut RoomCx<'_, Self>, token: mio::Token) {
+        if let Some(child) = self.run.as_mut().and_then(|r| r.child.as_mut()) {
+            child.on_ready(token, cx.registry);
+        }
+    }
+
+    /// A child was reaped: `true` when it was the install child.
+    fn on_child_exit(&mut self, cx: &mut RoomCx<'_, Self>, pid: i32, status: i32) -> bool {
+        let Some(run) = self.run.as_mut() else {
+            return false;
+        };
+        if run.child.as_ref().map(ChildRun::pid) != Some(pid) {
+            return false;
+        }
+        let Some(mut child) = run.child.take() else {
+            return false;
+        };
+        let (exit, took) = child.finish(status, cx.registry);
+        if let Some(t) = run.timer.take() {
+            cx.timers().cancel(t);
+        }
+        let n = run.n;
+        if run.ending {
+            // Killed by a failure: now that it is gone, its directory goes.
+            let dir = run.dir.clone();
+            self.remove_dir(cx, n, dir);
+            return true;
+        }
+        let ok = !child.timed_out && exit == crate::monitor::child::Exit::Code(0);
+        if ok {
+            log::info!(
+                "acquisition acq-{n}: install command done in {} ms",
+                took.as_millis()
+            );
+            self.next_command(cx);
+        } else {
+            let why = if child.timed_out {
+                format!("timed out after {} s", INSTALL_TIMEOUT.as_secs())
+            } else {
+                exit.describe()
+            };
+            let err = tail(&child.stderr.text(), 1500);
+            let out = tail(&child.stdout.text(), 300);
+            let detail = [err, out]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" | ");
+            self.fail(
+                cx,
+                "install",
+                format!("install command failed ({why}): {detail}"),
+                Vec::new(),
+            );
+        }
+        true
     }
 }
 

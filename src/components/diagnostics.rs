@@ -3,7 +3,8 @@
 //! The cheap checks (config, state directory, files, kernel, tools, limits) run on the loop
 //! from a [`Facts`] snapshot the wiring hands over; `--full` adds the fsync timing of the
 //! state directory, which runs on the worker (an fsync can stall for seconds on slow
-//! storage). Invariant: every request is answered exactly once, by [`Diagnostics::run`] or
+//! storage). The wiring makes the cheap checks ([`Checked`]) before it enters the room.
+//! Invariant: every request is answered exactly once, by [`Diagnostics::run`] or
 //! by the job's result, which carries the reply and the checks made so far (or, when the
 //! worker did not take the job or did not answer in time, the failure that stands for it).
 
@@ -14,7 +15,7 @@ use crate::state::{self, StateDir};
 use crate::sys;
 use serde_json::{json, Value};
 use std::convert::Infallible;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How long `diagnostics run --full` may take on the worker.
@@ -52,15 +53,32 @@ pub struct Job {
 #[derive(Debug, Default)]
 pub struct Diagnostics;
 
+/// A run's cheap checks, made from the [`Facts`] before the room is entered (the facts borrow
+/// the wiring's state, the room is entered through it), and the directory `--full` times.
+#[derive(Debug)]
+pub struct Checked {
+    checks: Vec<Value>,
+    dir: PathBuf,
+}
+
+impl Checked {
+    /// Runs the cheap checks on `facts`.
+    pub fn new(facts: &Facts) -> Checked {
+        Checked {
+            checks: loop_checks(facts).iter().map(Check::to_json).collect(),
+            dir: facts.state.path().to_path_buf(),
+        }
+    }
+}
+
 impl Diagnostics {
-    /// Runs the checks and answers `reply`, now or (with `full`) once the worker timed fsync.
-    pub fn run(&mut self, cx: &mut RoomCx<'_, Self>, reply: ReplyTo, full: bool, facts: &Facts) {
-        let checks: Vec<Value> = loop_checks(facts).iter().map(Check::to_json).collect();
+    /// Answers `reply` with the checks, now or (with `full`) once the worker timed fsync.
+    pub fn run(&mut self, cx: &mut RoomCx<'_, Self>, reply: ReplyTo, full: bool, checked: Checked) {
+        let Checked { checks, dir } = checked;
         if !full {
             cx.reply(reply, answer(checks));
             return;
         }
-        let dir = facts.state.path().to_path_buf();
         let kept = checks.clone();
         let submitted = cx.submit(
             TIMEOUT,

@@ -311,7 +311,7 @@ impl Components {
     }
 
     /// The stopped components `service` names (all when `None`), to start.
-    fn start(&self, service: Option<String>) -> Result<Vec<Step>, ApiError> {
+    fn start_steps(&self, service: Option<String>) -> Result<Vec<Step>, ApiError> {
         let chosen = match &service {
             Some(s) => vec![component(s)?],
             None => Component::ALL.to_vec(),
@@ -416,7 +416,7 @@ impl Serve for Components {
 
     fn handle(&mut self, cx: &mut RoomCx<'_, Self>, request: ControlRequest, reply: ReplyTo) {
         let plan = match request {
-            ControlRequest::Start { service } => self.start(service).map(|steps| Plan {
+            ControlRequest::Start { service } => self.start_steps(service).map(|steps| Plan {
                 steps,
                 then: Then::Started(reply),
             }),

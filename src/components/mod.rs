@@ -7,4 +7,5 @@
 pub mod diagnostics;
 pub mod health;
 pub mod lifecycle;
+pub mod ops;
 pub mod settings;

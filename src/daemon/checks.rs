@@ -6,10 +6,8 @@ use super::*;
 use crate::monitor::checks::room::Output as ChecksOutput;
 
 impl Daemon {
-    /// The checks room's outputs: readings to the deciding room, answers to the bus. The MCP
-    /// room's orphan sweep is told which children are the checks' own.
+    /// The checks room's outputs: readings to the deciding room, answers to the bus.
     pub(super) fn checks_outputs(&mut self, cx: &mut Cx<'_, Timer>, out: Vec<ChecksOutput>) {
-        self.spare_children();
         for o in out {
             match o {
                 ChecksOutput::Effect(e) => self.effects.push(e),
@@ -20,54 +18,6 @@ impl Daemon {
 }
 
 impl Daemon {
-    /// The actions room's answers go to the bus; its children are spared by the MCP sweep.
-    pub(super) fn actions_outputs(&mut self, _cx: &mut Cx<'_, Timer>, out: Vec<Effect>) {
-        self.spare_children();
-        self.effects.extend(out);
-    }
-
-    /// Tells the MCP room's orphan sweep (and the reaper) which children belong to the checks
-    /// and actions.
-    fn spare_children(&mut self) {
-        let mut pids = self.rooms.checks.child_pids();
-        pids.extend(self.rooms.actions.child_pids());
-        pids.extend(self.rooms.acquire.child_pids());
-        self.rooms.mcp.spare(pids);
-    }
-
-    /// The acquisition room's effects go to the bus; its install child is spared by the MCP
-    /// sweep like the checks' children.
-    pub(super) fn acquire_outputs(&mut self, _cx: &mut Cx<'_, Timer>, out: Vec<Effect>) {
-        self.spare_children();
-        self.effects.extend(out);
-    }
-
-    /// At shutdown: every running exec check's and exec action's process group is killed,
-    /// grandchildren included (PDEATHSIG reaches only the leader). A pid here is a child not
-    /// yet reaped, so its group id cannot have been reused.
-    pub(super) fn kill_exec_children(&mut self) {
-        self.rooms.acquire.kill_children();
-        let mut pids = self.rooms.checks.child_pids();
-        pids.extend(self.rooms.actions.child_pids());
-        for pgid in pids {
-            if let Err(e) = crate::sys::kill_group(pgid, libc::SIGKILL) {
-                log::debug!("process group {pgid} of an exec child at shutdown: {e}");
-            }
-        }
-    }
-}
-
-impl Daemon {
-    /// Arms the security cycle from the effective config.
-    pub(super) fn configure_security(&mut self, cx: &mut Cx<'_, Timer>) {
-        let c = &self.rooms.settings.config();
-        let every = Duration::from_millis(c.monitoring.security_check_interval_ms);
-        let rate = c.consciousness.learning_rate;
-        self.with::<crate::monitor::security::Security, _>(cx, |room, rcx| {
-            room.configure(rcx, every, rate)
-        });
-    }
-
     /// The security room's readings go to the deciding room; when it asks, it gets the MCP
     /// servers' pids (each server is its own session) to scan for listening sockets.
     pub(super) fn security_outputs(

@@ -143,7 +143,7 @@ impl Daemon {
             graceful,
             &mut self.outputs,
         );
-        self.kill_exec_children();
+        self.rooms_kill_children();
         // New connections are refused at once; open ones get their answers.
         self.with::<Components, _>(cx, |room, rcx| room.shutdown(rcx));
         let timeout = if graceful {

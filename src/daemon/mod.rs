@@ -5,12 +5,14 @@
 //!
 //! Layout: `mod.rs` (state, the wiring's own requests, the loop's callbacks), `startup.rs`
 //! (run), `reply.rs` (answers to bytes, the effect bus), `rooms.rs` (the room list: how each
-//! room's timers, jobs, requests, configuration and answers are routed), `persist.rs` (state
+//! room's timers, jobs, requests, start, configuration and answers are routed, and the
+//! readiness, exits and spare pids of the children of rooms that run some), `persist.rs` (state
 //! documents written on the worker, rooms' `Effect::Persist`), and the glue of rooms whose
 //! outputs act on what only the wiring holds: `control.rs` (the components room's plans
 //! carried out on the listener, the worker and the monitor; shutdown), `settings.rs` (a new
 //! configuration applied to the access policy, logging and connection limits), `health.rs`
-//! (round facts, cached answer). Not yet rooms: `access.rs` (intake and access checks),
+//! (round facts, cached answer), `checks.rs`, `observe.rs`, `act.rs` (readings handed to the
+//! alerts room and what its transitions ask for), `gateway.rs`. Not yet rooms: `access.rs` (intake and access checks),
 //! `metrics.rs` (status and metrics), `streams.rs`.
 //!
 //! Components (each can be stopped, started and restarted in-process; the decisions and
@@ -260,14 +262,8 @@ impl Daemon {
             socket: &self.socket_path,
             pid_file: &self.pid_file,
         };
-        rooms::enter(
-            &mut self.rooms.diagnostics,
-            cx,
-            &mut self.worker,
-            &mut self.jobs,
-            &mut self.effects,
-            |room, rcx| room.run(rcx, reply, full, &facts),
-        );
+        let checked = components::diagnostics::Checked::new(&facts);
+        self.with::<Diagnostics, _>(cx, |room, rcx| room.run(rcx, reply, full, checked));
     }
 }
 
@@ -286,16 +282,8 @@ impl Handler for Daemon {
                 token,
                 &mut self.outputs,
             );
-        } else if self.rooms.checks.owns(token) {
-            self.with::<crate::monitor::checks::room::Checks, _>(cx, |room, rcx| {
-                room.on_ready(rcx, token)
-            });
-        } else if self.rooms.actions.owns(token) {
-            self.with::<crate::monitor::actions::Actions, _>(cx, |room, rcx| {
-                room.on_ready(rcx, token)
-            });
-        } else if self.rooms.acquire.owns(token) {
-            self.with::<crate::acquire::Acquire, _>(cx, |room, rcx| room.on_ready(rcx, token));
+        } else if self.rooms_ready(cx, token) {
+            // A child's pipe or a check's socket: the room that owns it took it.
         } else if self.server.owns(token) {
             self.server
                 .on_ready(&mut cx.narrow(Timer::Net).cx(), token, &mut self.incoming);
@@ -359,16 +347,7 @@ impl Handler for Daemon {
                         reaped.pid,
                         reaped.status,
                         &mut self.outputs,
-                    ) && !self
-                        .with::<crate::monitor::checks::room::Checks, _>(cx, |room, rcx| {
-                            room.on_child_exit(rcx, reaped.pid, reaped.status)
-                        })
-                        && !self.with::<crate::monitor::actions::Actions, _>(cx, |room, rcx| {
-                            room.on_child_exit(rcx, reaped.pid, reaped.status)
-                        })
-                        && !self.with::<crate::acquire::Acquire, _>(cx, |room, rcx| {
-                            room.on_child_exit(rcx, reaped.pid, reaped.status)
-                        })
+                    ) && !self.rooms_child_exit(cx, reaped.pid, reaped.status)
                     {
                         log::debug!("reaped orphan {} (status {})", reaped.pid, reaped.status);
                     }

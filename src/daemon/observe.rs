@@ -21,17 +21,6 @@ impl Daemon {
         }
     }
 
-    /// Arms the built-in cycles at the configured intervals.
-    pub(super) fn schedule_alert_cycles(&mut self, cx: &mut Cx<'_, Timer>) {
-        let m = &self.rooms.settings.config().monitoring;
-        let perf = Duration::from_millis(m.performance_check_interval_ms);
-        let health = Duration::from_millis(m.health_check_interval_ms);
-        self.with::<Alerts, _>(cx, |room, rcx| {
-            room.schedule(rcx, Cycle::Performance, perf);
-            room.schedule(rcx, Cycle::Health, health);
-        });
-    }
-
     /// Events go on the effect bus; a due cycle is sampled now.
     pub(super) fn alerts_outputs(&mut self, cx: &mut Cx<'_, Timer>, out: Vec<alerts_room::Output>) {
         for output in out {

@@ -13,7 +13,12 @@
 //! [`Report`] part under KEY in `GET /api/v1/status` ([`Status`], composed by
 //! [`Daemon::rooms_status`]). `[follows servers]` hands the room the MCP room's server
 //! catalogue ([`crate::room::Follows`]) whenever it may have changed
-//! ([`Daemon::rooms_servers_changed`]). Adding a room is a line here.
+//! ([`Daemon::rooms_servers_changed`]). `[owns children]` marks a room that runs child
+//! processes ([`crate::room::Parent`]): readiness on its tokens
+//! ([`Daemon::rooms_ready`]), the exits the daemon reaps ([`Daemon::rooms_child_exit`]) and the
+//! shutdown kill go to it, and after every delivery of its outputs the MCP room's orphan sweep
+//! learns its children's pids. Every room starts through [`Daemon::rooms_start`]. Adding a
+//! room is a line here.
 
 use super::*;
 use crate::components::diagnostics::Diagnostics;
@@ -40,7 +45,7 @@ pub(super) trait Wired: Room {
 /// One room's request arm: `[serve]` hands it to the room's `Serve::handle` and its outputs to
 /// `deliver`; `[serve METHOD]` to a `Daemon` method (a room whose requests need the wiring).
 macro_rules! serve {
-    ($daemon:ident, $cx:ident, $request:ident, $reply:ident, $field:ident, $deliver:ident) => {{
+    ($daemon:ident, $cx:ident, $request:ident, $reply:ident, $field:ident, $ty:ty) => {{
         let mut out = Vec::new();
         enter(
             &mut $daemon.rooms.$field,
@@ -50,9 +55,9 @@ macro_rules! serve {
             &mut out,
             |room, rcx| crate::room::Serve::handle(room, rcx, $request, $reply),
         );
-        $daemon.$deliver($cx, out);
+        <$ty as Wired>::deliver($daemon, $cx, out);
     }};
-    ($daemon:ident, $cx:ident, $request:ident, $reply:ident, $field:ident, $deliver:ident,
+    ($daemon:ident, $cx:ident, $request:ident, $reply:ident, $field:ident, $ty:ty,
      $serve:ident) => {
         $daemon.$serve($cx, $request, $reply)
     };
@@ -60,7 +65,8 @@ macro_rules! serve {
 
 macro_rules! rooms {
     ($( $(#[$doc:meta])* $variant:ident($field:ident: $ty:ty) => $deliver:ident
-        $([serve $($serve:ident)?])? $([status $key:ident])? $([follows $follows:ident])?, )*) => {
+        $([serve $($serve:ident)?])? $([status $key:ident])? $([follows $follows:ident])?
+        $([owns $children:ident])?, )*) => {
         /// `GET /api/v1/status`: the wiring's parts (`daemon`, `loop`) and each reporting
         /// room's (`[status KEY]`), serialized as one object in key order (the order
         /// `serde_json`'s map gave the `Value` builder this replaced).
@@ -133,7 +139,8 @@ macro_rules! rooms {
                 }
                 fn deliver(daemon: &mut Daemon, cx: &mut Cx<'_, Timer>,
                            out: Vec<<$ty as Room>::Output>) {
-                    daemon.$deliver(cx, out)
+                    daemon.$deliver(cx, out);
+                    $( let _ = stringify!($children); daemon.spare_children(); )?
                 }
             }
         )*
@@ -146,7 +153,7 @@ macro_rules! rooms {
                         let mut out = Vec::new();
                         enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
                               &mut out, |room, rcx| Room::on_timer(room, rcx, t));
-                        self.$deliver(cx, out);
+                        <$ty as Wired>::deliver(self, cx, out);
                     } )*
                 }
             }
@@ -156,7 +163,7 @@ macro_rules! rooms {
             pub(super) fn route(&mut self, cx: &mut Cx<'_, Timer>, request: Request, reply: ReplyTo) {
                 match request {
                     Request::Daemon(r) => self.handle_daemon(cx, r, reply),
-                    $( $( Request::$variant(r) => serve!(self, cx, r, reply, $field, $deliver
+                    $( $( Request::$variant(r) => serve!(self, cx, r, reply, $field, $ty
                                                           $(, $serve)?), )? )*
                 }
             }
@@ -183,6 +190,17 @@ macro_rules! rooms {
                 $( Room::metrics(&self.rooms.$field, out); )*
             }
 
+            /// The daemon starts: every room, in list order, arms its timers and begins its
+            /// cycles ([`Room::start`]) with the effective configuration.
+            pub(super) fn rooms_start(&mut self, cx: &mut Cx<'_, Timer>, config: &Config) {
+                $( {
+                    let mut out = Vec::new();
+                    enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
+                          &mut out, |room, rcx| Room::start(room, rcx, config));
+                    <$ty as Wired>::deliver(self, cx, out);
+                } )*
+            }
+
             /// The configuration changed: every room takes what it can change live, then the
             /// rooms that follow the server catalogue get it again (what they derive from it
             /// may depend on the configuration, e.g. the capability policy).
@@ -191,7 +209,7 @@ macro_rules! rooms {
                     let mut out = Vec::new();
                     enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
                           &mut out, |room, rcx| Room::apply_config(room, rcx, config));
-                    self.$deliver(cx, out);
+                    <$ty as Wired>::deliver(self, cx, out);
                 } )*
                 self.rooms_servers_changed(cx);
             }
@@ -212,7 +230,7 @@ macro_rules! rooms {
                 drop(servers);
                 $($(
                     let _ = stringify!($follows);
-                    self.$deliver(cx, $field);
+                    <$ty as Wired>::deliver(self, cx, $field);
                 )?)*
             }
 
@@ -223,7 +241,7 @@ macro_rules! rooms {
                     let mut out = Vec::new();
                     enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
                           &mut out, |r, rcx| Room::on_answer(r, rcx, tag, answer));
-                    self.$deliver(cx, out);
+                    <$ty as Wired>::deliver(self, cx, out);
                     return;
                 } )*
                 log::error!("an answer for room {room}, which is not in the room list");
@@ -238,9 +256,55 @@ macro_rules! rooms {
                     enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
                           &mut out, |room, rcx| Room::on_event(room, rcx, seq, channel, data));
                     if !out.is_empty() {
-                        self.$deliver(cx, out);
+                        <$ty as Wired>::deliver(self, cx, out);
                     }
                 } )*
+            }
+
+            /// Readiness on a token of a room that owns children (`[owns children]`):
+            /// `true` when one of them took it.
+            pub(super) fn rooms_ready(&mut self, cx: &mut Cx<'_, Timer>, token: mio::Token) -> bool {
+                $($(
+                    let _ = stringify!($children);
+                    if crate::room::Parent::owns(&self.rooms.$field, token) {
+                        self.with::<$ty, _>(cx, |room, rcx| crate::room::Parent::on_ready(room, rcx, token));
+                        return true;
+                    }
+                )?)*
+                false
+            }
+
+            /// The daemon reaped `pid`: the first room that owns children and claims it ends
+            /// its run. `false`: no room's child.
+            pub(super) fn rooms_child_exit(&mut self, cx: &mut Cx<'_, Timer>, pid: i32,
+                                           status: i32) -> bool {
+                $($(
+                    let _ = stringify!($children);
+                    if self.with::<$ty, _>(cx, |room, rcx| {
+                        crate::room::Parent::on_child_exit(room, rcx, pid, status)
+                    }) {
+                        return true;
+                    }
+                )?)*
+                false
+            }
+
+            /// The running children of every room that owns children.
+            pub(super) fn rooms_child_pids(&self) -> Vec<i32> {
+                let mut pids = Vec::new();
+                $($(
+                    let _ = stringify!($children);
+                    pids.extend(crate::room::Parent::child_pids(&self.rooms.$field));
+                )?)*
+                pids
+            }
+
+            /// At shutdown: every room that owns children kills their process groups.
+            pub(super) fn rooms_kill_children(&mut self) {
+                $($(
+                    let _ = stringify!($children);
+                    crate::room::Parent::kill_children(&mut self.rooms.$field);
+                )?)*
             }
 
             /// A room's job came back (or failed): to the room, then its outputs.
@@ -250,7 +314,7 @@ macro_rules! rooms {
                         let mut out = Vec::new();
                         enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
                               &mut out, |room, rcx| Room::on_job(room, rcx, j));
-                        self.$deliver(cx, out);
+                        <$ty as Wired>::deliver(self, cx, out);
                     } )*
                 }
             }
@@ -271,9 +335,9 @@ rooms! {
     /// The configuration.
     Config(settings: Settings<listener::TcpAccess>) => settings_outputs [serve],
     /// The declared checks.
-    Checks(checks: crate::monitor::checks::room::Checks) => checks_outputs [serve serve_checks],
+    Checks(checks: crate::monitor::checks::room::Checks) => checks_outputs [serve serve_checks] [owns children],
     /// The webhook and exec actions.
-    Actions(actions: crate::monitor::actions::Actions) => actions_outputs,
+    Actions(actions: crate::monitor::actions::Actions) => deliver_effects [owns children],
     /// The security signals.
     Security(security: crate::monitor::security::Security) => security_outputs,
     /// Alerts and the built-in performance and health cycles.
@@ -289,10 +353,17 @@ rooms! {
     /// Reflection: the record, insights, queries, decision support.
     Reflect(reflect: crate::reflect::Reflect) => deliver_effects [serve],
     /// The acquisition pipeline and its decision records.
-    Acquire(acquire: crate::acquire::Acquire) => acquire_outputs [serve],
+    Acquire(acquire: crate::acquire::Acquire) => deliver_effects [serve] [owns children],
 }
 
 impl Daemon {
+    /// Tells the MCP room's orphan sweep (and the reaper) which children belong to the rooms
+    /// that own children (`[owns children]`), after every call into one of them.
+    fn spare_children(&mut self) {
+        let pids = self.rooms_child_pids();
+        self.rooms.mcp.spare(pids);
+    }
+
     /// Runs `f` on room `R` with its [`RoomCx`], then delivers what it said where its line
     /// in the list sends it: the one way the wiring calls a room's own methods.
     pub(super) fn with<R: Wired, X>(

@@ -409,24 +409,15 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
             Err(e) => log::error!("MCP server {id} not registered: {e}"),
         }
     }
-    daemon.configure_security(&mut cx);
-    // The rooms that follow the configuration live get their first one as a change would.
+    // Every room arms its timers and begins its cycles from the effective configuration.
     let config = daemon.rooms.settings.config().clone();
-    daemon.with::<crate::monitor::actions::Actions, _>(&mut cx, |room, rcx| {
-        room.apply_config(rcx, &config)
-    });
-    daemon.with::<crate::monitor::checks::room::Checks, _>(&mut cx, |room, rcx| {
-        room.apply_config(rcx, &config)
-    });
-    for key in daemon.rooms.settings.config().not_enforced_set() {
+    daemon.rooms_start(&mut cx, &config);
+    for key in config.not_enforced_set() {
         log::warn!(
             "{key} is set but {}: it has no effect",
             config::NOT_ENFORCED
         );
     }
-    daemon.schedule_alert_cycles(&mut cx);
-    daemon.with::<crate::variety::room::Variety, _>(&mut cx, |room, rcx| room.start(rcx));
-    daemon.with::<crate::discovery::Discovery, _>(&mut cx, |room, rcx| room.start(rcx));
     daemon.setup_watchdog(&mut cx);
     log::info!("REST API and WebSocket monitor listening on http://{tcp_addr}");
     log::info!(

@@ -29,6 +29,7 @@
 
 pub mod cache;
 pub mod candidate;
+pub mod ops;
 pub mod source;
 
 use crate::api::{Answer, ApiError, DiscoveryRequest, ErrorCode, ReplyTo};
@@ -229,9 +230,8 @@ impl Discovery {
         self.every_ms = m.auto_discovery_interval_ms;
     }
 
-    /// Reads the cache file (on the worker) and arms the periodic refresh. Called once when
-    /// the daemon starts.
-    pub fn start(&mut self, cx: &mut RoomCx<'_, Self>) {
+    /// Reads the cache file (on the worker) and arms the periodic refresh.
+    fn load_and_arm(&mut self, cx: &mut RoomCx<'_, Self>) {
         self.waiting = Some(Vec::new());
         let path = self.state_dir.join(cache::FILE);
         let submitted = cx.submit(
@@ -647,6 +647,13 @@ impl Room for Discovery {
     type Job = Job;
     type Output = Effect;
     const NAME: &'static str = "discovery";
+
+    /// Takes the configuration, reads the cache file (on the worker) and arms the periodic
+    /// refresh.
+    fn start(&mut self, cx: &mut RoomCx<'_, Self>, config: &Config) {
+        self.take_config(config);
+        self.load_and_arm(cx);
+    }
 
     fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, timer: Timer) {
         match timer {

@@ -38,6 +38,7 @@
 
 pub mod catalog;
 pub mod modern;
+pub mod ops;
 pub mod stdio;
 
 use crate::api::{

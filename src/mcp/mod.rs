@@ -16,6 +16,7 @@
 
 pub mod jsonrpc;
 mod lifecycle;
+pub mod ops;
 mod pipes;
 pub mod process;
 pub mod reaper;

@@ -309,6 +309,73 @@ impl Room for Actions {
     }
 }
 
+impl crate::room::Parent for Actions {
+    /// Whether a readiness token is one of the room's.
+    fn owns(&self, token: mio::Token) -> bool {
+        self.tokens.owns(token)
+    }
+
+    /// Pids of running exec actions.
+    fn child_pids(&self) -> Vec<i32> {
+        self.exec.iter().flatten().map(|r| r.child.pid()).collect()
+    }
+
+    /// A readiness event on an exec action's pipe.
+    fn on_ready(&mut self, cx: &mut RoomCx<'_, Self>, token: mio::Token) {
+        let Some(slot) = self.tokens.index(token).map(|i| i / 3) else {
+            return;
+        };
+        if let Some(run) = self.exec.get_mut(slot).and_then(Option::as_mut) {
+            run.child.on_ready(token, cx.registry);
+        }
+    }
+
+    /// The daemon reaped `pid`: if it is an exec action, its run ends (logged and recorded).
+    fn on_child_exit(&mut self, cx: &mut RoomCx<'_, Self>, pid: i32, status: i32) -> bool {
+        let Some(slot) = self
+            .exec
+            .iter()
+            .position(|r| r.as_ref().is_some_and(|r| r.child.pid() == pid))
+        else {
+            return false;
+        };
+        let Some(mut run) = self.exec[slot].take() else {
+            return false;
+        };
+        if let Some(t) = run.deadline.take() {
+            cx.timers().cancel(t);
+        }
+        let (exit, took) = run.child.finish(status, cx.registry);
+        let (out, err) = (run.child.stdout.text(), run.child.stderr.text());
+        let ok = exit == crate::monitor::child::Exit::Code(0) && !run.child.timed_out;
+        let detail = if run.child.timed_out {
+            format!("timed out after {} ms, killed", run.timeout_ms)
+        } else {
+            exit.describe()
+        };
+        log::info!(
+            "action {} ended: {detail} after {} ms; stdout: {:?}; stderr: {:?}",
+            run.action,
+            took.as_millis(),
+            out,
+            err
+        );
+        if ok {
+            self.delivered += 1;
+        } else {
+            self.failed += 1;
+        }
+        self.record(
+            run.id,
+            &run.action,
+            if ok { "delivered" } else { "failed" },
+            1,
+            format!("{detail}; stdout: {out}; stderr: {err}"),
+        );
+        true
+    }
+}
+
 /// The delay after failed attempt `attempts` (1-based).
 fn backoff(attempts: u32) -> Duration {
     let factor = 1u32 << attempts.saturating_sub(1).min(16);
@@ -393,16 +460,6 @@ impl Actions {
     /// The configured `[actions.*]` (deliveries already queued keep the spec they had).
     pub fn set_specs(&mut self, specs: BTreeMap<String, ActionSpec>) {
         self.specs = specs;
-    }
-
-    /// Whether a readiness token is one of the room's.
-    pub fn owns(&self, token: mio::Token) -> bool {
-        self.tokens.owns(token)
-    }
-
-    /// Pids of running exec actions.
-    pub fn child_pids(&self) -> Vec<i32> {
-        self.exec.iter().flatten().map(|r| r.child.pid()).collect()
     }
 
     fn record(&mut self, id: u64, action: &str, outcome: &str, attempts: u32, detail: String) {
@@ -551,61 +608,6 @@ impl Actions {
         if let Err(failed) = submitted {
             self.on_job(cx, failed);
         }
-    }
-
-    /// A readiness event on an exec action's pipe.
-    pub fn on_ready(&mut self, cx: &mut RoomCx<'_, Self>, token: mio::Token) {
-        let Some(slot) = self.tokens.index(token).map(|i| i / 3) else {
-            return;
-        };
-        if let Some(run) = self.exec.get_mut(slot).and_then(Option::as_mut) {
-            run.child.on_ready(token, cx.registry);
-        }
-    }
-
-    /// The daemon reaped `pid`: if it is an exec action, its run ends (logged and recorded).
-    pub fn on_child_exit(&mut self, cx: &mut RoomCx<'_, Self>, pid: i32, status: i32) -> bool {
-        let Some(slot) = self
-            .exec
-            .iter()
-            .position(|r| r.as_ref().is_some_and(|r| r.child.pid() == pid))
-        else {
-            return false;
-        };
-        let Some(mut run) = self.exec[slot].take() else {
-            return false;
-        };
-        if let Some(t) = run.deadline.take() {
-            cx.timers().cancel(t);
-        }
-        let (exit, took) = run.child.finish(status, cx.registry);
-        let (out, err) = (run.child.stdout.text(), run.child.stderr.text());
-        let ok = exit == crate::monitor::child::Exit::Code(0) && !run.child.timed_out;
-        let detail = if run.child.timed_out {
-            format!("timed out after {} ms, killed", run.timeout_ms)
-        } else {
-            exit.describe()
-        };
-        log::info!(
-            "action {} ended: {detail} after {} ms; stdout: {:?}; stderr: {:?}",
-            run.action,
-            took.as_millis(),
-            out,
-            err
-        );
-        if ok {
-            self.delivered += 1;
-        } else {
-            self.failed += 1;
-        }
-        self.record(
-            run.id,
-            &run.action,
-            if ok { "delivered" } else { "failed" },
-            1,
-            format!("{detail}; stdout: {out}; stderr: {err}"),
-        );
-        true
     }
 
     /// `POST /api/v1/actions/{name}/test`: runs the action with a test alert and answers with

@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod checks;
 pub mod child;
 pub mod observation;
+pub mod ops;
 pub mod performance;
 pub mod room;
 pub mod security;

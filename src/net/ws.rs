@@ -557,7 +557,7 @@ pub fn parse_command(text: &str) -> Result<Command, (Option<Value>, ApiError)> {
             path = path.replace("{id}", &encode(server));
         }
         let mut body = params.clone();
-        if ops::MCP_CALL.ws == Some(command) {
+        if ops::TOOL_CALL_COMMAND == Some(command) {
             if let Some(tool) = params.get("tool").filter(|_| params.get("name").is_none()) {
                 body["name"] = tool.clone();
             }

@@ -17,6 +17,7 @@
 //! analyser on the same subject with no newer evidence is not repeated.
 
 pub mod analysis;
+pub mod ops;
 
 use crate::api::{ApiError, ErrorCode, ReflectRequest, ReplyTo};
 use crate::config::ConsciousnessConfig;
@@ -922,6 +923,14 @@ impl Room for Reflect {
     type Output = Effect;
     const NAME: &'static str = "reflect";
 
+    /// Takes the configuration and arms the reflection cycle (when automatic insights are on).
+    fn start(&mut self, cx: &mut RoomCx<'_, Self>, config: &crate::config::Config) {
+        self.apply_config(cx, config);
+        if self.timer.is_none() {
+            self.arm(cx);
+        }
+    }
+
     fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, _due: Due) {
         self.timer = None;
         self.begin(cx, None);
@@ -973,17 +982,13 @@ impl Room for Reflect {
 
     fn on_event(
         &mut self,
-        cx: &mut RoomCx<'_, Self>,
+        _cx: &mut RoomCx<'_, Self>,
         seq: u64,
         _channel: Channel,
         data: &EventData,
     ) {
         if data.kind() == "consciousness_insight" {
             return;
-        }
-        // The first event arms the periodic reflection (the room has no start hook).
-        if self.timer.is_none() && self.auto && self.reflections == 0 {
-            self.arm(cx);
         }
         self.follow(seq, data);
     }
@@ -1072,6 +1077,22 @@ mod tests {
         assert_eq!(by_number["events"][0]["subject"], "npm:x@1.0.0");
         assert!(r.query("decision", "npm:x@1.0.0").is_ok());
         assert!(r.query("decision", "8").is_err());
+    }
+
+    /// The reflection cycle is armed when the daemon starts (no event needed), only when
+    /// automatic insights are on.
+    #[test]
+    fn start_arms_the_cycle_when_automatic_insights_are_on() {
+        use crate::room::testing::{enter, Inline};
+        for auto in [true, false] {
+            let mut full = crate::config::Config::default();
+            full.consciousness.auto_insight_generation = auto;
+            let mut r = Reflect::new(&full.consciousness);
+            let (mut wiring, mut out) = (Inline::new(), Vec::new());
+            enter(&mut r, &mut wiring, &mut out, |r, cx| r.start(cx, &full));
+            assert_eq!(wiring.wheel.len(), usize::from(auto), "auto {auto}");
+            assert_eq!(r.timer.is_some(), auto);
+        }
     }
 
     #[test]

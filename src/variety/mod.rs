@@ -7,6 +7,7 @@
 
 pub mod analysis;
 pub mod capability;
+pub mod ops;
 pub mod package;
 pub mod policy;
 pub mod required;

@@ -189,12 +189,6 @@ impl Variety {
         }
     }
 
-    /// Arms the periodic analysis and runs the first one (at start).
-    pub fn start(&mut self, cx: &mut RoomCx<'_, Self>) {
-        self.arm(cx);
-        self.analyse(cx, "start");
-    }
-
     /// What discovery found (the hook it feeds; shown from the next analysis on).
     pub fn set_opportunities(&mut self, opportunities: Vec<Opportunity>) {
         self.opportunities = opportunities;
@@ -513,6 +507,12 @@ impl Room for Variety {
     type Job = std::convert::Infallible;
     type Output = Effect;
     const NAME: &'static str = "variety";
+
+    /// Takes the configuration (which arms the periodic analysis) and runs the first one.
+    fn start(&mut self, cx: &mut RoomCx<'_, Self>, config: &Config) {
+        self.apply_config(cx, config);
+        self.analyse(cx, "start");
+    }
 
     fn on_timer(&mut self, cx: &mut RoomCx<'_, Self>, _t: Timer) {
         self.timer = None;

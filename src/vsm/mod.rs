@@ -38,6 +38,8 @@
 //! statuses of registered servers (at most [`MAX_TRACKED`]), [`MAX_TRACKED`] alert rules'
 //! suppression counts, [`MAX_PENDING`] actions waiting for answers.
 
+pub mod ops;
+
 use crate::api::{
     Answer, ApiError, ChecksRequest, DiscoveryRequest, ErrorCode, HealthRequest, McpRequest,
     ReplyTo, Request, VarietyRequest, VsmRequest,

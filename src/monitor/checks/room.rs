@@ -4,8 +4,9 @@
 //! Where each kind runs: `tcp` is a non-blocking connect on the loop (writable = up; an error
 //! or the deadline = down), with host names resolved on the worker first; `exec` is a
 //! sandboxed child ([`ChildRun`]) read on the loop, killed as a group at the deadline and
-//! finished when the daemon reaps it ([`Checks::on_child_exit`]); `http`, `file`, `process`
-//! and `filesystem` run on the worker ([`probe`]), which blocks or walks directories.
+//! finished when the daemon reaps it ([`crate::room::Parent::on_child_exit`]); `http`,
+//! `file`, `process` and `filesystem` run on the worker ([`probe`]), which blocks or walks
+//! directories.
 //!
 //! Invariants: a check has at most one run (a due time that finds it running is skipped and
 //! counted); every run ends exactly once — its result, its deadline, or the daemon reaping its
@@ -223,6 +224,116 @@ impl Room for Checks {
     }
 }
 
+impl crate::room::Parent for Checks {
+    /// Whether a readiness token is one of the room's.
+    fn owns(&self, token: mio::Token) -> bool {
+        self.tokens.owns(token)
+    }
+
+    /// Pids of the room's running children (the MCP room's orphan sweep must spare them).
+    fn child_pids(&self) -> Vec<i32> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter_map(|e| match &e.running.as_ref()?.how {
+                How::Exec(c) => Some(c.pid()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A readiness event on one of the room's tokens.
+    fn on_ready(&mut self, cx: &mut RoomCx<'_, Self>, token: mio::Token) {
+        let Some(index) = self.tokens.index(token) else {
+            return;
+        };
+        let slot = index / 3;
+        let registry = cx.registry;
+        let Some(r) = self.entry_mut(slot).and_then(|e| e.running.as_mut()) else {
+            return;
+        };
+        let run = r.id;
+        let outcome = match &mut r.how {
+            How::Exec(child) => {
+                child.on_ready(token, registry);
+                return;
+            }
+            How::Tcp(stream) => match stream.take_error() {
+                Ok(Some(e)) | Err(e) => Outcome::down("tcp_connect", format!("connect: {e}")),
+                Ok(None) => match stream.peer_addr() {
+                    Ok(peer) => Outcome::up("tcp_connect", 1.0, format!("connected to {peer}")),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotConnected => {
+                        // Spurious wake-up: still connecting.
+                        return;
+                    }
+                    Err(e) => Outcome::down("tcp_connect", format!("connect: {e}")),
+                },
+            },
+            _ => return,
+        };
+        self.finish(cx, slot, run, outcome);
+    }
+
+    /// The daemon reaped `pid`: if it is one of the room's children, its run ends.
+    /// Returns whether it was.
+    fn on_child_exit(&mut self, cx: &mut RoomCx<'_, Self>, pid: i32, status: i32) -> bool {
+        let registry = cx.registry;
+        let mut found = None;
+        for (slot, s) in self.slots.iter_mut().enumerate() {
+            let Some(r) = s.as_mut().and_then(|e| e.running.as_mut()) else {
+                continue;
+            };
+            if let How::Exec(child) = &mut r.how {
+                if child.pid() == pid {
+                    let expect = s.as_ref().and_then(|e| e.spec.expect_exit).unwrap_or(0);
+                    found = Some((slot, r_id(s), expect));
+                    break;
+                }
+            }
+        }
+        let Some((slot, run, expect)) = found else {
+            return false;
+        };
+        let timeout = self.entry_mut(slot).map_or(0, |e| e.spec.timeout_ms);
+        let Some(r) = self.running_mut(slot, run) else {
+            return true;
+        };
+        let How::Exec(child) = &mut r.how else {
+            return true;
+        };
+        let (exit, _) = child.finish(status, registry);
+        let output = {
+            let out = child.stdout.text();
+            let err = child.stderr.text();
+            match (out.is_empty(), err.is_empty()) {
+                (true, true) => String::new(),
+                (false, true) => format!(": {out}"),
+                (true, false) => format!(": {err}"),
+                (false, false) => format!(": {out} / {err}"),
+            }
+        };
+        let outcome = if child.timed_out {
+            Outcome::down(
+                "exit_code",
+                format!("timed out after {timeout} ms, killed{output}"),
+            )
+        } else {
+            match exit {
+                crate::monitor::child::Exit::Code(c) => Outcome {
+                    up: c == expect,
+                    metric: "exit_code",
+                    value: f64::from(c),
+                    threshold: Some(f64::from(expect)),
+                    message: probe::bounded(format!("{}{output}", exit.describe())),
+                },
+                other => Outcome::down("exit_code", format!("{}{output}", other.describe())),
+            }
+        };
+        self.finish(cx, slot, run, outcome);
+        true
+    }
+}
+
 impl Checks {
     /// A room without checks; connections and pipes use `tokens` ([`TOKENS_NEEDED`] of them).
     pub fn new(tokens: TokenRange) -> Checks {
@@ -258,23 +369,6 @@ impl Checks {
             stderr: self.tokens.token(3 * slot + 1)?,
             stdin: self.tokens.token(3 * slot + 2)?,
         })
-    }
-
-    /// Whether a readiness token is one of the room's.
-    pub fn owns(&self, token: mio::Token) -> bool {
-        self.tokens.owns(token)
-    }
-
-    /// Pids of the room's running children (the MCP room's orphan sweep must spare them).
-    pub fn child_pids(&self) -> Vec<i32> {
-        self.slots
-            .iter()
-            .flatten()
-            .filter_map(|e| match &e.running.as_ref()?.how {
-                How::Exec(c) => Some(c.pid()),
-                _ => None,
-            })
-            .collect()
     }
 
     /// Makes the running set of checks `specs`: new ones start now (staggered), removed ones stop (a last
@@ -514,97 +608,6 @@ impl Checks {
                 Outcome::down("tcp_connect", format!("connect to {addr}: {e}")),
             ),
         }
-    }
-
-    /// A readiness event on one of the room's tokens.
-    pub fn on_ready(&mut self, cx: &mut RoomCx<'_, Self>, token: mio::Token) {
-        let Some(index) = self.tokens.index(token) else {
-            return;
-        };
-        let slot = index / 3;
-        let registry = cx.registry;
-        let Some(r) = self.entry_mut(slot).and_then(|e| e.running.as_mut()) else {
-            return;
-        };
-        let run = r.id;
-        let outcome = match &mut r.how {
-            How::Exec(child) => {
-                child.on_ready(token, registry);
-                return;
-            }
-            How::Tcp(stream) => match stream.take_error() {
-                Ok(Some(e)) | Err(e) => Outcome::down("tcp_connect", format!("connect: {e}")),
-                Ok(None) => match stream.peer_addr() {
-                    Ok(peer) => Outcome::up("tcp_connect", 1.0, format!("connected to {peer}")),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotConnected => {
-                        // Spurious wake-up: still connecting.
-                        return;
-                    }
-                    Err(e) => Outcome::down("tcp_connect", format!("connect: {e}")),
-                },
-            },
-            _ => return,
-        };
-        self.finish(cx, slot, run, outcome);
-    }
-
-    /// The daemon reaped `pid`: if it is one of the room's children, its run ends.
-    /// Returns whether it was.
-    pub fn on_child_exit(&mut self, cx: &mut RoomCx<'_, Self>, pid: i32, status: i32) -> bool {
-        let registry = cx.registry;
-        let mut found = None;
-        for (slot, s) in self.slots.iter_mut().enumerate() {
-            let Some(r) = s.as_mut().and_then(|e| e.running.as_mut()) else {
-                continue;
-            };
-            if let How::Exec(child) = &mut r.how {
-                if child.pid() == pid {
-                    let expect = s.as_ref().and_then(|e| e.spec.expect_exit).unwrap_or(0);
-                    found = Some((slot, r_id(s), expect));
-                    break;
-                }
-            }
-        }
-        let Some((slot, run, expect)) = found else {
-            return false;
-        };
-        let timeout = self.entry_mut(slot).map_or(0, |e| e.spec.timeout_ms);
-        let Some(r) = self.running_mut(slot, run) else {
-            return true;
-        };
-        let How::Exec(child) = &mut r.how else {
-            return true;
-        };
-        let (exit, _) = child.finish(status, registry);
-        let output = {
-            let out = child.stdout.text();
-            let err = child.stderr.text();
-            match (out.is_empty(), err.is_empty()) {
-                (true, true) => String::new(),
-                (false, true) => format!(": {out}"),
-                (true, false) => format!(": {err}"),
-                (false, false) => format!(": {out} / {err}"),
-            }
-        };
-        let outcome = if child.timed_out {
-            Outcome::down(
-                "exit_code",
-                format!("timed out after {timeout} ms, killed{output}"),
-            )
-        } else {
-            match exit {
-                crate::monitor::child::Exit::Code(c) => Outcome {
-                    up: c == expect,
-                    metric: "exit_code",
-                    value: f64::from(c),
-                    threshold: Some(f64::from(expect)),
-                    message: probe::bounded(format!("{}{output}", exit.describe())),
-                },
-                other => Outcome::down("exit_code", format!("{}{output}", other.describe())),
-            }
-        };
-        self.finish(cx, slot, run, outcome);
-        true
     }
 
     /// Ends run `run` of `slot` with `outcome`: kept, reported, answered; the slot of a

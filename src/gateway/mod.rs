@@ -7,7 +7,7 @@
 //! Transport: `POST /mcp` carries one JSON-RPC message; requests are answered with
 //! `application/json`, notifications and responses with 202. `initialize` opens a session
 //! (`Mcp-Session-Id`); every later message names it and, when it sends
-//! `MCP-Protocol-Version`, that must be the negotiated version (400 otherwise). `GET /mcp`
+//! `MCP-Protocol-Version`, that must be a version we speak (400 otherwise). `GET /mcp`
 //! opens the session's one server-to-client SSE stream (`notifications/tools/list_changed`);
 //! `DELETE /mcp` ends the session. The access layer has already checked Host, Origin (403),
 //! the bearer token (401) and the body size before a request gets here.
@@ -278,26 +278,20 @@ impl Gateway {
                 "session not found (it ended or expired): send initialize again".into(),
             ));
         };
+        // The spec refuses (400) only an invalid or unsupported version; a client SHOULD send
+        // the negotiated one, and the session answers in that one whatever it sends (the
+        // conformance suite sends 2025-03-26 on a 2025-11-25 session, as SDK servers accept).
         match request.header("mcp-protocol-version") {
             None => {}
-            Some(v) if v == session.version => {}
-            Some(v) if VERSIONS.contains(&v) => {
-                return Err((
-                    400,
-                    code::SERVER_ERROR,
-                    format!(
-                        "MCP-Protocol-Version {v} is not the version this session negotiated ({})",
-                        session.version
-                    ),
-                ))
-            }
+            Some(v) if VERSIONS.contains(&v) => {}
             Some(v) => {
                 let v: String = v.chars().take(40).collect();
                 return Err((
                     400,
                     code::SERVER_ERROR,
                     format!(
-                        "unsupported MCP-Protocol-Version {v:?} (supported: {})",
+                        "unsupported MCP-Protocol-Version {v:?} (this session speaks {}; supported: {})",
+                        session.version,
                         VERSIONS.join(", ")
                     ),
                 ));

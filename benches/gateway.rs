@@ -8,10 +8,11 @@
 //!   metric is measured with it.
 //!
 //! Sections (the server is `tests/fixtures/mcp_fixture.py`, its `echo` tool):
-//! - **latency**: the same call three ways, alternating in blocks of 100 so drift hits all
+//! - **latency**: the same call five ways, alternating in blocks of 100 so drift hits all
 //!   alike: (a) direct stdio to a fixture this bench spawns, (b) `tools/call` of `fx__echo`
 //!   on `/mcp` (one session, one keep-alive TCP connection with the token), (c)
-//!   `POST /api/v1/mcp/servers/fx/tools/call` on the same kind of connection. p50 and p99 of
+//!   `POST /api/v1/mcp/servers/fx/tools/call` on the same kind of connection, (d) and (e) the
+//!   same two on the control socket (what `benches/mcp.rs` measures REST on). p50 and p99 of
 //!   each; target: p50(b) − p50(a) ≤ 50 µs.
 //! - **concurrent**: 100 clients, each its own TCP connection and `/mcp` session, start
 //!   together and make 10 calls each, one after the other. Throughput (calls over the wall
@@ -31,8 +32,9 @@ use common::{
     Sections, DEADLINE,
 };
 use serde_json::{json, Value};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
@@ -96,24 +98,40 @@ fn register_fx(daemon: &DaemonGuard, f: &Fixtures) -> Result<()> {
     )
 }
 
-/// One `/mcp` session over one keep-alive TCP connection.
-struct McpClient {
-    http: Http<TcpStream>,
+/// One `/mcp` session over one keep-alive connection (TCP with the token, or the control
+/// socket, where the uid is the credential).
+struct McpClient<S: Read + Write> {
+    http: Http<S>,
     head: String,
     next_id: u64,
 }
 
-impl McpClient {
-    /// Connects and sends `initialize` (+ `notifications/initialized`).
-    fn open(addr: SocketAddr, token: &str) -> Result<McpClient> {
-        let http = tcp_as(addr, token)?;
-        let base = format!(
+impl McpClient<TcpStream> {
+    /// Connects over TCP and opens a session.
+    fn open(addr: SocketAddr, token: &str) -> Result<Self> {
+        let head = format!(
             "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
              Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
         );
+        McpClient::start(tcp_as(addr, token)?, head)
+    }
+}
+
+impl McpClient<UnixStream> {
+    /// Connects to the control socket and opens a session.
+    fn open_unix(socket: &Path) -> Result<Self> {
+        let head = "POST /mcp HTTP/1.1\r\nHost: localhost\r\n\
+             Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n";
+        McpClient::start(unix(socket)?, head.to_string())
+    }
+}
+
+impl<S: Read + Write> McpClient<S> {
+    /// Sends `initialize` (+ `notifications/initialized`).
+    fn start(http: Http<S>, head: String) -> Result<Self> {
         let mut c = McpClient {
             http,
-            head: base,
+            head,
             next_id: 1,
         };
         let init = json!({
@@ -212,7 +230,7 @@ fn direct_call(fx: &mut DirectFixture, id: u64) -> Result<Duration> {
 }
 
 /// One REST call on a keep-alive TCP connection.
-fn rest_call(http: &mut Http<TcpStream>, request: &[u8]) -> Result<Duration> {
+fn rest_call<S: Read + Write>(http: &mut Http<S>, request: &[u8]) -> Result<Duration> {
     let t0 = Instant::now();
     http.send_raw(request)?;
     let r = http.read_response()?;
@@ -236,35 +254,41 @@ fn measure_latency(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
     let addr = daemon.http_addr()?;
     let mut mcp = McpClient::open(addr, &daemon.token)?;
     let mut rest = tcp_as(addr, &daemon.token)?;
-    let rest_request = rest.build(
-        "POST",
-        "/api/v1/mcp/servers/fx/tools/call",
-        Some(br#"{"name":"echo","arguments":{"message":"m"}}"#),
-    );
+    let mut mcp_unix = McpClient::open_unix(&daemon.socket)?;
+    let mut rest_unix = unix(&daemon.socket)?;
+    let body: &[u8] = br#"{"name":"echo","arguments":{"message":"m"}}"#;
+    let path = "/api/v1/mcp/servers/fx/tools/call";
+    let rest_request = rest.build("POST", path, Some(body));
+    let rest_unix_request = rest_unix.build("POST", path, Some(body));
     let mut id = 1;
     for _ in 0..WARMUP {
         direct_call(&mut fx, id)?;
         id += 1;
         mcp.echo()?;
         rest_call(&mut rest, &rest_request)?;
+        mcp_unix.echo()?;
+        rest_call(&mut rest_unix, &rest_unix_request)?;
     }
-    let (mut direct, mut via_mcp, mut via_rest) = (
-        Vec::with_capacity(CALLS),
-        Vec::with_capacity(CALLS),
-        Vec::with_capacity(CALLS),
-    );
+    // direct, /mcp TCP, REST TCP, /mcp Unix, REST Unix.
+    let mut series: [Vec<Duration>; 5] = Default::default();
     let t_all = Instant::now();
-    while direct.len() < CALLS {
-        let n = BLOCK.min(CALLS - direct.len());
+    while series[0].len() < CALLS {
+        let n = BLOCK.min(CALLS - series[0].len());
         for _ in 0..n {
-            direct.push(direct_call(&mut fx, id)?);
+            series[0].push(direct_call(&mut fx, id)?);
             id += 1;
         }
         for _ in 0..n {
-            via_mcp.push(mcp.echo()?);
+            series[1].push(mcp.echo()?);
         }
         for _ in 0..n {
-            via_rest.push(rest_call(&mut rest, &rest_request)?);
+            series[2].push(rest_call(&mut rest, &rest_request)?);
+        }
+        for _ in 0..n {
+            series[3].push(mcp_unix.echo()?);
+        }
+        for _ in 0..n {
+            series[4].push(rest_call(&mut rest_unix, &rest_unix_request)?);
         }
     }
     let elapsed = t_all.elapsed();
@@ -272,41 +296,49 @@ fn measure_latency(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
     let rss = vm_rss_kb(daemon.pid()).unwrap_or(0);
     daemon.finish(notes);
     drop(fx);
-    let (a50, a99) = p50_p99(&mut direct);
-    let (b50, b99) = p50_p99(&mut via_mcp);
-    let (c50, c99) = p50_p99(&mut via_rest);
+    let [a, b, c, d, e] = series.map(|mut v| p50_p99(&mut v));
     let diff = |x: Duration, y: Duration| (x.as_secs_f64() - y.as_secs_f64()) * 1e6;
+    let shown = |(p50, p99): (Duration, Duration)| format!("{} / {}", us(p50), us(p99));
     Ok(vec![
         Row::info(
             format!("(a) direct stdio echo, p50 / p99 of {CALLS}"),
-            format!("{} / {}", us(a50), us(a99)),
+            shown(a),
         ),
         Row::info(
-            format!("(b) /mcp tools/call fx__echo (TCP, one session), p50 / p99 of {CALLS}"),
-            format!("{} / {}", us(b50), us(b99)),
+            format!(
+                "(b) /mcp tools/call fx__echo, TCP with token, one session, p50 / p99 of {CALLS}"
+            ),
+            shown(b),
         ),
         Row::info(
-            format!("(c) POST /api/v1/mcp/servers/fx/tools/call (TCP), p50 / p99 of {CALLS}"),
-            format!("{} / {}", us(c50), us(c99)),
+            format!("(c) POST /api/v1/mcp/servers/fx/tools/call, TCP, p50 / p99 of {CALLS}"),
+            shown(c),
         ),
+        Row::info("(d) as (b) on the control socket, p50 / p99", shown(d)),
+        Row::info("(e) as (c) on the control socket, p50 / p99", shown(e)),
         Row::new(
             "/mcp overhead over direct stdio, p50(b) − p50(a)",
-            us_f(diff(b50, a50)),
+            us_f(diff(b.0, a.0)),
             "≤ 50 µs",
-            diff(b50, a50) <= OVERHEAD_P50_TARGET_US,
+            diff(b.0, a.0) <= OVERHEAD_P50_TARGET_US,
         ),
         Row::info(
-            "/mcp overhead over direct stdio, p99(b) − p99(a)",
-            us_f(diff(b99, a99)),
+            "  same, p99(b) − p99(a) | on the control socket, p50(d) − p50(a)",
+            format!("{} | {}", us_f(diff(b.1, a.1)), us_f(diff(d.0, a.0))),
         ),
         Row::info(
-            "REST overhead over direct stdio, p50(c) − p50(a) | /mcp − REST, p50",
-            format!("{} | {}", us_f(diff(c50, a50)), us_f(diff(b50, c50))),
+            "REST over direct, p50(c) − p50(a) | /mcp − REST p50, TCP (b − c) | Unix (d − e)",
+            format!(
+                "{} | {} | {}",
+                us_f(diff(c.0, a.0)),
+                us_f(diff(b.0, c.0)),
+                us_f(diff(d.0, e.0))
+            ),
         ),
         Row::info(
             "daemon after the calls",
             format!(
-                "VmRSS {}; the three series took {:.2} s",
+                "VmRSS {}; the five series took {:.2} s",
                 fmt_kb(rss),
                 elapsed.as_secs_f64()
             ),

@@ -21,6 +21,7 @@ const server = http.createServer((req, res) => {
     ur.pipe(res);
   });
   up.on("error", (e) => {
+    process.stderr.write(`${req.method} ${req.url}: ${e.message}\n`);
     if (!res.headersSent) {
       res.writeHead(502, { "content-type": "text/plain" });
     }

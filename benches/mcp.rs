@@ -21,16 +21,16 @@ mod common;
 
 use common::{
     children_of, cpu_ticks, cpus, days_from_civil, fmt_kb, kernel, on_path, open_fds, percentile,
-    proc_status_kb, rollup_kb, ticks_per_sec, unix, unix_ms, us, utc_now, vm_rss_kb, wait_for,
-    Binaries, DaemonGuard, DaemonSetup, Fixtures, Http, Result, Row, Sections, DEADLINE, MB,
+    proc_status_kb, real_python, rollup_kb, ticks_per_sec, unix, unix_ms, us, utc_now, vm_rss_kb,
+    wait_for, wait_readable, Binaries, DaemonGuard, DaemonSetup, DirectFixture, Fixtures, Http,
+    Result, Row, Sections, DEADLINE, MB,
 };
 use serde_json::{json, Value};
-use std::io::{BufReader, Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
+use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 const OVERHEAD_P50_TARGET_US: f64 = 100.0;
@@ -84,37 +84,6 @@ fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     let days = days_from_civil(num(0, 4)?, num(5, 7)?, num(8, 10)?);
     let secs = ((days * 24 + num(11, 13)?) * 60 + num(14, 16)?) * 60 + num(17, 19)?;
     Some(secs * 1000 + num(20, 23)?)
-}
-
-/// The interpreter behind `python3` (`sys.executable`): version-manager shims (pyenv) are
-/// shell scripts that would add their own start-up to every spawn.
-fn real_python(python3: &Path) -> Result<PathBuf> {
-    let mut child = Command::new(python3)
-        .args(["-c", "import sys; print(sys.executable)"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("run {}: {e}", python3.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = BufReader::new(stdout).read_to_string(&mut out);
-        let _ = tx.send(out);
-    });
-    let out = rx.recv_timeout(DEADLINE);
-    let _ = child.kill();
-    let _ = child.wait();
-    let path = PathBuf::from(
-        out.map_err(|_| format!("{} -c ... gave no answer within 10 s", python3.display()))?
-            .trim(),
-    );
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!("sys.executable {} is not a file", path.display()))
-    }
 }
 
 /// `(on-CPU ns, run-queue wait ns)` from a `schedstat` file (`/proc/PID/schedstat`).
@@ -191,115 +160,6 @@ fn start_daemon(bin: &Path, config: &str, label: &str) -> Result<DaemonGuard> {
             keep_log_as: Some(format!("{label}.log")),
         },
     )
-}
-
-// ---------------------------------------------------------------------------------------
-// The fixture, spawned directly (no daemon) with pipes.
-
-/// Waits until `fd` is readable, at most until `deadline`.
-fn wait_readable(fd: i32, deadline: Instant) -> Result<()> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err("not readable within 10 s".into());
-        }
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd for the duration of the call.
-        let r = unsafe { libc::poll(&mut p, 1, ms) };
-        if r > 0 {
-            return Ok(());
-        }
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(format!("poll: {e}"));
-            }
-        }
-    }
-}
-
-struct DirectFixture {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: ChildStdout,
-    buf: Vec<u8>,
-    scratch: Vec<u8>,
-}
-
-impl DirectFixture {
-    fn spawn(f: &Fixtures) -> Result<DirectFixture> {
-        let mut child = Command::new(&f.python)
-            .arg(&f.script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", f.python.display()))?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err("fixture pipes missing".into());
-        };
-        let mut fx = DirectFixture {
-            child,
-            stdin,
-            stdout,
-            buf: Vec::with_capacity(64 * 1024),
-            scratch: vec![0; 64 * 1024],
-        };
-        // The same handshake the daemon does.
-        fx.send(
-            br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"vsm-bench","version":"0"}}}"#,
-        )?;
-        let line = fx.read_line()?;
-        let v: Value = serde_json::from_slice(&line).map_err(|e| format!("initialize: {e}"))?;
-        if v["result"]["protocolVersion"].as_str().is_none() {
-            return Err(format!("initialize answered {v}"));
-        }
-        fx.send(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)?;
-        Ok(fx)
-    }
-
-    /// Writes one line (the newline is added here, in the same write).
-    fn send(&mut self, line: &[u8]) -> Result<()> {
-        let mut msg = Vec::with_capacity(line.len() + 1);
-        msg.extend_from_slice(line);
-        msg.push(b'\n');
-        self.stdin
-            .write_all(&msg)
-            .map_err(|e| format!("write to fixture: {e}"))
-    }
-
-    /// Reads one line (poll(2) then read(2), as the daemon's loop does with epoll).
-    fn read_line(&mut self) -> Result<Vec<u8>> {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                let line = self.buf[..i].to_vec();
-                self.buf.drain(..=i);
-                return Ok(line);
-            }
-            wait_readable(self.stdout.as_raw_fd(), deadline)?;
-            match self.stdout.read(&mut self.scratch) {
-                Ok(0) => return Err("the fixture closed its stdout".into()),
-                Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("read from fixture: {e}")),
-            }
-        }
-    }
-}
-
-impl Drop for DirectFixture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -309,6 +309,17 @@ pub enum EventData {
         /// Loop time it held, in milliseconds.
         took_ms: f64,
     },
+    /// `sandbox_denied`: an MCP server running under Landlock wrote a line to stderr saying
+    /// an operation was refused (`Permission denied`, `Operation not permitted`): its sandbox
+    /// kept it from something. At most one per server per 10 s.
+    SandboxDenied {
+        /// The server.
+        server_id: String,
+        /// The evidence: the stderr line (bounded).
+        line: String,
+        /// Further denial lines of the server held back by the rate limit since the last one.
+        suppressed: u64,
+    },
     /// An event a room publishes in the untyped form (`RoomCx::publish`) until it gives the
     /// kind a variant here: its type and data as given.
     Other {
@@ -343,6 +354,7 @@ impl EventData {
             EventData::McpToolCall { .. } => "mcp_tool_call",
             EventData::McpServerStartRefused { .. } => "mcp_server_start_refused",
             EventData::MonitoringCycleCompleted { .. } => "monitoring_cycle_completed",
+            EventData::SandboxDenied { .. } => "sandbox_denied",
             EventData::Other { kind, .. } => kind,
         }
     }

@@ -646,6 +646,105 @@ fn security_signals_see_failed_tokens_refused_hosts_and_listening_servers() {
     );
 }
 
+/// A server whose Landlock sandbox refuses it a write outside its writable paths (the
+/// fixture, started by a shell that first tries to create files under /var/tmp, five times)
+/// raises one `sandbox_denied` event with the evidence line (the others are held back by the
+/// per-server rate limit) and a security reading and alert `security:sandbox_denied:deny`.
+/// On a kernel without Landlock the write succeeds, nothing refuses it, and the test checks
+/// instead that no denial is reported (the same words without an enforced sandbox are no
+/// evidence), and says so.
+#[test]
+fn a_landlock_denial_on_a_servers_stderr_is_a_security_signal() {
+    let probe = format!("/var/tmp/vsm-landlock-probe-{}", std::process::id());
+    let fixture = format!(
+        "{}/tests/fixtures/mcp_fixture.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let script =
+        format!("for i in 1 2 3 4 5; do echo x > {probe}-$i; done; exec python3 {fixture}");
+    let config = format!(
+        "[monitoring]\nsecurity_check_interval_ms = 1000\n\n[[servers]]\nid = \"deny\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", {}]\n",
+        serde_json::to_string(&script).expect("json string is a TOML string")
+    );
+    let d = Daemon::start_with(Setup {
+        config: Some(config),
+        ..Setup::default()
+    });
+    let server = wait_until(
+        "the server active",
+        || d.http("GET", "/api/v1/mcp/servers/deny", None).1,
+        |v| v["data"]["status"] == "active",
+        |v| v.to_string(),
+    );
+    let landlock = server["data"]["landlock"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let events = |d: &Daemon| {
+        let (status, v) = d.http("GET", "/api/v1/events?type=sandbox_denied&limit=100", None);
+        assert_eq!(status, 200, "{v}");
+        v["data"]["events"].as_array().cloned().unwrap_or_default()
+    };
+    if !landlock.starts_with("enforced") {
+        eprintln!("Landlock is not enforced here ({landlock}): checking that nothing is reported");
+        for i in 1..=5 {
+            let _ = std::fs::remove_file(format!("{probe}-{i}"));
+        }
+        // The security cycle runs every second: two of them have passed by now.
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(events(&d).is_empty(), "{:?}", events(&d));
+        assert!(deliveries_and_security(&d)
+            .get("security:sandbox_denied:deny")
+            .is_none());
+        return;
+    }
+    for i in 1..=5 {
+        assert!(
+            !Path::new(&format!("{probe}-{i}")).exists(),
+            "the sandbox ({landlock}) let the write through"
+        );
+    }
+    let readings = wait_until(
+        "a security reading for the denial",
+        || deliveries_and_security(&d),
+        |r| r["security:sandbox_denied:deny"]["bad"] == true,
+        |r| r.to_string(),
+    );
+    let message = readings["security:sandbox_denied:deny"]["last"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        message.contains("Landlock")
+            && message.contains(&probe)
+            && message.contains("Permission denied"),
+        "{message}"
+    );
+    let seen = events(&d);
+    assert_eq!(seen.len(), 1, "one event for the burst: {seen:?}");
+    let e = &seen[0];
+    assert_eq!(e["channel"], "security", "{e}");
+    assert_eq!(e["data"]["server_id"], "deny", "{e}");
+    assert_eq!(e["data"]["suppressed"], 0, "{e}");
+    assert!(
+        e["data"]["line"]
+            .as_str()
+            .is_some_and(|l| l.contains(&probe)),
+        "{e}"
+    );
+    wait_until(
+        "a firing security alert for the denial",
+        || d.http("GET", "/api/v1/alerts?state=firing", None).1,
+        |v| {
+            v["data"]["alerts"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|a| a["rule"] == "security:sandbox_denied:deny")
+            })
+        },
+        |v| v.to_string(),
+    );
+}
+
 fn deliveries_and_security(d: &Daemon) -> Value {
     let (status, body) = d.http("GET", "/api/v1/checks", None);
     assert_eq!(status, 200, "{body}");

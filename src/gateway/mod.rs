@@ -11,7 +11,7 @@
 //! is answered as an SSE stream once the server reports progress: the progress
 //! notifications (with the client's token), then the response. `initialize` opens a session
 //! (`Mcp-Session-Id`); every later message names it and, when it sends
-//! `MCP-Protocol-Version`, that must be the negotiated version (400 otherwise). `GET /mcp`
+//! `MCP-Protocol-Version`, that must be a version we speak (400 otherwise). `GET /mcp`
 //! opens the session's one server-to-client SSE stream (`notifications/tools/list_changed`,
 //! `resources/list_changed`, `prompts/list_changed`, each when its part of the aggregate
 //! changed), whose events carry ids: a GET with `Last-Event-ID` gets what it missed from the
@@ -598,26 +598,20 @@ impl Gateway {
                 "session not found (it ended or expired): send initialize again".into(),
             ));
         };
+        // The spec refuses (400) only an invalid or unsupported version; a client SHOULD send
+        // the negotiated one, and the session answers in that one whatever it sends (the
+        // conformance suite sends 2025-03-26 on a 2025-11-25 session, as SDK servers accept).
         match request.header("mcp-protocol-version") {
             None => {}
-            Some(v) if v == session.version => {}
-            Some(v) if VERSIONS.contains(&v) => {
-                return Err((
-                    400,
-                    code::SERVER_ERROR,
-                    format!(
-                        "MCP-Protocol-Version {v} is not the version this session negotiated ({})",
-                        session.version
-                    ),
-                ))
-            }
+            Some(v) if VERSIONS.contains(&v) => {}
             Some(v) => {
                 let v: String = v.chars().take(40).collect();
                 return Err((
                     400,
                     code::SERVER_ERROR,
                     format!(
-                        "unsupported MCP-Protocol-Version {v:?} (supported: {})",
+                        "unsupported MCP-Protocol-Version {v:?} (this session speaks {}; supported: {})",
+                        session.version,
                         VERSIONS.join(", ")
                     ),
                 ));

@@ -232,13 +232,13 @@ impl Mcp {
                 if pipe == Pipe::Stdout {
                     self.on_stdout_line(cx, id, line, out);
                 } else {
-                    self.on_stderr_line(id, line);
+                    self.on_stderr_line(id, line, out);
                 }
             }
         }
     }
 
-    pub(super) fn on_stderr_line(&mut self, id: &str, line: Line) {
+    pub(super) fn on_stderr_line(&mut self, id: &str, line: Line, out: &mut Vec<Output>) {
         let Some(server) = self.servers.get_mut(id) else {
             return;
         };
@@ -246,6 +246,23 @@ impl Mcp {
             Line::Complete(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Line::TooLong { len } => format!("[stderr line of {len}+ bytes truncated]"),
         };
+        if server.sandbox_denial(&text) {
+            let now = Instant::now();
+            let (last, held) = server.denials;
+            if last.is_some_and(|t| now.duration_since(t) < server::DENIAL_EVENT_INTERVAL) {
+                server.denials = (last, held.saturating_add(1));
+            } else {
+                server.denials = (Some(now), 0);
+                out.push(Output::Event(
+                    crate::events::Channel::Security,
+                    crate::events::EventData::SandboxDenied {
+                        server_id: id.to_string(),
+                        line: server::truncate(text.clone(), server::TEXT_MAX),
+                        suppressed: held,
+                    },
+                ));
+            }
+        }
         server.note_stderr(text.clone());
         let rate = f64::from(self.settings.config.stderr_lines_per_second);
         let (tokens, last) = server.stderr_bucket;

@@ -245,6 +245,9 @@ pub struct Server {
     pub stderr_bucket: (f64, Instant),
     /// Landlock status of the current run.
     pub landlock: String,
+    /// Sandbox denials seen on stderr: when the last `sandbox_denied` event went out, and
+    /// the denial lines held back since (at most one event per [`DENIAL_EVENT_INTERVAL`]).
+    pub denials: (Option<Instant>, u64),
     /// Pid of the current or last run.
     pub last_pid: Option<i32>,
     /// Splits stdout into JSON-RPC lines.
@@ -276,6 +279,7 @@ impl Server {
             stderr_suppressed: 0,
             stderr_bucket: (0.0, Instant::now()),
             landlock: "not started".into(),
+            denials: (None, 0),
             last_pid: None,
             stdout_lines: LineSplitter::new(1),
             stderr_lines: LineSplitter::new(1),
@@ -355,6 +359,14 @@ impl Server {
         self.stderr_lines = LineSplitter::new(1);
     }
 
+    /// Whether a stderr line of this run is evidence that its sandbox refused it something:
+    /// Landlock is enforced for the run and the line says so as libc and the usual runtimes
+    /// word it (`Permission denied`, `Operation not permitted`, `EACCES`, `EPERM`). Without
+    /// an enforced sandbox the same words are the server's own business.
+    pub fn sandbox_denial(&self, line: &str) -> bool {
+        self.landlock.starts_with("enforced") && denial_words(line)
+    }
+
     /// Keeps a stderr line in the tail.
     pub fn note_stderr(&mut self, line: String) {
         if self.stderr_tail.len() >= STDERR_TAIL {
@@ -422,9 +434,54 @@ impl Server {
     }
 }
 
+/// Sandbox-denial events per server at most once per this interval; the lines in between
+/// are counted in the next one.
+pub const DENIAL_EVENT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether `line` reads like a refused file or socket operation (see
+/// [`Server::sandbox_denial`]). Linear in the line, which is bounded by the stderr splitter.
+pub fn denial_words(line: &str) -> bool {
+    let lower = line.to_ascii_lowercase();
+    [
+        "permission denied",
+        "operation not permitted",
+        "eacces",
+        "eperm",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn denials_count_only_under_an_enforced_sandbox() {
+        let spec: ServerSpec =
+            serde_json::from_value(json!({"id": "t", "command": "x"})).expect("spec");
+        let mut s = Server::new(spec, Source::Api, 0);
+        let touch = "touch: cannot touch '/var/x': Permission denied";
+        s.landlock = "not enforced: kernel without Landlock".into();
+        assert!(!s.sandbox_denial(touch));
+        s.landlock = "enforced (ABI 7): writes only beneath /tmp".into();
+        for line in [
+            touch,
+            "PermissionError: [Errno 13] Permission denied: '/etc/x'",
+            "Error: EACCES: permission denied, open '/usr/x'",
+            "mkdir: cannot create directory '/opt/y': Operation not permitted",
+            "bind failed: EPERM",
+        ] {
+            assert!(s.sandbox_denial(line), "{line}");
+        }
+        for line in [
+            "listening on stdio",
+            "permission granted",
+            "deny-list loaded",
+        ] {
+            assert!(!s.sandbox_denial(line), "{line}");
+        }
+    }
 
     #[test]
     fn held_reasons_are_recorded_once_in_a_row() {

@@ -1,8 +1,10 @@
 //! Security signals, every `monitoring.security_check_interval_ms`: failed authentication and
 //! refused Host/Origin per TCP peer, a request-rate anomaly per peer (an EWMA baseline of its
 //! requests per cycle, weighted by `consciousness.learning_rate`, and a z-score above
-//! [`Z_LIMIT`]), MCP server processes killed by their CPU rlimit (SIGXCPU), and listening
-//! sockets held by an MCP server's processes (a stdio server has no business listening). Each
+//! [`Z_LIMIT`]), MCP server processes killed by their CPU rlimit (SIGXCPU), listening
+//! sockets held by an MCP server's processes (a stdio server has no business listening), tool
+//! calls refused by the capability policy and operations an MCP server's Landlock sandbox
+//! refused (seen on its stderr; the MCP room sends at most one per server per 10 s). Each
 //! is an [`Observation`] of family `security`; deciding is the alerts room's job.
 //!
 //! Peers are counted per address (IPv6 per /64). Invariants: at most [`MAX_PEERS`] peers are
@@ -152,6 +154,10 @@ impl Room for Security {
     /// A tool call refused by the capability policy (REST, CLI, WebSocket or `/mcp`) is a
     /// reading at once: rule `security:capability_blocked:SERVER:TOOL`, resolved after two
     /// quiet cycles.
+    ///
+    /// An MCP server refused something by its sandbox (`sandbox_denied`, from its stderr
+    /// while Landlock is enforced for it) is one too: rule `security:sandbox_denied:SERVER`,
+    /// with the evidence line, resolved after two quiet cycles.
     fn on_event(
         &mut self,
         cx: &mut RoomCx<'_, Self>,
@@ -159,6 +165,24 @@ impl Room for Security {
         _channel: crate::events::Channel,
         data: &crate::events::EventData,
     ) {
+        if let crate::events::EventData::SandboxDenied {
+            server_id,
+            line,
+            suppressed,
+        } = data
+        {
+            let o = observation(
+                format!("security:sandbox_denied:{server_id}"),
+                "sandbox_denials",
+                1.0 + *suppressed as f64,
+                Some(0.0),
+                true,
+                format!("MCP server {server_id} was refused by its sandbox (Landlock): {line}"),
+            );
+            self.note(&o);
+            cx.emit(Output::Observe(o));
+            return;
+        }
         let crate::events::EventData::ToolCallBlocked {
             server_id,
             tool,
@@ -427,6 +451,7 @@ impl Security {
                     Some("request_rate") => "request_rate_zscore",
                     Some("rlimit") => "rlimit_kills",
                     Some("capability_blocked") => "capability_blocked_calls",
+                    Some("sandbox_denied") => "sandbox_denials",
                     _ => continue, // listening: the scan reports every server
                 };
                 out.push(observation(

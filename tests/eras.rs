@@ -525,8 +525,8 @@ fn mcp_speaks_2026_07_28_statelessly_and_refuses_with_each_code() {
     );
     assert_eq!(
         ack["params"]["notifications"],
-        json!({"toolsListChanged": true}),
-        "only what is honoured: {ack}"
+        json!({"toolsListChanged": true, "promptsListChanged": true}),
+        "what it asked for and is honoured: {ack}"
     );
     // It gets the keep-alive comments of the other streams.
     let mut line = String::new();
@@ -714,5 +714,141 @@ fn a_server_that_dies_on_the_probe_is_restarted_with_initialize_first() {
     assert_eq!(
         (code, &r["result"]["content"][0]["text"]),
         (0, &json!("up"))
+    );
+}
+
+/// The 2026-07-28 era has the resources and prompts of the servers too: server-everything's
+/// lists (with the cache hints), one prompt got and one resource read by their `Mcp-Name`, and
+/// a listen stream that asked for resource list changes hears one when the server goes.
+#[test]
+fn mcp_2026_07_28_lists_reads_and_gets_resources_and_prompts() {
+    let d = Daemon::start_with(setup());
+    let everything = peers().join("npm/node_modules/.bin/mcp-server-everything");
+    register(&d, "ev", &[&everything.display().to_string()]);
+    wait_active(&d, "ev");
+    let bearer = d.bearer();
+    let b = bearer.as_str();
+    let list = |id: u64, method: &str| {
+        let body = modern_body(id, method, json!({}), MODERN, true);
+        let (status, head, v) = post(&d, &modern_headers(b, MODERN, method, None), &body);
+        assert_eq!(status, 200, "{method}: {head}{v}");
+        assert_eq!(v["result"]["resultType"], "complete", "{v}");
+        assert_eq!(v["result"]["ttlMs"], 5000, "{v}");
+        v["result"].clone()
+    };
+    let discover = list(1, "server/discover");
+    assert!(
+        discover["capabilities"]["resources"].is_object(),
+        "{discover}"
+    );
+    assert!(
+        discover["capabilities"]["prompts"].is_object(),
+        "{discover}"
+    );
+    let prompts = wait_until(
+        "server-everything's prompts",
+        || list(2, "prompts/list"),
+        |r| r["prompts"].as_array().is_some_and(|p| !p.is_empty()),
+        |r| format!("{r}"),
+    );
+    let resources = wait_until(
+        "server-everything's resources",
+        || list(3, "resources/list"),
+        |r| r["resources"].as_array().is_some_and(|p| !p.is_empty()),
+        |r| format!("{r}"),
+    );
+    assert!(list(4, "resources/templates/list")["resourceTemplates"].is_array());
+
+    // A prompt without required arguments, got by its prefixed name.
+    let prompt = prompts["prompts"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter().find(|p| {
+                p["arguments"]
+                    .as_array()
+                    .is_none_or(|a| a.iter().all(|x| x["required"] != true))
+            })
+        })
+        .and_then(|p| p["name"].as_str())
+        .expect("a prompt without required arguments")
+        .to_string();
+    assert!(prompt.starts_with("ev__"), "{prompt}");
+    let body = modern_body(5, "prompts/get", json!({"name": prompt}), MODERN, true);
+    let (status, head, v) = post(
+        &d,
+        &modern_headers(b, MODERN, "prompts/get", Some(&prompt)),
+        &body,
+    );
+    assert_eq!(status, 200, "{head}{v}");
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    assert!(
+        v["result"]["messages"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+
+    // A resource read by its own URI.
+    let uri = resources["resources"][0]["uri"]
+        .as_str()
+        .expect("a resource URI")
+        .to_string();
+    let body = modern_body(6, "resources/read", json!({"uri": uri}), MODERN, true);
+    let (status, head, v) = post(
+        &d,
+        &modern_headers(b, MODERN, "resources/read", Some(&uri)),
+        &body,
+    );
+    assert_eq!(status, 200, "{head}{v}");
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    assert_eq!(v["result"]["contents"][0]["uri"], json!(uri), "{v}");
+    // Mcp-Name must be the URI.
+    let (status, _, v) = post(
+        &d,
+        &modern_headers(b, MODERN, "resources/read", Some("other://x")),
+        &body,
+    );
+    assert_eq!((status, error_of(&v).0), (400, -32020), "{v}");
+
+    // A listen stream for resource list changes hears the server go.
+    let addr = d.http.expect("TCP listener");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let body = modern_body(
+        7,
+        "subscriptions/listen",
+        json!({"notifications": {"resourcesListChanged": true}}),
+        MODERN,
+        true,
+    );
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in modern_headers(b, MODERN, "subscriptions/listen", None) {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes()).expect("write");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let ack = next_event(&mut reader, "the acknowledgement", |m| {
+        m["method"] == "notifications/subscriptions/acknowledged"
+    });
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"resourcesListChanged": true}),
+        "{ack}"
+    );
+    let out = d.cli(&["mcp", "stop", "ev"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let changed = next_event(&mut reader, "resources list_changed", |m| {
+        m["method"]
+            .as_str()
+            .is_some_and(|x| x.ends_with("list_changed"))
+    });
+    assert_eq!(
+        changed["method"], "notifications/resources/list_changed",
+        "only what it asked for: {changed}"
     );
 }

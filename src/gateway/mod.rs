@@ -495,7 +495,7 @@ impl Gateway {
                 cx.emit(Output::Push { conn, bytes });
             }
         }
-        self.notify_listeners(cx);
+        self.notify_listeners(cx, &changed);
     }
 
     /// Ends sessions idle for longer than `gateway.session_idle_ms` (a session with an open

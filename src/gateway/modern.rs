@@ -8,10 +8,11 @@
 //! `MCP-Protocol-Version`, `Mcp-Method` or `Mcp-Name` header missing or not matching the body
 //! (`HeaderMismatch`, -32020; `Mcp-Name` may be `=?base64?…?=`), a version we do not speak
 //! (`UnsupportedProtocolVersion`, -32022, naming the ones we do). Then `server/discover`,
-//! `tools/list` (with `ttlMs` and `cacheScope`), `tools/call` (the same forwarding as the
-//! session era) and `subscriptions/listen` (an SSE stream: the acknowledgement, then
-//! `notifications/tools/list_changed` tagged with the subscription id; the client closing it
-//! ends it) are served; another method is a 404 with -32601, as the transport says.
+//! the lists of tools, prompts, resources and resource templates (with `ttlMs` and
+//! `cacheScope`), `tools/call`, `prompts/get` and `resources/read` (the same forwarding as the
+//! session era) and `subscriptions/listen` (an SSE stream: the acknowledgement, then the
+//! `list_changed` notifications it asked for, tagged with the subscription id; the client
+//! closing it ends it) are served; another method is a 404 with -32601, as the transport says.
 //!
 //! Invariants: listen streams are at most `gateway.max_sessions` (one beyond is refused with
 //! 503) and get the keep-alive comments of the other streams; a stream whose connection
@@ -42,6 +43,17 @@ const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
 
+/// The list-change notifications a listen stream can ask for: the filter's field, the
+/// notification it brings.
+const LIST_FILTERS: [(&str, &str); 3] = [
+    ("toolsListChanged", "notifications/tools/list_changed"),
+    ("promptsListChanged", "notifications/prompts/list_changed"),
+    (
+        "resourcesListChanged",
+        "notifications/resources/list_changed",
+    ),
+];
+
 /// An open `subscriptions/listen` stream.
 #[derive(Debug)]
 pub(super) struct Listener {
@@ -49,6 +61,8 @@ pub(super) struct Listener {
     pub conn: ConnId,
     /// The JSON-RPC id of the listen request (the subscription id).
     id: Value,
+    /// The notifications it asked for (methods of [`LIST_FILTERS`]).
+    wants: Vec<&'static str>,
 }
 
 /// Why a request is refused: HTTP status, JSON-RPC code, message, data.
@@ -215,14 +229,24 @@ impl Gateway {
             "server/discover" => {
                 let mut result = self.modern_result(json!({
                     "supportedVersions": MODERN_VERSIONS.iter().chain(VERSIONS).collect::<Vec<_>>(),
-                    "capabilities": {"tools": {"listChanged": true}},
+                    "capabilities": {
+                        "tools": {"listChanged": true},
+                        "prompts": {"listChanged": true},
+                        "resources": {"listChanged": true},
+                    },
                     "instructions": self.instructions(),
                 }));
                 cacheable(&mut result);
                 respond(cx, reply, &id, result);
             }
-            "tools/list" => {
-                let mut result = self.modern_result(json!({"tools": self.catalog.listing()}));
+            "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
+                let listing = match method {
+                    "tools/list" => json!({"tools": self.catalog.listing()}),
+                    "prompts/list" => json!({"prompts": self.catalog.prompt_listing()}),
+                    "resources/list" => json!({"resources": self.catalog.resource_listing()}),
+                    _ => json!({"resourceTemplates": self.catalog.template_listing()}),
+                };
+                let mut result = self.modern_result(listing);
                 cacheable(&mut result);
                 respond(cx, reply, &id, result);
             }
@@ -239,6 +263,19 @@ impl Gateway {
                     p.modern = true;
                 }
             }
+            "prompts/get" | "resources/read" => {
+                // Forwarded as in the session era, under the bound of the calls in flight in
+                // all; the answer is marked as this era's.
+                let tag = self.next_tag;
+                if method == "prompts/get" {
+                    self.get_prompt(cx, reply, id, params, String::new());
+                } else {
+                    self.read_resource(cx, reply, id, params, String::new());
+                }
+                if let Some(p) = self.pending.get_mut(&tag) {
+                    p.modern = true;
+                }
+            }
             "subscriptions/listen" => self.listen(cx, request, reply, id, params),
             _ => {
                 let m = format!("method {:?} is not offered here", shown(method));
@@ -247,8 +284,9 @@ impl Gateway {
         }
     }
 
-    /// `subscriptions/listen`: an SSE stream that acknowledges the filter it honours (tool
-    /// list changes only) and then carries them until the client closes it.
+    /// `subscriptions/listen`: an SSE stream that acknowledges the filter it honours (list
+    /// changes of tools, prompts and resources; not individual resources) and then carries
+    /// them until the client closes it.
     fn listen(
         &mut self,
         cx: &mut RoomCx<'_, Self>,
@@ -272,12 +310,14 @@ impl Gateway {
         let ReplyTo::Http { conn, .. } = reply else {
             return;
         };
-        let tools = params["notifications"]["toolsListChanged"] == true;
-        let agreed = if tools {
-            json!({"toolsListChanged": true})
-        } else {
-            json!({})
-        };
+        let mut agreed = Map::new();
+        let mut wants = Vec::new();
+        for (field, notification) in LIST_FILTERS {
+            if params["notifications"][field] == true {
+                agreed.insert(field.to_string(), Value::Bool(true));
+                wants.push(notification);
+            }
+        }
         cx.emit(Output::Stream { reply });
         let ack = json!({
             "jsonrpc": "2.0",
@@ -290,24 +330,31 @@ impl Gateway {
         });
         // A stream that asked for nothing we send stays open (the client closes it) but is
         // not kept: nothing will be pushed to it.
-        if tools {
-            self.listeners.push(Listener { conn, id });
+        if !wants.is_empty() {
+            self.listeners.push(Listener { conn, id, wants });
             self.keep_alive(cx, std::time::Instant::now());
         }
     }
 
-    /// Tells every listen stream that the tool list changed.
-    pub(super) fn notify_listeners(&self, cx: &mut RoomCx<'_, Self>) {
+    /// Tells every listen stream which of the lists it follows changed (`changed`: the
+    /// notification methods).
+    pub(super) fn notify_listeners(&self, cx: &mut RoomCx<'_, Self>, changed: &[&str]) {
         for l in &self.listeners {
-            let message = json!({
-                "jsonrpc": "2.0",
-                "method": "notifications/tools/list_changed",
-                "params": {"_meta": {META_SUBSCRIPTION: l.id}},
-            });
-            cx.emit(Output::Push {
-                conn: l.conn,
-                bytes: sse_message(&message),
-            });
+            let mut bytes = Vec::new();
+            for method in changed.iter().filter(|m| l.wants.contains(m)) {
+                let message = json!({
+                    "jsonrpc": "2.0",
+                    "method": method,
+                    "params": {"_meta": {META_SUBSCRIPTION: l.id}},
+                });
+                bytes.extend(sse_message(&message));
+            }
+            if !bytes.is_empty() {
+                cx.emit(Output::Push {
+                    conn: l.conn,
+                    bytes,
+                });
+            }
         }
     }
 

@@ -656,6 +656,13 @@ fn answers_a_client_does_not_read_are_bounded_and_all_arrive_once_it_reads() {
     // at most that bound plus one answer (what the kernel's socket buffers took is not ours).
     // A megabyte more for the allocator. With 32 requests in flight it grew by 11 MB here.
     let promised = vsm_daemon::net::http::MAX_BUFFERED_OUTPUT + answer;
+    let peak = loop_stats(&d)["connections_unsent_peak_bytes"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    assert!(
+        peak <= promised as u64,
+        "a connection held {peak} bytes unsent; the bound promises {promised}"
+    );
     assert!(
         grown < (promised + 1024 * 1024) as u64,
         "RSS grew by {grown} bytes; the connection may hold {promised}"
@@ -673,4 +680,93 @@ fn answers_a_client_does_not_read_are_bounded_and_all_arrive_once_it_reads() {
         got += 1;
     }
     assert_eq!(got, n);
+}
+
+#[test]
+fn a_log_stream_far_behind_is_sent_in_chunks_its_backlog_bound_holds() {
+    // 40 000 stderr lines of 100 bytes, all let through to the log (the rate limiter's burst is
+    // five seconds' worth): about 8 MB of SSE records waiting in the log buffer, which has room
+    // for all of them (none is dropped while the follower waits).
+    use std::io::BufRead;
+    let d = start(
+        "[daemon]\nlog_buffer_lines = 50000\n[mcp_servers]\nstderr_lines_per_second = 10000\n",
+    );
+    let fixture = format!(
+        "{}/tests/fixtures/mcp_fixture.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let spec = serde_json::json!({"id": "noisy", "command": "python3",
+        "args": [fixture, "--stderr-at-start", "4000000"]});
+    let (code, v) = d.http("POST", "/api/v1/mcp/servers", Some(&spec.to_string()));
+    assert_eq!(code, 200, "{v}");
+    let logged = |d: &Daemon| {
+        d.http("GET", "/api/v1/logs?lines=0", None).1["data"]["last_seq"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let last = wait_until(
+        "40 000 records logged",
+        || logged(&d),
+        |n| *n >= 40_000,
+        |n| format!("{n}"),
+    );
+    let rss = |d: &Daemon| loop_stats(d)["rss_bytes"].as_u64().unwrap_or(0);
+    let before = rss(&d);
+    // A follower asking for the whole buffer, on a socket it does not read.
+    let mut s = connect(&d);
+    small_receive_buffer(&s);
+    let mut raw = request(
+        "GET",
+        "/api/v1/logs?lines=100000&component=mcp",
+        None,
+        false,
+    );
+    raw = raw.replacen("\r\n\r\n", "\r\nAccept: text/event-stream\r\n\r\n", 1);
+    s.write_all(raw.as_bytes()).expect("write");
+    wait_until(
+        "the follower",
+        || loop_stats(&d)["log_followers"].as_u64(),
+        |n| *n == Some(1),
+        |n| format!("{n:?}"),
+    );
+    // It takes chunks while under its 1 MiB bound, and the kernel takes what it can: wait until
+    // the stream is held up at its bound (or the whole buffer was sent: that fails below).
+    let unsent = |d: &Daemon| {
+        loop_stats(d)["connections_unsent_peak_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let limit = vsm_daemon::net::STREAM_BACKLOG_LIMIT as u64;
+    let peak = wait_until(
+        "the stream to wait on its client",
+        || unsent(&d),
+        |n| *n >= limit / 2,
+        |n| format!("{n} bytes unsent"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let peak = peak.max(unsent(&d));
+    let grown = rss(&d).saturating_sub(before);
+    eprintln!(
+        "the stream held {} KiB unsent at most; RSS grew by {} KiB",
+        peak / 1024,
+        grown / 1024
+    );
+    // At most the bound plus one record over it; all at once, it held the rest of the buffer
+    // (about 4 MB once the kernel had taken its share).
+    assert!(peak <= limit + 4096, "{peak} bytes unsent");
+    // Now it reads: every record arrives, in order, up to the newest one logged before.
+    let mut lines = std::io::BufReader::new(s).lines();
+    let mut ids = Vec::new();
+    while ids.last().is_none_or(|id| *id < last) {
+        let line = match lines.next() {
+            Some(Ok(l)) => l,
+            other => panic!("the stream ended after {} records: {other:?}", ids.len()),
+        };
+        assert!(!line.starts_with("event: dropped"), "nothing is dropped");
+        if let Some(id) = line.strip_prefix("id: ") {
+            ids.push(id.parse::<u64>().expect("a numeric id"));
+        }
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order");
+    assert!(ids.len() >= 39_000, "{} records", ids.len());
 }

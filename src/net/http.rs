@@ -176,11 +176,13 @@ impl Conn {
         self.input.extend_from_slice(bytes);
     }
 
-    /// Whether the transport should read more: input below its bound and requests still accepted.
+    /// Whether the transport should read more: input below its bound, requests still accepted
+    /// and answers not piling up. Not limited by the requests in flight: with one at a time,
+    /// that would stop reading while every request is worked on, and a client that hangs up
+    /// meanwhile would go unnoticed (its calls are cancelled when it does).
     pub fn wants_read(&self, limits: &Limits) -> bool {
         self.last_seq.is_none()
             && self.input.len() < limits.max_head_bytes + limits.max_body_bytes
-            && self.in_flight() < limits.max_pipeline as u64
             && !self.output_full()
     }
 
@@ -690,6 +692,9 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, LIMITS.max_pipeline);
+        // Reading goes on (its own bound holds the input), so a hang-up is still noticed.
+        assert!(conn.wants_read(&LIMITS));
+        conn.feed(&vec![b'x'; LIMITS.max_head_bytes + LIMITS.max_body_bytes]);
         assert!(!conn.wants_read(&LIMITS));
     }
 

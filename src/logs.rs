@@ -106,6 +106,43 @@ impl LogRing {
         self.lock().next_seq - 1
     }
 
+    /// The sequence number of the oldest of what [`LogRing::query`] would return, without
+    /// copying the records (where a follower starts).
+    pub fn first_of_newest(
+        &self,
+        after: u64,
+        limit: usize,
+        keep: impl Fn(&LogRecord) -> bool,
+    ) -> Option<u64> {
+        let ring = self.lock();
+        ring.records
+            .iter()
+            .rev()
+            .take_while(|r| r.seq > after)
+            .filter(|r| keep(r))
+            .take(limit)
+            .last()
+            .map(|r| r.seq)
+    }
+
+    /// Records with `seq > after` that pass `keep`, the oldest `limit` of them, oldest first
+    /// (a follower's next batch: it copies no more than it sends).
+    pub fn next_after(
+        &self,
+        after: u64,
+        limit: usize,
+        keep: impl Fn(&LogRecord) -> bool,
+    ) -> Vec<LogRecord> {
+        let ring = self.lock();
+        let start = ring.records.partition_point(|r| r.seq <= after);
+        ring.records
+            .range(start..)
+            .filter(|r| keep(r))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
     /// Records with `seq > after` that pass `keep`, newest `limit` of them, oldest first.
     pub fn query(
         &self,
@@ -448,6 +485,27 @@ mod tests {
         assert_eq!(ring.query(4, 10, |_| true).len(), 1);
         ring.set_capacity(1);
         assert_eq!(ring.query(0, 10, |_| true).len(), 1);
+    }
+
+    #[test]
+    fn next_after_gives_the_oldest_batch_from_a_cursor() {
+        let ring = LogRing::new(10);
+        for i in 0..8 {
+            let target = if i % 2 == 0 { "even" } else { "odd" };
+            ring.push(SystemTime::now(), log::Level::Info, target, format!("m{i}"));
+        }
+        let seqs = |v: Vec<LogRecord>| v.iter().map(|r| r.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(ring.next_after(0, 3, |_| true)), vec![1, 2, 3]);
+        assert_eq!(seqs(ring.next_after(3, 3, |_| true)), vec![4, 5, 6]);
+        assert_eq!(seqs(ring.next_after(6, 3, |_| true)), vec![7, 8]);
+        assert!(ring.next_after(8, 3, |_| true).is_empty());
+        assert_eq!(ring.first_of_newest(0, 3, |_| true), Some(6));
+        assert_eq!(ring.first_of_newest(0, 100, |r| r.target == "odd"), Some(2));
+        assert_eq!(ring.first_of_newest(8, 3, |_| true), None);
+        assert_eq!(
+            seqs(ring.next_after(2, 2, |r| r.target == "even")),
+            vec![3, 5]
+        );
     }
 
     #[test]

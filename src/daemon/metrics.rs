@@ -37,6 +37,7 @@ impl Daemon {
             "connections_unix": self.server.open_on(net::Via::Unix),
             "connections_evicted": reasons(&self.server.evicted),
             "connections_refused": reasons(&self.server.refused),
+            "connections_unsent_peak_bytes": self.server.unsent_peak,
             "log_followers": self.followers.len(),
             "pending_jobs": self.jobs.len(),
             "children_reaped": self.reaped,

@@ -211,7 +211,7 @@ impl Daemon {
                     cx,
                     reply,
                     "text/plain; version=0.0.4; charset=utf-8",
-                    text.into_bytes(),
+                    text.into_bytes().into(),
                 );
                 return;
             }
@@ -229,7 +229,7 @@ impl Daemon {
                     let doc = crate::openapi::document(env!("CARGO_PKG_VERSION"));
                     serde_json::to_vec_pretty(&doc).unwrap_or_default()
                 });
-                self.answer_raw(cx, reply, "application/json", bytes.clone());
+                self.answer_raw(cx, reply, "application/json", bytes.as_slice().into());
                 return;
             }
             DaemonRequest::AuthToken => self.auth_token(false),

@@ -175,7 +175,7 @@ impl Daemon {
         reply: ReplyTo,
         asset: crate::page::Asset,
     ) {
-        let body = asset.body().as_bytes().to_vec();
+        let body = std::borrow::Cow::Borrowed(asset.body().as_bytes());
         let headers = crate::page::Asset::headers();
         self.answer_raw_with(cx, reply, asset.content_type(), headers, body);
     }
@@ -186,7 +186,7 @@ impl Daemon {
         cx: &mut Cx<'_, Timer>,
         reply: ReplyTo,
         content_type: &'static str,
-        body: Vec<u8>,
+        body: std::borrow::Cow<'static, [u8]>,
     ) {
         self.answer_raw_with(cx, reply, content_type, Vec::new(), body);
     }
@@ -198,7 +198,7 @@ impl Daemon {
         reply: ReplyTo,
         content_type: &'static str,
         headers: Vec<(&'static str, String)>,
-        body: Vec<u8>,
+        body: std::borrow::Cow<'static, [u8]>,
     ) {
         match reply {
             ReplyTo::Http {

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Log records copied out of the ring at a time for a follower.
+const FOLLOW_BATCH: usize = 256;
+
 impl Daemon {
     pub(super) fn logs(&self, query: &LogQuery) -> Value {
         let ring = &self.logging.ring;
@@ -70,9 +73,8 @@ impl Daemon {
             Feed::Logs(q) => self
                 .logging
                 .ring
-                .query(q.since.unwrap_or(0), q.lines, Self::log_filter(q))
-                .first()
-                .map_or(self.logging.ring.last_seq(), |r| r.seq - 1),
+                .first_of_newest(q.since.unwrap_or(0), q.lines, Self::log_filter(q))
+                .map_or(self.logging.ring.last_seq(), |seq| seq - 1),
             Feed::Events(q) => self
                 .events
                 .query(q.since.unwrap_or(0), q.limit, Self::event_filter(q))
@@ -137,57 +139,86 @@ impl Daemon {
         let mut followers = std::mem::take(&mut self.followers);
         followers.retain(|f| self.server.is_open(f.conn));
         for f in &mut followers {
-            let (first, last) = match f.feed {
-                Feed::Logs(_) => (self.logging.ring.first_seq(), self.logging.ring.last_seq()),
-                Feed::Events(_) => (self.events.first_seq(), self.events.last_seq()),
-            };
-            if f.cursor >= last || !self.server.is_streaming(f.conn) {
-                continue;
-            }
-            // A follower that is behind is skipped (its cursor kept) until it drains.
-            if self.server.stream_full(f.conn) {
-                continue;
-            }
-            let mut out = Vec::new();
-            if f.cursor + 1 < first {
-                let missed = first - f.cursor - 1;
-                out.extend_from_slice(
-                    format!("event: dropped\ndata: {{\"count\":{missed}}}\n\n").as_bytes(),
-                );
-            }
-            match &f.feed {
-                Feed::Logs(q) => {
-                    for r in self
-                        .logging
-                        .ring
-                        .query(f.cursor, usize::MAX, Self::log_filter(q))
-                    {
-                        out.extend_from_slice(
-                            format!("id: {}\nevent: log\ndata: {}\n\n", r.seq, r.to_json())
-                                .as_bytes(),
-                        );
+            // In chunks of what the stream takes (its 1 MiB backlog bound), at least one record
+            // each: a follower far behind (a `since` at the start of a 100 000-line buffer, or a
+            // client that paused) would otherwise be handed the whole buffer at once. What does
+            // not fit waits for the stream to drain (its writable event runs this again).
+            while !self.server.stream_full(f.conn) && self.server.is_streaming(f.conn) {
+                let (first, last) = match f.feed {
+                    Feed::Logs(_) => (self.logging.ring.first_seq(), self.logging.ring.last_seq()),
+                    Feed::Events(_) => (self.events.first_seq(), self.events.last_seq()),
+                };
+                if f.cursor >= last {
+                    break;
+                }
+                let budget = self
+                    .server
+                    .backlog(f.conn)
+                    .map_or(0, |n| crate::net::STREAM_BACKLOG_LIMIT.saturating_sub(n));
+                let mut out = Vec::new();
+                if f.cursor + 1 < first {
+                    let missed = first - f.cursor - 1;
+                    out.extend_from_slice(
+                        format!("event: dropped\ndata: {{\"count\":{missed}}}\n\n").as_bytes(),
+                    );
+                }
+                let mut cursor = last;
+                match &f.feed {
+                    Feed::Logs(q) => {
+                        // In batches from the cursor: the ring copies records out under its
+                        // lock, so a batch costs what is sent, not the whole buffer. Records
+                        // logged (by another thread) after `last` wait for the next round.
+                        let mut after = f.cursor;
+                        'fill: loop {
+                            let batch = self.logging.ring.next_after(
+                                after,
+                                FOLLOW_BATCH,
+                                Self::log_filter(q),
+                            );
+                            if batch.is_empty() {
+                                break;
+                            }
+                            for r in &batch {
+                                if r.seq > last {
+                                    break 'fill;
+                                }
+                                if out.len() >= budget && !out.is_empty() {
+                                    cursor = r.seq - 1;
+                                    break 'fill;
+                                }
+                                out.extend_from_slice(
+                                    format!("id: {}\nevent: log\ndata: {}\n\n", r.seq, r.to_json())
+                                        .as_bytes(),
+                                );
+                                after = r.seq;
+                            }
+                        }
+                    }
+                    Feed::Events(q) => {
+                        for e in self
+                            .events
+                            .query(f.cursor, usize::MAX, Self::event_filter(q))
+                        {
+                            if out.len() >= budget && !out.is_empty() {
+                                cursor = e.seq - 1;
+                                break;
+                            }
+                            out.extend_from_slice(
+                                format!("id: {}\nevent: {}\ndata: {}\n\n", e.seq, e.kind, e.wire())
+                                    .as_bytes(),
+                            );
+                        }
                     }
                 }
-                Feed::Events(q) => {
-                    for e in self
-                        .events
-                        .query(f.cursor, usize::MAX, Self::event_filter(q))
-                    {
-                        out.extend_from_slice(
-                            format!("id: {}\nevent: {}\ndata: {}\n\n", e.seq, e.kind, e.wire())
-                                .as_bytes(),
-                        );
-                    }
+                f.cursor = cursor;
+                if !out.is_empty() {
+                    let _ = self.server.push_stream(
+                        &mut cx.narrow(Timer::Net).cx(),
+                        f.conn,
+                        &out,
+                        &mut self.incoming,
+                    );
                 }
-            }
-            f.cursor = last;
-            if !out.is_empty() {
-                let _ = self.server.push_stream(
-                    &mut cx.narrow(Timer::Net).cx(),
-                    f.conn,
-                    &out,
-                    &mut self.incoming,
-                );
             }
         }
         followers.retain(|f| self.server.is_open(f.conn));

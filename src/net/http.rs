@@ -6,7 +6,8 @@
 //!   when [`Conn::wants_read`] is false.
 //! - Output is bounded too: while [`MAX_BUFFERED_OUTPUT`] bytes of answers wait for a client
 //!   that does not read, no further request is read or parsed (so at most that plus the
-//!   answers to `max_pipeline` requests already parsed is held).
+//!   answers to `max_pipeline` requests already parsed is held: the daemon parses one at a
+//!   time, so one answer). An emptied buffer of a burst is given back.
 //! - Responses leave in request order (pipelining) even when they are produced out of order:
 //!   each request gets a sequence number and [`Conn::respond`] parks early answers.
 //! - After an error, a `Connection: close`, or a stream, no further request is parsed.
@@ -16,10 +17,15 @@
 //!   most once; an HTTP/1.1 request carries exactly one `Host`. Anything else is a 400 and the
 //!   connection closes, because a proxy in front of us might frame the bytes differently.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Answers waiting to be written beyond which a connection parses no further request.
 pub const MAX_BUFFERED_OUTPUT: usize = 1024 * 1024;
+
+/// An emptied output buffer larger than this is given back rather than kept for the next
+/// answer: after a burst of big answers, an idle keep-alive connection holds no megabytes.
+const KEPT_OUTPUT_CAPACITY: usize = 64 * 1024;
 
 /// Size limits for one connection.
 #[derive(Debug, Clone, Copy)]
@@ -92,8 +98,9 @@ pub struct Response {
     pub content_type: &'static str,
     /// Extra headers.
     pub headers: Vec<(&'static str, String)>,
-    /// Body bytes.
-    pub body: Vec<u8>,
+    /// Body bytes: borrowed when the answer is a document built once (the OpenAPI document,
+    /// the status page), so that each answer does not copy it first.
+    pub body: Cow<'static, [u8]>,
 }
 
 impl Response {
@@ -103,7 +110,7 @@ impl Response {
             status,
             content_type: "application/json",
             headers: Vec::new(),
-            body,
+            body: Cow::Owned(body),
         }
     }
 }
@@ -169,11 +176,13 @@ impl Conn {
         self.input.extend_from_slice(bytes);
     }
 
-    /// Whether the transport should read more: input below its bound and requests still accepted.
+    /// Whether the transport should read more: input below its bound, requests still accepted
+    /// and answers not piling up. Not limited by the requests in flight: with one at a time,
+    /// that would stop reading while every request is worked on, and a client that hangs up
+    /// meanwhile would go unnoticed (its calls are cancelled when it does).
     pub fn wants_read(&self, limits: &Limits) -> bool {
         self.last_seq.is_none()
             && self.input.len() < limits.max_head_bytes + limits.max_body_bytes
-            && self.in_flight() < limits.max_pipeline as u64
             && !self.output_full()
     }
 
@@ -364,7 +373,16 @@ impl Conn {
     pub fn respond(&mut self, seq: u64, response: &Response, close: bool) {
         let close = close || self.last_seq == Some(seq);
         let head_only = self.take_head_only(seq);
-        let bytes = serialize(response, close, false, head_only);
+        if seq == self.write_seq && !self.close_when_flushed {
+            // Its turn (always, one request at a time): straight into the output, without an
+            // intermediate copy of a body that may be large.
+            serialize_into(&mut self.output, response, close, false, head_only);
+            self.advance(close);
+            self.drain_parked();
+            return;
+        }
+        let mut bytes = Vec::new();
+        serialize_into(&mut bytes, response, close, false, head_only);
         self.enqueue(seq, bytes, close);
     }
 
@@ -392,14 +410,15 @@ impl Conn {
                 ("Cache-Control", "no-cache".to_string()),
                 ("X-Accel-Buffering", "no".to_string()),
             ],
-            body: Vec::new(),
+            body: Cow::Borrowed(&[]),
         };
-        if self.take_head_only(seq) {
-            let bytes = serialize(&head, true, true, true);
+        let head_only = self.take_head_only(seq);
+        let mut bytes = Vec::new();
+        serialize_into(&mut bytes, &head, true, true, head_only);
+        if head_only {
             self.enqueue(seq, bytes, true);
             return;
         }
-        let bytes = serialize(&head, true, true, false);
         self.streaming_pending = Some(seq);
         self.enqueue(seq, bytes, false);
     }
@@ -409,22 +428,35 @@ impl Conn {
             return;
         }
         self.parked.insert(seq, (bytes, close));
-        while let Some((bytes, close)) = self.parked.remove(&self.write_seq) {
+        self.drain_parked();
+    }
+
+    /// Moves parked answers whose turn has come into the output.
+    fn drain_parked(&mut self) {
+        while !self.close_when_flushed {
+            let Some((bytes, close)) = self.parked.remove(&self.write_seq) else {
+                break;
+            };
             self.output.extend_from_slice(&bytes);
-            if self.streaming_pending == Some(self.write_seq) {
-                self.streaming = !self.stream_ended;
-                if self.stream_ended {
-                    self.close_when_flushed = true;
-                    self.parked.clear();
-                    break;
-                }
-            }
-            self.write_seq += 1;
-            if close {
+            self.advance(close);
+        }
+    }
+
+    /// The answer to `write_seq` is in the output: the next one may follow (unless the
+    /// connection closes after it, or it was the head of a stream).
+    fn advance(&mut self, close: bool) {
+        if self.streaming_pending == Some(self.write_seq) {
+            self.streaming = !self.stream_ended;
+            if self.stream_ended {
                 self.close_when_flushed = true;
                 self.parked.clear();
-                break;
+                return;
             }
+        }
+        self.write_seq += 1;
+        if close {
+            self.close_when_flushed = true;
+            self.parked.clear();
         }
     }
 
@@ -455,7 +487,11 @@ impl Conn {
     pub fn consume_output(&mut self, n: usize) {
         self.written += n;
         if self.written == self.output.len() {
-            self.output.clear();
+            if self.output.capacity() > KEPT_OUTPUT_CAPACITY {
+                self.output = Vec::new();
+            } else {
+                self.output.clear();
+            }
             self.written = 0;
         } else if self.written > 64 * 1024 && self.written * 2 > self.output.len() {
             self.output.drain(..self.written);
@@ -498,14 +534,21 @@ pub fn content_length<'a>(mut values: impl Iterator<Item = &'a str>) -> Result<u
         .map_err(|_| "invalid Content-Length: too large")
 }
 
-/// Serializes a response head and body (`head_only`: the head a `HEAD` request gets, with the
-/// `Content-Length` of the body it leaves out).
-fn serialize(response: &Response, close: bool, stream: bool, head_only: bool) -> Vec<u8> {
+/// Appends a response head and body to `out` (`head_only`: the head a `HEAD` request gets,
+/// with the `Content-Length` of the body it leaves out).
+fn serialize_into(
+    out: &mut Vec<u8>,
+    response: &Response,
+    close: bool,
+    stream: bool,
+    head_only: bool,
+) {
     // Byte copies, not `write!`: this runs once per answer and formatting machinery was
-    // most of its cost.
-    let mut out = Vec::with_capacity(160 + response.body.len());
+    // most of its cost. One reservation for the whole answer.
+    let body = if head_only { 0 } else { response.body.len() };
+    out.reserve(160 + body);
     out.extend_from_slice(b"HTTP/1.1 ");
-    push_decimal(&mut out, u64::from(response.status));
+    push_decimal(out, u64::from(response.status));
     out.push(b' ');
     out.extend_from_slice(reason(response.status).as_bytes());
     out.extend_from_slice(b"\r\nContent-Type: ");
@@ -513,7 +556,7 @@ fn serialize(response: &Response, close: bool, stream: bool, head_only: bool) ->
     out.extend_from_slice(b"\r\n");
     if !stream {
         out.extend_from_slice(b"Content-Length: ");
-        push_decimal(&mut out, response.body.len() as u64);
+        push_decimal(out, response.body.len() as u64);
         out.extend_from_slice(b"\r\n");
     }
     for (name, value) in &response.headers {
@@ -529,7 +572,6 @@ fn serialize(response: &Response, close: bool, stream: bool, head_only: bool) ->
     if !head_only {
         out.extend_from_slice(&response.body);
     }
-    out
 }
 
 /// Appends `n` in decimal.
@@ -556,6 +598,12 @@ mod tests {
         max_body_bytes: 64,
         max_pipeline: 4,
     };
+
+    fn serialize(response: &Response, close: bool, stream: bool, head_only: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        serialize_into(&mut out, response, close, stream, head_only);
+        out
+    }
 
     fn parse_one(conn: &mut Conn) -> Request {
         match conn.next_request(&LIMITS) {
@@ -644,6 +692,9 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, LIMITS.max_pipeline);
+        // Reading goes on (its own bound holds the input), so a hang-up is still noticed.
+        assert!(conn.wants_read(&LIMITS));
+        conn.feed(&vec![b'x'; LIMITS.max_head_bytes + LIMITS.max_body_bytes]);
         assert!(!conn.wants_read(&LIMITS));
     }
 
@@ -895,6 +946,51 @@ mod tests {
         assert_eq!(conn.head_only, vec![0]);
         conn.respond(0, &Response::json(200, b"x".to_vec()), false);
         assert!(conn.head_only.is_empty());
+    }
+
+    #[test]
+    fn one_request_at_a_time_holds_at_most_one_answer_over_the_bound() {
+        // The daemon's setting: the next request is parsed once the previous is answered.
+        let limits = Limits {
+            max_pipeline: 1,
+            ..LIMITS
+        };
+        let mut conn = Conn::new();
+        for _ in 0..20 {
+            conn.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        }
+        let big = vec![b'x'; 300_000];
+        let mut answered = 0;
+        while let Some(Parsed::Request(seq, _)) = conn.next_request(&limits) {
+            assert_eq!(conn.next_request(&limits), None, "one in flight");
+            conn.respond(seq, &Response::json(200, big.clone()), false);
+            answered += 1;
+        }
+        assert_eq!(answered, 4, "the fourth answer takes it over the bound");
+        let held = conn.pending_output().len();
+        assert!(held < MAX_BUFFERED_OUTPUT + big.len() + 200, "{held}");
+        // Once written, the buffer of a burst is given back, not kept by the idle connection.
+        conn.consume_output(held);
+        assert!(conn.output.capacity() <= KEPT_OUTPUT_CAPACITY);
+        assert!(matches!(
+            conn.next_request(&limits),
+            Some(Parsed::Request(4, _))
+        ));
+    }
+
+    #[test]
+    fn a_borrowed_body_goes_out_as_an_owned_one() {
+        static DOC: &[u8] = b"{\"openapi\":\"3.1.0\"}";
+        let mut conn = Conn::new();
+        conn.feed(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n");
+        parse_one(&mut conn);
+        let mut r = Response::json(200, Vec::new());
+        r.body = Cow::Borrowed(DOC);
+        conn.respond(0, &r, false);
+        assert_eq!(
+            text(&conn),
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 19\r\n\r\n{\"openapi\":\"3.1.0\"}"
+        );
     }
 
     #[test]

@@ -224,6 +224,9 @@ pub struct Server {
     /// Connections closed or hung up by their peer since the wiring last took the count
     /// (it tells `/mcp` to look for calls whose client went away).
     pub hangups: u64,
+    /// The most bytes one HTTP connection has held unsent (after writing what the kernel
+    /// took): the high-water mark of the output bounds, in `status --detailed`.
+    pub unsent_peak: usize,
     /// The one read buffer of every HTTP connection (taken and put back by [`Server::drive`]):
     /// a fresh 16 KiB array per call was zeroed twice per request, a fifth of its CPU.
     read_buf: Vec<u8>,
@@ -256,6 +259,7 @@ impl Server {
             ws_dropped: 0,
             ws_closed_slow: 0,
             hangups: 0,
+            unsent_peak: 0,
             read_buf: Vec::new(),
             policy,
         }
@@ -526,12 +530,14 @@ impl Server {
         if !broken {
             broken = Self::flush_http(stream, &mut conn.http).is_err();
         }
+        let unsent = conn.http.pending_output().len();
         let done = broken
             || conn.http.finished()
             || (conn.peer_closed && (conn.http.in_flight() == 0 || conn.http.is_streaming()));
         if hung_up && !done {
             self.hangups += 1; // a close counts itself
         }
+        self.unsent_peak = self.unsent_peak.max(unsent);
         if done {
             self.close(cx, id);
         } else {

@@ -311,6 +311,33 @@ fn next_event(
     }
 }
 
+/// Opens a `subscriptions/listen` stream (request `id`, `filters` as its `notifications`) with
+/// the token `bearer`; the connection and a reader of its events.
+fn listen(d: &Daemon, bearer: &str, id: u64, filters: Value) -> (TcpStream, BufReader<TcpStream>) {
+    let addr = d.http.expect("TCP listener");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let body = modern_body(
+        id,
+        "subscriptions/listen",
+        json!({"notifications": filters}),
+        MODERN,
+        true,
+    );
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in modern_headers(bearer, MODERN, "subscriptions/listen", None) {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes()).expect("write");
+    let reader = BufReader::new(s.try_clone().expect("clone"));
+    (s, reader)
+}
+
 #[test]
 fn mcp_speaks_2026_07_28_statelessly_and_refuses_with_each_code() {
     let mut fast = setup();
@@ -495,27 +522,12 @@ fn mcp_speaks_2026_07_28_statelessly_and_refuses_with_each_code() {
     assert_eq!(post(&d, &evil, &body).0, 403);
 
     // subscriptions/listen: acknowledged, then list_changed with the subscription id.
-    let addr = d.http.expect("TCP listener");
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    let body = modern_body(
+    let (s, mut reader) = listen(
+        &d,
+        b,
         42,
-        "subscriptions/listen",
-        json!({"notifications": {"toolsListChanged": true, "promptsListChanged": true}}),
-        MODERN,
-        true,
+        json!({"toolsListChanged": true, "promptsListChanged": true}),
     );
-    let mut req = format!(
-        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in modern_headers(b, MODERN, "subscriptions/listen", None) {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(&body);
-    s.write_all(req.as_bytes()).expect("write");
-    let mut reader = BufReader::new(s.try_clone().expect("clone"));
     let ack = next_event(&mut reader, "the acknowledgement", |m| {
         m["method"] == "notifications/subscriptions/acknowledged"
     });
@@ -811,27 +823,7 @@ fn mcp_2026_07_28_lists_reads_and_gets_resources_and_prompts() {
     assert_eq!((status, error_of(&v).0), (400, -32020), "{v}");
 
     // A listen stream for resource list changes hears the server go.
-    let addr = d.http.expect("TCP listener");
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    let body = modern_body(
-        7,
-        "subscriptions/listen",
-        json!({"notifications": {"resourcesListChanged": true}}),
-        MODERN,
-        true,
-    );
-    let mut req = format!(
-        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in modern_headers(b, MODERN, "subscriptions/listen", None) {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(&body);
-    s.write_all(req.as_bytes()).expect("write");
-    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let (_s, mut reader) = listen(&d, b, 7, json!({"resourcesListChanged": true}));
     let ack = next_event(&mut reader, "the acknowledgement", |m| {
         m["method"] == "notifications/subscriptions/acknowledged"
     });

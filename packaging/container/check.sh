@@ -103,7 +103,10 @@ done
 "${podman[@]}" healthcheck run "$name" || fail "the HEALTHCHECK command failed"
 uid="$("${podman[@]}" top "$name" huser | tail -n 1 | tr -d ' ')"
 [ "$uid" = "10001" ] || fail "the daemon runs as $uid, not 10001"
-curl -sf "http://127.0.0.1:$port/" | grep -q '/ui/app.js' || fail "no status page"
+# Read the whole page first: with pipefail, `curl | grep -q` fails whenever grep stops reading
+# before curl has written everything (curl then exits 23 on the closed pipe).
+page="$(curl -sf "http://127.0.0.1:$port/")" || fail "GET / failed"
+grep -q '/ui/app.js' <<<"$page" || fail "no status page"
 code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/api/v1/status")"
 [ "$code" = 401 ] || fail "GET /api/v1/status without the token answered $code"
 code="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/v1/status")"

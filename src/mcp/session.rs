@@ -1087,6 +1087,38 @@ impl<R: Copy, T: Copy> Session<R, T> {
         }
     }
 
+    /// Whether a call may be sent now: not while the run ends (`ending`), only while serving.
+    fn serving(&self, status: Status, ending: Option<&str>) -> Result<(), ApiError> {
+        let id = &self.id;
+        if let Some(why) = ending {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("MCP server '{id}' is ending its run: {why}"),
+            ));
+        }
+        if !status.serves() {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "MCP server '{id}' is not active (status {})",
+                    status.as_str()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether one more call fits among those in flight (tool calls and forwarded requests).
+    fn room_for_a_call(&self, max_in_flight: usize) -> Result<(), ApiError> {
+        if self.calls_in_flight() >= max_in_flight {
+            return Err(ApiError::new(
+                ErrorCode::Busy,
+                format!("{max_in_flight} calls already in flight on '{}'", self.id),
+            ));
+        }
+        Ok(())
+    }
+
     /// Forwards a request other than a tool call (`resources/read`, `prompts/get`) with
     /// `params`; its answer (the server's result, or its error) arrives later as an
     /// [`Effect::Reply`]. Deadline and bounds as for [`Session::call`].
@@ -1108,22 +1140,8 @@ impl<R: Copy, T: Copy> Session<R, T> {
         now: Instant,
         arm: impl FnOnce(u64, Instant) -> T,
     ) -> Result<Effects<R, T>, ApiError> {
+        self.serving(status, ending)?;
         let id = self.id.as_str();
-        if let Some(why) = ending {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!("MCP server '{id}' is ending its run: {why}"),
-            ));
-        }
-        if !status.serves() {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "MCP server '{id}' is not active (status {})",
-                    status.as_str()
-                ),
-            ));
-        }
         if !self.offers(needs) {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
@@ -1133,12 +1151,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 ),
             ));
         }
-        if self.calls_in_flight() >= max_in_flight {
-            return Err(ApiError::new(
-                ErrorCode::Busy,
-                format!("{max_in_flight} calls already in flight on '{id}'"),
-            ));
-        }
+        self.room_for_a_call(max_in_flight)?;
         let rpc = self.take_id();
         let bytes = self.request(rpc, method, params);
         let timer = arm(rpc, now + timeout);
@@ -1200,22 +1213,8 @@ impl<R: Copy, T: Copy> Session<R, T> {
         now: Instant,
         arm: impl FnOnce(u64, Instant) -> T,
     ) -> Result<Effects<R, T>, ApiError> {
+        self.serving(status, ending)?;
         let id = self.id.as_str();
-        if let Some(why) = ending {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!("MCP server '{id}' is ending its run: {why}"),
-            ));
-        }
-        if !status.serves() {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "MCP server '{id}' is not active (status {})",
-                    status.as_str()
-                ),
-            ));
-        }
         if !self.tools.is_empty() && !self.tool_names().contains(&tool) {
             return Err(ApiError::field(
                 ErrorCode::ToolNotFound,
@@ -1226,12 +1225,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 ),
             ));
         }
-        if self.calls_in_flight() >= max_in_flight {
-            return Err(ApiError::new(
-                ErrorCode::Busy,
-                format!("{max_in_flight} calls already in flight on '{id}'"),
-            ));
-        }
+        self.room_for_a_call(max_in_flight)?;
         if let Some(t) = &token {
             if t.len() > NOTE_MAX || self.call_with_token(t).is_some() {
                 return Err(ApiError::new(

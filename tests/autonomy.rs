@@ -321,3 +321,86 @@ fn a_registered_provider_that_is_not_up_is_not_replaced() {
             .contains("auto-acquire: looking for a provider of 'memory'")
     });
 }
+
+/// A candidate the cycle queued behind an operator's acquisition (here one whose trial hangs
+/// until `sandbox_timeout_ms`) is taken out of the line once its gap closes while it waits:
+/// it ends as `cancelled` with an event saying why, and the operator's acquisition goes on.
+#[test]
+fn a_queued_candidate_whose_gap_closed_is_taken_out_of_the_line() {
+    let dir = TempDir::new("autonomy-unwanted");
+    let built = std::process::Command::new("python3")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hang_wheel.py"))
+        .arg(dir.path())
+        .output()
+        .expect("run hang_wheel.py");
+    assert!(built.status.success(), "{}", stderr(&built));
+    let data = dir.path().join("registry.json");
+    std::fs::write(&data, registry_data(&pinned("MEMORY_VERSION")).to_string()).expect("data");
+    let fx = Fixture::start_with(dir.path(), &["--data", &data.display().to_string()]);
+    let config = format!(
+        "[variety]\nauto_acquire = true\n\n\
+         [mcp_servers]\ndiscovery_sources = [\"registry\"]\nregistry_url = \"{}\"\n\
+         discovery_cache_ttl_ms = 0\nauto_discovery_interval_ms = 0\n\
+         sandbox_timeout_ms = 300000\ninit_timeout_ms = 300000\n",
+        fx.url("ok")
+    );
+    let d = Daemon::start_with(Setup {
+        config: Some(config),
+        env: vec![
+            ("PIP_NO_INDEX".into(), "1".into()),
+            ("PIP_FIND_LINKS".into(), dir.path().display().to_string()),
+        ],
+        ..Setup::default()
+    });
+    let (status, reply) = d.http(
+        "POST",
+        "/api/v1/capabilities/integrate",
+        Some(r#"{"package": "pypi:vsm-hang-fixture==1.0.0"}"#),
+    );
+    assert_eq!(status, 202, "{reply}");
+    let first = reply["data"]["acquisition_id"].clone();
+    let (status, reply) = d.http(
+        "POST",
+        "/api/v1/capabilities/acquire",
+        Some(r#"{"capability_type": "memory"}"#),
+    );
+    assert!(status < 300, "{reply}");
+    let queued = wait_until(
+        "the cycle's candidate in line",
+        || acquisitions(&d),
+        |list| list.iter().any(|a| a["requested_by"] == "auto"),
+        |list| format!("{list:#?}\n{}", d.stderr()),
+    );
+    let auto = queued
+        .iter()
+        .find(|a| a["requested_by"] == "auto")
+        .cloned()
+        .expect("auto");
+    assert_eq!(auto["state"], "queued", "{queued:#?}");
+    let (status, reply) = d.http("DELETE", "/api/v1/capabilities/memory", None);
+    assert_eq!(status, 200, "{reply}");
+    let list = wait_until(
+        "the candidate taken out of the line",
+        || acquisitions(&d),
+        |list| {
+            list.iter()
+                .any(|a| a["id"] == auto["id"] && a["state"] == "cancelled")
+        },
+        |list| format!("{list:#?}\n{}", d.stderr()),
+    );
+    let operator = list.iter().find(|a| a["id"] == first).expect("first");
+    assert_eq!(operator["state"], "running", "{operator}");
+    let failed = events(&d, "capability_acquisition_failed");
+    let dropped = failed
+        .iter()
+        .find(|e| e["data"]["acquisition_id"] == auto["id"])
+        .unwrap_or_else(|| panic!("no event for {}: {failed:?}", auto["id"]));
+    assert_eq!(dropped["data"]["step"], "queued", "{dropped}");
+    assert!(
+        dropped["data"]["reason"]
+            .to_string()
+            .contains("gap it was queued for closed"),
+        "{dropped}"
+    );
+    assert_eq!(acquisitions(&d).len(), 2, "nothing else was queued");
+}

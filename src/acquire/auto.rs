@@ -295,6 +295,24 @@ impl Auto {
         }
     }
 
+    /// The chain's acquisition that is no longer wanted: its gap closed (a provider came, or
+    /// the capability is no longer required) while it was queued for it.
+    pub fn unwanted(&self) -> Option<u64> {
+        self.chain
+            .as_ref()
+            .filter(|c| !self.open.contains(&c.capability))
+            .and_then(|c| c.current)
+    }
+
+    /// The chain's acquisition `n` was dropped before it started: nothing cools down (the
+    /// package did not fail) and nothing else of the chain is tried.
+    pub fn dropped(&mut self, n: u64) {
+        if let Some(chain) = self.chain.as_mut().filter(|c| c.current == Some(n)) {
+            chain.current = None;
+            chain.candidates.clear();
+        }
+    }
+
     /// Whether the chain has nothing in flight (no discovery, no acquisition): then it is
     /// over once [`Auto::next`] has nothing either.
     pub fn idle(&self) -> bool {
@@ -515,6 +533,35 @@ mod tests {
         a.discovered(Some(&answer(&[("npm:a@1.0.0", "memory")])));
         a.gaps_now(&[]);
         assert_eq!(a.next(now + Duration::from_secs(61)), None);
+    }
+
+    #[test]
+    fn an_acquisition_queued_for_a_gap_that_closed_is_unwanted_and_dropped_without_cooling() {
+        let mut a = on(60);
+        let now = Instant::now();
+        a.gaps_now(&["memory".into(), "time".into()]);
+        a.gap("memory");
+        a.start("memory".into(), 1);
+        assert_eq!(a.gap("time"), None, "waits for the chain in progress");
+        a.discovered(Some(&answer(&[
+            ("npm:a@1.0.0", "memory"),
+            ("npm:b@1.0.0", "memory"),
+        ])));
+        let p = a.next(now).expect("pick");
+        a.running(7);
+        assert_eq!(a.unwanted(), None, "its gap is open");
+        a.gaps_now(&["time".into()]);
+        assert_eq!(a.unwanted(), Some(7), "its gap closed while it waited");
+        a.dropped(7);
+        assert_eq!(a.unwanted(), None);
+        assert!(a.idle());
+        assert_eq!(a.next(now), None, "the rest of the chain is not needed");
+        assert_eq!(a.end(now), Some("time".into()), "the waiting gap is next");
+        // Nothing cooled down: the package may be picked at once for a new gap.
+        a.gaps_now(&["time".into(), "memory".into()]);
+        a.start("memory".into(), 2);
+        a.discovered(Some(&answer(&[("npm:a@1.0.0", "memory")])));
+        assert_eq!(a.next(now).map(|q| q.package), Some(p.package));
     }
 
     #[test]

@@ -114,7 +114,8 @@ struct Acquisition {
     env: BTreeMap<String, String>,
     requested_by: String,
     created: SystemTime,
-    /// `queued`, `running`, `acquired`, `refused`, `failed`.
+    /// `queued`, `running`, `acquired`, `refused`, `failed`, `cancelled` (by the cycle,
+    /// before it started: see `Acquire::drop_unwanted`).
     state: &'static str,
     step: &'static str,
     /// (step, milliseconds, outcome) of each step done.
@@ -905,6 +906,43 @@ impl Acquire {
         }
     }
 
+    /// The cycle's acquisition still in line when its gap closed (a provider came, or the
+    /// capability is no longer required) is taken out of the line: it ends as `cancelled`,
+    /// with a `capability_acquisition_failed` event at step `queued` saying why, so that a
+    /// caller following it sees it end. One that already runs goes on (its verify step looks
+    /// at the gap again).
+    fn drop_unwanted(&mut self, cx: &mut RoomCx<'_, Self>) {
+        let Some(n) = self.auto.unwanted() else {
+            return;
+        };
+        if !self.queue.contains(&n) {
+            return;
+        }
+        self.queue.retain(|q| *q != n);
+        self.auto.dropped(n);
+        let Some(acq) = self.all.get_mut(&n) else {
+            return;
+        };
+        let reason =
+            "not needed any more: the gap it was queued for closed while it waited".to_string();
+        acq.state = "cancelled";
+        acq.result["failed_step"] = json!("queued");
+        acq.result["reason"] = json!(reason);
+        log::info!(
+            "auto-acquire: {} of {} dropped: {reason}",
+            acq.id(),
+            acq.spec_text()
+        );
+        let data = EventData::CapabilityAcquisitionFailed {
+            acquisition_id: acq.id(),
+            package: acq.spec_text(),
+            step: "queued",
+            reason,
+            reasons: Vec::new(),
+        };
+        cx.event(Channel::VarietyMonitoring, data);
+    }
+
     /// Keeps the retry timer at the cycle's next retry time (none when nothing waits).
     fn arm_retry(&mut self, cx: &mut RoomCx<'_, Self>) {
         let want = self.auto.retry_at();
@@ -1027,6 +1065,7 @@ impl Room for Acquire {
             for capability in self.auto.gaps_now(acquirable) {
                 self.auto_gap(cx, &capability);
             }
+            self.drop_unwanted(cx);
             self.auto_next(cx);
             return self.arm_retry(cx);
         }

@@ -38,6 +38,28 @@ pub enum Request {
     Vsm(VsmRequest),
     /// The reflection room ("consciousness").
     Reflect(ReflectRequest),
+    /// The `/mcp` gateway (internal: the MCP room's relayed server requests; no ops row).
+    Gateway(GatewayRequest),
+}
+
+/// What the `/mcp` gateway serves (internal, asked by the MCP room only).
+#[derive(Debug, Clone, PartialEq)]
+pub enum GatewayRequest {
+    /// A server's request to its client (`sampling/createMessage`, `elicitation/create`),
+    /// made while calls were in flight on it: relayed to the `/mcp` client whose call it is,
+    /// answered with the client's result (`Ok`) or a JSON-RPC error (`Err`, its `data.code`).
+    Ask {
+        /// Server id.
+        server: String,
+        /// The request's method.
+        method: String,
+        /// Its params, as the server sent them.
+        params: Value,
+        /// The progress tokens of the server's tool calls in flight (one is `/mcp`'s).
+        calls: Vec<String>,
+        /// Whether other requests (`resources/read`, `prompts/get`) were in flight too.
+        others: bool,
+    },
 }
 
 /// What the variety room serves.

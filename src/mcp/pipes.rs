@@ -134,6 +134,27 @@ impl Mcp {
                     }
                     server.note_error(what);
                 }
+                Effect::Ask {
+                    ask,
+                    method,
+                    params,
+                    calls,
+                    others,
+                } => {
+                    let tag = self.relays.tag(id, ask);
+                    let request = crate::api::GatewayRequest::Ask {
+                        server: id.to_string(),
+                        method,
+                        params,
+                        calls,
+                        others,
+                    };
+                    out.push(Output::Effect(crate::room::Effect::Request {
+                        from: <Mcp as crate::room::Room>::NAME,
+                        tag,
+                        request: Box::new(crate::api::Request::Gateway(request)),
+                    }));
+                }
                 Effect::EndRun(reason) => self.kill_run(id, reason),
                 Effect::Misbehaved(reason) => {
                     // A run already ending is not killed twice.
@@ -143,6 +164,26 @@ impl Mcp {
                 }
             }
         }
+    }
+
+    /// The gateway's answer to relayed request `tag` (the client's, or its refusal): to the
+    /// server that asked, if its request still waits.
+    pub(super) fn relay_answered(
+        &mut self,
+        cx: &mut crate::room::RoomCx<'_, Mcp>,
+        tag: u64,
+        answer: Answer,
+    ) {
+        let Some((id, ask)) = self.relays.take(tag) else {
+            log::debug!("an answer for relayed request {tag}, which nobody waits for");
+            return;
+        };
+        let Some(server) = self.servers.get_mut(&id) else {
+            return;
+        };
+        let effects = server.session.answer_ask(ask, answer);
+        let (mut lcx, out) = cx.split();
+        self.apply(&mut lcx, &id, effects, out);
     }
 
     /// Readiness on a pipe token.

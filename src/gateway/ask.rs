@@ -1,0 +1,423 @@
+//! Server-to-client requests through `/mcp` (`gateway.client_requests`): an MCP server's
+//! `sampling/createMessage` or `elicitation/create`, made while a `/mcp` client's
+//! `tools/call` is in flight on it, goes to that client on the call's stream (the POST's
+//! answer becomes an SSE stream if it was not one already), under an id the gateway mints;
+//! the client POSTs its JSON-RPC response (202), which goes back to the server with the
+//! server's own id (the MCP room keeps it, see `mcp/asks.rs`).
+//!
+//! Routing: stdio names no related request, so the MCP room sends the progress tokens of
+//! every tool call in flight on the server. The request is relayed only when all of them are
+//! `/mcp` calls of one session (and no `resources/read` or `prompts/get` is in flight there):
+//! then it goes on the stream of that session's oldest call. A call from the REST API, CLI
+//! or WebSocket, or calls of several sessions, make the asker unknowable: the server gets a
+//! JSON-RPC error at once, never a wait. So does a request the client did not declare
+//! the capability for (`sampling`, `sampling.tools` for a request with tools, `elicitation`
+//! form or url mode), and one beyond the bounds.
+//!
+//! Invariants: at most [`MAX_ASKS_PER_SESSION`] requests wait per session and [`MAX_ASKS`]
+//! in all; each is answered to the MCP room exactly once: with the client's response (only
+//! from the session it was sent to), or with an error when the call it went out on ends (its
+//! answer, its deadline, its cancellation, the client's hang-up or the session's end), and
+//! then the client is told with `notifications/cancelled` on the call's stream when it is
+//! one. Its deadline is the call's: the MCP room ends the call at its deadline.
+
+use super::{code, sse_message, Gateway, Output, Pending, TOKEN_PREFIX};
+use crate::api::{ApiError, ErrorCode, GatewayRequest, ReplyTo};
+use crate::room::RoomCx;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Relayed requests waiting for one session's answer.
+pub const MAX_ASKS_PER_SESSION: usize = 16;
+/// Relayed requests waiting for an answer on `/mcp`, all sessions together.
+pub const MAX_ASKS: usize = 256;
+/// JSON-RPC code of the gateway's own refusals (the code SDK clients answer a request they
+/// do not support with); a client's own error keeps its code.
+pub const REFUSED: i64 = code::INVALID_REQUEST;
+
+/// The client capabilities a session declared in `initialize` that relaying looks at.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Declared {
+    sampling: bool,
+    sampling_tools: bool,
+    form: bool,
+    url: bool,
+}
+
+impl Declared {
+    /// From `initialize`'s params (`capabilities.sampling`, `.elicitation`): an empty
+    /// `elicitation` object means form mode (as the specification keeps it compatible).
+    pub fn from_initialize(params: Option<&Value>) -> Declared {
+        let caps = params.and_then(|p| p.get("capabilities"));
+        fn object(v: Option<&Value>) -> Option<&Value> {
+            v.filter(|v| v.is_object())
+        }
+        let sampling = object(caps.and_then(|c| c.get("sampling")));
+        let elicitation = object(caps.and_then(|c| c.get("elicitation")));
+        let (form, url) = match elicitation {
+            None => (false, false),
+            Some(e) => {
+                let form = object(e.get("form")).is_some();
+                let url = object(e.get("url")).is_some();
+                (form || !url, url)
+            }
+        };
+        Declared {
+            sampling: sampling.is_some(),
+            sampling_tools: object(sampling.and_then(|s| s.get("tools"))).is_some(),
+            form,
+            url,
+        }
+    }
+
+    /// Whether the client may be sent `method` with `params`; otherwise why not.
+    fn allows(&self, method: &str, params: &Value) -> Result<(), String> {
+        let missing = |what: &str| {
+            Err(format!(
+                "the /mcp client did not declare the {what} capability"
+            ))
+        };
+        match method {
+            "sampling/createMessage" if !self.sampling => missing("sampling"),
+            "sampling/createMessage"
+                if !self.sampling_tools
+                    && (params.get("tools").is_some() || params.get("toolChoice").is_some()) =>
+            {
+                missing("sampling.tools")
+            }
+            "sampling/createMessage" => Ok(()),
+            "elicitation/create" => match params.get("mode").and_then(Value::as_str) {
+                None | Some("form") if self.form => Ok(()),
+                None | Some("form") => missing("elicitation (form mode)"),
+                Some("url") if self.url => Ok(()),
+                Some("url") => missing("elicitation.url"),
+                Some(other) => Err(format!(
+                    "elicitation mode {:?} is not one the gateway knows",
+                    other.chars().take(32).collect::<String>()
+                )),
+            },
+            other => Err(format!(
+                "{} is not relayed to /mcp clients",
+                other.chars().take(80).collect::<String>()
+            )),
+        }
+    }
+}
+
+/// A relayed request waiting for its client's response.
+#[derive(Debug)]
+struct Asked {
+    /// The session it was sent to.
+    session: String,
+    /// The call on whose stream it went.
+    call: u64,
+    /// The MCP room's request (answered once).
+    reply: ReplyTo,
+}
+
+/// The relayed requests waiting, by the id the client was given.
+#[derive(Debug, Default)]
+pub struct Asks {
+    waiting: HashMap<u64, Asked>,
+    next: u64,
+}
+
+/// A refusal for the MCP room: the server gets a JSON-RPC error with this message.
+fn refusal(message: String) -> ApiError {
+    ApiError::new(ErrorCode::Conflict, message).with_data(json!({"code": REFUSED}))
+}
+
+impl Gateway {
+    /// The MCP room relays server `server`'s request `method` (see the module's routing).
+    #[allow(clippy::too_many_arguments)]
+    fn relay(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        server: &str,
+        method: &str,
+        params: Value,
+        calls: &[String],
+        others: bool,
+        reply: ReplyTo,
+    ) {
+        match self.route(server, method, &params, calls, others) {
+            Err(why) => {
+                log::debug!("/mcp: {method} of {server} not relayed: {why}");
+                cx.reply(reply, Err(refusal(why)));
+            }
+            Ok(tag) => {
+                self.asks.next += 1;
+                let id = self.asks.next;
+                let Some(p) = self.pending.get_mut(&tag) else {
+                    return cx.reply(reply, Err(refusal("the call ended".into())));
+                };
+                self.asks.waiting.insert(
+                    id,
+                    Asked {
+                        session: p.session.clone(),
+                        call: tag,
+                        reply,
+                    },
+                );
+                let ReplyTo::Http { conn, .. } = p.reply else {
+                    return;
+                };
+                let message =
+                    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+                let now = Instant::now();
+                if !p.streaming {
+                    p.streaming = true;
+                    cx.emit(Output::Stream { reply: p.reply });
+                    self.keep_alive(cx, now);
+                }
+                cx.emit(Output::Push {
+                    conn,
+                    bytes: sse_message(&message),
+                });
+            }
+        }
+    }
+
+    /// The call whose stream server `server`'s request goes on, or why there is none.
+    fn route(
+        &self,
+        server: &str,
+        method: &str,
+        params: &Value,
+        calls: &[String],
+        others: bool,
+    ) -> Result<u64, String> {
+        if !self.settings.client_requests {
+            return Err(
+                "relaying requests to /mcp clients is turned off (gateway.client_requests)".into(),
+            );
+        }
+        let mut ours = Vec::new();
+        let mut foreign = 0;
+        for token in calls {
+            match token
+                .strip_prefix(TOKEN_PREFIX)
+                .and_then(|t| t.parse::<u64>().ok())
+            {
+                Some(tag) if self.pending.contains_key(&tag) => ours.push(tag),
+                // A /mcp call that ended here already (its cancel is on its way).
+                Some(_) => {}
+                None => foreign += 1,
+            }
+        }
+        if foreign > 0 {
+            return Err(format!(
+                "{foreign} tool call(s) from the REST API, CLI or WebSocket are in flight on '{server}', and they cannot answer it (only a /mcp client can)"
+            ));
+        }
+        if others {
+            return Err(format!(
+                "a resources/read or prompts/get is in flight on '{server}', so the client that asked cannot be told"
+            ));
+        }
+        let sessions: Vec<&str> = {
+            let mut s: Vec<&str> = ours
+                .iter()
+                .filter_map(|t| self.pending.get(t).map(|p| p.session.as_str()))
+                .collect();
+            s.sort_unstable();
+            s.dedup();
+            s
+        };
+        let session = match sessions[..] {
+            [] => return Err(format!("no /mcp tool call is in flight on '{server}'")),
+            [one] => one,
+            _ => {
+                return Err(format!(
+                    "tool calls of {} /mcp sessions are in flight on '{server}', so the client that asked cannot be told",
+                    sessions.len()
+                ))
+            }
+        };
+        let Some(&tag) = ours.iter().min() else {
+            return Err(format!("no /mcp tool call is in flight on '{server}'"));
+        };
+        let Some(p) = self.pending.get(&tag) else {
+            return Err("the call ended".into());
+        };
+        if p.modern {
+            return Err(
+                "the call came as a 2026-07-28 request, an era without server-to-client requests"
+                    .into(),
+            );
+        }
+        if !p.sse {
+            return Err("the client's tools/call did not accept text/event-stream, the only way to send it a request".into());
+        }
+        let declared = self.sessions.get(session).map(|s| s.declared);
+        declared.unwrap_or_default().allows(method, params)?;
+        let in_session = self
+            .asks
+            .waiting
+            .values()
+            .filter(|a| a.session == session)
+            .count();
+        if in_session >= MAX_ASKS_PER_SESSION {
+            return Err(format!(
+                "{in_session} requests already wait for this /mcp session's answers (at most {MAX_ASKS_PER_SESSION})"
+            ));
+        }
+        if self.asks.waiting.len() >= MAX_ASKS {
+            return Err(format!(
+                "{} requests already wait for /mcp clients' answers (at most {MAX_ASKS})",
+                self.asks.waiting.len()
+            ));
+        }
+        Ok(tag)
+    }
+
+    /// A client POSTed a JSON-RPC response (`map`) in session `session`: when it answers a
+    /// request relayed to that session, it goes to the server. Any other response (a late
+    /// one, another session's id) is dropped; the POST gets its 202 either way.
+    pub(super) fn client_answered(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        session: &str,
+        map: &Map<String, Value>,
+    ) {
+        let id = map.get("id").and_then(Value::as_u64);
+        let mine = id.filter(|id| {
+            self.asks
+                .waiting
+                .get(id)
+                .is_some_and(|a| a.session == session)
+        });
+        let Some(asked) = mine.and_then(|id| self.asks.waiting.remove(&id)) else {
+            log::debug!("/mcp: a response to no request of this session waiting: dropped");
+            return;
+        };
+        let answer = match (map.get("result"), map.get("error")) {
+            (Some(result), None) => Ok(result.clone()),
+            (None, Some(error)) => {
+                let code = error.get("code").and_then(Value::as_i64);
+                let message = error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .map(|m| m.chars().take(1024).collect::<String>());
+                let data = error.get("data").cloned().unwrap_or(Value::Null);
+                Err(match (code, message) {
+                    (Some(code), Some(message)) => ApiError::new(ErrorCode::McpError, message)
+                        .with_data(json!({"code": code, "data": data})),
+                    _ => refusal("the /mcp client answered with a malformed JSON-RPC error".into()),
+                })
+            }
+            _ => Err(refusal(
+                "the /mcp client's response has neither a result nor an error".into(),
+            )),
+        };
+        cx.reply(asked.reply, answer);
+    }
+
+    /// Call `tag` ended (`p`): the requests relayed on its stream are answered to the server
+    /// with an error, and the client, when the call's answer is a stream, is told with
+    /// `notifications/cancelled` before the call's own end.
+    pub(super) fn end_asks(&mut self, cx: &mut RoomCx<'_, Self>, tag: u64, p: &Pending) {
+        if self.asks.waiting.is_empty() {
+            return;
+        }
+        let ids: Vec<u64> = self
+            .asks
+            .waiting
+            .iter()
+            .filter(|(_, a)| a.call == tag)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(asked) = self.asks.waiting.remove(&id) else {
+                continue;
+            };
+            let reason = "the tool call it was made during ended";
+            cx.reply(
+                asked.reply,
+                Err(refusal(format!("{reason} before the client answered"))),
+            );
+            if let (true, ReplyTo::Http { conn, .. }) = (p.streaming, p.reply) {
+                let note = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                  "params": {"requestId": id, "reason": reason}});
+                cx.emit(Output::Push {
+                    conn,
+                    bytes: sse_message(&note),
+                });
+            }
+        }
+    }
+
+    /// Relayed requests waiting for a client's response.
+    pub fn asks_waiting(&self) -> usize {
+        self.asks.waiting.len()
+    }
+}
+
+/// The gateway's one request: a server's request to relay, from the MCP room.
+impl crate::room::Serve for Gateway {
+    type Request = GatewayRequest;
+
+    fn handle(&mut self, cx: &mut RoomCx<'_, Self>, request: GatewayRequest, reply: ReplyTo) {
+        match request {
+            GatewayRequest::Ask {
+                server,
+                method,
+                params,
+                calls,
+                others,
+            } => self.relay(cx, &server, &method, params, &calls, others, reply),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declared(caps: Value) -> Declared {
+        Declared::from_initialize(Some(&json!({ "capabilities": caps })))
+    }
+
+    #[test]
+    fn what_a_client_declared_decides_what_it_is_sent() {
+        let none = declared(json!({}));
+        assert!(none.allows("sampling/createMessage", &json!({})).is_err());
+        assert!(none.allows("elicitation/create", &json!({})).is_err());
+        // An empty elicitation object is form mode only.
+        let both = declared(json!({"sampling": {}, "elicitation": {}}));
+        assert!(both
+            .allows("sampling/createMessage", &json!({"messages": []}))
+            .is_ok());
+        assert!(both
+            .allows("elicitation/create", &json!({"message": "m"}))
+            .is_ok());
+        assert!(both
+            .allows("elicitation/create", &json!({"mode": "form"}))
+            .is_ok());
+        let why = both
+            .allows("elicitation/create", &json!({"mode": "url"}))
+            .expect_err("url not declared");
+        assert!(why.contains("elicitation.url"), "{why}");
+        // Sampling with tools needs sampling.tools.
+        let why = both
+            .allows("sampling/createMessage", &json!({"tools": []}))
+            .expect_err("tools not declared");
+        assert!(why.contains("sampling.tools"), "{why}");
+        let tools = declared(json!({"sampling": {"tools": {}}}));
+        assert!(tools
+            .allows("sampling/createMessage", &json!({"tools": []}))
+            .is_ok());
+        // url alone is url only.
+        let url = declared(json!({"elicitation": {"url": {}}}));
+        assert!(url
+            .allows("elicitation/create", &json!({"mode": "url"}))
+            .is_ok());
+        assert!(url.allows("elicitation/create", &json!({})).is_err());
+        assert!(url.allows("roots/list", &json!({})).is_err());
+        // Not objects: not declared.
+        let odd = declared(json!({"sampling": true, "elicitation": "yes"}));
+        assert_eq!(odd, Declared::default());
+        assert_eq!(Declared::from_initialize(None), Declared::default());
+    }
+}

@@ -374,6 +374,115 @@ impl crate::room::Serve for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ConnId;
+    use crate::config::Config;
+
+    /// A gateway with sessions `a` and `b` (both declared sampling and form elicitation).
+    fn gateway() -> Gateway {
+        let mut g = Gateway::new(&Config::default());
+        for id in ["a", "b"] {
+            let mut s = super::super::Session::new(super::super::VERSIONS[0], Instant::now());
+            s.declared = declared(json!({"sampling": {}, "elicitation": {}}));
+            g.sessions.insert(id.to_string(), s);
+        }
+        g
+    }
+
+    /// Call `tag` of `session` in flight (accepting SSE unless `sse` is false).
+    fn call(g: &mut Gateway, tag: u64, session: &str, sse: bool) -> String {
+        let reply = ReplyTo::Http {
+            conn: ConnId {
+                slot: tag as u32,
+                generation: 0,
+            },
+            seq: 0,
+            started: Instant::now(),
+            request_id: 0,
+            route: "/mcp",
+            method: "POST",
+        };
+        g.pending.insert(
+            tag,
+            Pending {
+                reply,
+                id: json!(tag),
+                what: super::super::Forwarded::Tool,
+                session: session.to_string(),
+                server: Some("srv".into()),
+                progress: None,
+                progress_sent: None,
+                streaming: false,
+                modern: false,
+                sse,
+            },
+        );
+        format!("{TOKEN_PREFIX}{tag}")
+    }
+
+    #[test]
+    fn a_request_goes_to_the_one_session_with_calls_there_or_is_refused_saying_why() {
+        let sampling = json!({"messages": []});
+        let route = |g: &Gateway, calls: &[String], others: bool| {
+            g.route("srv", "sampling/createMessage", &sampling, calls, others)
+        };
+        let mut g = gateway();
+        // One session's calls: the oldest carries it.
+        let c7 = call(&mut g, 7, "a", true);
+        let c3 = call(&mut g, 3, "a", true);
+        assert_eq!(route(&g, &[c7.clone(), c3.clone()], false), Ok(3));
+        // A call of the MCP room's own token (REST, CLI, WebSocket) makes it unanswerable.
+        let why = route(&g, &[c7.clone(), "srv:12".into()], false).expect_err("foreign");
+        assert!(why.contains("REST API, CLI or WebSocket"), "{why}");
+        let why = route(&g, &[c7.clone()], true).expect_err("others");
+        assert!(why.contains("resources/read or prompts/get"), "{why}");
+        // Calls of two sessions: which one asked cannot be told.
+        let c9 = call(&mut g, 9, "b", true);
+        let why = route(&g, &[c7.clone(), c9.clone()], false).expect_err("two sessions");
+        assert!(why.contains("2 /mcp sessions"), "{why}");
+        // A call that ended here already does not count; none left: no client.
+        let why = route(&g, &[format!("{TOKEN_PREFIX}99")], false).expect_err("none");
+        assert!(why.contains("no /mcp tool call"), "{why}");
+        // A call that does not accept SSE cannot carry it.
+        let c11 = call(&mut g, 11, "b", false);
+        let why = route(&g, &[c11], false).expect_err("no SSE");
+        assert!(why.contains("text/event-stream"), "{why}");
+        // What the client did not declare is not sent.
+        let why = g
+            .route(
+                "srv",
+                "elicitation/create",
+                &json!({"mode": "url"}),
+                &[c9.clone()],
+                false,
+            )
+            .expect_err("url");
+        assert!(why.contains("elicitation.url"), "{why}");
+        // Bounded per session.
+        for n in 0..MAX_ASKS_PER_SESSION as u64 {
+            g.asks.waiting.insert(
+                1000 + n,
+                Asked {
+                    session: "b".into(),
+                    call: 9,
+                    reply: ReplyTo::Room {
+                        room: "mcp",
+                        tag: n,
+                    },
+                },
+            );
+        }
+        let why = route(&g, &[c9.clone()], false).expect_err("full");
+        assert!(why.contains("at most"), "{why}");
+        assert_eq!(
+            route(&g, &[c3.clone()], false),
+            Ok(3),
+            "another session has room"
+        );
+        // Turned off.
+        g.settings.client_requests = false;
+        let why = route(&g, &[c3], false).expect_err("off");
+        assert!(why.contains("gateway.client_requests"), "{why}");
+    }
 
     fn declared(caps: Value) -> Declared {
         Declared::from_initialize(Some(&json!({ "capabilities": caps })))

@@ -22,7 +22,7 @@
 //! one. Its deadline is the call's: the MCP room ends the call at its deadline.
 
 use super::{code, sse_message, Gateway, Output, Pending, TOKEN_PREFIX};
-use crate::api::{ApiError, ErrorCode, GatewayRequest, ReplyTo};
+use crate::api::{Answer, ApiError, ErrorCode, GatewayRequest, ReplyTo};
 use crate::room::RoomCx;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -354,6 +354,51 @@ impl Gateway {
     }
 }
 
+/// What a 2026-07-28 `tools/call` carries for a modern server besides its arguments (a
+/// retry after `input_required`): its `inputResponses` and `requestState`, and the client's
+/// `clientCapabilities` from its `_meta`. `None` for a request of the session era.
+pub(super) fn modern_input(params: &Value) -> Option<Value> {
+    let meta = params.get("_meta")?;
+    meta.get("io.modelcontextprotocol/protocolVersion")?;
+    let mut input = Map::new();
+    for key in ["inputResponses", "requestState"] {
+        if let Some(v) = params.get(key) {
+            input.insert(key.into(), v.clone());
+        }
+    }
+    if let Some(caps) = meta.get("io.modelcontextprotocol/clientCapabilities") {
+        input.insert("clientCapabilities".into(), caps.clone());
+    }
+    Some(Value::Object(input))
+}
+
+/// A modern server's `input_required` answer to a 2026-07-28 client's call (`modern`) is
+/// that client's to answer: its result (`resultType`, `inputRequests`, `requestState`), which
+/// the client answers by calling again ([`modern_input`]). Any other answer is handed back.
+pub(super) fn input_required(modern: bool, answer: Answer) -> Result<Value, Answer> {
+    match answer {
+        Err(mut e)
+            if modern
+                && e.code == ErrorCode::ToolError
+                && e.data
+                    .as_ref()
+                    .is_some_and(|d| d["result_type"] == "input_required") =>
+        {
+            let mut data = e.data.take().unwrap_or_default();
+            let mut result = json!({
+                "resultType": "input_required",
+                "inputRequests": data["input_requests"].take(),
+            });
+            let state = data["request_state"].take();
+            if !state.is_null() {
+                result["requestState"] = state;
+            }
+            Ok(result)
+        }
+        other => Err(other),
+    }
+}
+
 /// The gateway's one request: a server's request to relay, from the MCP room.
 impl crate::room::Serve for Gateway {
     type Request = GatewayRequest;
@@ -433,7 +478,7 @@ mod tests {
         // A call of the MCP room's own token (REST, CLI, WebSocket) makes it unanswerable.
         let why = route(&g, &[c7.clone(), "srv:12".into()], false).expect_err("foreign");
         assert!(why.contains("REST API, CLI or WebSocket"), "{why}");
-        let why = route(&g, &[c7.clone()], true).expect_err("others");
+        let why = route(&g, std::slice::from_ref(&c7), true).expect_err("others");
         assert!(why.contains("resources/read or prompts/get"), "{why}");
         // Calls of two sessions: which one asked cannot be told.
         let c9 = call(&mut g, 9, "b", true);
@@ -452,7 +497,7 @@ mod tests {
                 "srv",
                 "elicitation/create",
                 &json!({"mode": "url"}),
-                &[c9.clone()],
+                std::slice::from_ref(&c9),
                 false,
             )
             .expect_err("url");
@@ -471,10 +516,10 @@ mod tests {
                 },
             );
         }
-        let why = route(&g, &[c9.clone()], false).expect_err("full");
+        let why = route(&g, std::slice::from_ref(&c9), false).expect_err("full");
         assert!(why.contains("at most"), "{why}");
         assert_eq!(
-            route(&g, &[c3.clone()], false),
+            route(&g, std::slice::from_ref(&c3), false),
             Ok(3),
             "another session has room"
         );

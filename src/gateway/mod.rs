@@ -905,6 +905,7 @@ impl Gateway {
                     arguments,
                     timeout_ms: None,
                     progress_token: Some(format!("{TOKEN_PREFIX}{tag}")),
+                    input: ask::modern_input(params),
                 }),
                 Forwarded::Tool,
                 Some(server.clone()),
@@ -1329,7 +1330,10 @@ impl Room for Gateway {
         };
         let message = match p.what {
             Forwarded::Own => result(own_result(answer)),
-            Forwarded::Tool => result(tool_result(answer)),
+            Forwarded::Tool => match ask::input_required(modern, answer) {
+                Ok(asked) => result(asked),
+                Err(answer) => result(tool_result(answer)),
+            },
             Forwarded::Request => match answer {
                 Ok(mut v) => result(v["result"].take()),
                 Err(e) => {

@@ -325,6 +325,7 @@ impl crate::room::Serve for Mcp {
                 arguments,
                 timeout_ms,
                 progress_token,
+                input,
             } => {
                 let refused = self.refused_tool(&id, &name);
                 if refused.is_empty() {
@@ -334,6 +335,7 @@ impl crate::room::Serve for Mcp {
                         &id,
                         &name,
                         arguments,
+                        input,
                         timeout_ms,
                         progress_token,
                         reply,

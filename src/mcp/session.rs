@@ -460,7 +460,10 @@ impl<R: Copy, T: Copy> Session<R, T> {
                     *entry = Value::Object(Default::default());
                 }
                 if let (Some(m), Value::Object(ours)) = (entry.as_object_mut(), request_meta()) {
-                    m.extend(ours);
+                    // A `/mcp` client's own capabilities for its call stay (see `retry_input`).
+                    for (k, v) in ours {
+                        m.entry(k).or_insert(v);
+                    }
                 }
             }
         }
@@ -1225,7 +1228,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
         })
     }
 
-    /// Forwards a tool call; its answer arrives later as an [`Effect::Reply`]. The server
+    /// Forwards a tool call; its answer arrives later as an [`Effect::Reply`]. For a modern
+    /// server, `input` (a `/mcp` client's retry after `input_required`: its `inputResponses`,
+    /// `requestState` and `clientCapabilities`) goes with it. The server
     /// gets `token` as the call's progress token (`None`: `SERVER:RPC`; a caller's own must
     /// be unique among its calls in flight). `arm` sets the call's deadline on the loop's
     /// timers (given the request id and the instant); when it passes, the loop calls
@@ -1240,6 +1245,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         ending: Option<&str>,
         tool: &str,
         arguments: Value,
+        input: Option<Value>,
         token: Option<String>,
         timeout: Duration,
         max_in_flight: usize,
@@ -1273,11 +1279,12 @@ impl<R: Copy, T: Copy> Session<R, T> {
         }
         let rpc = self.take_id();
         let token = token.unwrap_or_else(|| format!("{}:{rpc}", self.id));
-        let bytes = self.request(
-            rpc,
-            "tools/call",
-            json!({"name": tool, "arguments": arguments, "_meta": {"progressToken": token}}),
-        );
+        let mut params =
+            json!({"name": tool, "arguments": arguments, "_meta": {"progressToken": token}});
+        if self.era == Some(Era::Modern) {
+            retry_input(&mut params, input);
+        }
+        let bytes = self.request(rpc, "tools/call", params);
         let timer = arm(rpc, now + timeout);
         self.pending.insert(
             rpc,
@@ -1624,7 +1631,26 @@ fn input_required(server: &str, tool: String, mut result: Value) -> ApiError {
         "tool": tool,
         "result_type": "input_required",
         "input_requests": requests,
+        "request_state": bounded_value(result["requestState"].take()),
     }))
+}
+
+/// A 2026-07-28 call retried after `input_required` (from a `/mcp` client): its
+/// `inputResponses` and `requestState` go into the call's params, and the client's own
+/// `clientCapabilities` into its `_meta` (a modern request carries the capabilities of the
+/// client it is for, so the server asks only what that client can answer).
+fn retry_input(params: &mut Value, input: Option<Value>) {
+    let Some(Value::Object(mut input)) = input else {
+        return;
+    };
+    for key in ["inputResponses", "requestState"] {
+        if let Some(v) = input.remove(key) {
+            params[key] = v;
+        }
+    }
+    if let Some(caps) = input.remove("clientCapabilities").filter(Value::is_object) {
+        params["_meta"][meta::CLIENT_CAPABILITIES] = caps;
+    }
 }
 
 fn first_text(result: &Value) -> String {
@@ -1871,6 +1897,7 @@ mod tests {
                 "echo",
                 json!({"m": 1}),
                 None,
+                None,
                 Duration::from_secs(5),
                 4,
                 7,
@@ -1924,6 +1951,7 @@ mod tests {
                 tool,
                 json!({}),
                 None,
+                None,
                 Duration::from_secs(1),
                 max,
                 1,
@@ -1969,6 +1997,7 @@ mod tests {
             "echo",
             json!({}),
             None,
+            None,
             Duration::from_millis(50),
             4,
             3,
@@ -2006,6 +2035,7 @@ mod tests {
                 None,
                 "echo",
                 json!({}),
+                None,
                 Some(token.to_string()),
                 Duration::from_secs(5),
                 4,
@@ -2370,6 +2400,7 @@ mod tests {
                 "echo",
                 json!({"m": 1}),
                 None,
+                None,
                 Duration::from_secs(5),
                 4,
                 7,
@@ -2588,6 +2619,7 @@ mod tests {
             None,
             "echo",
             json!({}),
+            None,
             Some(token.to_string()),
             Duration::from_secs(5),
             4,
@@ -2685,5 +2717,23 @@ mod tests {
         s.end_run("exited", now);
         assert_eq!(s.asks_waiting(), 0);
         assert!(s.answer_ask(third, Ok(json!({}))).is_empty());
+    }
+
+    #[test]
+    fn a_modern_retry_carries_the_clients_input_and_capabilities() {
+        let mut params = json!({"name": "ask", "arguments": {}, "_meta": {"progressToken": "p"}});
+        retry_input(&mut params, None);
+        assert!(params.get("inputResponses").is_none());
+        let input = json!({"inputResponses": {"name": {"action": "accept"}},
+                           "requestState": "ask-1",
+                           "clientCapabilities": {"elicitation": {}}});
+        retry_input(&mut params, Some(input));
+        assert_eq!(params["requestState"], "ask-1");
+        assert_eq!(params["inputResponses"]["name"]["action"], "accept");
+        assert_eq!(
+            params["_meta"][meta::CLIENT_CAPABILITIES],
+            json!({"elicitation": {}})
+        );
+        assert_eq!(params["_meta"]["progressToken"], "p");
     }
 }

@@ -347,11 +347,6 @@ impl Gateway {
             }
         }
     }
-
-    /// Relayed requests waiting for a client's response.
-    pub fn asks_waiting(&self) -> usize {
-        self.asks.waiting.len()
-    }
 }
 
 /// What a 2026-07-28 `tools/call` carries for a modern server besides its arguments (a

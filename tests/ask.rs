@@ -63,18 +63,28 @@ struct AskClient {
 }
 
 impl AskClient {
+    /// Over HTTP, with the token.
     fn start(d: &Daemon) -> AskClient {
+        let url = format!("http://{}/mcp", d.http.expect("TCP listener"));
+        AskClient::spawn(&[url.as_str(), d.token.as_str()])
+    }
+
+    /// Through `vsm-daemon mcp serve-stdio` (the control socket).
+    fn stdio(d: &Daemon) -> AskClient {
+        let socket = d.socket.display().to_string();
+        AskClient::spawn(&["stdio", bin(), "mcp", "serve-stdio", "--socket", &socket])
+    }
+
+    fn spawn(args: &[&str]) -> AskClient {
         let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-peers/venv-time/bin/python");
         assert!(
             python.exists(),
             "{} is missing: run .ci/install-test-peers",
             python.display()
         );
-        let url = format!("http://{}/mcp", d.http.expect("TCP listener"));
         let mut child = Command::new(python)
             .arg(fixture("ask_client.py"))
-            .arg(url)
-            .arg(&d.token)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -367,4 +377,25 @@ fn a_relayed_request_has_the_gateways_id_takes_only_its_sessions_answer_and_ends
     );
     assert_eq!(last["error"]["code"], -32600, "{last}");
     assert!(!last.to_string().contains("intruder"), "{last}");
+}
+
+/// The stdio bridge carries the request to a client that only spawns stdio servers, and its
+/// answer back.
+#[test]
+fn sampling_and_elicitation_reach_a_client_through_serve_stdio() {
+    let d = Daemon::start();
+    register_fixture(&d, 60_000);
+    let mut client = AskClient::stdio(&d);
+    let r = client
+        .send(json!({"op": "call", "name": "cf__sampling", "arguments": {"prompt": "via stdio"}}));
+    assert_eq!(text(&r["result"]), "LLM response: echo: via stdio", "{r}");
+    let r = client.send(json!({"op": "call", "name": "cf__elicitation_sep1034_defaults"}));
+    let said = text(&r["result"]);
+    assert!(
+        said.starts_with("Elicitation completed: action=accept"),
+        "{r}"
+    );
+    let schema = &r["asked"][0]["params"]["requestedSchema"]["properties"];
+    assert_eq!(schema["age"]["default"], 30, "{r}");
+    assert_eq!(schema["status"]["default"], "active", "{r}");
 }

@@ -60,6 +60,16 @@ pub enum GatewayRequest {
         /// Whether other requests (`resources/read`, `prompts/get`) were in flight too.
         others: bool,
     },
+    /// A server's notification about a request relayed before
+    /// (`notifications/elicitation/complete`): to the client that was asked, if known.
+    Notify {
+        /// Server id.
+        server: String,
+        /// The notification's method.
+        method: String,
+        /// Its params.
+        params: Value,
+    },
 }
 
 /// What the variety room serves.

@@ -175,6 +175,18 @@ fn a_servers_sampling_and_elicitation_reach_the_mcp_client_whose_call_asked() {
         "{r}"
     );
 
+    // URL mode: the client (which declared it) is asked, and the server's completion
+    // notification for that elicitation reaches it too.
+    let r = client.send(json!({"op": "call", "name": "cf__elicitation_url"}));
+    let said = text(&r["result"]);
+    assert!(said.ends_with("action=accept"), "{r}");
+    let asked = &r["asked"][0]["params"];
+    assert_eq!(asked["mode"], "url", "{r}");
+    assert_eq!(asked["url"], "https://example.org/sign-in", "{r}");
+    let eid = asked["elicitationId"].clone();
+    let note = client.send(json!({"op": "note", "method": "notifications/elicitation/complete"}));
+    assert_eq!(note["note"]["elicitationId"], eid, "{note}");
+
     // The client's JSON-RPC error reaches the server with its code.
     client.send(json!({"op": "mode", "sampling": "error"}));
     let r =

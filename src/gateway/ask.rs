@@ -25,13 +25,16 @@ use super::{code, sse_message, Gateway, Output, Pending, TOKEN_PREFIX};
 use crate::api::{Answer, ApiError, ErrorCode, GatewayRequest, ReplyTo};
 use crate::room::RoomCx;
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 /// Relayed requests waiting for one session's answer.
 pub const MAX_ASKS_PER_SESSION: usize = 16;
 /// Relayed requests waiting for an answer on `/mcp`, all sessions together.
 pub const MAX_ASKS: usize = 256;
+/// URL-mode elicitations remembered for their `notifications/elicitation/complete` (the
+/// oldest is forgotten beyond: the notification is optional, a client must not wait for it).
+pub const URL_ELICITATIONS: usize = 64;
 /// JSON-RPC code of the gateway's own refusals (the code SDK clients answer a request they
 /// do not support with); a client's own error keeps its code.
 pub const REFUSED: i64 = code::INVALID_REQUEST;
@@ -116,11 +119,22 @@ struct Asked {
     reply: ReplyTo,
 }
 
+/// A URL-mode elicitation relayed: whose completion goes where.
+#[derive(Debug)]
+struct UrlElicitation {
+    server: String,
+    id: String,
+    session: String,
+    call: u64,
+}
+
 /// The relayed requests waiting, by the id the client was given.
 #[derive(Debug, Default)]
 pub struct Asks {
     waiting: HashMap<u64, Asked>,
     next: u64,
+    /// URL-mode elicitations relayed, oldest first (at most [`URL_ELICITATIONS`]).
+    urls: VecDeque<UrlElicitation>,
 }
 
 /// A refusal for the MCP room: the server gets a JSON-RPC error with this message.
@@ -160,6 +174,21 @@ impl Gateway {
                         reply,
                     },
                 );
+                let url_id = params
+                    .get("elicitationId")
+                    .and_then(Value::as_str)
+                    .filter(|_| params.get("mode").and_then(Value::as_str) == Some("url"));
+                if let Some(url_id) = url_id {
+                    if self.asks.urls.len() >= URL_ELICITATIONS {
+                        self.asks.urls.pop_front();
+                    }
+                    self.asks.urls.push_back(UrlElicitation {
+                        server: server.to_string(),
+                        id: url_id.to_string(),
+                        session: p.session.clone(),
+                        call: tag,
+                    });
+                }
                 let ReplyTo::Http { conn, .. } = p.reply else {
                     return;
                 };
@@ -314,6 +343,42 @@ impl Gateway {
         cx.reply(asked.reply, answer);
     }
 
+    /// Server `server`'s notification `method` about a URL-mode elicitation relayed before:
+    /// to the session that was asked, on its call's stream while that call is in flight,
+    /// else on its GET stream (kept for replay like the stream's other events). Dropped when
+    /// the elicitation is unknown (never relayed, forgotten, its session ended).
+    fn notify(&mut self, cx: &mut RoomCx<'_, Self>, server: &str, method: &str, params: Value) {
+        let id = params.get("elicitationId").and_then(Value::as_str);
+        let found = self
+            .asks
+            .urls
+            .iter()
+            .position(|u| u.server == server && Some(u.id.as_str()) == id);
+        let Some(url) = found.and_then(|i| self.asks.urls.remove(i)) else {
+            log::debug!("/mcp: {method} of {server} for no elicitation relayed: dropped");
+            return;
+        };
+        let message = json!({"jsonrpc": "2.0", "method": method, "params": params});
+        match self.pending.get(&url.call) {
+            Some(p) if p.streaming && p.session == url.session => {
+                if let ReplyTo::Http { conn, .. } = p.reply {
+                    cx.emit(Output::Push {
+                        conn,
+                        bytes: sse_message(&message),
+                    });
+                }
+            }
+            _ => {
+                if let Some(s) = self.sessions.get_mut(&url.session) {
+                    let bytes = s.record(&message);
+                    if let Some(conn) = s.stream {
+                        cx.emit(Output::Push { conn, bytes });
+                    }
+                }
+            }
+        }
+    }
+
     /// Call `tag` ended (`p`): the requests relayed on its stream are answered to the server
     /// with an error, and the client, when the call's answer is a stream, is told with
     /// `notifications/cancelled` before the call's own end.
@@ -407,6 +472,14 @@ impl crate::room::Serve for Gateway {
                 calls,
                 others,
             } => self.relay(cx, &server, &method, params, &calls, others, reply),
+            GatewayRequest::Notify {
+                server,
+                method,
+                params,
+            } => {
+                self.notify(cx, &server, &method, params);
+                cx.reply(reply, Ok(Value::Null));
+            }
         }
     }
 }

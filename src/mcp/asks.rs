@@ -20,6 +20,13 @@ pub const MAX_ASKS: usize = 16;
 /// The methods relayed to a `/mcp` client (`roots/list` is not: see [`relayed`]).
 pub const RELAYED: [&str; 2] = ["sampling/createMessage", "elicitation/create"];
 
+/// The server's notification that a URL-mode elicitation it asked for is complete: passed to
+/// the client that was asked (the gateway knows which), like the request.
+pub const ELICITATION_COMPLETE: &str = "notifications/elicitation/complete";
+
+/// Longest `elicitationId` passed on.
+pub const ELICITATION_ID_MAX: usize = 256;
+
 /// JSON-RPC code of the errors the daemon answers a relayed request with when no client
 /// answers it (no client to ask, the call ended, bounds): the code the SDK clients use for a
 /// request they do not support.
@@ -168,6 +175,9 @@ impl Relays {
     pub fn take(&mut self, tag: u64) -> Option<(String, u64)> {
         self.tags.remove(&tag)
     }
+
+    /// The tag of relayed notifications (their acknowledgement is not waited for).
+    pub const NOTE_TAG: u64 = Self::FIRST_TAG;
 }
 
 #[cfg(test)]

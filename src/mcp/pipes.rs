@@ -155,6 +155,18 @@ impl Mcp {
                         request: Box::new(crate::api::Request::Gateway(request)),
                     }));
                 }
+                Effect::Notify { method, params } => {
+                    let request = crate::api::GatewayRequest::Notify {
+                        server: id.to_string(),
+                        method,
+                        params,
+                    };
+                    out.push(Output::Effect(crate::room::Effect::Request {
+                        from: <Mcp as crate::room::Room>::NAME,
+                        tag: super::asks::Relays::NOTE_TAG,
+                        request: Box::new(crate::api::Request::Gateway(request)),
+                    }));
+                }
                 Effect::EndRun(reason) => self.kill_run(id, reason),
                 Effect::Misbehaved(reason) => {
                     // A run already ending is not killed twice.
@@ -174,6 +186,9 @@ impl Mcp {
         tag: u64,
         answer: Answer,
     ) {
+        if tag == super::asks::Relays::NOTE_TAG {
+            return;
+        }
         let Some((id, ask)) = self.relays.take(tag) else {
             log::debug!("an answer for relayed request {tag}, which nobody waits for");
             return;

@@ -166,6 +166,14 @@ pub enum Effect<R, T> {
     EndRun(String),
     /// End the run: the server broke the daemon's bounds (counts as a failed start).
     Misbehaved(String),
+    /// Pass the server's notification about a relayed request to the client that was asked
+    /// (`notifications/elicitation/complete`).
+    Notify {
+        /// Its method.
+        method: String,
+        /// Its params.
+        params: Value,
+    },
     /// Relay the server's request to its client (see [`asks`]): answer it with
     /// [`Session::answer_ask`]`(ask, ...)`.
     Ask {
@@ -593,6 +601,15 @@ impl<R: Copy, T: Copy> Session<R, T> {
                     )
                 };
                 out.push(Effect::Send(answer));
+            }
+            Message::Notification { method, params }
+                if self.asks_declared
+                    && method == asks::ELICITATION_COMPLETE
+                    && params["elicitationId"]
+                        .as_str()
+                        .is_some_and(|e| e.len() <= asks::ELICITATION_ID_MAX) =>
+            {
+                out.push(Effect::Notify { method, params })
             }
             Message::Notification { method, params } => match method.as_str() {
                 "notifications/tools/list_changed" => self.on_list_changed(cx, out),
@@ -2735,5 +2752,28 @@ mod tests {
             json!({"elicitation": {}})
         );
         assert_eq!(params["_meta"]["progressToken"], "p");
+    }
+
+    #[test]
+    fn an_elicitation_complete_notification_goes_to_the_gateway_only_when_offered() {
+        let (mut s, now) = active("2025-11-25");
+        let note = b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/elicitation/complete\",\"params\":{\"elicitationId\":\"e1\"}}\n";
+        let e = feed(&mut s, note, Status::Active, now);
+        assert!(
+            matches!(&e[..], [Effect::Notify { method, params }] if method == asks::ELICITATION_COMPLETE && params["elicitationId"] == "e1"),
+            "{e:?}"
+        );
+        // Without an id, or with one too long: not passed on.
+        let bad = format!(
+            "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/elicitation/complete\",\"params\":{{\"elicitationId\":\"{}\"}}}}\n",
+            "x".repeat(asks::ELICITATION_ID_MAX + 1)
+        );
+        assert!(feed(&mut s, bad.as_bytes(), Status::Active, now).is_empty());
+        // A run that offered no client capabilities passes nothing on.
+        let mut s = S::new("t");
+        s.client_requests = false;
+        s.skip_probe = true;
+        s.begin_run(now, PROBE_TIMEOUT);
+        assert!(feed(&mut s, note, Status::Active, now).is_empty());
     }
 }

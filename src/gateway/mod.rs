@@ -24,7 +24,10 @@
 //! over the daemon's life, since clients share servers); a client's
 //! `notifications/cancelled`, its POST's connection closing before the answer, and the end
 //! of its session cancel the call at the server (the MCP room sends
-//! `notifications/cancelled` with the id it used) and no response is sent for it.
+//! `notifications/cancelled` with the id it used) and no response is sent for it. A server's
+//! `sampling/createMessage` or `elicitation/create` during a call goes to the client on that
+//! call's stream and its POSTed response back to the server (`gateway.client_requests`, see
+//! [`ask`]).
 //!
 //! Invariants: sessions are at most `gateway.max_sessions` (an `initialize` beyond is refused,
 //! never evicts a live client) and a session without requests and without an open stream

@@ -642,4 +642,267 @@ mod tests {
         assert_eq!(odd, Declared::default());
         assert_eq!(Declared::from_initialize(None), Declared::default());
     }
+
+    /// The loop as the gateway sees it (no jobs).
+    struct Loop {
+        wheel: crate::reactor::timer::TimerWheel<super::super::Timer>,
+    }
+
+    impl crate::room::Wiring<super::super::Timer, super::super::Job> for Loop {
+        fn timers(&mut self) -> &mut dyn crate::reactor::Timers<super::super::Timer> {
+            &mut self.wheel
+        }
+        #[allow(unreachable_code)]
+        fn submit(
+            &mut self,
+            _timeout: std::time::Duration,
+            _work: Box<dyn FnOnce() -> super::super::Job + Send>,
+            fail: Box<dyn FnOnce(&str) -> super::super::Job>,
+        ) -> Result<(), super::super::Job> {
+            match fail("no worker") {}
+        }
+    }
+
+    /// Runs `f` on `g` with a context; what it said.
+    fn with(
+        g: &mut Gateway,
+        f: impl FnOnce(&mut Gateway, &mut RoomCx<'_, Gateway>),
+    ) -> Vec<Output> {
+        let poll = mio::Poll::new().expect("poll");
+        let stats = crate::reactor::LoopStats::default();
+        let mut wiring = Loop {
+            wheel: crate::reactor::timer::TimerWheel::new(Instant::now()),
+        };
+        let mut out = Vec::new();
+        let mut cx = RoomCx::new(poll.registry(), &stats, &mut wiring, &mut out);
+        f(g, &mut cx);
+        out
+    }
+
+    /// The JSON-RPC messages pushed on streams, and the answers given to the MCP room.
+    fn said(out: Vec<Output>) -> (Vec<Value>, Vec<(u64, Answer)>) {
+        let mut pushed = Vec::new();
+        let mut answers = Vec::new();
+        for o in out {
+            match o {
+                Output::Push { bytes, .. } => {
+                    let text = String::from_utf8_lossy(&bytes).to_string();
+                    for data in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+                        pushed.push(serde_json::from_str(data).expect("JSON"));
+                    }
+                }
+                Output::Effect(crate::room::Effect::Reply(ReplyTo::Room { tag, .. }, a)) => {
+                    answers.push((tag, a))
+                }
+                _ => {}
+            }
+        }
+        (pushed, answers)
+    }
+
+    fn ask(server: &str, method: &str, params: Value, calls: &[String]) -> GatewayRequest {
+        GatewayRequest::Ask {
+            server: server.into(),
+            method: method.into(),
+            params,
+            calls: calls.to_vec(),
+            others: false,
+        }
+    }
+
+    #[test]
+    fn a_relayed_request_is_answered_once_by_its_session_or_by_its_calls_end() {
+        use crate::room::Serve;
+        let mut g = gateway();
+        let c4 = call(&mut g, 4, "a", true);
+        let mcp = |tag| ReplyTo::Room { room: "mcp", tag };
+        // Relayed: the call's answer becomes a stream carrying the request under a minted id.
+        let out = with(&mut g, |g, cx| {
+            let r = ask(
+                "srv",
+                "elicitation/create",
+                json!({"message": "m"}),
+                std::slice::from_ref(&c4),
+            );
+            g.handle(cx, r, mcp(100));
+        });
+        assert!(out.iter().any(|o| matches!(o, Output::Stream { .. })));
+        let (pushed, answers) = said(out);
+        assert!(answers.is_empty());
+        let id = pushed[0]["id"].as_u64().expect("a minted number");
+        assert_eq!(pushed[0]["method"], "elicitation/create");
+        assert!(g.pending.get(&4).is_some_and(|p| p.streaming));
+        // Session b's answer with that id is not taken; a's is, once.
+        let answer = |id: u64| {
+            json!({"jsonrpc": "2.0", "id": id, "result": {"action": "decline"}})
+                .as_object()
+                .cloned()
+                .expect("object")
+        };
+        let out = with(&mut g, |g, cx| g.client_answered(cx, "b", &answer(id)));
+        assert!(said(out).1.is_empty());
+        let out = with(&mut g, |g, cx| g.client_answered(cx, "a", &answer(id)));
+        match &said(out).1[..] {
+            [(100, Ok(v))] => assert_eq!(v["action"], "decline"),
+            other => panic!("{other:?}"),
+        }
+        let out = with(&mut g, |g, cx| g.client_answered(cx, "a", &answer(id)));
+        assert!(said(out).1.is_empty(), "answered once");
+        // A client's error keeps its code.
+        let out = with(&mut g, |g, cx| {
+            g.handle(
+                cx,
+                ask(
+                    "srv",
+                    "sampling/createMessage",
+                    json!({}),
+                    std::slice::from_ref(&c4),
+                ),
+                mcp(101),
+            );
+        });
+        let id = said(out).0[0]["id"].as_u64().expect("id");
+        let error = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -1, "message": "no"}});
+        let out = with(&mut g, |g, cx| {
+            g.client_answered(cx, "a", error.as_object().expect("object"))
+        });
+        match &said(out).1[..] {
+            [(101, Err(e))] => {
+                assert_eq!(e.message, "no");
+                assert_eq!(e.data.as_ref().map(|d| d["code"].clone()), Some(json!(-1)));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Unanswered when the call ends: the server hears so, the client gets cancelled.
+        let out = with(&mut g, |g, cx| {
+            g.handle(
+                cx,
+                ask(
+                    "srv",
+                    "sampling/createMessage",
+                    json!({}),
+                    std::slice::from_ref(&c4),
+                ),
+                mcp(102),
+            );
+        });
+        let id = said(out).0[0]["id"].clone();
+        let out = with(&mut g, |g, cx| {
+            g.cancel(cx, 4, "the client cancelled it", None)
+        });
+        let (pushed, answers) = said(out);
+        match &answers[..] {
+            [(102, Err(e))] => assert_eq!(
+                e.data.as_ref().map(|d| d["code"].clone()),
+                Some(json!(REFUSED))
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            pushed.iter().any(|m| m["method"] == "notifications/cancelled" && m["params"]["requestId"] == id),
+            "{pushed:?}"
+        );
+        assert!(g.asks.waiting.is_empty());
+        // A refusal is an answer at once.
+        let out = with(&mut g, |g, cx| {
+            g.handle(
+                cx,
+                ask(
+                    "srv",
+                    "sampling/createMessage",
+                    json!({}),
+                    &["srv:1".into()],
+                ),
+                mcp(103),
+            );
+        });
+        assert!(matches!(&said(out).1[..], [(103, Err(_))]));
+    }
+
+    #[test]
+    fn a_url_elicitations_completion_goes_to_the_session_that_was_asked() {
+        use crate::room::Serve;
+        let mut g = gateway();
+        if let Some(s) = g.sessions.get_mut("a") {
+            s.declared = declared(json!({"elicitation": {"url": {}}}));
+        }
+        let c4 = call(&mut g, 4, "a", true);
+        let url = json!({"mode": "url", "message": "m", "url": "https://example.org/x", "elicitationId": "e1"});
+        with(&mut g, |g, cx| {
+            g.handle(
+                cx,
+                ask("srv", "elicitation/create", url, std::slice::from_ref(&c4)),
+                ReplyTo::Room {
+                    room: "mcp",
+                    tag: 1,
+                },
+            );
+        });
+        let done = |id: &str| GatewayRequest::Notify {
+            server: "srv".into(),
+            method: "notifications/elicitation/complete".into(),
+            params: json!({"elicitationId": id}),
+        };
+        // While the call is in flight: on its stream.
+        let out = with(&mut g, |g, cx| {
+            g.handle(
+                cx,
+                done("e1"),
+                ReplyTo::Room {
+                    room: "mcp",
+                    tag: 2,
+                },
+            )
+        });
+        let (pushed, answers) = said(out);
+        assert_eq!(pushed[0]["params"]["elicitationId"], "e1");
+        assert!(matches!(&answers[..], [(2, Ok(Value::Null))]));
+        // Once only, and an unknown one goes nowhere.
+        let out = with(&mut g, |g, cx| {
+            g.handle(
+                cx,
+                done("e1"),
+                ReplyTo::Room {
+                    room: "mcp",
+                    tag: 3,
+                },
+            )
+        });
+        assert!(said(out).0.is_empty());
+        // After the call: on the session's GET stream, kept for replay.
+        let url = json!({"mode": "url", "message": "m", "url": "https://example.org/x", "elicitationId": "e2"});
+        with(&mut g, |g, cx| {
+            g.handle(
+                cx,
+                ask("srv", "elicitation/create", url, std::slice::from_ref(&c4)),
+                ReplyTo::Room {
+                    room: "mcp",
+                    tag: 4,
+                },
+            );
+        });
+        with(&mut g, |g, cx| g.cancel(cx, 4, "done", None));
+        let stream = ConnId {
+            slot: 77,
+            generation: 0,
+        };
+        if let Some(s) = g.sessions.get_mut("a") {
+            s.stream = Some(stream);
+        }
+        let out = with(&mut g, |g, cx| {
+            g.handle(
+                cx,
+                done("e2"),
+                ReplyTo::Room {
+                    room: "mcp",
+                    tag: 5,
+                },
+            )
+        });
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, Output::Push { conn, .. } if *conn == stream)));
+        assert_eq!(said(out).0[0]["params"]["elicitationId"], "e2");
+        assert_eq!(g.sessions.get("a").map(|s| s.replay.len()), Some(1));
+    }
 }

@@ -8,9 +8,9 @@
 //! Routing: stdio names no related request, so the MCP room sends the progress tokens of
 //! every tool call in flight on the server. The request is relayed only when all of them are
 //! `/mcp` calls of one session (and no `resources/read` or `prompts/get` is in flight there):
-//! then it goes on the stream of that session's oldest call. A call from the REST API, CLI
-//! or WebSocket, or calls of several sessions, make the asker unknowable: the server gets a
-//! JSON-RPC error at once, never a wait. So does a request the client did not declare
+//! then it goes on the stream of that session's oldest call that accepts an event stream. A
+//! call from the REST API, CLI or WebSocket, or calls of several sessions, make the asker
+//! unknowable: the server gets a JSON-RPC error at once, never a wait. So does a request the client did not declare
 //! the capability for (`sampling`, `sampling.tools` for a request with tools, `elicitation`
 //! form or url mode), and one beyond the bounds.
 //!
@@ -264,7 +264,13 @@ impl Gateway {
                 ))
             }
         };
-        let Some(&tag) = ours.iter().min() else {
+        // The oldest call whose answer can become a stream carries it.
+        let streamable = ours
+            .iter()
+            .copied()
+            .filter(|t| self.pending.get(t).is_some_and(|p| p.sse))
+            .min();
+        let Some(tag) = streamable.or_else(|| ours.iter().copied().min()) else {
             return Err(format!("no /mcp tool call is in flight on '{server}'"));
         };
         let Some(p) = self.pending.get(&tag) else {
@@ -557,8 +563,11 @@ mod tests {
         assert!(why.contains("no /mcp tool call"), "{why}");
         // A call that does not accept SSE cannot carry it.
         let c11 = call(&mut g, 11, "b", false);
-        let why = route(&g, &[c11], false).expect_err("no SSE");
+        let why = route(&g, std::slice::from_ref(&c11), false).expect_err("no SSE");
         assert!(why.contains("text/event-stream"), "{why}");
+        // ... unless a later call of the session does.
+        let c12 = call(&mut g, 12, "b", true);
+        assert_eq!(route(&g, &[c11, c12], false), Ok(12));
         // What the client did not declare is not sent.
         let why = g
             .route(

@@ -38,6 +38,38 @@ pub enum Request {
     Vsm(VsmRequest),
     /// The reflection room ("consciousness").
     Reflect(ReflectRequest),
+    /// The `/mcp` gateway (internal: the MCP room's relayed server requests; no ops row).
+    Gateway(GatewayRequest),
+}
+
+/// What the `/mcp` gateway serves (internal, asked by the MCP room only).
+#[derive(Debug, Clone, PartialEq)]
+pub enum GatewayRequest {
+    /// A server's request to its client (`sampling/createMessage`, `elicitation/create`),
+    /// made while calls were in flight on it: relayed to the `/mcp` client whose call it is,
+    /// answered with the client's result (`Ok`) or a JSON-RPC error (`Err`, its `data.code`).
+    Ask {
+        /// Server id.
+        server: String,
+        /// The request's method.
+        method: String,
+        /// Its params, as the server sent them.
+        params: Value,
+        /// The progress tokens of the server's tool calls in flight (one is `/mcp`'s).
+        calls: Vec<String>,
+        /// Whether other requests (`resources/read`, `prompts/get`) were in flight too.
+        others: bool,
+    },
+    /// A server's notification about a request relayed before
+    /// (`notifications/elicitation/complete`): to the client that was asked, if known.
+    Notify {
+        /// Server id.
+        server: String,
+        /// The notification's method.
+        method: String,
+        /// Its params.
+        params: Value,
+    },
 }
 
 /// What the variety room serves.
@@ -375,6 +407,10 @@ pub enum McpRequest {
         /// flight; `None`: `SERVER:RPC`). Its progress events carry it, so a caller that set
         /// it can tell its call's progress apart (`/mcp` does).
         progress_token: Option<String>,
+        /// A 2026-07-28 `/mcp` client's call (a retry after `input_required`): its
+        /// `inputResponses`, `requestState` and `clientCapabilities`, passed to a modern
+        /// server. `None` for every other caller.
+        input: Option<Value>,
     },
     /// Cancel a call in flight, named by its progress token: the server gets
     /// `notifications/cancelled` with the request id the daemon used, the call's caller an

@@ -381,6 +381,9 @@ section! {
         pub daemon_tools: Vec<String> = strings(GATEWAY_DAEMON_TOOLS_DEFAULT),
         /// Open `/mcp` event streams get a keep-alive comment this often (milliseconds).
         pub keepalive_ms: u64 = 15_000,
+        /// Relay servers' sampling and elicitation requests to the `/mcp` client whose call
+        /// caused them (servers are offered these client capabilities at their next start).
+        pub client_requests: bool = true,
     }
 }
 
@@ -642,6 +645,7 @@ pub const KEYS: &[KeyInfo] = &[
     live("gateway.session_idle_ms", "a /mcp session without requests (and without an open GET stream) for this many milliseconds ends", range(1000.0, 86_400_000.0)),
     live("gateway.daemon_tools", "the daemon's own tools offered on /mcp as vsm__TOOL (acquire records a required capability, a change of state: add it only for clients you trust; discover asks the discovery sources, which may be registries outside the host)", Constraint::StringList { allowed: Some(GATEWAY_DAEMON_TOOLS), max_items: GATEWAY_DAEMON_TOOLS.len(), max_item_bytes: 32 }),
     live("gateway.keepalive_ms", "open /mcp event streams (the GET stream, a POST answered as a stream) get a ': keep-alive' comment this often, in milliseconds, so that proxies do not cut them while idle", range(1000.0, 3_600_000.0)),
+    live("gateway.client_requests", "relay an MCP server's sampling/createMessage and elicitation/create to the /mcp client whose tools/call is in flight on that server (on that call's event stream; the client's answer goes back to the server); servers started while it is on are offered the sampling and elicitation (form, url) client capabilities, and a server started while it is off is offered none; off, or when no single /mcp session has a call in flight on the server (a REST, CLI or WebSocket call; calls of several sessions), the server gets a JSON-RPC error at once", Constraint::Bool),
     live("variety.required", "capabilities the daemon must have: names (\"time\") or tables {capability = \"memory\", weight = 2, severity = \"high\"}; weight above 0 (default 1), severity low, medium (default), high or critical; at most 256, unique", Constraint::RequiredCapabilities),
     live("variety.rules", "keyword rules added to the built-in ones ([[variety.rules]] capability = \"time\", keywords = [\"timezone\"]): a tool whose name or description holds a keyword's words provides the capability; at most 128 rules of 1 to 64 keywords", Constraint::KeywordRules),
     live("variety.auto_acquire", "when a required capability has no provider (a variety_gap_detected event), discover candidates for it and acquire the best-ranked one by itself, one at a time, trying the next-ranked when one fails; decisions record requested_by = auto", Constraint::Bool),

@@ -2,9 +2,10 @@
 //! fallback to `initialize` for legacy servers (also one that never answers an unknown
 //! method), a 2026-07-28 server (the fixture's `--modern` mode, and mcp-server-time, which
 //! speaks it) served statelessly with `_meta` on every request, health without `ping`, list
-//! changes over `subscriptions/listen`, `input_required` answered as a clear error. On `/mcp`:
-//! the 2026-07-28 rules (stateless requests, headers against the body, each error code,
-//! `server/discover`, `subscriptions/listen`) with raw HTTP and with the official Python SDK
+//! changes over `subscriptions/listen`, `input_required` answered as a clear error to a REST
+//! caller. On `/mcp`: the 2026-07-28 rules (stateless requests, headers against the body, each
+//! error code, `server/discover`, `subscriptions/listen`, `input_required` passed through and
+//! the retry's input responses back) with raw HTTP and with the official Python SDK
 //! client in its 2026-07-28 mode, while a 2025-11-25 session keeps working beside them.
 
 use crate::util::*;
@@ -417,7 +418,8 @@ fn mcp_speaks_2026_07_28_statelessly_and_refuses_with_each_code() {
         assert_eq!(v["result"]["resultType"], "complete", "{v}");
         assert_eq!(v["id"], 3);
     }
-    // input_required from the server reaches the client as a tool error saying so.
+    // input_required from the server is this client's to answer: it gets the server's
+    // input requests and request state, and its retry with the responses reaches the server.
     let body = call(4, "fx__ask", json!({}));
     let (status, _, v) = post(
         &d,
@@ -425,12 +427,23 @@ fn mcp_speaks_2026_07_28_statelessly_and_refuses_with_each_code() {
         &body,
     );
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v["result"]["isError"], true, "{v}");
-    let text = v["result"]["content"][0]["text"].as_str().unwrap_or("");
-    assert!(
-        text.contains("input_required") && text.contains("What is your name?"),
-        "{v}"
+    assert_eq!(v["result"]["resultType"], "input_required", "{v}");
+    let asked = &v["result"]["inputRequests"]["name"];
+    assert_eq!(asked["method"], "elicitation/create", "{v}");
+    assert_eq!(asked["params"]["message"], "What is your name?", "{v}");
+    assert_eq!(v["result"]["requestState"], "ask-1", "{v}");
+    let mut retry: Value = serde_json::from_str(&call(5, "fx__ask", json!({}))).expect("JSON");
+    retry["params"]["requestState"] = json!("ask-1");
+    retry["params"]["inputResponses"] =
+        json!({"name": {"action": "accept", "content": {"name": "Ada"}}});
+    let (status, _, v) = post(
+        &d,
+        &modern_headers(b, MODERN, "tools/call", Some("fx__ask")),
+        &retry.to_string(),
     );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["content"][0]["text"], "hello Ada", "{v}");
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
 
     // The refusals, each with its status and code.
     let echo = call(5, "fx__echo", json!({"message": "x"}));

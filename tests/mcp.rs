@@ -472,10 +472,18 @@ fn server_to_client_requests_get_ping_answered_and_the_rest_refused() {
     let s1 = by_id("s1");
     assert_eq!(s1["result"], json!({}), "ping: {s1}");
     assert!(s1.get("error").is_none(), "{s1}");
-    for id in ["s2", "s3", "s4"] {
+    // roots/list is not offered; sampling and elicitation are relayed only to the /mcp client
+    // of a tool call in flight (gateway.client_requests), and none is: refused at once.
+    let s2 = by_id("s2");
+    assert_eq!(s2["error"]["code"], -32601, "{s2}");
+    for id in ["s3", "s4"] {
         let r = by_id(id);
-        assert_eq!(r["error"]["code"], -32601, "{id}: {r}");
-        assert!(r.get("result").is_none(), "{r}");
+        assert_eq!(r["error"]["code"], -32600, "{id}: {r}");
+        let why = r["error"]["message"].as_str().unwrap_or_default();
+        assert!(why.contains("no tool call is in flight"), "{id}: {r}");
+    }
+    for r in &responses {
+        assert!(r.get("result").is_none() || r["id"] == "s1", "{r}");
     }
     assert_eq!(responses.len(), 4, "one answer each: {responses:?}");
 }

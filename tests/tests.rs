@@ -4,6 +4,7 @@
 mod acquire;
 mod alerts;
 mod api;
+mod ask;
 mod autonomy;
 mod checks;
 mod container;

@@ -343,7 +343,7 @@ rooms! {
     /// Alerts and the built-in performance and health cycles.
     Alerts(alerts: Alerts) => alerts_outputs [serve serve_alerts],
     /// The `/mcp` endpoint.
-    Gateway(gateway: crate::gateway::Gateway) => gateway_outputs [follows servers],
+    Gateway(gateway: crate::gateway::Gateway) => gateway_outputs [serve] [follows servers],
     /// Discovery of MCP servers to install.
     Discovery(discovery: crate::discovery::Discovery) => deliver_effects [serve],
     /// Variety: required capabilities against what the servers provide.

@@ -24,7 +24,10 @@
 //! over the daemon's life, since clients share servers); a client's
 //! `notifications/cancelled`, its POST's connection closing before the answer, and the end
 //! of its session cancel the call at the server (the MCP room sends
-//! `notifications/cancelled` with the id it used) and no response is sent for it.
+//! `notifications/cancelled` with the id it used) and no response is sent for it. A server's
+//! `sampling/createMessage` or `elicitation/create` during a call goes to the client on that
+//! call's stream and its POSTed response back to the server (`gateway.client_requests`, see
+//! [`ask`]).
 //!
 //! Invariants: sessions are at most `gateway.max_sessions` (an `initialize` beyond is refused,
 //! never evicts a live client) and a session without requests and without an open stream
@@ -36,6 +39,7 @@
 //! [`REPLAY_BYTES`] bytes per session; progress goes out at most once per
 //! [`PROGRESS_INTERVAL`] per call.
 
+pub mod ask;
 pub mod catalog;
 pub mod modern;
 pub mod ops;
@@ -161,6 +165,8 @@ struct Session {
     replay: VecDeque<(u64, Vec<u8>)>,
     /// Bytes in `replay`.
     replay_bytes: usize,
+    /// The client capabilities relaying looks at (see [`ask`]).
+    declared: ask::Declared,
 }
 
 impl Session {
@@ -173,6 +179,7 @@ impl Session {
             next_event: 1,
             replay: VecDeque::new(),
             replay_bytes: 0,
+            declared: ask::Declared::default(),
         }
     }
 
@@ -238,6 +245,8 @@ struct Pending {
     streaming: bool,
     /// Whether it came as a 2026-07-28 request (the result says `resultType`).
     modern: bool,
+    /// Whether its client accepts an SSE answer (server requests can go on it).
+    sse: bool,
 }
 
 /// What a forwarded request's answer will need, besides the request it answers.
@@ -249,6 +258,8 @@ struct Waiting {
     /// tools and for `resources/read` / `prompts/get`, which the MCP room's deadline ends.
     server: Option<String>,
     progress: Option<Value>,
+    /// Whether the client accepts an SSE answer.
+    sse: bool,
 }
 
 /// A server as the gateway last heard of it: id, status, and (when it serves) the tools the
@@ -283,6 +294,8 @@ pub struct Gateway {
     keepalive: bool,
     /// Open `subscriptions/listen` streams (2026-07-28, see [`modern`]).
     listeners: Vec<modern::Listener>,
+    /// Servers' requests relayed to clients, waiting for their responses (see [`ask`]).
+    asks: ask::Asks,
 }
 
 /// Why a message is refused before it is handled: HTTP status, JSON-RPC code, message.
@@ -303,6 +316,7 @@ impl Gateway {
             next_tag: 1,
             keepalive: false,
             listeners: Vec::new(),
+            asks: ask::Asks::default(),
         }
     }
 
@@ -350,6 +364,7 @@ impl Gateway {
         let Some(p) = self.take_pending(tag) else {
             return;
         };
+        self.end_asks(cx, tag, &p);
         log::debug!("/mcp call {tag} cancelled: {reason}");
         if let Some(server) = p.server {
             let ask = self.next_tag;
@@ -649,9 +664,10 @@ impl Gateway {
         let id = map.get("id").cloned();
         let Some(method) = map.get("method").and_then(Value::as_str) else {
             if map.contains_key("result") || map.contains_key("error") {
-                // A client's answer to a server request: we send none, so it is noted only.
-                if let Err(r) = self.session_of(request, now) {
-                    return refuse(cx, reply, r);
+                // A client's answer to a server request relayed to it (see `ask`).
+                match self.session_of(request, now) {
+                    Err(r) => return refuse(cx, reply, r),
+                    Ok(session) => self.client_answered(cx, &session, map),
                 }
                 return accepted(cx, reply);
             }
@@ -750,8 +766,9 @@ impl Gateway {
             return cx.emit(Output::Http { reply, response });
         }
         let session: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        self.sessions
-            .insert(session.clone(), Session::new(version, now));
+        let mut opened = Session::new(version, now);
+        opened.declared = ask::Declared::from_initialize(params);
+        self.sessions.insert(session.clone(), opened);
         log::debug!("/mcp session {session} opened ({version})");
         let result = json!({
             "protocolVersion": version,
@@ -891,6 +908,7 @@ impl Gateway {
                     arguments,
                     timeout_ms: None,
                     progress_token: Some(format!("{TOKEN_PREFIX}{tag}")),
+                    input: ask::modern_input(params),
                 }),
                 Forwarded::Tool,
                 Some(server.clone()),
@@ -920,6 +938,7 @@ impl Gateway {
             session: call.session,
             server,
             progress,
+            sse: call.sse,
         };
         self.forward(cx, tag, (reply, id), request, waiting);
     }
@@ -963,6 +982,7 @@ impl Gateway {
             progress_sent: None,
             streaming: false,
             modern: false,
+            sse: w.sse,
         };
         self.pending.insert(tag, pending);
         cx.ask(tag, request);
@@ -987,6 +1007,7 @@ impl Gateway {
             session,
             server: None,
             progress: None,
+            sse: false,
         };
         self.forward(cx, tag, (reply, id), request, waiting);
     }
@@ -1303,6 +1324,7 @@ impl Room for Gateway {
             log::debug!("/mcp: an answer for {tag}, which nobody waits for");
             return;
         };
+        self.end_asks(cx, tag, &p);
         // A 2026-07-28 request's result says its `resultType`.
         let modern = p.modern;
         let result = |r: Value| {
@@ -1311,7 +1333,10 @@ impl Room for Gateway {
         };
         let message = match p.what {
             Forwarded::Own => result(own_result(answer)),
-            Forwarded::Tool => result(tool_result(answer)),
+            Forwarded::Tool => match ask::input_required(modern, answer) {
+                Ok(asked) => result(asked),
+                Err(answer) => result(tool_result(answer)),
+            },
             Forwarded::Request => match answer {
                 Ok(mut v) => result(v["result"].take()),
                 Err(e) => {

@@ -27,7 +27,7 @@ pub const OPS: &[Op] = &[
     mcp_endpoint(
         "POST",
         "mcpPost",
-        "MCP Streamable HTTP: one JSON-RPC message (initialize, ping, tools/list, tools/call, notifications)",
+        "MCP Streamable HTTP: one JSON-RPC message (initialize, ping, tools/list, tools/call, notifications, a response to a server's request relayed on a call's stream)",
     ),
     mcp_endpoint(
         "GET",

@@ -360,6 +360,7 @@ impl Mcp {
                     Instant::now(),
                 );
                 let probe = (init_timeout / 2).min(session::PROBE_TIMEOUT);
+                server.session.client_requests = self.relays.enabled;
                 let init = server.session.begin_run(Instant::now(), probe);
                 arm(
                     cx,

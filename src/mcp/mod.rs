@@ -14,6 +14,7 @@
 //! handshake data in [`server`]); breaking a bound ends the run as misbehaviour, which the
 //! [`supervisor`] counts as a failed start. The session ends with the child's stdout.
 
+mod asks;
 pub mod jsonrpc;
 mod lifecycle;
 pub mod ops;
@@ -242,8 +243,11 @@ impl crate::room::Room for Mcp {
         );
     }
 
-    /// The only requests the room asks are its `servers.json` writes.
+    /// The room asks for its `servers.json` writes and relays servers' requests to `/mcp`.
     fn on_answer(&mut self, cx: &mut crate::room::RoomCx<'_, Self>, tag: u64, answer: Answer) {
+        if tag >= asks::Relays::FIRST_TAG {
+            return self.relay_answered(cx, tag, answer);
+        }
         self.registry_written(cx, tag, answer);
     }
 
@@ -255,6 +259,10 @@ impl crate::room::Room for Mcp {
         self.settings.config = config.mcp_servers.clone();
         self.settings.sandbox_enabled = config.security.sandbox_enabled;
         self.settings.policy = crate::variety::policy::Policy::new(config);
+        self.relays.enabled = config.gateway.client_requests;
+        for server in self.servers.values_mut() {
+            server.session.client_requests = config.gateway.client_requests;
+        }
         if self.settings.servers != config.servers {
             let (mut lcx, out) = cx.split();
             self.sync_config_servers(&mut lcx, &config.servers, out);
@@ -317,6 +325,7 @@ impl crate::room::Serve for Mcp {
                 arguments,
                 timeout_ms,
                 progress_token,
+                input,
             } => {
                 let refused = self.refused_tool(&id, &name);
                 if refused.is_empty() {
@@ -326,6 +335,7 @@ impl crate::room::Serve for Mcp {
                         &id,
                         &name,
                         arguments,
+                        input,
                         timeout_ms,
                         progress_token,
                         reply,
@@ -429,6 +439,8 @@ pub struct Mcp {
     trials: trial::Trials,
     /// When the last discovery run ended (for the status' `last_discovery`).
     last_discovery: Option<String>,
+    /// Servers' requests relayed to `/mcp` clients, waiting for the gateway's answer.
+    relays: asks::Relays,
 }
 
 /// The pipe tokens of server slot `slot` (a slot is below [`MAX_REGISTERED`], so its three
@@ -478,6 +490,7 @@ impl Mcp {
             registrations: registration::Registrations::default(),
             trials: trial::Trials::new(),
             last_discovery: None,
+            relays: asks::Relays::default(),
         }
     }
 

@@ -273,6 +273,7 @@ fn tool_call_request(a: Args) -> Result<Request, ApiError> {
         arguments,
         timeout_ms,
         progress_token: None,
+        input: None,
     }))
 }
 

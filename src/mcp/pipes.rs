@@ -134,6 +134,39 @@ impl Mcp {
                     }
                     server.note_error(what);
                 }
+                Effect::Ask {
+                    ask,
+                    method,
+                    params,
+                    calls,
+                    others,
+                } => {
+                    let tag = self.relays.tag(id, ask);
+                    let request = crate::api::GatewayRequest::Ask {
+                        server: id.to_string(),
+                        method,
+                        params,
+                        calls,
+                        others,
+                    };
+                    out.push(Output::Effect(crate::room::Effect::Request {
+                        from: <Mcp as crate::room::Room>::NAME,
+                        tag,
+                        request: Box::new(crate::api::Request::Gateway(request)),
+                    }));
+                }
+                Effect::Notify { method, params } => {
+                    let request = crate::api::GatewayRequest::Notify {
+                        server: id.to_string(),
+                        method,
+                        params,
+                    };
+                    out.push(Output::Effect(crate::room::Effect::Request {
+                        from: <Mcp as crate::room::Room>::NAME,
+                        tag: super::asks::Relays::NOTE_TAG,
+                        request: Box::new(crate::api::Request::Gateway(request)),
+                    }));
+                }
                 Effect::EndRun(reason) => self.kill_run(id, reason),
                 Effect::Misbehaved(reason) => {
                     // A run already ending is not killed twice.
@@ -143,6 +176,29 @@ impl Mcp {
                 }
             }
         }
+    }
+
+    /// The gateway's answer to relayed request `tag` (the client's, or its refusal): to the
+    /// server that asked, if its request still waits.
+    pub(super) fn relay_answered(
+        &mut self,
+        cx: &mut crate::room::RoomCx<'_, Mcp>,
+        tag: u64,
+        answer: Answer,
+    ) {
+        if tag == super::asks::Relays::NOTE_TAG {
+            return;
+        }
+        let Some((id, ask)) = self.relays.take(tag) else {
+            log::debug!("an answer for relayed request {tag}, which nobody waits for");
+            return;
+        };
+        let Some(server) = self.servers.get_mut(&id) else {
+            return;
+        };
+        let effects = server.session.answer_ask(ask, answer);
+        let (mut lcx, out) = cx.split();
+        self.apply(&mut lcx, &id, effects, out);
     }
 
     /// Readiness on a pipe token.
@@ -309,6 +365,7 @@ impl Mcp {
         id: &str,
         tool: &str,
         arguments: Value,
+        input: Option<Value>,
         timeout_ms: Option<u64>,
         progress_token: Option<String>,
         reply: ReplyTo,
@@ -328,6 +385,7 @@ impl Mcp {
             server.ending.as_deref(),
             tool,
             arguments,
+            input,
             progress_token,
             timeout,
             max_in_flight,

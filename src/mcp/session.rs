@@ -22,6 +22,7 @@
 //! The session is generic over the caller's reply handle `R` and the loop's timer handle
 //! `T`, so it imports neither the daemon nor the reactor.
 
+use super::asks::{self, Asks};
 use super::jsonrpc::{self, Line, Message};
 use super::server::{
     bounded_value, truncate, Status, HANDSHAKE_ITEM_MAX, MODERN_VERSIONS, PROTOCOL_VERSIONS,
@@ -165,6 +166,28 @@ pub enum Effect<R, T> {
     EndRun(String),
     /// End the run: the server broke the daemon's bounds (counts as a failed start).
     Misbehaved(String),
+    /// Pass the server's notification about a relayed request to the client that was asked
+    /// (`notifications/elicitation/complete`).
+    Notify {
+        /// Its method.
+        method: String,
+        /// Its params.
+        params: Value,
+    },
+    /// Relay the server's request to its client (see [`asks`]): answer it with
+    /// [`Session::answer_ask`]`(ask, ...)`.
+    Ask {
+        /// Its id among the server's waiting requests.
+        ask: u64,
+        /// Its method.
+        method: String,
+        /// Its params, as the server sent them.
+        params: Value,
+        /// The progress tokens of the tool calls in flight.
+        calls: Vec<String>,
+        /// Whether other requests (`resources/read`, `prompts/get`) are in flight.
+        others: bool,
+    },
 }
 
 /// What the session needs to know about its surroundings when a line arrives.
@@ -236,6 +259,13 @@ pub struct Session<R, T> {
     pub protocol_errors: u64,
     /// Tool calls answered, failed, timed out (all runs).
     pub calls: (u64, u64, u64),
+    /// Whether the next runs offer the sampling and elicitation client capabilities and
+    /// relay those requests (`gateway.client_requests`; set by the MCP room).
+    pub client_requests: bool,
+    /// Whether this run's `initialize` offered them.
+    asks_declared: bool,
+    /// The server's requests waiting for a client's answer (this run).
+    asks: Asks,
 }
 
 type Effects<R, T> = Vec<Effect<R, T>>;
@@ -318,6 +348,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
             ping: PingLatency::default(),
             protocol_errors: 0,
             calls: (0, 0, 0),
+            client_requests: true,
+            asks_declared: false,
+            asks: Asks::default(),
         }
     }
 
@@ -343,6 +376,8 @@ impl<R: Copy, T: Copy> Session<R, T> {
         self.reprobed = false;
         self.fresh_until = None;
         self.listing_ttl_ms = None;
+        self.asks.clear();
+        self.asks_declared = false;
         let mut out = Vec::new();
         if self.skip_probe {
             self.send_initialize(&mut out);
@@ -369,12 +404,13 @@ impl<R: Copy, T: Copy> Session<R, T> {
     fn send_initialize(&mut self, out: &mut Effects<R, T>) {
         let rpc = self.take_id();
         self.pending.insert(rpc, Pending::Initialize);
+        self.asks_declared = self.client_requests;
         let init = jsonrpc::request(
             rpc,
             "initialize",
             json!({
                 "protocolVersion": PROTOCOL_VERSIONS[0],
-                "capabilities": {},
+                "capabilities": client_capabilities(self.asks_declared),
                 "clientInfo": {"name": "vsm-daemon", "version": env!("CARGO_PKG_VERSION")},
             }),
         );
@@ -432,7 +468,10 @@ impl<R: Copy, T: Copy> Session<R, T> {
                     *entry = Value::Object(Default::default());
                 }
                 if let (Some(m), Value::Object(ours)) = (entry.as_object_mut(), request_meta()) {
-                    m.extend(ours);
+                    // A `/mcp` client's own capabilities for its call stay (see `retry_input`).
+                    for (k, v) in ours {
+                        m.entry(k).or_insert(v);
+                    }
                 }
             }
         }
@@ -502,6 +541,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 for m in messages {
                     self.on_message(m, cx, &mut out);
                 }
+                self.settle_asks(&mut out);
             }
             Err(e) => {
                 let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
@@ -541,6 +581,11 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 }
             }
             Message::Request {
+                id: rpc,
+                method,
+                params,
+            } if self.asks_declared && asks::relayed(&method) => self.ask(rpc, method, params, out),
+            Message::Request {
                 id: rpc, method, ..
             } => {
                 let answer = if method == "ping" {
@@ -556,6 +601,15 @@ impl<R: Copy, T: Copy> Session<R, T> {
                     )
                 };
                 out.push(Effect::Send(answer));
+            }
+            Message::Notification { method, params }
+                if self.asks_declared
+                    && method == asks::ELICITATION_COMPLETE
+                    && params["elicitationId"]
+                        .as_str()
+                        .is_some_and(|e| e.len() <= asks::ELICITATION_ID_MAX) =>
+            {
+                out.push(Effect::Notify { method, params })
             }
             Message::Notification { method, params } => match method.as_str() {
                 "notifications/tools/list_changed" => self.on_list_changed(cx, out),
@@ -1191,7 +1245,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
         })
     }
 
-    /// Forwards a tool call; its answer arrives later as an [`Effect::Reply`]. The server
+    /// Forwards a tool call; its answer arrives later as an [`Effect::Reply`]. For a modern
+    /// server, `input` (a `/mcp` client's retry after `input_required`: its `inputResponses`,
+    /// `requestState` and `clientCapabilities`) goes with it. The server
     /// gets `token` as the call's progress token (`None`: `SERVER:RPC`; a caller's own must
     /// be unique among its calls in flight). `arm` sets the call's deadline on the loop's
     /// timers (given the request id and the instant); when it passes, the loop calls
@@ -1206,6 +1262,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         ending: Option<&str>,
         tool: &str,
         arguments: Value,
+        input: Option<Value>,
         token: Option<String>,
         timeout: Duration,
         max_in_flight: usize,
@@ -1239,11 +1296,12 @@ impl<R: Copy, T: Copy> Session<R, T> {
         }
         let rpc = self.take_id();
         let token = token.unwrap_or_else(|| format!("{}:{rpc}", self.id));
-        let bytes = self.request(
-            rpc,
-            "tools/call",
-            json!({"name": tool, "arguments": arguments, "_meta": {"progressToken": token}}),
-        );
+        let mut params =
+            json!({"name": tool, "arguments": arguments, "_meta": {"progressToken": token}});
+        if self.era == Some(Era::Modern) {
+            retry_input(&mut params, input);
+        }
+        let bytes = self.request(rpc, "tools/call", params);
         let timer = arm(rpc, now + timeout);
         self.pending.insert(
             rpc,
@@ -1270,7 +1328,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
 
     /// A call's deadline passed: the caller gets a timeout, the server `notifications/cancelled`.
     pub fn on_call_deadline(&mut self, rpc: u64, now: Instant) -> Effects<R, T> {
-        self.end_call(rpc, None, now)
+        let mut out = self.end_call(rpc, None, now);
+        self.settle_asks(&mut out);
+        out
     }
 
     /// The caller of the call given progress token `token` gave up on it (`reason`): it ends
@@ -1279,7 +1339,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
     /// flight has that token (it was answered already).
     pub fn cancel(&mut self, token: &str, reason: &str, now: Instant) -> Option<Effects<R, T>> {
         let rpc = self.call_with_token(token)?;
-        Some(self.end_call(rpc, Some(reason), now))
+        let mut out = self.end_call(rpc, Some(reason), now);
+        self.settle_asks(&mut out);
+        Some(out)
     }
 
     /// Ends call `rpc` before its answer: at its deadline (`cancelled` is `None`, the deadline
@@ -1401,6 +1463,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 self.id
             );
         }
+        self.asks.clear();
         for (_, p) in self.pending.drain() {
             if let Pending::Forward {
                 reply,
@@ -1443,6 +1506,90 @@ impl<R: Copy, T: Copy> Session<R, T> {
         // A burst of calls may have grown the map: the next run starts small.
         self.pending.shrink_to_fit();
         out
+    }
+}
+
+/// Relaying a server's requests to the `/mcp` client of the call in flight (see [`asks`]).
+impl<R: Copy, T: Copy> Session<R, T> {
+    /// The server asks its client `method` (relayed): with a tool call in flight, the loop
+    /// is told to relay it ([`Effect::Ask`]); otherwise, or when relaying was turned off since
+    /// the run began, or too many wait, the server gets a JSON-RPC error at once.
+    fn ask(&mut self, rpc: Value, method: String, params: Value, out: &mut Effects<R, T>) {
+        let mut calls: Vec<(u64, String)> = self
+            .pending
+            .iter()
+            .filter_map(|(n, p)| match p {
+                Pending::Call { token, .. } => Some((*n, token.clone())),
+                _ => None,
+            })
+            .collect();
+        calls.sort_unstable();
+        let others = self
+            .pending
+            .values()
+            .any(|p| matches!(p, Pending::Forward { .. }));
+        let taken = if self.client_requests {
+            self.asks
+                .take(rpc.clone(), calls.iter().map(|(n, _)| *n).collect())
+        } else {
+            Err("relaying requests to clients is turned off (gateway.client_requests)".into())
+        };
+        match taken {
+            Ok(ask) => out.push(Effect::Ask {
+                ask,
+                method,
+                params,
+                calls: calls.into_iter().map(|(_, t)| t).collect(),
+                others,
+            }),
+            Err(why) => {
+                let method = truncate(method, 128);
+                log::debug!("MCP server {}: {method} refused: {why}", self.id);
+                out.push(Effect::Send(jsonrpc::error_response(
+                    &rpc,
+                    asks::NO_CLIENT,
+                    &format!("vsm-daemon cannot relay {method}: {why}"),
+                )));
+            }
+        }
+    }
+
+    /// The answer to relayed request `ask` (the client's result, or an error whose
+    /// `data.code` is the JSON-RPC code): to the server with its own request id, unless the
+    /// request no longer waits (its calls ended, the run ended).
+    pub fn answer_ask(&mut self, ask: u64, answer: Answer) -> Effects<R, T> {
+        self.asks
+            .answer(ask, answer)
+            .map(Effect::Send)
+            .into_iter()
+            .collect()
+    }
+
+    /// Requests waiting for a client's answer (this run).
+    pub fn asks_waiting(&self) -> usize {
+        self.asks.len()
+    }
+
+    /// Answers, with an error, the waiting requests whose tool calls have all ended.
+    fn settle_asks(&mut self, out: &mut Effects<R, T>) {
+        if self.asks.is_empty() {
+            return;
+        }
+        let pending = &self.pending;
+        let ended = self
+            .asks
+            .settle(|c| matches!(pending.get(&c), Some(Pending::Call { .. })));
+        out.extend(ended.into_iter().map(Effect::Send));
+    }
+}
+
+/// The client capabilities an `initialize` offers: sampling and elicitation (both modes)
+/// when requests are relayed to `/mcp` clients, otherwise none.
+fn client_capabilities(relayed: bool) -> Value {
+    if relayed {
+        json!({"sampling": {}, "elicitation": {"form": {}, "url": {}}})
+    } else {
+        json!({})
     }
 }
 
@@ -1501,7 +1648,26 @@ fn input_required(server: &str, tool: String, mut result: Value) -> ApiError {
         "tool": tool,
         "result_type": "input_required",
         "input_requests": requests,
+        "request_state": bounded_value(result["requestState"].take()),
     }))
+}
+
+/// A 2026-07-28 call retried after `input_required` (from a `/mcp` client): its
+/// `inputResponses` and `requestState` go into the call's params, and the client's own
+/// `clientCapabilities` into its `_meta` (a modern request carries the capabilities of the
+/// client it is for, so the server asks only what that client can answer).
+fn retry_input(params: &mut Value, input: Option<Value>) {
+    let Some(Value::Object(mut input)) = input else {
+        return;
+    };
+    for key in ["inputResponses", "requestState"] {
+        if let Some(v) = input.remove(key) {
+            params[key] = v;
+        }
+    }
+    if let Some(caps) = input.remove("clientCapabilities").filter(Value::is_object) {
+        params["_meta"][meta::CLIENT_CAPABILITIES] = caps;
+    }
 }
 
 fn first_text(result: &Value) -> String {
@@ -1748,6 +1914,7 @@ mod tests {
                 "echo",
                 json!({"m": 1}),
                 None,
+                None,
                 Duration::from_secs(5),
                 4,
                 7,
@@ -1801,6 +1968,7 @@ mod tests {
                 tool,
                 json!({}),
                 None,
+                None,
                 Duration::from_secs(1),
                 max,
                 1,
@@ -1846,6 +2014,7 @@ mod tests {
             "echo",
             json!({}),
             None,
+            None,
             Duration::from_millis(50),
             4,
             3,
@@ -1883,6 +2052,7 @@ mod tests {
                 None,
                 "echo",
                 json!({}),
+                None,
                 Some(token.to_string()),
                 Duration::from_secs(5),
                 4,
@@ -1943,8 +2113,16 @@ mod tests {
         );
         let m = sent(&e);
         assert_eq!(m[0], json!({"jsonrpc": "2.0", "id": "p", "result": {}}));
+        // Sampling is relayed only during a tool call: refused at once without one.
         assert_eq!(m[1]["id"], 9);
-        assert_eq!(m[1]["error"]["code"], -32601);
+        assert_eq!(m[1]["error"]["code"], asks::NO_CLIENT);
+        let why = m[1]["error"]["message"].as_str().unwrap_or_default();
+        assert!(why.contains("no tool call is in flight"), "{why}");
+        // roots/list is not relayed: method not found.
+        let roots = b"{\"jsonrpc\":\"2.0\",\"id\":10,\"method\":\"roots/list\"}\n";
+        let m = sent(&feed(&mut s, roots, Status::Active, now));
+        assert_eq!(m[0]["id"], 10);
+        assert_eq!(m[0]["error"]["code"], -32601);
         // Our pings: answered, missed, and the run ends at the allowed number of misses.
         let ping = sent(&s.ping_round(3, now));
         assert_eq!(ping[0]["method"], "ping");
@@ -2239,6 +2417,7 @@ mod tests {
                 "echo",
                 json!({"m": 1}),
                 None,
+                None,
                 Duration::from_secs(5),
                 4,
                 7,
@@ -2447,5 +2626,154 @@ mod tests {
             sent(&feed(&mut s, &line(other), Status::Starting, now))[0]["method"],
             "initialize"
         );
+    }
+
+    /// A call in flight on `s`: (its request id, its progress token).
+    fn call_in_flight(s: &mut S, now: Instant, token: &str) -> u64 {
+        let mut armed = None;
+        s.call(
+            Status::Active,
+            None,
+            "echo",
+            json!({}),
+            None,
+            Some(token.to_string()),
+            Duration::from_secs(5),
+            4,
+            7,
+            now,
+            |rpc, _| {
+                armed = Some(rpc);
+                99
+            },
+        )
+        .expect("call");
+        armed.expect("armed")
+    }
+
+    #[test]
+    fn a_servers_request_during_a_call_is_relayed_and_answered_once_with_its_own_id() {
+        // Offered in initialize when relaying is on, not when it is off.
+        let mut s = S::new("t");
+        let now = Instant::now();
+        s.skip_probe = true;
+        let init = sent(&s.begin_run(now, PROBE_TIMEOUT));
+        assert_eq!(
+            init[0]["params"]["capabilities"],
+            json!({"sampling": {}, "elicitation": {"form": {}, "url": {}}})
+        );
+        s.client_requests = false;
+        let init = sent(&s.begin_run(now, PROBE_TIMEOUT));
+        assert_eq!(init[0]["params"]["capabilities"], json!({}));
+
+        let (mut s, now) = active("2025-11-25");
+        let a = call_in_flight(&mut s, now, "vsm/gateway/1");
+        let b = call_in_flight(&mut s, now, "vsm/gateway/2");
+        let ask = b"{\"jsonrpc\":\"2.0\",\"id\":\"s1\",\"method\":\"sampling/createMessage\",\"params\":{\"maxTokens\":9}}\n";
+        let e = feed(&mut s, ask, Status::Active, now);
+        let first = match &e[..] {
+            [Effect::Ask {
+                ask,
+                method,
+                params,
+                calls,
+                others: false,
+            }] => {
+                assert_eq!(method, "sampling/createMessage");
+                assert_eq!(params["maxTokens"], 9);
+                assert_eq!(calls, &["vsm/gateway/1", "vsm/gateway/2"], "oldest first");
+                *ask
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(s.asks_waiting(), 1);
+        // The answer goes back with the server's id, once.
+        let m = sent(&s.answer_ask(first, Ok(json!({"role": "assistant"}))));
+        assert_eq!(
+            m[0],
+            json!({"jsonrpc": "2.0", "id": "s1", "result": {"role": "assistant"}})
+        );
+        assert!(s.answer_ask(first, Ok(json!({}))).is_empty());
+        // Another waits while call `a` or `b` is in flight: `a` answers, `b` times out, and
+        // then the server hears that nobody will answer.
+        let ask =
+            b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"elicitation/create\",\"params\":{}}\n";
+        let e = feed(&mut s, ask, Status::Active, now);
+        let second = match &e[..] {
+            [Effect::Ask { ask, .. }] => *ask,
+            other => panic!("{other:?}"),
+        };
+        let answer = format!("{{\"jsonrpc\":\"2.0\",\"id\":{a},\"result\":{{\"content\":[]}}}}\n");
+        let e = feed(&mut s, answer.as_bytes(), Status::Active, now);
+        assert!(sent(&e).is_empty(), "still tied to call b: {e:?}");
+        assert_eq!(s.asks_waiting(), 1);
+        let e = s.on_call_deadline(b, now + Duration::from_secs(5));
+        let m = sent(&e);
+        let refusal = m.iter().find(|m| m["id"] == 2).expect("answered");
+        assert_eq!(refusal["error"]["code"], asks::NO_CLIENT);
+        assert_eq!(s.asks_waiting(), 0);
+        assert!(s.answer_ask(second, Ok(json!({}))).is_empty(), "too late");
+        // Turned off while the run lasts: refused at once, not relayed.
+        call_in_flight(&mut s, now, "vsm/gateway/3");
+        s.client_requests = false;
+        let ask =
+            b"{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"elicitation/create\",\"params\":{}}\n";
+        let m = sent(&feed(&mut s, ask, Status::Active, now));
+        assert_eq!(m[0]["id"], 3);
+        let why = m[0]["error"]["message"].as_str().unwrap_or_default();
+        assert!(why.contains("gateway.client_requests"), "{why}");
+        // The run's end forgets what waits.
+        s.client_requests = true;
+        let ask =
+            b"{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"elicitation/create\",\"params\":{}}\n";
+        let e = feed(&mut s, ask, Status::Active, now);
+        let third = match &e[..] {
+            [Effect::Ask { ask, .. }] => *ask,
+            other => panic!("{other:?}"),
+        };
+        s.end_run("exited", now);
+        assert_eq!(s.asks_waiting(), 0);
+        assert!(s.answer_ask(third, Ok(json!({}))).is_empty());
+    }
+
+    #[test]
+    fn a_modern_retry_carries_the_clients_input_and_capabilities() {
+        let mut params = json!({"name": "ask", "arguments": {}, "_meta": {"progressToken": "p"}});
+        retry_input(&mut params, None);
+        assert!(params.get("inputResponses").is_none());
+        let input = json!({"inputResponses": {"name": {"action": "accept"}},
+                           "requestState": "ask-1",
+                           "clientCapabilities": {"elicitation": {}}});
+        retry_input(&mut params, Some(input));
+        assert_eq!(params["requestState"], "ask-1");
+        assert_eq!(params["inputResponses"]["name"]["action"], "accept");
+        assert_eq!(
+            params["_meta"][meta::CLIENT_CAPABILITIES],
+            json!({"elicitation": {}})
+        );
+        assert_eq!(params["_meta"]["progressToken"], "p");
+    }
+
+    #[test]
+    fn an_elicitation_complete_notification_goes_to_the_gateway_only_when_offered() {
+        let (mut s, now) = active("2025-11-25");
+        let note = b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/elicitation/complete\",\"params\":{\"elicitationId\":\"e1\"}}\n";
+        let e = feed(&mut s, note, Status::Active, now);
+        assert!(
+            matches!(&e[..], [Effect::Notify { method, params }] if method == asks::ELICITATION_COMPLETE && params["elicitationId"] == "e1"),
+            "{e:?}"
+        );
+        // Without an id, or with one too long: not passed on.
+        let bad = format!(
+            "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/elicitation/complete\",\"params\":{{\"elicitationId\":\"{}\"}}}}\n",
+            "x".repeat(asks::ELICITATION_ID_MAX + 1)
+        );
+        assert!(feed(&mut s, bad.as_bytes(), Status::Active, now).is_empty());
+        // A run that offered no client capabilities passes nothing on.
+        let mut s = S::new("t");
+        s.client_requests = false;
+        s.skip_probe = true;
+        s.begin_run(now, PROBE_TIMEOUT);
+        assert!(feed(&mut s, note, Status::Active, now).is_empty());
     }
 }

@@ -709,6 +709,7 @@ impl Vsm {
                     arguments,
                     timeout_ms,
                     progress_token: None,
+                    input: None,
                 });
                 self.ask(cx, Asked::Call(reply), request);
             }

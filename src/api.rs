@@ -404,6 +404,35 @@ pub enum McpRequest {
         /// The resource's URI, as the server gave it.
         uri: String,
     },
+    /// Set a server's log level (`logging/setLevel` forwarded, under a tool call's deadline;
+    /// refused when the server declared no `logging`). Internal (the `/mcp` gateway's; no
+    /// ops row).
+    SetLogLevel {
+        /// Server id.
+        id: String,
+        /// One of the eight level names.
+        level: &'static str,
+    },
+    /// Subscribe to a resource's updates, or end the subscription (`resources/subscribe` or
+    /// `resources/unsubscribe` forwarded; refused when the server declared no
+    /// `resources.subscribe`). Internal (the `/mcp` gateway's; no ops row).
+    Subscribe {
+        /// Server id.
+        id: String,
+        /// The resource's URI, as the server gave it.
+        uri: String,
+        /// `true`: subscribe; `false`: unsubscribe.
+        subscribe: bool,
+    },
+    /// Ask for completions (`completion/complete` forwarded with these params, the server's
+    /// own names in `ref`); a serving server that declared no `completions` gets the empty
+    /// completion. Internal (the `/mcp` gateway's; no ops row).
+    Complete {
+        /// Server id.
+        id: String,
+        /// The request's params.
+        params: Value,
+    },
     /// Get a prompt (`prompts/get` forwarded, under a tool call's deadline).
     GetPrompt {
         /// Server id.

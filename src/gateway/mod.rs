@@ -45,11 +45,12 @@ use crate::api::{
     Answer, ConnId, DaemonRequest, ErrorCode, McpRequest, ReplyTo, Request, VarietyRequest,
 };
 use crate::config::{Config, GatewayConfig};
+use crate::mcp::session::{log_rank, LOG_LEVELS};
 use crate::net::http;
 use crate::room::{Effect, Room, RoomCx};
 use catalog::{Catalog, Offer, Target};
 use serde_json::{json, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// The protocol versions `/mcp` speaks, newest first (the first is offered to clients that
@@ -75,6 +76,16 @@ const TOKEN_PREFIX: &str = "vsm/gateway/";
 
 /// Longest resource URI `resources/read` routes (it is matched against every template).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Resource subscriptions one session may hold.
+pub const MAX_SUBSCRIPTIONS_PER_SESSION: usize = 64;
+/// Distinct (server, URI) subscriptions held upstream for all sessions together.
+pub const MAX_SUBSCRIPTIONS: usize = 1024;
+/// Completion values passed back at most (the specification's limit).
+pub const MAX_COMPLETION_VALUES: usize = 100;
+/// The level servers are set to once no session wants their log messages any more (only
+/// servers this gateway had set; the others keep their own default): `warning`.
+const IDLE_LOG_LEVEL: usize = 3;
 
 /// JSON-RPC error codes.
 mod code {
@@ -161,6 +172,11 @@ struct Session {
     replay: VecDeque<(u64, Vec<u8>)>,
     /// Bytes in `replay`.
     replay_bytes: usize,
+    /// The least severe log level the client wants (a rank in `LOG_LEVELS`), once it sent
+    /// `logging/setLevel`; until then it gets no log messages.
+    log_level: Option<usize>,
+    /// The resources it subscribed to: (server, URI).
+    subscriptions: BTreeSet<(String, String)>,
 }
 
 impl Session {
@@ -173,6 +189,8 @@ impl Session {
             next_event: 1,
             replay: VecDeque::new(),
             replay_bytes: 0,
+            log_level: None,
+            subscriptions: BTreeSet::new(),
         }
     }
 
@@ -215,8 +233,11 @@ enum Forwarded {
     Tool,
     /// One of the daemon's own tools: a JSON document, as structured content.
     Own,
-    /// `resources/read` or `prompts/get`: the server's result, or a JSON-RPC error.
+    /// `resources/read`, `prompts/get`, `resources/(un)subscribe`: the server's result, or a
+    /// JSON-RPC error.
     Request,
+    /// `completion/complete`: as `Request`, with at most [`MAX_COMPLETION_VALUES`] values.
+    Complete,
 }
 
 /// A forwarded call waiting for its answer.
@@ -234,8 +255,11 @@ struct Pending {
     progress: Option<Value>,
     /// When progress last went to the client.
     progress_sent: Option<Instant>,
-    /// Whether the answer became an SSE stream (progress went out on it).
+    /// Whether the answer became an SSE stream (progress or log messages went out on it).
     streaming: bool,
+    /// Whether the client accepts an SSE answer (a tool call's: its server's log messages
+    /// for this session go on it while it is in flight).
+    sse: bool,
     /// Whether it came as a 2026-07-28 request (the result says `resultType`).
     modern: bool,
 }
@@ -249,6 +273,8 @@ struct Waiting {
     /// tools and for `resources/read` / `prompts/get`, which the MCP room's deadline ends.
     server: Option<String>,
     progress: Option<Value>,
+    /// Whether the client accepts an SSE answer.
+    sse: bool,
 }
 
 /// A server as the gateway last heard of it: id, status, and (when it serves) the tools the
@@ -258,6 +284,8 @@ struct Offered {
     id: String,
     status: &'static str,
     serves: bool,
+    /// Its run (a new one after each start).
+    run: u64,
     tools: Vec<Value>,
     /// Its tools the capability policy blocks: (tool, blocked capabilities).
     blocked: Vec<(String, Vec<String>)>,
@@ -283,6 +311,22 @@ pub struct Gateway {
     keepalive: bool,
     /// Open `subscriptions/listen` streams (2026-07-28, see [`modern`]).
     listeners: Vec<modern::Listener>,
+    /// Resource subscriptions held upstream: (server, URI) and the sessions that hold them
+    /// (one upstream subscription however many sessions).
+    subscribed: BTreeMap<(String, String), BTreeSet<String>>,
+    /// `resources/subscribe` requests in flight: tag, (server, URI) and the session (a
+    /// refusal undoes its subscription).
+    subscribing: HashMap<u64, ((String, String), String)>,
+    /// Per serving server: the run seen and the log level asked of it in that run.
+    upstream: HashMap<String, Upstream>,
+}
+
+/// What the gateway asked of one server's run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Upstream {
+    run: u64,
+    /// The log level set (a rank in `LOG_LEVELS`), if one was.
+    level: Option<usize>,
 }
 
 /// Why a message is refused before it is handled: HTTP status, JSON-RPC code, message.
@@ -303,6 +347,9 @@ impl Gateway {
             next_tag: 1,
             keepalive: false,
             listeners: Vec::new(),
+            subscribed: BTreeMap::new(),
+            subscribing: HashMap::new(),
+            upstream: HashMap::new(),
         }
     }
 
@@ -387,6 +434,7 @@ impl Gateway {
 
     /// Removes call `tag` from the waiting ones (and from its session's count).
     fn take_pending(&mut self, tag: u64) -> Option<Pending> {
+        self.subscribing.remove(&tag);
         let p = self.pending.remove(&tag)?;
         if let Some(s) = self.sessions.get_mut(&p.session) {
             s.calls = s.calls.saturating_sub(1);
@@ -402,6 +450,12 @@ impl Gateway {
         };
         if let Some(conn) = session.stream {
             cx.emit(Output::Close { conn });
+        }
+        for key in &session.subscriptions {
+            self.release(cx, key, id);
+        }
+        if session.log_level.is_some() {
+            self.sync_levels(cx);
         }
         if session.calls > 0 {
             let tags: Vec<u64> = self
@@ -707,13 +761,17 @@ impl Gateway {
             ),
             "prompts/get" => self.get_prompt(cx, reply, id, params, session),
             "resources/read" => self.read_resource(cx, reply, id, params, session),
+            "logging/setLevel" => self.set_level(cx, reply, id, params, &session),
+            "completion/complete" => self.complete(cx, reply, id, params, session),
+            "resources/subscribe" => self.subscribe(cx, reply, id, params, session),
+            "resources/unsubscribe" => self.unsubscribe(cx, reply, id, params, session),
             _ => {
                 let m: String = method.chars().take(80).collect();
                 let response = rpc_error_response(
                     200,
                     &id,
                     code::METHOD_NOT_FOUND,
-                    &format!("method {m:?} is not offered here (tools, prompts and resources)"),
+                    &format!("method {m:?} is not offered here (tools, prompts, resources, completions and logging)"),
                 );
                 cx.emit(Output::Http { reply, response });
             }
@@ -758,7 +816,9 @@ impl Gateway {
             "capabilities": {
                 "tools": {"listChanged": true},
                 "prompts": {"listChanged": true},
-                "resources": {"listChanged": true},
+                "resources": {"listChanged": true, "subscribe": true},
+                "logging": {},
+                "completions": {},
             },
             "serverInfo": {
                 "name": "vsm-daemon",
@@ -918,6 +978,7 @@ impl Gateway {
         let waiting = Waiting {
             what,
             session: call.session,
+            sse: call.sse && server.is_some(),
             server,
             progress,
         };
@@ -962,6 +1023,7 @@ impl Gateway {
             progress: w.progress,
             progress_sent: None,
             streaming: false,
+            sse: w.sse,
             modern: false,
         };
         self.pending.insert(tag, pending);
@@ -972,9 +1034,21 @@ impl Gateway {
     fn forward_request(
         &mut self,
         cx: &mut RoomCx<'_, Self>,
+        to: (ReplyTo, Value),
+        request: Request,
+        session: String,
+    ) {
+        self.forward_as(cx, to, request, session, Forwarded::Request);
+    }
+
+    /// A request to a server whose answer is `what`, under the same bounds as a call.
+    fn forward_as(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
         (reply, id): (ReplyTo, Value),
         request: Request,
         session: String,
+        what: Forwarded,
     ) {
         if let Some(m) = self.full(&session) {
             let response = rpc_error_response(200, &id, code::SERVER_ERROR, &m);
@@ -983,10 +1057,11 @@ impl Gateway {
         let tag = self.next_tag;
         self.next_tag += 1;
         let waiting = Waiting {
-            what: Forwarded::Request,
+            what,
             session,
             server: None,
             progress: None,
+            sse: false,
         };
         self.forward(cx, tag, (reply, id), request, waiting);
     }
@@ -1145,6 +1220,452 @@ impl Gateway {
     }
 }
 
+/// Logging, completions and resource subscriptions relayed (see the README's `/mcp` part).
+impl Gateway {
+    /// Asks the MCP room for `request` with nobody waiting for the answer (upstream
+    /// bookkeeping: log levels, resubscriptions, the last unsubscribe of a session that
+    /// ended).
+    fn ask_quietly(&mut self, cx: &mut RoomCx<'_, Self>, request: Request) {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        cx.ask(tag, request);
+    }
+
+    /// `logging/setLevel`: the session's level; the servers are then asked for the most
+    /// verbose level any session wants.
+    fn set_level(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        reply: ReplyTo,
+        id: Value,
+        params: &Value,
+        session: &str,
+    ) {
+        let Some(rank) = params
+            .get("level")
+            .and_then(Value::as_str)
+            .and_then(log_rank)
+        else {
+            let m = format!(
+                "logging/setLevel needs params.level, one of {}",
+                LOG_LEVELS.join(", ")
+            );
+            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &m);
+            return cx.emit(Output::Http { reply, response });
+        };
+        if let Some(s) = self.sessions.get_mut(session) {
+            s.log_level = Some(rank);
+        }
+        respond(cx, reply, &id, json!({}));
+        self.sync_levels(cx);
+    }
+
+    /// The most verbose level a session wants, if any wants log messages.
+    fn wanted_level(&self) -> Option<usize> {
+        self.sessions.values().filter_map(|s| s.log_level).min()
+    }
+
+    /// Asks each serving server whose level differs from the one wanted now for that level
+    /// (once per change and run: the MCP room refuses, without a word to the server, one
+    /// that declared no `logging`). When no session wants log messages any more, servers
+    /// that were set go to `warning`; servers never set keep their own default.
+    fn sync_levels(&mut self, cx: &mut RoomCx<'_, Self>) {
+        let want = self.wanted_level();
+        let mut asks = Vec::new();
+        for s in self.servers.iter().filter(|s| s.serves) {
+            let Some(up) = self.upstream.get_mut(&s.id) else {
+                continue;
+            };
+            let target = match (want, up.level) {
+                (Some(w), _) => Some(w),
+                (None, Some(_)) => Some(IDLE_LOG_LEVEL),
+                (None, None) => None,
+            };
+            if let Some(t) = target.filter(|t| up.level != Some(*t)) {
+                up.level = Some(t);
+                asks.push((s.id.clone(), t));
+            }
+        }
+        for (id, rank) in asks {
+            let level = LOG_LEVELS[rank];
+            log::debug!("/mcp: asking MCP server {id} for log level {level}");
+            self.ask_quietly(cx, Request::Mcp(McpRequest::SetLogLevel { id, level }));
+        }
+    }
+
+    /// After the servers changed: a server serving a run not seen before gets the log level
+    /// wanted and the resource subscriptions sessions hold (its earlier run's are gone).
+    fn follow_runs(&mut self, cx: &mut RoomCx<'_, Self>) {
+        let ids: BTreeSet<&str> = self.servers.iter().map(|s| s.id.as_str()).collect();
+        self.upstream.retain(|id, _| ids.contains(id.as_str()));
+        let mut fresh = Vec::new();
+        for s in self.servers.iter().filter(|s| s.serves) {
+            if self.upstream.get(&s.id).map(|u| u.run) != Some(s.run) {
+                let up = Upstream {
+                    run: s.run,
+                    level: None,
+                };
+                self.upstream.insert(s.id.clone(), up);
+                fresh.push(s.id.clone());
+            }
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        self.sync_levels(cx);
+        let again: Vec<(String, String)> = self
+            .subscribed
+            .keys()
+            .filter(|(server, _)| fresh.contains(server))
+            .cloned()
+            .collect();
+        for (id, uri) in again {
+            log::debug!("/mcp: subscribing again to {uri} of MCP server {id} (a new run)");
+            let subscribe = true;
+            let request = McpRequest::Subscribe { id, uri, subscribe };
+            self.ask_quietly(cx, Request::Mcp(request));
+        }
+    }
+
+    /// A server's log message: to each session whose level admits it, with the logger
+    /// prefixed by the server's id; on the stream of that session's call in flight to the
+    /// server when there is one (the first such call, opened as a stream if it was not),
+    /// otherwise on the session's GET stream (kept for replay like its other events).
+    fn relay_log(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        server: &str,
+        level: &str,
+        logger: Option<&str>,
+        data: &Value,
+    ) {
+        let Some(rank) = log_rank(level) else {
+            return;
+        };
+        let admitted: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.log_level.is_some_and(|l| rank >= l))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if admitted.is_empty() {
+            return;
+        }
+        let sep = &self.settings.tool_separator;
+        let logger = match logger {
+            Some(l) => format!("{server}{sep}{l}"),
+            None => server.to_string(),
+        };
+        let message = json!({"jsonrpc": "2.0", "method": "notifications/message",
+                             "params": {"level": level, "logger": logger, "data": data}});
+        let now = Instant::now();
+        for session in admitted {
+            let call = self
+                .pending
+                .iter()
+                .filter(|(_, p)| {
+                    p.sse && p.session == session && p.server.as_deref() == Some(server)
+                })
+                .map(|(tag, _)| *tag)
+                .min();
+            if let Some(p) = call.and_then(|tag| self.pending.get_mut(&tag)) {
+                if let ReplyTo::Http { conn, .. } = p.reply {
+                    if !p.streaming {
+                        p.streaming = true;
+                        cx.emit(Output::Stream { reply: p.reply });
+                        self.keep_alive(cx, now);
+                    }
+                    cx.emit(Output::Push {
+                        conn,
+                        bytes: sse_message(&message),
+                    });
+                    continue;
+                }
+            }
+            self.notify_session(cx, &session, &message);
+        }
+    }
+
+    /// `message` on session `id`'s GET stream (and in its replay buffer).
+    fn notify_session(&mut self, cx: &mut RoomCx<'_, Self>, id: &str, message: &Value) {
+        if let Some(s) = self.sessions.get_mut(id) {
+            let bytes = s.record(message);
+            if let Some(conn) = s.stream {
+                cx.emit(Output::Push { conn, bytes });
+            }
+        }
+    }
+
+    /// A server's `notifications/resources/updated`: to every session subscribed to it.
+    fn relay_updated(&mut self, cx: &mut RoomCx<'_, Self>, server: &str, uri: &str) {
+        let key = (server.to_string(), uri.to_string());
+        let Some(sessions) = self.subscribed.get(&key) else {
+            return;
+        };
+        let sessions: Vec<String> = sessions.iter().cloned().collect();
+        let message = json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                             "params": {"uri": uri}});
+        for session in sessions {
+            self.notify_session(cx, &session, &message);
+        }
+    }
+
+    /// `completion/complete`: to the server of the prompt (`ref/prompt`, by its gateway
+    /// name) or of the resource or template (`ref/resource`, routed as `resources/read`
+    /// is), with the server's own names; at most [`MAX_COMPLETION_VALUES`] values back.
+    fn complete(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        reply: ReplyTo,
+        id: Value,
+        params: &Value,
+        session: String,
+    ) {
+        let invalid = |cx: &mut RoomCx<'_, Self>, reply, m: &str| {
+            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, m);
+            cx.emit(Output::Http { reply, response });
+        };
+        let argument_ok = params
+            .get("argument")
+            .is_some_and(|a| a["name"].is_string() && a["value"].is_string());
+        if !argument_ok {
+            let m = "completion/complete needs params.argument with a string name and value";
+            return invalid(cx, reply, m);
+        }
+        let reference = params.get("ref").unwrap_or(&Value::Null);
+        let mut forwarded = params.clone();
+        if let Some(map) = forwarded.as_object_mut() {
+            map.remove("_meta");
+        }
+        let server = match reference["type"].as_str() {
+            Some("ref/prompt") => {
+                let Some(name) = reference["name"].as_str() else {
+                    return invalid(cx, reply, "a ref/prompt needs a name");
+                };
+                match self.catalog.prompt(name).map(|e| &e.target) {
+                    Some(Target::Server { server, tool }) => {
+                        forwarded["ref"]["name"] = Value::String(tool.clone());
+                        server.clone()
+                    }
+                    _ => {
+                        let shown: String = name.chars().take(130).collect();
+                        let m = match self.down_server_of(name) {
+                            Some((server, status)) => format!(
+                                "MCP server '{server}' is not active (status {status}): its prompts cannot be completed now"
+                            ),
+                            None => format!(
+                                "unknown prompt {shown:?} (prompts/list names the prompts offered now)"
+                            ),
+                        };
+                        return invalid(cx, reply, &m);
+                    }
+                }
+            }
+            Some("ref/resource") => {
+                let Some(uri) = reference["uri"]
+                    .as_str()
+                    .filter(|u| u.len() <= MAX_URI_BYTES)
+                else {
+                    let m = format!("a ref/resource needs a uri of at most {MAX_URI_BYTES} bytes");
+                    return invalid(cx, reply, &m);
+                };
+                let owner = self
+                    .catalog
+                    .template_server(uri)
+                    .or_else(|| self.catalog.route(uri));
+                let Some(server) = owner else {
+                    let shown: String = uri.chars().take(200).collect();
+                    let m = format!("unknown resource or resource template {shown:?} (no active server lists it)");
+                    return invalid(cx, reply, &m);
+                };
+                server.to_string()
+            }
+            _ => {
+                let m = "completion/complete params.ref.type must be ref/prompt or ref/resource";
+                return invalid(cx, reply, m);
+            }
+        };
+        let request = Request::Mcp(McpRequest::Complete {
+            id: server,
+            params: forwarded,
+        });
+        self.forward_as(cx, (reply, id), request, session, Forwarded::Complete);
+    }
+
+    /// `resources/subscribe`: to the server the URI routes to, once for all sessions; a
+    /// session's second subscription to a URI, or one to a URI another session holds
+    /// already, is answered at once.
+    fn subscribe(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        reply: ReplyTo,
+        id: Value,
+        params: &Value,
+        session: String,
+    ) {
+        let Some(uri) = params.get("uri").and_then(Value::as_str) else {
+            let response = rpc_error_response(
+                200,
+                &id,
+                code::INVALID_PARAMS,
+                "resources/subscribe needs params.uri",
+            );
+            return cx.emit(Output::Http { reply, response });
+        };
+        if uri.len() > MAX_URI_BYTES {
+            let m = format!("resources/subscribe params.uri is longer than {MAX_URI_BYTES} bytes");
+            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &m);
+            return cx.emit(Output::Http { reply, response });
+        }
+        let Some(server) = self.catalog.route(uri) else {
+            let shown: String = uri.chars().take(200).collect();
+            let body = json!({"jsonrpc": "2.0", "id": id, "error": {
+                "code": code::RESOURCE_NOT_FOUND,
+                "message": format!("resource not found: no active server lists {shown:?} or has a template that matches it"),
+                "data": {"uri": shown},
+            }});
+            let response = http::Response::json(200, body.to_string().into_bytes());
+            return cx.emit(Output::Http { reply, response });
+        };
+        let key = (server.to_string(), uri.to_string());
+        let held = self
+            .sessions
+            .get(&session)
+            .map_or(0, |s| s.subscriptions.len());
+        if self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.subscriptions.contains(&key))
+        {
+            return respond(cx, reply, &id, json!({}));
+        }
+        let shared = self.subscribed.contains_key(&key);
+        let refusal = if held >= MAX_SUBSCRIPTIONS_PER_SESSION {
+            Some(format!("this session holds {held} resource subscriptions (at most {MAX_SUBSCRIPTIONS_PER_SESSION}): unsubscribe from one first"))
+        } else if !shared && self.subscribed.len() >= MAX_SUBSCRIPTIONS {
+            Some(format!(
+                "{} resources are subscribed to on /mcp (at most {MAX_SUBSCRIPTIONS}): try again later",
+                self.subscribed.len()
+            ))
+        } else if !shared {
+            self.full(&session)
+        } else {
+            None
+        };
+        if let Some(m) = refusal {
+            let response = rpc_error_response(200, &id, code::SERVER_ERROR, &m);
+            return cx.emit(Output::Http { reply, response });
+        }
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.subscriptions.insert(key.clone());
+        }
+        self.subscribed
+            .entry(key.clone())
+            .or_default()
+            .insert(session.clone());
+        // Held upstream already (and not only being asked for): nothing to ask.
+        let asking = self.subscribing.values().any(|(k, _)| *k == key);
+        if shared && !asking {
+            return respond(cx, reply, &id, json!({}));
+        }
+        let tag = self.next_tag;
+        let request = Request::Mcp(McpRequest::Subscribe {
+            id: key.0.clone(),
+            uri: key.1.clone(),
+            subscribe: true,
+        });
+        self.forward_request(cx, (reply, id), request, session.clone());
+        if self.pending.contains_key(&tag) {
+            self.subscribing.insert(tag, (key, session));
+        } else {
+            // Refused before it went out (no room): undone.
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.subscriptions.remove(&key);
+            }
+            self.forget_subscriber(&key, &session);
+        }
+    }
+
+    /// `resources/unsubscribe`: the session's subscription ends; the server's when it was
+    /// the last session holding it (its answer is relayed then, `{}` otherwise).
+    fn unsubscribe(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        reply: ReplyTo,
+        id: Value,
+        params: &Value,
+        session: String,
+    ) {
+        let Some(uri) = params.get("uri").and_then(Value::as_str) else {
+            let response = rpc_error_response(
+                200,
+                &id,
+                code::INVALID_PARAMS,
+                "resources/unsubscribe needs params.uri",
+            );
+            return cx.emit(Output::Http { reply, response });
+        };
+        let key = self.sessions.get_mut(&session).and_then(|s| {
+            let key = s.subscriptions.iter().find(|(_, u)| u == uri).cloned()?;
+            s.subscriptions.remove(&key);
+            Some(key)
+        });
+        let Some(key) = key else {
+            // Not subscribed (or already unsubscribed): nothing to end.
+            return respond(cx, reply, &id, json!({}));
+        };
+        if !self.forget_subscriber(&key, &session) || self.full(&session).is_some() {
+            if !self.subscribed.contains_key(&key) {
+                self.upstream_unsubscribe(cx, &key);
+            }
+            return respond(cx, reply, &id, json!({}));
+        }
+        let (server, uri) = key;
+        let request = Request::Mcp(McpRequest::Subscribe {
+            id: server,
+            uri,
+            subscribe: false,
+        });
+        self.forward_request(cx, (reply, id), request, session);
+    }
+
+    /// Removes `session` from the holders of `key`; whether it was the last one (the
+    /// subscription is gone).
+    fn forget_subscriber(&mut self, key: &(String, String), session: &str) -> bool {
+        let Some(holders) = self.subscribed.get_mut(key) else {
+            return false;
+        };
+        holders.remove(session);
+        if holders.is_empty() {
+            self.subscribed.remove(key);
+            return true;
+        }
+        false
+    }
+
+    /// A session that ended lets go of `key`: the server's subscription ends with the last.
+    fn release(&mut self, cx: &mut RoomCx<'_, Self>, key: &(String, String), session: &str) {
+        if self.forget_subscriber(key, session) {
+            self.upstream_unsubscribe(cx, key);
+        }
+    }
+
+    /// `resources/unsubscribe` to the server, nobody waiting for the answer.
+    fn upstream_unsubscribe(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        (server, uri): &(String, String),
+    ) {
+        log::debug!("/mcp: unsubscribing from {uri} of MCP server {server} (no session holds it)");
+        let request = McpRequest::Subscribe {
+            id: server.clone(),
+            uri: uri.clone(),
+            subscribe: false,
+        };
+        self.ask_quietly(cx, Request::Mcp(request));
+    }
+}
+
 /// The command-layer request behind one of the daemon's own tools, or why the arguments
 /// do not make one (as a tool error, so the model can correct them).
 fn own_request(tool: &str, arguments: &Value) -> Result<Request, String> {
@@ -1220,6 +1741,7 @@ impl crate::room::Follows for Gateway {
                     id: s.id.to_string(),
                     status: s.status,
                     serves: s.serves,
+                    run: s.tools_version.0,
                     tools,
                     blocked,
                     resources: extras(s.resources),
@@ -1229,6 +1751,7 @@ impl crate::room::Follows for Gateway {
             })
             .collect();
         self.rebuild(cx);
+        self.follow_runs(cx);
     }
 }
 
@@ -1264,6 +1787,18 @@ impl Room for Gateway {
         _channel: crate::events::Channel,
         data: &crate::events::EventData,
     ) {
+        match data {
+            crate::events::EventData::McpServerLog {
+                server_id,
+                level,
+                logger,
+                data,
+            } => return self.relay_log(cx, server_id, level, logger.as_deref(), data),
+            crate::events::EventData::McpResourceUpdated { server_id, uri } => {
+                return self.relay_updated(cx, server_id, uri)
+            }
+            _ => {}
+        }
         if let crate::events::EventData::McpToolProgress {
             progress_token,
             progress,
@@ -1298,6 +1833,13 @@ impl Room for Gateway {
     }
 
     fn on_answer(&mut self, cx: &mut RoomCx<'_, Self>, tag: u64, answer: Answer) {
+        // A refused subscription is undone (the session holds it no more).
+        if let (Some((key, session)), Err(_)) = (self.subscribing.get(&tag).cloned(), &answer) {
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.subscriptions.remove(&key);
+            }
+            self.forget_subscriber(&key, &session);
+        }
         let Some(p) = self.take_pending(tag) else {
             // A cancelled call's answer, or that of the cancel itself: nobody waits for it.
             log::debug!("/mcp: an answer for {tag}, which nobody waits for");
@@ -1312,7 +1854,10 @@ impl Room for Gateway {
         let message = match p.what {
             Forwarded::Own => result(own_result(answer)),
             Forwarded::Tool => result(tool_result(answer)),
-            Forwarded::Request => match answer {
+            Forwarded::Request | Forwarded::Complete => match answer {
+                Ok(mut v) if p.what == Forwarded::Complete => {
+                    result(bounded_completion(v["result"].take()))
+                }
                 Ok(mut v) => result(v["result"].take()),
                 Err(e) => {
                     // The server's own JSON-RPC error passes through; the daemon's reasons
@@ -1356,6 +1901,20 @@ fn tool_result(answer: Answer) -> Value {
             }),
         },
     }
+}
+
+/// A server's `CompleteResult` with at most [`MAX_COMPLETION_VALUES`] values (`hasMore` set
+/// when some were left out).
+fn bounded_completion(mut result: Value) -> Value {
+    if let Some(Value::Object(completion)) = result.get_mut("completion") {
+        if let Some(Value::Array(values)) = completion.get_mut("values") {
+            if values.len() > MAX_COMPLETION_VALUES {
+                values.truncate(MAX_COMPLETION_VALUES);
+                completion.insert("hasMore".into(), Value::Bool(true));
+            }
+        }
+    }
+    result
 }
 
 /// A daemon tool's answer (a JSON document) as a `CallToolResult` with structured content.

@@ -288,8 +288,7 @@ impl crate::room::Serve for Mcp {
             McpRequest::ReadResource { id, uri } => {
                 let (mut lcx, _) = cx.split();
                 let params = json!({ "uri": uri });
-                let needs = tools::Kind::Resources;
-                match self.forward(&mut lcx, &id, "resources/read", needs, params, reply) {
+                match self.forward(&mut lcx, &id, "resources/read", "resources", params, reply) {
                     Ok(()) => return,
                     Err(e) => Err(e),
                 }
@@ -301,10 +300,50 @@ impl crate::room::Serve for Mcp {
             } => {
                 let (mut lcx, _) = cx.split();
                 let params = json!({ "name": name, "arguments": arguments });
-                let needs = tools::Kind::Prompts;
-                match self.forward(&mut lcx, &id, "prompts/get", needs, params, reply) {
+                match self.forward(&mut lcx, &id, "prompts/get", "prompts", params, reply) {
                     Ok(()) => return,
                     Err(e) => Err(e),
+                }
+            }
+            McpRequest::SetLogLevel { id, level } => {
+                let (mut lcx, _) = cx.split();
+                let params = json!({ "level": level });
+                match self.forward(&mut lcx, &id, "logging/setLevel", "logging", params, reply) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
+            McpRequest::Subscribe { id, uri, subscribe } => {
+                let (mut lcx, _) = cx.split();
+                let method = if subscribe {
+                    "resources/subscribe"
+                } else {
+                    "resources/unsubscribe"
+                };
+                let params = json!({ "uri": uri });
+                let needs = "resources.subscribe";
+                match self.forward(&mut lcx, &id, method, needs, params, reply) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
+            McpRequest::Complete { id, params } => {
+                // A server that serves but declared no completions has none to give: the
+                // empty completion, as the specification's clients expect, not an error.
+                let serving_without = self
+                    .servers
+                    .get(&id)
+                    .is_some_and(|s| s.status.serves() && !s.session.declares("completions"));
+                if serving_without {
+                    Ok(json!({"server": id, "method": "completion/complete",
+                              "result": {"completion": {"values": [], "hasMore": false}}}))
+                } else {
+                    let (mut lcx, _) = cx.split();
+                    let method = "completion/complete";
+                    match self.forward(&mut lcx, &id, method, "completions", params, reply) {
+                        Ok(()) => return,
+                        Err(e) => Err(e),
+                    }
                 }
             }
             McpRequest::Start { id } => self.start(&mut cx.split().0, &id, &mut caused),

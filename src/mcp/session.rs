@@ -66,6 +66,68 @@ pub mod meta {
     pub const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
 }
 
+/// The log levels of MCP (RFC 5424's), from the most verbose to the most severe.
+pub const LOG_LEVELS: [&str; 8] = [
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+];
+
+/// The rank of a level name in [`LOG_LEVELS`] (0: debug), `None` for another name.
+pub fn log_rank(level: &str) -> Option<usize> {
+    LOG_LEVELS.iter().position(|l| *l == level)
+}
+
+/// Log messages and resource updates passed on per second and server, on average.
+pub const NOTES_PER_SECOND: f64 = 50.0;
+/// How many of them may come at once before the rate applies.
+pub const NOTES_BURST: f64 = 200.0;
+/// The longest log message `data` passed on as sent (its JSON text); a longer one becomes
+/// that much of its text.
+pub const LOG_DATA_MAX: usize = 8 * 1024;
+/// The longest logger name kept.
+pub const LOGGER_MAX: usize = 128;
+/// The longest resource URI of an update that is passed on.
+pub const URI_MAX: usize = 8 * 1024;
+
+/// A token bucket: [`NOTES_PER_SECOND`] refill, [`NOTES_BURST`] capacity.
+#[derive(Debug, Clone)]
+struct NoteBudget {
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl Default for NoteBudget {
+    fn default() -> Self {
+        NoteBudget {
+            tokens: NOTES_BURST,
+            at: None,
+        }
+    }
+}
+
+impl NoteBudget {
+    /// Takes one token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        if let Some(at) = self.at {
+            let refill = now.saturating_duration_since(at).as_secs_f64() * NOTES_PER_SECOND;
+            self.tokens = (self.tokens + refill).min(NOTES_BURST);
+        }
+        self.at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// The protocol era a run speaks, found by the probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Era {
@@ -236,6 +298,12 @@ pub struct Session<R, T> {
     pub protocol_errors: u64,
     /// Tool calls answered, failed, timed out (all runs).
     pub calls: (u64, u64, u64),
+    /// The budget of log messages and resource updates passed on.
+    notes: NoteBudget,
+    /// Log messages and resource updates dropped beyond the budget (all runs).
+    pub notes_dropped: u64,
+    /// `notes_dropped` when the daemon's log last said how many.
+    notes_reported: u64,
 }
 
 type Effects<R, T> = Vec<Effect<R, T>>;
@@ -318,6 +386,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
             ping: PingLatency::default(),
             protocol_errors: 0,
             calls: (0, 0, 0),
+            notes: NoteBudget::default(),
+            notes_dropped: 0,
+            notes_reported: 0,
         }
     }
 
@@ -474,6 +545,19 @@ impl<R: Copy, T: Copy> Session<R, T> {
             .is_some_and(|c| !c.is_null())
     }
 
+    /// Whether the server's capabilities declare `path` (`resources`, `resources.subscribe`,
+    /// `logging`, `completions`...): present, and neither null nor false.
+    pub fn declares(&self, path: &str) -> bool {
+        let mut at = &self.server_capabilities;
+        for part in path.split('.') {
+            match at.get(part) {
+                Some(v) => at = v,
+                None => return false,
+            }
+        }
+        !at.is_null() && *at != Value::Bool(false)
+    }
+
     /// Tool names from the last listing.
     pub fn tool_names(&self) -> Vec<&str> {
         self.tools
@@ -568,9 +652,14 @@ impl<R: Copy, T: Copy> Session<R, T> {
                     }
                 }
                 "notifications/message" => {
-                    let level = params["level"].as_str().unwrap_or("info");
-                    let data = truncate(params["data"].to_string(), NOTE_MAX);
-                    log::info!(target: "mcp", "[{id}] {}: {data}", level.chars().take(16).collect::<String>());
+                    if let Some(event) = self.log_event(params, cx.now) {
+                        out.push(Effect::Event(event));
+                    }
+                }
+                "notifications/resources/updated" => {
+                    if let Some(event) = self.updated_event(&params, cx.now) {
+                        out.push(Effect::Event(event));
+                    }
                 }
                 _ => {
                     let method = truncate(method, 128);
@@ -1119,20 +1208,21 @@ impl<R: Copy, T: Copy> Session<R, T> {
         Ok(())
     }
 
-    /// Forwards a request other than a tool call (`resources/read`, `prompts/get`) with
-    /// `params`; its answer (the server's result, or its error) arrives later as an
-    /// [`Effect::Reply`]. Deadline and bounds as for [`Session::call`].
+    /// Forwards a request other than a tool call (`resources/read`, `prompts/get`,
+    /// `resources/subscribe`, `completion/complete`, `logging/setLevel`...) with `params`;
+    /// its answer (the server's result, or its error) arrives later as an [`Effect::Reply`].
+    /// Deadline and bounds as for [`Session::call`]. `needs` is the capability the server
+    /// must have declared (see [`Session::declares`]).
     ///
     /// # Errors
-    /// Server ending its run or not serving, not offering what the method needs (its
-    /// capabilities), too many calls in flight.
+    /// Server ending its run or not serving, not declaring `needs`, too many calls in flight.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &mut self,
         status: Status,
         ending: Option<&str>,
         method: &'static str,
-        needs: Kind,
+        needs: &str,
         params: Value,
         timeout: Duration,
         max_in_flight: usize,
@@ -1142,12 +1232,11 @@ impl<R: Copy, T: Copy> Session<R, T> {
     ) -> Result<Effects<R, T>, ApiError> {
         self.serving(status, ending)?;
         let id = self.id.as_str();
-        if !self.offers(needs) {
+        if !self.declares(needs) {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 format!(
-                    "MCP server '{id}' offers no {} (its initialize capabilities do not name them)",
-                    needs.capability()
+                    "MCP server '{id}' offers no {needs} (its initialize capabilities do not declare it), needed for {method}"
                 ),
             ));
         }
@@ -1165,6 +1254,84 @@ impl<R: Copy, T: Copy> Session<R, T> {
             },
         );
         Ok(vec![Effect::Send(bytes)])
+    }
+
+    /// Whether one more of the server's notes (log messages, resource updates) may be passed
+    /// on now; one beyond the budget is counted in `notes_dropped`.
+    fn note_admitted(&mut self, now: Instant) -> bool {
+        if self.notes.take(now) {
+            return true;
+        }
+        self.notes_dropped += 1;
+        false
+    }
+
+    /// A `notifications/message` as an `mcp_server_log` event: the level must be one of the
+    /// eight, the logger is bounded, `data` is kept as sent when its text is at most
+    /// [`LOG_DATA_MAX`] bytes and otherwise becomes that much of its text. Beyond the
+    /// budget ([`NOTES_PER_SECOND`], bursts of [`NOTES_BURST`]) messages are dropped and
+    /// counted. The daemon's own log gets a line for each one passed on: debug for the
+    /// server's debug, info and notice, info for warning, warn for error and above.
+    fn log_event(&mut self, mut params: Value, now: Instant) -> Option<EventData> {
+        let id = self.id.as_str();
+        let Some(level) = params["level"]
+            .as_str()
+            .and_then(|l| LOG_LEVELS.iter().find(|k| **k == l))
+            .copied()
+        else {
+            let shown = truncate(params["level"].to_string(), 40);
+            log::debug!(
+                "MCP server {id}: a log message with level {shown}, not one of the eight, dropped"
+            );
+            return None;
+        };
+        let dropped = self.notes_dropped;
+        if !self.note_admitted(now) {
+            return None;
+        }
+        let id = self.id.as_str();
+        if dropped > self.notes_reported {
+            log::info!(
+                "MCP server {id}: {} log messages or resource updates dropped so far (more than {NOTES_PER_SECOND} a second)",
+                dropped
+            );
+        }
+        self.notes_reported = dropped;
+        let logger = params["logger"]
+            .as_str()
+            .map(|l| truncate(l.to_string(), LOGGER_MAX));
+        let text = params["data"].to_string();
+        let data = if text.len() <= LOG_DATA_MAX {
+            params["data"].take()
+        } else {
+            Value::String(truncate(text, LOG_DATA_MAX))
+        };
+        let shown = truncate(data.to_string(), NOTE_MAX);
+        let who = logger.as_deref().unwrap_or("-");
+        match log_rank(level) {
+            Some(0..=2) => log::debug!(target: "mcp", "[{id}] {level} {who}: {shown}"),
+            Some(3) => log::info!(target: "mcp", "[{id}] {level} {who}: {shown}"),
+            _ => log::warn!(target: "mcp", "[{id}] {level} {who}: {shown}"),
+        }
+        Some(EventData::McpServerLog {
+            server_id: self.id.clone(),
+            level,
+            logger,
+            data,
+        })
+    }
+
+    /// A `notifications/resources/updated` as an `mcp_resource_updated` event (within the
+    /// same budget as log messages; a URI longer than [`URI_MAX`] is dropped).
+    fn updated_event(&mut self, params: &Value, now: Instant) -> Option<EventData> {
+        let uri = params["uri"].as_str().filter(|u| u.len() <= URI_MAX)?;
+        if !self.note_admitted(now) {
+            return None;
+        }
+        Some(EventData::McpResourceUpdated {
+            server_id: self.id.clone(),
+            uri: uri.to_string(),
+        })
     }
 
     /// A `notifications/progress` as an event, when it is about one of our calls in flight
@@ -2103,7 +2270,7 @@ mod tests {
                 |_, _| 50 + u64::from(reply),
             )
         };
-        let e = forward(&mut s, "resources/read", Kind::Resources, 1).expect("forwarded");
+        let e = forward(&mut s, "resources/read", "resources", 1).expect("forwarded");
         let read = sent_id(&e, "resources/read");
         let answer = format!(
             "{{\"jsonrpc\":\"2.0\",\"id\":{read},\"result\":{{\"contents\":[{{\"uri\":\"x://1\",\"text\":\"hi\"}}]}}}}\n"
@@ -2116,7 +2283,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let e = forward(&mut s, "resources/read", Kind::Resources, 2).expect("forwarded");
+        let e = forward(&mut s, "resources/read", "resources", 2).expect("forwarded");
         let late = sent_id(&e, "resources/read");
         let e = s.on_call_deadline(late, later + Duration::from_secs(1));
         assert!(
@@ -2124,7 +2291,7 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(sent(&e)[0]["params"]["requestId"], late);
-        forward(&mut s, "resources/read", Kind::Resources, 3).expect("forwarded");
+        forward(&mut s, "resources/read", "resources", 3).expect("forwarded");
         assert_eq!(s.calls_in_flight(), 1, "forwarded requests count as calls");
         let e = s.end_run("exited with code 1", later);
         assert!(
@@ -2138,7 +2305,7 @@ mod tests {
                 Status::Active,
                 None,
                 "prompts/get",
-                Kind::Prompts,
+                "prompts",
                 json!({}),
                 Duration::from_secs(1),
                 4,
@@ -2154,7 +2321,7 @@ mod tests {
                 Status::Stopped,
                 None,
                 "prompts/get",
-                Kind::Prompts,
+                "prompts",
                 json!({}),
                 Duration::from_secs(1),
                 4,

@@ -1312,3 +1312,138 @@ fn vsm_discover_finds_the_servers_of_the_operators_catalog() {
     assert_eq!(bad["result"]["isError"], true, "{bad}");
     assert!(text(&bad["result"]).contains("not one of"), "{bad}");
 }
+
+/// The levels of the log messages in a `logs` answer, in order.
+fn levels(logs: &Value) -> Vec<String> {
+    field_of(&logs["logs"], "level")
+}
+
+/// Logging, completions and resource subscriptions relayed to the official Python SDK
+/// client, across two servers (the conformance fixture registered as `a` and `b`):
+/// `logging/setLevel` sets each session's level and the servers get the most verbose one
+/// wanted (the fixture filters by it and says which it has); log messages come with the
+/// logger prefixed by the server's id, filtered per session, on the call's stream or the
+/// session's GET stream; `completion/complete` goes to the server of the prompt or template
+/// named; a subscription brings `notifications/resources/updated`, is held once upstream for
+/// two sessions, and ends at the server when the last session holding it ends.
+#[test]
+fn python_sdk_client_gets_logs_completions_and_resource_updates_across_two_servers() {
+    let d = Daemon::start_with(Setup {
+        config: Some(QUICK_STOP.into()),
+        ..Setup::default()
+    });
+    let script = fixture("conformance_server.py");
+    register(&d, "a", &["python3", &script, "test", "alpha"]);
+    register(&d, "b", &["python3", &script, "test", "beta"]);
+    wait_status(&d, "a", "active");
+    wait_status(&d, "b", "active");
+    let mut one = SdkClient::python(&url(&d), &d.token);
+    let hello = one.next("connect");
+    assert_eq!(hello["connected"], true, "{hello}");
+    let caps = &hello["capabilities"];
+    assert!(caps["logging"].is_object(), "{hello}");
+    assert!(caps["completions"].is_object(), "{hello}");
+    assert_eq!(caps["resources"]["subscribe"], true, "{hello}");
+
+    // Logging: session one wants warning and above; the server is asked for warning.
+    let ok = one.send(json!({"op": "set_level", "level": "warning"}));
+    assert_eq!(ok["ok"], true, "{ok}");
+    let r = one.send(json!({"op": "call", "name": "a__log_each_level"}));
+    assert_eq!(text(&r["result"]), "level warning", "{r}");
+    let logs = one.send(json!({"op": "logs", "at_least": 5}));
+    assert_eq!(
+        levels(&logs),
+        ["warning", "error", "critical", "alert", "emergency"],
+        "{logs}"
+    );
+    assert_eq!(field_of(&logs["logs"], "logger")[0], "a__levels", "{logs}");
+    assert_eq!(logs["logs"][0]["data"], "a warning message", "{logs}");
+
+    // Session two wants debug: the server is asked for debug and sends all eight; two gets
+    // them on its call, one gets the five it admits on its GET stream.
+    let mut two = SdkClient::python(&url(&d), &d.token);
+    assert_eq!(two.next("connect")["connected"], true);
+    two.send(json!({"op": "set_level", "level": "debug"}));
+    let r = two.send(json!({"op": "call", "name": "b__log_each_level"}));
+    assert_eq!(text(&r["result"]), "level debug", "{r}");
+    let logs = two.send(json!({"op": "logs", "at_least": 8}));
+    assert_eq!(levels(&logs).len(), 8, "{logs}");
+    assert_eq!(levels(&logs)[0], "debug", "{logs}");
+    assert_eq!(field_of(&logs["logs"], "logger")[0], "b__levels", "{logs}");
+    let logs = one.send(json!({"op": "logs", "at_least": 10}));
+    let seen = levels(&logs);
+    assert!(
+        seen.iter()
+            .all(|l| !["debug", "info", "notice"].contains(&l.as_str())),
+        "session one wants warning and above only: {logs}"
+    );
+    assert_eq!(field_of(&logs["logs"], "logger")[5], "b__levels", "{logs}");
+
+    // Completions: each server's prompt and template, with its own values.
+    let arg = json!({"name": "arg1", "value": "te"});
+    let c =
+        one.send(json!({"op": "complete", "prompt": "a__prompt_with_arguments", "argument": arg}));
+    let values = &c["result"]["completion"]["values"];
+    assert_eq!(
+        values,
+        &json!(["test-alpha", "testing-alpha", "tested-alpha"]),
+        "{c}"
+    );
+    let c =
+        one.send(json!({"op": "complete", "prompt": "b__prompt_with_arguments", "argument": arg}));
+    assert_eq!(c["result"]["completion"]["values"][0], "test-beta", "{c}");
+    let c = one.send(json!({"op": "complete", "uri": "test://template/{id}/data",
+                            "argument": {"name": "id", "value": "12"}}));
+    assert_eq!(
+        c["result"]["completion"]["values"],
+        json!(["123-alpha", "124-alpha"]),
+        "{c}"
+    );
+    let c = one.send(json!({"op": "complete", "prompt": "a__nope", "argument": arg}));
+    assert_eq!(c["code"], -32602, "{c}");
+
+    // Subscriptions: the URI both servers list routes to `a` (its id sorts first).
+    let watched = "test://watched-resource";
+    let subscribed_at_a = |c: &mut SdkClient| {
+        let r = c.send(json!({"op": "call", "name": "a__subscriptions"}));
+        text(&r["result"])
+    };
+    assert_eq!(subscribed_at_a(&mut one), "[]");
+    assert_eq!(
+        one.send(json!({"op": "subscribe", "uri": watched}))["ok"],
+        true
+    );
+    assert_eq!(subscribed_at_a(&mut one), format!("[\"{watched}\"]"));
+    one.send(json!({"op": "call", "name": "a__update_watched"}));
+    let u = one.send(json!({"op": "updates", "uri": watched, "at_least": 1}));
+    assert_eq!(u["updates"], 1, "{u}");
+    assert_eq!(
+        two.send(json!({"op": "subscribe", "uri": watched}))["ok"],
+        true
+    );
+    // One leaves: the other still holds it, so the server's subscription stays.
+    assert_eq!(
+        one.send(json!({"op": "unsubscribe", "uri": watched}))["ok"],
+        true
+    );
+    assert_eq!(subscribed_at_a(&mut one), format!("[\"{watched}\"]"));
+    two.send(json!({"op": "call", "name": "a__update_watched"}));
+    let u = two.send(json!({"op": "updates", "uri": watched, "at_least": 1}));
+    assert_eq!(u["updates"], 1, "{u}");
+    // A round trip later, session one (unsubscribed) has heard of the first change only.
+    subscribed_at_a(&mut one);
+    let u = one.send(json!({"op": "updates", "uri": watched, "at_least": 0}));
+    assert_eq!(u["updates"], 1, "{u}");
+    // The last session holding it ends: the server's subscription ends.
+    let closed = two.send(json!({"op": "close"}));
+    assert_eq!(closed["closed"], true, "{closed}");
+    wait_until(
+        "the server's subscription ended with the last session holding it",
+        || subscribed_at_a(&mut one),
+        |t| t == "[]",
+        |t| format!("a__subscriptions: {t}\n{}", d.stderr()),
+    );
+    // The session wanting debug ended: the server is asked for warning again.
+    let r = one.send(json!({"op": "call", "name": "a__log_each_level"}));
+    assert_eq!(text(&r["result"]), "level warning", "{r}");
+}

@@ -2175,6 +2175,264 @@ mod tests {
         assert!(h.gateway.pending.is_empty());
     }
 
+    impl Harness {
+        fn cx_do(&mut self, f: impl FnOnce(&mut Gateway, &mut RoomCx<'_, Gateway>)) {
+            let mut cx = RoomCx::new(
+                self.poll.registry(),
+                &self.stats,
+                &mut self.wiring,
+                &mut self.out,
+            );
+            f(&mut self.gateway, &mut cx);
+        }
+
+        /// Server `s`, serving run `run` (or stopped), listing `x://r` and the template
+        /// `x://t/{n}`.
+        fn serve(&mut self, run: u64, serves: bool) {
+            let resources = [json!({"uri": "x://r", "name": "r"})];
+            let templates = [json!({"uriTemplate": "x://t/{n}", "name": "t"})];
+            let view = crate::snapshot::ServerView {
+                id: "s",
+                status: if serves { "active" } else { "stopped" },
+                serves,
+                breaker_open: false,
+                capabilities: &[],
+                allow_capabilities: &[],
+                tools: &[],
+                tools_version: (run, 0),
+                resources: &resources,
+                resource_templates: &templates,
+                prompts: &[],
+            };
+            self.cx_do(|g, cx| crate::room::Follows::servers(g, cx, &[view]));
+        }
+
+        /// `initialize`; the session id.
+        fn open(&mut self) -> String {
+            let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#;
+            self.send("POST", &[], init);
+            let id = self
+                .out
+                .iter()
+                .find_map(|o| match o {
+                    Output::Http { response, .. } => response
+                        .headers
+                        .iter()
+                        .find(|(k, _)| *k == "Mcp-Session-Id")
+                        .map(|(_, v)| v.clone()),
+                    _ => None,
+                })
+                .expect("a session");
+            self.out.clear();
+            id
+        }
+
+        /// One request of session `sid`: (the JSON-RPC answers given, the requests asked
+        /// with their tags).
+        fn rpc(
+            &mut self,
+            sid: &str,
+            method: &str,
+            params: Value,
+        ) -> (Vec<Value>, Vec<(u64, Request)>) {
+            let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+            self.send("POST", &[("Mcp-Session-Id", sid)], &body.to_string());
+            self.drain()
+        }
+
+        fn drain(&mut self) -> (Vec<Value>, Vec<(u64, Request)>) {
+            let mut answers = Vec::new();
+            let mut asked = Vec::new();
+            for o in self.out.drain(..) {
+                match o {
+                    Output::Http { response, .. } => {
+                        answers.push(serde_json::from_slice(&response.body).unwrap_or(Value::Null))
+                    }
+                    Output::Effect(Effect::Request { tag, request, .. }) => {
+                        asked.push((tag, *request))
+                    }
+                    _ => {}
+                }
+            }
+            (answers, asked)
+        }
+
+        fn end(&mut self, sid: &str) -> Vec<(u64, Request)> {
+            self.send("DELETE", &[("Mcp-Session-Id", sid)], "");
+            self.drain().1
+        }
+
+        fn answer(&mut self, tag: u64, answer: Answer) -> Vec<Value> {
+            self.cx_do(|g, cx| g.on_answer(cx, tag, answer));
+            self.drain().0
+        }
+    }
+
+    /// (server, uri, subscribe) of each `Subscribe` asked.
+    fn subscribes(asked: &[(u64, Request)]) -> Vec<(String, String, bool)> {
+        asked
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Request::Mcp(McpRequest::Subscribe { id, uri, subscribe }) => {
+                    Some((id.clone(), uri.clone(), *subscribe))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// (server, level) of each `SetLogLevel` asked.
+    fn levels(asked: &[(u64, Request)]) -> Vec<(String, &'static str)> {
+        asked
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Request::Mcp(McpRequest::SetLogLevel { id, level }) => Some((id.clone(), *level)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sub(uri: &str, on: bool) -> (String, String, bool) {
+        ("s".into(), uri.into(), on)
+    }
+
+    #[test]
+    fn a_subscription_is_held_once_upstream_ends_with_its_last_session_and_is_renewed_by_a_new_run()
+    {
+        let mut h = Harness::new();
+        h.serve(1, true);
+        let (a, b) = (h.open(), h.open());
+        let uri = json!({"uri": "x://r"});
+        // The first asks the server and is answered with its answer.
+        let (answers, asked) = h.rpc(&a, "resources/subscribe", uri.clone());
+        assert!(answers.is_empty(), "{answers:?}");
+        assert_eq!(subscribes(&asked), [sub("x://r", true)]);
+        let answers = h.answer(asked[0].0, Ok(json!({"result": {}})));
+        assert_eq!(answers[0]["result"], json!({}), "{answers:?}");
+        // A second session, and the first again: answered at once, nothing asked.
+        for sid in [&b, &a] {
+            let (answers, asked) = h.rpc(sid, "resources/subscribe", uri.clone());
+            assert_eq!(answers[0]["result"], json!({}), "{answers:?}");
+            assert!(asked.is_empty(), "{asked:?}");
+        }
+        // One unsubscribes: the other holds it, so the server is not told.
+        let (answers, asked) = h.rpc(&a, "resources/unsubscribe", uri.clone());
+        assert_eq!(answers[0]["result"], json!({}), "{answers:?}");
+        assert!(asked.is_empty(), "{asked:?}");
+        // An update reaches the session holding it only (its replay keeps it).
+        let updated = crate::events::EventData::McpResourceUpdated {
+            server_id: "s".into(),
+            uri: "x://r".into(),
+        };
+        h.cx_do(|g, cx| g.on_event(cx, 1, crate::events::Channel::McpServers, &updated));
+        assert_eq!(h.gateway.sessions[&b].replay.len(), 1);
+        assert!(h.gateway.sessions[&a].replay.is_empty());
+        // A new run of the server: subscribed again.
+        h.serve(1, false);
+        h.serve(2, true);
+        assert_eq!(subscribes(&h.drain().1), [sub("x://r", true)]);
+        // The last session holding it ends: the server's subscription ends.
+        assert_eq!(subscribes(&h.end(&b)), [sub("x://r", false)]);
+        assert!(h.gateway.subscribed.is_empty());
+        // A URI no server offers, and a refusal of the server (undone).
+        let (answers, _) = h.rpc(&a, "resources/subscribe", json!({"uri": "y://none"}));
+        assert_eq!(answers[0]["error"]["code"], code::RESOURCE_NOT_FOUND);
+        let (_, asked) = h.rpc(&a, "resources/subscribe", json!({"uri": "x://t/1"}));
+        let refused =
+            crate::api::ApiError::new(ErrorCode::Conflict, "offers no resources.subscribe");
+        let answers = h.answer(asked[0].0, Err(refused));
+        assert!(answers[0]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("subscribe")));
+        assert!(h.gateway.subscribed.is_empty());
+        assert!(h.gateway.sessions[&a].subscriptions.is_empty());
+        // Bounded per session.
+        for n in 0..MAX_SUBSCRIPTIONS_PER_SESSION {
+            let (_, asked) = h.rpc(
+                &a,
+                "resources/subscribe",
+                json!({"uri": format!("x://t/{n}")}),
+            );
+            h.answer(asked[0].0, Ok(json!({"result": {}})));
+        }
+        let (answers, asked) = h.rpc(&a, "resources/subscribe", json!({"uri": "x://r"}));
+        assert!(asked.is_empty());
+        let m = answers[0]["error"]["message"].as_str().unwrap_or_default();
+        assert!(m.contains("at most 64"), "{m}");
+        // Its end lets go of all of them.
+        assert_eq!(subscribes(&h.end(&a)).len(), MAX_SUBSCRIPTIONS_PER_SESSION);
+        assert!(h.gateway.subscribed.is_empty());
+    }
+
+    #[test]
+    fn servers_get_the_most_verbose_level_wanted_once_per_change_and_run_and_logs_are_filtered() {
+        let mut h = Harness::new();
+        h.serve(1, true);
+        let (a, b) = (h.open(), h.open());
+        let (answers, asked) = h.rpc(&a, "logging/setLevel", json!({"level": "warning"}));
+        assert_eq!(answers[0]["result"], json!({}));
+        assert_eq!(levels(&asked), [("s".to_string(), "warning")]);
+        let (answers, asked) = h.rpc(&a, "logging/setLevel", json!({"level": "loud"}));
+        assert_eq!(answers[0]["error"]["code"], code::INVALID_PARAMS);
+        assert!(asked.is_empty());
+        let (_, asked) = h.rpc(&b, "logging/setLevel", json!({"level": "debug"}));
+        assert_eq!(levels(&asked), [("s".to_string(), "debug")]);
+        let (_, asked) = h.rpc(&b, "logging/setLevel", json!({"level": "debug"}));
+        assert!(asked.is_empty(), "no change, nothing asked: {asked:?}");
+        // A log message goes to the sessions whose level admits it, logger prefixed.
+        let log = |level: &'static str| crate::events::EventData::McpServerLog {
+            server_id: "s".into(),
+            level,
+            logger: Some("lg".into()),
+            data: json!("hello"),
+        };
+        for level in ["info", "error"] {
+            let e = log(level);
+            h.cx_do(|g, cx| g.on_event(cx, 1, crate::events::Channel::McpServers, &e));
+        }
+        assert_eq!(h.gateway.sessions[&b].replay.len(), 2);
+        let kept = &h.gateway.sessions[&a].replay;
+        assert_eq!(kept.len(), 1, "only the error passes warning");
+        let text = String::from_utf8_lossy(&kept[0].1);
+        assert!(
+            text.contains(r#""logger":"s__lg""#) && text.contains(r#""level":"error""#),
+            "{text}"
+        );
+        // The verbose session ends: back to warning; the last ends: warning stays.
+        assert_eq!(levels(&h.end(&b)), [("s".to_string(), "warning")]);
+        assert!(levels(&h.end(&a)).is_empty());
+        // A new run with nobody wanting logs is left alone; a new wish reaches it.
+        h.serve(2, true);
+        assert!(levels(&h.drain().1).is_empty());
+        let c = h.open();
+        let (_, asked) = h.rpc(&c, "logging/setLevel", json!({"level": "info"}));
+        assert_eq!(levels(&asked), [("s".to_string(), "info")]);
+        h.serve(3, true);
+        assert_eq!(
+            levels(&h.drain().1),
+            [("s".to_string(), "info")],
+            "again for a new run"
+        );
+    }
+
+    #[test]
+    fn completions_are_bounded_to_a_hundred_values() {
+        let many: Vec<Value> = (0..150).map(|n| json!(n.to_string())).collect();
+        let r = bounded_completion(json!({"completion": {"values": many, "hasMore": false}}));
+        assert_eq!(
+            r["completion"]["values"].as_array().map(Vec::len),
+            Some(100)
+        );
+        assert_eq!(r["completion"]["hasMore"], true);
+        let few = json!({"completion": {"values": ["a"], "total": 1}});
+        assert_eq!(bounded_completion(few.clone()), few);
+        assert_eq!(
+            bounded_completion(json!([1])),
+            json!([1]),
+            "not a result: as it is"
+        );
+    }
+
     fn list_changed(n: u64) -> Value {
         json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed", "params": {"n": n}})
     }

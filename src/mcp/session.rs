@@ -1751,6 +1751,68 @@ mod tests {
     }
 
     /// A session through its handshake in `version` and a one-tool listing.
+    #[test]
+    fn log_messages_and_updates_become_bounded_events_within_a_budget() {
+        let (mut s, now) = active("2025-11-25");
+        let note = |level: &str, data: Value| {
+            line(json!({"jsonrpc": "2.0", "method": "notifications/message",
+                        "params": {"level": level, "logger": "l".repeat(500), "data": data}}))
+        };
+        let e = feed(
+            &mut s,
+            &note("warning", json!({"k": 1})),
+            Status::Active,
+            now,
+        );
+        match &e[..] {
+            [Effect::Event(EventData::McpServerLog {
+                server_id,
+                level,
+                logger,
+                data,
+            })] => {
+                assert_eq!((server_id.as_str(), *level), ("t", "warning"));
+                let logger = logger.as_deref().unwrap_or_default();
+                assert!(logger.starts_with(&"l".repeat(LOGGER_MAX)), "{logger}");
+                assert!(logger.ends_with("... [500 bytes]"), "{logger}");
+                assert_eq!(data, &json!({"k": 1}));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(feed(&mut s, &note("loud", json!(1)), Status::Active, now).is_empty());
+        // (A line that long is beyond this test's line bound: the message is handed over.)
+        let big = json!({"level": "info", "data": "x".repeat(LOG_DATA_MAX * 2)});
+        match s.log_event(big, now) {
+            Some(EventData::McpServerLog { data, .. }) => {
+                assert!(data.as_str().is_some_and(|t| t.len() < LOG_DATA_MAX + 32));
+            }
+            other => panic!("{other:?}"),
+        }
+        let updated = line(
+            json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                                  "params": {"uri": "x://r"}}),
+        );
+        let e = feed(&mut s, &updated, Status::Active, now);
+        assert!(
+            matches!(&e[..], [Effect::Event(EventData::McpResourceUpdated { uri, .. })] if uri == "x://r"),
+            "{e:?}"
+        );
+        // A flood at one instant: the burst passes, the rest is dropped and counted.
+        let mut passed = 3;
+        for _ in 0..(NOTES_BURST as usize + 50) {
+            passed += feed(&mut s, &note("info", json!(1)), Status::Active, now).len();
+        }
+        assert_eq!(passed, NOTES_BURST as usize);
+        assert_eq!(s.notes_dropped, 53);
+        // A second later the budget has refilled by the rate.
+        let later = now + Duration::from_secs(1);
+        let mut again = 0;
+        for _ in 0..(NOTES_PER_SECOND as usize + 10) {
+            again += feed(&mut s, &note("info", json!(1)), Status::Active, later).len();
+        }
+        assert_eq!(again, NOTES_PER_SECOND as usize);
+    }
+
     fn active(version: &str) -> (S, Instant) {
         let now = Instant::now();
         let mut s = S::new("t");

@@ -844,3 +844,86 @@ fn mcp_2026_07_28_lists_reads_and_gets_resources_and_prompts() {
         "only what it asked for: {changed}"
     );
 }
+
+/// 2026-07-28 resource subscriptions on `/mcp`: `resourceSubscriptions` of a
+/// `subscriptions/listen` stream are acknowledged for the URIs an active server offers (held
+/// upstream with `resources/subscribe`), the server's `notifications/resources/updated`
+/// comes on the stream tagged with the subscription id, and closing the stream ends the
+/// server's subscription. `completion/complete` is forwarded as in the session era.
+#[test]
+fn mcp_2026_07_28_listen_carries_resource_updates_and_completions_are_forwarded() {
+    let d = Daemon::start_with(setup());
+    let script = format!(
+        "{}/tests/fixtures/conformance_server.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    register(&d, "a", &["python3", &script, "test", "alpha"]);
+    wait_active(&d, "a");
+    let bearer = d.bearer();
+    let b = bearer.as_str();
+    let watched = "test://watched-resource";
+    let subscribed = |d: &Daemon| {
+        let (code, v) = call(d, "a", "subscriptions", json!({}));
+        assert_eq!(code, 0, "{v}");
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(subscribed(&d), "[]");
+    let filters = json!({"resourceSubscriptions": [watched, "nothing://here"]});
+    let (s, mut reader) = listen(&d, b, 9, filters);
+    let ack = next_event(&mut reader, "the acknowledgement", |m| {
+        m["method"] == "notifications/subscriptions/acknowledged"
+    });
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"resourceSubscriptions": [watched]}),
+        "the URI no server offers is not honoured: {ack}"
+    );
+    wait_until(
+        "the server's subscription",
+        || subscribed(&d),
+        |t| t.contains(watched),
+        |t| format!("{t}\n{}", d.stderr()),
+    );
+    let (code, v) = call(&d, "a", "update_watched", json!({}));
+    assert_eq!(code, 0, "{v}");
+    let updated = next_event(&mut reader, "the update", |m| {
+        m["method"] == "notifications/resources/updated"
+    });
+    assert_eq!(updated["params"]["uri"], watched, "{updated}");
+    assert_eq!(
+        updated["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 9,
+        "{updated}"
+    );
+    drop(reader);
+    drop(s);
+    // The stream closed: the server's subscription ends (seen at the next step of /mcp).
+    let body = modern_body(
+        3,
+        "completion/complete",
+        json!({"ref": {"type": "ref/prompt", "name": "a__prompt_with_arguments"},
+               "argument": {"name": "arg1", "value": "test"}}),
+        MODERN,
+        true,
+    );
+    let headers = modern_headers(b, MODERN, "completion/complete", None);
+    let (status, _, v) = post(&d, &headers, &body);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["result"]["completion"]["values"],
+        json!(["test-alpha", "testing-alpha", "tested-alpha"]),
+        "{v}"
+    );
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    wait_until(
+        "the server's subscription ended with the stream",
+        || {
+            post(&d, &headers, &body);
+            subscribed(&d)
+        },
+        |t| t == "[]",
+        |t| format!("{t}\n{}", d.stderr()),
+    );
+}

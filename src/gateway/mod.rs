@@ -319,6 +319,8 @@ pub struct Gateway {
     subscribing: HashMap<u64, ((String, String), String)>,
     /// Per serving server: the run seen and the log level asked of it in that run.
     upstream: HashMap<String, Upstream>,
+    /// Resource subscriptions of listen streams that closed, to let go of: (key, holder).
+    closed_listens: Vec<((String, String), String)>,
 }
 
 /// What the gateway asked of one server's run.
@@ -350,6 +352,7 @@ impl Gateway {
             subscribed: BTreeMap::new(),
             subscribing: HashMap::new(),
             upstream: HashMap::new(),
+            closed_listens: Vec::new(),
         }
     }
 
@@ -366,12 +369,27 @@ impl Gateway {
                 s.stream = None;
             }
         }
-        self.listeners.retain(|l| open(l.conn));
+        let (kept, closed): (Vec<_>, Vec<_>) = self.listeners.drain(..).partition(|l| open(l.conn));
+        self.listeners = kept;
+        // Their resource subscriptions are let go of with the next step that can ask.
+        for l in closed {
+            let holder = l.holder();
+            self.closed_listens
+                .extend(l.resources.into_iter().map(|k| (k, holder.clone())));
+        }
     }
 
-    /// Whether calls are in flight (the wiring then reports connections that went away).
+    /// Lets go of the resource subscriptions of listen streams that closed.
+    fn release_closed_listens(&mut self, cx: &mut RoomCx<'_, Self>) {
+        for (key, holder) in std::mem::take(&mut self.closed_listens) {
+            self.release(cx, &key, &holder);
+        }
+    }
+
+    /// Whether calls are in flight, or listen streams hold resource subscriptions (the
+    /// wiring then reports connections that went away).
     pub fn has_calls(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || self.listeners.iter().any(|l| !l.resources.is_empty())
     }
 
     /// Connections went away (`gone` tells which): calls whose client's POST is among them
@@ -379,6 +397,7 @@ impl Gateway {
     /// streams are forgotten.
     pub fn on_hangups(&mut self, cx: &mut RoomCx<'_, Self>, gone: impl Fn(ConnId) -> bool) {
         self.prune_streams(|c| !gone(c));
+        self.release_closed_listens(cx);
         let tags: Vec<u64> = self
             .pending
             .iter()
@@ -578,6 +597,7 @@ impl Gateway {
         now: Instant,
     ) {
         self.sweep(cx, now);
+        self.release_closed_listens(cx);
         match request.method.as_str() {
             "POST" => self.post(cx, request, reply, now),
             "GET" | "HEAD" => match self.session_of(request, now) {
@@ -1406,6 +1426,19 @@ impl Gateway {
         let message = json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
                              "params": {"uri": uri}});
         for session in sessions {
+            if session.starts_with("listen/") {
+                // A 2026-07-28 listen stream: tagged with its subscription id.
+                if let Some(l) = self.listeners.iter().find(|l| l.holder() == session) {
+                    let mut tagged = message.clone();
+                    tagged["params"]["_meta"] =
+                        json!({"io.modelcontextprotocol/subscriptionId": l.id_value()});
+                    cx.emit(Output::Push {
+                        conn: l.conn,
+                        bytes: sse_message(&tagged),
+                    });
+                }
+                continue;
+            }
             self.notify_session(cx, &session, &message);
         }
     }

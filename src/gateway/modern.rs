@@ -63,6 +63,26 @@ pub(super) struct Listener {
     id: Value,
     /// The notifications it asked for (methods of [`LIST_FILTERS`]).
     wants: Vec<&'static str>,
+    /// The resources it subscribed to (`resourceSubscriptions`): (server, URI), held in the
+    /// gateway's subscriptions under [`Listener::holder`].
+    pub resources: Vec<(String, String)>,
+}
+
+impl Listener {
+    /// The name it holds resource subscriptions under (no session id looks like it).
+    pub fn holder(&self) -> String {
+        holder_of(self.conn)
+    }
+
+    /// The subscription id (the listen request's JSON-RPC id).
+    pub fn id_value(&self) -> &Value {
+        &self.id
+    }
+}
+
+/// The holder name of the listen stream on `conn`.
+pub(super) fn holder_of(conn: ConnId) -> String {
+    format!("listen/{}/{}", conn.slot, conn.generation)
 }
 
 /// Why a request is refused: HTTP status, JSON-RPC code, message, data.
@@ -232,7 +252,8 @@ impl Gateway {
                     "capabilities": {
                         "tools": {"listChanged": true},
                         "prompts": {"listChanged": true},
-                        "resources": {"listChanged": true},
+                        "resources": {"listChanged": true, "subscribe": true},
+                        "completions": {},
                     },
                     "instructions": self.instructions(),
                 }));
@@ -263,12 +284,14 @@ impl Gateway {
                     p.modern = true;
                 }
             }
-            "prompts/get" | "resources/read" => {
+            "prompts/get" | "resources/read" | "completion/complete" => {
                 // Forwarded as in the session era, under the bound of the calls in flight in
                 // all; the answer is marked as this era's.
                 let tag = self.next_tag;
                 if method == "prompts/get" {
                     self.get_prompt(cx, reply, id, params, String::new());
+                } else if method == "completion/complete" {
+                    self.complete(cx, reply, id, params, String::new());
                 } else {
                     self.read_resource(cx, reply, id, params, String::new());
                 }
@@ -318,6 +341,42 @@ impl Gateway {
                 wants.push(notification);
             }
         }
+        // Resource subscriptions: the URIs an active server offers are honoured (at most
+        // the bound of a session's), each held upstream once as `resources/subscribe` is.
+        let holder = holder_of(conn);
+        let mut resources: Vec<(String, String)> = Vec::new();
+        let asked = params["notifications"]["resourceSubscriptions"].as_array();
+        for uri in asked.into_iter().flatten().filter_map(Value::as_str) {
+            if resources.len() >= MAX_SUBSCRIPTIONS_PER_SESSION || uri.len() > MAX_URI_BYTES {
+                continue;
+            }
+            let Some(server) = self.catalog.route(uri) else {
+                continue;
+            };
+            let key = (server.to_string(), uri.to_string());
+            let shared = self.subscribed.contains_key(&key);
+            if resources.contains(&key) || (!shared && self.subscribed.len() >= MAX_SUBSCRIPTIONS) {
+                continue;
+            }
+            self.subscribed
+                .entry(key.clone())
+                .or_default()
+                .insert(holder.clone());
+            if !shared {
+                let (id, uri) = key.clone();
+                let request = McpRequest::Subscribe {
+                    id,
+                    uri,
+                    subscribe: true,
+                };
+                self.ask_quietly(cx, Request::Mcp(request));
+            }
+            resources.push(key);
+        }
+        if !resources.is_empty() {
+            let uris: Vec<&str> = resources.iter().map(|(_, u)| u.as_str()).collect();
+            agreed.insert("resourceSubscriptions".into(), json!(uris));
+        }
         cx.emit(Output::Stream { reply });
         let ack = json!({
             "jsonrpc": "2.0",
@@ -330,8 +389,13 @@ impl Gateway {
         });
         // A stream that asked for nothing we send stays open (the client closes it) but is
         // not kept: nothing will be pushed to it.
-        if !wants.is_empty() {
-            self.listeners.push(Listener { conn, id, wants });
+        if !wants.is_empty() || !resources.is_empty() {
+            self.listeners.push(Listener {
+                conn,
+                id,
+                wants,
+                resources,
+            });
             self.keep_alive(cx, std::time::Instant::now());
         }
     }

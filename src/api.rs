@@ -403,6 +403,9 @@ pub enum McpRequest {
         id: String,
         /// The resource's URI, as the server gave it.
         uri: String,
+        /// A progress token for it (`_meta.progressToken`), unique among the calls in flight:
+        /// [`McpRequest::Cancel`] cancels it by this token as it cancels a call.
+        progress_token: Option<String>,
     },
     /// Set a server's log level (`logging/setLevel` forwarded, under a tool call's deadline;
     /// refused when the server declared no `logging`). Internal (the `/mcp` gateway's; no
@@ -430,7 +433,8 @@ pub enum McpRequest {
     Complete {
         /// Server id.
         id: String,
-        /// The request's params.
+        /// The request's params (a `_meta.progressToken` in them makes it cancellable by
+        /// [`McpRequest::Cancel`], as for [`McpRequest::ReadResource`]).
         params: Value,
     },
     /// Get a prompt (`prompts/get` forwarded, under a tool call's deadline).
@@ -441,6 +445,8 @@ pub enum McpRequest {
         name: String,
         /// Its arguments (an object of strings).
         arguments: Value,
+        /// A progress token, as for [`McpRequest::ReadResource`].
+        progress_token: Option<String>,
     },
 }
 

@@ -1447,3 +1447,39 @@ fn python_sdk_client_gets_logs_completions_and_resource_updates_across_two_serve
     let r = one.send(json!({"op": "call", "name": "a__log_each_level"}));
     assert_eq!(text(&r["result"]), "level warning", "{r}");
 }
+
+/// A `prompts/get` the client gives up on (the Python SDK client's cancel scope ends, and it
+/// sends `notifications/cancelled`) is cancelled at the server as a call is: the server
+/// receives `notifications/cancelled` for the request id the daemon used, and still serves.
+#[test]
+fn a_prompt_the_client_gives_up_on_is_cancelled_at_the_server() {
+    let d = Daemon::start_with(Setup {
+        config: Some(QUICK_STOP.into()),
+        ..Setup::default()
+    });
+    let script = fixture("conformance_server.py");
+    register(&d, "a", &["python3", &script, "test"]);
+    wait_status(&d, "a", "active");
+    let mut client = SdkClient::python(&url(&d), &d.token);
+    assert_eq!(client.next("connect")["connected"], true);
+    let cancelled = |c: &mut SdkClient| {
+        let r = c.send(json!({"op": "call", "name": "a__cancelled"}));
+        text(&r["result"])
+    };
+    assert_eq!(cancelled(&mut client), "[]");
+    let gave_up = client.send(json!({"op": "give_up", "name": "a__slow_prompt",
+                                     "arguments": {"ms": "30000"}, "after_ms": 300}));
+    assert_eq!(gave_up["cancelled"], true, "{gave_up}");
+    let ids = wait_until(
+        "notifications/cancelled for the prompt at the server",
+        || cancelled(&mut client),
+        |t| t != "[]",
+        |t| format!("{t}\n{}", d.stderr()),
+    );
+    let ids: Value = serde_json::from_str(&ids).expect("a JSON list");
+    assert_eq!(ids.as_array().map(Vec::len), Some(1), "{ids}");
+    let done = client.send(json!({"op": "prompt", "name": "a__slow_prompt",
+                                  "arguments": {"ms": "10"}}));
+    let said = &done["result"]["messages"][0]["content"]["text"];
+    assert_eq!(said, "slow prompt done", "{done}");
+}

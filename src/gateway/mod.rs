@@ -269,8 +269,9 @@ struct Pending {
 struct Waiting {
     what: Forwarded,
     session: String,
-    /// The server a tool call went to (what a cancel is sent to); `None` for the daemon's own
-    /// tools and for `resources/read` / `prompts/get`, which the MCP room's deadline ends.
+    /// The server a tool call, `resources/read`, `prompts/get` or `completion/complete` went
+    /// to (what a cancel is sent to); `None` for the daemon's own tools and for
+    /// `resources/(un)subscribe`, which the MCP room's deadline ends.
     server: Option<String>,
     progress: Option<Value>,
     /// Whether the client accepts an SSE answer.
@@ -1050,7 +1051,8 @@ impl Gateway {
         cx.ask(tag, request);
     }
 
-    /// `resources/read` or `prompts/get` to a server, under the same bounds as a call.
+    /// `resources/(un)subscribe` to a server, under the same bounds as a call (not
+    /// cancellable: quick, and what it changes is undone by the next unsubscribe).
     fn forward_request(
         &mut self,
         cx: &mut RoomCx<'_, Self>,
@@ -1058,17 +1060,19 @@ impl Gateway {
         request: Request,
         session: String,
     ) {
-        self.forward_as(cx, to, request, session, Forwarded::Request);
+        self.forward_as(cx, to, session, (Forwarded::Request, None), |_| request);
     }
 
-    /// A request to a server whose answer is `what`, under the same bounds as a call.
+    /// A request to a server (`what`: how its answer becomes a result), under the same
+    /// bounds as a call. With the server named, `make` is given the daemon's progress token
+    /// for it (`vsm/gateway/TAG`), by which it is cancelled at the server as a call is.
     fn forward_as(
         &mut self,
         cx: &mut RoomCx<'_, Self>,
         (reply, id): (ReplyTo, Value),
-        request: Request,
         session: String,
-        what: Forwarded,
+        (what, server): (Forwarded, Option<String>),
+        make: impl FnOnce(Option<String>) -> Request,
     ) {
         if let Some(m) = self.full(&session) {
             let response = rpc_error_response(200, &id, code::SERVER_ERROR, &m);
@@ -1076,10 +1080,12 @@ impl Gateway {
         }
         let tag = self.next_tag;
         self.next_tag += 1;
+        let token = server.as_ref().map(|_| format!("{TOKEN_PREFIX}{tag}"));
+        let request = make(token);
         let waiting = Waiting {
             what,
             session,
-            server: None,
+            server,
             progress: None,
             sse: false,
         };
@@ -1195,12 +1201,16 @@ impl Gateway {
             let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &message);
             return cx.emit(Output::Http { reply, response });
         };
-        let request = Request::Mcp(McpRequest::GetPrompt {
-            id: server.clone(),
-            name: tool.clone(),
-            arguments,
+        let (server, name) = (server.clone(), tool.clone());
+        let what = (Forwarded::Request, Some(server.clone()));
+        self.forward_as(cx, (reply, id), session, what, |progress_token| {
+            Request::Mcp(McpRequest::GetPrompt {
+                id: server,
+                name,
+                arguments,
+                progress_token,
+            })
         });
-        self.forward_request(cx, (reply, id), request, session);
     }
 
     /// `resources/read`: to the server the catalog routes the URI to, URI unchanged.
@@ -1232,11 +1242,15 @@ impl Gateway {
             let response = http::Response::json(200, body.to_string().into_bytes());
             return cx.emit(Output::Http { reply, response });
         };
-        let request = Request::Mcp(McpRequest::ReadResource {
-            id: server.to_string(),
-            uri: uri.to_string(),
+        let (server, uri) = (server.to_string(), uri.to_string());
+        let what = (Forwarded::Request, Some(server.clone()));
+        self.forward_as(cx, (reply, id), session, what, |progress_token| {
+            Request::Mcp(McpRequest::ReadResource {
+                id: server,
+                uri,
+                progress_token,
+            })
         });
-        self.forward_request(cx, (reply, id), request, session);
     }
 }
 
@@ -1518,11 +1532,16 @@ impl Gateway {
                 return invalid(cx, reply, m);
             }
         };
-        let request = Request::Mcp(McpRequest::Complete {
-            id: server,
-            params: forwarded,
+        let what = (Forwarded::Complete, Some(server.clone()));
+        self.forward_as(cx, (reply, id), session, what, |token| {
+            if let (Some(t), Some(map)) = (token, forwarded.as_object_mut()) {
+                map.insert("_meta".into(), json!({ "progressToken": t }));
+            }
+            Request::Mcp(McpRequest::Complete {
+                id: server,
+                params: forwarded,
+            })
         });
-        self.forward_as(cx, (reply, id), request, session, Forwarded::Complete);
     }
 
     /// `resources/subscribe`: to the server the URI routes to, once for all sessions; a

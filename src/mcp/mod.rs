@@ -285,9 +285,13 @@ impl crate::room::Serve for Mcp {
                 &[tools::Kind::Resources, tools::Kind::ResourceTemplates],
             ),
             McpRequest::Prompts { id } => self.extras(&id, &[tools::Kind::Prompts]),
-            McpRequest::ReadResource { id, uri } => {
+            McpRequest::ReadResource {
+                id,
+                uri,
+                progress_token,
+            } => {
                 let (mut lcx, _) = cx.split();
-                let params = json!({ "uri": uri });
+                let params = with_token(json!({ "uri": uri }), progress_token);
                 match self.forward(&mut lcx, &id, "resources/read", "resources", params, reply) {
                     Ok(()) => return,
                     Err(e) => Err(e),
@@ -297,9 +301,13 @@ impl crate::room::Serve for Mcp {
                 id,
                 name,
                 arguments,
+                progress_token,
             } => {
                 let (mut lcx, _) = cx.split();
-                let params = json!({ "name": name, "arguments": arguments });
+                let params = with_token(
+                    json!({ "name": name, "arguments": arguments }),
+                    progress_token,
+                );
                 match self.forward(&mut lcx, &id, "prompts/get", "prompts", params, reply) {
                     Ok(()) => return,
                     Err(e) => Err(e),
@@ -424,6 +432,15 @@ impl crate::room::Serve for Mcp {
             cx.emit(output);
         }
     }
+}
+
+/// `params` with `_meta.progressToken` set when a token is given (a forwarded request named
+/// by it can be cancelled as a call).
+fn with_token(mut params: Value, token: Option<String>) -> Value {
+    if let (Some(t), Some(map)) = (token, params.as_object_mut()) {
+        map.insert("_meta".into(), json!({ "progressToken": t }));
+    }
+    params
 }
 
 /// Defaults and limits from `[mcp_servers]` plus where the daemon keeps its state.

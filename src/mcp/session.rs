@@ -190,6 +190,9 @@ pub enum Pending<R, T> {
         started: Instant,
         /// The method.
         method: &'static str,
+        /// The progress token its params carried (`_meta.progressToken`), by which its caller
+        /// can cancel it as a call.
+        token: Option<String>,
     },
 }
 
@@ -783,6 +786,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 timer,
                 started,
                 method,
+                ..
             } => {
                 out.push(Effect::CancelTimer(timer));
                 let id = self.id.as_str();
@@ -1065,6 +1069,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         // kept in step with `pending`.
         self.pending.iter().find_map(|(rpc, p)| match p {
             Pending::Call { token: t, .. } if t == token => Some(*rpc),
+            Pending::Forward { token: Some(t), .. } if t == token => Some(*rpc),
             _ => None,
         })
     }
@@ -1241,6 +1246,21 @@ impl<R: Copy, T: Copy> Session<R, T> {
             ));
         }
         self.room_for_a_call(max_in_flight)?;
+        let token = params
+            .pointer("/_meta/progressToken")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if let Some(t) = &token {
+            if t.len() > NOTE_MAX || self.call_with_token(t).is_some() {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "progress token of {} bytes is too long or already in flight on '{id}'",
+                        t.len()
+                    ),
+                ));
+            }
+        }
         let rpc = self.take_id();
         let bytes = self.request(rpc, method, params);
         let timer = arm(rpc, now + timeout);
@@ -1251,6 +1271,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 timer,
                 started: now,
                 method,
+                token,
             },
         );
         Ok(vec![Effect::Send(bytes)])
@@ -1454,7 +1475,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
     /// cancelled). Either way the server is told with `notifications/cancelled`.
     fn end_call(&mut self, rpc: u64, cancelled: Option<&str>, now: Instant) -> Effects<R, T> {
         if let Some(Pending::Forward { .. }) = self.pending.get(&rpc) {
-            return self.on_forward_deadline(rpc, now);
+            return self.end_forward(rpc, cancelled, now);
         }
         let Some(Pending::Call {
             reply,
@@ -1502,11 +1523,13 @@ impl<R: Copy, T: Copy> Session<R, T> {
         out
     }
 
-    fn on_forward_deadline(&mut self, rpc: u64, now: Instant) -> Effects<R, T> {
+    /// Ends forwarded request `rpc` before its answer, as [`Session::end_call`] ends a call.
+    fn end_forward(&mut self, rpc: u64, cancelled: Option<&str>, now: Instant) -> Effects<R, T> {
         let Some(Pending::Forward {
             reply,
             started,
             method,
+            timer,
             ..
         }) = self.pending.remove(&rpc)
         else {
@@ -1514,19 +1537,28 @@ impl<R: Copy, T: Copy> Session<R, T> {
         };
         let ms = now.saturating_duration_since(started).as_millis();
         let id = &self.id;
-        vec![
-            Effect::Reply(
-                reply,
-                Err(ApiError::new(
+        let mut out = Vec::with_capacity(3);
+        let (error, reason) = match cancelled {
+            None => (
+                ApiError::new(
                     ErrorCode::Timeout,
                     format!("{id} did not answer {method} within {ms} ms"),
-                )),
+                ),
+                "timed out",
             ),
-            Effect::Send(jsonrpc::notification(
-                "notifications/cancelled",
-                json!({"requestId": rpc, "reason": "timed out"}),
-            )),
-        ]
+            Some(reason) => {
+                out.push(Effect::CancelTimer(timer));
+                let message = format!("{method} on {id} was cancelled by its caller: {reason}");
+                (ApiError::new(ErrorCode::Conflict, message), reason)
+            }
+        };
+        let reason = truncate(reason.to_string(), NOTE_MAX);
+        out.push(Effect::Reply(reply, Err(error)));
+        out.push(Effect::Send(jsonrpc::notification(
+            "notifications/cancelled",
+            json!({"requestId": rpc, "reason": reason}),
+        )));
+        out
     }
 
     /// One health round (the server serves): an unanswered ping counts as missed; unless
@@ -1751,6 +1783,57 @@ mod tests {
     }
 
     /// A session through its handshake in `version` and a one-tool listing.
+    #[test]
+    fn a_forwarded_request_with_a_token_is_cancelled_by_it_as_a_call_is() {
+        let init = br#"{"jsonrpc":"2.0","id":2,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{},"prompts":{}}}}
+"#;
+        let now = Instant::now();
+        let mut s = S::new("p");
+        begin_legacy(&mut s, now);
+        feed(&mut s, init, Status::Starting, now);
+        let params = json!({"name": "slow", "_meta": {"progressToken": "vsm/gateway/9"}});
+        let forward = |s: &mut S, params: Value| {
+            s.forward(
+                Status::Active,
+                None,
+                "prompts/get",
+                "prompts",
+                params,
+                Duration::from_secs(1),
+                4,
+                1,
+                now,
+                |_, _| 70,
+            )
+        };
+        let e = forward(&mut s, params.clone()).expect("forwarded");
+        let rpc = sent_id(&e, "prompts/get");
+        let again = forward(&mut s, params).expect_err("a token in flight");
+        assert_eq!(again.code, ErrorCode::Conflict);
+        let e = s
+            .cancel("vsm/gateway/9", "the client cancelled it", now)
+            .expect("found by its token");
+        match &e[..] {
+            [Effect::CancelTimer(70), Effect::Reply(1, Err(err)), Effect::Send(_)] => {
+                assert_eq!(err.code, ErrorCode::Conflict);
+                assert!(
+                    err.message.contains("cancelled by its caller"),
+                    "{}",
+                    err.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let note = &sent(&e)[0];
+        assert_eq!(note["method"], "notifications/cancelled");
+        assert_eq!(note["params"]["requestId"], rpc);
+        assert!(
+            s.cancel("vsm/gateway/9", "again", now).is_none(),
+            "answered once"
+        );
+        assert_eq!(s.calls_in_flight(), 0);
+    }
+
     #[test]
     fn log_messages_and_updates_become_bounded_events_within_a_budget() {
         let (mut s, now) = active("2025-11-25");

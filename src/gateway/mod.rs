@@ -20,6 +20,15 @@
 //! checked Host, Origin (403), the bearer token (401) and the body size before a request
 //! gets here.
 //!
+//! Logging, completions and resource subscriptions are relayed: a session's
+//! `logging/setLevel` is kept and each server is asked for the most verbose level any session
+//! wants (once per change and run); servers' log messages (`mcp_server_log` events) go to the
+//! sessions whose level admits them, logger prefixed with the server id, on the stream of the
+//! session's call to that server or else its GET stream; `completion/complete` goes to the
+//! owner of the prompt or resource template; `resources/subscribe` is held once per server and
+//! URI for all sessions (reference-counted, ended with the last holder, renewed for a new
+//! run), and updates (`mcp_resource_updated` events) go to every holder.
+//!
 //! Calls are forwarded with a progress token of the daemon's own (`vsm/gateway/TAG`, unique
 //! over the daemon's life, since clients share servers); a client's
 //! `notifications/cancelled`, its POST's connection closing before the answer, and the end
@@ -34,7 +43,10 @@
 //! takes) and each client request gets one HTTP answer (a response, a stream, or a 202
 //! when it was cancelled); replay buffers hold at most [`REPLAY_EVENTS`] events and
 //! [`REPLAY_BYTES`] bytes per session; progress goes out at most once per
-//! [`PROGRESS_INTERVAL`] per call.
+//! [`PROGRESS_INTERVAL`] per call; resource subscriptions are at most
+//! [`MAX_SUBSCRIPTIONS_PER_SESSION`] per session and [`MAX_SUBSCRIPTIONS`] distinct ones,
+//! each (server, URI) held upstream exactly while some session or listen stream holds it;
+//! completions pass back at most [`MAX_COMPLETION_VALUES`] values.
 
 pub mod catalog;
 pub mod modern;

@@ -10,9 +10,12 @@
 //! (`UnsupportedProtocolVersion`, -32022, naming the ones we do). Then `server/discover`,
 //! the lists of tools, prompts, resources and resource templates (with `ttlMs` and
 //! `cacheScope`), `tools/call`, `prompts/get` and `resources/read` (the same forwarding as the
-//! session era) and `subscriptions/listen` (an SSE stream: the acknowledgement, then the
-//! `list_changed` notifications it asked for, tagged with the subscription id; the client
-//! closing it ends it) are served; another method is a 404 with -32601, as the transport says.
+//! session era), `completion/complete` (likewise) and `subscriptions/listen` (an SSE stream:
+//! the acknowledgement, then the `list_changed` notifications it asked for and the
+//! `notifications/resources/updated` of its `resourceSubscriptions`, tagged with the
+//! subscription id; the client closing it ends it) are served; another method is a 404 with
+//! -32601, as the transport says. Per-request log levels (`_meta`
+//! `io.modelcontextprotocol/logLevel`) are not relayed.
 //!
 //! Invariants: listen streams are at most `gateway.max_sessions` (one beyond is refused with
 //! 503) and get the keep-alive comments of the other streams; a stream whose connection
@@ -308,8 +311,8 @@ impl Gateway {
     }
 
     /// `subscriptions/listen`: an SSE stream that acknowledges the filter it honours (list
-    /// changes of tools, prompts and resources; not individual resources) and then carries
-    /// them until the client closes it.
+    /// changes of tools, prompts and resources; updates of the resources an active server
+    /// offers) and then carries them until the client closes it.
     fn listen(
         &mut self,
         cx: &mut RoomCx<'_, Self>,

@@ -1483,3 +1483,37 @@ fn a_prompt_the_client_gives_up_on_is_cancelled_at_the_server() {
     let said = &done["result"]["messages"][0]["content"]["text"];
     assert_eq!(said, "slow prompt done", "{done}");
 }
+
+/// A chatty server cannot flood the loop or a client: of 2,000 log messages sent at once, the
+/// client gets the relay budget's share (a burst of 200 and 50 a second after it), every one
+/// dropped is counted in the server's `notifications_dropped`, and the call is answered.
+#[test]
+fn a_flood_of_log_messages_is_cut_to_the_budget_and_counted() {
+    let d = Daemon::start_with(Setup {
+        config: Some(QUICK_STOP.into()),
+        ..Setup::default()
+    });
+    let script = fixture("conformance_server.py");
+    register(&d, "a", &["python3", &script, "test"]);
+    wait_status(&d, "a", "active");
+    let mut client = SdkClient::python(&url(&d), &d.token);
+    assert_eq!(client.next("connect")["connected"], true);
+    client.send(json!({"op": "set_level", "level": "info"}));
+    let sent = 2000;
+    let r = client.send(json!({"op": "call", "name": "a__log_flood", "arguments": {"n": sent}}));
+    assert_eq!(text(&r["result"]), format!("sent {sent}"), "{r}");
+    let (code, v) = d.http("GET", "/api/v1/mcp/servers/a", None);
+    assert_eq!(code, 200, "{v}");
+    let dropped = v["data"]["notifications_dropped"]
+        .as_u64()
+        .expect("a count");
+    assert!(dropped > 0, "2,000 at once are beyond the budget: {v}");
+    let relayed = sent - dropped;
+    assert!(relayed >= 200, "at least the burst passes: {relayed}");
+    // Everything relayed came on the call's stream before its answer.
+    let logs = client.send(json!({"op": "logs", "at_least": relayed}));
+    let got = logs["logs"].as_array().map_or(0, Vec::len) as u64;
+    assert_eq!(got, relayed, "{dropped} dropped");
+    assert_eq!(logs["logs"][0]["data"], "message 0");
+    assert_eq!(logs["logs"][0]["logger"], "a__flood");
+}

@@ -927,3 +927,84 @@ fn mcp_2026_07_28_listen_carries_resource_updates_and_completions_are_forwarded(
         |t| format!("{t}\n{}", d.stderr()),
     );
 }
+
+/// A 2026-07-28 `tools/call` whose `_meta` names a log level gets its server's log messages
+/// at that level or above on its stream (the server is asked for that level), then its
+/// result; one that names none gets a plain JSON answer.
+#[test]
+fn mcp_2026_07_28_call_with_a_log_level_gets_the_servers_log_messages_on_its_stream() {
+    let d = Daemon::start_with(setup());
+    let script = format!(
+        "{}/tests/fixtures/conformance_server.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    register(&d, "a", &["python3", &script, "test"]);
+    wait_active(&d, "a");
+    let bearer = d.bearer();
+    let name = "a__log_each_level";
+    let headers = modern_headers(&bearer, MODERN, "tools/call", Some(name));
+    let mut body: Value = serde_json::from_str(&modern_body(
+        5,
+        "tools/call",
+        json!({"name": name, "arguments": {}}),
+        MODERN,
+        true,
+    ))
+    .expect("JSON");
+    body["params"]["_meta"]["io.modelcontextprotocol/logLevel"] = json!("error");
+    let addr = d.http.expect("TCP listener");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let text = body.to_string();
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        text.len()
+    );
+    for (k, v) in &headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&text);
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let (status, head, body) = split_response(&out);
+    assert_eq!(status, 200, "{head}\n{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("text/event-stream"),
+        "{head}"
+    );
+    let messages: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str(d.trim()).expect("SSE data is JSON"))
+        .collect();
+    let levels: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/message")
+        .filter_map(|m| m["params"]["level"].as_str())
+        .collect();
+    assert_eq!(
+        levels,
+        ["error", "critical", "alert", "emergency"],
+        "{body}"
+    );
+    let last = messages.last().expect("the result");
+    assert_eq!(last["id"], 5, "{body}");
+    assert_eq!(
+        last["result"]["content"][0]["text"], "level error",
+        "{body}"
+    );
+    assert_eq!(last["result"]["resultType"], "complete", "{body}");
+    // Without a level: no log messages, a JSON answer.
+    let plain = modern_body(
+        6,
+        "tools/call",
+        json!({"name": name, "arguments": {}}),
+        MODERN,
+        true,
+    );
+    let (status, head, v) = post(&d, &headers, &plain);
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(v["result"]["content"][0]["text"], "level error", "{v}");
+}

@@ -274,6 +274,10 @@ struct Pending {
     sse: bool,
     /// Whether it came as a 2026-07-28 request (the result says `resultType`).
     modern: bool,
+    /// The log level a 2026-07-28 call asked for (`_meta` `io.modelcontextprotocol/logLevel`,
+    /// a rank in `LOG_LEVELS`): its server's log messages at that level or above go on its
+    /// stream.
+    log_level: Option<usize>,
 }
 
 /// What a forwarded request's answer will need, besides the request it answers.
@@ -1058,6 +1062,7 @@ impl Gateway {
             streaming: false,
             sse: w.sse,
             modern: false,
+            log_level: None,
         };
         self.pending.insert(tag, pending);
         cx.ask(tag, request);
@@ -1306,9 +1311,15 @@ impl Gateway {
         self.sync_levels(cx);
     }
 
-    /// The most verbose level a session wants, if any wants log messages.
+    /// The most verbose level a session (or a 2026-07-28 call in flight) wants, if any wants
+    /// log messages.
     fn wanted_level(&self) -> Option<usize> {
-        self.sessions.values().filter_map(|s| s.log_level).min()
+        let calls = self.pending.values().filter_map(|p| p.log_level);
+        self.sessions
+            .values()
+            .filter_map(|s| s.log_level)
+            .chain(calls)
+            .min()
     }
 
     /// Asks each serving server whose level differs from the one wanted now for that level
@@ -1394,7 +1405,18 @@ impl Gateway {
             .filter(|(_, s)| s.log_level.is_some_and(|l| rank >= l))
             .map(|(id, _)| id.clone())
             .collect();
-        if admitted.is_empty() {
+        // 2026-07-28 calls to this server that asked for this level or a more verbose one.
+        let calls: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                p.sse
+                    && p.log_level.is_some_and(|l| rank >= l)
+                    && p.server.as_deref() == Some(server)
+            })
+            .map(|(tag, _)| *tag)
+            .collect();
+        if admitted.is_empty() && calls.is_empty() {
             return;
         }
         let sep = &self.settings.tool_separator;
@@ -1405,6 +1427,9 @@ impl Gateway {
         let message = json!({"jsonrpc": "2.0", "method": "notifications/message",
                              "params": {"level": level, "logger": logger, "data": data}});
         let now = Instant::now();
+        for tag in calls {
+            self.push_on_call(cx, tag, &message, now);
+        }
         for session in admitted {
             let call = self
                 .pending
@@ -1414,22 +1439,37 @@ impl Gateway {
                 })
                 .map(|(tag, _)| *tag)
                 .min();
-            if let Some(p) = call.and_then(|tag| self.pending.get_mut(&tag)) {
-                if let ReplyTo::Http { conn, .. } = p.reply {
-                    if !p.streaming {
-                        p.streaming = true;
-                        cx.emit(Output::Stream { reply: p.reply });
-                        self.keep_alive(cx, now);
-                    }
-                    cx.emit(Output::Push {
-                        conn,
-                        bytes: sse_message(&message),
-                    });
-                    continue;
-                }
+            if call.is_some_and(|tag| self.push_on_call(cx, tag, &message, now)) {
+                continue;
             }
             self.notify_session(cx, &session, &message);
         }
+    }
+
+    /// `message` on the stream of call `tag` (opened as one if it was not); whether it went.
+    fn push_on_call(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        tag: u64,
+        message: &Value,
+        now: Instant,
+    ) -> bool {
+        let Some(p) = self.pending.get_mut(&tag) else {
+            return false;
+        };
+        let ReplyTo::Http { conn, .. } = p.reply else {
+            return false;
+        };
+        if !p.streaming {
+            p.streaming = true;
+            cx.emit(Output::Stream { reply: p.reply });
+            self.keep_alive(cx, now);
+        }
+        cx.emit(Output::Push {
+            conn,
+            bytes: sse_message(message),
+        });
+        true
     }
 
     /// `message` on session `id`'s GET stream (and in its replay buffer).

@@ -14,8 +14,9 @@
 //! the acknowledgement, then the `list_changed` notifications it asked for and the
 //! `notifications/resources/updated` of its `resourceSubscriptions`, tagged with the
 //! subscription id; the client closing it ends it) are served; another method is a 404 with
-//! -32601, as the transport says. Per-request log levels (`_meta`
-//! `io.modelcontextprotocol/logLevel`) are not relayed.
+//! -32601, as the transport says. A `tools/call` whose `_meta` names a log level
+//! (`io.modelcontextprotocol/logLevel`, this era's replacement of `logging/setLevel`) gets its
+//! server's log messages at that level or above on its stream.
 //!
 //! Invariants: listen streams are at most `gateway.max_sessions` (one beyond is refused with
 //! 503) and get the keep-alive comments of the other streams; a stream whose connection
@@ -45,6 +46,7 @@ const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
+const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
 
 /// The list-change notifications a listen stream can ask for: the filter's field, the
 /// notification it brings.
@@ -283,8 +285,16 @@ impl Gateway {
                     sse: request.accepts_event_stream(),
                 };
                 self.call(cx, reply, id, params, call);
+                // Log messages, when it asks for them (this era's per-request opt-in): its
+                // server is asked for that level if none more verbose is set, and left there
+                // after the call (no request per call to put it back).
+                let level = params["_meta"][META_LOG_LEVEL].as_str().and_then(log_rank);
                 if let Some(p) = self.pending.get_mut(&tag) {
                     p.modern = true;
+                    p.log_level = level;
+                    if level.is_some() {
+                        self.sync_levels(cx);
+                    }
                 }
             }
             "prompts/get" | "resources/read" | "completion/complete" => {

@@ -314,6 +314,17 @@ impl crate::room::Serve for Mcp {
                 }
             }
             McpRequest::SetLogLevel { id, level } => {
+                // A 2026-07-28 server has no logging/setLevel: its requests for clients carry
+                // the level in their `_meta` instead.
+                let modern = self
+                    .servers
+                    .get_mut(&id)
+                    .filter(|s| s.status.serves() && s.session.era == Some(session::Era::Modern));
+                if let Some(server) = modern {
+                    server.session.log_level = Some(level);
+                    cx.reply(reply, Ok(json!({"server": id, "log_level": level})));
+                    return;
+                }
                 let (mut lcx, _) = cx.split();
                 let params = json!({ "level": level });
                 match self.forward(&mut lcx, &id, "logging/setLevel", "logging", params, reply) {

@@ -64,6 +64,8 @@ pub mod meta {
     pub const SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
     /// The `subscriptions/listen` request a notification belongs to.
     pub const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+    /// The log level a request asks for (its log messages; replaces `logging/setLevel`).
+    pub const LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
 }
 
 /// The log levels of MCP (RFC 5424's), from the most verbose to the most severe.
@@ -305,6 +307,9 @@ pub struct Session<R, T> {
     notes: NoteBudget,
     /// Log messages and resource updates dropped beyond the budget (all runs).
     pub notes_dropped: u64,
+    /// The log level asked for (`/mcp`'s clients want it): a modern server gets it in the
+    /// `_meta` of the requests made for clients, since its era has no `logging/setLevel`.
+    pub log_level: Option<&'static str>,
     /// `notes_dropped` when the daemon's log last said how many.
     notes_reported: u64,
 }
@@ -391,6 +396,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
             calls: (0, 0, 0),
             notes: NoteBudget::default(),
             notes_dropped: 0,
+            log_level: None,
             notes_reported: 0,
         }
     }
@@ -507,6 +513,13 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 }
                 if let (Some(m), Value::Object(ours)) = (entry.as_object_mut(), request_meta()) {
                     m.extend(ours);
+                    let for_a_client = matches!(
+                        method,
+                        "tools/call" | "prompts/get" | "resources/read" | "completion/complete"
+                    );
+                    if let Some(level) = self.log_level.filter(|_| for_a_client) {
+                        m.insert(meta::LOG_LEVEL.into(), Value::String(level.into()));
+                    }
                 }
             }
         }
@@ -2562,6 +2575,25 @@ mod tests {
             )
             .expect("call");
         (e, rpc)
+    }
+
+    #[test]
+    fn a_modern_server_gets_the_wanted_log_level_in_the_meta_of_requests_for_clients() {
+        let (mut s, now) = modern(true, 60_000);
+        let (e, _) = call_echo(&mut s, now);
+        assert!(sent(&e)[0]["params"]["_meta"]
+            .get(meta::LOG_LEVEL)
+            .is_none());
+        s.log_level = Some("warning");
+        let (e, _) = call_echo(&mut s, now);
+        assert_eq!(sent(&e)[0]["params"]["_meta"][meta::LOG_LEVEL], "warning");
+        let e = s.ping_round(3, now);
+        let discover = &sent(&e)[0];
+        assert_eq!(discover["method"], "server/discover");
+        assert!(
+            discover["params"]["_meta"].get(meta::LOG_LEVEL).is_none(),
+            "{discover}"
+        );
     }
 
     #[test]

@@ -292,6 +292,8 @@ struct Waiting {
     progress: Option<Value>,
     /// Whether the client accepts an SSE answer.
     sse: bool,
+    /// The log level a 2026-07-28 call asks for.
+    log_level: Option<usize>,
 }
 
 /// A server as the gateway last heard of it: id, status, and (when it serves) the tools the
@@ -775,6 +777,7 @@ impl Gateway {
                 let call = Call {
                     session,
                     sse: request.accepts_event_stream(),
+                    log_level: None,
                 };
                 self.call(cx, reply, id, params, call)
             }
@@ -1016,6 +1019,7 @@ impl Gateway {
             what,
             session: call.session,
             sse: call.sse && server.is_some(),
+            log_level: call.log_level.filter(|_| server.is_some()),
             server,
             progress,
         };
@@ -1062,9 +1066,13 @@ impl Gateway {
             streaming: false,
             sse: w.sse,
             modern: false,
-            log_level: None,
+            log_level: w.log_level,
         };
         self.pending.insert(tag, pending);
+        // A call that wants log messages: its server is asked for the level first.
+        if w.log_level.is_some() {
+            self.sync_levels(cx);
+        }
         cx.ask(tag, request);
     }
 
@@ -1105,6 +1113,7 @@ impl Gateway {
             server,
             progress: None,
             sse: false,
+            log_level: None,
         };
         self.forward(cx, tag, (reply, id), request, waiting);
     }
@@ -1158,6 +1167,8 @@ struct Call {
     session: String,
     /// Whether it accepts an SSE answer.
     sse: bool,
+    /// The log level a 2026-07-28 call asks for (a rank in `LOG_LEVELS`).
+    log_level: Option<usize>,
 }
 
 /// A server's progress notification, as the MCP room's event has it.

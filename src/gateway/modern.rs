@@ -280,21 +280,17 @@ impl Gateway {
                 // The same forwarding as the session era; the answer is marked as this era's.
                 let tag = self.next_tag;
                 // No session: bounded by the calls in flight in all; cancelled by hanging up.
+                // Log messages, when it asks for them (this era's per-request opt-in): its
+                // server is asked for that level first if none as verbose is set, and left
+                // there after the call (no request per call to put it back).
                 let call = Call {
                     session: String::new(),
                     sse: request.accepts_event_stream(),
+                    log_level: params["_meta"][META_LOG_LEVEL].as_str().and_then(log_rank),
                 };
                 self.call(cx, reply, id, params, call);
-                // Log messages, when it asks for them (this era's per-request opt-in): its
-                // server is asked for that level if none more verbose is set, and left there
-                // after the call (no request per call to put it back).
-                let level = params["_meta"][META_LOG_LEVEL].as_str().and_then(log_rank);
                 if let Some(p) = self.pending.get_mut(&tag) {
                     p.modern = true;
-                    p.log_level = level;
-                    if level.is_some() {
-                        self.sync_levels(cx);
-                    }
                 }
             }
             "prompts/get" | "resources/read" | "completion/complete" => {

@@ -1517,3 +1517,38 @@ fn a_flood_of_log_messages_is_cut_to_the_budget_and_counted() {
     assert_eq!(logs["logs"][0]["data"], "message 0");
     assert_eq!(logs["logs"][0]["logger"], "a__flood");
 }
+
+/// Log messages reach a client of `mcp serve-stdio` too (on the call's answer stream, which
+/// the bridge relays message by message), filtered by the level it set.
+#[test]
+fn python_sdk_stdio_client_gets_log_messages_through_serve_stdio() {
+    let d = Daemon::start_with(Setup {
+        config: Some(QUICK_STOP.into()),
+        ..Setup::default()
+    });
+    let script = fixture("conformance_server.py");
+    register(&d, "a", &["python3", &script, "test"]);
+    wait_status(&d, "a", "active");
+    let mut command = Command::new(peers().join("venv-time/bin/python"));
+    command
+        .arg(fixture("gateway_client.py"))
+        .arg("stdio")
+        .arg(bin())
+        .args(["mcp", "serve-stdio", "--socket"])
+        .arg(&d.socket);
+    let mut stdio = SdkClient::spawn(command);
+    let hello = stdio.next("connect");
+    assert!(hello["capabilities"]["logging"].is_object(), "{hello}");
+    assert_eq!(
+        stdio.send(json!({"op": "set_level", "level": "error"}))["ok"],
+        true
+    );
+    let r = stdio.send(json!({"op": "call", "name": "a__log_each_level"}));
+    assert_eq!(text(&r["result"]), "level error", "{r}");
+    let logs = stdio.send(json!({"op": "logs", "at_least": 4}));
+    assert_eq!(
+        levels(&logs),
+        ["error", "critical", "alert", "emergency"],
+        "{logs}"
+    );
+}

@@ -439,6 +439,39 @@ pub enum McpRequest {
         id: String,
         /// The resource's URI, as the server gave it.
         uri: String,
+        /// A progress token for it (`_meta.progressToken`), unique among the calls in flight:
+        /// [`McpRequest::Cancel`] cancels it by this token as it cancels a call.
+        progress_token: Option<String>,
+    },
+    /// Set a server's log level (`logging/setLevel` forwarded, under a tool call's deadline;
+    /// refused when the server declared no `logging`). Internal (the `/mcp` gateway's; no
+    /// ops row).
+    SetLogLevel {
+        /// Server id.
+        id: String,
+        /// One of the eight level names.
+        level: &'static str,
+    },
+    /// Subscribe to a resource's updates, or end the subscription (`resources/subscribe` or
+    /// `resources/unsubscribe` forwarded; refused when the server declared no
+    /// `resources.subscribe`). Internal (the `/mcp` gateway's; no ops row).
+    Subscribe {
+        /// Server id.
+        id: String,
+        /// The resource's URI, as the server gave it.
+        uri: String,
+        /// `true`: subscribe; `false`: unsubscribe.
+        subscribe: bool,
+    },
+    /// Ask for completions (`completion/complete` forwarded with these params, the server's
+    /// own names in `ref`); a serving server that declared no `completions` gets the empty
+    /// completion. Internal (the `/mcp` gateway's; no ops row).
+    Complete {
+        /// Server id.
+        id: String,
+        /// The request's params (a `_meta.progressToken` in them makes it cancellable by
+        /// [`McpRequest::Cancel`], as for [`McpRequest::ReadResource`]).
+        params: Value,
     },
     /// Get a prompt (`prompts/get` forwarded, under a tool call's deadline).
     GetPrompt {
@@ -448,6 +481,8 @@ pub enum McpRequest {
         name: String,
         /// Its arguments (an object of strings).
         arguments: Value,
+        /// A progress token, as for [`McpRequest::ReadResource`].
+        progress_token: Option<String>,
     },
 }
 

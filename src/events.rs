@@ -139,6 +139,26 @@ pub enum EventData {
         /// The server's message, bounded.
         message: Option<String>,
     },
+    /// `mcp_server_log`: a server's `notifications/message` (rate-limited per server; its
+    /// `data` bounded), which `/mcp` passes on to the client sessions that asked for its level.
+    McpServerLog {
+        /// The server.
+        server_id: String,
+        /// One of the eight RFC 5424 level names.
+        level: &'static str,
+        /// The server's logger name, bounded, if it gave one.
+        logger: Option<String>,
+        /// The message's data, as the server sent it when small, otherwise a truncated text.
+        data: Value,
+    },
+    /// `mcp_resource_updated`: a server's `notifications/resources/updated`, which `/mcp`
+    /// passes on to the client sessions subscribed to that URI.
+    McpResourceUpdated {
+        /// The server.
+        server_id: String,
+        /// The resource's URI, bounded.
+        uri: String,
+    },
     /// `capability_acquisition_progress`: a step of an acquisition ended.
     CapabilityAcquisitionProgress {
         /// The acquisition (`acq-N`).
@@ -342,6 +362,8 @@ impl EventData {
             EventData::McpServerToolsChanged { .. } => "mcp_server_tools_changed",
             EventData::McpToolProgress { .. } => "mcp_tool_progress",
             EventData::McpServerListChanged { .. } => "mcp_server_list_changed",
+            EventData::McpServerLog { .. } => "mcp_server_log",
+            EventData::McpResourceUpdated { .. } => "mcp_resource_updated",
             EventData::CapabilityAcquisitionProgress { .. } => "capability_acquisition_progress",
             EventData::CapabilityAcquired { .. } => "capability_acquired",
             EventData::CapabilityAcquisitionFailed { .. } => "capability_acquisition_failed",

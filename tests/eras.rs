@@ -857,3 +857,167 @@ fn mcp_2026_07_28_lists_reads_and_gets_resources_and_prompts() {
         "only what it asked for: {changed}"
     );
 }
+
+/// 2026-07-28 resource subscriptions on `/mcp`: `resourceSubscriptions` of a
+/// `subscriptions/listen` stream are acknowledged for the URIs an active server offers (held
+/// upstream with `resources/subscribe`), the server's `notifications/resources/updated`
+/// comes on the stream tagged with the subscription id, and closing the stream ends the
+/// server's subscription. `completion/complete` is forwarded as in the session era.
+#[test]
+fn mcp_2026_07_28_listen_carries_resource_updates_and_completions_are_forwarded() {
+    let d = Daemon::start_with(setup());
+    let script = format!(
+        "{}/tests/fixtures/conformance_server.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    register(&d, "a", &["python3", &script, "test", "alpha"]);
+    wait_active(&d, "a");
+    let bearer = d.bearer();
+    let b = bearer.as_str();
+    let watched = "test://watched-resource";
+    let subscribed = |d: &Daemon| {
+        let (code, v) = call(d, "a", "subscriptions", json!({}));
+        assert_eq!(code, 0, "{v}");
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(subscribed(&d), "[]");
+    let filters = json!({"resourceSubscriptions": [watched, "nothing://here"]});
+    let (s, mut reader) = listen(&d, b, 9, filters);
+    let ack = next_event(&mut reader, "the acknowledgement", |m| {
+        m["method"] == "notifications/subscriptions/acknowledged"
+    });
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"resourceSubscriptions": [watched]}),
+        "the URI no server offers is not honoured: {ack}"
+    );
+    wait_until(
+        "the server's subscription",
+        || subscribed(&d),
+        |t| t.contains(watched),
+        |t| format!("{t}\n{}", d.stderr()),
+    );
+    let (code, v) = call(&d, "a", "update_watched", json!({}));
+    assert_eq!(code, 0, "{v}");
+    let updated = next_event(&mut reader, "the update", |m| {
+        m["method"] == "notifications/resources/updated"
+    });
+    assert_eq!(updated["params"]["uri"], watched, "{updated}");
+    assert_eq!(
+        updated["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 9,
+        "{updated}"
+    );
+    drop(reader);
+    drop(s);
+    // The stream closed: the server's subscription ends (seen at the next step of /mcp).
+    let body = modern_body(
+        3,
+        "completion/complete",
+        json!({"ref": {"type": "ref/prompt", "name": "a__prompt_with_arguments"},
+               "argument": {"name": "arg1", "value": "test"}}),
+        MODERN,
+        true,
+    );
+    let headers = modern_headers(b, MODERN, "completion/complete", None);
+    let (status, _, v) = post(&d, &headers, &body);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["result"]["completion"]["values"],
+        json!(["test-alpha", "testing-alpha", "tested-alpha"]),
+        "{v}"
+    );
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    wait_until(
+        "the server's subscription ended with the stream",
+        || {
+            post(&d, &headers, &body);
+            subscribed(&d)
+        },
+        |t| t == "[]",
+        |t| format!("{t}\n{}", d.stderr()),
+    );
+}
+
+/// A 2026-07-28 `tools/call` whose `_meta` names a log level gets its server's log messages
+/// at that level or above on its stream (the server is asked for that level), then its
+/// result; one that names none gets a plain JSON answer.
+#[test]
+fn mcp_2026_07_28_call_with_a_log_level_gets_the_servers_log_messages_on_its_stream() {
+    let d = Daemon::start_with(setup());
+    let script = format!(
+        "{}/tests/fixtures/conformance_server.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    register(&d, "a", &["python3", &script, "test"]);
+    wait_active(&d, "a");
+    let bearer = d.bearer();
+    let name = "a__log_each_level";
+    let headers = modern_headers(&bearer, MODERN, "tools/call", Some(name));
+    let mut body: Value = serde_json::from_str(&modern_body(
+        5,
+        "tools/call",
+        json!({"name": name, "arguments": {}}),
+        MODERN,
+        true,
+    ))
+    .expect("JSON");
+    body["params"]["_meta"]["io.modelcontextprotocol/logLevel"] = json!("error");
+    let addr = d.http.expect("TCP listener");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let text = body.to_string();
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        text.len()
+    );
+    for (k, v) in &headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&text);
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let (status, head, body) = split_response(&out);
+    assert_eq!(status, 200, "{head}\n{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("text/event-stream"),
+        "{head}"
+    );
+    let messages: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str(d.trim()).expect("SSE data is JSON"))
+        .collect();
+    let levels: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/message")
+        .filter_map(|m| m["params"]["level"].as_str())
+        .collect();
+    assert_eq!(
+        levels,
+        ["error", "critical", "alert", "emergency"],
+        "{body}"
+    );
+    let last = messages.last().expect("the result");
+    assert_eq!(last["id"], 5, "{body}");
+    assert_eq!(
+        last["result"]["content"][0]["text"], "level error",
+        "{body}"
+    );
+    assert_eq!(last["result"]["resultType"], "complete", "{body}");
+    // Without a level: no log messages, a JSON answer.
+    let plain = modern_body(
+        6,
+        "tools/call",
+        json!({"name": name, "arguments": {}}),
+        MODERN,
+        true,
+    );
+    let (status, head, v) = post(&d, &headers, &plain);
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(v["result"]["content"][0]["text"], "level error", "{v}");
+}

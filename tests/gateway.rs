@@ -1312,3 +1312,243 @@ fn vsm_discover_finds_the_servers_of_the_operators_catalog() {
     assert_eq!(bad["result"]["isError"], true, "{bad}");
     assert!(text(&bad["result"]).contains("not one of"), "{bad}");
 }
+
+/// The levels of the log messages in a `logs` answer, in order.
+fn levels(logs: &Value) -> Vec<String> {
+    field_of(&logs["logs"], "level")
+}
+
+/// Logging, completions and resource subscriptions relayed to the official Python SDK
+/// client, across two servers (the conformance fixture registered as `a` and `b`):
+/// `logging/setLevel` sets each session's level and the servers get the most verbose one
+/// wanted (the fixture filters by it and says which it has); log messages come with the
+/// logger prefixed by the server's id, filtered per session, on the call's stream or the
+/// session's GET stream; `completion/complete` goes to the server of the prompt or template
+/// named; a subscription brings `notifications/resources/updated`, is held once upstream for
+/// two sessions, and ends at the server when the last session holding it ends.
+#[test]
+fn python_sdk_client_gets_logs_completions_and_resource_updates_across_two_servers() {
+    let d = Daemon::start_with(Setup {
+        config: Some(QUICK_STOP.into()),
+        ..Setup::default()
+    });
+    let script = fixture("conformance_server.py");
+    register(&d, "a", &["python3", &script, "test", "alpha"]);
+    register(&d, "b", &["python3", &script, "test", "beta"]);
+    wait_status(&d, "a", "active");
+    wait_status(&d, "b", "active");
+    let mut one = SdkClient::python(&url(&d), &d.token);
+    let hello = one.next("connect");
+    assert_eq!(hello["connected"], true, "{hello}");
+    let caps = &hello["capabilities"];
+    assert!(caps["logging"].is_object(), "{hello}");
+    assert!(caps["completions"].is_object(), "{hello}");
+    assert_eq!(caps["resources"]["subscribe"], true, "{hello}");
+
+    // Logging: session one wants warning and above; the server is asked for warning.
+    let ok = one.send(json!({"op": "set_level", "level": "warning"}));
+    assert_eq!(ok["ok"], true, "{ok}");
+    let r = one.send(json!({"op": "call", "name": "a__log_each_level"}));
+    assert_eq!(text(&r["result"]), "level warning", "{r}");
+    let logs = one.send(json!({"op": "logs", "at_least": 5}));
+    assert_eq!(
+        levels(&logs),
+        ["warning", "error", "critical", "alert", "emergency"],
+        "{logs}"
+    );
+    assert_eq!(field_of(&logs["logs"], "logger")[0], "a__levels", "{logs}");
+    assert_eq!(logs["logs"][0]["data"], "a warning message", "{logs}");
+
+    // Session two wants debug: the server is asked for debug and sends all eight; two gets
+    // them on its call, one gets the five it admits on its GET stream.
+    let mut two = SdkClient::python(&url(&d), &d.token);
+    assert_eq!(two.next("connect")["connected"], true);
+    two.send(json!({"op": "set_level", "level": "debug"}));
+    let r = two.send(json!({"op": "call", "name": "b__log_each_level"}));
+    assert_eq!(text(&r["result"]), "level debug", "{r}");
+    let logs = two.send(json!({"op": "logs", "at_least": 8}));
+    assert_eq!(levels(&logs).len(), 8, "{logs}");
+    assert_eq!(levels(&logs)[0], "debug", "{logs}");
+    assert_eq!(field_of(&logs["logs"], "logger")[0], "b__levels", "{logs}");
+    let logs = one.send(json!({"op": "logs", "at_least": 10}));
+    let seen = levels(&logs);
+    assert!(
+        seen.iter()
+            .all(|l| !["debug", "info", "notice"].contains(&l.as_str())),
+        "session one wants warning and above only: {logs}"
+    );
+    assert_eq!(field_of(&logs["logs"], "logger")[5], "b__levels", "{logs}");
+
+    // Completions: each server's prompt and template, with its own values.
+    let arg = json!({"name": "arg1", "value": "te"});
+    let c =
+        one.send(json!({"op": "complete", "prompt": "a__prompt_with_arguments", "argument": arg}));
+    let values = &c["result"]["completion"]["values"];
+    assert_eq!(
+        values,
+        &json!(["test-alpha", "testing-alpha", "tested-alpha"]),
+        "{c}"
+    );
+    let c =
+        one.send(json!({"op": "complete", "prompt": "b__prompt_with_arguments", "argument": arg}));
+    assert_eq!(c["result"]["completion"]["values"][0], "test-beta", "{c}");
+    let c = one.send(json!({"op": "complete", "uri": "test://template/{id}/data",
+                            "argument": {"name": "id", "value": "12"}}));
+    assert_eq!(
+        c["result"]["completion"]["values"],
+        json!(["123-alpha", "124-alpha"]),
+        "{c}"
+    );
+    let c = one.send(json!({"op": "complete", "prompt": "a__nope", "argument": arg}));
+    assert_eq!(c["code"], -32602, "{c}");
+
+    // Subscriptions: the URI both servers list routes to `a` (its id sorts first).
+    let watched = "test://watched-resource";
+    let subscribed_at_a = |c: &mut SdkClient| {
+        let r = c.send(json!({"op": "call", "name": "a__subscriptions"}));
+        text(&r["result"])
+    };
+    assert_eq!(subscribed_at_a(&mut one), "[]");
+    assert_eq!(
+        one.send(json!({"op": "subscribe", "uri": watched}))["ok"],
+        true
+    );
+    assert_eq!(subscribed_at_a(&mut one), format!("[\"{watched}\"]"));
+    one.send(json!({"op": "call", "name": "a__update_watched"}));
+    let u = one.send(json!({"op": "updates", "uri": watched, "at_least": 1}));
+    assert_eq!(u["updates"], 1, "{u}");
+    assert_eq!(
+        two.send(json!({"op": "subscribe", "uri": watched}))["ok"],
+        true
+    );
+    // One leaves: the other still holds it, so the server's subscription stays.
+    assert_eq!(
+        one.send(json!({"op": "unsubscribe", "uri": watched}))["ok"],
+        true
+    );
+    assert_eq!(subscribed_at_a(&mut one), format!("[\"{watched}\"]"));
+    two.send(json!({"op": "call", "name": "a__update_watched"}));
+    let u = two.send(json!({"op": "updates", "uri": watched, "at_least": 1}));
+    assert_eq!(u["updates"], 1, "{u}");
+    // A round trip later, session one (unsubscribed) has heard of the first change only.
+    subscribed_at_a(&mut one);
+    let u = one.send(json!({"op": "updates", "uri": watched, "at_least": 0}));
+    assert_eq!(u["updates"], 1, "{u}");
+    // The last session holding it ends: the server's subscription ends.
+    let closed = two.send(json!({"op": "close"}));
+    assert_eq!(closed["closed"], true, "{closed}");
+    wait_until(
+        "the server's subscription ended with the last session holding it",
+        || subscribed_at_a(&mut one),
+        |t| t == "[]",
+        |t| format!("a__subscriptions: {t}\n{}", d.stderr()),
+    );
+    // The session wanting debug ended: the server is asked for warning again.
+    let r = one.send(json!({"op": "call", "name": "a__log_each_level"}));
+    assert_eq!(text(&r["result"]), "level warning", "{r}");
+}
+
+/// A `prompts/get` the client gives up on (the Python SDK client's cancel scope ends, and it
+/// sends `notifications/cancelled`) is cancelled at the server as a call is: the server
+/// receives `notifications/cancelled` for the request id the daemon used, and still serves.
+#[test]
+fn a_prompt_the_client_gives_up_on_is_cancelled_at_the_server() {
+    let d = Daemon::start_with(Setup {
+        config: Some(QUICK_STOP.into()),
+        ..Setup::default()
+    });
+    let script = fixture("conformance_server.py");
+    register(&d, "a", &["python3", &script, "test"]);
+    wait_status(&d, "a", "active");
+    let mut client = SdkClient::python(&url(&d), &d.token);
+    assert_eq!(client.next("connect")["connected"], true);
+    let cancelled = |c: &mut SdkClient| {
+        let r = c.send(json!({"op": "call", "name": "a__cancelled"}));
+        text(&r["result"])
+    };
+    assert_eq!(cancelled(&mut client), "[]");
+    let gave_up = client.send(json!({"op": "give_up", "name": "a__slow_prompt",
+                                     "arguments": {"ms": "30000"}, "after_ms": 300}));
+    assert_eq!(gave_up["cancelled"], true, "{gave_up}");
+    let ids = wait_until(
+        "notifications/cancelled for the prompt at the server",
+        || cancelled(&mut client),
+        |t| t != "[]",
+        |t| format!("{t}\n{}", d.stderr()),
+    );
+    let ids: Value = serde_json::from_str(&ids).expect("a JSON list");
+    assert_eq!(ids.as_array().map(Vec::len), Some(1), "{ids}");
+    let done = client.send(json!({"op": "prompt", "name": "a__slow_prompt",
+                                  "arguments": {"ms": "10"}}));
+    let said = &done["result"]["messages"][0]["content"]["text"];
+    assert_eq!(said, "slow prompt done", "{done}");
+}
+
+/// A chatty server cannot flood the loop or a client: of 2,000 log messages sent at once, the
+/// client gets the relay budget's share (a burst of 200 and 50 a second after it), every one
+/// dropped is counted in the server's `notifications_dropped`, and the call is answered.
+#[test]
+fn a_flood_of_log_messages_is_cut_to_the_budget_and_counted() {
+    let d = Daemon::start_with(Setup {
+        config: Some(QUICK_STOP.into()),
+        ..Setup::default()
+    });
+    let script = fixture("conformance_server.py");
+    register(&d, "a", &["python3", &script, "test"]);
+    wait_status(&d, "a", "active");
+    let mut client = SdkClient::python(&url(&d), &d.token);
+    assert_eq!(client.next("connect")["connected"], true);
+    client.send(json!({"op": "set_level", "level": "info"}));
+    let sent = 2000;
+    let r = client.send(json!({"op": "call", "name": "a__log_flood", "arguments": {"n": sent}}));
+    assert_eq!(text(&r["result"]), format!("sent {sent}"), "{r}");
+    let (code, v) = d.http("GET", "/api/v1/mcp/servers/a", None);
+    assert_eq!(code, 200, "{v}");
+    let dropped = v["data"]["notifications_dropped"]
+        .as_u64()
+        .expect("a count");
+    assert!(dropped > 0, "2,000 at once are beyond the budget: {v}");
+    let relayed = sent - dropped;
+    assert!(relayed >= 200, "at least the burst passes: {relayed}");
+    // Everything relayed came on the call's stream before its answer.
+    let logs = client.send(json!({"op": "logs", "at_least": relayed}));
+    let got = logs["logs"].as_array().map_or(0, Vec::len) as u64;
+    assert_eq!(got, relayed, "{dropped} dropped");
+    assert_eq!(logs["logs"][0]["data"], "message 0");
+    assert_eq!(logs["logs"][0]["logger"], "a__flood");
+}
+
+/// Log messages reach a client of `mcp serve-stdio` too (on the call's answer stream, which
+/// the bridge relays message by message), filtered by the level it set.
+#[test]
+fn python_sdk_stdio_client_gets_log_messages_through_serve_stdio() {
+    let d = Daemon::start_with(Setup {
+        config: Some(QUICK_STOP.into()),
+        ..Setup::default()
+    });
+    let script = fixture("conformance_server.py");
+    register(&d, "a", &["python3", &script, "test"]);
+    wait_status(&d, "a", "active");
+    let mut command = Command::new(peers().join("venv-time/bin/python"));
+    command
+        .arg(fixture("gateway_client.py"))
+        .arg("stdio")
+        .arg(bin())
+        .args(["mcp", "serve-stdio", "--socket"])
+        .arg(&d.socket);
+    let mut stdio = SdkClient::spawn(command);
+    let hello = stdio.next("connect");
+    assert!(hello["capabilities"]["logging"].is_object(), "{hello}");
+    assert_eq!(
+        stdio.send(json!({"op": "set_level", "level": "error"}))["ok"],
+        true
+    );
+    let r = stdio.send(json!({"op": "call", "name": "a__log_each_level"}));
+    assert_eq!(text(&r["result"]), "level error", "{r}");
+    let logs = stdio.send(json!({"op": "logs", "at_least": 4}));
+    assert_eq!(
+        levels(&logs),
+        ["error", "critical", "alert", "emergency"],
+        "{logs}"
+    );
+}

@@ -533,6 +533,7 @@ mod tests {
                 streaming: false,
                 modern: false,
                 sse,
+                log_level: None,
             },
         );
         format!("{TOKEN_PREFIX}{tag}")

@@ -365,6 +365,14 @@ impl Catalog {
             .map(|t| t.server.as_str())
     }
 
+    /// The server whose resource template this is (`uriTemplate` exactly as listed).
+    pub fn template_server(&self, uri_template: &str) -> Option<&str> {
+        self.templates
+            .iter()
+            .find(|t| t.item["uriTemplate"].as_str() == Some(uri_template))
+            .map(|t| t.server.as_str())
+    }
+
     /// Whether the tools of the two catalogs are the same.
     pub fn same_tools(&self, other: &Catalog) -> bool {
         self.tools == other.tools

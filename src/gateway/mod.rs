@@ -20,6 +20,15 @@
 //! checked Host, Origin (403), the bearer token (401) and the body size before a request
 //! gets here.
 //!
+//! Logging, completions and resource subscriptions are relayed: a session's
+//! `logging/setLevel` is kept and each server is asked for the most verbose level any session
+//! wants (once per change and run); servers' log messages (`mcp_server_log` events) go to the
+//! sessions whose level admits them, logger prefixed with the server id, on the stream of the
+//! session's call to that server or else its GET stream; `completion/complete` goes to the
+//! owner of the prompt or resource template; `resources/subscribe` is held once per server and
+//! URI for all sessions (reference-counted, ended with the last holder, renewed for a new
+//! run), and updates (`mcp_resource_updated` events) go to every holder.
+//!
 //! Calls are forwarded with a progress token of the daemon's own (`vsm/gateway/TAG`, unique
 //! over the daemon's life, since clients share servers); a client's
 //! `notifications/cancelled`, its POST's connection closing before the answer, and the end
@@ -37,7 +46,10 @@
 //! takes) and each client request gets one HTTP answer (a response, a stream, or a 202
 //! when it was cancelled); replay buffers hold at most [`REPLAY_EVENTS`] events and
 //! [`REPLAY_BYTES`] bytes per session; progress goes out at most once per
-//! [`PROGRESS_INTERVAL`] per call.
+//! [`PROGRESS_INTERVAL`] per call; resource subscriptions are at most
+//! [`MAX_SUBSCRIPTIONS_PER_SESSION`] per session and [`MAX_SUBSCRIPTIONS`] distinct ones,
+//! each (server, URI) held upstream exactly while some session or listen stream holds it;
+//! completions pass back at most [`MAX_COMPLETION_VALUES`] values.
 
 pub mod ask;
 pub mod catalog;
@@ -49,11 +61,12 @@ use crate::api::{
     Answer, ConnId, DaemonRequest, ErrorCode, McpRequest, ReplyTo, Request, VarietyRequest,
 };
 use crate::config::{Config, GatewayConfig};
+use crate::mcp::session::{log_rank, LOG_LEVELS};
 use crate::net::http;
 use crate::room::{Effect, Room, RoomCx};
 use catalog::{Catalog, Offer, Target};
 use serde_json::{json, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// The protocol versions `/mcp` speaks, newest first (the first is offered to clients that
@@ -79,6 +92,16 @@ const TOKEN_PREFIX: &str = "vsm/gateway/";
 
 /// Longest resource URI `resources/read` routes (it is matched against every template).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Resource subscriptions one session may hold.
+pub const MAX_SUBSCRIPTIONS_PER_SESSION: usize = 64;
+/// Distinct (server, URI) subscriptions held upstream for all sessions together.
+pub const MAX_SUBSCRIPTIONS: usize = 1024;
+/// Completion values passed back at most (the specification's limit).
+pub const MAX_COMPLETION_VALUES: usize = 100;
+/// The level servers are set to once no session wants their log messages any more (only
+/// servers this gateway had set; the others keep their own default): `warning`.
+const IDLE_LOG_LEVEL: usize = 3;
 
 /// JSON-RPC error codes.
 mod code {
@@ -167,6 +190,11 @@ struct Session {
     replay_bytes: usize,
     /// The client capabilities relaying looks at (see [`ask`]).
     declared: ask::Declared,
+    /// The least severe log level the client wants (a rank in `LOG_LEVELS`), once it sent
+    /// `logging/setLevel`; until then it gets no log messages.
+    log_level: Option<usize>,
+    /// The resources it subscribed to: (server, URI).
+    subscriptions: BTreeSet<(String, String)>,
 }
 
 impl Session {
@@ -180,6 +208,8 @@ impl Session {
             replay: VecDeque::new(),
             replay_bytes: 0,
             declared: ask::Declared::default(),
+            log_level: None,
+            subscriptions: BTreeSet::new(),
         }
     }
 
@@ -222,8 +252,11 @@ enum Forwarded {
     Tool,
     /// One of the daemon's own tools: a JSON document, as structured content.
     Own,
-    /// `resources/read` or `prompts/get`: the server's result, or a JSON-RPC error.
+    /// `resources/read`, `prompts/get`, `resources/(un)subscribe`: the server's result, or a
+    /// JSON-RPC error.
     Request,
+    /// `completion/complete`: as `Request`, with at most [`MAX_COMPLETION_VALUES`] values.
+    Complete,
 }
 
 /// A forwarded call waiting for its answer.
@@ -241,12 +274,18 @@ struct Pending {
     progress: Option<Value>,
     /// When progress last went to the client.
     progress_sent: Option<Instant>,
-    /// Whether the answer became an SSE stream (progress went out on it).
+    /// Whether the answer became an SSE stream (progress or log messages went out on it).
     streaming: bool,
+    /// Whether the client accepts an SSE answer, for a request that went to a server: its
+    /// server's log messages for this session, and its requests to the client (see [`ask`]),
+    /// go on it while it is in flight.
+    sse: bool,
     /// Whether it came as a 2026-07-28 request (the result says `resultType`).
     modern: bool,
-    /// Whether its client accepts an SSE answer (server requests can go on it).
-    sse: bool,
+    /// The log level a 2026-07-28 call asked for (`_meta` `io.modelcontextprotocol/logLevel`,
+    /// a rank in `LOG_LEVELS`): its server's log messages at that level or above go on its
+    /// stream.
+    log_level: Option<usize>,
 }
 
 /// What a forwarded request's answer will need, besides the request it answers.
@@ -254,12 +293,15 @@ struct Pending {
 struct Waiting {
     what: Forwarded,
     session: String,
-    /// The server a tool call went to (what a cancel is sent to); `None` for the daemon's own
-    /// tools and for `resources/read` / `prompts/get`, which the MCP room's deadline ends.
+    /// The server a tool call, `resources/read`, `prompts/get` or `completion/complete` went
+    /// to (what a cancel is sent to); `None` for the daemon's own tools and for
+    /// `resources/(un)subscribe`, which the MCP room's deadline ends.
     server: Option<String>,
     progress: Option<Value>,
     /// Whether the client accepts an SSE answer.
     sse: bool,
+    /// The log level a 2026-07-28 call asks for.
+    log_level: Option<usize>,
 }
 
 /// A server as the gateway last heard of it: id, status, and (when it serves) the tools the
@@ -269,6 +311,8 @@ struct Offered {
     id: String,
     status: &'static str,
     serves: bool,
+    /// Its run (a new one after each start).
+    run: u64,
     tools: Vec<Value>,
     /// Its tools the capability policy blocks: (tool, blocked capabilities).
     blocked: Vec<(String, Vec<String>)>,
@@ -296,6 +340,24 @@ pub struct Gateway {
     listeners: Vec<modern::Listener>,
     /// Servers' requests relayed to clients, waiting for their responses (see [`ask`]).
     asks: ask::Asks,
+    /// Resource subscriptions held upstream: (server, URI) and the sessions that hold them
+    /// (one upstream subscription however many sessions).
+    subscribed: BTreeMap<(String, String), BTreeSet<String>>,
+    /// `resources/subscribe` requests in flight: tag, (server, URI) and the session (a
+    /// refusal undoes its subscription).
+    subscribing: HashMap<u64, ((String, String), String)>,
+    /// Per serving server: the run seen and the log level asked of it in that run.
+    upstream: HashMap<String, Upstream>,
+    /// Resource subscriptions of listen streams that closed, to let go of: (key, holder).
+    closed_listens: Vec<((String, String), String)>,
+}
+
+/// What the gateway asked of one server's run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Upstream {
+    run: u64,
+    /// The log level set (a rank in `LOG_LEVELS`), if one was.
+    level: Option<usize>,
 }
 
 /// Why a message is refused before it is handled: HTTP status, JSON-RPC code, message.
@@ -317,6 +379,10 @@ impl Gateway {
             keepalive: false,
             listeners: Vec::new(),
             asks: ask::Asks::default(),
+            subscribed: BTreeMap::new(),
+            subscribing: HashMap::new(),
+            upstream: HashMap::new(),
+            closed_listens: Vec::new(),
         }
     }
 
@@ -333,12 +399,27 @@ impl Gateway {
                 s.stream = None;
             }
         }
-        self.listeners.retain(|l| open(l.conn));
+        let (kept, closed): (Vec<_>, Vec<_>) = self.listeners.drain(..).partition(|l| open(l.conn));
+        self.listeners = kept;
+        // Their resource subscriptions are let go of with the next step that can ask.
+        for l in closed {
+            let holder = l.holder();
+            self.closed_listens
+                .extend(l.resources.into_iter().map(|k| (k, holder.clone())));
+        }
     }
 
-    /// Whether calls are in flight (the wiring then reports connections that went away).
+    /// Lets go of the resource subscriptions of listen streams that closed.
+    fn release_closed_listens(&mut self, cx: &mut RoomCx<'_, Self>) {
+        for (key, holder) in std::mem::take(&mut self.closed_listens) {
+            self.release(cx, &key, &holder);
+        }
+    }
+
+    /// Whether calls are in flight, or listen streams hold resource subscriptions (the
+    /// wiring then reports connections that went away).
     pub fn has_calls(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || self.listeners.iter().any(|l| !l.resources.is_empty())
     }
 
     /// Connections went away (`gone` tells which): calls whose client's POST is among them
@@ -346,6 +427,7 @@ impl Gateway {
     /// streams are forgotten.
     pub fn on_hangups(&mut self, cx: &mut RoomCx<'_, Self>, gone: impl Fn(ConnId) -> bool) {
         self.prune_streams(|c| !gone(c));
+        self.release_closed_listens(cx);
         let tags: Vec<u64> = self
             .pending
             .iter()
@@ -402,6 +484,7 @@ impl Gateway {
 
     /// Removes call `tag` from the waiting ones (and from its session's count).
     fn take_pending(&mut self, tag: u64) -> Option<Pending> {
+        self.subscribing.remove(&tag);
         let p = self.pending.remove(&tag)?;
         if let Some(s) = self.sessions.get_mut(&p.session) {
             s.calls = s.calls.saturating_sub(1);
@@ -417,6 +500,12 @@ impl Gateway {
         };
         if let Some(conn) = session.stream {
             cx.emit(Output::Close { conn });
+        }
+        for key in &session.subscriptions {
+            self.release(cx, key, id);
+        }
+        if session.log_level.is_some() {
+            self.sync_levels(cx);
         }
         if session.calls > 0 {
             let tags: Vec<u64> = self
@@ -539,6 +628,7 @@ impl Gateway {
         now: Instant,
     ) {
         self.sweep(cx, now);
+        self.release_closed_listens(cx);
         match request.method.as_str() {
             "POST" => self.post(cx, request, reply, now),
             "GET" | "HEAD" => match self.session_of(request, now) {
@@ -700,6 +790,7 @@ impl Gateway {
                 let call = Call {
                     session,
                     sse: request.accepts_event_stream(),
+                    log_level: None,
                 };
                 self.call(cx, reply, id, params, call)
             }
@@ -723,13 +814,17 @@ impl Gateway {
             ),
             "prompts/get" => self.get_prompt(cx, reply, id, params, session),
             "resources/read" => self.read_resource(cx, reply, id, params, session),
+            "logging/setLevel" => self.set_level(cx, reply, id, params, &session),
+            "completion/complete" => self.complete(cx, reply, id, params, session),
+            "resources/subscribe" => self.subscribe(cx, reply, id, params, session),
+            "resources/unsubscribe" => self.unsubscribe(cx, reply, id, params, session),
             _ => {
                 let m: String = method.chars().take(80).collect();
                 let response = rpc_error_response(
                     200,
                     &id,
                     code::METHOD_NOT_FOUND,
-                    &format!("method {m:?} is not offered here (tools, prompts and resources)"),
+                    &format!("method {m:?} is not offered here (tools, prompts, resources, completions and logging)"),
                 );
                 cx.emit(Output::Http { reply, response });
             }
@@ -775,7 +870,9 @@ impl Gateway {
             "capabilities": {
                 "tools": {"listChanged": true},
                 "prompts": {"listChanged": true},
-                "resources": {"listChanged": true},
+                "resources": {"listChanged": true, "subscribe": true},
+                "logging": {},
+                "completions": {},
             },
             "serverInfo": {
                 "name": "vsm-daemon",
@@ -936,9 +1033,10 @@ impl Gateway {
         let waiting = Waiting {
             what,
             session: call.session,
+            sse: call.sse && server.is_some(),
+            log_level: call.log_level.filter(|_| server.is_some()),
             server,
             progress,
-            sse: call.sse,
         };
         self.forward(cx, tag, (reply, id), request, waiting);
     }
@@ -981,20 +1079,40 @@ impl Gateway {
             progress: w.progress,
             progress_sent: None,
             streaming: false,
-            modern: false,
             sse: w.sse,
+            modern: false,
+            log_level: w.log_level,
         };
         self.pending.insert(tag, pending);
+        // A call that wants log messages: its server is asked for the level first.
+        if w.log_level.is_some() {
+            self.sync_levels(cx);
+        }
         cx.ask(tag, request);
     }
 
-    /// `resources/read` or `prompts/get` to a server, under the same bounds as a call.
+    /// `resources/(un)subscribe` to a server, under the same bounds as a call (not
+    /// cancellable: quick, and what it changes is undone by the next unsubscribe).
     fn forward_request(
         &mut self,
         cx: &mut RoomCx<'_, Self>,
-        (reply, id): (ReplyTo, Value),
+        to: (ReplyTo, Value),
         request: Request,
         session: String,
+    ) {
+        self.forward_as(cx, to, session, (Forwarded::Request, None), |_| request);
+    }
+
+    /// A request to a server (`what`: how its answer becomes a result), under the same
+    /// bounds as a call. With the server named, `make` is given the daemon's progress token
+    /// for it (`vsm/gateway/TAG`), by which it is cancelled at the server as a call is.
+    fn forward_as(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        (reply, id): (ReplyTo, Value),
+        session: String,
+        (what, server): (Forwarded, Option<String>),
+        make: impl FnOnce(Option<String>) -> Request,
     ) {
         if let Some(m) = self.full(&session) {
             let response = rpc_error_response(200, &id, code::SERVER_ERROR, &m);
@@ -1002,12 +1120,15 @@ impl Gateway {
         }
         let tag = self.next_tag;
         self.next_tag += 1;
+        let token = server.as_ref().map(|_| format!("{TOKEN_PREFIX}{tag}"));
+        let request = make(token);
         let waiting = Waiting {
-            what: Forwarded::Request,
+            what,
             session,
-            server: None,
+            server,
             progress: None,
             sse: false,
+            log_level: None,
         };
         self.forward(cx, tag, (reply, id), request, waiting);
     }
@@ -1061,6 +1182,8 @@ struct Call {
     session: String,
     /// Whether it accepts an SSE answer.
     sse: bool,
+    /// The log level a 2026-07-28 call asks for (a rank in `LOG_LEVELS`).
+    log_level: Option<usize>,
 }
 
 /// A server's progress notification, as the MCP room's event has it.
@@ -1121,12 +1244,16 @@ impl Gateway {
             let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &message);
             return cx.emit(Output::Http { reply, response });
         };
-        let request = Request::Mcp(McpRequest::GetPrompt {
-            id: server.clone(),
-            name: tool.clone(),
-            arguments,
+        let (server, name) = (server.clone(), tool.clone());
+        let what = (Forwarded::Request, Some(server.clone()));
+        self.forward_as(cx, (reply, id), session, what, |progress_token| {
+            Request::Mcp(McpRequest::GetPrompt {
+                id: server,
+                name,
+                arguments,
+                progress_token,
+            })
         });
-        self.forward_request(cx, (reply, id), request, session);
     }
 
     /// `resources/read`: to the server the catalog routes the URI to, URI unchanged.
@@ -1158,11 +1285,514 @@ impl Gateway {
             let response = http::Response::json(200, body.to_string().into_bytes());
             return cx.emit(Output::Http { reply, response });
         };
-        let request = Request::Mcp(McpRequest::ReadResource {
-            id: server.to_string(),
-            uri: uri.to_string(),
+        let (server, uri) = (server.to_string(), uri.to_string());
+        let what = (Forwarded::Request, Some(server.clone()));
+        self.forward_as(cx, (reply, id), session, what, |progress_token| {
+            Request::Mcp(McpRequest::ReadResource {
+                id: server,
+                uri,
+                progress_token,
+            })
+        });
+    }
+}
+
+/// Logging, completions and resource subscriptions relayed (see the README's `/mcp` part).
+impl Gateway {
+    /// Asks the MCP room for `request` with nobody waiting for the answer (upstream
+    /// bookkeeping: log levels, resubscriptions, the last unsubscribe of a session that
+    /// ended).
+    fn ask_quietly(&mut self, cx: &mut RoomCx<'_, Self>, request: Request) {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        cx.ask(tag, request);
+    }
+
+    /// `logging/setLevel`: the session's level; the servers are then asked for the most
+    /// verbose level any session wants.
+    fn set_level(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        reply: ReplyTo,
+        id: Value,
+        params: &Value,
+        session: &str,
+    ) {
+        let Some(rank) = params
+            .get("level")
+            .and_then(Value::as_str)
+            .and_then(log_rank)
+        else {
+            let m = format!(
+                "logging/setLevel needs params.level, one of {}",
+                LOG_LEVELS.join(", ")
+            );
+            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &m);
+            return cx.emit(Output::Http { reply, response });
+        };
+        if let Some(s) = self.sessions.get_mut(session) {
+            s.log_level = Some(rank);
+        }
+        respond(cx, reply, &id, json!({}));
+        self.sync_levels(cx);
+    }
+
+    /// The most verbose level a session (or a 2026-07-28 call in flight) wants, if any wants
+    /// log messages.
+    fn wanted_level(&self) -> Option<usize> {
+        let calls = self.pending.values().filter_map(|p| p.log_level);
+        self.sessions
+            .values()
+            .filter_map(|s| s.log_level)
+            .chain(calls)
+            .min()
+    }
+
+    /// Asks each serving server whose level differs from the one wanted now for that level
+    /// (once per change and run: the MCP room refuses, without a word to the server, one
+    /// that declared no `logging`). When no session wants log messages any more, servers
+    /// that were set go to `warning`; servers never set keep their own default.
+    fn sync_levels(&mut self, cx: &mut RoomCx<'_, Self>) {
+        let want = self.wanted_level();
+        let mut asks = Vec::new();
+        for s in self.servers.iter().filter(|s| s.serves) {
+            let Some(up) = self.upstream.get_mut(&s.id) else {
+                continue;
+            };
+            let target = match (want, up.level) {
+                (Some(w), _) => Some(w),
+                (None, Some(_)) => Some(IDLE_LOG_LEVEL),
+                (None, None) => None,
+            };
+            if let Some(t) = target.filter(|t| up.level != Some(*t)) {
+                up.level = Some(t);
+                asks.push((s.id.clone(), t));
+            }
+        }
+        for (id, rank) in asks {
+            let level = LOG_LEVELS[rank];
+            log::debug!("/mcp: asking MCP server {id} for log level {level}");
+            self.ask_quietly(cx, Request::Mcp(McpRequest::SetLogLevel { id, level }));
+        }
+    }
+
+    /// After the servers changed: a server serving a run not seen before gets the log level
+    /// wanted and the resource subscriptions sessions hold (its earlier run's are gone).
+    fn follow_runs(&mut self, cx: &mut RoomCx<'_, Self>) {
+        let ids: BTreeSet<&str> = self.servers.iter().map(|s| s.id.as_str()).collect();
+        self.upstream.retain(|id, _| ids.contains(id.as_str()));
+        let mut fresh = Vec::new();
+        for s in self.servers.iter().filter(|s| s.serves) {
+            if self.upstream.get(&s.id).map(|u| u.run) != Some(s.run) {
+                let up = Upstream {
+                    run: s.run,
+                    level: None,
+                };
+                self.upstream.insert(s.id.clone(), up);
+                fresh.push(s.id.clone());
+            }
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        self.sync_levels(cx);
+        let again: Vec<(String, String)> = self
+            .subscribed
+            .keys()
+            .filter(|(server, _)| fresh.contains(server))
+            .cloned()
+            .collect();
+        for (id, uri) in again {
+            log::debug!("/mcp: subscribing again to {uri} of MCP server {id} (a new run)");
+            let subscribe = true;
+            let request = McpRequest::Subscribe { id, uri, subscribe };
+            self.ask_quietly(cx, Request::Mcp(request));
+        }
+    }
+
+    /// A server's log message: to each session whose level admits it, with the logger
+    /// prefixed by the server's id; on the stream of that session's call in flight to the
+    /// server when there is one (the first such call, opened as a stream if it was not),
+    /// otherwise on the session's GET stream (kept for replay like its other events).
+    fn relay_log(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        server: &str,
+        level: &str,
+        logger: Option<&str>,
+        data: &Value,
+    ) {
+        let Some(rank) = log_rank(level) else {
+            return;
+        };
+        let admitted: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.log_level.is_some_and(|l| rank >= l))
+            .map(|(id, _)| id.clone())
+            .collect();
+        // 2026-07-28 calls to this server that asked for this level or a more verbose one.
+        let calls: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                p.sse
+                    && p.log_level.is_some_and(|l| rank >= l)
+                    && p.server.as_deref() == Some(server)
+            })
+            .map(|(tag, _)| *tag)
+            .collect();
+        if admitted.is_empty() && calls.is_empty() {
+            return;
+        }
+        let sep = &self.settings.tool_separator;
+        let logger = match logger {
+            Some(l) => format!("{server}{sep}{l}"),
+            None => server.to_string(),
+        };
+        let message = json!({"jsonrpc": "2.0", "method": "notifications/message",
+                             "params": {"level": level, "logger": logger, "data": data}});
+        let now = Instant::now();
+        for tag in calls {
+            self.push_on_call(cx, tag, &message, now);
+        }
+        for session in admitted {
+            let call = self
+                .pending
+                .iter()
+                .filter(|(_, p)| {
+                    p.sse && p.session == session && p.server.as_deref() == Some(server)
+                })
+                .map(|(tag, _)| *tag)
+                .min();
+            if call.is_some_and(|tag| self.push_on_call(cx, tag, &message, now)) {
+                continue;
+            }
+            self.notify_session(cx, &session, &message);
+        }
+    }
+
+    /// `message` on the stream of call `tag` (opened as one if it was not); whether it went.
+    fn push_on_call(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        tag: u64,
+        message: &Value,
+        now: Instant,
+    ) -> bool {
+        let Some(p) = self.pending.get_mut(&tag) else {
+            return false;
+        };
+        let ReplyTo::Http { conn, .. } = p.reply else {
+            return false;
+        };
+        if !p.streaming {
+            p.streaming = true;
+            cx.emit(Output::Stream { reply: p.reply });
+            self.keep_alive(cx, now);
+        }
+        cx.emit(Output::Push {
+            conn,
+            bytes: sse_message(message),
+        });
+        true
+    }
+
+    /// `message` on session `id`'s GET stream (and in its replay buffer).
+    fn notify_session(&mut self, cx: &mut RoomCx<'_, Self>, id: &str, message: &Value) {
+        if let Some(s) = self.sessions.get_mut(id) {
+            let bytes = s.record(message);
+            if let Some(conn) = s.stream {
+                cx.emit(Output::Push { conn, bytes });
+            }
+        }
+    }
+
+    /// A server's `notifications/resources/updated`: to every session subscribed to it.
+    fn relay_updated(&mut self, cx: &mut RoomCx<'_, Self>, server: &str, uri: &str) {
+        let key = (server.to_string(), uri.to_string());
+        let Some(sessions) = self.subscribed.get(&key) else {
+            return;
+        };
+        let sessions: Vec<String> = sessions.iter().cloned().collect();
+        let message = json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                             "params": {"uri": uri}});
+        for session in sessions {
+            if session.starts_with("listen/") {
+                // A 2026-07-28 listen stream: tagged with its subscription id.
+                if let Some(l) = self.listeners.iter().find(|l| l.holder() == session) {
+                    let mut tagged = message.clone();
+                    tagged["params"]["_meta"] =
+                        json!({"io.modelcontextprotocol/subscriptionId": l.id_value()});
+                    cx.emit(Output::Push {
+                        conn: l.conn,
+                        bytes: sse_message(&tagged),
+                    });
+                }
+                continue;
+            }
+            self.notify_session(cx, &session, &message);
+        }
+    }
+
+    /// `completion/complete`: to the server of the prompt (`ref/prompt`, by its gateway
+    /// name) or of the resource or template (`ref/resource`, routed as `resources/read`
+    /// is), with the server's own names; at most [`MAX_COMPLETION_VALUES`] values back.
+    fn complete(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        reply: ReplyTo,
+        id: Value,
+        params: &Value,
+        session: String,
+    ) {
+        let invalid = |cx: &mut RoomCx<'_, Self>, reply, m: &str| {
+            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, m);
+            cx.emit(Output::Http { reply, response });
+        };
+        let argument_ok = params
+            .get("argument")
+            .is_some_and(|a| a["name"].is_string() && a["value"].is_string());
+        if !argument_ok {
+            let m = "completion/complete needs params.argument with a string name and value";
+            return invalid(cx, reply, m);
+        }
+        let reference = params.get("ref").unwrap_or(&Value::Null);
+        let mut forwarded = params.clone();
+        if let Some(map) = forwarded.as_object_mut() {
+            map.remove("_meta");
+        }
+        let server = match reference["type"].as_str() {
+            Some("ref/prompt") => {
+                let Some(name) = reference["name"].as_str() else {
+                    return invalid(cx, reply, "a ref/prompt needs a name");
+                };
+                match self.catalog.prompt(name).map(|e| &e.target) {
+                    Some(Target::Server { server, tool }) => {
+                        forwarded["ref"]["name"] = Value::String(tool.clone());
+                        server.clone()
+                    }
+                    _ => {
+                        let shown: String = name.chars().take(130).collect();
+                        let m = match self.down_server_of(name) {
+                            Some((server, status)) => format!(
+                                "MCP server '{server}' is not active (status {status}): its prompts cannot be completed now"
+                            ),
+                            None => format!(
+                                "unknown prompt {shown:?} (prompts/list names the prompts offered now)"
+                            ),
+                        };
+                        return invalid(cx, reply, &m);
+                    }
+                }
+            }
+            Some("ref/resource") => {
+                let Some(uri) = reference["uri"]
+                    .as_str()
+                    .filter(|u| u.len() <= MAX_URI_BYTES)
+                else {
+                    let m = format!("a ref/resource needs a uri of at most {MAX_URI_BYTES} bytes");
+                    return invalid(cx, reply, &m);
+                };
+                let owner = self
+                    .catalog
+                    .template_server(uri)
+                    .or_else(|| self.catalog.route(uri));
+                let Some(server) = owner else {
+                    let shown: String = uri.chars().take(200).collect();
+                    let m = format!("unknown resource or resource template {shown:?} (no active server lists it)");
+                    return invalid(cx, reply, &m);
+                };
+                server.to_string()
+            }
+            _ => {
+                let m = "completion/complete params.ref.type must be ref/prompt or ref/resource";
+                return invalid(cx, reply, m);
+            }
+        };
+        let what = (Forwarded::Complete, Some(server.clone()));
+        self.forward_as(cx, (reply, id), session, what, |token| {
+            if let (Some(t), Some(map)) = (token, forwarded.as_object_mut()) {
+                map.insert("_meta".into(), json!({ "progressToken": t }));
+            }
+            Request::Mcp(McpRequest::Complete {
+                id: server,
+                params: forwarded,
+            })
+        });
+    }
+
+    /// `resources/subscribe`: to the server the URI routes to, once for all sessions; a
+    /// session's second subscription to a URI, or one to a URI another session holds
+    /// already, is answered at once.
+    fn subscribe(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        reply: ReplyTo,
+        id: Value,
+        params: &Value,
+        session: String,
+    ) {
+        let Some(uri) = params.get("uri").and_then(Value::as_str) else {
+            let response = rpc_error_response(
+                200,
+                &id,
+                code::INVALID_PARAMS,
+                "resources/subscribe needs params.uri",
+            );
+            return cx.emit(Output::Http { reply, response });
+        };
+        if uri.len() > MAX_URI_BYTES {
+            let m = format!("resources/subscribe params.uri is longer than {MAX_URI_BYTES} bytes");
+            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &m);
+            return cx.emit(Output::Http { reply, response });
+        }
+        let Some(server) = self.catalog.route(uri) else {
+            let shown: String = uri.chars().take(200).collect();
+            let body = json!({"jsonrpc": "2.0", "id": id, "error": {
+                "code": code::RESOURCE_NOT_FOUND,
+                "message": format!("resource not found: no active server lists {shown:?} or has a template that matches it"),
+                "data": {"uri": shown},
+            }});
+            let response = http::Response::json(200, body.to_string().into_bytes());
+            return cx.emit(Output::Http { reply, response });
+        };
+        let key = (server.to_string(), uri.to_string());
+        let held = self
+            .sessions
+            .get(&session)
+            .map_or(0, |s| s.subscriptions.len());
+        if self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.subscriptions.contains(&key))
+        {
+            return respond(cx, reply, &id, json!({}));
+        }
+        let shared = self.subscribed.contains_key(&key);
+        let refusal = if held >= MAX_SUBSCRIPTIONS_PER_SESSION {
+            Some(format!("this session holds {held} resource subscriptions (at most {MAX_SUBSCRIPTIONS_PER_SESSION}): unsubscribe from one first"))
+        } else if !shared && self.subscribed.len() >= MAX_SUBSCRIPTIONS {
+            Some(format!(
+                "{} resources are subscribed to on /mcp (at most {MAX_SUBSCRIPTIONS}): try again later",
+                self.subscribed.len()
+            ))
+        } else if !shared {
+            self.full(&session)
+        } else {
+            None
+        };
+        if let Some(m) = refusal {
+            let response = rpc_error_response(200, &id, code::SERVER_ERROR, &m);
+            return cx.emit(Output::Http { reply, response });
+        }
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.subscriptions.insert(key.clone());
+        }
+        self.subscribed
+            .entry(key.clone())
+            .or_default()
+            .insert(session.clone());
+        // Held upstream already (and not only being asked for): nothing to ask.
+        let asking = self.subscribing.values().any(|(k, _)| *k == key);
+        if shared && !asking {
+            return respond(cx, reply, &id, json!({}));
+        }
+        let tag = self.next_tag;
+        let request = Request::Mcp(McpRequest::Subscribe {
+            id: key.0.clone(),
+            uri: key.1.clone(),
+            subscribe: true,
+        });
+        self.forward_request(cx, (reply, id), request, session.clone());
+        if self.pending.contains_key(&tag) {
+            self.subscribing.insert(tag, (key, session));
+        } else {
+            // Refused before it went out (no room): undone.
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.subscriptions.remove(&key);
+            }
+            self.forget_subscriber(&key, &session);
+        }
+    }
+
+    /// `resources/unsubscribe`: the session's subscription ends; the server's when it was
+    /// the last session holding it (its answer is relayed then, `{}` otherwise).
+    fn unsubscribe(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        reply: ReplyTo,
+        id: Value,
+        params: &Value,
+        session: String,
+    ) {
+        let Some(uri) = params.get("uri").and_then(Value::as_str) else {
+            let response = rpc_error_response(
+                200,
+                &id,
+                code::INVALID_PARAMS,
+                "resources/unsubscribe needs params.uri",
+            );
+            return cx.emit(Output::Http { reply, response });
+        };
+        let key = self.sessions.get_mut(&session).and_then(|s| {
+            let key = s.subscriptions.iter().find(|(_, u)| u == uri).cloned()?;
+            s.subscriptions.remove(&key);
+            Some(key)
+        });
+        let Some(key) = key else {
+            // Not subscribed (or already unsubscribed): nothing to end.
+            return respond(cx, reply, &id, json!({}));
+        };
+        if !self.forget_subscriber(&key, &session) || self.full(&session).is_some() {
+            if !self.subscribed.contains_key(&key) {
+                self.upstream_unsubscribe(cx, &key);
+            }
+            return respond(cx, reply, &id, json!({}));
+        }
+        let (server, uri) = key;
+        let request = Request::Mcp(McpRequest::Subscribe {
+            id: server,
+            uri,
+            subscribe: false,
         });
         self.forward_request(cx, (reply, id), request, session);
+    }
+
+    /// Removes `session` from the holders of `key`; whether it was the last one (the
+    /// subscription is gone).
+    fn forget_subscriber(&mut self, key: &(String, String), session: &str) -> bool {
+        let Some(holders) = self.subscribed.get_mut(key) else {
+            return false;
+        };
+        holders.remove(session);
+        if holders.is_empty() {
+            self.subscribed.remove(key);
+            return true;
+        }
+        false
+    }
+
+    /// A session that ended lets go of `key`: the server's subscription ends with the last.
+    fn release(&mut self, cx: &mut RoomCx<'_, Self>, key: &(String, String), session: &str) {
+        if self.forget_subscriber(key, session) {
+            self.upstream_unsubscribe(cx, key);
+        }
+    }
+
+    /// `resources/unsubscribe` to the server, nobody waiting for the answer.
+    fn upstream_unsubscribe(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        (server, uri): &(String, String),
+    ) {
+        log::debug!("/mcp: unsubscribing from {uri} of MCP server {server} (no session holds it)");
+        let request = McpRequest::Subscribe {
+            id: server.clone(),
+            uri: uri.clone(),
+            subscribe: false,
+        };
+        self.ask_quietly(cx, Request::Mcp(request));
     }
 }
 
@@ -1241,6 +1871,7 @@ impl crate::room::Follows for Gateway {
                     id: s.id.to_string(),
                     status: s.status,
                     serves: s.serves,
+                    run: s.tools_version.0,
                     tools,
                     blocked,
                     resources: extras(s.resources),
@@ -1250,6 +1881,7 @@ impl crate::room::Follows for Gateway {
             })
             .collect();
         self.rebuild(cx);
+        self.follow_runs(cx);
     }
 }
 
@@ -1285,6 +1917,18 @@ impl Room for Gateway {
         _channel: crate::events::Channel,
         data: &crate::events::EventData,
     ) {
+        match data {
+            crate::events::EventData::McpServerLog {
+                server_id,
+                level,
+                logger,
+                data,
+            } => return self.relay_log(cx, server_id, level, logger.as_deref(), data),
+            crate::events::EventData::McpResourceUpdated { server_id, uri } => {
+                return self.relay_updated(cx, server_id, uri)
+            }
+            _ => {}
+        }
         if let crate::events::EventData::McpToolProgress {
             progress_token,
             progress,
@@ -1319,6 +1963,13 @@ impl Room for Gateway {
     }
 
     fn on_answer(&mut self, cx: &mut RoomCx<'_, Self>, tag: u64, answer: Answer) {
+        // A refused subscription is undone (the session holds it no more).
+        if let (Some((key, session)), Err(_)) = (self.subscribing.get(&tag).cloned(), &answer) {
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.subscriptions.remove(&key);
+            }
+            self.forget_subscriber(&key, &session);
+        }
         let Some(p) = self.take_pending(tag) else {
             // A cancelled call's answer, or that of the cancel itself: nobody waits for it.
             log::debug!("/mcp: an answer for {tag}, which nobody waits for");
@@ -1337,7 +1988,10 @@ impl Room for Gateway {
                 Ok(asked) => result(asked),
                 Err(answer) => result(tool_result(answer)),
             },
-            Forwarded::Request => match answer {
+            Forwarded::Request | Forwarded::Complete => match answer {
+                Ok(mut v) if p.what == Forwarded::Complete => {
+                    result(bounded_completion(v["result"].take()))
+                }
                 Ok(mut v) => result(v["result"].take()),
                 Err(e) => {
                     // The server's own JSON-RPC error passes through; the daemon's reasons
@@ -1381,6 +2035,20 @@ fn tool_result(answer: Answer) -> Value {
             }),
         },
     }
+}
+
+/// A server's `CompleteResult` with at most [`MAX_COMPLETION_VALUES`] values (`hasMore` set
+/// when some were left out).
+fn bounded_completion(mut result: Value) -> Value {
+    if let Some(Value::Object(completion)) = result.get_mut("completion") {
+        if let Some(Value::Array(values)) = completion.get_mut("values") {
+            if values.len() > MAX_COMPLETION_VALUES {
+                values.truncate(MAX_COMPLETION_VALUES);
+                completion.insert("hasMore".into(), Value::Bool(true));
+            }
+        }
+    }
+    result
 }
 
 /// A daemon tool's answer (a JSON document) as a `CallToolResult` with structured content.
@@ -1639,6 +2307,264 @@ mod tests {
             .count();
         assert_eq!(errors, MAX_CALLS_PER_SESSION - 1, "{answers:?}");
         assert!(h.gateway.pending.is_empty());
+    }
+
+    impl Harness {
+        fn cx_do(&mut self, f: impl FnOnce(&mut Gateway, &mut RoomCx<'_, Gateway>)) {
+            let mut cx = RoomCx::new(
+                self.poll.registry(),
+                &self.stats,
+                &mut self.wiring,
+                &mut self.out,
+            );
+            f(&mut self.gateway, &mut cx);
+        }
+
+        /// Server `s`, serving run `run` (or stopped), listing `x://r` and the template
+        /// `x://t/{n}`.
+        fn serve(&mut self, run: u64, serves: bool) {
+            let resources = [json!({"uri": "x://r", "name": "r"})];
+            let templates = [json!({"uriTemplate": "x://t/{n}", "name": "t"})];
+            let view = crate::snapshot::ServerView {
+                id: "s",
+                status: if serves { "active" } else { "stopped" },
+                serves,
+                breaker_open: false,
+                capabilities: &[],
+                allow_capabilities: &[],
+                tools: &[],
+                tools_version: (run, 0),
+                resources: &resources,
+                resource_templates: &templates,
+                prompts: &[],
+            };
+            self.cx_do(|g, cx| crate::room::Follows::servers(g, cx, &[view]));
+        }
+
+        /// `initialize`; the session id.
+        fn open(&mut self) -> String {
+            let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#;
+            self.send("POST", &[], init);
+            let id = self
+                .out
+                .iter()
+                .find_map(|o| match o {
+                    Output::Http { response, .. } => response
+                        .headers
+                        .iter()
+                        .find(|(k, _)| *k == "Mcp-Session-Id")
+                        .map(|(_, v)| v.clone()),
+                    _ => None,
+                })
+                .expect("a session");
+            self.out.clear();
+            id
+        }
+
+        /// One request of session `sid`: (the JSON-RPC answers given, the requests asked
+        /// with their tags).
+        fn rpc(
+            &mut self,
+            sid: &str,
+            method: &str,
+            params: Value,
+        ) -> (Vec<Value>, Vec<(u64, Request)>) {
+            let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+            self.send("POST", &[("Mcp-Session-Id", sid)], &body.to_string());
+            self.drain()
+        }
+
+        fn drain(&mut self) -> (Vec<Value>, Vec<(u64, Request)>) {
+            let mut answers = Vec::new();
+            let mut asked = Vec::new();
+            for o in self.out.drain(..) {
+                match o {
+                    Output::Http { response, .. } => {
+                        answers.push(serde_json::from_slice(&response.body).unwrap_or(Value::Null))
+                    }
+                    Output::Effect(Effect::Request { tag, request, .. }) => {
+                        asked.push((tag, *request))
+                    }
+                    _ => {}
+                }
+            }
+            (answers, asked)
+        }
+
+        fn end(&mut self, sid: &str) -> Vec<(u64, Request)> {
+            self.send("DELETE", &[("Mcp-Session-Id", sid)], "");
+            self.drain().1
+        }
+
+        fn answer(&mut self, tag: u64, answer: Answer) -> Vec<Value> {
+            self.cx_do(|g, cx| g.on_answer(cx, tag, answer));
+            self.drain().0
+        }
+    }
+
+    /// (server, uri, subscribe) of each `Subscribe` asked.
+    fn subscribes(asked: &[(u64, Request)]) -> Vec<(String, String, bool)> {
+        asked
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Request::Mcp(McpRequest::Subscribe { id, uri, subscribe }) => {
+                    Some((id.clone(), uri.clone(), *subscribe))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// (server, level) of each `SetLogLevel` asked.
+    fn levels(asked: &[(u64, Request)]) -> Vec<(String, &'static str)> {
+        asked
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Request::Mcp(McpRequest::SetLogLevel { id, level }) => Some((id.clone(), *level)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sub(uri: &str, on: bool) -> (String, String, bool) {
+        ("s".into(), uri.into(), on)
+    }
+
+    #[test]
+    fn a_subscription_is_held_once_upstream_ends_with_its_last_session_and_is_renewed_by_a_new_run()
+    {
+        let mut h = Harness::new();
+        h.serve(1, true);
+        let (a, b) = (h.open(), h.open());
+        let uri = json!({"uri": "x://r"});
+        // The first asks the server and is answered with its answer.
+        let (answers, asked) = h.rpc(&a, "resources/subscribe", uri.clone());
+        assert!(answers.is_empty(), "{answers:?}");
+        assert_eq!(subscribes(&asked), [sub("x://r", true)]);
+        let answers = h.answer(asked[0].0, Ok(json!({"result": {}})));
+        assert_eq!(answers[0]["result"], json!({}), "{answers:?}");
+        // A second session, and the first again: answered at once, nothing asked.
+        for sid in [&b, &a] {
+            let (answers, asked) = h.rpc(sid, "resources/subscribe", uri.clone());
+            assert_eq!(answers[0]["result"], json!({}), "{answers:?}");
+            assert!(asked.is_empty(), "{asked:?}");
+        }
+        // One unsubscribes: the other holds it, so the server is not told.
+        let (answers, asked) = h.rpc(&a, "resources/unsubscribe", uri.clone());
+        assert_eq!(answers[0]["result"], json!({}), "{answers:?}");
+        assert!(asked.is_empty(), "{asked:?}");
+        // An update reaches the session holding it only (its replay keeps it).
+        let updated = crate::events::EventData::McpResourceUpdated {
+            server_id: "s".into(),
+            uri: "x://r".into(),
+        };
+        h.cx_do(|g, cx| g.on_event(cx, 1, crate::events::Channel::McpServers, &updated));
+        assert_eq!(h.gateway.sessions[&b].replay.len(), 1);
+        assert!(h.gateway.sessions[&a].replay.is_empty());
+        // A new run of the server: subscribed again.
+        h.serve(1, false);
+        h.serve(2, true);
+        assert_eq!(subscribes(&h.drain().1), [sub("x://r", true)]);
+        // The last session holding it ends: the server's subscription ends.
+        assert_eq!(subscribes(&h.end(&b)), [sub("x://r", false)]);
+        assert!(h.gateway.subscribed.is_empty());
+        // A URI no server offers, and a refusal of the server (undone).
+        let (answers, _) = h.rpc(&a, "resources/subscribe", json!({"uri": "y://none"}));
+        assert_eq!(answers[0]["error"]["code"], code::RESOURCE_NOT_FOUND);
+        let (_, asked) = h.rpc(&a, "resources/subscribe", json!({"uri": "x://t/1"}));
+        let refused =
+            crate::api::ApiError::new(ErrorCode::Conflict, "offers no resources.subscribe");
+        let answers = h.answer(asked[0].0, Err(refused));
+        assert!(answers[0]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("subscribe")));
+        assert!(h.gateway.subscribed.is_empty());
+        assert!(h.gateway.sessions[&a].subscriptions.is_empty());
+        // Bounded per session.
+        for n in 0..MAX_SUBSCRIPTIONS_PER_SESSION {
+            let (_, asked) = h.rpc(
+                &a,
+                "resources/subscribe",
+                json!({"uri": format!("x://t/{n}")}),
+            );
+            h.answer(asked[0].0, Ok(json!({"result": {}})));
+        }
+        let (answers, asked) = h.rpc(&a, "resources/subscribe", json!({"uri": "x://r"}));
+        assert!(asked.is_empty());
+        let m = answers[0]["error"]["message"].as_str().unwrap_or_default();
+        assert!(m.contains("at most 64"), "{m}");
+        // Its end lets go of all of them.
+        assert_eq!(subscribes(&h.end(&a)).len(), MAX_SUBSCRIPTIONS_PER_SESSION);
+        assert!(h.gateway.subscribed.is_empty());
+    }
+
+    #[test]
+    fn servers_get_the_most_verbose_level_wanted_once_per_change_and_run_and_logs_are_filtered() {
+        let mut h = Harness::new();
+        h.serve(1, true);
+        let (a, b) = (h.open(), h.open());
+        let (answers, asked) = h.rpc(&a, "logging/setLevel", json!({"level": "warning"}));
+        assert_eq!(answers[0]["result"], json!({}));
+        assert_eq!(levels(&asked), [("s".to_string(), "warning")]);
+        let (answers, asked) = h.rpc(&a, "logging/setLevel", json!({"level": "loud"}));
+        assert_eq!(answers[0]["error"]["code"], code::INVALID_PARAMS);
+        assert!(asked.is_empty());
+        let (_, asked) = h.rpc(&b, "logging/setLevel", json!({"level": "debug"}));
+        assert_eq!(levels(&asked), [("s".to_string(), "debug")]);
+        let (_, asked) = h.rpc(&b, "logging/setLevel", json!({"level": "debug"}));
+        assert!(asked.is_empty(), "no change, nothing asked: {asked:?}");
+        // A log message goes to the sessions whose level admits it, logger prefixed.
+        let log = |level: &'static str| crate::events::EventData::McpServerLog {
+            server_id: "s".into(),
+            level,
+            logger: Some("lg".into()),
+            data: json!("hello"),
+        };
+        for level in ["info", "error"] {
+            let e = log(level);
+            h.cx_do(|g, cx| g.on_event(cx, 1, crate::events::Channel::McpServers, &e));
+        }
+        assert_eq!(h.gateway.sessions[&b].replay.len(), 2);
+        let kept = &h.gateway.sessions[&a].replay;
+        assert_eq!(kept.len(), 1, "only the error passes warning");
+        let text = String::from_utf8_lossy(&kept[0].1);
+        assert!(
+            text.contains(r#""logger":"s__lg""#) && text.contains(r#""level":"error""#),
+            "{text}"
+        );
+        // The verbose session ends: back to warning; the last ends: warning stays.
+        assert_eq!(levels(&h.end(&b)), [("s".to_string(), "warning")]);
+        assert!(levels(&h.end(&a)).is_empty());
+        // A new run with nobody wanting logs is left alone; a new wish reaches it.
+        h.serve(2, true);
+        assert!(levels(&h.drain().1).is_empty());
+        let c = h.open();
+        let (_, asked) = h.rpc(&c, "logging/setLevel", json!({"level": "info"}));
+        assert_eq!(levels(&asked), [("s".to_string(), "info")]);
+        h.serve(3, true);
+        assert_eq!(
+            levels(&h.drain().1),
+            [("s".to_string(), "info")],
+            "again for a new run"
+        );
+    }
+
+    #[test]
+    fn completions_are_bounded_to_a_hundred_values() {
+        let many: Vec<Value> = (0..150).map(|n| json!(n.to_string())).collect();
+        let r = bounded_completion(json!({"completion": {"values": many, "hasMore": false}}));
+        assert_eq!(
+            r["completion"]["values"].as_array().map(Vec::len),
+            Some(100)
+        );
+        assert_eq!(r["completion"]["hasMore"], true);
+        let few = json!({"completion": {"values": ["a"], "total": 1}});
+        assert_eq!(bounded_completion(few.clone()), few);
+        assert_eq!(
+            bounded_completion(json!([1])),
+            json!([1]),
+            "not a result: as it is"
+        );
     }
 
     fn list_changed(n: u64) -> Value {

@@ -10,9 +10,13 @@
 //! (`UnsupportedProtocolVersion`, -32022, naming the ones we do). Then `server/discover`,
 //! the lists of tools, prompts, resources and resource templates (with `ttlMs` and
 //! `cacheScope`), `tools/call`, `prompts/get` and `resources/read` (the same forwarding as the
-//! session era) and `subscriptions/listen` (an SSE stream: the acknowledgement, then the
-//! `list_changed` notifications it asked for, tagged with the subscription id; the client
-//! closing it ends it) are served; another method is a 404 with -32601, as the transport says.
+//! session era), `completion/complete` (likewise) and `subscriptions/listen` (an SSE stream:
+//! the acknowledgement, then the `list_changed` notifications it asked for and the
+//! `notifications/resources/updated` of its `resourceSubscriptions`, tagged with the
+//! subscription id; the client closing it ends it) are served; another method is a 404 with
+//! -32601, as the transport says. A `tools/call` whose `_meta` names a log level
+//! (`io.modelcontextprotocol/logLevel`, this era's replacement of `logging/setLevel`) gets its
+//! server's log messages at that level or above on its stream.
 //!
 //! Invariants: listen streams are at most `gateway.max_sessions` (one beyond is refused with
 //! 503) and get the keep-alive comments of the other streams; a stream whose connection
@@ -42,6 +46,7 @@ const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
+const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
 
 /// The list-change notifications a listen stream can ask for: the filter's field, the
 /// notification it brings.
@@ -63,6 +68,26 @@ pub(super) struct Listener {
     id: Value,
     /// The notifications it asked for (methods of [`LIST_FILTERS`]).
     wants: Vec<&'static str>,
+    /// The resources it subscribed to (`resourceSubscriptions`): (server, URI), held in the
+    /// gateway's subscriptions under [`Listener::holder`].
+    pub resources: Vec<(String, String)>,
+}
+
+impl Listener {
+    /// The name it holds resource subscriptions under (no session id looks like it).
+    pub fn holder(&self) -> String {
+        holder_of(self.conn)
+    }
+
+    /// The subscription id (the listen request's JSON-RPC id).
+    pub fn id_value(&self) -> &Value {
+        &self.id
+    }
+}
+
+/// The holder name of the listen stream on `conn`.
+pub(super) fn holder_of(conn: ConnId) -> String {
+    format!("listen/{}/{}", conn.slot, conn.generation)
 }
 
 /// Why a request is refused: HTTP status, JSON-RPC code, message, data.
@@ -232,7 +257,8 @@ impl Gateway {
                     "capabilities": {
                         "tools": {"listChanged": true},
                         "prompts": {"listChanged": true},
-                        "resources": {"listChanged": true},
+                        "resources": {"listChanged": true, "subscribe": true},
+                        "completions": {},
                     },
                     "instructions": self.instructions(),
                 }));
@@ -254,21 +280,27 @@ impl Gateway {
                 // The same forwarding as the session era; the answer is marked as this era's.
                 let tag = self.next_tag;
                 // No session: bounded by the calls in flight in all; cancelled by hanging up.
+                // Log messages, when it asks for them (this era's per-request opt-in): its
+                // server is asked for that level first if none as verbose is set, and left
+                // there after the call (no request per call to put it back).
                 let call = Call {
                     session: String::new(),
                     sse: request.accepts_event_stream(),
+                    log_level: params["_meta"][META_LOG_LEVEL].as_str().and_then(log_rank),
                 };
                 self.call(cx, reply, id, params, call);
                 if let Some(p) = self.pending.get_mut(&tag) {
                     p.modern = true;
                 }
             }
-            "prompts/get" | "resources/read" => {
+            "prompts/get" | "resources/read" | "completion/complete" => {
                 // Forwarded as in the session era, under the bound of the calls in flight in
                 // all; the answer is marked as this era's.
                 let tag = self.next_tag;
                 if method == "prompts/get" {
                     self.get_prompt(cx, reply, id, params, String::new());
+                } else if method == "completion/complete" {
+                    self.complete(cx, reply, id, params, String::new());
                 } else {
                     self.read_resource(cx, reply, id, params, String::new());
                 }
@@ -285,8 +317,8 @@ impl Gateway {
     }
 
     /// `subscriptions/listen`: an SSE stream that acknowledges the filter it honours (list
-    /// changes of tools, prompts and resources; not individual resources) and then carries
-    /// them until the client closes it.
+    /// changes of tools, prompts and resources; updates of the resources an active server
+    /// offers) and then carries them until the client closes it.
     fn listen(
         &mut self,
         cx: &mut RoomCx<'_, Self>,
@@ -318,6 +350,42 @@ impl Gateway {
                 wants.push(notification);
             }
         }
+        // Resource subscriptions: the URIs an active server offers are honoured (at most
+        // the bound of a session's), each held upstream once as `resources/subscribe` is.
+        let holder = holder_of(conn);
+        let mut resources: Vec<(String, String)> = Vec::new();
+        let asked = params["notifications"]["resourceSubscriptions"].as_array();
+        for uri in asked.into_iter().flatten().filter_map(Value::as_str) {
+            if resources.len() >= MAX_SUBSCRIPTIONS_PER_SESSION || uri.len() > MAX_URI_BYTES {
+                continue;
+            }
+            let Some(server) = self.catalog.route(uri) else {
+                continue;
+            };
+            let key = (server.to_string(), uri.to_string());
+            let shared = self.subscribed.contains_key(&key);
+            if resources.contains(&key) || (!shared && self.subscribed.len() >= MAX_SUBSCRIPTIONS) {
+                continue;
+            }
+            self.subscribed
+                .entry(key.clone())
+                .or_default()
+                .insert(holder.clone());
+            if !shared {
+                let (id, uri) = key.clone();
+                let request = McpRequest::Subscribe {
+                    id,
+                    uri,
+                    subscribe: true,
+                };
+                self.ask_quietly(cx, Request::Mcp(request));
+            }
+            resources.push(key);
+        }
+        if !resources.is_empty() {
+            let uris: Vec<&str> = resources.iter().map(|(_, u)| u.as_str()).collect();
+            agreed.insert("resourceSubscriptions".into(), json!(uris));
+        }
         cx.emit(Output::Stream { reply });
         let ack = json!({
             "jsonrpc": "2.0",
@@ -330,8 +398,13 @@ impl Gateway {
         });
         // A stream that asked for nothing we send stays open (the client closes it) but is
         // not kept: nothing will be pushed to it.
-        if !wants.is_empty() {
-            self.listeners.push(Listener { conn, id, wants });
+        if !wants.is_empty() || !resources.is_empty() {
+            self.listeners.push(Listener {
+                conn,
+                id,
+                wants,
+                resources,
+            });
             self.keep_alive(cx, std::time::Instant::now());
         }
     }

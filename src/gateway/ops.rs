@@ -27,12 +27,12 @@ pub const OPS: &[Op] = &[
     mcp_endpoint(
         "POST",
         "mcpPost",
-        "MCP Streamable HTTP: one JSON-RPC message (initialize, ping, tools/list, tools/call, notifications, a response to a server's request relayed on a call's stream)",
+        "MCP Streamable HTTP: one JSON-RPC message (initialize, ping, tools, prompts, resources and their subscriptions, completions, logging/setLevel, notifications, a response to a server's request relayed on a call's stream)",
     ),
     mcp_endpoint(
         "GET",
         "mcpStream",
-        "MCP Streamable HTTP: the session's Server-Sent Events stream (notifications/tools/list_changed)",
+        "MCP Streamable HTTP: the session's Server-Sent Events stream (list_changed, log messages, resource updates)",
     ),
     mcp_endpoint("DELETE", "mcpEndSession", "MCP Streamable HTTP: end the session"),
 ];

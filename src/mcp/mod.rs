@@ -293,11 +293,14 @@ impl crate::room::Serve for Mcp {
                 &[tools::Kind::Resources, tools::Kind::ResourceTemplates],
             ),
             McpRequest::Prompts { id } => self.extras(&id, &[tools::Kind::Prompts]),
-            McpRequest::ReadResource { id, uri } => {
+            McpRequest::ReadResource {
+                id,
+                uri,
+                progress_token,
+            } => {
                 let (mut lcx, _) = cx.split();
-                let params = json!({ "uri": uri });
-                let needs = tools::Kind::Resources;
-                match self.forward(&mut lcx, &id, "resources/read", needs, params, reply) {
+                let params = with_token(json!({ "uri": uri }), progress_token);
+                match self.forward(&mut lcx, &id, "resources/read", "resources", params, reply) {
                     Ok(()) => return,
                     Err(e) => Err(e),
                 }
@@ -306,13 +309,68 @@ impl crate::room::Serve for Mcp {
                 id,
                 name,
                 arguments,
+                progress_token,
             } => {
                 let (mut lcx, _) = cx.split();
-                let params = json!({ "name": name, "arguments": arguments });
-                let needs = tools::Kind::Prompts;
-                match self.forward(&mut lcx, &id, "prompts/get", needs, params, reply) {
+                let params = with_token(
+                    json!({ "name": name, "arguments": arguments }),
+                    progress_token,
+                );
+                match self.forward(&mut lcx, &id, "prompts/get", "prompts", params, reply) {
                     Ok(()) => return,
                     Err(e) => Err(e),
+                }
+            }
+            McpRequest::SetLogLevel { id, level } => {
+                // A 2026-07-28 server has no logging/setLevel: its requests for clients carry
+                // the level in their `_meta` instead.
+                let modern = self
+                    .servers
+                    .get_mut(&id)
+                    .filter(|s| s.status.serves() && s.session.era == Some(session::Era::Modern));
+                if let Some(server) = modern {
+                    server.session.log_level = Some(level);
+                    cx.reply(reply, Ok(json!({"server": id, "log_level": level})));
+                    return;
+                }
+                let (mut lcx, _) = cx.split();
+                let params = json!({ "level": level });
+                match self.forward(&mut lcx, &id, "logging/setLevel", "logging", params, reply) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
+            McpRequest::Subscribe { id, uri, subscribe } => {
+                let (mut lcx, _) = cx.split();
+                let method = if subscribe {
+                    "resources/subscribe"
+                } else {
+                    "resources/unsubscribe"
+                };
+                let params = json!({ "uri": uri });
+                let needs = "resources.subscribe";
+                match self.forward(&mut lcx, &id, method, needs, params, reply) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
+            McpRequest::Complete { id, params } => {
+                // A server that serves but declared no completions has none to give: the
+                // empty completion, as the specification's clients expect, not an error.
+                let serving_without = self
+                    .servers
+                    .get(&id)
+                    .is_some_and(|s| s.status.serves() && !s.session.declares("completions"));
+                if serving_without {
+                    Ok(json!({"server": id, "method": "completion/complete",
+                              "result": {"completion": {"values": [], "hasMore": false}}}))
+                } else {
+                    let (mut lcx, _) = cx.split();
+                    let method = "completion/complete";
+                    match self.forward(&mut lcx, &id, method, "completions", params, reply) {
+                        Ok(()) => return,
+                        Err(e) => Err(e),
+                    }
                 }
             }
             McpRequest::Start { id } => self.start(&mut cx.split().0, &id, &mut caused),
@@ -395,6 +453,15 @@ impl crate::room::Serve for Mcp {
             cx.emit(output);
         }
     }
+}
+
+/// `params` with `_meta.progressToken` set when a token is given (a forwarded request named
+/// by it can be cancelled as a call).
+fn with_token(mut params: Value, token: Option<String>) -> Value {
+    if let (Some(t), Some(map)) = (token, params.as_object_mut()) {
+        map.insert("_meta".into(), json!({ "progressToken": t }));
+    }
+    params
 }
 
 /// Defaults and limits from `[mcp_servers]` plus where the daemon keeps its state.

@@ -336,7 +336,11 @@ pub const MCP_READ_RESOURCE: Op = Op {
             let uri = a.field_text("uri")?.filter(|u| !u.is_empty()).ok_or_else(|| {
                 ApiError::field(ErrorCode::InvalidParameter, "uri", "the resource URI is required")
             })?;
-            Ok(Request::Mcp(McpRequest::ReadResource { id: a.id, uri }))
+            Ok(Request::Mcp(McpRequest::ReadResource {
+                id: a.id,
+                uri,
+                progress_token: None,
+            }))
         },
     )
 };
@@ -377,6 +381,7 @@ pub const MCP_GET_PROMPT: Op = Op {
                 id: a.id,
                 name,
                 arguments,
+                progress_token: None,
             }))
         },
     )

@@ -433,18 +433,19 @@ impl Mcp {
         Ok(())
     }
 
-    /// Forwards `method` (`resources/read`, `prompts/get`) with `params` to server `id`, under
+    /// Forwards `method` (`resources/read`, `prompts/get`, ...) with `params` to server `id`, under
     /// the deadline and the in-flight bound of a tool call; the answer arrives later as an
     /// [`Output::Reply`].
     ///
     /// # Errors
-    /// Unknown server, server not active or not offering `needs`, too many calls in flight.
+    /// Unknown server, server not active or not declaring the capability `needs`, too many
+    /// calls in flight.
     pub fn forward(
         &mut self,
         cx: &mut Cx<'_, Timer>,
         id: &str,
         method: &'static str,
-        needs: tools::Kind,
+        needs: &str,
         params: Value,
         reply: ReplyTo,
     ) -> Result<(), ApiError> {

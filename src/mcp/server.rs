@@ -421,6 +421,8 @@ impl Server {
         v["stderr_tail"] = json!(self.stderr_tail);
         v["stderr_suppressed"] = json!(self.stderr_suppressed);
         v["protocol_errors"] = json!(session.protocol_errors);
+        // Log messages and resource updates beyond the relay budget (all runs).
+        v["notifications_dropped"] = json!(session.notes_dropped);
         v["circuit_breaker"] = json!({
             "open": self.life.breaker.is_open(),
             "recent_failures": self.life.breaker.recent_failures(),

@@ -65,6 +65,70 @@ pub mod meta {
     pub const SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
     /// The `subscriptions/listen` request a notification belongs to.
     pub const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+    /// The log level a request asks for (its log messages; replaces `logging/setLevel`).
+    pub const LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
+}
+
+/// The log levels of MCP (RFC 5424's), from the most verbose to the most severe.
+pub const LOG_LEVELS: [&str; 8] = [
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+];
+
+/// The rank of a level name in [`LOG_LEVELS`] (0: debug), `None` for another name.
+pub fn log_rank(level: &str) -> Option<usize> {
+    LOG_LEVELS.iter().position(|l| *l == level)
+}
+
+/// Log messages and resource updates passed on per second and server, on average.
+pub const NOTES_PER_SECOND: f64 = 50.0;
+/// How many of them may come at once before the rate applies.
+pub const NOTES_BURST: f64 = 200.0;
+/// The longest log message `data` passed on as sent (its JSON text); a longer one becomes
+/// that much of its text.
+pub const LOG_DATA_MAX: usize = 8 * 1024;
+/// The longest logger name kept.
+pub const LOGGER_MAX: usize = 128;
+/// The longest resource URI of an update that is passed on.
+pub const URI_MAX: usize = 8 * 1024;
+
+/// A token bucket: [`NOTES_PER_SECOND`] refill, [`NOTES_BURST`] capacity.
+#[derive(Debug, Clone)]
+struct NoteBudget {
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl Default for NoteBudget {
+    fn default() -> Self {
+        NoteBudget {
+            tokens: NOTES_BURST,
+            at: None,
+        }
+    }
+}
+
+impl NoteBudget {
+    /// Takes one token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        if let Some(at) = self.at {
+            let refill = now.saturating_duration_since(at).as_secs_f64() * NOTES_PER_SECOND;
+            self.tokens = (self.tokens + refill).min(NOTES_BURST);
+        }
+        self.at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// The protocol era a run speaks, found by the probe.
@@ -129,6 +193,9 @@ pub enum Pending<R, T> {
         started: Instant,
         /// The method.
         method: &'static str,
+        /// The progress token its params carried (`_meta.progressToken`), by which its caller
+        /// can cancel it as a call.
+        token: Option<String>,
     },
 }
 
@@ -266,6 +333,15 @@ pub struct Session<R, T> {
     asks_declared: bool,
     /// The server's requests waiting for a client's answer (this run).
     asks: Asks,
+    /// The budget of log messages and resource updates passed on.
+    notes: NoteBudget,
+    /// Log messages and resource updates dropped beyond the budget (all runs).
+    pub notes_dropped: u64,
+    /// The log level asked for (`/mcp`'s clients want it): a modern server gets it in the
+    /// `_meta` of the requests made for clients, since its era has no `logging/setLevel`.
+    pub log_level: Option<&'static str>,
+    /// `notes_dropped` when the daemon's log last said how many.
+    notes_reported: u64,
 }
 
 type Effects<R, T> = Vec<Effect<R, T>>;
@@ -351,6 +427,10 @@ impl<R: Copy, T: Copy> Session<R, T> {
             client_requests: true,
             asks_declared: false,
             asks: Asks::default(),
+            notes: NoteBudget::default(),
+            notes_dropped: 0,
+            log_level: None,
+            notes_reported: 0,
         }
     }
 
@@ -472,6 +552,13 @@ impl<R: Copy, T: Copy> Session<R, T> {
                     for (k, v) in ours {
                         m.entry(k).or_insert(v);
                     }
+                    let for_a_client = matches!(
+                        method,
+                        "tools/call" | "prompts/get" | "resources/read" | "completion/complete"
+                    );
+                    if let Some(level) = self.log_level.filter(|_| for_a_client) {
+                        m.insert(meta::LOG_LEVEL.into(), Value::String(level.into()));
+                    }
                 }
             }
         }
@@ -511,6 +598,19 @@ impl<R: Copy, T: Copy> Session<R, T> {
         self.server_capabilities
             .get(kind.capability())
             .is_some_and(|c| !c.is_null())
+    }
+
+    /// Whether the server's capabilities declare `path` (`resources`, `resources.subscribe`,
+    /// `logging`, `completions`...): present, and neither null nor false.
+    pub fn declares(&self, path: &str) -> bool {
+        let mut at = &self.server_capabilities;
+        for part in path.split('.') {
+            match at.get(part) {
+                Some(v) => at = v,
+                None => return false,
+            }
+        }
+        !at.is_null() && *at != Value::Bool(false)
     }
 
     /// Tool names from the last listing.
@@ -622,9 +722,14 @@ impl<R: Copy, T: Copy> Session<R, T> {
                     }
                 }
                 "notifications/message" => {
-                    let level = params["level"].as_str().unwrap_or("info");
-                    let data = truncate(params["data"].to_string(), NOTE_MAX);
-                    log::info!(target: "mcp", "[{id}] {}: {data}", level.chars().take(16).collect::<String>());
+                    if let Some(event) = self.log_event(params, cx.now) {
+                        out.push(Effect::Event(event));
+                    }
+                }
+                "notifications/resources/updated" => {
+                    if let Some(event) = self.updated_event(&params, cx.now) {
+                        out.push(Effect::Event(event));
+                    }
                 }
                 _ => {
                     let method = truncate(method, 128);
@@ -748,6 +853,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 timer,
                 started,
                 method,
+                ..
             } => {
                 out.push(Effect::CancelTimer(timer));
                 let id = self.id.as_str();
@@ -1030,6 +1136,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         // kept in step with `pending`.
         self.pending.iter().find_map(|(rpc, p)| match p {
             Pending::Call { token: t, .. } if t == token => Some(*rpc),
+            Pending::Forward { token: Some(t), .. } if t == token => Some(*rpc),
             _ => None,
         })
     }
@@ -1173,20 +1280,21 @@ impl<R: Copy, T: Copy> Session<R, T> {
         Ok(())
     }
 
-    /// Forwards a request other than a tool call (`resources/read`, `prompts/get`) with
-    /// `params`; its answer (the server's result, or its error) arrives later as an
-    /// [`Effect::Reply`]. Deadline and bounds as for [`Session::call`].
+    /// Forwards a request other than a tool call (`resources/read`, `prompts/get`,
+    /// `resources/subscribe`, `completion/complete`, `logging/setLevel`...) with `params`;
+    /// its answer (the server's result, or its error) arrives later as an [`Effect::Reply`].
+    /// Deadline and bounds as for [`Session::call`]. `needs` is the capability the server
+    /// must have declared (see [`Session::declares`]).
     ///
     /// # Errors
-    /// Server ending its run or not serving, not offering what the method needs (its
-    /// capabilities), too many calls in flight.
+    /// Server ending its run or not serving, not declaring `needs`, too many calls in flight.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &mut self,
         status: Status,
         ending: Option<&str>,
         method: &'static str,
-        needs: Kind,
+        needs: &str,
         params: Value,
         timeout: Duration,
         max_in_flight: usize,
@@ -1196,16 +1304,30 @@ impl<R: Copy, T: Copy> Session<R, T> {
     ) -> Result<Effects<R, T>, ApiError> {
         self.serving(status, ending)?;
         let id = self.id.as_str();
-        if !self.offers(needs) {
+        if !self.declares(needs) {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 format!(
-                    "MCP server '{id}' offers no {} (its initialize capabilities do not name them)",
-                    needs.capability()
+                    "MCP server '{id}' offers no {needs} (its initialize capabilities do not declare it), needed for {method}"
                 ),
             ));
         }
         self.room_for_a_call(max_in_flight)?;
+        let token = params
+            .pointer("/_meta/progressToken")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if let Some(t) = &token {
+            if t.len() > NOTE_MAX || self.call_with_token(t).is_some() {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "progress token of {} bytes is too long or already in flight on '{id}'",
+                        t.len()
+                    ),
+                ));
+            }
+        }
         let rpc = self.take_id();
         let bytes = self.request(rpc, method, params);
         let timer = arm(rpc, now + timeout);
@@ -1216,9 +1338,88 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 timer,
                 started: now,
                 method,
+                token,
             },
         );
         Ok(vec![Effect::Send(bytes)])
+    }
+
+    /// Whether one more of the server's notes (log messages, resource updates) may be passed
+    /// on now; one beyond the budget is counted in `notes_dropped`.
+    fn note_admitted(&mut self, now: Instant) -> bool {
+        if self.notes.take(now) {
+            return true;
+        }
+        self.notes_dropped += 1;
+        false
+    }
+
+    /// A `notifications/message` as an `mcp_server_log` event: the level must be one of the
+    /// eight, the logger is bounded, `data` is kept as sent when its text is at most
+    /// [`LOG_DATA_MAX`] bytes and otherwise becomes that much of its text. Beyond the
+    /// budget ([`NOTES_PER_SECOND`], bursts of [`NOTES_BURST`]) messages are dropped and
+    /// counted. The daemon's own log gets a line for each one passed on: debug for the
+    /// server's debug, info and notice, info for warning, warn for error and above.
+    fn log_event(&mut self, mut params: Value, now: Instant) -> Option<EventData> {
+        let id = self.id.as_str();
+        let Some(level) = params["level"]
+            .as_str()
+            .and_then(|l| LOG_LEVELS.iter().find(|k| **k == l))
+            .copied()
+        else {
+            let shown = truncate(params["level"].to_string(), 40);
+            log::debug!(
+                "MCP server {id}: a log message with level {shown}, not one of the eight, dropped"
+            );
+            return None;
+        };
+        let dropped = self.notes_dropped;
+        if !self.note_admitted(now) {
+            return None;
+        }
+        let id = self.id.as_str();
+        if dropped > self.notes_reported {
+            log::info!(
+                "MCP server {id}: {} log messages or resource updates dropped so far (more than {NOTES_PER_SECOND} a second)",
+                dropped
+            );
+        }
+        self.notes_reported = dropped;
+        let logger = params["logger"]
+            .as_str()
+            .map(|l| truncate(l.to_string(), LOGGER_MAX));
+        let text = params["data"].to_string();
+        let data = if text.len() <= LOG_DATA_MAX {
+            params["data"].take()
+        } else {
+            Value::String(truncate(text, LOG_DATA_MAX))
+        };
+        let shown = truncate(data.to_string(), NOTE_MAX);
+        let who = logger.as_deref().unwrap_or("-");
+        match log_rank(level) {
+            Some(0..=2) => log::debug!(target: "mcp", "[{id}] {level} {who}: {shown}"),
+            Some(3) => log::info!(target: "mcp", "[{id}] {level} {who}: {shown}"),
+            _ => log::warn!(target: "mcp", "[{id}] {level} {who}: {shown}"),
+        }
+        Some(EventData::McpServerLog {
+            server_id: self.id.clone(),
+            level,
+            logger,
+            data,
+        })
+    }
+
+    /// A `notifications/resources/updated` as an `mcp_resource_updated` event (within the
+    /// same budget as log messages; a URI longer than [`URI_MAX`] is dropped).
+    fn updated_event(&mut self, params: &Value, now: Instant) -> Option<EventData> {
+        let uri = params["uri"].as_str().filter(|u| u.len() <= URI_MAX)?;
+        if !self.note_admitted(now) {
+            return None;
+        }
+        Some(EventData::McpResourceUpdated {
+            server_id: self.id.clone(),
+            uri: uri.to_string(),
+        })
     }
 
     /// A `notifications/progress` as an event, when it is about one of our calls in flight
@@ -1349,7 +1550,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
     /// cancelled). Either way the server is told with `notifications/cancelled`.
     fn end_call(&mut self, rpc: u64, cancelled: Option<&str>, now: Instant) -> Effects<R, T> {
         if let Some(Pending::Forward { .. }) = self.pending.get(&rpc) {
-            return self.on_forward_deadline(rpc, now);
+            return self.end_forward(rpc, cancelled, now);
         }
         let Some(Pending::Call {
             reply,
@@ -1397,11 +1598,13 @@ impl<R: Copy, T: Copy> Session<R, T> {
         out
     }
 
-    fn on_forward_deadline(&mut self, rpc: u64, now: Instant) -> Effects<R, T> {
+    /// Ends forwarded request `rpc` before its answer, as [`Session::end_call`] ends a call.
+    fn end_forward(&mut self, rpc: u64, cancelled: Option<&str>, now: Instant) -> Effects<R, T> {
         let Some(Pending::Forward {
             reply,
             started,
             method,
+            timer,
             ..
         }) = self.pending.remove(&rpc)
         else {
@@ -1409,19 +1612,28 @@ impl<R: Copy, T: Copy> Session<R, T> {
         };
         let ms = now.saturating_duration_since(started).as_millis();
         let id = &self.id;
-        vec![
-            Effect::Reply(
-                reply,
-                Err(ApiError::new(
+        let mut out = Vec::with_capacity(3);
+        let (error, reason) = match cancelled {
+            None => (
+                ApiError::new(
                     ErrorCode::Timeout,
                     format!("{id} did not answer {method} within {ms} ms"),
-                )),
+                ),
+                "timed out",
             ),
-            Effect::Send(jsonrpc::notification(
-                "notifications/cancelled",
-                json!({"requestId": rpc, "reason": "timed out"}),
-            )),
-        ]
+            Some(reason) => {
+                out.push(Effect::CancelTimer(timer));
+                let message = format!("{method} on {id} was cancelled by its caller: {reason}");
+                (ApiError::new(ErrorCode::Conflict, message), reason)
+            }
+        };
+        let reason = truncate(reason.to_string(), NOTE_MAX);
+        out.push(Effect::Reply(reply, Err(error)));
+        out.push(Effect::Send(jsonrpc::notification(
+            "notifications/cancelled",
+            json!({"requestId": rpc, "reason": reason}),
+        )));
+        out
     }
 
     /// One health round (the server serves): an unanswered ping counts as missed; unless
@@ -1750,6 +1962,119 @@ mod tests {
     }
 
     /// A session through its handshake in `version` and a one-tool listing.
+    #[test]
+    fn a_forwarded_request_with_a_token_is_cancelled_by_it_as_a_call_is() {
+        let init = br#"{"jsonrpc":"2.0","id":2,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{},"prompts":{}}}}
+"#;
+        let now = Instant::now();
+        let mut s = S::new("p");
+        begin_legacy(&mut s, now);
+        feed(&mut s, init, Status::Starting, now);
+        let params = json!({"name": "slow", "_meta": {"progressToken": "vsm/gateway/9"}});
+        let forward = |s: &mut S, params: Value| {
+            s.forward(
+                Status::Active,
+                None,
+                "prompts/get",
+                "prompts",
+                params,
+                Duration::from_secs(1),
+                4,
+                1,
+                now,
+                |_, _| 70,
+            )
+        };
+        let e = forward(&mut s, params.clone()).expect("forwarded");
+        let rpc = sent_id(&e, "prompts/get");
+        let again = forward(&mut s, params).expect_err("a token in flight");
+        assert_eq!(again.code, ErrorCode::Conflict);
+        let e = s
+            .cancel("vsm/gateway/9", "the client cancelled it", now)
+            .expect("found by its token");
+        match &e[..] {
+            [Effect::CancelTimer(70), Effect::Reply(1, Err(err)), Effect::Send(_)] => {
+                assert_eq!(err.code, ErrorCode::Conflict);
+                assert!(
+                    err.message.contains("cancelled by its caller"),
+                    "{}",
+                    err.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let note = &sent(&e)[0];
+        assert_eq!(note["method"], "notifications/cancelled");
+        assert_eq!(note["params"]["requestId"], rpc);
+        assert!(
+            s.cancel("vsm/gateway/9", "again", now).is_none(),
+            "answered once"
+        );
+        assert_eq!(s.calls_in_flight(), 0);
+    }
+
+    #[test]
+    fn log_messages_and_updates_become_bounded_events_within_a_budget() {
+        let (mut s, now) = active("2025-11-25");
+        let note = |level: &str, data: Value| {
+            line(json!({"jsonrpc": "2.0", "method": "notifications/message",
+                        "params": {"level": level, "logger": "l".repeat(500), "data": data}}))
+        };
+        let e = feed(
+            &mut s,
+            &note("warning", json!({"k": 1})),
+            Status::Active,
+            now,
+        );
+        match &e[..] {
+            [Effect::Event(EventData::McpServerLog {
+                server_id,
+                level,
+                logger,
+                data,
+            })] => {
+                assert_eq!((server_id.as_str(), *level), ("t", "warning"));
+                let logger = logger.as_deref().unwrap_or_default();
+                assert!(logger.starts_with(&"l".repeat(LOGGER_MAX)), "{logger}");
+                assert!(logger.ends_with("... [500 bytes]"), "{logger}");
+                assert_eq!(data, &json!({"k": 1}));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(feed(&mut s, &note("loud", json!(1)), Status::Active, now).is_empty());
+        // (A line that long is beyond this test's line bound: the message is handed over.)
+        let big = json!({"level": "info", "data": "x".repeat(LOG_DATA_MAX * 2)});
+        match s.log_event(big, now) {
+            Some(EventData::McpServerLog { data, .. }) => {
+                assert!(data.as_str().is_some_and(|t| t.len() < LOG_DATA_MAX + 32));
+            }
+            other => panic!("{other:?}"),
+        }
+        let updated = line(
+            json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                                  "params": {"uri": "x://r"}}),
+        );
+        let e = feed(&mut s, &updated, Status::Active, now);
+        assert!(
+            matches!(&e[..], [Effect::Event(EventData::McpResourceUpdated { uri, .. })] if uri == "x://r"),
+            "{e:?}"
+        );
+        // A flood at one instant: the burst passes, the rest is dropped and counted.
+        let mut passed = 3;
+        for _ in 0..(NOTES_BURST as usize + 50) {
+            passed += feed(&mut s, &note("info", json!(1)), Status::Active, now).len();
+        }
+        assert_eq!(passed, NOTES_BURST as usize);
+        assert_eq!(s.notes_dropped, 53);
+        // A second later the budget has refilled by the rate.
+        let later = now + Duration::from_secs(1);
+        let mut again = 0;
+        for _ in 0..(NOTES_PER_SECOND as usize + 10) {
+            again += feed(&mut s, &note("info", json!(1)), Status::Active, later).len();
+        }
+        assert_eq!(again, NOTES_PER_SECOND as usize);
+    }
+
     fn active(version: &str) -> (S, Instant) {
         let now = Instant::now();
         let mut s = S::new("t");
@@ -2281,7 +2606,7 @@ mod tests {
                 |_, _| 50 + u64::from(reply),
             )
         };
-        let e = forward(&mut s, "resources/read", Kind::Resources, 1).expect("forwarded");
+        let e = forward(&mut s, "resources/read", "resources", 1).expect("forwarded");
         let read = sent_id(&e, "resources/read");
         let answer = format!(
             "{{\"jsonrpc\":\"2.0\",\"id\":{read},\"result\":{{\"contents\":[{{\"uri\":\"x://1\",\"text\":\"hi\"}}]}}}}\n"
@@ -2294,7 +2619,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let e = forward(&mut s, "resources/read", Kind::Resources, 2).expect("forwarded");
+        let e = forward(&mut s, "resources/read", "resources", 2).expect("forwarded");
         let late = sent_id(&e, "resources/read");
         let e = s.on_call_deadline(late, later + Duration::from_secs(1));
         assert!(
@@ -2302,7 +2627,7 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(sent(&e)[0]["params"]["requestId"], late);
-        forward(&mut s, "resources/read", Kind::Resources, 3).expect("forwarded");
+        forward(&mut s, "resources/read", "resources", 3).expect("forwarded");
         assert_eq!(s.calls_in_flight(), 1, "forwarded requests count as calls");
         let e = s.end_run("exited with code 1", later);
         assert!(
@@ -2316,7 +2641,7 @@ mod tests {
                 Status::Active,
                 None,
                 "prompts/get",
-                Kind::Prompts,
+                "prompts",
                 json!({}),
                 Duration::from_secs(1),
                 4,
@@ -2332,7 +2657,7 @@ mod tests {
                 Status::Stopped,
                 None,
                 "prompts/get",
-                Kind::Prompts,
+                "prompts",
                 json!({}),
                 Duration::from_secs(1),
                 4,
@@ -2429,6 +2754,25 @@ mod tests {
             )
             .expect("call");
         (e, rpc)
+    }
+
+    #[test]
+    fn a_modern_server_gets_the_wanted_log_level_in_the_meta_of_requests_for_clients() {
+        let (mut s, now) = modern(true, 60_000);
+        let (e, _) = call_echo(&mut s, now);
+        assert!(sent(&e)[0]["params"]["_meta"]
+            .get(meta::LOG_LEVEL)
+            .is_none());
+        s.log_level = Some("warning");
+        let (e, _) = call_echo(&mut s, now);
+        assert_eq!(sent(&e)[0]["params"]["_meta"][meta::LOG_LEVEL], "warning");
+        let e = s.ping_round(3, now);
+        let discover = &sent(&e)[0];
+        assert_eq!(discover["method"], "server/discover");
+        assert!(
+            discover["params"]["_meta"].get(meta::LOG_LEVEL).is_none(),
+            "{discover}"
+        );
     }
 
     #[test]

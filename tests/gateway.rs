@@ -591,6 +591,40 @@ fn wait_cancelled(d: &Daemon, rec: &Path, id: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// Progress that comes faster than the gateway passes it on (at most one every 50 ms per
+/// call) is held, not lost: a burst of 40 notes ends with the 40th, before the answer.
+#[test]
+fn a_burst_of_progress_ends_with_the_latest_before_the_answer() {
+    let d = Daemon::start_with(Setup {
+        config: Some(QUICK_STOP.into()),
+        ..Setup::default()
+    });
+    let script = fixture("mcp_fixture.py");
+    register(&d, "fx", &["python3", &script]);
+    wait_status(&d, "fx", "active");
+    let mut python = SdkClient::python(&url(&d), &d.token);
+    let hello = python.next("connect");
+    assert_eq!(hello["connected"], true, "{hello}");
+    for _ in 0..2 {
+        let done = python.send(json!({"op": "call", "name": "fx__sleep", "progress": true,
+                                      "arguments": {"ms": 100, "steps": 40}}));
+        assert_eq!(text(&done["result"]), "slept", "{done}");
+        let progress: Vec<f64> = done["progress"]
+            .as_array()
+            .expect("progress")
+            .iter()
+            .filter_map(|p| p["progress"].as_f64())
+            .collect();
+        assert_eq!(progress.first(), Some(&1.0), "{done}");
+        assert_eq!(
+            progress.last(),
+            Some(&40.0),
+            "the latest is not lost: {done}"
+        );
+        assert!(progress.windows(2).all(|w| w[0] < w[1]), "{done}");
+    }
+}
+
 /// Progress and cancellation through the official SDK clients: the TypeScript client's
 /// `onprogress` sees a slow tool's progress (forwarded with the client's own token, while
 /// the server was given the daemon's), and a call it aborts (AbortSignal) is cancelled at the

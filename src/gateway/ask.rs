@@ -530,6 +530,7 @@ mod tests {
                 server: Some("srv".into()),
                 progress: None,
                 progress_sent: None,
+                progress_held: None,
                 streaming: false,
                 modern: false,
                 sse,

@@ -46,7 +46,7 @@
 //! takes) and each client request gets one HTTP answer (a response, a stream, or a 202
 //! when it was cancelled); replay buffers hold at most [`REPLAY_EVENTS`] events and
 //! [`REPLAY_BYTES`] bytes per session; progress goes out at most once per
-//! [`PROGRESS_INTERVAL`] per call; resource subscriptions are at most
+//! [`PROGRESS_INTERVAL`] per call (the latest is held, not lost); resource subscriptions are at most
 //! [`MAX_SUBSCRIPTIONS_PER_SESSION`] per session and [`MAX_SUBSCRIPTIONS`] distinct ones,
 //! each (server, URI) held upstream exactly while some session or listen stream holds it;
 //! completions pass back at most [`MAX_COMPLETION_VALUES`] values.
@@ -81,8 +81,9 @@ pub const MAX_CALLS: usize = 1024;
 pub const REPLAY_EVENTS: usize = 64;
 /// Bytes of those events a session keeps.
 pub const REPLAY_BYTES: usize = 256 * 1024;
-/// Shortest time between two progress notifications of one call sent to the client (more
-/// frequent ones are dropped: progress only grows, so the next one says as much).
+/// Shortest time between two progress notifications of one call sent to the client: one
+/// that comes sooner is held, replaced by any newer one, and sent when the interval is over
+/// or just before the answer (the client always gets the latest, never after the response).
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(50);
 /// The longest progress token of a client that is passed back (a longer one is not used).
 const TOKEN_MAX: usize = 256;
@@ -123,6 +124,8 @@ mod code {
 pub enum Timer {
     /// Time to send open streams a keep-alive comment.
     KeepAlive,
+    /// The progress held back for a call (see [`PROGRESS_INTERVAL`]) is due.
+    Progress(u64),
 }
 
 /// The room has no worker jobs.
@@ -274,6 +277,10 @@ struct Pending {
     progress: Option<Value>,
     /// When progress last went to the client.
     progress_sent: Option<Instant>,
+    /// The latest progress that came sooner than [`PROGRESS_INTERVAL`] after the one sent:
+    /// sent when the interval is over or before the answer, whichever comes first (a newer one
+    /// replaces it, so the client always ends up with the latest).
+    progress_held: Option<Value>,
     /// Whether the answer became an SSE stream (progress or log messages went out on it).
     streaming: bool,
     /// Whether the client accepts an SSE answer, for a request that went to a server: its
@@ -1078,6 +1085,7 @@ impl Gateway {
             server: w.server,
             progress: w.progress,
             progress_sent: None,
+            progress_held: None,
             streaming: false,
             sse: w.sse,
             modern: false,
@@ -1149,12 +1157,6 @@ impl Gateway {
             return;
         };
         let now = Instant::now();
-        if p.progress_sent
-            .is_some_and(|t| now.saturating_duration_since(t) < PROGRESS_INTERVAL)
-        {
-            return;
-        }
-        p.progress_sent = Some(now);
         let mut params = json!({"progressToken": client_token, "progress": note.progress});
         if !note.total.is_null() {
             params["total"] = note.total.clone();
@@ -1162,6 +1164,34 @@ impl Gateway {
         if let Some(m) = note.message {
             params["message"] = Value::String(m.to_string());
         }
+        if let Some(sent) = p.progress_sent {
+            let due = sent + PROGRESS_INTERVAL;
+            if now < due {
+                // Held, not dropped: the newest replaces what was held, and goes out when
+                // the interval is over (or before the answer).
+                if p.progress_held.replace(params).is_none() {
+                    cx.timers().insert(due, Timer::Progress(tag));
+                }
+                return;
+            }
+        }
+        p.progress_held = None;
+        self.send_progress(cx, tag, conn, params, now);
+    }
+
+    /// Sends a call's progress on its answer, which becomes an event stream if it is not yet.
+    fn send_progress(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        tag: u64,
+        conn: ConnId,
+        params: Value,
+        now: Instant,
+    ) {
+        let Some(p) = self.pending.get_mut(&tag) else {
+            return;
+        };
+        p.progress_sent = Some(now);
         let message =
             json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": params});
         if !p.streaming {
@@ -1173,6 +1203,17 @@ impl Gateway {
             conn,
             bytes: sse_message(&message),
         });
+    }
+
+    /// The progress held back for call `tag`, if it still waits, goes out now.
+    fn flush_progress(&mut self, cx: &mut RoomCx<'_, Self>, tag: u64) {
+        let Some(p) = self.pending.get_mut(&tag) else {
+            return;
+        };
+        let (Some(params), ReplyTo::Http { conn, .. }) = (p.progress_held.take(), p.reply) else {
+            return;
+        };
+        self.send_progress(cx, tag, conn, params, Instant::now());
     }
 }
 
@@ -1907,6 +1948,7 @@ impl Room for Gateway {
                 }
                 self.keep_alive(cx, Instant::now());
             }
+            Timer::Progress(tag) => self.flush_progress(cx, tag),
         }
     }
 
@@ -2007,6 +2049,15 @@ impl Room for Gateway {
         };
         match (p.streaming, p.reply) {
             (true, ReplyTo::Http { conn, .. }) => {
+                if let Some(params) = p.progress_held {
+                    // The latest progress comes before the answer, never after it.
+                    let note = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                                      "params": params});
+                    cx.emit(Output::Push {
+                        conn,
+                        bytes: sse_message(&note),
+                    });
+                }
                 cx.emit(Output::Push {
                     conn,
                     bytes: sse_message(&message),

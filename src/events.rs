@@ -9,7 +9,11 @@
 //! and the SSE streams send it as is.
 //!
 //! Invariant: the history holds at most `capacity` events; every event gets a sequence number
-//! so a reader that fell behind knows how many it missed.
+//! so a reader that fell behind knows how many it missed. The servers' chatter (progress, log
+//! messages, resource updates: [`EventData::is_chatter`], up to 50 a second per server) is
+//! kept apart, at most [`CHATTER_HISTORY`] of it, so that a busy server cannot push the
+//! events an operator looks back at (status changes, alerts, acquisitions) out of the history;
+//! readers see both, in sequence order, and "missed" counts only the main history.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -352,7 +356,21 @@ pub enum EventData {
     },
 }
 
+/// Chatter events kept at most (see [`EventData::is_chatter`]).
+pub const CHATTER_HISTORY: usize = 256;
+
 impl EventData {
+    /// Whether it is a server's chatter: frequent, live, and worth little once old (progress
+    /// of a call, a log message, a resource changed). Kept apart from the main history.
+    pub fn is_chatter(&self) -> bool {
+        matches!(
+            self,
+            EventData::McpToolProgress { .. }
+                | EventData::McpServerLog { .. }
+                | EventData::McpResourceUpdated { .. }
+        )
+    }
+
     /// The event type on the wire (`type`).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -462,6 +480,8 @@ impl Event {
 #[derive(Debug)]
 pub struct EventLog {
     events: VecDeque<Event>,
+    /// The chatter, newest last (at most [`CHATTER_HISTORY`], and never more than `capacity`).
+    chatter: VecDeque<Event>,
     capacity: usize,
     next_seq: u64,
 }
@@ -471,6 +491,7 @@ impl EventLog {
     pub fn new(capacity: usize) -> Self {
         EventLog {
             events: VecDeque::new(),
+            chatter: VecDeque::new(),
             capacity: capacity.max(1),
             next_seq: 1,
         }
@@ -488,11 +509,16 @@ impl EventLog {
         };
         let seq = self.next_seq;
         self.next_seq += 1;
-        if self.events.len() >= self.capacity {
-            self.events.pop_front();
+        let (ring, capacity) = if data.is_chatter() {
+            (&mut self.chatter, CHATTER_HISTORY.min(self.capacity))
+        } else {
+            (&mut self.events, self.capacity)
+        };
+        while ring.len() >= capacity {
+            ring.pop_front();
         }
-        self.events.push_back(Event::new(seq, channel, data));
-        &self.events[self.events.len() - 1]
+        ring.push_back(Event::new(seq, channel, data));
+        &ring[ring.len() - 1]
     }
 
     /// Sequence number of the newest event (0 when none).
@@ -500,21 +526,39 @@ impl EventLog {
         self.next_seq - 1
     }
 
-    /// Sequence number of the oldest event held.
+    /// Sequence number of the oldest event of the main history (chatter is not counted: a
+    /// reader behind it has not missed what matters).
     pub fn first_seq(&self) -> u64 {
         self.events.front().map_or(self.next_seq, |e| e.seq)
     }
 
     /// Events with `seq > after` that pass `keep`, the newest `limit` of them, oldest first.
+    /// Both histories are read newest first and merged by sequence number.
     pub fn query(&self, after: u64, limit: usize, keep: impl Fn(&Event) -> bool) -> Vec<&Event> {
-        let mut out: Vec<&Event> = self
+        let mut main = self
             .events
             .iter()
             .rev()
             .take_while(|e| e.seq > after)
-            .filter(|e| keep(e))
-            .take(limit)
-            .collect();
+            .peekable();
+        let mut chatter = self
+            .chatter
+            .iter()
+            .rev()
+            .take_while(|e| e.seq > after)
+            .peekable();
+        let mut out: Vec<&Event> = Vec::new();
+        while out.len() < limit {
+            let next = match (main.peek(), chatter.peek()) {
+                (Some(a), Some(b)) if a.seq > b.seq => main.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => chatter.next(),
+                (Some(_), None) => main.next(),
+                (None, None) => break,
+            };
+            if let Some(e) = next.filter(|e| keep(e)) {
+                out.push(e);
+            }
+        }
         out.reverse();
         out
     }
@@ -524,6 +568,9 @@ impl EventLog {
         self.capacity = capacity.max(1);
         while self.events.len() > self.capacity {
             self.events.pop_front();
+        }
+        while self.chatter.len() > CHATTER_HISTORY.min(self.capacity) {
+            self.chatter.pop_front();
         }
     }
 }
@@ -539,6 +586,47 @@ mod tests {
             kind: "x",
             data: json!({ "i": i }),
         }
+    }
+
+    fn progress(i: u64) -> EventData {
+        EventData::McpToolProgress {
+            server_id: "s".into(),
+            progress_token: "t".into(),
+            progress: json!(i),
+            total: Value::Null,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn chatter_is_kept_apart_and_read_in_sequence_with_the_rest() {
+        let mut log = EventLog::new(CHATTER_HISTORY + 4);
+        log.publish(Channel::McpServers, other(1));
+        for i in 0..(CHATTER_HISTORY as u64 + 10) {
+            log.publish(Channel::McpServers, progress(i));
+        }
+        log.publish(Channel::McpServers, other(2));
+        // The two ordinary events are still there, however much chatter came between them.
+        let kept = log.query(0, usize::MAX, |e| e.kind == "x");
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].seq, 1);
+        assert_eq!(log.first_seq(), 1, "missed counts the main history only");
+        let all = log.query(0, usize::MAX, |_| true);
+        assert_eq!(all.len(), 2 + CHATTER_HISTORY);
+        assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "in sequence");
+        assert_eq!(all.last().map(|e| e.kind), Some("x"));
+        // The newest `limit`, oldest first, across both.
+        let newest = log.query(0, 3, |_| true);
+        let seqs: Vec<u64> = newest.iter().map(|e| e.seq).collect();
+        let last = log.last_seq();
+        assert_eq!(seqs, vec![last - 2, last - 1, last]);
+        assert_eq!(log.query(last - 1, 10, |_| true).len(), 1);
+        log.set_capacity(2);
+        assert_eq!(
+            log.query(0, usize::MAX, |_| true).len(),
+            4,
+            "2 + 2 of chatter"
+        );
     }
 
     #[test]

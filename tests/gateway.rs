@@ -551,6 +551,18 @@ fn a_tool_under_a_blocked_capability_is_refused_everywhere_and_alerts() {
         tools.iter().any(|t| t == "trusted__run_command"),
         "{tools:?}"
     );
+
+    // The policy changed live: the verdict the daemon kept for the refused tool goes with it.
+    let out = d.cli(&[
+        "config",
+        "set",
+        "security.blocked_capabilities",
+        r#"["network", "file_system"]"#,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let call = r#"{"name": "run_command", "arguments": {"command": "id"}}"#;
+    let (status, v) = d.http("POST", "/api/v1/mcp/servers/shell/tools/call", Some(call));
+    assert_eq!(status, 200, "no longer blocked: {v}");
 }
 
 /// JSON lines of a fixture's `--record` file.

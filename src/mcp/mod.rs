@@ -255,6 +255,9 @@ impl crate::room::Room for Mcp {
         self.settings.config = config.mcp_servers.clone();
         self.settings.sandbox_enabled = config.security.sandbox_enabled;
         self.settings.policy = crate::variety::policy::Policy::new(config);
+        for s in self.servers.values_mut() {
+            s.refusals.clear();
+        }
         if self.settings.servers != config.servers {
             let (mut lcx, out) = cx.split();
             self.sync_config_servers(&mut lcx, &config.servers, out);
@@ -779,22 +782,33 @@ impl Mcp {
     }
 
     /// The blocked capabilities (not allowed by its spec) that tool `name` of server `id`
-    /// maps to; empty when the server or the tool is unknown (the call fails on that).
-    pub fn refused_tool(&self, id: &str, name: &str) -> Vec<String> {
-        let Some(s) = self.servers.get(id) else {
+    /// maps to; empty when the server or the tool is unknown (the call fails on that). The
+    /// verdict is kept for the next call of the tool ([`server::Refusals`]).
+    pub fn refused_tool(&mut self, id: &str, name: &str) -> Vec<String> {
+        let Some(s) = self.servers.get_mut(id) else {
             return Vec::new();
         };
-        s.session
+        let (run, listing) = (s.run, s.session.listings);
+        if let Some(known) = s
+            .refusals
+            .get(run, listing, &s.spec.allow_capabilities, name)
+        {
+            return known.to_vec();
+        }
+        let Some(tool) = s
+            .session
             .tools
             .iter()
             .find(|t| t["name"].as_str() == Some(name))
-            .map(|t| {
-                self.settings.policy.tool_refused(
-                    crate::variety::policy::tool_text(t),
-                    &s.spec.allow_capabilities,
-                )
-            })
-            .unwrap_or_default()
+        else {
+            return Vec::new();
+        };
+        let refused = self.settings.policy.tool_refused(
+            crate::variety::policy::tool_text(tool),
+            &s.spec.allow_capabilities,
+        );
+        s.refusals.insert(name, refused.clone());
+        refused
     }
 
     /// What the alerts room's health cycle reads of each server.

@@ -819,6 +819,33 @@ fn the_python_sdk_client_speaks_2026_07_28_through_serve_stdio() {
     let mut rest = String::new();
     output.read_to_string(&mut rest).expect("read the rest");
     assert_eq!(rest, "", "nothing is owed to a client that went away");
+    // Input that ends right behind a listen request (before its stream may even be open)
+    // ends the bridge too.
+    let mut bridge = std::process::Command::new(bin())
+        .args(["mcp", "serve-stdio", "--socket"])
+        .arg(&d.socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("serve-stdio");
+    let mut input = bridge.stdin.take().expect("stdin");
+    let body = modern_body(
+        2,
+        "subscriptions/listen",
+        json!({"notifications": {"toolsListChanged": true}}),
+        MODERN,
+        true,
+    );
+    writeln!(input, "{body}").expect("write to the bridge");
+    drop(input);
+    let status = wait_until(
+        "the bridge to exit at once",
+        || bridge.try_wait().expect("wait"),
+        Option::is_some,
+        |s| format!("{s:?}"),
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
     // And the daemon's one listen stream is free again.
     let mut client = ModernClient::stdio(&d);
     let hello = client.next("connecting again");

@@ -115,23 +115,40 @@ struct Open {
 }
 
 struct OpenConn {
-    stream: UnixStream,
+    /// The connection, once the request's thread has made it.
+    stream: Option<UnixStream>,
     listen: bool,
     /// Closed on purpose: no error is owed to the client when its stream ends.
     closed: bool,
 }
 
 impl Open {
-    fn insert(&self, key: &str, stream: UnixStream, listen: bool) {
+    /// Notes a request before its thread connects, so that a cancellation (or the end of
+    /// input) that comes first is not missed.
+    fn reserve(&self, key: &str, listen: bool) {
         if let Ok(mut m) = self.conns.lock() {
-            m.insert(
-                key.to_string(),
-                OpenConn {
-                    stream,
-                    listen,
-                    closed: false,
-                },
-            );
+            let conn = OpenConn {
+                stream: None,
+                listen,
+                closed: false,
+            };
+            m.insert(key.to_string(), conn);
+        }
+    }
+
+    /// Leaves the request's connection where it can be closed; `false` when the request
+    /// was closed already (it is then not to be sent).
+    fn attach(&self, key: &str, stream: UnixStream) -> bool {
+        let Ok(mut m) = self.conns.lock() else {
+            return true;
+        };
+        match m.get_mut(key) {
+            Some(c) if c.closed => false,
+            Some(c) => {
+                c.stream = Some(stream);
+                true
+            }
+            None => true,
         }
     }
 
@@ -153,7 +170,9 @@ impl Open {
             return false;
         };
         c.closed = true;
-        let _ = c.stream.shutdown(Shutdown::Both);
+        if let Some(s) = &c.stream {
+            let _ = s.shutdown(Shutdown::Both);
+        }
         true
     }
 
@@ -171,7 +190,9 @@ impl Open {
         if let Ok(mut m) = self.conns.lock() {
             for c in m.values_mut().filter(|c| c.listen) {
                 c.closed = true;
-                let _ = c.stream.shutdown(Shutdown::Both);
+                if let Some(s) = &c.stream {
+                    let _ = s.shutdown(Shutdown::Both);
+                }
             }
         }
     }
@@ -179,15 +200,16 @@ impl Open {
 
 /// Sends one request and reads its answer. An answer that is an event stream (a tool call
 /// whose progress the client asked for, a listen stream) has its messages written to `out`
-/// as they come, and then has no body of its own. `track`: where to leave the connection
-/// (and under which key) while the answer is awaited, so that it can be closed.
+/// as they come, and then has no body of its own. `track`: where the request was reserved
+/// (and under which key): its connection is left there while the answer is awaited, so
+/// that it can be closed; a request closed before it connected is not sent.
 fn request(
     socket: &Path,
     method: &str,
     headers: &[(&'static str, String)],
     body: &[u8],
     out: &Mutex<io::Stdout>,
-    track: Option<(&Open, &str, bool)>,
+    track: Option<(&Open, &str)>,
 ) -> io::Result<Answer> {
     let mut s = UnixStream::connect(socket)?;
     let mut head = format!(
@@ -198,8 +220,10 @@ fn request(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
-    if let Some((open, key, listen)) = track {
-        open.insert(key, s.try_clone()?, listen);
+    if let Some((open, key)) = track {
+        if !open.attach(key, s.try_clone()?) {
+            return Err(io::Error::other("cancelled before it was sent"));
+        }
     }
     s.write_all(head.as_bytes())?;
     s.write_all(body)?;
@@ -511,6 +535,7 @@ pub fn serve(socket: &Path) -> Result<(), BridgeError> {
                 continue;
             }
             listens.fetch_add(1, Ordering::AcqRel);
+            open.reserve(&id.to_string(), true);
             let (socket, out, open, listens, body) = (
                 socket.to_path_buf(),
                 Arc::clone(&out),
@@ -520,14 +545,7 @@ pub fn serve(socket: &Path) -> Result<(), BridgeError> {
             );
             std::thread::spawn(move || {
                 let key = id.to_string();
-                let answer = request(
-                    &socket,
-                    "POST",
-                    &headers,
-                    &body,
-                    &out,
-                    Some((&open, &key, true)),
-                );
+                let answer = request(&socket, "POST", &headers, &body, &out, Some((&open, &key)));
                 if !open.remove(&key) {
                     if let Some(m) = relay(Some(&id), answer) {
                         emit(&out, &m);
@@ -567,6 +585,11 @@ fn spawn_request(
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     in_flight.fetch_add(1, Ordering::AcqRel);
+    // A notification has no answer to wait for and nothing to cancel.
+    let key = id.as_ref().map(Value::to_string);
+    if let Some(k) = &key {
+        open.reserve(k, false);
+    }
     let (socket, out, in_flight, open, body) = (
         socket.to_path_buf(),
         Arc::clone(out),
@@ -575,9 +598,7 @@ fn spawn_request(
         body.to_vec(),
     );
     std::thread::spawn(move || {
-        // A notification has no answer to wait for and nothing to cancel.
-        let key = id.as_ref().map(Value::to_string);
-        let track = key.as_deref().map(|k| (&*open, k, false));
+        let track = key.as_deref().map(|k| (&*open, k));
         let answer = request(&socket, "POST", &headers, &body, &out, track);
         let cancelled = key.as_deref().is_some_and(|k| open.remove(k));
         if !cancelled {
@@ -637,8 +658,10 @@ mod tests {
         let (a, _a) = UnixStream::pair().expect("pair");
         let (b, mut b_peer) = UnixStream::pair().expect("pair");
         let open = Open::default();
-        open.insert("1", a, false);
-        open.insert("\"listen-1\"", b, true);
+        open.reserve("1", false);
+        assert!(open.attach("1", a));
+        open.reserve("\"listen-1\"", true);
+        assert!(open.attach("\"listen-1\"", b));
         assert!(!open.close("2"), "not a request of ours");
         open.close_listens();
         let mut buf = [0u8; 1];
@@ -652,12 +675,21 @@ mod tests {
             "closed on purpose: no answer owed"
         );
         assert!(!open.remove("1"), "a call still owes its answer");
-        open.insert("3", UnixStream::pair().expect("pair").0, false);
+        open.reserve("3", false);
+        assert!(open.attach("3", UnixStream::pair().expect("pair").0));
         open.forget("3");
         assert!(
             open.remove("3"),
             "cancelled in the session era: no answer owed"
         );
+        // Cancelled (or the input ended) before its thread connected: it is not sent.
+        open.reserve("4", false);
+        open.reserve("\"listen-2\"", true);
+        assert!(open.close("4"));
+        open.close_listens();
+        assert!(!open.attach("4", UnixStream::pair().expect("pair").0));
+        assert!(!open.attach("\"listen-2\"", UnixStream::pair().expect("pair").0));
+        assert!(open.remove("4") && open.remove("\"listen-2\""));
     }
 
     #[test]

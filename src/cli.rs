@@ -1026,7 +1026,10 @@ pub fn help(command: Option<&str>) -> String {
         "mcp serve-stdio" => "vsm-daemon mcp serve-stdio\n\n\
             An MCP server on stdin/stdout for clients that spawn stdio servers: every message goes to\n\
             the running daemon's /mcp over the control socket, so the client gets every supervised\n\
-            server's tools (SERVER__TOOL). Exit 3 when the daemon is not running.",
+            server's tools (SERVER__TOOL). Both protocol eras: `initialize` opens a session\n\
+            (2025-11-25); a message with a `_meta` protocol version is sent statelessly\n\
+            (2026-07-28), `subscriptions/listen` streams included. Exit 3 when the daemon is not\n\
+            running.",
         "mcp show" | "mcp tools" | "mcp start" | "mcp stop" | "mcp restart" | "mcp reset" | "mcp unregister" => {
             "vsm-daemon mcp show|tools|start|stop|restart|reset|unregister ID"
         }

@@ -1923,6 +1923,47 @@ fn a_slow_websocket_consumer_is_told_how_many_events_it_lost() {
     assert_eq!(v["status"], "success", "{v}");
 }
 
+/// The answer to a command is not one of the events a slow client loses: sent while its
+/// queue is full of events, and followed by more than a queue's worth of events, it still
+/// arrives once the client reads (before the change, the flood evicted it like an event).
+#[test]
+fn a_websocket_answer_is_not_dropped_in_an_event_flood() {
+    let d = start(SLOW_BUT_NOT_STALLED);
+    let mut slow = small_buffer_subscriber(&d);
+    let first_seq = last_event_seq(&d) + 1;
+    start_flapping(&d);
+    wait_for_a_pile_of_events(&d, first_seq);
+    // Its queue is full: the command's answer goes in behind the events, and a second pile
+    // of events comes after it.
+    slow.send(Message::text(
+        json!({"id": "in-the-flood", "command": "status"}).to_string(),
+    ))
+    .expect("send");
+    let after = last_event_seq(&d) + 1;
+    wait_for_a_pile_of_events(&d, after);
+    stop_flapping(&d);
+    let deadline = Instant::now() + PATIENCE;
+    let mut dropped = 0;
+    let answer = loop {
+        match ws_next(&mut slow, deadline) {
+            Ok(Some(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).expect("json");
+                if v["type"] == "events_dropped" {
+                    dropped += v["data"]["count"].as_u64().unwrap_or(0);
+                }
+                if v["type"] == "response" && v["id"] == "in-the-flood" {
+                    break v;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the answer never came ({dropped} events dropped)"),
+            Err(e) => panic!("the slow client was closed: {e}\n{}", log_tail(&d)),
+        }
+    };
+    assert_eq!(answer["status"], "success", "{answer}");
+    assert!(dropped > 0, "events were dropped around it");
+}
+
 #[test]
 fn dropped_websocket_events_are_counted_in_the_metrics() {
     let d = start(SLOW_BUT_NOT_STALLED);

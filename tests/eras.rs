@@ -615,59 +615,117 @@ fn mcp_speaks_2026_07_28_statelessly_and_refuses_with_each_code() {
     );
 }
 
-/// The official Python SDK client in its 2026-07-28 mode: probes, stays stateless, lists and
-/// calls tools of a modern fixture and of mcp-server-time (itself modern on stdio), and hears
-/// a list change on `subscriptions/listen`.
-#[test]
-fn the_python_sdk_client_speaks_2026_07_28_to_mcp() {
-    let time = peers().join("venv-time/bin/mcp-server-time");
-    let time = time.display().to_string();
-    let d = Daemon::start_with(setup());
-    register_fixture(&d, "fx", &["--modern"]);
-    register(&d, "time", &[&time, "--local-timezone", "UTC"]);
-    for id in ["fx", "time"] {
-        let v = wait_active(&d, id);
-        assert_eq!(v["era"], "modern", "{id}: {v:#}");
+/// The official Python SDK client in its 2026-07-28 mode (`gateway_modern_client.py`): one
+/// JSON command per stdin line, one JSON answer per stdout line.
+struct ModernClient {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ModernClient {
+    /// Over Streamable HTTP to the daemon's TCP listener.
+    fn http(d: &Daemon) -> ModernClient {
+        let url = format!("http://{}/mcp", d.http.expect("TCP listener"));
+        ModernClient::spawn(&[&url, &d.token])
     }
-    let url = format!("http://{}/mcp", d.http.expect("TCP listener"));
-    let mut command = std::process::Command::new(peers().join("venv-time/bin/python"));
-    command
-        .arg(format!(
-            "{}/tests/fixtures/gateway_modern_client.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .arg(&url)
-        .arg(&d.token)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit());
-    let mut child = command.spawn().expect("the venv's python");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
+
+    /// Over stdio to `vsm-daemon mcp serve-stdio`, which it spawns.
+    fn stdio(d: &Daemon) -> ModernClient {
+        let socket = d.socket.display().to_string();
+        ModernClient::spawn(&["stdio", bin(), "mcp", "serve-stdio", "--socket", &socket])
+    }
+
+    fn spawn(args: &[&str]) -> ModernClient {
+        let mut child = std::process::Command::new(peers().join("venv-time/bin/python"))
+            .arg(format!(
+                "{}/tests/fixtures/gateway_modern_client.py",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("the venv's python");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
             }
+        });
+        ModernClient {
+            child,
+            stdin,
+            lines,
         }
-    });
-    let mut next = |what: &str| -> Value {
-        let line = lines
+    }
+
+    fn next(&mut self, what: &str) -> Value {
+        let line = self
+            .lines
             .recv_timeout(PATIENCE)
             .unwrap_or_else(|_| panic!("the SDK client said nothing about {what}"));
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{what}: {e}: {line}"))
-    };
-    let hello = next("connecting");
+    }
+
+    fn send(&mut self, command: Value) -> Value {
+        writeln!(self.stdin, "{command}").expect("write to the SDK client");
+        self.next(&command.to_string())
+    }
+
+    /// `listen` until it is acknowledged (a retry covers the moment it takes the daemon to
+    /// see that an earlier stream closed), then `then` (which changes the tool list), and the
+    /// change the stream brought.
+    fn listen_for_a_change(&mut self, then: impl FnOnce()) -> Value {
+        let r = wait_until(
+            "a listen stream acknowledged",
+            || self.send(json!({"op": "listen"})),
+            |r| r["listening"] == true,
+            |r| format!("{r}"),
+        );
+        assert_eq!(r["honored"]["toolsListChanged"], true, "{r}");
+        then();
+        self.next("a tool list change on the listen stream")
+    }
+}
+
+impl Drop for ModernClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Registers the modern fixture (`fx`) and mcp-server-time (itself modern on stdio), and
+/// waits until both are active on the 2026-07-28 era.
+fn two_modern_servers(d: &Daemon) {
+    let time = peers().join("venv-time/bin/mcp-server-time");
+    register_fixture(d, "fx", &["--modern"]);
+    register(
+        d,
+        "time",
+        &[&time.display().to_string(), "--local-timezone", "UTC"],
+    );
+    for id in ["fx", "time"] {
+        let v = wait_active(d, id);
+        assert_eq!(v["era"], "modern", "{id}: {v:#}");
+    }
+}
+
+/// What the SDK client does against either transport: it probed and stays on 2026-07-28,
+/// lists the tools of both servers and calls one of each.
+fn discovers_lists_and_calls(client: &mut ModernClient) {
+    let hello = client.next("connecting");
     assert_eq!(hello["version"], MODERN, "{hello}");
     assert_eq!(hello["server"], "vsm-daemon", "{hello}");
     assert_eq!(hello["tools_list_changed"], true, "{hello}");
-    let mut send = |cmd: Value, next: &mut dyn FnMut(&str) -> Value| -> Value {
-        writeln!(stdin, "{cmd}").expect("write");
-        next(&cmd.to_string())
-    };
-    let tools = send(json!({"op": "list"}), &mut next);
+    let tools = client.send(json!({"op": "list"}));
     let names: Vec<&str> = tools["tools"]
         .as_array()
         .unwrap_or_else(|| panic!("{tools}"))
@@ -678,24 +736,138 @@ fn the_python_sdk_client_speaks_2026_07_28_to_mcp() {
         names.contains(&"fx__echo") && names.contains(&"time__get_current_time"),
         "{names:?}"
     );
-    let r = send(
+    let r = client.send(
         json!({"op": "call", "name": "time__get_current_time", "arguments": {"timezone": "UTC"}}),
-        &mut next,
     );
     assert_eq!(r["result"]["structuredContent"]["timezone"], "UTC", "{r}");
-    let r = send(
-        json!({"op": "call", "name": "fx__echo", "arguments": {"message": "from the SDK"}}),
-        &mut next,
-    );
+    let r = client
+        .send(json!({"op": "call", "name": "fx__echo", "arguments": {"message": "from the SDK"}}));
     assert_eq!(r["result"]["content"][0]["text"], "from the SDK", "{r}");
-    let r = send(json!({"op": "listen"}), &mut next);
-    assert_eq!(r["listening"], true, "{r}");
-    register_fixture(&d, "later", &[]);
-    let r = next("a tool list change on the listen stream");
+}
+
+/// The official Python SDK client in its 2026-07-28 mode: probes, stays stateless, lists and
+/// calls tools of a modern fixture and of mcp-server-time (itself modern on stdio), and hears
+/// a list change on `subscriptions/listen`.
+#[test]
+fn the_python_sdk_client_speaks_2026_07_28_to_mcp() {
+    let d = Daemon::start_with(setup());
+    two_modern_servers(&d);
+    let mut client = ModernClient::http(&d);
+    discovers_lists_and_calls(&mut client);
+    let r = client.listen_for_a_change(|| register_fixture(&d, "later", &[]));
     assert!(r.get("changed").is_some(), "{r}");
-    let _ = writeln!(stdin, "{}", json!({"op": "close"}));
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = writeln!(client.stdin, "{}", json!({"op": "close"}));
+}
+
+/// The same SDK client over stdio, through `vsm-daemon mcp serve-stdio`: the bridge learns
+/// the era from the client's `_meta`, sends each message with the headers `/mcp` requires of
+/// it, and relays the listen stream. With one listen stream allowed (`gateway.max_sessions`
+/// = 1), a second listen after the first succeeds only if the client's cancellation (the SDK
+/// sends `notifications/cancelled` when it leaves `listen`) closed the first one; the same
+/// for the end of a bridge's input, which also ends the bridge.
+#[test]
+fn the_python_sdk_client_speaks_2026_07_28_through_serve_stdio() {
+    let d = Daemon::start_with(Setup {
+        config: Some(format!(
+            "{}\n[gateway]\nmax_sessions = 1\n",
+            setup().config.unwrap_or_default()
+        )),
+        ..Setup::default()
+    });
+    two_modern_servers(&d);
+    let mut client = ModernClient::stdio(&d);
+    discovers_lists_and_calls(&mut client);
+    let r = client.listen_for_a_change(|| register_fixture(&d, "later", &[]));
+    assert_eq!(r["changed"], "ToolsListChanged", "{r}");
+    // The only listen stream the daemon allows is free again: a second one is served.
+    let again = client.listen_for_a_change(|| {
+        let out = d.cli(&["mcp", "stop", "later"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    });
+    assert_eq!(again["changed"], "ToolsListChanged", "{again}");
+    let closed = client.send(json!({"op": "close"}));
+    assert_eq!(closed["closed"], true, "{closed}");
+
+    // A scripted client: a listen stream through the bridge, then the end of its input.
+    let mut bridge = std::process::Command::new(bin())
+        .args(["mcp", "serve-stdio", "--socket"])
+        .arg(&d.socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("serve-stdio");
+    let mut input = bridge.stdin.take().expect("stdin");
+    let mut output = BufReader::new(bridge.stdout.take().expect("stdout"));
+    let listen = wait_until(
+        "the listen stream's acknowledgement through the bridge",
+        || {
+            let body = modern_body(
+                1,
+                "subscriptions/listen",
+                json!({"notifications": {"toolsListChanged": true}}),
+                MODERN,
+                true,
+            );
+            writeln!(input, "{body}").expect("write to the bridge");
+            let mut line = String::new();
+            output.read_line(&mut line).expect("read from the bridge");
+            serde_json::from_str::<Value>(&line).unwrap_or(Value::Null)
+        },
+        |m| m["method"] == "notifications/subscriptions/acknowledged",
+        |m| format!("{m}"),
+    );
+    assert_eq!(
+        listen["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        1
+    );
+    drop(input);
+    let status = wait_until(
+        "the bridge to exit at the end of its input",
+        || bridge.try_wait().expect("wait"),
+        Option::is_some,
+        |s| format!("{s:?}"),
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    let mut rest = String::new();
+    output.read_to_string(&mut rest).expect("read the rest");
+    assert_eq!(rest, "", "nothing is owed to a client that went away");
+    // Input that ends right behind a listen request (before its stream may even be open)
+    // ends the bridge too.
+    let mut bridge = std::process::Command::new(bin())
+        .args(["mcp", "serve-stdio", "--socket"])
+        .arg(&d.socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("serve-stdio");
+    let mut input = bridge.stdin.take().expect("stdin");
+    let body = modern_body(
+        2,
+        "subscriptions/listen",
+        json!({"notifications": {"toolsListChanged": true}}),
+        MODERN,
+        true,
+    );
+    writeln!(input, "{body}").expect("write to the bridge");
+    drop(input);
+    let status = wait_until(
+        "the bridge to exit at once",
+        || bridge.try_wait().expect("wait"),
+        Option::is_some,
+        |s| format!("{s:?}"),
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    // And the daemon's one listen stream is free again.
+    let mut client = ModernClient::stdio(&d);
+    let hello = client.next("connecting again");
+    assert_eq!(hello["version"], MODERN, "{hello}");
+    let r = client.listen_for_a_change(|| {
+        let out = d.cli(&["mcp", "start", "later"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    });
+    assert_eq!(r["changed"], "ToolsListChanged", "{r}");
 }
 
 /// A legacy server that exits on an unknown request dies on the probe once; its next run

@@ -551,6 +551,18 @@ fn a_tool_under_a_blocked_capability_is_refused_everywhere_and_alerts() {
         tools.iter().any(|t| t == "trusted__run_command"),
         "{tools:?}"
     );
+
+    // The policy changed live: the verdict the daemon kept for the refused tool goes with it.
+    let out = d.cli(&[
+        "config",
+        "set",
+        "security.blocked_capabilities",
+        r#"["network", "file_system"]"#,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let call = r#"{"name": "run_command", "arguments": {"command": "id"}}"#;
+    let (status, v) = d.http("POST", "/api/v1/mcp/servers/shell/tools/call", Some(call));
+    assert_eq!(status, 200, "no longer blocked: {v}");
 }
 
 /// JSON lines of a fixture's `--record` file.
@@ -716,6 +728,18 @@ fn sdk_clients_see_progress_and_cancel_a_slow_call_at_the_server() {
     let progress = done["progress"].as_array().expect("progress");
     assert!(progress.len() >= 2, "{done}");
     assert_eq!(progress[1]["progress"].as_f64(), Some(2.0), "{done}");
+    // A call the stdio client gives up on is cancelled at the server too: the bridge passes
+    // the session's notifications/cancelled on (and owes the client no answer for it).
+    let cancel = json!({"op": "cancel", "name": "fx__sleep", "after": 1,
+                        "arguments": {"ms": 60000, "steps": 600}});
+    let aborted = stdio.send(cancel);
+    assert_eq!(aborted["cancelled"], true, "{aborted}");
+    let id = call_id(&rec, "sleep", 5).expect("the stdio client's second sleep was recorded");
+    let reason = wait_cancelled(&d, &rec, &id);
+    assert!(reason.contains("cancelled"), "{reason}");
+    let echo = stdio
+        .send(json!({"op": "call", "name": "fx__echo", "arguments": {"message": "still here"}}));
+    assert_eq!(text(&echo["result"]), "still here", "{echo}");
 }
 
 /// A raw HTTP client of `/mcp` whose response is read as it comes.

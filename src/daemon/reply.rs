@@ -253,7 +253,7 @@ pub(super) fn send_ws_envelope(
     let mut bytes = Vec::with_capacity(512);
     api::write_envelope(&mut bytes, answer, request_id, ms, &now_string(), Some(id));
     let text = String::from_utf8(bytes).unwrap_or_default();
-    server.ws_send(&mut cx.narrow(Timer::Net).cx(), conn, text.into());
+    server.ws_answer(&mut cx.narrow(Timer::Net).cx(), conn, text.into());
 }
 
 /// Sends `data`, already serialized JSON, in the envelope (the error's when there is one) to an

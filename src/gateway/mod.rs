@@ -2066,7 +2066,12 @@ impl Room for Gateway {
             }
             _ => cx.emit(Output::Http {
                 reply: p.reply,
-                response: http::Response::json(200, message.to_string().into_bytes()),
+                // `to_vec` writes straight into the buffer: `to_string` goes through a
+                // formatter for every piece (the same bytes, fewer instructions).
+                response: http::Response::json(
+                    200,
+                    serde_json::to_vec(&message).unwrap_or_default(),
+                ),
             }),
         }
     }
@@ -2145,7 +2150,7 @@ fn respond(cx: &mut RoomCx<'_, Gateway>, reply: ReplyTo, id: &Value, result: Val
 /// A JSON-RPC result as a 200 `application/json` response.
 fn rpc_response(id: &Value, result: Value) -> http::Response {
     let body = json!({"jsonrpc": "2.0", "id": id, "result": result});
-    http::Response::json(200, body.to_string().into_bytes())
+    http::Response::json(200, serde_json::to_vec(&body).unwrap_or_default())
 }
 
 /// A JSON-RPC error message.

@@ -186,9 +186,25 @@ fn line(value: &Value) -> Vec<u8> {
     bytes
 }
 
-/// Encodes a request.
+/// Encodes a request: the bytes `json!` would give (keys in the same, sorted, order), without
+/// building a map for the envelope first (every tool call goes through here).
 pub fn request(id: u64, method: &str, params: Value) -> Vec<u8> {
-    line(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+    #[derive(serde::Serialize)]
+    struct Envelope<'a> {
+        id: u64,
+        jsonrpc: &'static str,
+        method: &'a str,
+        params: &'a Value,
+    }
+    let envelope = Envelope {
+        id,
+        jsonrpc: "2.0",
+        method,
+        params: &params,
+    };
+    let mut bytes = serde_json::to_vec(&envelope).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
 }
 
 /// Encodes a notification.
@@ -222,6 +238,15 @@ mod tests {
             assert!(s.buffered() <= max);
         }
         out
+    }
+
+    #[test]
+    fn a_request_is_encoded_as_its_json_value_would_be() {
+        let params = json!({"name": "echo", "arguments": {"message": "m\\n\"x\""}, "_meta": {"progressToken": "t"}});
+        let expected = line(
+            &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params.clone()}),
+        );
+        assert_eq!(request(7, "tools/call", params), expected);
     }
 
     #[test]

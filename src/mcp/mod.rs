@@ -262,6 +262,8 @@ impl crate::room::Room for Mcp {
         self.relays.enabled = config.gateway.client_requests;
         for server in self.servers.values_mut() {
             server.session.client_requests = config.gateway.client_requests;
+            // The capability policy may have changed: verdicts are made again.
+            server.refusals.clear();
         }
         if self.settings.servers != config.servers {
             let (mut lcx, out) = cx.split();
@@ -859,22 +861,33 @@ impl Mcp {
     }
 
     /// The blocked capabilities (not allowed by its spec) that tool `name` of server `id`
-    /// maps to; empty when the server or the tool is unknown (the call fails on that).
-    pub fn refused_tool(&self, id: &str, name: &str) -> Vec<String> {
-        let Some(s) = self.servers.get(id) else {
+    /// maps to; empty when the server or the tool is unknown (the call fails on that). The
+    /// verdict is kept for the next call of the tool ([`server::Refusals`]).
+    pub fn refused_tool(&mut self, id: &str, name: &str) -> Vec<String> {
+        let Some(s) = self.servers.get_mut(id) else {
             return Vec::new();
         };
-        s.session
+        let (run, listing) = (s.run, s.session.listings);
+        if let Some(known) = s
+            .refusals
+            .get(run, listing, &s.spec.allow_capabilities, name)
+        {
+            return known.to_vec();
+        }
+        let Some(tool) = s
+            .session
             .tools
             .iter()
             .find(|t| t["name"].as_str() == Some(name))
-            .map(|t| {
-                self.settings.policy.tool_refused(
-                    crate::variety::policy::tool_text(t),
-                    &s.spec.allow_capabilities,
-                )
-            })
-            .unwrap_or_default()
+        else {
+            return Vec::new();
+        };
+        let refused = self.settings.policy.tool_refused(
+            crate::variety::policy::tool_text(tool),
+            &s.spec.allow_capabilities,
+        );
+        s.refusals.insert(name, refused.clone());
+        refused
     }
 
     /// What the alerts room's health cycle reads of each server.

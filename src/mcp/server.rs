@@ -254,6 +254,49 @@ pub struct Server {
     pub stdout_lines: LineSplitter,
     /// Splits stderr into log lines.
     pub stderr_lines: LineSplitter,
+    /// The capability policy's verdicts on the tools called so far (see [`Refusals`]).
+    pub refusals: Refusals,
+}
+
+/// The blocked capabilities each called tool falls under, kept so that a call does not
+/// split the tool's name and description into words and match every rule again. Valid for
+/// one tools listing of one run under one `allow_capabilities` (anything else starts afresh)
+/// and one policy (the room clears it when the configuration is applied). Holds at most one
+/// entry per tool the server lists.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    /// The run, the listing and the spec's `allow_capabilities` the entries hold for.
+    of: (u64, u64, Vec<String>),
+    /// Tool name → the blocked capabilities it falls under (empty: callable).
+    by_tool: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl Refusals {
+    /// The verdict on `tool` for run `run`, listing `listing` and `allow`, if known.
+    pub fn get(
+        &mut self,
+        run: u64,
+        listing: u64,
+        allow: &[String],
+        tool: &str,
+    ) -> Option<&[String]> {
+        if self.of.0 != run || self.of.1 != listing || self.of.2 != allow {
+            self.by_tool.clear();
+            self.of = (run, listing, allow.to_vec());
+            return None;
+        }
+        self.by_tool.get(tool).map(Vec::as_slice)
+    }
+
+    /// Keeps the verdict on `tool` (for the key [`Self::get`] last saw).
+    pub fn insert(&mut self, tool: &str, refused: Vec<String>) {
+        self.by_tool.insert(tool.to_string(), refused);
+    }
+
+    /// Forgets every verdict (the policy changed).
+    pub fn clear(&mut self) {
+        self.by_tool.clear();
+    }
 }
 
 impl Server {
@@ -283,6 +326,7 @@ impl Server {
             last_pid: None,
             stdout_lines: LineSplitter::new(1),
             stderr_lines: LineSplitter::new(1),
+            refusals: Refusals::default(),
         };
         s.history
             .push_back((SystemTime::now(), Status::Registered, "registered".into()));

@@ -1473,7 +1473,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
     ) -> Result<Effects<R, T>, ApiError> {
         self.serving(status, ending)?;
         let id = self.id.as_str();
-        if !self.tools.is_empty() && !self.tool_names().contains(&tool) {
+        if !self.tools.is_empty() && !self.tools.iter().any(|t| t["name"].as_str() == Some(tool)) {
             return Err(ApiError::field(
                 ErrorCode::ToolNotFound,
                 "name",

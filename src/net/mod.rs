@@ -652,11 +652,27 @@ impl Server {
         }
     }
 
-    /// Sends a text message to one WebSocket client.
+    /// Sends a text message to one WebSocket client (dropped under an event flood, as
+    /// events are).
     pub fn ws_send(&mut self, cx: &mut Cx<'_, Timer>, id: ConnId, text: Utf8Bytes) {
+        self.ws_queue(cx, id, text, false);
+    }
+
+    /// Sends the answer to a command to one WebSocket client: never dropped for events (see
+    /// [`ws::MAX_QUEUED_ANSWERS`] for its own bound).
+    pub fn ws_answer(&mut self, cx: &mut Cx<'_, Timer>, id: ConnId, text: Utf8Bytes) {
+        self.ws_queue(cx, id, text, true);
+    }
+
+    fn ws_queue(&mut self, cx: &mut Cx<'_, Timer>, id: ConnId, text: Utf8Bytes, answer: bool) {
         let Some(w) = self.ws_mut(id) else { return };
         let due = w.stall_due();
-        let dropped = w.enqueue(text);
+        // `refused`: the client is being closed for not reading its answers.
+        let (dropped, refused) = if answer {
+            w.enqueue_answer(text).map_or((0, true), |d| (d, false))
+        } else {
+            (w.enqueue(text), false)
+        };
         let broken = w.pump().is_err();
         let stall_clock_moved = w.stall_due() != due;
         let stalled = w.stalled(Instant::now());
@@ -664,10 +680,10 @@ impl Server {
             Self::give_up_on_stalled(w);
         }
         self.ws_dropped += dropped;
-        self.ws_closed_slow += u64::from(stalled);
+        self.ws_closed_slow += u64::from(stalled || refused);
         if broken {
             self.close(cx, id);
-        } else if stall_clock_moved || stalled {
+        } else if stall_clock_moved || stalled || refused {
             self.update_timer(cx, id);
         }
     }

@@ -19,6 +19,27 @@ fn routed() -> impl Iterator<Item = &'static Op> {
     ops::all().filter(|o| o.parse.is_some())
 }
 
+/// A routed row with where its pattern's `{id}` starts (`None`: a literal pattern), found
+/// once: every request walks the table, and looking for the brace in each row's pattern was
+/// most of what that walk cost.
+struct Row {
+    op: &'static Op,
+    brace: Option<usize>,
+}
+
+/// The routed rows, in table order, with their brace found.
+fn table() -> &'static [Row] {
+    static TABLE: std::sync::OnceLock<Vec<Row>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        routed()
+            .map(|op| Row {
+                op,
+                brace: op.path.find('{'),
+            })
+            .collect()
+    })
+}
+
 /// Every (method, path pattern) the router answers (HEAD aside), in table order.
 pub fn routes() -> Vec<(&'static str, &'static str)> {
     routed().map(|o| (o.method, o.path)).collect()
@@ -35,8 +56,10 @@ pub fn control_socket_only(pattern: &str) -> bool {
 pub fn is_public(method: &str, path: &str) -> bool {
     let method = if method == "HEAD" { "GET" } else { method };
     let path = trimmed(path);
-    routed().any(|o| {
-        o.access == Access::Public && o.method == method && matches(o.path, path).is_some()
+    table().iter().any(|r| {
+        r.op.access == Access::Public
+            && r.op.method == method
+            && matches_at(r.op.path, r.brace, path).is_some()
     })
 }
 
@@ -64,8 +87,9 @@ pub struct Resolved {
 pub fn resolve(path: &str) -> Option<Resolved> {
     let path = trimmed(path);
     let mut templated = None;
-    for o in routed() {
-        match matches(o.path, path) {
+    for r in table() {
+        let o = r.op;
+        match matches_at(o.path, r.brace, path) {
             Some(None) => {
                 return Some(Resolved {
                     pattern: o.path,
@@ -111,12 +135,13 @@ pub fn method_label(method: &str) -> &'static str {
     }
 }
 
-/// Matches a path against a route pattern; returns the `{id}` segment (decoded) if any.
-/// No allocation unless the pattern matches and has an `{id}`.
-fn matches(pattern: &str, path: &str) -> Option<Option<String>> {
+/// Matches a path against a route pattern whose `{id}` starts at `brace` (`None`: none);
+/// returns the `{id}` segment (decoded) if any. No allocation unless the pattern matches and
+/// has an `{id}`.
+fn matches_at(pattern: &str, brace: Option<usize>, path: &str) -> Option<Option<String>> {
     // Every request walks the table: most rows have no `{id}` and one comparison decides
     // them; a row with one is first checked on its fixed prefix.
-    match pattern.find('{') {
+    match brace {
         None => return (pattern == path).then_some(None),
         Some(i) if !path.starts_with(&pattern[..i]) => return None,
         Some(_) => {}

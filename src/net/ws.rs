@@ -5,7 +5,11 @@
 //! Invariants: a client's queue holds at most [`MAX_QUEUE_MESSAGES`] messages and
 //! [`MAX_QUEUE_BYTES`] bytes; when full, the oldest event is dropped and counted, and the
 //! client is told (`events_dropped`) once it drains; tungstenite's own buffers are capped by
-//! the config.
+//! the config. The answers to a client's commands are never dropped for events: an event
+//! flood evicts events only (an event that finds nothing but answers ahead of it is the one
+//! dropped). Answers have their own bound instead: a client with [`MAX_QUEUED_ANSWERS`]
+//! answers unsent, or one more answer that would take the answers past [`MAX_QUEUE_BYTES`],
+//! is not reading them and is closed (1008), as a stalled client is.
 //!
 //! The stall rule: a client's outgoing data "drains" when everything queued for it has been
 //! handed to the kernel. The stall clock starts the first time the socket refuses bytes
@@ -33,6 +37,8 @@ use tungstenite::{Message, WebSocket};
 pub const MAX_QUEUE_MESSAGES: usize = 1024;
 /// Bytes queued per client.
 pub const MAX_QUEUE_BYTES: usize = 1024 * 1024;
+/// Answers to a client's commands queued unsent (see the module's doc).
+pub const MAX_QUEUED_ANSWERS: usize = 64;
 /// A client whose outgoing data has not drained for this long is closed (1008), unless
 /// [`WsConn::set_stall_limit`] set another limit.
 pub const STALL_LIMIT: Duration = Duration::from_secs(10);
@@ -131,8 +137,11 @@ pub struct WsConn<S = Stream> {
     socket: WebSocket<S>,
     /// Subscribed channels.
     pub channels: BTreeSet<String>,
-    queue: VecDeque<Utf8Bytes>,
+    /// Messages to send, each marked whether it answers a command (never dropped).
+    queue: VecDeque<(Utf8Bytes, bool)>,
     queued_bytes: usize,
+    /// Answers in the queue, and their bytes.
+    queued_answers: (usize, usize),
     dropped_pending: u64,
     /// Events dropped for this client so far.
     pub dropped_total: u64,
@@ -163,6 +172,7 @@ impl<S: Read + Write> WsConn<S> {
             channels: BTreeSet::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            queued_answers: (0, 0),
             dropped_pending: 0,
             dropped_total: 0,
             blocked_since: None,
@@ -203,26 +213,65 @@ impl<S: Read + Write> WsConn<S> {
         self.ids.remove(&local)
     }
 
-    /// Queues a message; when the queue is full the oldest ones are dropped and counted.
-    /// Returns how many were dropped.
+    /// Queues an event; when the queue is full the oldest events are dropped and counted
+    /// (answers stay; an event with only answers ahead of it is dropped itself). Returns how
+    /// many were dropped.
     pub fn enqueue(&mut self, text: Utf8Bytes) -> u64 {
         if self.closing {
             return 0;
         }
         let before = self.dropped_total;
+        if !self.make_room(text.len()) {
+            self.dropped_pending += 1;
+            self.dropped_total += 1;
+            return 1;
+        }
+        self.queued_bytes += text.len();
+        self.queue.push_back((text, false));
+        self.dropped_total - before
+    }
+
+    /// Queues the answer to a command: never dropped for events (the oldest events make
+    /// room). Returns the events dropped for it; `None` when the client already has as many
+    /// answers unsent as it may ([`MAX_QUEUED_ANSWERS`], or their bytes): it does not read
+    /// them, and is being closed (1008).
+    pub fn enqueue_answer(&mut self, text: Utf8Bytes) -> Option<u64> {
+        if self.closing {
+            return Some(0);
+        }
+        let (answers, bytes) = self.queued_answers;
+        if answers >= MAX_QUEUED_ANSWERS || (answers > 0 && bytes + text.len() > MAX_QUEUE_BYTES) {
+            log::warn!(
+                "closing a WebSocket client that does not read the answers to its commands ({answers} unsent; 1008)"
+            );
+            self.close(CloseCode::Policy, "the client does not read its answers");
+            return None;
+        }
+        let before = self.dropped_total;
+        self.make_room(text.len());
+        self.queued_bytes += text.len();
+        self.queued_answers = (answers + 1, bytes + text.len());
+        self.queue.push_back((text, true));
+        Some(self.dropped_total - before)
+    }
+
+    /// Drops the oldest events until a message of `len` bytes fits the queue's bounds (an
+    /// empty queue takes any one message). Whether it fits now (false: only answers are left
+    /// and they fill the bounds).
+    fn make_room(&mut self, len: usize) -> bool {
         while !self.queue.is_empty()
-            && (self.queue.len() >= MAX_QUEUE_MESSAGES
-                || self.queued_bytes + text.len() > MAX_QUEUE_BYTES)
+            && (self.queue.len() >= MAX_QUEUE_MESSAGES || self.queued_bytes + len > MAX_QUEUE_BYTES)
         {
-            if let Some(old) = self.queue.pop_front() {
+            let Some(i) = self.queue.iter().position(|(_, answer)| !answer) else {
+                return false;
+            };
+            if let Some((old, _)) = self.queue.remove(i) {
                 self.queued_bytes -= old.len();
                 self.dropped_pending += 1;
                 self.dropped_total += 1;
             }
         }
-        self.queued_bytes += text.len();
-        self.queue.push_back(text);
-        self.dropped_total - before
+        true
     }
 
     /// Whether the client's outgoing data has not drained for its stall limit (see the
@@ -299,7 +348,7 @@ impl<S: Read + Write> WsConn<S> {
                 Err(_) => return Err(Closed),
             }
         }
-        while let Some(text) = self.queue.front().cloned() {
+        while let Some((text, _)) = self.queue.front().cloned() {
             match self.socket.write(Message::Text(text)) {
                 Ok(()) => self.pop(),
                 // The frame went into tungstenite's buffer: it is sent on a later flush.
@@ -320,8 +369,12 @@ impl<S: Read + Write> WsConn<S> {
     }
 
     fn pop(&mut self) {
-        if let Some(t) = self.queue.pop_front() {
+        if let Some((t, answer)) = self.queue.pop_front() {
             self.queued_bytes -= t.len();
+            if answer {
+                let (n, bytes) = self.queued_answers;
+                self.queued_answers = (n.saturating_sub(1), bytes.saturating_sub(t.len()));
+            }
         }
     }
 
@@ -374,6 +427,7 @@ impl<S: Read + Write> WsConn<S> {
         self.closing_since = Some(Instant::now());
         self.queue.clear();
         self.queued_bytes = 0;
+        self.queued_answers = (0, 0);
         self.close_frame = Some(CloseFrame {
             code,
             reason: reason.to_string().into(),
@@ -711,6 +765,68 @@ mod tests {
         let grace = w.deadline();
         assert!(grace <= Instant::now() + CLOSE_GRACE && grace > Instant::now());
         assert_eq!(w.enqueue(event()), 0, "nothing is queued once closing");
+    }
+
+    #[test]
+    fn answers_outlive_an_event_flood_and_have_their_own_bound() {
+        // A client that reads nothing: its queue fills with events.
+        let mut w = client(0);
+        let answer = |n: usize| -> Utf8Bytes { format!("{{\"id\":{n}}}").into() };
+        assert_eq!(w.enqueue_answer(answer(0)), Some(0));
+        for _ in 0..(2 * MAX_QUEUE_MESSAGES) {
+            w.enqueue(event());
+        }
+        assert!(w.dropped_total > 0, "events were dropped");
+        assert_eq!(
+            w.queue.front().map(|(t, a)| (t.as_str(), *a)),
+            Some(("{\"id\":0}", true))
+        );
+        assert!(w.queue.len() <= MAX_QUEUE_MESSAGES && w.queued_bytes <= MAX_QUEUE_BYTES);
+        // More answers make room by dropping events, never answers.
+        for n in 1..MAX_QUEUED_ANSWERS {
+            assert!(w.enqueue_answer(answer(n)).is_some(), "answer {n}");
+        }
+        let answers: Vec<&str> = w
+            .queue
+            .iter()
+            .filter(|(_, a)| *a)
+            .map(|(t, _)| t.as_str())
+            .collect();
+        assert_eq!(answers.len(), MAX_QUEUED_ANSWERS);
+        assert_eq!(
+            answers[MAX_QUEUED_ANSWERS - 1],
+            format!("{{\"id\":{}}}", MAX_QUEUED_ANSWERS - 1)
+        );
+        assert!(w.queue.len() <= MAX_QUEUE_MESSAGES && w.queued_bytes <= MAX_QUEUE_BYTES);
+        // One answer too many: the client does not read them and is closed.
+        assert_eq!(w.enqueue_answer(answer(MAX_QUEUED_ANSWERS)), None);
+        assert!(w.is_closing());
+        assert_eq!(w.queued_answers, (0, 0));
+    }
+
+    #[test]
+    fn an_event_behind_answers_that_fill_the_queue_is_the_one_dropped() {
+        let mut w = client(0);
+        let answer: Utf8Bytes = "y".repeat(MAX_QUEUE_BYTES / MAX_QUEUED_ANSWERS - 4).into();
+        for _ in 0..MAX_QUEUED_ANSWERS {
+            assert_eq!(w.enqueue_answer(answer.clone()), Some(0));
+        }
+        assert_eq!(
+            w.enqueue(event()),
+            1,
+            "the event does not fit beside the answers"
+        );
+        assert_eq!(w.queue.len(), MAX_QUEUED_ANSWERS);
+        // The answers go out once the client reads again.
+        w.stream_mut().budget = usize::MAX;
+        for _ in 0..1000 {
+            w.pump().expect("pump");
+            if w.queue.is_empty() {
+                break;
+            }
+        }
+        assert!(w.queue.is_empty());
+        assert_eq!(w.queued_answers, (0, 0));
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //!
 //! Events are typed: each goes on one [`Channel`] (the WebSocket channels, one enum, so a
 //! subscription and a producer cannot disagree on a name) and carries an [`EventData`]
-//! variant, whose fields are the event's `data`. An event is serialized once, when it is
-//! published ([`Event::wire`]); the history keeps that text only, and the WebSocket fan-out
-//! and the SSE streams send it as is.
+//! variant, whose fields are the event's `data`. An event is serialized at most once, when
+//! something first reads it ([`Event::wire`]: a WebSocket subscriber when it is published, a
+//! history query, an SSE stream), and that text is kept beside the typed data: most events
+//! (a tool call's, on a daemon nobody watches) are never serialized at all.
 //!
 //! Invariant: the history holds at most `capacity` events; every event gets a sequence number
 //! so a reader that fell behind knows how many it missed. The servers' chatter (progress, log
@@ -426,9 +427,10 @@ pub struct Event {
     pub channel: Channel,
     /// When it happened.
     pub time: SystemTime,
-    /// The wire form, serialized once when it was published (the typed data is not kept
-    /// beside it: the history would hold every event twice).
-    wire: String,
+    /// What happened.
+    data: EventData,
+    /// The wire form, made when it is first asked for.
+    wire: std::cell::OnceCell<String>,
 }
 
 /// The wire form of the seed (`{"type", "timestamp", "data"}`) plus `seq` and `channel`.
@@ -444,35 +446,41 @@ struct Wire<'a> {
 
 impl Event {
     fn new(seq: u64, channel: Channel, data: EventData) -> Event {
-        let time = SystemTime::now();
-        let kind = data.kind();
-        let wire = Wire {
-            seq,
-            kind,
-            channel,
-            timestamp: &crate::state::rfc3339_utc_millis(time),
-            data: &data,
-        };
-        // Strings, numbers and JSON values only: serializing cannot fail. `Other` data that
-        // is not an object would, so it is checked where it is made (`EventLog::publish`).
-        let wire = serde_json::to_string(&wire).unwrap_or_default();
         Event {
             seq,
-            kind,
+            kind: data.kind(),
             channel,
-            time,
-            wire,
+            time: SystemTime::now(),
+            data,
+            wire: std::cell::OnceCell::new(),
         }
     }
 
-    /// The event as it goes out (one JSON object), serialized when it was published.
+    /// The event as it goes out (one JSON object), serialized the first time it is asked for.
     pub fn wire(&self) -> &str {
-        &self.wire
+        self.wire.get_or_init(|| {
+            let wire = Wire {
+                seq: self.seq,
+                kind: self.kind,
+                channel: self.channel,
+                timestamp: &crate::state::rfc3339_utc_millis(self.time),
+                data: &self.data,
+            };
+            // Strings, numbers and JSON values only: serializing cannot fail. `Other` data
+            // that is not an object would, so it is checked where it is made
+            // (`EventLog::publish`).
+            serde_json::to_string(&wire).unwrap_or_default()
+        })
+    }
+
+    /// What happened, typed.
+    pub fn data(&self) -> &EventData {
+        &self.data
     }
 
     /// The wire form as a JSON value (for answers that embed events).
     pub fn to_json(&self) -> Value {
-        serde_json::from_str(&self.wire).unwrap_or(Value::Null)
+        serde_json::from_str(self.wire()).unwrap_or(Value::Null)
     }
 }
 
@@ -655,7 +663,9 @@ mod tests {
                 capabilities: vec!["time".into()],
             },
         );
+        assert!(event.wire.get().is_none(), "not serialized until asked for");
         let v: Value = serde_json::from_str(event.wire()).expect("json");
+        assert!(std::ptr::eq(event.wire(), event.wire()), "serialized once");
         assert_eq!(v["type"], "mcp_server_status_change");
         assert_eq!(v["channel"], "mcp_servers");
         assert_eq!(v["seq"], 1);

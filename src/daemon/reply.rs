@@ -70,9 +70,13 @@ impl Daemon {
         );
         let event = self.events.publish(channel, data);
         let seq = event.seq;
-        let text: tungstenite::protocol::frame::Utf8Bytes = event.wire().to_string().into();
-        self.server
-            .ws_broadcast(&mut cx.narrow(Timer::Net).cx(), channel.name(), &text);
+        // Serialized only when someone may want it now (a WebSocket client); a history
+        // query or an SSE stream serializes it later, once.
+        if self.server.ws_clients() > 0 {
+            let text: tungstenite::protocol::frame::Utf8Bytes = event.wire().to_string().into();
+            self.server
+                .ws_broadcast(&mut cx.narrow(Timer::Net).cx(), channel.name(), &text);
+        }
         self.rooms_event(cx, seq, channel, &typed);
         if servers_changed {
             self.rooms_servers_changed(cx);

@@ -189,21 +189,9 @@ impl Gateway {
                         call: tag,
                     });
                 }
-                let ReplyTo::Http { conn, .. } = p.reply else {
-                    return;
-                };
                 let message =
                     json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-                let now = Instant::now();
-                if !p.streaming {
-                    p.streaming = true;
-                    cx.emit(Output::Stream { reply: p.reply });
-                    self.keep_alive(cx, now);
-                }
-                cx.emit(Output::Push {
-                    conn,
-                    bytes: sse_message(&message),
-                });
+                self.push_on_call(cx, tag, &message, Instant::now());
             }
         }
     }

@@ -1153,7 +1153,7 @@ impl Gateway {
         let Some(p) = self.pending.get_mut(&tag) else {
             return;
         };
-        let (Some(client_token), ReplyTo::Http { conn, .. }) = (&p.progress, p.reply) else {
+        let (Some(client_token), ReplyTo::Http { .. }) = (&p.progress, p.reply) else {
             return;
         };
         let now = Instant::now();
@@ -1176,33 +1176,18 @@ impl Gateway {
             }
         }
         p.progress_held = None;
-        self.send_progress(cx, tag, conn, params, now);
+        self.send_progress(cx, tag, params, now);
     }
 
     /// Sends a call's progress on its answer, which becomes an event stream if it is not yet.
-    fn send_progress(
-        &mut self,
-        cx: &mut RoomCx<'_, Self>,
-        tag: u64,
-        conn: ConnId,
-        params: Value,
-        now: Instant,
-    ) {
+    fn send_progress(&mut self, cx: &mut RoomCx<'_, Self>, tag: u64, params: Value, now: Instant) {
         let Some(p) = self.pending.get_mut(&tag) else {
             return;
         };
         p.progress_sent = Some(now);
         let message =
             json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": params});
-        if !p.streaming {
-            p.streaming = true;
-            cx.emit(Output::Stream { reply: p.reply });
-            self.keep_alive(cx, now);
-        }
-        cx.emit(Output::Push {
-            conn,
-            bytes: sse_message(&message),
-        });
+        self.push_on_call(cx, tag, &message, now);
     }
 
     /// The progress held back for call `tag`, if it still waits, goes out now.
@@ -1210,10 +1195,10 @@ impl Gateway {
         let Some(p) = self.pending.get_mut(&tag) else {
             return;
         };
-        let (Some(params), ReplyTo::Http { conn, .. }) = (p.progress_held.take(), p.reply) else {
+        let Some(params) = p.progress_held.take() else {
             return;
         };
-        self.send_progress(cx, tag, conn, params, Instant::now());
+        self.send_progress(cx, tag, params, Instant::now());
     }
 }
 
@@ -1297,6 +1282,35 @@ impl Gateway {
         });
     }
 
+    /// The server that `params.uri` of a `method` request goes to, and the URI; or the
+    /// JSON-RPC error answer (no URI, too long, no active server lists it or has a template
+    /// that matches it).
+    fn route_uri(
+        &self,
+        method: &str,
+        id: &Value,
+        params: &Value,
+    ) -> Result<(String, String), http::Response> {
+        let Some(uri) = params.get("uri").and_then(Value::as_str) else {
+            let m = format!("{method} needs params.uri");
+            return Err(rpc_error_response(200, id, code::INVALID_PARAMS, &m));
+        };
+        if uri.len() > MAX_URI_BYTES {
+            let m = format!("{method} params.uri is longer than {MAX_URI_BYTES} bytes");
+            return Err(rpc_error_response(200, id, code::INVALID_PARAMS, &m));
+        }
+        let Some(server) = self.catalog.route(uri) else {
+            let shown: String = uri.chars().take(200).collect();
+            let body = json!({"jsonrpc": "2.0", "id": id, "error": {
+                "code": code::RESOURCE_NOT_FOUND,
+                "message": format!("resource not found: no active server lists {shown:?} or has a template that matches it"),
+                "data": {"uri": shown},
+            }});
+            return Err(http::Response::json(200, body.to_string().into_bytes()));
+        };
+        Ok((server.to_string(), uri.to_string()))
+    }
+
     /// `resources/read`: to the server the catalog routes the URI to, URI unchanged.
     fn read_resource(
         &mut self,
@@ -1306,27 +1320,10 @@ impl Gateway {
         params: &Value,
         session: String,
     ) {
-        let Some(uri) = params.get("uri").and_then(Value::as_str) else {
-            let m = "resources/read needs params.uri";
-            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, m);
-            return cx.emit(Output::Http { reply, response });
+        let (server, uri) = match self.route_uri("resources/read", &id, params) {
+            Ok(routed) => routed,
+            Err(response) => return cx.emit(Output::Http { reply, response }),
         };
-        if uri.len() > MAX_URI_BYTES {
-            let m = format!("resources/read params.uri is longer than {MAX_URI_BYTES} bytes");
-            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &m);
-            return cx.emit(Output::Http { reply, response });
-        }
-        let Some(server) = self.catalog.route(uri) else {
-            let shown: String = uri.chars().take(200).collect();
-            let body = json!({"jsonrpc": "2.0", "id": id, "error": {
-                "code": code::RESOURCE_NOT_FOUND,
-                "message": format!("resource not found: no active server lists {shown:?} or has a template that matches it"),
-                "data": {"uri": shown},
-            }});
-            let response = http::Response::json(200, body.to_string().into_bytes());
-            return cx.emit(Output::Http { reply, response });
-        };
-        let (server, uri) = (server.to_string(), uri.to_string());
         let what = (Forwarded::Request, Some(server.clone()));
         self.forward_as(cx, (reply, id), session, what, |progress_token| {
             Request::Mcp(McpRequest::ReadResource {
@@ -1674,31 +1671,10 @@ impl Gateway {
         params: &Value,
         session: String,
     ) {
-        let Some(uri) = params.get("uri").and_then(Value::as_str) else {
-            let response = rpc_error_response(
-                200,
-                &id,
-                code::INVALID_PARAMS,
-                "resources/subscribe needs params.uri",
-            );
-            return cx.emit(Output::Http { reply, response });
+        let key = match self.route_uri("resources/subscribe", &id, params) {
+            Ok(routed) => routed,
+            Err(response) => return cx.emit(Output::Http { reply, response }),
         };
-        if uri.len() > MAX_URI_BYTES {
-            let m = format!("resources/subscribe params.uri is longer than {MAX_URI_BYTES} bytes");
-            let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &m);
-            return cx.emit(Output::Http { reply, response });
-        }
-        let Some(server) = self.catalog.route(uri) else {
-            let shown: String = uri.chars().take(200).collect();
-            let body = json!({"jsonrpc": "2.0", "id": id, "error": {
-                "code": code::RESOURCE_NOT_FOUND,
-                "message": format!("resource not found: no active server lists {shown:?} or has a template that matches it"),
-                "data": {"uri": shown},
-            }});
-            let response = http::Response::json(200, body.to_string().into_bytes());
-            return cx.emit(Output::Http { reply, response });
-        };
-        let key = (server.to_string(), uri.to_string());
         let held = self
             .sessions
             .get(&session)

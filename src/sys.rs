@@ -817,8 +817,9 @@ pub fn filesystem_used_percent(path: &std::path::Path) -> io::Result<f64> {
 //
 // The shipped static build aborts a panic with `panic = "immediate-abort"`: no message, no
 // hook, just a trap instruction at the panic site, which the kernel delivers as SIGILL. This
-// handler writes one line naming where the trap is in the image (an address `addr2line -e`
-// resolves against an unstripped build of the same commit), then lets SIGILL kill the process
+// handler writes one line naming where the trap is in the image (an address that the symbols
+// build-static.sh keeps beside the binary resolve: `gdb -batch -ex 'info symbol ADDR'
+// vsm-daemon.sym`), then lets SIGILL kill the process
 // as before (same exit status, a core dump where enabled).
 
 /// Where the image is loaded (subtracted from a trapping address); 0 until installed.

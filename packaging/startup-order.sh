@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates packaging/startup-functions.txt, the functions the daemon runs from exec to idle
-# (start on the embedded defaults, one `status`, 10 s idle, SIGTERM), which link-ordered.sh
-# places together. Needs valgrind (callgrind) and the size build's symbols:
+# (start on the embedded defaults, one `status`, 65 s idle: two rounds of the 30 s timers,
+# SIGTERM), which link-ordered.sh places together. Needs valgrind (callgrind) and the size build's symbols:
 #   packaging/startup-order.sh "$(packaging/build-static.sh).sym"
 # (then rebuild: touch src/main.rs; packaging/build-static.sh).
 # Names are written without their hashes (see link-ordered.sh), sorted, one a line.
@@ -21,7 +21,7 @@ for _ in $(seq 600); do
 	kill -0 "$pid" 2>/dev/null || { cat "$dir/log" >&2; exit 1; }
 	sleep 0.1
 done
-sleep 10
+sleep 65
 kill -TERM "$pid"
 wait "$pid" || true
 # callgrind names a function once, on its first fn= or cfn= line.

@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // The static build's panics end in a trap (SIGILL) with no message: say where, on stderr.
+    vsm_daemon::sys::report_fatal_sigill();
     if std::env::args_os().nth(1).as_deref()
         == Some(std::ffi::OsStr::new(vsm_daemon::mcp::reaper::ARG))
     {

@@ -812,6 +812,170 @@ pub fn filesystem_used_percent(path: &std::path::Path) -> io::Result<f64> {
     filesystem_usage(path).map(|u| u.used_percent())
 }
 
+// ---------------------------------------------------------------------------------------
+// A fatal SIGILL, reported on stderr.
+//
+// The shipped static build aborts a panic with `panic = "immediate-abort"`: no message, no
+// hook, just a trap instruction at the panic site, which the kernel delivers as SIGILL. This
+// handler writes one line naming where the trap is in the image (an address that the symbols
+// build-static.sh keeps beside the binary resolve: `gdb -batch -ex 'info symbol ADDR'
+// vsm-daemon.sym`), then lets SIGILL kill the process
+// as before (same exit status, a core dump where enabled).
+
+/// Where the image is loaded (subtracted from a trapping address); 0 until installed.
+static IMAGE_BASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Installs the SIGILL reporter. Harmless to call more than once.
+pub fn report_fatal_sigill() {
+    // SAFETY: the callback only reads the first entry (the program itself) and returns 1 to
+    // stop; dl_iterate_phdr has no other preconditions.
+    unsafe { libc::dl_iterate_phdr(Some(first_object_base), std::ptr::null_mut()) };
+    // SAFETY: a zeroed sigaction is a valid starting value; the handler is a plain extern fn
+    // that only calls async-signal-safe functions (write, raise).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigill as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGILL, &sa, std::ptr::null_mut());
+    }
+}
+
+extern "C" fn first_object_base(
+    info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    _data: *mut libc::c_void,
+) -> libc::c_int {
+    // SAFETY: dl_iterate_phdr passes a valid info pointer for the duration of the call.
+    if let Some(info) = unsafe { info.as_ref() } {
+        IMAGE_BASE.store(
+            info.dlpi_addr as usize,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+    1
+}
+
+/// Appends `v` in hex (with 0x) to `buf` at `*at`; async-signal-safe.
+fn put_hex(buf: &mut [u8], at: &mut usize, v: usize) {
+    let digits = b"0123456789abcdef";
+    let mut tmp = [0u8; 2 + 2 * std::mem::size_of::<usize>()];
+    let mut n = tmp.len();
+    let mut v = v;
+    loop {
+        n -= 1;
+        tmp[n] = digits[v & 0xf];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    n -= 1;
+    tmp[n] = b'x';
+    n -= 1;
+    tmp[n] = b'0';
+    put(buf, at, &tmp[n..]);
+}
+
+/// Appends `v` in decimal to `buf` at `*at`; async-signal-safe.
+fn put_dec(buf: &mut [u8], at: &mut usize, v: usize) {
+    let mut tmp = [0u8; 20];
+    let mut n = tmp.len();
+    let mut v = v;
+    loop {
+        n -= 1;
+        tmp[n] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    put(buf, at, &tmp[n..]);
+}
+
+/// Appends bytes to `buf` at `*at`, as many as fit; async-signal-safe.
+fn put(buf: &mut [u8], at: &mut usize, bytes: &[u8]) {
+    for &b in bytes {
+        if let Some(slot) = buf.get_mut(*at) {
+            *slot = b;
+            *at += 1;
+        }
+    }
+}
+
+/// The line for one SIGILL: a trap at `pc` (`None` when another process sent the signal).
+fn sigill_line(buf: &mut [u8], pc: Option<usize>, sender: i32, base: usize) -> usize {
+    let mut at = 0;
+    put(buf, &mut at, b"vsm-daemon ");
+    put(buf, &mut at, env!("CARGO_PKG_VERSION").as_bytes());
+    match pc {
+        Some(pc) => {
+            put(
+                buf,
+                &mut at,
+                b": fatal: illegal instruction at image address ",
+            );
+            put_hex(buf, &mut at, pc.wrapping_sub(base));
+            put(
+                buf,
+                &mut at,
+                b" (the static build stops a panic this way: a bug; report this line)\n",
+            );
+        }
+        None => {
+            put(buf, &mut at, b": fatal: SIGILL sent by pid ");
+            put_dec(buf, &mut at, sender.unsigned_abs() as usize);
+            put(buf, &mut at, b"\n");
+        }
+    }
+    at
+}
+
+extern "C" fn on_sigill(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let mut buf = [0u8; 192];
+    // SAFETY: the kernel passes valid siginfo and ucontext pointers to an SA_SIGINFO handler;
+    // si_pid is only read for signals sent by a process (si_code <= 0).
+    let (pc, sender) = unsafe {
+        match info.as_ref() {
+            Some(i) if i.si_code <= 0 => (None, i.si_pid()),
+            _ => {
+                let uc = ctx as *const libc::ucontext_t;
+                (uc.as_ref().map(context_pc), 0)
+            }
+        }
+    };
+    let base = IMAGE_BASE.load(std::sync::atomic::Ordering::Relaxed);
+    let n = sigill_line(&mut buf, pc.flatten(), sender, base);
+    // SAFETY: write and raise are async-signal-safe; SA_RESETHAND restored the default action,
+    // so the raised SIGILL (pending until this handler returns) ends the process; a trap would
+    // also trap again on return.
+    unsafe {
+        libc::write(2, buf.as_ptr().cast(), n);
+        libc::raise(libc::SIGILL);
+    }
+}
+
+/// The trapping instruction's address from a signal context.
+#[allow(clippy::unnecessary_wraps)]
+fn context_pc(uc: &libc::ucontext_t) -> Option<usize> {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        Some(uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize)
+    }
+    #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+    {
+        Some(uc.uc_mcontext.pc as usize)
+    }
+    #[cfg(not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )))]
+    {
+        let _ = uc;
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -860,6 +1024,28 @@ mod tests {
         }
         // Still waitable: the peek left the reaping to us.
         assert!(child.try_wait().expect("wait").is_some());
+    }
+
+    #[test]
+    fn sigill_line_names_the_image_address_or_the_sender() {
+        let mut buf = [0u8; 192];
+        let n = sigill_line(&mut buf, Some(0x5555_0000_1234), 0, 0x5555_0000_0000);
+        let line = std::str::from_utf8(&buf[..n]).expect("ascii");
+        assert!(line.starts_with("vsm-daemon "), "{line}");
+        assert!(
+            line.contains(": fatal: illegal instruction at image address 0x1234 ("),
+            "{line}"
+        );
+        assert!(line.ends_with(")\n"), "{line}");
+        let n = sigill_line(&mut buf, None, 4071, 0);
+        let line = std::str::from_utf8(&buf[..n]).expect("ascii");
+        assert!(
+            line.ends_with(": fatal: SIGILL sent by pid 4071\n"),
+            "{line}"
+        );
+        // A buffer too small truncates instead of writing past its end.
+        let mut small = [0u8; 8];
+        assert_eq!(sigill_line(&mut small, Some(1), 0, 0), 8);
     }
 
     #[test]

@@ -97,6 +97,28 @@ fn sigterm_stops_gracefully_and_cleans_up() {
 }
 
 #[test]
+fn sigill_is_reported_on_stderr_and_still_kills() {
+    // The static release build turns a panic into a trap (SIGILL) without a message; the
+    // daemon then writes one line saying so. A SIGILL sent from outside takes the same
+    // handler (it names the sender instead of an address) and must still end the process
+    // by that signal, as it did without the handler.
+    use std::os::unix::process::ExitStatusExt;
+    let mut d = Daemon::start();
+    d.signal(libc::SIGILL);
+    let mut status = None;
+    wait_for("the daemon to die of SIGILL", || {
+        status = d.child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    let status = status.expect("exited");
+    assert_eq!(status.signal(), Some(libc::SIGILL), "{status:?}");
+    let err = d.stderr();
+    let want = format!(": fatal: SIGILL sent by pid {}\n", std::process::id());
+    assert!(err.contains(&want), "no {want:?} in stderr:\n{err}");
+    assert!(err.contains(&format!("vsm-daemon {}", env!("CARGO_PKG_VERSION"))));
+}
+
+#[test]
 fn cli_stop_waits_until_the_daemon_is_gone() {
     let mut d = Daemon::start();
     let out = d.cli(&["stop"]);

@@ -339,3 +339,74 @@ fn build_static_script_parses() {
         describe(&out)
     );
 }
+
+#[test]
+fn link_ordered_puts_the_listed_functions_first_whatever_their_hashes() {
+    // The size build links through packaging/link-ordered.sh with the toolchain's lld. Here
+    // it links a small C program whose functions stand in for Rust symbols: the list names
+    // them without their crate hash, the objects define them with one, and the listed ones
+    // must come first in .text, in the list's order, ahead of those defined before them.
+    let sysroot = run(Command::new("rustc").args(["--print", "sysroot"]));
+    let gcc_ld = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim())
+        .join("lib/rustlib/x86_64-unknown-linux-gnu/bin/gcc-ld");
+    if !cfg!(target_arch = "x86_64")
+        || !gcc_ld.join("ld.lld").exists()
+        || find_on_path("cc").is_none()
+    {
+        eprintln!(
+            "skipped: needs x86_64, cc and the toolchain's lld ({})",
+            gcc_ld.display()
+        );
+        return;
+    }
+    let dir = TempDir::new("link-ordered");
+    let src = dir.path().join("p.c");
+    fs::write(
+        &src,
+        "void _RNvCs1a2B3c_4demo4cold(void) { __asm__ volatile(\"\" ::: \"memory\"); }\n\
+         void _RNvCs9zY8x_4demo3hot(void) { __asm__ volatile(\"\" ::: \"memory\"); }\n\
+         void plain_c_hot(void) { __asm__ volatile(\"\" ::: \"memory\"); }\n\
+         int main(void) { _RNvCs1a2B3c_4demo4cold(); _RNvCs9zY8x_4demo3hot(); plain_c_hot(); return 0; }\n",
+    )
+    .expect("write p.c");
+    let obj = dir.path().join("p.o");
+    let out = run(Command::new("cc")
+        .args(["-c", "-O1", "-ffunction-sections", "-o"])
+        .arg(&obj)
+        .arg(&src));
+    assert!(out.status.success(), "cc -c\n{}", describe(&out));
+    let list = dir.path().join("list.txt");
+    fs::write(
+        &list,
+        "# test\nplain_c_hot\n_RNvC4demo3hot\n_RNvC4demo7missing\n",
+    )
+    .expect("list");
+    let exe = dir.path().join("p");
+    let out = run(Command::new(packaging_dir().join("link-ordered.sh"))
+        .env("VSM_STARTUP_FUNCTIONS", &list)
+        .arg("-fuse-ld=lld")
+        .arg("-B")
+        .arg(&gcc_ld)
+        .arg(&obj)
+        .arg("-o")
+        .arg(&exe));
+    assert!(out.status.success(), "link-ordered.sh\n{}", describe(&out));
+    let nm = run(Command::new("nm").arg(&exe));
+    assert!(nm.status.success(), "nm\n{}", describe(&nm));
+    let text = String::from_utf8_lossy(&nm.stdout).into_owned();
+    let addr = |name: &str| {
+        text.lines()
+            .find(|l| l.ends_with(&format!(" {name}")))
+            .and_then(|l| u64::from_str_radix(l.split(' ').next().unwrap_or(""), 16).ok())
+            .unwrap_or_else(|| panic!("{name} not in nm output:\n{text}"))
+    };
+    let (c, hot, cold) = (
+        addr("plain_c_hot"),
+        addr("_RNvCs9zY8x_4demo3hot"),
+        addr("_RNvCs1a2B3c_4demo4cold"),
+    );
+    assert!(
+        c < hot && hot < cold,
+        "order: plain_c_hot {c:#x}, hot {hot:#x}, cold {cold:#x}"
+    );
+}

@@ -13,8 +13,16 @@ use std::time::{Duration, Instant};
 /// Deadline for anything that should happen "soon" on a loaded 2-core machine.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The binary under test: cargo's build of this tree, or `VSM_TEST_BIN` (so that `.ci/run`
+/// runs the suite against the shipped static build too).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_vsm-daemon")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("VSM_TEST_BIN")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_vsm-daemon").to_string())
+    })
 }
 
 /// A directory removed on drop.

@@ -1285,4 +1285,49 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_raw_call_is_the_parsed_answer_with_the_servers_result_bytes() {
+        let line = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"text":"\u00e9","type":"text"}],"n":2.50}}"#;
+        let start = br#"{"jsonrpc":"2.0","id":1,"result":"#.len();
+        let range = start..line.len() - 1;
+        let raw = RawCall::new(
+            "fx".into(),
+            "t\"1".into(),
+            1.25,
+            line.to_vec(),
+            range,
+            false,
+            false,
+        );
+        assert_eq!(
+            raw.result(),
+            br#"{"content":[{"text":"\u00e9","type":"text"}],"n":2.50}"#
+        );
+        let data = raw.data();
+        let answer = raw.into_answer().expect("reads");
+        // The same members and values; only the result's own text is the server's.
+        assert_eq!(
+            serde_json::from_slice::<Value>(&data).expect("JSON"),
+            answer
+        );
+        let text = String::from_utf8(data).expect("utf-8");
+        assert_eq!(
+            text,
+            r#"{"duration_ms":1.25,"result":{"content":[{"text":"\u00e9","type":"text"}],"n":2.50},"server":"fx","tool":"t\"1"}"#
+        );
+        let bad = RawCall::new(
+            "fx".into(),
+            "t".into(),
+            1.0,
+            b"{\"n\":1e400}".to_vec(),
+            0..11,
+            false,
+            false,
+        );
+        assert_eq!(
+            bad.into_answer().map_err(|e| e.code),
+            Err(ErrorCode::Internal)
+        );
+    }
 }

@@ -2272,7 +2272,7 @@ mod tests {
                 query: String::new(),
                 headers: headers
                     .iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                    .map(|(k, v)| (k.to_ascii_lowercase().into(), v.to_string()))
                     .collect(),
                 body: body.as_bytes().to_vec(),
                 keep_alive: true,

@@ -521,7 +521,7 @@ mod tests {
             query: String::new(),
             headers: headers
                 .iter()
-                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+                .map(|(n, v)| (n.to_ascii_lowercase().into(), v.to_string()))
                 .collect(),
             body: Vec::new(),
             keep_alive: true,

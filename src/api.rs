@@ -1019,6 +1019,100 @@ impl std::error::Error for ApiError {}
 /// reply slot later (tool calls, worker jobs), or a stream.
 pub type Answer = Result<Value, ApiError>;
 
+/// A tool call's success carrying the server's `result` as the bytes it sent, not parsed
+/// into a [`Value`]: the common answer (no `isError`, no `resultType` other than
+/// `complete`) is spliced into the REST envelope and the `/mcp` answer as it came, which
+/// saves parsing the result, dropping it and serializing it again on every call. Where an
+/// answer must be rewritten, [`RawCall::into_answer`] gives the ordinary [`Answer`].
+///
+/// Invariant: `line[start..end]` is one valid JSON object (checked when it was split out of
+/// the server's line).
+#[derive(Debug)]
+pub struct RawCall {
+    /// The server.
+    pub server: String,
+    /// The tool (the server's name for it).
+    pub tool: String,
+    /// From the call's sending to its answer.
+    pub duration_ms: f64,
+    /// Whether the result has a `resultType` member (a 2026-07-28 answer adds one when not).
+    pub has_result_type: bool,
+    /// Whether the result has a `_meta` member (a 2026-07-28 answer then merges ours into
+    /// it, from the parsed result).
+    pub has_meta: bool,
+    line: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl RawCall {
+    /// `line[range]` must be one valid JSON object (see the type's invariant).
+    pub(crate) fn new(
+        server: String,
+        tool: String,
+        duration_ms: f64,
+        line: Vec<u8>,
+        range: std::ops::Range<usize>,
+        has_result_type: bool,
+        has_meta: bool,
+    ) -> Self {
+        RawCall {
+            server,
+            tool,
+            duration_ms,
+            has_result_type,
+            has_meta,
+            line,
+            start: range.start,
+            end: range.end,
+        }
+    }
+
+    /// The result object's bytes, as the server sent them.
+    pub fn result(&self) -> &[u8] {
+        &self.line[self.start..self.end]
+    }
+
+    /// The answer's `data` (the REST tool call's), serialized: the members in the order a
+    /// [`Value`] map would give them, so the bytes are those of [`Self::into_answer`] apart
+    /// from the result, which is the server's own.
+    pub fn data(&self) -> Vec<u8> {
+        let result = self.result();
+        let mut out = Vec::with_capacity(result.len() + self.server.len() + self.tool.len() + 64);
+        out.extend_from_slice(b"{\"duration_ms\":");
+        // Writes into a Vec cannot fail; a non-finite duration is null, as `json!` makes it.
+        let _ = serde_json::to_writer(&mut out, &json!(self.duration_ms));
+        out.extend_from_slice(b",\"result\":");
+        out.extend_from_slice(result);
+        out.extend_from_slice(b",\"server\":");
+        let _ = serde_json::to_writer(&mut out, &self.server);
+        out.extend_from_slice(b",\"tool\":");
+        let _ = serde_json::to_writer(&mut out, &self.tool);
+        out.push(b'}');
+        out
+    }
+
+    /// The ordinary answer, with the result parsed: the same as a call answered without
+    /// splicing (`{server, tool, result, duration_ms}`).
+    pub fn into_answer(self) -> Answer {
+        let result: Value = serde_json::from_slice(self.result()).map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!(
+                    "the result of {} on {} could not be read: {e}",
+                    self.tool, self.server
+                ),
+            )
+        })?;
+        let mut map = serde_json::Map::with_capacity(4);
+        map.insert("server".into(), Value::String(self.server));
+        map.insert("tool".into(), Value::String(self.tool));
+        map.insert("result".into(), result);
+        map.insert("duration_ms".into(), json!(self.duration_ms));
+        Ok(Value::Object(map))
+    }
+}
+
 /// Names one connection for its whole life (assigned by `net`; a slot and its generation, so
 /// an answer for a closed connection whose slot was reused is dropped, never misdelivered).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1190,5 +1284,50 @@ mod tests {
                 code.as_str()
             );
         }
+    }
+
+    #[test]
+    fn a_raw_call_is_the_parsed_answer_with_the_servers_result_bytes() {
+        let line = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"text":"\u00e9","type":"text"}],"n":2.50}}"#;
+        let start = br#"{"jsonrpc":"2.0","id":1,"result":"#.len();
+        let range = start..line.len() - 1;
+        let raw = RawCall::new(
+            "fx".into(),
+            "t\"1".into(),
+            1.25,
+            line.to_vec(),
+            range,
+            false,
+            false,
+        );
+        assert_eq!(
+            raw.result(),
+            br#"{"content":[{"text":"\u00e9","type":"text"}],"n":2.50}"#
+        );
+        let data = raw.data();
+        let answer = raw.into_answer().expect("reads");
+        // The same members and values; only the result's own text is the server's.
+        assert_eq!(
+            serde_json::from_slice::<Value>(&data).expect("JSON"),
+            answer
+        );
+        let text = String::from_utf8(data).expect("utf-8");
+        assert_eq!(
+            text,
+            r#"{"duration_ms":1.25,"result":{"content":[{"text":"\u00e9","type":"text"}],"n":2.50},"server":"fx","tool":"t\"1"}"#
+        );
+        let bad = RawCall::new(
+            "fx".into(),
+            "t".into(),
+            1.0,
+            b"{\"n\":1e400}".to_vec(),
+            0..11,
+            false,
+            false,
+        );
+        assert_eq!(
+            bad.into_answer().map_err(|e| e.code),
+            Err(ErrorCode::Internal)
+        );
     }
 }

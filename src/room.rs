@@ -152,6 +152,14 @@ pub trait Room {
     ) {
     }
 
+    /// A tool call's success for a request this room asked with [`RoomCx::ask`], with the
+    /// server's result bytes as they came ([`crate::api::RawCall`]). By default it is read
+    /// into the ordinary answer for [`Room::on_answer`]; a room that can use the bytes as
+    /// they are (the gateway) takes them here.
+    fn on_raw_answer(&mut self, cx: &mut RoomCx<'_, Self>, tag: u64, raw: crate::api::RawCall) {
+        self.on_answer(cx, tag, raw.into_answer());
+    }
+
     /// The answer to a request this room asked with [`RoomCx::ask`]. A room that never asks
     /// never gets one, so the default only reports it.
     fn on_answer(&mut self, _cx: &mut RoomCx<'_, Self>, tag: u64, _answer: Answer) {

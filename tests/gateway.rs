@@ -1610,3 +1610,106 @@ fn python_sdk_stdio_client_gets_log_messages_through_serve_stdio() {
         "{logs}"
     );
 }
+
+/// A server's result reaches a `/mcp` client (both eras) and a REST client as the server wrote
+/// it: unicode escapes, numbers no double holds (1e400, 12345678901234567890123), its key
+/// order and spacing; a result over `mcp_servers.max_line_bytes` is still refused, bounded.
+#[test]
+fn a_result_reaches_clients_as_the_server_wrote_it_and_is_still_bounded() {
+    const RESULT: &str = r#"{"structuredContent":{"z":1e400,"big":12345678901234567890123,"a":[-0.0,1E-7]},"content":[{"type":"text","text":"caf\u00e9 \ud83d\ude00 \"q\""}] , "isError" : false}"#;
+    let script = fixture("mcp_fixture.py");
+    let d = Daemon::start_with(Setup {
+        config: Some(format!("{QUICK_STOP}max_line_bytes = 65536\n")),
+        ..Setup::default()
+    });
+    register(&d, "fx", &["python3", &script, "--raw-tool"]);
+    wait_status(&d, "fx", "active");
+    let addr = d.http.expect("TCP listener");
+    let bearer = d.bearer();
+    let session = raw_session(&d);
+    let in_session = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Authorization", bearer.as_str()),
+        ("Mcp-Session-Id", session.as_str()),
+        ("MCP-Protocol-Version", "2025-06-18"),
+    ];
+    wait_until(
+        "fx__raw on /mcp",
+        || tcp(addr, "POST", &in_session, LIST),
+        |(_, _, body)| body.contains("\"fx__raw\""),
+        |r| format!("{r:?}"),
+    );
+    let call = |id: u64, result: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": "fx__raw", "arguments": {"result": result}}})
+    };
+
+    // The 2025-11-25 era: the answer is written around the server's bytes.
+    let (status, head, body) = tcp(addr, "POST", &in_session, &call(5, RESULT).to_string());
+    assert_eq!(status, 200, "{head}{body}");
+    assert_eq!(
+        body,
+        format!(r#"{{"id":5,"jsonrpc":"2.0","result":{RESULT}}}"#)
+    );
+
+    // The 2026-07-28 era: the server's members as they came, then resultType and our _meta.
+    let mut modern = call(6, RESULT);
+    modern["params"]["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                       "io.modelcontextprotocol/clientCapabilities": {}});
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Authorization", bearer.as_str()),
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "fx__raw"),
+    ];
+    let (status, head, body) = tcp(addr, "POST", &headers, &modern.to_string());
+    assert_eq!(status, 200, "{head}{body}");
+    let members = RESULT.strip_suffix('}').expect("an object");
+    let start = format!(
+        r#"{{"id":6,"jsonrpc":"2.0","result":{members},"resultType":"complete","_meta":{{"io.modelcontextprotocol/serverInfo":{{"#
+    );
+    assert!(body.starts_with(&start), "{body}");
+    // What follows the server's members is ours, and reads as JSON.
+    let theirs = format!(r#"{{"id":6,"jsonrpc":"2.0","result":{members},"#).len();
+    let ours = format!("{{{}", &body[theirs..body.len() - 1]);
+    let ours: Value = serde_json::from_str(&ours).unwrap_or_else(|e| panic!("{e}: {ours}"));
+    assert_eq!(ours.as_object().map(|o| o.len()), Some(2), "{ours}");
+    assert_eq!(
+        ours["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "vsm-daemon"
+    );
+
+    // REST: the envelope's data carries the server's result as it came.
+    let rest = json!({"name": "raw", "arguments": {"result": RESULT}}).to_string();
+    let raw = raw_exchange(
+        &d.socket,
+        format!(
+            "POST /api/v1/mcp/servers/fx/tools/call HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{rest}",
+            rest.len()
+        )
+        .as_bytes(),
+    );
+    let (status, head, body) = split_response(&raw);
+    assert_eq!(status, 200, "{head}{body}");
+    assert!(body.starts_with(r#"{"status":"success""#), "{body}");
+    assert!(
+        body.contains(&format!(
+            r#","result":{RESULT},"server":"fx","tool":"raw"}}"#
+        )),
+        "{body}"
+    );
+
+    // A result whose line is over the limit: the call fails (the server is restarted, as for
+    // any over-long line), and nothing of it reaches the client.
+    let padding = "x".repeat(70_000);
+    let big = format!(r#"{{"content":[{{"type":"text","text":"{padding}"}}]}}"#);
+    let (status, head, body) = tcp(addr, "POST", &in_session, &call(7, &big).to_string());
+    assert_eq!(status, 200, "{head}{body}");
+    assert!(body.len() < 4096, "{} bytes", body.len());
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(v["id"], 7, "{v}");
+    assert_eq!(v["result"]["isError"], true, "{v}");
+}

@@ -16,6 +16,7 @@ impl Daemon {
             for output in outputs {
                 match output {
                     Output::Reply(reply, answer) => self.answer(cx, reply, answer),
+                    Output::ReplyRaw(reply, raw) => self.answer_call(cx, reply, raw),
                     Output::ToolCall(server, outcome, seconds) => {
                         self.telemetry.tool_call(&server, outcome, seconds)
                     }
@@ -80,6 +81,20 @@ impl Daemon {
         self.rooms_event(cx, seq, channel, &typed);
         if servers_changed {
             self.rooms_servers_changed(cx);
+        }
+    }
+
+    /// A tool call's answer with the server's result bytes: spliced into the envelope for an
+    /// HTTP caller, handed as they are to a room (the gateway splices them into its answer),
+    /// parsed into the ordinary answer for a WebSocket client.
+    fn answer_call(&mut self, cx: &mut Cx<'_, Timer>, reply: ReplyTo, raw: crate::api::RawCall) {
+        match reply {
+            ReplyTo::Http { .. } => {
+                let data = raw.data();
+                let _ = self.answer_serialized(cx, reply, &data);
+            }
+            ReplyTo::Room { room, tag } => self.room_raw_answer(cx, room, tag, raw),
+            ReplyTo::Ws { .. } => self.answer(cx, reply, raw.into_answer()),
         }
     }
 

@@ -247,6 +247,20 @@ macro_rules! rooms {
                 log::error!("an answer for room {room}, which is not in the room list");
             }
 
+            /// [`Daemon::room_answer`] for a tool call answered with the server's
+            /// result bytes (`Room::on_raw_answer`).
+            pub(super) fn room_raw_answer(&mut self, cx: &mut Cx<'_, Timer>, room: &'static str,
+                                          tag: u64, raw: crate::api::RawCall) {
+                $( if room == <$ty as Room>::NAME {
+                    let mut out = Vec::new();
+                    enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
+                          &mut out, |r, rcx| Room::on_raw_answer(r, rcx, tag, raw));
+                    <$ty as Wired>::deliver(self, cx, out);
+                    return;
+                } )*
+                log::error!("an answer for room {room}, which is not in the room list");
+            }
+
             /// An event was published: every room sees it (`Room::on_event`),
             /// in list order; what they say goes where their lines send it.
             pub(super) fn rooms_event(&mut self, cx: &mut Cx<'_, Timer>, seq: u64,

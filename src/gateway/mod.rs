@@ -2023,33 +2023,69 @@ impl Room for Gateway {
                 }
             },
         };
-        match (p.streaming, p.reply) {
-            (true, ReplyTo::Http { conn, .. }) => {
-                if let Some(params) = p.progress_held {
-                    // The latest progress comes before the answer, never after it.
-                    let note = json!({"jsonrpc": "2.0", "method": "notifications/progress",
-                                      "params": params});
-                    cx.emit(Output::Push {
-                        conn,
-                        bytes: sse_message(&note),
-                    });
-                }
+        // `to_vec` writes straight into the buffer: `to_string` goes through a formatter for
+        // every piece (the same bytes, fewer instructions).
+        send_answer(cx, p, serde_json::to_vec(&message).unwrap_or_default());
+    }
+
+    /// A server tool's success with its result bytes as they came: a `/mcp` tool call's
+    /// answer is written around them (for a 2026-07-28 request with `resultType` and our
+    /// `_meta` added after the server's members), without parsing the result. A result with
+    /// `_meta` of its own in that era, and every other request, take the parsed path.
+    fn on_raw_answer(&mut self, cx: &mut RoomCx<'_, Self>, tag: u64, raw: crate::api::RawCall) {
+        let spliced = self
+            .pending
+            .get(&tag)
+            .is_some_and(|p| p.what == Forwarded::Tool && !(p.modern && raw.has_meta));
+        if !spliced {
+            return self.on_answer(cx, tag, raw.into_answer());
+        }
+        let Some(p) = self.take_pending(tag) else {
+            return;
+        };
+        self.end_asks(cx, tag, &p);
+        let result = raw.result();
+        let mut bytes = Vec::with_capacity(result.len() + 160);
+        bytes.extend_from_slice(b"{\"id\":");
+        // Writes into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut bytes, &p.id);
+        bytes.extend_from_slice(b",\"jsonrpc\":\"2.0\",\"result\":");
+        if p.modern {
+            modern::write_modern_result(&mut bytes, result, raw.has_result_type);
+        } else {
+            bytes.extend_from_slice(result);
+        }
+        bytes.push(b'}');
+        send_answer(cx, p, bytes);
+    }
+}
+
+/// Sends the answer `message` (a serialized JSON-RPC response) for `p`: at the end of its
+/// SSE stream when it became one (after the progress held back), otherwise as the HTTP
+/// response.
+fn send_answer(cx: &mut RoomCx<'_, Gateway>, p: Pending, message: Vec<u8>) {
+    match (p.streaming, p.reply) {
+        (true, ReplyTo::Http { conn, .. }) => {
+            if let Some(params) = p.progress_held {
+                // The latest progress comes before the answer, never after it.
+                let note = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                                  "params": params});
                 cx.emit(Output::Push {
                     conn,
-                    bytes: sse_message(&message),
+                    bytes: sse_message(&note),
                 });
-                cx.emit(Output::End { conn });
             }
-            _ => cx.emit(Output::Http {
-                reply: p.reply,
-                // `to_vec` writes straight into the buffer: `to_string` goes through a
-                // formatter for every piece (the same bytes, fewer instructions).
-                response: http::Response::json(
-                    200,
-                    serde_json::to_vec(&message).unwrap_or_default(),
-                ),
-            }),
+            let mut bytes = Vec::with_capacity(message.len() + 24);
+            bytes.extend_from_slice(b"event: message\ndata: ");
+            bytes.extend_from_slice(&message);
+            bytes.extend_from_slice(b"\n\n");
+            cx.emit(Output::Push { conn, bytes });
+            cx.emit(Output::End { conn });
         }
+        _ => cx.emit(Output::Http {
+            reply: p.reply,
+            response: http::Response::json(200, message),
+        }),
     }
 }
 
@@ -2212,7 +2248,7 @@ mod tests {
                 query: String::new(),
                 headers: headers
                     .iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                    .map(|(k, v)| (k.to_ascii_lowercase().into(), v.to_string()))
                     .collect(),
                 body: body.as_bytes().to_vec(),
                 keep_alive: true,

@@ -447,6 +447,32 @@ impl Gateway {
     }
 }
 
+/// A result object's bytes as a 2026-07-28 answer's `result` (what [`Gateway::modern_result`]
+/// makes of it, for a result without `_meta`): the server's members as they came, then
+/// `resultType` (unless it has one) and `_meta` with our `serverInfo`. `result` must be one
+/// valid JSON object without `_meta`.
+pub(super) fn write_modern_result(out: &mut Vec<u8>, result: &[u8], has_result_type: bool) {
+    static TAIL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let tail = TAIL.get_or_init(|| {
+        let mut tail = format!("\"_meta\":{{\"{META_SERVER_INFO}\":").into_bytes();
+        // Writes into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut tail, &server_info());
+        tail.extend_from_slice(b"}}");
+        tail
+    });
+    // Everything before the closing brace (an object's text ends with it).
+    let body = result.strip_suffix(b"}").unwrap_or(result);
+    out.extend_from_slice(body);
+    // `{` and blanks only: the object was empty.
+    if body.iter().skip(1).any(|b| !b.is_ascii_whitespace()) {
+        out.push(b',');
+    }
+    if !has_result_type {
+        out.extend_from_slice(b"\"resultType\":\"complete\",");
+    }
+    out.extend_from_slice(tail);
+}
+
 /// Our identity, as `serverInfo` says it.
 pub(super) fn server_info() -> Value {
     json!({
@@ -495,7 +521,7 @@ mod tests {
             query: String::new(),
             headers: headers
                 .iter()
-                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+                .map(|(n, v)| (n.to_ascii_lowercase().into(), v.to_string()))
                 .collect(),
             body: Vec::new(),
             keep_alive: true,
@@ -614,5 +640,34 @@ mod tests {
             ("Mcp-Session-Id", "abc"),
         ];
         assert!(!is_modern(&request(&with_session), bare));
+    }
+
+    #[test]
+    fn a_result_as_bytes_gets_result_type_and_our_server_info_after_its_members() {
+        for (result, has_type) in [
+            (r#"{}"#, false),
+            ("{ \n }", false),
+            (
+                r#"{"content":[{"type":"text","text":"\u00e9"}],"n":1.5e300}"#,
+                false,
+            ),
+            (
+                r#"{ "resultType" : "complete", "x": 12345678901234567890123 }"#,
+                true,
+            ),
+        ] {
+            let mut out = Vec::new();
+            write_modern_result(&mut out, result.as_bytes(), has_type);
+            let text = String::from_utf8(out).expect("utf-8");
+            // The server's members come first, as they were written.
+            let body = result.trim_end().strip_suffix('}').expect("an object");
+            assert!(text.starts_with(body), "{text}");
+            let v: Value = serde_json::from_str(&text).expect("JSON");
+            assert_eq!(v["resultType"], "complete", "{text}");
+            assert_eq!(v["_meta"][META_SERVER_INFO], server_info(), "{text}");
+            let members = v.as_object().map_or(0, Map::len);
+            let theirs = serde_json::from_str::<Map<String, Value>>(result).map_or(0, |m| m.len());
+            assert_eq!(members, theirs + 1 + usize::from(!has_type), "{text}");
+        }
     }
 }

@@ -97,6 +97,8 @@ enum TimerKind {
 pub enum Output {
     /// An answer to a client.
     Reply(ReplyTo, Answer),
+    /// A tool call's answer with the server's result bytes as they came.
+    ReplyRaw(ReplyTo, crate::api::RawCall),
     /// An event for the event log and the channel's subscribers.
     Event(Channel, EventData),
     /// A tool call finished: (server, outcome, seconds) for the metrics.

@@ -62,6 +62,7 @@ impl Mcp {
             match effect {
                 Effect::Send(bytes) => self.send(id, &bytes),
                 Effect::Reply(reply, answer) => out.push(Output::Reply(reply, answer)),
+                Effect::ReplyRaw(reply, raw) => out.push(Output::ReplyRaw(reply, raw)),
                 Effect::CancelTimer(t) => {
                     cx.timers.cancel(t);
                 }

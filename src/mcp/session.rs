@@ -29,7 +29,7 @@ use super::server::{
     TEXT_MAX,
 };
 use super::tools::{self, Flood, Kind, Listing, Relist};
-use crate::api::{Answer, ApiError, ErrorCode};
+use crate::api::{Answer, ApiError, ErrorCode, RawCall};
 use crate::events::EventData;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -206,6 +206,9 @@ pub enum Effect<R, T> {
     Send(Vec<u8>),
     /// Answer a caller.
     Reply(R, Answer),
+    /// Answer a tool call's caller with the server's result bytes as they came (see
+    /// [`RawCall`]).
+    ReplyRaw(R, RawCall),
     /// Cancel a timer the session no longer needs.
     CancelTimer(T),
     /// Call [`Session::on_relist_timer`] at this instant.
@@ -633,6 +636,13 @@ impl<R: Copy, T: Copy> Session<R, T> {
             Line::Complete(b) if b.iter().all(u8::is_ascii_whitespace) => return out,
             Line::Complete(b) => b,
         };
+        let bytes = match self.raw_call_answer(bytes, cx, &mut out) {
+            Ok(()) => {
+                self.settle_asks(&mut out);
+                return out;
+            }
+            Err(bytes) => bytes,
+        };
         match jsonrpc::parse(&bytes) {
             Ok(messages) => {
                 // The raw line is not needed once parsed: a tool result of megabytes is held
@@ -651,6 +661,54 @@ impl<R: Copy, T: Copy> Session<R, T> {
             }
         }
         out
+    }
+
+    /// The common answer to a tool call, taken without parsing its result into a [`Value`]:
+    /// a line that is exactly `{"jsonrpc": "2.0", "id": N, "result": {...}}` answering a call
+    /// in flight, whose result says no `isError: true` and no `resultType` but `complete`.
+    /// It is answered as [`Effect::ReplyRaw`] with the line itself (the result's bytes are
+    /// cut out of it, not copied), with the same outcome, counters and events as
+    /// [`Self::on_response`] gives it. Anything else (another shape, more members, a batch,
+    /// escapes in `"2.0"`, an error, an answer that needs reading) is handed back for the
+    /// ordinary path, which decides as before.
+    fn raw_call_answer(
+        &mut self,
+        bytes: Vec<u8>,
+        cx: Context,
+        out: &mut Effects<R, T>,
+    ) -> Result<(), Vec<u8>> {
+        let Some((rpc, range, has_result_type, has_meta)) = raw_call_head(&bytes) else {
+            return Err(bytes);
+        };
+        if !matches!(self.pending.get(&rpc), Some(Pending::Call { .. })) {
+            return Err(bytes);
+        }
+        let Some(Pending::Call {
+            reply,
+            timer,
+            started,
+            tool,
+            ..
+        }) = self.pending.remove(&rpc)
+        else {
+            return Err(bytes);
+        };
+        out.push(Effect::CancelTimer(timer));
+        let elapsed = cx.now.saturating_duration_since(started);
+        out.push(Effect::ToolCall("ok", elapsed.as_secs_f64(), tool.clone()));
+        self.calls.0 += 1;
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let raw = RawCall::new(
+            self.id.clone(),
+            tool,
+            ms,
+            bytes,
+            range,
+            has_result_type,
+            has_meta,
+        );
+        out.push(Effect::ReplyRaw(reply, raw));
+        Ok(())
     }
 
     /// Counts a protocol error; more than [`PERSISTENT_PROTOCOL_ERRORS`] within a minute end
@@ -1795,6 +1853,63 @@ impl<R: Copy, T: Copy> Session<R, T> {
     }
 }
 
+/// A response line of the one shape [`Session::raw_call_answer`] takes: its id, where its
+/// result (an object) is in the line, and whether that result has `resultType` and `_meta`
+/// members. `None` for any other line, or a result that must be read (`isError: true`, a
+/// `resultType` other than `complete`).
+fn raw_call_head(line: &[u8]) -> Option<(u64, std::ops::Range<usize>, bool, bool)> {
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Head<'a> {
+        jsonrpc: &'a str,
+        id: u64,
+        #[serde(borrow)]
+        result: &'a RawValue,
+    }
+    /// A member that is there, whatever its value (`null` too: unlike `Option`).
+    #[derive(Default)]
+    struct Seen<'a>(Option<&'a RawValue>);
+    impl<'de: 'a, 'a> serde::Deserialize<'de> for Seen<'a> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            <&'a RawValue>::deserialize(d).map(|v| Seen(Some(v)))
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Peek<'a> {
+        #[serde(rename = "resultType", default, borrow)]
+        result_type: Seen<'a>,
+        #[serde(rename = "isError", default, borrow)]
+        is_error: Seen<'a>,
+        #[serde(rename = "_meta", default, borrow)]
+        meta: Seen<'a>,
+    }
+    let head: Head<'_> = serde_json::from_slice(line).ok()?;
+    let text = head.result.get();
+    // An object only (a struct also reads from an array).
+    if head.jsonrpc != "2.0" || !text.starts_with('{') {
+        return None;
+    }
+    let peek: Peek<'_> = serde_json::from_str(text).ok()?;
+    if peek
+        .result_type
+        .0
+        .is_some_and(|t| t.get() != "\"complete\"")
+        || peek.is_error.0.is_some_and(|e| e.get() == "true")
+    {
+        return None;
+    }
+    // The result borrows from the line: its place in it.
+    let start = (text.as_ptr() as usize).checked_sub(line.as_ptr() as usize)?;
+    let end = start + text.len();
+    (line.get(start..end) == Some(text.as_bytes())).then_some((
+        head.id,
+        start..end,
+        peek.result_type.0.is_some(),
+        peek.meta.0.is_some(),
+    ))
+}
+
 /// The client capabilities an `initialize` offers: sampling and elicitation (both modes)
 /// when requests are relayed to `/mcp` clients, otherwise none.
 fn client_capabilities(relayed: bool) -> Value {
@@ -2229,6 +2344,47 @@ mod tests {
     }
 
     #[test]
+    fn only_a_plain_call_result_is_taken_as_bytes() {
+        let head = |line: &str| raw_call_head(line.as_bytes());
+        let line = r#"{"jsonrpc":"2.0","id":3,"result":{"z":1e400,"a":"\u00e9"}}"#;
+        let (id, range, has_type, has_meta) = head(line).expect("plain");
+        assert_eq!(
+            (id, &line[range], has_type, has_meta),
+            (3, r#"{"z":1e400,"a":"\u00e9"}"#, false, false)
+        );
+        let line = r#" { "result" : { "resultType" : "complete", "_meta": null } , "id" : 4, "jsonrpc":"2.0" } "#;
+        let (id, range, has_type, has_meta) = head(line).expect("spaces, any order");
+        assert_eq!(
+            (id, &line[range], has_type, has_meta),
+            (
+                4,
+                r#"{ "resultType" : "complete", "_meta": null }"#,
+                true,
+                true
+            )
+        );
+        assert!(head(r#"{"jsonrpc":"2.0","id":3,"result":{"isError":false}}"#).is_some());
+        for other in [
+            r#"{"jsonrpc":"2.0","id":3,"result":{"isError":true}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"resultType":"input_required"}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"resultType":null}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":[1,2,3]}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":"text"}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{},"error":null}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{},"id":4}"#,
+            r#"{"jsonrpc":"2.0","id":3.0,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":"3","result":{}}"#,
+            r#"{"jsonrpc":"2\u002e0","id":3,"result":{}}"#,
+            r#"{"jsonrpc":"1.0","id":3,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"a":1,"a":2,"isError":true,"isError":false}}"#,
+            r#"[{"jsonrpc":"2.0","id":3,"result":{}}]"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{}"#,
+        ] {
+            assert!(head(other).is_none(), "{other}");
+        }
+    }
+
+    #[test]
     fn a_call_reports_progress_and_is_answered() {
         let (mut s, now) = active("2025-11-25");
         let mut armed = None;
@@ -2278,12 +2434,23 @@ mod tests {
             now + Duration::from_millis(3),
         );
         match &e[..] {
-            [Effect::CancelTimer(99), Effect::ToolCall("ok", _, _), Effect::Reply(7, Ok(v))] => {
-                assert_eq!(v["result"]["content"][0]["text"], "hi");
-                assert_eq!(v["tool"], "echo");
+            [Effect::CancelTimer(99), Effect::ToolCall("ok", _, _), Effect::ReplyRaw(7, raw)] => {
+                // The server's result bytes, as they came.
+                assert_eq!(
+                    raw.result(),
+                    br#"{"content":[{"type":"text","text":"hi"}]}"#
+                );
+                assert_eq!((raw.tool.as_str(), raw.server.as_str()), ("echo", "t"));
+                assert!(!raw.has_meta && !raw.has_result_type);
             }
             other => panic!("{other:?}"),
         }
+        let Some(Effect::ReplyRaw(_, raw)) = e.into_iter().nth(2) else {
+            unreachable!()
+        };
+        let v = raw.into_answer().expect("the result reads");
+        assert_eq!(v["result"]["content"][0]["text"], "hi");
+        assert_eq!(v["tool"], "echo");
         assert_eq!((s.calls, s.calls_in_flight()), ((1, 0, 0), 0));
         // Refusals: unknown tool, not serving, too many in flight, ending.
         let call = |s: &mut S, status, ending, tool: &str, max| {

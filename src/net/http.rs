@@ -47,8 +47,9 @@ pub struct Request {
     pub path: String,
     /// Raw query string after `?`, or empty.
     pub query: String,
-    /// Header names lowercased, in order.
-    pub headers: Vec<(String, String)>,
+    /// Header names lowercased, in order (a name the daemon knows is shared, not allocated:
+    /// see [`header_name`]).
+    pub headers: Vec<(Cow<'static, str>, String)>,
     /// Body bytes (Content-Length delimited).
     pub body: Vec<u8>,
     /// Whether the connection stays open after the answer.
@@ -68,6 +69,42 @@ impl Request {
     pub fn accepts_event_stream(&self) -> bool {
         self.header("accept")
             .is_some_and(|a| a.contains("text/event-stream"))
+    }
+}
+
+/// The header names the daemon reads and clients commonly send, lowercase.
+const KNOWN_HEADERS: &[&str] = &[
+    "host",
+    "accept",
+    "content-type",
+    "content-length",
+    "authorization",
+    "connection",
+    "origin",
+    "user-agent",
+    "accept-encoding",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
+    "last-event-id",
+    "expect",
+    "transfer-encoding",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "cache-control",
+    "pragma",
+];
+
+/// A header name, lowercase: one of [`KNOWN_HEADERS`] shared (no allocation, and a request
+/// has about ten headers), any other copied and lowercased.
+pub fn header_name(name: &str) -> Cow<'static, str> {
+    match KNOWN_HEADERS.iter().find(|k| k.eq_ignore_ascii_case(name)) {
+        Some(known) => Cow::Borrowed(*known),
+        None => Cow::Owned(name.to_ascii_lowercase()),
     }
 }
 
@@ -256,12 +293,12 @@ impl Conn {
         let http11 = req.version == Some(1);
         let method = req.method.unwrap_or("").to_string();
         let target = req.path.unwrap_or("");
-        let headers: Vec<(String, String)> = req
+        let headers: Vec<(Cow<'static, str>, String)> = req
             .headers
             .iter()
             .map(|h| {
                 (
-                    h.name.to_ascii_lowercase(),
+                    header_name(h.name),
                     String::from_utf8_lossy(h.value).into_owned(),
                 )
             })
@@ -598,6 +635,24 @@ mod tests {
         max_body_bytes: 64,
         max_pipeline: 4,
     };
+
+    #[test]
+    fn header_names_are_lowercase_and_known_ones_shared() {
+        for (sent, name, shared) in [
+            ("Content-Type", "content-type", true),
+            ("MCP-PROTOCOL-VERSION", "mcp-protocol-version", true),
+            ("host", "host", true),
+            ("X-Custom-Thing", "x-custom-thing", false),
+            ("Hos", "hos", false),
+        ] {
+            let got = header_name(sent);
+            assert_eq!(
+                (got.as_ref(), matches!(got, Cow::Borrowed(_))),
+                (name, shared)
+            );
+        }
+        assert!(KNOWN_HEADERS.iter().all(|k| *k == k.to_ascii_lowercase()));
+    }
 
     fn serialize(response: &Response, close: bool, stream: bool, head_only: bool) -> Vec<u8> {
         let mut out = Vec::new();

@@ -144,8 +144,31 @@ fn matches_at(pattern: &str, brace: Option<usize>, path: &str) -> Option<Option<
     match brace {
         None => return (pattern == path).then_some(None),
         Some(i) if !path.starts_with(&pattern[..i]) => return None,
-        Some(_) => {}
+        Some(i) => {
+            // One `{id}` that is a whole segment (every row so far): the segment after the
+            // prefix is the id and the rest must be the pattern's rest, compared at once
+            // instead of segment by segment (a REST path is resolved against ~60 rows twice
+            // per request; the walk below cost ~35k instructions a call).
+            let suffix = pattern[i..]
+                .strip_prefix("{id}")
+                .filter(|s| pattern[..i].ends_with('/') && (s.is_empty() || s.starts_with('/')))
+                .filter(|s| !s.contains('{'));
+            if let Some(suffix) = suffix {
+                let rest = &path[i..];
+                let end = rest.find('/').unwrap_or(rest.len());
+                let seg = &rest[..end];
+                if seg.is_empty() || &rest[end..] != suffix {
+                    return None;
+                }
+                return percent_decode(seg).map(Some);
+            }
+        }
     }
+    walk(pattern, path)
+}
+
+/// [`matches_at`] segment by segment, for any pattern.
+fn walk(pattern: &str, path: &str) -> Option<Option<String>> {
     let mut raw_id = None;
     let mut p = pattern.split('/');
     let mut q = path.split('/');
@@ -526,6 +549,31 @@ mod tests {
         }
         assert!(is_public("GET", "/api/v1/health"));
         assert!(!is_public("GET", "/api/v1/health/x"));
+    }
+
+    #[test]
+    fn a_row_with_an_id_matches_as_the_segment_walk_does() {
+        let ids = ["fx", "a%20b", "%zz", "", "x.y", "fx/more"];
+        let mut checked = 0;
+        for r in table() {
+            let Some(i) = r.brace else { continue };
+            let mut paths: Vec<String> =
+                ids.iter().map(|id| r.op.path.replace("{id}", id)).collect();
+            paths.extend(paths.clone().iter().map(|p| format!("{p}/")));
+            paths.extend(paths.clone().iter().map(|p| format!("{p}x")));
+            paths.push(r.op.path[..i].to_string());
+            paths.push(r.op.path[..i - 1].to_string());
+            for path in paths {
+                assert_eq!(
+                    matches_at(r.op.path, r.brace, &path),
+                    walk(r.op.path, &path),
+                    "{} {path}",
+                    r.op.path
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "{checked}");
     }
 
     #[test]

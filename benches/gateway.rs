@@ -27,9 +27,9 @@
 mod common;
 
 use common::{
-    cpus, fmt_kb, kernel, on_path, percentile, real_python, tcp_as, unix, us, utc_now, vm_rss_kb,
-    wait_for, Binaries, DaemonGuard, DaemonSetup, DirectFixture, Fixtures, Http, Result, Row,
-    Sections, DEADLINE,
+    cpu_ticks, cpus, fmt_kb, kernel, on_path, percentile, real_python, tcp_as, ticks_per_sec, unix,
+    us, utc_now, vm_rss_kb, wait_for, Binaries, DaemonGuard, DaemonSetup, DirectFixture, Fixtures,
+    Http, Result, Row, Sections, DEADLINE,
 };
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -44,6 +44,8 @@ const OVERHEAD_P50_TARGET_US: f64 = 50.0;
 const CALLS: usize = 2_000;
 const WARMUP: usize = 100;
 const BLOCK: usize = 100;
+/// `/mcp` calls over which the daemon's own CPU per call is counted (clock ticks are 10 ms).
+const CPU_CALLS: usize = 10_000;
 const CLIENTS: usize = 100;
 const CALLS_PER_CLIENT: usize = 10;
 const SESSIONS: usize = 50;
@@ -292,6 +294,15 @@ fn measure_latency(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
         }
     }
     let elapsed = t_all.elapsed();
+    // The daemon's own CPU (user + system, all threads) per /mcp call, over a run of its own:
+    // what it spends, apart from the wake-ups of three processes that make the wall clock on
+    // a small (virtual) machine.
+    let cpu0 = cpu_ticks(daemon.pid()).ok_or("no cpu ticks")?;
+    for _ in 0..CPU_CALLS {
+        mcp.echo()?;
+    }
+    let cpu1 = cpu_ticks(daemon.pid()).ok_or("no cpu ticks")?;
+    let cpu_us = cpu1.saturating_sub(cpu0) as f64 * 1e6 / ticks_per_sec() / CPU_CALLS as f64;
     daemon.check_alive()?;
     let rss = vm_rss_kb(daemon.pid()).unwrap_or(0);
     daemon.finish(notes);
@@ -321,6 +332,10 @@ fn measure_latency(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
             us_f(diff(b.0, a.0)),
             "≤ 50 µs",
             diff(b.0, a.0) <= OVERHEAD_P50_TARGET_US,
+        ),
+        Row::info(
+            format!("daemon CPU (user + system) per /mcp call, over {CPU_CALLS} more"),
+            us_f(cpu_us),
         ),
         Row::info(
             "  same, p99(b) − p99(a) | on the control socket, p50(d) − p50(a)",

@@ -6,13 +6,13 @@
 //! is not taken, and the session's end answers the server; turned off, servers are offered
 //! no client capabilities.
 
+use crate::gateway::SdkClient;
 use crate::util::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 fn fixture(name: &str) -> String {
@@ -55,80 +55,36 @@ fn last_answer(d: &Daemon) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
-/// `tests/fixtures/ask_client.py`, driven one JSON command per line.
-struct AskClient {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
+/// The Python SDK client with sampling and elicitation handlers (`ask_client.py`), driven
+/// like the gateway tests' SDK clients, one JSON command a line.
+struct AskClient;
 
 impl AskClient {
     /// Over HTTP, with the token.
-    fn start(d: &Daemon) -> AskClient {
+    fn start(d: &Daemon) -> SdkClient {
         let url = format!("http://{}/mcp", d.http.expect("TCP listener"));
         AskClient::spawn(&[url.as_str(), d.token.as_str()])
     }
 
     /// Through `vsm-daemon mcp serve-stdio` (the control socket).
-    fn stdio(d: &Daemon) -> AskClient {
+    fn stdio(d: &Daemon) -> SdkClient {
         let socket = d.socket.display().to_string();
         AskClient::spawn(&["stdio", bin(), "mcp", "serve-stdio", "--socket", &socket])
     }
 
-    fn spawn(args: &[&str]) -> AskClient {
+    fn spawn(args: &[&str]) -> SdkClient {
         let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-peers/venv-time/bin/python");
         assert!(
             python.exists(),
             "{} is missing: run .ci/install-test-peers",
             python.display()
         );
-        let mut child = Command::new(python)
-            .arg(fixture("ask_client.py"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut c = AskClient {
-            child,
-            stdin,
-            lines,
-        };
+        let mut command = Command::new(python);
+        command.arg(fixture("ask_client.py")).args(args);
+        let mut c = SdkClient::spawn(command);
         let hello = c.next("connect");
         assert_eq!(hello["connected"], true, "{hello}");
         c
-    }
-
-    fn next(&mut self, what: &str) -> Value {
-        let line = self
-            .lines
-            .recv_timeout(PATIENCE)
-            .unwrap_or_else(|_| panic!("the client said nothing about {what}"));
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{what}: {e}: {line}"))
-    }
-
-    fn send(&mut self, command: Value) -> Value {
-        writeln!(self.stdin, "{command}").expect("write to the client");
-        self.next(&command.to_string())
-    }
-}
-
-impl Drop for AskClient {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -8,6 +8,7 @@
 //! the retry's input responses back) with raw HTTP and with the official Python SDK
 //! client in its 2026-07-28 mode, while a 2025-11-25 session keeps working beside them.
 
+use crate::gateway::SdkClient;
 use crate::util::*;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -617,11 +618,7 @@ fn mcp_speaks_2026_07_28_statelessly_and_refuses_with_each_code() {
 
 /// The official Python SDK client in its 2026-07-28 mode (`gateway_modern_client.py`): one
 /// JSON command per stdin line, one JSON answer per stdout line.
-struct ModernClient {
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    lines: std::sync::mpsc::Receiver<String>,
-}
+struct ModernClient(SdkClient);
 
 impl ModernClient {
     /// Over Streamable HTTP to the daemon's TCP listener.
@@ -637,46 +634,22 @@ impl ModernClient {
     }
 
     fn spawn(args: &[&str]) -> ModernClient {
-        let mut child = std::process::Command::new(peers().join("venv-time/bin/python"))
+        let mut command = std::process::Command::new(peers().join("venv-time/bin/python"));
+        command
             .arg(format!(
                 "{}/tests/fixtures/gateway_modern_client.py",
                 env!("CARGO_MANIFEST_DIR")
             ))
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("the venv's python");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        ModernClient {
-            child,
-            stdin,
-            lines,
-        }
+            .args(args);
+        ModernClient(SdkClient::spawn(command))
     }
 
     fn next(&mut self, what: &str) -> Value {
-        let line = self
-            .lines
-            .recv_timeout(PATIENCE)
-            .unwrap_or_else(|_| panic!("the SDK client said nothing about {what}"));
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{what}: {e}: {line}"))
+        self.0.next(what)
     }
 
     fn send(&mut self, command: Value) -> Value {
-        writeln!(self.stdin, "{command}").expect("write to the SDK client");
-        self.next(&command.to_string())
+        self.0.send(command)
     }
 
     /// `listen` until it is acknowledged (a retry covers the moment it takes the daemon to
@@ -692,13 +665,6 @@ impl ModernClient {
         assert_eq!(r["honored"]["toolsListChanged"], true, "{r}");
         then();
         self.next("a tool list change on the listen stream")
-    }
-}
-
-impl Drop for ModernClient {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -756,7 +722,7 @@ fn the_python_sdk_client_speaks_2026_07_28_to_mcp() {
     discovers_lists_and_calls(&mut client);
     let r = client.listen_for_a_change(|| register_fixture(&d, "later", &[]));
     assert!(r.get("changed").is_some(), "{r}");
-    let _ = writeln!(client.stdin, "{}", json!({"op": "close"}));
+    client.0.say(json!({"op": "close"}));
 }
 
 /// The same SDK client over stdio, through `vsm-daemon mcp serve-stdio`: the bridge learns

@@ -50,8 +50,9 @@ fn wait_status(d: &Daemon, id: &str, status: &str) {
     );
 }
 
-/// The TypeScript SDK client, driven one JSON command per line (`gateway_client.cjs`).
-struct SdkClient {
+/// An SDK client driven one JSON command per line (`gateway_client.cjs`, `gateway_client.py`,
+/// `ask_client.py`).
+pub(crate) struct SdkClient {
     child: Child,
     stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
@@ -79,7 +80,7 @@ impl SdkClient {
         SdkClient::spawn(command)
     }
 
-    fn spawn(mut command: Command) -> SdkClient {
+    pub(crate) fn spawn(mut command: Command) -> SdkClient {
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -104,7 +105,7 @@ impl SdkClient {
         }
     }
 
-    fn next(&mut self, what: &str) -> Value {
+    pub(crate) fn next(&mut self, what: &str) -> Value {
         let line = self
             .lines
             .recv_timeout(PATIENCE)
@@ -112,7 +113,12 @@ impl SdkClient {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{what}: {e}: {line}"))
     }
 
-    fn send(&mut self, command: Value) -> Value {
+    /// Writes `command` without waiting for an answer (a last `close`).
+    pub(crate) fn say(&mut self, command: Value) {
+        let _ = writeln!(self.stdin, "{command}");
+    }
+
+    pub(crate) fn send(&mut self, command: Value) -> Value {
         writeln!(self.stdin, "{command}").expect("write to the SDK client");
         self.next(&command.to_string())
     }

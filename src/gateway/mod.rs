@@ -2313,21 +2313,7 @@ mod tests {
     #[test]
     fn calls_in_flight_are_bounded_per_session_and_cancelled_by_the_client_or_its_end() {
         let mut h = Harness::new();
-        let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#;
-        h.send("POST", &[], init);
-        let session = h
-            .out
-            .iter()
-            .find_map(|o| match o {
-                Output::Http { response, .. } => response
-                    .headers
-                    .iter()
-                    .find(|(k, _)| *k == "Mcp-Session-Id")
-                    .map(|(_, v)| v.clone()),
-                _ => None,
-            })
-            .expect("a session");
-        h.take();
+        let session = h.open();
         let sid = ("Mcp-Session-Id", session.as_str());
         let mut conns = Vec::new();
         for id in 1..=MAX_CALLS_PER_SESSION as u64 {

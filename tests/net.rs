@@ -282,6 +282,49 @@ fn host_must_be_sent_exactly_once() {
     );
 }
 
+// ----- a request and the client's close in one breath --------------------------------------------
+
+/// Sends a whole request and shuts its own sending side at once (what `nc -N` or a script's
+/// `printf | socat` does), so that the bytes and the FIN usually reach the daemon in one
+/// readiness event; then reads until the daemon closes. The daemon stops reading a socket at a
+/// short read unless the event also reported the peer's end: this proves that end is not lost.
+fn half_closed_exchange<S: Read + Write>(mut s: S, shut: impl FnOnce(&S)) -> Vec<u8> {
+    s.write_all(request("GET", "/api/v1/health", None, false).as_bytes())
+        .expect("write");
+    shut(&s);
+    let mut out = Vec::new();
+    let read = s.read_to_end(&mut out);
+    assert!(
+        read.is_ok(),
+        "the daemon kept the half-closed connection open ({read:?}) after {} bytes",
+        out.len()
+    );
+    out
+}
+
+#[test]
+fn a_request_followed_at_once_by_the_clients_close_is_answered_and_the_connection_closed() {
+    // No idle timeout could end these connections within the test's patience: only the
+    // client's end of input can.
+    let d = start("[http]\nidle_timeout_ms = 3600000\n");
+    for round in 0..20 {
+        let tcp = connect(&d);
+        let out = half_closed_exchange(tcp, |s| {
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown")
+        });
+        let (status, _, _, rest) = take_response(&out);
+        assert_eq!(status, 200, "round {round} over TCP");
+        assert!(rest.is_empty(), "round {round}: one answer only");
+        let unix = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect the socket");
+        unix.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let out = half_closed_exchange(unix, |s| {
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown")
+        });
+        let (status, _, _, _) = take_response(&out);
+        assert_eq!(status, 200, "round {round} on the control socket");
+    }
+}
+
 // ----- 5. a WebSocket client that never reads ----------------------------------------------------
 
 type Ws = tungstenite::WebSocket<TcpStream>;

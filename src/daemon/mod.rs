@@ -267,6 +267,12 @@ impl Daemon {
     }
 }
 
+/// Whether an event also reports the end of the input (the peer's close, a hang-up, an error):
+/// then a short read does not show that everything was read, and readers go on to the end.
+fn ended(event: &mio::event::Event) -> bool {
+    event.is_read_closed() || event.is_error()
+}
+
 impl Handler for Daemon {
     type Timer = Timer;
 
@@ -280,13 +286,18 @@ impl Handler for Daemon {
             self.rooms.mcp.on_ready(
                 &mut cx.narrow(<Mcp as Wired>::timer).cx(),
                 token,
+                ended(event),
                 &mut self.outputs,
             );
         } else if self.rooms_ready(cx, token) {
             // A child's pipe or a check's socket: the room that owns it took it.
         } else if self.server.owns(token) {
-            self.server
-                .on_ready(&mut cx.narrow(Timer::Net).cx(), token, &mut self.incoming);
+            self.server.on_ready(
+                &mut cx.narrow(Timer::Net).cx(),
+                token,
+                ended(event),
+                &mut self.incoming,
+            );
         }
     }
 

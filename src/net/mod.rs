@@ -30,6 +30,17 @@ use tungstenite::protocol::frame::Utf8Bytes;
 /// Bytes read from an HTTP connection at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// What a connection's readiness says about its input.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ready {
+    /// Nothing: called to write, or to resume reading after back-pressure.
+    None,
+    /// New bytes (an edge).
+    Read,
+    /// New bytes, or the peer's end, or readiness of unknown kind: read until `WouldBlock`.
+    ReadClosed,
+}
+
 /// Connection tokens the network floor asks the reactor for: one per connection slot.
 pub const TOKENS_NEEDED: usize = 1 << 20;
 /// Stream back-pressure: a stream with more than this unsent takes no more bytes until it
@@ -428,10 +439,16 @@ impl Server {
         &mut self,
         cx: &mut Cx<'_, Timer>,
         token: Token,
+        read_closed: bool,
         incoming: &mut VecDeque<Incoming>,
     ) {
         if let Some(id) = self.id_for_token(token) {
-            self.drive(cx, id, true, incoming);
+            let ready = if read_closed {
+                Ready::ReadClosed
+            } else {
+                Ready::Read
+            };
+            self.drive_ready(cx, id, ready, incoming);
         }
     }
 
@@ -444,11 +461,26 @@ impl Server {
         readable: bool,
         incoming: &mut VecDeque<Incoming>,
     ) {
+        let ready = if readable {
+            Ready::ReadClosed
+        } else {
+            Ready::None
+        };
+        self.drive_ready(cx, id, ready, incoming);
+    }
+
+    fn drive_ready(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: ConnId,
+        ready: Ready,
+        incoming: &mut VecDeque<Incoming>,
+    ) {
         let mut buf = std::mem::take(&mut self.read_buf);
         if buf.is_empty() {
             buf = vec![0; READ_CHUNK];
         }
-        self.drive_with(cx, id, readable, incoming, &mut buf);
+        self.drive_with(cx, id, ready, incoming, &mut buf);
         self.read_buf = buf;
     }
 
@@ -456,10 +488,11 @@ impl Server {
         &mut self,
         cx: &mut Cx<'_, Timer>,
         id: ConnId,
-        readable: bool,
+        ready: Ready,
         incoming: &mut VecDeque<Incoming>,
         buf: &mut [u8],
     ) {
+        let readable = ready != Ready::None;
         let limits = self.policy.limits;
         let Some(conn) = self.get(id) else { return };
         if let Transport::Ws(w) = &mut conn.transport {
@@ -486,7 +519,11 @@ impl Server {
         // After an answer, the socket is only read again if reading had been paused: an
         // edge-triggered poll reports new bytes by itself, and a read here would be a wasted
         // EAGAIN per request.
-        let mut read = readable || std::mem::take(&mut conn.read_paused);
+        let was_paused = std::mem::take(&mut conn.read_paused);
+        let mut read = readable || was_paused;
+        // Whether a short read may end the reading: only on a fresh edge that did not report
+        // the peer's close (and not after a pause, whose edge was spent unread).
+        let short_read_drains = ready == Ready::Read && !was_paused;
         let mut hung_up = false;
         while read && !conn.peer_closed && !broken {
             let accept = conn.http.wants_read(&limits);
@@ -505,6 +542,13 @@ impl Server {
                         conn.head_started = Some(Instant::now());
                     }
                     conn.http.feed(&buf[..n]);
+                    // A short read has emptied the socket; bytes that come later raise a new
+                    // edge, so the read that would only say EAGAIN is skipped (one syscall per
+                    // request). Not when the event also reported the peer's close: that edge
+                    // is spent, and only reading on to 0 finds the end.
+                    if n < buf.len() && short_read_drains {
+                        read = false;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => read = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -8,12 +8,16 @@
 //!   metric is measured with it.
 //!
 //! Sections (the server is `tests/fixtures/mcp_fixture.py`, its `echo` tool):
-//! - **latency**: the same call five ways, alternating in blocks of 100 so drift hits all
+//! - **latency**: the same call six ways, alternating in blocks of 100 so drift hits all
 //!   alike: (a) direct stdio to a fixture this bench spawns, (b) `tools/call` of `fx__echo`
 //!   on `/mcp` (one session, one keep-alive TCP connection with the token), (c)
 //!   `POST /api/v1/mcp/servers/fx/tools/call` on the same kind of connection, (d) and (e) the
-//!   same two on the control socket (what `benches/mcp.rs` measures REST on). p50 and p99 of
-//!   each; target: p50(b) − p50(a) ≤ 50 µs.
+//!   same two on the control socket (what `benches/mcp.rs` measures REST on), (f) the lines of
+//!   (a) through a relay process that does nothing but copy bytes between a loopback TCP
+//!   connection and the fixture's pipes (this bench binary itself, started as a relay). p50
+//!   and p99 of each; target: p50(b) − p50(a) ≤ 50 µs. (f) − (a) is what one more process and
+//!   a TCP hop cost on this machine with no work at all (on a small VM, mostly waking idle
+//!   vCPUs); (b) − (f) is the daemon's own share.
 //! - **concurrent**: 100 clients, each its own TCP connection and `/mcp` session, start
 //!   together and make 10 calls each, one after the other. Throughput (calls over the wall
 //!   time from the start signal to the last answer), per-call p50/p99, and the daemon's
@@ -27,9 +31,9 @@
 mod common;
 
 use common::{
-    cpu_ticks, cpus, fmt_kb, kernel, on_path, percentile, real_python, tcp_as, ticks_per_sec, unix,
-    us, utc_now, vm_rss_kb, wait_for, Binaries, DaemonGuard, DaemonSetup, DirectFixture, Fixtures,
-    Http, Result, Row, Sections, DEADLINE,
+    cpu_ticks, cpus, fmt_kb, kernel, on_path, percentile, real_python, relay_main, tcp_as,
+    ticks_per_sec, unix, us, utc_now, vm_rss_kb, wait_for, Binaries, DaemonGuard, DaemonSetup,
+    DirectFixture, Fixtures, Http, Result, Row, Sections, DEADLINE, RELAY_ENV,
 };
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -251,6 +255,8 @@ fn p50_p99(v: &mut [Duration]) -> (Duration, Duration) {
 
 fn measure_latency(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<Vec<Row>> {
     let mut fx = DirectFixture::spawn(f)?;
+    let exe = std::env::current_exe().map_err(|e| format!("this bench's path: {e}"))?;
+    let mut relayed = DirectFixture::relayed(&exe, &[f.python.as_os_str(), f.script.as_os_str()])?;
     let mut daemon = start(bin, "latency")?;
     register_fx(&daemon, f)?;
     let addr = daemon.http_addr()?;
@@ -265,14 +271,15 @@ fn measure_latency(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
     let mut id = 1;
     for _ in 0..WARMUP {
         direct_call(&mut fx, id)?;
+        direct_call(&mut relayed, id)?;
         id += 1;
         mcp.echo()?;
         rest_call(&mut rest, &rest_request)?;
         mcp_unix.echo()?;
         rest_call(&mut rest_unix, &rest_unix_request)?;
     }
-    // direct, /mcp TCP, REST TCP, /mcp Unix, REST Unix.
-    let mut series: [Vec<Duration>; 5] = Default::default();
+    // direct, /mcp TCP, REST TCP, /mcp Unix, REST Unix, through the zero-work relay.
+    let mut series: [Vec<Duration>; 6] = Default::default();
     let t_all = Instant::now();
     while series[0].len() < CALLS {
         let n = BLOCK.min(CALLS - series[0].len());
@@ -292,6 +299,10 @@ fn measure_latency(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
         for _ in 0..n {
             series[4].push(rest_call(&mut rest_unix, &rest_unix_request)?);
         }
+        for _ in 0..n {
+            series[5].push(direct_call(&mut relayed, id)?);
+            id += 1;
+        }
     }
     let elapsed = t_all.elapsed();
     // The daemon's own CPU (user + system, all threads) per /mcp call, over a run of its own:
@@ -307,7 +318,8 @@ fn measure_latency(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
     let rss = vm_rss_kb(daemon.pid()).unwrap_or(0);
     daemon.finish(notes);
     drop(fx);
-    let [a, b, c, d, e] = series.map(|mut v| p50_p99(&mut v));
+    drop(relayed);
+    let [a, b, c, d, e, f] = series.map(|mut v| p50_p99(&mut v));
     let diff = |x: Duration, y: Duration| (x.as_secs_f64() - y.as_secs_f64()) * 1e6;
     let shown = |(p50, p99): (Duration, Duration)| format!("{} / {}", us(p50), us(p99));
     Ok(vec![
@@ -327,11 +339,20 @@ fn measure_latency(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
         ),
         Row::info("(d) as (b) on the control socket, p50 / p99", shown(d)),
         Row::info("(e) as (c) on the control socket, p50 / p99", shown(e)),
+        Row::info(
+            "(f) as (a) through a zero-work relay process (loopback TCP ↔ pipes), p50 / p99",
+            shown(f),
+        ),
         Row::new(
             "/mcp overhead over direct stdio, p50(b) − p50(a)",
             us_f(diff(b.0, a.0)),
             "≤ 50 µs",
             diff(b.0, a.0) <= OVERHEAD_P50_TARGET_US,
+        ),
+        Row::info(
+            "  of which the machine's floor for one more process and a TCP hop, p50(f) − p50(a) \
+             | the daemon's own share, p50(b) − p50(f)",
+            format!("{} | {}", us_f(diff(f.0, a.0)), us_f(diff(b.0, f.0))),
         ),
         Row::info(
             format!("daemon CPU (user + system) per /mcp call, over {CPU_CALLS} more"),
@@ -353,7 +374,7 @@ fn measure_latency(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
         Row::info(
             "daemon after the calls",
             format!(
-                "VmRSS {}; the five series took {:.2} s",
+                "VmRSS {}; the six series took {:.2} s",
                 fmt_kb(rss),
                 elapsed.as_secs_f64()
             ),
@@ -457,6 +478,9 @@ fn measure_sessions(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result
 }
 
 fn main() -> ExitCode {
+    if std::env::var_os(RELAY_ENV).is_some() {
+        return relay_main(std::env::args_os().skip(1));
+    }
     let bins = Binaries::from_env();
     let measured = &bins.measured;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_fixture.py");

@@ -29,7 +29,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -1042,10 +1042,15 @@ pub fn wait_readable(fd: i32, deadline: Instant) -> Result<()> {
     }
 }
 
+/// What a [`DirectFixture`] reads answers from: a pipe or a socket that `poll(2)` can wait on.
+pub trait Input: Read + AsRawFd + Send {}
+impl<T: Read + AsRawFd + Send> Input for T {}
+
 pub struct DirectFixture {
+    /// The fixture, or the relay process in front of it ([`DirectFixture::relayed`]).
     pub child: Child,
-    pub stdin: ChildStdin,
-    stdout: ChildStdout,
+    pub stdin: Box<dyn Write + Send>,
+    stdout: Box<dyn Input>,
     buf: Vec<u8>,
     scratch: Vec<u8>,
 }
@@ -1064,6 +1069,48 @@ impl DirectFixture {
             let _ = child.wait();
             return Err("fixture pipes missing".into());
         };
+        Self::over(child, Box::new(stdin), Box::new(stdout))
+    }
+
+    /// The fixture behind a relay process that does no work of its own: `relay` is started
+    /// with `args`, prints the TCP port it listens on, and copies bytes between the one
+    /// connection it accepts and the fixture it spawns (see [`relay_main`]). What a call
+    /// costs more this way than over [`DirectFixture::spawn`] is the machine's price of one
+    /// more process and a loopback TCP hop, the floor under any gateway.
+    pub fn relayed(relay: &Path, args: &[&std::ffi::OsStr]) -> Result<DirectFixture> {
+        let mut child = Command::new(relay)
+            .args(args)
+            .env(RELAY_ENV, "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("spawn the relay {}: {e}", relay.display()))?;
+        let port = child.stdout.take().and_then(|out| {
+            let mut line = String::new();
+            BufReader::new(out).read_line(&mut line).ok()?;
+            line.trim().parse::<u16>().ok()
+        });
+        let Some(port) = port else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the relay did not say its port".into());
+        };
+        let connected = TcpStream::connect(("127.0.0.1", port)).and_then(|s| {
+            s.set_nodelay(true)?;
+            Ok((s.try_clone()?, s))
+        });
+        match connected {
+            Ok((w, r)) => Self::over(child, Box::new(w), Box::new(r)),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!("connect to the relay: {e}"))
+            }
+        }
+    }
+
+    fn over(child: Child, stdin: Box<dyn Write + Send>, stdout: Box<dyn Input>) -> Result<Self> {
         let mut fx = DirectFixture {
             child,
             stdin,
@@ -1110,6 +1157,65 @@ impl DirectFixture {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("read from fixture: {e}")),
             }
+        }
+    }
+}
+
+/// Set in the environment of a bench binary started as a relay ([`DirectFixture::relayed`]).
+pub const RELAY_ENV: &str = "VSM_BENCH_RELAY";
+
+/// The relay process: `COMMAND ARGS..` is the MCP server. Listens on a loopback port (printed
+/// on stdout), accepts one connection, spawns the server and copies bytes both ways with
+/// blocking `read`/`write`, one thread each way, until either side closes. No parsing, no
+/// buffering beyond one read: the least any process in the middle can do.
+pub fn relay_main(mut args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    let run = || -> std::io::Result<()> {
+        let program = args
+            .next()
+            .ok_or_else(|| std::io::Error::other("relay: no server command"))?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        println!("{}", listener.local_addr()?.port());
+        std::io::stdout().flush()?;
+        let (socket, _) = listener.accept()?;
+        socket.set_nodelay(true)?;
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let (Some(mut to_server), Some(mut from_server)) =
+            (child.stdin.take(), child.stdout.take())
+        else {
+            return Err(std::io::Error::other("relay: server pipes missing"));
+        };
+        let mut to_client = socket.try_clone()?;
+        let back = std::thread::spawn(move || copy_plain(&mut from_server, &mut to_client));
+        let mut from_client = socket;
+        let _ = copy_plain(&mut from_client, &mut to_server);
+        drop(to_server);
+        let _ = child.wait();
+        let _ = back.join();
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `read` then `write_all`, until end of file (`std::io::copy` may splice instead).
+fn copy_plain(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => to.write_all(&buf[..n])?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }

@@ -346,6 +346,10 @@ impl crate::room::Serve for Mcp {
             }
             McpRequest::Subscribe { id, uri, subscribe } => {
                 let (mut lcx, _) = cx.split();
+                if let Some(answer) = self.listen_to(&mut lcx, &id, &uri, subscribe) {
+                    cx.reply(reply, answer);
+                    return;
+                }
                 let method = if subscribe {
                     "resources/subscribe"
                 } else {

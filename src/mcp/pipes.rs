@@ -477,6 +477,31 @@ impl Mcp {
         Ok(())
     }
 
+    /// A resource subscription on server `id` when its run speaks 2026-07-28, which has no
+    /// `resources/subscribe`: its listen carries the URI (see `Session::listen_to`). `None`
+    /// for a server of the other era (or unknown), which is forwarded `resources/subscribe`.
+    pub fn listen_to(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        uri: &str,
+        subscribe: bool,
+    ) -> Option<Answer> {
+        let server = self.servers.get_mut(id)?;
+        if server.session.era != Some(session::Era::Modern) {
+            return None;
+        }
+        let (status, ending) = (server.status, server.ending.as_deref());
+        let effects = server
+            .session
+            .listen_to(status, ending, uri, subscribe, Instant::now());
+        Some(effects.map(|effects| {
+            let mut none = Vec::new();
+            self.apply(cx, id, effects, &mut none);
+            json!({"server": id, "method": "subscriptions/listen", "result": {}})
+        }))
+    }
+
     /// One health round: every serving server gets a ping; unanswered ones count as missed.
     pub fn ping_all(&mut self, cx: &mut Cx<'_, Timer>, out: &mut Vec<Output>) {
         if !self.settings.config.health_check_enabled {

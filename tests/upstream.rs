@@ -1,6 +1,7 @@
 //! `/mcp` in front of 2026-07-28 (modern) servers, through the real binary with the official
 //! Python SDK client in its session era: a resource subscription rides the server's
-//! `subscriptions/listen` (it has no `resources/subscribe`), also after the server's restart.
+//! `subscriptions/listen` (it has no `resources/subscribe`), also after the server's restart;
+//! its log messages come with the logger prefixed.
 
 use crate::gateway::SdkClient;
 use crate::util::*;
@@ -142,4 +143,44 @@ fn a_modern_servers_resource_updates_reach_a_session_client_over_its_listen() {
         |t| t == "touched 0",
         |t| format!("{t}\n{}", d.stderr()),
     );
+}
+
+/// A session-era client that set `logging/setLevel` gets a modern server's log messages (the
+/// level goes in the `_meta` of the call, the era's way) on its call, with the logger
+/// prefixed by the server's id; without a level the server sends none.
+#[test]
+fn a_modern_servers_log_messages_reach_a_session_client_at_its_level() {
+    let d = daemon();
+    register(&d, "fx", "mcp_fixture.py", &["--modern"]);
+    wait_active(&d, "fx", None);
+    let mut c = client(&d);
+    let r = c.send(json!({"op": "call", "name": "fx__log_levels"}));
+    assert_eq!(text(&r), "logged 0", "no level asked: {r}");
+    let ok = c.send(json!({"op": "set_level", "level": "error"}));
+    assert_eq!(ok["ok"], true, "{ok}");
+    let r = c.send(json!({"op": "call", "name": "fx__log_levels"}));
+    assert_eq!(text(&r), "logged 4", "{r}");
+    let logs = c.send(json!({"op": "logs", "at_least": 4}));
+    let seen: Vec<(&str, &str)> = logs["logs"]
+        .as_array()
+        .expect("logs")
+        .iter()
+        .map(|l| {
+            (
+                l["level"].as_str().unwrap_or_default(),
+                l["logger"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("error", "fx__levels"),
+            ("critical", "fx__levels"),
+            ("alert", "fx__levels"),
+            ("emergency", "fx__levels")
+        ],
+        "{logs}"
+    );
+    assert_eq!(logs["logs"][0]["data"], "a error message", "{logs}");
 }

@@ -1,7 +1,8 @@
 //! `/mcp` in front of 2026-07-28 (modern) servers, through the real binary with the official
 //! Python SDK client in its session era: a resource subscription rides the server's
 //! `subscriptions/listen` (it has no `resources/subscribe`), also after the server's restart;
-//! its log messages come with the logger prefixed.
+//! its log messages come with the logger prefixed; and a server's `-32042` (URL elicitation
+//! required) reaches the client as that JSON-RPC error.
 
 use crate::gateway::SdkClient;
 use crate::util::*;
@@ -183,4 +184,27 @@ fn a_modern_servers_log_messages_reach_a_session_client_at_its_level() {
         "{logs}"
     );
     assert_eq!(logs["logs"][0]["data"], "a error message", "{logs}");
+}
+
+/// A server's `-32042` refusing a tool call reaches the client as that JSON-RPC error with
+/// its elicitations, which the SDK reads as the URLs to open (not as a tool error's text).
+#[test]
+fn url_elicitation_required_reaches_the_client_as_its_json_rpc_error() {
+    let d = daemon();
+    register(&d, "fx", "mcp_fixture.py", &["--url-tool"]);
+    wait_active(&d, "fx", None);
+    let mut c = client(&d);
+    let r = c.send(json!({"op": "call", "name": "fx__open_url"}));
+    assert_eq!(r["code"], -32042, "{r}");
+    assert_eq!(
+        r["urls"],
+        json!(["https://example.com/connect?elicitation=url-1"]),
+        "{r}"
+    );
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("requires more information")),
+        "{r}"
+    );
 }

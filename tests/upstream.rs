@@ -1,8 +1,9 @@
 //! `/mcp` in front of 2026-07-28 (modern) servers, through the real binary with the official
 //! Python SDK client in its session era: a resource subscription rides the server's
 //! `subscriptions/listen` (it has no `resources/subscribe`), also after the server's restart;
-//! its log messages come with the logger prefixed; and a server's `-32042` (URL elicitation
-//! required) reaches the client as that JSON-RPC error.
+//! its log messages come with the logger prefixed; a server's `-32042` (URL elicitation
+//! required) reaches the client as that JSON-RPC error; and forwarded requests other than
+//! tool calls are counted in `vsm_mcp_requests_total`.
 
 use crate::gateway::SdkClient;
 use crate::util::*;
@@ -206,5 +207,41 @@ fn url_elicitation_required_reaches_the_client_as_its_json_rpc_error() {
             .as_str()
             .is_some_and(|m| m.contains("requires more information")),
         "{r}"
+    );
+}
+
+/// `prompts/get`, `resources/read` and `completion/complete` forwarded for a client are
+/// counted per server, method and outcome in `vsm_mcp_requests_total`, not as tool calls.
+#[test]
+fn forwarded_requests_are_counted_by_method_in_the_metrics() {
+    let d = daemon();
+    register(&d, "fx", "mcp_fixture.py", &["--modern"]);
+    register(&d, "a", "conformance_server.py", &["test"]);
+    wait_active(&d, "fx", None);
+    wait_active(&d, "a", None);
+    let mut c = client(&d);
+    let r = c.send(json!({"op": "read", "uri": WATCHED}));
+    assert_eq!(r["result"]["contents"][0]["text"], "watched", "{r}");
+    let r = c.send(json!({"op": "prompt", "name": "a__simple_prompt"}));
+    assert!(r["result"]["messages"].is_array(), "{r}");
+    let r = c.send(
+        json!({"op": "complete", "prompt": "a__prompt_with_arguments",
+                          "argument": {"name": "arg1", "value": "te"}}),
+    );
+    assert!(r["result"]["completion"]["values"].is_array(), "{r}");
+    let text = crate::prometheus::scrape(&d);
+    for (server, method) in [
+        ("fx", "resources/read"),
+        ("a", "prompts/get"),
+        ("a", "completion/complete"),
+    ] {
+        let sample = format!(
+            "vsm_mcp_requests_total{{server=\"{server}\",method=\"{method}\",outcome=\"ok\"}} 1\n"
+        );
+        assert!(text.contains(&sample), "{sample}in\n{text}");
+    }
+    assert!(
+        !text.contains("vsm_mcp_tool_calls_total{server=\"a\""),
+        "no tool call was made: {text}"
     );
 }

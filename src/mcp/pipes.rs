@@ -88,6 +88,9 @@ impl Mcp {
                     }
                 }
                 Effect::Event(data) => out.push(Output::Event(Channel::McpServers, data)),
+                Effect::Request(method, outcome) => {
+                    out.push(Output::Request(id.to_string(), method, outcome))
+                }
                 Effect::ToolCall(outcome, seconds, tool) => {
                     out.push(Output::ToolCall(id.to_string(), outcome, seconds));
                     let call = EventData::McpToolCall {

@@ -228,6 +228,9 @@ pub enum Effect<R, T> {
     /// A tool call finished: (outcome, seconds, tool), for the metrics and the
     /// `mcp_tool_call` event.
     ToolCall(&'static str, f64, String),
+    /// A forwarded request other than a tool call finished: (method, outcome: `ok`,
+    /// `mcp_error`, `timeout`, `cancelled` or `server_exited`), for the metrics.
+    Request(&'static str, &'static str),
     /// The handshake completed with this protocol version (the supervisor's `Handshake`).
     Handshake(String),
     /// The first listing of the run completed with this many tools (the supervisor's `Listed`).
@@ -954,6 +957,8 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 ..
             } => {
                 out.push(Effect::CancelTimer(timer));
+                let outcome = if result.is_ok() { "ok" } else { "mcp_error" };
+                out.push(Effect::Request(method, outcome));
                 let id = self.id.as_str();
                 let answer = match result {
                     Ok(v) => {
@@ -1826,6 +1831,12 @@ impl<R: Copy, T: Copy> Session<R, T> {
             }
         };
         let reason = truncate(reason.to_string(), NOTE_MAX);
+        let outcome = if cancelled.is_some() {
+            "cancelled"
+        } else {
+            "timeout"
+        };
+        out.push(Effect::Request(method, outcome));
         out.push(Effect::Reply(reply, Err(error)));
         out.push(Effect::Send(jsonrpc::notification(
             "notifications/cancelled",
@@ -1887,6 +1898,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
             } = p
             {
                 out.push(Effect::CancelTimer(timer));
+                out.push(Effect::Request(method, "server_exited"));
                 out.push(Effect::Reply(
                     reply,
                     Err(ApiError::new(
@@ -2252,7 +2264,8 @@ mod tests {
             .cancel("vsm/gateway/9", "the client cancelled it", now)
             .expect("found by its token");
         match &e[..] {
-            [Effect::CancelTimer(70), Effect::Reply(1, Err(err)), Effect::Send(_)] => {
+            [Effect::CancelTimer(70), Effect::Request("prompts/get", "cancelled"), Effect::Reply(1, Err(err)), Effect::Send(_)] =>
+            {
                 assert_eq!(err.code, ErrorCode::Conflict);
                 assert!(
                     err.message.contains("cancelled by its caller"),
@@ -2924,7 +2937,8 @@ mod tests {
         );
         let e = feed(&mut s, answer.as_bytes(), Status::Active, later);
         match &e[..] {
-            [Effect::CancelTimer(51), Effect::Reply(1, Ok(v))] => {
+            [Effect::CancelTimer(51), Effect::Request("resources/read", "ok"), Effect::Reply(1, Ok(v))] =>
+            {
                 assert_eq!(v["result"]["contents"][0]["text"], "hi");
                 assert_eq!(v["method"], "resources/read");
             }
@@ -2934,7 +2948,7 @@ mod tests {
         let late = sent_id(&e, "resources/read");
         let e = s.on_call_deadline(late, later + Duration::from_secs(1));
         assert!(
-            matches!(&e[..], [Effect::Reply(2, Err(err)), Effect::Send(_)] if err.code == ErrorCode::Timeout),
+            matches!(&e[..], [Effect::Request("resources/read", "timeout"), Effect::Reply(2, Err(err)), Effect::Send(_)] if err.code == ErrorCode::Timeout),
             "{e:?}"
         );
         assert_eq!(sent(&e)[0]["params"]["requestId"], late);
@@ -2942,7 +2956,7 @@ mod tests {
         assert_eq!(s.calls_in_flight(), 1, "forwarded requests count as calls");
         let e = s.end_run("exited with code 1", later);
         assert!(
-            matches!(&e[..], [Effect::CancelTimer(53), Effect::Reply(3, Err(err))] if err.code == ErrorCode::ServerExited),
+            matches!(&e[..], [Effect::CancelTimer(53), Effect::Request("resources/read", "server_exited"), Effect::Reply(3, Err(err))] if err.code == ErrorCode::ServerExited),
             "{e:?}"
         );
         // What the server does not offer is refused at once, as is a server not serving.

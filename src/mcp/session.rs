@@ -11,10 +11,11 @@
 //! a `server/discover` round trip, as `ping` is gone; list changes come on a
 //! `subscriptions/listen` request, which also carries the resources `/mcp` clients subscribed
 //! to, as the era has no `resources/subscribe` ([`Session::listen_to`]); the tool list is
-//! re-read on use once its `ttlMs`, bounded by [`TTL_FLOOR`] and [`TTL_CEILING`], has passed). An `UnsupportedProtocolVersion` error
-//! is a modern server we share no version with (the run ends, no fallback, as the
-//! specification says). Any other error, or no answer within [`PROBE_TIMEOUT`], makes us
-//! fall back to `initialize`; whichever of the two answers first decides the era of the run.
+//! re-read on use once its `ttlMs`, bounded by [`TTL_FLOOR`] and [`TTL_CEILING`], has
+//! passed). An `UnsupportedProtocolVersion` error is a modern server we share no version with
+//! (the run ends, no fallback, as the specification says). Any other error, or no answer
+//! within [`PROBE_TIMEOUT`], makes us fall back to `initialize`; whichever of the two answers
+//! first decides the era of the run.
 //!
 //! Invariants: a request we sent is in `pending` exactly until its answer, its deadline or
 //! the end of the run that sent it; everything kept from the server is bounded (the tool

@@ -233,6 +233,8 @@ pub struct Telemetry {
     tool_calls: Family<u64>,
     /// Label server.
     tool_duration: Family<Histogram>,
+    /// Labels server, method, outcome.
+    requests: Family<u64>,
     /// Label server.
     restarts: Family<u64>,
     /// Label type.
@@ -273,6 +275,13 @@ impl Telemetry {
             .observe(seconds);
     }
 
+    /// One forwarded request other than a tool call (`prompts/get`, `resources/read`,
+    /// `completion/complete`, `resources/subscribe`, `logging/setLevel`...): server id,
+    /// method, outcome (as a tool call's, without `tool_error`).
+    pub fn request(&mut self, server: &str, method: &str, outcome: &str) {
+        self.requests.add(&[server, method, outcome], 1);
+    }
+
     /// An MCP server restart (automatic).
     pub fn server_restart(&mut self, server: &str) {
         self.restarts.add(&[server], 1);
@@ -283,6 +292,7 @@ impl Telemetry {
     pub fn forget_server(&mut self, server: &str) {
         self.tool_calls.forget(0, server);
         self.tool_duration.forget(0, server);
+        self.requests.forget(0, server);
         self.restarts.forget(0, server);
     }
 
@@ -360,7 +370,7 @@ impl Telemetry {
 
     /// Appends this telemetry's families to a Prometheus exposition.
     pub fn write_prometheus(&self, out: &mut Exposition) {
-        let counters: [(&str, &str, &[&str], &Family<u64>); 5] = [
+        let counters: [(&str, &str, &[&str], &Family<u64>); 6] = [
             (
                 "vsm_http_requests_total",
                 "HTTP requests answered, by route pattern, method and status.",
@@ -372,6 +382,12 @@ impl Telemetry {
                 "MCP tool calls finished, by server and outcome.",
                 &["server", "outcome"],
                 &self.tool_calls,
+            ),
+            (
+                "vsm_mcp_requests_total",
+                "MCP requests other than tool calls forwarded to servers, by server, method and outcome.",
+                &["server", "method", "outcome"],
+                &self.requests,
             ),
             (
                 "vsm_mcp_server_restarts_total",
@@ -899,6 +915,7 @@ x_latency_seconds_count{r=\"b\"} 1
         for server in ["time", "timer"] {
             t.tool_call(server, "ok", 0.25);
             t.tool_call(server, "timeout", 1.0);
+            t.request(server, "prompts/get", "ok");
             t.server_restart(server);
         }
         t.forget_server("time");
@@ -909,6 +926,9 @@ x_latency_seconds_count{r=\"b\"} 1
         assert!(text.contains("vsm_mcp_server_restarts_total{server=\"timer\"} 1\n"));
         assert!(text.contains("vsm_mcp_tool_calls_total{server=\"timer\",outcome=\"ok\"} 1\n"));
         assert!(text.contains("vsm_mcp_tool_call_duration_seconds_count{server=\"timer\"} 2\n"));
+        assert!(text.contains(
+            "vsm_mcp_requests_total{server=\"timer\",method=\"prompts/get\",outcome=\"ok\"} 1\n"
+        ));
     }
 
     #[test]
@@ -918,6 +938,7 @@ x_latency_seconds_count{r=\"b\"} 1
         t.http_request("/api/v1/status", "GET", 200, 0.0001);
         t.tool_call("time", "ok", 0.25);
         t.tool_call("time", "mcp_error", 1.0);
+        t.request("time", "resources/read", "timeout");
         t.server_restart("time");
         t.event("mcp_server_status_change");
         t.ws_dropped(3);
@@ -931,6 +952,7 @@ x_latency_seconds_count{r=\"b\"} 1
             "vsm_http_request_duration_seconds",
             "vsm_mcp_tool_calls_total",
             "vsm_mcp_tool_call_duration_seconds",
+            "vsm_mcp_requests_total",
             "vsm_mcp_server_restarts_total",
             "vsm_events_total",
             "vsm_ws_events_dropped_total",

@@ -71,7 +71,7 @@ impl SdkClient {
     }
 
     /// The Python SDK client, from the venv of mcp-server-time (which depends on it).
-    fn python(url: &str, token: &str) -> SdkClient {
+    pub(crate) fn python(url: &str, token: &str) -> SdkClient {
         let mut command = Command::new(peers().join("venv-time/bin/python"));
         command
             .arg(fixture("gateway_client.py"))

@@ -81,7 +81,7 @@ fn the_prometheus_files_pass_promtool() {
 }
 
 /// `GET /metrics` over TCP with the token.
-fn scrape(d: &Daemon) -> String {
+pub(crate) fn scrape(d: &Daemon) -> String {
     let a = d.http.expect("TCP address");
     let mut s = TcpStream::connect(a).expect("connect");
     s.set_read_timeout(Some(PATIENCE)).expect("timeout");

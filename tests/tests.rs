@@ -23,6 +23,7 @@ mod security;
 mod state_config;
 mod state_crash;
 mod tls;
+mod upstream;
 mod util;
 mod variety;
 mod vsm;

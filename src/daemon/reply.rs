@@ -20,6 +20,9 @@ impl Daemon {
                     Output::ToolCall(server, outcome, seconds) => {
                         self.telemetry.tool_call(&server, outcome, seconds)
                     }
+                    Output::Request(server, method, outcome) => {
+                        self.telemetry.request(&server, method, outcome)
+                    }
                     Output::Restart(server) => self.telemetry.server_restart(&server),
                     Output::Unregistered(server) => self.telemetry.forget_server(&server),
                     Output::Event(channel, data) => self.publish(cx, channel, data),

@@ -117,6 +117,8 @@ mod code {
     pub const SERVER_ERROR: i64 = -32000;
     /// The session named is unknown or over.
     pub const SESSION_NOT_FOUND: i64 = -32001;
+    /// A tool call needs the user to open URLs first (2025-11-25 URL elicitation).
+    pub const URL_ELICITATION_REQUIRED: i64 = -32042;
 }
 
 /// The room's timers (sessions are swept when requests arrive).
@@ -2004,7 +2006,9 @@ impl Room for Gateway {
             Forwarded::Own => result(own_result(answer)),
             Forwarded::Tool => match ask::input_required(modern, answer) {
                 Ok(asked) => result(asked),
-                Err(answer) => result(tool_result(answer)),
+                Err(answer) => {
+                    url_required(&p.id, &answer).unwrap_or_else(|| result(tool_result(answer)))
+                }
             },
             Forwarded::Request | Forwarded::Complete => match answer {
                 Ok(mut v) if p.what == Forwarded::Complete => {
@@ -2103,6 +2107,30 @@ fn tool_result(answer: Answer) -> Value {
             }),
         },
     }
+}
+
+/// A server's `-32042` (URL elicitation required) refusing a tool call, as the JSON-RPC error
+/// the client gets: the specification has it reach the client as that error, whose
+/// `data.elicitations` name the URLs to open. Bounded: at most [`ask::URL_ELICITATIONS`]
+/// elicitations, each an object of at most [`MAX_URI_BYTES`] of JSON (larger ones are left
+/// out). `None` for any other answer.
+fn url_required(id: &Value, answer: &Answer) -> Option<Value> {
+    let e = answer.as_ref().err()?;
+    let data = e.data.as_ref().filter(|_| e.code == ErrorCode::McpError)?;
+    if data["code"].as_i64() != Some(code::URL_ELICITATION_REQUIRED) {
+        return None;
+    }
+    let elicitations: Vec<&Value> = data["data"]["elicitations"]
+        .as_array()?
+        .iter()
+        .filter(|e| e.is_object() && e.to_string().len() <= MAX_URI_BYTES)
+        .take(ask::URL_ELICITATIONS)
+        .collect();
+    Some(json!({"jsonrpc": "2.0", "id": id, "error": {
+        "code": code::URL_ELICITATION_REQUIRED,
+        "message": e.message,
+        "data": {"elicitations": elicitations},
+    }}))
 }
 
 /// A server's `CompleteResult` with at most [`MAX_COMPLETION_VALUES`] values (`hasMore` set

@@ -103,6 +103,8 @@ pub enum Output {
     Event(Channel, EventData),
     /// A tool call finished: (server, outcome, seconds) for the metrics.
     ToolCall(String, &'static str, f64),
+    /// Another forwarded request finished: (server, method, outcome) for the metrics.
+    Request(String, &'static str, &'static str),
     /// A server was restarted automatically.
     Restart(String),
     /// A server was unregistered: its per-server metric series go.
@@ -346,6 +348,10 @@ impl crate::room::Serve for Mcp {
             }
             McpRequest::Subscribe { id, uri, subscribe } => {
                 let (mut lcx, _) = cx.split();
+                if let Some(answer) = self.listen_to(&mut lcx, &id, &uri, subscribe) {
+                    cx.reply(reply, answer);
+                    return;
+                }
                 let method = if subscribe {
                     "resources/subscribe"
                 } else {

@@ -88,6 +88,9 @@ impl Mcp {
                     }
                 }
                 Effect::Event(data) => out.push(Output::Event(Channel::McpServers, data)),
+                Effect::Request(method, outcome) => {
+                    out.push(Output::Request(id.to_string(), method, outcome))
+                }
                 Effect::ToolCall(outcome, seconds, tool) => {
                     out.push(Output::ToolCall(id.to_string(), outcome, seconds));
                     let call = EventData::McpToolCall {
@@ -502,6 +505,31 @@ impl Mcp {
         self.apply(cx, id, effects, &mut none);
         debug_assert!(none.is_empty());
         Ok(())
+    }
+
+    /// A resource subscription on server `id` when its run speaks 2026-07-28, which has no
+    /// `resources/subscribe`: its listen carries the URI (see `Session::listen_to`). `None`
+    /// for a server of the other era (or unknown), which is forwarded `resources/subscribe`.
+    pub fn listen_to(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        uri: &str,
+        subscribe: bool,
+    ) -> Option<Answer> {
+        let server = self.servers.get_mut(id)?;
+        if server.session.era != Some(session::Era::Modern) {
+            return None;
+        }
+        let (status, ending) = (server.status, server.ending.as_deref());
+        let effects = server
+            .session
+            .listen_to(status, ending, uri, subscribe, Instant::now());
+        Some(effects.map(|effects| {
+            let mut none = Vec::new();
+            self.apply(cx, id, effects, &mut none);
+            json!({"server": id, "method": "subscriptions/listen", "result": {}})
+        }))
     }
 
     /// One health round: every serving server gets a ping; unanswered ones count as missed.

@@ -9,11 +9,13 @@
 //! `DiscoverResult` naming a version of [`MODERN_VERSIONS`] makes the run modern (stateless:
 //! every request carries `_meta` with the version, our capabilities and identity; health is
 //! a `server/discover` round trip, as `ping` is gone; list changes come on a
-//! `subscriptions/listen` request; the tool list is re-read on use once its `ttlMs`, bounded
-//! by [`TTL_FLOOR`] and [`TTL_CEILING`], has passed). An `UnsupportedProtocolVersion` error
-//! is a modern server we share no version with (the run ends, no fallback, as the
-//! specification says). Any other error, or no answer within [`PROBE_TIMEOUT`], makes us
-//! fall back to `initialize`; whichever of the two answers first decides the era of the run.
+//! `subscriptions/listen` request, which also carries the resources `/mcp` clients subscribed
+//! to, as the era has no `resources/subscribe` ([`Session::listen_to`]); the tool list is
+//! re-read on use once its `ttlMs`, bounded by [`TTL_FLOOR`] and [`TTL_CEILING`], has
+//! passed). An `UnsupportedProtocolVersion` error is a modern server we share no version with
+//! (the run ends, no fallback, as the specification says). Any other error, or no answer
+//! within [`PROBE_TIMEOUT`], makes us fall back to `initialize`; whichever of the two answers
+//! first decides the era of the run.
 //!
 //! Invariants: a request we sent is in `pending` exactly until its answer, its deadline or
 //! the end of the run that sent it; everything kept from the server is bounded (the tool
@@ -32,7 +34,7 @@ use super::tools::{self, Flood, Kind, Listing, Relist};
 use crate::api::{Answer, ApiError, ErrorCode, RawCall};
 use crate::events::EventData;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 /// Tool names an `mcp_server_tools_changed` event carries at most (`count` has them all).
@@ -51,6 +53,11 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const TTL_FLOOR: Duration = Duration::from_secs(10);
 /// The longest freshness we grant a modern server's tool list.
 pub const TTL_CEILING: Duration = Duration::from_secs(3600);
+/// Resource URIs a modern server's listen carries at most (the gateway holds no more in all).
+pub const SUBSCRIPTIONS_MAX: usize = 1024;
+/// How long a listen not yet acknowledged holds back the next one: changes that come in the
+/// meantime go out together once it is acknowledged, or after this at the next health round.
+pub const LISTEN_ACK_WAIT: Duration = Duration::from_secs(5);
 /// JSON-RPC code of `UnsupportedProtocolVersion` (2026-07-28).
 pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 /// `_meta` keys of the 2026-07-28 era.
@@ -160,8 +167,8 @@ pub enum Pending<R, T> {
         /// Whether `initialize` followed it.
         late: bool,
     },
-    /// A `subscriptions/listen` for tool list changes (modern servers): open until the run
-    /// ends or the server closes it.
+    /// The `subscriptions/listen` of a modern server (tool list changes, resource updates):
+    /// open until the run ends, the server closes it or a newer one replaces it.
     Listen,
     /// A page of `tools/list`; tools gathered so far.
     ToolsList(Listing),
@@ -222,6 +229,9 @@ pub enum Effect<R, T> {
     /// A tool call finished: (outcome, seconds, tool), for the metrics and the
     /// `mcp_tool_call` event.
     ToolCall(&'static str, f64, String),
+    /// A forwarded request other than a tool call finished: (method, outcome: `ok`,
+    /// `mcp_error`, `timeout`, `cancelled` or `server_exited`), for the metrics.
+    Request(&'static str, &'static str),
     /// The handshake completed with this protocol version (the supervisor's `Handshake`).
     Handshake(String),
     /// The first listing of the run completed with this many tools (the supervisor's `Listed`).
@@ -258,6 +268,19 @@ pub enum Effect<R, T> {
         /// Whether other requests (`resources/read`, `prompts/get`) are in flight.
         others: bool,
     },
+}
+
+/// This run's `subscriptions/listen` (modern servers).
+#[derive(Debug, Clone, Copy)]
+struct Listen {
+    /// Its request id (the subscription id).
+    rpc: u64,
+    /// When it went out.
+    sent: Instant,
+    /// Whether the server acknowledged it.
+    acked: bool,
+    /// Whether what it should carry changed since it went out.
+    stale: bool,
 }
 
 /// What the session needs to know about its surroundings when a line arrives.
@@ -345,6 +368,12 @@ pub struct Session<R, T> {
     pub log_level: Option<&'static str>,
     /// `notes_dropped` when the daemon's log last said how many.
     notes_reported: u64,
+    /// The resources `/mcp` clients subscribed to while the server spoke 2026-07-28 (at most
+    /// [`SUBSCRIPTIONS_MAX`]): its listen carries them. Kept across runs, so that the first
+    /// listen of a new run has them; emptied by a run of the other era.
+    pub subscriptions: BTreeSet<String>,
+    /// This run's listen.
+    listen: Option<Listen>,
 }
 
 type Effects<R, T> = Vec<Effect<R, T>>;
@@ -434,6 +463,8 @@ impl<R: Copy, T: Copy> Session<R, T> {
             notes_dropped: 0,
             log_level: None,
             notes_reported: 0,
+            subscriptions: BTreeSet::new(),
+            listen: None,
         }
     }
 
@@ -461,6 +492,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         self.listing_ttl_ms = None;
         self.asks.clear();
         self.asks_declared = false;
+        self.listen = None;
         let mut out = Vec::new();
         if self.skip_probe {
             self.send_initialize(&mut out);
@@ -789,6 +821,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
                         out.push(Effect::Event(event));
                     }
                 }
+                "notifications/subscriptions/acknowledged" => {
+                    self.on_listen_acknowledged(&params, cx.now, out)
+                }
                 _ => {
                     let method = truncate(method, 128);
                     log::debug!("MCP server {id}: notification {method}")
@@ -806,15 +841,22 @@ impl<R: Copy, T: Copy> Session<R, T> {
     ) {
         match pending {
             Pending::Discover { .. } => self.on_discover(result, cx, out),
-            Pending::Listen => match result {
-                Ok(_) => log::debug!("MCP server {}: the server ended its listen stream", self.id),
-                Err(e) => log::debug!(
-                    "MCP server {}: subscriptions/listen refused: {} ({})",
-                    self.id,
-                    truncate(e.message, TEXT_MAX),
-                    e.code
-                ),
-            },
+            Pending::Listen => {
+                match result {
+                    Ok(_) => log::debug!("MCP server {}: the server ended its listen", self.id),
+                    Err(e) => log::debug!(
+                        "MCP server {}: subscriptions/listen refused: {} ({})",
+                        self.id,
+                        truncate(e.message, TEXT_MAX),
+                        e.code
+                    ),
+                }
+                // Only the latest listen is pending. It is opened again only when what it
+                // should carry changed meanwhile (a refusal would otherwise repeat).
+                if self.listen.take().is_some_and(|l| l.stale) {
+                    self.relisten(cx.now, out);
+                }
+            }
             Pending::Initialize if self.era.is_some() => {}
             Pending::Initialize => match result {
                 Ok(mut v) => {
@@ -829,6 +871,8 @@ impl<R: Copy, T: Copy> Session<R, T> {
                     }
                     // The handshake answered first: a probe still out is forgotten.
                     self.era = Some(Era::Legacy);
+                    // Its subscriptions go as `resources/subscribe` (the gateway's, again).
+                    self.subscriptions.clear();
                     self.pending
                         .retain(|_, p| !matches!(p, Pending::Discover { .. }));
                     self.protocol_version = Some(version.clone());
@@ -914,6 +958,8 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 ..
             } => {
                 out.push(Effect::CancelTimer(timer));
+                let outcome = if result.is_ok() { "ok" } else { "mcp_error" };
+                out.push(Effect::Request(method, outcome));
                 let id = self.id.as_str();
                 let answer = match result {
                     Ok(v) => {
@@ -1157,18 +1203,8 @@ impl<R: Copy, T: Copy> Session<R, T> {
             self.initialized = true;
             out.push(Effect::Listed(count));
             self.start_extra_listings(cx, out);
-            let list_changed = self.server_capabilities["tools"]["listChanged"] == true;
-            if self.era == Some(Era::Modern) && list_changed {
-                // Modern servers send list changes only on a listen stream.
-                let rpc = self.take_id();
-                self.pending.insert(rpc, Pending::Listen);
-                let params = json!({"notifications": {"toolsListChanged": true}});
-                out.push(Effect::Send(self.request(
-                    rpc,
-                    "subscriptions/listen",
-                    params,
-                )));
-            }
+            // Modern servers send list changes and resource updates only on a listen.
+            self.relisten(cx.now, out);
         } else if changed {
             log::info!("MCP server {}: tool list changed ({count} tools)", self.id);
             // Events are kept in the history: name a bounded number of tools, briefly.
@@ -1361,15 +1397,8 @@ impl<R: Copy, T: Copy> Session<R, T> {
         arm: impl FnOnce(u64, Instant) -> T,
     ) -> Result<Effects<R, T>, ApiError> {
         self.serving(status, ending)?;
+        self.needs(needs, method)?;
         let id = self.id.as_str();
-        if !self.declares(needs) {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "MCP server '{id}' offers no {needs} (its initialize capabilities do not declare it), needed for {method}"
-                ),
-            ));
-        }
         self.room_for_a_call(max_in_flight)?;
         let token = params
             .pointer("/_meta/progressToken")
@@ -1400,6 +1429,123 @@ impl<R: Copy, T: Copy> Session<R, T> {
             },
         );
         Ok(vec![Effect::Send(bytes)])
+    }
+
+    /// Whether the server declares capability `needs`, which `method` needs.
+    fn needs(&self, needs: &str, method: &str) -> Result<(), ApiError> {
+        if self.declares(needs) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "MCP server '{}' offers no {needs} (its initialize capabilities do not declare it), needed for {method}",
+                self.id
+            ),
+        ))
+    }
+
+    /// A modern server's resource subscription to `uri` begins or ends (`subscribe`): that
+    /// era has no `resources/subscribe`, so the URI joins or leaves the set its listen carries
+    /// ([`Session::subscriptions`]), and the listen is opened again when the set changed.
+    /// Ending one always succeeds (a server that is down has nothing to be told).
+    ///
+    /// # Errors
+    /// Beginning one: server ending its run or not serving, not declaring
+    /// `resources.subscribe`, [`SUBSCRIPTIONS_MAX`] held already.
+    pub fn listen_to(
+        &mut self,
+        status: Status,
+        ending: Option<&str>,
+        uri: &str,
+        subscribe: bool,
+        now: Instant,
+    ) -> Result<Effects<R, T>, ApiError> {
+        let changed = if subscribe {
+            self.serving(status, ending)?;
+            self.needs("resources.subscribe", "subscriptions/listen")?;
+            let held = self.subscriptions.len();
+            if held >= SUBSCRIPTIONS_MAX && !self.subscriptions.contains(uri) {
+                return Err(ApiError::new(
+                    ErrorCode::Busy,
+                    format!("{held} resources are subscribed to on '{}'", self.id),
+                ));
+            }
+            self.subscriptions.insert(uri.to_string())
+        } else {
+            self.subscriptions.remove(uri)
+        };
+        let mut out = Vec::new();
+        if changed && status.serves() {
+            self.relisten(now, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Opens this run's listen (modern servers, once listed) with what we follow: tool list
+    /// changes when the server declares them, updates of [`Session::subscriptions`]. A listen
+    /// the server has not acknowledged yet (for less than [`LISTEN_ACK_WAIT`]) is kept and
+    /// marked stale, so that changes coming together make one new listen, sent when it is
+    /// acknowledged; otherwise the old one is cancelled (`notifications/cancelled`, as the
+    /// specification ends one on stdio) and the new one replaces it.
+    fn relisten(&mut self, now: Instant, out: &mut Effects<R, T>) {
+        if self.era != Some(Era::Modern) || !self.initialized {
+            return;
+        }
+        if let Some(l) = self.listen.as_mut() {
+            if !l.acked && now.saturating_duration_since(l.sent) < LISTEN_ACK_WAIT {
+                l.stale = true;
+                return;
+            }
+            let rpc = l.rpc;
+            self.listen = None;
+            self.pending.remove(&rpc);
+            out.push(Effect::Send(jsonrpc::notification(
+                "notifications/cancelled",
+                json!({"requestId": rpc, "reason": "replaced by a newer subscriptions/listen"}),
+            )));
+        }
+        let mut filter = serde_json::Map::new();
+        if self.server_capabilities["tools"]["listChanged"] == true {
+            filter.insert("toolsListChanged".into(), Value::Bool(true));
+        }
+        if !self.subscriptions.is_empty() {
+            filter.insert("resourceSubscriptions".into(), json!(self.subscriptions));
+        }
+        if filter.is_empty() {
+            return;
+        }
+        let rpc = self.take_id();
+        self.pending.insert(rpc, Pending::Listen);
+        self.listen = Some(Listen {
+            rpc,
+            sent: now,
+            acked: false,
+            stale: false,
+        });
+        let params = json!({ "notifications": filter });
+        out.push(Effect::Send(self.request(
+            rpc,
+            "subscriptions/listen",
+            params,
+        )));
+    }
+
+    /// `notifications/subscriptions/acknowledged`: when it is for this run's listen, a change
+    /// held back meanwhile goes out now.
+    fn on_listen_acknowledged(&mut self, params: &Value, now: Instant, out: &mut Effects<R, T>) {
+        let id = &params["_meta"][meta::SUBSCRIPTION_ID];
+        // Our ids are numbers; a server may echo one as a string.
+        let id = id
+            .as_u64()
+            .or_else(|| id.as_str().and_then(|s| s.parse().ok()));
+        let Some(l) = self.listen.as_mut().filter(|l| Some(l.rpc) == id) else {
+            return;
+        };
+        l.acked = true;
+        if l.stale {
+            self.relisten(now, out);
+        }
     }
 
     /// Whether one more of the server's notes (log messages, resource updates) may be passed
@@ -1686,6 +1832,12 @@ impl<R: Copy, T: Copy> Session<R, T> {
             }
         };
         let reason = truncate(reason.to_string(), NOTE_MAX);
+        let outcome = if cancelled.is_some() {
+            "cancelled"
+        } else {
+            "timeout"
+        };
+        out.push(Effect::Request(method, outcome));
         out.push(Effect::Reply(reply, Err(error)));
         out.push(Effect::Send(jsonrpc::notification(
             "notifications/cancelled",
@@ -1715,6 +1867,10 @@ impl<R: Copy, T: Copy> Session<R, T> {
             _ => "ping",
         };
         out.push(Effect::Send(self.request(rpc, method, json!({}))));
+        // A listen left unacknowledged does not hold back changes for ever.
+        if self.listen.is_some_and(|l| l.stale) {
+            self.relisten(now, &mut out);
+        }
         out
     }
 
@@ -1743,6 +1899,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
             } = p
             {
                 out.push(Effect::CancelTimer(timer));
+                out.push(Effect::Request(method, "server_exited"));
                 out.push(Effect::Reply(
                     reply,
                     Err(ApiError::new(
@@ -2108,7 +2265,8 @@ mod tests {
             .cancel("vsm/gateway/9", "the client cancelled it", now)
             .expect("found by its token");
         match &e[..] {
-            [Effect::CancelTimer(70), Effect::Reply(1, Err(err)), Effect::Send(_)] => {
+            [Effect::CancelTimer(70), Effect::Request("prompts/get", "cancelled"), Effect::Reply(1, Err(err)), Effect::Send(_)] =>
+            {
                 assert_eq!(err.code, ErrorCode::Conflict);
                 assert!(
                     err.message.contains("cancelled by its caller"),
@@ -2780,7 +2938,8 @@ mod tests {
         );
         let e = feed(&mut s, answer.as_bytes(), Status::Active, later);
         match &e[..] {
-            [Effect::CancelTimer(51), Effect::Reply(1, Ok(v))] => {
+            [Effect::CancelTimer(51), Effect::Request("resources/read", "ok"), Effect::Reply(1, Ok(v))] =>
+            {
                 assert_eq!(v["result"]["contents"][0]["text"], "hi");
                 assert_eq!(v["method"], "resources/read");
             }
@@ -2790,7 +2949,7 @@ mod tests {
         let late = sent_id(&e, "resources/read");
         let e = s.on_call_deadline(late, later + Duration::from_secs(1));
         assert!(
-            matches!(&e[..], [Effect::Reply(2, Err(err)), Effect::Send(_)] if err.code == ErrorCode::Timeout),
+            matches!(&e[..], [Effect::Request("resources/read", "timeout"), Effect::Reply(2, Err(err)), Effect::Send(_)] if err.code == ErrorCode::Timeout),
             "{e:?}"
         );
         assert_eq!(sent(&e)[0]["params"]["requestId"], late);
@@ -2798,7 +2957,7 @@ mod tests {
         assert_eq!(s.calls_in_flight(), 1, "forwarded requests count as calls");
         let e = s.end_run("exited with code 1", later);
         assert!(
-            matches!(&e[..], [Effect::CancelTimer(53), Effect::Reply(3, Err(err))] if err.code == ErrorCode::ServerExited),
+            matches!(&e[..], [Effect::CancelTimer(53), Effect::Request("resources/read", "server_exited"), Effect::Reply(3, Err(err))] if err.code == ErrorCode::ServerExited),
             "{e:?}"
         );
         // What the server does not offer is refused at once, as is a server not serving.
@@ -2940,6 +3099,99 @@ mod tests {
             discover["params"]["_meta"].get(meta::LOG_LEVEL).is_none(),
             "{discover}"
         );
+    }
+
+    /// The `notifications/subscriptions/acknowledged` of listen `rpc`.
+    fn acknowledged(rpc: u64) -> Vec<u8> {
+        line(
+            json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                    "params": {"_meta": {meta::SUBSCRIPTION_ID: rpc}, "notifications": {}}}),
+        )
+    }
+
+    #[test]
+    fn a_modern_servers_resource_subscriptions_ride_its_listen_replaced_as_they_change() {
+        let (mut s, now) = modern(true, 60_000);
+        let first = s.listen.expect("the listen for tool list changes").rpc;
+        // Without `resources.subscribe` declared: refused, nothing sent.
+        let refused = s.listen_to(Status::Active, None, "x://a", true, now);
+        assert_eq!(refused.err().map(|e| e.code), Some(ErrorCode::Conflict));
+        s.server_capabilities["resources"] = json!({"subscribe": true});
+        // Two subscriptions before the first listen is acknowledged: held back, together.
+        for uri in ["x://a", "x://b"] {
+            let e = s
+                .listen_to(Status::Active, None, uri, true, now)
+                .expect("ok");
+            assert!(sent(&e).is_empty(), "{e:?}");
+        }
+        let e = feed(&mut s, &acknowledged(first), Status::Active, now);
+        let m = sent(&e);
+        assert_eq!(m[0]["method"], "notifications/cancelled", "{m:?}");
+        assert_eq!(m[0]["params"]["requestId"], first);
+        assert_eq!(m[1]["method"], "subscriptions/listen");
+        assert_eq!(
+            m[1]["params"]["notifications"],
+            json!({"toolsListChanged": true, "resourceSubscriptions": ["x://a", "x://b"]})
+        );
+        assert_eq!(
+            m[1]["params"]["_meta"][meta::PROTOCOL_VERSION],
+            "2026-07-28"
+        );
+        let second = m[1]["id"].as_u64().expect("id");
+        // An acknowledgement of the cancelled one changes nothing.
+        assert!(feed(&mut s, &acknowledged(first), Status::Active, now).is_empty());
+        // Acknowledged (its id as a string, as some servers echo it): a change goes at once.
+        let ack = line(
+            json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                              "params": {"_meta": {meta::SUBSCRIPTION_ID: second.to_string()}}}),
+        );
+        assert!(feed(&mut s, &ack, Status::Active, now).is_empty());
+        // The same subscription again changes nothing; ending one re-listens without it.
+        let e = s
+            .listen_to(Status::Active, None, "x://b", true, now)
+            .expect("ok");
+        assert!(e.is_empty(), "{e:?}");
+        let m = sent(
+            &s.listen_to(Status::Active, None, "x://a", false, now)
+                .expect("ok"),
+        );
+        assert_eq!(m[0]["params"]["requestId"], second, "{m:?}");
+        assert_eq!(
+            m[1]["params"]["notifications"]["resourceSubscriptions"],
+            json!(["x://b"])
+        );
+        // Its update becomes the event the session era's does.
+        let update = line(
+            json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                                 "params": {"_meta": {meta::SUBSCRIPTION_ID: m[1]["id"]}, "uri": "x://b"}}),
+        );
+        let e = feed(&mut s, &update, Status::Active, now);
+        assert!(
+            matches!(&e[..], [Effect::Event(EventData::McpResourceUpdated { uri, .. })] if uri == "x://b"),
+            "{e:?}"
+        );
+        // A server that never acknowledges: the change held back goes with a health round
+        // once LISTEN_ACK_WAIT has passed.
+        let e = s
+            .listen_to(Status::Active, None, "x://c", true, now)
+            .expect("ok");
+        assert!(e.is_empty(), "{e:?}");
+        let m = sent(&s.ping_round(3, now + LISTEN_ACK_WAIT));
+        assert_eq!(m[0]["method"], "server/discover", "{m:?}");
+        assert_eq!(m[1]["method"], "notifications/cancelled", "{m:?}");
+        assert_eq!(
+            m[2]["params"]["notifications"]["resourceSubscriptions"],
+            json!(["x://b", "x://c"])
+        );
+        // The set outlives the run: the next run's first listen carries it. A server that is
+        // down is not asked, but its subscription can end.
+        let e = s
+            .listen_to(Status::Backoff, None, "x://c", false, now)
+            .expect("ok");
+        assert!(e.is_empty(), "{e:?}");
+        let e = s.listen_to(Status::Backoff, None, "x://d", true, now);
+        assert_eq!(e.err().map(|e| e.code), Some(ErrorCode::Conflict));
+        assert_eq!(s.subscriptions.iter().collect::<Vec<_>>(), ["x://b"]);
     }
 
     #[test]

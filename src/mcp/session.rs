@@ -177,6 +177,8 @@ pub enum Pending<R, T> {
         timer: T,
         /// When it was sent.
         started: Instant,
+        /// When its deadline passes (an `input_required` answer says how long is left).
+        deadline: Instant,
         /// Tool name.
         tool: String,
         /// The progress token the server was given for it.
@@ -944,6 +946,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 reply,
                 timer,
                 started,
+                deadline,
                 tool,
                 ..
             } => {
@@ -973,7 +976,8 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 let answer = match result {
                     Ok(v) if kind.as_deref() == Some("input_required") => {
                         self.calls.1 += 1;
-                        Err(input_required(id, tool, v))
+                        let left = deadline.saturating_duration_since(cx.now);
+                        Err(input_required(id, tool, v, left))
                     }
                     Ok(_) if !matches!(kind.as_deref(), None | Some("complete")) => {
                         self.calls.1 += 1;
@@ -1561,13 +1565,15 @@ impl<R: Copy, T: Copy> Session<R, T> {
             retry_input(&mut params, input);
         }
         let bytes = self.request(rpc, "tools/call", params);
-        let timer = arm(rpc, now + timeout);
+        let deadline = now + timeout;
+        let timer = arm(rpc, deadline);
         self.pending.insert(
             rpc,
             Pending::Call {
                 reply,
                 timer,
                 started: now,
+                deadline,
                 tool: tool.to_string(),
                 token,
             },
@@ -1943,8 +1949,10 @@ fn request_meta() -> Value {
 
 /// A call answered `resultType: "input_required"`: the server wants the client to answer
 /// requests of its own (elicitation, sampling, roots) and to call again. The daemon cannot
-/// answer them, so the caller gets a tool error that says what was asked, not a wait.
-fn input_required(server: &str, tool: String, mut result: Value) -> ApiError {
+/// answer them, so the caller gets a tool error that says what was asked, not a wait; its
+/// data carries the requests, the state and the time `left` before the call's deadline, for
+/// the `/mcp` gateway, which asks its client and calls again within that time.
+fn input_required(server: &str, tool: String, mut result: Value, left: Duration) -> ApiError {
     let asks: Vec<String> = result["inputRequests"]
         .as_object()
         .into_iter()
@@ -1976,6 +1984,7 @@ fn input_required(server: &str, tool: String, mut result: Value) -> ApiError {
         "result_type": "input_required",
         "input_requests": requests,
         "request_state": bounded_value(result["requestState"].take()),
+        "remaining_ms": left.as_millis() as u64,
     }))
 }
 
@@ -2984,6 +2993,8 @@ mod tests {
                     data["input_requests"]["login"]["method"],
                     "elicitation/create"
                 );
+                // The call's time left (answered at once: all of its 5 s).
+                assert_eq!(data["remaining_ms"], 5000);
             }
             other => panic!("{other:?}"),
         }

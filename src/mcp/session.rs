@@ -1509,8 +1509,8 @@ impl<R: Copy, T: Copy> Session<R, T> {
     }
 
     /// Forwards a tool call; its answer arrives later as an [`Effect::Reply`]. For a modern
-    /// server, `input` (a `/mcp` client's retry after `input_required`: its `inputResponses`,
-    /// `requestState` and `clientCapabilities`) goes with it. The server
+    /// server, `input` (a `/mcp` client's `clientCapabilities`, and after `input_required`
+    /// its `inputResponses` and `requestState`) goes with it. The server
     /// gets `token` as the call's progress token (`None`: `SERVER:RPC`; a caller's own must
     /// be unique among its calls in flight). `arm` sets the call's deadline on the loop's
     /// timers (given the request id and the instant); when it passes, the loop calls
@@ -1938,7 +1938,8 @@ fn call_result(server: &str, tool: String, result: Value, ms: f64) -> Value {
 }
 
 /// The `_meta` every modern request carries: our newest modern version, no client
-/// capabilities (the daemon answers no server-to-client requests), our identity.
+/// capabilities (the daemon answers no server-to-client requests; a `/mcp` client's call
+/// carries that client's, see [`retry_input`]), our identity.
 fn request_meta() -> Value {
     json!({
         meta::PROTOCOL_VERSION: MODERN_VERSIONS[0],
@@ -1988,8 +1989,8 @@ fn input_required(server: &str, tool: String, mut result: Value, left: Duration)
     }))
 }
 
-/// A 2026-07-28 call retried after `input_required` (from a `/mcp` client): its
-/// `inputResponses` and `requestState` go into the call's params, and the client's own
+/// A 2026-07-28 call for a `/mcp` client, maybe retried after `input_required`: its
+/// `inputResponses` and `requestState` go into the call's params, and the client's
 /// `clientCapabilities` into its `_meta` (a modern request carries the capabilities of the
 /// client it is for, so the server asks only what that client can answer).
 fn retry_input(params: &mut Value, input: Option<Value>) {

@@ -20,7 +20,8 @@
 //! cancellation, its hang-up, its session's end and the bounds of calls in flight see it)
 //! but no request is at the server, so nothing is cancelled there; a timer ends the
 //! collecting at the call's deadline (what the MCP room reported was left of it); the retry
-//! gets only what is left; at most [`MAX_ROUNDS`] rounds are relayed per call; a client's
+//! gets only what is left; at most [`MAX_ROUNDS`] rounds are relayed per call, and the answers
+//! held for rounds being collected are at most [`MAX_HELD_BYTES`] in all; a client's
 //! error for any request ends the call (an `inputResponses` entry has no error form);
 //! every end of the call answers nothing to a server but tells the client with
 //! `notifications/cancelled` for each request still waiting (see [`Gateway::end_asks`]).
@@ -36,6 +37,10 @@ use std::time::{Duration, Instant};
 /// Rounds of `input_required` relayed for one call; a server that asks once more gets the
 /// call ended with an error (the client is told why).
 pub const MAX_ROUNDS: u32 = 8;
+/// Bytes of clients' answers held for the rounds being collected, all calls together (each
+/// answer is at most a POST body; they wait for the round's last one): an answer beyond
+/// ends its call with an error.
+pub const MAX_HELD_BYTES: usize = 4 * 1024 * 1024;
 
 /// What a session-era call to a server needs for being asked again.
 #[derive(Debug)]
@@ -59,6 +64,8 @@ struct Round {
     responses: Map<String, Value>,
     /// Requests not answered yet.
     missing: usize,
+    /// Bytes of `responses` (as compact JSON).
+    bytes: usize,
     /// The call's deadline, and its timer.
     deadline: Instant,
     timer: TimerId,
@@ -145,6 +152,7 @@ impl Gateway {
             state,
             responses: Map::new(),
             missing: requests.len(),
+            bytes: 0,
             deadline,
             timer,
         });
@@ -220,7 +228,8 @@ impl Gateway {
     }
 
     /// The client answered input request `key` of call `tag` (`answer`): kept for the
-    /// retry, which goes when the round is complete; an error ends the call.
+    /// retry, which goes when the round is complete; an error, or an answer beyond
+    /// [`MAX_HELD_BYTES`], ends the call.
     pub(super) fn input_answered(
         &mut self,
         cx: &mut RoomCx<'_, Self>,
@@ -228,6 +237,22 @@ impl Gateway {
         key: String,
         answer: Result<Value, ApiError>,
     ) {
+        let key_shown: String = key.chars().take(64).collect();
+        let result = match answer {
+            Ok(result) => result,
+            Err(e) => {
+                let m = format!(
+                    "the /mcp client answered the server's input request {key_shown} with an error: {}",
+                    e.message
+                );
+                return self.fail_input(cx, tag, &m);
+            }
+        };
+        let size = crate::mcp::tools::json_size(&result);
+        if self.held_bytes() + size > MAX_HELD_BYTES {
+            let m = format!("the answer to input request {key_shown} would make more than {MAX_HELD_BYTES} bytes of answers wait on /mcp");
+            return self.fail_input(cx, tag, &m);
+        }
         let round = self
             .pending
             .get_mut(&tag)
@@ -236,23 +261,22 @@ impl Gateway {
         let Some(round) = round else {
             return;
         };
-        match answer {
-            Ok(result) => {
-                round.responses.insert(key, result);
-                round.missing = round.missing.saturating_sub(1);
-                if round.missing == 0 {
-                    self.ask_again(cx, tag);
-                }
-            }
-            Err(e) => {
-                let key: String = key.chars().take(64).collect();
-                let m = format!(
-                    "the /mcp client answered the server's input request {key} with an error: {}",
-                    e.message
-                );
-                self.fail_input(cx, tag, &m);
-            }
+        round.bytes += size;
+        round.responses.insert(key, result);
+        round.missing = round.missing.saturating_sub(1);
+        if round.missing == 0 {
+            self.ask_again(cx, tag);
         }
+    }
+
+    /// Bytes of answers held for rounds being collected (the calls in flight, at most
+    /// [`super::MAX_CALLS`], are looked at: answers come at a person's pace).
+    fn held_bytes(&self) -> usize {
+        self.pending
+            .values()
+            .filter_map(|p| p.retry.as_ref()?.round.as_ref())
+            .map(|r| r.bytes)
+            .sum()
     }
 
     /// Call `tag`'s round is complete: its server is asked again with the client's results,
@@ -723,6 +747,18 @@ mod tests {
         );
         let why = ended_with(&s);
         assert!(why.contains("who with an error: user said no"), "{why}");
+        all_gone(&h);
+        // Answers beyond the bound of what may wait end the call.
+        let (_, _, id) = collecting(&mut h, &sid);
+        let big = "x".repeat(MAX_HELD_BYTES);
+        let s = post(
+            &mut h,
+            &sid,
+            json!({"jsonrpc": "2.0", "id": id,
+                                           "result": {"action": "accept", "content": {"a": big}}}),
+        );
+        let why = ended_with(&s);
+        assert!(why.contains("more than 4194304 bytes of answers"), "{why}");
         all_gone(&h);
         // The deadline passes.
         let (_, tag, id) = collecting(&mut h, &sid);

@@ -329,7 +329,7 @@ impl Gateway {
         };
         log::debug!("/mcp call {tag}: {message}");
         self.end_asks(cx, tag, &p);
-        let result = json!({"content": [{"type": "text", "text": message}], "isError": true});
+        let result = super::tool_result(Err(ApiError::new(ErrorCode::ToolError, message)));
         let answer = json!({"jsonrpc": "2.0", "id": p.id, "result": result});
         send_answer(cx, p, serde_json::to_vec(&answer).unwrap_or_default());
     }

@@ -407,9 +407,10 @@ pub enum McpRequest {
         /// flight; `None`: `SERVER:RPC`). Its progress events carry it, so a caller that set
         /// it can tell its call's progress apart (`/mcp` does).
         progress_token: Option<String>,
-        /// A 2026-07-28 `/mcp` client's call (a retry after `input_required`): its
-        /// `inputResponses`, `requestState` and `clientCapabilities`, passed to a modern
-        /// server. `None` for every other caller.
+        /// A `/mcp` client's call: the `clientCapabilities` of that client (a 2026-07-28
+        /// one's own, or what the gateway can relay to a session-era one) and, when it is a
+        /// retry after `input_required`, its `inputResponses` and `requestState`, passed to a
+        /// modern server. `None` for every other caller.
         input: Option<Value>,
     },
     /// Cancel a call in flight, named by its progress token: the server gets

@@ -4,7 +4,8 @@
 //! never answers one (the call's deadline answers the server); a call from the REST API gets
 //! a fast refusal; a raw client sees the gateway's own request id, another session's answer
 //! is not taken, and the session's end answers the server; turned off, servers are offered
-//! no client capabilities.
+//! no client capabilities. A 2026-07-28 server's `input_required` reaches the same client as
+//! requests of its own era, and its answers reach the server in the call asked again.
 
 use crate::gateway::SdkClient;
 use crate::util::*;
@@ -62,17 +63,23 @@ struct AskClient;
 impl AskClient {
     /// Over HTTP, with the token.
     fn start(d: &Daemon) -> SdkClient {
+        AskClient::declaring(d, "sampling,elicitation")
+    }
+
+    /// Over HTTP, with handlers (so capabilities) for `declares` only.
+    fn declaring(d: &Daemon, declares: &str) -> SdkClient {
         let url = format!("http://{}/mcp", d.http.expect("TCP listener"));
-        AskClient::spawn(&[url.as_str(), d.token.as_str()])
+        AskClient::spawn(&[url.as_str(), d.token.as_str()], declares)
     }
 
     /// Through `vsm-daemon mcp serve-stdio` (the control socket).
     fn stdio(d: &Daemon) -> SdkClient {
         let socket = d.socket.display().to_string();
-        AskClient::spawn(&["stdio", bin(), "mcp", "serve-stdio", "--socket", &socket])
+        let args = ["stdio", bin(), "mcp", "serve-stdio", "--socket", &socket];
+        AskClient::spawn(&args, "sampling,elicitation")
     }
 
-    fn spawn(args: &[&str]) -> SdkClient {
+    fn spawn(args: &[&str], declares: &str) -> SdkClient {
         let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-peers/venv-time/bin/python");
         assert!(
             python.exists(),
@@ -80,7 +87,10 @@ impl AskClient {
             python.display()
         );
         let mut command = Command::new(python);
-        command.arg(fixture("ask_client.py")).args(args);
+        command
+            .arg(fixture("ask_client.py"))
+            .args(args)
+            .env("ASK_CLIENT_DECLARES", declares);
         let mut c = SdkClient::spawn(command);
         let hello = c.next("connect");
         assert_eq!(hello["connected"], true, "{hello}");
@@ -366,4 +376,180 @@ fn sampling_and_elicitation_reach_a_client_through_serve_stdio() {
     let schema = &r["asked"][0]["params"]["requestedSchema"]["properties"];
     assert_eq!(schema["age"]["default"], 30, "{r}");
     assert_eq!(schema["status"]["default"], "active", "{r}");
+}
+
+/// Registers the fixture in its 2026-07-28 mode as `m`, recording to `rec`; waits until it
+/// is active.
+fn register_modern(d: &Daemon, rec: &Path) {
+    let spec = json!({"id": "m", "command": "python3",
+                      "args": [fixture("mcp_fixture.py"), "--modern", "--record", rec]});
+    let (status, v) = d.http("POST", "/api/v1/mcp/servers", Some(&spec.to_string()));
+    assert!(status < 300, "register: {status} {v}");
+    wait_until(
+        "m active",
+        || d.http("GET", "/api/v1/mcp/servers/m", None),
+        |(_, v)| v["data"]["status"] == "active",
+        |v| format!("last seen: {v:?}\n{}", d.stderr()),
+    );
+}
+
+/// The fixture's records of `event`.
+fn recorded(rec: &Path, event: &str) -> Vec<Value> {
+    std::fs::read_to_string(rec)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == event)
+        .collect()
+}
+
+/// The methods a call's client was asked, in order.
+fn asked(r: &Value) -> Vec<String> {
+    r["asked"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| a["method"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn a_modern_servers_input_required_reaches_a_session_era_client_as_its_own_requests() {
+    let d = Daemon::start();
+    let rec = d.dir.path().join("modern.rec");
+    register_modern(&d, &rec);
+    let mut client = AskClient::start(&d);
+
+    // One round, an elicitation and a sampling request: the client's handlers answer both,
+    // and the tool's real result comes back, built from those answers.
+    let r =
+        client.send(json!({"op": "call", "name": "m__interview", "arguments": {"sample": true}}));
+    assert_eq!(
+        text(&r["result"]),
+        "hello ada; the model said: echo: a poem, please (after 1 round(s))",
+        "{r}"
+    );
+    let mut methods = asked(&r);
+    methods.sort();
+    assert_eq!(
+        methods,
+        ["elicitation/create", "sampling/createMessage"],
+        "{r}"
+    );
+    let question = r["asked"]
+        .as_array()
+        .and_then(|a| a.iter().find(|q| q["method"] == "elicitation/create"))
+        .expect("the elicitation");
+    assert_eq!(
+        question["params"]["message"], "Who are you? (round 1)",
+        "{r}"
+    );
+    // The server was told what the client can answer from the first request, and got its
+    // answers in inputResponses with its requestState echoed.
+    let calls: Vec<Value> = recorded(&rec, "request")
+        .into_iter()
+        .filter(|e| e["method"] == "tools/call")
+        .collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    for c in &calls {
+        let caps = &c["capabilities"];
+        assert!(
+            caps["sampling"].is_object() && caps["elicitation"]["form"].is_object(),
+            "{c}"
+        );
+        assert!(caps.get("roots").is_none(), "roots cannot be relayed: {c}");
+    }
+    let rounds = recorded(&rec, "interview");
+    assert_eq!(rounds.len(), 2, "{rounds:?}");
+    assert_eq!(rounds[1]["state"], "interview-1");
+    assert_eq!(rounds[1]["responses"]["who"]["action"], "accept");
+    assert_eq!(rounds[1]["responses"]["who"]["content"]["username"], "ada");
+    assert_eq!(
+        rounds[1]["responses"]["poem"]["content"]["text"],
+        "echo: a poem, please"
+    );
+    assert_eq!(rounds[1]["responses"]["poem"]["model"], "test-model");
+
+    // Several rounds: each is asked in turn.
+    let r = client.send(json!({"op": "call", "name": "m__interview", "arguments": {"rounds": 3}}));
+    assert_eq!(text(&r["result"]), "hello ada (after 3 round(s))", "{r}");
+    let messages: Vec<&Value> = r["asked"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| &a["params"]["message"])
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            &json!("Who are you? (round 1)"),
+            &json!("Who are you? (round 2)"),
+            &json!("Who are you? (round 3)")
+        ],
+        "{r}"
+    );
+
+    // A server that keeps asking is stopped after the bound of rounds.
+    let r =
+        client.send(json!({"op": "call", "name": "m__interview", "arguments": {"rounds": 100}}));
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    assert!(text(&r["result"]).contains("after 8 rounds"), "{r}");
+    assert_eq!(asked(&r).len(), 8, "{r}");
+
+    // roots/list cannot be relayed: the call ends saying so, and nothing of the round is asked.
+    let r =
+        client.send(json!({"op": "call", "name": "m__interview", "arguments": {"roots": true}}));
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    assert!(
+        text(&r["result"]).contains("roots: roots/list cannot be answered"),
+        "{r}"
+    );
+    assert_eq!(r["asked"], json!([]), "{r}");
+
+    // The stdio bridge carries the requests and answers too.
+    let mut stdio = AskClient::stdio(&d);
+    let r =
+        stdio.send(json!({"op": "call", "name": "m__interview", "arguments": {"sample": true}}));
+    assert_eq!(
+        text(&r["result"]),
+        "hello ada; the model said: echo: a poem, please (after 1 round(s))",
+        "{r}"
+    );
+}
+
+#[test]
+fn a_session_era_client_without_the_capability_is_told_what_was_missing() {
+    let d = Daemon::start();
+    let rec = d.dir.path().join("modern.rec");
+    register_modern(&d, &rec);
+    // Sampling only: the server is told so, asks for an elicitation anyway (the fixture
+    // does), and the client gets a tool error naming the capability, not the request.
+    let mut client = AskClient::declaring(&d, "sampling");
+    let r = client.send(json!({"op": "call", "name": "m__interview"}));
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    let said = text(&r["result"]);
+    assert!(
+        said.contains(
+            "who: the /mcp client did not declare the elicitation (form mode) capability"
+        ),
+        "{r}"
+    );
+    assert_eq!(r["asked"], json!([]), "{r}");
+    let call = recorded(&rec, "request")
+        .into_iter()
+        .find(|e| e["method"] == "tools/call")
+        .expect("the call");
+    assert_eq!(call["capabilities"], json!({"sampling": {}}), "{call}");
+    // A client that declared nothing is offered nothing.
+    let mut bare = AskClient::declaring(&d, "");
+    let r = bare.send(json!({"op": "call", "name": "m__interview"}));
+    assert!(
+        text(&r["result"]).contains("did not declare the elicitation (form mode) capability"),
+        "{r}"
+    );
+    let last = recorded(&rec, "request")
+        .into_iter()
+        .rfind(|e| e["method"] == "tools/call")
+        .expect("the call");
+    assert_eq!(last["capabilities"], json!({}), "{last}");
 }

@@ -74,8 +74,37 @@ impl Declared {
         }
     }
 
+    /// Whether it declared anything that can be relayed.
+    pub(super) fn any(&self) -> bool {
+        *self != Declared::default()
+    }
+
+    /// What of it can be relayed, as client capabilities: what a 2026-07-28 server is told
+    /// the client of a session-era call can answer (see [`super::input`]).
+    pub(super) fn capabilities(&self) -> Value {
+        let mut caps = Map::new();
+        if self.sampling {
+            let tools = if self.sampling_tools {
+                json!({"tools": {}})
+            } else {
+                json!({})
+            };
+            caps.insert("sampling".into(), tools);
+        }
+        let mut modes = Map::new();
+        for (on, mode) in [(self.form, "form"), (self.url, "url")] {
+            if on {
+                modes.insert(mode.into(), json!({}));
+            }
+        }
+        if !modes.is_empty() {
+            caps.insert("elicitation".into(), Value::Object(modes));
+        }
+        Value::Object(caps)
+    }
+
     /// Whether the client may be sent `method` with `params`; otherwise why not.
-    fn allows(&self, method: &str, params: &Value) -> Result<(), String> {
+    pub(super) fn allows(&self, method: &str, params: &Value) -> Result<(), String> {
         let missing = |what: &str| {
             Err(format!(
                 "the /mcp client did not declare the {what} capability"
@@ -115,8 +144,18 @@ struct Asked {
     session: String,
     /// The call on whose stream it went.
     call: u64,
-    /// The MCP room's request (answered once).
-    reply: ReplyTo,
+    /// Who takes the answer.
+    reply: Asker,
+}
+
+/// Who asked a relayed request, and so takes its client's answer.
+#[derive(Debug)]
+pub(super) enum Asker {
+    /// A server, during the call: the MCP room's request (answered once).
+    Server(ReplyTo),
+    /// A 2026-07-28 server, in its call's `input_required` answer: the key of that input
+    /// request (the answer goes into the call's next round, see [`super::input`]).
+    Input(String),
 }
 
 /// A URL-mode elicitation relayed: whose completion goes where.
@@ -135,6 +174,47 @@ pub struct Asks {
     next: u64,
     /// URL-mode elicitations relayed, oldest first (at most [`URL_ELICITATIONS`]).
     urls: VecDeque<UrlElicitation>,
+}
+
+impl Asks {
+    /// Keeps a request sent to `session` on the stream of call `call`; the id it goes under.
+    pub(super) fn mint(&mut self, session: &str, call: u64, reply: Asker) -> u64 {
+        self.next += 1;
+        let asked = Asked {
+            session: session.to_string(),
+            call,
+            reply,
+        };
+        self.waiting.insert(self.next, asked);
+        self.next
+    }
+
+    /// Why `more` requests cannot wait for `session`'s answers besides those that do, if so.
+    pub(super) fn full(&self, session: &str, more: usize) -> Result<(), String> {
+        let in_session = self
+            .waiting
+            .values()
+            .filter(|a| a.session == session)
+            .count();
+        if in_session + more > MAX_ASKS_PER_SESSION {
+            return Err(format!(
+                "{in_session} requests already wait for this /mcp session's answers (at most {MAX_ASKS_PER_SESSION})"
+            ));
+        }
+        if self.waiting.len() + more > MAX_ASKS {
+            return Err(format!(
+                "{} requests already wait for /mcp clients' answers (at most {MAX_ASKS})",
+                self.waiting.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Requests waiting for an answer.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.waiting.len()
+    }
 }
 
 /// A refusal for the MCP room: the server gets a JSON-RPC error with this message.
@@ -161,19 +241,10 @@ impl Gateway {
                 cx.reply(reply, Err(refusal(why)));
             }
             Ok(tag) => {
-                self.asks.next += 1;
-                let id = self.asks.next;
-                let Some(p) = self.pending.get_mut(&tag) else {
+                let Some(p) = self.pending.get(&tag) else {
                     return cx.reply(reply, Err(refusal("the call ended".into())));
                 };
-                self.asks.waiting.insert(
-                    id,
-                    Asked {
-                        session: p.session.clone(),
-                        call: tag,
-                        reply,
-                    },
-                );
+                let id = self.asks.mint(&p.session, tag, Asker::Server(reply));
                 let url_id = params
                     .get("elicitationId")
                     .and_then(Value::as_str)
@@ -275,23 +346,7 @@ impl Gateway {
         }
         let declared = self.sessions.get(session).map(|s| s.declared);
         declared.unwrap_or_default().allows(method, params)?;
-        let in_session = self
-            .asks
-            .waiting
-            .values()
-            .filter(|a| a.session == session)
-            .count();
-        if in_session >= MAX_ASKS_PER_SESSION {
-            return Err(format!(
-                "{in_session} requests already wait for this /mcp session's answers (at most {MAX_ASKS_PER_SESSION})"
-            ));
-        }
-        if self.asks.waiting.len() >= MAX_ASKS {
-            return Err(format!(
-                "{} requests already wait for /mcp clients' answers (at most {MAX_ASKS})",
-                self.asks.waiting.len()
-            ));
-        }
+        self.asks.full(session, 1)?;
         Ok(tag)
     }
 
@@ -334,7 +389,10 @@ impl Gateway {
                 "the /mcp client's response has neither a result nor an error".into(),
             )),
         };
-        cx.reply(asked.reply, answer);
+        match asked.reply {
+            Asker::Server(reply) => cx.reply(reply, answer),
+            Asker::Input(key) => self.input_answered(cx, asked.call, key, answer),
+        }
     }
 
     /// Server `server`'s notification `method` about a URL-mode elicitation relayed before:
@@ -377,6 +435,9 @@ impl Gateway {
     /// with an error, and the client, when the call's answer is a stream, is told with
     /// `notifications/cancelled` before the call's own end.
     pub(super) fn end_asks(&mut self, cx: &mut RoomCx<'_, Self>, tag: u64, p: &Pending) {
+        if let Some(retry) = &p.retry {
+            retry.disarm(cx);
+        }
         if self.asks.waiting.is_empty() {
             return;
         }
@@ -392,10 +453,12 @@ impl Gateway {
                 continue;
             };
             let reason = "the tool call it was made during ended";
-            cx.reply(
-                asked.reply,
-                Err(refusal(format!("{reason} before the client answered"))),
-            );
+            if let Asker::Server(reply) = asked.reply {
+                cx.reply(
+                    reply,
+                    Err(refusal(format!("{reason} before the client answered"))),
+                );
+            }
             if let (true, ReplyTo::Http { conn, .. }) = (p.streaming, p.reply) {
                 let note = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
                                   "params": {"requestId": id, "reason": reason}});
@@ -523,6 +586,7 @@ mod tests {
                 modern: false,
                 sse,
                 log_level: None,
+                retry: None,
             },
         );
         format!("{TOKEN_PREFIX}{tag}")
@@ -576,10 +640,10 @@ mod tests {
                 Asked {
                     session: "b".into(),
                     call: 9,
-                    reply: ReplyTo::Room {
+                    reply: Asker::Server(ReplyTo::Room {
                         room: "mcp",
                         tag: n,
-                    },
+                    }),
                 },
             );
         }

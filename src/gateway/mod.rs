@@ -36,7 +36,8 @@
 //! `notifications/cancelled` with the id it used) and no response is sent for it. A server's
 //! `sampling/createMessage` or `elicitation/create` during a call goes to the client on that
 //! call's stream and its POSTed response back to the server (`gateway.client_requests`, see
-//! [`ask`]).
+//! [`ask`]); so do the input requests of a 2026-07-28 server's `input_required` answer, whose
+//! responses go back in the call asked again (see [`input`]).
 //!
 //! Invariants: sessions are at most `gateway.max_sessions` (an `initialize` beyond is refused,
 //! never evicts a live client) and a session without requests and without an open stream
@@ -53,6 +54,7 @@
 
 pub mod ask;
 pub mod catalog;
+pub mod input;
 pub mod modern;
 pub mod ops;
 pub mod stdio;
@@ -128,6 +130,8 @@ pub enum Timer {
     KeepAlive,
     /// The progress held back for a call (see [`PROGRESS_INTERVAL`]) is due.
     Progress(u64),
+    /// The deadline of a call collecting its client's input (see [`input`]).
+    Input(u64),
 }
 
 /// The room has no worker jobs.
@@ -295,6 +299,9 @@ struct Pending {
     /// a rank in `LOG_LEVELS`): its server's log messages at that level or above go on its
     /// stream.
     log_level: Option<usize>,
+    /// What asking it again takes, for a session-era call that a 2026-07-28 server may
+    /// answer with `input_required` (see [`input`]).
+    retry: Option<Box<input::Retry>>,
 }
 
 /// What a forwarded request's answer will need, besides the request it answers.
@@ -311,6 +318,8 @@ struct Waiting {
     sse: bool,
     /// The log level a 2026-07-28 call asks for.
     log_level: Option<usize>,
+    /// What asking it again takes (see [`input`]).
+    retry: Option<Box<input::Retry>>,
 }
 
 /// A server as the gateway last heard of it: id, status, and (when it serves) the tools the
@@ -457,7 +466,11 @@ impl Gateway {
         };
         self.end_asks(cx, tag, &p);
         log::debug!("/mcp call {tag} cancelled: {reason}");
-        if let Some(server) = p.server {
+        // A call collecting its client's input is at no server.
+        let at_server = p
+            .server
+            .filter(|_| !p.retry.as_ref().is_some_and(|r| r.collecting()));
+        if let Some(server) = at_server {
             let ask = self.next_tag;
             self.next_tag += 1;
             cx.ask(
@@ -1006,19 +1019,29 @@ impl Gateway {
         }
         let tag = self.next_tag;
         self.next_tag += 1;
+        let mut retry = None;
         let (request, what, server) = match &entry.target {
-            Target::Server { server, tool } => (
-                Request::Mcp(McpRequest::Call {
-                    id: server.clone(),
-                    name: tool.clone(),
-                    arguments,
-                    timeout_ms: None,
-                    progress_token: Some(format!("{TOKEN_PREFIX}{tag}")),
-                    input: ask::modern_input(params),
-                }),
-                Forwarded::Tool,
-                Some(server.clone()),
-            ),
+            Target::Server { server, tool } => {
+                let input = match ask::modern_input(params) {
+                    Some(input) => Some(input),
+                    None => {
+                        retry = self.retry_for(&call, tool, &arguments);
+                        retry.as_ref().map(|r| r.first_input())
+                    }
+                };
+                (
+                    Request::Mcp(McpRequest::Call {
+                        id: server.clone(),
+                        name: tool.clone(),
+                        arguments,
+                        timeout_ms: None,
+                        progress_token: Some(format!("{TOKEN_PREFIX}{tag}")),
+                        input,
+                    }),
+                    Forwarded::Tool,
+                    Some(server.clone()),
+                )
+            }
             Target::Daemon(t) => match own_request(t, &arguments) {
                 Ok(request) => (request, Forwarded::Own, None),
                 Err(text) => {
@@ -1046,6 +1069,7 @@ impl Gateway {
             log_level: call.log_level.filter(|_| server.is_some()),
             server,
             progress,
+            retry,
         };
         self.forward(cx, tag, (reply, id), request, waiting);
     }
@@ -1092,6 +1116,7 @@ impl Gateway {
             sse: w.sse,
             modern: false,
             log_level: w.log_level,
+            retry: w.retry,
         };
         self.pending.insert(tag, pending);
         // A call that wants log messages: its server is asked for the level first.
@@ -1139,6 +1164,7 @@ impl Gateway {
             progress: None,
             sse: false,
             log_level: None,
+            retry: None,
         };
         self.forward(cx, tag, (reply, id), request, waiting);
     }
@@ -1927,6 +1953,7 @@ impl Room for Gateway {
                 self.keep_alive(cx, Instant::now());
             }
             Timer::Progress(tag) => self.flush_progress(cx, tag),
+            Timer::Input(tag) => self.input_deadline(cx, tag),
         }
     }
 
@@ -1989,6 +2016,15 @@ impl Room for Gateway {
                 s.subscriptions.remove(&key);
             }
             self.forget_subscriber(&key, &session);
+        }
+        // A 2026-07-28 server asks a session-era client for input: the call goes on.
+        if input::asks_input(&answer)
+            && self
+                .pending
+                .get(&tag)
+                .is_some_and(|p| p.what == Forwarded::Tool && !p.modern)
+        {
+            return self.collect_input(cx, tag, answer);
         }
         let Some(p) = self.take_pending(tag) else {
             // A cancelled call's answer, or that of the cancel itself: nobody waits for it.
@@ -2219,8 +2255,8 @@ mod tests {
     use crate::room::Wiring;
 
     /// The loop as the gateway sees it: its timers (no worker jobs).
-    struct Loop {
-        wheel: TimerWheel<Timer>,
+    pub(super) struct Loop {
+        pub(super) wheel: TimerWheel<Timer>,
     }
 
     impl Wiring<Timer, Job> for Loop {
@@ -2240,17 +2276,17 @@ mod tests {
     }
 
     /// A gateway driven by synthetic requests; what it says is kept in `out`.
-    struct Harness {
-        gateway: Gateway,
+    pub(super) struct Harness {
+        pub(super) gateway: Gateway,
         poll: mio::Poll,
         stats: LoopStats,
-        wiring: Loop,
-        out: Vec<Output>,
+        pub(super) wiring: Loop,
+        pub(super) out: Vec<Output>,
         next_conn: u32,
     }
 
     impl Harness {
-        fn new() -> Harness {
+        pub(super) fn new() -> Harness {
             Harness {
                 gateway: Gateway::new(&Config::default()),
                 poll: mio::Poll::new().expect("poll"),
@@ -2264,7 +2300,12 @@ mod tests {
         }
 
         /// One request on a connection of its own; the connection.
-        fn send(&mut self, method: &str, headers: &[(&str, &str)], body: &str) -> ConnId {
+        pub(super) fn send(
+            &mut self,
+            method: &str,
+            headers: &[(&str, &str)],
+            body: &str,
+        ) -> ConnId {
             self.next_conn += 1;
             let conn = ConnId {
                 slot: self.next_conn,
@@ -2300,7 +2341,7 @@ mod tests {
             conn
         }
 
-        fn hangup(&mut self, gone: ConnId) {
+        pub(super) fn hangup(&mut self, gone: ConnId) {
             let mut cx = RoomCx::new(
                 self.poll.registry(),
                 &self.stats,
@@ -2392,7 +2433,7 @@ mod tests {
     }
 
     impl Harness {
-        fn cx_do(&mut self, f: impl FnOnce(&mut Gateway, &mut RoomCx<'_, Gateway>)) {
+        pub(super) fn cx_do(&mut self, f: impl FnOnce(&mut Gateway, &mut RoomCx<'_, Gateway>)) {
             let mut cx = RoomCx::new(
                 self.poll.registry(),
                 &self.stats,

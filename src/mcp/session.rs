@@ -184,6 +184,8 @@ pub enum Pending<R, T> {
         timer: T,
         /// When it was sent.
         started: Instant,
+        /// When its deadline passes (an `input_required` answer says how long is left).
+        deadline: Instant,
         /// Tool name.
         tool: String,
         /// The progress token the server was given for it.
@@ -990,6 +992,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 reply,
                 timer,
                 started,
+                deadline,
                 tool,
                 ..
             } => {
@@ -1019,7 +1022,8 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 let answer = match result {
                     Ok(v) if kind.as_deref() == Some("input_required") => {
                         self.calls.1 += 1;
-                        Err(input_required(id, tool, v))
+                        let left = deadline.saturating_duration_since(cx.now);
+                        Err(input_required(id, tool, v, left))
                     }
                     Ok(_) if !matches!(kind.as_deref(), None | Some("complete")) => {
                         self.calls.1 += 1;
@@ -1651,8 +1655,8 @@ impl<R: Copy, T: Copy> Session<R, T> {
     }
 
     /// Forwards a tool call; its answer arrives later as an [`Effect::Reply`]. For a modern
-    /// server, `input` (a `/mcp` client's retry after `input_required`: its `inputResponses`,
-    /// `requestState` and `clientCapabilities`) goes with it. The server
+    /// server, `input` (a `/mcp` client's `clientCapabilities`, and after `input_required`
+    /// its `inputResponses` and `requestState`) goes with it. The server
     /// gets `token` as the call's progress token (`None`: `SERVER:RPC`; a caller's own must
     /// be unique among its calls in flight). `arm` sets the call's deadline on the loop's
     /// timers (given the request id and the instant); when it passes, the loop calls
@@ -1707,13 +1711,15 @@ impl<R: Copy, T: Copy> Session<R, T> {
             retry_input(&mut params, input);
         }
         let bytes = self.request(rpc, "tools/call", params);
-        let timer = arm(rpc, now + timeout);
+        let deadline = now + timeout;
+        let timer = arm(rpc, deadline);
         self.pending.insert(
             rpc,
             Pending::Call {
                 reply,
                 timer,
                 started: now,
+                deadline,
                 tool: tool.to_string(),
                 token,
             },
@@ -2089,7 +2095,8 @@ fn call_result(server: &str, tool: String, result: Value, ms: f64) -> Value {
 }
 
 /// The `_meta` every modern request carries: our newest modern version, no client
-/// capabilities (the daemon answers no server-to-client requests), our identity.
+/// capabilities (the daemon answers no server-to-client requests; a `/mcp` client's call
+/// carries that client's, see [`retry_input`]), our identity.
 fn request_meta() -> Value {
     json!({
         meta::PROTOCOL_VERSION: MODERN_VERSIONS[0],
@@ -2100,8 +2107,10 @@ fn request_meta() -> Value {
 
 /// A call answered `resultType: "input_required"`: the server wants the client to answer
 /// requests of its own (elicitation, sampling, roots) and to call again. The daemon cannot
-/// answer them, so the caller gets a tool error that says what was asked, not a wait.
-fn input_required(server: &str, tool: String, mut result: Value) -> ApiError {
+/// answer them, so the caller gets a tool error that says what was asked, not a wait; its
+/// data carries the requests, the state and the time `left` before the call's deadline, for
+/// the `/mcp` gateway, which asks its client and calls again within that time.
+fn input_required(server: &str, tool: String, mut result: Value, left: Duration) -> ApiError {
     let asks: Vec<String> = result["inputRequests"]
         .as_object()
         .into_iter()
@@ -2133,11 +2142,12 @@ fn input_required(server: &str, tool: String, mut result: Value) -> ApiError {
         "result_type": "input_required",
         "input_requests": requests,
         "request_state": bounded_value(result["requestState"].take()),
+        "remaining_ms": left.as_millis() as u64,
     }))
 }
 
-/// A 2026-07-28 call retried after `input_required` (from a `/mcp` client): its
-/// `inputResponses` and `requestState` go into the call's params, and the client's own
+/// A 2026-07-28 call for a `/mcp` client, maybe retried after `input_required`: its
+/// `inputResponses` and `requestState` go into the call's params, and the client's
 /// `clientCapabilities` into its `_meta` (a modern request carries the capabilities of the
 /// client it is for, so the server asks only what that client can answer).
 fn retry_input(params: &mut Value, input: Option<Value>) {
@@ -3236,6 +3246,8 @@ mod tests {
                     data["input_requests"]["login"]["method"],
                     "elicitation/create"
                 );
+                // The call's time left (answered at once: all of its 5 s).
+                assert_eq!(data["remaining_ms"], 5000);
             }
             other => panic!("{other:?}"),
         }

@@ -31,7 +31,7 @@
 mod common;
 
 use common::{
-    cpu_ticks, cpus, fmt_kb, kernel, on_path, percentile, real_python, relay_main, tcp_as,
+    cpu_ticks_split, cpus, fmt_kb, kernel, on_path, percentile, real_python, relay_main, tcp_as,
     ticks_per_sec, unix, us, utc_now, vm_rss_kb, wait_for, Binaries, DaemonGuard, DaemonSetup,
     DirectFixture, Fixtures, Http, Result, Row, Sections, DEADLINE, RELAY_ENV,
 };
@@ -308,12 +308,22 @@ fn measure_latency(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
     // The daemon's own CPU (user + system, all threads) per /mcp call, over a run of its own:
     // what it spends, apart from the wake-ups of three processes that make the wall clock on
     // a small (virtual) machine.
-    let cpu0 = cpu_ticks(daemon.pid()).ok_or("no cpu ticks")?;
-    for _ in 0..CPU_CALLS {
-        mcp.echo()?;
-    }
-    let cpu1 = cpu_ticks(daemon.pid()).ok_or("no cpu ticks")?;
-    let cpu_us = cpu1.saturating_sub(cpu0) as f64 * 1e6 / ticks_per_sec() / CPU_CALLS as f64;
+    let per_call = |pid: u32, calls: &mut dyn FnMut() -> Result<()>| -> Result<(f64, f64)> {
+        let (u0, s0) = cpu_ticks_split(pid).ok_or("no cpu ticks")?;
+        for _ in 0..CPU_CALLS {
+            calls()?;
+        }
+        let (u1, s1) = cpu_ticks_split(pid).ok_or("no cpu ticks")?;
+        let us = |t: u64| t as f64 * 1e6 / ticks_per_sec() / CPU_CALLS as f64;
+        Ok((us(u1.saturating_sub(u0)), us(s1.saturating_sub(s0))))
+    };
+    let (cpu_user, cpu_system) = per_call(daemon.pid(), &mut || mcp.echo().map(drop))?;
+    // The same for the zero-work relay (f): the CPU any process in the middle spends.
+    let relay_pid = relayed.child.id();
+    let (relay_user, relay_system) = per_call(relay_pid, &mut || {
+        id += 1;
+        direct_call(&mut relayed, id).map(drop)
+    })?;
     daemon.check_alive()?;
     let rss = vm_rss_kb(daemon.pid()).unwrap_or(0);
     daemon.finish(notes);
@@ -355,8 +365,16 @@ fn measure_latency(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result<
             format!("{} | {}", us_f(diff(f.0, a.0)), us_f(diff(b.0, f.0))),
         ),
         Row::info(
-            format!("daemon CPU (user + system) per /mcp call, over {CPU_CALLS} more"),
-            us_f(cpu_us),
+            format!(
+                "daemon CPU per /mcp call over {CPU_CALLS} more, user + system | the relay's for (f)"
+            ),
+            format!(
+                "{} + {} | {} + {}",
+                us_f(cpu_user),
+                us_f(cpu_system),
+                us_f(relay_user),
+                us_f(relay_system)
+            ),
         ),
         Row::info(
             "  same, p99(b) − p99(a) | on the control socket, p50(d) − p50(a)",

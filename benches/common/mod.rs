@@ -397,11 +397,16 @@ pub fn open_fds(pid: u32) -> Result<usize> {
 
 /// utime + stime of a process (all its threads) in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    cpu_ticks_split(pid).map(|(user, system)| user + system)
+}
+
+/// `(user, system)` clock ticks a process has used, all its threads.
+pub fn cpu_ticks_split(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the comm: state is field 3, utime 14, stime 15 (1-based) -> 0-based 11, 12 here.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
 }
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 when unknown).

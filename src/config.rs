@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -859,8 +860,19 @@ impl Config {
         let defaults = flatten(&Config::default().json());
         let mut merged = self.json();
         apply_overrides(&mut merged, overrides, "", &defaults)?;
+        // Through TOML, the file's own deserializer: a second one (serde_json's) for the whole
+        // configuration cost about 50 kB of the binary.
+        let mut text = String::new();
+        for (section, value) in merged.as_object().into_iter().flatten() {
+            if !value.is_null() {
+                write_toml_string(section, &mut text);
+                text.push_str(" = ");
+                write_toml(value, &mut text);
+                text.push('\n');
+            }
+        }
         let config: Config =
-            serde_json::from_value(merged).map_err(|e| ConfigError::invalid("", e.to_string()))?;
+            toml::from_str(&text).map_err(|e| ConfigError::invalid("", e.message().trim_end()))?;
         config.validate()?;
         Ok(config)
     }
@@ -1789,14 +1801,64 @@ fn constraint_text(info: &KeyInfo, default: &Value) -> String {
 }
 
 fn toml_value(value: &Value) -> String {
+    let mut out = String::new();
+    write_toml(value, &mut out);
+    out
+}
+
+/// `value` written as an inline TOML value (tables as `{"key" = value, ...}`, keys always
+/// quoted). Null members of tables are left out, as a `None` is; JSON has no other null in a
+/// configuration, and one inside an array would be written as nothing, which the parser
+/// refuses.
+fn write_toml(value: &Value, out: &mut String) {
     match value {
-        // A JSON string literal is a valid TOML basic string.
-        Value::Array(items) => format!(
-            "[{}]",
-            items.iter().map(toml_value).collect::<Vec<_>>().join(", ")
-        ),
-        other => other.to_string(),
+        Value::Null => {}
+        Value::String(s) => write_toml_string(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_toml(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            let mut first = true;
+            for (key, item) in map.iter().filter(|(_, v)| !v.is_null()) {
+                if !first {
+                    out.push_str(", ");
+                }
+                first = false;
+                write_toml_string(key, out);
+                out.push_str(" = ");
+                write_toml(item, out);
+            }
+            out.push('}');
+        }
+        // Booleans, integers and floats are written alike (serde_json keeps a float's `.0`).
+        other => out.push_str(&other.to_string()),
     }
+}
+
+/// A TOML basic string: quotation mark, backslash and control characters escaped.
+fn write_toml_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() && c < '\u{80}' => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// The example configuration: every key with its default value, each preceded by a
@@ -1980,6 +2042,36 @@ argv = ["/bin/true"]
         // Neither is settable by an override.
         assert!(Config::check_patch(&json!({"checks": []})).is_err());
         assert!(Config::check_patch(&json!({"actions": {"x": {}}})).is_err());
+    }
+
+    #[test]
+    fn overrides_keep_every_character_through_toml() {
+        // Overrides are merged as JSON and read back through TOML: strings with quotes,
+        // backslashes, control characters and non-ASCII, keys that are not bare, absent
+        // options and nested tables must all come back as they were.
+        let text = r#"
+[[servers]]
+id = "odd"
+command = "/bin/echo"
+args = ["q \" b \\ t \t n \n", "c \u0001 del \u007F", "ünï€ode 🙂", ""]
+env = { "A.B" = "x=y", "with space" = "\\", "é" = "\"\"" }
+call_timeout_ms = 5000
+limits = { max_open_files = 64 }
+
+[[servers]]
+id = "plain"
+command = "/bin/true"
+"#;
+        let config = Config::from_toml_str(text, None).expect("valid");
+        assert_eq!(config.servers[0].args[1], "c \u{1} del \u{7f}");
+        assert_eq!(config.servers[1].cwd, None);
+        assert_eq!(config.with_overrides(&json!({})), Ok(config.clone()));
+        let odd = "a\"b\\c é";
+        let set = config.with_overrides(&json!({"security": {"allowed_capabilities": [odd]}}));
+        assert_eq!(
+            set.map(|c| c.security.allowed_capabilities),
+            Ok(vec![odd.to_string()])
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -859,8 +860,19 @@ impl Config {
         let defaults = flatten(&Config::default().json());
         let mut merged = self.json();
         apply_overrides(&mut merged, overrides, "", &defaults)?;
+        // Through TOML, the file's own deserializer: a second one (serde_json's) for the whole
+        // configuration cost about 50 kB of the binary.
+        let mut text = String::new();
+        for (section, value) in merged.as_object().into_iter().flatten() {
+            if !value.is_null() {
+                write_toml_string(section, &mut text);
+                text.push_str(" = ");
+                write_toml(value, &mut text);
+                text.push('\n');
+            }
+        }
         let config: Config =
-            serde_json::from_value(merged).map_err(|e| ConfigError::invalid("", e.to_string()))?;
+            toml::from_str(&text).map_err(|e| ConfigError::invalid("", e.message().trim_end()))?;
         config.validate()?;
         Ok(config)
     }
@@ -1639,98 +1651,182 @@ pub fn schema() -> Value {
 
 /// Schema of `[[servers]]` entries (see `crate::spec::ServerSpec`).
 fn servers_schema() -> Value {
-    let ms = |d: &str| json!({"type": "integer", "minimum": 10, "description": d});
-    json!({
-        "type": "array",
-        "description": "MCP servers declared in the file; servers registered over the API live in the state directory",
-        "items": {
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["id", "command"],
-            "properties": {
-                "id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$"},
-                "command": {"type": "string", "minLength": 1, "description": "program, looked up on PATH"},
-                "args": {"type": "array", "items": {"type": "string"}, "default": []},
-                "env": {"type": "object", "additionalProperties": {"type": "string"}, "default": {}},
-                "cwd": {"type": "string", "description": "absolute working directory"},
-                "capabilities": {"type": "array", "items": {"type": "string"}, "default": []},
-                "allow_capabilities": {"type": "array", "items": {"type": "string"}, "default": [], "description": "capabilities in security.blocked_capabilities this server may have anyway"},
-                "autostart": {"type": "boolean", "default": true},
-                "call_timeout_ms": ms("tool-call deadline"),
-                "backoff_initial_ms": ms("first restart delay"),
-                "backoff_max_ms": ms("largest restart delay"),
-                "max_failures": {"type": "integer", "minimum": 1, "maximum": 1000},
-                "limits": {
-                    "type": "object",
-                    "additionalProperties": false,
-                    "properties": {
-                        "max_open_files": {"type": "integer", "minimum": 0},
-                        "max_cpu_seconds": {"type": "integer", "minimum": 0},
-                        "max_memory_mb": {"type": "integer", "minimum": 0},
-                        "uid": {"type": "integer", "minimum": 0},
-                        "gid": {"type": "integer", "minimum": 0}
-                    }
-                }
-            }
-        }
-    })
+    serde_json::from_str(SERVERS_SCHEMA).unwrap_or_default()
 }
 
-/// Schema of `[[checks]]` entries (see `monitor::checks::spec::CheckSpec`).
+/// Schema of `[[checks]]` entries (see `monitor::checks::spec::CheckSpec`); the limits come
+/// from the checks' constants.
 fn checks_schema() -> Value {
     use crate::monitor::checks::spec as c;
-    json!({
-        "type": "array",
-        "maxItems": c::MAX_CHECKS,
-        "description": "operator-declared checks; each reports an observation of rule check:NAME (family health) per run",
-        "items": {
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["name", "kind"],
-            "properties": {
-                "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$"},
-                "kind": {"enum": ["tcp", "http", "exec", "file", "process", "filesystem"]},
-                "target": {"type": "string", "maxLength": c::MAX_TARGET_BYTES, "description": "tcp: host:port; http: http:// or https:// URL (https trusts the built-in roots plus security.ca_file); file: absolute path; process: absolute pid file or process name (at most 15 bytes); filesystem: absolute mount point; not for exec"},
-                "argv": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": c::MAX_ARGV, "description": "exec: program and arguments, no shell"},
-                "expect_status": {"type": "integer", "minimum": 100, "maximum": 599, "description": "http: the status that counts as up (default any 2xx)"},
-                "expect_body": {"type": "string", "minLength": 1, "maxLength": c::MAX_EXPECT_BODY_BYTES, "description": "http: substring of the first 64 KiB of the body"},
-                "expect_exit": {"type": "integer", "default": 0, "description": "exec: exit code that counts as up"},
-                "max_age_s": {"type": "integer", "minimum": 0, "description": "file: down when older"},
-                "min_size": {"type": "integer", "minimum": 0, "description": "file: down when smaller (bytes)"},
-                "max_size": {"type": "integer", "minimum": 0, "description": "file: down when larger (bytes)"},
-                "max_used_percent": {"type": "number", "minimum": 0, "maximum": 100, "default": 90.0, "description": "filesystem: down when more is used"},
-                "every_ms": {"type": "integer", "minimum": c::MIN_EVERY_MS, "maximum": c::MAX_INTERVAL_MS, "default": 30000},
-                "timeout_ms": {"type": "integer", "minimum": 10, "maximum": c::MAX_INTERVAL_MS, "default": 5000},
-                "failures_before_alert": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 2},
-                "successes_before_clear": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 2},
-                "actions": {"type": "array", "maxItems": c::MAX_ACTIONS_PER_CHECK, "items": {"type": "string", "pattern": "^(log|restart_server:.+|webhook:.+|exec:.+)$"}},
-                "severity": {"enum": ["info", "warning", "critical"], "default": "critical"}
-            }
-        }
-    })
+    let mut schema: Value = serde_json::from_str(CHECKS_SCHEMA).unwrap_or_default();
+    schema["maxItems"] = c::MAX_CHECKS.into();
+    let p = &mut schema["items"]["properties"];
+    p["target"]["maxLength"] = c::MAX_TARGET_BYTES.into();
+    p["argv"]["maxItems"] = c::MAX_ARGV.into();
+    p["expect_body"]["maxLength"] = c::MAX_EXPECT_BODY_BYTES.into();
+    p["every_ms"]["minimum"] = c::MIN_EVERY_MS.into();
+    p["every_ms"]["maximum"] = c::MAX_INTERVAL_MS.into();
+    p["timeout_ms"]["maximum"] = c::MAX_INTERVAL_MS.into();
+    p["actions"]["maxItems"] = c::MAX_ACTIONS_PER_CHECK.into();
+    schema
 }
 
 /// Schema of `[actions.NAME]` tables (see `monitor::actions::ActionSpec`).
 fn actions_schema() -> Value {
-    json!({
-        "type": "object",
-        "maxProperties": crate::monitor::actions::MAX_ACTIONS,
-        "description": "actions that checks' alerts may run as webhook:NAME or exec:NAME",
-        "propertyNames": {"pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$"},
-        "additionalProperties": {
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["kind"],
-            "properties": {
-                "kind": {"enum": ["webhook", "exec"]},
-                "url": {"type": "string", "description": "webhook: http:// or https:// URL the alert is POSTed to as JSON"},
-                "token_file": {"type": "string", "description": "webhook: absolute path of a file whose first line is sent as a bearer token"},
-                "argv": {"type": "array", "items": {"type": "string"}, "minItems": 1, "description": "exec: program and arguments; the alert's fields are in VSM_ALERT_* variables"},
-                "timeout_ms": {"type": "integer", "minimum": 10, "maximum": 600000, "default": 10000}
-            }
-        }
-    })
+    let mut schema: Value = serde_json::from_str(ACTIONS_SCHEMA).unwrap_or_default();
+    schema["maxProperties"] = crate::monitor::actions::MAX_ACTIONS.into();
+    schema
 }
+
+// The three schemas above as JSON text, parsed when the schema is asked for: as `json!` code
+// they were about 12 kB of the binary, as text 5 kB. Keys in the order the schema prints them.
+
+/// [`servers_schema`].
+const SERVERS_SCHEMA: &str = r##"{
+  "description": "MCP servers declared in the file; servers registered over the API live in the state directory",
+  "items": {
+    "additionalProperties": false,
+    "properties": {
+      "allow_capabilities": {
+        "default": [],
+        "description": "capabilities in security.blocked_capabilities this server may have anyway",
+        "items": {"type": "string"},
+        "type": "array"
+      },
+      "args": {"default": [], "items": {"type": "string"}, "type": "array"},
+      "autostart": {"default": true, "type": "boolean"},
+      "backoff_initial_ms": {
+        "description": "first restart delay",
+        "minimum": 10,
+        "type": "integer"
+      },
+      "backoff_max_ms": {
+        "description": "largest restart delay",
+        "minimum": 10,
+        "type": "integer"
+      },
+      "call_timeout_ms": {"description": "tool-call deadline", "minimum": 10, "type": "integer"},
+      "capabilities": {"default": [], "items": {"type": "string"}, "type": "array"},
+      "command": {"description": "program, looked up on PATH", "minLength": 1, "type": "string"},
+      "cwd": {"description": "absolute working directory", "type": "string"},
+      "env": {"additionalProperties": {"type": "string"}, "default": {}, "type": "object"},
+      "id": {"pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$", "type": "string"},
+      "limits": {
+        "additionalProperties": false,
+        "properties": {
+          "gid": {"minimum": 0, "type": "integer"},
+          "max_cpu_seconds": {"minimum": 0, "type": "integer"},
+          "max_memory_mb": {"minimum": 0, "type": "integer"},
+          "max_open_files": {"minimum": 0, "type": "integer"},
+          "uid": {"minimum": 0, "type": "integer"}
+        },
+        "type": "object"
+      },
+      "max_failures": {"maximum": 1000, "minimum": 1, "type": "integer"}
+    },
+    "required": ["id", "command"],
+    "type": "object"
+  },
+  "type": "array"
+}"##;
+
+/// [`checks_schema`] without the limits it takes from constants.
+const CHECKS_SCHEMA: &str = r##"{
+  "description": "operator-declared checks; each reports an observation of rule check:NAME (family health) per run",
+  "items": {
+    "additionalProperties": false,
+    "properties": {
+      "actions": {
+        "items": {"pattern": "^(log|restart_server:.+|webhook:.+|exec:.+)$", "type": "string"},
+        "type": "array"
+      },
+      "argv": {
+        "description": "exec: program and arguments, no shell",
+        "items": {"type": "string"},
+        "minItems": 1,
+        "type": "array"
+      },
+      "every_ms": {"default": 30000, "type": "integer"},
+      "expect_body": {
+        "description": "http: substring of the first 64 KiB of the body",
+        "minLength": 1,
+        "type": "string"
+      },
+      "expect_exit": {
+        "default": 0,
+        "description": "exec: exit code that counts as up",
+        "type": "integer"
+      },
+      "expect_status": {
+        "description": "http: the status that counts as up (default any 2xx)",
+        "maximum": 599,
+        "minimum": 100,
+        "type": "integer"
+      },
+      "failures_before_alert": {"default": 2, "maximum": 1000, "minimum": 1, "type": "integer"},
+      "kind": {"enum": ["tcp", "http", "exec", "file", "process", "filesystem"]},
+      "max_age_s": {"description": "file: down when older", "minimum": 0, "type": "integer"},
+      "max_size": {
+        "description": "file: down when larger (bytes)",
+        "minimum": 0,
+        "type": "integer"
+      },
+      "max_used_percent": {
+        "default": 90.0,
+        "description": "filesystem: down when more is used",
+        "maximum": 100,
+        "minimum": 0,
+        "type": "number"
+      },
+      "min_size": {
+        "description": "file: down when smaller (bytes)",
+        "minimum": 0,
+        "type": "integer"
+      },
+      "name": {"pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$", "type": "string"},
+      "severity": {"default": "critical", "enum": ["info", "warning", "critical"]},
+      "successes_before_clear": {"default": 2, "maximum": 1000, "minimum": 1, "type": "integer"},
+      "target": {
+        "description": "tcp: host:port; http: http:// or https:// URL (https trusts the built-in roots plus security.ca_file); file: absolute path; process: absolute pid file or process name (at most 15 bytes); filesystem: absolute mount point; not for exec",
+        "type": "string"
+      },
+      "timeout_ms": {"default": 5000, "minimum": 10, "type": "integer"}
+    },
+    "required": ["name", "kind"],
+    "type": "object"
+  },
+  "type": "array"
+}"##;
+
+/// [`actions_schema`] without `maxProperties`.
+const ACTIONS_SCHEMA: &str = r##"{
+  "additionalProperties": {
+    "additionalProperties": false,
+    "properties": {
+      "argv": {
+        "description": "exec: program and arguments; the alert's fields are in VSM_ALERT_* variables",
+        "items": {"type": "string"},
+        "minItems": 1,
+        "type": "array"
+      },
+      "kind": {"enum": ["webhook", "exec"]},
+      "timeout_ms": {"default": 10000, "maximum": 600000, "minimum": 10, "type": "integer"},
+      "token_file": {
+        "description": "webhook: absolute path of a file whose first line is sent as a bearer token",
+        "type": "string"
+      },
+      "url": {
+        "description": "webhook: http:// or https:// URL the alert is POSTed to as JSON",
+        "type": "string"
+      }
+    },
+    "required": ["kind"],
+    "type": "object"
+  },
+  "description": "actions that checks' alerts may run as webhook:NAME or exec:NAME",
+  "propertyNames": {"pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$"},
+  "type": "object"
+}"##;
 
 fn constraint_text(info: &KeyInfo, default: &Value) -> String {
     let float = default.as_number().is_some_and(serde_json::Number::is_f64);
@@ -1789,14 +1885,64 @@ fn constraint_text(info: &KeyInfo, default: &Value) -> String {
 }
 
 fn toml_value(value: &Value) -> String {
+    let mut out = String::new();
+    write_toml(value, &mut out);
+    out
+}
+
+/// `value` written as an inline TOML value (tables as `{"key" = value, ...}`, keys always
+/// quoted). Null members of tables are left out, as a `None` is; JSON has no other null in a
+/// configuration, and one inside an array would be written as nothing, which the parser
+/// refuses.
+fn write_toml(value: &Value, out: &mut String) {
     match value {
-        // A JSON string literal is a valid TOML basic string.
-        Value::Array(items) => format!(
-            "[{}]",
-            items.iter().map(toml_value).collect::<Vec<_>>().join(", ")
-        ),
-        other => other.to_string(),
+        Value::Null => {}
+        Value::String(s) => write_toml_string(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_toml(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            let mut first = true;
+            for (key, item) in map.iter().filter(|(_, v)| !v.is_null()) {
+                if !first {
+                    out.push_str(", ");
+                }
+                first = false;
+                write_toml_string(key, out);
+                out.push_str(" = ");
+                write_toml(item, out);
+            }
+            out.push('}');
+        }
+        // Booleans, integers and floats are written alike (serde_json keeps a float's `.0`).
+        other => out.push_str(&other.to_string()),
     }
+}
+
+/// A TOML basic string: quotation mark, backslash and control characters escaped.
+fn write_toml_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() && c < '\u{80}' => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// The example configuration: every key with its default value, each preceded by a
@@ -1980,6 +2126,36 @@ argv = ["/bin/true"]
         // Neither is settable by an override.
         assert!(Config::check_patch(&json!({"checks": []})).is_err());
         assert!(Config::check_patch(&json!({"actions": {"x": {}}})).is_err());
+    }
+
+    #[test]
+    fn overrides_keep_every_character_through_toml() {
+        // Overrides are merged as JSON and read back through TOML: strings with quotes,
+        // backslashes, control characters and non-ASCII, keys that are not bare, absent
+        // options and nested tables must all come back as they were.
+        let text = r#"
+[[servers]]
+id = "odd"
+command = "/bin/echo"
+args = ["q \" b \\ t \t n \n", "c \u0001 del \u007F", "ünï€ode 🙂", ""]
+env = { "A.B" = "x=y", "with space" = "\\", "é" = "\"\"" }
+call_timeout_ms = 5000
+limits = { max_open_files = 64 }
+
+[[servers]]
+id = "plain"
+command = "/bin/true"
+"#;
+        let config = Config::from_toml_str(text, None).expect("valid");
+        assert_eq!(config.servers[0].args[1], "c \u{1} del \u{7f}");
+        assert_eq!(config.servers[1].cwd, None);
+        assert_eq!(config.with_overrides(&json!({})), Ok(config.clone()));
+        let odd = "a\"b\\c é";
+        let set = config.with_overrides(&json!({"security": {"allowed_capabilities": [odd]}}));
+        assert_eq!(
+            set.map(|c| c.security.allowed_capabilities),
+            Ok(vec![odd.to_string()])
+        );
     }
 
     #[test]
@@ -2482,6 +2658,24 @@ argv = ["/bin/true"]
         assert_eq!(daemon["shutdown_timeout_ms"]["minimum"], json!(100));
         assert_eq!(daemon["shutdown_timeout_ms"]["maximum"], json!(300_000));
         assert_eq!(daemon["log_level"]["enum"], json!(LOG_LEVELS));
+        // The entries' schemas (JSON text) parse, with the limits of their constants.
+        use crate::monitor::checks::spec as c;
+        let entries = |name: &str| schema["properties"][name].clone();
+        let (servers, checks, actions) =
+            (entries("servers"), entries("checks"), entries("actions"));
+        assert_eq!(servers["items"]["required"], json!(["id", "command"]));
+        assert_eq!(checks["maxItems"], json!(c::MAX_CHECKS));
+        let check = &checks["items"]["properties"];
+        assert_eq!(check["every_ms"]["minimum"], json!(c::MIN_EVERY_MS));
+        assert_eq!(check["timeout_ms"]["maximum"], json!(c::MAX_INTERVAL_MS));
+        assert_eq!(
+            check["actions"]["maxItems"],
+            json!(c::MAX_ACTIONS_PER_CHECK)
+        );
+        assert_eq!(check["name"]["type"], "string");
+        let max_actions = crate::monitor::actions::MAX_ACTIONS;
+        assert_eq!(actions["maxProperties"], json!(max_actions));
+        assert_eq!(actions["additionalProperties"]["required"], json!(["kind"]));
     }
 
     /// The keys nothing reads yet (checked with grep over `src/` when they were marked): the

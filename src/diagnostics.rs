@@ -6,7 +6,6 @@
 //! (repeated fsync timing) is [`fsync_latency`], which the daemon runs on the worker thread.
 
 use crate::sys;
-use procfs::Current;
 use serde_json::{json, Value};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -244,9 +243,9 @@ pub fn limit_checks() -> Vec<Check> {
         )),
         Err(e) => out.push(Check::new("limits.nofile", Verdict::Warn, e.to_string())),
     }
-    match procfs::Meminfo::current() {
-        Ok(mem) => {
-            let avail = mem.mem_available.unwrap_or(mem.mem_free);
+    match std::fs::read_to_string("/proc/meminfo") {
+        Ok(text) => {
+            let (mem_total, avail, _, _) = crate::monitor::performance::parse_meminfo(&text);
             let verdict = if avail < 32 * 1024 * 1024 {
                 Verdict::Warn
             } else {
@@ -258,11 +257,15 @@ pub fn limit_checks() -> Vec<Check> {
                 format!(
                     "{} MiB available of {} MiB",
                     avail / (1024 * 1024),
-                    mem.mem_total / (1024 * 1024)
+                    mem_total / (1024 * 1024)
                 ),
             ));
         }
-        Err(e) => out.push(Check::new("host.memory", Verdict::Warn, e.to_string())),
+        Err(e) => out.push(Check::new(
+            "host.memory",
+            Verdict::Warn,
+            format!("/proc/meminfo: {e}"),
+        )),
     }
     out
 }

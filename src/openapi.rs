@@ -347,126 +347,156 @@ fn error_statuses(o: &Op) -> Vec<(u16, Vec<&'static str>)> {
     out
 }
 
-/// Shared schemas, parameters and the security scheme.
+/// `components`: the envelope, error, server and limit schemas the operations refer to, and
+/// the security scheme. JSON text parsed when the document is built: as `json!` code it was
+/// 13 kB of the binary, as text under 5 kB.
 fn components() -> Value {
-    let ms = |min: u64, max: u64, description: &str| json!({"type": "integer", "minimum": min, "maximum": max, "description": description});
-    let uint =
-        |description: &str| json!({"type": "integer", "minimum": 0, "description": description});
-    json!({
-        "securitySchemes": {
-            "bearerAuth": {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "`security.api_token`, the first line of `security.api_token_file`, \
-                    or the token generated into `<state dir>/api_token` (`vsm-daemon token` \
-                    shows it); required on every TCP route but `GET /api/v1/health`",
-            },
-        },
-        "parameters": {
-            "ServerId": {
-                "name": "id",
-                "in": "path",
-                "required": true,
-                "description": "MCP server id",
-                "schema": {"$ref": "#/components/schemas/ServerId"},
-            },
-        },
-        "schemas": {
-            "Envelope": {
-                "type": "object",
-                "required": ["status", "timestamp", "data", "metadata", "errors"],
-                "properties": {
-                    "status": {"type": "string", "enum": ["success", "error", "partial"]},
-                    "timestamp": {"type": "string", "format": "date-time"},
-                    "data": {"description": "The answer; on an error, data that goes with it, or null"},
-                    "metadata": {
-                        "type": "object",
-                        "required": ["request_id", "processing_time_ms", "version"],
-                        "properties": {
-                            "request_id": {"type": "string", "examples": ["req_42"]},
-                            "processing_time_ms": {"type": "number"},
-                            "version": {"type": "string", "examples": ["v1"]},
-                        },
-                    },
-                    "errors": {"type": "array", "items": {"$ref": "#/components/schemas/Error"}},
-                },
-            },
-            "Error": {
-                "type": "object",
-                "required": ["code", "message", "field"],
-                "properties": {
-                    "code": {"type": "string", "description": "Stable snake_case code"},
-                    "message": {"type": "string"},
-                    "field": {
-                        "type": ["string", "null"],
-                        "description": "Parameter, body field or config key at fault",
-                    },
-                },
-            },
-            "HealthReport": {
-                "type": "object",
-                "properties": {
-                    "status": {"type": "string", "enum": ["healthy", "unhealthy"]},
-                    "components": {"type": "object"},
-                    "failing": {"type": "array", "items": {"type": "string"}},
-                },
-            },
-            "ServerId": {
-                "type": "string",
-                "pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$",
-            },
-            "ServerSpec": {
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["id", "command"],
-                "properties": {
-                    "id": {"$ref": "#/components/schemas/ServerId"},
-                    "command": {
-                        "type": "string",
-                        "minLength": 1,
-                        "description": "Program to run (looked up on PATH when not a path)",
-                    },
-                    "args": {"type": "array", "items": {"type": "string"}, "default": []},
-                    "env": {
-                        "type": "object",
-                        "additionalProperties": {"type": "string"},
-                        "default": {},
-                        "description": "Environment on top of PATH, HOME, LANG, TERM, USER",
-                    },
-                    "cwd": {"type": "string", "description": "Working directory (absolute path)"},
-                    "capabilities": {
-                        "type": "array",
-                        "items": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^\\S+$"},
-                        "default": [],
-                    },
-                    "autostart": {"type": "boolean", "default": true},
-                    "call_timeout_ms": ms(10, 3_600_000, "Default deadline of a tool call"),
-                    "backoff_initial_ms": ms(10, 3_600_000, "First restart delay"),
-                    "backoff_max_ms": ms(10, 86_400_000, "Largest restart delay"),
-                    "max_failures": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "maximum": 1000,
-                        "description": "Failed starts within the failure window that open the circuit breaker",
-                    },
-                    "limits": {"$ref": "#/components/schemas/SandboxLimits"},
-                },
-            },
-            "SandboxLimits": {
-                "type": "object",
-                "additionalProperties": false,
-                "description": "Absent fields take the `[mcp_servers]` defaults",
-                "properties": {
-                    "max_open_files": uint("RLIMIT_NOFILE"),
-                    "max_cpu_seconds": uint("RLIMIT_CPU in seconds (0 = unlimited)"),
-                    "max_memory_mb": uint("RLIMIT_DATA in MiB (0 = unlimited)"),
-                    "uid": {"type": "integer", "minimum": 0, "maximum": 4_294_967_295u64, "description": "Run as this uid (daemon as root only)"},
-                    "gid": {"type": "integer", "minimum": 0, "maximum": 4_294_967_295u64, "description": "Run as this gid (daemon as root only)"},
-                },
-            },
-        },
-    })
+    serde_json::from_str(COMPONENTS).unwrap_or_default()
 }
+
+/// [`components`] (keys in the order the document prints them).
+const COMPONENTS: &str = r##"{
+  "parameters": {
+    "ServerId": {
+      "description": "MCP server id",
+      "in": "path",
+      "name": "id",
+      "required": true,
+      "schema": {"$ref": "#/components/schemas/ServerId"}
+    }
+  },
+  "schemas": {
+    "Envelope": {
+      "properties": {
+        "data": {"description": "The answer; on an error, data that goes with it, or null"},
+        "errors": {"items": {"$ref": "#/components/schemas/Error"}, "type": "array"},
+        "metadata": {
+          "properties": {
+            "processing_time_ms": {"type": "number"},
+            "request_id": {"examples": ["req_42"], "type": "string"},
+            "version": {"examples": ["v1"], "type": "string"}
+          },
+          "required": ["request_id", "processing_time_ms", "version"],
+          "type": "object"
+        },
+        "status": {"enum": ["success", "error", "partial"], "type": "string"},
+        "timestamp": {"format": "date-time", "type": "string"}
+      },
+      "required": ["status", "timestamp", "data", "metadata", "errors"],
+      "type": "object"
+    },
+    "Error": {
+      "properties": {
+        "code": {"description": "Stable snake_case code", "type": "string"},
+        "field": {
+          "description": "Parameter, body field or config key at fault",
+          "type": ["string", "null"]
+        },
+        "message": {"type": "string"}
+      },
+      "required": ["code", "message", "field"],
+      "type": "object"
+    },
+    "HealthReport": {
+      "properties": {
+        "components": {"type": "object"},
+        "failing": {"items": {"type": "string"}, "type": "array"},
+        "status": {"enum": ["healthy", "unhealthy"], "type": "string"}
+      },
+      "type": "object"
+    },
+    "SandboxLimits": {
+      "additionalProperties": false,
+      "description": "Absent fields take the `[mcp_servers]` defaults",
+      "properties": {
+        "gid": {
+          "description": "Run as this gid (daemon as root only)",
+          "maximum": 4294967295,
+          "minimum": 0,
+          "type": "integer"
+        },
+        "max_cpu_seconds": {
+          "description": "RLIMIT_CPU in seconds (0 = unlimited)",
+          "minimum": 0,
+          "type": "integer"
+        },
+        "max_memory_mb": {
+          "description": "RLIMIT_DATA in MiB (0 = unlimited)",
+          "minimum": 0,
+          "type": "integer"
+        },
+        "max_open_files": {"description": "RLIMIT_NOFILE", "minimum": 0, "type": "integer"},
+        "uid": {
+          "description": "Run as this uid (daemon as root only)",
+          "maximum": 4294967295,
+          "minimum": 0,
+          "type": "integer"
+        }
+      },
+      "type": "object"
+    },
+    "ServerId": {"pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$", "type": "string"},
+    "ServerSpec": {
+      "additionalProperties": false,
+      "properties": {
+        "args": {"default": [], "items": {"type": "string"}, "type": "array"},
+        "autostart": {"default": true, "type": "boolean"},
+        "backoff_initial_ms": {
+          "description": "First restart delay",
+          "maximum": 3600000,
+          "minimum": 10,
+          "type": "integer"
+        },
+        "backoff_max_ms": {
+          "description": "Largest restart delay",
+          "maximum": 86400000,
+          "minimum": 10,
+          "type": "integer"
+        },
+        "call_timeout_ms": {
+          "description": "Default deadline of a tool call",
+          "maximum": 3600000,
+          "minimum": 10,
+          "type": "integer"
+        },
+        "capabilities": {
+          "default": [],
+          "items": {"maxLength": 64, "minLength": 1, "pattern": "^\\S+$", "type": "string"},
+          "type": "array"
+        },
+        "command": {
+          "description": "Program to run (looked up on PATH when not a path)",
+          "minLength": 1,
+          "type": "string"
+        },
+        "cwd": {"description": "Working directory (absolute path)", "type": "string"},
+        "env": {
+          "additionalProperties": {"type": "string"},
+          "default": {},
+          "description": "Environment on top of PATH, HOME, LANG, TERM, USER",
+          "type": "object"
+        },
+        "id": {"$ref": "#/components/schemas/ServerId"},
+        "limits": {"$ref": "#/components/schemas/SandboxLimits"},
+        "max_failures": {
+          "description": "Failed starts within the failure window that open the circuit breaker",
+          "maximum": 1000,
+          "minimum": 1,
+          "type": "integer"
+        }
+      },
+      "required": ["id", "command"],
+      "type": "object"
+    }
+  },
+  "securitySchemes": {
+    "bearerAuth": {
+      "description": "`security.api_token`, the first line of `security.api_token_file`, or the token generated into `<state dir>/api_token` (`vsm-daemon token` shows it); required on every TCP route but `GET /api/v1/health`",
+      "scheme": "bearer",
+      "type": "http"
+    }
+  }
+}"##;
 
 #[cfg(test)]
 mod tests {

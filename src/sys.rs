@@ -18,6 +18,22 @@ pub struct PeerCred {
     pub gid: u32,
 }
 
+/// Clock ticks per second, the unit of /proc's CPU times (`sysconf(_SC_CLK_TCK)`; 100 when
+/// it cannot be read, the value on every Linux architecture).
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions; it only reads a constant of the system.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(100)
+}
+
+/// The page size in bytes, the unit of /proc's memory counts (`sysconf(_SC_PAGESIZE)`; 4096
+/// when it cannot be read).
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions; it only reads a constant of the system.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
 /// Reads SO_PEERCRED from a connected Unix stream socket.
 ///
 /// # Errors

@@ -854,6 +854,33 @@ fn metrics_views_carry_every_rooms_part() {
         assert_eq!(keys(perf), performance, "{what} performance: {perf}");
         assert_eq!(keys(heal), health, "{what} health: {heal}");
         assert!(perf["process"]["rss_bytes"].is_u64(), "{what}: {perf}");
+        let process = &perf["process"];
+        assert!(
+            process["threads"].as_u64().is_some_and(|n| n >= 2),
+            "{what}: {process}"
+        );
+        assert!(
+            process["voluntary_ctxt_switches"]
+                .as_u64()
+                .is_some_and(|n| n > 0),
+            "{what}: {process}"
+        );
+        let host = &perf["host"];
+        assert!(
+            host["memory_total_bytes"].as_u64().is_some_and(|n| n > 0),
+            "{what}: {host}"
+        );
+        assert!(
+            host["memory_available_bytes"]
+                .as_u64()
+                .is_some_and(|n| n > 0),
+            "{what}: {host}"
+        );
+        assert_eq!(
+            host["load_average"].as_array().map(Vec::len),
+            Some(3),
+            "{what}: {host}"
+        );
         assert!(perf["event_loop"]["wakeups"].is_u64(), "{what}: {perf}");
         assert!(perf["alerts"].is_object(), "{what}: {perf}");
         assert_eq!(perf["alerts"], heal["alerts"], "{what}");

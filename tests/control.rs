@@ -35,6 +35,14 @@ fn starts_on_embedded_defaults_and_reports_status() {
     assert!(lp["wakeups"].as_u64().is_some_and(|w| w > 0));
     assert!(lp["timers_armed"].as_u64().is_some_and(|t| t >= 1), "{lp}");
     assert!(lp["rss_bytes"].as_u64().is_some_and(|r| r > 0));
+    // A loop that has slept in epoll has switched voluntarily.
+    assert!(
+        lp["voluntary_ctxt_switches"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{lp}"
+    );
+    assert!(lp["nonvoluntary_ctxt_switches"].is_u64(), "{lp}");
     assert_eq!(lp["connections"], 1, "the status request's own connection");
 }
 

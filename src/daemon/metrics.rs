@@ -16,12 +16,8 @@ fn reasons(counts: &[u64; 2]) -> Value {
 
 impl Daemon {
     pub(super) fn loop_stats(&self, stats: &LoopStats, timers: usize) -> Value {
-        let me = procfs::process::Process::myself().ok();
-        let rss = me
-            .as_ref()
-            .and_then(|p| p.statm().ok())
-            .map(|s| s.resident * procfs::page_size());
-        let status = me.as_ref().and_then(|p| p.status().ok());
+        let rss = monitor::performance::own_rss_bytes();
+        let (voluntary, nonvoluntary) = monitor::performance::own_ctxt_switches();
         let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).ok();
         json!({
             "wakeups": stats.wakeups,
@@ -43,8 +39,8 @@ impl Daemon {
             "children_reaped": self.reaped,
             "rss_bytes": rss,
             "open_fds": fds,
-            "voluntary_ctxt_switches": status.as_ref().and_then(|s| s.voluntary_ctxt_switches),
-            "nonvoluntary_ctxt_switches": status.as_ref().and_then(|s| s.nonvoluntary_ctxt_switches),
+            "voluntary_ctxt_switches": voluntary,
+            "nonvoluntary_ctxt_switches": nonvoluntary,
         })
     }
 

@@ -1,4 +1,4 @@
-//! Resource samples from procfs (the daemon's own process and the host), and the built-in
+//! Resource samples from /proc (the daemon's own process and the host), and the built-in
 //! performance and health rules that turn samples into [`Observation`]s for the alerts room.
 //!
 //! Every read is a few small /proc files (plus `statvfs` of local filesystems only: a network
@@ -9,7 +9,6 @@
 
 use super::observation::{Family, Hysteresis, Observation, Severity};
 use crate::telemetry::Totals;
-use procfs::Current;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -244,35 +243,39 @@ fn statvfs(mount: &str, fstype: &str) -> Option<Fs> {
 
 /// Reads the daemon's own process sample (missing fields stay 0).
 pub fn own_process() -> ProcessSample {
-    let mut s = ProcessSample::default();
-    let Ok(me) = procfs::process::Process::myself() else {
-        return s;
-    };
-    if let Ok(stat) = me.stat() {
-        let ticks = procfs::ticks_per_second() as f64;
-        s.cpu_seconds = (stat.utime + stat.stime) as f64 / ticks.max(1.0);
-        s.threads = stat.num_threads.max(0) as u64;
-    }
-    if let Ok(statm) = me.statm() {
-        s.rss_bytes = statm.resident * procfs::page_size();
-    }
-    if let Ok(status) = me.status() {
-        s.voluntary_ctxt_switches = status.voluntary_ctxt_switches.unwrap_or(0);
-    }
-    s.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    let mut s = own_process_brief();
+    s.voluntary_ctxt_switches = own_ctxt_switches().0.unwrap_or(0);
     s
+}
+
+/// The daemon's (voluntary, nonvoluntary) context switches from `/proc/self/status`.
+pub fn own_ctxt_switches() -> (Option<u64>, Option<u64>) {
+    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+    };
+    (
+        field("voluntary_ctxt_switches"),
+        field("nonvoluntary_ctxt_switches"),
+    )
+}
+
+/// The daemon's resident memory in bytes (`/proc/self/statm`).
+pub fn own_rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages.saturating_mul(crate::sys::page_size()))
 }
 
 /// Reads the host sample (missing fields stay 0).
 pub fn host() -> HostSample {
     let mut h = HostSample::default();
-    if let Ok(l) = procfs::LoadAverage::current() {
-        h.load = [f64::from(l.one), f64::from(l.five), f64::from(l.fifteen)];
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    for (i, v) in read("/proc/loadavg").split_whitespace().take(3).enumerate() {
+        h.load[i] = v.parse().unwrap_or(0.0);
     }
-    if let Ok(m) = procfs::Meminfo::current() {
-        h.mem_total_bytes = m.mem_total;
-        h.mem_available_bytes = m.mem_available.unwrap_or(m.mem_free);
-    }
+    (h.mem_total_bytes, h.mem_available_bytes, _, _) = parse_meminfo(&read("/proc/meminfo"));
     h.cpus = cpus();
     h
 }
@@ -285,10 +288,10 @@ pub fn own_process_brief() -> ProcessSample {
     if let Some((_, rest)) = stat.rsplit_once(')') {
         let f: Vec<&str> = rest.split_whitespace().collect();
         let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-        let ticks = procfs::ticks_per_second() as f64;
+        let ticks = crate::sys::clock_ticks() as f64;
         s.cpu_seconds = (n(11) + n(12)) as f64 / ticks.max(1.0);
         s.threads = n(17);
-        s.rss_bytes = n(21).saturating_mul(procfs::page_size());
+        s.rss_bytes = n(21).saturating_mul(crate::sys::page_size());
     }
     s.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
     s
@@ -906,6 +909,24 @@ mod tests {
         assert!(full.mem_total_bytes > 0 && full.load.iter().all(|l| *l >= 0.0));
         let brief = own_process_brief();
         assert!(brief.rss_bytes > 0 && brief.threads >= 1 && brief.open_fds > 0);
+    }
+
+    #[test]
+    fn own_process_is_read_from_proc() {
+        // The test process: resident, some CPU time, at least this thread, and it has slept.
+        assert!(own_rss_bytes().is_some_and(|b| b > 0));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let (voluntary, nonvoluntary) = own_ctxt_switches();
+        assert!(voluntary.is_some_and(|n| n > 0) && nonvoluntary.is_some());
+        let s = own_process();
+        assert!(
+            s.rss_bytes > 0 && s.threads >= 1 && s.open_fds >= 3,
+            "{s:?}"
+        );
+        assert!(s.voluntary_ctxt_switches > 0);
+        let h = host();
+        assert!(h.mem_total_bytes >= h.mem_available_bytes && h.mem_available_bytes > 0);
+        assert!(h.load.iter().all(|l| *l >= 0.0) && h.cpus >= 1);
     }
 
     #[test]

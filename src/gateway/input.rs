@@ -403,22 +403,7 @@ mod tests {
         };
         h.cx_do(|g, cx| crate::room::Follows::servers(g, cx, &[view]));
         h.out.clear();
-        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
-                          "params": {"protocolVersion": "2025-11-25", "capabilities": caps}});
-        h.send("POST", &[], &init.to_string());
-        let session = h
-            .out
-            .iter()
-            .find_map(|o| match o {
-                Output::Http { response, .. } => response
-                    .headers
-                    .iter()
-                    .find(|(k, _)| *k == "Mcp-Session-Id")
-                    .map(|(_, v)| v.clone()),
-                _ => None,
-            })
-            .expect("a session");
-        h.out.clear();
+        let session = h.open_with(caps);
         (h, session)
     }
 

@@ -2466,8 +2466,14 @@ mod tests {
 
         /// `initialize`; the session id.
         fn open(&mut self) -> String {
-            let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#;
-            self.send("POST", &[], init);
+            self.open_with(json!({}))
+        }
+
+        /// `initialize` by a client that declared `caps`; the session id.
+        pub(super) fn open_with(&mut self, caps: Value) -> String {
+            let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                              "params": {"protocolVersion": "2025-11-25", "capabilities": caps}});
+            self.send("POST", &[], &init.to_string());
             let id = self
                 .out
                 .iter()

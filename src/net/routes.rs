@@ -19,25 +19,52 @@ fn routed() -> impl Iterator<Item = &'static Op> {
     ops::all().filter(|o| o.parse.is_some())
 }
 
-/// A routed row with where its pattern's `{id}` starts (`None`: a literal pattern), found
-/// once: every request walks the table, and looking for the brace in each row's pattern was
-/// most of what that walk cost.
+/// A routed row with an `{id}` and where it starts. Every request walks these: finding
+/// the brace in each row's pattern was most of what that walk cost.
 struct Row {
     op: &'static Op,
-    brace: Option<usize>,
+    brace: usize,
 }
 
-/// The routed rows, in table order, with their brace found.
-fn table() -> &'static [Row] {
-    static TABLE: std::sync::OnceLock<Vec<Row>> = std::sync::OnceLock::new();
+/// The routes, found once: the literal patterns (no `{id}`) sorted and deduplicated, for a
+/// binary search, the rows with an `{id}`, in table order, and the public rows with where
+/// their `{id}` starts (`None`: none).
+struct Table {
+    literal: Vec<&'static str>,
+    templated: Vec<Row>,
+    public: Vec<(&'static Op, Option<usize>)>,
+}
+
+/// The routed rows split by [`Table`].
+fn table() -> &'static Table {
+    static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
-        routed()
-            .map(|op| Row {
-                op,
-                brace: op.path.find('{'),
-            })
-            .collect()
+        let mut literal = Vec::new();
+        let mut templated = Vec::new();
+        let mut public = Vec::new();
+        for op in routed() {
+            if op.access == Access::Public {
+                public.push((op, op.path.find('{')));
+            }
+            match op.path.find('{') {
+                Some(brace) => templated.push(Row { op, brace }),
+                None => literal.push(op.path),
+            }
+        }
+        literal.sort_unstable();
+        literal.dedup();
+        Table {
+            literal,
+            templated,
+            public,
+        }
     })
+}
+
+/// The literal pattern equal to `path`, by binary search.
+fn literal(path: &str) -> Option<&'static str> {
+    let t = &table().literal;
+    t.binary_search(&path).ok().map(|i| t[i])
 }
 
 /// Every (method, path pattern) the router answers (HEAD aside), in table order.
@@ -56,11 +83,10 @@ pub fn control_socket_only(pattern: &str) -> bool {
 pub fn is_public(method: &str, path: &str) -> bool {
     let method = if method == "HEAD" { "GET" } else { method };
     let path = trimmed(path);
-    table().iter().any(|r| {
-        r.op.access == Access::Public
-            && r.op.method == method
-            && matches_at(r.op.path, r.brace, path).is_some()
-    })
+    table()
+        .public
+        .iter()
+        .any(|&(o, brace)| o.method == method && matches_at(o.path, brace, path).is_some())
 }
 
 /// A path without its trailing slashes; the root stays `/` (the status page's route).
@@ -86,26 +112,16 @@ pub struct Resolved {
 /// `/api/v1/capabilities/{id}`.
 pub fn resolve(path: &str) -> Option<Resolved> {
     let path = trimmed(path);
-    let mut templated = None;
-    for r in table() {
-        let o = r.op;
-        match matches_at(o.path, r.brace, path) {
-            Some(None) => {
-                return Some(Resolved {
-                    pattern: o.path,
-                    id: None,
-                })
-            }
-            Some(id @ Some(_)) if templated.is_none() => {
-                templated = Some(Resolved {
-                    pattern: o.path,
-                    id,
-                })
-            }
-            _ => {}
-        }
+    if let Some(pattern) = literal(path) {
+        return Some(Resolved { pattern, id: None });
     }
-    templated
+    table().templated.iter().find_map(|r| {
+        let id = matches_at(r.op.path, Some(r.brace), path)?;
+        Some(Resolved {
+            pattern: r.op.path,
+            id,
+        })
+    })
 }
 
 /// The methods a route pattern answers, in table order.
@@ -555,8 +571,8 @@ mod tests {
     fn a_row_with_an_id_matches_as_the_segment_walk_does() {
         let ids = ["fx", "a%20b", "%zz", "", "x.y", "fx/more"];
         let mut checked = 0;
-        for r in table() {
-            let Some(i) = r.brace else { continue };
+        for r in &table().templated {
+            let i = r.brace;
             let mut paths: Vec<String> =
                 ids.iter().map(|id| r.op.path.replace("{id}", id)).collect();
             paths.extend(paths.clone().iter().map(|p| format!("{p}/")));
@@ -565,7 +581,7 @@ mod tests {
             paths.push(r.op.path[..i - 1].to_string());
             for path in paths {
                 assert_eq!(
-                    matches_at(r.op.path, r.brace, &path),
+                    matches_at(r.op.path, Some(r.brace), &path),
                     walk(r.op.path, &path),
                     "{} {path}",
                     r.op.path

@@ -152,12 +152,18 @@ impl SystemId {
 pub struct Activity {
     /// The event's sequence number (0 for the room's own actions).
     pub seq: u64,
-    /// RFC 3339.
-    pub at: String,
+    /// When (RFC 3339 in its JSON form; formatted when shown, not on every call).
+    #[serde(serialize_with = "rfc3339")]
+    pub at: SystemTime,
     /// What kind (an outcome, a damping act, a cycle, ...).
     pub kind: &'static str,
     /// For people.
     pub detail: String,
+}
+
+/// An [`Activity`]'s time as RFC 3339 UTC with milliseconds.
+fn rfc3339<S: serde::Serializer>(at: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::state::rfc3339_utc_millis(*at))
 }
 
 /// One system's record.
@@ -193,7 +199,7 @@ impl System {
         }
         self.recent.push_back(Activity {
             seq,
-            at: crate::state::rfc3339_utc_millis(SystemTime::now()),
+            at: SystemTime::now(),
             kind,
             detail,
         });

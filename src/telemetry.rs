@@ -171,25 +171,24 @@ impl<T> Default for Family<T> {
 /// A label set as the families key it ([`Vec<String>`]) or as a request names it
 /// (`&[&str]`), so that a known set is found in the map by its order, without allocating.
 trait Labels {
-    fn len(&self) -> usize;
-    fn at(&self, i: usize) -> &str;
+    fn view(&self) -> View<'_>;
+}
+
+/// The labels of a [`Labels`].
+enum View<'a> {
+    Owned(&'a [String]),
+    Borrowed(&'a [&'a str]),
 }
 
 impl Labels for Vec<String> {
-    fn len(&self) -> usize {
-        Vec::len(self)
-    }
-    fn at(&self, i: usize) -> &str {
-        &self[i]
+    fn view(&self) -> View<'_> {
+        View::Owned(self)
     }
 }
 
 impl Labels for &[&str] {
-    fn len(&self) -> usize {
-        <[&str]>::len(self)
-    }
-    fn at(&self, i: usize) -> &str {
-        self[i]
+    fn view(&self) -> View<'_> {
+        View::Borrowed(self)
     }
 }
 
@@ -213,12 +212,19 @@ impl PartialOrd for dyn Labels + '_ {
     }
 }
 
-/// As `Vec<String>` orders: element by element, a prefix first.
+/// As `Vec<String>` orders: label by label, a prefix first.
 impl Ord for dyn Labels + '_ {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (0..self.len())
-            .map(|i| self.at(i))
-            .cmp((0..other.len()).map(|i| other.at(i)))
+        match (self.view(), other.view()) {
+            (View::Owned(a), View::Owned(b)) => a.cmp(b),
+            (View::Owned(a), View::Borrowed(b)) => {
+                a.iter().map(String::as_str).cmp(b.iter().copied())
+            }
+            (View::Borrowed(a), View::Owned(b)) => {
+                a.iter().copied().cmp(b.iter().map(String::as_str))
+            }
+            (View::Borrowed(a), View::Borrowed(b)) => a.cmp(b),
+        }
     }
 }
 
@@ -819,6 +825,22 @@ x_latency_seconds_count{r=\"b\"} 1
         let mut f = Family::<u64>::default();
         // Sets that order differently as tuples and as joined strings.
         let tricky: [&[&str]; 6] = [&["a"], &["a", "b"], &["ab"], &["a", ""], &[], &["", "a"]];
+        // Found by the map's order: a request's labels must order as the keys do.
+        let owned: Vec<Vec<String>> = tricky
+            .iter()
+            .map(|s| s.iter().map(|v| (*v).to_owned()).collect())
+            .collect();
+        for (a, oa) in tricky.iter().zip(&owned) {
+            for (b, ob) in tricky.iter().zip(&owned) {
+                let want = oa.cmp(ob);
+                let (ka, kb): (&dyn Labels, &dyn Labels) = (a, b);
+                let (koa, kob): (&dyn Labels, &dyn Labels) = (oa, ob);
+                assert_eq!(ka.cmp(kb), want, "{a:?} {b:?}");
+                assert_eq!(koa.cmp(kb), want, "{a:?} {b:?}");
+                assert_eq!(ka.cmp(kob), want, "{a:?} {b:?}");
+                assert_eq!(koa.cmp(kob), want, "{a:?} {b:?}");
+            }
+        }
         for set in tricky {
             f.add(set, 1);
         }

@@ -19,20 +19,45 @@ fn routed() -> impl Iterator<Item = &'static Op> {
     ops::all().filter(|o| o.parse.is_some())
 }
 
-/// A routed row with an `{id}` and where it starts. Every request walks these: finding
-/// the brace in each row's pattern was most of what that walk cost.
+/// Where a pattern's `{id}` is, found once (every request walks the `{id}` rows, and
+/// finding the brace and checking what follows it in each row was most of that walk's cost).
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// No `{id}`.
+    Literal,
+    /// An `{id}` at `brace`; `suffix`: the rest of the pattern when the `{id}` is one whole
+    /// segment and the only one (every row so far), which is then matched at once.
+    Id {
+        brace: usize,
+        suffix: Option<&'static str>,
+    },
+}
+
+impl Shape {
+    fn of(pattern: &'static str) -> Shape {
+        let Some(brace) = pattern.find('{') else {
+            return Shape::Literal;
+        };
+        let suffix = pattern[brace..]
+            .strip_prefix("{id}")
+            .filter(|s| pattern[..brace].ends_with('/') && (s.is_empty() || s.starts_with('/')))
+            .filter(|s| !s.contains('{'));
+        Shape::Id { brace, suffix }
+    }
+}
+
+/// A routed row and its pattern's [`Shape`].
 struct Row {
     op: &'static Op,
-    brace: usize,
+    shape: Shape,
 }
 
 /// The routes, found once: the literal patterns (no `{id}`) sorted and deduplicated, for a
-/// binary search, the rows with an `{id}`, in table order, and the public rows with where
-/// their `{id}` starts (`None`: none).
+/// binary search, the rows with an `{id}`, in table order, and the public rows.
 struct Table {
     literal: Vec<&'static str>,
     templated: Vec<Row>,
-    public: Vec<(&'static Op, Option<usize>)>,
+    public: Vec<Row>,
 }
 
 /// The routed rows split by [`Table`].
@@ -43,12 +68,13 @@ fn table() -> &'static Table {
         let mut templated = Vec::new();
         let mut public = Vec::new();
         for op in routed() {
+            let shape = Shape::of(op.path);
             if op.access == Access::Public {
-                public.push((op, op.path.find('{')));
+                public.push(Row { op, shape });
             }
-            match op.path.find('{') {
-                Some(brace) => templated.push(Row { op, brace }),
-                None => literal.push(op.path),
+            match shape {
+                Shape::Id { .. } => templated.push(Row { op, shape }),
+                Shape::Literal => literal.push(op.path),
             }
         }
         literal.sort_unstable();
@@ -86,7 +112,7 @@ pub fn is_public(method: &str, path: &str) -> bool {
     table()
         .public
         .iter()
-        .any(|&(o, brace)| o.method == method && matches_at(o.path, brace, path).is_some())
+        .any(|r| r.op.method == method && matches_at(r.op.path, r.shape, path).is_some())
 }
 
 /// A path without its trailing slashes; the root stays `/` (the status page's route).
@@ -116,7 +142,7 @@ pub fn resolve(path: &str) -> Option<Resolved> {
         return Some(Resolved { pattern, id: None });
     }
     table().templated.iter().find_map(|r| {
-        let id = matches_at(r.op.path, Some(r.brace), path)?;
+        let id = matches_at(r.op.path, r.shape, path)?;
         Some(Resolved {
             pattern: r.op.path,
             id,
@@ -151,36 +177,28 @@ pub fn method_label(method: &str) -> &'static str {
     }
 }
 
-/// Matches a path against a route pattern whose `{id}` starts at `brace` (`None`: none);
-/// returns the `{id}` segment (decoded) if any. No allocation unless the pattern matches and
-/// has an `{id}`.
-fn matches_at(pattern: &str, brace: Option<usize>, path: &str) -> Option<Option<String>> {
-    // Every request walks the table: most rows have no `{id}` and one comparison decides
-    // them; a row with one is first checked on its fixed prefix.
-    match brace {
-        None => return (pattern == path).then_some(None),
-        Some(i) if !path.starts_with(&pattern[..i]) => return None,
-        Some(i) => {
-            // One `{id}` that is a whole segment (every row so far): the segment after the
-            // prefix is the id and the rest must be the pattern's rest, compared at once
-            // instead of segment by segment (a REST path is resolved against ~60 rows twice
-            // per request; the walk below cost ~35k instructions a call).
-            let suffix = pattern[i..]
-                .strip_prefix("{id}")
-                .filter(|s| pattern[..i].ends_with('/') && (s.is_empty() || s.starts_with('/')))
-                .filter(|s| !s.contains('{'));
-            if let Some(suffix) = suffix {
-                let rest = &path[i..];
-                let end = rest.find('/').unwrap_or(rest.len());
-                let seg = &rest[..end];
-                if seg.is_empty() || &rest[end..] != suffix {
-                    return None;
-                }
-                return percent_decode(seg).map(Some);
+/// Matches a path against a route pattern of this [`Shape`]; returns the `{id}` segment
+/// (decoded) if any. No allocation unless the pattern matches and has an `{id}`.
+fn matches_at(pattern: &str, shape: Shape, path: &str) -> Option<Option<String>> {
+    match shape {
+        Shape::Literal => (pattern == path).then_some(None),
+        Shape::Id { brace, .. } if !path.starts_with(&pattern[..brace]) => None,
+        Shape::Id {
+            brace,
+            suffix: Some(suffix),
+        } => {
+            // The segment after the prefix is the id and the rest must be the pattern's
+            // rest, compared at once instead of segment by segment.
+            let rest = &path[brace..];
+            let end = rest.find('/').unwrap_or(rest.len());
+            let seg = &rest[..end];
+            if seg.is_empty() || &rest[end..] != suffix {
+                return None;
             }
+            percent_decode(seg).map(Some)
         }
+        Shape::Id { suffix: None, .. } => walk(pattern, path),
     }
-    walk(pattern, path)
 }
 
 /// [`matches_at`] segment by segment, for any pattern.
@@ -572,7 +590,9 @@ mod tests {
         let ids = ["fx", "a%20b", "%zz", "", "x.y", "fx/more"];
         let mut checked = 0;
         for r in &table().templated {
-            let i = r.brace;
+            let Shape::Id { brace: i, .. } = r.shape else {
+                unreachable!("a templated row has an id")
+            };
             let mut paths: Vec<String> =
                 ids.iter().map(|id| r.op.path.replace("{id}", id)).collect();
             paths.extend(paths.clone().iter().map(|p| format!("{p}/")));
@@ -581,7 +601,7 @@ mod tests {
             paths.push(r.op.path[..i - 1].to_string());
             for path in paths {
                 assert_eq!(
-                    matches_at(r.op.path, Some(r.brace), &path),
+                    matches_at(r.op.path, r.shape, &path),
                     walk(r.op.path, &path),
                     "{} {path}",
                     r.op.path

@@ -53,10 +53,12 @@ struct Row {
 }
 
 /// The routes, found once: the literal patterns (no `{id}`) sorted and deduplicated, for a
-/// binary search, the rows with an `{id}`, in table order, and the public rows.
+/// binary search, the rows with an `{id}`, in table order, what all of those start with
+/// (a path without it, such as `/mcp`, is no `{id}` row's), and the public rows.
 struct Table {
     literal: Vec<&'static str>,
     templated: Vec<Row>,
+    templated_prefix: &'static str,
     public: Vec<Row>,
 }
 
@@ -79,9 +81,23 @@ fn table() -> &'static Table {
         }
         literal.sort_unstable();
         literal.dedup();
+        let mut templated_prefix = templated.first().map_or("", |r| r.op.path);
+        for r in &templated {
+            let common = templated_prefix
+                .bytes()
+                .zip(r.op.path.bytes())
+                .take_while(|(a, b)| a == b)
+                .count();
+            let mut end = common;
+            while !templated_prefix.is_char_boundary(end) {
+                end -= 1;
+            }
+            templated_prefix = &templated_prefix[..end];
+        }
         Table {
             literal,
             templated,
+            templated_prefix,
             public,
         }
     })
@@ -141,7 +157,11 @@ pub fn resolve(path: &str) -> Option<Resolved> {
     if let Some(pattern) = literal(path) {
         return Some(Resolved { pattern, id: None });
     }
-    table().templated.iter().find_map(|r| {
+    let table = table();
+    if !path.starts_with(table.templated_prefix) {
+        return None;
+    }
+    table.templated.iter().find_map(|r| {
         let id = matches_at(r.op.path, r.shape, path)?;
         Some(Resolved {
             pattern: r.op.path,
@@ -610,6 +630,21 @@ mod tests {
             }
         }
         assert!(checked > 100, "{checked}");
+    }
+
+    #[test]
+    fn the_id_rows_share_a_prefix_that_each_of_them_starts_with() {
+        let t = table();
+        assert!(t.templated.len() > 1);
+        assert!(
+            t.templated_prefix.starts_with('/'),
+            "{}",
+            t.templated_prefix
+        );
+        for r in &t.templated {
+            assert!(r.op.path.starts_with(t.templated_prefix), "{}", r.op.path);
+        }
+        assert!(resolve("/mcp").is_none());
     }
 
     #[test]

@@ -1010,6 +1010,12 @@ mod tests {
         assert_eq!(shown["coordination_points"], 5);
         assert_eq!(shown["by_kind"]["alert_suppressed"], 3);
         assert_eq!(shown["recent_activity"].as_array().map(Vec::len), Some(3));
+        // The time is kept as a SystemTime and shown as RFC 3339 UTC with milliseconds.
+        let at = shown["recent_activity"][0]["at"].as_str().unwrap_or("");
+        assert!(
+            at.len() == 24 && at.as_bytes()[10] == b'T' && at.ends_with('Z'),
+            "{at}"
+        );
     }
 
     #[test]

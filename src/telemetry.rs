@@ -168,18 +168,77 @@ impl<T> Default for Family<T> {
     }
 }
 
+/// A label set as the families key it ([`Vec<String>`]) or as a request names it
+/// (`&[&str]`), so that a known set is found in the map by its order, without allocating.
+trait Labels {
+    fn view(&self) -> View<'_>;
+}
+
+/// The labels of a [`Labels`].
+enum View<'a> {
+    Owned(&'a [String]),
+    Borrowed(&'a [&'a str]),
+}
+
+impl Labels for Vec<String> {
+    fn view(&self) -> View<'_> {
+        View::Owned(self)
+    }
+}
+
+impl Labels for &[&str] {
+    fn view(&self) -> View<'_> {
+        View::Borrowed(self)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn Labels + 'a> for Vec<String> {
+    fn borrow(&self) -> &(dyn Labels + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn Labels + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for dyn Labels + '_ {}
+
+impl PartialOrd for dyn Labels + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// As `Vec<String>` orders: label by label, a prefix first.
+impl Ord for dyn Labels + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        match (self.view(), other.view()) {
+            (View::Owned(a), View::Owned(b)) => a.cmp(b),
+            (View::Owned(a), View::Borrowed(b)) => {
+                a.iter().map(String::as_str).cmp(b.iter().copied())
+            }
+            (View::Borrowed(a), View::Owned(b)) => {
+                a.iter().copied().cmp(b.iter().map(String::as_str))
+            }
+            (View::Borrowed(a), View::Borrowed(b)) => a.cmp(b),
+        }
+    }
+}
+
 impl<T> Family<T> {
     /// The value for these label values, created with `make` when new; a new set beyond
     /// [`MAX_LABEL_SETS`] is folded into the all-`"other"` set.
     fn slot(&mut self, values: &[&str], make: impl FnOnce() -> T) -> &mut T {
-        let same = |k: &Vec<String>| k.iter().map(String::as_str).eq(values.iter().copied());
-        // Known label sets are found without allocating (this runs once per request).
-        if self.sets.keys().any(same) {
+        // Known label sets are found by the map's order without allocating (this runs once
+        // per request).
+        let known: &dyn Labels = &values;
+        if self.sets.contains_key(known) {
             return self
                 .sets
-                .iter_mut()
-                .find(|(k, _)| same(k))
-                .map(|(_, v)| v)
+                .get_mut(known)
                 .expect("the label set was found just above");
         }
         let mut key: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
@@ -759,6 +818,50 @@ x_latency_seconds_count{r=\"b\"} 1
 # TYPE x_empty_total counter
 ";
         assert_eq!(e.finish(), expected);
+    }
+
+    #[test]
+    fn a_known_label_set_is_found_in_a_full_family() {
+        let mut f = Family::<u64>::default();
+        // Sets that order differently as tuples and as joined strings.
+        let tricky: [&[&str]; 6] = [&["a"], &["a", "b"], &["ab"], &["a", ""], &[], &["", "a"]];
+        // Found by the map's order: a request's labels must order as the keys do.
+        let owned: Vec<Vec<String>> = tricky
+            .iter()
+            .map(|s| s.iter().map(|v| (*v).to_owned()).collect())
+            .collect();
+        for (a, oa) in tricky.iter().zip(&owned) {
+            for (b, ob) in tricky.iter().zip(&owned) {
+                let want = oa.cmp(ob);
+                let (ka, kb): (&dyn Labels, &dyn Labels) = (a, b);
+                let (koa, kob): (&dyn Labels, &dyn Labels) = (oa, ob);
+                assert_eq!(ka.cmp(kb), want, "{a:?} {b:?}");
+                assert_eq!(koa.cmp(kb), want, "{a:?} {b:?}");
+                assert_eq!(ka.cmp(kob), want, "{a:?} {b:?}");
+                assert_eq!(koa.cmp(kob), want, "{a:?} {b:?}");
+            }
+        }
+        for set in tricky {
+            f.add(set, 1);
+        }
+        let names: Vec<String> = (tricky.len()..MAX_LABEL_SETS)
+            .map(|i| format!("s{i}"))
+            .collect();
+        for n in &names {
+            f.add(&[n, "x"], 1);
+        }
+        assert_eq!(f.sets.len(), MAX_LABEL_SETS);
+        for set in tricky {
+            f.add(set, 10);
+        }
+        for n in &names {
+            f.add(&[n, "x"], 10);
+        }
+        assert_eq!(f.sets.len(), MAX_LABEL_SETS, "nothing folded");
+        assert!(f.sets.values().all(|v| *v == 11), "{:?}", f.sets);
+        f.add(&["new", "x"], 1);
+        assert_eq!(f.sets.len(), MAX_LABEL_SETS + 1);
+        assert_eq!(f.sets.get(&vec![OTHER.to_owned(); 2]), Some(&1));
     }
 
     #[test]

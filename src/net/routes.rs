@@ -19,25 +19,94 @@ fn routed() -> impl Iterator<Item = &'static Op> {
     ops::all().filter(|o| o.parse.is_some())
 }
 
-/// A routed row with where its pattern's `{id}` starts (`None`: a literal pattern), found
-/// once: every request walks the table, and looking for the brace in each row's pattern was
-/// most of what that walk cost.
-struct Row {
-    op: &'static Op,
-    brace: Option<usize>,
+/// Where a pattern's `{id}` is, found once (every request walks the `{id}` rows, and
+/// finding the brace and checking what follows it in each row was most of that walk's cost).
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// No `{id}`.
+    Literal,
+    /// An `{id}` at `brace`; `suffix`: the rest of the pattern when the `{id}` is one whole
+    /// segment and the only one (every row so far), which is then matched at once.
+    Id {
+        brace: usize,
+        suffix: Option<&'static str>,
+    },
 }
 
-/// The routed rows, in table order, with their brace found.
-fn table() -> &'static [Row] {
-    static TABLE: std::sync::OnceLock<Vec<Row>> = std::sync::OnceLock::new();
+impl Shape {
+    fn of(pattern: &'static str) -> Shape {
+        let Some(brace) = pattern.find('{') else {
+            return Shape::Literal;
+        };
+        let suffix = pattern[brace..]
+            .strip_prefix("{id}")
+            .filter(|s| pattern[..brace].ends_with('/') && (s.is_empty() || s.starts_with('/')))
+            .filter(|s| !s.contains('{'));
+        Shape::Id { brace, suffix }
+    }
+}
+
+/// A routed row and its pattern's [`Shape`].
+struct Row {
+    op: &'static Op,
+    shape: Shape,
+}
+
+/// The routes, found once: the literal patterns (no `{id}`) sorted and deduplicated, for a
+/// binary search, the rows with an `{id}`, in table order, what all of those start with
+/// (a path without it, such as `/mcp`, is no `{id}` row's), and the public rows.
+struct Table {
+    literal: Vec<&'static str>,
+    templated: Vec<Row>,
+    templated_prefix: &'static str,
+    public: Vec<Row>,
+}
+
+/// The routed rows split by [`Table`].
+fn table() -> &'static Table {
+    static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
-        routed()
-            .map(|op| Row {
-                op,
-                brace: op.path.find('{'),
-            })
-            .collect()
+        let mut literal = Vec::new();
+        let mut templated = Vec::new();
+        let mut public = Vec::new();
+        for op in routed() {
+            let shape = Shape::of(op.path);
+            if op.access == Access::Public {
+                public.push(Row { op, shape });
+            }
+            match shape {
+                Shape::Id { .. } => templated.push(Row { op, shape }),
+                Shape::Literal => literal.push(op.path),
+            }
+        }
+        literal.sort_unstable();
+        literal.dedup();
+        let mut templated_prefix = templated.first().map_or("", |r| r.op.path);
+        for r in &templated {
+            let common = templated_prefix
+                .bytes()
+                .zip(r.op.path.bytes())
+                .take_while(|(a, b)| a == b)
+                .count();
+            let mut end = common;
+            while !templated_prefix.is_char_boundary(end) {
+                end -= 1;
+            }
+            templated_prefix = &templated_prefix[..end];
+        }
+        Table {
+            literal,
+            templated,
+            templated_prefix,
+            public,
+        }
     })
+}
+
+/// The literal pattern equal to `path`, by binary search.
+fn literal(path: &str) -> Option<&'static str> {
+    let t = &table().literal;
+    t.binary_search(&path).ok().map(|i| t[i])
 }
 
 /// Every (method, path pattern) the router answers (HEAD aside), in table order.
@@ -56,11 +125,10 @@ pub fn control_socket_only(pattern: &str) -> bool {
 pub fn is_public(method: &str, path: &str) -> bool {
     let method = if method == "HEAD" { "GET" } else { method };
     let path = trimmed(path);
-    table().iter().any(|r| {
-        r.op.access == Access::Public
-            && r.op.method == method
-            && matches_at(r.op.path, r.brace, path).is_some()
-    })
+    table()
+        .public
+        .iter()
+        .any(|r| r.op.method == method && matches_at(r.op.path, r.shape, path).is_some())
 }
 
 /// A path without its trailing slashes; the root stays `/` (the status page's route).
@@ -86,26 +154,20 @@ pub struct Resolved {
 /// `/api/v1/capabilities/{id}`.
 pub fn resolve(path: &str) -> Option<Resolved> {
     let path = trimmed(path);
-    let mut templated = None;
-    for r in table() {
-        let o = r.op;
-        match matches_at(o.path, r.brace, path) {
-            Some(None) => {
-                return Some(Resolved {
-                    pattern: o.path,
-                    id: None,
-                })
-            }
-            Some(id @ Some(_)) if templated.is_none() => {
-                templated = Some(Resolved {
-                    pattern: o.path,
-                    id,
-                })
-            }
-            _ => {}
-        }
+    if let Some(pattern) = literal(path) {
+        return Some(Resolved { pattern, id: None });
     }
-    templated
+    let table = table();
+    if !path.starts_with(table.templated_prefix) {
+        return None;
+    }
+    table.templated.iter().find_map(|r| {
+        let id = matches_at(r.op.path, r.shape, path)?;
+        Some(Resolved {
+            pattern: r.op.path,
+            id,
+        })
+    })
 }
 
 /// The methods a route pattern answers, in table order.
@@ -135,36 +197,28 @@ pub fn method_label(method: &str) -> &'static str {
     }
 }
 
-/// Matches a path against a route pattern whose `{id}` starts at `brace` (`None`: none);
-/// returns the `{id}` segment (decoded) if any. No allocation unless the pattern matches and
-/// has an `{id}`.
-fn matches_at(pattern: &str, brace: Option<usize>, path: &str) -> Option<Option<String>> {
-    // Every request walks the table: most rows have no `{id}` and one comparison decides
-    // them; a row with one is first checked on its fixed prefix.
-    match brace {
-        None => return (pattern == path).then_some(None),
-        Some(i) if !path.starts_with(&pattern[..i]) => return None,
-        Some(i) => {
-            // One `{id}` that is a whole segment (every row so far): the segment after the
-            // prefix is the id and the rest must be the pattern's rest, compared at once
-            // instead of segment by segment (a REST path is resolved against ~60 rows twice
-            // per request; the walk below cost ~35k instructions a call).
-            let suffix = pattern[i..]
-                .strip_prefix("{id}")
-                .filter(|s| pattern[..i].ends_with('/') && (s.is_empty() || s.starts_with('/')))
-                .filter(|s| !s.contains('{'));
-            if let Some(suffix) = suffix {
-                let rest = &path[i..];
-                let end = rest.find('/').unwrap_or(rest.len());
-                let seg = &rest[..end];
-                if seg.is_empty() || &rest[end..] != suffix {
-                    return None;
-                }
-                return percent_decode(seg).map(Some);
+/// Matches a path against a route pattern of this [`Shape`]; returns the `{id}` segment
+/// (decoded) if any. No allocation unless the pattern matches and has an `{id}`.
+fn matches_at(pattern: &str, shape: Shape, path: &str) -> Option<Option<String>> {
+    match shape {
+        Shape::Literal => (pattern == path).then_some(None),
+        Shape::Id { brace, .. } if !path.starts_with(&pattern[..brace]) => None,
+        Shape::Id {
+            brace,
+            suffix: Some(suffix),
+        } => {
+            // The segment after the prefix is the id and the rest must be the pattern's
+            // rest, compared at once instead of segment by segment.
+            let rest = &path[brace..];
+            let end = rest.find('/').unwrap_or(rest.len());
+            let seg = &rest[..end];
+            if seg.is_empty() || &rest[end..] != suffix {
+                return None;
             }
+            percent_decode(seg).map(Some)
         }
+        Shape::Id { suffix: None, .. } => walk(pattern, path),
     }
-    walk(pattern, path)
 }
 
 /// [`matches_at`] segment by segment, for any pattern.
@@ -555,8 +609,10 @@ mod tests {
     fn a_row_with_an_id_matches_as_the_segment_walk_does() {
         let ids = ["fx", "a%20b", "%zz", "", "x.y", "fx/more"];
         let mut checked = 0;
-        for r in table() {
-            let Some(i) = r.brace else { continue };
+        for r in &table().templated {
+            let Shape::Id { brace: i, .. } = r.shape else {
+                unreachable!("a templated row has an id")
+            };
             let mut paths: Vec<String> =
                 ids.iter().map(|id| r.op.path.replace("{id}", id)).collect();
             paths.extend(paths.clone().iter().map(|p| format!("{p}/")));
@@ -565,7 +621,7 @@ mod tests {
             paths.push(r.op.path[..i - 1].to_string());
             for path in paths {
                 assert_eq!(
-                    matches_at(r.op.path, r.brace, &path),
+                    matches_at(r.op.path, r.shape, &path),
                     walk(r.op.path, &path),
                     "{} {path}",
                     r.op.path
@@ -574,6 +630,21 @@ mod tests {
             }
         }
         assert!(checked > 100, "{checked}");
+    }
+
+    #[test]
+    fn the_id_rows_share_a_prefix_that_each_of_them_starts_with() {
+        let t = table();
+        assert!(t.templated.len() > 1);
+        assert!(
+            t.templated_prefix.starts_with('/'),
+            "{}",
+            t.templated_prefix
+        );
+        for r in &t.templated {
+            assert!(r.op.path.starts_with(t.templated_prefix), "{}", r.op.path);
+        }
+        assert!(resolve("/mcp").is_none());
     }
 
     #[test]

@@ -152,12 +152,18 @@ impl SystemId {
 pub struct Activity {
     /// The event's sequence number (0 for the room's own actions).
     pub seq: u64,
-    /// RFC 3339.
-    pub at: String,
+    /// When (RFC 3339 in its JSON form; formatted when shown, not on every call).
+    #[serde(serialize_with = "rfc3339")]
+    pub at: SystemTime,
     /// What kind (an outcome, a damping act, a cycle, ...).
     pub kind: &'static str,
     /// For people.
     pub detail: String,
+}
+
+/// An [`Activity`]'s time as RFC 3339 UTC with milliseconds.
+fn rfc3339<S: serde::Serializer>(at: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::state::rfc3339_utc_millis(*at))
 }
 
 /// One system's record.
@@ -193,7 +199,7 @@ impl System {
         }
         self.recent.push_back(Activity {
             seq,
-            at: crate::state::rfc3339_utc_millis(SystemTime::now()),
+            at: SystemTime::now(),
             kind,
             detail,
         });
@@ -1004,6 +1010,12 @@ mod tests {
         assert_eq!(shown["coordination_points"], 5);
         assert_eq!(shown["by_kind"]["alert_suppressed"], 3);
         assert_eq!(shown["recent_activity"].as_array().map(Vec::len), Some(3));
+        // The time is kept as a SystemTime and shown as RFC 3339 UTC with milliseconds.
+        let at = shown["recent_activity"][0]["at"].as_str().unwrap_or("");
+        assert!(
+            at.len() == 24 && at.as_bytes()[10] == b'T' && at.ends_with('Z'),
+            "{at}"
+        );
     }
 
     #[test]

@@ -553,3 +553,64 @@ fn a_session_era_client_without_the_capability_is_told_what_was_missing() {
         .expect("the call");
     assert_eq!(last["capabilities"], json!({}), "{last}");
 }
+
+/// A call collecting its client's input (a 2026-07-28 server answered `input_required`) that
+/// the client cancels or walks away from holds nothing: more such calls of each kind than a
+/// session may have in flight (64) each reach the server and get their question, so none of
+/// them is still counted; a cancelled one is ended on its stream with `notifications/cancelled` for the
+/// question; and the server is never asked again (no retry with `inputResponses`).
+#[test]
+fn calls_collecting_input_that_their_client_cancels_or_leaves_hold_nothing() {
+    let d = Daemon::start();
+    let rec = d.dir.path().join("modern.rec");
+    register_modern(&d, &rec);
+    let session = raw_session(&d);
+    let sid = ("Mcp-Session-Id", session.as_str());
+    // 65 calls walked away from, then 65 cancelled: either kind left behind would make the
+    // 65th of its kind refused ("64 calls of this session are in flight").
+    let calls = 130u64;
+    for id in 1..=calls {
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                          "params": {"name": "m__interview", "arguments": {}}});
+        let mut post = Raw::open(&d, "POST", &[JSON, ACCEPT, sid], &call.to_string());
+        let got = post.until("the question on the call's stream", |t| {
+            t.contains("elicitation/create") || t.contains("\"error\"")
+        });
+        let question = events(got)
+            .into_iter()
+            .find(|m| m["method"] == "elicitation/create")
+            .unwrap_or_else(|| panic!("call {id} was not asked: {got}"));
+        if id <= calls / 2 {
+            // Walks away: the connection of the call's POST closes.
+            drop(post);
+            continue;
+        }
+        let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                            "params": {"requestId": id, "reason": "changed my mind"}});
+        let mut note = Raw::open(&d, "POST", &[JSON, ACCEPT, sid], &cancel.to_string());
+        assert!(note
+            .until("202", |t| t.contains("\r\n\r\n"))
+            .starts_with("HTTP/1.1 202"));
+        assert!(post.closed(), "call {id}'s stream ends: {}", post.got);
+        let told = events(&post.got).into_iter().any(|m| {
+            m["method"] == "notifications/cancelled" && m["params"]["requestId"] == question["id"]
+        });
+        assert!(told, "call {id}: the question is withdrawn: {}", post.got);
+        let answered = events(&post.got)
+            .into_iter()
+            .any(|m| m["id"] == id && (m.get("result").is_some() || m.get("error").is_some()));
+        assert!(!answered, "a cancelled call gets no response: {}", post.got);
+    }
+    let asked: Vec<Value> = recorded(&rec, "request")
+        .into_iter()
+        .filter(|e| e["method"] == "tools/call")
+        .collect();
+    assert_eq!(asked.len() as u64, calls, "one request per call, no retry");
+    let rounds = recorded(&rec, "interview");
+    assert!(
+        rounds
+            .iter()
+            .all(|r| r["state"].is_null() && r["responses"] == json!({})),
+        "only first rounds: {rounds:?}"
+    );
+}

@@ -409,10 +409,10 @@ impl Daemon {
     }
 }
 
-/// Puts `out` at the end of `bus`. An empty bus (the common case: [`Daemon::deliver`] takes it
-/// whole) takes `out`'s vector itself, without allocating and copying.
+/// Puts `out` at the end of `bus`. An empty bus without room for it takes `out`'s vector
+/// itself, without allocating and copying.
 fn append<T>(bus: &mut Vec<T>, out: Vec<T>) {
-    if bus.is_empty() {
+    if bus.is_empty() && bus.capacity() < out.len() {
         *bus = out;
     } else {
         bus.extend(out);

@@ -229,23 +229,21 @@ impl Ord for dyn Labels + '_ {
 }
 
 impl<T> Family<T> {
-    /// The value for these label values, created with `make` when new; a new set beyond
-    /// [`MAX_LABEL_SETS`] is folded into the all-`"other"` set.
-    fn slot(&mut self, values: &[&str], make: impl FnOnce() -> T) -> &mut T {
-        // Known label sets are found by the map's order without allocating (this runs once
-        // per request).
+    /// Applies `f` to the value for these label values, created with `make` when new; a new
+    /// set beyond [`MAX_LABEL_SETS`] is folded into the all-`"other"` set.
+    fn update(&mut self, values: &[&str], make: impl FnOnce() -> T, f: impl FnOnce(&mut T)) {
+        // A known label set is found by one search of the map's order, without allocating
+        // (this runs a few times per request). `f` is applied here rather than a `&mut T`
+        // returned, which the borrow checker would only take after a second search.
         let known: &dyn Labels = &values;
-        if self.sets.contains_key(known) {
-            return self
-                .sets
-                .get_mut(known)
-                .expect("the label set was found just above");
+        if let Some(v) = self.sets.get_mut(known) {
+            return f(v);
         }
         let mut key: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
         if self.sets.len() >= MAX_LABEL_SETS && !self.sets.contains_key(&key) {
             key = vec![OTHER.to_owned(); values.len()];
         }
-        self.sets.entry(key).or_insert_with(make)
+        f(self.sets.entry(key).or_insert_with(make))
     }
 
     /// Label sets as `(name, value)` pairs, with their values, in sorted order.
@@ -274,8 +272,7 @@ impl<T> Family<T> {
 
 impl Family<u64> {
     fn add(&mut self, values: &[&str], n: u64) {
-        let c = self.slot(values, || 0);
-        *c = c.saturating_add(n);
+        self.update(values, || 0, |c| *c = c.saturating_add(n));
     }
 }
 
@@ -320,18 +317,18 @@ impl Telemetry {
         ];
         let status = std::str::from_utf8(&digits).unwrap_or("000");
         self.http_requests.add(&[route, method, status], 1);
+        let new = || Histogram::new(LATENCY_BUCKETS);
         self.http_duration
-            .slot(&[route], || Histogram::new(LATENCY_BUCKETS))
-            .observe(seconds);
+            .update(&[route], new, |h| h.observe(seconds));
     }
 
     /// One tool call: server id, outcome ("ok" | "tool_error" | "mcp_error" | "timeout" | "cancelled" |
     /// "server_exited"), duration.
     pub fn tool_call(&mut self, server: &str, outcome: &str, seconds: f64) {
         self.tool_calls.add(&[server, outcome], 1);
+        let new = || Histogram::new(LATENCY_BUCKETS);
         self.tool_duration
-            .slot(&[server], || Histogram::new(LATENCY_BUCKETS))
-            .observe(seconds);
+            .update(&[server], new, |h| h.observe(seconds));
     }
 
     /// One forwarded request other than a tool call (`prompts/get`, `resources/read`,

@@ -3,17 +3,22 @@
 
 use super::*;
 
+/// Capacity up to which [`Daemon::deliver`] keeps its emptied buffers.
+const KEPT_BUS: usize = 16;
+
 impl Daemon {
     /// Delivers what the rooms produced (answers, events, requests to other rooms, document
     /// writes) until nothing is left: carrying one out may produce more.
     pub(super) fn deliver(&mut self, cx: &mut Cx<'_, Timer>) {
         loop {
-            let outputs = std::mem::take(&mut self.outputs);
-            let effects = std::mem::take(&mut self.effects);
+            let mut outputs = std::mem::take(&mut self.outputs);
+            let mut effects = std::mem::take(&mut self.effects);
             if outputs.is_empty() && effects.is_empty() {
+                self.outputs = outputs;
+                self.effects = effects;
                 return;
             }
-            for output in outputs {
+            for output in outputs.drain(..) {
                 match output {
                     Output::Reply(reply, answer) => self.answer(cx, reply, answer),
                     Output::ReplyRaw(reply, raw) => self.answer_call(cx, reply, raw),
@@ -29,8 +34,16 @@ impl Daemon {
                     Output::Effect(effect) => self.carry_out(cx, effect),
                 }
             }
-            for effect in effects {
+            for effect in effects.drain(..) {
                 self.carry_out(cx, effect);
+            }
+            // The emptied buffers are kept for the next delivery (a small one: a burst's
+            // would stay), so that a call's outputs and effects do not allocate them anew.
+            if self.outputs.is_empty() && outputs.capacity() <= KEPT_BUS {
+                self.outputs = outputs;
+            }
+            if self.effects.is_empty() && effects.capacity() <= KEPT_BUS {
+                self.effects = effects;
             }
         }
     }

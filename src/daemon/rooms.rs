@@ -400,12 +400,22 @@ impl Daemon {
 
     /// Outputs of rooms that only say the common effects go on the effect bus.
     pub(super) fn deliver_effects(&mut self, _cx: &mut Cx<'_, Timer>, out: Vec<Effect>) {
-        self.effects.extend(out);
+        append(&mut self.effects, out);
     }
 
     /// MCP's outputs go on the effect bus as they are.
     pub(super) fn deliver_outputs(&mut self, _cx: &mut Cx<'_, Timer>, out: Vec<Output>) {
-        self.outputs.extend(out);
+        append(&mut self.outputs, out);
+    }
+}
+
+/// Puts `out` at the end of `bus`. An empty bus without room for it takes `out`'s vector
+/// itself, without allocating and copying.
+fn append<T>(bus: &mut Vec<T>, out: Vec<T>) {
+    if bus.is_empty() && bus.capacity() < out.len() {
+        *bus = out;
+    } else {
+        bus.extend(out);
     }
 }
 

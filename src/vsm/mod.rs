@@ -157,8 +157,74 @@ pub struct Activity {
     pub at: SystemTime,
     /// What kind (an outcome, a damping act, a cycle, ...).
     pub kind: &'static str,
-    /// For people.
-    pub detail: String,
+    /// For people (at most [`ACTIVITY_TEXT`] bytes and an ellipsis in its JSON form).
+    pub detail: Detail,
+}
+
+/// An [`Activity`]'s text, kept as given or, for a tool call (one per call: the common
+/// case), as its parts, formatted only when the activity is shown.
+#[derive(Debug, Clone)]
+pub enum Detail {
+    /// The text, bounded.
+    Text(String),
+    /// `{server}/{tool}: {outcome} in {latency_ms:.1} ms`. `server` and `tool` keep only as
+    /// much as the bounded text can show ([`keep`]).
+    Call {
+        /// The server.
+        server: String,
+        /// The tool.
+        tool: String,
+        /// How it ended.
+        outcome: &'static str,
+        /// How long it took.
+        latency_ms: f64,
+    },
+}
+
+impl Serialize for Detail {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Detail::Text(text) => s.serialize_str(text),
+            Detail::Call {
+                server,
+                tool,
+                outcome,
+                latency_ms,
+            } => {
+                let mut text = format!("{server}/{tool}: {outcome} in {latency_ms:.1} ms");
+                bound(&mut text);
+                s.serialize_str(&text)
+            }
+        }
+    }
+}
+
+/// Cuts `text` to [`ACTIVITY_TEXT`] bytes (at a character boundary) and marks the cut.
+fn bound(text: &mut String) {
+    if text.len() > ACTIVITY_TEXT {
+        let mut cut = ACTIVITY_TEXT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+}
+
+/// Copies into `to` (reusing its buffer) the start of `from` that decides what [`bound`]
+/// keeps of a text beginning with it: all of it up to [`ACTIVITY_TEXT`] bytes, else up to
+/// the first character boundary past that (so the text is still too long, and cut at the
+/// same place).
+fn keep(to: &mut String, from: &str) {
+    let mut end = from.len();
+    if end > ACTIVITY_TEXT {
+        end = ACTIVITY_TEXT + 1;
+        while !from.is_char_boundary(end) {
+            end += 1;
+        }
+    }
+    to.clear();
+    to.push_str(&from[..end]);
 }
 
 /// An [`Activity`]'s time as RFC 3339 UTC with milliseconds.
@@ -186,23 +252,49 @@ impl System {
     }
 
     fn note(&mut self, seq: u64, kind: &'static str, mut detail: String) {
-        if detail.len() > ACTIVITY_TEXT {
-            let mut cut = ACTIVITY_TEXT;
-            while !detail.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            detail.truncate(cut);
-            detail.push('…');
-        }
-        if self.recent.len() >= RECENT {
-            self.recent.pop_front();
-        }
+        bound(&mut detail);
+        self.evict();
         self.recent.push_back(Activity {
             seq,
             at: SystemTime::now(),
             kind,
-            detail,
+            detail: Detail::Text(detail),
         });
+    }
+
+    /// Counts a tool call that ended. Its text is formatted when shown; the buffers of the
+    /// call the ring lets go are reused, so a call allocates nothing once the ring is full.
+    fn call(&mut self, seq: u64, server_id: &str, tool_name: &str, outcome: &'static str, ms: f64) {
+        self.total += 1;
+        *self.by_kind.entry(outcome).or_default() += 1;
+        self.last_at = Some(Instant::now());
+        let (mut server, mut tool) = match self.evict().map(|a| a.detail) {
+            Some(Detail::Call { server, tool, .. }) => (server, tool),
+            _ => (String::new(), String::new()),
+        };
+        keep(&mut server, server_id);
+        keep(&mut tool, tool_name);
+        self.recent.push_back(Activity {
+            seq,
+            at: SystemTime::now(),
+            kind: outcome,
+            detail: Detail::Call {
+                server,
+                tool,
+                outcome,
+                latency_ms: ms,
+            },
+        });
+        self.outcome(outcome == "ok");
+    }
+
+    /// Makes room for one more activity: the oldest goes when the ring is full.
+    fn evict(&mut self) -> Option<Activity> {
+        if self.recent.len() >= RECENT {
+            self.recent.pop_front()
+        } else {
+            None
+        }
     }
 
     fn outcome(&mut self, good: bool) {
@@ -482,14 +574,8 @@ impl Vsm {
                 outcome,
                 latency_ms,
             } => {
-                let s = self.sys(SystemId::Operations);
-                s.count(
-                    seq,
-                    outcome,
-                    format!("{server_id}/{tool}: {outcome} in {latency_ms:.1} ms"),
-                    1,
-                );
-                s.outcome(*outcome == "ok");
+                self.sys(SystemId::Operations)
+                    .call(seq, server_id, tool, outcome, *latency_ms);
             }
             EventData::McpServerRegistered { server_id, .. }
                 if self.servers.len() < MAX_TRACKED =>
@@ -1067,6 +1153,63 @@ mod tests {
             v.systems[0].recent.back().map(|a| a.seq),
             Some(RECENT as u64 * 3 - 1)
         );
+    }
+
+    /// A call's activity, formatted when shown from the parts it keeps (in buffers reused
+    /// around the ring), reads as the text formatted and cut at once did.
+    #[test]
+    fn a_calls_activity_reads_as_the_text_it_replaced() {
+        let old = |server: &str, tool: &str, outcome: &str, ms: f64| {
+            let mut detail = format!("{server}/{tool}: {outcome} in {ms:.1} ms");
+            if detail.len() > ACTIVITY_TEXT {
+                let mut cut = ACTIVITY_TEXT;
+                while !detail.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                detail.truncate(cut);
+                detail.push('…');
+            }
+            detail
+        };
+        let mut names: Vec<String> = vec!["s".into(), String::new(), "é".repeat(150)];
+        for n in [
+            ACTIVITY_TEXT - 20,
+            ACTIVITY_TEXT - 2,
+            ACTIVITY_TEXT,
+            ACTIVITY_TEXT + 3,
+        ] {
+            for pad in ["", "é", "€", "😀"] {
+                names.push(format!("{}{pad}{}", "a".repeat(n), "😀".repeat(3)));
+            }
+        }
+        let mut v = Vsm::default();
+        let mut seq = 0;
+        for server in &names {
+            for tool in &names {
+                for (outcome, ms) in [("ok", 0.04), ("timeout", 12345.678)] {
+                    seq += 1;
+                    let call = EventData::McpToolCall {
+                        server_id: server.clone(),
+                        tool: tool.clone(),
+                        outcome,
+                        latency_ms: ms,
+                    };
+                    v.follow(seq, &call);
+                    let a = v.systems[0].recent.back().expect("noted");
+                    let shown = serde_json::to_value(a).expect("json");
+                    assert_eq!(shown["detail"], old(server, tool, outcome, ms));
+                    assert_eq!(shown["kind"], outcome);
+                    assert_eq!(shown["seq"], seq);
+                    if let Detail::Call { server, tool, .. } = &a.detail {
+                        assert!(
+                            server.len() <= ACTIVITY_TEXT + 4 && tool.len() <= ACTIVITY_TEXT + 4
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(v.count(SystemId::Operations), seq);
+        assert_eq!(v.systems[0].recent.len(), RECENT);
     }
 
     #[test]

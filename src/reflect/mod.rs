@@ -181,15 +181,22 @@ fn now_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// `s` cut to at most [`TEXT_MAX`] bytes, on a character boundary.
+fn cut(s: &str) -> &str {
+    let mut end = s.len().min(TEXT_MAX);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn bounded(s: &str) -> String {
-    if s.len() <= TEXT_MAX {
-        return s.to_string();
-    }
-    let mut cut = TEXT_MAX;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    s[..cut].to_string()
+    cut(s).to_string()
+}
+
+/// [`bounded`] as shared text, made in one allocation.
+fn bounded_text(s: &str) -> Text {
+    Text::from(cut(s))
 }
 
 /// Event types that are decisions: the capability policy's refusals, and the acquisition
@@ -246,10 +253,15 @@ impl Reflect {
     }
 
     fn model(&mut self, server: &str) -> Option<&mut ServerModel> {
-        if !self.servers.contains_key(server) && self.servers.len() >= MAX_SUBJECTS {
-            return None;
+        // A known server's model is found without making its name a String (every tool
+        // call comes here).
+        if !self.servers.contains_key(server) {
+            if self.servers.len() >= MAX_SUBJECTS {
+                return None;
+            }
+            self.servers.insert(server.to_string(), ServerModel::default());
         }
-        Some(self.servers.entry(server.to_string()).or_default())
+        self.servers.get_mut(server)
     }
 
     /// Follows one event: the record, the server models, the firing alerts.
@@ -279,7 +291,7 @@ impl Reflect {
                     seq,
                     What::Call {
                         server: server_id.as_str().into(),
-                        tool: bounded(tool).into(),
+                        tool: bounded_text(tool),
                         outcome,
                         latency_ms: *latency_ms,
                     },
@@ -295,7 +307,7 @@ impl Reflect {
                 let caps: Arc<[Text]> = capabilities
                     .iter()
                     .take(64)
-                    .map(|c| Text::from(bounded(c)))
+                    .map(|c| bounded_text(c))
                     .collect();
                 if let Some(m) = self.model(server_id) {
                     m.status = new_status;
@@ -322,7 +334,7 @@ impl Reflect {
             EventData::VarietyGapDetected { capability, .. } => self.push(
                 seq,
                 What::Gap {
-                    capability: bounded(capability).into(),
+                    capability: bounded_text(capability),
                 },
             ),
             EventData::VarietyUpdated {

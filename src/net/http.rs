@@ -205,6 +205,14 @@ impl FromIterator<(Cow<'static, str>, String)> for Headers {
     }
 }
 
+/// Whether a field name as sent is `lower` (a lowercase name): length and first byte first,
+/// so most fields are passed over without a byte-by-byte comparison.
+fn is_named(name: &str, lower: &str) -> bool {
+    name.len() == lower.len()
+        && name.as_bytes().first().map(u8::to_ascii_lowercase) == lower.as_bytes().first().copied()
+        && name.eq_ignore_ascii_case(lower)
+}
+
 /// Whether `hay` contains `needle` (lowercase ASCII), ignoring ASCII case: as
 /// `hay.to_ascii_lowercase().contains(needle)`, without the copy.
 fn contains_ignore_case(hay: &str, needle: &str) -> bool {
@@ -415,7 +423,7 @@ impl Conn {
         let named = |name: &'static str| {
             req.headers
                 .iter()
-                .filter(move |h| h.name.len() == name.len() && h.name.eq_ignore_ascii_case(name))
+                .filter(move |h| is_named(h.name, name))
                 .map(|h| h.value)
         };
         // Also for the errors below: their answer must not carry a body either. (A request
@@ -423,7 +431,7 @@ impl Conn {
         if method == "HEAD" && self.head_only.last() != Some(&self.next_seq) {
             self.head_only.push(self.next_seq);
         }
-        if !target.starts_with('/') {
+        if target.as_bytes().first() != Some(&b'/') {
             return Some(self.error(400, "request target must be an absolute path"));
         }
         let hosts = named("host").count();
@@ -476,10 +484,11 @@ impl Conn {
             Some(c) if contains_ignore_case(c, "keep-alive") => true,
             _ => http11,
         };
-        let (path, query) = match target.split_once('?') {
-            Some((p, q)) => (p.to_string(), q.to_string()),
-            None => (target.to_string(), String::new()),
+        let (path, query) = match target.bytes().position(|b| b == b'?') {
+            Some(i) => (&target[..i], &target[i + 1..]),
+            None => (target, ""),
         };
+        let (path, query) = (path.to_string(), query.to_string());
         let method = method.to_string();
         let headers = Headers::parsed(&self.input[..head_len], req.headers);
         let body = self.input[head_len..head_len + length].to_vec();
@@ -678,8 +687,11 @@ pub fn content_length<'a>(mut values: impl Iterator<Item = &'a str>) -> Result<u
         return Err("invalid Content-Length: it must be digits only");
     }
     digits
-        .parse::<u64>()
-        .map_err(|_| "invalid Content-Length: too large")
+        .bytes()
+        .try_fold(0u64, |n, d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+        .ok_or("invalid Content-Length: too large")
 }
 
 /// Appends a response head and body to `out` (`head_only`: the head a `HEAD` request gets,
@@ -696,8 +708,19 @@ fn serialize_into(
     let body = if head_only { 0 } else { response.body.len() };
     out.reserve(160 + body);
     out.extend_from_slice(b"HTTP/1.1 ");
-    push_decimal(out, u64::from(response.status));
-    out.push(b' ');
+    match response.status {
+        // The statuses sent are three digits.
+        n @ 100..=999 => out.extend_from_slice(&[
+            b'0' + (n / 100) as u8,
+            b'0' + (n / 10 % 10) as u8,
+            b'0' + (n % 10) as u8,
+            b' ',
+        ]),
+        n => {
+            push_decimal(out, u64::from(n));
+            out.push(b' ');
+        }
+    }
     out.extend_from_slice(reason(response.status).as_bytes());
     out.extend_from_slice(b"\r\nContent-Type: ");
     out.extend_from_slice(response.content_type.as_bytes());
@@ -925,6 +948,14 @@ mod tests {
             b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n\
               Content-Length: 12345\r\nConnection: close\r\n\r\n"
         );
+        // Any status the type holds is written whole.
+        for status in [100, 999, 99, 1000, 0, u16::MAX] {
+            let head = serialize(&Response::json(status, Vec::new()), false, false, false);
+            assert!(
+                head.starts_with(format!("HTTP/1.1 {status} ").as_bytes()),
+                "{status}"
+            );
+        }
         let mut out = Vec::new();
         for n in [0, 7, 10, 99, 100, u64::MAX] {
             out.clear();
@@ -950,6 +981,25 @@ mod tests {
         assert_eq!(req.body, b"{}");
         assert!(req.keep_alive);
         assert_eq!(req.header("HOST"), Some("a"));
+    }
+
+    #[test]
+    fn the_target_splits_at_its_first_question_mark() {
+        for (target, path, query) in [
+            ("/a", "/a", ""),
+            ("/a?", "/a", ""),
+            ("/a?b?c", "/a", "b?c"),
+            ("/?x=1&y", "/", "x=1&y"),
+        ] {
+            let mut conn = Conn::new();
+            conn.feed(format!("GET {target} HTTP/1.1\r\nhOST: a\r\n\r\n").as_bytes());
+            let req = parse_one(&mut conn);
+            assert_eq!((req.path.as_str(), req.query.as_str()), (path, query));
+        }
+        assert!(is_named("Content-Length", "content-length"));
+        assert!(!is_named("Content-Lengths", "content-length"));
+        assert!(!is_named("Mcp-Session-Id", "content-length"));
+        assert!(!is_named("Content-Lengtx", "content-length"));
     }
 
     #[test]
@@ -1146,6 +1196,9 @@ mod tests {
         assert_eq!(one(" 2 "), Ok(2));
         assert_eq!(one("0"), Ok(0));
         assert_eq!(one("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(one("00042"), Ok(42));
+        assert!(one("18446744073709551616").is_err());
+        assert!(one("184467440737095516150").is_err());
         for bad in [
             "+2",
             "-1",

@@ -2393,7 +2393,7 @@ mod tests {
             method: method.into(),
             path: path.into(),
             query: query.into(),
-            headers: Vec::new(),
+            headers: Default::default(),
             body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
             keep_alive: true,
         };

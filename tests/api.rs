@@ -1476,6 +1476,68 @@ fn head_and_idle_timeouts_close_connections() {
     assert_eq!(api(&d, "GET", "/api/v1/status", None).status, 200);
 }
 
+/// The idle timeout waits on the client: a call that takes longer, and a stream that is quiet
+/// for longer, keep their connection (the idle deadline armed before them is left to fire and
+/// must then be dropped, not acted on).
+#[test]
+fn a_call_or_a_stream_outlasting_the_idle_timeout_keeps_its_connection() {
+    let d = start("[http]\nidle_timeout_ms = 300\n");
+    // The stream follows an answer on its connection, so an idle deadline is armed when it
+    // starts (a fresh connection's first request may come before any is).
+    let mut stream = tcp(&d);
+    stream
+        .write_all(
+            format!(
+                "GET /api/v1/status HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
+                d.bearer()
+            )
+            .as_bytes(),
+        )
+        .expect("write");
+    assert_eq!(read_one(&mut stream).map(|r| r.0), Some(200));
+    // Each request in one write: a head that comes in pieces arms the head deadline instead.
+    let follow = format!(
+        "GET /api/v1/events?follow=true HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\
+         Accept: text/event-stream\r\n\r\n",
+        d.bearer()
+    );
+    stream.write_all(follow.as_bytes()).expect("write");
+    // Quiet for more than three idle timeouts (a wait, not a measurement).
+    std::thread::sleep(Duration::from_millis(1000));
+    register_fixture(&d, "fx", &[], json!({}));
+    wait_server(&d, "fx", "active");
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"fx\"") {
+        let n = stream.read(&mut chunk).expect("the stream stays open");
+        assert!(
+            n > 0,
+            "the stream was closed: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    // Two calls of 1.5 s one after the other on one keep-alive connection: the second starts
+    // under the idle deadline its predecessor's answer armed.
+    let mut s = tcp(&d);
+    let body = r#"{"name": "sleep", "arguments": {"ms": 1500, "steps": 1}}"#;
+    for call in 0..2 {
+        let call_request = format!(
+            "POST /api/v1/mcp/servers/fx/tools/call HTTP/1.1\r\nHost: localhost\r\n\
+             Authorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            d.bearer(),
+            body.len()
+        );
+        s.write_all(call_request.as_bytes()).expect("write");
+        let (status, head, text) =
+            read_one(&mut s).unwrap_or_else(|| panic!("call {call} was cut off\n{}", log_tail(&d)));
+        assert_eq!(status, 200, "{head}\n{text}");
+        assert!(!head.contains("Connection: close"), "{head}");
+    }
+    // Then idle, it closes.
+    assert!(closed_by_peer(&mut s), "an idle connection must be closed");
+}
+
 // ----- 6. pipelining ---------------------------------------------------------------------------
 
 #[test]

@@ -333,7 +333,7 @@ proptest! {
             method: method.to_string(),
             path,
             query,
-            headers: vec![("content-type".into(), "application/json".into())],
+            headers: [("content-type".into(), "application/json".into())].into_iter().collect(),
             body,
             keep_alive: true,
         };

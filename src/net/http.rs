@@ -47,9 +47,8 @@ pub struct Request {
     pub path: String,
     /// Raw query string after `?`, or empty.
     pub query: String,
-    /// Header names lowercased, in order (a name the daemon knows is shared, not allocated:
-    /// see [`header_name`]).
-    pub headers: Vec<(Cow<'static, str>, String)>,
+    /// Header fields, names lowercased, in order.
+    pub headers: Headers,
     /// Body bytes (Content-Length delimited).
     pub body: Vec<u8>,
     /// Whether the connection stays open after the answer.
@@ -59,16 +58,7 @@ pub struct Request {
 impl Request {
     /// First value of a header (name is matched case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
-        // The names kept are lowercase, and so is every name the daemon asks for: a plain
-        // comparison (length first) does, and a mixed-case question still finds its header.
-        let found = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        } else {
-            self.headers.iter().find(|(n, _)| n == name)
-        };
-        found.map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 
     /// Whether the client asked for a Server-Sent Events stream.
@@ -78,47 +68,169 @@ impl Request {
     }
 }
 
-/// The header names the daemon reads and clients commonly send, lowercase.
-const KNOWN_HEADERS: &[&str] = &[
-    "host",
-    "accept",
-    "content-type",
-    "content-length",
-    "authorization",
-    "connection",
-    "origin",
-    "user-agent",
-    "accept-encoding",
-    "mcp-session-id",
-    "mcp-protocol-version",
-    "mcp-method",
-    "mcp-name",
-    "last-event-id",
-    "expect",
-    "transfer-encoding",
-    "upgrade",
-    "sec-websocket-key",
-    "sec-websocket-version",
-    "sec-websocket-extensions",
-    "sec-websocket-protocol",
-    "cache-control",
-    "pragma",
-];
+/// The header fields of a request: one text holding every name (lowercased) and value, each
+/// field ranges in it. Two allocations per request instead of one or two per field, and
+/// lookups hand out `&str` views.
+#[derive(Clone, Default)]
+pub struct Headers {
+    /// Names and values: normally the request head as received (names lowercased in place);
+    /// a value with bytes that are not UTF-8 (header values may carry obs-text) has them
+    /// replaced by U+FFFD.
+    text: String,
+    /// Per field: where its name starts and ends, where its value starts and ends.
+    fields: Vec<[usize; 4]>,
+}
 
-/// A header name, lowercase: one of [`KNOWN_HEADERS`] shared (no allocation, and a request
-/// has about ten headers), any other copied and lowercased.
-pub fn header_name(name: &str) -> Cow<'static, str> {
-    // Lowercased once on the stack, then compared as bytes (length first): a case-blind
-    // comparison with each known name cost about 60 calls per request.
-    let mut buf = [0u8; 24]; // the longest known name, sec-websocket-extensions
-    if let Some(lower) = buf.get_mut(..name.len()) {
-        lower.copy_from_slice(name.as_bytes());
-        lower.make_ascii_lowercase();
-        if let Some(known) = KNOWN_HEADERS.iter().find(|k| k.as_bytes() == &*lower) {
-            return Cow::Borrowed(*known);
+impl Headers {
+    /// The fields httparse found in `head`, the bytes they point into: the head copied once,
+    /// its names lowercased in place, checked as UTF-8 once.
+    fn parsed(head: &[u8], found: &[httparse::Header<'_>]) -> Self {
+        // Where a slice of `head` starts in it (httparse hands out subslices of it).
+        let base = head.as_ptr() as usize;
+        let at = |s: &[u8]| (s.as_ptr() as usize).wrapping_sub(base);
+        let mut text = head.to_vec();
+        let mut fields = Vec::with_capacity(found.len());
+        for h in found {
+            let (name, value) = (at(h.name.as_bytes()), at(h.value));
+            let field = [
+                name,
+                name + h.name.len(),
+                value,
+                value.wrapping_add(h.value.len()),
+            ];
+            match text.get_mut(field[0]..field[1]) {
+                Some(name) if head.get(field[2]..field[3]).is_some() => {
+                    for b in name {
+                        *b = b.to_ascii_lowercase();
+                    }
+                }
+                // Not within the head (an empty value may point anywhere): copied one by one.
+                _ => return Headers::copied(found),
+            }
+            fields.push(field);
+        }
+        match String::from_utf8(text) {
+            Ok(text) => Headers { text, fields },
+            Err(_) => Headers::copied(found),
         }
     }
-    Cow::Owned(name.to_ascii_lowercase())
+
+    /// The fields copied one by one (a value that is not UTF-8 gets U+FFFD).
+    fn copied(found: &[httparse::Header<'_>]) -> Self {
+        let mut headers = Headers {
+            text: String::with_capacity(found.iter().map(|h| h.name.len() + h.value.len()).sum()),
+            fields: Vec::with_capacity(found.len()),
+        };
+        for h in found {
+            headers.push(h.name, h.value);
+        }
+        headers
+    }
+
+    /// Appends a field; the name is lowercased.
+    pub fn push(&mut self, name: &str, value: &[u8]) {
+        let start = self.text.len();
+        self.text.push_str(name);
+        self.text[start..].make_ascii_lowercase();
+        let name_end = self.text.len();
+        self.text.push_str(&String::from_utf8_lossy(value));
+        self.fields
+            .push([start, name_end, name_end, self.text.len()]);
+    }
+
+    /// The fields in order, as (lowercase name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fields
+            .iter()
+            .map(|f| (&self.text[f[0]..f[1]], &self.text[f[2]..f[3]]))
+    }
+
+    /// First value of a header (name is matched case-insensitively).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        // The names kept are lowercase, and so is every name the daemon asks for. Length and
+        // first byte (either case) first: most fields are passed over without a byte
+        // comparison, and a mixed-case question still finds its header.
+        let (text, name) = (self.text.as_bytes(), name.as_bytes());
+        let first = name.first().map_or(0, |b| b | 0x20);
+        self.fields
+            .iter()
+            .find(|f| {
+                f[1] - f[0] == name.len()
+                    && text.get(f[0]..f[1]).is_some_and(|n| {
+                        n.first().map_or(0, |b| b | 0x20) == first
+                            && (n == name || n.eq_ignore_ascii_case(name))
+                    })
+            })
+            .and_then(|f| self.text.get(f[2]..f[3]))
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// Whether there is no field.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// Removes every field.
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.fields.clear();
+    }
+}
+
+/// Equal when the fields are, however the text holds them.
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Fields from (name, value) pairs, as tests and internal callers build requests.
+impl FromIterator<(Cow<'static, str>, String)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (Cow<'static, str>, String)>>(pairs: I) -> Self {
+        let mut headers = Headers::default();
+        for (name, value) in pairs {
+            headers.push(&name, value.as_bytes());
+        }
+        headers
+    }
+}
+
+/// Whether a field name as sent is `lower` (a lowercase name): length and first byte first,
+/// so most fields are passed over without a byte-by-byte comparison.
+fn is_named(name: &str, lower: &str) -> bool {
+    name.len() == lower.len()
+        && name.as_bytes().first().map(u8::to_ascii_lowercase) == lower.as_bytes().first().copied()
+        && name.eq_ignore_ascii_case(lower)
+}
+
+/// Whether `hay` contains `needle` (lowercase ASCII), ignoring ASCII case: as
+/// `hay.to_ascii_lowercase().contains(needle)`, without the copy.
+fn contains_ignore_case(hay: &str, needle: &str) -> bool {
+    let (mut hay, needle) = (hay.as_bytes(), needle.as_bytes());
+    let Some(&first) = needle.first() else {
+        return true;
+    };
+    // Candidates are where the first byte matches; only there is the rest compared.
+    while let Some(i) = hay.iter().position(|b| b.to_ascii_lowercase() == first) {
+        let Some(window) = hay.get(i..i + needle.len()) else {
+            return false;
+        };
+        if window.eq_ignore_ascii_case(needle) {
+            return true;
+        }
+        hay = &hay[i + 1..];
+    }
+    false
 }
 
 /// A protocol error detected while parsing; answered with `status` and the connection closes.
@@ -304,45 +416,40 @@ impl Conn {
             Err(e) => return Some(self.error(400, &format!("malformed request: {e}"))),
         };
         let http11 = req.version == Some(1);
-        let method = req.method.unwrap_or("").to_string();
+        let method = req.method.unwrap_or("");
         let target = req.path.unwrap_or("");
-        let headers: Vec<(Cow<'static, str>, String)> = req
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    header_name(h.name),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
+        // The framing checks read the fields where httparse found them; the request's own
+        // copy is made once it is complete (a body still on its way costs no copy).
+        let named = |name: &'static str| {
+            req.headers
+                .iter()
+                .filter(move |h| is_named(h.name, name))
+                .map(|h| h.value)
+        };
         // Also for the errors below: their answer must not carry a body either. (A request
         // whose body is still on its way is parsed again later: remember it once.)
         if method == "HEAD" && self.head_only.last() != Some(&self.next_seq) {
             self.head_only.push(self.next_seq);
         }
-        if !target.starts_with('/') {
+        if target.as_bytes().first() != Some(&b'/') {
             return Some(self.error(400, "request target must be an absolute path"));
         }
-        let hosts = headers.iter().filter(|(n, _)| n == "host").count();
+        let hosts = named("host").count();
         if hosts > 1 {
             return Some(self.error(400, "more than one Host header"));
         }
         if hosts == 0 && http11 {
             return Some(self.error(400, "an HTTP/1.1 request needs a Host header"));
         }
-        if headers.iter().any(|(n, _)| n == "transfer-encoding") {
+        if named("transfer-encoding").next().is_some() {
             return Some(self.error(
                 411,
                 "chunked request bodies are not accepted: send Content-Length",
             ));
         }
-        let length = match content_length(
-            headers
-                .iter()
-                .filter(|(n, _)| n == "content-length")
-                .map(|(_, v)| v.as_str()),
-        ) {
+        // A value that is not UTF-8 is not digits either.
+        let lengths = named("content-length").map(|v| std::str::from_utf8(v).unwrap_or("\u{fffd}"));
+        let length = match content_length(lengths) {
             Ok(n) => n,
             Err(why) => return Some(self.error(400, why)),
         };
@@ -358,9 +465,7 @@ impl Conn {
         // Fits: it is at most max_body_bytes.
         let length = length as usize;
         if self.input.len() < head_len + length {
-            let expects_continue = headers
-                .iter()
-                .any(|(n, v)| n == "expect" && v.eq_ignore_ascii_case("100-continue"));
+            let expects_continue = named("expect").any(|v| v.eq_ignore_ascii_case(b"100-continue"));
             if expects_continue
                 && self.in_flight() == 0
                 && self.continue_sent_for != Some(self.next_seq)
@@ -371,19 +476,21 @@ impl Conn {
             }
             return None;
         }
-        let connection = headers
-            .iter()
-            .find(|(n, _)| n == "connection")
-            .map(|(_, v)| v.to_ascii_lowercase());
+        let connection = named("connection")
+            .next()
+            .map(|v| String::from_utf8_lossy(v));
         let keep_alive = match connection.as_deref() {
-            Some(c) if c.contains("close") => false,
-            Some(c) if c.contains("keep-alive") => true,
+            Some(c) if contains_ignore_case(c, "close") => false,
+            Some(c) if contains_ignore_case(c, "keep-alive") => true,
             _ => http11,
         };
-        let (path, query) = match target.split_once('?') {
-            Some((p, q)) => (p.to_string(), q.to_string()),
-            None => (target.to_string(), String::new()),
+        let (path, query) = match target.bytes().position(|b| b == b'?') {
+            Some(i) => (&target[..i], &target[i + 1..]),
+            None => (target, ""),
         };
+        let (path, query) = (path.to_string(), query.to_string());
+        let method = method.to_string();
+        let headers = Headers::parsed(&self.input[..head_len], req.headers);
         let body = self.input[head_len..head_len + length].to_vec();
         self.input.drain(..head_len + length);
         let seq = self.next_seq;
@@ -580,8 +687,11 @@ pub fn content_length<'a>(mut values: impl Iterator<Item = &'a str>) -> Result<u
         return Err("invalid Content-Length: it must be digits only");
     }
     digits
-        .parse::<u64>()
-        .map_err(|_| "invalid Content-Length: too large")
+        .bytes()
+        .try_fold(0u64, |n, d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+        .ok_or("invalid Content-Length: too large")
 }
 
 /// Appends a response head and body to `out` (`head_only`: the head a `HEAD` request gets,
@@ -598,8 +708,19 @@ fn serialize_into(
     let body = if head_only { 0 } else { response.body.len() };
     out.reserve(160 + body);
     out.extend_from_slice(b"HTTP/1.1 ");
-    push_decimal(out, u64::from(response.status));
-    out.push(b' ');
+    match response.status {
+        // The statuses sent are three digits.
+        n @ 100..=999 => out.extend_from_slice(&[
+            b'0' + (n / 100) as u8,
+            b'0' + (n / 10 % 10) as u8,
+            b'0' + (n % 10) as u8,
+            b' ',
+        ]),
+        n => {
+            push_decimal(out, u64::from(n));
+            out.push(b' ');
+        }
+    }
     out.extend_from_slice(reason(response.status).as_bytes());
     out.extend_from_slice(b"\r\nContent-Type: ");
     out.extend_from_slice(response.content_type.as_bytes());
@@ -650,30 +771,149 @@ mod tests {
     };
 
     #[test]
-    fn header_names_are_lowercase_and_known_ones_shared() {
-        for (sent, name, shared) in [
-            ("Content-Type", "content-type", true),
-            ("MCP-PROTOCOL-VERSION", "mcp-protocol-version", true),
-            ("host", "host", true),
-            ("X-Custom-Thing", "x-custom-thing", false),
-            ("Hos", "hos", false),
-            ("Sec-WebSocket-Extensions", "sec-websocket-extensions", true),
-            (
-                "Sec-WebSocket-Extensions-X",
-                "sec-websocket-extensions-x",
-                false,
-            ),
+    fn header_fields_are_kept_in_order_with_lowercase_names() {
+        // The head as it came (all UTF-8), and with a byte that is not UTF-8 in a value.
+        for (bytes, shown) in [
+            (&b"\xc3\xa9"[..], "\u{e9}"),
+            (b"\xff\xc3\xa9", "\u{fffd}\u{e9}"),
         ] {
-            let got = header_name(sent);
+            let mut raw = b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\nX-Twice: 1\r\nX-EMPTY:\r\n\
+                            x-twice: 2\r\nMcp-Session-Id: s\r\nX-Bytes: a"
+                .to_vec();
+            raw.extend_from_slice(bytes);
+            raw.extend_from_slice(b"b\r\nX-Last:  v \r\n\r\n");
+            let mut conn = Conn::new();
+            conn.feed(&raw);
+            let req = parse_one(&mut conn);
+            let value = format!("a{shown}b");
+            let fields: Vec<(&str, &str)> = req.headers.iter().collect();
             assert_eq!(
-                (got.as_ref(), matches!(got, Cow::Borrowed(_))),
-                (name, shared)
+                fields,
+                [
+                    ("host", "a"),
+                    ("x-twice", "1"),
+                    ("x-empty", ""),
+                    ("x-twice", "2"),
+                    ("mcp-session-id", "s"),
+                    // Bytes that are not UTF-8 become U+FFFD; the rest is kept as sent.
+                    ("x-bytes", value.as_str()),
+                    ("x-last", "v"),
+                ]
             );
+            assert_eq!(req.headers.len(), 7);
+            // The first of a repeated header; any case asked; an empty value is a value.
+            assert_eq!(req.header("x-twice"), Some("1"));
+            assert_eq!(req.header("X-TWICE"), Some("1"));
+            assert_eq!(req.header("x-empty"), Some(""));
+            assert_eq!(req.header("Mcp-Session-Id"), Some("s"));
+            assert_eq!(req.header("mcp-session-i"), None);
+            assert_eq!(req.header("x-bytes"), Some(value.as_str()));
+            // Shown as the list of pairs it used to be.
+            assert_eq!(format!("{:?}", req.headers), format!("{fields:?}"));
+            let built: Headers = req
+                .headers
+                .iter()
+                .map(|(n, v)| (Cow::Owned(n.to_uppercase()), v.to_string()))
+                .collect();
+            assert_eq!(built, req.headers);
+            let mut cleared = built.clone();
+            cleared.clear();
+            assert!(cleared.is_empty() && cleared.get("host").is_none());
+            assert_ne!(cleared, req.headers);
         }
-        // Lowercase, and short enough for header_name's buffer (a longer one is never shared).
-        assert!(KNOWN_HEADERS
-            .iter()
-            .all(|k| *k == k.to_ascii_lowercase() && k.len() <= 24));
+    }
+
+    #[test]
+    fn the_largest_allowed_head_is_parsed_and_one_byte_more_is_431() {
+        // Exactly max_head_bytes of request line and headers, then one byte more.
+        let head = |size: usize| {
+            let start = "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: ";
+            let pad = size - start.len() - "\r\n\r\n".len();
+            format!("{start}{}\r\n\r\n", "p".repeat(pad))
+        };
+        let mut conn = Conn::new();
+        conn.feed(head(LIMITS.max_head_bytes).as_bytes());
+        let req = parse_one(&mut conn);
+        assert_eq!(
+            req.header("x-pad").map(str::len),
+            Some(LIMITS.max_head_bytes - 36)
+        );
+        assert_eq!(
+            status_of(head(LIMITS.max_head_bytes + 1).as_bytes()),
+            Some(431)
+        );
+        // As many fields as the parser takes, then one more.
+        let fields = |n: usize| {
+            let mut raw = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+            for i in 1..n {
+                raw.push_str(&format!("X-{i}: {i}\r\n"));
+            }
+            raw + "\r\n"
+        };
+        let limits = Limits {
+            max_head_bytes: 4096,
+            ..LIMITS
+        };
+        let mut conn = Conn::new();
+        conn.feed(fields(64).as_bytes());
+        match conn.next_request(&limits) {
+            Some(Parsed::Request(_, r)) => {
+                assert_eq!(r.headers.len(), 64);
+                assert_eq!(r.header("x-63"), Some("63"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut conn = Conn::new();
+        conn.feed(fields(65).as_bytes());
+        assert!(matches!(
+            conn.next_request(&limits),
+            Some(Parsed::Error(_, HttpError { status: 431, .. }))
+        ));
+    }
+
+    #[test]
+    fn connection_and_accept_are_read_as_before() {
+        let keep = |raw: &[u8]| {
+            let mut conn = Conn::new();
+            conn.feed(raw);
+            parse_one(&mut conn).keep_alive
+        };
+        assert!(keep(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+        assert!(!keep(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: TE, CLOSE\r\n\r\n"
+        ));
+        assert!(!keep(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, keep-alive\r\n\r\n"
+        ));
+        // Only the first Connection header counts, as before.
+        assert!(keep(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x\r\nConnection: close\r\n\r\n"
+        ));
+        assert!(!keep(b"GET / HTTP/1.0\r\nConnection: clos\r\n\r\n"));
+        for (hay, needle, found) in [
+            ("a, Keep-Alive", "keep-alive", true),
+            ("keep-aliv", "keep-alive", false),
+            ("", "close", false),
+            ("x", "", true),
+            ("cclose", "close", true),
+            ("CLOSE\u{e9}", "close", true),
+            ("clos\u{e9}", "close", false),
+        ] {
+            assert_eq!(
+                contains_ignore_case(hay, needle),
+                found,
+                "{hay:?} {needle:?}"
+            );
+            assert_eq!(hay.to_ascii_lowercase().contains(needle), found, "{hay:?}");
+        }
+        // Accept is matched as sent (case and all), as before.
+        let accepts = |accept: &str| {
+            let mut conn = Conn::new();
+            conn.feed(format!("GET / HTTP/1.1\r\nHost: a\r\nAccept: {accept}\r\n\r\n").as_bytes());
+            parse_one(&mut conn).accepts_event_stream()
+        };
+        assert!(accepts("application/json, text/event-stream"));
+        assert!(!accepts("application/json, Text/Event-Stream"));
     }
 
     fn serialize(response: &Response, close: bool, stream: bool, head_only: bool) -> Vec<u8> {
@@ -708,6 +948,14 @@ mod tests {
             b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n\
               Content-Length: 12345\r\nConnection: close\r\n\r\n"
         );
+        // Any status the type holds is written whole.
+        for status in [100, 999, 99, 1000, 0, u16::MAX] {
+            let head = serialize(&Response::json(status, Vec::new()), false, false, false);
+            assert!(
+                head.starts_with(format!("HTTP/1.1 {status} ").as_bytes()),
+                "{status}"
+            );
+        }
         let mut out = Vec::new();
         for n in [0, 7, 10, 99, 100, u64::MAX] {
             out.clear();
@@ -733,6 +981,25 @@ mod tests {
         assert_eq!(req.body, b"{}");
         assert!(req.keep_alive);
         assert_eq!(req.header("HOST"), Some("a"));
+    }
+
+    #[test]
+    fn the_target_splits_at_its_first_question_mark() {
+        for (target, path, query) in [
+            ("/a", "/a", ""),
+            ("/a?", "/a", ""),
+            ("/a?b?c", "/a", "b?c"),
+            ("/?x=1&y", "/", "x=1&y"),
+        ] {
+            let mut conn = Conn::new();
+            conn.feed(format!("GET {target} HTTP/1.1\r\nhOST: a\r\n\r\n").as_bytes());
+            let req = parse_one(&mut conn);
+            assert_eq!((req.path.as_str(), req.query.as_str()), (path, query));
+        }
+        assert!(is_named("Content-Length", "content-length"));
+        assert!(!is_named("Content-Lengths", "content-length"));
+        assert!(!is_named("Mcp-Session-Id", "content-length"));
+        assert!(!is_named("Content-Lengtx", "content-length"));
     }
 
     #[test]
@@ -929,6 +1196,9 @@ mod tests {
         assert_eq!(one(" 2 "), Ok(2));
         assert_eq!(one("0"), Ok(0));
         assert_eq!(one("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(one("00042"), Ok(42));
+        assert!(one("18446744073709551616").is_err());
+        assert!(one("184467440737095516150").is_err());
         for bad in [
             "+2",
             "-1",

@@ -188,11 +188,9 @@ impl Refusal {
 /// `; charset=utf-8` allowed.
 pub fn is_json_media_type(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|c| {
-        c.split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .eq_ignore_ascii_case("application/json")
+        let media = c.split_once(';').map_or(c, |(media, _)| media).trim();
+        // As clients send it, compared at once; any other case byte by byte.
+        media == "application/json" || media.eq_ignore_ascii_case("application/json")
     })
 }
 
@@ -529,6 +527,9 @@ mod tests {
             "application/json",
             "Application/JSON",
             "application/json; charset=utf-8",
+            " application/json ;x",
+            "\u{a0}application/json\t",
+            "APPLICATION/JSON;",
         ] {
             assert!(is_json_media_type(Some(ok)), "{ok}");
         }
@@ -537,6 +538,9 @@ mod tests {
             "application/jsonx",
             "application/x-www-form-urlencoded",
             "",
+            ";application/json",
+            "application/json x",
+            "application/jso",
         ] {
             assert!(!is_json_media_type(Some(bad)), "{bad}");
         }

@@ -872,6 +872,14 @@ impl Server {
     pub fn on_deadline(&mut self, cx: &mut Cx<'_, Timer>, id: ConnId) {
         let now = Instant::now();
         let Some(conn) = self.get(id) else { return };
+        // A request in flight or a stream has no deadline; the one left armed (see
+        // `update_timer`) is dropped here, and the answer arms the next.
+        if matches!(conn.transport, Transport::Http(_))
+            && (conn.http.is_streaming() || conn.http.in_flight() > 0)
+        {
+            conn.timer = None;
+            return;
+        }
         let overdue = conn.timer.is_some_and(|(_, due)| due <= now);
         if !overdue {
             self.update_timer(cx, id);
@@ -902,7 +910,10 @@ impl Server {
         let Some(conn) = self.get(id) else { return };
         let want = match &conn.transport {
             Transport::Ws(w) => Some(w.deadline()),
-            Transport::Http(_) if conn.http.is_streaming() || conn.http.in_flight() > 0 => None,
+            // No deadline while a request is worked on or a stream runs, but an armed one is
+            // left to fire (`on_deadline` then drops it): cancelling it here and arming it
+            // again after the answer cost two timer-wheel operations per request.
+            Transport::Http(_) if conn.http.is_streaming() || conn.http.in_flight() > 0 => return,
             Transport::Moving => None,
             // Requests that wait behind unread answers are not a slow head: the client is the
             // one not reading, which is the idle rule's business.

@@ -393,7 +393,7 @@ mod tests {
             method: method.into(),
             path: path.into(),
             query: query.into(),
-            headers: vec![],
+            headers: Default::default(),
             body: body.as_bytes().to_vec(),
             keep_alive: true,
         }

@@ -655,7 +655,7 @@ pub fn parse_command(text: &str) -> Result<Command, (Option<Value>, ApiError)> {
             method,
             path,
             query,
-            headers: Vec::new(),
+            headers: http::Headers::default(),
             body,
             keep_alive: true,
         },
@@ -949,14 +949,16 @@ mod tests {
             method: "GET".into(),
             path: "/ws/monitor".into(),
             query: String::new(),
-            headers: vec![
+            headers: [
                 ("upgrade".into(), "websocket".into()),
                 ("sec-websocket-version".into(), "13".into()),
                 (
                     "sec-websocket-key".into(),
                     "dGhlIHNhbXBsZSBub25jZQ==".into(),
                 ),
-            ],
+            ]
+            .into_iter()
+            .collect(),
             body: Vec::new(),
             keep_alive: true,
         };

@@ -53,6 +53,7 @@
 //! completions pass back at most [`MAX_COMPLETION_VALUES`] values.
 
 pub mod ask;
+mod body;
 pub mod catalog;
 pub mod input;
 pub mod modern;
@@ -63,10 +64,12 @@ use crate::api::{
     Answer, ConnId, DaemonRequest, ErrorCode, McpRequest, ReplyTo, Request, VarietyRequest,
 };
 use crate::config::{Config, GatewayConfig};
+use crate::mcp::jsonrpc::{self, Arguments};
 use crate::mcp::session::{log_rank, LOG_LEVELS};
 use crate::net::http;
 use crate::room::{Effect, Room, RoomCx};
 use catalog::{Catalog, Offer, Target};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -755,23 +758,49 @@ impl Gateway {
         reply: ReplyTo,
         now: Instant,
     ) {
-        let message: Value = match serde_json::from_slice(&request.body) {
-            Ok(v) => v,
-            Err(e) => {
-                let m = format!("the body is not JSON: {e}");
-                return refuse(cx, reply, (400, code::PARSE_ERROR, m));
+        let not_json = |e: serde_json::Error| {
+            let m = format!("the body is not JSON: {e}");
+            (400, code::PARSE_ERROR, m)
+        };
+        let (mut message, mut arguments) = match body::read(&request.body) {
+            Ok(body::Body::Object(map, arguments)) => (map, arguments.map(|a| (a, false))),
+            Ok(other) => {
+                let m = if matches!(other, body::Body::Array) {
+                    "JSON-RPC batches are not accepted: send one message per POST"
+                } else {
+                    "a JSON-RPC message is an object"
+                };
+                return refuse(cx, reply, (400, code::INVALID_REQUEST, m.into()));
             }
+            Err(e) => return refuse(cx, reply, not_json(e)),
         };
-        let Value::Object(map) = &message else {
-            let m = if message.is_array() {
-                "JSON-RPC batches are not accepted: send one message per POST"
-            } else {
-                "a JSON-RPC message is an object"
-            };
-            return refuse(cx, reply, (400, code::INVALID_REQUEST, m.into()));
-        };
+        if let Some((raw, lines)) = &mut arguments {
+            // Raw arguments were not read as a Value: when they hold what such a read may
+            // refuse, the body is read so, and refused as it always was.
+            let found = jsonrpc::scan(raw.get());
+            if found.unusual {
+                if let Err(e) = serde_json::from_slice::<Value>(&request.body) {
+                    return refuse(cx, reply, not_json(e));
+                }
+            }
+            *lines = found.lines;
+        }
+        // Only a tools/call takes its arguments raw; other methods see them as before.
+        if message.get("method").and_then(Value::as_str) != Some("tools/call") {
+            if let Some((raw, _)) = arguments.take() {
+                match serde_json::from_str::<Value>(raw.get()) {
+                    Ok(v) => {
+                        if let Some(Value::Object(p)) = message.get_mut("params") {
+                            p.insert("arguments".into(), v);
+                        }
+                    }
+                    Err(e) => return refuse(cx, reply, not_json(e)),
+                }
+            }
+        }
+        let map = &message;
         if modern::is_modern(request, map) {
-            return self.modern(cx, request, reply, map);
+            return self.modern(cx, request, reply, map, arguments);
         }
         let id = map.get("id").cloned();
         let Some(method) = map.get("method").and_then(Value::as_str) else {
@@ -814,7 +843,7 @@ impl Gateway {
                     sse: request.accepts_event_stream(),
                     log_level: None,
                 };
-                self.call(cx, reply, id, params, call)
+                self.call(cx, reply, id, (params, arguments), call)
             }
             "prompts/list" => respond(
                 cx,
@@ -941,7 +970,7 @@ impl Gateway {
         cx: &mut RoomCx<'_, Self>,
         reply: ReplyTo,
         id: Value,
-        params: &Value,
+        (params, arguments): (&Value, Option<(&RawValue, bool)>),
         call: Call,
     ) {
         let Some(name) = params.get("name").and_then(Value::as_str) else {
@@ -953,18 +982,19 @@ impl Gateway {
             );
             return cx.emit(Output::Http { reply, response });
         };
-        let arguments = match params.get("arguments") {
-            None | Some(Value::Null) => json!({}),
-            Some(a @ Value::Object(_)) => a.clone(),
-            Some(_) => {
-                let response = rpc_error_response(
-                    200,
-                    &id,
-                    code::INVALID_PARAMS,
-                    "tools/call params.arguments must be an object",
-                );
-                return cx.emit(Output::Http { reply, response });
-            }
+        let arguments = match arguments {
+            None => Some(Arguments::empty()),
+            Some((raw, _)) if raw.get() == "null" => Some(Arguments::empty()),
+            Some((raw, lines)) => Arguments::from_raw(raw, lines),
+        };
+        let Some(arguments) = arguments else {
+            let response = rpc_error_response(
+                200,
+                &id,
+                code::INVALID_PARAMS,
+                "tools/call params.arguments must be an object",
+            );
+            return cx.emit(Output::Http { reply, response });
         };
         if let Some((server, tool, capabilities)) = self.catalog.blocked(name) {
             let message = format!(
@@ -1042,7 +1072,7 @@ impl Gateway {
                     Some(server.clone()),
                 )
             }
-            Target::Daemon(t) => match own_request(t, &arguments) {
+            Target::Daemon(t) => match own_request(t, &arguments.to_value()) {
                 Ok(request) => (request, Forwarded::Own, None),
                 Err(text) => {
                     let result =

@@ -72,6 +72,7 @@ use catalog::{Catalog, Offer, Target};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
 /// The protocol versions `/mcp` speaks, newest first (the first is offered to clients that
@@ -342,6 +343,28 @@ struct Offered {
     prompts: Vec<Value>,
 }
 
+/// Hashes the gateway's tags: numbers it hands out in sequence itself, so no peer chooses
+/// them to collide. One multiply (an odd constant keeps the low bits distinct for
+/// consecutive tags) instead of SipHash.
+#[derive(Debug, Default)]
+struct TagHasher(u64);
+
+impl std::hash::Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// The `/mcp` endpoint.
 #[derive(Debug)]
 pub struct Gateway {
@@ -353,7 +376,7 @@ pub struct Gateway {
     /// The capability policy, from the configuration.
     policy: crate::variety::policy::Policy,
     catalog: Catalog,
-    pending: HashMap<u64, Pending>,
+    pending: HashMap<u64, Pending, BuildHasherDefault<TagHasher>>,
     next_tag: u64,
     /// Whether the keep-alive timer is armed.
     keepalive: bool,
@@ -395,7 +418,7 @@ impl Gateway {
             servers: Vec::new(),
             policy: crate::variety::policy::Policy::new(config),
             catalog,
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             next_tag: 1,
             keepalive: false,
             listeners: Vec::new(),
@@ -509,10 +532,15 @@ impl Gateway {
 
     /// Removes call `tag` from the waiting ones (and from its session's count).
     fn take_pending(&mut self, tag: u64) -> Option<Pending> {
-        self.subscribing.remove(&tag);
+        if !self.subscribing.is_empty() {
+            self.subscribing.remove(&tag);
+        }
         let p = self.pending.remove(&tag)?;
-        if let Some(s) = self.sessions.get_mut(&p.session) {
-            s.calls = s.calls.saturating_sub(1);
+        // A 2026-07-28 call has no session.
+        if !p.session.is_empty() {
+            if let Some(s) = self.sessions.get_mut(&p.session) {
+                s.calls = s.calls.saturating_sub(1);
+            }
         }
         Some(p)
     }

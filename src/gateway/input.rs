@@ -27,7 +27,7 @@
 //! `notifications/cancelled` for each request still waiting (see [`Gateway::end_asks`]).
 
 use super::ask::Asker;
-use super::{send_answer, Call, Gateway, Pending, Timer, TOKEN_PREFIX};
+use super::{send_answer, token_of, Call, Gateway, Pending, Timer};
 use crate::api::{Answer, ApiError, ErrorCode, McpRequest, Request};
 use crate::mcp::jsonrpc::Arguments;
 use crate::reactor::timer::TimerId;
@@ -305,7 +305,7 @@ impl Gateway {
             name: retry.tool.clone(),
             arguments: retry.arguments.clone(),
             timeout_ms: Some((left.as_millis() as u64).max(1)),
-            progress_token: Some(format!("{TOKEN_PREFIX}{tag}")),
+            progress_token: Some(token_of(tag)),
             input: Some(Value::Object(input)),
         });
         cx.ask(tag, request);

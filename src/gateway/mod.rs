@@ -97,6 +97,26 @@ const TOKEN_MAX: usize = 256;
 /// room's own, `SERVER:RPC`, looks like one).
 const TOKEN_PREFIX: &str = "vsm/gateway/";
 
+/// The progress token the server sees for call `tag`: `TOKEN_PREFIX` and the tag in decimal,
+/// written without the formatting machinery (once per call).
+fn token_of(tag: u64) -> String {
+    let mut digits = [0u8; 20];
+    let (mut at, mut n) = (digits.len(), tag);
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut token = String::with_capacity(TOKEN_PREFIX.len() + digits.len() - at);
+    token.push_str(TOKEN_PREFIX);
+    // ASCII digits: always UTF-8.
+    token.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    token
+}
+
 /// Longest resource URI `resources/read` routes (it is matched against every template).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 
@@ -503,7 +523,7 @@ impl Gateway {
                 ask,
                 Request::Mcp(McpRequest::Cancel {
                     id: server,
-                    progress_token: format!("{TOKEN_PREFIX}{tag}"),
+                    progress_token: token_of(tag),
                     reason: reason.to_string(),
                 }),
             );
@@ -1093,7 +1113,7 @@ impl Gateway {
                         name: tool.clone(),
                         arguments,
                         timeout_ms: None,
-                        progress_token: Some(format!("{TOKEN_PREFIX}{tag}")),
+                        progress_token: Some(token_of(tag)),
                         input,
                     }),
                     Forwarded::Tool,
@@ -1213,7 +1233,7 @@ impl Gateway {
         }
         let tag = self.next_tag;
         self.next_tag += 1;
-        let token = server.as_ref().map(|_| format!("{TOKEN_PREFIX}{tag}"));
+        let token = server.as_ref().map(|_| token_of(tag));
         let request = make(token);
         let waiting = Waiting {
             what,
@@ -2435,6 +2455,13 @@ mod tests {
         json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                "params": {"name": "vsm__status", "arguments": {}}})
         .to_string()
+    }
+
+    #[test]
+    fn a_token_is_the_prefix_and_the_tag_in_decimal() {
+        for tag in [0, 7, 10, 99, 100, 123_456_789, u64::MAX] {
+            assert_eq!(token_of(tag), format!("{TOKEN_PREFIX}{tag}"));
+        }
     }
 
     #[test]

@@ -400,7 +400,7 @@ pub enum McpRequest {
         /// Tool name.
         name: String,
         /// Arguments object.
-        arguments: Value,
+        arguments: crate::mcp::jsonrpc::Arguments,
         /// Deadline override.
         timeout_ms: Option<u64>,
         /// The progress token the server sees for this call (unique among the calls in

@@ -1719,3 +1719,132 @@ fn a_result_reaches_clients_as_the_server_wrote_it_and_is_still_bounded() {
     assert_eq!(v["id"], 7, "{v}");
     assert_eq!(v["result"]["isError"], true, "{v}");
 }
+
+/// The JSON-RPC message of a `/mcp` answer, whether plain JSON or an SSE `data:` line.
+fn answer_of(body: &str) -> Value {
+    serde_json::from_str(body)
+        .ok()
+        .or_else(|| {
+            body.lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| v.get("result").is_some() || v.get("error").is_some())
+        })
+        .unwrap_or_else(|| panic!("no answer in {body:?}"))
+}
+
+/// A call's `arguments` go to the server as the client wrote them, as one line: pretty-
+/// printed, multi-line arguments work in both eras (the fixture reads one JSON message per
+/// line, so a line break left in would lose the call); what is not an object is refused with
+/// the same message as before; a duplicated key keeps the last; what a JSON tree would refuse
+/// (a number out of range, nesting too deep) is still refused as a parse error; the daemon's
+/// own tools still read their arguments.
+#[test]
+fn arguments_reach_servers_as_one_line_and_are_checked_as_before() {
+    let d = Daemon::start_with(Setup {
+        config: Some("[gateway]\ndaemon_tools = [\"status\", \"acquire\"]\n".into()),
+        ..Setup::default()
+    });
+    register(&d, "fx", &["python3", &fixture("mcp_fixture.py")]);
+    wait_status(&d, "fx", "active");
+    let addr = d.http.expect("TCP listener");
+    let bearer = d.bearer();
+    let session = raw_session(&d);
+    let base = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Authorization", bearer.as_str()),
+        ("Mcp-Session-Id", session.as_str()),
+        ("MCP-Protocol-Version", "2025-06-18"),
+    ];
+    let post = |body: &str| {
+        let (status, head, body) = tcp(addr, "POST", &base, body);
+        assert_eq!(status, 200, "{head}{body}");
+        answer_of(&body)
+    };
+    wait_until(
+        "fx__echo on /mcp",
+        || post(LIST),
+        |v| names(&v["result"]["tools"]).contains(&"fx__echo".to_string()),
+        |v| format!("last list: {v}"),
+    );
+    let message = "two\nlines, \"quoted\",  and \\ spaces";
+    let call = |arguments: Value| {
+        json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+               "params": {"name": "fx__echo", "arguments": arguments}})
+    };
+    let pretty = serde_json::to_string_pretty(&call(json!({"message": message}))).expect("json");
+    assert!(pretty.lines().count() > 5, "{pretty}");
+    let echoed = post(&pretty);
+    assert_eq!(text(&echoed["result"]), message, "{echoed}");
+    // With CR LF line breaks and tabs, too.
+    let crlf = pretty.replace('\n', "\r\n\t");
+    let echoed = post(&crlf);
+    assert_eq!(text(&echoed["result"]), message, "{echoed}");
+
+    for not_object in [json!([1]), json!("s"), json!(3), json!(true)] {
+        let refused = post(&call(not_object).to_string());
+        assert_eq!(refused["error"]["code"], -32602, "{refused}");
+        assert_eq!(
+            refused["error"]["message"], "tools/call params.arguments must be an object",
+            "{refused}"
+        );
+    }
+    let twice = r#"{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"arguments":{"message":"first"},"name":"fx__echo","arguments":{"message":"last"}}}"#;
+    assert_eq!(text(&post(twice)["result"]), "last");
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    for odd in [
+        r#"{"message":"x","n":1e400}"#.to_string(),
+        format!(r#"{{"message":"x","n":{deep}}}"#),
+    ] {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{{"name":"fx__echo","arguments":{odd}}}}}"#
+        );
+        let expected = serde_json::from_str::<Value>(&body).expect_err("not a Value");
+        let (status, _, answer) = tcp(addr, "POST", &base, &body);
+        assert_eq!(status, 400, "{answer}");
+        let refused = answer_of(&answer);
+        assert_eq!(refused["error"]["code"], -32700, "{refused}");
+        assert_eq!(
+            refused["error"]["message"],
+            format!("the body is not JSON: {expected}"),
+            "{refused}"
+        );
+    }
+    // An exponent a tree takes is taken.
+    let fine = r#"{"jsonrpc":"2.0","id":12,"method":"tools/call","params":{"name":"fx__echo","arguments":{"message":"e","n":1.5e3}}}"#;
+    assert_eq!(text(&post(fine)["result"]), "e");
+
+    // The daemon's own tool reads its (multi-line) arguments.
+    let own = serde_json::to_string_pretty(&json!({"jsonrpc": "2.0", "id": 13,
+        "method": "tools/call", "params": {"name": "vsm__acquire",
+        "arguments": {"capability_type": 5}}}))
+    .expect("json");
+    let said = post(&own);
+    assert_eq!(said["result"]["isError"], true, "{said}");
+    assert_eq!(
+        text(&said["result"]),
+        "capability_type must be a string",
+        "{said}"
+    );
+
+    // The 2026-07-28 era takes the same raw arguments.
+    let modern = serde_json::to_string_pretty(&json!({"jsonrpc": "2.0", "id": 14,
+        "method": "tools/call", "params": {"name": "fx__echo",
+        "arguments": {"message": message},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}}))
+    .expect("json");
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Authorization", bearer.as_str()),
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "fx__echo"),
+    ];
+    let (status, head, body) = tcp(addr, "POST", &headers, &modern);
+    assert_eq!(status, 200, "{head}{body}");
+    let echoed = answer_of(&body);
+    assert_eq!(text(&echoed["result"]), message, "{echoed}");
+}

@@ -27,8 +27,9 @@
 //! `notifications/cancelled` for each request still waiting (see [`Gateway::end_asks`]).
 
 use super::ask::Asker;
-use super::{send_answer, Call, Gateway, Pending, Timer, TOKEN_PREFIX};
+use super::{send_answer, token_of, Call, Gateway, Pending, Timer};
 use crate::api::{Answer, ApiError, ErrorCode, McpRequest, Request};
+use crate::mcp::jsonrpc::Arguments;
 use crate::reactor::timer::TimerId;
 use crate::room::RoomCx;
 use serde_json::{json, Map, Value};
@@ -46,7 +47,7 @@ pub const MAX_HELD_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Debug)]
 pub struct Retry {
     tool: String,
-    arguments: Value,
+    arguments: Arguments,
     /// The client capabilities relaying can serve (see [`super::ask::Declared`]).
     capabilities: Value,
     /// Rounds relayed so far.
@@ -103,7 +104,7 @@ impl Gateway {
         &self,
         call: &Call,
         tool: &str,
-        arguments: &Value,
+        arguments: &Arguments,
     ) -> Option<Box<Retry>> {
         if !self.settings.client_requests || !call.sse {
             return None;
@@ -304,7 +305,7 @@ impl Gateway {
             name: retry.tool.clone(),
             arguments: retry.arguments.clone(),
             timeout_ms: Some((left.as_millis() as u64).max(1)),
-            progress_token: Some(format!("{TOKEN_PREFIX}{tag}")),
+            progress_token: Some(token_of(tag)),
             input: Some(Value::Object(input)),
         });
         cx.ask(tag, request);
@@ -465,7 +466,7 @@ mod tests {
                 ..
             }) => {
                 assert_eq!((id.as_str(), name.as_str()), ("s", "t"));
-                assert_eq!(arguments, &json!({"a": 1}));
+                assert_eq!(arguments.to_value(), json!({"a": 1}));
                 (input.clone().unwrap_or_default(), *timeout_ms)
             }
             other => panic!("{other:?}"),

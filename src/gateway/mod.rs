@@ -53,6 +53,7 @@
 //! completions pass back at most [`MAX_COMPLETION_VALUES`] values.
 
 pub mod ask;
+mod body;
 pub mod catalog;
 pub mod input;
 pub mod modern;
@@ -63,12 +64,15 @@ use crate::api::{
     Answer, ConnId, DaemonRequest, ErrorCode, McpRequest, ReplyTo, Request, VarietyRequest,
 };
 use crate::config::{Config, GatewayConfig};
+use crate::mcp::jsonrpc::{self, Arguments};
 use crate::mcp::session::{log_rank, LOG_LEVELS};
 use crate::net::http;
 use crate::room::{Effect, Room, RoomCx};
 use catalog::{Catalog, Offer, Target};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
 /// The protocol versions `/mcp` speaks, newest first (the first is offered to clients that
@@ -92,6 +96,26 @@ const TOKEN_MAX: usize = 256;
 /// The daemon's own progress tokens (a `/` is in no server id, so no token of the MCP
 /// room's own, `SERVER:RPC`, looks like one).
 const TOKEN_PREFIX: &str = "vsm/gateway/";
+
+/// The progress token the server sees for call `tag`: `TOKEN_PREFIX` and the tag in decimal,
+/// written without the formatting machinery (once per call).
+fn token_of(tag: u64) -> String {
+    let mut digits = [0u8; 20];
+    let (mut at, mut n) = (digits.len(), tag);
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut token = String::with_capacity(TOKEN_PREFIX.len() + digits.len() - at);
+    token.push_str(TOKEN_PREFIX);
+    // ASCII digits: always UTF-8.
+    token.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    token
+}
 
 /// Longest resource URI `resources/read` routes (it is matched against every template).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -339,6 +363,28 @@ struct Offered {
     prompts: Vec<Value>,
 }
 
+/// Hashes the gateway's tags: numbers it hands out in sequence itself, so no peer chooses
+/// them to collide. One multiply (an odd constant keeps the low bits distinct for
+/// consecutive tags) instead of SipHash.
+#[derive(Debug, Default)]
+struct TagHasher(u64);
+
+impl std::hash::Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// The `/mcp` endpoint.
 #[derive(Debug)]
 pub struct Gateway {
@@ -350,7 +396,7 @@ pub struct Gateway {
     /// The capability policy, from the configuration.
     policy: crate::variety::policy::Policy,
     catalog: Catalog,
-    pending: HashMap<u64, Pending>,
+    pending: HashMap<u64, Pending, BuildHasherDefault<TagHasher>>,
     next_tag: u64,
     /// Whether the keep-alive timer is armed.
     keepalive: bool,
@@ -392,7 +438,7 @@ impl Gateway {
             servers: Vec::new(),
             policy: crate::variety::policy::Policy::new(config),
             catalog,
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             next_tag: 1,
             keepalive: false,
             listeners: Vec::new(),
@@ -477,7 +523,7 @@ impl Gateway {
                 ask,
                 Request::Mcp(McpRequest::Cancel {
                     id: server,
-                    progress_token: format!("{TOKEN_PREFIX}{tag}"),
+                    progress_token: token_of(tag),
                     reason: reason.to_string(),
                 }),
             );
@@ -506,10 +552,15 @@ impl Gateway {
 
     /// Removes call `tag` from the waiting ones (and from its session's count).
     fn take_pending(&mut self, tag: u64) -> Option<Pending> {
-        self.subscribing.remove(&tag);
+        if !self.subscribing.is_empty() {
+            self.subscribing.remove(&tag);
+        }
         let p = self.pending.remove(&tag)?;
-        if let Some(s) = self.sessions.get_mut(&p.session) {
-            s.calls = s.calls.saturating_sub(1);
+        // A 2026-07-28 call has no session.
+        if !p.session.is_empty() {
+            if let Some(s) = self.sessions.get_mut(&p.session) {
+                s.calls = s.calls.saturating_sub(1);
+            }
         }
         Some(p)
     }
@@ -755,23 +806,49 @@ impl Gateway {
         reply: ReplyTo,
         now: Instant,
     ) {
-        let message: Value = match serde_json::from_slice(&request.body) {
-            Ok(v) => v,
-            Err(e) => {
-                let m = format!("the body is not JSON: {e}");
-                return refuse(cx, reply, (400, code::PARSE_ERROR, m));
+        let not_json = |e: serde_json::Error| {
+            let m = format!("the body is not JSON: {e}");
+            (400, code::PARSE_ERROR, m)
+        };
+        let (mut message, mut arguments) = match body::read(&request.body) {
+            Ok(body::Body::Object(map, arguments)) => (map, arguments.map(|a| (a, false))),
+            Ok(other) => {
+                let m = if matches!(other, body::Body::Array) {
+                    "JSON-RPC batches are not accepted: send one message per POST"
+                } else {
+                    "a JSON-RPC message is an object"
+                };
+                return refuse(cx, reply, (400, code::INVALID_REQUEST, m.into()));
             }
+            Err(e) => return refuse(cx, reply, not_json(e)),
         };
-        let Value::Object(map) = &message else {
-            let m = if message.is_array() {
-                "JSON-RPC batches are not accepted: send one message per POST"
-            } else {
-                "a JSON-RPC message is an object"
-            };
-            return refuse(cx, reply, (400, code::INVALID_REQUEST, m.into()));
-        };
+        if let Some((raw, lines)) = &mut arguments {
+            // Raw arguments were not read as a Value: when they hold what such a read may
+            // refuse, the body is read so, and refused as it always was.
+            let found = jsonrpc::scan(raw.get());
+            if found.unusual {
+                if let Err(e) = serde_json::from_slice::<Value>(&request.body) {
+                    return refuse(cx, reply, not_json(e));
+                }
+            }
+            *lines = found.lines;
+        }
+        // Only a tools/call takes its arguments raw; other methods see them as before.
+        if message.get("method").and_then(Value::as_str) != Some("tools/call") {
+            if let Some((raw, _)) = arguments.take() {
+                match serde_json::from_str::<Value>(raw.get()) {
+                    Ok(v) => {
+                        if let Some(Value::Object(p)) = message.get_mut("params") {
+                            p.insert("arguments".into(), v);
+                        }
+                    }
+                    Err(e) => return refuse(cx, reply, not_json(e)),
+                }
+            }
+        }
+        let map = &message;
         if modern::is_modern(request, map) {
-            return self.modern(cx, request, reply, map);
+            return self.modern(cx, request, reply, map, arguments);
         }
         let id = map.get("id").cloned();
         let Some(method) = map.get("method").and_then(Value::as_str) else {
@@ -814,7 +891,7 @@ impl Gateway {
                     sse: request.accepts_event_stream(),
                     log_level: None,
                 };
-                self.call(cx, reply, id, params, call)
+                self.call(cx, reply, id, (params, arguments), call)
             }
             "prompts/list" => respond(
                 cx,
@@ -941,7 +1018,7 @@ impl Gateway {
         cx: &mut RoomCx<'_, Self>,
         reply: ReplyTo,
         id: Value,
-        params: &Value,
+        (params, arguments): (&Value, Option<(&RawValue, bool)>),
         call: Call,
     ) {
         let Some(name) = params.get("name").and_then(Value::as_str) else {
@@ -953,18 +1030,19 @@ impl Gateway {
             );
             return cx.emit(Output::Http { reply, response });
         };
-        let arguments = match params.get("arguments") {
-            None | Some(Value::Null) => json!({}),
-            Some(a @ Value::Object(_)) => a.clone(),
-            Some(_) => {
-                let response = rpc_error_response(
-                    200,
-                    &id,
-                    code::INVALID_PARAMS,
-                    "tools/call params.arguments must be an object",
-                );
-                return cx.emit(Output::Http { reply, response });
-            }
+        let arguments = match arguments {
+            None => Some(Arguments::empty()),
+            Some((raw, _)) if raw.get() == "null" => Some(Arguments::empty()),
+            Some((raw, lines)) => Arguments::from_raw(raw, lines),
+        };
+        let Some(arguments) = arguments else {
+            let response = rpc_error_response(
+                200,
+                &id,
+                code::INVALID_PARAMS,
+                "tools/call params.arguments must be an object",
+            );
+            return cx.emit(Output::Http { reply, response });
         };
         if let Some((server, tool, capabilities)) = self.catalog.blocked(name) {
             let message = format!(
@@ -1035,14 +1113,14 @@ impl Gateway {
                         name: tool.clone(),
                         arguments,
                         timeout_ms: None,
-                        progress_token: Some(format!("{TOKEN_PREFIX}{tag}")),
+                        progress_token: Some(token_of(tag)),
                         input,
                     }),
                     Forwarded::Tool,
                     Some(server.clone()),
                 )
             }
-            Target::Daemon(t) => match own_request(t, &arguments) {
+            Target::Daemon(t) => match own_request(t, &arguments.to_value()) {
                 Ok(request) => (request, Forwarded::Own, None),
                 Err(text) => {
                     let result =
@@ -1155,7 +1233,7 @@ impl Gateway {
         }
         let tag = self.next_tag;
         self.next_tag += 1;
-        let token = server.as_ref().map(|_| format!("{TOKEN_PREFIX}{tag}"));
+        let token = server.as_ref().map(|_| token_of(tag));
         let request = make(token);
         let waiting = Waiting {
             what,
@@ -2377,6 +2455,13 @@ mod tests {
         json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                "params": {"name": "vsm__status", "arguments": {}}})
         .to_string()
+    }
+
+    #[test]
+    fn a_token_is_the_prefix_and_the_tag_in_decimal() {
+        for tag in [0, 7, 10, 99, 100, 123_456_789, u64::MAX] {
+            assert_eq!(token_of(tag), format!("{TOKEN_PREFIX}{tag}"));
+        }
     }
 
     #[test]

@@ -232,6 +232,7 @@ impl Gateway {
         request: &http::Request,
         reply: ReplyTo,
         message: &Map<String, Value>,
+        arguments: Option<(&RawValue, bool)>,
     ) {
         let Some(method) = message.get("method").and_then(Value::as_str) else {
             let m = "a JSON-RPC request needs a string method";
@@ -288,7 +289,7 @@ impl Gateway {
                     sse: request.accepts_event_stream(),
                     log_level: params["_meta"][META_LOG_LEVEL].as_str().and_then(log_rank),
                 };
-                self.call(cx, reply, id, params, call);
+                self.call(cx, reply, id, (params, arguments), call);
                 if let Some(p) = self.pending.get_mut(&tag) {
                     p.modern = true;
                 }

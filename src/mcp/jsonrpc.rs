@@ -4,6 +4,7 @@
 //! Invariant: a [`LineSplitter`] never holds more than `max_line` bytes, whatever the peer
 //! writes; a longer line is reported once ([`Line::TooLong`]) and its bytes are discarded.
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 /// One item out of the splitter.
@@ -207,6 +208,165 @@ pub fn request(id: u64, method: &str, params: Value) -> Vec<u8> {
     bytes
 }
 
+/// A tool call's arguments: the text of one JSON object, on one line (no `\n` or `\r`), as
+/// the caller sent it (its keys in its order) or as serde_json writes a `Value`. `/mcp`
+/// splices a client's text into the line to the server without building a tree of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arguments(Box<str>);
+
+/// What [`scan`] found in a JSON text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scan {
+    /// A line break between tokens (a valid JSON text has none inside its strings).
+    pub lines: bool,
+    /// Something a `Value` parse may refuse where the raw text was taken: nesting deeper
+    /// than [`PLAIN_DEPTH`], an exponent, a run of more than 300 digits (a number out of
+    /// range) or a `\uD...` escape (a lone surrogate).
+    pub unusual: bool,
+}
+
+/// Nesting of a raw text beyond which [`Scan::unusual`] is set.
+pub const PLAIN_DEPTH: usize = 100;
+
+/// One pass over a valid JSON text (linear, no allocation).
+pub fn scan(text: &str) -> Scan {
+    let bytes = text.as_bytes();
+    let mut found = Scan {
+        lines: false,
+        unusual: false,
+    };
+    let (mut depth, mut in_string, mut escaped, mut digits) = (0usize, false, false, 0usize);
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+                if b == b'u' && matches!(bytes.get(i + 1), Some(b'd' | b'D')) {
+                    found.unusual = true;
+                }
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        if b.is_ascii_digit() {
+            digits += 1;
+            found.unusual |= digits > 300;
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                found.unusual |= depth > PLAIN_DEPTH;
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'e' | b'E' if digits > 0 => found.unusual = true,
+            b'\n' | b'\r' => found.lines = true,
+            _ => {}
+        }
+        digits = 0;
+    }
+    found
+}
+
+/// `text` without the whitespace between its tokens (a valid JSON text).
+fn minified(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if matches!(c, ' ' | '\t' | '\n' | '\r') {
+            continue;
+        } else if c == '"' {
+            in_string = true;
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Arguments {
+    /// No arguments: `{}`.
+    pub fn empty() -> Self {
+        Arguments("{}".into())
+    }
+
+    /// A JSON object's raw text (`lines`: what [`scan`] found for it); `None` when it is not
+    /// an object. A text over several lines is minified (one line to the server).
+    pub fn from_raw(raw: &RawValue, lines: bool) -> Option<Self> {
+        let text = raw.get();
+        if !text.starts_with('{') {
+            return None;
+        }
+        Some(Arguments(if lines {
+            minified(text).into()
+        } else {
+            text.into()
+        }))
+    }
+
+    /// An object's text as serde_json writes it; `None` when `value` is not an object.
+    pub fn from_value(value: &Value) -> Option<Self> {
+        if !value.is_object() {
+            return None;
+        }
+        serde_json::to_string(value)
+            .ok()
+            .map(|t| Arguments(t.into()))
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The arguments as a tree, for the few callers that read them. The text was validated
+    /// when made (as a `Value` parse would, see [`Scan::unusual`]); an object that does not
+    /// parse would be an empty one.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(&self.0).unwrap_or_else(|_| Value::Object(Default::default()))
+    }
+}
+
+/// Encodes a `tools/call` request with `arguments` spliced as they are: the bytes
+/// [`request`] gives for `{"_meta": {"progressToken": token}, "arguments": ..., "name":
+/// tool}` (the keys of a `json!` map are sorted), without a tree of the arguments.
+pub fn call_request(id: u64, tool: &str, arguments: &Arguments, token: &str) -> Vec<u8> {
+    let args = arguments.as_str();
+    let mut bytes = Vec::with_capacity(96 + tool.len() + args.len() + token.len());
+    bytes.extend_from_slice(b"{\"id\":");
+    if serde_json::to_writer(&mut bytes, &id).is_err() {
+        bytes.push(b'0');
+    }
+    bytes.extend_from_slice(
+        br#","jsonrpc":"2.0","method":"tools/call","params":{"_meta":{"progressToken":"#,
+    );
+    push_string(&mut bytes, token);
+    bytes.extend_from_slice(br#"},"arguments":"#);
+    bytes.extend_from_slice(args.as_bytes());
+    bytes.extend_from_slice(br#","name":"#);
+    push_string(&mut bytes, tool);
+    bytes.extend_from_slice(b"}}\n");
+    bytes
+}
+
+/// Appends `s` as a JSON string.
+fn push_string(bytes: &mut Vec<u8>, s: &str) {
+    if serde_json::to_writer(&mut *bytes, s).is_err() {
+        // Writing to a Vec cannot fail; an empty string keeps the line valid if it did.
+        bytes.extend_from_slice(b"\"\"");
+    }
+}
+
 /// Encodes a notification.
 pub fn notification(method: &str, params: Value) -> Vec<u8> {
     if params.is_null() {
@@ -247,6 +407,87 @@ mod tests {
             &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params.clone()}),
         );
         assert_eq!(request(7, "tools/call", params), expected);
+    }
+
+    #[test]
+    fn a_call_with_spliced_arguments_is_the_request_its_values_would_make() {
+        for (args, tool, token) in [
+            (json!({}), "echo", "t"),
+            (
+                json!({"message": "m\\n\"x\"", "n": [1, 2.5, null]}),
+                "e\"c\\ho",
+                "a\u{1}b",
+            ),
+        ] {
+            let params =
+                json!({"name": tool, "arguments": args, "_meta": {"progressToken": token}});
+            let arguments = Arguments::from_value(&args).expect("object");
+            assert_eq!(
+                call_request(u64::MAX, tool, &arguments, token),
+                request(u64::MAX, "tools/call", params)
+            );
+        }
+        assert_eq!(Arguments::from_value(&json!([1])), None);
+    }
+
+    #[test]
+    fn raw_arguments_over_several_lines_become_one() {
+        let text = "{\n  \"a b\" : [ 1,\r\n\t2 ],\n  \"s\": \" x\\\" \\n \"\n}";
+        let raw: Box<RawValue> = serde_json::from_str(text).expect("json");
+        let found = scan(raw.get());
+        assert_eq!(
+            found,
+            Scan {
+                lines: true,
+                unusual: false
+            }
+        );
+        let one = Arguments::from_raw(&raw, found.lines).expect("object");
+        assert_eq!(one.as_str(), r#"{"a b":[1,2],"s":" x\" \n "}"#);
+        assert_eq!(
+            one.to_value(),
+            serde_json::from_str::<Value>(text).expect("json")
+        );
+        let line = call_request(1, "t", &one, "p");
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert_eq!(line.last(), Some(&b'\n'));
+        // A text on one line is kept as it came.
+        let raw: Box<RawValue> = serde_json::from_str(r#"{ "b" :1, "a":2 }"#).expect("json");
+        let found = scan(raw.get());
+        assert!(!found.lines);
+        let kept = Arguments::from_raw(&raw, found.lines).expect("object");
+        assert_eq!(kept.as_str(), r#"{ "b" :1, "a":2 }"#);
+        for not_object in ["[1]", "\"s\"", "3", "true"] {
+            let raw: Box<RawValue> = serde_json::from_str(not_object).expect("json");
+            assert_eq!(Arguments::from_raw(&raw, false), None);
+        }
+    }
+
+    #[test]
+    fn a_scan_tells_what_a_value_parse_might_refuse() {
+        let unusual = |t: &str| scan(t).unusual;
+        for plain in [
+            r#"{"e":"1e5 \u0041","t":true,"f":false,"n":-12.5,"x":"\\udead"}"#,
+            r#"{"deep":[[[[[]]]]]}"#,
+        ] {
+            assert!(!unusual(plain), "{plain}");
+        }
+        let deep = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(PLAIN_DEPTH),
+            "]".repeat(PLAIN_DEPTH)
+        );
+        let long = format!("{{\"a\":{}}}", "9".repeat(301));
+        for odd in [
+            r#"{"a":1e400}"#,
+            r#"{"a":1.5E3}"#,
+            r#"{"a":"\ud800"}"#,
+            r#"{"a":"\uDC00"}"#,
+            &deep,
+            &long,
+        ] {
+            assert!(unusual(odd), "{odd}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! CLI and the OpenAPI document are derived from them.
 
 use crate::api::{ApiError, Args, BodySpec, ErrorCode, In, McpRequest, Op, Param, Request, Ty};
+use crate::mcp::jsonrpc::Arguments;
 use crate::spec::ServerSpec;
 use serde_json::{json, Value};
 
@@ -239,15 +240,15 @@ fn tool_call_request(a: Args) -> Result<Request, ApiError> {
         )
     })?;
     let arguments = match a.field("arguments") {
-        None => Value::Object(Default::default()),
-        Some(v @ Value::Object(_)) => v.clone(),
-        Some(_) => {
-            return Err(ApiError::field(
-                ErrorCode::InvalidParameter,
-                "arguments",
-                "must be an object",
-            ))
-        }
+        None => Some(Arguments::empty()),
+        Some(v) => Arguments::from_value(v),
+    };
+    let Some(arguments) = arguments else {
+        return Err(ApiError::field(
+            ErrorCode::InvalidParameter,
+            "arguments",
+            "must be an object",
+        ));
     };
     let timeout_ms = match a.field("timeout_ms") {
         None => None,

@@ -395,7 +395,7 @@ impl Mcp {
         cx: &mut Cx<'_, Timer>,
         id: &str,
         tool: &str,
-        arguments: Value,
+        arguments: jsonrpc::Arguments,
         input: Option<Value>,
         timeout_ms: Option<u64>,
         progress_token: Option<String>,

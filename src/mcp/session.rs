@@ -1670,7 +1670,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         status: Status,
         ending: Option<&str>,
         tool: &str,
-        arguments: Value,
+        arguments: jsonrpc::Arguments,
         input: Option<Value>,
         token: Option<String>,
         timeout: Duration,
@@ -1705,12 +1705,16 @@ impl<R: Copy, T: Copy> Session<R, T> {
         }
         let rpc = self.take_id();
         let token = token.unwrap_or_else(|| format!("{}:{rpc}", self.id));
-        let mut params =
-            json!({"name": tool, "arguments": arguments, "_meta": {"progressToken": token}});
-        if self.era == Some(Era::Modern) {
+        let bytes = if self.era == Some(Era::Modern) {
+            let arguments = arguments.to_value();
+            let mut params =
+                json!({"name": tool, "arguments": arguments, "_meta": {"progressToken": token}});
             retry_input(&mut params, input);
-        }
-        let bytes = self.request(rpc, "tools/call", params);
+            self.request(rpc, "tools/call", params)
+        } else {
+            // The arguments as they came, spliced (the bytes `request` would write).
+            jsonrpc::call_request(rpc, tool, &arguments, &token)
+        };
         let deadline = now + timeout;
         let timer = arm(rpc, deadline);
         self.pending.insert(
@@ -2181,6 +2185,10 @@ mod tests {
 
     /// Reply handles and timers are plain numbers here.
     type S = Session<u32, u64>;
+
+    fn args(v: Value) -> jsonrpc::Arguments {
+        jsonrpc::Arguments::from_value(&v).expect("an object")
+    }
     type E = Effects<u32, u64>;
 
     const LIMITS: tools::Limits = tools::Limits {
@@ -2561,7 +2569,7 @@ mod tests {
                 Status::Active,
                 None,
                 "echo",
-                json!({"m": 1}),
+                args(json!({"m": 1})),
                 None,
                 None,
                 Duration::from_secs(5),
@@ -2626,7 +2634,7 @@ mod tests {
                 status,
                 ending,
                 tool,
-                json!({}),
+                args(json!({})),
                 None,
                 None,
                 Duration::from_secs(1),
@@ -2672,7 +2680,7 @@ mod tests {
             Status::Active,
             None,
             "echo",
-            json!({}),
+            args(json!({})),
             None,
             None,
             Duration::from_millis(50),
@@ -2711,7 +2719,7 @@ mod tests {
                 Status::Active,
                 None,
                 "echo",
-                json!({}),
+                args(json!({})),
                 None,
                 Some(token.to_string()),
                 Duration::from_secs(5),
@@ -3076,7 +3084,7 @@ mod tests {
                 Status::Active,
                 None,
                 "echo",
-                json!({"m": 1}),
+                args(json!({"m": 1})),
                 None,
                 None,
                 Duration::from_secs(5),
@@ -3410,7 +3418,7 @@ mod tests {
             Status::Active,
             None,
             "echo",
-            json!({}),
+            args(json!({})),
             None,
             Some(token.to_string()),
             Duration::from_secs(5),

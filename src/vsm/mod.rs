@@ -774,16 +774,17 @@ impl Vsm {
                     })
                 };
                 let (server, tool) = (text("server")?, text("tool")?);
+                use crate::mcp::jsonrpc::Arguments;
                 let arguments = match &parameters["arguments"] {
-                    Value::Null => json!({}),
-                    a @ Value::Object(_) => a.clone(),
-                    _ => {
-                        return Err(ApiError::field(
-                            ErrorCode::InvalidParameter,
-                            "parameters.arguments",
-                            "must be an object",
-                        ))
-                    }
+                    Value::Null => Some(Arguments::empty()),
+                    a => Arguments::from_value(a),
+                };
+                let Some(arguments) = arguments else {
+                    return Err(ApiError::field(
+                        ErrorCode::InvalidParameter,
+                        "parameters.arguments",
+                        "must be an object",
+                    ));
                 };
                 let timeout_ms = match &parameters["timeout_ms"] {
                     Value::Null => None,

@@ -259,7 +259,8 @@ impl Reflect {
             if self.servers.len() >= MAX_SUBJECTS {
                 return None;
             }
-            self.servers.insert(server.to_string(), ServerModel::default());
+            self.servers
+                .insert(server.to_string(), ServerModel::default());
         }
         self.servers.get_mut(server)
     }

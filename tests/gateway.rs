@@ -1633,13 +1633,7 @@ fn a_result_reaches_clients_as_the_server_wrote_it_and_is_still_bounded() {
     let addr = d.http.expect("TCP listener");
     let bearer = d.bearer();
     let session = raw_session(&d);
-    let in_session = [
-        ("Content-Type", "application/json"),
-        ("Accept", "application/json, text/event-stream"),
-        ("Authorization", bearer.as_str()),
-        ("Mcp-Session-Id", session.as_str()),
-        ("MCP-Protocol-Version", "2025-06-18"),
-    ];
+    let in_session = session_headers(&bearer, &session);
     wait_until(
         "fx__raw on /mcp",
         || tcp(addr, "POST", &in_session, LIST),
@@ -1733,6 +1727,17 @@ fn answer_of(body: &str) -> Value {
         .unwrap_or_else(|| panic!("no answer in {body:?}"))
 }
 
+/// The headers of a POST in a raw 2025-06-18 session: JSON, both answer types, the token.
+fn session_headers<'a>(bearer: &'a str, session: &'a str) -> [(&'static str, &'a str); 5] {
+    [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Authorization", bearer),
+        ("Mcp-Session-Id", session),
+        ("MCP-Protocol-Version", "2025-06-18"),
+    ]
+}
+
 /// A call's `arguments` go to the server as the client wrote them, as one line: pretty-
 /// printed, multi-line arguments work in both eras (the fixture reads one JSON message per
 /// line, so a line break left in would lose the call); what is not an object is refused with
@@ -1750,13 +1755,7 @@ fn arguments_reach_servers_as_one_line_and_are_checked_as_before() {
     let addr = d.http.expect("TCP listener");
     let bearer = d.bearer();
     let session = raw_session(&d);
-    let base = [
-        ("Content-Type", "application/json"),
-        ("Accept", "application/json, text/event-stream"),
-        ("Authorization", bearer.as_str()),
-        ("Mcp-Session-Id", session.as_str()),
-        ("MCP-Protocol-Version", "2025-06-18"),
-    ];
+    let base = session_headers(&bearer, &session);
     let post = |body: &str| {
         let (status, head, body) = tcp(addr, "POST", &base, body);
         assert_eq!(status, 200, "{head}{body}");

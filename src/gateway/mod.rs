@@ -100,20 +100,12 @@ const TOKEN_PREFIX: &str = "vsm/gateway/";
 /// The progress token the server sees for call `tag`: `TOKEN_PREFIX` and the tag in decimal,
 /// written without the formatting machinery (once per call).
 fn token_of(tag: u64) -> String {
-    let mut digits = [0u8; 20];
-    let (mut at, mut n) = (digits.len(), tag);
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let mut token = String::with_capacity(TOKEN_PREFIX.len() + digits.len() - at);
+    let mut tmp = [0u8; 20];
+    let digits = crate::sys::decimal(tag, &mut tmp);
+    let mut token = String::with_capacity(TOKEN_PREFIX.len() + digits.len());
     token.push_str(TOKEN_PREFIX);
     // ASCII digits: always UTF-8.
-    token.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    token.push_str(std::str::from_utf8(digits).unwrap_or_default());
     token
 }
 

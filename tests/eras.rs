@@ -262,7 +262,7 @@ fn modern_body(id: u64, method: &str, mut params: Value, version: &str, caps: bo
 }
 
 /// The headers a 2026-07-28 client sends for `method` (and `name`).
-fn modern_headers<'a>(
+pub(crate) fn modern_headers<'a>(
     bearer: &'a str,
     version: &'a str,
     method: &'a str,

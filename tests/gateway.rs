@@ -1657,14 +1657,7 @@ fn a_result_reaches_clients_as_the_server_wrote_it_and_is_still_bounded() {
     let mut modern = call(6, RESULT);
     modern["params"]["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                                        "io.modelcontextprotocol/clientCapabilities": {}});
-    let headers = [
-        ("Content-Type", "application/json"),
-        ("Accept", "application/json, text/event-stream"),
-        ("Authorization", bearer.as_str()),
-        ("MCP-Protocol-Version", "2026-07-28"),
-        ("Mcp-Method", "tools/call"),
-        ("Mcp-Name", "fx__raw"),
-    ];
+    let headers = crate::eras::modern_headers(&bearer, "2026-07-28", "tools/call", Some("fx__raw"));
     let (status, head, body) = tcp(addr, "POST", &headers, &modern.to_string());
     assert_eq!(status, 200, "{head}{body}");
     let members = RESULT.strip_suffix('}').expect("an object");
@@ -1834,14 +1827,8 @@ fn arguments_reach_servers_as_one_line_and_are_checked_as_before() {
         "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                   "io.modelcontextprotocol/clientCapabilities": {}}}}))
     .expect("json");
-    let headers = [
-        ("Content-Type", "application/json"),
-        ("Accept", "application/json, text/event-stream"),
-        ("Authorization", bearer.as_str()),
-        ("MCP-Protocol-Version", "2026-07-28"),
-        ("Mcp-Method", "tools/call"),
-        ("Mcp-Name", "fx__echo"),
-    ];
+    let headers =
+        crate::eras::modern_headers(&bearer, "2026-07-28", "tools/call", Some("fx__echo"));
     let (status, head, body) = tcp(addr, "POST", &headers, &modern);
     assert_eq!(status, 200, "{head}{body}");
     let echoed = answer_of(&body);

@@ -34,5 +34,6 @@ pub mod spec;
 pub mod state;
 pub mod sys;
 pub mod telemetry;
+pub mod text;
 pub mod variety;
 pub mod vsm;

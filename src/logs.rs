@@ -173,11 +173,7 @@ impl LogRing {
 
 fn truncate(mut message: String) -> String {
     if message.len() > MAX_MESSAGE_BYTES {
-        let mut cut = MAX_MESSAGE_BYTES;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
+        message.truncate(crate::text::floor_boundary(&message, MAX_MESSAGE_BYTES));
         message.push_str(" …[truncated]");
     }
     message

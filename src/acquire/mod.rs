@@ -1537,11 +1537,7 @@ fn tail(text: &str, max: usize) -> String {
 
 fn truncate(mut text: String, max: usize) -> String {
     if text.len() > max {
-        let mut at = max;
-        while !text.is_char_boundary(at) {
-            at -= 1;
-        }
-        text.truncate(at);
+        text.truncate(crate::text::floor_boundary(&text, max));
         text.push_str("...");
     }
     text

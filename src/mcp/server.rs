@@ -34,12 +34,8 @@ pub const HANDSHAKE_ITEM_MAX: usize = 16 * 1024;
 /// `text` cut to at most `max` bytes on a character boundary, marked when cut.
 pub fn truncate(mut text: String, max: usize) -> String {
     if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
         let total = text.len();
-        text.truncate(end);
+        text.truncate(crate::text::floor_boundary(&text, max));
         text.push_str(&format!("... [{total} bytes]"));
     }
     text

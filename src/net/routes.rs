@@ -88,11 +88,8 @@ fn table() -> &'static Table {
                 .zip(r.op.path.bytes())
                 .take_while(|(a, b)| a == b)
                 .count();
-            let mut end = common;
-            while !templated_prefix.is_char_boundary(end) {
-                end -= 1;
-            }
-            templated_prefix = &templated_prefix[..end];
+            templated_prefix =
+                &templated_prefix[..crate::text::floor_boundary(templated_prefix, common)];
         }
         Table {
             literal,

@@ -183,11 +183,7 @@ fn now_ms(t: SystemTime) -> u64 {
 
 /// `s` cut to at most [`TEXT_MAX`] bytes, on a character boundary.
 fn cut(s: &str) -> &str {
-    let mut end = s.len().min(TEXT_MAX);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    &s[..crate::text::floor_boundary(s, TEXT_MAX)]
 }
 
 fn bounded(s: &str) -> String {

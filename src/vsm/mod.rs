@@ -202,11 +202,7 @@ impl Serialize for Detail {
 /// Cuts `text` to [`ACTIVITY_TEXT`] bytes (at a character boundary) and marks the cut.
 fn bound(text: &mut String) {
     if text.len() > ACTIVITY_TEXT {
-        let mut cut = ACTIVITY_TEXT;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
+        text.truncate(crate::text::floor_boundary(text, ACTIVITY_TEXT));
         text.push('…');
     }
 }

@@ -64,11 +64,7 @@ impl Outcome {
 /// Cuts `text` to [`MESSAGE_BYTES`] on a character boundary.
 pub fn bounded(mut text: String) -> String {
     if text.len() > MESSAGE_BYTES {
-        let mut end = MESSAGE_BYTES;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
+        text.truncate(crate::text::floor_boundary(&text, MESSAGE_BYTES));
     }
     text
 }

@@ -11,8 +11,9 @@
 # (callgrind_control -d): so only the calls are counted (all of the daemon's threads; not the
 # fixture, not the client). Kinds: `/mcp` in a 2025-11-25 session, `/mcp` in the 2026-07-28
 # era (stateless, `_meta` and headers), and `POST /api/v1/mcp/servers/fx/tools/call`.
-# Prints the instructions per call of each; the profiles are kept (callgrind_annotate
-# --inclusive=yes DIR/callgrind.out.N).
+# Prints the instructions and the calls into malloc/calloc/realloc per call of each (musl's
+# allocator costs more per call than glibc's, so the count matters for the static binary); the
+# profiles are kept (callgrind_annotate --inclusive=yes DIR/callgrind.out.N).
 # BIN=path overrides the binary (to count another build the same way).
 set -euo pipefail
 n=${1:-2000}
@@ -114,5 +115,23 @@ for f in "$dir"/callgrind.out.*; do
 	name=$(sed -n 's/^desc: Trigger: dump //p' "$f" | head -n 1)
 	total=$(sed -n 's/^summary: //p; s/^totals: //p' "$f" | head -n 1)
 	[ -n "$name" ] || continue
-	echo "$name: $total instructions for $n calls: $((total / n)) per call ($f)"
+	allocs=$(python3 - "$f" <<'PY'
+import re, sys
+# Calls into the C allocator (malloc, calloc, realloc) in the profile: its `cfn=(id) name` lines
+# name a callee once and then by id; each `calls=N` line after one counts N calls to it.
+names, callee, count = {}, None, 0
+for line in open(sys.argv[1]):
+    m = re.match(r"(c?fn)=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+    if m:
+        kind, ident, name = m.groups()
+        if name:
+            names[ident] = name
+        if kind == "cfn":
+            callee = names.get(ident)
+    elif line.startswith("calls=") and callee in ("malloc", "calloc", "realloc"):
+        count += int(line[6:].split()[0])
+print(count)
+PY
+)
+	echo "$name: $total instructions for $n calls: $((total / n)) per call, $((allocs / n)).$(((allocs * 10 / n) % 10)) allocations per call ($f)"
 done

@@ -474,17 +474,18 @@ impl Gateway {
 /// What a 2026-07-28 `tools/call` carries for a modern server besides its arguments (a
 /// retry after `input_required`): its `inputResponses` and `requestState`, and the client's
 /// `clientCapabilities` from its `_meta`. `None` for a request of the session era.
-pub(super) fn modern_input(params: &Value) -> Option<Value> {
-    let meta = params.get("_meta")?;
-    meta.get("io.modelcontextprotocol/protocolVersion")?;
+pub(super) fn modern_input(params: Option<&super::body::Params<'_>>) -> Option<Value> {
+    let params = params?;
+    let meta = params.meta.as_ref()?.as_object()?;
+    meta.version.as_ref()?;
     let mut input = Map::new();
     for key in ["inputResponses", "requestState"] {
-        if let Some(v) = params.get(key) {
+        if let Some(v) = params.other.get(key) {
             input.insert(key.into(), v.clone());
         }
     }
-    if let Some(caps) = meta.get("io.modelcontextprotocol/clientCapabilities") {
-        input.insert("clientCapabilities".into(), caps.clone());
+    if let Some(caps) = &meta.capabilities {
+        input.insert("clientCapabilities".into(), caps.to_value());
     }
     Some(Value::Object(input))
 }

@@ -69,7 +69,6 @@ use crate::mcp::session::{log_rank, LOG_LEVELS};
 use crate::net::http;
 use crate::room::{Effect, Room, RoomCx};
 use catalog::{Catalog, Offer, Target};
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
@@ -802,8 +801,8 @@ impl Gateway {
             let m = format!("the body is not JSON: {e}");
             (400, code::PARSE_ERROR, m)
         };
-        let (mut message, mut arguments) = match body::read(&request.body) {
-            Ok(body::Body::Object(map, arguments)) => (map, arguments.map(|a| (a, false))),
+        let message = match body::read(&request.body) {
+            Ok(body::Body::Object(message)) => message,
             Ok(other) => {
                 let m = if matches!(other, body::Body::Array) {
                     "JSON-RPC batches are not accepted: send one message per POST"
@@ -814,7 +813,8 @@ impl Gateway {
             }
             Err(e) => return refuse(cx, reply, not_json(e)),
         };
-        if let Some((raw, lines)) = &mut arguments {
+        let mut lines = false;
+        if let Some(raw) = message.arguments() {
             // Raw arguments were not read as a Value: when they hold what such a read may
             // refuse, the body is read so, and refused as it always was.
             let found = jsonrpc::scan(raw.get());
@@ -823,24 +823,20 @@ impl Gateway {
                     return refuse(cx, reply, not_json(e));
                 }
             }
-            *lines = found.lines;
+            lines = found.lines;
         }
-        // Only a tools/call takes its arguments raw; other methods see them as before.
-        if message.get("method").and_then(Value::as_str) != Some("tools/call") {
-            if let Some((raw, _)) = arguments.take() {
-                match serde_json::from_str::<Value>(raw.get()) {
-                    Ok(v) => {
-                        if let Some(Value::Object(p)) = message.get_mut("params") {
-                            p.insert("arguments".into(), v);
-                        }
-                    }
-                    Err(e) => return refuse(cx, reply, not_json(e)),
-                }
-            }
+        // A tools/call is served from its members as read; other methods see them as a
+        // Value read would have made them (arguments included).
+        if message.method.as_ref().and_then(body::Read::as_str) == Some("tools/call") {
+            return self.post_call(cx, request, reply, &message, lines, now);
         }
+        let message = match message.into_map() {
+            Ok(map) => map,
+            Err(e) => return refuse(cx, reply, not_json(e)),
+        };
         let map = &message;
         if modern::is_modern(request, map) {
-            return self.modern(cx, request, reply, map, arguments);
+            return self.modern(cx, request, reply, map);
         }
         let id = map.get("id").cloned();
         let Some(method) = map.get("method").and_then(Value::as_str) else {
@@ -877,14 +873,6 @@ impl Gateway {
         match method {
             "ping" => respond(cx, reply, &id, json!({})),
             "tools/list" => respond(cx, reply, &id, json!({"tools": self.catalog.listing()})),
-            "tools/call" => {
-                let call = Call {
-                    session,
-                    sse: request.accepts_event_stream(),
-                    log_level: None,
-                };
-                self.call(cx, reply, id, (params, arguments), call)
-            }
             "prompts/list" => respond(
                 cx,
                 reply,
@@ -920,6 +908,78 @@ impl Gateway {
                 cx.emit(Output::Http { reply, response });
             }
         }
+    }
+
+    /// A `tools/call` POST of either era: what `post` and `modern` decide for any method,
+    /// in the same order, from the members as read (no `Value` of the message).
+    fn post_call(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        request: &http::Request,
+        reply: ReplyTo,
+        message: &body::Message<'_>,
+        lines: bool,
+        now: Instant,
+    ) {
+        let params = message.params.as_ref().and_then(body::Read::as_object);
+        let meta = params
+            .and_then(|p| p.meta.as_ref())
+            .and_then(body::Read::as_object);
+        let id = message.id.as_ref().map(body::Member::to_value);
+        let sse = request.accepts_event_stream();
+        if modern::is_modern_by(request, meta.is_some_and(|m| m.version.is_some())) {
+            let Some(id) = id else {
+                // This era defines no client notifications over HTTP; one is taken and dropped.
+                return accepted(cx, reply);
+            };
+            let name = params
+                .and_then(|p| p.name.as_ref())
+                .and_then(body::Read::as_str);
+            let seen = modern::Seen {
+                version: meta
+                    .and_then(|m| m.version.as_ref())
+                    .map(body::Read::as_str),
+                capabilities: meta.is_some_and(|m| m.capabilities.is_some()),
+                named: name,
+            };
+            if let Err(r) = modern::check_seen(request, "tools/call", seen) {
+                return modern::refuse_with(cx, reply, &id, r);
+            }
+            // No session: bounded by the calls in flight in all; cancelled by hanging up.
+            // Log messages, when it asks for them (this era's per-request opt-in): its
+            // server is asked for that level first if none as verbose is set, and left
+            // there after the call (no request per call to put it back).
+            let log_level = meta
+                .and_then(|m| m.log_level.as_ref())
+                .and_then(body::Read::as_str)
+                .and_then(log_rank);
+            let tag = self.next_tag;
+            let call = Call {
+                session: String::new(),
+                sse,
+                log_level,
+            };
+            self.call(cx, reply, id, (params, lines), call);
+            // The answer is marked as this era's.
+            if let Some(p) = self.pending.get_mut(&tag) {
+                p.modern = true;
+            }
+            return;
+        }
+        let session = match self.session_of(request, now) {
+            Ok(s) => s,
+            Err(r) => return refuse(cx, reply, r),
+        };
+        let Some(id) = id else {
+            // A notification needs no answer.
+            return accepted(cx, reply);
+        };
+        let call = Call {
+            session,
+            sse,
+            log_level: None,
+        };
+        self.call(cx, reply, id, (params, lines), call);
     }
 
     fn initialize(
@@ -1010,10 +1070,11 @@ impl Gateway {
         cx: &mut RoomCx<'_, Self>,
         reply: ReplyTo,
         id: Value,
-        (params, arguments): (&Value, Option<(&RawValue, bool)>),
+        (params, lines): (Option<&body::Params<'_>>, bool),
         call: Call,
     ) {
-        let Some(name) = params.get("name").and_then(Value::as_str) else {
+        let name = params.and_then(|p| p.name.as_ref());
+        let Some(name) = name.and_then(body::Read::as_str) else {
             let response = rpc_error_response(
                 200,
                 &id,
@@ -1022,10 +1083,10 @@ impl Gateway {
             );
             return cx.emit(Output::Http { reply, response });
         };
-        let arguments = match arguments {
+        let arguments = match params.and_then(|p| p.arguments) {
             None => Some(Arguments::empty()),
-            Some((raw, _)) if raw.get() == "null" => Some(Arguments::empty()),
-            Some((raw, lines)) => Arguments::from_raw(raw, lines),
+            Some(raw) if raw.get() == "null" => Some(Arguments::empty()),
+            Some(raw) => Arguments::from_raw(raw, lines),
         };
         let Some(arguments) = arguments else {
             let response = rpc_error_response(
@@ -1123,15 +1184,15 @@ impl Gateway {
         };
         // Progress needs a stream to go on: without one the client gets the answer alone.
         let progress = params
-            .get("_meta")
-            .and_then(|m| m.get("progressToken"))
-            .filter(|t| match t {
-                Value::String(s) => s.len() <= TOKEN_MAX,
-                Value::Number(_) => true,
-                _ => false,
+            .and_then(|p| p.meta.as_ref())
+            .and_then(body::Read::as_object)
+            .and_then(|m| m.progress_token.as_ref())
+            .filter(|t| match t.as_str() {
+                Some(s) => s.len() <= TOKEN_MAX,
+                None => t.as_value().is_some_and(Value::is_number),
             })
             .filter(|_| call.sse && server.is_some())
-            .cloned();
+            .map(body::Member::to_value);
         let waiting = Waiting {
             what,
             session: call.session,

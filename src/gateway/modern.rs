@@ -42,11 +42,11 @@ mod era_code {
 }
 
 /// `_meta` keys.
-const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
-const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+pub(super) const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+pub(super) const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
-const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
+pub(super) const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
 
 /// The list-change notifications a listen stream can ask for: the filter's field, the
 /// notification it brings.
@@ -100,6 +100,12 @@ pub(super) fn is_modern(request: &http::Request, message: &Map<String, Value>) -
         .and_then(|p| p.get("_meta"))
         .and_then(|m| m.get(META_VERSION))
         .is_some();
+    is_modern_by(request, meta_version)
+}
+
+/// Whether a POST belongs to the stateless era, given whether its `params._meta` names a
+/// protocol version.
+pub(super) fn is_modern_by(request: &http::Request, meta_version: bool) -> bool {
     meta_version
         || (request.header("mcp-session-id").is_none()
             && request
@@ -107,18 +113,51 @@ pub(super) fn is_modern(request: &http::Request, message: &Map<String, Value>) -
                 .is_some_and(|v| !VERSIONS.contains(&v)))
 }
 
+/// What [`check`] reads of a request's params.
+pub(super) struct Seen<'a> {
+    /// The protocol version, when `_meta` is an object that has one (`Some(None)`: it is not
+    /// a string).
+    pub version: Option<Option<&'a str>>,
+    /// Whether `_meta` is an object with the client capabilities.
+    pub capabilities: bool,
+    /// The member the method names its target by (`name`, `uri`), when it is a string.
+    pub named: Option<&'a str>,
+}
+
+/// The member a method names its target by, if it has one.
+fn name_key(method: &str) -> Option<&'static str> {
+    match method {
+        "tools/call" | "prompts/get" => Some("name"),
+        "resources/read" => Some("uri"),
+        _ => None,
+    }
+}
+
 /// Checks a request of the stateless era against the specification's server validation.
 /// Returns the protocol version it speaks.
 fn check<'a>(request: &http::Request, method: &str, params: &'a Value) -> Result<&'a str, Refusal> {
     let meta = params.get("_meta").and_then(Value::as_object);
-    let (Some(version), true) = (
-        meta.and_then(|m| m.get(META_VERSION)),
-        meta.is_some_and(|m| m.contains_key(META_CAPABILITIES)),
-    ) else {
+    let seen = Seen {
+        version: meta.and_then(|m| m.get(META_VERSION)).map(Value::as_str),
+        capabilities: meta.is_some_and(|m| m.contains_key(META_CAPABILITIES)),
+        named: name_key(method)
+            .and_then(|k| params.get(k))
+            .and_then(Value::as_str),
+    };
+    check_seen(request, method, seen)
+}
+
+/// [`check`] on what it reads of the params.
+pub(super) fn check_seen<'a>(
+    request: &http::Request,
+    method: &str,
+    seen: Seen<'a>,
+) -> Result<&'a str, Refusal> {
+    let (Some(version), true) = (seen.version, seen.capabilities) else {
         let m = format!("params._meta must carry {META_VERSION:?} and {META_CAPABILITIES:?}");
         return Err((400, code::INVALID_PARAMS, m, None));
     };
-    let Some(version) = version.as_str() else {
+    let Some(version) = version else {
         let m = format!("params._meta {META_VERSION:?} must be a string");
         return Err((400, code::INVALID_PARAMS, m, None));
     };
@@ -144,12 +183,7 @@ fn check<'a>(request: &http::Request, method: &str, params: &'a Value) -> Result
         }
         Some(_) => {}
     }
-    let name_key = match method {
-        "tools/call" | "prompts/get" => Some("name"),
-        "resources/read" => Some("uri"),
-        _ => None,
-    };
-    if let Some(body) = name_key.and_then(|k| params.get(k)).and_then(Value::as_str) {
+    if let Some(body) = seen.named {
         let Some(header) = request.header("mcp-name") else {
             return mismatch(format!("the Mcp-Name header is required for {method}"));
         };
@@ -232,7 +266,6 @@ impl Gateway {
         request: &http::Request,
         reply: ReplyTo,
         message: &Map<String, Value>,
-        arguments: Option<(&RawValue, bool)>,
     ) {
         let Some(method) = message.get("method").and_then(Value::as_str) else {
             let m = "a JSON-RPC request needs a string method";
@@ -276,23 +309,6 @@ impl Gateway {
                 let mut result = self.modern_result(listing);
                 cacheable(&mut result);
                 respond(cx, reply, &id, result);
-            }
-            "tools/call" => {
-                // The same forwarding as the session era; the answer is marked as this era's.
-                let tag = self.next_tag;
-                // No session: bounded by the calls in flight in all; cancelled by hanging up.
-                // Log messages, when it asks for them (this era's per-request opt-in): its
-                // server is asked for that level first if none as verbose is set, and left
-                // there after the call (no request per call to put it back).
-                let call = Call {
-                    session: String::new(),
-                    sse: request.accepts_event_stream(),
-                    log_level: params["_meta"][META_LOG_LEVEL].as_str().and_then(log_rank),
-                };
-                self.call(cx, reply, id, (params, arguments), call);
-                if let Some(p) = self.pending.get_mut(&tag) {
-                    p.modern = true;
-                }
             }
             "prompts/get" | "resources/read" | "completion/complete" => {
                 // Forwarded as in the session era, under the bound of the calls in flight in
@@ -500,7 +516,12 @@ fn cacheable(result: &mut Value) {
     result["cacheScope"] = json!("private");
 }
 
-fn refuse_with(cx: &mut RoomCx<'_, Gateway>, reply: ReplyTo, id: &Value, refusal: Refusal) {
+pub(super) fn refuse_with(
+    cx: &mut RoomCx<'_, Gateway>,
+    reply: ReplyTo,
+    id: &Value,
+    refusal: Refusal,
+) {
     let (status, code, message, data) = refusal;
     let mut error = json!({"code": code, "message": message});
     if let Some(data) = data {

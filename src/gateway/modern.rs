@@ -24,6 +24,7 @@
 
 use super::*;
 use serde_json::Map;
+use std::borrow::Cow;
 
 /// Protocol versions of the stateless era `/mcp` speaks, newest first.
 pub const MODERN_VERSIONS: &[&str] = &["2026-07-28"];
@@ -220,17 +221,19 @@ fn shown(text: &str) -> String {
 
 /// A header value as the specification encodes it: plain visible ASCII (and spaces, tabs),
 /// or `=?base64?…?=` around the Base64 of UTF-8. `None` when it is neither.
-fn decode_header_value(value: &str) -> Option<String> {
+fn decode_header_value(value: &str) -> Option<Cow<'_, str>> {
     if let Some(inner) = value
         .strip_prefix("=?base64?")
         .and_then(|v| v.strip_suffix("?="))
     {
-        return String::from_utf8(base64_decode(inner)?).ok();
+        return String::from_utf8(base64_decode(inner)?)
+            .ok()
+            .map(Cow::Owned);
     }
     let plain = value
         .bytes()
         .all(|b| b == b'\t' || (0x20..=0x7e).contains(&b));
-    plain.then(|| value.to_string())
+    plain.then_some(Cow::Borrowed(value))
 }
 
 /// Standard Base64 (with or without padding); `None` on any other character.

@@ -747,6 +747,23 @@ impl Args {
         }
     }
 
+    /// A string body field moved out of the body (what [`Args::field_text`] gives, without
+    /// a copy: for a field a request reads once).
+    ///
+    /// # Errors
+    /// `invalid_parameter` naming `key` when it is not a string.
+    pub fn take_text(&mut self, key: &str) -> Result<Option<String>, ApiError> {
+        match self.body.as_mut().and_then(|v| v.get_mut(key)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(std::mem::take(s))),
+            Some(_) => Err(ApiError::field(
+                ErrorCode::InvalidParameter,
+                key,
+                "must be a string",
+            )),
+        }
+    }
+
     /// A boolean body field.
     ///
     /// # Errors

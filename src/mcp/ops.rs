@@ -231,8 +231,8 @@ pub const MCP_CALL: Op = Op {
     )
 };
 
-fn tool_call_request(a: Args) -> Result<Request, ApiError> {
-    let name = a.field_text("name")?.ok_or_else(|| {
+fn tool_call_request(mut a: Args) -> Result<Request, ApiError> {
+    let name = a.take_text("name")?.ok_or_else(|| {
         ApiError::field(
             ErrorCode::InvalidParameter,
             "name",

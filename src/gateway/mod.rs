@@ -376,11 +376,48 @@ impl std::hash::Hasher for TagHasher {
     }
 }
 
+/// Hashes session ids: 8 bytes at a time, one multiply each, instead of SipHash. The ids
+/// are the gateway's own random tokens, so the keys the map holds are spread whatever the
+/// hash; an id a client makes up finds no session, and the map holds at most
+/// `gateway.max_sessions` of them, which bounds what a collision could cost.
+#[derive(Debug, Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // The high bits of the products into the low ones, which pick the bucket.
+        (self.0 ^ (self.0 >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u8(&mut self, b: u8) {
+        self.write_u64(u64::from(b));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(23) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// The `/mcp` endpoint.
 #[derive(Debug)]
 pub struct Gateway {
     settings: GatewayConfig,
-    sessions: HashMap<String, Session>,
+    sessions: HashMap<String, Session, BuildHasherDefault<IdHasher>>,
     /// Every server's id, status and (when active) the tools the capability policy lets it
     /// offer, as the MCP room last reported them.
     servers: Vec<Offered>,
@@ -425,7 +462,7 @@ impl Gateway {
         let catalog = Catalog::build([], &settings.tool_separator, &settings.daemon_tools);
         Gateway {
             settings: settings.clone(),
-            sessions: HashMap::new(),
+            sessions: HashMap::default(),
             servers: Vec::new(),
             policy: crate::variety::policy::Policy::new(config),
             catalog,
@@ -2508,6 +2545,29 @@ mod tests {
         json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                "params": {"name": "vsm__status", "arguments": {}}})
         .to_string()
+    }
+
+    #[test]
+    fn session_ids_spread_over_the_buckets() {
+        use std::hash::BuildHasher;
+        // Ids as `initialize` makes them (32 hex digits of random bytes), from a fixed LCG.
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut buckets = BTreeSet::new();
+        let hasher = BuildHasherDefault::<IdHasher>::default();
+        for _ in 0..256 {
+            let id: String = (0..16)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    format!("{:02x}", (state >> 56) as u8)
+                })
+                .collect();
+            // hashbrown picks the bucket by the low bits: 256 ids over 128 buckets fill
+            // about 110 of them when spread.
+            buckets.insert(hasher.hash_one(id.as_str()) & 127);
+        }
+        assert!(buckets.len() > 95, "{} buckets", buckets.len());
     }
 
     #[test]

@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 pub enum Target {
     /// A tool of a supervised server.
     Server {
-        /// The server id.
-        server: String,
+        /// The server id (shared with the calls in flight to it).
+        server: std::rc::Rc<str>,
         /// The tool's own name on that server.
         tool: String,
     },
@@ -202,7 +202,7 @@ impl Catalog {
                 full,
                 Entry {
                     target: Target::Server {
-                        server: server.to_string(),
+                        server: server.into(),
                         tool: name.to_string(),
                     },
                     tool: renamed,
@@ -269,7 +269,7 @@ impl Catalog {
             let mut renamed = prompt.clone();
             renamed["name"] = Value::String(full.clone());
             let target = Target::Server {
-                server: server.to_string(),
+                server: server.into(),
                 tool: name.to_string(),
             };
             let entry = Entry {

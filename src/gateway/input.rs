@@ -301,7 +301,7 @@ impl Gateway {
         input.insert("clientCapabilities".into(), retry.capabilities.clone());
         let left = round.deadline.saturating_duration_since(Instant::now());
         let request = Request::Mcp(McpRequest::Call {
-            id: server,
+            id: server.to_string(),
             name: retry.tool.clone(),
             arguments: retry.arguments.clone(),
             timeout_ms: Some((left.as_millis() as u64).max(1)),

@@ -72,6 +72,7 @@ use catalog::{Catalog, Offer, Target};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// The protocol versions `/mcp` speaks, newest first (the first is offered to clients that
@@ -293,7 +294,7 @@ struct Pending {
     /// The session it belongs to.
     session: String,
     /// The server it went to (`None`: one of the daemon's own tools, nothing to cancel).
-    server: Option<String>,
+    server: Option<Rc<str>>,
     /// The client's progress token, when it asked for progress and accepts an SSE answer.
     progress: Option<Value>,
     /// When progress last went to the client.
@@ -327,7 +328,7 @@ struct Waiting {
     /// The server a tool call, `resources/read`, `prompts/get` or `completion/complete` went
     /// to (what a cancel is sent to); `None` for the daemon's own tools and for
     /// `resources/(un)subscribe`, which the MCP room's deadline ends.
-    server: Option<String>,
+    server: Option<Rc<str>>,
     progress: Option<Value>,
     /// Whether the client accepts an SSE answer.
     sse: bool,
@@ -550,7 +551,7 @@ impl Gateway {
             cx.ask(
                 ask,
                 Request::Mcp(McpRequest::Cancel {
-                    id: server,
+                    id: server.to_string(),
                     progress_token: token_of(tag),
                     reason: reason.to_string(),
                 }),
@@ -1199,7 +1200,7 @@ impl Gateway {
                 };
                 (
                     Request::Mcp(McpRequest::Call {
-                        id: server.clone(),
+                        id: server.to_string(),
                         name: tool.clone(),
                         arguments,
                         timeout_ms: None,
@@ -1314,7 +1315,7 @@ impl Gateway {
         cx: &mut RoomCx<'_, Self>,
         (reply, id): (ReplyTo, Value),
         session: String,
-        (what, server): (Forwarded, Option<String>),
+        (what, server): (Forwarded, Option<Rc<str>>),
         make: impl FnOnce(Option<String>) -> Request,
     ) {
         if let Some(m) = self.full(&session) {
@@ -1466,11 +1467,11 @@ impl Gateway {
             let response = rpc_error_response(200, &id, code::INVALID_PARAMS, &message);
             return cx.emit(Output::Http { reply, response });
         };
-        let (server, name) = (server.clone(), tool.clone());
-        let what = (Forwarded::Request, Some(server.clone()));
+        let (server, name) = (Rc::clone(server), tool.clone());
+        let what = (Forwarded::Request, Some(Rc::clone(&server)));
         self.forward_as(cx, (reply, id), session, what, |progress_token| {
             Request::Mcp(McpRequest::GetPrompt {
-                id: server,
+                id: server.to_string(),
                 name,
                 arguments,
                 progress_token,
@@ -1520,7 +1521,7 @@ impl Gateway {
             Ok(routed) => routed,
             Err(response) => return cx.emit(Output::Http { reply, response }),
         };
-        let what = (Forwarded::Request, Some(server.clone()));
+        let what = (Forwarded::Request, Some(server.as_str().into()));
         self.forward_as(cx, (reply, id), session, what, |progress_token| {
             Request::Mcp(McpRequest::ReadResource {
                 id: server,
@@ -1804,7 +1805,7 @@ impl Gateway {
                 match self.catalog.prompt(name).map(|e| &e.target) {
                     Some(Target::Server { server, tool }) => {
                         forwarded["ref"]["name"] = Value::String(tool.clone());
-                        server.clone()
+                        Rc::clone(server)
                     }
                     _ => {
                         let shown: String = name.chars().take(130).collect();
@@ -1837,7 +1838,7 @@ impl Gateway {
                     let m = format!("unknown resource or resource template {shown:?} (no active server lists it)");
                     return invalid(cx, reply, &m);
                 };
-                server.to_string()
+                Rc::from(server)
             }
             _ => {
                 let m = "completion/complete params.ref.type must be ref/prompt or ref/resource";
@@ -1850,7 +1851,7 @@ impl Gateway {
                 map.insert("_meta".into(), json!({ "progressToken": t }));
             }
             Request::Mcp(McpRequest::Complete {
-                id: server,
+                id: server.to_string(),
                 params: forwarded,
             })
         });

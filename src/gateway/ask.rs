@@ -256,7 +256,7 @@ impl Gateway {
                     self.asks.urls.push_back(UrlElicitation {
                         server: server.to_string(),
                         id: url_id.to_string(),
-                        session: p.session.clone(),
+                        session: p.session.to_string(),
                         call: tag,
                     });
                 }
@@ -307,7 +307,7 @@ impl Gateway {
         let sessions: Vec<&str> = {
             let mut s: Vec<&str> = ours
                 .iter()
-                .filter_map(|t| self.pending.get(t).map(|p| p.session.as_str()))
+                .filter_map(|t| self.pending.get(t).map(|p| &*p.session))
                 .collect();
             s.sort_unstable();
             s.dedup();
@@ -412,7 +412,7 @@ impl Gateway {
         };
         let message = json!({"jsonrpc": "2.0", "method": method, "params": params});
         match self.pending.get(&url.call) {
-            Some(p) if p.streaming && p.session == url.session => {
+            Some(p) if p.streaming && *p.session == *url.session => {
                 if let ReplyTo::Http { conn, .. } = p.reply {
                     cx.emit(Output::Push {
                         conn,
@@ -552,7 +552,7 @@ mod tests {
     fn gateway() -> Gateway {
         let mut g = Gateway::new(&Config::default());
         for id in ["a", "b"] {
-            let mut s = super::super::Session::new(super::super::VERSIONS[0], Instant::now());
+            let mut s = super::super::Session::new(id, super::super::VERSIONS[0], Instant::now());
             s.declared = declared(json!({"sampling": {}, "elicitation": {}}));
             g.sessions.insert(id.to_string(), s);
         }
@@ -578,7 +578,7 @@ mod tests {
                 reply,
                 id: json!(tag),
                 what: super::super::Forwarded::Tool,
-                session: session.to_string(),
+                session: session.into(),
                 server: Some("srv".into()),
                 progress: None,
                 progress_sent: None,

@@ -109,7 +109,7 @@ impl Gateway {
         if !self.settings.client_requests || !call.sse {
             return None;
         }
-        let declared = self.sessions.get(&call.session)?.declared;
+        let declared = self.sessions.get(&*call.session)?.declared;
         declared.any().then(|| {
             Box::new(Retry {
                 tool: tool.to_string(),
@@ -185,7 +185,7 @@ impl Gateway {
         };
         let declared = self
             .sessions
-            .get(&p.session)
+            .get(&*p.session)
             .map(|s| s.declared)
             .unwrap_or_default();
         for (key, request) in asked.into_iter().flatten() {

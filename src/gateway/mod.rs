@@ -199,6 +199,8 @@ impl From<Effect> for Output {
 /// One client's session.
 #[derive(Debug)]
 struct Session {
+    /// Its id (the map's key), shared with its calls in flight.
+    id: Rc<str>,
     /// The negotiated protocol version.
     version: &'static str,
     /// Last request.
@@ -223,8 +225,9 @@ struct Session {
 }
 
 impl Session {
-    fn new(version: &'static str, now: Instant) -> Session {
+    fn new(id: &str, version: &'static str, now: Instant) -> Session {
         Session {
+            id: id.into(),
             version,
             last_seen: now,
             stream: None,
@@ -291,8 +294,8 @@ struct Pending {
     /// The client's JSON-RPC id.
     id: Value,
     what: Forwarded,
-    /// The session it belongs to.
-    session: String,
+    /// The session it belongs to (empty: none, a 2026-07-28 request).
+    session: Rc<str>,
     /// The server it went to (`None`: one of the daemon's own tools, nothing to cancel).
     server: Option<Rc<str>>,
     /// The client's progress token, when it asked for progress and accepts an SSE answer.
@@ -324,7 +327,7 @@ struct Pending {
 #[derive(Debug)]
 struct Waiting {
     what: Forwarded,
-    session: String,
+    session: Rc<str>,
     /// The server a tool call, `resources/read`, `prompts/get` or `completion/complete` went
     /// to (what a cancel is sent to); `None` for the daemon's own tools and for
     /// `resources/(un)subscribe`, which the MCP room's deadline ends.
@@ -419,6 +422,8 @@ impl std::hash::Hasher for IdHasher {
 pub struct Gateway {
     settings: GatewayConfig,
     sessions: HashMap<String, Session, BuildHasherDefault<IdHasher>>,
+    /// The session of a request that has none (a 2026-07-28 one): empty, made once.
+    unsessioned: Rc<str>,
     /// Every server's id, status and (when active) the tools the capability policy lets it
     /// offer, as the MCP room last reported them.
     servers: Vec<Offered>,
@@ -464,6 +469,7 @@ impl Gateway {
         Gateway {
             settings: settings.clone(),
             sessions: HashMap::default(),
+            unsessioned: Rc::from(""),
             servers: Vec::new(),
             policy: crate::variety::policy::Policy::new(config),
             catalog,
@@ -587,7 +593,7 @@ impl Gateway {
         let p = self.pending.remove(&tag)?;
         // A 2026-07-28 call has no session.
         if !p.session.is_empty() {
-            if let Some(s) = self.sessions.get_mut(&p.session) {
+            if let Some(s) = self.sessions.get_mut(&*p.session) {
                 s.calls = s.calls.saturating_sub(1);
             }
         }
@@ -613,7 +619,7 @@ impl Gateway {
             let tags: Vec<u64> = self
                 .pending
                 .iter()
-                .filter(|(_, p)| p.session == id)
+                .filter(|(_, p)| *p.session == *id)
                 .map(|(tag, _)| *tag)
                 .collect();
             for tag in tags {
@@ -743,7 +749,7 @@ impl Gateway {
                     let ReplyTo::Http { conn, .. } = reply else {
                         return;
                     };
-                    let Some(s) = self.sessions.get_mut(&id) else {
+                    let Some(s) = self.sessions.get_mut(&*id) else {
                         return;
                     };
                     if s.stream.is_some() {
@@ -790,7 +796,7 @@ impl Gateway {
     }
 
     /// The session a request names (touched), or why it is refused.
-    fn session_of(&mut self, request: &http::Request, now: Instant) -> Result<String, Refusal> {
+    fn session_of(&mut self, request: &http::Request, now: Instant) -> Result<Rc<str>, Refusal> {
         let Some(id) = request.header("mcp-session-id") else {
             return Err((
                 400,
@@ -825,7 +831,7 @@ impl Gateway {
             }
         }
         session.last_seen = now;
-        Ok(id.to_string())
+        Ok(Rc::clone(&session.id))
     }
 
     fn post(
@@ -933,7 +939,7 @@ impl Gateway {
             "resources/read" => self.read_resource(cx, reply, id, params, session),
             "logging/setLevel" => self.set_level(cx, reply, id, params, &session),
             "completion/complete" => self.complete(cx, reply, id, params, session),
-            "resources/subscribe" => self.subscribe(cx, reply, id, params, session),
+            "resources/subscribe" => self.subscribe(cx, reply, id, params, session.to_string()),
             "resources/unsubscribe" => self.unsubscribe(cx, reply, id, params, session),
             _ => {
                 let m: String = method.chars().take(80).collect();
@@ -993,7 +999,7 @@ impl Gateway {
                 .and_then(log_rank);
             let tag = self.next_tag;
             let call = Call {
-                session: String::new(),
+                session: Rc::clone(&self.unsessioned),
                 sse,
                 log_level,
             };
@@ -1050,7 +1056,7 @@ impl Gateway {
             return cx.emit(Output::Http { reply, response });
         }
         let session: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        let mut opened = Session::new(version, now);
+        let mut opened = Session::new(&session, version, now);
         opened.declared = ask::Declared::from_initialize(params);
         self.sessions.insert(session.clone(), opened);
         log::debug!("/mcp session {session} opened ({version})");
@@ -1087,7 +1093,7 @@ impl Gateway {
         let found = self
             .pending
             .iter()
-            .find(|(_, p)| p.session == session && p.id == *request_id)
+            .find(|(_, p)| *p.session == *session && p.id == *request_id)
             .map(|(tag, _)| *tag);
         let Some(tag) = found else {
             // Answered already, or never ours: nothing to do (the spec says to ignore it).
@@ -1269,7 +1275,7 @@ impl Gateway {
         request: Request,
         w: Waiting,
     ) {
-        if let Some(s) = self.sessions.get_mut(&w.session) {
+        if let Some(s) = self.sessions.get_mut(&*w.session) {
             s.calls += 1;
         }
         let pending = Pending {
@@ -1302,7 +1308,7 @@ impl Gateway {
         cx: &mut RoomCx<'_, Self>,
         to: (ReplyTo, Value),
         request: Request,
-        session: String,
+        session: Rc<str>,
     ) {
         self.forward_as(cx, to, session, (Forwarded::Request, None), |_| request);
     }
@@ -1314,7 +1320,7 @@ impl Gateway {
         &mut self,
         cx: &mut RoomCx<'_, Self>,
         (reply, id): (ReplyTo, Value),
-        session: String,
+        session: Rc<str>,
         (what, server): (Forwarded, Option<Rc<str>>),
         make: impl FnOnce(Option<String>) -> Request,
     ) {
@@ -1402,7 +1408,7 @@ impl Gateway {
 /// What a `tools/call` request says about its client.
 struct Call {
     /// Its session.
-    session: String,
+    session: Rc<str>,
     /// Whether it accepts an SSE answer.
     sse: bool,
     /// The log level a 2026-07-28 call asks for (a rank in `LOG_LEVELS`).
@@ -1439,7 +1445,7 @@ impl Gateway {
         reply: ReplyTo,
         id: Value,
         params: &Value,
-        session: String,
+        session: Rc<str>,
     ) {
         let Some(name) = params.get("name").and_then(Value::as_str) else {
             let m = "prompts/get needs params.name";
@@ -1515,7 +1521,7 @@ impl Gateway {
         reply: ReplyTo,
         id: Value,
         params: &Value,
-        session: String,
+        session: Rc<str>,
     ) {
         let (server, uri) = match self.route_uri("resources/read", &id, params) {
             Ok(routed) => routed,
@@ -1696,7 +1702,7 @@ impl Gateway {
                 .pending
                 .iter()
                 .filter(|(_, p)| {
-                    p.sse && p.session == session && p.server.as_deref() == Some(server)
+                    p.sse && *p.session == *session && p.server.as_deref() == Some(server)
                 })
                 .map(|(tag, _)| *tag)
                 .min();
@@ -1779,7 +1785,7 @@ impl Gateway {
         reply: ReplyTo,
         id: Value,
         params: &Value,
-        session: String,
+        session: Rc<str>,
     ) {
         let invalid = |cx: &mut RoomCx<'_, Self>, reply, m: &str| {
             let response = rpc_error_response(200, &id, code::INVALID_PARAMS, m);
@@ -1918,7 +1924,7 @@ impl Gateway {
             uri: key.1.clone(),
             subscribe: true,
         });
-        self.forward_request(cx, (reply, id), request, session.clone());
+        self.forward_request(cx, (reply, id), request, session.as_str().into());
         if self.pending.contains_key(&tag) {
             self.subscribing.insert(tag, (key, session));
         } else {
@@ -1938,7 +1944,7 @@ impl Gateway {
         reply: ReplyTo,
         id: Value,
         params: &Value,
-        session: String,
+        session: Rc<str>,
     ) {
         let Some(uri) = params.get("uri").and_then(Value::as_str) else {
             let response = rpc_error_response(
@@ -1949,7 +1955,7 @@ impl Gateway {
             );
             return cx.emit(Output::Http { reply, response });
         };
-        let key = self.sessions.get_mut(&session).and_then(|s| {
+        let key = self.sessions.get_mut(&*session).and_then(|s| {
             let key = s.subscriptions.iter().find(|(_, u)| u == uri).cloned()?;
             s.subscriptions.remove(&key);
             Some(key)
@@ -2901,7 +2907,7 @@ mod tests {
 
     #[test]
     fn the_replay_buffer_gives_what_was_missed_or_nothing_when_it_cannot() {
-        let mut s = Session::new(VERSIONS[0], Instant::now());
+        let mut s = Session::new("s", VERSIONS[0], Instant::now());
         assert!(
             s.missed_since(0).is_none_or(|m| m.is_empty()),
             "nothing given yet"

@@ -318,11 +318,11 @@ impl Gateway {
                 // all; the answer is marked as this era's.
                 let tag = self.next_tag;
                 if method == "prompts/get" {
-                    self.get_prompt(cx, reply, id, params, String::new());
+                    self.get_prompt(cx, reply, id, params, Rc::clone(&self.unsessioned));
                 } else if method == "completion/complete" {
-                    self.complete(cx, reply, id, params, String::new());
+                    self.complete(cx, reply, id, params, Rc::clone(&self.unsessioned));
                 } else {
-                    self.read_resource(cx, reply, id, params, String::new());
+                    self.read_resource(cx, reply, id, params, Rc::clone(&self.unsessioned));
                 }
                 if let Some(p) = self.pending.get_mut(&tag) {
                     p.modern = true;

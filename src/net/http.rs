@@ -39,7 +39,7 @@ pub struct Limits {
 }
 
 /// One parsed request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Request {
     /// Method as sent (`GET`).
     pub method: String,
@@ -66,6 +66,51 @@ impl Request {
         self.header("accept")
             .is_some_and(|a| a.contains("text/event-stream"))
     }
+
+    /// Bytes its buffers hold, used or not.
+    fn capacity(&self) -> usize {
+        self.method.capacity()
+            + self.path.capacity()
+            + self.query.capacity()
+            + self.headers.text.capacity()
+            + self.headers.fields.capacity() * std::mem::size_of::<[usize; 4]>()
+            + self.body.capacity()
+    }
+}
+
+/// Requests given back once answered, whose buffers the next ones parsed are written into:
+/// on a keep-alive connection a request then costs no allocation (method, path, head text,
+/// field ranges and body were one each). Bounded: at most [`SPARE_REQUESTS`] are kept, and one
+/// that a big request grew beyond [`KEPT_REQUEST_CAPACITY`] is let go.
+#[derive(Debug, Default)]
+pub struct Spares(Vec<Request>);
+
+/// Spare requests kept (as many as connections may have parsed in one turn of the loop before
+/// the daemon gives the first back; beyond, a request is allocated as before).
+const SPARE_REQUESTS: usize = 4;
+
+/// A spare request holding more than this (a big body grew it) is dropped, not kept.
+const KEPT_REQUEST_CAPACITY: usize = 64 * 1024;
+
+impl Spares {
+    /// Keeps a request's buffers for a later one (emptied; dropped when over the bounds).
+    pub fn put(&mut self, mut request: Request) {
+        if self.0.len() >= SPARE_REQUESTS || request.capacity() > KEPT_REQUEST_CAPACITY {
+            return;
+        }
+        request.method.clear();
+        request.path.clear();
+        request.query.clear();
+        request.headers.clear();
+        request.body.clear();
+        request.keep_alive = false;
+        self.0.push(request);
+    }
+
+    /// An empty request: a spare one if there is one.
+    fn take(&mut self) -> Request {
+        self.0.pop().unwrap_or_default()
+    }
 }
 
 /// The header fields of a request: one text holding every name (lowercased) and value, each
@@ -82,14 +127,17 @@ pub struct Headers {
 }
 
 impl Headers {
-    /// The fields httparse found in `head`, the bytes they point into: the head copied once,
-    /// its names lowercased in place, checked as UTF-8 once.
-    fn parsed(head: &[u8], found: &[httparse::Header<'_>]) -> Self {
+    /// Holds the fields httparse found in `head`, the bytes they point into, in place of
+    /// what it held (its buffers are reused): the head copied once, its names lowercased in
+    /// place, checked as UTF-8 once.
+    fn fill(&mut self, head: &[u8], found: &[httparse::Header<'_>]) {
         // Where a slice of `head` starts in it (httparse hands out subslices of it).
         let base = head.as_ptr() as usize;
         let at = |s: &[u8]| (s.as_ptr() as usize).wrapping_sub(base);
-        let mut text = head.to_vec();
-        let mut fields = Vec::with_capacity(found.len());
+        let mut text = std::mem::take(&mut self.text).into_bytes();
+        text.clear();
+        text.extend_from_slice(head);
+        self.fields.clear();
         for h in found {
             let (name, value) = (at(h.name.as_bytes()), at(h.value));
             let field = [
@@ -100,31 +148,28 @@ impl Headers {
             ];
             match text.get_mut(field[0]..field[1]) {
                 Some(name) if head.get(field[2]..field[3]).is_some() => {
-                    for b in name {
-                        *b = b.to_ascii_lowercase();
-                    }
+                    name.make_ascii_lowercase();
                 }
                 // Not within the head (an empty value may point anywhere): copied one by one.
-                _ => return Headers::copied(found),
+                _ => return self.copy(found),
             }
-            fields.push(field);
+            self.fields.push(field);
         }
         match String::from_utf8(text) {
-            Ok(text) => Headers { text, fields },
-            Err(_) => Headers::copied(found),
+            Ok(text) => self.text = text,
+            Err(_) => self.copy(found),
         }
     }
 
-    /// The fields copied one by one (a value that is not UTF-8 gets U+FFFD).
-    fn copied(found: &[httparse::Header<'_>]) -> Self {
-        let mut headers = Headers {
-            text: String::with_capacity(found.iter().map(|h| h.name.len() + h.value.len()).sum()),
-            fields: Vec::with_capacity(found.len()),
-        };
+    /// Holds the fields copied one by one (a value that is not UTF-8 gets U+FFFD).
+    fn copy(&mut self, found: &[httparse::Header<'_>]) {
+        self.clear();
+        self.text
+            .reserve(found.iter().map(|h| h.name.len() + h.value.len()).sum());
+        self.fields.reserve(found.len());
         for h in found {
-            headers.push(h.name, h.value);
+            self.push(h.name, h.value);
         }
-        headers
     }
 
     /// Appends a field; the name is lowercased.
@@ -393,6 +438,11 @@ impl Conn {
 
     /// Parses the next complete request, if any.
     pub fn next_request(&mut self, limits: &Limits) -> Option<Parsed> {
+        self.next_request_in(limits, &mut Spares::default())
+    }
+
+    /// [`Conn::next_request`], written into a spare request's buffers when there is one.
+    pub fn next_request_in(&mut self, limits: &Limits, spares: &mut Spares) -> Option<Parsed> {
         if self.last_seq.is_some()
             || self.in_flight() >= limits.max_pipeline as u64
             || self.output_full()
@@ -488,27 +538,22 @@ impl Conn {
             Some(i) => (&target[..i], &target[i + 1..]),
             None => (target, ""),
         };
-        let (path, query) = (path.to_string(), query.to_string());
-        let method = method.to_string();
-        let headers = Headers::parsed(&self.input[..head_len], req.headers);
-        let body = self.input[head_len..head_len + length].to_vec();
+        let mut request = spares.take();
+        request.method.push_str(method);
+        request.path.push_str(path);
+        request.query.push_str(query);
+        request.headers.fill(&self.input[..head_len], req.headers);
+        request
+            .body
+            .extend_from_slice(&self.input[head_len..head_len + length]);
+        request.keep_alive = keep_alive;
         self.input.drain(..head_len + length);
         let seq = self.next_seq;
         self.next_seq += 1;
         if !keep_alive {
             self.last_seq = Some(seq);
         }
-        Some(Parsed::Request(
-            seq,
-            Request {
-                method,
-                path,
-                query,
-                headers,
-                body,
-                keep_alive,
-            },
-        ))
+        Some(Parsed::Request(seq, request))
     }
 
     fn error(&mut self, status: u16, message: &str) -> Parsed {
@@ -811,6 +856,61 @@ mod tests {
             assert!(cleared.is_empty() && cleared.get("host").is_none());
             assert_ne!(cleared, req.headers);
         }
+    }
+
+    #[test]
+    fn a_spare_request_is_reused_and_holds_nothing_of_the_one_before() {
+        // Each parsed into the buffers of the one before (given back), and equal to the same
+        // request parsed fresh: longer and shorter methods, paths, queries, heads and bodies,
+        // a head that is not UTF-8 (copied field by field) before and after one that is.
+        let raws: [&[u8]; 6] = [
+            b"POST /a/long/path?q=1&r=2 HTTP/1.1\r\nHost: a\r\nX-Only-Here: 1\r\nContent-Length: 10\r\n\r\n0123456789",
+            b"GET /b HTTP/1.0\r\n\r\n",
+            b"PUT /c HTTP/1.1\r\nHost: a\r\nX-Bytes: \xff\r\nContent-Length: 2\r\n\r\n{}",
+            b"HEAD /d?x HTTP/1.1\r\nHost: b\r\nX-Empty:\r\n\r\n",
+            b"DELETE /e HTTP/1.1\r\nHost: a\r\nX-Bytes: \xfe\xff\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: c\r\n\r\n",
+        ];
+        let mut spares = Spares::default();
+        let mut kept: Option<(*const u8, *const u8)> = None;
+        for raw in raws {
+            let mut conn = Conn::new();
+            conn.feed(raw);
+            let Some(Parsed::Request(0, req)) = conn.next_request_in(&LIMITS, &mut spares) else {
+                panic!("{:?}", String::from_utf8_lossy(raw));
+            };
+            let mut fresh = Conn::new();
+            fresh.feed(raw);
+            assert_eq!(
+                req,
+                parse_one(&mut fresh),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+            if let Some(buffers) = kept {
+                assert_eq!((req.body.as_ptr(), req.path.as_ptr()), buffers, "reused");
+            }
+            kept = Some((req.body.as_ptr(), req.path.as_ptr()));
+            spares.put(req);
+        }
+    }
+
+    #[test]
+    fn spares_are_bounded_in_number_and_size() {
+        let mut spares = Spares::default();
+        for _ in 0..SPARE_REQUESTS + 2 {
+            spares.put(Request::default());
+        }
+        assert_eq!(spares.0.len(), SPARE_REQUESTS);
+        let sized = |n: usize| Request {
+            body: Vec::with_capacity(n),
+            ..Request::default()
+        };
+        let mut spares = Spares::default();
+        spares.put(sized(KEPT_REQUEST_CAPACITY + 1));
+        assert!(spares.0.is_empty(), "a request a big body grew is let go");
+        spares.put(sized(KEPT_REQUEST_CAPACITY / 2));
+        assert_eq!(spares.0.len(), 1);
     }
 
     #[test]

@@ -895,4 +895,26 @@ fn each_request_on_a_keep_alive_connection_is_read_afresh() {
     );
     let (status, body) = ask(request("GET", "/api/v1/health", None, false));
     assert_eq!(status, 200, "{body}");
+    // A head whose body comes in later reads (the daemon keeps the parsed head meanwhile),
+    // then a request whole again.
+    let raw = request("POST", call, Some("[1, 2, 3, 4]"), false);
+    let (head, body) = raw.split_at(raw.len() - 12);
+    s.set_nodelay(true).expect("nodelay");
+    for piece in [head, &body[..5], &body[5..]] {
+        s.write_all(piece.as_bytes()).expect("write");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = answer_on(&mut s);
+    assert_eq!(
+        (status, message(&body).as_str()),
+        (400, "the body must be a JSON object"),
+        "{body}"
+    );
+    s.write_all(request("GET", "/api/v1/x", None, false).as_bytes())
+        .expect("write");
+    let (status, body) = answer_on(&mut s);
+    assert_eq!(
+        (status, message(&body).as_str()),
+        (404, "no route for /api/v1/x")
+    );
 }

@@ -83,7 +83,9 @@ impl Request {
 /// field ranges and body were one each). Bounded: at most [`SPARE_REQUESTS`] are kept, and one
 /// that a big request grew beyond [`KEPT_REQUEST_CAPACITY`] is let go.
 #[derive(Debug, Default)]
-pub struct Spares(Vec<Request>);
+// The boxes are kept too: a request travels boxed (Parsed, Incoming) and is given back so.
+#[allow(clippy::vec_box)]
+pub struct Spares(Vec<Box<Request>>);
 
 /// Spare requests kept (as many as connections may have parsed in one turn of the loop before
 /// the daemon gives the first back; beyond, a request is allocated as before).
@@ -94,7 +96,7 @@ const KEPT_REQUEST_CAPACITY: usize = 64 * 1024;
 
 impl Spares {
     /// Keeps a request's buffers for a later one (emptied; dropped when over the bounds).
-    pub fn put(&mut self, mut request: Request) {
+    pub fn put(&mut self, mut request: Box<Request>) {
         if self.0.len() >= SPARE_REQUESTS || request.capacity() > KEPT_REQUEST_CAPACITY {
             return;
         }
@@ -108,7 +110,7 @@ impl Spares {
     }
 
     /// An empty request: a spare one if there is one.
-    fn take(&mut self) -> Request {
+    fn take(&mut self) -> Box<Request> {
         self.0.pop().unwrap_or_default()
     }
 }
@@ -324,8 +326,9 @@ pub struct HttpError {
 /// What the parser produced.
 #[derive(Debug, PartialEq)]
 pub enum Parsed {
-    /// A complete request with its sequence number.
-    Request(u64, Request),
+    /// A complete request with its sequence number (boxed: it is handed on a few times, and
+    /// the box is kept with the spare buffers).
+    Request(u64, Box<Request>),
     /// A malformed or over-limit request; answer it under this sequence number, then close.
     Error(u64, HttpError),
 }
@@ -389,7 +392,7 @@ pub fn reason(status: u16) -> &'static str {
 #[derive(Debug)]
 struct Waiting {
     /// Everything but the body.
-    request: Request,
+    request: Box<Request>,
     /// Where the body starts in the input.
     head_len: usize,
     /// Its `Content-Length` (at most `max_body_bytes`).
@@ -961,7 +964,7 @@ mod tests {
             fresh.feed(raw);
             assert_eq!(
                 req,
-                parse_one(&mut fresh),
+                Box::new(parse_one(&mut fresh)),
                 "{:?}",
                 String::from_utf8_lossy(raw)
             );
@@ -977,12 +980,14 @@ mod tests {
     fn spares_are_bounded_in_number_and_size() {
         let mut spares = Spares::default();
         for _ in 0..SPARE_REQUESTS + 2 {
-            spares.put(Request::default());
+            spares.put(Box::default());
         }
         assert_eq!(spares.0.len(), SPARE_REQUESTS);
-        let sized = |n: usize| Request {
-            body: Vec::with_capacity(n),
-            ..Request::default()
+        let sized = |n: usize| {
+            Box::new(Request {
+                body: Vec::with_capacity(n),
+                ..Request::default()
+            })
         };
         let mut spares = Spares::default();
         spares.put(sized(KEPT_REQUEST_CAPACITY + 1));
@@ -1092,7 +1097,7 @@ mod tests {
 
     fn parse_one(conn: &mut Conn) -> Request {
         match conn.next_request(&LIMITS) {
-            Some(Parsed::Request(_, r)) => r,
+            Some(Parsed::Request(_, r)) => *r,
             other => panic!("expected a request, got {other:?}"),
         }
     }
@@ -1156,7 +1161,7 @@ mod tests {
         let mut out = Vec::new();
         while let Some(parsed) = conn.next_request(&LIMITS) {
             match parsed {
-                Parsed::Request(seq, r) => out.push((seq, r)),
+                Parsed::Request(seq, r) => out.push((seq, *r)),
                 Parsed::Error(_, e) => panic!("{e:?}"),
             }
         }

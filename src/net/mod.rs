@@ -88,7 +88,7 @@ pub enum Incoming {
         /// Its sequence number on that connection (answers go out in this order).
         seq: u64,
         /// The request, or the protocol error to answer.
-        request: Result<http::Request, http::HttpError>,
+        request: Result<Box<http::Request>, http::HttpError>,
         /// The caller.
         peer: Peer,
     },
@@ -492,7 +492,7 @@ impl Server {
 
     /// Takes back a request that has been dealt with: the next one parsed reuses its buffers
     /// (kept within [`http::Spares`]'s bounds).
-    pub fn recycle(&mut self, request: http::Request) {
+    pub fn recycle(&mut self, request: Box<http::Request>) {
         self.spares.put(request);
     }
 

@@ -815,3 +815,106 @@ fn a_log_stream_far_behind_is_sent_in_chunks_its_backlog_bound_holds() {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order");
     assert!(ids.len() >= 39_000, "{} records", ids.len());
 }
+
+// ----- one request after another on a keep-alive connection -------------------------------------
+
+/// Reads the answer to the one request sent on a keep-alive connection.
+fn answer_on(s: &mut TcpStream) -> (u16, String) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]);
+            let len = content_length(&head).expect("a Content-Length");
+            if buf.len() >= end + 4 + len {
+                let (status, _, body, rest) = take_response(&buf);
+                assert!(rest.is_empty(), "one answer only");
+                let text = String::from_utf8_lossy(&body).into_owned();
+                return (status, text);
+            }
+        }
+        let n = s.read(&mut chunk).expect("read an answer");
+        assert!(n > 0, "closed before the answer was whole");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn each_request_on_a_keep_alive_connection_is_read_afresh() {
+    // The daemon parses a connection's next request into the buffers of one it has answered:
+    // nothing of a request may show in the next one (a token, a body, a longer path, method
+    // or query), however the lengths go.
+    let d = start("");
+    let mut s = connect(&d);
+    let mut ask = |raw: String| {
+        s.write_all(raw.as_bytes()).expect("write");
+        answer_on(&mut s)
+    };
+    let message = |body: &str| {
+        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        v["errors"][0]["message"].as_str().unwrap_or("").to_string()
+    };
+    let long = "/api/v1/no-such-route-with-a-rather-long-name?and=a&query=string";
+    let (status, body) = ask(request("GET", long, None, false));
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        message(&body),
+        "no route for /api/v1/no-such-route-with-a-rather-long-name"
+    );
+    let (status, body) = ask(request("GET", "/api/v1/x", None, false));
+    assert_eq!(
+        (status, message(&body).as_str()),
+        (404, "no route for /api/v1/x")
+    );
+    // The token came with the requests before; this one has none of its own.
+    let (status, body) = ask("GET /api/v1/status HTTP/1.1\r\nHost: localhost\r\n\r\n".into());
+    assert_eq!(
+        (status, error_code(body.as_bytes()).as_str()),
+        (401, "unauthorized"),
+        "{body}"
+    );
+    let call = "/api/v1/mcp/servers/none/tools/call";
+    let (status, body) = ask(request(
+        "POST",
+        call,
+        Some(r#"{"name":"t","arguments":{}}"#),
+        false,
+    ));
+    assert_ne!(status, 400, "{body}");
+    let (status, body) = ask(request("POST", call, Some("[]"), false));
+    assert_eq!(
+        (status, message(&body).as_str()),
+        (400, "the body must be a JSON object"),
+        "{body}"
+    );
+    let (status, body) = ask(request("DELETE", "/api/v1/health", Some(""), false));
+    assert_eq!(
+        (status, message(&body).as_str()),
+        (405, "/api/v1/health does not accept DELETE"),
+        "{body}"
+    );
+    let (status, body) = ask(request("GET", "/api/v1/health", None, false));
+    assert_eq!(status, 200, "{body}");
+    // A head whose body comes in later reads (the daemon keeps the parsed head meanwhile),
+    // then a request whole again.
+    let raw = request("POST", call, Some("[1, 2, 3, 4]"), false);
+    let (head, body) = raw.split_at(raw.len() - 12);
+    s.set_nodelay(true).expect("nodelay");
+    for piece in [head, &body[..5], &body[5..]] {
+        s.write_all(piece.as_bytes()).expect("write");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = answer_on(&mut s);
+    assert_eq!(
+        (status, message(&body).as_str()),
+        (400, "the body must be a JSON object"),
+        "{body}"
+    );
+    s.write_all(request("GET", "/api/v1/x", None, false).as_bytes())
+        .expect("write");
+    let (status, body) = answer_on(&mut s);
+    assert_eq!(
+        (status, message(&body).as_str()),
+        (404, "no route for /api/v1/x")
+    );
+}

@@ -444,6 +444,20 @@ impl Daemon {
                 return;
             }
         };
+        self.handle_request(cx, (conn, seq), &request, &peer, reply, resolved);
+        // Its buffers serve the next request parsed.
+        self.server.recycle(request);
+    }
+
+    fn handle_request(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        (conn, seq): (ConnId, u64),
+        request: &http::Request,
+        peer: &net::Peer,
+        reply: ReplyTo,
+        resolved: Option<routes::Resolved>,
+    ) {
         if !peer.authorized {
             // The accept loop logged (throttled) who it was.
             self.telemetry.auth_failure("peer_uid");
@@ -455,9 +469,9 @@ impl Daemon {
             return;
         }
         let checked = if peer.via == net::Via::Tcp {
-            self.check_tcp_access(&request)
+            self.check_tcp_access(request)
         } else {
-            self.check_unix_media_type(&request)
+            self.check_unix_media_type(request)
         };
         if let Some(ip) = peer.addr.map(|a| a.ip()) {
             // Security signals: requests, failed tokens and refused Host/Origin per peer.
@@ -482,14 +496,14 @@ impl Daemon {
             }
         }
         if request.path == "/mcp" {
-            self.gateway_http(cx, &request, reply);
+            self.gateway_http(cx, request, reply);
             return;
         }
         if request.path == "/ws/monitor" {
-            self.upgrade_ws(cx, conn, seq, &request, reply);
+            self.upgrade_ws(cx, conn, seq, request, reply);
             return;
         }
-        match routes::route_resolved(&request, resolved) {
+        match routes::route_resolved(request, resolved) {
             Ok(req) => self.handle(cx, req, reply),
             Err(e) => {
                 let allow = e.allow.map(|a| ("Allow", a));

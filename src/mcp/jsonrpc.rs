@@ -341,21 +341,28 @@ impl Arguments {
 /// [`request`] gives for `{"_meta": {"progressToken": token}, "arguments": ..., "name":
 /// tool}` (the keys of a `json!` map are sorted), without a tree of the arguments.
 pub fn call_request(id: u64, tool: &str, arguments: &Arguments, token: &str) -> Vec<u8> {
+    const HEAD: &[u8] = b"{\"id\":";
+    const META: &[u8] =
+        br#","jsonrpc":"2.0","method":"tools/call","params":{"_meta":{"progressToken":"#;
+    const ARGUMENTS: &[u8] = br#"},"arguments":"#;
+    const NAME: &[u8] = br#","name":"#;
+    const END: &[u8] = b"}}\n";
+    // The fixed text, the longest id (20 digits) and the strings' quotes: the line is made in
+    // one allocation unless the token or the tool name needs escapes.
+    const FIXED: usize = HEAD.len() + META.len() + ARGUMENTS.len() + NAME.len() + END.len() + 24;
     let args = arguments.as_str();
-    let mut bytes = Vec::with_capacity(96 + tool.len() + args.len() + token.len());
-    bytes.extend_from_slice(b"{\"id\":");
+    let mut bytes = Vec::with_capacity(FIXED + tool.len() + args.len() + token.len());
+    bytes.extend_from_slice(HEAD);
     if serde_json::to_writer(&mut bytes, &id).is_err() {
         bytes.push(b'0');
     }
-    bytes.extend_from_slice(
-        br#","jsonrpc":"2.0","method":"tools/call","params":{"_meta":{"progressToken":"#,
-    );
+    bytes.extend_from_slice(META);
     push_string(&mut bytes, token);
-    bytes.extend_from_slice(br#"},"arguments":"#);
+    bytes.extend_from_slice(ARGUMENTS);
     bytes.extend_from_slice(args.as_bytes());
-    bytes.extend_from_slice(br#","name":"#);
+    bytes.extend_from_slice(NAME);
     push_string(&mut bytes, tool);
-    bytes.extend_from_slice(b"}}\n");
+    bytes.extend_from_slice(END);
     bytes
 }
 
@@ -428,6 +435,15 @@ mod tests {
             );
         }
         assert_eq!(Arguments::from_value(&json!([1])), None);
+    }
+
+    #[test]
+    fn a_call_line_is_made_in_one_allocation() {
+        // The longest id and strings without escapes fill the capacity reserved at first:
+        // a line that outgrew it would have been reallocated (twice the capacity).
+        let arguments = Arguments::from_value(&json!({"message": "hi"})).expect("object");
+        let line = call_request(u64::MAX, "echo", &arguments, "fx:18446744073709551615");
+        assert_eq!(line.len(), line.capacity());
     }
 
     #[test]

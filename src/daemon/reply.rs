@@ -73,10 +73,15 @@ impl Daemon {
     /// The rooms see it (`Room::on_event`) once it is recorded and sent, with the sequence
     /// number it got: what a room does in answer (which may publish events of its own, at once
     /// when its outputs are carried out directly) comes after it, in the history as on the
-    /// wire. The history keeps only the wire form, so the rooms get a copy of the typed data.
+    /// wire. The rooms read the typed data from the history (see [`Daemon::rooms_event`]).
     fn publish(&mut self, cx: &mut Cx<'_, Timer>, channel: Channel, data: EventData) {
         self.telemetry.event(data.kind());
-        let typed = data.clone();
+        // The history keeps data that is not an object under `value`; the rooms get it as
+        // it was published.
+        let published = match &data {
+            EventData::Other { data: d, .. } if !d.is_object() => Some(data.clone()),
+            _ => None,
+        };
         let servers_changed = matches!(
             data,
             EventData::McpServerRegistered { .. }
@@ -94,7 +99,7 @@ impl Daemon {
             self.server
                 .ws_broadcast(&mut cx.narrow(Timer::Net).cx(), channel.name(), &text);
         }
-        self.rooms_event(cx, seq, channel, &typed);
+        self.rooms_event(cx, seq, channel, published);
         if servers_changed {
             self.rooms_servers_changed(cx);
         }

@@ -22,8 +22,20 @@ impl Daemon {
                 match output {
                     Output::Reply(reply, answer) => self.answer(cx, reply, answer),
                     Output::ReplyRaw(reply, raw) => self.answer_call(cx, reply, raw),
-                    Output::ToolCall(server, outcome, seconds) => {
-                        self.telemetry.tool_call(&server, outcome, seconds)
+                    Output::ToolCall {
+                        server,
+                        tool,
+                        outcome,
+                        seconds,
+                    } => {
+                        self.telemetry.tool_call(&server, outcome, seconds);
+                        let call = EventData::McpToolCall {
+                            server_id: server,
+                            tool,
+                            outcome,
+                            latency_ms: seconds * 1000.0,
+                        };
+                        self.publish(cx, Channel::McpServers, call);
                     }
                     Output::Request(server, method, outcome) => {
                         self.telemetry.request(&server, method, outcome)

@@ -101,8 +101,18 @@ pub enum Output {
     ReplyRaw(ReplyTo, crate::api::RawCall),
     /// An event for the event log and the channel's subscribers.
     Event(Channel, EventData),
-    /// A tool call finished: (server, outcome, seconds) for the metrics.
-    ToolCall(String, &'static str, f64),
+    /// A tool call finished: for the metrics, then as an `mcp_tool_call` event on
+    /// `mcp_servers` (made where it is published, so that the names are not copied for it).
+    ToolCall {
+        /// The server.
+        server: String,
+        /// The tool.
+        tool: String,
+        /// `ok`, `tool_error`, ...
+        outcome: &'static str,
+        /// From the request going out to its end.
+        seconds: f64,
+    },
     /// Another forwarded request finished: (server, method, outcome) for the metrics.
     Request(String, &'static str, &'static str),
     /// A server was restarted automatically.

@@ -91,16 +91,12 @@ impl Mcp {
                 Effect::Request(method, outcome) => {
                     out.push(Output::Request(id.to_string(), method, outcome))
                 }
-                Effect::ToolCall(outcome, seconds, tool) => {
-                    out.push(Output::ToolCall(id.to_string(), outcome, seconds));
-                    let call = EventData::McpToolCall {
-                        server_id: id.to_string(),
-                        tool,
-                        outcome,
-                        latency_ms: seconds * 1000.0,
-                    };
-                    out.push(Output::Event(Channel::McpServers, call));
-                }
+                Effect::ToolCall(outcome, seconds, tool) => out.push(Output::ToolCall {
+                    server: id.to_string(),
+                    tool,
+                    outcome,
+                    seconds,
+                }),
                 Effect::Handshake(version) => {
                     let reason = format!("protocol {version}");
                     self.supervise(cx, id, supervisor::Event::Handshake, &reason, out);

@@ -505,7 +505,9 @@ pub struct Settings {
 /// All managed servers.
 pub struct Mcp {
     servers: BTreeMap<String, Server>,
-    slots: Vec<Option<String>>,
+    /// Server ids by slot (shared, so that a pipe's or timer's event finds its server's id
+    /// without copying it).
+    slots: Vec<Option<std::rc::Rc<str>>>,
     pids: HashMap<i32, String>,
     /// Children of the daemon that other rooms own (exec checks and actions): the orphan
     /// sweep leaves them alone. Kept current by the wiring through [`Mcp::spare`].
@@ -716,7 +718,7 @@ impl Mcp {
         };
         let id = spec.id.clone();
         let autostart = start && spec.autostart;
-        self.slots[slot] = Some(id.clone());
+        self.slots[slot] = Some(id.as_str().into());
         self.servers
             .insert(id.clone(), Server::new(spec, source, slot));
         log::info!("MCP server {id} registered");

@@ -218,15 +218,16 @@ impl Mcp {
         let Some(id) = self.slots.get(slot).cloned().flatten() else {
             return;
         };
+        let id = &*id;
         match pipe {
             Pipe::Stdin => {
-                if let Some(p) = self.servers.get_mut(&id).and_then(|s| s.process.as_mut()) {
+                if let Some(p) = self.servers.get_mut(id).and_then(|s| s.process.as_mut()) {
                     if p.flush().is_err() {
                         p.close_stdin(cx.registry);
                     }
                 }
             }
-            Pipe::Stdout | Pipe::Stderr => self.read_pipe(cx, &id, pipe, !ended, out),
+            Pipe::Stdout | Pipe::Stderr => self.read_pipe(cx, id, pipe, !ended, out),
         }
     }
 

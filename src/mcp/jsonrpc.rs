@@ -44,46 +44,58 @@ impl LineSplitter {
 
     /// Feeds bytes; complete lines and over-long reports are appended to `out`.
     pub fn push(&mut self, mut data: &[u8], out: &mut Vec<Line>) {
+        while let Some(line) = self.next_line(&mut data) {
+            out.push(line);
+        }
+    }
+
+    /// The next complete line or over-long report out of `data`, which is advanced past the
+    /// bytes taken; `None` once `data` is used up (an incomplete line is held for the next
+    /// bytes). A line that came whole in `data` is copied out once, at its exact length.
+    pub fn next_line(&mut self, data: &mut &[u8]) -> Option<Line> {
         while !data.is_empty() {
             match data.iter().position(|&b| b == b'\n') {
                 Some(pos) => {
                     let (head, rest) = data.split_at(pos);
-                    data = &rest[1..];
+                    *data = &rest[1..];
                     if self.discarding {
                         self.discarding = false;
                         continue;
                     }
-                    if self.buf.len() + head.len() > self.max_line {
-                        out.push(Line::TooLong {
-                            len: self.buf.len() + head.len(),
-                        });
+                    let len = self.buf.len() + head.len();
+                    if len > self.max_line {
                         // Not clear(): that would keep up to max_line of capacity.
                         self.buf = Vec::new();
-                        continue;
+                        return Some(Line::TooLong { len });
+                    }
+                    if self.buf.is_empty() {
+                        let head = head.strip_suffix(b"\r").unwrap_or(head);
+                        return Some(Line::Complete(head.to_vec()));
                     }
                     self.buf.extend_from_slice(head);
                     let mut line = std::mem::take(&mut self.buf);
                     if line.last() == Some(&b'\r') {
                         line.pop();
                     }
-                    out.push(Line::Complete(line));
+                    return Some(Line::Complete(line));
                 }
                 None => {
-                    if !self.discarding {
-                        if self.buf.len() + data.len() > self.max_line {
-                            out.push(Line::TooLong {
-                                len: self.buf.len() + data.len(),
-                            });
-                            self.buf = Vec::new();
-                            self.discarding = true;
-                        } else {
-                            self.buf.extend_from_slice(data);
-                        }
+                    let rest = std::mem::take(data);
+                    if self.discarding {
+                        return None;
                     }
-                    return;
+                    let len = self.buf.len() + rest.len();
+                    if len > self.max_line {
+                        self.buf = Vec::new();
+                        self.discarding = true;
+                        return Some(Line::TooLong { len });
+                    }
+                    self.buf.extend_from_slice(rest);
+                    return None;
                 }
             }
         }
+        None
     }
 }
 
@@ -551,6 +563,42 @@ mod tests {
         assert_eq!(s.buf.capacity(), 0);
         s.push(b"ok\n", &mut out);
         assert_eq!(out.last(), Some(&Line::Complete(b"ok".to_vec())));
+    }
+
+    /// The reader takes lines one by one out of each read: what it decides at the edges.
+    #[test]
+    fn lines_are_taken_one_by_one_at_the_edges() {
+        let mut s = LineSplitter::new(6);
+        let complete = |b: &[u8]| Some(Line::Complete(b.to_vec()));
+        // Two whole lines and the start of a third: each whole one copied at its length.
+        let mut data: &[u8] = b"ab\r\ncd\nef";
+        let first = s.next_line(&mut data);
+        assert_eq!(first, complete(b"ab"));
+        assert!(matches!(first, Some(Line::Complete(ref l)) if l.capacity() == 2));
+        assert_eq!(data, b"cd\nef");
+        assert_eq!(s.next_line(&mut data), complete(b"cd"));
+        assert_eq!(
+            (s.next_line(&mut data), data, s.buffered()),
+            (None, &b""[..], 2)
+        );
+        // The held part and a CR split from its LF across reads.
+        let mut data: &[u8] = b"gh\r";
+        assert_eq!((s.next_line(&mut data), s.buffered()), (None, 5));
+        let mut data: &[u8] = b"\n";
+        assert_eq!(s.next_line(&mut data), complete(b"efgh"));
+        // A line exactly at the limit ending at the read's end, then one byte over it.
+        let mut data: &[u8] = b"123456\n1234567\n";
+        assert_eq!(s.next_line(&mut data), complete(b"123456"));
+        assert_eq!(s.next_line(&mut data), Some(Line::TooLong { len: 7 }));
+        assert_eq!((s.next_line(&mut data), s.buffered()), (None, 0));
+        // Over the limit without its end: reported once, the rest dropped up to its LF.
+        let mut data: &[u8] = b"12345678";
+        assert_eq!(s.next_line(&mut data), Some(Line::TooLong { len: 8 }));
+        assert_eq!((s.next_line(&mut data), data), (None, &b""[..]));
+        let mut data: &[u8] = b"9\n\nok\n";
+        assert_eq!(s.next_line(&mut data), complete(b""));
+        assert_eq!(s.next_line(&mut data), complete(b"ok"));
+        assert_eq!(s.next_line(&mut data), None);
     }
 
     #[test]

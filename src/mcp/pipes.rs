@@ -283,7 +283,6 @@ impl Mcp {
         out: &mut Vec<Output>,
         buf: &mut [u8],
     ) {
-        let mut lines = Vec::new();
         let mut more = true;
         while more {
             let Some(server) = self.servers.get_mut(id) else {
@@ -306,13 +305,23 @@ impl Mcp {
                     return;
                 }
             };
-            let splitter = if pipe == Pipe::Stdout {
-                &mut server.stdout_lines
-            } else {
-                &mut server.stderr_lines
-            };
-            splitter.push(&buf[..n], &mut lines);
-            for line in lines.drain(..) {
+            // The lines are taken one at a time and handled at once (no list of them per
+            // read); what a line does cannot end the run before the next is taken (a run ends
+            // on the child's exit), but a run that did is not fed the rest.
+            let run = server.run;
+            let mut data = &buf[..n];
+            loop {
+                let Some(server) = self.servers.get_mut(id).filter(|s| s.run == run) else {
+                    return;
+                };
+                let splitter = if pipe == Pipe::Stdout {
+                    &mut server.stdout_lines
+                } else {
+                    &mut server.stderr_lines
+                };
+                let Some(line) = splitter.next_line(&mut data) else {
+                    break;
+                };
                 if pipe == Pipe::Stdout {
                     self.on_stdout_line(cx, id, line, out);
                 } else {

@@ -520,6 +520,9 @@ pub struct Mcp {
     read_since_trim: usize,
     /// The read buffer every pipe drain uses (empty until the first read; see `pipes`).
     read_buf: Box<[u8]>,
+    /// The effects of a session's answer line or call, kept between them (emptied, and only
+    /// while small: see [`pipes::KEPT_EFFECTS`]) so that a tool call's do not allocate a list.
+    effects: Vec<session::Effect<ReplyTo, TimerId>>,
     /// The pipe tokens the reactor gave this floor.
     tokens: TokenRange,
     /// Registry changes waiting for their `servers.json` write (see `registration`).
@@ -575,6 +578,7 @@ impl Mcp {
             reaper: None,
             read_since_trim: 0,
             read_buf: Box::default(),
+            effects: Vec::new(),
             tokens,
             registrations: registration::Registrations::default(),
             trials: trial::Trials::new(),

@@ -661,19 +661,26 @@ impl<R: Copy, T: Copy> Session<R, T> {
     /// One complete stdout line.
     pub fn on_line(&mut self, line: Line, cx: Context) -> Effects<R, T> {
         let mut out = Vec::new();
+        self.on_line_into(line, cx, &mut out);
+        out
+    }
+
+    /// [`Self::on_line`], its effects appended to `out` (a list the caller keeps).
+    pub fn on_line_into(&mut self, line: Line, cx: Context, out: &mut Effects<R, T>) {
         let bytes = match line {
             Line::TooLong { len } => {
                 let max = cx.max_line;
                 let why = format!("stdout line of more than {max} bytes (saw {len})");
-                return vec![Effect::Misbehaved(why)];
+                out.push(Effect::Misbehaved(why));
+                return;
             }
-            Line::Complete(b) if b.iter().all(u8::is_ascii_whitespace) => return out,
+            Line::Complete(b) if b.iter().all(u8::is_ascii_whitespace) => return,
             Line::Complete(b) => b,
         };
-        let bytes = match self.raw_call_answer(bytes, cx, &mut out) {
+        let bytes = match self.raw_call_answer(bytes, cx, out) {
             Ok(()) => {
-                self.settle_asks(&mut out);
-                return out;
+                self.settle_asks(out);
+                return;
             }
             Err(bytes) => bytes,
         };
@@ -683,18 +690,17 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 // once (as the parsed value), not twice while it is answered.
                 drop(bytes);
                 for m in messages {
-                    self.on_message(m, cx, &mut out);
+                    self.on_message(m, cx, out);
                 }
-                self.settle_asks(&mut out);
+                self.settle_asks(out);
             }
             Err(e) => {
                 let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
                 let what = format!("protocol error: {e}: {shown}");
                 drop(bytes);
-                self.protocol_error(what, cx.now, &mut out);
+                self.protocol_error(what, cx.now, out);
             }
         }
-        out
     }
 
     /// The common answer to a tool call, taken without parsing its result into a [`Value`]:
@@ -1665,8 +1671,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
     /// # Errors
     /// Server ending its run (`ending`) or not serving, unknown tool, too many calls in flight.
     #[allow(clippy::too_many_arguments)]
-    pub fn call(
+    pub fn call_into(
         &mut self,
+        out: &mut Effects<R, T>,
         status: Status,
         ending: Option<&str>,
         tool: &str,
@@ -1678,7 +1685,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         reply: R,
         now: Instant,
         arm: impl FnOnce(u64, Instant) -> T,
-    ) -> Result<Effects<R, T>, ApiError> {
+    ) -> Result<(), ApiError> {
         self.serving(status, ending)?;
         let id = self.id.as_str();
         if !self.tools.is_empty() && !self.tools.iter().any(|t| t["name"].as_str() == Some(tool)) {
@@ -1728,16 +1735,51 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 token,
             },
         );
-        let mut out = vec![Effect::Send(bytes)];
+        out.push(Effect::Send(bytes));
         // A modern server's list past its freshness is read again (after the call went out).
         if self.fresh_until.is_some_and(|t| now >= t) {
             self.fresh_until = None;
             match self.relist.changed(now) {
-                tools::Next::ListNow => self.start_listing(now, &mut out),
+                tools::Next::ListNow => self.start_listing(now, out),
                 tools::Next::WaitUntil(at) => out.push(Effect::RelistAt(at)),
                 tools::Next::Nothing => {}
             }
         }
+        Ok(())
+    }
+
+    /// [`Self::call_into`] with a list of its own.
+    #[cfg(test)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn call(
+        &mut self,
+        status: Status,
+        ending: Option<&str>,
+        tool: &str,
+        arguments: jsonrpc::Arguments,
+        input: Option<Value>,
+        token: Option<String>,
+        timeout: Duration,
+        max_in_flight: usize,
+        reply: R,
+        now: Instant,
+        arm: impl FnOnce(u64, Instant) -> T,
+    ) -> Result<Effects<R, T>, ApiError> {
+        let mut out = Vec::new();
+        self.call_into(
+            &mut out,
+            status,
+            ending,
+            tool,
+            arguments,
+            input,
+            token,
+            timeout,
+            max_in_flight,
+            reply,
+            now,
+            arm,
+        )?;
         Ok(out)
     }
 

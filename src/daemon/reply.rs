@@ -287,8 +287,8 @@ impl Daemon {
     }
 }
 
-pub(super) fn now_string() -> String {
-    state::rfc3339_utc_millis(SystemTime::now())
+pub(super) fn now_string() -> state::Stamp {
+    state::rfc3339_utc_millis_stamp(SystemTime::now())
 }
 
 /// Sends `answer` in the envelope to WebSocket client `conn`, carrying the client's own `id`.

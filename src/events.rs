@@ -529,6 +529,14 @@ impl EventLog {
         &ring[ring.len() - 1]
     }
 
+    /// Event `seq` while it is the newest of its history (`None` once a later one was
+    /// recorded there).
+    pub fn newest(&self, seq: u64) -> Option<&Event> {
+        [&self.events, &self.chatter]
+            .into_iter()
+            .find_map(|ring| ring.back().filter(|e| e.seq == seq))
+    }
+
     /// Sequence number of the newest event (0 when none).
     pub fn last_seq(&self) -> u64 {
         self.next_seq - 1
@@ -604,6 +612,24 @@ mod tests {
             total: Value::Null,
             message: None,
         }
+    }
+
+    /// The rooms read an event just published from the history, in either ring, as long
+    /// as nothing was recorded after it there.
+    #[test]
+    fn the_newest_event_is_found_in_its_own_history() {
+        let mut log = EventLog::new(1);
+        let seq = log.publish(Channel::McpServers, other(1)).seq;
+        assert_eq!(log.newest(seq).map(Event::data), Some(&other(1)));
+        let chatter = log.publish(Channel::McpServers, progress(1)).seq;
+        assert_eq!(
+            log.newest(chatter).map(|e| e.kind),
+            Some("mcp_tool_progress")
+        );
+        assert!(log.newest(seq).is_some(), "chatter is kept apart");
+        log.publish(Channel::McpServers, other(2));
+        assert!(log.newest(seq).is_none());
+        assert!(log.newest(chatter + 1).is_some());
     }
 
     #[test]

@@ -772,6 +772,45 @@ pub fn rfc3339_utc_millis(t: SystemTime) -> String {
     out
 }
 
+/// [`rfc3339_utc_millis`] made without allocating (for years 0–9999, the text of every
+/// answer's envelope); deref to read it.
+#[derive(Debug)]
+pub enum Stamp {
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, ASCII.
+    Common([u8; 24]),
+    /// Any other year.
+    Other(String),
+}
+
+impl std::ops::Deref for Stamp {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            // ASCII digits and separators only.
+            Stamp::Common(text) => std::str::from_utf8(text).unwrap_or_default(),
+            Stamp::Other(text) => text,
+        }
+    }
+}
+
+/// `t` as [`rfc3339_utc_millis`] gives it, in a [`Stamp`].
+pub fn rfc3339_utc_millis_stamp(t: SystemTime) -> Stamp {
+    let ms = unix_millis(t);
+    match i64::try_from(ms.div_euclid(1000))
+        .ok()
+        .and_then(civil_digits)
+    {
+        Some(day) => {
+            let mut text = *b"0000-00-00T00:00:00.000Z";
+            text[..19].copy_from_slice(&day);
+            write_digits(&mut text[20..23], ms.rem_euclid(1000) as u32); // [0, 999]
+            Stamp::Common(text)
+        }
+        None => Stamp::Other(rfc3339_utc_millis(t)),
+    }
+}
+
 /// Appends the last `width` decimal digits of `n` (zero-padded).
 fn push_digits(out: &mut String, n: u32, width: usize) {
     let mut digits = [0u8; 4];
@@ -821,6 +860,15 @@ fn civil(secs: i128) -> String {
 
 /// [`civil`] in 64 bits for years 0–9999 (`None` outside them).
 fn civil_fast(secs: i64) -> Option<String> {
+    let text = civil_digits(secs)?;
+    // ASCII digits and separators only.
+    let mut s = String::with_capacity(24); // room for the milliseconds and the `Z`
+    s.push_str(std::str::from_utf8(&text).ok()?);
+    Some(s)
+}
+
+/// [`civil_fast`]'s text, ASCII, on the stack.
+fn civil_digits(secs: i64) -> Option<[u8; 19]> {
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let z = days.checked_add(719_468)?;
     let era = z.div_euclid(146_097);
@@ -839,10 +887,7 @@ fn civil_fast(secs: i64) -> Option<String> {
     write_digits(&mut out[11..13], (sod / 3600) as u32);
     write_digits(&mut out[14..16], (sod / 60 % 60) as u32);
     write_digits(&mut out[17..19], (sod % 60) as u32);
-    // ASCII digits and separators only.
-    let mut s = String::with_capacity(24); // room for the milliseconds and the `Z`
-    s.push_str(std::str::from_utf8(&out).ok()?);
-    Some(s)
+    Some(out)
 }
 
 #[cfg(test)]
@@ -1180,6 +1225,26 @@ mod tests {
         assert_eq!(civil_fast(first).as_deref(), Some("0000-01-01T00:00:00"));
         assert_eq!(civil_fast(last + 1), None);
         assert_eq!(civil_fast(first - 1), None);
+        // The envelope's stamp is the same text, the milliseconds too, in and out of range.
+        for ms in [
+            first * 1000,
+            first * 1000 - 1,
+            -1,
+            0,
+            1_764_201_600_123,
+            last * 1000 + 999,
+            (last + 1) * 1000,
+        ] {
+            let t = if ms < 0 {
+                UNIX_EPOCH - std::time::Duration::from_millis(ms.unsigned_abs())
+            } else {
+                UNIX_EPOCH + std::time::Duration::from_millis(ms as u64)
+            };
+            assert_eq!(&*rfc3339_utc_millis_stamp(t), rfc3339_utc_millis(t), "{ms}");
+        }
+        let stamp = rfc3339_utc_millis_stamp(UNIX_EPOCH + std::time::Duration::from_millis(1_500));
+        assert!(matches!(stamp, Stamp::Common(_)));
+        assert_eq!(&*stamp, "1970-01-01T00:00:01.500Z");
         assert_eq!(civil(i128::from(last) + 1), "10000-01-01T00:00:00");
     }
 

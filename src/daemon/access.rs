@@ -233,7 +233,7 @@ impl Daemon {
             return;
         }
         log::debug!("WebSocket client connected");
-        let hello = json!({"type": "connected", "timestamp": now_string(),
+        let hello = json!({"type": "connected", "timestamp": &*now_string(),
                            "data": {"version": env!("CARGO_PKG_VERSION"), "channels": net::ws::CHANNELS,
                                     "silent_channels": net::ws::SILENT_CHANNELS}});
         self.server.ws_send(

@@ -22,8 +22,20 @@ impl Daemon {
                 match output {
                     Output::Reply(reply, answer) => self.answer(cx, reply, answer),
                     Output::ReplyRaw(reply, raw) => self.answer_call(cx, reply, raw),
-                    Output::ToolCall(server, outcome, seconds) => {
-                        self.telemetry.tool_call(&server, outcome, seconds)
+                    Output::ToolCall {
+                        server,
+                        tool,
+                        outcome,
+                        seconds,
+                    } => {
+                        self.telemetry.tool_call(&server, outcome, seconds);
+                        let call = EventData::McpToolCall {
+                            server_id: server,
+                            tool,
+                            outcome,
+                            latency_ms: seconds * 1000.0,
+                        };
+                        self.publish(cx, Channel::McpServers, call);
                     }
                     Output::Request(server, method, outcome) => {
                         self.telemetry.request(&server, method, outcome)
@@ -73,10 +85,15 @@ impl Daemon {
     /// The rooms see it (`Room::on_event`) once it is recorded and sent, with the sequence
     /// number it got: what a room does in answer (which may publish events of its own, at once
     /// when its outputs are carried out directly) comes after it, in the history as on the
-    /// wire. The history keeps only the wire form, so the rooms get a copy of the typed data.
+    /// wire. The rooms read the typed data from the history (see [`Daemon::rooms_event`]).
     fn publish(&mut self, cx: &mut Cx<'_, Timer>, channel: Channel, data: EventData) {
         self.telemetry.event(data.kind());
-        let typed = data.clone();
+        // The history keeps data that is not an object under `value`; the rooms get it as
+        // it was published.
+        let published = match &data {
+            EventData::Other { data: d, .. } if !d.is_object() => Some(data.clone()),
+            _ => None,
+        };
         let servers_changed = matches!(
             data,
             EventData::McpServerRegistered { .. }
@@ -94,7 +111,7 @@ impl Daemon {
             self.server
                 .ws_broadcast(&mut cx.narrow(Timer::Net).cx(), channel.name(), &text);
         }
-        self.rooms_event(cx, seq, channel, &typed);
+        self.rooms_event(cx, seq, channel, published);
         if servers_changed {
             self.rooms_servers_changed(cx);
         }
@@ -270,8 +287,8 @@ impl Daemon {
     }
 }
 
-pub(super) fn now_string() -> String {
-    state::rfc3339_utc_millis(SystemTime::now())
+pub(super) fn now_string() -> state::Stamp {
+    state::rfc3339_utc_millis_stamp(SystemTime::now())
 }
 
 /// Sends `answer` in the envelope to WebSocket client `conn`, carrying the client's own `id`.

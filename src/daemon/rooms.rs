@@ -261,16 +261,33 @@ macro_rules! rooms {
                 log::error!("an answer for room {room}, which is not in the room list");
             }
 
-            /// An event was published: every room sees it (`Room::on_event`),
-            /// in list order; what they say goes where their lines send it.
+            /// Event `seq`, just published, the newest of the history: every room sees it
+            /// (`Room::on_event`), in list order; what they say goes where their lines send
+            /// it. The rooms read it from the history; it is copied out only when a room's
+            /// outputs are to be delivered before the next room sees it (they may publish
+            /// events of their own, after which it may no longer be the newest). `published`:
+            /// the data as it was published, when the history keeps it otherwise.
+            #[allow(unused_assignments)] // `data` after the last room
             pub(super) fn rooms_event(&mut self, cx: &mut Cx<'_, Timer>, seq: u64,
-                                      channel: Channel, data: &EventData) {
+                                      channel: Channel, published: Option<EventData>) {
+                let mut copy = published;
+                let mut data = match (&copy, self.events.newest(seq)) {
+                    (Some(data), _) => data,
+                    (None, Some(event)) => event.data(),
+                    // Not reached: nothing was recorded since it was.
+                    (None, None) => return,
+                };
                 $( {
                     let mut out = Vec::new();
                     enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
                           &mut out, |room, rcx| Room::on_event(room, rcx, seq, channel, data));
                     if !out.is_empty() {
+                        if copy.is_none() {
+                            copy = Some(data.clone());
+                        }
                         <$ty as Wired>::deliver(self, cx, out);
+                        let Some(copied) = &copy else { return };
+                        data = copied;
                     }
                 } )*
             }

@@ -44,46 +44,58 @@ impl LineSplitter {
 
     /// Feeds bytes; complete lines and over-long reports are appended to `out`.
     pub fn push(&mut self, mut data: &[u8], out: &mut Vec<Line>) {
+        while let Some(line) = self.next_line(&mut data) {
+            out.push(line);
+        }
+    }
+
+    /// The next complete line or over-long report out of `data`, which is advanced past the
+    /// bytes taken; `None` once `data` is used up (an incomplete line is held for the next
+    /// bytes). A line that came whole in `data` is copied out once, at its exact length.
+    pub fn next_line(&mut self, data: &mut &[u8]) -> Option<Line> {
         while !data.is_empty() {
             match data.iter().position(|&b| b == b'\n') {
                 Some(pos) => {
                     let (head, rest) = data.split_at(pos);
-                    data = &rest[1..];
+                    *data = &rest[1..];
                     if self.discarding {
                         self.discarding = false;
                         continue;
                     }
-                    if self.buf.len() + head.len() > self.max_line {
-                        out.push(Line::TooLong {
-                            len: self.buf.len() + head.len(),
-                        });
+                    let len = self.buf.len() + head.len();
+                    if len > self.max_line {
                         // Not clear(): that would keep up to max_line of capacity.
                         self.buf = Vec::new();
-                        continue;
+                        return Some(Line::TooLong { len });
+                    }
+                    if self.buf.is_empty() {
+                        let head = head.strip_suffix(b"\r").unwrap_or(head);
+                        return Some(Line::Complete(head.to_vec()));
                     }
                     self.buf.extend_from_slice(head);
                     let mut line = std::mem::take(&mut self.buf);
                     if line.last() == Some(&b'\r') {
                         line.pop();
                     }
-                    out.push(Line::Complete(line));
+                    return Some(Line::Complete(line));
                 }
                 None => {
-                    if !self.discarding {
-                        if self.buf.len() + data.len() > self.max_line {
-                            out.push(Line::TooLong {
-                                len: self.buf.len() + data.len(),
-                            });
-                            self.buf = Vec::new();
-                            self.discarding = true;
-                        } else {
-                            self.buf.extend_from_slice(data);
-                        }
+                    let rest = std::mem::take(data);
+                    if self.discarding {
+                        return None;
                     }
-                    return;
+                    let len = self.buf.len() + rest.len();
+                    if len > self.max_line {
+                        self.buf = Vec::new();
+                        self.discarding = true;
+                        return Some(Line::TooLong { len });
+                    }
+                    self.buf.extend_from_slice(rest);
+                    return None;
                 }
             }
         }
+        None
     }
 }
 
@@ -341,21 +353,28 @@ impl Arguments {
 /// [`request`] gives for `{"_meta": {"progressToken": token}, "arguments": ..., "name":
 /// tool}` (the keys of a `json!` map are sorted), without a tree of the arguments.
 pub fn call_request(id: u64, tool: &str, arguments: &Arguments, token: &str) -> Vec<u8> {
+    const HEAD: &[u8] = b"{\"id\":";
+    const META: &[u8] =
+        br#","jsonrpc":"2.0","method":"tools/call","params":{"_meta":{"progressToken":"#;
+    const ARGUMENTS: &[u8] = br#"},"arguments":"#;
+    const NAME: &[u8] = br#","name":"#;
+    const END: &[u8] = b"}}\n";
+    // The fixed text, the longest id (20 digits) and the strings' quotes: the line is made in
+    // one allocation unless the token or the tool name needs escapes.
+    const FIXED: usize = HEAD.len() + META.len() + ARGUMENTS.len() + NAME.len() + END.len() + 24;
     let args = arguments.as_str();
-    let mut bytes = Vec::with_capacity(96 + tool.len() + args.len() + token.len());
-    bytes.extend_from_slice(b"{\"id\":");
+    let mut bytes = Vec::with_capacity(FIXED + tool.len() + args.len() + token.len());
+    bytes.extend_from_slice(HEAD);
     if serde_json::to_writer(&mut bytes, &id).is_err() {
         bytes.push(b'0');
     }
-    bytes.extend_from_slice(
-        br#","jsonrpc":"2.0","method":"tools/call","params":{"_meta":{"progressToken":"#,
-    );
+    bytes.extend_from_slice(META);
     push_string(&mut bytes, token);
-    bytes.extend_from_slice(br#"},"arguments":"#);
+    bytes.extend_from_slice(ARGUMENTS);
     bytes.extend_from_slice(args.as_bytes());
-    bytes.extend_from_slice(br#","name":"#);
+    bytes.extend_from_slice(NAME);
     push_string(&mut bytes, tool);
-    bytes.extend_from_slice(b"}}\n");
+    bytes.extend_from_slice(END);
     bytes
 }
 
@@ -428,6 +447,15 @@ mod tests {
             );
         }
         assert_eq!(Arguments::from_value(&json!([1])), None);
+    }
+
+    #[test]
+    fn a_call_line_is_made_in_one_allocation() {
+        // The longest id and strings without escapes fill the capacity reserved at first:
+        // a line that outgrew it would have been reallocated (twice the capacity).
+        let arguments = Arguments::from_value(&json!({"message": "hi"})).expect("object");
+        let line = call_request(u64::MAX, "echo", &arguments, "fx:18446744073709551615");
+        assert_eq!(line.len(), line.capacity());
     }
 
     #[test]
@@ -535,6 +563,42 @@ mod tests {
         assert_eq!(s.buf.capacity(), 0);
         s.push(b"ok\n", &mut out);
         assert_eq!(out.last(), Some(&Line::Complete(b"ok".to_vec())));
+    }
+
+    /// The reader takes lines one by one out of each read: what it decides at the edges.
+    #[test]
+    fn lines_are_taken_one_by_one_at_the_edges() {
+        let mut s = LineSplitter::new(6);
+        let complete = |b: &[u8]| Some(Line::Complete(b.to_vec()));
+        // Two whole lines and the start of a third: each whole one copied at its length.
+        let mut data: &[u8] = b"ab\r\ncd\nef";
+        let first = s.next_line(&mut data);
+        assert_eq!(first, complete(b"ab"));
+        assert!(matches!(first, Some(Line::Complete(ref l)) if l.capacity() == 2));
+        assert_eq!(data, b"cd\nef");
+        assert_eq!(s.next_line(&mut data), complete(b"cd"));
+        assert_eq!(
+            (s.next_line(&mut data), data, s.buffered()),
+            (None, &b""[..], 2)
+        );
+        // The held part and a CR split from its LF across reads.
+        let mut data: &[u8] = b"gh\r";
+        assert_eq!((s.next_line(&mut data), s.buffered()), (None, 5));
+        let mut data: &[u8] = b"\n";
+        assert_eq!(s.next_line(&mut data), complete(b"efgh"));
+        // A line exactly at the limit ending at the read's end, then one byte over it.
+        let mut data: &[u8] = b"123456\n1234567\n";
+        assert_eq!(s.next_line(&mut data), complete(b"123456"));
+        assert_eq!(s.next_line(&mut data), Some(Line::TooLong { len: 7 }));
+        assert_eq!((s.next_line(&mut data), s.buffered()), (None, 0));
+        // Over the limit without its end: reported once, the rest dropped up to its LF.
+        let mut data: &[u8] = b"12345678";
+        assert_eq!(s.next_line(&mut data), Some(Line::TooLong { len: 8 }));
+        assert_eq!((s.next_line(&mut data), data), (None, &b""[..]));
+        let mut data: &[u8] = b"9\n\nok\n";
+        assert_eq!(s.next_line(&mut data), complete(b""));
+        assert_eq!(s.next_line(&mut data), complete(b"ok"));
+        assert_eq!(s.next_line(&mut data), None);
     }
 
     #[test]

@@ -482,6 +482,7 @@ impl Mcp {
         let Some(id) = self.slots.get(t.slot).cloned().flatten() else {
             return;
         };
+        let id = String::from(&*id);
         if t.kind == TimerKind::Trial {
             self.trial_deadline(cx, &id, out);
             return;

@@ -101,8 +101,18 @@ pub enum Output {
     ReplyRaw(ReplyTo, crate::api::RawCall),
     /// An event for the event log and the channel's subscribers.
     Event(Channel, EventData),
-    /// A tool call finished: (server, outcome, seconds) for the metrics.
-    ToolCall(String, &'static str, f64),
+    /// A tool call finished: for the metrics, then as an `mcp_tool_call` event on
+    /// `mcp_servers` (made where it is published, so that the names are not copied for it).
+    ToolCall {
+        /// The server.
+        server: String,
+        /// The tool.
+        tool: String,
+        /// `ok`, `tool_error`, ...
+        outcome: &'static str,
+        /// From the request going out to its end.
+        seconds: f64,
+    },
     /// Another forwarded request finished: (server, method, outcome) for the metrics.
     Request(String, &'static str, &'static str),
     /// A server was restarted automatically.
@@ -495,7 +505,9 @@ pub struct Settings {
 /// All managed servers.
 pub struct Mcp {
     servers: BTreeMap<String, Server>,
-    slots: Vec<Option<String>>,
+    /// Server ids by slot (shared, so that a pipe's or timer's event finds its server's id
+    /// without copying it).
+    slots: Vec<Option<std::rc::Rc<str>>>,
     pids: HashMap<i32, String>,
     /// Children of the daemon that other rooms own (exec checks and actions): the orphan
     /// sweep leaves them alone. Kept current by the wiring through [`Mcp::spare`].
@@ -508,6 +520,9 @@ pub struct Mcp {
     read_since_trim: usize,
     /// The read buffer every pipe drain uses (empty until the first read; see `pipes`).
     read_buf: Box<[u8]>,
+    /// The effects of a session's answer line or call, kept between them (emptied, and only
+    /// while small: see [`pipes::KEPT_EFFECTS`]) so that a tool call's do not allocate a list.
+    effects: Vec<session::Effect<ReplyTo, TimerId>>,
     /// The pipe tokens the reactor gave this floor.
     tokens: TokenRange,
     /// Registry changes waiting for their `servers.json` write (see `registration`).
@@ -563,6 +578,7 @@ impl Mcp {
             reaper: None,
             read_since_trim: 0,
             read_buf: Box::default(),
+            effects: Vec::new(),
             tokens,
             registrations: registration::Registrations::default(),
             trials: trial::Trials::new(),
@@ -706,7 +722,7 @@ impl Mcp {
         };
         let id = spec.id.clone();
         let autostart = start && spec.autostart;
-        self.slots[slot] = Some(id.clone());
+        self.slots[slot] = Some(id.as_str().into());
         self.servers
             .insert(id.clone(), Server::new(spec, source, slot));
         log::info!("MCP server {id} registered");

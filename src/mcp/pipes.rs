@@ -10,6 +10,10 @@ use super::*;
 /// capacity), so one `read` empties a full pipe.
 const READ_BUF_BYTES: usize = 64 * 1024;
 
+/// Capacity up to which the effects list is kept between a session's lines and calls (a
+/// tool call's answer has three effects; a burst's list is let go).
+pub(super) const KEPT_EFFECTS: usize = 8;
+
 impl Mcp {
     /// Writes to a server's stdin; a stuck server's run is ended.
     pub(super) fn send(&mut self, id: &str, bytes: &[u8]) {
@@ -55,10 +59,37 @@ impl Mcp {
         &mut self,
         cx: &mut Cx<'_, Timer>,
         id: &str,
-        effects: Vec<Effect<ReplyTo, TimerId>>,
+        mut effects: Vec<Effect<ReplyTo, TimerId>>,
         out: &mut Vec<Output>,
     ) {
-        for effect in effects {
+        self.apply_from(cx, id, &mut effects, out);
+    }
+
+    /// Carries out `effects` (see [`Self::apply`]) and keeps the emptied list for the next
+    /// line or call, unless it grew past [`KEPT_EFFECTS`].
+    fn apply_kept(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        mut effects: Vec<Effect<ReplyTo, TimerId>>,
+        out: &mut Vec<Output>,
+    ) {
+        self.apply_from(cx, id, &mut effects, out);
+        // Carrying them out may have kept a list of its own (a nested line or call).
+        if effects.capacity() <= KEPT_EFFECTS && self.effects.capacity() == 0 {
+            self.effects = effects;
+        }
+    }
+
+    /// [`Self::apply`], leaving `effects` empty.
+    fn apply_from(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        effects: &mut Vec<Effect<ReplyTo, TimerId>>,
+        out: &mut Vec<Output>,
+    ) {
+        for effect in effects.drain(..) {
             match effect {
                 Effect::Send(bytes) => self.send(id, &bytes),
                 Effect::Reply(reply, answer) => out.push(Output::Reply(reply, answer)),
@@ -91,16 +122,12 @@ impl Mcp {
                 Effect::Request(method, outcome) => {
                     out.push(Output::Request(id.to_string(), method, outcome))
                 }
-                Effect::ToolCall(outcome, seconds, tool) => {
-                    out.push(Output::ToolCall(id.to_string(), outcome, seconds));
-                    let call = EventData::McpToolCall {
-                        server_id: id.to_string(),
-                        tool,
-                        outcome,
-                        latency_ms: seconds * 1000.0,
-                    };
-                    out.push(Output::Event(Channel::McpServers, call));
-                }
+                Effect::ToolCall(outcome, seconds, tool) => out.push(Output::ToolCall {
+                    server: id.to_string(),
+                    tool,
+                    outcome,
+                    seconds,
+                }),
                 Effect::Handshake(version) => {
                     let reason = format!("protocol {version}");
                     self.supervise(cx, id, supervisor::Event::Handshake, &reason, out);
@@ -222,15 +249,16 @@ impl Mcp {
         let Some(id) = self.slots.get(slot).cloned().flatten() else {
             return;
         };
+        let id = &*id;
         match pipe {
             Pipe::Stdin => {
-                if let Some(p) = self.servers.get_mut(&id).and_then(|s| s.process.as_mut()) {
+                if let Some(p) = self.servers.get_mut(id).and_then(|s| s.process.as_mut()) {
                     if p.flush().is_err() {
                         p.close_stdin(cx.registry);
                     }
                 }
             }
-            Pipe::Stdout | Pipe::Stderr => self.read_pipe(cx, &id, pipe, !ended, out),
+            Pipe::Stdout | Pipe::Stderr => self.read_pipe(cx, id, pipe, !ended, out),
         }
     }
 
@@ -286,7 +314,6 @@ impl Mcp {
         out: &mut Vec<Output>,
         buf: &mut [u8],
     ) {
-        let mut lines = Vec::new();
         let mut more = true;
         while more {
             let Some(server) = self.servers.get_mut(id) else {
@@ -309,13 +336,23 @@ impl Mcp {
                     return;
                 }
             };
-            let splitter = if pipe == Pipe::Stdout {
-                &mut server.stdout_lines
-            } else {
-                &mut server.stderr_lines
-            };
-            splitter.push(&buf[..n], &mut lines);
-            for line in lines.drain(..) {
+            // The lines are taken one at a time and handled at once (no list of them per
+            // read); what a line does cannot end the run before the next is taken (a run ends
+            // on the child's exit), but a run that did is not fed the rest.
+            let run = server.run;
+            let mut data = &buf[..n];
+            loop {
+                let Some(server) = self.servers.get_mut(id).filter(|s| s.run == run) else {
+                    return;
+                };
+                let splitter = if pipe == Pipe::Stdout {
+                    &mut server.stdout_lines
+                } else {
+                    &mut server.stderr_lines
+                };
+                let Some(line) = splitter.next_line(&mut data) else {
+                    break;
+                };
                 if pipe == Pipe::Stdout {
                     self.on_stdout_line(cx, id, line, out);
                 } else {
@@ -381,8 +418,9 @@ impl Mcp {
         let Some(server) = self.servers.get_mut(id) else {
             return;
         };
-        let effects = server.session.on_line(line, context);
-        self.apply(cx, id, effects, out);
+        let mut effects = std::mem::take(&mut self.effects);
+        server.session.on_line_into(line, context, &mut effects);
+        self.apply_kept(cx, id, effects, out);
     }
 
     /// Forwards a tool call; the answer arrives later as an [`Output::Reply`].
@@ -411,7 +449,9 @@ impl Mcp {
         );
         let (slot, run) = (server.slot, server.run);
         let timers = &mut *cx.timers;
-        let effects = server.session.call(
+        let mut effects = std::mem::take(&mut self.effects);
+        let called = server.session.call_into(
+            &mut effects,
             server.status,
             server.ending.as_deref(),
             tool,
@@ -426,10 +466,14 @@ impl Mcp {
                 let kind = TimerKind::Call(rpc);
                 timers.insert(at, Timer { slot, run, kind })
             },
-        )?;
+        );
+        if let Err(e) = called {
+            self.effects = effects;
+            return Err(e);
+        }
         // A call only sends: nothing reaches the outputs here.
         let mut none = Vec::new();
-        self.apply(cx, id, effects, &mut none);
+        self.apply_kept(cx, id, effects, &mut none);
         debug_assert!(none.is_empty());
         Ok(())
     }

@@ -661,19 +661,26 @@ impl<R: Copy, T: Copy> Session<R, T> {
     /// One complete stdout line.
     pub fn on_line(&mut self, line: Line, cx: Context) -> Effects<R, T> {
         let mut out = Vec::new();
+        self.on_line_into(line, cx, &mut out);
+        out
+    }
+
+    /// [`Self::on_line`], its effects appended to `out` (a list the caller keeps).
+    pub fn on_line_into(&mut self, line: Line, cx: Context, out: &mut Effects<R, T>) {
         let bytes = match line {
             Line::TooLong { len } => {
                 let max = cx.max_line;
                 let why = format!("stdout line of more than {max} bytes (saw {len})");
-                return vec![Effect::Misbehaved(why)];
+                out.push(Effect::Misbehaved(why));
+                return;
             }
-            Line::Complete(b) if b.iter().all(u8::is_ascii_whitespace) => return out,
+            Line::Complete(b) if b.iter().all(u8::is_ascii_whitespace) => return,
             Line::Complete(b) => b,
         };
-        let bytes = match self.raw_call_answer(bytes, cx, &mut out) {
+        let bytes = match self.raw_call_answer(bytes, cx, out) {
             Ok(()) => {
-                self.settle_asks(&mut out);
-                return out;
+                self.settle_asks(out);
+                return;
             }
             Err(bytes) => bytes,
         };
@@ -683,18 +690,17 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 // once (as the parsed value), not twice while it is answered.
                 drop(bytes);
                 for m in messages {
-                    self.on_message(m, cx, &mut out);
+                    self.on_message(m, cx, out);
                 }
-                self.settle_asks(&mut out);
+                self.settle_asks(out);
             }
             Err(e) => {
                 let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
                 let what = format!("protocol error: {e}: {shown}");
                 drop(bytes);
-                self.protocol_error(what, cx.now, &mut out);
+                self.protocol_error(what, cx.now, out);
             }
         }
-        out
     }
 
     /// The common answer to a tool call, taken without parsing its result into a [`Value`]:
@@ -1665,8 +1671,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
     /// # Errors
     /// Server ending its run (`ending`) or not serving, unknown tool, too many calls in flight.
     #[allow(clippy::too_many_arguments)]
-    pub fn call(
+    pub fn call_into(
         &mut self,
+        out: &mut Effects<R, T>,
         status: Status,
         ending: Option<&str>,
         tool: &str,
@@ -1678,7 +1685,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         reply: R,
         now: Instant,
         arm: impl FnOnce(u64, Instant) -> T,
-    ) -> Result<Effects<R, T>, ApiError> {
+    ) -> Result<(), ApiError> {
         self.serving(status, ending)?;
         let id = self.id.as_str();
         if !self.tools.is_empty() && !self.tools.iter().any(|t| t["name"].as_str() == Some(tool)) {
@@ -1728,16 +1735,51 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 token,
             },
         );
-        let mut out = vec![Effect::Send(bytes)];
+        out.push(Effect::Send(bytes));
         // A modern server's list past its freshness is read again (after the call went out).
         if self.fresh_until.is_some_and(|t| now >= t) {
             self.fresh_until = None;
             match self.relist.changed(now) {
-                tools::Next::ListNow => self.start_listing(now, &mut out),
+                tools::Next::ListNow => self.start_listing(now, out),
                 tools::Next::WaitUntil(at) => out.push(Effect::RelistAt(at)),
                 tools::Next::Nothing => {}
             }
         }
+        Ok(())
+    }
+
+    /// [`Self::call_into`] with a list of its own.
+    #[cfg(test)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn call(
+        &mut self,
+        status: Status,
+        ending: Option<&str>,
+        tool: &str,
+        arguments: jsonrpc::Arguments,
+        input: Option<Value>,
+        token: Option<String>,
+        timeout: Duration,
+        max_in_flight: usize,
+        reply: R,
+        now: Instant,
+        arm: impl FnOnce(u64, Instant) -> T,
+    ) -> Result<Effects<R, T>, ApiError> {
+        let mut out = Vec::new();
+        self.call_into(
+            &mut out,
+            status,
+            ending,
+            tool,
+            arguments,
+            input,
+            token,
+            timeout,
+            max_in_flight,
+            reply,
+            now,
+            arm,
+        )?;
         Ok(out)
     }
 
@@ -2020,11 +2062,112 @@ impl<R: Copy, T: Copy> Session<R, T> {
     }
 }
 
+/// What [`raw_call_head`] tells of a line.
+type RawHead = Option<(u64, std::ops::Range<usize>, bool, bool)>;
+
 /// A response line of the one shape [`Session::raw_call_answer`] takes: its id, where its
 /// result (an object) is in the line, and whether that result has `resultType` and `_meta`
 /// members. `None` for any other line, or a result that must be read (`isError: true`, a
 /// `resultType` other than `complete`).
-fn raw_call_head(line: &[u8]) -> Option<(u64, std::ops::Range<usize>, bool, bool)> {
+///
+/// The line is read once ([`raw_call_head_at_once`]); the rare result that one pass cannot
+/// place (no members, or a key with escapes) is read apart as a second value.
+fn raw_call_head(line: &[u8]) -> RawHead {
+    raw_call_head_at_once(line).unwrap_or_else(|| raw_call_head_apart(line))
+}
+
+/// [`raw_call_head`] in one pass over the line, the result's members read as they come (a
+/// second parse of the result would scan its bytes again, and allocate again for its nested
+/// values). `None`: the result cannot be placed this way (it has no members, or a key with
+/// escapes, which does not borrow from the line), or the line is not of the shape at all;
+/// the caller then reads it apart.
+fn raw_call_head_at_once(line: &[u8]) -> Option<RawHead> {
+    use serde::de::{Error, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+    /// The result's members that decide, and where its first key and last value lie.
+    #[derive(Default)]
+    struct Members<'a> {
+        result_type: Option<&'a RawValue>,
+        is_error: Option<&'a RawValue>,
+        meta: Option<&'a RawValue>,
+        first_key: Option<&'a str>,
+        last_value: Option<&'a RawValue>,
+    }
+    impl<'de: 'a, 'a> serde::Deserialize<'de> for Members<'a> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Read<'a>(std::marker::PhantomData<&'a ()>);
+            impl<'de: 'a, 'a> Visitor<'de> for Read<'a> {
+                type Value = Members<'a>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a result object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'a>, A::Error> {
+                    let mut m = Members::default();
+                    // A key with escapes does not borrow: an error here, read apart then.
+                    while let Some(key) = map.next_key::<&'de str>()? {
+                        m.first_key.get_or_insert(key);
+                        let value: &'de RawValue = map.next_value()?;
+                        m.last_value = Some(value);
+                        let member = match key {
+                            "resultType" => &mut m.result_type,
+                            "isError" => &mut m.is_error,
+                            "_meta" => &mut m.meta,
+                            _ => continue,
+                        };
+                        // As a struct's field would be: twice is an error.
+                        if member.replace(value).is_some() {
+                            return Err(A::Error::custom("duplicate member"));
+                        }
+                    }
+                    Ok(m)
+                }
+            }
+            d.deserialize_map(Read(std::marker::PhantomData))
+        }
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Head<'a> {
+        jsonrpc: &'a str,
+        id: u64,
+        #[serde(borrow)]
+        result: Members<'a>,
+    }
+    let head: Head<'_> = serde_json::from_slice(line).ok()?;
+    let m = head.result;
+    let (first_key, last_value) = (m.first_key?, m.last_value?);
+    // The object runs from the `{` before its first key's quote to the `}` after its last
+    // value, with only whitespace between (it was parsed so).
+    let blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let base = line.as_ptr() as usize;
+    let quote = (first_key.as_ptr() as usize)
+        .checked_sub(base)?
+        .checked_sub(1)?;
+    let before = line.get(..quote)?;
+    let start = before.len() - before.iter().rev().take_while(|b| blank(b)).count();
+    let start = start
+        .checked_sub(1)
+        .filter(|&i| line.get(i) == Some(&b'{'))?;
+    let text = last_value.get();
+    let after = (text.as_ptr() as usize).checked_sub(base)? + text.len();
+    let end = after + line.get(after..)?.iter().take_while(|b| blank(b)).count();
+    (line.get(end) == Some(&b'}')).then_some(())?;
+    if head.jsonrpc != "2.0"
+        || m.result_type.is_some_and(|t| t.get() != "\"complete\"")
+        || m.is_error.is_some_and(|e| e.get() == "true")
+    {
+        return Some(None);
+    }
+    Some(Some((
+        head.id,
+        start..end + 1,
+        m.result_type.is_some(),
+        m.meta.is_some(),
+    )))
+}
+
+/// [`raw_call_head`] reading the line, then its result apart.
+fn raw_call_head_apart(line: &[u8]) -> RawHead {
     use serde_json::value::RawValue;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -2558,6 +2701,49 @@ mod tests {
         ] {
             assert!(head(other).is_none(), "{other}");
         }
+    }
+
+    /// The one-pass reading places and judges a result as reading it apart does, and hands
+    /// over only the results it cannot place.
+    #[test]
+    fn a_result_read_in_one_pass_is_read_as_apart() {
+        let placed = [
+            r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"hi"}]}}"#,
+            r#"{"id":3,"result":{"z":1e400,"a":"\u00e9","b":{"c":[[]]}},"jsonrpc":"2.0"}"#,
+            " { \"result\" :\t{\r\n \"resultType\" : \"complete\", \"_meta\": null\n} , \"id\" : 4, \"jsonrpc\":\"2.0\" } ",
+            r#"{"jsonrpc":"2.0","id":3,"result":{"isError":false,"x":"}"}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"a":1,"a":2}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"isError":true}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"resultType":"input_required"}}"#,
+            r#"{"jsonrpc":"1.0","id":3,"result":{"a":1}}"#,
+        ];
+        let apart = [
+            r#"{"jsonrpc":"2.0","id":3,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{ }}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"\u0069sError":true}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"a":1,"\u005fmeta":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"a":1,"isError":true,"isError":false}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":[1]}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"a":1}"#,
+            r#"{"jsonrpc":"2\u002e0","id":3,"result":{"a":1}}"#,
+        ];
+        for line in placed.iter().chain(&apart) {
+            let once = raw_call_head_at_once(line.as_bytes());
+            assert_eq!(once.is_some(), placed.contains(line), "{line}");
+            let head = raw_call_head(line.as_bytes());
+            assert_eq!(head, raw_call_head_apart(line.as_bytes()), "{line}");
+            if let Some(once) = once {
+                assert_eq!(once, head, "{line}");
+            }
+        }
+        let (_, range, ..) = raw_call_head(placed[2].as_bytes()).expect("plain");
+        assert_eq!(
+            &placed[2][range],
+            "{\r\n \"resultType\" : \"complete\", \"_meta\": null\n}"
+        );
+        // Escapes in a key are read apart, as before: the answer is still taken as bytes.
+        assert!(raw_call_head(apart[3].as_bytes()).is_some_and(|h| h.3));
+        assert!(raw_call_head(apart[2].as_bytes()).is_none());
     }
 
     #[test]

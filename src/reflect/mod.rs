@@ -170,6 +170,7 @@ pub struct Reflect {
     learning_rate: f64,
     auto: bool,
     timer: Option<TimerId>,
+    recent: Recent,
 }
 
 /// The room's one timer: the periodic reflection.
@@ -193,6 +194,31 @@ fn bounded(s: &str) -> String {
 /// [`bounded`] as shared text, made in one allocation.
 fn bounded_text(s: &str) -> Text {
     Text::from(cut(s))
+}
+
+/// How many texts [`Recent`] keeps.
+const RECENT_TEXTS: usize = 8;
+
+/// The last few texts the record was given (a tool call's server and tool names repeat from
+/// call to call): one that comes again is shared, not allocated again. Holds at most
+/// [`RECENT_TEXTS`] texts, replaced oldest first.
+#[derive(Debug, Default)]
+struct Recent {
+    texts: [Option<Text>; RECENT_TEXTS],
+    next: usize,
+}
+
+impl Recent {
+    /// `s` as shared text.
+    fn text(&mut self, s: &str) -> Text {
+        if let Some(t) = self.texts.iter().flatten().find(|t| ***t == *s) {
+            return t.clone();
+        }
+        let t = Text::from(s);
+        self.texts[self.next] = Some(t.clone());
+        self.next = (self.next + 1) % RECENT_TEXTS;
+        t
+    }
 }
 
 /// Event types that are decisions: the capability policy's refusals, and the acquisition
@@ -228,6 +254,7 @@ impl Reflect {
             learning_rate: config.learning_rate,
             auto: config.auto_insight_generation,
             timer: None,
+            recent: Recent::default(),
         }
     }
 
@@ -284,11 +311,12 @@ impl Reflect {
                         *b += rate * (latency_ms - *b);
                     }
                 }
+                let (server, tool) = (self.recent.text(server_id), self.recent.text(cut(tool)));
                 self.push(
                     seq,
                     What::Call {
-                        server: server_id.as_str().into(),
-                        tool: bounded_text(tool),
+                        server,
+                        tool,
                         outcome,
                         latency_ms: *latency_ms,
                     },
@@ -1063,6 +1091,42 @@ mod tests {
             outcome,
             latency_ms: ms,
         }
+    }
+
+    /// A call's server and tool names are shared with the entries before it, and the texts
+    /// kept stay few.
+    #[test]
+    fn repeated_names_are_shared_not_made_again() {
+        let mut r = Reflect::new(&config(100));
+        r.follow(1, &call(1.0, "ok"));
+        r.follow(2, &call(2.0, "ok"));
+        let names = |e: &Entry| match &e.what {
+            What::Call { server, tool, .. } => (server.clone(), tool.clone()),
+            other => panic!("not a call: {other:?}"),
+        };
+        let (a, b) = (names(&r.record[0]), names(&r.record[1]));
+        assert!(Arc::ptr_eq(&a.0, &b.0) && Arc::ptr_eq(&a.1, &b.1));
+        assert_eq!((&*b.0, &*b.1), ("s", "t"));
+        let long = "x".repeat(TEXT_MAX + 10);
+        for n in 0..2 * RECENT_TEXTS {
+            let t = r.recent.text(&format!("other {n}"));
+            assert_eq!(*t, *format!("other {n}"));
+        }
+        assert_eq!(r.recent.texts.iter().flatten().count(), RECENT_TEXTS);
+        assert!(!r
+            .recent
+            .texts
+            .iter()
+            .flatten()
+            .any(|t| Arc::ptr_eq(t, &a.0)));
+        let entry = EventData::McpToolCall {
+            server_id: "s".into(),
+            tool: long,
+            outcome: "ok",
+            latency_ms: 1.0,
+        };
+        r.follow(3, &entry);
+        assert_eq!(names(&r.record[2]).1.len(), TEXT_MAX);
     }
 
     /// An acquisition's verdict is a decision in the record, found by its number or its

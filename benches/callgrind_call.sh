@@ -133,5 +133,10 @@ for line in open(sys.argv[1]):
 print(count)
 PY
 )
-	echo "$name: $total instructions for $n calls: $((total / n)) per call, $((allocs / n)).$(((allocs * 10 / n) % 10)) allocations per call ($f)"
+	if [ "$allocs" -gt 0 ]; then
+		allocs="$((allocs / n)).$(((allocs * 10 / n) % 10)) allocations per call"
+	else
+		allocs="allocations not counted (no malloc symbol: a stripped binary)"
+	fi
+	echo "$name: $total instructions for $n calls: $((total / n)) per call, $allocs ($f)"
 done

@@ -33,7 +33,7 @@ impl Daemon {
         };
         let server = &self.server;
         self.rooms.gateway.prune_streams(|c| server.is_open(c));
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.gateway_out);
         rooms::enter(
             &mut self.rooms.gateway,
             cx,
@@ -52,7 +52,7 @@ impl Daemon {
             return;
         }
         let server = &self.server;
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.gateway_out);
         rooms::enter(
             &mut self.rooms.gateway,
             cx,
@@ -64,9 +64,10 @@ impl Daemon {
         self.gateway_outputs(cx, out);
     }
 
-    /// Carries out the gateway's outputs.
-    pub(super) fn gateway_outputs(&mut self, cx: &mut Cx<'_, Timer>, out: Vec<GatewayOutput>) {
-        for output in out {
+    /// Carries out the gateway's outputs, and keeps the emptied vector for the gateway's next
+    /// entry (a small one, and only when a nested entry did not keep its own).
+    pub(super) fn gateway_outputs(&mut self, cx: &mut Cx<'_, Timer>, mut out: Vec<GatewayOutput>) {
+        for output in out.drain(..) {
             match output {
                 GatewayOutput::Effect(e) => self.effects.push(e),
                 GatewayOutput::Http { reply, response } => {
@@ -140,6 +141,9 @@ impl Daemon {
                     );
                 }
             }
+        }
+        if out.capacity() <= rooms::KEPT_OUT && self.gateway_out.capacity() == 0 {
+            self.gateway_out = out;
         }
     }
 }

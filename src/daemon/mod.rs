@@ -149,6 +149,8 @@ pub struct Daemon {
     outputs: Vec<Output>,
     /// What rooms other than MCP said (delivered with MCP's outputs).
     effects: Vec<crate::room::Effect>,
+    /// The gateway's emptied output vector, kept for its next entry (see [`rooms::Kept`]).
+    gateway_out: Vec<crate::gateway::Output>,
     telemetry: crate::telemetry::Telemetry,
     started_at: SystemTime,
     started: Instant,

@@ -29,9 +29,38 @@ use crate::reactor::Timers;
 use crate::room::{Report, RoomCx, Wiring};
 use crate::snapshot;
 
+/// Capacity up to which a room's emptied output vector is kept (see [`Kept`]).
+pub(super) const KEPT_OUT: usize = 16;
+
+/// Where a room's outputs are collected on each entry. A type whose delivery gives its
+/// emptied vector back (the gateway's: two entries per `/mcp` call, each of which grew a new
+/// vector) lends that one; the others start empty, which allocates only when the room says
+/// something. Used where the outputs are delivered whatever they are: an entry whose
+/// outputs may be dropped undelivered would drop the kept vector with them.
+pub(super) trait Kept: Sized {
+    /// An empty vector for a room's outputs.
+    fn vec(_daemon: &mut Daemon) -> Vec<Self> {
+        Vec::new()
+    }
+}
+
+impl Kept for crate::gateway::Output {
+    fn vec(daemon: &mut Daemon) -> Vec<Self> {
+        std::mem::take(&mut daemon.gateway_out)
+    }
+}
+impl Kept for Effect {}
+impl Kept for Output {}
+impl Kept for crate::components::health::Output {}
+impl Kept for crate::monitor::room::Output {}
+impl Kept for crate::monitor::security::Output {}
+impl Kept for crate::monitor::checks::room::Output {}
+impl<A> Kept for crate::components::settings::Output<A> {}
+impl Kept for crate::components::lifecycle::Output {}
+
 /// A room as wired into this daemon: its timers travel inside [`Timer::Room`], its job
 /// results inside [`WorkResult::Room`].
-pub(super) trait Wired: Room {
+pub(super) trait Wired: Room<Output: Kept> {
     /// The room's timer key as the daemon's.
     fn timer(t: Self::Timer) -> Timer;
     /// The room's job result as the worker's.
@@ -46,7 +75,7 @@ pub(super) trait Wired: Room {
 /// `deliver`; `[serve METHOD]` to a `Daemon` method (a room whose requests need the wiring).
 macro_rules! serve {
     ($daemon:ident, $cx:ident, $request:ident, $reply:ident, $field:ident, $ty:ty) => {{
-        let mut out = Vec::new();
+        let mut out = <<$ty as Room>::Output as Kept>::vec($daemon);
         enter(
             &mut $daemon.rooms.$field,
             $cx,
@@ -150,7 +179,7 @@ macro_rules! rooms {
             pub(super) fn room_timer(&mut self, cx: &mut Cx<'_, Timer>, timer: RoomTimer) {
                 match timer {
                     $( RoomTimer::$variant(t) => {
-                        let mut out = Vec::new();
+                        let mut out = <<$ty as Room>::Output as Kept>::vec(self);
                         enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
                               &mut out, |room, rcx| Room::on_timer(room, rcx, t));
                         <$ty as Wired>::deliver(self, cx, out);
@@ -238,7 +267,7 @@ macro_rules! rooms {
             pub(super) fn room_answer(&mut self, cx: &mut Cx<'_, Timer>, room: &'static str,
                                       tag: u64, answer: Answer) {
                 $( if room == <$ty as Room>::NAME {
-                    let mut out = Vec::new();
+                    let mut out = <<$ty as Room>::Output as Kept>::vec(self);
                     enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
                           &mut out, |r, rcx| Room::on_answer(r, rcx, tag, answer));
                     <$ty as Wired>::deliver(self, cx, out);
@@ -252,7 +281,7 @@ macro_rules! rooms {
             pub(super) fn room_raw_answer(&mut self, cx: &mut Cx<'_, Timer>, room: &'static str,
                                           tag: u64, raw: crate::api::RawCall) {
                 $( if room == <$ty as Room>::NAME {
-                    let mut out = Vec::new();
+                    let mut out = <<$ty as Room>::Output as Kept>::vec(self);
                     enter(&mut self.rooms.$field, cx, &mut self.worker, &mut self.jobs,
                           &mut out, |r, rcx| Room::on_raw_answer(r, rcx, tag, raw));
                     <$ty as Wired>::deliver(self, cx, out);
@@ -402,7 +431,7 @@ impl Daemon {
         cx: &mut Cx<'_, Timer>,
         f: impl FnOnce(&mut R, &mut RoomCx<'_, R>) -> X,
     ) -> X {
-        let mut out = Vec::new();
+        let mut out = R::Output::vec(self);
         let x = enter(
             R::field(&mut self.rooms),
             cx,

@@ -376,6 +376,7 @@ pub fn run(options: StartOptions) -> Result<(), StartError> {
         events: EventLog::new(EVENT_HISTORY),
         outputs: Vec::new(),
         effects: Vec::new(),
+        gateway_out: Vec::new(),
         telemetry: crate::telemetry::Telemetry::new(),
         started_at: now,
         started: Instant::now(),

@@ -18,6 +18,12 @@
 //!   and p99 of each; target: p50(b) − p50(a) ≤ 50 µs. (f) − (a) is what one more process and
 //!   a TCP hop cost on this machine with no work at all (on a small VM, mostly waking idle
 //!   vCPUs); (b) − (f) is the daemon's own share.
+//! - **latency on one CPU**: the same, with this bench and so every process it starts (the
+//!   fixtures, the relay, the daemon and the daemon's server) bound to one CPU, as on a
+//!   single-core edge host. On a VM of two or more vCPUs the first run's figures are mostly the
+//!   hypervisor waking halted vCPUs: each hop between processes on different vCPUs costs what
+//!   the relay's floor (f) − (a) shows, for the direct call too. On one CPU a hop is a context
+//!   switch, so (b) − (a) is what the daemon adds. Both runs are checked against the target.
 //! - **concurrent**: 100 clients, each its own TCP connection and `/mcp` session, start
 //!   together and make 10 calls each, one after the other. Throughput (calls over the wall
 //!   time from the start signal to the last answer), per-call p50/p99, and the daemon's
@@ -495,6 +501,50 @@ fn measure_sessions(bin: &Path, f: &Fixtures, notes: &mut Vec<String>) -> Result
     )])
 }
 
+/// Runs `f` with this process bound to one CPU (the last it may run on), so that the
+/// processes `f` starts inherit that; the CPUs it had are given back after. The rows get
+/// `prefix` on their names.
+fn on_one_cpu(f: impl FnOnce() -> Result<Vec<Row>>, prefix: &str) -> Result<Vec<Row>> {
+    // SAFETY: cpu_set_t is plain data; sched_{get,set}affinity with pid 0 and its own size
+    // read or write only that set.
+    let mut had: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    if unsafe { libc::sched_getaffinity(0, size, &mut had) } != 0 {
+        return Err(format!(
+            "sched_getaffinity: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let cpu = (0..libc::CPU_SETSIZE as usize)
+        .rev()
+        .find(|&c| unsafe { libc::CPU_ISSET(c, &had) })
+        .ok_or("this process may run on no CPU")?;
+    let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut one) };
+    if unsafe { libc::sched_setaffinity(0, size, &one) } != 0 {
+        return Err(format!(
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let rows = f();
+    if unsafe { libc::sched_setaffinity(0, size, &had) } != 0 {
+        eprintln!(
+            "gateway bench: the CPUs could not be given back: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let mut rows = rows?;
+    for r in &mut rows {
+        r.metric = format!("{prefix}{}", r.metric);
+    }
+    rows.insert(
+        0,
+        Row::info(format!("{prefix}bound to CPU"), cpu.to_string()),
+    );
+    Ok(rows)
+}
+
 fn main() -> ExitCode {
     if std::env::var_os(RELAY_ENV).is_some() {
         return relay_main(std::env::args_os().skip(1));
@@ -517,6 +567,9 @@ fn main() -> ExitCode {
         Some(Ok(python)) if script.is_file() => {
             let fx = Fixtures { python, script };
             sections.run("latency", |n| measure_latency(measured, &fx, n));
+            sections.run("latency on one CPU", |n| {
+                on_one_cpu(|| measure_latency(measured, &fx, n), "[one CPU] ")
+            });
             sections.run("concurrent", |n| measure_concurrent(measured, &fx, n));
             sections.run("sessions", |n| measure_sessions(measured, &fx, n));
         }

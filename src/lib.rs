@@ -21,6 +21,7 @@ pub mod gateway;
 pub mod logs;
 pub mod mcp;
 pub mod monitor;
+pub mod musl;
 pub mod net;
 pub mod openapi;
 pub mod ops;

@@ -2,6 +2,12 @@
 
 use std::process::ExitCode;
 
+/// The static (musl) build keeps small freed blocks for reuse: musl's allocator costs several
+/// times glibc's per call (see `musl`). glibc's has such a cache of its own (tcache).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: vsm_daemon::musl::SmallFront = vsm_daemon::musl::SmallFront::new();
+
 fn main() -> ExitCode {
     // The static build's panics end in a trap (SIGILL) with no message: say where, on stderr.
     vsm_daemon::sys::report_fatal_sigill();

@@ -27,9 +27,8 @@
 //! `notifications/cancelled` for each request still waiting (see [`Gateway::end_asks`]).
 
 use super::ask::Asker;
-use super::{send_answer, token_of, Call, Gateway, Pending, Timer};
+use super::{send_answer, Call, Forwarded, Gateway, Pending, Timer};
 use crate::api::{Answer, ApiError, ErrorCode, McpRequest, Request};
-use crate::mcp::jsonrpc::Arguments;
 use crate::reactor::timer::TimerId;
 use crate::room::RoomCx;
 use serde_json::{json, Map, Value};
@@ -43,11 +42,12 @@ pub const MAX_ROUNDS: u32 = 8;
 /// ends its call with an error.
 pub const MAX_HELD_BYTES: usize = 4 * 1024 * 1024;
 
-/// What a session-era call to a server needs for being asked again.
+/// What a session-era request to a server needs for being asked again.
 #[derive(Debug)]
 pub struct Retry {
-    tool: String,
-    arguments: Arguments,
+    /// The request to send again (`tools/call`, `prompts/get` or `resources/read`), as it
+    /// was first sent without its `input`; each retry gets its own `input` and deadline.
+    again: McpRequest,
     /// The client capabilities relaying can serve (see [`super::ask::Declared`]).
     capabilities: Value,
     /// Rounds relayed so far.
@@ -91,34 +91,50 @@ impl Retry {
     }
 }
 
-/// Whether `answer` is a server's `input_required` (the MCP room's tool error for it).
+/// Whether `answer` is a server's `input_required` (the MCP room's error for it).
 pub(super) fn asks_input(answer: &Answer) -> bool {
-    matches!(answer, Err(e) if e.code == ErrorCode::ToolError
-        && e.data.as_ref().is_some_and(|d| d["result_type"] == "input_required"))
+    matches!(answer, Err(e) if e.data.as_ref().is_some_and(|d| d["result_type"] == "input_required"))
+}
+
+/// Gives `request` (one a server may answer with `input_required`) its `input` and
+/// deadline; other requests are left as they are.
+pub(super) fn set_input(request: &mut McpRequest, with: Value, timeout: Option<u64>) {
+    match request {
+        McpRequest::Call {
+            input, timeout_ms, ..
+        }
+        | McpRequest::GetPrompt {
+            input, timeout_ms, ..
+        }
+        | McpRequest::ReadResource {
+            input, timeout_ms, ..
+        } => {
+            *input = Some(with);
+            *timeout_ms = timeout;
+        }
+        _ => {}
+    }
 }
 
 impl Gateway {
-    /// What asking session-era call `call` of `tool` again would take, when its client can
-    /// be asked at all.
-    pub(super) fn retry_for(
-        &self,
-        call: &Call,
-        tool: &str,
-        arguments: &Arguments,
-    ) -> Option<Box<Retry>> {
+    /// What asking session-era `request` of `call` again would take, when its client can be
+    /// asked at all; then `request` is given its first `input` (the capabilities).
+    pub(super) fn retry_for(&self, call: &Call, request: &mut McpRequest) -> Option<Box<Retry>> {
         if !self.settings.client_requests || !call.sse {
             return None;
         }
         let declared = self.sessions.get(&*call.session)?.declared;
-        declared.any().then(|| {
-            Box::new(Retry {
-                tool: tool.to_string(),
-                arguments: arguments.clone(),
-                capabilities: declared.capabilities(),
-                rounds: 0,
-                round: None,
-            })
-        })
+        if !declared.any() {
+            return None;
+        }
+        let retry = Box::new(Retry {
+            again: request.clone(),
+            capabilities: declared.capabilities(),
+            rounds: 0,
+            round: None,
+        });
+        set_input(request, retry.first_input(), None);
+        Some(retry)
     }
 
     /// Call `tag`'s server answered `input_required` (`answer`): its input requests go to
@@ -215,7 +231,7 @@ impl Gateway {
                 );
             }
             if !p.sse {
-                return Err("the client's tools/call did not accept text/event-stream, the only way to send it a request".into());
+                return Err("the client's request did not accept text/event-stream, the only way to send it a request".into());
             }
             self.asks.full(&p.session, requests.len())?;
         }
@@ -286,7 +302,7 @@ impl Gateway {
         let Some(p) = self.pending.get_mut(&tag) else {
             return;
         };
-        let (Some(server), Some(retry)) = (p.server.clone(), p.retry.as_mut()) else {
+        let Some(retry) = p.retry.as_mut() else {
             return;
         };
         let Some(round) = retry.round.take() else {
@@ -300,15 +316,10 @@ impl Gateway {
         }
         input.insert("clientCapabilities".into(), retry.capabilities.clone());
         let left = round.deadline.saturating_duration_since(Instant::now());
-        let request = Request::Mcp(McpRequest::Call {
-            id: server.to_string(),
-            name: retry.tool.clone(),
-            arguments: retry.arguments.clone(),
-            timeout_ms: Some((left.as_millis() as u64).max(1)),
-            progress_token: Some(token_of(tag)),
-            input: Some(Value::Object(input)),
-        });
-        cx.ask(tag, request);
+        let mut request = retry.again.clone();
+        let timeout = Some((left.as_millis() as u64).max(1));
+        set_input(&mut request, Value::Object(input), timeout);
+        cx.ask(tag, Request::Mcp(request));
     }
 
     /// Call `tag`'s deadline came while it collected input: it ends with a tool error.
@@ -323,15 +334,21 @@ impl Gateway {
         }
     }
 
-    /// Ends call `tag` with a tool error saying `message` (no request of it is at a server).
+    /// Ends call `tag` saying `message` (no request of it is at a server): a tool call with a
+    /// tool error (its model reads it), a `prompts/get` or `resources/read` with a JSON-RPC
+    /// error.
     fn fail_input(&mut self, cx: &mut RoomCx<'_, Self>, tag: u64, message: &str) {
         let Some(p): Option<Pending> = self.take_pending(tag) else {
             return;
         };
         log::debug!("/mcp call {tag}: {message}");
         self.end_asks(cx, tag, &p);
-        let result = super::tool_result(Err(ApiError::new(ErrorCode::ToolError, message)));
-        let answer = json!({"jsonrpc": "2.0", "id": p.id, "result": result});
+        let answer = if p.what == Forwarded::Tool {
+            let result = super::tool_result(Err(ApiError::new(ErrorCode::ToolError, message)));
+            json!({"jsonrpc": "2.0", "id": p.id, "result": result})
+        } else {
+            super::rpc_error(&p.id, super::code::INTERNAL_ERROR, message)
+        };
         send_answer(cx, p, serde_json::to_vec(&answer).unwrap_or_default());
     }
 }

@@ -200,6 +200,8 @@ pub enum Pending<R, T> {
         timer: T,
         /// When it was sent.
         started: Instant,
+        /// When its deadline passes (as for a call).
+        deadline: Instant,
         /// The method.
         method: &'static str,
         /// The progress token its params carried (`_meta.progressToken`), by which its caller
@@ -962,6 +964,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 reply,
                 timer,
                 started,
+                deadline,
                 method,
                 ..
             } => {
@@ -970,6 +973,10 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 out.push(Effect::Request(method, outcome));
                 let id = self.id.as_str();
                 let answer = match result {
+                    Ok(v) if v["resultType"] == "input_required" => {
+                        let left = deadline.saturating_duration_since(cx.now);
+                        Err(input_required(id, ("method", method.to_string()), v, left))
+                    }
                     Ok(v) => {
                         let ms = cx.now.saturating_duration_since(started).as_secs_f64() * 1000.0;
                         let mut map = serde_json::Map::with_capacity(4);
@@ -1029,7 +1036,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                     Ok(v) if kind.as_deref() == Some("input_required") => {
                         self.calls.1 += 1;
                         let left = deadline.saturating_duration_since(cx.now);
-                        Err(input_required(id, tool, v, left))
+                        Err(input_required(id, ("tool", tool), v, left))
                     }
                     Ok(_) if !matches!(kind.as_deref(), None | Some("complete")) => {
                         self.calls.1 += 1;
@@ -1388,7 +1395,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
     /// `resources/subscribe`, `completion/complete`, `logging/setLevel`...) with `params`;
     /// its answer (the server's result, or its error) arrives later as an [`Effect::Reply`].
     /// Deadline and bounds as for [`Session::call`]. `needs` is the capability the server
-    /// must have declared (see [`Session::declares`]).
+    /// must have declared (see [`Session::declares`]). `input` goes to a modern server as a
+    /// call's does (see [`retry_input`]); a legacy one never sees it. A modern server's
+    /// `input_required` answer comes back as for a call (see [`input_required`]).
     ///
     /// # Errors
     /// Server ending its run or not serving, not declaring `needs`, too many calls in flight.
@@ -1399,7 +1408,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         ending: Option<&str>,
         method: &'static str,
         needs: &str,
-        params: Value,
+        (mut params, input): (Value, Option<Value>),
         timeout: Duration,
         max_in_flight: usize,
         reply: R,
@@ -1425,15 +1434,20 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 ));
             }
         }
+        if self.era == Some(Era::Modern) {
+            retry_input(&mut params, input);
+        }
         let rpc = self.take_id();
         let bytes = self.request(rpc, method, params);
-        let timer = arm(rpc, now + timeout);
+        let deadline = now + timeout;
+        let timer = arm(rpc, deadline);
         self.pending.insert(
             rpc,
             Pending::Forward {
                 reply,
                 timer,
                 started: now,
+                deadline,
                 method,
                 token,
             },
@@ -2252,12 +2266,18 @@ fn request_meta() -> Value {
     })
 }
 
-/// A call answered `resultType: "input_required"`: the server wants the client to answer
-/// requests of its own (elicitation, sampling, roots) and to call again. The daemon cannot
-/// answer them, so the caller gets a tool error that says what was asked, not a wait; its
-/// data carries the requests, the state and the time `left` before the call's deadline, for
-/// the `/mcp` gateway, which asks its client and calls again within that time.
-fn input_required(server: &str, tool: String, mut result: Value, left: Duration) -> ApiError {
+/// A call (or a forwarded `prompts/get`, `resources/read`: `what` is `("tool", name)` or
+/// `("method", method)`) answered `resultType: "input_required"`: the server wants the
+/// client to answer requests of its own (elicitation, sampling, roots) and to ask again. The
+/// daemon cannot answer them, so the caller gets a tool error that says what was asked, not a
+/// wait; its data carries the requests, the state and the time `left` before the deadline,
+/// for the `/mcp` gateway, which asks its client and asks again within that time.
+fn input_required(
+    server: &str,
+    (kind, name): (&str, String),
+    mut result: Value,
+    left: Duration,
+) -> ApiError {
     let asks: Vec<String> = result["inputRequests"]
         .as_object()
         .into_iter()
@@ -2272,10 +2292,17 @@ fn input_required(server: &str, tool: String, mut result: Value, left: Duration)
         })
         .collect();
     let requests = bounded_value(result["inputRequests"].take());
+    // A tool's is a tool error (its model reads it); a prompt's or a resource's, the
+    // server's.
+    let code = if kind == "tool" {
+        ErrorCode::ToolError
+    } else {
+        ErrorCode::McpError
+    };
     ApiError::new(
-        ErrorCode::ToolError,
+        code,
         format!(
-            "tool {tool} on {server} needs input the daemon cannot supply (input_required: {})",
+            "{kind} {name} on {server} needs input the daemon cannot supply (input_required: {})",
             if asks.is_empty() {
                 "no input requests named".to_string()
             } else {
@@ -2285,7 +2312,7 @@ fn input_required(server: &str, tool: String, mut result: Value, left: Duration)
     )
     .with_data(json!({
         "server": server,
-        "tool": tool,
+        kind: name,
         "result_type": "input_required",
         "input_requests": requests,
         "request_state": bounded_value(result["requestState"].take()),
@@ -2410,7 +2437,7 @@ mod tests {
                 None,
                 "prompts/get",
                 "prompts",
-                params,
+                (params, None),
                 Duration::from_secs(1),
                 4,
                 1,
@@ -3127,7 +3154,7 @@ mod tests {
                 None,
                 method,
                 needs,
-                json!({"uri": "x://1"}),
+                (json!({"uri": "x://1"}), None),
                 Duration::from_secs(1),
                 4,
                 reply,
@@ -3172,7 +3199,7 @@ mod tests {
                 None,
                 "prompts/get",
                 "prompts",
-                json!({}),
+                (json!({}), None),
                 Duration::from_secs(1),
                 4,
                 1,
@@ -3188,7 +3215,7 @@ mod tests {
                 None,
                 "prompts/get",
                 "prompts",
-                json!({}),
+                (json!({}), None),
                 Duration::from_secs(1),
                 4,
                 1,

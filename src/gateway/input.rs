@@ -406,6 +406,8 @@ mod tests {
     fn setup(caps: Value) -> (Harness, String) {
         let mut h = Harness::new();
         let tools = [json!({"name": "t", "inputSchema": {"type": "object"}})];
+        let prompts = [json!({"name": "p"})];
+        let resources = [json!({"uri": "x://r", "name": "r"})];
         let view = crate::snapshot::ServerView {
             id: "s",
             status: "active",
@@ -415,9 +417,9 @@ mod tests {
             allow_capabilities: &[],
             tools: &tools,
             tools_version: (1, 0),
-            resources: &[],
+            resources: &resources,
             resource_templates: &[],
-            prompts: &[],
+            prompts: &prompts,
         };
         h.cx_do(|g, cx| crate::room::Follows::servers(g, cx, &[view]));
         h.out.clear();
@@ -427,10 +429,23 @@ mod tests {
 
     const SSE: (&str, &str) = ("Accept", "application/json, text/event-stream");
 
+    /// The requests a server may answer with `input_required`.
+    const ASKED: [&str; 3] = ["tools/call", "prompts/get", "resources/read"];
+
     /// `tools/call s__t` (id 5) in session `sid`: its connection, tag and the request asked.
     fn call(h: &mut Harness, sid: &str, sse: bool) -> (ConnId, u64, Request) {
-        let body = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
-                          "params": {"name": "s__t", "arguments": {"a": 1}}});
+        request(h, sid, sse, "tools/call")
+    }
+
+    /// `method` (one of [`ASKED`], id 5) of `s`'s tool `t`, prompt `p` or resource `x://r`
+    /// in session `sid`: its connection, tag and the request asked.
+    fn request(h: &mut Harness, sid: &str, sse: bool, method: &str) -> (ConnId, u64, Request) {
+        let params = match method {
+            "tools/call" => json!({"name": "s__t", "arguments": {"a": 1}}),
+            "prompts/get" => json!({"name": "s__p", "arguments": {"k": "v"}}),
+            _ => json!({"uri": "x://r"}),
+        };
+        let body = json!({"jsonrpc": "2.0", "id": 5, "method": method, "params": params});
         let mut headers = vec![("Mcp-Session-Id", sid)];
         if sse {
             headers.push(SSE);
@@ -471,9 +486,10 @@ mod tests {
         said(h)
     }
 
-    /// The `input` of a `tools/call` asked of the MCP room.
+    /// The `input` and deadline of a `tools/call`, `prompts/get` or `resources/read` asked of
+    /// the MCP room (each checked to be the client's request, under the server's names).
     fn input_of(request: &Request) -> (Value, Option<u64>) {
-        match request {
+        let (input, timeout_ms) = match request {
             Request::Mcp(McpRequest::Call {
                 id,
                 name,
@@ -484,10 +500,33 @@ mod tests {
             }) => {
                 assert_eq!((id.as_str(), name.as_str()), ("s", "t"));
                 assert_eq!(arguments.to_value(), json!({"a": 1}));
-                (input.clone().unwrap_or_default(), *timeout_ms)
+                (input, timeout_ms)
+            }
+            Request::Mcp(McpRequest::GetPrompt {
+                id,
+                name,
+                arguments,
+                input,
+                timeout_ms,
+                ..
+            }) => {
+                assert_eq!((id.as_str(), name.as_str()), ("s", "p"));
+                assert_eq!(*arguments, json!({"k": "v"}));
+                (input, timeout_ms)
+            }
+            Request::Mcp(McpRequest::ReadResource {
+                id,
+                uri,
+                input,
+                timeout_ms,
+                ..
+            }) => {
+                assert_eq!((id.as_str(), uri.as_str()), ("s", "x://r"));
+                (input, timeout_ms)
             }
             other => panic!("{other:?}"),
-        }
+        };
+        (input.clone().unwrap_or_default(), *timeout_ms)
     }
 
     /// Timers armed besides the keep-alive of streams.
@@ -589,11 +628,106 @@ mod tests {
         all_gone(&h);
     }
 
-    /// The tool error text a call ended with (on its stream, or as its JSON answer).
+    /// The MCP room's answer to a `prompts/get` or `resources/read` its server answered
+    /// `input_required` (an error of the server's, with a call's data).
+    fn needs_for(method: &str, requests: Value, state: Option<&str>) -> Answer {
+        Err(
+            ApiError::new(ErrorCode::McpError, "needs input").with_data(json!({
+            "server": "s", "method": method, "result_type": "input_required",
+            "input_requests": requests, "request_state": state, "remaining_ms": 60_000})),
+        )
+    }
+
+    #[test]
+    fn a_session_era_prompt_or_resource_read_is_asked_again_with_the_answers() {
+        for (method, done) in [
+            (
+                "prompts/get",
+                json!({"messages": [{"role": "user",
+                "content": {"type": "text", "text": "hello Ada"}}]}),
+            ),
+            (
+                "resources/read",
+                json!({"contents": [{"uri": "x://r", "text": "hello Ada"}]}),
+            ),
+        ] {
+            let (mut h, sid) = setup(json!({"elicitation": {}}));
+            let (conn, tag, first) = request(&mut h, &sid, true, method);
+            let caps = json!({"elicitation": {"form": {}}});
+            assert_eq!(
+                input_of(&first),
+                (json!({"clientCapabilities": caps}), None),
+                "{method}"
+            );
+            // The server's elicitation goes to the client on the request's stream.
+            let s = answer(
+                &mut h,
+                tag,
+                needs_for(method, json!({"who": elicit()}), Some("g-1")),
+            );
+            assert!(s.answers.is_empty() && s.asked.is_empty(), "{method}");
+            let [(c, asked)] = &s.pushed[..] else {
+                panic!("{method}: {:?}", s.pushed)
+            };
+            assert_eq!((*c, &asked["method"]), (conn, &json!("elicitation/create")));
+            let accept = json!({"action": "accept", "content": {"name": "Ada"}});
+            let reply = json!({"jsonrpc": "2.0", "id": asked["id"], "result": accept});
+            let s = post(&mut h, &sid, reply);
+            // Asked again under the same tag: the same request, with the answer and the state.
+            let [(again, retry)] = &s.asked[..] else {
+                panic!("{method}: {:?}", s.asked.len())
+            };
+            assert_eq!(*again, tag);
+            let (input, timeout) = input_of(retry);
+            assert_eq!(
+                input,
+                json!({"inputResponses": {"who": accept}, "requestState": "g-1",
+                       "clientCapabilities": caps}),
+                "{method}"
+            );
+            assert!(timeout.is_some_and(|t| t <= 60_000), "{timeout:?}");
+            // The server's final result is the client's one answer, ending the stream.
+            let result = json!({"server": "s", "method": method, "result": done.clone()});
+            let s = answer(&mut h, tag, Ok(result));
+            let last = &s.pushed.last().expect("the answer").1;
+            assert_eq!(
+                (&last["id"], &last["result"]),
+                (&json!(5), &done),
+                "{method}"
+            );
+            assert_eq!(s.ended, [conn]);
+            all_gone(&h);
+            // A client that declared nothing is asked nothing, and told why in an error.
+            let sid = h.open_with(json!({}));
+            let (_, tag, first) = request(&mut h, &sid, true, method);
+            assert_eq!(input_of(&first).0, Value::Null);
+            let s = answer(
+                &mut h,
+                tag,
+                needs_for(method, json!({"who": elicit()}), None),
+            );
+            let why = ended_with(&s);
+            assert!(
+                why.contains(
+                    "who: the /mcp client did not declare the elicitation (form mode) capability"
+                ),
+                "{why}"
+            );
+            assert!(!s.pushed.iter().any(|(_, m)| m.get("method").is_some()));
+            all_gone(&h);
+        }
+    }
+
+    /// The error text a call ended with (on its stream, or as its JSON answer): a tool
+    /// error, or for a `prompts/get` or `resources/read` a JSON-RPC error.
     fn ended_with(s: &Said) -> String {
         let from_stream = s.pushed.iter().map(|(_, m)| m).find(|m| m["id"] == 5);
         let from_http = s.answers.iter().map(|(_, _, b)| b).find(|b| b["id"] == 5);
         let m = from_stream.or(from_http).expect("the call's answer");
+        if let Some(e) = m.get("error") {
+            assert_eq!(e["code"], crate::gateway::code::INTERNAL_ERROR, "{m}");
+            return e["message"].as_str().unwrap_or_default().to_string();
+        }
         assert_eq!(m["result"]["isError"], true, "{m}");
         m["result"]["content"][0]["text"]
             .as_str()
@@ -687,9 +821,9 @@ mod tests {
         all_gone(&h);
     }
 
-    /// A call collecting one elicitation: its connection, tag and the minted id.
-    fn collecting(h: &mut Harness, sid: &str) -> (ConnId, u64, Value) {
-        let (conn, tag, _) = call(h, sid, true);
+    /// A `method` request collecting one elicitation: its connection, tag and the minted id.
+    fn collecting(h: &mut Harness, sid: &str, method: &str) -> (ConnId, u64, Value) {
+        let (conn, tag, _) = request(h, sid, true, method);
         let s = answer(h, tag, needs(json!({"who": elicit()}), Some("x")));
         let id = s.pushed[0].1["id"].clone();
         assert!(id.is_u64(), "{:?}", s.pushed);
@@ -716,9 +850,16 @@ mod tests {
 
     #[test]
     fn a_call_collecting_input_ends_cleanly_however_it_ends() {
+        for method in ASKED {
+            ends_cleanly(method);
+        }
+    }
+
+    /// A `method` request collecting input, ended each way there is.
+    fn ends_cleanly(method: &str) {
         let (mut h, sid) = setup(json!({"elicitation": {}}));
         // The client cancels it.
-        let (conn, _, id) = collecting(&mut h, &sid);
+        let (conn, _, id) = collecting(&mut h, &sid, method);
         let s = post(
             &mut h,
             &sid,
@@ -736,12 +877,12 @@ mod tests {
         );
         assert!(s.asked.is_empty() && s.answers.iter().all(|a| a.1 == 202));
         // The client hangs up.
-        let (conn, _, id) = collecting(&mut h, &sid);
+        let (conn, _, id) = collecting(&mut h, &sid, method);
         h.hangup(conn);
         cancelled_here(&said(&mut h), &id);
         all_gone(&h);
         // The client answers with an error: the call ends saying so.
-        let (_, _, id) = collecting(&mut h, &sid);
+        let (_, _, id) = collecting(&mut h, &sid, method);
         let s = post(
             &mut h,
             &sid,
@@ -752,7 +893,7 @@ mod tests {
         assert!(why.contains("who with an error: user said no"), "{why}");
         all_gone(&h);
         // Answers beyond the bound of what may wait end the call.
-        let (_, _, id) = collecting(&mut h, &sid);
+        let (_, _, id) = collecting(&mut h, &sid, method);
         let big = "x".repeat(MAX_HELD_BYTES);
         let s = post(
             &mut h,
@@ -764,14 +905,14 @@ mod tests {
         assert!(why.contains("more than 4194304 bytes of answers"), "{why}");
         all_gone(&h);
         // The deadline passes.
-        let (_, tag, id) = collecting(&mut h, &sid);
+        let (_, tag, id) = collecting(&mut h, &sid, method);
         h.cx_do(|g, cx| crate::room::Room::on_timer(g, cx, Timer::Input(tag)));
         let s = said(&mut h);
         assert!(ended_with(&s).contains("within the call's deadline"));
         cancelled_here(&s, &id);
         all_gone(&h);
         // The session ends.
-        let (_, _, id) = collecting(&mut h, &sid);
+        let (_, _, id) = collecting(&mut h, &sid, method);
         h.send("DELETE", &[("Mcp-Session-Id", sid.as_str())], "");
         cancelled_here(&said(&mut h), &id);
         all_gone(&h);

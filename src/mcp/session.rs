@@ -3495,6 +3495,89 @@ mod tests {
     }
 
     #[test]
+    fn a_forwarded_request_carries_a_clients_input_to_a_modern_server_only_and_can_be_asked_input()
+    {
+        let now = Instant::now();
+        let input = json!({"inputResponses": {"who": {"action": "accept"}},
+                           "requestState": "g-1", "clientCapabilities": {"elicitation": {}}});
+        let forward = |s: &mut S, input: Option<Value>| {
+            let params = json!({"name": "greeting", "_meta": {"progressToken": "vsm/gateway/3"}});
+            s.forward(
+                Status::Active,
+                None,
+                "prompts/get",
+                "prompts",
+                (params, input),
+                Duration::from_secs(5),
+                4,
+                1,
+                now,
+                |_, _| 70,
+            )
+            .expect("forwarded")
+        };
+        // A legacy server never sees the input (it could not know it).
+        let init = br#"{"jsonrpc":"2.0","id":2,"result":{"protocolVersion":"2025-11-25","capabilities":{"prompts":{}}}}
+"#;
+        let mut s = S::new("p");
+        begin_legacy(&mut s, now);
+        feed(&mut s, init, Status::Starting, now);
+        let m = &sent(&forward(&mut s, Some(input.clone())))[0];
+        assert_eq!(
+            m["params"],
+            json!({"name": "greeting", "_meta": {"progressToken": "vsm/gateway/3"}})
+        );
+        // A modern one gets it in the params, the capabilities in `_meta`.
+        let mut s = S::new("m");
+        let probe = sent(&s.begin_run(now, PROBE_TIMEOUT));
+        let discover = json!({"jsonrpc": "2.0", "id": probe[0]["id"], "result": {
+            "resultType": "complete", "supportedVersions": ["2026-07-28"],
+            "capabilities": {"tools": {}, "prompts": {}}, "ttlMs": 0, "cacheScope": "public"}});
+        let list = sent(&feed(&mut s, &line(discover), Status::Starting, now));
+        let answer = json!({"jsonrpc": "2.0", "id": list[0]["id"], "result": {
+            "resultType": "complete", "tools": [], "ttlMs": 0, "cacheScope": "public"}});
+        feed(&mut s, &line(answer), Status::Initializing, now);
+        let e = forward(&mut s, Some(input));
+        let m = &sent(&e)[0];
+        let rpc = sent_id(&e, "prompts/get");
+        assert_eq!(m["params"]["inputResponses"]["who"]["action"], "accept");
+        assert_eq!(m["params"]["requestState"], "g-1");
+        let meta = &m["params"]["_meta"];
+        assert_eq!(meta[meta::CLIENT_CAPABILITIES], json!({"elicitation": {}}));
+        assert_eq!(meta["progressToken"], "vsm/gateway/3");
+        // Its input_required is the server's error with a call's data and the time left.
+        let asks = json!({"jsonrpc": "2.0", "id": rpc, "result": {
+            "resultType": "input_required",
+            "inputRequests": {"who": {"method": "elicitation/create",
+                "params": {"mode": "form", "message": "Your name?", "requestedSchema": {}}}},
+            "requestState": "g-2"}});
+        let later = now + Duration::from_secs(2);
+        let e = feed(&mut s, &line(asks), Status::Active, later);
+        match &e[..] {
+            [Effect::CancelTimer(70), Effect::Request("prompts/get", "ok"), Effect::Reply(1, Err(err))] =>
+            {
+                assert_eq!(err.code, ErrorCode::McpError);
+                assert!(
+                    err.message
+                        .contains("method prompts/get on m needs input the daemon cannot supply"),
+                    "{}",
+                    err.message
+                );
+                let data = err.data.as_ref().expect("data");
+                assert_eq!(data["result_type"], "input_required");
+                assert_eq!(data["method"], "prompts/get");
+                assert_eq!(data["request_state"], "g-2");
+                assert_eq!(
+                    data["input_requests"]["who"]["method"],
+                    "elicitation/create"
+                );
+                assert_eq!(data["remaining_ms"], 3000);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_modern_tool_list_is_read_again_on_use_once_its_bounded_ttl_passed() {
         // ttlMs 0: fresh for the floor, not re-read before every call.
         let (mut s, now) = modern(false, 0);

@@ -1,12 +1,14 @@
 //! A 2026-07-28 server's `input_required` answer to a session-era `/mcp` client's
-//! `tools/call`: that client cannot retry a call (its era has no `inputResponses`), but it
-//! can answer requests on the call's stream. So the gateway asks it, in its own era, each
-//! input request (`elicitation/create`, `sampling/createMessage`) as a server-to-client
-//! request under an id it mints (the relaying of [`super::ask`], with its capability checks
-//! and bounds), collects the results by the input requests' keys, and when all are in calls
-//! the server again under the same tag, with `inputResponses`, the `requestState` echoed as
-//! it came, and the client capabilities of the session's `initialize`. The client sees one
-//! call: the requests, then the tool's real result.
+//! `tools/call`, `prompts/get` or `resources/read` (a "call" below): that client cannot
+//! retry it (its era has no `inputResponses`), but it can answer requests on the call's
+//! stream. So the gateway asks it, in its own era, each input request
+//! (`elicitation/create`, `sampling/createMessage`) as a server-to-client request under an
+//! id it mints (the relaying of [`super::ask`], with its capability checks and bounds),
+//! collects the results by the input requests' keys, and when all are in sends the server
+//! the same request again ([`Retry`] keeps it) under the same tag, with `inputResponses`,
+//! the `requestState` echoed as it came, and the client capabilities of the session's
+//! `initialize`. The client sees one call: the requests, then the real result. What ends a
+//! call early is said as a tool error for a tool call, as a JSON-RPC error otherwise.
 //!
 //! Every session-era call that could be asked (the client declared sampling or elicitation,
 //! its POST accepts an event stream, `gateway.client_requests` is on) carries those

@@ -36,8 +36,9 @@
 //! `notifications/cancelled` with the id it used) and no response is sent for it. A server's
 //! `sampling/createMessage` or `elicitation/create` during a call goes to the client on that
 //! call's stream and its POSTed response back to the server (`gateway.client_requests`, see
-//! [`ask`]); so do the input requests of a 2026-07-28 server's `input_required` answer, whose
-//! responses go back in the call asked again (see [`input`]).
+//! [`ask`]); so do the input requests of a 2026-07-28 server's `input_required` answer to a
+//! call, `prompts/get` or `resources/read`, whose responses go back in the request asked
+//! again (see [`input`]).
 //!
 //! Invariants: sessions are at most `gateway.max_sessions` (an `initialize` beyond is refused,
 //! never evicts a live client) and a session without requests and without an open stream

@@ -192,7 +192,8 @@ pub enum Pending<R, T> {
         token: String,
     },
     /// A request forwarded for a client other than a tool call (`resources/read`,
-    /// `prompts/get`): answered with the server's result as it is.
+    /// `prompts/get`): answered with the server's result as it is (an `input_required` one
+    /// as a call's, see [`input_required`]).
     Forward {
         /// Where the answer goes.
         reply: R,
@@ -2269,8 +2270,8 @@ fn request_meta() -> Value {
 /// A call (or a forwarded `prompts/get`, `resources/read`: `what` is `("tool", name)` or
 /// `("method", method)`) answered `resultType: "input_required"`: the server wants the
 /// client to answer requests of its own (elicitation, sampling, roots) and to ask again. The
-/// daemon cannot answer them, so the caller gets a tool error that says what was asked, not a
-/// wait; its data carries the requests, the state and the time `left` before the deadline,
+/// daemon cannot answer them, so the caller gets an error (a tool error for a tool) that says
+/// what was asked, not a wait; its data carries the requests, the state and the time `left` before the deadline,
 /// for the `/mcp` gateway, which asks its client and asks again within that time.
 fn input_required(
     server: &str,

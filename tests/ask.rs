@@ -629,8 +629,9 @@ fn once_offered(client: &mut SdkClient, op: Value) -> Value {
 /// A 2026-07-28 server's `input_required` on `prompts/get` and `resources/read` reaches a
 /// session-era client as a tool call's does: its elicitation on the request's stream, the
 /// answer back to the server in the request asked again (`inputResponses`, `requestState`
-/// echoed, the capabilities each time), one result for the client. A client that declared
-/// no elicitation gets an error naming it, and is asked nothing.
+/// echoed, the capabilities each time), one result for the client, also through
+/// `mcp serve-stdio`. A client that declared no elicitation gets an error naming it, and is
+/// asked nothing.
 #[test]
 fn a_modern_servers_prompt_and_resource_ask_a_session_era_client_as_a_call_does() {
     let d = Daemon::start();
@@ -682,6 +683,15 @@ fn a_modern_servers_prompt_and_resource_ask_a_session_era_client_as_a_call_does(
             );
         }
     }
+
+    // The stdio bridge carries them too.
+    let mut stdio = AskClient::stdio(&d);
+    let r = stdio.send(json!({"op": "prompt", "name": "m__greeting"}));
+    assert_eq!(
+        r["result"]["messages"][0]["content"]["text"], "Greet ada warmly.",
+        "{r}"
+    );
+    assert_eq!(asked(&r), ["elicitation/create"], "{r}");
 
     // Sampling only: an error naming the capability, nothing asked; the server was told.
     let mut sampler = AskClient::declaring(&d, "sampling");

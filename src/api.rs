@@ -447,8 +447,9 @@ pub enum McpRequest {
         /// is left of its first deadline).
         timeout_ms: Option<u64>,
         /// A `/mcp` client's request: as [`McpRequest::Call`]'s `input`. `None` for every
-        /// other caller.
-        input: Option<Value>,
+        /// other caller. Boxed: every request moves through the rooms by value, at the size of
+        /// the largest (a tool call's).
+        input: Option<Box<Value>>,
     },
     /// Set a server's log level (`logging/setLevel` forwarded, under a tool call's deadline;
     /// refused when the server declared no `logging`). Internal (the `/mcp` gateway's; no
@@ -492,8 +493,8 @@ pub enum McpRequest {
         progress_token: Option<String>,
         /// Deadline override, as for [`McpRequest::ReadResource`].
         timeout_ms: Option<u64>,
-        /// A `/mcp` client's request: as [`McpRequest::Call`]'s `input`.
-        input: Option<Value>,
+        /// A `/mcp` client's request: as [`McpRequest::ReadResource`]'s `input`.
+        input: Option<Box<Value>>,
     },
 }
 

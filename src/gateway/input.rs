@@ -104,14 +104,17 @@ pub(super) fn set_input(request: &mut McpRequest, with: Value, timeout: Option<u
     match request {
         McpRequest::Call {
             input, timeout_ms, ..
+        } => {
+            *input = Some(with);
+            *timeout_ms = timeout;
         }
-        | McpRequest::GetPrompt {
+        McpRequest::GetPrompt {
             input, timeout_ms, ..
         }
         | McpRequest::ReadResource {
             input, timeout_ms, ..
         } => {
-            *input = Some(with);
+            *input = Some(Box::new(with));
             *timeout_ms = timeout;
         }
         _ => {}
@@ -119,24 +122,26 @@ pub(super) fn set_input(request: &mut McpRequest, with: Value, timeout: Option<u
 }
 
 impl Gateway {
-    /// What asking session-era `request` of `call` again would take, when its client can be
-    /// asked at all; then `request` is given its first `input` (the capabilities).
-    pub(super) fn retry_for(&self, call: &Call, request: &mut McpRequest) -> Option<Box<Retry>> {
+    /// What asking a session-era request of `call` again would take (`again` makes the
+    /// request, without its `input`), when its client can be asked at all. The request
+    /// sent first carries [`Retry::first_input`].
+    pub(super) fn retry_for(
+        &self,
+        call: &Call,
+        again: impl FnOnce() -> McpRequest,
+    ) -> Option<Box<Retry>> {
         if !self.settings.client_requests || !call.sse {
             return None;
         }
         let declared = self.sessions.get(&*call.session)?.declared;
-        if !declared.any() {
-            return None;
-        }
-        let retry = Box::new(Retry {
-            again: request.clone(),
-            capabilities: declared.capabilities(),
-            rounds: 0,
-            round: None,
-        });
-        set_input(request, retry.first_input(), None);
-        Some(retry)
+        declared.any().then(|| {
+            Box::new(Retry {
+                again: again(),
+                capabilities: declared.capabilities(),
+                rounds: 0,
+                round: None,
+            })
+        })
     }
 
     /// Call `tag`'s server answered `input_required` (`answer`): its input requests go to
@@ -502,7 +507,7 @@ mod tests {
             }) => {
                 assert_eq!((id.as_str(), name.as_str()), ("s", "t"));
                 assert_eq!(arguments.to_value(), json!({"a": 1}));
-                (input, timeout_ms)
+                (input.clone(), timeout_ms)
             }
             Request::Mcp(McpRequest::GetPrompt {
                 id,
@@ -514,7 +519,7 @@ mod tests {
             }) => {
                 assert_eq!((id.as_str(), name.as_str()), ("s", "p"));
                 assert_eq!(*arguments, json!({"k": "v"}));
-                (input, timeout_ms)
+                (input.as_deref().cloned(), timeout_ms)
             }
             Request::Mcp(McpRequest::ReadResource {
                 id,
@@ -524,11 +529,11 @@ mod tests {
                 ..
             }) => {
                 assert_eq!((id.as_str(), uri.as_str()), ("s", "x://r"));
-                (input, timeout_ms)
+                (input.as_deref().cloned(), timeout_ms)
             }
             other => panic!("{other:?}"),
         };
-        (input.clone().unwrap_or_default(), *timeout_ms)
+        (input.unwrap_or_default(), *timeout_ms)
     }
 
     /// Timers armed besides the keep-alive of streams.

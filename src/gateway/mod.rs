@@ -1208,20 +1208,33 @@ impl Gateway {
         let mut retry = None;
         let (request, what, server) = match &entry.target {
             Target::Server { server, tool } => {
-                let input = ask::modern_input(params);
-                let modern = input.is_some();
-                let mut request = McpRequest::Call {
-                    id: server.to_string(),
-                    name: tool.clone(),
-                    arguments,
-                    timeout_ms: None,
-                    progress_token: Some(token_of(tag)),
-                    input,
+                // Built in place (a request moved by value costs its size in copies).
+                let input = match ask::modern_input(params) {
+                    Some(input) => Some(input),
+                    None => {
+                        retry = self.retry_for(&call, || McpRequest::Call {
+                            id: server.to_string(),
+                            name: tool.clone(),
+                            arguments: arguments.clone(),
+                            timeout_ms: None,
+                            progress_token: Some(token_of(tag)),
+                            input: None,
+                        });
+                        retry.as_ref().map(|r| r.first_input())
+                    }
                 };
-                if !modern {
-                    retry = self.retry_for(&call, &mut request);
-                }
-                (Request::Mcp(request), Forwarded::Tool, Some(server.clone()))
+                (
+                    Request::Mcp(McpRequest::Call {
+                        id: server.to_string(),
+                        name: tool.clone(),
+                        arguments,
+                        timeout_ms: None,
+                        progress_token: Some(token_of(tag)),
+                        input,
+                    }),
+                    Forwarded::Tool,
+                    Some(server.clone()),
+                )
             }
             Target::Daemon(t) => match own_request(t, &arguments.to_value()) {
                 Ok(request) => (request, Forwarded::Own, None),
@@ -1573,7 +1586,13 @@ impl Gateway {
                 input::set_input(&mut request, input, None);
                 None
             }
-            None => self.retry_for(&call, &mut request),
+            None => {
+                let retry = self.retry_for(&call, || request.clone());
+                if let Some(r) = &retry {
+                    input::set_input(&mut request, r.first_input(), None);
+                }
+                retry
+            }
         };
         let waiting = Waiting {
             what: Forwarded::Request,

@@ -319,7 +319,7 @@ impl crate::room::Serve for Mcp {
                 let (mut lcx, _) = cx.split();
                 let params = with_token(json!({ "uri": uri }), progress_token);
                 let method = "resources/read";
-                let again = (timeout_ms, input);
+                let again = (timeout_ms, input.map(|i| *i));
                 match self.forward_again(&mut lcx, &id, method, "resources", params, again, reply) {
                     Ok(()) => return,
                     Err(e) => Err(e),
@@ -338,7 +338,7 @@ impl crate::room::Serve for Mcp {
                     json!({ "name": name, "arguments": arguments }),
                     progress_token,
                 );
-                let again = (timeout_ms, input);
+                let again = (timeout_ms, input.map(|i| *i));
                 match self.forward_again(
                     &mut lcx,
                     &id,

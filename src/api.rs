@@ -443,6 +443,13 @@ pub enum McpRequest {
         /// A progress token for it (`_meta.progressToken`), unique among the calls in flight:
         /// [`McpRequest::Cancel`] cancels it by this token as it cancels a call.
         progress_token: Option<String>,
+        /// Deadline override (a `/mcp` request asked again after `input_required` gets what
+        /// is left of its first deadline).
+        timeout_ms: Option<u64>,
+        /// A `/mcp` client's request: as [`McpRequest::Call`]'s `input`. `None` for every
+        /// other caller. Boxed: every request moves through the rooms by value, at the size of
+        /// the largest (a tool call's).
+        input: Option<Box<Value>>,
     },
     /// Set a server's log level (`logging/setLevel` forwarded, under a tool call's deadline;
     /// refused when the server declared no `logging`). Internal (the `/mcp` gateway's; no
@@ -484,6 +491,10 @@ pub enum McpRequest {
         arguments: Value,
         /// A progress token, as for [`McpRequest::ReadResource`].
         progress_token: Option<String>,
+        /// Deadline override, as for [`McpRequest::ReadResource`].
+        timeout_ms: Option<u64>,
+        /// A `/mcp` client's request: as [`McpRequest::ReadResource`]'s `input`.
+        input: Option<Box<Value>>,
     },
 }
 

@@ -614,3 +614,101 @@ fn calls_collecting_input_that_their_client_cancels_or_leaves_hold_nothing() {
         "only first rounds: {rounds:?}"
     );
 }
+
+/// Until the fixture's prompt and secret resource are offered on `/mcp`, `op` (a `prompt` or
+/// `read` of `client`) is retried: its answer.
+fn once_offered(client: &mut SdkClient, op: Value) -> Value {
+    wait_until(
+        "offered on /mcp",
+        || client.send(op.clone()),
+        |r| r.get("result").is_some() || !r["asked"].as_array().is_none_or(Vec::is_empty),
+        |r| format!("last: {r}"),
+    )
+}
+
+/// A 2026-07-28 server's `input_required` on `prompts/get` and `resources/read` reaches a
+/// session-era client as a tool call's does: its elicitation on the request's stream, the
+/// answer back to the server in the request asked again (`inputResponses`, `requestState`
+/// echoed, the capabilities each time), one result for the client, also through
+/// `mcp serve-stdio`. A client that declared no elicitation gets an error naming it, and is
+/// asked nothing.
+#[test]
+fn a_modern_servers_prompt_and_resource_ask_a_session_era_client_as_a_call_does() {
+    let d = Daemon::start();
+    let rec = d.dir.path().join("modern.rec");
+    register_modern(&d, &rec);
+    let mut client = AskClient::start(&d);
+
+    let r = once_offered(
+        &mut client,
+        json!({"op": "prompt", "name": "m__greeting", "arguments": {"style": "kindly"}}),
+    );
+    assert_eq!(
+        r["result"]["messages"][0]["content"]["text"], "Greet ada kindly.",
+        "{r}"
+    );
+    assert_eq!(asked(&r), ["elicitation/create"], "{r}");
+    assert_eq!(
+        r["asked"][0]["params"]["message"], "Whom shall I greet?",
+        "{r}"
+    );
+    let r = once_offered(
+        &mut client,
+        json!({"op": "read", "uri": "fixture://secret"}),
+    );
+    assert_eq!(
+        r["result"]["contents"][0]["text"], "the secret, for ada",
+        "{r}"
+    );
+    assert_eq!(asked(&r), ["elicitation/create"], "{r}");
+    assert_eq!(
+        r["asked"][0]["params"]["message"], "Who is reading the secret?",
+        "{r}"
+    );
+    // The server got the client's capabilities both times, and its answer in the second
+    // request with its requestState echoed.
+    for (event, state) in [("prompt", "greeting-1"), ("secret", "secret-1")] {
+        let seen = recorded(&rec, event);
+        assert_eq!(seen.len(), 2, "{event}: {seen:?}");
+        assert_eq!(seen[0]["state"], Value::Null, "{event}: {seen:?}");
+        assert_eq!(seen[1]["state"], state, "{event}: {seen:?}");
+        let answer = &seen[1]["responses"]["name"];
+        assert_eq!(answer["action"], "accept", "{event}: {seen:?}");
+        assert_eq!(answer["content"]["username"], "ada", "{event}: {seen:?}");
+        for s in &seen {
+            let caps = &s["capabilities"];
+            assert!(
+                caps["sampling"].is_object() && caps["elicitation"]["form"].is_object(),
+                "{event}: {s}"
+            );
+        }
+    }
+
+    // The stdio bridge carries them too.
+    let mut stdio = AskClient::stdio(&d);
+    let r = stdio.send(json!({"op": "prompt", "name": "m__greeting"}));
+    assert_eq!(
+        r["result"]["messages"][0]["content"]["text"], "Greet ada warmly.",
+        "{r}"
+    );
+    assert_eq!(asked(&r), ["elicitation/create"], "{r}");
+
+    // Sampling only: an error naming the capability, nothing asked; the server was told.
+    let mut sampler = AskClient::declaring(&d, "sampling");
+    for op in [
+        json!({"op": "prompt", "name": "m__greeting"}),
+        json!({"op": "read", "uri": "fixture://secret"}),
+    ] {
+        let r = sampler.send(op);
+        let error = r["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(
+                "name: the /mcp client did not declare the elicitation (form mode) capability"
+            ),
+            "{r}"
+        );
+        assert_eq!(r["asked"], json!([]), "{r}");
+    }
+    let last = recorded(&rec, "secret").pop().expect("recorded");
+    assert_eq!(last["capabilities"], json!({"sampling": {}}), "{last}");
+}

@@ -1159,3 +1159,93 @@ fn mcp_2026_07_28_call_with_a_log_level_gets_the_servers_log_messages_on_its_str
     assert_eq!(status, 200, "{head}");
     assert_eq!(v["result"]["content"][0]["text"], "level error", "{v}");
 }
+
+/// A 2026-07-28 server's `input_required` on `prompts/get` and `resources/read` reaches a
+/// 2026-07-28 client as that era's result (`resultType`, `inputRequests`, `requestState`),
+/// and the client's request sent again carries its `inputResponses`, `requestState` and
+/// capabilities to the server, which gives the final result.
+#[test]
+fn mcp_2026_07_28_prompts_and_resources_that_ask_are_asked_again_by_the_client() {
+    let d = Daemon::start_with(setup());
+    let dir = TempDir::new("mrtr-rec");
+    let rec = dir.path().join("rec");
+    register_fixture(
+        &d,
+        "m",
+        &["--modern", "--record", &rec.display().to_string()],
+    );
+    wait_active(&d, "m");
+    let bearer = d.bearer();
+    let b = bearer.as_str();
+    let caps = json!({"elicitation": {"form": {}}});
+    let ask = |id: u64, method: &str, name: &str, params: Value, again: Option<&str>| {
+        let mut body: Value =
+            serde_json::from_str(&modern_body(id, method, params, MODERN, true)).expect("body");
+        body["params"]["_meta"][CAPS] = caps.clone();
+        if let Some(state) = again {
+            body["params"]["requestState"] = json!(state);
+            body["params"]["inputResponses"] =
+                json!({"name": {"action": "accept", "content": {"username": "ada"}}});
+        }
+        let headers = modern_headers(b, MODERN, method, Some(name));
+        let (status, head, v) = post(&d, &headers, &body.to_string());
+        assert_eq!(status, 200, "{method}: {head}{v}");
+        v
+    };
+    let cases = [
+        (
+            "prompts/get",
+            "m__greeting",
+            json!({"name": "m__greeting", "arguments": {"style": "kindly"}}),
+            "greeting-1",
+        ),
+        (
+            "resources/read",
+            "fixture://secret",
+            json!({"uri": "fixture://secret"}),
+            "secret-1",
+        ),
+    ];
+    for (method, name, params, state) in cases {
+        // Once the catalog offers it, the server's question is the client's result.
+        let first = wait_until(
+            &format!("{name} offered on /mcp"),
+            || ask(1, method, name, params.clone(), None),
+            |v| v.get("result").is_some(),
+            |v| format!("{v}"),
+        );
+        let r = &first["result"];
+        assert_eq!(r["resultType"], "input_required", "{first}");
+        assert_eq!(r["requestState"], state, "{first}");
+        assert_eq!(
+            r["inputRequests"]["name"]["method"], "elicitation/create",
+            "{first}"
+        );
+        // Asked again with the answer: the final result.
+        let v = ask(2, method, name, params, Some(state));
+        assert_eq!(v["result"]["resultType"], "complete", "{v}");
+        let said = if method == "prompts/get" {
+            &v["result"]["messages"][0]["content"]["text"]
+        } else {
+            &v["result"]["contents"][0]["text"]
+        };
+        let want = if method == "prompts/get" {
+            "Greet ada kindly."
+        } else {
+            "the secret, for ada"
+        };
+        assert_eq!(said, want, "{v}");
+    }
+    // The server had the client's capabilities, and the answer with its state echoed.
+    let recs = records(&rec);
+    for (event, state) in [("prompt", "greeting-1"), ("secret", "secret-1")] {
+        let seen: Vec<&Value> = recs.iter().filter(|e| e["event"] == event).collect();
+        assert_eq!(seen.len(), 2, "{event}: {seen:?}");
+        assert_eq!(seen[1]["state"], state, "{event}: {seen:?}");
+        assert_eq!(
+            seen[1]["responses"]["name"]["content"]["username"], "ada",
+            "{event}: {seen:?}"
+        );
+        assert!(seen.iter().all(|e| e["capabilities"] == caps), "{seen:?}");
+    }
+}

@@ -490,14 +490,31 @@ pub(super) fn modern_input(params: Option<&super::body::Params<'_>>) -> Option<V
     Some(Value::Object(input))
 }
 
-/// A modern server's `input_required` answer to a 2026-07-28 client's call (`modern`) is
-/// that client's to answer: its result (`resultType`, `inputRequests`, `requestState`), which
-/// the client answers by calling again ([`modern_input`]). Any other answer is handed back.
+/// [`modern_input`] of a 2026-07-28 `prompts/get` or `resources/read` (its `params`, read as
+/// a `Value`).
+pub(super) fn modern_input_of(params: &Value) -> Option<Value> {
+    let meta = params.get("_meta")?.as_object()?;
+    meta.get(super::modern::META_VERSION)?;
+    let mut input = Map::new();
+    for key in ["inputResponses", "requestState"] {
+        if let Some(v) = params.get(key) {
+            input.insert(key.into(), v.clone());
+        }
+    }
+    if let Some(caps) = meta.get(super::modern::META_CAPABILITIES) {
+        input.insert("clientCapabilities".into(), caps.clone());
+    }
+    Some(Value::Object(input))
+}
+
+/// A modern server's `input_required` answer to a 2026-07-28 client's call, `prompts/get` or
+/// `resources/read` (`modern`) is that client's to answer: its result (`resultType`,
+/// `inputRequests`, `requestState`), which the client answers by asking again
+/// ([`modern_input`]). Any other answer is handed back.
 pub(super) fn input_required(modern: bool, answer: Answer) -> Result<Value, Answer> {
     match answer {
         Err(mut e)
             if modern
-                && e.code == ErrorCode::ToolError
                 && e.data
                     .as_ref()
                     .is_some_and(|d| d["result_type"] == "input_required") =>

@@ -1,12 +1,14 @@
 //! A 2026-07-28 server's `input_required` answer to a session-era `/mcp` client's
-//! `tools/call`: that client cannot retry a call (its era has no `inputResponses`), but it
-//! can answer requests on the call's stream. So the gateway asks it, in its own era, each
-//! input request (`elicitation/create`, `sampling/createMessage`) as a server-to-client
-//! request under an id it mints (the relaying of [`super::ask`], with its capability checks
-//! and bounds), collects the results by the input requests' keys, and when all are in calls
-//! the server again under the same tag, with `inputResponses`, the `requestState` echoed as
-//! it came, and the client capabilities of the session's `initialize`. The client sees one
-//! call: the requests, then the tool's real result.
+//! `tools/call`, `prompts/get` or `resources/read` (a "call" below): that client cannot
+//! retry it (its era has no `inputResponses`), but it can answer requests on the call's
+//! stream. So the gateway asks it, in its own era, each input request
+//! (`elicitation/create`, `sampling/createMessage`) as a server-to-client request under an
+//! id it mints (the relaying of [`super::ask`], with its capability checks and bounds),
+//! collects the results by the input requests' keys, and when all are in sends the server
+//! the same request again ([`Retry`] keeps it) under the same tag, with `inputResponses`,
+//! the `requestState` echoed as it came, and the client capabilities of the session's
+//! `initialize`. The client sees one call: the requests, then the real result. What ends a
+//! call early is said as a tool error for a tool call, as a JSON-RPC error otherwise.
 //!
 //! Every session-era call that could be asked (the client declared sampling or elicitation,
 //! its POST accepts an event stream, `gateway.client_requests` is on) carries those
@@ -27,9 +29,8 @@
 //! `notifications/cancelled` for each request still waiting (see [`Gateway::end_asks`]).
 
 use super::ask::Asker;
-use super::{send_answer, token_of, Call, Gateway, Pending, Timer};
+use super::{send_answer, Call, Forwarded, Gateway, Pending, Timer};
 use crate::api::{Answer, ApiError, ErrorCode, McpRequest, Request};
-use crate::mcp::jsonrpc::Arguments;
 use crate::reactor::timer::TimerId;
 use crate::room::RoomCx;
 use serde_json::{json, Map, Value};
@@ -43,11 +44,12 @@ pub const MAX_ROUNDS: u32 = 8;
 /// ends its call with an error.
 pub const MAX_HELD_BYTES: usize = 4 * 1024 * 1024;
 
-/// What a session-era call to a server needs for being asked again.
+/// What a session-era request to a server needs for being asked again.
 #[derive(Debug)]
 pub struct Retry {
-    tool: String,
-    arguments: Arguments,
+    /// The request to send again (`tools/call`, `prompts/get` or `resources/read`), as it
+    /// was first sent without its `input`; each retry gets its own `input` and deadline.
+    again: McpRequest,
     /// The client capabilities relaying can serve (see [`super::ask::Declared`]).
     capabilities: Value,
     /// Rounds relayed so far.
@@ -91,20 +93,42 @@ impl Retry {
     }
 }
 
-/// Whether `answer` is a server's `input_required` (the MCP room's tool error for it).
+/// Whether `answer` is a server's `input_required` (the MCP room's error for it).
 pub(super) fn asks_input(answer: &Answer) -> bool {
-    matches!(answer, Err(e) if e.code == ErrorCode::ToolError
-        && e.data.as_ref().is_some_and(|d| d["result_type"] == "input_required"))
+    matches!(answer, Err(e) if e.data.as_ref().is_some_and(|d| d["result_type"] == "input_required"))
+}
+
+/// Gives `request` (one a server may answer with `input_required`) its `input` and
+/// deadline; other requests are left as they are.
+pub(super) fn set_input(request: &mut McpRequest, with: Value, timeout: Option<u64>) {
+    match request {
+        McpRequest::Call {
+            input, timeout_ms, ..
+        } => {
+            *input = Some(with);
+            *timeout_ms = timeout;
+        }
+        McpRequest::GetPrompt {
+            input, timeout_ms, ..
+        }
+        | McpRequest::ReadResource {
+            input, timeout_ms, ..
+        } => {
+            *input = Some(Box::new(with));
+            *timeout_ms = timeout;
+        }
+        _ => {}
+    }
 }
 
 impl Gateway {
-    /// What asking session-era call `call` of `tool` again would take, when its client can
-    /// be asked at all.
+    /// What asking a session-era request of `call` again would take (`again` makes the
+    /// request, without its `input`), when its client can be asked at all. The request
+    /// sent first carries [`Retry::first_input`].
     pub(super) fn retry_for(
         &self,
         call: &Call,
-        tool: &str,
-        arguments: &Arguments,
+        again: impl FnOnce() -> McpRequest,
     ) -> Option<Box<Retry>> {
         if !self.settings.client_requests || !call.sse {
             return None;
@@ -112,8 +136,7 @@ impl Gateway {
         let declared = self.sessions.get(&*call.session)?.declared;
         declared.any().then(|| {
             Box::new(Retry {
-                tool: tool.to_string(),
-                arguments: arguments.clone(),
+                again: again(),
                 capabilities: declared.capabilities(),
                 rounds: 0,
                 round: None,
@@ -215,7 +238,7 @@ impl Gateway {
                 );
             }
             if !p.sse {
-                return Err("the client's tools/call did not accept text/event-stream, the only way to send it a request".into());
+                return Err("the client's request did not accept text/event-stream, the only way to send it a request".into());
             }
             self.asks.full(&p.session, requests.len())?;
         }
@@ -286,7 +309,7 @@ impl Gateway {
         let Some(p) = self.pending.get_mut(&tag) else {
             return;
         };
-        let (Some(server), Some(retry)) = (p.server.clone(), p.retry.as_mut()) else {
+        let Some(retry) = p.retry.as_mut() else {
             return;
         };
         let Some(round) = retry.round.take() else {
@@ -300,15 +323,10 @@ impl Gateway {
         }
         input.insert("clientCapabilities".into(), retry.capabilities.clone());
         let left = round.deadline.saturating_duration_since(Instant::now());
-        let request = Request::Mcp(McpRequest::Call {
-            id: server.to_string(),
-            name: retry.tool.clone(),
-            arguments: retry.arguments.clone(),
-            timeout_ms: Some((left.as_millis() as u64).max(1)),
-            progress_token: Some(token_of(tag)),
-            input: Some(Value::Object(input)),
-        });
-        cx.ask(tag, request);
+        let mut request = retry.again.clone();
+        let timeout = Some((left.as_millis() as u64).max(1));
+        set_input(&mut request, Value::Object(input), timeout);
+        cx.ask(tag, Request::Mcp(request));
     }
 
     /// Call `tag`'s deadline came while it collected input: it ends with a tool error.
@@ -323,15 +341,21 @@ impl Gateway {
         }
     }
 
-    /// Ends call `tag` with a tool error saying `message` (no request of it is at a server).
+    /// Ends call `tag` saying `message` (no request of it is at a server): a tool call with a
+    /// tool error (its model reads it), a `prompts/get` or `resources/read` with a JSON-RPC
+    /// error.
     fn fail_input(&mut self, cx: &mut RoomCx<'_, Self>, tag: u64, message: &str) {
         let Some(p): Option<Pending> = self.take_pending(tag) else {
             return;
         };
         log::debug!("/mcp call {tag}: {message}");
         self.end_asks(cx, tag, &p);
-        let result = super::tool_result(Err(ApiError::new(ErrorCode::ToolError, message)));
-        let answer = json!({"jsonrpc": "2.0", "id": p.id, "result": result});
+        let answer = if p.what == Forwarded::Tool {
+            let result = super::tool_result(Err(ApiError::new(ErrorCode::ToolError, message)));
+            json!({"jsonrpc": "2.0", "id": p.id, "result": result})
+        } else {
+            super::rpc_error(&p.id, super::code::INTERNAL_ERROR, message)
+        };
         send_answer(cx, p, serde_json::to_vec(&answer).unwrap_or_default());
     }
 }
@@ -389,6 +413,8 @@ mod tests {
     fn setup(caps: Value) -> (Harness, String) {
         let mut h = Harness::new();
         let tools = [json!({"name": "t", "inputSchema": {"type": "object"}})];
+        let prompts = [json!({"name": "p"})];
+        let resources = [json!({"uri": "x://r", "name": "r"})];
         let view = crate::snapshot::ServerView {
             id: "s",
             status: "active",
@@ -398,9 +424,9 @@ mod tests {
             allow_capabilities: &[],
             tools: &tools,
             tools_version: (1, 0),
-            resources: &[],
+            resources: &resources,
             resource_templates: &[],
-            prompts: &[],
+            prompts: &prompts,
         };
         h.cx_do(|g, cx| crate::room::Follows::servers(g, cx, &[view]));
         h.out.clear();
@@ -410,10 +436,23 @@ mod tests {
 
     const SSE: (&str, &str) = ("Accept", "application/json, text/event-stream");
 
+    /// The requests a server may answer with `input_required`.
+    const ASKED: [&str; 3] = ["tools/call", "prompts/get", "resources/read"];
+
     /// `tools/call s__t` (id 5) in session `sid`: its connection, tag and the request asked.
     fn call(h: &mut Harness, sid: &str, sse: bool) -> (ConnId, u64, Request) {
-        let body = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
-                          "params": {"name": "s__t", "arguments": {"a": 1}}});
+        request(h, sid, sse, "tools/call")
+    }
+
+    /// `method` (one of [`ASKED`], id 5) of `s`'s tool `t`, prompt `p` or resource `x://r`
+    /// in session `sid`: its connection, tag and the request asked.
+    fn request(h: &mut Harness, sid: &str, sse: bool, method: &str) -> (ConnId, u64, Request) {
+        let params = match method {
+            "tools/call" => json!({"name": "s__t", "arguments": {"a": 1}}),
+            "prompts/get" => json!({"name": "s__p", "arguments": {"k": "v"}}),
+            _ => json!({"uri": "x://r"}),
+        };
+        let body = json!({"jsonrpc": "2.0", "id": 5, "method": method, "params": params});
         let mut headers = vec![("Mcp-Session-Id", sid)];
         if sse {
             headers.push(SSE);
@@ -454,9 +493,10 @@ mod tests {
         said(h)
     }
 
-    /// The `input` of a `tools/call` asked of the MCP room.
+    /// The `input` and deadline of a `tools/call`, `prompts/get` or `resources/read` asked of
+    /// the MCP room (each checked to be the client's request, under the server's names).
     fn input_of(request: &Request) -> (Value, Option<u64>) {
-        match request {
+        let (input, timeout_ms) = match request {
             Request::Mcp(McpRequest::Call {
                 id,
                 name,
@@ -467,10 +507,33 @@ mod tests {
             }) => {
                 assert_eq!((id.as_str(), name.as_str()), ("s", "t"));
                 assert_eq!(arguments.to_value(), json!({"a": 1}));
-                (input.clone().unwrap_or_default(), *timeout_ms)
+                (input.clone(), timeout_ms)
+            }
+            Request::Mcp(McpRequest::GetPrompt {
+                id,
+                name,
+                arguments,
+                input,
+                timeout_ms,
+                ..
+            }) => {
+                assert_eq!((id.as_str(), name.as_str()), ("s", "p"));
+                assert_eq!(*arguments, json!({"k": "v"}));
+                (input.as_deref().cloned(), timeout_ms)
+            }
+            Request::Mcp(McpRequest::ReadResource {
+                id,
+                uri,
+                input,
+                timeout_ms,
+                ..
+            }) => {
+                assert_eq!((id.as_str(), uri.as_str()), ("s", "x://r"));
+                (input.as_deref().cloned(), timeout_ms)
             }
             other => panic!("{other:?}"),
-        }
+        };
+        (input.unwrap_or_default(), *timeout_ms)
     }
 
     /// Timers armed besides the keep-alive of streams.
@@ -572,11 +635,106 @@ mod tests {
         all_gone(&h);
     }
 
-    /// The tool error text a call ended with (on its stream, or as its JSON answer).
+    /// The MCP room's answer to a `prompts/get` or `resources/read` its server answered
+    /// `input_required` (an error of the server's, with a call's data).
+    fn needs_for(method: &str, requests: Value, state: Option<&str>) -> Answer {
+        Err(
+            ApiError::new(ErrorCode::McpError, "needs input").with_data(json!({
+            "server": "s", "method": method, "result_type": "input_required",
+            "input_requests": requests, "request_state": state, "remaining_ms": 60_000})),
+        )
+    }
+
+    #[test]
+    fn a_session_era_prompt_or_resource_read_is_asked_again_with_the_answers() {
+        for (method, done) in [
+            (
+                "prompts/get",
+                json!({"messages": [{"role": "user",
+                "content": {"type": "text", "text": "hello Ada"}}]}),
+            ),
+            (
+                "resources/read",
+                json!({"contents": [{"uri": "x://r", "text": "hello Ada"}]}),
+            ),
+        ] {
+            let (mut h, sid) = setup(json!({"elicitation": {}}));
+            let (conn, tag, first) = request(&mut h, &sid, true, method);
+            let caps = json!({"elicitation": {"form": {}}});
+            assert_eq!(
+                input_of(&first),
+                (json!({"clientCapabilities": caps}), None),
+                "{method}"
+            );
+            // The server's elicitation goes to the client on the request's stream.
+            let s = answer(
+                &mut h,
+                tag,
+                needs_for(method, json!({"who": elicit()}), Some("g-1")),
+            );
+            assert!(s.answers.is_empty() && s.asked.is_empty(), "{method}");
+            let [(c, asked)] = &s.pushed[..] else {
+                panic!("{method}: {:?}", s.pushed)
+            };
+            assert_eq!((*c, &asked["method"]), (conn, &json!("elicitation/create")));
+            let accept = json!({"action": "accept", "content": {"name": "Ada"}});
+            let reply = json!({"jsonrpc": "2.0", "id": asked["id"], "result": accept});
+            let s = post(&mut h, &sid, reply);
+            // Asked again under the same tag: the same request, with the answer and the state.
+            let [(again, retry)] = &s.asked[..] else {
+                panic!("{method}: {:?}", s.asked.len())
+            };
+            assert_eq!(*again, tag);
+            let (input, timeout) = input_of(retry);
+            assert_eq!(
+                input,
+                json!({"inputResponses": {"who": accept}, "requestState": "g-1",
+                       "clientCapabilities": caps}),
+                "{method}"
+            );
+            assert!(timeout.is_some_and(|t| t <= 60_000), "{timeout:?}");
+            // The server's final result is the client's one answer, ending the stream.
+            let result = json!({"server": "s", "method": method, "result": done.clone()});
+            let s = answer(&mut h, tag, Ok(result));
+            let last = &s.pushed.last().expect("the answer").1;
+            assert_eq!(
+                (&last["id"], &last["result"]),
+                (&json!(5), &done),
+                "{method}"
+            );
+            assert_eq!(s.ended, [conn]);
+            all_gone(&h);
+            // A client that declared nothing is asked nothing, and told why in an error.
+            let sid = h.open_with(json!({}));
+            let (_, tag, first) = request(&mut h, &sid, true, method);
+            assert_eq!(input_of(&first).0, Value::Null);
+            let s = answer(
+                &mut h,
+                tag,
+                needs_for(method, json!({"who": elicit()}), None),
+            );
+            let why = ended_with(&s);
+            assert!(
+                why.contains(
+                    "who: the /mcp client did not declare the elicitation (form mode) capability"
+                ),
+                "{why}"
+            );
+            assert!(!s.pushed.iter().any(|(_, m)| m.get("method").is_some()));
+            all_gone(&h);
+        }
+    }
+
+    /// The error text a call ended with (on its stream, or as its JSON answer): a tool
+    /// error, or for a `prompts/get` or `resources/read` a JSON-RPC error.
     fn ended_with(s: &Said) -> String {
         let from_stream = s.pushed.iter().map(|(_, m)| m).find(|m| m["id"] == 5);
         let from_http = s.answers.iter().map(|(_, _, b)| b).find(|b| b["id"] == 5);
         let m = from_stream.or(from_http).expect("the call's answer");
+        if let Some(e) = m.get("error") {
+            assert_eq!(e["code"], crate::gateway::code::INTERNAL_ERROR, "{m}");
+            return e["message"].as_str().unwrap_or_default().to_string();
+        }
         assert_eq!(m["result"]["isError"], true, "{m}");
         m["result"]["content"][0]["text"]
             .as_str()
@@ -670,9 +828,9 @@ mod tests {
         all_gone(&h);
     }
 
-    /// A call collecting one elicitation: its connection, tag and the minted id.
-    fn collecting(h: &mut Harness, sid: &str) -> (ConnId, u64, Value) {
-        let (conn, tag, _) = call(h, sid, true);
+    /// A `method` request collecting one elicitation: its connection, tag and the minted id.
+    fn collecting(h: &mut Harness, sid: &str, method: &str) -> (ConnId, u64, Value) {
+        let (conn, tag, _) = request(h, sid, true, method);
         let s = answer(h, tag, needs(json!({"who": elicit()}), Some("x")));
         let id = s.pushed[0].1["id"].clone();
         assert!(id.is_u64(), "{:?}", s.pushed);
@@ -699,9 +857,16 @@ mod tests {
 
     #[test]
     fn a_call_collecting_input_ends_cleanly_however_it_ends() {
+        for method in ASKED {
+            ends_cleanly(method);
+        }
+    }
+
+    /// A `method` request collecting input, ended each way there is.
+    fn ends_cleanly(method: &str) {
         let (mut h, sid) = setup(json!({"elicitation": {}}));
         // The client cancels it.
-        let (conn, _, id) = collecting(&mut h, &sid);
+        let (conn, _, id) = collecting(&mut h, &sid, method);
         let s = post(
             &mut h,
             &sid,
@@ -719,12 +884,12 @@ mod tests {
         );
         assert!(s.asked.is_empty() && s.answers.iter().all(|a| a.1 == 202));
         // The client hangs up.
-        let (conn, _, id) = collecting(&mut h, &sid);
+        let (conn, _, id) = collecting(&mut h, &sid, method);
         h.hangup(conn);
         cancelled_here(&said(&mut h), &id);
         all_gone(&h);
         // The client answers with an error: the call ends saying so.
-        let (_, _, id) = collecting(&mut h, &sid);
+        let (_, _, id) = collecting(&mut h, &sid, method);
         let s = post(
             &mut h,
             &sid,
@@ -735,7 +900,7 @@ mod tests {
         assert!(why.contains("who with an error: user said no"), "{why}");
         all_gone(&h);
         // Answers beyond the bound of what may wait end the call.
-        let (_, _, id) = collecting(&mut h, &sid);
+        let (_, _, id) = collecting(&mut h, &sid, method);
         let big = "x".repeat(MAX_HELD_BYTES);
         let s = post(
             &mut h,
@@ -747,14 +912,14 @@ mod tests {
         assert!(why.contains("more than 4194304 bytes of answers"), "{why}");
         all_gone(&h);
         // The deadline passes.
-        let (_, tag, id) = collecting(&mut h, &sid);
+        let (_, tag, id) = collecting(&mut h, &sid, method);
         h.cx_do(|g, cx| crate::room::Room::on_timer(g, cx, Timer::Input(tag)));
         let s = said(&mut h);
         assert!(ended_with(&s).contains("within the call's deadline"));
         cancelled_here(&s, &id);
         all_gone(&h);
         // The session ends.
-        let (_, _, id) = collecting(&mut h, &sid);
+        let (_, _, id) = collecting(&mut h, &sid, method);
         h.send("DELETE", &[("Mcp-Session-Id", sid.as_str())], "");
         cancelled_here(&said(&mut h), &id);
         all_gone(&h);

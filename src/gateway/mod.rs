@@ -36,8 +36,9 @@
 //! `notifications/cancelled` with the id it used) and no response is sent for it. A server's
 //! `sampling/createMessage` or `elicitation/create` during a call goes to the client on that
 //! call's stream and its POSTed response back to the server (`gateway.client_requests`, see
-//! [`ask`]); so do the input requests of a 2026-07-28 server's `input_required` answer, whose
-//! responses go back in the call asked again (see [`input`]).
+//! [`ask`]); so do the input requests of a 2026-07-28 server's `input_required` answer to a
+//! call, `prompts/get` or `resources/read`, whose responses go back in the request asked
+//! again (see [`input`]).
 //!
 //! Invariants: sessions are at most `gateway.max_sessions` (an `initialize` beyond is refused,
 //! never evicts a live client) and a session without requests and without an open stream
@@ -935,8 +936,18 @@ impl Gateway {
                 &id,
                 json!({"resourceTemplates": self.catalog.template_listing()}),
             ),
-            "prompts/get" => self.get_prompt(cx, reply, id, params, session),
-            "resources/read" => self.read_resource(cx, reply, id, params, session),
+            "prompts/get" | "resources/read" => {
+                let call = Call {
+                    session,
+                    sse: request.accepts_event_stream(),
+                    log_level: None,
+                };
+                if method == "prompts/get" {
+                    self.get_prompt(cx, reply, id, params, call);
+                } else {
+                    self.read_resource(cx, reply, id, params, call);
+                }
+            }
             "logging/setLevel" => self.set_level(cx, reply, id, params, &session),
             "completion/complete" => self.complete(cx, reply, id, params, session),
             "resources/subscribe" => self.subscribe(cx, reply, id, params, session.to_string()),
@@ -1197,10 +1208,18 @@ impl Gateway {
         let mut retry = None;
         let (request, what, server) = match &entry.target {
             Target::Server { server, tool } => {
+                // Built in place (a request moved by value costs its size in copies).
                 let input = match ask::modern_input(params) {
                     Some(input) => Some(input),
                     None => {
-                        retry = self.retry_for(&call, tool, &arguments);
+                        retry = self.retry_for(&call, || McpRequest::Call {
+                            id: server.to_string(),
+                            name: tool.clone(),
+                            arguments: arguments.clone(),
+                            timeout_ms: None,
+                            progress_token: Some(token_of(tag)),
+                            input: None,
+                        });
                         retry.as_ref().map(|r| r.first_input())
                     }
                 };
@@ -1445,7 +1464,7 @@ impl Gateway {
         reply: ReplyTo,
         id: Value,
         params: &Value,
-        session: Rc<str>,
+        call: Call,
     ) {
         let Some(name) = params.get("name").and_then(Value::as_str) else {
             let m = "prompts/get needs params.name";
@@ -1474,14 +1493,16 @@ impl Gateway {
             return cx.emit(Output::Http { reply, response });
         };
         let (server, name) = (Rc::clone(server), tool.clone());
-        let what = (Forwarded::Request, Some(Rc::clone(&server)));
-        self.forward_as(cx, (reply, id), session, what, |progress_token| {
-            Request::Mcp(McpRequest::GetPrompt {
+        let to = Rc::clone(&server);
+        self.forward_asking(cx, (reply, id), call, params, to, |progress_token| {
+            McpRequest::GetPrompt {
                 id: server.to_string(),
                 name,
                 arguments,
                 progress_token,
-            })
+                timeout_ms: None,
+                input: None,
+            }
         });
     }
 
@@ -1521,20 +1542,68 @@ impl Gateway {
         reply: ReplyTo,
         id: Value,
         params: &Value,
-        session: Rc<str>,
+        call: Call,
     ) {
         let (server, uri) = match self.route_uri("resources/read", &id, params) {
             Ok(routed) => routed,
             Err(response) => return cx.emit(Output::Http { reply, response }),
         };
-        let what = (Forwarded::Request, Some(server.as_str().into()));
-        self.forward_as(cx, (reply, id), session, what, |progress_token| {
-            Request::Mcp(McpRequest::ReadResource {
+        let to = server.as_str().into();
+        self.forward_asking(cx, (reply, id), call, params, to, |progress_token| {
+            McpRequest::ReadResource {
                 id: server,
                 uri,
                 progress_token,
-            })
+                timeout_ms: None,
+                input: None,
+            }
         });
+    }
+
+    /// A `prompts/get` or `resources/read` (`make` builds it, given its progress token) to
+    /// server `to`, which a 2026-07-28 server may answer with `input_required` as it may a
+    /// tool call: a 2026-07-28 request carries its client's `inputResponses`,
+    /// `requestState` and capabilities (from its `params`), a session-era one what asking
+    /// it again takes (see [`input`]).
+    fn forward_asking(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        (reply, id): (ReplyTo, Value),
+        call: Call,
+        params: &Value,
+        to: Rc<str>,
+        make: impl FnOnce(Option<String>) -> McpRequest,
+    ) {
+        if let Some(m) = self.full(&call.session) {
+            let response = rpc_error_response(200, &id, code::SERVER_ERROR, &m);
+            return cx.emit(Output::Http { reply, response });
+        }
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let mut request = make(Some(token_of(tag)));
+        let retry = match ask::modern_input_of(params) {
+            Some(input) => {
+                input::set_input(&mut request, input, None);
+                None
+            }
+            None => {
+                let retry = self.retry_for(&call, || request.clone());
+                if let Some(r) = &retry {
+                    input::set_input(&mut request, r.first_input(), None);
+                }
+                retry
+            }
+        };
+        let waiting = Waiting {
+            what: Forwarded::Request,
+            session: call.session,
+            server: Some(to),
+            progress: None,
+            sse: call.sse,
+            log_level: None,
+            retry,
+        };
+        self.forward(cx, tag, (reply, id), Request::Mcp(request), waiting);
     }
 }
 
@@ -2192,12 +2261,12 @@ impl Room for Gateway {
             }
             self.forget_subscriber(&key, &session);
         }
-        // A 2026-07-28 server asks a session-era client for input: the call goes on.
+        // A 2026-07-28 server asks a session-era client for input: the call (or
+        // `prompts/get`, `resources/read`) goes on.
         if input::asks_input(&answer)
-            && self
-                .pending
-                .get(&tag)
-                .is_some_and(|p| p.what == Forwarded::Tool && !p.modern)
+            && self.pending.get(&tag).is_some_and(|p| {
+                matches!(p.what, Forwarded::Tool | Forwarded::Request) && !p.modern
+            })
         {
             return self.collect_input(cx, tag, answer);
         }
@@ -2221,12 +2290,13 @@ impl Room for Gateway {
                     url_required(&p.id, &answer).unwrap_or_else(|| result(tool_result(answer)))
                 }
             },
-            Forwarded::Request | Forwarded::Complete => match answer {
-                Ok(mut v) if p.what == Forwarded::Complete => {
+            Forwarded::Request | Forwarded::Complete => match ask::input_required(modern, answer) {
+                Ok(asked) => result(asked),
+                Err(Ok(mut v)) if p.what == Forwarded::Complete => {
                     result(bounded_completion(v["result"].take()))
                 }
-                Ok(mut v) => result(v["result"].take()),
-                Err(e) => {
+                Err(Ok(mut v)) => result(v["result"].take()),
+                Err(Err(e)) => {
                     // The server's own JSON-RPC error passes through; the daemon's reasons
                     // (not active, timed out, busy, gone) are internal errors with its message.
                     let data = e.data.as_ref();

@@ -317,12 +317,17 @@ impl Gateway {
                 // Forwarded as in the session era, under the bound of the calls in flight in
                 // all; the answer is marked as this era's.
                 let tag = self.next_tag;
+                let call = Call {
+                    session: Rc::clone(&self.unsessioned),
+                    sse: request.accepts_event_stream(),
+                    log_level: None,
+                };
                 if method == "prompts/get" {
-                    self.get_prompt(cx, reply, id, params, Rc::clone(&self.unsessioned));
+                    self.get_prompt(cx, reply, id, params, call);
                 } else if method == "completion/complete" {
-                    self.complete(cx, reply, id, params, Rc::clone(&self.unsessioned));
+                    self.complete(cx, reply, id, params, call.session);
                 } else {
-                    self.read_resource(cx, reply, id, params, Rc::clone(&self.unsessioned));
+                    self.read_resource(cx, reply, id, params, call);
                 }
                 if let Some(p) = self.pending.get_mut(&tag) {
                     p.modern = true;

@@ -313,10 +313,14 @@ impl crate::room::Serve for Mcp {
                 id,
                 uri,
                 progress_token,
+                timeout_ms,
+                input,
             } => {
                 let (mut lcx, _) = cx.split();
                 let params = with_token(json!({ "uri": uri }), progress_token);
-                match self.forward(&mut lcx, &id, "resources/read", "resources", params, reply) {
+                let method = "resources/read";
+                let again = (timeout_ms, input.map(|i| *i));
+                match self.forward_again(&mut lcx, &id, method, "resources", params, again, reply) {
                     Ok(()) => return,
                     Err(e) => Err(e),
                 }
@@ -326,13 +330,24 @@ impl crate::room::Serve for Mcp {
                 name,
                 arguments,
                 progress_token,
+                timeout_ms,
+                input,
             } => {
                 let (mut lcx, _) = cx.split();
                 let params = with_token(
                     json!({ "name": name, "arguments": arguments }),
                     progress_token,
                 );
-                match self.forward(&mut lcx, &id, "prompts/get", "prompts", params, reply) {
+                let again = (timeout_ms, input.map(|i| *i));
+                match self.forward_again(
+                    &mut lcx,
+                    &id,
+                    "prompts/get",
+                    "prompts",
+                    params,
+                    again,
+                    reply,
+                ) {
                     Ok(()) => return,
                     Err(e) => Err(e),
                 }

@@ -341,6 +341,8 @@ pub const MCP_READ_RESOURCE: Op = Op {
                 id: a.id,
                 uri,
                 progress_token: None,
+                timeout_ms: None,
+                input: None,
             }))
         },
     )
@@ -383,6 +385,8 @@ pub const MCP_GET_PROMPT: Op = Op {
                 name,
                 arguments,
                 progress_token: None,
+                timeout_ms: None,
+                input: None,
             }))
         },
     )

@@ -524,10 +524,35 @@ impl Mcp {
         params: Value,
         reply: ReplyTo,
     ) -> Result<(), ApiError> {
+        self.forward_again(cx, id, method, needs, params, (None, None), reply)
+    }
+
+    /// [`Mcp::forward`] for a `/mcp` client's `prompts/get` or `resources/read`, which may be
+    /// asked again after `input_required`: `timeout_ms` overrides the deadline (what is left
+    /// of the first one), and `input` goes to a 2026-07-28 server as a call's does (see
+    /// `Session::forward`).
+    ///
+    /// # Errors
+    /// As [`Mcp::forward`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_again(
+        &mut self,
+        cx: &mut Cx<'_, Timer>,
+        id: &str,
+        method: &'static str,
+        needs: &str,
+        params: Value,
+        (timeout_ms, input): (Option<u64>, Option<Value>),
+        reply: ReplyTo,
+    ) -> Result<(), ApiError> {
         let max_in_flight = self.settings.config.max_in_flight_calls as usize;
         let default_timeout = self.settings.config.call_timeout_ms;
         let server = self.servers.get_mut(id).ok_or_else(|| not_found(id))?;
-        let timeout = Duration::from_millis(server.spec.call_timeout_ms.unwrap_or(default_timeout));
+        let timeout = Duration::from_millis(
+            timeout_ms
+                .or(server.spec.call_timeout_ms)
+                .unwrap_or(default_timeout),
+        );
         let (slot, run) = (server.slot, server.run);
         let timers = &mut *cx.timers;
         let effects = server.session.forward(
@@ -535,7 +560,7 @@ impl Mcp {
             server.ending.as_deref(),
             method,
             needs,
-            params,
+            (params, input),
             timeout,
             max_in_flight,
             reply,

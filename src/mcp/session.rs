@@ -192,7 +192,8 @@ pub enum Pending<R, T> {
         token: String,
     },
     /// A request forwarded for a client other than a tool call (`resources/read`,
-    /// `prompts/get`): answered with the server's result as it is.
+    /// `prompts/get`): answered with the server's result as it is (an `input_required` one
+    /// as a call's, see [`input_required`]).
     Forward {
         /// Where the answer goes.
         reply: R,
@@ -200,6 +201,8 @@ pub enum Pending<R, T> {
         timer: T,
         /// When it was sent.
         started: Instant,
+        /// When its deadline passes (as for a call).
+        deadline: Instant,
         /// The method.
         method: &'static str,
         /// The progress token its params carried (`_meta.progressToken`), by which its caller
@@ -962,6 +965,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 reply,
                 timer,
                 started,
+                deadline,
                 method,
                 ..
             } => {
@@ -970,6 +974,10 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 out.push(Effect::Request(method, outcome));
                 let id = self.id.as_str();
                 let answer = match result {
+                    Ok(v) if v["resultType"] == "input_required" => {
+                        let left = deadline.saturating_duration_since(cx.now);
+                        Err(input_required(id, ("method", method.to_string()), v, left))
+                    }
                     Ok(v) => {
                         let ms = cx.now.saturating_duration_since(started).as_secs_f64() * 1000.0;
                         let mut map = serde_json::Map::with_capacity(4);
@@ -1029,7 +1037,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
                     Ok(v) if kind.as_deref() == Some("input_required") => {
                         self.calls.1 += 1;
                         let left = deadline.saturating_duration_since(cx.now);
-                        Err(input_required(id, tool, v, left))
+                        Err(input_required(id, ("tool", tool), v, left))
                     }
                     Ok(_) if !matches!(kind.as_deref(), None | Some("complete")) => {
                         self.calls.1 += 1;
@@ -1388,7 +1396,9 @@ impl<R: Copy, T: Copy> Session<R, T> {
     /// `resources/subscribe`, `completion/complete`, `logging/setLevel`...) with `params`;
     /// its answer (the server's result, or its error) arrives later as an [`Effect::Reply`].
     /// Deadline and bounds as for [`Session::call`]. `needs` is the capability the server
-    /// must have declared (see [`Session::declares`]).
+    /// must have declared (see [`Session::declares`]). `input` goes to a modern server as a
+    /// call's does (see [`retry_input`]); a legacy one never sees it. A modern server's
+    /// `input_required` answer comes back as for a call (see [`input_required`]).
     ///
     /// # Errors
     /// Server ending its run or not serving, not declaring `needs`, too many calls in flight.
@@ -1399,7 +1409,7 @@ impl<R: Copy, T: Copy> Session<R, T> {
         ending: Option<&str>,
         method: &'static str,
         needs: &str,
-        params: Value,
+        (mut params, input): (Value, Option<Value>),
         timeout: Duration,
         max_in_flight: usize,
         reply: R,
@@ -1425,15 +1435,20 @@ impl<R: Copy, T: Copy> Session<R, T> {
                 ));
             }
         }
+        if self.era == Some(Era::Modern) {
+            retry_input(&mut params, input);
+        }
         let rpc = self.take_id();
         let bytes = self.request(rpc, method, params);
-        let timer = arm(rpc, now + timeout);
+        let deadline = now + timeout;
+        let timer = arm(rpc, deadline);
         self.pending.insert(
             rpc,
             Pending::Forward {
                 reply,
                 timer,
                 started: now,
+                deadline,
                 method,
                 token,
             },
@@ -2252,12 +2267,18 @@ fn request_meta() -> Value {
     })
 }
 
-/// A call answered `resultType: "input_required"`: the server wants the client to answer
-/// requests of its own (elicitation, sampling, roots) and to call again. The daemon cannot
-/// answer them, so the caller gets a tool error that says what was asked, not a wait; its
-/// data carries the requests, the state and the time `left` before the call's deadline, for
-/// the `/mcp` gateway, which asks its client and calls again within that time.
-fn input_required(server: &str, tool: String, mut result: Value, left: Duration) -> ApiError {
+/// A call (or a forwarded `prompts/get`, `resources/read`: `what` is `("tool", name)` or
+/// `("method", method)`) answered `resultType: "input_required"`: the server wants the
+/// client to answer requests of its own (elicitation, sampling, roots) and to ask again. The
+/// daemon cannot answer them, so the caller gets an error (a tool error for a tool) that says
+/// what was asked, not a wait; its data carries the requests, the state and the time `left` before the deadline,
+/// for the `/mcp` gateway, which asks its client and asks again within that time.
+fn input_required(
+    server: &str,
+    (kind, name): (&str, String),
+    mut result: Value,
+    left: Duration,
+) -> ApiError {
     let asks: Vec<String> = result["inputRequests"]
         .as_object()
         .into_iter()
@@ -2272,10 +2293,17 @@ fn input_required(server: &str, tool: String, mut result: Value, left: Duration)
         })
         .collect();
     let requests = bounded_value(result["inputRequests"].take());
+    // A tool's is a tool error (its model reads it); a prompt's or a resource's, the
+    // server's.
+    let code = if kind == "tool" {
+        ErrorCode::ToolError
+    } else {
+        ErrorCode::McpError
+    };
     ApiError::new(
-        ErrorCode::ToolError,
+        code,
         format!(
-            "tool {tool} on {server} needs input the daemon cannot supply (input_required: {})",
+            "{kind} {name} on {server} needs input the daemon cannot supply (input_required: {})",
             if asks.is_empty() {
                 "no input requests named".to_string()
             } else {
@@ -2285,7 +2313,7 @@ fn input_required(server: &str, tool: String, mut result: Value, left: Duration)
     )
     .with_data(json!({
         "server": server,
-        "tool": tool,
+        kind: name,
         "result_type": "input_required",
         "input_requests": requests,
         "request_state": bounded_value(result["requestState"].take()),
@@ -2410,7 +2438,7 @@ mod tests {
                 None,
                 "prompts/get",
                 "prompts",
-                params,
+                (params, None),
                 Duration::from_secs(1),
                 4,
                 1,
@@ -3127,7 +3155,7 @@ mod tests {
                 None,
                 method,
                 needs,
-                json!({"uri": "x://1"}),
+                (json!({"uri": "x://1"}), None),
                 Duration::from_secs(1),
                 4,
                 reply,
@@ -3172,7 +3200,7 @@ mod tests {
                 None,
                 "prompts/get",
                 "prompts",
-                json!({}),
+                (json!({}), None),
                 Duration::from_secs(1),
                 4,
                 1,
@@ -3188,7 +3216,7 @@ mod tests {
                 None,
                 "prompts/get",
                 "prompts",
-                json!({}),
+                (json!({}), None),
                 Duration::from_secs(1),
                 4,
                 1,
@@ -3465,6 +3493,89 @@ mod tests {
             json!({"jsonrpc": "2.0", "id": m[0]["id"], "result": {"resultType": "complete"}});
         let e = feed(&mut s, &line(answer), Status::Active, later);
         assert!(matches!(e[..], [Effect::PingAnswered]), "{e:?}");
+    }
+
+    #[test]
+    fn a_forwarded_request_carries_a_clients_input_to_a_modern_server_only_and_can_be_asked_input()
+    {
+        let now = Instant::now();
+        let input = json!({"inputResponses": {"who": {"action": "accept"}},
+                           "requestState": "g-1", "clientCapabilities": {"elicitation": {}}});
+        let forward = |s: &mut S, input: Option<Value>| {
+            let params = json!({"name": "greeting", "_meta": {"progressToken": "vsm/gateway/3"}});
+            s.forward(
+                Status::Active,
+                None,
+                "prompts/get",
+                "prompts",
+                (params, input),
+                Duration::from_secs(5),
+                4,
+                1,
+                now,
+                |_, _| 70,
+            )
+            .expect("forwarded")
+        };
+        // A legacy server never sees the input (it could not know it).
+        let init = br#"{"jsonrpc":"2.0","id":2,"result":{"protocolVersion":"2025-11-25","capabilities":{"prompts":{}}}}
+"#;
+        let mut s = S::new("p");
+        begin_legacy(&mut s, now);
+        feed(&mut s, init, Status::Starting, now);
+        let m = &sent(&forward(&mut s, Some(input.clone())))[0];
+        assert_eq!(
+            m["params"],
+            json!({"name": "greeting", "_meta": {"progressToken": "vsm/gateway/3"}})
+        );
+        // A modern one gets it in the params, the capabilities in `_meta`.
+        let mut s = S::new("m");
+        let probe = sent(&s.begin_run(now, PROBE_TIMEOUT));
+        let discover = json!({"jsonrpc": "2.0", "id": probe[0]["id"], "result": {
+            "resultType": "complete", "supportedVersions": ["2026-07-28"],
+            "capabilities": {"tools": {}, "prompts": {}}, "ttlMs": 0, "cacheScope": "public"}});
+        let list = sent(&feed(&mut s, &line(discover), Status::Starting, now));
+        let answer = json!({"jsonrpc": "2.0", "id": list[0]["id"], "result": {
+            "resultType": "complete", "tools": [], "ttlMs": 0, "cacheScope": "public"}});
+        feed(&mut s, &line(answer), Status::Initializing, now);
+        let e = forward(&mut s, Some(input));
+        let m = &sent(&e)[0];
+        let rpc = sent_id(&e, "prompts/get");
+        assert_eq!(m["params"]["inputResponses"]["who"]["action"], "accept");
+        assert_eq!(m["params"]["requestState"], "g-1");
+        let meta = &m["params"]["_meta"];
+        assert_eq!(meta[meta::CLIENT_CAPABILITIES], json!({"elicitation": {}}));
+        assert_eq!(meta["progressToken"], "vsm/gateway/3");
+        // Its input_required is the server's error with a call's data and the time left.
+        let asks = json!({"jsonrpc": "2.0", "id": rpc, "result": {
+            "resultType": "input_required",
+            "inputRequests": {"who": {"method": "elicitation/create",
+                "params": {"mode": "form", "message": "Your name?", "requestedSchema": {}}}},
+            "requestState": "g-2"}});
+        let later = now + Duration::from_secs(2);
+        let e = feed(&mut s, &line(asks), Status::Active, later);
+        match &e[..] {
+            [Effect::CancelTimer(70), Effect::Request("prompts/get", "ok"), Effect::Reply(1, Err(err))] =>
+            {
+                assert_eq!(err.code, ErrorCode::McpError);
+                assert!(
+                    err.message
+                        .contains("method prompts/get on m needs input the daemon cannot supply"),
+                    "{}",
+                    err.message
+                );
+                let data = err.data.as_ref().expect("data");
+                assert_eq!(data["result_type"], "input_required");
+                assert_eq!(data["method"], "prompts/get");
+                assert_eq!(data["request_state"], "g-2");
+                assert_eq!(
+                    data["input_requests"]["who"]["method"],
+                    "elicitation/create"
+                );
+                assert_eq!(data["remaining_ms"], 3000);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

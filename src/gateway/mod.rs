@@ -1199,6 +1199,7 @@ impl Gateway {
             );
             return cx.emit(Output::Http { reply, response });
         };
+        // As `admit`, inline: `entry` borrows the catalog.
         if let Some(m) = self.full(&call.session) {
             let response = rpc_error_response(200, &id, code::SERVER_ERROR, &m);
             return cx.emit(Output::Http { reply, response });
@@ -1332,6 +1333,26 @@ impl Gateway {
         self.forward_as(cx, to, session, (Forwarded::Request, None), |_| request);
     }
 
+    /// The tag of a new request of `session` to a server, or `None` when that session or
+    /// the gateway has as many in flight as it may: its client (`reply`, request `id`) is
+    /// then told so.
+    fn admit(
+        &mut self,
+        cx: &mut RoomCx<'_, Self>,
+        reply: ReplyTo,
+        id: &Value,
+        session: &str,
+    ) -> Option<u64> {
+        if let Some(m) = self.full(session) {
+            let response = rpc_error_response(200, id, code::SERVER_ERROR, &m);
+            cx.emit(Output::Http { reply, response });
+            return None;
+        }
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        Some(tag)
+    }
+
     /// A request to a server (`what`: how its answer becomes a result), under the same
     /// bounds as a call. With the server named, `make` is given the daemon's progress token
     /// for it (`vsm/gateway/TAG`), by which it is cancelled at the server as a call is.
@@ -1343,12 +1364,9 @@ impl Gateway {
         (what, server): (Forwarded, Option<Rc<str>>),
         make: impl FnOnce(Option<String>) -> Request,
     ) {
-        if let Some(m) = self.full(&session) {
-            let response = rpc_error_response(200, &id, code::SERVER_ERROR, &m);
-            return cx.emit(Output::Http { reply, response });
-        }
-        let tag = self.next_tag;
-        self.next_tag += 1;
+        let Some(tag) = self.admit(cx, reply, &id, &session) else {
+            return;
+        };
         let token = server.as_ref().map(|_| token_of(tag));
         let request = make(token);
         let waiting = Waiting {
@@ -1574,12 +1592,9 @@ impl Gateway {
         to: Rc<str>,
         make: impl FnOnce(Option<String>) -> McpRequest,
     ) {
-        if let Some(m) = self.full(&call.session) {
-            let response = rpc_error_response(200, &id, code::SERVER_ERROR, &m);
-            return cx.emit(Output::Http { reply, response });
-        }
-        let tag = self.next_tag;
-        self.next_tag += 1;
+        let Some(tag) = self.admit(cx, reply, &id, &call.session) else {
+            return;
+        };
         let mut request = make(Some(token_of(tag)));
         let retry = match ask::modern_input_of(params) {
             Some(input) => {

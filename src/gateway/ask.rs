@@ -478,16 +478,8 @@ pub(super) fn modern_input(params: Option<&super::body::Params<'_>>) -> Option<V
     let params = params?;
     let meta = params.meta.as_ref()?.as_object()?;
     meta.version.as_ref()?;
-    let mut input = Map::new();
-    for key in ["inputResponses", "requestState"] {
-        if let Some(v) = params.other.get(key) {
-            input.insert(key.into(), v.clone());
-        }
-    }
-    if let Some(caps) = &meta.capabilities {
-        input.insert("clientCapabilities".into(), caps.to_value());
-    }
-    Some(Value::Object(input))
+    let capabilities = meta.capabilities.as_ref().map(|c| c.to_value());
+    Some(input_from(|key| params.other.get(key), capabilities))
 }
 
 /// [`modern_input`] of a 2026-07-28 `prompts/get` or `resources/read` (its `params`, read as
@@ -495,16 +487,26 @@ pub(super) fn modern_input(params: Option<&super::body::Params<'_>>) -> Option<V
 pub(super) fn modern_input_of(params: &Value) -> Option<Value> {
     let meta = params.get("_meta")?.as_object()?;
     meta.get(super::modern::META_VERSION)?;
+    let capabilities = meta.get(super::modern::META_CAPABILITIES).cloned();
+    Some(input_from(|key| params.get(key), capabilities))
+}
+
+/// The `input` of a 2026-07-28 request for the MCP room: its `inputResponses` and
+/// `requestState` (`member` reads one of its params) and its client's `capabilities`.
+fn input_from<'v>(
+    member: impl Fn(&str) -> Option<&'v Value>,
+    capabilities: Option<Value>,
+) -> Value {
     let mut input = Map::new();
     for key in ["inputResponses", "requestState"] {
-        if let Some(v) = params.get(key) {
+        if let Some(v) = member(key) {
             input.insert(key.into(), v.clone());
         }
     }
-    if let Some(caps) = meta.get(super::modern::META_CAPABILITIES) {
-        input.insert("clientCapabilities".into(), caps.clone());
+    if let Some(caps) = capabilities {
+        input.insert("clientCapabilities".into(), caps);
     }
-    Some(Value::Object(input))
+    Value::Object(input)
 }
 
 /// A modern server's `input_required` answer to a 2026-07-28 client's call, `prompts/get` or
